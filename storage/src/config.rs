@@ -1,0 +1,178 @@
+//! Typed storage configuration with documented defaults.
+//!
+//! Every limit carries its unit in its name. [`StorageConfig::validate`] is
+//! called by [`crate::Store::open`] so a bad value fails at start-up with a
+//! message naming the field, never later on a hot path.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// When an append is acknowledged relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledge after the batch's `fdatasync` returned (default).
+    Sync,
+    /// Acknowledge after the batch's write returned; `fdatasync` runs at most
+    /// every `interval` (a crash can lose up to that much acknowledged data).
+    Batch {
+        /// Time between two `fdatasync` calls.
+        interval: Duration,
+    },
+    /// Acknowledge after the write; never `fdatasync` except on roll and
+    /// shutdown. For tests and network-path benchmarks only.
+    None,
+}
+
+impl Durability {
+    /// The name used in flags and benchmark reports: `sync`, `batch`, `none`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Durability::Sync => "sync",
+            Durability::Batch { .. } => "batch",
+            Durability::None => "none",
+        }
+    }
+
+    /// Parses `sync`, `none`, `batch` (10 ms) or `batch:N` (N ms).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "sync" => Ok(Durability::Sync),
+            "none" => Ok(Durability::None),
+            "batch" => Ok(Durability::Batch {
+                interval: Duration::from_millis(10),
+            }),
+            _ => match s.strip_prefix("batch:").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms > 0 => Ok(Durability::Batch {
+                    interval: Duration::from_millis(ms),
+                }),
+                _ => Err(Error::Config(format!(
+                    "durability must be sync, batch, batch:MS or none, got {s:?}"
+                ))),
+            },
+        }
+    }
+}
+
+/// Configuration of a data directory and its shard stores.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Root of the data directory (`manifest`, `meta.redb`, `shard-K/`).
+    pub data_dir: PathBuf,
+    /// Number of shards. Fixed at creation in the manifest. Default 1.
+    pub shards: u32,
+    /// Durability mode. Default [`Durability::Sync`].
+    pub durability: Durability,
+    /// A segment file rolls before it would exceed this size. Default 64 MiB.
+    /// Allowed: 64 KiB ..= 1 GiB.
+    pub segment_bytes_max: u32,
+    /// A commit batch closes at this many bytes of records. Default 1 MiB.
+    pub commit_batch_bytes_max: usize,
+    /// A commit batch closes at this many records. Default 4096.
+    pub commit_batch_records_max: usize,
+    /// After the first record of an idle log arrives, the committer waits up
+    /// to this long for more before writing. 0 disables the window. Default
+    /// 0 µs: while one batch is being synced the next one fills anyway, so a
+    /// window only helps open-loop producers that arrive just apart.
+    pub commit_window_us: u64,
+    /// Largest message or edit body accepted, in bytes. Default 64 KiB.
+    pub body_bytes_max: usize,
+    /// Largest client id accepted, in bytes. Default 128.
+    pub client_id_bytes_max: usize,
+    /// How many recent messages per room remember their idempotency key.
+    /// Default 1024.
+    pub idempotency_window_len: usize,
+    /// The shard writes dirty index chunks and a checkpoint at least this
+    /// often, bounding replay at open. Default 1000 ms.
+    pub checkpoint_interval_ms: u64,
+    /// Index work queued to the index thread, in records, before appends wait
+    /// for it to catch up. Default 1,000,000.
+    pub index_lag_records_max: usize,
+    /// redb cache per shard index, in bytes. Default 64 MiB.
+    pub index_cache_bytes: usize,
+    /// redb cache for `meta.redb`, in bytes. Default 16 MiB.
+    pub meta_cache_bytes: usize,
+    /// glommio DMA memory registered per ring, in bytes (memlock is 8 MiB on
+    /// the reference machine). Default 1 MiB.
+    pub io_memory_bytes: usize,
+}
+
+impl StorageConfig {
+    /// Defaults for a data directory at `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StorageConfig {
+            data_dir: data_dir.into(),
+            shards: 1,
+            durability: Durability::Sync,
+            segment_bytes_max: 64 << 20,
+            commit_batch_bytes_max: 1 << 20,
+            commit_batch_records_max: 4096,
+            commit_window_us: 0,
+            body_bytes_max: 64 << 10,
+            client_id_bytes_max: 128,
+            idempotency_window_len: 1024,
+            checkpoint_interval_ms: 1000,
+            index_lag_records_max: 1_000_000,
+            index_cache_bytes: 64 << 20,
+            meta_cache_bytes: 16 << 20,
+            io_memory_bytes: 1 << 20,
+        }
+    }
+
+    /// Checks every field; the error names the field and its allowed range.
+    pub fn validate(&self) -> Result<()> {
+        fn check(ok: bool, msg: &str) -> Result<()> {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::Config(msg.to_string()))
+            }
+        }
+        check(
+            (1..=256).contains(&self.shards),
+            "shards must be in 1..=256",
+        )?;
+        check(
+            (64 << 10..=1 << 30).contains(&self.segment_bytes_max),
+            "segment_bytes_max must be in 64 KiB..=1 GiB",
+        )?;
+        check(
+            self.body_bytes_max > 0
+                && self.body_bytes_max + self.client_id_bytes_max + 256
+                    <= self.segment_bytes_max as usize / 2,
+            "body_bytes_max must be > 0 and fit twice in a segment",
+        )?;
+        check(
+            self.commit_batch_bytes_max >= 4096,
+            "commit_batch_bytes_max must be >= 4096",
+        )?;
+        check(
+            self.commit_batch_records_max >= 1,
+            "commit_batch_records_max must be >= 1",
+        )?;
+        check(
+            self.commit_window_us <= 100_000,
+            "commit_window_us must be <= 100000",
+        )?;
+        check(
+            self.idempotency_window_len <= 1 << 20,
+            "idempotency_window_len must be <= 1048576",
+        )?;
+        check(
+            self.checkpoint_interval_ms >= 10,
+            "checkpoint_interval_ms must be >= 10",
+        )?;
+        check(
+            self.index_lag_records_max >= 1024,
+            "index_lag_records_max must be >= 1024",
+        )?;
+        if let Durability::Batch { interval } = self.durability {
+            check(
+                !interval.is_zero(),
+                "durability batch interval must be > 0",
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,263 @@
+//! The per-shard index database (`shard-K/index.redb`) and the thread that
+//! writes it.
+//!
+//! The log is the truth; everything here is derived from it and can be
+//! rebuilt by replaying the log. Tables:
+//!
+//! | table      | key                   | value                                   |
+//! |------------|-----------------------|-----------------------------------------|
+//! | `chunks`   | `(room, chunk_no)`    | [`crate::chunk::Chunk`] bytes           |
+//! | `edits`    | `(room, seq)`         | `(pos, deleted)` of the latest edit/delete |
+//! | `rooms`    | `room`                | [`RoomRow`] as a tuple                  |
+//! | `segments` | `(segment, room)`     | highest seq the segment holds for room  |
+//! | `state`    | `"checkpoint"`        | packed [`crate::Pos`]                   |
+//!
+//! Invariant: a batch carrying a checkpoint is committed with
+//! `Durability::Immediate` and is never merged with later batches, so the
+//! durable checkpoint always covers exactly the rows written before it, and
+//! those rows only reference log bytes that were synced before it was sent.
+//! redb commits never run on a shard's reactor: this thread does them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::error::{Error, Result};
+use crate::meta::Meta;
+
+pub(crate) const CHUNKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("chunks");
+pub(crate) const EDITS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("edits");
+pub(crate) const ROOMS: TableDefinition<u64, (u64, u64, u64, u64, u64)> = TableDefinition::new("rooms");
+pub(crate) const SEGMENTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("segments");
+pub(crate) const STATE: TableDefinition<&str, u64> = TableDefinition::new("state");
+const CHECKPOINT_KEY: &str = "checkpoint";
+
+/// The persisted state of one room in a shard index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomRow {
+    /// Highest seq covered by the checkpoint.
+    pub last_seq: u64,
+    /// Lowest live seq (retention has removed everything below).
+    pub low_seq: u64,
+    /// Retention by count: keep at most this many messages (0 = unlimited).
+    pub keep_messages: u64,
+    /// Retention by age in milliseconds (0 = unlimited).
+    pub keep_age_ms: u64,
+    /// Timestamp of the last message, for monotonic room time.
+    pub last_ts_ms: u64,
+}
+
+impl RoomRow {
+    fn to_tuple(self) -> (u64, u64, u64, u64, u64) {
+        (self.last_seq, self.low_seq, self.keep_messages, self.keep_age_ms, self.last_ts_ms)
+    }
+    fn from_tuple(t: (u64, u64, u64, u64, u64)) -> Self {
+        RoomRow { last_seq: t.0, low_seq: t.1, keep_messages: t.2, keep_age_ms: t.3, last_ts_ms: t.4 }
+    }
+}
+
+/// One change to the index.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// Put an encoded chunk.
+    Chunk { room: u64, no: u64, bytes: Vec<u8> },
+    /// Latest edit (or delete, when `deleted`) of a message.
+    Edit { room: u64, seq: u64, pos: u64, deleted: bool },
+    /// Room state.
+    Room { room: u64, row: RoomRow },
+    /// Highest seq of `room` held in `segment`.
+    SegmentRoom { segment: u32, room: u64, max_seq: u64 },
+    /// Retention moved a room's low seq: drop whole chunks and edits below.
+    Retire { room: u64, low_seq: u64 },
+    /// A segment file is about to be deleted: forget its summary.
+    DropSegment { segment: u32 },
+    /// All log bytes before this packed position are reflected above.
+    Checkpoint(u64),
+}
+
+/// A unit of work for the index thread.
+pub(crate) struct Batch {
+    pub ops: Vec<Op>,
+    /// Number of log records the batch covers (for lag accounting).
+    pub records: usize,
+    /// Sequence number of the batch, echoed back when committed.
+    pub ticket: u64,
+    /// Commit with `Durability::Immediate` (set on checkpoint batches).
+    pub durable: bool,
+    /// Rooms' last seqs to push into `meta.redb` (checkpoint batches).
+    pub meta_last_seqs: Vec<(u64, u64)>,
+}
+
+/// What the index thread reports after a commit.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    /// Highest ticket now committed.
+    pub ticket: u64,
+    /// Records covered by the committed batches.
+    pub records: usize,
+    /// The commit's outcome.
+    pub result: Result<(), String>,
+}
+
+/// Opens (creating if needed) a shard's index database and its tables.
+pub(crate) fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
+    let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+    let tx = db.begin_write()?;
+    tx.open_table(CHUNKS)?;
+    tx.open_table(EDITS)?;
+    tx.open_table(ROOMS)?;
+    tx.open_table(SEGMENTS)?;
+    tx.open_table(STATE)?;
+    tx.commit()?;
+    Ok(db)
+}
+
+/// What a shard reads from its index at open.
+#[derive(Debug, Default)]
+pub(crate) struct Loaded {
+    pub checkpoint: u64,
+    pub rooms: Vec<(u64, RoomRow)>,
+    pub segments: Vec<(u32, u64, u64)>,
+}
+
+/// Reads the checkpoint, every room row and every segment summary.
+pub(crate) fn load(db: &Database) -> Result<Loaded> {
+    let tx = db.begin_read()?;
+    let checkpoint = tx.open_table(STATE)?.get(CHECKPOINT_KEY)?.map(|v| v.value()).unwrap_or(0);
+    let mut rooms = Vec::new();
+    for row in tx.open_table(ROOMS)?.iter()? {
+        let (k, v) = row?;
+        rooms.push((k.value(), RoomRow::from_tuple(v.value())));
+    }
+    let mut segments = Vec::new();
+    for row in tx.open_table(SEGMENTS)?.iter()? {
+        let (k, v) = row?;
+        let (seg, room) = k.value();
+        segments.push((seg as u32, room, v.value()));
+    }
+    Ok(Loaded { checkpoint, rooms, segments })
+}
+
+/// Reads one chunk's bytes.
+pub(crate) fn read_chunk(db: &Database, room: u64, no: u64) -> Result<Option<Vec<u8>>> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(CHUNKS)?;
+    Ok(table.get((room, no))?.map(|v| v.value().to_vec()))
+}
+
+/// Reads the latest edit/delete of each seq in `lo..=hi`.
+pub(crate) fn read_edits(db: &Database, room: u64, lo: u64, hi: u64) -> Result<Vec<(u64, u64, bool)>> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(EDITS)?;
+    let mut out = Vec::new();
+    for row in table.range((room, lo)..=(room, hi))? {
+        let (k, v) = row?;
+        let (pos, deleted) = v.value();
+        out.push((k.value().1, pos, deleted != 0));
+    }
+    Ok(out)
+}
+
+fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
+    let mut chunks = tx.open_table(CHUNKS)?;
+    let mut edits = tx.open_table(EDITS)?;
+    let mut rooms = tx.open_table(ROOMS)?;
+    let mut segments = tx.open_table(SEGMENTS)?;
+    let mut state = tx.open_table(STATE)?;
+    for op in ops {
+        match op {
+            Op::Chunk { room, no, bytes } => {
+                chunks.insert((*room, *no), bytes.as_slice())?;
+            }
+            Op::Edit { room, seq, pos, deleted } => {
+                edits.insert((*room, *seq), (*pos, *deleted as u64))?;
+            }
+            Op::Room { room, row } => {
+                rooms.insert(*room, row.to_tuple())?;
+            }
+            Op::SegmentRoom { segment, room, max_seq } => {
+                segments.insert((*segment as u64, *room), *max_seq)?;
+            }
+            Op::Retire { room, low_seq } => {
+                let low_chunk = crate::chunk::chunk_of((*low_seq).max(1));
+                chunks.retain_in((*room, 0)..(*room, low_chunk), |_, _| false)?;
+                edits.retain_in((*room, 0)..(*room, *low_seq), |_, _| false)?;
+            }
+            Op::DropSegment { segment } => {
+                let s = *segment as u64;
+                segments.retain_in((s, 0)..=(s, u64::MAX), |_, _| false)?;
+            }
+            Op::Checkpoint(pos) => {
+                state.insert(CHECKPOINT_KEY, *pos)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Commits one group of batches.
+fn commit(db: &Database, batches: &[Batch]) -> Result<()> {
+    let mut tx = db.begin_write()?;
+    let durable = batches.iter().any(|b| b.durable);
+    tx.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None })?;
+    for b in batches {
+        apply(&tx, &b.ops)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Body of the index thread: receive batches, coalesce the ones waiting
+/// (never past a durable one), commit, report. Exits when the sender is
+/// dropped.
+pub(crate) fn run(
+    db: Arc<Database>,
+    meta: Option<Arc<Meta>>,
+    rx: flume::Receiver<Batch>,
+    done: flume::Sender<Committed>,
+    coalesce_max: usize,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while !group.last().expect("non-empty").durable && group.len() < coalesce_max {
+            match rx.try_recv() {
+                Ok(b) => group.push(b),
+                Err(_) => break,
+            }
+        }
+        let mut result = commit(&db, &group).map_err(|e| e.to_string());
+        if let (Ok(()), Some(meta)) = (&result, &meta) {
+            let last: Vec<(u64, u64)> = group.iter().flat_map(|b| b.meta_last_seqs.iter().copied()).collect();
+            if !last.is_empty() {
+                result = meta.advance_last_seq(&last, group.iter().any(|b| b.durable)).map_err(|e| e.to_string());
+            }
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "index commit failed");
+        }
+        let report = Committed {
+            ticket: group.last().expect("non-empty").ticket,
+            records: group.iter().map(|b| b.records).sum(),
+            result,
+        };
+        if done.send(report).is_err() {
+            return;
+        }
+    }
+}
+
+/// Spawns the index thread of a shard.
+pub(crate) fn spawn(
+    shard: u32,
+    db: Arc<Database>,
+    meta: Option<Arc<Meta>>,
+) -> Result<(flume::Sender<Batch>, flume::Receiver<Committed>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = flume::unbounded();
+    let (done_tx, done_rx) = flume::unbounded();
+    let handle = std::thread::Builder::new()
+        .name(format!("rookery-index-{shard}"))
+        .spawn(move || run(db, meta, rx, done_tx, 256))
+        .map_err(|e| Error::io("index thread", e))?;
+    Ok((tx, done_rx, handle))
+}

@@ -1,0 +1,104 @@
+//! # rookery-storage
+//!
+//! Durable storage for Rookery: per-shard append logs with group commit,
+//! derived redb indexes, the shared metadata database, crash recovery and
+//! retention. See `docs/storage.md` for the on-disk format.
+//!
+//! Layout of a data directory:
+//!
+//! ```text
+//! DATA/manifest              format version, shard count
+//! DATA/meta.redb             users, sessions, rooms, members, read receipts
+//! DATA/shard-K/log/*.seg     shard K's append log (the truth)
+//! DATA/shard-K/index.redb    shard K's index (derived; rebuilt from the log)
+//! ```
+//!
+//! [`Store`] is opened once per process and is `Send + Sync`; each shard's
+//! [`ShardStore`] is opened on that shard's glommio executor and stays there.
+//! This crate knows nothing of sockets or the wire protocol.
+
+#![deny(missing_docs)]
+
+pub mod chunk;
+mod config;
+mod error;
+mod index;
+mod log;
+pub mod manifest;
+pub mod meta;
+pub mod record;
+pub mod segment;
+mod shard;
+mod signal;
+// pub mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use config::{Durability, StorageConfig};
+pub use error::{Error, Result};
+pub use index::RoomRow;
+pub use manifest::Manifest;
+pub use meta::Meta;
+pub use record::{ArchivedRecord, Delete, Edit, Message, Record};
+pub use segment::Pos;
+pub use shard::{Appended, Cursor, HistoryItem, Order, Page, RecordRef, Retention, RetentionReport, ShardStats, ShardStore};
+
+/// A data directory: its manifest and metadata database. Open once per
+/// process; share it between shards (it is `Send + Sync`).
+pub struct Store {
+    cfg: StorageConfig,
+    meta: Arc<Meta>,
+}
+
+impl Store {
+    /// Validates the config, creates the directory if needed, checks or
+    /// writes the manifest and opens `meta.redb`.
+    pub fn open(cfg: StorageConfig) -> Result<Store> {
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
+        Manifest::ensure(&cfg.data_dir, cfg.shards)?;
+        let meta = Arc::new(Meta::open(&cfg.data_dir.join("meta.redb"), cfg.meta_cache_bytes)?);
+        Ok(Store { cfg, meta })
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StorageConfig {
+        &self.cfg
+    }
+
+    /// The shared metadata database.
+    pub fn meta(&self) -> &Arc<Meta> {
+        &self.meta
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &PathBuf {
+        &self.cfg.data_dir
+    }
+
+    /// The shard that owns `room`: a stable mix of the id, modulo the shard
+    /// count (stable across builds: it decides where data lives).
+    pub fn shard_of(&self, room: u64) -> u32 {
+        shard_of(room, self.cfg.shards)
+    }
+
+    /// Opens shard `shard` on the current glommio executor, recovering it
+    /// from its log.
+    pub async fn open_shard(&self, shard: u32) -> Result<ShardStore> {
+        if shard >= self.cfg.shards {
+            return Err(Error::InvalidInput(format!("shard {shard} of {}", self.cfg.shards)));
+        }
+        ShardStore::open(&self.cfg, shard, Some(self.meta.clone())).await
+    }
+}
+
+/// The shard that owns `room` among `shards` (splitmix64 finalizer, then
+/// modulo). Never change: it decides where existing data lives.
+pub fn shard_of(room: u64, shards: u32) -> u32 {
+    let mut z = room.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z % shards as u64) as u32
+}

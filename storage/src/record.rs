@@ -1,0 +1,303 @@
+//! Log records and their on-disk framing.
+//!
+//! A frame is `[len u32 LE][crc32c u32 LE][rkyv payload][zero pad to 8]`.
+//! `len` is the payload length (unpadded, > 0); the CRC covers the four `len`
+//! bytes followed by the payload, so a damaged length is caught as surely as
+//! a damaged body. Frames start 8-aligned, so an rkyv root read in place from
+//! a page-aligned mapping is always aligned.
+//!
+//! Invariant: every frame this module produces passes [`check_frame`], and
+//! [`check_frame`] never reads outside the slice it is given.
+
+use rkyv::rancor;
+
+/// Bytes of frame header before the payload.
+pub const FRAME_HEADER_BYTES: usize = 8;
+/// Frames and payloads are aligned to this many bytes.
+pub const FRAME_ALIGN: usize = 8;
+/// Largest payload a frame may carry (a sanity bound checked on read).
+pub const FRAME_PAYLOAD_BYTES_MAX: usize = 16 << 20;
+
+/// A chat message, the record that takes a room sequence number.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Message {
+    /// Room id.
+    pub room: u64,
+    /// Dense per-room sequence number, from 1.
+    pub seq: u64,
+    /// Author's user id.
+    pub sender: u64,
+    /// Milliseconds since the Unix epoch, never decreasing within a room.
+    pub ts_ms: u64,
+    /// Client-chosen idempotency key; empty means none.
+    pub client_id: String,
+    /// Message body (UTF-8, usually JSON text chosen by the server).
+    pub body: String,
+}
+
+/// A new body for an earlier message.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Edit {
+    /// Room id.
+    pub room: u64,
+    /// Seq of the edited message.
+    pub seq: u64,
+    /// User who edited.
+    pub by: u64,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    /// The replacement body.
+    pub body: String,
+}
+
+/// Removal of an earlier message's body (the seq stays taken).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Delete {
+    /// Room id.
+    pub room: u64,
+    /// Seq of the deleted message.
+    pub seq: u64,
+    /// User who deleted.
+    pub by: u64,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+}
+
+/// One log record.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum Record {
+    /// A message (takes a seq).
+    Message(Message),
+    /// An edit of a message.
+    Edit(Edit),
+    /// A deletion of a message.
+    Delete(Delete),
+}
+
+impl Record {
+    /// The room the record belongs to.
+    pub fn room(&self) -> u64 {
+        match self {
+            Record::Message(m) => m.room,
+            Record::Edit(e) => e.room,
+            Record::Delete(d) => d.room,
+        }
+    }
+}
+
+impl ArchivedRecord {
+    /// The room the record belongs to.
+    pub fn room(&self) -> u64 {
+        match self {
+            ArchivedRecord::Message(m) => m.room.to_native(),
+            ArchivedRecord::Edit(e) => e.room.to_native(),
+            ArchivedRecord::Delete(d) => d.room.to_native(),
+        }
+    }
+
+    /// The seq the record is about (its own for a message, the target's for
+    /// an edit or delete).
+    pub fn seq(&self) -> u64 {
+        match self {
+            ArchivedRecord::Message(m) => m.seq.to_native(),
+            ArchivedRecord::Edit(e) => e.seq.to_native(),
+            ArchivedRecord::Delete(d) => d.seq.to_native(),
+        }
+    }
+
+    /// Copies the archived record out (for tools and tests, not hot paths).
+    pub fn to_owned_record(&self) -> Record {
+        rkyv::deserialize::<Record, rancor::Error>(self)
+            .expect("deserializing a validated archive cannot fail")
+    }
+}
+
+/// Rounds `n` up to the frame alignment.
+pub const fn pad8(n: usize) -> usize {
+    (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
+}
+
+/// Total bytes a frame with a payload of `payload_len` occupies.
+pub const fn frame_len(payload_len: usize) -> usize {
+    FRAME_HEADER_BYTES + pad8(payload_len)
+}
+
+fn frame_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len_bytes), payload)
+}
+
+/// Appends the frame of `record` to `out` and returns the frame's length.
+///
+/// The record is validated back from its own bytes before it is framed
+/// ("check twice": once before writing, once after reading).
+pub fn encode_frame(record: &Record, out: &mut Vec<u8>) -> usize {
+    let payload = rkyv::to_bytes::<rancor::Error>(record).expect("serializing to memory cannot fail");
+    debug_assert!(rkyv::access::<ArchivedRecord, rancor::Error>(&payload).is_ok());
+    assert!(!payload.is_empty() && payload.len() <= FRAME_PAYLOAD_BYTES_MAX);
+    let len_bytes = (payload.len() as u32).to_le_bytes();
+    let start = out.len();
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&frame_crc(len_bytes, &payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out.resize(start + frame_len(payload.len()), 0);
+    out.len() - start
+}
+
+/// Why the bytes at an offset are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Fewer than 8 bytes remain, or the length word is zero (never-written
+    /// space reads as zeros).
+    End,
+    /// The length word is larger than the bound or than what remains.
+    BadLength(u32),
+    /// The checksum does not match.
+    BadCrc,
+    /// The checksum matches but the payload is not a valid archive.
+    BadArchive(String),
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::End => write!(f, "end of data"),
+            FrameError::BadLength(n) => write!(f, "bad record length {n}"),
+            FrameError::BadCrc => write!(f, "record checksum mismatch"),
+            FrameError::BadArchive(e) => write!(f, "record fails validation: {e}"),
+        }
+    }
+}
+
+/// Checks the frame at the start of `bytes` (which must start 8-aligned in
+/// memory) and returns its payload and its total frame length.
+pub fn check_frame(bytes: &[u8]) -> Result<(&[u8], usize), FrameError> {
+    if bytes.len() < FRAME_HEADER_BYTES {
+        return Err(FrameError::End);
+    }
+    let len_bytes: [u8; 4] = bytes[0..4].try_into().expect("4 bytes");
+    let len = u32::from_le_bytes(len_bytes);
+    if len == 0 {
+        return Err(FrameError::End);
+    }
+    let total = frame_len(len as usize);
+    if len as usize > FRAME_PAYLOAD_BYTES_MAX || total > bytes.len() {
+        return Err(FrameError::BadLength(len));
+    }
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let payload = &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len as usize];
+    if frame_crc(len_bytes, payload) != crc {
+        return Err(FrameError::BadCrc);
+    }
+    Ok((payload, total))
+}
+
+/// Validates a payload as an archived record and returns it, in place.
+///
+/// `payload` must be 8-aligned in memory (frames in a mapping always are).
+pub fn access_record(payload: &[u8]) -> Result<&ArchivedRecord, FrameError> {
+    if payload.as_ptr() as usize % FRAME_ALIGN != 0 {
+        return Err(FrameError::BadArchive("misaligned payload".into()));
+    }
+    rkyv::access::<ArchivedRecord, rancor::Error>(payload)
+        .map_err(|e| FrameError::BadArchive(e.to_string()))
+}
+
+/// Checks a frame and validates its record: the full read-side check.
+pub fn decode_frame(bytes: &[u8]) -> Result<(&ArchivedRecord, usize), FrameError> {
+    let (payload, total) = check_frame(bytes)?;
+    Ok((access_record(payload)?, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An 8-aligned copy of bytes, as a mapping or DMA buffer provides.
+    pub(crate) fn aligned(bytes: &[u8]) -> rkyv::util::AlignedVec {
+        let mut v = rkyv::util::AlignedVec::<16>::new();
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    fn arb_record() -> impl Strategy<Value = Record> {
+        let s = ".{0,200}";
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), s, s).prop_map(
+                |(room, seq, sender, ts_ms, client_id, body)| Record::Message(Message {
+                    room, seq, sender, ts_ms, client_id, body
+                })
+            ),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), s).prop_map(
+                |(room, seq, by, ts_ms, body)| Record::Edit(Edit { room, seq, by, ts_ms, body })
+            ),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
+                .prop_map(|(room, seq, by, ts_ms)| Record::Delete(Delete { room, seq, by, ts_ms })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip(records in proptest::collection::vec(arb_record(), 1..20)) {
+            let mut buf = Vec::new();
+            let mut lens = Vec::new();
+            for r in &records {
+                lens.push(encode_frame(r, &mut buf));
+            }
+            let buf = aligned(&buf);
+            let mut off = 0;
+            for (r, len) in records.iter().zip(lens) {
+                prop_assert_eq!(len % FRAME_ALIGN, 0);
+                let (archived, total) = decode_frame(&buf[off..]).unwrap();
+                prop_assert_eq!(total, len);
+                prop_assert_eq!(&archived.to_owned_record(), r);
+                prop_assert_eq!(archived.room(), r.room());
+                off += total;
+            }
+            prop_assert_eq!(decode_frame(&buf[off..]).unwrap_err(), FrameError::End);
+        }
+
+        #[test]
+        fn any_single_byte_flip_is_detected(r in arb_record(), pos in any::<prop::sample::Index>(), x in 1u8..=255) {
+            let mut buf = Vec::new();
+            let len = encode_frame(&r, &mut buf);
+            let payload_end = FRAME_HEADER_BYTES + u32::from_le_bytes(buf[0..4].try_into().unwrap()) as usize;
+            let i = pos.index(payload_end);
+            buf[i] ^= x;
+            let buf = aligned(&buf);
+            prop_assert!(decode_frame(&buf[..len]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let buf = aligned(&bytes);
+            let _ = decode_frame(&buf);
+        }
+    }
+
+    #[test]
+    fn zero_length_is_end_and_oversize_is_bad_length() {
+        let buf = aligned(&[0u8; 16]);
+        assert_eq!(check_frame(&buf).unwrap_err(), FrameError::End);
+        let mut b = vec![0u8; 16];
+        b[0..4].copy_from_slice(&100u32.to_le_bytes());
+        assert_eq!(check_frame(&aligned(&b)).unwrap_err(), FrameError::BadLength(100));
+        assert_eq!(check_frame(&aligned(&b[..7])).unwrap_err(), FrameError::End);
+    }
+
+    #[test]
+    fn crc_valid_garbage_is_rejected_by_validation() {
+        let payload = [0xffu8; 24];
+        let len_bytes = (payload.len() as u32).to_le_bytes();
+        let mut b = Vec::new();
+        b.extend_from_slice(&len_bytes);
+        b.extend_from_slice(&frame_crc(len_bytes, &payload).to_le_bytes());
+        b.extend_from_slice(&payload);
+        let b = aligned(&b);
+        assert!(matches!(decode_frame(&b), Err(FrameError::BadArchive(_))));
+    }
+}
