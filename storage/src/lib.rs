@@ -30,7 +30,7 @@ pub mod record;
 pub mod segment;
 mod shard;
 mod signal;
-// pub mod verify;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;

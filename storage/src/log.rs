@@ -35,6 +35,8 @@ pub(crate) struct LogWriter {
     end: u32,
     synced_end: u32,
     tail: Vec<u8>,
+    /// The next segment, being zero-filled under its spare name.
+    spare: Option<glommio::Task<Result<(DmaFile, [u8; HEADER_BYTES])>>>,
 }
 
 /// A segment that was sealed by a roll: its id and final length.
@@ -49,35 +51,31 @@ fn glommio_err(what: &str, path: &Path, e: glommio::GlommioError<()>) -> Error {
 }
 
 impl LogWriter {
-    /// Creates segment `segment` (which must not exist), preallocated,
-    /// with its header written and synced, and its directory entry synced.
+    /// Creates segment `segment` (which must not exist) and makes it active,
+    /// waiting for it to be zero-filled. Starts preparing the next one.
     pub(crate) async fn create(dir: &Path, shard: u32, segment: u32, segment_bytes_max: u32, now_ms: u64) -> Result<Self> {
-        let path = segment::path(dir, segment);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .dma_open(&path)
-            .await
-            .map_err(|e| glommio_err("creating", &path, e))?;
-        file.pre_allocate(segment_bytes_max as u64, false)
-            .await
-            .map_err(|e| glommio_err("preallocating", &path, e))?;
+        let (file, header) = prepare_segment(dir.to_path_buf(), shard, segment, segment_bytes_max, now_ms).await?;
+        install_segment(dir, segment).await?;
         let mut w = LogWriter {
             dir: dir.to_path_buf(),
             shard,
             segment_bytes_max,
             file,
             segment,
-            end: 0,
-            synced_end: 0,
+            end: HEADER_BYTES as u32,
+            synced_end: HEADER_BYTES as u32,
             tail: Vec::with_capacity(BLOCK),
+            spare: None,
         };
-        let header = Header { shard, segment, created_ms: now_ms }.encode();
-        w.write_run(&header).await?;
-        w.sync().await?;
-        sync_dir(dir)?;
+        w.tail.extend_from_slice(&header);
+        w.start_spare(now_ms);
         Ok(w)
+    }
+
+    /// Starts zero-filling the next segment in the background.
+    fn start_spare(&mut self, now_ms: u64) {
+        let fut = prepare_segment(self.dir.clone(), self.shard, self.segment + 1, self.segment_bytes_max, now_ms);
+        self.spare = Some(glommio::spawn_local(fut));
     }
 
     /// Current segment id.
@@ -166,13 +164,25 @@ impl LogWriter {
     }
 
     /// Syncs and seals the active segment (truncating it to its data) and
-    /// makes the next one active.
+    /// makes the prepared spare the active one.
     async fn roll(&mut self, now_ms: u64) -> Result<Sealed> {
         let sealed = self.seal().await?;
-        let next = LogWriter::create(&self.dir, self.shard, self.segment + 1, self.segment_bytes_max, now_ms).await?;
-        let old = std::mem::replace(self, next);
-        let old_path = old.path();
-        old.file.close().await.map_err(|e| glommio_err("closing", &old_path, e))?;
+        let next_id = self.segment + 1;
+        let (file, header) = match self.spare.take() {
+            Some(task) => task.await?,
+            None => prepare_segment(self.dir.clone(), self.shard, next_id, self.segment_bytes_max, now_ms).await?,
+        };
+        install_segment(&self.dir, next_id).await?;
+        let old = std::mem::replace(&mut self.file, file);
+        let old_path = self.path();
+        old.close().await.map_err(|e| glommio_err("closing", &old_path, e))?;
+        self.segment = next_id;
+        self.end = HEADER_BYTES as u32;
+        self.synced_end = HEADER_BYTES as u32;
+        self.tail.clear();
+        // The next write rewrites the first block: keep the header in the tail.
+        self.tail.extend_from_slice(&header);
+        self.start_spare(now_ms);
         Ok(sealed)
     }
 
@@ -185,13 +195,84 @@ impl LogWriter {
         Ok(Sealed { segment: self.segment, end: self.end })
     }
 
-    /// Seals and closes the writer (shutdown).
+    /// Seals and closes the writer (shutdown). A spare being prepared is
+    /// abandoned; the next open removes it.
     pub(crate) async fn close(mut self) -> Result<Sealed> {
+        if let Some(spare) = self.spare.take() {
+            if let Ok((f, _)) = spare.await {
+                let _ = f.close().await;
+            }
+        }
         let sealed = self.seal().await?;
         let path = self.path();
         self.file.close().await.map_err(|e| glommio_err("closing", &path, e))?;
         Ok(sealed)
     }
+}
+
+/// Bytes written per request while zero-filling a segment.
+const FILL_CHUNK: usize = 1 << 20;
+
+/// Path under which a segment is prepared before it is installed.
+pub(crate) fn spare_path(dir: &Path, segment: u32) -> PathBuf {
+    dir.join(format!("{}.spare", segment::file_name(segment)))
+}
+
+/// Creates `{id}.seg.spare`: header, then zeros up to the segment size,
+/// written for real (not `fallocate`d) and synced. Overwriting written
+/// blocks needs no metadata update, so each later `fdatasync` is one device
+/// flush instead of a journal commit (measured: ~4 ms with unwritten
+/// extents versus a few hundred µs here).
+async fn prepare_segment(dir: PathBuf, shard: u32, segment: u32, size: u32, now_ms: u64) -> Result<(DmaFile, [u8; HEADER_BYTES])> {
+    let path = spare_path(&dir, segment);
+    let _ = std::fs::remove_file(&path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| glommio_err("creating", &path, e))?;
+    let zeros = {
+        let mut b = file.alloc_dma_buffer(FILL_CHUNK);
+        b.as_bytes_mut().fill(0);
+        std::rc::Rc::new(b)
+    };
+    let header = Header { shard, segment, created_ms: now_ms }.encode();
+    let mut first = file.alloc_dma_buffer(BLOCK);
+    first.as_bytes_mut().fill(0);
+    first.as_bytes_mut()[..HEADER_BYTES].copy_from_slice(&header);
+    file.write_at(first, 0).await.map_err(|e| glommio_err("writing", &path, e))?;
+    let mut pos = BLOCK as u64;
+    while pos < size as u64 {
+        let remaining = size as u64 - pos;
+        let n = if remaining >= FILL_CHUNK as u64 {
+            file.write_rc_at(zeros.clone(), pos).await
+        } else {
+            let mut b = file.alloc_dma_buffer((remaining as usize).div_ceil(BLOCK) * BLOCK);
+            b.as_bytes_mut().fill(0);
+            file.write_at(b, pos).await
+        }
+        .map_err(|e| glommio_err("zero-filling", &path, e))?;
+        if n == 0 {
+            return Err(Error::io(&path, std::io::Error::new(std::io::ErrorKind::WriteZero, "zero-fill wrote nothing")));
+        }
+        pos += n as u64;
+    }
+    file.fdatasync().await.map_err(|e| glommio_err("syncing", &path, e))?;
+    Ok((file, header))
+}
+
+/// Renames a prepared spare to its segment name and makes that durable.
+async fn install_segment(dir: &Path, segment: u32) -> Result<()> {
+    let (from, to) = (spare_path(dir, segment), segment::path(dir, segment));
+    let dir = dir.to_path_buf();
+    glommio::executor()
+        .spawn_blocking(move || {
+            std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+            sync_dir(&dir)
+        })
+        .await
 }
 
 /// Makes a directory's entries (new or removed files) durable.

@@ -337,6 +337,7 @@ struct State {
     /// Durable checkpoint (acknowledged by the index thread).
     checkpoint: Pos,
     maps: HashMap<u32, Rc<Mmap>>,
+    readers: HashMap<u32, Rc<glommio::io::BufferedFile>>,
     pending_chunks: HashMap<(u64, u64), (u64, Rc<Chunk>)>,
     pending_edits: BTreeMap<(u64, u64), (u64, u64, bool)>,
     ops: Vec<Op>,
@@ -374,6 +375,84 @@ pub struct ShardStore {
     inner: Rc<Inner>,
 }
 
+const PAGE: usize = 4096;
+/// Prefetch covers this many bytes from each record's start.
+const RECORD_BYTES_TYPICAL: usize = 512;
+
+/// Reorders a batch so each room's records are adjacent (stable: a room's
+/// records keep their order, so seqs stay increasing in the log). A later
+/// history page of the room then touches fewer pages of the log: the log is
+/// ordered by time, and this clusters it by room at no extra I/O.
+fn cluster_by_room(frames: Vec<u8>, items: Vec<Queued>) -> (Vec<u8>, Vec<Queued>) {
+    if items.windows(2).all(|w| w[0].room <= w[1].room) {
+        return (frames, items);
+    }
+    let mut starts = Vec::with_capacity(items.len());
+    let mut off = 0usize;
+    for q in &items {
+        starts.push(off);
+        off += q.len as usize;
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| items[i].room);
+    let mut out = Vec::with_capacity(frames.len());
+    for &i in &order {
+        out.extend_from_slice(&frames[starts[i]..starts[i] + items[i].len as usize]);
+    }
+    let mut slots: Vec<Option<Queued>> = items.into_iter().map(Some).collect();
+    let items = order.iter().map(|&i| slots[i].take().expect("each index once")).collect();
+    (out, items)
+}
+
+/// The entries and edits a history page needs, and its bounds.
+struct Plan {
+    entries: Vec<(u64, Entry)>,
+    edits: HashMap<u64, u64>,
+    lo: u64,
+    hi: u64,
+    lo_page: u64,
+    hi_page: u64,
+}
+
+/// Offsets of packed positions, grouped by segment.
+fn by_segment(positions: &[u64]) -> BTreeMap<u32, Vec<usize>> {
+    let mut out: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for &p in positions {
+        let pos = Pos::from_u64(p);
+        out.entry(pos.segment).or_default().push(pos.offset as usize);
+    }
+    out
+}
+
+/// The pages holding `offsets` (and the next [`RECORD_BYTES_TYPICAL`] of
+/// each record: a longer record faults its last page in on read) that are
+/// not resident in the page cache.
+fn cold_pages(map: &Mmap, offsets: &[usize]) -> Vec<usize> {
+    let (Some(&lo), Some(&hi)) = (offsets.iter().min(), offsets.iter().max()) else { return Vec::new() };
+    if map.is_empty() || lo >= map.len() {
+        return Vec::new();
+    }
+    let first = lo / PAGE;
+    let last = (hi + RECORD_BYTES_TYPICAL).min(map.len() - 1) / PAGE;
+    let mut resident = vec![0u8; last - first + 1];
+    // SAFETY: the range starts page-aligned inside the mapping and ends at or
+    // before its last byte; `resident` has one byte per page of the range.
+    let rc = unsafe {
+        libc::mincore(map.as_ptr().add(first * PAGE) as *mut libc::c_void, (last - first + 1) * PAGE, resident.as_mut_ptr())
+    };
+    if rc != 0 {
+        return Vec::new(); // advisory only
+    }
+    let mut pages: Vec<usize> = offsets
+        .iter()
+        .flat_map(|&o| (o / PAGE)..=((o + RECORD_BYTES_TYPICAL).min(map.len() - 1) / PAGE))
+        .filter(|p| resident[p - first] & 1 == 0)
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    pages
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -394,6 +473,7 @@ impl ShardStore {
             active: 0,
             checkpoint: Pos::from_u64(loaded.checkpoint),
             maps: HashMap::new(),
+            readers: HashMap::new(),
             pending_chunks: HashMap::new(),
             pending_edits: BTreeMap::new(),
             ops: Vec::new(),
@@ -561,7 +641,7 @@ impl ShardStore {
 
     async fn change(&self, rec: Record, room: u64, seq: u64, deleted: bool) -> Result<()> {
         self.wait_for_index_lag().await;
-        match self.get(room, seq)? {
+        match self.get(room, seq).await? {
             None => return Err(Error::NotFound(format!("message {seq} in room {room}"))),
             Some(item) if item.deleted() => return Err(Error::NotFound(format!("message {seq} in room {room} was deleted"))),
             Some(_) => {}
@@ -643,7 +723,7 @@ impl ShardStore {
         if seq > self.last_seq(room) {
             self.flush().await?;
         }
-        match self.get(room, seq)? {
+        match self.get(room, seq).await? {
             Some(item) if item.sender() == sender && item.client_id() == client_id => {
                 Ok(Some(Appended::Duplicate { seq, ts_ms: item.ts_ms() }))
             }
@@ -730,21 +810,38 @@ impl ShardStore {
     }
 
     /// One message with edits applied, if it exists and is live.
-    pub fn get(&self, room: u64, seq: u64) -> Result<Option<HistoryItem>> {
-        let page = self.history(room, Cursor { after: Some(seq.saturating_sub(1)), before: Some(seq.saturating_add(1)), limit: 1, order: Order::OldestFirst })?;
+    pub async fn get(&self, room: u64, seq: u64) -> Result<Option<HistoryItem>> {
+        let page = self.history(room, Cursor { after: Some(seq.saturating_sub(1)), before: Some(seq.saturating_add(1)), limit: 1, order: Order::OldestFirst }).await?;
         Ok(page.items.into_iter().next())
     }
 
-    /// A page of history, read in place from the log.
-    pub fn history(&self, room: u64, cursor: Cursor) -> Result<Page> {
-        let mut st = self.inner.st.borrow_mut();
-        let st = &mut *st;
-        let Some(r) = st.rooms.get(&room) else { return Ok(Page { items: Vec::new(), next: None }) };
+    /// A page of history, read in place from the log (records not in the
+    /// page cache are first read in parallel through io_uring).
+    pub async fn history(&self, room: u64, cursor: Cursor) -> Result<Page> {
+        let positions = {
+            let mut st = self.inner.st.borrow_mut();
+            let Some(plan) = self.plan(&mut st, room, cursor)? else {
+                return Ok(Page { items: Vec::new(), next: None });
+            };
+            let positions: Vec<u64> = plan.entries.iter().map(|(_, e)| e.pos).chain(plan.edits.values().copied()).collect();
+            if !self.any_cold(&mut st, &positions)? {
+                return self.assemble(&mut st, room, cursor, plan);
+            }
+            positions
+        };
+        self.prefetch(positions).await?;
+        // The state may have moved on while the reads ran: plan again.
+        self.history_now(room, cursor)
+    }
+
+    /// Index entries and edit positions of the page `cursor` asks for.
+    fn plan(&self, st: &mut State, room: u64, cursor: Cursor) -> Result<Option<Plan>> {
+        let Some(r) = st.rooms.get(&room) else { return Ok(None) };
         let lo = cursor.after.map_or(1, |a| a.saturating_add(1)).max(r.low_seq);
         let hi = cursor.before.map_or(r.durable_seq, |b| b.saturating_sub(1)).min(r.durable_seq);
         let limit = cursor.limit.max(1) as u64;
         if lo > hi {
-            return Ok(Page { items: Vec::new(), next: None });
+            return Ok(None);
         }
         let (lo_page, hi_page) = match cursor.order {
             Order::NewestFirst => (hi.saturating_sub(limit - 1).max(lo), hi),
@@ -752,6 +849,21 @@ impl ShardStore {
         };
         let entries = self.entries(st, room, lo_page, hi_page)?;
         let edits = self.edits(st, room, lo_page, hi_page)?;
+        Ok(Some(Plan { entries, edits, lo, hi, lo_page, hi_page }))
+    }
+
+    /// A page of history from what is mapped now (no prefetch).
+    pub fn history_now(&self, room: u64, cursor: Cursor) -> Result<Page> {
+        let mut st = self.inner.st.borrow_mut();
+        match self.plan(&mut st, room, cursor)? {
+            Some(plan) => self.assemble(&mut st, room, cursor, plan),
+            None => Ok(Page { items: Vec::new(), next: None }),
+        }
+    }
+
+    /// Reads the records of a plan (in place) into a page.
+    fn assemble(&self, st: &mut State, room: u64, cursor: Cursor, plan: Plan) -> Result<Page> {
+        let Plan { entries, edits, lo, hi, lo_page, hi_page } = plan;
         let mut items = Vec::with_capacity(entries.len());
         for (seq, e) in entries {
             let message = self.read_at(st, Pos::from_u64(e.pos))?;
@@ -772,6 +884,66 @@ impl ShardStore {
             Order::OldestFirst => (hi_page < hi).then_some(Cursor { after: Some(hi_page), ..cursor }),
         };
         Ok(Page { items, next })
+    }
+
+    /// Unmaps every segment mapping this shard holds for reads; the next read
+    /// maps again. Lets the OS evict the pages (used by `rookery-bench` to
+    /// measure cold reads; mapped pages cannot be evicted otherwise).
+    pub fn release_mappings(&self) {
+        let mut st = self.inner.st.borrow_mut();
+        st.maps.clear();
+        st.readers.clear();
+    }
+
+    /// Reads into the page cache, in parallel through io_uring, the pages of
+    /// these positions that are not resident, so a cold page of history
+    /// costs about one device round trip instead of one per record (page
+    /// faults on a mapping are served one at a time). Hot pages cost one
+    /// `mincore` call per segment touched and no I/O.
+    async fn prefetch(&self, positions: Vec<u64>) -> Result<()> {
+        let mut reads = Vec::new();
+        for (segment, offsets) in by_segment(&positions) {
+            let map = {
+                let mut st = self.inner.st.borrow_mut();
+                self.map(&mut st, segment)?
+            };
+            let pages = cold_pages(&map, &offsets);
+            if pages.is_empty() {
+                continue;
+            }
+            let file = self.reader(segment).await?;
+            for page in pages {
+                let file = file.clone();
+                // Tasks, not bare futures: all reads must be in flight at once.
+                reads.push(glommio::spawn_local(async move { file.read_at((page * PAGE) as u64, PAGE).await.map(|_| ()) }));
+            }
+        }
+        for r in reads {
+            r.await.map_err(|e| Error::Glommio(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// True when any of these positions is on a page not in the page cache.
+    fn any_cold(&self, st: &mut State, positions: &[u64]) -> Result<bool> {
+        for (segment, offsets) in by_segment(positions) {
+            let map = self.map(st, segment)?;
+            if !cold_pages(&map, &offsets).is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// A buffered io_uring handle on a segment, for prefetching.
+    async fn reader(&self, segment: u32) -> Result<Rc<glommio::io::BufferedFile>> {
+        if let Some(f) = self.inner.st.borrow().readers.get(&segment) {
+            return Ok(f.clone());
+        }
+        let path = segment::path(&self.inner.log_dir, segment);
+        let f = Rc::new(glommio::io::BufferedFile::open(&path).await.map_err(|e| Error::Glommio(format!("opening {}: {e}", path.display())))?);
+        self.inner.st.borrow_mut().readers.insert(segment, f.clone());
+        Ok(f)
     }
 
     /// Latest edit/delete positions for seqs `lo..=hi`.
@@ -849,6 +1021,7 @@ impl ShardStore {
             let mut st = self.inner.st.borrow_mut();
             st.segments.remove(&id);
             st.maps.remove(&id);
+            st.readers.remove(&id);
             st.ops.push(Op::DropSegment { segment: id });
             report.segments_deleted += 1;
             report.bytes_reclaimed += bytes;
@@ -1160,6 +1333,7 @@ impl ShardStore {
     async fn commit_one(&self, writer: &mut LogWriter, positions: &mut Vec<Pos>, sealed: &mut Vec<Sealed>, last_sync: &mut Instant) -> Result<()> {
         let inner = &self.inner;
         let (frames, items, signal) = self.take_batch();
+        let (frames, items) = cluster_by_room(frames, items);
         inner.queue.borrow_mut().inflight = Some(signal.clone());
         positions.clear();
         sealed.clear();
@@ -1244,6 +1418,7 @@ impl ShardStore {
         let mut st = self.inner.st.borrow_mut();
         st.segments.entry(s.segment).or_default().sealed_end = Some(s.end);
         st.maps.remove(&s.segment);
+        st.readers.remove(&s.segment);
     }
 
     /// Syncs the log and sends a durable checkpoint of all dirty state.

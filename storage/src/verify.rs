@@ -1,0 +1,329 @@
+//! Offline inspection of a data directory: record iteration, verification of
+//! the log against the index, and salvage. Used by `rookery-admin`; needs no
+//! executor and never writes except in [`salvage_shard`].
+//!
+//! Nothing here trusts the index: records are read from the log with the
+//! same scanner recovery uses, and the index is checked against them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use redb::{ReadableDatabase, ReadableTable};
+
+use crate::chunk::{chunk_of, idem_hash, Chunk};
+use crate::error::{Error, Result};
+use crate::index::{RoomRow, CHUNKS, EDITS, ROOMS, STATE};
+use crate::record::ArchivedRecord;
+use crate::segment::{self, Header, Pos, ScanEnd, HEADER_BYTES};
+
+/// Directory of shard `shard`.
+pub fn shard_dir(data_dir: &Path, shard: u32) -> PathBuf {
+    data_dir.join(format!("shard-{shard}"))
+}
+
+/// Directory of shard `shard`'s log.
+pub fn log_dir(data_dir: &Path, shard: u32) -> PathBuf {
+    shard_dir(data_dir, shard).join("log")
+}
+
+/// What a scan of one segment found.
+#[derive(Debug, Clone)]
+pub struct SegmentScan {
+    /// Segment id.
+    pub segment: u32,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// Valid records.
+    pub records: u64,
+    /// Of which messages.
+    pub messages: u64,
+    /// How the scan ended; `Err` holds the corruption found.
+    pub end: std::result::Result<ScanEnd, String>,
+}
+
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: offline tool; the data directory is not being written.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+/// Calls `visit` for every valid record of every segment of a shard, in log
+/// order, and reports each segment. Damage does not stop the walk: the
+/// segment's report holds it and the next segment is scanned.
+pub fn for_each_record(data_dir: &Path, shard: u32, mut visit: impl FnMut(Pos, &ArchivedRecord)) -> Result<Vec<SegmentScan>> {
+    let dir = log_dir(data_dir, shard);
+    let ids = segment::list(&dir)?;
+    let mut scans = Vec::with_capacity(ids.len());
+    for (i, &id) in ids.iter().enumerate() {
+        let path = segment::path(&dir, id);
+        let map = map_file(&path)?;
+        let mut scan = SegmentScan { segment: id, bytes: map.len() as u64, records: 0, messages: 0, end: Err(String::new()) };
+        let header = Header::decode(&map, id).and_then(|h| {
+            if h.shard == shard {
+                Ok(h)
+            } else {
+                Err(Error::corrupt(id, 0, format!("segment belongs to shard {}", h.shard)))
+            }
+        });
+        scan.end = match header {
+            Err(e) => Err(e.to_string()),
+            Ok(_) => segment::scan(&map, id, HEADER_BYTES as u32, i + 1 == ids.len(), |offset, rec, _| {
+                scan.records += 1;
+                scan.messages += matches!(rec, ArchivedRecord::Message(_)) as u64;
+                visit(Pos { segment: id, offset }, rec);
+                Ok(())
+            })
+            .map_err(|e| e.to_string()),
+        };
+        scans.push(scan);
+    }
+    Ok(scans)
+}
+
+/// The result of verifying one shard.
+#[derive(Debug, Clone, Default)]
+pub struct ShardReport {
+    /// Shard number.
+    pub shard: u32,
+    /// Per-segment scan results.
+    pub segments: Vec<SegmentScan>,
+    /// Rooms with their message count and seq range found in the log.
+    pub rooms: BTreeMap<u64, RoomLog>,
+    /// The index checkpoint.
+    pub checkpoint: Pos,
+    /// Problems that make the shard unusable or lose data.
+    pub errors: Vec<String>,
+    /// Conditions recovery repairs by itself (torn tail, unindexed tail).
+    pub notes: Vec<String>,
+}
+
+impl ShardReport {
+    /// True when nothing is wrong that recovery cannot repair.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// A room as the log shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomLog {
+    /// Live messages (seq >= the index's low seq).
+    pub messages: u64,
+    /// Lowest seq found.
+    pub first_seq: u64,
+    /// Highest seq found.
+    pub last_seq: u64,
+    /// Edit and delete records.
+    pub changes: u64,
+}
+
+struct LogMessage {
+    pos: Pos,
+    idem: u64,
+    ts_ms: u64,
+}
+
+/// Checks every record of a shard's log, and every index entry against the
+/// log. Opens the index read-only; the server must not be running.
+pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
+    let mut report = ShardReport { shard, ..ShardReport::default() };
+    let mut messages: HashMap<(u64, u64), LogMessage> = HashMap::new();
+    let mut changes: HashMap<Pos, (u64, u64)> = HashMap::new();
+    let mut last_in_log: HashMap<u64, u64> = HashMap::new();
+    report.segments = for_each_record(data_dir, shard, |pos, rec| match rec {
+        ArchivedRecord::Message(m) => {
+            let (room, seq) = (m.room.to_native(), m.seq.to_native());
+            let last = last_in_log.entry(room).or_insert(0);
+            if seq <= *last {
+                report.errors.push(format!("room {room}: seq {seq} at {pos:?} after seq {last}"));
+            }
+            *last = (*last).max(seq);
+            let idem = idem_hash(m.sender.to_native(), &m.client_id);
+            messages.insert((room, seq), LogMessage { pos, idem, ts_ms: m.ts_ms.to_native() });
+            let r = report.rooms.entry(room).or_default();
+            r.first_seq = if r.first_seq == 0 { seq } else { r.first_seq.min(seq) };
+            r.last_seq = r.last_seq.max(seq);
+        }
+        ArchivedRecord::Edit(_) | ArchivedRecord::Delete(_) => {
+            changes.insert(pos, (rec.room(), rec.seq()));
+            report.rooms.entry(rec.room()).or_default().changes += 1;
+        }
+    })?;
+    let last_segment = report.segments.last().map(|s| s.segment);
+    for s in &report.segments {
+        match &s.end {
+            Err(e) => report.errors.push(format!("segment {}: {e}", s.segment)),
+            Ok(ScanEnd::Torn { end, reason }) => report.notes.push(format!("segment {}: torn tail at {end} ({reason}); the next open truncates it", s.segment)),
+            Ok(ScanEnd::Clean { .. }) => {}
+        }
+        if Some(s.segment) != last_segment && matches!(s.end, Ok(ScanEnd::Torn { .. })) {
+            report.errors.push(format!("segment {} is torn but is not the last segment", s.segment));
+        }
+    }
+    let index_path = shard_dir(data_dir, shard).join("index.redb");
+    if !index_path.exists() {
+        report.notes.push("no index: the next open rebuilds it from the log".into());
+        return Ok(report);
+    }
+    check_index(&index_path, &mut report, &messages, &changes)?;
+    Ok(report)
+}
+
+fn check_index(path: &Path, report: &mut ShardReport, messages: &HashMap<(u64, u64), LogMessage>, changes: &HashMap<Pos, (u64, u64)>) -> Result<()> {
+    let db = redb::Database::builder().open_read_only(path)?;
+    let tx = db.begin_read()?;
+    let checkpoint = Pos::from_u64(tx.open_table(STATE)?.get("checkpoint")?.map(|v| v.value()).unwrap_or(0));
+    report.checkpoint = checkpoint;
+    let ends: HashMap<u32, u64> = report.segments.iter().map(|s| (s.segment, s.end.as_ref().map_or(0, |e| e.end() as u64))).collect();
+    if checkpoint.segment > 0 && ends.get(&checkpoint.segment).is_none_or(|&e| (checkpoint.offset as u64) > e) {
+        report.errors.push(format!("index checkpoint {checkpoint:?} is past the end of the log"));
+    }
+    let mut rows: HashMap<u64, RoomRow> = HashMap::new();
+    for row in tx.open_table(ROOMS)?.iter()? {
+        let (k, v) = row?;
+        let t = v.value();
+        rows.insert(k.value(), RoomRow { last_seq: t.0, low_seq: t.1, keep_messages: t.2, keep_age_ms: t.3, last_ts_ms: t.4 });
+    }
+    // Every message covered by the checkpoint and not retired is indexed,
+    // at its exact position.
+    let chunks = tx.open_table(CHUNKS)?;
+    let mut loaded: HashMap<(u64, u64), Option<Chunk>> = HashMap::new();
+    let mut indexed_missing = 0u64;
+    for (&(room, seq), m) in messages {
+        let row = rows.get(&room).copied().unwrap_or_default();
+        if seq < row.low_seq.max(1) {
+            continue;
+        }
+        if let Some(r) = report.rooms.get_mut(&room) {
+            r.messages += 1;
+        }
+        if m.pos >= checkpoint || seq > row.last_seq {
+            indexed_missing += 1;
+            continue;
+        }
+        let no = chunk_of(seq);
+        if let std::collections::hash_map::Entry::Vacant(v) = loaded.entry((room, no)) {
+            let c = match chunks.get((room, no))? {
+                Some(bytes) => Some(Chunk::decode(no, bytes.value())?),
+                None => None,
+            };
+            v.insert(c);
+        }
+        match loaded[&(room, no)].as_ref().and_then(|c| c.get(seq)) {
+            None => report.errors.push(format!("room {room} seq {seq}: in the log at {:?} but not in the index", m.pos)),
+            Some(e) if e.pos != m.pos.to_u64() || e.idem != m.idem || e.ts_ms != m.ts_ms => {
+                report.errors.push(format!("room {room} seq {seq}: index entry {e:?} disagrees with the log at {:?}", m.pos))
+            }
+            Some(_) => {}
+        }
+    }
+    if indexed_missing > 0 {
+        report.notes.push(format!("{indexed_missing} messages after the checkpoint are not indexed yet; the next open indexes them"));
+    }
+    // Every index entry points at the message it names.
+    for row in chunks.iter()? {
+        let (k, v) = row?;
+        let (room, no) = k.value();
+        let chunk = Chunk::decode(no, v.value())?;
+        let last = rows.get(&room).map_or(0, |r| r.last_seq);
+        let low = rows.get(&room).map_or(1, |r| r.low_seq);
+        for (i, e) in chunk.entries.iter().enumerate() {
+            let seq = no * crate::chunk::CHUNK_LEN + i as u64 + 1;
+            if e.pos == 0 || seq > last || seq < low {
+                continue;
+            }
+            if messages.get(&(room, seq)).is_none_or(|m| m.pos.to_u64() != e.pos) {
+                report.errors.push(format!("index room {room} seq {seq} points at {:?}, which is not that message", Pos::from_u64(e.pos)));
+            }
+        }
+    }
+    for row in tx.open_table(EDITS)?.iter()? {
+        let (k, v) = row?;
+        let (room, seq) = k.value();
+        let pos = Pos::from_u64(v.value().0);
+        if changes.get(&pos) != Some(&(room, seq)) && pos < checkpoint {
+            report.errors.push(format!("index edit of room {room} seq {seq} points at {pos:?}, which is not an edit of it"));
+        }
+    }
+    Ok(())
+}
+
+/// What [`salvage_shard`] did.
+#[derive(Debug, Clone, Default)]
+pub struct SalvageReport {
+    /// Segment that was cut, and the offset it was cut at.
+    pub cut: Option<(u32, u32)>,
+    /// Segments after the cut moved to `shard-K/salvaged/`.
+    pub moved: Vec<u32>,
+    /// Valid records that were after the damage and are no longer in the log
+    /// (they stay readable in the moved files).
+    pub records_dropped: u64,
+}
+
+/// Makes a damaged shard openable: cuts its log at the first corruption
+/// (the damaged segment is truncated there; later segments are moved to
+/// `shard-K/salvaged/`) and deletes the index so the next open rebuilds it.
+/// Everything before the damage is kept.
+pub fn salvage_shard(data_dir: &Path, shard: u32) -> Result<SalvageReport> {
+    let scans = for_each_record(data_dir, shard, |_, _| {})?;
+    let mut report = SalvageReport::default();
+    let Some(bad) = scans.iter().position(|s| s.end.is_err()) else {
+        return Ok(report);
+    };
+    let dir = log_dir(data_dir, shard);
+    let path = segment::path(&dir, scans[bad].segment);
+    let map = map_file(&path)?;
+    // Find the damaged offset: scan again, remembering the last good end.
+    let mut good_end = HEADER_BYTES as u32;
+    let header_ok = Header::decode(&map, scans[bad].segment).is_ok();
+    if header_ok {
+        let _ = segment::scan(&map, scans[bad].segment, HEADER_BYTES as u32, false, |offset, _, len| {
+            good_end = offset + len;
+            Ok(())
+        });
+    }
+    drop(map);
+    let salvaged = shard_dir(data_dir, shard).join("salvaged");
+    std::fs::create_dir_all(&salvaged).map_err(|e| Error::io(&salvaged, e))?;
+    let copy = salvaged.join(segment::file_name(scans[bad].segment));
+    std::fs::copy(&path, &copy).map_err(|e| Error::io(&copy, e))?;
+    if header_ok {
+        let file = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        file.set_len(good_end as u64).and_then(|_| file.sync_all()).map_err(|e| Error::io(&path, e))?;
+        report.cut = Some((scans[bad].segment, good_end));
+    } else {
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        report.cut = Some((scans[bad].segment, 0));
+    }
+    for s in &scans[bad + 1..] {
+        let from = segment::path(&dir, s.segment);
+        let to = salvaged.join(segment::file_name(s.segment));
+        std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+        report.moved.push(s.segment);
+        report.records_dropped += s.records;
+    }
+    let index = shard_dir(data_dir, shard).join("index.redb");
+    if index.exists() {
+        std::fs::remove_file(&index).map_err(|e| Error::io(&index, e))?;
+    }
+    crate::log::sync_dir(&dir)?;
+    Ok(report)
+}
+
+/// Room rows of a shard's index (read-only; empty when there is no index).
+pub fn room_rows(data_dir: &Path, shard: u32) -> Result<HashMap<u64, RoomRow>> {
+    let path = shard_dir(data_dir, shard).join("index.redb");
+    if !path.exists() {
+        return Ok(HashMap::new());
+    }
+    let db = redb::Database::builder().open_read_only(&path)?;
+    let tx = db.begin_read()?;
+    let mut rows = HashMap::new();
+    for row in tx.open_table(ROOMS)?.iter()? {
+        let (k, v) = row?;
+        let t = v.value();
+        rows.insert(k.value(), RoomRow { last_seq: t.0, low_seq: t.1, keep_messages: t.2, keep_age_ms: t.3, last_ts_ms: t.4 });
+    }
+    Ok(rows)
+}
