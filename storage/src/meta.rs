@@ -56,6 +56,10 @@ const MEMBERS: TableDefinition<(u64, u64), u8> = TableDefinition::new("members")
 const USER_ROOMS: TableDefinition<(u64, u64), ()> = TableDefinition::new("user_rooms");
 /// (room, user) -> highest seq read.
 const RECEIPTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("receipts");
+/// Per-room retention: room -> (low seq, keep messages, keep age ms). Kept
+/// here, not in a shard index, because it is not derivable from the log:
+/// after an index rebuild, retired messages must stay retired.
+const RETENTION: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("retention");
 
 const USER_COUNTER: &str = "user";
 const ROOM_COUNTER: &str = "room";
@@ -152,6 +156,7 @@ impl Meta {
         txn.open_table(MEMBERS)?;
         txn.open_table(USER_ROOMS)?;
         txn.open_table(RECEIPTS)?;
+        txn.open_table(RETENTION)?;
         txn.commit()?;
         Ok(Meta { db })
     }
@@ -440,6 +445,43 @@ impl Meta {
             }
             Ok(())
         })
+    }
+
+    /// Stores a room's retention limits (0 = unlimited), durably.
+    pub fn set_retention(&self, room: u64, keep_messages: u64, keep_age_ms: u64) -> Result<()> {
+        self.write_with(Durability::Immediate, |txn| {
+            let mut t = txn.open_table(RETENTION)?;
+            let low = t.get(room)?.map_or(0, |v| v.value().0);
+            t.insert(room, (low, keep_messages, keep_age_ms))?;
+            Ok(())
+        })
+    }
+
+    /// Raises rooms' low seqs (never lowers them), durably, in one
+    /// transaction. Called before retired log segments are deleted.
+    pub fn advance_low_seqs(&self, updates: &[(u64, u64)]) -> Result<()> {
+        self.write_with(Durability::Immediate, |txn| {
+            let mut t = txn.open_table(RETENTION)?;
+            for &(room, low) in updates {
+                let (old, keep_messages, keep_age_ms) = t.get(room)?.map_or((0, 0, 0), |v| v.value());
+                if low > old {
+                    t.insert(room, (low, keep_messages, keep_age_ms))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Every room's retention row: (room, low seq, keep messages, keep age ms).
+    pub fn retention_rows(&self) -> Result<Vec<(u64, u64, u64, u64)>> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in txn.open_table(RETENTION)?.iter()? {
+            let (k, v) = row?;
+            let (low, km, ka) = v.value();
+            out.push((k.value(), low, km, ka));
+        }
+        Ok(out)
     }
 
     /// Inserts `room` as-is (restore), moving the id counter past its id.

@@ -357,6 +357,7 @@ struct State {
 struct Inner {
     shard: u32,
     cfg: StorageConfig,
+    meta: Option<Arc<Meta>>,
     log_dir: PathBuf,
     db: Arc<Database>,
     st: RefCell<State>,
@@ -453,6 +454,25 @@ fn cold_pages(map: &Mmap, offsets: &[usize]) -> Vec<usize> {
     pages
 }
 
+/// Applies the durable retention rows of `meta` to this shard's rooms: the
+/// index may be older than them, or gone.
+fn apply_retention_rows(st: &mut State, meta: &Meta, shard: u32, shards: u32) -> Result<()> {
+    for (room, low, keep_messages, keep_age_ms) in meta.retention_rows()? {
+        if crate::shard_of(room, shards) != shard {
+            continue;
+        }
+        let r = st.rooms.entry(room).or_insert_with(|| {
+            let mut r = Room::new(1);
+            r.durable_seq = 0;
+            r
+        });
+        r.low_seq = r.low_seq.max(low);
+        r.keep_messages = keep_messages;
+        r.keep_age_ms = keep_age_ms;
+    }
+    Ok(())
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -510,10 +530,14 @@ impl ShardStore {
         for (seg, room, max_seq) in loaded.segments {
             st.segments.entry(seg).or_default().rooms.insert(room, max_seq);
         }
-        let (index_tx, done_rx, thread) = index::spawn(shard, db.clone(), meta)?;
+        if let Some(meta) = &meta {
+            apply_retention_rows(&mut st, meta, shard, cfg.shards)?;
+        }
+        let (index_tx, done_rx, thread) = index::spawn(shard, db.clone(), meta.clone())?;
         let inner = Rc::new(Inner {
             shard,
             cfg: cfg.clone(),
+            meta,
             log_dir,
             db,
             st: RefCell::new(st),
@@ -963,13 +987,19 @@ impl ShardStore {
         Ok(index::read_edits(&self.inner.db, room, seq, seq)?.first().is_some_and(|e| e.2))
     }
 
-    /// Sets a room's retention limits (applied by [`ShardStore::enforce_retention`]).
-    pub fn set_retention(&self, room: u64, retention: Retention) {
+    /// Sets a room's retention limits, durably (applied by
+    /// [`ShardStore::enforce_retention`]).
+    pub async fn set_retention(&self, room: u64, retention: Retention) -> Result<()> {
+        let (km, ka) = (retention.max_messages.unwrap_or(0), retention.max_age_ms.unwrap_or(0));
+        if let Some(meta) = self.inner.meta.clone() {
+            glommio::executor().spawn_blocking(move || meta.set_retention(room, km, ka)).await?;
+        }
         let mut st = self.inner.st.borrow_mut();
         let r = st.rooms.entry(room).or_insert_with(|| Room::new(1));
-        r.keep_messages = retention.max_messages.unwrap_or(0);
-        r.keep_age_ms = retention.max_age_ms.unwrap_or(0);
+        r.keep_messages = km;
+        r.keep_age_ms = ka;
         st.dirty_rooms.insert(room);
+        Ok(())
     }
 
     /// A room's retention limits.
@@ -987,6 +1017,7 @@ impl ShardStore {
     pub async fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport> {
         self.check_open()?;
         let mut report = RetentionReport::default();
+        let mut lows = Vec::new();
         {
             let mut st = self.inner.st.borrow_mut();
             let st = &mut *st;
@@ -997,10 +1028,15 @@ impl ShardStore {
                 if new_low > r.low_seq {
                     report.messages_expired += new_low - r.low_seq;
                     r.low_seq = new_low;
+                    lows.push((room, new_low));
                     st.ops.push(Op::Retire { room, low_seq: new_low });
                     st.dirty_rooms.insert(room);
                 }
             }
+        }
+        // The new low seqs are durable (meta) before any segment goes.
+        if let (Some(meta), false) = (self.inner.meta.clone(), lows.is_empty()) {
+            glommio::executor().spawn_blocking(move || meta.advance_low_seqs(&lows)).await?;
         }
         self.checkpoint_now().await?;
         let dead: Vec<(u32, u64)> = {
@@ -1194,6 +1230,17 @@ impl ShardStore {
                 if seq <= durable || seq == 0 {
                     return Err(Error::corrupt(pos.segment, pos.offset, format!("room {room} seq {seq} not above {durable}")));
                 }
+                let retired = st.rooms.get(&room).is_some_and(|r| seq < r.low_seq);
+                if retired {
+                    // Retention removed it after it was written: keep the
+                    // seq taken, index nothing.
+                    let r = st.rooms.get_mut(&room).expect("checked");
+                    r.durable_seq = seq;
+                    r.next_seq = r.next_seq.max(seq + 1);
+                    let max = st.segments.entry(pos.segment).or_default().rooms.entry(room).or_insert(0);
+                    *max = (*max).max(seq);
+                    return Ok(());
+                }
                 let entry = Entry { pos: pos.to_u64(), idem: idem_hash(m.sender.to_native(), &m.client_id), ts_ms: m.ts_ms.to_native() };
                 self.apply_message(st, room, seq, entry, pos.segment);
                 let r = st.rooms.get_mut(&room).expect("just applied");
@@ -1236,6 +1283,9 @@ impl ShardStore {
     }
 
     fn apply_edit(&self, st: &mut State, room: u64, seq: u64, pos: Pos, deleted: bool) -> Result<()> {
+        if st.rooms.get(&room).is_some_and(|r| seq < r.low_seq) {
+            return Ok(()); // retired (replay of a change to a retired message)
+        }
         if !deleted && self.is_deleted(st, room, seq)? {
             return Ok(()); // a delete is final; a racing edit is ignored
         }
