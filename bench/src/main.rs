@@ -15,7 +15,11 @@ mod sqlite_store;
 mod storage;
 
 #[derive(Parser)]
-#[command(name = "rookery-bench", version, about = "Benchmarks for Rookery and its baselines")]
+#[command(
+    name = "rookery-bench",
+    version,
+    about = "Benchmarks for Rookery and its baselines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +35,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {

@@ -39,7 +39,7 @@
 //!   evict pages a process has mapped (see [`drop_os_cache`]).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -126,7 +126,6 @@ struct Job {
 /// read connections over `dir/messages.sqlite`. `Send + Sync`: share it with
 /// `Arc` and call [`append`](Self::append) from as many threads as you like.
 pub struct SqliteStore {
-    path: PathBuf,
     jobs: Option<flume::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
     readers: Vec<Mutex<Connection>>,
@@ -154,18 +153,12 @@ impl SqliteStore {
             .spawn(move || writer_loop(conn, last_seqs, queue, &writer_commits))
             .context("spawning the sqlite writer thread")?;
         Ok(SqliteStore {
-            path,
             jobs: Some(jobs),
             writer: Some(writer),
             readers,
             next_reader: AtomicUsize::new(0),
             commits,
         })
-    }
-
-    /// Path of the database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Appends a message and returns its seq once the row is durable (its
@@ -222,16 +215,6 @@ impl SqliteStore {
     /// each): appends / commits is the mean group-commit batch size.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
-    }
-
-    /// Frees the page cache of every read connection (`PRAGMA shrink_memory`),
-    /// so that, together with [`drop_os_cache`], the next reads are cold.
-    pub fn drop_page_cache(&self) -> Result<()> {
-        for reader in &self.readers {
-            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
-            conn.execute_batch("PRAGMA shrink_memory")?;
-        }
-        Ok(())
     }
 
     /// Stops the writer thread after it has committed and answered every
@@ -468,7 +451,7 @@ mod tests {
 
     /// A scratch directory removed on drop (no `tempfile` dependency, so the
     /// tests build in any crate that has this module's dependencies).
-    struct Scratch(PathBuf);
+    struct Scratch(std::path::PathBuf);
 
     impl Scratch {
         fn new() -> Scratch {
@@ -631,7 +614,7 @@ mod tests {
         for i in 0..100 {
             store.append(1, 1, &format!("c{i}"), i, &body).unwrap();
         }
-        store.drop_page_cache().unwrap();
+
         drop_os_cache(&dir.0).unwrap();
         let rows = store.history(1, None, 50).unwrap();
         assert_eq!(rows.len(), 50);

@@ -98,7 +98,11 @@ struct Lat {
 
 impl Lat {
     fn of(h: &Histogram<u64>) -> Lat {
-        Lat { p50: h.value_at_quantile(0.5), p99: h.value_at_quantile(0.99), max: h.max() }
+        Lat {
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
     }
 }
 
@@ -111,46 +115,85 @@ fn body(len: usize) -> String {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let durability = Durability::parse(&args.durability).map_err(|e| anyhow::anyhow!("--durability: {e}"))?;
-    let root = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("rookery-bench-storage-{}", std::process::id())));
+    let durability =
+        Durability::parse(&args.durability).map_err(|e| anyhow::anyhow!("--durability: {e}"))?;
+    let root = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("rookery-bench-storage-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    eprintln!("rookery-bench storage: dir {}, durability {} (sqlite: WAL + synchronous=FULL)", root.display(), durability.name());
+    eprintln!(
+        "rookery-bench storage: dir {}, durability {} (sqlite: WAL + synchronous=FULL)",
+        root.display(),
+        durability.name()
+    );
 
     let mut rookery_runs = Vec::new();
     let mut sqlite_runs = Vec::new();
     for &w in &args.writers {
         let dir = root.join(format!("rookery-append-{w}"));
         let r = rookery_appends(&dir, durability, w, &args)?;
-        eprintln!("  rookery  {w:>4} writers: {:>10.0} appends/s  ack p50 {} µs p99 {} µs", r.per_sec(), r.p50_us, r.p99_us);
+        eprintln!(
+            "  rookery  {w:>4} writers: {:>10.0} appends/s  ack p50 {} µs p99 {} µs",
+            r.per_sec(),
+            r.p50_us,
+            r.p99_us
+        );
         rookery_runs.push(r);
         if !args.no_sqlite {
             let dir = root.join(format!("sqlite-append-{w}"));
             let s = sqlite_appends(&dir, w, &args)?;
-            eprintln!("  sqlite   {w:>4} writers: {:>10.0} appends/s  ack p50 {} µs p99 {} µs", s.per_sec(), s.p50_us, s.p99_us);
+            eprintln!(
+                "  sqlite   {w:>4} writers: {:>10.0} appends/s  ack p50 {} µs p99 {} µs",
+                s.per_sec(),
+                s.p50_us,
+                s.p99_us
+            );
             sqlite_runs.push(s);
         }
     }
     let w_max = *args.writers.iter().max().context("--writers is empty")?;
-    let (r_hot, r_cold) = rookery_history(&root.join(format!("rookery-append-{w_max}")), durability, &args)?;
-    eprintln!("  rookery history/50: hot p50 {} p99 {} µs; cold p50 {} p99 {} µs", r_hot.p50, r_hot.p99, r_cold.p50, r_cold.p99);
+    let (r_hot, r_cold) = rookery_history(
+        &root.join(format!("rookery-append-{w_max}")),
+        durability,
+        &args,
+    )?;
+    eprintln!(
+        "  rookery history/50: hot p50 {} p99 {} µs; cold p50 {} p99 {} µs",
+        r_hot.p50, r_hot.p99, r_cold.p50, r_cold.p99
+    );
     let (s_hot, s_cold) = if args.no_sqlite {
         (Lat::default(), Lat::default())
     } else {
         let l = sqlite_history(&root.join(format!("sqlite-append-{w_max}")), &args)?;
-        eprintln!("  sqlite  history/50: hot p50 {} p99 {} µs; cold p50 {} p99 {} µs", l.0.p50, l.0.p99, l.1.p50, l.1.p99);
+        eprintln!(
+            "  sqlite  history/50: hot p50 {} p99 {} µs; cold p50 {} p99 {} µs",
+            l.0.p50, l.0.p99, l.1.p50, l.1.p99
+        );
         l
     };
     let mut recoveries = Vec::new();
     for &n in args.recovery.iter().filter(|&&n| n > 0) {
         let r = rookery_recovery(&root.join(format!("rookery-recovery-{n}")), n, &args)?;
-        eprintln!("  rookery recovery {n} msgs: reopen {} ms, full index rebuild {} ms", r.0, r.1);
+        eprintln!(
+            "  rookery recovery {n} msgs: reopen {} ms, full index rebuild {} ms",
+            r.0, r.1
+        );
         recoveries.push((n, r.0, r.1));
     }
 
-    let report = report(&args, durability, &rookery_runs, &sqlite_runs, (r_hot, r_cold), (s_hot, s_cold), &recoveries);
+    let report = report(
+        &args,
+        durability,
+        &rookery_runs,
+        &sqlite_runs,
+        (r_hot, r_cold),
+        (s_hot, s_cold),
+        &recoveries,
+    );
     print_table(&report);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if !args.keep && args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&root);
@@ -165,17 +208,24 @@ fn rookery_config(dir: &Path, durability: Durability) -> StorageConfig {
 }
 
 /// Runs `f` on a fresh glommio executor pinned to CPU 0.
-fn on_executor<T: Send + 'static>(f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static) -> Result<T> {
+fn on_executor<T: Send + 'static>(
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> Result<T> {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
         .io_memory(1 << 20)
         .name("bench-shard")
-        .spawn(move || f())
+        .spawn(f)
         .map_err(|e| anyhow::anyhow!("starting executor: {e}"))?
         .join()
         .map_err(|e| anyhow::anyhow!("executor: {e}"))
 }
 
-fn rookery_appends(dir: &Path, durability: Durability, writers: usize, args: &Args) -> Result<AppendRun> {
+fn rookery_appends(
+    dir: &Path,
+    durability: Durability,
+    writers: usize,
+    args: &Args,
+) -> Result<AppendRun> {
     let _ = std::fs::remove_dir_all(dir);
     let cfg = rookery_config(dir, durability);
     let (secs, rooms, body_len) = (args.seconds, args.rooms, args.body_bytes);
@@ -189,7 +239,9 @@ fn rookery_appends(dir: &Path, durability: Durability, writers: usize, args: &Ar
             let mut tasks = Vec::new();
             for w in 0..writers {
                 let shard = shard.clone();
-                tasks.push(glommio::spawn_local(append_loop(shard, w as u64, rooms, body_len, deadline)));
+                tasks.push(glommio::spawn_local(append_loop(
+                    shard, w as u64, rooms, body_len, deadline,
+                )));
             }
             let mut hist = histogram();
             let mut appends = 0;
@@ -201,12 +253,25 @@ fn rookery_appends(dir: &Path, durability: Durability, writers: usize, args: &Ar
             let secs = start.elapsed().as_secs_f64();
             let batches = shard.stats().batches - before.batches;
             shard.close().await?;
-            Ok(AppendRun { writers, appends, secs, p50_us: hist.value_at_quantile(0.5), p99_us: hist.value_at_quantile(0.99), batches })
+            Ok(AppendRun {
+                writers,
+                appends,
+                secs,
+                p50_us: hist.value_at_quantile(0.5),
+                p99_us: hist.value_at_quantile(0.99),
+                batches,
+            })
         })
     })?
 }
 
-async fn append_loop(shard: ShardStore, writer: u64, rooms: u64, body_len: usize, deadline: Instant) -> Result<(u64, Histogram<u64>)> {
+async fn append_loop(
+    shard: ShardStore,
+    writer: u64,
+    rooms: u64,
+    body_len: usize,
+    deadline: Instant,
+) -> Result<(u64, Histogram<u64>)> {
     let body = body(body_len);
     let mut hist = histogram();
     let mut n = 0u64;
@@ -217,7 +282,9 @@ async fn append_loop(shard: ShardStore, writer: u64, rooms: u64, body_len: usize
         use std::fmt::Write;
         let _ = write!(client_id, "w{writer}-{n}");
         let t0 = Instant::now();
-        shard.append_message(room, writer + 1, &client_id, 1_700_000_000_000 + n, &body).await?;
+        shard
+            .append_message(room, writer + 1, &client_id, 1_700_000_000_000 + n, &body)
+            .await?;
         hist.record(t0.elapsed().as_micros().max(1) as u64)?;
         n += 1;
     }
@@ -241,7 +308,13 @@ fn sqlite_appends(dir: &Path, writers: usize, args: &Args) -> Result<AppendRun> 
                 while Instant::now() < deadline {
                     let room = (w as u64 + n * 7919) % rooms + 1;
                     let t0 = Instant::now();
-                    store.append(room, w as u64 + 1, &format!("w{w}-{n}"), 1_700_000_000_000 + n, &body)?;
+                    store.append(
+                        room,
+                        w as u64 + 1,
+                        &format!("w{w}-{n}"),
+                        1_700_000_000_000 + n,
+                        &body,
+                    )?;
                     hist.record(t0.elapsed().as_micros().max(1) as u64)?;
                     n += 1;
                 }
@@ -252,14 +325,30 @@ fn sqlite_appends(dir: &Path, writers: usize, args: &Args) -> Result<AppendRun> 
     let mut hist = histogram();
     let mut appends = 0;
     for t in threads {
-        let (n, h) = t.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+        let (n, h) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
         appends += n;
         hist.add(h)?;
     }
     let secs = start.elapsed().as_secs_f64();
     let batches = store.commits() - commits_before;
-    Arc::try_unwrap(store).map_err(|_| anyhow::anyhow!("store still shared"))?.close()?;
-    Ok(AppendRun { writers, appends, secs, p50_us: hist.value_at_quantile(0.5), p99_us: hist.value_at_quantile(0.99), batches })
+    anyhow::ensure!(
+        store.count()? == appends,
+        "sqlite holds {} rows after {appends} acknowledged appends",
+        store.count()?
+    );
+    Arc::try_unwrap(store)
+        .map_err(|_| anyhow::anyhow!("store still shared"))?
+        .close()?;
+    Ok(AppendRun {
+        writers,
+        appends,
+        secs,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        batches,
+    })
 }
 
 /// Random `(room, before)` history queries over rooms with `last[room]` messages.
@@ -282,7 +371,11 @@ fn rookery_history(dir: &Path, durability: Durability, args: &Args) -> Result<(L
         Box::pin(async move {
             let store = Store::open(cfg)?;
             let shard = store.open_shard(0).await?;
-            let last: Vec<(u64, u64)> = shard.rooms().into_iter().map(|r| (r, shard.last_seq(r))).collect();
+            let last: Vec<(u64, u64)> = shard
+                .rooms()
+                .into_iter()
+                .map(|r| (r, shard.last_seq(r)))
+                .collect();
             let hot_q = queries(&last, nq, seed);
             rookery_pass(&shard, &hot_q, || Ok(())).await?; // warm up
             let hot = rookery_pass(&shard, &hot_q, || Ok(())).await?;
@@ -303,16 +396,27 @@ fn rookery_history(dir: &Path, durability: Durability, args: &Args) -> Result<(L
 const COLD_QUERIES_MAX: usize = 500;
 
 /// Runs the queries, calling `before_each` (untimed) before each one.
-async fn rookery_pass(shard: &ShardStore, queries: &[(u64, u64)], mut before_each: impl FnMut() -> Result<()>) -> Result<Lat> {
+async fn rookery_pass(
+    shard: &ShardStore,
+    queries: &[(u64, u64)],
+    mut before_each: impl FnMut() -> Result<()>,
+) -> Result<Lat> {
     let mut hist = histogram();
     let mut bytes = 0usize;
     for &(room, before) in queries {
         before_each()?;
         let t0 = Instant::now();
         let page = shard.history(room, Cursor::before(before, 50)).await?;
-        bytes += page.items.iter().map(|i| i.body().map_or(0, str::len)).sum::<usize>();
+        bytes += page
+            .items
+            .iter()
+            .map(|i| i.body().map_or(0, str::len))
+            .sum::<usize>();
         hist.record(t0.elapsed().as_micros().max(1) as u64)?;
-        anyhow::ensure!(page.items.len() == 50, "short page for room {room} before {before}");
+        anyhow::ensure!(
+            page.items.len() == 50,
+            "short page for room {room} before {before}"
+        );
     }
     std::hint::black_box(bytes);
     Ok(Lat::of(&hist))
@@ -321,25 +425,41 @@ async fn rookery_pass(shard: &ShardStore, queries: &[(u64, u64)], mut before_eac
 fn sqlite_history(dir: &Path, args: &Args) -> Result<(Lat, Lat)> {
     let store = SqliteStore::open(dir)?;
     let last: Vec<(u64, u64)> = (1..=args.rooms)
-        .map(|r| Ok((r, store.history(r, None, 1)?.first().map_or(0, |row| row.seq))))
+        .map(|r| {
+            Ok((
+                r,
+                store.history(r, None, 1)?.first().map_or(0, |row| row.seq),
+            ))
+        })
         .collect::<Result<_>>()?;
     let hot_q = queries(&last, args.history_queries, args.seed);
     sqlite_pass(&store, &hot_q, || Ok(()))?;
     let hot = sqlite_pass(&store, &hot_q, || Ok(()))?;
-    let cold_q = queries(&last, args.history_queries.min(COLD_QUERIES_MAX), args.seed + 1);
+    let cold_q = queries(
+        &last,
+        args.history_queries.min(COLD_QUERIES_MAX),
+        args.seed + 1,
+    );
     let cold = sqlite_pass(&store, &cold_q, || sqlite_store::drop_os_cache(dir))?;
     store.close()?;
     Ok((hot, cold))
 }
 
-fn sqlite_pass(store: &SqliteStore, queries: &[(u64, u64)], mut before_each: impl FnMut() -> Result<()>) -> Result<Lat> {
+fn sqlite_pass(
+    store: &SqliteStore,
+    queries: &[(u64, u64)],
+    mut before_each: impl FnMut() -> Result<()>,
+) -> Result<Lat> {
     let mut hist = histogram();
     for &(room, before) in queries {
         before_each()?;
         let t0 = Instant::now();
         let rows = store.history(room, Some(before), 50)?;
         hist.record(t0.elapsed().as_micros().max(1) as u64)?;
-        anyhow::ensure!(rows.len() == 50, "short page for room {room} before {before}");
+        anyhow::ensure!(
+            rows.len() == 50,
+            "short page for room {room} before {before}"
+        );
     }
     Ok(Lat::of(&hist))
 }
@@ -365,7 +485,15 @@ fn rookery_recovery(dir: &Path, n: u64, args: &Args) -> Result<(u64, u64)> {
                         let mut i = 0u64;
                         while done.get() < n {
                             done.set(done.get() + 1);
-                            shard.append_message((w + i * 31) % rooms + 1, w + 1, "", 1_700_000_000_000 + i, &body).await?;
+                            shard
+                                .append_message(
+                                    (w + i * 31) % rooms + 1,
+                                    w + 1,
+                                    "",
+                                    1_700_000_000_000 + i,
+                                    &body,
+                                )
+                                .await?;
                             i += 1;
                         }
                         Ok::<_, rookery_storage::Error>(())
@@ -403,17 +531,39 @@ fn time_open(cfg: &StorageConfig) -> Result<u64> {
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     json!({ "cpu": cpu, "cores": cores, "kernel": kernel })
 }
 
-fn report(args: &Args, durability: Durability, rookery: &[AppendRun], sqlite: &[AppendRun], r_hist: (Lat, Lat), s_hist: (Lat, Lat), recoveries: &[(u64, u64, u64)]) -> Value {
-    let top = |runs: &[AppendRun]| runs.iter().max_by_key(|r| r.writers).map_or(0.0, |r| r.per_sec().round());
+fn report(
+    args: &Args,
+    durability: Durability,
+    rookery: &[AppendRun],
+    sqlite: &[AppendRun],
+    r_hist: (Lat, Lat),
+    s_hist: (Lat, Lat),
+    recoveries: &[(u64, u64, u64)],
+) -> Value {
+    let top = |runs: &[AppendRun]| {
+        runs.iter()
+            .max_by_key(|r| r.writers)
+            .map_or(0.0, |r| r.per_sec().round())
+    };
     let (r_top, s_top) = (top(rookery), top(sqlite));
-    let per_million = recoveries.iter().max_by_key(|r| r.0).map(|(n, ms, _)| *ms as f64 / (*n as f64 / 1e6));
+    let per_million = recoveries
+        .iter()
+        .max_by_key(|r| r.0)
+        .map(|(n, ms, _)| *ms as f64 / (*n as f64 / 1e6));
     json!({
         "machine": machine(),
         "body_bytes": args.body_bytes,
@@ -440,21 +590,59 @@ fn report(args: &Args, durability: Durability, rookery: &[AppendRun], sqlite: &[
 }
 
 fn print_table(r: &Value) {
-    println!("\nRookery storage vs SQLite — {} cores, {}, kernel {}", r["machine"]["cores"], r["machine"]["cpu"], r["machine"]["kernel"]);
-    println!("Rookery durability: {}; SQLite: {}", r["rookery"]["durability"], r["sqlite"]["durability"]);
-    println!("{:<28}{:>14}{:>14}{:>9}", "durable appends/s", "rookery", "sqlite", "ratio");
-    let s_runs = r["sqlite"]["appends"].as_array().cloned().unwrap_or_default();
+    println!(
+        "\nRookery storage vs SQLite — {} cores, {}, kernel {}",
+        r["machine"]["cores"], r["machine"]["cpu"], r["machine"]["kernel"]
+    );
+    println!(
+        "Rookery durability: {}; SQLite: {}",
+        r["rookery"]["durability"], r["sqlite"]["durability"]
+    );
+    println!(
+        "{:<28}{:>14}{:>14}{:>9}",
+        "durable appends/s", "rookery", "sqlite", "ratio"
+    );
+    let s_runs = r["sqlite"]["appends"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for run in r["rookery"]["appends"].as_array().into_iter().flatten() {
         let w = &run["writers"];
-        let s = s_runs.iter().find(|s| &s["writers"] == w).map(|s| s["appends_per_sec"].as_f64().unwrap_or(0.0));
+        let s = s_runs
+            .iter()
+            .find(|s| &s["writers"] == w)
+            .map(|s| s["appends_per_sec"].as_f64().unwrap_or(0.0));
         let rv = run["appends_per_sec"].as_f64().unwrap_or(0.0);
-        let ratio = s.filter(|s| *s > 0.0).map_or("-".to_string(), |s| format!("{:.1}x", rv / s));
-        println!("{:<28}{:>14.0}{:>14}{:>9}", format!("  {w} writers"), rv, s.map_or("-".into(), |s| format!("{s:.0}")), ratio);
+        let ratio = s
+            .filter(|s| *s > 0.0)
+            .map_or("-".to_string(), |s| format!("{:.1}x", rv / s));
+        println!(
+            "{:<28}{:>14.0}{:>14}{:>9}",
+            format!("  {w} writers"),
+            rv,
+            s.map_or("-".into(), |s| format!("{s:.0}")),
+            ratio
+        );
     }
-    for (label, key) in [("history/50 hot p50 µs", "history_p50_us"), ("history/50 hot p99 µs", "history_p99_us"), ("history/50 cold p50 µs", "history_cold_p50_us"), ("history/50 cold p99 µs", "history_cold_p99_us")] {
-        println!("{:<28}{:>14}{:>14}", label, r["rookery"][key].to_string(), r["sqlite"][key].to_string());
+    for (label, key) in [
+        ("history/50 hot p50 µs", "history_p50_us"),
+        ("history/50 hot p99 µs", "history_p99_us"),
+        ("history/50 cold p50 µs", "history_cold_p50_us"),
+        ("history/50 cold p99 µs", "history_cold_p99_us"),
+    ] {
+        println!(
+            "{:<28}{:>14}{:>14}",
+            label,
+            r["rookery"][key].to_string(),
+            r["sqlite"][key].to_string()
+        );
     }
     for rec in r["rookery"]["recovery"].as_array().into_iter().flatten() {
-        println!("{:<28}{:>14}   (full index rebuild {} ms)", format!("reopen {} msgs, ms", rec["messages"]), rec["reopen_ms"].to_string(), rec["rebuild_ms"]);
+        println!(
+            "{:<28}{:>14}   (full index rebuild {} ms)",
+            format!("reopen {} msgs, ms", rec["messages"]),
+            rec["reopen_ms"].to_string(),
+            rec["rebuild_ms"]
+        );
     }
 }

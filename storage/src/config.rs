@@ -80,8 +80,8 @@ pub struct StorageConfig {
     pub body_bytes_max: usize,
     /// Largest client id accepted, in bytes. Default 128.
     pub client_id_bytes_max: usize,
-    /// How many recent messages per room remember their idempotency key.
-    /// Default 1024.
+    /// A repeated `(sender, client_id)` is recognised while the original is
+    /// among the room's last this-many messages. Default 1024.
     pub idempotency_window_len: usize,
     /// The shard writes dirty index chunks and a checkpoint at least this
     /// often, bounding replay at open. Default 1000 ms.
@@ -168,10 +168,7 @@ impl StorageConfig {
             "index_lag_records_max must be >= 1024",
         )?;
         if let Durability::Batch { interval } = self.durability {
-            check(
-                !interval.is_zero(),
-                "durability batch interval must be > 0",
-            )?;
+            check(!interval.is_zero(), "durability batch interval must be > 0")?;
         }
         Ok(())
     }

@@ -28,7 +28,8 @@ use crate::meta::Meta;
 
 pub(crate) const CHUNKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("chunks");
 pub(crate) const EDITS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("edits");
-pub(crate) const ROOMS: TableDefinition<u64, (u64, u64, u64, u64, u64)> = TableDefinition::new("rooms");
+pub(crate) const ROOMS: TableDefinition<u64, (u64, u64, u64, u64, u64)> =
+    TableDefinition::new("rooms");
 pub(crate) const SEGMENTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("segments");
 pub(crate) const STATE: TableDefinition<&str, u64> = TableDefinition::new("state");
 const CHECKPOINT_KEY: &str = "checkpoint";
@@ -50,10 +51,22 @@ pub struct RoomRow {
 
 impl RoomRow {
     fn to_tuple(self) -> (u64, u64, u64, u64, u64) {
-        (self.last_seq, self.low_seq, self.keep_messages, self.keep_age_ms, self.last_ts_ms)
+        (
+            self.last_seq,
+            self.low_seq,
+            self.keep_messages,
+            self.keep_age_ms,
+            self.last_ts_ms,
+        )
     }
     fn from_tuple(t: (u64, u64, u64, u64, u64)) -> Self {
-        RoomRow { last_seq: t.0, low_seq: t.1, keep_messages: t.2, keep_age_ms: t.3, last_ts_ms: t.4 }
+        RoomRow {
+            last_seq: t.0,
+            low_seq: t.1,
+            keep_messages: t.2,
+            keep_age_ms: t.3,
+            last_ts_ms: t.4,
+        }
     }
 }
 
@@ -63,11 +76,20 @@ pub(crate) enum Op {
     /// Put an encoded chunk.
     Chunk { room: u64, no: u64, bytes: Vec<u8> },
     /// Latest edit (or delete, when `deleted`) of a message.
-    Edit { room: u64, seq: u64, pos: u64, deleted: bool },
+    Edit {
+        room: u64,
+        seq: u64,
+        pos: u64,
+        deleted: bool,
+    },
     /// Room state.
     Room { room: u64, row: RoomRow },
     /// Highest seq of `room` held in `segment`.
-    SegmentRoom { segment: u32, room: u64, max_seq: u64 },
+    SegmentRoom {
+        segment: u32,
+        room: u64,
+        max_seq: u64,
+    },
     /// Retention moved a room's low seq: drop whole chunks and edits below.
     Retire { room: u64, low_seq: u64 },
     /// A segment file is about to be deleted: forget its summary.
@@ -102,7 +124,9 @@ pub(crate) struct Committed {
 
 /// Opens (creating if needed) a shard's index database and its tables.
 pub(crate) fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
-    let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+    let db = Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)?;
     let tx = db.begin_write()?;
     tx.open_table(CHUNKS)?;
     tx.open_table(EDITS)?;
@@ -124,7 +148,11 @@ pub(crate) struct Loaded {
 /// Reads the checkpoint, every room row and every segment summary.
 pub(crate) fn load(db: &Database) -> Result<Loaded> {
     let tx = db.begin_read()?;
-    let checkpoint = tx.open_table(STATE)?.get(CHECKPOINT_KEY)?.map(|v| v.value()).unwrap_or(0);
+    let checkpoint = tx
+        .open_table(STATE)?
+        .get(CHECKPOINT_KEY)?
+        .map(|v| v.value())
+        .unwrap_or(0);
     let mut rooms = Vec::new();
     for row in tx.open_table(ROOMS)?.iter()? {
         let (k, v) = row?;
@@ -136,7 +164,11 @@ pub(crate) fn load(db: &Database) -> Result<Loaded> {
         let (seg, room) = k.value();
         segments.push((seg as u32, room, v.value()));
     }
-    Ok(Loaded { checkpoint, rooms, segments })
+    Ok(Loaded {
+        checkpoint,
+        rooms,
+        segments,
+    })
 }
 
 /// Reads one chunk's bytes.
@@ -147,7 +179,12 @@ pub(crate) fn read_chunk(db: &Database, room: u64, no: u64) -> Result<Option<Vec
 }
 
 /// Reads the latest edit/delete of each seq in `lo..=hi`.
-pub(crate) fn read_edits(db: &Database, room: u64, lo: u64, hi: u64) -> Result<Vec<(u64, u64, bool)>> {
+pub(crate) fn read_edits(
+    db: &Database,
+    room: u64,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<(u64, u64, bool)>> {
     let tx = db.begin_read()?;
     let table = tx.open_table(EDITS)?;
     let mut out = Vec::new();
@@ -170,13 +207,22 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
             Op::Chunk { room, no, bytes } => {
                 chunks.insert((*room, *no), bytes.as_slice())?;
             }
-            Op::Edit { room, seq, pos, deleted } => {
+            Op::Edit {
+                room,
+                seq,
+                pos,
+                deleted,
+            } => {
                 edits.insert((*room, *seq), (*pos, *deleted as u64))?;
             }
             Op::Room { room, row } => {
                 rooms.insert(*room, row.to_tuple())?;
             }
-            Op::SegmentRoom { segment, room, max_seq } => {
+            Op::SegmentRoom {
+                segment,
+                room,
+                max_seq,
+            } => {
                 segments.insert((*segment as u64, *room), *max_seq)?;
             }
             Op::Retire { room, low_seq } => {
@@ -200,7 +246,11 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
 fn commit(db: &Database, batches: &[Batch]) -> Result<()> {
     let mut tx = db.begin_write()?;
     let durable = batches.iter().any(|b| b.durable);
-    tx.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None })?;
+    tx.set_durability(if durable {
+        redb::Durability::Immediate
+    } else {
+        redb::Durability::None
+    })?;
     for b in batches {
         apply(&tx, &b.ops)?;
     }
@@ -228,9 +278,14 @@ pub(crate) fn run(
         }
         let mut result = commit(&db, &group).map_err(|e| e.to_string());
         if let (Ok(()), Some(meta)) = (&result, &meta) {
-            let last: Vec<(u64, u64)> = group.iter().flat_map(|b| b.meta_last_seqs.iter().copied()).collect();
+            let last: Vec<(u64, u64)> = group
+                .iter()
+                .flat_map(|b| b.meta_last_seqs.iter().copied())
+                .collect();
             if !last.is_empty() {
-                result = meta.advance_last_seq(&last, group.iter().any(|b| b.durable)).map_err(|e| e.to_string());
+                result = meta
+                    .advance_last_seq(&last, group.iter().any(|b| b.durable))
+                    .map_err(|e| e.to_string());
             }
         }
         if let Err(e) = &result {
@@ -252,7 +307,11 @@ pub(crate) fn spawn(
     shard: u32,
     db: Arc<Database>,
     meta: Option<Arc<Meta>>,
-) -> Result<(flume::Sender<Batch>, flume::Receiver<Committed>, std::thread::JoinHandle<()>)> {
+) -> Result<(
+    flume::Sender<Batch>,
+    flume::Receiver<Committed>,
+    std::thread::JoinHandle<()>,
+)> {
     let (tx, rx) = flume::unbounded();
     let (done_tx, done_rx) = flume::unbounded();
     let handle = std::thread::Builder::new()

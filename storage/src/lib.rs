@@ -42,7 +42,10 @@ pub use manifest::Manifest;
 pub use meta::Meta;
 pub use record::{ArchivedRecord, Delete, Edit, Message, Record};
 pub use segment::Pos;
-pub use shard::{Appended, Cursor, HistoryItem, Order, Page, RecordRef, Retention, RetentionReport, ShardStats, ShardStore};
+pub use shard::{
+    Appended, Cursor, HistoryItem, Order, Page, RecordRef, Retention, RetentionReport, ShardStats,
+    ShardStore,
+};
 
 /// A data directory: its manifest and metadata database. Open once per
 /// process; share it between shards (it is `Send + Sync`).
@@ -58,7 +61,10 @@ impl Store {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
         Manifest::ensure(&cfg.data_dir, cfg.shards)?;
-        let meta = Arc::new(Meta::open(&cfg.data_dir.join("meta.redb"), cfg.meta_cache_bytes)?);
+        let meta = Arc::new(Meta::open(
+            &cfg.data_dir.join("meta.redb"),
+            cfg.meta_cache_bytes,
+        )?);
         Ok(Store { cfg, meta })
     }
 
@@ -87,7 +93,10 @@ impl Store {
     /// from its log.
     pub async fn open_shard(&self, shard: u32) -> Result<ShardStore> {
         if shard >= self.cfg.shards {
-            return Err(Error::InvalidInput(format!("shard {shard} of {}", self.cfg.shards)));
+            return Err(Error::InvalidInput(format!(
+                "shard {shard} of {}",
+                self.cfg.shards
+            )));
         }
         ShardStore::open(&self.cfg, shard, Some(self.meta.clone())).await
     }

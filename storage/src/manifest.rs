@@ -25,7 +25,10 @@ pub struct Manifest {
 
 impl Manifest {
     fn encode(&self) -> String {
-        format!("rookery-data\nformat={}\nshards={}\n", self.format, self.shards)
+        format!(
+            "rookery-data\nformat={}\nshards={}\n",
+            self.format, self.shards
+        )
     }
 
     fn decode(text: &str) -> Result<Manifest> {
@@ -41,7 +44,10 @@ impl Manifest {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| Error::Manifest(format!("missing or bad `{name}`")))
         };
-        Ok(Manifest { format: field("format")?, shards: field("shards")? })
+        Ok(Manifest {
+            format: field("format")?,
+            shards: field("shards")?,
+        })
     }
 
     /// Reads the manifest of `dir`, if there is one.
@@ -57,7 +63,10 @@ impl Manifest {
     /// Reads the manifest, or creates it with `shards` if the directory has
     /// none, and checks it matches.
     pub fn ensure(dir: &Path, shards: u32) -> Result<Manifest> {
-        let want = Manifest { format: DATA_FORMAT, shards };
+        let want = Manifest {
+            format: DATA_FORMAT,
+            shards,
+        };
         match Manifest::read(dir)? {
             Some(m) if m.format != DATA_FORMAT => Err(Error::Manifest(format!(
                 "data directory has format {}, this build reads format {DATA_FORMAT}",
@@ -79,7 +88,9 @@ impl Manifest {
     fn write(&self, dir: &Path) -> Result<()> {
         let tmp = dir.join("manifest.tmp");
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(self.encode().as_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(self.encode().as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, dir.join(FILE)).map_err(|e| Error::io(dir, e))?;
         crate::log::sync_dir(dir)
     }
@@ -93,17 +104,31 @@ mod tests {
     fn created_once_then_checked() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Manifest::ensure(dir.path(), 4).unwrap().shards, 4);
-        assert_eq!(Manifest::ensure(dir.path(), 4).unwrap(), Manifest { format: DATA_FORMAT, shards: 4 });
+        assert_eq!(
+            Manifest::ensure(dir.path(), 4).unwrap(),
+            Manifest {
+                format: DATA_FORMAT,
+                shards: 4
+            }
+        );
         let err = Manifest::ensure(dir.path(), 2).unwrap_err();
-        assert!(matches!(err, Error::Manifest(ref m) if m.contains("created with 4 shards")), "{err}");
+        assert!(
+            matches!(err, Error::Manifest(ref m) if m.contains("created with 4 shards")),
+            "{err}"
+        );
     }
 
     #[test]
     fn garbage_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), "hello").unwrap();
-        assert!(matches!(Manifest::ensure(dir.path(), 1), Err(Error::Manifest(_))));
+        assert!(matches!(
+            Manifest::ensure(dir.path(), 1),
+            Err(Error::Manifest(_))
+        ));
         std::fs::write(dir.path().join(FILE), "rookery-data\nformat=9\nshards=1\n").unwrap();
-        assert!(matches!(Manifest::ensure(dir.path(), 1), Err(Error::Manifest(ref m)) if m.contains("format 9")));
+        assert!(
+            matches!(Manifest::ensure(dir.path(), 1), Err(Error::Manifest(ref m)) if m.contains("format 9"))
+        );
     }
 }

@@ -463,7 +463,8 @@ impl Meta {
         self.write_with(Durability::Immediate, |txn| {
             let mut t = txn.open_table(RETENTION)?;
             for &(room, low) in updates {
-                let (old, keep_messages, keep_age_ms) = t.get(room)?.map_or((0, 0, 0), |v| v.value());
+                let (old, keep_messages, keep_age_ms) =
+                    t.get(room)?.map_or((0, 0, 0), |v| v.value());
                 if low > old {
                     t.insert(room, (low, keep_messages, keep_age_ms))?;
                 }

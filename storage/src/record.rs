@@ -135,7 +135,8 @@ fn frame_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
 /// The record is validated back from its own bytes before it is framed
 /// ("check twice": once before writing, once after reading).
 pub fn encode_frame(record: &Record, out: &mut Vec<u8>) -> usize {
-    let payload = rkyv::to_bytes::<rancor::Error>(record).expect("serializing to memory cannot fail");
+    let payload =
+        rkyv::to_bytes::<rancor::Error>(record).expect("serializing to memory cannot fail");
     debug_assert!(rkyv::access::<ArchivedRecord, rancor::Error>(&payload).is_ok());
     assert!(!payload.is_empty() && payload.len() <= FRAME_PAYLOAD_BYTES_MAX);
     let len_bytes = (payload.len() as u32).to_le_bytes();
@@ -199,7 +200,7 @@ pub fn check_frame(bytes: &[u8]) -> Result<(&[u8], usize), FrameError> {
 ///
 /// `payload` must be 8-aligned in memory (frames in a mapping always are).
 pub fn access_record(payload: &[u8]) -> Result<&ArchivedRecord, FrameError> {
-    if payload.as_ptr() as usize % FRAME_ALIGN != 0 {
+    if !(payload.as_ptr() as usize).is_multiple_of(FRAME_ALIGN) {
         return Err(FrameError::BadArchive("misaligned payload".into()));
     }
     rkyv::access::<ArchivedRecord, rancor::Error>(payload)
@@ -229,14 +230,31 @@ mod tests {
         prop_oneof![
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), s, s).prop_map(
                 |(room, seq, sender, ts_ms, client_id, body)| Record::Message(Message {
-                    room, seq, sender, ts_ms, client_id, body
+                    room,
+                    seq,
+                    sender,
+                    ts_ms,
+                    client_id,
+                    body
                 })
             ),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), s).prop_map(
-                |(room, seq, by, ts_ms, body)| Record::Edit(Edit { room, seq, by, ts_ms, body })
+                |(room, seq, by, ts_ms, body)| Record::Edit(Edit {
+                    room,
+                    seq,
+                    by,
+                    ts_ms,
+                    body
+                })
             ),
-            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
-                .prop_map(|(room, seq, by, ts_ms)| Record::Delete(Delete { room, seq, by, ts_ms })),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(room, seq, by, ts_ms)| Record::Delete(Delete {
+                    room,
+                    seq,
+                    by,
+                    ts_ms
+                })
+            ),
         ]
     }
 
@@ -285,7 +303,10 @@ mod tests {
         assert_eq!(check_frame(&buf).unwrap_err(), FrameError::End);
         let mut b = vec![0u8; 16];
         b[0..4].copy_from_slice(&100u32.to_le_bytes());
-        assert_eq!(check_frame(&aligned(&b)).unwrap_err(), FrameError::BadLength(100));
+        assert_eq!(
+            check_frame(&aligned(&b)).unwrap_err(),
+            FrameError::BadLength(100)
+        );
         assert_eq!(check_frame(&aligned(&b[..7])).unwrap_err(), FrameError::End);
     }
 

@@ -91,7 +91,10 @@ impl Header {
             return Err(bad("checksum mismatch"));
         }
         if word(8..12) != FORMAT_VERSION {
-            return Err(bad(&format!("format version {} (this build reads {FORMAT_VERSION})", word(8..12))));
+            return Err(bad(&format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                word(8..12)
+            )));
         }
         let header = Header {
             shard: word(12..16),
@@ -99,7 +102,10 @@ impl Header {
             created_ms: u64::from_le_bytes(bytes[20..28].try_into().expect("8")),
         };
         if header.segment != segment {
-            return Err(bad(&format!("names segment {} but file is {segment}", header.segment)));
+            return Err(bad(&format!(
+                "names segment {} but file is {segment}",
+                header.segment
+            )));
         }
         Ok(header)
     }
@@ -124,7 +130,10 @@ pub fn list(log_dir: &Path) -> Result<Vec<u32>> {
         let entry = entry.map_err(|e| Error::io(log_dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(id) = name.strip_suffix(".seg").and_then(|s| s.parse::<u32>().ok()) {
+        if let Some(id) = name
+            .strip_suffix(".seg")
+            .and_then(|s| s.parse::<u32>().ok())
+        {
             if name.len() == 12 {
                 ids.push(id);
             }
@@ -175,11 +184,18 @@ pub fn scan(
     is_last: bool,
     mut visit: impl FnMut(u32, &ArchivedRecord, u32) -> Result<()>,
 ) -> Result<ScanEnd> {
-    assert!(start as usize >= HEADER_BYTES && start as usize % FRAME_ALIGN == 0);
-    assert!(bytes.as_ptr() as usize % FRAME_ALIGN == 0, "segment bytes must be 8-aligned");
+    assert!(start as usize >= HEADER_BYTES && (start as usize).is_multiple_of(FRAME_ALIGN));
+    assert!(
+        (bytes.as_ptr() as usize).is_multiple_of(FRAME_ALIGN),
+        "segment bytes must be 8-aligned"
+    );
     let mut off = start as usize;
     if off > bytes.len() {
-        return Err(Error::corrupt(segment, start, "segment shorter than the indexed position"));
+        return Err(Error::corrupt(
+            segment,
+            start,
+            "segment shorter than the indexed position",
+        ));
     }
     loop {
         match decode_frame(&bytes[off..]) {
@@ -190,7 +206,15 @@ pub fn scan(
             Err(FrameError::End) if all_zero(&bytes[off..]) => {
                 return Ok(ScanEnd::Clean { end: off as u32 });
             }
-            Err(FrameError::End) => return damaged(bytes, segment, off, is_last, "non-zero bytes after the end marker".into()),
+            Err(FrameError::End) => {
+                return damaged(
+                    bytes,
+                    segment,
+                    off,
+                    is_last,
+                    "non-zero bytes after the end marker".into(),
+                )
+            }
             Err(e) => return damaged(bytes, segment, off, is_last, e.to_string()),
         }
     }
@@ -203,12 +227,21 @@ fn all_zero(bytes: &[u8]) -> bool {
 }
 
 /// Classifies damage found at `off`.
-fn damaged(bytes: &[u8], segment: u32, off: usize, is_last: bool, reason: String) -> Result<ScanEnd> {
+fn damaged(
+    bytes: &[u8],
+    segment: u32,
+    off: usize,
+    is_last: bool,
+    reason: String,
+) -> Result<ScanEnd> {
     if !is_last {
         return Err(Error::corrupt(segment, off as u32, reason));
     }
     match next_valid_frame(bytes, off + FRAME_ALIGN) {
-        None => Ok(ScanEnd::Torn { end: off as u32, reason }),
+        None => Ok(ScanEnd::Torn {
+            end: off as u32,
+            reason,
+        }),
         Some(next) if has_unwritten_sector(&bytes[..next], off) => Ok(ScanEnd::Torn {
             end: off as u32,
             reason: format!("{reason}; later data at {next} is past never-written space"),
@@ -266,7 +299,13 @@ mod tests {
 
     /// A segment image: header, `n` frames, then `zeros` bytes of zeros.
     fn image(n: u64, zeros: usize) -> (rkyv::util::AlignedVec<16>, Vec<u32>) {
-        let mut v = Header { shard: 0, segment: 3, created_ms: 5 }.encode().to_vec();
+        let mut v = Header {
+            shard: 0,
+            segment: 3,
+            created_ms: 5,
+        }
+        .encode()
+        .to_vec();
         let mut offs = Vec::new();
         for i in 1..=n {
             offs.push(v.len() as u32);
@@ -289,7 +328,11 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_damage() {
-        let h = Header { shard: 2, segment: 9, created_ms: 77 };
+        let h = Header {
+            shard: 2,
+            segment: 9,
+            created_ms: 77,
+        };
         let b = h.encode();
         assert_eq!(Header::decode(&b, 9).unwrap(), h);
         assert!(Header::decode(&b, 8).is_err());
@@ -306,7 +349,12 @@ mod tests {
         let (img, offs) = image(50, 5000);
         let (s, end) = seqs(&img, false).unwrap();
         assert_eq!(s, (1..=50).collect::<Vec<_>>());
-        assert_eq!(end, ScanEnd::Clean { end: (img.len() - 5000) as u32 });
+        assert_eq!(
+            end,
+            ScanEnd::Clean {
+                end: (img.len() - 5000) as u32
+            }
+        );
         assert_eq!(offs.len(), 50);
     }
 
@@ -331,7 +379,9 @@ mod tests {
         let mut bad = img.clone();
         bad[offs[10] as usize + 20] ^= 0x01;
         match seqs(&bad, true) {
-            Err(Error::Corrupt { segment: 3, offset, .. }) => assert_eq!(offset, offs[10]),
+            Err(Error::Corrupt {
+                segment: 3, offset, ..
+            }) => assert_eq!(offset, offs[10]),
             other => panic!("expected corruption, got {other:?}"),
         }
     }

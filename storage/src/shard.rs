@@ -34,7 +34,10 @@ use crate::error::{Error, Result};
 use crate::index::{self, Batch, Committed, Op, RoomRow};
 use crate::log::{sync_dir, LogWriter, Sealed};
 use crate::meta::Meta;
-use crate::record::{access_record, check_frame, encode_frame, ArchivedRecord, Delete, Edit, Message, Record, FRAME_HEADER_BYTES};
+use crate::record::{
+    access_record, check_frame, encode_frame, ArchivedRecord, Delete, Edit, Message, Record,
+    FRAME_HEADER_BYTES,
+};
 use crate::segment::{self, Header, Pos, ScanEnd, HEADER_BYTES};
 use crate::signal::{BatchSignal, Notify};
 
@@ -92,15 +95,30 @@ pub struct Cursor {
 impl Cursor {
     /// The newest `limit` messages, newest first.
     pub fn latest(limit: usize) -> Cursor {
-        Cursor { after: None, before: None, limit, order: Order::NewestFirst }
+        Cursor {
+            after: None,
+            before: None,
+            limit,
+            order: Order::NewestFirst,
+        }
     }
     /// The `limit` messages just before `seq`, newest first.
     pub fn before(seq: u64, limit: usize) -> Cursor {
-        Cursor { after: None, before: Some(seq), limit, order: Order::NewestFirst }
+        Cursor {
+            after: None,
+            before: Some(seq),
+            limit,
+            order: Order::NewestFirst,
+        }
     }
     /// The `limit` messages just after `seq`, oldest first.
     pub fn after(seq: u64, limit: usize) -> Cursor {
-        Cursor { after: Some(seq), before: None, limit, order: Order::OldestFirst }
+        Cursor {
+            after: Some(seq),
+            before: None,
+            limit,
+            order: Order::OldestFirst,
+        }
     }
 }
 
@@ -116,10 +134,17 @@ impl RecordRef {
     /// Checks the frame at `offset` of `map` and validates its archive.
     fn read(map: &Rc<Mmap>, segment: u32, offset: u32) -> Result<RecordRef> {
         let start = offset as usize;
-        let bytes = map.get(start..).ok_or_else(|| Error::corrupt(segment, offset, "index points past the segment"))?;
-        let (payload, _) = check_frame(bytes).map_err(|e| Error::corrupt(segment, offset, e.to_string()))?;
+        let bytes = map
+            .get(start..)
+            .ok_or_else(|| Error::corrupt(segment, offset, "index points past the segment"))?;
+        let (payload, _) =
+            check_frame(bytes).map_err(|e| Error::corrupt(segment, offset, e.to_string()))?;
         access_record(payload).map_err(|e| Error::corrupt(segment, offset, e.to_string()))?;
-        Ok(RecordRef { map: map.clone(), payload: offset + FRAME_HEADER_BYTES as u32, len: payload.len() as u32 })
+        Ok(RecordRef {
+            map: map.clone(),
+            payload: offset + FRAME_HEADER_BYTES as u32,
+            len: payload.len() as u32,
+        })
     }
 
     /// The archived record.
@@ -181,7 +206,10 @@ impl HistoryItem {
     }
     /// True when the message was edited (and not deleted).
     pub fn edited(&self) -> bool {
-        matches!(self.latest_edit.as_ref().map(RecordRef::record), Some(ArchivedRecord::Edit(_)))
+        matches!(
+            self.latest_edit.as_ref().map(RecordRef::record),
+            Some(ArchivedRecord::Edit(_))
+        )
     }
     /// True when the message was deleted.
     pub fn deleted(&self) -> bool {
@@ -275,7 +303,7 @@ impl Room {
     }
 }
 
-/// The last N idempotency keys of a room, by hash.
+/// The idempotency keys of a room's last N messages, by hash.
 #[derive(Default)]
 struct IdemWindow {
     by_hash: HashMap<u64, u64>,
@@ -283,15 +311,30 @@ struct IdemWindow {
 }
 
 impl IdemWindow {
+    /// Remembers `hash` for `seq` and forgets keys of messages that are no
+    /// longer among the room's last `cap` messages.
     fn insert(&mut self, hash: u64, seq: u64, cap: usize) {
         self.by_hash.insert(hash, seq);
         self.order.push_back((hash, seq));
-        while self.order.len() > cap {
+        while self
+            .order
+            .front()
+            .is_some_and(|&(_, s)| s + cap as u64 <= seq)
+        {
             let (h, s) = self.order.pop_front().expect("non-empty");
             if self.by_hash.get(&h) == Some(&s) {
                 self.by_hash.remove(&h);
             }
         }
+    }
+
+    /// The seq remembered for `hash`, if its message is still among the
+    /// room's last `cap` messages (`last` being the newest seq).
+    fn get(&self, hash: u64, last: u64, cap: usize) -> Option<u64> {
+        self.by_hash
+            .get(&hash)
+            .copied()
+            .filter(|&s| s + cap as u64 > last)
     }
 }
 
@@ -326,7 +369,12 @@ struct Queue {
 
 impl Queue {
     fn new() -> Queue {
-        Queue { frames: Vec::new(), items: Vec::new(), signal: Rc::new(BatchSignal::default()), inflight: None }
+        Queue {
+            frames: Vec::new(),
+            items: Vec::new(),
+            signal: Rc::new(BatchSignal::default()),
+            inflight: None,
+        }
     }
 }
 
@@ -401,7 +449,10 @@ fn cluster_by_room(frames: Vec<u8>, items: Vec<Queued>) -> (Vec<u8>, Vec<Queued>
         out.extend_from_slice(&frames[starts[i]..starts[i] + items[i].len as usize]);
     }
     let mut slots: Vec<Option<Queued>> = items.into_iter().map(Some).collect();
-    let items = order.iter().map(|&i| slots[i].take().expect("each index once")).collect();
+    let items = order
+        .iter()
+        .map(|&i| slots[i].take().expect("each index once"))
+        .collect();
     (out, items)
 }
 
@@ -420,7 +471,9 @@ fn by_segment(positions: &[u64]) -> BTreeMap<u32, Vec<usize>> {
     let mut out: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for &p in positions {
         let pos = Pos::from_u64(p);
-        out.entry(pos.segment).or_default().push(pos.offset as usize);
+        out.entry(pos.segment)
+            .or_default()
+            .push(pos.offset as usize);
     }
     out
 }
@@ -429,7 +482,9 @@ fn by_segment(positions: &[u64]) -> BTreeMap<u32, Vec<usize>> {
 /// each record: a longer record faults its last page in on read) that are
 /// not resident in the page cache.
 fn cold_pages(map: &Mmap, offsets: &[usize]) -> Vec<usize> {
-    let (Some(&lo), Some(&hi)) = (offsets.iter().min(), offsets.iter().max()) else { return Vec::new() };
+    let (Some(&lo), Some(&hi)) = (offsets.iter().min(), offsets.iter().max()) else {
+        return Vec::new();
+    };
     if map.is_empty() || lo >= map.len() {
         return Vec::new();
     }
@@ -439,7 +494,11 @@ fn cold_pages(map: &Mmap, offsets: &[usize]) -> Vec<usize> {
     // SAFETY: the range starts page-aligned inside the mapping and ends at or
     // before its last byte; `resident` has one byte per page of the range.
     let rc = unsafe {
-        libc::mincore(map.as_ptr().add(first * PAGE) as *mut libc::c_void, (last - first + 1) * PAGE, resident.as_mut_ptr())
+        libc::mincore(
+            map.as_ptr().add(first * PAGE) as *mut libc::c_void,
+            (last - first + 1) * PAGE,
+            resident.as_mut_ptr(),
+        )
     };
     if rc != 0 {
         return Vec::new(); // advisory only
@@ -474,18 +533,28 @@ fn apply_retention_rows(st: &mut State, meta: &Meta, shard: u32, shards: u32) ->
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl ShardStore {
     /// Opens shard `shard` of a data directory, recovering from its log.
     ///
     /// Must run on a glommio executor; the returned store stays on it.
-    pub(crate) async fn open(cfg: &StorageConfig, shard: u32, meta: Option<Arc<Meta>>) -> Result<ShardStore> {
+    pub(crate) async fn open(
+        cfg: &StorageConfig,
+        shard: u32,
+        meta: Option<Arc<Meta>>,
+    ) -> Result<ShardStore> {
         let shard_dir = cfg.data_dir.join(format!("shard-{shard}"));
         let log_dir = shard_dir.join("log");
         std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(&log_dir, e))?;
-        let db = Arc::new(index::open_db(&shard_dir.join("index.redb"), cfg.index_cache_bytes)?);
+        let db = Arc::new(index::open_db(
+            &shard_dir.join("index.redb"),
+            cfg.index_cache_bytes,
+        )?);
         let loaded = index::load(&db)?;
         let mut st = State {
             rooms: HashMap::new(),
@@ -528,7 +597,11 @@ impl ShardStore {
         }
         let ids = segment::list(&log_dir)?;
         for (seg, room, max_seq) in loaded.segments {
-            st.segments.entry(seg).or_default().rooms.insert(room, max_seq);
+            st.segments
+                .entry(seg)
+                .or_default()
+                .rooms
+                .insert(room, max_seq);
         }
         if let Some(meta) = &meta {
             apply_retention_rows(&mut st, meta, shard, cfg.shards)?;
@@ -579,12 +652,22 @@ impl ShardStore {
 
     /// The last durable seq of a room (0 if the room has no message).
     pub fn last_seq(&self, room: u64) -> u64 {
-        self.inner.st.borrow().rooms.get(&room).map_or(0, |r| r.durable_seq)
+        self.inner
+            .st
+            .borrow()
+            .rooms
+            .get(&room)
+            .map_or(0, |r| r.durable_seq)
     }
 
     /// The lowest live seq of a room (older ones were removed by retention).
     pub fn low_seq(&self, room: u64) -> u64 {
-        self.inner.st.borrow().rooms.get(&room).map_or(1, |r| r.low_seq)
+        self.inner
+            .st
+            .borrow()
+            .rooms
+            .get(&room)
+            .map_or(1, |r| r.low_seq)
     }
 
     /// Rooms that have messages on this shard.
@@ -608,14 +691,29 @@ impl ShardStore {
     /// Appends a message; resolves once it is durable (per the durability
     /// mode). A repeated non-empty `(sender, client_id)` within the room's
     /// idempotency window returns the original seq instead.
-    pub async fn append_message(&self, room: u64, sender: u64, client_id: &str, ts_ms: u64, body: &str) -> Result<Appended> {
+    pub async fn append_message(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        ts_ms: u64,
+        body: &str,
+    ) -> Result<Appended> {
         self.check_open()?;
         let cfg = &self.inner.cfg;
         if body.len() > cfg.body_bytes_max {
-            return Err(Error::InvalidInput(format!("body is {} bytes, limit {}", body.len(), cfg.body_bytes_max)));
+            return Err(Error::InvalidInput(format!(
+                "body is {} bytes, limit {}",
+                body.len(),
+                cfg.body_bytes_max
+            )));
         }
         if client_id.len() > cfg.client_id_bytes_max {
-            return Err(Error::InvalidInput(format!("client_id is {} bytes, limit {}", client_id.len(), cfg.client_id_bytes_max)));
+            return Err(Error::InvalidInput(format!(
+                "client_id is {} bytes, limit {}",
+                client_id.len(),
+                cfg.client_id_bytes_max
+            )));
         }
         self.wait_for_index_lag().await;
         let idem = idem_hash(sender, client_id);
@@ -637,7 +735,14 @@ impl ShardStore {
                     w.insert(idem, seq, window);
                 }
             }
-            let rec = Record::Message(Message { room, seq, sender, ts_ms, client_id: client_id.to_string(), body: body.to_string() });
+            let rec = Record::Message(Message {
+                room,
+                seq,
+                sender,
+                ts_ms,
+                client_id: client_id.to_string(),
+                body: body.to_string(),
+            });
             let signal = self.enqueue(&rec, room, seq, QueuedKind::Message { idem, ts_ms });
             (seq, ts_ms, signal)
         };
@@ -651,23 +756,54 @@ impl ShardStore {
     pub async fn edit(&self, room: u64, seq: u64, by: u64, ts_ms: u64, body: &str) -> Result<()> {
         self.check_open()?;
         if body.len() > self.inner.cfg.body_bytes_max {
-            return Err(Error::InvalidInput(format!("body is {} bytes, limit {}", body.len(), self.inner.cfg.body_bytes_max)));
+            return Err(Error::InvalidInput(format!(
+                "body is {} bytes, limit {}",
+                body.len(),
+                self.inner.cfg.body_bytes_max
+            )));
         }
-        self.change(Record::Edit(Edit { room, seq, by, ts_ms, body: body.to_string() }), room, seq, false).await
+        self.change(
+            Record::Edit(Edit {
+                room,
+                seq,
+                by,
+                ts_ms,
+                body: body.to_string(),
+            }),
+            room,
+            seq,
+            false,
+        )
+        .await
     }
 
     /// Appends a deletion of message `seq`; resolves once durable. A deleted
     /// message stays deleted (later edits are refused).
     pub async fn delete(&self, room: u64, seq: u64, by: u64, ts_ms: u64) -> Result<()> {
         self.check_open()?;
-        self.change(Record::Delete(Delete { room, seq, by, ts_ms }), room, seq, true).await
+        self.change(
+            Record::Delete(Delete {
+                room,
+                seq,
+                by,
+                ts_ms,
+            }),
+            room,
+            seq,
+            true,
+        )
+        .await
     }
 
     async fn change(&self, rec: Record, room: u64, seq: u64, deleted: bool) -> Result<()> {
         self.wait_for_index_lag().await;
         match self.get(room, seq).await? {
             None => return Err(Error::NotFound(format!("message {seq} in room {room}"))),
-            Some(item) if item.deleted() => return Err(Error::NotFound(format!("message {seq} in room {room} was deleted"))),
+            Some(item) if item.deleted() => {
+                return Err(Error::NotFound(format!(
+                    "message {seq} in room {room} was deleted"
+                )))
+            }
             Some(_) => {}
         }
         let signal = self.enqueue(&rec, room, seq, QueuedKind::Edit { deleted });
@@ -680,13 +816,24 @@ impl ShardStore {
         self.check_open()?;
         let signal = {
             let mut st = self.inner.st.borrow_mut();
-            let r = st.rooms.entry(msg.room).or_insert_with(|| Room::new(msg.seq.max(1)));
+            let r = st
+                .rooms
+                .entry(msg.room)
+                .or_insert_with(|| Room::new(msg.seq.max(1)));
             if msg.seq == 0 || msg.seq < r.next_seq {
-                return Err(Error::InvalidInput(format!("seq {} is not above room {}'s last seq {}", msg.seq, msg.room, r.next_seq - 1)));
+                return Err(Error::InvalidInput(format!(
+                    "seq {} is not above room {}'s last seq {}",
+                    msg.seq,
+                    msg.room,
+                    r.next_seq - 1
+                )));
             }
             r.next_seq = msg.seq + 1;
             r.last_ts_ms = r.last_ts_ms.max(msg.ts_ms);
-            let kind = QueuedKind::Message { idem: idem_hash(msg.sender, &msg.client_id), ts_ms: msg.ts_ms };
+            let kind = QueuedKind::Message {
+                idem: idem_hash(msg.sender, &msg.client_id),
+                ts_ms: msg.ts_ms,
+            };
             let (room, seq) = (msg.room, msg.seq);
             self.enqueue(&Record::Message(msg), room, seq, kind)
         };
@@ -699,7 +846,11 @@ impl ShardStore {
         let (room, seq, deleted) = match &rec {
             Record::Edit(e) => (e.room, e.seq, false),
             Record::Delete(d) => (d.room, d.seq, true),
-            Record::Message(_) => return Err(Error::InvalidInput("import_change takes an edit or delete".into())),
+            Record::Message(_) => {
+                return Err(Error::InvalidInput(
+                    "import_change takes an edit or delete".into(),
+                ))
+            }
         };
         let signal = self.enqueue(&rec, room, seq, QueuedKind::Edit { deleted });
         signal.wait().await.map_err(Error::Failed)
@@ -708,7 +859,12 @@ impl ShardStore {
     fn enqueue(&self, rec: &Record, room: u64, seq: u64, kind: QueuedKind) -> Rc<BatchSignal> {
         let mut q = self.inner.queue.borrow_mut();
         let len = encode_frame(rec, &mut q.frames) as u32;
-        q.items.push(Queued { room, seq, len, kind });
+        q.items.push(Queued {
+            room,
+            seq,
+            len,
+            kind,
+        });
         let signal = q.signal.clone();
         drop(q);
         self.inner.wake_committer.notify();
@@ -737,19 +893,35 @@ impl ShardStore {
         }
     }
 
-    async fn find_duplicate(&self, room: u64, sender: u64, client_id: &str, idem: u64) -> Result<Option<Appended>> {
+    async fn find_duplicate(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        idem: u64,
+    ) -> Result<Option<Appended>> {
         let candidate = {
             let mut st = self.inner.st.borrow_mut();
             self.ensure_idem_window(&mut st, room)?;
-            st.rooms.get(&room).and_then(|r| r.idem.as_ref()).and_then(|w| w.by_hash.get(&idem).copied())
+            let cap = self.inner.cfg.idempotency_window_len;
+            st.rooms.get(&room).and_then(|r| {
+                r.idem
+                    .as_ref()
+                    .and_then(|w| w.get(idem, r.next_seq - 1, cap))
+            })
         };
-        let Some(seq) = candidate else { return Ok(None) };
+        let Some(seq) = candidate else {
+            return Ok(None);
+        };
         if seq > self.last_seq(room) {
             self.flush().await?;
         }
         match self.get(room, seq).await? {
             Some(item) if item.sender() == sender && item.client_id() == client_id => {
-                Ok(Some(Appended::Duplicate { seq, ts_ms: item.ts_ms() }))
+                Ok(Some(Appended::Duplicate {
+                    seq,
+                    ts_ms: item.ts_ms(),
+                }))
             }
             _ => Ok(None),
         }
@@ -759,7 +931,9 @@ impl ShardStore {
     /// after open).
     fn ensure_idem_window(&self, st: &mut State, room: u64) -> Result<()> {
         let cap = self.inner.cfg.idempotency_window_len;
-        let Some(r) = st.rooms.get(&room) else { return Ok(()) };
+        let Some(r) = st.rooms.get(&room) else {
+            return Ok(());
+        };
         if r.idem.is_some() {
             return Ok(());
         }
@@ -787,10 +961,9 @@ impl ShardStore {
             let chunk = self.chunk(st, room, no)?;
             let end = hi.min((no + 1) * chunk::CHUNK_LEN);
             for s in seq..=end {
-                let e = chunk
-                    .as_ref()
-                    .and_then(|c| c.get(s))
-                    .ok_or_else(|| Error::IndexMismatch(format!("no index entry for room {room} seq {s}")))?;
+                let e = chunk.as_ref().and_then(|c| c.get(s)).ok_or_else(|| {
+                    Error::IndexMismatch(format!("no index entry for room {room} seq {s}"))
+                })?;
                 out.push((s, e));
             }
             seq = end + 1;
@@ -835,7 +1008,17 @@ impl ShardStore {
 
     /// One message with edits applied, if it exists and is live.
     pub async fn get(&self, room: u64, seq: u64) -> Result<Option<HistoryItem>> {
-        let page = self.history(room, Cursor { after: Some(seq.saturating_sub(1)), before: Some(seq.saturating_add(1)), limit: 1, order: Order::OldestFirst }).await?;
+        let page = self
+            .history(
+                room,
+                Cursor {
+                    after: Some(seq.saturating_sub(1)),
+                    before: Some(seq.saturating_add(1)),
+                    limit: 1,
+                    order: Order::OldestFirst,
+                },
+            )
+            .await?;
         Ok(page.items.into_iter().next())
     }
 
@@ -845,9 +1028,17 @@ impl ShardStore {
         let positions = {
             let mut st = self.inner.st.borrow_mut();
             let Some(plan) = self.plan(&mut st, room, cursor)? else {
-                return Ok(Page { items: Vec::new(), next: None });
+                return Ok(Page {
+                    items: Vec::new(),
+                    next: None,
+                });
             };
-            let positions: Vec<u64> = plan.entries.iter().map(|(_, e)| e.pos).chain(plan.edits.values().copied()).collect();
+            let positions: Vec<u64> = plan
+                .entries
+                .iter()
+                .map(|(_, e)| e.pos)
+                .chain(plan.edits.values().copied())
+                .collect();
             if !self.any_cold(&mut st, &positions)? {
                 return self.assemble(&mut st, room, cursor, plan);
             }
@@ -860,9 +1051,17 @@ impl ShardStore {
 
     /// Index entries and edit positions of the page `cursor` asks for.
     fn plan(&self, st: &mut State, room: u64, cursor: Cursor) -> Result<Option<Plan>> {
-        let Some(r) = st.rooms.get(&room) else { return Ok(None) };
-        let lo = cursor.after.map_or(1, |a| a.saturating_add(1)).max(r.low_seq);
-        let hi = cursor.before.map_or(r.durable_seq, |b| b.saturating_sub(1)).min(r.durable_seq);
+        let Some(r) = st.rooms.get(&room) else {
+            return Ok(None);
+        };
+        let lo = cursor
+            .after
+            .map_or(1, |a| a.saturating_add(1))
+            .max(r.low_seq);
+        let hi = cursor
+            .before
+            .map_or(r.durable_seq, |b| b.saturating_sub(1))
+            .min(r.durable_seq);
         let limit = cursor.limit.max(1) as u64;
         if lo > hi {
             return Ok(None);
@@ -873,7 +1072,14 @@ impl ShardStore {
         };
         let entries = self.entries(st, room, lo_page, hi_page)?;
         let edits = self.edits(st, room, lo_page, hi_page)?;
-        Ok(Some(Plan { entries, edits, lo, hi, lo_page, hi_page }))
+        Ok(Some(Plan {
+            entries,
+            edits,
+            lo,
+            hi,
+            lo_page,
+            hi_page,
+        }))
     }
 
     /// A page of history from what is mapped now (no prefetch).
@@ -881,31 +1087,52 @@ impl ShardStore {
         let mut st = self.inner.st.borrow_mut();
         match self.plan(&mut st, room, cursor)? {
             Some(plan) => self.assemble(&mut st, room, cursor, plan),
-            None => Ok(Page { items: Vec::new(), next: None }),
+            None => Ok(Page {
+                items: Vec::new(),
+                next: None,
+            }),
         }
     }
 
     /// Reads the records of a plan (in place) into a page.
     fn assemble(&self, st: &mut State, room: u64, cursor: Cursor, plan: Plan) -> Result<Page> {
-        let Plan { entries, edits, lo, hi, lo_page, hi_page } = plan;
+        let Plan {
+            entries,
+            edits,
+            lo,
+            hi,
+            lo_page,
+            hi_page,
+        } = plan;
         let mut items = Vec::with_capacity(entries.len());
         for (seq, e) in entries {
             let message = self.read_at(st, Pos::from_u64(e.pos))?;
             if message.record().seq() != seq || message.record().room() != room {
-                return Err(Error::IndexMismatch(format!("room {room} seq {seq} points at another record")));
+                return Err(Error::IndexMismatch(format!(
+                    "room {room} seq {seq} points at another record"
+                )));
             }
             let latest_edit = match edits.get(&seq) {
                 Some(pos) => Some(self.read_at(st, Pos::from_u64(*pos))?),
                 None => None,
             };
-            items.push(HistoryItem { message, latest_edit });
+            items.push(HistoryItem {
+                message,
+                latest_edit,
+            });
         }
         let next = match cursor.order {
             Order::NewestFirst => {
                 items.reverse();
-                (lo_page > lo).then_some(Cursor { before: Some(lo_page), ..cursor })
+                (lo_page > lo).then_some(Cursor {
+                    before: Some(lo_page),
+                    ..cursor
+                })
             }
-            Order::OldestFirst => (hi_page < hi).then_some(Cursor { after: Some(hi_page), ..cursor }),
+            Order::OldestFirst => (hi_page < hi).then_some(Cursor {
+                after: Some(hi_page),
+                ..cursor
+            }),
         };
         Ok(Page { items, next })
     }
@@ -939,7 +1166,9 @@ impl ShardStore {
             for page in pages {
                 let file = file.clone();
                 // Tasks, not bare futures: all reads must be in flight at once.
-                reads.push(glommio::spawn_local(async move { file.read_at((page * PAGE) as u64, PAGE).await.map(|_| ()) }));
+                reads.push(glommio::spawn_local(async move {
+                    file.read_at((page * PAGE) as u64, PAGE).await.map(|_| ())
+                }));
             }
         }
         for r in reads {
@@ -965,14 +1194,25 @@ impl ShardStore {
             return Ok(f.clone());
         }
         let path = segment::path(&self.inner.log_dir, segment);
-        let f = Rc::new(glommio::io::BufferedFile::open(&path).await.map_err(|e| Error::Glommio(format!("opening {}: {e}", path.display())))?);
-        self.inner.st.borrow_mut().readers.insert(segment, f.clone());
+        let f = Rc::new(
+            glommio::io::BufferedFile::open(&path)
+                .await
+                .map_err(|e| Error::Glommio(format!("opening {}: {e}", path.display())))?,
+        );
+        self.inner
+            .st
+            .borrow_mut()
+            .readers
+            .insert(segment, f.clone());
         Ok(f)
     }
 
     /// Latest edit/delete positions for seqs `lo..=hi`.
     fn edits(&self, st: &State, room: u64, lo: u64, hi: u64) -> Result<HashMap<u64, u64>> {
-        let mut out: HashMap<u64, u64> = index::read_edits(&self.inner.db, room, lo, hi)?.into_iter().map(|(s, p, _)| (s, p)).collect();
+        let mut out: HashMap<u64, u64> = index::read_edits(&self.inner.db, room, lo, hi)?
+            .into_iter()
+            .map(|(s, p, _)| (s, p))
+            .collect();
         for (&(_, seq), &(_, pos, _)) in st.pending_edits.range((room, lo)..=(room, hi)) {
             out.insert(seq, pos);
         }
@@ -984,15 +1224,22 @@ impl ShardStore {
         if let Some((_, _, deleted)) = st.pending_edits.get(&(room, seq)) {
             return Ok(*deleted);
         }
-        Ok(index::read_edits(&self.inner.db, room, seq, seq)?.first().is_some_and(|e| e.2))
+        Ok(index::read_edits(&self.inner.db, room, seq, seq)?
+            .first()
+            .is_some_and(|e| e.2))
     }
 
     /// Sets a room's retention limits, durably (applied by
     /// [`ShardStore::enforce_retention`]).
     pub async fn set_retention(&self, room: u64, retention: Retention) -> Result<()> {
-        let (km, ka) = (retention.max_messages.unwrap_or(0), retention.max_age_ms.unwrap_or(0));
+        let (km, ka) = (
+            retention.max_messages.unwrap_or(0),
+            retention.max_age_ms.unwrap_or(0),
+        );
         if let Some(meta) = self.inner.meta.clone() {
-            glommio::executor().spawn_blocking(move || meta.set_retention(room, km, ka)).await?;
+            glommio::executor()
+                .spawn_blocking(move || meta.set_retention(room, km, ka))
+                .await?;
         }
         let mut st = self.inner.st.borrow_mut();
         let r = st.rooms.entry(room).or_insert_with(|| Room::new(1));
@@ -1005,10 +1252,12 @@ impl ShardStore {
     /// A room's retention limits.
     pub fn retention(&self, room: u64) -> Retention {
         let st = self.inner.st.borrow();
-        st.rooms.get(&room).map_or(Retention::default(), |r| Retention {
-            max_messages: (r.keep_messages > 0).then_some(r.keep_messages),
-            max_age_ms: (r.keep_age_ms > 0).then_some(r.keep_age_ms),
-        })
+        st.rooms
+            .get(&room)
+            .map_or(Retention::default(), |r| Retention {
+                max_messages: (r.keep_messages > 0).then_some(r.keep_messages),
+                max_age_ms: (r.keep_age_ms > 0).then_some(r.keep_age_ms),
+            })
     }
 
     /// Applies every room's retention at time `now_ms`: moves low seqs,
@@ -1021,7 +1270,12 @@ impl ShardStore {
         {
             let mut st = self.inner.st.borrow_mut();
             let st = &mut *st;
-            let rooms: Vec<u64> = st.rooms.iter().filter(|(_, r)| r.keep_messages > 0 || r.keep_age_ms > 0).map(|(id, _)| *id).collect();
+            let rooms: Vec<u64> = st
+                .rooms
+                .iter()
+                .filter(|(_, r)| r.keep_messages > 0 || r.keep_age_ms > 0)
+                .map(|(id, _)| *id)
+                .collect();
             for room in rooms {
                 let new_low = self.retention_low(st, room, now_ms)?;
                 let r = st.rooms.get_mut(&room).expect("listed");
@@ -1029,14 +1283,19 @@ impl ShardStore {
                     report.messages_expired += new_low - r.low_seq;
                     r.low_seq = new_low;
                     lows.push((room, new_low));
-                    st.ops.push(Op::Retire { room, low_seq: new_low });
+                    st.ops.push(Op::Retire {
+                        room,
+                        low_seq: new_low,
+                    });
                     st.dirty_rooms.insert(room);
                 }
             }
         }
         // The new low seqs are durable (meta) before any segment goes.
         if let (Some(meta), false) = (self.inner.meta.clone(), lows.is_empty()) {
-            glommio::executor().spawn_blocking(move || meta.advance_low_seqs(&lows)).await?;
+            glommio::executor()
+                .spawn_blocking(move || meta.advance_low_seqs(&lows))
+                .await?;
         }
         self.checkpoint_now().await?;
         let dead: Vec<(u32, u64)> = {
@@ -1046,7 +1305,10 @@ impl ShardStore {
                 .filter(|(id, info)| {
                     **id < st.checkpoint.segment
                         && info.sealed_end.is_some()
-                        && info.rooms.iter().all(|(room, max)| st.rooms.get(room).is_none_or(|r| *max < r.low_seq))
+                        && info
+                            .rooms
+                            .iter()
+                            .all(|(room, max)| st.rooms.get(room).is_none_or(|r| *max < r.low_seq))
                 })
                 .map(|(id, info)| (*id, info.sealed_end.unwrap_or(0) as u64))
                 .collect()
@@ -1141,8 +1403,11 @@ impl ShardStore {
 
     async fn stop_index(&self) {
         self.inner.index_tx.borrow_mut().take();
-        if let Some(handle) = self.inner.index_thread.borrow_mut().take() {
-            let _ = glommio::executor().spawn_blocking(move || handle.join()).await;
+        let handle = self.inner.index_thread.borrow_mut().take();
+        if let Some(handle) = handle {
+            let _ = glommio::executor()
+                .spawn_blocking(move || handle.join())
+                .await;
         }
     }
 
@@ -1153,13 +1418,21 @@ impl ShardStore {
     async fn recover(&self, ids: &[u32]) -> Result<LogWriter> {
         let ckpt = self.inner.st.borrow().checkpoint;
         if ckpt.segment > 0 && !ids.contains(&ckpt.segment) {
-            return Err(Error::IndexMismatch(format!("checkpoint is in segment {} which is missing", ckpt.segment)));
+            return Err(Error::IndexMismatch(format!(
+                "checkpoint is in segment {} which is missing",
+                ckpt.segment
+            )));
         }
         {
             // Forget summaries of segments that no longer exist (deleted by
             // retention just before a crash).
             let mut st = self.inner.st.borrow_mut();
-            let gone: Vec<u32> = st.segments.keys().filter(|id| !ids.contains(id)).copied().collect();
+            let gone: Vec<u32> = st
+                .segments
+                .keys()
+                .filter(|id| !ids.contains(id))
+                .copied()
+                .collect();
             for id in gone {
                 st.segments.remove(&id);
                 st.ops.push(Op::DropSegment { segment: id });
@@ -1167,7 +1440,11 @@ impl ShardStore {
         }
         let last = ids.last().copied();
         for &id in ids.iter().filter(|&&id| id >= ckpt.segment) {
-            let start = if id == ckpt.segment { ckpt.offset.max(HEADER_BYTES as u32) } else { HEADER_BYTES as u32 };
+            let start = if id == ckpt.segment {
+                ckpt.offset.max(HEADER_BYTES as u32)
+            } else {
+                HEADER_BYTES as u32
+            };
             self.replay_segment(id, start, Some(id) == last)?;
         }
         for &id in ids {
@@ -1175,12 +1452,21 @@ impl ShardStore {
             let info = st.segments.entry(id).or_default();
             if info.sealed_end.is_none() {
                 let path = segment::path(&self.inner.log_dir, id);
-                let len = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| Error::io(&path, e))?
+                    .len();
                 info.sealed_end = Some(len as u32);
             }
         }
         let next = last.map_or(1, |l| l + 1);
-        let writer = LogWriter::create(&self.inner.log_dir, self.inner.shard, next, self.inner.cfg.segment_bytes_max, now_ms()).await?;
+        let writer = LogWriter::create(
+            &self.inner.log_dir,
+            self.inner.shard,
+            next,
+            self.inner.cfg.segment_bytes_max,
+            now_ms(),
+        )
+        .await?;
         let mut st = self.inner.st.borrow_mut();
         st.active = next;
         st.segments.insert(next, SegmentInfo::default());
@@ -1189,12 +1475,20 @@ impl ShardStore {
 
     fn replay_segment(&self, id: u32, start: u32, is_last: bool) -> Result<()> {
         let path = segment::path(&self.inner.log_dir, id);
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         // SAFETY: nothing else writes this file during recovery.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let header = Header::decode(&map, id)?;
         if header.shard != self.inner.shard {
-            return Err(Error::corrupt(id, 0, format!("segment belongs to shard {}", header.shard)));
+            return Err(Error::corrupt(
+                id,
+                0,
+                format!("segment belongs to shard {}", header.shard),
+            ));
         }
         let mut ops_records = 0;
         let end = {
@@ -1202,7 +1496,14 @@ impl ShardStore {
             let st = &mut *st;
             segment::scan(&map, id, start, is_last, |offset, rec, _| {
                 ops_records += 1;
-                self.apply_replayed(st, Pos { segment: id, offset }, rec)
+                self.apply_replayed(
+                    st,
+                    Pos {
+                        segment: id,
+                        offset,
+                    },
+                    rec,
+                )
             })?
         };
         drop(map);
@@ -1215,7 +1516,8 @@ impl ShardStore {
             st.stats.torn_bytes += len - *end as u64;
         }
         if is_last && len != end.end() as u64 {
-            file.set_len(end.end() as u64).map_err(|e| Error::io(&path, e))?;
+            file.set_len(end.end() as u64)
+                .map_err(|e| Error::io(&path, e))?;
             file.sync_all().map_err(|e| Error::io(&path, e))?;
         }
         st.segments.entry(id).or_default().sealed_end = Some(end.end());
@@ -1228,7 +1530,11 @@ impl ShardStore {
                 let (room, seq) = (m.room.to_native(), m.seq.to_native());
                 let durable = st.rooms.get(&room).map_or(0, |r| r.durable_seq);
                 if seq <= durable || seq == 0 {
-                    return Err(Error::corrupt(pos.segment, pos.offset, format!("room {room} seq {seq} not above {durable}")));
+                    return Err(Error::corrupt(
+                        pos.segment,
+                        pos.offset,
+                        format!("room {room} seq {seq} not above {durable}"),
+                    ));
                 }
                 let retired = st.rooms.get(&room).is_some_and(|r| seq < r.low_seq);
                 if retired {
@@ -1237,17 +1543,31 @@ impl ShardStore {
                     let r = st.rooms.get_mut(&room).expect("checked");
                     r.durable_seq = seq;
                     r.next_seq = r.next_seq.max(seq + 1);
-                    let max = st.segments.entry(pos.segment).or_default().rooms.entry(room).or_insert(0);
+                    let max = st
+                        .segments
+                        .entry(pos.segment)
+                        .or_default()
+                        .rooms
+                        .entry(room)
+                        .or_insert(0);
                     *max = (*max).max(seq);
                     return Ok(());
                 }
-                let entry = Entry { pos: pos.to_u64(), idem: idem_hash(m.sender.to_native(), &m.client_id), ts_ms: m.ts_ms.to_native() };
+                let entry = Entry {
+                    pos: pos.to_u64(),
+                    idem: idem_hash(m.sender.to_native(), &m.client_id),
+                    ts_ms: m.ts_ms.to_native(),
+                };
                 self.apply_message(st, room, seq, entry, pos.segment);
                 let r = st.rooms.get_mut(&room).expect("just applied");
                 r.next_seq = r.next_seq.max(seq + 1);
             }
-            ArchivedRecord::Edit(e) => self.apply_edit(st, e.room.to_native(), e.seq.to_native(), pos, false)?,
-            ArchivedRecord::Delete(d) => self.apply_edit(st, d.room.to_native(), d.seq.to_native(), pos, true)?,
+            ArchivedRecord::Edit(e) => {
+                self.apply_edit(st, e.room.to_native(), e.seq.to_native(), pos, false)?
+            }
+            ArchivedRecord::Delete(d) => {
+                self.apply_edit(st, d.room.to_native(), d.seq.to_native(), pos, true)?
+            }
         }
         Ok(())
     }
@@ -1270,7 +1590,13 @@ impl ShardStore {
             let full = r.open.clone();
             Self::send_chunk(st, room, full);
         }
-        let max = st.segments.entry(segment).or_default().rooms.entry(room).or_insert(0);
+        let max = st
+            .segments
+            .entry(segment)
+            .or_default()
+            .rooms
+            .entry(room)
+            .or_insert(0);
         *max = (*max).max(seq);
         st.dirty_segments.insert((segment, room));
         st.dirty_rooms.insert(room);
@@ -1278,11 +1604,23 @@ impl ShardStore {
 
     fn send_chunk(st: &mut State, room: u64, chunk: Chunk) {
         let ticket = st.next_ticket;
-        st.ops.push(Op::Chunk { room, no: chunk.no, bytes: chunk.encode() });
-        st.pending_chunks.insert((room, chunk.no), (ticket, Rc::new(chunk)));
+        st.ops.push(Op::Chunk {
+            room,
+            no: chunk.no,
+            bytes: chunk.encode(),
+        });
+        st.pending_chunks
+            .insert((room, chunk.no), (ticket, Rc::new(chunk)));
     }
 
-    fn apply_edit(&self, st: &mut State, room: u64, seq: u64, pos: Pos, deleted: bool) -> Result<()> {
+    fn apply_edit(
+        &self,
+        st: &mut State,
+        room: u64,
+        seq: u64,
+        pos: Pos,
+        deleted: bool,
+    ) -> Result<()> {
         if st.rooms.get(&room).is_some_and(|r| seq < r.low_seq) {
             return Ok(()); // retired (replay of a change to a retired message)
         }
@@ -1290,9 +1628,21 @@ impl ShardStore {
             return Ok(()); // a delete is final; a racing edit is ignored
         }
         let ticket = st.next_ticket;
-        st.pending_edits.insert((room, seq), (ticket, pos.to_u64(), deleted));
-        st.ops.push(Op::Edit { room, seq, pos: pos.to_u64(), deleted });
-        let max = st.segments.entry(pos.segment).or_default().rooms.entry(room).or_insert(0);
+        st.pending_edits
+            .insert((room, seq), (ticket, pos.to_u64(), deleted));
+        st.ops.push(Op::Edit {
+            room,
+            seq,
+            pos: pos.to_u64(),
+            deleted,
+        });
+        let max = st
+            .segments
+            .entry(pos.segment)
+            .or_default()
+            .rooms
+            .entry(room)
+            .or_insert(0);
         *max = (*max).max(seq);
         st.dirty_segments.insert((pos.segment, room));
         Ok(())
@@ -1312,7 +1662,11 @@ impl ShardStore {
         loop {
             let (has_work, wants_ckpt, closing) = {
                 let st = inner.st.borrow();
-                (!inner.queue.borrow().items.is_empty(), st.checkpoint_requested, st.closing)
+                (
+                    !inner.queue.borrow().items.is_empty(),
+                    st.checkpoint_requested,
+                    st.closing,
+                )
             };
             if !has_work && !wants_ckpt {
                 if closing {
@@ -1324,7 +1678,8 @@ impl ShardStore {
                     timeout.await;
                 })
                 .await;
-                if inner.st.borrow().dirty_rooms.is_empty() || last_checkpoint.elapsed() < interval {
+                if inner.st.borrow().dirty_rooms.is_empty() || last_checkpoint.elapsed() < interval
+                {
                     continue;
                 }
                 inner.st.borrow_mut().checkpoint_requested = true;
@@ -1332,7 +1687,10 @@ impl ShardStore {
             }
             if has_work {
                 self.commit_window().await;
-                if let Err(e) = self.commit_one(&mut writer, &mut positions, &mut sealed, &mut last_sync).await {
+                if let Err(e) = self
+                    .commit_one(&mut writer, &mut positions, &mut sealed, &mut last_sync)
+                    .await
+                {
                     self.fail(e.to_string());
                 }
             }
@@ -1371,7 +1729,8 @@ impl ShardStore {
         }
         let small = {
             let q = self.inner.queue.borrow();
-            q.items.len() < cfg.commit_batch_records_max && q.frames.len() < cfg.commit_batch_bytes_max
+            q.items.len() < cfg.commit_batch_records_max
+                && q.frames.len() < cfg.commit_batch_bytes_max
         };
         if small {
             glommio::timer::sleep(Duration::from_micros(cfg.commit_window_us)).await;
@@ -1380,7 +1739,13 @@ impl ShardStore {
 
     /// Takes the queue (up to the batch limits), writes it, syncs it as the
     /// mode says, applies it and resolves its appenders.
-    async fn commit_one(&self, writer: &mut LogWriter, positions: &mut Vec<Pos>, sealed: &mut Vec<Sealed>, last_sync: &mut Instant) -> Result<()> {
+    async fn commit_one(
+        &self,
+        writer: &mut LogWriter,
+        positions: &mut Vec<Pos>,
+        sealed: &mut Vec<Sealed>,
+        last_sync: &mut Instant,
+    ) -> Result<()> {
         let inner = &self.inner;
         let (frames, items, signal) = self.take_batch();
         let (frames, items) = cluster_by_room(frames, items);
@@ -1389,7 +1754,9 @@ impl ShardStore {
         sealed.clear();
         let lens: Vec<u32> = items.iter().map(|q| q.len).collect();
         let outcome = async {
-            writer.write(&frames, &lens, now_ms(), positions, sealed).await?;
+            writer
+                .write(&frames, &lens, now_ms(), positions, sealed)
+                .await?;
             let sync = match inner.cfg.durability {
                 Durability::Sync => true,
                 Durability::Batch { interval } => last_sync.elapsed() >= interval,
@@ -1426,7 +1793,10 @@ impl ShardStore {
         let cfg = &self.inner.cfg;
         let mut q = self.inner.queue.borrow_mut();
         let (mut n, mut bytes) = (0, 0usize);
-        while n < q.items.len() && n < cfg.commit_batch_records_max && (n == 0 || bytes + q.items[n].len as usize <= cfg.commit_batch_bytes_max) {
+        while n < q.items.len()
+            && n < cfg.commit_batch_records_max
+            && (n == 0 || bytes + q.items[n].len as usize <= cfg.commit_batch_bytes_max)
+        {
             bytes += q.items[n].len as usize;
             n += 1;
         }
@@ -1455,9 +1825,21 @@ impl ShardStore {
         for (q, pos) in items.iter().zip(positions) {
             match q.kind {
                 QueuedKind::Message { idem, ts_ms } => {
-                    self.apply_message(st, q.room, q.seq, Entry { pos: pos.to_u64(), idem, ts_ms }, pos.segment);
+                    self.apply_message(
+                        st,
+                        q.room,
+                        q.seq,
+                        Entry {
+                            pos: pos.to_u64(),
+                            idem,
+                            ts_ms,
+                        },
+                        pos.segment,
+                    );
                 }
-                QueuedKind::Edit { deleted } => self.apply_edit(st, q.room, q.seq, *pos, deleted)?,
+                QueuedKind::Edit { deleted } => {
+                    self.apply_edit(st, q.room, q.seq, *pos, deleted)?
+                }
             }
         }
         st.ops_records += items.len();
@@ -1492,7 +1874,11 @@ impl ShardStore {
             let segs: Vec<(u32, u64)> = st.dirty_segments.drain().collect();
             for (segment, room) in segs {
                 if let Some(max_seq) = st.segments.get(&segment).and_then(|s| s.rooms.get(&room)) {
-                    st.ops.push(Op::SegmentRoom { segment, room, max_seq: *max_seq });
+                    st.ops.push(Op::SegmentRoom {
+                        segment,
+                        room,
+                        max_seq: *max_seq,
+                    });
                 }
             }
             st.ops.push(Op::Checkpoint(synced.to_u64()));
@@ -1522,9 +1908,15 @@ impl ShardStore {
         st.lag_records += batch.records;
         st.next_ticket += 1;
         st.stats.index_batches += 1;
-        let sent = self.inner.index_tx.borrow().as_ref().map(|tx| tx.send(batch).is_ok());
+        let sent = self
+            .inner
+            .index_tx
+            .borrow()
+            .as_ref()
+            .map(|tx| tx.send(batch).is_ok());
         if sent != Some(true) {
-            st.failed.get_or_insert_with(|| "index thread is gone".to_string());
+            st.failed
+                .get_or_insert_with(|| "index thread is gone".to_string());
         }
     }
 
@@ -1541,7 +1933,11 @@ impl ShardStore {
                 st.lag_records = st.lag_records.saturating_sub(c.records);
                 st.pending_chunks.retain(|_, (t, _)| *t > c.ticket);
                 st.pending_edits.retain(|_, (t, _, _)| *t > c.ticket);
-                while st.checkpoint_tickets.front().is_some_and(|(t, _)| *t <= c.ticket) {
+                while st
+                    .checkpoint_tickets
+                    .front()
+                    .is_some_and(|(t, _)| *t <= c.ticket)
+                {
                     let (_, pos) = st.checkpoint_tickets.pop_front().expect("checked");
                     st.checkpoint = pos;
                 }

@@ -12,10 +12,13 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+/// What a batch resolves with: `Err` carries the failure's message.
+type Outcome = Result<(), String>;
+
 /// The outcome of one commit batch, shared by every append in it.
 #[derive(Default)]
 pub(crate) struct BatchSignal {
-    state: RefCell<(Option<Result<(), String>>, Vec<Waker>)>,
+    state: RefCell<(Option<Outcome>, Vec<Waker>)>,
 }
 
 impl BatchSignal {

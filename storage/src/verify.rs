@@ -51,29 +51,55 @@ fn map_file(path: &Path) -> Result<Mmap> {
 /// Calls `visit` for every valid record of every segment of a shard, in log
 /// order, and reports each segment. Damage does not stop the walk: the
 /// segment's report holds it and the next segment is scanned.
-pub fn for_each_record(data_dir: &Path, shard: u32, mut visit: impl FnMut(Pos, &ArchivedRecord)) -> Result<Vec<SegmentScan>> {
+pub fn for_each_record(
+    data_dir: &Path,
+    shard: u32,
+    mut visit: impl FnMut(Pos, &ArchivedRecord),
+) -> Result<Vec<SegmentScan>> {
     let dir = log_dir(data_dir, shard);
     let ids = segment::list(&dir)?;
     let mut scans = Vec::with_capacity(ids.len());
     for (i, &id) in ids.iter().enumerate() {
         let path = segment::path(&dir, id);
         let map = map_file(&path)?;
-        let mut scan = SegmentScan { segment: id, bytes: map.len() as u64, records: 0, messages: 0, end: Err(String::new()) };
+        let mut scan = SegmentScan {
+            segment: id,
+            bytes: map.len() as u64,
+            records: 0,
+            messages: 0,
+            end: Err(String::new()),
+        };
         let header = Header::decode(&map, id).and_then(|h| {
             if h.shard == shard {
                 Ok(h)
             } else {
-                Err(Error::corrupt(id, 0, format!("segment belongs to shard {}", h.shard)))
+                Err(Error::corrupt(
+                    id,
+                    0,
+                    format!("segment belongs to shard {}", h.shard),
+                ))
             }
         });
         scan.end = match header {
             Err(e) => Err(e.to_string()),
-            Ok(_) => segment::scan(&map, id, HEADER_BYTES as u32, i + 1 == ids.len(), |offset, rec, _| {
-                scan.records += 1;
-                scan.messages += matches!(rec, ArchivedRecord::Message(_)) as u64;
-                visit(Pos { segment: id, offset }, rec);
-                Ok(())
-            })
+            Ok(_) => segment::scan(
+                &map,
+                id,
+                HEADER_BYTES as u32,
+                i + 1 == ids.len(),
+                |offset, rec, _| {
+                    scan.records += 1;
+                    scan.messages += matches!(rec, ArchivedRecord::Message(_)) as u64;
+                    visit(
+                        Pos {
+                            segment: id,
+                            offset,
+                        },
+                        rec,
+                    );
+                    Ok(())
+                },
+            )
             .map_err(|e| e.to_string()),
         };
         scans.push(scan);
@@ -127,7 +153,10 @@ struct LogMessage {
 /// Checks every record of a shard's log, and every index entry against the
 /// log. Opens the index read-only; the server must not be running.
 pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
-    let mut report = ShardReport { shard, ..ShardReport::default() };
+    let mut report = ShardReport {
+        shard,
+        ..ShardReport::default()
+    };
     let mut messages: HashMap<(u64, u64), LogMessage> = HashMap::new();
     let mut changes: HashMap<Pos, (u64, u64)> = HashMap::new();
     let mut last_in_log: HashMap<u64, u64> = HashMap::new();
@@ -136,13 +165,26 @@ pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
             let (room, seq) = (m.room.to_native(), m.seq.to_native());
             let last = last_in_log.entry(room).or_insert(0);
             if seq <= *last {
-                report.errors.push(format!("room {room}: seq {seq} at {pos:?} after seq {last}"));
+                report.errors.push(format!(
+                    "room {room}: seq {seq} at {pos:?} after seq {last}"
+                ));
             }
             *last = (*last).max(seq);
             let idem = idem_hash(m.sender.to_native(), &m.client_id);
-            messages.insert((room, seq), LogMessage { pos, idem, ts_ms: m.ts_ms.to_native() });
+            messages.insert(
+                (room, seq),
+                LogMessage {
+                    pos,
+                    idem,
+                    ts_ms: m.ts_ms.to_native(),
+                },
+            );
             let r = report.rooms.entry(room).or_default();
-            r.first_seq = if r.first_seq == 0 { seq } else { r.first_seq.min(seq) };
+            r.first_seq = if r.first_seq == 0 {
+                seq
+            } else {
+                r.first_seq.min(seq)
+            };
             r.last_seq = r.last_seq.max(seq);
         }
         ArchivedRecord::Edit(_) | ArchivedRecord::Delete(_) => {
@@ -154,36 +196,73 @@ pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
     for s in &report.segments {
         match &s.end {
             Err(e) => report.errors.push(format!("segment {}: {e}", s.segment)),
-            Ok(ScanEnd::Torn { end, reason }) => report.notes.push(format!("segment {}: torn tail at {end} ({reason}); the next open truncates it", s.segment)),
+            Ok(ScanEnd::Torn { end, reason }) => report.notes.push(format!(
+                "segment {}: torn tail at {end} ({reason}); the next open truncates it",
+                s.segment
+            )),
             Ok(ScanEnd::Clean { .. }) => {}
         }
         if Some(s.segment) != last_segment && matches!(s.end, Ok(ScanEnd::Torn { .. })) {
-            report.errors.push(format!("segment {} is torn but is not the last segment", s.segment));
+            report.errors.push(format!(
+                "segment {} is torn but is not the last segment",
+                s.segment
+            ));
         }
     }
     let index_path = shard_dir(data_dir, shard).join("index.redb");
     if !index_path.exists() {
-        report.notes.push("no index: the next open rebuilds it from the log".into());
+        report
+            .notes
+            .push("no index: the next open rebuilds it from the log".into());
         return Ok(report);
     }
     check_index(&index_path, &mut report, &messages, &changes)?;
     Ok(report)
 }
 
-fn check_index(path: &Path, report: &mut ShardReport, messages: &HashMap<(u64, u64), LogMessage>, changes: &HashMap<Pos, (u64, u64)>) -> Result<()> {
+fn check_index(
+    path: &Path,
+    report: &mut ShardReport,
+    messages: &HashMap<(u64, u64), LogMessage>,
+    changes: &HashMap<Pos, (u64, u64)>,
+) -> Result<()> {
     let db = redb::Database::builder().open_read_only(path)?;
     let tx = db.begin_read()?;
-    let checkpoint = Pos::from_u64(tx.open_table(STATE)?.get("checkpoint")?.map(|v| v.value()).unwrap_or(0));
+    let checkpoint = Pos::from_u64(
+        tx.open_table(STATE)?
+            .get("checkpoint")?
+            .map(|v| v.value())
+            .unwrap_or(0),
+    );
     report.checkpoint = checkpoint;
-    let ends: HashMap<u32, u64> = report.segments.iter().map(|s| (s.segment, s.end.as_ref().map_or(0, |e| e.end() as u64))).collect();
-    if checkpoint.segment > 0 && ends.get(&checkpoint.segment).is_none_or(|&e| (checkpoint.offset as u64) > e) {
-        report.errors.push(format!("index checkpoint {checkpoint:?} is past the end of the log"));
+    let ends: HashMap<u32, u64> = report
+        .segments
+        .iter()
+        .map(|s| (s.segment, s.end.as_ref().map_or(0, |e| e.end() as u64)))
+        .collect();
+    if checkpoint.segment > 0
+        && ends
+            .get(&checkpoint.segment)
+            .is_none_or(|&e| (checkpoint.offset as u64) > e)
+    {
+        report.errors.push(format!(
+            "index checkpoint {checkpoint:?} is past the end of the log"
+        ));
     }
     let mut rows: HashMap<u64, RoomRow> = HashMap::new();
     for row in tx.open_table(ROOMS)?.iter()? {
         let (k, v) = row?;
         let t = v.value();
-        rows.insert(k.value(), RoomRow { last_seq: t.0, low_seq: t.1, keep_messages: t.2, keep_age_ms: t.3, last_ts_ms: t.4 });
+        rows.insert(
+            k.value(),
+            RoomRow {
+                last_seq: t.0,
+                low_seq: t.1,
+                keep_messages: t.2,
+                keep_age_ms: t.3,
+                last_ts_ms: t.4,
+            },
+        );
     }
     // Every message covered by the checkpoint and not retired is indexed,
     // at its exact position.
@@ -211,9 +290,15 @@ fn check_index(path: &Path, report: &mut ShardReport, messages: &HashMap<(u64, u
             v.insert(c);
         }
         match loaded[&(room, no)].as_ref().and_then(|c| c.get(seq)) {
-            None => report.errors.push(format!("room {room} seq {seq}: in the log at {:?} but not in the index", m.pos)),
+            None => report.errors.push(format!(
+                "room {room} seq {seq}: in the log at {:?} but not in the index",
+                m.pos
+            )),
             Some(e) if e.pos != m.pos.to_u64() || e.idem != m.idem || e.ts_ms != m.ts_ms => {
-                report.errors.push(format!("room {room} seq {seq}: index entry {e:?} disagrees with the log at {:?}", m.pos))
+                report.errors.push(format!(
+                    "room {room} seq {seq}: index entry {e:?} disagrees with the log at {:?}",
+                    m.pos
+                ))
             }
             Some(_) => {}
         }
@@ -233,8 +318,14 @@ fn check_index(path: &Path, report: &mut ShardReport, messages: &HashMap<(u64, u
             if e.pos == 0 || seq > last || seq < low {
                 continue;
             }
-            if messages.get(&(room, seq)).is_none_or(|m| m.pos.to_u64() != e.pos) {
-                report.errors.push(format!("index room {room} seq {seq} points at {:?}, which is not that message", Pos::from_u64(e.pos)));
+            if messages
+                .get(&(room, seq))
+                .is_none_or(|m| m.pos.to_u64() != e.pos)
+            {
+                report.errors.push(format!(
+                    "index room {room} seq {seq} points at {:?}, which is not that message",
+                    Pos::from_u64(e.pos)
+                ));
             }
         }
     }
@@ -243,7 +334,9 @@ fn check_index(path: &Path, report: &mut ShardReport, messages: &HashMap<(u64, u
         let (room, seq) = k.value();
         let pos = Pos::from_u64(v.value().0);
         if changes.get(&pos) != Some(&(room, seq)) && pos < checkpoint {
-            report.errors.push(format!("index edit of room {room} seq {seq} points at {pos:?}, which is not an edit of it"));
+            report.errors.push(format!(
+                "index edit of room {room} seq {seq} points at {pos:?}, which is not an edit of it"
+            ));
         }
     }
     Ok(())
@@ -278,10 +371,16 @@ pub fn salvage_shard(data_dir: &Path, shard: u32) -> Result<SalvageReport> {
     let mut good_end = HEADER_BYTES as u32;
     let header_ok = Header::decode(&map, scans[bad].segment).is_ok();
     if header_ok {
-        let _ = segment::scan(&map, scans[bad].segment, HEADER_BYTES as u32, false, |offset, _, len| {
-            good_end = offset + len;
-            Ok(())
-        });
+        let _ = segment::scan(
+            &map,
+            scans[bad].segment,
+            HEADER_BYTES as u32,
+            false,
+            |offset, _, len| {
+                good_end = offset + len;
+                Ok(())
+            },
+        );
     }
     drop(map);
     let salvaged = shard_dir(data_dir, shard).join("salvaged");
@@ -289,8 +388,13 @@ pub fn salvage_shard(data_dir: &Path, shard: u32) -> Result<SalvageReport> {
     let copy = salvaged.join(segment::file_name(scans[bad].segment));
     std::fs::copy(&path, &copy).map_err(|e| Error::io(&copy, e))?;
     if header_ok {
-        let file = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        file.set_len(good_end as u64).and_then(|_| file.sync_all()).map_err(|e| Error::io(&path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.set_len(good_end as u64)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| Error::io(&path, e))?;
         report.cut = Some((scans[bad].segment, good_end));
     } else {
         std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
@@ -323,7 +427,16 @@ pub fn room_rows(data_dir: &Path, shard: u32) -> Result<HashMap<u64, RoomRow>> {
     for row in tx.open_table(ROOMS)?.iter()? {
         let (k, v) = row?;
         let t = v.value();
-        rows.insert(k.value(), RoomRow { last_seq: t.0, low_seq: t.1, keep_messages: t.2, keep_age_ms: t.3, last_ts_ms: t.4 });
+        rows.insert(
+            k.value(),
+            RoomRow {
+                last_seq: t.0,
+                low_seq: t.1,
+                keep_messages: t.2,
+                keep_age_ms: t.3,
+                last_ts_ms: t.4,
+            },
+        );
     }
     Ok(rows)
 }

@@ -30,7 +30,10 @@ fn populate(cfg: &StorageConfig, n: u64, body_len: usize) {
         let shard = store.open_shard(0).await.unwrap();
         for i in 1..=n {
             let body = format!("b{i}-{}", "p".repeat(body_len));
-            shard.append_message(1, 7, &format!("c{i}"), i, &body).await.unwrap();
+            shard
+                .append_message(1, 7, &format!("c{i}"), i, &body)
+                .await
+                .unwrap();
         }
         shard.close().await.unwrap();
     });
@@ -44,7 +47,12 @@ fn reopen_seqs(cfg: &StorageConfig) -> Result<(Vec<u64>, ShardStats)> {
         let shard = store.open_shard(0).await?;
         let page = shard.history(1, Cursor::after(0, 100_000)).await?;
         for item in &page.items {
-            assert!(item.body().unwrap().starts_with(&format!("b{}-", item.seq())), "record content intact");
+            assert!(
+                item.body()
+                    .unwrap()
+                    .starts_with(&format!("b{}-", item.seq())),
+                "record content intact"
+            );
         }
         let stats = shard.stats();
         shard.close().await?;
@@ -78,7 +86,12 @@ fn torn_tail_after_the_checkpoint_is_truncated() {
     let id: u32 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
     let offs = frame_offsets(&path, id);
     let cut = *offs.last().unwrap() as u64 + 12;
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
     let (seqs, stats) = reopen_seqs(&cfg).unwrap();
     let lost = 40 - seqs.len() as u64;
     assert_eq!(lost, 1, "only the torn record is gone");
@@ -89,7 +102,14 @@ fn torn_tail_after_the_checkpoint_is_truncated() {
     run(move || async move {
         let store = open(&cfg2);
         let shard = store.open_shard(0).await.unwrap();
-        assert_eq!(shard.append_message(1, 7, "again", 99, "b40-again").await.unwrap().seq(), 40);
+        assert_eq!(
+            shard
+                .append_message(1, 7, "again", 99, "b40-again")
+                .await
+                .unwrap()
+                .seq(),
+            40
+        );
         shard.close().await.unwrap();
     });
     assert!(verify_shard(dir.path(), 0).unwrap().ok());
@@ -101,11 +121,19 @@ fn garbage_after_the_last_record_is_a_torn_tail() {
     let cfg = config(dir.path());
     populate(&cfg, 25, 10);
     let path = last_segment(dir.path());
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-    f.write_all(&[0x37, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(&[0x37, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3])
+        .unwrap();
     drop(f);
     let report = verify_shard(dir.path(), 0).unwrap();
-    assert!(report.ok(), "a torn tail is a note, not an error: {:?}", report.errors);
+    assert!(
+        report.ok(),
+        "a torn tail is a note, not an error: {:?}",
+        report.errors
+    );
     assert!(report.notes.iter().any(|n| n.contains("torn tail")));
     let (seqs, stats) = reopen_seqs(&cfg).unwrap();
     assert_eq!(seqs, (1..=25).collect::<Vec<_>>());
@@ -149,11 +177,20 @@ fn flipped_byte_in_the_middle_is_refused_with_a_clear_error() {
     assert_eq!(read_errors, 1);
     let report = verify_shard(dir.path(), 0).unwrap();
     assert!(!report.ok());
-    assert!(report.errors.iter().any(|e| e.contains(&format!("segment {}", ids[1]))), "{:?}", report.errors);
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.contains(&format!("segment {}", ids[1]))),
+        "{:?}",
+        report.errors
+    );
     // Replayed region: open refuses with Corrupt naming segment and offset.
     std::fs::remove_file(dir.path().join("shard-0/index.redb")).unwrap();
     match reopen_seqs(&cfg) {
-        Err(Error::Corrupt { segment, offset, .. }) => {
+        Err(Error::Corrupt {
+            segment, offset, ..
+        }) => {
             assert_eq!(segment, ids[1]);
             assert_eq!(offset as u64, at - 30);
         }
@@ -168,7 +205,11 @@ fn flipped_byte_in_the_middle_is_refused_with_a_clear_error() {
 }
 
 fn flip(path: &Path, at: u64) {
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.seek(SeekFrom::Start(at)).unwrap();
     std::io::Read::read_exact(&mut f, &mut b).unwrap();
@@ -182,12 +223,20 @@ fn log_shorter_than_the_checkpoint_is_an_index_mismatch() {
     let cfg = config(dir.path());
     populate(&cfg, 30, 20);
     let path = last_segment(dir.path());
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(HEADER_BYTES as u64 + 8).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(HEADER_BYTES as u64 + 8)
+        .unwrap();
     // The last segment of a clean close is the one the checkpoint points into
     // (or past); cutting it below the checkpoint means acknowledged data is
     // gone: refuse rather than silently serve less.
     let r = reopen_seqs(&cfg);
-    assert!(matches!(r, Err(Error::Corrupt { .. }) | Err(Error::IndexMismatch(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Corrupt { .. }) | Err(Error::IndexMismatch(_))),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -246,13 +295,40 @@ fn retention_by_count_and_age_reclaims_segments_and_keeps_the_index_consistent()
         let body = "r".repeat(900);
         // Room 1: 200 messages, ts 1000..1199. Room 2: 200 messages.
         for i in 0..200u64 {
-            shard.append_message(1, 1, "", 1000 + i, &body).await.unwrap();
-            shard.append_message(2, 1, "", 1000 + i, &body).await.unwrap();
+            shard
+                .append_message(1, 1, "", 1000 + i, &body)
+                .await
+                .unwrap();
+            shard
+                .append_message(2, 1, "", 1000 + i, &body)
+                .await
+                .unwrap();
         }
-        shard.edit(1, 10, 1, 2000, "edited before retirement").await.unwrap();
+        shard
+            .edit(1, 10, 1, 2000, "edited before retirement")
+            .await
+            .unwrap();
         let segs_before = segment::list(&dir_log(&store)).unwrap().len();
-        shard.set_retention(1, Retention { max_messages: Some(50), max_age_ms: None }).await.unwrap();
-        shard.set_retention(2, Retention { max_messages: None, max_age_ms: Some(60) }).await.unwrap();
+        shard
+            .set_retention(
+                1,
+                Retention {
+                    max_messages: Some(50),
+                    max_age_ms: None,
+                },
+            )
+            .await
+            .unwrap();
+        shard
+            .set_retention(
+                2,
+                Retention {
+                    max_messages: None,
+                    max_age_ms: Some(60),
+                },
+            )
+            .await
+            .unwrap();
         // now = 1200: room 2 keeps ts >= 1140 (60 messages).
         let report = shard.enforce_retention(1200).await.unwrap();
         assert_eq!(report.messages_expired, 150 + 140);
@@ -260,16 +336,37 @@ fn retention_by_count_and_age_reclaims_segments_and_keeps_the_index_consistent()
         assert_eq!(shard.low_seq(2), 141);
         assert!(report.segments_deleted > 0, "{report:?}");
         assert!(report.bytes_reclaimed >= report.segments_deleted * (32 << 10));
-        assert_eq!(segment::list(&dir_log(&store)).unwrap().len(), segs_before - report.segments_deleted as usize);
+        assert_eq!(
+            segment::list(&dir_log(&store)).unwrap().len(),
+            segs_before - report.segments_deleted as usize
+        );
         let p1 = shard.history(1, Cursor::after(0, 1000)).await.unwrap();
         assert_eq!(p1.items.first().unwrap().seq(), 151);
         assert_eq!(p1.items.len(), 50);
         assert!(shard.get(1, 10).await.unwrap().is_none());
-        assert_eq!(shard.history(2, Cursor::after(0, 1000)).await.unwrap().items.len(), 60);
+        assert_eq!(
+            shard
+                .history(2, Cursor::after(0, 1000))
+                .await
+                .unwrap()
+                .items
+                .len(),
+            60
+        );
         // Idempotent: a second pass removes nothing more.
-        assert_eq!(shard.enforce_retention(1200).await.unwrap(), RetentionReport::default());
+        assert_eq!(
+            shard.enforce_retention(1200).await.unwrap(),
+            RetentionReport::default()
+        );
         // Seqs keep going.
-        assert_eq!(shard.append_message(1, 1, "", 3000, "new").await.unwrap().seq(), 201);
+        assert_eq!(
+            shard
+                .append_message(1, 1, "", 3000, "new")
+                .await
+                .unwrap()
+                .seq(),
+            201
+        );
         shard.close().await.unwrap();
         drop(shard);
         let report = verify_shard(store.data_dir(), 0).unwrap();
@@ -277,18 +374,48 @@ fn retention_by_count_and_age_reclaims_segments_and_keeps_the_index_consistent()
         assert_eq!(report.rooms[&1].messages, 51);
         let shard = store.open_shard(0).await.unwrap();
         assert_eq!(shard.low_seq(1), 151);
-        assert_eq!(shard.retention(1), Retention { max_messages: Some(50), max_age_ms: None });
-        assert_eq!(shard.history(1, Cursor::after(0, 1000)).await.unwrap().items.len(), 51);
+        assert_eq!(
+            shard.retention(1),
+            Retention {
+                max_messages: Some(50),
+                max_age_ms: None
+            }
+        );
+        assert_eq!(
+            shard
+                .history(1, Cursor::after(0, 1000))
+                .await
+                .unwrap()
+                .items
+                .len(),
+            51
+        );
         shard.close().await.unwrap();
         drop(shard);
         // A full rebuild from the log honours the retired range too.
         std::fs::remove_file(store.data_dir().join("shard-0/index.redb")).unwrap();
         let shard = store.open_shard(0).await.unwrap();
         let p = shard.history(1, Cursor::after(0, 1000)).await.unwrap();
-        assert_eq!(p.items.iter().map(|i| i.seq()).collect::<Vec<_>>(), (151..=201).collect::<Vec<_>>());
+        assert_eq!(
+            p.items.iter().map(|i| i.seq()).collect::<Vec<_>>(),
+            (151..=201).collect::<Vec<_>>()
+        );
         assert_eq!((shard.low_seq(1), shard.last_seq(1)), (151, 201));
-        assert_eq!(shard.retention(2), Retention { max_messages: None, max_age_ms: Some(60) });
-        assert_eq!(shard.append_message(1, 1, "", 4000, "after rebuild").await.unwrap().seq(), 202);
+        assert_eq!(
+            shard.retention(2),
+            Retention {
+                max_messages: None,
+                max_age_ms: Some(60)
+            }
+        );
+        assert_eq!(
+            shard
+                .append_message(1, 1, "", 4000, "after rebuild")
+                .await
+                .unwrap()
+                .seq(),
+            202
+        );
         shard.close().await.unwrap();
     });
 }

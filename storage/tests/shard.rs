@@ -28,7 +28,10 @@ fn many_concurrent_appenders_resolve_once_with_dense_seqs() {
                 glommio::spawn_local(async move {
                     for i in 0..40u64 {
                         let room = (w + i) % 5;
-                        let a = shard.append_message(room, w, &format!("{w}-{i}"), i, "body").await.unwrap();
+                        let a = shard
+                            .append_message(room, w, &format!("{w}-{i}"), i, "body")
+                            .await
+                            .unwrap();
                         assert!(matches!(a, Appended::New { .. }));
                         seen.borrow_mut().entry(room).or_default().push(a.seq());
                     }
@@ -40,12 +43,19 @@ fn many_concurrent_appenders_resolve_once_with_dense_seqs() {
         }
         let stats = shard.stats();
         assert_eq!(stats.records, 256 * 40);
-        assert!(stats.batches < stats.records / 4, "group commit batched: {stats:?}");
+        assert!(
+            stats.batches < stats.records / 4,
+            "group commit batched: {stats:?}"
+        );
         let mut total = 0;
         for (room, mut got) in seen.take() {
             got.sort_unstable();
             let n = got.len() as u64;
-            assert_eq!(got, (1..=n).collect::<Vec<_>>(), "room {room}: every seq once, dense");
+            assert_eq!(
+                got,
+                (1..=n).collect::<Vec<_>>(),
+                "room {room}: every seq once, dense"
+            );
             assert_eq!(shard.last_seq(room), n);
             let page = shard.history(room, Cursor::after(0, 10_000)).await.unwrap();
             assert_eq!(seqs(&page), (1..=n).collect::<Vec<_>>());
@@ -64,7 +74,10 @@ fn history_cursors_at_boundaries() {
         let store = open(&cfg);
         let shard = store.open_shard(0).await.unwrap();
         for i in 1..=130u64 {
-            shard.append_message(1, 9, "", i, &format!("m{i}")).await.unwrap();
+            shard
+                .append_message(1, 9, "", i, &format!("m{i}"))
+                .await
+                .unwrap();
         }
         let h = |c: Cursor| {
             let shard = shard.clone();
@@ -91,12 +104,49 @@ fn history_cursors_at_boundaries() {
         assert!(h(Cursor::after(130, 10)).await.items.is_empty());
         assert!(h(Cursor::after(u64::MAX, 10)).await.items.is_empty());
         assert_eq!(seqs(&h(Cursor::before(u64::MAX, 2)).await), vec![130, 129]);
-        assert_eq!(seqs(&h(Cursor { after: Some(10), before: Some(14), limit: 10, order: Order::NewestFirst }).await), vec![13, 12, 11]);
-        assert_eq!(seqs(&h(Cursor { after: Some(10), before: Some(11), limit: 10, order: Order::OldestFirst }).await), Vec::<u64>::new());
-        assert_eq!(seqs(&h(Cursor::latest(0)).await), vec![130], "limit 0 is read as 1");
-        assert!(shard.history(2, Cursor::latest(10)).await.unwrap().items.is_empty(), "unknown room is empty");
+        assert_eq!(
+            seqs(
+                &h(Cursor {
+                    after: Some(10),
+                    before: Some(14),
+                    limit: 10,
+                    order: Order::NewestFirst
+                })
+                .await
+            ),
+            vec![13, 12, 11]
+        );
+        assert_eq!(
+            seqs(
+                &h(Cursor {
+                    after: Some(10),
+                    before: Some(11),
+                    limit: 10,
+                    order: Order::OldestFirst
+                })
+                .await
+            ),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            seqs(&h(Cursor::latest(0)).await),
+            vec![130],
+            "limit 0 is read as 1"
+        );
+        assert!(
+            shard
+                .history(2, Cursor::latest(10))
+                .await
+                .unwrap()
+                .items
+                .is_empty(),
+            "unknown room is empty"
+        );
         let one = shard.get(1, 64).await.unwrap().unwrap();
-        assert_eq!((one.seq(), one.body(), one.ts_ms(), one.sender()), (64, Some("m64"), 64, 9));
+        assert_eq!(
+            (one.seq(), one.body(), one.ts_ms(), one.sender()),
+            (64, Some("m64"), 64, 9)
+        );
         assert!(shard.get(1, 131).await.unwrap().is_none());
         assert!(shard.get(1, 0).await.unwrap().is_none());
         shard.close().await.unwrap();
@@ -111,27 +161,63 @@ fn idempotent_retries_return_the_original_seq_even_after_reopen() {
     run(move || async move {
         let store = open(&cfg);
         let shard = store.open_shard(0).await.unwrap();
-        let a = shard.append_message(3, 1, "k1", 100, "hello").await.unwrap();
+        let a = shard
+            .append_message(3, 1, "k1", 100, "hello")
+            .await
+            .unwrap();
         assert_eq!(a, Appended::New { seq: 1, ts_ms: 100 });
         // Same key: original seq and ts, nothing stored.
-        assert_eq!(shard.append_message(3, 1, "k1", 999, "other").await.unwrap(), Appended::Duplicate { seq: 1, ts_ms: 100 });
+        assert_eq!(
+            shard
+                .append_message(3, 1, "k1", 999, "other")
+                .await
+                .unwrap(),
+            Appended::Duplicate { seq: 1, ts_ms: 100 }
+        );
         // Same client id from another sender, or in another room: new.
-        assert_eq!(shard.append_message(3, 2, "k1", 101, "x").await.unwrap().seq(), 2);
-        assert_eq!(shard.append_message(4, 1, "k1", 101, "x").await.unwrap().seq(), 1);
+        assert_eq!(
+            shard
+                .append_message(3, 2, "k1", 101, "x")
+                .await
+                .unwrap()
+                .seq(),
+            2
+        );
+        assert_eq!(
+            shard
+                .append_message(4, 1, "k1", 101, "x")
+                .await
+                .unwrap()
+                .seq(),
+            1
+        );
         // Two concurrent sends with one key: one message.
-        let (x, y) = futures_lite::future::zip(shard.append_message(3, 5, "race", 1, "a"), shard.append_message(3, 5, "race", 1, "a")).await;
+        let (x, y) = futures_lite::future::zip(
+            shard.append_message(3, 5, "race", 1, "a"),
+            shard.append_message(3, 5, "race", 1, "a"),
+        )
+        .await;
         let (x, y) = (x.unwrap(), y.unwrap());
         assert_eq!(x.seq(), y.seq());
         assert_eq!(shard.last_seq(3), 3);
         shard.close().await.unwrap();
         drop(shard);
         let shard = store.open_shard(0).await.unwrap();
-        assert_eq!(shard.append_message(3, 1, "k1", 5, "again").await.unwrap(), Appended::Duplicate { seq: 1, ts_ms: 100 });
+        assert_eq!(
+            shard.append_message(3, 1, "k1", 5, "again").await.unwrap(),
+            Appended::Duplicate { seq: 1, ts_ms: 100 }
+        );
         // The window is bounded: after 8 newer keyed messages, k1 is forgotten.
         for i in 0..8 {
-            shard.append_message(3, 1, &format!("n{i}"), 200, "filler").await.unwrap();
+            shard
+                .append_message(3, 1, &format!("n{i}"), 200, "filler")
+                .await
+                .unwrap();
         }
-        assert!(matches!(shard.append_message(3, 1, "k1", 300, "late").await.unwrap(), Appended::New { .. }));
+        assert!(matches!(
+            shard.append_message(3, 1, "k1", 300, "late").await.unwrap(),
+            Appended::New { .. }
+        ));
         shard.close().await.unwrap();
     });
 }
@@ -144,15 +230,33 @@ fn edits_and_deletes_are_applied_and_survive_reopen() {
         let store = open(&cfg);
         let shard = store.open_shard(0).await.unwrap();
         for i in 1..=5u64 {
-            shard.append_message(8, 1, "", i, &format!("v{i}")).await.unwrap();
+            shard
+                .append_message(8, 1, "", i, &format!("v{i}"))
+                .await
+                .unwrap();
         }
         shard.edit(8, 2, 1, 10, "v2 edited").await.unwrap();
         shard.edit(8, 2, 1, 11, "v2 edited twice").await.unwrap();
         shard.delete(8, 3, 1, 12).await.unwrap();
-        assert!(matches!(shard.edit(8, 3, 1, 13, "zombie").await, Err(Error::NotFound(_))), "a delete is final");
-        assert!(matches!(shard.delete(8, 3, 1, 13).await, Err(Error::NotFound(_))));
-        assert!(matches!(shard.edit(8, 99, 1, 13, "nope").await, Err(Error::NotFound(_))));
-        assert!(matches!(shard.edit(9, 1, 1, 13, "nope").await, Err(Error::NotFound(_))));
+        assert!(
+            matches!(
+                shard.edit(8, 3, 1, 13, "zombie").await,
+                Err(Error::NotFound(_))
+            ),
+            "a delete is final"
+        );
+        assert!(matches!(
+            shard.delete(8, 3, 1, 13).await,
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            shard.edit(8, 99, 1, 13, "nope").await,
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            shard.edit(9, 1, 1, 13, "nope").await,
+            Err(Error::NotFound(_))
+        ));
         let check = |page: Page| {
             let by: HashMap<u64, &HistoryItem> = page.items.iter().map(|i| (i.seq(), i)).collect();
             assert_eq!(by[&1].body(), Some("v1"));
@@ -191,21 +295,49 @@ fn limits_are_enforced_without_touching_data() {
         let store = open(&cfg);
         let shard = store.open_shard(0).await.unwrap();
         let big = "x".repeat(8 << 10 | 1);
-        assert!(matches!(shard.append_message(1, 1, "", 1, &big).await, Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            shard.append_message(1, 1, "", 1, &big).await,
+            Err(Error::InvalidInput(_))
+        ));
         let long_id = "c".repeat(129);
-        assert!(matches!(shard.append_message(1, 1, &long_id, 1, "b").await, Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            shard.append_message(1, 1, &long_id, 1, "b").await,
+            Err(Error::InvalidInput(_))
+        ));
         shard.append_message(1, 1, "", 1, "ok").await.unwrap();
-        assert!(matches!(shard.edit(1, 1, 1, 2, &big).await, Err(Error::InvalidInput(_))));
-        let m = Message { room: 1, seq: 1, sender: 1, ts_ms: 0, client_id: String::new(), body: "dup".into() };
-        assert!(matches!(shard.import_message(m).await, Err(Error::InvalidInput(_))), "import cannot rewrite a seq");
+        assert!(matches!(
+            shard.edit(1, 1, 1, 2, &big).await,
+            Err(Error::InvalidInput(_))
+        ));
+        let m = Message {
+            room: 1,
+            seq: 1,
+            sender: 1,
+            ts_ms: 0,
+            client_id: String::new(),
+            body: "dup".into(),
+        };
+        assert!(
+            matches!(shard.import_message(m).await, Err(Error::InvalidInput(_))),
+            "import cannot rewrite a seq"
+        );
         assert_eq!(shard.last_seq(1), 1);
         assert_eq!(shard.get(1, 1).await.unwrap().unwrap().body(), Some("ok"));
         // Timestamps never go backwards within a room.
-        let a = shard.append_message(1, 1, "", 0, "earlier clock").await.unwrap();
+        let a = shard
+            .append_message(1, 1, "", 0, "earlier clock")
+            .await
+            .unwrap();
         assert_eq!(a, Appended::New { seq: 2, ts_ms: 1 });
         shard.close().await.unwrap();
-        assert!(matches!(shard.append_message(1, 1, "", 1, "closed").await, Err(Error::Closed)));
-        assert!(matches!(store.open_shard(1).await, Err(Error::InvalidInput(_))));
+        assert!(matches!(
+            shard.append_message(1, 1, "", 1, "closed").await,
+            Err(Error::Closed)
+        ));
+        assert!(matches!(
+            store.open_shard(1).await,
+            Err(Error::InvalidInput(_))
+        ));
     });
 }
 
@@ -214,7 +346,9 @@ fn bad_configs_are_refused_with_the_field_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.segment_bytes_max = 1000;
-    assert!(matches!(Store::open(cfg.clone()), Err(Error::Config(m)) if m.contains("segment_bytes_max")));
+    assert!(
+        matches!(Store::open(cfg.clone()), Err(Error::Config(m)) if m.contains("segment_bytes_max"))
+    );
     let mut cfg = config(dir.path());
     cfg.shards = 0;
     assert!(matches!(Store::open(cfg), Err(Error::Config(m)) if m.contains("shards")));
@@ -243,7 +377,10 @@ fn every_durability_mode_keeps_data_across_clean_reopen() {
                     let shard = shard.clone();
                     glommio::spawn_local(async move {
                         for i in 0..100u64 {
-                            shard.append_message(w % 3, w, &format!("{w}/{i}"), i, "payload").await.unwrap();
+                            shard
+                                .append_message(w % 3, w, &format!("{w}/{i}"), i, "payload")
+                                .await
+                                .unwrap();
                         }
                     })
                 })
@@ -258,7 +395,15 @@ fn every_durability_mode_keeps_data_across_clean_reopen() {
             assert_eq!(total, 1600, "mode {mode}");
             for r in 0..3 {
                 let n = shard.last_seq(r);
-                assert_eq!(shard.history(r, Cursor::after(0, 5000)).await.unwrap().items.len() as u64, n);
+                assert_eq!(
+                    shard
+                        .history(r, Cursor::after(0, 5000))
+                        .await
+                        .unwrap()
+                        .items
+                        .len() as u64,
+                    n
+                );
             }
             shard.close().await.unwrap();
         });

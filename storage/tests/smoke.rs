@@ -10,8 +10,17 @@ fn append_then_read_back() {
         let store = open(&cfg);
         let shard = store.open_shard(0).await.unwrap();
         for i in 1..=100u64 {
-            let a = shard.append_message(5, 1, &format!("c{i}"), 1000 + i, &format!("hello {i}")).await.unwrap();
-            assert_eq!(a, Appended::New { seq: i, ts_ms: 1000 + i });
+            let a = shard
+                .append_message(5, 1, &format!("c{i}"), 1000 + i, &format!("hello {i}"))
+                .await
+                .unwrap();
+            assert_eq!(
+                a,
+                Appended::New {
+                    seq: i,
+                    ts_ms: 1000 + i
+                }
+            );
         }
         let page = shard.history(5, Cursor::latest(10)).await.unwrap();
         let seqs: Vec<u64> = page.items.iter().map(|i| i.seq()).collect();
