@@ -246,6 +246,10 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
 fn commit(db: &Database, batches: &[Batch]) -> Result<()> {
     let mut tx = db.begin_write()?;
     let durable = batches.iter().any(|b| b.durable);
+    // Durable commits save redb's allocator state: reopening after a crash
+    // is then immediate instead of a full-file repair, and `rookery-admin`
+    // can open the index read-only.
+    tx.set_quick_repair(durable);
     tx.set_durability(if durable {
         redb::Durability::Immediate
     } else {

@@ -701,6 +701,9 @@ impl Meta {
         f: impl FnOnce(&WriteTransaction) -> Result<T>,
     ) -> Result<T> {
         let mut txn = self.db.begin_write()?;
+        // Durable commits also save redb's allocator state, so reopening
+        // after a crash needs no full repair (and read-only opens work).
+        txn.set_quick_repair(matches!(durability, Durability::Immediate));
         txn.set_durability(durability)?;
         let out = f(&txn)?;
         txn.commit()?;

@@ -220,13 +220,57 @@ pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
     Ok(report)
 }
 
+/// An index opened for reading without changing the data directory.
+enum IndexDb {
+    ReadOnly(redb::ReadOnlyDatabase),
+    /// The index was not closed cleanly (redb must repair it before use):
+    /// this is a repaired copy in a temporary directory.
+    Copy(redb::Database, PathBuf),
+}
+
+impl IndexDb {
+    fn open(path: &Path) -> Result<(IndexDb, Option<String>)> {
+        match redb::Database::builder().open_read_only(path) {
+            Ok(db) => Ok((IndexDb::ReadOnly(db), None)),
+            Err(redb::DatabaseError::RepairAborted) => {
+                let copy = std::env::temp_dir().join(format!(
+                    "rookery-verify-{}-{:x}.redb",
+                    std::process::id(),
+                    crate::chunk::idem_hash(1, &path.display().to_string())
+                ));
+                std::fs::copy(path, &copy).map_err(|e| Error::io(&copy, e))?;
+                let db = redb::Database::builder().create(&copy)?;
+                let note = "index was not closed cleanly: verified a repaired copy (the next open repairs it in place)";
+                Ok((IndexDb::Copy(db, copy), Some(note.to_string())))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        Ok(match self {
+            IndexDb::ReadOnly(db) => db.begin_read()?,
+            IndexDb::Copy(db, _) => db.begin_read()?,
+        })
+    }
+}
+
+impl Drop for IndexDb {
+    fn drop(&mut self) {
+        if let IndexDb::Copy(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 fn check_index(
     path: &Path,
     report: &mut ShardReport,
     messages: &HashMap<(u64, u64), LogMessage>,
     changes: &HashMap<Pos, (u64, u64)>,
 ) -> Result<()> {
-    let db = redb::Database::builder().open_read_only(path)?;
+    let (db, note) = IndexDb::open(path)?;
+    report.notes.extend(note);
     let tx = db.begin_read()?;
     let checkpoint = Pos::from_u64(
         tx.open_table(STATE)?
@@ -421,7 +465,7 @@ pub fn room_rows(data_dir: &Path, shard: u32) -> Result<HashMap<u64, RoomRow>> {
     if !path.exists() {
         return Ok(HashMap::new());
     }
-    let db = redb::Database::builder().open_read_only(&path)?;
+    let (db, _) = IndexDb::open(&path)?;
     let tx = db.begin_read()?;
     let mut rows = HashMap::new();
     for row in tx.open_table(ROOMS)?.iter()? {

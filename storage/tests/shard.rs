@@ -435,3 +435,60 @@ fn segments_roll_and_history_spans_them() {
         assert_eq!(report.rooms[&0].messages + report.rooms[&1].messages, 300);
     });
 }
+
+#[test]
+fn batch_limits_split_the_queue_and_the_window_waits() {
+    for (records_max, bytes_max, window_us) in [(1, 4096, 0), (7, 4096, 300), (4096, 4096, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.commit_batch_records_max = records_max;
+        cfg.commit_batch_bytes_max = bytes_max;
+        cfg.commit_window_us = window_us;
+        run(move || async move {
+            let store = open(&cfg);
+            let shard = store.open_shard(0).await.unwrap();
+            let body = "z".repeat(300);
+            let tasks: Vec<_> = (0..64u64)
+                .map(|w| {
+                    let (shard, body) = (shard.clone(), body.clone());
+                    glommio::spawn_local(async move {
+                        let mut got = Vec::new();
+                        for i in 0..10u64 {
+                            got.push(
+                                shard
+                                    .append_message(1, w, &format!("{w}.{i}"), i, &body)
+                                    .await
+                                    .unwrap()
+                                    .seq(),
+                            );
+                        }
+                        got
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                let got = t.await;
+                assert!(
+                    got.windows(2).all(|w| w[0] < w[1]),
+                    "one writer's seqs increase"
+                );
+                all.extend(got);
+            }
+            all.sort_unstable();
+            assert_eq!(all, (1..=640).collect::<Vec<_>>());
+            let stats = shard.stats();
+            assert_eq!(stats.records, 640);
+            // Every batch respects both limits.
+            let per_batch_max = records_max.min(bytes_max / 320).max(1) as u64;
+            assert!(
+                stats.batches * per_batch_max >= 640,
+                "{stats:?} with at most {per_batch_max} per batch"
+            );
+            if records_max == 1 {
+                assert_eq!(stats.batches, 640);
+            }
+            shard.close().await.unwrap();
+        });
+    }
+}

@@ -1,0 +1,170 @@
+//! Crash test: a child process appends continuously and prints every
+//! acknowledged message; the parent kills it with SIGKILL at random moments
+//! (20 rounds), then checks with `rookery-admin verify` and by reopening the
+//! store that every acknowledged message is present exactly once, in order.
+//!
+//! The child is this test binary re-run with `ROOKERY_CRASH_CHILD` set,
+//! executing only [`crash_child`].
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rookery_storage::{Cursor, Durability, StorageConfig, Store};
+
+const ROUNDS: u32 = 20;
+const WRITERS: u64 = 24;
+const ROOMS: u64 = 6;
+
+fn config(dir: &Path) -> StorageConfig {
+    let mut cfg = StorageConfig::new(dir);
+    cfg.durability = Durability::Sync;
+    cfg.segment_bytes_max = 1 << 20;
+    cfg.body_bytes_max = 4 << 10;
+    cfg.checkpoint_interval_ms = 20;
+    cfg.index_cache_bytes = 4 << 20;
+    cfg.meta_cache_bytes = 1 << 20;
+    cfg
+}
+
+fn run_on_executor<T: Send + 'static>(f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static) -> T {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(f)
+        .expect("executor starts")
+        .join()
+        .expect("executor finishes")
+}
+
+/// The child: append forever (until killed), printing `ack room seq body`
+/// after each append resolves.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var("ROOKERY_CRASH_CHILD") else { return };
+    let round: u32 = std::env::var("ROOKERY_CRASH_ROUND").unwrap().parse().unwrap();
+    let cfg = config(Path::new(&dir));
+    run_on_executor(move || {
+        Box::pin(async move {
+            let store = Store::open(cfg).unwrap();
+            let shard = store.open_shard(0).await.unwrap();
+            println!("ready");
+            let tasks: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        for n in 0u64.. {
+                            let room = (w + n) % ROOMS + 1;
+                            let body = format!("r{round}-w{w}-n{n}");
+                            let seq = shard.append_message(room, w + 1, &body, n, &body).await.unwrap().seq();
+                            let mut out = std::io::stdout().lock();
+                            writeln!(out, "ack {room} {seq} {body}").unwrap();
+                            out.flush().unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await;
+            }
+        })
+    });
+}
+
+#[test]
+fn acknowledged_messages_survive_sigkill() {
+    if std::env::var("ROOKERY_CRASH_CHILD").is_ok() {
+        return;
+    }
+    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: HashMap<(u64, u64), String> = HashMap::new();
+    for round in 0..ROUNDS {
+        let kill_after = Duration::from_millis(rng.gen_range(5..250));
+        let new = run_child(dir.path(), round, kill_after);
+        for (key, body) in new {
+            assert!(acked.insert(key, body).is_none(), "seed {seed}: seq {key:?} acknowledged twice");
+        }
+        let verify = Command::new(env!("CARGO_BIN_EXE_rookery-admin")).arg("verify").arg(dir.path()).output().unwrap();
+        assert!(verify.status.success(), "seed {seed} round {round}: verify failed:\n{}\n{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+        check_store(dir.path(), &acked, seed, round);
+    }
+    assert!(acked.len() > 100, "seed {seed}: the child acknowledged only {} messages", acked.len());
+    let verify = Command::new(env!("CARGO_BIN_EXE_rookery-admin")).arg("verify").arg(dir.path()).output().unwrap();
+    assert!(verify.status.success(), "seed {seed}: final verify failed: {}", String::from_utf8_lossy(&verify.stdout));
+}
+
+/// Runs the child until `kill_after` past its first ack, SIGKILLs it, and
+/// returns every ack it printed (acks printed before death count).
+fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<((u64, u64), String)> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env("ROOKERY_CRASH_CHILD", dir)
+        .env("ROOKERY_CRASH_ROUND", round.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut acks = Vec::new();
+        let mut first_ack: Option<Instant> = None;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("ack ") {
+                let mut parts = rest.splitn(3, ' ');
+                let room: u64 = parts.next().unwrap().parse().unwrap();
+                let seq: u64 = parts.next().unwrap().parse().unwrap();
+                acks.push(((room, seq), parts.next().unwrap().to_string()));
+                first_ack.get_or_insert_with(Instant::now);
+            }
+        }
+        acks
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Let it run: kill at a random moment after it started appending.
+    std::thread::sleep(Duration::from_millis(150) + kill_after);
+    assert!(Instant::now() < deadline);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    reader.join().unwrap()
+}
+
+/// Reopens the store and checks every acknowledged message is present once,
+/// with its body, and that each writer's messages are in order per room.
+fn check_store(dir: &Path, acked: &HashMap<(u64, u64), String>, seed: u64, round: u32) {
+    let cfg = config(dir);
+    let acked = acked.clone();
+    run_on_executor(move || {
+        Box::pin(async move {
+            let store = Store::open(cfg).unwrap();
+            let shard = store.open_shard(0).await.unwrap();
+            let mut bodies = HashSet::new();
+            for room in 1..=ROOMS {
+                let page = shard.history(room, Cursor::after(0, 1 << 20)).await.unwrap();
+                let seqs: Vec<u64> = page.items.iter().map(|i| i.seq()).collect();
+                assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "seed {seed} round {round}: room {room} seqs dense");
+                let mut last_n: HashMap<String, u64> = HashMap::new();
+                for item in &page.items {
+                    let body = item.body().unwrap().to_string();
+                    assert!(bodies.insert(body.clone()), "seed {seed} round {round}: {body} stored twice");
+                    // Per writer and round, n grows with seq.
+                    let (prefix, n) = body.rsplit_once("-n").unwrap();
+                    let n: u64 = n.parse().unwrap();
+                    if let Some(prev) = last_n.insert(prefix.to_string(), n) {
+                        assert!(prev < n, "seed {seed} round {round}: {body} out of order");
+                    }
+                }
+                for ((r, seq), body) in acked.iter().filter(|((r, _), _)| *r == room) {
+                    let item = page.items.get(*seq as usize - 1);
+                    assert_eq!(item.and_then(|i| i.body()), Some(body.as_str()), "seed {seed} round {round}: acked room {r} seq {seq} lost");
+                }
+            }
+            shard.close().await.unwrap();
+        })
+    });
+}
