@@ -812,6 +812,10 @@ impl ShardStore {
 
     /// Appends a message with its original seq and timestamp (restore from
     /// an export). The seq must be above the room's last one.
+    ///
+    /// The record is queued before the returned future first yields, so
+    /// import calls started in file order are written in file order even
+    /// when many are awaited concurrently.
     pub async fn import_message(&self, msg: Message) -> Result<()> {
         self.check_open()?;
         let signal = {
@@ -840,7 +844,8 @@ impl ShardStore {
         signal.wait().await.map_err(Error::Failed)
     }
 
-    /// Appends an edit or delete record as exported (restore).
+    /// Appends an edit or delete record as exported (restore). Queued before
+    /// the future first yields, like [`ShardStore::import_message`].
     pub async fn import_change(&self, rec: Record) -> Result<()> {
         self.check_open()?;
         let (room, seq, deleted) = match &rec {

@@ -393,8 +393,9 @@ pub struct SalvageReport {
     pub cut: Option<(u32, u32)>,
     /// Segments after the cut moved to `shard-K/salvaged/`.
     pub moved: Vec<u32>,
-    /// Valid records that were after the damage and are no longer in the log
-    /// (they stay readable in the moved files).
+    /// Valid records of the moved segments (they stay readable there; valid
+    /// records after the damage inside the cut segment are not counted, and
+    /// stay in its copy under `salvaged/`).
     pub records_dropped: u64,
 }
 

@@ -1,0 +1,271 @@
+//! The export format: JSON lines, each an object whose `type` names it.
+//!
+//! The first line is the header `{"type":"rookery-export","version":1,
+//! "shards":N}`; then users, rooms, members and receipts; then log records
+//! (`message`, `edit`, `delete`) in log order, which keeps every room's
+//! records in their original order. Unknown fields are ignored on import.
+
+use rookery_storage::meta::{Role, Room, User};
+use rookery_storage::{Delete, Edit, Message, Record, Retention};
+use serde::{Deserialize, Serialize};
+
+/// Format version written in the header.
+pub const VERSION: u32 = 1;
+
+/// One line of an export.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Line {
+    /// The first line.
+    #[serde(rename = "rookery-export")]
+    Header {
+        /// Format version, [`VERSION`].
+        version: u32,
+        /// Shard count of the exported directory.
+        shards: u32,
+    },
+    /// A user, with its password hash (an argon2 PHC string, or null for a
+    /// user vouched for by an app backend).
+    User {
+        /// User id.
+        id: u64,
+        /// Login name.
+        name: String,
+        /// Creation time, ms since the Unix epoch.
+        created_ms: u64,
+        /// Argon2 PHC string.
+        password_hash: Option<String>,
+    },
+    /// A room.
+    Room {
+        /// Room id.
+        id: u64,
+        /// Room name.
+        name: String,
+        /// Visible to members only.
+        private: bool,
+        /// Creator's user id.
+        creator: u64,
+        /// Creation time, ms since the Unix epoch.
+        created_ms: u64,
+        /// Highest indexed seq recorded in meta.
+        last_seq: u64,
+        /// Retention limits, when the room has any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention: Option<RetentionLimits>,
+    },
+    /// A room membership.
+    Member {
+        /// Room id.
+        room: u64,
+        /// User id.
+        user: u64,
+        /// Role in the room.
+        role: RoleName,
+    },
+    /// A read receipt.
+    Receipt {
+        /// Room id.
+        room: u64,
+        /// User id.
+        user: u64,
+        /// Highest seq read.
+        seq: u64,
+    },
+    /// A message record.
+    Message {
+        /// Room id.
+        room: u64,
+        /// Seq in the room.
+        seq: u64,
+        /// Author's user id.
+        sender: u64,
+        /// Timestamp, ms since the Unix epoch.
+        ts_ms: u64,
+        /// Idempotency key ("" for none).
+        client_id: String,
+        /// Original body.
+        body: String,
+    },
+    /// An edit record.
+    Edit {
+        /// Room id.
+        room: u64,
+        /// Seq of the edited message.
+        seq: u64,
+        /// Editor's user id.
+        by: u64,
+        /// Timestamp, ms since the Unix epoch.
+        ts_ms: u64,
+        /// New body.
+        body: String,
+    },
+    /// A delete record.
+    Delete {
+        /// Room id.
+        room: u64,
+        /// Seq of the deleted message.
+        seq: u64,
+        /// User who deleted it.
+        by: u64,
+        /// Timestamp, ms since the Unix epoch.
+        ts_ms: u64,
+    },
+}
+
+/// A room's retention limits (absent field: unlimited).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionLimits {
+    /// Keep at most this many newest messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_messages: Option<u64>,
+    /// Keep messages younger than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
+}
+
+impl RetentionLimits {
+    /// The limits of a room whose index row keeps `keep_messages` and
+    /// `keep_age_ms` (0 = unlimited); `None` when both are unlimited.
+    pub fn from_row(keep_messages: u64, keep_age_ms: u64) -> Option<RetentionLimits> {
+        let limits = RetentionLimits {
+            max_messages: (keep_messages > 0).then_some(keep_messages),
+            max_age_ms: (keep_age_ms > 0).then_some(keep_age_ms),
+        };
+        (limits.max_messages.is_some() || limits.max_age_ms.is_some()).then_some(limits)
+    }
+
+    /// As the storage type.
+    pub fn to_retention(self) -> Retention {
+        Retention {
+            max_messages: self.max_messages,
+            max_age_ms: self.max_age_ms,
+        }
+    }
+}
+
+/// A member's role, by name.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    /// Can read and post.
+    Member,
+    /// Can also manage the room.
+    Admin,
+}
+
+impl From<Role> for RoleName {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Member => RoleName::Member,
+            Role::Admin => RoleName::Admin,
+        }
+    }
+}
+
+impl From<RoleName> for Role {
+    fn from(role: RoleName) -> Self {
+        match role {
+            RoleName::Member => Role::Member,
+            RoleName::Admin => Role::Admin,
+        }
+    }
+}
+
+impl Line {
+    /// The line of a user.
+    pub fn user(u: User) -> Line {
+        Line::User {
+            id: u.id,
+            name: u.name,
+            created_ms: u.created_ms,
+            password_hash: u.password_hash,
+        }
+    }
+
+    /// The line of a room with its retention limits.
+    pub fn room(r: Room, retention: Option<RetentionLimits>) -> Line {
+        Line::Room {
+            id: r.id,
+            name: r.name,
+            private: r.private,
+            creator: r.creator,
+            created_ms: r.created_ms,
+            last_seq: r.last_seq,
+            retention,
+        }
+    }
+
+    /// The line of a log record.
+    pub fn record(rec: Record) -> Line {
+        match rec {
+            Record::Message(m) => Line::Message {
+                room: m.room,
+                seq: m.seq,
+                sender: m.sender,
+                ts_ms: m.ts_ms,
+                client_id: m.client_id,
+                body: m.body,
+            },
+            Record::Edit(e) => Line::Edit {
+                room: e.room,
+                seq: e.seq,
+                by: e.by,
+                ts_ms: e.ts_ms,
+                body: e.body,
+            },
+            Record::Delete(d) => Line::Delete {
+                room: d.room,
+                seq: d.seq,
+                by: d.by,
+                ts_ms: d.ts_ms,
+            },
+        }
+    }
+
+    /// The log record of a `message`, `edit` or `delete` line.
+    pub fn into_record(self) -> Option<Record> {
+        Some(match self {
+            Line::Message {
+                room,
+                seq,
+                sender,
+                ts_ms,
+                client_id,
+                body,
+            } => Record::Message(Message {
+                room,
+                seq,
+                sender,
+                ts_ms,
+                client_id,
+                body,
+            }),
+            Line::Edit {
+                room,
+                seq,
+                by,
+                ts_ms,
+                body,
+            } => Record::Edit(Edit {
+                room,
+                seq,
+                by,
+                ts_ms,
+                body,
+            }),
+            Line::Delete {
+                room,
+                seq,
+                by,
+                ts_ms,
+            } => Record::Delete(Delete {
+                room,
+                seq,
+                by,
+                ts_ms,
+            }),
+            _ => return None,
+        })
+    }
+}
