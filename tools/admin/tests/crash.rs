@@ -30,7 +30,9 @@ fn config(dir: &Path) -> StorageConfig {
     cfg
 }
 
-fn run_on_executor<T: Send + 'static>(f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static) -> T {
+fn run_on_executor<T: Send + 'static>(
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> T {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(f)
@@ -43,8 +45,13 @@ fn run_on_executor<T: Send + 'static>(f: impl FnOnce() -> std::pin::Pin<Box<dyn 
 /// after each append resolves.
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var("ROOKERY_CRASH_CHILD") else { return };
-    let round: u32 = std::env::var("ROOKERY_CRASH_ROUND").unwrap().parse().unwrap();
+    let Ok(dir) = std::env::var("ROOKERY_CRASH_CHILD") else {
+        return;
+    };
+    let round: u32 = std::env::var("ROOKERY_CRASH_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
     let cfg = config(Path::new(&dir));
     run_on_executor(move || {
         Box::pin(async move {
@@ -58,7 +65,11 @@ fn crash_child() {
                         for n in 0u64.. {
                             let room = (w + n) % ROOMS + 1;
                             let body = format!("r{round}-w{w}-n{n}");
-                            let seq = shard.append_message(room, w + 1, &body, n, &body).await.unwrap().seq();
+                            let seq = shard
+                                .append_message(room, w + 1, &body, n, &body)
+                                .await
+                                .unwrap()
+                                .seq();
                             let mut out = std::io::stdout().lock();
                             writeln!(out, "ack {room} {seq} {body}").unwrap();
                             out.flush().unwrap();
@@ -78,7 +89,10 @@ fn acknowledged_messages_survive_sigkill() {
     if std::env::var("ROOKERY_CRASH_CHILD").is_ok() {
         return;
     }
-    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     println!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -87,15 +101,39 @@ fn acknowledged_messages_survive_sigkill() {
         let kill_after = Duration::from_millis(rng.gen_range(5..250));
         let new = run_child(dir.path(), round, kill_after);
         for (key, body) in new {
-            assert!(acked.insert(key, body).is_none(), "seed {seed}: seq {key:?} acknowledged twice");
+            assert!(
+                acked.insert(key, body).is_none(),
+                "seed {seed}: seq {key:?} acknowledged twice"
+            );
         }
-        let verify = Command::new(env!("CARGO_BIN_EXE_rookery-admin")).arg("verify").arg(dir.path()).output().unwrap();
-        assert!(verify.status.success(), "seed {seed} round {round}: verify failed:\n{}\n{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+        let verify = Command::new(env!("CARGO_BIN_EXE_rookery-admin"))
+            .arg("verify")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "seed {seed} round {round}: verify failed:\n{}\n{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
         check_store(dir.path(), &acked, seed, round);
     }
-    assert!(acked.len() > 100, "seed {seed}: the child acknowledged only {} messages", acked.len());
-    let verify = Command::new(env!("CARGO_BIN_EXE_rookery-admin")).arg("verify").arg(dir.path()).output().unwrap();
-    assert!(verify.status.success(), "seed {seed}: final verify failed: {}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        acked.len() > 100,
+        "seed {seed}: the child acknowledged only {} messages",
+        acked.len()
+    );
+    let verify = Command::new(env!("CARGO_BIN_EXE_rookery-admin"))
+        .arg("verify")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "seed {seed}: final verify failed: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 /// Runs the child until `kill_after` past its first ack, SIGKILLs it, and
@@ -145,13 +183,23 @@ fn check_store(dir: &Path, acked: &HashMap<(u64, u64), String>, seed: u64, round
             let shard = store.open_shard(0).await.unwrap();
             let mut bodies = HashSet::new();
             for room in 1..=ROOMS {
-                let page = shard.history(room, Cursor::after(0, 1 << 20)).await.unwrap();
+                let page = shard
+                    .history(room, Cursor::after(0, 1 << 20))
+                    .await
+                    .unwrap();
                 let seqs: Vec<u64> = page.items.iter().map(|i| i.seq()).collect();
-                assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "seed {seed} round {round}: room {room} seqs dense");
+                assert_eq!(
+                    seqs,
+                    (1..=seqs.len() as u64).collect::<Vec<_>>(),
+                    "seed {seed} round {round}: room {room} seqs dense"
+                );
                 let mut last_n: HashMap<String, u64> = HashMap::new();
                 for item in &page.items {
                     let body = item.body().unwrap().to_string();
-                    assert!(bodies.insert(body.clone()), "seed {seed} round {round}: {body} stored twice");
+                    assert!(
+                        bodies.insert(body.clone()),
+                        "seed {seed} round {round}: {body} stored twice"
+                    );
                     // Per writer and round, n grows with seq.
                     let (prefix, n) = body.rsplit_once("-n").unwrap();
                     let n: u64 = n.parse().unwrap();
@@ -161,7 +209,11 @@ fn check_store(dir: &Path, acked: &HashMap<(u64, u64), String>, seed: u64, round
                 }
                 for ((r, seq), body) in acked.iter().filter(|((r, _), _)| *r == room) {
                     let item = page.items.get(*seq as usize - 1);
-                    assert_eq!(item.and_then(|i| i.body()), Some(body.as_str()), "seed {seed} round {round}: acked room {r} seq {seq} lost");
+                    assert_eq!(
+                        item.and_then(|i| i.body()),
+                        Some(body.as_str()),
+                        "seed {seed} round {round}: acked room {r} seq {seq} lost"
+                    );
                 }
             }
             shard.close().await.unwrap();
