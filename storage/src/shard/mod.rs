@@ -1,0 +1,546 @@
+//! One shard's store: sequencing, group commit, the in-memory index tail,
+//! history reads, retention and recovery.
+//!
+//! The submodules split one type, [`ShardStore`], by concern:
+//! `write` (the append side: sequencing, idempotency, the queue),
+//! `commit` (the committer task: batches, sync, apply, checkpoints),
+//! `read` (history: index entries, mappings, prefetch, zero-copy records),
+//! `recover` (replay at open) and `retention`.
+//!
+//! A [`ShardStore`] lives on one glommio executor and is `!Send`: every call
+//! runs on the shard's own thread, so the state needs no locks. Appends are
+//! queued in memory; a single committer task writes each queue as one batch
+//! (one write + one `fdatasync` in `sync` mode) and then resolves every
+//! append of the batch at once.
+//!
+//! Invariants:
+//! - per room, seqs are assigned densely at enqueue, and the log holds them
+//!   in increasing order (one queue, written in order);
+//! - an append resolves only after its batch is durable (per the mode), and
+//!   only then does its record become visible to history reads;
+//! - every durable message has its index entry in exactly one of: the room's
+//!   open chunk (memory), the chunks sent to the index thread but not yet
+//!   committed (`pending_chunks`), or redb;
+//! - the checkpoint sent to the index only covers synced log bytes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use memmap2::Mmap;
+use redb::Database;
+
+use crate::chunk::{self, chunk_of, idem_hash, Chunk, Entry};
+use crate::config::{Durability, StorageConfig};
+use crate::error::{Error, Result};
+use crate::index::{self, Batch, Committed, Op, RoomRow};
+use crate::log::{sync_dir, LogWriter, Sealed};
+use crate::meta::Meta;
+use crate::record::{
+    access_record, check_frame, encode_frame, ArchivedRecord, Delete, Edit, Message, Record,
+    FRAME_HEADER_BYTES,
+};
+use crate::segment::{self, Header, Pos, ScanEnd, HEADER_BYTES};
+use crate::signal::{BatchSignal, Notify};
+
+mod commit;
+mod read;
+mod recover;
+mod retention;
+mod write;
+
+pub use read::{HistoryItem, Page, RecordRef};
+
+/// Result of appending a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// A new message was stored with this seq and timestamp.
+    New {
+        /// The message's seq.
+        seq: u64,
+        /// The room-monotonic timestamp stored.
+        ts_ms: u64,
+    },
+    /// `(sender, client_id)` was seen within the idempotency window: nothing
+    /// was stored and this is the original message's seq and timestamp.
+    Duplicate {
+        /// The original seq.
+        seq: u64,
+        /// The original timestamp.
+        ts_ms: u64,
+    },
+}
+
+impl Appended {
+    /// The seq, new or original.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Appended::New { seq, .. } | Appended::Duplicate { seq, .. } => *seq,
+        }
+    }
+}
+
+/// Which end of a range a history page is taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// The highest seqs of the range, highest first.
+    NewestFirst,
+    /// The lowest seqs of the range, lowest first.
+    OldestFirst,
+}
+
+/// A history request: messages with `after < seq < before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Exclusive lower bound (None: from the oldest live message).
+    pub after: Option<u64>,
+    /// Exclusive upper bound (None: up to the newest message).
+    pub before: Option<u64>,
+    /// Page length (at least 1; capped by the caller's limits).
+    pub limit: usize,
+    /// Which end of the range the page comes from, and its order.
+    pub order: Order,
+}
+
+impl Cursor {
+    /// The newest `limit` messages, newest first.
+    pub fn latest(limit: usize) -> Cursor {
+        Cursor {
+            after: None,
+            before: None,
+            limit,
+            order: Order::NewestFirst,
+        }
+    }
+    /// The `limit` messages just before `seq`, newest first.
+    pub fn before(seq: u64, limit: usize) -> Cursor {
+        Cursor {
+            after: None,
+            before: Some(seq),
+            limit,
+            order: Order::NewestFirst,
+        }
+    }
+    /// The `limit` messages just after `seq`, oldest first.
+    pub fn after(seq: u64, limit: usize) -> Cursor {
+        Cursor {
+            after: Some(seq),
+            before: None,
+            limit,
+            order: Order::OldestFirst,
+        }
+    }
+}
+
+/// Retention limits of a room (`None` = unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Keep at most this many of the newest messages.
+    pub max_messages: Option<u64>,
+    /// Keep messages younger than this many milliseconds.
+    pub max_age_ms: Option<u64>,
+}
+
+/// What a retention pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionReport {
+    /// Messages that became unreachable.
+    pub messages_expired: u64,
+    /// Segment files deleted.
+    pub segments_deleted: u64,
+    /// Bytes of segment files deleted.
+    pub bytes_reclaimed: u64,
+}
+
+/// Counters of a shard's store (plain, read on the shard).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardStats {
+    /// Records made durable.
+    pub records: u64,
+    /// Commit batches written.
+    pub batches: u64,
+    /// `fdatasync` calls on the log.
+    pub syncs: u64,
+    /// Frame bytes written.
+    pub bytes: u64,
+    /// Index batches sent to the index thread.
+    pub index_batches: u64,
+    /// Index chunks read from redb by history (not in memory).
+    pub index_chunk_reads: u64,
+    /// Records replayed from the log at open.
+    pub replayed: u64,
+    /// Bytes cut from a torn tail at open.
+    pub torn_bytes: u64,
+}
+
+/// A room's live state on its shard.
+struct Room {
+    next_seq: u64,
+    durable_seq: u64,
+    low_seq: u64,
+    keep_messages: u64,
+    keep_age_ms: u64,
+    last_ts_ms: u64,
+    open: Chunk,
+    idem: Option<IdemWindow>,
+}
+
+impl Room {
+    fn new(first_seq: u64) -> Room {
+        Room {
+            next_seq: first_seq,
+            durable_seq: first_seq - 1,
+            low_seq: first_seq,
+            keep_messages: 0,
+            keep_age_ms: 0,
+            last_ts_ms: 0,
+            open: Chunk::new(chunk_of(first_seq)),
+            idem: None,
+        }
+    }
+    fn row(&self) -> RoomRow {
+        RoomRow {
+            last_seq: self.durable_seq,
+            low_seq: self.low_seq,
+            keep_messages: self.keep_messages,
+            keep_age_ms: self.keep_age_ms,
+            last_ts_ms: self.last_ts_ms,
+        }
+    }
+}
+
+/// The idempotency keys of a room's last N messages, by hash.
+#[derive(Default)]
+struct IdemWindow {
+    by_hash: HashMap<u64, u64>,
+    order: VecDeque<(u64, u64)>,
+}
+
+impl IdemWindow {
+    /// Remembers `hash` for `seq` and forgets keys of messages that are no
+    /// longer among the room's last `cap` messages.
+    fn insert(&mut self, hash: u64, seq: u64, cap: usize) {
+        self.by_hash.insert(hash, seq);
+        self.order.push_back((hash, seq));
+        while self
+            .order
+            .front()
+            .is_some_and(|&(_, s)| s + cap as u64 <= seq)
+        {
+            let (h, s) = self.order.pop_front().expect("non-empty");
+            if self.by_hash.get(&h) == Some(&s) {
+                self.by_hash.remove(&h);
+            }
+        }
+    }
+
+    /// The seq remembered for `hash`, if its message is still among the
+    /// room's last `cap` messages (`last` being the newest seq).
+    fn get(&self, hash: u64, last: u64, cap: usize) -> Option<u64> {
+        self.by_hash
+            .get(&hash)
+            .copied()
+            .filter(|&s| s + cap as u64 > last)
+    }
+}
+
+/// Per-segment summary: highest seq of each room it holds, and its length
+/// once sealed.
+#[derive(Default)]
+struct SegmentInfo {
+    rooms: HashMap<u64, u64>,
+    sealed_end: Option<u32>,
+}
+
+/// A record waiting in the commit queue.
+struct Queued {
+    room: u64,
+    seq: u64,
+    len: u32,
+    kind: QueuedKind,
+}
+
+#[derive(Clone, Copy)]
+enum QueuedKind {
+    Message { idem: u64, ts_ms: u64 },
+    Edit { deleted: bool },
+}
+
+struct Queue {
+    frames: Vec<u8>,
+    items: Vec<Queued>,
+    signal: Rc<BatchSignal>,
+    inflight: Option<Rc<BatchSignal>>,
+}
+
+impl Queue {
+    fn new() -> Queue {
+        Queue {
+            frames: Vec::new(),
+            items: Vec::new(),
+            signal: Rc::new(BatchSignal::default()),
+            inflight: None,
+        }
+    }
+}
+
+struct State {
+    rooms: HashMap<u64, Room>,
+    segments: BTreeMap<u32, SegmentInfo>,
+    active: u32,
+    /// Durable checkpoint (acknowledged by the index thread).
+    checkpoint: Pos,
+    maps: HashMap<u32, Rc<Mmap>>,
+    readers: HashMap<u32, Rc<glommio::io::BufferedFile>>,
+    pending_chunks: HashMap<(u64, u64), (u64, Rc<Chunk>)>,
+    pending_edits: BTreeMap<(u64, u64), (u64, u64, bool)>,
+    ops: Vec<Op>,
+    ops_records: usize,
+    next_ticket: u64,
+    acked_ticket: u64,
+    checkpoint_tickets: VecDeque<(u64, Pos)>,
+    lag_records: usize,
+    dirty_rooms: HashSet<u64>,
+    dirty_segments: HashSet<(u32, u64)>,
+    checkpoint_requested: bool,
+    closing: bool,
+    failed: Option<String>,
+    stats: ShardStats,
+}
+
+struct Inner {
+    shard: u32,
+    cfg: StorageConfig,
+    meta: Option<Arc<Meta>>,
+    log_dir: PathBuf,
+    db: Arc<Database>,
+    st: RefCell<State>,
+    queue: RefCell<Queue>,
+    wake_committer: Notify,
+    index_progress: Notify,
+    index_tx: RefCell<Option<flume::Sender<Batch>>>,
+    index_thread: RefCell<Option<std::thread::JoinHandle<()>>>,
+    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    closed: Cell<bool>,
+}
+
+/// A shard's storage handle. Cheap to clone; `!Send` (lives on its shard).
+#[derive(Clone)]
+pub struct ShardStore {
+    inner: Rc<Inner>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl ShardStore {
+    /// Opens shard `shard` of a data directory, recovering from its log.
+    ///
+    /// Must run on a glommio executor; the returned store stays on it.
+    pub(crate) async fn open(
+        cfg: &StorageConfig,
+        shard: u32,
+        meta: Option<Arc<Meta>>,
+    ) -> Result<ShardStore> {
+        let shard_dir = cfg.data_dir.join(format!("shard-{shard}"));
+        let log_dir = shard_dir.join("log");
+        std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(&log_dir, e))?;
+        let db = Arc::new(index::open_db(
+            &shard_dir.join("index.redb"),
+            cfg.index_cache_bytes,
+        )?);
+        let loaded = index::load(&db)?;
+        let mut st = State {
+            rooms: HashMap::new(),
+            segments: BTreeMap::new(),
+            active: 0,
+            checkpoint: Pos::from_u64(loaded.checkpoint),
+            maps: HashMap::new(),
+            readers: HashMap::new(),
+            pending_chunks: HashMap::new(),
+            pending_edits: BTreeMap::new(),
+            ops: Vec::new(),
+            ops_records: 0,
+            next_ticket: 1,
+            acked_ticket: 0,
+            checkpoint_tickets: VecDeque::new(),
+            lag_records: 0,
+            dirty_rooms: HashSet::new(),
+            dirty_segments: HashSet::new(),
+            checkpoint_requested: false,
+            closing: false,
+            failed: None,
+            stats: ShardStats::default(),
+        };
+        for (id, row) in &loaded.rooms {
+            let mut room = Room::new(row.low_seq.max(1));
+            room.durable_seq = row.last_seq;
+            room.next_seq = row.last_seq + 1;
+            room.keep_messages = row.keep_messages;
+            room.keep_age_ms = row.keep_age_ms;
+            room.last_ts_ms = row.last_ts_ms;
+            if row.last_seq > 0 {
+                let no = chunk_of(row.last_seq);
+                room.open = match index::read_chunk(&db, *id, no)? {
+                    Some(bytes) => Chunk::decode(no, &bytes)?,
+                    None => Chunk::new(no),
+                };
+                room.open.truncate_after(row.last_seq);
+            }
+            st.rooms.insert(*id, room);
+        }
+        let ids = segment::list(&log_dir)?;
+        for (seg, room, max_seq) in loaded.segments {
+            st.segments
+                .entry(seg)
+                .or_default()
+                .rooms
+                .insert(room, max_seq);
+        }
+        if let Some(meta) = &meta {
+            recover::apply_retention_rows(&mut st, meta, shard, cfg.shards)?;
+        }
+        let (index_tx, done_rx, thread) = index::spawn(shard, db.clone(), meta.clone())?;
+        let inner = Rc::new(Inner {
+            shard,
+            cfg: cfg.clone(),
+            meta,
+            log_dir,
+            db,
+            st: RefCell::new(st),
+            queue: RefCell::new(Queue::new()),
+            wake_committer: Notify::default(),
+            index_progress: Notify::default(),
+            index_tx: RefCell::new(Some(index_tx)),
+            index_thread: RefCell::new(Some(thread)),
+            tasks: RefCell::new(Vec::new()),
+            closed: Cell::new(false),
+        });
+        let store = ShardStore { inner };
+        let ack_task = glommio::spawn_local(store.clone().index_acks(done_rx)).detach();
+        store.inner.tasks.borrow_mut().push(ack_task);
+        let recovered = store.recover(&ids).await;
+        let writer = match recovered {
+            Ok(w) => w,
+            Err(e) => {
+                store.stop_index().await;
+                return Err(e);
+            }
+        };
+        let committer = glommio::spawn_local(store.clone().committer(writer)).detach();
+        store.inner.tasks.borrow_mut().push(committer);
+        // Make the recovered state durable before serving.
+        store.checkpoint_now().await?;
+        Ok(store)
+    }
+
+    /// The shard number.
+    pub fn shard(&self) -> u32 {
+        self.inner.shard
+    }
+
+    /// Counters of this shard.
+    pub fn stats(&self) -> ShardStats {
+        self.inner.st.borrow().stats
+    }
+
+    /// The last durable seq of a room (0 if the room has no message).
+    pub fn last_seq(&self, room: u64) -> u64 {
+        self.inner
+            .st
+            .borrow()
+            .rooms
+            .get(&room)
+            .map_or(0, |r| r.durable_seq)
+    }
+
+    /// The lowest live seq of a room (older ones were removed by retention).
+    pub fn low_seq(&self, room: u64) -> u64 {
+        self.inner
+            .st
+            .borrow()
+            .rooms
+            .get(&room)
+            .map_or(1, |r| r.low_seq)
+    }
+
+    /// Rooms that have messages on this shard.
+    pub fn rooms(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.inner.st.borrow().rooms.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn check_open(&self) -> Result<()> {
+        let st = self.inner.st.borrow();
+        if let Some(f) = &st.failed {
+            return Err(Error::Failed(f.clone()));
+        }
+        if st.closing {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint now and waits until the index made it durable.
+    pub async fn checkpoint_now(&self) -> Result<()> {
+        let target = {
+            let mut st = self.inner.st.borrow_mut();
+            st.checkpoint_requested = true;
+            st.next_ticket
+        };
+        self.inner.wake_committer.notify();
+        loop {
+            {
+                let st = self.inner.st.borrow();
+                if let Some(f) = &st.failed {
+                    return Err(Error::Failed(f.clone()));
+                }
+                if st.acked_ticket >= target && !st.checkpoint_requested {
+                    return Ok(());
+                }
+            }
+            self.inner.index_progress.notified().await;
+        }
+    }
+
+    /// Stops intake, writes what is queued, seals the log, writes a final
+    /// checkpoint and stops the index thread. Idempotent.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.replace(true) {
+            return Ok(());
+        }
+        let result = self.checkpoint_now().await;
+        self.inner.st.borrow_mut().closing = true;
+        self.inner.wake_committer.notify();
+        let tasks: Vec<_> = self.inner.tasks.borrow_mut().drain(..).collect();
+        let mut tasks = tasks.into_iter();
+        let ack_task = tasks.next();
+        for t in tasks {
+            t.await;
+        }
+        self.stop_index().await;
+        if let Some(t) = ack_task {
+            t.await;
+        }
+        result
+    }
+
+    async fn stop_index(&self) {
+        self.inner.index_tx.borrow_mut().take();
+        let handle = self.inner.index_thread.borrow_mut().take();
+        if let Some(handle) = handle {
+            let _ = glommio::executor()
+                .spawn_blocking(move || handle.join())
+                .await;
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Recovery at open: replay the log from the checkpoint, truncate a torn
+//! tail, seal the last segment, and start a fresh active segment.
+//!
+//! Invariant: records are applied exactly as the committer applies them, so
+//! the state after replay equals the state before the crash for every
+//! record that reached the disk.
+
+use super::*;
+
+/// Applies the durable retention rows of `meta` to this shard's rooms: the
+/// index may be older than them, or gone.
+pub(super) fn apply_retention_rows(
+    st: &mut State,
+    meta: &Meta,
+    shard: u32,
+    shards: u32,
+) -> Result<()> {
+    for (room, low, keep_messages, keep_age_ms) in meta.retention_rows()? {
+        if crate::shard_of(room, shards) != shard {
+            continue;
+        }
+        let r = st.rooms.entry(room).or_insert_with(|| {
+            let mut r = Room::new(1);
+            r.durable_seq = 0;
+            r
+        });
+        r.low_seq = r.low_seq.max(low);
+        r.keep_messages = keep_messages;
+        r.keep_age_ms = keep_age_ms;
+    }
+    Ok(())
+}
+
+impl ShardStore {
+    /// Replays the log after the checkpoint, truncates a torn tail, seals the
+    /// last segment, and creates a fresh active segment.
+    pub(super) async fn recover(&self, ids: &[u32]) -> Result<LogWriter> {
+        let ckpt = self.inner.st.borrow().checkpoint;
+        if ckpt.segment > 0 && !ids.contains(&ckpt.segment) {
+            return Err(Error::IndexMismatch(format!(
+                "checkpoint is in segment {} which is missing",
+                ckpt.segment
+            )));
+        }
+        {
+            // Forget summaries of segments that no longer exist (deleted by
+            // retention just before a crash).
+            let mut st = self.inner.st.borrow_mut();
+            let gone: Vec<u32> = st
+                .segments
+                .keys()
+                .filter(|id| !ids.contains(id))
+                .copied()
+                .collect();
+            for id in gone {
+                st.segments.remove(&id);
+                st.ops.push(Op::DropSegment { segment: id });
+            }
+        }
+        let last = ids.last().copied();
+        for &id in ids.iter().filter(|&&id| id >= ckpt.segment) {
+            let start = if id == ckpt.segment {
+                ckpt.offset.max(HEADER_BYTES as u32)
+            } else {
+                HEADER_BYTES as u32
+            };
+            self.replay_segment(id, start, Some(id) == last)?;
+        }
+        for &id in ids {
+            let mut st = self.inner.st.borrow_mut();
+            let info = st.segments.entry(id).or_default();
+            if info.sealed_end.is_none() {
+                let path = segment::path(&self.inner.log_dir, id);
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| Error::io(&path, e))?
+                    .len();
+                info.sealed_end = Some(len as u32);
+            }
+        }
+        let next = last.map_or(1, |l| l + 1);
+        let writer = LogWriter::create(
+            &self.inner.log_dir,
+            self.inner.shard,
+            next,
+            self.inner.cfg.segment_bytes_max,
+            now_ms(),
+        )
+        .await?;
+        let mut st = self.inner.st.borrow_mut();
+        st.active = next;
+        st.segments.insert(next, SegmentInfo::default());
+        Ok(writer)
+    }
+
+    pub(super) fn replay_segment(&self, id: u32, start: u32, is_last: bool) -> Result<()> {
+        let path = segment::path(&self.inner.log_dir, id);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // SAFETY: nothing else writes this file during recovery.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let header = Header::decode(&map, id)?;
+        if header.shard != self.inner.shard {
+            return Err(Error::corrupt(
+                id,
+                0,
+                format!("segment belongs to shard {}", header.shard),
+            ));
+        }
+        let mut ops_records = 0;
+        let end = {
+            let mut st = self.inner.st.borrow_mut();
+            let st = &mut *st;
+            segment::scan(&map, id, start, is_last, |offset, rec, _| {
+                ops_records += 1;
+                self.apply_replayed(
+                    st,
+                    Pos {
+                        segment: id,
+                        offset,
+                    },
+                    rec,
+                )
+            })?
+        };
+        drop(map);
+        let mut st = self.inner.st.borrow_mut();
+        st.stats.replayed += ops_records;
+        st.ops_records += ops_records as usize;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        if let ScanEnd::Torn { end, reason } = &end {
+            tracing::warn!(shard = self.inner.shard, segment = id, offset = end, %reason, "truncating torn log tail");
+            st.stats.torn_bytes += len - *end as u64;
+        }
+        if is_last && len != end.end() as u64 {
+            file.set_len(end.end() as u64)
+                .map_err(|e| Error::io(&path, e))?;
+            file.sync_all().map_err(|e| Error::io(&path, e))?;
+        }
+        st.segments.entry(id).or_default().sealed_end = Some(end.end());
+        Ok(())
+    }
+
+    pub(super) fn apply_replayed(
+        &self,
+        st: &mut State,
+        pos: Pos,
+        rec: &ArchivedRecord,
+    ) -> Result<()> {
+        match rec {
+            ArchivedRecord::Message(m) => {
+                let (room, seq) = (m.room.to_native(), m.seq.to_native());
+                let durable = st.rooms.get(&room).map_or(0, |r| r.durable_seq);
+                if seq <= durable || seq == 0 {
+                    return Err(Error::corrupt(
+                        pos.segment,
+                        pos.offset,
+                        format!("room {room} seq {seq} not above {durable}"),
+                    ));
+                }
+                let retired = st.rooms.get(&room).is_some_and(|r| seq < r.low_seq);
+                if retired {
+                    // Retention removed it after it was written: keep the
+                    // seq taken, index nothing.
+                    let r = st.rooms.get_mut(&room).expect("checked");
+                    r.durable_seq = seq;
+                    r.next_seq = r.next_seq.max(seq + 1);
+                    let max = st
+                        .segments
+                        .entry(pos.segment)
+                        .or_default()
+                        .rooms
+                        .entry(room)
+                        .or_insert(0);
+                    *max = (*max).max(seq);
+                    return Ok(());
+                }
+                let entry = Entry {
+                    pos: pos.to_u64(),
+                    idem: idem_hash(m.sender.to_native(), &m.client_id),
+                    ts_ms: m.ts_ms.to_native(),
+                };
+                self.apply_message(st, room, seq, entry, pos.segment);
+                let r = st.rooms.get_mut(&room).expect("just applied");
+                r.next_seq = r.next_seq.max(seq + 1);
+            }
+            ArchivedRecord::Edit(e) => {
+                self.apply_edit(st, e.room.to_native(), e.seq.to_native(), pos, false)?
+            }
+            ArchivedRecord::Delete(d) => {
+                self.apply_edit(st, d.room.to_native(), d.seq.to_native(), pos, true)?
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,290 @@
+//! The append side of a shard: limits, idempotency (the per-room window of
+//! recent keys), seq assignment and the commit queue.
+//!
+//! Invariant: a record is encoded and queued synchronously, before the
+//! caller's future first yields, so calls started in order are logged in
+//! order and seqs are assigned in log order.
+
+use super::*;
+
+impl ShardStore {
+    /// Appends a message; resolves once it is durable (per the durability
+    /// mode). A repeated non-empty `(sender, client_id)` within the room's
+    /// idempotency window returns the original seq instead.
+    pub async fn append_message(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        ts_ms: u64,
+        body: &str,
+    ) -> Result<Appended> {
+        self.check_open()?;
+        let cfg = &self.inner.cfg;
+        if body.len() > cfg.body_bytes_max {
+            return Err(Error::InvalidInput(format!(
+                "body is {} bytes, limit {}",
+                body.len(),
+                cfg.body_bytes_max
+            )));
+        }
+        if client_id.len() > cfg.client_id_bytes_max {
+            return Err(Error::InvalidInput(format!(
+                "client_id is {} bytes, limit {}",
+                client_id.len(),
+                cfg.client_id_bytes_max
+            )));
+        }
+        self.wait_for_index_lag().await;
+        let idem = idem_hash(sender, client_id);
+        if idem != 0 {
+            if let Some(found) = self.find_duplicate(room, sender, client_id, idem).await? {
+                return Ok(found);
+            }
+        }
+        let (seq, ts_ms, signal) = {
+            let mut st = self.inner.st.borrow_mut();
+            let window = self.inner.cfg.idempotency_window_len;
+            let r = st.rooms.entry(room).or_insert_with(|| Room::new(1));
+            let seq = r.next_seq;
+            r.next_seq += 1;
+            let ts_ms = ts_ms.max(r.last_ts_ms);
+            r.last_ts_ms = ts_ms;
+            if idem != 0 {
+                if let Some(w) = r.idem.as_mut() {
+                    w.insert(idem, seq, window);
+                }
+            }
+            let rec = Record::Message(Message {
+                room,
+                seq,
+                sender,
+                ts_ms,
+                client_id: client_id.to_string(),
+                body: body.to_string(),
+            });
+            let signal = self.enqueue(&rec, room, seq, QueuedKind::Message { idem, ts_ms });
+            (seq, ts_ms, signal)
+        };
+        signal.wait().await.map_err(Error::Failed)?;
+        Ok(Appended::New { seq, ts_ms })
+    }
+
+    /// Appends an edit of message `seq`; resolves once durable. Authorization
+    /// is the caller's job; storage checks the message exists and is not
+    /// deleted.
+    pub async fn edit(&self, room: u64, seq: u64, by: u64, ts_ms: u64, body: &str) -> Result<()> {
+        self.check_open()?;
+        if body.len() > self.inner.cfg.body_bytes_max {
+            return Err(Error::InvalidInput(format!(
+                "body is {} bytes, limit {}",
+                body.len(),
+                self.inner.cfg.body_bytes_max
+            )));
+        }
+        self.change(
+            Record::Edit(Edit {
+                room,
+                seq,
+                by,
+                ts_ms,
+                body: body.to_string(),
+            }),
+            room,
+            seq,
+            false,
+        )
+        .await
+    }
+
+    /// Appends a deletion of message `seq`; resolves once durable. A deleted
+    /// message stays deleted (later edits are refused).
+    pub async fn delete(&self, room: u64, seq: u64, by: u64, ts_ms: u64) -> Result<()> {
+        self.check_open()?;
+        self.change(
+            Record::Delete(Delete {
+                room,
+                seq,
+                by,
+                ts_ms,
+            }),
+            room,
+            seq,
+            true,
+        )
+        .await
+    }
+
+    pub(super) async fn change(
+        &self,
+        rec: Record,
+        room: u64,
+        seq: u64,
+        deleted: bool,
+    ) -> Result<()> {
+        self.wait_for_index_lag().await;
+        match self.get(room, seq).await? {
+            None => return Err(Error::NotFound(format!("message {seq} in room {room}"))),
+            Some(item) if item.deleted() => {
+                return Err(Error::NotFound(format!(
+                    "message {seq} in room {room} was deleted"
+                )))
+            }
+            Some(_) => {}
+        }
+        let signal = self.enqueue(&rec, room, seq, QueuedKind::Edit { deleted });
+        signal.wait().await.map_err(Error::Failed)
+    }
+
+    /// Appends a message with its original seq and timestamp (restore from
+    /// an export). The seq must be above the room's last one.
+    ///
+    /// The record is queued before the returned future first yields, so
+    /// import calls started in file order are written in file order even
+    /// when many are awaited concurrently.
+    pub async fn import_message(&self, msg: Message) -> Result<()> {
+        self.check_open()?;
+        let signal = {
+            let mut st = self.inner.st.borrow_mut();
+            let r = st
+                .rooms
+                .entry(msg.room)
+                .or_insert_with(|| Room::new(msg.seq.max(1)));
+            if msg.seq == 0 || msg.seq < r.next_seq {
+                return Err(Error::InvalidInput(format!(
+                    "seq {} is not above room {}'s last seq {}",
+                    msg.seq,
+                    msg.room,
+                    r.next_seq - 1
+                )));
+            }
+            r.next_seq = msg.seq + 1;
+            r.last_ts_ms = r.last_ts_ms.max(msg.ts_ms);
+            let kind = QueuedKind::Message {
+                idem: idem_hash(msg.sender, &msg.client_id),
+                ts_ms: msg.ts_ms,
+            };
+            let (room, seq) = (msg.room, msg.seq);
+            self.enqueue(&Record::Message(msg), room, seq, kind)
+        };
+        signal.wait().await.map_err(Error::Failed)
+    }
+
+    /// Appends an edit or delete record as exported (restore). Queued before
+    /// the future first yields, like [`ShardStore::import_message`].
+    pub async fn import_change(&self, rec: Record) -> Result<()> {
+        self.check_open()?;
+        let (room, seq, deleted) = match &rec {
+            Record::Edit(e) => (e.room, e.seq, false),
+            Record::Delete(d) => (d.room, d.seq, true),
+            Record::Message(_) => {
+                return Err(Error::InvalidInput(
+                    "import_change takes an edit or delete".into(),
+                ))
+            }
+        };
+        let signal = self.enqueue(&rec, room, seq, QueuedKind::Edit { deleted });
+        signal.wait().await.map_err(Error::Failed)
+    }
+
+    pub(super) fn enqueue(
+        &self,
+        rec: &Record,
+        room: u64,
+        seq: u64,
+        kind: QueuedKind,
+    ) -> Rc<BatchSignal> {
+        let mut q = self.inner.queue.borrow_mut();
+        let len = encode_frame(rec, &mut q.frames) as u32;
+        q.items.push(Queued {
+            room,
+            seq,
+            len,
+            kind,
+        });
+        let signal = q.signal.clone();
+        drop(q);
+        self.inner.wake_committer.notify();
+        signal
+    }
+
+    pub(super) async fn wait_for_index_lag(&self) {
+        while self.inner.st.borrow().lag_records > self.inner.cfg.index_lag_records_max {
+            self.inner.index_progress.notified().await;
+        }
+    }
+
+    /// Waits until everything queued so far is durable (or failed).
+    pub async fn flush(&self) -> Result<()> {
+        let signal = {
+            let q = self.inner.queue.borrow();
+            if !q.items.is_empty() {
+                Some(q.signal.clone())
+            } else {
+                q.inflight.clone()
+            }
+        };
+        match signal {
+            Some(s) => s.wait().await.map_err(Error::Failed),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) async fn find_duplicate(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        idem: u64,
+    ) -> Result<Option<Appended>> {
+        let candidate = {
+            let mut st = self.inner.st.borrow_mut();
+            self.ensure_idem_window(&mut st, room)?;
+            let cap = self.inner.cfg.idempotency_window_len;
+            st.rooms.get(&room).and_then(|r| {
+                r.idem
+                    .as_ref()
+                    .and_then(|w| w.get(idem, r.next_seq - 1, cap))
+            })
+        };
+        let Some(seq) = candidate else {
+            return Ok(None);
+        };
+        if seq > self.last_seq(room) {
+            self.flush().await?;
+        }
+        match self.get(room, seq).await? {
+            Some(item) if item.sender() == sender && item.client_id() == client_id => {
+                Ok(Some(Appended::Duplicate {
+                    seq,
+                    ts_ms: item.ts_ms(),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Loads a room's idempotency window from its index entries (first use
+    /// after open).
+    pub(super) fn ensure_idem_window(&self, st: &mut State, room: u64) -> Result<()> {
+        let cap = self.inner.cfg.idempotency_window_len;
+        let Some(r) = st.rooms.get(&room) else {
+            return Ok(());
+        };
+        if r.idem.is_some() {
+            return Ok(());
+        }
+        let hi = r.durable_seq;
+        let lo = hi.saturating_sub(cap as u64).max(r.low_seq).max(1);
+        let mut window = IdemWindow::default();
+        if hi >= lo {
+            for (seq, e) in self.entries(st, room, lo, hi)? {
+                if e.idem != 0 {
+                    window.insert(e.idem, seq, cap);
+                }
+            }
+        }
+        st.rooms.get_mut(&room).expect("checked").idem = Some(window);
+        Ok(())
+    }
+}
