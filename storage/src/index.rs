@@ -153,11 +153,7 @@ pub(crate) fn load(db: &Database) -> Result<Loaded> {
         .get(CHECKPOINT_KEY)?
         .map(|v| v.value())
         .unwrap_or(0);
-    let mut rooms = Vec::new();
-    for row in tx.open_table(ROOMS)?.iter()? {
-        let (k, v) = row?;
-        rooms.push((k.value(), RoomRow::from_tuple(v.value())));
-    }
+    let rooms = read_room_rows(&tx)?.into_iter().collect();
     let mut segments = Vec::new();
     for row in tx.open_table(SEGMENTS)?.iter()? {
         let (k, v) = row?;
@@ -169,6 +165,18 @@ pub(crate) fn load(db: &Database) -> Result<Loaded> {
         rooms,
         segments,
     })
+}
+
+/// Every room row of an index, through any read transaction.
+pub(crate) fn read_room_rows(
+    tx: &redb::ReadTransaction,
+) -> Result<std::collections::HashMap<u64, RoomRow>> {
+    let mut rows = std::collections::HashMap::new();
+    for row in tx.open_table(ROOMS)?.iter()? {
+        let (k, v) = row?;
+        rows.insert(k.value(), RoomRow::from_tuple(v.value()));
+    }
+    Ok(rows)
 }
 
 /// Reads one chunk's bytes.

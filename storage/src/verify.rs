@@ -13,7 +13,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::chunk::{chunk_of, idem_hash, Chunk};
 use crate::error::{Error, Result};
-use crate::index::{RoomRow, CHUNKS, EDITS, ROOMS, STATE};
+use crate::index::{RoomRow, CHUNKS, EDITS, STATE};
 use crate::record::ArchivedRecord;
 use crate::segment::{self, Header, Pos, ScanEnd, HEADER_BYTES};
 
@@ -293,21 +293,7 @@ fn check_index(
             "index checkpoint {checkpoint:?} is past the end of the log"
         ));
     }
-    let mut rows: HashMap<u64, RoomRow> = HashMap::new();
-    for row in tx.open_table(ROOMS)?.iter()? {
-        let (k, v) = row?;
-        let t = v.value();
-        rows.insert(
-            k.value(),
-            RoomRow {
-                last_seq: t.0,
-                low_seq: t.1,
-                keep_messages: t.2,
-                keep_age_ms: t.3,
-                last_ts_ms: t.4,
-            },
-        );
-    }
+    let rows = crate::index::read_room_rows(&tx)?;
     // Every message covered by the checkpoint and not retired is indexed,
     // at its exact position.
     let chunks = tx.open_table(CHUNKS)?;
@@ -468,20 +454,5 @@ pub fn room_rows(data_dir: &Path, shard: u32) -> Result<HashMap<u64, RoomRow>> {
     }
     let (db, _) = IndexDb::open(&path)?;
     let tx = db.begin_read()?;
-    let mut rows = HashMap::new();
-    for row in tx.open_table(ROOMS)?.iter()? {
-        let (k, v) = row?;
-        let t = v.value();
-        rows.insert(
-            k.value(),
-            RoomRow {
-                last_seq: t.0,
-                low_seq: t.1,
-                keep_messages: t.2,
-                keep_age_ms: t.3,
-                last_ts_ms: t.4,
-            },
-        );
-    }
-    Ok(rows)
+    crate::index::read_room_rows(&tx)
 }

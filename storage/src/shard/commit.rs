@@ -62,15 +62,7 @@ impl ShardStore {
             let full = r.open.clone();
             Self::send_chunk(st, room, full);
         }
-        let max = st
-            .segments
-            .entry(segment)
-            .or_default()
-            .rooms
-            .entry(room)
-            .or_insert(0);
-        *max = (*max).max(seq);
-        st.dirty_segments.insert((segment, room));
+        st.note_in_segment(segment, room, seq);
         st.dirty_rooms.insert(room);
     }
 
@@ -108,15 +100,7 @@ impl ShardStore {
             pos: pos.to_u64(),
             deleted,
         });
-        let max = st
-            .segments
-            .entry(pos.segment)
-            .or_default()
-            .rooms
-            .entry(room)
-            .or_insert(0);
-        *max = (*max).max(seq);
-        st.dirty_segments.insert((pos.segment, room));
+        st.note_in_segment(pos.segment, room, seq);
         Ok(())
     }
 

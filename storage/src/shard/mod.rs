@@ -288,7 +288,7 @@ impl Queue {
     }
 }
 
-struct State {
+pub(super) struct State {
     rooms: HashMap<u64, Room>,
     segments: BTreeMap<u32, SegmentInfo>,
     active: u32,
@@ -310,6 +310,22 @@ struct State {
     closing: bool,
     failed: Option<String>,
     stats: ShardStats,
+}
+
+impl State {
+    /// Records that `segment` holds a record of `room` about `seq`, so the
+    /// segment stays while that seq is live (see retention).
+    fn note_in_segment(&mut self, segment: u32, room: u64, seq: u64) {
+        let max = self
+            .segments
+            .entry(segment)
+            .or_default()
+            .rooms
+            .entry(room)
+            .or_insert(0);
+        *max = (*max).max(seq);
+        self.dirty_segments.insert((segment, room));
+    }
 }
 
 struct Inner {

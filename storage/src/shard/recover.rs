@@ -167,14 +167,7 @@ impl ShardStore {
                     let r = st.rooms.get_mut(&room).expect("checked");
                     r.durable_seq = seq;
                     r.next_seq = r.next_seq.max(seq + 1);
-                    let max = st
-                        .segments
-                        .entry(pos.segment)
-                        .or_default()
-                        .rooms
-                        .entry(room)
-                        .or_insert(0);
-                    *max = (*max).max(seq);
+                    st.note_in_segment(pos.segment, room, seq);
                     return Ok(());
                 }
                 let entry = Entry {
