@@ -1,13 +1,45 @@
 //! # rookery-engine
 //!
-//! Thread-per-core shards, room ownership, cross-core fan-out with lossless
-//! backpressure, presence, and the embed API (see `../shared/DESIGN.md`,
-//! "The path of one message").
+//! Thread-per-core chat engine: shards (one pinned glommio executor per
+//! core), rooms owned by one shard each (`shard_of(room)`), messages made
+//! durable by the owner and fanned out to subscribers on every shard, in
+//! order, with no gap, no duplicate and bounded memory. See DESIGN.md, "The
+//! path of one message".
 //!
-//! **Not built yet.** This crate is a placeholder in the workspace so that
-//! the dependency direction server → engine → storage is fixed from the
-//! start; it exposes nothing but the storage it will build on. Until the
-//! engine lands, embedders can use [`rookery_storage`] directly on a glommio
-//! executor.
+//! The embed API is [`Engine`]: a `Send + Sync + Clone` handle usable from
+//! any thread. Calls return a [`Pending`] reply: `.wait()` blocks, `.await`
+//! works on any async runtime.
+//!
+//! ```
+//! use rookery_engine::{Engine, EngineConfig};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut cfg = EngineConfig::new(dir.path());
+//! cfg.storage.shards = 2;
+//! cfg.storage.segment_bytes_max = 1 << 20;
+//! let engine = Engine::start(cfg).unwrap();
+//!
+//! let sub = engine.subscribe(7, Some(0)).unwrap();
+//! let ack = engine.post(7, 1, "c-1", "hello").wait().unwrap();
+//! assert_eq!(ack.seq, 1);
+//! let event = sub.recv().unwrap();
+//! assert_eq!(event.seq(), 1);
+//! assert!(event.json().contains("\"body\":\"hello\""));
+//! drop(sub);
+//! engine.shutdown().unwrap();
+//! ```
 
-pub use rookery_storage as storage;
+mod config;
+mod engine;
+mod error;
+mod event;
+mod shard;
+mod subscription;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, Pending};
+pub use error::{Error, Result};
+pub use event::{Event, EventKind};
+pub use rookery_storage::{self as storage, Cursor, Order};
+pub use shard::{HistoryPage, PostAck, ShardCounters, StoredMessage};
+pub use subscription::Subscription;

@@ -39,7 +39,7 @@ pub use config::{Durability, StorageConfig};
 pub use error::{Error, Result};
 pub use index::RoomRow;
 pub use manifest::Manifest;
-pub use meta::Meta;
+pub use meta::{Meta, Role};
 pub use record::{ArchivedRecord, Delete, Edit, Message, Record};
 pub use segment::Pos;
 pub use shard::{

@@ -1,0 +1,92 @@
+//! Typed engine configuration with documented defaults, checked at start.
+
+use std::time::Duration;
+
+use rookery_storage::StorageConfig;
+
+use crate::error::{Error, Result};
+
+/// Configuration of an [`crate::Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Storage settings; `storage.shards` is the number of shards (one
+    /// pinned executor each). [`EngineConfig::new`] sets it to the number of
+    /// available cores.
+    pub storage: StorageConfig,
+    /// Encoded events kept per room on its owner for replay. Default 512.
+    pub tail_cache_len: usize,
+    /// Bytes of events queued for one subscriber before it is marked
+    /// lagging (live delivery stops, catch-up takes over). Default 1 MiB.
+    pub outbound_queue_bytes_max: usize,
+    /// Volatile events (typing) are dropped for a subscriber whose queue
+    /// holds more than this many bytes. Default 256 KiB.
+    pub volatile_queue_bytes_max: usize,
+    /// A lagging subscriber that does not read anything for this long is
+    /// closed ([`crate::Error::SlowConsumer`], close code 4008). Default 30 s.
+    pub stuck_timeout: Duration,
+    /// Events per catch-up page. Default 256.
+    pub catch_up_page_len: usize,
+    /// How often a shard checks lagging subscribers for drained queues.
+    /// Default 2 ms.
+    pub lag_poll_interval: Duration,
+    /// Slots of each cross-shard channel (rounded up to a power of two).
+    /// Default 1024.
+    pub mesh_channel_len: usize,
+    /// Minimum time between two typing events of one user in one room.
+    /// Default 1 s.
+    pub typing_interval: Duration,
+    /// Glommio preemption timer: long fan-out loops yield after this.
+    /// Default 2 ms.
+    pub preempt_timer: Duration,
+}
+
+impl EngineConfig {
+    /// Defaults, with data in `data_dir` and one shard per available core.
+    pub fn new(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        let mut storage = StorageConfig::new(data_dir);
+        storage.shards = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        EngineConfig {
+            storage,
+            tail_cache_len: 512,
+            outbound_queue_bytes_max: 1 << 20,
+            volatile_queue_bytes_max: 256 << 10,
+            stuck_timeout: Duration::from_secs(30),
+            catch_up_page_len: 256,
+            lag_poll_interval: Duration::from_millis(2),
+            mesh_channel_len: 1024,
+            typing_interval: Duration::from_secs(1),
+            preempt_timer: Duration::from_millis(2),
+        }
+    }
+
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        self.storage.validate()?;
+        let check = |ok: bool, msg: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::InvalidInput(msg.to_string()))
+            }
+        };
+        check(self.tail_cache_len >= 1, "tail_cache_len must be >= 1")?;
+        check(
+            self.outbound_queue_bytes_max >= 4096,
+            "outbound_queue_bytes_max must be >= 4096",
+        )?;
+        check(
+            self.volatile_queue_bytes_max <= self.outbound_queue_bytes_max,
+            "volatile_queue_bytes_max must be <= outbound_queue_bytes_max",
+        )?;
+        check(
+            self.catch_up_page_len >= 1,
+            "catch_up_page_len must be >= 1",
+        )?;
+        check(self.mesh_channel_len >= 2, "mesh_channel_len must be >= 2")?;
+        check(
+            !self.lag_poll_interval.is_zero(),
+            "lag_poll_interval must be > 0",
+        )?;
+        Ok(())
+    }
+}

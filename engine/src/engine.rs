@@ -1,0 +1,378 @@
+//! The embed API: [`Engine`], a `Send + Sync + Clone` handle usable from any
+//! thread, blocking or async, and the start-up of the shards behind it.
+//!
+//! Every call becomes a [`Command`] sent to one shard's queue (the room's
+//! owner, or the shard hosting a subscription) with a reply channel;
+//! [`Pending`] waits for the reply either by blocking (`wait`) or on any
+//! async runtime (`.await`). Nothing here depends on glommio.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
+use rookery_storage::{Cursor, Meta, Store};
+
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::shard::{Command, HistoryPage, Peer, PostAck, Reply, Shard, ShardCounters};
+use crate::subscription::{SubShared, Subscription};
+
+/// The answer to an engine call, still on its way. `wait()` blocks the
+/// calling thread; `.await` works on any executor.
+#[must_use = "a call does nothing observable until its reply is awaited"]
+pub struct Pending<T>(flume::Receiver<Result<T>>);
+
+impl<T: Send + 'static> Pending<T> {
+    /// Blocks until the reply arrives.
+    pub fn wait(self) -> Result<T> {
+        self.0.recv().unwrap_or(Err(Error::ShutDown))
+    }
+}
+
+impl<T: Send + 'static> IntoFuture for Pending<T> {
+    type Output = Result<T>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.0.recv_async().await.unwrap_or(Err(Error::ShutDown)) })
+    }
+}
+
+struct Inner {
+    commands: Vec<flume::Sender<Command>>,
+    meta: Arc<Meta>,
+    next_sub: AtomicU64,
+    next_shard: AtomicUsize,
+    threads: Mutex<Option<PoolThreadHandles<()>>>,
+}
+
+/// A running engine. Clone it freely; every clone talks to the same shards.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Opens the data directory and starts one pinned executor per shard.
+    /// Returns once every shard has recovered its storage.
+    pub fn start(cfg: EngineConfig) -> Result<Engine> {
+        cfg.validate()?;
+        let store = Arc::new(Store::open(cfg.storage.clone())?);
+        let n = cfg.storage.shards as usize;
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| flume::unbounded::<Command>()).unzip();
+        let receivers = Arc::new(Mutex::new(
+            receivers.into_iter().map(Some).collect::<Vec<_>>(),
+        ));
+        let (ready_tx, ready_rx) = flume::unbounded::<Result<usize, String>>();
+        let mesh = MeshBuilder::<Peer, _>::full(n, cfg.mesh_channel_len);
+        let shard_cfg = cfg.clone();
+        let shard_store = store.clone();
+        let threads = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(n, None))
+            .name("rookery-shard")
+            .io_memory(cfg.storage.io_memory_bytes)
+            .preempt_timer(cfg.preempt_timer)
+            .on_all_shards(move || {
+                let (mesh, cfg, store, receivers, ready) =
+                    (mesh, shard_cfg, shard_store, receivers, ready_tx);
+                async move { run_shard(mesh, cfg, store, receivers, ready).await }
+            })
+            .map_err(|e| Error::Start(e.to_string()))?;
+        let mut failures = Vec::new();
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => failures.push(e),
+                Err(_) => failures.push("a shard exited during start".into()),
+            }
+        }
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                commands: senders,
+                meta: store.meta().clone(),
+                next_sub: AtomicU64::new(1),
+                next_shard: AtomicUsize::new(0),
+                threads: Mutex::new(Some(threads)),
+            }),
+        };
+        if !failures.is_empty() {
+            let _ = engine.clone().shutdown();
+            return Err(Error::Start(failures.join("; ")));
+        }
+        Ok(engine)
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.inner.commands.len()
+    }
+
+    /// The shard that owns `room`.
+    pub fn shard_of(&self, room: u64) -> usize {
+        rookery_storage::shard_of(room, self.shards() as u32) as usize
+    }
+
+    /// Users, sessions, rooms, members and receipts (blocking calls; from a
+    /// glommio shard use `spawn_blocking`).
+    pub fn meta(&self) -> &Arc<Meta> {
+        &self.inner.meta
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Pending<T> {
+        let (tx, rx) = flume::bounded(1);
+        if let Err(flume::SendError(cmd)) = self.inner.commands[shard].send(make(tx)) {
+            drop(cmd); // the reply sender is dropped: wait() sees ShutDown
+        }
+        Pending(rx)
+    }
+
+    /// Posts a message; resolves once it is durable (per the durability
+    /// mode). A repeated non-empty `(sender, client_id)` returns the
+    /// original seq with `duplicate: true`.
+    pub fn post(&self, room: u64, sender: u64, client_id: &str, body: &str) -> Pending<PostAck> {
+        let (client_id, body) = (client_id.to_string(), body.to_string());
+        self.call(self.shard_of(room), |reply| Command::Post {
+            room,
+            sender,
+            client_id,
+            body,
+            reply,
+        })
+    }
+
+    /// Replaces a message's body (its author or a room admin only).
+    pub fn edit(&self, room: u64, seq: u64, by: u64, body: &str) -> Pending<()> {
+        let body = body.to_string();
+        self.call(self.shard_of(room), |reply| Command::Edit {
+            room,
+            seq,
+            by,
+            body,
+            reply,
+        })
+    }
+
+    /// Deletes a message (its author or a room admin only).
+    pub fn delete(&self, room: u64, seq: u64, by: u64) -> Pending<()> {
+        self.call(self.shard_of(room), |reply| Command::Delete {
+            room,
+            seq,
+            by,
+            reply,
+        })
+    }
+
+    /// Announces that `user` is typing in `room` (volatile; at most one per
+    /// `typing_interval` per user and room, else `RateLimited`).
+    pub fn typing(&self, room: u64, user: u64) -> Pending<()> {
+        self.call(self.shard_of(room), |reply| Command::Typing {
+            room,
+            user,
+            reply,
+        })
+    }
+
+    /// A page of a room's history, with edits and deletes applied.
+    pub fn history(&self, room: u64, cursor: Cursor) -> Pending<HistoryPage> {
+        self.call(self.shard_of(room), |reply| Command::History {
+            room,
+            cursor,
+            reply,
+        })
+    }
+
+    /// The room's last durable seq (0 when it has no message).
+    pub fn last_seq(&self, room: u64) -> Pending<u64> {
+        self.call(self.shard_of(room), |reply| Command::LastSeq {
+            room,
+            reply,
+        })
+    }
+
+    /// Records that `user` has read `room` up to `seq` (never moves back).
+    pub fn mark_read(&self, room: u64, user: u64, seq: u64) -> Result<u64> {
+        let last = self.last_seq(room).wait()?;
+        self.inner.meta.advance_last_seq(&[(room, last)], false)?;
+        Ok(self.inner.meta.mark_read(room, user, seq)?)
+    }
+
+    /// Messages of `room` that `user` has not read: last seq − read seq.
+    pub fn unread(&self, room: u64, user: u64) -> Result<u64> {
+        let last = self.last_seq(room).wait()?;
+        Ok(last.saturating_sub(self.inner.meta.read_seq(room, user)?))
+    }
+
+    /// Subscribes to `room` on the next shard in turn: events with
+    /// `seq > since` are replayed first (none when `since` is `None`), then
+    /// live ones follow, with no gap and no duplicate.
+    pub fn subscribe(&self, room: u64, since: Option<u64>) -> Result<Subscription> {
+        let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards();
+        self.subscribe_on(shard, room, since)
+    }
+
+    /// Subscribes on a chosen shard (where a connection would live).
+    pub fn subscribe_on(
+        &self,
+        shard: usize,
+        room: u64,
+        since: Option<u64>,
+    ) -> Result<Subscription> {
+        if shard >= self.shards() {
+            return Err(Error::InvalidInput(format!(
+                "shard {shard} of {}",
+                self.shards()
+            )));
+        }
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = flume::unbounded();
+        let shared = Arc::new(SubShared::default());
+        let cmd = Command::Subscribe {
+            id,
+            room,
+            since,
+            tx,
+            shared: shared.clone(),
+        };
+        self.inner.commands[shard]
+            .send(cmd)
+            .map_err(|_| Error::ShutDown)?;
+        Ok(Subscription {
+            id,
+            shard,
+            room,
+            rx,
+            shared,
+            engine: self.clone(),
+        })
+    }
+
+    pub(crate) fn unsubscribe(&self, shard: usize, id: u64) {
+        let _ = self.inner.commands[shard].send(Command::Unsubscribe { id });
+    }
+
+    /// Counters of every shard, summed.
+    pub fn counters(&self) -> Result<ShardCounters> {
+        let mut total = ShardCounters::default();
+        for shard in 0..self.shards() {
+            let c = self.call(shard, |reply| Command::Stats { reply }).wait()?;
+            total.posts += c.posts;
+            total.duplicates += c.duplicates;
+            total.delivered += c.delivered;
+            total.forwarded += c.forwarded;
+            total.mesh_sends += c.mesh_sends;
+            total.cache_hits += c.cache_hits;
+            total.cache_misses += c.cache_misses;
+            total.lagged += c.lagged;
+            total.volatile_dropped += c.volatile_dropped;
+            total.slow_closed += c.slow_closed;
+        }
+        Ok(total)
+    }
+
+    /// Graceful stop: every shard refuses new work, closes its
+    /// subscriptions, flushes and checkpoints its storage; then the shard
+    /// threads are joined. Later calls on any clone fail with `ShutDown`.
+    pub fn shutdown(self) -> Result<()> {
+        let replies: Vec<_> = (0..self.shards())
+            .map(|s| self.call(s, |reply| Command::Shutdown { reply }))
+            .collect();
+        let mut first_err = None;
+        for r in replies {
+            if let Err(e) = r.wait() {
+                if !matches!(e, Error::ShutDown) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let threads = self
+            .inner
+            .threads
+            .lock()
+            .map_err(|_| Error::ShutDown)?
+            .take();
+        if let Some(threads) = threads {
+            for r in threads.join_all() {
+                if let Err(e) = r {
+                    first_err.get_or_insert(Error::Start(format!("shard thread: {e}")));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// One shard's life: join the mesh, open storage, serve commands and peers
+/// until shutdown.
+async fn run_shard(
+    mesh: MeshBuilder<Peer, glommio::channels::channel_mesh::Full>,
+    cfg: EngineConfig,
+    store: Arc<Store>,
+    receivers: Arc<Mutex<Vec<Option<flume::Receiver<Command>>>>>,
+    ready: flume::Sender<Result<usize, String>>,
+) {
+    let Ok((senders, mut peers)) = mesh.join().await else {
+        let _ = ready.send(Err("joining the channel mesh failed".into()));
+        return;
+    };
+    let id = senders.peer_id();
+    let storage = match store.open_shard(id as u32).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id}: {e}")));
+            return;
+        }
+    };
+    let commands = receivers
+        .lock()
+        .ok()
+        .and_then(|mut r| r[id].take())
+        .expect("each shard takes its own queue once");
+    let (done_tx, done_rx) = flume::bounded(1);
+    let n = cfg.storage.shards as usize;
+    let poll = cfg.lag_poll_interval;
+    let shard = Shard::new(id, n, cfg, storage, store.meta().clone(), senders, done_tx);
+    let mut loops = Vec::new();
+    for (_, stream) in peers.streams() {
+        let shard = shard.clone();
+        loops.push(glommio::spawn_local(async move {
+            while let Some(msg) = stream.recv().await {
+                shard.handle_peer(msg);
+            }
+        }));
+    }
+    let pump = Rc::downgrade(&shard);
+    glommio::spawn_local(async move {
+        while let Some(shard) = pump.upgrade() {
+            shard.pump_lagging();
+            drop(shard);
+            glommio::timer::sleep(poll).await;
+        }
+    })
+    .detach();
+    let command_shard = shard.clone();
+    loops.push(glommio::spawn_local(async move {
+        while let Ok(cmd) = commands.recv_async().await {
+            let last = matches!(cmd, Command::Shutdown { .. });
+            command_shard.handle(cmd);
+            if last {
+                break; // drops the queue: later calls fail with ShutDown
+            }
+        }
+    }));
+    let _ = ready.send(Ok(id));
+    let _ = done_rx.recv_async().await;
+    // Every loop holding the shard ends (peers close their senders as they
+    // shut down) before the executor exits, so storage and metadata are
+    // released when `shutdown` returns.
+    for task in loops {
+        task.await;
+    }
+}

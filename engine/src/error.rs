@@ -1,0 +1,35 @@
+//! The one error type of `rookery-engine`.
+
+/// Result alias of the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything an engine call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The storage layer failed (I/O, corruption, bad input it rejected).
+    #[error(transparent)]
+    Storage(#[from] rookery_storage::Error),
+    /// The room or message does not exist (or is no longer live).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The user may not do this (edit another's message without being a
+    /// room admin, post in a private room without being a member).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// An argument breaks a documented limit.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// A rate limit refused the call (typing events).
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// The engine is shutting down or has stopped.
+    #[error("engine is shut down")]
+    ShutDown,
+    /// The subscription was closed because its consumer stopped reading for
+    /// longer than the stuck timeout (WebSocket close code 4008).
+    #[error("slow consumer: subscription closed")]
+    SlowConsumer,
+    /// The engine failed to start (a shard could not open its storage).
+    #[error("engine failed to start: {0}")]
+    Start(String),
+}

@@ -1,0 +1,958 @@
+//! One shard's runtime: the rooms it owns, the subscribers it hosts, and the
+//! cross-shard traffic between them.
+//!
+//! Each shard is a glommio executor pinned to a core. It owns the rooms that
+//! hash to it (sequencing, storage, the tail cache, fan-out) and hosts any
+//! subscriber placed on it, whatever the room's owner.
+//!
+//! The no-gap, no-duplicate argument: every delivery to a subscriber goes
+//! through its `next_seq`. A subscriber starts *catching up* from `since`:
+//! it asks the owner for pages; the owner answers each page with `head`, the
+//! highest seq it has fanned out so far. Pages and live events travel from
+//! the owner to a shard over one FIFO channel (or, on the owner itself,
+//! through synchronous calls), and the owner starts forwarding live events
+//! of a room to a shard before it serves that shard's first page. So once a
+//! page brings `next_seq` past `head`, every later seq reaches the shard as
+//! a live event after that page: the subscriber switches to live delivery,
+//! and anything at or below `next_seq - 1` is a duplicate to skip. A
+//! subscriber whose queue fills goes back to catching up (lagging) — the same
+//! path — and is closed only when it stays stuck.
+//!
+//! Per owned room, fan-out happens in seq order: appends of one batch can
+//! resume in any order, so completions go through a reorder buffer released
+//! in seq order.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::channels::channel_mesh::Senders;
+use rookery_storage::{Appended, Cursor, HistoryItem, Meta, Role, ShardStore};
+
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::subscription::{SubShared, CLOSED_SHUTDOWN, CLOSED_SLOW};
+
+/// A reply channel for a command (works for blocking and async waiters).
+pub(crate) type Reply<T> = flume::Sender<Result<T>>;
+
+/// The result of a post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostAck {
+    /// The message's seq.
+    pub seq: u64,
+    /// The timestamp stored, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// True when `(sender, client_id)` was seen before: nothing new was
+    /// stored and this is the original message's seq.
+    pub duplicate: bool,
+}
+
+/// A message as history returns it (owned: it crosses threads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Seq in the room.
+    pub seq: u64,
+    /// Author.
+    pub sender: u64,
+    /// Timestamp, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// The client's idempotency key.
+    pub client_id: String,
+    /// Body with edits applied; `None` when deleted.
+    pub body: Option<String>,
+    /// Whether it was edited.
+    pub edited: bool,
+}
+
+impl StoredMessage {
+    fn from_item(item: &HistoryItem) -> StoredMessage {
+        StoredMessage {
+            seq: item.seq(),
+            sender: item.sender(),
+            ts_ms: item.ts_ms(),
+            client_id: item.client_id().to_string(),
+            body: item.body().map(str::to_string),
+            edited: item.edited(),
+        }
+    }
+
+    fn event(&self, room: u64) -> Event {
+        Event::message(
+            room,
+            self.seq,
+            self.sender,
+            self.ts_ms,
+            self.body.as_deref(),
+            self.edited,
+        )
+    }
+}
+
+/// A page of history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Messages in the cursor's order.
+    pub messages: Vec<StoredMessage>,
+    /// Cursor of the next page in the same direction, if any.
+    pub next: Option<Cursor>,
+}
+
+/// Work sent to a shard from any thread.
+pub(crate) enum Command {
+    Post {
+        room: u64,
+        sender: u64,
+        client_id: String,
+        body: String,
+        reply: Reply<PostAck>,
+    },
+    Edit {
+        room: u64,
+        seq: u64,
+        by: u64,
+        body: String,
+        reply: Reply<()>,
+    },
+    Delete {
+        room: u64,
+        seq: u64,
+        by: u64,
+        reply: Reply<()>,
+    },
+    Typing {
+        room: u64,
+        user: u64,
+        reply: Reply<()>,
+    },
+    History {
+        room: u64,
+        cursor: Cursor,
+        reply: Reply<HistoryPage>,
+    },
+    LastSeq {
+        room: u64,
+        reply: Reply<u64>,
+    },
+    Subscribe {
+        id: u64,
+        room: u64,
+        since: Option<u64>,
+        tx: flume::Sender<Event>,
+        shared: Arc<SubShared>,
+    },
+    Unsubscribe {
+        id: u64,
+    },
+    Stats {
+        reply: Reply<ShardCounters>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// Traffic between shards (over glommio's channel mesh).
+pub(crate) enum Peer {
+    /// Events of rooms the receiving shard has subscribers for, in seq
+    /// order per room. Batched: one message carries everything one owner
+    /// produced for that shard since its last send.
+    Deliver(Vec<Event>),
+    /// The sending shard starts (`on`) or stops having subscribers of `room`.
+    Interest { room: u64, from: usize, on: bool },
+    /// A subscriber on shard `from` wants events after `after`.
+    PageRequest {
+        room: u64,
+        after: u64,
+        limit: usize,
+        from: usize,
+        sub: u64,
+    },
+    /// The answer: events, and `head`, the highest seq fanned out when the
+    /// page was sent.
+    PageReply {
+        sub: u64,
+        events: Vec<Event>,
+        head: u64,
+    },
+}
+
+/// Per-shard counters (plain, updated on the shard, summed on read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    /// Messages posted (new, durable) on rooms this shard owns.
+    pub posts: u64,
+    /// Idempotent retries answered with the original seq.
+    pub duplicates: u64,
+    /// Events handed to local subscribers.
+    pub delivered: u64,
+    /// Events sent to other shards (each counts once per shard).
+    pub forwarded: u64,
+    /// Cross-shard messages sent (each may carry many events).
+    pub mesh_sends: u64,
+    /// Catch-up pages served from the tail cache.
+    pub cache_hits: u64,
+    /// Catch-up pages served from storage.
+    pub cache_misses: u64,
+    /// Times a subscriber became lagging.
+    pub lagged: u64,
+    /// Volatile events dropped for full subscribers.
+    pub volatile_dropped: u64,
+    /// Subscribers closed as slow consumers.
+    pub slow_closed: u64,
+}
+
+/// A room this shard owns.
+struct Owned {
+    tail: VecDeque<Event>,
+    /// Shards (other than this one) with subscribers of the room.
+    remote: Vec<bool>,
+    /// Completed appends waiting for lower seqs before fan-out.
+    reorder: BTreeMap<u64, Event>,
+    /// Highest seq handed to fan-out.
+    fanned_out: u64,
+    typing_last: HashMap<u64, Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubState {
+    Live,
+    CatchingUp { in_flight: bool },
+}
+
+/// A subscriber hosted on this shard.
+struct Sub {
+    room: u64,
+    tx: flume::Sender<Event>,
+    shared: Arc<SubShared>,
+    /// Next seq to deliver; 0 = "start at the head" (no replay).
+    next_seq: u64,
+    state: SubState,
+    /// When the queue was last seen shrinking while lagging.
+    progress_at: Instant,
+    progress_bytes: usize,
+}
+
+/// One shard's runtime state. Lives on its executor (`Rc`).
+pub(crate) struct Shard {
+    pub id: usize,
+    n: usize,
+    cfg: EngineConfig,
+    store: ShardStore,
+    meta: Arc<Meta>,
+    senders: Senders<Peer>,
+    owned: RefCell<HashMap<u64, Owned>>,
+    local: RefCell<HashMap<u64, Vec<u64>>>,
+    subs: RefCell<HashMap<u64, Sub>>,
+    lagging: RefCell<BTreeSet<u64>>,
+    outbox: RefCell<Vec<VecDeque<Peer>>>,
+    flushing: RefCell<Vec<bool>>,
+    closing: Cell<bool>,
+    counters: RefCell<ShardCounters>,
+    /// This shard itself, for tasks it spawns.
+    me: std::rc::Weak<Shard>,
+    /// Completed when shutdown finished; the executor then exits.
+    done: flume::Sender<()>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shard {
+    pub(crate) fn new(
+        id: usize,
+        n: usize,
+        cfg: EngineConfig,
+        store: ShardStore,
+        meta: Arc<Meta>,
+        senders: Senders<Peer>,
+        done: flume::Sender<()>,
+    ) -> Rc<Shard> {
+        Rc::new_cyclic(|me| Shard {
+            id,
+            n,
+            cfg,
+            store,
+            meta,
+            senders,
+            owned: RefCell::default(),
+            local: RefCell::default(),
+            subs: RefCell::default(),
+            lagging: RefCell::default(),
+            outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
+            flushing: RefCell::new(vec![false; n]),
+            closing: Cell::new(false),
+            counters: RefCell::default(),
+            me: me.clone(),
+            done,
+        })
+    }
+
+    fn rc(&self) -> Rc<Shard> {
+        self.me.upgrade().expect("a shard outlives its own calls")
+    }
+
+    /// Graceful stop: refuse new work, close subscriptions, flush and close
+    /// storage (which checkpoints), then let the executor exit.
+    async fn shutdown(&self) -> Result<()> {
+        self.closing.set(true);
+        let ids: Vec<u64> = self.subs.borrow().keys().copied().collect();
+        for id in ids {
+            self.close_sub(id, CLOSED_SHUTDOWN);
+        }
+        let result = self.store.close().await;
+        // Ends the peers' receive loops (they hold this shard) and ours end
+        // as the peers do the same.
+        self.senders.close();
+        let _ = self.done.send(());
+        Ok(result?)
+    }
+
+    fn owner(&self, room: u64) -> usize {
+        rookery_storage::shard_of(room, self.n as u32) as usize
+    }
+
+    // ---- commands -------------------------------------------------------
+
+    /// Handles one command from the embed API. Commands that wait on
+    /// storage run as their own task so the command loop never stalls.
+    pub(crate) fn handle(self: &Rc<Self>, cmd: Command) {
+        if self.closing.get() {
+            return refuse(cmd);
+        }
+        match cmd {
+            Command::Post {
+                room,
+                sender,
+                client_id,
+                body,
+                reply,
+            } => {
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    send(reply, me.post(room, sender, &client_id, &body).await)
+                })
+                .detach();
+            }
+            Command::Edit {
+                room,
+                seq,
+                by,
+                body,
+                reply,
+            } => {
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    send(reply, me.change(room, seq, by, Some(&body)).await)
+                })
+                .detach();
+            }
+            Command::Delete {
+                room,
+                seq,
+                by,
+                reply,
+            } => {
+                let me = self.clone();
+                glommio::spawn_local(
+                    async move { send(reply, me.change(room, seq, by, None).await) },
+                )
+                .detach();
+            }
+            Command::Typing { room, user, reply } => send(reply, self.typing(room, user)),
+            Command::History {
+                room,
+                cursor,
+                reply,
+            } => {
+                let me = self.clone();
+                glommio::spawn_local(async move { send(reply, me.history(room, cursor).await) })
+                    .detach();
+            }
+            Command::LastSeq { room, reply } => send(reply, Ok(self.store.last_seq(room))),
+            Command::Subscribe {
+                id,
+                room,
+                since,
+                tx,
+                shared,
+            } => self.subscribe(id, room, since, tx, shared),
+            Command::Unsubscribe { id } => self.unsubscribe(id),
+            Command::Stats { reply } => send(reply, Ok(*self.counters.borrow())),
+            Command::Shutdown { reply } => {
+                let me = self.clone();
+                glommio::spawn_local(async move { send(reply, me.shutdown().await) }).detach();
+            }
+        }
+    }
+
+    fn ensure_owned(&self, room: u64) {
+        debug_assert_eq!(self.owner(room), self.id);
+        self.owned
+            .borrow_mut()
+            .entry(room)
+            .or_insert_with(|| Owned {
+                tail: VecDeque::new(),
+                remote: vec![false; self.n],
+                reorder: BTreeMap::new(),
+                fanned_out: self.store.last_seq(room),
+                typing_last: HashMap::new(),
+            });
+    }
+
+    fn check_may_post(&self, room: u64, user: u64) -> Result<()> {
+        if let Some(r) = self.meta.room(room)? {
+            if r.private && self.meta.member_role(room, user)?.is_none() {
+                return Err(Error::Forbidden(format!("room {} is private", r.name)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post(&self, room: u64, sender: u64, client_id: &str, body: &str) -> Result<PostAck> {
+        self.check_may_post(room, sender)?;
+        self.ensure_owned(room);
+        match self
+            .store
+            .append_message(room, sender, client_id, now_ms(), body)
+            .await?
+        {
+            Appended::Duplicate { seq, ts_ms } => {
+                self.counters.borrow_mut().duplicates += 1;
+                Ok(PostAck {
+                    seq,
+                    ts_ms,
+                    duplicate: true,
+                })
+            }
+            Appended::New { seq, ts_ms } => {
+                self.counters.borrow_mut().posts += 1;
+                self.completed(
+                    room,
+                    Event::message(room, seq, sender, ts_ms, Some(body), false),
+                );
+                Ok(PostAck {
+                    seq,
+                    ts_ms,
+                    duplicate: false,
+                })
+            }
+        }
+    }
+
+    /// A durable message: release it, and any that waited for it, in seq
+    /// order to fan-out.
+    fn completed(&self, room: u64, event: Event) {
+        let mut ready = Vec::new();
+        {
+            let mut owned = self.owned.borrow_mut();
+            let o = owned.get_mut(&room).expect("owned before appending");
+            o.reorder.insert(event.seq(), event);
+            while let Some(e) = o.reorder.remove(&(o.fanned_out + 1)) {
+                o.fanned_out += 1;
+                o.tail.push_back(e.clone());
+                if o.tail.len() > self.cfg.tail_cache_len {
+                    o.tail.pop_front();
+                }
+                ready.push(e);
+            }
+        }
+        for e in ready {
+            self.fan_out(e);
+        }
+    }
+
+    /// Hands an event to local subscribers and, once per shard, to every
+    /// other shard with subscribers of the room.
+    fn fan_out(&self, event: Event) {
+        let room = event.room();
+        let peers: Vec<usize> = match self.owned.borrow().get(&room) {
+            Some(o) => o
+                .remote
+                .iter()
+                .enumerate()
+                .filter(|(_, on)| **on)
+                .map(|(i, _)| i)
+                .collect(),
+            None => Vec::new(),
+        };
+        for peer in peers {
+            self.counters.borrow_mut().forwarded += 1;
+            self.push_deliver(peer, event.clone());
+        }
+        self.deliver_local(&event);
+    }
+
+    async fn change(&self, room: u64, seq: u64, by: u64, body: Option<&str>) -> Result<()> {
+        let item = self
+            .store
+            .get(room, seq)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("message {seq} in room {room}")))?;
+        let author = item.sender();
+        drop(item);
+        if author != by && self.meta.member_role(room, by)? != Some(Role::Admin) {
+            return Err(Error::Forbidden(
+                "only the author or a room admin may change a message".into(),
+            ));
+        }
+        let ts = now_ms();
+        let event = match body {
+            Some(b) => {
+                self.store.edit(room, seq, by, ts, b).await?;
+                Event::edit(room, seq, by, ts, b)
+            }
+            None => {
+                self.store.delete(room, seq, by, ts).await?;
+                Event::delete(room, seq, by, ts)
+            }
+        };
+        self.ensure_owned(room);
+        self.refresh_cached(room, seq).await?;
+        self.fan_out(event);
+        Ok(())
+    }
+
+    /// Re-encodes a cached message after an edit or delete, so catch-up from
+    /// the cache shows the current body.
+    async fn refresh_cached(&self, room: u64, seq: u64) -> Result<()> {
+        let cached = self
+            .owned
+            .borrow()
+            .get(&room)
+            .is_some_and(|o| o.tail.iter().any(|e| e.seq() == seq));
+        if !cached {
+            return Ok(());
+        }
+        let Some(item) = self.store.get(room, seq).await? else {
+            return Ok(());
+        };
+        let fresh = StoredMessage::from_item(&item).event(room);
+        if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
+            if let Some(slot) = o.tail.iter_mut().find(|e| e.seq() == seq) {
+                *slot = fresh;
+            }
+        }
+        Ok(())
+    }
+
+    fn typing(&self, room: u64, user: u64) -> Result<()> {
+        self.ensure_owned(room);
+        {
+            let mut owned = self.owned.borrow_mut();
+            let o = owned.get_mut(&room).expect("ensured");
+            let now = Instant::now();
+            if o.typing_last
+                .get(&user)
+                .is_some_and(|t| now.duration_since(*t) < self.cfg.typing_interval)
+            {
+                return Err(Error::RateLimited("typing".into()));
+            }
+            o.typing_last.insert(user, now);
+        }
+        self.fan_out(Event::typing(room, user));
+        Ok(())
+    }
+
+    async fn history(&self, room: u64, cursor: Cursor) -> Result<HistoryPage> {
+        let page = self.store.history(room, cursor).await?;
+        Ok(HistoryPage {
+            messages: page.items.iter().map(StoredMessage::from_item).collect(),
+            next: page.next,
+        })
+    }
+
+    // ---- subscribers ----------------------------------------------------
+
+    fn subscribe(
+        &self,
+        id: u64,
+        room: u64,
+        since: Option<u64>,
+        tx: flume::Sender<Event>,
+        shared: Arc<SubShared>,
+    ) {
+        let sub = Sub {
+            room,
+            tx,
+            shared,
+            next_seq: since.map_or(0, |s| s + 1),
+            state: SubState::CatchingUp { in_flight: false },
+            progress_at: Instant::now(),
+            progress_bytes: 0,
+        };
+        self.subs.borrow_mut().insert(id, sub);
+        let first = {
+            let mut local = self.local.borrow_mut();
+            let list = local.entry(room).or_default();
+            list.push(id);
+            list.len() == 1
+        };
+        let owner = self.owner(room);
+        if first && owner != self.id {
+            self.push_peer(
+                owner,
+                Peer::Interest {
+                    room,
+                    from: self.id,
+                    on: true,
+                },
+            );
+        }
+        self.lagging.borrow_mut().insert(id);
+        self.request_page(id);
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        let Some(sub) = self.subs.borrow_mut().remove(&id) else {
+            return;
+        };
+        self.lagging.borrow_mut().remove(&id);
+        let last = {
+            let mut local = self.local.borrow_mut();
+            let list = local.entry(sub.room).or_default();
+            list.retain(|s| *s != id);
+            let empty = list.is_empty();
+            if empty {
+                local.remove(&sub.room);
+            }
+            empty
+        };
+        let owner = self.owner(sub.room);
+        if last && owner != self.id {
+            self.push_peer(
+                owner,
+                Peer::Interest {
+                    room: sub.room,
+                    from: self.id,
+                    on: false,
+                },
+            );
+        }
+    }
+
+    /// Offers an event to the local subscribers of its room.
+    fn deliver_local(&self, event: &Event) {
+        let ids: Vec<u64> = match self.local.borrow().get(&event.room()) {
+            Some(ids) => ids.clone(),
+            None => return,
+        };
+        for id in ids {
+            self.offer(id, event);
+        }
+    }
+
+    /// One event for one subscriber: live delivery, a skipped duplicate, a
+    /// dropped volatile event, or the switch to lagging.
+    fn offer(&self, id: u64, event: &Event) {
+        let mut subs = self.subs.borrow_mut();
+        let Some(sub) = subs.get_mut(&id) else { return };
+        let queued = sub.shared.bytes.load(Ordering::Acquire);
+        if !event.is_sequenced() {
+            // Typing, edits, deletes: delivered to live subscribers with
+            // room in their queue; typing goes first under pressure.
+            let cap = if event.is_volatile() {
+                self.cfg.volatile_queue_bytes_max
+            } else {
+                self.cfg.outbound_queue_bytes_max
+            };
+            if sub.state == SubState::Live && sub.next_seq != 0 && queued + event.len() <= cap {
+                self.push(sub, event.clone());
+            } else if event.is_volatile() {
+                self.counters.borrow_mut().volatile_dropped += 1;
+            }
+            return;
+        }
+        if sub.state != SubState::Live || event.seq() < sub.next_seq {
+            return; // catching up (pages carry it), or a duplicate
+        }
+        if event.seq() > sub.next_seq || queued + event.len() > self.cfg.outbound_queue_bytes_max {
+            // Full (or a gap, which FIFO delivery rules out): stop live
+            // delivery at next_seq and catch up when the consumer drains.
+            sub.state = SubState::CatchingUp { in_flight: false };
+            sub.progress_at = Instant::now();
+            sub.progress_bytes = queued;
+            self.counters.borrow_mut().lagged += 1;
+            drop(subs);
+            self.lagging.borrow_mut().insert(id);
+            return;
+        }
+        sub.next_seq += 1;
+        self.push(sub, event.clone());
+    }
+
+    fn push(&self, sub: &Sub, event: Event) {
+        sub.shared.bytes.fetch_add(event.len(), Ordering::AcqRel);
+        if sub.tx.send(event).is_ok() {
+            self.counters.borrow_mut().delivered += 1;
+        }
+    }
+
+    /// Asks the owner for the next page of a catching-up subscriber.
+    fn request_page(&self, id: u64) {
+        let (room, after, limit) = {
+            let mut subs = self.subs.borrow_mut();
+            let Some(sub) = subs.get_mut(&id) else { return };
+            sub.state = SubState::CatchingUp { in_flight: true };
+            let limit = if sub.next_seq == 0 {
+                0
+            } else {
+                self.cfg.catch_up_page_len
+            };
+            (sub.room, sub.next_seq.saturating_sub(1), limit)
+        };
+        let owner = self.owner(room);
+        if owner == self.id {
+            let me = self.rc();
+            glommio::spawn_local(async move {
+                match me.serve_page(room, after, limit).await {
+                    Ok((events, head)) => me.apply_page(id, events, head),
+                    Err(e) => me.page_failed(id, e),
+                }
+            })
+            .detach();
+        } else {
+            self.push_peer(
+                owner,
+                Peer::PageRequest {
+                    room,
+                    after,
+                    limit,
+                    from: self.id,
+                    sub: id,
+                },
+            );
+        }
+    }
+
+    /// Owner side: events after `after` (from the tail cache when it covers
+    /// them, else from storage) and the current fan-out head.
+    async fn serve_page(&self, room: u64, after: u64, limit: usize) -> Result<(Vec<Event>, u64)> {
+        self.ensure_owned(room);
+        let cached = {
+            let owned = self.owned.borrow();
+            let o = &owned[&room];
+            let covers =
+                o.tail.front().is_some_and(|e| e.seq() <= after + 1) || after >= o.fanned_out;
+            covers.then(|| {
+                o.tail
+                    .iter()
+                    .filter(|e| e.seq() > after)
+                    .take(limit)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+        };
+        let events = match cached {
+            Some(events) => {
+                self.counters.borrow_mut().cache_hits += 1;
+                events
+            }
+            None => {
+                self.counters.borrow_mut().cache_misses += 1;
+                let page = self
+                    .store
+                    .history(room, Cursor::after(after, limit))
+                    .await?;
+                page.items
+                    .iter()
+                    .map(|i| StoredMessage::from_item(i).event(room))
+                    .collect()
+            }
+        };
+        let head = self.owned.borrow()[&room].fanned_out;
+        Ok((events, head))
+    }
+
+    /// Subscriber side: applies a page; switches to live once past `head`.
+    fn apply_page(&self, id: u64, events: Vec<Event>, head: u64) {
+        let mut subs = self.subs.borrow_mut();
+        let Some(sub) = subs.get_mut(&id) else { return };
+        sub.state = SubState::CatchingUp { in_flight: false };
+        if sub.next_seq == 0 {
+            sub.next_seq = head + 1;
+        }
+        for e in events {
+            if e.seq() < sub.next_seq {
+                continue;
+            }
+            if sub.shared.bytes.load(Ordering::Acquire) + e.len()
+                > self.cfg.outbound_queue_bytes_max
+            {
+                return; // stays lagging; the pump asks again when drained
+            }
+            // A jump forward means retention removed the seqs in between.
+            sub.next_seq = e.seq() + 1;
+            self.push(sub, e);
+        }
+        if sub.next_seq > head {
+            sub.state = SubState::Live;
+            drop(subs);
+            self.lagging.borrow_mut().remove(&id);
+        }
+    }
+
+    fn page_failed(&self, id: u64, e: Error) {
+        tracing::warn!(shard = self.id, sub = id, error = %e, "catch-up page failed; retrying");
+        if let Some(sub) = self.subs.borrow_mut().get_mut(&id) {
+            sub.state = SubState::CatchingUp { in_flight: false };
+        }
+    }
+
+    /// Periodic task body: requests pages for lagging subscribers whose
+    /// queue drained below half, and closes those stuck past the timeout.
+    pub(crate) fn pump_lagging(&self) {
+        let ids: Vec<u64> = self.lagging.borrow().iter().copied().collect();
+        let now = Instant::now();
+        for id in ids {
+            let (ask, stuck) = {
+                let mut subs = self.subs.borrow_mut();
+                let Some(sub) = subs.get_mut(&id) else {
+                    continue;
+                };
+                let bytes = sub.shared.bytes.load(Ordering::Acquire);
+                if bytes < sub.progress_bytes || bytes == 0 {
+                    sub.progress_at = now;
+                }
+                sub.progress_bytes = bytes;
+                let idle = sub.state == SubState::CatchingUp { in_flight: false };
+                (
+                    idle && bytes <= self.cfg.outbound_queue_bytes_max / 2,
+                    now.duration_since(sub.progress_at) > self.cfg.stuck_timeout,
+                )
+            };
+            if stuck {
+                self.close_sub(id, CLOSED_SLOW);
+                self.counters.borrow_mut().slow_closed += 1;
+            } else if ask {
+                self.request_page(id);
+            }
+        }
+    }
+
+    fn close_sub(&self, id: u64, reason: u8) {
+        if let Some(sub) = self.subs.borrow().get(&id) {
+            sub.shared.closed.store(reason, Ordering::Release);
+        }
+        self.unsubscribe(id);
+    }
+
+    // ---- the mesh ---------------------------------------------------------
+
+    /// Handles a message from another shard.
+    pub(crate) fn handle_peer(&self, msg: Peer) {
+        match msg {
+            Peer::Deliver(events) => {
+                for e in &events {
+                    self.deliver_local(e);
+                }
+            }
+            Peer::Interest { room, from, on } => {
+                self.ensure_owned(room);
+                self.owned
+                    .borrow_mut()
+                    .get_mut(&room)
+                    .expect("ensured")
+                    .remote[from] = on;
+            }
+            Peer::PageRequest {
+                room,
+                after,
+                limit,
+                from,
+                sub,
+            } => {
+                let me = self.rc();
+                glommio::spawn_local(async move {
+                    match me.serve_page(room, after, limit).await {
+                        Ok((events, head)) => me.push_peer(from, Peer::PageReply { sub, events, head }),
+                        Err(e) => {
+                            tracing::warn!(shard = me.id, room, error = %e, "serving a catch-up page failed");
+                            me.push_peer(from, Peer::PageReply { sub, events: Vec::new(), head: 0 });
+                        }
+                    }
+                })
+                .detach();
+            }
+            Peer::PageReply { sub, events, head } => {
+                if head == 0 && events.is_empty() {
+                    self.page_failed(sub, Error::NotFound("page".into()));
+                } else {
+                    self.apply_page(sub, events, head);
+                }
+            }
+        }
+    }
+
+    fn push_deliver(&self, peer: usize, event: Event) {
+        let mut outbox = self.outbox.borrow_mut();
+        if let Some(Peer::Deliver(batch)) = outbox[peer].back_mut() {
+            batch.push(event);
+            return;
+        }
+        outbox[peer].push_back(Peer::Deliver(vec![event]));
+        drop(outbox);
+        self.schedule_flush(peer);
+    }
+
+    fn push_peer(&self, peer: usize, msg: Peer) {
+        self.outbox.borrow_mut()[peer].push_back(msg);
+        self.schedule_flush(peer);
+    }
+
+    /// Starts the flusher of `peer` if it is not running. It runs after the
+    /// tasks already queued, so everything they produce for `peer` leaves
+    /// in as few messages as possible, in order.
+    fn schedule_flush(&self, peer: usize) {
+        if std::mem::replace(&mut self.flushing.borrow_mut()[peer], true) {
+            return;
+        }
+        let me = self.rc();
+        glommio::spawn_local(async move {
+            // Let every task already runnable (the other completions of the
+            // same commit batch) add to the outbox first.
+            futures_lite::future::yield_now().await;
+            loop {
+                let next = me.outbox.borrow_mut()[peer].pop_front();
+                let Some(msg) = next else {
+                    me.flushing.borrow_mut()[peer] = false;
+                    break;
+                };
+                me.counters.borrow_mut().mesh_sends += 1;
+                if me.senders.send_to(peer, msg).await.is_err() {
+                    me.flushing.borrow_mut()[peer] = false;
+                    break; // the peer has shut down
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+fn send<T>(reply: Reply<T>, result: Result<T>) {
+    let _ = reply.send(result);
+}
+
+fn refuse(cmd: Command) {
+    match cmd {
+        Command::Post { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::Edit { reply, .. }
+        | Command::Delete { reply, .. }
+        | Command::Typing { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::History { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::LastSeq { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::Stats { reply } => send(reply, Err(Error::ShutDown)),
+        Command::Shutdown { reply } => send(reply, Ok(())),
+        Command::Subscribe { shared, .. } => {
+            shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release)
+        }
+        Command::Unsubscribe { .. } => {}
+    }
+}

@@ -1,0 +1,353 @@
+//! Ordering, completeness, replay, idempotency, restart and backpressure of
+//! the engine, through its public embed API.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rookery_engine::{Cursor, Engine, EngineConfig, Error, Event, EventKind, Subscription};
+
+fn config(dir: &Path, shards: u32) -> EngineConfig {
+    let mut cfg = EngineConfig::new(dir);
+    cfg.storage.shards = shards;
+    cfg.storage.segment_bytes_max = 4 << 20;
+    cfg.storage.index_cache_bytes = 4 << 20;
+    cfg.storage.meta_cache_bytes = 1 << 20;
+    cfg.storage.checkpoint_interval_ms = 50;
+    cfg
+}
+
+/// Receives until `want` message events arrived (or times out).
+fn collect(sub: &Subscription, want: usize) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got
+        .iter()
+        .filter(|e: &&Event| e.kind() == EventKind::Message)
+        .count()
+        < want
+    {
+        assert!(
+            Instant::now() < deadline,
+            "timed out with {} of {want} messages",
+            got.len()
+        );
+        if let Some(e) = sub.recv_timeout(Duration::from_millis(200)).unwrap() {
+            got.push(e);
+        }
+    }
+    got
+}
+
+fn seqs(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e.kind() == EventKind::Message)
+        .map(Event::seq)
+        .collect()
+}
+
+fn body(e: &Event) -> String {
+    let v: serde_json::Value = serde_json::from_str(e.json()).unwrap();
+    v["body"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn every_subscriber_on_every_shard_sees_each_room_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    let rooms: Vec<u64> = (1..=6).collect();
+    // Three subscribers per room on each shard.
+    let mut subs: Vec<(u64, Subscription)> = Vec::new();
+    for &room in &rooms {
+        for shard in 0..2 {
+            for _ in 0..3 {
+                subs.push((room, engine.subscribe_on(shard, room, Some(0)).unwrap()));
+            }
+        }
+    }
+    let posters: Vec<_> = (0..8u64)
+        .map(|p| {
+            let engine = engine.clone();
+            let rooms = rooms.clone();
+            std::thread::spawn(move || {
+                // Pipelined: many posts in flight, so commits batch.
+                let pending: Vec<_> = (0..150u64)
+                    .map(|i| {
+                        let room = rooms[((p + i) % rooms.len() as u64) as usize];
+                        engine.post(room, p + 1, &format!("p{p}-{i}"), &format!("p{p}-{i}"))
+                    })
+                    .collect();
+                for r in pending {
+                    r.wait().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in posters {
+        t.join().unwrap();
+    }
+    let mut per_room = HashMap::new();
+    for &room in &rooms {
+        per_room.insert(room, engine.last_seq(room).wait().unwrap());
+    }
+    assert_eq!(per_room.values().sum::<u64>(), 8 * 150);
+    for (room, sub) in &subs {
+        let n = per_room[room];
+        let got = collect(sub, n as usize);
+        assert_eq!(
+            seqs(&got),
+            (1..=n).collect::<Vec<_>>(),
+            "room {room} on shard {}",
+            sub.shard()
+        );
+        assert!(sub.try_recv().unwrap().is_none(), "no extra events");
+    }
+    let c = engine.counters().unwrap();
+    assert_eq!(c.posts, 1200);
+    assert!(
+        c.mesh_sends < c.forwarded,
+        "cross-shard traffic is batched: {c:?}"
+    );
+    drop(subs);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn subscribe_with_since_during_live_traffic_has_no_gap_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.tail_cache_len = 16; // force catch-up from storage too
+    cfg.catch_up_page_len = 7;
+    let engine = Engine::start(cfg).unwrap();
+    let room = 42;
+    for i in 0..100 {
+        engine.post(room, 1, "", &format!("m{i}")).wait().unwrap();
+    }
+    let poster = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            for i in 100..600 {
+                engine.post(room, 2, "", &format!("m{i}")).wait().unwrap();
+            }
+        })
+    };
+    let mut subs = Vec::new();
+    for k in 0..12u64 {
+        std::thread::sleep(Duration::from_millis(3));
+        subs.push((
+            k * 37,
+            engine
+                .subscribe_on((k % 2) as usize, room, Some(k * 37))
+                .unwrap(),
+        ));
+    }
+    poster.join().unwrap();
+    for (since, sub) in &subs {
+        let got = collect(sub, (600 - since) as usize);
+        assert_eq!(
+            seqs(&got),
+            (since + 1..=600).collect::<Vec<_>>(),
+            "since {since}"
+        );
+        for e in &got {
+            assert_eq!(body(e), format!("m{}", e.seq() - 1));
+        }
+    }
+    // since = None: only what comes after.
+    let live = engine.subscribe_on(1, room, None).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    engine.post(room, 1, "", "after").wait().unwrap();
+    let got = collect(&live, 1);
+    assert_eq!(seqs(&got), vec![601]);
+    drop((subs, live));
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn idempotent_retries_edits_deletes_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    let meta = engine.meta().clone();
+    let alice = meta.ensure_external_user("alice", 0).unwrap();
+    let bob = meta.ensure_external_user("bob", 0).unwrap();
+    let room = meta.create_room("general", false, alice, 0).unwrap();
+    let a = engine.post(room, bob, "k1", "hi").wait().unwrap();
+    let b = engine.post(room, bob, "k1", "hi again").wait().unwrap();
+    assert!(!a.duplicate && b.duplicate);
+    assert_eq!((a.seq, a.ts_ms), (b.seq, b.ts_ms));
+    let sub = engine.subscribe(room, Some(1)).unwrap();
+    let c = engine.post(room, alice, "k2", "second").wait().unwrap();
+    assert_eq!(c.seq, 2);
+    // Bob may not edit Alice's message; Alice (room admin) may edit Bob's.
+    assert!(matches!(
+        engine.edit(room, 2, bob, "hacked").wait(),
+        Err(Error::Forbidden(_))
+    ));
+    engine.edit(room, 1, alice, "moderated").wait().unwrap();
+    engine.delete(room, 2, alice).wait().unwrap();
+    assert!(matches!(
+        engine.delete(room, 9, alice).wait(),
+        Err(Error::NotFound(_))
+    ));
+    let got = collect(&sub, 1);
+    let kinds: Vec<EventKind> = {
+        let mut all = got.clone();
+        while let Some(e) = sub.recv_timeout(Duration::from_millis(300)).unwrap() {
+            all.push(e);
+            if all.len() == 3 {
+                break;
+            }
+        }
+        all.iter().map(Event::kind).collect()
+    };
+    assert_eq!(
+        kinds,
+        vec![EventKind::Message, EventKind::Edit, EventKind::Delete]
+    );
+    drop(sub);
+    assert_eq!(engine.mark_read(room, bob, 1).unwrap(), 1);
+    assert_eq!(engine.unread(room, bob).unwrap(), 1);
+    engine.shutdown().unwrap();
+    drop(meta); // the data dir stays locked while any handle to it lives
+
+    // Restart on the same data dir: seqs, history and idempotency resume.
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    assert_eq!(engine.last_seq(room).wait().unwrap(), 2);
+    let again = engine
+        .post(room, bob, "k1", "retry after restart")
+        .wait()
+        .unwrap();
+    assert!(again.duplicate && again.seq == 1);
+    assert_eq!(engine.post(room, bob, "k3", "third").wait().unwrap().seq, 3);
+    let page = engine.history(room, Cursor::latest(10)).wait().unwrap();
+    let view: Vec<(u64, Option<String>)> = page
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.body.clone()))
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            (3, Some("third".into())),
+            (2, None),
+            (1, Some("moderated".into()))
+        ]
+    );
+    let sub = engine.subscribe(room, Some(0)).unwrap();
+    let got = collect(&sub, 3);
+    assert_eq!(seqs(&got), vec![1, 2, 3]);
+    assert_eq!(body(&got[0]), "moderated");
+    drop(sub);
+    engine.shutdown().unwrap();
+    // A data dir keeps its shard count.
+    assert!(matches!(
+        Engine::start(config(dir.path(), 1)),
+        Err(Error::Storage(_))
+    ));
+}
+
+#[test]
+fn a_stalled_subscriber_stays_bounded_then_gets_everything_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.storage.durability = rookery_engine::storage::Durability::None;
+    cfg.outbound_queue_bytes_max = 64 << 10;
+    cfg.volatile_queue_bytes_max = 16 << 10;
+    cfg.typing_interval = Duration::ZERO;
+    let bound = cfg.outbound_queue_bytes_max;
+    let engine = Engine::start(cfg).unwrap();
+    let room = 5;
+    let stalled = engine
+        .subscribe_on(1 - engine.shard_of(room), room, Some(0))
+        .unwrap();
+    let fast = engine
+        .subscribe_on(engine.shard_of(room), room, Some(0))
+        .unwrap();
+    const N: u64 = 100_000;
+    let posters: Vec<_> = (0..4u64)
+        .map(|p| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let pending: Vec<_> = (0..N / 4)
+                    .map(|i| engine.post(room, p + 1, "", &format!("{p}:{i}")))
+                    .collect();
+                for (i, r) in pending.into_iter().enumerate() {
+                    r.wait().unwrap();
+                    if i % 1000 == 0 {
+                        let _ = engine.typing(room, p + 1).wait();
+                    }
+                }
+            })
+        })
+        .collect();
+    let fast_reader = std::thread::spawn(move || seqs(&collect(&fast, N as usize)));
+    let mut max_queued = 0;
+    while posters.iter().any(|t| !t.is_finished()) {
+        max_queued = max_queued.max(stalled.queued_bytes());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for t in posters {
+        t.join().unwrap();
+    }
+    assert!(max_queued <= bound, "queued {max_queued} > bound {bound}");
+    assert_eq!(fast_reader.join().unwrap(), (1..=N).collect::<Vec<_>>());
+    // The stalled one drains and receives every message, in order.
+    let got = collect(&stalled, N as usize);
+    assert_eq!(seqs(&got), (1..=N).collect::<Vec<_>>());
+    let c = engine.counters().unwrap();
+    assert!(c.lagged >= 1, "{c:?}");
+    assert!(
+        c.volatile_dropped >= 1,
+        "typing is what gets dropped: {c:?}"
+    );
+    drop(stalled);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn a_stuck_subscriber_is_closed_as_slow_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1);
+    cfg.storage.durability = rookery_engine::storage::Durability::None;
+    cfg.outbound_queue_bytes_max = 8 << 10;
+    cfg.volatile_queue_bytes_max = 4 << 10;
+    cfg.stuck_timeout = Duration::from_millis(200);
+    let engine = Engine::start(cfg).unwrap();
+    let sub = engine.subscribe(1, Some(0)).unwrap();
+    for i in 0..500 {
+        engine
+            .post(1, 1, "", &format!("message number {i} with some padding"))
+            .wait()
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    // It can still read what was queued, then learns why it ended.
+    let mut n = 0;
+    let err = loop {
+        match sub.recv_timeout(Duration::from_secs(5)) {
+            Ok(Some(_)) => n += 1,
+            Ok(None) => panic!("the subscription should have been closed"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::SlowConsumer), "{err:?}");
+    assert!(n > 0 && n < 500);
+    assert_eq!(engine.counters().unwrap().slow_closed, 1);
+    drop(sub);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn calls_after_shutdown_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    let other = engine.clone();
+    let sub = engine.subscribe(3, None).unwrap();
+    engine.shutdown().unwrap();
+    assert!(matches!(
+        other.post(3, 1, "", "late").wait(),
+        Err(Error::ShutDown)
+    ));
+    assert!(matches!(sub.recv(), Err(Error::ShutDown)));
+}
