@@ -3,6 +3,8 @@
 //! - `rookery-bench storage`: Rookery's storage against SQLite (WAL,
 //!   `synchronous=FULL`, one batching writer thread) doing the same job with
 //!   the same guarantee, in one run on one machine.
+//! - `rookery-bench engine`: the engine in process (no network): fan-out
+//!   throughput and latency per scenario, shard count and durability.
 //! - `rookery-bench load`: the network load generator (not built yet: it
 //!   arrives with the load-generator issue; the command says so and fails).
 
@@ -11,6 +13,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod engine;
 mod sqlite_store;
 mod storage;
 
@@ -29,6 +32,8 @@ struct Cli {
 enum Command {
     /// Durable appends, history pages and recovery: Rookery storage vs SQLite.
     Storage(storage::Args),
+    /// The engine in process: posts/s, delivered events/s, post→deliver latency.
+    Engine(engine::Args),
     /// Load-test a chat server over WebSocket (not built yet).
     Load,
 }
@@ -42,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Storage(args) => storage::run(args),
+        Command::Engine(args) => engine::run(args),
         Command::Load => {
             anyhow::bail!("`rookery-bench load` is not built yet; only `rookery-bench storage` exists in this version")
         }

@@ -532,7 +532,7 @@ fn time_open(cfg: &StorageConfig) -> Result<u64> {
     })?
 }
 
-fn machine() -> Value {
+pub fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

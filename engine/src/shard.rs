@@ -173,11 +173,12 @@ pub(crate) enum Peer {
         sub: u64,
     },
     /// The answer: events, and `head`, the highest seq fanned out when the
-    /// page was sent.
+    /// page was sent; `ok` is false when the owner could not read the page.
     PageReply {
         sub: u64,
         events: Vec<Event>,
         head: u64,
+        ok: bool,
     },
 }
 
@@ -872,20 +873,28 @@ impl Shard {
                 let me = self.rc();
                 glommio::spawn_local(async move {
                     match me.serve_page(room, after, limit).await {
-                        Ok((events, head)) => me.push_peer(from, Peer::PageReply { sub, events, head }),
+                        Ok((events, head)) => me.push_peer(from, Peer::PageReply { sub, events, head, ok: true }),
                         Err(e) => {
                             tracing::warn!(shard = me.id, room, error = %e, "serving a catch-up page failed");
-                            me.push_peer(from, Peer::PageReply { sub, events: Vec::new(), head: 0 });
+                            me.push_peer(from, Peer::PageReply { sub, events: Vec::new(), head: 0, ok: false });
                         }
                     }
                 })
                 .detach();
             }
-            Peer::PageReply { sub, events, head } => {
-                if head == 0 && events.is_empty() {
-                    self.page_failed(sub, Error::NotFound("page".into()));
-                } else {
+            Peer::PageReply {
+                sub,
+                events,
+                head,
+                ok,
+            } => {
+                if ok {
                     self.apply_page(sub, events, head);
+                } else {
+                    self.page_failed(
+                        sub,
+                        Error::NotFound("the owner could not read the page".into()),
+                    );
                 }
             }
         }
