@@ -219,6 +219,10 @@ fn args_stride() -> u64 {
     7919
 }
 
+/// What a consumer thread counted: events, and sampled latencies for
+/// subscribers on the owner shard and across a hop.
+type Consumed = (u64, Histogram<u64>, Histogram<u64>);
+
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
@@ -231,7 +235,7 @@ fn spawn_consumers(
     threads: usize,
     epoch: Instant,
     stop: Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<(u64, Histogram<u64>, Histogram<u64>)>> {
+) -> Vec<std::thread::JoinHandle<Consumed>> {
     let mut shares: Vec<Vec<(bool, Subscription)>> =
         (0..threads.max(1)).map(|_| Vec::new()).collect();
     for (i, s) in subs.into_iter().enumerate() {
