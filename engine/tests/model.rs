@@ -167,10 +167,12 @@ fn one_run(seed: u64, dir: &Path) {
                     assert_eq!(ack.seq, msgs.len() as u64 + 1, "{ctx}: dense seq");
                     msgs.push(body);
                     if !key.is_empty() {
-                        assert!(
-                            keys.insert((room, key), ack.seq).is_none(),
-                            "{ctx}: a repeated key made a new message"
-                        );
+                        if let Some(old) = keys.insert((room, key.clone()), ack.seq) {
+                            panic!(
+                                "{ctx}: key {key} of room {room} was seq {old}, now new seq {}",
+                                ack.seq
+                            );
+                        }
                     }
                 }
             }

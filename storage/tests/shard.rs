@@ -492,3 +492,25 @@ fn batch_limits_split_the_queue_and_the_window_waits() {
         });
     }
 }
+
+#[test]
+fn keys_of_a_new_rooms_first_pending_messages_are_remembered() {
+    // Found by the engine's model test: the first messages of a room were
+    // still in flight when a second append loaded the (empty) key window.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    run(move || async move {
+        let store = open(&cfg);
+        let shard = store.open_shard(0).await.unwrap();
+        let a = shard.append_message(1, 1, "k1", 1, "a");
+        let b = shard.append_message(1, 1, "k2", 1, "b");
+        let (a, b) = futures_lite::future::zip(a, b).await;
+        assert_eq!((a.unwrap().seq(), b.unwrap().seq()), (1, 2));
+        let again = shard
+            .append_message(1, 1, "k1", 2, "a again")
+            .await
+            .unwrap();
+        assert_eq!(again, Appended::Duplicate { seq: 1, ts_ms: 1 });
+        shard.close().await.unwrap();
+    });
+}

@@ -160,8 +160,12 @@ impl ShardStore {
             }
             r.next_seq = msg.seq + 1;
             r.last_ts_ms = r.last_ts_ms.max(msg.ts_ms);
+            let idem = idem_hash(msg.sender, &msg.client_id);
+            if let (Some(w), true) = (r.idem.as_mut(), idem != 0) {
+                w.insert(idem, msg.seq, self.inner.cfg.idempotency_window_len);
+            }
             let kind = QueuedKind::Message {
-                idem: idem_hash(msg.sender, &msg.client_id),
+                idem,
                 ts_ms: msg.ts_ms,
             };
             let (room, seq) = (msg.room, msg.seq);
@@ -268,9 +272,9 @@ impl ShardStore {
     /// after open).
     pub(super) fn ensure_idem_window(&self, st: &mut State, room: u64) -> Result<()> {
         let cap = self.inner.cfg.idempotency_window_len;
-        let Some(r) = st.rooms.get(&room) else {
-            return Ok(());
-        };
+        // A room without messages starts with an empty window, so the keys
+        // of its first (still pending) messages are remembered too.
+        let r = st.rooms.entry(room).or_insert_with(|| Room::new(1));
         if r.idem.is_some() {
             return Ok(());
         }
