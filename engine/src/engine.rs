@@ -189,6 +189,11 @@ impl Engine {
         })
     }
 
+    /// Users with an open subscription to the room, on any shard.
+    pub fn online(&self, room: u64) -> Pending<Vec<u64>> {
+        self.call(self.shard_of(room), |reply| Command::Online { room, reply })
+    }
+
     /// The room's last durable seq (0 when it has no message).
     pub fn last_seq(&self, room: u64) -> Pending<u64> {
         self.call(self.shard_of(room), |reply| Command::LastSeq {
@@ -225,6 +230,19 @@ impl Engine {
         room: u64,
         since: Option<u64>,
     ) -> Result<Subscription> {
+        self.subscribe_as(shard, room, since, None)
+    }
+
+    /// Subscribes on a chosen shard as `user`: while any subscription of the
+    /// user to the room is open, on any shard, the user is online there
+    /// (`presence` events announce the first join and the last leave).
+    pub fn subscribe_as(
+        &self,
+        shard: usize,
+        room: u64,
+        since: Option<u64>,
+        user: Option<u64>,
+    ) -> Result<Subscription> {
         if shard >= self.shards() {
             return Err(Error::InvalidInput(format!(
                 "shard {shard} of {}",
@@ -238,6 +256,7 @@ impl Engine {
             id,
             room,
             since,
+            user,
             tx,
             shared: shared.clone(),
         };

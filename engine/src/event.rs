@@ -21,6 +21,9 @@ pub enum EventKind {
     Delete,
     /// Someone is typing (volatile: never stored, dropped under pressure).
     Typing,
+    /// A user came online in the room (first connection on any shard) or
+    /// went offline (last one gone). Volatile.
+    Presence,
 }
 
 /// One event for subscribers of a room.
@@ -68,7 +71,7 @@ impl Event {
     }
     /// True for events that may be dropped under pressure.
     pub fn is_volatile(&self) -> bool {
-        self.kind == EventKind::Typing
+        matches!(self.kind, EventKind::Typing | EventKind::Presence)
     }
 
     fn encode(room: u64, seq: u64, kind: EventKind, value: &impl Serialize) -> Event {
@@ -163,6 +166,29 @@ impl Event {
                 seq,
                 by,
                 ts: ts_ms,
+            },
+        )
+    }
+
+    /// `{"type":"presence","room","user","state":"online"|"offline"}`.
+    pub(crate) fn presence(room: u64, user: u64, online: bool) -> Event {
+        #[derive(Serialize)]
+        struct P {
+            r#type: &'static str,
+            room: u64,
+            user: u64,
+            state: &'static str,
+        }
+        let state = if online { "online" } else { "offline" };
+        Event::encode(
+            room,
+            0,
+            EventKind::Presence,
+            &P {
+                r#type: "presence",
+                room,
+                user,
+                state,
             },
         )
     }

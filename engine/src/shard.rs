@@ -142,8 +142,13 @@ pub(crate) enum Command {
         id: u64,
         room: u64,
         since: Option<u64>,
+        user: Option<u64>,
         tx: flume::Sender<Event>,
         shared: Arc<SubShared>,
+    },
+    Online {
+        room: u64,
+        reply: Reply<Vec<u64>>,
     },
     Unsubscribe {
         id: u64,
@@ -162,6 +167,9 @@ pub(crate) enum Peer {
     /// order per room. Batched: one message carries everything one owner
     /// produced for that shard since its last send.
     Deliver(Vec<Event>),
+    /// The sending shard has its first (`on`) or lost its last
+    /// subscription of `user` in `room`.
+    Presence { room: u64, user: u64, on: bool },
     /// The sending shard starts (`on`) or stops having subscribers of `room`.
     Interest { room: u64, from: usize, on: bool },
     /// A subscriber on shard `from` wants events after `after`.
@@ -214,6 +222,8 @@ struct Owned {
     remote: Vec<bool>,
     /// Completed appends waiting for lower seqs before fan-out.
     reorder: BTreeMap<u64, Event>,
+    /// Online users: the number of shards where each has a subscription.
+    online: HashMap<u64, u32>,
     /// Highest seq handed to fan-out.
     fanned_out: u64,
     typing_last: HashMap<u64, Instant>,
@@ -228,6 +238,8 @@ enum SubState {
 /// A subscriber hosted on this shard.
 struct Sub {
     room: u64,
+    /// Whose presence this subscription carries, if anyone's.
+    user: Option<u64>,
     tx: flume::Sender<Event>,
     shared: Arc<SubShared>,
     /// Next seq to deliver; 0 = "start at the head" (no replay).
@@ -250,6 +262,8 @@ pub(crate) struct Shard {
     local: RefCell<HashMap<u64, Vec<u64>>>,
     subs: RefCell<HashMap<u64, Sub>>,
     lagging: RefCell<BTreeSet<u64>>,
+    /// (room, user) -> subscriptions on this shard carrying that presence.
+    present: RefCell<HashMap<(u64, u64), usize>>,
     outbox: RefCell<Vec<VecDeque<Peer>>>,
     flushing: RefCell<Vec<bool>>,
     closing: Cell<bool>,
@@ -287,6 +301,7 @@ impl Shard {
             local: RefCell::default(),
             subs: RefCell::default(),
             lagging: RefCell::default(),
+            present: RefCell::default(),
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
             flushing: RefCell::new(vec![false; n]),
             closing: Cell::new(false),
@@ -382,9 +397,11 @@ impl Shard {
                 id,
                 room,
                 since,
+                user,
                 tx,
                 shared,
-            } => self.subscribe(id, room, since, tx, shared),
+            } => self.subscribe(id, room, since, user, tx, shared),
+            Command::Online { room, reply } => send(reply, Ok(self.online(room))),
             Command::Unsubscribe { id } => self.unsubscribe(id),
             Command::Stats { reply } => send(reply, Ok(*self.counters.borrow())),
             Command::Shutdown { reply } => {
@@ -403,6 +420,7 @@ impl Shard {
                 tail: VecDeque::new(),
                 remote: vec![false; self.n],
                 reorder: BTreeMap::new(),
+                online: HashMap::new(),
                 fanned_out: self.store.last_seq(room),
                 typing_last: HashMap::new(),
             });
@@ -577,11 +595,13 @@ impl Shard {
         id: u64,
         room: u64,
         since: Option<u64>,
+        user: Option<u64>,
         tx: flume::Sender<Event>,
         shared: Arc<SubShared>,
     ) {
         let sub = Sub {
             room,
+            user,
             tx,
             shared,
             next_seq: since.map_or(0, |s| s + 1),
@@ -609,6 +629,76 @@ impl Shard {
         }
         self.lagging.borrow_mut().insert(id);
         self.request_page(id);
+        if let Some(user) = user {
+            self.local_presence(room, user, true);
+        }
+    }
+
+    /// Counts a user's subscriptions to a room on this shard; the first and
+    /// the last are reported to the room's owner.
+    fn local_presence(&self, room: u64, user: u64, on: bool) {
+        let changed = {
+            let mut present = self.present.borrow_mut();
+            let n = present.entry((room, user)).or_insert(0);
+            let before = *n;
+            *n = if on {
+                before + 1
+            } else {
+                before.saturating_sub(1)
+            };
+            let after = *n;
+            if after == 0 {
+                present.remove(&(room, user));
+            }
+            (before == 0) != (after == 0)
+        };
+        if !changed {
+            return;
+        }
+        let owner = self.owner(room);
+        if owner == self.id {
+            self.presence_changed(room, user, on);
+        } else {
+            self.push_peer(owner, Peer::Presence { room, user, on });
+        }
+    }
+
+    /// Owner side: a shard gained its first or lost its last subscription
+    /// of `user` in `room`; the user's first and last across all shards are
+    /// announced.
+    fn presence_changed(&self, room: u64, user: u64, on: bool) {
+        self.ensure_owned(room);
+        let announce = {
+            let mut owned = self.owned.borrow_mut();
+            let o = owned.get_mut(&room).expect("ensured");
+            let n = o.online.entry(user).or_insert(0);
+            let before = *n;
+            *n = if on {
+                before + 1
+            } else {
+                before.saturating_sub(1)
+            };
+            let after = *n;
+            if after == 0 {
+                o.online.remove(&user);
+            }
+            (before == 0) != (after == 0)
+        };
+        if announce {
+            self.fan_out(Event::presence(room, user, on));
+        }
+    }
+
+    /// Users online in a room (owner side), ascending.
+    fn online(&self, room: u64) -> Vec<u64> {
+        let mut users: Vec<u64> = self
+            .owned
+            .borrow()
+            .get(&room)
+            .map(|o| o.online.keys().copied().collect())
+            .unwrap_or_default();
+        users.sort_unstable();
+        users
     }
 
     fn unsubscribe(&self, id: u64) {
@@ -616,6 +706,9 @@ impl Shard {
             return;
         };
         self.lagging.borrow_mut().remove(&id);
+        if let Some(user) = sub.user {
+            self.local_presence(sub.room, user, false);
+        }
         let last = {
             let mut local = self.local.borrow_mut();
             let list = local.entry(sub.room).or_default();
@@ -855,6 +948,7 @@ impl Shard {
                     self.deliver_local(e);
                 }
             }
+            Peer::Presence { room, user, on } => self.presence_changed(room, user, on),
             Peer::Interest { room, from, on } => {
                 self.ensure_owned(room);
                 self.owned
@@ -962,6 +1056,7 @@ fn refuse(cmd: Command) {
         Command::Subscribe { shared, .. } => {
             shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release)
         }
+        Command::Online { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::Unsubscribe { .. } => {}
     }
 }

@@ -351,3 +351,77 @@ fn calls_after_shutdown_fail_cleanly() {
     ));
     assert!(matches!(sub.recv(), Err(Error::ShutDown)));
 }
+
+#[test]
+fn presence_is_per_user_across_shards_and_typing_is_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.typing_interval = Duration::from_secs(60);
+    let engine = Engine::start(cfg).unwrap();
+    let room = 9;
+    let watcher = engine.subscribe_as(0, room, None, Some(100)).unwrap();
+    let wait_online = |want: Vec<u64>| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = engine.online(room).wait().unwrap();
+            if now == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "online {now:?}, want {want:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_online(vec![100]);
+    // User 7 connects twice, on both shards: one "online", one "offline".
+    let a = engine.subscribe_as(0, room, None, Some(7)).unwrap();
+    let b = engine.subscribe_as(1, room, None, Some(7)).unwrap();
+    wait_online(vec![7, 100]);
+    // Both are registered once both see a message posted now.
+    let seq = engine.post(room, 1, "", "sync").wait().unwrap().seq;
+    for s in [&a, &b] {
+        while s
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .expect("event")
+            .seq()
+            != seq
+        {}
+    }
+    drop(a);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        engine.online(room).wait().unwrap(),
+        vec![7, 100],
+        "still online on shard 1"
+    );
+    drop(b);
+    wait_online(vec![100]);
+    engine.typing(room, 7).wait().unwrap();
+    assert!(matches!(
+        engine.typing(room, 7).wait(),
+        Err(Error::RateLimited(_))
+    ));
+    let mut states = Vec::new();
+    while let Some(e) = watcher.recv_timeout(Duration::from_millis(300)).unwrap() {
+        let v: serde_json::Value = serde_json::from_str(e.json()).unwrap();
+        states.push(format!(
+            "{}:{}:{}",
+            v["type"].as_str().unwrap(),
+            v["user"],
+            v["state"].as_str().unwrap_or("")
+        ));
+    }
+    states.retain(|s| !s.starts_with("msg"));
+    assert_eq!(
+        states,
+        vec![
+            "presence:100:online",
+            "presence:7:online",
+            "presence:7:offline",
+            "typing:7:"
+        ],
+        "first join and last leave only"
+    );
+    drop(watcher);
+    engine.shutdown().unwrap();
+}
