@@ -245,6 +245,9 @@ struct Sub {
     /// Next seq to deliver; 0 = "start at the head" (no replay).
     next_seq: u64,
     state: SubState,
+    /// Edits and deletes that arrived while it was not live, in order.
+    held: Vec<Event>,
+    held_bytes: usize,
     /// When the queue was last seen shrinking while lagging.
     progress_at: Instant,
     progress_bytes: usize,
@@ -606,6 +609,8 @@ impl Shard {
             shared,
             next_seq: since.map_or(0, |s| s + 1),
             state: SubState::CatchingUp { in_flight: false },
+            held: Vec::new(),
+            held_bytes: 0,
             progress_at: Instant::now(),
             progress_bytes: 0,
         };
@@ -749,18 +754,45 @@ impl Shard {
         let mut subs = self.subs.borrow_mut();
         let Some(sub) = subs.get_mut(&id) else { return };
         let queued = sub.shared.bytes.load(Ordering::Acquire);
-        if !event.is_sequenced() {
-            // Typing, edits, deletes: delivered to live subscribers with
-            // room in their queue; typing goes first under pressure.
-            let cap = if event.is_volatile() {
-                self.cfg.volatile_queue_bytes_max
-            } else {
-                self.cfg.outbound_queue_bytes_max
-            };
-            if sub.state == SubState::Live && sub.next_seq != 0 && queued + event.len() <= cap {
+        if event.is_volatile() {
+            // Typing and presence: only for live subscribers with room in
+            // their queue; these are what pressure drops first.
+            let live = sub.state == SubState::Live && sub.next_seq != 0;
+            if live && queued + event.len() <= self.cfg.volatile_queue_bytes_max {
                 self.push(sub, event.clone());
-            } else if event.is_volatile() {
+            } else {
                 self.counters.borrow_mut().volatile_dropped += 1;
+            }
+            return;
+        }
+        if !event.is_sequenced() {
+            // Edits and deletes are never dropped: while a subscriber
+            // catches up (or its queue is full) they wait beside it and are
+            // delivered when it is live again. A page may already show the
+            // change; applying it twice is harmless.
+            if sub.state == SubState::Live
+                && sub.held.is_empty()
+                && queued + event.len() <= self.cfg.outbound_queue_bytes_max
+            {
+                self.push(sub, event.clone());
+                return;
+            }
+            sub.held_bytes += event.len();
+            sub.held.push(event.clone());
+            let overflow = sub.held_bytes > self.cfg.outbound_queue_bytes_max;
+            let was_live = sub.state == SubState::Live;
+            if was_live {
+                sub.state = SubState::CatchingUp { in_flight: false };
+                sub.progress_at = Instant::now();
+                sub.progress_bytes = queued;
+            }
+            drop(subs);
+            if overflow {
+                self.close_sub(id, CLOSED_SLOW);
+                self.counters.borrow_mut().slow_closed += 1;
+            } else if was_live {
+                self.counters.borrow_mut().lagged += 1;
+                self.lagging.borrow_mut().insert(id);
             }
             return;
         }
@@ -887,6 +919,14 @@ impl Shard {
             self.push(sub, e);
         }
         if sub.next_seq > head {
+            let queued = sub.shared.bytes.load(Ordering::Acquire);
+            if queued + sub.held_bytes > self.cfg.outbound_queue_bytes_max {
+                return; // room for the held changes first
+            }
+            for e in std::mem::take(&mut sub.held) {
+                self.push(sub, e);
+            }
+            sub.held_bytes = 0;
             sub.state = SubState::Live;
             drop(subs);
             self.lagging.borrow_mut().remove(&id);
