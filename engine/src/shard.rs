@@ -266,7 +266,7 @@ pub(crate) struct Shard {
     subs: RefCell<HashMap<u64, Sub>>,
     lagging: RefCell<BTreeSet<u64>>,
     /// (room, user) -> subscriptions on this shard carrying that presence.
-    present: RefCell<HashMap<(u64, u64), usize>>,
+    present: RefCell<HashMap<(u64, u64), u32>>,
     outbox: RefCell<Vec<VecDeque<Peer>>>,
     flushing: RefCell<Vec<bool>>,
     closing: Cell<bool>,
@@ -642,21 +642,7 @@ impl Shard {
     /// Counts a user's subscriptions to a room on this shard; the first and
     /// the last are reported to the room's owner.
     fn local_presence(&self, room: u64, user: u64, on: bool) {
-        let changed = {
-            let mut present = self.present.borrow_mut();
-            let n = present.entry((room, user)).or_insert(0);
-            let before = *n;
-            *n = if on {
-                before + 1
-            } else {
-                before.saturating_sub(1)
-            };
-            let after = *n;
-            if after == 0 {
-                present.remove(&(room, user));
-            }
-            (before == 0) != (after == 0)
-        };
+        let changed = count(&mut self.present.borrow_mut(), (room, user), on);
         if !changed {
             return;
         }
@@ -675,19 +661,7 @@ impl Shard {
         self.ensure_owned(room);
         let announce = {
             let mut owned = self.owned.borrow_mut();
-            let o = owned.get_mut(&room).expect("ensured");
-            let n = o.online.entry(user).or_insert(0);
-            let before = *n;
-            *n = if on {
-                before + 1
-            } else {
-                before.saturating_sub(1)
-            };
-            let after = *n;
-            if after == 0 {
-                o.online.remove(&user);
-            }
-            (before == 0) != (after == 0)
+            count(&mut owned.get_mut(&room).expect("ensured").online, user, on)
         };
         if announce {
             self.fan_out(Event::presence(room, user, on));
@@ -1077,6 +1051,23 @@ impl Shard {
         })
         .detach();
     }
+}
+
+/// Counts one up (`on`) or down for `key`, forgetting zeros; true when the
+/// count crossed between zero and non-zero (a first join or a last leave).
+fn count<K: std::hash::Hash + Eq + Copy>(counts: &mut HashMap<K, u32>, key: K, on: bool) -> bool {
+    let n = counts.entry(key).or_insert(0);
+    let before = *n;
+    *n = if on {
+        before + 1
+    } else {
+        before.saturating_sub(1)
+    };
+    let after = *n;
+    if after == 0 {
+        counts.remove(&key);
+    }
+    (before == 0) != (after == 0)
 }
 
 fn send<T>(reply: Reply<T>, result: Result<T>) {
