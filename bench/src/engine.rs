@@ -99,9 +99,9 @@ pub fn run(args: Args) -> Result<()> {
                 let r = one_run(&sc, shards, durability, &dir, &args)
                     .with_context(|| format!("{} shards={shards} {d}", sc.name))?;
                 eprintln!(
-                    "  {:<7} shards={} {:<5} posts/s {:>9.0}  delivered/s {:>11.0}  p50/p99 µs: local {}/{} cross {}/{}",
+                    "  {:<7} shards={} {:<5} posts/s {:>9.0}  delivered/s {:>11.0}  p50/p99 µs: local {}/{} cross {}/{} hop {}/{}",
                     sc.name, shards, durability.name(), r["posts_per_sec"].as_f64().unwrap_or(0.0), r["delivered_per_sec"].as_f64().unwrap_or(0.0),
-                    r["local_p50_us"], r["local_p99_us"], r["cross_p50_us"], r["cross_p99_us"]
+                    r["local_p50_us"], r["local_p99_us"], r["cross_p50_us"], r["cross_p99_us"], r["hop_p50_us"], r["hop_p99_us"]
                 );
                 runs.push(r);
                 let _ = std::fs::remove_dir_all(&dir);
@@ -187,7 +187,7 @@ fn one_run(
         local.add(l)?;
         cross.add(x)?;
     }
-    let counters = engine.counters()?;
+    let (counters, latency) = engine.metrics()?;
     engine.shutdown()?;
     let posts = posted.load(Ordering::Relaxed);
     let q = |h: &Histogram<u64>, p: f64| {
@@ -211,6 +211,8 @@ fn one_run(
         "local_p50_us": q(&local, 0.5), "local_p99_us": q(&local, 0.99),
         "cross_p50_us": q(&cross, 0.5), "cross_p99_us": q(&cross, 0.99),
         "lagged": counters.lagged, "mesh_sends": counters.mesh_sends, "forwarded": counters.forwarded,
+        "hop_p50_us": q(&latency.hop_us, 0.5), "hop_p99_us": q(&latency.hop_us, 0.99),
+        "commit_p50_us": q(&latency.commit_us, 0.5), "commit_p99_us": q(&latency.commit_us, 0.99),
     }))
 }
 

@@ -18,7 +18,7 @@ use rookery_storage::{Cursor, Meta, Store};
 
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::shard::{Command, HistoryPage, Peer, PostAck, Reply, Shard, ShardCounters};
+use crate::shard::{Command, HistoryPage, Latencies, Peer, PostAck, Reply, Shard, ShardCounters};
 use crate::subscription::{SubShared, Subscription};
 
 /// The answer to an engine call, still on its way. `wait()` blocks the
@@ -279,21 +279,19 @@ impl Engine {
 
     /// Counters of every shard, summed.
     pub fn counters(&self) -> Result<ShardCounters> {
+        Ok(self.metrics()?.0)
+    }
+
+    /// Counters summed and latency histograms merged over every shard.
+    pub fn metrics(&self) -> Result<(ShardCounters, Latencies)> {
         let mut total = ShardCounters::default();
+        let mut latencies = Latencies::default();
         for shard in 0..self.shards() {
-            let c = self.call(shard, |reply| Command::Stats { reply }).wait()?;
-            total.posts += c.posts;
-            total.duplicates += c.duplicates;
-            total.delivered += c.delivered;
-            total.forwarded += c.forwarded;
-            total.mesh_sends += c.mesh_sends;
-            total.cache_hits += c.cache_hits;
-            total.cache_misses += c.cache_misses;
-            total.lagged += c.lagged;
-            total.volatile_dropped += c.volatile_dropped;
-            total.slow_closed += c.slow_closed;
+            let (c, l) = self.call(shard, |reply| Command::Stats { reply }).wait()?;
+            total.add(&c);
+            latencies.merge(&l);
         }
-        Ok(total)
+        Ok((total, latencies))
     }
 
     /// Graceful stop: every shard refuses new work, closes its

@@ -41,5 +41,5 @@ pub use engine::{Engine, Pending};
 pub use error::{Error, Result};
 pub use event::{Event, EventKind};
 pub use rookery_storage::{self as storage, Cursor, Order};
-pub use shard::{HistoryPage, PostAck, ShardCounters, StoredMessage};
+pub use shard::{HistoryPage, Latencies, PostAck, ShardCounters, StoredMessage};
 pub use subscription::Subscription;

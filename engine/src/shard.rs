@@ -154,7 +154,7 @@ pub(crate) enum Command {
         id: u64,
     },
     Stats {
-        reply: Reply<ShardCounters>,
+        reply: Reply<(ShardCounters, Latencies)>,
     },
     Shutdown {
         reply: Reply<()>,
@@ -166,7 +166,7 @@ pub(crate) enum Peer {
     /// Events of rooms the receiving shard has subscribers for, in seq
     /// order per room. Batched: one message carries everything one owner
     /// produced for that shard since its last send.
-    Deliver(Vec<Event>),
+    Deliver(Vec<Event>, Instant),
     /// The sending shard has its first (`on`) or lost its last
     /// subscription of `user` in `room`.
     Presence { room: u64, user: u64, on: bool },
@@ -215,6 +215,61 @@ pub struct ShardCounters {
     pub slow_closed: u64,
 }
 
+/// Latency histograms of a shard, in µs (hdrhistogram: a record is a few
+/// ns; merged across shards on read).
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// Post accepted by the owner → durable (the storage append).
+    pub commit_us: hdrhistogram::Histogram<u64>,
+    /// Cross-shard hop: event queued for a peer → handed to that peer's
+    /// subscribers.
+    pub hop_us: hdrhistogram::Histogram<u64>,
+    /// Catch-up page: request → reply applied (pages served on the owner).
+    pub page_us: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        let h =
+            || hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
+        Latencies {
+            commit_us: h(),
+            hop_us: h(),
+            page_us: h(),
+        }
+    }
+}
+
+impl Latencies {
+    /// Adds another shard's histograms into these.
+    pub fn merge(&mut self, other: &Latencies) {
+        let _ = self.commit_us.add(&other.commit_us);
+        let _ = self.hop_us.add(&other.hop_us);
+        let _ = self.page_us.add(&other.page_us);
+    }
+}
+
+/// Microseconds of a duration, at least 1 (the histograms' lower bound).
+fn micros(d: std::time::Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+impl ShardCounters {
+    /// Adds another shard's counters into these.
+    pub fn add(&mut self, o: &ShardCounters) {
+        self.posts += o.posts;
+        self.duplicates += o.duplicates;
+        self.delivered += o.delivered;
+        self.forwarded += o.forwarded;
+        self.mesh_sends += o.mesh_sends;
+        self.cache_hits += o.cache_hits;
+        self.cache_misses += o.cache_misses;
+        self.lagged += o.lagged;
+        self.volatile_dropped += o.volatile_dropped;
+        self.slow_closed += o.slow_closed;
+    }
+}
+
 /// A room this shard owns.
 struct Owned {
     tail: VecDeque<Event>,
@@ -245,6 +300,8 @@ struct Sub {
     /// Next seq to deliver; 0 = "start at the head" (no replay).
     next_seq: u64,
     state: SubState,
+    /// When its last catch-up page was asked for.
+    asked_at: Instant,
     /// Edits and deletes that arrived while it was not live, in order.
     held: Vec<Event>,
     held_bytes: usize,
@@ -271,6 +328,7 @@ pub(crate) struct Shard {
     flushing: RefCell<Vec<bool>>,
     closing: Cell<bool>,
     counters: RefCell<ShardCounters>,
+    latency: RefCell<Latencies>,
     /// This shard itself, for tasks it spawns.
     me: std::rc::Weak<Shard>,
     /// Completed when shutdown finished; the executor then exits.
@@ -309,6 +367,7 @@ impl Shard {
             flushing: RefCell::new(vec![false; n]),
             closing: Cell::new(false),
             counters: RefCell::default(),
+            latency: RefCell::default(),
             me: me.clone(),
             done,
         })
@@ -406,7 +465,10 @@ impl Shard {
             } => self.subscribe(id, room, since, user, tx, shared),
             Command::Online { room, reply } => send(reply, Ok(self.online(room))),
             Command::Unsubscribe { id } => self.unsubscribe(id),
-            Command::Stats { reply } => send(reply, Ok(*self.counters.borrow())),
+            Command::Stats { reply } => send(
+                reply,
+                Ok((*self.counters.borrow(), self.latency.borrow().clone())),
+            ),
             Command::Shutdown { reply } => {
                 let me = self.clone();
                 glommio::spawn_local(async move { send(reply, me.shutdown().await) }).detach();
@@ -441,11 +503,16 @@ impl Shard {
     async fn post(&self, room: u64, sender: u64, client_id: &str, body: &str) -> Result<PostAck> {
         self.check_may_post(room, sender)?;
         self.ensure_owned(room);
-        match self
+        let started = Instant::now();
+        let appended = self
             .store
             .append_message(room, sender, client_id, now_ms(), body)
-            .await?
-        {
+            .await?;
+        self.latency
+            .borrow_mut()
+            .commit_us
+            .saturating_record(micros(started.elapsed()));
+        match appended {
             Appended::Duplicate { seq, ts_ms } => {
                 self.counters.borrow_mut().duplicates += 1;
                 Ok(PostAck {
@@ -609,6 +676,7 @@ impl Shard {
             shared,
             next_seq: since.map_or(0, |s| s + 1),
             state: SubState::CatchingUp { in_flight: false },
+            asked_at: Instant::now(),
             held: Vec::new(),
             held_bytes: 0,
             progress_at: Instant::now(),
@@ -801,6 +869,7 @@ impl Shard {
             let mut subs = self.subs.borrow_mut();
             let Some(sub) = subs.get_mut(&id) else { return };
             sub.state = SubState::CatchingUp { in_flight: true };
+            sub.asked_at = Instant::now();
             let limit = if sub.next_seq == 0 {
                 0
             } else {
@@ -876,6 +945,10 @@ impl Shard {
         let mut subs = self.subs.borrow_mut();
         let Some(sub) = subs.get_mut(&id) else { return };
         sub.state = SubState::CatchingUp { in_flight: false };
+        self.latency
+            .borrow_mut()
+            .page_us
+            .saturating_record(micros(sub.asked_at.elapsed()));
         if sub.next_seq == 0 {
             sub.next_seq = head + 1;
         }
@@ -957,7 +1030,11 @@ impl Shard {
     /// Handles a message from another shard.
     pub(crate) fn handle_peer(&self, msg: Peer) {
         match msg {
-            Peer::Deliver(events) => {
+            Peer::Deliver(events, queued_at) => {
+                self.latency
+                    .borrow_mut()
+                    .hop_us
+                    .saturating_record(micros(queued_at.elapsed()));
                 for e in &events {
                     self.deliver_local(e);
                 }
@@ -1010,11 +1087,11 @@ impl Shard {
 
     fn push_deliver(&self, peer: usize, event: Event) {
         let mut outbox = self.outbox.borrow_mut();
-        if let Some(Peer::Deliver(batch)) = outbox[peer].back_mut() {
+        if let Some(Peer::Deliver(batch, _)) = outbox[peer].back_mut() {
             batch.push(event);
             return;
         }
-        outbox[peer].push_back(Peer::Deliver(vec![event]));
+        outbox[peer].push_back(Peer::Deliver(vec![event], Instant::now()));
         drop(outbox);
         self.schedule_flush(peer);
     }
