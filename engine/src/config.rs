@@ -35,9 +35,15 @@ pub struct EngineConfig {
     /// Minimum time between two typing events of one user in one room.
     /// Default 1 s.
     pub typing_interval: Duration,
-    /// Glommio preemption timer: long fan-out loops yield after this.
-    /// Default 2 ms.
+    /// Glommio preemption timer. Default 100 ms (glommio's own): see
+    /// `kick_interval` for why it is not lower.
     pub preempt_timer: Duration,
+    /// Every shard is woken this often from a small helper thread. glommio
+    /// 0.9.0 can park an executor while tasks are runnable when a
+    /// preemption is pending at the top of its loop (fixed upstream after
+    /// the last release on crates.io); a wake-up from another thread
+    /// unparks it, so a stall lasts at most this long. Default 5 ms.
+    pub kick_interval: Duration,
 }
 
 impl EngineConfig {
@@ -55,7 +61,8 @@ impl EngineConfig {
             lag_poll_interval: Duration::from_millis(2),
             mesh_channel_len: 1024,
             typing_interval: Duration::from_secs(1),
-            preempt_timer: Duration::from_millis(2),
+            preempt_timer: Duration::from_millis(100),
+            kick_interval: Duration::from_millis(5),
         }
     }
 

@@ -44,6 +44,13 @@ impl<T: Send + 'static> IntoFuture for Pending<T> {
 
 struct Inner {
     commands: Vec<flume::Sender<Command>>,
+    /// Stops and joins the thread that wakes the shards periodically.
+    kicker: Mutex<
+        Option<(
+            Arc<std::sync::atomic::AtomicBool>,
+            std::thread::JoinHandle<()>,
+        )>,
+    >,
     meta: Arc<Meta>,
     next_sub: AtomicU64,
     next_shard: AtomicUsize,
@@ -90,8 +97,10 @@ impl Engine {
                 Err(_) => failures.push("a shard exited during start".into()),
             }
         }
+        let kicker = spawn_kicker(senders.clone(), cfg.kick_interval)?;
         let engine = Engine {
             inner: Arc::new(Inner {
+                kicker: Mutex::new(Some(kicker)),
                 commands: senders,
                 meta: store.meta().clone(),
                 next_sub: AtomicU64::new(1),
@@ -309,6 +318,16 @@ impl Engine {
                 }
             }
         }
+        let kicker = self
+            .inner
+            .kicker
+            .lock()
+            .map_err(|_| Error::ShutDown)?
+            .take();
+        if let Some((stop, handle)) = kicker {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
         let threads = self
             .inner
             .threads
@@ -324,6 +343,37 @@ impl Engine {
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// Starts the thread that sends every shard a `Tick` each `interval`; it
+/// ends when stopped or when every shard is gone.
+fn spawn_kicker(
+    shards: Vec<flume::Sender<Command>>,
+    interval: std::time::Duration,
+) -> Result<(
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+)> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("rookery-kick".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(interval);
+                // Only when the queue is empty: a queue with work already
+                // woke its shard.
+                let alive = shards
+                    .iter()
+                    .filter(|s| !s.is_empty() || s.send(Command::Tick).is_ok())
+                    .count();
+                if alive == 0 {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Error::Start(format!("kick thread: {e}")))?;
+    Ok((stop, handle))
 }
 
 /// One shard's life: join the mesh, open storage, serve commands and peers

@@ -159,6 +159,9 @@ pub(crate) enum Command {
     Shutdown {
         reply: Reply<()>,
     },
+    /// A no-op whose only effect is to wake the shard (see
+    /// `EngineConfig::kick_interval`).
+    Tick,
 }
 
 /// Traffic between shards (over glommio's channel mesh).
@@ -469,6 +472,7 @@ impl Shard {
                 reply,
                 Ok((*self.counters.borrow(), self.latency.borrow().clone())),
             ),
+            Command::Tick => {}
             Command::Shutdown { reply } => {
                 let me = self.clone();
                 glommio::spawn_local(async move { send(reply, me.shutdown().await) }).detach();
@@ -1165,6 +1169,6 @@ fn refuse(cmd: Command) {
             shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release)
         }
         Command::Online { reply, .. } => send(reply, Err(Error::ShutDown)),
-        Command::Unsubscribe { .. } => {}
+        Command::Unsubscribe { .. } | Command::Tick => {}
     }
 }
