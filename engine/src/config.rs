@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// Glommio preemption timer. Default 100 ms (glommio's own): see
     /// `kick_interval` for why it is not lower.
     pub preempt_timer: Duration,
+    /// How often each shard applies its rooms' retention limits. Default
+    /// 60 s.
+    pub retention_interval: Duration,
     /// Every shard is woken this often from a small helper thread. glommio
     /// 0.9.0 can park an executor while tasks are runnable when a
     /// preemption is pending at the top of its loop (fixed upstream after
@@ -63,6 +66,7 @@ impl EngineConfig {
             typing_interval: Duration::from_secs(1),
             preempt_timer: Duration::from_millis(100),
             kick_interval: Duration::from_millis(5),
+            retention_interval: Duration::from_secs(60),
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
-use rookery_storage::{Cursor, Meta, Store};
+use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Store};
 
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
@@ -196,6 +196,30 @@ impl Engine {
             cursor,
             reply,
         })
+    }
+
+    /// Sets a room's retention limits (stored durably; applied every
+    /// `retention_interval` and by [`Engine::enforce_retention`]).
+    pub fn set_retention(&self, room: u64, retention: Retention) -> Pending<()> {
+        self.call(self.shard_of(room), |reply| Command::SetRetention {
+            room,
+            retention,
+            reply,
+        })
+    }
+
+    /// Applies every room's retention now, on every shard; returns the sum.
+    pub fn enforce_retention(&self) -> Result<RetentionReport> {
+        let mut total = RetentionReport::default();
+        for shard in 0..self.shards() {
+            let r = self
+                .call(shard, |reply| Command::EnforceRetention { reply })
+                .wait()?;
+            total.messages_expired += r.messages_expired;
+            total.segments_deleted += r.segments_deleted;
+            total.bytes_reclaimed += r.bytes_reclaimed;
+        }
+        Ok(total)
     }
 
     /// Users with an open subscription to the room, on any shard.
@@ -405,6 +429,7 @@ async fn run_shard(
     let (done_tx, done_rx) = flume::bounded(1);
     let n = cfg.storage.shards as usize;
     let poll = cfg.lag_poll_interval;
+    let retention_every = cfg.retention_interval;
     let shard = Shard::new(id, n, cfg, storage, store.meta().clone(), senders, done_tx);
     let mut loops = Vec::new();
     for (_, stream) in peers.streams() {
@@ -421,6 +446,19 @@ async fn run_shard(
             shard.pump_lagging();
             drop(shard);
             glommio::timer::sleep(poll).await;
+        }
+    })
+    .detach();
+    let retention = Rc::downgrade(&shard);
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(retention_every).await;
+            let Some(shard) = retention.upgrade() else {
+                break;
+            };
+            if let Err(e) = shard.enforce_retention().await {
+                tracing::warn!(error = %e, "retention pass failed");
+            }
         }
     })
     .detach();

@@ -40,6 +40,6 @@ pub use config::EngineConfig;
 pub use engine::{Engine, Pending};
 pub use error::{Error, Result};
 pub use event::{Event, EventKind};
-pub use rookery_storage::{self as storage, Cursor, Order};
+pub use rookery_storage::{self as storage, Cursor, Order, Retention, RetentionReport};
 pub use shard::{HistoryPage, Latencies, PostAck, ShardCounters, StoredMessage};
 pub use subscription::Subscription;

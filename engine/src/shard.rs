@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::channel_mesh::Senders;
-use rookery_storage::{Appended, Cursor, HistoryItem, Meta, Role, ShardStore};
+use rookery_storage::{
+    Appended, Cursor, HistoryItem, Meta, Retention, RetentionReport, Role, ShardStore,
+};
 
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
@@ -162,6 +164,14 @@ pub(crate) enum Command {
     /// A no-op whose only effect is to wake the shard (see
     /// `EngineConfig::kick_interval`).
     Tick,
+    SetRetention {
+        room: u64,
+        retention: Retention,
+        reply: Reply<()>,
+    },
+    EnforceRetention {
+        reply: Reply<RetentionReport>,
+    },
 }
 
 /// Traffic between shards (over glommio's channel mesh).
@@ -380,6 +390,11 @@ impl Shard {
         self.me.upgrade().expect("a shard outlives its own calls")
     }
 
+    /// Applies every owned room's retention now (also run periodically).
+    pub(crate) async fn enforce_retention(&self) -> Result<RetentionReport> {
+        Ok(self.store.enforce_retention(now_ms()).await?)
+    }
+
     /// Graceful stop: refuse new work, close subscriptions, flush and close
     /// storage (which checkpoints), then let the executor exit.
     async fn shutdown(&self) -> Result<()> {
@@ -473,6 +488,28 @@ impl Shard {
                 Ok((*self.counters.borrow(), self.latency.borrow().clone())),
             ),
             Command::Tick => {}
+            Command::SetRetention {
+                room,
+                retention,
+                reply,
+            } => {
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    send(
+                        reply,
+                        me.store
+                            .set_retention(room, retention)
+                            .await
+                            .map_err(Error::from),
+                    )
+                })
+                .detach();
+            }
+            Command::EnforceRetention { reply } => {
+                let me = self.clone();
+                glommio::spawn_local(async move { send(reply, me.enforce_retention().await) })
+                    .detach();
+            }
             Command::Shutdown { reply } => {
                 let me = self.clone();
                 glommio::spawn_local(async move { send(reply, me.shutdown().await) }).detach();
@@ -909,15 +946,16 @@ impl Shard {
     /// them, else from storage) and the current fan-out head.
     async fn serve_page(&self, room: u64, after: u64, limit: usize) -> Result<(Vec<Event>, u64)> {
         self.ensure_owned(room);
+        // Retention may have retired the oldest cached events.
+        let from = (after + 1).max(self.store.low_seq(room));
         let cached = {
             let owned = self.owned.borrow();
             let o = &owned[&room];
-            let covers =
-                o.tail.front().is_some_and(|e| e.seq() <= after + 1) || after >= o.fanned_out;
+            let covers = o.tail.front().is_some_and(|e| e.seq() <= from) || after >= o.fanned_out;
             covers.then(|| {
                 o.tail
                     .iter()
-                    .filter(|e| e.seq() > after)
+                    .filter(|e| e.seq() >= from)
                     .take(limit)
                     .cloned()
                     .collect::<Vec<_>>()
@@ -1169,6 +1207,8 @@ fn refuse(cmd: Command) {
             shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release)
         }
         Command::Online { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::SetRetention { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::EnforceRetention { reply } => send(reply, Err(Error::ShutDown)),
         Command::Unsubscribe { .. } | Command::Tick => {}
     }
 }

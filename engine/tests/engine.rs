@@ -434,3 +434,37 @@ fn presence_is_per_user_across_shards_and_typing_is_rate_limited() {
     drop(watcher);
     engine.shutdown().unwrap();
 }
+
+#[test]
+fn retention_through_the_engine_trims_history_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    let room = 11;
+    for i in 1..=30 {
+        engine.post(room, 1, "", &format!("m{i}")).wait().unwrap();
+    }
+    engine
+        .set_retention(
+            room,
+            rookery_engine::Retention {
+                max_messages: Some(10),
+                max_age_ms: None,
+            },
+        )
+        .wait()
+        .unwrap();
+    let report = engine.enforce_retention().unwrap();
+    assert_eq!(report.messages_expired, 20);
+    let page = engine.history(room, Cursor::after(0, 100)).wait().unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (21..=30).collect::<Vec<_>>()
+    );
+    // A subscriber asking for everything gets what is left, then live ones.
+    let sub = engine.subscribe(room, Some(0)).unwrap();
+    engine.post(room, 1, "", "m31").wait().unwrap();
+    let got = collect(&sub, 11);
+    assert_eq!(seqs(&got), (21..=31).collect::<Vec<_>>());
+    drop(sub);
+    engine.shutdown().unwrap();
+}
