@@ -18,7 +18,9 @@ use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Store};
 
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::shard::{Command, HistoryPage, Latencies, Peer, PostAck, Reply, Shard, ShardCounters};
+use crate::shard::{
+    Command, HistoryPage, Latencies, NewSub, Peer, PostAck, Reply, Shard, ShardCounters,
+};
 use crate::subscription::{SubShared, Subscription};
 
 /// The answer to an engine call, still on its way. `wait()` blocks the
@@ -285,14 +287,14 @@ impl Engine {
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = flume::unbounded();
         let shared = Arc::new(SubShared::default());
-        let cmd = Command::Subscribe {
+        let cmd = Command::Subscribe(NewSub {
             id,
             room,
             since,
             user,
             tx,
             shared: shared.clone(),
-        };
+        });
         self.inner.commands[shard]
             .send(cmd)
             .map_err(|_| Error::ShutDown)?;

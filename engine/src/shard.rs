@@ -104,6 +104,18 @@ pub struct HistoryPage {
     pub next: Option<Cursor>,
 }
 
+/// A subscription to register on a shard.
+pub(crate) struct NewSub {
+    pub id: u64,
+    pub room: u64,
+    /// Replay messages after this seq; `None`: live ones only.
+    pub since: Option<u64>,
+    /// Whose presence it carries.
+    pub user: Option<u64>,
+    pub tx: flume::Sender<Event>,
+    pub shared: Arc<SubShared>,
+}
+
 /// Work sent to a shard from any thread.
 pub(crate) enum Command {
     Post {
@@ -140,14 +152,7 @@ pub(crate) enum Command {
         room: u64,
         reply: Reply<u64>,
     },
-    Subscribe {
-        id: u64,
-        room: u64,
-        since: Option<u64>,
-        user: Option<u64>,
-        tx: flume::Sender<Event>,
-        shared: Arc<SubShared>,
-    },
+    Subscribe(NewSub),
     Online {
         room: u64,
         reply: Reply<Vec<u64>>,
@@ -473,14 +478,7 @@ impl Shard {
                     .detach();
             }
             Command::LastSeq { room, reply } => send(reply, Ok(self.store.last_seq(room))),
-            Command::Subscribe {
-                id,
-                room,
-                since,
-                user,
-                tx,
-                shared,
-            } => self.subscribe(id, room, since, user, tx, shared),
+            Command::Subscribe(new) => self.subscribe(new),
             Command::Online { room, reply } => send(reply, Ok(self.online(room))),
             Command::Unsubscribe { id } => self.unsubscribe(id),
             Command::Stats { reply } => send(
@@ -701,15 +699,15 @@ impl Shard {
 
     // ---- subscribers ----------------------------------------------------
 
-    fn subscribe(
-        &self,
-        id: u64,
-        room: u64,
-        since: Option<u64>,
-        user: Option<u64>,
-        tx: flume::Sender<Event>,
-        shared: Arc<SubShared>,
-    ) {
+    fn subscribe(&self, new: NewSub) {
+        let NewSub {
+            id,
+            room,
+            since,
+            user,
+            tx,
+            shared,
+        } = new;
         let sub = Sub {
             room,
             user,
@@ -1203,7 +1201,7 @@ fn refuse(cmd: Command) {
         Command::LastSeq { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::Stats { reply } => send(reply, Err(Error::ShutDown)),
         Command::Shutdown { reply } => send(reply, Ok(())),
-        Command::Subscribe { shared, .. } => {
+        Command::Subscribe(NewSub { shared, .. }) => {
             shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release)
         }
         Command::Online { reply, .. } => send(reply, Err(Error::ShutDown)),

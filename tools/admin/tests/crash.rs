@@ -106,17 +106,7 @@ fn acknowledged_messages_survive_sigkill() {
                 "seed {seed}: seq {key:?} acknowledged twice"
             );
         }
-        let verify = Command::new(env!("CARGO_BIN_EXE_rookery-admin"))
-            .arg("verify")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            verify.status.success(),
-            "seed {seed} round {round}: verify failed:\n{}\n{}",
-            String::from_utf8_lossy(&verify.stdout),
-            String::from_utf8_lossy(&verify.stderr)
-        );
+        assert_verify_passes(dir.path(), &format!("seed {seed} round {round}"));
         check_store(dir.path(), &acked, seed, round);
     }
     assert!(
@@ -124,15 +114,21 @@ fn acknowledged_messages_survive_sigkill() {
         "seed {seed}: the child acknowledged only {} messages",
         acked.len()
     );
+    assert_verify_passes(dir.path(), &format!("seed {seed} final"));
+}
+
+/// Runs `rookery-admin verify` on the data dir and asserts it exits 0.
+fn assert_verify_passes(dir: &Path, ctx: &str) {
     let verify = Command::new(env!("CARGO_BIN_EXE_rookery-admin"))
         .arg("verify")
-        .arg(dir.path())
+        .arg(dir)
         .output()
         .unwrap();
     assert!(
         verify.status.success(),
-        "seed {seed}: final verify failed: {}",
-        String::from_utf8_lossy(&verify.stdout)
+        "{ctx}: verify failed:\n{}\n{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
     );
 }
 
