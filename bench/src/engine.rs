@@ -130,17 +130,22 @@ fn one_run(
     let engine = Engine::start(cfg)?;
     // Subscribers spread over shards; each remembers whether it is on the
     // room's owner.
-    let mut subs: Vec<(bool, Subscription)> = Vec::new();
+    // All subscriptions are asked for first, then awaited: one round trip
+    // in all rather than one per subscription.
+    let mut pending = Vec::new();
     for room in 1..=sc.rooms {
         for i in 0..sc.subs_per_room {
             let shard = i % shards as usize;
-            subs.push((
+            pending.push((
                 shard == engine.shard_of(room),
-                engine.subscribe_on(shard, room, None)?,
+                engine.subscribe_on(shard, room, None),
             ));
         }
     }
-    std::thread::sleep(Duration::from_millis(200)); // subscriptions reach live
+    let mut subs: Vec<(bool, Subscription)> = Vec::new();
+    for (on_owner, p) in pending {
+        subs.push((on_owner, p.wait()?));
+    }
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let posted = Arc::new(AtomicU64::new(0));

@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::start(cfg)?;
     let room = 1;
     let first_new = engine.last_seq(room).wait()? + 1;
-    let sub = engine.subscribe(room, Some(first_new - 1))?;
+    let sub = engine.subscribe(room, Some(first_new - 1)).wait()?;
 
     let posters: Vec<_> = ["alice", "bob"]
         .into_iter()

@@ -252,8 +252,10 @@ impl Engine {
 
     /// Subscribes to `room` on the next shard in turn: events with
     /// `seq > since` are replayed first (none when `since` is `None`), then
-    /// live ones follow, with no gap and no duplicate.
-    pub fn subscribe(&self, room: u64, since: Option<u64>) -> Result<Subscription> {
+    /// live ones follow, with no gap and no duplicate. Resolves once the
+    /// room's owner knows the subscription: every change made after that
+    /// (a new message, an edit or delete of any message) reaches it.
+    pub fn subscribe(&self, room: u64, since: Option<u64>) -> Pending<Subscription> {
         let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards();
         self.subscribe_on(shard, room, since)
     }
@@ -264,48 +266,59 @@ impl Engine {
         shard: usize,
         room: u64,
         since: Option<u64>,
-    ) -> Result<Subscription> {
+    ) -> Pending<Subscription> {
         self.subscribe_as(shard, room, since, None)
     }
 
     /// Subscribes on a chosen shard as `user`: while any subscription of the
     /// user to the room is open, on any shard, the user is online there
-    /// (`presence` events announce the first join and the last leave).
+    /// (`presence` events announce the first join and the last leave to
+    /// the room's other live subscribers). When this resolves, `online`
+    /// already counts the user.
     pub fn subscribe_as(
         &self,
         shard: usize,
         room: u64,
         since: Option<u64>,
         user: Option<u64>,
-    ) -> Result<Subscription> {
+    ) -> Pending<Subscription> {
+        let (reply, rx) = flume::bounded(1);
         if shard >= self.shards() {
-            return Err(Error::InvalidInput(format!(
+            let _ = reply.send(Err(Error::InvalidInput(format!(
                 "shard {shard} of {}",
                 self.shards()
-            )));
+            ))));
+            return Pending(rx);
         }
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = flume::unbounded();
+        let (tx, events) = flume::unbounded();
         let shared = Arc::new(SubShared::default());
+        let sub = Subscription {
+            id,
+            shard,
+            room,
+            rx: events,
+            shared: shared.clone(),
+            engine: self.clone(),
+        };
+        // The shard calls this once the owner has answered; dropping it
+        // unanswered (shutdown) drops the subscription and `wait` sees
+        // `ShutDown`.
+        let ready = Box::new(move |r: Result<()>| {
+            let _ = reply.send(r.map(|()| sub));
+        });
         let cmd = Command::Subscribe(NewSub {
             id,
             room,
             since,
             user,
             tx,
-            shared: shared.clone(),
-        });
-        self.inner.commands[shard]
-            .send(cmd)
-            .map_err(|_| Error::ShutDown)?;
-        Ok(Subscription {
-            id,
-            shard,
-            room,
-            rx,
             shared,
-            engine: self.clone(),
-        })
+            ready,
+        });
+        // On a closed queue the command (and the reply inside) is dropped.
+        let _ = self.inner.commands[shard].send(cmd);
+        Pending(rx)
     }
 
     pub(crate) fn unsubscribe(&self, shard: usize, id: u64) {

@@ -19,7 +19,7 @@
 //! cfg.storage.segment_bytes_max = 1 << 20;
 //! let engine = Engine::start(cfg).unwrap();
 //!
-//! let sub = engine.subscribe(7, Some(0)).unwrap();
+//! let sub = engine.subscribe(7, Some(0)).wait().unwrap();
 //! let ack = engine.post(7, 1, "c-1", "hello").wait().unwrap();
 //! assert_eq!(ack.seq, 1);
 //! let event = sub.recv().unwrap();

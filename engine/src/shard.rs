@@ -114,7 +114,13 @@ pub(crate) struct NewSub {
     pub user: Option<u64>,
     pub tx: flume::Sender<Event>,
     pub shared: Arc<SubShared>,
+    /// Called once the owner has registered the subscriber's shard: from
+    /// then on every change to the room reaches the subscription.
+    pub ready: Ready,
 }
+
+/// Completes a caller's `subscribe`.
+pub(crate) type Ready = Box<dyn FnOnce(Result<()>) + Send>;
 
 /// Work sent to a shard from any thread.
 pub(crate) enum Command {
@@ -323,6 +329,8 @@ struct Sub {
     /// Edits and deletes that arrived while it was not live, in order.
     held: Vec<Event>,
     held_bytes: usize,
+    /// The caller's `subscribe`, until the first page answers it.
+    ready: Option<Ready>,
     /// When the queue was last seen shrinking while lagging.
     progress_at: Instant,
     progress_bytes: usize,
@@ -707,6 +715,7 @@ impl Shard {
             user,
             tx,
             shared,
+            ready,
         } = new;
         let sub = Sub {
             room,
@@ -718,6 +727,7 @@ impl Shard {
             asked_at: Instant::now(),
             held: Vec::new(),
             held_bytes: 0,
+            ready: Some(ready),
             progress_at: Instant::now(),
             progress_bytes: 0,
         };
@@ -739,11 +749,13 @@ impl Shard {
                 },
             );
         }
-        self.lagging.borrow_mut().insert(id);
-        self.request_page(id);
         if let Some(user) = user {
             self.local_presence(room, user, true);
         }
+        // Interest and presence reach the owner before this request, so its
+        // answer (which completes the caller's `subscribe`) proves both.
+        self.lagging.borrow_mut().insert(id);
+        self.request_page(id);
     }
 
     /// Counts a user's subscriptions to a room on this shard; the first and
@@ -985,6 +997,9 @@ impl Shard {
         let mut subs = self.subs.borrow_mut();
         let Some(sub) = subs.get_mut(&id) else { return };
         sub.state = SubState::CatchingUp { in_flight: false };
+        if let Some(ready) = sub.ready.take() {
+            ready(Ok(()));
+        }
         self.latency
             .borrow_mut()
             .page_us
@@ -1024,6 +1039,11 @@ impl Shard {
         tracing::warn!(shard = self.id, sub = id, error = %e, "catch-up page failed; retrying");
         if let Some(sub) = self.subs.borrow_mut().get_mut(&id) {
             sub.state = SubState::CatchingUp { in_flight: false };
+            // The owner answered, so it knows about this shard: the
+            // subscription is in place even though its replay must retry.
+            if let Some(ready) = sub.ready.take() {
+                ready(Ok(()));
+            }
         }
     }
 
@@ -1201,8 +1221,9 @@ fn refuse(cmd: Command) {
         Command::LastSeq { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::Stats { reply } => send(reply, Err(Error::ShutDown)),
         Command::Shutdown { reply } => send(reply, Ok(())),
-        Command::Subscribe(NewSub { shared, .. }) => {
-            shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release)
+        Command::Subscribe(NewSub { shared, ready, .. }) => {
+            shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release);
+            ready(Err(Error::ShutDown));
         }
         Command::Online { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::SetRetention { reply, .. } => send(reply, Err(Error::ShutDown)),

@@ -62,7 +62,10 @@ fn every_subscriber_on_every_shard_sees_each_room_once_in_order() {
     for &room in &rooms {
         for shard in 0..2 {
             for _ in 0..3 {
-                subs.push((room, engine.subscribe_on(shard, room, Some(0)).unwrap()));
+                subs.push((
+                    room,
+                    engine.subscribe_on(shard, room, Some(0)).wait().unwrap(),
+                ));
             }
         }
     }
@@ -148,6 +151,7 @@ fn subscribe_with_since_during_live_traffic_has_no_gap_and_no_duplicate() {
             k * 37,
             engine
                 .subscribe_on((k % 2) as usize, room, Some(k * 37))
+                .wait()
                 .unwrap(),
         ));
     }
@@ -164,8 +168,7 @@ fn subscribe_with_since_during_live_traffic_has_no_gap_and_no_duplicate() {
         }
     }
     // since = None: only what comes after.
-    let live = engine.subscribe_on(1, room, None).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    let live = engine.subscribe_on(1, room, None).wait().unwrap();
     engine.post(room, 1, "", "after").wait().unwrap();
     let got = collect(&live, 1);
     assert_eq!(seqs(&got), vec![601]);
@@ -185,7 +188,7 @@ fn idempotent_retries_edits_deletes_and_restart() {
     let b = engine.post(room, bob, "k1", "hi again").wait().unwrap();
     assert!(!a.duplicate && b.duplicate);
     assert_eq!((a.seq, a.ts_ms), (b.seq, b.ts_ms));
-    let sub = engine.subscribe(room, Some(1)).unwrap();
+    let sub = engine.subscribe(room, Some(1)).wait().unwrap();
     let c = engine.post(room, alice, "k2", "second").wait().unwrap();
     assert_eq!(c.seq, 2);
     // Bob may not edit Alice's message; Alice (room admin) may edit Bob's.
@@ -243,7 +246,7 @@ fn idempotent_retries_edits_deletes_and_restart() {
             (1, Some("moderated".into()))
         ]
     );
-    let sub = engine.subscribe(room, Some(0)).unwrap();
+    let sub = engine.subscribe(room, Some(0)).wait().unwrap();
     let got = collect(&sub, 3);
     assert_eq!(seqs(&got), vec![1, 2, 3]);
     assert_eq!(body(&got[0]), "moderated");
@@ -254,6 +257,48 @@ fn idempotent_retries_edits_deletes_and_restart() {
         Engine::start(config(dir.path(), 1)),
         Err(Error::Storage(_))
     ));
+}
+
+/// `subscribe` resolves only once the owner knows the subscriber's shard: a
+/// change made right after it, even to a message older than `since`, is
+/// always delivered (an edit sent straight to the owner cannot overtake the
+/// subscriber's registration).
+#[test]
+fn a_change_made_right_after_subscribe_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    // Without an fsync to wait for, an edit is fastest: the race is tight.
+    cfg.storage.durability = rookery_engine::storage::Durability::None;
+    let engine = Engine::start(cfg).unwrap();
+    let room = 11;
+    let author = 3;
+    engine.post(room, author, "", "original").wait().unwrap();
+    let remote = 1 - engine.shard_of(room);
+    // Rooms the remote shard does not own: subscribing to them first keeps
+    // that shard busy while the edit goes straight to the owner.
+    let others: Vec<u64> = (1000..)
+        .filter(|r| engine.shard_of(*r) != remote)
+        .take(500)
+        .collect();
+    for round in 0..50 {
+        let busy: Vec<_> = others
+            .iter()
+            .map(|r| engine.subscribe_on(remote, *r, Some(0)))
+            .collect();
+        let sub = engine.subscribe_on(remote, room, Some(1)).wait().unwrap();
+        let body = format!("edit {round}");
+        engine.edit(room, 1, author, &body).wait().unwrap();
+        let e = sub
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap_or_else(|| panic!("round {round}: the edit never arrived"));
+        assert_eq!((e.kind(), e.seq()), (EventKind::Edit, 1), "round {round}");
+        assert_eq!(self::body(&e), body);
+        for p in busy {
+            drop(p.wait().unwrap());
+        }
+    }
+    engine.shutdown().unwrap();
 }
 
 #[test]
@@ -269,9 +314,11 @@ fn a_stalled_subscriber_stays_bounded_then_gets_everything_in_order() {
     let room = 5;
     let stalled = engine
         .subscribe_on(1 - engine.shard_of(room), room, Some(0))
+        .wait()
         .unwrap();
     let fast = engine
         .subscribe_on(engine.shard_of(room), room, Some(0))
+        .wait()
         .unwrap();
     const N: u64 = 100_000;
     let posters: Vec<_> = (0..4u64)
@@ -323,7 +370,7 @@ fn a_stuck_subscriber_is_closed_as_slow_consumer() {
     cfg.volatile_queue_bytes_max = 4 << 10;
     cfg.stuck_timeout = Duration::from_millis(200);
     let engine = Engine::start(cfg).unwrap();
-    let sub = engine.subscribe(1, Some(0)).unwrap();
+    let sub = engine.subscribe(1, Some(0)).wait().unwrap();
     for i in 0..500 {
         engine
             .post(1, 1, "", &format!("message number {i} with some padding"))
@@ -352,7 +399,7 @@ fn calls_after_shutdown_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(config(dir.path(), 2)).unwrap();
     let other = engine.clone();
-    let sub = engine.subscribe(3, None).unwrap();
+    let sub = engine.subscribe(3, None).wait().unwrap();
     engine.shutdown().unwrap();
     assert!(matches!(
         other.post(3, 1, "", "late").wait(),
@@ -368,7 +415,10 @@ fn presence_is_per_user_across_shards_and_typing_is_rate_limited() {
     cfg.typing_interval = Duration::from_secs(60);
     let engine = Engine::start(cfg).unwrap();
     let room = 9;
-    let watcher = engine.subscribe_as(0, room, None, Some(100)).unwrap();
+    let watcher = engine
+        .subscribe_as(0, room, None, Some(100))
+        .wait()
+        .unwrap();
     let wait_online = |want: Vec<u64>| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -380,11 +430,12 @@ fn presence_is_per_user_across_shards_and_typing_is_rate_limited() {
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    wait_online(vec![100]);
+    // Once `subscribe` returns, the owner counts the user online.
+    assert_eq!(engine.online(room).wait().unwrap(), vec![100]);
     // User 7 connects twice, on both shards: one "online", one "offline".
-    let a = engine.subscribe_as(0, room, None, Some(7)).unwrap();
-    let b = engine.subscribe_as(1, room, None, Some(7)).unwrap();
-    wait_online(vec![7, 100]);
+    let a = engine.subscribe_as(0, room, None, Some(7)).wait().unwrap();
+    let b = engine.subscribe_as(1, room, None, Some(7)).wait().unwrap();
+    assert_eq!(engine.online(room).wait().unwrap(), vec![7, 100]);
     // Both are registered once both see a message posted now.
     let seq = engine.post(room, 1, "", "sync").wait().unwrap().seq;
     for s in [&a, &b] {
@@ -423,12 +474,9 @@ fn presence_is_per_user_across_shards_and_typing_is_rate_limited() {
     states.retain(|s| !s.starts_with("msg"));
     assert_eq!(
         states,
-        vec![
-            "presence:100:online",
-            "presence:7:online",
-            "presence:7:offline",
-            "typing:7:"
-        ],
+        // A subscriber's own arrival is announced before it is live, so
+        // it sees only the others'.
+        vec!["presence:7:online", "presence:7:offline", "typing:7:"],
         "first join and last leave only"
     );
     drop(watcher);
@@ -438,7 +486,10 @@ fn presence_is_per_user_across_shards_and_typing_is_rate_limited() {
 #[test]
 fn retention_through_the_engine_trims_history_and_replay() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    let mut cfg = config(dir.path(), 2);
+    // Without an fsync to wait for, an edit is fastest: the race is tight.
+    cfg.storage.durability = rookery_engine::storage::Durability::None;
+    let engine = Engine::start(cfg).unwrap();
     let room = 11;
     for i in 1..=30 {
         engine.post(room, 1, "", &format!("m{i}")).wait().unwrap();
@@ -461,7 +512,7 @@ fn retention_through_the_engine_trims_history_and_replay() {
         (21..=30).collect::<Vec<_>>()
     );
     // A subscriber asking for everything gets what is left, then live ones.
-    let sub = engine.subscribe(room, Some(0)).unwrap();
+    let sub = engine.subscribe(room, Some(0)).wait().unwrap();
     engine.post(room, 1, "", "m31").wait().unwrap();
     let got = collect(&sub, 11);
     assert_eq!(seqs(&got), (21..=31).collect::<Vec<_>>());

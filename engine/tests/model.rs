@@ -183,7 +183,7 @@ fn one_run(seed: u64, dir: &Path) {
                 } else {
                     Some(rng.gen_range(0..=last))
                 };
-                let sub = engine.subscribe_on(shard, room, since).unwrap();
+                let sub = engine.subscribe_on(shard, room, since).wait().unwrap();
                 watchers.push(Watcher {
                     sub,
                     room,
