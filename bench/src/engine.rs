@@ -192,7 +192,8 @@ fn one_run(
         local.add(l)?;
         cross.add(x)?;
     }
-    let (counters, latency) = engine.metrics()?;
+    let m = engine.metrics()?;
+    let (counters, latency) = (m.counters, m.latencies);
     engine.shutdown()?;
     let posts = posted.load(Ordering::Relaxed);
     let q = |h: &Histogram<u64>, p: f64| {

@@ -47,6 +47,12 @@ pub struct EngineConfig {
     /// the last release on crates.io); a wake-up from another thread
     /// unparks it, so a stall lasts at most this long. Default 5 ms.
     pub kick_interval: Duration,
+    /// Read receipts waiting for the receipt writer; `mark_read` fails with
+    /// [`crate::Error::Busy`] when the queue is full. Default 65,536.
+    pub receipt_queue_len_max: usize,
+    /// Receipts written in one `meta.redb` transaction at most. Default
+    /// 4,096.
+    pub receipt_batch_len_max: usize,
 }
 
 impl EngineConfig {
@@ -67,6 +73,8 @@ impl EngineConfig {
             preempt_timer: Duration::from_millis(100),
             kick_interval: Duration::from_millis(5),
             retention_interval: Duration::from_secs(60),
+            receipt_queue_len_max: 65_536,
+            receipt_batch_len_max: 4096,
         }
     }
 
@@ -97,6 +105,14 @@ impl EngineConfig {
         check(
             !self.lag_poll_interval.is_zero(),
             "lag_poll_interval must be > 0",
+        )?;
+        check(
+            self.receipt_queue_len_max >= 1,
+            "receipt_queue_len_max must be >= 1",
+        )?;
+        check(
+            self.receipt_batch_len_max >= 1,
+            "receipt_batch_len_max must be >= 1",
         )?;
         Ok(())
     }

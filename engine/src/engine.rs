@@ -18,9 +18,9 @@ use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Store};
 
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::shard::{
-    Command, HistoryPage, Latencies, NewSub, Peer, PostAck, Reply, Shard, ShardCounters,
-};
+use crate::metrics::{Metrics, ShardCounters};
+use crate::receipts::{self, Queued, WriterStats};
+use crate::shard::{Command, Common, HistoryPage, NewSub, Peer, PostAck, Reply, Shard};
 use crate::subscription::{SubShared, Subscription};
 
 /// The answer to an engine call, still on its way. `wait()` blocks the
@@ -54,6 +54,10 @@ struct Inner {
         )>,
     >,
     meta: Arc<Meta>,
+    /// The read-receipt writer's queue (shards hold clones) and thread.
+    receipts: flume::Sender<Queued>,
+    receipt_writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    receipt_stats: Arc<WriterStats>,
     next_sub: AtomicU64,
     next_shard: AtomicUsize,
     threads: Mutex<Option<PoolThreadHandles<()>>>,
@@ -79,16 +83,28 @@ impl Engine {
         ));
         let (ready_tx, ready_rx) = flume::unbounded::<Result<usize, String>>();
         let mesh = MeshBuilder::<Peer, _>::full(n, cfg.mesh_channel_len);
+        let receipt_stats = Arc::new(WriterStats::default());
+        let (receipts, receipt_writer) = receipts::spawn_writer(
+            store.meta().clone(),
+            cfg.receipt_queue_len_max,
+            cfg.receipt_batch_len_max,
+            receipt_stats.clone(),
+        )?;
         let shard_cfg = cfg.clone();
         let shard_store = store.clone();
+        let shard_receipts = receipts.clone();
         let threads = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(n, None))
             .name("rookery-shard")
             .io_memory(cfg.storage.io_memory_bytes)
             .preempt_timer(cfg.preempt_timer)
             .on_all_shards(move || {
+                let common = Common {
+                    meta: shard_store.meta().clone(),
+                    receipts: shard_receipts,
+                };
                 let (mesh, cfg, store, receivers, ready) =
                     (mesh, shard_cfg, shard_store, receivers, ready_tx);
-                async move { run_shard(mesh, cfg, store, receivers, ready).await }
+                async move { run_shard(mesh, cfg, store, common, receivers, ready).await }
             })
             .map_err(|e| Error::Start(e.to_string()))?;
         let mut failures = Vec::new();
@@ -105,6 +121,9 @@ impl Engine {
                 kicker: Mutex::new(Some(kicker)),
                 commands: senders,
                 meta: store.meta().clone(),
+                receipts,
+                receipt_writer: Mutex::new(Some(receipt_writer)),
+                receipt_stats,
                 next_sub: AtomicU64::new(1),
                 next_shard: AtomicUsize::new(0),
                 threads: Mutex::new(Some(threads)),
@@ -237,17 +256,28 @@ impl Engine {
         })
     }
 
-    /// Records that `user` has read `room` up to `seq` (never moves back).
-    pub fn mark_read(&self, room: u64, user: u64, seq: u64) -> Result<u64> {
-        let last = self.last_seq(room).wait()?;
-        self.inner.meta.advance_last_seq(&[(room, last)], false)?;
-        Ok(self.inner.meta.mark_read(room, user, seq)?)
+    /// Records that `user` has read `room` up to `seq`; resolves to the
+    /// stored receipt, `max(old, min(seq, last seq))` (a receipt never moves
+    /// back), once it is durable in `meta.redb`. Receipts are written in
+    /// batches by one thread (see `receipt_batch_len_max`); `Busy` when its
+    /// queue is full, `NotFound` for a room or user unknown to `meta`.
+    pub fn mark_read(&self, room: u64, user: u64, seq: u64) -> Pending<u64> {
+        self.call(self.shard_of(room), |reply| Command::MarkRead {
+            room,
+            user,
+            seq,
+            reply,
+        })
     }
 
-    /// Messages of `room` that `user` has not read: last seq − read seq.
-    pub fn unread(&self, room: u64, user: u64) -> Result<u64> {
-        let last = self.last_seq(room).wait()?;
-        Ok(last.saturating_sub(self.inner.meta.read_seq(room, user)?))
+    /// Messages of `room` that `user` has not read: the owner's last seq
+    /// minus the user's receipt (O(1): two point reads).
+    pub fn unread(&self, room: u64, user: u64) -> Pending<u64> {
+        self.call(self.shard_of(room), |reply| Command::Unread {
+            room,
+            user,
+            reply,
+        })
     }
 
     /// Subscribes to `room` on the next shard in turn: events with
@@ -327,19 +357,26 @@ impl Engine {
 
     /// Counters of every shard, summed.
     pub fn counters(&self) -> Result<ShardCounters> {
-        Ok(self.metrics()?.0)
+        Ok(self.metrics()?.counters)
     }
 
-    /// Counters summed and latency histograms merged over every shard.
-    pub fn metrics(&self) -> Result<(ShardCounters, Latencies)> {
-        let mut total = ShardCounters::default();
-        let mut latencies = Latencies::default();
-        for shard in 0..self.shards() {
-            let (c, l) = self.call(shard, |reply| Command::Stats { reply }).wait()?;
-            total.add(&c);
-            latencies.merge(&l);
+    /// Counters and gauges summed and latency histograms merged over every
+    /// shard.
+    pub fn metrics(&self) -> Result<Metrics> {
+        let mut m = Metrics::default();
+        let replies: Vec<_> = (0..self.shards())
+            .map(|s| self.call(s, |reply| Command::Stats { reply }))
+            .collect();
+        for r in replies {
+            let (c, g, l) = r.wait()?;
+            m.counters.add(&c);
+            m.gauges.add(&g);
+            m.latencies.merge(&l);
         }
-        Ok((total, latencies))
+        m.receipt_queue_len = self.inner.receipts.len() as u64;
+        m.receipts_written = self.inner.receipt_stats.written.load(Ordering::Relaxed);
+        m.receipt_batches = self.inner.receipt_stats.batches.load(Ordering::Relaxed);
+        Ok(m)
     }
 
     /// Graceful stop: every shard refuses new work, closes its
@@ -379,6 +416,18 @@ impl Engine {
                     first_err.get_or_insert(Error::Start(format!("shard thread: {e}")));
                 }
             }
+        }
+        // Every shard is gone: the receipts they queued are all ahead of
+        // this stop mark.
+        let writer = self
+            .inner
+            .receipt_writer
+            .lock()
+            .map_err(|_| Error::ShutDown)?
+            .take();
+        if let Some(writer) = writer {
+            let _ = self.inner.receipts.send(None);
+            let _ = writer.join();
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -421,6 +470,7 @@ async fn run_shard(
     mesh: MeshBuilder<Peer, glommio::channels::channel_mesh::Full>,
     cfg: EngineConfig,
     store: Arc<Store>,
+    common: Common,
     receivers: Arc<Mutex<Vec<Option<flume::Receiver<Command>>>>>,
     ready: flume::Sender<Result<usize, String>>,
 ) {
@@ -445,7 +495,7 @@ async fn run_shard(
     let n = cfg.storage.shards as usize;
     let poll = cfg.lag_poll_interval;
     let retention_every = cfg.retention_interval;
-    let shard = Shard::new(id, n, cfg, storage, store.meta().clone(), senders, done_tx);
+    let shard = Shard::new(id, n, cfg, storage, common, senders, done_tx);
     let mut loops = Vec::new();
     for (_, stream) in peers.streams() {
         let shard = shard.clone();

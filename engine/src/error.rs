@@ -22,6 +22,9 @@ pub enum Error {
     /// A rate limit refused the call (typing events).
     #[error("rate limited: {0}")]
     RateLimited(String),
+    /// A bounded queue is full (read receipts); retry later.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The engine is shutting down or has stopped.
     #[error("engine is shut down")]
     ShutDown,

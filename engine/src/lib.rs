@@ -33,6 +33,8 @@ mod config;
 mod engine;
 mod error;
 mod event;
+mod metrics;
+mod receipts;
 mod shard;
 mod subscription;
 
@@ -40,6 +42,7 @@ pub use config::EngineConfig;
 pub use engine::{Engine, Pending};
 pub use error::{Error, Result};
 pub use event::{Event, EventKind};
+pub use metrics::{Latencies, Metrics, ShardCounters, ShardGauges};
 pub use rookery_storage::{self as storage, Cursor, Order, Retention, RetentionReport};
-pub use shard::{HistoryPage, Latencies, PostAck, ShardCounters, StoredMessage};
+pub use shard::{HistoryPage, PostAck, StoredMessage};
 pub use subscription::Subscription;

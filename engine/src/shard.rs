@@ -37,6 +37,8 @@ use rookery_storage::{
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::metrics::{micros, Latencies, ShardCounters, ShardGauges};
+use crate::receipts::{Queued, Receipt};
 use crate::subscription::{SubShared, CLOSED_SHUTDOWN, CLOSED_SLOW};
 
 /// A reply channel for a command (works for blocking and async waiters).
@@ -119,6 +121,14 @@ pub(crate) struct NewSub {
     pub ready: Ready,
 }
 
+/// Engine-wide services every shard holds a handle to.
+pub(crate) struct Common {
+    /// Users, rooms, members and receipts.
+    pub meta: Arc<Meta>,
+    /// The queue of the read-receipt writer.
+    pub receipts: flume::Sender<Queued>,
+}
+
 /// Completes a caller's `subscribe`.
 pub(crate) type Ready = Box<dyn FnOnce(Result<()>) + Send>;
 
@@ -158,6 +168,17 @@ pub(crate) enum Command {
         room: u64,
         reply: Reply<u64>,
     },
+    MarkRead {
+        room: u64,
+        user: u64,
+        seq: u64,
+        reply: Reply<u64>,
+    },
+    Unread {
+        room: u64,
+        user: u64,
+        reply: Reply<u64>,
+    },
     Subscribe(NewSub),
     Online {
         room: u64,
@@ -167,7 +188,7 @@ pub(crate) enum Command {
         id: u64,
     },
     Stats {
-        reply: Reply<(ShardCounters, Latencies)>,
+        reply: Reply<(ShardCounters, ShardGauges, Latencies)>,
     },
     Shutdown {
         reply: Reply<()>,
@@ -212,86 +233,6 @@ pub(crate) enum Peer {
         head: u64,
         ok: bool,
     },
-}
-
-/// Per-shard counters (plain, updated on the shard, summed on read).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ShardCounters {
-    /// Messages posted (new, durable) on rooms this shard owns.
-    pub posts: u64,
-    /// Idempotent retries answered with the original seq.
-    pub duplicates: u64,
-    /// Events handed to local subscribers.
-    pub delivered: u64,
-    /// Events sent to other shards (each counts once per shard).
-    pub forwarded: u64,
-    /// Cross-shard messages sent (each may carry many events).
-    pub mesh_sends: u64,
-    /// Catch-up pages served from the tail cache.
-    pub cache_hits: u64,
-    /// Catch-up pages served from storage.
-    pub cache_misses: u64,
-    /// Times a subscriber became lagging.
-    pub lagged: u64,
-    /// Volatile events dropped for full subscribers.
-    pub volatile_dropped: u64,
-    /// Subscribers closed as slow consumers.
-    pub slow_closed: u64,
-}
-
-/// Latency histograms of a shard, in µs (hdrhistogram: a record is a few
-/// ns; merged across shards on read).
-#[derive(Debug, Clone)]
-pub struct Latencies {
-    /// Post accepted by the owner → durable (the storage append).
-    pub commit_us: hdrhistogram::Histogram<u64>,
-    /// Cross-shard hop: event queued for a peer → handed to that peer's
-    /// subscribers.
-    pub hop_us: hdrhistogram::Histogram<u64>,
-    /// Catch-up page: request → reply applied (pages served on the owner).
-    pub page_us: hdrhistogram::Histogram<u64>,
-}
-
-impl Default for Latencies {
-    fn default() -> Self {
-        let h =
-            || hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
-        Latencies {
-            commit_us: h(),
-            hop_us: h(),
-            page_us: h(),
-        }
-    }
-}
-
-impl Latencies {
-    /// Adds another shard's histograms into these.
-    pub fn merge(&mut self, other: &Latencies) {
-        let _ = self.commit_us.add(&other.commit_us);
-        let _ = self.hop_us.add(&other.hop_us);
-        let _ = self.page_us.add(&other.page_us);
-    }
-}
-
-/// Microseconds of a duration, at least 1 (the histograms' lower bound).
-fn micros(d: std::time::Duration) -> u64 {
-    (d.as_micros() as u64).max(1)
-}
-
-impl ShardCounters {
-    /// Adds another shard's counters into these.
-    pub fn add(&mut self, o: &ShardCounters) {
-        self.posts += o.posts;
-        self.duplicates += o.duplicates;
-        self.delivered += o.delivered;
-        self.forwarded += o.forwarded;
-        self.mesh_sends += o.mesh_sends;
-        self.cache_hits += o.cache_hits;
-        self.cache_misses += o.cache_misses;
-        self.lagged += o.lagged;
-        self.volatile_dropped += o.volatile_dropped;
-        self.slow_closed += o.slow_closed;
-    }
 }
 
 /// A room this shard owns.
@@ -343,6 +284,7 @@ pub(crate) struct Shard {
     cfg: EngineConfig,
     store: ShardStore,
     meta: Arc<Meta>,
+    receipts: flume::Sender<Queued>,
     senders: Senders<Peer>,
     owned: RefCell<HashMap<u64, Owned>>,
     local: RefCell<HashMap<u64, Vec<u64>>>,
@@ -373,7 +315,7 @@ impl Shard {
         n: usize,
         cfg: EngineConfig,
         store: ShardStore,
-        meta: Arc<Meta>,
+        common: Common,
         senders: Senders<Peer>,
         done: flume::Sender<()>,
     ) -> Rc<Shard> {
@@ -382,7 +324,8 @@ impl Shard {
             n,
             cfg,
             store,
-            meta,
+            meta: common.meta,
+            receipts: common.receipts,
             senders,
             owned: RefCell::default(),
             local: RefCell::default(),
@@ -486,12 +429,23 @@ impl Shard {
                     .detach();
             }
             Command::LastSeq { room, reply } => send(reply, Ok(self.store.last_seq(room))),
+            Command::MarkRead {
+                room,
+                user,
+                seq,
+                reply,
+            } => self.mark_read(room, user, seq, reply),
+            Command::Unread { room, user, reply } => send(reply, self.unread(room, user)),
             Command::Subscribe(new) => self.subscribe(new),
             Command::Online { room, reply } => send(reply, Ok(self.online(room))),
             Command::Unsubscribe { id } => self.unsubscribe(id),
             Command::Stats { reply } => send(
                 reply,
-                Ok((*self.counters.borrow(), self.latency.borrow().clone())),
+                Ok((
+                    *self.counters.borrow(),
+                    self.gauges(),
+                    self.latency.borrow().clone(),
+                )),
             ),
             Command::Tick => {}
             Command::SetRetention {
@@ -703,6 +657,58 @@ impl Shard {
             messages: page.items.iter().map(StoredMessage::from_item).collect(),
             next: page.next,
         })
+    }
+
+    /// The shard's gauges, computed now (walks subscribers and rooms; a
+    /// scrape does this once per shard).
+    fn gauges(&self) -> ShardGauges {
+        let subs = self.subs.borrow();
+        let owned = self.owned.borrow();
+        ShardGauges {
+            subscribers: subs.len() as u64,
+            lagging: self.lagging.borrow().len() as u64,
+            queued_bytes: subs
+                .values()
+                .map(|s| (s.shared.bytes.load(Ordering::Relaxed) + s.held_bytes) as u64)
+                .sum(),
+            outbox_messages: self.outbox.borrow().iter().map(|q| q.len() as u64).sum(),
+            rooms_loaded: owned.len() as u64,
+            tail_cache_events: owned.values().map(|o| o.tail.len() as u64).sum(),
+        }
+    }
+
+    // ---- read receipts ---------------------------------------------------
+
+    /// Owner side: hands the receipt, with the room's current last seq, to
+    /// the receipt writer, which answers `reply` after its batch commits.
+    fn mark_read(&self, room: u64, user: u64, seq: u64, reply: Reply<u64>) {
+        let last = self.store.last_seq(room);
+        let receipt = Receipt {
+            room,
+            user,
+            seq,
+            last,
+            reply,
+        };
+        match self.receipts.try_send(Some(receipt)) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(Some(r))) => {
+                self.counters.borrow_mut().receipts_refused += 1;
+                send(
+                    r.reply,
+                    Err(Error::Busy("the read-receipt queue is full".into())),
+                );
+            }
+            Err(flume::TrySendError::Disconnected(Some(r))) => send(r.reply, Err(Error::ShutDown)),
+            Err(_) => unreachable!("a receipt was sent"),
+        }
+    }
+
+    /// Owner side: the room's last seq minus the user's receipt (two
+    /// point reads).
+    fn unread(&self, room: u64, user: u64) -> Result<u64> {
+        let last = self.store.last_seq(room);
+        Ok(last.saturating_sub(self.meta.read_seq(room, user)?))
     }
 
     // ---- subscribers ----------------------------------------------------
@@ -1219,6 +1225,9 @@ fn refuse(cmd: Command) {
         | Command::Typing { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::History { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::LastSeq { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::MarkRead { reply, .. } | Command::Unread { reply, .. } => {
+            send(reply, Err(Error::ShutDown))
+        }
         Command::Stats { reply } => send(reply, Err(Error::ShutDown)),
         Command::Shutdown { reply } => send(reply, Ok(())),
         Command::Subscribe(NewSub { shared, ready, .. }) => {

@@ -106,8 +106,16 @@ fn every_subscriber_on_every_shard_sees_each_room_once_in_order() {
         );
         assert!(sub.try_recv().unwrap().is_none(), "no extra events");
     }
-    let (c, latency) = engine.metrics().unwrap();
+    let m = engine.metrics().unwrap();
+    let (c, latency) = (m.counters, m.latencies);
     assert_eq!(c.posts, 1200);
+    assert_eq!(m.gauges.subscribers, 36);
+    assert_eq!(
+        (m.gauges.lagging, m.gauges.queued_bytes),
+        (0, 0),
+        "all drained and live"
+    );
+    assert!(m.gauges.tail_cache_events > 0);
     assert_eq!(latency.commit_us.len(), 1200, "one commit latency per post");
     assert!(
         !latency.hop_us.is_empty(),
@@ -218,8 +226,14 @@ fn idempotent_retries_edits_deletes_and_restart() {
         vec![EventKind::Message, EventKind::Edit, EventKind::Delete]
     );
     drop(sub);
-    assert_eq!(engine.mark_read(room, bob, 1).unwrap(), 1);
-    assert_eq!(engine.unread(room, bob).unwrap(), 1);
+    assert_eq!(engine.mark_read(room, bob, 1).wait().unwrap(), 1);
+    assert_eq!(engine.unread(room, bob).wait().unwrap(), 1);
+    assert_eq!(
+        engine.mark_read(room, bob, 99).wait().unwrap(),
+        2,
+        "clamped"
+    );
+    assert_eq!(engine.unread(room, bob).wait().unwrap(), 0);
     engine.shutdown().unwrap();
     drop(meta); // the data dir stays locked while any handle to it lives
 
@@ -348,6 +362,11 @@ fn a_stalled_subscriber_stays_bounded_then_gets_everything_in_order() {
     }
     assert!(max_queued <= bound, "queued {max_queued} > bound {bound}");
     assert_eq!(fast_reader.join().unwrap(), (1..=N).collect::<Vec<_>>());
+    // The gauges see the stalled subscriber waiting with a bounded queue.
+    let g = engine.metrics().unwrap().gauges;
+    // (The fast one ended with its reader thread.)
+    assert_eq!((g.subscribers, g.lagging), (1, 1), "{g:?}");
+    assert!(g.queued_bytes <= bound as u64, "{g:?}");
     // The stalled one drains and receives every message, in order.
     let got = collect(&stalled, N as usize);
     assert_eq!(seqs(&got), (1..=N).collect::<Vec<_>>());
@@ -517,5 +536,89 @@ fn retention_through_the_engine_trims_history_and_replay() {
     let got = collect(&sub, 11);
     assert_eq!(seqs(&got), (21..=31).collect::<Vec<_>>());
     drop(sub);
+    engine.shutdown().unwrap();
+}
+
+/// Receipts are written in batches (one durable meta transaction for many
+/// callers), never move back, and a full writer queue refuses with `Busy`
+/// without losing the receipts it accepted.
+#[test]
+fn read_receipts_are_batched_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.receipt_queue_len_max = 8;
+    let engine = Engine::start(cfg).unwrap();
+    let meta = engine.meta().clone();
+    let owner = meta.ensure_external_user("owner", 0).unwrap();
+    let users: Vec<u64> = (0..200)
+        .map(|i| meta.ensure_external_user(&format!("u{i}"), 0).unwrap())
+        .collect();
+    let room = meta.create_room("receipts", false, owner, 0).unwrap();
+    for i in 0..10 {
+        engine
+            .post(room, owner, "", &format!("m{i}"))
+            .wait()
+            .unwrap();
+    }
+    // Everyone marks seq 1..=10 at once, from 4 threads, without waiting.
+    let outcomes: Vec<(u64, u64, Result<u64, Error>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = users
+            .chunks(50)
+            .map(|chunk| {
+                let engine = engine.clone();
+                s.spawn(move || {
+                    let pending: Vec<_> = chunk
+                        .iter()
+                        .flat_map(|&u| (1..=10).map(move |seq| (u, seq)))
+                        .map(|(u, seq)| (u, seq, engine.mark_read(room, u, seq)))
+                        .collect();
+                    pending
+                        .into_iter()
+                        .map(|(u, seq, p)| (u, seq, p.wait()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let busy = outcomes
+        .iter()
+        .filter(|o| matches!(o.2, Err(Error::Busy(_))))
+        .count();
+    let mut best: HashMap<u64, u64> = HashMap::new();
+    for (u, seq, r) in &outcomes {
+        match r {
+            Ok(stored) => {
+                assert!(stored >= seq, "a receipt never moves back");
+                let b = best.entry(*u).or_default();
+                *b = (*b).max(*stored);
+            }
+            Err(Error::Busy(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    let m = engine.metrics().unwrap();
+    assert_eq!(m.counters.receipts_refused, busy as u64);
+    assert!(busy > 0, "a queue of 8 overflows under 2,000 receipts");
+    assert!(
+        m.receipt_batches < m.receipts_written,
+        "batched: {} receipts in {} transactions",
+        m.receipts_written,
+        m.receipt_batches
+    );
+    // What was acknowledged is stored, and unread follows it.
+    for (u, b) in &best {
+        assert_eq!(meta.read_seq(room, *u).unwrap(), *b);
+        assert_eq!(engine.unread(room, *u).wait().unwrap(), 10 - b);
+    }
+    // Unknown rooms (for meta) and users are refused, not stored.
+    assert!(matches!(
+        engine.mark_read(room + 1000, owner, 1).wait(),
+        Err(Error::Storage(_)) | Err(Error::NotFound(_))
+    ));
+    drop(meta);
     engine.shutdown().unwrap();
 }

@@ -431,20 +431,7 @@ impl Meta {
         } else {
             Durability::None
         };
-        self.write_with(durability, |txn| {
-            let mut rooms = txn.open_table(ROOMS)?;
-            for &(id, seq) in updates {
-                let (name, private, creator, created) = match rooms.get(id)? {
-                    Some(row) if seq > row.value().4 => {
-                        let (name, private, creator, created, _) = row.value();
-                        (name.to_owned(), private, creator, created)
-                    }
-                    _ => continue,
-                };
-                rooms.insert(id, (name.as_str(), private, creator, created, seq))?;
-            }
-            Ok(())
-        })
+        self.write_with(durability, |txn| raise_last_seqs(txn, updates))
     }
 
     /// Stores a room's retention limits (0 = unlimited), durably.
@@ -604,6 +591,38 @@ impl Meta {
                 receipts.insert((room, user), new)?;
             }
             Ok(new)
+        })
+    }
+
+    /// Records many receipts in one durable transaction (how the engine
+    /// batches them). Each `(room, user, seq, last_seq)` first raises the
+    /// room's stored `last_seq` to `last_seq` (the owner's in-memory value,
+    /// which the index thread may not have written yet), then stores
+    /// `max(old, min(seq, last_seq))`. Each item gets its own outcome: an
+    /// unknown room or user is `NotFound` for that item only.
+    pub fn mark_read_many(&self, items: &[(u64, u64, u64, u64)]) -> Result<Vec<Result<u64>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raise: Vec<(u64, u64)> = items.iter().map(|i| (i.0, i.3)).collect();
+        self.write(|txn| {
+            raise_last_seqs(txn, &raise)?;
+            let (rooms, users) = (txn.open_table(ROOMS)?, txn.open_table(USERS)?);
+            let mut receipts = txn.open_table(RECEIPTS)?;
+            let mut out = Vec::with_capacity(items.len());
+            for &(room, user, seq, _) in items {
+                let step = receipt_step(&rooms, &users, &receipts, room, user, seq);
+                let stored = match step {
+                    Ok((old, new)) if new != old => receipts.insert((room, user), new).map(|_| new),
+                    Ok((old, _)) => Ok(old),
+                    Err(e) => {
+                        out.push(Err(e));
+                        continue;
+                    }
+                };
+                out.push(Ok(stored?));
+            }
+            Ok(out)
         })
     }
 
@@ -802,6 +821,23 @@ fn receipt_step(
     require_user(users, user)?;
     let old = receipt(receipts, room, user)?;
     Ok((old, old.max(seq.min(last))))
+}
+
+/// Raises each room's `last_seq` to the given seq if that is higher;
+/// unknown rooms are ignored.
+fn raise_last_seqs(txn: &WriteTransaction, updates: &[(u64, u64)]) -> Result<()> {
+    let mut rooms = txn.open_table(ROOMS)?;
+    for &(id, seq) in updates {
+        let (name, private, creator, created) = match rooms.get(id)? {
+            Some(row) if seq > row.value().4 => {
+                let (name, private, creator, created, _) = row.value();
+                (name.to_owned(), private, creator, created)
+            }
+            _ => continue,
+        };
+        rooms.insert(id, (name.as_str(), private, creator, created, seq))?;
+    }
+    Ok(())
 }
 
 /// Hands out the next id of `counter`.
@@ -1079,6 +1115,32 @@ mod tests {
         meta.import_receipt(room, alice, 40).unwrap();
         meta.import_receipt(room, alice, 20).unwrap();
         assert_eq!(meta.receipts().unwrap(), [(room, alice, 40)]);
+    }
+
+    #[test]
+    fn receipts_in_a_batch_have_their_own_outcomes() {
+        let (_dir, meta) = fresh();
+        let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+        let room = meta.create_room("r", false, alice, 1).unwrap();
+        let out = meta
+            .mark_read_many(&[
+                (room, alice, 5, 8), // raises last_seq to 8, stores 5
+                (room, bob, 50, 8),  // clamped to 8
+                (99, alice, 1, 1),   // unknown room
+                (room, 99, 1, 8),    // unknown user
+                (room, alice, 3, 8), // never backwards
+            ])
+            .unwrap();
+        assert_eq!(out.len(), 5);
+        assert_eq!(*out[0].as_ref().unwrap(), 5);
+        assert_eq!(*out[1].as_ref().unwrap(), 8);
+        assert!(matches!(out[2], Err(Error::NotFound(_))));
+        assert!(matches!(out[3], Err(Error::NotFound(_))));
+        assert_eq!(*out[4].as_ref().unwrap(), 5);
+        assert_eq!(meta.room(room).unwrap().unwrap().last_seq, 8);
+        assert_eq!(meta.unread(room, alice).unwrap(), 3);
+        assert_eq!(meta.unread(room, bob).unwrap(), 0);
+        assert!(meta.mark_read_many(&[]).unwrap().is_empty());
     }
 
     #[test]

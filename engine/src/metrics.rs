@@ -1,0 +1,136 @@
+//! The engine's metrics hooks: per-shard counters, gauges and latency
+//! histograms. Each shard updates its own (plain fields behind a `RefCell`,
+//! no atomics, no locks: a counter update is an add, a latency record a
+//! few ns); [`crate::Engine::metrics`] asks every shard for a copy and sums
+//! or merges them on read.
+
+/// Per-shard counters (plain, updated on the shard, summed on read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    /// Messages posted (new, durable) on rooms this shard owns.
+    pub posts: u64,
+    /// Idempotent retries answered with the original seq.
+    pub duplicates: u64,
+    /// Events handed to local subscribers.
+    pub delivered: u64,
+    /// Events sent to other shards (each counts once per shard).
+    pub forwarded: u64,
+    /// Cross-shard messages sent (each may carry many events).
+    pub mesh_sends: u64,
+    /// Read receipts refused because the writer's queue was full.
+    pub receipts_refused: u64,
+    /// Catch-up pages served from the tail cache.
+    pub cache_hits: u64,
+    /// Catch-up pages served from storage.
+    pub cache_misses: u64,
+    /// Times a subscriber became lagging.
+    pub lagged: u64,
+    /// Volatile events dropped for full subscribers.
+    pub volatile_dropped: u64,
+    /// Subscribers closed as slow consumers.
+    pub slow_closed: u64,
+}
+
+/// Latency histograms of a shard, in µs (hdrhistogram: a record is a few
+/// ns; merged across shards on read).
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// Post accepted by the owner → durable (the storage append).
+    pub commit_us: hdrhistogram::Histogram<u64>,
+    /// Cross-shard hop: event queued for a peer → handed to that peer's
+    /// subscribers.
+    pub hop_us: hdrhistogram::Histogram<u64>,
+    /// Catch-up page: request → reply applied (pages served on the owner).
+    pub page_us: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        let h =
+            || hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
+        Latencies {
+            commit_us: h(),
+            hop_us: h(),
+            page_us: h(),
+        }
+    }
+}
+
+impl Latencies {
+    /// Adds another shard's histograms into these.
+    pub fn merge(&mut self, other: &Latencies) {
+        let _ = self.commit_us.add(&other.commit_us);
+        let _ = self.hop_us.add(&other.hop_us);
+        let _ = self.page_us.add(&other.page_us);
+    }
+}
+
+/// Microseconds of a duration, at least 1 (the histograms' lower bound).
+pub(crate) fn micros(d: std::time::Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+impl ShardCounters {
+    /// Adds another shard's counters into these.
+    pub fn add(&mut self, o: &ShardCounters) {
+        self.posts += o.posts;
+        self.duplicates += o.duplicates;
+        self.delivered += o.delivered;
+        self.forwarded += o.forwarded;
+        self.mesh_sends += o.mesh_sends;
+        self.cache_hits += o.cache_hits;
+        self.cache_misses += o.cache_misses;
+        self.lagged += o.lagged;
+        self.volatile_dropped += o.volatile_dropped;
+        self.slow_closed += o.slow_closed;
+        self.receipts_refused += o.receipts_refused;
+    }
+}
+
+/// Per-shard gauges: values right now, summed over shards on read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardGauges {
+    /// Subscriptions hosted.
+    pub subscribers: u64,
+    /// Subscriptions not live (catching up from the cache or the log).
+    pub lagging: u64,
+    /// Bytes of events queued for subscribers and not yet received, plus
+    /// edits and deletes held for lagging ones.
+    pub queued_bytes: u64,
+    /// Cross-shard messages waiting in this shard's outboxes.
+    pub outbox_messages: u64,
+    /// Rooms this shard owns that are loaded.
+    pub rooms_loaded: u64,
+    /// Encoded events held in the owned rooms' tail caches.
+    pub tail_cache_events: u64,
+}
+
+impl ShardGauges {
+    /// Adds another shard's gauges into these.
+    pub fn add(&mut self, o: &ShardGauges) {
+        self.subscribers += o.subscribers;
+        self.lagging += o.lagging;
+        self.queued_bytes += o.queued_bytes;
+        self.outbox_messages += o.outbox_messages;
+        self.rooms_loaded += o.rooms_loaded;
+        self.tail_cache_events += o.tail_cache_events;
+    }
+}
+
+/// Everything [`crate::Engine::metrics`] reports: counters and gauges
+/// summed, histograms merged over every shard.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// Summed counters.
+    pub counters: ShardCounters,
+    /// Summed gauges.
+    pub gauges: ShardGauges,
+    /// Merged latency histograms.
+    pub latencies: Latencies,
+    /// Read receipts waiting for the receipt writer (engine-wide gauge).
+    pub receipt_queue_len: u64,
+    /// Read receipts written (engine-wide counter).
+    pub receipts_written: u64,
+    /// Transactions the receipt writer committed (engine-wide counter).
+    pub receipt_batches: u64,
+}
