@@ -39,10 +39,13 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    for target in rookery_storage::SILENCED_LOG_TARGETS {
+        filter = filter.add_directive(format!("{target}=off").parse()?);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {

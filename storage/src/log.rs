@@ -355,3 +355,29 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))
 }
+
+/// Makes this executor put the log's O_DIRECT I/O on glommio's main ring
+/// rather than its poll (IOPOLL) ring.
+///
+/// glommio 0.9.0 decides per device and per executor thread, on the first
+/// `DmaFile` it opens there, by trying a polled read; where that read
+/// succeeds (it does on virtio disks whose queues cannot be polled), every
+/// later read and write of that device goes to the poll ring, and while one
+/// is in flight the executor never sleeps: it spins through its reactor,
+/// re-arming and cancelling timers, about a million times a second. Measured
+/// here: with writes in flight all the time (`batch`/`none` durability)
+/// both shards spun at 100% CPU and answered posts seconds late. The probe
+/// cannot be turned off, but its answer is cached: opening a write-only
+/// file first makes the probe's read fail, which glommio records as "no
+/// polling for this device" (and says so in one log line).
+pub(crate) async fn keep_off_poll_ring(dir: &Path) -> Result<()> {
+    let path = dir.join(".iopoll-probe");
+    std::fs::write(&path, [0u8; BLOCK]).map_err(|e| Error::io(&path, e))?;
+    let opened = OpenOptions::new().write(true).dma_open(&path).await;
+    let _ = std::fs::remove_file(&path);
+    let file = opened.map_err(|e| glommio_err("opening", &path, e))?;
+    file.close()
+        .await
+        .map_err(|e| glommio_err("closing", &path, e))?;
+    Ok(())
+}

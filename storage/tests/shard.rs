@@ -514,3 +514,25 @@ fn keys_of_a_new_rooms_first_pending_messages_are_remembered() {
         shard.close().await.unwrap();
     });
 }
+
+/// The log's O_DIRECT I/O stays off glommio's poll (IOPOLL) ring: with a
+/// write in flight there an executor never sleeps (it spun at 100% CPU and
+/// answered seconds late in `batch`/`none` mode; see `keep_off_poll_ring`).
+#[test]
+fn log_io_goes_through_the_main_ring_not_the_poll_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.durability = Durability::None;
+    run(move || async move {
+        let store = open(&cfg);
+        let shard = store.open_shard(0).await.unwrap();
+        for i in 0..100u64 {
+            shard.append_message(1, 1, "", i, "body").await.unwrap();
+        }
+        shard.close().await.unwrap();
+        let stats = glommio::executor().io_stats();
+        assert_eq!(stats.poll_ring.file_writes().0, 0, "{stats:?}");
+        assert_eq!(stats.poll_ring.file_reads().0, 0, "{stats:?}");
+        assert!(stats.main_ring.file_writes().0 > 0, "{stats:?}");
+    });
+}

@@ -128,17 +128,10 @@ impl ShardStore {
                 if closing {
                     break;
                 }
-                let wait = inner.wake_committer.notified();
-                let timeout = glommio::timer::sleep(interval);
-                future::or(wait, async {
-                    timeout.await;
-                })
-                .await;
-                if inner.st.borrow().dirty_rooms.is_empty() || last_checkpoint.elapsed() < interval
-                {
-                    continue;
-                }
-                inner.st.borrow_mut().checkpoint_requested = true;
+                // Appends and the checkpoint ticker wake us. (A timer per
+                // idle wait cost an io_uring timeout and its cancellation per
+                // small batch; under load that starved the reactor.)
+                inner.wake_committer.notified().await;
                 continue;
             }
             if has_work {
@@ -424,5 +417,31 @@ impl ShardStore {
         drop(q);
         signal.complete(Err(reason));
         self.inner.st.borrow_mut().checkpoint_requested = false;
+    }
+}
+
+/// Asks the committer for a checkpoint every `checkpoint_interval_ms` while
+/// some room has unindexed changes: one long-lived timer per shard.
+pub(super) async fn checkpoint_ticker(inner: std::rc::Weak<Inner>) {
+    let Some(interval) = inner
+        .upgrade()
+        .map(|i| Duration::from_millis(i.cfg.checkpoint_interval_ms))
+    else {
+        return;
+    };
+    loop {
+        glommio::timer::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut st = inner.st.borrow_mut();
+        if st.closing {
+            return;
+        }
+        if !st.dirty_rooms.is_empty() {
+            st.checkpoint_requested = true;
+            drop(st);
+            inner.wake_committer.notify();
+        }
     }
 }

@@ -30,7 +30,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::future;
 use memmap2::Mmap;
 use redb::Database;
 
@@ -369,6 +368,7 @@ impl ShardStore {
         let shard_dir = cfg.data_dir.join(format!("shard-{shard}"));
         let log_dir = shard_dir.join("log");
         std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(&log_dir, e))?;
+        crate::log::keep_off_poll_ring(&log_dir).await?;
         let db = Arc::new(index::open_db(
             &shard_dir.join("index.redb"),
             cfg.index_cache_bytes,
@@ -453,6 +453,9 @@ impl ShardStore {
         };
         let committer = glommio::spawn_local(store.clone().committer(writer)).detach();
         store.inner.tasks.borrow_mut().push(committer);
+        // Not awaited at close: it holds no strong reference and ends at its
+        // next tick once the shard is closing or gone.
+        glommio::spawn_local(commit::checkpoint_ticker(Rc::downgrade(&store.inner))).detach();
         // Make the recovered state durable before serving.
         store.checkpoint_now().await?;
         Ok(store)
