@@ -45,4 +45,21 @@ assert r["sqlite"]["appends_per_sec"] > 0 and r["ratio_appends"] > 0
 print("bench smoke: report has every field")
 PY
 
+step "bench smoke: rookery-bench engine (a few seconds)"
+cargo run --locked -q -p rookery-bench -- engine \
+    --dir "$smoke_dir/engine" --seconds 0.3 --json "$smoke_dir/engine.json"
+python3 - "$smoke_dir/engine.json" <<'PY'
+import json, sys
+runs = json.load(open(sys.argv[1]))["runs"]
+assert {(r["scenario"], r["shards"], r["durability"]) for r in runs} == {
+    (s, n, d) for s in ("fanout", "rooms") for n in (1, 2) for d in ("none", "sync")}
+for r in runs:
+    for key in ("posts_per_sec", "delivered_per_sec", "post_to_deliver_p99_us"):
+        assert r[key] > 0, (key, r)
+    # Every subscriber got every post made in the run (none were lost).
+    assert r["delivered"] == r["posts"] * r["subscribers"] // r["rooms"], r
+print("bench smoke: engine report has every field, nothing lost")
+PY
+
 printf '\n==> all tests passed\n'
+

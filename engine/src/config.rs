@@ -47,6 +47,10 @@ pub struct EngineConfig {
     /// the last release on crates.io); a wake-up from another thread
     /// unparks it, so a stall lasts at most this long. Default 5 ms.
     pub kick_interval: Duration,
+    /// How long an idle shard spins before it parks in the kernel. A parked
+    /// shard takes ~100 µs to wake for a cross-shard message (STACK-NOTES);
+    /// spinning trades CPU for that latency. Default 0 (park at once).
+    pub spin_before_park: Duration,
     /// Read receipts waiting for the receipt writer; `mark_read` fails with
     /// [`crate::Error::Busy`] when the queue is full. Default 65,536.
     pub receipt_queue_len_max: usize,
@@ -72,6 +76,7 @@ impl EngineConfig {
             typing_interval: Duration::from_secs(1),
             preempt_timer: Duration::from_millis(100),
             kick_interval: Duration::from_millis(5),
+            spin_before_park: Duration::ZERO,
             retention_interval: Duration::from_secs(60),
             receipt_queue_len_max: 65_536,
             receipt_batch_len_max: 4096,

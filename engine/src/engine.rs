@@ -19,9 +19,9 @@ use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Store};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ShardCounters};
-use crate::receipts::{self, Queued, WriterStats};
+use crate::receipts::{self, ToWriter, WriterStats};
 use crate::shard::{Command, Common, HistoryPage, NewSub, Peer, PostAck, Reply, Shard};
-use crate::subscription::{SubShared, Subscription};
+use crate::subscription::{Inbox, InboxKey, SubShared, Subscription, CLOSED_SHUTDOWN};
 
 /// The answer to an engine call, still on its way. `wait()` blocks the
 /// calling thread; `.await` works on any executor.
@@ -29,6 +29,18 @@ use crate::subscription::{SubShared, Subscription};
 pub struct Pending<T>(flume::Receiver<Result<T>>);
 
 impl<T: Send + 'static> Pending<T> {
+    /// A reply that is already known.
+    pub(crate) fn ready(result: Result<T>) -> Pending<T> {
+        let (tx, rx) = flume::bounded(1);
+        let _ = tx.send(result);
+        Pending(rx)
+    }
+
+    /// Whether the reply has arrived (`wait` would not block).
+    pub fn is_ready(&self) -> bool {
+        !self.0.is_empty() || self.0.is_disconnected()
+    }
+
     /// Blocks until the reply arrives.
     pub fn wait(self) -> Result<T> {
         self.0.recv().unwrap_or(Err(Error::ShutDown))
@@ -55,7 +67,7 @@ struct Inner {
     >,
     meta: Arc<Meta>,
     /// The read-receipt writer's queue (shards hold clones) and thread.
-    receipts: flume::Sender<Queued>,
+    receipts: flume::Sender<ToWriter>,
     receipt_writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     receipt_stats: Arc<WriterStats>,
     next_sub: AtomicU64,
@@ -97,6 +109,7 @@ impl Engine {
             .name("rookery-shard")
             .io_memory(cfg.storage.io_memory_bytes)
             .preempt_timer(cfg.preempt_timer)
+            .spin_before_park(cfg.spin_before_park)
             .on_all_shards(move || {
                 let common = Common {
                     meta: shard_store.meta().clone(),
@@ -280,6 +293,45 @@ impl Engine {
         })
     }
 
+    /// An inbox on the next shard in turn: one consumer for the events of
+    /// many subscriptions (see [`Inbox`]).
+    pub fn inbox(&self) -> Inbox {
+        let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards();
+        self.open_inbox(shard)
+    }
+
+    /// An inbox on a chosen shard (where a connection would live).
+    pub fn inbox_on(&self, shard: usize) -> Result<Inbox> {
+        if shard >= self.shards() {
+            return Err(Error::InvalidInput(format!(
+                "shard {shard} of {}",
+                self.shards()
+            )));
+        }
+        Ok(self.open_inbox(shard))
+    }
+
+    fn open_inbox(&self, shard: usize) -> Inbox {
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = flume::unbounded();
+        let shared = Arc::new(SubShared::default());
+        let open = Command::OpenInbox {
+            id,
+            tx,
+            shared: shared.clone(),
+        };
+        if self.inner.commands[shard].send(open).is_err() {
+            shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release);
+        }
+        Inbox {
+            id,
+            shard,
+            rx,
+            shared,
+            engine: self.clone(),
+        }
+    }
+
     /// Subscribes to `room` on the next shard in turn: events with
     /// `seq > since` are replayed first (none when `since` is `None`), then
     /// live ones follow, with no gap and no duplicate. Resolves once the
@@ -312,47 +364,54 @@ impl Engine {
         since: Option<u64>,
         user: Option<u64>,
     ) -> Pending<Subscription> {
-        let (reply, rx) = flume::bounded(1);
-        if shard >= self.shards() {
-            let _ = reply.send(Err(Error::InvalidInput(format!(
-                "shard {shard} of {}",
-                self.shards()
-            ))));
-            return Pending(rx);
-        }
-        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        let (tx, events) = flume::unbounded();
-        let shared = Arc::new(SubShared::default());
-        let sub = Subscription {
-            id,
-            shard,
-            room,
-            rx: events,
-            shared: shared.clone(),
-            engine: self.clone(),
+        let inbox = match self.inbox_on(shard) {
+            Ok(inbox) => inbox,
+            Err(e) => return Pending::ready(Err(e)),
         };
+        let key = inbox.key();
+        self.subscribe_into(key, room, since, user, move |_| Subscription {
+            inbox,
+            room,
+        })
+    }
+
+    /// Registers a subscription into an inbox; `make` turns its id into
+    /// what the caller gets once the owner has answered.
+    pub(crate) fn subscribe_into<T: Send + 'static>(
+        &self,
+        inbox: InboxKey,
+        room: u64,
+        since: Option<u64>,
+        user: Option<u64>,
+        make: impl FnOnce(u64) -> T + Send + 'static,
+    ) -> Pending<T> {
+        let (reply, rx) = flume::bounded(1);
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         // The shard calls this once the owner has answered; dropping it
-        // unanswered (shutdown) drops the subscription and `wait` sees
-        // `ShutDown`.
+        // unanswered (shutdown) makes `wait` see `ShutDown`.
         let ready = Box::new(move |r: Result<()>| {
-            let _ = reply.send(r.map(|()| sub));
+            let _ = reply.send(r.map(|()| make(id)));
         });
         let cmd = Command::Subscribe(NewSub {
             id,
+            inbox: inbox.id,
             room,
             since,
             user,
-            tx,
-            shared,
+            shared: inbox.shared,
             ready,
         });
         // On a closed queue the command (and the reply inside) is dropped.
-        let _ = self.inner.commands[shard].send(cmd);
+        let _ = self.inner.commands[inbox.shard].send(cmd);
         Pending(rx)
     }
 
     pub(crate) fn unsubscribe(&self, shard: usize, id: u64) {
         let _ = self.inner.commands[shard].send(Command::Unsubscribe { id });
+    }
+
+    pub(crate) fn close_inbox(&self, shard: usize, inbox: u64) {
+        let _ = self.inner.commands[shard].send(Command::CloseInbox { inbox });
     }
 
     /// Counters of every shard, summed.

@@ -45,4 +45,4 @@ pub use event::{Event, EventKind};
 pub use metrics::{Latencies, Metrics, ShardCounters, ShardGauges};
 pub use rookery_storage::{self as storage, Cursor, Order, Retention, RetentionReport};
 pub use shard::{HistoryPage, PostAck, StoredMessage};
-pub use subscription::Subscription;
+pub use subscription::{Delivery, Inbox, Subscription};

@@ -29,7 +29,7 @@ pub(crate) struct Receipt {
 
 /// What the writer's queue carries: a receipt, or `None` to stop after
 /// everything queued before it.
-pub(crate) type Queued = Option<Receipt>;
+pub(crate) type ToWriter = Option<Receipt>;
 
 /// The writer's counters.
 #[derive(Debug, Default)]
@@ -46,8 +46,8 @@ pub(crate) fn spawn_writer(
     queue_len_max: usize,
     batch_len_max: usize,
     stats: Arc<WriterStats>,
-) -> Result<(flume::Sender<Queued>, JoinHandle<()>)> {
-    let (tx, rx) = flume::bounded::<Queued>(queue_len_max);
+) -> Result<(flume::Sender<ToWriter>, JoinHandle<()>)> {
+    let (tx, rx) = flume::bounded::<ToWriter>(queue_len_max);
     let handle = std::thread::Builder::new()
         .name("rookery-receipts".into())
         .spawn(move || {

@@ -38,8 +38,8 @@ use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::metrics::{micros, Latencies, ShardCounters, ShardGauges};
-use crate::receipts::{Queued, Receipt};
-use crate::subscription::{SubShared, CLOSED_SHUTDOWN, CLOSED_SLOW};
+use crate::receipts::{Receipt, ToWriter};
+use crate::subscription::{Delivery, SubShared, CLOSED_SHUTDOWN, CLOSED_SLOW};
 
 /// A reply channel for a command (works for blocking and async waiters).
 pub(crate) type Reply<T> = flume::Sender<Result<T>>;
@@ -109,12 +109,14 @@ pub struct HistoryPage {
 /// A subscription to register on a shard.
 pub(crate) struct NewSub {
     pub id: u64,
+    /// The inbox it delivers into (one consumer, many subscriptions).
+    pub inbox: u64,
     pub room: u64,
     /// Replay messages after this seq; `None`: live ones only.
     pub since: Option<u64>,
     /// Whose presence it carries.
     pub user: Option<u64>,
-    pub tx: flume::Sender<Event>,
+    /// The inbox's shared state (to tell why, if the inbox is gone).
     pub shared: Arc<SubShared>,
     /// Called once the owner has registered the subscriber's shard: from
     /// then on every change to the room reaches the subscription.
@@ -126,7 +128,7 @@ pub(crate) struct Common {
     /// Users, rooms, members and receipts.
     pub meta: Arc<Meta>,
     /// The queue of the read-receipt writer.
-    pub receipts: flume::Sender<Queued>,
+    pub receipts: flume::Sender<ToWriter>,
 }
 
 /// Completes a caller's `subscribe`.
@@ -186,6 +188,16 @@ pub(crate) enum Command {
     },
     Unsubscribe {
         id: u64,
+    },
+    /// A consumer's channel: subscriptions name it by `id`.
+    OpenInbox {
+        id: u64,
+        tx: flume::Sender<Delivery>,
+        shared: Arc<SubShared>,
+    },
+    /// Ends every subscription of an inbox (its consumer is gone).
+    CloseInbox {
+        inbox: u64,
     },
     Stats {
         reply: Reply<(ShardCounters, ShardGauges, Latencies)>,
@@ -257,10 +269,15 @@ enum SubState {
 
 /// A subscriber hosted on this shard.
 struct Sub {
+    id: u64,
+    inbox: u64,
     room: u64,
     /// Whose presence this subscription carries, if anyone's.
     user: Option<u64>,
-    tx: flume::Sender<Event>,
+    tx: flume::Sender<Delivery>,
+    /// Its inbox's queued bytes (the consumer subtracts what it takes) and
+    /// close reason: the bound is per consumer (one connection), lagging
+    /// is per subscription (per room).
     shared: Arc<SubShared>,
     /// Next seq to deliver; 0 = "start at the head" (no replay).
     next_seq: u64,
@@ -277,6 +294,15 @@ struct Sub {
     progress_bytes: usize,
 }
 
+/// An open inbox: the channel its subscriptions deliver into.
+struct InboxEntry {
+    /// Every subscription holds a clone; with the last one gone (the inbox
+    /// closed) the consumer's channel disconnects.
+    tx: flume::Sender<Delivery>,
+    shared: Arc<SubShared>,
+    subs: Vec<u64>,
+}
+
 /// One shard's runtime state. Lives on its executor (`Rc`).
 pub(crate) struct Shard {
     pub id: usize,
@@ -284,11 +310,13 @@ pub(crate) struct Shard {
     cfg: EngineConfig,
     store: ShardStore,
     meta: Arc<Meta>,
-    receipts: flume::Sender<Queued>,
+    receipts: flume::Sender<ToWriter>,
     senders: Senders<Peer>,
     owned: RefCell<HashMap<u64, Owned>>,
     local: RefCell<HashMap<u64, Vec<u64>>>,
     subs: RefCell<HashMap<u64, Sub>>,
+    /// Open inboxes hosted here.
+    inboxes: RefCell<HashMap<u64, InboxEntry>>,
     lagging: RefCell<BTreeSet<u64>>,
     /// (room, user) -> subscriptions on this shard carrying that presence.
     present: RefCell<HashMap<(u64, u64), u32>>,
@@ -330,6 +358,7 @@ impl Shard {
             owned: RefCell::default(),
             local: RefCell::default(),
             subs: RefCell::default(),
+            inboxes: RefCell::default(),
             lagging: RefCell::default(),
             present: RefCell::default(),
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
@@ -355,9 +384,9 @@ impl Shard {
     /// storage (which checkpoints), then let the executor exit.
     async fn shutdown(&self) -> Result<()> {
         self.closing.set(true);
-        let ids: Vec<u64> = self.subs.borrow().keys().copied().collect();
-        for id in ids {
-            self.close_sub(id, CLOSED_SHUTDOWN);
+        let inboxes: Vec<u64> = self.inboxes.borrow().keys().copied().collect();
+        for inbox in inboxes {
+            self.close_inbox(inbox, Some(CLOSED_SHUTDOWN));
         }
         let result = self.store.close().await;
         // Ends the peers' receive loops (they hold this shard) and ours end
@@ -439,6 +468,15 @@ impl Shard {
             Command::Subscribe(new) => self.subscribe(new),
             Command::Online { room, reply } => send(reply, Ok(self.online(room))),
             Command::Unsubscribe { id } => self.unsubscribe(id),
+            Command::OpenInbox { id, tx, shared } => {
+                let entry = InboxEntry {
+                    tx,
+                    shared,
+                    subs: Vec::new(),
+                };
+                self.inboxes.borrow_mut().insert(id, entry);
+            }
+            Command::CloseInbox { inbox } => self.close_inbox(inbox, None),
             Command::Stats { reply } => send(
                 reply,
                 Ok((
@@ -667,9 +705,12 @@ impl Shard {
         ShardGauges {
             subscribers: subs.len() as u64,
             lagging: self.lagging.borrow().len() as u64,
-            queued_bytes: subs
+            queued_bytes: self
+                .inboxes
+                .borrow()
                 .values()
-                .map(|s| (s.shared.bytes.load(Ordering::Relaxed) + s.held_bytes) as u64)
+                .map(|i| i.shared.bytes.load(Ordering::Relaxed) as u64)
+                .chain(subs.values().map(|s| s.held_bytes as u64))
                 .sum(),
             outbox_messages: self.outbox.borrow().iter().map(|q| q.len() as u64).sum(),
             rooms_loaded: owned.len() as u64,
@@ -716,14 +757,29 @@ impl Shard {
     fn subscribe(&self, new: NewSub) {
         let NewSub {
             id,
+            inbox,
             room,
             since,
             user,
-            tx,
             shared,
             ready,
         } = new;
+        let tx = {
+            let mut inboxes = self.inboxes.borrow_mut();
+            let Some(entry) = inboxes.get_mut(&inbox) else {
+                // Closed (slow consumer) or dropped before this arrived.
+                ready(Err(match shared.closed.load(Ordering::Acquire) {
+                    CLOSED_SLOW => Error::SlowConsumer,
+                    _ => Error::ShutDown,
+                }));
+                return;
+            };
+            entry.subs.push(id);
+            entry.tx.clone()
+        };
         let sub = Sub {
+            id,
+            inbox,
             room,
             user,
             tx,
@@ -810,6 +866,12 @@ impl Shard {
             return;
         };
         self.lagging.borrow_mut().remove(&id);
+        {
+            let mut inboxes = self.inboxes.borrow_mut();
+            if let Some(entry) = inboxes.get_mut(&sub.inbox) {
+                entry.subs.retain(|s| *s != id);
+            }
+        }
         if let Some(user) = sub.user {
             self.local_presence(sub.room, user, false);
         }
@@ -915,7 +977,7 @@ impl Shard {
 
     fn push(&self, sub: &Sub, event: Event) {
         sub.shared.bytes.fetch_add(event.len(), Ordering::AcqRel);
-        if sub.tx.send(event).is_ok() {
+        if sub.tx.send(Delivery { sub: sub.id, event }).is_ok() {
             self.counters.borrow_mut().delivered += 1;
         }
     }
@@ -1084,11 +1146,28 @@ impl Shard {
         }
     }
 
+    /// Closes the inbox a subscription delivers into, with every other
+    /// subscription of it: its consumer (one connection) is what is slow
+    /// or gone.
     fn close_sub(&self, id: u64, reason: u8) {
-        if let Some(sub) = self.subs.borrow().get(&id) {
-            sub.shared.closed.store(reason, Ordering::Release);
+        let inbox = self.subs.borrow().get(&id).map(|s| s.inbox);
+        if let Some(inbox) = inbox {
+            self.close_inbox(inbox, Some(reason));
         }
-        self.unsubscribe(id);
+    }
+
+    /// Ends every subscription of `inbox` on this shard; with a `reason`,
+    /// the consumer learns why (its channel disconnects once all are gone).
+    fn close_inbox(&self, inbox: u64, reason: Option<u8>) {
+        let Some(entry) = self.inboxes.borrow_mut().remove(&inbox) else {
+            return;
+        };
+        if let Some(reason) = reason {
+            entry.shared.closed.store(reason, Ordering::Release);
+        }
+        for id in entry.subs {
+            self.unsubscribe(id);
+        }
     }
 
     // ---- the mesh ---------------------------------------------------------
@@ -1237,6 +1316,9 @@ fn refuse(cmd: Command) {
         Command::Online { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::SetRetention { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::EnforceRetention { reply } => send(reply, Err(Error::ShutDown)),
-        Command::Unsubscribe { .. } | Command::Tick => {}
+        Command::OpenInbox { shared, .. } => {
+            shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release)
+        }
+        Command::Unsubscribe { .. } | Command::CloseInbox { .. } | Command::Tick => {}
     }
 }

@@ -1,44 +1,182 @@
-//! The consumer end of a subscription, usable from any thread, blocking or
-//! async.
+//! The consumer end of subscriptions, usable from any thread, blocking or
+//! async: an [`Inbox`] receives the events of many subscriptions (one
+//! consumer, such as a connection, following many rooms); a
+//! [`Subscription`] is an inbox with one subscription.
 //!
-//! The shard that hosts a subscription pushes events into an unbounded
-//! channel but never past `outbound_queue_bytes_max` bytes: `bytes` is the
-//! shared count (added by the shard, subtracted here on receipt), so memory
-//! stays bounded while the channel itself needs no capacity check. When the
-//! count is too high the shard marks the subscription lagging and catches it
-//! up later from the room's tail cache or the log.
+//! The shard that hosts an inbox's subscriptions pushes events into one
+//! unbounded channel but never past `outbound_queue_bytes_max` bytes: the
+//! inbox's count is shared (added by the shard, subtracted here on
+//! receipt), so memory stays bounded per consumer (per connection, as
+//! DESIGN.md step 6 has it) while the channel needs no capacity check.
+//! When the count is too high the shard marks the subscription that met the
+//! full queue lagging ("lagging at seq X", per room) and catches it up from
+//! the room's tail cache or the log once the consumer drains; each
+//! subscription's events stay in seq order.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Pending};
 use crate::error::{Error, Result};
 use crate::event::Event;
 
-/// Why a subscription ended (stored in [`SubShared::closed`]; 0 = open).
+/// Why an inbox was closed (stored in [`SubShared::closed`]; 0 = open).
 pub(crate) const CLOSED_SLOW: u8 = 1;
 pub(crate) const CLOSED_SHUTDOWN: u8 = 2;
 
-/// State shared by the hosting shard and the consumer.
+/// State shared by the hosting shard and the consumer of one inbox.
 #[derive(Default)]
 pub(crate) struct SubShared {
     /// Bytes of events sent and not yet received.
     pub bytes: AtomicUsize,
-    /// Why the shard closed the subscription (`OPEN` while open).
+    /// Why the shard closed the inbox (0 while open).
     pub closed: AtomicU8,
+}
+
+/// What a subscribe call needs to know of its inbox.
+pub(crate) struct InboxKey {
+    pub shard: usize,
+    pub id: u64,
+    pub shared: Arc<SubShared>,
+}
+
+/// One event for one subscription of an inbox.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The subscription (as returned by [`Inbox::subscribe`]).
+    pub sub: u64,
+    /// The event.
+    pub event: Event,
+}
+
+/// Events of many subscriptions hosted on one shard, through one channel:
+/// each subscription's events arrive in seq order with no gap and no
+/// duplicate; the inbox as a whole holds at most `outbound_queue_bytes_max`
+/// bytes. Dropping it ends all its subscriptions.
+pub struct Inbox {
+    pub(crate) id: u64,
+    pub(crate) shard: usize,
+    pub(crate) rx: flume::Receiver<Delivery>,
+    pub(crate) shared: Arc<SubShared>,
+    pub(crate) engine: Engine,
+}
+
+impl Inbox {
+    /// The shard hosting this inbox's subscriptions.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// Subscribes to `room` into this inbox: events with `seq > since` are
+    /// replayed first (none when `since` is `None`), then live ones follow.
+    /// Resolves to the subscription's id (see [`Delivery::sub`]) once the
+    /// room's owner knows it: every change made after that reaches it.
+    pub fn subscribe(&self, room: u64, since: Option<u64>) -> Pending<u64> {
+        self.subscribe_as(room, since, None)
+    }
+
+    /// Like [`Inbox::subscribe`], carrying `user`'s presence in the room:
+    /// while any subscription of the user to the room is open, on any
+    /// shard, the user is online there (`presence` events announce the
+    /// first join and the last leave to the room's other live subscribers).
+    /// When this resolves, `online` already counts the user.
+    pub fn subscribe_as(&self, room: u64, since: Option<u64>, user: Option<u64>) -> Pending<u64> {
+        self.engine
+            .subscribe_into(self.key(), room, since, user, |id| id)
+    }
+
+    /// Ends one subscription of this inbox (events of it already queued are
+    /// still received).
+    pub fn unsubscribe(&self, sub: u64) {
+        self.engine.unsubscribe(self.shard, sub);
+    }
+
+    pub(crate) fn key(&self) -> InboxKey {
+        InboxKey {
+            shard: self.shard,
+            id: self.id,
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn took(&self, d: Delivery) -> Delivery {
+        self.shared.bytes.fetch_sub(d.event.len(), Ordering::AcqRel);
+        d
+    }
+
+    /// Why the inbox ended (its channel disconnects only when the shard
+    /// closed it, after setting the reason).
+    fn ended(&self) -> Error {
+        match self.shared.closed.load(Ordering::Acquire) {
+            CLOSED_SLOW => Error::SlowConsumer,
+            _ => Error::ShutDown,
+        }
+    }
+
+    /// Waits for the next event of any of its subscriptions.
+    pub fn recv(&self) -> Result<Delivery> {
+        self.rx
+            .recv()
+            .map(|d| self.took(d))
+            .map_err(|_| self.ended())
+    }
+
+    /// Waits up to `timeout`; `Ok(None)` when nothing came.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Delivery>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(d) => Ok(Some(self.took(d))),
+            Err(flume::RecvTimeoutError::Timeout) => Ok(None),
+            Err(flume::RecvTimeoutError::Disconnected) => Err(self.ended()),
+        }
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&self) -> Result<Option<Delivery>> {
+        match self.rx.try_recv() {
+            Ok(d) => Ok(Some(self.took(d))),
+            Err(flume::TryRecvError::Empty) => Ok(None),
+            Err(flume::TryRecvError::Disconnected) => Err(self.ended()),
+        }
+    }
+
+    /// Waits for the next event, on any async runtime.
+    pub async fn recv_async(&self) -> Result<Delivery> {
+        self.rx
+            .recv_async()
+            .await
+            .map(|d| self.took(d))
+            .map_err(|_| self.ended())
+    }
+
+    /// Bytes queued for this consumer right now.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.bytes.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.engine.close_inbox(self.shard, self.id);
+    }
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("id", &self.id)
+            .field("shard", &self.shard)
+            .finish()
+    }
 }
 
 /// A live subscription to one room: replayed events first (those with
 /// `seq > since`), then live ones, in seq order with no gap and no
-/// duplicate. Dropping it unsubscribes.
+/// duplicate. Dropping it unsubscribes. (An [`Inbox`] with one
+/// subscription.)
 pub struct Subscription {
-    pub(crate) id: u64,
-    pub(crate) shard: usize,
+    pub(crate) inbox: Inbox,
     pub(crate) room: u64,
-    pub(crate) rx: flume::Receiver<Event>,
-    pub(crate) shared: Arc<SubShared>,
-    pub(crate) engine: Engine,
 }
 
 impl Subscription {
@@ -49,73 +187,39 @@ impl Subscription {
 
     /// The shard hosting the subscription.
     pub fn shard(&self) -> usize {
-        self.shard
-    }
-
-    fn took(&self, e: Event) -> Event {
-        self.shared.bytes.fetch_sub(e.len(), Ordering::AcqRel);
-        e
-    }
-
-    fn ended(&self) -> Error {
-        match self.shared.closed.load(Ordering::Acquire) {
-            CLOSED_SLOW => Error::SlowConsumer,
-            _ => Error::ShutDown,
-        }
+        self.inbox.shard
     }
 
     /// Waits for the next event.
     pub fn recv(&self) -> Result<Event> {
-        self.rx
-            .recv()
-            .map(|e| self.took(e))
-            .map_err(|_| self.ended())
+        self.inbox.recv().map(|d| d.event)
     }
 
     /// Waits up to `timeout`; `Ok(None)` when nothing came.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Event>> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(e) => Ok(Some(self.took(e))),
-            Err(flume::RecvTimeoutError::Timeout) => Ok(None),
-            Err(flume::RecvTimeoutError::Disconnected) => Err(self.ended()),
-        }
+        Ok(self.inbox.recv_timeout(timeout)?.map(|d| d.event))
     }
 
     /// The next event if one is queued.
     pub fn try_recv(&self) -> Result<Option<Event>> {
-        match self.rx.try_recv() {
-            Ok(e) => Ok(Some(self.took(e))),
-            Err(flume::TryRecvError::Empty) => Ok(None),
-            Err(flume::TryRecvError::Disconnected) => Err(self.ended()),
-        }
+        Ok(self.inbox.try_recv()?.map(|d| d.event))
     }
 
     /// Waits for the next event, on any async runtime.
     pub async fn recv_async(&self) -> Result<Event> {
-        self.rx
-            .recv_async()
-            .await
-            .map(|e| self.took(e))
-            .map_err(|_| self.ended())
+        self.inbox.recv_async().await.map(|d| d.event)
     }
 
     /// Bytes queued for this consumer right now.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.bytes.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.engine.unsubscribe(self.shard, self.id);
+        self.inbox.queued_bytes()
     }
 }
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
-            .field("id", &self.id)
-            .field("shard", &self.shard)
+            .field("inbox", &self.inbox)
             .field("room", &self.room)
             .finish()
     }

@@ -1,6 +1,8 @@
 //! Ordering, completeness, replay, idempotency, restart and backpressure of
 //! the engine, through its public embed API.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -8,13 +10,7 @@ use std::time::{Duration, Instant};
 use rookery_engine::{Cursor, Engine, EngineConfig, Error, Event, EventKind, Subscription};
 
 fn config(dir: &Path, shards: u32) -> EngineConfig {
-    let mut cfg = EngineConfig::new(dir);
-    cfg.storage.shards = shards;
-    cfg.storage.segment_bytes_max = 4 << 20;
-    cfg.storage.index_cache_bytes = 4 << 20;
-    cfg.storage.meta_cache_bytes = 1 << 20;
-    cfg.storage.checkpoint_interval_ms = 50;
-    cfg
+    common::small_config(dir, shards)
 }
 
 /// Receives until `want` message events arrived (or times out).

@@ -5,6 +5,8 @@
 //! `since`, in order, once each. Seeded: a failure prints its seed; rerun
 //! one with `ENGINE_MODEL_SEED=N`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,11 +18,8 @@ use rookery_engine::{Engine, EngineConfig, EventKind, Subscription};
 const ROOMS: u64 = 3;
 
 fn config(dir: &Path) -> EngineConfig {
-    let mut cfg = EngineConfig::new(dir);
-    cfg.storage.shards = 2;
+    let mut cfg = common::small_config(dir, 2);
     cfg.storage.segment_bytes_max = 1 << 20;
-    cfg.storage.index_cache_bytes = 2 << 20;
-    cfg.storage.meta_cache_bytes = 1 << 20;
     cfg.storage.checkpoint_interval_ms = 20;
     cfg.tail_cache_len = 6;
     cfg.catch_up_page_len = 4;
