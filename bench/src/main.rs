@@ -39,11 +39,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    for target in rookery_storage::SILENCED_LOG_TARGETS {
-        filter = filter.add_directive(format!("{target}=off").parse()?);
-    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn".into())
+        .add_directive(rookery_storage::QUIET_LOG_DIRECTIVE.parse()?);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

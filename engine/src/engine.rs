@@ -23,6 +23,10 @@ use crate::receipts::{self, ToWriter, WriterStats};
 use crate::shard::{Command, Common, HistoryPage, NewSub, Peer, PostAck, Reply, Shard};
 use crate::subscription::{Inbox, InboxKey, SubShared, Subscription, CLOSED_SHUTDOWN};
 
+/// Work run once on every shard's executor beside the engine (see
+/// [`Engine::start_with_task`]): called with the shard's id and a handle.
+pub type ShardTask = Arc<dyn Fn(usize, Engine) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
+
 /// The answer to an engine call, still on its way. `wait()` blocks the
 /// calling thread; `.await` works on any executor.
 #[must_use = "a call does nothing observable until its reply is awaited"]
@@ -85,6 +89,19 @@ impl Engine {
     /// Opens the data directory and starts one pinned executor per shard.
     /// Returns once every shard has recovered its storage.
     pub fn start(cfg: EngineConfig) -> Result<Engine> {
+        Self::start_inner(cfg, None)
+    }
+
+    /// Like [`Engine::start`], and then runs `task` once on every shard's
+    /// executor (with the shard's id and a handle to the engine): how the
+    /// server puts a listener on each core, beside that core's shard. The
+    /// task may hold the handle; [`Engine::shutdown`] drops it with the
+    /// executor.
+    pub fn start_with_task(cfg: EngineConfig, task: ShardTask) -> Result<Engine> {
+        Self::start_inner(cfg, Some(task))
+    }
+
+    fn start_inner(cfg: EngineConfig, task: Option<ShardTask>) -> Result<Engine> {
         cfg.validate()?;
         let store = Arc::new(Store::open(cfg.storage.clone())?);
         let n = cfg.storage.shards as usize;
@@ -105,6 +122,9 @@ impl Engine {
         let shard_cfg = cfg.clone();
         let shard_store = store.clone();
         let shard_receipts = receipts.clone();
+        // Each shard receives the finished handle before it runs `task`.
+        let (handle_tx, handle_rx) = flume::unbounded::<Engine>();
+        let side = task.map(|t| (t, handle_rx));
         let threads = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(n, None))
             .name("rookery-shard")
             .io_memory(cfg.storage.io_memory_bytes)
@@ -115,9 +135,9 @@ impl Engine {
                     meta: shard_store.meta().clone(),
                     receipts: shard_receipts,
                 };
-                let (mesh, cfg, store, receivers, ready) =
-                    (mesh, shard_cfg, shard_store, receivers, ready_tx);
-                async move { run_shard(mesh, cfg, store, common, receivers, ready).await }
+                let (mesh, cfg, store, receivers, ready, side) =
+                    (mesh, shard_cfg, shard_store, receivers, ready_tx, side);
+                async move { run_shard(mesh, cfg, store, common, receivers, ready, side).await }
             })
             .map_err(|e| Error::Start(e.to_string()))?;
         let mut failures = Vec::new();
@@ -143,8 +163,12 @@ impl Engine {
             }),
         };
         if !failures.is_empty() {
+            drop(handle_tx);
             let _ = engine.clone().shutdown();
             return Err(Error::Start(failures.join("; ")));
+        }
+        for _ in 0..n {
+            let _ = handle_tx.send(engine.clone());
         }
         Ok(engine)
     }
@@ -532,6 +556,7 @@ async fn run_shard(
     common: Common,
     receivers: Arc<Mutex<Vec<Option<flume::Receiver<Command>>>>>,
     ready: flume::Sender<Result<usize, String>>,
+    side: Option<(ShardTask, flume::Receiver<Engine>)>,
 ) {
     let Ok((senders, mut peers)) = mesh.join().await else {
         let _ = ready.send(Err("joining the channel mesh failed".into()));
@@ -597,6 +622,14 @@ async fn run_shard(
         }
     }));
     let _ = ready.send(Ok(id));
+    if let Some((task, handles)) = side {
+        glommio::spawn_local(async move {
+            if let Ok(engine) = handles.recv_async().await {
+                task(id, engine).await;
+            }
+        })
+        .detach();
+    }
     let _ = done_rx.recv_async().await;
     // Every loop holding the shard ends (peers close their senders as they
     // shut down) before the executor exits, so storage and metadata are

@@ -39,7 +39,7 @@ mod shard;
 mod subscription;
 
 pub use config::EngineConfig;
-pub use engine::{Engine, Pending};
+pub use engine::{Engine, Pending, ShardTask};
 pub use error::{Error, Result};
 pub use event::{Event, EventKind};
 pub use metrics::{Latencies, Metrics, ShardCounters, ShardGauges};

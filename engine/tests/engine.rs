@@ -618,3 +618,33 @@ fn read_receipts_are_batched_and_bounded() {
     drop(meta);
     engine.shutdown().unwrap();
 }
+
+/// `start_with_task` runs the task once on every shard's executor, where it
+/// can use the engine asynchronously (as the server's listeners do).
+#[test]
+fn a_task_runs_on_every_shard_and_uses_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = flume::unbounded::<(usize, String, u64)>();
+    let task: rookery_engine::ShardTask = std::sync::Arc::new(move |shard, engine: Engine| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            let ack = engine.post(100 + shard as u64, 1, "", "from a shard").await;
+            let _ = tx.send((shard, thread, ack.map(|a| a.seq).unwrap_or(0)));
+        })
+    });
+    let engine = Engine::start_with_task(config(dir.path(), 2), task).unwrap();
+    let mut seen: Vec<(usize, String, u64)> = (0..2)
+        .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen.iter().map(|s| (s.0, s.2)).collect::<Vec<_>>(),
+        [(0, 1), (1, 1)]
+    );
+    assert!(
+        seen.iter().all(|s| s.1.starts_with("rookery-shard")),
+        "{seen:?}"
+    );
+    engine.shutdown().unwrap();
+}

@@ -1,17 +1,128 @@
 //! `rookery`: the chat server binary.
 //!
-//! **Not built yet.** The HTTP API, the WebSocket protocol, accounts and
-//! metrics arrive with the server issue; this binary says so and exits with
-//! status 2 rather than pretend to serve. The storage it will run on is
-//! usable today: see `rookery-admin` and `rookery-bench storage`.
+//! Starts the engine (one shard per core), puts an HTTP listener on every
+//! shard, and shuts down gracefully on SIGINT/SIGTERM: stop accepting,
+//! close idle connections, flush and checkpoint storage, exit 0 within
+//! `--shutdown-timeout-ms`; a second signal exits at once.
+//!
+//! Built so far (the server issue is in progress): configuration, HTTP/1.1
+//! framing with limits and deadlines, `/healthz`, `/readyz`, graceful
+//! shutdown. The HTTP API, WebSocket protocol, accounts and metrics follow.
+
+mod config;
+mod http;
+mod routes;
+mod serve;
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use rookery_engine::{Engine, ShardTask};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::config::Config;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    eprintln!(
-        "rookery {}: the chat server (HTTP + WebSocket) is not built yet.\n\
-         What exists today: the storage engine (crate rookery-storage),\n\
-         `rookery-admin` (verify, stats, dump, export, import, salvage) and\n\
-         `rookery-bench storage` (Rookery storage vs SQLite).",
-        env!("CARGO_PKG_VERSION")
+    let cfg = Config::parse();
+    if let Err(e) = cfg.validate() {
+        eprintln!("rookery: {e}");
+        std::process::exit(2);
+    }
+    init_tracing();
+    if let Err(e) = run(cfg) {
+        eprintln!("rookery: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
+    let quiet = rookery_engine::storage::QUIET_LOG_DIRECTIVE
+        .parse()
+        .expect("valid directive");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info".into())
+        .add_directive(quiet);
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    // Signals are caught before anything starts, so none is lost.
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating --data-dir {}", cfg.data_dir.display()))?;
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (bound_tx, bound_rx) = flume::unbounded();
+    let task: ShardTask = {
+        let (cfg, stopping) = (cfg.clone(), stopping.clone());
+        Arc::new(move |shard, engine: Engine| {
+            let shared = Rc::new(serve::Shared {
+                cfg: cfg.clone(),
+                engine,
+                shard,
+                stopping: stopping.clone(),
+            });
+            let bound = bound_tx.clone();
+            Box::pin(serve::run(shared, bound))
+        })
+    };
+    let engine = Engine::start_with_task(cfg.engine_config(), task)
+        .with_context(|| format!("starting on --data-dir {}", cfg.data_dir.display()))?;
+    for _ in 0..engine.shards() {
+        let bound = bound_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .map_err(|_| anyhow::anyhow!("a shard did not start its listener"));
+        if let Err(e) = bound.and_then(|r| r.map_err(anyhow::Error::msg)) {
+            let _ = engine.shutdown();
+            return Err(e);
+        }
+    }
+    tracing::info!(
+        listen = %cfg.listen,
+        data_dir = %cfg.data_dir.display(),
+        shards = engine.shards(),
+        "rookery is serving"
     );
-    std::process::exit(2);
+    let first = signals.forever().next();
+    tracing::info!(signal = ?first, "shutting down (a second signal exits at once)");
+    stopping.store(true, Ordering::Relaxed);
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            eprintln!("rookery: second signal, exiting now");
+            std::process::exit(130);
+        }
+    });
+    shutdown_within(engine, &cfg)
+}
+
+/// Stops the engine (flush, checkpoint) in the background and waits at
+/// most `--shutdown-timeout-ms` for it.
+fn shutdown_within(engine: Engine, cfg: &Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (done_tx, done_rx) = flume::bounded(1);
+    std::thread::spawn(move || {
+        let _ = done_tx.send(engine.shutdown());
+    });
+    match done_rx.recv_timeout(cfg.shutdown_timeout()) {
+        Ok(Ok(())) => {
+            tracing::info!(ms = started.elapsed().as_millis() as u64, "stopped cleanly");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context("shutting down")),
+        Err(_) => anyhow::bail!(
+            "shutdown did not finish within --shutdown-timeout-ms {}",
+            cfg.shutdown_timeout_ms
+        ),
+    }
 }

@@ -37,11 +37,11 @@ use std::sync::Arc;
 
 pub use config::{Durability, StorageConfig};
 
-/// Log targets that binaries should silence (`target=off` directives):
-/// glommio 0.9.0 reports, at error level, the refusal of its IOPOLL probe
-/// that every shard provokes on purpose at open (see
-/// `log::keep_off_poll_ring`); `glommio::reactor` logs nothing else.
-pub const SILENCED_LOG_TARGETS: &[&str] = &["glommio::reactor"];
+/// A log filter directive binaries add to theirs: glommio 0.9.0 reports,
+/// at error level, the refusal of its IOPOLL probe that every shard
+/// provokes on purpose at open (see `log::keep_off_poll_ring`);
+/// `glommio::reactor` logs nothing else.
+pub const QUIET_LOG_DIRECTIVE: &str = "glommio::reactor=off";
 pub use error::{Error, Result};
 pub use index::RoomRow;
 pub use manifest::Manifest;

@@ -175,13 +175,12 @@ fn run(command: Command) -> anyhow::Result<Outcome> {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
 fn init_tracing() {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    for target in rookery_storage::SILENCED_LOG_TARGETS {
-        if let Ok(directive) = format!("{target}=off").parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
+    let quiet = rookery_storage::QUIET_LOG_DIRECTIVE
+        .parse()
+        .expect("valid directive");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+        .add_directive(quiet);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

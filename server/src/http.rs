@@ -1,0 +1,345 @@
+//! HTTP/1.1 framing, free of I/O: parse a request from the bytes read so
+//! far, encode a response into bytes to write.
+//!
+//! The connection loop owns the socket and the clock; this module only
+//! decides. Invariant: `parse` never consumes bytes of a request it has not
+//! fully validated (head within limits, body complete), so pipelined
+//! requests are answered one by one, in order, and a bad request is
+//! answered without touching the ones after it (the connection is closed
+//! after an error response).
+
+use std::fmt::Write as _;
+
+/// Limits on one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of the request line and headers together.
+    pub head_bytes_max: usize,
+    /// Number of headers.
+    pub headers_max: usize,
+    /// Bytes of a body (`Content-Length`).
+    pub body_bytes_max: usize,
+}
+
+/// A parsed request. Header names are lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The path, without the query string.
+    pub path: String,
+    /// The raw query string (after `?`), empty if none.
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Whether the connection stays open after the response.
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// The first header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a request is refused; each maps to one status code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// Not HTTP/1.x, bad syntax, bad `Content-Length` (400).
+    Malformed(String),
+    /// Head over `head_bytes_max` or more than `headers_max` headers (431).
+    HeadTooLarge,
+    /// Body over `body_bytes_max` (413).
+    BodyTooLarge,
+    /// `Transfer-Encoding` other than none (501): bodies are sized by
+    /// `Content-Length` only.
+    Unsupported(String),
+}
+
+impl HttpError {
+    /// Status code and the error code of the JSON body.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            HttpError::Malformed(_) => (400, "bad_request"),
+            HttpError::HeadTooLarge => (431, "headers_too_large"),
+            HttpError::BodyTooLarge => (413, "body_too_large"),
+            HttpError::Unsupported(_) => (501, "not_implemented"),
+        }
+    }
+
+    /// A message for the client.
+    pub fn message(&self) -> String {
+        match self {
+            HttpError::Malformed(m) => format!("malformed request: {m}"),
+            HttpError::HeadTooLarge => "request head too large".into(),
+            HttpError::BodyTooLarge => "request body too large".into(),
+            HttpError::Unsupported(m) => format!("unsupported: {m}"),
+        }
+    }
+}
+
+/// Parses one request from the front of `buf`. `Ok(None)`: more bytes are
+/// needed. `Ok(Some((request, n)))`: the request used the first `n` bytes.
+pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HttpError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.headers_max];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limits.head_bytes_max {
+                Err(HttpError::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(e) => return Err(HttpError::Malformed(e.to_string())),
+    };
+    if head_len > limits.head_bytes_max {
+        return Err(HttpError::HeadTooLarge);
+    }
+    let version = req.version.unwrap_or(1);
+    let method = req.method.unwrap_or_default().to_string();
+    let target = req.path.unwrap_or_default();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target.to_string(), String::new()),
+    };
+    if !path.starts_with('/') {
+        return Err(HttpError::Malformed("the target must be a path".into()));
+    }
+    let mut fields = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| HttpError::Malformed(format!("header {} is not UTF-8", h.name)))?;
+        fields.push((h.name.to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let request_head = Request {
+        method,
+        path,
+        query,
+        keep_alive: keep_alive(version, &fields),
+        headers: fields,
+        body: Vec::new(),
+    };
+    if let Some(te) = request_head.header("transfer-encoding") {
+        return Err(HttpError::Unsupported(format!("transfer-encoding {te}")));
+    }
+    let body_len = content_length(&request_head.headers)?;
+    if body_len > limits.body_bytes_max {
+        return Err(HttpError::BodyTooLarge);
+    }
+    let total = head_len + body_len;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let mut request = request_head;
+    request.body = buf[head_len..total].to_vec();
+    Ok(Some((request, total)))
+}
+
+/// The body length: one valid `Content-Length` (duplicates must agree), or 0.
+fn content_length(headers: &[(String, String)]) -> Result<usize, HttpError> {
+    let mut len: Option<usize> = None;
+    for (_, v) in headers.iter().filter(|(n, _)| n == "content-length") {
+        let n: usize = v
+            .parse()
+            .map_err(|_| HttpError::Malformed(format!("content-length {v:?}")))?;
+        if len.is_some_and(|l| l != n) {
+            return Err(HttpError::Malformed("conflicting content-length".into()));
+        }
+        len = Some(n);
+    }
+    Ok(len.unwrap_or(0))
+}
+
+/// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0
+/// closes it unless `Connection: keep-alive`.
+fn keep_alive(version: u8, headers: &[(String, String)]) -> bool {
+    let conn = headers
+        .iter()
+        .find(|(n, _)| n == "connection")
+        .map(|(_, v)| v.to_ascii_lowercase());
+    match (version, conn.as_deref()) {
+        (_, Some(c)) if c.split(',').any(|t| t.trim() == "close") => false,
+        (0, Some(c)) => c.split(',').any(|t| t.trim() == "keep-alive"),
+        (0, None) => false,
+        _ => true,
+    }
+}
+
+/// A response to encode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: value.to_string().into_bytes(),
+        }
+    }
+
+    /// The typed error body of DESIGN.md: `{"error":{"code","message"}}`.
+    pub fn error(status: u16, code: &str, message: &str) -> Response {
+        Response::json(
+            status,
+            &serde_json::json!({"error": {"code": code, "message": message}}),
+        )
+    }
+
+    /// Appends the encoded response to `out`; `close` adds
+    /// `Connection: close`.
+    pub fn encode(&self, close: bool, out: &mut Vec<u8>) {
+        let mut head = String::with_capacity(128);
+        let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (n, v) in &self.headers {
+            let _ = write!(head, "{n}: {v}\r\n");
+        }
+        let _ = write!(head, "content-length: {}\r\n", self.body.len());
+        if close {
+            head.push_str("connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(&self.body);
+    }
+}
+
+/// The reason phrase of the statuses this server sends.
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: Limits = Limits {
+        head_bytes_max: 1024,
+        headers_max: 8,
+        body_bytes_max: 64,
+    };
+
+    #[test]
+    fn pipelined_requests_parse_one_at_a_time_in_order() {
+        let buf = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.1\r\n";
+        let (a, n) = parse(buf, &LIMITS).unwrap().unwrap();
+        assert_eq!(
+            (a.method.as_str(), a.path.as_str(), a.query.as_str()),
+            ("GET", "/a", "x=1")
+        );
+        assert!(a.keep_alive);
+        let (b, m) = parse(&buf[n..], &LIMITS).unwrap().unwrap();
+        assert_eq!((b.path.as_str(), b.body.as_slice()), ("/b", &b"abc"[..]));
+        assert_eq!(parse(&buf[n + m..], &LIMITS).unwrap(), None, "partial head");
+    }
+
+    #[test]
+    fn a_body_is_awaited_until_complete() {
+        let buf = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nab";
+        assert_eq!(parse(buf, &LIMITS).unwrap(), None);
+    }
+
+    #[test]
+    fn every_limit_and_bad_input_has_its_status() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (b"GARBAGE\r\n\r\n".to_vec(), 400),
+            (b"GET x HTTP/1.1\r\n\r\n".to_vec(), 400),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(),
+                400,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(),
+                400,
+            ),
+            (b"GET / HTTP/1.1\r\nX: \xff\r\n\r\n".to_vec(), 400),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n".to_vec(),
+                413,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                501,
+            ),
+            (
+                format!("GET / HTTP/1.1\r\n{}\r\n", "H: v\r\n".repeat(9)).into_bytes(),
+                431,
+            ),
+            (
+                format!("GET /{} HTTP/1.1\r\n", "a".repeat(1100)).into_bytes(),
+                431,
+            ),
+        ];
+        for (buf, status) in cases {
+            let err = parse(&buf, &LIMITS).expect_err(&String::from_utf8_lossy(&buf));
+            assert_eq!(err.status().0, status, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection_header() {
+        let ka = |raw: &[u8]| parse(raw, &LIMITS).unwrap().unwrap().0.keep_alive;
+        assert!(ka(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn responses_encode_with_length_and_close() {
+        let mut out = Vec::new();
+        Response::error(404, "not_found", "no route").encode(true, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+        assert!(text.contains("content-type: application/json\r\n"));
+        assert!(text.contains("connection: close\r\n"));
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        assert!(text.contains(&format!("content-length: {}\r\n", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "not_found");
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the parser, and whatever it accepts
+        /// lies within the buffer and the limits.
+        #[test]
+        fn arbitrary_bytes_never_panic(buf in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(Some((req, n))) = parse(&buf, &LIMITS) {
+                prop_assert!(n <= buf.len());
+                prop_assert!(req.body.len() <= LIMITS.body_bytes_max);
+                prop_assert!(req.headers.len() <= LIMITS.headers_max);
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The network side of one shard: a listener on the shared port
+//! (SO_REUSEPORT: the kernel spreads connections over shards) and one task
+//! per connection, on the shard's executor.
+//!
+//! A connection task owns its socket, a small read buffer and the clock;
+//! framing decisions are `http::parse`'s. Invariant: a connection never
+//! holds a shard for longer than its deadlines (idle between requests,
+//! whole-request once a request has started), and a bad request is
+//! answered with its status and the connection closed; nothing else is
+//! affected.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use rookery_engine::Engine;
+
+use crate::config::Config;
+use crate::http::{self, Response};
+use crate::routes;
+
+/// How often an accept loop looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// After a final response, how long and how much unread input is drained
+/// before the socket is closed.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES_MAX: usize = 256 << 10;
+/// Bytes read from a socket at a time (the buffer is kept small: it lives
+/// as long as the connection).
+const READ_CHUNK_BYTES: usize = 4096;
+
+/// What every connection task of a shard shares.
+pub struct Shared {
+    pub cfg: Config,
+    pub engine: Engine,
+    pub shard: usize,
+    /// Set on the first shutdown signal: stop accepting, close idle
+    /// connections.
+    pub stopping: Arc<AtomicBool>,
+}
+
+/// Binds the shard's listener, reports the outcome, then accepts until
+/// stopped.
+pub async fn run(shared: Rc<Shared>, bound: flume::Sender<Result<(), String>>) {
+    let listener = match TcpListener::bind(shared.cfg.listen) {
+        Ok(l) => {
+            let _ = bound.send(Ok(()));
+            l
+        }
+        Err(e) => {
+            let _ = bound.send(Err(format!("binding {}: {e}", shared.cfg.listen)));
+            return;
+        }
+    };
+    while !shared.stopping.load(Ordering::Relaxed) {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            glommio::timer::sleep(STOP_POLL).await;
+            None
+        })
+        .await;
+        match accepted {
+            Some(Ok(stream)) => {
+                let shared = shared.clone();
+                glommio::spawn_local(async move { connection(stream, shared).await }).detach();
+            }
+            Some(Err(e)) => {
+                tracing::warn!(shard = shared.shard, error = %e, "accept failed");
+                glommio::timer::sleep(STOP_POLL).await;
+            }
+            None => {}
+        }
+    }
+    tracing::debug!(shard = shared.shard, "listener closed");
+}
+
+/// What a read with a deadline gave.
+enum Read {
+    Bytes(usize),
+    Closed,
+    TimedOut,
+}
+
+async fn read_until(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Read {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let read = async {
+        match stream.read(buf).await {
+            Ok(0) | Err(_) => Read::Closed,
+            Ok(n) => Read::Bytes(n),
+        }
+    };
+    futures_lite::future::or(read, async {
+        glommio::timer::sleep(left).await;
+        Read::TimedOut
+    })
+    .await
+}
+
+/// Serves one HTTP/1.1 connection: keep-alive, pipelined requests answered
+/// in order, deadlines, errors answered and closed.
+async fn connection(mut stream: TcpStream, shared: Rc<Shared>) {
+    let limits = shared.cfg.http_limits();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
+    let mut out = Vec::new();
+    // When the request now in `buf` started (None: between requests).
+    let mut started: Option<Instant> = None;
+    loop {
+        // Answer every complete request already buffered, in order.
+        loop {
+            match http::parse(&buf, &limits) {
+                Ok(Some((req, used))) => {
+                    buf.drain(..used);
+                    started = (!buf.is_empty()).then(Instant::now);
+                    let resp = routes::handle(&req, &shared).await;
+                    let close = !req.keep_alive || shared.stopping.load(Ordering::Relaxed);
+                    resp.encode(close, &mut out);
+                    if close {
+                        let _ = stream.write_all(&out).await;
+                        linger_close(stream).await;
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let (status, code) = e.status();
+                    Response::error(status, code, &e.message()).encode(true, &mut out);
+                    let _ = stream.write_all(&out).await;
+                    linger_close(stream).await;
+                    return;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if buf.is_empty() && shared.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let deadline = match started {
+            Some(t) => t + shared.cfg.request_timeout(),
+            None => Instant::now() + shared.cfg.idle_timeout(),
+        };
+        match read_until(&mut stream, &mut chunk, deadline).await {
+            Read::Bytes(n) => {
+                started.get_or_insert_with(Instant::now);
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Read::Closed => return,
+            Read::TimedOut if started.is_some() => {
+                // A request began and did not finish in time (slowloris).
+                Response::error(408, "request_timeout", "request not completed in time")
+                    .encode(true, &mut out);
+                let _ = stream.write_all(&out).await;
+                linger_close(stream).await;
+                return;
+            }
+            Read::TimedOut => return, // idle keep-alive connection
+        }
+        if buf.capacity() > limits.head_bytes_max + limits.body_bytes_max + READ_CHUNK_BYTES {
+            buf.shrink_to_fit();
+        }
+    }
+}
+
+/// Closes after a final response without losing it: closing a socket with
+/// unread input makes the kernel send a reset, which can destroy the
+/// response before the client reads it (a client still sending an
+/// oversized request, say). So: half-close, then read and discard what
+/// still comes, for a bounded time and amount.
+async fn linger_close(mut stream: TcpStream) {
+    if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut sink = [0u8; READ_CHUNK_BYTES];
+    let mut drained = 0;
+    while drained < LINGER_BYTES_MAX {
+        match read_until(&mut stream, &mut sink, deadline).await {
+            Read::Bytes(n) => drained += n,
+            Read::Closed | Read::TimedOut => break,
+        }
+    }
+}

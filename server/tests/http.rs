@@ -1,0 +1,321 @@
+//! End-to-end tests of the `rookery` binary's HTTP side: the real binary on
+//! an ephemeral port, raw TCP clients. Every bad input asserts its status
+//! and that the server still serves afterwards.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running server; killed on drop if a test did not stop it.
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(extra: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_rookery"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+        .args(["--shards", "2", "--durability", "none"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child,
+        port,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(resp) = exchange(port, b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n") {
+            if resp.starts_with("HTTP/1.1 200") {
+                return server;
+            }
+        }
+        assert!(Instant::now() < deadline, "the server did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Sends `raw` on a new connection and reads until the server closes it.
+fn exchange(port: u16, raw: &[u8]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(raw)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Reads one response (head + `content-length` body) from a kept-alive
+/// connection.
+fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-head");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    head + &String::from_utf8(body).unwrap()
+}
+
+fn status(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn assert_serving(port: u16) {
+    let resp = exchange(port, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert!(resp.ends_with("{\"status\":\"ok\"}"), "{resp}");
+}
+
+#[test]
+fn keep_alive_and_pipelined_requests_are_answered_in_order() {
+    let server = start(&[]);
+    let mut s = connect(server.port);
+    // Two requests in one write, then a third after reading both.
+    s.write_all(b"GET /healthz HTTP/1.1\r\n\r\nGET /readyz HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let a = read_response(&mut s);
+    let b = read_response(&mut s);
+    assert_eq!((status(&a), status(&b)), (200, 200));
+    assert!(a.ends_with("{\"status\":\"ok\"}"), "{a}");
+    assert!(b.contains("\"status\":\"ready\""), "{b}");
+    s.write_all(b"GET /no/such/route HTTP/1.1\r\n\r\n").unwrap();
+    let c = read_response(&mut s);
+    assert_eq!(status(&c), 404);
+    assert!(c.contains("{\"error\":{\"code\":\"not_found\""), "{c}");
+    s.write_all(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    assert_eq!(status(&read_response(&mut s)), 405);
+    // Connection: close is honoured.
+    s.write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(rest.starts_with("HTTP/1.1 200") && rest.contains("connection: close"));
+}
+
+#[test]
+fn bad_requests_get_their_status_and_the_server_keeps_serving() {
+    let server = start(&[
+        "--http-head-bytes-max",
+        "1024",
+        "--http-body-bytes-max",
+        "100",
+    ]);
+    let big_header = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(2000));
+    let many_headers = format!("GET / HTTP/1.1\r\n{}\r\n", "X-H: v\r\n".repeat(100));
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400, "bad_request"),
+        (
+            b"GET relative HTTP/1.1\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (big_header.into_bytes(), 431, "headers_too_large"),
+        (many_headers.into_bytes(), 431, "headers_too_large"),
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n".to_vec(),
+            413,
+            "body_too_large",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            501,
+            "not_implemented",
+        ),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (raw, want, code) in cases {
+        let resp = exchange(server.port, &raw).unwrap();
+        assert_eq!(status(&resp), want, "{resp}");
+        assert!(resp.contains(&format!("\"code\":\"{code}\"")), "{resp}");
+        assert!(resp.contains("connection: close"), "{resp}");
+        assert_serving(server.port);
+    }
+}
+
+#[test]
+fn slow_and_idle_clients_do_not_hold_a_shard() {
+    let server = start(&[
+        "--http-request-timeout-ms",
+        "300",
+        "--http-idle-timeout-ms",
+        "400",
+    ]);
+    // Slowloris: many connections that start a request and never finish.
+    let mut slow: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = connect(server.port);
+            s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").unwrap();
+            s
+        })
+        .collect();
+    // Meanwhile everyone else is served at once.
+    let t = Instant::now();
+    assert_serving(server.port);
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    // Each slow one gets 408 and is closed after the request deadline.
+    for s in &mut slow {
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert_eq!(status(&out), 408, "{out}");
+        assert!(out.contains("\"code\":\"request_timeout\""));
+    }
+    // An idle keep-alive connection is closed after the idle deadline.
+    let mut idle = connect(server.port);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(status(&read_response(&mut idle)), 200);
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_serving(server.port);
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_the_data_dir_reopens() {
+    let mut server = start(&[]);
+    let pid = server.child.id() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    // The same data dir starts again (nothing left locked or damaged).
+    let data = server._dir.path().join("data");
+    let port = free_port();
+    let mut again = Command::new(env!("CARGO_BIN_EXE_rookery"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", data.to_str().unwrap(), "--shards", "2"])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while exchange(port, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").is_err() {
+        assert!(Instant::now() < deadline, "no restart");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(again.id() as i32, libc::SIGINT) };
+    assert_eq!(again.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_bad_setting_is_one_line_naming_it_and_nothing_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("never");
+    for (args, flag) in [
+        (vec!["--durability", "often"], "--durability"),
+        (
+            vec!["--http-request-timeout-ms", "0"],
+            "--http-request-timeout-ms",
+        ),
+        (vec!["--listen", "not-an-address"], "--listen"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rookery"))
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(flag), "{err}");
+        assert!(
+            !data.exists(),
+            "nothing is created before the settings are checked"
+        );
+    }
+    // The environment twin works the same way.
+    let out = Command::new(env!("CARGO_BIN_EXE_rookery"))
+        .args(["--data-dir", data.to_str().unwrap()])
+        .env("ROOKERY_DURABILITY", "often")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--durability"));
+}
+
+#[test]
+fn a_port_in_use_fails_start_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rookery"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", dir.path().join("d").to_str().unwrap()])
+        .args(["--shards", "1"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("binding 127.0.0.1"), "{err}");
+}
