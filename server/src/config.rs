@@ -51,6 +51,9 @@ pub struct Config {
     /// Milliseconds an idle keep-alive connection is kept.
     #[arg(long, env = "ROOKERY_HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub http_idle_timeout_ms: u64,
+    /// Seconds a login session lasts.
+    #[arg(long, env = "ROOKERY_SESSION_TTL_S", default_value_t = 30 * 24 * 3600)]
+    pub session_ttl_s: u64,
     /// Milliseconds graceful shutdown may take before the process exits
     /// anyway.
     #[arg(long, env = "ROOKERY_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
@@ -76,6 +79,7 @@ impl Config {
         positive(self.http_request_timeout_ms, "http-request-timeout-ms")?;
         positive(self.http_idle_timeout_ms, "http-idle-timeout-ms")?;
         positive(self.shutdown_timeout_ms, "shutdown-timeout-ms")?;
+        positive(self.session_ttl_s, "session-ttl-s")?;
         self.engine_config()
             .validate()
             .map_err(|e| format!("engine settings: {e}"))
@@ -112,6 +116,10 @@ impl Config {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.http_idle_timeout_ms)
+    }
+
+    pub fn session_ttl_ms(&self) -> u64 {
+        self.session_ttl_s.saturating_mul(1000)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -9,6 +9,7 @@
 //! framing with limits and deadlines, `/healthz`, `/readyz`, graceful
 //! shutdown. The HTTP API, WebSocket protocol, accounts and metrics follow.
 
+mod auth;
 mod config;
 mod http;
 mod routes;

@@ -1,34 +1,289 @@
-//! HTTP routes: the one place where requests become responses (and errors
-//! become the typed JSON error body of DESIGN.md).
+//! HTTP routes: the one place where requests become responses, and where
+//! every error becomes the typed JSON body of DESIGN.md
+//! (`{"error":{"code","message"}}`) with its status.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rookery_engine::storage::meta::Room;
+use rookery_engine::storage::{self, Meta, Role};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
 use crate::serve::Shared;
 
+/// Why a request failed, as the client sees it.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the body or a parameter is not what the route takes.
+    BadRequest(String),
+    /// 401: no valid session.
+    Unauthorized(String),
+    /// 403: authenticated, not allowed.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 405: the path exists, the method does not.
+    MethodNotAllowed(String),
+    /// 409: the name is taken.
+    Conflict(String),
+    /// 500: a fault on our side (logged; the client gets no detail).
+    Internal(String),
+}
+
+impl ApiError {
+    fn response(&self) -> Response {
+        let (status, code, message) = match self {
+            ApiError::BadRequest(m) => (400, "bad_request", m.as_str()),
+            ApiError::Unauthorized(m) => (401, "unauthorized", m.as_str()),
+            ApiError::Forbidden(m) => (403, "forbidden", m.as_str()),
+            ApiError::NotFound(m) => (404, "not_found", m.as_str()),
+            ApiError::MethodNotAllowed(m) => (405, "method_not_allowed", m.as_str()),
+            ApiError::Conflict(m) => (409, "conflict", m.as_str()),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "request failed");
+                (500, "internal", "internal error")
+            }
+        };
+        Response::error(status, code, message)
+    }
+}
+
+impl From<storage::Error> for ApiError {
+    fn from(e: storage::Error) -> Self {
+        match e {
+            storage::Error::InvalidInput(m) => ApiError::BadRequest(m),
+            storage::Error::NotFound(m) => ApiError::NotFound(m),
+            storage::Error::AlreadyExists(m) => ApiError::Conflict(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
 /// Answers one request.
 pub async fn handle(req: &Request, shared: &Shared) -> Response {
-    match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/healthz") => Response::json(200, &serde_json::json!({"status": "ok"})),
-        ("GET", "/readyz") => readyz(shared),
-        (_, "/healthz" | "/readyz") => Response::error(
-            405,
-            "method_not_allowed",
-            &format!("{} is not allowed on {}", req.method, req.path),
+    route(req, shared).await.unwrap_or_else(|e| e.response())
+}
+
+async fn route(req: &Request, shared: &Shared) -> ApiResult {
+    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    let method = req.method.as_str();
+    match (method, segments.as_slice()) {
+        ("GET", ["healthz"]) => Ok(Response::json(200, &json!({"status": "ok"}))),
+        ("GET", ["readyz"]) => Ok(readyz(shared)),
+        ("POST", ["api", "register"]) => register(req, shared).await,
+        ("POST", ["api", "login"]) => login(req, shared).await,
+        ("POST", ["api", "logout"]) => logout(req, shared).await,
+        ("GET", ["api", "me"]) => me(req, shared).await,
+        ("GET", ["api", "rooms"]) => list_rooms(req, shared).await,
+        ("POST", ["api", "rooms"]) => create_room(req, shared).await,
+        ("GET", ["api", "rooms", id]) => get_room(req, shared, id).await,
+        ("POST", ["api", "rooms", id, "join"]) => join(req, shared, id, true).await,
+        ("POST", ["api", "rooms", id, "leave"]) => join(req, shared, id, false).await,
+        ("GET", ["api", "rooms", id, "members"]) => members(req, shared, id).await,
+        (_, ["healthz" | "readyz"])
+        | (_, ["api", "register" | "login" | "logout" | "me" | "rooms"])
+        | (_, ["api", "rooms", _])
+        | (_, ["api", "rooms", _, "join" | "leave" | "members"]) => Err(
+            ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", req.path)),
         ),
-        _ => Response::error(404, "not_found", &format!("no route for {}", req.path)),
+        _ => Err(ApiError::NotFound(format!("no route for {}", req.path))),
     }
 }
 
 /// Ready once the engine runs and this shard serves; 503 while stopping.
 fn readyz(shared: &Shared) -> Response {
-    if shared.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+    if shared.stopping.load(Ordering::Relaxed) {
         return Response::error(503, "stopping", "the server is shutting down");
     }
     Response::json(
         200,
-        &serde_json::json!({
-            "status": "ready",
-            "shard": shared.shard,
-            "shards": shared.engine.shards(),
-        }),
+        &json!({"status": "ready", "shard": shared.shard, "shards": shared.engine.shards()}),
     )
+}
+
+/// The request body as JSON of type `T`.
+fn body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, ApiError> {
+    serde_json::from_slice(&req.body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))
+}
+
+fn meta(shared: &Shared) -> Arc<Meta> {
+    shared.engine.meta().clone()
+}
+
+/// The authenticated user, or 401.
+async fn user(req: &Request, shared: &Shared) -> Result<u64, ApiError> {
+    let token = auth::bearer(req)
+        .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
+    auth::user_of(meta(shared), token)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("the token is unknown or expired".into()))
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    name: String,
+    password: String,
+}
+
+fn session_json(user: u64, name: &str, s: &auth::Session) -> Value {
+    json!({"user": user, "name": name, "token": s.token, "expires_ms": s.expires_ms})
+}
+
+async fn register(req: &Request, shared: &Shared) -> ApiResult {
+    let c: Credentials = body(req)?;
+    let m = meta(shared);
+    let (name, password) = (c.name.clone(), c.password);
+    let id = blocking(move || m.create_user(&name, &password, auth::now_ms())).await?;
+    let s = auth::open_session(meta(shared), id, shared.cfg.session_ttl_ms()).await?;
+    Ok(Response::json(201, &session_json(id, &c.name, &s)))
+}
+
+async fn login(req: &Request, shared: &Shared) -> ApiResult {
+    let c: Credentials = body(req)?;
+    let m = meta(shared);
+    let (name, password) = (c.name.clone(), c.password);
+    let id = blocking(move || m.verify_password(&name, &password))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("wrong name or password".into()))?;
+    let s = auth::open_session(meta(shared), id, shared.cfg.session_ttl_ms()).await?;
+    Ok(Response::json(200, &session_json(id, &c.name, &s)))
+}
+
+async fn logout(req: &Request, shared: &Shared) -> ApiResult {
+    user(req, shared).await?;
+    let token = auth::bearer(req).unwrap_or_default();
+    auth::close_session(meta(shared), token).await?;
+    Ok(Response::json(200, &json!({"logged_out": true})))
+}
+
+async fn me(req: &Request, shared: &Shared) -> ApiResult {
+    let id = user(req, shared).await?;
+    let m = meta(shared);
+    let u = blocking(move || m.user(id))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("the session's user is gone".into()))?;
+    Ok(Response::json(200, &json!({"user": u.id, "name": u.name})))
+}
+
+fn room_json(r: &Room) -> Value {
+    json!({"id": r.id, "name": r.name, "private": r.private, "creator": r.creator,
+           "created_ms": r.created_ms, "last_seq": r.last_seq})
+}
+
+async fn list_rooms(req: &Request, shared: &Shared) -> ApiResult {
+    let id = user(req, shared).await?;
+    let m = meta(shared);
+    let rooms = blocking(move || m.visible_rooms(id)).await?;
+    let rooms: Vec<Value> = rooms.iter().map(room_json).collect();
+    Ok(Response::json(200, &json!({ "rooms": rooms })))
+}
+
+#[derive(Deserialize)]
+struct NewRoom {
+    name: String,
+    #[serde(default)]
+    private: bool,
+}
+
+async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
+    let creator = user(req, shared).await?;
+    let new: NewRoom = body(req)?;
+    let m = meta(shared);
+    let room = blocking(move || {
+        let id = m.create_room(&new.name, new.private, creator, auth::now_ms())?;
+        m.room(id)
+    })
+    .await?
+    .ok_or_else(|| ApiError::Internal("a created room is missing".into()))?;
+    Ok(Response::json(201, &room_json(&room)))
+}
+
+fn room_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("room id {raw:?} is not a number >= 1")))
+}
+
+/// The room, if `user` may see it (public, or a member); 404 otherwise, so
+/// that private rooms do not reveal that they exist.
+async fn visible_room(
+    shared: &Shared,
+    user: u64,
+    id: u64,
+) -> Result<(Room, Option<Role>), ApiError> {
+    let m = meta(shared);
+    let (room, role) = blocking(move || -> storage::Result<_> {
+        let room = m.room(id)?;
+        let role = match &room {
+            Some(_) => m.member_role(id, user)?,
+            None => None,
+        };
+        Ok((room, role))
+    })
+    .await?;
+    match room {
+        Some(r) if !r.private || role.is_some() => Ok((r, role)),
+        _ => Err(ApiError::NotFound(format!("room {id}"))),
+    }
+}
+
+async fn get_room(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    let (room, role) = visible_room(shared, uid, id).await?;
+    let mut v = room_json(&room);
+    v["role"] = json!(role.map(role_name));
+    Ok(Response::json(200, &v))
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Member => "member",
+        Role::Admin => "admin",
+    }
+}
+
+/// Joins (public rooms; private ones are joined by invitation) or leaves.
+async fn join(req: &Request, shared: &Shared, raw: &str, on: bool) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    let (room, role) = visible_room(shared, uid, id).await?;
+    if on && room.private && role.is_none() {
+        return Err(ApiError::Forbidden(format!(
+            "room {} is private",
+            room.name
+        )));
+    }
+    let m = meta(shared);
+    let changed = blocking(move || {
+        if on {
+            m.add_member(id, uid, Role::Member)
+        } else {
+            m.remove_member(id, uid)
+        }
+    })
+    .await?;
+    Ok(Response::json(
+        200,
+        &json!({"room": id, "member": on, "changed": changed}),
+    ))
+}
+
+async fn members(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    visible_room(shared, uid, id).await?;
+    let m = meta(shared);
+    let members = blocking(move || m.members(id)).await?;
+    let members: Vec<Value> = members
+        .into_iter()
+        .map(|(u, r)| json!({"user": u, "role": role_name(r)}))
+        .collect();
+    Ok(Response::json(
+        200,
+        &json!({ "room": id, "members": members }),
+    ))
 }

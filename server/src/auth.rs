@@ -1,0 +1,121 @@
+//! Identity: opaque session tokens (random, stored only as SHA-256 hashes,
+//! with expiry and logout) over the accounts of `meta.redb` (argon2id
+//! password hashes). Everything that touches `meta.redb` or argon2 runs on
+//! glommio's blocking pool, never on a shard's reactor.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use rookery_engine::storage::{self, Meta};
+use sha2::{Digest, Sha256};
+
+use crate::http::Request;
+
+/// Bytes of randomness in a session token (shown to clients as hex).
+const TOKEN_BYTES: usize = 32;
+
+/// A session handed to a client.
+pub struct Session {
+    pub token: String,
+    pub expires_ms: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The stored form of a token.
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn new_token() -> String {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs blocking metadata work off the reactor.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    glommio::executor().spawn_blocking(f).await
+}
+
+/// Starts a session for `user`.
+pub async fn open_session(meta: Arc<Meta>, user: u64, ttl_ms: u64) -> storage::Result<Session> {
+    let token = new_token();
+    let hash = token_hash(&token);
+    let expires_ms = now_ms().saturating_add(ttl_ms);
+    blocking(move || meta.create_session(&hash, user, expires_ms)).await?;
+    Ok(Session { token, expires_ms })
+}
+
+/// The bearer token of a request: `Authorization: Bearer T`, else
+/// `?token=T`.
+pub fn bearer(req: &Request) -> Option<String> {
+    if let Some(v) = req.header("authorization") {
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
+    }
+    req.query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(str::to_string)
+}
+
+/// The user of a live session token, if any.
+pub async fn user_of(meta: Arc<Meta>, token: String) -> storage::Result<Option<u64>> {
+    let hash = token_hash(&token);
+    blocking(move || meta.session(&hash, now_ms())).await
+}
+
+/// Ends a session; whether it existed.
+pub async fn close_session(meta: Arc<Meta>, token: String) -> storage::Result<bool> {
+    let hash = token_hash(&token);
+    blocking(move || meta.delete_session(&hash)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_hex_and_stored_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 2 * TOKEN_BYTES);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert_ne!(token_hash(&a), token_hash(&b));
+        assert_eq!(token_hash(&a), token_hash(&a.clone()));
+    }
+
+    #[test]
+    fn bearer_comes_from_the_header_or_the_query() {
+        let req = |headers: Vec<(&str, &str)>, query: &str| Request {
+            method: "GET".into(),
+            path: "/".into(),
+            query: query.into(),
+            headers: headers
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+            keep_alive: true,
+        };
+        assert_eq!(
+            bearer(&req(vec![("authorization", "Bearer abc")], "")).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer(&req(vec![("authorization", "bearer  x ")], "")).as_deref(),
+            Some("x")
+        );
+        assert_eq!(bearer(&req(vec![("authorization", "Basic abc")], "")), None);
+        assert_eq!(bearer(&req(vec![], "a=1&token=t9")).as_deref(), Some("t9"));
+        assert_eq!(bearer(&req(vec![], "a=1")), None);
+    }
+}

@@ -1,0 +1,208 @@
+//! End-to-end tests of the accounts and rooms HTTP API against the real
+//! binary: every route's success and its errors (status and error code).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+fn code(v: &serde_json::Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn register_login_me_logout() {
+    let server = start(&[]);
+    let p = server.port;
+    let (s, alice) = call(
+        p,
+        "POST",
+        "/api/register",
+        None,
+        Some(&json!({"name": "alice", "password": "pw-1"})),
+    );
+    assert_eq!(s, 201, "{alice}");
+    let token = alice["token"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 64);
+    assert!(alice["expires_ms"].as_u64().unwrap() > 0);
+    // The name is taken now; bad bodies and names are refused.
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/register",
+        None,
+        Some(&json!({"name": "alice", "password": "x"})),
+    );
+    assert_eq!((s, code(&v)), (409, "conflict"));
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/register",
+        None,
+        Some(&json!({"name": "bad name!", "password": "x"})),
+    );
+    assert_eq!((s, code(&v)), (400, "bad_request"));
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/register",
+        None,
+        Some(&json!({"name": "bob"})),
+    );
+    assert_eq!((s, code(&v)), (400, "bad_request"), "missing field");
+    let (s, v) = call(p, "POST", "/api/register", None, None);
+    assert_eq!((s, code(&v)), (400, "bad_request"), "no body");
+    // Login: right and wrong passwords, unknown users.
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/login",
+        None,
+        Some(&json!({"name": "alice", "password": "pw-1"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let second = v["token"].as_str().unwrap().to_string();
+    assert_ne!(second, token);
+    for creds in [
+        json!({"name": "alice", "password": "nope"}),
+        json!({"name": "ghost", "password": "pw-1"}),
+    ] {
+        let (s, v) = call(p, "POST", "/api/login", None, Some(&creds));
+        assert_eq!((s, code(&v)), (401, "unauthorized"));
+    }
+    // /api/me with each token, without, with a bad one.
+    let (s, v) = call(p, "GET", "/api/me", Some(&token), None);
+    assert_eq!((s, v["name"].as_str()), (200, Some("alice")));
+    let (s, v) = call(p, "GET", &format!("/api/me?token={second}"), None, None);
+    assert_eq!(s, 200, "token in the query: {v}");
+    for bad in [None, Some("deadbeef")] {
+        let (s, v) = call(p, "GET", "/api/me", bad, None);
+        assert_eq!((s, code(&v)), (401, "unauthorized"));
+    }
+    // Logout ends that session only.
+    let (s, _) = call(p, "POST", "/api/logout", Some(&token), None);
+    assert_eq!(s, 200);
+    assert_eq!(call(p, "GET", "/api/me", Some(&token), None).0, 401);
+    assert_eq!(call(p, "GET", "/api/me", Some(&second), None).0, 200);
+    assert_eq!(call(p, "GET", "/api/register", None, None).0, 405);
+    assert_serving(p);
+}
+
+#[test]
+fn rooms_public_private_join_leave_members() {
+    let server = start(&[]);
+    let p = server.port;
+    let login = |name: &str| {
+        let (s, v) = call(
+            p,
+            "POST",
+            "/api/register",
+            None,
+            Some(&json!({"name": name, "password": "pw"})),
+        );
+        assert_eq!(s, 201, "{v}");
+        (
+            v["user"].as_u64().unwrap(),
+            v["token"].as_str().unwrap().to_string(),
+        )
+    };
+    let (alice, a) = login("alice");
+    let (bob, b) = login("bob");
+    let (s, general) = call(
+        p,
+        "POST",
+        "/api/rooms",
+        Some(&a),
+        Some(&json!({"name": "general"})),
+    );
+    assert_eq!(s, 201, "{general}");
+    let (s, secret) = call(
+        p,
+        "POST",
+        "/api/rooms",
+        Some(&a),
+        Some(&json!({"name": "secret", "private": true})),
+    );
+    assert_eq!(s, 201, "{secret}");
+    let (g, x) = (
+        general["id"].as_u64().unwrap(),
+        secret["id"].as_u64().unwrap(),
+    );
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/rooms",
+        Some(&a),
+        Some(&json!({"name": "general"})),
+    );
+    assert_eq!((s, code(&v)), (409, "conflict"));
+    assert_eq!(
+        call(p, "POST", "/api/rooms", None, Some(&json!({"name": "x"}))).0,
+        401
+    );
+    // Bob sees the public room only; the private one does not exist for him.
+    let (_, list) = call(p, "GET", "/api/rooms", Some(&b), None);
+    let names: Vec<&str> = list["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["general"]);
+    let (_, list) = call(p, "GET", "/api/rooms", Some(&a), None);
+    assert_eq!(list["rooms"].as_array().unwrap().len(), 2);
+    let (s, v) = call(p, "GET", &format!("/api/rooms/{x}"), Some(&b), None);
+    assert_eq!((s, code(&v)), (404, "not_found"));
+    let (s, v) = call(p, "POST", &format!("/api/rooms/{x}/join"), Some(&b), None);
+    assert_eq!(
+        (s, code(&v)),
+        (404, "not_found"),
+        "private rooms are not joinable by strangers"
+    );
+    let (s, v) = call(p, "GET", &format!("/api/rooms/{x}"), Some(&a), None);
+    assert_eq!((s, v["role"].as_str()), (200, Some("admin")));
+    // Join, members, leave.
+    let (s, v) = call(p, "POST", &format!("/api/rooms/{g}/join"), Some(&b), None);
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)));
+    let (_, v) = call(p, "POST", &format!("/api/rooms/{g}/join"), Some(&b), None);
+    assert_eq!(
+        v["changed"].as_bool(),
+        Some(false),
+        "joining twice changes nothing"
+    );
+    let (s, v) = call(p, "GET", &format!("/api/rooms/{g}/members"), Some(&b), None);
+    assert_eq!(s, 200);
+    let mut members: Vec<(u64, String)> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["user"].as_u64().unwrap(),
+                m["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    members.sort();
+    assert_eq!(
+        members,
+        [(alice, "admin".to_string()), (bob, "member".to_string())]
+    );
+    let (s, _) = call(p, "POST", &format!("/api/rooms/{g}/leave"), Some(&b), None);
+    assert_eq!(s, 200);
+    let (_, v) = call(p, "GET", &format!("/api/rooms/{g}/members"), Some(&a), None);
+    assert_eq!(v["members"].as_array().unwrap().len(), 1);
+    // Bad ids and unknown rooms.
+    for (path, want) in [
+        ("/api/rooms/abc", 400),
+        ("/api/rooms/0", 400),
+        ("/api/rooms/999", 404),
+    ] {
+        assert_eq!(call(p, "GET", path, Some(&a), None).0, want, "{path}");
+    }
+    assert_eq!(
+        call(p, "DELETE", &format!("/api/rooms/{g}"), Some(&a), None).0,
+        405
+    );
+    assert_serving(p);
+}
