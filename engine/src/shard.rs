@@ -104,6 +104,8 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     /// Cursor of the next page in the same direction, if any.
     pub next: Option<Cursor>,
+    /// Served from memory (nothing was read from disk): `X-Cache: HIT`.
+    pub cached: bool,
 }
 
 /// A subscription to register on a shard.
@@ -694,6 +696,7 @@ impl Shard {
         Ok(HistoryPage {
             messages: page.items.iter().map(StoredMessage::from_item).collect(),
             next: page.next,
+            cached: page.cached,
         })
     }
 

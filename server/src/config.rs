@@ -51,6 +51,9 @@ pub struct Config {
     /// Milliseconds an idle keep-alive connection is kept.
     #[arg(long, env = "ROOKERY_HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub http_idle_timeout_ms: u64,
+    /// Messages in one history page at most (`limit`).
+    #[arg(long, env = "ROOKERY_HISTORY_PAGE_LEN_MAX", default_value_t = 200)]
+    pub history_page_len_max: usize,
     /// Seconds a login session lasts.
     #[arg(long, env = "ROOKERY_SESSION_TTL_S", default_value_t = 30 * 24 * 3600)]
     pub session_ttl_s: u64,
@@ -80,6 +83,7 @@ impl Config {
         positive(self.http_idle_timeout_ms, "http-idle-timeout-ms")?;
         positive(self.shutdown_timeout_ms, "shutdown-timeout-ms")?;
         positive(self.session_ttl_s, "session-ttl-s")?;
+        positive(self.history_page_len_max as u64, "history-page-len-max")?;
         self.engine_config()
             .validate()
             .map_err(|e| format!("engine settings: {e}"))

@@ -205,7 +205,10 @@ impl Response {
         for (n, v) in &self.headers {
             let _ = write!(head, "{n}: {v}\r\n");
         }
-        let _ = write!(head, "content-length: {}\r\n", self.body.len());
+        // 204 and 304 carry no body, and no length of one.
+        if !matches!(self.status, 204 | 304) {
+            let _ = write!(head, "content-length: {}\r\n", self.body.len());
+        }
         if close {
             head.push_str("connection: close\r\n");
         }

@@ -10,6 +10,9 @@ use rookery_engine::storage::{self, Meta, Role};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use rookery_engine::{Cursor, Error as EngineError, Order};
+use sha2::{Digest, Sha256};
+
 use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
 use crate::serve::Shared;
@@ -29,6 +32,10 @@ pub enum ApiError {
     MethodNotAllowed(String),
     /// 409: the name is taken.
     Conflict(String),
+    /// 429: a rate limit refused it.
+    TooManyRequests(String),
+    /// 503: shutting down, or a queue is full.
+    Unavailable(String),
     /// 500: a fault on our side (logged; the client gets no detail).
     Internal(String),
 }
@@ -42,6 +49,8 @@ impl ApiError {
             ApiError::NotFound(m) => (404, "not_found", m.as_str()),
             ApiError::MethodNotAllowed(m) => (405, "method_not_allowed", m.as_str()),
             ApiError::Conflict(m) => (409, "conflict", m.as_str()),
+            ApiError::TooManyRequests(m) => (429, "rate_limited", m.as_str()),
+            ApiError::Unavailable(m) => (503, "unavailable", m.as_str()),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "request failed");
                 (500, "internal", "internal error")
@@ -57,6 +66,21 @@ impl From<storage::Error> for ApiError {
             storage::Error::InvalidInput(m) => ApiError::BadRequest(m),
             storage::Error::NotFound(m) => ApiError::NotFound(m),
             storage::Error::AlreadyExists(m) => ApiError::Conflict(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Storage(s) => s.into(),
+            EngineError::NotFound(m) => ApiError::NotFound(m),
+            EngineError::Forbidden(m) => ApiError::Forbidden(m),
+            EngineError::InvalidInput(m) => ApiError::BadRequest(m),
+            EngineError::RateLimited(m) => ApiError::TooManyRequests(m),
+            EngineError::Busy(m) => ApiError::Unavailable(m),
+            EngineError::ShutDown => ApiError::Unavailable("shutting down".into()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -85,10 +109,15 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("POST", ["api", "rooms", id, "join"]) => join(req, shared, id, true).await,
         ("POST", ["api", "rooms", id, "leave"]) => join(req, shared, id, false).await,
         ("GET", ["api", "rooms", id, "members"]) => members(req, shared, id).await,
+        ("GET", ["api", "rooms", id, "messages"]) => history(req, shared, id).await,
+        ("POST", ["api", "rooms", id, "messages"]) => publish(req, shared, id).await,
+        ("POST", ["api", "rooms", id, "read"]) => mark_read(req, shared, id).await,
+        ("GET", ["api", "me", "unread"]) => unread(req, shared).await,
         (_, ["healthz" | "readyz"])
         | (_, ["api", "register" | "login" | "logout" | "me" | "rooms"])
         | (_, ["api", "rooms", _])
-        | (_, ["api", "rooms", _, "join" | "leave" | "members"]) => Err(
+        | (_, ["api", "me", "unread"])
+        | (_, ["api", "rooms", _, "join" | "leave" | "members" | "messages" | "read"]) => Err(
             ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", req.path)),
         ),
         _ => Err(ApiError::NotFound(format!("no route for {}", req.path))),
@@ -286,4 +315,128 @@ async fn members(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
         200,
         &json!({ "room": id, "members": members }),
     ))
+}
+
+/// A query parameter as a number, if present.
+fn query_u64(req: &Request, name: &str) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = req
+        .query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+    else {
+        return Ok(None);
+    };
+    raw.parse()
+        .map(Some)
+        .map_err(|_| ApiError::BadRequest(format!("{name}={raw:?} is not a number")))
+}
+
+fn message_json(m: &rookery_engine::StoredMessage) -> Value {
+    json!({"seq": m.seq, "from": m.sender, "ts": m.ts_ms, "body": m.body,
+           "edited": m.edited, "deleted": m.body.is_none()})
+}
+
+/// `GET /api/rooms/{id}/messages?before=&after=&limit=`: newest first
+/// (before a seq, or the latest), or oldest first after a seq. Answers with
+/// an `ETag` of the page (and 304 when `If-None-Match` has it) and
+/// `X-Cache: HIT` when the page came from memory.
+async fn history(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    visible_room(shared, uid, id).await?;
+    let max = shared.cfg.history_page_len_max;
+    let limit = query_u64(req, "limit")?.unwrap_or(50);
+    if limit == 0 || limit > max as u64 {
+        return Err(ApiError::BadRequest(format!("limit must be 1..={max}")));
+    }
+    let (before, after) = (query_u64(req, "before")?, query_u64(req, "after")?);
+    let order = if after.is_some() {
+        Order::OldestFirst
+    } else {
+        Order::NewestFirst
+    };
+    let cursor = Cursor {
+        after,
+        before,
+        limit: limit as usize,
+        order,
+    };
+    let page = shared.engine.history(id, cursor).await?;
+    let next = page.next.map(|c| match c.order {
+        Order::NewestFirst => json!({"before": c.before}),
+        Order::OldestFirst => json!({"after": c.after}),
+    });
+    let messages: Vec<Value> = page.messages.iter().map(message_json).collect();
+    let body = json!({"room": id, "messages": messages, "next": next});
+    let mut resp = Response::json(200, &body);
+    let digest = Sha256::digest(&resp.body);
+    let etag: String = format!(
+        "\"{}\"",
+        digest[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let cache = if page.cached { "HIT" } else { "MISS" };
+    if req.header("if-none-match") == Some(etag.as_str()) {
+        resp = Response {
+            status: 304,
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+    }
+    resp.headers.push(("etag".into(), etag));
+    resp.headers.push(("x-cache".into(), cache.into()));
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+struct Publish {
+    body: String,
+    #[serde(default)]
+    client_id: String,
+}
+
+/// `POST /api/rooms/{id}/messages`: publish (from a backend or a client);
+/// a repeated `client_id` answers the original seq.
+async fn publish(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    visible_room(shared, uid, id).await?;
+    let p: Publish = body(req)?;
+    let ack = shared.engine.post(id, uid, &p.client_id, &p.body).await?;
+    Ok(Response::json(
+        if ack.duplicate { 200 } else { 201 },
+        &json!({"room": id, "seq": ack.seq, "ts": ack.ts_ms, "duplicate": ack.duplicate}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ReadMark {
+    seq: u64,
+}
+
+/// `POST /api/rooms/{id}/read`: the user has read up to `seq`.
+async fn mark_read(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    visible_room(shared, uid, id).await?;
+    let mark: ReadMark = body(req)?;
+    let stored = shared.engine.mark_read(id, uid, mark.seq).await?;
+    Ok(Response::json(200, &json!({"room": id, "seq": stored})))
+}
+
+/// `GET /api/me/unread`: unread counts of the rooms the user is a member
+/// of, each from its room's owner (the owner's last seq is current; the
+/// copy in `meta.redb` trails it by the index's lag).
+async fn unread(req: &Request, shared: &Shared) -> ApiResult {
+    let uid = user(req, shared).await?;
+    let m = meta(shared);
+    let rooms = blocking(move || m.rooms_of(uid)).await?;
+    let pending: Vec<_> = rooms
+        .iter()
+        .map(|room| shared.engine.unread(*room, uid))
+        .collect();
+    let mut out = Vec::with_capacity(rooms.len());
+    for (room, p) in rooms.into_iter().zip(pending) {
+        out.push(json!({"room": room, "unread": p.await?}));
+    }
+    Ok(Response::json(200, &json!({ "rooms": out })))
 }

@@ -206,3 +206,188 @@ fn rooms_public_private_join_leave_members() {
     );
     assert_serving(p);
 }
+
+#[test]
+fn messages_publish_page_etag_and_unread() {
+    let server = start(&[]);
+    let p = server.port;
+    let reg = |name: &str| {
+        let (_, v) = call(
+            p,
+            "POST",
+            "/api/register",
+            None,
+            Some(&json!({"name": name, "password": "pw"})),
+        );
+        v["token"].as_str().unwrap().to_string()
+    };
+    let (a, b) = (reg("alice"), reg("bob"));
+    let (_, room) = call(
+        p,
+        "POST",
+        "/api/rooms",
+        Some(&a),
+        Some(&json!({"name": "chat"})),
+    );
+    let room = room["id"].as_u64().unwrap();
+    assert_eq!(
+        call(
+            p,
+            "POST",
+            &format!("/api/rooms/{room}/join"),
+            Some(&b),
+            None
+        )
+        .0,
+        200
+    );
+    let post = |i: u64, client_id: &str| {
+        call(
+            p,
+            "POST",
+            &format!("/api/rooms/{room}/messages"),
+            Some(&a),
+            Some(&json!({"body": format!("m{i}"), "client_id": client_id})),
+        )
+    };
+    for i in 1..=120u64 {
+        let (s, v) = post(i, &format!("c{i}"));
+        assert_eq!((s, v["seq"].as_u64()), (201, Some(i)), "{v}");
+    }
+    // An idempotent resend answers the original seq.
+    let (s, v) = post(999, "c7");
+    assert_eq!(
+        (s, v["seq"].as_u64(), v["duplicate"].as_bool()),
+        (200, Some(7), Some(true))
+    );
+    // Newest first, following `next` back to the start: every message once.
+    let mut seen = Vec::new();
+    let mut path = format!("/api/rooms/{room}/messages?limit=50");
+    loop {
+        let resp = get_raw(p, &path, &b, "");
+        assert_eq!(status(&resp), 200, "{resp}");
+        assert!(
+            matches!(header(&resp, "x-cache"), Some("HIT" | "MISS")),
+            "{resp}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        seen.extend(
+            v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["seq"].as_u64().unwrap()),
+        );
+        match v["next"]["before"].as_u64() {
+            Some(before) => path = format!("/api/rooms/{room}/messages?limit=50&before={before}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=120).rev().collect::<Vec<_>>());
+    // Oldest first after a seq.
+    let (_, v) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{room}/messages?after=100&limit=5"),
+        Some(&b),
+        None,
+    );
+    let seqs: Vec<u64> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [101, 102, 103, 104, 105]);
+    assert_eq!(v["messages"][0]["body"], "m101");
+    // ETag: the same page again with If-None-Match is 304 with no body.
+    let first = get_raw(p, &format!("/api/rooms/{room}/messages?limit=10"), &b, "");
+    let etag = header(&first, "etag").unwrap().to_string();
+    let again = get_raw(
+        p,
+        &format!("/api/rooms/{room}/messages?limit=10"),
+        &b,
+        &format!("If-None-Match: {etag}\r\n"),
+    );
+    assert_eq!(status(&again), 304, "{again}");
+    assert_eq!(header(&again, "etag"), Some(etag.as_str()));
+    assert_eq!(header(&again, "x-cache"), Some("HIT"), "read a moment ago");
+    assert!(again.ends_with("\r\n\r\n"), "no body: {again}");
+    // A new message changes the page and its tag.
+    post(121, "c121");
+    let changed = get_raw(
+        p,
+        &format!("/api/rooms/{room}/messages?limit=10"),
+        &b,
+        &format!("If-None-Match: {etag}\r\n"),
+    );
+    assert_eq!(status(&changed), 200);
+    assert_ne!(header(&changed, "etag"), Some(etag.as_str()));
+    // Bad parameters.
+    for q in ["limit=0", "limit=201", "before=x", "limit=-1"] {
+        let (s, v) = call(
+            p,
+            "GET",
+            &format!("/api/rooms/{room}/messages?{q}"),
+            Some(&b),
+            None,
+        );
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{q}");
+    }
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("/api/rooms/{room}/messages"),
+        Some(&a),
+        Some(&json!({"text": "no body field"})),
+    );
+    assert_eq!((s, code(&v)), (400, "bad_request"));
+    // Read markers and unread counts.
+    let (_, v) = call(p, "GET", "/api/me/unread", Some(&b), None);
+    assert_eq!(v["rooms"], json!([{"room": room, "unread": 121}]));
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("/api/rooms/{room}/read"),
+        Some(&b),
+        Some(&json!({"seq": 100})),
+    );
+    assert_eq!((s, v["seq"].as_u64()), (200, Some(100)));
+    let (_, v) = call(
+        p,
+        "POST",
+        &format!("/api/rooms/{room}/read"),
+        Some(&b),
+        Some(&json!({"seq": 5000})),
+    );
+    assert_eq!(v["seq"].as_u64(), Some(121), "clamped to the last seq");
+    let (_, v) = call(p, "GET", "/api/me/unread", Some(&b), None);
+    assert_eq!(v["rooms"], json!([{"room": room, "unread": 0}]));
+    // A private room's messages are invisible to strangers.
+    let (_, secret) = call(
+        p,
+        "POST",
+        "/api/rooms",
+        Some(&a),
+        Some(&json!({"name": "secret", "private": true})),
+    );
+    let secret = secret["id"].as_u64().unwrap();
+    for (method, path, body) in [
+        ("GET", format!("/api/rooms/{secret}/messages"), None),
+        (
+            "POST",
+            format!("/api/rooms/{secret}/messages"),
+            Some(json!({"body": "hi"})),
+        ),
+        (
+            "POST",
+            format!("/api/rooms/{secret}/read"),
+            Some(json!({"seq": 1})),
+        ),
+    ] {
+        let (s, v) = call(p, method, &path, Some(&b), body.as_ref());
+        assert_eq!((s, code(&v)), (404, "not_found"), "{method} {path}");
+    }
+    assert_serving(p);
+}

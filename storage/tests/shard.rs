@@ -536,3 +536,44 @@ fn log_io_goes_through_the_main_ring_not_the_poll_ring() {
         assert!(stats.main_ring.file_writes().0 > 0, "{stats:?}");
     });
 }
+
+/// `Page::cached` says whether a page was served from memory: true for
+/// resident records, false once the OS cache of the log was dropped and
+/// the page had to be read from disk.
+#[test]
+fn a_page_reports_whether_it_came_from_memory() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let root = dir.path().to_path_buf();
+    run(move || async move {
+        let store = open(&cfg);
+        let shard = store.open_shard(0).await.unwrap();
+        for i in 0..200u64 {
+            shard
+                .append_message(3, 1, "", i, &"m".repeat(300))
+                .await
+                .unwrap();
+        }
+        // The log is written with O_DIRECT, past the OS cache: the first
+        // read of fresh records comes from disk, the next from memory.
+        shard.history(3, Cursor::latest(50)).await.unwrap();
+        let hot = shard.history(3, Cursor::latest(50)).await.unwrap();
+        assert_eq!((hot.items.len(), hot.cached), (50, true));
+        drop(hot); // its records hold the mapping
+        shard.checkpoint_now().await.unwrap();
+        shard.release_mappings();
+        for entry in std::fs::read_dir(root.join("shard-0").join("log")).unwrap() {
+            let file = std::fs::File::open(entry.unwrap().path()).unwrap();
+            let rc =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(rc, 0);
+        }
+        let cold = shard.history(3, Cursor::latest(50)).await.unwrap();
+        assert_eq!(cold.items.len(), 50);
+        assert!(!cold.cached, "read from disk after the cache was dropped");
+        let again = shard.history(3, Cursor::latest(50)).await.unwrap();
+        assert!(again.cached);
+        shard.close().await.unwrap();
+    });
+}

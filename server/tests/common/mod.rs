@@ -135,3 +135,18 @@ pub fn call(
         .unwrap_or(serde_json::Value::Null);
     (status(&resp), json)
 }
+
+/// The value of header `name` (lower case) in a raw response.
+pub fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    let head = resp.split("\r\n\r\n").next()?;
+    head.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+}
+
+/// A GET with a bearer token and extra header lines; the raw response.
+pub fn get_raw(port: u16, path: &str, token: &str, extra: &str) -> String {
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"
+    );
+    exchange(port, raw.as_bytes()).unwrap()
+}

@@ -110,6 +110,9 @@ pub struct Page {
     pub items: Vec<HistoryItem>,
     /// The cursor for the next page in the same direction, if more exist.
     pub next: Option<Cursor>,
+    /// Served from memory: every record was resident, nothing was read
+    /// from disk for this page.
+    pub cached: bool,
 }
 
 pub(super) const PAGE: usize = 4096;
@@ -260,6 +263,7 @@ impl ShardStore {
                 return Ok(Page {
                     items: Vec::new(),
                     next: None,
+                    cached: true,
                 });
             };
             let positions: Vec<u64> = plan
@@ -275,7 +279,9 @@ impl ShardStore {
         };
         self.prefetch(positions).await?;
         // The state may have moved on while the reads ran: plan again.
-        self.history_now(room, cursor)
+        let mut page = self.history_now(room, cursor)?;
+        page.cached = false;
+        Ok(page)
     }
 
     /// Index entries and edit positions of the page `cursor` asks for.
@@ -317,6 +323,7 @@ impl ShardStore {
         match self.plan(&mut st, room, cursor)? {
             Some(plan) => self.assemble(&mut st, room, cursor, plan),
             None => Ok(Page {
+                cached: true,
                 items: Vec::new(),
                 next: None,
             }),
@@ -369,7 +376,11 @@ impl ShardStore {
                 ..cursor
             }),
         };
-        Ok(Page { items, next })
+        Ok(Page {
+            items,
+            next,
+            cached: true,
+        })
     }
 
     /// Unmaps every segment mapping this shard holds for reads; the next read
