@@ -67,10 +67,54 @@ pub fn bearer(req: &Request) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The user of a live session token, if any.
-pub async fn user_of(meta: Arc<Meta>, token: String) -> storage::Result<Option<u64>> {
+/// What a bearer token proved.
+pub enum Identity {
+    /// A live session or a valid JWT of this user.
+    User(u64),
+    /// Neither; the reason, for the client.
+    Refused(String),
+}
+
+/// Claims of a JWT minted by an application backend: `sub` names the user
+/// (created on first sight, without a password), `exp` is required.
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+/// The user a bearer token stands for: a JWT (three dot-separated parts,
+/// HS256 with `--jwt-secret`, `exp` checked) or a session token.
+pub async fn identify(
+    meta: Arc<Meta>,
+    jwt_secret: &str,
+    token: String,
+) -> storage::Result<Identity> {
+    if token.split('.').count() == 3 {
+        if jwt_secret.is_empty() {
+            return Ok(Identity::Refused(
+                "JWTs are not enabled (--jwt-secret)".into(),
+            ));
+        }
+        let key = jsonwebtoken::DecodingKey::from_secret(jwt_secret.as_bytes());
+        let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        let claims = match jsonwebtoken::decode::<Claims>(&token, &key, &validation) {
+            Ok(data) => data.claims,
+            Err(e) => return Ok(Identity::Refused(format!("bad JWT: {e}"))),
+        };
+        let id = blocking(move || meta.ensure_external_user(&claims.sub, now_ms())).await;
+        return match id {
+            Ok(id) => Ok(Identity::User(id)),
+            Err(storage::Error::InvalidInput(m)) => Ok(Identity::Refused(format!("JWT sub: {m}"))),
+            Err(e) => Err(e),
+        };
+    }
     let hash = token_hash(&token);
-    blocking(move || meta.session(&hash, now_ms())).await
+    Ok(
+        match blocking(move || meta.session(&hash, now_ms())).await? {
+            Some(id) => Identity::User(id),
+            None => Identity::Refused("the token is unknown or expired".into()),
+        },
+    )
 }
 
 /// Ends a session; whether it existed.

@@ -54,6 +54,15 @@ pub struct Config {
     /// Messages in one history page at most (`limit`).
     #[arg(long, env = "ROOKERY_HISTORY_PAGE_LEN_MAX", default_value_t = 200)]
     pub history_page_len_max: usize,
+    /// Shared secret of HS256 JWTs minted by an application backend (`sub`:
+    /// the user's name, `exp` required); empty: JWTs are refused.
+    #[arg(
+        long,
+        env = "ROOKERY_JWT_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub jwt_secret: String,
     /// Seconds a login session lasts.
     #[arg(long, env = "ROOKERY_SESSION_TTL_S", default_value_t = 30 * 24 * 3600)]
     pub session_ttl_s: u64,

@@ -148,9 +148,10 @@ fn meta(shared: &Shared) -> Arc<Meta> {
 async fn user(req: &Request, shared: &Shared) -> Result<u64, ApiError> {
     let token = auth::bearer(req)
         .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
-    auth::user_of(meta(shared), token)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("the token is unknown or expired".into()))
+    match auth::identify(meta(shared), &shared.cfg.jwt_secret, token).await? {
+        auth::Identity::User(id) => Ok(id),
+        auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
+    }
 }
 
 #[derive(Deserialize)]

@@ -391,3 +391,63 @@ fn messages_publish_page_etag_and_unread() {
     }
     assert_serving(p);
 }
+
+/// HS256 JWTs from an application backend: `sub` names the user (created on
+/// first sight), `exp` is checked, the signature must match `--jwt-secret`.
+#[test]
+fn backend_jwts_authenticate_and_bad_ones_are_refused() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let server = start(&["--jwt-secret", "s3cret"]);
+    let p = server.port;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mint = |sub: &str, exp: u64, secret: &str| {
+        encode(
+            &Header::default(),
+            &json!({"sub": sub, "exp": exp}),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let good = mint("carol", now + 600, "s3cret");
+    let (s, v) = call(p, "GET", "/api/me", Some(&good), None);
+    assert_eq!((s, v["name"].as_str()), (200, Some("carol")), "{v}");
+    let id = v["user"].as_u64().unwrap();
+    // The same subject is the same user next time.
+    let (_, v) = call(
+        p,
+        "GET",
+        "/api/me",
+        Some(&mint("carol", now + 900, "s3cret")),
+        None,
+    );
+    assert_eq!(v["user"].as_u64(), Some(id));
+    // A JWT user can create rooms and post like any other.
+    let (s, room) = call(
+        p,
+        "POST",
+        "/api/rooms",
+        Some(&good),
+        Some(&json!({"name": "jwt-room"})),
+    );
+    assert_eq!(s, 201, "{room}");
+    for bad in [
+        mint("carol", now - 120, "s3cret"),     // expired
+        mint("carol", now + 600, "other"),      // wrong secret
+        mint("bad name!", now + 600, "s3cret"), // sub is not a valid name
+        "a.b.c".to_string(),                    // not a JWT at all
+    ] {
+        let (s, v) = call(p, "GET", "/api/me", Some(&bad), None);
+        assert_eq!((s, code(&v)), (401, "unauthorized"), "{bad}: {v}");
+    }
+    // Without --jwt-secret, JWTs are refused.
+    let plain = start(&[]);
+    let (s, v) = call(plain.port, "GET", "/api/me", Some(&good), None);
+    assert_eq!((s, code(&v)), (401, "unauthorized"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--jwt-secret"));
+}
