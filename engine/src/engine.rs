@@ -444,14 +444,20 @@ impl Engine {
     }
 
     /// Counters and gauges summed and latency histograms merged over every
-    /// shard.
+    /// shard. Blocks; on a shard's executor use [`Engine::metrics_async`].
     pub fn metrics(&self) -> Result<Metrics> {
+        futures_lite::future::block_on(self.metrics_async())
+    }
+
+    /// [`Engine::metrics`] for async callers (a `/metrics` scrape on a
+    /// shard must not block the shard that has to answer it).
+    pub async fn metrics_async(&self) -> Result<Metrics> {
         let mut m = Metrics::default();
         let replies: Vec<_> = (0..self.shards())
             .map(|s| self.call(s, |reply| Command::Stats { reply }))
             .collect();
         for r in replies {
-            let (c, g, l) = r.wait()?;
+            let (c, g, l) = r.await?;
             m.counters.add(&c);
             m.gauges.add(&g);
             m.latencies.merge(&l);

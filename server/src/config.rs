@@ -63,6 +63,14 @@ pub struct Config {
         hide_env_values = true
     )]
     pub jwt_secret: String,
+    /// Bytes of one WebSocket message (and frame) a client may send; more
+    /// closes the connection with 1009.
+    #[arg(long, env = "ROOKERY_WS_FRAME_BYTES_MAX", default_value_t = 64 << 10)]
+    pub ws_frame_bytes_max: usize,
+    /// Milliseconds between server pings on an idle WebSocket; a client
+    /// silent for two of them is closed (1001).
+    #[arg(long, env = "ROOKERY_WS_HEARTBEAT_MS", default_value_t = 30_000)]
+    pub ws_heartbeat_ms: u64,
     /// Seconds a login session lasts.
     #[arg(long, env = "ROOKERY_SESSION_TTL_S", default_value_t = 30 * 24 * 3600)]
     pub session_ttl_s: u64,
@@ -92,6 +100,10 @@ impl Config {
         positive(self.http_idle_timeout_ms, "http-idle-timeout-ms")?;
         positive(self.shutdown_timeout_ms, "shutdown-timeout-ms")?;
         positive(self.session_ttl_s, "session-ttl-s")?;
+        positive(self.ws_heartbeat_ms, "ws-heartbeat-ms")?;
+        if self.ws_frame_bytes_max < 128 {
+            return Err("--ws-frame-bytes-max must be >= 128".into());
+        }
         positive(self.history_page_len_max as u64, "history-page-len-max")?;
         self.engine_config()
             .validate()

@@ -205,8 +205,8 @@ impl Response {
         for (n, v) in &self.headers {
             let _ = write!(head, "{n}: {v}\r\n");
         }
-        // 204 and 304 carry no body, and no length of one.
-        if !matches!(self.status, 204 | 304) {
+        // 101, 204 and 304 carry no body, and no length of one.
+        if !matches!(self.status, 101 | 204 | 304) {
             let _ = write!(head, "content-length: {}\r\n", self.body.len());
         }
         if close {
@@ -221,6 +221,7 @@ impl Response {
 /// The reason phrase of the statuses this server sends.
 fn reason(status: u16) -> &'static str {
     match status {
+        101 => "Switching Protocols",
         200 => "OK",
         201 => "Created",
         204 => "No Content",
@@ -233,6 +234,7 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         409 => "Conflict",
         413 => "Payload Too Large",
+        426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",

@@ -12,8 +12,10 @@
 mod auth;
 mod config;
 mod http;
+mod metrics;
 mod routes;
 mod serve;
+mod ws;
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +67,9 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating --data-dir {}", cfg.data_dir.display()))?;
     let stopping = Arc::new(AtomicBool::new(false));
     let (bound_tx, bound_rx) = flume::unbounded();
+    let shards = cfg.engine_config().storage.shards as usize;
+    let http: Arc<Vec<metrics::ShardHttp>> =
+        Arc::new((0..shards).map(|_| Default::default()).collect());
     let task: ShardTask = {
         let (cfg, stopping) = (cfg.clone(), stopping.clone());
         Arc::new(move |shard, engine: Engine| {
@@ -73,6 +78,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 engine,
                 shard,
                 stopping: stopping.clone(),
+                http: http.clone(),
             });
             let bound = bound_tx.clone();
             Box::pin(serve::run(shared, bound))

@@ -42,6 +42,13 @@ pub enum ApiError {
 
 impl ApiError {
     fn response(&self) -> Response {
+        let (status, code, message) = self.parts();
+        Response::error(status, code, &message)
+    }
+
+    /// Status, error code and message (a fault on our side is logged here
+    /// and shows no detail).
+    pub fn parts(&self) -> (u16, &'static str, String) {
         let (status, code, message) = match self {
             ApiError::BadRequest(m) => (400, "bad_request", m.as_str()),
             ApiError::Unauthorized(m) => (401, "unauthorized", m.as_str()),
@@ -56,7 +63,7 @@ impl ApiError {
                 (500, "internal", "internal error")
             }
         };
-        Response::error(status, code, message)
+        (status, code, message.to_string())
     }
 }
 
@@ -99,6 +106,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
     match (method, segments.as_slice()) {
         ("GET", ["healthz"]) => Ok(Response::json(200, &json!({"status": "ok"}))),
         ("GET", ["readyz"]) => Ok(readyz(shared)),
+        ("GET", ["metrics"]) => metrics(shared).await,
         ("POST", ["api", "register"]) => register(req, shared).await,
         ("POST", ["api", "login"]) => login(req, shared).await,
         ("POST", ["api", "logout"]) => logout(req, shared).await,
@@ -113,7 +121,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("POST", ["api", "rooms", id, "messages"]) => publish(req, shared, id).await,
         ("POST", ["api", "rooms", id, "read"]) => mark_read(req, shared, id).await,
         ("GET", ["api", "me", "unread"]) => unread(req, shared).await,
-        (_, ["healthz" | "readyz"])
+        (_, ["healthz" | "readyz" | "metrics"])
         | (_, ["api", "register" | "login" | "logout" | "me" | "rooms"])
         | (_, ["api", "rooms", _])
         | (_, ["api", "me", "unread"])
@@ -122,6 +130,45 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ),
         _ => Err(ApiError::NotFound(format!("no route for {}", req.path))),
     }
+}
+
+/// The route a request is counted under in `/metrics` (a bounded set: ids
+/// in paths are not labels).
+pub fn route_name(req: &Request) -> &'static str {
+    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["metrics"] => "/metrics",
+        ["api", "register"] => "/api/register",
+        ["api", "login"] => "/api/login",
+        ["api", "logout"] => "/api/logout",
+        ["api", "me"] => "/api/me",
+        ["api", "me", "unread"] => "/api/me/unread",
+        ["api", "rooms"] => "/api/rooms",
+        ["api", "rooms", _] => "/api/rooms/{id}",
+        ["api", "rooms", _, "join"] => "/api/rooms/{id}/join",
+        ["api", "rooms", _, "leave"] => "/api/rooms/{id}/leave",
+        ["api", "rooms", _, "members"] => "/api/rooms/{id}/members",
+        ["api", "rooms", _, "messages"] => "/api/rooms/{id}/messages",
+        ["api", "rooms", _, "read"] => "/api/rooms/{id}/read",
+        _ => "other",
+    }
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text, summed over shards.
+async fn metrics(shared: &Shared) -> ApiResult {
+    let m = shared.engine.metrics_async().await?;
+    let text = crate::metrics::render(&m, &shared.http)
+        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    Ok(Response {
+        status: 200,
+        headers: vec![(
+            "content-type".into(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8".into(),
+        )],
+        body: text.into_bytes(),
+    })
 }
 
 /// Ready once the engine runs and this shard serves; 503 while stopping.
@@ -242,7 +289,7 @@ fn room_id(raw: &str) -> Result<u64, ApiError> {
 
 /// The room, if `user` may see it (public, or a member); 404 otherwise, so
 /// that private rooms do not reveal that they exist.
-async fn visible_room(
+pub(crate) async fn visible_room(
     shared: &Shared,
     user: u64,
     id: u64,
@@ -332,7 +379,7 @@ fn query_u64(req: &Request, name: &str) -> Result<Option<u64>, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("{name}={raw:?} is not a number")))
 }
 
-fn message_json(m: &rookery_engine::StoredMessage) -> Value {
+pub(crate) fn message_json(m: &rookery_engine::StoredMessage) -> Value {
     json!({"seq": m.seq, "from": m.sender, "ts": m.ts_ms, "body": m.body,
            "edited": m.edited, "deleted": m.body.is_none()})
 }

@@ -18,9 +18,12 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use rookery_engine::Engine;
 
+use crate::auth;
 use crate::config::Config;
 use crate::http::{self, Response};
+use crate::metrics::ShardHttp;
 use crate::routes;
+use crate::ws;
 
 /// How often an accept loop looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -40,6 +43,34 @@ pub struct Shared {
     /// Set on the first shutdown signal: stop accepting, close idle
     /// connections.
     pub stopping: Arc<AtomicBool>,
+    /// Every shard's HTTP counters (this one writes `http[shard]`).
+    pub http: Arc<Vec<ShardHttp>>,
+}
+
+impl Shared {
+    fn my_http(&self) -> Option<&ShardHttp> {
+        self.http.get(self.shard)
+    }
+}
+
+/// Counts a connection open while it lives (HTTP or upgraded).
+struct Open(Rc<Shared>);
+
+impl Open {
+    fn new(shared: Rc<Shared>) -> Self {
+        if let Some(h) = shared.my_http() {
+            h.connections.fetch_add(1, Ordering::Relaxed);
+        }
+        Open(shared)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.my_http() {
+            h.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Binds the shard's listener, reports the outcome, then accepts until
@@ -102,6 +133,7 @@ async fn read_until(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -
 /// in order, deadlines, errors answered and closed.
 async fn connection(mut stream: TcpStream, shared: Rc<Shared>) {
     let limits = shared.cfg.http_limits();
+    let _open = Open::new(shared.clone());
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = [0u8; READ_CHUNK_BYTES];
     let mut out = Vec::new();
@@ -111,10 +143,18 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>) {
         // Answer every complete request already buffered, in order.
         loop {
             match http::parse(&buf, &limits) {
+                Ok(Some((req, used))) if ws::is_upgrade(&req) => {
+                    buf.drain(..used);
+                    upgrade(stream, req, buf, shared).await;
+                    return;
+                }
                 Ok(Some((req, used))) => {
                     buf.drain(..used);
                     started = (!buf.is_empty()).then(Instant::now);
                     let resp = routes::handle(&req, &shared).await;
+                    if let Some(h) = shared.my_http() {
+                        h.answered(routes::route_name(&req), resp.status);
+                    }
                     let close = !req.keep_alive || shared.stopping.load(Ordering::Relaxed);
                     resp.encode(close, &mut out);
                     if close {
@@ -126,6 +166,9 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>) {
                 Ok(None) => break,
                 Err(e) => {
                     let (status, code) = e.status();
+                    if let Some(h) = shared.my_http() {
+                        h.answered("bad_request", status);
+                    }
                     Response::error(status, code, &e.message()).encode(true, &mut out);
                     let _ = stream.write_all(&out).await;
                     linger_close(stream).await;
@@ -186,4 +229,50 @@ async fn linger_close(mut stream: TcpStream) {
             Read::Closed | Read::TimedOut => break,
         }
     }
+}
+
+/// Answers an upgrade request: 101 and the WebSocket protocol, or the
+/// refusal (bad upgrade 400/426, bad token 401) and close.
+async fn upgrade(mut stream: TcpStream, req: http::Request, leftover: Vec<u8>, shared: Rc<Shared>) {
+    let mut out = Vec::new();
+    let accept = match ws::accept_key(&req) {
+        Ok(a) => a,
+        Err(resp) => {
+            resp.encode(true, &mut out);
+            let _ = stream.write_all(&out).await;
+            linger_close(stream).await;
+            return;
+        }
+    };
+    // A token on the upgrade authenticates now; without one the client
+    // sends an `auth` frame first.
+    let user = match auth::bearer(&req) {
+        None => None,
+        Some(token) => {
+            let meta = shared.engine.meta().clone();
+            match auth::identify(meta, &shared.cfg.jwt_secret, token).await {
+                Ok(auth::Identity::User(u)) => Some(u),
+                Ok(auth::Identity::Refused(why)) => {
+                    Response::error(401, "unauthorized", &why).encode(true, &mut out);
+                    let _ = stream.write_all(&out).await;
+                    linger_close(stream).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "checking a WebSocket token");
+                    Response::error(500, "internal", "internal error").encode(true, &mut out);
+                    let _ = stream.write_all(&out).await;
+                    return;
+                }
+            }
+        }
+    };
+    if let Some(h) = shared.my_http() {
+        h.answered("/ws", 101);
+    }
+    ws::switching(accept).encode(false, &mut out);
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    ws::run(stream, leftover, shared, user).await;
 }

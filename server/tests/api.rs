@@ -451,3 +451,74 @@ fn backend_jwts_authenticate_and_bad_ones_are_refused() {
         .unwrap()
         .contains("--jwt-secret"));
 }
+
+/// `/metrics` sums every shard: engine counters and histograms, HTTP
+/// requests by route (ids are not labels) and status, process memory.
+#[test]
+fn metrics_are_exposed_in_prometheus_text() {
+    let server = start(&[]);
+    let p = server.port;
+    let (_, v) = call(
+        p,
+        "POST",
+        "/api/register",
+        None,
+        Some(&json!({"name": "m", "password": "pw"})),
+    );
+    let t = v["token"].as_str().unwrap().to_string();
+    let (_, room) = call(
+        p,
+        "POST",
+        "/api/rooms",
+        Some(&t),
+        Some(&json!({"name": "r"})),
+    );
+    let room = room["id"].as_u64().unwrap();
+    for i in 0..5 {
+        let (s, _) = call(
+            p,
+            "POST",
+            &format!("/api/rooms/{room}/messages"),
+            Some(&t),
+            Some(&json!({"body": format!("{i}")})),
+        );
+        assert_eq!(s, 201);
+    }
+    assert_eq!(call(p, "GET", "/nowhere", None, None).0, 404);
+    let resp = exchange(p, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(status(&resp), 200);
+    assert!(header(&resp, "content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = resp.split("\r\n\r\n").nth(1).unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("rookery_posts_total "), 5.0);
+    assert_eq!(value("rookery_commit_latency_seconds_count "), 5.0);
+    assert_eq!(
+        value("rookery_commit_latency_seconds_bucket{le=\"+Inf\"} "),
+        5.0
+    );
+    assert_eq!(
+        value("rookery_http_requests_total{route=\"/api/rooms/{id}/messages\",status=\"201\"} "),
+        5.0
+    );
+    assert_eq!(
+        value("rookery_http_requests_total{route=\"other\",status=\"404\"} "),
+        1.0
+    );
+    assert!(value("rookery_process_resident_memory_bytes ") > 1e6);
+    assert!(
+        value("rookery_http_connections ") >= 1.0,
+        "the scrape's own connection"
+    );
+    assert!(text.trim_end().ends_with("# EOF"));
+}

@@ -1,0 +1,238 @@
+//! `/metrics`: the engine's per-shard counters, gauges and latency
+//! histograms (summed or merged at scrape time), the server's HTTP
+//! counters and the process's memory, encoded by `prometheus-client` in
+//! the OpenMetrics text format.
+//!
+//! The HTTP counters are per shard: each shard counts into its own slot
+//! (uncontended), and a scrape on any shard reads every slot.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use rookery_engine::Metrics;
+
+/// HTTP counters of one shard.
+#[derive(Default)]
+pub struct ShardHttp {
+    /// Open connections.
+    pub connections: AtomicI64,
+    /// Requests answered, by (route, status).
+    requests: Mutex<HashMap<(&'static str, u16), u64>>,
+}
+
+impl ShardHttp {
+    /// Counts one answered request.
+    pub fn answered(&self, route: &'static str, status: u16) {
+        if let Ok(mut r) = self.requests.lock() {
+            *r.entry((route, status)).or_default() += 1;
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const BUCKETS_S: [f64; 15] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+];
+
+/// An hdrhistogram of µs, exposed as a Prometheus histogram of seconds.
+#[derive(Debug)]
+struct MicrosHistogram(hdrhistogram::Histogram<u64>);
+
+impl EncodeMetric for MicrosHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.0;
+        let mut buckets = Vec::with_capacity(BUCKETS_S.len() + 1);
+        let mut below = 0u64;
+        for bound in BUCKETS_S {
+            let upto = h.count_between(0, (bound * 1e6) as u64);
+            buckets.push((bound, upto.saturating_sub(below)));
+            below = upto;
+        }
+        buckets.push((f64::MAX, h.len().saturating_sub(below)));
+        let sum = h.mean() * h.len() as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, h.len(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+/// The resident set size of this process, from `/proc/self/statm`.
+fn resident_bytes() -> i64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Renders one scrape.
+pub fn render(m: &Metrics, http: &[ShardHttp]) -> Result<String, std::fmt::Error> {
+    let mut r = <Registry>::with_prefix("rookery");
+    let c = &m.counters;
+    for (name, help, v) in [
+        ("posts", "Messages posted (new, durable)", c.posts),
+        (
+            "duplicate_posts",
+            "Idempotent retries answered with the original seq",
+            c.duplicates,
+        ),
+        ("delivered", "Events handed to subscribers", c.delivered),
+        (
+            "forwarded",
+            "Events sent to another shard (once per shard)",
+            c.forwarded,
+        ),
+        (
+            "mesh_sends",
+            "Cross-shard messages (each carries many events)",
+            c.mesh_sends,
+        ),
+        (
+            "cache_hits",
+            "Catch-up pages served from the tail cache",
+            c.cache_hits,
+        ),
+        (
+            "cache_misses",
+            "Catch-up pages served from storage",
+            c.cache_misses,
+        ),
+        ("lagged", "Times a subscription became lagging", c.lagged),
+        (
+            "volatile_dropped",
+            "Typing/presence events dropped for full consumers",
+            c.volatile_dropped,
+        ),
+        (
+            "slow_consumer_disconnects",
+            "Consumers closed as stuck (4008)",
+            c.slow_closed,
+        ),
+        (
+            "receipts_refused",
+            "Read receipts refused: writer queue full",
+            c.receipts_refused,
+        ),
+        (
+            "receipts_written",
+            "Read receipts written",
+            m.receipts_written,
+        ),
+        (
+            "receipt_batches",
+            "Read-receipt transactions committed",
+            m.receipt_batches,
+        ),
+    ] {
+        counter(&mut r, name, help, v);
+    }
+    let g = &m.gauges;
+    let connections: i64 = http
+        .iter()
+        .map(|s| s.connections.load(Ordering::Relaxed))
+        .sum();
+    for (name, help, v) in [
+        ("subscribers", "Subscriptions open", g.subscribers as i64),
+        (
+            "lagging_subscribers",
+            "Subscriptions catching up",
+            g.lagging as i64,
+        ),
+        (
+            "queued_bytes",
+            "Bytes queued for consumers",
+            g.queued_bytes as i64,
+        ),
+        (
+            "outbox_messages",
+            "Cross-shard messages waiting to be sent",
+            g.outbox_messages as i64,
+        ),
+        (
+            "rooms_loaded",
+            "Rooms loaded on their owners",
+            g.rooms_loaded as i64,
+        ),
+        (
+            "tail_cache_events",
+            "Events held in the rooms' tail caches",
+            g.tail_cache_events as i64,
+        ),
+        (
+            "receipt_queue_len",
+            "Read receipts waiting for the writer",
+            m.receipt_queue_len as i64,
+        ),
+        ("http_connections", "Open HTTP connections", connections),
+        (
+            "process_resident_memory_bytes",
+            "Resident memory of the process",
+            resident_bytes(),
+        ),
+    ] {
+        gauge(&mut r, name, help, v);
+    }
+    let l = &m.latencies;
+    for (name, help, h) in [
+        (
+            "commit_latency",
+            "Post accepted by the owner to durable",
+            &l.commit_us,
+        ),
+        (
+            "hop_latency",
+            "Cross-shard hop: queued to handed to the peer's consumers",
+            &l.hop_us,
+        ),
+        (
+            "catch_up_page_latency",
+            "Catch-up page: request to reply applied",
+            &l.page_us,
+        ),
+    ] {
+        r.register_with_unit(name, help, Unit::Seconds, MicrosHistogram(h.clone()));
+    }
+    let requests = Family::<Vec<(String, String)>, Counter>::default();
+    for shard in http {
+        let Ok(counts) = shard.requests.lock() else {
+            continue;
+        };
+        for ((route, status), n) in counts.iter() {
+            let labels = vec![
+                ("route".to_string(), route.to_string()),
+                ("status".to_string(), status.to_string()),
+            ];
+            requests.get_or_create(&labels).inc_by(*n);
+        }
+    }
+    r.register(
+        "http_requests",
+        "HTTP requests answered, by route and status",
+        requests,
+    );
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r)?;
+    Ok(out)
+}

@@ -1,0 +1,380 @@
+//! End-to-end tests of the WebSocket protocol against the real binary, with
+//! a Rust client (tungstenite) and raw frames for what a client library
+//! will not send.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+type Ws = WebSocket<TcpStream>;
+
+fn register(port: u16, name: &str) -> String {
+    let (s, v) = call(
+        port,
+        "POST",
+        "/api/register",
+        None,
+        Some(&json!({"name": name, "password": "pw"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+fn connect_ws(port: u16, token: Option<&str>) -> Ws {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let url = match token {
+        Some(t) => format!("ws://127.0.0.1:{port}/ws?token={t}"),
+        None => format!("ws://127.0.0.1:{port}/ws"),
+    };
+    tungstenite::client(url, stream).unwrap().0
+}
+
+fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).unwrap();
+}
+
+/// The next JSON frame (pings are answered by the client library).
+fn recv(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Frames until one satisfies `want` (others are returned too).
+fn recv_until(ws: &mut Ws, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "timed out; got {got:?}");
+        let v = recv(ws);
+        let done = want(&v);
+        got.push(v);
+        if done {
+            return got;
+        }
+    }
+}
+
+fn create_room(port: u16, token: &str, name: &str, private: bool) -> u64 {
+    let (s, v) = call(
+        port,
+        "POST",
+        "/api/rooms",
+        Some(token),
+        Some(&json!({"name": name, "private": private})),
+    );
+    assert_eq!(s, 201, "{v}");
+    v["id"].as_u64().unwrap()
+}
+
+#[test]
+fn join_send_ack_receive_in_order_and_resume_with_since() {
+    let server = start(&[]);
+    let p = server.port;
+    let (a, b) = (register(p, "alice"), register(p, "bob"));
+    let room = create_room(p, &a, "general", false);
+    let mut wa = connect_ws(p, Some(&a));
+    let hello = recv(&mut wa);
+    assert_eq!(hello["type"], "hello");
+    assert!(hello["heartbeat_ms"].as_u64().unwrap() > 0);
+    send(&mut wa, json!({"type": "join", "room": room, "ref": 1}));
+    let joined = recv(&mut wa);
+    assert_eq!(
+        (joined["type"].as_str(), joined["ref"].as_u64()),
+        (Some("joined"), Some(1))
+    );
+    assert_eq!(joined["last_seq"], 0);
+    let mut wb = connect_ws(p, Some(&b));
+    recv(&mut wb); // hello
+    send(
+        &mut wb,
+        json!({"type": "join", "room": room, "since": 0, "ref": "j"}),
+    );
+    let joined = recv(&mut wb);
+    assert_eq!(
+        (joined["type"].as_str(), joined["ref"].as_str()),
+        (Some("joined"), Some("j"))
+    );
+    assert_eq!(joined["online"].as_array().unwrap().len(), 2, "{joined}");
+    // Alice sees Bob arrive.
+    recv_until(&mut wa, |v| {
+        v["type"] == "presence" && v["state"] == "online"
+    });
+    for i in 1..=3u64 {
+        send(
+            &mut wa,
+            json!({"type": "send", "room": room, "body": format!("m{i}"), "client_id": format!("c{i}"), "ref": i}),
+        );
+    }
+    // Alice gets an ack per send (with its ref and seq) and her own messages.
+    let frames = recv_until(&mut wa, |v| v["type"] == "ack" && v["ref"] == 3);
+    let acks: Vec<(u64, u64)> = frames
+        .iter()
+        .filter(|v| v["type"] == "ack")
+        .map(|v| (v["ref"].as_u64().unwrap(), v["seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(acks, [(1, 1), (2, 2), (3, 3)]);
+    // Bob receives them in order, once each.
+    let frames = recv_until(&mut wb, |v| v["type"] == "msg" && v["seq"] == 3);
+    let msgs: Vec<(u64, String)> = frames
+        .iter()
+        .filter(|v| v["type"] == "msg")
+        .map(|v| {
+            (
+                v["seq"].as_u64().unwrap(),
+                v["body"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(msgs, [(1, "m1".into()), (2, "m2".into()), (3, "m3".into())]);
+    // An idempotent resend answers the original seq.
+    send(
+        &mut wa,
+        json!({"type": "send", "room": room, "body": "again", "client_id": "c2", "ref": 9}),
+    );
+    let ack = recv_until(&mut wa, |v| v["ref"] == 9).pop().unwrap();
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["duplicate"].as_bool()),
+        (Some(2), Some(true))
+    );
+    // Typing reaches the other live subscriber.
+    send(&mut wb, json!({"type": "typing", "room": room}));
+    recv_until(&mut wa, |v| v["type"] == "typing");
+    // Bob goes away; two more messages; Bob resumes with since = 3.
+    drop(wb);
+    for i in 4..=5u64 {
+        send(
+            &mut wa,
+            json!({"type": "send", "room": room, "body": format!("m{i}"), "ref": 10 + i}),
+        );
+    }
+    recv_until(&mut wa, |v| v["ref"] == 15);
+    let mut wb = connect_ws(p, Some(&b));
+    recv(&mut wb);
+    send(&mut wb, json!({"type": "join", "room": room, "since": 3}));
+    let frames = recv_until(&mut wb, |v| v["type"] == "msg" && v["seq"] == 5);
+    let seqs: Vec<u64> = frames
+        .iter()
+        .filter(|v| v["type"] == "msg")
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [4, 5], "no gap, no duplicate");
+    // History and read markers over the socket.
+    send(
+        &mut wb,
+        json!({"type": "history", "room": room, "limit": 2, "ref": "h"}),
+    );
+    let h = recv_until(&mut wb, |v| v["ref"] == "h").pop().unwrap();
+    let seqs: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!((h["type"].as_str(), seqs), (Some("history"), vec![5, 4]));
+    send(
+        &mut wb,
+        json!({"type": "read", "room": room, "seq": 5, "ref": "r"}),
+    );
+    let r = recv_until(&mut wb, |v| v["ref"] == "r").pop().unwrap();
+    assert_eq!(
+        (r["type"].as_str(), r["seq"].as_u64()),
+        (Some("receipt"), Some(5))
+    );
+    // Leave: no more messages from the room.
+    send(&mut wb, json!({"type": "leave", "room": room, "ref": "l"}));
+    recv_until(&mut wb, |v| v["ref"] == "l");
+    send(
+        &mut wa,
+        json!({"type": "send", "room": room, "body": "after leave", "ref": 99}),
+    );
+    recv_until(&mut wa, |v| v["ref"] == 99);
+    send(&mut wb, json!({"type": "ping", "ref": "p"}));
+    let pong = recv(&mut wb);
+    assert_eq!(
+        (pong["type"].as_str(), pong["ref"].as_str()),
+        (Some("pong"), Some("p")),
+        "no msg after leave"
+    );
+    // A clean close handshake.
+    wb.close(None).unwrap();
+    loop {
+        match wb.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn bad_frames_get_error_frames_and_the_connection_keeps_working() {
+    let server = start(&[]);
+    let p = server.port;
+    let (a, b) = (register(p, "alice"), register(p, "bob"));
+    let secret = create_room(p, &a, "secret", true);
+    // Without a token: only ping and auth work until an auth frame.
+    let mut ws = connect_ws(p, None);
+    send(&mut ws, json!({"type": "join", "room": secret, "ref": 1}));
+    let e = recv(&mut ws);
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str(), e["ref"].as_u64()),
+        (Some("error"), Some("unauthorized"), Some(1))
+    );
+    send(&mut ws, json!({"type": "auth", "token": "nope"}));
+    assert_eq!(recv(&mut ws)["code"], "unauthorized");
+    send(&mut ws, json!({"type": "auth", "token": b}));
+    assert_eq!(recv(&mut ws)["type"], "hello");
+    let cases = [
+        (Message::text("{not json"), "bad_json"),
+        (Message::text("[1,2]"), "bad_json"),
+        (
+            Message::text(json!({"type": "dance"}).to_string()),
+            "unknown_type",
+        ),
+        (
+            Message::text(json!({"type": "join"}).to_string()),
+            "bad_request",
+        ),
+        (
+            Message::text(json!({"type": "send", "room": secret}).to_string()),
+            "bad_request",
+        ),
+        (
+            Message::text(json!({"type": "join", "room": secret}).to_string()),
+            "not_found",
+        ),
+        (
+            Message::text(json!({"type": "send", "room": secret, "body": "x"}).to_string()),
+            "not_found",
+        ),
+        (
+            Message::text(json!({"type": "leave", "room": 42}).to_string()),
+            "not_found",
+        ),
+        (Message::binary(vec![1u8, 2, 3]), "bad_frame"),
+    ];
+    for (frame, code) in cases {
+        ws.send(frame).unwrap();
+        let e = recv(&mut ws);
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{e}"
+        );
+    }
+    send(&mut ws, json!({"type": "ping"}));
+    assert_eq!(recv(&mut ws)["type"], "pong", "still serving");
+    // A frame over --ws-frame-bytes-max (64 KiB) closes with 1009.
+    ws.send(Message::text("x".repeat(70_000))).unwrap();
+    let close = loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => break f.code,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    };
+    assert_eq!(close, CloseCode::Size);
+    assert_serving(p);
+}
+
+#[test]
+fn bad_upgrades_and_raw_protocol_violations_are_refused() {
+    let server = start(&[]);
+    let p = server.port;
+    let token = register(p, "carol");
+    let upgrade = |extra: &str, key: bool| {
+        let key = if key {
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        } else {
+            ""
+        };
+        format!("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}{extra}\r\n")
+    };
+    let cases = [
+        (upgrade("Sec-WebSocket-Version: 13\r\n", false), 400),
+        (upgrade("Sec-WebSocket-Version: 8\r\n", true), 426),
+        (
+            upgrade(
+                "Sec-WebSocket-Version: 13\r\nAuthorization: Bearer wrong\r\n",
+                true,
+            ),
+            401,
+        ),
+    ];
+    for (raw, want) in cases {
+        let resp = exchange(p, raw.as_bytes()).unwrap();
+        assert_eq!(status(&resp), want, "{resp}");
+    }
+    // A good handshake, by hand, then frames a library would not send.
+    let raw_session = |frame: &[u8]| -> u16 {
+        let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = upgrade(
+            &format!("Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n"),
+            true,
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{head}"
+        );
+        s.write_all(frame).unwrap();
+        // Read frames until a close frame; return its code.
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        let mut i = 0;
+        while i + 2 <= all.len() {
+            let (op, len) = (all[i] & 0x0f, (all[i + 1] & 0x7f) as usize);
+            let (start, len) = match len {
+                126 => (i + 4, u16::from_be_bytes([all[i + 2], all[i + 3]]) as usize),
+                _ => (i + 2, len),
+            };
+            if op == 0x8 && len >= 2 {
+                return u16::from_be_bytes([all[start], all[start + 1]]);
+            }
+            i = start + len;
+        }
+        panic!("no close frame in {all:?}");
+    };
+    // Unmasked client frame: protocol error.
+    assert_eq!(raw_session(&[0x81, 0x02, b'h', b'i']), 1002);
+    // Masked text frame with invalid UTF-8: 1007.
+    let mask = [1u8, 2, 3, 4];
+    let payload: Vec<u8> = [0xffu8, 0xfe]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ mask[i % 4])
+        .collect();
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend_from_slice(&payload);
+    assert_eq!(raw_session(&frame), 1007);
+    // Reserved opcode 0x3: protocol error.
+    let mut frame = vec![0x83, 0x80];
+    frame.extend_from_slice(&mask);
+    assert_eq!(raw_session(&frame), 1002);
+    assert_serving(p);
+}
