@@ -216,7 +216,7 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>) {
 /// response before the client reads it (a client still sending an
 /// oversized request, say). So: half-close, then read and discard what
 /// still comes, for a bounded time and amount.
-async fn linger_close(mut stream: TcpStream) {
+pub(crate) async fn linger_close(mut stream: TcpStream) {
     if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
         return;
     }

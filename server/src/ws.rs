@@ -26,7 +26,7 @@ use tungstenite::Message;
 use crate::auth;
 use crate::http::{Request, Response};
 use crate::routes::{self, ApiError};
-use crate::serve::Shared;
+use crate::serve::{self, Shared};
 
 /// Checks an upgrade request; the `Sec-WebSocket-Accept` value, or the
 /// response refusing it.
@@ -160,6 +160,7 @@ pub async fn run(mut stream: TcpStream, leftover: Vec<u8>, shared: Rc<Shared>, u
     loop {
         if !c.process_input().await {
             let _ = stream.write_all(&c.pipe.tx).await;
+            serve::linger_close(stream).await;
             return;
         }
         if !c.pipe.tx.is_empty() {
@@ -197,12 +198,14 @@ pub async fn run(mut stream: TcpStream, leftover: Vec<u8>, shared: Rc<Shared>, u
                 };
                 c.close(code, why);
                 let _ = stream.write_all(&c.pipe.tx).await;
+                serve::linger_close(stream).await;
                 return;
             }
             Wake::Tick => {
                 if c.last_heard.elapsed() > heartbeat * 2 {
                     c.close(CloseCode::Away, "idle timeout");
                     let _ = stream.write_all(&c.pipe.tx).await;
+                    serve::linger_close(stream).await;
                     return;
                 }
                 let _ = c.ctx.write(&mut c.pipe, Message::Ping(Default::default()));

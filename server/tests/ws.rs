@@ -378,3 +378,55 @@ fn bad_upgrades_and_raw_protocol_violations_are_refused() {
     assert_eq!(raw_session(&frame), 1002);
     assert_serving(p);
 }
+
+/// A client that answers nothing is pinged, then closed with 1001 after two
+/// silent heartbeats; one that talks stays.
+#[test]
+fn silent_clients_are_pinged_then_closed() {
+    let server = start(&["--ws-heartbeat-ms", "200"]);
+    let p = server.port;
+    let token = register(p, "dora");
+    let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let t = Instant::now();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all); // until the server closes
+    assert!(
+        t.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t.elapsed()
+    );
+    let body = &all[all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    // Walk the frames: hello (text), at least one ping, then close 1001.
+    let (mut i, mut ops, mut close) = (0, Vec::new(), None);
+    while i + 2 <= body.len() {
+        let (op, len) = (body[i] & 0x0f, (body[i + 1] & 0x7f) as usize);
+        let (start, len) = match len {
+            126 => (
+                i + 4,
+                u16::from_be_bytes([body[i + 2], body[i + 3]]) as usize,
+            ),
+            _ => (i + 2, len),
+        };
+        ops.push(op);
+        if op == 0x8 {
+            close = Some(u16::from_be_bytes([body[start], body[start + 1]]));
+        }
+        i = start + len;
+    }
+    assert_eq!(ops.first(), Some(&0x1), "hello first: {ops:?}");
+    assert!(ops.contains(&0x9), "pinged: {ops:?}");
+    assert_eq!(close, Some(1001));
+    // A client that keeps talking is kept well past two heartbeats.
+    let mut ws = connect_ws(p, Some(&token));
+    recv(&mut ws);
+    for i in 0..8 {
+        std::thread::sleep(Duration::from_millis(100));
+        send(&mut ws, json!({"type": "ping", "ref": i}));
+        assert_eq!(recv(&mut ws)["ref"], i);
+    }
+}
