@@ -149,6 +149,7 @@ mod tests {
                 .collect(),
             body: Vec::new(),
             keep_alive: true,
+            peer: None,
         };
         assert_eq!(
             bearer(&req(vec![("authorization", "Bearer abc")], "")).as_deref(),

@@ -71,6 +71,17 @@ pub struct Config {
     /// silent for two of them is closed (1001).
     #[arg(long, env = "ROOKERY_WS_HEARTBEAT_MS", default_value_t = 30_000)]
     pub ws_heartbeat_ms: u64,
+    /// Open connections (HTTP and WebSocket) from one IP address; more are
+    /// answered 429 and closed.
+    #[arg(long, env = "ROOKERY_CONNECTIONS_PER_IP_MAX", default_value_t = 1000)]
+    pub connections_per_ip_max: u32,
+    /// Registrations from one IP address per minute; more get 429.
+    #[arg(
+        long,
+        env = "ROOKERY_REGISTRATIONS_PER_IP_PER_MIN",
+        default_value_t = 30
+    )]
+    pub registrations_per_ip_per_min: u32,
     /// Seconds a login session lasts.
     #[arg(long, env = "ROOKERY_SESSION_TTL_S", default_value_t = 30 * 24 * 3600)]
     pub session_ttl_s: u64,
@@ -100,6 +111,7 @@ impl Config {
         positive(self.http_idle_timeout_ms, "http-idle-timeout-ms")?;
         positive(self.shutdown_timeout_ms, "shutdown-timeout-ms")?;
         positive(self.session_ttl_s, "session-ttl-s")?;
+        positive(self.connections_per_ip_max as u64, "connections-per-ip-max")?;
         positive(self.ws_heartbeat_ms, "ws-heartbeat-ms")?;
         if self.ws_frame_bytes_max < 128 {
             return Err("--ws-frame-bytes-max must be >= 128".into());

@@ -33,6 +33,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
+    /// The client's address (set by the connection, not parsed).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl Request {
@@ -124,6 +126,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ht
         keep_alive: keep_alive(version, &fields),
         headers: fields,
         body: Vec::new(),
+        peer: None,
     };
     if let Some(te) = request_head.header("transfer-encoding") {
         return Err(HttpError::Unsupported(format!("transfer-encoding {te}")));

@@ -12,6 +12,7 @@
 mod auth;
 mod config;
 mod http;
+mod limits;
 mod metrics;
 mod routes;
 mod serve;
@@ -70,6 +71,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let shards = cfg.engine_config().storage.shards as usize;
     let http: Arc<Vec<metrics::ShardHttp>> =
         Arc::new((0..shards).map(|_| Default::default()).collect());
+    let limits =
+        limits::IpLimits::new(cfg.connections_per_ip_max, cfg.registrations_per_ip_per_min);
     let task: ShardTask = {
         let (cfg, stopping) = (cfg.clone(), stopping.clone());
         Arc::new(move |shard, engine: Engine| {
@@ -79,6 +82,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 shard,
                 stopping: stopping.clone(),
                 http: http.clone(),
+                limits: limits.clone(),
             });
             let bound = bound_tx.clone();
             Box::pin(serve::run(shared, bound))

@@ -88,7 +88,11 @@ fn resident_bytes() -> i64 {
 }
 
 /// Renders one scrape.
-pub fn render(m: &Metrics, http: &[ShardHttp]) -> Result<String, std::fmt::Error> {
+pub fn render(
+    m: &Metrics,
+    http: &[ShardHttp],
+    limits: &crate::limits::IpLimits,
+) -> Result<String, std::fmt::Error> {
     let mut r = <Registry>::with_prefix("rookery");
     let c = &m.counters;
     for (name, help, v) in [
@@ -231,6 +235,26 @@ pub fn render(m: &Metrics, http: &[ShardHttp]) -> Result<String, std::fmt::Error
         "http_requests",
         "HTTP requests answered, by route and status",
         requests,
+    );
+    let refusals = Family::<Vec<(String, String)>, Counter>::default();
+    for (limit, n) in [
+        (
+            "connections_per_ip",
+            limits.connections_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "registrations_per_ip",
+            limits.registrations_refused.load(Ordering::Relaxed),
+        ),
+    ] {
+        refusals
+            .get_or_create(&vec![("limit".to_string(), limit.to_string())])
+            .inc_by(n);
+    }
+    r.register(
+        "limit_refusals",
+        "Requests refused by a limit, by limit",
+        refusals,
     );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)?;

@@ -159,7 +159,7 @@ pub fn route_name(req: &Request) -> &'static str {
 /// `GET /metrics`: Prometheus (OpenMetrics) text, summed over shards.
 async fn metrics(shared: &Shared) -> ApiResult {
     let m = shared.engine.metrics_async().await?;
-    let text = crate::metrics::render(&m, &shared.http)
+    let text = crate::metrics::render(&m, &shared.http, &shared.limits)
         .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
     Ok(Response {
         status: 200,
@@ -213,6 +213,13 @@ fn session_json(user: u64, name: &str, s: &auth::Session) -> Value {
 
 async fn register(req: &Request, shared: &Shared) -> ApiResult {
     let c: Credentials = body(req)?;
+    if let Some(ip) = req.peer {
+        if !shared.limits.may_register(ip, std::time::Instant::now()) {
+            return Err(ApiError::TooManyRequests(
+                "too many registrations from your address; try again in a minute".into(),
+            ));
+        }
+    }
     let m = meta(shared);
     let (name, password) = (c.name.clone(), c.password);
     let id = blocking(move || m.create_user(&name, &password, auth::now_ms())).await?;

@@ -21,6 +21,7 @@ use rookery_engine::Engine;
 use crate::auth;
 use crate::config::Config;
 use crate::http::{self, Response};
+use crate::limits::IpLimits;
 use crate::metrics::ShardHttp;
 use crate::routes;
 use crate::ws;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub stopping: Arc<AtomicBool>,
     /// Every shard's HTTP counters (this one writes `http[shard]`).
     pub http: Arc<Vec<ShardHttp>>,
+    /// Per-address limits, shared by every shard.
+    pub limits: Arc<IpLimits>,
 }
 
 impl Shared {
@@ -95,7 +98,7 @@ pub async fn run(shared: Rc<Shared>, bound: flume::Sender<Result<(), String>>) {
         match accepted {
             Some(Ok(stream)) => {
                 let shared = shared.clone();
-                glommio::spawn_local(async move { connection(stream, shared).await }).detach();
+                glommio::spawn_local(async move { admit(stream, shared).await }).detach();
             }
             Some(Err(e)) => {
                 tracing::warn!(shard = shared.shard, error = %e, "accept failed");
@@ -105,6 +108,28 @@ pub async fn run(shared: Rc<Shared>, bound: flume::Sender<Result<(), String>>) {
         }
     }
     tracing::debug!(shard = shared.shard, "listener closed");
+}
+
+/// Counts the connection against its address's limit, then serves it; at
+/// the limit it is answered 429 and closed.
+async fn admit(mut stream: TcpStream, shared: Rc<Shared>) {
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    let Some(counted) = shared.limits.connect(peer.ip()) else {
+        let mut out = Vec::new();
+        Response::error(
+            429,
+            "too_many_connections",
+            "too many connections from your address",
+        )
+        .encode(true, &mut out);
+        let _ = stream.write_all(&out).await;
+        linger_close(stream).await;
+        return;
+    };
+    connection(stream, shared, peer.ip()).await;
+    drop(counted);
 }
 
 /// What a read with a deadline gave.
@@ -131,7 +156,7 @@ async fn read_until(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -
 
 /// Serves one HTTP/1.1 connection: keep-alive, pipelined requests answered
 /// in order, deadlines, errors answered and closed.
-async fn connection(mut stream: TcpStream, shared: Rc<Shared>) {
+async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::IpAddr) {
     let limits = shared.cfg.http_limits();
     let _open = Open::new(shared.clone());
     let mut buf: Vec<u8> = Vec::new();
@@ -143,12 +168,14 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>) {
         // Answer every complete request already buffered, in order.
         loop {
             match http::parse(&buf, &limits) {
-                Ok(Some((req, used))) if ws::is_upgrade(&req) => {
+                Ok(Some((mut req, used))) if ws::is_upgrade(&req) => {
+                    req.peer = Some(peer);
                     buf.drain(..used);
                     upgrade(stream, req, buf, shared).await;
                     return;
                 }
-                Ok(Some((req, used))) => {
+                Ok(Some((mut req, used))) => {
+                    req.peer = Some(peer);
                     buf.drain(..used);
                     started = (!buf.is_empty()).then(Instant::now);
                     let resp = routes::handle(&req, &shared).await;

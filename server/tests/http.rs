@@ -220,3 +220,57 @@ fn a_port_in_use_fails_start_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("binding 127.0.0.1"), "{err}");
 }
+
+#[test]
+fn connections_and_registrations_per_ip_are_limited() {
+    let server = start(&[
+        "--connections-per-ip-max",
+        "3",
+        "--registrations-per-ip-per-min",
+        "2",
+    ]);
+    let p = server.port;
+    // Three open connections are allowed; a fourth is answered 429.
+    // (Each held one is answered once, so the server has surely counted it.)
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = connect(p);
+            s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+            assert_eq!(status(&read_response(&mut s)), 200);
+            s
+        })
+        .collect();
+    let over = exchange(p, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(status(&over), 429, "{over}");
+    assert!(over.contains("\"code\":\"too_many_connections\""));
+    // Closing one makes room again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&exchange(p, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap())
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "closed connections were not released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Two registrations a minute from one address; the third is 429.
+    for (i, want) in [(1, 201), (2, 201), (3, 429)] {
+        let (s, v) = call(
+            p,
+            "POST",
+            "/api/register",
+            None,
+            Some(&serde_json::json!({"name": format!("u{i}"), "password": "pw"})),
+        );
+        assert_eq!(s, want, "{v}");
+    }
+    // Refusals are counted in /metrics.
+    let metrics = exchange(p, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    assert!(
+        metrics.contains("rookery_limit_refusals_total{limit=\"connections_per_ip\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rookery_limit_refusals_total{limit=\"registrations_per_ip\"} 1"));
+}
