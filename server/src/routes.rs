@@ -101,39 +101,38 @@ pub async fn handle(req: &Request, shared: &Shared) -> Response {
 }
 
 async fn route(req: &Request, shared: &Shared) -> ApiResult {
-    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    // The third path segment, where a route has a room id.
+    let id = req.path.trim_matches('/').split('/').nth(2).unwrap_or("");
     let method = req.method.as_str();
-    match (method, segments.as_slice()) {
-        ("GET", ["healthz"]) => Ok(Response::json(200, &json!({"status": "ok"}))),
-        ("GET", ["readyz"]) => Ok(readyz(shared)),
-        ("GET", ["metrics"]) => metrics(shared).await,
-        ("POST", ["api", "register"]) => register(req, shared).await,
-        ("POST", ["api", "login"]) => login(req, shared).await,
-        ("POST", ["api", "logout"]) => logout(req, shared).await,
-        ("GET", ["api", "me"]) => me(req, shared).await,
-        ("GET", ["api", "rooms"]) => list_rooms(req, shared).await,
-        ("POST", ["api", "rooms"]) => create_room(req, shared).await,
-        ("GET", ["api", "rooms", id]) => get_room(req, shared, id).await,
-        ("POST", ["api", "rooms", id, "join"]) => join(req, shared, id, true).await,
-        ("POST", ["api", "rooms", id, "leave"]) => join(req, shared, id, false).await,
-        ("GET", ["api", "rooms", id, "members"]) => members(req, shared, id).await,
-        ("GET", ["api", "rooms", id, "messages"]) => history(req, shared, id).await,
-        ("POST", ["api", "rooms", id, "messages"]) => publish(req, shared, id).await,
-        ("POST", ["api", "rooms", id, "read"]) => mark_read(req, shared, id).await,
-        ("GET", ["api", "me", "unread"]) => unread(req, shared).await,
-        (_, ["healthz" | "readyz" | "metrics"])
-        | (_, ["api", "register" | "login" | "logout" | "me" | "rooms"])
-        | (_, ["api", "rooms", _])
-        | (_, ["api", "me", "unread"])
-        | (_, ["api", "rooms", _, "join" | "leave" | "members" | "messages" | "read"]) => Err(
-            ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", req.path)),
-        ),
-        _ => Err(ApiError::NotFound(format!("no route for {}", req.path))),
+    match (method, route_name(req)) {
+        ("GET", "/healthz") => Ok(Response::json(200, &json!({"status": "ok"}))),
+        ("GET", "/readyz") => Ok(readyz(shared)),
+        ("GET", "/metrics") => metrics(shared).await,
+        ("POST", "/api/register") => register(req, shared).await,
+        ("POST", "/api/login") => login(req, shared).await,
+        ("POST", "/api/logout") => logout(req, shared).await,
+        ("GET", "/api/me") => me(req, shared).await,
+        ("GET", "/api/me/unread") => unread(req, shared).await,
+        ("GET", "/api/rooms") => list_rooms(req, shared).await,
+        ("POST", "/api/rooms") => create_room(req, shared).await,
+        ("GET", "/api/rooms/{id}") => get_room(req, shared, id).await,
+        ("POST", "/api/rooms/{id}/join") => join(req, shared, id, true).await,
+        ("POST", "/api/rooms/{id}/leave") => join(req, shared, id, false).await,
+        ("GET", "/api/rooms/{id}/members") => members(req, shared, id).await,
+        ("GET", "/api/rooms/{id}/messages") => history(req, shared, id).await,
+        ("POST", "/api/rooms/{id}/messages") => publish(req, shared, id).await,
+        ("POST", "/api/rooms/{id}/read") => mark_read(req, shared, id).await,
+        (_, "other") => Err(ApiError::NotFound(format!("no route for {}", req.path))),
+        _ => Err(ApiError::MethodNotAllowed(format!(
+            "{method} is not allowed on {}",
+            req.path
+        ))),
     }
 }
 
-/// The route a request is counted under in `/metrics` (a bounded set: ids
-/// in paths are not labels).
+/// The route pattern of a request's path: what `route` dispatches on and
+/// the label it is counted under in `/metrics` (a bounded set: ids in paths
+/// are not labels). `other` when no route has that path.
 pub fn route_name(req: &Request) -> &'static str {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
@@ -374,11 +373,7 @@ async fn members(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
 
 /// A query parameter as a number, if present.
 fn query_u64(req: &Request, name: &str) -> Result<Option<u64>, ApiError> {
-    let Some(raw) = req
-        .query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
-    else {
+    let Some(raw) = req.query_param(name) else {
         return Ok(None);
     };
     raw.parse()
@@ -391,47 +386,64 @@ pub(crate) fn message_json(m: &rookery_engine::StoredMessage) -> Value {
            "edited": m.edited, "deleted": m.body.is_none()})
 }
 
-/// `GET /api/rooms/{id}/messages?before=&after=&limit=`: newest first
-/// (before a seq, or the latest), or oldest first after a seq. Answers with
-/// an `ETag` of the page (and 304 when `If-None-Match` has it) and
-/// `X-Cache: HIT` when the page came from memory.
-async fn history(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
-    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
-    visible_room(shared, uid, id).await?;
+/// What a history page asks for (an HTTP query or a WebSocket frame).
+pub(crate) struct PageQuery {
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+    /// Messages; 50 when absent, at most `--history-page-len-max`.
+    pub limit: Option<u64>,
+}
+
+/// A page of a room's history: `{"room","messages","next"}`, newest first
+/// (before a seq, or the latest) or oldest first after a seq, and whether
+/// it was served from memory.
+pub(crate) async fn history_page(
+    shared: &Shared,
+    room: u64,
+    q: PageQuery,
+) -> Result<(Value, bool), ApiError> {
     let max = shared.cfg.history_page_len_max;
-    let limit = query_u64(req, "limit")?.unwrap_or(50);
+    let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > max as u64 {
         return Err(ApiError::BadRequest(format!("limit must be 1..={max}")));
     }
-    let (before, after) = (query_u64(req, "before")?, query_u64(req, "after")?);
-    let order = if after.is_some() {
+    let order = if q.after.is_some() {
         Order::OldestFirst
     } else {
         Order::NewestFirst
     };
     let cursor = Cursor {
-        after,
-        before,
+        after: q.after,
+        before: q.before,
         limit: limit as usize,
         order,
     };
-    let page = shared.engine.history(id, cursor).await?;
+    let page = shared.engine.history(room, cursor).await?;
     let next = page.next.map(|c| match c.order {
         Order::NewestFirst => json!({"before": c.before}),
         Order::OldestFirst => json!({"after": c.after}),
     });
     let messages: Vec<Value> = page.messages.iter().map(message_json).collect();
-    let body = json!({"room": id, "messages": messages, "next": next});
+    let body = json!({"room": room, "messages": messages, "next": next});
+    Ok((body, page.cached))
+}
+
+/// `GET /api/rooms/{id}/messages?before=&after=&limit=`: a history page
+/// with an `ETag` (and 304 when `If-None-Match` has it) and `X-Cache: HIT`
+/// when the page came from memory.
+async fn history(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    visible_room(shared, uid, id).await?;
+    let q = PageQuery {
+        before: query_u64(req, "before")?,
+        after: query_u64(req, "after")?,
+        limit: query_u64(req, "limit")?,
+    };
+    let (body, cached) = history_page(shared, id, q).await?;
     let mut resp = Response::json(200, &body);
     let digest = Sha256::digest(&resp.body);
-    let etag: String = format!(
-        "\"{}\"",
-        digest[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
-    let cache = if page.cached { "HIT" } else { "MISS" };
+    let etag = format!("\"{}\"", auth::hex(&digest[..16]));
+    let cache = if cached { "HIT" } else { "MISS" };
     if req.header("if-none-match") == Some(etag.as_str()) {
         resp = Response {
             status: 304,

@@ -112,20 +112,17 @@ pub async fn run(shared: Rc<Shared>, bound: flume::Sender<Result<(), String>>) {
 
 /// Counts the connection against its address's limit, then serves it; at
 /// the limit it is answered 429 and closed.
-async fn admit(mut stream: TcpStream, shared: Rc<Shared>) {
+async fn admit(stream: TcpStream, shared: Rc<Shared>) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
     let Some(counted) = shared.limits.connect(peer.ip()) else {
-        let mut out = Vec::new();
-        Response::error(
+        let refusal = Response::error(
             429,
             "too_many_connections",
             "too many connections from your address",
-        )
-        .encode(true, &mut out);
-        let _ = stream.write_all(&out).await;
-        linger_close(stream).await;
+        );
+        answer_and_close(stream, Vec::new(), refusal).await;
         return;
     };
     connection(stream, shared, peer.ip()).await;
@@ -196,9 +193,8 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
                     if let Some(h) = shared.my_http() {
                         h.answered("bad_request", status);
                     }
-                    Response::error(status, code, &e.message()).encode(true, &mut out);
-                    let _ = stream.write_all(&out).await;
-                    linger_close(stream).await;
+                    let resp = Response::error(status, code, &e.message());
+                    answer_and_close(stream, out, resp).await;
                     return;
                 }
             }
@@ -224,10 +220,8 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
             Read::Closed => return,
             Read::TimedOut if started.is_some() => {
                 // A request began and did not finish in time (slowloris).
-                Response::error(408, "request_timeout", "request not completed in time")
-                    .encode(true, &mut out);
-                let _ = stream.write_all(&out).await;
-                linger_close(stream).await;
+                let resp = Response::error(408, "request_timeout", "request not completed in time");
+                answer_and_close(stream, out, resp).await;
                 return;
             }
             Read::TimedOut => return, // idle keep-alive connection
@@ -236,6 +230,14 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
             buf.shrink_to_fit();
         }
     }
+}
+
+/// Writes `out` (responses already due) and a last response, then closes
+/// with a linger.
+async fn answer_and_close(mut stream: TcpStream, mut out: Vec<u8>, last: Response) {
+    last.encode(true, &mut out);
+    let _ = stream.write_all(&out).await;
+    linger_close(stream).await;
 }
 
 /// Closes after a final response without losing it: closing a socket with
@@ -264,12 +266,7 @@ async fn upgrade(mut stream: TcpStream, req: http::Request, leftover: Vec<u8>, s
     let mut out = Vec::new();
     let accept = match ws::accept_key(&req) {
         Ok(a) => a,
-        Err(resp) => {
-            resp.encode(true, &mut out);
-            let _ = stream.write_all(&out).await;
-            linger_close(stream).await;
-            return;
-        }
+        Err(resp) => return answer_and_close(stream, out, resp).await,
     };
     // A token on the upgrade authenticates now; without one the client
     // sends an `auth` frame first.
@@ -280,10 +277,8 @@ async fn upgrade(mut stream: TcpStream, req: http::Request, leftover: Vec<u8>, s
             match auth::identify(meta, &shared.cfg.jwt_secret, token).await {
                 Ok(auth::Identity::User(u)) => Some(u),
                 Ok(auth::Identity::Refused(why)) => {
-                    Response::error(401, "unauthorized", &why).encode(true, &mut out);
-                    let _ = stream.write_all(&out).await;
-                    linger_close(stream).await;
-                    return;
+                    let resp = Response::error(401, "unauthorized", &why);
+                    return answer_and_close(stream, out, resp).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "checking a WebSocket token");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use rookery_engine::{Cursor, Error as EngineError, Inbox, Order};
+use rookery_engine::{Error as EngineError, Inbox};
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::CloseFrame;
@@ -25,7 +25,7 @@ use tungstenite::Message;
 
 use crate::auth;
 use crate::http::{Request, Response};
-use crate::routes::{self, ApiError};
+use crate::routes::{self, ApiError, PageQuery};
 use crate::serve::{self, Shared};
 
 /// Checks an upgrade request; the `Sec-WebSocket-Accept` value, or the
@@ -157,11 +157,11 @@ pub async fn run(mut stream: TcpStream, leftover: Vec<u8>, shared: Rc<Shared>, u
         c.send(json!({"type": "hello", "user": u, "heartbeat_ms": c.heartbeat_ms()}));
     }
     let mut chunk = [0u8; 4096];
+    // Ends by returning when the socket is gone, or by breaking once a
+    // close frame is queued: then it is sent and the socket lingers.
     loop {
         if !c.process_input().await {
-            let _ = stream.write_all(&c.pipe.tx).await;
-            serve::linger_close(stream).await;
-            return;
+            break;
         }
         if !c.pipe.tx.is_empty() {
             if stream.write_all(&c.pipe.tx).await.is_err() {
@@ -197,22 +197,20 @@ pub async fn run(mut stream: TcpStream, leftover: Vec<u8>, shared: Rc<Shared>, u
                     _ => (CloseCode::Away, "server shutting down"),
                 };
                 c.close(code, why);
-                let _ = stream.write_all(&c.pipe.tx).await;
-                serve::linger_close(stream).await;
-                return;
+                break;
             }
             Wake::Tick => {
                 if c.last_heard.elapsed() > heartbeat * 2 {
                     c.close(CloseCode::Away, "idle timeout");
-                    let _ = stream.write_all(&c.pipe.tx).await;
-                    serve::linger_close(stream).await;
-                    return;
+                    break;
                 }
                 let _ = c.ctx.write(&mut c.pipe, Message::Ping(Default::default()));
                 let _ = c.ctx.flush(&mut c.pipe);
             }
         }
     }
+    let _ = stream.write_all(&c.pipe.tx).await;
+    serve::linger_close(stream).await;
 }
 
 impl Conn {
@@ -406,29 +404,14 @@ impl Conn {
     async fn history(&mut self, user: u64, v: &Value) -> Result<Value, ApiError> {
         let room = field_u64(v, "room")?;
         routes::visible_room(&self.shared, user, room).await?;
-        let max = self.shared.cfg.history_page_len_max as u64;
-        let limit = v.get("limit").and_then(Value::as_u64).unwrap_or(50);
-        if limit == 0 || limit > max {
-            return Err(ApiError::BadRequest(format!("limit must be 1..={max}")));
-        }
-        let after = v.get("after").and_then(Value::as_u64);
-        let cursor = Cursor {
-            after,
+        let q = PageQuery {
             before: v.get("before").and_then(Value::as_u64),
-            limit: limit as usize,
-            order: if after.is_some() {
-                Order::OldestFirst
-            } else {
-                Order::NewestFirst
-            },
+            after: v.get("after").and_then(Value::as_u64),
+            limit: v.get("limit").and_then(Value::as_u64),
         };
-        let page = self.shared.engine.history(room, cursor).await?;
-        let messages: Vec<Value> = page.messages.iter().map(routes::message_json).collect();
-        let next = page.next.map(|c| match c.order {
-            Order::NewestFirst => json!({"before": c.before}),
-            Order::OldestFirst => json!({"after": c.after}),
-        });
-        Ok(json!({"type": "history", "room": room, "messages": messages, "next": next}))
+        let (mut page, _) = routes::history_page(&self.shared, room, q).await?;
+        page["type"] = json!("history");
+        Ok(page)
     }
 }
 

@@ -69,6 +69,33 @@ fn recv_until(ws: &mut Ws, want: impl Fn(&Value) -> bool) -> Vec<Value> {
     }
 }
 
+/// Splits unmasked server frames (payloads under 64 KiB) into
+/// `(opcode, payload)`.
+fn server_frames(bytes: &[u8]) -> Vec<(u8, &[u8])> {
+    let (mut i, mut frames) = (0, Vec::new());
+    while i + 2 <= bytes.len() {
+        let (op, len) = (bytes[i] & 0x0f, (bytes[i + 1] & 0x7f) as usize);
+        let (start, len) = match len {
+            126 => (
+                i + 4,
+                u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize,
+            ),
+            _ => (i + 2, len),
+        };
+        frames.push((op, &bytes[start..(start + len).min(bytes.len())]));
+        i = start + len;
+    }
+    frames
+}
+
+/// The status code of the first close frame with one.
+fn close_code(frames: &[(u8, &[u8])]) -> Option<u16> {
+    frames
+        .iter()
+        .find(|(op, p)| *op == 0x8 && p.len() >= 2)
+        .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
+}
+
 fn create_room(port: u16, token: &str, name: &str, private: bool) -> u64 {
     let (s, v) = call(
         port,
@@ -345,19 +372,7 @@ fn bad_upgrades_and_raw_protocol_violations_are_refused() {
         // Read frames until a close frame; return its code.
         let mut all = Vec::new();
         let _ = s.read_to_end(&mut all);
-        let mut i = 0;
-        while i + 2 <= all.len() {
-            let (op, len) = (all[i] & 0x0f, (all[i + 1] & 0x7f) as usize);
-            let (start, len) = match len {
-                126 => (i + 4, u16::from_be_bytes([all[i + 2], all[i + 3]]) as usize),
-                _ => (i + 2, len),
-            };
-            if op == 0x8 && len >= 2 {
-                return u16::from_be_bytes([all[start], all[start + 1]]);
-            }
-            i = start + len;
-        }
-        panic!("no close frame in {all:?}");
+        close_code(&server_frames(&all)).unwrap_or_else(|| panic!("no close frame in {all:?}"))
     };
     // Unmasked client frame: protocol error.
     assert_eq!(raw_session(&[0x81, 0x02, b'h', b'i']), 1002);
@@ -402,25 +417,11 @@ fn silent_clients_are_pinged_then_closed() {
     );
     let body = &all[all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
     // Walk the frames: hello (text), at least one ping, then close 1001.
-    let (mut i, mut ops, mut close) = (0, Vec::new(), None);
-    while i + 2 <= body.len() {
-        let (op, len) = (body[i] & 0x0f, (body[i + 1] & 0x7f) as usize);
-        let (start, len) = match len {
-            126 => (
-                i + 4,
-                u16::from_be_bytes([body[i + 2], body[i + 3]]) as usize,
-            ),
-            _ => (i + 2, len),
-        };
-        ops.push(op);
-        if op == 0x8 {
-            close = Some(u16::from_be_bytes([body[start], body[start + 1]]));
-        }
-        i = start + len;
-    }
+    let frames = server_frames(body);
+    let ops: Vec<u8> = frames.iter().map(|f| f.0).collect();
     assert_eq!(ops.first(), Some(&0x1), "hello first: {ops:?}");
     assert!(ops.contains(&0x9), "pinged: {ops:?}");
-    assert_eq!(close, Some(1001));
+    assert_eq!(close_code(&frames), Some(1001));
     // A client that keeps talking is kept well past two heartbeats.
     let mut ws = connect_ws(p, Some(&token));
     recv(&mut ws);
