@@ -457,7 +457,8 @@ impl Engine {
             .map(|s| self.call(s, |reply| Command::Stats { reply }))
             .collect();
         for r in replies {
-            let (c, g, l) = r.await?;
+            let (c, g, l, st) = r.await?;
+            m.storage.add(&st);
             m.counters.add(&c);
             m.gauges.add(&g);
             m.latencies.merge(&l);

@@ -127,6 +127,9 @@ pub struct Metrics {
     pub gauges: ShardGauges,
     /// Merged latency histograms.
     pub latencies: Latencies,
+    /// Storage counters summed over shards (commit batches, fsyncs and the
+    /// fsync batch size buckets).
+    pub storage: rookery_storage::ShardStats,
     /// Read receipts waiting for the receipt writer (engine-wide gauge).
     pub receipt_queue_len: u64,
     /// Read receipts written (engine-wide counter).

@@ -31,7 +31,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::channel_mesh::Senders;
 use rookery_storage::{
-    Appended, Cursor, HistoryItem, Meta, Retention, RetentionReport, Role, ShardStore,
+    Appended, Cursor, HistoryItem, Meta, Retention, RetentionReport, Role, ShardStats, ShardStore,
 };
 
 use crate::config::EngineConfig;
@@ -202,7 +202,7 @@ pub(crate) enum Command {
         inbox: u64,
     },
     Stats {
-        reply: Reply<(ShardCounters, ShardGauges, Latencies)>,
+        reply: Reply<(ShardCounters, ShardGauges, Latencies, ShardStats)>,
     },
     Shutdown {
         reply: Reply<()>,
@@ -485,6 +485,7 @@ impl Shard {
                     *self.counters.borrow(),
                     self.gauges(),
                     self.latency.borrow().clone(),
+                    self.store.stats(),
                 )),
             ),
             Command::Tick => {}

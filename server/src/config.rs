@@ -1,6 +1,8 @@
 //! The server's one typed configuration: every setting is a flag with a
-//! `ROOKERY_*` environment twin and a documented default, checked before
-//! anything starts (a bad value is one line naming the flag).
+//! `ROOKERY_*` environment twin and a documented default, and may also be
+//! set in a TOML file (`--config`); checked before anything starts (a bad
+//! value is one line naming the flag). Precedence: flag, then environment,
+//! then file, then default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +18,11 @@ use crate::http::Limits;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "rookery", version, about)]
 pub struct Config {
+    /// A TOML file of settings, keyed by flag name (`listen =
+    /// "0.0.0.0:8080"`, `ws-heartbeat-ms = 15000`); flags and environment
+    /// variables override it.
+    #[arg(long, env = "ROOKERY_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to serve HTTP and WebSocket on (every shard binds it, with
     /// SO_REUSEPORT).
     #[arg(long, env = "ROOKERY_LISTEN", default_value = "127.0.0.1:8080")]
@@ -82,6 +89,52 @@ pub struct Config {
         default_value_t = 30
     )]
     pub registrations_per_ip_per_min: u32,
+    /// Rooms one WebSocket connection may join at once; more get an
+    /// `error` frame with code `too_many_rooms`.
+    #[arg(
+        long,
+        env = "ROOKERY_WS_ROOMS_PER_CONNECTION_MAX",
+        default_value_t = 128
+    )]
+    pub ws_rooms_per_connection_max: usize,
+    /// Messages one user may send per second, over all connections and the
+    /// HTTP API (a token bucket; see --sends-per-user-burst); more get code
+    /// `rate_limited` (HTTP 429) with a retry hint.
+    #[arg(long, env = "ROOKERY_SENDS_PER_USER_PER_S", default_value_t = 20)]
+    pub sends_per_user_per_s: u32,
+    /// Messages one user may send in a burst before the per-second rate
+    /// applies.
+    #[arg(long, env = "ROOKERY_SENDS_PER_USER_BURST", default_value_t = 40)]
+    pub sends_per_user_burst: u32,
+    /// Bytes of events queued for one WebSocket connection; a connection
+    /// that stays full for --ws-stuck-timeout-ms is closed (4008).
+    #[arg(
+        long,
+        env = "ROOKERY_WS_OUTBOUND_QUEUE_BYTES_MAX",
+        default_value_t = 1 << 20
+    )]
+    pub ws_outbound_queue_bytes_max: usize,
+    /// Milliseconds a connection may keep its outbound queue full (not
+    /// reading) before it is closed as a slow consumer (4008); a write to
+    /// a client that takes twice as long drops the connection.
+    #[arg(long, env = "ROOKERY_WS_STUCK_TIMEOUT_MS", default_value_t = 30_000)]
+    pub ws_stuck_timeout_ms: u64,
+    /// Milliseconds a WebSocket connection has to authenticate (token on
+    /// the upgrade or an `auth` frame); then it is closed (1008).
+    #[arg(long, env = "ROOKERY_WS_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ws_auth_timeout_ms: u64,
+    /// Do not negotiate permessage-deflate (RFC 7692) with clients that
+    /// offer it.
+    #[arg(long, env = "ROOKERY_NO_DEFLATE")]
+    pub no_deflate: bool,
+    /// Outbound WebSocket messages of at least this many bytes are
+    /// compressed on connections that negotiated permessage-deflate.
+    #[arg(long, env = "ROOKERY_WS_DEFLATE_MIN_BYTES", default_value_t = 512)]
+    pub ws_deflate_min_bytes: usize,
+    /// Serve `/echo`: a WebSocket endpoint that echoes every message, for
+    /// protocol conformance testing (off by default).
+    #[arg(long, env = "ROOKERY_ECHO_ENDPOINT")]
+    pub echo_endpoint: bool,
     /// Seconds a login session lasts.
     #[arg(long, env = "ROOKERY_SESSION_TTL_S", default_value_t = 30 * 24 * 3600)]
     pub session_ttl_s: u64,
@@ -117,6 +170,17 @@ impl Config {
             return Err("--ws-frame-bytes-max must be >= 128".into());
         }
         positive(self.history_page_len_max as u64, "history-page-len-max")?;
+        positive(
+            self.ws_rooms_per_connection_max as u64,
+            "ws-rooms-per-connection-max",
+        )?;
+        positive(self.sends_per_user_per_s as u64, "sends-per-user-per-s")?;
+        positive(self.sends_per_user_burst as u64, "sends-per-user-burst")?;
+        positive(self.ws_stuck_timeout_ms, "ws-stuck-timeout-ms")?;
+        positive(self.ws_auth_timeout_ms, "ws-auth-timeout-ms")?;
+        if self.ws_outbound_queue_bytes_max < self.ws_frame_bytes_max {
+            return Err("--ws-outbound-queue-bytes-max must be >= --ws-frame-bytes-max".into());
+        }
         self.engine_config()
             .validate()
             .map_err(|e| format!("engine settings: {e}"))
@@ -135,6 +199,12 @@ impl Config {
         if let Ok(d) = self.durability() {
             cfg.storage.durability = d;
         }
+        cfg.outbound_queue_bytes_max = self.ws_outbound_queue_bytes_max;
+        // Typing and presence get at most a quarter of the queue.
+        cfg.volatile_queue_bytes_max = cfg
+            .volatile_queue_bytes_max
+            .min(self.ws_outbound_queue_bytes_max / 4);
+        cfg.stuck_timeout = Duration::from_millis(self.ws_stuck_timeout_ms);
         cfg
     }
 
@@ -162,6 +232,65 @@ impl Config {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+}
+
+/// Reads a settings file: the `(environment variable, value)` pairs it
+/// sets, for settings not already in the environment (`present` says which
+/// are). Keys are flag names (`ws-heartbeat-ms` or `ws_heartbeat_ms`); an
+/// unknown key or a value that is not a string, number or boolean is an
+/// error naming it.
+pub fn file_settings(
+    text: &str,
+    present: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, String)>, String> {
+    use clap::CommandFactory;
+    let table: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
+    let cmd = Config::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let env = cmd
+            .get_arguments()
+            .filter(|a| a.get_id() != "config")
+            .find(|a| a.get_long() == Some(flag.as_str()))
+            .and_then(|a| a.get_env())
+            .ok_or_else(|| format!("unknown setting {key:?}"))?
+            .to_string_lossy()
+            .into_owned();
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => {
+                return Err(format!(
+                    "setting {key:?}: expected a string, number or boolean"
+                ))
+            }
+        };
+        if !present(&env) {
+            out.push((env, value));
+        }
+    }
+    Ok(out)
+}
+
+/// Parses the command line, with a `--config` file's settings under flags
+/// and environment variables; a bad file is one line naming it.
+pub fn load() -> Result<Config, String> {
+    let cfg = Config::parse();
+    let Some(path) = cfg.config.clone() else {
+        return Ok(cfg);
+    };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let settings = file_settings(&text, |env| std::env::var_os(env).is_some())
+        .map_err(|e| format!("--config {}: {e}", path.display()))?;
+    for (env, value) in settings {
+        // Single-threaded still: nothing else reads the environment yet.
+        std::env::set_var(env, value);
+    }
+    Ok(Config::parse())
 }
 
 #[cfg(test)]
@@ -192,9 +321,38 @@ mod tests {
                 &["--http-head-bytes-max", "10"][..],
                 "--http-head-bytes-max",
             ),
+            (
+                &["--sends-per-user-per-s", "0"][..],
+                "--sends-per-user-per-s",
+            ),
+            (
+                &["--ws-outbound-queue-bytes-max", "1000"][..],
+                "--ws-outbound-queue-bytes-max",
+            ),
         ] {
             let err = parse(args).validate().unwrap_err();
             assert!(err.contains(flag), "{err}");
         }
+    }
+
+    #[test]
+    fn a_settings_file_maps_to_environment_twins() {
+        let text = "listen = \"0.0.0.0:9000\"\nws_heartbeat_ms = 15000\necho-endpoint = true\n";
+        let got = file_settings(text, |env| env == "ROOKERY_WS_HEARTBEAT_MS").unwrap();
+        assert_eq!(
+            got,
+            [
+                ("ROOKERY_ECHO_ENDPOINT".to_string(), "true".to_string()),
+                ("ROOKERY_LISTEN".to_string(), "0.0.0.0:9000".to_string()),
+            ],
+            "the environment wins over the file"
+        );
+        let err = file_settings("listne = 1", |_| false).unwrap_err();
+        assert!(err.contains("listne"), "{err}");
+        let err = file_settings("listen = [1]", |_| false).unwrap_err();
+        assert!(err.contains("listen"), "{err}");
+        let err = file_settings("config = \"x\"", |_| false).unwrap_err();
+        assert!(err.contains("config"), "{err}");
+        assert!(file_settings("listen = ", |_| false).is_err());
     }
 }

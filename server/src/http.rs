@@ -182,11 +182,13 @@ fn keep_alive(version: u8, headers: &[(String, String)]) -> bool {
 }
 
 /// A response to encode.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The error code of an error response (counted by code in metrics).
+    pub error_code: Option<&'static str>,
 }
 
 impl Response {
@@ -196,15 +198,18 @@ impl Response {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: value.to_string().into_bytes(),
+            error_code: None,
         }
     }
 
     /// The typed error body of DESIGN.md: `{"error":{"code","message"}}`.
-    pub fn error(status: u16, code: &str, message: &str) -> Response {
-        Response::json(
+    pub fn error(status: u16, code: &'static str, message: &str) -> Response {
+        let mut r = Response::json(
             status,
             &serde_json::json!({"error": {"code": code, "message": message}}),
-        )
+        );
+        r.error_code = Some(code);
+        r
     }
 
     /// Appends the encoded response to `out`; `close` adds

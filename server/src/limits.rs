@@ -1,6 +1,7 @@
-//! Per-address limits shared by every shard: open connections per IP and
-//! registrations per IP per minute. One small mutex each, taken once per
-//! connection or registration (never per message).
+//! Limits shared by every shard: open connections per IP and registrations
+//! per IP per minute (one small mutex each, taken once per connection or
+//! registration), and sends per user (a token bucket per user, on a mutex
+//! taken once per send: a user may send from several shards at once).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -92,9 +93,83 @@ impl IpLimits {
     }
 }
 
+/// Sends per second per user: a token bucket per user, refilled at
+/// `per_s` tokens a second up to `burst`.
+pub struct SendLimits {
+    per_s: f64,
+    burst: f64,
+    /// user -> (tokens, when last refilled).
+    buckets: Mutex<HashMap<u64, (f64, Instant)>>,
+    /// Sends refused at the limit.
+    pub refused: AtomicU64,
+}
+
+/// Users whose buckets are kept before full ones are forgotten.
+const SEND_BUCKETS_MAX: usize = 100_000;
+
+impl SendLimits {
+    pub fn new(per_s: u32, burst: u32) -> Arc<SendLimits> {
+        Arc::new(SendLimits {
+            per_s: per_s as f64,
+            burst: burst.max(1) as f64,
+            buckets: Mutex::default(),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes a token for one send by `user`; when there is none, the
+    /// milliseconds until there will be one (and the refusal is counted).
+    pub fn take(&self, user: u64, now: Instant) -> Result<(), u64> {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() > SEND_BUCKETS_MAX {
+            // Bounded memory: a full bucket is the same as no bucket.
+            let (per_s, burst) = (self.per_s, self.burst);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_s < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(user).or_insert((self.burst, now));
+        let refill = now.saturating_duration_since(*at).as_secs_f64() * self.per_s;
+        (*tokens, *at) = ((*tokens + refill).min(self.burst), now);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return Ok(());
+        }
+        let wait_ms = ((1.0 - *tokens) / self.per_s * 1000.0).ceil() as u64;
+        drop(buckets);
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Err(wait_ms.max(1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sends_follow_a_token_bucket_per_user() {
+        let limits = SendLimits::new(10, 3);
+        let t = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(limits.take(1, t), Ok(()), "the burst");
+        }
+        let retry = limits.take(1, t).unwrap_err();
+        assert!((1..=100).contains(&retry), "{retry} ms until a token");
+        assert_eq!(limits.take(2, t), Ok(()), "per user");
+        // 10 per second: one token after 100 ms, not two.
+        let later = t + Duration::from_millis(100);
+        assert_eq!(limits.take(1, later), Ok(()));
+        assert!(limits.take(1, later).is_err());
+        // Refills stop at the burst.
+        let much_later = t + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(limits.take(1, much_later), Ok(()));
+        }
+        assert!(limits.take(1, much_later).is_err());
+        assert_eq!(limits.refused.load(Ordering::Relaxed), 3);
+    }
 
     #[test]
     fn connections_are_counted_until_dropped() {

@@ -2,15 +2,12 @@
 //!
 //! Starts the engine (one shard per core), puts an HTTP listener on every
 //! shard, and shuts down gracefully on SIGINT/SIGTERM: stop accepting,
-//! close idle connections, flush and checkpoint storage, exit 0 within
-//! `--shutdown-timeout-ms`; a second signal exits at once.
-//!
-//! Built so far (the server issue is in progress): configuration, HTTP/1.1
-//! framing with limits and deadlines, `/healthz`, `/readyz`, graceful
-//! shutdown. The HTTP API, WebSocket protocol, accounts and metrics follow.
+//! close connections (WebSockets with 1001), flush and checkpoint storage,
+//! exit 0 within `--shutdown-timeout-ms`; a second signal exits at once.
 
 mod auth;
 mod config;
+mod deflate;
 mod http;
 mod limits;
 mod metrics;
@@ -24,7 +21,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Parser;
 use rookery_engine::{Engine, ShardTask};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -35,7 +31,13 @@ use crate::config::Config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let cfg = Config::parse();
+    let cfg = match config::load() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("rookery: {e}");
+            std::process::exit(2);
+        }
+    };
     if let Err(e) = cfg.validate() {
         eprintln!("rookery: {e}");
         std::process::exit(2);
@@ -73,6 +75,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::new((0..shards).map(|_| Default::default()).collect());
     let limits =
         limits::IpLimits::new(cfg.connections_per_ip_max, cfg.registrations_per_ip_per_min);
+    let sends = limits::SendLimits::new(cfg.sends_per_user_per_s, cfg.sends_per_user_burst);
+    let (drained_tx, drained_rx) = flume::unbounded();
     let task: ShardTask = {
         let (cfg, stopping) = (cfg.clone(), stopping.clone());
         Arc::new(move |shard, engine: Engine| {
@@ -83,9 +87,12 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 stopping: stopping.clone(),
                 http: http.clone(),
                 limits: limits.clone(),
+                sends: sends.clone(),
+                stop: Rc::new(glommio::sync::Semaphore::new(0)),
+                gate: glommio::sync::Gate::new(),
             });
-            let bound = bound_tx.clone();
-            Box::pin(serve::run(shared, bound))
+            let (bound, drained) = (bound_tx.clone(), drained_tx.clone());
+            Box::pin(serve::run(shared, bound, drained))
         })
     };
     let engine = Engine::start_with_task(cfg.engine_config(), task)
@@ -114,18 +121,35 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
-    shutdown_within(engine, &cfg)
+    shutdown_within(engine, &cfg, drained_rx)
 }
 
-/// Stops the engine (flush, checkpoint) in the background and waits at
-/// most `--shutdown-timeout-ms` for it.
-fn shutdown_within(engine: Engine, cfg: &Config) -> anyhow::Result<()> {
+/// The ordered stop, bounded by `--shutdown-timeout-ms` in all: every
+/// shard stops accepting and closes its connections (WebSockets get 1001
+/// and their in-flight requests finish); then the engine flushes and
+/// checkpoints storage.
+fn shutdown_within(
+    engine: Engine,
+    cfg: &Config,
+    drained: flume::Receiver<usize>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
+    let deadline = started + cfg.shutdown_timeout();
+    for _ in 0..engine.shards() {
+        if drained.recv_deadline(deadline).is_err() {
+            tracing::warn!("connections still open at the deadline; stopping anyway");
+            break;
+        }
+    }
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        "connections closed; flushing storage"
+    );
     let (done_tx, done_rx) = flume::bounded(1);
     std::thread::spawn(move || {
         let _ = done_tx.send(engine.shutdown());
     });
-    match done_rx.recv_timeout(cfg.shutdown_timeout()) {
+    match done_rx.recv_deadline(deadline) {
         Ok(Ok(())) => {
             tracing::info!(ms = started.elapsed().as_millis() as u64, "stopped cleanly");
             Ok(())

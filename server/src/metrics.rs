@@ -7,7 +7,7 @@
 //! (uncontended), and a scrape on any shard reads every slot.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -25,13 +25,30 @@ pub struct ShardHttp {
     pub connections: AtomicI64,
     /// Requests answered, by (route, status).
     requests: Mutex<HashMap<(&'static str, u16), u64>>,
+    /// Errors sent to clients (HTTP error bodies and WebSocket `error`
+    /// frames), by code.
+    errors: Mutex<HashMap<&'static str, u64>>,
+    /// Joins refused at --ws-rooms-per-connection-max.
+    pub rooms_refused: AtomicU64,
+    /// WebSocket connections closed for not authenticating in time.
+    pub auth_timeouts: AtomicU64,
 }
 
 impl ShardHttp {
-    /// Counts one answered request.
-    pub fn answered(&self, route: &'static str, status: u16) {
+    /// Counts one answered request (and its error code, if any).
+    pub fn answered(&self, route: &'static str, status: u16, error: Option<&'static str>) {
         if let Ok(mut r) = self.requests.lock() {
             *r.entry((route, status)).or_default() += 1;
+        }
+        if let Some(code) = error {
+            self.error_sent(code);
+        }
+    }
+
+    /// Counts one error sent to a client.
+    pub fn error_sent(&self, code: &'static str) {
+        if let Ok(mut e) = self.errors.lock() {
+            *e.entry(code).or_default() += 1;
         }
     }
 }
@@ -66,6 +83,33 @@ impl EncodeMetric for MicrosHistogram {
     }
 }
 
+/// The storage's fsync batch size buckets, as a Prometheus histogram of
+/// records per `fdatasync`.
+#[derive(Debug)]
+struct SyncBatchHistogram(rookery_engine::storage::ShardStats);
+
+impl EncodeMetric for SyncBatchHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        use rookery_engine::storage::SYNC_BATCH_BOUNDS;
+        let counts = &self.0.sync_batch_records;
+        let mut buckets: Vec<(f64, u64)> = SYNC_BATCH_BOUNDS
+            .iter()
+            .zip(counts)
+            .map(|(&b, &n)| (b as f64, n))
+            .collect();
+        buckets.push((f64::MAX, counts[SYNC_BATCH_BOUNDS.len()]));
+        let syncs: u64 = counts.iter().sum();
+        // Records in synced batches (those still unsynced are not yet in
+        // a bucket).
+        let sum = self.0.records.saturating_sub(self.0.unsynced_records) as f64;
+        encoder.encode_histogram::<NoLabelSet>(sum, syncs, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let c: Counter = Counter::default();
     c.inc_by(value);
@@ -92,6 +136,7 @@ pub fn render(
     m: &Metrics,
     http: &[ShardHttp],
     limits: &crate::limits::IpLimits,
+    sends: &crate::limits::SendLimits,
 ) -> Result<String, std::fmt::Error> {
     let mut r = <Registry>::with_prefix("rookery");
     let c = &m.counters;
@@ -148,6 +193,21 @@ pub fn render(
             "receipt_batches",
             "Read-receipt transactions committed",
             m.receipt_batches,
+        ),
+        (
+            "commit_batches",
+            "Group commits written to the log",
+            m.storage.batches,
+        ),
+        (
+            "log_fsyncs",
+            "fdatasync calls on the message log",
+            m.storage.syncs,
+        ),
+        (
+            "log_bytes",
+            "Bytes written to the message log",
+            m.storage.bytes,
         ),
     ] {
         counter(&mut r, name, help, v);
@@ -218,6 +278,27 @@ pub fn render(
     ] {
         r.register_with_unit(name, help, Unit::Seconds, MicrosHistogram(h.clone()));
     }
+    r.register(
+        "fsync_batch_records",
+        "Messages made durable by one log fdatasync",
+        SyncBatchHistogram(m.storage),
+    );
+    let errors = Family::<Vec<(String, String)>, Counter>::default();
+    for shard in http {
+        let Ok(counts) = shard.errors.lock() else {
+            continue;
+        };
+        for (code, n) in counts.iter() {
+            errors
+                .get_or_create(&vec![("code".to_string(), code.to_string())])
+                .inc_by(*n);
+        }
+    }
+    r.register(
+        "errors",
+        "Errors sent to clients (HTTP and WebSocket), by code",
+        errors,
+    );
     let requests = Family::<Vec<(String, String)>, Counter>::default();
     for shard in http {
         let Ok(counts) = shard.requests.lock() else {
@@ -245,6 +326,19 @@ pub fn render(
         (
             "registrations_per_ip",
             limits.registrations_refused.load(Ordering::Relaxed),
+        ),
+        ("sends_per_user", sends.refused.load(Ordering::Relaxed)),
+        (
+            "rooms_per_connection",
+            http.iter()
+                .map(|h| h.rooms_refused.load(Ordering::Relaxed))
+                .sum(),
+        ),
+        (
+            "ws_auth_timeout",
+            http.iter()
+                .map(|h| h.auth_timeouts.load(Ordering::Relaxed))
+                .sum(),
         ),
     ] {
         refusals

@@ -34,6 +34,14 @@ pub enum ApiError {
     Conflict(String),
     /// 429: a rate limit refused it.
     TooManyRequests(String),
+    /// 429: the sender's token bucket is empty; a token comes in
+    /// `retry_after_ms`.
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+    },
+    /// 429: the connection has joined --ws-rooms-per-connection-max rooms.
+    TooManyRooms(String),
     /// 503: shutting down, or a queue is full.
     Unavailable(String),
     /// 500: a fault on our side (logged; the client gets no detail).
@@ -43,7 +51,13 @@ pub enum ApiError {
 impl ApiError {
     fn response(&self) -> Response {
         let (status, code, message) = self.parts();
-        Response::error(status, code, &message)
+        let mut resp = Response::error(status, code, &message);
+        if let ApiError::RateLimited { retry_after_ms, .. } = self {
+            let seconds = retry_after_ms.div_ceil(1000).max(1);
+            resp.headers
+                .push(("retry-after".into(), seconds.to_string()));
+        }
+        resp
     }
 
     /// Status, error code and message (a fault on our side is logged here
@@ -57,6 +71,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(m) => (405, "method_not_allowed", m.as_str()),
             ApiError::Conflict(m) => (409, "conflict", m.as_str()),
             ApiError::TooManyRequests(m) => (429, "rate_limited", m.as_str()),
+            ApiError::RateLimited { message, .. } => (429, "rate_limited", message.as_str()),
+            ApiError::TooManyRooms(m) => (429, "too_many_rooms", m.as_str()),
             ApiError::Unavailable(m) => (503, "unavailable", m.as_str()),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "request failed");
@@ -95,6 +111,21 @@ impl From<EngineError> for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// Takes a send token for `user` (--sends-per-user-per-s, shared by the
+/// HTTP API and every WebSocket of the user).
+pub(crate) fn take_send_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
+    shared
+        .sends
+        .take(user, std::time::Instant::now())
+        .map_err(|retry_after_ms| ApiError::RateLimited {
+            message: format!(
+                "at most {} messages a second (burst {})",
+                shared.cfg.sends_per_user_per_s, shared.cfg.sends_per_user_burst
+            ),
+            retry_after_ms,
+        })
+}
+
 /// Answers one request.
 pub async fn handle(req: &Request, shared: &Shared) -> Response {
     route(req, shared).await.unwrap_or_else(|e| e.response())
@@ -122,6 +153,11 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("GET", "/api/rooms/{id}/messages") => history(req, shared, id).await,
         ("POST", "/api/rooms/{id}/messages") => publish(req, shared, id).await,
         ("POST", "/api/rooms/{id}/read") => mark_read(req, shared, id).await,
+        ("GET", "/ws") => Ok(no_upgrade()),
+        ("GET", "/echo") if shared.cfg.echo_endpoint => Ok(no_upgrade()),
+        (_, "/echo") if !shared.cfg.echo_endpoint => {
+            Err(ApiError::NotFound(format!("no route for {}", req.path)))
+        }
         (_, "other") => Err(ApiError::NotFound(format!("no route for {}", req.path))),
         _ => Err(ApiError::MethodNotAllowed(format!(
             "{method} is not allowed on {}",
@@ -139,6 +175,8 @@ pub fn route_name(req: &Request) -> &'static str {
         ["healthz"] => "/healthz",
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
+        ["ws"] => "/ws",
+        ["echo"] => "/echo",
         ["api", "register"] => "/api/register",
         ["api", "login"] => "/api/login",
         ["api", "logout"] => "/api/logout",
@@ -155,10 +193,19 @@ pub fn route_name(req: &Request) -> &'static str {
     }
 }
 
+/// A WebSocket endpoint asked for without an upgrade.
+fn no_upgrade() -> Response {
+    Response::error(
+        400,
+        "bad_upgrade",
+        "this endpoint takes a WebSocket upgrade (Upgrade: websocket)",
+    )
+}
+
 /// `GET /metrics`: Prometheus (OpenMetrics) text, summed over shards.
 async fn metrics(shared: &Shared) -> ApiResult {
     let m = shared.engine.metrics_async().await?;
-    let text = crate::metrics::render(&m, &shared.http, &shared.limits)
+    let text = crate::metrics::render(&m, &shared.http, &shared.limits, &shared.sends)
         .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
     Ok(Response {
         status: 200,
@@ -167,6 +214,7 @@ async fn metrics(shared: &Shared) -> ApiResult {
             "application/openmetrics-text; version=1.0.0; charset=utf-8".into(),
         )],
         body: text.into_bytes(),
+        error_code: None,
     })
 }
 
@@ -447,8 +495,7 @@ async fn history(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     if req.header("if-none-match") == Some(etag.as_str()) {
         resp = Response {
             status: 304,
-            headers: Vec::new(),
-            body: Vec::new(),
+            ..Response::default()
         };
     }
     resp.headers.push(("etag".into(), etag));
@@ -469,6 +516,7 @@ async fn publish(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
     visible_room(shared, uid, id).await?;
     let p: Publish = body(req)?;
+    take_send_token(shared, uid)?;
     let ack = shared.engine.post(id, uid, &p.client_id, &p.body).await?;
     Ok(Response::json(
         if ack.duplicate { 200 } else { 201 },

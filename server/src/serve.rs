@@ -2,26 +2,32 @@
 //! (SO_REUSEPORT: the kernel spreads connections over shards) and one task
 //! per connection, on the shard's executor.
 //!
-//! A connection task owns its socket, a small read buffer and the clock;
-//! framing decisions are `http::parse`'s. Invariant: a connection never
+//! A connection task owns its socket and the bytes of a request in
+//! progress; reads go through one scratch buffer per shard, borrowed only
+//! while a read is polled, so an idle connection holds no read buffer.
+//! Framing decisions are `http::parse`'s. Invariant: a connection never
 //! holds a shard for longer than its deadlines (idle between requests,
 //! whole-request once a request has started), and a bad request is
 //! answered with its status and the connection closed; nothing else is
 //! affected.
 
+use std::cell::RefCell;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::{Gate, Semaphore};
 use rookery_engine::Engine;
 
 use crate::auth;
 use crate::config::Config;
 use crate::http::{self, Response};
-use crate::limits::IpLimits;
+use crate::limits::{IpLimits, SendLimits};
 use crate::metrics::ShardHttp;
 use crate::routes;
 use crate::ws;
@@ -32,9 +38,35 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 /// before the socket is closed.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES_MAX: usize = 256 << 10;
-/// Bytes read from a socket at a time (the buffer is kept small: it lives
-/// as long as the connection).
-const READ_CHUNK_BYTES: usize = 4096;
+/// Bytes read from a socket at a time, into the shard's scratch buffer.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+thread_local! {
+    /// The shard's read buffer: borrowed only inside one `poll_read`, so
+    /// every connection on the shard shares it.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK_BYTES].into());
+}
+
+/// Reads what the socket has (waiting until it has something) and hands it
+/// to `take`; 0 at end of stream.
+pub(crate) async fn read_with(
+    stream: &mut TcpStream,
+    mut take: impl FnMut(&[u8]),
+) -> std::io::Result<usize> {
+    futures_lite::future::poll_fn(|cx| {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(n)) => {
+                    take(&scratch[..n]);
+                    Poll::Ready(Ok(n))
+                }
+                other => other,
+            }
+        })
+    })
+    .await
+}
 
 /// What every connection task of a shard shares.
 pub struct Shared {
@@ -48,6 +80,13 @@ pub struct Shared {
     pub http: Arc<Vec<ShardHttp>>,
     /// Per-address limits, shared by every shard.
     pub limits: Arc<IpLimits>,
+    /// Per-user send limits, shared by every shard.
+    pub sends: Arc<SendLimits>,
+    /// Closed when the shard stops: every connection waiting on it wakes
+    /// and closes (WebSockets with 1001).
+    pub stop: Rc<Semaphore>,
+    /// Every open connection holds a pass; stopping waits for them.
+    pub gate: Gate,
 }
 
 impl Shared {
@@ -76,9 +115,23 @@ impl Drop for Open {
     }
 }
 
-/// Binds the shard's listener, reports the outcome, then accepts until
-/// stopped.
-pub async fn run(shared: Rc<Shared>, bound: flume::Sender<Result<(), String>>) {
+impl Shared {
+    /// Resolves once the shard is stopping.
+    pub async fn stopped(&self) {
+        // Nothing ever signals the semaphore: acquiring it waits until it
+        // is closed.
+        let _ = self.stop.acquire(1).await;
+    }
+}
+
+/// Binds the shard's listener, reports the outcome, accepts until
+/// stopped, then closes every connection (WebSockets get 1001) and waits
+/// for them, and reports on `drained`.
+pub async fn run(
+    shared: Rc<Shared>,
+    bound: flume::Sender<Result<(), String>>,
+    drained: flume::Sender<usize>,
+) {
     let listener = match TcpListener::bind(shared.cfg.listen) {
         Ok(l) => {
             let _ = bound.send(Ok(()));
@@ -97,8 +150,15 @@ pub async fn run(shared: Rc<Shared>, bound: flume::Sender<Result<(), String>>) {
         .await;
         match accepted {
             Some(Ok(stream)) => {
+                let Ok(pass) = shared.gate.enter() else {
+                    break;
+                };
                 let shared = shared.clone();
-                glommio::spawn_local(async move { admit(stream, shared).await }).detach();
+                glommio::spawn_local(async move {
+                    admit(stream, shared).await;
+                    drop(pass);
+                })
+                .detach();
             }
             Some(Err(e)) => {
                 tracing::warn!(shard = shared.shard, error = %e, "accept failed");
@@ -107,7 +167,11 @@ pub async fn run(shared: Rc<Shared>, bound: flume::Sender<Result<(), String>>) {
             None => {}
         }
     }
-    tracing::debug!(shard = shared.shard, "listener closed");
+    drop(listener);
+    tracing::debug!(shard = shared.shard, "listener closed; closing connections");
+    shared.stop.close();
+    let _ = shared.gate.close().await;
+    let _ = drained.send(shared.shard);
 }
 
 /// Counts the connection against its address's limit, then serves it; at
@@ -136,10 +200,11 @@ enum Read {
     TimedOut,
 }
 
-async fn read_until(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Read {
+/// Reads onto `buf` until `deadline`.
+async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> Read {
     let left = deadline.saturating_duration_since(Instant::now());
     let read = async {
-        match stream.read(buf).await {
+        match read_with(stream, |bytes| buf.extend_from_slice(bytes)).await {
             Ok(0) | Err(_) => Read::Closed,
             Ok(n) => Read::Bytes(n),
         }
@@ -157,7 +222,6 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
     let limits = shared.cfg.http_limits();
     let _open = Open::new(shared.clone());
     let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; READ_CHUNK_BYTES];
     let mut out = Vec::new();
     // When the request now in `buf` started (None: between requests).
     let mut started: Option<Instant> = None;
@@ -165,19 +229,19 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
         // Answer every complete request already buffered, in order.
         loop {
             match http::parse(&buf, &limits) {
-                Ok(Some((mut req, used))) if ws::is_upgrade(&req) => {
-                    req.peer = Some(peer);
-                    buf.drain(..used);
-                    upgrade(stream, req, buf, shared).await;
-                    return;
-                }
                 Ok(Some((mut req, used))) => {
+                    if let Some(endpoint) = ws::endpoint(&req, shared.cfg.echo_endpoint) {
+                        req.peer = Some(peer);
+                        buf.drain(..used);
+                        upgrade(stream, req, buf, shared, endpoint).await;
+                        return;
+                    }
                     req.peer = Some(peer);
                     buf.drain(..used);
                     started = (!buf.is_empty()).then(Instant::now);
                     let resp = routes::handle(&req, &shared).await;
                     if let Some(h) = shared.my_http() {
-                        h.answered(routes::route_name(&req), resp.status);
+                        h.answered(routes::route_name(&req), resp.status, resp.error_code);
                     }
                     let close = !req.keep_alive || shared.stopping.load(Ordering::Relaxed);
                     resp.encode(close, &mut out);
@@ -191,7 +255,7 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
                 Err(e) => {
                     let (status, code) = e.status();
                     if let Some(h) = shared.my_http() {
-                        h.answered("bad_request", status);
+                        h.answered("bad_request", status, Some(code));
                     }
                     let resp = Response::error(status, code, &e.message());
                     answer_and_close(stream, out, resp).await;
@@ -212,22 +276,30 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
             Some(t) => t + shared.cfg.request_timeout(),
             None => Instant::now() + shared.cfg.idle_timeout(),
         };
-        match read_until(&mut stream, &mut chunk, deadline).await {
-            Read::Bytes(n) => {
-                started.get_or_insert_with(Instant::now);
-                buf.extend_from_slice(&chunk[..n]);
+        let read = async { Some(read_until(&mut stream, &mut buf, deadline).await) };
+        let stop = async {
+            // Between requests, a stopping shard closes the connection.
+            if started.is_some() {
+                std::future::pending::<()>().await;
             }
-            Read::Closed => return,
-            Read::TimedOut if started.is_some() => {
+            shared.stopped().await;
+            None
+        };
+        match futures_lite::future::or(read, stop).await {
+            Some(Read::Bytes(_)) => {
+                started.get_or_insert_with(Instant::now);
+            }
+            Some(Read::Closed) | None => return,
+            Some(Read::TimedOut) if started.is_some() => {
                 // A request began and did not finish in time (slowloris).
                 let resp = Response::error(408, "request_timeout", "request not completed in time");
                 answer_and_close(stream, out, resp).await;
                 return;
             }
-            Read::TimedOut => return, // idle keep-alive connection
+            Some(Read::TimedOut) => return, // idle keep-alive connection
         }
-        if buf.capacity() > limits.head_bytes_max + limits.body_bytes_max + READ_CHUNK_BYTES {
-            buf.shrink_to_fit();
+        if buf.is_empty() {
+            buf = Vec::new(); // an idle connection holds no buffer
         }
     }
 }
@@ -250,9 +322,10 @@ pub(crate) async fn linger_close(mut stream: TcpStream) {
         return;
     }
     let deadline = Instant::now() + LINGER;
-    let mut sink = [0u8; READ_CHUNK_BYTES];
     let mut drained = 0;
+    let mut sink = Vec::new();
     while drained < LINGER_BYTES_MAX {
+        sink.clear();
         match read_until(&mut stream, &mut sink, deadline).await {
             Read::Bytes(n) => drained += n,
             Read::Closed | Read::TimedOut => break,
@@ -262,15 +335,31 @@ pub(crate) async fn linger_close(mut stream: TcpStream) {
 
 /// Answers an upgrade request: 101 and the WebSocket protocol, or the
 /// refusal (bad upgrade 400/426, bad token 401) and close.
-async fn upgrade(mut stream: TcpStream, req: http::Request, leftover: Vec<u8>, shared: Rc<Shared>) {
+async fn upgrade(
+    mut stream: TcpStream,
+    req: http::Request,
+    leftover: Vec<u8>,
+    shared: Rc<Shared>,
+    endpoint: ws::Endpoint,
+) {
     let mut out = Vec::new();
+    let route = routes::route_name(&req);
     let accept = match ws::accept_key(&req) {
         Ok(a) => a,
-        Err(resp) => return answer_and_close(stream, out, resp).await,
+        Err(resp) => {
+            if let Some(h) = shared.my_http() {
+                h.answered(route, resp.status, resp.error_code);
+            }
+            return answer_and_close(stream, out, resp).await;
+        }
     };
+    let deflate = (!shared.cfg.no_deflate)
+        .then(|| crate::deflate::negotiate(req.header("sec-websocket-extensions")))
+        .flatten();
     // A token on the upgrade authenticates now; without one the client
     // sends an `auth` frame first.
     let user = match auth::bearer(&req) {
+        _ if endpoint == ws::Endpoint::Echo => None,
         None => None,
         Some(token) => {
             let meta = shared.engine.meta().clone();
@@ -278,6 +367,9 @@ async fn upgrade(mut stream: TcpStream, req: http::Request, leftover: Vec<u8>, s
                 Ok(auth::Identity::User(u)) => Some(u),
                 Ok(auth::Identity::Refused(why)) => {
                     let resp = Response::error(401, "unauthorized", &why);
+                    if let Some(h) = shared.my_http() {
+                        h.answered(route, resp.status, resp.error_code);
+                    }
                     return answer_and_close(stream, out, resp).await;
                 }
                 Err(e) => {
@@ -290,11 +382,13 @@ async fn upgrade(mut stream: TcpStream, req: http::Request, leftover: Vec<u8>, s
         }
     };
     if let Some(h) = shared.my_http() {
-        h.answered("/ws", 101);
+        h.answered(route, 101, None);
     }
-    ws::switching(accept).encode(false, &mut out);
+    let (negotiated, extension) = deflate.unzip();
+    ws::switching(accept, extension).encode(false, &mut out);
     if stream.write_all(&out).await.is_err() {
         return;
     }
-    ws::run(stream, leftover, shared, user).await;
+    drop(out);
+    ws::run(stream, leftover, shared, user, endpoint, negotiated).await;
 }

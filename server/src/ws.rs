@@ -1,32 +1,67 @@
-//! The WebSocket endpoint (`GET /ws`) and the JSON protocol of DESIGN.md.
+//! The WebSocket endpoints: `GET /ws` with the JSON protocol of DESIGN.md,
+//! and `GET /echo` (only with `--echo-endpoint`) that echoes messages for
+//! conformance testing.
 //!
 //! One task per connection, on the shard that accepted it. tungstenite does
 //! the framing (masking, fragmentation, control frames, UTF-8, the close
-//! handshake) over an in-memory adapter; this task moves bytes between that
-//! adapter and the socket. The connection's subscriptions live in one
-//! engine `Inbox` on the same shard, so the byte bound, lagging and the
-//! slow-consumer close (4008) are the engine's. Invariant: a frame the
-//! client sends is answered (reply or `error` frame) in order, and nothing
-//! a client sends can panic the shard.
+//! handshake) over an in-memory adapter; `deflate` inflates compressed
+//! messages in front of it and compresses large outbound ones; this task
+//! moves bytes between the adapter and the socket. The connection's
+//! subscriptions live in one engine `Inbox` on the same shard, so the byte
+//! bound, lagging and the slow-consumer close (4008) are the engine's.
+//!
+//! Invariants: a frame the client sends is answered (reply or `error`
+//! frame) in order; nothing a client sends can panic the shard; an idle
+//! connection holds no read or write buffer (reads go through the shard's
+//! scratch buffer, the adapter's buffers are freed when drained).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use rookery_engine::{Error as EngineError, Inbox};
 use serde_json::{json, Value};
-use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::coding::{CloseCode, Data};
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 
 use crate::auth;
+use crate::deflate::{self, InflateError, Inflow, Negotiated};
 use crate::http::{Request, Response};
 use crate::routes::{self, ApiError, PageQuery};
 use crate::serve::{self, Shared};
+
+/// Bytes tungstenite reads from the adapter at a time (its own buffer
+/// keeps at least this much per connection, so it is small).
+const FRAME_READ_BYTES: usize = 256;
+/// Adapter buffers above this are freed rather than kept once drained.
+const PIPE_KEEP_BYTES: usize = 4096;
+
+/// Which WebSocket endpoint a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/ws`: the chat protocol.
+    Chat,
+    /// `/echo`: echoes every message (only with `--echo-endpoint`).
+    Echo,
+}
+
+/// The endpoint an upgrade request asks for, if it is one.
+pub fn endpoint(req: &Request, echo_enabled: bool) -> Option<Endpoint> {
+    let upgrade = req
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    match req.path.as_str() {
+        "/ws" if upgrade => Some(Endpoint::Chat),
+        "/echo" if upgrade && echo_enabled => Some(Endpoint::Echo),
+        _ => None,
+    }
+}
 
 /// Checks an upgrade request; the `Sec-WebSocket-Accept` value, or the
 /// response refusing it.
@@ -53,43 +88,47 @@ pub fn accept_key(req: &Request) -> Result<String, Response> {
     }
 }
 
-/// Whether a request asks for the WebSocket endpoint.
-pub fn is_upgrade(req: &Request) -> bool {
-    req.path == "/ws"
-        && req
-            .header("upgrade")
-            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
-}
-
-/// The 101 response.
-pub fn switching(accept: String) -> Response {
+/// The 101 response, with the accepted extension if any.
+pub fn switching(accept: String, extension: Option<String>) -> Response {
+    let mut headers = vec![
+        ("upgrade".into(), "websocket".into()),
+        ("connection".into(), "Upgrade".into()),
+        ("sec-websocket-accept".into(), accept),
+    ];
+    if let Some(e) = extension {
+        headers.push(("sec-websocket-extensions".into(), e));
+    }
     Response {
         status: 101,
-        headers: vec![
-            ("upgrade".into(), "websocket".into()),
-            ("connection".into(), "Upgrade".into()),
-            ("sec-websocket-accept".into(), accept),
-        ],
-        body: Vec::new(),
+        headers,
+        ..Response::default()
     }
 }
 
-/// Bytes between tungstenite and the socket: reads drain `rx` (and say
-/// `WouldBlock` when it is empty, not EOF); writes append to `tx`.
+/// Bytes between tungstenite and the socket: reads drain `rx` from `at`
+/// (and say `WouldBlock` when it is empty, not EOF); writes append to `tx`.
 #[derive(Default)]
 struct Pipe {
     rx: Vec<u8>,
+    at: usize,
     tx: Vec<u8>,
 }
 
 impl Read for Pipe {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.rx.is_empty() {
+        let left = &self.rx[self.at..];
+        if left.is_empty() {
+            if self.rx.capacity() > PIPE_KEEP_BYTES {
+                self.rx = Vec::new();
+            } else {
+                self.rx.clear();
+            }
+            self.at = 0;
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = buf.len().min(self.rx.len());
-        buf[..n].copy_from_slice(&self.rx[..n]);
-        self.rx.drain(..n);
+        let n = buf.len().min(left.len());
+        buf[..n].copy_from_slice(&left[..n]);
+        self.at += n;
         Ok(n)
     }
 }
@@ -106,18 +145,23 @@ impl Write for Pipe {
 
 /// What woke the connection task.
 enum Wake {
-    Bytes(usize),
+    Bytes,
     SocketClosed,
     Event(Result<rookery_engine::Delivery, EngineError>),
     Tick,
+    AuthTimeout,
+    Stopping,
 }
 
 /// One connection's state.
 struct Conn {
     shared: Rc<Shared>,
+    endpoint: Endpoint,
     ctx: WebSocketContext,
     pipe: Pipe,
-    inbox: Inbox,
+    /// Inflates compressed messages (when permessage-deflate was agreed).
+    inflow: Option<Inflow>,
+    inbox: Option<Inbox>,
     user: Option<u64>,
     /// room -> subscription, and back.
     rooms: HashMap<u64, u64>,
@@ -125,38 +169,55 @@ struct Conn {
     last_heard: Instant,
 }
 
-/// Serves an upgraded connection until either side closes it.
-pub async fn run(mut stream: TcpStream, leftover: Vec<u8>, shared: Rc<Shared>, user: Option<u64>) {
-    let inbox = match shared.engine.inbox_on(shared.shard) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::warn!(error = %e, "no inbox for a WebSocket connection");
-            return;
-        }
+/// Serves an upgraded connection until either side closes it or the
+/// shard stops (1001).
+pub async fn run(
+    mut stream: TcpStream,
+    leftover: Vec<u8>,
+    shared: Rc<Shared>,
+    user: Option<u64>,
+    endpoint: Endpoint,
+    deflate: Option<Negotiated>,
+) {
+    let inbox = match endpoint {
+        Endpoint::Echo => None,
+        Endpoint::Chat => match shared.engine.inbox_on(shared.shard) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!(error = %e, "no inbox for a WebSocket connection");
+                return;
+            }
+        },
     };
     let frame_max = shared.cfg.ws_frame_bytes_max;
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(FRAME_READ_BYTES)
         .write_buffer_size(0)
         .max_message_size(Some(frame_max))
         .max_frame_size(Some(frame_max));
     let mut c = Conn {
         ctx: WebSocketContext::new(Role::Server, Some(config)),
-        pipe: Pipe {
-            rx: leftover,
-            tx: Vec::new(),
-        },
+        pipe: Pipe::default(),
+        inflow: deflate.map(|n| Inflow::new(n, frame_max)),
         inbox,
         user,
         rooms: HashMap::new(),
         subs: HashMap::new(),
         last_heard: Instant::now(),
+        endpoint,
         shared,
     };
+    if !c.take_input(&leftover) {
+        return c.finish(stream).await;
+    }
+    drop(leftover);
     if let Some(u) = user {
         c.send(json!({"type": "hello", "user": u, "heartbeat_ms": c.heartbeat_ms()}));
     }
-    let mut chunk = [0u8; 4096];
+    let auth_deadline = Instant::now() + Duration::from_millis(c.shared.cfg.ws_auth_timeout_ms);
+    // Past twice the stuck timeout, the engine has closed the inbox as
+    // slow already; a write that still cannot finish ends the connection.
+    let write_timeout = Duration::from_millis(c.shared.cfg.ws_stuck_timeout_ms) * 2;
     // Ends by returning when the socket is gone, or by breaking once a
     // close frame is queued: then it is sent and the socket lingers.
     loop {
@@ -164,31 +225,13 @@ pub async fn run(mut stream: TcpStream, leftover: Vec<u8>, shared: Rc<Shared>, u
             break;
         }
         if !c.pipe.tx.is_empty() {
-            if stream.write_all(&c.pipe.tx).await.is_err() {
+            if !write_within(&mut stream, &c.pipe.tx, write_timeout).await {
                 return;
             }
-            c.pipe.tx.clear();
+            c.pipe.tx = Vec::new();
         }
-        let heartbeat = Duration::from_millis(c.heartbeat_ms());
-        let wake = {
-            let read = async {
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => Wake::SocketClosed,
-                    Ok(n) => Wake::Bytes(n),
-                }
-            };
-            let event = async { Wake::Event(c.inbox.recv_async().await) };
-            let tick = async {
-                glommio::timer::sleep(heartbeat).await;
-                Wake::Tick
-            };
-            futures_lite::future::or(read, futures_lite::future::or(event, tick)).await
-        };
-        match wake {
-            Wake::Bytes(n) => {
-                c.last_heard = Instant::now();
-                c.pipe.rx.extend_from_slice(&chunk[..n]);
-            }
+        match c.wait(&mut stream, auth_deadline).await {
+            Wake::Bytes => c.last_heard = Instant::now(),
             Wake::SocketClosed => return,
             Wake::Event(Ok(d)) => c.deliver(d),
             Wake::Event(Err(e)) => {
@@ -200,17 +243,38 @@ pub async fn run(mut stream: TcpStream, leftover: Vec<u8>, shared: Rc<Shared>, u
                 break;
             }
             Wake::Tick => {
-                if c.last_heard.elapsed() > heartbeat * 2 {
+                if c.last_heard.elapsed() > Duration::from_millis(c.heartbeat_ms()) * 2 {
                     c.close(CloseCode::Away, "idle timeout");
                     break;
                 }
                 let _ = c.ctx.write(&mut c.pipe, Message::Ping(Default::default()));
                 let _ = c.ctx.flush(&mut c.pipe);
             }
+            Wake::AuthTimeout => {
+                if let Some(h) = c.shared.http.get(c.shared.shard) {
+                    h.auth_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                c.close(CloseCode::Policy, "not authenticated in time");
+                break;
+            }
+            Wake::Stopping => {
+                c.close(CloseCode::Away, "server shutting down");
+                break;
+            }
         }
     }
-    let _ = stream.write_all(&c.pipe.tx).await;
-    serve::linger_close(stream).await;
+    c.finish(stream).await;
+}
+
+/// Writes `bytes`, or gives up after `timeout` (a client that does not
+/// read cannot hold the task forever).
+async fn write_within(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> bool {
+    let write = async { stream.write_all(bytes).await.is_ok() };
+    futures_lite::future::or(write, async {
+        glommio::timer::sleep(timeout).await;
+        false
+    })
+    .await
 }
 
 impl Conn {
@@ -218,10 +282,101 @@ impl Conn {
         self.shared.cfg.ws_heartbeat_ms
     }
 
+    /// Waits for the next thing to do.
+    async fn wait(&mut self, stream: &mut TcpStream, auth_deadline: Instant) -> Wake {
+        let heartbeat = Duration::from_millis(self.heartbeat_ms());
+        let unauthenticated = self.endpoint == Endpoint::Chat && self.user.is_none();
+        let (shared, inbox) = (self.shared.clone(), self.inbox.as_ref());
+        let mut received = Vec::new();
+        let read = async {
+            match serve::read_with(stream, |b| received.extend_from_slice(b)).await {
+                Ok(0) | Err(_) => Wake::SocketClosed,
+                Ok(_) => Wake::Bytes,
+            }
+        };
+        let event = async {
+            match inbox {
+                Some(inbox) => Wake::Event(inbox.recv_async().await),
+                None => std::future::pending().await,
+            }
+        };
+        let timers = async {
+            if unauthenticated {
+                let left = auth_deadline.saturating_duration_since(Instant::now());
+                if left < heartbeat {
+                    glommio::timer::sleep(left).await;
+                    return Wake::AuthTimeout;
+                }
+            }
+            glommio::timer::sleep(heartbeat).await;
+            Wake::Tick
+        };
+        let stopping = async {
+            shared.stopped().await;
+            Wake::Stopping
+        };
+        let wake = futures_lite::future::or(
+            read,
+            futures_lite::future::or(event, futures_lite::future::or(timers, stopping)),
+        )
+        .await;
+        if matches!(wake, Wake::Bytes) && !self.take_input(&received) {
+            return Wake::Bytes; // a close frame is queued; process_input ends
+        }
+        wake
+    }
+
+    /// Hands received bytes to tungstenite (through the inflater when
+    /// deflate was agreed); false when they were refused with a close.
+    fn take_input(&mut self, bytes: &[u8]) -> bool {
+        let Some(inflow) = self.inflow.as_mut() else {
+            self.pipe.rx.extend_from_slice(bytes);
+            return true;
+        };
+        match inflow.feed(bytes, &mut self.pipe.rx) {
+            Ok(()) => true,
+            Err(e) => {
+                let (code, why) = match e {
+                    InflateError::TooBig => (CloseCode::Size, "message too big"),
+                    InflateError::Corrupt(why) => (CloseCode::Protocol, why),
+                };
+                self.close(code, why);
+                self.inflow = None;
+                self.pipe.rx.clear();
+                self.pipe.at = 0;
+                false
+            }
+        }
+    }
+
+    /// Sends what is queued, then lingers and closes.
+    async fn finish(mut self, mut stream: TcpStream) {
+        let _ = stream.write_all(&self.pipe.tx).await;
+        self.pipe.tx.clear();
+        serve::linger_close(stream).await;
+    }
+
+    /// Queues a text frame, compressed when agreed and large enough.
+    fn send_text(&mut self, text: &str) {
+        let min = self.shared.cfg.ws_deflate_min_bytes;
+        let message = if self.inflow.is_some() && text.len() >= min {
+            Message::Frame(deflate::deflate_frame(text.as_bytes(), Data::Text))
+        } else {
+            Message::text(text)
+        };
+        let _ = self.ctx.write(&mut self.pipe, message);
+        let _ = self.ctx.flush(&mut self.pipe);
+    }
+
     /// Queues a JSON frame.
     fn send(&mut self, v: Value) {
-        let _ = self.ctx.write(&mut self.pipe, Message::text(v.to_string()));
-        let _ = self.ctx.flush(&mut self.pipe);
+        if v["type"] == "error" {
+            let code = v["code"].as_str().and_then(static_code);
+            if let (Some(h), Some(code)) = (self.shared.http.get(self.shared.shard), code) {
+                h.error_sent(code);
+            }
+        }
+        self.send_text(&v.to_string());
     }
 
     /// Queues an engine event (already encoded JSON).
@@ -229,10 +384,7 @@ impl Conn {
         if !self.subs.contains_key(&d.sub) {
             return; // left the room; the event was already queued
         }
-        let _ = self
-            .ctx
-            .write(&mut self.pipe, Message::text(d.event.json()));
-        let _ = self.ctx.flush(&mut self.pipe);
+        self.send_text(d.event.json());
     }
 
     fn close(&mut self, code: CloseCode, reason: &str) {
@@ -250,6 +402,20 @@ impl Conn {
     async fn process_input(&mut self) -> bool {
         loop {
             match self.ctx.read(&mut self.pipe) {
+                Ok(Message::Text(text)) if self.endpoint == Endpoint::Echo => {
+                    self.send_text(text.as_str());
+                }
+                Ok(Message::Binary(data)) if self.endpoint == Endpoint::Echo => {
+                    let message = if self.inflow.is_some()
+                        && data.len() >= self.shared.cfg.ws_deflate_min_bytes
+                    {
+                        Message::Frame(deflate::deflate_frame(&data, Data::Binary))
+                    } else {
+                        Message::Binary(data)
+                    };
+                    let _ = self.ctx.write(&mut self.pipe, message);
+                    let _ = self.ctx.flush(&mut self.pipe);
+                }
                 Ok(Message::Text(text)) => {
                     let reply = self.handle(text.as_str()).await;
                     self.send(reply);
@@ -316,7 +482,11 @@ impl Conn {
             Ok(reply) => with_ref(reply, r#ref),
             Err(e) => {
                 let (_, code, message) = e.parts();
-                with_ref(error(None, code, &message), r#ref)
+                let mut frame = error(None, code, &message);
+                if let ApiError::RateLimited { retry_after_ms, .. } = e {
+                    frame["retry_after_ms"] = json!(retry_after_ms);
+                }
+                with_ref(frame, r#ref)
             }
         }
     }
@@ -338,7 +508,17 @@ impl Conn {
         routes::visible_room(&self.shared, user, room).await?;
         let since = v.get("since").and_then(Value::as_u64);
         if !self.rooms.contains_key(&room) {
-            let sub = self.inbox.subscribe_as(room, since, Some(user)).await?;
+            let max = self.shared.cfg.ws_rooms_per_connection_max;
+            if self.rooms.len() >= max {
+                if let Some(h) = self.shared.http.get(self.shared.shard) {
+                    h.rooms_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(ApiError::TooManyRooms(format!(
+                    "a connection may join at most {max} rooms (--ws-rooms-per-connection-max)"
+                )));
+            }
+            let inbox = self.inbox.as_ref().expect("chat connections have an inbox");
+            let sub = inbox.subscribe_as(room, since, Some(user)).await?;
             self.rooms.insert(room, sub);
             self.subs.insert(sub, room);
         }
@@ -353,7 +533,9 @@ impl Conn {
             return Err(ApiError::NotFound(format!("not joined to room {room}")));
         };
         self.subs.remove(&sub);
-        self.inbox.unsubscribe(sub);
+        if let Some(inbox) = &self.inbox {
+            inbox.unsubscribe(sub);
+        }
         Ok(json!({"type": "left", "room": room}))
     }
 
@@ -362,6 +544,7 @@ impl Conn {
         let body = field_str(v, "body")?;
         let client_id = v["client_id"].as_str().unwrap_or("");
         routes::visible_room(&self.shared, user, room).await?;
+        routes::take_send_token(&self.shared, user)?;
         let ack = self
             .shared
             .engine
@@ -420,6 +603,27 @@ fn known(kind: &str) -> bool {
         kind,
         "join" | "leave" | "send" | "edit" | "delete" | "typing" | "read" | "history"
     )
+}
+
+/// The static name of an error code sent in a frame (for the metric).
+fn static_code(code: &str) -> Option<&'static str> {
+    const CODES: [&str; 14] = [
+        "bad_json",
+        "bad_frame",
+        "unknown_type",
+        "bad_request",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "method_not_allowed",
+        "conflict",
+        "rate_limited",
+        "too_many_rooms",
+        "unavailable",
+        "internal",
+        "busy",
+    ];
+    CODES.iter().copied().find(|c| *c == code)
 }
 
 fn error(r#ref: Option<Value>, code: &str, message: &str) -> Value {

@@ -15,18 +15,6 @@ use tungstenite::{Message, WebSocket};
 
 type Ws = WebSocket<TcpStream>;
 
-fn register(port: u16, name: &str) -> String {
-    let (s, v) = call(
-        port,
-        "POST",
-        "/api/register",
-        None,
-        Some(&json!({"name": name, "password": "pw"})),
-    );
-    assert_eq!(s, 201, "{v}");
-    v["token"].as_str().unwrap().to_string()
-}
-
 fn connect_ws(port: u16, token: Option<&str>) -> Ws {
     let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
@@ -94,18 +82,6 @@ fn close_code(frames: &[(u8, &[u8])]) -> Option<u16> {
         .iter()
         .find(|(op, p)| *op == 0x8 && p.len() >= 2)
         .map(|(_, p)| u16::from_be_bytes([p[0], p[1]]))
-}
-
-fn create_room(port: u16, token: &str, name: &str, private: bool) -> u64 {
-    let (s, v) = call(
-        port,
-        "POST",
-        "/api/rooms",
-        Some(token),
-        Some(&json!({"name": name, "private": private})),
-    );
-    assert_eq!(s, 201, "{v}");
-    v["id"].as_u64().unwrap()
 }
 
 #[test]
@@ -349,25 +325,14 @@ fn bad_upgrades_and_raw_protocol_violations_are_refused() {
     }
     // A good handshake, by hand, then frames a library would not send.
     let raw_session = |frame: &[u8]| -> u16 {
-        let mut s = TcpStream::connect(("127.0.0.1", p)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = upgrade(
-            &format!("Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n"),
-            true,
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
+        let (mut ws, head) =
+            RawWs::connect(p, "/ws", &format!("Authorization: Bearer {token}\r\n"));
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         assert!(
             head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
             "{head}"
         );
+        let s = &mut ws.s;
         s.write_all(frame).unwrap();
         // Read frames until a close frame; return its code.
         let mut all = Vec::new();

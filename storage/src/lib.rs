@@ -50,7 +50,7 @@ pub use record::{ArchivedRecord, Delete, Edit, Message, Record};
 pub use segment::Pos;
 pub use shard::{
     Appended, Cursor, HistoryItem, Order, Page, RecordRef, Retention, RetentionReport, ShardStats,
-    ShardStore,
+    ShardStore, SYNC_BATCH_BOUNDS, SYNC_BATCH_BUCKETS,
 };
 
 /// A data directory: its manifest and metadata database. Open once per

@@ -47,6 +47,18 @@ fn many_concurrent_appenders_resolve_once_with_dense_seqs() {
             stats.batches < stats.records / 4,
             "group commit batched: {stats:?}"
         );
+        // The fsync batch size histogram: every record is in a synced
+        // batch, and batches hold more than one record.
+        let buckets: u64 = stats.sync_batch_records.iter().sum();
+        assert!(buckets >= 1 && buckets <= stats.syncs, "{stats:?}");
+        assert_eq!(
+            stats.unsynced_records, 0,
+            "sync mode leaves nothing unsynced"
+        );
+        assert!(
+            stats.sync_batch_records[1..].iter().sum::<u64>() > 0,
+            "some syncs covered several records: {stats:?}"
+        );
         let mut total = 0;
         for (room, mut got) in seen.take() {
             got.sort_unstable();

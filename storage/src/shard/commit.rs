@@ -230,6 +230,10 @@ impl ShardStore {
                 st.stats.records += items.len() as u64;
                 st.stats.bytes += frames.len() as u64;
                 st.stats.syncs += synced as u64 + sealed.len() as u64;
+                st.stats.unsynced_records += items.len() as u64;
+                if synced || !sealed.is_empty() {
+                    st.stats.synced();
+                }
                 Ok(())
             }
             Err(e) => Err(e),
@@ -315,6 +319,8 @@ impl ShardStore {
         {
             let mut st = self.inner.st.borrow_mut();
             let st = &mut *st;
+            st.stats.syncs += 1;
+            st.stats.synced();
             let rooms: Vec<u64> = st.dirty_rooms.drain().collect();
             let mut last_seqs = Vec::with_capacity(rooms.len());
             for room in rooms {

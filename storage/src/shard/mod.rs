@@ -174,6 +174,48 @@ pub struct ShardStats {
     pub replayed: u64,
     /// Bytes cut from a torn tail at open.
     pub torn_bytes: u64,
+    /// Records made durable by each log `fdatasync`, as counts per bucket:
+    /// `sync_batch_records[i]` counts syncs that covered at most
+    /// `SYNC_BATCH_BOUNDS[i]` records (the last bucket: more than all).
+    pub sync_batch_records: [u64; SYNC_BATCH_BUCKETS],
+    /// Records written since the last `fdatasync` (not yet in a bucket).
+    pub unsynced_records: u64,
+}
+
+/// Upper bounds of the fsync batch size buckets, in records.
+pub const SYNC_BATCH_BOUNDS: [u64; 7] = [1, 4, 16, 64, 256, 1024, 4096];
+/// Buckets of [`ShardStats::sync_batch_records`] (one over the last bound).
+pub const SYNC_BATCH_BUCKETS: usize = SYNC_BATCH_BOUNDS.len() + 1;
+
+impl ShardStats {
+    /// Adds another shard's counters into these.
+    pub fn add(&mut self, o: &ShardStats) {
+        self.records += o.records;
+        self.batches += o.batches;
+        self.syncs += o.syncs;
+        self.bytes += o.bytes;
+        self.index_batches += o.index_batches;
+        self.index_chunk_reads += o.index_chunk_reads;
+        self.replayed += o.replayed;
+        self.torn_bytes += o.torn_bytes;
+        for (a, b) in self.sync_batch_records.iter_mut().zip(o.sync_batch_records) {
+            *a += b;
+        }
+        self.unsynced_records += o.unsynced_records;
+    }
+
+    /// Puts the records written since the last sync into their bucket.
+    pub(crate) fn synced(&mut self) {
+        if self.unsynced_records == 0 {
+            return;
+        }
+        let n = std::mem::take(&mut self.unsynced_records);
+        let i = SYNC_BATCH_BOUNDS
+            .iter()
+            .position(|&b| n <= b)
+            .unwrap_or(SYNC_BATCH_BOUNDS.len());
+        self.sync_batch_records[i] += 1;
+    }
 }
 
 /// A room's live state on its shard.

@@ -1,0 +1,391 @@
+//! End-to-end tests of permessage-deflate, the `/echo` endpoint and the
+//! WebSocket limits (sends per user, rooms per connection, the auth
+//! deadline, the outbound queue), each asserting its outcome, its metric,
+//! and that the server still serves.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::*;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use serde_json::{json, Value};
+
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+
+/// Raw deflate with a sync flush, tail stripped (RFC 7692 §7.2.1).
+fn deflate(c: &mut Compress, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 64);
+    c.compress_vec(data, &mut out, FlushCompress::Sync).unwrap();
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn inflate(data: &[u8]) -> Vec<u8> {
+    let mut d = Decompress::new(false);
+    let mut input = data.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(1 << 20);
+    d.decompress_vec(&input, &mut out, FlushDecompress::Sync)
+        .unwrap();
+    out
+}
+
+/// The next text frame as JSON (inflated when compressed), skipping pings.
+fn next_json(ws: &mut RawWs) -> (Value, bool) {
+    loop {
+        let f = ws.read_frame().expect("connection open");
+        match f.opcode {
+            TEXT => {
+                let bytes = if f.rsv1 {
+                    inflate(&f.payload)
+                } else {
+                    f.payload
+                };
+                return (serde_json::from_slice(&bytes).unwrap(), f.rsv1);
+            }
+            PING => continue,
+            other => panic!("unexpected opcode {other}: {f:?}"),
+        }
+    }
+}
+
+/// The close code the server ends with (frames before it are skipped).
+fn close_code(ws: &mut RawWs) -> Option<u16> {
+    while let Some(f) = ws.read_frame() {
+        if f.opcode == CLOSE {
+            return (f.payload.len() >= 2)
+                .then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+        }
+    }
+    None
+}
+
+#[test]
+fn a_deflate_session_compresses_both_ways_with_context_takeover() {
+    let server = start(&["--ws-deflate-min-bytes", "64"]);
+    let p = server.port;
+    let token = register(p, "zip");
+    let room = create_room(p, &token, "zipped", false);
+    let (mut ws, head) = RawWs::connect(
+        p,
+        &format!("/ws?token={token}"),
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-extensions: permessage-deflate; server_no_context_takeover"),
+        "{head}"
+    );
+    assert_eq!(next_json(&mut ws).0["type"], "hello");
+    // The client keeps its compression context across messages (the
+    // second message refers back into the first).
+    let mut c = Compress::new(Compression::default(), false);
+    let join = json!({"type": "join", "room": room, "ref": 1}).to_string();
+    ws.write_frame(TEXT, &deflate(&mut c, join.as_bytes()), true, true);
+    assert_eq!(next_json(&mut ws).0["type"], "joined");
+    let long = "all work and no play makes jack a dull boy ".repeat(40);
+    for i in 0..3 {
+        let send = json!({"type": "send", "room": room, "body": long, "client_id": format!("z{i}"), "ref": 10 + i})
+            .to_string();
+        // The last one split over two frames (RSV1 only on the first).
+        let payload = deflate(&mut c, send.as_bytes());
+        if i == 2 {
+            let (a, b) = payload.split_at(payload.len() / 2);
+            ws.write_frame(TEXT, a, false, true);
+            ws.write_frame(0x0, b, true, false);
+        } else {
+            ws.write_frame(TEXT, &payload, true, true);
+        }
+    }
+    let mut acks = 0;
+    let mut msgs = 0;
+    while acks < 3 || msgs < 3 {
+        let (v, compressed) = next_json(&mut ws);
+        match v["type"].as_str().unwrap() {
+            "ack" => acks += 1,
+            "msg" => {
+                assert_eq!(v["body"], long.as_str());
+                assert!(compressed, "large events are compressed");
+                msgs += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    // Small frames stay plain, and plain client frames are fine too.
+    ws.write_frame(TEXT, br#"{"type":"ping","ref":"p"}"#, true, false);
+    let (v, compressed) = next_json(&mut ws);
+    assert_eq!((v["type"].as_str(), compressed), (Some("pong"), false));
+    // A decompression bomb closes the connection with 1009.
+    let mut c = Compress::new(Compression::best(), false);
+    let bomb = deflate(&mut c, &vec![b' '; 1 << 20]);
+    ws.write_frame(TEXT, &bomb, true, true);
+    assert_eq!(close_code(&mut ws), Some(1009));
+    // Without the offer, no extension and no compression.
+    let (mut plain, head) = RawWs::connect(p, &format!("/ws?token={token}"), "");
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+    assert!(!next_json(&mut plain).1);
+    // --no-deflate turns the extension down.
+    let off = start(&["--no-deflate"]);
+    let t = register(off.port, "plain");
+    let (_, head) = RawWs::connect(
+        off.port,
+        &format!("/ws?token={t}"),
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    );
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+    assert_serving(p);
+}
+
+#[test]
+fn the_echo_endpoint_exists_only_when_enabled() {
+    let off = start(&[]);
+    let resp = exchange(
+        off.port,
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status(&resp), 404, "{resp}");
+
+    let on = start(&["--echo-endpoint", "--ws-deflate-min-bytes", "100"]);
+    let (mut ws, head) = RawWs::connect(on.port, "/echo", "");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Text, binary, fragmented, and a ping in between: echoed in order.
+    ws.write_frame(TEXT, "héllo".as_bytes(), true, false);
+    ws.write_frame(BINARY, &[0, 1, 2, 255], true, false);
+    ws.write_frame(TEXT, b"frag", false, false);
+    ws.write_frame(PING, b"p", true, false);
+    ws.write_frame(0x0, b"ment", true, false);
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let f = ws.read_frame().unwrap();
+        got.push((f.opcode, f.payload));
+    }
+    assert_eq!(
+        got,
+        [
+            (TEXT, "héllo".as_bytes().to_vec()),
+            (BINARY, vec![0, 1, 2, 255]),
+            (0xA, b"p".to_vec()),
+            (TEXT, b"fragment".to_vec()),
+        ]
+    );
+    // With deflate: large messages come back compressed.
+    let (mut ws, head) = RawWs::connect(
+        on.port,
+        "/echo",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n",
+    );
+    assert!(head.contains("client_no_context_takeover"), "{head}");
+    let big = vec![b'x'; 5000];
+    let mut c = Compress::new(Compression::fast(), false);
+    ws.write_frame(BINARY, &deflate(&mut c, &big), true, true);
+    let f = ws.read_frame().unwrap();
+    assert!(
+        f.rsv1 && f.opcode == BINARY && f.payload.len() < 200,
+        "{f:?}"
+    );
+    assert_eq!(inflate(&f.payload), big);
+    // Invalid UTF-8 inside a compressed text message is still 1007.
+    let mut c = Compress::new(Compression::fast(), false);
+    ws.write_frame(TEXT, &deflate(&mut c, &[0xff, 0xfe, 0xfd]), true, true);
+    assert_eq!(close_code(&mut ws), Some(1007));
+    assert_serving(on.port);
+}
+
+#[test]
+fn sends_per_user_are_rate_limited_over_ws_and_http() {
+    let server = start(&["--sends-per-user-per-s", "5", "--sends-per-user-burst", "5"]);
+    let p = server.port;
+    let token = register(p, "fast");
+    let room = create_room(p, &token, "busy", false);
+    let (mut ws, _) = RawWs::connect(p, &format!("/ws?token={token}"), "");
+    next_json(&mut ws);
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    for i in 0..8 {
+        let send = json!({"type": "send", "room": room, "body": "x", "client_id": format!("r{i}"), "ref": i});
+        ws.write_frame(TEXT, send.to_string().as_bytes(), true, false);
+        let (v, _) = next_json(&mut ws);
+        assert_eq!(v["ref"], i, "{v}");
+        match v["type"].as_str().unwrap() {
+            "ack" => accepted += 1,
+            "error" => refused.push(v),
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(accepted, 5, "the burst: {refused:?}");
+    assert_eq!(refused.len(), 3);
+    for v in &refused {
+        assert_eq!(v["code"], "rate_limited");
+        let retry = v["retry_after_ms"].as_u64().unwrap();
+        assert!((1..=200).contains(&retry), "{v}");
+    }
+    // The same user over HTTP shares the bucket: 429 with Retry-After.
+    let body = json!({"body": "y"}).to_string();
+    let raw = format!(
+        "POST /api/rooms/{room}/messages HTTP/1.1\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = exchange(p, raw.as_bytes()).unwrap();
+    assert_eq!(status(&resp), 429, "{resp}");
+    assert_eq!(header(&resp, "retry-after"), Some("1"));
+    // Tokens come back with time: one more send is accepted later.
+    std::thread::sleep(Duration::from_millis(300));
+    let send =
+        json!({"type": "send", "room": room, "body": "later", "client_id": "late", "ref": "l"});
+    ws.write_frame(TEXT, send.to_string().as_bytes(), true, false);
+    assert_eq!(next_json(&mut ws).0["type"], "ack");
+    assert!(metric(p, "rookery_limit_refusals_total{limit=\"sends_per_user\"}") >= 4.0);
+    assert!(metric(p, "rookery_errors_total{code=\"rate_limited\"}") >= 4.0);
+    // Nothing refused was stored: 6 messages in the room.
+    let (s, page) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{room}/messages"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(page["messages"].as_array().unwrap().len(), 6, "{page}");
+}
+
+#[test]
+fn rooms_per_connection_and_the_auth_deadline_are_enforced() {
+    let server = start(&[
+        "--ws-rooms-per-connection-max",
+        "2",
+        "--ws-auth-timeout-ms",
+        "300",
+    ]);
+    let p = server.port;
+    let token = register(p, "joiner");
+    let rooms: Vec<u64> = (0..3)
+        .map(|i| create_room(p, &token, &format!("r{i}"), false))
+        .collect();
+    let (mut ws, _) = RawWs::connect(p, &format!("/ws?token={token}"), "");
+    next_json(&mut ws);
+    let join = |ws: &mut RawWs, room: u64| {
+        let f = json!({"type": "join", "room": room, "ref": room});
+        ws.write_frame(TEXT, f.to_string().as_bytes(), true, false);
+        next_json(ws).0
+    };
+    assert_eq!(join(&mut ws, rooms[0])["type"], "joined");
+    assert_eq!(join(&mut ws, rooms[1])["type"], "joined");
+    assert_eq!(
+        join(&mut ws, rooms[0])["type"],
+        "joined",
+        "a rejoin is free"
+    );
+    let v = join(&mut ws, rooms[2]);
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("too_many_rooms"))
+    );
+    // Leaving makes room.
+    let leave = json!({"type": "leave", "room": rooms[0]});
+    ws.write_frame(TEXT, leave.to_string().as_bytes(), true, false);
+    assert_eq!(next_json(&mut ws).0["type"], "left");
+    assert_eq!(join(&mut ws, rooms[2])["type"], "joined");
+    assert_eq!(
+        metric(
+            p,
+            "rookery_limit_refusals_total{limit=\"rooms_per_connection\"}"
+        ),
+        1.0
+    );
+    // A connection that never authenticates is closed with 1008.
+    let t = Instant::now();
+    let (mut anon, _) = RawWs::connect(p, "/ws", "");
+    assert_eq!(close_code(&mut anon), Some(1008));
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    // One that authenticates in time stays.
+    let (mut late, _) = RawWs::connect(p, "/ws", "");
+    let auth = json!({"type": "auth", "token": token});
+    late.write_frame(TEXT, auth.to_string().as_bytes(), true, false);
+    assert_eq!(next_json(&mut late).0["type"], "hello");
+    std::thread::sleep(Duration::from_millis(500));
+    late.write_frame(TEXT, br#"{"type":"ping"}"#, true, false);
+    assert_eq!(next_json(&mut late).0["type"], "pong");
+    assert_eq!(
+        metric(p, "rookery_limit_refusals_total{limit=\"ws_auth_timeout\"}"),
+        1.0
+    );
+    assert_serving(p);
+}
+
+/// A client that stops reading fills its outbound queue and is closed as a
+/// slow consumer; a reader in the same room gets every message, and the
+/// server keeps serving.
+#[test]
+fn a_client_that_stops_reading_is_closed_and_others_are_not_held_up() {
+    let server = start(&[
+        "--ws-frame-bytes-max",
+        "8192",
+        "--ws-outbound-queue-bytes-max",
+        "65536",
+        "--ws-stuck-timeout-ms",
+        "300",
+    ]);
+    let p = server.port;
+    let token = register(p, "pub");
+    let room = create_room(p, &token, "flood", false);
+    let join = json!({"type": "join", "room": room}).to_string();
+    let (mut stalled, _) = RawWs::connect(p, &format!("/ws?token={token}"), "");
+    stalled.write_frame(TEXT, join.as_bytes(), true, false);
+    let (mut reader, _) = RawWs::connect(p, &format!("/ws?token={token}"), "");
+    reader.write_frame(TEXT, join.as_bytes(), true, false);
+    next_json(&mut reader); // hello
+    next_json(&mut reader); // joined
+    let (mut publisher, _) = RawWs::connect(p, &format!("/ws?token={token}"), "");
+    next_json(&mut publisher);
+    let body = "b".repeat(4000);
+    let n = 4000;
+    let mut seen = 0;
+    for i in 0..n {
+        let send =
+            json!({"type": "send", "room": room, "body": body, "client_id": format!("f{i}")});
+        publisher.write_frame(TEXT, send.to_string().as_bytes(), true, false);
+        assert_eq!(next_json(&mut publisher).0["type"], "ack");
+        // The reader keeps up.
+        while seen < i + 1 {
+            let (v, _) = next_json(&mut reader);
+            if v["type"] == "msg" {
+                seen += 1;
+                assert_eq!(v["seq"], seen as u64);
+            }
+        }
+    }
+    assert_eq!(seen, n);
+    // The stalled client was closed: reading what it has ends (with a
+    // 4008 close frame if the server could still write one).
+    stalled
+        .s
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rest = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client was not closed"
+        );
+        match stalled.s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => rest.extend_from_slice(&chunk[..k]),
+        }
+    }
+    assert!(rest.len() < n * 4000, "not everything was delivered to it");
+    assert!(metric(p, "rookery_slow_consumer_disconnects_total") >= 1.0);
+    assert_serving(p);
+}
