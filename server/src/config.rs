@@ -138,8 +138,9 @@ pub struct Config {
     /// Seconds a login session lasts.
     #[arg(long, env = "ROOKERY_SESSION_TTL_S", default_value_t = 30 * 24 * 3600)]
     pub session_ttl_s: u64,
-    /// Milliseconds graceful shutdown may take before the process exits
-    /// anyway.
+    /// Milliseconds graceful shutdown may take: open connections get the
+    /// first half to finish and close (WebSockets get 1001), storage the
+    /// rest to flush and checkpoint; then the process exits anyway.
     #[arg(long, env = "ROOKERY_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 }

@@ -135,8 +135,10 @@ fn shutdown_within(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + cfg.shutdown_timeout();
+    // Connections get the first half; storage always gets the rest.
+    let drain_deadline = started + cfg.shutdown_timeout() / 2;
     for _ in 0..engine.shards() {
-        if drained.recv_deadline(deadline).is_err() {
+        if drained.recv_deadline(drain_deadline).is_err() {
             tracing::warn!("connections still open at the deadline; stopping anyway");
             break;
         }
