@@ -5,6 +5,8 @@
 //!   the same guarantee, in one run on one machine.
 //! - `rookery-bench engine`: the engine in process (no network): fan-out
 //!   throughput and latency per scenario, shard count and durability.
+//! - `rookery-bench idle`: a running server's memory per idle, authenticated,
+//!   joined WebSocket connection.
 //! - `rookery-bench load`: the network load generator (not built yet: it
 //!   arrives with the load-generator issue; the command says so and fails).
 
@@ -14,6 +16,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod engine;
+mod idle;
 mod sqlite_store;
 mod storage;
 
@@ -34,6 +37,8 @@ enum Command {
     Storage(storage::Args),
     /// The engine in process: posts/s, delivered events/s, post→deliver latency.
     Engine(engine::Args),
+    /// Memory per idle WebSocket connection of a running server.
+    Idle(idle::Args),
     /// Load-test a chat server over WebSocket (not built yet).
     Load,
 }
@@ -49,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Storage(args) => storage::run(args),
         Command::Engine(args) => engine::run(args),
+        Command::Idle(args) => idle::run(args),
         Command::Load => {
             anyhow::bail!("`rookery-bench load` is not built yet; only `rookery-bench storage` exists in this version")
         }

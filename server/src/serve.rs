@@ -47,25 +47,32 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK_BYTES].into());
 }
 
+/// Polls the socket for what it has, handing it to `take` (0 at end of
+/// stream); the bytes pass through the shard's scratch buffer.
+pub(crate) fn poll_read_with(
+    stream: &mut TcpStream,
+    cx: &mut std::task::Context<'_>,
+    take: &mut impl FnMut(&[u8]),
+) -> Poll<std::io::Result<usize>> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
+            Poll::Ready(Ok(n)) => {
+                take(&scratch[..n]);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    })
+}
+
 /// Reads what the socket has (waiting until it has something) and hands it
 /// to `take`; 0 at end of stream.
 pub(crate) async fn read_with(
     stream: &mut TcpStream,
     mut take: impl FnMut(&[u8]),
 ) -> std::io::Result<usize> {
-    futures_lite::future::poll_fn(|cx| {
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
-                Poll::Ready(Ok(n)) => {
-                    take(&scratch[..n]);
-                    Poll::Ready(Ok(n))
-                }
-                other => other,
-            }
-        })
-    })
-    .await
+    futures_lite::future::poll_fn(|cx| poll_read_with(stream, cx, &mut take)).await
 }
 
 /// What every connection task of a shard shares.
@@ -154,11 +161,7 @@ pub async fn run(
                     break;
                 };
                 let shared = shared.clone();
-                glommio::spawn_local(async move {
-                    admit(stream, shared).await;
-                    drop(pass);
-                })
-                .detach();
+                glommio::spawn_local(admit(stream, shared, pass)).detach();
             }
             Some(Err(e)) => {
                 tracing::warn!(shard = shared.shard, error = %e, "accept failed");
@@ -176,10 +179,26 @@ pub async fn run(
 
 /// Counts the connection against its address's limit, then serves it; at
 /// the limit it is answered 429 and closed.
-async fn admit(stream: TcpStream, shared: Rc<Shared>) {
+/// What a connection holds while it is open, in whichever task serves it:
+/// its place under the per-address limit, its count in the open
+/// connections gauge, and its pass through the shutdown gate.
+struct Held {
+    _counted: crate::limits::Counted,
+    _open: Open,
+    _pass: glommio::sync::Pass,
+}
+
+/// Counts the connection against its address's limit, then serves it; at
+/// the limit it is answered 429 and closed. An upgraded connection moves to
+/// a task of its own, so that what it costs while idle is only its
+/// WebSocket state, not the HTTP task's.
+async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
+    // Responses and events are small writes that must leave at once: no
+    // Nagle delay waiting for the client's (delayed) acknowledgement.
+    let _ = stream.set_nodelay(true);
     let Some(counted) = shared.limits.connect(peer.ip()) else {
         let refusal = Response::error(
             429,
@@ -189,8 +208,33 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>) {
         answer_and_close(stream, Vec::new(), refusal).await;
         return;
     };
-    connection(stream, shared, peer.ip()).await;
-    drop(counted);
+    let held = Held {
+        _counted: counted,
+        _open: Open::new(shared.clone()),
+        _pass: pass,
+    };
+    if let Some(up) = connection(stream, shared.clone(), peer.ip()).await {
+        // The task's future is allocated once, at its largest state: the
+        // handshake (token check, refusals) is boxed so that the long idle
+        // state, `ws::run`, is all the task holds.
+        let up = Box::new(up);
+        let fut = async move {
+            if let Some(accepted) = Box::pin(handshake(up, shared.clone())).await {
+                ws::run(accepted, shared).await;
+            }
+            drop(held);
+        };
+        glommio::spawn_local(fut).detach();
+    }
+}
+
+/// An upgrade request, taken off the HTTP connection.
+struct Upgrade {
+    stream: TcpStream,
+    req: http::Request,
+    /// Bytes the client sent after the request (its first frames).
+    leftover: Vec<u8>,
+    endpoint: ws::Endpoint,
 }
 
 /// What a read with a deadline gave.
@@ -217,10 +261,14 @@ async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant
 }
 
 /// Serves one HTTP/1.1 connection: keep-alive, pipelined requests answered
-/// in order, deadlines, errors answered and closed.
-async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::IpAddr) {
+/// in order, deadlines, errors answered and closed; an upgrade request is
+/// returned to be served elsewhere.
+async fn connection(
+    mut stream: TcpStream,
+    shared: Rc<Shared>,
+    peer: std::net::IpAddr,
+) -> Option<Upgrade> {
     let limits = shared.cfg.http_limits();
-    let _open = Open::new(shared.clone());
     let mut buf: Vec<u8> = Vec::new();
     let mut out = Vec::new();
     // When the request now in `buf` started (None: between requests).
@@ -233,13 +281,17 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
                     if let Some(endpoint) = ws::endpoint(&req, shared.cfg.echo_endpoint) {
                         req.peer = Some(peer);
                         buf.drain(..used);
-                        upgrade(stream, req, buf, shared, endpoint).await;
-                        return;
+                        return Some(Upgrade {
+                            stream,
+                            req,
+                            leftover: buf,
+                            endpoint,
+                        });
                     }
                     req.peer = Some(peer);
                     buf.drain(..used);
                     started = (!buf.is_empty()).then(Instant::now);
-                    let resp = routes::handle(&req, &shared).await;
+                    let resp = Box::pin(routes::handle(&req, &shared)).await;
                     if let Some(h) = shared.my_http() {
                         h.answered(routes::route_name(&req), resp.status, resp.error_code);
                     }
@@ -248,7 +300,7 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
                     if close {
                         let _ = stream.write_all(&out).await;
                         linger_close(stream).await;
-                        return;
+                        return None;
                     }
                 }
                 Ok(None) => break,
@@ -259,18 +311,18 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
                     }
                     let resp = Response::error(status, code, &e.message());
                     answer_and_close(stream, out, resp).await;
-                    return;
+                    return None;
                 }
             }
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
-                return;
+                return None;
             }
             out.clear();
         }
         if buf.is_empty() && shared.stopping.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
         let deadline = match started {
             Some(t) => t + shared.cfg.request_timeout(),
@@ -289,14 +341,14 @@ async fn connection(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
             Some(Read::Bytes(_)) => {
                 started.get_or_insert_with(Instant::now);
             }
-            Some(Read::Closed) | None => return,
+            Some(Read::Closed) | None => return None,
             Some(Read::TimedOut) if started.is_some() => {
                 // A request began and did not finish in time (slowloris).
                 let resp = Response::error(408, "request_timeout", "request not completed in time");
                 answer_and_close(stream, out, resp).await;
-                return;
+                return None;
             }
-            Some(Read::TimedOut) => return, // idle keep-alive connection
+            Some(Read::TimedOut) => return None, // idle keep-alive connection
         }
         if buf.is_empty() {
             buf = Vec::new(); // an idle connection holds no buffer
@@ -333,15 +385,15 @@ pub(crate) async fn linger_close(mut stream: TcpStream) {
     }
 }
 
-/// Answers an upgrade request: 101 and the WebSocket protocol, or the
+/// Answers an upgrade request: 101 and the connection to serve, or the
 /// refusal (bad upgrade 400/426, bad token 401) and close.
-async fn upgrade(
-    mut stream: TcpStream,
-    req: http::Request,
-    leftover: Vec<u8>,
-    shared: Rc<Shared>,
-    endpoint: ws::Endpoint,
-) {
+async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Box<ws::Accepted>> {
+    let Upgrade {
+        mut stream,
+        req,
+        leftover,
+        endpoint,
+    } = *up;
     let mut out = Vec::new();
     let route = routes::route_name(&req);
     let accept = match ws::accept_key(&req) {
@@ -350,7 +402,8 @@ async fn upgrade(
             if let Some(h) = shared.my_http() {
                 h.answered(route, resp.status, resp.error_code);
             }
-            return answer_and_close(stream, out, resp).await;
+            answer_and_close(stream, out, resp).await;
+            return None;
         }
     };
     let deflate = (!shared.cfg.no_deflate)
@@ -370,13 +423,14 @@ async fn upgrade(
                     if let Some(h) = shared.my_http() {
                         h.answered(route, resp.status, resp.error_code);
                     }
-                    return answer_and_close(stream, out, resp).await;
+                    answer_and_close(stream, out, resp).await;
+                    return None;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "checking a WebSocket token");
                     Response::error(500, "internal", "internal error").encode(true, &mut out);
                     let _ = stream.write_all(&out).await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -387,8 +441,13 @@ async fn upgrade(
     let (negotiated, extension) = deflate.unzip();
     ws::switching(accept, extension).encode(false, &mut out);
     if stream.write_all(&out).await.is_err() {
-        return;
+        return None;
     }
-    drop(out);
-    ws::run(stream, leftover, shared, user, endpoint, negotiated).await;
+    Some(Box::new(ws::Accepted {
+        stream,
+        leftover,
+        user,
+        endpoint,
+        deflate: negotiated,
+    }))
 }

@@ -15,18 +15,20 @@
 //! connection holds no read or write buffer (reads go through the shard's
 //! scratch buffer, the adapter's buffers are freed when drained).
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::io::{self, Read, Write};
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use rookery_engine::{Error as EngineError, Inbox};
 use serde_json::{json, Value};
-use tungstenite::protocol::frame::coding::{CloseCode, Data};
-use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 
@@ -38,9 +40,7 @@ use crate::serve::{self, Shared};
 
 /// Bytes tungstenite reads from the adapter at a time (its own buffer
 /// keeps at least this much per connection, so it is small).
-const FRAME_READ_BYTES: usize = 256;
-/// Adapter buffers above this are freed rather than kept once drained.
-const PIPE_KEEP_BYTES: usize = 4096;
+const FRAME_READ_BYTES: usize = 128;
 
 /// Which WebSocket endpoint a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,12 +118,8 @@ impl Read for Pipe {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = &self.rx[self.at..];
         if left.is_empty() {
-            if self.rx.capacity() > PIPE_KEEP_BYTES {
-                self.rx = Vec::new();
-            } else {
-                self.rx.clear();
-            }
-            self.at = 0;
+            // Drained: an idle connection keeps no buffer.
+            (self.rx, self.at) = (Vec::new(), 0);
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = buf.len().min(left.len());
@@ -153,6 +149,18 @@ enum Wake {
     Stopping,
 }
 
+/// An accepted upgrade: what `run` serves.
+pub struct Accepted {
+    pub stream: TcpStream,
+    /// Bytes the client sent after its upgrade request.
+    pub leftover: Vec<u8>,
+    /// The user a token on the upgrade authenticated.
+    pub user: Option<u64>,
+    pub endpoint: Endpoint,
+    /// permessage-deflate, when agreed.
+    pub deflate: Option<Negotiated>,
+}
+
 /// One connection's state.
 struct Conn {
     shared: Rc<Shared>,
@@ -160,35 +168,34 @@ struct Conn {
     ctx: WebSocketContext,
     pipe: Pipe,
     /// Inflates compressed messages (when permessage-deflate was agreed).
-    inflow: Option<Inflow>,
+    inflow: Option<Box<Inflow>>,
+    /// The connection's engine inbox, opened on its first join (a
+    /// connection in no room costs the engine nothing).
     inbox: Option<Inbox>,
     user: Option<u64>,
-    /// room -> subscription, and back.
-    rooms: HashMap<u64, u64>,
-    subs: HashMap<u64, u64>,
+    /// (room, subscription) of every room joined: a short list (at most
+    /// --ws-rooms-per-connection-max), cheaper than maps for an idle
+    /// connection.
+    joined: Vec<(u64, u64)>,
     last_heard: Instant,
 }
 
 /// Serves an upgraded connection until either side closes it or the
 /// shard stops (1001).
-pub async fn run(
-    mut stream: TcpStream,
-    leftover: Vec<u8>,
-    shared: Rc<Shared>,
-    user: Option<u64>,
-    endpoint: Endpoint,
-    deflate: Option<Negotiated>,
-) {
-    let inbox = match endpoint {
-        Endpoint::Echo => None,
-        Endpoint::Chat => match shared.engine.inbox_on(shared.shard) {
-            Ok(i) => Some(i),
-            Err(e) => {
-                tracing::warn!(error = %e, "no inbox for a WebSocket connection");
-                return;
-            }
-        },
-    };
+///
+/// This future is what an idle connection costs (measured by
+/// `rookery-bench idle`), so what it holds across its waits is kept small:
+/// handlers and the closing linger are boxed while they run.
+pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
+    // Boxed: an async fn's parameters and the locals moved out of them
+    // would both take room in the future.
+    let Accepted {
+        mut stream,
+        leftover,
+        user,
+        endpoint,
+        deflate,
+    } = *accepted;
     let frame_max = shared.cfg.ws_frame_bytes_max;
     let config = WebSocketConfig::default()
         .read_buffer_size(FRAME_READ_BYTES)
@@ -198,19 +205,19 @@ pub async fn run(
     let mut c = Conn {
         ctx: WebSocketContext::new(Role::Server, Some(config)),
         pipe: Pipe::default(),
-        inflow: deflate.map(|n| Inflow::new(n, frame_max)),
-        inbox,
+        inflow: deflate.map(|n| Box::new(Inflow::new(n, frame_max))),
+        inbox: None,
         user,
-        rooms: HashMap::new(),
-        subs: HashMap::new(),
+        joined: Vec::new(),
         last_heard: Instant::now(),
         endpoint,
         shared,
     };
-    if !c.take_input(&leftover) {
-        return c.finish(stream).await;
-    }
+    let refused = !c.take_input(&leftover);
     drop(leftover);
+    if refused {
+        return Box::pin(c.finish(stream)).await;
+    }
     if let Some(u) = user {
         c.send(json!({"type": "hello", "user": u, "heartbeat_ms": c.heartbeat_ms()}));
     }
@@ -263,7 +270,7 @@ pub async fn run(
             }
         }
     }
-    c.finish(stream).await;
+    Box::pin(c.finish(stream)).await;
 }
 
 /// Writes `bytes`, or gives up after `timeout` (a client that does not
@@ -282,44 +289,58 @@ impl Conn {
         self.shared.cfg.ws_heartbeat_ms
     }
 
-    /// Waits for the next thing to do.
+    fn is_joined(&self, room: u64) -> bool {
+        self.joined.iter().any(|&(r, _)| r == room)
+    }
+
+    /// Waits for the next thing to do. One hand-written poll over the
+    /// socket, the inbox, the timer and the stop signal: this future is
+    /// part of every idle connection, so it is kept lean.
     async fn wait(&mut self, stream: &mut TcpStream, auth_deadline: Instant) -> Wake {
         let heartbeat = Duration::from_millis(self.heartbeat_ms());
-        let unauthenticated = self.endpoint == Endpoint::Chat && self.user.is_none();
-        let (shared, inbox) = (self.shared.clone(), self.inbox.as_ref());
+        let left = auth_deadline.saturating_duration_since(Instant::now());
+        let auth_due = self.endpoint == Endpoint::Chat && self.user.is_none() && left < heartbeat;
         let mut received = Vec::new();
-        let read = async {
-            match serve::read_with(stream, |b| received.extend_from_slice(b)).await {
-                Ok(0) | Err(_) => Wake::SocketClosed,
-                Ok(_) => Wake::Bytes,
-            }
-        };
-        let event = async {
-            match inbox {
-                Some(inbox) => Wake::Event(inbox.recv_async().await),
-                None => std::future::pending().await,
-            }
-        };
-        let timers = async {
-            if unauthenticated {
-                let left = auth_deadline.saturating_duration_since(Instant::now());
-                if left < heartbeat {
-                    glommio::timer::sleep(left).await;
-                    return Wake::AuthTimeout;
+        let wake = {
+            let shared = self.shared.clone();
+            let inbox = self.inbox.as_ref();
+            let mut timer = pin!(glommio::timer::sleep(if auth_due {
+                left
+            } else {
+                heartbeat
+            }));
+            let mut stop = pin!(shared.stopped());
+            let mut event = pin!(async {
+                match inbox {
+                    Some(inbox) => inbox.recv_async().await,
+                    None => std::future::pending().await,
                 }
-            }
-            glommio::timer::sleep(heartbeat).await;
-            Wake::Tick
+            });
+            let mut take = |b: &[u8]| received.extend_from_slice(b);
+            futures_lite::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = serve::poll_read_with(stream, cx, &mut take) {
+                    return Poll::Ready(match r {
+                        Ok(0) | Err(_) => Wake::SocketClosed,
+                        Ok(_) => Wake::Bytes,
+                    });
+                }
+                if let Poll::Ready(r) = event.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Event(r));
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(if auth_due {
+                        Wake::AuthTimeout
+                    } else {
+                        Wake::Tick
+                    });
+                }
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Stopping);
+                }
+                Poll::Pending
+            })
+            .await
         };
-        let stopping = async {
-            shared.stopped().await;
-            Wake::Stopping
-        };
-        let wake = futures_lite::future::or(
-            read,
-            futures_lite::future::or(event, futures_lite::future::or(timers, stopping)),
-        )
-        .await;
         if matches!(wake, Wake::Bytes) && !self.take_input(&received) {
             return Wake::Bytes; // a close frame is queued; process_input ends
         }
@@ -356,16 +377,30 @@ impl Conn {
         serve::linger_close(stream).await;
     }
 
-    /// Queues a text frame, compressed when agreed and large enough.
-    fn send_text(&mut self, text: &str) {
+    /// Queues a data message, compressed when agreed and large enough.
+    ///
+    /// Data frames are framed here, straight into the outbound bytes:
+    /// tungstenite's own write path would copy each through a buffer it
+    /// keeps per connection. Control frames (pong, close) still go through
+    /// tungstenite, which tracks the close handshake; nothing is sent after
+    /// a close (the connection loop ends there).
+    fn send_data(&mut self, payload: &[u8], opcode: Data) {
         let min = self.shared.cfg.ws_deflate_min_bytes;
-        let message = if self.inflow.is_some() && text.len() >= min {
-            Message::Frame(deflate::deflate_frame(text.as_bytes(), Data::Text))
-        } else {
-            Message::text(text)
+        if self.inflow.is_some() && payload.len() >= min {
+            let frame = deflate::deflate_frame(payload, opcode);
+            let _ = frame.format(&mut self.pipe.tx);
+            return;
+        }
+        let header = FrameHeader {
+            opcode: OpCode::Data(opcode),
+            ..FrameHeader::default()
         };
-        let _ = self.ctx.write(&mut self.pipe, message);
-        let _ = self.ctx.flush(&mut self.pipe);
+        let _ = header.format(payload.len() as u64, &mut self.pipe.tx);
+        self.pipe.tx.extend_from_slice(payload);
+    }
+
+    fn send_text(&mut self, text: &str) {
+        self.send_data(text.as_bytes(), Data::Text);
     }
 
     /// Queues a JSON frame.
@@ -381,7 +416,7 @@ impl Conn {
 
     /// Queues an engine event (already encoded JSON).
     fn deliver(&mut self, d: rookery_engine::Delivery) {
-        if !self.subs.contains_key(&d.sub) {
+        if !self.joined.iter().any(|&(_, sub)| sub == d.sub) {
             return; // left the room; the event was already queued
         }
         self.send_text(d.event.json());
@@ -406,18 +441,12 @@ impl Conn {
                     self.send_text(text.as_str());
                 }
                 Ok(Message::Binary(data)) if self.endpoint == Endpoint::Echo => {
-                    let message = if self.inflow.is_some()
-                        && data.len() >= self.shared.cfg.ws_deflate_min_bytes
-                    {
-                        Message::Frame(deflate::deflate_frame(&data, Data::Binary))
-                    } else {
-                        Message::Binary(data)
-                    };
-                    let _ = self.ctx.write(&mut self.pipe, message);
-                    let _ = self.ctx.flush(&mut self.pipe);
+                    self.send_data(&data, Data::Binary);
                 }
                 Ok(Message::Text(text)) => {
-                    let reply = self.handle(text.as_str()).await;
+                    // Boxed: the handler's state exists only while it runs,
+                    // not in every idle connection's future.
+                    let reply = Box::pin(self.handle(text.as_str())).await;
                     self.send(reply);
                 }
                 Ok(Message::Binary(_)) => {
@@ -507,9 +536,9 @@ impl Conn {
         let room = field_u64(v, "room")?;
         routes::visible_room(&self.shared, user, room).await?;
         let since = v.get("since").and_then(Value::as_u64);
-        if !self.rooms.contains_key(&room) {
+        if !self.is_joined(room) {
             let max = self.shared.cfg.ws_rooms_per_connection_max;
-            if self.rooms.len() >= max {
+            if self.joined.len() >= max {
                 if let Some(h) = self.shared.http.get(self.shared.shard) {
                     h.rooms_refused.fetch_add(1, Ordering::Relaxed);
                 }
@@ -517,10 +546,12 @@ impl Conn {
                     "a connection may join at most {max} rooms (--ws-rooms-per-connection-max)"
                 )));
             }
-            let inbox = self.inbox.as_ref().expect("chat connections have an inbox");
+            if self.inbox.is_none() {
+                self.inbox = Some(self.shared.engine.inbox_on(self.shared.shard)?);
+            }
+            let inbox = self.inbox.as_ref().expect("opened above");
             let sub = inbox.subscribe_as(room, since, Some(user)).await?;
-            self.rooms.insert(room, sub);
-            self.subs.insert(sub, room);
+            self.joined.push((room, sub));
         }
         let engine = &self.shared.engine;
         let (last, online) = (engine.last_seq(room).await?, engine.online(room).await?);
@@ -529,10 +560,10 @@ impl Conn {
 
     fn leave(&mut self, v: &Value) -> Result<Value, ApiError> {
         let room = field_u64(v, "room")?;
-        let Some(sub) = self.rooms.remove(&room) else {
+        let Some(at) = self.joined.iter().position(|&(r, _)| r == room) else {
             return Err(ApiError::NotFound(format!("not joined to room {room}")));
         };
-        self.subs.remove(&sub);
+        let (_, sub) = self.joined.swap_remove(at);
         if let Some(inbox) = &self.inbox {
             inbox.unsubscribe(sub);
         }
@@ -570,7 +601,7 @@ impl Conn {
 
     async fn typing(&mut self, user: u64, v: &Value) -> Result<Value, ApiError> {
         let room = field_u64(v, "room")?;
-        if !self.rooms.contains_key(&room) {
+        if !self.is_joined(room) {
             return Err(ApiError::NotFound(format!("not joined to room {room}")));
         }
         self.shared.engine.typing(room, user).await?;
