@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The one command that runs every test of Rookery:
 #   format check, clippy (warnings denied), every crate's tests (unit,
-#   property, model, crash and CLI tests), and a short smoke run of
-#   `rookery-bench storage`.
-# It installs what a fresh machine lacks (rustfmt, clippy), idempotently.
+#   property, model, crash and end-to-end tests of the real binary), an
+#   end-to-end run with a client that is not Rust (Python `websockets`),
+#   and short smoke runs of `rookery-bench storage` and `engine`.
+# It installs what a fresh machine lacks (rustfmt, clippy, a Python venv
+# with the pinned client library under target/), idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
 cargo test --workspace --locked
+
+step "end-to-end: Python websockets client against target/debug/rookery"
+venv=target/e2e-venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# A no-op (and offline) once the pinned versions are installed.
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/e2e/requirements.txt
+cargo build --locked -q -p rookery-server
+"$venv/bin/python" tools/e2e/python_client.py --bin target/debug/rookery
 
 step "bench smoke: rookery-bench storage (a few seconds)"
 smoke_dir=$(mktemp -d)

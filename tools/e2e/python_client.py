@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""End-to-end test of the `rookery` binary with a client that is neither
+Rust nor written here: Python's `websockets` (with its own RFC 7692
+permessage-deflate) and the standard library's HTTP client.
+
+Starts the server on an ephemeral port with its own data directory, walks
+the protocol a chat client uses, asserts every outcome, stops the server
+with SIGTERM and checks the close code and the exit status. Exit status 0
+means every check held. Usage: python_client.py --bin target/debug/rookery
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import websockets
+from websockets.asyncio.client import connect
+
+CHECKS = 0
+
+
+def check(cond, what):
+    global CHECKS
+    if not cond:
+        raise AssertionError(what)
+    CHECKS += 1
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Http:
+    def __init__(self, port):
+        self.base = f"http://127.0.0.1:{port}"
+
+    def call(self, method, path, token=None, body=None, headers=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+                return resp.status, dict(resp.headers), json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            return e.code, dict(e.headers), json.loads(raw) if raw else None
+
+
+async def recv_json(ws, want=None, timeout=10):
+    """The next JSON frame (of type `want`, skipping others when given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out waiting for {want}")
+        v = json.loads(await asyncio.wait_for(ws.recv(), left))
+        if want is None or v.get("type") == want:
+            return v
+
+
+async def call_ws(ws, frame):
+    """Sends a frame with a `ref` and returns the reply carrying it."""
+    await ws.send(json.dumps(frame))
+    while True:
+        v = await recv_json(ws)
+        if v.get("ref") == frame["ref"]:
+            return v
+
+
+async def scenario(port, proc):
+    http = Http(port)
+    ws_url = f"ws://127.0.0.1:{port}/ws"
+
+    # Accounts: register two users, log one in again.
+    s, _, alice = http.call("POST", "/api/register", body={"name": "alice", "password": "pw-a"})
+    check(s == 201, f"register alice: {s}")
+    s, _, bob = http.call("POST", "/api/register", body={"name": "bob", "password": "pw-b"})
+    check(s == 201, f"register bob: {s}")
+    s, _, login = http.call("POST", "/api/login", body={"name": "alice", "password": "pw-a"})
+    check(s == 200 and login["user"] == alice["user"], f"login: {s} {login}")
+    s, _, bad = http.call("POST", "/api/login", body={"name": "alice", "password": "nope"})
+    check(s == 401 and bad["error"]["code"] == "unauthorized", f"bad login: {s} {bad}")
+    a_tok, b_tok = login["token"], bob["token"]
+
+    # A room; bob becomes a member over HTTP.
+    s, _, room = http.call("POST", "/api/rooms", a_tok, {"name": "general"})
+    check(s == 201, f"create room: {s}")
+    rid = room["id"]
+    s, _, _ = http.call("POST", f"/api/rooms/{rid}/join", b_tok)
+    check(s == 200, f"join over HTTP: {s}")
+
+    # Bob: token on the upgrade. Alice: an auth frame. Both offer deflate
+    # (websockets does by default) and the server accepts it.
+    b = await connect(f"{ws_url}?token={b_tok}", max_size=2**20)
+    ext = b.response.headers.get("Sec-WebSocket-Extensions", "")
+    check("permessage-deflate" in ext, f"deflate negotiated: {ext!r}")
+    check((await recv_json(b))["type"] == "hello", "bob hello")
+    joined = await call_ws(b, {"type": "join", "room": rid, "ref": "j"})
+    check(joined["type"] == "joined" and joined["last_seq"] == 0, f"bob joined: {joined}")
+
+    a = await connect(ws_url)
+    hello = await call_ws(a, {"type": "auth", "token": a_tok, "ref": "auth"})
+    check(hello["type"] == "hello" and hello["user"] == alice["user"], f"alice hello: {hello}")
+    joined = await call_ws(a, {"type": "join", "room": rid, "ref": "j"})
+    check(joined["type"] == "joined", f"alice joined: {joined}")
+
+    # Presence and typing reach bob.
+    p = await recv_json(b, "presence")
+    check(p["user"] == alice["user"] and p["state"] == "online", f"presence: {p}")
+    ack = await call_ws(a, {"type": "typing", "room": rid, "ref": "t"})
+    check(ack["type"] == "ack", f"typing ack: {ack}")
+    t = await recv_json(b, "typing")
+    check(t["user"] == alice["user"] and t["room"] == rid, f"typing: {t}")
+
+    # Ten sends: acks with seqs 1..10, delivered to bob in order.
+    for i in range(1, 11):
+        ack = await call_ws(a, {"type": "send", "room": rid, "body": f"m{i}", "client_id": f"c{i}", "ref": i})
+        check(ack["type"] == "ack" and ack["seq"] == i and not ack["duplicate"], f"ack {i}: {ack}")
+    for i in range(1, 11):
+        m = await recv_json(b, "msg")
+        check((m["seq"], m["body"], m["from"]) == (i, f"m{i}", alice["user"]), f"msg {i}: {m}")
+
+    # An idempotent resend answers the original seq and stores nothing.
+    dup = await call_ws(a, {"type": "send", "room": rid, "body": "m3 again", "client_id": "c3", "ref": "dup"})
+    check(dup["seq"] == 3 and dup["duplicate"], f"resend: {dup}")
+
+    # Bob reads up to 10, drops, misses 11..15, resumes with since=10.
+    r = await call_ws(b, {"type": "read", "room": rid, "seq": 10, "ref": "r"})
+    check(r["type"] == "receipt" and r["seq"] == 10, f"receipt: {r}")
+    await b.close()
+    for i in range(11, 16):
+        ack = await call_ws(a, {"type": "send", "room": rid, "body": f"m{i}", "client_id": f"c{i}", "ref": i})
+        check(ack["seq"] == i, f"ack {i}: {ack}")
+    b = await connect(f"{ws_url}?token={b_tok}", max_size=2**20)
+    await recv_json(b, "hello")
+    await b.send(json.dumps({"type": "join", "room": rid, "since": 10, "ref": "j2"}))
+    got = []
+    while len(got) < 5:
+        v = await recv_json(b)
+        if v["type"] == "msg":
+            got.append(v["seq"])
+    check(got == [11, 12, 13, 14, 15], f"resume since 10: {got}")
+    # Live after catch-up, with a body large enough to be compressed both
+    # ways (the server compresses events from 512 bytes).
+    big = "the quick brown fox jumps over the lazy dog " * 50
+    ack = await call_ws(a, {"type": "send", "room": rid, "body": big, "client_id": "c16", "ref": 16})
+    check(ack["seq"] == 16, f"ack 16: {ack}")
+    m = await recv_json(b, "msg")
+    check(m["seq"] == 16 and m["body"] == big, "msg 16 (compressed) intact, no gap or duplicate")
+
+    # History over HTTP, and 304 for a repeated ETag.
+    s, h, page = http.call("GET", f"/api/rooms/{rid}/messages?limit=5", b_tok)
+    seqs = [x["seq"] for x in page["messages"]]
+    check(s == 200 and seqs == [16, 15, 14, 13, 12] and page["next"] == {"before": 12}, f"page (newest first): {s} {seqs}")
+    etag = h.get("ETag") or h.get("etag")
+    check(etag is not None and h.get("X-Cache", h.get("x-cache")) in ("HIT", "MISS"), f"headers: {h}")
+    s, _, _ = http.call("GET", f"/api/rooms/{rid}/messages?limit=5", b_tok, headers={"If-None-Match": etag})
+    check(s == 304, f"repeated ETag: {s}")
+
+    # Unread counts: bob read up to 10 of 16.
+    s, _, unread = http.call("GET", "/api/me/unread", b_tok)
+    counts = {x["room"]: x["unread"] for x in unread["rooms"]}
+    check(s == 200 and counts.get(rid) == 6, f"unread: {s} {unread}")
+
+    # Bad input over the wire: an error frame, and the connection lives on.
+    await b.send("{not json")
+    e = await recv_json(b, "error")
+    check(e["code"] == "bad_json", f"bad json: {e}")
+    e = await call_ws(b, {"type": "teleport", "ref": "x"})
+    check(e["type"] == "error" and e["code"] == "unknown_type", f"unknown type: {e}")
+    pong = await call_ws(b, {"type": "ping", "ref": "p"})
+    check(pong["type"] == "pong", f"still serving: {pong}")
+
+    # Graceful shutdown: every WebSocket gets 1001, the process exits 0.
+    proc.send_signal(signal.SIGTERM)
+    try:
+        while True:
+            await asyncio.wait_for(b.recv(), 10)
+    except websockets.ConnectionClosed as closed:
+        check(closed.rcvd is not None and closed.rcvd.code == 1001, f"close: {closed.rcvd}")
+    await a.close()
+    code = await asyncio.get_running_loop().run_in_executor(None, lambda: proc.wait(15))
+    check(code == 0, f"exit status {code}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    args = ap.parse_args()
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data:
+        proc = subprocess.Popen(
+            [args.bin, "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(data, "d"),
+             "--durability", "sync"],
+            env={**os.environ, "RUST_LOG": "warn"},
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError("the server did not become ready")
+                time.sleep(0.05)
+            asyncio.run(scenario(port, proc))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    print(f"python e2e (websockets {websockets.__version__}): ok, {CHECKS} checks")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except AssertionError as e:
+        print(f"python e2e: FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
