@@ -77,6 +77,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         limits::IpLimits::new(cfg.connections_per_ip_max, cfg.registrations_per_ip_per_min);
     let sends = limits::SendLimits::new(cfg.sends_per_user_per_s, cfg.sends_per_user_burst);
     let (drained_tx, drained_rx) = flume::unbounded();
+    let revocations = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let task: ShardTask = {
         let (cfg, stopping) = (cfg.clone(), stopping.clone());
         Arc::new(move |shard, engine: Engine| {
@@ -88,6 +89,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 http: http.clone(),
                 limits: limits.clone(),
                 sends: sends.clone(),
+                revocations: revocations.clone(),
                 stop: Rc::new(glommio::sync::Semaphore::new(0)),
                 gate: glommio::sync::Gate::new(),
             });

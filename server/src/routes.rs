@@ -150,6 +150,8 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("POST", "/api/rooms/{id}/join") => join(req, shared, id, true).await,
         ("POST", "/api/rooms/{id}/leave") => join(req, shared, id, false).await,
         ("GET", "/api/rooms/{id}/members") => members(req, shared, id).await,
+        ("POST", "/api/rooms/{id}/members") => add_member(req, shared, id).await,
+        ("DELETE", "/api/rooms/{id}/members/{user}") => remove_member(req, shared, id).await,
         ("GET", "/api/rooms/{id}/messages") => history(req, shared, id).await,
         ("POST", "/api/rooms/{id}/messages") => publish(req, shared, id).await,
         ("POST", "/api/rooms/{id}/read") => mark_read(req, shared, id).await,
@@ -187,6 +189,7 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "rooms", _, "join"] => "/api/rooms/{id}/join",
         ["api", "rooms", _, "leave"] => "/api/rooms/{id}/leave",
         ["api", "rooms", _, "members"] => "/api/rooms/{id}/members",
+        ["api", "rooms", _, "members", _] => "/api/rooms/{id}/members/{user}",
         ["api", "rooms", _, "messages"] => "/api/rooms/{id}/messages",
         ["api", "rooms", _, "read"] => "/api/rooms/{id}/read",
         _ => "other",
@@ -398,6 +401,10 @@ async fn join(req: &Request, shared: &Shared, raw: &str, on: bool) -> ApiResult 
         }
     })
     .await?;
+    if changed && !on && room.private {
+        // The user's own open subscriptions to the room end too.
+        shared.revocations.fetch_add(1, Ordering::Release);
+    }
     Ok(Response::json(
         200,
         &json!({"room": id, "member": on, "changed": changed}),
@@ -416,6 +423,94 @@ async fn members(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     Ok(Response::json(
         200,
         &json!({ "room": id, "members": members }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct NewMember {
+    /// The user, by id or by name.
+    user: Option<u64>,
+    name: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// The caller must be an admin of the room (404 when they cannot see it).
+async fn require_admin(shared: &Shared, uid: u64, id: u64) -> Result<Room, ApiError> {
+    match visible_room(shared, uid, id).await? {
+        (room, Some(Role::Admin)) => Ok(room),
+        _ => Err(ApiError::Forbidden(format!(
+            "only an admin of room {id} manages its members"
+        ))),
+    }
+}
+
+/// `POST /api/rooms/{id}/members` (admins): adds a user (by `user` id or
+/// `name`) as `member` (default) or `admin`, or changes their role. This
+/// is how users get into private rooms.
+async fn add_member(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    require_admin(shared, uid, id).await?;
+    let body: NewMember = body(req)?;
+    let role = match body.role.as_deref() {
+        None | Some("member") => Role::Member,
+        Some("admin") => Role::Admin,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "role must be member or admin, got {other:?}"
+            )))
+        }
+    };
+    let m = meta(shared);
+    let (member, changed) = blocking(move || -> storage::Result<_> {
+        let found = match (body.user, body.name) {
+            (Some(u), _) => m.user(u)?,
+            (None, Some(name)) => m.user_by_name(&name)?,
+            (None, None) => {
+                return Err(storage::Error::InvalidInput(
+                    "user (an id) or name is required".into(),
+                ))
+            }
+        };
+        let user = found.ok_or_else(|| storage::Error::NotFound("no such user".into()))?;
+        // One transaction: adds the member or overwrites the role.
+        let changed = m.member_role(id, user.id)? != Some(role);
+        m.add_member(id, user.id, role)?;
+        Ok((user.id, changed))
+    })
+    .await?;
+    Ok(Response::json(
+        200,
+        &json!({"room": id, "user": member, "role": role_name(role), "changed": changed}),
+    ))
+}
+
+/// `DELETE /api/rooms/{id}/members/{user}` (admins): removes a member. In
+/// a private room the removed user's open subscriptions end too (see
+/// `Shared::revoked`).
+async fn remove_member(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    let room = require_admin(shared, uid, id).await?;
+    let target: u64 = req
+        .path
+        .trim_matches('/')
+        .split('/')
+        .nth(4)
+        .and_then(|u| u.parse().ok())
+        .ok_or_else(|| ApiError::BadRequest("the user id in the path is not a number".into()))?;
+    if target == uid {
+        return Err(ApiError::BadRequest(
+            "leave the room instead of removing yourself".into(),
+        ));
+    }
+    let m = meta(shared);
+    let removed = blocking(move || m.remove_member(id, target)).await?;
+    if removed && room.private {
+        shared.revocations.fetch_add(1, Ordering::Release);
+    }
+    Ok(Response::json(
+        200,
+        &json!({"room": id, "user": target, "removed": removed}),
     ))
 }
 

@@ -89,6 +89,10 @@ pub struct Shared {
     pub limits: Arc<IpLimits>,
     /// Per-user send limits, shared by every shard.
     pub sends: Arc<SendLimits>,
+    /// Bumped whenever someone is removed from a private room: connections
+    /// subscribed to private rooms then check their membership again
+    /// before delivering (shared by every shard).
+    pub revocations: Arc<std::sync::atomic::AtomicU64>,
     /// Closed when the shard stops: every connection waiting on it wakes
     /// and closes (WebSockets with 1001).
     pub stop: Rc<Semaphore>,

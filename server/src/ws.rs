@@ -173,10 +173,12 @@ struct Conn {
     /// connection in no room costs the engine nothing).
     inbox: Option<Inbox>,
     user: Option<u64>,
-    /// (room, subscription) of every room joined: a short list (at most
-    /// --ws-rooms-per-connection-max), cheaper than maps for an idle
-    /// connection.
-    joined: Vec<(u64, u64)>,
+    /// (room, subscription, private) of every room joined: a short list
+    /// (at most --ws-rooms-per-connection-max), cheaper than maps for an
+    /// idle connection.
+    joined: Vec<(u64, u64, bool)>,
+    /// `Shared::revocations` when private memberships were last checked.
+    revocations_seen: u64,
     last_heard: Instant,
 }
 
@@ -209,6 +211,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         inbox: None,
         user,
         joined: Vec::new(),
+        revocations_seen: shared.revocations.load(Ordering::Acquire),
         last_heard: Instant::now(),
         endpoint,
         shared,
@@ -240,7 +243,12 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         match c.wait(&mut stream, auth_deadline).await {
             Wake::Bytes => c.last_heard = Instant::now(),
             Wake::SocketClosed => return,
-            Wake::Event(Ok(d)) => c.deliver(d),
+            Wake::Event(Ok(d)) => {
+                if c.private_rooms_need_check() {
+                    Box::pin(c.check_private_rooms()).await;
+                }
+                c.deliver(d);
+            }
             Wake::Event(Err(e)) => {
                 let (code, why) = match e {
                     EngineError::SlowConsumer => (CloseCode::Library(4008), "slow consumer"),
@@ -290,7 +298,42 @@ impl Conn {
     }
 
     fn is_joined(&self, room: u64) -> bool {
-        self.joined.iter().any(|&(r, _)| r == room)
+        self.joined.iter().any(|&(r, _, _)| r == room)
+    }
+
+    /// Whether someone was removed from a private room since this
+    /// connection last looked, and it follows private rooms.
+    fn private_rooms_need_check(&self) -> bool {
+        self.joined.iter().any(|&(_, _, private)| private)
+            && self.shared.revocations.load(Ordering::Acquire) != self.revocations_seen
+    }
+
+    /// Ends the subscriptions to private rooms the user is no longer a
+    /// member of, telling the client (`left` with reason `removed`).
+    async fn check_private_rooms(&mut self) {
+        let Some(user) = self.user else { return };
+        self.revocations_seen = self.shared.revocations.load(Ordering::Acquire);
+        let private: Vec<u64> = self.joined.iter().filter(|j| j.2).map(|j| j.0).collect();
+        for room in private {
+            let meta = self.shared.engine.meta().clone();
+            let role = auth::blocking(move || meta.member_role(room, user)).await;
+            if matches!(role, Ok(None)) {
+                self.drop_room(room);
+                self.send(json!({"type": "left", "room": room, "reason": "removed"}));
+            }
+        }
+    }
+
+    /// Ends this connection's subscription to `room`; whether it had one.
+    fn drop_room(&mut self, room: u64) -> bool {
+        let Some(at) = self.joined.iter().position(|&(r, _, _)| r == room) else {
+            return false;
+        };
+        let (_, sub, _) = self.joined.swap_remove(at);
+        if let Some(inbox) = &self.inbox {
+            inbox.unsubscribe(sub);
+        }
+        true
     }
 
     /// Waits for the next thing to do. One hand-written poll over the
@@ -416,7 +459,7 @@ impl Conn {
 
     /// Queues an engine event (already encoded JSON).
     fn deliver(&mut self, d: rookery_engine::Delivery) {
-        if !self.joined.iter().any(|&(_, sub)| sub == d.sub) {
+        if !self.joined.iter().any(|&(_, sub, _)| sub == d.sub) {
             return; // left the room; the event was already queued
         }
         self.send_text(d.event.json());
@@ -534,7 +577,7 @@ impl Conn {
 
     async fn join(&mut self, user: u64, v: &Value) -> Result<Value, ApiError> {
         let room = field_u64(v, "room")?;
-        routes::visible_room(&self.shared, user, room).await?;
+        let (info, _) = routes::visible_room(&self.shared, user, room).await?;
         let since = v.get("since").and_then(Value::as_u64);
         if !self.is_joined(room) {
             let max = self.shared.cfg.ws_rooms_per_connection_max;
@@ -551,7 +594,7 @@ impl Conn {
             }
             let inbox = self.inbox.as_ref().expect("opened above");
             let sub = inbox.subscribe_as(room, since, Some(user)).await?;
-            self.joined.push((room, sub));
+            self.joined.push((room, sub, info.private));
         }
         let engine = &self.shared.engine;
         let (last, online) = (engine.last_seq(room).await?, engine.online(room).await?);
@@ -560,12 +603,8 @@ impl Conn {
 
     fn leave(&mut self, v: &Value) -> Result<Value, ApiError> {
         let room = field_u64(v, "room")?;
-        let Some(at) = self.joined.iter().position(|&(r, _)| r == room) else {
+        if !self.drop_room(room) {
             return Err(ApiError::NotFound(format!("not joined to room {room}")));
-        };
-        let (_, sub) = self.joined.swap_remove(at);
-        if let Some(inbox) = &self.inbox {
-            inbox.unsubscribe(sub);
         }
         Ok(json!({"type": "left", "room": room}))
     }

@@ -389,3 +389,148 @@ fn a_client_that_stops_reading_is_closed_and_others_are_not_held_up() {
     assert!(metric(p, "rookery_slow_consumer_disconnects_total") >= 1.0);
     assert_serving(p);
 }
+
+/// Private rooms: admins add members (by name or id), set roles and remove
+/// members; a removed member's open subscription ends with `left` before
+/// the next message could reach it.
+#[test]
+fn admins_manage_the_members_of_private_rooms() {
+    let server = start(&[]);
+    let p = server.port;
+    let (alice, bob, carol) = (
+        register(p, "alice"),
+        register(p, "bob"),
+        register(p, "carol"),
+    );
+    let room = create_room(p, &alice, "secret", true);
+    let members = format!("/api/rooms/{room}/members");
+    let (s, _) = call(p, "GET", &format!("/api/rooms/{room}"), Some(&bob), None);
+    assert_eq!(s, 404, "strangers do not see a private room");
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("/api/rooms/{room}/join"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(s, 404, "{v}");
+    // Only an admin adds members.
+    let (s, v) = call(
+        p,
+        "POST",
+        &members,
+        Some(&bob),
+        Some(&json!({"name": "bob"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let (s, v) = call(
+        p,
+        "POST",
+        &members,
+        Some(&alice),
+        Some(&json!({"name": "bob"})),
+    );
+    assert_eq!(
+        (s, v["role"].as_str(), v["changed"].as_bool()),
+        (200, Some("member"), Some(true)),
+        "{v}"
+    );
+    let bob_id = v["user"].as_u64().unwrap();
+    let (s, v) = call(
+        p,
+        "POST",
+        &members,
+        Some(&bob),
+        Some(&json!({"name": "carol"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    for bad in [
+        json!({}),
+        json!({"name": "nobody"}),
+        json!({"name": "carol", "role": "owner"}),
+    ] {
+        let (s, v) = call(p, "POST", &members, Some(&alice), Some(&bad));
+        assert!(s == 400 || s == 404, "{bad}: {s} {v}");
+    }
+    // Roles: promote carol to admin after adding her; she can then manage.
+    let (s, v) = call(
+        p,
+        "POST",
+        &members,
+        Some(&alice),
+        Some(&json!({"name": "carol", "role": "admin"})),
+    );
+    assert_eq!((s, v["role"].as_str()), (200, Some("admin")), "{v}");
+    let (s, v) = call(p, "GET", &members, Some(&carol), None);
+    assert_eq!(s, 200);
+    assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v}");
+
+    // Bob follows the room over a WebSocket.
+    let (mut ws, _) = RawWs::connect(p, &format!("/ws?token={bob}"), "");
+    next_json(&mut ws);
+    ws.write_frame(
+        TEXT,
+        json!({"type": "join", "room": room}).to_string().as_bytes(),
+        true,
+        false,
+    );
+    assert_eq!(next_json(&mut ws).0["type"], "joined");
+    let post = |token: &str, body: &str| {
+        call(
+            p,
+            "POST",
+            &format!("/api/rooms/{room}/messages"),
+            Some(token),
+            Some(&json!({"body": body})),
+        )
+    };
+    assert_eq!(post(&alice, "hello bob").0, 201);
+    let msg = loop {
+        let (v, _) = next_json(&mut ws);
+        if v["type"] == "msg" {
+            break v;
+        }
+    };
+    assert_eq!(msg["body"], "hello bob");
+    // Removed by an admin (not by himself, not by a member).
+    let path = format!("{members}/{bob_id}");
+    let (s, v) = call(p, "DELETE", &path, Some(&carol), None);
+    assert_eq!((s, v["removed"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(post(&alice, "bob is gone").0, 201);
+    let v = loop {
+        let (v, _) = next_json(&mut ws);
+        if v["type"] != "presence" {
+            break v;
+        }
+    };
+    assert_eq!(
+        (v["type"].as_str(), v["reason"].as_str()),
+        (Some("left"), Some("removed")),
+        "{v}"
+    );
+    ws.write_frame(TEXT, br#"{"type":"ping","ref":1}"#, true, false);
+    assert_eq!(
+        next_json(&mut ws).0["type"],
+        "pong",
+        "nothing of the room came in between"
+    );
+    let (s, _) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{room}/messages"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(s, 404, "the history is closed to him");
+    let (s, v) = call(p, "DELETE", &path, Some(&alice), None);
+    assert_eq!((s, v["removed"].as_bool()), (200, Some(false)), "{v}");
+    assert_serving(p);
+}
