@@ -136,6 +136,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
     let id = req.path.trim_matches('/').split('/').nth(2).unwrap_or("");
     let method = req.method.as_str();
     match (method, route_name(req)) {
+        ("GET", "/") => Ok(Response::json(200, &index(shared))),
         ("GET", "/healthz") => Ok(Response::json(200, &json!({"status": "ok"}))),
         ("GET", "/readyz") => Ok(readyz(shared)),
         ("GET", "/metrics") => metrics(shared).await,
@@ -174,6 +175,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
 pub fn route_name(req: &Request) -> &'static str {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
+        [""] => "/",
         ["healthz"] => "/healthz",
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
@@ -194,6 +196,24 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "rooms", _, "read"] => "/api/rooms/{id}/read",
         _ => "other",
     }
+}
+
+/// `GET /`: what this server is and where its endpoints are.
+fn index(shared: &Shared) -> Value {
+    json!({
+        "server": "rookery",
+        "version": env!("CARGO_PKG_VERSION"),
+        "shards": shared.engine.shards(),
+        "endpoints": {
+            "websocket": "/ws",
+            "api": "/api/register, /api/login, /api/rooms, /api/me/unread",
+            "health": "/healthz",
+            "ready": "/readyz",
+            "metrics": "/metrics",
+        },
+        "deflate": !shared.cfg.no_deflate,
+        "echo": shared.cfg.echo_endpoint,
+    })
 }
 
 /// A WebSocket endpoint asked for without an upgrade.

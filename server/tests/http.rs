@@ -30,6 +30,17 @@ fn keep_alive_and_pipelined_requests_are_answered_in_order() {
     s.write_all(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         .unwrap();
     assert_eq!(status(&read_response(&mut s)), 405);
+    // The root says what the server is and where its endpoints are.
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let root = read_response(&mut s);
+    let body: serde_json::Value =
+        serde_json::from_str(root.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        (body["server"].as_str(), body["shards"].as_u64()),
+        (Some("rookery"), Some(2)),
+        "{root}"
+    );
+    assert_eq!(body["endpoints"]["websocket"], "/ws");
     // Connection: close is honoured.
     s.write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
         .unwrap();
