@@ -28,6 +28,13 @@ pub struct ShardHttp {
     /// Errors sent to clients (HTTP error bodies and WebSocket `error`
     /// frames), by code.
     errors: Mutex<HashMap<&'static str, u64>>,
+    /// HTTP request handling time by route, µs.
+    durations: Mutex<HashMap<&'static str, hdrhistogram::Histogram<u64>>>,
+    /// Close frames the server sent, by close code.
+    closes: Mutex<HashMap<u16, u64>>,
+    /// Post (the message's timestamp) to its frame queued for a WebSocket
+    /// subscriber, µs (millisecond resolution: the timestamp's).
+    delivery: Mutex<Option<hdrhistogram::Histogram<u64>>>,
     /// Joins refused at --ws-rooms-per-connection-max.
     pub rooms_refused: AtomicU64,
     /// WebSocket connections closed for not authenticating in time.
@@ -45,12 +52,38 @@ impl ShardHttp {
         }
     }
 
+    /// Records how long one request took to handle.
+    pub fn handled(&self, route: &'static str, took: std::time::Duration) {
+        if let Ok(mut d) = self.durations.lock() {
+            let h = d.entry(route).or_insert_with(micros_histogram);
+            let _ = h.record(took.as_micros().max(1) as u64);
+        }
+    }
+
+    /// Counts one close frame sent.
+    pub fn closed(&self, code: u16) {
+        if let Ok(mut c) = self.closes.lock() {
+            *c.entry(code).or_default() += 1;
+        }
+    }
+
+    /// Records one message's post → queued-for-the-socket latency.
+    pub fn delivered_after(&self, micros: u64) {
+        if let Ok(mut d) = self.delivery.lock() {
+            let _ = d.get_or_insert_with(micros_histogram).record(micros.max(1));
+        }
+    }
+
     /// Counts one error sent to a client.
     pub fn error_sent(&self, code: &'static str) {
         if let Ok(mut e) = self.errors.lock() {
             *e.entry(code).or_default() += 1;
         }
     }
+}
+
+fn micros_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")
 }
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
@@ -213,10 +246,17 @@ pub fn render(
         counter(&mut r, name, help, v);
     }
     let g = &m.gauges;
-    let connections: i64 = http
-        .iter()
-        .map(|s| s.connections.load(Ordering::Relaxed))
-        .sum();
+    let connections = Family::<Vec<(String, String)>, Gauge>::default();
+    for (shard, h) in http.iter().enumerate() {
+        connections
+            .get_or_create(&vec![("shard".to_string(), shard.to_string())])
+            .set(h.connections.load(Ordering::Relaxed));
+    }
+    r.register(
+        "http_connections",
+        "Open connections (HTTP and WebSocket), by shard",
+        connections,
+    );
     for (name, help, v) in [
         ("subscribers", "Subscriptions open", g.subscribers as i64),
         (
@@ -249,7 +289,6 @@ pub fn render(
             "Read receipts waiting for the writer",
             m.receipt_queue_len as i64,
         ),
-        ("http_connections", "Open HTTP connections", connections),
         (
             "process_resident_memory_bytes",
             "Resident memory of the process",
@@ -278,6 +317,57 @@ pub fn render(
     ] {
         r.register_with_unit(name, help, Unit::Seconds, MicrosHistogram(h.clone()));
     }
+    let mut delivery = micros_histogram();
+    for shard in http {
+        if let Ok(Some(h)) = shard.delivery.lock().as_deref() {
+            let _ = delivery.add(h);
+        }
+    }
+    r.register_with_unit(
+        "delivery_latency",
+        "Message posted to its frame queued for a WebSocket subscriber",
+        Unit::Seconds,
+        MicrosHistogram(delivery),
+    );
+    let mut durations: HashMap<&'static str, hdrhistogram::Histogram<u64>> = HashMap::new();
+    for shard in http {
+        let Ok(d) = shard.durations.lock() else {
+            continue;
+        };
+        for (route, h) in d.iter() {
+            let _ = durations
+                .entry(route)
+                .or_insert_with(micros_histogram)
+                .add(h);
+        }
+    }
+    let mut routes: Vec<_> = durations.into_iter().collect();
+    routes.sort_by_key(|(route, _)| *route);
+    for (route, h) in routes {
+        r.sub_registry_with_label(("route".into(), route.into()))
+            .register_with_unit(
+                "http_request_duration",
+                "Time to handle an HTTP request, by route",
+                Unit::Seconds,
+                MicrosHistogram(h),
+            );
+    }
+    let closes = Family::<Vec<(String, String)>, Counter>::default();
+    for shard in http {
+        let Ok(c) = shard.closes.lock() else {
+            continue;
+        };
+        for (code, n) in c.iter() {
+            closes
+                .get_or_create(&vec![("code".to_string(), code.to_string())])
+                .inc_by(*n);
+        }
+    }
+    r.register(
+        "ws_closes",
+        "WebSocket close frames sent, by close code",
+        closes,
+    );
     r.register(
         "fsync_batch_records",
         "Messages made durable by one log fdatasync",

@@ -295,9 +295,12 @@ async fn connection(
                     req.peer = Some(peer);
                     buf.drain(..used);
                     started = (!buf.is_empty()).then(Instant::now);
+                    let began = Instant::now();
                     let resp = Box::pin(routes::handle(&req, &shared)).await;
                     if let Some(h) = shared.my_http() {
-                        h.answered(routes::route_name(&req), resp.status, resp.error_code);
+                        let route = routes::route_name(&req);
+                        h.answered(route, resp.status, resp.error_code);
+                        h.handled(route, began.elapsed());
                     }
                     let close = !req.keep_alive || shared.stopping.load(Ordering::Relaxed);
                     resp.encode(close, &mut out);

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
-use rookery_engine::{Error as EngineError, Inbox};
+use rookery_engine::{Error as EngineError, EventKind, Inbox};
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
@@ -462,10 +462,19 @@ impl Conn {
         if !self.joined.iter().any(|&(_, sub, _)| sub == d.sub) {
             return; // left the room; the event was already queued
         }
+        if d.event.kind() == EventKind::Message {
+            if let (Some(h), Some(ts)) = (self.shared.http.get(self.shared.shard), ts_ms(&d.event))
+            {
+                h.delivered_after(now_ms().saturating_sub(ts).saturating_mul(1000));
+            }
+        }
         self.send_text(d.event.json());
     }
 
     fn close(&mut self, code: CloseCode, reason: &str) {
+        if let Some(h) = self.shared.http.get(self.shared.shard) {
+            h.closed(code.into());
+        }
         let frame = CloseFrame {
             code,
             reason: reason.into(),
@@ -673,6 +682,21 @@ fn known(kind: &str) -> bool {
         kind,
         "join" | "leave" | "send" | "edit" | "delete" | "typing" | "read" | "history"
     )
+}
+
+/// A message event's `ts` (ms), read from its JSON without parsing all of
+/// it (this runs for every delivered message).
+fn ts_ms(event: &rookery_engine::Event) -> Option<u64> {
+    let json = event.json();
+    let at = json.find(",\"ts\":")? + 6;
+    let digits = json[at..].bytes().take_while(u8::is_ascii_digit).count();
+    json[at..at + digits].parse().ok()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The static name of an error code sent in a frame (for the metric).

@@ -517,8 +517,18 @@ fn metrics_are_exposed_in_prometheus_text() {
     );
     assert!(value("rookery_process_resident_memory_bytes ") > 1e6);
     assert!(
-        value("rookery_http_connections ") >= 1.0,
+        value("rookery_http_connections{shard=\"0\"} ")
+            + value("rookery_http_connections{shard=\"1\"} ")
+            >= 1.0,
         "the scrape's own connection"
     );
+    assert_eq!(
+        value("rookery_http_request_duration_seconds_count{route=\"/api/rooms/{id}/messages\"} "),
+        5.0
+    );
+    assert!(value("rookery_commit_batches_total ") >= 1.0);
+    // `none` durability: fsyncs only at checkpoints, each in a bucket of
+    // the batch size histogram when it covered records.
+    assert!(value("rookery_fsync_batch_records_count ") <= value("rookery_log_fsyncs_total "));
     assert!(text.trim_end().ends_with("# EOF"));
 }

@@ -126,6 +126,8 @@ fn a_deflate_session_compresses_both_ways_with_context_takeover() {
     let bomb = deflate(&mut c, &vec![b' '; 1 << 20]);
     ws.write_frame(TEXT, &bomb, true, true);
     assert_eq!(close_code(&mut ws), Some(1009));
+    assert_eq!(metric(p, "rookery_ws_closes_total{code=\"1009\"}"), 1.0);
+    assert!(metric(p, "rookery_delivery_latency_seconds_count") >= 3.0);
     // Without the offer, no extension and no compression.
     let (mut plain, head) = RawWs::connect(p, &format!("/ws?token={token}"), "");
     assert!(!head.contains("sec-websocket-extensions"), "{head}");
