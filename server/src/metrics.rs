@@ -164,6 +164,26 @@ fn resident_bytes() -> i64 {
     pages * 4096
 }
 
+type Labels = Vec<(String, String)>;
+
+/// One labelled counter family from every shard's map of counts.
+fn labelled_counters<K>(
+    http: &[ShardHttp],
+    counts: impl Fn(&ShardHttp) -> &Mutex<HashMap<K, u64>>,
+    labels: impl Fn(&K) -> Labels,
+) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for shard in http {
+        let Ok(counts) = counts(shard).lock() else {
+            continue;
+        };
+        for (key, n) in counts.iter() {
+            family.get_or_create(&labels(key)).inc_by(*n);
+        }
+    }
+    family
+}
+
 /// Renders one scrape.
 pub fn render(
     m: &Metrics,
@@ -352,17 +372,11 @@ pub fn render(
                 MicrosHistogram(h),
             );
     }
-    let closes = Family::<Vec<(String, String)>, Counter>::default();
-    for shard in http {
-        let Ok(c) = shard.closes.lock() else {
-            continue;
-        };
-        for (code, n) in c.iter() {
-            closes
-                .get_or_create(&vec![("code".to_string(), code.to_string())])
-                .inc_by(*n);
-        }
-    }
+    let closes = labelled_counters(
+        http,
+        |h| &h.closes,
+        |code| vec![("code".into(), code.to_string())],
+    );
     r.register(
         "ws_closes",
         "WebSocket close frames sent, by close code",
@@ -373,35 +387,26 @@ pub fn render(
         "Messages made durable by one log fdatasync",
         SyncBatchHistogram(m.storage),
     );
-    let errors = Family::<Vec<(String, String)>, Counter>::default();
-    for shard in http {
-        let Ok(counts) = shard.errors.lock() else {
-            continue;
-        };
-        for (code, n) in counts.iter() {
-            errors
-                .get_or_create(&vec![("code".to_string(), code.to_string())])
-                .inc_by(*n);
-        }
-    }
+    let errors = labelled_counters(
+        http,
+        |h| &h.errors,
+        |code| vec![("code".into(), code.to_string())],
+    );
     r.register(
         "errors",
         "Errors sent to clients (HTTP and WebSocket), by code",
         errors,
     );
-    let requests = Family::<Vec<(String, String)>, Counter>::default();
-    for shard in http {
-        let Ok(counts) = shard.requests.lock() else {
-            continue;
-        };
-        for ((route, status), n) in counts.iter() {
-            let labels = vec![
-                ("route".to_string(), route.to_string()),
-                ("status".to_string(), status.to_string()),
-            ];
-            requests.get_or_create(&labels).inc_by(*n);
-        }
-    }
+    let requests = labelled_counters(
+        http,
+        |h| &h.requests,
+        |(route, status)| {
+            vec![
+                ("route".into(), route.to_string()),
+                ("status".into(), status.to_string()),
+            ]
+        },
+    );
     r.register(
         "http_requests",
         "HTTP requests answered, by route and status",
