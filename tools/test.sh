@@ -3,7 +3,8 @@
 #   format check, clippy (warnings denied), every crate's tests (unit,
 #   property, model, crash and end-to-end tests of the real binary), an
 #   end-to-end run with a client that is not Rust (Python `websockets`),
-#   and short smoke runs of `rookery-bench storage` and `engine`.
+#   and short smoke runs of `rookery-bench storage`, `engine` and
+#   `compare` (load against rookery and the Node ws baseline).
 # It installs what a fresh machine lacks (rustfmt, clippy, a Python venv
 # with the pinned client library under target/), idempotently.
 set -euo pipefail
@@ -69,6 +70,32 @@ for r in runs:
     # Every subscriber got every post made in the run (none were lost).
     assert r["delivered"] == r["posts"] * r["subscribers"] // r["rooms"], r
 print("bench smoke: engine report has every field, nothing lost")
+PY
+
+step "load smoke: rookery-bench compare against rookery and the Node ws baseline (a few seconds)"
+# Node.js and npm are needed for the baselines (npm ci from the lock file
+# on first use, into bench/baselines/node_modules).
+cargo build --locked -q -p rookery-server
+cargo run --locked -q -p rookery-bench -- compare --servers rookery,ws \
+    --rookery-bin target/debug/rookery --users 24 --rooms 4 --rate 4 --duration 2s \
+    --quiet --json "$smoke_dir/compare.json" > "$smoke_dir/compare.txt"
+python3 - "$smoke_dir/compare.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+names = [s["name"] for s in r["servers"]]
+assert names == ["rookery", "ws"], names
+for s in r["servers"]:
+    rep = s["report"]
+    # Every send acknowledged, every delivery due made, nothing lost,
+    # duplicated or reordered, every connection made.
+    assert rep["sent"] > 0 and rep["sent"] == rep["acked"], rep
+    assert rep["delivered"] > 0 and rep["delivered"] == rep["expected"], rep
+    assert rep["lost"] == 0 and rep["duplicated"] == 0 and rep["reordered"] == 0, rep
+    assert rep["connections"]["ok"] == 24 and s["connect_errors"] == 0, rep
+    for key in ("deliver_p50_ms", "deliver_p99_ms", "server_rss_bytes_max"):
+        assert s[key] is not None and s[key] > 0, (key, s)
+assert r["ratios"]["ws"]["delivered_per_sec"] > 0
+print("load smoke: rookery and ws reports consistent (sent = acked, delivered = expected, lost = 0)")
 PY
 
 printf '\n==> all tests passed\n'

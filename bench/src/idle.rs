@@ -12,7 +12,6 @@
 //! The client side uses blocking sockets and tungstenite with small buffers
 //! (its defaults would hold 256 KiB per connection in this process).
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +19,8 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
+
+use crate::http_client::{jwt, HttpClient};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,19 +55,8 @@ pub struct Args {
 
 type Ws = WebSocket<TcpStream>;
 
-/// A JWT for user `sub`, valid for a day.
-fn jwt(secret: &str, sub: &str) -> anyhow::Result<String> {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 86_400;
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": sub, "exp": exp}),
-        &key,
-    )?)
-}
-
 /// The resident memory of `pid`, in bytes.
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))
         .with_context(|| format!("reading /proc/{pid}/statm"))?;
     let pages: u64 = statm
@@ -78,56 +68,24 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// `POST /api/rooms` with a bearer token; the new room's id.
-fn create_room(addr: SocketAddr, token: &str, name: &str) -> anyhow::Result<u64> {
-    let body = json!({"name": name}).to_string();
-    let mut s = TcpStream::connect(addr)?;
-    write!(
-        s,
-        "POST /api/rooms HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+pub fn create_room(http: &mut HttpClient, token: &str, name: &str) -> anyhow::Result<u64> {
+    let (status, v) = http.call(
+        "POST",
+        "/api/rooms",
+        Some(token),
+        Some(&json!({"name": name})),
     )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let json = resp.split("\r\n\r\n").nth(1).unwrap_or("");
-    let v: Value =
-        serde_json::from_str(json).with_context(|| format!("creating a room: {resp}"))?;
     v["id"]
         .as_u64()
-        .with_context(|| format!("creating a room: {resp}"))
+        .with_context(|| format!("creating room {name}: {status} {v}"))
 }
 
-/// Presents every token once (`GET /api/me` on one keep-alive
-/// connection), which creates its user.
-fn create_users(addr: SocketAddr, tokens: &[String]) -> anyhow::Result<()> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    let mut reader = std::io::BufReader::new(s.try_clone()?);
+/// Presents every token once (`GET /api/me`), which creates its user.
+pub fn create_users(http: &mut HttpClient, tokens: &[String]) -> anyhow::Result<()> {
     for token in tokens {
-        write!(
-            s,
-            "GET /api/me HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n"
-        )?;
-        let mut len = 0;
-        let mut status = String::new();
-        loop {
-            let mut line = String::new();
-            if std::io::BufRead::read_line(&mut reader, &mut line)? == 0 {
-                bail!("the server closed the connection");
-            }
-            if status.is_empty() {
-                status = line.clone();
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse()?;
-            }
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body)?;
-        if !status.contains(" 200 ") {
-            bail!("creating a user: {status}");
+        let (status, v) = http.call("GET", "/api/me", Some(token), None)?;
+        if status != 200 {
+            bail!("creating a user: {status} {v}");
         }
     }
     Ok(())
@@ -165,8 +123,9 @@ fn open(addr: SocketAddr, token: &str, room: Option<u64>) -> anyhow::Result<Ws> 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let admin = jwt(&args.jwt_secret, "idle-admin")?;
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let mut http = HttpClient::connect(args.addr)?;
     let rooms: Vec<u64> = (0..args.rooms.max(1))
-        .map(|i| create_room(args.addr, &admin, &format!("idle-{run_id}-{i}")))
+        .map(|i| create_room(&mut http, &admin, &format!("idle-{run_id}-{i}")))
         .collect::<anyhow::Result<_>>()?;
     let tokens: Vec<String> = (0..args.connections.max(args.warmup))
         .map(|i| jwt(&args.jwt_secret, &format!("idle-{i}")))
@@ -174,7 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Warm-up: every user is created first (a JWT user is created on first
     // sight; that is account storage, not connection memory), then a round
     // of connections is opened, joined and closed.
-    create_users(args.addr, &tokens)?;
+    create_users(&mut http, &tokens)?;
     let warm: Vec<Ws> = (0..args.warmup)
         .map(|i| open(args.addr, &tokens[i], Some(rooms[i % rooms.len()])))
         .collect::<anyhow::Result<_>>()?;

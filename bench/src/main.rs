@@ -7,16 +7,21 @@
 //!   throughput and latency per scenario, shard count and durability.
 //! - `rookery-bench idle`: a running server's memory per idle, authenticated,
 //!   joined WebSocket connection.
-//! - `rookery-bench load`: the network load generator (not built yet: it
-//!   arrives with the load-generator issue; the command says so and fails).
+//! - `rookery-bench load`: the network load generator (k6-style stages,
+//!   open-loop sends, delivery latency, loss accounting, thresholds).
+//! - `rookery-bench compare`: one scenario against Rookery and the Node ws
+//!   and Socket.IO baselines, side by side.
 
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod compare;
 mod engine;
+mod http_client;
 mod idle;
+mod load;
 mod sqlite_store;
 mod storage;
 
@@ -39,8 +44,12 @@ enum Command {
     Engine(engine::Args),
     /// Memory per idle WebSocket connection of a running server.
     Idle(idle::Args),
-    /// Load-test a chat server over WebSocket (not built yet).
-    Load,
+    /// Load-test a chat server over WebSocket: stages, open-loop sends,
+    /// delivery latency, loss accounting, thresholds.
+    Load(load::Args),
+    /// The same load scenario against Rookery, Node ws and Socket.IO, side
+    /// by side with ratios.
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,8 +64,18 @@ fn main() -> anyhow::Result<()> {
         Command::Storage(args) => storage::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Idle(args) => idle::run(args),
-        Command::Load => {
-            anyhow::bail!("`rookery-bench load` is not built yet; only `rookery-bench storage` exists in this version")
-        }
+        Command::Load(args) => load::run(args),
+        Command::Compare(args) => compare::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -1,0 +1,477 @@
+//! The load generator's side of the wire: a WebSocket client connection
+//! on a glommio socket, and the two protocols it speaks — Rookery's JSON
+//! frames (also spoken by the Node `ws` baseline) and Socket.IO 4 (Engine.IO
+//! v4 packets over WebSocket) for the Socket.IO baseline.
+//!
+//! Hot path without allocation: frames are parsed in place in the
+//! connection's receive buffer (header by tungstenite's `FrameHeader`,
+//! server frames are unmasked), handed out as slices, and the few fields a
+//! receiver needs are scanned out of the JSON without building a value.
+//! Outbound frames are masked into a reused buffer.
+
+use std::io::{Cursor, Write};
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context, Result};
+use flate2::{Decompress, FlushDecompress};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// Which protocol a server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Rookery's JSON frames (DESIGN.md); the Node `ws` baseline too.
+    Rookery,
+    /// Socket.IO 4 over a WebSocket.
+    SocketIo,
+}
+
+/// What a received text message was, with the fields the generator needs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// A message event: its room, seq and body.
+    Msg { room: u64, seq: u64, body: &'a [u8] },
+    /// The ack of send `r#ref`, with the message's seq.
+    Ack { r#ref: u64, seq: u64 },
+    /// The answer to a join: the room's last seq at that moment.
+    Joined { last_seq: u64 },
+    /// An error frame.
+    Error(&'a [u8]),
+    /// Socket.IO: the Engine.IO open packet (`0{…}`).
+    Open,
+    /// Socket.IO: connected to the namespace (`40{…}`).
+    Connected,
+    /// Socket.IO: the namespace connection was refused (`44{…}`).
+    Refused(&'a [u8]),
+    /// Anything else (hello, presence, typing, Socket.IO handshake).
+    Other,
+}
+
+/// One WebSocket client connection.
+pub struct Conn {
+    stream: TcpStream,
+    wire: Wire,
+    /// Bytes received and not yet consumed.
+    rx: Vec<u8>,
+    /// Where unconsumed bytes start in `rx`.
+    at: usize,
+    /// The outbound frame being built (reused).
+    tx: Vec<u8>,
+    /// The text payload being built (reused).
+    text: Vec<u8>,
+    /// Pongs owed to the server, framed, not yet written.
+    owed: Vec<u8>,
+    /// permessage-deflate, when the server agreed to it.
+    inflater: Option<(Decompress, Vec<u8>)>,
+    mask: [u8; 4],
+}
+
+/// Bytes read from the socket at a time.
+const READ_BYTES: usize = 16 << 10;
+
+impl Conn {
+    /// Connects and upgrades on `path` (with its query); the server's
+    /// answer must be 101.
+    pub async fn open(addr: SocketAddr, path: &str, deflate: bool, wire: Wire) -> Result<Conn> {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+        stream.set_nodelay(true).ok();
+        let key = tungstenite::handshake::client::generate_key();
+        let ext = if deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.context("upgrade")?;
+        let mut rx = Vec::with_capacity(1024);
+        let head_end = loop {
+            if let Some(at) = rx.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if rx.len() > 16 << 10 {
+                bail!("upgrade: response head too long");
+            }
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.context("upgrade")?;
+            if n == 0 {
+                bail!("upgrade: closed by the server");
+            }
+            rx.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&rx[..head_end]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 101") {
+            bail!("upgrade refused: {}", head.lines().next().unwrap_or(""));
+        }
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes()).to_ascii_lowercase();
+        if !head.contains(&format!("sec-websocket-accept: {accept}")) {
+            bail!("upgrade: wrong Sec-WebSocket-Accept");
+        }
+        let inflater = head
+            .contains("permessage-deflate")
+            .then(|| (Decompress::new(false), Vec::with_capacity(4096)));
+        Ok(Conn {
+            stream,
+            wire,
+            rx,
+            at: head_end,
+            tx: Vec::with_capacity(256),
+            text: Vec::with_capacity(256),
+            owed: Vec::new(),
+            inflater,
+            mask: rand::random(),
+        })
+    }
+
+    /// The reusable buffer to build a text payload in; send it with
+    /// [`Conn::send_text`].
+    pub fn text(&mut self) -> &mut Vec<u8> {
+        self.text.clear();
+        &mut self.text
+    }
+
+    /// Sends the payload built in [`Conn::text`] as one masked frame.
+    pub async fn send_text(&mut self) -> Result<()> {
+        self.frame(OpCode::Data(Data::Text));
+        self.stream.write_all(&self.tx).await.context("send")?;
+        Ok(())
+    }
+
+    /// Sends a close frame (normal closure) and shuts the socket.
+    pub async fn close(mut self) {
+        self.text.clear();
+        self.text.extend_from_slice(&1000u16.to_be_bytes());
+        self.frame(OpCode::Control(Control::Close));
+        let _ = self.stream.write_all(&self.tx).await;
+        let _ = self.stream.close().await;
+    }
+
+    /// Frames `self.text` into `self.tx`, masked.
+    fn frame(&mut self, opcode: OpCode) {
+        self.tx.clear();
+        let header = FrameHeader {
+            opcode,
+            mask: Some(self.mask),
+            ..FrameHeader::default()
+        };
+        let _ = header.format(self.text.len() as u64, &mut self.tx);
+        let start = self.tx.len();
+        self.tx.extend_from_slice(&self.text);
+        for (i, b) in self.tx[start..].iter_mut().enumerate() {
+            *b ^= self.mask[i & 3];
+        }
+    }
+
+    /// Waits for bytes from the server (end of stream is an error).
+    pub async fn fill(&mut self) -> Result<()> {
+        if self.at > 0 && self.at == self.rx.len() {
+            self.rx.clear();
+            self.at = 0;
+        } else if self.at > self.rx.len() / 2 {
+            self.rx.drain(..self.at);
+            self.at = 0;
+        }
+        let len = self.rx.len();
+        self.rx.resize(len + READ_BYTES, 0);
+        let n = self.stream.read(&mut self.rx[len..]).await;
+        self.rx.truncate(len + *n.as_ref().unwrap_or(&0));
+        match n {
+            Ok(0) => bail!("closed by the server"),
+            Ok(_) => Ok(()),
+            Err(e) => bail!("read: {e}"),
+        }
+    }
+
+    /// Hands every complete text message buffered to `each` and frames
+    /// the pongs owed for pings (sent by [`Conn::flush`]); an error when
+    /// the server closed the connection.
+    pub fn drain(&mut self, mut each: impl FnMut(Incoming<'_>)) -> Result<()> {
+        let mut pongs: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let mut cur = Cursor::new(&self.rx[self.at..]);
+            let Some((header, len)) = FrameHeader::parse(&mut cur).context("frame")? else {
+                break;
+            };
+            let start = self.at + cur.position() as usize;
+            let end = start + len as usize;
+            if self.rx.len() < end {
+                break;
+            }
+            self.at = end;
+            match header.opcode {
+                OpCode::Data(Data::Text) if header.rsv1 => {
+                    let (d, out) = self.inflater.as_mut().context("RSV1 without deflate")?;
+                    inflate(d, &self.rx[start..end], out)?;
+                    each(classify(self.wire, out));
+                }
+                OpCode::Data(Data::Text) => {
+                    if self.wire == Wire::SocketIo && self.rx[start..end] == *b"2" {
+                        pongs.push(b"3".to_vec()); // Engine.IO ping
+                        continue;
+                    }
+                    each(classify(self.wire, &self.rx[start..end]));
+                }
+                OpCode::Control(Control::Ping) => pongs.push(self.rx[start..end].to_vec()),
+                OpCode::Control(Control::Close) => {
+                    let code = self.rx[start..end]
+                        .get(..2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]));
+                    bail!("closed by the server ({code:?})");
+                }
+                _ => {}
+            }
+        }
+        for p in pongs {
+            self.text.clear();
+            self.text.extend_from_slice(&p);
+            let op = if self.wire == Wire::SocketIo && p == b"3" {
+                OpCode::Data(Data::Text)
+            } else {
+                OpCode::Control(Control::Pong)
+            };
+            self.frame(op);
+            self.owed.extend_from_slice(&self.tx);
+        }
+        Ok(())
+    }
+
+    /// Writes the pongs [`Conn::drain`] owes.
+    pub async fn flush(&mut self) -> Result<()> {
+        if !self.owed.is_empty() {
+            self.stream.write_all(&self.owed).await.context("pong")?;
+            self.owed.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Inflates one compressed message into `out` (cleared first).
+fn inflate(d: &mut Decompress, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    d.reset(false);
+    for input in [data, &[0, 0, 0xff, 0xff][..]] {
+        let mut input = input;
+        loop {
+            out.reserve(4096);
+            let before = d.total_in();
+            d.decompress_vec(input, out, FlushDecompress::Sync)
+                .context("inflate")?;
+            input = &input[(d.total_in() - before) as usize..];
+            if input.is_empty() && out.len() < out.capacity() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The number after `"key":` in a JSON text, if any.
+pub fn num_field(json: &[u8], key: &str) -> Option<u64> {
+    let at = find(json, key.as_bytes())?;
+    let rest = &json[at..];
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// The string after `"key":"` up to the next quote (bodies the generator
+/// sends have no escapes).
+pub fn str_field<'a>(json: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let at = find(json, key.as_bytes())?;
+    let rest = json[at..].strip_prefix(b"\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    Some(&rest[..end])
+}
+
+/// The position just after `"key":` in `json`.
+fn find(json: &[u8], key: &[u8]) -> Option<usize> {
+    let n = key.len() + 3;
+    json.windows(n)
+        .position(|w| w[0] == b'"' && &w[1..n - 2] == key && &w[n - 2..] == b"\":")
+        .map(|at| at + n)
+}
+
+/// What a text payload is.
+pub fn classify(wire: Wire, payload: &[u8]) -> Incoming<'_> {
+    match wire {
+        Wire::Rookery => classify_json(payload, None),
+        Wire::SocketIo => classify_socket_io(payload),
+    }
+}
+
+fn classify_json(json: &[u8], ack_ref: Option<u64>) -> Incoming<'_> {
+    let kind = str_field(json, "type");
+    match kind {
+        Some(b"msg") => match (num_field(json, "room"), num_field(json, "seq")) {
+            (Some(room), Some(seq)) => Incoming::Msg {
+                room,
+                seq,
+                body: str_field(json, "body").unwrap_or_default(),
+            },
+            _ => Incoming::Other,
+        },
+        Some(b"ack") => match (
+            ack_ref.or_else(|| num_field(json, "ref")),
+            num_field(json, "seq"),
+        ) {
+            (Some(r#ref), Some(seq)) => Incoming::Ack { r#ref, seq },
+            _ => Incoming::Other,
+        },
+        Some(b"joined") => Incoming::Joined {
+            last_seq: num_field(json, "last_seq").unwrap_or(0),
+        },
+        Some(b"error") => Incoming::Error(json),
+        _ => Incoming::Other,
+    }
+}
+
+/// Socket.IO packets: `42["msg",{…}]` (event), `43N[{…}]` (ack of N).
+fn classify_socket_io(p: &[u8]) -> Incoming<'_> {
+    if let Some(rest) = p.strip_prefix(b"43") {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let id: Option<u64> = std::str::from_utf8(&rest[..digits])
+            .ok()
+            .and_then(|s| s.parse().ok());
+        let json = &rest[digits..];
+        return match id {
+            // Join acks use id 0: `430[{"type":"joined",…}]`.
+            Some(id) => classify_json(json, Some(id)),
+            None => Incoming::Other,
+        };
+    }
+    if let Some(rest) = p.strip_prefix(b"42") {
+        return classify_json(rest, None);
+    }
+    if p.starts_with(b"40") {
+        return Incoming::Connected;
+    }
+    if p.starts_with(b"44") {
+        return Incoming::Refused(p);
+    }
+    if p.starts_with(b"0") {
+        return Incoming::Open;
+    }
+    Incoming::Other
+}
+
+/// Writes a `send` for message `r#ref` into `out`.
+pub fn write_send(wire: Wire, out: &mut Vec<u8>, room: u64, r#ref: u64, vu: u64, body: &[u8]) {
+    let body = std::str::from_utf8(body).unwrap_or("");
+    let _ = match wire {
+        Wire::Rookery => write!(
+            out,
+            r#"{{"type":"send","room":{room},"body":"{body}","client_id":"v{vu}-{}","ref":{}}}"#,
+            r#ref, r#ref
+        ),
+        // Socket.IO ack ids start at 1 (0 is the join).
+        Wire::SocketIo => write!(
+            out,
+            r#"42{}["send",{{"room":{room},"body":"{body}","client_id":"v{vu}-{}"}}]"#,
+            r#ref, r#ref
+        ),
+    };
+}
+
+/// Writes a `join` of `room` into `out`.
+pub fn write_join(wire: Wire, out: &mut Vec<u8>, room: u64) {
+    let _ = match wire {
+        Wire::Rookery => write!(out, r#"{{"type":"join","room":{room},"ref":"join"}}"#),
+        Wire::SocketIo => write!(out, r#"420["join",{{"room":{room}}}]"#),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rookery_frames_are_classified_without_parsing_everything() {
+        let msg = br#"{"type":"msg","room":3,"seq":17,"from":2,"ts":5,"body":"t=123;xx"}"#;
+        assert_eq!(
+            classify(Wire::Rookery, msg),
+            Incoming::Msg {
+                room: 3,
+                seq: 17,
+                body: b"t=123;xx"
+            }
+        );
+        let ack = br#"{"duplicate":false,"ref":9,"room":3,"seq":18,"ts":5,"type":"ack"}"#;
+        assert_eq!(
+            classify(Wire::Rookery, ack),
+            Incoming::Ack { r#ref: 9, seq: 18 }
+        );
+        let joined = br#"{"last_seq":41,"online":[1],"room":3,"type":"joined"}"#;
+        assert_eq!(
+            classify(Wire::Rookery, joined),
+            Incoming::Joined { last_seq: 41 }
+        );
+        assert!(matches!(
+            classify(Wire::Rookery, br#"{"type":"error","code":"x"}"#),
+            Incoming::Error(_)
+        ));
+        assert_eq!(
+            classify(Wire::Rookery, br#"{"type":"hello","user":1}"#),
+            Incoming::Other
+        );
+        assert_eq!(classify(Wire::Rookery, b"garbage"), Incoming::Other);
+        // A key inside a string is not a field of another name.
+        assert_eq!(num_field(br#"{"xseq":1,"seq":2}"#, "seq"), Some(2));
+    }
+
+    #[test]
+    fn socket_io_packets_are_classified() {
+        let msg = br#"42["msg",{"type":"msg","room":1,"seq":2,"body":"t=9;"}]"#;
+        assert_eq!(
+            classify(Wire::SocketIo, msg),
+            Incoming::Msg {
+                room: 1,
+                seq: 2,
+                body: b"t=9;"
+            }
+        );
+        let ack = br#"4312[{"type":"ack","room":1,"seq":5}]"#;
+        assert_eq!(
+            classify(Wire::SocketIo, ack),
+            Incoming::Ack { r#ref: 12, seq: 5 }
+        );
+        let joined = br#"430[{"type":"joined","room":1,"last_seq":7}]"#;
+        assert_eq!(
+            classify(Wire::SocketIo, joined),
+            Incoming::Joined { last_seq: 7 }
+        );
+        assert_eq!(classify(Wire::SocketIo, br#"0{"sid":"x"}"#), Incoming::Open);
+        assert_eq!(
+            classify(Wire::SocketIo, br#"40{"sid":"y"}"#),
+            Incoming::Connected
+        );
+        assert!(matches!(
+            classify(Wire::SocketIo, br#"44{"message":"no"}"#),
+            Incoming::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn sends_and_joins_are_written_per_wire() {
+        let mut out = Vec::new();
+        write_send(Wire::Rookery, &mut out, 4, 7, 2, b"t=1;");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ref"], 7);
+        assert_eq!(v["client_id"], "v2-7");
+        out.clear();
+        write_send(Wire::SocketIo, &mut out, 4, 7, 2, b"t=1;");
+        assert!(
+            out.starts_with(b"427[\"send\","),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out[3..]).unwrap();
+        assert_eq!(v[1]["room"], 4);
+        out.clear();
+        write_join(Wire::SocketIo, &mut out, 4);
+        assert_eq!(out, br#"420["join",{"room":4}]"#);
+    }
+}
