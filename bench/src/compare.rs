@@ -180,6 +180,12 @@ fn row(r: &Report) -> Value {
 }
 
 pub fn run(args: CompareArgs) -> Result<()> {
+    let thresholds: Vec<load::threshold::Threshold> = args
+        .load
+        .thresholds
+        .iter()
+        .map(|t| load::threshold::Threshold::parse(t).map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
     let mut reports = Vec::new();
     for name in &args.servers {
         let (server, port) = start(name, &args)?;
@@ -204,6 +210,12 @@ pub fn run(args: CompareArgs) -> Result<()> {
             load::execute(&plan)?
         };
         println!("{name}\n{}", report.table());
+        for (spec, actual, passed) in load::judge(&report, &thresholds) {
+            println!(
+                "  threshold {spec:<26} actual {actual:>10.3}  {}",
+                if passed { "ok" } else { "FAILED" }
+            );
+        }
         reports.push(report);
         drop(server);
     }
@@ -212,7 +224,14 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let out = json!({
         "scenario": reports.first().map(|r| r.scenario.clone()),
         "machine": machine(),
-        "servers": reports.iter().map(row).collect::<Vec<_>>(),
+        "servers": reports.iter().map(|r| {
+            let mut v = row(r);
+            v["thresholds"] = load::judge(r, &thresholds)
+                .into_iter()
+                .map(|(s, a, p)| json!({"threshold": s, "actual": a, "passed": p}))
+                .collect();
+            v
+        }).collect::<Vec<_>>(),
         "ratios": ratios,
     });
     if let Some(path) = &args.load.json {

@@ -32,7 +32,7 @@ use crate::metrics::ShardHttp;
 use crate::routes;
 use crate::ws;
 
-/// How often an accept loop looks at the stop flag.
+/// How often a shard looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// After a final response, how long and how much unread input is drained
 /// before the socket is closed.
@@ -153,9 +153,22 @@ pub async fn run(
             return;
         }
     };
-    while !shared.stopping.load(Ordering::Relaxed) {
+    // The stop flag is the main thread's; a watcher turns it into the
+    // shard's stop signal. The accept is raced only with that signal, never
+    // with a timer: an io_uring accept dropped after it completed would
+    // lose the connection it accepted (the client would wait forever).
+    let watcher = {
+        let shared = shared.clone();
+        glommio::spawn_local(async move {
+            while !shared.stopping.load(Ordering::Relaxed) {
+                glommio::timer::sleep(STOP_POLL).await;
+            }
+            shared.stop.close();
+        })
+    };
+    loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            glommio::timer::sleep(STOP_POLL).await;
+            shared.stopped().await;
             None
         })
         .await;
@@ -171,12 +184,12 @@ pub async fn run(
                 tracing::warn!(shard = shared.shard, error = %e, "accept failed");
                 glommio::timer::sleep(STOP_POLL).await;
             }
-            None => {}
+            None => break,
         }
     }
+    watcher.await;
     drop(listener);
     tracing::debug!(shard = shared.shard, "listener closed; closing connections");
-    shared.stop.close();
     let _ = shared.gate.close().await;
     let _ = drained.send(shared.shard);
 }

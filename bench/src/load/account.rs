@@ -84,7 +84,7 @@ impl Receiver {
     }
 
     /// Distinct seqs delivered that are at most `upto`.
-    fn delivered_to(&self, upto: u64) -> u64 {
+    pub fn delivered_to(&self, upto: u64) -> u64 {
         let above = self.max_seen.saturating_sub(upto);
         let missing_above = self.missing.iter().filter(|&&m| m > upto).count() as u64;
         self.delivered

@@ -58,6 +58,9 @@ struct Tally {
     deliver_us: Histogram<u64>,
     slip_us: Histogram<u64>,
     expected: u64,
+    /// Deliveries counted against `expected` (those up to each receiver's
+    /// last due seq).
+    delivered: u64,
     lost: u64,
     duplicated: u64,
     reordered: u64,
@@ -76,6 +79,7 @@ impl Tally {
             deliver_us: histogram(),
             slip_us: histogram(),
             expected: 0,
+            delivered: 0,
             lost: 0,
             duplicated: 0,
             reordered: 0,
@@ -89,6 +93,7 @@ impl Tally {
         let _ = self.deliver_us.add(&o.deliver_us);
         let _ = self.slip_us.add(&o.slip_us);
         self.expected += o.expected;
+        self.delivered += o.delivered;
         self.lost += o.lost;
         self.duplicated += o.duplicated;
         self.reordered += o.reordered;
@@ -453,7 +458,7 @@ pub fn execute(plan: &Plan) -> Result<Report> {
         dropped: get(&live.dropped),
         sent: get(&live.sent),
         acked: get(&live.acked),
-        delivered: get(&live.delivered),
+        delivered: tally.delivered,
         expected: tally.expected,
         lost: tally.lost,
         duplicated: tally.duplicated,
@@ -666,6 +671,7 @@ impl Vu<'_> {
         {
             let mut t = self.tally.borrow_mut();
             t.expected += rx.expected(upto);
+            t.delivered += rx.delivered_to(upto);
             t.lost += rx.lost(upto);
             t.duplicated += rx.duplicated;
             t.reordered += rx.reordered;
