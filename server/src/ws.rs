@@ -38,6 +38,8 @@ use crate::http::{Request, Response};
 use crate::routes::{self, ApiError, PageQuery};
 use crate::serve::{self, Shared};
 
+/// Events coalesced into one socket write, in bytes at most.
+const WRITE_COALESCE_BYTES: usize = 64 << 10;
 /// Bytes tungstenite reads from the adapter at a time (its own buffer
 /// keeps at least this much per connection, so it is small).
 const FRAME_READ_BYTES: usize = 128;
@@ -248,6 +250,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
                     Box::pin(c.check_private_rooms()).await;
                 }
                 c.deliver(d);
+                c.deliver_queued();
             }
             Wake::Event(Err(e)) => {
                 let (code, why) = match e {
@@ -469,6 +472,20 @@ impl Conn {
             }
         }
         self.send_text(d.event.json());
+    }
+
+    /// Takes every event already queued, so they leave in one write with
+    /// the one that woke the task (one syscall per wake, not per event).
+    /// Stops at `WRITE_COALESCE_BYTES`, and where a private room's
+    /// membership must be checked again first.
+    fn deliver_queued(&mut self) {
+        while self.pipe.tx.len() < WRITE_COALESCE_BYTES && !self.private_rooms_need_check() {
+            match self.inbox.as_ref().map(Inbox::try_recv) {
+                Some(Ok(Some(d))) => self.deliver(d),
+                // Empty, or closed: the next wait reports it.
+                _ => return,
+            }
+        }
     }
 
     fn close(&mut self, code: CloseCode, reason: &str) {

@@ -187,10 +187,11 @@ impl Conn {
         }
     }
 
-    /// Hands every complete text message buffered to `each` and frames
-    /// the pongs owed for pings (sent by [`Conn::flush`]); an error when
-    /// the server closed the connection.
-    pub fn drain(&mut self, mut each: impl FnMut(Incoming<'_>)) -> Result<()> {
+    /// Hands complete text messages buffered to `each`, in order, while it
+    /// returns true (what follows stays buffered for the next call), and
+    /// frames the pongs owed for pings (sent by [`Conn::flush`]); an error
+    /// when the server closed the connection.
+    pub fn drain(&mut self, mut each: impl FnMut(Incoming<'_>) -> bool) -> Result<()> {
         let mut pongs: Vec<Vec<u8>> = Vec::new();
         loop {
             let mut cur = Cursor::new(&self.rx[self.at..]);
@@ -207,14 +208,18 @@ impl Conn {
                 OpCode::Data(Data::Text) if header.rsv1 => {
                     let (d, out) = self.inflater.as_mut().context("RSV1 without deflate")?;
                     inflate(d, &self.rx[start..end], out)?;
-                    each(classify(self.wire, out));
+                    if !each(classify(self.wire, out)) {
+                        break;
+                    }
                 }
                 OpCode::Data(Data::Text) => {
                     if self.wire == Wire::SocketIo && self.rx[start..end] == *b"2" {
                         pongs.push(b"3".to_vec()); // Engine.IO ping
                         continue;
                     }
-                    each(classify(self.wire, &self.rx[start..end]));
+                    if !each(classify(self.wire, &self.rx[start..end])) {
+                        break;
+                    }
                 }
                 OpCode::Control(Control::Ping) => pongs.push(self.rx[start..end].to_vec()),
                 OpCode::Control(Control::Close) => {
@@ -272,10 +277,7 @@ fn inflate(d: &mut Decompress, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
 
 /// The number after `"key":` in a JSON text, if any.
 pub fn num_field(json: &[u8], key: &str) -> Option<u64> {
-    let at = find(json, key.as_bytes())?;
-    let rest = &json[at..];
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    num_at(&json[find(json, key.as_bytes())?..])
 }
 
 /// The string after `"key":"` up to the next quote (bodies the generator
@@ -304,16 +306,14 @@ pub fn classify(wire: Wire, payload: &[u8]) -> Incoming<'_> {
 }
 
 fn classify_json(json: &[u8], ack_ref: Option<u64>) -> Incoming<'_> {
+    // Events from Rookery and the baselines begin `{"type":"msg",` and
+    // carry their fields in a fixed order: read them front to back.
+    if let Some(rest) = json.strip_prefix(br#"{"type":"msg","#) {
+        return msg_fields(rest).unwrap_or(Incoming::Other);
+    }
     let kind = str_field(json, "type");
     match kind {
-        Some(b"msg") => match (num_field(json, "room"), num_field(json, "seq")) {
-            (Some(room), Some(seq)) => Incoming::Msg {
-                room,
-                seq,
-                body: str_field(json, "body").unwrap_or_default(),
-            },
-            _ => Incoming::Other,
-        },
+        Some(b"msg") => msg_fields(json).unwrap_or(Incoming::Other),
         Some(b"ack") => match (
             ack_ref.or_else(|| num_field(json, "ref")),
             num_field(json, "seq"),
@@ -327,6 +327,24 @@ fn classify_json(json: &[u8], ack_ref: Option<u64>) -> Incoming<'_> {
         Some(b"error") => Incoming::Error(json),
         _ => Incoming::Other,
     }
+}
+
+/// `room`, `seq` and `body` of a message event, scanning forward.
+fn msg_fields(json: &[u8]) -> Option<Incoming<'_>> {
+    let at = find(json, b"room")?;
+    let room = num_at(&json[at..])?;
+    let json = &json[at..];
+    let at = find(json, b"seq")?;
+    let seq = num_at(&json[at..])?;
+    let json = &json[at..];
+    let body = str_field(json, "body").unwrap_or_default();
+    Some(Incoming::Msg { room, seq, body })
+}
+
+/// The number at the start of `s`.
+fn num_at(s: &[u8]) -> Option<u64> {
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&s[..digits]).ok()?.parse().ok()
 }
 
 /// Socket.IO packets: `42["msg",{…}]` (event), `43N[{…}]` (ack of N).
