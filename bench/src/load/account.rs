@@ -27,8 +27,11 @@ pub enum Arrival {
     New,
     /// A gap filled late.
     Reordered,
-    /// Seen before (or from before joining).
+    /// Seen before.
     Duplicate,
+    /// From before the join (a server may send what was sequenced while
+    /// the join was in progress): not due, not counted.
+    BeforeJoin,
 }
 
 /// Gaps remembered at most (a receiver with more is far beyond "lost"
@@ -47,6 +50,9 @@ impl Receiver {
 
     /// Records the arrival of `seq`.
     pub fn arrive(&mut self, seq: u64) -> Arrival {
+        if seq <= self.join_seq {
+            return Arrival::BeforeJoin;
+        }
         if seq > self.max_seen {
             for gap in self.max_seen + 1..seq {
                 if self.missing.len() < MISSING_MAX {
@@ -123,13 +129,11 @@ mod tests {
     }
 
     #[test]
-    fn messages_from_before_the_join_are_duplicates_and_later_ones_do_not_count_early() {
+    fn messages_from_before_the_join_are_not_counted_and_later_ones_do_not_count_early() {
         let mut r = Receiver::new(5);
-        assert_eq!(
-            r.arrive(5),
-            Arrival::Duplicate,
-            "replayed from before the join"
-        );
+        assert_eq!(r.arrive(5), Arrival::BeforeJoin, "sequenced while joining");
+        assert_eq!(r.arrive(3), Arrival::BeforeJoin);
+        assert_eq!(r.duplicated, 0);
         for seq in 6..=9 {
             r.arrive(seq);
         }

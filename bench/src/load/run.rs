@@ -774,7 +774,8 @@ impl Vu<'_> {
         // Spread the users' schedules over one interval.
         let base = Instant::now()
             + interval.map_or(Duration::ZERO, |iv| iv.mul_f64(rand::random::<f64>()));
-        let due = |k: u64| interval.map(|iv| base + iv * (k as u32));
+        // Send k (from 1) is due one interval after send k - 1; the first at `base`.
+        let due = |k: u64| interval.map(|iv| base + iv.mul_f64(k.saturating_sub(1) as f64));
         let mut k: u64 = 1; // Socket.IO ack ids start at 1 (0: the join)
         let mut acked: u64 = 0;
         let mut body = Vec::with_capacity(plan.payload + 32);
@@ -859,7 +860,9 @@ impl Vu<'_> {
             // Not held across an await: other users of this thread share it.
             let mut t = self.tally.borrow_mut();
             conn.drain(|i| match i {
-                Incoming::Msg { seq, body, .. } if rx.arrive(seq) != Arrival::Duplicate => {
+                Incoming::Msg { seq, body, .. }
+                    if matches!(rx.arrive(seq), Arrival::New | Arrival::Reordered) =>
+                {
                     delivered += 1;
                     if let Some(sched) = sched_us(body) {
                         let _ = t.deliver_us.record(now_us.saturating_sub(sched).max(1));
