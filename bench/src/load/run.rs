@@ -23,6 +23,8 @@ use crate::http_client::{jwt, HttpClient};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leaving user waits for what is still due to it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often each generator executor wakes, whatever it waits for.
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
 /// Resolution of the users' active windows.
 const WINDOW_STEP: Duration = Duration::from_millis(10);
 
@@ -595,9 +597,23 @@ async fn worker(shared: Arc<Shared>, w: usize) -> Tally {
             }
         }));
     }
+    // glommio 0.9.0 can park an executor while tasks are runnable (see the
+    // engine's `kick_interval`); a timer that fires every few ms bounds
+    // such a stall, which would otherwise show up as latency.
+    let running = Rc::new(Cell::new(true));
+    let ticker = {
+        let running = running.clone();
+        glommio::spawn_local(async move {
+            while running.get() {
+                glommio::timer::sleep(KICK_INTERVAL).await;
+            }
+        })
+    };
     for t in tasks {
         t.await;
     }
+    running.set(false);
+    ticker.await;
     let mut out = Rc::try_unwrap(tally)
         .map(RefCell::into_inner)
         .unwrap_or_else(|rc| std::mem::replace(&mut *rc.borrow_mut(), Tally::new()));
