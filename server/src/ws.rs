@@ -451,13 +451,15 @@ impl Conn {
 
     /// Queues a JSON frame.
     fn send(&mut self, v: Value) {
-        if v["type"] == "error" {
-            let code = v["code"].as_str().and_then(static_code);
-            if let (Some(h), Some(code)) = (self.shared.http.get(self.shared.shard), code) {
-                h.error_sent(code);
-            }
-        }
         self.send_text(&v.to_string());
+    }
+
+    /// An `error` frame, counted by code in the metrics.
+    fn error(&self, code: &'static str, message: &str) -> Value {
+        if let Some(h) = self.shared.http.get(self.shared.shard) {
+            h.error_sent(code);
+        }
+        json!({"type": "error", "code": code, "message": message})
     }
 
     /// Queues an engine event (already encoded JSON).
@@ -468,7 +470,7 @@ impl Conn {
         if d.event.kind() == EventKind::Message {
             if let (Some(h), Some(ts)) = (self.shared.http.get(self.shared.shard), ts_ms(&d.event))
             {
-                h.delivered_after(now_ms().saturating_sub(ts).saturating_mul(1000));
+                h.delivered_after(auth::now_ms().saturating_sub(ts).saturating_mul(1000));
             }
         }
         self.send_text(d.event.json());
@@ -519,7 +521,8 @@ impl Conn {
                     self.send(reply);
                 }
                 Ok(Message::Binary(_)) => {
-                    self.send(error(None, "bad_frame", "frames must be JSON text"));
+                    let frame = self.error("bad_frame", "frames must be JSON text");
+                    self.send(frame);
                 }
                 Ok(Message::Close(_)) => {
                     // tungstenite queued the answering close frame.
@@ -551,7 +554,7 @@ impl Conn {
     async fn handle(&mut self, text: &str) -> Value {
         let v: Value = match serde_json::from_str(text) {
             Ok(v @ Value::Object(_)) => v,
-            _ => return error(None, "bad_json", "a frame must be a JSON object"),
+            _ => return self.error("bad_json", "a frame must be a JSON object"),
         };
         let r#ref = v.get("ref").cloned();
         let kind = v["type"].as_str().unwrap_or("").to_string();
@@ -570,17 +573,15 @@ impl Conn {
             ("read", Some(u)) => self.read(u, &v).await,
             ("history", Some(u)) => self.history(u, &v).await,
             _ => {
-                return with_ref(
-                    error(None, "unknown_type", &format!("unknown type {kind:?}")),
-                    r#ref,
-                )
+                let frame = self.error("unknown_type", &format!("unknown type {kind:?}"));
+                return with_ref(frame, r#ref);
             }
         };
         match result {
             Ok(reply) => with_ref(reply, r#ref),
             Err(e) => {
                 let (_, code, message) = e.parts();
-                let mut frame = error(None, code, &message);
+                let mut frame = self.error(code, &message);
                 if let ApiError::RateLimited { retry_after_ms, .. } = e {
                     frame["retry_after_ms"] = json!(retry_after_ms);
                 }
@@ -708,40 +709,6 @@ fn ts_ms(event: &rookery_engine::Event) -> Option<u64> {
     let at = json.find(",\"ts\":")? + 6;
     let digits = json[at..].bytes().take_while(u8::is_ascii_digit).count();
     json[at..at + digits].parse().ok()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The static name of an error code sent in a frame (for the metric).
-fn static_code(code: &str) -> Option<&'static str> {
-    const CODES: [&str; 14] = [
-        "bad_json",
-        "bad_frame",
-        "unknown_type",
-        "bad_request",
-        "unauthorized",
-        "forbidden",
-        "not_found",
-        "method_not_allowed",
-        "conflict",
-        "rate_limited",
-        "too_many_rooms",
-        "unavailable",
-        "internal",
-        "busy",
-    ];
-    CODES.iter().copied().find(|c| *c == code)
-}
-
-fn error(r#ref: Option<Value>, code: &str, message: &str) -> Value {
-    with_ref(
-        json!({"type": "error", "code": code, "message": message}),
-        r#ref,
-    )
 }
 
 fn with_ref(mut v: Value, r#ref: Option<Value>) -> Value {
