@@ -70,6 +70,31 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// `POST /api/rooms` with a bearer token; the new room's id.
+    pub fn create_room(&mut self, token: &str, name: &str) -> Result<u64> {
+        let (status, v) = self.call(
+            "POST",
+            "/api/rooms",
+            Some(token),
+            Some(&serde_json::json!({"name": name})),
+        )?;
+        v["id"]
+            .as_u64()
+            .with_context(|| format!("creating room {name}: {status} {v}"))
+    }
+
+    /// Presents a token once (`GET /api/me`): a JWT user is created on
+    /// first sight.
+    pub fn present(&mut self, token: &str) -> Result<()> {
+        let (status, v) = self.call("GET", "/api/me", Some(token), None)?;
+        if status != 200 {
+            bail!("presenting a token: {status} {v}");
+        }
+        Ok(())
+    }
+}
+
 /// A JWT (HS256) for user `sub`, valid for a day.
 pub fn jwt(secret: &str, sub: &str) -> Result<String> {
     let exp = std::time::SystemTime::now()

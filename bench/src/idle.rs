@@ -67,30 +67,6 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(pages * 4096)
 }
 
-/// `POST /api/rooms` with a bearer token; the new room's id.
-pub fn create_room(http: &mut HttpClient, token: &str, name: &str) -> anyhow::Result<u64> {
-    let (status, v) = http.call(
-        "POST",
-        "/api/rooms",
-        Some(token),
-        Some(&json!({"name": name})),
-    )?;
-    v["id"]
-        .as_u64()
-        .with_context(|| format!("creating room {name}: {status} {v}"))
-}
-
-/// Presents every token once (`GET /api/me`), which creates its user.
-pub fn create_users(http: &mut HttpClient, tokens: &[String]) -> anyhow::Result<()> {
-    for token in tokens {
-        let (status, v) = http.call("GET", "/api/me", Some(token), None)?;
-        if status != 200 {
-            bail!("creating a user: {status} {v}");
-        }
-    }
-    Ok(())
-}
-
 /// Opens one authenticated connection and joins `room`.
 fn open(addr: SocketAddr, token: &str, room: Option<u64>) -> anyhow::Result<Ws> {
     let stream = TcpStream::connect(addr)?;
@@ -125,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
     let mut http = HttpClient::connect(args.addr)?;
     let rooms: Vec<u64> = (0..args.rooms.max(1))
-        .map(|i| create_room(&mut http, &admin, &format!("idle-{run_id}-{i}")))
+        .map(|i| http.create_room(&admin, &format!("idle-{run_id}-{i}")))
         .collect::<anyhow::Result<_>>()?;
     let tokens: Vec<String> = (0..args.connections.max(args.warmup))
         .map(|i| jwt(&args.jwt_secret, &format!("idle-{i}")))
@@ -133,7 +109,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Warm-up: every user is created first (a JWT user is created on first
     // sight; that is account storage, not connection memory), then a round
     // of connections is opened, joined and closed.
-    create_users(&mut http, &tokens)?;
+    for token in &tokens {
+        http.present(token)?;
+    }
     let warm: Vec<Ws> = (0..args.warmup)
         .map(|i| open(args.addr, &tokens[i], Some(rooms[i % rooms.len()])))
         .collect::<anyhow::Result<_>>()?;

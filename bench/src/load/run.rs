@@ -366,29 +366,12 @@ fn setup(plan: &Plan, users: u32) -> Result<Vec<u64>> {
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
-    let mut ids = Vec::with_capacity(plan.rooms as usize);
-    for i in 0..plan.rooms {
-        let (s, v) = http.call(
-            "POST",
-            "/api/rooms",
-            Some(&admin),
-            Some(&json!({"name": format!("load-{run}-{i}")})),
-        )?;
-        ids.push(
-            v["id"]
-                .as_u64()
-                .with_context(|| format!("creating a room: {s} {v}"))?,
-        );
-    }
+    let ids = (0..plan.rooms)
+        .map(|i| http.create_room(&admin, &format!("load-{run}-{i}")))
+        .collect::<Result<Vec<u64>>>()?;
     if plan.wire == Wire::Rookery {
         for i in 0..users {
-            let (s, v) = http.call(
-                "GET",
-                "/api/me",
-                Some(&jwt(&plan.jwt_secret, &format!("load-{i}"))?),
-                None,
-            )?;
-            anyhow::ensure!(s == 200, "presenting user load-{i}: {s} {v}");
+            http.present(&jwt(&plan.jwt_secret, &format!("load-{i}"))?)?;
         }
     }
     Ok(ids)
