@@ -126,29 +126,30 @@ fn sigterm_closes_websockets_with_1001_and_keeps_every_acked_message() {
     );
 }
 
-#[test]
-fn shutdown_is_bounded_and_a_second_signal_exits_at_once() {
-    // A request in progress holds the drain, but only for half the
-    // shutdown timeout; storage still stops cleanly: exit 0.
-    let mut server = start(&["--shutdown-timeout-ms", "1500"]);
+/// A server with `--shutdown-timeout-ms` set, a request in progress on it
+/// (held open by the returned socket), and SIGTERM sent.
+fn draining(timeout_ms: &str) -> (Server, std::net::TcpStream) {
+    let server = start(&["--shutdown-timeout-ms", timeout_ms]);
     let mut partial = connect(server.port);
     partial
         .write_all(b"GET /healthz HTTP/1.1\r\nHost:")
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
     signal(&server.child, libc::SIGTERM);
+    (server, partial)
+}
+
+#[test]
+fn shutdown_is_bounded_and_a_second_signal_exits_at_once() {
+    // A request in progress holds the drain, but only for half the
+    // shutdown timeout; storage still stops cleanly: exit 0.
+    let (mut server, _partial) = draining("1500");
     let (code, took) = exit_within(&mut server.child, Duration::from_secs(10));
     assert_eq!(code, Some(0));
     assert!(took < Duration::from_millis(1500), "{took:?}");
 
     // A second signal while draining exits at once (130).
-    let mut server = start(&["--shutdown-timeout-ms", "60000"]);
-    let mut partial = connect(server.port);
-    partial
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost:")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    signal(&server.child, libc::SIGTERM);
+    let (mut server, _partial) = draining("60000");
     std::thread::sleep(Duration::from_millis(300));
     assert!(server.child.try_wait().unwrap().is_none(), "still draining");
     signal(&server.child, libc::SIGTERM);
