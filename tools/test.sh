@@ -4,9 +4,12 @@
 #   property, model, crash and end-to-end tests of the real binary), an
 #   end-to-end run with a client that is not Rust (Python `websockets`),
 #   and short smoke runs of `rookery-bench storage`, `engine` and
-#   `compare` (load against rookery and the Node ws baseline).
+#   `compare` (load against rookery and the Node ws baseline), and the web
+#   client and dashboard in a real browser (Playwright driving Debian's
+#   Chromium, headless; screenshots in target/browser-artifacts/).
 # It installs what a fresh machine lacks (rustfmt, clippy, a Python venv
-# with the pinned client library under target/), idempotently.
+# with the pinned client library under target/, npm packages from lock
+# files, Debian's chromium package), idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,6 +100,22 @@ for s in r["servers"]:
 assert r["ratios"]["ws"]["delivered_per_sec"] > 0
 print("load smoke: rookery and ws reports consistent (sent = acked, delivered = expected, lost = 0)")
 PY
+
+step "browser: the web client and dashboard in headless Chromium (about a minute)"
+# The system's Chromium (no browser download): Debian's package, installed
+# if missing. playwright-core comes from tools/browser's lock file.
+chromium=${CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$chromium" ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -qq chromium >/dev/null ||
+        { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; }
+fi
+(cd tools/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --silent --no-audit --no-fund)
+cargo build --locked -q -p rookery-server
+node tools/browser/browser_test.mjs --bin target/debug/rookery \
+    --chromium "$chromium" --artifacts target/browser-artifacts
 
 printf '\n==> all tests passed\n'
 

@@ -453,20 +453,39 @@ impl Engine {
     /// shard must not block the shard that has to answer it).
     pub async fn metrics_async(&self) -> Result<Metrics> {
         let mut m = Metrics::default();
-        let replies: Vec<_> = (0..self.shards())
-            .map(|s| self.call(s, |reply| Command::Stats { reply }))
-            .collect();
-        for r in replies {
-            let (c, g, l, st) = r.await?;
-            m.storage.add(&st);
-            m.counters.add(&c);
-            m.gauges.add(&g);
-            m.latencies.merge(&l);
+        for shard in self.shard_metrics_async().await? {
+            m.add_shard(&shard);
         }
         m.receipt_queue_len = self.inner.receipts.len() as u64;
         m.receipts_written = self.inner.receipt_stats.written.load(Ordering::Relaxed);
         m.receipt_batches = self.inner.receipt_stats.batches.load(Ordering::Relaxed);
         Ok(m)
+    }
+
+    /// Each shard's own counters, gauges, histograms and storage counters,
+    /// in shard order (the engine-wide receipt fields are left at 0).
+    /// Blocks; on a shard's executor use [`Engine::shard_metrics_async`].
+    pub fn shard_metrics(&self) -> Result<Vec<Metrics>> {
+        futures_lite::future::block_on(self.shard_metrics_async())
+    }
+
+    /// [`Engine::shard_metrics`] for async callers.
+    pub async fn shard_metrics_async(&self) -> Result<Vec<Metrics>> {
+        let replies: Vec<_> = (0..self.shards())
+            .map(|s| self.call(s, |reply| Command::Stats { reply }))
+            .collect();
+        let mut out = Vec::with_capacity(replies.len());
+        for r in replies {
+            let (counters, gauges, latencies, storage) = r.await?;
+            out.push(Metrics {
+                counters,
+                gauges,
+                latencies,
+                storage,
+                ..Metrics::default()
+            });
+        }
+        Ok(out)
     }
 
     /// Graceful stop: every shard refuses new work, closes its

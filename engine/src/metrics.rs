@@ -29,6 +29,10 @@ pub struct ShardCounters {
     pub volatile_dropped: u64,
     /// Subscribers closed as slow consumers.
     pub slow_closed: u64,
+    /// CPU time the shard's thread has used, µs (user + system, read from
+    /// `/proc/thread-self/stat` when the counters are asked for; 0 where
+    /// procfs is missing).
+    pub cpu_us: u64,
 }
 
 /// Latency histograms of a shard, in µs (hdrhistogram: a record is a few
@@ -84,7 +88,31 @@ impl ShardCounters {
         self.volatile_dropped += o.volatile_dropped;
         self.slow_closed += o.slow_closed;
         self.receipts_refused += o.receipts_refused;
+        self.cpu_us += o.cpu_us;
     }
+}
+
+/// CPU time (user + system) the calling thread has used, µs; 0 when
+/// `/proc/thread-self/stat` cannot be read.
+pub(crate) fn thread_cpu_us() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces, so it is
+    // skipped by its closing parenthesis): utime and stime are the 12th
+    // and 13th, in clock ticks of 1/100 s (USER_HZ, 100 on Linux).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    let mut fields = rest.split_whitespace().skip(11);
+    let mut tick = || {
+        fields
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let ticks = tick() + tick();
+    ticks * 10_000
 }
 
 /// Per-shard gauges: values right now, summed over shards on read.
@@ -103,6 +131,17 @@ pub struct ShardGauges {
     pub rooms_loaded: u64,
     /// Encoded events held in the owned rooms' tail caches.
     pub tail_cache_events: u64,
+}
+
+impl Metrics {
+    /// Adds another shard's metrics into these (engine-wide fields are
+    /// left as they are).
+    pub fn add_shard(&mut self, o: &Metrics) {
+        self.storage.add(&o.storage);
+        self.counters.add(&o.counters);
+        self.gauges.add(&o.gauges);
+        self.latencies.merge(&o.latencies);
+    }
 }
 
 impl ShardGauges {

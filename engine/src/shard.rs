@@ -482,7 +482,10 @@ impl Shard {
             Command::Stats { reply } => send(
                 reply,
                 Ok((
-                    *self.counters.borrow(),
+                    crate::metrics::ShardCounters {
+                        cpu_us: crate::metrics::thread_cpu_us(),
+                        ..*self.counters.borrow()
+                    },
                     self.gauges(),
                     self.latency.borrow().clone(),
                     self.store.stats(),

@@ -135,6 +135,14 @@ pub struct Config {
     /// protocol conformance testing (off by default).
     #[arg(long, env = "ROOKERY_ECHO_ENDPOINT")]
     pub echo_endpoint: bool,
+    /// Milliseconds between two samples of the dashboard's stats feed
+    /// (`GET /api/stats`).
+    #[arg(long, env = "ROOKERY_STATS_INTERVAL_MS", default_value_t = 1_000)]
+    pub stats_interval_ms: u64,
+    /// Samples the stats feed keeps (the dashboard's window: 300 samples of
+    /// 1 s are the last five minutes).
+    #[arg(long, env = "ROOKERY_STATS_SAMPLES_MAX", default_value_t = 300)]
+    pub stats_samples_max: usize,
     /// Seconds a login session lasts.
     #[arg(long, env = "ROOKERY_SESSION_TTL_S", default_value_t = 30 * 24 * 3600)]
     pub session_ttl_s: u64,
@@ -165,6 +173,8 @@ impl Config {
         positive(self.http_idle_timeout_ms, "http-idle-timeout-ms")?;
         positive(self.shutdown_timeout_ms, "shutdown-timeout-ms")?;
         positive(self.session_ttl_s, "session-ttl-s")?;
+        positive(self.stats_interval_ms, "stats-interval-ms")?;
+        positive(self.stats_samples_max as u64, "stats-samples-max")?;
         positive(self.connections_per_ip_max as u64, "connections-per-ip-max")?;
         positive(self.ws_heartbeat_ms, "ws-heartbeat-ms")?;
         if self.ws_frame_bytes_max < 128 {

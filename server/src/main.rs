@@ -5,6 +5,7 @@
 //! close connections (WebSockets with 1001), flush and checkpoint storage,
 //! exit 0 within `--shutdown-timeout-ms`; a second signal exits at once.
 
+mod assets;
 mod auth;
 mod config;
 mod deflate;
@@ -13,12 +14,13 @@ mod limits;
 mod metrics;
 mod routes;
 mod serve;
+mod stats;
 mod ws;
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rookery_engine::{Engine, ShardTask};
@@ -78,7 +80,9 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let sends = limits::SendLimits::new(cfg.sends_per_user_per_s, cfg.sends_per_user_burst);
     let (drained_tx, drained_rx) = flume::unbounded();
     let revocations = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = Arc::new(Mutex::new(stats::Sampler::new(cfg.stats_samples_max)));
     let task: ShardTask = {
+        let (http, sampler) = (http.clone(), sampler.clone());
         let (cfg, stopping) = (cfg.clone(), stopping.clone());
         Arc::new(move |shard, engine: Engine| {
             let shared = Rc::new(serve::Shared {
@@ -92,6 +96,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 revocations: revocations.clone(),
                 stop: Rc::new(glommio::sync::Semaphore::new(0)),
                 gate: glommio::sync::Gate::new(),
+                stats: sampler.clone(),
             });
             let (bound, drained) = (bound_tx.clone(), drained_tx.clone());
             Box::pin(serve::run(shared, bound, drained))
@@ -108,6 +113,14 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     }
+    let stats = stats::spawn(
+        engine.clone(),
+        http,
+        sampler,
+        Duration::from_millis(cfg.stats_interval_ms),
+        stopping.clone(),
+    )
+    .context("starting the stats thread")?;
     tracing::info!(
         listen = %cfg.listen,
         data_dir = %cfg.data_dir.display(),
@@ -123,6 +136,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
+    let _ = stats.join();
     shutdown_within(engine, &cfg, drained_rx)
 }
 

@@ -74,6 +74,22 @@ impl ShardHttp {
         }
     }
 
+    /// Adds this shard's error counts into `into`.
+    pub(crate) fn add_errors_into(&self, into: &mut HashMap<&'static str, u64>) {
+        if let Ok(e) = self.errors.lock() {
+            for (code, n) in e.iter() {
+                *into.entry(code).or_default() += n;
+            }
+        }
+    }
+
+    /// Adds this shard's delivery latencies into `into`.
+    pub(crate) fn add_delivery_into(&self, into: &mut hdrhistogram::Histogram<u64>) {
+        if let Ok(Some(h)) = self.delivery.lock().as_deref() {
+            let _ = into.add(h);
+        }
+    }
+
     /// Counts one error sent to a client.
     pub fn error_sent(&self, code: &'static str) {
         if let Ok(mut e) = self.errors.lock() {
@@ -82,7 +98,7 @@ impl ShardHttp {
     }
 }
 
-fn micros_histogram() -> hdrhistogram::Histogram<u64> {
+pub(crate) fn micros_histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")
 }
 
@@ -156,7 +172,7 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
 }
 
 /// The resident set size of this process, from `/proc/self/statm`.
-fn resident_bytes() -> i64 {
+pub(crate) fn resident_bytes() -> i64 {
     let pages = std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
@@ -339,9 +355,7 @@ pub fn render(
     }
     let mut delivery = micros_histogram();
     for shard in http {
-        if let Ok(Some(h)) = shard.delivery.lock().as_deref() {
-            let _ = delivery.add(h);
-        }
+        shard.add_delivery_into(&mut delivery);
     }
     r.register_with_unit(
         "delivery_latency",

@@ -136,7 +136,8 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
     let id = req.path.trim_matches('/').split('/').nth(2).unwrap_or("");
     let method = req.method.as_str();
     match (method, route_name(req)) {
-        ("GET", "/") => Ok(Response::json(200, &index(shared))),
+        ("GET", "/api/server") => Ok(Response::json(200, &index(shared))),
+        ("GET", "/api/stats") => stats(req, shared),
         ("GET", "/healthz") => Ok(Response::json(200, &json!({"status": "ok"}))),
         ("GET", "/readyz") => Ok(readyz(shared)),
         ("GET", "/metrics") => metrics(shared).await,
@@ -161,6 +162,8 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         (_, "/echo") if !shared.cfg.echo_endpoint => {
             Err(ApiError::NotFound(format!("no route for {}", req.path)))
         }
+        ("GET", path) if crate::assets::route(path).is_some() => crate::assets::serve(req)
+            .ok_or_else(|| ApiError::Internal(format!("asset {path} vanished"))),
         (_, "other") => Err(ApiError::NotFound(format!("no route for {}", req.path))),
         _ => Err(ApiError::MethodNotAllowed(format!(
             "{method} is not allowed on {}",
@@ -175,7 +178,8 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
 pub fn route_name(req: &Request) -> &'static str {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
-        [""] => "/",
+        ["api", "server"] => "/api/server",
+        ["api", "stats"] => "/api/stats",
         ["healthz"] => "/healthz",
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
@@ -194,23 +198,47 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "rooms", _, "members", _] => "/api/rooms/{id}/members/{user}",
         ["api", "rooms", _, "messages"] => "/api/rooms/{id}/messages",
         ["api", "rooms", _, "read"] => "/api/rooms/{id}/read",
-        _ => "other",
+        _ => crate::assets::route(&req.path).unwrap_or("other"),
     }
 }
 
-/// `GET /`: what this server is and where its endpoints are.
+/// `GET /api/stats?after=MS`: the dashboard's feed, every sample that
+/// ends after `after` (all kept samples without it), oldest first.
+fn stats(req: &Request, shared: &Shared) -> ApiResult {
+    let after = query_u64(req, "after")?.unwrap_or(0);
+    let samples = shared
+        .stats
+        .lock()
+        .map_err(|_| ApiError::Internal("stats feed poisoned".into()))?
+        .since(after);
+    Ok(Response::json(
+        200,
+        &json!({
+            "interval_ms": shared.cfg.stats_interval_ms,
+            "samples_max": shared.cfg.stats_samples_max,
+            "shards": shared.engine.shards(),
+            "samples": samples,
+        }),
+    ))
+}
+
+/// `GET /api/server`: what this server is and where its endpoints are.
 fn index(shared: &Shared) -> Value {
     json!({
         "server": "rookery",
         "version": env!("CARGO_PKG_VERSION"),
         "shards": shared.engine.shards(),
         "endpoints": {
+            "web_client": "/",
+            "dashboard": "/dashboard",
+            "stats": "/api/stats",
             "websocket": "/ws",
             "api": "/api/register, /api/login, /api/rooms, /api/me/unread",
             "health": "/healthz",
             "ready": "/readyz",
             "metrics": "/metrics",
         },
+        "history_page_len_max": shared.cfg.history_page_len_max,
         "deflate": !shared.cfg.no_deflate,
         "echo": shared.cfg.echo_endpoint,
     })
@@ -435,10 +463,19 @@ async fn members(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
     visible_room(shared, uid, id).await?;
     let m = meta(shared);
-    let members = blocking(move || m.members(id)).await?;
+    let members = blocking(move || {
+        m.members(id)?
+            .into_iter()
+            .map(|(u, r)| {
+                let name = m.user(u)?.map(|user| user.name).unwrap_or_default();
+                Ok((u, r, name))
+            })
+            .collect::<Result<Vec<_>, storage::Error>>()
+    })
+    .await?;
     let members: Vec<Value> = members
         .into_iter()
-        .map(|(u, r)| json!({"user": u, "role": role_name(r)}))
+        .map(|(u, r, name)| json!({"user": u, "name": name, "role": role_name(r)}))
         .collect();
     Ok(Response::json(
         200,

@@ -98,6 +98,9 @@ pub struct Shared {
     pub stop: Rc<Semaphore>,
     /// Every open connection holds a pass; stopping waits for them.
     pub gate: Gate,
+    /// The dashboard's stats feed (shared by every shard; written by the
+    /// stats thread once per interval).
+    pub stats: Arc<std::sync::Mutex<crate::stats::Sampler>>,
 }
 
 impl Shared {

@@ -172,13 +172,14 @@ fn rooms_public_private_join_leave_members() {
     );
     let (s, v) = call(p, "GET", &format!("/api/rooms/{g}/members"), Some(&b), None);
     assert_eq!(s, 200);
-    let mut members: Vec<(u64, String)> = v["members"]
+    let mut members: Vec<(u64, String, String)> = v["members"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| {
             (
                 m["user"].as_u64().unwrap(),
+                m["name"].as_str().unwrap().to_string(),
                 m["role"].as_str().unwrap().to_string(),
             )
         })
@@ -186,7 +187,10 @@ fn rooms_public_private_join_leave_members() {
     members.sort();
     assert_eq!(
         members,
-        [(alice, "admin".to_string()), (bob, "member".to_string())]
+        [
+            (alice, "alice".to_string(), "admin".to_string()),
+            (bob, "bob".to_string(), "member".to_string())
+        ]
     );
     let (s, _) = call(p, "POST", &format!("/api/rooms/{g}/leave"), Some(&b), None);
     assert_eq!(s, 200);

@@ -30,8 +30,8 @@ fn keep_alive_and_pipelined_requests_are_answered_in_order() {
     s.write_all(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         .unwrap();
     assert_eq!(status(&read_response(&mut s)), 405);
-    // The root says what the server is and where its endpoints are.
-    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    // /api/server says what the server is and where its endpoints are.
+    s.write_all(b"GET /api/server HTTP/1.1\r\n\r\n").unwrap();
     let root = read_response(&mut s);
     let body: serde_json::Value =
         serde_json::from_str(root.split("\r\n\r\n").nth(1).unwrap()).unwrap();
@@ -41,6 +41,8 @@ fn keep_alive_and_pipelined_requests_are_answered_in_order() {
         "{root}"
     );
     assert_eq!(body["endpoints"]["websocket"], "/ws");
+    assert_eq!(body["endpoints"]["web_client"], "/");
+    assert_eq!(body["history_page_len_max"], 200);
     // Connection: close is honoured.
     s.write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -191,6 +193,8 @@ fn a_bad_setting_is_one_line_naming_it_and_nothing_starts() {
             "--http-request-timeout-ms",
         ),
         (vec!["--listen", "not-an-address"], "--listen"),
+        (vec!["--stats-interval-ms", "0"], "--stats-interval-ms"),
+        (vec!["--stats-samples-max", "0"], "--stats-samples-max"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_rookery"))
             .args(["--data-dir", data.to_str().unwrap()])

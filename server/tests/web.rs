@@ -1,0 +1,174 @@
+//! The web client's and dashboard's files (embedded in the binary) and the
+//! dashboard's stats feed, end to end against the real binary. The pages
+//! themselves are driven in a real browser by tools/browser.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn get(port: u16, path: &str, extra: &str) -> String {
+    let raw = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n{extra}\r\n");
+    exchange(port, raw.as_bytes()).unwrap()
+}
+
+fn body(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// The local files a page refers to (`src="/…"` and `href="/…"`).
+fn references(html: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for attr in ["src=\"/", "href=\"/"] {
+        for (i, _) in html.match_indices(attr) {
+            let rest = &html[i + attr.len() - 1..];
+            let path = &rest[..rest.find('"').unwrap()];
+            out.push(path.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_pages_and_every_file_they_load_are_served() {
+    let server = start(&[]);
+    let p = server.port;
+    for (page, script) in [("/", "/app.js"), ("/dashboard", "/dashboard.js")] {
+        let resp = get(p, page, "");
+        assert_eq!(status(&resp), 200, "{resp}");
+        assert_eq!(
+            header(&resp, "content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        let csp = header(&resp, "content-security-policy").unwrap();
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        let html = body(&resp);
+        assert!(html.contains(&format!("src=\"{script}\"")), "{html}");
+        let refs = references(html);
+        assert!(refs.len() >= 3, "{refs:?}");
+        for path in refs {
+            if path.starts_with("/api") || path == "/metrics" || path == "/dashboard" || path == "/"
+            {
+                continue;
+            }
+            let file = get(p, &path, "");
+            assert_eq!(status(&file), 200, "{path}: {file}");
+            assert!(!body(&file).is_empty(), "{path}");
+        }
+    }
+    // The app's modules import each other by absolute path: those resolve
+    // too.
+    let app = get(p, "/app.js", "");
+    assert_eq!(
+        header(&app, "content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    for module in ["/client.js", "/vlist.js"] {
+        assert!(body(&app).contains(&format!(".{module}\"")), "{module}");
+        assert_eq!(status(&get(p, module, "")), 200);
+    }
+}
+
+#[test]
+fn files_carry_an_etag_and_a_match_is_304() {
+    let server = start(&[]);
+    let p = server.port;
+    let first = get(p, "/style.css", "");
+    let tag = header(&first, "etag").unwrap().to_string();
+    assert_eq!(header(&first, "cache-control"), Some("no-cache"));
+    let again = get(p, "/style.css", &format!("If-None-Match: {tag}\r\n"));
+    assert_eq!(status(&again), 304, "{again}");
+    assert!(body(&again).is_empty());
+    // Not files: other methods, paths under them, traversal.
+    let post = exchange(
+        p,
+        b"POST / HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status(&post), 405, "{post}");
+    for path in ["/app.js/x", "/../Cargo.toml", "/web/app.js", "/index.html"] {
+        assert_eq!(status(&get(p, path, "")), 404, "{path}");
+    }
+    assert_serving(p);
+}
+
+/// The stats feed's samples, after `after`.
+fn feed(port: u16, after: u64) -> Value {
+    let (s, v) = call(
+        port,
+        "GET",
+        &format!("/api/stats?after={after}"),
+        None,
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+#[test]
+fn the_stats_feed_reports_traffic_latency_and_errors() {
+    let server = start(&[
+        "--stats-interval-ms",
+        "100",
+        "--stats-samples-max",
+        "20",
+        "--durability",
+        "sync",
+    ]);
+    let p = server.port;
+    let token = register(p, "watcher");
+    let room = create_room(p, &token, "watched", false);
+    for i in 0..10 {
+        let (s, _) = call(
+            p,
+            "POST",
+            &format!("/api/rooms/{room}/messages"),
+            Some(&token),
+            Some(&json!({"body": format!("m{i}")})),
+        );
+        assert_eq!(s, 201);
+    }
+    // One error answered to a client.
+    let (s, _) = call(p, "GET", "/api/rooms/nope", Some(&token), None);
+    assert_eq!(s, 400);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut posted, mut commit, mut errors) = (0.0, false, 0);
+    while Instant::now() < deadline && (posted < 9.5 || !commit || errors == 0) {
+        std::thread::sleep(Duration::from_millis(150));
+        let v = feed(p, 0);
+        assert_eq!(v["interval_ms"], 100);
+        assert_eq!(v["shards"], 2);
+        let samples = v["samples"].as_array().unwrap();
+        assert!(samples.len() <= 20, "--stats-samples-max holds");
+        // msgs_in_per_s × the interval's length is the messages posted in it.
+        let mut prev_t = 0;
+        posted = 0.0;
+        (commit, errors) = (false, 0);
+        for s in samples {
+            let (t, ms) = (s["t"].as_u64().unwrap(), s["ms"].as_u64().unwrap());
+            assert!(t > prev_t && ms > 0, "samples in time order");
+            prev_t = t;
+            posted += s["msgs_in_per_s"].as_f64().unwrap() * ms as f64 / 1000.0;
+            assert_eq!(s["shards"].as_array().unwrap().len(), 2);
+            commit |= s["commit_p99_ms"].as_f64().is_some_and(|ms| ms > 0.0);
+            errors += s["errors"]["bad_request"].as_u64().unwrap_or(0);
+        }
+    }
+    // Rates are rounded to 0.01/s, so the sum is 10 to within rounding.
+    assert!(
+        (9.5..10.5).contains(&posted),
+        "10 messages in, counted {posted}"
+    );
+    assert!(commit, "commit latency of the posts is in a sample");
+    assert_eq!(errors, 1, "the one bad_request is counted once");
+    // `after` leaves out what the dashboard already has.
+    let last = feed(p, 0)["samples"].as_array().unwrap().last().unwrap()["t"]
+        .as_u64()
+        .unwrap();
+    let newer = feed(p, last)["samples"].as_array().unwrap().clone();
+    assert!(newer.iter().all(|s| s["t"].as_u64().unwrap() > last));
+    let (s, v) = call(p, "GET", "/api/stats?after=yesterday", None, None);
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")));
+}

@@ -1,0 +1,705 @@
+// Rookery's web client: sign up or in, rooms with unread badges, a
+// virtualized message view fed by the history API and the live socket,
+// sends that stay pending until acknowledged, edits, deletes, typing,
+// presence and read markers.
+//
+// Each open room keeps its messages by seq in `view.msgs`, with `lo`..`hi`
+// the range the list shows (seqs are dense: every seq in the range is a
+// row; one not loaded yet shows as a placeholder until it is fetched).
+
+import { api, ApiError, Session } from "./client.js";
+import { VirtualList } from "./vlist.js";
+
+const TYPING_SHOW_MS = 4000;
+const TYPING_SEND_EVERY_MS = 2500;
+const READ_EVERY_MS = 500;
+const SESSION_KEY = "rookery.session";
+
+const $ = (sel) => document.querySelector(sel);
+const el = (tag, props = {}, ...children) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("data-")) e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  e.append(...children);
+  return e;
+};
+
+const state = {
+  auth: null, // {user, name, token}
+  session: null,
+  rooms: new Map(), // id -> {id, name, private, last_seq, member, unread}
+  views: new Map(), // id -> room view
+  current: null,
+  list: null,
+  editing: null, // seq being edited in the composer
+  lastTypingSent: 0,
+  pageLen: 50, // history page length: the server's maximum, once known
+};
+
+// ---- sign in ---------------------------------------------------------------
+
+function saved() {
+  try {
+    return JSON.parse(localStorage.getItem(SESSION_KEY));
+  } catch (_) {
+    return null;
+  }
+}
+
+async function signIn(form, action) {
+  const name = form.name.value.trim();
+  const password = form.password.value;
+  const err = form.querySelector(".error");
+  err.textContent = "";
+  try {
+    const s = await api("POST", action === "register" ? "/api/register" : "/api/login", {
+      body: { name, password },
+    });
+    const auth = { user: s.user, name: s.name, token: s.token };
+    localStorage.setItem(SESSION_KEY, JSON.stringify(auth));
+    await start(auth);
+  } catch (e) {
+    err.textContent = e.message || String(e);
+  }
+}
+
+async function signOut() {
+  const token = state.auth?.token;
+  state.session?.close();
+  localStorage.removeItem(SESSION_KEY);
+  if (token) await api("POST", "/api/logout", { token }).catch(() => null);
+  location.reload();
+}
+
+const call = (method, path, body) => api(method, path, { token: state.auth.token, body });
+
+// ---- start -----------------------------------------------------------------
+
+async function start(auth) {
+  state.auth = auth;
+  try {
+    await call("GET", "/api/me");
+  } catch (e) {
+    if (e.status === 401) {
+      localStorage.removeItem(SESSION_KEY);
+      showAuth();
+      return;
+    }
+  }
+  const info = await api("GET", "/api/server").catch(() => null);
+  if (info?.history_page_len_max) state.pageLen = Math.min(info.history_page_len_max, 500);
+  $("#auth").hidden = true;
+  $("#app").hidden = false;
+  $("#me").textContent = auth.name;
+  state.list = new VirtualList($("#messages"), {
+    key: rowKey,
+    render: renderRow,
+    onTop: loadOlder,
+    onBottom: (atBottom) => atBottom && markRead(),
+  });
+  state.session = new Session(auth.token, {
+    onEvent,
+    onJoined,
+    onState: connectionState,
+  });
+  await loadRooms();
+  for (const r of state.rooms.values()) if (r.member) state.session.join(r.id);
+  const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("room"));
+  const first = state.rooms.get(wanted) || [...state.rooms.values()].find((r) => r.member);
+  if (first) openRoom(first.id);
+}
+
+function showAuth() {
+  $("#auth").hidden = false;
+  $("#app").hidden = true;
+  $("#auth-form").name.focus();
+}
+
+function connectionState(s) {
+  const c = $("#conn");
+  c.textContent = { online: "online", connecting: "connecting…", offline: "offline" }[s];
+  c.dataset.state = s;
+  if (s === "online") {
+    // Back from a drop: messages missed come from the rejoin (`since`);
+    // edits and deletes made meanwhile come with a fresh tail page.
+    loadRooms().catch(() => null);
+    const v = state.views.get(state.current);
+    if (v && v.loaded) refreshTail(v).catch(() => null);
+  }
+}
+
+// ---- rooms -----------------------------------------------------------------
+
+async function loadRooms() {
+  const [{ rooms }, unread] = await Promise.all([
+    call("GET", "/api/rooms"),
+    call("GET", "/api/me/unread"),
+  ]);
+  const mine = new Map(unread.rooms.map((u) => [u.room, u.unread]));
+  for (const r of rooms) {
+    const known = state.rooms.get(r.id);
+    state.rooms.set(r.id, {
+      ...r,
+      member: mine.has(r.id),
+      unread: r.id === state.current ? 0 : mine.get(r.id) || 0,
+      last_seq: Math.max(r.last_seq, known?.last_seq || 0),
+    });
+  }
+  renderRooms();
+}
+
+function renderRooms() {
+  const mine = $("#my-rooms");
+  const others = $("#other-rooms");
+  const sorted = [...state.rooms.values()].sort((a, b) => a.name.localeCompare(b.name));
+  mine.replaceChildren();
+  others.replaceChildren();
+  for (const r of sorted) {
+    const button = el(
+      "button",
+      { class: "room-link", "data-room": r.id, type: "button" },
+      el("span", { class: "room-name", text: (r.private ? "🔒 " : "# ") + r.name }),
+    );
+    if (r.unread > 0) {
+      button.append(el("span", { class: "badge", text: r.unread > 999 ? "999+" : r.unread }));
+      button.setAttribute("aria-label", `${r.name}, ${r.unread} unread`);
+    }
+    if (r.id === state.current) button.setAttribute("aria-current", "true");
+    button.onclick = () => openRoom(r.id);
+    (r.member ? mine : others).append(el("li", {}, button));
+  }
+  $("#other-rooms-title").hidden = others.children.length === 0;
+}
+
+// The room list, drawn again on the next frame (once however many
+// messages arrive before it).
+function roomsLater() {
+  if (state.roomsFrame) return;
+  state.roomsFrame = requestAnimationFrame(() => {
+    state.roomsFrame = 0;
+    renderRooms();
+  });
+}
+
+async function createRoom(form) {
+  const name = form.name.value.trim();
+  if (!name) return;
+  try {
+    const r = await call("POST", "/api/rooms", { name, private: form.private.checked });
+    form.reset();
+    state.rooms.set(r.id, { ...r, member: true, unread: 0 });
+    state.session.join(r.id);
+    renderRooms();
+    openRoom(r.id);
+  } catch (e) {
+    notice(e.message);
+  }
+}
+
+function notice(text) {
+  const n = $("#notice");
+  n.textContent = text;
+  n.hidden = !text;
+  clearTimeout(notice.timer);
+  if (text) notice.timer = setTimeout(() => (n.hidden = true), 5000);
+}
+
+// ---- a room's view ---------------------------------------------------------
+
+function view(room) {
+  let v = state.views.get(room);
+  if (!v) {
+    v = {
+      room,
+      msgs: new Map(),
+      lo: 1,
+      hi: 0,
+      pending: [],
+      loaded: false,
+      older: null,
+      members: new Map(),
+      online: new Set(),
+      typing: new Map(),
+      firstUnread: 0,
+      readSent: 0,
+    };
+    state.views.set(room, v);
+  }
+  return v;
+}
+
+async function openRoom(id) {
+  const r = state.rooms.get(id);
+  if (!r) return;
+  state.current = id;
+  state.editing = null;
+  history.replaceState(null, "", "#room=" + id);
+  $("#app").classList.add("show-room");
+  $("#room-title").textContent = (r.private ? "🔒 " : "# ") + r.name;
+  $("#composer").hidden = false;
+  if (!r.member) {
+    try {
+      await call("POST", `/api/rooms/${id}/join`);
+      r.member = true;
+      state.session.join(id);
+    } catch (e) {
+      notice(e.message);
+      return;
+    }
+  }
+  const v = view(id);
+  v.firstUnread = r.unread > 0 ? r.last_seq - r.unread + 1 : 0;
+  r.unread = 0;
+  renderRooms();
+  renderOnline(v);
+  renderTyping(v);
+  state.list.reset(count(v));
+  if (!v.loaded) {
+    await Promise.all([loadMembers(v), refreshTail(v)]);
+    v.loaded = true;
+  }
+  if (state.current === id) {
+    state.list.reset(count(v));
+    state.list.scrollToBottom();
+    markRead();
+    $("#composer").body.focus();
+  }
+}
+
+function count(v) {
+  return Math.max(0, v.hi - v.lo + 1) + v.pending.length;
+}
+
+function rowKey(i) {
+  const v = state.views.get(state.current);
+  const n = Math.max(0, v.hi - v.lo + 1);
+  return i < n ? v.lo + i : "p:" + v.pending[i - n].client_id;
+}
+
+async function loadMembers(v) {
+  const { members } = await call("GET", `/api/rooms/${v.room}/members`);
+  for (const m of members) v.members.set(m.user, m.name);
+  v.membersAt = Date.now();
+}
+
+function nameOf(v, user) {
+  if (user === state.auth.user) return state.auth.name;
+  const name = v.members.get(user);
+  if (name) return name;
+  wantMembers(v);
+  return "user " + user;
+}
+
+// Someone not known by name yet (they joined since the list was read):
+// read the members again, at most once every few seconds, then draw again.
+function wantMembers(v) {
+  if (v.membersTimer) return;
+  const wait = Math.max(0, (v.membersAt || 0) + 2000 - Date.now());
+  v.membersTimer = setTimeout(() => {
+    loadMembers(v)
+      .then(() => redraw(v), () => null)
+      .finally(() => (v.membersTimer = null));
+  }, wait);
+}
+
+// Puts history messages into the view; returns how many seqs below `lo`
+// were added.
+function absorb(v, messages) {
+  const oldLo = v.lo;
+  for (const m of messages) {
+    v.msgs.set(m.seq, m);
+    if (m.seq > v.hi) v.hi = m.seq;
+    if (m.seq < v.lo || v.lo > v.hi) v.lo = Math.min(v.lo, m.seq);
+  }
+  if (v.msgs.size && v.lo > v.hi) {
+    for (const seq of v.msgs.keys()) v.lo = Math.min(v.lo, seq);
+  }
+  return Math.max(0, oldLo - v.lo);
+}
+
+// The newest page (on open and after a reconnect), then whatever is
+// missing between it and the newest seq known.
+async function refreshTail(v) {
+  const page = await call("GET", `/api/rooms/${v.room}/messages?limit=${state.pageLen}`);
+  const before = { lo: v.lo, hi: v.hi };
+  if (v.msgs.size === 0 && page.messages.length) {
+    v.lo = page.messages[page.messages.length - 1].seq;
+  }
+  absorb(v, page.messages);
+  if (v.room === state.current) {
+    if (before.hi >= before.lo && v.lo < before.lo) state.list.prepend(before.lo - v.lo);
+    state.list.resize(count(v));
+    for (const m of page.messages) state.list.refresh(m.seq);
+  }
+  await fillGaps(v);
+}
+
+// Fetches the seqs in lo..hi that are not loaded (a message heard of by
+// its seq before its page was read).
+async function fillGaps(v) {
+  for (let guard = 0; guard < 50; guard++) {
+    let missing = 0;
+    for (let s = v.hi; s >= v.lo; s--) {
+      if (!v.msgs.has(s)) {
+        missing = s;
+        break;
+      }
+    }
+    if (!missing) return;
+    const page = await call(
+      "GET",
+      `/api/rooms/${v.room}/messages?after=${missing - 1}&limit=${state.pageLen}`,
+    );
+    absorb(v, page.messages);
+    for (const m of page.messages) if (v.room === state.current) state.list.refresh(m.seq);
+    if (page.messages.length === 0) return;
+  }
+}
+
+// Scrolled to the top: the page before the oldest loaded message.
+function loadOlder() {
+  const v = state.views.get(state.current);
+  if (!v || !v.loaded || v.older || v.lo <= 1) return;
+  const room = v.room;
+  v.older = call("GET", `/api/rooms/${room}/messages?before=${v.lo}&limit=${state.pageLen}`)
+    .then((page) => {
+      const added = absorb(v, page.messages);
+      if (state.current === room) state.list.prepend(added);
+    })
+    .catch((e) => notice("history: " + e.message))
+    .finally(() => (v.older = null));
+}
+
+// Names became known: draw again what shows them.
+function redraw(v) {
+  if (v.room !== state.current) return;
+  for (const k of state.list.rows.keys()) state.list.refresh(k);
+  renderOnline(v);
+  renderTyping(v);
+}
+
+function renderRow(i) {
+  const v = state.views.get(state.current);
+  const n = Math.max(0, v.hi - v.lo + 1);
+  if (i >= n) {
+    const p = v.pending[i - n];
+    return el(
+      "div",
+      { class: "msg mine pending", "data-pending": p.client_id },
+      el("div", { class: "meta" }, el("b", { text: state.auth.name }), el("span", { text: " sending…" })),
+      el("div", { class: "body", text: p.body }),
+    );
+  }
+  const seq = v.lo + i;
+  const m = v.msgs.get(seq);
+  if (!m) return el("div", { class: "msg placeholder", "data-seq": seq, text: "…" });
+  const mine = m.from === state.auth.user;
+  const row = el(
+    "div",
+    { class: "msg" + (mine ? " mine" : ""), "data-seq": seq, tabIndex: -1 },
+    el(
+      "div",
+      { class: "meta" },
+      el("b", { text: nameOf(v, m.from) }),
+      el("time", { text: " " + clock(m.ts), dateTime: new Date(m.ts).toISOString() }),
+      m.edited && !m.deleted ? el("span", { class: "edited", text: " (edited)" }) : "",
+    ),
+    m.deleted || m.body === null
+      ? el("div", { class: "body deleted", text: "message deleted" })
+      : el("div", { class: "body", text: m.body }),
+  );
+  if (seq === v.firstUnread) row.classList.add("first-unread");
+  if (mine && !m.deleted && m.body !== null) {
+    row.append(
+      el(
+        "div",
+        { class: "actions" },
+        el("button", { type: "button", text: "edit", onclick: () => startEdit(seq) }),
+        el("button", { type: "button", text: "delete", onclick: () => remove(seq) }),
+      ),
+    );
+  }
+  return row;
+}
+
+function clock(ms) {
+  const d = new Date(ms);
+  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+// ---- events from the socket ------------------------------------------------
+
+function onJoined(j) {
+  const r = state.rooms.get(j.room);
+  if (r && j.last_seq > r.last_seq) r.last_seq = j.last_seq;
+  const v = view(j.room);
+  v.online = new Set(j.online);
+  if (j.room === state.current) renderOnline(v);
+  if (v.loaded && j.last_seq > v.hi) {
+    v.hi = j.last_seq;
+    if (j.room === state.current) state.list.resize(count(v));
+  }
+}
+
+function onEvent(f) {
+  const v = state.views.get(f.room);
+  switch (f.type) {
+    case "msg":
+      return onMessage(f);
+    case "edit":
+    case "delete":
+      if (v && v.msgs.has(f.seq)) {
+        const m = v.msgs.get(f.seq);
+        if (f.type === "edit") Object.assign(m, { body: f.body, edited: true });
+        else Object.assign(m, { body: null, deleted: true });
+        if (f.room === state.current) state.list.refresh(f.seq);
+      }
+      return;
+    case "typing":
+      if (f.user === state.auth.user) return;
+      view(f.room).typing.set(f.user, Date.now() + TYPING_SHOW_MS);
+      if (f.room === state.current) renderTyping(view(f.room));
+      return;
+    case "presence": {
+      const pv = view(f.room);
+      if (f.state === "online") pv.online.add(f.user);
+      else pv.online.delete(f.user);
+      if (f.room === state.current) renderOnline(pv);
+      return;
+    }
+    case "left":
+      if (f.reason === "removed") {
+        const r = state.rooms.get(f.room);
+        if (r) r.member = false;
+        if (r?.private) state.rooms.delete(f.room);
+        renderRooms();
+        if (f.room === state.current) notice("You were removed from this room.");
+      }
+      return;
+  }
+}
+
+function onMessage(f) {
+  const r = state.rooms.get(f.room);
+  const mine = f.from === state.auth.user;
+  if (r && f.seq > r.last_seq) {
+    r.last_seq = f.seq;
+    const seen = f.room === state.current && document.visibilityState === "visible";
+    if (!mine && !seen) {
+      r.unread += 1;
+      roomsLater();
+    }
+  }
+  const v = state.views.get(f.room);
+  if (!v || !v.loaded) return;
+  const m = { seq: f.seq, from: f.from, ts: f.ts, body: f.body, edited: !!f.edited, deleted: !!f.deleted };
+  const isNew = !v.msgs.has(f.seq);
+  v.msgs.set(f.seq, m);
+  if (mine) {
+    // Our own message, maybe before its ack: it is no longer pending.
+    const i = v.pending.findIndex((p) => p.body === f.body && !p.seq);
+    if (i >= 0) v.pending[i].seq = f.seq;
+    v.pending = v.pending.filter((p) => p.seq !== f.seq);
+  }
+  const hadTyping = v.typing.delete(f.from);
+  const current = f.room === state.current;
+  if (f.seq > v.hi) {
+    const gap = f.seq > v.hi + 1;
+    v.hi = f.seq;
+    if (gap) fillGaps(v).catch(() => null);
+  }
+  if (current) {
+    // Cheap per message: the list draws once per frame, and keeps the
+    // bottom in view if it was there.
+    state.list.resize(count(v));
+    if (!isNew) state.list.refresh(f.seq);
+    if (hadTyping) renderTyping(v);
+    markRead();
+  }
+}
+
+function renderOnline(v) {
+  const names = [...v.online].map((u) => nameOf(v, u)).sort();
+  $("#online").textContent = names.length ? `online: ${names.join(", ")}` : "";
+}
+
+function renderTyping(v) {
+  const now = Date.now();
+  for (const [u, until] of v.typing) if (until <= now) v.typing.delete(u);
+  const names = [...v.typing.keys()].map((u) => nameOf(v, u));
+  $("#typing").textContent = names.length
+    ? `${names.join(", ")} ${names.length === 1 ? "is" : "are"} typing…`
+    : "";
+}
+
+// ---- composing ---------------------------------------------------------------
+
+function send(form) {
+  const body = form.body.value;
+  if (!body.trim() || state.current === null) return;
+  const room = state.current;
+  form.body.value = "";
+  autosize(form.body);
+  if (state.editing !== null) {
+    const seq = state.editing;
+    stopEdit();
+    state.session
+      .request({ type: "edit", room, seq, body })
+      .catch((e) => notice("edit: " + e.message));
+    return;
+  }
+  const v = view(room);
+  const sent = state.session.send(room, body);
+  v.pending.push({ client_id: sent.client_id, body, seq: 0 });
+  state.list.resize(count(v));
+  state.list.scrollToBottom();
+  sent.acked.then(
+    (ack) => {
+      v.pending = v.pending.filter((p) => p.client_id !== sent.client_id);
+      if (!v.msgs.has(ack.seq)) {
+        v.msgs.set(ack.seq, { seq: ack.seq, from: state.auth.user, ts: ack.ts, body, edited: false });
+        if (ack.seq > v.hi) v.hi = ack.seq;
+      }
+      if (room === state.current) {
+        state.list.reset(count(v));
+        state.list.scrollToBottom();
+      }
+    },
+    (e) => {
+      v.pending = v.pending.filter((p) => p.client_id !== sent.client_id);
+      if (room === state.current) state.list.reset(count(v));
+      notice("not sent: " + e.message);
+    },
+  );
+}
+
+function startEdit(seq) {
+  const v = view(state.current);
+  const m = v.msgs.get(seq);
+  if (!m || m.body === null) return;
+  state.editing = seq;
+  const box = $("#composer").body;
+  box.value = m.body;
+  $("#composer").classList.add("editing");
+  $("#composer-mode").textContent = "editing — Enter saves, Esc cancels";
+  box.focus();
+  autosize(box);
+}
+
+function stopEdit() {
+  state.editing = null;
+  $("#composer").classList.remove("editing");
+  $("#composer-mode").textContent = "";
+}
+
+function remove(seq) {
+  if (!confirm("Delete this message?")) return;
+  state.session
+    .request({ type: "delete", room: state.current, seq })
+    .catch((e) => notice("delete: " + e.message));
+}
+
+function lastOwn(v) {
+  for (let s = v.hi; s >= v.lo; s--) {
+    const m = v.msgs.get(s);
+    if (m && m.from === state.auth.user && m.body !== null) return s;
+  }
+  return 0;
+}
+
+function typed() {
+  const now = Date.now();
+  if (state.current === null || now - state.lastTypingSent < TYPING_SEND_EVERY_MS) return;
+  state.lastTypingSent = now;
+  state.session.request({ type: "typing", room: state.current }).catch(() => null);
+}
+
+function autosize(box) {
+  box.style.height = "auto";
+  box.style.height = Math.min(box.scrollHeight, 160) + "px";
+}
+
+// Read up to the newest message while looking at it (at most one receipt
+// per READ_EVERY_MS: a busy room must not cost a receipt per message).
+function markRead() {
+  if (state.readTimer) return;
+  state.readTimer = setTimeout(() => {
+    state.readTimer = null;
+    const v = state.views.get(state.current);
+    if (!v || !v.loaded || document.visibilityState !== "visible") return;
+    if (!state.list.atBottom() || v.hi <= v.readSent) return;
+    v.readSent = v.hi;
+    state.session.request({ type: "read", room: v.room, seq: v.hi }).catch(() => (v.readSent = 0));
+  }, READ_EVERY_MS);
+}
+
+// ---- wiring ----------------------------------------------------------------
+
+function wire() {
+  const auth = $("#auth-form");
+  auth.addEventListener("submit", (e) => {
+    e.preventDefault();
+    signIn(auth, e.submitter?.value || "login");
+  });
+  $("#logout").onclick = signOut;
+  $("#new-room").addEventListener("submit", (e) => {
+    e.preventDefault();
+    createRoom(e.target);
+  });
+  $("#back").onclick = () => $("#app").classList.remove("show-room");
+  const composer = $("#composer");
+  composer.addEventListener("submit", (e) => {
+    e.preventDefault();
+    send(composer);
+  });
+  composer.body.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      send(composer);
+    } else if (e.key === "Escape" && state.editing !== null) {
+      stopEdit();
+      composer.body.value = "";
+    } else if (e.key === "ArrowUp" && composer.body.value === "" && state.current !== null) {
+      const seq = lastOwn(view(state.current));
+      if (seq) {
+        e.preventDefault();
+        startEdit(seq);
+      }
+    }
+  });
+  composer.body.addEventListener("input", () => {
+    autosize(composer.body);
+    if (composer.body.value) typed();
+  });
+  // Alt+Up / Alt+Down: the previous or next of your rooms.
+  document.addEventListener("keydown", (e) => {
+    if (!e.altKey || (e.key !== "ArrowUp" && e.key !== "ArrowDown")) return;
+    const mine = [...document.querySelectorAll("#my-rooms .room-link")].map((b) => Number(b.dataset.room));
+    const at = mine.indexOf(state.current);
+    const next = mine[(at + (e.key === "ArrowUp" ? -1 : 1) + mine.length) % mine.length];
+    if (next !== undefined) {
+      e.preventDefault();
+      openRoom(next);
+    }
+  });
+  document.addEventListener("visibilitychange", markRead);
+  // Rooms created by others appear without a reload.
+  setInterval(() => state.session?.state === "online" && loadRooms().catch(() => null), 15000);
+  window.addEventListener("focus", () => state.session?.state === "online" && loadRooms().catch(() => null));
+  setInterval(() => {
+    const v = state.views.get(state.current);
+    if (v) renderTyping(v);
+  }, 1000);
+}
+
+wire();
+const auth = saved();
+if (auth && auth.token) start(auth);
+else showAuth();
+
+// For tests and the curious: the state, read-only by convention.
+window.rookery = { state, ApiError };

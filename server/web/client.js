@@ -1,0 +1,278 @@
+// Rookery's browser client: one WebSocket to /ws with requests matched to
+// replies by `ref`, and a session that survives network drops.
+//
+// Invariant: for every room it has joined, the client knows `since`, the
+// highest seq it has been handed with nothing missing below it. After a
+// drop it reconnects (backing off, and not while the browser says it is
+// offline), joins every room again with that `since`, and so gets exactly
+// the messages it missed: none twice, none skipped. Sends waiting for an
+// ack are sent again with the same `client_id`; the server answers a
+// repeat with the original seq, so nothing is posted twice.
+
+const BACKOFF_MS_MIN = 250;
+const BACKOFF_MS_MAX = 5000;
+const REQUEST_TIMEOUT_MS = 15000;
+
+// 128 random bits in hex (crypto.randomUUID needs a secure context; a
+// server reached over plain http on the LAN is not one).
+function randomId() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// One HTTP call to the JSON API.
+export async function api(method, path, { token, body } = {}) {
+  const headers = {};
+  if (token) headers.authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const res = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  const value = text ? JSON.parse(text) : null;
+  if (!res.ok) {
+    const e = (value && value.error) || {};
+    throw new ApiError(res.status, e.code || "http_" + res.status, e.message);
+  }
+  return value;
+}
+
+export class Session {
+  // `handlers`: onEvent(frame) for server events (msg, edit, delete,
+  // typing, presence, left, receipt), onJoined(frame), onState(state) with
+  // state one of "connecting", "online", "offline".
+  constructor(token, handlers) {
+    this.token = token;
+    this.handlers = handlers;
+    this.ws = null;
+    this.state = "connecting";
+    this.nextRef = 1;
+    this.waiting = new Map(); // ref -> {resolve, reject, timer, frame}
+    this.rooms = new Map(); // room -> since (null: live only)
+    this.outbox = new Map(); // client_id -> {frame, resolve, reject}
+    this.backoff = BACKOFF_MS_MIN;
+    this.retryTimer = null;
+    this.lastHeard = 0;
+    this.heartbeatMs = 30000;
+    this.closed = false;
+    this.onOffline = () => this.drop("offline");
+    this.onOnline = () => this.reconnectNow();
+    window.addEventListener("offline", this.onOffline);
+    window.addEventListener("online", this.onOnline);
+    this.watchdog = setInterval(() => this.checkAlive(), 1000);
+    this.connect();
+  }
+
+  setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.handlers.onState?.(state);
+  }
+
+  connect() {
+    if (this.closed) return;
+    if (!navigator.onLine) {
+      this.setState("offline");
+      return; // the "online" event reconnects
+    }
+    this.setState("connecting");
+    const url = new URL("/ws", location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("token", this.token);
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onmessage = (e) => this.receive(ws, e.data);
+    ws.onclose = (e) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.lost(e.code === 1008 ? "unauthorized" : "closed");
+    };
+    ws.onerror = () => {}; // onclose follows
+  }
+
+  // The socket is gone: fail what waited on it and come back later.
+  lost(why) {
+    for (const [, w] of this.waiting) {
+      clearTimeout(w.timer);
+      w.reject(new ApiError(0, "disconnected", why));
+    }
+    this.waiting.clear();
+    if (this.closed) return;
+    this.setState(navigator.onLine ? "connecting" : "offline");
+    clearTimeout(this.retryTimer);
+    const delay = this.backoff * (0.5 + Math.random() / 2);
+    this.backoff = Math.min(this.backoff * 2, BACKOFF_MS_MAX);
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  // Closes the socket now (the browser went offline, or the server went
+  // quiet); the session reconnects when it can.
+  drop(why) {
+    const ws = this.ws;
+    if (!ws) return;
+    this.ws = null;
+    ws.onclose = null;
+    ws.onmessage = null;
+    try {
+      ws.close();
+    } catch (_) {}
+    this.lost(why);
+  }
+
+  reconnectNow() {
+    if (this.ws || this.closed) return;
+    clearTimeout(this.retryTimer);
+    this.backoff = BACKOFF_MS_MIN;
+    this.connect();
+  }
+
+  // Two heartbeats without a word from the server: the link is dead even
+  // if the socket does not know it yet.
+  checkAlive() {
+    if (this.ws && this.state === "online") {
+      const quiet = Date.now() - this.lastHeard;
+      if (quiet > 2 * this.heartbeatMs) this.drop("silent");
+      else if (quiet > this.heartbeatMs / 2) this.raw({ type: "ping" });
+    }
+  }
+
+  raw(frame) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(frame));
+      return true;
+    }
+    return false;
+  }
+
+  receive(ws, data) {
+    if (this.ws !== ws) return;
+    this.lastHeard = Date.now();
+    let f;
+    try {
+      f = JSON.parse(data);
+    } catch (_) {
+      return;
+    }
+    if (f.type === "hello") {
+      this.heartbeatMs = f.heartbeat_ms || this.heartbeatMs;
+      this.user = f.user;
+      this.resume();
+      return;
+    }
+    if (f.type === "msg") {
+      const since = this.rooms.get(f.room);
+      if (since !== undefined && (since === null || f.seq > since)) {
+        this.rooms.set(f.room, f.seq);
+      }
+    }
+    if (f.ref !== undefined && this.waiting.has(f.ref)) {
+      const w = this.waiting.get(f.ref);
+      this.waiting.delete(f.ref);
+      clearTimeout(w.timer);
+      if (f.type === "error") w.reject(new ApiError(0, f.code, f.message));
+      else w.resolve(f);
+      return;
+    }
+    if (f.type === "left" && f.reason === "removed") this.rooms.delete(f.room);
+    this.handlers.onEvent?.(f);
+  }
+
+  // After (re)connecting: join every room from where it left off, then
+  // send again what was not acknowledged.
+  async resume() {
+    this.backoff = BACKOFF_MS_MIN;
+    this.setState("online");
+    const joins = [...this.rooms.keys()].map((room) => this.joinFrame(room));
+    const resends = [...this.outbox.entries()].map(([, o]) => this.sendQueued(o));
+    await Promise.allSettled([...joins, ...resends]);
+  }
+
+  request(frame) {
+    return new Promise((resolve, reject) => {
+      const ref = this.nextRef++;
+      if (!this.raw({ ...frame, ref })) {
+        reject(new ApiError(0, "disconnected", "not connected"));
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.waiting.delete(ref);
+        reject(new ApiError(0, "timeout", "no reply"));
+      }, REQUEST_TIMEOUT_MS);
+      this.waiting.set(ref, { resolve, reject, timer });
+    });
+  }
+
+  async joinFrame(room) {
+    const since = this.rooms.get(room);
+    const frame = { type: "join", room };
+    if (since !== null && since !== undefined) frame.since = since;
+    const joined = await this.request(frame);
+    if (this.rooms.get(room) === null) this.rooms.set(room, joined.last_seq);
+    this.handlers.onJoined?.(joined);
+    return joined;
+  }
+
+  // Joins a room (live from now; `since` if given).
+  join(room, since = null) {
+    if (!this.rooms.has(room)) this.rooms.set(room, since);
+    return this.state === "online" ? this.joinFrame(room) : Promise.resolve(null);
+  }
+
+  leave(room) {
+    this.rooms.delete(room);
+    return this.request({ type: "leave", room }).catch(() => null);
+  }
+
+  // Posts a message: `client_id` names it while it is pending, and
+  // `acked` resolves with the ack once the server has it, however many
+  // reconnects that takes.
+  send(room, body) {
+    const client_id = randomId();
+    const acked = new Promise((resolve, reject) => {
+      const o = { frame: { type: "send", room, body, client_id }, resolve, reject };
+      this.outbox.set(client_id, o);
+      if (this.state === "online") this.sendQueued(o);
+    });
+    return { client_id, acked };
+  }
+
+  async sendQueued(o) {
+    try {
+      const ack = await this.request(o.frame);
+      this.outbox.delete(o.frame.client_id);
+      o.resolve(ack);
+    } catch (e) {
+      if (e.code === "disconnected" || e.code === "timeout") return; // resume() resends
+      if (e.code === "rate_limited") {
+        setTimeout(() => this.state === "online" && this.sendQueued(o), 1000);
+        return;
+      }
+      this.outbox.delete(o.frame.client_id);
+      o.reject(e);
+    }
+  }
+
+  pending(client_id) {
+    return this.outbox.has(client_id);
+  }
+
+  close() {
+    this.closed = true;
+    clearInterval(this.watchdog);
+    clearTimeout(this.retryTimer);
+    window.removeEventListener("offline", this.onOffline);
+    window.removeEventListener("online", this.onOnline);
+    if (this.ws) this.ws.close(1000);
+    this.ws = null;
+  }
+}

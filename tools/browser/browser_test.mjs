@@ -1,0 +1,426 @@
+// Rookery's web client and dashboard in a real browser: Playwright
+// (playwright-core) driving the system's Chromium, headless, against a
+// fresh `rookery` on a free loopback port.
+//
+//   node browser_test.mjs --bin target/debug/rookery --artifacts target/browser-artifacts
+//
+// Two separate browser contexts (two people) sign up, join one room, see
+// each other's typing and presence and exchange messages; one goes offline
+// (network emulation) while the other sends, comes back, and must see every
+// message once, in order; edits and deletes reach the other side; a room of
+// 100,000 messages is scrolled from its newest to its oldest through the
+// history API with the DOM kept small; the dashboard shows non-zero
+// figures. Screenshots land in the artifacts folder. Every wait is
+// bounded; the first failed check ends the run with exit code 1.
+
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+
+const ARCHIVE_MESSAGES = Number(process.env.ARCHIVE_MESSAGES || 100_000);
+// Rows the message view may have in the DOM, whatever the room's size:
+// a viewport's worth plus the overscan on both sides.
+const DOM_ROWS_MAX = 80;
+const WAIT_MS = 15_000;
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+);
+const bin = resolve(args.bin || "target/debug/rookery");
+const artifacts = resolve(args.artifacts || "target/browser-artifacts");
+const chromiumPath = args.chromium || process.env.CHROMIUM || "/usr/bin/chromium";
+mkdirSync(artifacts, { recursive: true });
+
+let checks = 0;
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+  checks++;
+  console.log(`  ok ${checks}: ${what}`);
+}
+
+async function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.on("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+  });
+}
+
+async function startServer() {
+  const port = await freePort();
+  const dataDir = mkdtempSync(join(tmpdir(), "rookery-browser-"));
+  const proc = spawn(
+    bin,
+    [
+      "--listen", `127.0.0.1:${port}`,
+      "--data-dir", dataDir,
+      // The archive room is seeded at full speed by one user.
+      "--sends-per-user-per-s", "1000000",
+      "--sends-per-user-burst", "1000000",
+      "--stats-interval-ms", "500",
+    ],
+    { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" } },
+  );
+  const base = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      if ((await fetch(base + "/readyz")).ok) break;
+    } catch (_) {}
+    if (Date.now() > deadline || proc.exitCode !== null) throw new Error("rookery did not start");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { base, proc, dataDir };
+}
+
+const texts = (page) => page.$$eval("#messages .msg .body", (els) => els.map((e) => e.textContent));
+
+async function signUp(page, base, name) {
+  await page.goto(base + "/");
+  await page.fill("#auth-form input[name=name]", name);
+  await page.fill("#auth-form input[name=password]", "correct horse " + name);
+  await page.click("#auth-form button[value=register]");
+  await page.waitForSelector("#app:not([hidden])", { timeout: WAIT_MS });
+  await page.waitForSelector('#conn[data-state="online"]', { timeout: WAIT_MS });
+}
+
+async function sendText(page, text) {
+  await page.fill("#composer textarea", text);
+  await page.press("#composer textarea", "Enter");
+}
+
+async function waitText(page, text) {
+  await page.waitForFunction(
+    (t) => [...document.querySelectorAll("#messages .msg .body")].some((e) => e.textContent === t),
+    text,
+    { timeout: WAIT_MS },
+  );
+}
+
+// The whole room as the client holds it: [seq, body] in seq order.
+const heldMessages = (page, room) =>
+  page.evaluate((room) => {
+    const v = window.rookery.state.views.get(room);
+    return [...v.msgs.values()].sort((a, b) => a.seq - b.seq).map((m) => [m.seq, m.body]);
+  }, room);
+
+async function main() {
+  const { base, proc, dataDir } = await startServer();
+  const browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+  try {
+    await run(browser, base);
+  } finally {
+    await browser.close();
+    proc.kill("SIGTERM");
+    await new Promise((r) => proc.once("exit", r));
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+  console.log(`browser test: ${checks} checks passed; screenshots in ${artifacts}`);
+}
+
+// Pages to describe (and photograph) if a check fails.
+const watched = [];
+
+async function describe() {
+  for (const [who, p] of watched) {
+    const summary = await p
+      .evaluate(() => {
+        const s = window.rookery?.state;
+        if (!s) return { url: location.href };
+        const v = s.views.get(s.current);
+        return {
+          current: s.current,
+          conn: document.querySelector("#conn")?.dataset.state,
+          online: document.querySelector("#online")?.textContent,
+          typing: document.querySelector("#typing")?.textContent,
+          view: v && { lo: v.lo, hi: v.hi, held: v.msgs.size, pending: v.pending.length, online: [...v.online], members: [...v.members] },
+          rows: document.querySelectorAll("#messages .msg").length,
+        };
+      })
+      .catch((e) => `unavailable: ${e.message}`);
+    console.error(`${who}:`, JSON.stringify(summary));
+    await p.screenshot({ path: join(artifacts, `failed-${who}.png`) }).catch(() => null);
+  }
+}
+
+async function run(browser, base) {
+  try {
+    await steps(browser, base);
+  } catch (e) {
+    await describe();
+    throw e;
+  }
+}
+
+async function steps(browser, base) {
+  const suffix = Date.now().toString(36);
+  const [alice, bob] = [`alice_${suffix}`, `bob_${suffix}`];
+  const ctxA = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+  const ctxB = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+  const a = await ctxA.newPage();
+  const b = await ctxB.newPage();
+  watched.push(["alice", a], ["bob", b]);
+  for (const [who, p] of [["alice", a], ["bob", b]]) {
+    p.on("pageerror", (e) => {
+      console.error(`${who}: page error: ${e.message}`);
+      process.exitCode = 1;
+    });
+  }
+
+  console.log("sign up, create and join a room");
+  await signUp(a, base, alice);
+  await a.fill("#new-room input[name=name]", "lobby");
+  await a.click("#new-room button");
+  await a.waitForSelector('#room-title:has-text("lobby")', { timeout: WAIT_MS });
+  const room = await a.evaluate(() => window.rookery.state.current);
+  check(room > 0, "alice created the room and opened it");
+  await signUp(b, base, bob);
+  await b.click('#other-rooms button:has-text("lobby")');
+  await b.waitForSelector('#my-rooms button:has-text("lobby")', { timeout: WAIT_MS });
+  check(true, "bob found the room among other rooms and joined it");
+
+  console.log("presence and typing");
+  await a.waitForFunction((n) => document.querySelector("#online").textContent.includes(n), bob, { timeout: WAIT_MS });
+  check(true, "alice sees bob online");
+  await b.waitForFunction((n) => document.querySelector("#online").textContent.includes(n), alice, { timeout: WAIT_MS });
+  check(true, "bob sees alice online");
+  await a.type("#composer textarea", "hel");
+  await b.waitForFunction((n) => document.querySelector("#typing").textContent.includes(`${n} is typing`), alice, { timeout: WAIT_MS });
+  check(true, "bob sees alice typing");
+  await a.fill("#composer textarea", "");
+  await b.type("#composer textarea", "yo");
+  await a.waitForFunction((n) => document.querySelector("#typing").textContent.includes(`${n} is typing`), bob, { timeout: WAIT_MS });
+  check(true, "alice sees bob typing");
+  await b.fill("#composer textarea", "");
+
+  console.log("exchange messages");
+  await sendText(a, "hello bob");
+  await waitText(b, "hello bob");
+  check(true, "bob got alice's message");
+  await sendText(b, "hi alice");
+  await waitText(a, "hi alice");
+  check(true, "alice got bob's reply");
+  await a.waitForFunction(() => !document.querySelector("#messages .msg.pending"), null, { timeout: WAIT_MS });
+  check(true, "alice's sends are acknowledged (nothing left pending)");
+
+  console.log("bob goes offline while alice sends");
+  await ctxB.setOffline(true);
+  await b.waitForSelector('#conn[data-state="offline"]', { timeout: WAIT_MS });
+  check(true, "bob's client knows it is offline");
+  await a.waitForFunction((n) => !document.querySelector("#online").textContent.includes(n), bob, { timeout: WAIT_MS });
+  check(true, "alice sees bob go offline");
+  const missed = Array.from({ length: 12 }, (_, i) => `while you were away ${i + 1}`);
+  for (const m of missed) await sendText(a, m);
+  await waitText(a, missed[missed.length - 1]);
+  await a.waitForFunction(() => !document.querySelector("#messages .msg.pending"), null, { timeout: WAIT_MS });
+  await b.waitForTimeout(500);
+  check(!(await texts(b)).some((t) => t.startsWith("while you were away")), "offline, bob has none of them yet");
+  await b.screenshot({ path: join(artifacts, "chat-offline.png") });
+  await ctxB.setOffline(false);
+  await b.waitForSelector('#conn[data-state="online"]', { timeout: WAIT_MS });
+  await waitText(b, missed[missed.length - 1]);
+  const seen = (await texts(b)).filter((t) => t.startsWith("while you were away"));
+  check(JSON.stringify(seen) === JSON.stringify(missed), "back online, bob sees every missed message once, in order");
+  const held = await heldMessages(b, room);
+  check(
+    held.every(([seq], i) => seq === i + 1),
+    `bob holds seqs 1..${held.length} with no gap or duplicate`,
+  );
+  check(new Set(held.map(([, body]) => body)).size === held.length, "no message body twice");
+  await a.waitForFunction((n) => document.querySelector("#online").textContent.includes(n), bob, { timeout: WAIT_MS });
+  check(true, "alice sees bob online again");
+
+  console.log("edit and delete");
+  await a.focus("#composer textarea");
+  await a.press("#composer textarea", "ArrowUp");
+  await a.waitForSelector("#composer.editing", { timeout: WAIT_MS });
+  await a.fill("#composer textarea", "while you were away 12 (fixed)");
+  await a.press("#composer textarea", "Enter");
+  await waitText(b, "while you were away 12 (fixed)");
+  await b.waitForSelector('#messages .msg:has-text("(fixed)") .edited', { timeout: WAIT_MS });
+  check(true, "alice's edit (↑ then Enter) reached bob, marked edited");
+  a.once("dialog", (d) => d.accept());
+  const target = a.locator('#messages .msg:has-text("while you were away 11")');
+  await target.hover();
+  await target.locator('button:has-text("delete")').click();
+  await b.waitForFunction(
+    () => [...document.querySelectorAll("#messages .msg .body")].some((e) => e.textContent === "message deleted"),
+    null,
+    { timeout: WAIT_MS },
+  );
+  check(!(await texts(b)).includes("while you were away 11"), "alice's delete reached bob");
+  await a.screenshot({ path: join(artifacts, "chat-alice.png") });
+  await b.screenshot({ path: join(artifacts, "chat-bob.png") });
+
+  console.log(`a room of ${ARCHIVE_MESSAGES.toLocaleString()} messages`);
+  await a.fill("#new-room input[name=name]", "archive");
+  await a.click("#new-room button");
+  await a.waitForSelector('#room-title:has-text("archive")', { timeout: WAIT_MS });
+  const archive = await a.evaluate(() => window.rookery.state.current);
+  const seeded = await a.evaluate(seed, { room: archive, n: ARCHIVE_MESSAGES, sockets: 64 });
+  check(seeded.acked === ARCHIVE_MESSAGES, `seeded ${seeded.acked} messages in ${seeded.ms} ms`);
+  await b.reload();
+  await b.waitForSelector('#conn[data-state="online"]', { timeout: WAIT_MS });
+  await b.click('button.room-link:has-text("archive")');
+  await b.waitForFunction(
+    (n) => document.querySelector(`#messages .msg[data-seq="${n}"]`),
+    ARCHIVE_MESSAGES,
+    { timeout: WAIT_MS },
+  );
+  check(true, "bob opens the archive at its newest message");
+  const walk = await b.evaluate(scrollToOldest, { room: archive, pages: 1000 });
+  console.log(`  walked ${walk.pages} history pages in ${walk.ms} ms; DOM rows at most ${walk.maxRows}`);
+  check(walk.lo === 1 && walk.held === ARCHIVE_MESSAGES, `scrolling up loaded all ${walk.held} messages through the history API`);
+  check(walk.maxRows <= DOM_ROWS_MAX, `the DOM kept at most ${walk.maxRows} rows (bound ${DOM_ROWS_MAX}) for ${ARCHIVE_MESSAGES} messages`);
+  check(walk.topSeq === "1", `the top of the room shows its first message (${walk.topText})`);
+  const heldArchive = await heldMessages(b, archive);
+  check(
+    heldArchive.every(([seq], i) => seq === i + 1) &&
+      new Set(heldArchive.map(([, body]) => body)).size === ARCHIVE_MESSAGES,
+    "every archive message held once, in seq order",
+  );
+  await b.screenshot({ path: join(artifacts, "chat-archive-top.png") });
+
+  console.log("the dashboard");
+  const d = await ctxA.newPage();
+  await d.goto(base + "/dashboard");
+  // Traffic while the dashboard watches.
+  await a.click('button.room-link:has-text("lobby")');
+  for (let i = 0; i < 20; i++) {
+    await sendText(a, `busy ${i}`);
+    await a.waitForTimeout(100);
+  }
+  await d.waitForFunction(
+    () => {
+      const value = (id) => document.querySelector(`#tile-${id} .value`)?.textContent || "–";
+      return Number(value("connections").replace(/,/g, "")) > 0 && value("deliver") !== "–" && value("commit") !== "–";
+    },
+    null,
+    { timeout: WAIT_MS },
+  );
+  const shown = await d.evaluate(() => {
+    const value = (id) => document.querySelector(`#tile-${id} .value`).textContent;
+    const shards = [...document.querySelectorAll("#shards tr")].length;
+    return { connections: value("connections"), deliver: value("deliver"), commit: value("commit"), rss: value("rss"), shards };
+  });
+  console.log("  dashboard:", JSON.stringify(shown));
+  check(Number(shown.connections) > 0, "the dashboard counts connections");
+  check(/ms$/.test(shown.deliver) && /ms$/.test(shown.commit), "the dashboard shows delivery and commit latency");
+  check(/iB$/.test(shown.rss) && shown.shards > 0, "the dashboard shows memory and a row per shard");
+  const inPerSec = await d.evaluate(async () => {
+    const feed = await (await fetch("/api/stats")).json();
+    return Math.max(...feed.samples.map((s) => s.msgs_in_per_s));
+  });
+  check(inPerSec > 0, `the feed saw messages come in (${inPerSec}/s at most)`);
+  await d.screenshot({ path: join(artifacts, "dashboard.png"), fullPage: true });
+
+  console.log("narrow screen");
+  const narrow = await ctxB.newPage();
+  await narrow.setViewportSize({ width: 360, height: 720 });
+  await narrow.goto(base + "/#room=" + room);
+  await narrow.waitForSelector('#conn[data-state="online"]', { state: "attached", timeout: WAIT_MS });
+  await waitText(narrow, "busy 19");
+  const fits = await narrow.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
+  check(fits, "on a 360 px screen the room view fits without sideways scrolling");
+  await narrow.screenshot({ path: join(artifacts, "chat-narrow.png") });
+}
+
+// In the page: posts `n` messages to `room` over `sockets` sockets of its
+// own (a connection's requests are answered in order, one at a time, so
+// parallel connections are what lets group commit batch them), each
+// keeping a few sends in flight.
+async function seed({ room, n, sockets }) {
+  const token = window.rookery.state.auth.token;
+  const url = new URL("/ws", location.href);
+  url.protocol = "ws:";
+  url.searchParams.set("token", token);
+  const started = performance.now();
+  let next = 0;
+  let acked = 0;
+  const one = () =>
+    new Promise((done, fail) => {
+      const ws = new WebSocket(url);
+      let inFlight = 0;
+      const pump = () => {
+        while (next < n && inFlight < 8) {
+          next++;
+          inFlight++;
+          ws.send(JSON.stringify({ type: "send", room, body: `archive #${next}`, client_id: `seed-${next}` }));
+        }
+        if (inFlight === 0) {
+          ws.onclose = null;
+          ws.close();
+          done();
+        }
+      };
+      ws.onopen = pump;
+      ws.onmessage = (e) => {
+        const f = JSON.parse(e.data);
+        if (f.type === "ack") {
+          acked++;
+          inFlight--;
+          pump();
+        } else if (f.type === "error") {
+          fail(new Error(`${f.code}: ${f.message}`));
+        }
+      };
+      ws.onclose = () => fail(new Error("seed socket closed"));
+    });
+  await Promise.all(Array.from({ length: sockets }, one));
+  return { acked, ms: Math.round(performance.now() - started) };
+}
+
+// In the page: scrolls the message view to its top again and again, each
+// time waiting for the older page, until the first message is loaded;
+// counts the rows in the DOM at every step.
+async function scrollToOldest({ room, pages }) {
+  const v = window.rookery.state.views.get(room);
+  const scroller = document.querySelector("#messages");
+  const rows = () => scroller.querySelectorAll(".msg").length;
+  const frame = () => new Promise((r) => requestAnimationFrame(r));
+  const started = performance.now();
+  let maxRows = rows();
+  let walked = 0;
+  while (v.lo > 1 && walked < pages) {
+    const lo = v.lo;
+    scroller.scrollTop = 0;
+    for (let i = 0; i < 600 && v.lo === lo; i++) await frame();
+    if (v.lo === lo) break;
+    walked++;
+    await frame();
+    maxRows = Math.max(maxRows, rows());
+  }
+  scroller.scrollTop = 0;
+  for (let i = 0; i < 10; i++) await frame();
+  maxRows = Math.max(maxRows, rows());
+  const top = [...scroller.querySelectorAll(".msg")].sort(
+    (x, y) => x.getBoundingClientRect().top - y.getBoundingClientRect().top,
+  )[0];
+  return {
+    lo: v.lo,
+    held: v.msgs.size,
+    pages: walked,
+    maxRows,
+    topSeq: top?.dataset.seq,
+    topText: top?.querySelector(".body")?.textContent,
+    ms: Math.round(performance.now() - started),
+  };
+}
+
+main().catch((e) => {
+  console.error(`browser test FAILED: ${e.stack || e.message}`);
+  process.exit(1);
+});
