@@ -105,9 +105,9 @@ async function start(auth) {
     onEvent,
     onJoined,
     onState: connectionState,
+    onError: notice,
   });
-  await loadRooms();
-  for (const r of state.rooms.values()) if (r.member) state.session.join(r.id);
+  await loadRooms().catch((e) => notice(e.message));
   const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("room"));
   const first = state.rooms.get(wanted) || [...state.rooms.values()].find((r) => r.member);
   if (first) openRoom(first.id);
@@ -120,6 +120,12 @@ function showAuth() {
 }
 
 function connectionState(s) {
+  if (s === "unauthorized") {
+    // The session ended (logged out elsewhere, expired): sign in again.
+    localStorage.removeItem(SESSION_KEY);
+    location.reload();
+    return;
+  }
   const c = $("#conn");
   c.textContent = { online: "online", connecting: "connecting…", offline: "offline" }[s];
   c.dataset.state = s;
@@ -149,10 +155,16 @@ async function loadRooms() {
       last_seq: Math.max(r.last_seq, known?.last_seq || 0),
     });
   }
+  // Rooms we became a member of elsewhere (another tab, an admin's
+  // invitation) are followed from now on.
+  for (const r of state.rooms.values()) {
+    if (r.member && state.session && !state.session.joined(r.id)) state.session.join(r.id);
+  }
   renderRooms();
 }
 
 function renderRooms() {
+  const focused = document.activeElement?.dataset?.room;
   const mine = $("#my-rooms");
   const others = $("#other-rooms");
   const sorted = [...state.rooms.values()].sort((a, b) => a.name.localeCompare(b.name));
@@ -173,6 +185,8 @@ function renderRooms() {
     (r.member ? mine : others).append(el("li", {}, button));
   }
   $("#other-rooms-title").hidden = others.children.length === 0;
+  // Drawn anew: a keyboard user keeps their place.
+  if (focused) document.querySelector(`.room-link[data-room="${focused}"]`)?.focus();
 }
 
 // The room list, drawn again on the next frame (once however many
@@ -235,23 +249,25 @@ function view(room) {
 async function openRoom(id) {
   const r = state.rooms.get(id);
   if (!r) return;
-  state.current = id;
-  state.editing = null;
-  history.replaceState(null, "", "#room=" + id);
-  $("#app").classList.add("show-room");
-  $("#room-title").textContent = (r.private ? "🔒 " : "# ") + r.name;
-  $("#composer").hidden = false;
   if (!r.member) {
     try {
       await call("POST", `/api/rooms/${id}/join`);
       r.member = true;
-      state.session.join(id);
     } catch (e) {
       notice(e.message);
       return;
     }
   }
+  if (!state.session.joined(id)) state.session.join(id);
+  if (state.editing !== null) {
+    stopEdit();
+    $("#composer").body.value = "";
+  }
   const v = view(id);
+  state.current = id;
+  history.replaceState(null, "", "#room=" + id);
+  $("#app").classList.add("show-room");
+  $("#room-title").textContent = (r.private ? "🔒 " : "# ") + r.name;
   v.firstUnread = r.unread > 0 ? r.last_seq - r.unread + 1 : 0;
   r.unread = 0;
   renderRooms();
@@ -259,10 +275,17 @@ async function openRoom(id) {
   renderTyping(v);
   state.list.reset(count(v));
   if (!v.loaded) {
-    await Promise.all([loadMembers(v), refreshTail(v)]);
+    $("#composer").hidden = true; // until there is a history to send after
+    await Promise.all([loadMembers(v), refreshTail(v)]).catch((e) => notice(e.message));
     v.loaded = true;
+    // Messages heard of while the page was read.
+    if (r.last_seq > v.hi) {
+      v.hi = r.last_seq;
+      await fillGaps(v).catch(() => null);
+    }
   }
   if (state.current === id) {
+    $("#composer").hidden = false;
     state.list.reset(count(v));
     state.list.scrollToBottom();
     markRead();
@@ -290,7 +313,13 @@ function nameOf(v, user) {
   if (user === state.auth.user) return state.auth.name;
   const name = v.members.get(user);
   if (name) return name;
-  wantMembers(v);
+  // Asked once per user: a former member is not in the list, however
+  // often it is read.
+  v.asked ??= new Set();
+  if (!v.asked.has(user)) {
+    v.asked.add(user);
+    wantMembers(v);
+  }
   return "user " + user;
 }
 
@@ -338,26 +367,32 @@ async function refreshTail(v) {
   await fillGaps(v);
 }
 
-// Fetches the seqs in lo..hi that are not loaded (a message heard of by
-// its seq before its page was read).
+// Fetches the seqs in lo..hi that are not loaded (heard of by seq before
+// their page was read), a page at a time, newest gap first; one loop per
+// room at a time.
 async function fillGaps(v) {
-  for (let guard = 0; guard < 50; guard++) {
-    let missing = 0;
-    for (let s = v.hi; s >= v.lo; s--) {
-      if (!v.msgs.has(s)) {
-        missing = s;
-        break;
+  if (v.filling) return v.filling;
+  v.filling = (async () => {
+    for (let guard = 0; guard < 1000; guard++) {
+      let missing = 0;
+      for (let s = v.hi; s >= v.lo; s--) {
+        if (!v.msgs.has(s)) {
+          missing = s;
+          break;
+        }
       }
+      if (!missing) return;
+      const limit = Math.min(state.pageLen, missing - v.lo + 1);
+      const page = await call("GET", `/api/rooms/${v.room}/messages?before=${missing + 1}&limit=${limit}`);
+      absorb(v, page.messages);
+      if (v.room === state.current) {
+        state.list.resize(count(v));
+        for (const m of page.messages) state.list.refresh(m.seq);
+      }
+      if (page.messages.length === 0) return;
     }
-    if (!missing) return;
-    const page = await call(
-      "GET",
-      `/api/rooms/${v.room}/messages?after=${missing - 1}&limit=${state.pageLen}`,
-    );
-    absorb(v, page.messages);
-    for (const m of page.messages) if (v.room === state.current) state.list.refresh(m.seq);
-    if (page.messages.length === 0) return;
-  }
+  })().finally(() => (v.filling = null));
+  return v.filling;
 }
 
 // Scrolled to the top: the page before the oldest loaded message.
@@ -442,6 +477,7 @@ function onJoined(j) {
   if (v.loaded && j.last_seq > v.hi) {
     v.hi = j.last_seq;
     if (j.room === state.current) state.list.resize(count(v));
+    fillGaps(v).catch(() => null);
   }
 }
 
@@ -497,7 +533,6 @@ function onMessage(f) {
   const v = state.views.get(f.room);
   if (!v || !v.loaded) return;
   const m = { seq: f.seq, from: f.from, ts: f.ts, body: f.body, edited: !!f.edited, deleted: !!f.deleted };
-  const isNew = !v.msgs.has(f.seq);
   v.msgs.set(f.seq, m);
   if (mine) {
     // Our own message, maybe before its ack: it is no longer pending.
@@ -516,7 +551,7 @@ function onMessage(f) {
     // Cheap per message: the list draws once per frame, and keeps the
     // bottom in view if it was there.
     state.list.resize(count(v));
-    if (!isNew) state.list.refresh(f.seq);
+    state.list.refresh(f.seq);
     if (hadTyping) renderTyping(v);
     markRead();
   }
@@ -560,18 +595,19 @@ function send(form) {
   sent.acked.then(
     (ack) => {
       v.pending = v.pending.filter((p) => p.client_id !== sent.client_id);
-      if (!v.msgs.has(ack.seq)) {
+      if (v.loaded && !v.msgs.has(ack.seq)) {
         v.msgs.set(ack.seq, { seq: ack.seq, from: state.auth.user, ts: ack.ts, body, edited: false });
+        if (ack.seq > v.hi + 1) fillGaps(v).catch(() => null);
         if (ack.seq > v.hi) v.hi = ack.seq;
       }
       if (room === state.current) {
-        state.list.reset(count(v));
-        state.list.scrollToBottom();
+        state.list.resize(count(v));
+        state.list.refresh(ack.seq);
       }
     },
     (e) => {
       v.pending = v.pending.filter((p) => p.client_id !== sent.client_id);
-      if (room === state.current) state.list.reset(count(v));
+      if (room === state.current) state.list.resize(count(v));
       notice("not sent: " + e.message);
     },
   );

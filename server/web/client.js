@@ -12,6 +12,8 @@
 const BACKOFF_MS_MIN = 250;
 const BACKOFF_MS_MAX = 5000;
 const REQUEST_TIMEOUT_MS = 15000;
+// A socket that has not said hello by then is given up on.
+const CONNECT_TIMEOUT_MS = 10000;
 
 // 128 random bits in hex (crypto.randomUUID needs a secure context; a
 // server reached over plain http on the LAN is not one).
@@ -91,11 +93,14 @@ export class Session {
     url.searchParams.set("token", this.token);
     const ws = new WebSocket(url);
     this.ws = ws;
+    this.connectStarted = Date.now();
+    this.helloSeen = false;
     ws.onmessage = (e) => this.receive(ws, e.data);
-    ws.onclose = (e) => {
+    ws.onclose = () => {
       if (this.ws !== ws) return;
       this.ws = null;
-      this.lost(e.code === 1008 ? "unauthorized" : "closed");
+      if (this.helloSeen) this.lost("closed");
+      else this.refusedOrLost();
     };
     ws.onerror = () => {}; // onclose follows
   }
@@ -113,6 +118,22 @@ export class Session {
     const delay = this.backoff * (0.5 + Math.random() / 2);
     this.backoff = Math.min(this.backoff * 2, BACKOFF_MS_MAX);
     this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  // A socket closed before its hello: a refused upgrade (a token that was
+  // revoked or expired is a 401, which a browser reports only as a close)
+  // or a network that is down. Asking the API tells which.
+  async refusedOrLost() {
+    try {
+      await api("GET", "/api/me", { token: this.token });
+    } catch (e) {
+      if (e.status === 401) {
+        this.close();
+        this.handlers.onState?.("unauthorized");
+        return;
+      }
+    }
+    this.lost("closed");
   }
 
   // Closes the socket now (the browser went offline, or the server went
@@ -139,6 +160,10 @@ export class Session {
   // Two heartbeats without a word from the server: the link is dead even
   // if the socket does not know it yet.
   checkAlive() {
+    if (this.ws && !this.helloSeen && Date.now() - this.connectStarted > CONNECT_TIMEOUT_MS) {
+      this.drop("no hello");
+      return;
+    }
     if (this.ws && this.state === "online") {
       const quiet = Date.now() - this.lastHeard;
       if (quiet > 2 * this.heartbeatMs) this.drop("silent");
@@ -164,6 +189,7 @@ export class Session {
       return;
     }
     if (f.type === "hello") {
+      this.helloSeen = true;
       this.heartbeatMs = f.heartbeat_ms || this.heartbeatMs;
       this.user = f.user;
       this.resume();
@@ -204,9 +230,12 @@ export class Session {
         reject(new ApiError(0, "disconnected", "not connected"));
         return;
       }
+      // No reply in time: the link is not working. Reconnecting fails
+      // every request waiting on it and resends what is unacknowledged.
       const timer = setTimeout(() => {
         this.waiting.delete(ref);
         reject(new ApiError(0, "timeout", "no reply"));
+        this.drop("request timed out");
       }, REQUEST_TIMEOUT_MS);
       this.waiting.set(ref, { resolve, reject, timer });
     });
@@ -222,10 +251,23 @@ export class Session {
     return joined;
   }
 
-  // Joins a room (live from now; `since` if given).
+  // Joins a room (live from now; `since` if given); resolves with the
+  // `joined` reply, or null when offline (the room is joined on
+  // reconnect). Never rejects: a refused join is reported to `onError`.
   join(room, since = null) {
     if (!this.rooms.has(room)) this.rooms.set(room, since);
-    return this.state === "online" ? this.joinFrame(room) : Promise.resolve(null);
+    if (this.state !== "online") return Promise.resolve(null);
+    return this.joinFrame(room).catch((e) => {
+      if (e.code !== "disconnected" && e.code !== "timeout") {
+        this.rooms.delete(room);
+        this.handlers.onError?.(`joining room ${room}: ${e.message}`);
+      }
+      return null;
+    });
+  }
+
+  joined(room) {
+    return this.rooms.has(room);
   }
 
   leave(room) {

@@ -64,9 +64,9 @@ export class VirtualList {
     this.layout(anchor);
   }
 
-  // Items were appended at the end (or the count shrank there).
+  // Items were appended at the end (or the count shrank there). Drawn on
+  // the next frame even when the count is the same: keys may have moved.
   resize(count) {
-    if (count === this.count) return;
     if (count > this.count) {
       for (let i = this.count; i < count; i++) this.heights.push(this.opts.estimate);
     } else {
@@ -101,12 +101,11 @@ export class VirtualList {
   }
 
   onScroll() {
-    if (this.programmatic) {
-      this.programmatic = false;
-    } else {
-      this.stick = this.atBottom();
-    }
-    this.opts.onBottom?.(this.atBottom());
+    // Scrolls the list makes itself land at the bottom when it sticks, so
+    // this reads the reader's intent either way (Chrome merges all the
+    // scrolls of a frame into one event).
+    this.stick = this.atBottom();
+    this.opts.onBottom?.(this.stick);
     this.schedule();
   }
 
@@ -153,10 +152,7 @@ export class VirtualList {
   setScrollTop(y) {
     const s = this.scroller;
     const target = Math.max(0, Math.round(y));
-    if (Math.abs(s.scrollTop - target) >= 1) {
-      this.programmatic = true;
-      s.scrollTop = target;
-    }
+    if (Math.abs(s.scrollTop - target) >= 1) s.scrollTop = target;
   }
 
   restore(anchor) {
@@ -203,19 +199,26 @@ export class VirtualList {
     }
     const o = this.offsetsNow();
     const fresh = [];
-    for (const [k, i] of wanted) {
+    // Rows in index order in the DOM too (reading order for assistive
+    // technology and Tab): each new row goes before the next rendered one.
+    let next = null;
+    for (const [k, i] of [...wanted].reverse()) {
       let r = this.rows.get(k);
       if (!r || this.stale.has(k)) {
         const el = render(i);
         el.classList.add("vlist-row");
         if (r) r.el.replaceWith(el);
-        else this.canvas.appendChild(el);
+        else this.canvas.insertBefore(el, next);
         r = { el, index: i };
         this.rows.set(k, r);
+        fresh.push(r);
+      } else if (r.index !== i) {
+        // Moved (an item came before it): its height slot is new.
         fresh.push(r);
       }
       r.index = i;
       r.el.style.transform = `translateY(${o[i]}px)`;
+      next = r.el;
     }
     this.stale.clear();
     let changed = false;

@@ -336,6 +336,20 @@ async function steps(browser, base) {
   const fits = await narrow.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
   check(fits, "on a 360 px screen the room view fits without sideways scrolling");
   await narrow.screenshot({ path: join(artifacts, "chat-narrow.png") });
+
+  console.log("a session ended elsewhere");
+  // Bob's token is logged out behind the client's back; its socket is
+  // dropped by a network blip; the client must notice it is refused and
+  // go back to the sign-in form (not retry forever).
+  await b.evaluate(async () => {
+    const token = window.rookery.state.auth.token;
+    await fetch("/api/logout", { method: "POST", headers: { authorization: `Bearer ${token}` } });
+  });
+  await ctxB.setOffline(true);
+  await b.waitForSelector('#conn[data-state="offline"]', { state: "attached", timeout: WAIT_MS });
+  await ctxB.setOffline(false);
+  await b.waitForSelector("#auth:not([hidden])", { timeout: WAIT_MS });
+  check(true, "a refused session returns to the sign-in form");
 }
 
 // In the page: posts `n` messages to `room` over `sockets` sockets of its
