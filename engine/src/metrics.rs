@@ -131,6 +131,8 @@ pub struct ShardGauges {
     pub rooms_loaded: u64,
     /// Encoded events held in the owned rooms' tail caches.
     pub tail_cache_events: u64,
+    /// Bytes of those events.
+    pub tail_cache_bytes: u64,
 }
 
 impl Metrics {
@@ -153,6 +155,7 @@ impl ShardGauges {
         self.outbox_messages += o.outbox_messages;
         self.rooms_loaded += o.rooms_loaded;
         self.tail_cache_events += o.tail_cache_events;
+        self.tail_cache_bytes += o.tail_cache_bytes;
     }
 }
 

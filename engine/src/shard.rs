@@ -249,9 +249,45 @@ pub(crate) enum Peer {
     },
 }
 
+/// A room's tail cache: its newest events (at most `tail_cache_len`) and
+/// the bytes they hold (kept as they change, for the gauges).
+#[derive(Default)]
+struct Tail {
+    events: VecDeque<Event>,
+    bytes: usize,
+}
+
+impl Tail {
+    /// Appends the newest event, dropping the oldest past `len_max`.
+    fn push(&mut self, e: Event, len_max: usize) {
+        self.bytes += e.len();
+        self.events.push_back(e);
+        if self.events.len() > len_max {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    /// Replaces the cached event with `fresh`'s seq, if it is cached.
+    fn replace(&mut self, fresh: Event) {
+        if let Some(slot) = self.events.iter_mut().find(|e| e.seq() == fresh.seq()) {
+            self.bytes = self.bytes - slot.len() + fresh.len();
+            *slot = fresh;
+        }
+    }
+}
+
+impl std::ops::Deref for Tail {
+    type Target = VecDeque<Event>;
+    fn deref(&self) -> &VecDeque<Event> {
+        &self.events
+    }
+}
+
 /// A room this shard owns.
 struct Owned {
-    tail: VecDeque<Event>,
+    tail: Tail,
     /// Shards (other than this one) with subscribers of the room.
     remote: Vec<bool>,
     /// Completed appends waiting for lower seqs before fan-out.
@@ -527,7 +563,7 @@ impl Shard {
             .borrow_mut()
             .entry(room)
             .or_insert_with(|| Owned {
-                tail: VecDeque::new(),
+                tail: Tail::default(),
                 remote: vec![false; self.n],
                 reorder: BTreeMap::new(),
                 online: HashMap::new(),
@@ -591,10 +627,7 @@ impl Shard {
             o.reorder.insert(event.seq(), event);
             while let Some(e) = o.reorder.remove(&(o.fanned_out + 1)) {
                 o.fanned_out += 1;
-                o.tail.push_back(e.clone());
-                if o.tail.len() > self.cfg.tail_cache_len {
-                    o.tail.pop_front();
-                }
+                o.tail.push(e.clone(), self.cfg.tail_cache_len);
                 ready.push(e);
             }
         }
@@ -670,9 +703,7 @@ impl Shard {
         };
         let fresh = StoredMessage::from_item(&item).event(room);
         if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
-            if let Some(slot) = o.tail.iter_mut().find(|e| e.seq() == seq) {
-                *slot = fresh;
-            }
+            o.tail.replace(fresh);
         }
         Ok(())
     }
@@ -722,6 +753,7 @@ impl Shard {
             outbox_messages: self.outbox.borrow().iter().map(|q| q.len() as u64).sum(),
             rooms_loaded: owned.len() as u64,
             tail_cache_events: owned.values().map(|o| o.tail.len() as u64).sum(),
+            tail_cache_bytes: owned.values().map(|o| o.tail.bytes as u64).sum(),
         }
     }
 

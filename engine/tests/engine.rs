@@ -112,6 +112,8 @@ fn every_subscriber_on_every_shard_sees_each_room_once_in_order() {
         "all drained and live"
     );
     assert!(m.gauges.tail_cache_events > 0);
+    // Each cached event holds at least its JSON object's braces.
+    assert!(m.gauges.tail_cache_bytes > 2 * m.gauges.tail_cache_events);
     assert_eq!(latency.commit_us.len(), 1200, "one commit latency per post");
     // Per shard: one entry each, summing to the engine-wide figures, each
     // shard having done some of the posting. CPU time is counted in 10 ms

@@ -321,6 +321,11 @@ pub fn render(
             g.tail_cache_events as i64,
         ),
         (
+            "tail_cache_bytes",
+            "Bytes of the events in the rooms' tail caches",
+            g.tail_cache_bytes as i64,
+        ),
+        (
             "receipt_queue_len",
             "Read receipts waiting for the writer",
             m.receipt_queue_len as i64,

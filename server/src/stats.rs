@@ -34,7 +34,7 @@ pub struct ShardReading {
     pub subscribers: u64,
     pub lagging: u64,
     pub queued_bytes: u64,
-    pub tail_cache_events: u64,
+    pub tail_cache_bytes: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
     /// Log fdatasyncs, and the records they made durable.
@@ -66,8 +66,11 @@ pub struct ShardSample {
     /// Share of one core the shard's thread used over the interval, 0–100.
     pub cpu_pct: f64,
     pub subscribers: u64,
+    /// Bytes of events queued for this shard's subscribers, and held in
+    /// the tail caches of the rooms it owns: the shard's own memory that
+    /// varies with load (the process's RSS is `rss_bytes`).
     pub queued_bytes: u64,
-    pub tail_cache_events: u64,
+    pub tail_cache_bytes: u64,
 }
 
 /// One interval of the feed, as the dashboard draws it.
@@ -201,7 +204,7 @@ fn interval(before: &Reading, now: &Reading) -> Sample {
                 cpu_pct: round2(s.cpu_us.saturating_sub(b.cpu_us) as f64 / (secs * 1e4)),
                 subscribers: s.subscribers,
                 queued_bytes: s.queued_bytes,
-                tail_cache_events: s.tail_cache_events,
+                tail_cache_bytes: s.tail_cache_bytes,
             }
         })
         .collect();
@@ -245,7 +248,7 @@ pub fn read(engine: &Engine, http: &[ShardHttp]) -> rookery_engine::Result<Readi
                 subscribers: g.subscribers,
                 lagging: g.lagging,
                 queued_bytes: g.queued_bytes,
-                tail_cache_events: g.tail_cache_events,
+                tail_cache_bytes: g.tail_cache_bytes,
                 cache_hits: c.cache_hits,
                 cache_misses: c.cache_misses,
                 syncs: st.syncs,

@@ -134,7 +134,7 @@ fn the_stats_feed_reports_traffic_latency_and_errors() {
     let (s, _) = call(p, "GET", "/api/rooms/nope", Some(&token), None);
     assert_eq!(s, 400);
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut posted, mut commit, mut errors) = (0.0, false, 0);
+    let (mut posted, mut commit, mut errors, mut cached) = (0.0, false, 0, 0);
     while Instant::now() < deadline && (posted < 9.5 || !commit || errors == 0) {
         std::thread::sleep(Duration::from_millis(150));
         let v = feed(p, 0);
@@ -151,7 +151,12 @@ fn the_stats_feed_reports_traffic_latency_and_errors() {
             assert!(t > prev_t && ms > 0, "samples in time order");
             prev_t = t;
             posted += s["msgs_in_per_s"].as_f64().unwrap() * ms as f64 / 1000.0;
-            assert_eq!(s["shards"].as_array().unwrap().len(), 2);
+            let shards = s["shards"].as_array().unwrap();
+            assert_eq!(shards.len(), 2);
+            cached = shards
+                .iter()
+                .map(|x| x["tail_cache_bytes"].as_u64().unwrap())
+                .sum();
             commit |= s["commit_p99_ms"].as_f64().is_some_and(|ms| ms > 0.0);
             errors += s["errors"]["bad_request"].as_u64().unwrap_or(0);
         }
@@ -163,6 +168,10 @@ fn the_stats_feed_reports_traffic_latency_and_errors() {
     );
     assert!(commit, "commit latency of the posts is in a sample");
     assert_eq!(errors, 1, "the one bad_request is counted once");
+    assert!(
+        cached >= 10 * "{\"body\":\"m0\"}".len() as u64,
+        "the room's tail cache holds the 10 messages: {cached} bytes"
+    );
     // `after` leaves out what the dashboard already has.
     let last = feed(p, 0)["samples"].as_array().unwrap().last().unwrap()["t"]
         .as_u64()

@@ -104,7 +104,7 @@ function draw() {
     ...now.shards.map((s, i) => {
       const tr = document.createElement("tr");
       const cells = [i, int(s.connections), rate(s.msgs_in_per_s), rate(s.msgs_out_per_s),
-        `${s.cpu_pct.toFixed(0)}%`, "", int(s.subscribers), bytes(s.queued_bytes), int(s.tail_cache_events)];
+        `${s.cpu_pct.toFixed(0)}%`, "", int(s.subscribers), bytes(s.queued_bytes), bytes(s.tail_cache_bytes)];
       for (const c of cells) {
         const td = document.createElement("td");
         td.textContent = c;
