@@ -26,6 +26,18 @@ for component in rustfmt clippy; do
     fi
 done
 cargo --version
+# Node.js 20+ and npm run the load baselines and the browser test (the
+# locked playwright-core needs 20).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "Node.js 20+ with npm is required (https://nodejs.org, or your distribution's nodejs and npm)" >&2
+    exit 2
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+    echo "Node.js 20+ is required; found $(node --version)" >&2
+    exit 2
+fi
+echo "node $(node --version), npm $(npm --version)"
 
 step "format"
 cargo fmt --all -- --check
@@ -107,7 +119,11 @@ step "browser: the web client and dashboard in headless Chromium (about a minute
 chromium=${CHROMIUM:-/usr/bin/chromium}
 if [ ! -x "$chromium" ]; then
     sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null ||
+            { echo "chromium is missing and installing it needs root (or sudo)" >&2; exit 2; }
+        sudo="sudo"
+    fi
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get install -y -qq chromium >/dev/null ||
         { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; }

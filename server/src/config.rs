@@ -153,6 +153,12 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
 }
 
+/// Upper bounds of the stats feed's settings: an hour between samples, and
+/// a window of at most this many samples (each a few hundred bytes, and a
+/// request may ask for all of them).
+const STATS_INTERVAL_MS_MAX: u64 = 3_600_000;
+const STATS_SAMPLES_MAX: usize = 100_000;
+
 impl Config {
     /// Checks every setting; the error names the flag.
     pub fn validate(&self) -> Result<(), String> {
@@ -175,6 +181,16 @@ impl Config {
         positive(self.session_ttl_s, "session-ttl-s")?;
         positive(self.stats_interval_ms, "stats-interval-ms")?;
         positive(self.stats_samples_max as u64, "stats-samples-max")?;
+        if self.stats_interval_ms > STATS_INTERVAL_MS_MAX {
+            return Err(format!(
+                "--stats-interval-ms must be at most {STATS_INTERVAL_MS_MAX} (an hour)"
+            ));
+        }
+        if self.stats_samples_max > STATS_SAMPLES_MAX {
+            return Err(format!(
+                "--stats-samples-max must be at most {STATS_SAMPLES_MAX}"
+            ));
+        }
         positive(self.connections_per_ip_max as u64, "connections-per-ip-max")?;
         positive(self.ws_heartbeat_ms, "ws-heartbeat-ms")?;
         if self.ws_frame_bytes_max < 128 {

@@ -113,14 +113,19 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     }
-    let stats = stats::spawn(
+    // The stats thread is not joined: it ends by itself once stopping is
+    // set or the engine is gone, and a reading in progress must not hold
+    // up the bounded shutdown.
+    if let Err(e) = stats::spawn(
         engine.clone(),
         http,
         sampler,
         Duration::from_millis(cfg.stats_interval_ms),
         stopping.clone(),
-    )
-    .context("starting the stats thread")?;
+    ) {
+        let _ = engine.shutdown();
+        return Err(anyhow::Error::new(e).context("starting the stats thread"));
+    }
     tracing::info!(
         listen = %cfg.listen,
         data_dir = %cfg.data_dir.display(),
@@ -136,7 +141,6 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
-    let _ = stats.join();
     shutdown_within(engine, &cfg, drained_rx)
 }
 

@@ -134,7 +134,11 @@ pub async fn handle(req: &Request, shared: &Shared) -> Response {
 async fn route(req: &Request, shared: &Shared) -> ApiResult {
     // The third path segment, where a route has a room id.
     let id = req.path.trim_matches('/').split('/').nth(2).unwrap_or("");
-    let method = req.method.as_str();
+    // HEAD is answered as GET; the connection leaves the body out.
+    let method = match req.method.as_str() {
+        "HEAD" => "GET",
+        m => m,
+    };
     match (method, route_name(req)) {
         ("GET", "/api/server") => Ok(Response::json(200, &index(shared))),
         ("GET", "/api/stats") => stats(req, shared),

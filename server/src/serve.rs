@@ -320,6 +320,10 @@ async fn connection(
                     }
                     let close = !req.keep_alive || shared.stopping.load(Ordering::Relaxed);
                     resp.encode(close, &mut out);
+                    if req.method == "HEAD" {
+                        // The head as for GET (with the body's length), no body.
+                        out.truncate(out.len() - resp.body.len());
+                    }
                     if close {
                         let _ = stream.write_all(&out).await;
                         linger_close(stream).await;

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rookery_engine::{Engine, Metrics};
@@ -37,7 +37,7 @@ pub struct ShardReading {
     pub tail_cache_bytes: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
-    /// Log fdatasyncs, and the records they made durable.
+    /// Log fdatasyncs that made records durable, and those records.
     pub syncs: u64,
     pub synced_records: u64,
 }
@@ -228,8 +228,8 @@ fn interval(before: &Reading, now: &Reading) -> Sample {
     }
 }
 
-/// Reads the server's figures now.
-pub fn read(engine: &Engine, http: &[ShardHttp]) -> rookery_engine::Result<Reading> {
+/// Reads the server's figures now (`at_ms` is the reading's time).
+pub fn read(engine: &Engine, http: &[ShardHttp], at_ms: u64) -> rookery_engine::Result<Reading> {
     let per_shard: Vec<Metrics> = engine.shard_metrics()?;
     let mut commit_us = crate::metrics::micros_histogram();
     let shards = per_shard
@@ -251,7 +251,9 @@ pub fn read(engine: &Engine, http: &[ShardHttp]) -> rookery_engine::Result<Readi
                 tail_cache_bytes: g.tail_cache_bytes,
                 cache_hits: c.cache_hits,
                 cache_misses: c.cache_misses,
-                syncs: st.syncs,
+                // Syncs that made records durable (the fsync batch size
+                // histogram's count; checkpoint and seal syncs carry none).
+                syncs: st.sync_batch_records.iter().sum(),
                 synced_records: st.records.saturating_sub(st.unsynced_records),
             }
         })
@@ -263,7 +265,7 @@ pub fn read(engine: &Engine, http: &[ShardHttp]) -> rookery_engine::Result<Readi
         h.add_delivery_into(&mut delivery_us);
     }
     Ok(Reading {
-        at_ms: crate::auth::now_ms(),
+        at_ms,
         shards,
         rss_bytes: crate::metrics::resident_bytes().max(0) as u64,
         errors,
@@ -273,7 +275,11 @@ pub fn read(engine: &Engine, http: &[ShardHttp]) -> rookery_engine::Result<Readi
 }
 
 /// Starts the thread that takes a reading every `interval` into `sampler`
-/// until `stopping` is set.
+/// until `stopping` is set or the engine is gone. Readings are timed by a
+/// monotonic clock (from the wall-clock time at start), so a clock step
+/// neither freezes the feed nor makes an interval of the wrong length; a
+/// reading late by more than an interval is not followed by catch-up
+/// readings.
 pub fn spawn(
     engine: Engine,
     http: Arc<Vec<ShardHttp>>,
@@ -284,17 +290,20 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("rookery-stats".into())
         .spawn(move || {
+            let (start, start_ms) = (Instant::now(), crate::auth::now_ms());
             // Short naps, so that a stop is seen quickly whatever the
             // interval.
-            let nap = interval.min(Duration::from_millis(100));
-            let mut next = std::time::Instant::now();
+            let nap = Duration::from_millis(100);
+            let mut next = start;
             while !stopping.load(Ordering::Relaxed) {
-                if std::time::Instant::now() < next {
-                    std::thread::sleep(nap);
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(nap));
                     continue;
                 }
-                next += interval;
-                match read(&engine, &http) {
+                next = next.max(now) + interval;
+                let at_ms = start_ms + start.elapsed().as_millis() as u64;
+                match read(&engine, &http, at_ms) {
                     Ok(r) => {
                         if let Ok(mut s) = sampler.lock() {
                             s.record(r);

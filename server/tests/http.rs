@@ -195,6 +195,11 @@ fn a_bad_setting_is_one_line_naming_it_and_nothing_starts() {
         (vec!["--listen", "not-an-address"], "--listen"),
         (vec!["--stats-interval-ms", "0"], "--stats-interval-ms"),
         (vec!["--stats-samples-max", "0"], "--stats-samples-max"),
+        (
+            vec!["--stats-interval-ms", "3600001"],
+            "--stats-interval-ms",
+        ),
+        (vec!["--stats-samples-max", "100001"], "--stats-samples-max"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_rookery"))
             .args(["--data-dir", data.to_str().unwrap()])
