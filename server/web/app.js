@@ -287,7 +287,10 @@ async function openRoom(id) {
   if (state.current === id) {
     $("#composer").hidden = false;
     state.list.reset(count(v));
-    state.list.scrollToBottom();
+    // With unread messages, start at the first of them (the reader scrolls
+    // down through the rest, which marks them read); else at the bottom.
+    if (v.firstUnread >= v.lo && v.firstUnread <= v.hi) state.list.scrollToIndex(v.firstUnread - v.lo);
+    else state.list.scrollToBottom();
     markRead();
     $("#composer").body.focus();
   }

@@ -85,6 +85,13 @@ export class VirtualList {
     }
   }
 
+  // Shows item `index` at the top of the viewport (`margin` px below it).
+  scrollToIndex(index, margin = 8) {
+    if (index < 0 || index >= this.count) return;
+    this.stick = false;
+    this.layout({ index, delta: -margin });
+  }
+
   scrollToBottom() {
     this.stick = true;
     this.schedule();

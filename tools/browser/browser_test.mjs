@@ -327,6 +327,33 @@ async function steps(browser, base) {
   check(inPerSec > 0, `the feed saw messages come in (${inPerSec}/s at most)`);
   await d.screenshot({ path: join(artifacts, "dashboard.png"), fullPage: true });
 
+  console.log("unread badges and read markers");
+  // Bob was in the archive while alice sent 20 messages to the lobby.
+  const badge = b.locator('#my-rooms button:has-text("lobby") .badge');
+  await badge.waitFor({ timeout: WAIT_MS });
+  check((await badge.textContent()) === "20", `bob's lobby badge counts the 20 unread (${await badge.textContent()})`);
+  await b.click('#my-rooms button:has-text("lobby")');
+  await b.waitForSelector('#messages .msg.first-unread:has-text("busy 0")', { timeout: WAIT_MS });
+  check((await badge.count()) === 0, "opening the room clears its badge and shows the first unread message, marked");
+  const unreadServer = async () =>
+    b.evaluate(async (room) => {
+      const token = window.rookery.state.auth.token;
+      const res = await fetch("/api/me/unread", { headers: { authorization: `Bearer ${token}` } });
+      return (await res.json()).rooms.find((x) => x.room === room).unread;
+    }, room);
+  await b.waitForTimeout(1000);
+  check((await unreadServer()) > 0, "not scrolled to the bottom yet, the room is not marked read");
+  await b.evaluate(() => {
+    const s = document.querySelector("#messages");
+    s.scrollTop = s.scrollHeight;
+  });
+  let left = await unreadServer();
+  for (let waited = 0; left !== 0 && waited < WAIT_MS; waited += 200) {
+    await b.waitForTimeout(200);
+    left = await unreadServer();
+  }
+  check(left === 0, "reading to the bottom stores the read marker (server unread 0)");
+
   console.log("narrow screen");
   const narrow = await ctxB.newPage();
   await narrow.setViewportSize({ width: 360, height: 720 });
