@@ -42,7 +42,7 @@ pub use config::EngineConfig;
 pub use engine::{Engine, Pending, ShardTask};
 pub use error::{Error, Result};
 pub use event::{Event, EventKind};
-pub use metrics::{Latencies, Metrics, ShardCounters, ShardGauges};
+pub use metrics::{micros_histogram, Latencies, Metrics, ShardCounters, ShardGauges};
 pub use rookery_storage::{self as storage, Cursor, Order, Retention, RetentionReport};
 pub use shard::{HistoryPage, PostAck, StoredMessage};
 pub use subscription::{Delivery, Inbox, Subscription};

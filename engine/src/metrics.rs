@@ -48,14 +48,19 @@ pub struct Latencies {
     pub page_us: hdrhistogram::Histogram<u64>,
 }
 
+/// An empty latency histogram of µs as the engine keeps them (1 µs to
+/// 60 s, two significant digits): what callers use for histograms they
+/// merge with or subtract from the engine's.
+pub fn micros_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")
+}
+
 impl Default for Latencies {
     fn default() -> Self {
-        let h =
-            || hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds");
         Latencies {
-            commit_us: h(),
-            hop_us: h(),
-            page_us: h(),
+            commit_us: micros_histogram(),
+            hop_us: micros_histogram(),
+            page_us: micros_histogram(),
         }
     }
 }

@@ -16,7 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use rookery_engine::Metrics;
+use rookery_engine::{micros_histogram, Metrics};
 
 /// HTTP counters of one shard.
 #[derive(Default)]
@@ -96,10 +96,6 @@ impl ShardHttp {
             *e.entry(code).or_default() += 1;
         }
     }
-}
-
-pub(crate) fn micros_histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds")
 }
 
 /// Upper bounds (seconds) of the latency histograms' buckets.

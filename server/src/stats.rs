@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rookery_engine::{Engine, Metrics};
+use rookery_engine::{micros_histogram, Engine, Metrics};
 use serde::Serialize;
 
 use crate::metrics::ShardHttp;
@@ -231,7 +231,7 @@ fn interval(before: &Reading, now: &Reading) -> Sample {
 /// Reads the server's figures now (`at_ms` is the reading's time).
 pub fn read(engine: &Engine, http: &[ShardHttp], at_ms: u64) -> rookery_engine::Result<Reading> {
     let per_shard: Vec<Metrics> = engine.shard_metrics()?;
-    let mut commit_us = crate::metrics::micros_histogram();
+    let mut commit_us = micros_histogram();
     let shards = per_shard
         .iter()
         .enumerate()
@@ -259,7 +259,7 @@ pub fn read(engine: &Engine, http: &[ShardHttp], at_ms: u64) -> rookery_engine::
         })
         .collect();
     let mut errors = HashMap::new();
-    let mut delivery_us = crate::metrics::micros_histogram();
+    let mut delivery_us = micros_histogram();
     for h in http {
         h.add_errors_into(&mut errors);
         h.add_delivery_into(&mut delivery_us);
@@ -326,8 +326,8 @@ mod tests {
             shards,
             rss_bytes: 1 << 20,
             errors: HashMap::new(),
-            delivery_us: crate::metrics::micros_histogram(),
-            commit_us: crate::metrics::micros_histogram(),
+            delivery_us: micros_histogram(),
+            commit_us: micros_histogram(),
         }
     }
 
