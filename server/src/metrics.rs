@@ -143,10 +143,7 @@ impl EncodeMetric for SyncBatchHistogram {
             .map(|(&b, &n)| (b as f64, n))
             .collect();
         buckets.push((f64::MAX, counts[SYNC_BATCH_BOUNDS.len()]));
-        let syncs: u64 = counts.iter().sum();
-        // Records in synced batches (those still unsynced are not yet in
-        // a bucket).
-        let sum = self.0.records.saturating_sub(self.0.unsynced_records) as f64;
+        let (sum, syncs) = (self.0.synced_records() as f64, self.0.record_syncs());
         encoder.encode_histogram::<NoLabelSet>(sum, syncs, &buckets, None)
     }
 

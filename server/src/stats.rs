@@ -251,10 +251,8 @@ pub fn read(engine: &Engine, http: &[ShardHttp], at_ms: u64) -> rookery_engine::
                 tail_cache_bytes: g.tail_cache_bytes,
                 cache_hits: c.cache_hits,
                 cache_misses: c.cache_misses,
-                // Syncs that made records durable (the fsync batch size
-                // histogram's count; checkpoint and seal syncs carry none).
-                syncs: st.sync_batch_records.iter().sum(),
-                synced_records: st.records.saturating_sub(st.unsynced_records),
+                syncs: st.record_syncs(),
+                synced_records: st.synced_records(),
             }
         })
         .collect();

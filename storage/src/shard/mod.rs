@@ -204,6 +204,19 @@ impl ShardStats {
         self.unsynced_records += o.unsynced_records;
     }
 
+    /// Syncs that made records durable: the count of the
+    /// `sync_batch_records` histogram (checkpoint and seal syncs, which
+    /// carry no records, are in `syncs` only).
+    pub fn record_syncs(&self) -> u64 {
+        self.sync_batch_records.iter().sum()
+    }
+
+    /// Records made durable by those syncs: the sum of the histogram
+    /// (records written since the last sync are not in it yet).
+    pub fn synced_records(&self) -> u64 {
+        self.records.saturating_sub(self.unsynced_records)
+    }
+
     /// Puts the records written since the last sync into their bucket.
     pub(crate) fn synced(&mut self) {
         if self.unsynced_records == 0 {
