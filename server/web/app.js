@@ -296,13 +296,18 @@ async function openRoom(id) {
   }
 }
 
+// Rows for the seqs lo..hi (the pending sends come after them).
+function seqRows(v) {
+  return Math.max(0, v.hi - v.lo + 1);
+}
+
 function count(v) {
-  return Math.max(0, v.hi - v.lo + 1) + v.pending.length;
+  return seqRows(v) + v.pending.length;
 }
 
 function rowKey(i) {
   const v = state.views.get(state.current);
-  const n = Math.max(0, v.hi - v.lo + 1);
+  const n = seqRows(v);
   return i < n ? v.lo + i : "p:" + v.pending[i - n].client_id;
 }
 
@@ -422,7 +427,7 @@ function redraw(v) {
 
 function renderRow(i) {
   const v = state.views.get(state.current);
-  const n = Math.max(0, v.hi - v.lo + 1);
+  const n = seqRows(v);
   if (i >= n) {
     const p = v.pending[i - n];
     return el(
