@@ -185,10 +185,16 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
                     while sent - done < 8 && !stop.load(Ordering::Relaxed) {
                         let id = format!("k{c}-{sent}");
                         let body = format!("{c}:{sent}");
-                        send_frame(
-                            &mut ws,
-                            json!({"type": "send", "room": room, "body": body, "client_id": id, "ref": id}),
-                        );
+                        let frame = json!({"type": "send", "room": room, "body": body,
+                                           "client_id": id, "ref": id});
+                        // The server may be killed between two sends: a
+                        // refused write ends this client like a closed read.
+                        if ws
+                            .try_write_frame(TEXT, frame.to_string().as_bytes(), true, false)
+                            .is_err()
+                        {
+                            return sent;
+                        }
                         sent += 1;
                     }
                     let Some(f) = ws.read_frame() else {

@@ -248,6 +248,17 @@ impl RawWs {
 
     /// Sends one masked frame.
     pub fn write_frame(&mut self, opcode: u8, payload: &[u8], fin: bool, rsv1: bool) {
+        self.try_write_frame(opcode, payload, fin, rsv1).unwrap();
+    }
+
+    /// Sends one masked frame; the error if the connection is gone.
+    pub fn try_write_frame(
+        &mut self,
+        opcode: u8,
+        payload: &[u8],
+        fin: bool,
+        rsv1: bool,
+    ) -> std::io::Result<()> {
         let mut f = vec![opcode | if fin { 0x80 } else { 0 } | if rsv1 { 0x40 } else { 0 }];
         match payload.len() {
             n if n < 126 => f.push(0x80 | n as u8),
@@ -263,7 +274,7 @@ impl RawWs {
         let mask = [0x37, 0xfa, 0x21, 0x3d];
         f.extend_from_slice(&mask);
         f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.s.write_all(&f).unwrap();
+        self.s.write_all(&f)
     }
 
     /// The next frame from the server; `None` at end of stream.
