@@ -184,3 +184,30 @@ pub struct Metrics {
     /// Transactions the receipt writer committed (engine-wide counter).
     pub receipt_batches: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// The shard's CPU figure is this thread's time, in µs: busy work
+    /// moves it (it is counted in 10 ms ticks, so the work runs until at
+    /// least 30 ms are counted), and never by more than the wall time
+    /// that passed.
+    #[test]
+    fn thread_cpu_time_counts_this_threads_work_in_micros() {
+        let (before, started) = (thread_cpu_us(), Instant::now());
+        let mut x = 0u64;
+        while thread_cpu_us() < before + 30_000 && started.elapsed() < Duration::from_secs(20) {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        let (used, wall) = (thread_cpu_us() - before, started.elapsed());
+        assert!(used >= 30_000, "{used} µs of CPU in {wall:?}");
+        assert!(
+            used <= wall.as_micros() as u64 + 20_000,
+            "{used} µs of CPU in {wall:?}: not µs"
+        );
+    }
+}

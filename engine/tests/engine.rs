@@ -116,15 +116,15 @@ fn every_subscriber_on_every_shard_sees_each_room_once_in_order() {
     assert!(m.gauges.tail_cache_bytes > 2 * m.gauges.tail_cache_events);
     assert_eq!(latency.commit_us.len(), 1200, "one commit latency per post");
     // Per shard: one entry each, summing to the engine-wide figures, each
-    // shard having done some of the posting. CPU time is counted in 10 ms
-    // ticks, so only the total is sure to be non-zero.
+    // shard having done some of the posting. (CPU time is counted in 10 ms
+    // ticks, which this test's shards may not reach: the figure is tested
+    // in engine::metrics.)
     let shards = engine.shard_metrics().unwrap();
     assert_eq!(shards.len(), engine.shards());
     assert_eq!(shards.iter().map(|s| s.counters.posts).sum::<u64>(), 1200);
     assert_eq!(shards.iter().map(|s| s.gauges.subscribers).sum::<u64>(), 36);
     let counters: Vec<_> = shards.iter().map(|s| s.counters).collect();
     assert!(counters.iter().all(|c| c.posts > 0), "{counters:?}");
-    assert!(counters.iter().any(|c| c.cpu_us > 0), "{counters:?}");
     assert!(
         !latency.hop_us.is_empty(),
         "cross-shard deliveries are timed"
