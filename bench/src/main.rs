@@ -12,6 +12,8 @@
 //! - `rookery-bench compare`: one scenario against Rookery and the Node ws
 //!   and Socket.IO baselines, side by side.
 
+#![recursion_limit = "256"]
+
 use clap::{Parser, Subcommand};
 
 #[global_allocator]

@@ -1,73 +1,63 @@
-//! One load run: setup (rooms, users), the generator threads with a task
-//! per virtual user, the server sampler, the progress line, and the
-//! report.
+//! One load run: setup (rooms, users), the generator threads (each an
+//! event loop over its users' connections, see `driver`), the server
+//! sampler, the progress line, and the report.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::account::{Arrival, Receiver};
 use super::stages;
-use super::wire::{self, Conn, Incoming, Wire};
-use super::Plan;
+use super::wire::Wire;
+use super::{driver, Plan};
 use crate::http_client::{jwt, HttpClient};
-
-/// How long a connection attempt (upgrade and join) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a leaving user waits for what is still due to it.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often each generator executor wakes, whatever it waits for.
-const KICK_INTERVAL: Duration = Duration::from_millis(5);
-/// Resolution of the users' active windows.
-const WINDOW_STEP: Duration = Duration::from_millis(10);
 
 /// Counters shared by the generator threads (relaxed; read by the progress
 /// line and the report).
 #[derive(Default)]
-struct Live {
-    attempted: AtomicU64,
-    connected: AtomicU64,
-    failed: AtomicU64,
-    open: AtomicU64,
-    sent: AtomicU64,
-    acked: AtomicU64,
-    delivered: AtomicU64,
-    errors: AtomicU64,
-    dropped: AtomicU64,
+pub(super) struct Live {
+    pub(super) attempted: AtomicU64,
+    pub(super) connected: AtomicU64,
+    pub(super) failed: AtomicU64,
+    pub(super) open: AtomicU64,
+    pub(super) sent: AtomicU64,
+    pub(super) acked: AtomicU64,
+    pub(super) delivered: AtomicU64,
+    pub(super) errors: AtomicU64,
+    pub(super) dropped: AtomicU64,
 }
 
 /// What every generator thread reads.
-struct Shared {
-    plan: Plan,
-    epoch: Instant,
-    room_ids: Vec<u64>,
+pub(super) struct Shared {
+    pub(super) plan: Plan,
+    pub(super) epoch: Instant,
+    pub(super) room_ids: Vec<u64>,
     /// Per room: the highest seq acknowledged so far.
-    max_acked: Vec<AtomicU64>,
-    live: Live,
-    first_error: std::sync::Mutex<Option<String>>,
+    pub(super) max_acked: Vec<AtomicU64>,
+    pub(super) live: Live,
+    pub(super) first_error: std::sync::Mutex<Option<String>>,
 }
 
-/// One generator thread's results.
-struct Tally {
-    ack_us: Histogram<u64>,
-    deliver_us: Histogram<u64>,
-    slip_us: Histogram<u64>,
-    expected: u64,
+/// One generator thread's results (merged: every thread's).
+pub(super) struct Tally {
+    pub(super) ack_us: Histogram<u64>,
+    pub(super) deliver_us: Histogram<u64>,
+    pub(super) slip_us: Histogram<u64>,
+    pub(super) expected: u64,
     /// Deliveries counted against `expected` (those up to each receiver's
     /// last due seq).
-    delivered: u64,
-    lost: u64,
-    duplicated: u64,
-    reordered: u64,
-    cpu: Duration,
-    wall: Duration,
+    pub(super) delivered: u64,
+    pub(super) lost: u64,
+    pub(super) duplicated: u64,
+    pub(super) reordered: u64,
+    /// CPU time of the thread (merged: of the busiest thread).
+    pub(super) cpu: Duration,
+    /// CPU time of every thread merged.
+    pub(super) cpu_sum: Duration,
+    pub(super) wall: Duration,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -75,7 +65,7 @@ fn histogram() -> Histogram<u64> {
 }
 
 impl Tally {
-    fn new() -> Tally {
+    pub(super) fn new() -> Tally {
         Tally {
             ack_us: histogram(),
             deliver_us: histogram(),
@@ -86,6 +76,7 @@ impl Tally {
             duplicated: 0,
             reordered: 0,
             cpu: Duration::ZERO,
+            cpu_sum: Duration::ZERO,
             wall: Duration::ZERO,
         }
     }
@@ -100,6 +91,7 @@ impl Tally {
         self.duplicated += o.duplicated;
         self.reordered += o.reordered;
         self.cpu = self.cpu.max(o.cpu);
+        self.cpu_sum += o.cpu;
         self.wall = self.wall.max(o.wall);
     }
 }
@@ -169,16 +161,90 @@ pub struct Report {
     pub deliver_ms: Pct,
     pub slip_ms: Pct,
     pub generator_thread_cpu_max: f64,
+    /// CPU seconds of every generator thread.
+    pub generator_cpu_s: f64,
     pub server: Vec<Sample>,
     pub server_rss_start: Option<u64>,
-    /// For `max`: (rate per user, delivered/s, p99 ms, passed) per step.
-    pub steps: Vec<(f64, f64, f64, bool)>,
+    /// CPU seconds (user + system) the server process used during the run,
+    /// from /proc (10 ms ticks).
+    pub server_cpu_s: Option<f64>,
+    /// For `max`: every step, in order.
+    pub steps: Vec<Step>,
     pub max_passing_delivered_per_sec: Option<f64>,
+}
+
+/// One step of `max`.
+#[derive(Debug, Clone, Default)]
+pub struct Step {
+    pub rate_per_user: f64,
+    pub delivered_per_sec: f64,
+    pub deliver_p99_ms: f64,
+    pub passed: bool,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    pub server_cpu_us_per_send: Option<f64>,
+    pub generator_cpu_us_per_delivery: Option<f64>,
+    pub generator_saturated: bool,
+}
+
+impl Step {
+    fn of(r: &Report, passed: bool) -> Step {
+        Step {
+            rate_per_user: r.rate_per_user,
+            delivered_per_sec: r.delivered_per_sec(),
+            deliver_p99_ms: r.deliver_ms.p99,
+            passed,
+            server_cpu_us_per_delivery: r.server_cpu_us_per_delivery(),
+            server_cpu_us_per_send: r.server_cpu_us_per_send(),
+            generator_cpu_us_per_delivery: r.generator_cpu_us_per_delivery(),
+            generator_saturated: r.generator_saturated(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "rate_per_user": self.rate_per_user,
+            "delivered_per_sec": self.delivered_per_sec,
+            "deliver_p99_ms": self.deliver_p99_ms,
+            "passed": self.passed,
+            "server_cpu_us_per_delivery": self.server_cpu_us_per_delivery,
+            "server_cpu_us_per_send": self.server_cpu_us_per_send,
+            "generator_cpu_us_per_delivery": self.generator_cpu_us_per_delivery,
+            "generator_saturated": self.generator_saturated,
+        })
+    }
+}
+
+/// `total` µs spread over `n` events, if any.
+fn per(total_s: Option<f64>, n: u64) -> Option<f64> {
+    total_s.filter(|_| n > 0).map(|s| s * 1e6 / n as f64)
 }
 
 impl Report {
     pub fn delivered_per_sec(&self) -> f64 {
         self.delivered as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Server CPU (user + system) per delivered message, µs.
+    pub fn server_cpu_us_per_delivery(&self) -> Option<f64> {
+        per(self.server_cpu_s, self.delivered)
+    }
+
+    /// Server CPU per acknowledged send, µs.
+    pub fn server_cpu_us_per_send(&self) -> Option<f64> {
+        per(self.server_cpu_s, self.acked)
+    }
+
+    /// Generator CPU (every thread) per delivered message, µs.
+    pub fn generator_cpu_us_per_delivery(&self) -> Option<f64> {
+        per(Some(self.generator_cpu_s), self.delivered)
+    }
+
+    /// The highest passing step of `max`.
+    pub fn best_step(&self) -> Option<&Step> {
+        self.steps
+            .iter()
+            .filter(|s| s.passed)
+            .max_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec))
     }
 
     pub fn connect_error_rate(&self) -> f64 {
@@ -231,8 +297,11 @@ impl Report {
             "deliver_p99_ms": self.deliver_ms.p99,
             "delivered_per_sec": self.delivered_per_sec(),
             "max_passing_delivered_per_sec": self.max_passing_delivered_per_sec,
-            "steps": self.steps.iter().map(|(r, d, p, ok)| json!({
-                "rate_per_user": r, "delivered_per_sec": d, "deliver_p99_ms": p, "passed": ok})).collect::<Vec<_>>(),
+            "steps": self.steps.iter().map(Step::json).collect::<Vec<_>>(),
+            "server_cpu_s": self.server_cpu_s,
+            "server_cpu_us_per_delivery": self.server_cpu_us_per_delivery(),
+            "server_cpu_us_per_send": self.server_cpu_us_per_send(),
+            "max_passing_server_cpu_us_per_delivery": self.best_step().and_then(|s| s.server_cpu_us_per_delivery),
             "server_rss_bytes_max": self.server_rss_max(),
             "server_rss_per_connection_bytes": rss_per_conn,
             "server_cpu_percent_avg": avg_cpu(&self.server),
@@ -240,6 +309,8 @@ impl Report {
                 "t_s": s.t_s, "rss_bytes": s.rss_bytes, "cpu_percent": s.cpu_percent})).collect::<Vec<_>>(),
             "generator": {
                 "thread_cpu_max": self.generator_thread_cpu_max,
+                "cpu_s": self.generator_cpu_s,
+                "cpu_us_per_delivery": self.generator_cpu_us_per_delivery(),
                 "schedule_slip_ms": self.slip_ms.json(),
                 "saturated": self.generator_saturated(),
             },
@@ -308,13 +379,37 @@ impl Report {
                 ),
             );
         }
+        let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+        line(
+            "server CPU per delivery",
+            format!(
+                "{} µs ({} µs per send)",
+                us(self.server_cpu_us_per_delivery()),
+                us(self.server_cpu_us_per_send())
+            ),
+        );
         if let Some(m) = self.max_passing_delivered_per_sec {
             line("max passing delivered/s", format!("{m:.0}"));
+        }
+        for st in &self.steps {
+            line(
+                &format!("  step {:.3}/s per user", st.rate_per_user),
+                format!(
+                    "{:>9.0} delivered/s  p99 {:>8.2} ms  server {:>6} µs/delivery  generator {:>6} µs/delivery  {}{}",
+                    st.delivered_per_sec,
+                    st.deliver_p99_ms,
+                    us(st.server_cpu_us_per_delivery),
+                    us(st.generator_cpu_us_per_delivery),
+                    if st.passed { "pass" } else { "FAIL" },
+                    if st.generator_saturated { " (generator saturated)" } else { "" }
+                ),
+            );
         }
         line(
             "generator",
             format!(
-                "busiest thread {:.0}% CPU, schedule slip p99 {:.2} ms{}",
+                "{} µs CPU per delivery, busiest thread {:.0}% CPU, schedule slip p99 {:.2} ms{}",
+                us(self.generator_cpu_us_per_delivery()),
                 self.generator_thread_cpu_max * 100.0,
                 self.slip_ms.p99,
                 if self.generator_saturated() {
@@ -337,7 +432,7 @@ fn avg_cpu(samples: &[Sample]) -> Option<f64> {
 }
 
 /// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
+pub(super) fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -394,14 +489,14 @@ pub fn execute(plan: &Plan) -> Result<Report> {
         let (shared, done) = (shared.clone(), done.clone());
         std::thread::spawn(move || sample_server(pid, &shared, &done))
     });
-    let rss_start = plan.server_pid.and_then(proc_sample).map(|s| s.0);
+    let server_start = plan.server_pid.and_then(proc_sample);
     let mut workers = Vec::new();
     for w in 0..plan.threads {
         let shared = shared.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Unbound)
-            .name(&format!("load-{w}"))
-            .spawn(move || async move { worker(shared, w).await })
-            .map_err(|e| anyhow::anyhow!("starting a generator thread: {e}"))?;
+        let handle = std::thread::Builder::new()
+            .name(format!("load-{w}"))
+            .spawn(move || driver::run(&shared, w))
+            .context("starting a generator thread")?;
         workers.push(handle);
     }
     let total = stages::total(&plan.stages);
@@ -411,13 +506,25 @@ pub fn execute(plan: &Plan) -> Result<Report> {
         std::thread::spawn(move || progress_line(&shared, total, &progress_done))
     });
     let mut tally = Tally::new();
+    let mut failure = None;
     for h in workers {
-        let t = h
-            .join()
-            .map_err(|e| anyhow::anyhow!("a generator thread failed: {e}"))?;
-        tally.merge(&t);
+        match h.join() {
+            Ok(Ok(t)) => tally.merge(&t),
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some(anyhow::anyhow!("a generator thread panicked")),
+        }
     }
+    let server_end = plan.server_pid.and_then(proc_sample);
     done.store(true, Ordering::Relaxed);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let server_cpu_s = match (server_start, server_end) {
+        (Some((_, a)), Some((_, b))) => Some(b.saturating_sub(a) as f64 / hz),
+        _ => None,
+    };
     let server = sampler
         .map(|s| s.join().unwrap_or_default())
         .unwrap_or_default();
@@ -454,8 +561,10 @@ pub fn execute(plan: &Plan) -> Result<Report> {
         deliver_ms: Pct::of(&tally.deliver_us),
         slip_ms: Pct::of(&tally.slip_us),
         generator_thread_cpu_max: tally.cpu.as_secs_f64() / tally.wall.as_secs_f64().max(1e-9),
+        generator_cpu_s: tally.cpu_sum.as_secs_f64(),
         server,
-        server_rss_start: rss_start,
+        server_rss_start: server_start.map(|s| s.0),
+        server_cpu_s,
         steps: Vec::new(),
         max_passing_delivered_per_sec: None,
     })
@@ -475,15 +584,20 @@ pub fn step_to_max(plan: &Plan) -> Result<Report> {
         let r = execute(&p)?;
         let passed =
             r.deliver_ms.p99 <= 100.0 && r.lost == 0 && r.connect_errors == 0 && r.delivered > 0;
-        steps.push((rate, r.delivered_per_sec(), r.deliver_ms.p99, passed));
+        let step = Step::of(&r, passed);
+        let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
         eprintln!(
-            "max: {rate}/s per user → {:.0} delivered/s, p99 {:.2} ms, lost {}: {}",
-            r.delivered_per_sec(),
-            r.deliver_ms.p99,
+            "max: {rate}/s per user → {:.0} delivered/s, p99 {:.2} ms, lost {}, server {} µs/delivery, generator {} µs/delivery{}: {}",
+            step.delivered_per_sec,
+            step.deliver_p99_ms,
             r.lost,
+            us(step.server_cpu_us_per_delivery),
+            us(step.generator_cpu_us_per_delivery),
+            if step.generator_saturated { " (generator saturated)" } else { "" },
             if passed { "pass" } else { "FAIL" }
         );
-        let saturated = r.generator_saturated();
+        let saturated = step.generator_saturated;
+        steps.push(step);
         if passed {
             best = Some(r);
         } else {
@@ -499,8 +613,8 @@ pub fn step_to_max(plan: &Plan) -> Result<Report> {
     let mut report = best.or(last).context("no step ran")?;
     report.max_passing_delivered_per_sec = steps
         .iter()
-        .filter(|s| s.3)
-        .map(|s| s.1)
+        .filter(|s| s.passed)
+        .map(|s| s.delivered_per_sec)
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
     report.steps = steps;
     report.scenario = "max".into();
@@ -548,356 +662,5 @@ fn progress_line(shared: &Shared, total: Duration, done: &AtomicBool) {
             get(&l.failed),
             get(&l.errors),
         );
-    }
-}
-
-/// One generator thread: a task per virtual user it owns.
-async fn worker(shared: Arc<Shared>, w: usize) -> Tally {
-    let started = (Instant::now(), thread_cpu());
-    let plan = &shared.plan;
-    let users = stages::peak(&plan.stages);
-    let tally = Rc::new(RefCell::new(Tally::new()));
-    // Connections are paced per thread: each takes its share of the rate.
-    let pace = Duration::from_secs_f64(plan.threads as f64 / plan.connect_rate);
-    let next_connect = Rc::new(Cell::new(Instant::now()));
-    let mut tasks = Vec::new();
-    for i in (w as u32..users).step_by(plan.threads) {
-        let windows = stages::windows(&plan.stages, i, WINDOW_STEP);
-        let (shared, tally, next_connect) = (shared.clone(), tally.clone(), next_connect.clone());
-        tasks.push(glommio::spawn_local(async move {
-            for (start, stop) in windows {
-                let vu = Vu {
-                    shared: &shared,
-                    tally: &tally,
-                    i,
-                    stop_at: shared.epoch + stop,
-                };
-                sleep_until(shared.epoch + start).await;
-                let slot = next_connect.get().max(Instant::now());
-                next_connect.set(slot + pace);
-                sleep_until(slot).await;
-                vu.session().await;
-            }
-        }));
-    }
-    // glommio 0.9.0 can park an executor while tasks are runnable (see the
-    // engine's `kick_interval`); a timer that fires every few ms bounds
-    // such a stall, which would otherwise show up as latency.
-    let running = Rc::new(Cell::new(true));
-    let ticker = {
-        let running = running.clone();
-        glommio::spawn_local(async move {
-            while running.get() {
-                glommio::timer::sleep(KICK_INTERVAL).await;
-            }
-        })
-    };
-    for t in tasks {
-        t.await;
-    }
-    running.set(false);
-    ticker.await;
-    let mut out = Rc::try_unwrap(tally)
-        .map(RefCell::into_inner)
-        .unwrap_or_else(|rc| std::mem::replace(&mut *rc.borrow_mut(), Tally::new()));
-    out.cpu = thread_cpu().saturating_sub(started.1);
-    out.wall = started.0.elapsed();
-    out
-}
-
-async fn sleep_until(t: Instant) {
-    let left = t.saturating_duration_since(Instant::now());
-    if !left.is_zero() {
-        glommio::timer::sleep(left).await;
-    }
-}
-
-/// The due time (µs since the epoch) a message body starts with (`t=N;`).
-fn sched_us(body: &[u8]) -> Option<u64> {
-    let b = body.strip_prefix(b"t=")?;
-    let n = b.iter().take_while(|c| c.is_ascii_digit()).count();
-    std::str::from_utf8(&b[..n]).ok()?.parse().ok()
-}
-
-/// One virtual user's session in one active window.
-struct Vu<'a> {
-    shared: &'a Shared,
-    tally: &'a RefCell<Tally>,
-    i: u32,
-    stop_at: Instant,
-}
-
-impl Vu<'_> {
-    fn fail(&self, why: String) {
-        if let Ok(mut e) = self.shared.first_error.lock() {
-            e.get_or_insert(why);
-        }
-    }
-
-    fn room(&self) -> usize {
-        self.i as usize % self.shared.room_ids.len()
-    }
-
-    /// Connects, joins, sends on schedule until the window ends, then
-    /// drains what is still due and accounts for it.
-    async fn session(&self) {
-        let l = &self.shared.live;
-        l.attempted.fetch_add(1, Ordering::Relaxed);
-        let opened = futures_lite::future::or(self.connect(), async {
-            glommio::timer::sleep(CONNECT_TIMEOUT).await;
-            Err(anyhow::anyhow!(
-                "connect and join took over {CONNECT_TIMEOUT:?}"
-            ))
-        })
-        .await;
-        let (mut conn, join_seq) = match opened {
-            Ok(c) => c,
-            Err(e) => {
-                l.failed.fetch_add(1, Ordering::Relaxed);
-                self.fail(format!("user {}: {e:#}", self.i));
-                return;
-            }
-        };
-        l.connected.fetch_add(1, Ordering::Relaxed);
-        l.open.fetch_add(1, Ordering::Relaxed);
-        let mut rx = Receiver::new(join_seq);
-        let outcome = self.exchange(&mut conn, &mut rx).await;
-        let upto = match &outcome {
-            Ok(upto) => *upto,
-            Err(e) => {
-                l.dropped.fetch_add(1, Ordering::Relaxed);
-                self.fail(format!("user {}: {e:#}", self.i));
-                // Dropped: everything acknowledged by now was due to it.
-                self.shared.max_acked[self.room()].load(Ordering::Acquire)
-            }
-        };
-        {
-            let mut t = self.tally.borrow_mut();
-            t.expected += rx.expected(upto);
-            t.delivered += rx.delivered_to(upto);
-            t.lost += rx.lost(upto);
-            t.duplicated += rx.duplicated;
-            t.reordered += rx.reordered;
-        }
-        l.open.fetch_sub(1, Ordering::Relaxed);
-        if outcome.is_ok() {
-            conn.close().await;
-        }
-    }
-
-    /// Upgrade, (Socket.IO: namespace connect,) join: the connection and
-    /// the room's last seq at the join.
-    async fn connect(&self) -> Result<(Conn, u64)> {
-        let plan = &self.shared.plan;
-        let token = jwt(&plan.jwt_secret, &format!("load-{}", self.i))?;
-        let path = match plan.wire {
-            Wire::Rookery => format!("/ws?token={token}"),
-            Wire::SocketIo => "/socket.io/?EIO=4&transport=websocket".to_string(),
-        };
-        let mut conn = Conn::open(plan.addr, &path, plan.deflate, plan.wire).await?;
-        if plan.wire == Wire::SocketIo {
-            self.expect(&mut conn, |i| matches!(i, Incoming::Open))
-                .await?;
-            let t = conn.text();
-            t.extend_from_slice(format!(r#"40{{"token":"{token}"}}"#).as_bytes());
-            conn.send_text().await?;
-            self.expect(&mut conn, |i| matches!(i, Incoming::Connected))
-                .await?;
-        }
-        let room = self.shared.room_ids[self.room()];
-        wire::write_join(plan.wire, conn.text(), room);
-        conn.send_text().await?;
-        let mut last = None;
-        loop {
-            let mut refused = None;
-            // Stops at the answer: messages right behind it are the
-            // session's, not the join's.
-            conn.drain(|i| match i {
-                Incoming::Joined { last_seq } => {
-                    last = Some(last_seq);
-                    false
-                }
-                Incoming::Error(e) | Incoming::Refused(e) => {
-                    refused = Some(String::from_utf8_lossy(e).into_owned());
-                    false
-                }
-                _ => true,
-            })?;
-            conn.flush().await?;
-            if let Some(e) = refused {
-                anyhow::bail!("join refused: {e}");
-            }
-            if let Some(last) = last {
-                return Ok((conn, last));
-            }
-            conn.fill().await?;
-        }
-    }
-
-    /// Reads until a message matching `want` arrives.
-    async fn expect(&self, conn: &mut Conn, want: impl Fn(&Incoming) -> bool) -> Result<()> {
-        // What arrived with the upgrade answer is looked at first.
-        let mut seen = false;
-        let mut refused = None;
-        loop {
-            conn.drain(|i| {
-                if let Incoming::Refused(e) = i {
-                    refused = Some(String::from_utf8_lossy(e).into_owned());
-                    return false;
-                }
-                seen |= want(&i);
-                !seen
-            })?;
-            conn.flush().await?;
-            if let Some(e) = refused.take() {
-                anyhow::bail!("refused: {e}");
-            }
-            if seen {
-                return Ok(());
-            }
-            conn.fill().await?;
-        }
-    }
-
-    /// The open-loop send schedule and the receive side, until the window
-    /// ends; then the drain. The seq this receiver is accountable up to:
-    /// the room's highest acknowledged seq when the drain found it complete
-    /// (or gave up). Later acks are other users' business: they must not
-    /// count against this receiver.
-    async fn exchange(&self, conn: &mut Conn, rx: &mut Receiver) -> Result<u64> {
-        let plan = &self.shared.plan;
-        let epoch = self.shared.epoch;
-        let room = self.room();
-        let room_id = self.shared.room_ids[room];
-        let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / plan.rate));
-        // Spread the users' schedules over one interval.
-        let base = Instant::now()
-            + interval.map_or(Duration::ZERO, |iv| iv.mul_f64(rand::random::<f64>()));
-        // Send k (from 1) is due one interval after send k - 1; the first at `base`.
-        let due = |k: u64| interval.map(|iv| base + iv.mul_f64(k.saturating_sub(1) as f64));
-        let mut k: u64 = 1; // Socket.IO ack ids start at 1 (0: the join)
-        let mut acked: u64 = 0;
-        let mut body = Vec::with_capacity(plan.payload + 32);
-        let l = &self.shared.live;
-        loop {
-            let now = Instant::now();
-            let next = due(k).filter(|&d| d < self.stop_at);
-            if now >= self.stop_at {
-                break;
-            }
-            if let Some(d) = next.filter(|&d| now >= d) {
-                let sched_us = d.saturating_duration_since(epoch).as_micros() as u64;
-                body.clear();
-                use std::io::Write;
-                let _ = write!(body, "t={sched_us};");
-                body.resize(plan.payload.max(body.len()), b'x');
-                wire::write_send(plan.wire, conn.text(), room_id, k, self.i as u64, &body);
-                conn.send_text().await?;
-                l.sent.fetch_add(1, Ordering::Relaxed);
-                let _ = self
-                    .tally
-                    .borrow_mut()
-                    .slip_us
-                    .record(now.duration_since(d).as_micros().max(1) as u64);
-                k += 1;
-                continue;
-            }
-            let wake = next.unwrap_or(self.stop_at).min(self.stop_at);
-            let readable = futures_lite::future::or(async { Some(conn.fill().await) }, async {
-                sleep_until(wake).await;
-                None
-            })
-            .await;
-            if let Some(r) = readable {
-                r?;
-                self.take(conn, rx, room, &due, &mut acked).await?;
-            }
-        }
-        // Drain: everything acknowledged in the room so far is due, and so
-        // are this user's own acks.
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        loop {
-            let upto = self.shared.max_acked[room].load(Ordering::Acquire);
-            if rx.complete_to(upto) && acked + 1 >= k {
-                return Ok(upto);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(upto); // what is missing counts as lost
-            }
-            let readable = futures_lite::future::or(async { Some(conn.fill().await) }, async {
-                glommio::timer::sleep(left.min(Duration::from_millis(50))).await;
-                None
-            })
-            .await;
-            if let Some(r) = readable {
-                r?;
-                self.take(conn, rx, room, &due, &mut acked).await?;
-            }
-        }
-    }
-
-    /// Accounts for every message buffered on the connection.
-    async fn take(
-        &self,
-        conn: &mut Conn,
-        rx: &mut Receiver,
-        room: usize,
-        due: &impl Fn(u64) -> Option<Instant>,
-        acked: &mut u64,
-    ) -> Result<()> {
-        let epoch = self.shared.epoch;
-        let l = &self.shared.live;
-        let max_acked = &self.shared.max_acked[room];
-        let now = Instant::now();
-        let now_us = now.saturating_duration_since(epoch).as_micros() as u64;
-        // Counted locally, published once per read: the shared counters
-        // are contended between generator threads.
-        let (mut delivered, mut acks, mut errors) = (0u64, 0u64, 0u64);
-        let mut top = 0u64;
-        {
-            // Not held across an await: other users of this thread share it.
-            let mut t = self.tally.borrow_mut();
-            conn.drain(|i| match i {
-                Incoming::Msg { seq, body, .. }
-                    if matches!(rx.arrive(seq), Arrival::New | Arrival::Reordered) =>
-                {
-                    delivered += 1;
-                    if let Some(sched) = sched_us(body) {
-                        let _ = t.deliver_us.record(now_us.saturating_sub(sched).max(1));
-                    }
-                    true
-                }
-                Incoming::Ack { r#ref, seq } => {
-                    *acked += 1;
-                    acks += 1;
-                    top = top.max(seq);
-                    if let Some(d) = due(r#ref) {
-                        let _ = t
-                            .ack_us
-                            .record(now.saturating_duration_since(d).as_micros().max(1) as u64);
-                    }
-                    true
-                }
-                Incoming::Error(_) => {
-                    errors += 1;
-                    true
-                }
-                _ => true,
-            })?;
-        }
-        if top > 0 {
-            max_acked.fetch_max(top, Ordering::AcqRel);
-        }
-        for (counter, n) in [
-            (&l.delivered, delivered),
-            (&l.acked, acks),
-            (&l.errors, errors),
-        ] {
-            if n > 0 {
-                counter.fetch_add(n, Ordering::Relaxed);
-            }
-        }
-        conn.flush().await
     }
 }

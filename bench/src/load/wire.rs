@@ -1,21 +1,16 @@
-//! The load generator's side of the wire: a WebSocket client connection
-//! on a glommio socket, and the two protocols it speaks — Rookery's JSON
-//! frames (also spoken by the Node `ws` baseline) and Socket.IO 4 (Engine.IO
-//! v4 packets over WebSocket) for the Socket.IO baseline.
+//! The two protocols the load generator speaks, as pure functions over
+//! bytes: Rookery's JSON frames (also spoken by the Node `ws` and `bare`
+//! baselines) and Socket.IO 4 (Engine.IO v4 packets over WebSocket) for the
+//! Socket.IO baseline; and the server frame header.
 //!
-//! Hot path without allocation: frames are parsed in place in the
-//! connection's receive buffer (header by tungstenite's `FrameHeader`,
-//! server frames are unmasked), handed out as slices, and the few fields a
-//! receiver needs are scanned out of the JSON without building a value.
-//! Outbound frames are masked into a reused buffer.
+//! Hot path without allocation: payloads are classified in place and the
+//! few fields a receiver needs are scanned out of the JSON without building
+//! a value.
 
 use std::io::Write;
-use std::net::SocketAddr;
 
 use anyhow::{bail, Context, Result};
 use flate2::{Decompress, FlushDecompress};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
@@ -49,211 +44,6 @@ pub enum Incoming<'a> {
     Other,
 }
 
-/// One WebSocket client connection.
-pub struct Conn {
-    stream: TcpStream,
-    wire: Wire,
-    /// Bytes received and not yet consumed.
-    rx: Vec<u8>,
-    /// Where unconsumed bytes start in `rx`.
-    at: usize,
-    /// The outbound frame being built (reused).
-    tx: Vec<u8>,
-    /// The text payload being built (reused).
-    text: Vec<u8>,
-    /// Pongs owed to the server, framed, not yet written.
-    owed: Vec<u8>,
-    /// permessage-deflate, when the server agreed to it.
-    inflater: Option<(Decompress, Vec<u8>)>,
-    mask: [u8; 4],
-}
-
-/// Bytes read from the socket at a time.
-const READ_BYTES: usize = 16 << 10;
-
-impl Conn {
-    /// Connects and upgrades on `path` (with its query); the server's
-    /// answer must be 101.
-    pub async fn open(addr: SocketAddr, path: &str, deflate: bool, wire: Wire) -> Result<Conn> {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("connect: {e}"))?;
-        stream.set_nodelay(true).ok();
-        let key = tungstenite::handshake::client::generate_key();
-        let ext = if deflate {
-            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-        } else {
-            ""
-        };
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
-        );
-        stream.write_all(req.as_bytes()).await.context("upgrade")?;
-        let mut rx = Vec::with_capacity(1024);
-        let head_end = loop {
-            if let Some(at) = rx.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            if rx.len() > 16 << 10 {
-                bail!("upgrade: response head too long");
-            }
-            let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await.context("upgrade")?;
-            if n == 0 {
-                bail!("upgrade: closed by the server");
-            }
-            rx.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&rx[..head_end]).to_ascii_lowercase();
-        if !head.starts_with("http/1.1 101") {
-            bail!("upgrade refused: {}", head.lines().next().unwrap_or(""));
-        }
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes()).to_ascii_lowercase();
-        if !head.contains(&format!("sec-websocket-accept: {accept}")) {
-            bail!("upgrade: wrong Sec-WebSocket-Accept");
-        }
-        let inflater = head
-            .contains("permessage-deflate")
-            .then(|| (Decompress::new(false), Vec::with_capacity(4096)));
-        Ok(Conn {
-            stream,
-            wire,
-            rx,
-            at: head_end,
-            tx: Vec::with_capacity(256),
-            text: Vec::with_capacity(256),
-            owed: Vec::new(),
-            inflater,
-            mask: rand::random(),
-        })
-    }
-
-    /// The reusable buffer to build a text payload in; send it with
-    /// [`Conn::send_text`].
-    pub fn text(&mut self) -> &mut Vec<u8> {
-        self.text.clear();
-        &mut self.text
-    }
-
-    /// Sends the payload built in [`Conn::text`] as one masked frame.
-    pub async fn send_text(&mut self) -> Result<()> {
-        self.frame(OpCode::Data(Data::Text));
-        self.stream.write_all(&self.tx).await.context("send")?;
-        Ok(())
-    }
-
-    /// Sends a close frame (normal closure) and shuts the socket.
-    pub async fn close(mut self) {
-        self.text.clear();
-        self.text.extend_from_slice(&1000u16.to_be_bytes());
-        self.frame(OpCode::Control(Control::Close));
-        let _ = self.stream.write_all(&self.tx).await;
-        let _ = self.stream.close().await;
-    }
-
-    /// Frames `self.text` into `self.tx`, masked.
-    fn frame(&mut self, opcode: OpCode) {
-        self.tx.clear();
-        let header = FrameHeader {
-            opcode,
-            mask: Some(self.mask),
-            ..FrameHeader::default()
-        };
-        let _ = header.format(self.text.len() as u64, &mut self.tx);
-        let start = self.tx.len();
-        self.tx.extend_from_slice(&self.text);
-        for (i, b) in self.tx[start..].iter_mut().enumerate() {
-            *b ^= self.mask[i & 3];
-        }
-    }
-
-    /// Waits for bytes from the server (end of stream is an error).
-    pub async fn fill(&mut self) -> Result<()> {
-        if self.at > 0 && self.at == self.rx.len() {
-            self.rx.clear();
-            self.at = 0;
-        } else if self.at > self.rx.len() / 2 {
-            self.rx.drain(..self.at);
-            self.at = 0;
-        }
-        let len = self.rx.len();
-        self.rx.resize(len + READ_BYTES, 0);
-        let n = self.stream.read(&mut self.rx[len..]).await;
-        self.rx.truncate(len + *n.as_ref().unwrap_or(&0));
-        match n {
-            Ok(0) => bail!("closed by the server"),
-            Ok(_) => Ok(()),
-            Err(e) => bail!("read: {e}"),
-        }
-    }
-
-    /// Hands complete text messages buffered to `each`, in order, while it
-    /// returns true (what follows stays buffered for the next call), and
-    /// frames the pongs owed for pings (sent by [`Conn::flush`]); an error
-    /// when the server closed the connection.
-    pub fn drain(&mut self, mut each: impl FnMut(Incoming<'_>) -> bool) -> Result<()> {
-        let mut pongs: Vec<Vec<u8>> = Vec::new();
-        loop {
-            let Some((header, head_len, len)) = server_frame_header(&self.rx[self.at..])? else {
-                break;
-            };
-            let start = self.at + head_len;
-            let end = start + len as usize;
-            if self.rx.len() < end {
-                break;
-            }
-            self.at = end;
-            match header.opcode {
-                OpCode::Data(Data::Text) if header.rsv1 => {
-                    let (d, out) = self.inflater.as_mut().context("RSV1 without deflate")?;
-                    inflate(d, &self.rx[start..end], out)?;
-                    if !each(classify(self.wire, out)) {
-                        break;
-                    }
-                }
-                OpCode::Data(Data::Text) => {
-                    if self.wire == Wire::SocketIo && self.rx[start..end] == *b"2" {
-                        pongs.push(b"3".to_vec()); // Engine.IO ping
-                        continue;
-                    }
-                    if !each(classify(self.wire, &self.rx[start..end])) {
-                        break;
-                    }
-                }
-                OpCode::Control(Control::Ping) => pongs.push(self.rx[start..end].to_vec()),
-                OpCode::Control(Control::Close) => {
-                    let code = self.rx[start..end]
-                        .get(..2)
-                        .map(|c| u16::from_be_bytes([c[0], c[1]]));
-                    bail!("closed by the server ({code:?})");
-                }
-                _ => {}
-            }
-        }
-        for p in pongs {
-            self.text.clear();
-            self.text.extend_from_slice(&p);
-            let op = if self.wire == Wire::SocketIo && p == b"3" {
-                OpCode::Data(Data::Text)
-            } else {
-                OpCode::Control(Control::Pong)
-            };
-            self.frame(op);
-            self.owed.extend_from_slice(&self.tx);
-        }
-        Ok(())
-    }
-
-    /// Writes the pongs [`Conn::drain`] owes.
-    pub async fn flush(&mut self) -> Result<()> {
-        if !self.owed.is_empty() {
-            self.stream.write_all(&self.owed).await.context("pong")?;
-            self.owed.clear();
-        }
-        Ok(())
-    }
-}
-
 /// The header of a server frame at the start of `b`: (header, its length,
 /// payload length), or `None` until it is complete.
 ///
@@ -262,7 +52,7 @@ impl Conn {
 /// global level at every trace point, and under load that shared cache line
 /// took about 10% of the generator's CPU (perf, 116k frames/s). Server
 /// frames are simple: never masked, so 2, 4 or 10 bytes.
-fn server_frame_header(b: &[u8]) -> Result<Option<(FrameHeader, usize, u64)>> {
+pub fn server_frame_header(b: &[u8]) -> Result<Option<(FrameHeader, usize, u64)>> {
     let (Some(&first), Some(&second)) = (b.first(), b.get(1)) else {
         return Ok(None);
     };
@@ -299,7 +89,7 @@ fn server_frame_header(b: &[u8]) -> Result<Option<(FrameHeader, usize, u64)>> {
 }
 
 /// Inflates one compressed message into `out` (cleared first).
-fn inflate(d: &mut Decompress, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+pub fn inflate(d: &mut Decompress, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
     out.clear();
     d.reset(false);
     for input in [data, &[0, 0, 0xff, 0xff][..]] {
@@ -384,10 +174,18 @@ fn msg_fields(json: &[u8]) -> Option<Incoming<'_>> {
     Some(Incoming::Msg { room, seq, body })
 }
 
-/// The number at the start of `s`.
-fn num_at(s: &[u8]) -> Option<u64> {
-    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&s[..digits]).ok()?.parse().ok()
+/// The number at the start of `s` (digits only, no overflow).
+pub fn num_at(s: &[u8]) -> Option<u64> {
+    let mut n: u64 = 0;
+    let mut digits = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        n = n.checked_mul(10)?.checked_add((c - b'0') as u64)?;
+        digits += 1;
+    }
+    (digits > 0).then_some(n)
 }
 
 /// Socket.IO packets: `42["msg",{…}]` (event), `43N[{…}]` (ack of N).
@@ -419,21 +217,27 @@ fn classify_socket_io(p: &[u8]) -> Incoming<'_> {
     Incoming::Other
 }
 
-/// Writes a `send` for message `r#ref` into `out`.
-pub fn write_send(wire: Wire, out: &mut Vec<u8>, room: u64, r#ref: u64, vu: u64, body: &[u8]) {
-    let body = std::str::from_utf8(body).unwrap_or("");
+/// Writes a `send` whose body is `head` followed by `x`s up to `len` bytes
+/// (the bodies the generator sends need no escaping).
+pub fn write_send_padded(
+    wire: Wire,
+    out: &mut Vec<u8>,
+    room: u64,
+    r#ref: u64,
+    vu: u64,
+    head: &[u8],
+    len: usize,
+) {
     let _ = match wire {
-        Wire::Rookery => write!(
-            out,
-            r#"{{"type":"send","room":{room},"body":"{body}","client_id":"v{vu}-{}","ref":{}}}"#,
-            r#ref, r#ref
-        ),
+        Wire::Rookery => write!(out, r#"{{"type":"send","room":{room},"body":""#),
         // Socket.IO ack ids start at 1 (0 is the join).
-        Wire::SocketIo => write!(
-            out,
-            r#"42{}["send",{{"room":{room},"body":"{body}","client_id":"v{vu}-{}"}}]"#,
-            r#ref, r#ref
-        ),
+        Wire::SocketIo => write!(out, r#"42{}["send",{{"room":{room},"body":""#, r#ref),
+    };
+    out.extend_from_slice(head);
+    out.resize(out.len() + len.saturating_sub(head.len()), b'x');
+    let _ = match wire {
+        Wire::Rookery => write!(out, r#"","client_id":"v{vu}-{}","ref":{}}}"#, r#ref, r#ref),
+        Wire::SocketIo => write!(out, r#"","client_id":"v{vu}-{}"}}]"#, r#ref),
     };
 }
 
@@ -547,12 +351,12 @@ mod tests {
     #[test]
     fn sends_and_joins_are_written_per_wire() {
         let mut out = Vec::new();
-        write_send(Wire::Rookery, &mut out, 4, 7, 2, b"t=1;");
+        write_send_padded(Wire::Rookery, &mut out, 4, 7, 2, b"t=1;", 0);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["ref"], 7);
         assert_eq!(v["client_id"], "v2-7");
         out.clear();
-        write_send(Wire::SocketIo, &mut out, 4, 7, 2, b"t=1;");
+        write_send_padded(Wire::SocketIo, &mut out, 4, 7, 2, b"t=1;", 0);
         assert!(
             out.starts_with(b"427[\"send\","),
             "{}",
@@ -563,5 +367,16 @@ mod tests {
         out.clear();
         write_join(Wire::SocketIo, &mut out, 4);
         assert_eq!(out, br#"420["join",{"room":4}]"#);
+        out.clear();
+        write_send_padded(Wire::Rookery, &mut out, 4, 7, 2, b"t=1;", 10);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["body"], "t=1;xxxxxx");
+        out.clear();
+        write_send_padded(Wire::Rookery, &mut out, 4, 7, 2, b"t=123456;", 4);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["body"], "t=123456;",
+            "a head longer than the payload is kept whole"
+        );
     }
 }
