@@ -57,6 +57,10 @@ pub struct EngineConfig {
     /// Receipts written in one `meta.redb` transaction at most. Default
     /// 4,096.
     pub receipt_batch_len_max: usize,
+    /// Posts to a room the metadata does not know are refused (`NotFound`),
+    /// as a server wants; an embedder that keeps no rooms in the metadata
+    /// leaves it off and may post to any room id. Default false.
+    pub rooms_must_exist: bool,
 }
 
 impl EngineConfig {
@@ -80,6 +84,7 @@ impl EngineConfig {
             retention_interval: Duration::from_secs(60),
             receipt_queue_len_max: 65_536,
             receipt_batch_len_max: 4096,
+            rooms_must_exist: false,
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
-use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Store};
+use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Role, Store};
 
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
@@ -213,6 +213,53 @@ impl Engine {
             body,
             reply,
         })
+    }
+
+    /// Adds `user` to `room` with `role`, or changes their role; resolves
+    /// to their role before (`None`: they were not a member). Membership
+    /// changes go through the room's owner, which keeps the posting
+    /// permissions it checks in memory current. `NotFound` for an unknown
+    /// room or user.
+    pub fn add_member(&self, room: u64, user: u64, role: Role) -> Pending<Option<Role>> {
+        self.set_member(room, user, Some(role))
+    }
+
+    /// Removes `user` from `room`; resolves to their role before (`None`:
+    /// they were not a member). In a private room, the user's open
+    /// subscriptions to it end, each with a `left` event (reason
+    /// `removed`) before any later event of the room.
+    pub fn remove_member(&self, room: u64, user: u64) -> Pending<Option<Role>> {
+        self.set_member(room, user, None)
+    }
+
+    fn set_member(&self, room: u64, user: u64, role: Option<Role>) -> Pending<Option<Role>> {
+        self.call(self.shard_of(room), |reply| Command::SetMember {
+            room,
+            user,
+            role,
+            reply,
+        })
+    }
+
+    /// Creates a room with `creator` as its admin; resolves to its id.
+    /// Create rooms through this, not through [`Engine::meta`]: the room's
+    /// owner remembers rooms it was asked about, and this makes it forget
+    /// that the room did not exist.
+    pub fn create_room(&self, name: &str, private: bool, creator: u64) -> Pending<u64> {
+        let name = name.to_string();
+        // Any shard can create it; the id decides the owner.
+        let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards();
+        self.call(shard, |reply| Command::CreateRoom {
+            name,
+            private,
+            creator,
+            reply,
+        })
+    }
+
+    /// A fresh id for an inbox or a subscription.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.inner.next_sub.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Replaces a message's body (its author or a room admin only).
@@ -422,7 +469,7 @@ impl Engine {
             room,
             since,
             user,
-            shared: inbox.shared,
+            shared: Some(inbox.shared),
             ready,
         });
         // On a closed queue the command (and the reply inside) is dropped.
@@ -606,6 +653,7 @@ async fn run_shard(
     let poll = cfg.lag_poll_interval;
     let retention_every = cfg.retention_interval;
     let shard = Shard::new(id, n, cfg, storage, common, senders, done_tx);
+    crate::shard::set_current(Some(shard.clone()));
     let mut loops = Vec::new();
     for (_, stream) in peers.streams() {
         let shard = shard.clone();
@@ -663,4 +711,5 @@ async fn run_shard(
     for task in loops {
         task.await;
     }
+    crate::shard::set_current(None);
 }

@@ -1,11 +1,14 @@
 //! Events as subscribers receive them: encoded once, shared by every
 //! subscriber on every shard.
 //!
-//! The bytes are the JSON object the WebSocket protocol sends
-//! (`{"type":"msg","room":…,"seq":…,"from":…,"ts":…,"body":…}`, see
-//! DESIGN.md); the engine never encodes an event twice and never copies the
-//! bytes per subscriber (`Arc<[u8]>`).
+//! The bytes are a whole WebSocket text frame (RFC 6455: an unmasked,
+//! final frame header, then the payload) carrying the JSON object the
+//! protocol sends (`{"type":"msg","room":…,"seq":…,"from":…,"ts":…,"body":…}`,
+//! docs/api.md): a connection without per-connection compression writes
+//! them as they are. The engine never encodes an event twice and never
+//! copies the bytes per subscriber (`Arc<[u8]>`).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -24,6 +27,9 @@ pub enum EventKind {
     /// A user came online in the room (first connection on any shard) or
     /// went offline (last one gone). Volatile.
     Presence,
+    /// The subscription ended because its user was removed from the
+    /// (private) room: the last event it receives.
+    Left,
 }
 
 /// One event for subscribers of a room.
@@ -31,8 +37,34 @@ pub enum EventKind {
 pub struct Event {
     room: u64,
     seq: u64,
+    ts_ms: u64,
     kind: EventKind,
-    bytes: Arc<[u8]>,
+    /// Bytes of the frame header at the front of `frame`.
+    head: u8,
+    frame: Arc<[u8]>,
+}
+
+thread_local! {
+    /// Where events are serialized before they are framed (reused).
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+/// The header of an unmasked, final WebSocket text frame of `len` bytes.
+fn text_frame_header(len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = 0x81;
+    if len < 126 {
+        h[1] = len as u8;
+        (h, 2)
+    } else if len <= u16::MAX as usize {
+        h[1] = 126;
+        h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        (h, 4)
+    } else {
+        h[1] = 127;
+        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (h, 10)
+    }
 }
 
 impl Event {
@@ -49,21 +81,31 @@ impl Event {
     pub fn kind(&self) -> EventKind {
         self.kind
     }
+    /// When it happened, ms since the Unix epoch (0 for typing and
+    /// presence).
+    pub fn ts_ms(&self) -> u64 {
+        self.ts_ms
+    }
     /// The encoded JSON object.
     pub fn json(&self) -> &str {
-        std::str::from_utf8(&self.bytes).expect("events are encoded from JSON values")
+        std::str::from_utf8(self.payload()).expect("events are encoded from JSON values")
     }
-    /// The encoded bytes (what a WebSocket text frame carries).
-    pub fn bytes(&self) -> &Arc<[u8]> {
-        &self.bytes
+    /// The JSON object's bytes (what a WebSocket text frame carries).
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[self.head as usize..]
     }
-    /// Bytes it counts against a subscriber's queue.
+    /// The whole WebSocket text frame: header and payload, ready to write
+    /// to a connection that does not compress.
+    pub fn frame(&self) -> &[u8] {
+        &self.frame
+    }
+    /// Bytes it counts against a subscriber's queue (the whole frame).
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.frame.len()
     }
     /// Never true: events are non-empty JSON objects.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.frame.is_empty()
     }
     /// True for events that carry a room seq (messages).
     pub fn is_sequenced(&self) -> bool {
@@ -74,14 +116,23 @@ impl Event {
         matches!(self.kind, EventKind::Typing | EventKind::Presence)
     }
 
-    fn encode(room: u64, seq: u64, kind: EventKind, value: &impl Serialize) -> Event {
-        let bytes = serde_json::to_vec(value).expect("event values serialize");
-        Event {
-            room,
-            seq,
-            kind,
-            bytes: bytes.into(),
-        }
+    fn encode(room: u64, seq: u64, ts_ms: u64, kind: EventKind, value: &impl Serialize) -> Event {
+        SCRATCH.with(|s| {
+            let mut json = s.borrow_mut();
+            json.clear();
+            serde_json::to_writer(&mut *json, value).expect("event values serialize");
+            let (header, head) = text_frame_header(json.len());
+            // One allocation: the chained slices have an exact length.
+            let frame: Arc<[u8]> = header[..head].iter().chain(json.iter()).copied().collect();
+            Event {
+                room,
+                seq,
+                ts_ms,
+                kind,
+                head: head as u8,
+                frame,
+            }
+        })
     }
 
     /// `{"type":"msg",...}`; `body` is `null` for a deleted message.
@@ -117,7 +168,7 @@ impl Event {
             edited,
             deleted,
         };
-        Event::encode(room, seq, EventKind::Message, &v)
+        Event::encode(room, seq, ts_ms, EventKind::Message, &v)
     }
 
     /// `{"type":"edit","room","seq","by","ts","body"}`.
@@ -134,6 +185,7 @@ impl Event {
         Event::encode(
             room,
             seq,
+            ts_ms,
             EventKind::Edit,
             &E {
                 r#type: "edit",
@@ -159,6 +211,7 @@ impl Event {
         Event::encode(
             room,
             seq,
+            ts_ms,
             EventKind::Delete,
             &D {
                 r#type: "delete",
@@ -183,6 +236,7 @@ impl Event {
         Event::encode(
             room,
             0,
+            0,
             EventKind::Presence,
             &P {
                 r#type: "presence",
@@ -204,6 +258,7 @@ impl Event {
         Event::encode(
             room,
             0,
+            0,
             EventKind::Typing,
             &T {
                 r#type: "typing",
@@ -211,5 +266,65 @@ impl Event {
                 user,
             },
         )
+    }
+
+    /// `{"type":"left","room","reason"}`: a subscription ended by the
+    /// server (its user was removed from the room).
+    pub(crate) fn left(room: u64, reason: &'static str) -> Event {
+        #[derive(Serialize)]
+        struct L {
+            r#type: &'static str,
+            room: u64,
+            reason: &'static str,
+        }
+        Event::encode(
+            room,
+            0,
+            0,
+            EventKind::Left,
+            &L {
+                r#type: "left",
+                room,
+                reason,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_whole_text_frames_of_their_json() {
+        for body_len in [0usize, 60, 100, 200, 70_000] {
+            let body = "x".repeat(body_len);
+            let e = Event::message(3, 9, 4, 1_700_000_000_000, Some(&body), false);
+            let payload = e.payload().len();
+            let f = e.frame();
+            assert_eq!(f[0], 0x81, "final text frame");
+            let (len, head) = match f[1] {
+                126 => (u16::from_be_bytes([f[2], f[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            assert_eq!((len, head + len), (payload, f.len()));
+            let v: serde_json::Value = serde_json::from_str(e.json()).unwrap();
+            assert_eq!(v["body"].as_str().unwrap().len(), body_len);
+            assert_eq!(
+                (e.seq(), e.ts_ms(), e.len()),
+                (9, 1_700_000_000_000, f.len())
+            );
+        }
+        let left = Event::left(5, "removed");
+        assert_eq!(
+            left.json(),
+            r#"{"type":"left","room":5,"reason":"removed"}"#
+        );
+        assert_eq!(left.kind(), EventKind::Left);
+        assert!(!left.is_sequenced() && !left.is_volatile());
     }
 }

@@ -23,7 +23,7 @@
 //! in seq order.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ use rookery_storage::{
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::local::LocalSink;
 use crate::metrics::{micros, Latencies, ShardCounters, ShardGauges};
 use crate::receipts::{Receipt, ToWriter};
 use crate::subscription::{Delivery, SubShared, CLOSED_SHUTDOWN, CLOSED_SLOW};
@@ -118,8 +119,9 @@ pub(crate) struct NewSub {
     pub since: Option<u64>,
     /// Whose presence it carries.
     pub user: Option<u64>,
-    /// The inbox's shared state (to tell why, if the inbox is gone).
-    pub shared: Arc<SubShared>,
+    /// The inbox's shared state (to tell why, if the inbox is gone), for
+    /// an inbox with a channel.
+    pub shared: Option<Arc<SubShared>>,
     /// Called once the owner has registered the subscriber's shard: from
     /// then on every change to the room reaches the subscription.
     pub ready: Ready,
@@ -218,6 +220,21 @@ pub(crate) enum Command {
     EnforceRetention {
         reply: Reply<RetentionReport>,
     },
+    /// Creates a room (see `Engine::create_room`).
+    CreateRoom {
+        name: String,
+        private: bool,
+        creator: u64,
+        reply: Reply<u64>,
+    },
+    /// Adds `user` to `room` with `role`, changes the role, or (`None`)
+    /// removes the membership; answers the role before.
+    SetMember {
+        room: u64,
+        user: u64,
+        role: Option<Role>,
+        reply: Reply<Option<Role>>,
+    },
 }
 
 /// Traffic between shards (over glommio's channel mesh).
@@ -247,6 +264,12 @@ pub(crate) enum Peer {
         head: u64,
         ok: bool,
     },
+    /// `user` was removed from the private `room`: their subscriptions to
+    /// it end (with a `left` event) before any later event of the room.
+    Revoke { room: u64, user: u64 },
+    /// `room` was just created: its owner forgets that it did not exist,
+    /// then answers on `done`.
+    Forget { room: u64, done: flume::Sender<()> },
 }
 
 /// A room's tail cache: its newest events (at most `tail_cache_len`) and
@@ -312,11 +335,9 @@ struct Sub {
     room: u64,
     /// Whose presence this subscription carries, if anyone's.
     user: Option<u64>,
-    tx: flume::Sender<Delivery>,
-    /// Its inbox's queued bytes (the consumer subtracts what it takes) and
-    /// close reason: the bound is per consumer (one connection), lagging
-    /// is per subscription (per room).
-    shared: Arc<SubShared>,
+    /// Where its events go: the bound on queued bytes is per consumer (one
+    /// connection), lagging is per subscription (per room).
+    outlet: Outlet,
     /// Next seq to deliver; 0 = "start at the head" (no replay).
     next_seq: u64,
     state: SubState,
@@ -332,13 +353,88 @@ struct Sub {
     progress_bytes: usize,
 }
 
-/// An open inbox: the channel its subscriptions deliver into.
+/// Where an inbox's events go.
+#[derive(Clone)]
+enum Outlet {
+    /// A channel to a consumer on any thread. Every subscription holds a
+    /// clone of the sender; with the last one gone (the inbox closed) the
+    /// consumer's channel disconnects. `shared` counts the bytes sent and
+    /// not yet received, and says why the inbox closed.
+    Channel {
+        tx: flume::Sender<Delivery>,
+        shared: Arc<SubShared>,
+    },
+    /// A consumer on this shard's thread, called synchronously.
+    Local(Rc<dyn LocalSink>),
+}
+
+impl Outlet {
+    /// Bytes the consumer holds, not yet taken.
+    fn queued(&self) -> usize {
+        match self {
+            Outlet::Channel { shared, .. } => shared.bytes.load(Ordering::Acquire),
+            Outlet::Local(sink) => sink.queued_bytes(),
+        }
+    }
+
+    /// Hands the consumer one event; false when it is gone.
+    fn push(&self, sub: u64, event: &Event) -> bool {
+        match self {
+            Outlet::Channel { tx, shared } => {
+                shared.bytes.fetch_add(event.len(), Ordering::AcqRel);
+                tx.send(Delivery {
+                    sub,
+                    event: event.clone(),
+                })
+                .is_ok()
+            }
+            Outlet::Local(sink) => {
+                sink.deliver(sub, event);
+                true
+            }
+        }
+    }
+
+    /// Tells the consumer why its inbox ends.
+    fn closing(&self, reason: u8) {
+        match self {
+            Outlet::Channel { shared, .. } => shared.closed.store(reason, Ordering::Release),
+            Outlet::Local(sink) => sink.closed(match reason {
+                CLOSED_SLOW => Error::SlowConsumer,
+                _ => Error::ShutDown,
+            }),
+        }
+    }
+}
+
+/// An open inbox: where its subscriptions deliver.
 struct InboxEntry {
-    /// Every subscription holds a clone; with the last one gone (the inbox
-    /// closed) the consumer's channel disconnects.
-    tx: flume::Sender<Delivery>,
-    shared: Arc<SubShared>,
+    outlet: Outlet,
     subs: Vec<u64>,
+}
+
+/// Who may post in a room this shard owns.
+enum Access {
+    /// No such room in the metadata (forgotten when one is created
+    /// through [`crate::Engine::create_room`]).
+    Unknown,
+    Room {
+        private: bool,
+        /// Members of a private room (empty for a public one: anyone may
+        /// post).
+        members: HashSet<u64>,
+    },
+}
+
+impl Access {
+    /// Whether `user` may post; an unknown room as `rooms_must_exist`
+    /// says.
+    fn allows(&self, user: u64, rooms_must_exist: bool) -> bool {
+        match self {
+            Access::Unknown => !rooms_must_exist,
+            Access::Room { private, members } => !private || members.contains(&user),
+        }
+    }
 }
 
 /// One shard's runtime state. Lives on its executor (`Rc`).
@@ -355,6 +451,13 @@ pub(crate) struct Shard {
     subs: RefCell<HashMap<u64, Sub>>,
     /// Open inboxes hosted here.
     inboxes: RefCell<HashMap<u64, InboxEntry>>,
+    /// Who may post in the rooms owned here, loaded off the reactor on
+    /// first use and kept current by the member changes, which all go
+    /// through the owner ([`Command::SetMember`]).
+    access: RefCell<HashMap<u64, Access>>,
+    /// Bumped by every member change here: an access load that began
+    /// before one is stale.
+    access_epoch: Cell<u64>,
     lagging: RefCell<BTreeSet<u64>>,
     /// (room, user) -> subscriptions on this shard carrying that presence.
     present: RefCell<HashMap<(u64, u64), u32>>,
@@ -367,6 +470,21 @@ pub(crate) struct Shard {
     me: std::rc::Weak<Shard>,
     /// Completed when shutdown finished; the executor then exits.
     done: flume::Sender<()>,
+}
+
+thread_local! {
+    /// The shard running on this thread, if any (see [`crate::Local`]).
+    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// The shard running on the calling thread.
+pub(crate) fn current() -> Option<Rc<Shard>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Sets (or, with `None`, clears) the calling thread's shard.
+pub(crate) fn set_current(shard: Option<Rc<Shard>>) {
+    CURRENT.with(|c| *c.borrow_mut() = shard);
 }
 
 fn now_ms() -> u64 {
@@ -397,6 +515,8 @@ impl Shard {
             local: RefCell::default(),
             subs: RefCell::default(),
             inboxes: RefCell::default(),
+            access: RefCell::default(),
+            access_epoch: Cell::new(0),
             lagging: RefCell::default(),
             present: RefCell::default(),
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
@@ -508,11 +628,34 @@ impl Shard {
             Command::Unsubscribe { id } => self.unsubscribe(id),
             Command::OpenInbox { id, tx, shared } => {
                 let entry = InboxEntry {
-                    tx,
-                    shared,
+                    outlet: Outlet::Channel { tx, shared },
                     subs: Vec::new(),
                 };
                 self.inboxes.borrow_mut().insert(id, entry);
+            }
+            Command::CreateRoom {
+                name,
+                private,
+                creator,
+                reply,
+            } => {
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    send(reply, me.create_room(name, private, creator).await)
+                })
+                .detach();
+            }
+            Command::SetMember {
+                room,
+                user,
+                role,
+                reply,
+            } => {
+                let me = self.clone();
+                glommio::spawn_local(
+                    async move { send(reply, me.set_member(room, user, role).await) },
+                )
+                .detach();
             }
             Command::CloseInbox { inbox } => self.close_inbox(inbox, None),
             Command::Stats { reply } => send(
@@ -572,17 +715,190 @@ impl Shard {
             });
     }
 
-    fn check_may_post(&self, room: u64, user: u64) -> Result<()> {
-        if let Some(r) = self.meta.room(room)? {
-            if r.private && self.meta.member_role(room, user)?.is_none() {
-                return Err(Error::Forbidden(format!("room {} is private", r.name)));
+    /// Whether `user` may post in `room` (owner side): a public room, or a
+    /// private one they are a member of (and, unless `rooms_must_exist`, a
+    /// room the metadata does not know). From memory; on first use the
+    /// room is loaded off the reactor. A room that must exist and does
+    /// not, and a private room the user is not in, are both `NotFound` (a
+    /// private room does not reveal that it exists).
+    async fn may_post(&self, room: u64, user: u64) -> Result<()> {
+        let must_exist = self.cfg.rooms_must_exist;
+        loop {
+            if let Some(a) = self.access.borrow().get(&room) {
+                return if a.allows(user, must_exist) {
+                    Ok(())
+                } else {
+                    Err(Error::NotFound(format!("room {room}")))
+                };
+            }
+            let epoch = self.access_epoch.get();
+            let meta = self.meta.clone();
+            let loaded = glommio::executor()
+                .spawn_blocking(move || load_access(&meta, room))
+                .await?;
+            // A member change or room creation since the load began may be
+            // missing from it: load again.
+            if self.access_epoch.get() == epoch {
+                self.access.borrow_mut().insert(room, loaded);
             }
         }
-        Ok(())
+    }
+
+    /// Owner side: `room` was just created; what was remembered of it
+    /// (that it did not exist) is dropped.
+    fn forget_room(&self, room: u64) {
+        self.access_epoch.set(self.access_epoch.get() + 1);
+        self.access.borrow_mut().remove(&room);
+    }
+
+    /// Creates a room in the metadata (off the reactor) and makes its
+    /// owner forget that it did not exist, before answering.
+    async fn create_room(&self, name: String, private: bool, creator: u64) -> Result<u64> {
+        let meta = self.meta.clone();
+        let room = glommio::executor()
+            .spawn_blocking(move || meta.create_room(&name, private, creator, now_ms()))
+            .await?;
+        let owner = self.owner(room);
+        if owner == self.id {
+            self.forget_room(room);
+        } else {
+            let (done, forgotten) = flume::bounded(1);
+            self.push_peer(owner, Peer::Forget { room, done });
+            let _ = forgotten.recv_async().await;
+        }
+        Ok(room)
+    }
+
+    /// Owner side: writes a membership change, keeps the access cache
+    /// current, and ends a removed member's subscriptions to a private
+    /// room on every shard (before any later event of the room).
+    async fn set_member(&self, room: u64, user: u64, role: Option<Role>) -> Result<Option<Role>> {
+        self.ensure_owned(room);
+        let meta = self.meta.clone();
+        let (before, private) = glommio::executor()
+            .spawn_blocking(move || -> Result<(Option<Role>, bool)> {
+                let private = meta
+                    .room(room)?
+                    .ok_or_else(|| Error::NotFound(format!("room {room}")))?
+                    .private;
+                let before = meta.member_role(room, user)?;
+                match role {
+                    Some(r) => {
+                        meta.add_member(room, user, r)?;
+                    }
+                    None => {
+                        meta.remove_member(room, user)?;
+                    }
+                }
+                Ok((before, private))
+            })
+            .await?;
+        self.access_epoch.set(self.access_epoch.get() + 1);
+        if let Some(Access::Room {
+            private: true,
+            members,
+        }) = self.access.borrow_mut().get_mut(&room)
+        {
+            match role {
+                Some(_) => members.insert(user),
+                None => members.remove(&user),
+            };
+        }
+        if before.is_some() && role.is_none() && private {
+            for peer in (0..self.n).filter(|&p| p != self.id) {
+                self.push_peer(peer, Peer::Revoke { room, user });
+            }
+            self.revoke(room, user);
+        }
+        Ok(before)
+    }
+
+    /// Ends `user`'s subscriptions to `room` on this shard, each with a
+    /// `left` event as its last.
+    fn revoke(&self, room: u64, user: u64) {
+        let ids: Vec<u64> = match self.local.borrow().get(&room) {
+            Some(ids) => ids.clone(),
+            None => return,
+        };
+        let left = Event::left(room, "removed");
+        for id in ids {
+            let ended = {
+                let subs = self.subs.borrow();
+                match subs.get(&id) {
+                    Some(sub) if sub.user == Some(user) => {
+                        sub.outlet.push(id, &left);
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if ended {
+                self.unsubscribe(id);
+            }
+        }
+    }
+
+    /// A post from this shard's own thread (see [`crate::Local::post`]).
+    pub(crate) async fn post_here(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        body: &str,
+    ) -> Result<PostAck> {
+        if self.closing.get() {
+            return Err(Error::ShutDown);
+        }
+        self.post(room, sender, client_id, body).await
+    }
+
+    /// Opens an inbox whose events go to `sink` (on this thread).
+    pub(crate) fn open_local_inbox(&self, id: u64, sink: Rc<dyn LocalSink>) {
+        if self.closing.get() {
+            sink.closed(Error::ShutDown);
+            return;
+        }
+        let entry = InboxEntry {
+            outlet: Outlet::Local(sink),
+            subs: Vec::new(),
+        };
+        self.inboxes.borrow_mut().insert(id, entry);
+    }
+
+    /// Subscribes into a local inbox (see [`crate::LocalInbox`]).
+    pub(crate) fn subscribe_local(
+        &self,
+        inbox: u64,
+        id: u64,
+        room: u64,
+        since: Option<u64>,
+        user: Option<u64>,
+        ready: Ready,
+    ) {
+        if self.closing.get() {
+            return ready(Err(Error::ShutDown));
+        }
+        self.subscribe(NewSub {
+            id,
+            inbox,
+            room,
+            since,
+            user,
+            shared: None,
+            ready,
+        });
+    }
+
+    pub(crate) fn unsubscribe_local(&self, id: u64) {
+        self.unsubscribe(id);
+    }
+
+    pub(crate) fn close_local_inbox(&self, id: u64) {
+        self.close_inbox(id, None);
     }
 
     async fn post(&self, room: u64, sender: u64, client_id: &str, body: &str) -> Result<PostAck> {
-        self.check_may_post(room, sender)?;
+        self.may_post(room, sender).await?;
         self.ensure_owned(room);
         let started = Instant::now();
         let appended = self
@@ -747,7 +1063,7 @@ impl Shard {
                 .inboxes
                 .borrow()
                 .values()
-                .map(|i| i.shared.bytes.load(Ordering::Relaxed) as u64)
+                .map(|i| i.outlet.queued() as u64)
                 .chain(subs.values().map(|s| s.held_bytes as u64))
                 .sum(),
             outbox_messages: self.outbox.borrow().iter().map(|q| q.len() as u64).sum(),
@@ -803,26 +1119,27 @@ impl Shard {
             shared,
             ready,
         } = new;
-        let tx = {
+        let outlet = {
             let mut inboxes = self.inboxes.borrow_mut();
             let Some(entry) = inboxes.get_mut(&inbox) else {
                 // Closed (slow consumer) or dropped before this arrived.
-                ready(Err(match shared.closed.load(Ordering::Acquire) {
-                    CLOSED_SLOW => Error::SlowConsumer,
-                    _ => Error::ShutDown,
+                let slow = shared.is_some_and(|s| s.closed.load(Ordering::Acquire) == CLOSED_SLOW);
+                ready(Err(if slow {
+                    Error::SlowConsumer
+                } else {
+                    Error::ShutDown
                 }));
                 return;
             };
             entry.subs.push(id);
-            entry.tx.clone()
+            entry.outlet.clone()
         };
         let sub = Sub {
             id,
             inbox,
             room,
             user,
-            tx,
-            shared,
+            outlet,
             next_seq: since.map_or(0, |s| s + 1),
             state: SubState::CatchingUp { in_flight: false },
             asked_at: Instant::now(),
@@ -953,13 +1270,13 @@ impl Shard {
     fn offer(&self, id: u64, event: &Event) {
         let mut subs = self.subs.borrow_mut();
         let Some(sub) = subs.get_mut(&id) else { return };
-        let queued = sub.shared.bytes.load(Ordering::Acquire);
+        let queued = sub.outlet.queued();
         if event.is_volatile() {
             // Typing and presence: only for live subscribers with room in
             // their queue; these are what pressure drops first.
             let live = sub.state == SubState::Live && sub.next_seq != 0;
             if live && queued + event.len() <= self.cfg.volatile_queue_bytes_max {
-                self.push(sub, event.clone());
+                self.push(sub, event);
             } else {
                 self.counters.borrow_mut().volatile_dropped += 1;
             }
@@ -974,7 +1291,7 @@ impl Shard {
                 && sub.held.is_empty()
                 && queued + event.len() <= self.cfg.outbound_queue_bytes_max
             {
-                self.push(sub, event.clone());
+                self.push(sub, event);
                 return;
             }
             sub.held_bytes += event.len();
@@ -1011,12 +1328,11 @@ impl Shard {
             return;
         }
         sub.next_seq += 1;
-        self.push(sub, event.clone());
+        self.push(sub, event);
     }
 
-    fn push(&self, sub: &Sub, event: Event) {
-        sub.shared.bytes.fetch_add(event.len(), Ordering::AcqRel);
-        if sub.tx.send(Delivery { sub: sub.id, event }).is_ok() {
+    fn push(&self, sub: &Sub, event: &Event) {
+        if sub.outlet.push(sub.id, event) {
             self.counters.borrow_mut().delivered += 1;
         }
     }
@@ -1118,22 +1434,20 @@ impl Shard {
             if e.seq() < sub.next_seq {
                 continue;
             }
-            if sub.shared.bytes.load(Ordering::Acquire) + e.len()
-                > self.cfg.outbound_queue_bytes_max
-            {
+            if sub.outlet.queued() + e.len() > self.cfg.outbound_queue_bytes_max {
                 return; // stays lagging; the pump asks again when drained
             }
             // A jump forward means retention removed the seqs in between.
             sub.next_seq = e.seq() + 1;
-            self.push(sub, e);
+            self.push(sub, &e);
         }
         if sub.next_seq > head {
-            let queued = sub.shared.bytes.load(Ordering::Acquire);
+            let queued = sub.outlet.queued();
             if queued + sub.held_bytes > self.cfg.outbound_queue_bytes_max {
                 return; // room for the held changes first
             }
             for e in std::mem::take(&mut sub.held) {
-                self.push(sub, e);
+                self.push(sub, &e);
             }
             sub.held_bytes = 0;
             sub.state = SubState::Live;
@@ -1165,7 +1479,7 @@ impl Shard {
                 let Some(sub) = subs.get_mut(&id) else {
                     continue;
                 };
-                let bytes = sub.shared.bytes.load(Ordering::Acquire);
+                let bytes = sub.outlet.queued();
                 if bytes < sub.progress_bytes || bytes == 0 {
                     sub.progress_at = now;
                 }
@@ -1202,7 +1516,7 @@ impl Shard {
             return;
         };
         if let Some(reason) = reason {
-            entry.shared.closed.store(reason, Ordering::Release);
+            entry.outlet.closing(reason);
         }
         for id in entry.subs {
             self.unsubscribe(id);
@@ -1250,6 +1564,11 @@ impl Shard {
                     }
                 })
                 .detach();
+            }
+            Peer::Revoke { room, user } => self.revoke(room, user),
+            Peer::Forget { room, done } => {
+                self.forget_room(room);
+                let _ = done.send(());
             }
             Peer::PageReply {
                 sub,
@@ -1349,15 +1668,35 @@ fn refuse(cmd: Command) {
         Command::Stats { reply } => send(reply, Err(Error::ShutDown)),
         Command::Shutdown { reply } => send(reply, Ok(())),
         Command::Subscribe(NewSub { shared, ready, .. }) => {
-            shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release);
+            if let Some(shared) = shared {
+                shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release);
+            }
             ready(Err(Error::ShutDown));
         }
         Command::Online { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::SetRetention { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::EnforceRetention { reply } => send(reply, Err(Error::ShutDown)),
+        Command::SetMember { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::CreateRoom { reply, .. } => send(reply, Err(Error::ShutDown)),
         Command::OpenInbox { shared, .. } => {
             shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release)
         }
         Command::Unsubscribe { .. } | Command::CloseInbox { .. } | Command::Tick => {}
     }
+}
+
+/// Who may post in `room`, from the metadata (blocking).
+fn load_access(meta: &Meta, room: u64) -> Result<Access> {
+    let Some(r) = meta.room(room)? else {
+        return Ok(Access::Unknown);
+    };
+    let members = if r.private {
+        meta.members(room)?.into_iter().map(|(u, _)| u).collect()
+    } else {
+        HashSet::new()
+    };
+    Ok(Access::Room {
+        private: r.private,
+        members,
+    })
 }

@@ -106,17 +106,26 @@ pub struct Config {
     /// applies.
     #[arg(long, env = "ROOKERY_SENDS_PER_USER_BURST", default_value_t = 40)]
     pub sends_per_user_burst: u32,
-    /// Bytes of events queued for one WebSocket connection; a connection
-    /// that stays full for --ws-stuck-timeout-ms is closed (4008).
+    /// Bytes one connection may be owed and not yet have read (events,
+    /// acks, replies to pipelined requests, history pages, files): over
+    /// it the connection is not read, and a WebSocket's live events lag
+    /// (caught up from the room once it drains). One response may take it
+    /// over by at most its own size. (Was --ws-outbound-queue-bytes-max.)
     #[arg(
         long,
-        env = "ROOKERY_WS_OUTBOUND_QUEUE_BYTES_MAX",
+        alias = "ws-outbound-queue-bytes-max",
+        env = "ROOKERY_CONN_OUTPUT_BYTES_MAX",
         default_value_t = 1 << 20
     )]
-    pub ws_outbound_queue_bytes_max: usize,
-    /// Milliseconds a connection may keep its outbound queue full (not
-    /// reading) before it is closed as a slow consumer (4008); a write to
-    /// a client that takes twice as long drops the connection.
+    pub conn_output_bytes_max: usize,
+    /// Milliseconds a connection's socket may take nothing of what it is
+    /// owed; then the connection is closed (counted in
+    /// rookery_write_timeouts_total).
+    #[arg(long, env = "ROOKERY_CONN_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub conn_write_timeout_ms: u64,
+    /// Milliseconds a WebSocket may lag (its live events held back because
+    /// it does not read) without draining anything before it is closed as
+    /// a slow consumer (4008).
     #[arg(long, env = "ROOKERY_WS_STUCK_TIMEOUT_MS", default_value_t = 30_000)]
     pub ws_stuck_timeout_ms: u64,
     /// Milliseconds a WebSocket connection has to authenticate (token on
@@ -205,8 +214,9 @@ impl Config {
         positive(self.sends_per_user_burst as u64, "sends-per-user-burst")?;
         positive(self.ws_stuck_timeout_ms, "ws-stuck-timeout-ms")?;
         positive(self.ws_auth_timeout_ms, "ws-auth-timeout-ms")?;
-        if self.ws_outbound_queue_bytes_max < self.ws_frame_bytes_max {
-            return Err("--ws-outbound-queue-bytes-max must be >= --ws-frame-bytes-max".into());
+        positive(self.conn_write_timeout_ms, "conn-write-timeout-ms")?;
+        if self.conn_output_bytes_max < self.ws_frame_bytes_max {
+            return Err("--conn-output-bytes-max must be >= --ws-frame-bytes-max".into());
         }
         self.engine_config()
             .validate()
@@ -226,11 +236,12 @@ impl Config {
         if let Ok(d) = self.durability() {
             cfg.storage.durability = d;
         }
-        cfg.outbound_queue_bytes_max = self.ws_outbound_queue_bytes_max;
+        cfg.rooms_must_exist = true;
+        cfg.outbound_queue_bytes_max = self.conn_output_bytes_max;
         // Typing and presence get at most a quarter of the queue.
         cfg.volatile_queue_bytes_max = cfg
             .volatile_queue_bytes_max
-            .min(self.ws_outbound_queue_bytes_max / 4);
+            .min(self.conn_output_bytes_max / 4);
         cfg.stuck_timeout = Duration::from_millis(self.ws_stuck_timeout_ms);
         cfg
     }
@@ -353,8 +364,17 @@ mod tests {
                 "--sends-per-user-per-s",
             ),
             (
+                &["--conn-output-bytes-max", "1000"][..],
+                "--conn-output-bytes-max",
+            ),
+            // The old name of the same setting.
+            (
                 &["--ws-outbound-queue-bytes-max", "1000"][..],
-                "--ws-outbound-queue-bytes-max",
+                "--conn-output-bytes-max",
+            ),
+            (
+                &["--conn-write-timeout-ms", "0"][..],
+                "--conn-write-timeout-ms",
             ),
         ] {
             let err = parse(args).validate().unwrap_err();

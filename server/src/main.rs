@@ -12,6 +12,8 @@ mod deflate;
 mod http;
 mod limits;
 mod metrics;
+mod out;
+mod protocol;
 mod routes;
 mod serve;
 mod stats;
@@ -79,21 +81,24 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         limits::IpLimits::new(cfg.connections_per_ip_max, cfg.registrations_per_ip_per_min);
     let sends = limits::SendLimits::new(cfg.sends_per_user_per_s, cfg.sends_per_user_burst);
     let (drained_tx, drained_rx) = flume::unbounded();
-    let revocations = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampler = Arc::new(Mutex::new(stats::Sampler::new(cfg.stats_samples_max)));
     let task: ShardTask = {
         let (http, sampler) = (http.clone(), sampler.clone());
         let (cfg, stopping) = (cfg.clone(), stopping.clone());
         Arc::new(move |shard, engine: Engine| {
+            let local = engine.local().expect("shard tasks run on their shard");
+            let flusher = Rc::new(out::Flusher::new(http[shard].flush.clone()));
+            glommio::spawn_local(flusher.clone().run()).detach();
             let shared = Rc::new(serve::Shared {
                 cfg: cfg.clone(),
                 engine,
+                local,
+                flusher,
                 shard,
                 stopping: stopping.clone(),
                 http: http.clone(),
                 limits: limits.clone(),
                 sends: sends.clone(),
-                revocations: revocations.clone(),
                 stop: Rc::new(glommio::sync::Semaphore::new(0)),
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),

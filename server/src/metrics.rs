@@ -39,6 +39,11 @@ pub struct ShardHttp {
     pub rooms_refused: AtomicU64,
     /// WebSocket connections closed for not authenticating in time.
     pub auth_timeouts: AtomicU64,
+    /// Connections closed because their socket took nothing of what they
+    /// were owed for --conn-write-timeout-ms.
+    pub write_timeouts: AtomicU64,
+    /// The shard's WebSocket output (written by its flusher).
+    pub flush: std::sync::Arc<crate::out::FlushStats>,
 }
 
 impl ShardHttp {
@@ -456,6 +461,40 @@ pub fn render(
         "limit_refusals",
         "Requests refused by a limit, by limit",
         refusals,
+    );
+    let flush =
+        |f: fn(&crate::out::FlushStats) -> i64| -> i64 { http.iter().map(|h| f(&h.flush)).sum() };
+    counter(
+        &mut r,
+        "write_timeouts",
+        "Connections closed because their socket took nothing for --conn-write-timeout-ms",
+        http.iter()
+            .map(|h| h.write_timeouts.load(Ordering::Relaxed))
+            .sum(),
+    );
+    counter(
+        &mut r,
+        "ws_writes",
+        "Coalesced socket writes of WebSocket output (one per connection per reactor turn at most)",
+        flush(|f| f.writes.load(Ordering::Relaxed) as i64) as u64,
+    );
+    counter(
+        &mut r,
+        "ws_written_bytes",
+        "Bytes written to WebSocket connections",
+        flush(|f| f.bytes.load(Ordering::Relaxed) as i64) as u64,
+    );
+    gauge(
+        &mut r,
+        "ws_output_bytes",
+        "Bytes WebSocket connections are owed and have not read yet (each bound by --conn-output-bytes-max)",
+        flush(|f| f.waiting.load(Ordering::Relaxed)),
+    );
+    gauge(
+        &mut r,
+        "ws_output_pool_bytes",
+        "Bytes of drained output buffers kept for reuse",
+        flush(|f| f.pooled.load(Ordering::Relaxed) as i64),
     );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)?;

@@ -379,13 +379,14 @@ struct NewRoom {
 async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
     let creator = user(req, shared).await?;
     let new: NewRoom = body(req)?;
+    let id = shared
+        .engine
+        .create_room(&new.name, new.private, creator)
+        .await?;
     let m = meta(shared);
-    let room = blocking(move || {
-        let id = m.create_room(&new.name, new.private, creator, auth::now_ms())?;
-        m.room(id)
-    })
-    .await?
-    .ok_or_else(|| ApiError::Internal("a created room is missing".into()))?;
+    let room = blocking(move || m.room(id))
+        .await?
+        .ok_or_else(|| ApiError::Internal("a created room is missing".into()))?;
     Ok(Response::json(201, &room_json(&room)))
 }
 
@@ -444,19 +445,14 @@ async fn join(req: &Request, shared: &Shared, raw: &str, on: bool) -> ApiResult 
             room.name
         )));
     }
-    let m = meta(shared);
-    let changed = blocking(move || {
-        if on {
-            m.add_member(id, uid, Role::Member)
-        } else {
-            m.remove_member(id, uid)
-        }
-    })
-    .await?;
-    if changed && !on && room.private {
-        // The user's own open subscriptions to the room end too.
-        shared.revocations.fetch_add(1, Ordering::Release);
-    }
+    let engine = &shared.engine;
+    let changed = match (on, role) {
+        // Already a member: joining again changes nothing (nor the role).
+        (true, Some(_)) => false,
+        (true, None) => engine.add_member(id, uid, Role::Member).await?.is_none(),
+        // Leaving a private room ends the user's open subscriptions to it.
+        (false, _) => engine.remove_member(id, uid).await?.is_some(),
+    };
     Ok(Response::json(
         200,
         &json!({"room": id, "member": on, "changed": changed}),
@@ -523,7 +519,7 @@ async fn add_member(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
         }
     };
     let m = meta(shared);
-    let (member, changed) = blocking(move || -> storage::Result<_> {
+    let member = blocking(move || -> storage::Result<_> {
         let found = match (body.user, body.name) {
             (Some(u), _) => m.user(u)?,
             (None, Some(name)) => m.user_by_name(&name)?,
@@ -533,13 +529,13 @@ async fn add_member(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
                 ))
             }
         };
-        let user = found.ok_or_else(|| storage::Error::NotFound("no such user".into()))?;
-        // One transaction: adds the member or overwrites the role.
-        let changed = m.member_role(id, user.id)? != Some(role);
-        m.add_member(id, user.id, role)?;
-        Ok((user.id, changed))
+        Ok(found
+            .ok_or_else(|| storage::Error::NotFound("no such user".into()))?
+            .id)
     })
     .await?;
+    // Through the room's owner, which keeps who may post current.
+    let changed = shared.engine.add_member(id, member, role).await? != Some(role);
     Ok(Response::json(
         200,
         &json!({"room": id, "user": member, "role": role_name(role), "changed": changed}),
@@ -547,11 +543,11 @@ async fn add_member(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
 }
 
 /// `DELETE /api/rooms/{id}/members/{user}` (admins): removes a member. In
-/// a private room the removed user's open subscriptions end too (see
-/// `Shared::revoked`).
+/// a private room the removed user's open subscriptions end too, each
+/// with `left {reason: "removed"}` before any later event of the room.
 async fn remove_member(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
-    let room = require_admin(shared, uid, id).await?;
+    require_admin(shared, uid, id).await?;
     let target: u64 = req
         .path
         .trim_matches('/')
@@ -564,11 +560,8 @@ async fn remove_member(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
             "leave the room instead of removing yourself".into(),
         ));
     }
-    let m = meta(shared);
-    let removed = blocking(move || m.remove_member(id, target)).await?;
-    if removed && room.private {
-        shared.revocations.fetch_add(1, Ordering::Release);
-    }
+    // In a private room the owner ends the user's open subscriptions too.
+    let removed = shared.engine.remove_member(id, target).await?.is_some();
     Ok(Response::json(
         200,
         &json!({"room": id, "user": target, "removed": removed}),

@@ -89,10 +89,11 @@ pub struct Shared {
     pub limits: Arc<IpLimits>,
     /// Per-user send limits, shared by every shard.
     pub sends: Arc<SendLimits>,
-    /// Bumped whenever someone is removed from a private room: connections
-    /// subscribed to private rooms then check their membership again
-    /// before delivering (shared by every shard).
-    pub revocations: Arc<std::sync::atomic::AtomicU64>,
+    /// The engine as seen from this shard: posts to rooms it owns and the
+    /// connections' inboxes run here without a queue.
+    pub local: rookery_engine::Local,
+    /// Writes every WebSocket connection's output once per reactor turn.
+    pub flusher: Rc<crate::out::Flusher>,
     /// Closed when the shard stops: every connection waiting on it wakes
     /// and closes (WebSockets with 1001).
     pub stop: Rc<Semaphore>,

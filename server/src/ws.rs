@@ -1,31 +1,40 @@
-//! The WebSocket endpoints: `GET /ws` with the JSON protocol of DESIGN.md,
-//! and `GET /echo` (only with `--echo-endpoint`) that echoes messages for
-//! conformance testing.
+//! The WebSocket endpoints: `GET /ws` with the JSON protocol of
+//! docs/api.md, and `GET /echo` (only with `--echo-endpoint`) that echoes
+//! messages for conformance testing.
 //!
 //! One task per connection, on the shard that accepted it. tungstenite does
-//! the framing (masking, fragmentation, control frames, UTF-8, the close
-//! handshake) over an in-memory adapter; `deflate` inflates compressed
-//! messages in front of it and compresses large outbound ones; this task
-//! moves bytes between the adapter and the socket. The connection's
-//! subscriptions live in one engine `Inbox` on the same shard, so the byte
-//! bound, lagging and the slow-consumer close (4008) are the engine's.
+//! the framing of what the client sends (masking, fragmentation, control
+//! frames, UTF-8, the close handshake) over an in-memory adapter;
+//! `deflate` inflates compressed messages in front of it and compresses
+//! large outbound ones. What the connection sends goes to its [`Out`],
+//! which the shard's flusher writes once per reactor turn; the engine puts
+//! the events of the rooms it follows there directly, through the
+//! connection's [`LocalSink`], already framed, with no task wake-up per
+//! event. So the byte bound on everything a connection is owed (events,
+//! acks, replies) is one: `--conn-output-bytes-max`. Over it, the
+//! connection is not read (and its live events lag, to be caught up from
+//! the room's tail or log once it drains); a socket that takes nothing for
+//! `--conn-write-timeout-ms` ends the connection.
 //!
 //! Invariants: a frame the client sends is answered (reply or `error`
-//! frame) in order; nothing a client sends can panic the shard; an idle
-//! connection holds no read or write buffer (reads go through the shard's
-//! scratch buffer, the adapter's buffers are freed when drained).
+//! frame) in order; the `joined` reply comes before any event of the room;
+//! nothing a client sends can panic the shard; an idle connection holds no
+//! read or write buffer (reads go through the shard's scratch buffer, the
+//! adapter's read buffer is freed when drained, the output buffer goes
+//! back to the shard's pool).
 
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::{self, Read, Write};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
-use rookery_engine::{Error as EngineError, EventKind, Inbox};
+use rookery_engine::{Error as EngineError, Event, EventKind, LocalInbox, LocalSink};
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
@@ -35,11 +44,11 @@ use tungstenite::Message;
 use crate::auth;
 use crate::deflate::{self, InflateError, Inflow, Negotiated};
 use crate::http::{Request, Response};
+use crate::out::{Flusher, Out};
+use crate::protocol::{self, ClientFrame};
 use crate::routes::{self, ApiError, PageQuery};
 use crate::serve::{self, Shared};
 
-/// Events coalesced into one socket write, in bytes at most.
-const WRITE_COALESCE_BYTES: usize = 64 << 10;
 /// Bytes tungstenite reads from the adapter at a time (its own buffer
 /// keeps at least this much per connection, so it is small).
 const FRAME_READ_BYTES: usize = 128;
@@ -107,13 +116,14 @@ pub fn switching(accept: String, extension: Option<String>) -> Response {
     }
 }
 
-/// Bytes between tungstenite and the socket: reads drain `rx` from `at`
-/// (and say `WouldBlock` when it is empty, not EOF); writes append to `tx`.
-#[derive(Default)]
+/// Bytes between tungstenite and the connection: reads drain `rx` from
+/// `at` (and say `WouldBlock` when it is empty, not EOF); what tungstenite
+/// writes (pongs, the close frame) goes to the connection's output.
 struct Pipe {
     rx: Vec<u8>,
     at: usize,
-    tx: Vec<u8>,
+    out: Rc<Out>,
+    flusher: Rc<Flusher>,
 }
 
 impl Read for Pipe {
@@ -133,7 +143,7 @@ impl Read for Pipe {
 
 impl Write for Pipe {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx.extend_from_slice(buf);
+        self.flusher.push(&self.out, buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -143,11 +153,17 @@ impl Write for Pipe {
 
 /// What woke the connection task.
 enum Wake {
-    Bytes,
+    /// Bytes arrived (already handed to the adapter), or input held back
+    /// by the output bound may now be handled.
+    Input,
     SocketClosed,
-    Event(Result<rookery_engine::Delivery, EngineError>),
+    /// The engine ended the connection's subscriptions (slow consumer or
+    /// shutdown).
+    Ended(EngineError),
     Tick,
     AuthTimeout,
+    /// The socket took nothing for `--conn-write-timeout-ms`.
+    WriteTimeout,
     Stopping,
 }
 
@@ -163,9 +179,137 @@ pub struct Accepted {
     pub deflate: Option<Negotiated>,
 }
 
+/// A room the connection follows.
+struct Joined {
+    room: u64,
+    sub: u64,
+    /// The `joined` reply is out: events go straight to the output
+    /// (before, they wait in `early`).
+    live: bool,
+}
+
+/// What the connection task and its engine sink share (on the shard's
+/// thread).
+struct Link {
+    out: Rc<Out>,
+    flusher: Rc<Flusher>,
+    shared: Rc<Shared>,
+    /// Compress outbound messages from this size (permessage-deflate).
+    deflate_min: Option<usize>,
+    joined: RefCell<Vec<Joined>>,
+    /// Events of subscriptions whose join is not answered yet, in order.
+    early: RefCell<Vec<(u64, Event)>>,
+    early_bytes: Cell<usize>,
+    /// Why the engine ended the inbox, once it has.
+    ended: RefCell<Option<EngineError>>,
+}
+
+impl Link {
+    /// Queues a data message, compressed when agreed and large enough.
+    ///
+    /// Data frames are framed here, straight into the output: tungstenite's
+    /// own write path would copy each through a buffer it keeps per
+    /// connection. Control frames (pong, close) still go through
+    /// tungstenite, which tracks the close handshake.
+    fn send_data(&self, payload: &[u8], opcode: Data) {
+        if self.deflate_min.is_some_and(|min| payload.len() >= min) {
+            let frame = deflate::deflate_frame(payload, opcode);
+            self.flusher.append(&self.out, |b| {
+                let _ = frame.format(b);
+            });
+            return;
+        }
+        let header = FrameHeader {
+            opcode: OpCode::Data(opcode),
+            ..FrameHeader::default()
+        };
+        self.flusher.append(&self.out, |b| {
+            let _ = header.format(payload.len() as u64, b);
+            b.extend_from_slice(payload);
+        });
+    }
+
+    fn send_text(&self, text: &str) {
+        self.send_data(text.as_bytes(), Data::Text);
+    }
+
+    /// Writes an engine event: its frame as it is, or compressed.
+    fn emit(&self, event: &Event) {
+        if event.kind() == EventKind::Message {
+            if let Some(h) = self.shared.http.get(self.shared.shard) {
+                let ms = auth::now_ms().saturating_sub(event.ts_ms());
+                h.delivered_after(ms.saturating_mul(1000));
+            }
+        }
+        match self.deflate_min {
+            Some(min) if event.payload().len() >= min => {
+                self.send_data(event.payload(), Data::Text)
+            }
+            _ => self.flusher.push(&self.out, event.frame()),
+        }
+    }
+
+    /// A subscription's join was answered: it goes live, and the events
+    /// that waited for the answer follow it.
+    fn go_live(&self, sub: u64) {
+        if let Some(j) = self.joined.borrow_mut().iter_mut().find(|j| j.sub == sub) {
+            j.live = true;
+        }
+        let waiting: Vec<(u64, Event)> = {
+            let mut early = self.early.borrow_mut();
+            let (mine, rest) = std::mem::take(&mut *early)
+                .into_iter()
+                .partition(|(s, _)| *s == sub);
+            *early = rest;
+            mine
+        };
+        for (_, e) in waiting {
+            self.early_bytes.set(self.early_bytes.get() - e.len());
+            self.take_event(sub, &e);
+        }
+    }
+
+    /// An event for a live subscription; a `left` event ends it here too.
+    fn take_event(&self, sub: u64, event: &Event) {
+        if event.kind() == EventKind::Left {
+            self.joined.borrow_mut().retain(|j| j.sub != sub);
+        }
+        self.emit(event);
+    }
+}
+
+/// The connection as the engine sees it.
+struct Sink(Rc<Link>);
+
+impl LocalSink for Sink {
+    fn queued_bytes(&self) -> usize {
+        self.0.out.len() + self.0.early_bytes.get()
+    }
+
+    fn deliver(&self, sub: u64, event: &Event) {
+        let link = &self.0;
+        let live = match link.joined.borrow().iter().find(|j| j.sub == sub) {
+            None => return, // left the room; the event was already on its way
+            Some(j) => j.live,
+        };
+        if live {
+            link.take_event(sub, event);
+        } else {
+            link.early_bytes.set(link.early_bytes.get() + event.len());
+            link.early.borrow_mut().push((sub, event.clone()));
+        }
+    }
+
+    fn closed(&self, why: EngineError) {
+        *self.0.ended.borrow_mut() = Some(why);
+        self.0.out.wake();
+    }
+}
+
 /// One connection's state.
 struct Conn {
     shared: Rc<Shared>,
+    link: Rc<Link>,
     endpoint: Endpoint,
     ctx: WebSocketContext,
     pipe: Pipe,
@@ -173,15 +317,25 @@ struct Conn {
     inflow: Option<Box<Inflow>>,
     /// The connection's engine inbox, opened on its first join (a
     /// connection in no room costs the engine nothing).
-    inbox: Option<Inbox>,
+    inbox: Option<LocalInbox>,
     user: Option<u64>,
-    /// (room, subscription, private) of every room joined: a short list
-    /// (at most --ws-rooms-per-connection-max), cheaper than maps for an
-    /// idle connection.
-    joined: Vec<(u64, u64, bool)>,
-    /// `Shared::revocations` when private memberships were last checked.
-    revocations_seen: u64,
+    /// Complete frames wait in the adapter: handling them stopped at the
+    /// output bound.
+    backlog: bool,
     last_heard: Instant,
+}
+
+/// Ends writing to the socket before it is closed, and drops what was
+/// never written: declared after the stream, it is dropped before it (a
+/// descriptor number the kernel reuses is never written to by the
+/// flusher).
+struct StopWriting(Rc<Out>, Rc<Flusher>);
+
+impl Drop for StopWriting {
+    fn drop(&mut self) {
+        self.0.close();
+        drop(self.1.take(&self.0));
+    }
 }
 
 /// Serves an upgraded connection until either side closes it or the
@@ -206,14 +360,31 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         .write_buffer_size(0)
         .max_message_size(Some(frame_max))
         .max_frame_size(Some(frame_max));
+    let out = Out::new(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let _stop_writing = StopWriting(out.clone(), shared.flusher.clone());
+    let link = Rc::new(Link {
+        out: out.clone(),
+        flusher: shared.flusher.clone(),
+        shared: shared.clone(),
+        deflate_min: deflate.as_ref().map(|_| shared.cfg.ws_deflate_min_bytes),
+        joined: RefCell::new(Vec::new()),
+        early: RefCell::new(Vec::new()),
+        early_bytes: Cell::new(0),
+        ended: RefCell::new(None),
+    });
     let mut c = Conn {
         ctx: WebSocketContext::new(Role::Server, Some(config)),
-        pipe: Pipe::default(),
+        pipe: Pipe {
+            rx: Vec::new(),
+            at: 0,
+            out,
+            flusher: shared.flusher.clone(),
+        },
+        link,
         inflow: deflate.map(|n| Box::new(Inflow::new(n, frame_max))),
         inbox: None,
         user,
-        joined: Vec::new(),
-        revocations_seen: shared.revocations.load(Ordering::Acquire),
+        backlog: false,
         last_heard: Instant::now(),
         endpoint,
         shared,
@@ -227,32 +398,16 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         c.send(json!({"type": "hello", "user": u, "heartbeat_ms": c.heartbeat_ms()}));
     }
     let auth_deadline = Instant::now() + Duration::from_millis(c.shared.cfg.ws_auth_timeout_ms);
-    // Past twice the stuck timeout, the engine has closed the inbox as
-    // slow already; a write that still cannot finish ends the connection.
-    let write_timeout = Duration::from_millis(c.shared.cfg.ws_stuck_timeout_ms) * 2;
     // Ends by returning when the socket is gone, or by breaking once a
     // close frame is queued: then it is sent and the socket lingers.
     loop {
         if !c.process_input().await {
             break;
         }
-        if !c.pipe.tx.is_empty() {
-            if !write_within(&mut stream, &c.pipe.tx, write_timeout).await {
-                return;
-            }
-            c.pipe.tx = Vec::new();
-        }
         match c.wait(&mut stream, auth_deadline).await {
-            Wake::Bytes => c.last_heard = Instant::now(),
+            Wake::Input => c.last_heard = Instant::now(),
             Wake::SocketClosed => return,
-            Wake::Event(Ok(d)) => {
-                if c.private_rooms_need_check() {
-                    Box::pin(c.check_private_rooms()).await;
-                }
-                c.deliver(d);
-                c.deliver_queued();
-            }
-            Wake::Event(Err(e)) => {
+            Wake::Ended(e) => {
                 let (code, why) = match e {
                     EngineError::SlowConsumer => (CloseCode::Library(4008), "slow consumer"),
                     _ => (CloseCode::Away, "server shutting down"),
@@ -275,6 +430,13 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
                 c.close(CloseCode::Policy, "not authenticated in time");
                 break;
             }
+            Wake::WriteTimeout => {
+                if let Some(h) = c.shared.http.get(c.shared.shard) {
+                    h.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                // Nothing more can be written: close without a close frame.
+                return;
+            }
             Wake::Stopping => {
                 c.close(CloseCode::Away, "server shutting down");
                 break;
@@ -284,97 +446,100 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
     Box::pin(c.finish(stream)).await;
 }
 
-/// Writes `bytes`, or gives up after `timeout` (a client that does not
-/// read cannot hold the task forever).
-async fn write_within(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> bool {
-    let write = async { stream.write_all(bytes).await.is_ok() };
-    futures_lite::future::or(write, async {
-        glommio::timer::sleep(timeout).await;
-        false
-    })
-    .await
-}
-
 impl Conn {
     fn heartbeat_ms(&self) -> u64 {
         self.shared.cfg.ws_heartbeat_ms
     }
 
     fn is_joined(&self, room: u64) -> bool {
-        self.joined.iter().any(|&(r, _, _)| r == room)
-    }
-
-    /// Whether someone was removed from a private room since this
-    /// connection last looked, and it follows private rooms.
-    fn private_rooms_need_check(&self) -> bool {
-        self.joined.iter().any(|&(_, _, private)| private)
-            && self.shared.revocations.load(Ordering::Acquire) != self.revocations_seen
-    }
-
-    /// Ends the subscriptions to private rooms the user is no longer a
-    /// member of, telling the client (`left` with reason `removed`).
-    async fn check_private_rooms(&mut self) {
-        let Some(user) = self.user else { return };
-        self.revocations_seen = self.shared.revocations.load(Ordering::Acquire);
-        let private: Vec<u64> = self.joined.iter().filter(|j| j.2).map(|j| j.0).collect();
-        for room in private {
-            let meta = self.shared.engine.meta().clone();
-            let role = auth::blocking(move || meta.member_role(room, user)).await;
-            if matches!(role, Ok(None)) {
-                self.drop_room(room);
-                self.send(json!({"type": "left", "room": room, "reason": "removed"}));
-            }
-        }
+        self.link.joined.borrow().iter().any(|j| j.room == room)
     }
 
     /// Ends this connection's subscription to `room`; whether it had one.
     fn drop_room(&mut self, room: u64) -> bool {
-        let Some(at) = self.joined.iter().position(|&(r, _, _)| r == room) else {
-            return false;
+        let sub = {
+            let mut joined = self.link.joined.borrow_mut();
+            let Some(at) = joined.iter().position(|j| j.room == room) else {
+                return false;
+            };
+            joined.swap_remove(at).sub
         };
-        let (_, sub, _) = self.joined.swap_remove(at);
+        self.link.early.borrow_mut().retain(|(s, e)| {
+            let mine = *s == sub;
+            if mine {
+                self.link
+                    .early_bytes
+                    .set(self.link.early_bytes.get() - e.len());
+            }
+            !mine
+        });
         if let Some(inbox) = &self.inbox {
             inbox.unsubscribe(sub);
         }
         true
     }
 
+    /// Whether the output is over the bound (the connection is not read
+    /// and its frames wait).
+    fn over_bound(&self) -> bool {
+        self.link.out.len() >= self.shared.cfg.conn_output_bytes_max
+    }
+
     /// Waits for the next thing to do. One hand-written poll over the
-    /// socket, the inbox, the timer and the stop signal: this future is
+    /// socket (read, and write while the flusher could not finish), the
+    /// engine's verdict, the timer and the stop signal: this future is
     /// part of every idle connection, so it is kept lean.
     async fn wait(&mut self, stream: &mut TcpStream, auth_deadline: Instant) -> Wake {
         let heartbeat = Duration::from_millis(self.heartbeat_ms());
+        let write_timeout = Duration::from_millis(self.shared.cfg.conn_write_timeout_ms);
         let left = auth_deadline.saturating_duration_since(Instant::now());
         let auth_due = self.endpoint == Endpoint::Chat && self.user.is_none() && left < heartbeat;
+        let mut timeout = if auth_due { left } else { heartbeat };
+        if let Some(since) = self.link.out.stalled_since() {
+            timeout =
+                timeout.min((since + write_timeout).saturating_duration_since(Instant::now()));
+        }
         let mut received = Vec::new();
         let wake = {
             let shared = self.shared.clone();
-            let inbox = self.inbox.as_ref();
-            let mut timer = pin!(glommio::timer::sleep(if auth_due {
-                left
-            } else {
-                heartbeat
-            }));
+            let (link, backlog) = (self.link.clone(), self.backlog);
+            let mut timer = pin!(glommio::timer::sleep(timeout));
             let mut stop = pin!(shared.stopped());
-            let mut event = pin!(async {
-                match inbox {
-                    Some(inbox) => inbox.recv_async().await,
-                    None => std::future::pending().await,
-                }
-            });
             let mut take = |b: &[u8]| received.extend_from_slice(b);
             futures_lite::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = serve::poll_read_with(stream, cx, &mut take) {
-                    return Poll::Ready(match r {
-                        Ok(0) | Err(_) => Wake::SocketClosed,
-                        Ok(_) => Wake::Bytes,
-                    });
+                let out = &link.out;
+                out.park(cx.waker());
+                if let Some(e) = link.ended.borrow_mut().take() {
+                    return Poll::Ready(Wake::Ended(e));
                 }
-                if let Poll::Ready(r) = event.as_mut().poll(cx) {
-                    return Poll::Ready(Wake::Event(r));
+                if out.is_blocked() {
+                    let written = link.flusher.poll_write_blocked(out, |bytes| {
+                        Pin::new(&mut *stream).poll_write(cx, bytes)
+                    });
+                    if written == Poll::Ready(false) {
+                        return Poll::Ready(Wake::SocketClosed);
+                    }
+                }
+                let readable = out.len() < shared.cfg.conn_output_bytes_max;
+                out.set_throttled(!readable);
+                if readable && backlog {
+                    return Poll::Ready(Wake::Input);
+                }
+                if readable {
+                    if let Poll::Ready(r) = serve::poll_read_with(stream, cx, &mut take) {
+                        return Poll::Ready(match r {
+                            Ok(0) | Err(_) => Wake::SocketClosed,
+                            Ok(_) => Wake::Input,
+                        });
+                    }
                 }
                 if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(if auth_due {
+                    let stalled = out
+                        .stalled_since()
+                        .is_some_and(|since| since.elapsed() >= write_timeout);
+                    return Poll::Ready(if stalled {
+                        Wake::WriteTimeout
+                    } else if auth_due {
                         Wake::AuthTimeout
                     } else {
                         Wake::Tick
@@ -387,8 +552,8 @@ impl Conn {
             })
             .await
         };
-        if matches!(wake, Wake::Bytes) && !self.take_input(&received) {
-            return Wake::Bytes; // a close frame is queued; process_input ends
+        if matches!(wake, Wake::Input) && !received.is_empty() && !self.take_input(&received) {
+            return Wake::Input; // a close frame is queued; process_input ends
         }
         wake
     }
@@ -416,41 +581,31 @@ impl Conn {
         }
     }
 
-    /// Sends what is queued, then lingers and closes.
-    async fn finish(mut self, mut stream: TcpStream) {
-        let _ = stream.write_all(&self.pipe.tx).await;
-        self.pipe.tx.clear();
-        serve::linger_close(stream).await;
-    }
-
-    /// Queues a data message, compressed when agreed and large enough.
-    ///
-    /// Data frames are framed here, straight into the outbound bytes:
-    /// tungstenite's own write path would copy each through a buffer it
-    /// keeps per connection. Control frames (pong, close) still go through
-    /// tungstenite, which tracks the close handshake; nothing is sent after
-    /// a close (the connection loop ends there).
-    fn send_data(&mut self, payload: &[u8], opcode: Data) {
-        let min = self.shared.cfg.ws_deflate_min_bytes;
-        if self.inflow.is_some() && payload.len() >= min {
-            let frame = deflate::deflate_frame(payload, opcode);
-            let _ = frame.format(&mut self.pipe.tx);
-            return;
+    /// Sends what is queued (within the write deadline), then lingers and
+    /// closes.
+    async fn finish(self, mut stream: TcpStream) {
+        let out = &self.link.out;
+        out.close();
+        let bytes = self.link.flusher.take(out);
+        let deadline = Duration::from_millis(self.shared.cfg.conn_write_timeout_ms);
+        let write = async { stream.write_all(&bytes).await.is_ok() };
+        let written = futures_lite::future::or(write, async {
+            glommio::timer::sleep(deadline).await;
+            false
+        })
+        .await;
+        drop(self);
+        if written {
+            serve::linger_close(stream).await;
         }
-        let header = FrameHeader {
-            opcode: OpCode::Data(opcode),
-            ..FrameHeader::default()
-        };
-        let _ = header.format(payload.len() as u64, &mut self.pipe.tx);
-        self.pipe.tx.extend_from_slice(payload);
     }
 
-    fn send_text(&mut self, text: &str) {
-        self.send_data(text.as_bytes(), Data::Text);
+    fn send_text(&self, text: &str) {
+        self.link.send_text(text);
     }
 
     /// Queues a JSON frame.
-    fn send(&mut self, v: Value) {
+    fn send(&self, v: Value) {
         self.send_text(&v.to_string());
     }
 
@@ -460,34 +615,6 @@ impl Conn {
             h.error_sent(code);
         }
         json!({"type": "error", "code": code, "message": message})
-    }
-
-    /// Queues an engine event (already encoded JSON).
-    fn deliver(&mut self, d: rookery_engine::Delivery) {
-        if !self.joined.iter().any(|&(_, sub, _)| sub == d.sub) {
-            return; // left the room; the event was already queued
-        }
-        if d.event.kind() == EventKind::Message {
-            if let (Some(h), Some(ts)) = (self.shared.http.get(self.shared.shard), ts_ms(&d.event))
-            {
-                h.delivered_after(auth::now_ms().saturating_sub(ts).saturating_mul(1000));
-            }
-        }
-        self.send_text(d.event.json());
-    }
-
-    /// Takes every event already queued, so they leave in one write with
-    /// the one that woke the task (one syscall per wake, not per event).
-    /// Stops at `WRITE_COALESCE_BYTES`, and where a private room's
-    /// membership must be checked again first.
-    fn deliver_queued(&mut self) {
-        while self.pipe.tx.len() < WRITE_COALESCE_BYTES && !self.private_rooms_need_check() {
-            match self.inbox.as_ref().map(Inbox::try_recv) {
-                Some(Ok(Some(d))) => self.deliver(d),
-                // Empty, or closed: the next wait reports it.
-                _ => return,
-            }
-        }
     }
 
     fn close(&mut self, code: CloseCode, reason: &str) {
@@ -502,23 +629,28 @@ impl Conn {
         let _ = self.ctx.flush(&mut self.pipe);
     }
 
-    /// Handles every complete frame buffered; false when the connection is
-    /// over (closed by the client, or a protocol error was answered with a
-    /// close frame).
+    /// Handles every complete frame buffered, until the output bound;
+    /// false when the connection is over (closed by the client, or a
+    /// protocol error was answered with a close frame).
     async fn process_input(&mut self) -> bool {
+        self.backlog = false;
         loop {
+            if self.over_bound() && self.pipe.at < self.pipe.rx.len() {
+                // The rest waits until the client reads what it is owed.
+                self.backlog = true;
+                return true;
+            }
             match self.ctx.read(&mut self.pipe) {
                 Ok(Message::Text(text)) if self.endpoint == Endpoint::Echo => {
                     self.send_text(text.as_str());
                 }
                 Ok(Message::Binary(data)) if self.endpoint == Endpoint::Echo => {
-                    self.send_data(&data, Data::Binary);
+                    self.link.send_data(&data, Data::Binary);
                 }
                 Ok(Message::Text(text)) => {
                     // Boxed: the handler's state exists only while it runs,
                     // not in every idle connection's future.
-                    let reply = Box::pin(self.handle(text.as_str())).await;
-                    self.send(reply);
+                    Box::pin(self.handle(text.as_str())).await;
                 }
                 Ok(Message::Binary(_)) => {
                     let frame = self.error("bad_frame", "frames must be JSON text");
@@ -550,50 +682,55 @@ impl Conn {
         }
     }
 
-    /// One client frame → the reply frame.
-    async fn handle(&mut self, text: &str) -> Value {
-        let v: Value = match serde_json::from_str(text) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => return self.error("bad_json", "a frame must be a JSON object"),
-        };
-        let r#ref = v.get("ref").cloned();
-        let kind = v["type"].as_str().unwrap_or("").to_string();
-        let result = match (kind.as_str(), self.user) {
-            ("ping", _) => Ok(json!({"type": "pong"})),
-            ("auth", _) => self.auth(&v).await,
-            (_, None) if known(&kind) => Err(ApiError::Unauthorized(
-                "authenticate first (?token= on the upgrade or an auth frame)".into(),
-            )),
-            ("join", Some(u)) => self.join(u, &v).await,
-            ("leave", Some(_)) => self.leave(&v),
-            ("send", Some(u)) => self.post(u, &v).await,
-            ("edit", Some(u)) => self.change(u, &v, true).await,
-            ("delete", Some(u)) => self.change(u, &v, false).await,
-            ("typing", Some(u)) => self.typing(u, &v).await,
-            ("read", Some(u)) => self.read(u, &v).await,
-            ("history", Some(u)) => self.history(u, &v).await,
-            _ => {
-                let frame = self.error("unknown_type", &format!("unknown type {kind:?}"));
-                return with_ref(frame, r#ref);
+    /// One client frame: its reply (or `error` frame) is queued.
+    async fn handle(&mut self, text: &str) {
+        let f = match protocol::parse(text) {
+            Ok(f) => f,
+            Err(refused) => {
+                let frame = self.error(refused.code, &refused.message);
+                return self.send(frame);
             }
         };
+        let r#ref = f.r#ref;
+        let kind = f.kind();
+        if !known(kind) && kind != "ping" && kind != "auth" {
+            let frame = self.error("unknown_type", &format!("unknown type {kind:?}"));
+            return self.send(with_ref(frame, r#ref));
+        }
+        let result = match (kind, self.user) {
+            ("ping", _) => Ok(Some(json!({"type": "pong"}))),
+            ("auth", _) => self.auth(&f).await.map(Some),
+            (_, None) if known(kind) => Err(ApiError::Unauthorized(
+                "authenticate first (?token= on the upgrade or an auth frame)".into(),
+            )),
+            ("join", Some(u)) => self.join(u, &f, r#ref).await.map(|()| None),
+            ("leave", Some(_)) => self.leave(&f).map(Some),
+            ("send", Some(u)) => self.post(u, &f, r#ref).await.map(|()| None),
+            ("edit", Some(u)) => self.change(u, &f, true).await.map(Some),
+            ("delete", Some(u)) => self.change(u, &f, false).await.map(Some),
+            ("typing", Some(u)) => self.typing(u, &f).await.map(Some),
+            ("read", Some(u)) => self.read(u, &f).await.map(Some),
+            ("history", Some(u)) => self.history(u, &f).await.map(Some),
+            _ => unreachable!("every known type is handled above"),
+        };
         match result {
-            Ok(reply) => with_ref(reply, r#ref),
+            Ok(Some(reply)) => self.send(with_ref(reply, r#ref)),
+            Ok(None) => {} // the handler wrote its reply
             Err(e) => {
                 let (_, code, message) = e.parts();
                 let mut frame = self.error(code, &message);
                 if let ApiError::RateLimited { retry_after_ms, .. } = e {
                     frame["retry_after_ms"] = json!(retry_after_ms);
                 }
-                with_ref(frame, r#ref)
+                self.send(with_ref(frame, r#ref));
             }
         }
     }
 
-    async fn auth(&mut self, v: &Value) -> Result<Value, ApiError> {
-        let token = field_str(v, "token")?;
+    async fn auth(&mut self, f: &ClientFrame<'_>) -> Result<Value, ApiError> {
+        let token = ClientFrame::need_str(&f.token, "token").map_err(ApiError::BadRequest)?;
         let meta = self.shared.engine.meta().clone();
-        match auth::identify(meta, &self.shared.cfg.jwt_secret, token).await? {
+        match auth::identify(meta, &self.shared.cfg.jwt_secret, token.to_string()).await? {
             auth::Identity::User(u) => {
                 self.user = Some(u);
                 Ok(json!({"type": "hello", "user": u, "heartbeat_ms": self.heartbeat_ms()}))
@@ -602,13 +739,20 @@ impl Conn {
         }
     }
 
-    async fn join(&mut self, user: u64, v: &Value) -> Result<Value, ApiError> {
-        let room = field_u64(v, "room")?;
-        let (info, _) = routes::visible_room(&self.shared, user, room).await?;
-        let since = v.get("since").and_then(Value::as_u64);
+    /// Joins (or re-answers a join of) a room. The reply is written here,
+    /// before the events that waited for it.
+    async fn join(
+        &mut self,
+        user: u64,
+        f: &ClientFrame<'_>,
+        r#ref: Option<&serde_json::value::RawValue>,
+    ) -> Result<(), ApiError> {
+        let room = need(f.room, "room")?;
+        routes::visible_room(&self.shared, user, room).await?;
+        let mut joined_now = None;
         if !self.is_joined(room) {
             let max = self.shared.cfg.ws_rooms_per_connection_max;
-            if self.joined.len() >= max {
+            if self.link.joined.borrow().len() >= max {
                 if let Some(h) = self.shared.http.get(self.shared.shard) {
                     h.rooms_refused.fetch_add(1, Ordering::Relaxed);
                 }
@@ -616,57 +760,89 @@ impl Conn {
                     "a connection may join at most {max} rooms (--ws-rooms-per-connection-max)"
                 )));
             }
-            if self.inbox.is_none() {
-                self.inbox = Some(self.shared.engine.inbox_on(self.shared.shard)?);
+            let inbox = self
+                .inbox
+                .get_or_insert_with(|| self.shared.local.inbox(Rc::new(Sink(self.link.clone()))));
+            let (sub, subscribed) = inbox.subscribe_as(room, f.since, Some(user));
+            self.link.joined.borrow_mut().push(Joined {
+                room,
+                sub,
+                live: false,
+            });
+            if let Err(e) = subscribed.await {
+                self.drop_room(room);
+                return Err(e.into());
             }
-            let inbox = self.inbox.as_ref().expect("opened above");
-            let sub = inbox.subscribe_as(room, since, Some(user)).await?;
-            self.joined.push((room, sub, info.private));
+            joined_now = Some(sub);
         }
         let engine = &self.shared.engine;
         let (last, online) = (engine.last_seq(room).await?, engine.online(room).await?);
-        Ok(json!({"type": "joined", "room": room, "last_seq": last, "online": online}))
+        let reply = json!({"type": "joined", "room": room, "last_seq": last, "online": online});
+        self.send(with_ref(reply, r#ref));
+        if let Some(sub) = joined_now {
+            self.link.go_live(sub);
+        }
+        Ok(())
     }
 
-    fn leave(&mut self, v: &Value) -> Result<Value, ApiError> {
-        let room = field_u64(v, "room")?;
+    fn leave(&mut self, f: &ClientFrame<'_>) -> Result<Value, ApiError> {
+        let room = need(f.room, "room")?;
         if !self.drop_room(room) {
             return Err(ApiError::NotFound(format!("not joined to room {room}")));
         }
         Ok(json!({"type": "left", "room": room}))
     }
 
-    async fn post(&mut self, user: u64, v: &Value) -> Result<Value, ApiError> {
-        let room = field_u64(v, "room")?;
-        let body = field_str(v, "body")?;
-        let client_id = v["client_id"].as_str().unwrap_or("");
-        routes::visible_room(&self.shared, user, room).await?;
+    /// A message: the room's owner checks that the user may post, stores
+    /// it and answers; the ack is written here, straight into the output.
+    async fn post(
+        &mut self,
+        user: u64,
+        f: &ClientFrame<'_>,
+        r#ref: Option<&serde_json::value::RawValue>,
+    ) -> Result<(), ApiError> {
+        let room = need(f.room, "room")?;
+        let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
+        let client_id = f.client_id.as_deref().unwrap_or("");
         routes::take_send_token(&self.shared, user)?;
-        let ack = self
-            .shared
-            .engine
-            .post(room, user, client_id, &body)
-            .await?;
-        Ok(
-            json!({"type": "ack", "room": room, "seq": ack.seq, "ts": ack.ts_ms,
-                  "duplicate": ack.duplicate}),
-        )
+        let ack = self.shared.local.post(room, user, client_id, body).await?;
+        let mut json = Vec::with_capacity(112);
+        {
+            use std::io::Write as _;
+            json.extend_from_slice(br#"{"type":"ack""#);
+            if let Some(r) = r#ref {
+                json.extend_from_slice(br#","ref":"#);
+                json.extend_from_slice(r.get().as_bytes());
+            }
+            let _ = write!(
+                json,
+                r#","room":{room},"seq":{},"ts":{},"duplicate":{}}}"#,
+                ack.seq, ack.ts_ms, ack.duplicate
+            );
+        }
+        self.link.send_data(&json, Data::Text);
+        Ok(())
     }
 
-    async fn change(&mut self, user: u64, v: &Value, edit: bool) -> Result<Value, ApiError> {
-        let (room, seq) = (field_u64(v, "room")?, field_u64(v, "seq")?);
+    async fn change(
+        &mut self,
+        user: u64,
+        f: &ClientFrame<'_>,
+        edit: bool,
+    ) -> Result<Value, ApiError> {
+        let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
         routes::visible_room(&self.shared, user, room).await?;
         if edit {
-            let body = field_str(v, "body")?;
-            self.shared.engine.edit(room, seq, user, &body).await?;
+            let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
+            self.shared.engine.edit(room, seq, user, body).await?;
         } else {
             self.shared.engine.delete(room, seq, user).await?;
         }
         Ok(json!({"type": "ack", "room": room, "seq": seq}))
     }
 
-    async fn typing(&mut self, user: u64, v: &Value) -> Result<Value, ApiError> {
-        let room = field_u64(v, "room")?;
+    async fn typing(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<Value, ApiError> {
+        let room = need(f.room, "room")?;
         if !self.is_joined(room) {
             return Err(ApiError::NotFound(format!("not joined to room {room}")));
         }
@@ -674,20 +850,20 @@ impl Conn {
         Ok(json!({"type": "ack", "room": room}))
     }
 
-    async fn read(&mut self, user: u64, v: &Value) -> Result<Value, ApiError> {
-        let (room, seq) = (field_u64(v, "room")?, field_u64(v, "seq")?);
+    async fn read(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<Value, ApiError> {
+        let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
         routes::visible_room(&self.shared, user, room).await?;
         let stored = self.shared.engine.mark_read(room, user, seq).await?;
         Ok(json!({"type": "receipt", "room": room, "user": user, "seq": stored}))
     }
 
-    async fn history(&mut self, user: u64, v: &Value) -> Result<Value, ApiError> {
-        let room = field_u64(v, "room")?;
+    async fn history(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<Value, ApiError> {
+        let room = need(f.room, "room")?;
         routes::visible_room(&self.shared, user, room).await?;
         let q = PageQuery {
-            before: v.get("before").and_then(Value::as_u64),
-            after: v.get("after").and_then(Value::as_u64),
-            limit: v.get("limit").and_then(Value::as_u64),
+            before: f.before,
+            after: f.after,
+            limit: f.limit,
         };
         let (mut page, _) = routes::history_page(&self.shared, room, q).await?;
         page["type"] = json!("history");
@@ -702,31 +878,13 @@ fn known(kind: &str) -> bool {
     )
 }
 
-/// A message event's `ts` (ms), read from its JSON without parsing all of
-/// it (this runs for every delivered message).
-fn ts_ms(event: &rookery_engine::Event) -> Option<u64> {
-    let json = event.json();
-    let at = json.find(",\"ts\":")? + 6;
-    let digits = json[at..].bytes().take_while(u8::is_ascii_digit).count();
-    json[at..at + digits].parse().ok()
+fn need(field: Option<u64>, name: &str) -> Result<u64, ApiError> {
+    ClientFrame::need(field, name).map_err(ApiError::BadRequest)
 }
 
-fn with_ref(mut v: Value, r#ref: Option<Value>) -> Value {
+fn with_ref(mut v: Value, r#ref: Option<&serde_json::value::RawValue>) -> Value {
     if let Some(r) = r#ref {
-        v["ref"] = r;
+        v["ref"] = serde_json::from_str(r.get()).unwrap_or(Value::Null);
     }
     v
-}
-
-fn field_u64(v: &Value, name: &str) -> Result<u64, ApiError> {
-    v.get(name)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| ApiError::BadRequest(format!("{name} (a number) is required")))
-}
-
-fn field_str(v: &Value, name: &str) -> Result<String, ApiError> {
-    v.get(name)
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| ApiError::BadRequest(format!("{name} (a string) is required")))
 }
