@@ -1,12 +1,14 @@
 //! `rookery-bench compare`: the same load scenario against Rookery and the
 //! baselines, one after the other on this machine, and a side-by-side
-//! table with ratios (Rookery / baseline).
+//! table with ratios (Rookery / baseline), of throughput and of server CPU
+//! per delivery.
 //!
 //! Rookery is built (release) and started on a fresh data directory with
-//! the named durability; the baselines (`bench/baselines`, Node `ws` and
-//! Socket.IO 4, pinned by `package-lock.json`) are installed with `npm ci`
-//! on first use and keep messages in memory. Every server is stopped
-//! before the next starts.
+//! the named durability. The baselines keep messages in memory: `bare`
+//! (`bench/baselines/bare`, Rust, built release) is the least work any
+//! server must do for this load on this machine; Node `ws` and Socket.IO 4
+//! (`bench/baselines`, pinned by `package-lock.json`) are installed with
+//! `npm ci` on first use. Every server is stopped before the next starts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,12 +23,20 @@ use crate::load::{self, Plan, Report};
 pub struct CompareArgs {
     #[command(flatten)]
     pub load: load::Args,
-    /// Servers to run, in order: `rookery`, `ws` (Node ws), `socketio`.
-    #[arg(long, value_delimiter = ',', default_value = "rookery,ws,socketio")]
+    /// Servers to run, in order: `rookery`, `bare` (the Rust floor), `ws`
+    /// (Node ws), `socketio`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "rookery,bare,ws,socketio"
+    )]
     pub servers: Vec<String>,
     /// The `rookery` binary (default: build the workspace's, release).
     #[arg(long)]
     pub rookery_bin: Option<PathBuf>,
+    /// The `rookery-bare` binary (default: build the workspace's, release).
+    #[arg(long)]
+    pub bare_bin: Option<PathBuf>,
 }
 
 /// The workspace's root (this crate lives in `bench/`).
@@ -85,17 +95,19 @@ fn wait_ready(port: u16, path: &str, child: &mut Child) -> Result<()> {
     }
 }
 
-fn rookery_bin(args: &CompareArgs) -> Result<PathBuf> {
-    if let Some(b) = &args.rookery_bin {
+/// The binary `given`, or the workspace's `bin` of `package`, built
+/// release.
+fn built(given: &Option<PathBuf>, package: &str, bin: &str) -> Result<PathBuf> {
+    if let Some(b) = given {
         return Ok(b.clone());
     }
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-q", "-p", "rookery-server"])
+        .args(["build", "--release", "-q", "-p", package])
         .current_dir(root())
         .status()
         .context("running cargo build")?;
-    anyhow::ensure!(status.success(), "building rookery failed");
-    Ok(root().join("target/release/rookery"))
+    anyhow::ensure!(status.success(), "building {package} failed");
+    Ok(root().join("target/release").join(bin))
 }
 
 /// Installs the baselines' npm packages from the lock file, once.
@@ -120,7 +132,7 @@ fn start(name: &str, args: &CompareArgs) -> Result<(Running, u16)> {
     let (child, dir, ready) = match name {
         "rookery" => {
             let dir = tempfile::tempdir()?;
-            let child = Command::new(rookery_bin(args)?)
+            let child = Command::new(built(&args.rookery_bin, "rookery-server", "rookery")?)
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--data-dir", &dir.path().join("data").to_string_lossy()])
                 .args([
@@ -145,6 +157,14 @@ fn start(name: &str, args: &CompareArgs) -> Result<(Running, u16)> {
                 .context("starting rookery")?;
             (child, Some(dir), "/readyz")
         }
+        "bare" => {
+            let child = Command::new(built(&args.bare_bin, "rookery-bare", "rookery-bare")?)
+                .args(["--port", &port.to_string(), "--jwt-secret", secret])
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting rookery-bare")?;
+            (child, None, "/healthz")
+        }
         "ws" | "socketio" => {
             let dir = install_baselines()?;
             let child = Command::new("node")
@@ -155,7 +175,7 @@ fn start(name: &str, args: &CompareArgs) -> Result<(Running, u16)> {
                 .context("starting node")?;
             (child, None, "/healthz")
         }
-        other => bail!("unknown server {other:?} (rookery, ws, socketio)"),
+        other => bail!("unknown server {other:?} (rookery, bare, ws, socketio)"),
     };
     let mut running = Running { child, _dir: dir };
     wait_ready(port, ready, &mut running.child)?;
@@ -175,8 +195,26 @@ fn row(r: &Report) -> Value {
         "lost": r.lost,
         "connect_errors": r.connect_errors,
         "server_rss_bytes_max": r.server_rss_max(),
+        "server_cpu_us_per_delivery": r.server_cpu_us_per_delivery(),
+        "max_passing_server_cpu_us_per_delivery": r.best_step().and_then(|s| s.server_cpu_us_per_delivery),
+        "generator_cpu_us_per_delivery": r.generator_cpu_us_per_delivery(),
+        "limit": limit(r),
         "report": r.to_json(),
     })
+}
+
+/// What stopped a server's `max` climb: the generator (it saturated), the
+/// machine (a step failed with sends going out late: the server and the
+/// generator both needed the cores), the server (a step failed while the
+/// generator kept up), or nothing.
+fn limit(r: &Report) -> &'static str {
+    match r.steps.last() {
+        None => "-",
+        Some(s) if s.generator_saturated => "generator",
+        Some(s) if !s.passed && s.slip_p99_ms > 20.0 => "machine (cores shared)",
+        Some(s) if !s.passed => "server",
+        Some(_) => "none (steps exhausted)",
+    }
 }
 
 pub fn run(args: CompareArgs) -> Result<()> {
@@ -240,75 +278,191 @@ pub fn run(args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
-/// Rookery / baseline, for the headline figures.
+/// `a / b`, when both are there and `b` is not 0.
+fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// Server CPU per delivery of `a` over `b` at every step (same rate per
+/// user) both passed: (rate per user, ratio).
+fn cpu_ratios_per_step(a: &Report, b: &Report) -> Vec<(f64, f64)> {
+    a.steps
+        .iter()
+        .filter(|s| s.passed)
+        .filter_map(|sa| {
+            let sb = b
+                .steps
+                .iter()
+                .find(|sb| sb.passed && (sb.rate_per_user - sa.rate_per_user).abs() < 1e-9)?;
+            Some((
+                sa.rate_per_user,
+                div(sa.server_cpu_us_per_delivery, sb.server_cpu_us_per_delivery)?,
+            ))
+        })
+        .collect()
+}
+
+/// `a` against `b`: throughput, p99, memory, and CPU per delivery (at the
+/// highest step both passed, at every such step, and over whole runs).
+fn ratio(a: &Report, b: &Report) -> Value {
+    let per_step = cpu_ratios_per_step(a, b);
+    json!({
+        "max_passing_delivered_per_sec": div(a.max_passing_delivered_per_sec, b.max_passing_delivered_per_sec),
+        "delivered_per_sec": div(Some(a.delivered_per_sec()), Some(b.delivered_per_sec())),
+        "deliver_p99_ms": div(Some(a.deliver_ms.p99), Some(b.deliver_ms.p99)),
+        "server_rss_bytes_max": div(a.server_rss_max().map(|v| v as f64), b.server_rss_max().map(|v| v as f64)),
+        "server_cpu_us_per_delivery": div(a.server_cpu_us_per_delivery(), b.server_cpu_us_per_delivery()),
+        "server_cpu_us_per_delivery_at_highest_common_step": per_step.last().map(|p| p.1),
+        "server_cpu_us_per_delivery_worst_common_step": per_step.iter().map(|p| p.1).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
+        "server_cpu_per_delivery_by_step": per_step.iter().map(|(r, x)| json!({"rate_per_user": r, "ratio": x})).collect::<Vec<_>>(),
+    })
+}
+
+/// Rookery / each baseline, and `bare` / the Node baselines (what the
+/// floor itself reaches against them).
 fn ratios(reports: &[Report]) -> Value {
-    let Some(rookery) = reports.iter().find(|r| r.name == "rookery") else {
-        return Value::Null;
-    };
     let mut out = serde_json::Map::new();
-    for b in reports.iter().filter(|r| r.name != "rookery") {
-        let div = |a: f64, b: f64| if b > 0.0 { Some(a / b) } else { None };
-        out.insert(
-            b.name.clone(),
-            json!({
-                "max_passing_delivered_per_sec": match (rookery.max_passing_delivered_per_sec, b.max_passing_delivered_per_sec) {
-                    (Some(a), Some(bb)) => div(a, bb),
-                    _ => None,
-                },
-                "delivered_per_sec": div(rookery.delivered_per_sec(), b.delivered_per_sec()),
-                "deliver_p99_ms": div(rookery.deliver_ms.p99, b.deliver_ms.p99),
-                "server_rss_bytes_max": match (rookery.server_rss_max(), b.server_rss_max()) {
-                    (Some(a), Some(bb)) => div(a as f64, bb as f64),
-                    _ => None,
-                },
-            }),
-        );
+    for name in ["rookery", "bare"] {
+        let Some(a) = reports.iter().find(|r| r.name == name) else {
+            continue;
+        };
+        let mut of = serde_json::Map::new();
+        for b in reports
+            .iter()
+            .filter(|r| r.name != name && r.name != "rookery")
+        {
+            of.insert(b.name.clone(), ratio(a, b));
+        }
+        if !of.is_empty() {
+            out.insert(name.to_string(), Value::Object(of));
+        }
     }
     Value::Object(out)
 }
 
 fn print_side_by_side(reports: &[Report]) {
-    let mut header = format!("{:<30}", "");
+    let mut header = format!("{:<34}", "");
     for r in reports {
-        header.push_str(&format!("{:>18}", r.name));
+        header.push_str(&format!("{:>14}", r.name));
     }
     println!("\n{header}");
-    type Cell = fn(&Report) -> String;
-    let rows: [(&str, Cell); 9] = [
-        ("durability", |r| r.durability.clone()),
-        ("max passing delivered/s", |r| {
-            r.max_passing_delivered_per_sec
-                .map_or("-".into(), |v| format!("{v:.0}"))
-        }),
-        ("delivered/s", |r| format!("{:.0}", r.delivered_per_sec())),
-        ("deliver p50 ms", |r| format!("{:.2}", r.deliver_ms.p50)),
-        ("deliver p99 ms", |r| format!("{:.2}", r.deliver_ms.p99)),
-        ("ack p99 ms", |r| format!("{:.2}", r.ack_ms.p99)),
-        ("lost", |r| r.lost.to_string()),
-        ("connect errors", |r| r.connect_errors.to_string()),
-        ("server RSS max MiB", |r| {
-            r.server_rss_max().map_or("-".into(), |b| {
-                format!("{:.1}", b as f64 / (1 << 20) as f64)
-            })
-        }),
+    let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    type Cell = Box<dyn Fn(&Report) -> String>;
+    let rows: Vec<(&str, Cell)> = vec![
+        ("durability", Box::new(|r| r.durability.clone())),
+        (
+            "max passing delivered/s",
+            Box::new(|r| {
+                r.max_passing_delivered_per_sec
+                    .map_or("-".into(), |v| format!("{v:.0}"))
+            }),
+        ),
+        (
+            "delivered/s",
+            Box::new(|r| format!("{:.0}", r.delivered_per_sec())),
+        ),
+        (
+            "deliver p50 ms",
+            Box::new(|r| format!("{:.2}", r.deliver_ms.p50)),
+        ),
+        (
+            "deliver p99 ms",
+            Box::new(|r| format!("{:.2}", r.deliver_ms.p99)),
+        ),
+        ("ack p99 ms", Box::new(|r| format!("{:.2}", r.ack_ms.p99))),
+        ("lost", Box::new(|r| r.lost.to_string())),
+        ("connect errors", Box::new(|r| r.connect_errors.to_string())),
+        (
+            "server RSS max MiB",
+            Box::new(|r| {
+                r.server_rss_max().map_or("-".into(), |b| {
+                    format!("{:.1}", b as f64 / (1 << 20) as f64)
+                })
+            }),
+        ),
+        (
+            "server CPU µs/delivery",
+            Box::new(move |r| us(r.server_cpu_us_per_delivery())),
+        ),
+        (
+            "generator CPU µs/delivery",
+            Box::new(move |r| us(r.generator_cpu_us_per_delivery())),
+        ),
+        (
+            "limit",
+            Box::new(|r| limit(r).split(' ').next().unwrap_or("").to_string()),
+        ),
     ];
     for (label, f) in rows {
-        let mut line = format!("{label:<30}");
+        let mut line = format!("{label:<34}");
         for r in reports {
-            line.push_str(&format!("{:>18}", f(r)));
+            line.push_str(&format!("{:>14}", f(r)));
         }
         println!("{line}");
     }
-    if let Some(rookery) = reports.iter().find(|r| r.name == "rookery") {
-        for b in reports.iter().filter(|r| r.name != "rookery") {
-            let ratio = match (
-                rookery.max_passing_delivered_per_sec,
+    // Server CPU per delivery at every step, side by side.
+    let rates: Vec<f64> = reports
+        .iter()
+        .flat_map(|r| r.steps.iter().map(|s| s.rate_per_user))
+        .fold(Vec::new(), |mut v, r| {
+            if !v.iter().any(|x: &f64| (x - r).abs() < 1e-9) {
+                v.push(r);
+            }
+            v
+        });
+    if !rates.is_empty() {
+        println!(
+            "\nserver CPU µs per delivery by step (FAIL: the step failed; *: generator saturated)"
+        );
+        for rate in rates {
+            let mut line = format!("  {rate:>8.3}/s per user {:>13}", "");
+            for r in reports {
+                let cell = r
+                    .steps
+                    .iter()
+                    .find(|s| (s.rate_per_user - rate).abs() < 1e-9)
+                    .map_or("".into(), |s| {
+                        format!(
+                            "{}{}{}",
+                            us(s.server_cpu_us_per_delivery),
+                            if s.passed { "" } else { " FAIL" },
+                            if s.generator_saturated { "*" } else { "" }
+                        )
+                    });
+                line.push_str(&format!("{cell:>14}"));
+            }
+            println!("{line}");
+        }
+    }
+    println!();
+    for name in ["rookery", "bare"] {
+        let Some(a) = reports.iter().find(|r| r.name == name) else {
+            continue;
+        };
+        for b in reports
+            .iter()
+            .filter(|r| r.name != name && r.name != "rookery")
+        {
+            let thr = div(
+                a.max_passing_delivered_per_sec,
                 b.max_passing_delivered_per_sec,
-            ) {
-                (Some(a), Some(bb)) if bb > 0.0 => a / bb,
-                _ => rookery.delivered_per_sec() / b.delivered_per_sec().max(1e-9),
-            };
-            println!("rookery / {:<20} {ratio:>10.2}× delivered/s", b.name);
+            )
+            .or_else(|| div(Some(a.delivered_per_sec()), Some(b.delivered_per_sec())));
+            let steps = cpu_ratios_per_step(a, b);
+            let worst = steps
+                .iter()
+                .map(|p| p.1)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            println!(
+                "{name} / {:<10} {:>7}× delivered/s   CPU per delivery {:>6}× at the highest common step, {:>6}× at worst",
+                b.name,
+                thr.map_or("-".into(), |v| format!("{v:.2}")),
+                steps.last().map_or("-".into(), |p| format!("{:.2}", p.1)),
+                worst.map_or("-".into(), |v| format!("{v:.2}")),
+            );
         }
     }
 }

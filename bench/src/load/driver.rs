@@ -37,6 +37,8 @@ const DRAIN_CHECK: Duration = Duration::from_millis(50);
 const WINDOW_STEP: Duration = Duration::from_millis(10);
 /// Bytes one `recv` may take.
 const RECV_BYTES: usize = 256 << 10;
+/// The longest one wait for readiness lasts.
+const WAIT_MAX: Duration = Duration::from_millis(100);
 /// Readiness reports taken per wait.
 const EVENTS_PER_WAIT: usize = 1024;
 
@@ -186,12 +188,20 @@ impl<'a> Driver<'a> {
         while self.done < self.vus.len() {
             let now = Instant::now();
             self.fire_timers(now);
+            if self.done == self.vus.len() {
+                break;
+            }
+            // Every user has a timer or a socket to wait for; the cap only
+            // guards against waiting forever should one have neither.
             let wait = self
                 .timers
                 .peek()
-                .map(|Reverse((t, ..))| t.saturating_duration_since(Instant::now()));
+                .map_or(WAIT_MAX, |Reverse((t, ..))| {
+                    t.saturating_duration_since(Instant::now())
+                })
+                .min(WAIT_MAX);
             let ready: Vec<poll::Ready> = {
-                let events = self.poller.wait(wait)?;
+                let events = self.poller.wait(Some(wait))?;
                 events.iter().map(poll::ready).collect()
             };
             for r in ready {
@@ -412,7 +422,10 @@ impl<'a> Driver<'a> {
                     }
                 }
                 (Incoming::Error(_), Phase::Running | Phase::Draining) => counts.errors += 1,
-                (Incoming::Open, Phase::SioOpen) => *owe = Some(Phase::SioConnect),
+                // The open packet may come in the same read as the 101.
+                (Incoming::Open, Phase::Upgrading | Phase::SioOpen) => {
+                    *owe = Some(Phase::SioConnect)
+                }
                 (Incoming::Connected, Phase::SioConnect) => *owe = Some(Phase::Joining),
                 (Incoming::Joined { last_seq }, Phase::Joining) => {
                     *rx = Receiver::new(last_seq);
@@ -453,7 +466,7 @@ impl<'a> Driver<'a> {
                 return self.connect_failed(idx, why);
             }
         }
-        if conn.phase == Phase::Upgrading && conn.client.upgraded() {
+        if conn.phase == Phase::Upgrading && conn.client.upgraded() && conn.owe.is_none() {
             conn.owe = Some(match plan.wire {
                 Wire::Rookery => Phase::Joining,
                 Wire::SocketIo => Phase::SioOpen,

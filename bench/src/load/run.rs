@@ -184,6 +184,9 @@ pub struct Step {
     pub server_cpu_us_per_send: Option<f64>,
     pub generator_cpu_us_per_delivery: Option<f64>,
     pub generator_saturated: bool,
+    /// Schedule slip p99: how late sends went out (a busy machine).
+    pub slip_p99_ms: f64,
+    pub server_rss_bytes_max: Option<u64>,
 }
 
 impl Step {
@@ -197,6 +200,8 @@ impl Step {
             server_cpu_us_per_send: r.server_cpu_us_per_send(),
             generator_cpu_us_per_delivery: r.generator_cpu_us_per_delivery(),
             generator_saturated: r.generator_saturated(),
+            slip_p99_ms: r.slip_ms.p99,
+            server_rss_bytes_max: r.server_rss_max(),
         }
     }
 
@@ -210,6 +215,8 @@ impl Step {
             "server_cpu_us_per_send": self.server_cpu_us_per_send,
             "generator_cpu_us_per_delivery": self.generator_cpu_us_per_delivery,
             "generator_saturated": self.generator_saturated,
+            "schedule_slip_p99_ms": self.slip_p99_ms,
+            "server_rss_bytes_max": self.server_rss_bytes_max,
         })
     }
 }
@@ -255,9 +262,17 @@ impl Report {
         self.server.iter().map(|s| s.rss_bytes).max()
     }
 
-    /// Whether the generator may have been the bottleneck.
+    /// Whether the generator was the bottleneck: its busiest thread was
+    /// on the CPU nearly all the time.
     pub fn generator_saturated(&self) -> bool {
-        self.generator_thread_cpu_max > 0.9 || self.slip_ms.p99 > 20.0
+        self.generator_thread_cpu_max > 0.9
+    }
+
+    /// Whether sends went out late (p99 over 20 ms): with the generator
+    /// not saturated, the machine's cores were all busy (the server and
+    /// the generator share them), and latencies include the lateness.
+    pub fn sends_late(&self) -> bool {
+        self.slip_ms.p99 > 20.0
     }
 
     pub fn to_json(&self) -> Value {
@@ -313,6 +328,7 @@ impl Report {
                 "cpu_us_per_delivery": self.generator_cpu_us_per_delivery(),
                 "schedule_slip_ms": self.slip_ms.json(),
                 "saturated": self.generator_saturated(),
+                "sends_late": self.sends_late(),
             },
         })
     }
@@ -413,7 +429,9 @@ impl Report {
                 self.generator_thread_cpu_max * 100.0,
                 self.slip_ms.p99,
                 if self.generator_saturated() {
-                    "  (SATURATED: the generator may be the bottleneck)"
+                    "  (SATURATED: the generator was the bottleneck)"
+                } else if self.sends_late() {
+                    "  (sends late: every core was busy)"
                 } else {
                     ""
                 }
