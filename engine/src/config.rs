@@ -24,6 +24,10 @@ pub struct EngineConfig {
     /// A lagging subscriber that does not read anything for this long is
     /// closed ([`crate::Error::SlowConsumer`], close code 4008). Default 30 s.
     pub stuck_timeout: Duration,
+    /// A history page stops early (its `next` cursor continues it) once
+    /// its messages hold this many bytes; at least one message is always
+    /// returned. Default 1 MiB.
+    pub history_page_bytes_max: usize,
     /// Events per catch-up page. Default 256.
     pub catch_up_page_len: usize,
     /// How often a shard checks lagging subscribers for drained queues.
@@ -75,6 +79,7 @@ impl EngineConfig {
             volatile_queue_bytes_max: 256 << 10,
             stuck_timeout: Duration::from_secs(30),
             catch_up_page_len: 256,
+            history_page_bytes_max: 1 << 20,
             lag_poll_interval: Duration::from_millis(2),
             mesh_channel_len: 1024,
             typing_interval: Duration::from_secs(1),
@@ -106,6 +111,10 @@ impl EngineConfig {
         check(
             self.volatile_queue_bytes_max <= self.outbound_queue_bytes_max,
             "volatile_queue_bytes_max must be <= outbound_queue_bytes_max",
+        )?;
+        check(
+            self.history_page_bytes_max >= 1,
+            "history_page_bytes_max must be >= 1",
         )?;
         check(
             self.catch_up_page_len >= 1,

@@ -663,12 +663,22 @@ async fn run_shard(
             }
         }));
     }
+    // The lagging pump: every `lag_poll_interval` while some subscription
+    // lags, asleep (no timer) while none does.
     let pump = Rc::downgrade(&shard);
+    let bell = shard.pump_bell.clone();
     glommio::spawn_local(async move {
         while let Some(shard) = pump.upgrade() {
-            shard.pump_lagging();
+            let lagging = shard.any_lagging();
+            if lagging {
+                shard.pump_lagging();
+            }
             drop(shard);
-            glommio::timer::sleep(poll).await;
+            if lagging {
+                glommio::timer::sleep(poll).await;
+            } else {
+                bell.wait().await;
+            }
         }
     })
     .detach();

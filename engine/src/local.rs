@@ -64,7 +64,8 @@ impl Local {
     }
 
     /// Posts a message (see [`Engine::post`]): run here when this shard owns
-    /// the room, else sent to its owner.
+    /// the room, else sent to its owner over the shards' mesh (with the
+    /// turn's other traffic to it) and answered the same way.
     pub async fn post(
         &self,
         room: u64,
@@ -75,7 +76,7 @@ impl Local {
         if self.engine.shard_of(room) == self.shard.id {
             self.shard.post_here(room, sender, client_id, body).await
         } else {
-            self.engine.post(room, sender, client_id, body).await
+            self.shard.post_remote(room, sender, client_id, body).await
         }
     }
 

@@ -31,7 +31,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::channel_mesh::Senders;
 use rookery_storage::{
-    Appended, Cursor, HistoryItem, Meta, Retention, RetentionReport, Role, ShardStats, ShardStore,
+    Appended, Cursor, HistoryItem, Meta, Order, Retention, RetentionReport, Role, ShardStats,
+    ShardStore,
 };
 
 use crate::config::EngineConfig;
@@ -267,6 +268,17 @@ pub(crate) enum Peer {
     /// `user` was removed from the private `room`: their subscriptions to
     /// it end (with a `left` event) before any later event of the room.
     Revoke { room: u64, user: u64 },
+    /// A post from shard `from`, answered with `Posted { token, .. }`.
+    Post {
+        room: u64,
+        sender: u64,
+        client_id: String,
+        body: String,
+        from: usize,
+        token: u64,
+    },
+    /// The answer to this shard's `Post` with `token`.
+    Posted { token: u64, result: Result<PostAck> },
     /// `room` was just created: its owner forgets that it did not exist,
     /// then answers on `done`.
     Forget { room: u64, done: flume::Sender<()> },
@@ -459,6 +471,13 @@ pub(crate) struct Shard {
     /// before one is stale.
     access_epoch: Cell<u64>,
     lagging: RefCell<BTreeSet<u64>>,
+    /// Wakes the lagging pump when a subscription starts lagging (it
+    /// sleeps, with no timer, while none does).
+    pub(crate) pump_bell: Rc<Bell>,
+    /// Posts sent to their room's owner on another shard, by token, each
+    /// waiting for its answer (`Peer::Posted`).
+    remote_posts: RefCell<HashMap<u64, flume::Sender<Result<PostAck>>>>,
+    next_remote_post: Cell<u64>,
     /// (room, user) -> subscriptions on this shard carrying that presence.
     present: RefCell<HashMap<(u64, u64), u32>>,
     outbox: RefCell<Vec<VecDeque<Peer>>>,
@@ -470,6 +489,37 @@ pub(crate) struct Shard {
     me: std::rc::Weak<Shard>,
     /// Completed when shutdown finished; the executor then exits.
     done: flume::Sender<()>,
+}
+
+/// A wake-up for one task on the shard's thread, with no timer: `ring`
+/// wakes it (or makes its next `wait` return at once).
+#[derive(Default)]
+pub(crate) struct Bell {
+    rung: Cell<bool>,
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl Bell {
+    pub(crate) fn ring(&self) {
+        self.rung.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves at the next `ring` (or at once if it rang since the last
+    /// wait).
+    pub(crate) async fn wait(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.rung.replace(false) {
+                std::task::Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 thread_local! {
@@ -517,6 +567,9 @@ impl Shard {
             inboxes: RefCell::default(),
             access: RefCell::default(),
             access_epoch: Cell::new(0),
+            pump_bell: Rc::new(Bell::default()),
+            remote_posts: RefCell::default(),
+            next_remote_post: Cell::new(1),
             lagging: RefCell::default(),
             present: RefCell::default(),
             outbox: RefCell::new((0..n).map(|_| VecDeque::new()).collect()),
@@ -550,6 +603,7 @@ impl Shard {
         // Ends the peers' receive loops (they hold this shard) and ours end
         // as the peers do the same.
         self.senders.close();
+        self.pump_bell.ring();
         let _ = self.done.send(());
         Ok(result?)
     }
@@ -838,6 +892,37 @@ impl Shard {
         }
     }
 
+    /// A post from this shard's thread to a room owned by another shard:
+    /// sent over the mesh (batched with the turn's other traffic), answered
+    /// by `Peer::Posted`.
+    pub(crate) async fn post_remote(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        body: &str,
+    ) -> Result<PostAck> {
+        if self.closing.get() {
+            return Err(Error::ShutDown);
+        }
+        let token = self.next_remote_post.get();
+        self.next_remote_post.set(token + 1);
+        let (tx, rx) = flume::bounded(1);
+        self.remote_posts.borrow_mut().insert(token, tx);
+        self.push_peer(
+            self.owner(room),
+            Peer::Post {
+                room,
+                sender,
+                client_id: client_id.to_string(),
+                body: body.to_string(),
+                from: self.id,
+                token,
+            },
+        );
+        rx.recv_async().await.unwrap_or(Err(Error::ShutDown))
+    }
+
     /// A post from this shard's own thread (see [`crate::Local::post`]).
     pub(crate) async fn post_here(
         &self,
@@ -1042,11 +1127,32 @@ impl Shard {
         Ok(())
     }
 
+    /// A page of history, cut short (with a cursor to the rest) once its
+    /// bodies pass `history_page_bytes_max`: a reply is bounded in bytes as
+    /// well as in messages.
     async fn history(&self, room: u64, cursor: Cursor) -> Result<HistoryPage> {
         let page = self.store.history(room, cursor).await?;
+        let budget = self.cfg.history_page_bytes_max;
+        let mut bytes = 0usize;
+        let mut messages = Vec::with_capacity(page.items.len());
+        for item in &page.items {
+            if bytes >= budget {
+                break;
+            }
+            let m = StoredMessage::from_item(item);
+            bytes += m.body.as_ref().map_or(0, String::len) + m.client_id.len() + 64;
+            messages.push(m);
+        }
+        let next = match messages.last() {
+            Some(last) if messages.len() < page.items.len() => Some(match cursor.order {
+                Order::NewestFirst => Cursor::before(last.seq, cursor.limit),
+                Order::OldestFirst => Cursor::after(last.seq, cursor.limit),
+            }),
+            _ => page.next,
+        };
         Ok(HistoryPage {
-            messages: page.items.iter().map(StoredMessage::from_item).collect(),
-            next: page.next,
+            messages,
+            next,
             cached: page.cached,
         })
     }
@@ -1172,7 +1278,7 @@ impl Shard {
         }
         // Interest and presence reach the owner before this request, so its
         // answer (which completes the caller's `subscribe`) proves both.
-        self.lagging.borrow_mut().insert(id);
+        self.mark_lagging(id);
         self.request_page(id);
     }
 
@@ -1309,7 +1415,7 @@ impl Shard {
                 self.counters.borrow_mut().slow_closed += 1;
             } else if was_live {
                 self.counters.borrow_mut().lagged += 1;
-                self.lagging.borrow_mut().insert(id);
+                self.mark_lagging(id);
             }
             return;
         }
@@ -1324,7 +1430,7 @@ impl Shard {
             sub.progress_bytes = queued;
             self.counters.borrow_mut().lagged += 1;
             drop(subs);
-            self.lagging.borrow_mut().insert(id);
+            self.mark_lagging(id);
             return;
         }
         sub.next_seq += 1;
@@ -1468,6 +1574,18 @@ impl Shard {
         }
     }
 
+    /// Puts a subscription on the lagging list (the pump looks at it from
+    /// now on).
+    fn mark_lagging(&self, id: u64) {
+        self.lagging.borrow_mut().insert(id);
+        self.pump_bell.ring();
+    }
+
+    /// Whether any subscription lags (the pump sleeps while none does).
+    pub(crate) fn any_lagging(&self) -> bool {
+        !self.lagging.borrow().is_empty()
+    }
+
     /// Periodic task body: requests pages for lagging subscribers whose
     /// queue drained below half, and closes those stuck past the timeout.
     pub(crate) fn pump_lagging(&self) {
@@ -1566,6 +1684,30 @@ impl Shard {
                 .detach();
             }
             Peer::Revoke { room, user } => self.revoke(room, user),
+            Peer::Post {
+                room,
+                sender,
+                client_id,
+                body,
+                from,
+                token,
+            } => {
+                let me = self.rc();
+                glommio::spawn_local(async move {
+                    let result = if me.closing.get() {
+                        Err(Error::ShutDown)
+                    } else {
+                        me.post(room, sender, &client_id, &body).await
+                    };
+                    me.push_peer(from, Peer::Posted { token, result });
+                })
+                .detach();
+            }
+            Peer::Posted { token, result } => {
+                if let Some(tx) = self.remote_posts.borrow_mut().remove(&token) {
+                    let _ = tx.send(result);
+                }
+            }
             Peer::Forget { room, done } => {
                 self.forget_room(room);
                 let _ = done.send(());

@@ -61,6 +61,11 @@ pub struct Config {
     /// Messages in one history page at most (`limit`).
     #[arg(long, env = "ROOKERY_HISTORY_PAGE_LEN_MAX", default_value_t = 200)]
     pub history_page_len_max: usize,
+    /// Bytes of message bodies in one history page at most: a page stops
+    /// early, its `next` cursor continuing it (at least one message is
+    /// always returned). Bounds one reply, over HTTP and WebSocket.
+    #[arg(long, env = "ROOKERY_HISTORY_PAGE_BYTES_MAX", default_value_t = 1 << 20)]
+    pub history_page_bytes_max: usize,
     /// Shared secret of HS256 JWTs minted by an application backend (`sub`:
     /// the user's name, `exp` required); empty: JWTs are refused.
     #[arg(
@@ -206,6 +211,7 @@ impl Config {
             return Err("--ws-frame-bytes-max must be >= 128".into());
         }
         positive(self.history_page_len_max as u64, "history-page-len-max")?;
+        positive(self.history_page_bytes_max as u64, "history-page-bytes-max")?;
         positive(
             self.ws_rooms_per_connection_max as u64,
             "ws-rooms-per-connection-max",
@@ -237,6 +243,7 @@ impl Config {
             cfg.storage.durability = d;
         }
         cfg.rooms_must_exist = true;
+        cfg.history_page_bytes_max = self.history_page_bytes_max;
         cfg.outbound_queue_bytes_max = self.conn_output_bytes_max;
         // Typing and presence get at most a quarter of the queue.
         cfg.volatile_queue_bytes_max = cfg

@@ -17,6 +17,7 @@ mod protocol;
 mod routes;
 mod serve;
 mod stats;
+mod sweep;
 mod ws;
 
 use std::rc::Rc;
@@ -94,6 +95,11 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 engine,
                 local,
                 flusher,
+                sweeper: Rc::new(sweep::Sweeper::new(
+                    Duration::from_millis(cfg.ws_heartbeat_ms),
+                    Duration::from_millis(cfg.ws_auth_timeout_ms),
+                    Duration::from_millis(cfg.conn_write_timeout_ms),
+                )),
                 shard,
                 stopping: stopping.clone(),
                 http: http.clone(),

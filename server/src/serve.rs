@@ -94,6 +94,8 @@ pub struct Shared {
     pub local: rookery_engine::Local,
     /// Writes every WebSocket connection's output once per reactor turn.
     pub flusher: Rc<crate::out::Flusher>,
+    /// Watches every WebSocket connection's deadlines (one timer a shard).
+    pub sweeper: Rc<crate::sweep::Sweeper>,
     /// Closed when the shard stops: every connection waiting on it wakes
     /// and closes (WebSockets with 1001).
     pub stop: Rc<Semaphore>,
@@ -157,6 +159,14 @@ pub async fn run(
             return;
         }
     };
+    {
+        let shared = shared.clone();
+        glommio::spawn_local(async move {
+            let sweeper = shared.sweeper.clone();
+            sweeper.run(shared.stopped()).await;
+        })
+        .detach();
+    }
     // The stop flag is the main thread's; a watcher turns it into the
     // shard's stop signal. The accept is raced only with that signal, never
     // with a timer: an io_uring accept dropped after it completed would
@@ -226,7 +236,7 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
             "too_many_connections",
             "too many connections from your address",
         );
-        answer_and_close(stream, Vec::new(), refusal).await;
+        answer_and_close(&shared, stream, Vec::new(), refusal).await;
         return;
     };
     let held = Held {
@@ -281,9 +291,42 @@ async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant
     .await
 }
 
+/// Writes `bytes` under the write deadline: the socket must take some of
+/// them at least every `--conn-write-timeout-ms`; false (counted) when it
+/// does not, or fails.
+pub(crate) async fn write_within(shared: &Shared, stream: &mut TcpStream, bytes: &[u8]) -> bool {
+    let timeout = Duration::from_millis(shared.cfg.conn_write_timeout_ms);
+    let mut at = 0;
+    while at < bytes.len() {
+        let write = async { Some(stream.write(&bytes[at..]).await) };
+        let wrote = futures_lite::future::or(write, async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        match wrote {
+            Some(Ok(n)) if n > 0 => at += n,
+            Some(_) => return false,
+            None => {
+                if let Some(h) = shared.my_http() {
+                    h.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Serves one HTTP/1.1 connection: keep-alive, pipelined requests answered
 /// in order, deadlines, errors answered and closed; an upgrade request is
 /// returned to be served elsewhere.
+///
+/// What the connection holds is bounded: pipelined requests are answered
+/// only while the answers not yet written stay under
+/// `--conn-output-bytes-max` (then they are written, under the write
+/// deadline, before the next is read or answered), so a client that
+/// pipelines and never reads costs at most the bound plus one response.
 async fn connection(
     mut stream: TcpStream,
     shared: Rc<Shared>,
@@ -295,8 +338,9 @@ async fn connection(
     // When the request now in `buf` started (None: between requests).
     let mut started: Option<Instant> = None;
     loop {
-        // Answer every complete request already buffered, in order.
-        loop {
+        // Answer the complete requests already buffered, in order, while
+        // the answers fit under the bound.
+        while out.len() < shared.cfg.conn_output_bytes_max {
             match http::parse(&buf, &limits) {
                 Ok(Some((mut req, used))) => {
                     if let Some(endpoint) = ws::endpoint(&req, shared.cfg.echo_endpoint) {
@@ -326,8 +370,9 @@ async fn connection(
                         out.truncate(out.len() - resp.body.len());
                     }
                     if close {
-                        let _ = stream.write_all(&out).await;
-                        linger_close(stream).await;
+                        if write_within(&shared, &mut stream, &out).await {
+                            linger_close(stream).await;
+                        }
                         return None;
                     }
                 }
@@ -338,16 +383,21 @@ async fn connection(
                         h.answered("bad_request", status, Some(code));
                     }
                     let resp = Response::error(status, code, &e.message());
-                    answer_and_close(stream, out, resp).await;
+                    answer_and_close(&shared, stream, out, resp).await;
                     return None;
                 }
             }
         }
         if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
+            if !write_within(&shared, &mut stream, &out).await {
                 return None;
             }
             out.clear();
+            if out.capacity() > READ_CHUNK_BYTES {
+                out = Vec::new(); // a large answer is not kept
+            }
+            // More may be buffered: answer it before reading.
+            continue;
         }
         if buf.is_empty() && shared.stopping.load(Ordering::Relaxed) {
             return None;
@@ -373,7 +423,7 @@ async fn connection(
             Some(Read::TimedOut) if started.is_some() => {
                 // A request began and did not finish in time (slowloris).
                 let resp = Response::error(408, "request_timeout", "request not completed in time");
-                answer_and_close(stream, out, resp).await;
+                answer_and_close(&shared, stream, out, resp).await;
                 return None;
             }
             Some(Read::TimedOut) => return None, // idle keep-alive connection
@@ -386,10 +436,16 @@ async fn connection(
 
 /// Writes `out` (responses already due) and a last response, then closes
 /// with a linger.
-async fn answer_and_close(mut stream: TcpStream, mut out: Vec<u8>, last: Response) {
+async fn answer_and_close(
+    shared: &Shared,
+    mut stream: TcpStream,
+    mut out: Vec<u8>,
+    last: Response,
+) {
     last.encode(true, &mut out);
-    let _ = stream.write_all(&out).await;
-    linger_close(stream).await;
+    if write_within(shared, &mut stream, &out).await {
+        linger_close(stream).await;
+    }
 }
 
 /// Closes after a final response without losing it: closing a socket with
@@ -430,7 +486,7 @@ async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Box<ws::Accep
             if let Some(h) = shared.my_http() {
                 h.answered(route, resp.status, resp.error_code);
             }
-            answer_and_close(stream, out, resp).await;
+            answer_and_close(&shared, stream, out, resp).await;
             return None;
         }
     };
@@ -451,13 +507,13 @@ async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Box<ws::Accep
                     if let Some(h) = shared.my_http() {
                         h.answered(route, resp.status, resp.error_code);
                     }
-                    answer_and_close(stream, out, resp).await;
+                    answer_and_close(&shared, stream, out, resp).await;
                     return None;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "checking a WebSocket token");
                     Response::error(500, "internal", "internal error").encode(true, &mut out);
-                    let _ = stream.write_all(&out).await;
+                    let _ = write_within(&shared, &mut stream, &out).await;
                     return None;
                 }
             }
@@ -468,7 +524,7 @@ async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Box<ws::Accep
     }
     let (negotiated, extension) = deflate.unzip();
     ws::switching(accept, extension).encode(false, &mut out);
-    if stream.write_all(&out).await.is_err() {
+    if !write_within(&shared, &mut stream, &out).await {
         return None;
     }
     Some(Box::new(ws::Accepted {

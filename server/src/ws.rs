@@ -48,6 +48,7 @@ use crate::out::{Flusher, Out};
 use crate::protocol::{self, ClientFrame};
 use crate::routes::{self, ApiError, PageQuery};
 use crate::serve::{self, Shared};
+use crate::sweep::{Deadlines, Due};
 
 /// Bytes tungstenite reads from the adapter at a time (its own buffer
 /// keeps at least this much per connection, so it is small).
@@ -160,7 +161,10 @@ enum Wake {
     /// The engine ended the connection's subscriptions (slow consumer or
     /// shutdown).
     Ended(EngineError),
+    /// A heartbeat passed: ping.
     Tick,
+    /// Nothing heard for two heartbeats.
+    Idle,
     AuthTimeout,
     /// The socket took nothing for `--conn-write-timeout-ms`.
     WriteTimeout,
@@ -322,7 +326,8 @@ struct Conn {
     /// Complete frames wait in the adapter: handling them stopped at the
     /// output bound.
     backlog: bool,
-    last_heard: Instant,
+    /// Its deadlines, watched by the shard's sweep.
+    clock: Rc<Deadlines>,
 }
 
 /// Ends writing to the socket before it is closed, and drops what was
@@ -372,6 +377,10 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         early_bytes: Cell::new(0),
         ended: RefCell::new(None),
     });
+    let now = Instant::now();
+    let auth_by = (endpoint == Endpoint::Chat && user.is_none())
+        .then(|| now + Duration::from_millis(shared.cfg.ws_auth_timeout_ms));
+    let clock = shared.sweeper.register(out.clone(), auth_by, now);
     let mut c = Conn {
         ctx: WebSocketContext::new(Role::Server, Some(config)),
         pipe: Pipe {
@@ -385,7 +394,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         inbox: None,
         user,
         backlog: false,
-        last_heard: Instant::now(),
+        clock,
         endpoint,
         shared,
     };
@@ -397,15 +406,14 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
     if let Some(u) = user {
         c.send(json!({"type": "hello", "user": u, "heartbeat_ms": c.heartbeat_ms()}));
     }
-    let auth_deadline = Instant::now() + Duration::from_millis(c.shared.cfg.ws_auth_timeout_ms);
     // Ends by returning when the socket is gone, or by breaking once a
     // close frame is queued: then it is sent and the socket lingers.
     loop {
         if !c.process_input().await {
             break;
         }
-        match c.wait(&mut stream, auth_deadline).await {
-            Wake::Input => c.last_heard = Instant::now(),
+        match c.wait(&mut stream).await {
+            Wake::Input => c.clock.heard(Instant::now()),
             Wake::SocketClosed => return,
             Wake::Ended(e) => {
                 let (code, why) = match e {
@@ -416,12 +424,13 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
                 break;
             }
             Wake::Tick => {
-                if c.last_heard.elapsed() > Duration::from_millis(c.heartbeat_ms()) * 2 {
-                    c.close(CloseCode::Away, "idle timeout");
-                    break;
-                }
                 let _ = c.ctx.write(&mut c.pipe, Message::Ping(Default::default()));
                 let _ = c.ctx.flush(&mut c.pipe);
+                c.clock.pinged(Instant::now());
+            }
+            Wake::Idle => {
+                c.close(CloseCode::Away, "idle timeout");
+                break;
             }
             Wake::AuthTimeout => {
                 if let Some(h) = c.shared.http.get(c.shared.shard) {
@@ -487,23 +496,14 @@ impl Conn {
 
     /// Waits for the next thing to do. One hand-written poll over the
     /// socket (read, and write while the flusher could not finish), the
-    /// engine's verdict, the timer and the stop signal: this future is
-    /// part of every idle connection, so it is kept lean.
-    async fn wait(&mut self, stream: &mut TcpStream, auth_deadline: Instant) -> Wake {
-        let heartbeat = Duration::from_millis(self.heartbeat_ms());
-        let write_timeout = Duration::from_millis(self.shared.cfg.conn_write_timeout_ms);
-        let left = auth_deadline.saturating_duration_since(Instant::now());
-        let auth_due = self.endpoint == Endpoint::Chat && self.user.is_none() && left < heartbeat;
-        let mut timeout = if auth_due { left } else { heartbeat };
-        if let Some(since) = self.link.out.stalled_since() {
-            timeout =
-                timeout.min((since + write_timeout).saturating_duration_since(Instant::now()));
-        }
+    /// engine's verdict, the shard's sweep and the stop signal: this future
+    /// is part of every idle connection, so it is kept lean (no timer of
+    /// its own).
+    async fn wait(&mut self, stream: &mut TcpStream) -> Wake {
         let mut received = Vec::new();
         let wake = {
             let shared = self.shared.clone();
-            let (link, backlog) = (self.link.clone(), self.backlog);
-            let mut timer = pin!(glommio::timer::sleep(timeout));
+            let (link, clock, backlog) = (self.link.clone(), self.clock.clone(), self.backlog);
             let mut stop = pin!(shared.stopped());
             let mut take = |b: &[u8]| received.extend_from_slice(b);
             futures_lite::future::poll_fn(|cx| {
@@ -511,6 +511,14 @@ impl Conn {
                 out.park(cx.waker());
                 if let Some(e) = link.ended.borrow_mut().take() {
                     return Poll::Ready(Wake::Ended(e));
+                }
+                if let Some(due) = clock.take_due() {
+                    return Poll::Ready(match due {
+                        Due::WriteTimeout => Wake::WriteTimeout,
+                        Due::AuthTimeout => Wake::AuthTimeout,
+                        Due::Idle => Wake::Idle,
+                        Due::Ping => Wake::Tick,
+                    });
                 }
                 if out.is_blocked() {
                     let written = link.flusher.poll_write_blocked(out, |bytes| {
@@ -532,18 +540,6 @@ impl Conn {
                             Ok(_) => Wake::Input,
                         });
                     }
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    let stalled = out
-                        .stalled_since()
-                        .is_some_and(|since| since.elapsed() >= write_timeout);
-                    return Poll::Ready(if stalled {
-                        Wake::WriteTimeout
-                    } else if auth_due {
-                        Wake::AuthTimeout
-                    } else {
-                        Wake::Tick
-                    });
                 }
                 if stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wake::Stopping);
@@ -733,6 +729,7 @@ impl Conn {
         match auth::identify(meta, &self.shared.cfg.jwt_secret, token.to_string()).await? {
             auth::Identity::User(u) => {
                 self.user = Some(u);
+                self.clock.authenticated();
                 Ok(json!({"type": "hello", "user": u, "heartbeat_ms": self.heartbeat_ms()}))
             }
             auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
