@@ -4,7 +4,8 @@
 #   property, model, crash and end-to-end tests of the real binary), an
 #   end-to-end run with a client that is not Rust (Python `websockets`),
 #   and short smoke runs of `rookery-bench storage`, `engine` and
-#   `compare` (load against rookery and the Node ws baseline), and the web
+#   `compare` (load against rookery, the bare Rust baseline and the Node ws
+#   baseline), and the web
 #   client and dashboard in a real browser (Playwright driving Debian's
 #   Chromium, headless; screenshots in target/browser-artifacts/).
 # It installs what a fresh machine lacks (rustfmt, clippy, a Python venv
@@ -87,18 +88,19 @@ for r in runs:
 print("bench smoke: engine report has every field, nothing lost")
 PY
 
-step "load smoke: rookery-bench compare against rookery and the Node ws baseline (a few seconds)"
-# Node.js and npm are needed for the baselines (npm ci from the lock file
+step "load smoke: rookery-bench compare against rookery, the bare baseline and Node ws (a few seconds)"
+# Node.js and npm are needed for the ws baseline (npm ci from the lock file
 # on first use, into bench/baselines/node_modules).
-cargo build --locked -q -p rookery-server
-cargo run --locked -q -p rookery-bench -- compare --servers rookery,ws \
-    --rookery-bin target/debug/rookery --users 24 --rooms 4 --rate 4 --duration 2s \
+cargo build --locked -q -p rookery-server -p rookery-bare
+cargo run --locked -q -p rookery-bench -- compare --servers rookery,bare,ws \
+    --rookery-bin target/debug/rookery --bare-bin target/debug/rookery-bare \
+    --users 24 --rooms 4 --rate 4 --duration 2s \
     --quiet --json "$smoke_dir/compare.json" > "$smoke_dir/compare.txt"
 python3 - "$smoke_dir/compare.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 names = [s["name"] for s in r["servers"]]
-assert names == ["rookery", "ws"], names
+assert names == ["rookery", "bare", "ws"], names
 for s in r["servers"]:
     rep = s["report"]
     # Every send acknowledged, every delivery due made, nothing lost,
@@ -107,10 +109,17 @@ for s in r["servers"]:
     assert rep["delivered"] > 0 and rep["delivered"] == rep["expected"], rep
     assert rep["lost"] == 0 and rep["duplicated"] == 0 and rep["reordered"] == 0, rep
     assert rep["connections"]["ok"] == 24 and s["connect_errors"] == 0, rep
-    for key in ("deliver_p50_ms", "deliver_p99_ms", "server_rss_bytes_max"):
+    for key in ("deliver_p50_ms", "deliver_p99_ms", "server_rss_bytes_max",
+                "generator_cpu_us_per_delivery"):
         assert s[key] is not None and s[key] > 0, (key, s)
-assert r["ratios"]["ws"]["delivered_per_sec"] > 0
-print("load smoke: rookery and ws reports consistent (sent = acked, delivered = expected, lost = 0)")
+    # CPU comes from /proc in 10 ms ticks: a short run may use none.
+    assert s["server_cpu_us_per_delivery"] is not None and s["server_cpu_us_per_delivery"] >= 0, s
+for baseline in ("bare", "ws"):
+    ratio = r["ratios"]["rookery"][baseline]
+    assert ratio["delivered_per_sec"] > 0, ratio
+    assert "server_cpu_us_per_delivery" in ratio, ratio
+assert "server_cpu_us_per_delivery" in r["ratios"]["bare"]["ws"]
+print("load smoke: rookery, bare and ws reports consistent (sent = acked, delivered = expected, lost = 0, CPU per delivery)")
 PY
 
 step "browser: the web client and dashboard in headless Chromium (about a minute)"

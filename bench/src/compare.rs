@@ -452,17 +452,24 @@ fn print_side_by_side(reports: &[Report]) {
             )
             .or_else(|| div(Some(a.delivered_per_sec()), Some(b.delivered_per_sec())));
             let steps = cpu_ratios_per_step(a, b);
-            let worst = steps
-                .iter()
-                .map(|p| p.1)
-                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-            println!(
-                "{name} / {:<10} {:>7}× delivered/s   CPU per delivery {:>6}× at the highest common step, {:>6}× at worst",
-                b.name,
-                thr.map_or("-".into(), |v| format!("{v:.2}")),
-                steps.last().map_or("-".into(), |p| format!("{:.2}", p.1)),
-                worst.map_or("-".into(), |v| format!("{v:.2}")),
-            );
+            let x = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+            let cpu = if steps.is_empty() {
+                format!(
+                    "CPU per delivery {:>6}× over the run",
+                    x(div(
+                        a.server_cpu_us_per_delivery(),
+                        b.server_cpu_us_per_delivery()
+                    ))
+                )
+            } else {
+                let worst = steps.iter().map(|p| p.1).fold(0.0, f64::max);
+                format!(
+                    "CPU per delivery {:>6}× at the highest common step, {:>6}× at worst",
+                    x(steps.last().map(|p| p.1)),
+                    x(Some(worst))
+                )
+            };
+            println!("{name} / {:<10} {:>7}× delivered/s   {cpu}", b.name, x(thr));
         }
     }
 }

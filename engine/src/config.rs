@@ -45,11 +45,12 @@ pub struct EngineConfig {
     /// How often each shard applies its rooms' retention limits. Default
     /// 60 s.
     pub retention_interval: Duration,
-    /// Every shard is woken this often from a small helper thread. glommio
-    /// 0.9.0 can park an executor while tasks are runnable when a
-    /// preemption is pending at the top of its loop (fixed upstream after
-    /// the last release on crates.io); a wake-up from another thread
-    /// unparks it, so a stall lasts at most this long. Default 5 ms.
+    /// Every shard that did some work since the last look is woken this
+    /// often from a small helper thread. glommio 0.9.0 can park an executor
+    /// while tasks are runnable when a preemption is pending at the top of
+    /// its loop (fixed upstream after the last release on crates.io); a
+    /// wake-up from another thread unparks it, so a stall lasts at most
+    /// this long. Idle shards are left asleep. Default 5 ms.
     pub kick_interval: Duration,
     /// How long an idle shard spins before it parks in the kernel. A parked
     /// shard takes ~100 µs to wake for a cross-shard message (STACK-NOTES);

@@ -122,6 +122,9 @@ impl Engine {
         let shard_cfg = cfg.clone();
         let shard_store = store.clone();
         let shard_receipts = receipts.clone();
+        // Work each shard did, counted by the shard, read by the kicker.
+        let activity: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+        let shard_activity = activity.clone();
         // Each shard receives the finished handle before it runs `task`.
         let (handle_tx, handle_rx) = flume::unbounded::<Engine>();
         let side = task.map(|t| (t, handle_rx));
@@ -134,6 +137,7 @@ impl Engine {
                 let common = Common {
                     meta: shard_store.meta().clone(),
                     receipts: shard_receipts,
+                    activity: shard_activity,
                 };
                 let (mesh, cfg, store, receivers, ready, side) =
                     (mesh, shard_cfg, shard_store, receivers, ready_tx, side);
@@ -148,7 +152,7 @@ impl Engine {
                 Err(_) => failures.push("a shard exited during start".into()),
             }
         }
-        let kicker = spawn_kicker(senders.clone(), cfg.kick_interval)?;
+        let kicker = spawn_kicker(senders.clone(), activity, cfg.kick_interval)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 kicker: Mutex::new(Some(kicker)),
@@ -589,10 +593,19 @@ impl Engine {
     }
 }
 
-/// Starts the thread that sends every shard a `Tick` each `interval`; it
-/// ends when stopped or when every shard is gone.
+/// How long the kicker sleeps at most while no shard works.
+const KICK_IDLE_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_millis(40);
+
+/// Starts the thread that, each `interval`, sends a `Tick` to every shard
+/// that did some work since the last look (`activity` moved) and has
+/// nothing queued; it ends when stopped or when every shard is gone.
+///
+/// Only busy shards are kicked: glommio's stall (see `kick_interval`) can
+/// only begin right after the executor ran, and an idle shard is then left
+/// asleep instead of being woken 200 times a second for nothing.
 fn spawn_kicker(
     shards: Vec<flume::Sender<Command>>,
+    activity: Arc<Vec<AtomicU64>>,
     interval: std::time::Duration,
 ) -> Result<(
     Arc<std::sync::atomic::AtomicBool>,
@@ -603,15 +616,30 @@ fn spawn_kicker(
     let handle = std::thread::Builder::new()
         .name("rookery-kick".into())
         .spawn(move || {
+            let mut seen: Vec<u64> = activity.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+            // Idle, the thread itself backs off (to at most
+            // `KICK_IDLE_INTERVAL_MAX`): a stall after a quiet spell is
+            // then bounded by that instead.
+            let mut sleep = interval;
             while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(interval);
-                // Only when the queue is empty: a queue with work already
-                // woke its shard.
-                let alive = shards
-                    .iter()
-                    .filter(|s| !s.is_empty() || s.send(Command::Tick).is_ok())
-                    .count();
-                if alive == 0 {
+                std::thread::sleep(sleep);
+                let mut any = false;
+                for (s, queue) in shards.iter().enumerate() {
+                    let now = activity[s].load(Ordering::Relaxed);
+                    if std::mem::replace(&mut seen[s], now) != now {
+                        any = true;
+                        // A queue with work already woke its shard.
+                        if queue.is_empty() {
+                            let _ = queue.send(Command::Tick);
+                        }
+                    }
+                }
+                sleep = if any {
+                    interval
+                } else {
+                    (sleep * 2).min(KICK_IDLE_INTERVAL_MAX.max(interval))
+                };
+                if shards.iter().all(flume::Sender::is_disconnected) {
                     break;
                 }
             }

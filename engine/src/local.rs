@@ -36,6 +36,7 @@ pub trait LocalSink {
 }
 
 /// The engine on one of its shard threads (see [`Engine::local`]).
+#[derive(Clone)]
 pub struct Local {
     engine: Engine,
     shard: Rc<Shard>,
@@ -56,6 +57,13 @@ impl Local {
     /// This shard's id.
     pub fn shard(&self) -> usize {
         self.shard.id
+    }
+
+    /// Tells the engine that this shard is doing work (for the kick that
+    /// bounds glommio 0.9.0's stalls, see `EngineConfig::kick_interval`):
+    /// for work on the shard that does not go through the engine.
+    pub fn note_work(&self) {
+        self.shard.busy();
     }
 
     /// The engine (for calls to any shard).

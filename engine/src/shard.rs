@@ -23,17 +23,19 @@
 //! in seq order.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::channel_mesh::Senders;
+// Keys are ids the engine or the metadata assigned, not chosen by clients.
 use rookery_storage::{
     Appended, Cursor, HistoryItem, Meta, Order, Retention, RetentionReport, Role, ShardStats,
     ShardStore,
 };
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
@@ -134,6 +136,8 @@ pub(crate) struct Common {
     pub meta: Arc<Meta>,
     /// The queue of the read-receipt writer.
     pub receipts: flume::Sender<ToWriter>,
+    /// Work done per shard (see `Shard::busy`), read by the kicker.
+    pub activity: Arc<Vec<std::sync::atomic::AtomicU64>>,
 }
 
 /// Completes a caller's `subscribe`.
@@ -427,8 +431,9 @@ struct InboxEntry {
 
 /// Who may post in a room this shard owns.
 enum Access {
-    /// No such room in the metadata (forgotten when one is created
-    /// through [`crate::Engine::create_room`]).
+    /// No such room in the metadata (remembered only when rooms need not
+    /// exist; forgotten when one is created through
+    /// [`crate::Engine::create_room`]).
     Unknown,
     Room {
         private: bool,
@@ -457,6 +462,7 @@ pub(crate) struct Shard {
     store: ShardStore,
     meta: Arc<Meta>,
     receipts: flume::Sender<ToWriter>,
+    activity: Arc<Vec<std::sync::atomic::AtomicU64>>,
     senders: Senders<Peer>,
     owned: RefCell<HashMap<u64, Owned>>,
     local: RefCell<HashMap<u64, Vec<u64>>>,
@@ -560,6 +566,7 @@ impl Shard {
             store,
             meta: common.meta,
             receipts: common.receipts,
+            activity: common.activity,
             senders,
             owned: RefCell::default(),
             local: RefCell::default(),
@@ -614,9 +621,19 @@ impl Shard {
 
     // ---- commands -------------------------------------------------------
 
+    /// Counts work done on this shard: the kicker (see
+    /// `EngineConfig::kick_interval`) wakes only shards that worked since
+    /// its last look.
+    pub(crate) fn busy(&self) {
+        self.activity[self.id].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Handles one command from the embed API. Commands that wait on
     /// storage run as their own task so the command loop never stalls.
     pub(crate) fn handle(self: &Rc<Self>, cmd: Command) {
+        if !matches!(cmd, Command::Tick) {
+            self.busy();
+        }
         if self.closing.get() {
             return refuse(cmd);
         }
@@ -763,9 +780,9 @@ impl Shard {
                 tail: Tail::default(),
                 remote: vec![false; self.n],
                 reorder: BTreeMap::new(),
-                online: HashMap::new(),
+                online: HashMap::default(),
                 fanned_out: self.store.last_seq(room),
-                typing_last: HashMap::new(),
+                typing_last: HashMap::default(),
             });
     }
 
@@ -790,6 +807,12 @@ impl Shard {
             let loaded = glommio::executor()
                 .spawn_blocking(move || load_access(&meta, room))
                 .await?;
+            if must_exist && matches!(loaded, Access::Unknown) {
+                // Not remembered: ids a client makes up must not grow the
+                // map (each such post costs one read, under the send rate
+                // limit).
+                return Err(Error::NotFound(format!("room {room}")));
+            }
             // A member change or room creation since the load began may be
             // missing from it: load again.
             if self.access_epoch.get() == epoch {
@@ -1645,6 +1668,7 @@ impl Shard {
 
     /// Handles a message from another shard.
     pub(crate) fn handle_peer(&self, msg: Peer) {
+        self.busy();
         match msg {
             Peer::Deliver(events, queued_at) => {
                 self.latency
@@ -1835,7 +1859,7 @@ fn load_access(meta: &Meta, room: u64) -> Result<Access> {
     let members = if r.private {
         meta.members(room)?.into_iter().map(|(u, _)| u).collect()
     } else {
-        HashSet::new()
+        HashSet::default()
     };
     Ok(Access::Room {
         private: r.private,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rookery_engine::storage::Role;
 use rookery_engine::{Cursor, Engine, EngineConfig, Error, Event, EventKind, Subscription};
 
 fn config(dir: &Path, shards: u32) -> EngineConfig {
@@ -658,5 +659,71 @@ fn a_task_runs_on_every_shard_and_uses_the_engine() {
         seen.iter().all(|s| s.1.starts_with("rookery-shard")),
         "{seen:?}"
     );
+    engine.shutdown().unwrap();
+}
+
+/// Who may post is the owner's, in memory, and follows the member changes
+/// that go through the engine: a private room takes posts from members
+/// only (others get `NotFound`, as for a room that does not exist), a
+/// member added or removed is let in or out at once, a removed member's
+/// subscription ends with a `left` event, and a room created through the
+/// engine takes posts at once even if its id was asked about before.
+#[test]
+fn who_may_post_follows_member_changes_and_room_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.rooms_must_exist = true;
+    let engine = Engine::start(cfg).unwrap();
+    let meta = engine.meta().clone();
+    let (alice, bob) = (
+        meta.ensure_external_user("alice", 0).unwrap(),
+        meta.ensure_external_user("bob", 0).unwrap(),
+    );
+    // An id nobody created yet: refused, and not remembered.
+    let next = engine.create_room("first", false, alice).wait().unwrap() + 1;
+    assert!(matches!(
+        engine.post(next, alice, "", "early").wait(),
+        Err(Error::NotFound(_))
+    ));
+    let room = engine.create_room("secret", true, alice).wait().unwrap();
+    assert_eq!(room, next, "ids are handed out in order");
+    engine
+        .post(room, alice, "a1", "admins post")
+        .wait()
+        .unwrap();
+    assert!(matches!(
+        engine.post(room, bob, "b1", "not a member").wait(),
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(
+        engine.add_member(room, bob, Role::Member).wait().unwrap(),
+        None
+    );
+    engine.post(room, bob, "b2", "now a member").wait().unwrap();
+    let sub = engine
+        .subscribe_as(1, room, None, Some(bob))
+        .wait()
+        .unwrap();
+    assert_eq!(
+        engine.remove_member(room, bob).wait().unwrap(),
+        Some(Role::Member)
+    );
+    let left = sub.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(left.kind(), EventKind::Left);
+    assert_eq!(
+        left.json(),
+        format!(r#"{{"type":"left","room":{room},"reason":"removed"}}"#)
+    );
+    assert!(matches!(
+        engine.post(room, bob, "b3", "removed").wait(),
+        Err(Error::NotFound(_))
+    ));
+    // Nothing of the room reaches the removed member's subscription.
+    engine.post(room, alice, "a2", "after").wait().unwrap();
+    assert!(sub
+        .recv_timeout(Duration::from_millis(200))
+        .unwrap()
+        .is_none());
+    drop(sub);
     engine.shutdown().unwrap();
 }

@@ -74,6 +74,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating --data-dir {}", cfg.data_dir.display()))?;
     let stopping = Arc::new(AtomicBool::new(false));
+    // Dropped to tell every shard to stop (after `stopping` is set).
+    let (stop_tx, stop_rx) = flume::bounded::<()>(0);
     let (bound_tx, bound_rx) = flume::unbounded();
     let shards = cfg.engine_config().storage.shards as usize;
     let http: Arc<Vec<metrics::ShardHttp>> =
@@ -88,7 +90,11 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         let (cfg, stopping) = (cfg.clone(), stopping.clone());
         Arc::new(move |shard, engine: Engine| {
             let local = engine.local().expect("shard tasks run on their shard");
-            let flusher = Rc::new(out::Flusher::new(http[shard].flush.clone()));
+            let working = local.clone();
+            let flusher = Rc::new(out::Flusher::new(
+                http[shard].flush.clone(),
+                Box::new(move || working.note_work()),
+            ));
             glommio::spawn_local(flusher.clone().run()).detach();
             let shared = Rc::new(serve::Shared {
                 cfg: cfg.clone(),
@@ -102,6 +108,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 )),
                 shard,
                 stopping: stopping.clone(),
+                stop_signal: stop_rx.clone(),
                 http: http.clone(),
                 limits: limits.clone(),
                 sends: sends.clone(),
@@ -146,6 +153,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let first = signals.forever().next();
     tracing::info!(signal = ?first, "shutting down (a second signal exits at once)");
     stopping.store(true, Ordering::Relaxed);
+    drop(stop_tx);
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             eprintln!("rookery: second signal, exiting now");

@@ -143,15 +143,18 @@ pub struct Flusher {
     waker: RefCell<Option<Waker>>,
     pool: RefCell<Vec<Vec<u8>>>,
     stats: Arc<FlushStats>,
+    /// Called once per flushing turn (the engine counts it as work).
+    on_flush: Box<dyn Fn()>,
 }
 
 impl Flusher {
-    pub fn new(stats: Arc<FlushStats>) -> Flusher {
+    pub fn new(stats: Arc<FlushStats>, on_flush: Box<dyn Fn()>) -> Flusher {
         Flusher {
             dirty: RefCell::default(),
             waker: RefCell::default(),
             pool: RefCell::default(),
             stats,
+            on_flush,
         }
     }
 
@@ -273,6 +276,7 @@ impl Flusher {
             .await;
             // Let every task already runnable add to the buffers first.
             futures_lite::future::yield_now().await;
+            (self.on_flush)();
             std::mem::swap(&mut batch, &mut *self.dirty.borrow_mut());
             for out in batch.drain(..) {
                 out.dirty.set(false);

@@ -32,8 +32,9 @@ use crate::metrics::ShardHttp;
 use crate::routes;
 use crate::ws;
 
-/// How often a shard looks at the stop flag.
-const STOP_POLL: Duration = Duration::from_millis(50);
+/// How long a shard waits after a failed accept (out of descriptors, say)
+/// before it accepts again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// After a final response, how long and how much unread input is drained
 /// before the socket is closed.
 const LINGER: Duration = Duration::from_millis(500);
@@ -83,6 +84,9 @@ pub struct Shared {
     /// Set on the first shutdown signal: stop accepting, close idle
     /// connections.
     pub stopping: Arc<AtomicBool>,
+    /// Disconnected (its sender dropped) on the first shutdown signal,
+    /// after `stopping` is set: wakes the shard to stop.
+    pub stop_signal: flume::Receiver<()>,
     /// Every shard's HTTP counters (this one writes `http[shard]`).
     pub http: Arc<Vec<ShardHttp>>,
     /// Per-address limits, shared by every shard.
@@ -167,16 +171,15 @@ pub async fn run(
         })
         .detach();
     }
-    // The stop flag is the main thread's; a watcher turns it into the
-    // shard's stop signal. The accept is raced only with that signal, never
-    // with a timer: an io_uring accept dropped after it completed would
-    // lose the connection it accepted (the client would wait forever).
+    // The main thread drops the stop channel's sender when it stops; a
+    // watcher turns that into the shard's stop signal (no polling). The
+    // accept is raced only with that signal, never with a timer: an
+    // io_uring accept dropped after it completed would lose the connection
+    // it accepted (the client would wait forever).
     let watcher = {
         let shared = shared.clone();
         glommio::spawn_local(async move {
-            while !shared.stopping.load(Ordering::Relaxed) {
-                glommio::timer::sleep(STOP_POLL).await;
-            }
+            while shared.stop_signal.recv_async().await.is_ok() {}
             shared.stop.close();
         })
     };
@@ -196,7 +199,7 @@ pub async fn run(
             }
             Some(Err(e)) => {
                 tracing::warn!(shard = shared.shard, error = %e, "accept failed");
-                glommio::timer::sleep(STOP_POLL).await;
+                glommio::timer::sleep(ACCEPT_RETRY).await;
             }
             None => break,
         }

@@ -270,7 +270,8 @@ impl Room {
 /// The idempotency keys of a room's last N messages, by hash.
 #[derive(Default)]
 struct IdemWindow {
-    by_hash: HashMap<u64, u64>,
+    /// Keyed by a hash already: hashed again cheaply (at most `cap` keys).
+    by_hash: rustc_hash::FxHashMap<u64, u64>,
     order: VecDeque<(u64, u64)>,
 }
 
