@@ -469,6 +469,8 @@ pub(crate) struct Shard {
     subs: RefCell<HashMap<u64, Sub>>,
     /// Open inboxes hosted here.
     inboxes: RefCell<HashMap<u64, InboxEntry>>,
+    /// Reused by `deliver_local` for the ids it offers an event to.
+    scratch_ids: Cell<Vec<u64>>,
     /// Who may post in the rooms owned here, loaded off the reactor on
     /// first use and kept current by the member changes, which all go
     /// through the owner ([`Command::SetMember`]).
@@ -572,6 +574,7 @@ impl Shard {
             local: RefCell::default(),
             subs: RefCell::default(),
             inboxes: RefCell::default(),
+            scratch_ids: Cell::default(),
             access: RefCell::default(),
             access_epoch: Cell::new(0),
             pump_bell: Rc::new(Bell::default()),
@@ -1044,6 +1047,17 @@ impl Shard {
     /// A durable message: release it, and any that waited for it, in seq
     /// order to fan-out.
     fn completed(&self, room: u64, event: Event) {
+        {
+            let mut owned = self.owned.borrow_mut();
+            let o = owned.get_mut(&room).expect("owned before appending");
+            if event.seq() == o.fanned_out + 1 && o.reorder.is_empty() {
+                // In order, as nearly always: no detour through the buffer.
+                o.fanned_out += 1;
+                o.tail.push(event.clone(), self.cfg.tail_cache_len);
+                drop(owned);
+                return self.fan_out(event);
+            }
+        }
         let mut ready = Vec::new();
         {
             let mut owned = self.owned.borrow_mut();
@@ -1064,19 +1078,16 @@ impl Shard {
     /// other shard with subscribers of the room.
     fn fan_out(&self, event: Event) {
         let room = event.room();
-        let peers: Vec<usize> = match self.owned.borrow().get(&room) {
-            Some(o) => o
-                .remote
-                .iter()
-                .enumerate()
-                .filter(|(_, on)| **on)
-                .map(|(i, _)| i)
-                .collect(),
-            None => Vec::new(),
-        };
-        for peer in peers {
-            self.counters.borrow_mut().forwarded += 1;
-            self.push_deliver(peer, event.clone());
+        for peer in 0..self.n {
+            let on = self
+                .owned
+                .borrow()
+                .get(&room)
+                .is_some_and(|o| o.remote[peer]);
+            if on {
+                self.counters.borrow_mut().forwarded += 1;
+                self.push_deliver(peer, event.clone());
+            }
         }
         self.deliver_local(&event);
     }
@@ -1385,13 +1396,18 @@ impl Shard {
 
     /// Offers an event to the local subscribers of its room.
     fn deliver_local(&self, event: &Event) {
-        let ids: Vec<u64> = match self.local.borrow().get(&event.room()) {
-            Some(ids) => ids.clone(),
-            None => return,
-        };
-        for id in ids {
+        // The ids are copied out (an offer may unsubscribe, which changes
+        // `local`) into a buffer the shard reuses: no allocation per event.
+        let mut ids = self.scratch_ids.take();
+        match self.local.borrow().get(&event.room()) {
+            Some(list) => ids.extend_from_slice(list),
+            None => return self.scratch_ids.set(ids),
+        }
+        for &id in &ids {
             self.offer(id, event);
         }
+        ids.clear();
+        self.scratch_ids.set(ids);
     }
 
     /// One event for one subscriber: live delivery, a skipped duplicate, a

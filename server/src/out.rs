@@ -145,6 +145,9 @@ pub struct Flusher {
     stats: Arc<FlushStats>,
     /// Called once per flushing turn (the engine counts it as work).
     on_flush: Box<dyn Fn()>,
+    /// The wall clock (ms) read when this turn's first connection got
+    /// something to write (see `turn_ms`).
+    turn_ms: Cell<u64>,
 }
 
 impl Flusher {
@@ -155,7 +158,22 @@ impl Flusher {
             pool: RefCell::default(),
             stats,
             on_flush,
+            turn_ms: Cell::new(0),
         }
+    }
+
+    /// The wall clock in ms, read once per turn: when no connection is
+    /// waiting for this turn's flush yet (one clock read per turn, not per
+    /// event, for the delivery-latency metric, which has ms resolution).
+    pub fn turn_ms(&self) -> u64 {
+        if self.dirty.borrow().is_empty() || self.turn_ms.get() == 0 {
+            self.turn_ms.set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            );
+        }
+        self.turn_ms.get()
     }
 
     /// Appends to `out` (through `fill`, given its buffer) and makes sure it

@@ -54,6 +54,12 @@ use crate::sweep::{Deadlines, Due};
 /// keeps at least this much per connection, so it is small).
 const FRAME_READ_BYTES: usize = 128;
 
+thread_local! {
+    /// Where the shard's connections build acks (reused: no allocation
+    /// per send).
+    static ACK: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
+}
+
 /// Which WebSocket endpoint a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -241,7 +247,7 @@ impl Link {
     fn emit(&self, event: &Event) {
         if event.kind() == EventKind::Message {
             if let Some(h) = self.shared.http.get(self.shared.shard) {
-                let ms = auth::now_ms().saturating_sub(event.ts_ms());
+                let ms = self.flusher.turn_ms().saturating_sub(event.ts_ms());
                 h.delivered_after(ms.saturating_mul(1000));
             }
         }
@@ -803,9 +809,10 @@ impl Conn {
         let client_id = f.client_id.as_deref().unwrap_or("");
         routes::take_send_token(&self.shared, user)?;
         let ack = self.shared.local.post(room, user, client_id, body).await?;
-        let mut json = Vec::with_capacity(112);
-        {
+        ACK.with(|json| {
             use std::io::Write as _;
+            let mut json = json.borrow_mut();
+            json.clear();
             json.extend_from_slice(br#"{"type":"ack""#);
             if let Some(r) = r#ref {
                 json.extend_from_slice(br#","ref":"#);
@@ -816,8 +823,8 @@ impl Conn {
                 r#","room":{room},"seq":{},"ts":{},"duplicate":{}}}"#,
                 ack.seq, ack.ts_ms, ack.duplicate
             );
-        }
-        self.link.send_data(&json, Data::Text);
+            self.link.send_data(&json, Data::Text);
+        });
         Ok(())
     }
 

@@ -164,6 +164,16 @@ fn classify_json(json: &[u8], ack_ref: Option<u64>) -> Incoming<'_> {
 
 /// `room`, `seq` and `body` of a message event, scanning forward.
 fn msg_fields(json: &[u8]) -> Option<Incoming<'_>> {
+    // The usual shape, `"room":R,"seq":S,` right at the start, read without
+    // a search (this runs once per delivery).
+    if let Some(rest) = json.strip_prefix(br#""room":"#) {
+        let (room, n) = num_len(rest)?;
+        if let Some(rest) = rest[n..].strip_prefix(br#","seq":"#) {
+            let (seq, n) = num_len(rest)?;
+            let body = str_field(&rest[n..], "body").unwrap_or_default();
+            return Some(Incoming::Msg { room, seq, body });
+        }
+    }
     let at = find(json, b"room")?;
     let room = num_at(&json[at..])?;
     let json = &json[at..];
@@ -172,6 +182,12 @@ fn msg_fields(json: &[u8]) -> Option<Incoming<'_>> {
     let json = &json[at..];
     let body = str_field(json, "body").unwrap_or_default();
     Some(Incoming::Msg { room, seq, body })
+}
+
+/// The number at the start of `s` and how many digits it took.
+fn num_len(s: &[u8]) -> Option<(u64, usize)> {
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    Some((num_at(&s[..digits])?, digits))
 }
 
 /// The number at the start of `s` (digits only, no overflow).
