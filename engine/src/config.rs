@@ -15,6 +15,10 @@ pub struct EngineConfig {
     pub storage: StorageConfig,
     /// Encoded events kept per room on its owner for replay. Default 512.
     pub tail_cache_len: usize,
+    /// Bytes the tail caches of one shard's rooms hold at most: past it,
+    /// the least recently used rooms' caches are dropped (their replays
+    /// read the log). Default 4 MiB.
+    pub tail_cache_bytes_max: usize,
     /// Bytes of events queued for one subscriber before it is marked
     /// lagging (live delivery stops, catch-up takes over). Default 1 MiB.
     pub outbound_queue_bytes_max: usize,
@@ -76,6 +80,7 @@ impl EngineConfig {
         EngineConfig {
             storage,
             tail_cache_len: 512,
+            tail_cache_bytes_max: 4 << 20,
             outbound_queue_bytes_max: 1 << 20,
             volatile_queue_bytes_max: 256 << 10,
             stuck_timeout: Duration::from_secs(30),

@@ -109,28 +109,33 @@ pub struct LocalInbox {
 }
 
 impl LocalInbox {
-    /// Subscribes to `room` as `user` (see [`crate::Inbox::subscribe_as`]);
-    /// the subscription's id, which is known before the owner answers:
-    /// events of it may reach the sink before this resolves.
+    /// Subscribes to `room` as `user` (see [`crate::Inbox::subscribe_as`]).
+    /// `registered` is called with the subscription's id before anything
+    /// else happens: events of the subscription may reach the sink at once
+    /// (glommio runs a spawned task right away, so a replay from the tail
+    /// cache can arrive before this returns), and always before the future
+    /// resolves.
     pub fn subscribe_as(
         &self,
         room: u64,
         since: Option<u64>,
         user: Option<u64>,
-    ) -> (u64, impl Future<Output = Result<u64>>) {
+        registered: impl FnOnce(u64),
+    ) -> impl Future<Output = Result<u64>> {
         let id = self.engine.next_id();
+        registered(id);
         let (tx, rx) = flume::bounded(1);
         let ready = Box::new(move |r: Result<()>| {
             let _ = tx.send(r);
         });
         self.shard
             .subscribe_local(self.id, id, room, since, user, ready);
-        (id, async move {
+        async move {
             rx.recv_async()
                 .await
                 .unwrap_or(Err(Error::ShutDown))
                 .map(|()| id)
-        })
+        }
     }
 
     /// Ends one subscription (events of it already delivered stay so).

@@ -29,6 +29,9 @@ pub struct ShardCounters {
     pub volatile_dropped: u64,
     /// Subscribers closed as slow consumers.
     pub slow_closed: u64,
+    /// Rooms whose tail cache was dropped to keep the shard within
+    /// `tail_cache_bytes_max`.
+    pub tail_evictions: u64,
     /// CPU time the shard's thread has used, µs (user + system, read from
     /// `/proc/thread-self/stat` when the counters are asked for; 0 where
     /// procfs is missing).
@@ -92,6 +95,7 @@ impl ShardCounters {
         self.lagged += o.lagged;
         self.volatile_dropped += o.volatile_dropped;
         self.slow_closed += o.slow_closed;
+        self.tail_evictions += o.tail_evictions;
         self.receipts_refused += o.receipts_refused;
         self.cpu_us += o.cpu_us;
     }

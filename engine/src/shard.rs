@@ -297,8 +297,10 @@ struct Tail {
 }
 
 impl Tail {
-    /// Appends the newest event, dropping the oldest past `len_max`.
-    fn push(&mut self, e: Event, len_max: usize) {
+    /// Appends the newest event, dropping the oldest past `len_max`; the
+    /// change in bytes held.
+    fn push(&mut self, e: Event, len_max: usize) -> isize {
+        let before = self.bytes;
         self.bytes += e.len();
         self.events.push_back(e);
         if self.events.len() > len_max {
@@ -306,14 +308,27 @@ impl Tail {
                 self.bytes -= old.len();
             }
         }
+        self.bytes as isize - before as isize
     }
 
-    /// Replaces the cached event with `fresh`'s seq, if it is cached.
-    fn replace(&mut self, fresh: Event) {
-        if let Some(slot) = self.events.iter_mut().find(|e| e.seq() == fresh.seq()) {
-            self.bytes = self.bytes - slot.len() + fresh.len();
-            *slot = fresh;
+    /// Replaces the cached event with `fresh`'s seq, if it is cached; the
+    /// change in bytes held.
+    fn replace(&mut self, fresh: Event) -> isize {
+        match self.events.iter_mut().find(|e| e.seq() == fresh.seq()) {
+            Some(slot) => {
+                let delta = fresh.len() as isize - slot.len() as isize;
+                self.bytes = (self.bytes as isize + delta) as usize;
+                *slot = fresh;
+                delta
+            }
+            None => 0,
         }
+    }
+
+    /// Drops every cached event; the bytes freed.
+    fn clear(&mut self) -> usize {
+        self.events = VecDeque::new();
+        std::mem::take(&mut self.bytes)
     }
 }
 
@@ -327,6 +342,9 @@ impl std::ops::Deref for Tail {
 /// A room this shard owns.
 struct Owned {
     tail: Tail,
+    /// The shard's use counter when its tail was last added to or read
+    /// (the least recently used tails are dropped first).
+    used: u64,
     /// Shards (other than this one) with subscribers of the room.
     remote: Vec<bool>,
     /// Completed appends waiting for lower seqs before fan-out.
@@ -471,6 +489,11 @@ pub(crate) struct Shard {
     inboxes: RefCell<HashMap<u64, InboxEntry>>,
     /// Reused by `deliver_local` for the ids it offers an event to.
     scratch_ids: Cell<Vec<u64>>,
+    /// Bytes held by the tail caches of the rooms owned here (kept within
+    /// `tail_cache_bytes_max`).
+    tail_bytes: Cell<usize>,
+    /// Counts uses of tail caches (their recency).
+    uses: Cell<u64>,
     /// Who may post in the rooms owned here, loaded off the reactor on
     /// first use and kept current by the member changes, which all go
     /// through the owner ([`Command::SetMember`]).
@@ -575,6 +598,8 @@ impl Shard {
             subs: RefCell::default(),
             inboxes: RefCell::default(),
             scratch_ids: Cell::default(),
+            tail_bytes: Cell::new(0),
+            uses: Cell::new(0),
             access: RefCell::default(),
             access_epoch: Cell::new(0),
             pump_bell: Rc::new(Bell::default()),
@@ -781,6 +806,7 @@ impl Shard {
             .entry(room)
             .or_insert_with(|| Owned {
                 tail: Tail::default(),
+                used: 0,
                 remote: vec![false; self.n],
                 reorder: BTreeMap::new(),
                 online: HashMap::default(),
@@ -1053,8 +1079,9 @@ impl Shard {
             if event.seq() == o.fanned_out + 1 && o.reorder.is_empty() {
                 // In order, as nearly always: no detour through the buffer.
                 o.fanned_out += 1;
-                o.tail.push(event.clone(), self.cfg.tail_cache_len);
+                self.cache(o, event.clone());
                 drop(owned);
+                self.trim_tails();
                 return self.fan_out(event);
             }
         }
@@ -1065,10 +1092,11 @@ impl Shard {
             o.reorder.insert(event.seq(), event);
             while let Some(e) = o.reorder.remove(&(o.fanned_out + 1)) {
                 o.fanned_out += 1;
-                o.tail.push(e.clone(), self.cfg.tail_cache_len);
+                self.cache(o, e.clone());
                 ready.push(e);
             }
         }
+        self.trim_tails();
         for e in ready {
             self.fan_out(e);
         }
@@ -1138,9 +1166,53 @@ impl Shard {
         };
         let fresh = StoredMessage::from_item(&item).event(room);
         if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
-            o.tail.replace(fresh);
+            let delta = o.tail.replace(fresh);
+            self.tail_bytes
+                .set((self.tail_bytes.get() as isize + delta) as usize);
         }
         Ok(())
+    }
+
+    /// Adds a fanned-out event to its room's tail cache.
+    fn cache(&self, o: &mut Owned, event: Event) {
+        let delta = o.tail.push(event, self.cfg.tail_cache_len);
+        self.tail_bytes
+            .set((self.tail_bytes.get() as isize + delta) as usize);
+        o.used = self.next_use();
+    }
+
+    fn next_use(&self) -> u64 {
+        let n = self.uses.get() + 1;
+        self.uses.set(n);
+        n
+    }
+
+    /// Keeps the tail caches of the rooms owned here within
+    /// `tail_cache_bytes_max`: past it, the least recently used rooms'
+    /// caches are dropped until three quarters of it is left (their
+    /// catch-up and replay then read the log).
+    fn trim_tails(&self) {
+        let max = self.cfg.tail_cache_bytes_max;
+        if self.tail_bytes.get() <= max {
+            return;
+        }
+        let mut owned = self.owned.borrow_mut();
+        let mut by_use: Vec<(u64, u64)> = owned
+            .iter()
+            .filter(|(_, o)| !o.tail.is_empty())
+            .map(|(&room, o)| (o.used, room))
+            .collect();
+        by_use.sort_unstable();
+        for (_, room) in by_use {
+            if self.tail_bytes.get() <= max / 4 * 3 {
+                break;
+            }
+            if let Some(o) = owned.get_mut(&room) {
+                let freed = o.tail.clear();
+                self.tail_bytes.set(self.tail_bytes.get() - freed);
+                self.counters.borrow_mut().tail_evictions += 1;
+            }
+        }
     }
 
     fn typing(&self, room: u64, user: u64) -> Result<()> {
@@ -1526,9 +1598,11 @@ impl Shard {
         self.ensure_owned(room);
         // Retention may have retired the oldest cached events.
         let from = (after + 1).max(self.store.low_seq(room));
+        let use_now = self.next_use();
         let cached = {
-            let owned = self.owned.borrow();
-            let o = &owned[&room];
+            let mut owned = self.owned.borrow_mut();
+            let o = owned.get_mut(&room).expect("ensured");
+            o.used = use_now;
             let covers = o.tail.front().is_some_and(|e| e.seq() <= from) || after >= o.fanned_out;
             covers.then(|| {
                 o.tail

@@ -727,3 +727,38 @@ fn who_may_post_follows_member_changes_and_room_creation() {
     drop(sub);
     engine.shutdown().unwrap();
 }
+
+/// Tail caches stay within the shard's byte budget: the least recently
+/// used rooms' caches are dropped, and a replay of such a room reads the
+/// log, whole and in order.
+#[test]
+fn tail_caches_stay_within_their_budget_and_replays_read_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.tail_cache_bytes_max = 16 << 10;
+    let engine = Engine::start(cfg).unwrap();
+    let body = "x".repeat(200);
+    let rooms: Vec<u64> = (1..=20).collect();
+    let posts: Vec<_> = rooms
+        .iter()
+        .flat_map(|&room| (0..30).map(move |i| (room, i)))
+        .map(|(room, i)| engine.post(room, 1, &format!("c{i}"), &body))
+        .collect();
+    for p in posts {
+        p.wait().unwrap();
+    }
+    let m = engine.metrics().unwrap();
+    assert!(m.counters.tail_evictions > 0, "{:?}", m.counters);
+    assert!(
+        m.gauges.tail_cache_bytes <= 2 * (16 << 10),
+        "{} bytes cached",
+        m.gauges.tail_cache_bytes
+    );
+    // The first room's cache went first; its replay comes from the log.
+    let sub = engine.subscribe(rooms[0], Some(0)).wait().unwrap();
+    let got = collect(&sub, 30);
+    assert_eq!(seqs(&got), (1..=30).collect::<Vec<u64>>());
+    assert!(engine.metrics().unwrap().counters.cache_misses > 0);
+    drop(sub);
+    engine.shutdown().unwrap();
+}

@@ -61,6 +61,11 @@ pub struct Config {
     /// Messages in one history page at most (`limit`).
     #[arg(long, env = "ROOKERY_HISTORY_PAGE_LEN_MAX", default_value_t = 200)]
     pub history_page_len_max: usize,
+    /// Bytes each shard keeps of its rooms' newest events for replays and
+    /// catch-up (the least recently used rooms' are dropped past it; those
+    /// replays then read the log).
+    #[arg(long, env = "ROOKERY_TAIL_CACHE_BYTES_MAX", default_value_t = 4 << 20)]
+    pub tail_cache_bytes_max: usize,
     /// Bytes of message bodies in one history page at most: a page stops
     /// early, its `next` cursor continuing it (at least one message is
     /// always returned). Bounds one reply, over HTTP and WebSocket.
@@ -244,6 +249,7 @@ impl Config {
         }
         cfg.rooms_must_exist = true;
         cfg.history_page_bytes_max = self.history_page_bytes_max;
+        cfg.tail_cache_bytes_max = self.tail_cache_bytes_max;
         cfg.outbound_queue_bytes_max = self.conn_output_bytes_max;
         // Typing and presence get at most a quarter of the queue.
         cfg.volatile_queue_bytes_max = cfg

@@ -247,6 +247,11 @@ pub fn render(
             c.slow_closed,
         ),
         (
+            "tail_cache_evictions",
+            "Rooms whose tail cache was dropped to stay within the shard's tail cache budget",
+            c.tail_evictions,
+        ),
+        (
             "receipts_refused",
             "Read receipts refused: writer queue full",
             c.receipts_refused,

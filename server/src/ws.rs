@@ -766,17 +766,24 @@ impl Conn {
             let inbox = self
                 .inbox
                 .get_or_insert_with(|| self.shared.local.inbox(Rc::new(Sink(self.link.clone()))));
-            let (sub, subscribed) = inbox.subscribe_as(room, f.since, Some(user));
-            self.link.joined.borrow_mut().push(Joined {
-                room,
-                sub,
-                live: false,
+            // Known to the sink before the engine can deliver anything of
+            // it (a replay may come at once): its events wait in `early`
+            // until the `joined` answer is out.
+            let link = &self.link;
+            let subscribed = inbox.subscribe_as(room, f.since, Some(user), |sub| {
+                link.joined.borrow_mut().push(Joined {
+                    room,
+                    sub,
+                    live: false,
+                })
             });
-            if let Err(e) = subscribed.await {
-                self.drop_room(room);
-                return Err(e.into());
+            match subscribed.await {
+                Ok(sub) => joined_now = Some(sub),
+                Err(e) => {
+                    self.drop_room(room);
+                    return Err(e.into());
+                }
             }
-            joined_now = Some(sub);
         }
         let engine = &self.shared.engine;
         let (last, online) = (engine.last_seq(room).await?, engine.online(room).await?);
