@@ -260,6 +260,9 @@ pub(crate) enum Peer {
         limit: usize,
         from: usize,
         sub: u64,
+        /// For a subscription's first page: its user, whose access the
+        /// owner checks (a member removed meanwhile is refused).
+        user: Option<u64>,
     },
     /// The answer: events, and `head`, the highest seq fanned out when the
     /// page was sent; `ok` is false when the owner could not read the page.
@@ -267,7 +270,7 @@ pub(crate) enum Peer {
         sub: u64,
         events: Vec<Event>,
         head: u64,
-        ok: bool,
+        outcome: PageOutcome,
     },
     /// `user` was removed from the private `room`: their subscriptions to
     /// it end (with a `left` event) before any later event of the room.
@@ -286,6 +289,20 @@ pub(crate) enum Peer {
     /// `room` was just created: its owner forgets that it did not exist,
     /// then answers on `done`.
     Forget { room: u64, done: flume::Sender<()> },
+}
+
+/// How the owner answered a page request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PageOutcome {
+    Served,
+    /// The page could not be read (the subscriber asks again).
+    Failed,
+    /// Whether the user may see the room could not be read (the subscriber
+    /// asks again; its `subscribe` stays unanswered until the owner could
+    /// check).
+    Unchecked,
+    /// The subscription's user may not see the room (it ends, `NotFound`).
+    Refused,
 }
 
 /// A room's tail cache: its newest events (at most `tail_cache_len`) and
@@ -323,6 +340,13 @@ impl Tail {
             }
             None => 0,
         }
+    }
+
+    /// Drops the oldest event; the bytes freed.
+    fn pop_oldest(&mut self) -> usize {
+        let freed = self.events.pop_front().map_or(0, |e| e.len());
+        self.bytes -= freed;
+        freed
     }
 
     /// Drops every cached event; the bytes freed.
@@ -461,6 +485,15 @@ enum Access {
     },
 }
 
+/// A load of a room's access in flight.
+#[derive(Default)]
+struct Load {
+    /// A change to the room landed while it read: load again.
+    stale: bool,
+    /// Posts waiting for it.
+    waiters: Vec<flume::Sender<()>>,
+}
+
 impl Access {
     /// Whether `user` may post; an unknown room as `rooms_must_exist`
     /// says.
@@ -498,9 +531,8 @@ pub(crate) struct Shard {
     /// first use and kept current by the member changes, which all go
     /// through the owner ([`Command::SetMember`]).
     access: RefCell<HashMap<u64, Access>>,
-    /// Bumped by every member change here: an access load that began
-    /// before one is stale.
-    access_epoch: Cell<u64>,
+    /// Access loads in flight, by room (one at a time per room).
+    loads: RefCell<HashMap<u64, Load>>,
     lagging: RefCell<BTreeSet<u64>>,
     /// Wakes the lagging pump when a subscription starts lagging (it
     /// sleeps, with no timer, while none does).
@@ -601,7 +633,7 @@ impl Shard {
             tail_bytes: Cell::new(0),
             uses: Cell::new(0),
             access: RefCell::default(),
-            access_epoch: Cell::new(0),
+            loads: RefCell::default(),
             pump_bell: Rc::new(Bell::default()),
             remote_posts: RefCell::default(),
             next_remote_post: Cell::new(1),
@@ -639,6 +671,8 @@ impl Shard {
         // as the peers do the same.
         self.senders.close();
         self.pump_bell.ring();
+        // Posts waiting for another shard's answer get `ShutDown`.
+        self.remote_posts.borrow_mut().clear();
         let _ = self.done.send(());
         Ok(result?)
     }
@@ -831,29 +865,61 @@ impl Shard {
                     Err(Error::NotFound(format!("room {room}")))
                 };
             }
-            let epoch = self.access_epoch.get();
+            // One load per room at a time: the others wait for it.
+            let wait = {
+                let mut loads = self.loads.borrow_mut();
+                match loads.get_mut(&room) {
+                    Some(load) => {
+                        let (tx, rx) = flume::bounded(1);
+                        load.waiters.push(tx);
+                        Some(rx)
+                    }
+                    None => {
+                        loads.insert(room, Load::default());
+                        None
+                    }
+                }
+            };
+            if let Some(rx) = wait {
+                let _ = rx.recv_async().await;
+                continue;
+            }
             let meta = self.meta.clone();
             let loaded = glommio::executor()
                 .spawn_blocking(move || load_access(&meta, room))
-                .await?;
+                .await;
+            let load = self.loads.borrow_mut().remove(&room).unwrap_or_default();
+            for waiter in load.waiters {
+                let _ = waiter.send(());
+            }
+            let loaded = loaded?;
+            if load.stale {
+                // A member change or the room's creation landed while it
+                // loaded: it may be missing. Load again.
+                continue;
+            }
             if must_exist && matches!(loaded, Access::Unknown) {
                 // Not remembered: ids a client makes up must not grow the
                 // map (each such post costs one read, under the send rate
                 // limit).
                 return Err(Error::NotFound(format!("room {room}")));
             }
-            // A member change or room creation since the load began may be
-            // missing from it: load again.
-            if self.access_epoch.get() == epoch {
-                self.access.borrow_mut().insert(room, loaded);
-            }
+            self.access.borrow_mut().insert(room, loaded);
+        }
+    }
+
+    /// Marks a load of `room`'s access in flight as stale (a change to the
+    /// room landed while it read).
+    fn access_changed(&self, room: u64) {
+        if let Some(load) = self.loads.borrow_mut().get_mut(&room) {
+            load.stale = true;
         }
     }
 
     /// Owner side: `room` was just created; what was remembered of it
     /// (that it did not exist) is dropped.
     fn forget_room(&self, room: u64) {
-        self.access_epoch.set(self.access_epoch.get() + 1);
+        self.access_changed(room);
         self.access.borrow_mut().remove(&room);
     }
 
@@ -899,7 +965,7 @@ impl Shard {
                 Ok((before, private))
             })
             .await?;
-        self.access_epoch.set(self.access_epoch.get() + 1);
+        self.access_changed(room);
         if let Some(Access::Room {
             private: true,
             members,
@@ -1173,11 +1239,17 @@ impl Shard {
         Ok(())
     }
 
-    /// Adds a fanned-out event to its room's tail cache.
+    /// Adds a fanned-out event to its room's tail cache. One room keeps at
+    /// most a quarter of the shard's budget (a room of large messages must
+    /// not push every other room out, nor lose its whole cache at once).
     fn cache(&self, o: &mut Owned, event: Event) {
         let delta = o.tail.push(event, self.cfg.tail_cache_len);
-        self.tail_bytes
-            .set((self.tail_bytes.get() as isize + delta) as usize);
+        let mut bytes = (self.tail_bytes.get() as isize + delta) as usize;
+        let room_max = self.cfg.tail_cache_bytes_max / 4;
+        while o.tail.bytes > room_max && o.tail.len() > 1 {
+            bytes -= o.tail.pop_oldest();
+        }
+        self.tail_bytes.set(bytes);
         o.used = self.next_use();
     }
 
@@ -1556,7 +1628,7 @@ impl Shard {
 
     /// Asks the owner for the next page of a catching-up subscriber.
     fn request_page(&self, id: u64) {
-        let (room, after, limit) = {
+        let (room, after, limit, user) = {
             let mut subs = self.subs.borrow_mut();
             let Some(sub) = subs.get_mut(&id) else { return };
             sub.state = SubState::CatchingUp { in_flight: true };
@@ -1566,15 +1638,18 @@ impl Shard {
             } else {
                 self.cfg.catch_up_page_len
             };
-            (sub.room, sub.next_seq.saturating_sub(1), limit)
+            // The first page also checks that the user may see the room.
+            let user = sub.user.filter(|_| sub.ready.is_some());
+            (sub.room, sub.next_seq.saturating_sub(1), limit, user)
         };
         let owner = self.owner(room);
         if owner == self.id {
             let me = self.rc();
             glommio::spawn_local(async move {
-                match me.serve_page(room, after, limit).await {
-                    Ok((events, head)) => me.apply_page(id, events, head),
-                    Err(e) => me.page_failed(id, e),
+                match me.serve_page(room, after, limit, user).await {
+                    (PageOutcome::Served, events, head) => me.apply_page(id, events, head),
+                    (PageOutcome::Refused, ..) => me.page_refused(id, room),
+                    (outcome, ..) => me.page_failed(id, outcome),
                 }
             })
             .detach();
@@ -1587,14 +1662,44 @@ impl Shard {
                     limit,
                     from: self.id,
                     sub: id,
+                    user,
                 },
             );
         }
     }
 
+    /// Owner side: a page for a subscriber, refused when `user` is given
+    /// and may not see the room (checked here, on the owner, in order with
+    /// the room's member changes and `Revoke`s).
+    async fn serve_page(
+        &self,
+        room: u64,
+        after: u64,
+        limit: usize,
+        user: Option<u64>,
+    ) -> (PageOutcome, Vec<Event>, u64) {
+        if let Some(user) = user {
+            match self.may_post(room, user).await {
+                Ok(()) => {}
+                Err(Error::NotFound(_)) => return (PageOutcome::Refused, Vec::new(), 0),
+                Err(e) => {
+                    tracing::warn!(shard = self.id, room, error = %e, "checking a subscriber's access failed");
+                    return (PageOutcome::Unchecked, Vec::new(), 0);
+                }
+            }
+        }
+        match self.read_page(room, after, limit).await {
+            Ok((events, head)) => (PageOutcome::Served, events, head),
+            Err(e) => {
+                tracing::warn!(shard = self.id, room, error = %e, "serving a catch-up page failed");
+                (PageOutcome::Failed, Vec::new(), 0)
+            }
+        }
+    }
+
     /// Owner side: events after `after` (from the tail cache when it covers
     /// them, else from storage) and the current fan-out head.
-    async fn serve_page(&self, room: u64, after: u64, limit: usize) -> Result<(Vec<Event>, u64)> {
+    async fn read_page(&self, room: u64, after: u64, limit: usize) -> Result<(Vec<Event>, u64)> {
         self.ensure_owned(room);
         // Retention may have retired the oldest cached events.
         let from = (after + 1).max(self.store.low_seq(room));
@@ -1675,13 +1780,36 @@ impl Shard {
         }
     }
 
-    fn page_failed(&self, id: u64, e: Error) {
-        tracing::warn!(shard = self.id, sub = id, error = %e, "catch-up page failed; retrying");
-        if let Some(sub) = self.subs.borrow_mut().get_mut(&id) {
-            sub.state = SubState::CatchingUp { in_flight: false };
-            // The owner answered, so it knows about this shard: the
-            // subscription is in place even though its replay must retry.
+    /// The owner refused a subscription (its user may not see the room):
+    /// it ends, and the caller's `subscribe` gets `NotFound`.
+    fn page_refused(&self, id: u64, room: u64) {
+        let ready = self
+            .subs
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|sub| sub.ready.take());
+        self.unsubscribe(id);
+        if let Some(ready) = ready {
+            ready(Err(Error::NotFound(format!("room {room}"))));
+        }
+    }
+
+    fn page_failed(&self, id: u64, outcome: PageOutcome) {
+        tracing::warn!(
+            shard = self.id,
+            sub = id,
+            ?outcome,
+            "catch-up page failed; retrying"
+        );
+        let mut subs = self.subs.borrow_mut();
+        let Some(sub) = subs.get_mut(&id) else { return };
+        sub.state = SubState::CatchingUp { in_flight: false };
+        // The owner answered, so it knows about this shard: once it could
+        // check the user, the subscription is in place even though its
+        // replay must retry.
+        if outcome != PageOutcome::Unchecked {
             if let Some(ready) = sub.ready.take() {
+                drop(subs);
                 ready(Ok(()));
             }
         }
@@ -1784,16 +1912,20 @@ impl Shard {
                 limit,
                 from,
                 sub,
+                user,
             } => {
                 let me = self.rc();
                 glommio::spawn_local(async move {
-                    match me.serve_page(room, after, limit).await {
-                        Ok((events, head)) => me.push_peer(from, Peer::PageReply { sub, events, head, ok: true }),
-                        Err(e) => {
-                            tracing::warn!(shard = me.id, room, error = %e, "serving a catch-up page failed");
-                            me.push_peer(from, Peer::PageReply { sub, events: Vec::new(), head: 0, ok: false });
-                        }
-                    }
+                    let (outcome, events, head) = me.serve_page(room, after, limit, user).await;
+                    me.push_peer(
+                        from,
+                        Peer::PageReply {
+                            sub,
+                            events,
+                            head,
+                            outcome,
+                        },
+                    );
                 })
                 .detach();
             }
@@ -1830,17 +1962,15 @@ impl Shard {
                 sub,
                 events,
                 head,
-                ok,
-            } => {
-                if ok {
-                    self.apply_page(sub, events, head);
-                } else {
-                    self.page_failed(
-                        sub,
-                        Error::NotFound("the owner could not read the page".into()),
-                    );
+                outcome,
+            } => match outcome {
+                PageOutcome::Served => self.apply_page(sub, events, head),
+                PageOutcome::Refused => {
+                    let room = self.subs.borrow().get(&sub).map_or(0, |s| s.room);
+                    self.page_refused(sub, room);
                 }
-            }
+                outcome => self.page_failed(sub, outcome),
+            },
         }
     }
 

@@ -666,7 +666,8 @@ fn a_task_runs_on_every_shard_and_uses_the_engine() {
 /// that go through the engine: a private room takes posts from members
 /// only (others get `NotFound`, as for a room that does not exist), a
 /// member added or removed is let in or out at once, a removed member's
-/// subscription ends with a `left` event, and a room created through the
+/// subscription ends with a `left` event (and a new one is refused), and a
+/// room created through the
 /// engine takes posts at once even if its id was asked about before.
 #[test]
 fn who_may_post_follows_member_changes_and_room_creation() {
@@ -725,6 +726,14 @@ fn who_may_post_follows_member_changes_and_room_creation() {
         .unwrap()
         .is_none());
     drop(sub);
+    // Nor can they subscribe again, on either shard: the owner checks the
+    // user before it serves a subscription's first page.
+    for shard in 0..2 {
+        assert!(matches!(
+            engine.subscribe_as(shard, room, Some(0), Some(bob)).wait(),
+            Err(Error::NotFound(_))
+        ));
+    }
     engine.shutdown().unwrap();
 }
 

@@ -346,7 +346,12 @@ async fn connection(
         while out.len() < shared.cfg.conn_output_bytes_max {
             match http::parse(&buf, &limits) {
                 Ok(Some((mut req, used))) => {
+                    shared.local.note_work();
                     if let Some(endpoint) = ws::endpoint(&req, shared.cfg.echo_endpoint) {
+                        // Answers to the requests before it go first.
+                        if !out.is_empty() && !write_within(&shared, &mut stream, &out).await {
+                            return None;
+                        }
                         req.peer = Some(peer);
                         buf.drain(..used);
                         return Some(Upgrade {

@@ -518,6 +518,10 @@ impl Conn {
                 if let Some(e) = link.ended.borrow_mut().take() {
                     return Poll::Ready(Wake::Ended(e));
                 }
+                // Stopping first: a chatty client must not hold it off.
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Stopping);
+                }
                 if let Some(due) = clock.take_due() {
                     return Poll::Ready(match due {
                         Due::WriteTimeout => Wake::WriteTimeout,
@@ -547,13 +551,11 @@ impl Conn {
                         });
                     }
                 }
-                if stop.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Wake::Stopping);
-                }
                 Poll::Pending
             })
             .await
         };
+        self.shared.local.note_work();
         if matches!(wake, Wake::Input) && !received.is_empty() && !self.take_input(&received) {
             return Wake::Input; // a close frame is queued; process_input ends
         }
@@ -584,8 +586,12 @@ impl Conn {
     }
 
     /// Sends what is queued (within the write deadline), then lingers and
-    /// closes.
-    async fn finish(self, mut stream: TcpStream) {
+    /// closes. The subscriptions end first: nothing more is delivered to a
+    /// closing connection.
+    async fn finish(mut self, mut stream: TcpStream) {
+        drop(self.inbox.take());
+        self.link.early.borrow_mut().clear();
+        self.link.early_bytes.set(0);
         let out = &self.link.out;
         out.close();
         let bytes = self.link.flusher.take(out);
@@ -786,7 +792,19 @@ impl Conn {
             }
         }
         let engine = &self.shared.engine;
-        let (last, online) = (engine.last_seq(room).await?, engine.online(room).await?);
+        let state = async {
+            Ok::<_, EngineError>((engine.last_seq(room).await?, engine.online(room).await?))
+        };
+        let (last, online) = match state.await {
+            Ok(s) => s,
+            Err(e) => {
+                // Not answered: the subscription must not stay half open.
+                if joined_now.is_some() {
+                    self.drop_room(room);
+                }
+                return Err(e.into());
+            }
+        };
         let reply = json!({"type": "joined", "room": room, "last_seq": last, "online": online});
         self.send(with_ref(reply, r#ref));
         if let Some(sub) = joined_now {
