@@ -404,15 +404,12 @@ fn print_side_by_side(reports: &[Report]) {
         println!("{line}");
     }
     // Server CPU per delivery at every step, side by side.
-    let rates: Vec<f64> = reports
+    let mut rates: Vec<f64> = reports
         .iter()
         .flat_map(|r| r.steps.iter().map(|s| s.rate_per_user))
-        .fold(Vec::new(), |mut v, r| {
-            if !v.iter().any(|x: &f64| (x - r).abs() < 1e-9) {
-                v.push(r);
-            }
-            v
-        });
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
     if !rates.is_empty() {
         println!(
             "\nserver CPU µs per delivery by step (FAIL: the step failed; *: generator saturated)"
