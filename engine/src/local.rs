@@ -81,11 +81,9 @@ impl Local {
         client_id: &str,
         body: &str,
     ) -> Result<PostAck> {
-        if self.engine.shard_of(room) == self.shard.id {
-            self.shard.post_here(room, sender, client_id, body).await
-        } else {
-            self.shard.post_remote(room, sender, client_id, body).await
-        }
+        self.shard
+            .post_from_here(room, sender, client_id, body)
+            .await
     }
 
     /// An inbox on this shard whose events go to `sink` as they are fanned

@@ -1,0 +1,287 @@
+//! Work sent to a shard from any thread (the embed API's commands), and
+//! the shard's dispatch of it. Commands that wait on storage run as their
+//! own task, so the command loop never stalls; a closing shard refuses
+//! every command with `ShutDown`.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rookery_storage::{Cursor, Retention, RetentionReport, Role, ShardStats};
+
+use super::subscribers::{InboxEntry, Outlet};
+use super::types::{HistoryPage, NewSub, PostAck, Reply};
+use super::{send, Shard};
+use crate::error::{Error, Result};
+use crate::metrics::{Latencies, ShardCounters, ShardGauges};
+use crate::subscription::{Delivery, SubShared, CLOSED_SHUTDOWN};
+
+/// Work sent to a shard from any thread.
+pub(crate) enum Command {
+    Post {
+        room: u64,
+        sender: u64,
+        client_id: String,
+        body: String,
+        reply: Reply<PostAck>,
+    },
+    Edit {
+        room: u64,
+        seq: u64,
+        by: u64,
+        body: String,
+        reply: Reply<()>,
+    },
+    Delete {
+        room: u64,
+        seq: u64,
+        by: u64,
+        reply: Reply<()>,
+    },
+    Typing {
+        room: u64,
+        user: u64,
+        reply: Reply<()>,
+    },
+    History {
+        room: u64,
+        cursor: Cursor,
+        reply: Reply<HistoryPage>,
+    },
+    LastSeq {
+        room: u64,
+        reply: Reply<u64>,
+    },
+    MarkRead {
+        room: u64,
+        user: u64,
+        seq: u64,
+        reply: Reply<u64>,
+    },
+    Unread {
+        room: u64,
+        user: u64,
+        reply: Reply<u64>,
+    },
+    Subscribe(NewSub),
+    Online {
+        room: u64,
+        reply: Reply<Vec<u64>>,
+    },
+    Unsubscribe {
+        id: u64,
+    },
+    /// A consumer's channel: subscriptions name it by `id`.
+    OpenInbox {
+        id: u64,
+        tx: flume::Sender<Delivery>,
+        shared: Arc<SubShared>,
+    },
+    /// Ends every subscription of an inbox (its consumer is gone).
+    CloseInbox {
+        inbox: u64,
+    },
+    Stats {
+        reply: Reply<(ShardCounters, ShardGauges, Latencies, ShardStats)>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+    /// A no-op whose only effect is to wake the shard (see
+    /// `EngineConfig::kick_interval`).
+    Tick,
+    SetRetention {
+        room: u64,
+        retention: Retention,
+        reply: Reply<()>,
+    },
+    EnforceRetention {
+        reply: Reply<RetentionReport>,
+    },
+    /// Creates a room (see `Engine::create_room`).
+    CreateRoom {
+        name: String,
+        private: bool,
+        creator: u64,
+        reply: Reply<u64>,
+    },
+    /// Adds `user` to `room` with `role`, changes the role, or (`None`)
+    /// removes the membership; answers the role before.
+    SetMember {
+        room: u64,
+        user: u64,
+        role: Option<Role>,
+        reply: Reply<Option<Role>>,
+    },
+}
+
+impl Shard {
+    /// Handles one command from the embed API. Commands that wait on
+    /// storage run as their own task so the command loop never stalls.
+    pub(crate) fn handle(self: &Rc<Self>, cmd: Command) {
+        if !matches!(cmd, Command::Tick) {
+            self.busy();
+        }
+        if self.closing.get() {
+            return refuse(cmd);
+        }
+        match cmd {
+            Command::Post {
+                room,
+                sender,
+                client_id,
+                body,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(reply, async move {
+                    me.post(room, sender, &client_id, &body).await
+                });
+            }
+            Command::Edit {
+                room,
+                seq,
+                by,
+                body,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(
+                    reply,
+                    async move { me.change(room, seq, by, Some(&body)).await },
+                );
+            }
+            Command::Delete {
+                room,
+                seq,
+                by,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(reply, async move { me.change(room, seq, by, None).await });
+            }
+            Command::Typing { room, user, reply } => send(reply, self.typing(room, user)),
+            Command::History {
+                room,
+                cursor,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(reply, async move { me.history(room, cursor).await });
+            }
+            Command::LastSeq { room, reply } => send(reply, Ok(self.store.last_seq(room))),
+            Command::MarkRead {
+                room,
+                user,
+                seq,
+                reply,
+            } => self.mark_read(room, user, seq, reply),
+            Command::Unread { room, user, reply } => send(reply, self.unread(room, user)),
+            Command::Subscribe(new) => self.subscribe(new),
+            Command::Online { room, reply } => send(reply, Ok(self.online(room))),
+            Command::Unsubscribe { id } => self.unsubscribe(id),
+            Command::OpenInbox { id, tx, shared } => {
+                let entry = InboxEntry {
+                    outlet: Outlet::Channel { tx, shared },
+                    subs: Vec::new(),
+                };
+                self.inboxes.borrow_mut().insert(id, entry);
+            }
+            Command::CreateRoom {
+                name,
+                private,
+                creator,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(reply, async move {
+                    me.create_room(name, private, creator).await
+                });
+            }
+            Command::SetMember {
+                room,
+                user,
+                role,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(reply, async move { me.set_member(room, user, role).await });
+            }
+            Command::CloseInbox { inbox } => self.close_inbox(inbox, None),
+            Command::Stats { reply } => send(
+                reply,
+                Ok((
+                    crate::metrics::ShardCounters {
+                        cpu_us: crate::metrics::thread_cpu_us(),
+                        ..*self.counters.borrow()
+                    },
+                    self.gauges(),
+                    self.latency.borrow().clone(),
+                    self.store.stats(),
+                )),
+            ),
+            Command::Tick => {}
+            Command::SetRetention {
+                room,
+                retention,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(reply, async move {
+                    me.store
+                        .set_retention(room, retention)
+                        .await
+                        .map_err(Error::from)
+                });
+            }
+            Command::EnforceRetention { reply } => {
+                let me = self.clone();
+                answer(reply, async move { me.enforce_retention().await });
+            }
+            Command::Shutdown { reply } => {
+                let me = self.clone();
+                answer(reply, async move { me.shutdown().await });
+            }
+        }
+    }
+}
+
+pub(super) fn refuse(cmd: Command) {
+    match cmd {
+        Command::Post { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::Edit { reply, .. }
+        | Command::Delete { reply, .. }
+        | Command::Typing { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::History { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::LastSeq { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::MarkRead { reply, .. } | Command::Unread { reply, .. } => {
+            send(reply, Err(Error::ShutDown))
+        }
+        Command::Stats { reply } => send(reply, Err(Error::ShutDown)),
+        Command::Shutdown { reply } => send(reply, Ok(())),
+        Command::Subscribe(NewSub { shared, ready, .. }) => {
+            if let Some(shared) = shared {
+                shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release);
+            }
+            ready(Err(Error::ShutDown));
+        }
+        Command::Online { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::SetRetention { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::EnforceRetention { reply } => send(reply, Err(Error::ShutDown)),
+        Command::SetMember { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::CreateRoom { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::OpenInbox { shared, .. } => {
+            shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release)
+        }
+        Command::Unsubscribe { .. } | Command::CloseInbox { .. } | Command::Tick => {}
+    }
+}
+
+/// Runs `work` as its own task on this shard and answers `reply` with its
+/// result (the command loop goes on meanwhile).
+fn answer<T: 'static>(
+    reply: Reply<T>,
+    work: impl std::future::Future<Output = Result<T>> + 'static,
+) {
+    glommio::spawn_local(async move { send(reply, work.await) }).detach();
+}

@@ -1,0 +1,410 @@
+//! The rooms a shard owns: posts made durable and released in seq order
+//! to the tail cache and fan-out, edits and deletes, typing, history pages
+//! and catch-up pages, read receipts.
+//!
+//! Invariants: fan-out of a room is in seq order with no gap (the room's
+//! [`Sequencer`]); the tail caches of the shard's rooms hold at most
+//! `tail_cache_bytes_max` bytes, one room at most a quarter of it; a
+//! subscriber's first page is served only after its user's access was
+//! checked here, in order with the room's member changes.
+
+use std::time::Instant;
+
+use rookery_storage::{Appended, Cursor, Order, Role};
+use rustc_hash::FxHashMap as HashMap;
+
+use super::mesh::PageOutcome;
+use super::room::{Sequencer, Tail};
+use super::types::{HistoryPage, PostAck, Reply, StoredMessage};
+use super::{now_ms, send, Shard};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::metrics::micros;
+use crate::receipts::Receipt;
+
+/// A room this shard owns.
+pub(super) struct Owned {
+    pub(super) tail: Tail,
+    /// The shard's use counter when its tail was last added to or read
+    /// (the least recently used tails are dropped first).
+    pub(super) used: u64,
+    /// Shards (other than this one) with subscribers of the room.
+    pub(super) remote: Vec<bool>,
+    /// Releases durable messages to fan-out in seq order.
+    pub(super) seq: Sequencer,
+    /// Online users: the number of shards where each has a subscription.
+    pub(super) online: HashMap<u64, u32>,
+    pub(super) typing_last: HashMap<u64, Instant>,
+}
+
+impl Shard {
+    pub(super) fn ensure_owned(&self, room: u64) {
+        debug_assert_eq!(self.owner(room), self.id);
+        self.owned
+            .borrow_mut()
+            .entry(room)
+            .or_insert_with(|| Owned {
+                tail: Tail::default(),
+                used: 0,
+                remote: vec![false; self.n],
+                seq: Sequencer::new(self.store.last_seq(room)),
+                online: HashMap::default(),
+                typing_last: HashMap::default(),
+            });
+    }
+
+    /// A post from this shard's own thread (see [`crate::Local::post`]):
+    /// run here when this shard owns the room, else sent to its owner over
+    /// the shards' mesh (with the turn's other traffic to it).
+    pub(crate) async fn post_from_here(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        body: &str,
+    ) -> Result<PostAck> {
+        if self.closing.get() {
+            return Err(Error::ShutDown);
+        }
+        if self.owner(room) == self.id {
+            self.post(room, sender, client_id, body).await
+        } else {
+            self.post_remote(room, sender, client_id, body).await
+        }
+    }
+
+    pub(super) async fn post(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        body: &str,
+    ) -> Result<PostAck> {
+        self.may_post(room, sender).await?;
+        self.ensure_owned(room);
+        let started = Instant::now();
+        let appended = self
+            .store
+            .append_message(room, sender, client_id, now_ms(), body)
+            .await?;
+        self.latency
+            .borrow_mut()
+            .commit_us
+            .saturating_record(micros(started.elapsed()));
+        match appended {
+            Appended::Duplicate { seq, ts_ms } => {
+                self.counters.borrow_mut().duplicates += 1;
+                Ok(PostAck {
+                    seq,
+                    ts_ms,
+                    duplicate: true,
+                })
+            }
+            Appended::New { seq, ts_ms } => {
+                self.counters.borrow_mut().posts += 1;
+                self.completed(
+                    room,
+                    Event::message(room, seq, sender, ts_ms, Some(body), false),
+                );
+                Ok(PostAck {
+                    seq,
+                    ts_ms,
+                    duplicate: false,
+                })
+            }
+        }
+    }
+
+    /// A durable message: release it, and any that waited for it, in seq
+    /// order to the tail cache and fan-out.
+    pub(super) fn completed(&self, room: u64, event: Event) {
+        // A buffer the shard reuses: no allocation per post.
+        let mut ready = self.scratch_events.take();
+        {
+            let mut owned = self.owned.borrow_mut();
+            let o = owned.get_mut(&room).expect("owned before appending");
+            o.seq.handle_durable(event, &mut |e| ready.push(e));
+            for e in &ready {
+                self.cache(o, e.clone());
+            }
+        }
+        self.trim_tails();
+        for e in ready.drain(..) {
+            self.fan_out(e);
+        }
+        self.scratch_events.set(ready);
+    }
+
+    /// Hands an event to local subscribers and, once per shard, to every
+    /// other shard with subscribers of the room.
+    pub(super) fn fan_out(&self, event: Event) {
+        let room = event.room();
+        for peer in 0..self.n {
+            let on = self
+                .owned
+                .borrow()
+                .get(&room)
+                .is_some_and(|o| o.remote[peer]);
+            if on {
+                self.counters.borrow_mut().forwarded += 1;
+                self.push_deliver(peer, event.clone());
+            }
+        }
+        self.deliver_local(&event);
+    }
+
+    pub(super) async fn change(
+        &self,
+        room: u64,
+        seq: u64,
+        by: u64,
+        body: Option<&str>,
+    ) -> Result<()> {
+        let item = self
+            .store
+            .get(room, seq)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("message {seq} in room {room}")))?;
+        let author = item.sender();
+        drop(item);
+        if author != by && self.meta.member_role(room, by)? != Some(Role::Admin) {
+            return Err(Error::Forbidden(
+                "only the author or a room admin may change a message".into(),
+            ));
+        }
+        let ts = now_ms();
+        let event = match body {
+            Some(b) => {
+                self.store.edit(room, seq, by, ts, b).await?;
+                Event::edit(room, seq, by, ts, b)
+            }
+            None => {
+                self.store.delete(room, seq, by, ts).await?;
+                Event::delete(room, seq, by, ts)
+            }
+        };
+        self.ensure_owned(room);
+        self.refresh_cached(room, seq).await?;
+        self.fan_out(event);
+        Ok(())
+    }
+
+    /// Re-encodes a cached message after an edit or delete, so catch-up from
+    /// the cache shows the current body.
+    pub(super) async fn refresh_cached(&self, room: u64, seq: u64) -> Result<()> {
+        let cached = self
+            .owned
+            .borrow()
+            .get(&room)
+            .is_some_and(|o| o.tail.iter().any(|e| e.seq() == seq));
+        if !cached {
+            return Ok(());
+        }
+        let Some(item) = self.store.get(room, seq).await? else {
+            return Ok(());
+        };
+        let fresh = StoredMessage::from_item(&item).event(room);
+        if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
+            let delta = o.tail.replace(fresh);
+            self.tail_bytes
+                .set((self.tail_bytes.get() as isize + delta) as usize);
+        }
+        Ok(())
+    }
+
+    /// Adds a fanned-out event to its room's tail cache. One room keeps at
+    /// most a quarter of the shard's budget (a room of large messages must
+    /// not push every other room out, nor lose its whole cache at once).
+    pub(super) fn cache(&self, o: &mut Owned, event: Event) {
+        let delta = o.tail.push(event, self.cfg.tail_cache_len);
+        let mut bytes = (self.tail_bytes.get() as isize + delta) as usize;
+        let room_max = self.cfg.tail_cache_bytes_max / 4;
+        while o.tail.bytes() > room_max && o.tail.len() > 1 {
+            bytes -= o.tail.pop_oldest();
+        }
+        self.tail_bytes.set(bytes);
+        o.used = self.next_use();
+    }
+
+    pub(super) fn next_use(&self) -> u64 {
+        let n = self.uses.get() + 1;
+        self.uses.set(n);
+        n
+    }
+
+    /// Keeps the tail caches of the rooms owned here within
+    /// `tail_cache_bytes_max`: past it, the least recently used rooms'
+    /// caches are dropped until three quarters of it is left (their
+    /// catch-up and replay then read the log).
+    pub(super) fn trim_tails(&self) {
+        let max = self.cfg.tail_cache_bytes_max;
+        if self.tail_bytes.get() <= max {
+            return;
+        }
+        let mut owned = self.owned.borrow_mut();
+        let mut by_use: Vec<(u64, u64)> = owned
+            .iter()
+            .filter(|(_, o)| !o.tail.is_empty())
+            .map(|(&room, o)| (o.used, room))
+            .collect();
+        by_use.sort_unstable();
+        for (_, room) in by_use {
+            if self.tail_bytes.get() <= max / 4 * 3 {
+                break;
+            }
+            if let Some(o) = owned.get_mut(&room) {
+                let freed = o.tail.clear();
+                self.tail_bytes.set(self.tail_bytes.get() - freed);
+                self.counters.borrow_mut().tail_evictions += 1;
+            }
+        }
+    }
+
+    pub(super) fn typing(&self, room: u64, user: u64) -> Result<()> {
+        self.ensure_owned(room);
+        {
+            let mut owned = self.owned.borrow_mut();
+            let o = owned.get_mut(&room).expect("ensured");
+            let now = Instant::now();
+            if o.typing_last
+                .get(&user)
+                .is_some_and(|t| now.duration_since(*t) < self.cfg.typing_interval)
+            {
+                return Err(Error::RateLimited("typing".into()));
+            }
+            o.typing_last.insert(user, now);
+        }
+        self.fan_out(Event::typing(room, user));
+        Ok(())
+    }
+
+    /// A page of history, cut short (with a cursor to the rest) once its
+    /// bodies pass `history_page_bytes_max`: a reply is bounded in bytes as
+    /// well as in messages.
+    pub(super) async fn history(&self, room: u64, cursor: Cursor) -> Result<HistoryPage> {
+        let page = self.store.history(room, cursor).await?;
+        let budget = self.cfg.history_page_bytes_max;
+        let mut bytes = 0usize;
+        let mut messages = Vec::with_capacity(page.items.len());
+        for item in &page.items {
+            if bytes >= budget {
+                break;
+            }
+            let m = StoredMessage::from_item(item);
+            bytes += m.body.as_ref().map_or(0, String::len) + m.client_id.len() + 64;
+            messages.push(m);
+        }
+        let next = match messages.last() {
+            Some(last) if messages.len() < page.items.len() => Some(match cursor.order {
+                Order::NewestFirst => Cursor::before(last.seq, cursor.limit),
+                Order::OldestFirst => Cursor::after(last.seq, cursor.limit),
+            }),
+            _ => page.next,
+        };
+        Ok(HistoryPage {
+            messages,
+            next,
+            cached: page.cached,
+        })
+    }
+
+    /// Owner side: a page for a subscriber, refused when `user` is given
+    /// and may not see the room (checked here, on the owner, in order with
+    /// the room's member changes and `Revoke`s).
+    pub(super) async fn serve_page(
+        &self,
+        room: u64,
+        after: u64,
+        limit: usize,
+        user: Option<u64>,
+    ) -> (PageOutcome, Vec<Event>, u64) {
+        if let Some(user) = user {
+            match self.may_post(room, user).await {
+                Ok(()) => {}
+                Err(Error::NotFound(_)) => return (PageOutcome::Refused, Vec::new(), 0),
+                Err(e) => {
+                    tracing::warn!(shard = self.id, room, error = %e, "checking a subscriber's access failed");
+                    return (PageOutcome::Unchecked, Vec::new(), 0);
+                }
+            }
+        }
+        match self.read_page(room, after, limit).await {
+            Ok((events, head)) => (PageOutcome::Served, events, head),
+            Err(e) => {
+                tracing::warn!(shard = self.id, room, error = %e, "serving a catch-up page failed");
+                (PageOutcome::Failed, Vec::new(), 0)
+            }
+        }
+    }
+
+    /// Owner side: events after `after` (from the tail cache when it covers
+    /// them, else from storage) and the current fan-out head.
+    pub(super) async fn read_page(
+        &self,
+        room: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Event>, u64)> {
+        self.ensure_owned(room);
+        // Retention may have retired the oldest cached events.
+        let from = (after + 1).max(self.store.low_seq(room));
+        let use_now = self.next_use();
+        let cached = {
+            let mut owned = self.owned.borrow_mut();
+            let o = owned.get_mut(&room).expect("ensured");
+            o.used = use_now;
+            o.tail.page(from, limit, o.seq.head())
+        };
+        let events = match cached {
+            Some(events) => {
+                self.counters.borrow_mut().cache_hits += 1;
+                events
+            }
+            None => {
+                self.counters.borrow_mut().cache_misses += 1;
+                let page = self
+                    .store
+                    .history(room, Cursor::after(after, limit))
+                    .await?;
+                page.items
+                    .iter()
+                    .map(|i| StoredMessage::from_item(i).event(room))
+                    .collect()
+            }
+        };
+        let head = self.owned.borrow()[&room].seq.head();
+        Ok((events, head))
+    }
+
+    /// Owner side: hands the receipt, with the room's current last seq, to
+    /// the receipt writer, which answers `reply` after its batch commits.
+    pub(super) fn mark_read(&self, room: u64, user: u64, seq: u64, reply: Reply<u64>) {
+        let last = self.store.last_seq(room);
+        let receipt = Receipt {
+            room,
+            user,
+            seq,
+            last,
+            reply,
+        };
+        match self.receipts.try_send(Some(receipt)) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(Some(r))) => {
+                self.counters.borrow_mut().receipts_refused += 1;
+                send(
+                    r.reply,
+                    Err(Error::Busy("the read-receipt queue is full".into())),
+                );
+            }
+            Err(flume::TrySendError::Disconnected(Some(r))) => send(r.reply, Err(Error::ShutDown)),
+            Err(_) => unreachable!("a receipt was sent"),
+        }
+    }
+
+    /// Owner side: the room's last seq minus the user's receipt (two
+    /// point reads).
+    pub(super) fn unread(&self, room: u64, user: u64) -> Result<u64> {
+        let last = self.store.last_seq(room);
+        Ok(last.saturating_sub(self.meta.read_seq(room, user)?))
+    }
+}
