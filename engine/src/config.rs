@@ -57,9 +57,17 @@ pub struct EngineConfig {
     /// this long. Idle shards are left asleep. Default 5 ms.
     pub kick_interval: Duration,
     /// How long an idle shard spins before it parks in the kernel. A parked
-    /// shard takes ~100 µs to wake for a cross-shard message (STACK-NOTES);
-    /// spinning trades CPU for that latency. Default 0 (park at once).
+    /// shard took 85–150 µs to wake for a cross-shard message on the 2-vCPU
+    /// test VM (see docs/benchmarks.md); spinning trades CPU for that
+    /// latency. Default 0 (park at once).
     pub spin_before_park: Duration,
+    /// Commands (posts, edits, history, subscribes, …) waiting in one
+    /// shard's queue; past it a call fails at once with
+    /// [`crate::Error::Busy`] and counts in `commands_refused`.
+    /// Unsubscribes, inbox closes, stats and shutdown are never refused
+    /// (their number is bounded by the subscriptions and inboxes that
+    /// exist). Default 65,536.
+    pub command_queue_len_max: usize,
     /// Read receipts waiting for the receipt writer; `mark_read` fails with
     /// [`crate::Error::Busy`] when the queue is full. Default 65,536.
     pub receipt_queue_len_max: usize,
@@ -93,6 +101,7 @@ impl EngineConfig {
             kick_interval: Duration::from_millis(5),
             spin_before_park: Duration::ZERO,
             retention_interval: Duration::from_secs(60),
+            command_queue_len_max: 65_536,
             receipt_queue_len_max: 65_536,
             receipt_batch_len_max: 4096,
             rooms_must_exist: false,
@@ -130,6 +139,10 @@ impl EngineConfig {
         check(
             !self.lag_poll_interval.is_zero(),
             "lag_poll_interval must be > 0",
+        )?;
+        check(
+            self.command_queue_len_max >= 1,
+            "command_queue_len_max must be >= 1",
         )?;
         check(
             self.receipt_queue_len_max >= 1,

@@ -20,7 +20,7 @@ use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ShardCounters};
 use crate::receipts::{self, ToWriter, WriterStats};
-use crate::shard::{Command, Common, HistoryPage, NewSub, Peer, PostAck, Reply, Shard};
+use crate::shard::{refuse_busy, Command, Common, HistoryPage, NewSub, Peer, PostAck, Reply, Shard};
 use crate::subscription::{Inbox, InboxKey, SubShared, Subscription, CLOSED_SHUTDOWN};
 
 /// Work run once on every shard's executor beside the engine (see
@@ -62,6 +62,11 @@ impl<T: Send + 'static> IntoFuture for Pending<T> {
 
 struct Inner {
     commands: Vec<flume::Sender<Command>>,
+    /// Work commands in each shard's queue (see `Command::is_work`): added
+    /// by callers, taken off by the shard as it receives them.
+    queued: Arc<Vec<AtomicUsize>>,
+    queue_len_max: usize,
+    commands_refused: AtomicU64,
     /// Stops and joins the thread that wakes the shards periodically.
     kicker: Mutex<
         Option<(
@@ -125,6 +130,8 @@ impl Engine {
         // Work each shard did, counted by the shard, read by the kicker.
         let activity: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
         let shard_activity = activity.clone();
+        let queued: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
+        let shard_queued = queued.clone();
         // Each shard receives the finished handle before it runs `task`.
         let (handle_tx, handle_rx) = flume::unbounded::<Engine>();
         let side = task.map(|t| (t, handle_rx));
@@ -138,6 +145,7 @@ impl Engine {
                     meta: shard_store.meta().clone(),
                     receipts: shard_receipts,
                     activity: shard_activity,
+                    queued: shard_queued,
                 };
                 let (mesh, cfg, store, receivers, ready, side) =
                     (mesh, shard_cfg, shard_store, receivers, ready_tx, side);
@@ -157,6 +165,9 @@ impl Engine {
             inner: Arc::new(Inner {
                 kicker: Mutex::new(Some(kicker)),
                 commands: senders,
+                queued,
+                queue_len_max: cfg.command_queue_len_max,
+                commands_refused: AtomicU64::new(0),
                 meta: store.meta().clone(),
                 receipts,
                 receipt_writer: Mutex::new(Some(receipt_writer)),
@@ -199,10 +210,32 @@ impl Engine {
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> Pending<T> {
         let (tx, rx) = flume::bounded(1);
-        if let Err(flume::SendError(cmd)) = self.inner.commands[shard].send(make(tx)) {
-            drop(cmd); // the reply sender is dropped: wait() sees ShutDown
+        let cmd = make(tx);
+        if let Err(cmd) = self.admit(shard, cmd) {
+            refuse_busy(shard, cmd);
         }
+        // Sent, or dropped with its reply sender on a closed queue (then
+        // wait() sees ShutDown).
         Pending(rx)
+    }
+
+    /// Sends `cmd` to `shard` unless it is work and the shard's queue
+    /// holds `command_queue_len_max` work commands already (then it comes
+    /// back, to be answered `Busy`). A closed queue drops it.
+    fn admit(&self, shard: usize, cmd: Command) -> std::result::Result<(), Command> {
+        let work = cmd.is_work();
+        if work {
+            let queued = &self.inner.queued[shard];
+            if queued.fetch_add(1, Ordering::AcqRel) >= self.inner.queue_len_max {
+                queued.fetch_sub(1, Ordering::AcqRel);
+                self.inner.commands_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(cmd);
+            }
+        }
+        if self.inner.commands[shard].send(cmd).is_err() && work {
+            self.inner.queued[shard].fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Posts a message; resolves once it is durable (per the durability
@@ -477,7 +510,9 @@ impl Engine {
             ready,
         });
         // On a closed queue the command (and the reply inside) is dropped.
-        let _ = self.inner.commands[inbox.shard].send(cmd);
+        if let Err(cmd) = self.admit(inbox.shard, cmd) {
+            refuse_busy(inbox.shard, cmd);
+        }
         Pending(rx)
     }
 
@@ -510,6 +545,7 @@ impl Engine {
         m.receipt_queue_len = self.inner.receipts.len() as u64;
         m.receipts_written = self.inner.receipt_stats.written.load(Ordering::Relaxed);
         m.receipt_batches = self.inner.receipt_stats.batches.load(Ordering::Relaxed);
+        m.commands_refused = self.inner.commands_refused.load(Ordering::Relaxed);
         Ok(m)
     }
 
@@ -680,6 +716,7 @@ async fn run_shard(
     let n = cfg.storage.shards as usize;
     let poll = cfg.lag_poll_interval;
     let retention_every = cfg.retention_interval;
+    let queued = common.queued.clone();
     let shard = Shard::new(id, n, cfg, storage, common, senders, done_tx);
     crate::shard::set_current(Some(shard.clone()));
     let mut loops = Vec::new();
@@ -726,6 +763,9 @@ async fn run_shard(
     let command_shard = shard.clone();
     loops.push(glommio::spawn_local(async move {
         while let Ok(cmd) = commands.recv_async().await {
+            if cmd.is_work() {
+                queued[id].fetch_sub(1, Ordering::AcqRel);
+            }
             let last = matches!(cmd, Command::Shutdown { .. });
             command_shard.handle(cmd);
             if last {

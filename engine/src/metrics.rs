@@ -187,6 +187,9 @@ pub struct Metrics {
     pub receipts_written: u64,
     /// Transactions the receipt writer committed (engine-wide counter).
     pub receipt_batches: u64,
+    /// Calls refused because a shard's command queue was full
+    /// (engine-wide counter; see `command_queue_len_max`).
+    pub commands_refused: u64,
 }
 
 #[cfg(test)]

@@ -326,12 +326,15 @@ fn a_change_made_right_after_subscribe_is_delivered() {
 
 #[test]
 fn a_stalled_subscriber_stays_bounded_then_gets_everything_in_order() {
+    const N: u64 = 100_000;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 2);
     cfg.storage.durability = rookery_engine::storage::Durability::None;
     cfg.outbound_queue_bytes_max = 64 << 10;
     cfg.volatile_queue_bytes_max = 16 << 10;
     cfg.typing_interval = Duration::ZERO;
+    // Every post is queued before any is waited for.
+    cfg.command_queue_len_max = 2 * N as usize;
     let bound = cfg.outbound_queue_bytes_max;
     let engine = Engine::start(cfg).unwrap();
     let room = 5;
@@ -343,7 +346,6 @@ fn a_stalled_subscriber_stays_bounded_then_gets_everything_in_order() {
         .subscribe_on(engine.shard_of(room), room, Some(0))
         .wait()
         .unwrap();
-    const N: u64 = 100_000;
     let posters: Vec<_> = (0..4u64)
         .map(|p| {
             let engine = engine.clone();
@@ -769,5 +771,37 @@ fn tail_caches_stay_within_their_budget_and_replays_read_the_log() {
     assert_eq!(seqs(&got), (1..=30).collect::<Vec<u64>>());
     assert!(engine.metrics().unwrap().counters.cache_misses > 0);
     drop(sub);
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn a_full_command_queue_refuses_with_busy_and_stores_only_what_it_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1);
+    cfg.command_queue_len_max = 1;
+    let engine = Engine::start(cfg).unwrap();
+    let room = 1;
+    // Far faster than the shard can take them: most find the queue full.
+    let pending: Vec<_> = (0..5_000)
+        .map(|i| engine.post(room, 7, &format!("c{i}"), "hi"))
+        .collect();
+    let (mut stored, mut busy) = (0u64, 0u64);
+    for p in pending {
+        match p.wait() {
+            Ok(ack) => {
+                assert!(!ack.duplicate);
+                stored += 1;
+            }
+            Err(Error::Busy(_)) => busy += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(busy > 0, "a queue of one never filled in 5,000 posts");
+    assert_eq!(stored + busy, 5_000);
+    assert_eq!(engine.last_seq(room).wait().unwrap(), stored, "refused posts stored nothing");
+    assert_eq!(engine.metrics().unwrap().commands_refused, busy);
+    // The count went back down: the shard still takes work.
+    let ack = engine.post(room, 7, "after", "still serving").wait().unwrap();
+    assert_eq!(ack.seq, stored + 1);
     engine.shutdown().unwrap();
 }

@@ -1,7 +1,11 @@
 //! Limits shared by every shard: open connections per IP and registrations
 //! per IP per minute (one small mutex each, taken once per connection or
-//! registration), and sends per user (a token bucket per user, on a mutex
-//! taken once per send: a user may send from several shards at once).
+//! registration), and sends per user (a token bucket per user, shared by
+//! every shard since a user may send from several at once; the buckets are
+//! spread over 64 stripes, each with its own mutex, so sends of different
+//! users rarely meet on one lock, and a stripe is swept of full buckets
+//! only when it has doubled since its last sweep: amortised O(1) per
+//! send, however many users).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -98,39 +102,60 @@ impl IpLimits {
 pub struct SendLimits {
     per_s: f64,
     burst: f64,
-    /// user -> (tokens, when last refilled).
-    buckets: Mutex<HashMap<u64, (f64, Instant)>>,
+    stripes: Box<[Mutex<Stripe>]>,
     /// Sends refused at the limit.
     pub refused: AtomicU64,
+    /// Buckets looked at by sweeps (how much sweeping costs; tests check
+    /// it stays proportional to the buckets made).
+    pub swept: AtomicU64,
 }
 
-/// Users whose buckets are kept before full ones are forgotten.
-const SEND_BUCKETS_MAX: usize = 100_000;
+/// Some users' buckets.
+struct Stripe {
+    /// user -> (tokens, when last refilled).
+    buckets: HashMap<u64, (f64, Instant)>,
+    /// Sweep when this many buckets are held.
+    sweep_at: usize,
+}
+
+const SEND_STRIPES: usize = 64;
+
+/// Buckets a stripe holds before its first sweep (full buckets are
+/// forgotten: a full bucket is the same as none). Past a sweep that kept
+/// `n`, the next comes at `2n`: memory stays within twice the users who
+/// sent within the last `burst / per_s` seconds.
+const STRIPE_SWEEP_MIN: usize = 100_000 / SEND_STRIPES;
 
 impl SendLimits {
     pub fn new(per_s: u32, burst: u32) -> Arc<SendLimits> {
         Arc::new(SendLimits {
             per_s: per_s as f64,
             burst: burst.max(1) as f64,
-            buckets: Mutex::default(),
+            stripes: (0..SEND_STRIPES)
+                .map(|_| {
+                    Mutex::new(Stripe {
+                        buckets: HashMap::new(),
+                        sweep_at: STRIPE_SWEEP_MIN,
+                    })
+                })
+                .collect(),
             refused: AtomicU64::new(0),
+            swept: AtomicU64::new(0),
         })
     }
 
     /// Takes a token for one send by `user`; when there is none, the
     /// milliseconds until there will be one (and the refusal is counted).
     pub fn take(&self, user: u64, now: Instant) -> Result<(), u64> {
-        let Ok(mut buckets) = self.buckets.lock() else {
+        // Fibonacci hashing: consecutive ids land on different stripes.
+        let stripe = (user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SEND_STRIPES;
+        let Ok(mut st) = self.stripes[stripe].lock() else {
             return Ok(());
         };
-        if buckets.len() > SEND_BUCKETS_MAX {
-            // Bounded memory: a full bucket is the same as no bucket.
-            let (per_s, burst) = (self.per_s, self.burst);
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * per_s < burst
-            });
+        if st.buckets.len() >= st.sweep_at {
+            self.sweep(&mut st, now);
         }
-        let (tokens, at) = buckets.entry(user).or_insert((self.burst, now));
+        let (tokens, at) = st.buckets.entry(user).or_insert((self.burst, now));
         let refill = now.saturating_duration_since(*at).as_secs_f64() * self.per_s;
         (*tokens, *at) = ((*tokens + refill).min(self.burst), now);
         if *tokens >= 1.0 {
@@ -138,9 +163,26 @@ impl SendLimits {
             return Ok(());
         }
         let wait_ms = ((1.0 - *tokens) / self.per_s * 1000.0).ceil() as u64;
-        drop(buckets);
+        drop(st);
         self.refused.fetch_add(1, Ordering::Relaxed);
         Err(wait_ms.max(1))
+    }
+
+    /// Forgets the stripe's full buckets; the next sweep comes when it has
+    /// twice what is left (at least `STRIPE_SWEEP_MIN`).
+    fn sweep(&self, st: &mut Stripe, now: Instant) {
+        self.swept.fetch_add(st.buckets.len() as u64, Ordering::Relaxed);
+        let (per_s, burst) = (self.per_s, self.burst);
+        st.buckets.retain(|_, (tokens, at)| {
+            *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_s < burst
+        });
+        st.sweep_at = (st.buckets.len() * 2).max(STRIPE_SWEEP_MIN);
+    }
+
+    /// Buckets held (for tests).
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.stripes.iter().map(|s| s.lock().unwrap().buckets.len()).sum()
     }
 }
 
@@ -169,6 +211,34 @@ mod tests {
         }
         assert!(limits.take(1, much_later).is_err());
         assert_eq!(limits.refused.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn many_users_cost_amortised_sweeps_and_idle_buckets_are_forgotten() {
+        let limits = SendLimits::new(1, 2);
+        let t = Instant::now();
+        let users = 300_000u64;
+        // Every bucket stays below full for two seconds: nothing to forget
+        // yet, so sweeps must not come at every send.
+        for user in 0..users {
+            assert_eq!(limits.take(user, t), Ok(()));
+        }
+        let swept = limits.swept.load(Ordering::Relaxed);
+        assert!(swept <= 4 * users, "swept {swept} buckets for {users} users");
+        assert_eq!(limits.held() as u64, users);
+        // Still limited per user while held.
+        assert!(limits.take(7, t).is_ok() && limits.take(7, t).is_err());
+        // A minute later those buckets are full again: the next sweep of a
+        // stripe forgets them.
+        let later = t + Duration::from_secs(60);
+        for user in users..2 * users {
+            assert_eq!(limits.take(user, later), Ok(()));
+        }
+        assert!(
+            (limits.held() as u64) < users + users / 2,
+            "{} buckets held after the old ones filled up",
+            limits.held()
+        );
     }
 
     #[test]

@@ -257,6 +257,11 @@ pub fn render(
             c.receipts_refused,
         ),
         (
+            "commands_refused",
+            "Engine calls refused: a shard's command queue was full",
+            m.commands_refused,
+        ),
+        (
             "receipts_written",
             "Read receipts written",
             m.receipts_written,

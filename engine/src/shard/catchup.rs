@@ -150,6 +150,7 @@ impl Catchup {
             self.start_lagging(queued, now);
             return Offer::Lagged;
         }
+        debug_assert_eq!(event.seq(), self.next_seq, "live delivery is gap-free");
         self.next_seq += 1;
         Offer::Deliver
     }
@@ -167,6 +168,7 @@ impl Catchup {
         }
         self.held_bytes += event.len();
         self.held.push(event.clone());
+        self.debug_check();
         let was_live = self.state == State::Live;
         if was_live {
             self.start_lagging(queued, now);
@@ -178,6 +180,15 @@ impl Catchup {
         } else {
             Offer::Skip
         }
+    }
+
+    /// Debug builds: `held_bytes` is what `held` holds.
+    fn debug_check(&self) {
+        debug_assert_eq!(
+            self.held_bytes,
+            self.held.iter().map(Event::len).sum::<usize>(),
+            "held bytes accounted"
+        );
     }
 
     fn start_lagging(&mut self, queued: usize, now: Instant) {
@@ -245,6 +256,7 @@ impl Catchup {
             deliver(&e);
         }
         self.held_bytes = 0;
+        self.debug_check();
         self.state = State::Live;
         Paged::Live
     }

@@ -115,6 +115,23 @@ pub(crate) enum Command {
     },
 }
 
+impl Command {
+    /// Whether it counts against `command_queue_len_max` (and may be
+    /// refused): everything but releases (unsubscribe, closing an inbox),
+    /// opening an inbox, stats, shutdown and kicks.
+    pub(crate) fn is_work(&self) -> bool {
+        !matches!(
+            self,
+            Command::Unsubscribe { .. }
+                | Command::CloseInbox { .. }
+                | Command::OpenInbox { .. }
+                | Command::Stats { .. }
+                | Command::Shutdown { .. }
+                | Command::Tick
+        )
+    }
+}
+
 impl Shard {
     /// Handles one command from the embed API. Commands that wait on
     /// storage run as their own task so the command loop never stalls.
@@ -246,34 +263,49 @@ impl Shard {
     }
 }
 
+/// Answers a command a closing shard will not run: `ShutDown`.
 pub(super) fn refuse(cmd: Command) {
+    if let Command::Subscribe(NewSub {
+        shared: Some(shared),
+        ..
+    })
+    | Command::OpenInbox { shared, .. } = &cmd
+    {
+        shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release);
+    }
+    refuse_with(cmd, || Error::ShutDown);
+}
+
+/// Answers a command its shard's full queue did not take (see
+/// `EngineConfig::command_queue_len_max`): `Busy`.
+pub(crate) fn refuse_busy(shard: usize, cmd: Command) {
+    refuse_with(cmd, || Error::Busy(format!("shard {shard}'s command queue is full")));
+}
+
+/// Answers `cmd`'s caller with `error()` (a shutdown is answered `Ok`:
+/// the shard is going anyway).
+fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
     match cmd {
-        Command::Post { reply, .. } => send(reply, Err(Error::ShutDown)),
+        Command::Post { reply, .. } => send(reply, Err(error())),
         Command::Edit { reply, .. }
         | Command::Delete { reply, .. }
-        | Command::Typing { reply, .. } => send(reply, Err(Error::ShutDown)),
-        Command::History { reply, .. } => send(reply, Err(Error::ShutDown)),
-        Command::LastSeq { reply, .. } => send(reply, Err(Error::ShutDown)),
-        Command::MarkRead { reply, .. } | Command::Unread { reply, .. } => {
-            send(reply, Err(Error::ShutDown))
-        }
-        Command::Stats { reply } => send(reply, Err(Error::ShutDown)),
+        | Command::Typing { reply, .. }
+        | Command::SetRetention { reply, .. } => send(reply, Err(error())),
+        Command::History { reply, .. } => send(reply, Err(error())),
+        Command::LastSeq { reply, .. }
+        | Command::MarkRead { reply, .. }
+        | Command::Unread { reply, .. }
+        | Command::CreateRoom { reply, .. } => send(reply, Err(error())),
+        Command::Stats { reply } => send(reply, Err(error())),
         Command::Shutdown { reply } => send(reply, Ok(())),
-        Command::Subscribe(NewSub { shared, ready, .. }) => {
-            if let Some(shared) = shared {
-                shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release);
-            }
-            ready(Err(Error::ShutDown));
-        }
-        Command::Online { reply, .. } => send(reply, Err(Error::ShutDown)),
-        Command::SetRetention { reply, .. } => send(reply, Err(Error::ShutDown)),
-        Command::EnforceRetention { reply } => send(reply, Err(Error::ShutDown)),
-        Command::SetMember { reply, .. } => send(reply, Err(Error::ShutDown)),
-        Command::CreateRoom { reply, .. } => send(reply, Err(Error::ShutDown)),
-        Command::OpenInbox { shared, .. } => {
-            shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release)
-        }
-        Command::Unsubscribe { .. } | Command::CloseInbox { .. } | Command::Tick => {}
+        Command::Subscribe(NewSub { ready, .. }) => ready(Err(error())),
+        Command::Online { reply, .. } => send(reply, Err(error())),
+        Command::EnforceRetention { reply } => send(reply, Err(error())),
+        Command::SetMember { reply, .. } => send(reply, Err(error())),
+        Command::OpenInbox { .. }
+        | Command::Unsubscribe { .. }
+        | Command::CloseInbox { .. }
+        | Command::Tick => {}
     }
 }
 

@@ -54,7 +54,7 @@ use glommio::channels::channel_mesh::Senders;
 use rookery_storage::{Meta, RetentionReport, ShardStore};
 use rustc_hash::FxHashMap as HashMap;
 
-pub(crate) use command::Command;
+pub(crate) use command::{refuse_busy, Command};
 pub(crate) use mesh::Peer;
 pub(crate) use types::{Common, NewSub, Reply};
 pub use types::{HistoryPage, PostAck, StoredMessage};

@@ -104,6 +104,9 @@ pub(crate) struct Common {
     pub receipts: flume::Sender<ToWriter>,
     /// Work done per shard (see `Shard::busy`), read by the kicker.
     pub activity: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    /// Work commands in each shard's queue (see `Command::is_work`), taken
+    /// off by the shard's command loop as it receives them.
+    pub queued: Arc<Vec<std::sync::atomic::AtomicUsize>>,
 }
 
 /// Completes a caller's `subscribe`.
