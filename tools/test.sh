@@ -11,8 +11,18 @@
 # It installs what a fresh machine lacks (rustfmt, clippy, a Python venv
 # with the pinned client library under target/, npm packages from lock
 # files, Debian's chromium package), idempotently.
+#
+# `tools/test.sh quick` is the inner loop: format, clippy and the Rust
+# unit tests (each crate's `src/`, the engine's simulation included), no
+# integration test, no Node, Python or browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+mode=${1:-all}
+case "$mode" in
+    all|quick) ;;
+    *) echo "usage: tools/test.sh [quick]" >&2; exit 2 ;;
+esac
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -27,6 +37,17 @@ for component in rustfmt clippy; do
     fi
 done
 cargo --version
+
+if [ "$mode" = quick ]; then
+    step "format"
+    cargo fmt --all -- --check
+    step "clippy"
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    step "unit tests"
+    cargo test --workspace --locked --lib --bins
+    step "quick checks passed (run tools/test.sh for everything)"
+    exit 0
+fi
 # Node.js 20+ and npm run the load baselines and the browser test (the
 # locked playwright-core needs 20).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

@@ -20,7 +20,9 @@ use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ShardCounters};
 use crate::receipts::{self, ToWriter, WriterStats};
-use crate::shard::{refuse_busy, Command, Common, HistoryPage, NewSub, Peer, PostAck, Reply, Shard};
+use crate::shard::{
+    refuse_busy, Command, Common, HistoryPage, NewSub, Peer, PostAck, Reply, Shard,
+};
 use crate::subscription::{Inbox, InboxKey, SubShared, Subscription, CLOSED_SHUTDOWN};
 
 /// Work run once on every shard's executor beside the engine (see

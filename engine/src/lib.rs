@@ -3,8 +3,9 @@
 //! Thread-per-core chat engine: shards (one pinned glommio executor per
 //! core), rooms owned by one shard each (`shard_of(room)`), messages made
 //! durable by the owner and fanned out to subscribers on every shard, in
-//! order, with no gap, no duplicate and bounded memory. See DESIGN.md, "The
-//! path of one message".
+//! order, with no gap, no duplicate and bounded memory. docs/engine.md walks
+//! the path of one message; docs/architecture.md places the engine between
+//! the server and storage.
 //!
 //! The embed API is [`Engine`]: a `Send + Sync + Clone` handle usable from
 //! any thread. Calls return a [`Pending`] reply: `.wait()` blocks, `.await`

@@ -6,8 +6,8 @@
 //! The shard that hosts an inbox's subscriptions pushes events into one
 //! unbounded channel but never past `outbound_queue_bytes_max` bytes: the
 //! inbox's count is shared (added by the shard, subtracted here on
-//! receipt), so memory stays bounded per consumer (per connection, as
-//! DESIGN.md step 6 has it) while the channel needs no capacity check.
+//! receipt), so memory stays bounded per consumer (per connection) while
+//! the channel needs no capacity check.
 //! When the count is too high the shard marks the subscription that met the
 //! full queue lagging ("lagging at seq X", per room) and catches it up from
 //! the room's tail cache or the log once the consumer drains; each

@@ -798,10 +798,17 @@ fn a_full_command_queue_refuses_with_busy_and_stores_only_what_it_took() {
     }
     assert!(busy > 0, "a queue of one never filled in 5,000 posts");
     assert_eq!(stored + busy, 5_000);
-    assert_eq!(engine.last_seq(room).wait().unwrap(), stored, "refused posts stored nothing");
+    assert_eq!(
+        engine.last_seq(room).wait().unwrap(),
+        stored,
+        "refused posts stored nothing"
+    );
     assert_eq!(engine.metrics().unwrap().commands_refused, busy);
     // The count went back down: the shard still takes work.
-    let ack = engine.post(room, 7, "after", "still serving").wait().unwrap();
+    let ack = engine
+        .post(room, 7, "after", "still serving")
+        .wait()
+        .unwrap();
     assert_eq!(ack.seq, stored + 1);
     engine.shutdown().unwrap();
 }

@@ -202,7 +202,7 @@ impl Response {
         }
     }
 
-    /// The typed error body of DESIGN.md: `{"error":{"code","message"}}`.
+    /// The typed error body of docs/api.md: `{"error":{"code","message"}}`.
     pub fn error(status: u16, code: &'static str, message: &str) -> Response {
         let mut r = Response::json(
             status,

@@ -171,7 +171,8 @@ impl SendLimits {
     /// Forgets the stripe's full buckets; the next sweep comes when it has
     /// twice what is left (at least `STRIPE_SWEEP_MIN`).
     fn sweep(&self, st: &mut Stripe, now: Instant) {
-        self.swept.fetch_add(st.buckets.len() as u64, Ordering::Relaxed);
+        self.swept
+            .fetch_add(st.buckets.len() as u64, Ordering::Relaxed);
         let (per_s, burst) = (self.per_s, self.burst);
         st.buckets.retain(|_, (tokens, at)| {
             *tokens + now.saturating_duration_since(*at).as_secs_f64() * per_s < burst
@@ -182,7 +183,10 @@ impl SendLimits {
     /// Buckets held (for tests).
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.stripes.iter().map(|s| s.lock().unwrap().buckets.len()).sum()
+        self.stripes
+            .iter()
+            .map(|s| s.lock().unwrap().buckets.len())
+            .sum()
     }
 }
 
@@ -224,7 +228,10 @@ mod tests {
             assert_eq!(limits.take(user, t), Ok(()));
         }
         let swept = limits.swept.load(Ordering::Relaxed);
-        assert!(swept <= 4 * users, "swept {swept} buckets for {users} users");
+        assert!(
+            swept <= 4 * users,
+            "swept {swept} buckets for {users} users"
+        );
         assert_eq!(limits.held() as u64, users);
         // Still limited per user while held.
         assert!(limits.take(7, t).is_ok() && limits.take(7, t).is_err());

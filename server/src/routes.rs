@@ -1,5 +1,5 @@
 //! HTTP routes: the one place where requests become responses, and where
-//! every error becomes the typed JSON body of DESIGN.md
+//! every error becomes the typed JSON body of docs/api.md
 //! (`{"error":{"code","message"}}`) with its status.
 
 use std::sync::atomic::Ordering;

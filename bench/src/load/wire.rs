@@ -17,7 +17,7 @@ use tungstenite::protocol::frame::FrameHeader;
 /// Which protocol a server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
-    /// Rookery's JSON frames (DESIGN.md); the Node `ws` baseline too.
+    /// Rookery's JSON frames (docs/protocol.md); the Node `ws` baseline too.
     Rookery,
     /// Socket.IO 4 over a WebSocket.
     SocketIo,

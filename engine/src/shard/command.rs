@@ -279,7 +279,9 @@ pub(super) fn refuse(cmd: Command) {
 /// Answers a command its shard's full queue did not take (see
 /// `EngineConfig::command_queue_len_max`): `Busy`.
 pub(crate) fn refuse_busy(shard: usize, cmd: Command) {
-    refuse_with(cmd, || Error::Busy(format!("shard {shard}'s command queue is full")));
+    refuse_with(cmd, || {
+        Error::Busy(format!("shard {shard}'s command queue is full"))
+    });
 }
 
 /// Answers `cmd`'s caller with `error()` (a shutdown is answered `Ok`:
