@@ -4,7 +4,7 @@
 //! The bytes are a whole WebSocket text frame (RFC 6455: an unmasked,
 //! final frame header, then the payload) carrying the JSON object the
 //! protocol sends (`{"type":"msg","room":…,"seq":…,"from":…,"ts":…,"body":…}`,
-//! docs/api.md): a connection without per-connection compression writes
+//! docs/protocol.md): a connection without per-connection compression writes
 //! them as they are. The engine never encodes an event twice and never
 //! copies the bytes per subscriber (`Arc<[u8]>`).
 
@@ -12,6 +12,67 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use serde::Serialize;
+
+/// A message as every client sees it: the one shape of live `msg` events,
+/// replays and history pages (HTTP and WebSocket). A live event also
+/// carries `type` and `room`; a history page names its room once.
+/// `edited` and `deleted` are there only when true.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message<'a> {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<u64>,
+    pub seq: u64,
+    /// The author's user id.
+    pub from: u64,
+    /// ms since the Unix epoch.
+    pub ts: u64,
+    /// The body with edits applied; `null` once deleted.
+    pub body: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub edited: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+impl<'a> Message<'a> {
+    /// A live `msg` event of `room`.
+    pub fn live(
+        room: u64,
+        seq: u64,
+        from: u64,
+        ts: u64,
+        body: Option<&'a str>,
+        edited: bool,
+    ) -> Message<'a> {
+        Message {
+            kind: Some("msg"),
+            room: Some(room),
+            ..Message::stored(seq, from, ts, body, edited)
+        }
+    }
+
+    /// A message of a history page.
+    pub fn stored(
+        seq: u64,
+        from: u64,
+        ts: u64,
+        body: Option<&'a str>,
+        edited: bool,
+    ) -> Message<'a> {
+        Message {
+            kind: None,
+            room: None,
+            seq,
+            from,
+            ts,
+            body,
+            edited,
+            deleted: body.is_none(),
+        }
+    }
+}
 
 /// What an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +196,8 @@ impl Event {
         })
     }
 
-    /// `{"type":"msg",...}`; `body` is `null` for a deleted message.
+    /// `{"type":"msg","room",…}` and then the fields of [`Message`];
+    /// `body` is `null` for a deleted message.
     pub(crate) fn message(
         room: u64,
         seq: u64,
@@ -144,31 +206,8 @@ impl Event {
         body: Option<&str>,
         edited: bool,
     ) -> Event {
-        #[derive(Serialize)]
-        struct Msg<'a> {
-            r#type: &'static str,
-            room: u64,
-            seq: u64,
-            from: u64,
-            ts: u64,
-            body: Option<&'a str>,
-            #[serde(skip_serializing_if = "std::ops::Not::not")]
-            edited: bool,
-            #[serde(skip_serializing_if = "std::ops::Not::not")]
-            deleted: bool,
-        }
-        let deleted = body.is_none();
-        let v = Msg {
-            r#type: "msg",
-            room,
-            seq,
-            from,
-            ts: ts_ms,
-            body,
-            edited,
-            deleted,
-        };
-        Event::encode(room, seq, ts_ms, EventKind::Message, &v)
+        let m = Message::live(room, seq, from, ts_ms, body, edited);
+        Event::encode(room, seq, ts_ms, EventKind::Message, &m)
     }
 
     /// `{"type":"edit","room","seq","by","ts","body"}`.
@@ -293,7 +332,94 @@ impl Event {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
     use super::*;
+
+    /// The first two cells of each row of the table under `## {heading}`
+    /// in docs/protocol.md (the server checks the other tables).
+    fn doc_table(heading: &str) -> BTreeMap<String, String> {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+                .expect("docs/protocol.md");
+        let start = doc.find(&format!("\n## {heading}\n")).expect(heading);
+        doc[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.strip_prefix("| `"))
+            .map(|row| {
+                let (first, rest) = row.split_once('`').unwrap();
+                (
+                    first.to_string(),
+                    rest.split('|').nth(1).unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn keys(e: &Event) -> BTreeSet<String> {
+        let v: serde_json::Value = serde_json::from_str(e.json()).unwrap();
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn protocol_doc_matches_the_types() {
+        let events = doc_table("Events");
+        // One of every kind, optional fields set (a new kind does not
+        // compile until it is added here).
+        let every = [
+            Event::message(1, 2, 3, 4, None, true),
+            Event::edit(1, 2, 3, 4, "b"),
+            Event::delete(1, 2, 3, 4),
+            Event::typing(1, 2),
+            Event::presence(1, 2, true),
+            Event::left(1, "removed"),
+        ];
+        for e in &every {
+            match e.kind() {
+                EventKind::Message
+                | EventKind::Edit
+                | EventKind::Delete
+                | EventKind::Typing
+                | EventKind::Presence
+                | EventKind::Left => {}
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for e in &every {
+            let v: serde_json::Value = serde_json::from_str(e.json()).unwrap();
+            let kind = v["type"].as_str().unwrap().to_string();
+            let cell = events
+                .get(&kind)
+                .unwrap_or_else(|| panic!("event {kind} is not in protocol.md"));
+            let doc: BTreeSet<String> = cell
+                .split(',')
+                .map(|f| f.trim().trim_matches('`').trim_end_matches('?').to_string())
+                .chain(["type".to_string()])
+                .collect();
+            assert_eq!(keys(e), doc, "fields of event {kind}");
+            seen.insert(kind);
+        }
+        assert_eq!(
+            seen,
+            events.keys().cloned().collect(),
+            "events documented but never sent"
+        );
+        // A history message: the fields of a live one but `type` and `room`.
+        let doc: BTreeSet<String> = doc_table("Messages")
+            .keys()
+            .map(|f| f.trim_end_matches('?').to_string())
+            .collect();
+        let stored = Message::stored(2, 3, 4, None, true);
+        let v = serde_json::to_value(&stored).unwrap();
+        let got: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(got, doc, "fields of a message");
+        let live: BTreeSet<String> = keys(&every[0]);
+        let mut want = doc.clone();
+        want.extend(["type".to_string(), "room".to_string()]);
+        assert_eq!(live, want, "a live msg is a message with type and room");
+    }
 
     #[test]
     fn events_are_whole_text_frames_of_their_json() {

@@ -43,7 +43,7 @@ mod subscription;
 pub use config::EngineConfig;
 pub use engine::{Engine, Pending, ShardTask};
 pub use error::{Error, Result};
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, Message};
 pub use local::{Local, LocalInbox, LocalSink};
 pub use metrics::{micros_histogram, Latencies, Metrics, ShardCounters, ShardGauges};
 pub use rookery_storage::{self as storage, Cursor, Order, Retention, RetentionReport};

@@ -193,11 +193,11 @@ pub struct Response {
 
 impl Response {
     /// A JSON response.
-    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
         Response {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
-            body: value.to_string().into_bytes(),
+            body: serde_json::to_vec(value).expect("JSON values serialize"),
             error_code: None,
         }
     }

@@ -1,5 +1,9 @@
-//! The client frames of the WebSocket protocol, typed: one pass of
-//! serde over the text, fields borrowed from it, no intermediate value.
+//! The WebSocket protocol, typed (docs/protocol.md, checked against this
+//! module by `protocol_doc_matches_the_types`): the client frames, parsed
+//! in one pass of serde with fields borrowed from the text, and the frames
+//! the server answers with. The events of rooms (`msg`, `edit`, …) are
+//! encoded by the engine (`rookery_engine::Event`, in the one message
+//! shape `rookery_engine::Message`, which history pages use too).
 //!
 //! Every frame is a JSON object with a `type`; a field of the wrong type
 //! (`"room": "7"`, `"since": -5`) refuses the frame with `bad_request`, as
@@ -7,11 +11,108 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use rookery_engine::{Cursor, Order};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// The `type`s of the frames a client may send.
+pub const CLIENT_TYPES: &[&str] = &[
+    "auth", "ping", "join", "leave", "send", "edit", "delete", "typing", "read", "history",
+];
+
+/// A frame the server sends in answer to a client frame.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Authenticated (on connect with a token, or after `auth`).
+    Hello { user: u64, heartbeat_ms: u64 },
+    /// The answer to `ping`.
+    Pong,
+    /// The answer to `join`; the room's events follow it, never precede it.
+    Joined {
+        room: u64,
+        last_seq: u64,
+        online: Vec<u64>,
+    },
+    /// The answer to `leave`.
+    Left { room: u64 },
+    /// The answer to `send` (with `seq`, `ts`, `duplicate`), `edit` and
+    /// `delete` (with `seq`) and `typing` (room only).
+    Ack {
+        room: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ts: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duplicate: Option<bool>,
+    },
+    /// The answer to `read`: the receipt as stored (never moves back).
+    Receipt { room: u64, user: u64, seq: u64 },
+    /// The answer to `history`.
+    History(HistoryPage),
+    /// A refused frame; the connection stays open.
+    Error {
+        code: &'static str,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl ServerFrame {
+    /// The frame's JSON text, with the `ref` of the frame it answers.
+    pub fn text(&self, r#ref: Option<&RawValue>) -> String {
+        #[derive(Serialize)]
+        struct WithRef<'a> {
+            #[serde(flatten)]
+            frame: &'a ServerFrame,
+            #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+            r#ref: Option<&'a RawValue>,
+        }
+        serde_json::to_string(&WithRef { frame: self, r#ref }).expect("server frames serialize")
+    }
+}
+
+/// A page of a room's history, as HTTP and WebSocket send it:
+/// `{"room","messages","next"}`, each message in the shape of live events
+/// (`rookery_engine::Message`), `next` the cursor of the following page
+/// (`{"before":seq}` or `{"after":seq}`) or `null`.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub room: u64,
+    pub page: rookery_engine::HistoryPage,
+}
+
+impl Serialize for HistoryPage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Messages<'a>(&'a [rookery_engine::StoredMessage]);
+        impl Serialize for Messages<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(rookery_engine::StoredMessage::view))
+            }
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Next {
+            Before(Option<u64>),
+            After(Option<u64>),
+        }
+        let next = self.page.next.map(|c: Cursor| match c.order {
+            Order::NewestFirst => Next::Before(c.before),
+            Order::OldestFirst => Next::After(c.after),
+        });
+        let mut st = s.serialize_struct("HistoryPage", 3)?;
+        st.serialize_field("room", &self.room)?;
+        st.serialize_field("messages", &Messages(&self.page.messages))?;
+        st.serialize_field("next", &next)?;
+        st.end()
+    }
+}
+
 /// The fields any client frame may carry (each type reads the ones it
-/// needs; see docs/api.md).
+/// needs; see docs/protocol.md).
 #[derive(Debug, Default, Deserialize)]
 pub struct ClientFrame<'a> {
     #[serde(rename = "type", borrow, default, deserialize_with = "cow")]
@@ -163,5 +264,193 @@ mod tests {
         for text in ["[1,2]", "\"x\"", "{", "", "nul", "{\"type\":\"send\",}"] {
             assert_eq!(parse(text).unwrap_err().code, "bad_json", "{text}");
         }
+    }
+}
+
+/// Checks docs/protocol.md against the types: every client frame and
+/// answer, and their fields (the engine checks the events and messages).
+#[cfg(test)]
+mod doc {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// The rows of the table under `## {heading}`: type -> (fields, optional
+    /// fields).
+    fn table(heading: &str) -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+                .expect("docs/protocol.md");
+        let start = doc.find(&format!("\n## {heading}\n")).expect(heading);
+        let mut rows = BTreeMap::new();
+        for line in doc[start..]
+            .lines()
+            .skip(2)
+            .skip_while(|l| !l.starts_with('|'))
+        {
+            let Some(row) = line.strip_prefix("| `") else {
+                if line.starts_with('|') {
+                    continue; // the header and its rule
+                }
+                break;
+            };
+            let (kind, rest) = row.split_once('`').unwrap();
+            let cell = rest.split('|').nth(1).unwrap_or("");
+            let (mut all, mut optional) = (BTreeSet::new(), BTreeSet::new());
+            for f in cell
+                .split(',')
+                .map(|f| f.trim().trim_matches('`'))
+                .filter(|f| !f.is_empty())
+            {
+                let name = f.trim_end_matches('?').to_string();
+                if f.ends_with('?') {
+                    optional.insert(name.clone());
+                }
+                all.insert(name);
+            }
+            rows.insert(kind.to_string(), (all, optional));
+        }
+        rows
+    }
+
+    /// One of every answer, with every optional field set (a new variant
+    /// does not compile until it is added here).
+    fn every_answer() -> Vec<ServerFrame> {
+        let sample = |f: ServerFrame| match f {
+            ServerFrame::Hello { .. }
+            | ServerFrame::Pong
+            | ServerFrame::Joined { .. }
+            | ServerFrame::Left { .. }
+            | ServerFrame::Ack { .. }
+            | ServerFrame::Receipt { .. }
+            | ServerFrame::History(_)
+            | ServerFrame::Error { .. } => f,
+        };
+        let page = rookery_engine::HistoryPage {
+            messages: Vec::new(),
+            next: None,
+            cached: false,
+        };
+        vec![
+            sample(ServerFrame::Hello {
+                user: 1,
+                heartbeat_ms: 2,
+            }),
+            sample(ServerFrame::Pong),
+            sample(ServerFrame::Joined {
+                room: 1,
+                last_seq: 2,
+                online: vec![3],
+            }),
+            sample(ServerFrame::Left { room: 1 }),
+            sample(ServerFrame::Ack {
+                room: 1,
+                seq: Some(2),
+                ts: Some(3),
+                duplicate: Some(false),
+            }),
+            sample(ServerFrame::Receipt {
+                room: 1,
+                user: 2,
+                seq: 3,
+            }),
+            sample(ServerFrame::History(HistoryPage { room: 1, page })),
+            sample(ServerFrame::Error {
+                code: "x",
+                message: "y".into(),
+                retry_after_ms: Some(1),
+            }),
+        ]
+    }
+
+    #[test]
+    fn protocol_doc_matches_the_types() {
+        // Answers: each documented with exactly the fields it serializes.
+        let answers = table("Answers");
+        let mut seen = BTreeSet::new();
+        for frame in every_answer() {
+            let v: serde_json::Value = serde_json::from_str(&frame.text(None)).unwrap();
+            let kind = v["type"].as_str().unwrap().to_string();
+            let keys: BTreeSet<String> = v
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "type")
+                .cloned()
+                .collect();
+            let (doc, _) = answers
+                .get(&kind)
+                .unwrap_or_else(|| panic!("answer {kind} is not in protocol.md"));
+            assert_eq!(&keys, doc, "fields of answer {kind}");
+            seen.insert(kind);
+        }
+        assert_eq!(
+            seen,
+            answers.keys().cloned().collect(),
+            "answers documented but never sent"
+        );
+
+        // Client frames: the documented types are the ones handled, and
+        // each documented field parses into a field of `ClientFrame`.
+        let clients = table("Client frames");
+        let documented: BTreeSet<&str> = clients.keys().map(String::as_str).collect();
+        assert_eq!(
+            documented,
+            CLIENT_TYPES.iter().copied().collect(),
+            "client types"
+        );
+        let mut used = BTreeSet::new();
+        for (kind, (fields, _)) in &clients {
+            for field in fields {
+                let value = match field.as_str() {
+                    "token" | "body" | "client_id" => "\"s\"",
+                    _ => "1",
+                };
+                let text = format!(r#"{{"type":"{kind}","{field}":{value}}}"#);
+                let f = parse(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+                // Destructured: a new field of ClientFrame must be placed here.
+                let ClientFrame {
+                    kind: _,
+                    r#ref: _,
+                    token,
+                    room,
+                    since,
+                    seq,
+                    body,
+                    client_id,
+                    before,
+                    after,
+                    limit,
+                } = f;
+                let set = match field.as_str() {
+                    "token" => token.is_some(),
+                    "room" => room.is_some(),
+                    "since" => since.is_some(),
+                    "seq" => seq.is_some(),
+                    "body" => body.is_some(),
+                    "client_id" => client_id.is_some(),
+                    "before" => before.is_some(),
+                    "after" => after.is_some(),
+                    "limit" => limit.is_some(),
+                    other => panic!("{kind}.{other} in protocol.md is no field of ClientFrame"),
+                };
+                assert!(set, "{kind}.{field} did not parse");
+                used.insert(field.clone());
+            }
+        }
+        let all: BTreeSet<String> = [
+            "token",
+            "room",
+            "since",
+            "seq",
+            "body",
+            "client_id",
+            "before",
+            "after",
+            "limit",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(used, all, "ClientFrame fields no documented frame uses");
     }
 }

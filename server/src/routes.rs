@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
+use crate::protocol::HistoryPage;
 use crate::serve::Shared;
 
 /// Why a request failed, as the client sees it.
@@ -578,11 +579,6 @@ fn query_u64(req: &Request, name: &str) -> Result<Option<u64>, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("{name}={raw:?} is not a number")))
 }
 
-pub(crate) fn message_json(m: &rookery_engine::StoredMessage) -> Value {
-    json!({"seq": m.seq, "from": m.sender, "ts": m.ts_ms, "body": m.body,
-           "edited": m.edited, "deleted": m.body.is_none()})
-}
-
 /// What a history page asks for (an HTTP query or a WebSocket frame).
 pub(crate) struct PageQuery {
     pub before: Option<u64>,
@@ -591,14 +587,14 @@ pub(crate) struct PageQuery {
     pub limit: Option<u64>,
 }
 
-/// A page of a room's history: `{"room","messages","next"}`, newest first
+/// A page of a room's history (`protocol::HistoryPage`), newest first
 /// (before a seq, or the latest) or oldest first after a seq, and whether
 /// it was served from memory.
 pub(crate) async fn history_page(
     shared: &Shared,
     room: u64,
     q: PageQuery,
-) -> Result<(Value, bool), ApiError> {
+) -> Result<(HistoryPage, bool), ApiError> {
     let max = shared.cfg.history_page_len_max;
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > max as u64 {
@@ -616,13 +612,8 @@ pub(crate) async fn history_page(
         order,
     };
     let page = shared.engine.history(room, cursor).await?;
-    let next = page.next.map(|c| match c.order {
-        Order::NewestFirst => json!({"before": c.before}),
-        Order::OldestFirst => json!({"after": c.after}),
-    });
-    let messages: Vec<Value> = page.messages.iter().map(message_json).collect();
-    let body = json!({"room": room, "messages": messages, "next": next});
-    Ok((body, page.cached))
+    let cached = page.cached;
+    Ok((HistoryPage { room, page }, cached))
 }
 
 /// `GET /api/rooms/{id}/messages?before=&after=&limit=`: a history page

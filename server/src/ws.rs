@@ -1,5 +1,5 @@
 //! The WebSocket endpoints: `GET /ws` with the JSON protocol of
-//! docs/api.md, and `GET /echo` (only with `--echo-endpoint`) that echoes
+//! docs/protocol.md, and `GET /echo` (only with `--echo-endpoint`) that echoes
 //! messages for conformance testing.
 //!
 //! One task per connection, on the shard that accepted it. tungstenite does
@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rookery_engine::{Error as EngineError, Event, EventKind, LocalInbox, LocalSink};
-use serde_json::{json, Value};
+use serde_json::value::RawValue;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
@@ -45,7 +45,7 @@ use crate::auth;
 use crate::deflate::{self, InflateError, Inflow, Negotiated};
 use crate::http::{Request, Response};
 use crate::out::{Flusher, Out};
-use crate::protocol::{self, ClientFrame};
+use crate::protocol::{self, ClientFrame, ServerFrame};
 use crate::routes::{self, ApiError, PageQuery};
 use crate::serve::{self, Shared};
 use crate::sweep::{Deadlines, Due};
@@ -410,7 +410,11 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         return Box::pin(c.finish(stream)).await;
     }
     if let Some(u) = user {
-        c.send(json!({"type": "hello", "user": u, "heartbeat_ms": c.heartbeat_ms()}));
+        let hello = ServerFrame::Hello {
+            user: u,
+            heartbeat_ms: c.heartbeat_ms(),
+        };
+        c.send(&hello, None);
     }
     // Ends by returning when the socket is gone, or by breaking once a
     // close frame is queued: then it is sent and the socket lingers.
@@ -612,17 +616,21 @@ impl Conn {
         self.link.send_text(text);
     }
 
-    /// Queues a JSON frame.
-    fn send(&self, v: Value) {
-        self.send_text(&v.to_string());
+    /// Queues a frame, with the `ref` of the frame it answers.
+    fn send(&self, frame: &ServerFrame, r#ref: Option<&RawValue>) {
+        self.send_text(&frame.text(r#ref));
     }
 
     /// An `error` frame, counted by code in the metrics.
-    fn error(&self, code: &'static str, message: &str) -> Value {
+    fn error(&self, code: &'static str, message: &str) -> ServerFrame {
         if let Some(h) = self.shared.http.get(self.shared.shard) {
             h.error_sent(code);
         }
-        json!({"type": "error", "code": code, "message": message})
+        ServerFrame::Error {
+            code,
+            message: message.to_string(),
+            retry_after_ms: None,
+        }
     }
 
     fn close(&mut self, code: CloseCode, reason: &str) {
@@ -662,7 +670,7 @@ impl Conn {
                 }
                 Ok(Message::Binary(_)) => {
                     let frame = self.error("bad_frame", "frames must be JSON text");
-                    self.send(frame);
+                    self.send(&frame, None);
                 }
                 Ok(Message::Close(_)) => {
                     // tungstenite queued the answering close frame.
@@ -696,19 +704,19 @@ impl Conn {
             Ok(f) => f,
             Err(refused) => {
                 let frame = self.error(refused.code, &refused.message);
-                return self.send(frame);
+                return self.send(&frame, None);
             }
         };
         let r#ref = f.r#ref;
         let kind = f.kind();
-        if !known(kind) && kind != "ping" && kind != "auth" {
+        if !protocol::CLIENT_TYPES.contains(&kind) {
             let frame = self.error("unknown_type", &format!("unknown type {kind:?}"));
-            return self.send(with_ref(frame, r#ref));
+            return self.send(&frame, r#ref);
         }
         let result = match (kind, self.user) {
-            ("ping", _) => Ok(Some(json!({"type": "pong"}))),
+            ("ping", _) => Ok(Some(ServerFrame::Pong)),
             ("auth", _) => self.auth(&f).await.map(Some),
-            (_, None) if known(kind) => Err(ApiError::Unauthorized(
+            (_, None) => Err(ApiError::Unauthorized(
                 "authenticate first (?token= on the upgrade or an auth frame)".into(),
             )),
             ("join", Some(u)) => self.join(u, &f, r#ref).await.map(|()| None),
@@ -722,27 +730,37 @@ impl Conn {
             _ => unreachable!("every known type is handled above"),
         };
         match result {
-            Ok(Some(reply)) => self.send(with_ref(reply, r#ref)),
+            Ok(Some(reply)) => self.send(&reply, r#ref),
             Ok(None) => {} // the handler wrote its reply
             Err(e) => {
                 let (_, code, message) = e.parts();
                 let mut frame = self.error(code, &message);
-                if let ApiError::RateLimited { retry_after_ms, .. } = e {
-                    frame["retry_after_ms"] = json!(retry_after_ms);
+                if let (
+                    ApiError::RateLimited { retry_after_ms, .. },
+                    ServerFrame::Error {
+                        retry_after_ms: retry,
+                        ..
+                    },
+                ) = (&e, &mut frame)
+                {
+                    *retry = Some(*retry_after_ms);
                 }
-                self.send(with_ref(frame, r#ref));
+                self.send(&frame, r#ref);
             }
         }
     }
 
-    async fn auth(&mut self, f: &ClientFrame<'_>) -> Result<Value, ApiError> {
+    async fn auth(&mut self, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let token = ClientFrame::need_str(&f.token, "token").map_err(ApiError::BadRequest)?;
         let meta = self.shared.engine.meta().clone();
         match auth::identify(meta, &self.shared.cfg.jwt_secret, token.to_string()).await? {
             auth::Identity::User(u) => {
                 self.user = Some(u);
                 self.clock.authenticated();
-                Ok(json!({"type": "hello", "user": u, "heartbeat_ms": self.heartbeat_ms()}))
+                Ok(ServerFrame::Hello {
+                    user: u,
+                    heartbeat_ms: self.heartbeat_ms(),
+                })
             }
             auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
         }
@@ -754,7 +772,7 @@ impl Conn {
         &mut self,
         user: u64,
         f: &ClientFrame<'_>,
-        r#ref: Option<&serde_json::value::RawValue>,
+        r#ref: Option<&RawValue>,
     ) -> Result<(), ApiError> {
         let room = need(f.room, "room")?;
         routes::visible_room(&self.shared, user, room).await?;
@@ -805,20 +823,24 @@ impl Conn {
                 return Err(e.into());
             }
         };
-        let reply = json!({"type": "joined", "room": room, "last_seq": last, "online": online});
-        self.send(with_ref(reply, r#ref));
+        let reply = ServerFrame::Joined {
+            room,
+            last_seq: last,
+            online,
+        };
+        self.send(&reply, r#ref);
         if let Some(sub) = joined_now {
             self.link.go_live(sub);
         }
         Ok(())
     }
 
-    fn leave(&mut self, f: &ClientFrame<'_>) -> Result<Value, ApiError> {
+    fn leave(&mut self, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let room = need(f.room, "room")?;
         if !self.drop_room(room) {
             return Err(ApiError::NotFound(format!("not joined to room {room}")));
         }
-        Ok(json!({"type": "left", "room": room}))
+        Ok(ServerFrame::Left { room })
     }
 
     /// A message: the room's owner checks that the user may post, stores
@@ -827,7 +849,7 @@ impl Conn {
         &mut self,
         user: u64,
         f: &ClientFrame<'_>,
-        r#ref: Option<&serde_json::value::RawValue>,
+        r#ref: Option<&RawValue>,
     ) -> Result<(), ApiError> {
         let room = need(f.room, "room")?;
         let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
@@ -835,19 +857,8 @@ impl Conn {
         routes::take_send_token(&self.shared, user)?;
         let ack = self.shared.local.post(room, user, client_id, body).await?;
         ACK.with(|json| {
-            use std::io::Write as _;
             let mut json = json.borrow_mut();
-            json.clear();
-            json.extend_from_slice(br#"{"type":"ack""#);
-            if let Some(r) = r#ref {
-                json.extend_from_slice(br#","ref":"#);
-                json.extend_from_slice(r.get().as_bytes());
-            }
-            let _ = write!(
-                json,
-                r#","room":{room},"seq":{},"ts":{},"duplicate":{}}}"#,
-                ack.seq, ack.ts_ms, ack.duplicate
-            );
+            write_ack(&mut json, r#ref, room, &ack);
             self.link.send_data(&json, Data::Text);
         });
         Ok(())
@@ -858,7 +869,7 @@ impl Conn {
         user: u64,
         f: &ClientFrame<'_>,
         edit: bool,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<ServerFrame, ApiError> {
         let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
         routes::visible_room(&self.shared, user, room).await?;
         if edit {
@@ -867,26 +878,40 @@ impl Conn {
         } else {
             self.shared.engine.delete(room, seq, user).await?;
         }
-        Ok(json!({"type": "ack", "room": room, "seq": seq}))
+        Ok(ServerFrame::Ack {
+            room,
+            seq: Some(seq),
+            ts: None,
+            duplicate: None,
+        })
     }
 
-    async fn typing(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<Value, ApiError> {
+    async fn typing(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let room = need(f.room, "room")?;
         if !self.is_joined(room) {
             return Err(ApiError::NotFound(format!("not joined to room {room}")));
         }
         self.shared.engine.typing(room, user).await?;
-        Ok(json!({"type": "ack", "room": room}))
+        Ok(ServerFrame::Ack {
+            room,
+            seq: None,
+            ts: None,
+            duplicate: None,
+        })
     }
 
-    async fn read(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<Value, ApiError> {
+    async fn read(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
         routes::visible_room(&self.shared, user, room).await?;
         let stored = self.shared.engine.mark_read(room, user, seq).await?;
-        Ok(json!({"type": "receipt", "room": room, "user": user, "seq": stored}))
+        Ok(ServerFrame::Receipt {
+            room,
+            user,
+            seq: stored,
+        })
     }
 
-    async fn history(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<Value, ApiError> {
+    async fn history(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let room = need(f.room, "room")?;
         routes::visible_room(&self.shared, user, room).await?;
         let q = PageQuery {
@@ -894,26 +919,64 @@ impl Conn {
             after: f.after,
             limit: f.limit,
         };
-        let (mut page, _) = routes::history_page(&self.shared, room, q).await?;
-        page["type"] = json!("history");
-        Ok(page)
+        let (page, _) = routes::history_page(&self.shared, room, q).await?;
+        Ok(ServerFrame::History(page))
     }
 }
 
-fn known(kind: &str) -> bool {
-    matches!(
-        kind,
-        "join" | "leave" | "send" | "edit" | "delete" | "typing" | "read" | "history"
-    )
+/// The answer to `send`: `ServerFrame::Ack` with `seq`, `ts` and
+/// `duplicate`, written by hand into a reused buffer (it is one per
+/// message sent; serde through `ServerFrame::text` would allocate twice).
+/// `the_hand_written_ack_is_the_typed_one` checks they agree.
+fn write_ack(
+    json: &mut Vec<u8>,
+    r#ref: Option<&RawValue>,
+    room: u64,
+    ack: &rookery_engine::PostAck,
+) {
+    use std::io::Write as _;
+    json.clear();
+    json.extend_from_slice(br#"{"type":"ack""#);
+    if let Some(r) = r#ref {
+        json.extend_from_slice(br#","ref":"#);
+        json.extend_from_slice(r.get().as_bytes());
+    }
+    let _ = write!(
+        json,
+        r#","room":{room},"seq":{},"ts":{},"duplicate":{}}}"#,
+        ack.seq, ack.ts_ms, ack.duplicate
+    );
 }
 
 fn need(field: Option<u64>, name: &str) -> Result<u64, ApiError> {
     ClientFrame::need(field, name).map_err(ApiError::BadRequest)
 }
 
-fn with_ref(mut v: Value, r#ref: Option<&serde_json::value::RawValue>) -> Value {
-    if let Some(r) = r#ref {
-        v["ref"] = serde_json::from_str(r.get()).unwrap_or(Value::Null);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hand_written_ack_is_the_typed_one() {
+        let raw = serde_json::value::RawValue::from_string(r#"{"n":[1,"x"]}"#.into()).unwrap();
+        for (r#ref, duplicate) in [(None, false), (Some(&*raw), true)] {
+            let ack = rookery_engine::PostAck {
+                seq: 42,
+                ts_ms: 1_700_000_000_123,
+                duplicate,
+            };
+            let mut by_hand = Vec::new();
+            write_ack(&mut by_hand, r#ref, 7, &ack);
+            let typed = ServerFrame::Ack {
+                room: 7,
+                seq: Some(42),
+                ts: Some(1_700_000_000_123),
+                duplicate: Some(duplicate),
+            }
+            .text(r#ref);
+            let a: serde_json::Value = serde_json::from_slice(&by_hand).unwrap();
+            let b: serde_json::Value = serde_json::from_str(&typed).unwrap();
+            assert_eq!(a, b);
+        }
     }
-    v
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rookery_storage::{Cursor, HistoryItem, Meta};
 
 use crate::error::Result;
-use crate::event::Event;
+use crate::event::{Event, Message};
 use crate::receipts::ToWriter;
 use crate::subscription::SubShared;
 
@@ -53,6 +53,17 @@ impl StoredMessage {
             body: item.body().map(str::to_string),
             edited: item.edited(),
         }
+    }
+
+    /// The message as a history page shows it.
+    pub fn view(&self) -> Message<'_> {
+        Message::stored(
+            self.seq,
+            self.sender,
+            self.ts_ms,
+            self.body.as_deref(),
+            self.edited,
+        )
     }
 
     pub(super) fn event(&self, room: u64) -> Event {
