@@ -5,6 +5,7 @@
 //! close connections (WebSockets with 1001), flush and checkpoint storage,
 //! exit 0 within `--shutdown-timeout-ms`; a second signal exits at once.
 
+mod app;
 mod assets;
 mod auth;
 mod config;
@@ -12,10 +13,12 @@ mod deflate;
 mod http;
 mod limits;
 mod metrics;
+mod net;
 mod out;
 mod protocol;
 mod routes;
 mod serve;
+mod shared;
 mod stats;
 mod sweep;
 mod ws;
@@ -96,7 +99,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 Box::new(move || working.note_work()),
             ));
             glommio::spawn_local(flusher.clone().run()).detach();
-            let shared = Rc::new(serve::Shared {
+            let shared = Rc::new(shared::Shared {
                 cfg: cfg.clone(),
                 engine,
                 local,

@@ -11,110 +11,23 @@
 //! answered with its status and the connection closed; nothing else is
 //! affected.
 
-use std::cell::RefCell;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::Poll;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use glommio::sync::{Gate, Semaphore};
-use rookery_engine::Engine;
 
-use crate::auth;
-use crate::config::Config;
 use crate::http::{self, Response};
-use crate::limits::{IpLimits, SendLimits};
-use crate::metrics::ShardHttp;
+use crate::net::{
+    answer_and_close, linger_close, read_until, write_within, Read, READ_CHUNK_BYTES,
+};
 use crate::routes;
-use crate::ws;
+use crate::shared::Shared;
+use crate::ws::{self, handshake, Upgrade};
 
 /// How long a shard waits after a failed accept (out of descriptors, say)
 /// before it accepts again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
-/// After a final response, how long and how much unread input is drained
-/// before the socket is closed.
-const LINGER: Duration = Duration::from_millis(500);
-const LINGER_BYTES_MAX: usize = 256 << 10;
-/// Bytes read from a socket at a time, into the shard's scratch buffer.
-const READ_CHUNK_BYTES: usize = 64 << 10;
-
-thread_local! {
-    /// The shard's read buffer: borrowed only inside one `poll_read`, so
-    /// every connection on the shard shares it.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK_BYTES].into());
-}
-
-/// Polls the socket for what it has, handing it to `take` (0 at end of
-/// stream); the bytes pass through the shard's scratch buffer.
-pub(crate) fn poll_read_with(
-    stream: &mut TcpStream,
-    cx: &mut std::task::Context<'_>,
-    take: &mut impl FnMut(&[u8]),
-) -> Poll<std::io::Result<usize>> {
-    SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        match Pin::new(&mut *stream).poll_read(cx, &mut scratch) {
-            Poll::Ready(Ok(n)) => {
-                take(&scratch[..n]);
-                Poll::Ready(Ok(n))
-            }
-            other => other,
-        }
-    })
-}
-
-/// Reads what the socket has (waiting until it has something) and hands it
-/// to `take`; 0 at end of stream.
-pub(crate) async fn read_with(
-    stream: &mut TcpStream,
-    mut take: impl FnMut(&[u8]),
-) -> std::io::Result<usize> {
-    futures_lite::future::poll_fn(|cx| poll_read_with(stream, cx, &mut take)).await
-}
-
-/// What every connection task of a shard shares.
-pub struct Shared {
-    pub cfg: Config,
-    pub engine: Engine,
-    pub shard: usize,
-    /// Set on the first shutdown signal: stop accepting, close idle
-    /// connections.
-    pub stopping: Arc<AtomicBool>,
-    /// Disconnected (its sender dropped) on the first shutdown signal,
-    /// after `stopping` is set: wakes the shard to stop.
-    pub stop_signal: flume::Receiver<()>,
-    /// Every shard's HTTP counters (this one writes `http[shard]`).
-    pub http: Arc<Vec<ShardHttp>>,
-    /// Per-address limits, shared by every shard.
-    pub limits: Arc<IpLimits>,
-    /// Per-user send limits, shared by every shard.
-    pub sends: Arc<SendLimits>,
-    /// The engine as seen from this shard: posts to rooms it owns and the
-    /// connections' inboxes run here without a queue.
-    pub local: rookery_engine::Local,
-    /// Writes every WebSocket connection's output once per reactor turn.
-    pub flusher: Rc<crate::out::Flusher>,
-    /// Watches every WebSocket connection's deadlines (one timer a shard).
-    pub sweeper: Rc<crate::sweep::Sweeper>,
-    /// Closed when the shard stops: every connection waiting on it wakes
-    /// and closes (WebSockets with 1001).
-    pub stop: Rc<Semaphore>,
-    /// Every open connection holds a pass; stopping waits for them.
-    pub gate: Gate,
-    /// The dashboard's stats feed (shared by every shard; written by the
-    /// stats thread once per interval).
-    pub stats: Arc<std::sync::Mutex<crate::stats::Sampler>>,
-}
-
-impl Shared {
-    fn my_http(&self) -> Option<&ShardHttp> {
-        self.http.get(self.shard)
-    }
-}
 
 /// Counts a connection open while it lives (HTTP or upgraded).
 struct Open(Rc<Shared>);
@@ -133,15 +46,6 @@ impl Drop for Open {
         if let Some(h) = self.0.my_http() {
             h.connections.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-}
-
-impl Shared {
-    /// Resolves once the shard is stopping.
-    pub async fn stopped(&self) {
-        // Nothing ever signals the semaphore: acquiring it waits until it
-        // is closed.
-        let _ = self.stop.acquire(1).await;
     }
 }
 
@@ -260,65 +164,6 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
         };
         glommio::spawn_local(fut).detach();
     }
-}
-
-/// An upgrade request, taken off the HTTP connection.
-struct Upgrade {
-    stream: TcpStream,
-    req: http::Request,
-    /// Bytes the client sent after the request (its first frames).
-    leftover: Vec<u8>,
-    endpoint: ws::Endpoint,
-}
-
-/// What a read with a deadline gave.
-enum Read {
-    Bytes(usize),
-    Closed,
-    TimedOut,
-}
-
-/// Reads onto `buf` until `deadline`.
-async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> Read {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let read = async {
-        match read_with(stream, |bytes| buf.extend_from_slice(bytes)).await {
-            Ok(0) | Err(_) => Read::Closed,
-            Ok(n) => Read::Bytes(n),
-        }
-    };
-    futures_lite::future::or(read, async {
-        glommio::timer::sleep(left).await;
-        Read::TimedOut
-    })
-    .await
-}
-
-/// Writes `bytes` under the write deadline: the socket must take some of
-/// them at least every `--conn-write-timeout-ms`; false (counted) when it
-/// does not, or fails.
-pub(crate) async fn write_within(shared: &Shared, stream: &mut TcpStream, bytes: &[u8]) -> bool {
-    let timeout = Duration::from_millis(shared.cfg.conn_write_timeout_ms);
-    let mut at = 0;
-    while at < bytes.len() {
-        let write = async { Some(stream.write(&bytes[at..]).await) };
-        let wrote = futures_lite::future::or(write, async {
-            glommio::timer::sleep(timeout).await;
-            None
-        })
-        .await;
-        match wrote {
-            Some(Ok(n)) if n > 0 => at += n,
-            Some(_) => return false,
-            None => {
-                if let Some(h) = shared.my_http() {
-                    h.write_timeouts.fetch_add(1, Ordering::Relaxed);
-                }
-                return false;
-            }
-        }
-    }
-    true
 }
 
 /// Serves one HTTP/1.1 connection: keep-alive, pipelined requests answered
@@ -440,106 +285,4 @@ async fn connection(
             buf = Vec::new(); // an idle connection holds no buffer
         }
     }
-}
-
-/// Writes `out` (responses already due) and a last response, then closes
-/// with a linger.
-async fn answer_and_close(
-    shared: &Shared,
-    mut stream: TcpStream,
-    mut out: Vec<u8>,
-    last: Response,
-) {
-    last.encode(true, &mut out);
-    if write_within(shared, &mut stream, &out).await {
-        linger_close(stream).await;
-    }
-}
-
-/// Closes after a final response without losing it: closing a socket with
-/// unread input makes the kernel send a reset, which can destroy the
-/// response before the client reads it (a client still sending an
-/// oversized request, say). So: half-close, then read and discard what
-/// still comes, for a bounded time and amount.
-pub(crate) async fn linger_close(mut stream: TcpStream) {
-    if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
-        return;
-    }
-    let deadline = Instant::now() + LINGER;
-    let mut drained = 0;
-    let mut sink = Vec::new();
-    while drained < LINGER_BYTES_MAX {
-        sink.clear();
-        match read_until(&mut stream, &mut sink, deadline).await {
-            Read::Bytes(n) => drained += n,
-            Read::Closed | Read::TimedOut => break,
-        }
-    }
-}
-
-/// Answers an upgrade request: 101 and the connection to serve, or the
-/// refusal (bad upgrade 400/426, bad token 401) and close.
-async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Box<ws::Accepted>> {
-    let Upgrade {
-        mut stream,
-        req,
-        leftover,
-        endpoint,
-    } = *up;
-    let mut out = Vec::new();
-    let route = routes::route_name(&req);
-    let accept = match ws::accept_key(&req) {
-        Ok(a) => a,
-        Err(resp) => {
-            if let Some(h) = shared.my_http() {
-                h.answered(route, resp.status, resp.error_code);
-            }
-            answer_and_close(&shared, stream, out, resp).await;
-            return None;
-        }
-    };
-    let deflate = (!shared.cfg.no_deflate)
-        .then(|| crate::deflate::negotiate(req.header("sec-websocket-extensions")))
-        .flatten();
-    // A token on the upgrade authenticates now; without one the client
-    // sends an `auth` frame first.
-    let user = match auth::bearer(&req) {
-        _ if endpoint == ws::Endpoint::Echo => None,
-        None => None,
-        Some(token) => {
-            let meta = shared.engine.meta().clone();
-            match auth::identify(meta, &shared.cfg.jwt_secret, token).await {
-                Ok(auth::Identity::User(u)) => Some(u),
-                Ok(auth::Identity::Refused(why)) => {
-                    let resp = Response::error(401, "unauthorized", &why);
-                    if let Some(h) = shared.my_http() {
-                        h.answered(route, resp.status, resp.error_code);
-                    }
-                    answer_and_close(&shared, stream, out, resp).await;
-                    return None;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "checking a WebSocket token");
-                    Response::error(500, "internal", "internal error").encode(true, &mut out);
-                    let _ = write_within(&shared, &mut stream, &out).await;
-                    return None;
-                }
-            }
-        }
-    };
-    if let Some(h) = shared.my_http() {
-        h.answered(route, 101, None);
-    }
-    let (negotiated, extension) = deflate.unzip();
-    ws::switching(accept, extension).encode(false, &mut out);
-    if !write_within(&shared, &mut stream, &out).await {
-        return None;
-    }
-    Some(Box::new(ws::Accepted {
-        stream,
-        leftover,
-        user,
-        endpoint,
-        deflate: negotiated,
-    }))
 }

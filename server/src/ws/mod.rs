@@ -41,14 +41,18 @@ use tungstenite::protocol::frame::{CloseFrame, FrameHeader};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 
+use crate::app::{self, ApiError, PageQuery};
 use crate::auth;
-use crate::deflate::{self, InflateError, Inflow, Negotiated};
-use crate::http::{Request, Response};
+use crate::deflate::{self, InflateError, Inflow};
+use crate::net;
 use crate::out::{Flusher, Out};
 use crate::protocol::{self, ClientFrame, ServerFrame};
-use crate::routes::{self, ApiError, PageQuery};
-use crate::serve::{self, Shared};
+use crate::shared::Shared;
 use crate::sweep::{Deadlines, Due};
+
+mod handshake;
+
+pub(crate) use handshake::{endpoint, handshake, Accepted, Endpoint, Upgrade};
 
 /// Bytes tungstenite reads from the adapter at a time (its own buffer
 /// keeps at least this much per connection, so it is small).
@@ -58,69 +62,6 @@ thread_local! {
     /// Where the shard's connections build acks (reused: no allocation
     /// per send).
     static ACK: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
-}
-
-/// Which WebSocket endpoint a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/ws`: the chat protocol.
-    Chat,
-    /// `/echo`: echoes every message (only with `--echo-endpoint`).
-    Echo,
-}
-
-/// The endpoint an upgrade request asks for, if it is one.
-pub fn endpoint(req: &Request, echo_enabled: bool) -> Option<Endpoint> {
-    let upgrade = req
-        .header("upgrade")
-        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-    match req.path.as_str() {
-        "/ws" if upgrade => Some(Endpoint::Chat),
-        "/echo" if upgrade && echo_enabled => Some(Endpoint::Echo),
-        _ => None,
-    }
-}
-
-/// Checks an upgrade request; the `Sec-WebSocket-Accept` value, or the
-/// response refusing it.
-pub fn accept_key(req: &Request) -> Result<String, Response> {
-    let bad = |m: &str| Err(Response::error(400, "bad_upgrade", m));
-    if req.method != "GET" {
-        return bad("a WebSocket upgrade must be a GET");
-    }
-    let has_token = |h: Option<&str>, t: &str| {
-        h.is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(t)))
-    };
-    if !has_token(req.header("connection"), "upgrade") {
-        return bad("Connection: upgrade is missing");
-    }
-    if req.header("sec-websocket-version") != Some("13") {
-        let mut r = Response::error(426, "bad_upgrade", "only WebSocket version 13 is spoken");
-        r.headers
-            .push(("sec-websocket-version".into(), "13".into()));
-        return Err(r);
-    }
-    match req.header("sec-websocket-key") {
-        Some(k) if !k.is_empty() => Ok(tungstenite::handshake::derive_accept_key(k.as_bytes())),
-        _ => bad("Sec-WebSocket-Key is missing"),
-    }
-}
-
-/// The 101 response, with the accepted extension if any.
-pub fn switching(accept: String, extension: Option<String>) -> Response {
-    let mut headers = vec![
-        ("upgrade".into(), "websocket".into()),
-        ("connection".into(), "Upgrade".into()),
-        ("sec-websocket-accept".into(), accept),
-    ];
-    if let Some(e) = extension {
-        headers.push(("sec-websocket-extensions".into(), e));
-    }
-    Response {
-        status: 101,
-        headers,
-        ..Response::default()
-    }
 }
 
 /// Bytes between tungstenite and the connection: reads drain `rx` from
@@ -175,18 +116,6 @@ enum Wake {
     /// The socket took nothing for `--conn-write-timeout-ms`.
     WriteTimeout,
     Stopping,
-}
-
-/// An accepted upgrade: what `run` serves.
-pub struct Accepted {
-    pub stream: TcpStream,
-    /// Bytes the client sent after its upgrade request.
-    pub leftover: Vec<u8>,
-    /// The user a token on the upgrade authenticated.
-    pub user: Option<u64>,
-    pub endpoint: Endpoint,
-    /// permessage-deflate, when agreed.
-    pub deflate: Option<Negotiated>,
 }
 
 /// A room the connection follows.
@@ -548,7 +477,7 @@ impl Conn {
                     return Poll::Ready(Wake::Input);
                 }
                 if readable {
-                    if let Poll::Ready(r) = serve::poll_read_with(stream, cx, &mut take) {
+                    if let Poll::Ready(r) = net::poll_read_with(stream, cx, &mut take) {
                         return Poll::Ready(match r {
                             Ok(0) | Err(_) => Wake::SocketClosed,
                             Ok(_) => Wake::Input,
@@ -608,7 +537,7 @@ impl Conn {
         .await;
         drop(self);
         if written {
-            serve::linger_close(stream).await;
+            net::linger_close(stream).await;
         }
     }
 
@@ -775,7 +704,7 @@ impl Conn {
         r#ref: Option<&RawValue>,
     ) -> Result<(), ApiError> {
         let room = need(f.room, "room")?;
-        routes::visible_room(&self.shared, user, room).await?;
+        app::visible_room(&self.shared, user, room).await?;
         let mut joined_now = None;
         if !self.is_joined(room) {
             let max = self.shared.cfg.ws_rooms_per_connection_max;
@@ -854,7 +783,7 @@ impl Conn {
         let room = need(f.room, "room")?;
         let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
         let client_id = f.client_id.as_deref().unwrap_or("");
-        routes::take_send_token(&self.shared, user)?;
+        app::take_send_token(&self.shared, user)?;
         let ack = self.shared.local.post(room, user, client_id, body).await?;
         ACK.with(|json| {
             let mut json = json.borrow_mut();
@@ -871,7 +800,7 @@ impl Conn {
         edit: bool,
     ) -> Result<ServerFrame, ApiError> {
         let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
-        routes::visible_room(&self.shared, user, room).await?;
+        app::visible_room(&self.shared, user, room).await?;
         if edit {
             let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
             self.shared.engine.edit(room, seq, user, body).await?;
@@ -902,7 +831,7 @@ impl Conn {
 
     async fn read(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
-        routes::visible_room(&self.shared, user, room).await?;
+        app::visible_room(&self.shared, user, room).await?;
         let stored = self.shared.engine.mark_read(room, user, seq).await?;
         Ok(ServerFrame::Receipt {
             room,
@@ -913,13 +842,13 @@ impl Conn {
 
     async fn history(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let room = need(f.room, "room")?;
-        routes::visible_room(&self.shared, user, room).await?;
+        app::visible_room(&self.shared, user, room).await?;
         let q = PageQuery {
             before: f.before,
             after: f.after,
             limit: f.limit,
         };
-        let (page, _) = routes::history_page(&self.shared, room, q).await?;
+        let (page, _) = app::history_page(&self.shared, room, q).await?;
         Ok(ServerFrame::History(page))
     }
 }

@@ -1,0 +1,186 @@
+//! What HTTP routes and WebSocket frames share: the errors a client sees
+//! (`ApiError`, each with its status and code) and the use cases both
+//! protocols offer (who may see a room, the send rate, a history page).
+//! Neither `routes` nor `ws` depends on the other; both depend on this.
+
+use std::sync::Arc;
+
+use rookery_engine::storage::meta::Room;
+use rookery_engine::storage::{self, Meta, Role};
+use rookery_engine::{Cursor, Error as EngineError, Order};
+
+use crate::auth::blocking;
+use crate::http::Response;
+use crate::protocol::HistoryPage;
+use crate::shared::Shared;
+
+/// Why a request failed, as the client sees it.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the body or a parameter is not what the route takes.
+    BadRequest(String),
+    /// 401: no valid session.
+    Unauthorized(String),
+    /// 403: authenticated, not allowed.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 405: the path exists, the method does not.
+    MethodNotAllowed(String),
+    /// 409: the name is taken.
+    Conflict(String),
+    /// 429: a rate limit refused it.
+    TooManyRequests(String),
+    /// 429: the sender's token bucket is empty; a token comes in
+    /// `retry_after_ms`.
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+    },
+    /// 429: the connection has joined --ws-rooms-per-connection-max rooms.
+    TooManyRooms(String),
+    /// 503: shutting down, or a queue is full.
+    Unavailable(String),
+    /// 500: a fault on our side (logged; the client gets no detail).
+    Internal(String),
+}
+
+impl ApiError {
+    pub(crate) fn response(&self) -> Response {
+        let (status, code, message) = self.parts();
+        let mut resp = Response::error(status, code, &message);
+        if let ApiError::RateLimited { retry_after_ms, .. } = self {
+            let seconds = retry_after_ms.div_ceil(1000).max(1);
+            resp.headers
+                .push(("retry-after".into(), seconds.to_string()));
+        }
+        resp
+    }
+
+    /// Status, error code and message (a fault on our side is logged here
+    /// and shows no detail).
+    pub fn parts(&self) -> (u16, &'static str, String) {
+        let (status, code, message) = match self {
+            ApiError::BadRequest(m) => (400, "bad_request", m.as_str()),
+            ApiError::Unauthorized(m) => (401, "unauthorized", m.as_str()),
+            ApiError::Forbidden(m) => (403, "forbidden", m.as_str()),
+            ApiError::NotFound(m) => (404, "not_found", m.as_str()),
+            ApiError::MethodNotAllowed(m) => (405, "method_not_allowed", m.as_str()),
+            ApiError::Conflict(m) => (409, "conflict", m.as_str()),
+            ApiError::TooManyRequests(m) => (429, "rate_limited", m.as_str()),
+            ApiError::RateLimited { message, .. } => (429, "rate_limited", message.as_str()),
+            ApiError::TooManyRooms(m) => (429, "too_many_rooms", m.as_str()),
+            ApiError::Unavailable(m) => (503, "unavailable", m.as_str()),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "request failed");
+                (500, "internal", "internal error")
+            }
+        };
+        (status, code, message.to_string())
+    }
+}
+
+impl From<storage::Error> for ApiError {
+    fn from(e: storage::Error) -> Self {
+        match e {
+            storage::Error::InvalidInput(m) => ApiError::BadRequest(m),
+            storage::Error::NotFound(m) => ApiError::NotFound(m),
+            storage::Error::AlreadyExists(m) => ApiError::Conflict(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Storage(s) => s.into(),
+            EngineError::NotFound(m) => ApiError::NotFound(m),
+            EngineError::Forbidden(m) => ApiError::Forbidden(m),
+            EngineError::InvalidInput(m) => ApiError::BadRequest(m),
+            EngineError::RateLimited(m) => ApiError::TooManyRequests(m),
+            EngineError::Busy(m) => ApiError::Unavailable(m),
+            EngineError::ShutDown => ApiError::Unavailable("shutting down".into()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Takes a send token for `user` (--sends-per-user-per-s, shared by the
+/// HTTP API and every WebSocket of the user).
+pub(crate) fn take_send_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
+    shared
+        .sends
+        .take(user, std::time::Instant::now())
+        .map_err(|retry_after_ms| ApiError::RateLimited {
+            message: format!(
+                "at most {} messages a second (burst {})",
+                shared.cfg.sends_per_user_per_s, shared.cfg.sends_per_user_burst
+            ),
+            retry_after_ms,
+        })
+}
+
+/// The room, if `user` may see it (public, or a member); 404 otherwise, so
+/// that private rooms do not reveal that they exist.
+pub(crate) async fn visible_room(
+    shared: &Shared,
+    user: u64,
+    id: u64,
+) -> Result<(Room, Option<Role>), ApiError> {
+    let m = meta(shared);
+    let (room, role) = blocking(move || -> storage::Result<_> {
+        let room = m.room(id)?;
+        let role = match &room {
+            Some(_) => m.member_role(id, user)?,
+            None => None,
+        };
+        Ok((room, role))
+    })
+    .await?;
+    match room {
+        Some(r) if !r.private || role.is_some() => Ok((r, role)),
+        _ => Err(ApiError::NotFound(format!("room {id}"))),
+    }
+}
+
+/// What a history page asks for (an HTTP query or a WebSocket frame).
+pub(crate) struct PageQuery {
+    pub before: Option<u64>,
+    pub after: Option<u64>,
+    /// Messages; 50 when absent, at most `--history-page-len-max`.
+    pub limit: Option<u64>,
+}
+
+/// A page of a room's history (`protocol::HistoryPage`), newest first
+/// (before a seq, or the latest) or oldest first after a seq, and whether
+/// it was served from memory.
+pub(crate) async fn history_page(
+    shared: &Shared,
+    room: u64,
+    q: PageQuery,
+) -> Result<(HistoryPage, bool), ApiError> {
+    let max = shared.cfg.history_page_len_max;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > max as u64 {
+        return Err(ApiError::BadRequest(format!("limit must be 1..={max}")));
+    }
+    let order = if q.after.is_some() {
+        Order::OldestFirst
+    } else {
+        Order::NewestFirst
+    };
+    let cursor = Cursor {
+        after: q.after,
+        before: q.before,
+        limit: limit as usize,
+        order,
+    };
+    let page = shared.engine.history(room, cursor).await?;
+    let cached = page.cached;
+    Ok((HistoryPage { room, page }, cached))
+}
+
+pub(crate) fn meta(shared: &Shared) -> Arc<Meta> {
+    shared.engine.meta().clone()
+}

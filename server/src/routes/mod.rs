@@ -1,0 +1,136 @@
+//! HTTP routes: the one place where requests become responses, and where
+//! every error becomes the typed JSON body of docs/api.md
+//! (`{"error":{"code","message"}}`) with its status. One module per
+//! resource: accounts, rooms, messages, and the server's own routes.
+
+mod accounts;
+mod messages;
+mod rooms;
+mod server;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::{meta, ApiError};
+use crate::auth;
+use crate::http::{Request, Response};
+use crate::shared::Shared;
+
+use accounts::{login, logout, me, register};
+use messages::{history, mark_read, publish, unread};
+use rooms::{add_member, create_room, get_room, join, list_rooms, members, remove_member};
+use server::{index, metrics, no_upgrade, readyz, stats};
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Answers one request.
+pub async fn handle(req: &Request, shared: &Shared) -> Response {
+    route(req, shared).await.unwrap_or_else(|e| e.response())
+}
+
+async fn route(req: &Request, shared: &Shared) -> ApiResult {
+    // The third path segment, where a route has a room id.
+    let id = req.path.trim_matches('/').split('/').nth(2).unwrap_or("");
+    // HEAD is answered as GET; the connection leaves the body out.
+    let method = match req.method.as_str() {
+        "HEAD" => "GET",
+        m => m,
+    };
+    match (method, route_name(req)) {
+        ("GET", "/api/server") => Ok(Response::json(200, &index(shared))),
+        ("GET", "/api/stats") => stats(req, shared),
+        ("GET", "/healthz") => Ok(Response::json(200, &json!({"status": "ok"}))),
+        ("GET", "/readyz") => Ok(readyz(shared)),
+        ("GET", "/metrics") => metrics(shared).await,
+        ("POST", "/api/register") => register(req, shared).await,
+        ("POST", "/api/login") => login(req, shared).await,
+        ("POST", "/api/logout") => logout(req, shared).await,
+        ("GET", "/api/me") => me(req, shared).await,
+        ("GET", "/api/me/unread") => unread(req, shared).await,
+        ("GET", "/api/rooms") => list_rooms(req, shared).await,
+        ("POST", "/api/rooms") => create_room(req, shared).await,
+        ("GET", "/api/rooms/{id}") => get_room(req, shared, id).await,
+        ("POST", "/api/rooms/{id}/join") => join(req, shared, id, true).await,
+        ("POST", "/api/rooms/{id}/leave") => join(req, shared, id, false).await,
+        ("GET", "/api/rooms/{id}/members") => members(req, shared, id).await,
+        ("POST", "/api/rooms/{id}/members") => add_member(req, shared, id).await,
+        ("DELETE", "/api/rooms/{id}/members/{user}") => remove_member(req, shared, id).await,
+        ("GET", "/api/rooms/{id}/messages") => history(req, shared, id).await,
+        ("POST", "/api/rooms/{id}/messages") => publish(req, shared, id).await,
+        ("POST", "/api/rooms/{id}/read") => mark_read(req, shared, id).await,
+        ("GET", "/ws") => Ok(no_upgrade()),
+        ("GET", "/echo") if shared.cfg.echo_endpoint => Ok(no_upgrade()),
+        (_, "/echo") if !shared.cfg.echo_endpoint => {
+            Err(ApiError::NotFound(format!("no route for {}", req.path)))
+        }
+        ("GET", path) if crate::assets::route(path).is_some() => crate::assets::serve(req)
+            .ok_or_else(|| ApiError::Internal(format!("asset {path} vanished"))),
+        (_, "other") => Err(ApiError::NotFound(format!("no route for {}", req.path))),
+        _ => Err(ApiError::MethodNotAllowed(format!(
+            "{method} is not allowed on {}",
+            req.path
+        ))),
+    }
+}
+
+/// The route pattern of a request's path: what `route` dispatches on and
+/// the label it is counted under in `/metrics` (a bounded set: ids in paths
+/// are not labels). `other` when no route has that path.
+pub fn route_name(req: &Request) -> &'static str {
+    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["api", "server"] => "/api/server",
+        ["api", "stats"] => "/api/stats",
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["metrics"] => "/metrics",
+        ["ws"] => "/ws",
+        ["echo"] => "/echo",
+        ["api", "register"] => "/api/register",
+        ["api", "login"] => "/api/login",
+        ["api", "logout"] => "/api/logout",
+        ["api", "me"] => "/api/me",
+        ["api", "me", "unread"] => "/api/me/unread",
+        ["api", "rooms"] => "/api/rooms",
+        ["api", "rooms", _] => "/api/rooms/{id}",
+        ["api", "rooms", _, "join"] => "/api/rooms/{id}/join",
+        ["api", "rooms", _, "leave"] => "/api/rooms/{id}/leave",
+        ["api", "rooms", _, "members"] => "/api/rooms/{id}/members",
+        ["api", "rooms", _, "members", _] => "/api/rooms/{id}/members/{user}",
+        ["api", "rooms", _, "messages"] => "/api/rooms/{id}/messages",
+        ["api", "rooms", _, "read"] => "/api/rooms/{id}/read",
+        _ => crate::assets::route(&req.path).unwrap_or("other"),
+    }
+}
+
+/// The request body as JSON of type `T`.
+pub(crate) fn body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, ApiError> {
+    serde_json::from_slice(&req.body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))
+}
+
+/// The authenticated user, or 401.
+pub(crate) async fn user(req: &Request, shared: &Shared) -> Result<u64, ApiError> {
+    let token = auth::bearer(req)
+        .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
+    match auth::identify(meta(shared), &shared.cfg.jwt_secret, token).await? {
+        auth::Identity::User(id) => Ok(id),
+        auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
+    }
+}
+
+pub(crate) fn room_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("room id {raw:?} is not a number >= 1")))
+}
+
+/// A query parameter as a number, if present.
+pub(crate) fn query_u64(req: &Request, name: &str) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = req.query_param(name) else {
+        return Ok(None);
+    };
+    raw.parse()
+        .map(Some)
+        .map_err(|_| ApiError::BadRequest(format!("{name}={raw:?} is not a number")))
+}

@@ -1,0 +1,89 @@
+//! The server's own routes: `/api/server`, `/api/stats`, `/metrics`,
+//! `/readyz`, and the answer to a WebSocket path requested without an
+//! upgrade.
+
+use serde_json::{json, Value};
+
+use std::sync::atomic::Ordering;
+
+use super::{query_u64, ApiError, ApiResult};
+use crate::http::{Request, Response};
+use crate::shared::Shared;
+
+/// `GET /api/stats?after=MS`: the dashboard's feed, every sample that
+/// ends after `after` (all kept samples without it), oldest first.
+pub(crate) fn stats(req: &Request, shared: &Shared) -> ApiResult {
+    let after = query_u64(req, "after")?.unwrap_or(0);
+    let samples = shared
+        .stats
+        .lock()
+        .map_err(|_| ApiError::Internal("stats feed poisoned".into()))?
+        .since(after);
+    Ok(Response::json(
+        200,
+        &json!({
+            "interval_ms": shared.cfg.stats_interval_ms,
+            "samples_max": shared.cfg.stats_samples_max,
+            "shards": shared.engine.shards(),
+            "samples": samples,
+        }),
+    ))
+}
+
+/// `GET /api/server`: what this server is and where its endpoints are.
+pub(crate) fn index(shared: &Shared) -> Value {
+    json!({
+        "server": "rookery",
+        "version": env!("CARGO_PKG_VERSION"),
+        "shards": shared.engine.shards(),
+        "endpoints": {
+            "web_client": "/",
+            "dashboard": "/dashboard",
+            "stats": "/api/stats",
+            "websocket": "/ws",
+            "api": "/api/register, /api/login, /api/rooms, /api/me/unread",
+            "health": "/healthz",
+            "ready": "/readyz",
+            "metrics": "/metrics",
+        },
+        "history_page_len_max": shared.cfg.history_page_len_max,
+        "deflate": !shared.cfg.no_deflate,
+        "echo": shared.cfg.echo_endpoint,
+    })
+}
+
+/// A WebSocket endpoint asked for without an upgrade.
+pub(crate) fn no_upgrade() -> Response {
+    Response::error(
+        400,
+        "bad_upgrade",
+        "this endpoint takes a WebSocket upgrade (Upgrade: websocket)",
+    )
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text, summed over shards.
+pub(crate) async fn metrics(shared: &Shared) -> ApiResult {
+    let m = shared.engine.metrics_async().await?;
+    let text = crate::metrics::render(&m, &shared.http, &shared.limits, &shared.sends)
+        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    Ok(Response {
+        status: 200,
+        headers: vec![(
+            "content-type".into(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8".into(),
+        )],
+        body: text.into_bytes(),
+        error_code: None,
+    })
+}
+
+/// Ready once the engine runs and this shard serves; 503 while stopping.
+pub(crate) fn readyz(shared: &Shared) -> Response {
+    if shared.stopping.load(Ordering::Relaxed) {
+        return Response::error(503, "stopping", "the server is shutting down");
+    }
+    Response::json(
+        200,
+        &json!({"status": "ready", "shard": shared.shard, "shards": shared.engine.shards()}),
+    )
+}

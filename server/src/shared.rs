@@ -1,0 +1,63 @@
+//! What every connection task of a shard shares: the config, the engine
+//! (and its shard-local side), the limits, the shard's flusher and sweep,
+//! the stop signal and the connection gate.
+
+use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use glommio::sync::{Gate, Semaphore};
+use rookery_engine::Engine;
+
+use crate::config::Config;
+use crate::limits::{IpLimits, SendLimits};
+use crate::metrics::ShardHttp;
+
+/// What every connection task of a shard shares.
+pub struct Shared {
+    pub cfg: Config,
+    pub engine: Engine,
+    pub shard: usize,
+    /// Set on the first shutdown signal: stop accepting, close idle
+    /// connections.
+    pub stopping: Arc<AtomicBool>,
+    /// Disconnected (its sender dropped) on the first shutdown signal,
+    /// after `stopping` is set: wakes the shard to stop.
+    pub stop_signal: flume::Receiver<()>,
+    /// Every shard's HTTP counters (this one writes `http[shard]`).
+    pub http: Arc<Vec<ShardHttp>>,
+    /// Per-address limits, shared by every shard.
+    pub limits: Arc<IpLimits>,
+    /// Per-user send limits, shared by every shard.
+    pub sends: Arc<SendLimits>,
+    /// The engine as seen from this shard: posts to rooms it owns and the
+    /// connections' inboxes run here without a queue.
+    pub local: rookery_engine::Local,
+    /// Writes every WebSocket connection's output once per reactor turn.
+    pub flusher: Rc<crate::out::Flusher>,
+    /// Watches every WebSocket connection's deadlines (one timer a shard).
+    pub sweeper: Rc<crate::sweep::Sweeper>,
+    /// Closed when the shard stops: every connection waiting on it wakes
+    /// and closes (WebSockets with 1001).
+    pub stop: Rc<Semaphore>,
+    /// Every open connection holds a pass; stopping waits for them.
+    pub gate: Gate,
+    /// The dashboard's stats feed (shared by every shard; written by the
+    /// stats thread once per interval).
+    pub stats: Arc<std::sync::Mutex<crate::stats::Sampler>>,
+}
+
+impl Shared {
+    pub(crate) fn my_http(&self) -> Option<&ShardHttp> {
+        self.http.get(self.shard)
+    }
+}
+
+impl Shared {
+    /// Resolves once the shard is stopping.
+    pub async fn stopped(&self) {
+        // Nothing ever signals the semaphore: acquiring it waits until it
+        // is closed.
+        let _ = self.stop.acquire(1).await;
+    }
+}
