@@ -6,7 +6,7 @@
 //! [`Pending`] waits for the reply either by blocking (`wait`) or on any
 //! async runtime (`.await`). Nothing here depends on glommio.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,58 +17,21 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Role, Store};
 
 use crate::config::EngineConfig;
+use crate::consumer::{SubShared, CLOSED_SHUTDOWN};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ShardCounters};
+use crate::queues::Queues;
 use crate::receipts::{self, ToWriter, WriterStats};
-use crate::shard::{
-    refuse_busy, Command, Common, HistoryPage, NewSub, Peer, PostAck, Reply, Shard,
-};
-use crate::subscription::{Inbox, InboxKey, SubShared, Subscription, CLOSED_SHUTDOWN};
+use crate::reply::Pending;
+use crate::shard::{Command, Common, HistoryPage, Peer, PostAck, Shard};
+use crate::subscription::{Inbox, Subscription};
 
 /// Work run once on every shard's executor beside the engine (see
 /// [`Engine::start_with_task`]): called with the shard's id and a handle.
 pub type ShardTask = Arc<dyn Fn(usize, Engine) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
 
-/// The answer to an engine call, still on its way. `wait()` blocks the
-/// calling thread; `.await` works on any executor.
-#[must_use = "a call does nothing observable until its reply is awaited"]
-pub struct Pending<T>(flume::Receiver<Result<T>>);
-
-impl<T: Send + 'static> Pending<T> {
-    /// A reply that is already known.
-    pub(crate) fn ready(result: Result<T>) -> Pending<T> {
-        let (tx, rx) = flume::bounded(1);
-        let _ = tx.send(result);
-        Pending(rx)
-    }
-
-    /// Whether the reply has arrived (`wait` would not block).
-    pub fn is_ready(&self) -> bool {
-        !self.0.is_empty() || self.0.is_disconnected()
-    }
-
-    /// Blocks until the reply arrives.
-    pub fn wait(self) -> Result<T> {
-        self.0.recv().unwrap_or(Err(Error::ShutDown))
-    }
-}
-
-impl<T: Send + 'static> IntoFuture for Pending<T> {
-    type Output = Result<T>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { self.0.recv_async().await.unwrap_or(Err(Error::ShutDown)) })
-    }
-}
-
 struct Inner {
-    commands: Vec<flume::Sender<Command>>,
-    /// Work commands in each shard's queue (see `Command::is_work`): added
-    /// by callers, taken off by the shard as it receives them.
-    queued: Arc<Vec<AtomicUsize>>,
-    queue_len_max: usize,
-    commands_refused: AtomicU64,
+    queues: Arc<Queues>,
     /// Stops and joins the thread that wakes the shards periodically.
     kicker: Mutex<
         Option<(
@@ -81,7 +44,6 @@ struct Inner {
     receipts: flume::Sender<ToWriter>,
     receipt_writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     receipt_stats: Arc<WriterStats>,
-    next_sub: AtomicU64,
     next_shard: AtomicUsize,
     threads: Mutex<Option<PoolThreadHandles<()>>>,
 }
@@ -166,15 +128,11 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 kicker: Mutex::new(Some(kicker)),
-                commands: senders,
-                queued,
-                queue_len_max: cfg.command_queue_len_max,
-                commands_refused: AtomicU64::new(0),
+                queues: Arc::new(Queues::new(senders, queued, cfg.command_queue_len_max)),
                 meta: store.meta().clone(),
                 receipts,
                 receipt_writer: Mutex::new(Some(receipt_writer)),
                 receipt_stats,
-                next_sub: AtomicU64::new(1),
                 next_shard: AtomicUsize::new(0),
                 threads: Mutex::new(Some(threads)),
             }),
@@ -192,7 +150,7 @@ impl Engine {
 
     /// Number of shards.
     pub fn shards(&self) -> usize {
-        self.inner.commands.len()
+        self.inner.queues.shards()
     }
 
     /// The shard that owns `room`.
@@ -206,52 +164,20 @@ impl Engine {
         &self.inner.meta
     }
 
-    fn call<T: Send + 'static>(
-        &self,
-        shard: usize,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Pending<T> {
-        let (tx, rx) = flume::bounded(1);
-        let cmd = make(tx);
-        if let Err(cmd) = self.admit(shard, cmd) {
-            refuse_busy(shard, cmd);
-        }
-        // Sent, or dropped with its reply sender on a closed queue (then
-        // wait() sees ShutDown).
-        Pending(rx)
-    }
-
-    /// Sends `cmd` to `shard` unless it is work and the shard's queue
-    /// holds `command_queue_len_max` work commands already (then it comes
-    /// back, to be answered `Busy`). A closed queue drops it.
-    fn admit(&self, shard: usize, cmd: Command) -> std::result::Result<(), Command> {
-        let work = cmd.is_work();
-        if work {
-            let queued = &self.inner.queued[shard];
-            if queued.fetch_add(1, Ordering::AcqRel) >= self.inner.queue_len_max {
-                queued.fetch_sub(1, Ordering::AcqRel);
-                self.inner.commands_refused.fetch_add(1, Ordering::Relaxed);
-                return Err(cmd);
-            }
-        }
-        if self.inner.commands[shard].send(cmd).is_err() && work {
-            self.inner.queued[shard].fetch_sub(1, Ordering::AcqRel);
-        }
-        Ok(())
-    }
-
     /// Posts a message; resolves once it is durable (per the durability
     /// mode). A repeated non-empty `(sender, client_id)` returns the
     /// original seq with `duplicate: true`.
     pub fn post(&self, room: u64, sender: u64, client_id: &str, body: &str) -> Pending<PostAck> {
         let (client_id, body) = (client_id.to_string(), body.to_string());
-        self.call(self.shard_of(room), |reply| Command::Post {
-            room,
-            sender,
-            client_id,
-            body,
-            reply,
-        })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::Post {
+                room,
+                sender,
+                client_id,
+                body,
+                reply,
+            })
     }
 
     /// Adds `user` to `room` with `role`, or changes their role; resolves
@@ -272,12 +198,14 @@ impl Engine {
     }
 
     fn set_member(&self, room: u64, user: u64, role: Option<Role>) -> Pending<Option<Role>> {
-        self.call(self.shard_of(room), |reply| Command::SetMember {
-            room,
-            user,
-            role,
-            reply,
-        })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::SetMember {
+                room,
+                user,
+                role,
+                reply,
+            })
     }
 
     /// Creates a room with `creator` as its admin; resolves to its id.
@@ -288,7 +216,7 @@ impl Engine {
         let name = name.to_string();
         // Any shard can create it; the id decides the owner.
         let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards();
-        self.call(shard, |reply| Command::CreateRoom {
+        self.inner.queues.call(shard, |reply| Command::CreateRoom {
             name,
             private,
             creator,
@@ -298,58 +226,68 @@ impl Engine {
 
     /// A fresh id for an inbox or a subscription.
     pub(crate) fn next_id(&self) -> u64 {
-        self.inner.next_sub.fetch_add(1, Ordering::Relaxed)
+        self.inner.queues.next_id()
     }
 
     /// Replaces a message's body (its author or a room admin only).
     pub fn edit(&self, room: u64, seq: u64, by: u64, body: &str) -> Pending<()> {
         let body = body.to_string();
-        self.call(self.shard_of(room), |reply| Command::Edit {
-            room,
-            seq,
-            by,
-            body,
-            reply,
-        })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::Edit {
+                room,
+                seq,
+                by,
+                body,
+                reply,
+            })
     }
 
     /// Deletes a message (its author or a room admin only).
     pub fn delete(&self, room: u64, seq: u64, by: u64) -> Pending<()> {
-        self.call(self.shard_of(room), |reply| Command::Delete {
-            room,
-            seq,
-            by,
-            reply,
-        })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::Delete {
+                room,
+                seq,
+                by,
+                reply,
+            })
     }
 
     /// Announces that `user` is typing in `room` (volatile; at most one per
     /// `typing_interval` per user and room, else `RateLimited`).
     pub fn typing(&self, room: u64, user: u64) -> Pending<()> {
-        self.call(self.shard_of(room), |reply| Command::Typing {
-            room,
-            user,
-            reply,
-        })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::Typing {
+                room,
+                user,
+                reply,
+            })
     }
 
     /// A page of a room's history, with edits and deletes applied.
     pub fn history(&self, room: u64, cursor: Cursor) -> Pending<HistoryPage> {
-        self.call(self.shard_of(room), |reply| Command::History {
-            room,
-            cursor,
-            reply,
-        })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::History {
+                room,
+                cursor,
+                reply,
+            })
     }
 
     /// Sets a room's retention limits (stored durably; applied every
     /// `retention_interval` and by [`Engine::enforce_retention`]).
     pub fn set_retention(&self, room: u64, retention: Retention) -> Pending<()> {
-        self.call(self.shard_of(room), |reply| Command::SetRetention {
-            room,
-            retention,
-            reply,
-        })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::SetRetention {
+                room,
+                retention,
+                reply,
+            })
     }
 
     /// Applies every room's retention now, on every shard; returns the sum.
@@ -357,6 +295,8 @@ impl Engine {
         let mut total = RetentionReport::default();
         for shard in 0..self.shards() {
             let r = self
+                .inner
+                .queues
                 .call(shard, |reply| Command::EnforceRetention { reply })
                 .wait()?;
             total.messages_expired += r.messages_expired;
@@ -368,15 +308,19 @@ impl Engine {
 
     /// Users with an open subscription to the room, on any shard.
     pub fn online(&self, room: u64) -> Pending<Vec<u64>> {
-        self.call(self.shard_of(room), |reply| Command::Online { room, reply })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::Online { room, reply })
     }
 
     /// The room's last durable seq (0 when it has no message).
     pub fn last_seq(&self, room: u64) -> Pending<u64> {
-        self.call(self.shard_of(room), |reply| Command::LastSeq {
-            room,
-            reply,
-        })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::LastSeq {
+                room,
+                reply,
+            })
     }
 
     /// Records that `user` has read `room` up to `seq`; resolves to the
@@ -385,22 +329,26 @@ impl Engine {
     /// batches by one thread (see `receipt_batch_len_max`); `Busy` when its
     /// queue is full, `NotFound` for a room or user unknown to `meta`.
     pub fn mark_read(&self, room: u64, user: u64, seq: u64) -> Pending<u64> {
-        self.call(self.shard_of(room), |reply| Command::MarkRead {
-            room,
-            user,
-            seq,
-            reply,
-        })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::MarkRead {
+                room,
+                user,
+                seq,
+                reply,
+            })
     }
 
     /// Messages of `room` that `user` has not read: the owner's last seq
     /// minus the user's receipt (O(1): two point reads).
     pub fn unread(&self, room: u64, user: u64) -> Pending<u64> {
-        self.call(self.shard_of(room), |reply| Command::Unread {
-            room,
-            user,
-            reply,
-        })
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::Unread {
+                room,
+                user,
+                reply,
+            })
     }
 
     /// An inbox on the next shard in turn: one consumer for the events of
@@ -422,7 +370,7 @@ impl Engine {
     }
 
     fn open_inbox(&self, shard: usize) -> Inbox {
-        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id();
         let (tx, rx) = flume::unbounded();
         let shared = Arc::new(SubShared::default());
         let open = Command::OpenInbox {
@@ -430,7 +378,7 @@ impl Engine {
             tx,
             shared: shared.clone(),
         };
-        if self.inner.commands[shard].send(open).is_err() {
+        if !self.inner.queues.submit(shard, open) {
             shared.closed.store(CLOSED_SHUTDOWN, Ordering::Release);
         }
         Inbox {
@@ -438,7 +386,7 @@ impl Engine {
             shard,
             rx,
             shared,
-            engine: self.clone(),
+            queues: self.inner.queues.clone(),
         }
     }
 
@@ -479,51 +427,12 @@ impl Engine {
             Err(e) => return Pending::ready(Err(e)),
         };
         let key = inbox.key();
-        self.subscribe_into(key, room, since, user, move |_| Subscription {
-            inbox,
-            room,
-        })
-    }
-
-    /// Registers a subscription into an inbox; `make` turns its id into
-    /// what the caller gets once the owner has answered.
-    pub(crate) fn subscribe_into<T: Send + 'static>(
-        &self,
-        inbox: InboxKey,
-        room: u64,
-        since: Option<u64>,
-        user: Option<u64>,
-        make: impl FnOnce(u64) -> T + Send + 'static,
-    ) -> Pending<T> {
-        let (reply, rx) = flume::bounded(1);
-        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
-        // The shard calls this once the owner has answered; dropping it
-        // unanswered (shutdown) makes `wait` see `ShutDown`.
-        let ready = Box::new(move |r: Result<()>| {
-            let _ = reply.send(r.map(|()| make(id)));
-        });
-        let cmd = Command::Subscribe(NewSub {
-            id,
-            inbox: inbox.id,
-            room,
-            since,
-            user,
-            shared: Some(inbox.shared),
-            ready,
-        });
-        // On a closed queue the command (and the reply inside) is dropped.
-        if let Err(cmd) = self.admit(inbox.shard, cmd) {
-            refuse_busy(inbox.shard, cmd);
-        }
-        Pending(rx)
-    }
-
-    pub(crate) fn unsubscribe(&self, shard: usize, id: u64) {
-        let _ = self.inner.commands[shard].send(Command::Unsubscribe { id });
-    }
-
-    pub(crate) fn close_inbox(&self, shard: usize, inbox: u64) {
-        let _ = self.inner.commands[shard].send(Command::CloseInbox { inbox });
+        self.inner
+            .queues
+            .subscribe_into(key, room, since, user, move |_| Subscription {
+                inbox,
+                room,
+            })
     }
 
     /// Counters of every shard, summed.
@@ -547,7 +456,7 @@ impl Engine {
         m.receipt_queue_len = self.inner.receipts.len() as u64;
         m.receipts_written = self.inner.receipt_stats.written.load(Ordering::Relaxed);
         m.receipt_batches = self.inner.receipt_stats.batches.load(Ordering::Relaxed);
-        m.commands_refused = self.inner.commands_refused.load(Ordering::Relaxed);
+        m.commands_refused = self.inner.queues.refused();
         Ok(m)
     }
 
@@ -561,7 +470,7 @@ impl Engine {
     /// [`Engine::shard_metrics`] for async callers.
     pub async fn shard_metrics_async(&self) -> Result<Vec<Metrics>> {
         let replies: Vec<_> = (0..self.shards())
-            .map(|s| self.call(s, |reply| Command::Stats { reply }))
+            .map(|s| self.inner.queues.call(s, |reply| Command::Stats { reply }))
             .collect();
         let mut out = Vec::with_capacity(replies.len());
         for r in replies {
@@ -582,7 +491,11 @@ impl Engine {
     /// threads are joined. Later calls on any clone fail with `ShutDown`.
     pub fn shutdown(self) -> Result<()> {
         let replies: Vec<_> = (0..self.shards())
-            .map(|s| self.call(s, |reply| Command::Shutdown { reply }))
+            .map(|s| {
+                self.inner
+                    .queues
+                    .call(s, |reply| Command::Shutdown { reply })
+            })
             .collect();
         let mut first_err = None;
         for r in replies {

@@ -31,21 +31,26 @@
 //! ```
 
 mod config;
+mod consumer;
 mod engine;
 mod error;
 mod event;
 mod local;
 mod metrics;
+mod queues;
 mod receipts;
+mod reply;
 mod shard;
 mod subscription;
 
 pub use config::EngineConfig;
-pub use engine::{Engine, Pending, ShardTask};
+pub use consumer::{Delivery, LocalSink};
+pub use engine::{Engine, ShardTask};
 pub use error::{Error, Result};
 pub use event::{Event, EventKind, Message};
-pub use local::{Local, LocalInbox, LocalSink};
+pub use local::{Local, LocalInbox};
 pub use metrics::{micros_histogram, Latencies, Metrics, ShardCounters, ShardGauges};
+pub use reply::Pending;
 pub use rookery_storage::{self as storage, Cursor, Order, Retention, RetentionReport};
 pub use shard::{HistoryPage, PostAck, StoredMessage};
-pub use subscription::{Delivery, Inbox, Subscription};
+pub use subscription::{Inbox, Subscription};

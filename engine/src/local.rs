@@ -13,27 +13,10 @@
 use std::future::Future;
 use std::rc::Rc;
 
+use crate::consumer::LocalSink;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::shard::{self, PostAck, Shard};
-
-/// A consumer on a shard's own thread.
-pub trait LocalSink {
-    /// Bytes handed to the consumer and not yet taken by it (for a
-    /// connection: not yet written to its socket). Live events stop while
-    /// this is above `outbound_queue_bytes_max` and resume, in order, once
-    /// it drains.
-    fn queued_bytes(&self) -> usize;
-    /// Takes one event of subscription `sub`: a message, edit, delete,
-    /// typing or presence event, or [`crate::EventKind::Left`] as the last
-    /// event of a subscription the engine ended.
-    fn deliver(&self, sub: u64, event: &Event);
-    /// Every subscription of the inbox ended: the consumer stayed too slow
-    /// ([`Error::SlowConsumer`]) or the shard is stopping
-    /// ([`Error::ShutDown`]).
-    fn closed(&self, why: Error);
-}
 
 /// The engine on one of its shard threads (see [`Engine::local`]).
 #[derive(Clone)]

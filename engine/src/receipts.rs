@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use rookery_storage::Meta;
 
 use crate::error::{Error, Result};
-use crate::shard::Reply;
+use crate::reply::Reply;
 
 /// One receipt on its way to `meta.redb`.
 pub(crate) struct Receipt {

@@ -13,42 +13,15 @@
 //! the room's tail cache or the log once the consumer drains; each
 //! subscription's events stay in seq order.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{Engine, Pending};
+use crate::consumer::{Delivery, InboxKey, SubShared, CLOSED_SLOW};
 use crate::error::{Error, Result};
 use crate::event::Event;
-
-/// Why an inbox was closed (stored in [`SubShared::closed`]; 0 = open).
-pub(crate) const CLOSED_SLOW: u8 = 1;
-pub(crate) const CLOSED_SHUTDOWN: u8 = 2;
-
-/// State shared by the hosting shard and the consumer of one inbox.
-#[derive(Default)]
-pub(crate) struct SubShared {
-    /// Bytes of events sent and not yet received.
-    pub bytes: AtomicUsize,
-    /// Why the shard closed the inbox (0 while open).
-    pub closed: AtomicU8,
-}
-
-/// What a subscribe call needs to know of its inbox.
-pub(crate) struct InboxKey {
-    pub shard: usize,
-    pub id: u64,
-    pub shared: Arc<SubShared>,
-}
-
-/// One event for one subscription of an inbox.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The subscription (as returned by [`Inbox::subscribe`]).
-    pub sub: u64,
-    /// The event.
-    pub event: Event,
-}
+use crate::queues::Queues;
+use crate::reply::Pending;
 
 /// Events of many subscriptions hosted on one shard, through one channel:
 /// each subscription's events arrive in seq order with no gap and no
@@ -59,7 +32,7 @@ pub struct Inbox {
     pub(crate) shard: usize,
     pub(crate) rx: flume::Receiver<Delivery>,
     pub(crate) shared: Arc<SubShared>,
-    pub(crate) engine: Engine,
+    pub(crate) queues: Arc<Queues>,
 }
 
 impl Inbox {
@@ -82,14 +55,14 @@ impl Inbox {
     /// first join and the last leave to the room's other live subscribers).
     /// When this resolves, `online` already counts the user.
     pub fn subscribe_as(&self, room: u64, since: Option<u64>, user: Option<u64>) -> Pending<u64> {
-        self.engine
+        self.queues
             .subscribe_into(self.key(), room, since, user, |id| id)
     }
 
     /// Ends one subscription of this inbox (events of it already queued are
     /// still received).
     pub fn unsubscribe(&self, sub: u64) {
-        self.engine.unsubscribe(self.shard, sub);
+        self.queues.unsubscribe(self.shard, sub);
     }
 
     pub(crate) fn key(&self) -> InboxKey {
@@ -157,7 +130,7 @@ impl Inbox {
 
 impl Drop for Inbox {
     fn drop(&mut self) {
-        self.engine.close_inbox(self.shard, self.id);
+        self.queues.close_inbox(self.shard, self.id);
     }
 }
 

@@ -12,9 +12,9 @@ use rookery_storage::{Cursor, Retention, RetentionReport, Role, ShardStats};
 use super::subscribers::{InboxEntry, Outlet};
 use super::types::{HistoryPage, NewSub, PostAck, Reply};
 use super::{send, Shard};
+use crate::consumer::{Delivery, SubShared, CLOSED_SHUTDOWN};
 use crate::error::{Error, Result};
 use crate::metrics::{Latencies, ShardCounters, ShardGauges};
-use crate::subscription::{Delivery, SubShared, CLOSED_SHUTDOWN};
 
 /// Work sent to a shard from any thread.
 pub(crate) enum Command {

@@ -60,11 +60,11 @@ pub(crate) use types::{Common, NewSub, Reply};
 pub use types::{HistoryPage, PostAck, StoredMessage};
 
 use crate::config::EngineConfig;
+use crate::consumer::CLOSED_SHUTDOWN;
 use crate::error::Result;
 use crate::event::Event;
 use crate::metrics::{Latencies, ShardCounters, ShardGauges};
 use crate::receipts::ToWriter;
-use crate::subscription::CLOSED_SHUTDOWN;
 use access::{Access, Load};
 use catchup::Limits;
 use owner::Owned;

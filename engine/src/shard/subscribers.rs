@@ -17,11 +17,11 @@ use super::catchup::{Catchup, Offer, Paged, Pump};
 use super::mesh::{PageOutcome, Peer};
 use super::types::{NewSub, Ready};
 use super::Shard;
+use crate::consumer::LocalSink;
+use crate::consumer::{Delivery, SubShared, CLOSED_SLOW};
 use crate::error::Error;
 use crate::event::Event;
-use crate::local::LocalSink;
 use crate::metrics::micros;
-use crate::subscription::{Delivery, SubShared, CLOSED_SLOW};
 
 /// A subscriber hosted on this shard.
 pub(super) struct Sub {

@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use rookery_storage::{Cursor, HistoryItem, Meta};
 
+use crate::consumer::SubShared;
 use crate::error::Result;
 use crate::event::{Event, Message};
 use crate::receipts::ToWriter;
-use crate::subscription::SubShared;
 
-/// A reply channel for a command (works for blocking and async waiters).
-pub(crate) type Reply<T> = flume::Sender<Result<T>>;
+pub(crate) use crate::reply::Reply;
 
 /// The result of a post.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
