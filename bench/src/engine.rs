@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use rookery_engine::storage::Durability;
+use rookery_engine::Durability;
 use rookery_engine::{Engine, EngineConfig, Inbox, Pending, PostAck};
 use serde_json::{json, Value};
 

@@ -18,6 +18,7 @@ use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Role, Store};
 
 use crate::config::EngineConfig;
 use crate::consumer::{SubShared, CLOSED_SHUTDOWN};
+use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ShardCounters};
 use crate::queues::Queues;
@@ -158,10 +159,10 @@ impl Engine {
         rookery_storage::shard_of(room, self.shards() as u32) as usize
     }
 
-    /// Users, sessions, rooms, members and receipts (blocking calls; from a
-    /// glommio shard use `spawn_blocking`).
-    pub fn meta(&self) -> &Arc<Meta> {
-        &self.inner.meta
+    /// Accounts, sessions, rooms and members (blocking calls; from a
+    /// shard's reactor run them on the blocking pool).
+    pub fn directory(&self) -> Directory {
+        Directory::new(self.inner.meta.clone())
     }
 
     /// Posts a message; resolves once it is durable (per the durability

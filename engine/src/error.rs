@@ -6,9 +6,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything an engine call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The storage layer failed (I/O, corruption, bad input it rejected).
+    /// The storage layer failed (I/O, corruption, a closed store).
     #[error(transparent)]
-    Storage(#[from] rookery_storage::Error),
+    Storage(rookery_storage::Error),
+    /// A unique name (user, room) is already taken.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
     /// The room or message does not exist (or is no longer live).
     #[error("not found: {0}")]
     NotFound(String),
@@ -35,4 +38,18 @@ pub enum Error {
     /// The engine failed to start (a shard could not open its storage).
     #[error("engine failed to start: {0}")]
     Start(String),
+}
+
+/// Storage's refusals of bad input become the engine's own variants (what
+/// a caller can act on); the rest stays a storage failure.
+impl From<rookery_storage::Error> for Error {
+    fn from(e: rookery_storage::Error) -> Self {
+        use rookery_storage::Error as S;
+        match e {
+            S::InvalidInput(m) => Error::InvalidInput(m),
+            S::NotFound(m) => Error::NotFound(m),
+            S::AlreadyExists(m) => Error::AlreadyExists(m),
+            other => Error::Storage(other),
+        }
+    }
 }

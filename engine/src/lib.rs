@@ -32,6 +32,7 @@
 
 mod config;
 mod consumer;
+mod directory;
 mod engine;
 mod error;
 mod event;
@@ -45,12 +46,16 @@ mod subscription;
 
 pub use config::EngineConfig;
 pub use consumer::{Delivery, LocalSink};
+pub use directory::{Directory, Role, Room, User};
 pub use engine::{Engine, ShardTask};
 pub use error::{Error, Result};
 pub use event::{Event, EventKind, Message};
 pub use local::{Local, LocalInbox};
 pub use metrics::{micros_histogram, Latencies, Metrics, ShardCounters, ShardGauges};
 pub use reply::Pending;
-pub use rookery_storage::{self as storage, Cursor, Order, Retention, RetentionReport};
+pub use rookery_storage::{
+    Cursor, Durability, Order, Retention, RetentionReport, ShardStats, StorageConfig,
+    QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
+};
 pub use shard::{HistoryPage, PostAck, StoredMessage};
 pub use subscription::{Inbox, Subscription};

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rookery_engine::storage::Role;
+use rookery_engine::Role;
 use rookery_engine::{Cursor, Engine, EngineConfig, Error, Event, EventKind, Subscription};
 
 fn config(dir: &Path, shards: u32) -> EngineConfig {
@@ -197,10 +197,10 @@ fn subscribe_with_since_during_live_traffic_has_no_gap_and_no_duplicate() {
 fn idempotent_retries_edits_deletes_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(config(dir.path(), 2)).unwrap();
-    let meta = engine.meta().clone();
+    let meta = engine.directory();
     let alice = meta.ensure_external_user("alice", 0).unwrap();
     let bob = meta.ensure_external_user("bob", 0).unwrap();
-    let room = meta.create_room("general", false, alice, 0).unwrap();
+    let room = engine.create_room("general", false, alice).wait().unwrap();
     let a = engine.post(room, bob, "k1", "hi").wait().unwrap();
     let b = engine.post(room, bob, "k1", "hi again").wait().unwrap();
     assert!(!a.duplicate && b.duplicate);
@@ -291,7 +291,7 @@ fn a_change_made_right_after_subscribe_is_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 2);
     // Without an fsync to wait for, an edit is fastest: the race is tight.
-    cfg.storage.durability = rookery_engine::storage::Durability::None;
+    cfg.storage.durability = rookery_engine::Durability::None;
     let engine = Engine::start(cfg).unwrap();
     let room = 11;
     let author = 3;
@@ -329,7 +329,7 @@ fn a_stalled_subscriber_stays_bounded_then_gets_everything_in_order() {
     const N: u64 = 100_000;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 2);
-    cfg.storage.durability = rookery_engine::storage::Durability::None;
+    cfg.storage.durability = rookery_engine::Durability::None;
     cfg.outbound_queue_bytes_max = 64 << 10;
     cfg.volatile_queue_bytes_max = 16 << 10;
     cfg.typing_interval = Duration::ZERO;
@@ -395,7 +395,7 @@ fn a_stalled_subscriber_stays_bounded_then_gets_everything_in_order() {
 fn a_stuck_subscriber_is_closed_as_slow_consumer() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1);
-    cfg.storage.durability = rookery_engine::storage::Durability::None;
+    cfg.storage.durability = rookery_engine::Durability::None;
     cfg.outbound_queue_bytes_max = 8 << 10;
     cfg.volatile_queue_bytes_max = 4 << 10;
     cfg.stuck_timeout = Duration::from_millis(200);
@@ -518,7 +518,7 @@ fn retention_through_the_engine_trims_history_and_replay() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 2);
     // Without an fsync to wait for, an edit is fastest: the race is tight.
-    cfg.storage.durability = rookery_engine::storage::Durability::None;
+    cfg.storage.durability = rookery_engine::Durability::None;
     let engine = Engine::start(cfg).unwrap();
     let room = 11;
     for i in 1..=30 {
@@ -559,12 +559,12 @@ fn read_receipts_are_batched_and_bounded() {
     let mut cfg = config(dir.path(), 2);
     cfg.receipt_queue_len_max = 8;
     let engine = Engine::start(cfg).unwrap();
-    let meta = engine.meta().clone();
+    let meta = engine.directory();
     let owner = meta.ensure_external_user("owner", 0).unwrap();
     let users: Vec<u64> = (0..200)
         .map(|i| meta.ensure_external_user(&format!("u{i}"), 0).unwrap())
         .collect();
-    let room = meta.create_room("receipts", false, owner, 0).unwrap();
+    let room = engine.create_room("receipts", false, owner).wait().unwrap();
     for i in 0..10 {
         engine
             .post(room, owner, "", &format!("m{i}"))
@@ -677,7 +677,7 @@ fn who_may_post_follows_member_changes_and_room_creation() {
     let mut cfg = config(dir.path(), 2);
     cfg.rooms_must_exist = true;
     let engine = Engine::start(cfg).unwrap();
-    let meta = engine.meta().clone();
+    let meta = engine.directory();
     let (alice, bob) = (
         meta.ensure_external_user("alice", 0).unwrap(),
         meta.ensure_external_user("bob", 0).unwrap(),

@@ -13,7 +13,7 @@ use rookery_engine::{Delivery, Engine, EngineConfig, Error, EventKind, Inbox};
 
 fn config(dir: &Path) -> EngineConfig {
     let mut cfg = common::small_config(dir, 2);
-    cfg.storage.durability = rookery_engine::storage::Durability::None;
+    cfg.storage.durability = rookery_engine::Durability::None;
     cfg
 }
 

@@ -3,11 +3,7 @@
 //! protocols offer (who may see a room, the send rate, a history page).
 //! Neither `routes` nor `ws` depends on the other; both depend on this.
 
-use std::sync::Arc;
-
-use rookery_engine::storage::meta::Room;
-use rookery_engine::storage::{self, Meta, Role};
-use rookery_engine::{Cursor, Error as EngineError, Order};
+use rookery_engine::{Cursor, Directory, Error as EngineError, Order, Role, Room};
 
 use crate::auth::blocking;
 use crate::http::Response;
@@ -80,22 +76,11 @@ impl ApiError {
     }
 }
 
-impl From<storage::Error> for ApiError {
-    fn from(e: storage::Error) -> Self {
-        match e {
-            storage::Error::InvalidInput(m) => ApiError::BadRequest(m),
-            storage::Error::NotFound(m) => ApiError::NotFound(m),
-            storage::Error::AlreadyExists(m) => ApiError::Conflict(m),
-            other => ApiError::Internal(other.to_string()),
-        }
-    }
-}
-
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Storage(s) => s.into(),
             EngineError::NotFound(m) => ApiError::NotFound(m),
+            EngineError::AlreadyExists(m) => ApiError::Conflict(m),
             EngineError::Forbidden(m) => ApiError::Forbidden(m),
             EngineError::InvalidInput(m) => ApiError::BadRequest(m),
             EngineError::RateLimited(m) => ApiError::TooManyRequests(m),
@@ -128,8 +113,8 @@ pub(crate) async fn visible_room(
     user: u64,
     id: u64,
 ) -> Result<(Room, Option<Role>), ApiError> {
-    let m = meta(shared);
-    let (room, role) = blocking(move || -> storage::Result<_> {
+    let m = directory(shared);
+    let (room, role) = blocking(move || -> rookery_engine::Result<_> {
         let room = m.room(id)?;
         let role = match &room {
             Some(_) => m.member_role(id, user)?,
@@ -181,6 +166,7 @@ pub(crate) async fn history_page(
     Ok((HistoryPage { room, page }, cached))
 }
 
-pub(crate) fn meta(shared: &Shared) -> Arc<Meta> {
-    shared.engine.meta().clone()
+/// The engine's directory (accounts, sessions, rooms, members).
+pub(crate) fn directory(shared: &Shared) -> Directory {
+    shared.engine.directory()
 }

@@ -1,13 +1,17 @@
-//! Identity: opaque session tokens (random, stored only as SHA-256 hashes,
-//! with expiry and logout) over the accounts of `meta.redb` (argon2id
-//! password hashes). Everything that touches `meta.redb` or argon2 runs on
-//! glommio's blocking pool, never on a shard's reactor.
+//! Identity: passwords (hashed and checked here with argon2id; the engine
+//! and storage only ever hold the PHC string), opaque session tokens
+//! (random, stored only as SHA-256 hashes, with expiry and logout) and
+//! backend JWTs, over the engine's directory. Everything that touches the
+//! directory or argon2 runs on glommio's blocking pool, never on a shard's
+//! reactor.
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
 use rand::RngCore;
-use rookery_engine::storage::{self, Meta};
+use rookery_engine::{Directory, Error as EngineError, Result};
 use sha2::{Digest, Sha256};
 
 use crate::http::Request;
@@ -48,12 +52,32 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     glommio::executor().spawn_blocking(f).await
 }
 
+/// The argon2id PHC string of `password` (tens of ms of CPU: call it off
+/// the reactor).
+pub fn hash_password(password: &str) -> Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| EngineError::InvalidInput(format!("cannot hash the password: {e}")))
+}
+
+/// Whether `password` matches the stored PHC string (tens of ms of CPU).
+/// A stored hash that does not parse matches nothing.
+pub fn password_matches(stored: &str, password: &str) -> bool {
+    PasswordHash::new(stored).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
 /// Starts a session for `user`.
-pub async fn open_session(meta: Arc<Meta>, user: u64, ttl_ms: u64) -> storage::Result<Session> {
+pub async fn open_session(dir: Directory, user: u64, ttl_ms: u64) -> Result<Session> {
     let token = new_token();
     let hash = token_hash(&token);
     let expires_ms = now_ms().saturating_add(ttl_ms);
-    blocking(move || meta.create_session(&hash, user, expires_ms)).await?;
+    blocking(move || dir.create_session(&hash, user, expires_ms)).await?;
     Ok(Session { token, expires_ms })
 }
 
@@ -86,11 +110,7 @@ struct Claims {
 
 /// The user a bearer token stands for: a JWT (three dot-separated parts,
 /// HS256 with `--jwt-secret`, `exp` checked) or a session token.
-pub async fn identify(
-    meta: Arc<Meta>,
-    jwt_secret: &str,
-    token: String,
-) -> storage::Result<Identity> {
+pub async fn identify(dir: Directory, jwt_secret: &str, token: String) -> Result<Identity> {
     if token.split('.').count() == 3 {
         if jwt_secret.is_empty() {
             return Ok(Identity::Refused(
@@ -103,16 +123,16 @@ pub async fn identify(
             Ok(data) => data.claims,
             Err(e) => return Ok(Identity::Refused(format!("bad JWT: {e}"))),
         };
-        let id = blocking(move || meta.ensure_external_user(&claims.sub, now_ms())).await;
+        let id = blocking(move || dir.ensure_external_user(&claims.sub, now_ms())).await;
         return match id {
             Ok(id) => Ok(Identity::User(id)),
-            Err(storage::Error::InvalidInput(m)) => Ok(Identity::Refused(format!("JWT sub: {m}"))),
+            Err(EngineError::InvalidInput(m)) => Ok(Identity::Refused(format!("JWT sub: {m}"))),
             Err(e) => Err(e),
         };
     }
     let hash = token_hash(&token);
     Ok(
-        match blocking(move || meta.session(&hash, now_ms())).await? {
+        match blocking(move || dir.session(&hash, now_ms())).await? {
             Some(id) => Identity::User(id),
             None => Identity::Refused("the token is unknown or expired".into()),
         },
@@ -120,14 +140,24 @@ pub async fn identify(
 }
 
 /// Ends a session; whether it existed.
-pub async fn close_session(meta: Arc<Meta>, token: String) -> storage::Result<bool> {
+pub async fn close_session(dir: Directory, token: String) -> Result<bool> {
     let hash = token_hash(&token);
-    blocking(move || meta.delete_session(&hash)).await
+    blocking(move || dir.delete_session(&hash)).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_argon2id_and_checked_here() {
+        let hash = hash_password("hunter2").unwrap();
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(password_matches(&hash, "hunter2"));
+        assert!(!password_matches(&hash, "hunter3"));
+        assert!(!password_matches("$not-a-phc-string", "hunter2"));
+        assert_ne!(hash, hash_password("hunter2").unwrap(), "salted");
+    }
 
     #[test]
     fn tokens_are_random_hex_and_stored_hashed() {

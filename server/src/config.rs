@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use rookery_engine::storage::Durability;
+use rookery_engine::Durability;
 use rookery_engine::EngineConfig;
 
 use crate::http::Limits;

@@ -59,7 +59,7 @@ fn main() {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 fn init_tracing() {
-    let quiet = rookery_engine::storage::QUIET_LOG_DIRECTIVE
+    let quiet = rookery_engine::QUIET_LOG_DIRECTIVE
         .parse()
         .expect("valid directive");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -136,11 +136,11 @@ impl EncodeMetric for MicrosHistogram {
 /// The storage's fsync batch size buckets, as a Prometheus histogram of
 /// records per `fdatasync`.
 #[derive(Debug)]
-struct SyncBatchHistogram(rookery_engine::storage::ShardStats);
+struct SyncBatchHistogram(rookery_engine::ShardStats);
 
 impl EncodeMetric for SyncBatchHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        use rookery_engine::storage::SYNC_BATCH_BOUNDS;
+        use rookery_engine::SYNC_BATCH_BOUNDS;
         let counts = &self.0.sync_batch_records;
         let mut buckets: Vec<(f64, u64)> = SYNC_BATCH_BOUNDS
             .iter()

@@ -6,7 +6,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{body, query_u64, room_id, user, ApiResult};
-use crate::app::{history_page, meta, take_send_token, visible_room, PageQuery};
+use crate::app::{directory, history_page, take_send_token, visible_room, PageQuery};
 use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
 use crate::shared::Shared;
@@ -78,7 +78,7 @@ pub(crate) async fn mark_read(req: &Request, shared: &Shared, raw: &str) -> ApiR
 /// copy in `meta.redb` trails it by the index's lag).
 pub(crate) async fn unread(req: &Request, shared: &Shared) -> ApiResult {
     let uid = user(req, shared).await?;
-    let m = meta(shared);
+    let m = directory(shared);
     let rooms = blocking(move || m.rooms_of(uid)).await?;
     let pending: Vec<_> = rooms
         .iter()

@@ -11,7 +11,7 @@ mod server;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::{meta, ApiError};
+use crate::app::{directory, ApiError};
 use crate::auth;
 use crate::http::{Request, Response};
 use crate::shared::Shared;
@@ -112,7 +112,7 @@ pub(crate) fn body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, Api
 pub(crate) async fn user(req: &Request, shared: &Shared) -> Result<u64, ApiError> {
     let token = auth::bearer(req)
         .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
-    match auth::identify(meta(shared), &shared.cfg.jwt_secret, token).await? {
+    match auth::identify(directory(shared), &shared.cfg.jwt_secret, token).await? {
         auth::Identity::User(id) => Ok(id),
         auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
     }

@@ -1,13 +1,12 @@
 //! Rooms and members: list, create, show, join, leave, members, add and
 //! remove (a room's admins).
 
-use rookery_engine::storage::meta::Room;
-use rookery_engine::storage::{self, Role};
+use rookery_engine::{Role, Room};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{body, room_id, user, ApiError, ApiResult};
-use crate::app::{meta, visible_room};
+use crate::app::{directory, visible_room};
 use crate::auth::blocking;
 use crate::http::{Request, Response};
 use crate::shared::Shared;
@@ -19,7 +18,7 @@ pub(crate) fn room_json(r: &Room) -> Value {
 
 pub(crate) async fn list_rooms(req: &Request, shared: &Shared) -> ApiResult {
     let id = user(req, shared).await?;
-    let m = meta(shared);
+    let m = directory(shared);
     let rooms = blocking(move || m.visible_rooms(id)).await?;
     let rooms: Vec<Value> = rooms.iter().map(room_json).collect();
     Ok(Response::json(200, &json!({ "rooms": rooms })))
@@ -39,7 +38,7 @@ pub(crate) async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
         .engine
         .create_room(&new.name, new.private, creator)
         .await?;
-    let m = meta(shared);
+    let m = directory(shared);
     let room = blocking(move || m.room(id))
         .await?
         .ok_or_else(|| ApiError::Internal("a created room is missing".into()))?;
@@ -88,7 +87,7 @@ pub(crate) async fn join(req: &Request, shared: &Shared, raw: &str, on: bool) ->
 pub(crate) async fn members(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
     visible_room(shared, uid, id).await?;
-    let m = meta(shared);
+    let m = directory(shared);
     let members = blocking(move || {
         m.members(id)?
             .into_iter()
@@ -96,7 +95,7 @@ pub(crate) async fn members(req: &Request, shared: &Shared, raw: &str) -> ApiRes
                 let name = m.user(u)?.map(|user| user.name).unwrap_or_default();
                 Ok((u, r, name))
             })
-            .collect::<Result<Vec<_>, storage::Error>>()
+            .collect::<rookery_engine::Result<Vec<_>>>()
     })
     .await?;
     let members: Vec<Value> = members
@@ -144,19 +143,19 @@ pub(crate) async fn add_member(req: &Request, shared: &Shared, raw: &str) -> Api
             )))
         }
     };
-    let m = meta(shared);
-    let member = blocking(move || -> storage::Result<_> {
+    let m = directory(shared);
+    let member = blocking(move || -> rookery_engine::Result<_> {
         let found = match (body.user, body.name) {
             (Some(u), _) => m.user(u)?,
             (None, Some(name)) => m.user_by_name(&name)?,
             (None, None) => {
-                return Err(storage::Error::InvalidInput(
+                return Err(rookery_engine::Error::InvalidInput(
                     "user (an id) or name is required".into(),
                 ))
             }
         };
         Ok(found
-            .ok_or_else(|| storage::Error::NotFound("no such user".into()))?
+            .ok_or_else(|| rookery_engine::Error::NotFound("no such user".into()))?
             .id)
     })
     .await?;

@@ -129,7 +129,7 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
         _ if endpoint == Endpoint::Echo => None,
         None => None,
         Some(token) => {
-            let meta = shared.engine.meta().clone();
+            let meta = shared.engine.directory();
             match auth::identify(meta, &shared.cfg.jwt_secret, token).await {
                 Ok(auth::Identity::User(u)) => Some(u),
                 Ok(auth::Identity::Refused(why)) => {

@@ -681,7 +681,7 @@ impl Conn {
 
     async fn auth(&mut self, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let token = ClientFrame::need_str(&f.token, "token").map_err(ApiError::BadRequest)?;
-        let meta = self.shared.engine.meta().clone();
+        let meta = self.shared.engine.directory();
         match auth::identify(meta, &self.shared.cfg.jwt_secret, token.to_string()).await? {
             auth::Identity::User(u) => {
                 self.user = Some(u);

@@ -111,7 +111,9 @@ fn now_ms() -> u64 {
 fn populate(dir: &Path, shards: u32) -> Rooms {
     let store = Store::open(config(dir, shards)).expect("store opens");
     let meta = store.meta().clone();
-    let alice = meta.create_user("alice", "alice-password", 1_000).unwrap();
+    // The server hashes passwords; storage keeps the PHC string it is given.
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+    let alice = meta.create_user("alice", hash, 1_000).unwrap();
     let bob = meta.ensure_external_user("bob", 1_001).unwrap();
     let rooms = Rooms {
         general: meta.create_room("general", false, alice, 2_000).unwrap(),
