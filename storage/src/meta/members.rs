@@ -1,0 +1,90 @@
+//! Membership with roles, in two tables written together in one
+//! transaction: room -> (user, role) and user -> rooms.
+
+use redb::WriteTransaction;
+
+use super::*;
+
+impl Meta {
+    /// Makes `user` a member of `room` with `role`, or changes its role;
+    /// returns whether it was not a member before.
+    ///
+    /// Errors: `NotFound` for an unknown room or user.
+    pub fn add_member(&self, room: u64, user: u64, role: Role) -> Result<bool> {
+        self.write(|txn| {
+            require_room(&txn.open_table(ROOMS)?, room)?;
+            require_user(&txn.open_table(USERS)?, user)?;
+            put_member(txn, room, user, role)
+        })
+    }
+
+    /// Removes `user` from `room`; returns whether it was a member. Its read
+    /// receipt is kept.
+    ///
+    /// Errors: `NotFound` for an unknown room or user.
+    pub fn remove_member(&self, room: u64, user: u64) -> Result<bool> {
+        self.write(|txn| {
+            require_room(&txn.open_table(ROOMS)?, room)?;
+            require_user(&txn.open_table(USERS)?, user)?;
+            let removed = txn.open_table(MEMBERS)?.remove((room, user))?.is_some();
+            txn.open_table(USER_ROOMS)?.remove((user, room))?;
+            Ok(removed)
+        })
+    }
+
+    /// Returns `user`'s role in `room`, or `None` if it is not a member.
+    ///
+    /// Errors: `NotFound` for an unknown room or user.
+    pub fn member_role(&self, room: u64, user: u64) -> Result<Option<Role>> {
+        self.read(|txn| {
+            require_room(&txn.open_table(ROOMS)?, room)?;
+            require_user(&txn.open_table(USERS)?, user)?;
+            let role = txn
+                .open_table(MEMBERS)?
+                .get((room, user))?
+                .map(|g| g.value());
+            role.map(Role::from_u8).transpose()
+        })
+    }
+
+    /// Returns the members of `room` with their roles, ordered by user id.
+    ///
+    /// Errors: `NotFound` for an unknown room.
+    pub fn members(&self, room: u64) -> Result<Vec<(u64, Role)>> {
+        self.read(|txn| {
+            require_room(&txn.open_table(ROOMS)?, room)?;
+            let members = txn.open_table(MEMBERS)?;
+            members
+                .range((room, 0)..=(room, u64::MAX))?
+                .map(|entry| {
+                    let (key, role) = entry?;
+                    Ok((key.value().1, Role::from_u8(role.value())?))
+                })
+                .collect()
+        })
+    }
+
+    /// Returns the ids of the rooms `user` is a member of, ordered.
+    ///
+    /// Errors: `NotFound` for an unknown user.
+    pub fn rooms_of(&self, user: u64) -> Result<Vec<u64>> {
+        self.read(|txn| {
+            require_user(&txn.open_table(USERS)?, user)?;
+            let user_rooms = txn.open_table(USER_ROOMS)?;
+            user_rooms
+                .range((user, 0)..=(user, u64::MAX))?
+                .map(|entry| Ok(entry?.0.value().1))
+                .collect()
+        })
+    }
+}
+
+/// Writes both membership tables; returns whether the user is a new member.
+pub(super) fn put_member(txn: &WriteTransaction, room: u64, user: u64, role: Role) -> Result<bool> {
+    let old = txn
+        .open_table(MEMBERS)?
+        .insert((room, user), role.to_u8())?
+        .is_none();
+    txn.open_table(USER_ROOMS)?.insert((user, room), ())?;
+    Ok(old)
+}

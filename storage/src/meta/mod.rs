@@ -1,0 +1,313 @@
+//! The shared metadata database `DATA/meta.redb`.
+//!
+//! [`Meta`] owns everything that is not a message: users and their password
+//! hashes, login sessions, rooms, room membership with roles, and per-user
+//! read receipts. The data is small and rarely written, so one redb file
+//! serves all shards; every method is a blocking call that runs one redb
+//! transaction and must not be called on a shard's reactor thread.
+//!
+//! Each domain has its file (`users`, `sessions`, `rooms`, `members`,
+//! `receipts`); this one holds the tables, the row types, the checks every
+//! domain shares and the transaction helpers.
+//!
+//! Invariants kept across all writers:
+//!
+//! - Ids of users and rooms come from per-kind counters, start at 1 and are
+//!   never reused; imports move the counter past the imported id.
+//! - User names and room names are unique (case-sensitive), 1..=64 bytes of
+//!   `[A-Za-z0-9_.-]`; each name table maps exactly the rows of its id table.
+//! - A room's `last_seq` never moves backwards.
+//! - A read receipt never moves backwards, and [`Meta::mark_read`] never
+//!   stores more than the room's `last_seq`.
+//! - Membership lives in two tables, `(room, user) -> role` and
+//!   `(user, room)`, always written together in one transaction.
+//! - Every member, receipt and session row names a user (and room) that
+//!   exists; rooms and users are never deleted.
+//!
+//! [`Meta::advance_last_seq`] may commit with [`Durability::None`]: after a
+//! crash `last_seq` can lag behind the shard logs, and recovery re-advances it
+//! from the shard indexes, which remain the truth for sequence numbers. A
+//! clean close, or any later durable commit, persists it.
+
+use std::path::Path;
+
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+
+use crate::error::{Error, Result};
+
+mod members;
+mod receipts;
+mod rooms;
+mod sessions;
+#[cfg(test)]
+mod tests;
+mod users;
+
+use rooms::last_seq;
+
+/// Row of `users`: (name, created_ms, password_hash).
+type UserRow = (&'static str, u64, Option<&'static str>);
+
+/// Row of `rooms`: (name, private, creator, created_ms, last_seq).
+type RoomRow = (&'static str, bool, u64, u64, u64);
+
+/// Last id handed out, per kind (`"user"`, `"room"`).
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+const USERS: TableDefinition<u64, UserRow> = TableDefinition::new("users");
+
+const USER_NAMES: TableDefinition<&str, u64> = TableDefinition::new("user_names");
+
+/// Token hash -> (user, expires_ms).
+const SESSIONS: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("sessions");
+
+const ROOMS: TableDefinition<u64, RoomRow> = TableDefinition::new("rooms");
+
+const ROOM_NAMES: TableDefinition<&str, u64> = TableDefinition::new("room_names");
+
+/// (room, user) -> role.
+const MEMBERS: TableDefinition<(u64, u64), u8> = TableDefinition::new("members");
+
+/// (user, room): the mirror of `members`, for listing a user's rooms.
+const USER_ROOMS: TableDefinition<(u64, u64), ()> = TableDefinition::new("user_rooms");
+
+/// (room, user) -> highest seq read.
+const RECEIPTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("receipts");
+
+/// Per-room retention: room -> (low seq, keep messages, keep age ms). Kept
+/// here, not in a shard index, because it is not derivable from the log:
+/// after an index rebuild, retired messages must stay retired.
+const RETENTION: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("retention");
+
+const USER_COUNTER: &str = "user";
+
+const ROOM_COUNTER: &str = "room";
+
+const MAX_NAME_LEN: usize = 64;
+
+/// A registered user.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// Unique id, at least 1.
+    pub id: u64,
+    /// Unique login name.
+    pub name: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Argon2 PHC string; `None` for users authenticated by an app backend.
+    pub password_hash: Option<String>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("created_ms", &self.created_ms)
+            .field("has_password", &self.password_hash.is_some())
+            .finish()
+    }
+}
+
+/// A chat room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Room {
+    /// Unique id, at least 1.
+    pub id: u64,
+    /// Unique room name.
+    pub name: String,
+    /// Private rooms are visible to their members only.
+    pub private: bool,
+    /// User who created the room.
+    pub creator: u64,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Highest message seq known to be indexed in the room (0: none).
+    pub last_seq: u64,
+}
+
+/// A member's role in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Can read and post.
+    Member,
+    /// Can also manage the room and its members.
+    Admin,
+}
+
+impl Role {
+    fn to_u8(self) -> u8 {
+        match self {
+            Role::Member => 0,
+            Role::Admin => 1,
+        }
+    }
+
+    fn from_u8(byte: u8) -> Result<Role> {
+        match byte {
+            0 => Ok(Role::Member),
+            1 => Ok(Role::Admin),
+            _ => Err(Error::Database(format!("unknown role byte {byte}"))),
+        }
+    }
+}
+
+/// Handle on `meta.redb`. `Send + Sync`; share it through an `Arc`.
+#[derive(Debug)]
+pub struct Meta {
+    db: Database,
+}
+
+impl Meta {
+    /// Opens `path`, creating the file and any missing table, with a page
+    /// cache of `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Meta> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| Error::Database(format!("{}: {e}", path.display())))?;
+        let txn = db.begin_write()?;
+        txn.open_table(COUNTERS)?;
+        txn.open_table(USERS)?;
+        txn.open_table(USER_NAMES)?;
+        txn.open_table(SESSIONS)?;
+        txn.open_table(ROOMS)?;
+        txn.open_table(ROOM_NAMES)?;
+        txn.open_table(MEMBERS)?;
+        txn.open_table(USER_ROOMS)?;
+        txn.open_table(RECEIPTS)?;
+        txn.open_table(RETENTION)?;
+        txn.commit()?;
+        Ok(Meta { db })
+    }
+
+    /// Closes the database, reporting the errors that dropping it would
+    /// ignore. Pending non-durable commits are made durable.
+    pub fn close(self) -> Result<()> {
+        Ok(self.db.close()?)
+    }
+
+    pub(super) fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T>) -> Result<T> {
+        f(&self.db.begin_read()?)
+    }
+
+    pub(super) fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T>) -> Result<T> {
+        self.write_with(Durability::Immediate, f)
+    }
+
+    /// Runs `f` in a write transaction and commits it; an error from `f`
+    /// drops the transaction, which aborts it.
+    pub(super) fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
+        let mut txn = self.db.begin_write()?;
+        // Durable commits also save redb's allocator state, so reopening
+        // after a crash needs no full repair (and read-only opens work).
+        txn.set_quick_repair(matches!(durability, Durability::Immediate));
+        txn.set_durability(durability)?;
+        let out = f(&txn)?;
+        txn.commit()?;
+        Ok(out)
+    }
+}
+
+// ---- helpers ----
+
+fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    if (1..=MAX_NAME_LEN).contains(&name.len()) && name.bytes().all(allowed) {
+        return Ok(());
+    }
+    Err(Error::InvalidInput(format!(
+        "{kind} name must be 1..={MAX_NAME_LEN} bytes of [A-Za-z0-9_.-] (got {} bytes)",
+        name.len()
+    )))
+}
+
+fn validate_id(kind: &str, id: u64) -> Result<()> {
+    if id == 0 {
+        return Err(Error::InvalidInput(format!("{kind} id 0")));
+    }
+    Ok(())
+}
+
+/// A password hash as stored: a PHC string (`$id$…`, printable ASCII, at
+/// most 512 bytes). Checked before writing; which algorithm made it is the
+/// caller's business.
+fn validate_hash(hash: &str) -> Result<()> {
+    let phc = hash.len() > 1
+        && hash.len() <= 512
+        && hash.starts_with('$')
+        && hash.bytes().all(|b| b.is_ascii_graphic());
+    if phc {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(
+            "a password hash must be a PHC string ($id$…) of at most 512 bytes".into(),
+        ))
+    }
+}
+
+fn taken(kind: &str, name: &str) -> Error {
+    Error::AlreadyExists(format!("{kind} name {name:?}"))
+}
+
+fn user_from(id: u64, (name, created_ms, hash): (&str, u64, Option<&str>)) -> User {
+    User {
+        id,
+        name: name.to_owned(),
+        created_ms,
+        password_hash: hash.map(str::to_owned),
+    }
+}
+
+fn room_from(
+    id: u64,
+    (name, private, creator, created_ms, last_seq): (&str, bool, u64, u64, u64),
+) -> Room {
+    Room {
+        id,
+        name: name.to_owned(),
+        private,
+        creator,
+        created_ms,
+        last_seq,
+    }
+}
+
+fn require_user(users: &impl ReadableTable<u64, UserRow>, id: u64) -> Result<()> {
+    match users.get(id)? {
+        Some(_) => Ok(()),
+        None => Err(Error::NotFound(format!("user {id}"))),
+    }
+}
+
+fn require_room(rooms: &impl ReadableTable<u64, RoomRow>, id: u64) -> Result<()> {
+    last_seq(rooms, id).map(drop)
+}
+
+/// Hands out the next id of `counter`.
+fn next_id(txn: &WriteTransaction, counter: &str) -> Result<u64> {
+    let mut counters = txn.open_table(COUNTERS)?;
+    let last = counters.get(counter)?.map_or(0, |g| g.value());
+    let id = last
+        .checked_add(1)
+        .ok_or_else(|| Error::Database(format!("{counter} ids exhausted")))?;
+    counters.insert(counter, id)?;
+    Ok(id)
+}
+
+/// Makes sure `counter` never hands out `id` or anything below it.
+fn bump_counter(txn: &WriteTransaction, counter: &str, id: u64) -> Result<()> {
+    let mut counters = txn.open_table(COUNTERS)?;
+    let last = counters.get(counter)?.map_or(0, |g| g.value());
+    if id > last {
+        counters.insert(counter, id)?;
+    }
+    Ok(())
+}

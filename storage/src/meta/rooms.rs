@@ -1,0 +1,203 @@
+//! Rooms: creation, lookups, the rooms a user may see, last seqs (never
+//! moving backwards) and retention settings, restore.
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::members::put_member;
+use super::*;
+
+impl Meta {
+    /// Creates a room with `creator` as its admin and returns its id.
+    ///
+    /// Errors: `InvalidInput` for a bad name, `AlreadyExists` if the name is
+    /// taken, `NotFound` for an unknown creator.
+    pub fn create_room(&self, name: &str, private: bool, creator: u64, now_ms: u64) -> Result<u64> {
+        validate_name("room", name)?;
+        self.write(|txn| {
+            require_user(&txn.open_table(USERS)?, creator)?;
+            let id = next_id(txn, ROOM_COUNTER)?;
+            let row = (name, private, creator, now_ms, 0);
+            insert_room(txn, id, row)?;
+            put_member(txn, id, creator, Role::Admin)?;
+            Ok(id)
+        })
+    }
+
+    /// Returns room `id`, if it exists.
+    pub fn room(&self, id: u64) -> Result<Option<Room>> {
+        self.read(|txn| {
+            let rooms = txn.open_table(ROOMS)?;
+            let room = rooms.get(id)?.map(|row| room_from(id, row.value()));
+            Ok(room)
+        })
+    }
+
+    /// Returns the room called `name`, if it exists.
+    pub fn room_by_name(&self, name: &str) -> Result<Option<Room>> {
+        self.read(|txn| {
+            let Some(id) = txn.open_table(ROOM_NAMES)?.get(name)?.map(|g| g.value()) else {
+                return Ok(None);
+            };
+            let rooms = txn.open_table(ROOMS)?;
+            let room = rooms.get(id)?.map(|row| room_from(id, row.value()));
+            Ok(room)
+        })
+    }
+
+    /// Returns all rooms, public and private, ordered by id.
+    pub fn rooms(&self) -> Result<Vec<Room>> {
+        self.read(|txn| {
+            let rooms = txn.open_table(ROOMS)?;
+            rooms
+                .iter()?
+                .map(|row| {
+                    let (id, row) = row?;
+                    Ok(room_from(id.value(), row.value()))
+                })
+                .collect()
+        })
+    }
+
+    /// Returns the rooms `user` may see: every public room and the private
+    /// rooms it is a member of, ordered by id.
+    ///
+    /// Errors: `NotFound` for an unknown user.
+    pub fn visible_rooms(&self, user: u64) -> Result<Vec<Room>> {
+        self.read(|txn| {
+            require_user(&txn.open_table(USERS)?, user)?;
+            let members = txn.open_table(MEMBERS)?;
+            let rooms = txn.open_table(ROOMS)?;
+            let mut visible = Vec::new();
+            for row in rooms.iter()? {
+                let (id, row) = row?;
+                let room = room_from(id.value(), row.value());
+                if !room.private || members.get((room.id, user))?.is_some() {
+                    visible.push(room);
+                }
+            }
+            Ok(visible)
+        })
+    }
+
+    /// Raises each room's `last_seq` to the given seq if that is higher, in
+    /// one transaction; unknown rooms are ignored. The commit is durable only
+    /// if `durable` is set, so `advance_last_seq(&[], true)` persists earlier
+    /// non-durable advances. redb reclaims the pages that non-durable commits
+    /// free only at the next durable commit: pass `durable` now and then (for
+    /// example at shard checkpoints) so that the file does not grow.
+    pub fn advance_last_seq(&self, updates: &[(u64, u64)], durable: bool) -> Result<()> {
+        if updates.is_empty() && !durable {
+            return Ok(());
+        }
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        self.write_with(durability, |txn| raise_last_seqs(txn, updates))
+    }
+
+    /// Stores a room's retention limits (0 = unlimited), durably.
+    pub fn set_retention(&self, room: u64, keep_messages: u64, keep_age_ms: u64) -> Result<()> {
+        self.write_with(Durability::Immediate, |txn| {
+            let mut t = txn.open_table(RETENTION)?;
+            let low = t.get(room)?.map_or(0, |v| v.value().0);
+            t.insert(room, (low, keep_messages, keep_age_ms))?;
+            Ok(())
+        })
+    }
+
+    /// Raises rooms' low seqs (never lowers them), durably, in one
+    /// transaction. Called before retired log segments are deleted.
+    pub fn advance_low_seqs(&self, updates: &[(u64, u64)]) -> Result<()> {
+        self.write_with(Durability::Immediate, |txn| {
+            let mut t = txn.open_table(RETENTION)?;
+            for &(room, low) in updates {
+                let (old, keep_messages, keep_age_ms) =
+                    t.get(room)?.map_or((0, 0, 0), |v| v.value());
+                if low > old {
+                    t.insert(room, (low, keep_messages, keep_age_ms))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Every room's retention row: (room, low seq, keep messages, keep age ms).
+    pub fn retention_rows(&self) -> Result<Vec<(u64, u64, u64, u64)>> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in txn.open_table(RETENTION)?.iter()? {
+            let (k, v) = row?;
+            let (low, km, ka) = v.value();
+            out.push((k.value(), low, km, ka));
+        }
+        Ok(out)
+    }
+
+    /// Inserts `room` as-is (restore), moving the id counter past its id.
+    /// Members are not added: restore them with [`Meta::add_member`].
+    ///
+    /// Errors: `InvalidInput` for id 0 or a bad name, `AlreadyExists` if the
+    /// id or the name is taken, `NotFound` for an unknown creator.
+    pub fn import_room(&self, room: &Room) -> Result<()> {
+        validate_name("room", &room.name)?;
+        validate_id("room", room.id)?;
+        self.write(|txn| {
+            require_user(&txn.open_table(USERS)?, room.creator)?;
+            let row = (
+                room.name.as_str(),
+                room.private,
+                room.creator,
+                room.created_ms,
+                room.last_seq,
+            );
+            insert_room(txn, room.id, row)?;
+            bump_counter(txn, ROOM_COUNTER, room.id)
+        })
+    }
+}
+
+pub(super) fn insert_room(
+    txn: &WriteTransaction,
+    id: u64,
+    row: (&str, bool, u64, u64, u64),
+) -> Result<()> {
+    let name = row.0;
+    let mut names = txn.open_table(ROOM_NAMES)?;
+    if names.get(name)?.is_some() {
+        return Err(taken("room", name));
+    }
+    let mut rooms = txn.open_table(ROOMS)?;
+    if rooms.get(id)?.is_some() {
+        return Err(Error::AlreadyExists(format!("room {id}")));
+    }
+    rooms.insert(id, row)?;
+    names.insert(name, id)?;
+    Ok(())
+}
+
+/// The room's `last_seq`; `NotFound` for an unknown room.
+pub(super) fn last_seq(rooms: &impl ReadableTable<u64, RoomRow>, id: u64) -> Result<u64> {
+    match rooms.get(id)? {
+        Some(row) => Ok(row.value().4),
+        None => Err(Error::NotFound(format!("room {id}"))),
+    }
+}
+
+/// Raises each room's `last_seq` to the given seq if that is higher;
+/// unknown rooms are ignored.
+pub(super) fn raise_last_seqs(txn: &WriteTransaction, updates: &[(u64, u64)]) -> Result<()> {
+    let mut rooms = txn.open_table(ROOMS)?;
+    for &(id, seq) in updates {
+        let (name, private, creator, created) = match rooms.get(id)? {
+            Some(row) if seq > row.value().4 => {
+                let (name, private, creator, created, _) = row.value();
+                (name.to_owned(), private, creator, created)
+            }
+            _ => continue,
+        };
+        rooms.insert(id, (name.as_str(), private, creator, created, seq))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! Login sessions, by the SHA-256 of their token (the token itself is
+//! never stored), with expiry.
+
+use redb::ReadableTable;
+
+use super::*;
+
+impl Meta {
+    /// Records a session for `user`, keyed by the hash of its token.
+    ///
+    /// Errors: `NotFound` for an unknown user, `AlreadyExists` if the hash is
+    /// already a session.
+    pub fn create_session(&self, token_hash: &[u8; 32], user: u64, expires_ms: u64) -> Result<()> {
+        self.write(|txn| {
+            require_user(&txn.open_table(USERS)?, user)?;
+            let mut sessions = txn.open_table(SESSIONS)?;
+            if sessions.get(token_hash.as_slice())?.is_some() {
+                return Err(Error::AlreadyExists("session token".into()));
+            }
+            sessions.insert(token_hash.as_slice(), (user, expires_ms))?;
+            Ok(())
+        })
+    }
+
+    /// Returns the user of a session that exists and has not expired
+    /// (`now_ms < expires_ms`).
+    pub fn session(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<u64>> {
+        self.read(|txn| {
+            let sessions = txn.open_table(SESSIONS)?;
+            let row = sessions.get(token_hash.as_slice())?.map(|g| g.value());
+            Ok(row.and_then(|(user, expires)| (now_ms < expires).then_some(user)))
+        })
+    }
+
+    /// Deletes a session; returns whether it existed.
+    pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
+        self.write(|txn| {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let existed = sessions.remove(token_hash.as_slice())?.is_some();
+            Ok(existed)
+        })
+    }
+
+    /// Deletes every session expired at `now_ms`; returns how many.
+    pub fn purge_expired_sessions(&self, now_ms: u64) -> Result<usize> {
+        self.write(|txn| {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let mut expired = sessions.extract_if(|_, (_, expires)| expires <= now_ms)?;
+            let mut removed = 0;
+            for entry in expired.by_ref() {
+                entry?;
+                removed += 1;
+            }
+            expired.close()?;
+            Ok(removed)
+        })
+    }
+}

@@ -1,0 +1,365 @@
+//! Tests of the metadata database, domain by domain.
+
+use super::*;
+
+const DAY: u64 = 86_400_000;
+
+fn fresh() -> (tempfile::TempDir, Meta) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = Meta::open(&dir.path().join("meta.redb"), 1 << 20).expect("open");
+    (dir, meta)
+}
+
+/// A user without password: no argon2 cost.
+fn user(meta: &Meta, name: &str) -> u64 {
+    meta.ensure_external_user(name, 1).expect("user")
+}
+
+#[test]
+fn names_are_validated_and_unique() {
+    let (_dir, meta) = fresh();
+    let alice = user(&meta, "alice");
+    let too_long = "x".repeat(65);
+    for bad in ["", "a b", "émile", "a/b", "a:b", too_long.as_str()] {
+        assert!(matches!(
+            meta.ensure_external_user(bad, 1),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            meta.create_user(bad, PHC, 1),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            meta.create_room(bad, false, alice, 1),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+    let longest = "A.b_c-9".repeat(9) + "x";
+    assert_eq!(longest.len(), 64);
+    assert!(meta.create_room(&longest, false, alice, 1).is_ok());
+
+    assert!(matches!(
+        meta.create_user("alice", PHC, 1),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert_eq!(meta.ensure_external_user("alice", 2).unwrap(), alice);
+    meta.create_room("lobby", false, alice, 1).unwrap();
+    assert!(matches!(
+        meta.create_room("lobby", true, alice, 1),
+        Err(Error::AlreadyExists(_))
+    ));
+    // Case-sensitive: a different name.
+    assert!(meta.create_room("Lobby", false, alice, 1).is_ok());
+    assert!(matches!(
+        meta.create_room("nobody", false, 99, 1),
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(meta.users().unwrap().len(), 1);
+}
+
+/// A PHC string as the server stores (the hash of nothing in
+/// particular: this crate never hashes).
+const PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+
+#[test]
+fn password_hashes_are_stored_as_given_and_never_shown() {
+    let (_dir, meta) = fresh();
+    let id = meta.create_user("bob", PHC, 7).unwrap();
+    for bad in ["", "hunter2", &"$".repeat(513)] {
+        assert!(matches!(
+            meta.create_user("carol", bad, 1),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+    let stored = meta.user(id).unwrap().unwrap();
+    assert_eq!((stored.name.as_str(), stored.created_ms), ("bob", 7));
+    assert_eq!(stored.password_hash.as_deref(), Some(PHC));
+    assert!(
+        !format!("{stored:?}").contains("argon2"),
+        "Debug leaks the hash"
+    );
+    assert_eq!(meta.user_by_name("bob").unwrap(), Some(stored));
+    let ext = user(&meta, "ext");
+    assert_eq!(meta.user(ext).unwrap().unwrap().password_hash, None);
+}
+
+#[test]
+fn sessions_expire_and_delete() {
+    let (_dir, meta) = fresh();
+    let alice = user(&meta, "alice");
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    meta.create_session(&a, alice, 100).unwrap();
+    meta.create_session(&b, alice, 200).unwrap();
+    assert!(matches!(
+        meta.create_session(&a, alice, 500),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        meta.create_session(&[3; 32], 99, 500),
+        Err(Error::NotFound(_))
+    ));
+
+    assert_eq!(meta.session(&a, 99).unwrap(), Some(alice));
+    assert_eq!(meta.session(&a, 100).unwrap(), None);
+    assert_eq!(meta.session(&[3; 32], 0).unwrap(), None);
+
+    assert_eq!(meta.purge_expired_sessions(150).unwrap(), 1);
+    assert_eq!(meta.session(&b, 150).unwrap(), Some(alice));
+    assert!(meta.delete_session(&b).unwrap());
+    assert!(!meta.delete_session(&b).unwrap());
+    assert_eq!(meta.session(&b, 150).unwrap(), None);
+    assert_eq!(meta.purge_expired_sessions(u64::MAX).unwrap(), 0);
+}
+
+#[test]
+fn private_rooms_are_visible_to_members_only() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let lobby = meta.create_room("lobby", false, alice, 1).unwrap();
+    let secret = meta.create_room("secret", true, alice, 2).unwrap();
+    let ids = |rooms: Vec<Room>| rooms.into_iter().map(|r| r.id).collect::<Vec<_>>();
+
+    assert_eq!(ids(meta.visible_rooms(alice).unwrap()), [lobby, secret]);
+    assert_eq!(ids(meta.visible_rooms(bob).unwrap()), [lobby]);
+    assert_eq!(ids(meta.rooms().unwrap()), [lobby, secret]);
+    meta.add_member(secret, bob, Role::Member).unwrap();
+    assert_eq!(ids(meta.visible_rooms(bob).unwrap()), [lobby, secret]);
+    assert!(matches!(meta.visible_rooms(99), Err(Error::NotFound(_))));
+
+    let room = meta.room_by_name("secret").unwrap().unwrap();
+    assert_eq!(
+        (room.id, room.private, room.creator, room.created_ms),
+        (secret, true, alice, 2)
+    );
+    assert_eq!(meta.room(secret).unwrap(), Some(room));
+    assert_eq!(meta.room(99).unwrap(), None);
+}
+
+#[test]
+fn membership_tables_stay_consistent() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let room = meta.create_room("r", false, alice, 1).unwrap();
+    assert_eq!(meta.members(room).unwrap(), [(alice, Role::Admin)]);
+    assert_eq!(meta.rooms_of(alice).unwrap(), [room]);
+    assert_eq!(meta.rooms_of(bob).unwrap(), Vec::<u64>::new());
+
+    assert!(meta.add_member(room, bob, Role::Member).unwrap());
+    assert!(!meta.add_member(room, bob, Role::Admin).unwrap());
+    assert_eq!(meta.member_role(room, bob).unwrap(), Some(Role::Admin));
+    assert_eq!(
+        meta.members(room).unwrap(),
+        [(alice, Role::Admin), (bob, Role::Admin)]
+    );
+    assert_eq!(meta.rooms_of(bob).unwrap(), [room]);
+
+    assert!(meta.remove_member(room, bob).unwrap());
+    assert!(!meta.remove_member(room, bob).unwrap());
+    assert_eq!(meta.member_role(room, bob).unwrap(), None);
+    assert_eq!(meta.members(room).unwrap(), [(alice, Role::Admin)]);
+    assert_eq!(meta.rooms_of(bob).unwrap(), Vec::<u64>::new());
+
+    for result in [
+        meta.add_member(99, bob, Role::Member),
+        meta.add_member(room, 99, Role::Member),
+        meta.remove_member(99, bob),
+        meta.remove_member(room, 99),
+    ] {
+        assert!(matches!(result, Err(Error::NotFound(_))));
+    }
+    assert!(matches!(meta.member_role(99, bob), Err(Error::NotFound(_))));
+    assert!(matches!(meta.members(99), Err(Error::NotFound(_))));
+    assert!(matches!(meta.rooms_of(99), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn receipts_clamp_and_never_move_backwards() {
+    let (_dir, meta) = fresh();
+    let alice = user(&meta, "alice");
+    let room = meta.create_room("r", false, alice, 1).unwrap();
+    assert_eq!(meta.read_seq(room, alice).unwrap(), 0);
+    assert_eq!(
+        meta.mark_read(room, alice, 5).unwrap(),
+        0,
+        "clamped to last_seq 0"
+    );
+
+    meta.advance_last_seq(&[(room, 10)], false).unwrap();
+    assert_eq!(meta.mark_read(room, alice, 5).unwrap(), 5);
+    assert_eq!(
+        meta.mark_read(room, alice, 3).unwrap(),
+        5,
+        "never backwards"
+    );
+    assert_eq!(meta.mark_read(room, alice, 50).unwrap(), 10, "clamped");
+    assert_eq!(meta.read_seq(room, alice).unwrap(), 10);
+    assert!(matches!(
+        meta.mark_read(99, alice, 1),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        meta.mark_read(room, 99, 1),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(meta.read_seq(99, alice), Err(Error::NotFound(_))));
+
+    meta.import_receipt(room, alice, 40).unwrap();
+    meta.import_receipt(room, alice, 20).unwrap();
+    assert_eq!(meta.receipts().unwrap(), [(room, alice, 40)]);
+}
+
+#[test]
+fn receipts_in_a_batch_have_their_own_outcomes() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let room = meta.create_room("r", false, alice, 1).unwrap();
+    let out = meta
+        .mark_read_many(&[
+            (room, alice, 5, 8), // raises last_seq to 8, stores 5
+            (room, bob, 50, 8),  // clamped to 8
+            (99, alice, 1, 1),   // unknown room
+            (room, 99, 1, 8),    // unknown user
+            (room, alice, 3, 8), // never backwards
+        ])
+        .unwrap();
+    assert_eq!(out.len(), 5);
+    assert_eq!(*out[0].as_ref().unwrap(), 5);
+    assert_eq!(*out[1].as_ref().unwrap(), 8);
+    assert!(matches!(out[2], Err(Error::NotFound(_))));
+    assert!(matches!(out[3], Err(Error::NotFound(_))));
+    assert_eq!(*out[4].as_ref().unwrap(), 5);
+    assert_eq!(meta.room(room).unwrap().unwrap().last_seq, 8);
+    assert_eq!(meta.unread(room, alice).unwrap(), 3);
+    assert_eq!(meta.unread(room, bob).unwrap(), 0);
+    assert!(meta.mark_read_many(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn unread_follows_last_seq() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let a = meta.create_room("a", false, alice, 1).unwrap();
+    let b = meta.create_room("b", false, bob, 1).unwrap();
+    meta.add_member(b, alice, Role::Member).unwrap();
+
+    meta.advance_last_seq(&[(a, 7), (b, 3), (999, 5)], false)
+        .unwrap();
+    assert_eq!(meta.unread(a, alice).unwrap(), 7);
+    meta.mark_read(a, alice, 4).unwrap();
+    assert_eq!(meta.unread(a, alice).unwrap(), 3);
+    assert_eq!(meta.unread_all(alice).unwrap(), [(a, 3), (b, 3)]);
+    assert_eq!(meta.unread_all(bob).unwrap(), [(b, 3)]);
+
+    meta.advance_last_seq(&[(a, 9), (b, 1)], true).unwrap();
+    assert_eq!(meta.unread(a, alice).unwrap(), 5);
+    assert_eq!(
+        meta.room(b).unwrap().unwrap().last_seq,
+        3,
+        "never decreases"
+    );
+    meta.advance_last_seq(&[], false).unwrap();
+    assert!(matches!(meta.unread(99, alice), Err(Error::NotFound(_))));
+    assert!(matches!(meta.unread_all(99), Err(Error::NotFound(_))));
+
+    // A receipt above last_seq (possible after import) reads as 0 unread.
+    meta.import_receipt(b, bob, 100).unwrap();
+    assert_eq!(meta.unread(b, bob).unwrap(), 0);
+}
+
+#[test]
+fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    let (alice, room) = {
+        let meta = Meta::open(&path, 1 << 20).unwrap();
+        let alice = user(&meta, "alice");
+        let room = meta.create_room("r", true, alice, 1).unwrap();
+        meta.create_session(&[9; 32], alice, DAY).unwrap();
+        meta.advance_last_seq(&[(room, 12)], false).unwrap();
+        meta.mark_read(room, alice, 8).unwrap();
+        meta.close().unwrap();
+        (alice, room)
+    };
+    let meta = Meta::open(&path, 1 << 20).unwrap();
+    assert_eq!(meta.user_by_name("alice").unwrap().unwrap().id, alice);
+    assert_eq!(meta.room(room).unwrap().unwrap().last_seq, 12);
+    assert_eq!(meta.member_role(room, alice).unwrap(), Some(Role::Admin));
+    assert_eq!(meta.rooms_of(alice).unwrap(), [room]);
+    assert_eq!(meta.session(&[9; 32], 0).unwrap(), Some(alice));
+    assert_eq!(meta.unread(room, alice).unwrap(), 4);
+    assert!(user(&meta, "bob") > alice, "counter survives");
+}
+
+#[test]
+fn imports_bump_counters() {
+    let (_dir, meta) = fresh();
+    let imported = User {
+        id: 10,
+        name: "old".into(),
+        created_ms: 5,
+        password_hash: None,
+    };
+    meta.import_user(&imported).unwrap();
+    assert_eq!(meta.user(10).unwrap(), Some(imported.clone()));
+    assert!(matches!(
+        meta.import_user(&imported),
+        Err(Error::AlreadyExists(_))
+    ));
+    let renamed = User {
+        name: "new".into(),
+        ..imported.clone()
+    };
+    assert!(matches!(
+        meta.import_user(&renamed),
+        Err(Error::AlreadyExists(_))
+    ));
+    let zero = User {
+        id: 0,
+        name: "zero".into(),
+        ..imported.clone()
+    };
+    assert!(matches!(
+        meta.import_user(&zero),
+        Err(Error::InvalidInput(_))
+    ));
+    let bad_hash = User {
+        id: 11,
+        name: "h".into(),
+        password_hash: Some("x".into()),
+        ..imported
+    };
+    assert!(matches!(
+        meta.import_user(&bad_hash),
+        Err(Error::InvalidInput(_))
+    ));
+    let next_user = user(&meta, "fresh");
+    assert_eq!(next_user, 11);
+
+    let room = Room {
+        id: 42,
+        name: "archive".into(),
+        private: false,
+        creator: 10,
+        created_ms: 3,
+        last_seq: 77,
+    };
+    meta.import_room(&room).unwrap();
+    assert_eq!(meta.room(42).unwrap(), Some(room.clone()));
+    assert!(matches!(
+        meta.import_room(&room),
+        Err(Error::AlreadyExists(_))
+    ));
+    let orphan = Room {
+        id: 43,
+        name: "orphan".into(),
+        creator: 99,
+        ..room
+    };
+    assert!(matches!(meta.import_room(&orphan), Err(Error::NotFound(_))));
+    assert_eq!(meta.create_room("next", false, next_user, 4).unwrap(), 43);
+    assert_eq!(
+        meta.members(42).unwrap(),
+        Vec::new(),
+        "import adds no member"
+    );
+}

@@ -1,0 +1,121 @@
+//! Users: registration with a password hash, users a backend vouches
+//! for, lookups by id and name, restore. Invariant: each name maps exactly
+//! the row of its id.
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::*;
+
+impl Meta {
+    /// Registers a user with a password hash (a PHC string, `$…`, made by
+    /// the caller: this crate never sees a password) and returns its id.
+    ///
+    /// Errors: `InvalidInput` for a bad name or a hash that is not a PHC
+    /// string, `AlreadyExists` if the name is taken.
+    pub fn create_user(&self, name: &str, password_hash: &str, now_ms: u64) -> Result<u64> {
+        validate_name("user", name)?;
+        validate_hash(password_hash)?;
+        self.write(|txn| {
+            let id = next_id(txn, USER_COUNTER)?;
+            insert_user(txn, id, name, now_ms, Some(password_hash))?;
+            Ok(id)
+        })
+    }
+
+    /// Returns the id of user `name`, creating it without a password if it
+    /// does not exist (users vouched for by an app backend's JWT).
+    ///
+    /// Errors: `InvalidInput` for a bad name.
+    pub fn ensure_external_user(&self, name: &str, now_ms: u64) -> Result<u64> {
+        validate_name("user", name)?;
+        if let Some(id) = self.user_id(name)? {
+            return Ok(id);
+        }
+        self.write(|txn| {
+            // Re-check: another writer may have created it since the read.
+            if let Some(id) = txn.open_table(USER_NAMES)?.get(name)? {
+                return Ok(id.value());
+            }
+            let id = next_id(txn, USER_COUNTER)?;
+            insert_user(txn, id, name, now_ms, None)?;
+            Ok(id)
+        })
+    }
+
+    /// Returns user `id`, if it exists.
+    pub fn user(&self, id: u64) -> Result<Option<User>> {
+        self.read(|txn| {
+            let users = txn.open_table(USERS)?;
+            let user = users.get(id)?.map(|row| user_from(id, row.value()));
+            Ok(user)
+        })
+    }
+
+    /// Returns the user called `name`, if it exists.
+    pub fn user_by_name(&self, name: &str) -> Result<Option<User>> {
+        self.read(|txn| {
+            let Some(id) = txn.open_table(USER_NAMES)?.get(name)?.map(|g| g.value()) else {
+                return Ok(None);
+            };
+            let users = txn.open_table(USERS)?;
+            let user = users.get(id)?.map(|row| user_from(id, row.value()));
+            Ok(user)
+        })
+    }
+
+    /// Returns all users, ordered by id.
+    pub fn users(&self) -> Result<Vec<User>> {
+        self.read(|txn| {
+            let users = txn.open_table(USERS)?;
+            users
+                .iter()?
+                .map(|row| {
+                    let (id, row) = row?;
+                    Ok(user_from(id.value(), row.value()))
+                })
+                .collect()
+        })
+    }
+
+    /// Inserts `user` as-is (restore), moving the id counter past its id.
+    ///
+    /// Errors: `InvalidInput` for id 0, a bad name or a hash that is not a
+    /// PHC string; `AlreadyExists` if the id or the name is taken.
+    pub fn import_user(&self, user: &User) -> Result<()> {
+        validate_name("user", &user.name)?;
+        validate_id("user", user.id)?;
+        if let Some(hash) = &user.password_hash {
+            validate_hash(hash)
+                .map_err(|e| Error::InvalidInput(format!("user {}: {e}", user.id)))?;
+        }
+        self.write(|txn| {
+            let hash = user.password_hash.as_deref();
+            insert_user(txn, user.id, &user.name, user.created_ms, hash)?;
+            bump_counter(txn, USER_COUNTER, user.id)
+        })
+    }
+
+    pub(super) fn user_id(&self, name: &str) -> Result<Option<u64>> {
+        self.read(|txn| Ok(txn.open_table(USER_NAMES)?.get(name)?.map(|g| g.value())))
+    }
+}
+
+pub(super) fn insert_user(
+    txn: &WriteTransaction,
+    id: u64,
+    name: &str,
+    created_ms: u64,
+    hash: Option<&str>,
+) -> Result<()> {
+    let mut names = txn.open_table(USER_NAMES)?;
+    if names.get(name)?.is_some() {
+        return Err(taken("user", name));
+    }
+    let mut users = txn.open_table(USERS)?;
+    if users.get(id)?.is_some() {
+        return Err(Error::AlreadyExists(format!("user {id}")));
+    }
+    users.insert(id, (name, created_ms, hash))?;
+    names.insert(name, id)?;
+    Ok(())
+}
