@@ -158,7 +158,7 @@ fn a_stuck_inbox_is_closed_whole_and_refuses_new_subscriptions() {
     let mut cfg = config(dir.path());
     cfg.outbound_queue_bytes_max = 8 << 10;
     cfg.volatile_queue_bytes_max = 4 << 10;
-    cfg.stuck_timeout = Duration::from_millis(300);
+    cfg.stuck_timeout = Duration::from_millis(100);
     let engine = Engine::start(cfg).unwrap();
     let (a, b) = two_rooms(&engine);
     let inbox = engine.inbox_on(0).unwrap();
@@ -168,7 +168,12 @@ fn a_stuck_inbox_is_closed_whole_and_refuses_new_subscriptions() {
     for _ in 0..200 {
         engine.post(a, 1, "", &body).wait().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(900));
+    // Nothing read: closed once stuck for the timeout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.counters().unwrap().slow_closed < 1 {
+        assert!(Instant::now() < deadline, "the stuck inbox was not closed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Whatever was queued is still readable; then the inbox reports why it
     // ended.
     let end = loop {

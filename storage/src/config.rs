@@ -4,7 +4,8 @@
 //! called by [`crate::Store::open`] so a bad value fails at start-up with a
 //! message naming the field, never later on a hot path.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -96,6 +97,25 @@ pub struct StorageConfig {
     /// glommio DMA memory registered per ring, in bytes (memlock is 8 MiB on
     /// the reference machine). Default 1 MiB.
     pub io_memory_bytes: usize,
+    /// Sees every write, sync, truncation and install of the log's files,
+    /// in order (crash-consistency tests rebuild what a power cut would
+    /// leave from it, see `storage/tests/powercut.rs`). Default none.
+    pub log_observer: Option<Arc<dyn LogObserver>>,
+}
+
+/// What the log does to its files, told as it happens (on the shard's
+/// thread): what a model of the disk needs to know which bytes were
+/// durable at any moment. Writes are told just before they are issued,
+/// everything else once it returned.
+pub trait LogObserver: Send + Sync + std::fmt::Debug {
+    /// `bytes` are being written at `offset` of `path`.
+    fn wrote(&self, path: &Path, offset: u64, bytes: &[u8]);
+    /// `path` was `fdatasync`ed: everything written to it is durable.
+    fn synced(&self, path: &Path);
+    /// `path` was truncated to `len` bytes (durable once synced).
+    fn truncated(&self, path: &Path, len: u64);
+    /// `from` was renamed to `to` and the directory synced: durable.
+    fn installed(&self, from: &Path, to: &Path);
 }
 
 impl StorageConfig {
@@ -117,6 +137,7 @@ impl StorageConfig {
             index_cache_bytes: 64 << 20,
             meta_cache_bytes: 16 << 20,
             io_memory_bytes: 1 << 20,
+            log_observer: None,
         }
     }
 

@@ -35,7 +35,7 @@ pub mod verify;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use config::{Durability, StorageConfig};
+pub use config::{Durability, LogObserver, StorageConfig};
 
 /// A log filter directive binaries add to theirs: glommio 0.9.0 reports,
 /// at error level, the refusal of its IOPOLL probe that every shard

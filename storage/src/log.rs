@@ -16,9 +16,11 @@
 //!   before any record in it can be acknowledged.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use glommio::io::{DmaFile, OpenOptions};
 
+use crate::config::LogObserver;
 use crate::error::{Error, Result};
 use crate::segment::{self, Header, Pos, HEADER_BYTES};
 
@@ -37,6 +39,8 @@ pub(crate) struct LogWriter {
     tail: Vec<u8>,
     /// The next segment, being zero-filled under its spare name.
     spare: Option<glommio::Task<Result<Prepared>>>,
+    /// Told every write, sync, truncation and install (tests).
+    observer: Option<Arc<dyn LogObserver>>,
 }
 
 /// A zero-filled segment file and the header written at its start.
@@ -62,10 +66,18 @@ impl LogWriter {
         segment: u32,
         segment_bytes_max: u32,
         now_ms: u64,
+        observer: Option<Arc<dyn LogObserver>>,
     ) -> Result<Self> {
-        let (file, header) =
-            prepare_segment(dir.to_path_buf(), shard, segment, segment_bytes_max, now_ms).await?;
-        install_segment(dir, segment).await?;
+        let (file, header) = prepare_segment(
+            dir.to_path_buf(),
+            shard,
+            segment,
+            segment_bytes_max,
+            now_ms,
+            observer.clone(),
+        )
+        .await?;
+        install_segment(dir, segment, observer.as_deref()).await?;
         let mut w = LogWriter {
             dir: dir.to_path_buf(),
             shard,
@@ -76,6 +88,7 @@ impl LogWriter {
             synced_end: HEADER_BYTES as u32,
             tail: Vec::with_capacity(BLOCK),
             spare: None,
+            observer,
         };
         w.tail.extend_from_slice(&header);
         w.start_spare(now_ms);
@@ -90,6 +103,7 @@ impl LogWriter {
             self.segment + 1,
             self.segment_bytes_max,
             now_ms,
+            self.observer.clone(),
         );
         self.spare = Some(glommio::spawn_local(fut));
     }
@@ -163,6 +177,9 @@ impl LogWriter {
         let new_tail_start = (total / BLOCK) * BLOCK;
         self.tail.clear();
         self.tail.extend_from_slice(&dst[new_tail_start..total]);
+        if let Some(o) = &self.observer {
+            o.wrote(&self.path(), block_start as u64, dst);
+        }
         let written = self
             .file
             .write_at(buf, block_start as u64)
@@ -193,6 +210,9 @@ impl LogWriter {
             .await
             .map_err(|e| glommio_err("syncing", &self.path(), e))?;
         self.synced_end = self.end;
+        if let Some(o) = &self.observer {
+            o.synced(&self.path());
+        }
         Ok(())
     }
 
@@ -210,11 +230,12 @@ impl LogWriter {
                     next_id,
                     self.segment_bytes_max,
                     now_ms,
+                    self.observer.clone(),
                 )
                 .await?
             }
         };
-        install_segment(&self.dir, next_id).await?;
+        install_segment(&self.dir, next_id, self.observer.as_deref()).await?;
         let old = std::mem::replace(&mut self.file, file);
         let old_path = self.path();
         old.close()
@@ -238,10 +259,16 @@ impl LogWriter {
             .truncate(self.end as u64)
             .await
             .map_err(|e| glommio_err("truncating", &path, e))?;
+        if let Some(o) = &self.observer {
+            o.truncated(&path, self.end as u64);
+        }
         self.file
             .fdatasync()
             .await
             .map_err(|e| glommio_err("syncing", &path, e))?;
+        if let Some(o) = &self.observer {
+            o.synced(&path);
+        }
         Ok(Sealed {
             segment: self.segment,
             end: self.end,
@@ -285,6 +312,7 @@ async fn prepare_segment(
     segment: u32,
     size: u32,
     now_ms: u64,
+    observer: Option<Arc<dyn LogObserver>>,
 ) -> Result<(DmaFile, [u8; HEADER_BYTES])> {
     let path = spare_path(&dir, segment);
     let _ = std::fs::remove_file(&path);
@@ -309,12 +337,19 @@ async fn prepare_segment(
     let mut first = file.alloc_dma_buffer(BLOCK);
     first.as_bytes_mut().fill(0);
     first.as_bytes_mut()[..HEADER_BYTES].copy_from_slice(&header);
+    if let Some(o) = &observer {
+        o.wrote(&path, 0, first.as_bytes());
+    }
     file.write_at(first, 0)
         .await
         .map_err(|e| glommio_err("writing", &path, e))?;
     let mut pos = BLOCK as u64;
     while pos < size as u64 {
         let remaining = size as u64 - pos;
+        if let Some(o) = &observer {
+            let len = (remaining as usize).min(FILL_CHUNK).div_ceil(BLOCK) * BLOCK;
+            o.wrote(&path, pos, &vec![0; len]);
+        }
         let n = if remaining >= FILL_CHUNK as u64 {
             file.write_rc_at(zeros.clone(), pos).await
         } else {
@@ -334,19 +369,30 @@ async fn prepare_segment(
     file.fdatasync()
         .await
         .map_err(|e| glommio_err("syncing", &path, e))?;
+    if let Some(o) = &observer {
+        o.synced(&path);
+    }
     Ok((file, header))
 }
 
 /// Renames a prepared spare to its segment name and makes that durable.
-async fn install_segment(dir: &Path, segment: u32) -> Result<()> {
+async fn install_segment(
+    dir: &Path,
+    segment: u32,
+    observer: Option<&dyn LogObserver>,
+) -> Result<()> {
     let (from, to) = (spare_path(dir, segment), segment::path(dir, segment));
-    let dir = dir.to_path_buf();
+    let (f, t, dir) = (from.clone(), to.clone(), dir.to_path_buf());
     glommio::executor()
         .spawn_blocking(move || {
-            std::fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+            std::fs::rename(&f, &t).map_err(|e| Error::io(&t, e))?;
             sync_dir(&dir)
         })
-        .await
+        .await?;
+    if let Some(o) = observer {
+        o.installed(&from, &to);
+    }
+    Ok(())
 }
 
 /// Makes a directory's entries (new or removed files) durable.

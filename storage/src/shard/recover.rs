@@ -84,6 +84,7 @@ impl ShardStore {
             next,
             self.inner.cfg.segment_bytes_max,
             now_ms(),
+            self.inner.cfg.log_observer.clone(),
         )
         .await?;
         let mut st = self.inner.st.borrow_mut();
