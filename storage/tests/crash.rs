@@ -10,6 +10,8 @@
 //! The child is this test binary re-run with `ROOKERY_CRASH_CHILD` set,
 //! executing only [`crash_child`].
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -17,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use rookery_storage::{Cursor, Durability, StorageConfig, Store};
+use rookery_storage::{Durability, StorageConfig, Store};
 
 const ROUNDS: u32 = 20;
 const WRITERS: u64 = 24;
@@ -34,17 +36,6 @@ fn config(dir: &Path) -> StorageConfig {
     cfg
 }
 
-fn run_on_executor<T: Send + 'static>(
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
-) -> T {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(1 << 20)
-        .spawn(f)
-        .expect("executor starts")
-        .join()
-        .expect("executor finishes")
-}
-
 /// The child: append forever (until killed), printing `ack room seq body`
 /// after each append resolves.
 #[test]
@@ -57,8 +48,8 @@ fn crash_child() {
         .parse()
         .unwrap();
     let cfg = config(Path::new(&dir));
-    run_on_executor(move || {
-        Box::pin(async move {
+    common::run(move || async move {
+        {
             let store = Store::open(cfg).unwrap();
             let shard = store.open_shard(0).await.unwrap();
             println!("ready");
@@ -84,7 +75,7 @@ fn crash_child() {
             for t in tasks {
                 t.await;
             }
-        })
+        }
     });
 }
 
@@ -170,22 +161,14 @@ fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<((u64, u64), S
 fn check_store(dir: &Path, acked: &HashMap<(u64, u64), String>, seed: u64, round: u32) {
     let cfg = config(dir);
     let acked = acked.clone();
-    run_on_executor(move || {
-        Box::pin(async move {
+    common::run(move || async move {
+        {
             let store = Store::open(cfg).unwrap();
             let shard = store.open_shard(0).await.unwrap();
             let mut bodies = HashSet::new();
             for room in 1..=ROOMS {
-                let page = shard
-                    .history(room, Cursor::after(0, 1 << 20))
-                    .await
-                    .unwrap();
-                let seqs: Vec<u64> = page.items.iter().map(|i| i.seq()).collect();
-                assert_eq!(
-                    seqs,
-                    (1..=seqs.len() as u64).collect::<Vec<_>>(),
-                    "seed {seed} round {round}: room {room} seqs dense"
-                );
+                let ctx = format!("seed {seed} round {round}");
+                let page = common::dense_history(&shard, room, &ctx).await;
                 let mut last_n: HashMap<String, u64> = HashMap::new();
                 for item in &page.items {
                     let body = item.body().unwrap().to_string();
@@ -210,6 +193,6 @@ fn check_store(dir: &Path, acked: &HashMap<(u64, u64), String>, seed: u64, round
                 }
             }
             shard.close().await.unwrap();
-        })
+        }
     });
 }

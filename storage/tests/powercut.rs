@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rookery_storage::{Cursor, Durability, LogObserver, StorageConfig, Store};
+use rookery_storage::{Durability, LogObserver, StorageConfig, Store};
 
 const SECTOR: usize = 512;
 const ROOMS: u64 = 4;
@@ -218,16 +218,7 @@ fn check_image(image: &Path, acked: Vec<(u64, u64, String)>, seed: u64) {
                 .await
                 .unwrap_or_else(|e| panic!("seed {seed}: recovery failed: {e}"));
             for room in 1..=ROOMS {
-                let page = shard
-                    .history(room, Cursor::after(0, 1 << 20))
-                    .await
-                    .unwrap();
-                let seqs: Vec<u64> = page.items.iter().map(|i| i.seq()).collect();
-                assert_eq!(
-                    seqs,
-                    (1..=seqs.len() as u64).collect::<Vec<_>>(),
-                    "seed {seed}: room {room}: seqs dense"
-                );
+                let page = common::dense_history(&shard, room, &format!("seed {seed}")).await;
                 for (_, seq, body) in acked.iter().filter(|(r, _, _)| *r == room) {
                     let got = page.items.get(*seq as usize - 1).and_then(|i| i.body());
                     assert_eq!(

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::path::Path;
 
-use rookery_storage::{Durability, StorageConfig, Store};
+use rookery_storage::{Cursor, Durability, Page, ShardStore, StorageConfig, Store};
 
 /// Runs `f` on a fresh glommio executor and returns its output.
 pub fn run<F, Fut, T>(f: F) -> T
@@ -35,4 +35,20 @@ pub fn config(dir: &Path) -> StorageConfig {
 
 pub fn open(cfg: &StorageConfig) -> Store {
     Store::open(cfg.clone()).expect("store opens")
+}
+
+/// All of `room`'s history, oldest first, asserting its seqs are dense
+/// from 1 (`ctx` names the case in the failure).
+pub async fn dense_history(shard: &ShardStore, room: u64, ctx: &str) -> Page {
+    let page = shard
+        .history(room, Cursor::after(0, 1 << 20))
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = page.items.iter().map(|i| i.seq()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "{ctx}: room {room}: seqs dense"
+    );
+    page
 }
