@@ -5,7 +5,8 @@
 #   end-to-end run with a client that is not Rust (Python `websockets`),
 #   and short smoke runs of `rookery-bench storage`, `engine` and
 #   `compare` (load against rookery, the bare Rust baseline and the Node ws
-#   baseline), and the web
+#   baseline), `promtool check metrics` on a scrape of a real server, and
+#   the web
 #   client and dashboard in a real browser (Playwright driving Debian's
 #   Chromium, headless; screenshots in target/browser-artifacts/).
 # It installs what a fresh machine lacks (rustfmt, clippy, a Python venv
@@ -77,6 +78,21 @@ venv=target/e2e-venv
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/e2e/requirements.txt
 cargo build --locked -q -p rookery-server
 "$venv/bin/python" tools/e2e/python_client.py --bin target/debug/rookery
+
+step "metrics: promtool check metrics on a scrape after traffic"
+# Debian's prometheus package brings promtool; installed if missing.
+if ! command -v promtool >/dev/null; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null ||
+            { echo "promtool is missing and installing it needs root (or sudo)" >&2; exit 2; }
+        sudo="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -qq prometheus >/dev/null ||
+        { $sudo apt-get update -qq && $sudo apt-get install -y -qq prometheus >/dev/null; }
+fi
+bash tools/metrics/check.sh target/debug/rookery
 
 step "bench smoke: rookery-bench storage (a few seconds)"
 smoke_dir=$(mktemp -d)

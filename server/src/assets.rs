@@ -72,9 +72,7 @@ fn etags() -> &'static [String] {
 pub fn serve(req: &Request) -> Option<Response> {
     let i = ASSETS.iter().position(|a| a.path == req.path)?;
     let (asset, etag) = (&ASSETS[i], &etags()[i]);
-    let fresh = req
-        .header("if-none-match")
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let fresh = req.none_match(etag);
     let mut resp = Response {
         status: if fresh { 304 } else { 200 },
         body: if fresh {

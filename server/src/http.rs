@@ -52,6 +52,32 @@ impl Request {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Whether `If-None-Match` (every such header, each a list) matches
+    /// `etag` (a quoted strong tag) under RFC 9110's weak comparison:
+    /// `W/"x"` matches `"x"`, and `*` matches anything.
+    pub fn none_match(&self, etag: &str) -> bool {
+        let want = etag.trim_start_matches("W/");
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "if-none-match")
+            .any(|(_, v)| v.trim() == "*" || entity_tags(v).any(|t| t == want))
+    }
+}
+
+/// The entity tags of an `If-None-Match` list, each with its quotes and
+/// without a `W/` prefix; parsing stops at anything that is not one.
+fn entity_tags(list: &str) -> impl Iterator<Item = &str> {
+    let mut rest = list;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        let tag = rest.strip_prefix("W/").unwrap_or(rest);
+        let body = tag.strip_prefix('"')?;
+        let end = body.find('"')? + 2;
+        let (found, after) = tag.split_at(end);
+        rest = after;
+        Some(found)
+    })
 }
 
 /// Why a request is refused; each maps to one status code.
@@ -112,7 +138,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ht
     }
     let version = req.version.unwrap_or(1);
     let method = req.method.unwrap_or_default().to_string();
-    let target = req.path.unwrap_or_default();
+    let target = origin_form(req.path.unwrap_or_default());
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), q.to_string()),
         None => (target.to_string(), String::new()),
@@ -135,7 +161,25 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ht
         body: Vec::new(),
         peer: None,
     };
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
+    let hosts = request_head
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "host")
+        .count();
+    if hosts > 1 || (hosts == 0 && version == 1) {
+        return Err(HttpError::Malformed(
+            "an HTTP/1.1 request needs exactly one Host header".into(),
+        ));
+    }
     if let Some(te) = request_head.header("transfer-encoding") {
+        // §6.3: both framings at once is how requests are smuggled past a
+        // proxy that reads the other one.
+        if request_head.header("content-length").is_some() {
+            return Err(HttpError::Malformed(
+                "Content-Length with Transfer-Encoding".into(),
+            ));
+        }
         return Err(HttpError::Unsupported(format!("transfer-encoding {te}")));
     }
     let body_len = content_length(&request_head.headers)?;
@@ -151,13 +195,35 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ht
     Ok(Some((request, total)))
 }
 
+/// The path and query of a target: an absolute-form target
+/// (`http://host/path?q`, RFC 9112 §3.2.2) loses its scheme and authority;
+/// any other is returned as it is (and must then start with `/`).
+fn origin_form(target: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    else {
+        return Cow::Borrowed(target);
+    };
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Cow::Borrowed(&rest[i..]),
+        Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
+        None => Cow::Borrowed("/"),
+    }
+}
+
 /// The body length: one valid `Content-Length` (duplicates must agree), or 0.
 fn content_length(headers: &[(String, String)]) -> Result<usize, HttpError> {
     let mut len: Option<usize> = None;
     for (_, v) in headers.iter().filter(|(n, _)| n == "content-length") {
+        // Digits only (`+2` parses as a number but is not one here).
         let n: usize = v
-            .parse()
-            .map_err(|_| HttpError::Malformed(format!("content-length {v:?}")))?;
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| v.parse().ok())
+            .flatten()
+            .ok_or_else(|| HttpError::Malformed(format!("content-length {v:?}")))?;
         if len.is_some_and(|l| l != n) {
             return Err(HttpError::Malformed("conflicting content-length".into()));
         }
@@ -272,7 +338,7 @@ mod tests {
 
     #[test]
     fn pipelined_requests_parse_one_at_a_time_in_order() {
-        let buf = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.1\r\n";
+        let buf = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.1\r\nHost: t\r\n";
         let (a, n) = parse(buf, &LIMITS).unwrap().unwrap();
         assert_eq!(
             (a.method.as_str(), a.path.as_str(), a.query.as_str()),
@@ -285,8 +351,34 @@ mod tests {
     }
 
     #[test]
+    fn if_none_match_uses_weak_comparison_over_lists() {
+        let with = |values: &[&str]| {
+            let raw: String = values
+                .iter()
+                .map(|v| format!("If-None-Match: {v}\r\n"))
+                .collect();
+            let text = format!("GET / HTTP/1.1\r\nHost: h\r\n{raw}\r\n");
+            parse(text.as_bytes(), &LIMITS).unwrap().unwrap().0
+        };
+        let etag = "\"abc\"";
+        for yes in [
+            &["\"abc\""][..],
+            &["W/\"abc\""],
+            &["\"x\", \"abc\""],
+            &["\"x\",W/\"abc\""],
+            &["*"],
+            &["\"x\"", "\"abc\""],
+        ] {
+            assert!(with(yes).none_match(etag), "{yes:?}");
+        }
+        for no in [&["\"abd\""][..], &["abc"], &["\"x\", \"ab"], &[]] {
+            assert!(!with(no).none_match(etag), "{no:?}");
+        }
+    }
+
+    #[test]
     fn a_body_is_awaited_until_complete() {
-        let buf = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nab";
+        let buf = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nab";
         assert_eq!(parse(buf, &LIMITS).unwrap(), None);
     }
 
@@ -294,30 +386,41 @@ mod tests {
     fn every_limit_and_bad_input_has_its_status() {
         let cases: Vec<(Vec<u8>, u16)> = vec![
             (b"GARBAGE\r\n\r\n".to_vec(), 400),
-            (b"GET x HTTP/1.1\r\n\r\n".to_vec(), 400),
+            (b"GET x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
             (
-                b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(),
+                b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n".to_vec(),
                 400,
             ),
             (
-                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(),
+                b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(),
                 400,
             ),
-            (b"GET / HTTP/1.1\r\nX: \xff\r\n\r\n".to_vec(), 400),
+            (b"GET / HTTP/1.1\r\nHost: t\r\nX: \xff\r\n\r\n".to_vec(), 400),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n".to_vec(),
+                b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 65\r\n\r\n".to_vec(),
                 413,
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
                 501,
             ),
+            // RFC 9112 strictness: digits only, one Host, one framing.
             (
-                format!("GET / HTTP/1.1\r\n{}\r\n", "H: v\r\n".repeat(9)).into_bytes(),
+                b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +2\r\n\r\nab".to_vec(),
+                400,
+            ),
+            (b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
+            (
+                b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nab".to_vec(),
+                400,
+            ),
+            (
+                format!("GET / HTTP/1.1\r\nHost: t\r\n{}\r\n", "H: v\r\n".repeat(9)).into_bytes(),
                 431,
             ),
             (
-                format!("GET /{} HTTP/1.1\r\n", "a".repeat(1100)).into_bytes(),
+                format!("GET /{} HTTP/1.1\r\nHost: t\r\n", "a".repeat(1100)).into_bytes(),
                 431,
             ),
         ];
@@ -328,10 +431,30 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_targets_are_their_path_and_query() {
+        let target = |raw: &str| {
+            let text = format!("GET {raw} HTTP/1.1\r\nHost: example.com\r\n\r\n");
+            let (r, _) = parse(text.as_bytes(), &LIMITS).unwrap().unwrap();
+            (r.path, r.query)
+        };
+        assert_eq!(
+            target("http://example.com/a?x=1"),
+            ("/a".into(), "x=1".into())
+        );
+        assert_eq!(target("https://example.com"), ("/".into(), String::new()));
+        assert_eq!(target("http://example.com?x=1"), ("/".into(), "x=1".into()));
+        assert_eq!(target("/b"), ("/b".into(), String::new()));
+        // HTTP/1.0 may leave Host out.
+        assert!(parse(b"GET / HTTP/1.0\r\n\r\n", &LIMITS).unwrap().is_some());
+    }
+
+    #[test]
     fn keep_alive_follows_version_and_connection_header() {
         let ka = |raw: &[u8]| parse(raw, &LIMITS).unwrap().unwrap().0.keep_alive;
-        assert!(ka(b"GET / HTTP/1.1\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        ));
         assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
     }

@@ -50,11 +50,29 @@ fn main() {
         eprintln!("rookery: {e}");
         std::process::exit(2);
     }
+    if let Err(e) = check_port_free(cfg.listen) {
+        eprintln!("rookery: {e}");
+        std::process::exit(2);
+    }
     init_tracing();
     if let Err(e) = run(cfg) {
         eprintln!("rookery: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A port something already listens on is a start-up error, another
+/// Rookery included: the shards bind with SO_REUSEPORT, so a second server
+/// would otherwise start and silently take a share of the first one's
+/// connections. The probe binds without SO_REUSEPORT (which fails on any
+/// listening socket) and lets go before the shards bind.
+fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("--listen {addr}: {e} (is another server listening there?)"))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

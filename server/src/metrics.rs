@@ -133,6 +133,24 @@ impl EncodeMetric for MicrosHistogram {
     }
 }
 
+/// A histogram per HTTP route, encoded as one family labelled `route`.
+#[derive(Debug)]
+struct ByRoute(Vec<(&'static str, hdrhistogram::Histogram<u64>)>);
+
+impl EncodeMetric for ByRoute {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (route, h) in &self.0 {
+            let labels: Labels = vec![("route".into(), route.to_string())];
+            MicrosHistogram(h.clone()).encode(encoder.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// The storage's fsync batch size buckets, as a Prometheus histogram of
 /// records per `fdatasync`.
 #[derive(Debug)]
@@ -196,6 +214,43 @@ fn labelled_counters<K>(
         }
     }
     family
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for
+/// scrapers that do not ask for OpenMetrics (`promtool check metrics`
+/// reads this one): a counter family's HELP and TYPE name its `_total`
+/// samples, and the `# UNIT` and `# EOF` lines go.
+pub fn text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Renders one scrape.
@@ -390,15 +445,14 @@ pub fn render(
     }
     let mut routes: Vec<_> = durations.into_iter().collect();
     routes.sort_by_key(|(route, _)| *route);
-    for (route, h) in routes {
-        r.sub_registry_with_label(("route".into(), route.into()))
-            .register_with_unit(
-                "http_request_duration",
-                "Time to handle an HTTP request, by route",
-                Unit::Seconds,
-                MicrosHistogram(h),
-            );
-    }
+    // One family with a `route` label: a registration per route would
+    // repeat the family's HELP and TYPE, which scrapers reject.
+    r.register_with_unit(
+        "http_request_duration",
+        "Time to handle an HTTP request, by route",
+        Unit::Seconds,
+        ByRoute(routes),
+    );
     let closes = labelled_counters(
         http,
         |h| &h.closes,

@@ -318,6 +318,20 @@ fn messages_publish_page_etag_and_unread() {
     assert_eq!(header(&again, "etag"), Some(etag.as_str()));
     assert_eq!(header(&again, "x-cache"), Some("HIT"), "read a moment ago");
     assert!(again.ends_with("\r\n\r\n"), "no body: {again}");
+    // RFC 9110 weak comparison over a list: W/ and other tags around it.
+    for matching in [
+        format!("W/{etag}"),
+        format!("\"other\", W/{etag}"),
+        "*".into(),
+    ] {
+        let weak = get_raw(
+            p,
+            &format!("/api/rooms/{room}/messages?limit=10"),
+            &b,
+            &format!("If-None-Match: {matching}\r\n"),
+        );
+        assert_eq!(status(&weak), 304, "{matching}: {weak}");
+    }
     // A new message changes the page and its tag.
     post(121, "c121");
     let changed = get_raw(
@@ -489,7 +503,25 @@ fn metrics_are_exposed_in_prometheus_text() {
         assert_eq!(s, 201);
     }
     assert_eq!(call(p, "GET", "/nowhere", None, None).0, 404);
-    let resp = exchange(p, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    // Prometheus asks for OpenMetrics; anyone else gets the text format.
+    let plain = exchange(
+        p,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert!(header(&plain, "content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    assert!(
+        plain.contains("# TYPE rookery_posts_total counter\n"),
+        "{plain}"
+    );
+    assert!(!plain.contains("# EOF") && !plain.contains("# UNIT"));
+    let resp = exchange(
+        p,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(status(&resp), 200);
     assert!(header(&resp, "content-type")
         .unwrap()
@@ -535,4 +567,15 @@ fn metrics_are_exposed_in_prometheus_text() {
     // the batch size histogram when it covered records.
     assert!(value("rookery_fsync_batch_records_count ") <= value("rookery_log_fsyncs_total "));
     assert!(text.trim_end().ends_with("# EOF"));
+    // Every family's HELP and TYPE appear once (a scraper rejects the
+    // whole scrape otherwise), with traffic on several routes.
+    let mut seen = std::collections::HashSet::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("# HELP ") || l.starts_with("# TYPE "))
+    {
+        let family = line.split(' ').take(3).collect::<Vec<_>>().join(" ");
+        assert!(seen.insert(family.clone()), "{family} twice in\n{text}");
+    }
+    assert!(seen.contains("# TYPE rookery_http_request_duration_seconds"));
 }

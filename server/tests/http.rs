@@ -16,22 +16,24 @@ fn keep_alive_and_pipelined_requests_are_answered_in_order() {
     let server = start(&[]);
     let mut s = connect(server.port);
     // Two requests in one write, then a third after reading both.
-    s.write_all(b"GET /healthz HTTP/1.1\r\n\r\nGET /readyz HTTP/1.1\r\n\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let a = read_response(&mut s);
     let b = read_response(&mut s);
     assert_eq!((status(&a), status(&b)), (200, 200));
     assert!(a.ends_with("{\"status\":\"ok\"}"), "{a}");
     assert!(b.contains("\"status\":\"ready\""), "{b}");
-    s.write_all(b"GET /no/such/route HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"GET /no/such/route HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let c = read_response(&mut s);
     assert_eq!(status(&c), 404);
     assert!(c.contains("{\"error\":{\"code\":\"not_found\""), "{c}");
-    s.write_all(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    s.write_all(b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
         .unwrap();
     assert_eq!(status(&read_response(&mut s)), 405);
     // /api/server says what the server is and where its endpoints are.
-    s.write_all(b"GET /api/server HTTP/1.1\r\n\r\n").unwrap();
+    s.write_all(b"GET /api/server HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let root = read_response(&mut s);
     let body: serde_json::Value =
         serde_json::from_str(root.split("\r\n\r\n").nth(1).unwrap()).unwrap();
@@ -44,7 +46,7 @@ fn keep_alive_and_pipelined_requests_are_answered_in_order() {
     assert_eq!(body["endpoints"]["web_client"], "/");
     assert_eq!(body["history_page_len_max"], 200);
     // Connection: close is honoured.
-    s.write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut rest = String::new();
     s.read_to_string(&mut rest).unwrap();
@@ -59,34 +61,58 @@ fn bad_requests_get_their_status_and_the_server_keeps_serving() {
         "--http-body-bytes-max",
         "100",
     ]);
-    let big_header = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(2000));
-    let many_headers = format!("GET / HTTP/1.1\r\n{}\r\n", "X-H: v\r\n".repeat(100));
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\n{}\r\n",
+        "X-H: v\r\n".repeat(100)
+    );
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400, "bad_request"),
         (
-            b"GET relative HTTP/1.1\r\n\r\n".to_vec(),
+            b"GET relative HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
             400,
             "bad_request",
         ),
         (
-            b"GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n".to_vec(),
+            b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: nope\r\n\r\n".to_vec(),
             400,
             "bad_request",
         ),
         (big_header.into_bytes(), 431, "headers_too_large"),
         (many_headers.into_bytes(), 431, "headers_too_large"),
         (
-            b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n".to_vec(),
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n".to_vec(),
             413,
             "body_too_large",
         ),
         (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
             501,
             "not_implemented",
         ),
         (
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            400,
+            "bad_request",
+        ),
+        // RFC 9112: digits-only Content-Length, exactly one Host, never two
+        // framings (what request smuggling behind a proxy relies on).
+        (
+            b"POST /api/login HTTP/1.1\r\nHost: t\r\nContent-Length: +2\r\n\r\n{}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (b"GET /healthz HTTP/1.1\r\n\r\n".to_vec(), 400, "bad_request"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            b"POST /api/login HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
             400,
             "bad_request",
         ),
@@ -96,6 +122,10 @@ fn bad_requests_get_their_status_and_the_server_keeps_serving() {
         assert_eq!(status(&resp), want, "{resp}");
         assert!(resp.contains(&format!("\"code\":\"{code}\"")), "{resp}");
         assert!(resp.contains("connection: close"), "{resp}");
+        // One answer, then the connection is closed: nothing after a bad
+        // request (a smuggled one included) is read.
+        let answers = resp.lines().filter(|l| l.starts_with("HTTP/1.1 ")).count();
+        assert_eq!(answers, 1, "{resp}");
         assert_serving(server.port);
     }
 }
@@ -112,7 +142,8 @@ fn slow_and_idle_clients_do_not_hold_a_shard() {
     let mut slow: Vec<TcpStream> = (0..50)
         .map(|_| {
             let mut s = connect(server.port);
-            s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+                .unwrap();
             s
         })
         .collect();
@@ -133,7 +164,8 @@ fn slow_and_idle_clients_do_not_hold_a_shard() {
     }
     // An idle keep-alive connection is closed after the idle deadline.
     let mut idle = connect(server.port);
-    idle.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(status(&read_response(&mut idle)), 200);
     let t = Instant::now();
     let mut rest = Vec::new();
@@ -174,7 +206,12 @@ fn sigterm_stops_cleanly_and_the_data_dir_reopens() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while exchange(port, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").is_err() {
+    while exchange(
+        port,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .is_err()
+    {
         assert!(Instant::now() < deadline, "no restart");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -237,8 +274,9 @@ fn a_port_in_use_fails_start_with_a_clear_error() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("binding 127.0.0.1"), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("--listen 127.0.0.1:{port}")), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[test]
@@ -255,12 +293,17 @@ fn connections_and_registrations_per_ip_are_limited() {
     let held: Vec<TcpStream> = (0..3)
         .map(|_| {
             let mut s = connect(p);
-            s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
             assert_eq!(status(&read_response(&mut s)), 200);
             s
         })
         .collect();
-    let over = exchange(p, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let over = exchange(
+        p,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(status(&over), 429, "{over}");
     assert!(over.contains("\"code\":\"too_many_connections\""));
     // Closing one makes room again (the server notices the closes a moment
@@ -269,7 +312,11 @@ fn connections_and_registrations_per_ip_are_limited() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut refused = 1;
     loop {
-        let resp = exchange(p, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+        let resp = exchange(
+            p,
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
         match status(&resp) {
             200 => break,
             429 => refused += 1,
@@ -293,7 +340,11 @@ fn connections_and_registrations_per_ip_are_limited() {
         assert_eq!(s, want, "{v}");
     }
     // Refusals are counted in /metrics.
-    let metrics = exchange(p, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let metrics = exchange(
+        p,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     let counted =
         format!("rookery_limit_refusals_total{{limit=\"connections_per_ip\"}} {refused}\n");
     assert!(metrics.contains(&counted), "{counted} in {metrics}");

@@ -89,7 +89,8 @@ fn sigterm_closes_websockets_with_1001_and_keeps_every_acked_message() {
     }
     // An idle keep-alive HTTP connection is closed too.
     let mut idle = connect(p);
-    idle.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(status(&read_response(&mut idle)), 200);
 
     signal(&server.child, libc::SIGTERM);
@@ -285,4 +286,22 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
         .map(|(_, s)| *s)
         .max();
     assert_eq!(v["seq"].as_u64(), Some(last.unwrap_or(0) + 1));
+}
+
+#[test]
+fn a_second_server_on_the_same_port_is_a_start_up_error() {
+    let first = common::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", first.port);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rookery"))
+        .args(["--listen", &addr, "--durability", "none"])
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&addr), "names the address: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // The first server is untouched.
+    common::assert_serving(first.port);
 }

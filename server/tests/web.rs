@@ -11,7 +11,7 @@ use common::*;
 use serde_json::{json, Value};
 
 fn get(port: u16, path: &str, extra: &str) -> String {
-    let raw = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n{extra}\r\n");
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}\r\n");
     exchange(port, raw.as_bytes()).unwrap()
 }
 
@@ -82,11 +82,19 @@ fn files_carry_an_etag_and_a_match_is_304() {
     let again = get(p, "/style.css", &format!("If-None-Match: {tag}\r\n"));
     assert_eq!(status(&again), 304, "{again}");
     assert!(body(&again).is_empty());
+    let weak = get(
+        p,
+        "/style.css",
+        &format!("If-None-Match: \"x\", W/{tag}\r\n"),
+    );
+    assert_eq!(status(&weak), 304, "weak, in a list: {weak}");
+    let other = get(p, "/style.css", "If-None-Match: \"x\", W/\"y\"\r\n");
+    assert_eq!(status(&other), 200);
     // HEAD: the same head (with the length of the body), no body; the
     // connection then serves the next request.
     let mut c = connect(p);
     c.write_all(
-        b"HEAD /style.css HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"HEAD /style.css HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     let mut both = String::new();
@@ -105,7 +113,7 @@ fn files_carry_an_etag_and_a_match_is_304() {
     // Not files: other methods, paths under them, traversal.
     let post = exchange(
         p,
-        b"POST / HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
     )
     .unwrap();
     assert_eq!(status(&post), 405, "{post}");

@@ -231,7 +231,7 @@ fn sends_per_user_are_rate_limited_over_ws_and_http() {
     // The same user over HTTP shares the bucket: 429 with Retry-After.
     let body = json!({"body": "y"}).to_string();
     let raw = format!(
-        "POST /api/rooms/{room}/messages HTTP/1.1\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let resp = exchange(p, raw.as_bytes()).unwrap();

@@ -27,7 +27,7 @@ pub(crate) async fn history(req: &Request, shared: &Shared, raw: &str) -> ApiRes
     let digest = Sha256::digest(&resp.body);
     let etag = format!("\"{}\"", auth::hex(&digest[..16]));
     let cache = if cached { "HIT" } else { "MISS" };
-    if req.header("if-none-match") == Some(etag.as_str()) {
+    if req.none_match(&etag) {
         resp = Response {
             status: 304,
             ..Response::default()

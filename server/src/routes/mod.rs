@@ -41,7 +41,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("GET", "/api/stats") => stats(req, shared),
         ("GET", "/healthz") => Ok(Response::json(200, &json!({"status": "ok"}))),
         ("GET", "/readyz") => Ok(readyz(shared)),
-        ("GET", "/metrics") => metrics(shared).await,
+        ("GET", "/metrics") => metrics(req, shared).await,
         ("POST", "/api/register") => register(req, shared).await,
         ("POST", "/api/login") => login(req, shared).await,
         ("POST", "/api/logout") => logout(req, shared).await,

@@ -62,17 +62,30 @@ pub(crate) fn no_upgrade() -> Response {
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text, summed over shards.
-pub(crate) async fn metrics(shared: &Shared) -> ApiResult {
+pub(crate) async fn metrics(req: &Request, shared: &Shared) -> ApiResult {
     let m = shared.engine.metrics_async().await?;
     let text = crate::metrics::render(&m, &shared.http, &shared.limits, &shared.sends)
         .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    // OpenMetrics for scrapers that ask for it (Prometheus does), the
+    // Prometheus text format for everyone else.
+    let openmetrics = req
+        .header("accept")
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let (content_type, body) = if openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::text_format(&text),
+        )
+    };
     Ok(Response {
         status: 200,
-        headers: vec![(
-            "content-type".into(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8".into(),
-        )],
-        body: text.into_bytes(),
+        headers: vec![("content-type".into(), content_type.into())],
+        body: body.into_bytes(),
         error_code: None,
     })
 }

@@ -71,7 +71,10 @@ pub fn spawn_in(data: &std::path::Path, port: u16, extra: &[&str]) -> (Child, u1
 pub fn wait_ready(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(resp) = exchange(port, b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n") {
+        if let Ok(resp) = exchange(
+            port,
+            b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        ) {
             if resp.starts_with("HTTP/1.1 200") {
                 return;
             }
@@ -127,7 +130,11 @@ pub fn status(resp: &str) -> u16 {
 }
 
 pub fn assert_serving(port: u16) {
-    let resp = exchange(port, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let resp = exchange(
+        port,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(status(&resp), 200, "{resp}");
     assert!(resp.ends_with("{\"status\":\"ok\"}"), "{resp}");
 }
@@ -146,7 +153,7 @@ pub fn call(
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let raw = format!(
-        "{method} {path} HTTP/1.1\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let resp = exchange(port, raw.as_bytes()).unwrap();
@@ -168,7 +175,7 @@ pub fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
 /// A GET with a bearer token and extra header lines; the raw response.
 pub fn get_raw(port: u16, path: &str, token: &str, extra: &str) -> String {
     let raw = format!(
-        "GET {path} HTTP/1.1\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"
     );
     exchange(port, raw.as_bytes()).unwrap()
 }
@@ -202,7 +209,11 @@ pub fn create_room(port: u16, token: &str, name: &str, private: bool) -> u64 {
 /// The value of one unlabelled metric (or the first sample whose line
 /// starts with `name`), from `/metrics`.
 pub fn metric(port: u16, name: &str) -> f64 {
-    let resp = exchange(port, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let resp = exchange(
+        port,
+        b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     resp.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next())
