@@ -181,6 +181,7 @@ mod tests {
                 .collect(),
             body: Vec::new(),
             keep_alive: true,
+            version: 1,
             peer: None,
         };
         assert_eq!(

@@ -221,6 +221,11 @@ impl Inflow {
             }
         };
         let head_len = cursor.position() as usize;
+        if header.rsv2 || header.rsv3 {
+            // No extension here defines them (RFC 6455 §5.2): fail the
+            // connection, compressed frame or not.
+            return Err(InflateError::Corrupt("RSV2 or RSV3 set"));
+        }
         let compressed = match header.opcode {
             OpCode::Data(Data::Text | Data::Binary) if header.rsv1 => {
                 if self.message.is_some() || self.plain_fragments {

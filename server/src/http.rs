@@ -33,6 +33,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
+    /// The minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    pub version: u8,
     /// The client's address (set by the connection, not parsed).
     pub peer: Option<std::net::IpAddr>,
 }
@@ -157,6 +159,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ht
         path,
         query,
         keep_alive: keep_alive(version, &fields),
+        version,
         headers: fields,
         body: Vec::new(),
         peer: None,

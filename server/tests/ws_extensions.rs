@@ -536,3 +536,42 @@ fn admins_manage_the_members_of_private_rooms() {
     assert_eq!((s, v["removed"].as_bool()), (200, Some(false)), "{v}");
     assert_serving(p);
 }
+
+/// RFC 6455: RSV2/RSV3 fail the connection (1002) even with deflate; an
+/// upgrade over HTTP/1.0 or with a key that is not 16 bytes of base64 is
+/// 400, never 101.
+#[test]
+fn reserved_bits_and_bad_upgrades_are_refused() {
+    let server = start(&[]);
+    let p = server.port;
+    let token = register(p, "rsv");
+    for bit in [0x20u8, 0x10] {
+        let (mut ws, head) = RawWs::connect(
+            p,
+            &format!("/ws?token={token}"),
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+        );
+        assert!(head.contains("permessage-deflate"), "{head}");
+        assert_eq!(next_json(&mut ws).0["type"], "hello");
+        let mut c = Compress::new(Compression::default(), false);
+        let ping = deflate(&mut c, br#"{"type":"ping"}"#);
+        ws.write_frame(TEXT | bit, &ping, true, true);
+        assert_eq!(close_code(&mut ws), Some(1002), "reserved bit {bit:#x}");
+    }
+    let upgrade = |version: &str, key: &str| {
+        format!(
+            "GET /ws HTTP/{version}\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    for raw in [
+        upgrade("1.0", "dGhlIHNhbXBsZSBub25jZQ=="),
+        upgrade("1.1", "abc"),
+        upgrade("1.1", "AAAAAAAAAAAAAAAAAAAA"),   // 15 bytes
+        upgrade("1.1", "dGhlIHNhbXBsZSBub25jZQ"), // unpadded
+    ] {
+        let resp = exchange(p, raw.as_bytes()).unwrap();
+        assert_eq!(status(&resp), 400, "{raw}: {resp}");
+        assert!(resp.contains("bad_upgrade"), "{resp}");
+    }
+    assert_serving(p);
+}

@@ -42,6 +42,9 @@ pub fn accept_key(req: &Request) -> Result<String, Response> {
     if req.method != "GET" {
         return bad("a WebSocket upgrade must be a GET");
     }
+    if req.version < 1 {
+        return bad("a WebSocket upgrade needs HTTP/1.1");
+    }
     let has_token = |h: Option<&str>, t: &str| {
         h.is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(t)))
     };
@@ -54,9 +57,17 @@ pub fn accept_key(req: &Request) -> Result<String, Response> {
             .push(("sec-websocket-version".into(), "13".into()));
         return Err(r);
     }
+    // RFC 6455 §4.1: the key is 16 random bytes, base64-encoded.
+    use base64::Engine as _;
+    let key_ok = |k: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .is_ok_and(|bytes| bytes.len() == 16)
+    };
     match req.header("sec-websocket-key") {
-        Some(k) if !k.is_empty() => Ok(tungstenite::handshake::derive_accept_key(k.as_bytes())),
-        _ => bad("Sec-WebSocket-Key is missing"),
+        Some(k) if key_ok(k) => Ok(tungstenite::handshake::derive_accept_key(k.as_bytes())),
+        Some(_) => bad("Sec-WebSocket-Key must be 16 bytes in base64"),
+        None => bad("Sec-WebSocket-Key is missing"),
     }
 }
 
