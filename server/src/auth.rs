@@ -62,6 +62,13 @@ pub fn hash_password(password: &str) -> Result<String> {
         .map_err(|e| EngineError::InvalidInput(format!("cannot hash the password: {e}")))
 }
 
+/// A hash of a random password, made once: what a login for a name
+/// without a password is checked against, so it costs the same.
+pub fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password(&new_token()).expect("argon2 hashes a random password"))
+}
+
 /// Whether `password` matches the stored PHC string (tens of ms of CPU).
 /// A stored hash that does not parse matches nothing.
 pub fn password_matches(stored: &str, password: &str) -> bool {

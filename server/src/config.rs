@@ -99,6 +99,31 @@ pub struct Config {
         default_value_t = 30
     )]
     pub registrations_per_ip_per_min: u32,
+    /// Failed logins from one IP address per minute (a token bucket);
+    /// past it every login from there gets 429 with `Retry-After`, before
+    /// any password is checked.
+    #[arg(
+        long,
+        env = "ROOKERY_LOGIN_FAILURES_PER_IP_PER_MIN",
+        default_value_t = 30
+    )]
+    pub login_failures_per_ip_per_min: u32,
+    /// Failed logins for one account name per minute, from anywhere; past
+    /// it logins to that account get 429 with `Retry-After`.
+    #[arg(
+        long,
+        env = "ROOKERY_LOGIN_FAILURES_PER_ACCOUNT_PER_MIN",
+        default_value_t = 10
+    )]
+    pub login_failures_per_account_per_min: u32,
+    /// Threads that hash and check passwords (argon2id), apart from the
+    /// shards and their blocking pools, unpinned; 0: one per core.
+    #[arg(long, env = "ROOKERY_PASSWORD_HASH_THREADS", default_value_t = 0)]
+    pub password_hash_threads: usize,
+    /// Password checks waiting for a hashing thread; past it a login or
+    /// registration gets 503 `unavailable` at once.
+    #[arg(long, env = "ROOKERY_PASSWORD_HASH_QUEUE_MAX", default_value_t = 64)]
+    pub password_hash_queue_max: usize,
     /// Rooms one WebSocket connection may join at once; more get an
     /// `error` frame with code `too_many_rooms`.
     #[arg(
@@ -190,6 +215,18 @@ impl Config {
         };
         self.durability()?;
         positive(self.http_head_bytes_max as u64, "http-head-bytes-max")?;
+        positive(
+            self.login_failures_per_ip_per_min as u64,
+            "login-failures-per-ip-per-min",
+        )?;
+        positive(
+            self.login_failures_per_account_per_min as u64,
+            "login-failures-per-account-per-min",
+        )?;
+        positive(
+            self.password_hash_queue_max as u64,
+            "password-hash-queue-max",
+        )?;
         if self.http_head_bytes_max < 256 {
             return Err("--http-head-bytes-max must be >= 256".into());
         }

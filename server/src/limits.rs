@@ -128,8 +128,17 @@ const STRIPE_SWEEP_MIN: usize = 100_000 / SEND_STRIPES;
 
 impl SendLimits {
     pub fn new(per_s: u32, burst: u32) -> Arc<SendLimits> {
-        Arc::new(SendLimits {
-            per_s: per_s as f64,
+        Arc::new(SendLimits::with_rate(per_s as f64, burst))
+    }
+
+    /// Token buckets refilled at `per_min` a minute, up to `per_min`.
+    pub fn per_minute(per_min: u32) -> SendLimits {
+        SendLimits::with_rate(per_min as f64 / 60.0, per_min)
+    }
+
+    fn with_rate(per_s: f64, burst: u32) -> SendLimits {
+        SendLimits {
+            per_s,
             burst: burst.max(1) as f64,
             stripes: (0..SEND_STRIPES)
                 .map(|_| {
@@ -141,7 +150,26 @@ impl SendLimits {
                 .collect(),
             refused: AtomicU64::new(0),
             swept: AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// Whether `key` has a token now, without taking it; when not, the
+    /// milliseconds until it will.
+    pub fn peek(&self, key: u64, now: Instant) -> Result<(), u64> {
+        let stripe = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SEND_STRIPES;
+        let Ok(st) = self.stripes[stripe].lock() else {
+            return Ok(());
+        };
+        let Some(&(tokens, at)) = st.buckets.get(&key) else {
+            return Ok(());
+        };
+        let tokens =
+            (tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_s).min(self.burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(((1.0 - tokens) / self.per_s * 1000.0).ceil().max(1.0) as u64)
+        }
     }
 
     /// Takes a token for one send by `user`; when there is none, the
@@ -188,6 +216,58 @@ impl SendLimits {
             .map(|s| s.lock().unwrap().buckets.len())
             .sum()
     }
+}
+
+/// Failed logins, per client address and per account name: each failure
+/// takes a token from both buckets, and a login finding either empty is
+/// refused before any password is checked (so a password-guessing loop
+/// costs the server no hashing once limited).
+pub struct LoginLimits {
+    per_ip: SendLimits,
+    per_account: SendLimits,
+    /// Logins refused at a limit.
+    pub refused: AtomicU64,
+}
+
+impl LoginLimits {
+    pub fn new(per_ip_per_min: u32, per_account_per_min: u32) -> Arc<LoginLimits> {
+        Arc::new(LoginLimits {
+            per_ip: SendLimits::per_minute(per_ip_per_min),
+            per_account: SendLimits::per_minute(per_account_per_min),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether a login for `name` from `ip` may be tried now; when not,
+    /// the milliseconds until it may (counted as a refusal).
+    pub fn check(&self, ip: Option<IpAddr>, name: &str, now: Instant) -> Result<(), u64> {
+        let ip_ok = ip.map_or(Ok(()), |ip| self.per_ip.peek(key_of(&ip), now));
+        let account_ok = self.per_account.peek(key_of(name), now);
+        match (ip_ok, account_ok) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(a), Err(b)) => Err(self.refuse(a.max(b))),
+            (Err(ms), _) | (_, Err(ms)) => Err(self.refuse(ms)),
+        }
+    }
+
+    /// Counts a failed login.
+    pub fn failed(&self, ip: Option<IpAddr>, name: &str, now: Instant) {
+        if let Some(ip) = ip {
+            let _ = self.per_ip.take(key_of(&ip), now);
+        }
+        let _ = self.per_account.take(key_of(name), now);
+    }
+
+    fn refuse(&self, ms: u64) -> u64 {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        ms
+    }
+}
+
+/// A bucket key for an address or a name.
+fn key_of(v: &(impl std::hash::Hash + ?Sized)) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(v)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod assets;
 mod auth;
 mod config;
 mod deflate;
+mod hashing;
 mod http;
 mod limits;
 mod metrics;
@@ -104,6 +105,12 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let limits =
         limits::IpLimits::new(cfg.connections_per_ip_max, cfg.registrations_per_ip_per_min);
     let sends = limits::SendLimits::new(cfg.sends_per_user_per_s, cfg.sends_per_user_burst);
+    let logins = limits::LoginLimits::new(
+        cfg.login_failures_per_ip_per_min,
+        cfg.login_failures_per_account_per_min,
+    );
+    let hashing = hashing::HashPool::start(cfg.password_hash_threads, cfg.password_hash_queue_max)
+        .context("starting the password hashing threads")?;
     let (drained_tx, drained_rx) = flume::unbounded();
     let sampler = Arc::new(Mutex::new(stats::Sampler::new(cfg.stats_samples_max)));
     let task: ShardTask = {
@@ -133,6 +140,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 http: http.clone(),
                 limits: limits.clone(),
                 sends: sends.clone(),
+                logins: logins.clone(),
+                hashing: hashing.clone(),
                 stop: Rc::new(glommio::sync::Semaphore::new(0)),
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),

@@ -259,6 +259,8 @@ pub fn render(
     http: &[ShardHttp],
     limits: &crate::limits::IpLimits,
     sends: &crate::limits::SendLimits,
+    logins: &crate::limits::LoginLimits,
+    password_checks: u64,
 ) -> Result<String, std::fmt::Error> {
     let mut r = <Registry>::with_prefix("rookery");
     let c = &m.counters;
@@ -504,6 +506,7 @@ pub fn render(
             limits.registrations_refused.load(Ordering::Relaxed),
         ),
         ("sends_per_user", sends.refused.load(Ordering::Relaxed)),
+        ("login_failures", logins.refused.load(Ordering::Relaxed)),
         (
             "rooms_per_connection",
             http.iter()
@@ -525,6 +528,12 @@ pub fn render(
         "limit_refusals",
         "Requests refused by a limit, by limit",
         refusals,
+    );
+    counter(
+        &mut r,
+        "password_checks",
+        "Passwords hashed or checked on the hashing threads (decoys for unknown names included)",
+        password_checks,
     );
     let flush =
         |f: fn(&crate::out::FlushStats) -> i64| -> i64 { http.iter().map(|h| f(&h.flush)).sum() };

@@ -10,7 +10,7 @@ use glommio::sync::{Gate, Semaphore};
 use rookery_engine::Engine;
 
 use crate::config::Config;
-use crate::limits::{IpLimits, SendLimits};
+use crate::limits::{IpLimits, LoginLimits, SendLimits};
 use crate::metrics::ShardHttp;
 
 /// What every connection task of a shard shares.
@@ -30,6 +30,10 @@ pub struct Shared {
     pub limits: Arc<IpLimits>,
     /// Per-user send limits, shared by every shard.
     pub sends: Arc<SendLimits>,
+    /// Failed-login limits, per address and per account, shared.
+    pub logins: Arc<LoginLimits>,
+    /// Where passwords are hashed and checked.
+    pub hashing: Arc<crate::hashing::HashPool>,
     /// The engine as seen from this shard: posts to rooms it owns and the
     /// connections' inboxes run here without a queue.
     pub local: rookery_engine::Local,

@@ -350,3 +350,55 @@ fn connections_and_registrations_per_ip_are_limited() {
     assert!(metrics.contains(&counted), "{counted} in {metrics}");
     assert!(metrics.contains("rookery_limit_refusals_total{limit=\"registrations_per_ip\"} 1"));
 }
+
+/// Failed logins are limited per account and per address; a limited login
+/// is refused (429, `Retry-After`) before any password is hashed, and an
+/// unknown name costs a (decoy) check like a wrong password.
+#[test]
+fn failed_logins_are_limited_per_account_and_per_address() {
+    let server = start(&[
+        "--login-failures-per-account-per-min",
+        "3",
+        "--login-failures-per-ip-per-min",
+        "5",
+    ]);
+    let p = server.port;
+    register(p, "victim");
+    register(p, "other");
+    let login = |name: &str, password: &str| {
+        let body = serde_json::json!({"name": name, "password": password}).to_string();
+        let raw = format!(
+            "POST /api/login HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        exchange(p, raw.as_bytes()).unwrap()
+    };
+    let checks = || metric(p, "rookery_password_checks_total");
+    let before = checks();
+    assert_eq!(status(&login("ghost", "pw")), 401, "unknown name");
+    assert_eq!(
+        checks(),
+        before + 1.0,
+        "an unknown name is checked too (decoy)"
+    );
+    for _ in 0..3 {
+        assert_eq!(status(&login("victim", "wrong")), 401);
+    }
+    // The account is limited: even the right password waits, unhashed.
+    let before = checks();
+    let limited = login("victim", "pw");
+    assert_eq!(status(&limited), 429, "{limited}");
+    assert!(limited.contains("\"code\":\"rate_limited\""), "{limited}");
+    let retry: u64 = header(&limited, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(checks(), before, "refused before hashing");
+    // Another account from the same address: its fifth failure limits the
+    // address.
+    assert_eq!(status(&login("other", "wrong")), 401);
+    assert_eq!(status(&login("other", "pw")), 429, "the address is limited");
+    assert_eq!(
+        metric(p, "rookery_limit_refusals_total{limit=\"login_failures\"}"),
+        2.0
+    );
+    assert_serving(p);
+}

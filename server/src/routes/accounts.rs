@@ -8,7 +8,7 @@ use crate::app::directory;
 use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
 use crate::shared::Shared;
-use rookery_engine::Error as EngineError;
+use rookery_engine::User;
 
 #[derive(Deserialize)]
 pub(crate) struct Credentials {
@@ -29,40 +29,59 @@ pub(crate) async fn register(req: &Request, shared: &Shared) -> ApiResult {
             ));
         }
     }
-    let m = directory(shared);
-    let (name, password) = (c.name.clone(), c.password);
-    let id = blocking(move || -> rookery_engine::Result<u64> {
-        if password.is_empty() {
-            return Err(EngineError::InvalidInput("empty password".into()));
-        }
-        // A taken name costs no hashing.
-        if m.user_by_name(&name)?.is_some() {
-            return Err(EngineError::AlreadyExists(format!("user name {name:?}")));
-        }
-        let hash = auth::hash_password(&password)?;
-        m.create_user(&name, &hash, auth::now_ms())
-    })
-    .await?;
+    if c.password.is_empty() {
+        return Err(ApiError::BadRequest("empty password".into()));
+    }
+    // A taken name costs no hashing.
+    let (m, name) = (directory(shared), c.name.clone());
+    if blocking(move || m.user_by_name(&name)).await?.is_some() {
+        return Err(ApiError::Conflict(format!("user name {:?}", c.name)));
+    }
+    let password = c.password;
+    let hash = shared
+        .hashing
+        .run(move || auth::hash_password(&password))
+        .await??;
+    let (m, name) = (directory(shared), c.name.clone());
+    let id = blocking(move || m.create_user(&name, &hash, auth::now_ms())).await?;
     let s = auth::open_session(directory(shared), id, shared.cfg.session_ttl_ms()).await?;
     Ok(Response::json(201, &session_json(id, &c.name, &s)))
 }
 
+/// Logs in. Failed logins are limited per address and per account (past
+/// either, 429 before any password is checked); the check runs on the
+/// hashing pool; an unknown name is checked against a decoy hash, so it
+/// costs what a wrong password costs (no user enumeration by timing).
 pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
     let c: Credentials = body(req)?;
-    let m = directory(shared);
-    let (name, password) = (c.name.clone(), c.password);
-    let id = blocking(move || -> rookery_engine::Result<Option<u64>> {
-        let Some(user) = m.user_by_name(&name)? else {
-            return Ok(None);
-        };
+    let now = std::time::Instant::now();
+    shared
+        .logins
+        .check(req.peer, &c.name, now)
+        .map_err(|retry_after_ms| ApiError::RateLimited {
+            message: "too many failed logins; retry later".into(),
+            retry_after_ms,
+        })?;
+    let (m, name) = (directory(shared), c.name.clone());
+    let user = blocking(move || m.user_by_name(&name)).await?;
+    let (id, hash) = match user {
+        Some(User {
+            id,
+            password_hash: Some(hash),
+            ..
+        }) => (Some(id), hash),
         // A user a backend vouches for (no password) cannot log in.
-        Ok(user
-            .password_hash
-            .is_some_and(|hash| auth::password_matches(&hash, &password))
-            .then_some(user.id))
-    })
-    .await?
-    .ok_or_else(|| ApiError::Unauthorized("wrong name or password".into()))?;
+        _ => (None, auth::decoy_hash().to_string()),
+    };
+    let password = c.password;
+    let matches = shared
+        .hashing
+        .run(move || auth::password_matches(&hash, &password))
+        .await?;
+    let Some(id) = id.filter(|_| matches) else {
+        shared.logins.failed(req.peer, &c.name, now);
+        return Err(ApiError::Unauthorized("wrong name or password".into()));
+    };
     let s = auth::open_session(directory(shared), id, shared.cfg.session_ttl_ms()).await?;
     Ok(Response::json(200, &session_json(id, &c.name, &s)))
 }

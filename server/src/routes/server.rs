@@ -64,8 +64,19 @@ pub(crate) fn no_upgrade() -> Response {
 /// `GET /metrics`: Prometheus (OpenMetrics) text, summed over shards.
 pub(crate) async fn metrics(req: &Request, shared: &Shared) -> ApiResult {
     let m = shared.engine.metrics_async().await?;
-    let text = crate::metrics::render(&m, &shared.http, &shared.limits, &shared.sends)
-        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    let checks = shared
+        .hashing
+        .done
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let text = crate::metrics::render(
+        &m,
+        &shared.http,
+        &shared.limits,
+        &shared.sends,
+        &shared.logins,
+        checks,
+    )
+    .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
     // OpenMetrics for scrapers that ask for it (Prometheus does), the
     // Prometheus text format for everyone else.
     let openmetrics = req
