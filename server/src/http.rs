@@ -183,7 +183,20 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ht
                 "Content-Length with Transfer-Encoding".into(),
             ));
         }
-        return Err(HttpError::Unsupported(format!("transfer-encoding {te}")));
+        let codings = request_head
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "transfer-encoding")
+            .count();
+        if codings > 1 || !te.eq_ignore_ascii_case("chunked") {
+            return Err(HttpError::Unsupported(format!("transfer-encoding {te}")));
+        }
+        let Some((body, used)) = dechunk(&buf[head_len..], limits)? else {
+            return Ok(None);
+        };
+        let mut request = request_head;
+        request.body = body;
+        return Ok(Some((request, head_len + used)));
     }
     let body_len = content_length(&request_head.headers)?;
     if body_len > limits.body_bytes_max {
@@ -214,6 +227,92 @@ fn origin_form(target: &str) -> std::borrow::Cow<'_, str> {
         Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
         None => Cow::Borrowed("/"),
     }
+}
+
+/// Longest chunk-size line (size and extensions) accepted.
+const CHUNK_LINE_BYTES_MAX: usize = 1024;
+
+/// A chunked body (RFC 9112 §7.1) from the front of `data`: the body and
+/// the bytes it used, `None` while incomplete. Bounded: the body by
+/// `body_bytes_max` (413), its encoding by twice that plus 4 KiB (so
+/// tiny chunks with long extensions cannot make the connection buffer
+/// without limit), each size line by 1 KiB and the trailers by the head
+/// limit (both 400/431).
+fn dechunk(data: &[u8], limits: &Limits) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
+    let encoded_max = 2 * limits.body_bytes_max + 4096;
+    let incomplete = |data: &[u8]| {
+        if data.len() > encoded_max {
+            Err(HttpError::BodyTooLarge)
+        } else {
+            Ok(None)
+        }
+    };
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(eol) = find_crlf(&data[at..]) else {
+            if data.len() - at > CHUNK_LINE_BYTES_MAX {
+                return Err(HttpError::Malformed("chunk size line too long".into()));
+            }
+            return incomplete(data);
+        };
+        if eol > CHUNK_LINE_BYTES_MAX {
+            return Err(HttpError::Malformed("chunk size line too long".into()));
+        }
+        let line = &data[at..at + eol];
+        let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+        let size = std::str::from_utf8(digits)
+            .ok()
+            .filter(|d| !d.is_empty() && d.len() <= 15 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|d| usize::from_str_radix(d, 16).ok())
+            .ok_or_else(|| HttpError::Malformed("bad chunk size".into()))?;
+        at += eol + 2;
+        if size == 0 {
+            return trailers(data, at, limits).map(|end| end.map(|end| (body, end)));
+        }
+        if body.len() + size > limits.body_bytes_max {
+            return Err(HttpError::BodyTooLarge);
+        }
+        if data.len() < at + size + 2 {
+            return incomplete(data);
+        }
+        if &data[at + size..at + size + 2] != b"\r\n" {
+            return Err(HttpError::Malformed(
+                "chunk data not followed by CRLF".into(),
+            ));
+        }
+        body.extend_from_slice(&data[at..at + size]);
+        at += size + 2;
+        if at > encoded_max {
+            return Err(HttpError::BodyTooLarge);
+        }
+    }
+}
+
+/// Skips a chunked body's trailer fields (ignored) from `at` up to the
+/// empty line; the offset just past it, `None` while incomplete.
+fn trailers(data: &[u8], mut at: usize, limits: &Limits) -> Result<Option<usize>, HttpError> {
+    let start = at;
+    loop {
+        let Some(eol) = find_crlf(&data[at..]) else {
+            return if data.len() - start > limits.head_bytes_max {
+                Err(HttpError::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
+        };
+        at += eol + 2;
+        if eol == 0 {
+            return Ok(Some(at));
+        }
+        if at - start > limits.head_bytes_max {
+            return Err(HttpError::HeadTooLarge);
+        }
+    }
+}
+
+fn find_crlf(data: &[u8]) -> Option<usize> {
+    data.windows(2).position(|w| w == b"\r\n")
 }
 
 /// The body length: one valid `Content-Length` (duplicates must agree), or 0.
@@ -404,7 +503,7 @@ mod tests {
                 413,
             ),
             (
-                b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
                 501,
             ),
             // RFC 9112 strictness: digits only, one Host, one framing.
@@ -431,6 +530,48 @@ mod tests {
             let err = parse(&buf, &LIMITS).expect_err(&String::from_utf8_lossy(&buf));
             assert_eq!(err.status().0, status, "{err:?}");
         }
+    }
+
+    #[test]
+    fn chunked_bodies_are_read_whole_and_bounded() {
+        let head = "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let raw = format!("{head}5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-T: 1\r\n\r\nGET /next");
+        let (r, used) = parse(raw.as_bytes(), &LIMITS).unwrap().unwrap();
+        assert_eq!(r.body, b"hello, world");
+        assert_eq!(&raw.as_bytes()[used..], b"GET /next", "stops at its end");
+        // Any prefix is incomplete, not an error.
+        let full = &raw.as_bytes()[..used];
+        for cut in head.len()..full.len() {
+            assert_eq!(parse(&full[..cut], &LIMITS).unwrap(), None, "cut at {cut}");
+        }
+        let status = |body: String| {
+            let raw = format!("{head}{body}");
+            parse(raw.as_bytes(), &LIMITS).unwrap_err().status().0
+        };
+        assert_eq!(status("zz\r\n".into()), 400, "not hex");
+        assert_eq!(status("+5\r\nhello\r\n".into()), 400);
+        assert_eq!(status("3\r\nabcXY".into()), 400, "no CRLF after the data");
+        assert_eq!(status("41\r\n".into()), 413, "over the body limit (64)");
+        assert_eq!(
+            status(format!("1;{}\r\n", "e".repeat(2000))),
+            400,
+            "long line"
+        );
+        let padded = format!("1;{}\r\nx\r\n", "e".repeat(1000)).repeat(10);
+        assert_eq!(
+            status(padded),
+            413,
+            "encoding past twice the limit plus 4 KiB"
+        );
+        let te = |v: &str| {
+            let raw =
+                format!("POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: {v}\r\n\r\n0\r\n\r\n");
+            parse(raw.as_bytes(), &LIMITS)
+                .map(|r| r.is_some())
+                .map_err(|e| e.status().0)
+        };
+        assert_eq!(te("gzip"), Err(501));
+        assert_eq!(te("Chunked"), Ok(true));
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn bad_requests_get_their_status_and_the_server_keeps_serving() {
             "body_too_large",
         ),
         (
-            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n".to_vec(),
             501,
             "not_implemented",
         ),
@@ -401,4 +401,30 @@ fn failed_logins_are_limited_per_account_and_per_address() {
         2.0
     );
     assert_serving(p);
+}
+
+/// A chunked request body is read whole (RFC 9112 §7.1), and the
+/// connection then serves the next request.
+#[test]
+fn chunked_request_bodies_are_accepted() {
+    let server = start(&[]);
+    let p = server.port;
+    let token = register(p, "chunky");
+    let room = create_room(p, &token, "chunks", false);
+    let body = r#"{"body":"sent in chunks","client_id":"c1"}"#;
+    let (a, b) = body.split_at(10);
+    let raw = format!(
+        "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x};note=x\r\n{b}\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    let resp = exchange(p, raw.as_bytes()).unwrap();
+    // Two answers, back to back (a body has no trailing newline).
+    let statuses: Vec<u16> = resp
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|r| r[..3].parse().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 200], "{resp}");
+    assert!(resp.contains("\"seq\":1"), "{resp}");
 }
