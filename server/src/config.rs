@@ -99,6 +99,20 @@ pub struct Config {
         default_value_t = 30
     )]
     pub registrations_per_ip_per_min: u32,
+    /// Reverse proxies whose `X-Forwarded-For`/`Forwarded` header names
+    /// the client (comma-separated addresses or CIDRs). A connection from
+    /// one of them is not held to `--connections-per-ip-max` (every client
+    /// behind it shares its address), and its requests' client address,
+    /// for the per-address limits and the logs, is the last forwarded
+    /// address that is not itself a trusted proxy. Default: none (the
+    /// headers are ignored).
+    #[arg(
+        long,
+        env = "ROOKERY_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_net
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Failed logins from one IP address per minute (a token bucket);
     /// past it every login from there gets 429 with `Retry-After`, before
     /// any password is checked.
@@ -327,6 +341,14 @@ impl Config {
 /// are). Keys are flag names (`ws-heartbeat-ms` or `ws_heartbeat_ms`); an
 /// unknown key or a value that is not a string, number or boolean is an
 /// error naming it.
+/// An address or a CIDR (`10.0.0.1`, `10.0.0.0/8`, `::1`).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR"))
+}
+
 pub fn file_settings(
     text: &str,
     present: impl Fn(&str) -> bool,

@@ -144,3 +144,109 @@ pub(crate) async fn linger_close(mut stream: TcpStream) {
         }
     }
 }
+
+/// The client's address for a request that came over `peer`: `peer`
+/// itself, unless it is a trusted proxy; then the last address of
+/// `X-Forwarded-For` (or, without it, `Forwarded: for=`) that is not a
+/// trusted proxy itself, walking from the nearest hop back. A header a
+/// client made up can only add entries to the left of what the proxies
+/// appended, so those are never reached while a hop on the right is
+/// untrusted.
+pub(crate) fn client_ip(
+    peer: std::net::IpAddr,
+    req: &crate::http::Request,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let listed = |name: &str| -> Vec<std::net::IpAddr> {
+        req.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .filter_map(|entry| forwarded_addr(entry, name == "forwarded"))
+            .collect()
+    };
+    let mut hops = listed("x-forwarded-for");
+    if hops.is_empty() {
+        hops = listed("forwarded");
+    }
+    hops.iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(hops.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
+/// One entry of `X-Forwarded-For` (an address) or of `Forwarded` (its
+/// `for=` parameter: `for=192.0.2.1`, `for="[2001:db8::1]:443"`).
+fn forwarded_addr(entry: &str, rfc7239: bool) -> Option<std::net::IpAddr> {
+    let raw = if rfc7239 {
+        entry.split(';').find_map(|p| {
+            p.trim()
+                .strip_prefix("for=")
+                .or_else(|| p.trim().strip_prefix("For="))
+        })?
+    } else {
+        entry
+    };
+    let raw = raw.trim().trim_matches('"');
+    if let Ok(ip) = raw.parse() {
+        return Some(ip);
+    }
+    // `[v6]:port` or `v4:port`.
+    let host = match raw.strip_prefix('[') {
+        Some(rest) => rest.split(']').next()?,
+        None => raw.rsplit_once(':')?.0,
+    };
+    host.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> crate::http::Request {
+        crate::http::Request {
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+            keep_alive: true,
+            version: 1,
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn the_client_is_the_last_untrusted_forwarded_hop_behind_a_trusted_proxy() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: std::net::IpAddr = "10.0.0.5".parse().unwrap();
+        let outsider: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // Not a trusted peer: its headers are ignored.
+        let spoof = req(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(client_ip(outsider, &spoof, &trusted), outsider);
+        // A made-up entry on the left is never reached.
+        let chain = req(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.0.0.9")]);
+        assert_eq!(client_ip(proxy, &chain, &trusted), ip("198.51.100.7"));
+        // RFC 7239, with a port and an IPv6 address.
+        let fwd = req(&[("forwarded", "for=\"[2001:db8::1]:443\";proto=https")]);
+        assert_eq!(client_ip(proxy, &fwd, &trusted), ip("2001:db8::1"));
+        let fwd4 = req(&[("forwarded", "for=192.0.2.60:8080")]);
+        assert_eq!(client_ip(proxy, &fwd4, &trusted), ip("192.0.2.60"));
+        // Nothing usable: the proxy itself.
+        assert_eq!(client_ip(proxy, &req(&[]), &trusted), proxy);
+        assert_eq!(
+            client_ip(proxy, &req(&[("x-forwarded-for", "junk")]), &trusted),
+            proxy
+        );
+    }
+}

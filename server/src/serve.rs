@@ -19,7 +19,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::http::{self, Response};
 use crate::net::{
-    answer_and_close, linger_close, read_until, write_within, Read, READ_CHUNK_BYTES,
+    answer_and_close, client_ip, linger_close, read_until, write_within, Read, READ_CHUNK_BYTES,
 };
 use crate::routes;
 use crate::shared::Shared;
@@ -115,13 +115,12 @@ pub async fn run(
     let _ = drained.send(shared.shard);
 }
 
-/// Counts the connection against its address's limit, then serves it; at
-/// the limit it is answered 429 and closed.
 /// What a connection holds while it is open, in whichever task serves it:
-/// its place under the per-address limit, its count in the open
-/// connections gauge, and its pass through the shutdown gate.
+/// its place under the per-address limit (none for a trusted proxy, whose
+/// clients share its address), its count in the open connections gauge,
+/// and its pass through the shutdown gate.
 struct Held {
-    _counted: crate::limits::Counted,
+    _counted: Option<crate::limits::Counted>,
     _open: Open,
     _pass: glommio::sync::Pass,
 }
@@ -137,7 +136,17 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
     // Responses and events are small writes that must leave at once: no
     // Nagle delay waiting for the client's (delayed) acknowledgement.
     let _ = stream.set_nodelay(true);
-    let Some(counted) = shared.limits.connect(peer.ip()) else {
+    let trusted = shared
+        .cfg
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer.ip()));
+    let counted = if trusted {
+        None
+    } else {
+        shared.limits.connect(peer.ip())
+    };
+    if counted.is_none() && !trusted {
         let refusal = Response::error(
             429,
             "too_many_connections",
@@ -145,7 +154,7 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
         );
         answer_and_close(&shared, stream, Vec::new(), refusal).await;
         return;
-    };
+    }
     let held = Held {
         _counted: counted,
         _open: Open::new(shared.clone()),
@@ -197,7 +206,7 @@ async fn connection(
                         if !out.is_empty() && !write_within(&shared, &mut stream, &out).await {
                             return None;
                         }
-                        req.peer = Some(peer);
+                        req.peer = Some(client_ip(peer, &req, &shared.cfg.trusted_proxies));
                         buf.drain(..used);
                         return Some(Upgrade {
                             stream,
@@ -206,7 +215,7 @@ async fn connection(
                             endpoint,
                         });
                     }
-                    req.peer = Some(peer);
+                    req.peer = Some(client_ip(peer, &req, &shared.cfg.trusted_proxies));
                     buf.drain(..used);
                     started = (!buf.is_empty()).then(Instant::now);
                     let began = Instant::now();

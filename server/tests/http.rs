@@ -428,3 +428,46 @@ fn chunked_request_bodies_are_accepted() {
     assert_eq!(statuses, [201, 200], "{resp}");
     assert!(resp.contains("\"seq\":1"), "{resp}");
 }
+
+/// Behind a trusted proxy the client's address comes from
+/// `X-Forwarded-For` (for the per-address limits), and the proxy's own
+/// connections are not held to the per-address connection limit; from an
+/// untrusted peer the header is ignored.
+#[test]
+fn a_trusted_proxy_names_the_client_and_others_cannot() {
+    let register_via = |p: u16, name: &str, xff: &str| {
+        let body = serde_json::json!({"name": name, "password": "pw"}).to_string();
+        let raw = format!(
+            "POST /api/register HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        status(&exchange(p, raw.as_bytes()).unwrap())
+    };
+    let limited = [
+        "--registrations-per-ip-per-min",
+        "1",
+        "--connections-per-ip-max",
+        "1",
+    ];
+    let trusted = start(&[&limited[..], &["--trusted-proxies", "127.0.0.0/8"]].concat());
+    let p = trusted.port;
+    assert_eq!(register_via(p, "a1", "198.51.100.1"), 201);
+    assert_eq!(register_via(p, "a2", "198.51.100.1"), 429, "same client");
+    assert_eq!(
+        register_via(p, "a3", "1.2.3.4, 198.51.100.2"),
+        201,
+        "another client"
+    );
+    // Several connections at once from the proxy's address.
+    let held: Vec<_> = (0..3).map(|_| connect(p)).collect();
+    assert_serving(p);
+    drop(held);
+    let direct = start(&["--registrations-per-ip-per-min", "1"]);
+    let q = direct.port;
+    assert_eq!(register_via(q, "b1", "198.51.100.1"), 201);
+    assert_eq!(
+        register_via(q, "b2", "198.51.100.9"),
+        429,
+        "the header is ignored"
+    );
+}
