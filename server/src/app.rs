@@ -170,3 +170,18 @@ pub(crate) async fn history_page(
 pub(crate) fn directory(shared: &Shared) -> Directory {
     shared.engine.directory()
 }
+
+/// Whether a browser page of `origin` may use this server: listed in
+/// `--allowed-origins` (or `*` is), or the server's own (its scheme-less
+/// host and port equal the request's `Host`).
+pub(crate) fn origin_allowed(shared: &Shared, origin: &str, host: Option<&str>) -> bool {
+    let listed = shared
+        .cfg
+        .allowed_origins
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
+    let own = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| host.is_some_and(|h| authority.eq_ignore_ascii_case(h)));
+    listed || own
+}

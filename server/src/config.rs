@@ -113,6 +113,13 @@ pub struct Config {
         value_parser = parse_net
     )]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Web origins (`https://app.example.com`, comma-separated, or `*`)
+    /// allowed to call the HTTP API from a browser (CORS, with preflight
+    /// answers) and to open WebSockets. Default: none, same-origin only (a
+    /// WebSocket whose `Origin` is not the server's own is refused 403;
+    /// clients that send no `Origin`, non-browsers, are not affected).
+    #[arg(long, env = "ROOKERY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Failed logins from one IP address per minute (a token bucket);
     /// past it every login from there gets 429 with `Retry-After`, before
     /// any password is checked.

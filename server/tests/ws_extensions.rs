@@ -575,3 +575,65 @@ fn reserved_bits_and_bad_upgrades_are_refused() {
     }
     assert_serving(p);
 }
+
+/// Browsers of other origins: refused (403) unless `--allowed-origins`
+/// lists them, for WebSockets and for the HTTP API (CORS with preflight);
+/// the server's own origin and clients that send no Origin are not
+/// affected.
+#[test]
+fn other_origins_need_allowed_origins() {
+    let upgrade = |p: u16, token: &str, origin: &str| {
+        let (_ws, head) = RawWs::connect(
+            p,
+            &format!("/ws?token={token}"),
+            &format!("Origin: {origin}\r\n"),
+        );
+        status(&head)
+    };
+    let own = start(&[]);
+    let p = own.port;
+    let token = register(p, "o1");
+    assert_eq!(
+        upgrade(p, &token, "http://x"),
+        101,
+        "the server's own origin (Host: x)"
+    );
+    assert_eq!(upgrade(p, &token, "https://evil.example"), 403);
+    let (_ws, head) = RawWs::connect(p, &format!("/ws?token={token}"), "");
+    assert_eq!(status(&head), 101, "no Origin: not a browser");
+    let open = start(&["--allowed-origins", "https://app.example"]);
+    let q = open.port;
+    let token = register(q, "o2");
+    assert_eq!(upgrade(q, &token, "https://app.example"), 101);
+    assert_eq!(upgrade(q, &token, "https://evil.example"), 403);
+    let preflight = |origin: &str| {
+        let raw = format!(
+            "OPTIONS /api/rooms HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n"
+        );
+        exchange(q, raw.as_bytes()).unwrap()
+    };
+    let ok = preflight("https://app.example");
+    assert_eq!(status(&ok), 204, "{ok}");
+    assert_eq!(
+        header(&ok, "access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(header(&ok, "access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert!(header(&ok, "access-control-allow-headers")
+        .unwrap()
+        .contains("authorization"));
+    assert_eq!(status(&preflight("https://evil.example")), 403);
+    let me = |origin: &str| get_raw(q, "/api/me", &token, &format!("Origin: {origin}\r\n"));
+    let allowed = me("https://app.example");
+    assert_eq!(status(&allowed), 200);
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        header(&me("https://evil.example"), "access-control-allow-origin"),
+        None
+    );
+}

@@ -25,7 +25,54 @@ type ApiResult = Result<Response, ApiError>;
 
 /// Answers one request.
 pub async fn handle(req: &Request, shared: &Shared) -> Response {
-    route(req, shared).await.unwrap_or_else(|e| e.response())
+    let mut resp = match cors_preflight(req, shared) {
+        Some(r) => r,
+        None => route(req, shared).await.unwrap_or_else(|e| e.response()),
+    };
+    // CORS: an allowed other origin may read the answer.
+    if let Some(origin) = req.header("origin") {
+        if shared.cfg.allowed_origins.is_empty() {
+            return resp;
+        }
+        if crate::app::origin_allowed(shared, origin, None) {
+            resp.headers
+                .push(("access-control-allow-origin".into(), origin.into()));
+            resp.headers.push(("vary".into(), "origin".into()));
+        }
+    }
+    resp
+}
+
+/// The answer to a CORS preflight (`OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`): 204 with what may be sent for an
+/// allowed origin, 403 `forbidden_origin` for any other.
+fn cors_preflight(req: &Request, shared: &Shared) -> Option<Response> {
+    if req.method != "OPTIONS" || req.header("access-control-request-method").is_none() {
+        return None;
+    }
+    let origin = req.header("origin")?;
+    if !crate::app::origin_allowed(shared, origin, None) {
+        return Some(Response::error(
+            403,
+            "forbidden_origin",
+            "this origin is not in --allowed-origins",
+        ));
+    }
+    let mut r = Response {
+        status: 204,
+        ..Response::default()
+    };
+    for (name, value) in [
+        ("access-control-allow-methods", "GET, POST, DELETE"),
+        (
+            "access-control-allow-headers",
+            "authorization, content-type, if-none-match",
+        ),
+        ("access-control-max-age", "600"),
+    ] {
+        r.headers.push((name.into(), value.into()));
+    }
+    Some(r)
 }
 
 async fn route(req: &Request, shared: &Shared) -> ApiResult {

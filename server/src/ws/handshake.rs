@@ -131,6 +131,19 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
             return None;
         }
     };
+    // A browser page of another origin may not open a WebSocket here
+    // unless --allowed-origins lets it (clients that send no Origin are
+    // not browsers).
+    if let Some(origin) = req.header("origin") {
+        if !crate::app::origin_allowed(&shared, origin, req.header("host")) {
+            let resp = Response::error(403, "forbidden_origin", "this origin may not connect");
+            if let Some(h) = shared.my_http() {
+                h.answered(route, resp.status, resp.error_code);
+            }
+            answer_and_close(&shared, stream, out, resp).await;
+            return None;
+        }
+    }
     let deflate = (!shared.cfg.no_deflate)
         .then(|| crate::deflate::negotiate(req.header("sec-websocket-extensions")))
         .flatten();
