@@ -106,6 +106,21 @@ pub(crate) fn take_send_token(shared: &Shared, user: u64) -> Result<(), ApiError
         })
 }
 
+/// Takes a join/leave token for `user` (--joins-per-user-per-s, shared by
+/// HTTP and every WebSocket of the user).
+pub(crate) fn take_join_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
+    shared
+        .joins
+        .take(user, std::time::Instant::now())
+        .map_err(|retry_after_ms| ApiError::RateLimited {
+            message: format!(
+                "at most {} joins and leaves a second",
+                shared.cfg.joins_per_user_per_s
+            ),
+            retry_after_ms,
+        })
+}
+
 /// The room, if `user` may see it (public, or a member); 404 otherwise, so
 /// that private rooms do not reveal that they exist.
 pub(crate) async fn visible_room(

@@ -99,6 +99,12 @@ pub struct Config {
         default_value_t = 30
     )]
     pub registrations_per_ip_per_min: u32,
+    /// Joins and leaves (WebSocket `join`/`leave` frames and the HTTP
+    /// join/leave routes) per user per second, a token bucket with a burst
+    /// of twice this: each can announce the user's presence to every
+    /// member of the room. More get `rate_limited` with a retry delay.
+    #[arg(long, env = "ROOKERY_JOINS_PER_USER_PER_S", default_value_t = 10)]
+    pub joins_per_user_per_s: u32,
     /// Reverse proxies whose `X-Forwarded-For`/`Forwarded` header names
     /// the client (comma-separated addresses or CIDRs). A connection from
     /// one of them is not held to `--connections-per-ip-max` (every client
@@ -236,6 +242,7 @@ impl Config {
         };
         self.durability()?;
         positive(self.http_head_bytes_max as u64, "http-head-bytes-max")?;
+        positive(self.joins_per_user_per_s as u64, "joins-per-user-per-s")?;
         positive(
             self.login_failures_per_ip_per_min as u64,
             "login-failures-per-ip-per-min",

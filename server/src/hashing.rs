@@ -54,8 +54,11 @@ impl HashPool {
         let (tx, rx) = flume::bounded(1);
         let done = self.done.clone();
         let job: Job = Box::new(move || {
-            let _ = tx.send(f());
+            let out = f();
+            // Counted before the answer: whoever sees the answer sees it
+            // counted.
             done.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(out);
         });
         self.jobs.try_send(job).map_err(|_| {
             ApiError::Unavailable("too many password checks in progress; retry shortly".into())

@@ -260,6 +260,7 @@ pub fn render(
     limits: &crate::limits::IpLimits,
     sends: &crate::limits::SendLimits,
     logins: &crate::limits::LoginLimits,
+    joins_refused: u64,
     password_checks: u64,
 ) -> Result<String, std::fmt::Error> {
     let mut r = <Registry>::with_prefix("rookery");
@@ -507,6 +508,7 @@ pub fn render(
         ),
         ("sends_per_user", sends.refused.load(Ordering::Relaxed)),
         ("login_failures", logins.refused.load(Ordering::Relaxed)),
+        ("joins_per_user", joins_refused),
         (
             "rooms_per_connection",
             http.iter()

@@ -30,6 +30,8 @@ pub struct Shared {
     pub limits: Arc<IpLimits>,
     /// Per-user send limits, shared by every shard.
     pub sends: Arc<SendLimits>,
+    /// Per-user join/leave limits, shared by every shard.
+    pub joins: Arc<SendLimits>,
     /// Failed-login limits, per address and per account, shared.
     pub logins: Arc<LoginLimits>,
     /// Where passwords are hashed and checked.

@@ -637,3 +637,52 @@ fn other_origins_need_allowed_origins() {
         None
     );
 }
+
+/// Joins and leaves (each can announce presence to the whole room) are
+/// limited per user, over WebSocket and HTTP alike.
+#[test]
+fn joins_and_leaves_per_user_are_rate_limited() {
+    let server = start(&["--joins-per-user-per-s", "2"]);
+    let p = server.port;
+    let token = register(p, "hopper");
+    let room = create_room(p, &token, "hops", false);
+    let (mut ws, _) = RawWs::connect(p, &format!("/ws?token={token}"), "");
+    next_json(&mut ws);
+    let mut answers = Vec::new();
+    for i in 0..10 {
+        let kind = if i % 2 == 0 { "join" } else { "leave" };
+        let frame = json!({"type": kind, "room": room, "ref": i}).to_string();
+        ws.write_frame(TEXT, frame.as_bytes(), true, false);
+        loop {
+            let (v, _) = next_json(&mut ws);
+            if v["ref"] == i {
+                answers.push(v);
+                break;
+            }
+        }
+    }
+    let kinds: Vec<&str> = answers
+        .iter()
+        .map(|v| v["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &kinds[..4],
+        ["joined", "left", "joined", "left"],
+        "the burst of 4"
+    );
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|v| v["code"] == "rate_limited")
+        .collect();
+    assert!(refused.len() >= 4, "{answers:?}");
+    assert!(refused
+        .iter()
+        .all(|v| v["retry_after_ms"].as_u64().unwrap() >= 1));
+    // The HTTP join shares the bucket.
+    let raw = format!(
+        "POST /api/rooms/{room}/join HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    );
+    assert_eq!(status(&exchange(p, raw.as_bytes()).unwrap()), 429);
+    assert!(metric(p, "rookery_limit_refusals_total{limit=\"joins_per_user\"}") >= 5.0);
+    assert_serving(p);
+}

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{body, room_id, user, ApiError, ApiResult};
-use crate::app::{directory, visible_room};
+use crate::app::{directory, take_join_token, visible_room};
 use crate::auth::blocking;
 use crate::http::{Request, Response};
 use crate::shared::Shared;
@@ -63,6 +63,7 @@ pub(crate) fn role_name(r: Role) -> &'static str {
 /// Joins (public rooms; private ones are joined by invitation) or leaves.
 pub(crate) async fn join(req: &Request, shared: &Shared, raw: &str, on: bool) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    take_join_token(shared, uid)?;
     let (room, role) = visible_room(shared, uid, id).await?;
     if on && room.private && role.is_none() {
         return Err(ApiError::Forbidden(format!(

@@ -648,8 +648,13 @@ impl Conn {
             (_, None) => Err(ApiError::Unauthorized(
                 "authenticate first (?token= on the upgrade or an auth frame)".into(),
             )),
-            ("join", Some(u)) => self.join(u, &f, r#ref).await.map(|()| None),
-            ("leave", Some(_)) => self.leave(&f).map(Some),
+            ("join", Some(u)) => match app::take_join_token(&self.shared, u) {
+                Ok(()) => self.join(u, &f, r#ref).await.map(|()| None),
+                Err(e) => Err(e),
+            },
+            ("leave", Some(u)) => app::take_join_token(&self.shared, u)
+                .and_then(|()| self.leave(&f))
+                .map(Some),
             ("send", Some(u)) => self.post(u, &f, r#ref).await.map(|()| None),
             ("edit", Some(u)) => self.change(u, &f, true).await.map(Some),
             ("delete", Some(u)) => self.change(u, &f, false).await.map(Some),
