@@ -27,6 +27,19 @@ esac
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Installs Debian package $1 (which brings $2), as root or with sudo.
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null ||
+            { echo "$2 is missing and installing it needs root (or sudo)" >&2; exit 2; }
+        sudo="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -qq "$1" >/dev/null ||
+        { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$1" >/dev/null; }
+}
+
 step "toolchain"
 if ! command -v cargo >/dev/null; then
     echo "cargo is required (https://rustup.rs)" >&2
@@ -81,17 +94,7 @@ cargo build --locked -q -p rookery-server
 
 step "metrics: promtool check metrics on a scrape after traffic"
 # Debian's prometheus package brings promtool; installed if missing.
-if ! command -v promtool >/dev/null; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null ||
-            { echo "promtool is missing and installing it needs root (or sudo)" >&2; exit 2; }
-        sudo="sudo"
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y -qq prometheus >/dev/null ||
-        { $sudo apt-get update -qq && $sudo apt-get install -y -qq prometheus >/dev/null; }
-fi
+command -v promtool >/dev/null || apt_install prometheus promtool
 bash tools/metrics/check.sh target/debug/rookery
 
 step "bench smoke: rookery-bench storage (a few seconds)"
@@ -163,17 +166,7 @@ step "browser: the web client and dashboard in headless Chromium (about a minute
 # The system's Chromium (no browser download): Debian's package, installed
 # if missing. playwright-core comes from tools/browser's lock file.
 chromium=${CHROMIUM:-/usr/bin/chromium}
-if [ ! -x "$chromium" ]; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null ||
-            { echo "chromium is missing and installing it needs root (or sudo)" >&2; exit 2; }
-        sudo="sudo"
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y -qq chromium >/dev/null ||
-        { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; }
-fi
+[ -x "$chromium" ] || apt_install chromium chromium
 (cd tools/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --silent --no-audit --no-fund)
 cargo build --locked -q -p rookery-server
 node tools/browser/browser_test.mjs --bin target/debug/rookery \

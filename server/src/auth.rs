@@ -178,19 +178,7 @@ mod tests {
 
     #[test]
     fn bearer_comes_from_the_header_or_the_query() {
-        let req = |headers: Vec<(&str, &str)>, query: &str| Request {
-            method: "GET".into(),
-            path: "/".into(),
-            query: query.into(),
-            headers: headers
-                .into_iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            body: Vec::new(),
-            keep_alive: true,
-            version: 1,
-            peer: None,
-        };
+        let req = |headers: Vec<(&str, &str)>, query: &str| Request::get(&headers, query);
         assert_eq!(
             bearer(&req(vec![("authorization", "Bearer abc")], "")).as_deref(),
             Some("abc")

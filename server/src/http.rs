@@ -55,6 +55,25 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A `GET /` over HTTP/1.1 with these headers and query (tests of what
+    /// reads requests).
+    #[cfg(test)]
+    pub fn get(headers: &[(&str, &str)], query: &str) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/".into(),
+            query: query.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+            keep_alive: true,
+            version: 1,
+            peer: None,
+        }
+    }
+
     /// Whether `If-None-Match` (every such header, each a list) matches
     /// `etag` (a quoted strong tag) under RFC 9110's weak comparison:
     /// `W/"x"` matches `"x"`, and `*` matches anything.

@@ -153,47 +153,58 @@ impl SendLimits {
         }
     }
 
+    /// The stripe holding `key`'s bucket. Fibonacci hashing: consecutive
+    /// ids land on different stripes.
+    fn stripe(&self, key: u64) -> &Mutex<Stripe> {
+        &self.stripes[(key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SEND_STRIPES]
+    }
+
+    /// A bucket's tokens at `now`: refilled since `at`, up to the burst.
+    fn refilled(&self, (tokens, at): (f64, Instant), now: Instant) -> f64 {
+        (tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_s).min(self.burst)
+    }
+
+    /// Milliseconds until a bucket holding `tokens` has a whole one.
+    fn wait_ms(&self, tokens: f64) -> u64 {
+        (((1.0 - tokens) / self.per_s * 1000.0).ceil() as u64).max(1)
+    }
+
     /// Whether `key` has a token now, without taking it; when not, the
     /// milliseconds until it will.
     pub fn peek(&self, key: u64, now: Instant) -> Result<(), u64> {
-        let stripe = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SEND_STRIPES;
-        let Ok(st) = self.stripes[stripe].lock() else {
+        let Ok(st) = self.stripe(key).lock() else {
             return Ok(());
         };
-        let Some(&(tokens, at)) = st.buckets.get(&key) else {
+        let Some(&bucket) = st.buckets.get(&key) else {
             return Ok(());
         };
-        let tokens =
-            (tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_s).min(self.burst);
+        let tokens = self.refilled(bucket, now);
         if tokens >= 1.0 {
             Ok(())
         } else {
-            Err(((1.0 - tokens) / self.per_s * 1000.0).ceil().max(1.0) as u64)
+            Err(self.wait_ms(tokens))
         }
     }
 
     /// Takes a token for one send by `user`; when there is none, the
     /// milliseconds until there will be one (and the refusal is counted).
     pub fn take(&self, user: u64, now: Instant) -> Result<(), u64> {
-        // Fibonacci hashing: consecutive ids land on different stripes.
-        let stripe = (user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SEND_STRIPES;
-        let Ok(mut st) = self.stripes[stripe].lock() else {
+        let Ok(mut st) = self.stripe(user).lock() else {
             return Ok(());
         };
         if st.buckets.len() >= st.sweep_at {
             self.sweep(&mut st, now);
         }
-        let (tokens, at) = st.buckets.entry(user).or_insert((self.burst, now));
-        let refill = now.saturating_duration_since(*at).as_secs_f64() * self.per_s;
-        (*tokens, *at) = ((*tokens + refill).min(self.burst), now);
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        let bucket = st.buckets.entry(user).or_insert((self.burst, now));
+        *bucket = (self.refilled(*bucket, now), now);
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
             return Ok(());
         }
-        let wait_ms = ((1.0 - *tokens) / self.per_s * 1000.0).ceil() as u64;
+        let wait_ms = self.wait_ms(bucket.0);
         drop(st);
         self.refused.fetch_add(1, Ordering::Relaxed);
-        Err(wait_ms.max(1))
+        Err(wait_ms)
     }
 
     /// Forgets the stripe's full buckets; the next sweep comes when it has

@@ -210,19 +210,7 @@ mod tests {
     use super::*;
 
     fn req(headers: &[(&str, &str)]) -> crate::http::Request {
-        crate::http::Request {
-            method: "GET".into(),
-            path: "/".into(),
-            query: String::new(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            body: Vec::new(),
-            keep_alive: true,
-            version: 1,
-            peer: None,
-        }
+        crate::http::Request::get(headers, "")
     }
 
     #[test]
