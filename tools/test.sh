@@ -3,12 +3,13 @@
 #   format check, clippy (warnings denied), every crate's tests (unit,
 #   property, model, crash and end-to-end tests of the real binary), an
 #   end-to-end run with a client that is not Rust (Python `websockets`),
-#   and short smoke runs of `rookery-bench storage`, `engine` and
+#   Autobahn|Testsuite's WebSocket conformance groups 1-13 (where a Python
+#   2.7 interpreter exists), `promtool check metrics` on a scrape of a real
+#   server, short smoke runs of `rookery-bench storage`, `engine` and
 #   `compare` (load against rookery, the bare Rust baseline and the Node ws
-#   baseline), `promtool check metrics` on a scrape of a real server, and
-#   the web
-#   client and dashboard in a real browser (Playwright driving Debian's
-#   Chromium, headless; screenshots in target/browser-artifacts/).
+#   baseline), and the web client and dashboard in a real browser
+#   (Playwright driving Debian's Chromium, headless; screenshots in
+#   target/browser-artifacts/).
 # It installs what a fresh machine lacks (rustfmt, clippy, a Python venv
 # with the pinned client library under target/, npm packages from lock
 # files, Debian's chromium package), idempotently.
@@ -91,6 +92,23 @@ venv=target/e2e-venv
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/e2e/requirements.txt
 cargo build --locked -q -p rookery-server
 "$venv/bin/python" tools/e2e/python_client.py --bin target/debug/rookery
+
+step "WebSocket conformance: Autobahn|Testsuite groups 1-13 against /echo (about 6 minutes)"
+# The suite needs Python 2.7, which neither apt nor pip can install: it
+# runs when an interpreter is on the machine (on PATH or under pyenv). The
+# Python websockets run above checks permessage-deflate either way.
+python2=""
+for candidate in python2.7 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/2.7*/bin/python2.7; do
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (2, 7))' 2>/dev/null; then
+        python2=$candidate
+        break
+    fi
+done
+if [ -n "$python2" ]; then
+    bash tools/autobahn/run.sh target/debug/rookery "$python2" target/autobahn-reports
+else
+    echo "skipped: no Python 2.7 interpreter on this machine"
+fi
 
 step "metrics: promtool check metrics on a scrape after traffic"
 # Debian's prometheus package brings promtool; installed if missing.

@@ -151,6 +151,8 @@ fn start(name: &str, args: &CompareArgs) -> Result<(Running, u16)> {
                     "1000000",
                 ])
                 .args(["--registrations-per-ip-per-min", "1000000"])
+                // One admin creates every room of the scenario.
+                .args(["--rooms-per-user-per-min", "1000000"])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .spawn()

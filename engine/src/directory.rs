@@ -15,7 +15,7 @@ use rookery_storage::Meta;
 
 use crate::error::Result;
 
-pub use rookery_storage::meta::{Role, Room, User};
+pub use rookery_storage::meta::{ListPage, Role, Room, User};
 
 /// A handle on the directory (cheap to clone, usable from any thread).
 #[derive(Clone)]
@@ -74,9 +74,12 @@ impl Directory {
         Ok(self.meta.room(id)?)
     }
 
-    /// Public rooms and the private ones `user` is a member of.
-    pub fn visible_rooms(&self, user: u64) -> Result<Vec<Room>> {
-        Ok(self.meta.visible_rooms(user)?)
+    /// A page of the public rooms and the private ones `user` is a member
+    /// of, ordered by id: at most `len` after the room id `after` (a page
+    /// reads a bounded number of rooms, so it may be short and still have
+    /// a `next`).
+    pub fn visible_rooms(&self, user: u64, after: u64, len: usize) -> Result<ListPage<Room>> {
+        Ok(self.meta.visible_rooms(user, after, len)?)
     }
 
     /// The rooms `user` is a member of.
@@ -91,6 +94,12 @@ impl Directory {
     /// Members of `room` with their roles.
     pub fn members(&self, room: u64) -> Result<Vec<(u64, Role)>> {
         Ok(self.meta.members(room)?)
+    }
+
+    /// A page of the members of `room`: at most `len` after the user id
+    /// `after`, ordered by id.
+    pub fn members_page(&self, room: u64, after: u64, len: usize) -> Result<ListPage<(u64, Role)>> {
+        Ok(self.meta.members_page(room, after, len)?)
     }
 
     /// The seq `user` has read up to in `room` (0 when none).

@@ -46,7 +46,7 @@ mod subscription;
 
 pub use config::EngineConfig;
 pub use consumer::{Delivery, LocalSink};
-pub use directory::{Directory, Role, Room, User};
+pub use directory::{Directory, ListPage, Role, Room, User};
 pub use engine::{Engine, ShardTask};
 pub use error::{Error, Result};
 pub use event::{Event, EventKind, Message};

@@ -7,6 +7,7 @@ use rookery_engine::{Cursor, Directory, Error as EngineError, Order, Role, Room}
 
 use crate::auth::blocking;
 use crate::http::Response;
+use crate::limits::SendLimits;
 use crate::protocol::HistoryPage;
 use crate::shared::Shared;
 
@@ -109,14 +110,42 @@ pub(crate) fn take_send_token(shared: &Shared, user: u64) -> Result<(), ApiError
 /// Takes a join/leave token for `user` (--joins-per-user-per-s, shared by
 /// HTTP and every WebSocket of the user).
 pub(crate) fn take_join_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
-    shared
-        .joins
+    let message = || {
+        let n = shared.cfg.joins_per_user_per_s;
+        format!("at most {n} joins and leaves a second")
+    };
+    take_token(&shared.rates.joins, user, message)
+}
+
+/// Takes a room-creation token for `user` (--rooms-per-user-per-min).
+pub(crate) fn take_room_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
+    let message = || {
+        let n = shared.cfg.rooms_per_user_per_min;
+        format!("at most {n} new rooms a minute")
+    };
+    take_token(&shared.rates.rooms_created, user, message)
+}
+
+/// Takes a member-add token for `user` (--member-adds-per-user-per-min).
+pub(crate) fn take_member_add_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
+    let message = || {
+        let n = shared.cfg.member_adds_per_user_per_min;
+        format!("at most {n} members added a minute")
+    };
+    take_token(&shared.rates.member_adds, user, message)
+}
+
+/// One token of `user`'s bucket in `limits`, or `rate_limited` (429 with
+/// `Retry-After`).
+fn take_token(
+    limits: &SendLimits,
+    user: u64,
+    message: impl FnOnce() -> String,
+) -> Result<(), ApiError> {
+    limits
         .take(user, std::time::Instant::now())
         .map_err(|retry_after_ms| ApiError::RateLimited {
-            message: format!(
-                "at most {} joins and leaves a second",
-                shared.cfg.joins_per_user_per_s
-            ),
+            message: message(),
             retry_after_ms,
         })
 }

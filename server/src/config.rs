@@ -105,6 +105,23 @@ pub struct Config {
     /// member of the room. More get `rate_limited` with a retry delay.
     #[arg(long, env = "ROOKERY_JOINS_PER_USER_PER_S", default_value_t = 10)]
     pub joins_per_user_per_s: u32,
+    /// Rooms one user may create per minute (a token bucket with a burst
+    /// of as many); more get 429 `rate_limited` with `Retry-After`.
+    #[arg(long, env = "ROOKERY_ROOMS_PER_USER_PER_MIN", default_value_t = 10)]
+    pub rooms_per_user_per_min: u32,
+    /// Members one user (a room admin) may add, or change the role of, per
+    /// minute over all rooms (a token bucket with a burst of as many); more
+    /// get 429 `rate_limited` with `Retry-After`.
+    #[arg(
+        long,
+        env = "ROOKERY_MEMBER_ADDS_PER_USER_PER_MIN",
+        default_value_t = 60
+    )]
+    pub member_adds_per_user_per_min: u32,
+    /// Items in one page of the room and member lists at most (`limit`;
+    /// 100 when absent).
+    #[arg(long, env = "ROOKERY_LIST_PAGE_LEN_MAX", default_value_t = 500)]
+    pub list_page_len_max: usize,
     /// Reverse proxies whose `X-Forwarded-For`/`Forwarded` header names
     /// the client (comma-separated addresses or CIDRs). A connection from
     /// one of them is not held to `--connections-per-ip-max` (every client
@@ -243,6 +260,12 @@ impl Config {
         self.durability()?;
         positive(self.http_head_bytes_max as u64, "http-head-bytes-max")?;
         positive(self.joins_per_user_per_s as u64, "joins-per-user-per-s")?;
+        positive(self.rooms_per_user_per_min as u64, "rooms-per-user-per-min")?;
+        positive(
+            self.member_adds_per_user_per_min as u64,
+            "member-adds-per-user-per-min",
+        )?;
+        positive(self.list_page_len_max as u64, "list-page-len-max")?;
         positive(
             self.login_failures_per_ip_per_min as u64,
             "login-failures-per-ip-per-min",

@@ -105,7 +105,11 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let limits =
         limits::IpLimits::new(cfg.connections_per_ip_max, cfg.registrations_per_ip_per_min);
     let sends = limits::SendLimits::new(cfg.sends_per_user_per_s, cfg.sends_per_user_burst);
-    let joins = limits::SendLimits::new(cfg.joins_per_user_per_s, 2 * cfg.joins_per_user_per_s);
+    let rates = limits::UserRates::new(
+        cfg.joins_per_user_per_s,
+        cfg.rooms_per_user_per_min,
+        cfg.member_adds_per_user_per_min,
+    );
     let logins = limits::LoginLimits::new(
         cfg.login_failures_per_ip_per_min,
         cfg.login_failures_per_account_per_min,
@@ -142,11 +146,12 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 limits: limits.clone(),
                 sends: sends.clone(),
                 logins: logins.clone(),
-                joins: joins.clone(),
+                rates: rates.clone(),
                 hashing: hashing.clone(),
                 stop: Rc::new(glommio::sync::Semaphore::new(0)),
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),
+                over_limit_reads: Default::default(),
             });
             let (bound, drained) = (bound_tx.clone(), drained_tx.clone());
             Box::pin(serve::run(shared, bound, drained))

@@ -260,7 +260,7 @@ pub fn render(
     limits: &crate::limits::IpLimits,
     sends: &crate::limits::SendLimits,
     logins: &crate::limits::LoginLimits,
-    joins_refused: u64,
+    rates: &crate::limits::UserRates,
     password_checks: u64,
 ) -> Result<String, std::fmt::Error> {
     let mut r = <Registry>::with_prefix("rookery");
@@ -508,7 +508,18 @@ pub fn render(
         ),
         ("sends_per_user", sends.refused.load(Ordering::Relaxed)),
         ("login_failures", logins.refused.load(Ordering::Relaxed)),
-        ("joins_per_user", joins_refused),
+        (
+            "joins_per_user",
+            rates.joins.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "rooms_per_user",
+            rates.rooms_created.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "member_adds_per_user",
+            rates.member_adds.refused.load(Ordering::Relaxed),
+        ),
         (
             "rooms_per_connection",
             http.iter()

@@ -29,6 +29,16 @@ use crate::ws::{self, handshake, Upgrade};
 /// before it accepts again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
+/// Connections past their address's limit a shard reads one request of at
+/// once (to answer `/healthz`, `/readyz` and `/metrics` even then); more
+/// are refused 429 without a read.
+pub const OVER_LIMIT_READS_MAX: usize = 64;
+/// How long such a connection has to send its request.
+const OVER_LIMIT_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes of such a request's head at most (a probe is one short line and
+/// a few headers; no body is read).
+const OVER_LIMIT_HEAD_BYTES_MAX: usize = 2048;
+
 /// Counts a connection open while it lives (HTTP or upgraded).
 struct Open(Rc<Shared>);
 
@@ -147,12 +157,7 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
         shared.limits.connect(peer.ip())
     };
     if counted.is_none() && !trusted {
-        let refusal = Response::error(
-            429,
-            "too_many_connections",
-            "too many connections from your address",
-        );
-        answer_and_close(&shared, stream, Vec::new(), refusal).await;
+        Box::pin(over_limit(stream, shared, peer.ip())).await;
         return;
     }
     let held = Held {
@@ -173,6 +178,70 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
         };
         glommio::spawn_local(fut).detach();
     }
+}
+
+/// A connection past its address's connection limit: its one request is
+/// answered if it is a probe (`GET /healthz`, `/readyz`, `/metrics`), so
+/// that monitoring still works when a host behind one address (or an
+/// attacker) holds every connection it may; anything else, a request not
+/// sent within [`OVER_LIMIT_READ_TIMEOUT`] or longer than
+/// [`OVER_LIMIT_HEAD_BYTES_MAX`], or a connection past
+/// [`OVER_LIMIT_READS_MAX`] being read already, is answered 429 and
+/// closed.
+async fn over_limit(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::IpAddr) {
+    let refusal = || {
+        let limits = &shared.limits;
+        limits.connections_refused.fetch_add(1, Ordering::Relaxed);
+        Response::error(
+            429,
+            "too_many_connections",
+            "too many connections from your address",
+        )
+    };
+    let reading = shared.over_limit_reads.get();
+    if reading >= OVER_LIMIT_READS_MAX {
+        answer_and_close(&shared, stream, Vec::new(), refusal()).await;
+        return;
+    }
+    shared.over_limit_reads.set(reading + 1);
+    let limits = http::Limits {
+        head_bytes_max: OVER_LIMIT_HEAD_BYTES_MAX,
+        headers_max: shared.cfg.http_headers_max,
+        body_bytes_max: 0,
+    };
+    let deadline = Instant::now() + OVER_LIMIT_READ_TIMEOUT;
+    let mut buf = Vec::new();
+    let probe = loop {
+        match http::parse(&buf, &limits) {
+            Ok(Some((req, _))) => break Some(req),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        match read_until(&mut stream, &mut buf, deadline).await {
+            Read::Bytes(_) => {}
+            _ => break None,
+        }
+    };
+    shared
+        .over_limit_reads
+        .set(shared.over_limit_reads.get() - 1);
+    let resp = match probe {
+        Some(mut req) if req.method == "GET" && is_probe(&req.path) => {
+            req.peer = Some(peer);
+            let resp = Box::pin(routes::handle(&req, &shared)).await;
+            if let Some(h) = shared.my_http() {
+                h.answered(routes::route_name(&req), resp.status, resp.error_code);
+            }
+            resp
+        }
+        _ => refusal(),
+    };
+    answer_and_close(&shared, stream, Vec::new(), resp).await;
+}
+
+/// The paths monitoring probes: answered even past a connection limit.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
 /// Serves one HTTP/1.1 connection: keep-alive, pipelined requests answered

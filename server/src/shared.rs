@@ -10,7 +10,7 @@ use glommio::sync::{Gate, Semaphore};
 use rookery_engine::Engine;
 
 use crate::config::Config;
-use crate::limits::{IpLimits, LoginLimits, SendLimits};
+use crate::limits::{IpLimits, LoginLimits, SendLimits, UserRates};
 use crate::metrics::ShardHttp;
 
 /// What every connection task of a shard shares.
@@ -30,8 +30,9 @@ pub struct Shared {
     pub limits: Arc<IpLimits>,
     /// Per-user send limits, shared by every shard.
     pub sends: Arc<SendLimits>,
-    /// Per-user join/leave limits, shared by every shard.
-    pub joins: Arc<SendLimits>,
+    /// Per-user limits on joins, room creation and member adds, shared by
+    /// every shard.
+    pub rates: Arc<UserRates>,
     /// Failed-login limits, per address and per account, shared.
     pub logins: Arc<LoginLimits>,
     /// Where passwords are hashed and checked.
@@ -51,6 +52,10 @@ pub struct Shared {
     /// The dashboard's stats feed (shared by every shard; written by the
     /// stats thread once per interval).
     pub stats: Arc<std::sync::Mutex<crate::stats::Sampler>>,
+    /// Connections past their address's limit whose one request is being
+    /// read (to answer a health or metrics probe): at most
+    /// `serve::OVER_LIMIT_READS_MAX` a shard.
+    pub over_limit_reads: std::cell::Cell<usize>,
 }
 
 impl Shared {

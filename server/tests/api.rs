@@ -579,3 +579,215 @@ fn metrics_are_exposed_in_prometheus_text() {
     }
     assert!(seen.contains("# TYPE rookery_http_request_duration_seconds"));
 }
+
+/// Issue 13 item 3: room creation and member adds are limited per user
+/// (429 `rate_limited` with `Retry-After`, a metric), nothing is stored
+/// past the limit, and other users are not affected.
+#[test]
+fn room_creation_and_member_adds_are_rate_limited_per_user() {
+    let server = start(&[
+        "--rooms-per-user-per-min",
+        "3",
+        "--member-adds-per-user-per-min",
+        "4",
+    ]);
+    let p = server.port;
+    let (alice, bob) = (register(p, "alice"), register(p, "bob"));
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let (s, v) = call(
+            p,
+            "POST",
+            "/api/rooms",
+            Some(&alice),
+            Some(&json!({"name": format!("a{i}")})),
+        );
+        if s == 429 {
+            assert_eq!(code(&v), "rate_limited", "{v}");
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses, [201, 201, 201, 429, 429, 429]);
+    let raw = format!(
+        "POST /api/rooms HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {alice}\r\nContent-Length: 12\r\n\r\n{{\"name\":\"z\"}}"
+    );
+    let resp = exchange(p, raw.as_bytes()).unwrap();
+    let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{resp}");
+    // Nothing past the limit was stored; bob still creates rooms.
+    let (_, v) = call(p, "GET", "/api/rooms", Some(&alice), None);
+    let names: Vec<&str> = v["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a0", "a1", "a2"]);
+    let room = create_room(p, &bob, "bobs", true);
+
+    // Member adds: 4, then 429; the refused user is not a member.
+    let users: Vec<u64> = (0..6)
+        .map(|i| {
+            let t = register(p, &format!("m{i}"));
+            call(p, "GET", "/api/me", Some(&t), None).1["user"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for u in &users {
+        let (s, v) = call(
+            p,
+            "POST",
+            &format!("/api/rooms/{room}/members"),
+            Some(&bob),
+            Some(&json!({"user": u})),
+        );
+        if s == 429 {
+            assert_eq!(code(&v), "rate_limited", "{v}");
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    let (_, v) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{room}/members"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(
+        v["members"].as_array().unwrap().len(),
+        5,
+        "bob and four: {v}"
+    );
+    assert_eq!(
+        metric(p, "rookery_limit_refusals_total{limit=\"rooms_per_user\"}"),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            p,
+            "rookery_limit_refusals_total{limit=\"member_adds_per_user\"}"
+        ),
+        2.0
+    );
+    assert_serving(p);
+}
+
+/// Issue 13 item 3: the room and member lists come in pages with a cursor
+/// (`next: {after}`, null on the last), `limit` within 1 to
+/// --list-page-len-max (100 by default), wrong types refused.
+#[test]
+fn room_and_member_lists_are_paginated() {
+    let server = start(&[
+        "--rooms-per-user-per-min",
+        "1000",
+        "--list-page-len-max",
+        "150",
+    ]);
+    let p = server.port;
+    let alice = register(p, "alice");
+    let rooms: Vec<u64> = (0..230)
+        .map(|i| create_room(p, &alice, &format!("r{i}"), i % 7 == 0))
+        .collect();
+    // Default page: 100, then the cursor continues exactly.
+    let (s, v) = call(p, "GET", "/api/rooms", Some(&alice), None);
+    assert_eq!(s, 200);
+    assert_eq!(v["rooms"].as_array().unwrap().len(), 100);
+    assert_eq!(v["next"]["after"], rooms[99]);
+    let (mut seen, mut after) = (Vec::new(), 0);
+    loop {
+        let (s, v) = call(
+            p,
+            "GET",
+            &format!("/api/rooms?limit=150&after={after}"),
+            Some(&alice),
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+        seen.extend(
+            v["rooms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_u64().unwrap()),
+        );
+        match v["next"]["after"].as_u64() {
+            Some(next) => after = next,
+            None => {
+                assert!(v["next"].is_null(), "{v}");
+                break;
+            }
+        }
+    }
+    assert_eq!(seen, rooms);
+    // Bob sees the public ones only, also in pages.
+    let bob = register(p, "bob");
+    let (_, v) = call(p, "GET", "/api/rooms?limit=150", Some(&bob), None);
+    let first = v["rooms"].as_array().unwrap().len();
+    let after = v["next"]["after"].as_u64().unwrap();
+    let (_, v) = call(
+        p,
+        "GET",
+        &format!("/api/rooms?limit=150&after={after}"),
+        Some(&bob),
+        None,
+    );
+    let public = rooms.iter().enumerate().filter(|(i, _)| i % 7 != 0).count();
+    assert_eq!(first + v["rooms"].as_array().unwrap().len(), public);
+    assert!(v["next"].is_null());
+    // Members, in pages of 2.
+    let room = rooms[1];
+    for i in 0..4 {
+        let t = register(p, &format!("m{i}"));
+        assert_eq!(
+            call(
+                p,
+                "POST",
+                &format!("/api/rooms/{room}/join"),
+                Some(&t),
+                None
+            )
+            .0,
+            200
+        );
+    }
+    let (mut names, mut after) = (Vec::new(), 0);
+    loop {
+        let (s, v) = call(
+            p,
+            "GET",
+            &format!("/api/rooms/{room}/members?limit=2&after={after}"),
+            Some(&bob),
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+        let page = v["members"].as_array().unwrap();
+        assert!(page.len() <= 2);
+        names.extend(page.iter().map(|m| m["name"].as_str().unwrap().to_string()));
+        match v["next"]["after"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(names, ["alice", "m0", "m1", "m2", "m3"]);
+    // Bad limits and cursors: 400 bad_request, as for history.
+    for q in [
+        "limit=0",
+        "limit=151",
+        "limit=abc",
+        "after=-1",
+        "after=x",
+        "limit=-5",
+    ] {
+        for path in [
+            "/api/rooms".to_string(),
+            format!("/api/rooms/{room}/members"),
+        ] {
+            let (s, v) = call(p, "GET", &format!("{path}?{q}"), Some(&alice), None);
+            assert_eq!((s, code(&v)), (400, "bad_request"), "{path}?{q}: {v}");
+        }
+    }
+    assert_serving(p);
+}

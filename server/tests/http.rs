@@ -301,20 +301,46 @@ fn connections_and_registrations_per_ip_are_limited() {
         .collect();
     let over = exchange(
         p,
-        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"GET /api/server HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     assert_eq!(status(&over), 429, "{over}");
     assert!(over.contains("\"code\":\"too_many_connections\""));
+    // Monitoring still gets through (issue 13 item 10): each probe on its
+    // own connection past the limit, answered and closed.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+        let resp = exchange(p, raw.as_bytes()).unwrap();
+        assert_eq!(status(&resp), 200, "{path}: {resp}");
+        assert_eq!(header(&resp, "connection"), Some("close"), "{resp}");
+    }
+    // Not for anything else, nor a probe with a body, nor silence (the
+    // read waits two seconds at most).
+    for raw in [
+        &b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"[..],
+        b"GET /api/me HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        assert_eq!(status(&exchange(p, raw).unwrap()), 429);
+    }
+    let began = Instant::now();
+    let mut silent = connect(p);
+    assert_eq!(status(&read_response(&mut silent)), 429);
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
     // Closing one makes room again (the server notices the closes a moment
     // later; every refusal meanwhile is counted, and so is counted here).
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut refused = 1;
+    // The first refusal, the POST, /api/me and the silent one; the probes
+    // answered are not refusals.
+    let mut refused = 4;
     loop {
         let resp = exchange(
             p,
-            b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            b"GET /api/server HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         )
         .unwrap();
         match status(&resp) {

@@ -140,9 +140,24 @@ function connectionState(s) {
 
 // ---- rooms -----------------------------------------------------------------
 
+// Every page of a list endpoint (`{key: [...], next: {after} | null}`),
+// up to `pagesMax` pages.
+async function listAll(path, key, pagesMax = 20) {
+  const items = [];
+  let after = 0;
+  for (let i = 0; i < pagesMax; i++) {
+    const sep = path.includes("?") ? "&" : "?";
+    const page = await call("GET", `${path}${sep}limit=500&after=${after}`);
+    items.push(...page[key]);
+    if (!page.next) break;
+    after = page.next.after;
+  }
+  return items;
+}
+
 async function loadRooms() {
-  const [{ rooms }, unread] = await Promise.all([
-    call("GET", "/api/rooms"),
+  const [rooms, unread] = await Promise.all([
+    listAll("/api/rooms", "rooms"),
     call("GET", "/api/me/unread"),
   ]);
   const mine = new Map(unread.rooms.map((u) => [u.room, u.unread]));
@@ -312,7 +327,7 @@ function rowKey(i) {
 }
 
 async function loadMembers(v) {
-  const { members } = await call("GET", `/api/rooms/${v.room}/members`);
+  const members = await listAll(`/api/rooms/${v.room}/members`, "members");
   for (const m of members) v.members.set(m.user, m.name);
   v.membersAt = Date.now();
 }

@@ -199,34 +199,84 @@ async def scenario(port, proc):
     check(code == 0, f"exit status {code}")
 
 
+async def echo_scenario(port, limit):
+    """Issue 13 item 8: permessage-deflate as another implementation does
+    it (websockets compresses with zlib; the server with miniz_oxide).
+    Messages of every size around the limits, incompressible and text,
+    whole or fragmented, come back whole; one byte over is 1009."""
+    url = f"ws://127.0.0.1:{port}/echo"
+    sizes = [0, 1, 125, 126, 65_535, 65_536, 60_000, 61_548, 64_000, 65_400,
+             1 << 20, limit - 1, limit]
+
+    def sample(n, text, seed):
+        rnd = __import__("random").Random(seed)
+        if text:
+            return "".join(rnd.choices("abcdefghijklmnopqrstuvwxyz ", k=n))
+        return rnd.randbytes(n)
+
+    async with connect(url, max_size=None, compression="deflate") as ws:
+        ext = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        check("permessage-deflate" in ext, f"echo: deflate negotiated: {ext!r}")
+        for n in sizes:
+            for text in (False, True):
+                msg = sample(n, text, n)
+                await ws.send(msg)
+                back = await asyncio.wait_for(ws.recv(), 30)
+                check(back == msg, f"echo {n} text={text}: {len(back)} bytes back")
+                # The same in fragments of 16 KiB (or 3 for small ones).
+                step = 16384 if n > 16384 else 3
+                await ws.send([msg[i:i + step] for i in range(0, max(n, 1), step)])
+                back = await asyncio.wait_for(ws.recv(), 30)
+                check(back == msg, f"echo {n} text={text} fragmented: {len(back)} bytes back")
+    async with connect(url, max_size=None, compression="deflate") as ws:
+        await ws.send(sample(limit + 1, False, 1))
+        try:
+            await asyncio.wait_for(ws.recv(), 30)
+            check(False, "a message over the limit was echoed")
+        except websockets.ConnectionClosed as closed:
+            check(closed.rcvd is not None and closed.rcvd.code == 1009, f"over the limit: {closed.rcvd}")
+
+
+def spawn(binary, data, port, extra):
+    proc = subprocess.Popen(
+        [binary, "--listen", f"127.0.0.1:{port}", "--data-dir", data, *extra],
+        env={**os.environ, "RUST_LOG": "warn"},
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the server did not become ready")
+        time.sleep(0.05)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
     args = ap.parse_args()
-    port = free_port()
+    limit = 16 << 20
+    runs = [
+        (["--durability", "sync"], scenario),
+        (["--echo-endpoint", "--ws-frame-bytes-max", str(limit),
+          "--conn-output-bytes-max", str(2 * limit)],
+         lambda port, proc: echo_scenario(port, limit)),
+    ]
     with tempfile.TemporaryDirectory() as data:
-        proc = subprocess.Popen(
-            [args.bin, "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(data, "d"),
-             "--durability", "sync"],
-            env={**os.environ, "RUST_LOG": "warn"},
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError("the server did not become ready")
-                time.sleep(0.05)
-            asyncio.run(scenario(port, proc))
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for i, (extra, run) in enumerate(runs):
+            port = free_port()
+            proc = spawn(args.bin, os.path.join(data, str(i)), port, extra)
+            try:
+                asyncio.run(run(port, proc))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
     print(f"python e2e (websockets {websockets.__version__}): ok, {CHECKS} checks")
 
 

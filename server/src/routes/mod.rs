@@ -9,7 +9,7 @@ mod rooms;
 mod server;
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::app::{directory, ApiError};
 use crate::auth;
@@ -170,6 +170,25 @@ pub(crate) fn room_id(raw: &str) -> Result<u64, ApiError> {
         .ok()
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::BadRequest(format!("room id {raw:?} is not a number >= 1")))
+}
+
+/// The page a list request asks for: `after` (an id, 0 when absent) and
+/// `limit` (1 to --list-page-len-max, 100 when absent).
+pub(crate) fn list_query(req: &Request, shared: &Shared) -> Result<(u64, usize), ApiError> {
+    let max = shared.cfg.list_page_len_max;
+    let limit = query_u64(req, "limit")?.unwrap_or(LIST_PAGE_LEN_DEFAULT.min(max as u64));
+    if limit == 0 || limit > max as u64 {
+        return Err(ApiError::BadRequest(format!("limit must be 1..={max}")));
+    }
+    Ok((query_u64(req, "after")?.unwrap_or(0), limit as usize))
+}
+
+/// Items in a list page when the request does not say.
+const LIST_PAGE_LEN_DEFAULT: u64 = 100;
+
+/// The `next` of a list page: `{"after": id}` or null.
+pub(crate) fn next_json(next: Option<u64>) -> Value {
+    next.map_or(Value::Null, |after| json!({ "after": after }))
 }
 
 /// A query parameter as a number, if present.

@@ -5,8 +5,10 @@ use rookery_engine::{Role, Room};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{body, room_id, user, ApiError, ApiResult};
-use crate::app::{directory, take_join_token, visible_room};
+use super::{body, list_query, next_json, room_id, user, ApiError, ApiResult};
+use crate::app::{
+    directory, take_join_token, take_member_add_token, take_room_token, visible_room,
+};
 use crate::auth::blocking;
 use crate::http::{Request, Response};
 use crate::shared::Shared;
@@ -16,12 +18,18 @@ pub(crate) fn room_json(r: &Room) -> Value {
            "created_ms": r.created_ms, "last_seq": r.last_seq})
 }
 
+/// `GET /api/rooms?after=&limit=`: a page of the rooms the user can see,
+/// by id.
 pub(crate) async fn list_rooms(req: &Request, shared: &Shared) -> ApiResult {
     let id = user(req, shared).await?;
+    let (after, len) = list_query(req, shared)?;
     let m = directory(shared);
-    let rooms = blocking(move || m.visible_rooms(id)).await?;
-    let rooms: Vec<Value> = rooms.iter().map(room_json).collect();
-    Ok(Response::json(200, &json!({ "rooms": rooms })))
+    let page = blocking(move || m.visible_rooms(id, after, len)).await?;
+    let rooms: Vec<Value> = page.items.iter().map(room_json).collect();
+    Ok(Response::json(
+        200,
+        &json!({ "rooms": rooms, "next": next_json(page.next) }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -34,6 +42,7 @@ pub(crate) struct NewRoom {
 pub(crate) async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
     let creator = user(req, shared).await?;
     let new: NewRoom = body(req)?;
+    take_room_token(shared, creator)?;
     let id = shared
         .engine
         .create_room(&new.name, new.private, creator)
@@ -85,18 +94,24 @@ pub(crate) async fn join(req: &Request, shared: &Shared, raw: &str, on: bool) ->
     ))
 }
 
+/// `GET /api/rooms/{id}/members?after=&limit=`: a page of the members,
+/// by user id.
 pub(crate) async fn members(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    let (after, len) = list_query(req, shared)?;
     visible_room(shared, uid, id).await?;
     let m = directory(shared);
-    let members = blocking(move || {
-        m.members(id)?
+    let (members, next) = blocking(move || {
+        let page = m.members_page(id, after, len)?;
+        let members = page
+            .items
             .into_iter()
             .map(|(u, r)| {
                 let name = m.user(u)?.map(|user| user.name).unwrap_or_default();
                 Ok((u, r, name))
             })
-            .collect::<rookery_engine::Result<Vec<_>>>()
+            .collect::<rookery_engine::Result<Vec<_>>>()?;
+        Ok::<_, rookery_engine::Error>((members, page.next))
     })
     .await?;
     let members: Vec<Value> = members
@@ -105,7 +120,7 @@ pub(crate) async fn members(req: &Request, shared: &Shared, raw: &str) -> ApiRes
         .collect();
     Ok(Response::json(
         200,
-        &json!({ "room": id, "members": members }),
+        &json!({ "room": id, "members": members, "next": next_json(next) }),
     ))
 }
 
@@ -135,6 +150,7 @@ pub(crate) async fn add_member(req: &Request, shared: &Shared, raw: &str) -> Api
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
     require_admin(shared, uid, id).await?;
     let body: NewMember = body(req)?;
+    take_member_add_token(shared, uid)?;
     let role = match body.role.as_deref() {
         None | Some("member") => Role::Member,
         Some("admin") => Role::Admin,

@@ -74,10 +74,7 @@ pub(crate) async fn metrics(req: &Request, shared: &Shared) -> ApiResult {
         &shared.limits,
         &shared.sends,
         &shared.logins,
-        shared
-            .joins
-            .refused
-            .load(std::sync::atomic::Ordering::Relaxed),
+        &shared.rates,
         checks,
     )
     .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;

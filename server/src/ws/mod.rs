@@ -306,7 +306,9 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         out: out.clone(),
         flusher: shared.flusher.clone(),
         shared: shared.clone(),
-        deflate_min: deflate.as_ref().map(|_| shared.cfg.ws_deflate_min_bytes),
+        deflate_min: deflate
+            .filter(|n| n.server_compresses)
+            .map(|_| shared.cfg.ws_deflate_min_bytes),
         joined: RefCell::new(Vec::new()),
         early: RefCell::new(Vec::new()),
         early_bytes: Cell::new(0),

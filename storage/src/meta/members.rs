@@ -64,6 +64,34 @@ impl Meta {
         })
     }
 
+    /// Returns a page of the members of `room`, ordered by user id: at most
+    /// `len` with an id above `after`.
+    ///
+    /// Errors: `NotFound` for an unknown room.
+    pub fn members_page(&self, room: u64, after: u64, len: usize) -> Result<ListPage<(u64, Role)>> {
+        self.read(|txn| {
+            require_room(&txn.open_table(ROOMS)?, room)?;
+            let mut page: ListPage<(u64, Role)> = ListPage {
+                items: Vec::new(),
+                next: None,
+            };
+            let Some(from) = after.checked_add(1) else {
+                return Ok(page);
+            };
+            let members = txn.open_table(MEMBERS)?;
+            for entry in members.range((room, from)..=(room, u64::MAX))? {
+                let (key, role) = entry?;
+                let user = key.value().1;
+                if page.items.len() == len {
+                    page.next = page.items.last().map_or(Some(after), |m| Some(m.0));
+                    break;
+                }
+                page.items.push((user, Role::from_u8(role.value())?));
+            }
+            Ok(page)
+        })
+    }
+
     /// Returns the ids of the rooms `user` is a member of, ordered.
     ///
     /// Errors: `NotFound` for an unknown user.

@@ -129,6 +129,21 @@ pub struct Room {
     pub last_seq: u64,
 }
 
+/// One page of a list ordered by id: at most the asked number of items
+/// after a cursor, and the cursor of the next page (`None`: none follows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage<T> {
+    /// The items, ordered by id.
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page.
+    pub next: Option<u64>,
+}
+
+/// Rows of `rooms` one page of [`Meta::visible_rooms`] reads at most: a
+/// user who can see few of many private rooms gets short pages (each with
+/// a `next` cursor) rather than a scan of the whole table.
+pub const ROOM_PAGE_SCAN_ROWS_MAX: usize = 4096;
+
 /// A member's role in a room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

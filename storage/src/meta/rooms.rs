@@ -58,24 +58,40 @@ impl Meta {
         })
     }
 
-    /// Returns the rooms `user` may see: every public room and the private
-    /// rooms it is a member of, ordered by id.
+    /// Returns a page of the rooms `user` may see, every public room and
+    /// the private rooms it is a member of, ordered by id: at most `len`
+    /// rooms with an id above `after`, reading at most
+    /// [`ROOM_PAGE_SCAN_ROWS_MAX`] rooms (so a page may be short and still
+    /// have a `next`).
     ///
     /// Errors: `NotFound` for an unknown user.
-    pub fn visible_rooms(&self, user: u64) -> Result<Vec<Room>> {
+    pub fn visible_rooms(&self, user: u64, after: u64, len: usize) -> Result<ListPage<Room>> {
         self.read(|txn| {
             require_user(&txn.open_table(USERS)?, user)?;
             let members = txn.open_table(MEMBERS)?;
             let rooms = txn.open_table(ROOMS)?;
-            let mut visible = Vec::new();
-            for row in rooms.iter()? {
+            let mut page = ListPage {
+                items: Vec::new(),
+                next: None,
+            };
+            let Some(from) = after.checked_add(1) else {
+                return Ok(page);
+            };
+            let (mut scanned, mut last_read) = (0, after);
+            for row in rooms.range(from..)? {
                 let (id, row) = row?;
+                if page.items.len() == len || scanned == ROOM_PAGE_SCAN_ROWS_MAX {
+                    // Rooms follow: the next page starts after the last read.
+                    page.next = Some(last_read);
+                    break;
+                }
+                (scanned, last_read) = (scanned + 1, id.value());
                 let room = room_from(id.value(), row.value());
                 if !room.private || members.get((room.id, user))?.is_some() {
-                    visible.push(room);
+                    page.items.push(room);
                 }
             }
-            Ok(visible)
+            Ok(page)
         })
     }
 

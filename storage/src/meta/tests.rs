@@ -111,6 +111,77 @@ fn sessions_expire_and_delete() {
     assert_eq!(meta.purge_expired_sessions(u64::MAX).unwrap(), 0);
 }
 
+/// Pages of rooms and members: ordered by id, `len` at most, a cursor
+/// that continues exactly where the page stopped, and a bounded scan when
+/// few of many rooms are visible.
+#[test]
+fn room_and_member_lists_come_in_pages() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    // Bob can see the public rooms only: one in every 1000 past the first
+    // scan's reach.
+    let total = ROOM_PAGE_SCAN_ROWS_MAX + 1500;
+    let mut public = Vec::new();
+    for i in 0..total {
+        let open = i % 1000 == 999 || i < 5;
+        let id = meta.create_room(&format!("r{i}"), !open, alice, 1).unwrap();
+        if open {
+            public.push(id);
+        }
+    }
+    let (mut seen, mut after, mut pages) = (Vec::new(), 0, 0);
+    loop {
+        let page = meta.visible_rooms(bob, after, 3).unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|r| r.id));
+        pages += 1;
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, public, "every visible room once, in order");
+    assert!(pages >= 3, "the scan bound split the pages: {pages}");
+    // Alice sees them all, len at a time.
+    let first = meta.visible_rooms(alice, 0, 2).unwrap();
+    assert_eq!(first.items.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(first.next, Some(2));
+    let last = meta.visible_rooms(alice, total as u64 - 1, 2).unwrap();
+    assert_eq!((last.items.len(), last.next), (1, None));
+    assert!(meta
+        .visible_rooms(alice, u64::MAX, 2)
+        .unwrap()
+        .items
+        .is_empty());
+
+    let room = public[0];
+    let users: Vec<u64> = (0..7).map(|i| user(&meta, &format!("m{i}"))).collect();
+    for &u in &users {
+        meta.add_member(room, u, Role::Member).unwrap();
+    }
+    let mut all = vec![alice];
+    all.extend(&users);
+    let (mut seen, mut after) = (Vec::new(), 0);
+    loop {
+        let page = meta.members_page(room, after, 3).unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|m| m.0));
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, all);
+    assert_eq!(
+        meta.members_page(room, 0, 100).unwrap().items,
+        meta.members(room).unwrap()
+    );
+    assert!(matches!(
+        meta.members_page(999_999, 0, 1),
+        Err(Error::NotFound(_))
+    ));
+}
+
 #[test]
 fn private_rooms_are_visible_to_members_only() {
     let (_dir, meta) = fresh();
@@ -118,13 +189,17 @@ fn private_rooms_are_visible_to_members_only() {
     let lobby = meta.create_room("lobby", false, alice, 1).unwrap();
     let secret = meta.create_room("secret", true, alice, 2).unwrap();
     let ids = |rooms: Vec<Room>| rooms.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let visible = |user| ids(meta.visible_rooms(user, 0, 100).unwrap().items);
 
-    assert_eq!(ids(meta.visible_rooms(alice).unwrap()), [lobby, secret]);
-    assert_eq!(ids(meta.visible_rooms(bob).unwrap()), [lobby]);
+    assert_eq!(visible(alice), [lobby, secret]);
+    assert_eq!(visible(bob), [lobby]);
     assert_eq!(ids(meta.rooms().unwrap()), [lobby, secret]);
     meta.add_member(secret, bob, Role::Member).unwrap();
-    assert_eq!(ids(meta.visible_rooms(bob).unwrap()), [lobby, secret]);
-    assert!(matches!(meta.visible_rooms(99), Err(Error::NotFound(_))));
+    assert_eq!(visible(bob), [lobby, secret]);
+    assert!(matches!(
+        meta.visible_rooms(99, 0, 1),
+        Err(Error::NotFound(_))
+    ));
 
     let room = meta.room_by_name("secret").unwrap().unwrap();
     assert_eq!(
