@@ -675,6 +675,32 @@ fn room_creation_and_member_adds_are_rate_limited_per_user() {
     assert_serving(p);
 }
 
+/// Every item of a paginated list, following `next` from the first page;
+/// each page at most `len` long, the last one with `next: null`.
+fn all_pages(p: u16, token: &str, path: &str, key: &str, len: usize) -> Vec<serde_json::Value> {
+    let (mut items, mut after) = (Vec::new(), 0);
+    loop {
+        let (s, v) = call(
+            p,
+            "GET",
+            &format!("{path}&after={after}"),
+            Some(token),
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+        let page = v[key].as_array().unwrap();
+        assert!(page.len() <= len, "{v}");
+        items.extend(page.iter().cloned());
+        match v["next"]["after"].as_u64() {
+            Some(next) => after = next,
+            None => {
+                assert!(v["next"].is_null(), "{v}");
+                return items;
+            }
+        }
+    }
+}
+
 /// Issue 13 item 3: the room and member lists come in pages with a cursor
 /// (`next: {after}`, null on the last), `limit` within 1 to
 /// --list-page-len-max (100 by default), wrong types refused.
@@ -696,31 +722,10 @@ fn room_and_member_lists_are_paginated() {
     assert_eq!(s, 200);
     assert_eq!(v["rooms"].as_array().unwrap().len(), 100);
     assert_eq!(v["next"]["after"], rooms[99]);
-    let (mut seen, mut after) = (Vec::new(), 0);
-    loop {
-        let (s, v) = call(
-            p,
-            "GET",
-            &format!("/api/rooms?limit=150&after={after}"),
-            Some(&alice),
-            None,
-        );
-        assert_eq!(s, 200, "{v}");
-        seen.extend(
-            v["rooms"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_u64().unwrap()),
-        );
-        match v["next"]["after"].as_u64() {
-            Some(next) => after = next,
-            None => {
-                assert!(v["next"].is_null(), "{v}");
-                break;
-            }
-        }
-    }
+    let seen: Vec<u64> = all_pages(p, &alice, "/api/rooms?limit=150", "rooms", 150)
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
     assert_eq!(seen, rooms);
     // Bob sees the public ones only, also in pages.
     let bob = register(p, "bob");
@@ -753,24 +758,11 @@ fn room_and_member_lists_are_paginated() {
             200
         );
     }
-    let (mut names, mut after) = (Vec::new(), 0);
-    loop {
-        let (s, v) = call(
-            p,
-            "GET",
-            &format!("/api/rooms/{room}/members?limit=2&after={after}"),
-            Some(&bob),
-            None,
-        );
-        assert_eq!(s, 200, "{v}");
-        let page = v["members"].as_array().unwrap();
-        assert!(page.len() <= 2);
-        names.extend(page.iter().map(|m| m["name"].as_str().unwrap().to_string()));
-        match v["next"]["after"].as_u64() {
-            Some(next) => after = next,
-            None => break,
-        }
-    }
+    let path = format!("/api/rooms/{room}/members?limit=2");
+    let names: Vec<String> = all_pages(p, &bob, &path, "members", 2)
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["alice", "m0", "m1", "m2", "m3"]);
     // Bad limits and cursors: 400 bad_request, as for history.
     for q in [
