@@ -180,6 +180,28 @@ assert "server_cpu_us_per_delivery" in r["ratios"]["bare"]["ws"]
 print("load smoke: rookery, bare and ws reports consistent (sent = acked, delivered = expected, lost = 0, CPU per delivery)")
 PY
 
+step "abuse smoke: rookery-bench abuse, a short load alone and beside every kind of abuser (under a minute)"
+cargo run --locked -q -p rookery-bench -- abuse --rookery-bin target/debug/rookery \
+    --users 40 --rooms 4 --rate 1 --duration 4s --pipeliners 2 --never-readers 3 \
+    --login-flooders 2 --join-flooders 2 \
+    --quiet --json "$smoke_dir/abuse.json" > "$smoke_dir/abuse.txt"
+python3 - "$smoke_dir/abuse.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for run in ("alone", "with_abusers"):
+    assert r[run]["lost"] == 0 and r[run]["delivered"] > 0, r[run]
+    assert r[run]["deliver_p99_ms"] > 0 and r[run]["peak_rss_bytes"] > 0, r[run]
+a = r["with_abusers"]["abusers"]
+# Every kind ran and met its limit: floods were refused, the never-readers
+# and pipeliners sent what they meant to.
+assert a["login_flooders"]["refused"] > 0 and a["join_flooders"]["refused"] > 0, a
+assert a["never_readers"]["sent"] == 3 * 26 and a["pipeliners"]["sent"] > 0, a
+# Memory stays within the bound the limits promise (a debug build: the
+# latency target is judged on release builds, in docs/benchmarks.md).
+assert r["with_abusers"]["peak_rss_bytes"] <= r["rss_bound_bytes"], r
+print("abuse smoke: nothing lost, every abuser refused or bounded, peak RSS within the bound")
+PY
+
 step "browser: the web client and dashboard in headless Chromium (about a minute)"
 # The system's Chromium (no browser download): Debian's package, installed
 # if missing. playwright-core comes from tools/browser's lock file.

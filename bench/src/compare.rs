@@ -48,8 +48,8 @@ fn root() -> PathBuf {
 }
 
 /// A server process, stopped (SIGTERM, then SIGKILL) on drop.
-struct Running {
-    child: Child,
+pub(crate) struct Running {
+    pub(crate) child: Child,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -97,7 +97,7 @@ fn wait_ready(port: u16, path: &str, child: &mut Child) -> Result<()> {
 
 /// The binary `given`, or the workspace's `bin` of `package`, built
 /// release.
-fn built(given: &Option<PathBuf>, package: &str, bin: &str) -> Result<PathBuf> {
+pub(crate) fn built(given: &Option<PathBuf>, package: &str, bin: &str) -> Result<PathBuf> {
     if let Some(b) = given {
         return Ok(b.clone());
     }
@@ -125,39 +125,51 @@ fn install_baselines() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Starts `rookery` on a fresh data directory with `extra` flags; the
+/// process and the port it serves on, once it is ready.
+pub(crate) fn start_rookery(
+    bin: &Path,
+    durability: &str,
+    secret: &str,
+    extra: &[&str],
+) -> Result<(Running, u16)> {
+    let port = free_port()?;
+    let dir = tempfile::tempdir()?;
+    let child = Command::new(bin)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", &dir.path().join("data").to_string_lossy()])
+        .args(["--durability", durability, "--jwt-secret", secret])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting rookery")?;
+    let mut running = Running {
+        child,
+        _dir: Some(dir),
+    };
+    wait_ready(port, "/readyz", &mut running.child)?;
+    Ok((running, port))
+}
+
 /// Starts one server; the process and the port it serves on.
 fn start(name: &str, args: &CompareArgs) -> Result<(Running, u16)> {
     let port = free_port()?;
     let secret = &args.load.jwt_secret;
-    let (child, dir, ready) = match name {
+    let (child, ready) = match name {
         "rookery" => {
-            let dir = tempfile::tempdir()?;
-            let child = Command::new(built(&args.rookery_bin, "rookery-server", "rookery")?)
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--data-dir", &dir.path().join("data").to_string_lossy()])
-                .args([
-                    "--durability",
-                    &args.load.durability,
-                    "--jwt-secret",
-                    secret,
-                ])
-                // The load decides the rates; the server's abuse limits
-                // would only measure themselves.
-                .args(["--connections-per-ip-max", "1000000"])
-                .args([
-                    "--sends-per-user-per-s",
-                    "1000000",
-                    "--sends-per-user-burst",
-                    "1000000",
-                ])
-                .args(["--registrations-per-ip-per-min", "1000000"])
-                // One admin creates every room of the scenario.
-                .args(["--rooms-per-user-per-min", "1000000"])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting rookery")?;
-            (child, Some(dir), "/readyz")
+            let bin = built(&args.rookery_bin, "rookery-server", "rookery")?;
+            // The load decides the rates; the server's abuse limits would
+            // only measure themselves. One admin creates every room.
+            let unlimited = [
+                "--connections-per-ip-max",
+                "--sends-per-user-per-s",
+                "--sends-per-user-burst",
+                "--registrations-per-ip-per-min",
+                "--rooms-per-user-per-min",
+            ];
+            let extra: Vec<&str> = unlimited.iter().flat_map(|f| [*f, "1000000"]).collect();
+            return start_rookery(&bin, &args.load.durability, secret, &extra);
         }
         "bare" => {
             let child = Command::new(built(&args.bare_bin, "rookery-bare", "rookery-bare")?)
@@ -165,7 +177,7 @@ fn start(name: &str, args: &CompareArgs) -> Result<(Running, u16)> {
                 .stdout(Stdio::null())
                 .spawn()
                 .context("starting rookery-bare")?;
-            (child, None, "/healthz")
+            (child, "/healthz")
         }
         "ws" | "socketio" => {
             let dir = install_baselines()?;
@@ -175,11 +187,11 @@ fn start(name: &str, args: &CompareArgs) -> Result<(Running, u16)> {
                 .stdout(Stdio::null())
                 .spawn()
                 .context("starting node")?;
-            (child, None, "/healthz")
+            (child, "/healthz")
         }
         other => bail!("unknown server {other:?} (rookery, bare, ws, socketio)"),
     };
-    let mut running = Running { child, _dir: dir };
+    let mut running = Running { child, _dir: None };
     wait_ready(port, ready, &mut running.child)?;
     Ok((running, port))
 }
@@ -474,7 +486,7 @@ fn print_side_by_side(reports: &[Report]) {
 }
 
 /// The machine, for the report.
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
         c.lines()
             .find(|l| l.starts_with("model name"))

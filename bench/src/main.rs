@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod abuse;
 mod compare;
 mod engine;
 mod http_client;
@@ -52,6 +53,9 @@ enum Command {
     /// The same load scenario against Rookery, Node ws and Socket.IO, side
     /// by side with ratios.
     Compare(compare::CompareArgs),
+    /// A normal load alone and then beside abusive clients (pipelining,
+    /// never reading, login and join/leave floods): p99, loss, peak RSS.
+    Abuse(abuse::AbuseArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Storage(args) => storage::run(args),
+        Command::Abuse(args) => abuse::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Idle(args) => idle::run(args),
         Command::Load(args) => load::run(args),

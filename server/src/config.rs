@@ -448,6 +448,23 @@ mod tests {
         Config::try_parse_from(std::iter::once("rookery").chain(args.iter().copied())).unwrap()
     }
 
+    /// docs/security.md is the reference of every setting: each flag is
+    /// named there (in backquotes), with its default.
+    #[test]
+    fn security_doc_names_every_flag() {
+        use clap::CommandFactory;
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md"))
+                .expect("docs/security.md");
+        let missing: Vec<String> = Config::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|long| !doc.contains(&format!("`--{long}")))
+            .map(|long| format!("--{long}"))
+            .collect();
+        assert!(missing.is_empty(), "not in docs/security.md: {missing:?}");
+    }
+
     #[test]
     fn defaults_are_valid_and_documented() {
         let cfg = parse(&[]);

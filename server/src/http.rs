@@ -379,6 +379,16 @@ pub struct Response {
 }
 
 impl Response {
+    /// The delay its `Retry-After` header asks for, in ms (1 s when it has
+    /// none).
+    pub fn retry_after_ms(&self) -> u64 {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .map_or(1000, |s| s.saturating_mul(1000))
+    }
+
     /// A JSON response.
     pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
         Response {

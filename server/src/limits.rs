@@ -230,6 +230,17 @@ impl SendLimits {
         Err(wait_ms)
     }
 
+    /// Returns a token taken for `key` (up to the burst): what it paid for
+    /// did not happen.
+    pub fn give_back(&self, key: u64, now: Instant) {
+        let Ok(mut st) = self.stripe(key).lock() else {
+            return;
+        };
+        if let Some(bucket) = st.buckets.get_mut(&key) {
+            *bucket = ((self.refilled(*bucket, now) + 1.0).min(self.burst), now);
+        }
+    }
+
     /// Forgets the stripe's full buckets; the next sweep comes when it has
     /// twice what is left (at least `STRIPE_SWEEP_MIN`).
     fn sweep(&self, st: &mut Stripe, now: Instant) {
@@ -252,15 +263,48 @@ impl SendLimits {
     }
 }
 
-/// Failed logins, per client address and per account name: each failure
-/// takes a token from both buckets, and a login finding either empty is
-/// refused before any password is checked (so a password-guessing loop
-/// costs the server no hashing once limited).
+/// Failed logins, per client address and per account name. Each login
+/// takes a token from both buckets before its password is checked, and a
+/// login finding either empty is refused before any hashing (so a
+/// password-guessing loop costs the server no hashing once limited); a
+/// login that succeeds, or ends for another reason than a wrong password,
+/// gives its tokens back. Taking first means logins in flight count: eight
+/// connections guessing at once cannot pass a limit of one eight times
+/// over while their hashes run.
 pub struct LoginLimits {
     per_ip: SendLimits,
     per_account: SendLimits,
     /// Logins refused at a limit.
     pub refused: AtomicU64,
+}
+
+/// A login's reservation in both buckets: given back on drop unless
+/// [`LoginAttempt::failed`] spent it.
+pub struct LoginAttempt {
+    limits: Arc<LoginLimits>,
+    ip: Option<u64>,
+    account: u64,
+    spent: bool,
+}
+
+impl LoginAttempt {
+    /// The password was wrong: the tokens stay taken.
+    pub fn failed(mut self) {
+        self.spent = true;
+    }
+}
+
+impl Drop for LoginAttempt {
+    fn drop(&mut self) {
+        if self.spent {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(ip) = self.ip {
+            self.limits.per_ip.give_back(ip, now);
+        }
+        self.limits.per_account.give_back(self.account, now);
+    }
 }
 
 impl LoginLimits {
@@ -272,24 +316,38 @@ impl LoginLimits {
         })
     }
 
-    /// Whether a login for `name` from `ip` may be tried now; when not,
-    /// the milliseconds until it may (counted as a refusal).
-    pub fn check(&self, ip: Option<IpAddr>, name: &str, now: Instant) -> Result<(), u64> {
-        let ip_ok = ip.map_or(Ok(()), |ip| self.per_ip.peek(key_of(&ip), now));
-        let account_ok = self.per_account.peek(key_of(name), now);
+    /// Reserves a login for `name` from `ip`; when either bucket is empty,
+    /// the milliseconds until it may be tried (counted as a refusal).
+    pub fn attempt(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        name: &str,
+        now: Instant,
+    ) -> Result<LoginAttempt, u64> {
+        let (ip, account) = (ip.map(|ip| key_of(&ip)), key_of(name));
+        let ip_ok = ip.map_or(Ok(()), |ip| self.per_ip.peek(ip, now));
+        let account_ok = self.per_account.peek(account, now);
         match (ip_ok, account_ok) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(a), Err(b)) => Err(self.refuse(a.max(b))),
-            (Err(ms), _) | (_, Err(ms)) => Err(self.refuse(ms)),
+            (Ok(()), Ok(())) => {}
+            (Err(a), Err(b)) => return Err(self.refuse(a.max(b))),
+            (Err(ms), _) | (_, Err(ms)) => return Err(self.refuse(ms)),
         }
-    }
-
-    /// Counts a failed login.
-    pub fn failed(&self, ip: Option<IpAddr>, name: &str, now: Instant) {
+        // Another shard may have taken the last token since the peek.
         if let Some(ip) = ip {
-            let _ = self.per_ip.take(key_of(&ip), now);
+            self.per_ip.take(ip, now).map_err(|ms| self.refuse(ms))?;
         }
-        let _ = self.per_account.take(key_of(name), now);
+        if let Err(ms) = self.per_account.take(account, now) {
+            if let Some(ip) = ip {
+                self.per_ip.give_back(ip, now);
+            }
+            return Err(self.refuse(ms));
+        }
+        Ok(LoginAttempt {
+            limits: self.clone(),
+            ip,
+            account,
+            spent: false,
+        })
     }
 
     fn refuse(&self, ms: u64) -> u64 {
@@ -385,5 +443,33 @@ mod tests {
         assert!(!limits.may_register(ip, t + Duration::from_secs(30)));
         assert!(limits.may_register(ip, t + Duration::from_secs(61)));
         assert_eq!(limits.registrations_refused.load(Ordering::Relaxed), 1);
+    }
+
+    /// Logins in flight count against the limit; a success and an attempt
+    /// that ends for another reason give their tokens back; either bucket
+    /// empty refuses.
+    #[test]
+    fn login_attempts_reserve_tokens_and_successes_give_them_back() {
+        let limits = LoginLimits::new(3, 2);
+        let t = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        // Three guesses at once from one address, two accounts: the third
+        // finds the address's bucket empty although none has failed yet.
+        let a = limits.attempt(Some(ip), "ann", t).unwrap();
+        let b = limits.attempt(Some(ip), "bob", t).unwrap();
+        let c = limits.attempt(Some(ip), "bob", t).unwrap();
+        assert!(limits.attempt(Some(ip), "cid", t).is_err(), "address spent");
+        // A success gives back; failures keep the tokens spent.
+        drop(a);
+        b.failed();
+        c.failed();
+        assert!(limits.attempt(None, "bob", t).is_err(), "account spent");
+        let d = limits.attempt(Some(ip), "dan", t).unwrap();
+        d.failed();
+        assert!(limits.attempt(Some(ip), "eve", t).is_err());
+        assert_eq!(limits.refused.load(Ordering::Relaxed), 3);
+        // Tokens come back with time: 3 a minute is one per 20 s.
+        let later = t + Duration::from_secs(21);
+        assert!(limits.attempt(Some(ip), "eve", later).is_ok());
     }
 }

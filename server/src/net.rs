@@ -22,6 +22,23 @@ pub(crate) const LINGER_BYTES_MAX: usize = 256 << 10;
 /// Bytes read from a socket at a time, into the shard's scratch buffer.
 pub(crate) const READ_CHUNK_BYTES: usize = 64 << 10;
 
+/// How long a connection is not read after one of its requests was
+/// refused by a rate limit (429 `rate_limited`) at most: its retry delay,
+/// up to this. A client that ignores the delay and loops gets one answer
+/// per pause, not as many as the shard can refuse, so a few flooding
+/// connections cannot take the shard's time from everyone else.
+pub(crate) const REFUSED_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// The pause after a refusal with a retry delay of `retry_after_ms`.
+pub(crate) fn refused_pause(retry_after_ms: u64) -> Duration {
+    Duration::from_millis(retry_after_ms).min(REFUSED_PAUSE_MAX)
+}
+
+/// Sits out `pause`; the shard stopping ends it early.
+pub(crate) async fn sit_out(shared: &Shared, pause: Duration) {
+    futures_lite::future::or(glommio::timer::sleep(pause), shared.stopped()).await;
+}
+
 thread_local! {
     /// The shard's read buffer: borrowed only inside one `poll_read`, so
     /// every connection on the shard shares it.

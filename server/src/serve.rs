@@ -19,7 +19,8 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::http::{self, Response};
 use crate::net::{
-    answer_and_close, client_ip, linger_close, read_until, write_within, Read, READ_CHUNK_BYTES,
+    answer_and_close, client_ip, linger_close, read_until, refused_pause, sit_out, write_within,
+    Read, READ_CHUNK_BYTES,
 };
 use crate::routes;
 use crate::shared::Shared;
@@ -296,6 +297,7 @@ async fn connection(
                     }
                     let close = !req.keep_alive || shared.stopping.load(Ordering::Relaxed);
                     resp.encode(close, &mut out);
+                    let pause = (resp.status == 429).then(|| refused_pause(resp.retry_after_ms()));
                     if req.method == "HEAD" {
                         // The head as for GET (with the body's length), no body.
                         out.truncate(out.len() - resp.body.len());
@@ -305,6 +307,15 @@ async fn connection(
                             linger_close(stream).await;
                         }
                         return None;
+                    }
+                    if let Some(pause) = pause {
+                        // The refusal leaves now; the connection is read
+                        // again after the pause.
+                        if !write_within(&shared, &mut stream, &out).await {
+                            return None;
+                        }
+                        out.clear();
+                        sit_out(&shared, pause).await;
                     }
                 }
                 Ok(None) => break,

@@ -497,3 +497,33 @@ fn a_trusted_proxy_names_the_client_and_others_cannot() {
         "the header is ignored"
     );
 }
+
+/// A request refused by a rate limit pauses its connection for the retry
+/// delay (at most 1 s): a client that loops past 429s gets one answer per
+/// pause, not as many as the shard can refuse.
+#[test]
+fn a_rate_limited_connection_is_paused_before_its_next_request() {
+    let server = start(&["--rooms-per-user-per-min", "1"]);
+    let p = server.port;
+    let token = register(p, "looper");
+    let one = |i: usize| {
+        let body = format!("{{\"name\":\"loop{i}\"}}");
+        format!(
+            "POST /api/rooms HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut s = connect(p);
+    let pipelined: String = (0..3).map(one).collect();
+    s.write_all(pipelined.as_bytes()).unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let resp = read_response(&mut s);
+        answers.push((status(&resp), Instant::now()));
+    }
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [201, 429, 429]);
+    let paused = answers[2].1.duration_since(answers[1].1);
+    assert!(paused >= Duration::from_millis(950), "{paused:?}");
+    assert_serving(p);
+}

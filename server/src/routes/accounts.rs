@@ -55,9 +55,9 @@ pub(crate) async fn register(req: &Request, shared: &Shared) -> ApiResult {
 pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
     let c: Credentials = body(req)?;
     let now = std::time::Instant::now();
-    shared
+    let attempt = shared
         .logins
-        .check(req.peer, &c.name, now)
+        .attempt(req.peer, &c.name, now)
         .map_err(|retry_after_ms| ApiError::RateLimited {
             message: "too many failed logins; retry later".into(),
             retry_after_ms,
@@ -79,7 +79,7 @@ pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
         .run(move || auth::password_matches(&hash, &password))
         .await?;
     let Some(id) = id.filter(|_| matches) else {
-        shared.logins.failed(req.peer, &c.name, now);
+        attempt.failed();
         return Err(ApiError::Unauthorized("wrong name or password".into()));
     };
     let s = auth::open_session(directory(shared), id, shared.cfg.session_ttl_ms()).await?;

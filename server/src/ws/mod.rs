@@ -259,8 +259,11 @@ struct Conn {
     inbox: Option<LocalInbox>,
     user: Option<u64>,
     /// Complete frames wait in the adapter: handling them stopped at the
-    /// output bound.
+    /// output bound, or for a pause.
     backlog: bool,
+    /// A rate limit refused one of its frames: the rest are not handled,
+    /// nor the socket read, for this long (see `net::REFUSED_PAUSE_MAX`).
+    pause: Option<Duration>,
     /// Its deadlines, watched by the shard's sweep.
     clock: Rc<Deadlines>,
 }
@@ -331,6 +334,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         inbox: None,
         user,
         backlog: false,
+        pause: None,
         clock,
         endpoint,
         shared,
@@ -352,6 +356,11 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
     loop {
         if !c.process_input().await {
             break;
+        }
+        if let Some(pause) = c.pause.take() {
+            // Not read, nor its frames handled; what it is owed is still
+            // written by the flusher.
+            Box::pin(net::sit_out(&c.shared, pause)).await;
         }
         match c.wait(&mut stream).await {
             Wake::Input => c.clock.heard(Instant::now()),
@@ -582,8 +591,10 @@ impl Conn {
     async fn process_input(&mut self) -> bool {
         self.backlog = false;
         loop {
-            if self.over_bound() && self.pipe.at < self.pipe.rx.len() {
-                // The rest waits until the client reads what it is owed.
+            let waiting = self.pipe.at < self.pipe.rx.len();
+            if waiting && (self.over_bound() || self.pause.is_some()) {
+                // The rest waits until the client reads what it is owed,
+                // or for the end of the pause.
                 self.backlog = true;
                 return true;
             }
@@ -680,6 +691,7 @@ impl Conn {
                 ) = (&e, &mut frame)
                 {
                     *retry = Some(*retry_after_ms);
+                    self.pause = Some(crate::net::refused_pause(*retry_after_ms));
                 }
                 self.send(&frame, r#ref);
             }
