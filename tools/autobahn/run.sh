@@ -16,6 +16,7 @@ python2=$2
 here=$(cd "$(dirname "$0")" && pwd)
 reports=${3:-$(mktemp -d)}
 mkdir -p "$reports"
+reports=$(cd "$reports" && pwd) # the suite runs from inside it
 pkgs="$here/../../target/autobahn-py2"
 if ! cmp -s "$here/requirements.txt" "$pkgs/.installed" 2>/dev/null; then
     rm -rf "$pkgs"
