@@ -58,14 +58,29 @@ impl Directory {
         Ok(self.meta.create_session(token_hash, user, expires_ms)?)
     }
 
-    /// The user of a live session.
-    pub fn session(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<u64>> {
+    /// The user of a live session, and when the session expires.
+    pub fn session(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<(u64, u64)>> {
         Ok(self.meta.session(token_hash, now_ms)?)
     }
 
     /// Ends a session; false when there was none.
     pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
         Ok(self.meta.delete_session(token_hash)?)
+    }
+
+    /// Ends every session of `user` but `keep`; the ended ones' hashes and
+    /// expiries.
+    pub fn delete_sessions_of(
+        &self,
+        user: u64,
+        keep: Option<&[u8; 32]>,
+    ) -> Result<Vec<([u8; 32], u64)>> {
+        Ok(self.meta.delete_sessions_of(user, keep)?)
+    }
+
+    /// Replaces `user`'s password hash (a PHC string made by the caller).
+    pub fn set_password(&self, user: u64, password_hash: &str) -> Result<()> {
+        Ok(self.meta.set_password(user, password_hash)?)
     }
 
     // ---- rooms and members -----------------------------------------------

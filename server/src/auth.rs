@@ -32,7 +32,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// The stored form of a token.
-fn token_hash(token: &str) -> [u8; 32] {
+pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -103,9 +103,20 @@ pub fn bearer(req: &Request) -> Option<String> {
 /// What a bearer token proved.
 pub enum Identity {
     /// A live session or a valid JWT of this user.
-    User(u64),
+    User(Proof),
     /// Neither; the reason, for the client.
     Refused(String),
+}
+
+/// Who a token stands for, until when, and how it can be ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proof {
+    pub user: u64,
+    /// When the session or the JWT (`exp`) runs out, ms since the epoch.
+    pub expires_ms: u64,
+    /// The session's token hash; `None` for a JWT (which cannot be logged
+    /// out: it ends at its `exp`, unless refreshed).
+    pub session: Option<[u8; 32]>,
 }
 
 /// Claims of a JWT minted by an application backend: `sub` names the user
@@ -113,6 +124,7 @@ pub enum Identity {
 #[derive(serde::Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
 }
 
 /// The user a bearer token stands for: a JWT (three dot-separated parts,
@@ -130,9 +142,14 @@ pub async fn identify(dir: Directory, jwt_secret: &str, token: String) -> Result
             Ok(data) => data.claims,
             Err(e) => return Ok(Identity::Refused(format!("bad JWT: {e}"))),
         };
+        let expires_ms = claims.exp.saturating_mul(1000);
         let id = blocking(move || dir.ensure_external_user(&claims.sub, now_ms())).await;
         return match id {
-            Ok(id) => Ok(Identity::User(id)),
+            Ok(user) => Ok(Identity::User(Proof {
+                user,
+                expires_ms,
+                session: None,
+            })),
             Err(EngineError::InvalidInput(m)) => Ok(Identity::Refused(format!("JWT sub: {m}"))),
             Err(e) => Err(e),
         };
@@ -140,15 +157,18 @@ pub async fn identify(dir: Directory, jwt_secret: &str, token: String) -> Result
     let hash = token_hash(&token);
     Ok(
         match blocking(move || dir.session(&hash, now_ms())).await? {
-            Some(id) => Identity::User(id),
+            Some((user, expires_ms)) => Identity::User(Proof {
+                user,
+                expires_ms,
+                session: Some(hash),
+            }),
             None => Identity::Refused("the token is unknown or expired".into()),
         },
     )
 }
 
 /// Ends a session; whether it existed.
-pub async fn close_session(dir: Directory, token: String) -> Result<bool> {
-    let hash = token_hash(&token);
+pub async fn close_session(dir: Directory, hash: [u8; 32]) -> Result<bool> {
     blocking(move || dir.delete_session(&hash)).await
 }
 

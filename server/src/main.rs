@@ -17,6 +17,7 @@ mod metrics;
 mod net;
 mod out;
 mod protocol;
+mod revoked;
 mod routes;
 mod serve;
 mod shared;
@@ -114,6 +115,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.login_failures_per_ip_per_min,
         cfg.login_failures_per_account_per_min,
     );
+    let revoked = Arc::new(revoked::Revoked::default());
     let hashing = hashing::HashPool::start(cfg.password_hash_threads, cfg.password_hash_queue_max)
         .context("starting the password hashing threads")?;
     let (drained_tx, drained_rx) = flume::unbounded();
@@ -138,7 +140,9 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                     Duration::from_millis(cfg.ws_heartbeat_ms),
                     Duration::from_millis(cfg.ws_auth_timeout_ms),
                     Duration::from_millis(cfg.conn_write_timeout_ms),
+                    revoked.clone(),
                 )),
+                revoked: revoked.clone(),
                 shard,
                 stopping: stopping.clone(),
                 stop_signal: stop_rx.clone(),

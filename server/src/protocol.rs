@@ -18,7 +18,8 @@ use serde_json::value::RawValue;
 
 /// The `type`s of the frames a client may send.
 pub const CLIENT_TYPES: &[&str] = &[
-    "auth", "ping", "join", "leave", "send", "edit", "delete", "typing", "read", "history",
+    "auth", "refresh", "ping", "join", "leave", "send", "edit", "delete", "typing", "read",
+    "history",
 ];
 
 /// A frame the server sends in answer to a client frame.
@@ -27,6 +28,11 @@ pub const CLIENT_TYPES: &[&str] = &[
 pub enum ServerFrame {
     /// Authenticated (on connect with a token, or after `auth`).
     Hello { user: u64, heartbeat_ms: u64 },
+    /// The answer to `refresh`: the connection now runs on the new token.
+    Refreshed { expires_ms: u64 },
+    /// Sent unasked ahead of a JWT's `exp`: send `refresh` with a newer
+    /// token before then, or the connection is closed (4001).
+    RefreshNeeded { expires_ms: u64 },
     /// The answer to `ping`.
     Pong,
     /// The answer to `join`; the room's events follow it, never precede it.
@@ -318,6 +324,8 @@ mod doc {
     fn every_answer() -> Vec<ServerFrame> {
         let sample = |f: ServerFrame| match f {
             ServerFrame::Hello { .. }
+            | ServerFrame::Refreshed { .. }
+            | ServerFrame::RefreshNeeded { .. }
             | ServerFrame::Pong
             | ServerFrame::Joined { .. }
             | ServerFrame::Left { .. }
@@ -336,6 +344,8 @@ mod doc {
                 user: 1,
                 heartbeat_ms: 2,
             }),
+            sample(ServerFrame::Refreshed { expires_ms: 1 }),
+            sample(ServerFrame::RefreshNeeded { expires_ms: 1 }),
             sample(ServerFrame::Pong),
             sample(ServerFrame::Joined {
                 room: 1,

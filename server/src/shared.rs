@@ -35,6 +35,8 @@ pub struct Shared {
     pub rates: Arc<UserRates>,
     /// Failed-login limits, per address and per account, shared.
     pub logins: Arc<LoginLimits>,
+    /// Sessions ended before their time, for every shard's sweep.
+    pub revoked: Arc<crate::revoked::Revoked>,
     /// Where passwords are hashed and checked.
     pub hashing: Arc<crate::hashing::HashPool>,
     /// The engine as seen from this shard: posts to rooms it owns and the

@@ -1,6 +1,8 @@
 //! A shard's clock for its WebSocket connections: one task looks at every
 //! connection once per `interval` and wakes those with a deadline passed
-//! (authentication, heartbeat ping, idle, write stall).
+//! (authentication, heartbeat ping, idle, write stall) or whose credential
+//! ended (a session logged out or expired, a JWT past its `exp`, warned
+//! ahead so that the client can refresh it).
 //!
 //! One timer per shard instead of one per connection: a connection's task
 //! then wakes only for its socket and for what the sweep finds, and an idle
@@ -10,9 +12,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::out::Out;
+use crate::revoked::Revoked;
+
+/// How long before a JWT's `exp` its connection is told to refresh it.
+pub const REFRESH_WARN_AHEAD: Duration = Duration::from_secs(30);
 
 /// What a connection must do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +32,22 @@ pub enum Due {
     Idle,
     /// A heartbeat since the last ping: ping.
     Ping,
+    /// Its session was logged out (or ended by a password change): close
+    /// (4001).
+    Revoked,
+    /// Its session or JWT ran out: close (4001).
+    Expired,
+    /// Its JWT runs out within `REFRESH_WARN_AHEAD`: tell the client.
+    RefreshNeeded,
+}
+
+/// What a connection's authentication rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credential {
+    /// When it runs out.
+    pub expires: Instant,
+    /// The session's token hash; `None` for a JWT.
+    pub session: Option<[u8; 32]>,
 }
 
 /// One connection's clock.
@@ -34,6 +57,10 @@ pub struct Deadlines {
     pinged: Cell<Instant>,
     /// While unauthenticated: when authentication must be done by.
     auth_by: Cell<Option<Instant>>,
+    /// Once authenticated: what by.
+    credential: Cell<Option<Credential>>,
+    /// The client was told its JWT runs out.
+    warned: Cell<bool>,
     due: Cell<Option<Due>>,
 }
 
@@ -43,9 +70,12 @@ impl Deadlines {
         self.heard.set(now);
     }
 
-    /// The connection authenticated.
-    pub fn authenticated(&self) {
+    /// The connection authenticated (or refreshed its JWT) with
+    /// `credential`.
+    pub fn authenticated(&self, credential: Credential) {
         self.auth_by.set(None);
+        self.credential.set(Some(credential));
+        self.warned.set(false);
     }
 
     /// A ping went out.
@@ -64,12 +94,21 @@ pub struct Sweeper {
     conns: RefCell<Vec<Weak<Deadlines>>>,
     heartbeat: Duration,
     write_timeout: Duration,
+    /// Sessions ended by any shard, and the generation of it this sweeper
+    /// has looked for.
+    revoked: Arc<Revoked>,
+    seen: Cell<u64>,
     /// How often the sweep runs.
     pub interval: Duration,
 }
 
 impl Sweeper {
-    pub fn new(heartbeat: Duration, auth_timeout: Duration, write_timeout: Duration) -> Sweeper {
+    pub fn new(
+        heartbeat: Duration,
+        auth_timeout: Duration,
+        write_timeout: Duration,
+        revoked: Arc<Revoked>,
+    ) -> Sweeper {
         let interval = [heartbeat, auth_timeout, write_timeout]
             .into_iter()
             .map(|d| d / 4)
@@ -79,6 +118,8 @@ impl Sweeper {
             conns: RefCell::new(Vec::new()),
             heartbeat,
             write_timeout,
+            seen: Cell::new(revoked.generation()),
+            revoked,
             interval,
         }
     }
@@ -91,14 +132,22 @@ impl Sweeper {
             heard: Cell::new(now),
             pinged: Cell::new(now),
             auth_by: Cell::new(auth_by),
+            credential: Cell::new(None),
+            warned: Cell::new(false),
             due: Cell::new(None),
         });
         self.conns.borrow_mut().push(Rc::downgrade(&d));
         d
     }
 
-    /// What is due for a connection at `now`, most urgent first.
-    pub fn check(&self, d: &Deadlines, now: Instant) -> Option<Due> {
+    /// What is due for a connection at `now`, most urgent first;
+    /// `ended` tells whether a session was revoked.
+    pub fn check(
+        &self,
+        d: &Deadlines,
+        now: Instant,
+        ended: &dyn Fn(&[u8; 32]) -> bool,
+    ) -> Option<Due> {
         let stalled = d
             .out
             .stalled_since()
@@ -108,6 +157,18 @@ impl Sweeper {
         }
         if d.auth_by.get().is_some_and(|by| now >= by) {
             return Some(Due::AuthTimeout);
+        }
+        if let Some(c) = d.credential.get() {
+            if c.session.is_some_and(|h| ended(&h)) {
+                return Some(Due::Revoked);
+            }
+            if now >= c.expires {
+                return Some(Due::Expired);
+            }
+            if c.session.is_none() && !d.warned.get() && now + REFRESH_WARN_AHEAD >= c.expires {
+                d.warned.set(true);
+                return Some(Due::RefreshNeeded);
+            }
         }
         if now.saturating_duration_since(d.heard.get()) > self.heartbeat * 2 {
             return Some(Due::Idle);
@@ -121,12 +182,16 @@ impl Sweeper {
     /// One sweep: marks and wakes the connections with something due, and
     /// forgets the closed ones.
     pub fn sweep(&self, now: Instant) {
+        // Revoked sessions are looked up only when some shard ended one.
+        let generation = self.revoked.generation();
+        let news = generation != self.seen.replace(generation);
+        let ended = |h: &[u8; 32]| news && self.revoked.contains(h);
         self.conns.borrow_mut().retain(|w| {
             let Some(d) = w.upgrade() else {
                 return false;
             };
             if d.due.get().is_none() {
-                if let Some(due) = self.check(&d, now) {
+                if let Some(due) = self.check(&d, now, &ended) {
                     d.due.set(Some(due));
                     d.out.wake();
                 }
@@ -162,8 +227,11 @@ mod tests {
             Duration::from_secs(10),
             Duration::from_secs(4),
             Duration::from_secs(6),
+            Arc::default(),
         )
     }
+
+    const NONE_ENDED: &dyn Fn(&[u8; 32]) -> bool = &|_| false;
 
     #[test]
     fn deadlines_come_due_in_order_of_urgency() {
@@ -176,20 +244,88 @@ mod tests {
         let t0 = Instant::now();
         let d = s.register(Out::new(-1), Some(t0 + Duration::from_secs(4)), t0);
         let at = |secs: u64| t0 + Duration::from_secs(secs);
-        assert_eq!(s.check(&d, at(1)), None);
-        assert_eq!(s.check(&d, at(4)), Some(Due::AuthTimeout));
-        d.authenticated();
-        assert_eq!(s.check(&d, at(4)), None);
-        assert_eq!(s.check(&d, at(10)), Some(Due::Ping));
+        assert_eq!(s.check(&d, at(1), NONE_ENDED), None);
+        assert_eq!(s.check(&d, at(4), NONE_ENDED), Some(Due::AuthTimeout));
+        let far = Credential {
+            expires: at(3600),
+            session: Some([7; 32]),
+        };
+        d.authenticated(far);
+        assert_eq!(s.check(&d, at(4), NONE_ENDED), None);
+        assert_eq!(s.check(&d, at(10), NONE_ENDED), Some(Due::Ping));
         d.pinged(at(10));
-        assert_eq!(s.check(&d, at(15)), None);
+        assert_eq!(s.check(&d, at(15), NONE_ENDED), None);
         assert_eq!(
-            s.check(&d, at(21)),
+            s.check(&d, at(21), NONE_ENDED),
             Some(Due::Idle),
             "nothing heard for two heartbeats"
         );
         d.heard(at(20));
-        assert_eq!(s.check(&d, at(21)), Some(Due::Ping));
+        assert_eq!(s.check(&d, at(21), NONE_ENDED), Some(Due::Ping));
+    }
+
+    /// A session's connection ends when the session is revoked or runs
+    /// out; a JWT's is warned once ahead of its `exp`, and a refresh moves
+    /// the deadline.
+    #[test]
+    fn credentials_end_connections_and_jwts_are_warned_first() {
+        let s = sweeper();
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let session = s.register(Out::new(-1), None, t0);
+        session.authenticated(Credential {
+            expires: at(8),
+            session: Some([1; 32]),
+        });
+        let revoked: &dyn Fn(&[u8; 32]) -> bool = &|h| *h == [1; 32];
+        assert_eq!(s.check(&session, at(1), NONE_ENDED), None);
+        assert_eq!(s.check(&session, at(1), revoked), Some(Due::Revoked));
+        assert_eq!(s.check(&session, at(8), NONE_ENDED), Some(Due::Expired));
+
+        let jwt = s.register(Out::new(-1), None, t0);
+        jwt.authenticated(Credential {
+            expires: at(40),
+            session: None,
+        });
+        assert_eq!(s.check(&jwt, at(5), NONE_ENDED), None);
+        assert_eq!(s.check(&jwt, at(10), NONE_ENDED), Some(Due::RefreshNeeded));
+        // (Heard and pinged: the heartbeat is not what is tested here.)
+        jwt.heard(at(10));
+        jwt.pinged(at(10));
+        assert_eq!(s.check(&jwt, at(11), NONE_ENDED), None, "warned once");
+        assert_eq!(s.check(&jwt, at(40), NONE_ENDED), Some(Due::Expired));
+        jwt.authenticated(Credential {
+            expires: at(100),
+            session: None,
+        });
+        jwt.heard(at(40));
+        jwt.pinged(at(40));
+        assert_eq!(s.check(&jwt, at(40), NONE_ENDED), None, "refreshed");
+        assert_eq!(s.check(&jwt, at(71), NONE_ENDED), Some(Due::RefreshNeeded));
+    }
+
+    /// A sweep looks revoked sessions up only when some shard ended one
+    /// since its last sweep.
+    #[test]
+    fn a_sweep_finds_sessions_ended_on_any_shard() {
+        let revoked = Arc::new(Revoked::default());
+        let s = Sweeper::new(
+            Duration::from_secs(10),
+            Duration::from_secs(4),
+            Duration::from_secs(6),
+            revoked.clone(),
+        );
+        let t0 = Instant::now();
+        let d = s.register(Out::new(-1), None, t0);
+        d.authenticated(Credential {
+            expires: t0 + Duration::from_secs(3600),
+            session: Some([9; 32]),
+        });
+        s.sweep(t0 + Duration::from_secs(1));
+        assert_eq!(d.take_due(), None);
+        revoked.end([9; 32], t0);
+        s.sweep(t0 + Duration::from_secs(2));
+        assert_eq!(d.take_due(), Some(Due::Revoked));
     }
 
     #[test]

@@ -96,10 +96,14 @@ export class Session {
     this.connectStarted = Date.now();
     this.helloSeen = false;
     ws.onmessage = (e) => this.receive(ws, e.data);
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      if (this.helloSeen) this.lost("closed");
+      if (e.code === 4001) {
+        // The session was logged out or ran out: no reconnecting.
+        this.close();
+        this.handlers.onState?.("unauthorized");
+      } else if (this.helloSeen) this.lost("closed");
       else this.refusedOrLost();
     };
     ws.onerror = () => {}; // onclose follows

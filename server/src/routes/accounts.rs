@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{body, user, ApiError, ApiResult};
+use super::{body, proof, user, ApiError, ApiResult};
 use crate::app::directory;
 use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
@@ -86,11 +86,110 @@ pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
     Ok(Response::json(200, &session_json(id, &c.name, &s)))
 }
 
+/// `POST /api/logout` ends the request's session, `?all=true` every
+/// session of its user; the WebSockets they authenticated are closed
+/// (4001) by their shards' sweeps. A JWT cannot be logged out: it ends at
+/// its `exp` (400).
 pub(crate) async fn logout(req: &Request, shared: &Shared) -> ApiResult {
-    user(req, shared).await?;
-    let token = auth::bearer(req).unwrap_or_default();
-    auth::close_session(directory(shared), token).await?;
-    Ok(Response::json(200, &json!({"logged_out": true})))
+    let p = proof(req, shared).await?;
+    let Some(hash) = p.session else {
+        return Err(ApiError::BadRequest(
+            "a JWT cannot be logged out: it ends at its exp (your backend stops renewing it)"
+                .into(),
+        ));
+    };
+    let all = match req.query_param("all") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "all={other:?}: true or false"
+            )))
+        }
+    };
+    let ended = if all {
+        end_sessions(shared, p.user, None).await?
+    } else {
+        auth::close_session(directory(shared), hash).await?;
+        shared.revoked.end(hash, std::time::Instant::now());
+        1
+    };
+    Ok(Response::json(
+        200,
+        &json!({"logged_out": true, "sessions": ended}),
+    ))
+}
+
+/// Ends every session of `user` but `keep`, for every shard's sweep to
+/// close their WebSockets; how many ended.
+async fn end_sessions(
+    shared: &Shared,
+    user: u64,
+    keep: Option<[u8; 32]>,
+) -> Result<usize, ApiError> {
+    let m = directory(shared);
+    let ended = blocking(move || m.delete_sessions_of(user, keep.as_ref())).await?;
+    let now = std::time::Instant::now();
+    for (hash, _) in &ended {
+        shared.revoked.end(*hash, now);
+    }
+    Ok(ended.len())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewPassword {
+    old: String,
+    new: String,
+}
+
+/// `POST /api/password {old, new}`: changes the password of a registered
+/// user (a session, not a JWT); every other session of the user ends, and
+/// its WebSockets with it. A wrong `old` is a failed login (401, and it
+/// counts against the failed-login limits).
+pub(crate) async fn change_password(req: &Request, shared: &Shared) -> ApiResult {
+    let p = proof(req, shared).await?;
+    let change: NewPassword = body(req)?;
+    if change.new.is_empty() {
+        return Err(ApiError::BadRequest("empty password".into()));
+    }
+    let (m, id) = (directory(shared), p.user);
+    let u = blocking(move || m.user(id))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("the session's user is gone".into()))?;
+    let (Some(stored), Some(session)) = (u.password_hash, p.session) else {
+        return Err(ApiError::BadRequest(
+            "this user signs in through a backend's JWT and has no password".into(),
+        ));
+    };
+    let attempt = shared
+        .logins
+        .attempt(req.peer, &u.name, std::time::Instant::now())
+        .map_err(|retry_after_ms| ApiError::RateLimited {
+            message: "too many failed logins; retry later".into(),
+            retry_after_ms,
+        })?;
+    let (old, new) = (change.old, change.new);
+    let hashed = shared
+        .hashing
+        .run(move || {
+            if auth::password_matches(&stored, &old) {
+                auth::hash_password(&new).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .await??;
+    let Some(hash) = hashed else {
+        attempt.failed();
+        return Err(ApiError::Unauthorized("wrong password".into()));
+    };
+    let m = directory(shared);
+    blocking(move || m.set_password(id, &hash)).await?;
+    let ended = end_sessions(shared, id, Some(session)).await?;
+    Ok(Response::json(
+        200,
+        &json!({"changed": true, "sessions_ended": ended}),
+    ))
 }
 
 pub(crate) async fn me(req: &Request, shared: &Shared) -> ApiResult {

@@ -16,7 +16,7 @@ use crate::auth;
 use crate::http::{Request, Response};
 use crate::shared::Shared;
 
-use accounts::{login, logout, me, register};
+use accounts::{change_password, login, logout, me, register};
 use messages::{history, mark_read, publish, unread};
 use rooms::{add_member, create_room, get_room, join, list_rooms, members, remove_member};
 use server::{index, metrics, no_upgrade, readyz, stats};
@@ -92,6 +92,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("POST", "/api/register") => register(req, shared).await,
         ("POST", "/api/login") => login(req, shared).await,
         ("POST", "/api/logout") => logout(req, shared).await,
+        ("POST", "/api/password") => change_password(req, shared).await,
         ("GET", "/api/me") => me(req, shared).await,
         ("GET", "/api/me/unread") => unread(req, shared).await,
         ("GET", "/api/rooms") => list_rooms(req, shared).await,
@@ -136,6 +137,7 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "register"] => "/api/register",
         ["api", "login"] => "/api/login",
         ["api", "logout"] => "/api/logout",
+        ["api", "password"] => "/api/password",
         ["api", "me"] => "/api/me",
         ["api", "me", "unread"] => "/api/me/unread",
         ["api", "rooms"] => "/api/rooms",
@@ -157,10 +159,15 @@ pub(crate) fn body<T: for<'de> Deserialize<'de>>(req: &Request) -> Result<T, Api
 
 /// The authenticated user, or 401.
 pub(crate) async fn user(req: &Request, shared: &Shared) -> Result<u64, ApiError> {
+    Ok(proof(req, shared).await?.user)
+}
+
+/// What the request's bearer token proves, or 401.
+pub(crate) async fn proof(req: &Request, shared: &Shared) -> Result<auth::Proof, ApiError> {
     let token = auth::bearer(req)
         .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
     match auth::identify(directory(shared), &shared.cfg.jwt_secret, token).await? {
-        auth::Identity::User(id) => Ok(id),
+        auth::Identity::User(p) => Ok(p),
         auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
     }
 }

@@ -93,8 +93,8 @@ pub struct Accepted {
     pub stream: TcpStream,
     /// Bytes the client sent after its upgrade request.
     pub leftover: Vec<u8>,
-    /// The user a token on the upgrade authenticated.
-    pub user: Option<u64>,
+    /// What a token on the upgrade proved.
+    pub proof: Option<auth::Proof>,
     pub endpoint: Endpoint,
     /// permessage-deflate, when agreed.
     pub deflate: Option<Negotiated>,
@@ -149,13 +149,13 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
         .flatten();
     // A token on the upgrade authenticates now; without one the client
     // sends an `auth` frame first.
-    let user = match auth::bearer(&req) {
+    let proof = match auth::bearer(&req) {
         _ if endpoint == Endpoint::Echo => None,
         None => None,
         Some(token) => {
             let meta = shared.engine.directory();
             match auth::identify(meta, &shared.cfg.jwt_secret, token).await {
-                Ok(auth::Identity::User(u)) => Some(u),
+                Ok(auth::Identity::User(p)) => Some(p),
                 Ok(auth::Identity::Refused(why)) => {
                     let resp = Response::error(401, "unauthorized", &why);
                     if let Some(h) = shared.my_http() {
@@ -184,7 +184,7 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
     Some(Box::new(Accepted {
         stream,
         leftover,
-        user,
+        proof,
         endpoint,
         deflate: negotiated,
     }))

@@ -48,7 +48,7 @@ use crate::net;
 use crate::out::{Flusher, Out};
 use crate::protocol::{self, ClientFrame, ServerFrame};
 use crate::shared::Shared;
-use crate::sweep::{Deadlines, Due};
+use crate::sweep::{Credential, Deadlines, Due};
 
 mod handshake;
 
@@ -115,6 +115,10 @@ enum Wake {
     AuthTimeout,
     /// The socket took nothing for `--conn-write-timeout-ms`.
     WriteTimeout,
+    /// Its session was logged out, or its session or JWT ran out.
+    CredentialEnded(Due),
+    /// Its JWT runs out soon.
+    RefreshNeeded,
     Stopping,
 }
 
@@ -264,6 +268,8 @@ struct Conn {
     /// A rate limit refused one of its frames: the rest are not handled,
     /// nor the socket read, for this long (see `net::REFUSED_PAUSE_MAX`).
     pause: Option<Duration>,
+    /// What authenticated it (session or JWT), once authenticated.
+    proof: Option<auth::Proof>,
     /// Its deadlines, watched by the shard's sweep.
     clock: Rc<Deadlines>,
 }
@@ -293,10 +299,11 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
     let Accepted {
         mut stream,
         leftover,
-        user,
+        proof,
         endpoint,
         deflate,
     } = *accepted;
+    let user = proof.map(|p| p.user);
     let frame_max = shared.cfg.ws_frame_bytes_max;
     let config = WebSocketConfig::default()
         .read_buffer_size(FRAME_READ_BYTES)
@@ -335,6 +342,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         user,
         backlog: false,
         pause: None,
+        proof: None,
         clock,
         endpoint,
         shared,
@@ -343,6 +351,11 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
     drop(leftover);
     if refused {
         return Box::pin(c.finish(stream)).await;
+    }
+    if let Some(p) = proof {
+        if !c.authenticated(p) {
+            return Box::pin(c.finish(stream)).await;
+        }
     }
     if let Some(u) = user {
         let hello = ServerFrame::Hello {
@@ -396,6 +409,21 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
                 // Nothing more can be written: close without a close frame.
                 return;
             }
+            Wake::CredentialEnded(due) => {
+                c.close(
+                    CloseCode::Library(4001),
+                    credential_end_reason(due, c.proof),
+                );
+                break;
+            }
+            Wake::RefreshNeeded => {
+                if let Some(p) = c.proof {
+                    let warn = ServerFrame::RefreshNeeded {
+                        expires_ms: p.expires_ms,
+                    };
+                    c.send(&warn, None);
+                }
+            }
             Wake::Stopping => {
                 c.close(CloseCode::Away, "server shutting down");
                 break;
@@ -405,7 +433,39 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
     Box::pin(c.finish(stream)).await;
 }
 
+/// The reason of the 4001 close that ends a connection's credential: what
+/// a client acts on (sign in again, or get a fresh token from its backend).
+fn credential_end_reason(due: Due, proof: Option<auth::Proof>) -> &'static str {
+    let jwt = proof.is_some_and(|p| p.session.is_none());
+    match (due, jwt) {
+        (Due::Revoked, _) => "session ended (logged out): sign in again",
+        (_, true) => "token expired: refresh it before its exp",
+        _ => "session expired: sign in again",
+    }
+}
+
 impl Conn {
+    /// Takes what authenticated the connection: its user, and its
+    /// credential on the shard's clock. False (and a 4001 close queued)
+    /// when the session was ended meanwhile.
+    fn authenticated(&mut self, p: auth::Proof) -> bool {
+        let left_ms = p.expires_ms.saturating_sub(auth::now_ms());
+        self.clock.authenticated(Credential {
+            expires: Instant::now() + Duration::from_millis(left_ms),
+            session: p.session,
+        });
+        self.user = Some(p.user);
+        self.proof = Some(p);
+        if p.session.is_some_and(|h| self.shared.revoked.contains(&h)) {
+            self.close(
+                CloseCode::Library(4001),
+                credential_end_reason(Due::Revoked, Some(p)),
+            );
+            return false;
+        }
+        true
+    }
+
     fn heartbeat_ms(&self) -> u64 {
         self.shared.cfg.ws_heartbeat_ms
     }
@@ -472,6 +532,8 @@ impl Conn {
                         Due::AuthTimeout => Wake::AuthTimeout,
                         Due::Idle => Wake::Idle,
                         Due::Ping => Wake::Tick,
+                        Due::RefreshNeeded => Wake::RefreshNeeded,
+                        due @ (Due::Revoked | Due::Expired) => Wake::CredentialEnded(due),
                     });
                 }
                 if out.is_blocked() {
@@ -657,6 +719,7 @@ impl Conn {
         }
         let result = match (kind, self.user) {
             ("ping", _) => Ok(Some(ServerFrame::Pong)),
+            ("refresh", Some(u)) => self.refresh(u, &f).await.map(Some),
             ("auth", _) => self.auth(&f).await.map(Some),
             (_, None) => Err(ApiError::Unauthorized(
                 "authenticate first (?token= on the upgrade or an auth frame)".into(),
@@ -702,14 +765,37 @@ impl Conn {
         let token = ClientFrame::need_str(&f.token, "token").map_err(ApiError::BadRequest)?;
         let meta = self.shared.engine.directory();
         match auth::identify(meta, &self.shared.cfg.jwt_secret, token.to_string()).await? {
-            auth::Identity::User(u) => {
-                self.user = Some(u);
-                self.clock.authenticated();
+            auth::Identity::User(p) => {
+                if !self.authenticated(p) {
+                    return Err(ApiError::Unauthorized("the session has ended".into()));
+                }
                 Ok(ServerFrame::Hello {
-                    user: u,
+                    user: p.user,
                     heartbeat_ms: self.heartbeat_ms(),
                 })
             }
+            auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
+        }
+    }
+
+    /// `refresh {token}`: a newer token of the same user replaces the one
+    /// the connection runs on (a JWT before its `exp`, typically after
+    /// `refresh_needed`).
+    async fn refresh(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
+        let token = ClientFrame::need_str(&f.token, "token").map_err(ApiError::BadRequest)?;
+        let meta = self.shared.engine.directory();
+        match auth::identify(meta, &self.shared.cfg.jwt_secret, token.to_string()).await? {
+            auth::Identity::User(p) if p.user == user => {
+                if !self.authenticated(p) {
+                    return Err(ApiError::Unauthorized("the session has ended".into()));
+                }
+                Ok(ServerFrame::Refreshed {
+                    expires_ms: p.expires_ms,
+                })
+            }
+            auth::Identity::User(_) => Err(ApiError::Forbidden(
+                "the token is another user's: open a new connection".into(),
+            )),
             auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
         }
     }

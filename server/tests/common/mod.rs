@@ -226,6 +226,8 @@ pub fn metric(port: u16, name: &str) -> f64 {
 pub struct RawWs {
     pub s: TcpStream,
     buf: Vec<u8>,
+    /// The payload of the close frame a helper read, if one did.
+    pub closed: Option<Vec<u8>>,
 }
 
 /// One frame as received.
@@ -254,7 +256,12 @@ impl RawWs {
             head.push(byte[0]);
         }
         let head = String::from_utf8(head).unwrap();
-        (RawWs { s, buf: Vec::new() }, head)
+        let ws = RawWs {
+            s,
+            buf: Vec::new(),
+            closed: None,
+        };
+        (ws, head)
     }
 
     /// Sends one masked frame.

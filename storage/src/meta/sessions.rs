@@ -23,12 +23,39 @@ impl Meta {
     }
 
     /// Returns the user of a session that exists and has not expired
-    /// (`now_ms < expires_ms`).
-    pub fn session(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<u64>> {
+    /// (`now_ms < expires_ms`), and when it expires.
+    pub fn session(&self, token_hash: &[u8; 32], now_ms: u64) -> Result<Option<(u64, u64)>> {
         self.read(|txn| {
             let sessions = txn.open_table(SESSIONS)?;
             let row = sessions.get(token_hash.as_slice())?.map(|g| g.value());
-            Ok(row.and_then(|(user, expires)| (now_ms < expires).then_some(user)))
+            Ok(row.filter(|&(_, expires)| now_ms < expires))
+        })
+    }
+
+    /// Deletes every session of `user` but `keep` (if given); returns the
+    /// deleted ones' hashes and expiries. Scans the sessions table: for
+    /// "log out everywhere" and password changes, not a hot path.
+    pub fn delete_sessions_of(
+        &self,
+        user: u64,
+        keep: Option<&[u8; 32]>,
+    ) -> Result<Vec<([u8; 32], u64)>> {
+        self.write(|txn| {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let mut gone = Vec::new();
+            let mut doomed = sessions.extract_if(|hash, (owner, _)| {
+                owner == user && keep.is_none_or(|k| hash != k.as_slice())
+            })?;
+            for entry in doomed.by_ref() {
+                let (hash, row) = entry?;
+                let hash: [u8; 32] = hash
+                    .value()
+                    .try_into()
+                    .map_err(|_| Error::Database("a session key is not 32 bytes".into()))?;
+                gone.push((hash, row.value().1));
+            }
+            doomed.close()?;
+            Ok(gone)
         })
     }
 

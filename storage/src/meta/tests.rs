@@ -99,16 +99,54 @@ fn sessions_expire_and_delete() {
         Err(Error::NotFound(_))
     ));
 
-    assert_eq!(meta.session(&a, 99).unwrap(), Some(alice));
+    assert_eq!(meta.session(&a, 99).unwrap(), Some((alice, 100)));
     assert_eq!(meta.session(&a, 100).unwrap(), None);
     assert_eq!(meta.session(&[3; 32], 0).unwrap(), None);
 
     assert_eq!(meta.purge_expired_sessions(150).unwrap(), 1);
-    assert_eq!(meta.session(&b, 150).unwrap(), Some(alice));
+    assert_eq!(meta.session(&b, 150).unwrap(), Some((alice, 200)));
     assert!(meta.delete_session(&b).unwrap());
     assert!(!meta.delete_session(&b).unwrap());
     assert_eq!(meta.session(&b, 150).unwrap(), None);
     assert_eq!(meta.purge_expired_sessions(u64::MAX).unwrap(), 0);
+}
+
+/// "Log out everywhere" and password changes: every session of one user
+/// but the one kept goes, others' stay; the new hash replaces the old.
+#[test]
+fn a_users_sessions_end_together_and_passwords_change() {
+    let (_dir, meta) = fresh();
+    let alice = meta.create_user("alice", "$argon2id$old", 1).unwrap();
+    let bob = user(&meta, "bob");
+    for (i, owner) in [(1u8, alice), (2, alice), (3, alice), (4, bob)] {
+        meta.create_session(&[i; 32], owner, 1000 + i as u64)
+            .unwrap();
+    }
+    let mut gone = meta.delete_sessions_of(alice, Some(&[2; 32])).unwrap();
+    gone.sort();
+    assert_eq!(gone, [([1; 32], 1001), ([3; 32], 1003)]);
+    assert_eq!(meta.session(&[2; 32], 0).unwrap(), Some((alice, 1002)));
+    assert_eq!(meta.session(&[4; 32], 0).unwrap(), Some((bob, 1004)));
+    assert_eq!(
+        meta.delete_sessions_of(alice, None).unwrap(),
+        [([2; 32], 1002)]
+    );
+    assert_eq!(meta.session(&[2; 32], 0).unwrap(), None);
+
+    meta.set_password(alice, "$argon2id$new").unwrap();
+    let row = meta.user(alice).unwrap().unwrap();
+    assert_eq!(
+        (row.name.as_str(), row.password_hash.as_deref()),
+        ("alice", Some("$argon2id$new"))
+    );
+    assert!(matches!(
+        meta.set_password(alice, "plain"),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        meta.set_password(99, "$argon2id$x"),
+        Err(Error::NotFound(_))
+    ));
 }
 
 /// Pages of rooms and members: ordered by id, `len` at most, a cursor
@@ -360,7 +398,7 @@ fn data_survives_reopen() {
     assert_eq!(meta.room(room).unwrap().unwrap().last_seq, 12);
     assert_eq!(meta.member_role(room, alice).unwrap(), Some(Role::Admin));
     assert_eq!(meta.rooms_of(alice).unwrap(), [room]);
-    assert_eq!(meta.session(&[9; 32], 0).unwrap(), Some(alice));
+    assert_eq!(meta.session(&[9; 32], 0).unwrap(), Some((alice, DAY)));
     assert_eq!(meta.unread(room, alice).unwrap(), 4);
     assert!(user(&meta, "bob") > alice, "counter survives");
 }

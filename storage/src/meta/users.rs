@@ -42,6 +42,26 @@ impl Meta {
         })
     }
 
+    /// Replaces the password hash of user `id` (a PHC string).
+    ///
+    /// Errors: `NotFound` for an unknown user, `InvalidInput` for a hash
+    /// that is not a PHC string.
+    pub fn set_password(&self, id: u64, password_hash: &str) -> Result<()> {
+        validate_hash(password_hash)?;
+        self.write(|txn| {
+            let mut users = txn.open_table(USERS)?;
+            let (name, created_ms) = {
+                let row = users
+                    .get(id)?
+                    .ok_or_else(|| Error::NotFound(format!("user {id}")))?;
+                let (name, created_ms, _) = row.value();
+                (name.to_string(), created_ms)
+            };
+            users.insert(id, (name.as_str(), created_ms, Some(password_hash)))?;
+            Ok(())
+        })
+    }
+
     /// Returns user `id`, if it exists.
     pub fn user(&self, id: u64) -> Result<Option<User>> {
         self.read(|txn| {

@@ -1,0 +1,235 @@
+//! End-to-end tests of revocation (issue 14 item 1): a WebSocket lives no
+//! longer than what authenticated it. Logging out (one session, or all),
+//! changing the password, a session running out and a JWT reaching its
+//! `exp` each close the connections concerned with 4001, and only those.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{json, Value};
+
+const TEXT: u8 = 0x1;
+const CLOSE: u8 = 0x8;
+
+/// The next JSON text frame (pings skipped); `None` once closed.
+fn next_json(ws: &mut RawWs) -> Option<Value> {
+    loop {
+        let f = ws.read_frame()?;
+        match f.opcode {
+            TEXT => return Some(serde_json::from_slice(&f.payload).unwrap()),
+            CLOSE => {
+                ws.closed = Some(f.payload);
+                return None;
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// The close frame's code and reason, reading past other frames.
+fn closed_with(ws: &mut RawWs) -> (u16, String) {
+    while next_json(ws).is_some() {}
+    let payload = ws.closed.take().expect("a close frame");
+    let code = u16::from_be_bytes([payload[0], payload[1]]);
+    (code, String::from_utf8_lossy(&payload[2..]).into_owned())
+}
+
+fn send(ws: &mut RawWs, frame: Value) {
+    ws.write_frame(TEXT, frame.to_string().as_bytes(), true, false);
+}
+
+/// A WebSocket authenticated by `token` on the upgrade, past its `hello`.
+fn open(port: u16, token: &str) -> RawWs {
+    let (mut ws, head) = RawWs::connect(port, &format!("/ws?token={token}"), "");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(next_json(&mut ws).unwrap()["type"], "hello");
+    ws
+}
+
+/// Still served: a ping is answered.
+fn answers(ws: &mut RawWs) -> bool {
+    send(ws, json!({"type": "ping", "ref": "p"}));
+    next_json(ws).is_some_and(|v| v["type"] == "pong")
+}
+
+fn login(port: u16, name: &str, password: &str) -> String {
+    let (s, v) = call(
+        port,
+        "POST",
+        "/api/login",
+        None,
+        Some(&json!({"name": name, "password": password})),
+    );
+    assert_eq!(s, 200, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn jwt(sub: &str, exp: u64) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    encode(
+        &Header::default(),
+        &json!({"sub": sub, "exp": exp}),
+        &EncodingKey::from_secret(b"s3cret"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn logout_closes_the_sessions_websockets_and_only_them() {
+    let server = start(&[]);
+    let p = server.port;
+    let first = register(p, "alice");
+    let second = login(p, "alice", "pw");
+    let mut a = open(p, &first);
+    // The other one authenticates with a frame instead of the upgrade.
+    let (mut b, _) = RawWs::connect(p, "/ws", "");
+    send(&mut b, json!({"type": "auth", "token": second}));
+    assert_eq!(next_json(&mut b).unwrap()["type"], "hello");
+
+    let (s, v) = call(p, "POST", "/api/logout", Some(&first), None);
+    assert_eq!((s, v["sessions"].as_u64()), (200, Some(1)), "{v}");
+    let (code, reason) = closed_with(&mut a);
+    assert_eq!(code, 4001);
+    assert!(reason.contains("logged out"), "{reason}");
+    assert!(answers(&mut b), "the other session's socket lives on");
+    // The ended token opens nothing more.
+    assert_eq!(call(p, "GET", "/api/me", Some(&first), None).0, 401);
+    let (_, head) = RawWs::connect(p, &format!("/ws?token={first}"), "");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+
+    // Everywhere: the second session and a third go, with their sockets.
+    let third = login(p, "alice", "pw");
+    let mut c = open(p, &third);
+    let (s, v) = call(p, "POST", "/api/logout?all=true", Some(&second), None);
+    assert_eq!((s, v["sessions"].as_u64()), (200, Some(2)), "{v}");
+    assert_eq!(closed_with(&mut b).0, 4001);
+    assert_eq!(closed_with(&mut c).0, 4001);
+    assert_eq!(call(p, "GET", "/api/me", Some(&third), None).0, 401);
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/logout?all=maybe",
+        Some(&login(p, "alice", "pw")),
+        None,
+    );
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")));
+    assert_serving(p);
+}
+
+#[test]
+fn a_password_change_ends_every_other_session() {
+    let server = start(&[]);
+    let p = server.port;
+    let here = register(p, "bob");
+    let elsewhere = login(p, "bob", "pw");
+    let mut mine = open(p, &here);
+    let mut theirs = open(p, &elsewhere);
+    let change = |old: &str, new: &str| {
+        call(
+            p,
+            "POST",
+            "/api/password",
+            Some(&here),
+            Some(&json!({"old": old, "new": new})),
+        )
+    };
+    let (s, v) = change("wrong", "pw2");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert!(answers(&mut theirs), "a wrong old password changes nothing");
+    let (s, v) = change("pw", "");
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = change("pw", "pw2");
+    assert_eq!((s, v["sessions_ended"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(closed_with(&mut theirs).0, 4001);
+    assert!(answers(&mut mine), "the session that changed it stays");
+    assert_eq!(call(p, "GET", "/api/me", Some(&here), None).0, 200);
+    assert_eq!(call(p, "GET", "/api/me", Some(&elsewhere), None).0, 401);
+    let (s, _) = call(
+        p,
+        "POST",
+        "/api/login",
+        None,
+        Some(&json!({"name": "bob", "password": "pw"})),
+    );
+    assert_eq!(s, 401, "the old password is gone");
+    login(p, "bob", "pw2");
+}
+
+#[test]
+fn a_session_running_out_closes_its_websocket() {
+    let server = start(&["--session-ttl-s", "2"]);
+    let p = server.port;
+    let token = register(p, "carol");
+    let mut ws = open(p, &token);
+    let (code, reason) = closed_with(&mut ws);
+    assert_eq!(code, 4001);
+    assert!(reason.contains("expired"), "{reason}");
+    assert_eq!(call(p, "GET", "/api/me", Some(&token), None).0, 401);
+}
+
+#[test]
+fn jwt_connections_are_warned_can_refresh_and_end_at_exp() {
+    let server = start(&["--jwt-secret", "s3cret"]);
+    let p = server.port;
+    // Less than the 30 s warning ahead: the warning comes at once.
+    let mut ws = open(p, &jwt("dave", now_s() + 3));
+    let warned = next_json(&mut ws).unwrap();
+    assert_eq!(warned["type"], "refresh_needed", "{warned}");
+    // Another user's token is refused; the connection lives on.
+    send(
+        &mut ws,
+        json!({"type": "refresh", "token": jwt("erin", now_s() + 60), "ref": 1}),
+    );
+    let v = next_json(&mut ws).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{v}"
+    );
+    // A newer token of the same user moves the end.
+    let exp = now_s() + 4;
+    send(
+        &mut ws,
+        json!({"type": "refresh", "token": jwt("dave", exp), "ref": 2}),
+    );
+    let v = next_json(&mut ws).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["expires_ms"].as_u64()),
+        (Some("refreshed"), Some(exp * 1000)),
+        "{v}"
+    );
+    let began = std::time::Instant::now();
+    let (code, reason) = closed_with(&mut ws);
+    assert_eq!(code, 4001);
+    assert!(reason.contains("token expired"), "{reason}");
+    assert!(
+        began.elapsed() >= Duration::from_secs(2),
+        "not before the new exp"
+    );
+    // A JWT cannot be logged out.
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/logout",
+        Some(&jwt("dave", now_s() + 60)),
+        None,
+    );
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("JWT"),
+        "{v}"
+    );
+    assert_serving(p);
+}
