@@ -230,7 +230,7 @@ impl Engine {
         self.inner.queues.next_id()
     }
 
-    /// Replaces a message's body (its author or a room admin only).
+    /// Replaces a message's body (its author only; not empty nor blank).
     pub fn edit(&self, room: u64, seq: u64, by: u64, body: &str) -> Pending<()> {
         let body = body.to_string();
         self.inner

@@ -217,12 +217,27 @@ fn idempotent_retries_edits_deletes_and_restart() {
     let sub = engine.subscribe(room, Some(1)).wait().unwrap();
     let c = engine.post(room, alice, "k2", "second").wait().unwrap();
     assert_eq!(c.seq, 2);
-    // Bob may not edit Alice's message; Alice (room admin) may edit Bob's.
+    // Only authors edit: not Bob Alice's message, nor Alice (the room's
+    // admin) Bob's; Bob his own. Empty bodies are refused.
     assert!(matches!(
         engine.edit(room, 2, bob, "hacked").wait(),
         Err(Error::Forbidden(_))
     ));
-    engine.edit(room, 1, alice, "moderated").wait().unwrap();
+    assert!(matches!(
+        engine.edit(room, 1, alice, "rewritten").wait(),
+        Err(Error::Forbidden(_))
+    ));
+    for blank in ["", " \n\t "] {
+        assert!(matches!(
+            engine.edit(room, 1, bob, blank).wait(),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            engine.post(room, bob, "kb", blank).wait(),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+    engine.edit(room, 1, bob, "moderated").wait().unwrap();
     engine.delete(room, 2, alice).wait().unwrap();
     assert!(matches!(
         engine.delete(room, 9, alice).wait(),

@@ -80,6 +80,7 @@ impl Shard {
         client_id: &str,
         body: &str,
     ) -> Result<PostAck> {
+        require_text(body)?;
         self.may_post(room, sender).await?;
         self.ensure_owned(room);
         let started = Instant::now();
@@ -167,10 +168,21 @@ impl Shard {
             .ok_or_else(|| Error::NotFound(format!("message {seq} in room {room}")))?;
         let author = item.sender();
         drop(item);
-        if author != by && self.meta.member_role(room, by)? != Some(Role::Admin) {
-            return Err(Error::Forbidden(
-                "only the author or a room admin may change a message".into(),
-            ));
+        // Only its author edits a message (an admin rewriting it would put
+        // words under the author's name); the author or an admin deletes.
+        match body {
+            Some(b) => {
+                require_text(b)?;
+                if author != by {
+                    return Err(Error::Forbidden("only its author edits a message".into()));
+                }
+            }
+            None if author != by && self.meta.member_role(room, by)? != Some(Role::Admin) => {
+                return Err(Error::Forbidden(
+                    "only the author or a room admin deletes a message".into(),
+                ));
+            }
+            None => {}
         }
         let ts = now_ms();
         let event = match body {
@@ -407,4 +419,12 @@ impl Shard {
         let last = self.store.last_seq(room);
         Ok(last.saturating_sub(self.meta.read_seq(room, user)?))
     }
+}
+
+/// A message's body must say something: not empty, nor only whitespace.
+fn require_text(body: &str) -> Result<()> {
+    if body.trim().is_empty() {
+        return Err(Error::InvalidInput("the body is empty".into()));
+    }
+    Ok(())
 }
