@@ -663,6 +663,25 @@ async fn run_shard(
         }
     })
     .detach();
+    // The own-reads flusher: every `OWN_READS_FLUSH` while some own posts'
+    // receipts wait, asleep (no timer) while none do.
+    let own = Rc::downgrade(&shard);
+    let bell = shard.own_reads_bell.clone();
+    glommio::spawn_local(async move {
+        loop {
+            bell.wait().await;
+            loop {
+                glommio::timer::sleep(crate::shard::OWN_READS_FLUSH).await;
+                let Some(shard) = own.upgrade() else {
+                    return;
+                };
+                if !shard.flush_own_reads() {
+                    break;
+                }
+            }
+        }
+    })
+    .detach();
     let retention = Rc::downgrade(&shard);
     glommio::spawn_local(async move {
         loop {

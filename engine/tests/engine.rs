@@ -838,3 +838,50 @@ fn a_full_command_queue_refuses_with_busy_and_stores_only_what_it_took() {
     assert_eq!(ack.seq, stored + 1);
     engine.shutdown().unwrap();
 }
+
+/// Posting counts as reading (issue 14 item 7): a poster's own messages are
+/// never unread to them, at once and after a restart; others' are.
+#[test]
+fn posting_advances_the_posters_read_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    let meta = engine.directory();
+    let alice = meta.ensure_external_user("alice", 0).unwrap();
+    let bob = meta.ensure_external_user("bob", 0).unwrap();
+    let room = engine.create_room("talk", false, alice).wait().unwrap();
+    for i in 0..120 {
+        engine
+            .post(room, alice, &format!("a{i}"), "mine")
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(engine.unread(room, alice).wait().unwrap(), 0, "at once");
+    assert_eq!(engine.unread(room, bob).wait().unwrap(), 120);
+    engine.post(room, bob, "b1", "theirs").wait().unwrap();
+    assert_eq!(engine.unread(room, alice).wait().unwrap(), 1);
+    assert_eq!(
+        engine.unread(room, bob).wait().unwrap(),
+        0,
+        "bob read up to his post"
+    );
+    // The receipts reach meta.redb (batched, within a flush period).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while meta.read_seq(room, alice).unwrap() < 120 {
+        assert!(
+            Instant::now() < deadline,
+            "alice's receipt was never stored"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    engine
+        .post(room, alice, "a-last", "mine again")
+        .wait()
+        .unwrap();
+    engine.shutdown().unwrap();
+    drop(meta);
+    // After a restart (the last one flushed at shutdown).
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    assert_eq!(engine.unread(room, alice).wait().unwrap(), 0);
+    assert_eq!(engine.unread(room, bob).wait().unwrap(), 1, "alice's last");
+    engine.shutdown().unwrap();
+}

@@ -1,7 +1,7 @@
-//! End-to-end tests of who may change what (issue 14 item 6): only its
-//! author edits a message, its author or a room admin deletes it, and a
-//! message says something (empty or blank bodies are refused over HTTP and
-//! WebSocket, nothing stored).
+//! End-to-end tests of who may change what (issue 14 items 6 and 7): only its
+//! author edits a message, its author or a room admin deletes it, a message
+//! says something (empty or blank bodies are refused over HTTP and
+//! WebSocket, nothing stored), and posting counts as reading.
 
 mod common;
 
@@ -121,4 +121,49 @@ fn only_authors_edit_admins_delete_and_blank_bodies_are_refused() {
         "{page}"
     );
     assert_serving(p);
+}
+
+/// Posting counts as reading (issue 14 item 7): your own messages are
+/// never unread to you, whether sent over HTTP or WebSocket.
+#[test]
+fn own_messages_are_never_unread() {
+    let server = start(&[]);
+    let p = server.port;
+    let (alice, bob) = (register(p, "alice"), register(p, "bob"));
+    let room = create_room(p, &alice, "chatter", false);
+    assert_eq!(
+        call(
+            p,
+            "POST",
+            &format!("/api/rooms/{room}/join"),
+            Some(&bob),
+            None
+        )
+        .0,
+        200
+    );
+    for i in 0..3 {
+        let body = json!({"body": format!("a{i}")});
+        let (s, _) = call(
+            p,
+            "POST",
+            &format!("/api/rooms/{room}/messages"),
+            Some(&alice),
+            Some(&body),
+        );
+        assert_eq!(s, 201);
+    }
+    let unread = |token: &str| {
+        let (_, v) = call(p, "GET", "/api/me/unread", Some(token), None);
+        v["rooms"][0]["unread"].as_u64().unwrap()
+    };
+    assert_eq!((unread(&alice), unread(&bob)), (0, 3));
+    let mut b = joined(p, &bob, room);
+    let v = request(
+        &mut b,
+        1,
+        json!({"type": "send", "room": room, "body": "b0"}),
+    );
+    assert_eq!(v["type"], "ack", "{v}");
+    assert_eq!((unread(&alice), unread(&bob)), (1, 0));
 }

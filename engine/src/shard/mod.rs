@@ -25,7 +25,8 @@
 //! The parts: [`types`] (what goes in and out), [`command`] (the embed
 //! API's work and its dispatch), [`mesh`] (traffic between shards),
 //! [`owner`] (rooms owned here: sequencing, storage, the tail cache,
-//! history), [`access`] (who may post, in memory), [`presence`],
+//! history), [`own_reads`] (posting counts as reading), [`access`] (who
+//! may post, in memory), [`presence`],
 //! [`subscribers`] (subscribers hosted here and their outlets). The state
 //! machines of a room's order ([`room`]) and of one subscriber
 //! ([`catchup`]) are free of I/O and clocks, and unit-tested alone.
@@ -34,6 +35,7 @@ mod access;
 mod catchup;
 mod command;
 mod mesh;
+mod own_reads;
 mod owner;
 mod presence;
 mod room;
@@ -56,6 +58,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 pub(crate) use command::{refuse_busy, Command};
 pub(crate) use mesh::Peer;
+pub(crate) use own_reads::OWN_READS_FLUSH;
 pub(crate) use types::{Common, NewSub, Reply};
 pub use types::{HistoryPage, PostAck, StoredMessage};
 
@@ -106,6 +109,11 @@ pub(crate) struct Shard {
     /// Wakes the lagging pump when a subscription starts lagging (it
     /// sleeps, with no timer, while none does).
     pub(crate) pump_bell: Rc<Bell>,
+    /// (room, poster) -> their last own post, until its receipt is stored
+    /// ([`own_reads`]).
+    own_reads: RefCell<HashMap<(u64, u64), own_reads::OwnRead>>,
+    /// Wakes the own-reads flusher when the first entry comes.
+    pub(crate) own_reads_bell: Rc<Bell>,
     /// Posts sent to their room's owner on another shard, by token, each
     /// waiting for its answer (`Peer::Posted`).
     remote_posts: RefCell<HashMap<u64, flume::Sender<Result<PostAck>>>>,
@@ -211,6 +219,8 @@ impl Shard {
             access: RefCell::default(),
             loads: RefCell::default(),
             pump_bell: Rc::new(Bell::default()),
+            own_reads: RefCell::default(),
+            own_reads_bell: Rc::new(Bell::default()),
             remote_posts: RefCell::default(),
             next_remote_post: Cell::new(1),
             lagging: RefCell::default(),
@@ -238,6 +248,8 @@ impl Shard {
     /// storage (which checkpoints), then let the executor exit.
     async fn shutdown(&self) -> Result<()> {
         self.closing.set(true);
+        // Own posts' receipts go to the writer before it stops.
+        self.flush_own_reads();
         let inboxes: Vec<u64> = self.inboxes.borrow().keys().copied().collect();
         for inbox in inboxes {
             self.close_inbox(inbox, Some(CLOSED_SHUTDOWN));
@@ -247,6 +259,7 @@ impl Shard {
         // as the peers do the same.
         self.senders.close();
         self.pump_bell.ring();
+        self.own_reads_bell.ring();
         // Posts waiting for another shard's answer get `ShutDown`.
         self.remote_posts.borrow_mut().clear();
         let _ = self.done.send(());

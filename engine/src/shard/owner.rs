@@ -103,6 +103,7 @@ impl Shard {
             }
             Appended::New { seq, ts_ms } => {
                 self.counters.borrow_mut().posts += 1;
+                self.note_own_read(room, sender, seq);
                 self.completed(
                     room,
                     Event::message(room, seq, sender, ts_ms, Some(body), false),
@@ -417,7 +418,11 @@ impl Shard {
     /// point reads).
     pub(super) fn unread(&self, room: u64, user: u64) -> Result<u64> {
         let last = self.store.last_seq(room);
-        Ok(last.saturating_sub(self.meta.read_seq(room, user)?))
+        let read = self
+            .meta
+            .read_seq(room, user)?
+            .max(self.own_read(room, user));
+        Ok(last.saturating_sub(read))
     }
 }
 
