@@ -14,6 +14,7 @@ use rand::RngCore;
 use rookery_engine::{Directory, Error as EngineError, Result};
 use sha2::{Digest, Sha256};
 
+use crate::config::Config;
 use crate::http::Request;
 
 /// Bytes of randomness in a session token (shown to clients as hex).
@@ -128,16 +129,19 @@ struct Claims {
 }
 
 /// The user a bearer token stands for: a JWT (three dot-separated parts,
-/// HS256 with `--jwt-secret`, `exp` checked) or a session token.
-pub async fn identify(dir: Directory, jwt_secret: &str, token: String) -> Result<Identity> {
+/// HS256 with `--jwt-secret`; `exp` required, `exp` and `nbf` checked with
+/// `--jwt-leeway-s` of clock skew) or a session token.
+pub async fn identify(dir: Directory, cfg: &Config, token: String) -> Result<Identity> {
     if token.split('.').count() == 3 {
-        if jwt_secret.is_empty() {
+        if cfg.jwt_secret.is_empty() {
             return Ok(Identity::Refused(
                 "JWTs are not enabled (--jwt-secret)".into(),
             ));
         }
-        let key = jsonwebtoken::DecodingKey::from_secret(jwt_secret.as_bytes());
-        let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        let key = jsonwebtoken::DecodingKey::from_secret(cfg.jwt_secret.as_bytes());
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.validate_nbf = true;
+        validation.leeway = cfg.jwt_leeway_s;
         let claims = match jsonwebtoken::decode::<Claims>(&token, &key, &validation) {
             Ok(data) => data.claims,
             Err(e) => return Ok(Identity::Refused(format!("bad JWT: {e}"))),

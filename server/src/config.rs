@@ -80,6 +80,10 @@ pub struct Config {
         hide_env_values = true
     )]
     pub jwt_secret: String,
+    /// Seconds of clock skew allowed when a JWT's `exp` and `nbf` are
+    /// checked.
+    #[arg(long, env = "ROOKERY_JWT_LEEWAY_S", default_value_t = 5)]
+    pub jwt_leeway_s: u64,
     /// Bytes of one WebSocket message (and frame) a client may send; more
     /// closes the connection with 1009.
     #[arg(long, env = "ROOKERY_WS_FRAME_BYTES_MAX", default_value_t = 64 << 10)]
@@ -246,6 +250,8 @@ pub struct Config {
 /// request may ask for all of them).
 const STATS_INTERVAL_MS_MAX: u64 = 3_600_000;
 const STATS_SAMPLES_MAX: usize = 100_000;
+/// A leeway of more than five minutes would keep expired JWTs alive.
+const JWT_LEEWAY_S_MAX: u64 = 300;
 
 impl Config {
     /// Checks every setting; the error names the flag.
@@ -278,6 +284,9 @@ impl Config {
             self.password_hash_queue_max as u64,
             "password-hash-queue-max",
         )?;
+        if self.jwt_leeway_s > JWT_LEEWAY_S_MAX {
+            return Err(format!("--jwt-leeway-s must be <= {JWT_LEEWAY_S_MAX}"));
+        }
         if self.http_head_bytes_max < 256 {
             return Err("--http-head-bytes-max must be >= 256".into());
         }
@@ -502,6 +511,12 @@ mod tests {
                 &["--conn-write-timeout-ms", "0"][..],
                 "--conn-write-timeout-ms",
             ),
+            (&["--jwt-leeway-s", "3600"][..], "--jwt-leeway-s"),
+            (
+                &["--rooms-per-user-per-min", "0"][..],
+                "--rooms-per-user-per-min",
+            ),
+            (&["--list-page-len-max", "0"][..], "--list-page-len-max"),
         ] {
             let err = parse(args).validate().unwrap_err();
             assert!(err.contains(flag), "{err}");

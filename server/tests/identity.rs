@@ -74,10 +74,14 @@ fn now_s() -> u64 {
 }
 
 fn jwt(sub: &str, exp: u64) -> String {
+    jwt_with(json!({"sub": sub, "exp": exp}))
+}
+
+fn jwt_with(claims: Value) -> String {
     use jsonwebtoken::{encode, EncodingKey, Header};
     encode(
         &Header::default(),
-        &json!({"sub": sub, "exp": exp}),
+        &claims,
         &EncodingKey::from_secret(b"s3cret"),
     )
     .unwrap()
@@ -232,4 +236,34 @@ fn jwt_connections_are_warned_can_refresh_and_end_at_exp() {
         "{v}"
     );
     assert_serving(p);
+}
+
+/// `exp` and `nbf` are checked with `--jwt-leeway-s` of clock skew
+/// (issue 14 item 2).
+#[test]
+fn jwt_exp_and_nbf_are_checked_with_a_small_leeway() {
+    let me = |p: u16, token: &str| call(p, "GET", "/api/me", Some(token), None).0;
+    let server = start(&["--jwt-secret", "s3cret"]);
+    let p = server.port;
+    let now = now_s();
+    assert_eq!(me(p, &jwt("fay", now + 60)), 200);
+    assert_eq!(me(p, &jwt("fay", now - 2)), 200, "within the 5 s leeway");
+    assert_eq!(me(p, &jwt("fay", now - 30)), 401, "expired");
+    assert_eq!(
+        me(
+            p,
+            &jwt_with(json!({"sub": "fay", "exp": now + 60, "nbf": now + 30}))
+        ),
+        401,
+        "not yet valid"
+    );
+    assert_eq!(
+        me(
+            p,
+            &jwt_with(json!({"sub": "fay", "exp": now + 60, "nbf": now - 1}))
+        ),
+        200
+    );
+    let strict = start(&["--jwt-secret", "s3cret", "--jwt-leeway-s", "0"]);
+    assert_eq!(me(strict.port, &jwt("fay", now - 2)), 401, "no leeway");
 }

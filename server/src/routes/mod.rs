@@ -166,7 +166,7 @@ pub(crate) async fn user(req: &Request, shared: &Shared) -> Result<u64, ApiError
 pub(crate) async fn proof(req: &Request, shared: &Shared) -> Result<auth::Proof, ApiError> {
     let token = auth::bearer(req)
         .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
-    match auth::identify(directory(shared), &shared.cfg.jwt_secret, token).await? {
+    match auth::identify(directory(shared), &shared.cfg, token).await? {
         auth::Identity::User(p) => Ok(p),
         auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
     }

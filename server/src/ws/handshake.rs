@@ -154,7 +154,7 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
         None => None,
         Some(token) => {
             let meta = shared.engine.directory();
-            match auth::identify(meta, &shared.cfg.jwt_secret, token).await {
+            match auth::identify(meta, &shared.cfg, token).await {
                 Ok(auth::Identity::User(p)) => Some(p),
                 Ok(auth::Identity::Refused(why)) => {
                     let resp = Response::error(401, "unauthorized", &why);

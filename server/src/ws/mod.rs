@@ -764,7 +764,7 @@ impl Conn {
     async fn auth(&mut self, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let token = ClientFrame::need_str(&f.token, "token").map_err(ApiError::BadRequest)?;
         let meta = self.shared.engine.directory();
-        match auth::identify(meta, &self.shared.cfg.jwt_secret, token.to_string()).await? {
+        match auth::identify(meta, &self.shared.cfg, token.to_string()).await? {
             auth::Identity::User(p) => {
                 if !self.authenticated(p) {
                     return Err(ApiError::Unauthorized("the session has ended".into()));
@@ -784,7 +784,7 @@ impl Conn {
     async fn refresh(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let token = ClientFrame::need_str(&f.token, "token").map_err(ApiError::BadRequest)?;
         let meta = self.shared.engine.directory();
-        match auth::identify(meta, &self.shared.cfg.jwt_secret, token.to_string()).await? {
+        match auth::identify(meta, &self.shared.cfg, token.to_string()).await? {
             auth::Identity::User(p) if p.user == user => {
                 if !self.authenticated(p) {
                     return Err(ApiError::Unauthorized("the session has ended".into()));
