@@ -94,10 +94,8 @@ pub struct Sweeper {
     conns: RefCell<Vec<Weak<Deadlines>>>,
     heartbeat: Duration,
     write_timeout: Duration,
-    /// Sessions ended by any shard, and the generation of it this sweeper
-    /// has looked for.
+    /// Sessions ended by any shard.
     revoked: Arc<Revoked>,
-    seen: Cell<u64>,
     /// How often the sweep runs.
     pub interval: Duration,
 }
@@ -118,7 +116,6 @@ impl Sweeper {
             conns: RefCell::new(Vec::new()),
             heartbeat,
             write_timeout,
-            seen: Cell::new(revoked.generation()),
             revoked,
             interval,
         }
@@ -182,10 +179,10 @@ impl Sweeper {
     /// One sweep: marks and wakes the connections with something due, and
     /// forgets the closed ones.
     pub fn sweep(&self, now: Instant) {
-        // Revoked sessions are looked up only when some shard ended one.
-        let generation = self.revoked.generation();
-        let news = generation != self.seen.replace(generation);
-        let ended = |h: &[u8; 32]| news && self.revoked.contains(h);
+        // Every sweep within the window: a connection with another
+        // deadline pending now is found at the next one.
+        let recent = self.revoked.recent(now);
+        let ended = |h: &[u8; 32]| recent.contains(h);
         self.conns.borrow_mut().retain(|w| {
             let Some(d) = w.upgrade() else {
                 return false;
@@ -304,8 +301,8 @@ mod tests {
         assert_eq!(s.check(&jwt, at(71), NONE_ENDED), Some(Due::RefreshNeeded));
     }
 
-    /// A sweep looks revoked sessions up only when some shard ended one
-    /// since its last sweep.
+    /// A sweep finds sessions ended on any shard, also for a connection
+    /// that had another deadline pending when the session ended.
     #[test]
     fn a_sweep_finds_sessions_ended_on_any_shard() {
         let revoked = Arc::new(Revoked::default());
@@ -326,6 +323,19 @@ mod tests {
         revoked.end([9; 32], t0);
         s.sweep(t0 + Duration::from_secs(2));
         assert_eq!(d.take_due(), Some(Due::Revoked));
+        // Busy with a ping when its session ends: revoked at the next sweep.
+        let busy = s.register(Out::new(-1), None, t0);
+        busy.authenticated(Credential {
+            expires: t0 + Duration::from_secs(3600),
+            session: Some([8; 32]),
+        });
+        s.sweep(t0 + Duration::from_secs(10));
+        revoked.end([8; 32], t0 + Duration::from_secs(10));
+        s.sweep(t0 + Duration::from_secs(11));
+        assert_eq!(busy.take_due(), Some(Due::Ping), "pending before the end");
+        busy.pinged(t0 + Duration::from_secs(11));
+        s.sweep(t0 + Duration::from_secs(12));
+        assert_eq!(busy.take_due(), Some(Due::Revoked));
     }
 
     #[test]
