@@ -54,7 +54,7 @@ pub enum InflateError {
 /// Tail every sync-flushed deflate stream ends with (RFC 7692 §7.2.1).
 const SYNC_TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
 /// Output grown per inflation step.
-const STEP_BYTES: usize = 4096;
+const INFLATE_STEP_BYTES: usize = 4096;
 
 /// Picks the first acceptable `permessage-deflate` offer of a
 /// `Sec-WebSocket-Extensions` header; the parameters and the response
@@ -117,18 +117,14 @@ fn accept_params<'a>(params: impl Iterator<Item = &'a str>) -> Option<(Negotiate
 }
 
 thread_local! {
-    /// The shard's compressor (connections never keep outbound context).
-    static COMPRESSOR: RefCell<Compress> = RefCell::new(compressor());
+    /// The shard's compressor (connections never keep outbound context;
+    /// level 1: chat messages are small and latency matters more than the
+    /// last percent of size).
+    static COMPRESSOR: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
     /// The shard's room to compress into (see [`deflate_whole`]).
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The shard's inflater for clients without context takeover.
     static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
-}
-
-/// A compressor for outbound messages (level 1: chat messages are small
-/// and latency matters more than the last percent of size).
-fn compressor() -> Compress {
-    Compress::new(Compression::fast(), false)
 }
 
 /// One outbound message as a compressed, unmasked frame (RSV1 set).
@@ -260,7 +256,7 @@ impl Inflow {
             }
         };
         self.input.drain(..at);
-        if self.input.capacity() > STEP_BYTES && self.input.is_empty() {
+        if self.input.capacity() > INFLATE_STEP_BYTES && self.input.is_empty() {
             self.input = Vec::new(); // idle connections hold no buffer
         }
         result
@@ -395,7 +391,7 @@ fn inflate(
     max: usize,
 ) -> Result<(), InflateError> {
     loop {
-        out.reserve(STEP_BYTES.min(max + 1 - out.len().min(max)));
+        out.reserve(INFLATE_STEP_BYTES.min(max + 1 - out.len().min(max)));
         let before = d.total_in();
         let status = d
             .decompress_vec(input, out, FlushDecompress::Sync)

@@ -174,7 +174,7 @@ pub(crate) fn client_ip(
     req: &crate::http::Request,
     trusted: &[ipnet::IpNet],
 ) -> std::net::IpAddr {
-    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let is_trusted = |ip: &std::net::IpAddr| is_trusted_proxy(trusted, ip);
     if !is_trusted(&peer) {
         return peer;
     }
@@ -196,6 +196,11 @@ pub(crate) fn client_ip(
         .or(hops.first())
         .copied()
         .unwrap_or(peer)
+}
+
+/// Whether `ip` is one of the `--trusted-proxies`.
+pub(crate) fn is_trusted_proxy(trusted: &[ipnet::IpNet], ip: &std::net::IpAddr) -> bool {
+    trusted.iter().any(|n| n.contains(ip))
 }
 
 /// One entry of `X-Forwarded-For` (an address) or of `Forwarded` (its

@@ -19,8 +19,8 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::http::{self, Response};
 use crate::net::{
-    answer_and_close, client_ip, linger_close, read_until, refused_pause, sit_out, write_within,
-    Read, READ_CHUNK_BYTES,
+    answer_and_close, client_ip, is_trusted_proxy, linger_close, read_until, refused_pause,
+    sit_out, write_within, Read, READ_CHUNK_BYTES,
 };
 use crate::routes;
 use crate::shared::Shared;
@@ -147,11 +147,7 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
     // Responses and events are small writes that must leave at once: no
     // Nagle delay waiting for the client's (delayed) acknowledgement.
     let _ = stream.set_nodelay(true);
-    let trusted = shared
-        .cfg
-        .trusted_proxies
-        .iter()
-        .any(|n| n.contains(&peer.ip()));
+    let trusted = is_trusted_proxy(&shared.cfg.trusted_proxies, &peer.ip());
     let counted = if trusted {
         None
     } else {
@@ -271,13 +267,13 @@ async fn connection(
             match http::parse(&buf, &limits) {
                 Ok(Some((mut req, used))) => {
                     shared.local.note_work();
+                    req.peer = Some(client_ip(peer, &req, &shared.cfg.trusted_proxies));
+                    buf.drain(..used);
                     if let Some(endpoint) = ws::endpoint(&req, shared.cfg.echo_endpoint) {
                         // Answers to the requests before it go first.
                         if !out.is_empty() && !write_within(&shared, &mut stream, &out).await {
                             return None;
                         }
-                        req.peer = Some(client_ip(peer, &req, &shared.cfg.trusted_proxies));
-                        buf.drain(..used);
                         return Some(Upgrade {
                             stream,
                             req,
@@ -285,8 +281,6 @@ async fn connection(
                             endpoint,
                         });
                     }
-                    req.peer = Some(client_ip(peer, &req, &shared.cfg.trusted_proxies));
-                    buf.drain(..used);
                     started = (!buf.is_empty()).then(Instant::now);
                     let began = Instant::now();
                     let resp = Box::pin(routes::handle(&req, &shared)).await;

@@ -54,14 +54,7 @@ pub(crate) async fn register(req: &Request, shared: &Shared) -> ApiResult {
 /// costs what a wrong password costs (no user enumeration by timing).
 pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
     let c: Credentials = body(req)?;
-    let now = std::time::Instant::now();
-    let attempt = shared
-        .logins
-        .attempt(req.peer, &c.name, now)
-        .map_err(|retry_after_ms| ApiError::RateLimited {
-            message: "too many failed logins; retry later".into(),
-            retry_after_ms,
-        })?;
+    let attempt = login_attempt(req, shared, &c.name)?;
     let (m, name) = (directory(shared), c.name.clone());
     let user = blocking(move || m.user_by_name(&name)).await?;
     let (id, hash) = match user {
@@ -84,6 +77,22 @@ pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
     };
     let s = auth::open_session(directory(shared), id, shared.cfg.session_ttl_ms()).await?;
     Ok(Response::json(200, &session_json(id, &c.name, &s)))
+}
+
+/// A password check for account `name` from the request's client, within
+/// the failed-login limits; 429 with `Retry-After` past them.
+fn login_attempt(
+    req: &Request,
+    shared: &Shared,
+    name: &str,
+) -> Result<crate::limits::LoginAttempt, ApiError> {
+    shared
+        .logins
+        .attempt(req.peer, name, std::time::Instant::now())
+        .map_err(|retry_after_ms| ApiError::RateLimited {
+            message: "too many failed logins; retry later".into(),
+            retry_after_ms,
+        })
 }
 
 /// `POST /api/logout` ends the request's session, `?all=true` every
@@ -161,13 +170,7 @@ pub(crate) async fn change_password(req: &Request, shared: &Shared) -> ApiResult
             "this user signs in through a backend's JWT and has no password".into(),
         ));
     };
-    let attempt = shared
-        .logins
-        .attempt(req.peer, &u.name, std::time::Instant::now())
-        .map_err(|retry_after_ms| ApiError::RateLimited {
-            message: "too many failed logins; retry later".into(),
-            retry_after_ms,
-        })?;
+    let attempt = login_attempt(req, shared, &u.name)?;
     let (old, new) = (change.old, change.new);
     let hashed = shared
         .hashing

@@ -261,14 +261,14 @@ struct Conn {
     /// The connection's engine inbox, opened on its first join (a
     /// connection in no room costs the engine nothing).
     inbox: Option<LocalInbox>,
-    user: Option<u64>,
     /// Complete frames wait in the adapter: handling them stopped at the
     /// output bound, or for a pause.
     backlog: bool,
     /// A rate limit refused one of its frames: the rest are not handled,
     /// nor the socket read, for this long (see `net::REFUSED_PAUSE_MAX`).
     pause: Option<Duration>,
-    /// What authenticated it (session or JWT), once authenticated.
+    /// What authenticated it (session or JWT) and so its user, once
+    /// authenticated.
     proof: Option<auth::Proof>,
     /// Its deadlines, watched by the shard's sweep.
     clock: Rc<Deadlines>,
@@ -303,7 +303,6 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         endpoint,
         deflate,
     } = *accepted;
-    let user = proof.map(|p| p.user);
     let frame_max = shared.cfg.ws_frame_bytes_max;
     let config = WebSocketConfig::default()
         .read_buffer_size(FRAME_READ_BYTES)
@@ -325,7 +324,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         ended: RefCell::new(None),
     });
     let now = Instant::now();
-    let auth_by = (endpoint == Endpoint::Chat && user.is_none())
+    let auth_by = (endpoint == Endpoint::Chat && proof.is_none())
         .then(|| now + Duration::from_millis(shared.cfg.ws_auth_timeout_ms));
     let clock = shared.sweeper.register(out.clone(), auth_by, now);
     let mut c = Conn {
@@ -339,7 +338,6 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         link,
         inflow: deflate.map(|n| Box::new(Inflow::new(n, frame_max))),
         inbox: None,
-        user,
         backlog: false,
         pause: None,
         proof: None,
@@ -356,10 +354,8 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         if !c.authenticated(p) {
             return Box::pin(c.finish(stream)).await;
         }
-    }
-    if let Some(u) = user {
         let hello = ServerFrame::Hello {
-            user: u,
+            user: p.user,
             heartbeat_ms: c.heartbeat_ms(),
         };
         c.send(&hello, None);
@@ -454,7 +450,6 @@ impl Conn {
             expires: Instant::now() + Duration::from_millis(left_ms),
             session: p.session,
         });
-        self.user = Some(p.user);
         self.proof = Some(p);
         if p.session.is_some_and(|h| self.shared.revoked.contains(&h)) {
             self.close(
@@ -717,7 +712,7 @@ impl Conn {
             let frame = self.error("unknown_type", &format!("unknown type {kind:?}"));
             return self.send(&frame, r#ref);
         }
-        let result = match (kind, self.user) {
+        let result = match (kind, self.proof.map(|p| p.user)) {
             ("ping", _) => Ok(Some(ServerFrame::Pong)),
             ("refresh", Some(u)) => self.refresh(u, &f).await.map(Some),
             ("auth", _) => self.auth(&f).await.map(Some),
@@ -762,42 +757,45 @@ impl Conn {
     }
 
     async fn auth(&mut self, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
-        let token = ClientFrame::need_str(&f.token, "token").map_err(ApiError::BadRequest)?;
-        let meta = self.shared.engine.directory();
-        match auth::identify(meta, &self.shared.cfg, token.to_string()).await? {
-            auth::Identity::User(p) => {
-                if !self.authenticated(p) {
-                    return Err(ApiError::Unauthorized("the session has ended".into()));
-                }
-                Ok(ServerFrame::Hello {
-                    user: p.user,
-                    heartbeat_ms: self.heartbeat_ms(),
-                })
-            }
-            auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
-        }
+        let p = self.take_token(f, None).await?;
+        Ok(ServerFrame::Hello {
+            user: p.user,
+            heartbeat_ms: self.heartbeat_ms(),
+        })
     }
 
     /// `refresh {token}`: a newer token of the same user replaces the one
     /// the connection runs on (a JWT before its `exp`, typically after
     /// `refresh_needed`).
     async fn refresh(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
+        let p = self.take_token(f, Some(user)).await?;
+        Ok(ServerFrame::Refreshed {
+            expires_ms: p.expires_ms,
+        })
+    }
+
+    /// Authenticates the connection with the frame's `token` (for
+    /// `refresh`, one of the `same` user only).
+    async fn take_token(
+        &mut self,
+        f: &ClientFrame<'_>,
+        same: Option<u64>,
+    ) -> Result<auth::Proof, ApiError> {
         let token = ClientFrame::need_str(&f.token, "token").map_err(ApiError::BadRequest)?;
         let meta = self.shared.engine.directory();
-        match auth::identify(meta, &self.shared.cfg, token.to_string()).await? {
-            auth::Identity::User(p) if p.user == user => {
-                if !self.authenticated(p) {
-                    return Err(ApiError::Unauthorized("the session has ended".into()));
-                }
-                Ok(ServerFrame::Refreshed {
-                    expires_ms: p.expires_ms,
-                })
-            }
-            auth::Identity::User(_) => Err(ApiError::Forbidden(
+        let p = match auth::identify(meta, &self.shared.cfg, token.to_string()).await? {
+            auth::Identity::User(p) => p,
+            auth::Identity::Refused(why) => return Err(ApiError::Unauthorized(why)),
+        };
+        if same.is_some_and(|u| u != p.user) {
+            return Err(ApiError::Forbidden(
                 "the token is another user's: open a new connection".into(),
-            )),
-            auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
+            ));
         }
+        if !self.authenticated(p) {
+            return Err(ApiError::Unauthorized("the session has ended".into()));
+        }
+        Ok(p)
     }
 
     /// Joins (or re-answers a join of) a room. The reply is written here,
