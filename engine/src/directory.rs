@@ -4,10 +4,10 @@
 //! type. Every method is a blocking call (one redb transaction): from a
 //! shard's reactor, run it on the blocking pool.
 //!
-//! What changes who may post (creating a room, adding or removing a
-//! member) is not here: it goes through the room's owner shard, which
-//! keeps that in memory ([`crate::Engine::create_room`],
-//! [`crate::Engine::add_member`], [`crate::Engine::remove_member`]).
+//! What changes who may post (creating a room, any change of standing)
+//! is not here: it goes through the room's owner shard, which keeps that
+//! in memory ([`crate::Engine::create_room`],
+//! [`crate::Engine::membership`]).
 
 use std::sync::Arc;
 
@@ -15,7 +15,10 @@ use rookery_storage::Meta;
 
 use crate::error::Result;
 
-pub use rookery_storage::meta::{ListPage, Role, Room, User};
+pub use rookery_storage::meta::{
+    Ban, Invite, ListPage, MemberChange, MemberView, Role, Room, Standing, User,
+    INVITES_PER_USER_MAX,
+};
 
 /// A handle on the directory (cheap to clone, usable from any thread).
 #[derive(Clone)]
@@ -37,18 +40,25 @@ impl Directory {
         Ok(self.meta.create_user(name, password_hash, now_ms)?)
     }
 
-    /// The id of `name`, created without a password if new (a user an
-    /// application backend vouches for).
-    pub fn ensure_external_user(&self, name: &str, now_ms: u64) -> Result<u64> {
-        Ok(self.meta.ensure_external_user(name, now_ms)?)
+    /// The id of the user an application backend vouches for as
+    /// `subject` (a JWT's `sub`), created without a password if new.
+    /// Subjects are their own namespace: never a registered user.
+    pub fn ensure_external_user(&self, subject: &str, now_ms: u64) -> Result<u64> {
+        Ok(self.meta.ensure_external_user(subject, now_ms)?)
     }
 
     pub fn user(&self, id: u64) -> Result<Option<User>> {
         Ok(self.meta.user(id)?)
     }
 
+    /// The registered user called `name` (in any case).
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>> {
         Ok(self.meta.user_by_name(name)?)
+    }
+
+    /// The user a backend vouches for as `subject`.
+    pub fn external_user(&self, subject: &str) -> Result<Option<User>> {
+        Ok(self.meta.external_user(subject)?)
     }
 
     // ---- sessions ------------------------------------------------------
@@ -115,6 +125,21 @@ impl Directory {
     /// `after`, ordered by id.
     pub fn members_page(&self, room: u64, after: u64, len: usize) -> Result<ListPage<(u64, Role)>> {
         Ok(self.meta.members_page(room, after, len)?)
+    }
+
+    /// `user`'s standing in `room`: role, ban, invitation.
+    pub fn standing(&self, room: u64, user: u64) -> Result<Standing> {
+        Ok(self.meta.standing(room, user)?)
+    }
+
+    /// A page of `room`'s bans: at most `len` after the user id `after`.
+    pub fn bans_page(&self, room: u64, after: u64, len: usize) -> Result<ListPage<Ban>> {
+        Ok(self.meta.bans_page(room, after, len)?)
+    }
+
+    /// `user`'s pending invitations, by room id.
+    pub fn invites_of(&self, user: u64) -> Result<Vec<Invite>> {
+        Ok(self.meta.invites_of(user)?)
     }
 
     /// The seq `user` has read up to in `room` (0 when none).

@@ -24,6 +24,7 @@ use crate::metrics::{Metrics, ShardCounters};
 use crate::queues::Queues;
 use crate::receipts::{self, ToWriter, WriterStats};
 use crate::reply::Pending;
+use crate::rules::{MemberOp, Membership};
 use crate::shard::{Command, Common, HistoryPage, Peer, PostAck, Shard};
 use crate::subscription::{Inbox, Subscription};
 
@@ -181,19 +182,43 @@ impl Engine {
             })
     }
 
-    /// Adds `user` to `room` with `role`, or changes their role; resolves
-    /// to their role before (`None`: they were not a member). Membership
-    /// changes go through the room's owner, which keeps the posting
-    /// permissions it checks in memory current. `NotFound` for an unknown
-    /// room or user.
+    /// Changes a user's standing in `room` as `actor`, under the room
+    /// rules ([`crate::MemberOp`], docs/security.md): join, leave, invite,
+    /// accept, decline, withdraw, remove, ban, unban, set a role, hand
+    /// ownership on. `target` is the actor for their own joins, leaves and
+    /// answers. Goes through the room's owner, which decides it in the
+    /// transaction that writes it and keeps who may post current; a user
+    /// who is removed or banned loses their open subscriptions to the room
+    /// at once, each ending with a `left` event (reason `removed` or
+    /// `banned`) before any later event of the room.
+    pub fn membership(
+        &self,
+        room: u64,
+        actor: u64,
+        target: u64,
+        op: MemberOp,
+    ) -> Pending<Membership> {
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::Membership {
+                room,
+                actor,
+                target,
+                op,
+                reply,
+            })
+    }
+
+    /// Adds `user` to `room` with `role`, or changes their role, with no
+    /// rule but the data's (an embedder's or an import's own decision: a
+    /// room keeps its owner); resolves to their role before.
     pub fn add_member(&self, room: u64, user: u64, role: Role) -> Pending<Option<Role>> {
         self.set_member(room, user, Some(role))
     }
 
-    /// Removes `user` from `room`; resolves to their role before (`None`:
-    /// they were not a member). In a private room, the user's open
-    /// subscriptions to it end, each with a `left` event (reason
-    /// `removed`) before any later event of the room.
+    /// Removes `user` from `room` with no rule but the data's (the owner
+    /// is not removed while others remain); resolves to their role before.
+    /// Their open subscriptions to it end as with [`Engine::membership`].
     pub fn remove_member(&self, room: u64, user: u64) -> Pending<Option<Role>> {
         self.set_member(room, user, None)
     }
@@ -209,7 +234,7 @@ impl Engine {
             })
     }
 
-    /// Creates a room with `creator` as its admin; resolves to its id.
+    /// Creates a room with `creator` as its owner; resolves to its id.
     /// Create rooms through this, not through [`Engine::meta`]: the room's
     /// owner remembers rooms it was asked about, and this makes it forget
     /// that the room did not exist.

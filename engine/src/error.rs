@@ -19,6 +19,14 @@ pub enum Error {
     /// room admin, post in a private room without being a member).
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The user is banned from the room (joining, accepting an
+    /// invitation).
+    #[error("banned: {0}")]
+    Banned(String),
+    /// The call conflicts with the room's state (the owner leaving without
+    /// handing ownership on, inviting a banned user).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// An argument breaks a documented limit.
     #[error("invalid input: {0}")]
     InvalidInput(String),

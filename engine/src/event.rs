@@ -16,7 +16,9 @@ use serde::Serialize;
 /// A message as every client sees it: the one shape of live `msg` events,
 /// replays and history pages (HTTP and WebSocket). A live event also
 /// carries `type` and `room`; a history page names its room once.
-/// `edited` and `deleted` are there only when true.
+/// `edited` and `deleted` are there only when true; `changed_by` and
+/// `changed_ts` (who made the latest edit, or the delete, and when) only
+/// for an edited or deleted message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Message<'a> {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
@@ -34,6 +36,10 @@ pub struct Message<'a> {
     pub edited: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_ts: Option<u64>,
 }
 
 impl<'a> Message<'a> {
@@ -70,6 +76,17 @@ impl<'a> Message<'a> {
             body,
             edited,
             deleted: body.is_none(),
+            changed_by: None,
+            changed_ts: None,
+        }
+    }
+
+    /// With who changed it last and when (`(by, ts)`), if anyone did.
+    pub fn changed(self, change: Option<(u64, u64)>) -> Message<'a> {
+        Message {
+            changed_by: change.map(|c| c.0),
+            changed_ts: change.map(|c| c.1),
+            ..self
         }
     }
 }
@@ -207,7 +224,12 @@ impl Event {
         edited: bool,
     ) -> Event {
         let m = Message::live(room, seq, from, ts_ms, body, edited);
-        Event::encode(room, seq, ts_ms, EventKind::Message, &m)
+        Event::encode_message(room, &m)
+    }
+
+    /// A `msg` event of a message as shown.
+    pub(crate) fn encode_message(room: u64, m: &Message<'_>) -> Event {
+        Event::encode(room, m.seq, m.ts, EventKind::Message, m)
     }
 
     /// `{"type":"edit","room","seq","by","ts","body"}`.

@@ -41,12 +41,16 @@ mod metrics;
 mod queues;
 mod receipts;
 mod reply;
+mod rules;
 mod shard;
 mod subscription;
 
 pub use config::EngineConfig;
 pub use consumer::{Delivery, LocalSink};
-pub use directory::{Directory, ListPage, Role, Room, User};
+pub use directory::{
+    Ban, Directory, Invite, ListPage, MemberChange, MemberView, Role, Room, Standing, User,
+    INVITES_PER_USER_MAX,
+};
 pub use engine::{Engine, ShardTask};
 pub use error::{Error, Result};
 pub use event::{Event, EventKind, Message};
@@ -57,5 +61,6 @@ pub use rookery_storage::{
     Cursor, Durability, Order, Retention, RetentionReport, ShardStats, StorageConfig,
     QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
 };
+pub use rules::{decide, role_word, MemberOp, Membership};
 pub use shard::{HistoryPage, PostAck, StoredMessage};
 pub use subscription::{Inbox, Subscription};

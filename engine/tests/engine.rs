@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rookery_engine::Role;
 use rookery_engine::{Cursor, Engine, EngineConfig, Error, Event, EventKind, Subscription};
+use rookery_engine::{MemberOp, Role};
 
 fn config(dir: &Path, shards: u32) -> EngineConfig {
     common::small_config(dir, shards)
@@ -210,6 +210,10 @@ fn idempotent_retries_edits_deletes_and_restart() {
     let alice = meta.ensure_external_user("alice", 0).unwrap();
     let bob = meta.ensure_external_user("bob", 0).unwrap();
     let room = engine.create_room("general", false, alice).wait().unwrap();
+    engine
+        .membership(room, bob, bob, MemberOp::Join)
+        .wait()
+        .unwrap();
     let a = engine.post(room, bob, "k1", "hi").wait().unwrap();
     let b = engine.post(room, bob, "k1", "hi again").wait().unwrap();
     assert!(!a.duplicate && b.duplicate);
@@ -849,6 +853,10 @@ fn posting_advances_the_posters_read_marker() {
     let alice = meta.ensure_external_user("alice", 0).unwrap();
     let bob = meta.ensure_external_user("bob", 0).unwrap();
     let room = engine.create_room("talk", false, alice).wait().unwrap();
+    engine
+        .membership(room, bob, bob, MemberOp::Join)
+        .wait()
+        .unwrap();
     for i in 0..120 {
         engine
             .post(room, alice, &format!("a{i}"), "mine")

@@ -3,7 +3,7 @@
 //! protocols offer (who may see a room, the send rate, a history page).
 //! Neither `routes` nor `ws` depends on the other; both depend on this.
 
-use rookery_engine::{Cursor, Directory, Error as EngineError, Order, Role, Room};
+use rookery_engine::{Cursor, Directory, Error as EngineError, Order, Room, Standing};
 
 use crate::auth::blocking;
 use crate::http::Response;
@@ -22,9 +22,11 @@ pub enum ApiError {
     Forbidden(String),
     /// 404.
     NotFound(String),
+    /// 403 `banned`: banned from the room.
+    Banned(String),
     /// 405: the path exists, the method does not.
     MethodNotAllowed(String),
-    /// 409: the name is taken.
+    /// 409: the name is taken, or the room's state does not allow it.
     Conflict(String),
     /// 429: a rate limit refused it.
     TooManyRequests(String),
@@ -62,6 +64,7 @@ impl ApiError {
             ApiError::Unauthorized(m) => (401, "unauthorized", m.as_str()),
             ApiError::Forbidden(m) => (403, "forbidden", m.as_str()),
             ApiError::NotFound(m) => (404, "not_found", m.as_str()),
+            ApiError::Banned(m) => (403, "banned", m.as_str()),
             ApiError::MethodNotAllowed(m) => (405, "method_not_allowed", m.as_str()),
             ApiError::Conflict(m) => (409, "conflict", m.as_str()),
             ApiError::TooManyRequests(m) => (429, "rate_limited", m.as_str()),
@@ -83,6 +86,8 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(m) => ApiError::NotFound(m),
             EngineError::AlreadyExists(m) => ApiError::Conflict(m),
             EngineError::Forbidden(m) => ApiError::Forbidden(m),
+            EngineError::Banned(m) => ApiError::Banned(m),
+            EngineError::Conflict(m) => ApiError::Conflict(m),
             EngineError::InvalidInput(m) => ApiError::BadRequest(m),
             EngineError::RateLimited(m) => ApiError::TooManyRequests(m),
             EngineError::Busy(m) => ApiError::Unavailable(m),
@@ -126,11 +131,11 @@ pub(crate) fn take_room_token(shared: &Shared, user: u64) -> Result<(), ApiError
     take_token(&shared.rates.rooms_created, user, message)
 }
 
-/// Takes a member-add token for `user` (--member-adds-per-user-per-min).
+/// Takes an invitation token for `user` (--member-adds-per-user-per-min).
 pub(crate) fn take_member_add_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
     let message = || {
         let n = shared.cfg.member_adds_per_user_per_min;
-        format!("at most {n} members added a minute")
+        format!("at most {n} invitations a minute")
     };
     take_token(&shared.rates.member_adds, user, message)
 }
@@ -150,26 +155,48 @@ fn take_token(
         })
 }
 
-/// The room, if `user` may see it (public, or a member); 404 otherwise, so
-/// that private rooms do not reveal that they exist.
+/// The room and `user`'s standing in it, if they may see it (public, a
+/// member, invited, or banned: a banned user is told why); 404 otherwise,
+/// so that private rooms do not reveal that they exist.
 pub(crate) async fn visible_room(
     shared: &Shared,
     user: u64,
     id: u64,
-) -> Result<(Room, Option<Role>), ApiError> {
+) -> Result<(Room, Standing), ApiError> {
     let m = directory(shared);
-    let (room, role) = blocking(move || -> rookery_engine::Result<_> {
+    let (room, standing) = blocking(move || -> rookery_engine::Result<_> {
         let room = m.room(id)?;
-        let role = match &room {
-            Some(_) => m.member_role(id, user)?,
-            None => None,
+        let standing = match &room {
+            Some(_) => m.standing(id, user)?,
+            None => Standing::default(),
         };
-        Ok((room, role))
+        Ok((room, standing))
     })
     .await?;
     match room {
-        Some(r) if !r.private || role.is_some() => Ok((r, role)),
+        Some(r) if !r.private || standing.role.is_some() || standing.invited || standing.banned => {
+            Ok((r, standing))
+        }
         _ => Err(ApiError::NotFound(format!("room {id}"))),
+    }
+}
+
+/// The room, if `user` may read it: a member, or anyone not banned for a
+/// public room (403 `banned` for the banned; 404 for a private room they
+/// are not in).
+pub(crate) async fn readable_room(
+    shared: &Shared,
+    user: u64,
+    id: u64,
+) -> Result<(Room, Standing), ApiError> {
+    let (room, standing) = visible_room(shared, user, id).await?;
+    match standing {
+        Standing { role: Some(_), .. } => Ok((room, standing)),
+        Standing { banned: true, .. } => {
+            Err(ApiError::Banned(format!("you are banned from room {id}")))
+        }
+        _ if room.private => Err(ApiError::NotFound(format!("room {id}"))),
+        _ => Ok((room, standing)),
     }
 }
 

@@ -72,7 +72,8 @@ pub struct Config {
     #[arg(long, env = "ROOKERY_HISTORY_PAGE_BYTES_MAX", default_value_t = 1 << 20)]
     pub history_page_bytes_max: usize,
     /// Shared secret of HS256 JWTs minted by an application backend (`sub`:
-    /// the user's name, `exp` required); empty: JWTs are refused.
+    /// the user, `exp` required); empty: JWTs are refused. JWT subjects
+    /// are users of their own: `sub: "ceo"` is never the registered `ceo`.
     #[arg(
         long,
         env = "ROOKERY_JWT_SECRET",
@@ -84,6 +85,11 @@ pub struct Config {
     /// checked.
     #[arg(long, env = "ROOKERY_JWT_LEEWAY_S", default_value_t = 5)]
     pub jwt_leeway_s: u64,
+    /// Whether anyone may register an account with a password (`open`), or
+    /// nobody (`closed`: users come only from a backend's JWTs; existing
+    /// accounts still sign in).
+    #[arg(long, env = "ROOKERY_REGISTRATION", value_enum, default_value_t = Registration::Open)]
+    pub registration: Registration,
     /// Bytes of one WebSocket message (and frame) a client may send; more
     /// closes the connection with 1009.
     #[arg(long, env = "ROOKERY_WS_FRAME_BYTES_MAX", default_value_t = 64 << 10)]
@@ -113,9 +119,9 @@ pub struct Config {
     /// of as many); more get 429 `rate_limited` with `Retry-After`.
     #[arg(long, env = "ROOKERY_ROOMS_PER_USER_PER_MIN", default_value_t = 10)]
     pub rooms_per_user_per_min: u32,
-    /// Members one user (a room admin) may add, or change the role of, per
-    /// minute over all rooms (a token bucket with a burst of as many); more
-    /// get 429 `rate_limited` with `Retry-After`.
+    /// Invitations one user (a room admin or owner) may send per minute
+    /// over all rooms (a token bucket with a burst of as many); more get
+    /// 429 `rate_limited` with `Retry-After`.
     #[arg(
         long,
         env = "ROOKERY_MEMBER_ADDS_PER_USER_PER_MIN",
@@ -252,6 +258,15 @@ const STATS_INTERVAL_MS_MAX: u64 = 3_600_000;
 const STATS_SAMPLES_MAX: usize = 100_000;
 /// A leeway of more than five minutes would keep expired JWTs alive.
 const JWT_LEEWAY_S_MAX: u64 = 300;
+
+/// Who may register an account (`--registration`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Registration {
+    /// Anyone (under the per-address limit).
+    Open,
+    /// Nobody: `POST /api/register` answers 403.
+    Closed,
+}
 
 impl Config {
     /// Checks every setting; the error names the flag.

@@ -15,6 +15,7 @@ mod http;
 mod limits;
 mod metrics;
 mod net;
+mod notices;
 mod out;
 mod protocol;
 mod revoked;
@@ -116,6 +117,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.login_failures_per_account_per_min,
     );
     let revoked = Arc::new(revoked::Revoked::default());
+    let notices = Arc::new(notices::Notices::default());
     let hashing = hashing::HashPool::start(cfg.password_hash_threads, cfg.password_hash_queue_max)
         .context("starting the password hashing threads")?;
     let (drained_tx, drained_rx) = flume::unbounded();
@@ -141,8 +143,10 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                     Duration::from_millis(cfg.ws_auth_timeout_ms),
                     Duration::from_millis(cfg.conn_write_timeout_ms),
                     revoked.clone(),
+                    notices.clone(),
                 )),
                 revoked: revoked.clone(),
+                notices: notices.clone(),
                 shard,
                 stopping: stopping.clone(),
                 stop_signal: stop_rx.clone(),

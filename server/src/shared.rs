@@ -37,6 +37,8 @@ pub struct Shared {
     pub logins: Arc<LoginLimits>,
     /// Sessions ended before their time, for every shard's sweep.
     pub revoked: Arc<crate::revoked::Revoked>,
+    /// Notices for users (invitations), for every shard's sweep.
+    pub notices: Arc<crate::notices::Notices>,
     /// Where passwords are hashed and checked.
     pub hashing: Arc<crate::hashing::HashPool>,
     /// The engine as seen from this shard: posts to rooms it owns and the

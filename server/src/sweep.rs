@@ -1,8 +1,9 @@
 //! A shard's clock for its WebSocket connections: one task looks at every
 //! connection once per `interval` and wakes those with a deadline passed
-//! (authentication, heartbeat ping, idle, write stall) or whose credential
+//! (authentication, heartbeat ping, idle, write stall), whose credential
 //! ended (a session logged out or expired, a JWT past its `exp`, warned
-//! ahead so that the client can refresh it).
+//! ahead so that the client can refresh it) or whose user has a notice
+//! (an invitation).
 //!
 //! One timer per shard instead of one per connection: a connection's task
 //! then wakes only for its socket and for what the sweep finds, and an idle
@@ -15,6 +16,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::notices::Notices;
 use crate::out::Out;
 use crate::revoked::Revoked;
 
@@ -39,6 +41,8 @@ pub enum Due {
     Expired,
     /// Its JWT runs out within `REFRESH_WARN_AHEAD`: tell the client.
     RefreshNeeded,
+    /// Its user has notices it has not sent: send them.
+    Notice,
 }
 
 /// What a connection's authentication rests on.
@@ -48,6 +52,8 @@ pub struct Credential {
     pub expires: Instant,
     /// The session's token hash; `None` for a JWT.
     pub session: Option<[u8; 32]>,
+    /// The user it authenticates.
+    pub user: u64,
 }
 
 /// One connection's clock.
@@ -61,6 +67,8 @@ pub struct Deadlines {
     credential: Cell<Option<Credential>>,
     /// The client was told its JWT runs out.
     warned: Cell<bool>,
+    /// The seq of the last notice sent (or made before it opened).
+    pub notice_seen: Cell<u64>,
     due: Cell<Option<Due>>,
 }
 
@@ -96,6 +104,8 @@ pub struct Sweeper {
     write_timeout: Duration,
     /// Sessions ended by any shard.
     revoked: Arc<Revoked>,
+    /// Notices for users, from any shard.
+    notices: Arc<Notices>,
     /// How often the sweep runs.
     pub interval: Duration,
 }
@@ -106,6 +116,7 @@ impl Sweeper {
         auth_timeout: Duration,
         write_timeout: Duration,
         revoked: Arc<Revoked>,
+        notices: Arc<Notices>,
     ) -> Sweeper {
         let interval = [heartbeat, auth_timeout, write_timeout]
             .into_iter()
@@ -117,6 +128,7 @@ impl Sweeper {
             heartbeat,
             write_timeout,
             revoked,
+            notices,
             interval,
         }
     }
@@ -131,6 +143,7 @@ impl Sweeper {
             auth_by: Cell::new(auth_by),
             credential: Cell::new(None),
             warned: Cell::new(false),
+            notice_seen: Cell::new(self.notices.last_seq()),
             due: Cell::new(None),
         });
         self.conns.borrow_mut().push(Rc::downgrade(&d));
@@ -138,12 +151,14 @@ impl Sweeper {
     }
 
     /// What is due for a connection at `now`, most urgent first;
-    /// `ended` tells whether a session was revoked.
+    /// `ended` tells whether a session was revoked, `noticed` whether a
+    /// user has a notice after a seq.
     pub fn check(
         &self,
         d: &Deadlines,
         now: Instant,
         ended: &dyn Fn(&[u8; 32]) -> bool,
+        noticed: &dyn Fn(u64, u64) -> bool,
     ) -> Option<Due> {
         let stalled = d
             .out
@@ -173,7 +188,10 @@ impl Sweeper {
         if now.saturating_duration_since(d.pinged.get()) >= self.heartbeat {
             return Some(Due::Ping);
         }
-        None
+        match d.credential.get() {
+            Some(c) if noticed(c.user, d.notice_seen.get()) => Some(Due::Notice),
+            _ => None,
+        }
     }
 
     /// One sweep: marks and wakes the connections with something due, and
@@ -183,12 +201,14 @@ impl Sweeper {
         // deadline pending now is found at the next one.
         let recent = self.revoked.recent(now);
         let ended = |h: &[u8; 32]| recent.contains(h);
+        let notes = self.notices.recent(now);
+        let noticed = |user: u64, seen: u64| notes.iter().any(|&(s, u)| u == user && s > seen);
         self.conns.borrow_mut().retain(|w| {
             let Some(d) = w.upgrade() else {
                 return false;
             };
             if d.due.get().is_none() {
-                if let Some(due) = self.check(&d, now, &ended) {
+                if let Some(due) = self.check(&d, now, &ended, &noticed) {
                     d.due.set(Some(due));
                     d.out.wake();
                 }
@@ -225,10 +245,12 @@ mod tests {
             Duration::from_secs(4),
             Duration::from_secs(6),
             Arc::default(),
+            Arc::default(),
         )
     }
 
     const NONE_ENDED: &dyn Fn(&[u8; 32]) -> bool = &|_| false;
+    const NO_NOTICE: &dyn Fn(u64, u64) -> bool = &|_, _| false;
 
     #[test]
     fn deadlines_come_due_in_order_of_urgency() {
@@ -241,24 +263,28 @@ mod tests {
         let t0 = Instant::now();
         let d = s.register(Out::new(-1), Some(t0 + Duration::from_secs(4)), t0);
         let at = |secs: u64| t0 + Duration::from_secs(secs);
-        assert_eq!(s.check(&d, at(1), NONE_ENDED), None);
-        assert_eq!(s.check(&d, at(4), NONE_ENDED), Some(Due::AuthTimeout));
+        assert_eq!(s.check(&d, at(1), NONE_ENDED, NO_NOTICE), None);
+        assert_eq!(
+            s.check(&d, at(4), NONE_ENDED, NO_NOTICE),
+            Some(Due::AuthTimeout)
+        );
         let far = Credential {
             expires: at(3600),
             session: Some([7; 32]),
+            user: 1,
         };
         d.authenticated(far);
-        assert_eq!(s.check(&d, at(4), NONE_ENDED), None);
-        assert_eq!(s.check(&d, at(10), NONE_ENDED), Some(Due::Ping));
+        assert_eq!(s.check(&d, at(4), NONE_ENDED, NO_NOTICE), None);
+        assert_eq!(s.check(&d, at(10), NONE_ENDED, NO_NOTICE), Some(Due::Ping));
         d.pinged(at(10));
-        assert_eq!(s.check(&d, at(15), NONE_ENDED), None);
+        assert_eq!(s.check(&d, at(15), NONE_ENDED, NO_NOTICE), None);
         assert_eq!(
-            s.check(&d, at(21), NONE_ENDED),
+            s.check(&d, at(21), NONE_ENDED, NO_NOTICE),
             Some(Due::Idle),
             "nothing heard for two heartbeats"
         );
         d.heard(at(20));
-        assert_eq!(s.check(&d, at(21), NONE_ENDED), Some(Due::Ping));
+        assert_eq!(s.check(&d, at(21), NONE_ENDED, NO_NOTICE), Some(Due::Ping));
     }
 
     /// A session's connection ends when the session is revoked or runs
@@ -273,32 +299,58 @@ mod tests {
         session.authenticated(Credential {
             expires: at(8),
             session: Some([1; 32]),
+            user: 1,
         });
         let revoked: &dyn Fn(&[u8; 32]) -> bool = &|h| *h == [1; 32];
-        assert_eq!(s.check(&session, at(1), NONE_ENDED), None);
-        assert_eq!(s.check(&session, at(1), revoked), Some(Due::Revoked));
-        assert_eq!(s.check(&session, at(8), NONE_ENDED), Some(Due::Expired));
+        assert_eq!(s.check(&session, at(1), NONE_ENDED, NO_NOTICE), None);
+        assert_eq!(
+            s.check(&session, at(1), revoked, NO_NOTICE),
+            Some(Due::Revoked)
+        );
+        assert_eq!(
+            s.check(&session, at(8), NONE_ENDED, NO_NOTICE),
+            Some(Due::Expired)
+        );
 
         let jwt = s.register(Out::new(-1), None, t0);
         jwt.authenticated(Credential {
             expires: at(40),
             session: None,
+            user: 1,
         });
-        assert_eq!(s.check(&jwt, at(5), NONE_ENDED), None);
-        assert_eq!(s.check(&jwt, at(10), NONE_ENDED), Some(Due::RefreshNeeded));
+        assert_eq!(s.check(&jwt, at(5), NONE_ENDED, NO_NOTICE), None);
+        assert_eq!(
+            s.check(&jwt, at(10), NONE_ENDED, NO_NOTICE),
+            Some(Due::RefreshNeeded)
+        );
         // (Heard and pinged: the heartbeat is not what is tested here.)
         jwt.heard(at(10));
         jwt.pinged(at(10));
-        assert_eq!(s.check(&jwt, at(11), NONE_ENDED), None, "warned once");
-        assert_eq!(s.check(&jwt, at(40), NONE_ENDED), Some(Due::Expired));
+        assert_eq!(
+            s.check(&jwt, at(11), NONE_ENDED, NO_NOTICE),
+            None,
+            "warned once"
+        );
+        assert_eq!(
+            s.check(&jwt, at(40), NONE_ENDED, NO_NOTICE),
+            Some(Due::Expired)
+        );
         jwt.authenticated(Credential {
             expires: at(100),
             session: None,
+            user: 1,
         });
         jwt.heard(at(40));
         jwt.pinged(at(40));
-        assert_eq!(s.check(&jwt, at(40), NONE_ENDED), None, "refreshed");
-        assert_eq!(s.check(&jwt, at(71), NONE_ENDED), Some(Due::RefreshNeeded));
+        assert_eq!(
+            s.check(&jwt, at(40), NONE_ENDED, NO_NOTICE),
+            None,
+            "refreshed"
+        );
+        assert_eq!(
+            s.check(&jwt, at(71), NONE_ENDED, NO_NOTICE),
+            Some(Due::RefreshNeeded)
+        );
     }
 
     /// A sweep finds sessions ended on any shard, also for a connection
@@ -311,12 +363,14 @@ mod tests {
             Duration::from_secs(4),
             Duration::from_secs(6),
             revoked.clone(),
+            Arc::default(),
         );
         let t0 = Instant::now();
         let d = s.register(Out::new(-1), None, t0);
         d.authenticated(Credential {
             expires: t0 + Duration::from_secs(3600),
             session: Some([9; 32]),
+            user: 1,
         });
         s.sweep(t0 + Duration::from_secs(1));
         assert_eq!(d.take_due(), None);
@@ -328,6 +382,7 @@ mod tests {
         busy.authenticated(Credential {
             expires: t0 + Duration::from_secs(3600),
             session: Some([8; 32]),
+            user: 1,
         });
         s.sweep(t0 + Duration::from_secs(10));
         revoked.end([8; 32], t0 + Duration::from_secs(10));
@@ -349,5 +404,42 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!(d.take_due(), Some(Due::Ping));
         assert_eq!(d.take_due(), None, "taken once");
+    }
+
+    /// A notice reaches the open connections of its user only, once, and
+    /// only those opened before it.
+    #[test]
+    fn notices_wake_their_users_connections() {
+        let notices = Arc::new(Notices::default());
+        let s = Sweeper::new(
+            Duration::from_secs(10),
+            Duration::from_secs(4),
+            Duration::from_secs(6),
+            Arc::default(),
+            notices.clone(),
+        );
+        let t0 = Instant::now();
+        let cred = |user| Credential {
+            expires: t0 + Duration::from_secs(3600),
+            session: None,
+            user,
+        };
+        let (a, b) = (
+            s.register(Out::new(-1), None, t0),
+            s.register(Out::new(-1), None, t0),
+        );
+        a.authenticated(cred(7));
+        b.authenticated(cred(8));
+        notices.push(7, "{}".into(), t0);
+        s.sweep(t0 + Duration::from_secs(1));
+        assert_eq!(a.take_due(), Some(Due::Notice));
+        assert_eq!(b.take_due(), None, "another user's notice");
+        a.notice_seen.set(notices.last_seq());
+        s.sweep(t0 + Duration::from_secs(2));
+        assert_eq!(a.take_due(), None, "sent once");
+        let late = s.register(Out::new(-1), None, t0);
+        late.authenticated(cred(7));
+        s.sweep(t0 + Duration::from_secs(3));
+        assert_eq!(late.take_due(), None, "made before it opened");
     }
 }

@@ -160,7 +160,7 @@ fn rooms_public_private_join_leave_members() {
         "private rooms are not joinable by strangers"
     );
     let (s, v) = call(p, "GET", &format!("/api/rooms/{x}"), Some(&a), None);
-    assert_eq!((s, v["role"].as_str()), (200, Some("admin")));
+    assert_eq!((s, v["role"].as_str()), (200, Some("owner")));
     // Join, members, leave.
     let (s, v) = call(p, "POST", &format!("/api/rooms/{g}/join"), Some(&b), None);
     assert_eq!((s, v["changed"].as_bool()), (200, Some(true)));
@@ -188,7 +188,7 @@ fn rooms_public_private_join_leave_members() {
     assert_eq!(
         members,
         [
-            (alice, "alice".to_string(), "admin".to_string()),
+            (alice, "alice".to_string(), "owner".to_string()),
             (bob, "bob".to_string(), "member".to_string())
         ]
     );
@@ -625,17 +625,18 @@ fn room_creation_and_member_adds_are_rate_limited_per_user() {
     assert_eq!(names, ["a0", "a1", "a2"]);
     let room = create_room(p, &bob, "bobs", true);
 
-    // Member adds: 4, then 429; the refused user is not a member.
-    let users: Vec<u64> = (0..6)
+    // Invitations: 4, then 429; the refused users are not invited.
+    let users: Vec<(u64, String)> = (0..6)
         .map(|i| {
             let t = register(p, &format!("m{i}"));
-            call(p, "GET", "/api/me", Some(&t), None).1["user"]
+            let id = call(p, "GET", "/api/me", Some(&t), None).1["user"]
                 .as_u64()
-                .unwrap()
+                .unwrap();
+            (id, t)
         })
         .collect();
     let mut statuses = Vec::new();
-    for u in &users {
+    for (u, _) in &users {
         let (s, v) = call(
             p,
             "POST",
@@ -648,7 +649,15 @@ fn room_creation_and_member_adds_are_rate_limited_per_user() {
         }
         statuses.push(s);
     }
-    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    assert_eq!(statuses, [202, 202, 202, 202, 429, 429]);
+    let invited: Vec<usize> = users
+        .iter()
+        .map(|(_, t)| {
+            let (_, v) = call(p, "GET", "/api/invites", Some(t), None);
+            v["invites"].as_array().unwrap().len()
+        })
+        .collect();
+    assert_eq!(invited, [1, 1, 1, 1, 0, 0]);
     let (_, v) = call(
         p,
         "GET",
@@ -658,8 +667,8 @@ fn room_creation_and_member_adds_are_rate_limited_per_user() {
     );
     assert_eq!(
         v["members"].as_array().unwrap().len(),
-        5,
-        "bob and four: {v}"
+        1,
+        "invited, not added: {v}"
     );
     assert_eq!(
         metric(p, "rookery_limit_refusals_total{limit=\"rooms_per_user\"}"),

@@ -1,7 +1,10 @@
-//! End-to-end tests of revocation (issue 14 item 1): a WebSocket lives no
-//! longer than what authenticated it. Logging out (one session, or all),
-//! changing the password, a session running out and a JWT reaching its
-//! `exp` each close the connections concerned with 4001, and only those.
+//! End-to-end tests of identity (issue 14 items 1 to 3). Revocation: a
+//! WebSocket lives no longer than what authenticated it; logging out (one
+//! session, or all), changing the password, a session running out and a
+//! JWT reaching its `exp` each close the connections concerned with 4001,
+//! and only those. Namespaces: a JWT subject is never a registered user,
+//! and registration can be closed. Names: unique in any case, shown as
+//! given; a hidden room never takes a name.
 
 mod common;
 
@@ -266,4 +269,114 @@ fn jwt_exp_and_nbf_are_checked_with_a_small_leeway() {
     );
     let strict = start(&["--jwt-secret", "s3cret", "--jwt-leeway-s", "0"]);
     assert_eq!(me(strict.port, &jwt("fay", now - 2)), 401, "no leeway");
+}
+
+#[test]
+fn jwt_subjects_and_registered_names_never_meet() {
+    let server = start(&["--jwt-secret", "s3cret"]);
+    let p = server.port;
+    let backend = jwt("ceo", now_s() + 600);
+    let (s, ceo) = call(p, "GET", "/api/me", Some(&backend), None);
+    assert_eq!((s, ceo["external"].as_bool()), (200, Some(true)), "{ceo}");
+    let room = create_room(p, &backend, "board", true);
+    // Someone registers the name `ceo`: another user, who sees nothing.
+    let squatter = register(p, "ceo");
+    let (_, v) = call(p, "GET", "/api/me", Some(&squatter), None);
+    assert_ne!(v["user"], ceo["user"], "{v}");
+    assert_eq!(v["external"], false);
+    let (s, _) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{room}"),
+        Some(&squatter),
+        None,
+    );
+    assert_eq!(s, 404, "the backend user's private room stays hidden");
+    // The password signs in the registered user, never the subject.
+    let (_, v) = call(p, "GET", "/api/me", Some(&login(p, "ceo", "pw")), None);
+    assert_ne!(v["user"], ceo["user"]);
+    // A subject matching a registered name in another case is a subject.
+    let (_, v) = call(p, "GET", "/api/me", Some(&jwt("CEO", now_s() + 600)), None);
+    assert_ne!(v["user"], ceo["user"]);
+    assert_eq!(v["external"], true);
+}
+
+#[test]
+fn registration_can_be_closed() {
+    let server = start(&["--jwt-secret", "s3cret", "--registration", "closed"]);
+    let p = server.port;
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/register",
+        None,
+        Some(&json!({"name": "walk-in", "password": "pw"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    assert_eq!(
+        call(p, "GET", "/api/me", Some(&jwt("staff", now_s() + 60)), None).0,
+        200
+    );
+    let (s, _) = call(
+        p,
+        "POST",
+        "/api/login",
+        None,
+        Some(&json!({"name": "walk-in", "password": "pw"})),
+    );
+    assert_eq!(s, 401, "nothing was registered");
+}
+
+#[test]
+fn names_are_unique_in_any_case_and_hidden_rooms_take_none() {
+    let server = start(&[]);
+    let p = server.port;
+    let alice = register(p, "Alice");
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/register",
+        None,
+        Some(&json!({"name": "aLICE", "password": "pw"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/login",
+        None,
+        Some(&json!({"name": "ALICE", "password": "pw"})),
+    );
+    assert_eq!(
+        (s, v["name"].as_str()),
+        (200, Some("Alice")),
+        "shown as registered: {v}"
+    );
+    // A private room's name: another user creating a room so named learns
+    // nothing (created, public or private); public names stay unique.
+    create_room(p, &alice, "plans", true);
+    let bob = register(p, "bob");
+    create_room(p, &bob, "PLANS", true);
+    create_room(p, &bob, "plans", false);
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/rooms",
+        Some(&alice),
+        Some(&json!({"name": "Plans"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "a public name: {v}"
+    );
+    assert_serving(p);
 }

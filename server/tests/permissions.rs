@@ -1,7 +1,8 @@
 //! End-to-end tests of who may change what (issue 14 items 6 and 7): only its
-//! author edits a message, its author or a room admin deletes it, a message
-//! says something (empty or blank bodies are refused over HTTP and
-//! WebSocket, nothing stored), and posting counts as reading.
+//! author edits a message, its author or a room admin deletes it, history
+//! shows who changed a message and when, a message says something (empty
+//! or blank bodies are refused over HTTP and WebSocket, nothing stored),
+//! and posting counts as reading.
 
 mod common;
 
@@ -70,6 +71,28 @@ fn only_authors_edit_admins_delete_and_blank_bodies_are_refused() {
         json!({"type": "edit", "room": room, "seq": seq, "body": "ben's, edited"}),
     );
     assert_eq!(v["type"], "ack", "{v}");
+    // History shows who changed it and when.
+    let ids = |token: &str| call(p, "GET", "/api/me", Some(token), None).1["user"].clone();
+    let (ann_id, ben_id) = (ids(&admin), ids(&member));
+    let history = || {
+        call(
+            p,
+            "GET",
+            &format!("/api/rooms/{room}/messages"),
+            Some(&member),
+            None,
+        )
+        .1["messages"][0]
+            .clone()
+    };
+    let m = history();
+    assert_eq!(
+        (&m["edited"], &m["changed_by"]),
+        (&json!(true), &ben_id),
+        "{m}"
+    );
+    let edited_ts = m["changed_ts"].as_u64().unwrap();
+    assert!(edited_ts >= m["ts"].as_u64().unwrap(), "{m}");
 
     // Blank bodies: refused for sends (WebSocket and HTTP) and edits.
     for (i, blank) in ["", "   ", "\n\t "].into_iter().enumerate() {
@@ -120,6 +143,10 @@ fn only_authors_edit_admins_delete_and_blank_bodies_are_refused() {
         messages[0]["body"].is_null() && messages[0]["deleted"] == true,
         "{page}"
     );
+    let m = history();
+    assert_eq!(m["changed_by"], ann_id, "the admin deleted it: {m}");
+    assert!(m["changed_ts"].as_u64().unwrap() >= edited_ts, "{m}");
+    assert_eq!(m["from"], ben_id, "still ben's message");
     assert_serving(p);
 }
 

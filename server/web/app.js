@@ -1,7 +1,8 @@
 // Rookery's web client: sign up or in, rooms with unread badges, a
 // virtualized message view fed by the history API and the live socket,
 // sends that stay pending until acknowledged, edits, deletes, typing,
-// presence and read markers.
+// presence and read markers; invitations to accept or decline, and the
+// reason when you are removed from a room or banned.
 //
 // Each open room keeps its messages by seq in `view.msgs`, with `lo`..`hi`
 // the range the list shows (seqs are dense: every seq in the range is a
@@ -32,6 +33,7 @@ const state = {
   auth: null, // {user, name, token}
   session: null,
   rooms: new Map(), // id -> {id, name, private, last_seq, member, unread}
+  invites: [], // [{room: {id, name, private}, by, by_name, ts}]
   views: new Map(), // id -> room view
   current: null,
   list: null,
@@ -159,6 +161,7 @@ async function loadRooms() {
   const [rooms, unread] = await Promise.all([
     listAll("/api/rooms", "rooms"),
     call("GET", "/api/me/unread"),
+    loadInvites(),
   ]);
   const mine = new Map(unread.rooms.map((u) => [u.room, u.unread]));
   for (const r of rooms) {
@@ -176,6 +179,63 @@ async function loadRooms() {
     if (r.member && state.session && !state.session.joined(r.id)) state.session.join(r.id);
   }
   renderRooms();
+}
+
+// ---- invitations -------------------------------------------------------------
+
+async function loadInvites() {
+  const got = await call("GET", "/api/invites");
+  state.invites = got.invites;
+  renderInvites();
+}
+
+function renderInvites() {
+  const list = $("#invites");
+  list.replaceChildren();
+  for (const inv of state.invites) {
+    const r = inv.room;
+    const accept = el("button", { type: "button", class: "accept", text: "Accept" });
+    const decline = el("button", { type: "button", class: "decline secondary", text: "Decline" });
+    accept.onclick = () => answerInvite(r.id, true);
+    decline.onclick = () => answerInvite(r.id, false);
+    list.append(
+      el(
+        "li",
+        { "data-room": r.id },
+        el("span", { class: "invite-text", text: `${r.private ? "🔒" : "#"} ${r.name} — from ${inv.by_name}` }),
+        accept,
+        decline,
+      ),
+    );
+  }
+  $("#invites-title").hidden = state.invites.length === 0;
+}
+
+async function answerInvite(room, accept) {
+  try {
+    await call("POST", `/api/invites/${room}/${accept ? "accept" : "decline"}`);
+  } catch (e) {
+    notice(e.message);
+  }
+  state.invites = state.invites.filter((i) => i.room.id !== room);
+  renderInvites();
+  if (accept) {
+    await loadRooms().catch((e) => notice(e.message));
+    openRoom(room);
+  }
+}
+
+async function invite(form) {
+  const name = form.name.value.trim();
+  if (!name || state.current === null) return;
+  try {
+    await call("POST", `/api/rooms/${state.current}/members`, { name });
+    form.reset();
+    // The server answers alike whether the name exists: it does not tell.
+    notice(`If ${name} has an account, they are invited.`);
+  } catch (e) {
+    notice(e.message);
+  }
 }
 
 function renderRooms() {
@@ -229,12 +289,14 @@ async function createRoom(form) {
   }
 }
 
-function notice(text) {
+// A message over the room; `sticky` ones (why you lost a room) stay until
+// the next message.
+function notice(text, sticky = false) {
   const n = $("#notice");
   n.textContent = text;
   n.hidden = !text;
   clearTimeout(notice.timer);
-  if (text) notice.timer = setTimeout(() => (n.hidden = true), 5000);
+  if (text && !sticky) notice.timer = setTimeout(() => (n.hidden = true), 5000);
 }
 
 // ---- a room's view ---------------------------------------------------------
@@ -269,10 +331,11 @@ async function openRoom(id) {
       await call("POST", `/api/rooms/${id}/join`);
       r.member = true;
     } catch (e) {
-      notice(e.message);
+      notice(e.code === "banned" ? `You are banned from ${r.name}.` : e.message, e.code === "banned");
       return;
     }
   }
+  notice("");
   if (!state.session.joined(id)) state.session.join(id);
   if (state.editing !== null) {
     stopEdit();
@@ -288,6 +351,7 @@ async function openRoom(id) {
   renderRooms();
   renderOnline(v);
   renderTyping(v);
+  renderInviteForm(v);
   state.list.reset(count(v));
   if (!v.loaded) {
     $("#composer").hidden = true; // until there is a history to send after
@@ -328,8 +392,19 @@ function rowKey(i) {
 
 async function loadMembers(v) {
   const members = await listAll(`/api/rooms/${v.room}/members`, "members");
-  for (const m of members) v.members.set(m.user, m.name);
+  v.roles = new Map();
+  for (const m of members) {
+    v.members.set(m.user, m.name);
+    v.roles.set(m.user, m.role);
+  }
   v.membersAt = Date.now();
+  if (v.room === state.current) renderInviteForm(v);
+}
+
+// Admins and the owner invite people.
+function renderInviteForm(v) {
+  const role = v.roles?.get(state.auth.user);
+  $("#invite").hidden = role !== "admin" && role !== "owner";
 }
 
 function nameOf(v, user) {
@@ -530,14 +605,23 @@ function onEvent(f) {
       if (f.room === state.current) renderOnline(pv);
       return;
     }
-    case "left":
-      if (f.reason === "removed") {
-        const r = state.rooms.get(f.room);
-        if (r) r.member = false;
-        if (r?.private) state.rooms.delete(f.room);
-        renderRooms();
-        if (f.room === state.current) notice("You were removed from this room.");
+    case "left": {
+      // Removed or banned: the room is no longer ours; say why.
+      const r = state.rooms.get(f.room);
+      if (r) r.member = false;
+      if (r?.private) state.rooms.delete(f.room);
+      renderRooms();
+      if (f.room === state.current) {
+        $("#composer").hidden = true;
+        $("#invite").hidden = true;
+        const why = f.reason === "banned" ? "You were banned from this room." : "You were removed from this room.";
+        notice(why, true);
       }
+      return;
+    }
+    case "invited":
+      notice(`${f.by_name} invited you to ${f.name}.`);
+      loadInvites().catch(() => null);
       return;
   }
 }
@@ -710,6 +794,10 @@ function wire() {
     createRoom(e.target);
   });
   $("#back").onclick = () => $("#app").classList.remove("show-room");
+  $("#invite").addEventListener("submit", (e) => {
+    e.preventDefault();
+    invite(e.target);
+  });
   const composer = $("#composer");
   composer.addEventListener("submit", (e) => {
     e.preventDefault();

@@ -51,6 +51,7 @@ export async function api(method, path, { token, body } = {}) {
 
 export class Session {
   // `handlers`: onEvent(frame) for server events (msg, edit, delete,
+  // invited,
   // typing, presence, left, receipt), onJoined(frame), onState(state) with
   // state one of "connecting", "online", "offline".
   constructor(token, handlers) {
@@ -213,7 +214,8 @@ export class Session {
       else w.resolve(f);
       return;
     }
-    if (f.type === "left" && f.reason === "removed") this.rooms.delete(f.room);
+    // Removed or banned: the room is not joined again on reconnect.
+    if (f.type === "left" && f.reason) this.rooms.delete(f.room);
     this.handlers.onEvent?.(f);
   }
 

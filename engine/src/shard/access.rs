@@ -1,11 +1,13 @@
-//! Who may post in the rooms a shard owns, kept in memory by the owner:
-//! loaded off the reactor on first use (one load per room at a time), kept
-//! current by room creation and member changes, which all go through the
-//! owner, and a removed member's subscriptions ended on every shard.
+//! Who may post, type and subscribe in the rooms a shard owns (their
+//! members), kept in memory by the owner: loaded off the reactor on first
+//! use (one load per room at a time), kept current by room creation and
+//! standing changes, which all go through the owner, and a removed or
+//! banned member's subscriptions ended on every shard.
 //!
 //! Invariant: a change to a room's members or existence that lands while
 //! its access is loading makes that load stale; a stale load is not kept.
 
+use rookery_storage::meta::MemberChange;
 use rookery_storage::{Meta, Role};
 use rustc_hash::FxHashSet as HashSet;
 
@@ -13,6 +15,7 @@ use super::mesh::Peer;
 use super::{now_ms, Shard};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::rules::{self, MemberOp, Membership};
 
 /// Who may post in a room this shard owns.
 pub(super) enum Access {
@@ -22,8 +25,7 @@ pub(super) enum Access {
     Unknown,
     Room {
         private: bool,
-        /// Members of a private room (empty for a public one: anyone may
-        /// post).
+        /// The room's members: they alone post, type and subscribe.
         members: HashSet<u64>,
     },
 }
@@ -38,32 +40,32 @@ pub(super) struct Load {
 }
 
 impl Access {
-    /// Whether `user` may post; an unknown room as `rooms_must_exist`
-    /// says.
-    pub(super) fn allows(&self, user: u64, rooms_must_exist: bool) -> bool {
+    /// Whether `user` may post in `room`; an unknown room as
+    /// `rooms_must_exist` says. A private room a user is not in and a
+    /// missing one are both `NotFound` (a private room does not reveal
+    /// that it exists); a public one says to join it.
+    pub(super) fn check(&self, room: u64, user: u64, rooms_must_exist: bool) -> Result<()> {
         match self {
-            Access::Unknown => !rooms_must_exist,
-            Access::Room { private, members } => !private || members.contains(&user),
+            Access::Unknown if !rooms_must_exist => Ok(()),
+            Access::Room { members, .. } if members.contains(&user) => Ok(()),
+            Access::Room { private: false, .. } => Err(Error::Forbidden(format!(
+                "join room {room} first: only its members post and type in it"
+            ))),
+            _ => Err(Error::NotFound(format!("room {room}"))),
         }
     }
 }
 
 impl Shard {
-    /// Whether `user` may post in `room` (owner side): a public room, or a
-    /// private one they are a member of (and, unless `rooms_must_exist`, a
-    /// room the metadata does not know). From memory; on first use the
-    /// room is loaded off the reactor. A room that must exist and does
-    /// not, and a private room the user is not in, are both `NotFound` (a
-    /// private room does not reveal that it exists).
+    /// Whether `user` may post in `room` (owner side): a room they are a
+    /// member of (and, unless `rooms_must_exist`, a room the metadata does
+    /// not know). From memory; on first use the room is loaded off the
+    /// reactor. See [`Access::check`] for the refusals.
     pub(super) async fn may_post(&self, room: u64, user: u64) -> Result<()> {
         let must_exist = self.cfg.rooms_must_exist;
         loop {
             if let Some(a) = self.access.borrow().get(&room) {
-                return if a.allows(user, must_exist) {
-                    Ok(())
-                } else {
-                    Err(Error::NotFound(format!("room {room}")))
-                };
+                return a.check(room, user, must_exist);
             }
             // One load per room at a time: the others wait for it.
             let wait = {
@@ -146,9 +148,33 @@ impl Shard {
         Ok(room)
     }
 
-    /// Owner side: writes a membership change, keeps the access cache
-    /// current, and ends a removed member's subscriptions to a private
-    /// room on every shard (before any later event of the room).
+    /// Owner side: decides a change of standing under the room rules in
+    /// the transaction that writes it, then applies it here.
+    pub(super) async fn membership(
+        &self,
+        room: u64,
+        actor: u64,
+        target: u64,
+        op: MemberOp,
+    ) -> Result<Membership> {
+        self.ensure_owned(room);
+        let meta = self.meta.clone();
+        let (view, change) = glommio::executor()
+            .spawn_blocking(move || {
+                meta.change_membership(room, actor, target, now_ms(), |v| {
+                    rules::decide(op, room, target, actor == target, v)
+                })
+            })
+            .await?;
+        self.applied(room, target, &change);
+        Ok(Membership {
+            before: view.target,
+            change,
+        })
+    }
+
+    /// Owner side: sets or removes a membership with no rule but the
+    /// data's (see `Engine::add_member`); answers the role before.
     pub(super) async fn set_member(
         &self,
         room: u64,
@@ -157,52 +183,70 @@ impl Shard {
     ) -> Result<Option<Role>> {
         self.ensure_owned(room);
         let meta = self.meta.clone();
-        let (before, private) = glommio::executor()
-            .spawn_blocking(move || -> Result<(Option<Role>, bool)> {
-                let private = meta
-                    .room(room)?
-                    .ok_or_else(|| Error::NotFound(format!("room {room}")))?
-                    .private;
-                let before = meta.member_role(room, user)?;
-                match role {
-                    Some(r) => {
-                        meta.add_member(room, user, r)?;
-                    }
-                    None => {
-                        meta.remove_member(room, user)?;
-                    }
-                }
-                Ok((before, private))
+        let (view, change) = glommio::executor()
+            .spawn_blocking(move || {
+                meta.change_membership::<Error>(room, user, user, now_ms(), |v| {
+                    let role = (v.target.role != role).then_some(role);
+                    Ok(MemberChange {
+                        role,
+                        ..MemberChange::default()
+                    })
+                })
             })
             .await?;
+        self.applied(room, user, &change);
+        Ok(view.target.role)
+    }
+
+    /// Keeps the access cache current after `change` to `target` in
+    /// `room`, and ends a removed or banned user's subscriptions to it on
+    /// every shard (before any later event of the room).
+    fn applied(&self, room: u64, target: u64, change: &MemberChange) {
+        if change.is_empty() {
+            return;
+        }
         self.access_changed(room);
-        if let Some(Access::Room {
-            private: true,
-            members,
-        }) = self.access.borrow_mut().get_mut(&room)
-        {
-            match role {
-                Some(_) => members.insert(user),
-                None => members.remove(&user),
+        let member = match (change.ban, change.role) {
+            (Some(true), _) => Some(false),
+            (_, Some(role)) => Some(role.is_some()),
+            _ => None,
+        };
+        let Some(member) = member else {
+            return;
+        };
+        let was = match self.access.borrow_mut().get_mut(&room) {
+            Some(Access::Room { members, .. }) if member => !members.insert(target),
+            Some(Access::Room { members, .. }) => members.remove(&target),
+            _ => true,
+        };
+        if !member && was {
+            let reason = if change.ban == Some(true) {
+                "banned"
+            } else {
+                "removed"
             };
-        }
-        if before.is_some() && role.is_none() && private {
             for peer in (0..self.n).filter(|&p| p != self.id) {
-                self.push_peer(peer, Peer::Revoke { room, user });
+                self.push_peer(
+                    peer,
+                    Peer::Revoke {
+                        room,
+                        user: target,
+                        reason,
+                    },
+                );
             }
-            self.revoke(room, user);
+            self.revoke(room, target, reason);
         }
-        Ok(before)
     }
 
     /// Ends `user`'s subscriptions to `room` on this shard, each with a
-    /// `left` event as its last.
-    pub(super) fn revoke(&self, room: u64, user: u64) {
+    /// `left` event (giving `reason`) as its last.
+    pub(super) fn revoke(&self, room: u64, user: u64, reason: &'static str) {
         let ids: Vec<u64> = match self.local.borrow().get(&room) {
             Some(ids) => ids.clone(),
             None => return,
         };
-        let left = Event::left(room, "removed");
+        let left = Event::left(room, reason);
         for id in ids {
             let ended = {
                 let subs = self.subs.borrow();
@@ -226,11 +270,7 @@ pub(super) fn load_access(meta: &Meta, room: u64) -> Result<Access> {
     let Some(r) = meta.room(room)? else {
         return Ok(Access::Unknown);
     };
-    let members = if r.private {
-        meta.members(room)?.into_iter().map(|(u, _)| u).collect()
-    } else {
-        HashSet::default()
-    };
+    let members = meta.members(room)?.into_iter().map(|(u, _)| u).collect();
     Ok(Access::Room {
         private: r.private,
         members,

@@ -105,6 +105,15 @@ pub(crate) enum Command {
         creator: u64,
         reply: Reply<u64>,
     },
+    /// A change of standing under the room rules (see
+    /// `Engine::membership`).
+    Membership {
+        room: u64,
+        actor: u64,
+        target: u64,
+        op: crate::rules::MemberOp,
+        reply: Reply<crate::rules::Membership>,
+    },
     /// Adds `user` to `room` with `role`, changes the role, or (`None`)
     /// removes the membership; answers the role before.
     SetMember {
@@ -177,7 +186,10 @@ impl Shard {
                 let me = self.clone();
                 answer(reply, async move { me.change(room, seq, by, None).await });
             }
-            Command::Typing { room, user, reply } => send(reply, self.typing(room, user)),
+            Command::Typing { room, user, reply } => {
+                let me = self.clone();
+                answer(reply, async move { me.typing(room, user).await });
+            }
             Command::History {
                 room,
                 cursor,
@@ -223,6 +235,18 @@ impl Shard {
             } => {
                 let me = self.clone();
                 answer(reply, async move { me.set_member(room, user, role).await });
+            }
+            Command::Membership {
+                room,
+                actor,
+                target,
+                op,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(reply, async move {
+                    me.membership(room, actor, target, op).await
+                });
             }
             Command::CloseInbox { inbox } => self.close_inbox(inbox, None),
             Command::Stats { reply } => send(
@@ -304,6 +328,7 @@ fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
         Command::Online { reply, .. } => send(reply, Err(error())),
         Command::EnforceRetention { reply } => send(reply, Err(error())),
         Command::SetMember { reply, .. } => send(reply, Err(error())),
+        Command::Membership { reply, .. } => send(reply, Err(error())),
         Command::OpenInbox { .. }
         | Command::Unsubscribe { .. }
         | Command::CloseInbox { .. }

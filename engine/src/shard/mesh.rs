@@ -44,9 +44,14 @@ pub(crate) enum Peer {
         head: u64,
         outcome: PageOutcome,
     },
-    /// `user` was removed from the private `room`: their subscriptions to
-    /// it end (with a `left` event) before any later event of the room.
-    Revoke { room: u64, user: u64 },
+    /// `user` was removed from (or banned in) `room`: their subscriptions
+    /// to it end (with a `left` event giving `reason`) before any later
+    /// event of the room.
+    Revoke {
+        room: u64,
+        user: u64,
+        reason: &'static str,
+    },
     /// A post from shard `from`, answered with `Posted { token, .. }`.
     Post {
         room: u64,
@@ -151,7 +156,7 @@ impl Shard {
                 })
                 .detach();
             }
-            Peer::Revoke { room, user } => self.revoke(room, user),
+            Peer::Revoke { room, user, reason } => self.revoke(room, user, reason),
             Peer::Post {
                 room,
                 sender,

@@ -162,6 +162,9 @@ impl Shard {
         by: u64,
         body: Option<&str>,
     ) -> Result<()> {
+        // Members only, as for posting (a user who left or was removed
+        // no longer changes what the room shows).
+        self.may_post(room, by).await?;
         let item = self
             .store
             .get(room, seq)
@@ -178,9 +181,9 @@ impl Shard {
                     return Err(Error::Forbidden("only its author edits a message".into()));
                 }
             }
-            None if author != by && self.meta.member_role(room, by)? != Some(Role::Admin) => {
+            None if author != by && !self.manages(room, by).await? => {
                 return Err(Error::Forbidden(
-                    "only the author or a room admin deletes a message".into(),
+                    "only the author, a room admin or its owner deletes a message".into(),
                 ));
             }
             None => {}
@@ -200,6 +203,16 @@ impl Shard {
         self.refresh_cached(room, seq).await?;
         self.fan_out(event);
         Ok(())
+    }
+
+    /// Whether `user` is an admin or the owner of `room` (read off the
+    /// reactor).
+    async fn manages(&self, room: u64, user: u64) -> Result<bool> {
+        let meta = self.meta.clone();
+        let role = glommio::executor()
+            .spawn_blocking(move || meta.member_role(room, user))
+            .await?;
+        Ok(role.is_some_and(|r| r >= Role::Admin))
     }
 
     /// Re-encodes a cached message after an edit or delete, so catch-up from
@@ -273,7 +286,11 @@ impl Shard {
         }
     }
 
-    pub(super) fn typing(&self, room: u64, user: u64) -> Result<()> {
+    /// A typing event, from a member only (checked in order with the
+    /// room's member changes, so a removed user's typing never follows
+    /// their `left`).
+    pub(super) async fn typing(&self, room: u64, user: u64) -> Result<()> {
+        self.may_post(room, user).await?;
         self.ensure_owned(room);
         {
             let mut owned = self.owned.borrow_mut();

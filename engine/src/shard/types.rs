@@ -40,6 +40,9 @@ pub struct StoredMessage {
     pub body: Option<String>,
     /// Whether it was edited.
     pub edited: bool,
+    /// Who made the latest edit, or the delete, and when (ms since the
+    /// Unix epoch); `None` as posted.
+    pub changed: Option<(u64, u64)>,
 }
 
 impl StoredMessage {
@@ -51,6 +54,7 @@ impl StoredMessage {
             client_id: item.client_id().to_string(),
             body: item.body().map(str::to_string),
             edited: item.edited(),
+            changed: item.changed(),
         }
     }
 
@@ -63,10 +67,11 @@ impl StoredMessage {
             self.body.as_deref(),
             self.edited,
         )
+        .changed(self.changed)
     }
 
     pub(super) fn event(&self, room: u64) -> Event {
-        Event::message(
+        let m = Message::live(
             room,
             self.seq,
             self.sender,
@@ -74,6 +79,8 @@ impl StoredMessage {
             self.body.as_deref(),
             self.edited,
         )
+        .changed(self.changed);
+        Event::encode_message(room, &m)
     }
 }
 

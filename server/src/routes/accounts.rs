@@ -20,7 +20,14 @@ pub(crate) fn session_json(user: u64, name: &str, s: &auth::Session) -> Value {
     json!({"user": user, "name": name, "token": s.token, "expires_ms": s.expires_ms})
 }
 
+/// `POST /api/register` (403 with `--registration closed`). Names are
+/// unique in any case; the name is kept as given.
 pub(crate) async fn register(req: &Request, shared: &Shared) -> ApiResult {
+    if shared.cfg.registration == crate::config::Registration::Closed {
+        return Err(ApiError::Forbidden(
+            "registration is closed on this server (--registration closed)".into(),
+        ));
+    }
     let c: Credentials = body(req)?;
     if let Some(ip) = req.peer {
         if !shared.limits.may_register(ip, std::time::Instant::now()) {
@@ -54,9 +61,11 @@ pub(crate) async fn register(req: &Request, shared: &Shared) -> ApiResult {
 /// costs what a wrong password costs (no user enumeration by timing).
 pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
     let c: Credentials = body(req)?;
-    let attempt = login_attempt(req, shared, &c.name)?;
+    // Per account in any case: `Alice` and `alice` are one account.
+    let attempt = login_attempt(req, shared, &c.name.to_ascii_lowercase())?;
     let (m, name) = (directory(shared), c.name.clone());
     let user = blocking(move || m.user_by_name(&name)).await?;
+    let display = user.as_ref().map_or(String::new(), |u| u.name.clone());
     let (id, hash) = match user {
         Some(User {
             id,
@@ -76,7 +85,7 @@ pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
         return Err(ApiError::Unauthorized("wrong name or password".into()));
     };
     let s = auth::open_session(directory(shared), id, shared.cfg.session_ttl_ms()).await?;
-    Ok(Response::json(200, &session_json(id, &c.name, &s)))
+    Ok(Response::json(200, &session_json(id, &display, &s)))
 }
 
 /// A password check for account `name` from the request's client, within
@@ -170,7 +179,7 @@ pub(crate) async fn change_password(req: &Request, shared: &Shared) -> ApiResult
             "this user signs in through a backend's JWT and has no password".into(),
         ));
     };
-    let attempt = login_attempt(req, shared, &u.name)?;
+    let attempt = login_attempt(req, shared, &u.name.to_ascii_lowercase())?;
     let (old, new) = (change.old, change.new);
     let hashed = shared
         .hashing
@@ -201,5 +210,8 @@ pub(crate) async fn me(req: &Request, shared: &Shared) -> ApiResult {
     let u = blocking(move || m.user(id))
         .await?
         .ok_or_else(|| ApiError::Unauthorized("the session's user is gone".into()))?;
-    Ok(Response::json(200, &json!({"user": u.id, "name": u.name})))
+    Ok(Response::json(
+        200,
+        &json!({"user": u.id, "name": u.name, "external": u.external()}),
+    ))
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{body, query_u64, room_id, user, ApiResult};
-use crate::app::{directory, history_page, take_send_token, visible_room, PageQuery};
+use crate::app::{directory, history_page, readable_room, take_send_token, PageQuery};
 use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
 use crate::shared::Shared;
@@ -16,7 +16,7 @@ use crate::shared::Shared;
 /// when the page came from memory.
 pub(crate) async fn history(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
-    visible_room(shared, uid, id).await?;
+    readable_room(shared, uid, id).await?;
     let q = PageQuery {
         before: query_u64(req, "before")?,
         after: query_u64(req, "after")?,
@@ -49,7 +49,7 @@ pub(crate) struct Publish {
 /// a repeated `client_id` answers the original seq.
 pub(crate) async fn publish(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
-    visible_room(shared, uid, id).await?;
+    readable_room(shared, uid, id).await?;
     let p: Publish = body(req)?;
     take_send_token(shared, uid)?;
     let ack = shared.engine.post(id, uid, &p.client_id, &p.body).await?;
@@ -67,7 +67,7 @@ pub(crate) struct ReadMark {
 /// `POST /api/rooms/{id}/read`: the user has read up to `seq`.
 pub(crate) async fn mark_read(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
-    visible_room(shared, uid, id).await?;
+    readable_room(shared, uid, id).await?;
     let mark: ReadMark = body(req)?;
     let stored = shared.engine.mark_read(id, uid, mark.seq).await?;
     Ok(Response::json(200, &json!({"room": id, "seq": stored})))

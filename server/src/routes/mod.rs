@@ -6,6 +6,8 @@
 mod accounts;
 mod messages;
 mod rooms;
+
+pub(crate) use rooms::ensure_member;
 mod server;
 
 use serde::Deserialize;
@@ -18,7 +20,10 @@ use crate::shared::Shared;
 
 use accounts::{change_password, login, logout, me, register};
 use messages::{history, mark_read, publish, unread};
-use rooms::{add_member, create_room, get_room, join, list_rooms, members, remove_member};
+use rooms::{
+    answer_invite, ban, bans, create_room, get_room, invite, join, list_rooms, members, my_invites,
+    remove_member, set_role, transfer, withdraw,
+};
 use server::{index, metrics, no_upgrade, readyz, stats};
 
 type ApiResult = Result<Response, ApiError>;
@@ -63,7 +68,7 @@ fn cors_preflight(req: &Request, shared: &Shared) -> Option<Response> {
         ..Response::default()
     };
     for (name, value) in [
-        ("access-control-allow-methods", "GET, POST, DELETE"),
+        ("access-control-allow-methods", "GET, POST, PUT, DELETE"),
         (
             "access-control-allow-headers",
             "authorization, content-type, if-none-match",
@@ -101,8 +106,17 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("POST", "/api/rooms/{id}/join") => join(req, shared, id, true).await,
         ("POST", "/api/rooms/{id}/leave") => join(req, shared, id, false).await,
         ("GET", "/api/rooms/{id}/members") => members(req, shared, id).await,
-        ("POST", "/api/rooms/{id}/members") => add_member(req, shared, id).await,
+        ("POST", "/api/rooms/{id}/members") => invite(req, shared, id).await,
+        ("PUT", "/api/rooms/{id}/members/{user}") => set_role(req, shared, id).await,
         ("DELETE", "/api/rooms/{id}/members/{user}") => remove_member(req, shared, id).await,
+        ("POST", "/api/rooms/{id}/owner") => transfer(req, shared, id).await,
+        ("GET", "/api/rooms/{id}/bans") => bans(req, shared, id).await,
+        ("PUT", "/api/rooms/{id}/bans/{user}") => ban(req, shared, id, true).await,
+        ("DELETE", "/api/rooms/{id}/bans/{user}") => ban(req, shared, id, false).await,
+        ("DELETE", "/api/rooms/{id}/invites/{user}") => withdraw(req, shared, id).await,
+        ("GET", "/api/invites") => my_invites(req, shared).await,
+        ("POST", "/api/invites/{room}/accept") => answer_invite(req, shared, id, true).await,
+        ("POST", "/api/invites/{room}/decline") => answer_invite(req, shared, id, false).await,
         ("GET", "/api/rooms/{id}/messages") => history(req, shared, id).await,
         ("POST", "/api/rooms/{id}/messages") => publish(req, shared, id).await,
         ("POST", "/api/rooms/{id}/read") => mark_read(req, shared, id).await,
@@ -146,6 +160,13 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "rooms", _, "leave"] => "/api/rooms/{id}/leave",
         ["api", "rooms", _, "members"] => "/api/rooms/{id}/members",
         ["api", "rooms", _, "members", _] => "/api/rooms/{id}/members/{user}",
+        ["api", "rooms", _, "owner"] => "/api/rooms/{id}/owner",
+        ["api", "rooms", _, "bans"] => "/api/rooms/{id}/bans",
+        ["api", "rooms", _, "bans", _] => "/api/rooms/{id}/bans/{user}",
+        ["api", "rooms", _, "invites", _] => "/api/rooms/{id}/invites/{user}",
+        ["api", "invites"] => "/api/invites",
+        ["api", "invites", _, "accept"] => "/api/invites/{room}/accept",
+        ["api", "invites", _, "decline"] => "/api/invites/{room}/decline",
         ["api", "rooms", _, "messages"] => "/api/rooms/{id}/messages",
         ["api", "rooms", _, "read"] => "/api/rooms/{id}/read",
         _ => crate::assets::route(&req.path).unwrap_or("other"),

@@ -119,6 +119,8 @@ enum Wake {
     CredentialEnded(Due),
     /// Its JWT runs out soon.
     RefreshNeeded,
+    /// The user has notices (invitations) to send.
+    Notice,
     Stopping,
 }
 
@@ -412,6 +414,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
                 );
                 break;
             }
+            Wake::Notice => c.send_notices(),
             Wake::RefreshNeeded => {
                 if let Some(p) = c.proof {
                     let warn = ServerFrame::RefreshNeeded {
@@ -449,6 +452,7 @@ impl Conn {
         self.clock.authenticated(Credential {
             expires: Instant::now() + Duration::from_millis(left_ms),
             session: p.session,
+            user: p.user,
         });
         self.proof = Some(p);
         if p.session.is_some_and(|h| self.shared.revoked.contains(&h)) {
@@ -459,6 +463,21 @@ impl Conn {
             return false;
         }
         true
+    }
+
+    /// Writes the user's notices (invitations) it has not sent yet.
+    fn send_notices(&mut self) {
+        let Some(p) = self.proof else {
+            return;
+        };
+        for (seq, frame) in self
+            .shared
+            .notices
+            .for_user(p.user, self.clock.notice_seen.get())
+        {
+            self.link.send_data(frame.as_bytes(), Data::Text);
+            self.clock.notice_seen.set(seq);
+        }
     }
 
     fn heartbeat_ms(&self) -> u64 {
@@ -528,6 +547,7 @@ impl Conn {
                         Due::Idle => Wake::Idle,
                         Due::Ping => Wake::Tick,
                         Due::RefreshNeeded => Wake::RefreshNeeded,
+                        Due::Notice => Wake::Notice,
                         due @ (Due::Revoked | Due::Expired) => Wake::CredentialEnded(due),
                     });
                 }
@@ -807,7 +827,8 @@ impl Conn {
         r#ref: Option<&RawValue>,
     ) -> Result<(), ApiError> {
         let room = need(f.room, "room")?;
-        app::visible_room(&self.shared, user, room).await?;
+        // A public room is joined (as a member) by subscribing to it.
+        crate::routes::ensure_member(&self.shared, user, room).await?;
         let mut joined_now = None;
         if !self.is_joined(room) {
             let max = self.shared.cfg.ws_rooms_per_connection_max;
@@ -903,7 +924,7 @@ impl Conn {
         edit: bool,
     ) -> Result<ServerFrame, ApiError> {
         let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
-        app::visible_room(&self.shared, user, room).await?;
+        app::readable_room(&self.shared, user, room).await?;
         if edit {
             let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
             self.shared.engine.edit(room, seq, user, body).await?;
@@ -934,7 +955,7 @@ impl Conn {
 
     async fn read(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
-        app::visible_room(&self.shared, user, room).await?;
+        app::readable_room(&self.shared, user, room).await?;
         let stored = self.shared.engine.mark_read(room, user, seq).await?;
         Ok(ServerFrame::Receipt {
             room,
@@ -945,7 +966,7 @@ impl Conn {
 
     async fn history(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let room = need(f.room, "room")?;
-        app::visible_room(&self.shared, user, room).await?;
+        app::readable_room(&self.shared, user, room).await?;
         let q = PageQuery {
             before: f.before,
             after: f.after,

@@ -7,15 +7,28 @@
 //! transaction and must not be called on a shard's reactor thread.
 //!
 //! Each domain has its file (`users`, `sessions`, `rooms`, `members`,
-//! `receipts`); this one holds the tables, the row types, the checks every
+//! `standing` (bans, invitations and the transactional membership change),
+//! `receipts`, `migrate`); this one holds the tables, the row types, the checks every
 //! domain shares and the transaction helpers.
 //!
 //! Invariants kept across all writers:
 //!
 //! - Ids of users and rooms come from per-kind counters, start at 1 and are
 //!   never reused; imports move the counter past the imported id.
-//! - User names and room names are unique (case-sensitive), 1..=64 bytes of
-//!   `[A-Za-z0-9_.-]`; each name table maps exactly the rows of its id table.
+//! - Names are 1..=64 bytes of `[A-Za-z0-9_.-]`, stored as given (the
+//!   display form) and compared in ASCII lower case. Registered users'
+//!   names are unique among registered users; users a backend vouches for
+//!   (JWT subjects) live in their own namespace (`user_names` keys them
+//!   `jwt:` + subject, a form no registered name can take), so neither can
+//!   reach the other. Public rooms' names are unique among public rooms;
+//!   private rooms' names are not indexed (a name taken by a private room
+//!   must not reveal that room). `user_names` maps exactly the users,
+//!   `room_names` exactly the public rooms.
+//! - Every room with members has at least one owner, unless it was
+//!   imported without one.
+//! - A banned user is neither a member nor invited; an invited user is not
+//!   a member. Bans and invitations live in `(room, user)` tables;
+//!   invitations are mirrored in `(user, room)`, written together.
 //! - A room's `last_seq` never moves backwards.
 //! - A read receipt never moves backwards, and [`Meta::mark_read`] never
 //!   stores more than the room's `last_seq`.
@@ -39,14 +52,17 @@ use redb::{
 use crate::error::{Error, Result};
 
 mod members;
+mod migrate;
 mod receipts;
 mod rooms;
 mod sessions;
+mod standing;
 #[cfg(test)]
 mod tests;
 mod users;
 
 use rooms::last_seq;
+pub use standing::{Ban, Invite, MemberChange, MemberView, Standing, INVITES_PER_USER_MAX};
 
 /// Row of `users`: (name, created_ms, password_hash).
 type UserRow = (&'static str, u64, Option<&'static str>);
@@ -74,6 +90,15 @@ const MEMBERS: TableDefinition<(u64, u64), u8> = TableDefinition::new("members")
 /// (user, room): the mirror of `members`, for listing a user's rooms.
 const USER_ROOMS: TableDefinition<(u64, u64), ()> = TableDefinition::new("user_rooms");
 
+/// (room, user) -> (banned by, when ms).
+const BANS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("bans");
+
+/// (room, user) -> (invited by, when ms).
+const INVITES: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("invites");
+
+/// (user, room): the mirror of `invites`, for listing a user's invitations.
+const USER_INVITES: TableDefinition<(u64, u64), ()> = TableDefinition::new("user_invites");
+
 /// (room, user) -> highest seq read.
 const RECEIPTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("receipts");
 
@@ -86,6 +111,13 @@ const USER_COUNTER: &str = "user";
 
 const ROOM_COUNTER: &str = "room";
 
+/// The layout version, kept in `counters` (absent: 1, before names were
+/// compared in lower case and rooms had owners).
+const SCHEMA_COUNTER: &str = "schema";
+
+/// The layout this build writes; [`Meta::open`] upgrades older files.
+const SCHEMA: u64 = 2;
+
 const MAX_NAME_LEN: usize = 64;
 
 /// A registered user.
@@ -93,12 +125,22 @@ const MAX_NAME_LEN: usize = 64;
 pub struct User {
     /// Unique id, at least 1.
     pub id: u64,
-    /// Unique login name.
+    /// The name as registered (or the JWT subject): unique in lower case
+    /// among registered users, or among JWT subjects.
     pub name: String,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: u64,
-    /// Argon2 PHC string; `None` for users authenticated by an app backend.
+    /// Argon2 PHC string; `None` for users authenticated by an app backend
+    /// (JWT subjects), who never sign in with a password.
     pub password_hash: Option<String>,
+}
+
+impl User {
+    /// Whether an app backend vouches for this user (a JWT subject) rather
+    /// than a password.
+    pub fn external(&self) -> bool {
+        self.password_hash.is_none()
+    }
 }
 
 impl std::fmt::Debug for User {
@@ -117,7 +159,7 @@ impl std::fmt::Debug for User {
 pub struct Room {
     /// Unique id, at least 1.
     pub id: u64,
-    /// Unique room name.
+    /// The room's name (unique in lower case among public rooms).
     pub name: String,
     /// Private rooms are visible to their members only.
     pub private: bool,
@@ -144,13 +186,15 @@ pub struct ListPage<T> {
 /// a `next` cursor) rather than a scan of the whole table.
 pub const ROOM_PAGE_SCAN_ROWS_MAX: usize = 4096;
 
-/// A member's role in a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A member's role in a room, ordered by rank (`Member < Admin < Owner`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
     /// Can read and post.
     Member,
-    /// Can also manage the room and its members.
+    /// Can also invite, remove and ban members, and delete their messages.
     Admin,
+    /// Can also manage admins and hand ownership on; the creator at first.
+    Owner,
 }
 
 impl Role {
@@ -158,6 +202,7 @@ impl Role {
         match self {
             Role::Member => 0,
             Role::Admin => 1,
+            Role::Owner => 2,
         }
     }
 
@@ -165,6 +210,7 @@ impl Role {
         match byte {
             0 => Ok(Role::Member),
             1 => Ok(Role::Admin),
+            2 => Ok(Role::Owner),
             _ => Err(Error::Database(format!("unknown role byte {byte}"))),
         }
     }
@@ -195,6 +241,10 @@ impl Meta {
         txn.open_table(USER_ROOMS)?;
         txn.open_table(RECEIPTS)?;
         txn.open_table(RETENTION)?;
+        txn.open_table(BANS)?;
+        txn.open_table(INVITES)?;
+        txn.open_table(USER_INVITES)?;
+        migrate::upgrade(&txn)?;
         txn.commit()?;
         Ok(Meta { db })
     }
@@ -242,6 +292,31 @@ fn validate_name(kind: &str, name: &str) -> Result<()> {
         "{kind} name must be 1..={MAX_NAME_LEN} bytes of [A-Za-z0-9_.-] (got {} bytes)",
         name.len()
     )))
+}
+
+/// The key a registered user's name is unique under (lower case).
+fn local_key(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// The key a JWT subject is unique under: `jwt:` cannot start a
+/// registered name (`:` is not allowed in one).
+fn external_key(subject: &str) -> String {
+    format!("jwt:{subject}")
+}
+
+/// The key of a user row in `user_names`.
+fn user_key(name: &str, external: bool) -> String {
+    if external {
+        external_key(name)
+    } else {
+        local_key(name)
+    }
+}
+
+/// The key a public room's name is unique under.
+fn room_key(name: &str) -> String {
+    name.to_ascii_lowercase()
 }
 
 fn validate_id(kind: &str, id: u64) -> Result<()> {

@@ -7,10 +7,11 @@ use super::members::put_member;
 use super::*;
 
 impl Meta {
-    /// Creates a room with `creator` as its admin and returns its id.
+    /// Creates a room with `creator` as its owner and returns its id.
     ///
-    /// Errors: `InvalidInput` for a bad name, `AlreadyExists` if the name is
-    /// taken, `NotFound` for an unknown creator.
+    /// Errors: `InvalidInput` for a bad name, `AlreadyExists` if a public
+    /// room has the name in any case (private rooms' names need not be
+    /// unique), `NotFound` for an unknown creator.
     pub fn create_room(&self, name: &str, private: bool, creator: u64, now_ms: u64) -> Result<u64> {
         validate_name("room", name)?;
         self.write(|txn| {
@@ -18,7 +19,7 @@ impl Meta {
             let id = next_id(txn, ROOM_COUNTER)?;
             let row = (name, private, creator, now_ms, 0);
             insert_room(txn, id, row)?;
-            put_member(txn, id, creator, Role::Admin)?;
+            put_member(txn, id, creator, Role::Owner)?;
             Ok(id)
         })
     }
@@ -32,10 +33,16 @@ impl Meta {
         })
     }
 
-    /// Returns the room called `name`, if it exists.
+    /// Returns the public room called `name` in any case, if it exists
+    /// (private rooms are not found by name).
     pub fn room_by_name(&self, name: &str) -> Result<Option<Room>> {
         self.read(|txn| {
-            let Some(id) = txn.open_table(ROOM_NAMES)?.get(name)?.map(|g| g.value()) else {
+            let key = room_key(name);
+            let Some(id) = txn
+                .open_table(ROOM_NAMES)?
+                .get(key.as_str())?
+                .map(|g| g.value())
+            else {
                 return Ok(None);
             };
             let rooms = txn.open_table(ROOMS)?;
@@ -179,9 +186,10 @@ pub(super) fn insert_room(
     id: u64,
     row: (&str, bool, u64, u64, u64),
 ) -> Result<()> {
-    let name = row.0;
+    let (name, private) = (row.0, row.1);
+    let key = room_key(name);
     let mut names = txn.open_table(ROOM_NAMES)?;
-    if names.get(name)?.is_some() {
+    if !private && names.get(key.as_str())?.is_some() {
         return Err(taken("room", name));
     }
     let mut rooms = txn.open_table(ROOMS)?;
@@ -189,7 +197,9 @@ pub(super) fn insert_room(
         return Err(Error::AlreadyExists(format!("room {id}")));
     }
     rooms.insert(id, row)?;
-    names.insert(name, id)?;
+    if !private {
+        names.insert(key.as_str(), id)?;
+    }
     Ok(())
 }
 

@@ -38,23 +38,43 @@ fn names_are_validated_and_unique() {
     assert_eq!(longest.len(), 64);
     assert!(meta.create_room(&longest, false, alice, 1).is_ok());
 
+    // A JWT subject and a registered name live apart: neither reaches
+    // the other.
+    let registered = meta.create_user("alice", PHC, 1).unwrap();
+    assert_ne!(registered, alice);
+    assert_eq!(meta.ensure_external_user("alice", 2).unwrap(), alice);
+    assert_eq!(meta.user_by_name("alice").unwrap().unwrap().id, registered);
+    assert_eq!(meta.external_user("alice").unwrap().unwrap().id, alice);
+    assert!(
+        meta.external_user("ALICE").unwrap().is_none(),
+        "subjects are exact"
+    );
+    // Registered names are unique in any case; the display form is kept.
+    let bob = meta.create_user("Bob", PHC, 1).unwrap();
     assert!(matches!(
-        meta.create_user("alice", PHC, 1),
+        meta.create_user("bOB", PHC, 1),
         Err(Error::AlreadyExists(_))
     ));
-    assert_eq!(meta.ensure_external_user("alice", 2).unwrap(), alice);
+    let found = meta.user_by_name("BOB").unwrap().unwrap();
+    assert_eq!((found.id, found.name.as_str()), (bob, "Bob"));
+    // Public rooms' names are unique in any case; private rooms' are not
+    // indexed, so a hidden room never takes a name.
     meta.create_room("lobby", false, alice, 1).unwrap();
     assert!(matches!(
-        meta.create_room("lobby", true, alice, 1),
+        meta.create_room("LOBBY", false, alice, 1),
         Err(Error::AlreadyExists(_))
     ));
-    // Case-sensitive: a different name.
-    assert!(meta.create_room("Lobby", false, alice, 1).is_ok());
+    let hidden = meta.create_room("secret", true, alice, 1).unwrap();
+    meta.create_room("secret", true, bob, 1).unwrap();
+    let public = meta.create_room("Secret", false, bob, 1).unwrap();
+    assert_eq!(meta.room_by_name("secret").unwrap().unwrap().id, public);
+    assert_ne!(hidden, public);
+    assert!(meta.create_room("lobby", true, alice, 1).is_ok());
     assert!(matches!(
         meta.create_room("nobody", false, 99, 1),
         Err(Error::NotFound(_))
     ));
-    assert_eq!(meta.users().unwrap().len(), 1);
+    assert_eq!(meta.users().unwrap().len(), 3);
 }
 
 /// A PHC string as the server stores (the hash of nothing in
@@ -239,7 +259,12 @@ fn private_rooms_are_visible_to_members_only() {
         Err(Error::NotFound(_))
     ));
 
-    let room = meta.room_by_name("secret").unwrap().unwrap();
+    assert!(
+        meta.room_by_name("secret").unwrap().is_none(),
+        "private: not by name"
+    );
+    assert_eq!(meta.room_by_name("LOBBY").unwrap().unwrap().id, lobby);
+    let room = meta.room(secret).unwrap().unwrap();
     assert_eq!(
         (room.id, room.private, room.creator, room.created_ms),
         (secret, true, alice, 2)
@@ -253,7 +278,7 @@ fn membership_tables_stay_consistent() {
     let (_dir, meta) = fresh();
     let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
     let room = meta.create_room("r", false, alice, 1).unwrap();
-    assert_eq!(meta.members(room).unwrap(), [(alice, Role::Admin)]);
+    assert_eq!(meta.members(room).unwrap(), [(alice, Role::Owner)]);
     assert_eq!(meta.rooms_of(alice).unwrap(), [room]);
     assert_eq!(meta.rooms_of(bob).unwrap(), Vec::<u64>::new());
 
@@ -262,14 +287,14 @@ fn membership_tables_stay_consistent() {
     assert_eq!(meta.member_role(room, bob).unwrap(), Some(Role::Admin));
     assert_eq!(
         meta.members(room).unwrap(),
-        [(alice, Role::Admin), (bob, Role::Admin)]
+        [(alice, Role::Owner), (bob, Role::Admin)]
     );
     assert_eq!(meta.rooms_of(bob).unwrap(), [room]);
 
     assert!(meta.remove_member(room, bob).unwrap());
     assert!(!meta.remove_member(room, bob).unwrap());
     assert_eq!(meta.member_role(room, bob).unwrap(), None);
-    assert_eq!(meta.members(room).unwrap(), [(alice, Role::Admin)]);
+    assert_eq!(meta.members(room).unwrap(), [(alice, Role::Owner)]);
     assert_eq!(meta.rooms_of(bob).unwrap(), Vec::<u64>::new());
 
     for result in [
@@ -394,9 +419,9 @@ fn data_survives_reopen() {
         (alice, room)
     };
     let meta = Meta::open(&path, 1 << 20).unwrap();
-    assert_eq!(meta.user_by_name("alice").unwrap().unwrap().id, alice);
+    assert_eq!(meta.external_user("alice").unwrap().unwrap().id, alice);
     assert_eq!(meta.room(room).unwrap().unwrap().last_seq, 12);
-    assert_eq!(meta.member_role(room, alice).unwrap(), Some(Role::Admin));
+    assert_eq!(meta.member_role(room, alice).unwrap(), Some(Role::Owner));
     assert_eq!(meta.rooms_of(alice).unwrap(), [room]);
     assert_eq!(meta.session(&[9; 32], 0).unwrap(), Some((alice, DAY)));
     assert_eq!(meta.unread(room, alice).unwrap(), 4);
@@ -475,4 +500,218 @@ fn imports_bump_counters() {
         Vec::new(),
         "import adds no member"
     );
+}
+
+/// A decision that writes `change` whatever the state.
+fn write(change: MemberChange) -> impl FnOnce(&MemberView) -> Result<MemberChange> {
+    move |_| Ok(change)
+}
+
+#[test]
+fn standing_changes_keep_the_invariants() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let room = meta.create_room("r", true, alice, 1).unwrap();
+    let invite = MemberChange {
+        invite: Some(true),
+        ..MemberChange::default()
+    };
+    let (view, _) = meta
+        .change_membership(room, alice, bob, 5, write(invite))
+        .unwrap();
+    assert_eq!(
+        (view.private, view.owners, view.target_exists),
+        (true, 1, true)
+    );
+    assert_eq!(view.actor.role, Some(Role::Owner));
+    assert!(meta.standing(room, bob).unwrap().invited);
+    assert_eq!(
+        meta.invites_of(bob).unwrap(),
+        [Invite {
+            room,
+            by: alice,
+            ts_ms: 5
+        }]
+    );
+    // Accepting makes a member and ends the invitation.
+    let accept = MemberChange {
+        role: Some(Some(Role::Member)),
+        ..MemberChange::default()
+    };
+    meta.change_membership(room, bob, bob, 6, write(accept))
+        .unwrap();
+    let s = meta.standing(room, bob).unwrap();
+    assert_eq!(
+        (s.role, s.invited, s.banned),
+        (Some(Role::Member), false, false)
+    );
+    assert!(meta.invites_of(bob).unwrap().is_empty());
+    // A ban removes the member.
+    let ban = MemberChange {
+        ban: Some(true),
+        ..MemberChange::default()
+    };
+    meta.change_membership(room, alice, bob, 7, write(ban))
+        .unwrap();
+    let s = meta.standing(room, bob).unwrap();
+    assert_eq!((s.role, s.banned), (None, true));
+    let bans = meta.bans_page(room, 0, 10).unwrap();
+    assert_eq!(
+        bans.items,
+        [Ban {
+            user: bob,
+            by: alice,
+            ts_ms: 7
+        }]
+    );
+    // What would break an invariant is refused, and writes nothing.
+    let before = meta.standing(room, bob).unwrap();
+    assert!(matches!(
+        meta.change_membership(room, alice, bob, 8, write(invite)),
+        Err(Error::Database(_))
+    ));
+    assert_eq!(
+        meta.standing(room, bob).unwrap(),
+        before,
+        "a banned user is not invited"
+    );
+    let orphan = MemberChange {
+        role: Some(None),
+        ..MemberChange::default()
+    };
+    meta.change_membership(
+        room,
+        alice,
+        bob,
+        8,
+        write(MemberChange {
+            ban: Some(false),
+            ..MemberChange::default()
+        }),
+    )
+    .unwrap();
+    meta.add_member(room, bob, Role::Member).unwrap();
+    assert!(matches!(
+        meta.change_membership(room, alice, alice, 9, write(orphan)),
+        Err(Error::Database(_))
+    ));
+    assert_eq!(
+        meta.member_role(room, alice).unwrap(),
+        Some(Role::Owner),
+        "the room keeps its owner"
+    );
+    // The last one out may leave a room empty.
+    meta.remove_member(room, bob).unwrap();
+    meta.change_membership(room, alice, alice, 9, write(orphan))
+        .unwrap();
+    assert!(meta.members(room).unwrap().is_empty());
+    // A decision's own error writes nothing.
+    let refused = meta.change_membership(room, alice, bob, 10, |_| {
+        Err::<MemberChange, Error>(Error::InvalidInput("no".into()))
+    });
+    assert!(matches!(refused, Err(Error::InvalidInput(_))));
+    assert_eq!(meta.standing(room, bob).unwrap(), Standing::default());
+    assert!(matches!(
+        meta.change_membership(99, alice, bob, 1, write(invite)),
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_user_holds_a_bounded_number_of_invitations() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let invite = MemberChange {
+        invite: Some(true),
+        ..MemberChange::default()
+    };
+    for i in 0..=INVITES_PER_USER_MAX {
+        let room = meta.create_room(&format!("r{i}"), false, alice, 1).unwrap();
+        let (view, _) = match meta.change_membership(room, alice, bob, 1, write(invite)) {
+            Ok(done) => done,
+            Err(Error::Database(m)) => {
+                assert_eq!(i, INVITES_PER_USER_MAX, "{m}");
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(view.target_invites, i);
+    }
+    assert_eq!(meta.invites_of(bob).unwrap().len(), INVITES_PER_USER_MAX);
+}
+
+/// A file written before schema 2 (names as given, private rooms
+/// indexed, creators as admins) is upgraded when it opens.
+#[test]
+fn schema_1_files_are_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    let as_schema_1 =
+        |meta: &Meta, names: &[(&str, u64)], rooms: &[(&str, u64)], admins: &[(u64, u64)]| {
+            meta.write(|txn| {
+                let mut n = txn.open_table(USER_NAMES)?;
+                n.retain(|_, _| false)?;
+                for &(name, id) in names {
+                    n.insert(name, id)?;
+                }
+                let mut r = txn.open_table(ROOM_NAMES)?;
+                r.retain(|_, _| false)?;
+                for &(name, id) in rooms {
+                    r.insert(name, id)?;
+                }
+                let mut m = txn.open_table(MEMBERS)?;
+                for &(room, user) in admins {
+                    m.insert((room, user), Role::Admin.to_u8())?;
+                }
+                txn.open_table(COUNTERS)?.remove(SCHEMA_COUNTER)?;
+                Ok(())
+            })
+            .unwrap();
+        };
+    let (alice, ceo, lobby, secret) = {
+        let meta = Meta::open(&path, 1 << 20).unwrap();
+        let alice = meta.create_user("Alice", PHC, 1).unwrap();
+        let ceo = meta.ensure_external_user("ceo", 1).unwrap();
+        let lobby = meta.create_room("Lobby", false, alice, 1).unwrap();
+        let secret = meta.create_room("secret", true, alice, 1).unwrap();
+        as_schema_1(
+            &meta,
+            &[("Alice", alice), ("ceo", ceo)],
+            &[("Lobby", lobby), ("secret", secret)],
+            &[(lobby, alice), (secret, alice)],
+        );
+        meta.close().unwrap();
+        (alice, ceo, lobby, secret)
+    };
+    let meta = Meta::open(&path, 1 << 20).unwrap();
+    assert_eq!(meta.user_by_name("alice").unwrap().unwrap().id, alice);
+    assert_eq!(meta.external_user("ceo").unwrap().unwrap().id, ceo);
+    assert!(
+        meta.user_by_name("ceo").unwrap().is_none(),
+        "a subject is no name"
+    );
+    assert_eq!(meta.room_by_name("lobby").unwrap().unwrap().id, lobby);
+    assert!(meta.room_by_name("secret").unwrap().is_none());
+    assert_eq!(meta.member_role(lobby, alice).unwrap(), Some(Role::Owner));
+    assert_eq!(meta.member_role(secret, alice).unwrap(), Some(Role::Owner));
+    // Two names equal in lower case cannot be upgraded: named, unchanged.
+    let bob = meta.create_user("bob", PHC, 1).unwrap();
+    let other = meta.create_user("bob2", PHC, 1).unwrap();
+    meta.write(|txn| {
+        txn.open_table(USERS)?
+            .insert(other, ("BOB", 1, Some(PHC)))?;
+        Ok(())
+    })
+    .unwrap();
+    as_schema_1(
+        &meta,
+        &[("Alice", alice), ("ceo", ceo), ("bob", bob), ("BOB", other)],
+        &[("Lobby", lobby)],
+        &[],
+    );
+    meta.close().unwrap();
+    match Meta::open(&path, 1 << 20) {
+        Err(Error::Database(m)) => assert!(m.contains(&format!("users {bob} and {other}")), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }

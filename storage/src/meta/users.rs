@@ -1,6 +1,7 @@
 //! Users: registration with a password hash, users a backend vouches
-//! for, lookups by id and name, restore. Invariant: each name maps exactly
-//! the row of its id.
+//! for (JWT subjects, in their own namespace), lookups by id and name,
+//! restore. Invariant: each key of `user_names` (a registered name in
+//! lower case, or `jwt:` + subject) maps exactly the row of its id.
 
 use redb::{ReadableTable, WriteTransaction};
 
@@ -11,7 +12,8 @@ impl Meta {
     /// the caller: this crate never sees a password) and returns its id.
     ///
     /// Errors: `InvalidInput` for a bad name or a hash that is not a PHC
-    /// string, `AlreadyExists` if the name is taken.
+    /// string, `AlreadyExists` if a registered user has the name in any
+    /// case (JWT subjects do not take names).
     pub fn create_user(&self, name: &str, password_hash: &str, now_ms: u64) -> Result<u64> {
         validate_name("user", name)?;
         validate_hash(password_hash)?;
@@ -22,22 +24,25 @@ impl Meta {
         })
     }
 
-    /// Returns the id of user `name`, creating it without a password if it
-    /// does not exist (users vouched for by an app backend's JWT).
+    /// Returns the id of the user a backend's JWT names by `subject`,
+    /// creating it without a password if it does not exist. Subjects are
+    /// their own namespace, matched exactly: `sub: "ceo"` is never the
+    /// registered user `ceo`.
     ///
-    /// Errors: `InvalidInput` for a bad name.
-    pub fn ensure_external_user(&self, name: &str, now_ms: u64) -> Result<u64> {
-        validate_name("user", name)?;
-        if let Some(id) = self.user_id(name)? {
+    /// Errors: `InvalidInput` for a bad subject.
+    pub fn ensure_external_user(&self, subject: &str, now_ms: u64) -> Result<u64> {
+        validate_name("user", subject)?;
+        let key = external_key(subject);
+        if let Some(id) = self.user_id(&key)? {
             return Ok(id);
         }
         self.write(|txn| {
             // Re-check: another writer may have created it since the read.
-            if let Some(id) = txn.open_table(USER_NAMES)?.get(name)? {
+            if let Some(id) = txn.open_table(USER_NAMES)?.get(key.as_str())? {
                 return Ok(id.value());
             }
             let id = next_id(txn, USER_COUNTER)?;
-            insert_user(txn, id, name, now_ms, None)?;
+            insert_user(txn, id, subject, now_ms, None)?;
             Ok(id)
         })
     }
@@ -45,7 +50,8 @@ impl Meta {
     /// Replaces the password hash of user `id` (a PHC string).
     ///
     /// Errors: `NotFound` for an unknown user, `InvalidInput` for a hash
-    /// that is not a PHC string.
+    /// that is not a PHC string or a user a backend vouches for (who has
+    /// no password).
     pub fn set_password(&self, id: u64, password_hash: &str) -> Result<()> {
         validate_hash(password_hash)?;
         self.write(|txn| {
@@ -54,7 +60,12 @@ impl Meta {
                 let row = users
                     .get(id)?
                     .ok_or_else(|| Error::NotFound(format!("user {id}")))?;
-                let (name, created_ms, _) = row.value();
+                let (name, created_ms, hash) = row.value();
+                if hash.is_none() {
+                    return Err(Error::InvalidInput(format!(
+                        "user {id} is a JWT subject and has no password"
+                    )));
+                }
                 (name.to_string(), created_ms)
             };
             users.insert(id, (name.as_str(), created_ms, Some(password_hash)))?;
@@ -71,10 +82,20 @@ impl Meta {
         })
     }
 
-    /// Returns the user called `name`, if it exists.
+    /// Returns the registered user called `name` in any case, if it
+    /// exists (never a JWT subject: see [`Meta::external_user`]).
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>> {
+        self.user_by_key(&local_key(name))
+    }
+
+    /// Returns the user a backend's JWT names by `subject`, if it exists.
+    pub fn external_user(&self, subject: &str) -> Result<Option<User>> {
+        self.user_by_key(&external_key(subject))
+    }
+
+    fn user_by_key(&self, key: &str) -> Result<Option<User>> {
         self.read(|txn| {
-            let Some(id) = txn.open_table(USER_NAMES)?.get(name)?.map(|g| g.value()) else {
+            let Some(id) = txn.open_table(USER_NAMES)?.get(key)?.map(|g| g.value()) else {
                 return Ok(None);
             };
             let users = txn.open_table(USERS)?;
@@ -115,8 +136,8 @@ impl Meta {
         })
     }
 
-    pub(super) fn user_id(&self, name: &str) -> Result<Option<u64>> {
-        self.read(|txn| Ok(txn.open_table(USER_NAMES)?.get(name)?.map(|g| g.value())))
+    fn user_id(&self, key: &str) -> Result<Option<u64>> {
+        self.read(|txn| Ok(txn.open_table(USER_NAMES)?.get(key)?.map(|g| g.value())))
     }
 }
 
@@ -127,8 +148,9 @@ pub(super) fn insert_user(
     created_ms: u64,
     hash: Option<&str>,
 ) -> Result<()> {
+    let key = user_key(name, hash.is_none());
     let mut names = txn.open_table(USER_NAMES)?;
-    if names.get(name)?.is_some() {
+    if names.get(key.as_str())?.is_some() {
         return Err(taken("user", name));
     }
     let mut users = txn.open_table(USERS)?;
@@ -136,6 +158,6 @@ pub(super) fn insert_user(
         return Err(Error::AlreadyExists(format!("user {id}")));
     }
     users.insert(id, (name, created_ms, hash))?;
-    names.insert(name, id)?;
+    names.insert(key.as_str(), id)?;
     Ok(())
 }

@@ -101,6 +101,15 @@ impl HistoryItem {
     pub fn deleted(&self) -> bool {
         self.body().is_none()
     }
+    /// Who made the latest edit or the delete, and when (ms since the
+    /// Unix epoch); `None` for a message as posted.
+    pub fn changed(&self) -> Option<(u64, u64)> {
+        match self.latest_edit.as_ref().map(RecordRef::record) {
+            Some(ArchivedRecord::Edit(e)) => Some((e.by.to_native(), e.ts_ms.to_native())),
+            Some(ArchivedRecord::Delete(d)) => Some((d.by.to_native(), d.ts_ms.to_native())),
+            _ => None,
+        }
+    }
 }
 
 /// One page of history.

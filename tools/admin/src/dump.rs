@@ -118,10 +118,17 @@ fn resolve_room(meta: &Meta, room: &str) -> Result<u64> {
         }
         return Ok(id);
     }
-    let found = meta
+    let public = meta
         .room_by_name(room)
         .with_context(|| format!("looking up room {room:?}"))?;
-    found
+    if let Some(r) = public {
+        return Ok(r.id);
+    }
+    // Private rooms' names are not indexed (nor unique): the first by id.
+    let rooms = meta.rooms().context("listing rooms")?;
+    rooms
+        .iter()
+        .find(|r| r.name.eq_ignore_ascii_case(room))
         .map(|r| r.id)
         .ok_or_else(|| anyhow!("no room named {room:?}"))
 }

@@ -21,6 +21,10 @@ struct Counts {
     rooms: u64,
     /// Memberships.
     members: u64,
+    /// Bans.
+    bans: u64,
+    /// Pending invitations.
+    invites: u64,
     /// Read receipts.
     receipts: u64,
     /// Log records.
@@ -47,11 +51,13 @@ pub fn export(data: &Path, out: Option<&Path>) -> Result<Outcome> {
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     println!(
-        "exported {} users, {} rooms, {} members, {} receipts, {} records from {} shards to {}",
+        "exported {} users, {} rooms, {} members, {} receipts, {} bans, {} invitations, {} records from {} shards to {}",
         counts.users,
         counts.rooms,
         counts.members,
         counts.receipts,
+        counts.bans,
+        counts.invites,
         counts.records,
         manifest.shards,
         path.display()
@@ -110,7 +116,8 @@ fn write_export(
     Ok((counts, damaged))
 }
 
-/// Writes users, rooms (with retention limits), members and receipts.
+/// Writes users, rooms (with retention limits), members, bans,
+/// invitations and receipts.
 fn write_meta(
     meta: &Meta,
     rows: &HashMap<u64, RoomRetention>,
@@ -130,7 +137,7 @@ fn write_meta(
         data::write_json_line(w, &Line::room(room, retention))?;
         counts.rooms += 1;
     }
-    for room in ids {
+    for &room in &ids {
         for (user, role) in meta
             .members(room)
             .with_context(|| format!("reading members of room {room}"))?
@@ -146,9 +153,57 @@ fn write_meta(
             counts.members += 1;
         }
     }
+    write_standing(meta, &ids, w, counts)?;
     for (room, user, seq) in meta.receipts().context("reading receipts")? {
         data::write_json_line(w, &Line::Receipt { room, user, seq })?;
         counts.receipts += 1;
+    }
+    Ok(())
+}
+
+/// Writes every room's bans and every user's pending invitations.
+fn write_standing(
+    meta: &Meta,
+    rooms: &[u64],
+    w: &mut impl Write,
+    counts: &mut Counts,
+) -> Result<()> {
+    for &room in rooms {
+        let mut after = 0;
+        loop {
+            let page = meta
+                .bans_page(room, after, 1000)
+                .with_context(|| format!("reading bans of room {room}"))?;
+            for b in &page.items {
+                let line = Line::Ban {
+                    room,
+                    user: b.user,
+                    by: b.by,
+                    ts_ms: b.ts_ms,
+                };
+                data::write_json_line(w, &line)?;
+                counts.bans += 1;
+            }
+            match page.next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+    }
+    for user in meta.users().context("reading users")? {
+        for inv in meta
+            .invites_of(user.id)
+            .with_context(|| format!("reading invitations of user {}", user.id))?
+        {
+            let line = Line::Invite {
+                room: inv.room,
+                user: user.id,
+                by: inv.by,
+                ts_ms: inv.ts_ms,
+            };
+            data::write_json_line(w, &line)?;
+            counts.invites += 1;
+        }
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The export format: JSON lines, each an object whose `type` names it.
 //!
 //! The first line is the header `{"type":"rookery-export","version":1,
-//! "shards":N}`; then users, rooms, members and receipts; then log records
+//! "shards":N}`; then users, rooms, members, bans, invitations and
+//! receipts; then log records
 //! (`message`, `edit`, `delete`) in log order, which keeps every room's
 //! records in their original order. Unknown fields are ignored on import.
 
@@ -62,6 +63,28 @@ pub enum Line {
         user: u64,
         /// Role in the room.
         role: RoleName,
+    },
+    /// A ban from a room.
+    Ban {
+        /// Room id.
+        room: u64,
+        /// The banned user's id.
+        user: u64,
+        /// Who banned them.
+        by: u64,
+        /// When, ms since the Unix epoch.
+        ts_ms: u64,
+    },
+    /// A pending invitation to a room.
+    Invite {
+        /// Room id.
+        room: u64,
+        /// The invited user's id.
+        user: u64,
+        /// Who invited them.
+        by: u64,
+        /// When, ms since the Unix epoch.
+        ts_ms: u64,
     },
     /// A read receipt.
     Receipt {
@@ -152,6 +175,8 @@ pub enum RoleName {
     Member,
     /// Can also manage the room.
     Admin,
+    /// Can also manage its admins and hand ownership on.
+    Owner,
 }
 
 impl From<Role> for RoleName {
@@ -159,6 +184,7 @@ impl From<Role> for RoleName {
         match role {
             Role::Member => RoleName::Member,
             Role::Admin => RoleName::Admin,
+            Role::Owner => RoleName::Owner,
         }
     }
 }
@@ -168,6 +194,7 @@ impl From<RoleName> for Role {
         match role {
             RoleName::Member => Role::Member,
             RoleName::Admin => Role::Admin,
+            RoleName::Owner => Role::Owner,
         }
     }
 }

@@ -55,6 +55,10 @@ struct Counts {
     rooms: u64,
     /// Memberships.
     members: u64,
+    /// Bans.
+    bans: u64,
+    /// Pending invitations.
+    invites: u64,
     /// Read receipts.
     receipts: u64,
     /// Messages.
@@ -83,11 +87,13 @@ pub fn import(data: &Path, from: &Path, opts: Options) -> Result<Outcome> {
         )
     })?;
     println!(
-        "imported {} users, {} rooms, {} members, {} receipts, {} messages, {} edits, {} deletes into {} ({shards} shards)",
+        "imported {} users, {} rooms, {} members, {} receipts, {} bans, {} invitations, {} messages, {} edits, {} deletes into {} ({shards} shards)",
         counts.users,
         counts.rooms,
         counts.members,
         counts.receipts,
+        counts.bans,
+        counts.invites,
         counts.messages,
         counts.edits,
         counts.deletes,
@@ -199,7 +205,12 @@ impl Checker {
                 self.check_target_message(room, seq)?;
             }
             Line::Delete { room, seq, .. } => self.check_target_message(room, seq)?,
-            Line::User { .. } | Line::Room { .. } | Line::Member { .. } | Line::Receipt { .. } => {}
+            Line::User { .. }
+            | Line::Room { .. }
+            | Line::Member { .. }
+            | Line::Ban { .. }
+            | Line::Invite { .. }
+            | Line::Receipt { .. } => {}
         }
         Ok(())
     }
@@ -355,6 +366,24 @@ impl<'a> Loader<'a> {
             Line::Member { room, user, role } => {
                 self.meta.add_member(room, user, role.into())?;
                 self.counts.members += 1;
+            }
+            Line::Ban {
+                room,
+                user,
+                by,
+                ts_ms,
+            } => {
+                self.meta.import_ban(room, user, by, ts_ms)?;
+                self.counts.bans += 1;
+            }
+            Line::Invite {
+                room,
+                user,
+                by,
+                ts_ms,
+            } => {
+                self.meta.import_invite(room, user, by, ts_ms)?;
+                self.counts.invites += 1;
             }
             Line::Receipt { room, user, seq } => {
                 self.meta.import_receipt(room, user, seq)?;

@@ -105,7 +105,8 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Builds a data directory: 2 users, 4 rooms with members and receipts,
+/// Builds a data directory: 2 users, 4 rooms with members, a ban, an
+/// invitation and receipts,
 /// 80 messages per room written round-robin, edits and deletes, and a
 /// retention of 40 messages on `ops` (enforced: seqs 1..=40 retired).
 fn populate(dir: &Path, shards: u32) -> Rooms {
@@ -123,6 +124,8 @@ fn populate(dir: &Path, shards: u32) -> Rooms {
     };
     meta.add_member(rooms.general, bob, Role::Member).unwrap();
     meta.add_member(rooms.random, alice, Role::Member).unwrap();
+    meta.import_ban(rooms.dev, bob, alice, 3_000).unwrap();
+    meta.import_invite(rooms.ops, alice, bob, 3_001).unwrap();
     meta.import_receipt(rooms.general, bob, 10).unwrap();
     meta.import_receipt(rooms.ops, alice, 45).unwrap();
     on_executor(move || async move {
@@ -497,6 +500,7 @@ fn export_then_import_round_trips_across_shard_counts() {
     let kinds = |t: &str| a.meta.iter().filter(|l| l["type"] == t).count();
     assert_eq!((kinds("user"), kinds("room"), kinds("receipt")), (2, 4, 2));
     assert_eq!(kinds("member"), 6, "4 creators + 2 added");
+    assert_eq!((kinds("ban"), kinds("invite")), (1, 1));
     let alice = a.meta.iter().find(|l| l["name"] == "alice").unwrap();
     assert!(
         alice["password_hash"]
@@ -527,8 +531,9 @@ fn export_then_import_round_trips_across_shard_counts() {
         let out = import(&target, &a_file, &args);
         expect_code(&out, 0);
         assert!(
-            out.1
-                .contains("imported 2 users, 4 rooms, 6 members, 2 receipts"),
+            out.1.contains(
+                "imported 2 users, 4 rooms, 6 members, 2 receipts, 1 bans, 1 invitations"
+            ),
             "{}",
             out.1
         );

@@ -1,0 +1,121 @@
+//! Events for one user rather than a room (an invitation), shared by
+//! every shard, so that each shard's sweep hands them to that user's open
+//! WebSockets within one sweep interval.
+//!
+//! A connection receives the notices made after it opened; older ones a
+//! client lists over HTTP (`GET /api/invites`). Invariant: at most
+//! [`NOTICES_MAX`] notices are kept, none older than [`NOTICE_KEEP`], so
+//! the set is bounded whatever the rate of invitations (a notice that
+//! falls out before a sweep finds it is not sent; the invitation itself
+//! is stored).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a notice waits for the sweeps.
+pub const NOTICE_KEEP: Duration = Duration::from_secs(10);
+
+/// Notices kept at most.
+pub const NOTICES_MAX: usize = 4096;
+
+struct Notice {
+    seq: u64,
+    at: Instant,
+    user: u64,
+    frame: Arc<str>,
+}
+
+#[derive(Default)]
+struct State {
+    last: u64,
+    queue: VecDeque<Notice>,
+}
+
+#[derive(Default)]
+pub struct Notices {
+    state: Mutex<State>,
+}
+
+impl Notices {
+    /// Queues `frame` (a whole JSON text) for `user`'s connections.
+    pub fn push(&self, user: u64, frame: String, now: Instant) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        s.last += 1;
+        let seq = s.last;
+        if s.queue.len() == NOTICES_MAX {
+            s.queue.pop_front();
+        }
+        s.queue.push_back(Notice {
+            seq,
+            at: now,
+            user,
+            frame: frame.into(),
+        });
+    }
+
+    /// The seq of the latest notice (a new connection starts after it).
+    pub fn last_seq(&self) -> u64 {
+        self.state.lock().map_or(0, |s| s.last)
+    }
+
+    /// The notices kept at `now`, as (seq, user); older ones are dropped.
+    pub fn recent(&self, now: Instant) -> Vec<(u64, u64)> {
+        let Ok(mut s) = self.state.lock() else {
+            return Vec::new();
+        };
+        while s
+            .queue
+            .front()
+            .is_some_and(|n| now.saturating_duration_since(n.at) >= NOTICE_KEEP)
+        {
+            s.queue.pop_front();
+        }
+        s.queue.iter().map(|n| (n.seq, n.user)).collect()
+    }
+
+    /// `user`'s notices after seq `after`, oldest first.
+    pub fn for_user(&self, user: u64, after: u64) -> Vec<(u64, Arc<str>)> {
+        let Ok(s) = self.state.lock() else {
+            return Vec::new();
+        };
+        s.queue
+            .iter()
+            .filter(|n| n.user == user && n.seq > after)
+            .map(|n| (n.seq, n.frame.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_are_per_user_ordered_and_bounded() {
+        let n = Notices::default();
+        let t = Instant::now();
+        n.push(1, "a".into(), t);
+        n.push(2, "b".into(), t);
+        n.push(1, "c".into(), t);
+        let got: Vec<String> = n
+            .for_user(1, 0)
+            .iter()
+            .map(|(_, f)| f.to_string())
+            .collect();
+        assert_eq!(got, ["a", "c"]);
+        assert_eq!(n.for_user(1, 1).len(), 1, "after seq 1");
+        assert_eq!(n.recent(t), [(1, 1), (2, 2), (3, 1)]);
+        assert!(
+            n.recent(t + NOTICE_KEEP).is_empty(),
+            "kept for a while only"
+        );
+        for i in 0..NOTICES_MAX + 10 {
+            n.push(9, i.to_string(), t);
+        }
+        assert_eq!(n.recent(t).len(), NOTICES_MAX, "bounded in count");
+        assert_eq!(n.last_seq(), 3 + NOTICES_MAX as u64 + 10);
+    }
+}

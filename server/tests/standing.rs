@@ -1,0 +1,418 @@
+//! End-to-end tests of standing in a room (issue 14 items 4 and 5), through
+//! the binary over HTTP and WebSocket: the owner role, handing it on, the
+//! last owner staying, join never changing a role, bans keeping a user
+//! out, membership needed to post and type, a removal ending the user's
+//! subscriptions at once, and invitations that need the invitee's consent
+//! and cannot be used to probe for users.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const TEXT: u8 = 0x1;
+
+/// The next text frame as JSON (pings skipped); `None` once closed.
+fn next_json(ws: &mut RawWs) -> Option<Value> {
+    loop {
+        let f = ws.read_frame()?;
+        if f.opcode == TEXT {
+            return Some(serde_json::from_slice(&f.payload).unwrap());
+        }
+    }
+}
+
+/// The answer carrying `ref` (events passed over, kept in `seen`).
+fn request(ws: &mut RawWs, r: u64, mut frame: Value, seen: &mut Vec<Value>) -> Value {
+    frame["ref"] = json!(r);
+    ws.write_frame(TEXT, frame.to_string().as_bytes(), true, false);
+    loop {
+        let v = next_json(ws).expect("connection open");
+        if v["ref"] == r {
+            return v;
+        }
+        seen.push(v);
+    }
+}
+
+fn open(port: u16, token: &str) -> RawWs {
+    let (mut ws, head) = RawWs::connect(port, &format!("/ws?token={token}"), "");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(next_json(&mut ws).unwrap()["type"], "hello");
+    ws
+}
+
+fn me(port: u16, token: &str) -> u64 {
+    call(port, "GET", "/api/me", Some(token), None).1["user"]
+        .as_u64()
+        .unwrap()
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+/// `(status, error code)` of a call.
+fn outcome(port: u16, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, String) {
+    let (s, v) = call(port, method, path, Some(token), body.as_ref());
+    (s, code(&v).to_string())
+}
+
+/// The status of answering an invitation to `room` (`accept` or
+/// `decline`).
+fn answer(port: u16, token: &str, room: u64, what: &str) -> u16 {
+    let path = format!("/api/invites/{room}/{what}");
+    call(port, "POST", &path, Some(token), None).0
+}
+
+fn role_of(port: u16, token: &str, room: u64) -> Option<String> {
+    let (_, v) = call(
+        port,
+        "GET",
+        &format!("/api/rooms/{room}"),
+        Some(token),
+        None,
+    );
+    v["role"].as_str().map(str::to_string)
+}
+
+#[test]
+fn the_owner_hands_on_and_admins_cannot_unseat_them() {
+    let server = start(&[]);
+    let p = server.port;
+    let (ann, ben) = (register(p, "ann"), register(p, "ben"));
+    let ben_id = me(p, &ben);
+    let ann_id = me(p, &ann);
+    let room = create_room(p, &ann, "club", false);
+    assert_eq!(role_of(p, &ann, room).as_deref(), Some("owner"));
+    // Joining never changes a role: not over HTTP, not over a WebSocket.
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("/api/rooms/{room}/join"),
+        Some(&ann),
+        None,
+    );
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(false)), "{v}");
+    let mut ws = open(p, &ann);
+    let v = request(
+        &mut ws,
+        1,
+        json!({"type": "join", "room": room}),
+        &mut Vec::new(),
+    );
+    assert_eq!(v["type"], "joined", "{v}");
+    assert_eq!(role_of(p, &ann, room).as_deref(), Some("owner"));
+    // Ben joins and is made an admin; as one he cannot touch the owner.
+    assert_eq!(
+        outcome(p, "POST", &format!("/api/rooms/{room}/join"), &ben, None).0,
+        200
+    );
+    let member = |u: u64| format!("/api/rooms/{room}/members/{u}");
+    let admin = Some(json!({"role": "admin"}));
+    assert_eq!(
+        outcome(p, "PUT", &member(ben_id), &ann, admin.clone()).0,
+        200
+    );
+    assert_eq!(role_of(p, &ben, room).as_deref(), Some("admin"));
+    for (method, body) in [("DELETE", None), ("PUT", Some(json!({"role": "member"})))] {
+        assert_eq!(
+            outcome(p, method, &member(ann_id), &ben, body),
+            (403, "forbidden".into()),
+            "{method}"
+        );
+    }
+    let ban = format!("/api/rooms/{room}/bans/{ann_id}");
+    assert_eq!(
+        outcome(p, "PUT", &ban, &ben, None),
+        (403, "forbidden".into())
+    );
+    let owner = format!("/api/rooms/{room}/owner");
+    let to = |u: u64| Some(json!({"user": u}));
+    assert_eq!(
+        outcome(p, "POST", &owner, &ben, to(ann_id)),
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        outcome(
+            p,
+            "PUT",
+            &member(ann_id),
+            &ann,
+            Some(json!({"role": "owner"}))
+        )
+        .0,
+        400,
+        "ownership is handed on, not set"
+    );
+    // The last owner does not leave; after handing on, she may.
+    let leave = format!("/api/rooms/{room}/leave");
+    assert_eq!(
+        outcome(p, "POST", &leave, &ann, None),
+        (409, "conflict".into())
+    );
+    assert_eq!(outcome(p, "POST", &owner, &ann, to(ben_id)).0, 200);
+    assert_eq!(role_of(p, &ben, room).as_deref(), Some("owner"));
+    assert_eq!(role_of(p, &ann, room).as_deref(), Some("admin"));
+    assert_eq!(
+        outcome(p, "POST", &owner, &ann, to(ben_id)),
+        (403, "forbidden".into())
+    );
+    assert_eq!(outcome(p, "POST", &leave, &ann, None).0, 200);
+    assert_eq!(role_of(p, &ann, room), None);
+    assert_serving(p);
+}
+
+#[test]
+fn members_alone_post_and_type_and_a_removal_ends_subscriptions_at_once() {
+    let server = start(&[]);
+    let p = server.port;
+    let (ann, cid) = (register(p, "ann"), register(p, "cid"));
+    let cid_id = me(p, &cid);
+    let room = create_room(p, &ann, "open", false);
+    let messages = format!("/api/rooms/{room}/messages");
+    let post =
+        |token: &str, body: &str| outcome(p, "POST", &messages, token, Some(json!({"body": body})));
+    // Not a member of a public room: posting is refused, nothing stored.
+    assert_eq!(post(&cid, "drive-by"), (403, "forbidden".into()));
+    let (_, v) = call(p, "GET", &messages, Some(&ann), None);
+    assert_eq!(v["messages"].as_array().unwrap().len(), 0, "{v}");
+    // Joining is one call (a WebSocket join is one too).
+    let mut ws = open(p, &cid);
+    let mut seen = Vec::new();
+    let v = request(&mut ws, 1, json!({"type": "join", "room": room}), &mut seen);
+    assert_eq!(v["type"], "joined", "{v}");
+    assert_eq!(role_of(p, &cid, room).as_deref(), Some("member"));
+    assert_eq!(post(&cid, "hello").0, 201);
+    let v = request(
+        &mut ws,
+        2,
+        json!({"type": "typing", "room": room}),
+        &mut seen,
+    );
+    assert_eq!(v["type"], "ack", "{v}");
+    // Removed: the subscription ends with `left` before anything else of
+    // the room; typing, posting are refused; a public room lets him back.
+    let path = format!("/api/rooms/{room}/members/{cid_id}");
+    assert_eq!(outcome(p, "DELETE", &path, &ann, None).0, 200);
+    assert_eq!(post(&ann, "after").0, 201);
+    let left = loop {
+        let v = next_json(&mut ws).unwrap();
+        if v["type"] != "presence" && v["type"] != "typing" && v["type"] != "msg" {
+            break v;
+        }
+        assert!(v["body"] != "after", "the room's events stop at once: {v}");
+    };
+    assert_eq!(
+        (left["type"].as_str(), left["reason"].as_str()),
+        (Some("left"), Some("removed"))
+    );
+    let v = request(
+        &mut ws,
+        3,
+        json!({"type": "typing", "room": room}),
+        &mut seen,
+    );
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(post(&cid, "still here?"), (403, "forbidden".into()));
+    assert_eq!(
+        outcome(p, "POST", &format!("/api/rooms/{room}/join"), &cid, None).0,
+        200
+    );
+    assert_eq!(post(&cid, "back").0, 201);
+    assert_serving(p);
+}
+
+#[test]
+fn a_ban_keeps_a_user_out_until_lifted() {
+    let server = start(&[]);
+    let p = server.port;
+    let (ann, dan) = (register(p, "ann"), register(p, "dan"));
+    let dan_id = me(p, &dan);
+    let room = create_room(p, &ann, "hall", false);
+    let mut ws = open(p, &dan);
+    let mut seen = Vec::new();
+    let v = request(&mut ws, 1, json!({"type": "join", "room": room}), &mut seen);
+    assert_eq!(v["type"], "joined", "{v}");
+    let ban = format!("/api/rooms/{room}/bans/{dan_id}");
+    let (s, v) = call(p, "PUT", &ban, Some(&ann), None);
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    let left = loop {
+        let v = next_json(&mut ws).unwrap();
+        if v["type"] == "left" {
+            break v;
+        }
+    };
+    assert_eq!(left["reason"], "banned");
+    // Everything is refused with `banned` or as a non-member.
+    let join = format!("/api/rooms/{room}/join");
+    assert_eq!(
+        outcome(p, "POST", &join, &dan, None),
+        (403, "banned".into())
+    );
+    let v = request(&mut ws, 2, json!({"type": "join", "room": room}), &mut seen);
+    assert_eq!(
+        (v["type"].as_str(), code_of(&v)),
+        (Some("error"), "banned"),
+        "{v}"
+    );
+    let messages = format!("/api/rooms/{room}/messages");
+    assert_eq!(
+        outcome(p, "GET", &messages, &dan, None),
+        (403, "banned".into())
+    );
+    assert_eq!(
+        outcome(
+            p,
+            "POST",
+            &messages,
+            &dan,
+            Some(json!({"body": "let me in"}))
+        )
+        .0,
+        403
+    );
+    let v = request(
+        &mut ws,
+        3,
+        json!({"type": "typing", "room": room}),
+        &mut seen,
+    );
+    assert_eq!(v["type"], "error", "{v}");
+    // Invitations do not get round it; the ban list shows it.
+    assert_eq!(
+        outcome(
+            p,
+            "POST",
+            &format!("/api/rooms/{room}/members"),
+            &ann,
+            Some(json!({"user": dan_id}))
+        ),
+        (409, "conflict".into())
+    );
+    let (_, v) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{room}/bans"),
+        Some(&ann),
+        None,
+    );
+    assert_eq!(v["bans"][0]["user"], dan_id, "{v}");
+    assert_eq!(
+        outcome(p, "GET", &format!("/api/rooms/{room}/bans"), &dan, None).0,
+        403
+    );
+    // Lifted: he may join again.
+    assert_eq!(outcome(p, "DELETE", &ban, &ann, None).0, 200);
+    assert_eq!(outcome(p, "POST", &join, &dan, None).0, 200);
+    assert_serving(p);
+}
+
+fn code_of(v: &Value) -> &str {
+    v["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn invitations_need_consent_and_do_not_reveal_users() {
+    let server = start(&[]);
+    let p = server.port;
+    let (ann, eve, fay) = (register(p, "ann"), register(p, "eve"), register(p, "fay"));
+    let (eve_id, fay_id) = (me(p, &eve), me(p, &fay));
+    let room = create_room(p, &ann, "inner", true);
+    let invite = format!("/api/rooms/{room}/members");
+    // Eve, a stranger, cannot see the room nor invite into it.
+    assert_eq!(
+        outcome(p, "POST", &invite, &eve, Some(json!({"user": fay_id}))).0,
+        404
+    );
+    // Eve is online: the invitation reaches her WebSocket.
+    let mut ws = open(p, &eve);
+    let (s, existing) = call(
+        p,
+        "POST",
+        &invite,
+        Some(&ann),
+        Some(&json!({"user": eve_id})),
+    );
+    assert_eq!(s, 202, "{existing}");
+    let invited = next_json(&mut ws).unwrap();
+    assert_eq!(
+        (
+            invited["type"].as_str(),
+            invited["room"].as_u64(),
+            invited["name"].as_str()
+        ),
+        (Some("invited"), Some(room), Some("inner")),
+        "{invited}"
+    );
+    assert_eq!(invited["by_name"], "ann");
+    // Probing: a missing id and a missing name answer exactly alike.
+    for who in [
+        json!({"user": 999_999}),
+        json!({"name": "nobody"}),
+        json!({"subject": "x"}),
+    ] {
+        let (s, v) = call(p, "POST", &invite, Some(&ann), Some(&who));
+        assert_eq!((s, &v), (202, &existing), "{who}");
+    }
+    // Invited is not a member: the room shows, its history does not.
+    assert_eq!(role_of(p, &eve, room), None);
+    let (_, v) = call(p, "GET", &format!("/api/rooms/{room}"), Some(&eve), None);
+    assert_eq!(v["invited"], true, "{v}");
+    let messages = format!("/api/rooms/{room}/messages");
+    assert_eq!(outcome(p, "GET", &messages, &eve, None).0, 404);
+    let (_, v) = call(p, "GET", "/api/invites", Some(&eve), None);
+    assert_eq!(v["invites"][0]["room"]["id"], room, "{v}");
+    assert_eq!(v["invites"][0]["by_name"], "ann", "{v}");
+    // Accept: a member.
+    assert_eq!(answer(p, &eve, room, "accept"), 200);
+    assert_eq!(role_of(p, &eve, room).as_deref(), Some("member"));
+    assert_eq!(outcome(p, "GET", &messages, &eve, None).0, 200);
+    // Fay declines: not a member, the room gone from her view.
+    assert_eq!(
+        call(
+            p,
+            "POST",
+            &invite,
+            Some(&ann),
+            Some(&json!({"name": "FAY"}))
+        )
+        .0,
+        202
+    );
+    assert_eq!(answer(p, &fay, room, "decline"), 200);
+    assert_eq!(
+        outcome(p, "GET", &format!("/api/rooms/{room}"), &fay, None).0,
+        404
+    );
+    let (_, v) = call(p, "GET", "/api/invites", Some(&fay), None);
+    assert_eq!(v["invites"], json!([]));
+    let (_, v) = call(p, "GET", "/api/rooms", Some(&fay), None);
+    assert_eq!(
+        v["rooms"],
+        json!([]),
+        "an unanswered invitation adds no room"
+    );
+    assert_eq!(answer(p, &fay, room, "accept"), 404);
+    // Withdrawn before she answers: gone.
+    assert_eq!(
+        call(
+            p,
+            "POST",
+            &invite,
+            Some(&ann),
+            Some(&json!({"user": fay_id}))
+        )
+        .0,
+        202
+    );
+    let withdraw = format!("/api/rooms/{room}/invites/{fay_id}");
+    assert_eq!(outcome(p, "DELETE", &withdraw, &ann, None).0, 200);
+    assert_eq!(answer(p, &fay, room, "accept"), 404);
+    // Members do not invite.
+    assert_eq!(
+        outcome(p, "POST", &invite, &eve, Some(json!({"user": fay_id}))),
+        (403, "forbidden".into())
+    );
+    assert_serving(p);
+}

@@ -1,0 +1,112 @@
+//! Upgrades of `meta.redb` from older layouts, run inside the transaction
+//! that opens the file. Schema 1 → 2: name keys are lower case (JWT
+//! subjects under `jwt:`), private rooms leave the name index, and each
+//! room's creator (or, if the creator left, its first admin) becomes its
+//! owner. Two names that differ only in case cannot both be kept: the
+//! upgrade then fails and names them, and the file is left as it was.
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::*;
+
+/// Brings the file to [`SCHEMA`]; a no-op when it is there already.
+pub(super) fn upgrade(txn: &WriteTransaction) -> Result<()> {
+    let mut counters = txn.open_table(COUNTERS)?;
+    let version = counters.get(SCHEMA_COUNTER)?.map_or(1, |g| g.value());
+    if version == SCHEMA {
+        return Ok(());
+    }
+    if version > SCHEMA {
+        return Err(Error::Database(format!(
+            "meta.redb has schema {version}, newer than this build's {SCHEMA}"
+        )));
+    }
+    rekey_users(txn)?;
+    rekey_rooms(txn)?;
+    name_owners(txn)?;
+    counters.insert(SCHEMA_COUNTER, SCHEMA)?;
+    Ok(())
+}
+
+fn rekey_users(txn: &WriteTransaction) -> Result<()> {
+    let users: Vec<(u64, String, bool)> = txn
+        .open_table(USERS)?
+        .iter()?
+        .map(|row| {
+            let (id, row) = row?;
+            let (name, _, hash) = row.value();
+            Ok((id.value(), name.to_owned(), hash.is_none()))
+        })
+        .collect::<Result<_>>()?;
+    let mut names = txn.open_table(USER_NAMES)?;
+    names.retain(|_, _| false)?;
+    for (id, name, external) in users {
+        let key = user_key(&name, external);
+        if let Some(other) = names.insert(key.as_str(), id)? {
+            return Err(Error::Database(format!(
+                "users {} and {id} ({name:?}) have the same name in lower case, which \
+                 schema 2 does not allow: export with the older build (rookery-admin \
+                 export), rename one in the export and import it",
+                other.value()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn rekey_rooms(txn: &WriteTransaction) -> Result<()> {
+    let public: Vec<(u64, String)> = txn
+        .open_table(ROOMS)?
+        .iter()?
+        .filter_map(|row| match row {
+            Ok((id, row)) => {
+                let (name, private, ..) = row.value();
+                (!private).then(|| Ok((id.value(), name.to_owned())))
+            }
+            Err(e) => Some(Err(e.into())),
+        })
+        .collect::<Result<_>>()?;
+    let mut names = txn.open_table(ROOM_NAMES)?;
+    names.retain(|_, _| false)?;
+    for (id, name) in public {
+        if let Some(other) = names.insert(room_key(&name).as_str(), id)? {
+            return Err(Error::Database(format!(
+                "public rooms {} and {id} ({name:?}) have the same name in lower case",
+                other.value()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Each room with members and no owner: its creator if still an admin,
+/// else its lowest-id admin, becomes its owner.
+fn name_owners(txn: &WriteTransaction) -> Result<()> {
+    let rooms: Vec<(u64, u64)> = txn
+        .open_table(ROOMS)?
+        .iter()?
+        .map(|row| {
+            let (id, row) = row?;
+            Ok((id.value(), row.value().2))
+        })
+        .collect::<Result<_>>()?;
+    let mut members = txn.open_table(MEMBERS)?;
+    for (room, creator) in rooms {
+        let mut admins = Vec::new();
+        for entry in members.range((room, 0)..=(room, u64::MAX))? {
+            let (key, role) = entry?;
+            if role.value() == Role::Admin.to_u8() {
+                admins.push(key.value().1);
+            }
+        }
+        let owner = if admins.contains(&creator) {
+            Some(creator)
+        } else {
+            admins.first().copied()
+        };
+        if let Some(owner) = owner {
+            members.insert((room, owner), Role::Owner.to_u8())?;
+        }
+    }
+    Ok(())
+}
