@@ -93,6 +93,20 @@ impl HttpClient {
         }
         Ok(())
     }
+
+    /// Makes the token's user a member of the public `room`.
+    pub fn join(&mut self, token: &str, room: u64) -> Result<()> {
+        let (status, v) = self.call(
+            "POST",
+            &format!("/api/rooms/{room}/join"),
+            Some(token),
+            None,
+        )?;
+        if status != 200 {
+            bail!("joining room {room}: {status} {v}");
+        }
+        Ok(())
+    }
 }
 
 /// A JWT (HS256) for user `sub`, valid for a day.

@@ -106,11 +106,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tokens: Vec<String> = (0..args.connections.max(args.warmup))
         .map(|i| jwt(&args.jwt_secret, &format!("idle-{i}")))
         .collect::<anyhow::Result<_>>()?;
-    // Warm-up: every user is created first (a JWT user is created on first
-    // sight; that is account storage, not connection memory), then a round
-    // of connections is opened, joined and closed.
-    for token in &tokens {
+    // Warm-up: every user is created first, a member of the room it will
+    // join (a JWT user is created on first sight, and joining a public
+    // room makes a member: that is account storage, not connection
+    // memory), then a round of connections is opened, joined and closed.
+    for (i, token) in tokens.iter().enumerate() {
         http.present(token)?;
+        if !args.no_join {
+            http.join(token, rooms[i % rooms.len()])?;
+        }
     }
     let warm: Vec<Ws> = (0..args.warmup)
         .map(|i| open(args.addr, &tokens[i], Some(rooms[i % rooms.len()])))
