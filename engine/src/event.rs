@@ -390,8 +390,9 @@ mod tests {
         let events = doc_table("Events");
         // One of every kind, optional fields set (a new kind does not
         // compile until it is added here).
+        let changed = Message::live(1, 2, 3, 4, None, true).changed(Some((5, 6)));
         let every = [
-            Event::message(1, 2, 3, 4, None, true),
+            Event::encode_message(1, &changed),
             Event::edit(1, 2, 3, 4, "b"),
             Event::delete(1, 2, 3, 4),
             Event::typing(1, 2),
@@ -433,7 +434,7 @@ mod tests {
             .keys()
             .map(|f| f.trim_end_matches('?').to_string())
             .collect();
-        let stored = Message::stored(2, 3, 4, None, true);
+        let stored = Message::stored(2, 3, 4, None, true).changed(Some((5, 6)));
         let v = serde_json::to_value(&stored).unwrap();
         let got: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
         assert_eq!(got, doc, "fields of a message");

@@ -13,8 +13,9 @@
 //!   user that does not exist answers as if it were invited (ids cannot be
 //!   probed).
 //! - Admins and the owner remove and ban users of a lower rank, and unban;
-//!   a ban also removes the user and withdraws their invitation, and keeps
-//!   them from joining, being invited and posting until it is lifted.
+//!   a ban reaches members, invitees and former members, also removes the
+//!   user and withdraws their invitation, and keeps them from joining,
+//!   being invited and posting until it is lifted.
 //! - Admins make members admins; the owner also makes admins members.
 //!   Nobody changes the owner's role except the owner, by handing
 //!   ownership to a member (who becomes owner; the old owner, admin).
@@ -23,7 +24,7 @@
 //! Invariant: every outcome leaves a room with members with exactly one
 //! owner, and a banned user neither a member nor invited.
 
-use rookery_storage::meta::{MemberChange, MemberView, Standing, INVITES_PER_USER_MAX};
+use rookery_storage::meta::{MemberChange, MemberView, Standing};
 
 use crate::error::{Error, Result};
 use crate::Role;
@@ -120,6 +121,9 @@ pub fn decide(
                 ..none
             }),
             Leave => match v.actor.role {
+                // Not in it: nothing to do, unless the room is one they
+                // cannot see (a private room answers as a missing one).
+                None if v.private && !v.actor.invited && !v.actor.banned => Err(hidden()),
                 None => Ok(none),
                 Some(Role::Owner) => Err(Error::Conflict(format!(
                     "the owner of room {room} hands ownership to a member before leaving"
@@ -163,32 +167,33 @@ pub fn decide(
             "user {target} is banned from room {room}: unban them first"
         ))),
         // Nothing to do, answered as an invitation: a missing user, one
-        // already invited or in, one whose invitations are full.
+        // already invited or in. (A user holding the most invitations
+        // loses their oldest: storage makes room.)
         Invite if !v.target_exists || t.invited || t.role.is_some() => Ok(none),
-        Invite if v.target_invites >= INVITES_PER_USER_MAX => Ok(none),
         Invite => Ok(MemberChange {
             invite: Some(true),
             ..none
         }),
-        Withdraw if !t.invited => Err(Error::NotFound(format!(
-            "user {target} has no invitation to room {room}"
-        ))),
+        // Idempotent, and alike for any id.
+        Withdraw if !t.invited => Ok(none),
         Withdraw => Ok(MemberChange {
             invite: Some(false),
             ..none
         }),
         Remove if t.role.is_none() => Err(not_member()),
         Remove => outranks("removes").map(|()| role(None)),
-        Ban if t.role.is_none() && !t.invited => Err(Error::NotFound(format!(
-            "user {target} is neither a member of room {room} nor invited to it"
+        Ban if t.banned => Ok(none),
+        // Those the room knows: members, invitees, and former members
+        // (leaving before a ban does not escape it). Anyone else, an id
+        // that does not exist included, is answered alike.
+        Ban if t.role.is_none() && !t.invited && !v.target_former => Err(Error::NotFound(format!(
+            "user {target} was never in room {room}"
         ))),
         Ban => outranks("bans").map(|()| MemberChange {
             ban: Some(true),
             ..none
         }),
-        Unban if !t.banned => Err(Error::NotFound(format!(
-            "user {target} is not banned from room {room}"
-        ))),
+        Unban if !t.banned => Ok(none),
         Unban => Ok(MemberChange {
             ban: Some(false),
             ..none
@@ -241,6 +246,7 @@ mod tests {
             actor,
             target,
             target_exists: true,
+            target_former: false,
             owners: 1,
             target_invites: 0,
         }
@@ -286,6 +292,8 @@ mod tests {
         assert_eq!(own(Join, false, o), "noop", "joining never changes a role");
         assert_eq!(own(Leave, false, o), "409", "the owner hands on first");
         assert_eq!(own(Leave, false, a), "ok");
+        assert_eq!(own(Leave, true, none), "404", "a stranger learns nothing");
+        assert_eq!(own(Leave, false, none), "noop");
         assert_eq!(own(Accept, true, none), "404");
         assert_eq!(own(Decline, true, invited), "ok");
         assert_eq!(on(Invite, m, none), "403", "members do not invite");
@@ -301,21 +309,28 @@ mod tests {
             "noop",
             "answered alike"
         );
-        let full = MemberView {
-            target_invites: INVITES_PER_USER_MAX,
-            ..view(false, a, none)
-        };
-        assert_eq!(kind(decide(Invite, 1, 2, false, &full)), "noop");
+        assert_eq!(on(Withdraw, a, none), "noop", "idempotent");
         assert_eq!(on(Remove, a, m), "ok");
         assert_eq!(on(Remove, a, a), "403", "an admin does not remove an admin");
         assert_eq!(on(Remove, o, a), "ok");
         assert_eq!(on(Remove, a, o), "403", "nobody removes the owner");
         assert_eq!(on(Ban, a, m), "ok");
         assert_eq!(on(Ban, a, invited), "ok");
-        assert_eq!(on(Ban, a, none), "404", "not probed");
+        assert_eq!(on(Ban, a, none), "404", "a stranger, or no one");
+        let former = MemberView {
+            target_former: true,
+            ..view(false, a, none)
+        };
+        assert_eq!(
+            kind(decide(Ban, 1, 2, false, &former)),
+            "ok",
+            "leaving does not escape a ban"
+        );
+        assert_eq!(on(Ban, a, banned), "noop");
         assert_eq!(on(Ban, o, o), "403");
         assert_eq!(on(Unban, a, banned), "ok");
         assert_eq!(on(Unban, m, banned), "403");
+        assert_eq!(on(Unban, a, none), "noop");
         assert_eq!(on(SetRole(Role::Admin), a, m), "ok");
         assert_eq!(on(SetRole(Role::Member), a, a), "403");
         assert_eq!(on(SetRole(Role::Member), o, a), "ok");

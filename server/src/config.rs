@@ -109,10 +109,12 @@ pub struct Config {
         default_value_t = 30
     )]
     pub registrations_per_ip_per_min: u32,
-    /// Joins and leaves (WebSocket `join`/`leave` frames and the HTTP
-    /// join/leave routes) per user per second, a token bucket with a burst
-    /// of twice this: each can announce the user's presence to every
-    /// member of the room. More get `rate_limited` with a retry delay.
+    /// Joins, leaves and other changes of standing (WebSocket `join`/`leave`
+    /// frames, the HTTP join/leave routes, answering invitations, and an
+    /// admin's removals, bans, unbans, role changes and withdrawals) per
+    /// user per second, a token bucket with a burst of twice this: each can
+    /// announce the user's presence to every member of the room, or write
+    /// the metadata. More get `rate_limited` with a retry delay.
     #[arg(long, env = "ROOKERY_JOINS_PER_USER_PER_S", default_value_t = 10)]
     pub joins_per_user_per_s: u32,
     /// Rooms one user may create per minute (a token bucket with a burst

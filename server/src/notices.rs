@@ -9,7 +9,7 @@
 //! falls out before a sweep finds it is not sent; the invitation itself
 //! is stored).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,10 +61,12 @@ impl Notices {
         self.state.lock().map_or(0, |s| s.last)
     }
 
-    /// The notices kept at `now`, as (seq, user); older ones are dropped.
-    pub fn recent(&self, now: Instant) -> Vec<(u64, u64)> {
+    /// The users with notices kept at `now`, each with the seq of their
+    /// latest; older notices are dropped. (A map: the sweep looks each
+    /// connection's user up once.)
+    pub fn recent(&self, now: Instant) -> HashMap<u64, u64> {
         let Ok(mut s) = self.state.lock() else {
-            return Vec::new();
+            return HashMap::new();
         };
         while s
             .queue
@@ -73,7 +75,11 @@ impl Notices {
         {
             s.queue.pop_front();
         }
-        s.queue.iter().map(|n| (n.seq, n.user)).collect()
+        let mut latest = HashMap::new();
+        for n in &s.queue {
+            latest.insert(n.user, n.seq);
+        }
+        latest
     }
 
     /// `user`'s notices after seq `after`, oldest first.
@@ -107,7 +113,7 @@ mod tests {
             .collect();
         assert_eq!(got, ["a", "c"]);
         assert_eq!(n.for_user(1, 1).len(), 1, "after seq 1");
-        assert_eq!(n.recent(t), [(1, 1), (2, 2), (3, 1)]);
+        assert_eq!(n.recent(t), HashMap::from([(1, 3), (2, 2)]));
         assert!(
             n.recent(t + NOTICE_KEEP).is_empty(),
             "kept for a while only"
@@ -115,7 +121,8 @@ mod tests {
         for i in 0..NOTICES_MAX + 10 {
             n.push(9, i.to_string(), t);
         }
-        assert_eq!(n.recent(t).len(), NOTICES_MAX, "bounded in count");
+        assert_eq!(n.for_user(9, 0).len(), NOTICES_MAX, "bounded in count");
+        assert!(n.for_user(1, 0).is_empty(), "the oldest went first");
         assert_eq!(n.last_seq(), 3 + NOTICES_MAX as u64 + 10);
     }
 }

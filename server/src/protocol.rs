@@ -33,6 +33,15 @@ pub enum ServerFrame {
     /// Sent unasked ahead of a JWT's `exp`: send `refresh` with a newer
     /// token before then, or the connection is closed (4001).
     RefreshNeeded { expires_ms: u64 },
+    /// Sent unasked to every open connection of a user an admin just
+    /// invited to a room (accept or decline over HTTP).
+    Invited {
+        room: u64,
+        name: String,
+        private: bool,
+        by: u64,
+        by_name: String,
+    },
     /// The answer to `ping`.
     Pong,
     /// The answer to `join`; the room's events follow it, never precede it.
@@ -326,6 +335,7 @@ mod doc {
             ServerFrame::Hello { .. }
             | ServerFrame::Refreshed { .. }
             | ServerFrame::RefreshNeeded { .. }
+            | ServerFrame::Invited { .. }
             | ServerFrame::Pong
             | ServerFrame::Joined { .. }
             | ServerFrame::Left { .. }
@@ -346,6 +356,13 @@ mod doc {
             }),
             sample(ServerFrame::Refreshed { expires_ms: 1 }),
             sample(ServerFrame::RefreshNeeded { expires_ms: 1 }),
+            sample(ServerFrame::Invited {
+                room: 1,
+                name: "r".into(),
+                private: true,
+                by: 2,
+                by_name: "b".into(),
+            }),
             sample(ServerFrame::Pong),
             sample(ServerFrame::Joined {
                 room: 1,

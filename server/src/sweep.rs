@@ -202,7 +202,7 @@ impl Sweeper {
         let recent = self.revoked.recent(now);
         let ended = |h: &[u8; 32]| recent.contains(h);
         let notes = self.notices.recent(now);
-        let noticed = |user: u64, seen: u64| notes.iter().any(|&(s, u)| u == user && s > seen);
+        let noticed = |user: u64, seen: u64| notes.get(&user).is_some_and(|&s| s > seen);
         self.conns.borrow_mut().retain(|w| {
             let Some(d) = w.upgrade() else {
                 return false;

@@ -33,8 +33,19 @@ struct Room {
     roles: BTreeMap<usize, Role>,
     banned: BTreeSet<usize>,
     invited: BTreeSet<usize>,
+    /// Were members once, are not now: a ban still reaches them.
+    former: BTreeSet<usize>,
     /// (seq, author, deleted)
     messages: Vec<(u64, usize, bool)>,
+}
+
+impl Room {
+    /// `u` is no longer a member (if they were: then a former one).
+    fn drop_member(&mut self, u: usize) {
+        if self.roles.remove(&u).is_some() {
+            self.former.insert(u);
+        }
+    }
 }
 
 /// What a call should answer: a status (HTTP) and, for refusals, the error
@@ -291,8 +302,12 @@ fn step(w: &mut World, rng: &mut Rng, log: &mut Vec<String>) {
             (format!("{a} joins"), want, call)
         }
         5 => {
+            let stranger =
+                r.private && !is_member(a) && !r.invited.contains(&a) && !r.banned.contains(&a);
             let want = if r.roles.get(&a) == Some(&Role::Owner) {
                 Want::Conflict
+            } else if stranger {
+                Want::NotFound
             } else {
                 Want::Ok
             };
@@ -311,7 +326,10 @@ fn step(w: &mut World, rng: &mut Rng, log: &mut Vec<String>) {
             (format!("{a} removes {t}"), want, call)
         }
         7 => {
-            let want = manage(r, a, t).unwrap_or(if !is_member(t) && !r.invited.contains(&t) {
+            let known = is_member(t) || r.invited.contains(&t) || r.former.contains(&t);
+            let want = manage(r, a, t).unwrap_or(if r.banned.contains(&t) {
+                Want::Ok
+            } else if !known {
                 Want::NotFound
             } else if !outranks(r, a, t) {
                 Want::Forbidden
@@ -322,11 +340,7 @@ fn step(w: &mut World, rng: &mut Rng, log: &mut Vec<String>) {
             (format!("{a} bans {t}"), want, call)
         }
         8 => {
-            let want = manage(r, a, t).unwrap_or(if r.banned.contains(&t) {
-                Want::Ok
-            } else {
-                Want::NotFound
-            });
+            let want = manage(r, a, t).unwrap_or(Want::Ok);
             let call = Req::Http("DELETE", format!("/api/rooms/{id}/bans/{tid}"), None);
             (format!("{a} unbans {t}"), want, call)
         }
@@ -458,14 +472,10 @@ fn apply(w: &mut World, ri: usize, op: usize, a: usize, t: usize, role_pick: usi
         3 => {
             r.invited.remove(&a);
         }
-        5 => {
-            r.roles.remove(&a);
-        }
-        6 => {
-            r.roles.remove(&t);
-        }
+        5 => r.drop_member(a),
+        6 => r.drop_member(t),
         7 => {
-            r.roles.remove(&t);
+            r.drop_member(t);
             r.invited.remove(&t);
             r.banned.insert(t);
         }

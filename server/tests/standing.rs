@@ -207,6 +207,26 @@ fn members_alone_post_and_type_and_a_removal_ends_subscriptions_at_once() {
         (left["type"].as_str(), left["reason"].as_str()),
         (Some("left"), Some("removed"))
     );
+    // Nothing of the room follows, volatile events included: Ann comes
+    // online there, types and posts; Cid's next answers bring none of it.
+    let mut ann_ws = open(p, &ann);
+    let v = request(
+        &mut ann_ws,
+        1,
+        json!({"type": "join", "room": room}),
+        &mut Vec::new(),
+    );
+    assert_eq!(v["type"], "joined", "{v}");
+    let v = request(
+        &mut ann_ws,
+        2,
+        json!({"type": "typing", "room": room}),
+        &mut Vec::new(),
+    );
+    assert_eq!(v["type"], "ack", "{v}");
+    assert_eq!(post(&ann, "after again").0, 201);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    seen.clear();
     let v = request(
         &mut ws,
         3,
@@ -214,6 +234,12 @@ fn members_alone_post_and_type_and_a_removal_ends_subscriptions_at_once() {
         &mut seen,
     );
     assert_eq!(v["type"], "error", "{v}");
+    let v = request(&mut ws, 4, json!({"type": "ping"}), &mut seen);
+    assert_eq!(v["type"], "pong", "{v}");
+    assert!(
+        seen.iter().all(|e| e["room"] != room),
+        "after left: {seen:?}"
+    );
     assert_eq!(post(&cid, "still here?"), (403, "forbidden".into()));
     assert_eq!(
         outcome(p, "POST", &format!("/api/rooms/{room}/join"), &cid, None).0,
@@ -235,8 +261,30 @@ fn a_ban_keeps_a_user_out_until_lifted() {
     let v = request(&mut ws, 1, json!({"type": "join", "room": room}), &mut seen);
     assert_eq!(v["type"], "joined", "{v}");
     let ban = format!("/api/rooms/{room}/bans/{dan_id}");
+    // Someone the room never knew cannot be banned (nor told from an id
+    // that does not exist).
+    let eve = register(p, "eve");
+    let eve_ban = format!("/api/rooms/{room}/bans/{}", me(p, &eve));
+    assert_eq!(outcome(p, "PUT", &eve_ban, &ann, None).0, 404);
+    assert_eq!(
+        outcome(
+            p,
+            "PUT",
+            &format!("/api/rooms/{room}/bans/999999"),
+            &ann,
+            None
+        )
+        .0,
+        404
+    );
     let (s, v) = call(p, "PUT", &ban, Some(&ann), None);
     assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    let (s, v) = call(p, "PUT", &ban, Some(&ann), None);
+    assert_eq!(
+        (s, v["changed"].as_bool()),
+        (200, Some(false)),
+        "again: {v}"
+    );
     let left = loop {
         let v = next_json(&mut ws).unwrap();
         if v["type"] == "left" {
@@ -305,6 +353,63 @@ fn a_ban_keeps_a_user_out_until_lifted() {
     // Lifted: he may join again.
     assert_eq!(outcome(p, "DELETE", &ban, &ann, None).0, 200);
     assert_eq!(outcome(p, "POST", &join, &dan, None).0, 200);
+    // Leaving first does not escape a ban.
+    let leave = format!("/api/rooms/{room}/leave");
+    assert_eq!(outcome(p, "POST", &leave, &dan, None).0, 200);
+    let (s, v) = call(p, "PUT", &ban, Some(&ann), None);
+    assert_eq!((s, v["changed"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(
+        outcome(p, "POST", &join, &dan, None),
+        (403, "banned".into())
+    );
+    assert_serving(p);
+}
+
+/// Calls on rooms that do not exist are refused without the shard keeping
+/// anything for them, and every change of standing is rate-limited.
+#[test]
+fn made_up_rooms_cost_nothing_and_changes_are_rate_limited() {
+    let server = start(&["--joins-per-user-per-s", "1000"]);
+    let p = server.port;
+    let ann = register(p, "ann");
+    let loaded = || metric(p, "rookery_rooms_loaded");
+    let before = loaded();
+    for id in 1_000..1_060u64 {
+        for (method, path) in [
+            ("DELETE", format!("/api/rooms/{id}/members/1")),
+            ("PUT", format!("/api/rooms/{id}/bans/1")),
+            ("POST", format!("/api/rooms/{id}/leave")),
+            ("POST", format!("/api/rooms/{id}/join")),
+        ] {
+            assert_eq!(
+                outcome(p, method, &path, &ann, None),
+                (404, "not_found".into()),
+                "{method} {path}"
+            );
+        }
+    }
+    assert_eq!(loaded(), before, "no room was loaded for a made-up id");
+    let strict = start(&[]);
+    let p = strict.port;
+    let (ann, ben) = (register(p, "ann"), register(p, "ben"));
+    let ben_id = me(p, &ben);
+    let room = create_room(p, &ann, "r", false);
+    let statuses: Vec<u16> = (0..25)
+        .map(|_| {
+            outcome(
+                p,
+                "DELETE",
+                &format!("/api/rooms/{room}/members/{ben_id}"),
+                &ann,
+                None,
+            )
+            .0
+        })
+        .collect();
+    assert!(
+        statuses.contains(&404) && statuses.ends_with(&[429]),
+        "{statuses:?}"
+    );
     assert_serving(p);
 }
 
@@ -320,7 +425,11 @@ fn invitations_need_consent_and_do_not_reveal_users() {
     let (eve_id, fay_id) = (me(p, &eve), me(p, &fay));
     let room = create_room(p, &ann, "inner", true);
     let invite = format!("/api/rooms/{room}/members");
-    // Eve, a stranger, cannot see the room nor invite into it.
+    // Eve, a stranger, cannot see the room, leave it, nor invite into it.
+    assert_eq!(
+        outcome(p, "POST", &format!("/api/rooms/{room}/leave"), &eve, None).0,
+        404
+    );
     assert_eq!(
         outcome(p, "POST", &invite, &eve, Some(json!({"user": fay_id}))).0,
         404

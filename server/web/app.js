@@ -40,6 +40,9 @@ const state = {
   editing: null, // seq being edited in the composer
   lastTypingSent: 0,
   pageLen: 50, // history page length: the server's maximum, once known
+  // With self-registration open, a registered name can equal a backend
+  // (JWT) user's: those are marked, so the one is not taken for the other.
+  markExternal: true,
 };
 
 // ---- sign in ---------------------------------------------------------------
@@ -94,6 +97,7 @@ async function start(auth) {
   }
   const info = await api("GET", "/api/server").catch(() => null);
   if (info?.history_page_len_max) state.pageLen = Math.min(info.history_page_len_max, 500);
+  state.markExternal = info?.registration !== "closed";
   $("#auth").hidden = true;
   $("#app").hidden = false;
   $("#me").textContent = auth.name;
@@ -394,7 +398,7 @@ async function loadMembers(v) {
   const members = await listAll(`/api/rooms/${v.room}/members`, "members");
   v.roles = new Map();
   for (const m of members) {
-    v.members.set(m.user, m.name);
+    v.members.set(m.user, m.external && state.markExternal ? `${m.name} (app)` : m.name);
     v.roles.set(m.user, m.role);
   }
   v.membersAt = Date.now();
@@ -606,7 +610,8 @@ function onEvent(f) {
       return;
     }
     case "left": {
-      // Removed or banned: the room is no longer ours; say why.
+      // Removed, banned, or left (from another tab): the room is no longer
+      // ours; say why.
       const r = state.rooms.get(f.room);
       if (r) r.member = false;
       if (r?.private) state.rooms.delete(f.room);
@@ -614,8 +619,12 @@ function onEvent(f) {
       if (f.room === state.current) {
         $("#composer").hidden = true;
         $("#invite").hidden = true;
-        const why = f.reason === "banned" ? "You were banned from this room." : "You were removed from this room.";
-        notice(why, true);
+        const why = {
+          banned: "You were banned from this room.",
+          removed: "You were removed from this room.",
+          left: "You left this room.",
+        }[f.reason] || "You are no longer in this room.";
+        notice(why, f.reason !== "left");
       }
       return;
     }

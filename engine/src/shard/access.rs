@@ -157,7 +157,8 @@ impl Shard {
         target: u64,
         op: MemberOp,
     ) -> Result<Membership> {
-        self.ensure_owned(room);
+        // (Nothing is kept for the room before the change is known to be
+        // one: ids a client makes up must not grow the shard's maps.)
         let meta = self.meta.clone();
         let (view, change) = glommio::executor()
             .spawn_blocking(move || {
@@ -166,7 +167,12 @@ impl Shard {
                 })
             })
             .await?;
-        self.applied(room, target, &change);
+        let reason = if op == MemberOp::Leave {
+            "left"
+        } else {
+            "removed"
+        };
+        self.applied(room, target, &change, reason);
         Ok(Membership {
             before: view.target,
             change,
@@ -181,7 +187,6 @@ impl Shard {
         user: u64,
         role: Option<Role>,
     ) -> Result<Option<Role>> {
-        self.ensure_owned(room);
         let meta = self.meta.clone();
         let (view, change) = glommio::executor()
             .spawn_blocking(move || {
@@ -194,14 +199,16 @@ impl Shard {
                 })
             })
             .await?;
-        self.applied(room, user, &change);
+        self.applied(room, user, &change, "removed");
         Ok(view.target.role)
     }
 
     /// Keeps the access cache current after `change` to `target` in
-    /// `room`, and ends a removed or banned user's subscriptions to it on
-    /// every shard (before any later event of the room).
-    fn applied(&self, room: u64, target: u64, change: &MemberChange) {
+    /// `room`, and ends a user's subscriptions to it on every shard when
+    /// they lose their membership (before any later event of the room),
+    /// with `left {reason}`: `banned` for a ban, else `reason` (`left` when
+    /// they left, `removed`).
+    fn applied(&self, room: u64, target: u64, change: &MemberChange, reason: &'static str) {
         if change.is_empty() {
             return;
         }
@@ -223,7 +230,7 @@ impl Shard {
             let reason = if change.ban == Some(true) {
                 "banned"
             } else {
-                "removed"
+                reason
             };
             for peer in (0..self.n).filter(|&p| p != self.id) {
                 self.push_peer(

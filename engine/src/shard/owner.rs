@@ -351,7 +351,10 @@ impl Shard {
         if let Some(user) = user {
             match self.may_post(room, user).await {
                 Ok(()) => {}
-                Err(Error::NotFound(_)) => return (PageOutcome::Refused, Vec::new(), 0),
+                // Not (or no longer) a member: refused, not retried.
+                Err(Error::NotFound(_) | Error::Forbidden(_) | Error::Banned(_)) => {
+                    return (PageOutcome::Refused, Vec::new(), 0)
+                }
                 Err(e) => {
                     tracing::warn!(shard = self.id, room, error = %e, "checking a subscriber's access failed");
                     return (PageOutcome::Unchecked, Vec::new(), 0);

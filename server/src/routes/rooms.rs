@@ -72,7 +72,9 @@ pub(crate) async fn get_room(req: &Request, shared: &Shared, raw: &str) -> ApiRe
     Ok(Response::json(200, &v))
 }
 
-/// Runs a change of standing through the room's owner and its rules.
+/// Runs a change of standing through the room's owner and its rules. An
+/// admin's changes of others take a join token (invitations take their
+/// own, by the caller).
 async fn change(
     shared: &Shared,
     room: u64,
@@ -80,6 +82,9 @@ async fn change(
     target: u64,
     op: MemberOp,
 ) -> Result<Membership, ApiError> {
+    if !op.is_own() && op != MemberOp::Invite {
+        take_join_token(shared, actor)?;
+    }
     Ok(shared.engine.membership(room, actor, target, op).await?)
 }
 
@@ -190,9 +195,14 @@ async fn notify_invited(shared: &Shared, room: u64, by: u64, target: u64) -> Res
     let Some(r) = r else {
         return Ok(());
     };
-    let frame = json!({"type": "invited", "room": room, "name": r.name, "private": r.private,
-                       "by": by, "by_name": by_name})
-    .to_string();
+    let frame = crate::protocol::ServerFrame::Invited {
+        room,
+        name: r.name,
+        private: r.private,
+        by,
+        by_name,
+    }
+    .text(None);
     shared
         .notices
         .push(target, frame, std::time::Instant::now());

@@ -49,6 +49,10 @@ pub(crate) fn index(shared: &Shared) -> Value {
         "history_page_len_max": shared.cfg.history_page_len_max,
         "deflate": !shared.cfg.no_deflate,
         "echo": shared.cfg.echo_endpoint,
+        "registration": match shared.cfg.registration {
+            crate::config::Registration::Open => "open",
+            crate::config::Registration::Closed => "closed",
+        },
     })
 }
 

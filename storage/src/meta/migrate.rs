@@ -1,8 +1,7 @@
 //! Upgrades of `meta.redb` from older layouts, run inside the transaction
 //! that opens the file. Schema 1 → 2: name keys are lower case (JWT
 //! subjects under `jwt:`), private rooms leave the name index, and each
-//! room's creator (or, if the creator left, its first admin) becomes its
-//! owner. Two names that differ only in case cannot both be kept: the
+//! room with members gets an owner ([`name_owners`]). Two names that differ only in case cannot both be kept: the
 //! upgrade then fails and names them, and the file is left as it was.
 
 use redb::{ReadableTable, WriteTransaction};
@@ -79,9 +78,11 @@ fn rekey_rooms(txn: &WriteTransaction) -> Result<()> {
     Ok(())
 }
 
-/// Each room with members and no owner: its creator if still an admin,
-/// else its lowest-id admin, becomes its owner.
-fn name_owners(txn: &WriteTransaction) -> Result<()> {
+/// Each room with members and no owner gets one: its creator if still an
+/// admin, else its lowest-id admin, else its creator if still a member,
+/// else its lowest-id member. Returns how many rooms got one. (Also run
+/// after an import of an export made before owners existed.)
+pub(super) fn name_owners(txn: &WriteTransaction) -> Result<usize> {
     let rooms: Vec<(u64, u64)> = txn
         .open_table(ROOMS)?
         .iter()?
@@ -91,22 +92,33 @@ fn name_owners(txn: &WriteTransaction) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let mut members = txn.open_table(MEMBERS)?;
+    let mut named = 0;
     for (room, creator) in rooms {
-        let mut admins = Vec::new();
+        let mut roles: Vec<(u64, u8)> = Vec::new();
         for entry in members.range((room, 0)..=(room, u64::MAX))? {
             let (key, role) = entry?;
-            if role.value() == Role::Admin.to_u8() {
-                admins.push(key.value().1);
-            }
+            roles.push((key.value().1, role.value()));
         }
-        let owner = if admins.contains(&creator) {
-            Some(creator)
+        if roles.is_empty() || roles.iter().any(|&(_, r)| r == Role::Owner.to_u8()) {
+            continue;
+        }
+        let admins: Vec<u64> = roles
+            .iter()
+            .filter(|&&(_, r)| r == Role::Admin.to_u8())
+            .map(|&(u, _)| u)
+            .collect();
+        let pool: Vec<u64> = if admins.is_empty() {
+            roles.iter().map(|&(u, _)| u).collect()
         } else {
-            admins.first().copied()
+            admins
         };
-        if let Some(owner) = owner {
-            members.insert((room, owner), Role::Owner.to_u8())?;
-        }
+        let owner = if pool.contains(&creator) {
+            creator
+        } else {
+            pool[0]
+        };
+        members.insert((room, owner), Role::Owner.to_u8())?;
+        named += 1;
     }
-    Ok(())
+    Ok(named)
 }

@@ -27,8 +27,8 @@
 //! - Every room with members has at least one owner, unless it was
 //!   imported without one.
 //! - A banned user is neither a member nor invited; an invited user is not
-//!   a member. Bans and invitations live in `(room, user)` tables;
-//!   invitations are mirrored in `(user, room)`, written together.
+//!   a member. Bans, invitations and former members live in `(room, user)`
+//!   tables; invitations are mirrored in `(user, room)`, written together.
 //! - A room's `last_seq` never moves backwards.
 //! - A read receipt never moves backwards, and [`Meta::mark_read`] never
 //!   stores more than the room's `last_seq`.
@@ -98,6 +98,10 @@ const INVITES: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("i
 
 /// (user, room): the mirror of `invites`, for listing a user's invitations.
 const USER_INVITES: TableDefinition<(u64, u64), ()> = TableDefinition::new("user_invites");
+
+/// (room, user) -> when they last stopped being a member (ms): whom a ban
+/// still reaches after they left.
+const FORMER: TableDefinition<(u64, u64), u64> = TableDefinition::new("former_members");
 
 /// (room, user) -> highest seq read.
 const RECEIPTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("receipts");
@@ -244,6 +248,7 @@ impl Meta {
         txn.open_table(BANS)?;
         txn.open_table(INVITES)?;
         txn.open_table(USER_INVITES)?;
+        txn.open_table(FORMER)?;
         migrate::upgrade(&txn)?;
         txn.commit()?;
         Ok(Meta { db })

@@ -6,14 +6,16 @@
 //! the caller's policy; the invariants of the data are kept here and
 //! checked after every change: a banned user is neither a member nor
 //! invited, an invited user is not a member, a room with members has an
-//! owner, a user holds at most [`INVITES_PER_USER_MAX`] invitations.
+//! owner, a user holds at most [`INVITES_PER_USER_MAX`] invitations (a
+//! new one pushes out their oldest).
 
 use redb::{ReadableTable, WriteTransaction};
 
 use super::*;
 
-/// Pending invitations one user may hold; invitations past it are
-/// refused (a flood of invitations cannot grow a user's list).
+/// Pending invitations one user may hold; a new one past it withdraws
+/// their oldest (a flood of invitations cannot grow a user's list, nor
+/// keep a real one out).
 pub const INVITES_PER_USER_MAX: usize = 100;
 
 /// A ban: who made it and when.
@@ -61,6 +63,8 @@ pub struct MemberView {
     pub target: Standing,
     /// The target is a user that exists.
     pub target_exists: bool,
+    /// The target was a member once and is not now.
+    pub target_former: bool,
     /// Owners of the room.
     pub owners: usize,
     /// Invitations the target holds, in every room.
@@ -169,6 +173,13 @@ impl Meta {
             Ok(change)
         })
         .map(drop)
+    }
+
+    /// Gives every room with members and no owner one (see the schema
+    /// upgrade): for data imported from an export made before owners
+    /// existed. Returns how many rooms got one.
+    pub fn ensure_owners(&self) -> Result<usize> {
+        self.write(super::migrate::name_owners)
     }
 
     /// `user`'s standing in `room`.
@@ -282,11 +293,13 @@ fn read_view(txn: &WriteTransaction, room: u64, actor: u64, target: u64) -> Resu
         .range((target, 0)..=(target, u64::MAX))?
         .count();
     let target_exists = users.get(target)?.is_some();
+    let target_former = txn.open_table(FORMER)?.get((room, target))?.is_some();
     Ok(MemberView {
         private,
         actor: standing_in(&members, &bans, &invites, room, actor)?,
         target: standing_in(&members, &bans, &invites, room, target)?,
         target_exists,
+        target_former,
         owners,
         target_invites,
     })
@@ -304,17 +317,17 @@ fn apply(
         require_user(&txn.open_table(USERS)?, target)?;
     }
     if let Some(role) = change.role {
-        set_role(txn, room, target, role)?;
+        set_role(txn, room, target, role, now_ms)?;
         if role.is_some() {
             withdraw(txn, room, target)?;
         }
     }
     if let Some(role) = change.actor_role {
-        set_role(txn, room, actor, Some(role))?;
+        set_role(txn, room, actor, Some(role), now_ms)?;
     }
     match change.ban {
         Some(true) => {
-            set_role(txn, room, target, None)?;
+            set_role(txn, room, target, None, now_ms)?;
             withdraw(txn, room, target)?;
             txn.open_table(BANS)?
                 .insert((room, target), (actor, now_ms))?;
@@ -326,6 +339,7 @@ fn apply(
     }
     match change.invite {
         Some(true) => {
+            evict_oldest_invite(txn, target)?;
             txn.open_table(INVITES)?
                 .insert((room, target), (actor, now_ms))?;
             txn.open_table(USER_INVITES)?.insert((target, room), ())?;
@@ -336,17 +350,51 @@ fn apply(
     Ok(())
 }
 
-fn set_role(txn: &WriteTransaction, room: u64, user: u64, role: Option<Role>) -> Result<()> {
+fn set_role(
+    txn: &WriteTransaction,
+    room: u64,
+    user: u64,
+    role: Option<Role>,
+    now_ms: u64,
+) -> Result<()> {
     match role {
         Some(r) => {
             super::members::put_member(txn, room, user, r)?;
         }
         None => {
-            txn.open_table(MEMBERS)?.remove((room, user))?;
+            if txn.open_table(MEMBERS)?.remove((room, user))?.is_some() {
+                txn.open_table(FORMER)?.insert((room, user), now_ms)?;
+            }
             txn.open_table(USER_ROOMS)?.remove((user, room))?;
         }
     }
     Ok(())
+}
+
+/// Makes room for one more invitation of `user`: at the bound, their
+/// oldest is withdrawn.
+fn evict_oldest_invite(txn: &WriteTransaction, user: u64) -> Result<()> {
+    let rooms: Vec<u64> = txn
+        .open_table(USER_INVITES)?
+        .range((user, 0)..=(user, u64::MAX))?
+        .map(|e| Ok(e?.0.value().1))
+        .collect::<Result<_>>()?;
+    if rooms.len() < INVITES_PER_USER_MAX {
+        return Ok(());
+    }
+    let invites = txn.open_table(INVITES)?;
+    let mut oldest: Option<(u64, u64)> = None;
+    for room in rooms {
+        let ts = invites.get((room, user))?.map_or(0, |g| g.value().1);
+        if oldest.is_none_or(|(t, _)| ts < t) {
+            oldest = Some((ts, room));
+        }
+    }
+    drop(invites);
+    match oldest {
+        Some((_, room)) => withdraw(txn, room, user),
+        None => Ok(()),
+    }
 }
 
 fn withdraw(txn: &WriteTransaction, room: u64, user: u64) -> Result<()> {

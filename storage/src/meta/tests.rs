@@ -625,19 +625,47 @@ fn a_user_holds_a_bounded_number_of_invitations() {
         invite: Some(true),
         ..MemberChange::default()
     };
+    let mut rooms = Vec::new();
     for i in 0..=INVITES_PER_USER_MAX {
         let room = meta.create_room(&format!("r{i}"), false, alice, 1).unwrap();
-        let (view, _) = match meta.change_membership(room, alice, bob, 1, write(invite)) {
-            Ok(done) => done,
-            Err(Error::Database(m)) => {
-                assert_eq!(i, INVITES_PER_USER_MAX, "{m}");
-                continue;
-            }
-            Err(e) => panic!("{e}"),
-        };
-        assert_eq!(view.target_invites, i);
+        let (view, _) = meta
+            .change_membership(room, alice, bob, 10 + i as u64, write(invite))
+            .unwrap();
+        assert_eq!(view.target_invites, i.min(INVITES_PER_USER_MAX));
+        rooms.push(room);
     }
-    assert_eq!(meta.invites_of(bob).unwrap().len(), INVITES_PER_USER_MAX);
+    // The newest pushed the oldest out.
+    let held: Vec<u64> = meta
+        .invites_of(bob)
+        .unwrap()
+        .iter()
+        .map(|i| i.room)
+        .collect();
+    assert_eq!(held.len(), INVITES_PER_USER_MAX);
+    assert!(!held.contains(&rooms[0]) && held.contains(&rooms[INVITES_PER_USER_MAX]));
+    assert!(!meta.standing(rooms[0], bob).unwrap().invited);
+}
+
+/// Whom a ban still reaches: a member who left is remembered.
+#[test]
+fn former_members_are_remembered() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let room = meta.create_room("r", false, alice, 1).unwrap();
+    let role = |r| MemberChange {
+        role: Some(r),
+        ..MemberChange::default()
+    };
+    let (view, _) = meta
+        .change_membership(room, bob, bob, 2, write(role(Some(Role::Member))))
+        .unwrap();
+    assert!(!view.target_former);
+    meta.change_membership(room, bob, bob, 3, write(role(None)))
+        .unwrap();
+    let (view, _) = meta
+        .change_membership(room, alice, bob, 4, write(MemberChange::default()))
+        .unwrap();
+    assert!(view.target_former && view.target.role.is_none());
 }
 
 /// A file written before schema 2 (names as given, private rooms

@@ -285,6 +285,9 @@ async fn load(meta: &Meta, shards: &[ShardStore], from: &Path) -> Result<Counts>
         loader.line(no, line).await?;
     }
     loader.finish().await?;
+    // An export made before rooms had owners: each room gets one, as the
+    // schema upgrade does.
+    meta.ensure_owners().context("naming rooms' owners")?;
     Ok(loader.counts)
 }
 
