@@ -321,13 +321,17 @@ fn start_abusers(args: &AbuseArgs, addr: SocketAddr, secret: &str, big_room: u64
 }
 
 /// A public room of `BIG_ROOM_MESSAGES` messages of 60 KB, posted by a
-/// few users (each within its send burst).
+/// few users who join it (each within its send burst).
 fn fill_big_room(http: &mut HttpClient, secret: &str) -> Result<u64> {
     let owner = jwt(secret, "abuse-owner")?;
     let room = http.create_room(&owner, "abuse-big")?;
     let body = "x".repeat(BIG_MESSAGE_BYTES);
     for i in 0..BIG_ROOM_MESSAGES {
         let poster = jwt(secret, &format!("abuse-poster-{}", i / 20))?;
+        if i % 20 == 0 {
+            // Members post (joining a public room is one call).
+            http.join(&poster, room)?;
+        }
         let path = format!("/api/rooms/{room}/messages");
         let (s, v) = http.call("POST", &path, Some(&poster), Some(&json!({ "body": body })))?;
         anyhow::ensure!(s == 201, "posting to the big room: {s} {v}");
