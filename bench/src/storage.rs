@@ -56,6 +56,10 @@ pub struct Args {
     /// Rookery's commit window in µs (0: natural batching only).
     #[arg(long, default_value_t = 0)]
     commit_window_us: u64,
+    /// Rookery in `sync` writes with write + fdatasync instead of writing
+    /// through (O_DSYNC, the default): for comparing the two.
+    #[arg(long)]
+    no_write_through: bool,
     /// Skip SQLite (Rookery only).
     #[arg(long)]
     no_sqlite: bool,
@@ -204,10 +208,11 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn rookery_config(dir: &Path, durability: Durability, commit_window_us: u64) -> StorageConfig {
+fn rookery_config(dir: &Path, durability: Durability, args: &Args) -> StorageConfig {
     let mut cfg = StorageConfig::new(dir);
     cfg.durability = durability;
-    cfg.commit_window_us = commit_window_us;
+    cfg.commit_window_us = args.commit_window_us;
+    cfg.write_through = !args.no_write_through;
     cfg
 }
 
@@ -231,7 +236,7 @@ fn rookery_appends(
     args: &Args,
 ) -> Result<AppendRun> {
     let _ = std::fs::remove_dir_all(dir);
-    let cfg = rookery_config(dir, durability, args.commit_window_us);
+    let cfg = rookery_config(dir, durability, args);
     let (secs, rooms, body_len) = (args.seconds, args.rooms, args.body_bytes);
     on_executor(move || {
         Box::pin(async move {
@@ -368,7 +373,7 @@ fn queries(last: &[(u64, u64)], n: usize, seed: u64) -> Vec<(u64, u64)> {
 }
 
 fn rookery_history(dir: &Path, durability: Durability, args: &Args) -> Result<(Lat, Lat)> {
-    let cfg = rookery_config(dir, durability, args.commit_window_us);
+    let cfg = rookery_config(dir, durability, args);
     let (nq, seed) = (args.history_queries, args.seed);
     let dir = dir.to_path_buf();
     on_executor(move || {
@@ -472,7 +477,8 @@ fn sqlite_pass(
 /// rebuild (index deleted). Returns milliseconds.
 fn rookery_recovery(dir: &Path, n: u64, args: &Args) -> Result<(u64, u64)> {
     let _ = std::fs::remove_dir_all(dir);
-    let cfg = rookery_config(dir, Durability::None, 0);
+    let mut cfg = rookery_config(dir, Durability::None, args);
+    cfg.commit_window_us = 0;
     let (rooms, body_len) = (args.rooms, args.body_bytes);
     let fill_cfg = cfg.clone();
     on_executor(move || {
@@ -576,6 +582,7 @@ fn report(
         "rookery": {
             "durability": durability.name(),
             "commit_window_us": args.commit_window_us,
+            "write_through": !args.no_write_through,
             "appends": rookery.iter().map(AppendRun::json).collect::<Vec<_>>(),
             "appends_per_sec": r_top,
             "history_p50_us": r_hist.0.p50, "history_p99_us": r_hist.0.p99, "history_max_us": r_hist.0.max,

@@ -33,6 +33,11 @@ pub(crate) struct LogWriter {
     shard: u32,
     segment_bytes_max: u32,
     file: DmaFile,
+    /// The active segment opened again with `O_DSYNC`, for writes that
+    /// are durable when they return (`sync` mode).
+    through: Option<DmaFile>,
+    /// Whether `through` is kept open.
+    write_through: bool,
     segment: u32,
     end: u32,
     synced_end: u32,
@@ -67,6 +72,7 @@ impl LogWriter {
         segment_bytes_max: u32,
         now_ms: u64,
         observer: Option<Arc<dyn LogObserver>>,
+        write_through: bool,
     ) -> Result<Self> {
         let (file, header) = prepare_segment(
             dir.to_path_buf(),
@@ -78,11 +84,18 @@ impl LogWriter {
         )
         .await?;
         install_segment(dir, segment, observer.as_deref()).await?;
+        let through = if write_through {
+            Some(open_through(&segment::path(dir, segment)).await?)
+        } else {
+            None
+        };
         let mut w = LogWriter {
             dir: dir.to_path_buf(),
             shard,
             segment_bytes_max,
             file,
+            through,
+            write_through,
             segment,
             end: HEADER_BYTES as u32,
             synced_end: HEADER_BYTES as u32,
@@ -129,7 +142,9 @@ impl LogWriter {
     /// Writes consecutive frames (`lens[i]` bytes each, concatenated in
     /// `frames`), rolling to new segments as needed. Pushes each frame's
     /// position to `positions` and each segment sealed on the way to
-    /// `sealed`. Does not sync the active segment.
+    /// `sealed`. With `through` (and a write-through handle open), every
+    /// byte is durable when it returns; else the active segment is not
+    /// synced.
     pub(crate) async fn write(
         &mut self,
         frames: &[u8],
@@ -137,6 +152,7 @@ impl LogWriter {
         now_ms: u64,
         positions: &mut Vec<Pos>,
         sealed: &mut Vec<Sealed>,
+        through: bool,
     ) -> Result<()> {
         let mut run_start = 0usize;
         let mut cursor = 0usize;
@@ -146,7 +162,7 @@ impl LogWriter {
             if self.end as usize + run_len + len > self.segment_bytes_max as usize
                 && self.end as usize + run_len > HEADER_BYTES
             {
-                self.write_run(&frames[run_start..cursor]).await?;
+                self.write_run(&frames[run_start..cursor], through).await?;
                 sealed.push(self.roll(now_ms).await?);
                 run_start = cursor;
             }
@@ -157,14 +173,16 @@ impl LogWriter {
             cursor += len;
         }
         assert_eq!(cursor, frames.len(), "frame lengths must cover the buffer");
-        self.write_run(&frames[run_start..cursor]).await
+        self.write_run(&frames[run_start..cursor], through).await
     }
 
-    /// Writes bytes at `end`, starting from the enclosing block boundary.
-    async fn write_run(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Writes bytes at `end`, starting from the enclosing block boundary
+    /// (through the `O_DSYNC` handle when `through` and it is open).
+    async fn write_run(&mut self, bytes: &[u8], through: bool) -> Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
+        let start = self.end;
         let block_start = self.end as usize - self.tail.len();
         debug_assert_eq!(block_start % BLOCK, 0);
         let total = self.tail.len() + bytes.len();
@@ -180,8 +198,12 @@ impl LogWriter {
         if let Some(o) = &self.observer {
             o.wrote(&self.path(), block_start as u64, dst);
         }
-        let written = self
-            .file
+        let target = match &self.through {
+            Some(t) if through => t,
+            _ => &self.file,
+        };
+        let durable = through && self.through.is_some();
+        let written = target
             .write_at(buf, block_start as u64)
             .await
             .map_err(|e| glommio_err("writing", &self.path(), e))?;
@@ -197,6 +219,14 @@ impl LogWriter {
             ));
         }
         self.end += bytes.len() as u32;
+        // Durable as a whole only if everything before it already was: an
+        // `O_DSYNC` write makes its own blocks durable, not earlier ones.
+        if durable && self.synced_end == start {
+            self.synced_end = self.end;
+            if let Some(o) = &self.observer {
+                o.synced(&self.path());
+            }
+        }
         Ok(())
     }
 
@@ -236,6 +266,12 @@ impl LogWriter {
             }
         };
         install_segment(&self.dir, next_id, self.observer.as_deref()).await?;
+        if let Some(old) = self.through.take() {
+            let _ = old.close().await;
+        }
+        if self.write_through {
+            self.through = Some(open_through(&segment::path(&self.dir, next_id)).await?);
+        }
         let old = std::mem::replace(&mut self.file, file);
         let old_path = self.path();
         old.close()
@@ -285,6 +321,9 @@ impl LogWriter {
         }
         let sealed = self.seal().await?;
         let path = self.path();
+        if let Some(t) = self.through.take() {
+            let _ = t.close().await;
+        }
         self.file
             .close()
             .await
@@ -373,6 +412,19 @@ async fn prepare_segment(
         o.synced(&path);
     }
     Ok((file, header))
+}
+
+/// Opens an installed segment again for writes that are durable when they
+/// return (`O_DSYNC`): on a segment whose blocks are all written already
+/// (zero-filled), that needs no metadata, so the kernel can make each
+/// write one device request (FUA) instead of a write and a flush.
+async fn open_through(path: &Path) -> Result<DmaFile> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DSYNC)
+        .dma_open(path)
+        .await
+        .map_err(|e| glommio_err("opening (O_DSYNC)", path, e))
 }
 
 /// Renames a prepared spare to its segment name and makes that durable.

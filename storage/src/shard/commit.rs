@@ -203,9 +203,12 @@ impl ShardStore {
         positions.clear();
         sealed.clear();
         let lens: Vec<u32> = items.iter().map(|q| q.len).collect();
+        // In `sync` mode batches are written through: durable when the
+        // write returns, no separate `fdatasync` (see `LogWriter`).
+        let through = matches!(inner.cfg.durability, Durability::Sync) && inner.cfg.write_through;
         let outcome = async {
             writer
-                .write(&frames, &lens, now_ms(), positions, sealed)
+                .write(&frames, &lens, now_ms(), positions, sealed, through)
                 .await?;
             let sync = match inner.cfg.durability {
                 Durability::Sync => true,

@@ -85,6 +85,7 @@ impl ShardStore {
             self.inner.cfg.segment_bytes_max,
             now_ms(),
             self.inner.cfg.log_observer.clone(),
+            self.inner.cfg.write_through && matches!(self.inner.cfg.durability, Durability::Sync),
         )
         .await?;
         let mut st = self.inner.st.borrow_mut();
