@@ -248,7 +248,6 @@ mod tests {
             target_exists: true,
             target_former: false,
             owners: 1,
-            target_invites: 0,
         }
     }
 

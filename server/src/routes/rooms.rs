@@ -3,7 +3,7 @@
 //! standing goes through `Engine::membership` and its rules (docs/security.md
 //! tables them); this module parses requests and shapes answers.
 
-use rookery_engine::{role_word, MemberOp, Membership, Role, Room, Standing};
+use rookery_engine::{role_word, MemberOp, Membership, Role, Room};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -362,16 +362,12 @@ pub(crate) async fn answer_invite(
     Ok(Response::json(200, &json!({"room": id, "member": accept})))
 }
 
-/// The caller's standing, for the WebSocket `join`: a member already, or
-/// joined now to a public room (never changing a role).
-pub(crate) async fn ensure_member(
-    shared: &Shared,
-    uid: u64,
-    id: u64,
-) -> Result<Standing, ApiError> {
+/// For the WebSocket `join`: the caller is a member already, or joins a
+/// public room now (never changing a role).
+pub(crate) async fn ensure_member(shared: &Shared, uid: u64, id: u64) -> Result<(), ApiError> {
     let (_, standing) = readable_room(shared, uid, id).await?;
     if standing.role.is_none() {
         change(shared, id, uid, uid, MemberOp::Join).await?;
     }
-    Ok(standing)
+    Ok(())
 }

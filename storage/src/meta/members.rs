@@ -1,5 +1,7 @@
 //! Membership with roles, in two tables written together in one
-//! transaction: room -> (user, role) and user -> rooms.
+//! transaction: room -> (user, role) and user -> rooms. Members leave
+//! through [`Meta::change_membership`], which also remembers them as
+//! former members.
 
 use redb::WriteTransaction;
 
@@ -15,20 +17,6 @@ impl Meta {
             require_room(&txn.open_table(ROOMS)?, room)?;
             require_user(&txn.open_table(USERS)?, user)?;
             put_member(txn, room, user, role)
-        })
-    }
-
-    /// Removes `user` from `room`; returns whether it was a member. Its read
-    /// receipt is kept.
-    ///
-    /// Errors: `NotFound` for an unknown room or user.
-    pub fn remove_member(&self, room: u64, user: u64) -> Result<bool> {
-        self.write(|txn| {
-            require_room(&txn.open_table(ROOMS)?, room)?;
-            require_user(&txn.open_table(USERS)?, user)?;
-            let removed = txn.open_table(MEMBERS)?.remove((room, user))?.is_some();
-            txn.open_table(USER_ROOMS)?.remove((user, room))?;
-            Ok(removed)
         })
     }
 

@@ -1,8 +1,9 @@
 //! Upgrades of `meta.redb` from older layouts, run inside the transaction
 //! that opens the file. Schema 1 → 2: name keys are lower case (JWT
 //! subjects under `jwt:`), private rooms leave the name index, and each
-//! room with members gets an owner ([`name_owners`]). Two names that differ only in case cannot both be kept: the
-//! upgrade then fails and names them, and the file is left as it was.
+//! room with members gets an owner ([`name_owners`]). Two names that
+//! differ only in case cannot both be kept: the upgrade then fails and
+//! names them, and the file is left as it was.
 
 use redb::{ReadableTable, WriteTransaction};
 

@@ -67,8 +67,6 @@ pub struct MemberView {
     pub target_former: bool,
     /// Owners of the room.
     pub owners: usize,
-    /// Invitations the target holds, in every room.
-    pub target_invites: usize,
 }
 
 /// What to write; `None` leaves that part as it is.
@@ -288,10 +286,6 @@ fn read_view(txn: &WriteTransaction, room: u64, actor: u64, target: u64) -> Resu
             owners += 1;
         }
     }
-    let target_invites = txn
-        .open_table(USER_INVITES)?
-        .range((target, 0)..=(target, u64::MAX))?
-        .count();
     let target_exists = users.get(target)?.is_some();
     let target_former = txn.open_table(FORMER)?.get((room, target))?.is_some();
     Ok(MemberView {
@@ -301,7 +295,6 @@ fn read_view(txn: &WriteTransaction, room: u64, actor: u64, target: u64) -> Resu
         target_exists,
         target_former,
         owners,
-        target_invites,
     })
 }
 
