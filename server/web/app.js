@@ -359,7 +359,9 @@ async function openRoom(id) {
   state.list.reset(count(v));
   if (!v.loaded) {
     $("#composer").hidden = true; // until there is a history to send after
-    await Promise.all([loadMembers(v), refreshTail(v)]).catch((e) => notice(e.message));
+    // Once removed mid-load, the `left` frame's notice says why; a refused
+    // request would only hide it.
+    await Promise.all([loadMembers(v), refreshTail(v)]).catch((e) => r.member && notice(e.message));
     v.loaded = true;
     // Messages heard of while the page was read.
     if (r.last_seq > v.hi) {
@@ -368,14 +370,18 @@ async function openRoom(id) {
     }
   }
   if (state.current === id) {
-    $("#composer").hidden = false;
+    // A `left` frame (removed, banned) may have come while the history
+    // loaded: the composer stays hidden then.
+    $("#composer").hidden = !r.member;
     state.list.reset(count(v));
     // With unread messages, start at the first of them (the reader scrolls
     // down through the rest, which marks them read); else at the bottom.
     if (v.firstUnread >= v.lo && v.firstUnread <= v.hi) state.list.scrollToIndex(v.firstUnread - v.lo);
     else state.list.scrollToBottom();
-    markRead();
-    $("#composer").body.focus();
+    if (r.member) {
+      markRead();
+      $("#composer").body.focus();
+    }
   }
 }
 

@@ -408,12 +408,29 @@ async function steps(browser, base) {
   check((await api(a, "DELETE", `/api/rooms/${inner}/members/${bobId}`)) === 200, "alice removes bob from inner");
   await b.waitForSelector('#notice:not([hidden]):has-text("You were removed from this room")', { timeout: WAIT_MS });
   check((await b.locator('button.room-link:has-text("inner")').count()) === 0, "bob is told he was removed; the private room is gone");
+  // The ban lands while bob's client is still loading the lobby (its member
+  // list held back here): when the load completes, the composer must stay
+  // hidden.
+  let release;
+  const loadHeld = new Promise((resolve) => (release = resolve));
+  const members = `**/api/rooms/${room}/members*`;
+  await b.route(members, async (route) => {
+    await loadHeld;
+    await route.continue();
+  });
   await b.click('#my-rooms button:has-text("lobby")');
   await b.waitForSelector('#room-title:has-text("lobby")', { timeout: WAIT_MS });
   check((await api(a, "PUT", `/api/rooms/${room}/bans/${bobId}`)) === 200, "alice bans bob from the lobby");
   await b.waitForSelector('#notice:not([hidden]):has-text("You were banned from this room")', { timeout: WAIT_MS });
-  await b.waitForSelector("#composer[hidden]", { state: "attached", timeout: WAIT_MS });
-  check(true, "bob is told he was banned, and cannot write there");
+  release();
+  await b.waitForFunction((id) => window.rookery.state.views.get(id)?.loaded, room, { timeout: WAIT_MS });
+  await b.unroute(members);
+  await b.waitForTimeout(300); // the rest of the load (no request left to wait for)
+  check(await b.locator("#composer").isHidden(), "bob is told he was banned, and cannot write there (even mid-load)");
+  check(
+    await b.locator('#notice:not([hidden]):has-text("You were banned from this room")').isVisible(),
+    "the load that ended after the ban keeps the notice that says why",
+  );
   await b.click('#other-rooms button:has-text("lobby")');
   await b.waitForSelector('#notice:not([hidden]):has-text("You are banned from lobby")', { timeout: WAIT_MS });
   check(true, "joining again is refused, and says why");
