@@ -38,6 +38,16 @@ pub struct Config {
     /// every MS ms) or `none` (benchmarks of the network path only).
     #[arg(long, env = "ROOKERY_DURABILITY", default_value = "sync")]
     pub durability: String,
+    /// Milliseconds between two compaction steps of each shard (old sealed
+    /// log segments rewritten in room order, deleted text and superseded
+    /// edits dropped; docs/storage.md); 0 turns background compaction off.
+    #[arg(long, env = "ROOKERY_COMPACTION_INTERVAL_MS", default_value_t = 60_000)]
+    pub compaction_interval_ms: u64,
+    /// The text of a deleted message is gone from every file of the data
+    /// directory within this many milliseconds (plus one compaction
+    /// interval and the rewrite).
+    #[arg(long, env = "ROOKERY_DELETED_TEXT_DELAY_MS", default_value_t = 600_000)]
+    pub deleted_text_delay_ms: u64,
     /// Bytes of an HTTP request line and headers.
     #[arg(long, env = "ROOKERY_HTTP_HEAD_BYTES_MAX", default_value_t = 16 << 10)]
     pub http_head_bytes_max: usize,
@@ -361,6 +371,8 @@ impl Config {
         if let Ok(d) = self.durability() {
             cfg.storage.durability = d;
         }
+        cfg.storage.compaction_interval_ms = self.compaction_interval_ms;
+        cfg.storage.deleted_text_delay_ms = self.deleted_text_delay_ms;
         cfg.rooms_must_exist = true;
         cfg.history_page_bytes_max = self.history_page_bytes_max;
         cfg.tail_cache_bytes_max = self.tail_cache_bytes_max;

@@ -34,37 +34,6 @@ fn exit_within(child: &mut Child, limit: Duration) -> (Option<i32>, Duration) {
     }
 }
 
-/// The next JSON text frame, skipping pings.
-fn next_json(ws: &mut RawWs) -> Value {
-    loop {
-        let f = ws.read_frame().expect("connection open");
-        if f.opcode == TEXT {
-            return serde_json::from_slice(&f.payload).unwrap();
-        }
-    }
-}
-
-fn send_frame(ws: &mut RawWs, v: Value) {
-    ws.write_frame(TEXT, v.to_string().as_bytes(), true, false);
-}
-
-/// Every message of `room`, oldest first, through the history API.
-fn all_messages(port: u16, token: &str, room: u64) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let path = format!("/api/rooms/{room}/messages?after={after}&limit=200");
-        let (s, page) = call(port, "GET", &path, Some(token), None);
-        assert_eq!(s, 200, "{page}");
-        let batch = page["messages"].as_array().unwrap().clone();
-        if batch.is_empty() {
-            return out;
-        }
-        after = batch.last().unwrap()["seq"].as_u64().unwrap();
-        out.extend(batch);
-    }
-}
-
 #[test]
 fn sigterm_closes_websockets_with_1001_and_keeps_every_acked_message() {
     let mut server = start(&["--durability", "sync"]);
@@ -72,18 +41,18 @@ fn sigterm_closes_websockets_with_1001_and_keeps_every_acked_message() {
     let token = register(p, "stayer");
     let room = create_room(p, &token, "lasting", false);
     let (mut ws, _) = RawWs::connect(p, &format!("/ws?token={token}"), "");
-    next_json(&mut ws);
-    send_frame(&mut ws, json!({"type": "join", "room": room}));
-    assert_eq!(next_json(&mut ws)["type"], "joined");
+    next_text_json(&mut ws);
+    send_json(&mut ws, json!({"type": "join", "room": room}));
+    assert_eq!(next_text_json(&mut ws)["type"], "joined");
     for i in 0..20 {
-        send_frame(
+        send_json(
             &mut ws,
             json!({"type": "send", "room": room, "body": format!("m{i}"), "client_id": format!("c{i}")}),
         );
     }
     let mut acked = 0;
     while acked < 20 {
-        if next_json(&mut ws)["type"] == "ack" {
+        if next_text_json(&mut ws)["type"] == "ack" {
             acked += 1;
         }
     }

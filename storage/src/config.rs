@@ -103,6 +103,25 @@ pub struct StorageConfig {
     /// glommio DMA memory registered per ring, in bytes (memlock is 8 MiB on
     /// the reference machine). Default 1 MiB.
     pub io_memory_bytes: usize,
+    /// Each shard runs a compaction step this often (rewriting old sealed
+    /// segments in room order, see docs/storage.md). 0 turns the background
+    /// step off (`compact` and `compact_all` still work). Default 60,000 ms.
+    pub compaction_interval_ms: u64,
+    /// The newest sealed appended segments left as written (recent history
+    /// is read from the page cache anyway). Default 2.
+    pub compaction_keep_recent_segments: u32,
+    /// A compaction run reads at most this many bytes of segments (the
+    /// rewrite holds one key per record in memory: ~40 bytes each).
+    /// Default 256 MiB; allowed 1 MiB..=2 GiB.
+    pub compaction_input_bytes_max: u64,
+    /// The rewrite writes at most this many bytes per second (0 = no
+    /// limit), so compaction leaves the disk to appends. Default 64 MiB/s.
+    pub compaction_bytes_per_s_max: u64,
+    /// A segment holding a deleted message's body is rewritten (the active
+    /// one sealed first) once the oldest such delete is this old: deleted
+    /// text is gone from disk within this plus one `compaction_interval_ms`
+    /// and the rewrite. Default 600,000 ms (10 minutes).
+    pub deleted_text_delay_ms: u64,
     /// Sees every write, sync, truncation and install of the log's files,
     /// in order (crash-consistency tests rebuild what a power cut would
     /// leave from it, see `storage/tests/powercut.rs`). Default none.
@@ -144,6 +163,11 @@ impl StorageConfig {
             index_cache_bytes: 64 << 20,
             meta_cache_bytes: 16 << 20,
             io_memory_bytes: 1 << 20,
+            compaction_interval_ms: 60_000,
+            compaction_keep_recent_segments: 2,
+            compaction_input_bytes_max: 256 << 20,
+            compaction_bytes_per_s_max: 64 << 20,
+            deleted_text_delay_ms: 600_000,
             log_observer: None,
         }
     }
@@ -194,6 +218,14 @@ impl StorageConfig {
         check(
             self.index_lag_records_max >= 1024,
             "index_lag_records_max must be >= 1024",
+        )?;
+        check(
+            (1 << 20..=2 << 30).contains(&self.compaction_input_bytes_max),
+            "compaction_input_bytes_max must be in 1 MiB..=2 GiB",
+        )?;
+        check(
+            self.compaction_bytes_per_s_max == 0 || self.compaction_bytes_per_s_max >= 1 << 20,
+            "compaction_bytes_per_s_max must be 0 (no limit) or >= 1 MiB/s",
         )?;
         if let Durability::Batch { interval } = self.durability {
             check(!interval.is_zero(), "durability batch interval must be > 0")?;

@@ -11,6 +11,8 @@
 //! | `rooms`    | `room`                | [`RoomRow`] as a tuple                  |
 //! | `segments` | `(segment, room)`     | highest seq the segment holds for room  |
 //! | `state`    | `"checkpoint"`        | packed [`crate::Pos`]                   |
+//! | `compacted`| `segment`             | `(first, last)` keys of the run it replaced |
+//! | `scrub`    | `segment`             | ms since which it holds a deleted body  |
 //!
 //! Invariant: a batch carrying a checkpoint is committed with
 //! `Durability::Immediate` and is never merged with later batches, so the
@@ -32,6 +34,10 @@ pub(crate) const ROOMS: TableDefinition<u64, (u64, u64, u64, u64, u64)> =
     TableDefinition::new("rooms");
 pub(crate) const SEGMENTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("segments");
 pub(crate) const STATE: TableDefinition<&str, u64> = TableDefinition::new("state");
+/// Compacted segments whose switch committed: the run each one replaced.
+pub(crate) const COMPACTED: TableDefinition<u64, (u64, u64)> = TableDefinition::new("compacted");
+/// Segments holding the body of a deleted message, and since when.
+pub(crate) const SCRUB: TableDefinition<u64, u64> = TableDefinition::new("scrub");
 const CHECKPOINT_KEY: &str = "checkpoint";
 
 /// The persisted state of one room in a shard index.
@@ -92,8 +98,23 @@ pub(crate) enum Op {
     },
     /// Retention moved a room's low seq: drop whole chunks and edits below.
     Retire { room: u64, low_seq: u64 },
-    /// A segment file is about to be deleted: forget its summary.
+    /// A segment file is about to be deleted: forget its summary, its
+    /// scrub mark and its compaction row.
     DropSegment { segment: u32 },
+    /// Compaction moved records of `room`: each `(seq, old, new)` entry (a
+    /// message's chunk entry, or with `change` the latest edit or delete)
+    /// is set to `new` only if it still points at `old` (a later edit has
+    /// moved on and keeps its own position).
+    Repoint {
+        room: u64,
+        messages: Vec<(u64, u64, u64)>,
+        changes: Vec<(u64, u64, u64)>,
+    },
+    /// Compacted segment `segment` replaces the run `first..=last`: its
+    /// switch is committed.
+    Compacted { segment: u32, first: u32, last: u32 },
+    /// `segment` holds a deleted message's body since `since_ms`.
+    Scrub { segment: u32, since_ms: u64 },
     /// All log bytes before this packed position are reflected above.
     Checkpoint(u64),
 }
@@ -133,6 +154,8 @@ pub(crate) fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
     tx.open_table(ROOMS)?;
     tx.open_table(SEGMENTS)?;
     tx.open_table(STATE)?;
+    tx.open_table(COMPACTED)?;
+    tx.open_table(SCRUB)?;
     tx.commit()?;
     Ok(db)
 }
@@ -143,6 +166,10 @@ pub(crate) struct Loaded {
     pub checkpoint: u64,
     pub rooms: Vec<(u64, RoomRow)>,
     pub segments: Vec<(u32, u64, u64)>,
+    /// Committed compacted segments.
+    pub compacted: Vec<u32>,
+    /// Segments holding deleted bodies, with the time since when.
+    pub scrub: Vec<(u32, u64)>,
 }
 
 /// Reads the checkpoint, every room row and every segment summary.
@@ -160,11 +187,40 @@ pub(crate) fn load(db: &Database) -> Result<Loaded> {
         let (seg, room) = k.value();
         segments.push((seg as u32, room, v.value()));
     }
+    let mut compacted = Vec::new();
+    for row in tx.open_table(COMPACTED)?.iter()? {
+        compacted.push(row?.0.value() as u32);
+    }
+    let mut scrub = Vec::new();
+    for row in tx.open_table(SCRUB)?.iter()? {
+        let (k, v) = row?;
+        scrub.push((k.value() as u32, v.value()));
+    }
     Ok(Loaded {
         checkpoint,
         rooms,
         segments,
+        compacted,
+        scrub,
     })
+}
+
+/// The latest edit or delete `(pos, deleted)` of every seq in `lo..=hi` of
+/// a room, through a read transaction (compaction reads a snapshot).
+pub(crate) fn changes_in(
+    tx: &redb::ReadTransaction,
+    room: u64,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<(u64, u64, bool)>> {
+    let table = tx.open_table(EDITS)?;
+    let mut out = Vec::new();
+    for row in table.range((room, lo)..=(room, hi))? {
+        let (k, v) = row?;
+        let (pos, deleted) = v.value();
+        out.push((k.value().1, pos, deleted != 0));
+    }
+    Ok(out)
 }
 
 /// Every room row of an index, through any read transaction.
@@ -193,15 +249,7 @@ pub(crate) fn read_edits(
     lo: u64,
     hi: u64,
 ) -> Result<Vec<(u64, u64, bool)>> {
-    let tx = db.begin_read()?;
-    let table = tx.open_table(EDITS)?;
-    let mut out = Vec::new();
-    for row in table.range((room, lo)..=(room, hi))? {
-        let (k, v) = row?;
-        let (pos, deleted) = v.value();
-        out.push((k.value().1, pos, deleted != 0));
-    }
-    Ok(out)
+    changes_in(&db.begin_read()?, room, lo, hi)
 }
 
 fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
@@ -210,6 +258,8 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
     let mut rooms = tx.open_table(ROOMS)?;
     let mut segments = tx.open_table(SEGMENTS)?;
     let mut state = tx.open_table(STATE)?;
+    let mut compacted = tx.open_table(COMPACTED)?;
+    let mut scrub = tx.open_table(SCRUB)?;
     for op in ops {
         match op {
             Op::Chunk { room, no, bytes } => {
@@ -241,11 +291,75 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
             Op::DropSegment { segment } => {
                 let s = *segment as u64;
                 segments.retain_in((s, 0)..=(s, u64::MAX), |_, _| false)?;
+                scrub.remove(s)?;
+                compacted.remove(s)?;
+            }
+            Op::Repoint {
+                room,
+                messages,
+                changes,
+            } => {
+                repoint_chunks(&mut chunks, *room, messages)?;
+                for &(seq, old, new) in changes {
+                    let current = edits.get((*room, seq))?.map(|v| v.value());
+                    if let Some((_, deleted)) = current.filter(|(pos, _)| *pos == old) {
+                        edits.insert((*room, seq), (new, deleted))?;
+                    }
+                }
+            }
+            Op::Compacted {
+                segment,
+                first,
+                last,
+            } => {
+                compacted.insert(*segment as u64, (*first as u64, *last as u64))?;
+            }
+            Op::Scrub { segment, since_ms } => {
+                let s = *segment as u64;
+                if scrub.get(s)?.is_none() {
+                    scrub.insert(s, *since_ms)?;
+                }
             }
             Op::Checkpoint(pos) => {
                 state.insert(CHECKPOINT_KEY, *pos)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Sets each `(seq, old, new)` chunk entry of `room` that still points at
+/// `old` to `new` (`moves` ascending by seq). A chunk row that is gone
+/// (retired since) is left gone.
+fn repoint_chunks(
+    chunks: &mut redb::Table<(u64, u64), &[u8]>,
+    room: u64,
+    moves: &[(u64, u64, u64)],
+) -> Result<()> {
+    use crate::chunk::{chunk_of, Chunk};
+    let mut i = 0;
+    while i < moves.len() {
+        let no = chunk_of(moves[i].0);
+        let end = i + moves[i..]
+            .iter()
+            .take_while(|m| chunk_of(m.0) == no)
+            .count();
+        let row = chunks.get((room, no))?.map(|v| v.value().to_vec());
+        if let Some(bytes) = row {
+            let mut chunk = Chunk::decode(no, &bytes)?;
+            let mut changed = false;
+            for &(seq, old, new) in &moves[i..end] {
+                if let Some(mut e) = chunk.get(seq).filter(|e| e.pos == old) {
+                    e.pos = new;
+                    chunk.set(seq, e);
+                    changed = true;
+                }
+            }
+            if changed {
+                chunks.insert((room, no), chunk.encode().as_slice())?;
+            }
+        }
+        i = end;
     }
     Ok(())
 }

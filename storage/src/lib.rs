@@ -49,8 +49,8 @@ pub use meta::{ListPage, Meta, Role, ROOM_PAGE_SCAN_ROWS_MAX};
 pub use record::{ArchivedRecord, Delete, Edit, Message, Record};
 pub use segment::Pos;
 pub use shard::{
-    Appended, Cursor, HistoryItem, Order, Page, RecordRef, Retention, RetentionReport, ShardStats,
-    ShardStore, SYNC_BATCH_BOUNDS, SYNC_BATCH_BUCKETS,
+    Appended, CompactionReport, Cursor, HistoryItem, Order, Page, RecordRef, Retention,
+    RetentionReport, ShardStats, ShardStore, SYNC_BATCH_BOUNDS, SYNC_BATCH_BUCKETS,
 };
 
 /// A data directory: its manifest and metadata database. Open once per

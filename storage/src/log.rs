@@ -287,6 +287,15 @@ impl LogWriter {
         Ok(sealed)
     }
 
+    /// Seals the active segment and starts the next one, if the active one
+    /// holds any record (compaction asks for this, to reach every record).
+    pub(crate) async fn roll_if_written(&mut self, now_ms: u64) -> Result<Option<Sealed>> {
+        if self.end as usize == HEADER_BYTES {
+            return Ok(None);
+        }
+        self.roll(now_ms).await.map(Some)
+    }
+
     /// Syncs the active segment and truncates it to its data.
     pub(crate) async fn seal(&mut self) -> Result<Sealed> {
         self.sync().await?;
@@ -367,12 +376,7 @@ async fn prepare_segment(
         b.as_bytes_mut().fill(0);
         std::rc::Rc::new(b)
     };
-    let header = Header {
-        shard,
-        segment,
-        created_ms: now_ms,
-    }
-    .encode();
+    let header = Header::appended(shard, segment, now_ms).encode();
     let mut first = file.alloc_dma_buffer(BLOCK);
     first.as_bytes_mut().fill(0);
     first.as_bytes_mut()[..HEADER_BYTES].copy_from_slice(&header);

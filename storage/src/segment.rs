@@ -5,6 +5,14 @@
 //! never-written space reads as zeros and a zero length word marks the end.
 //! Sealed segments are truncated to their last record.
 //!
+//! Appended segments (format 1) take ids 1, 2, 3, ... in log order.
+//! Compacted segments (format 2, written by `shard/compact.rs`) take ids
+//! from [`COMPACTED_ID_BASE`] up and replace a contiguous run of the log:
+//! their header names the run (`covers`, in log-order keys), and a file's
+//! place in the log is its *key*: its id for an appended segment, the
+//! first key it covers for a compacted one. [`log_order`] sorts files by key
+//! and tells which ones a compacted file supersedes.
+//!
 //! Scanning is pure (bytes in, verdict out) so that recovery, `rookery-admin`
 //! and the fuzz tests share one implementation. Its invariant: it never reads
 //! outside the slice, and it calls a damaged region a *torn tail* only in the
@@ -22,8 +30,17 @@ use crate::record::{decode_frame, ArchivedRecord, FrameError, FRAME_ALIGN};
 pub const HEADER_BYTES: usize = 32;
 /// Magic bytes at the start of every segment.
 pub const MAGIC: [u8; 8] = *b"ROOKLOG\0";
-/// Segment format version written by this build.
+/// Segment format version of appended segments.
 pub const FORMAT_VERSION: u32 = 1;
+/// Segment format version of compacted segments (ordered by room and seq).
+pub const COMPACTED_VERSION: u32 = 2;
+/// Compacted segments take ids from here up; appended ones stay below.
+pub const COMPACTED_ID_BASE: u32 = 1 << 31;
+
+/// True when `segment` is a compacted segment's id.
+pub fn is_compacted(segment: u32) -> bool {
+    segment >= COMPACTED_ID_BASE
+}
 /// Sector size used to recognise never-written space.
 const SECTOR_BYTES: usize = 512;
 
@@ -58,20 +75,51 @@ pub struct Header {
     pub shard: u32,
     /// Segment id (matches the file name).
     pub segment: u32,
-    /// Creation time, milliseconds since the Unix epoch.
+    /// Creation time, milliseconds since the Unix epoch (appended
+    /// segments; 0 in a compacted one).
     pub created_ms: u64,
+    /// For a compacted segment, the log-order keys `(first, last)` of the
+    /// run of segments it replaces; `None` for an appended segment.
+    pub covers: Option<(u32, u32)>,
 }
 
 impl Header {
-    /// Encodes the header: magic, version, shard, segment, reserved,
-    /// created_ms, crc32c of the first 28 bytes.
+    /// The header of appended segment `segment`.
+    pub fn appended(shard: u32, segment: u32, created_ms: u64) -> Header {
+        Header {
+            shard,
+            segment,
+            created_ms,
+            covers: None,
+        }
+    }
+
+    /// Encodes the header: magic, version, shard, segment, then created_ms
+    /// (format 1) or the first and last keys covered (format 2), then the
+    /// crc32c of the first 28 bytes.
     pub fn encode(&self) -> [u8; HEADER_BYTES] {
+        assert_eq!(
+            is_compacted(self.segment),
+            self.covers.is_some(),
+            "compacted ids and covered runs go together"
+        );
         let mut h = [0u8; HEADER_BYTES];
         h[0..8].copy_from_slice(&MAGIC);
-        h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let version = match self.covers {
+            None => FORMAT_VERSION,
+            Some(_) => COMPACTED_VERSION,
+        };
+        h[8..12].copy_from_slice(&version.to_le_bytes());
         h[12..16].copy_from_slice(&self.shard.to_le_bytes());
         h[16..20].copy_from_slice(&self.segment.to_le_bytes());
-        h[20..28].copy_from_slice(&self.created_ms.to_le_bytes());
+        match self.covers {
+            None => h[20..28].copy_from_slice(&self.created_ms.to_le_bytes()),
+            Some((first, last)) => {
+                assert!(first <= last, "a covered run is not empty");
+                h[20..24].copy_from_slice(&first.to_le_bytes());
+                h[24..28].copy_from_slice(&last.to_le_bytes());
+            }
+        }
         let crc = crc32c::crc32c(&h[0..28]);
         h[28..32].copy_from_slice(&crc.to_le_bytes());
         h
@@ -90,22 +138,40 @@ impl Header {
         if crc32c::crc32c(&bytes[0..28]) != word(28..32) {
             return Err(bad("checksum mismatch"));
         }
-        if word(8..12) != FORMAT_VERSION {
-            return Err(bad(&format!(
-                "format version {} (this build reads {FORMAT_VERSION})",
-                word(8..12)
-            )));
-        }
-        let header = Header {
-            shard: word(12..16),
-            segment: word(16..20),
-            created_ms: u64::from_le_bytes(bytes[20..28].try_into().expect("8")),
+        let version = word(8..12);
+        let header = match version {
+            FORMAT_VERSION => Header::appended(
+                word(12..16),
+                word(16..20),
+                u64::from_le_bytes(bytes[20..28].try_into().expect("8")),
+            ),
+            COMPACTED_VERSION => Header {
+                shard: word(12..16),
+                segment: word(16..20),
+                created_ms: 0,
+                covers: Some((word(20..24), word(24..28))),
+            },
+            v => {
+                return Err(bad(&format!(
+                    "format version {v} (this build reads {FORMAT_VERSION} and {COMPACTED_VERSION})"
+                )))
+            }
         };
         if header.segment != segment {
             return Err(bad(&format!(
                 "names segment {} but file is {segment}",
                 header.segment
             )));
+        }
+        if is_compacted(segment) != header.covers.is_some() {
+            return Err(bad(&format!(
+                "format version {version} for segment id {segment}"
+            )));
+        }
+        if let Some((first, last)) = header.covers {
+            if first > last || is_compacted(last) {
+                return Err(bad(&format!("covers the run {first}..={last}")));
+            }
         }
         Ok(header)
     }
@@ -130,17 +196,113 @@ pub fn list(log_dir: &Path) -> Result<Vec<u32>> {
         let entry = entry.map_err(|e| Error::io(log_dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(id) = name
-            .strip_suffix(".seg")
-            .and_then(|s| s.parse::<u32>().ok())
-        {
-            if name.len() == 12 {
+        let Some(digits) = name.strip_suffix(".seg") else {
+            continue;
+        };
+        if let Ok(id) = digits.parse::<u32>() {
+            if digits.len() >= 8
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits == format!("{id:08}")
+            {
                 ids.push(id);
             }
         }
     }
     ids.sort_unstable();
     Ok(ids)
+}
+
+/// A live segment file in log order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogFile {
+    /// Segment id.
+    pub id: u32,
+    /// Its place in the log: its id, or the first key a compacted segment
+    /// covers.
+    pub key: u32,
+    /// The last key it covers (its id for an appended segment).
+    pub last: u32,
+}
+
+/// The files of a log directory sorted into log order.
+#[derive(Debug, Clone, Default)]
+pub struct LogOrder {
+    /// The files that make up the log, in log order.
+    pub live: Vec<LogFile>,
+    /// Appended or compacted files superseded by a committed compacted one
+    /// (left by a crash before the run's originals were deleted).
+    pub superseded: Vec<u32>,
+    /// Compacted files whose switch never committed (left by a crash
+    /// before the index pointed at them).
+    pub uncommitted: Vec<u32>,
+}
+
+/// Sorts the segments `ids` of `log_dir` into log order. A compacted
+/// segment counts if `committed(id)` says its switch committed; it then
+/// supersedes every other file whose key is in the run it covers. Reads the
+/// header of every compacted file (a bad one is [`Error::Corrupt`]).
+pub fn log_order(log_dir: &Path, ids: &[u32], committed: impl Fn(u32) -> bool) -> Result<LogOrder> {
+    let mut order = LogOrder::default();
+    let mut files = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if !is_compacted(id) {
+            files.push(LogFile {
+                id,
+                key: id,
+                last: id,
+            });
+            continue;
+        }
+        if !committed(id) {
+            order.uncommitted.push(id);
+            continue;
+        }
+        let path = path(log_dir, id);
+        let mut head = [0u8; HEADER_BYTES];
+        use std::io::Read;
+        std::fs::File::open(&path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .map_err(|e| Error::io(&path, e))?;
+        let (first, last) = Header::decode(&head, id)?
+            .covers
+            .expect("compacted ids cover a run");
+        files.push(LogFile {
+            id,
+            key: first,
+            last,
+        });
+    }
+    // A file is superseded by a committed compacted file whose run holds its
+    // own: a wider run, or the same run compacted again (a higher id).
+    let runs: Vec<LogFile> = files
+        .iter()
+        .filter(|f| is_compacted(f.id))
+        .copied()
+        .collect();
+    let supersedes = |c: &LogFile, f: &LogFile| {
+        let holds = c.key <= f.key && f.last <= c.last;
+        let same = (c.key, c.last) == (f.key, f.last);
+        c.id != f.id && holds && (!same || c.id > f.id)
+    };
+    for f in files {
+        let covered = runs.iter().any(|c| supersedes(c, &f));
+        if covered {
+            order.superseded.push(f.id);
+        } else {
+            order.live.push(f);
+        }
+    }
+    order.live.sort_unstable_by_key(|f| f.key);
+    for w in order.live.windows(2) {
+        if w[0].last >= w[1].key {
+            return Err(Error::corrupt(
+                w[1].id,
+                0,
+                format!("overlaps segment {} in the log order", w[0].id),
+            ));
+        }
+    }
+    Ok(order)
 }
 
 /// How a scan of one segment ended.
@@ -299,13 +461,7 @@ mod tests {
 
     /// A segment image: header, `n` frames, then `zeros` bytes of zeros.
     fn image(n: u64, zeros: usize) -> (rkyv::util::AlignedVec<16>, Vec<u32>) {
-        let mut v = Header {
-            shard: 0,
-            segment: 3,
-            created_ms: 5,
-        }
-        .encode()
-        .to_vec();
+        let mut v = Header::appended(0, 3, 5).encode().to_vec();
         let mut offs = Vec::new();
         for i in 1..=n {
             offs.push(v.len() as u32);
@@ -328,20 +484,68 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_damage() {
-        let h = Header {
+        let compacted = Header {
             shard: 2,
-            segment: 9,
-            created_ms: 77,
+            segment: COMPACTED_ID_BASE + 4,
+            created_ms: 0,
+            covers: Some((3, 17)),
         };
-        let b = h.encode();
-        assert_eq!(Header::decode(&b, 9).unwrap(), h);
-        assert!(Header::decode(&b, 8).is_err());
-        for i in 0..HEADER_BYTES {
-            let mut d = b;
-            d[i] ^= 0x40;
-            assert!(Header::decode(&d, 9).is_err(), "flip at {i} accepted");
+        for h in [Header::appended(2, 9, 77), compacted] {
+            let b = h.encode();
+            assert_eq!(Header::decode(&b, h.segment).unwrap(), h);
+            assert!(Header::decode(&b, h.segment - 1).is_err());
+            for i in 0..HEADER_BYTES {
+                let mut d = b;
+                d[i] ^= 0x40;
+                assert!(
+                    Header::decode(&d, h.segment).is_err(),
+                    "flip at {i} accepted"
+                );
+            }
+            assert!(Header::decode(&b[..20], h.segment).is_err());
         }
-        assert!(Header::decode(&b[..20], 9).is_err());
+    }
+
+    /// Writes an (empty) segment file with this header.
+    fn touch(dir: &Path, h: Header) {
+        std::fs::write(path(dir, h.segment), h.encode()).unwrap();
+    }
+
+    #[test]
+    fn log_order_places_compacted_runs_and_finds_what_they_supersede() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = |n: u32, first: u32, last: u32| Header {
+            shard: 0,
+            segment: COMPACTED_ID_BASE + n,
+            created_ms: 0,
+            covers: Some((first, last)),
+        };
+        // 1..=3 compacted into c1 (originals 2 and 3 still there after a
+        // crash), c1 compacted again into c2; 4 compacted into c3, whose
+        // switch never committed; 5 and 6 appended.
+        for id in [2, 3, 4, 5, 6] {
+            touch(dir.path(), Header::appended(0, id, 0));
+        }
+        touch(dir.path(), c(1, 1, 3));
+        touch(dir.path(), c(2, 1, 3));
+        touch(dir.path(), c(3, 4, 4));
+        let ids = list(dir.path()).unwrap();
+        assert_eq!(ids.len(), 8, "long (compacted) ids are listed too");
+        let order = log_order(dir.path(), &ids, |id| id != COMPACTED_ID_BASE + 3).unwrap();
+        let live: Vec<(u32, u32)> = order.live.iter().map(|f| (f.id, f.key)).collect();
+        assert_eq!(
+            live,
+            vec![(COMPACTED_ID_BASE + 2, 1), (4, 4), (5, 5), (6, 6)]
+        );
+        let mut sup = order.superseded.clone();
+        sup.sort_unstable();
+        assert_eq!(sup, vec![2, 3, COMPACTED_ID_BASE + 1]);
+        assert_eq!(order.uncommitted, vec![COMPACTED_ID_BASE + 3]);
+        // Two committed runs that overlap without one holding the other
+        // cannot come from compaction: refused.
+        touch(dir.path(), c(4, 3, 5));
+        let ids = list(dir.path()).unwrap();
+        assert!(log_order(dir.path(), &ids, |_| true).is_err());
     }
 
     #[test]
@@ -410,7 +614,7 @@ mod tests {
             is_last in any::<bool>(),
         ) {
             let mut a = rkyv::util::AlignedVec::<16>::new();
-            a.extend_from_slice(&Header { shard: 0, segment: 3, created_ms: 0 }.encode());
+            a.extend_from_slice(&Header::appended(0, 3, 0).encode());
             a.extend_from_slice(&body);
             let _ = seqs(&a, is_last);
         }

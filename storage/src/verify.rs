@@ -13,7 +13,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::chunk::{chunk_of, idem_hash, Chunk};
 use crate::error::{Error, Result};
-use crate::index::{RoomRow, CHUNKS, EDITS, STATE};
+use crate::index::{RoomRow, CHUNKS, COMPACTED, EDITS, STATE};
 use crate::record::ArchivedRecord;
 use crate::segment::{self, Header, Pos, ScanEnd, HEADER_BYTES};
 
@@ -48,16 +48,48 @@ fn map_file(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
-/// Calls `visit` for every valid record of every segment of a shard, in log
-/// order, and reports each segment. Damage does not stop the walk: the
-/// segment's report holds it and the next segment is scanned.
+/// The segments of a shard in log order, as the next open will see them:
+/// a compacted segment counts if the index recorded its switch (or there is
+/// no index to say, see `shard/compact.rs`).
+pub fn log_files(data_dir: &Path, shard: u32) -> Result<segment::LogOrder> {
+    let dir = log_dir(data_dir, shard);
+    let ids = segment::list(&dir)?;
+    let index_path = shard_dir(data_dir, shard).join("index.redb");
+    let mut committed: Option<std::collections::HashSet<u32>> = None;
+    if index_path.exists() && ids.iter().any(|&id| segment::is_compacted(id)) {
+        let (db, _) = IndexDb::open(&index_path)?;
+        let tx = db.begin_read()?;
+        let checkpoint = tx
+            .open_table(STATE)?
+            .get("checkpoint")?
+            .map_or(0, |v| v.value());
+        if checkpoint > 0 {
+            let mut set = std::collections::HashSet::new();
+            for row in tx.open_table(COMPACTED)?.iter()? {
+                set.insert(row?.0.value() as u32);
+            }
+            committed = Some(set);
+        }
+    }
+    segment::log_order(&dir, &ids, |id| {
+        committed.as_ref().is_none_or(|c| c.contains(&id))
+    })
+}
+
+/// Calls `visit` for every valid record of every live segment of a shard,
+/// in log order, and reports each segment. Damage does not stop the walk:
+/// the segment's report holds it and the next segment is scanned.
 pub fn for_each_record(
     data_dir: &Path,
     shard: u32,
     mut visit: impl FnMut(Pos, &ArchivedRecord),
 ) -> Result<Vec<SegmentScan>> {
     let dir = log_dir(data_dir, shard);
-    let ids = segment::list(&dir)?;
+    let ids: Vec<u32> = log_files(data_dir, shard)?
+        .live
+        .iter()
+        .map(|f| f.id)
+        .collect();
     let mut scans = Vec::with_capacity(ids.len());
     for (i, &id) in ids.iter().enumerate() {
         let path = segment::path(&dir, id);
@@ -192,6 +224,17 @@ pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
             report.rooms.entry(rec.room()).or_default().changes += 1;
         }
     })?;
+    let order = log_files(data_dir, shard)?;
+    for id in &order.superseded {
+        report.notes.push(format!(
+            "segment {id} was compacted but not yet deleted; the next open deletes it"
+        ));
+    }
+    for id in &order.uncommitted {
+        report.notes.push(format!(
+            "compacted segment {id} was never switched to; the next open deletes it"
+        ));
+    }
     let last_segment = report.segments.last().map(|s| s.segment);
     for s in &report.segments {
         match &s.end {
@@ -307,7 +350,7 @@ fn check_index(
         if let Some(r) = report.rooms.get_mut(&room) {
             r.messages += 1;
         }
-        if m.pos >= checkpoint || seq > row.last_seq {
+        if !before(m.pos, checkpoint) || seq > row.last_seq {
             indexed_missing += 1;
             continue;
         }
@@ -363,13 +406,19 @@ fn check_index(
         let (k, v) = row?;
         let (room, seq) = k.value();
         let pos = Pos::from_u64(v.value().0);
-        if changes.get(&pos) != Some(&(room, seq)) && pos < checkpoint {
+        if changes.get(&pos) != Some(&(room, seq)) && before(pos, checkpoint) {
             report.errors.push(format!(
                 "index edit of room {room} seq {seq} points at {pos:?}, which is not an edit of it"
             ));
         }
     }
     Ok(())
+}
+
+/// True when `pos` is in the log before `checkpoint` (compacted segments
+/// lie before every checkpoint).
+fn before(pos: Pos, checkpoint: Pos) -> bool {
+    segment::is_compacted(pos.segment) || pos < checkpoint
 }
 
 /// What [`salvage_shard`] did.
@@ -444,6 +493,33 @@ pub fn salvage_shard(data_dir: &Path, shard: u32) -> Result<SalvageReport> {
     }
     crate::log::sync_dir(&dir)?;
     Ok(report)
+}
+
+/// Every file under `dir` (recursively) whose bytes contain `needle`:
+/// how tests, and an operator auditing an erasure, check that a deleted
+/// message's text left the data directory. Reads each file whole.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Result<Vec<PathBuf>> {
+    assert!(!needle.is_empty(), "an empty needle is in every file");
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
+            let path = entry.map_err(|e| Error::io(&d, e))?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            // A file deleted since it was listed holds nothing.
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Room rows of a shard's index (read-only; empty when there is no index).

@@ -7,6 +7,10 @@
 //! SIGKILL leaves the page cache to the kernel: this shows that recovery
 //! handles whatever a killed writer left, not what survives a power cut.
 //!
+//! The child also compacts all the time (a background step every 20 ms and
+//! a `compact_all` every 30 ms), so kills land in every phase of a
+//! compaction too: rewriting, renamed, switched, deleting the run.
+//!
 //! The child is this test binary re-run with `ROOKERY_CRASH_CHILD` set,
 //! executing only [`crash_child`].
 
@@ -33,6 +37,9 @@ fn config(dir: &Path) -> StorageConfig {
     cfg.checkpoint_interval_ms = 20;
     cfg.index_cache_bytes = 4 << 20;
     cfg.meta_cache_bytes = 1 << 20;
+    cfg.compaction_interval_ms = 20;
+    cfg.compaction_keep_recent_segments = 0;
+    cfg.compaction_bytes_per_s_max = 0;
     cfg
 }
 
@@ -53,6 +60,14 @@ fn crash_child() {
             let store = Store::open(cfg).unwrap();
             let shard = store.open_shard(0).await.unwrap();
             println!("ready");
+            let compactor = shard.clone();
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(30)).await;
+                    compactor.compact_all().await.unwrap();
+                }
+            })
+            .detach();
             let tasks: Vec<_> = (0..WRITERS)
                 .map(|w| {
                     let shard = shard.clone();
@@ -92,6 +107,7 @@ fn acknowledged_messages_survive_sigkill() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut acked: HashMap<(u64, u64), String> = HashMap::new();
+    let mut compacted_rounds = 0;
     for round in 0..ROUNDS {
         let kill_after = Duration::from_millis(rng.gen_range(5..250));
         let new = run_child(dir.path(), round, kill_after);
@@ -102,8 +118,16 @@ fn acknowledged_messages_survive_sigkill() {
             );
         }
         assert_verify_passes(dir.path(), &format!("seed {seed} round {round}"));
+        let ids = rookery_storage::segment::list(&dir.path().join("shard-0/log")).unwrap();
+        compacted_rounds +=
+            ids.iter()
+                .any(|&id| rookery_storage::segment::is_compacted(id)) as u32;
         check_store(dir.path(), &acked, seed, round);
     }
+    assert!(
+        compacted_rounds >= ROUNDS / 2,
+        "seed {seed}: compaction ran in only {compacted_rounds} rounds"
+    );
     assert!(
         acked.len() > 100,
         "seed {seed}: the child acknowledged only {} messages",

@@ -1,5 +1,5 @@
 //! Model test: random sequences of appends (with repeated client ids),
-//! edits, deletes, history reads, reopens and index rebuilds, checked
+//! edits, deletes, history reads, compactions, reopens and index rebuilds, checked
 //! against a plain in-memory model. Seeded and reproducible: a failure
 //! prints its seed; rerun one with `MODEL_SEED=N`.
 
@@ -139,6 +139,9 @@ fn random_cursor(rng: &mut StdRng, last: u64) -> Cursor {
 async fn one_run(seed: u64, dir: PathBuf) {
     let mut cfg = config(&dir);
     cfg.idempotency_window_len = WINDOW;
+    cfg.compaction_interval_ms = 0;
+    cfg.compaction_keep_recent_segments = 0;
+    cfg.compaction_bytes_per_s_max = 0;
     let mut rng = StdRng::seed_from_u64(seed);
     let store = open(&cfg);
     let mut shard = store.open_shard(0).await.unwrap();
@@ -205,7 +208,7 @@ async fn one_run(seed: u64, dir: PathBuf) {
                 let ok = shard.delete(room, seq, 1, ts).await.is_ok();
                 assert_eq!(ok, model.change(room, seq, None), "{ctx}: delete {seq}");
             }
-            68..=93 => {
+            68..=90 => {
                 let c = random_cursor(&mut rng, last);
                 let page = shard.history(room, c).await.unwrap();
                 let got: Vec<(u64, Option<String>)> = page
@@ -214,6 +217,15 @@ async fn one_run(seed: u64, dir: PathBuf) {
                     .map(|i| (i.seq(), i.body().map(String::from)))
                     .collect();
                 assert_eq!(got, model.page(room, c), "{ctx}: history {c:?}");
+            }
+            91..=92 => {
+                // Seal what is written and rewrite every run.
+                shard.compact_all().await.unwrap();
+            }
+            93 => {
+                // One background step (the oldest run, and small compacted
+                // segments merged).
+                shard.compact().await.unwrap();
             }
             94..=97 => {
                 shard.close().await.unwrap();

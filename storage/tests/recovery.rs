@@ -263,7 +263,7 @@ proptest! {
         std::fs::create_dir_all(log_dir(dir.path())).unwrap();
         let mut bytes = Vec::new();
         if keep_header {
-            bytes.extend_from_slice(&segment::Header { shard: 0, segment: 1, created_ms: 0 }.encode());
+            bytes.extend_from_slice(&segment::Header::appended(0, 1, 0).encode());
         }
         bytes.extend_from_slice(&body);
         std::fs::write(segment::path(&log_dir(dir.path()), 1), &bytes).unwrap();

@@ -338,3 +338,35 @@ fn parse_server_frame(b: &[u8]) -> Option<(RawFrame, usize)> {
     at += len;
     Some((frame, at))
 }
+
+/// The next JSON text frame, skipping pings.
+pub fn next_text_json(ws: &mut RawWs) -> serde_json::Value {
+    loop {
+        let f = ws.read_frame().expect("connection open");
+        if f.opcode == 0x1 {
+            return serde_json::from_slice(&f.payload).unwrap();
+        }
+    }
+}
+
+/// Sends one JSON text frame.
+pub fn send_json(ws: &mut RawWs, v: serde_json::Value) {
+    ws.write_frame(0x1, v.to_string().as_bytes(), true, false);
+}
+
+/// Every message of `room`, oldest first, through the history API.
+pub fn all_messages(port: u16, token: &str, room: u64) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let path = format!("/api/rooms/{room}/messages?after={after}&limit=200");
+        let (s, page) = call(port, "GET", &path, Some(token), None);
+        assert_eq!(s, 200, "{page}");
+        let batch = page["messages"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            return out;
+        }
+        after = batch.last().unwrap()["seq"].as_u64().unwrap();
+        out.extend(batch);
+    }
+}

@@ -92,6 +92,9 @@ impl ShardStore {
             return Ok(()); // a delete is final; a racing edit is ignored
         }
         let ticket = st.next_ticket;
+        if deleted {
+            self.note_deleted_body(st, room, seq);
+        }
         st.pending_edits
             .insert((room, seq), (ticket, pos.to_u64(), deleted));
         st.ops.push(Op::Edit {
@@ -317,6 +320,16 @@ impl ShardStore {
 
     /// Syncs the log and sends a durable checkpoint of all dirty state.
     pub(super) async fn checkpoint(&self, writer: &mut LogWriter) -> Result<()> {
+        let roll = std::mem::take(&mut self.inner.st.borrow_mut().roll_requested);
+        if roll {
+            if let Some(sealed) = writer.roll_if_written(now_ms()).await? {
+                self.sealed(sealed);
+                let mut st = self.inner.st.borrow_mut();
+                st.active = writer.segment();
+                let active = st.active;
+                st.segments.entry(active).or_default();
+            }
+        }
         writer.sync().await?;
         let synced = writer.synced();
         {

@@ -47,11 +47,13 @@ use crate::segment::{self, Header, Pos, ScanEnd, HEADER_BYTES};
 use crate::signal::{BatchSignal, Notify};
 
 mod commit;
+mod compact;
 mod read;
 mod recover;
 mod retention;
 mod write;
 
+pub use compact::CompactionReport;
 pub use read::{HistoryItem, Page, RecordRef};
 
 /// Result of appending a message.
@@ -180,6 +182,8 @@ pub struct ShardStats {
     pub sync_batch_records: [u64; SYNC_BATCH_BUCKETS],
     /// Records written since the last `fdatasync` (not yet in a bucket).
     pub unsynced_records: u64,
+    /// Runs of segments compacted.
+    pub compactions: u64,
 }
 
 /// Upper bounds of the fsync batch size buckets, in records.
@@ -202,6 +206,7 @@ impl ShardStats {
             *a += b;
         }
         self.unsynced_records += o.unsynced_records;
+        self.compactions += o.compactions;
     }
 
     /// Syncs that made records durable: the count of the
@@ -303,12 +308,13 @@ impl IdemWindow {
     }
 }
 
-/// Per-segment summary: highest seq of each room it holds, and its length
-/// once sealed.
+/// Per-segment summary: highest seq of each room it holds, its length once
+/// sealed, and for a compacted segment the run of the log it replaced.
 #[derive(Default)]
 struct SegmentInfo {
     rooms: HashMap<u64, u64>,
     sealed_end: Option<u32>,
+    covers: Option<(u32, u32)>,
 }
 
 /// A record waiting in the commit queue.
@@ -362,6 +368,12 @@ pub(super) struct State {
     dirty_rooms: HashSet<u64>,
     dirty_segments: HashSet<(u32, u64)>,
     checkpoint_requested: bool,
+    /// Seal the active segment at the next checkpoint.
+    roll_requested: bool,
+    /// Segments holding a deleted message's body, and since when (ms).
+    scrub: BTreeMap<u32, u64>,
+    /// Id of the next compacted segment.
+    next_compacted: u32,
     closing: bool,
     failed: Option<String>,
     stats: ShardStats,
@@ -397,6 +409,9 @@ struct Inner {
     index_thread: RefCell<Option<std::thread::JoinHandle<()>>>,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     closed: Cell<bool>,
+    /// A compaction or retention pass holds the maintenance turn.
+    maintenance: Cell<bool>,
+    maintenance_done: Notify,
 }
 
 /// A shard's storage handle. Cheap to clone; `!Send` (lives on its shard).
@@ -448,6 +463,9 @@ impl ShardStore {
             dirty_rooms: HashSet::new(),
             dirty_segments: HashSet::new(),
             checkpoint_requested: false,
+            roll_requested: false,
+            scrub: loaded.scrub.iter().copied().collect(),
+            next_compacted: 0,
             closing: false,
             failed: None,
             stats: ShardStats::default(),
@@ -470,6 +488,13 @@ impl ShardStore {
             st.rooms.insert(*id, room);
         }
         let ids = segment::list(&log_dir)?;
+        st.next_compacted = compact::first_free_compacted(
+            &ids.iter()
+                .chain(&loaded.compacted)
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let ids = recover::settle_compaction(&log_dir, &ids, &loaded, &mut st)?;
         for (seg, room, max_seq) in loaded.segments {
             st.segments
                 .entry(seg)
@@ -495,6 +520,8 @@ impl ShardStore {
             index_thread: RefCell::new(Some(thread)),
             tasks: RefCell::new(Vec::new()),
             closed: Cell::new(false),
+            maintenance: Cell::new(false),
+            maintenance_done: Notify::default(),
         });
         let store = ShardStore { inner };
         let ack_task = glommio::spawn_local(store.clone().index_acks(done_rx)).detach();
@@ -512,6 +539,7 @@ impl ShardStore {
         // Not awaited at close: it holds no strong reference and ends at its
         // next tick once the shard is closing or gone.
         glommio::spawn_local(commit::checkpoint_ticker(Rc::downgrade(&store.inner))).detach();
+        glommio::spawn_local(compact::compaction_ticker(Rc::downgrade(&store.inner))).detach();
         // Make the recovered state durable before serving.
         store.checkpoint_now().await?;
         Ok(store)
@@ -593,6 +621,8 @@ impl ShardStore {
         if self.inner.closed.replace(true) {
             return Ok(());
         }
+        // A compaction in progress finishes its switch first.
+        let _turn = self.maintenance().await;
         let result = self.checkpoint_now().await;
         self.inner.st.borrow_mut().closing = true;
         self.inner.wake_committer.notify();

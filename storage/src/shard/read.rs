@@ -409,15 +409,23 @@ impl ShardStore {
     pub(super) async fn prefetch(&self, positions: Vec<u64>) -> Result<()> {
         let mut reads = Vec::new();
         for (segment, offsets) in by_segment(&positions) {
+            // Advisory: a segment compaction deleted since the plan was made
+            // is skipped (the caller plans again after the prefetch).
             let map = {
                 let mut st = self.inner.st.borrow_mut();
-                self.map(&mut st, segment)?
+                match self.map(&mut st, segment) {
+                    Ok(map) => map,
+                    Err(_) if st.failed.is_none() => continue,
+                    Err(e) => return Err(e),
+                }
             };
             let pages = cold_pages(&map, &offsets);
             if pages.is_empty() {
                 continue;
             }
-            let file = self.reader(segment).await?;
+            let Ok(file) = self.reader(segment).await else {
+                continue;
+            };
             for page in pages {
                 let file = file.clone();
                 // Tasks, not bare futures: all reads must be in flight at once.

@@ -31,10 +31,69 @@ pub(super) fn apply_retention_rows(
     Ok(())
 }
 
+/// Finishes or undoes a compaction a crash interrupted, and returns the
+/// live segments in log order. A compacted file counts if the index
+/// recorded its switch, or if there is no index (`checkpoint` 0: the log is
+/// replayed whole, and either layout of a run gives the same state).
+/// Deleted: compacted files whose switch did not commit, files a committed
+/// one superseded, and unfinished `.seg.tmp` rewrites.
+pub(super) fn settle_compaction(
+    log_dir: &std::path::Path,
+    ids: &[u32],
+    loaded: &index::Loaded,
+    st: &mut State,
+) -> Result<Vec<segment::LogFile>> {
+    let full_replay = loaded.checkpoint == 0;
+    let committed: HashSet<u32> = loaded.compacted.iter().copied().collect();
+    let order = segment::log_order(log_dir, ids, |id| full_replay || committed.contains(&id))?;
+    let mut removed = false;
+    for &id in order.uncommitted.iter().chain(&order.superseded) {
+        let path = segment::path(log_dir, id);
+        tracing::info!(
+            segment = id,
+            "removing a segment an interrupted compaction left"
+        );
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        removed = true;
+    }
+    for entry in std::fs::read_dir(log_dir).map_err(|e| Error::io(log_dir, e))? {
+        let path = entry.map_err(|e| Error::io(log_dir, e))?.path();
+        if path.to_str().is_some_and(|p| p.ends_with(".seg.tmp")) {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(log_dir)?;
+    }
+    let live: HashSet<u32> = order.live.iter().map(|f| f.id).collect();
+    for &id in &loaded.compacted {
+        if !live.contains(&id) {
+            st.ops.push(Op::DropSegment { segment: id });
+        }
+    }
+    for f in &order.live {
+        if segment::is_compacted(f.id) {
+            st.segments.entry(f.id).or_default().covers = Some((f.key, f.last));
+            if full_replay {
+                st.ops.push(Op::Compacted {
+                    segment: f.id,
+                    first: f.key,
+                    last: f.last,
+                });
+            }
+        }
+    }
+    Ok(order.live)
+}
+
 impl ShardStore {
-    /// Replays the log after the checkpoint, truncates a torn tail, seals the
-    /// last segment, and creates a fresh active segment.
-    pub(super) async fn recover(&self, ids: &[u32]) -> Result<LogWriter> {
+    /// Replays the log after the checkpoint (all of it, in log order, when
+    /// the index is new), truncates a torn tail, seals the last segment,
+    /// and creates a fresh active segment.
+    pub(super) async fn recover(&self, files: &[segment::LogFile]) -> Result<LogWriter> {
+        let ids: Vec<u32> = files.iter().map(|f| f.id).collect();
+        let ids = &ids[..];
         let ckpt = self.inner.st.borrow().checkpoint;
         if ckpt.segment > 0 && !ids.contains(&ckpt.segment) {
             return Err(Error::IndexMismatch(format!(
@@ -56,9 +115,24 @@ impl ShardStore {
                 st.segments.remove(&id);
                 st.ops.push(Op::DropSegment { segment: id });
             }
+            let gone: Vec<u32> = st
+                .scrub
+                .keys()
+                .filter(|id| !ids.contains(id))
+                .copied()
+                .collect();
+            for id in gone {
+                st.scrub.remove(&id);
+                st.ops.push(Op::DropSegment { segment: id });
+            }
         }
         let last = ids.last().copied();
-        for &id in ids.iter().filter(|&&id| id >= ckpt.segment) {
+        // Compacted segments lie before every checkpoint: only a whole
+        // replay (checkpoint 0) reads them, in their place in the log.
+        let replayed = ids
+            .iter()
+            .filter(|&&id| ckpt.segment == 0 || !segment::is_compacted(id) && id >= ckpt.segment);
+        for &id in replayed {
             let start = if id == ckpt.segment {
                 ckpt.offset.max(HEADER_BYTES as u32)
             } else {
@@ -77,7 +151,21 @@ impl ShardStore {
                 info.sealed_end = Some(len as u32);
             }
         }
-        let next = last.map_or(1, |l| l + 1);
+        {
+            // Seqs below a room's low seq were taken even when no record of
+            // them is left (retention or compaction removed them all).
+            let mut st = self.inner.st.borrow_mut();
+            let st = &mut *st;
+            for (id, r) in st.rooms.iter_mut() {
+                if r.durable_seq + 1 < r.low_seq {
+                    r.durable_seq = r.low_seq - 1;
+                    r.next_seq = r.next_seq.max(r.low_seq);
+                    st.dirty_rooms.insert(*id);
+                }
+            }
+        }
+        // The next appended id follows every appended id, live or compacted.
+        let next = files.iter().map(|f| f.last).max().map_or(1, |l| l + 1);
         let writer = LogWriter::create(
             &self.inner.log_dir,
             self.inner.shard,

@@ -41,6 +41,7 @@ impl ShardStore {
     /// live.
     pub async fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport> {
         self.check_open()?;
+        let _turn = self.maintenance().await;
         let mut report = RetentionReport::default();
         let mut lows = Vec::new();
         {
@@ -79,7 +80,7 @@ impl ShardStore {
             st.segments
                 .iter()
                 .filter(|(id, info)| {
-                    **id < st.checkpoint.segment
+                    (**id < st.checkpoint.segment || segment::is_compacted(**id))
                         && info.sealed_end.is_some()
                         && info
                             .rooms
@@ -96,6 +97,7 @@ impl ShardStore {
             st.segments.remove(&id);
             st.maps.remove(&id);
             st.readers.remove(&id);
+            st.scrub.remove(&id);
             st.ops.push(Op::DropSegment { segment: id });
             report.segments_deleted += 1;
             report.bytes_reclaimed += bytes;

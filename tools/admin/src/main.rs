@@ -4,7 +4,8 @@
 //! index against the log, `meta.redb`), prints statistics, dumps one room's
 //! history as JSON lines, exports a whole directory to a portable JSON-lines
 //! file and imports such a file into a new directory (with any shard count),
-//! and salvages a shard whose log is damaged.
+//! salvages a shard whose log is damaged, and compacts every log at once
+//! (deleted text gone from disk).
 //!
 //! It reads and writes the files directly. **Never run it against a data
 //! directory that a live server has open**: stop the server first. (The
@@ -15,6 +16,7 @@
 //! another command could not read every record; its output covers what was
 //! readable); 2 usage or I/O problems and refused operations.
 
+mod compact;
 mod data;
 mod dump;
 mod export;
@@ -103,6 +105,14 @@ enum Command {
         #[arg(long, default_value_t = 64 << 20)]
         segment_bytes: u32,
     },
+    /// Rewrites every shard's log now, as the server does in the
+    /// background: sealed segments in room order, superseded edits and the
+    /// text of deleted messages gone from every file. Seals the active
+    /// segments first.
+    Compact {
+        /// The data directory.
+        data: PathBuf,
+    },
     /// Makes a damaged shard openable: cuts its log at the first corruption,
     /// moves later segments to shard-K/salvaged/ and removes the index (the
     /// next open rebuilds it). Everything before the damage is kept.
@@ -170,6 +180,7 @@ fn run(command: Command) -> anyhow::Result<Outcome> {
             },
         ),
         Command::Salvage { data, shard } => verify::salvage(&data, shard),
+        Command::Compact { data } => compact::compact(&data),
     }
 }
 

@@ -582,3 +582,43 @@ fn import_refuses_a_non_empty_target_and_a_malformed_line() {
     expect_code(&out, 2);
     assert!(out.2.contains("line 4"), "{}", out.2);
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    rookery_storage::verify::files_containing(dir, needle.as_bytes()).unwrap()
+}
+
+#[test]
+fn compact_removes_deleted_and_replaced_text_and_keeps_history() {
+    let (_tmp, data, rooms) = fixture(2);
+    let names = ["general", "random", "dev", "ops"];
+    let before: Vec<Vec<Value>> = names.iter().map(|n| dump(&data, n, None)).collect();
+    // Text that no history shows: a deleted body, a replaced edit, a
+    // retired message and a retired message's edit.
+    let gone = [
+        format!("{}-7-x", rooms.general),
+        "edit one".to_string(),
+        format!("{}-3-x", rooms.ops),
+        "retired edit".to_string(),
+        format!("{}-51-x", rooms.ops),
+    ];
+    for g in &gone {
+        assert!(!files_containing(&data, g).is_empty(), "{g} was written");
+    }
+    let out = run(&[OsStr::new("compact"), data.as_os_str()]);
+    expect_code(&out, 0);
+    assert!(out.1.contains("bodies dropped"), "{}", out.1);
+    for g in &gone {
+        assert_eq!(
+            files_containing(&data, g),
+            Vec::<PathBuf>::new(),
+            "{g} is still on disk"
+        );
+    }
+    let after: Vec<Vec<Value>> = names.iter().map(|n| dump(&data, n, None)).collect();
+    assert_eq!(after, before, "history changed by compaction");
+    expect_code(&run(&[OsStr::new("verify"), data.as_os_str()]), 0);
+    // What history shows is still there.
+    assert!(!files_containing(&data, "edit two").is_empty());
+    assert!(!files_containing(&data, &format!("{}-6-x", rooms.general)).is_empty());
+}

@@ -1,0 +1,133 @@
+//! Deleted text leaves the disk: a message carrying a unique marker is
+//! deleted over a WebSocket, background compaction rewrites the segment
+//! that held it, and then no file under the data directory contains the
+//! marker, while history, a `join` with `since` and a restart after
+//! SIGKILL all show the same messages.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const MESSAGES: u64 = 200;
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    rookery_storage::verify::files_containing(dir, needle.as_bytes()).unwrap()
+}
+
+/// The messages a `join` with `since` replays, in the history shape.
+fn replay_since(port: u16, token: &str, room: u64, since: u64) -> Vec<Value> {
+    let (mut ws, _) = RawWs::connect(port, &format!("/ws?token={token}"), "");
+    assert_eq!(next_text_json(&mut ws)["type"], "hello");
+    send_json(
+        &mut ws,
+        json!({"type": "join", "room": room, "since": since}),
+    );
+    let mut out = Vec::new();
+    while (out.len() as u64) < MESSAGES - since {
+        let mut v = next_text_json(&mut ws);
+        if v["type"] == "msg" {
+            let m = v.as_object_mut().unwrap();
+            m.remove("type");
+            m.remove("room");
+            out.push(v);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_deleted_message_leaves_no_trace_on_disk_and_every_view_agrees() {
+    let marker = format!(
+        "MARK{}Z",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let flags = [
+        "--durability",
+        "sync",
+        "--shards",
+        "1",
+        "--compaction-interval-ms",
+        "100",
+        "--deleted-text-delay-ms",
+        "0",
+    ];
+    let mut server = start(&flags);
+    let p = server.port;
+    let token = register(p, "erin");
+    let room = create_room(p, &token, "erasure", false);
+    for i in 1..=MESSAGES {
+        let body = if i == 120 {
+            format!("the secret is {marker}")
+        } else {
+            format!("message {i}")
+        };
+        let (s, v) = call(
+            p,
+            "POST",
+            &format!("/api/rooms/{room}/messages"),
+            Some(&token),
+            Some(&json!({ "body": body })),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let data = server._dir.path().join("data");
+    assert!(
+        !files_containing(&data, &marker).is_empty(),
+        "the marker was written"
+    );
+    let (mut ws, _) = RawWs::connect(p, &format!("/ws?token={token}"), "");
+    assert_eq!(next_text_json(&mut ws)["type"], "hello");
+    send_json(&mut ws, json!({"type": "delete", "room": room, "seq": 120}));
+    loop {
+        let v = next_text_json(&mut ws);
+        if v["type"] == "ack" {
+            assert_eq!(v["seq"], 120);
+            break;
+        }
+        assert_ne!(v["type"], "error", "{v}");
+    }
+    // Background compaction seals the segment and rewrites it.
+    let t = Instant::now();
+    while !files_containing(&data, &marker).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the marker is still in {:?}",
+            files_containing(&data, &marker)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = all_messages(p, &token, room);
+    assert_eq!(before.len() as u64, MESSAGES);
+    assert_eq!(before[119]["body"], Value::Null);
+    assert_eq!(before[119]["deleted"], true);
+    assert_eq!(before[118]["body"], "message 119");
+    assert_eq!(replay_since(p, &token, room, 100), before[100..].to_vec());
+
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let (child, port) = spawn_in(&data, free_port(), &flags);
+    let _again = Server {
+        child,
+        port,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    wait_ready(port);
+    assert_eq!(
+        all_messages(port, &token, room),
+        before,
+        "history after SIGKILL"
+    );
+    assert_eq!(
+        replay_since(port, &token, room, 100),
+        before[100..].to_vec()
+    );
+    assert_eq!(files_containing(&data, &marker), Vec::<PathBuf>::new());
+}

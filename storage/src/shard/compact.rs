@@ -1,0 +1,722 @@
+//! Compaction: rewrites a contiguous run of sealed segments into one
+//! segment ordered by `(room, seq)`, with each message's latest edit or
+//! delete next to it, superseded edits, deleted bodies and retired messages
+//! left out; then switches the index to it and deletes the run.
+//!
+//! The rewrite runs on a blocking thread (never on the reactor) at a
+//! bounded write rate; the reactor only decides the run, repoints its
+//! in-memory entries and sends the switch to the index thread.
+//!
+//! Crash safety (the argument is in docs/storage.md): the output is
+//! written as `{id}.seg.tmp`, synced, renamed to `{id}.seg` and the
+//! directory synced; only then does one durable index transaction repoint
+//! every entry into the run and record the compacted segment
+//! (`compacted` table); only after that are the run's files deleted. At
+//! open, a compacted file without its `compacted` row is deleted (the
+//! switch did not commit: the run is intact and the index points at it),
+//! and files superseded by a committed one are deleted (the crash came
+//! before the deletes). With no index at all, the log is replayed whole and
+//! either layout gives the same state, so committed or not, the compacted
+//! file is kept.
+//!
+//! Invariants: a run is contiguous in log order and lies wholly before the
+//! checkpoint; the compacted file keeps every live message and the latest
+//! change of every live message whose change is in the run, so replaying
+//! the log with it in the run's place gives the same history; an index
+//! entry moves only if it still points where the rewrite read it.
+
+use std::io::Write;
+use std::path::Path;
+
+use redb::ReadableDatabase;
+
+use super::*;
+use crate::record::decode_frame;
+use crate::segment::{LogFile, COMPACTED_ID_BASE};
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Segment files rewritten.
+    pub segments_in: u64,
+    /// Compacted segment files written.
+    pub segments_out: u64,
+    /// Bytes of the files rewritten.
+    pub bytes_in: u64,
+    /// Bytes of the files written.
+    pub bytes_out: u64,
+    /// Records read.
+    pub records_in: u64,
+    /// Records written.
+    pub records_out: u64,
+    /// Message bodies left out (deleted, or replaced by an edit).
+    pub bodies_dropped: u64,
+    /// Time spent rewriting, in milliseconds.
+    pub rewrite_ms: u64,
+}
+
+impl CompactionReport {
+    fn add(&mut self, o: &CompactionReport) {
+        self.segments_in += o.segments_in;
+        self.segments_out += o.segments_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.records_in += o.records_in;
+        self.records_out += o.records_out;
+        self.bodies_dropped += o.bodies_dropped;
+        self.rewrite_ms += o.rewrite_ms;
+    }
+}
+
+/// Order of a message and its change in a compacted segment.
+const RANK_MESSAGE: u8 = 0;
+const RANK_CHANGE: u8 = 1;
+
+/// Bytes written per request by the rewrite (and the rate limiter's step).
+const WRITE_STEP_BYTES: usize = 256 << 10;
+
+/// `(seq, old pos, new pos)` of one moved record.
+type Move = (u64, u64, u64);
+/// Per room, the moves of its messages and the moves of its changes.
+type Moves = BTreeMap<u64, (Vec<Move>, Vec<Move>)>;
+
+/// A record of the run the rewrite keeps.
+struct Kept {
+    room: u64,
+    seq: u64,
+    rank: u8,
+    input: usize,
+    offset: u32,
+    len: u32,
+    /// Write the message without its body (a later change replaces it).
+    drop_body: bool,
+}
+
+/// Everything the blocking rewrite needs.
+struct Job {
+    shard: u32,
+    log_dir: PathBuf,
+    inputs: Vec<LogFile>,
+    out: u32,
+    lows: HashMap<u64, u64>,
+    db: Arc<Database>,
+    bytes_per_s_max: u64,
+}
+
+/// What the rewrite produced.
+struct Rewritten {
+    /// What moved where.
+    moves: Moves,
+    /// Highest seq per room the compacted file holds records about.
+    summary: HashMap<u64, u64>,
+    end: u32,
+    report: CompactionReport,
+}
+
+impl Job {
+    /// Reads the run, decides what to keep, writes and syncs the compacted
+    /// file, reads it back to check it, and installs it under its name.
+    fn run(self) -> Result<Rewritten> {
+        let started = Instant::now();
+        let maps = self.map_inputs()?;
+        let mut report = CompactionReport {
+            segments_in: self.inputs.len() as u64,
+            bytes_in: maps.iter().map(|m| m.len() as u64).sum(),
+            ..Default::default()
+        };
+        let kept = self.select(&maps, &mut report)?;
+        let tmp = segment::path(&self.log_dir, self.out).with_extension("seg.tmp");
+        let written = self.write(&maps, &kept, &tmp);
+        let (moves, summary, end) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.check_back(&tmp, &kept) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let dest = segment::path(&self.log_dir, self.out);
+        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+        sync_dir(&self.log_dir)?;
+        report.segments_out = 1;
+        report.bytes_out = end as u64;
+        report.records_out = kept.len() as u64;
+        report.bodies_dropped = kept.iter().filter(|k| k.drop_body).count() as u64;
+        report.rewrite_ms = started.elapsed().as_millis() as u64;
+        Ok(Rewritten {
+            moves,
+            summary,
+            end,
+            report,
+        })
+    }
+
+    fn map_inputs(&self) -> Result<Vec<Mmap>> {
+        let mut maps = Vec::with_capacity(self.inputs.len());
+        for f in &self.inputs {
+            let path = segment::path(&self.log_dir, f.id);
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: sealed segments are never written again; the run's
+            // files are deleted only after this job returned.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            let header = Header::decode(&map, f.id)?;
+            if header.shard != self.shard {
+                return Err(Error::corrupt(
+                    f.id,
+                    0,
+                    format!("segment belongs to shard {}", header.shard),
+                ));
+            }
+            maps.push(map);
+        }
+        Ok(maps)
+    }
+
+    /// The records to keep, in `(room, seq, rank)` order. Every frame is
+    /// checked (CRC, archive) as it is read.
+    fn select(&self, maps: &[Mmap], report: &mut CompactionReport) -> Result<Vec<Kept>> {
+        let mut all = Vec::new();
+        // Per room, the seq range the run's records are about.
+        let mut span: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for (input, map) in maps.iter().enumerate() {
+            let id = self.inputs[input].id;
+            segment::scan(map, id, HEADER_BYTES as u32, false, |offset, rec, len| {
+                let (room, seq) = (rec.room(), rec.seq());
+                let rank = match rec {
+                    ArchivedRecord::Message(_) => RANK_MESSAGE,
+                    _ => RANK_CHANGE,
+                };
+                let s = span.entry(room).or_insert((seq, seq));
+                *s = (s.0.min(seq), s.1.max(seq));
+                all.push(Kept {
+                    room,
+                    seq,
+                    rank,
+                    input,
+                    offset,
+                    len,
+                    drop_body: false,
+                });
+                Ok(())
+            })?;
+        }
+        report.records_in = all.len() as u64;
+        // The latest change of every message the run is about, as the
+        // index holds it now (later changes only move it further on).
+        let tx = self.db.begin_read()?;
+        let mut latest: HashMap<(u64, u64), u64> = HashMap::new();
+        for (&room, &(lo, hi)) in &span {
+            for (seq, pos, _) in index::changes_in(&tx, room, lo, hi)? {
+                latest.insert((room, seq), pos);
+            }
+        }
+        drop(tx);
+        let mut kept: Vec<Kept> = all
+            .into_iter()
+            .filter_map(|mut k| {
+                if k.seq < self.lows.get(&k.room).copied().unwrap_or(1) {
+                    return None; // retired
+                }
+                let change = latest.get(&(k.room, k.seq)).copied();
+                if k.rank == RANK_MESSAGE {
+                    k.drop_body = change.is_some();
+                    return Some(k);
+                }
+                let pos = Pos {
+                    segment: self.inputs[k.input].id,
+                    offset: k.offset,
+                };
+                // Only the latest change of a message is kept.
+                (change == Some(pos.to_u64())).then_some(k)
+            })
+            .collect();
+        kept.sort_by_key(|k| (k.room, k.seq, k.rank));
+        Ok(kept)
+    }
+
+    /// Writes the compacted file at `tmp` (rate-limited) and syncs it.
+    /// Returns the moves, the per-room summary and the file's length.
+    fn write(
+        &self,
+        maps: &[Mmap],
+        kept: &[Kept],
+        tmp: &Path,
+    ) -> Result<(Moves, HashMap<u64, u64>, u32)> {
+        let first = self.inputs.first().expect("a run is not empty").key;
+        let last = self.inputs.last().expect("a run is not empty").last;
+        let header = Header {
+            shard: self.shard,
+            segment: self.out,
+            created_ms: 0,
+            covers: Some((first, last)),
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+            .map_err(|e| Error::io(tmp, e))?;
+        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_STEP_BYTES + 64 * 1024);
+        buf.extend_from_slice(&header.encode());
+        let mut end = 0u64; // bytes already written out of `buf`
+        let started = Instant::now();
+        let mut moves = Moves::new();
+        let mut summary: HashMap<u64, u64> = HashMap::new();
+        for k in kept {
+            let at = end + buf.len() as u64;
+            if at + k.len as u64 + 64 * 1024 > u32::MAX as u64 {
+                return Err(Error::InvalidInput(
+                    "a compacted segment would pass 4 GiB".into(),
+                ));
+            }
+            let map = &maps[k.input];
+            let frame = &map[k.offset as usize..(k.offset + k.len) as usize];
+            if k.drop_body {
+                let rec = decode_frame(frame)
+                    .map_err(|e| Error::corrupt(self.inputs[k.input].id, k.offset, e.to_string()))?
+                    .0;
+                let Record::Message(mut m) = rec.to_owned_record() else {
+                    unreachable!("only messages drop their body")
+                };
+                m.body.clear();
+                encode_frame(&Record::Message(m), &mut buf);
+            } else {
+                buf.extend_from_slice(frame);
+            }
+            let old = Pos {
+                segment: self.inputs[k.input].id,
+                offset: k.offset,
+            };
+            let new = Pos {
+                segment: self.out,
+                offset: at as u32,
+            };
+            let m = moves.entry(k.room).or_default();
+            let list = if k.rank == RANK_MESSAGE {
+                &mut m.0
+            } else {
+                &mut m.1
+            };
+            list.push((k.seq, old.to_u64(), new.to_u64()));
+            let max = summary.entry(k.room).or_insert(0);
+            *max = (*max).max(k.seq);
+            if buf.len() >= WRITE_STEP_BYTES {
+                file.write_all(&buf).map_err(|e| Error::io(tmp, e))?;
+                end += buf.len() as u64;
+                buf.clear();
+                self.pace(started, end);
+            }
+        }
+        file.write_all(&buf).map_err(|e| Error::io(tmp, e))?;
+        end += buf.len() as u64;
+        file.sync_all().map_err(|e| Error::io(tmp, e))?;
+        Ok((moves, summary, end as u32))
+    }
+
+    /// Sleeps so that `written` bytes took at least `written / rate`.
+    fn pace(&self, started: Instant, written: u64) {
+        if self.bytes_per_s_max == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(written as f64 / self.bytes_per_s_max as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Reads the written file back: every frame valid, the records it holds
+    /// exactly the ones kept, in order.
+    fn check_back(&self, tmp: &Path, kept: &[Kept]) -> Result<()> {
+        let file = std::fs::File::open(tmp).map_err(|e| Error::io(tmp, e))?;
+        // SAFETY: the file is ours until renamed, and no longer written.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(tmp, e))?;
+        Header::decode(&map, self.out)?;
+        let mut i = 0usize;
+        let end = segment::scan(&map, self.out, HEADER_BYTES as u32, false, |off, rec, _| {
+            let k = kept.get(i).ok_or_else(|| {
+                Error::corrupt(
+                    self.out,
+                    off,
+                    "compacted segment holds more than was written",
+                )
+            })?;
+            if (rec.room(), rec.seq()) != (k.room, k.seq) {
+                return Err(Error::corrupt(
+                    self.out,
+                    off,
+                    "compacted record out of place",
+                ));
+            }
+            i += 1;
+            Ok(())
+        })?;
+        if i != kept.len() || end.end() as usize != map.len() {
+            return Err(Error::corrupt(
+                self.out,
+                end.end(),
+                "compacted segment is short of what was written",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ShardStore {
+    /// One background step: rewrites the runs that are due (segments
+    /// holding deleted text once `deleted_text_delay_ms` passed, then the
+    /// oldest run of appended segments past the recent ones).
+    pub async fn compact(&self) -> Result<CompactionReport> {
+        self.check_open()?;
+        let _guard = self.maintenance().await;
+        let mut report = CompactionReport::default();
+        let delay = self.inner.cfg.deleted_text_delay_ms;
+        let scrub_due = {
+            let st = self.inner.st.borrow();
+            st.scrub
+                .values()
+                .any(|&since| now_ms().saturating_sub(since) >= delay)
+        };
+        if scrub_due {
+            report.add(&self.scrub_all().await?);
+        }
+        if let Some(run) = self.next_run() {
+            report.add(&self.compact_run(run).await?);
+        }
+        Ok(report)
+    }
+
+    /// Rewrites everything that can be: seals the active segment, then
+    /// compacts every appended segment and every compacted one holding
+    /// deleted text. Afterwards no file of the shard holds the text of a
+    /// message deleted before the call (`rookery-admin compact`).
+    pub async fn compact_all(&self) -> Result<CompactionReport> {
+        self.check_open()?;
+        let _guard = self.maintenance().await;
+        self.roll_now().await?;
+        let mut report = CompactionReport::default();
+        for run in self.runs(|f, _| !segment::is_compacted(f.id)) {
+            report.add(&self.compact_run(run).await?);
+        }
+        report.add(&self.scrub_all().await?);
+        Ok(report)
+    }
+
+    /// Rewrites every segment holding a deleted body (sealing the active
+    /// one first if it does).
+    async fn scrub_all(&self) -> Result<CompactionReport> {
+        let active_marked = {
+            let st = self.inner.st.borrow();
+            st.scrub
+                .keys()
+                .any(|&s| !segment::is_compacted(s) && s >= st.checkpoint.segment)
+        };
+        if active_marked {
+            self.roll_now().await?;
+        }
+        let mut report = CompactionReport::default();
+        let marked: HashSet<u32> = self.inner.st.borrow().scrub.keys().copied().collect();
+        for run in self.runs(|f, _| marked.contains(&f.id)) {
+            report.add(&self.compact_run(run).await?);
+        }
+        Ok(report)
+    }
+
+    /// Seals the active segment (if it holds anything) and checkpoints, so
+    /// every record written so far is in a sealed segment before the
+    /// checkpoint.
+    async fn roll_now(&self) -> Result<()> {
+        self.inner.st.borrow_mut().roll_requested = true;
+        self.checkpoint_now().await
+    }
+
+    /// The oldest run of appended segments old enough to compact.
+    fn next_run(&self) -> Option<Vec<LogFile>> {
+        let keep = self.inner.cfg.compaction_keep_recent_segments as usize;
+        let eligible: Vec<u32> = {
+            let st = self.inner.st.borrow();
+            let sealed: Vec<u32> = st
+                .segments
+                .iter()
+                .filter(|(id, info)| {
+                    !segment::is_compacted(**id)
+                        && info.sealed_end.is_some()
+                        && **id < st.checkpoint.segment
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            sealed[..sealed.len().saturating_sub(keep)].to_vec()
+        };
+        // Small compacted segments (what is left once most of a run was
+        // deleted or retired, or the output of a short run) merge with their
+        // neighbours, so a room's history stays in few files.
+        let small = self.inner.cfg.compaction_input_bytes_max / 4;
+        self.runs(|f, info| {
+            eligible.contains(&f.id)
+                || segment::is_compacted(f.id) && (info.sealed_end.unwrap_or(0) as u64) < small
+        })
+        .into_iter()
+        .find(|run| run.len() > 1 || !segment::is_compacted(run[0].id))
+    }
+
+    /// Runs of the live log (in log order) whose files `pick` chooses:
+    /// each run contiguous, all before the checkpoint, bounded by
+    /// `compaction_input_bytes_max`.
+    fn runs(&self, pick: impl Fn(&LogFile, &SegmentInfo) -> bool) -> Vec<Vec<LogFile>> {
+        let st = self.inner.st.borrow();
+        let cap = self.inner.cfg.compaction_input_bytes_max;
+        let mut runs: Vec<Vec<LogFile>> = Vec::new();
+        let mut current: Vec<LogFile> = Vec::new();
+        let mut bytes = 0u64;
+        for f in log_files(&st) {
+            let info = &st.segments[&f.id];
+            let before_ckpt = segment::is_compacted(f.id) || f.id < st.checkpoint.segment;
+            let chosen = before_ckpt && info.sealed_end.is_some() && pick(&f, info);
+            let size = info.sealed_end.unwrap_or(0) as u64;
+            let fits = current.is_empty() || bytes + size <= cap;
+            if (!chosen || !fits) && !current.is_empty() {
+                runs.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            if chosen {
+                current.push(f);
+                bytes += size;
+            }
+        }
+        if !current.is_empty() {
+            runs.push(current);
+        }
+        runs
+    }
+
+    /// Waits for and takes the shard's maintenance turn (compaction and
+    /// retention's deletes never overlap).
+    pub(super) async fn maintenance(&self) -> MaintenanceGuard {
+        while self.inner.maintenance.replace(true) {
+            self.inner.maintenance_done.notified().await;
+        }
+        MaintenanceGuard {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Rewrites one run and switches the index to the result.
+    async fn compact_run(&self, run: Vec<LogFile>) -> Result<CompactionReport> {
+        // Deletes noted from here on may not be in the snapshot the rewrite
+        // reads: their marks move to the compacted segment.
+        let snapshot_ms = now_ms();
+        // Everything the run's records imply is in redb, durably.
+        self.checkpoint_now().await?;
+        let job = {
+            let mut st = self.inner.st.borrow_mut();
+            let out = st.next_compacted;
+            st.next_compacted += 1;
+            assert!(run
+                .iter()
+                .all(|f| segment::is_compacted(f.id) || f.id < st.checkpoint.segment));
+            Job {
+                shard: self.inner.shard,
+                log_dir: self.inner.log_dir.clone(),
+                inputs: run.clone(),
+                out,
+                lows: st.rooms.iter().map(|(id, r)| (*id, r.low_seq)).collect(),
+                db: self.inner.db.clone(),
+                bytes_per_s_max: self.inner.cfg.compaction_bytes_per_s_max,
+            }
+        };
+        let out = job.out;
+        let rewritten = glommio::executor()
+            .spawn_blocking(move || job.run())
+            .await?;
+        let report = rewritten.report;
+        self.switch(&run, out, rewritten, snapshot_ms);
+        // One durable index transaction: entries repointed, the run's
+        // summaries dropped, the compacted segment recorded.
+        if let Err(e) = self.checkpoint_now().await {
+            self.fail(format!("compaction switch failed: {e}"));
+            return Err(e);
+        }
+        for f in &run {
+            let path = segment::path(&self.inner.log_dir, f.id);
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            let mut st = self.inner.st.borrow_mut();
+            st.maps.remove(&f.id);
+            st.readers.remove(&f.id);
+        }
+        sync_dir(&self.inner.log_dir)?;
+        self.inner.st.borrow_mut().stats.compactions += 1;
+        Ok(report)
+    }
+
+    /// Points the in-memory index at the compacted segment and queues the
+    /// same change for redb (the maps of the run stay until its files go:
+    /// a read that planned before the switch still finds its records).
+    fn switch(&self, run: &[LogFile], out: u32, w: Rewritten, snapshot_ms: u64) {
+        let mut st = self.inner.st.borrow_mut();
+        let st = &mut *st;
+        // A delete noted after the snapshot may have left its body in the
+        // compacted segment: it is marked in its turn.
+        let late_mark = run
+            .iter()
+            .filter_map(|f| st.scrub.get(&f.id).copied())
+            .filter(|&since| since >= snapshot_ms)
+            .min();
+        if let Some(since_ms) = late_mark {
+            st.scrub.insert(out, since_ms);
+            st.ops.push(Op::Scrub {
+                segment: out,
+                since_ms,
+            });
+        }
+        for (room, (messages, changes)) in w.moves {
+            for &(seq, old, new) in &messages {
+                if let Some(r) = st.rooms.get_mut(&room) {
+                    if r.open.get(seq).is_some_and(|e| e.pos == old) {
+                        let mut e = r.open.get(seq).expect("checked");
+                        e.pos = new;
+                        r.open.set(seq, e);
+                    }
+                }
+                if let Some((_, c)) = st.pending_chunks.get_mut(&(room, chunk_of(seq))) {
+                    if let Some(mut e) = c.get(seq).filter(|e| e.pos == old) {
+                        e.pos = new;
+                        Rc::make_mut(c).set(seq, e);
+                    }
+                }
+            }
+            for &(seq, old, new) in &changes {
+                if let Some((_, pos, _)) = st.pending_edits.get_mut(&(room, seq)) {
+                    if *pos == old {
+                        *pos = new;
+                    }
+                }
+            }
+            st.ops.push(Op::Repoint {
+                room,
+                messages,
+                changes,
+            });
+        }
+        for f in run {
+            st.segments.remove(&f.id);
+            st.scrub.remove(&f.id);
+            st.ops.push(Op::DropSegment { segment: f.id });
+        }
+        for (&room, &max_seq) in &w.summary {
+            st.ops.push(Op::SegmentRoom {
+                segment: out,
+                room,
+                max_seq,
+            });
+        }
+        st.segments.insert(
+            out,
+            SegmentInfo {
+                rooms: w.summary,
+                sealed_end: Some(w.end),
+                covers: Some((
+                    run.first().expect("a run is not empty").key,
+                    run.last().expect("a run is not empty").last,
+                )),
+            },
+        );
+        st.ops.push(Op::Compacted {
+            segment: out,
+            first: run.first().expect("a run is not empty").key,
+            last: run.last().expect("a run is not empty").last,
+        });
+        st.checkpoint_requested = true;
+    }
+
+    /// Notes that the body of message `(room, seq)` was deleted: the
+    /// segment holding it is rewritten within `deleted_text_delay_ms`.
+    /// A body already empty (a compacted copy) needs nothing.
+    pub(super) fn note_deleted_body(&self, st: &mut State, room: u64, seq: u64) {
+        let Ok(entries) = self.entries(st, room, seq, seq) else {
+            return;
+        };
+        let pos = Pos::from_u64(entries[0].1.pos);
+        let has_body = self
+            .read_at(st, pos)
+            .is_ok_and(|r| matches!(r.record(), ArchivedRecord::Message(m) if !m.body.is_empty()));
+        if has_body && !st.scrub.contains_key(&pos.segment) {
+            let since_ms = now_ms();
+            st.scrub.insert(pos.segment, since_ms);
+            st.ops.push(Op::Scrub {
+                segment: pos.segment,
+                since_ms,
+            });
+        }
+    }
+}
+
+/// The live segments of a shard in log order (a compacted one sits where
+/// the run it replaced began).
+pub(super) fn log_files(st: &State) -> Vec<LogFile> {
+    let mut files: Vec<LogFile> = st
+        .segments
+        .iter()
+        .map(|(&id, info)| match info.covers {
+            Some((first, last)) => LogFile {
+                id,
+                key: first,
+                last,
+            },
+            None => LogFile {
+                id,
+                key: id,
+                last: id,
+            },
+        })
+        .collect();
+    files.sort_unstable_by_key(|f| f.key);
+    files
+}
+
+/// The first id a new compacted segment may take, given the ids present.
+pub(super) fn first_free_compacted(ids: &[u32]) -> u32 {
+    ids.iter()
+        .filter(|id| segment::is_compacted(**id))
+        .max()
+        .map_or(COMPACTED_ID_BASE, |m| m + 1)
+}
+
+/// Releases the maintenance turn when dropped.
+pub(super) struct MaintenanceGuard {
+    inner: Rc<Inner>,
+}
+
+impl Drop for MaintenanceGuard {
+    fn drop(&mut self) {
+        self.inner.maintenance.set(false);
+        self.inner.maintenance_done.notify();
+    }
+}
+
+/// Runs [`ShardStore::compact`] every `compaction_interval_ms`: one
+/// long-lived timer per shard; ends when the shard closes.
+pub(super) async fn compaction_ticker(inner: std::rc::Weak<Inner>) {
+    let Some(interval) = inner
+        .upgrade()
+        .map(|i| Duration::from_millis(i.cfg.compaction_interval_ms))
+    else {
+        return;
+    };
+    if interval.is_zero() {
+        return;
+    }
+    loop {
+        glommio::timer::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.st.borrow().closing || inner.closed.get() {
+            return;
+        }
+        let store = ShardStore { inner };
+        if let Err(e) = store.compact().await {
+            tracing::warn!(shard = store.shard(), error = %e, "compaction failed");
+        }
+    }
+}
