@@ -7,7 +7,11 @@
 //! 2. history pages of 50 (`before` a random seq of a random room), hot
 //!    (second pass over the same queries) and cold (store reopened, OS page
 //!    cache dropped for its files with `posix_fadvise(DONTNEED)`);
-//! 3. Rookery's reopen time after 1M and 10M messages, and the time of a full
+//! 3. Rookery's compaction of that data (`compact_all`, at its default write
+//!    rate): its throughput, the ack latency of 16 writers appending alone
+//!    and while it runs, then the history pages of (2) again on the
+//!    compacted data (hot and cold);
+//! 4. Rookery's reopen time after 1M and 10M messages, and the time of a full
 //!    index rebuild from the log (index deleted) as the worst case.
 
 use std::path::{Path, PathBuf};
@@ -63,6 +67,13 @@ pub struct Args {
     /// Skip SQLite (Rookery only).
     #[arg(long)]
     no_sqlite: bool,
+    /// Compaction's write rate limit, bytes per second (0: none); the
+    /// storage default.
+    #[arg(long, default_value_t = 8 << 20)]
+    compaction_bytes_per_s: u64,
+    /// Writers appending beside the compaction measurement.
+    #[arg(long, default_value_t = 16)]
+    compaction_writers: usize,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -72,7 +83,7 @@ pub struct Args {
 }
 
 /// One append measurement.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct AppendRun {
     writers: usize,
     appends: u64,
@@ -92,6 +103,24 @@ impl AppendRun {
             "appends_per_sec": self.per_sec().round(), "ack_p50_us": self.p50_us, "ack_p99_us": self.p99_us,
             "mean_batch": if self.batches > 0 { self.appends as f64 / self.batches as f64 } else { 0.0 },
         })
+    }
+}
+
+/// What the compaction measurement found.
+#[derive(Debug, Clone, Copy, Default)]
+struct CompactionRun {
+    bytes_in: u64,
+    bytes_out: u64,
+    rewrite_ms: u64,
+    alone: AppendRun,
+    compacting: AppendRun,
+    /// History on the compacted data: hot, cold.
+    history: (Lat, Lat),
+}
+
+impl CompactionRun {
+    fn mb_per_s(&self) -> f64 {
+        self.bytes_in as f64 / 1e6 / (self.rewrite_ms.max(1) as f64 / 1e3)
     }
 }
 
@@ -178,6 +207,30 @@ pub fn run(args: Args) -> Result<()> {
         );
         l
     };
+    let compaction = rookery_compaction(
+        &root.join(format!("rookery-append-{w_max}")),
+        durability,
+        &args,
+    )?;
+    eprintln!(
+        "  rookery compaction: {:.1} MB -> {:.1} MB in {} ms ({:.0} MB/s, limit {} MiB/s); \
+         ack p99 of {} writers {} µs alone, {} µs while compacting",
+        compaction.bytes_in as f64 / 1e6,
+        compaction.bytes_out as f64 / 1e6,
+        compaction.rewrite_ms,
+        compaction.mb_per_s(),
+        args.compaction_bytes_per_s >> 20,
+        args.compaction_writers,
+        compaction.alone.p99_us,
+        compaction.compacting.p99_us,
+    );
+    eprintln!(
+        "  rookery history/50 compacted: hot p50 {} p99 {} µs; cold p50 {} p99 {} µs",
+        compaction.history.0.p50,
+        compaction.history.0.p99,
+        compaction.history.1.p50,
+        compaction.history.1.p99
+    );
     let mut recoveries = Vec::new();
     for &n in args.recovery.iter().filter(|&&n| n > 0) {
         let r = rookery_recovery(&root.join(format!("rookery-recovery-{n}")), n, &args)?;
@@ -191,11 +244,14 @@ pub fn run(args: Args) -> Result<()> {
     let report = report(
         &args,
         durability,
-        &rookery_runs,
-        &sqlite_runs,
-        (r_hot, r_cold),
-        (s_hot, s_cold),
-        &recoveries,
+        &Measured {
+            rookery: &rookery_runs,
+            sqlite: &sqlite_runs,
+            r_hist: (r_hot, r_cold),
+            s_hist: (s_hot, s_cold),
+            compaction: &compaction,
+            recoveries: &recoveries,
+        },
     );
     print_table(&report);
     if let Some(path) = &args.json {
@@ -246,10 +302,16 @@ fn rookery_appends(
             let deadline = Instant::now() + Duration::from_secs_f64(secs);
             let start = Instant::now();
             let mut tasks = Vec::new();
+            let stop = Rc::new(std::cell::Cell::new(false));
             for w in 0..writers {
                 let shard = shard.clone();
                 tasks.push(glommio::spawn_local(append_loop(
-                    shard, w as u64, rooms, body_len, deadline,
+                    shard,
+                    w as u64,
+                    rooms,
+                    body_len,
+                    deadline,
+                    stop.clone(),
                 )));
             }
             let mut hist = histogram();
@@ -280,12 +342,13 @@ async fn append_loop(
     rooms: u64,
     body_len: usize,
     deadline: Instant,
+    stop: Rc<std::cell::Cell<bool>>,
 ) -> Result<(u64, Histogram<u64>)> {
     let body = body(body_len);
     let mut hist = histogram();
     let mut n = 0u64;
     let mut client_id = String::with_capacity(32);
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !stop.get() {
         let room = (writer + n * 7919) % rooms + 1;
         client_id.clear();
         use std::fmt::Write;
@@ -380,25 +443,119 @@ fn rookery_history(dir: &Path, durability: Durability, args: &Args) -> Result<(L
         Box::pin(async move {
             let store = Store::open(cfg)?;
             let shard = store.open_shard(0).await?;
-            let last: Vec<(u64, u64)> = shard
-                .rooms()
-                .into_iter()
-                .map(|r| (r, shard.last_seq(r)))
-                .collect();
-            let hot_q = queries(&last, nq, seed);
-            rookery_pass(&shard, &hot_q, || Ok(())).await?; // warm up
-            let hot = rookery_pass(&shard, &hot_q, || Ok(())).await?;
-            let cold_q = queries(&last, nq.min(COLD_QUERIES_MAX), seed + 1);
-            let cold = rookery_pass(&shard, &cold_q, || {
-                shard.release_mappings();
-                sqlite_store::drop_os_cache(&dir.join("shard-0"))?;
-                sqlite_store::drop_os_cache(&dir.join("shard-0").join("log"))
-            })
-            .await?;
+            let lat = history_passes(&shard, &dir, nq, seed).await?;
             shard.close().await?;
-            Ok((hot, cold))
+            Ok(lat)
         })
     })?
+}
+
+/// A hot pass (after a warm-up pass) and a cold pass of history queries
+/// over every room of the shard.
+async fn history_passes(
+    shard: &ShardStore,
+    dir: &Path,
+    nq: usize,
+    seed: u64,
+) -> Result<(Lat, Lat)> {
+    let last: Vec<(u64, u64)> = shard
+        .rooms()
+        .into_iter()
+        .map(|r| (r, shard.last_seq(r)))
+        .collect();
+    let hot_q = queries(&last, nq, seed);
+    rookery_pass(shard, &hot_q, || Ok(())).await?; // warm up
+    let hot = rookery_pass(shard, &hot_q, || Ok(())).await?;
+    let cold_q = queries(&last, nq.min(COLD_QUERIES_MAX), seed + 1);
+    let cold = rookery_pass(shard, &cold_q, || {
+        shard.release_mappings();
+        sqlite_store::drop_os_cache(&dir.join("shard-0"))?;
+        sqlite_store::drop_os_cache(&dir.join("shard-0").join("log"))
+    })
+    .await?;
+    Ok((hot, cold))
+}
+
+/// Seconds of appends measured alone before the compaction runs.
+const APPENDS_ALONE_SECS: f64 = 2.0;
+
+/// Compacts the data of `dir` (rate-limited, as in the background) while
+/// writers append, after measuring the same writers alone; then measures
+/// history on the compacted data.
+fn rookery_compaction(dir: &Path, durability: Durability, args: &Args) -> Result<CompactionRun> {
+    let mut cfg = rookery_config(dir, durability, args);
+    cfg.compaction_interval_ms = 0;
+    cfg.compaction_bytes_per_s_max = args.compaction_bytes_per_s;
+    let (nq, seed, writers) = (args.history_queries, args.seed, args.compaction_writers);
+    let (rooms, body_len) = (args.rooms, args.body_bytes);
+    let dir = dir.to_path_buf();
+    on_executor(move || {
+        Box::pin(async move {
+            let store = Store::open(cfg)?;
+            let shard = store.open_shard(0).await?;
+            // Writer ids (and so client ids) of their own per phase: no
+            // append is a duplicate of an earlier one.
+            let appends = |base: u64, secs: f64, stop: Rc<std::cell::Cell<bool>>| {
+                let deadline = Instant::now() + Duration::from_secs_f64(secs);
+                (0..writers)
+                    .map(|w| {
+                        glommio::spawn_local(append_loop(
+                            shard.clone(),
+                            base + w as u64,
+                            rooms,
+                            body_len,
+                            deadline,
+                            stop.clone(),
+                        ))
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let never = Rc::new(std::cell::Cell::new(false));
+            let start = Instant::now();
+            let alone = collect(writers, start, appends(1_000, APPENDS_ALONE_SECS, never)).await?;
+            let stop = Rc::new(std::cell::Cell::new(false));
+            let start = Instant::now();
+            let tasks = appends(2_000, 3600.0, stop.clone());
+            let report = shard.compact_all().await;
+            stop.set(true);
+            let compacting = collect(writers, start, tasks).await?;
+            let report = report?;
+            // What the writers added meanwhile, so all history is compacted.
+            shard.compact_all().await?;
+            let history = history_passes(&shard, &dir, nq, seed).await?;
+            shard.close().await?;
+            Ok(CompactionRun {
+                bytes_in: report.bytes_in,
+                bytes_out: report.bytes_out,
+                rewrite_ms: report.rewrite_ms,
+                alone,
+                compacting,
+                history,
+            })
+        })
+    })?
+}
+
+/// A writer task: its appends and their ack latencies.
+type AppendTask = glommio::Task<Result<(u64, Histogram<u64>)>>;
+
+/// Waits for append tasks started at `start` and sums them up.
+async fn collect(writers: usize, start: Instant, tasks: Vec<AppendTask>) -> Result<AppendRun> {
+    let mut hist = histogram();
+    let mut appends = 0;
+    for t in tasks {
+        let (n, h) = t.await?;
+        appends += n;
+        hist.add(h)?;
+    }
+    Ok(AppendRun {
+        writers,
+        appends,
+        secs: start.elapsed().as_secs_f64(),
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        batches: 0,
+    })
 }
 
 /// Cold queries are costly (caches dropped before each): at most this many.
@@ -555,15 +712,25 @@ pub fn machine() -> Value {
     json!({ "cpu": cpu, "cores": cores, "kernel": kernel })
 }
 
-fn report(
-    args: &Args,
-    durability: Durability,
-    rookery: &[AppendRun],
-    sqlite: &[AppendRun],
+/// Everything one run measured.
+struct Measured<'a> {
+    rookery: &'a [AppendRun],
+    sqlite: &'a [AppendRun],
     r_hist: (Lat, Lat),
     s_hist: (Lat, Lat),
-    recoveries: &[(u64, u64, u64)],
-) -> Value {
+    compaction: &'a CompactionRun,
+    recoveries: &'a [(u64, u64, u64)],
+}
+
+fn report(args: &Args, durability: Durability, m: &Measured) -> Value {
+    let Measured {
+        rookery,
+        sqlite,
+        r_hist,
+        s_hist,
+        compaction,
+        recoveries,
+    } = *m;
     let top = |runs: &[AppendRun]| {
         runs.iter()
             .max_by_key(|r| r.writers)
@@ -587,6 +754,15 @@ fn report(
             "appends_per_sec": r_top,
             "history_p50_us": r_hist.0.p50, "history_p99_us": r_hist.0.p99, "history_max_us": r_hist.0.max,
             "history_cold_p50_us": r_hist.1.p50, "history_cold_p99_us": r_hist.1.p99, "history_cold_max_us": r_hist.1.max,
+            "compaction": {
+                "bytes_in": compaction.bytes_in, "bytes_out": compaction.bytes_out,
+                "rewrite_ms": compaction.rewrite_ms, "mb_per_s": compaction.mb_per_s(),
+                "bytes_per_s_max": args.compaction_bytes_per_s,
+                "appends_alone": compaction.alone.json(),
+                "appends_while_compacting": compaction.compacting.json(),
+                "history_p50_us": compaction.history.0.p50, "history_p99_us": compaction.history.0.p99,
+                "history_cold_p50_us": compaction.history.1.p50, "history_cold_p99_us": compaction.history.1.p99,
+            },
             "recovery": recoveries.iter().map(|(n, ms, rb)| json!({"messages": n, "reopen_ms": ms, "rebuild_ms": rb})).collect::<Vec<_>>(),
             "recovery_ms_per_million": per_million,
         },
@@ -649,6 +825,29 @@ fn print_table(r: &Value) {
             r["sqlite"][key].to_string()
         );
     }
+    let c = &r["rookery"]["compaction"];
+    for (label, key) in [
+        ("  compacted hot p50 µs", "history_p50_us"),
+        ("  compacted hot p99 µs", "history_p99_us"),
+        ("  compacted cold p50 µs", "history_cold_p50_us"),
+        ("  compacted cold p99 µs", "history_cold_p99_us"),
+    ] {
+        println!("{:<28}{:>14}", label, c[key].to_string());
+    }
+    println!(
+        "{:<28}{:>14.0}   ({} MB in {} ms, limit {} B/s)",
+        "compaction MB/s",
+        c["mb_per_s"].as_f64().unwrap_or(0.0),
+        c["bytes_in"].as_u64().unwrap_or(0) / 1_000_000,
+        c["rewrite_ms"],
+        c["bytes_per_s_max"]
+    );
+    println!(
+        "{:<28}{:>14}   (alone {} µs)",
+        format!("ack p99 µs compacting, {}w", c["appends_alone"]["writers"]),
+        c["appends_while_compacting"]["ack_p99_us"].to_string(),
+        c["appends_alone"]["ack_p99_us"],
+    );
     for rec in r["rookery"]["recovery"].as_array().into_iter().flatten() {
         println!(
             "{:<28}{:>14}   (full index rebuild {} ms)",

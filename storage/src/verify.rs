@@ -439,12 +439,19 @@ pub struct SalvageReport {
 /// `shard-K/salvaged/`) and deletes the index so the next open rebuilds it.
 /// Everything before the damage is kept.
 pub fn salvage_shard(data_dir: &Path, shard: u32) -> Result<SalvageReport> {
+    // What an interrupted compaction left goes first, as the next open
+    // would have deleted it: without the index, that open could not tell.
+    let dir = log_dir(data_dir, shard);
+    let order = log_files(data_dir, shard)?;
+    for &id in order.uncommitted.iter().chain(&order.superseded) {
+        let path = segment::path(&dir, id);
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+    }
     let scans = for_each_record(data_dir, shard, |_, _| {})?;
     let mut report = SalvageReport::default();
     let Some(bad) = scans.iter().position(|s| s.end.is_err()) else {
         return Ok(report);
     };
-    let dir = log_dir(data_dir, shard);
     let path = segment::path(&dir, scans[bad].segment);
     let map = map_file(&path)?;
     // Find the damaged offset: scan again, remembering the last good end.

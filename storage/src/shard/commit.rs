@@ -89,11 +89,14 @@ impl ShardStore {
             return Ok(()); // retired (replay of a change to a retired message)
         }
         if !deleted && self.is_deleted(st, room, seq)? {
-            return Ok(()); // a delete is final; a racing edit is ignored
+            // A delete is final; a racing edit is ignored, and its text is
+            // never shown.
+            self.note_hidden_text(st, pos.segment);
+            return Ok(());
         }
         let ticket = st.next_ticket;
         if deleted {
-            self.note_deleted_body(st, room, seq);
+            self.note_deleted(st, room, seq);
         }
         st.pending_edits
             .insert((room, seq), (ticket, pos.to_u64(), deleted));

@@ -370,8 +370,14 @@ pub(super) struct State {
     checkpoint_requested: bool,
     /// Seal the active segment at the next checkpoint.
     roll_requested: bool,
-    /// Segments holding a deleted message's body, and since when (ms).
-    scrub: BTreeMap<u32, u64>,
+    /// Segments holding text no history shows any more (a deleted
+    /// message's), to be rewritten.
+    scrub: BTreeMap<u32, compact::Scrub>,
+    /// Notes taken so far (orders notes against a rewrite's snapshot).
+    notes: u64,
+    /// Run files a compaction switched away from, and the compacted
+    /// segment that replaced them (until the run's files are deleted).
+    moved: HashMap<u32, u32>,
     /// Id of the next compacted segment.
     next_compacted: u32,
     closing: bool,
@@ -464,7 +470,13 @@ impl ShardStore {
             dirty_segments: HashSet::new(),
             checkpoint_requested: false,
             roll_requested: false,
-            scrub: loaded.scrub.iter().copied().collect(),
+            scrub: loaded
+                .scrub
+                .iter()
+                .map(|&(segment, since_ms)| (segment, compact::Scrub::loaded(since_ms)))
+                .collect(),
+            notes: 0,
+            moved: HashMap::new(),
             next_compacted: 0,
             closing: false,
             failed: None,

@@ -462,11 +462,12 @@ impl ShardStore {
                 .await
                 .map_err(|e| Error::Glommio(format!("opening {}: {e}", path.display())))?,
         );
-        self.inner
-            .st
-            .borrow_mut()
-            .readers
-            .insert(segment, f.clone());
+        let mut st = self.inner.st.borrow_mut();
+        // A segment compacted away while it opened keeps no handle (the
+        // handle would hold the deleted file's blocks until close).
+        if st.segments.contains_key(&segment) {
+            st.readers.insert(segment, f.clone());
+        }
         Ok(f)
     }
 

@@ -179,6 +179,8 @@ impl ShardStore {
         let mut st = self.inner.st.borrow_mut();
         st.active = next;
         st.segments.insert(next, SegmentInfo::default());
+        // Mappings taken during replay may predate a torn tail's truncation.
+        st.maps.clear();
         Ok(writer)
     }
 

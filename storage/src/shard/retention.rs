@@ -40,8 +40,7 @@ impl ShardStore {
     /// makes that durable, then deletes sealed segments that hold nothing
     /// live.
     pub async fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport> {
-        self.check_open()?;
-        let _turn = self.maintenance().await;
+        let _turn = self.maintenance_open().await?;
         let mut report = RetentionReport::default();
         let mut lows = Vec::new();
         {

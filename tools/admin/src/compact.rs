@@ -1,6 +1,7 @@
 //! `rookery-admin compact`: rewrites every shard's log at once (what the
-//! server does in the background): old segments in room order, deleted
-//! text and superseded edits gone from disk.
+//! server does in the background): every appended segment in room order,
+//! with superseded edits dropped, and every segment holding a deleted
+//! message's text, so that no file holds it any more.
 
 use std::path::Path;
 

@@ -106,9 +106,9 @@ enum Command {
         segment_bytes: u32,
     },
     /// Rewrites every shard's log now, as the server does in the
-    /// background: sealed segments in room order, superseded edits and the
-    /// text of deleted messages gone from every file. Seals the active
-    /// segments first.
+    /// background: appended segments in room order (superseded edits
+    /// dropped), and every segment holding a deleted message's text, which
+    /// then is in no file. Seals the active segments first.
     Compact {
         /// The data directory.
         data: PathBuf,
