@@ -184,7 +184,7 @@ pub struct ShardStats {
 
 /// Decoded sealed chunks a shard keeps for reads (each at most 64 entries
 /// of 24 bytes: about 1.6 MiB in all).
-pub(super) const CHUNK_CACHE_LEN_MAX: usize = 1024;
+pub(super) const CHUNK_CACHE_LEN_MAX: usize = 8192;
 
 /// Upper bounds of the fsync batch size buckets, in records.
 pub const SYNC_BATCH_BOUNDS: [u64; 7] = [1, 4, 16, 64, 256, 1024, 4096];
