@@ -242,6 +242,14 @@ pub(crate) fn read_chunk(db: &Database, room: u64, no: u64) -> Result<Option<Vec
     Ok(table.get((room, no))?.map(|v| v.value().to_vec()))
 }
 
+/// Whether `room` has any edit row.
+pub(crate) fn has_edits(db: &Database, room: u64) -> Result<bool> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(EDITS)?;
+    let any = table.range((room, 0)..=(room, u64::MAX))?.next().is_some();
+    Ok(any)
+}
+
 /// Reads the latest edit/delete of each seq in `lo..=hi`.
 pub(crate) fn read_edits(
     db: &Database,

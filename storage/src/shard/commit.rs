@@ -49,17 +49,17 @@ impl ShardStore {
     ) {
         let r = st.rooms.entry(room).or_insert_with(|| Room::new(seq));
         if r.open.no != chunk_of(seq) {
-            let full = std::mem::replace(&mut r.open, Chunk::new(chunk_of(seq)));
+            let full = std::mem::replace(&mut r.open, Rc::new(Chunk::new(chunk_of(seq))));
             if !full.entries.is_empty() {
-                Self::send_chunk(st, room, full);
+                Self::send_chunk(st, room, Rc::unwrap_or_clone(full));
             }
         }
         let r = st.rooms.get_mut(&room).expect("inserted");
-        r.open.set(seq, entry);
+        Rc::make_mut(&mut r.open).set(seq, entry);
         r.durable_seq = seq;
         r.last_ts_ms = r.last_ts_ms.max(entry.ts_ms);
         if r.open.is_full() {
-            let full = r.open.clone();
+            let full = Chunk::clone(&r.open);
             Self::send_chunk(st, room, full);
         }
         st.note_in_segment(segment, room, seq);
@@ -67,6 +67,7 @@ impl ShardStore {
     }
 
     pub(super) fn send_chunk(st: &mut State, room: u64, chunk: Chunk) {
+        st.chunk_cache.remove(&(room, chunk.no));
         let ticket = st.next_ticket;
         st.ops.push(Op::Chunk {
             room,
@@ -97,6 +98,9 @@ impl ShardStore {
         let ticket = st.next_ticket;
         if deleted {
             self.note_deleted(st, room, seq);
+        }
+        if let Some(r) = st.rooms.get_mut(&room) {
+            r.has_edits = Some(true);
         }
         st.pending_edits
             .insert((room, seq), (ticket, pos.to_u64(), deleted));
@@ -344,7 +348,7 @@ impl ShardStore {
             let mut last_seqs = Vec::with_capacity(rooms.len());
             for room in rooms {
                 let r = &st.rooms[&room];
-                let (row, open) = (r.row(), r.open.clone());
+                let (row, open) = (r.row(), Chunk::clone(&r.open));
                 last_seqs.push((room, row.last_seq));
                 if !open.entries.is_empty() {
                     Self::send_chunk(st, room, open);

@@ -564,6 +564,9 @@ impl ShardStore {
             self.fail(format!("compaction switch failed: {e}"));
             return Err(e);
         }
+        // Chunks read from redb before the switch committed (and cached)
+        // may hold positions in the run: they go before the run does.
+        self.inner.st.borrow_mut().chunk_cache.clear();
         for f in &run {
             let path = segment::path(&self.inner.log_dir, f.id);
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
@@ -609,13 +612,16 @@ impl ShardStore {
         for f in run {
             st.moved.insert(f.id, out);
         }
+        // Decoded chunks of the moved rooms hold old positions.
+        st.chunk_cache
+            .retain(|(room, _), _| !w.moves.contains_key(room));
         for (room, (messages, changes)) in w.moves {
             for &(seq, old, new) in &messages {
                 if let Some(r) = st.rooms.get_mut(&room) {
                     if r.open.get(seq).is_some_and(|e| e.pos == old) {
                         let mut e = r.open.get(seq).expect("checked");
                         e.pos = new;
-                        r.open.set(seq, e);
+                        Rc::make_mut(&mut r.open).set(seq, e);
                     }
                 }
                 if let Some((_, c)) = st.pending_chunks.get_mut(&(room, chunk_of(seq))) {

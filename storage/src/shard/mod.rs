@@ -186,6 +186,10 @@ pub struct ShardStats {
     pub compactions: u64,
 }
 
+/// Decoded sealed chunks a shard keeps for reads (each at most 64 entries
+/// of 24 bytes: about 1.6 MiB in all).
+pub(super) const CHUNK_CACHE_LEN_MAX: usize = 8192;
+
 /// Upper bounds of the fsync batch size buckets, in records.
 pub const SYNC_BATCH_BOUNDS: [u64; 7] = [1, 4, 16, 64, 256, 1024, 4096];
 /// Buckets of [`ShardStats::sync_batch_records`] (one over the last bound).
@@ -244,8 +248,13 @@ struct Room {
     keep_messages: u64,
     keep_age_ms: u64,
     last_ts_ms: u64,
-    open: Chunk,
+    /// The room's open (partial) chunk; shared with readers, copied on
+    /// write only while one holds it.
+    open: Rc<Chunk>,
     idem: Option<IdemWindow>,
+    /// Whether redb may hold edit rows of the room (`None`: not looked
+    /// yet): a page of a room that has none reads no edits.
+    has_edits: Option<bool>,
 }
 
 impl Room {
@@ -257,8 +266,9 @@ impl Room {
             keep_messages: 0,
             keep_age_ms: 0,
             last_ts_ms: 0,
-            open: Chunk::new(chunk_of(first_seq)),
+            open: Rc::new(Chunk::new(chunk_of(first_seq))),
             idem: None,
+            has_edits: None,
         }
     }
     fn row(&self) -> RoomRow {
@@ -358,6 +368,10 @@ pub(super) struct State {
     maps: HashMap<u32, Rc<Mmap>>,
     readers: HashMap<u32, Rc<glommio::io::BufferedFile>>,
     pending_chunks: HashMap<(u64, u64), (u64, Rc<Chunk>)>,
+    /// Sealed chunks read from redb, decoded (a hot page then reads no
+    /// redb row); at most [`CHUNK_CACHE_LEN_MAX`]. A chunk sent to the
+    /// index thread leaves it.
+    chunk_cache: HashMap<(u64, u64), Rc<Chunk>>,
     pending_edits: BTreeMap<(u64, u64), (u64, u64, bool)>,
     ops: Vec<Op>,
     ops_records: usize,
@@ -459,6 +473,7 @@ impl ShardStore {
             maps: HashMap::new(),
             readers: HashMap::new(),
             pending_chunks: HashMap::new(),
+            chunk_cache: HashMap::new(),
             pending_edits: BTreeMap::new(),
             ops: Vec::new(),
             ops_records: 0,
@@ -491,11 +506,12 @@ impl ShardStore {
             room.last_ts_ms = row.last_ts_ms;
             if row.last_seq > 0 {
                 let no = chunk_of(row.last_seq);
-                room.open = match index::read_chunk(&db, *id, no)? {
+                let mut open = match index::read_chunk(&db, *id, no)? {
                     Some(bytes) => Chunk::decode(no, &bytes)?,
                     None => Chunk::new(no),
                 };
-                room.open.truncate_after(row.last_seq);
+                open.truncate_after(row.last_seq);
+                room.open = Rc::new(open);
             }
             st.rooms.insert(*id, room);
         }

@@ -215,17 +215,26 @@ impl ShardStore {
     pub(super) fn chunk(&self, st: &mut State, room: u64, no: u64) -> Result<Option<Rc<Chunk>>> {
         if let Some(r) = st.rooms.get(&room) {
             if r.open.no == no {
-                return Ok(Some(Rc::new(r.open.clone())));
+                return Ok(Some(r.open.clone()));
             }
         }
         if let Some((_, c)) = st.pending_chunks.get(&(room, no)) {
             return Ok(Some(c.clone()));
         }
-        st.stats.index_chunk_reads += 1;
-        match index::read_chunk(&self.inner.db, room, no)? {
-            Some(bytes) => Ok(Some(Rc::new(Chunk::decode(no, &bytes)?))),
-            None => Ok(None),
+        if let Some(c) = st.chunk_cache.get(&(room, no)) {
+            return Ok(Some(c.clone()));
         }
+        st.stats.index_chunk_reads += 1;
+        let Some(bytes) = index::read_chunk(&self.inner.db, room, no)? else {
+            return Ok(None);
+        };
+        let chunk = Rc::new(Chunk::decode(no, &bytes)?);
+        if st.chunk_cache.len() >= CHUNK_CACHE_LEN_MAX {
+            // Bounded simply: start over (a hot set refills in one page each).
+            st.chunk_cache.clear();
+        }
+        st.chunk_cache.insert((room, no), chunk.clone());
+        Ok(Some(chunk))
     }
 
     pub(super) fn map(&self, st: &mut State, segment: u32) -> Result<Rc<Mmap>> {
@@ -474,15 +483,31 @@ impl ShardStore {
     /// Latest edit/delete positions for seqs `lo..=hi`.
     pub(super) fn edits(
         &self,
-        st: &State,
+        st: &mut State,
         room: u64,
         lo: u64,
         hi: u64,
     ) -> Result<HashMap<u64, u64>> {
-        let mut out: HashMap<u64, u64> = index::read_edits(&self.inner.db, room, lo, hi)?
-            .into_iter()
-            .map(|(s, p, _)| (s, p))
-            .collect();
+        // A room without edit rows reads none (most rooms, most pages);
+        // whether it has any is looked up once.
+        let has_edits = match st.rooms.get(&room).and_then(|r| r.has_edits) {
+            Some(known) => known,
+            None => {
+                let any = index::has_edits(&self.inner.db, room)?;
+                if let Some(r) = st.rooms.get_mut(&room) {
+                    r.has_edits = Some(any);
+                }
+                any
+            }
+        };
+        let mut out: HashMap<u64, u64> = if has_edits {
+            index::read_edits(&self.inner.db, room, lo, hi)?
+                .into_iter()
+                .map(|(s, p, _)| (s, p))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         for (&(_, seq), &(_, pos, _)) in st.pending_edits.range((room, lo)..=(room, hi)) {
             out.insert(seq, pos);
         }
