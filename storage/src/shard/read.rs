@@ -185,6 +185,24 @@ pub(super) fn cold_pages(map: &Mmap, offsets: &[usize]) -> Vec<usize> {
     pages
 }
 
+/// Pages to read at most in one request (a run of consecutive cold pages
+/// longer than this is split).
+pub(super) const READ_RUN_PAGES_MAX: usize = 32;
+
+/// Consecutive runs `(first page, pages)` of sorted, distinct `pages`: one
+/// read each. A compacted room's page of history is a few consecutive
+/// pages: one device request instead of one per page.
+pub(super) fn page_runs(pages: &[usize]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for &p in pages {
+        match runs.last_mut() {
+            Some((first, n)) if *first + *n == p && *n < READ_RUN_PAGES_MAX => *n += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    runs
+}
+
 impl ShardStore {
     /// Index entries of seqs `lo..=hi` of a room, ascending; absent ones
     /// (which should not exist below `durable_seq`) are an error.
@@ -435,11 +453,13 @@ impl ShardStore {
             let Ok(file) = self.reader(segment).await else {
                 continue;
             };
-            for page in pages {
+            for (first, count) in page_runs(&pages) {
                 let file = file.clone();
                 // Tasks, not bare futures: all reads must be in flight at once.
                 reads.push(glommio::spawn_local(async move {
-                    file.read_at((page * PAGE) as u64, PAGE).await.map(|_| ())
+                    file.read_at((first * PAGE) as u64, count * PAGE)
+                        .await
+                        .map(|_| ())
                 }));
             }
         }
@@ -522,5 +542,24 @@ impl ShardStore {
         Ok(index::read_edits(&self.inner.db, room, seq, seq)?
             .first()
             .is_some_and(|e| e.2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_runs_join_consecutive_pages_up_to_the_bound() {
+        assert_eq!(page_runs(&[]), Vec::<(usize, usize)>::new());
+        assert_eq!(
+            page_runs(&[3, 4, 5, 9, 11, 12]),
+            vec![(3, 3), (9, 1), (11, 2)]
+        );
+        let long: Vec<usize> = (100..100 + READ_RUN_PAGES_MAX + 3).collect();
+        assert_eq!(
+            page_runs(&long),
+            vec![(100, READ_RUN_PAGES_MAX), (100 + READ_RUN_PAGES_MAX, 3)]
+        );
     }
 }
