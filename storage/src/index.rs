@@ -268,10 +268,33 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
     let mut state = tx.open_table(STATE)?;
     let mut compacted = tx.open_table(COMPACTED)?;
     let mut scrub = tx.open_table(SCRUB)?;
-    for op in ops {
+    let mut i = 0;
+    while i < ops.len() {
+        let op = &ops[i];
+        i += 1;
         match op {
-            Op::Chunk { room, no, bytes } => {
-                chunks.insert((*room, *no), bytes.as_slice())?;
+            Op::Chunk { .. } => {
+                // A run of chunk puts goes in key order: the B-tree's pages
+                // are then filled one after another instead of each dirtied
+                // many times (rooms interleave in the log). Stable: a later
+                // put of the same chunk still wins.
+                let run_end = (i - 1)
+                    + ops[i - 1..]
+                        .iter()
+                        .take_while(|o| matches!(o, Op::Chunk { .. }))
+                        .count();
+                let mut run: Vec<(u64, u64, &[u8])> = ops[i - 1..run_end]
+                    .iter()
+                    .map(|o| match o {
+                        Op::Chunk { room, no, bytes } => (*room, *no, bytes.as_slice()),
+                        _ => unreachable!("a run of chunk puts"),
+                    })
+                    .collect();
+                run.sort_by_key(|&(room, no, _)| (room, no));
+                for (room, no, bytes) in run {
+                    chunks.insert((room, no), bytes)?;
+                }
+                i = run_end;
             }
             Op::Edit {
                 room,
@@ -450,7 +473,10 @@ pub(crate) fn spawn(
     let (done_tx, done_rx) = flume::unbounded();
     let handle = std::thread::Builder::new()
         .name(format!("rookery-index-{shard}"))
-        .spawn(move || run(db, meta, rx, done_tx, 256))
+        .spawn(move || {
+            crate::threads::float();
+            run(db, meta, rx, done_tx, 256)
+        })
         .map_err(|e| Error::io("index thread", e))?;
     Ok((tx, done_rx, handle))
 }

@@ -30,6 +30,7 @@ pub mod record;
 pub mod segment;
 mod shard;
 mod signal;
+mod threads;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -108,7 +108,7 @@ struct Rewritten {
     /// What moved where.
     moves: Moves,
     /// Highest seq per room the compacted file holds records about.
-    summary: HashMap<u64, u64>,
+    summary: FxHashMap<u64, u64>,
     end: u32,
     report: CompactionReport,
 }
@@ -242,7 +242,7 @@ impl Job {
         maps: &[Mmap],
         kept: &[Kept],
         tmp: &Path,
-    ) -> Result<(Moves, HashMap<u64, u64>, u32)> {
+    ) -> Result<(Moves, FxHashMap<u64, u64>, u32)> {
         let first = self.inputs.first().expect("a run is not empty").key;
         let last = self.inputs.last().expect("a run is not empty").last;
         let header = Header {
@@ -261,7 +261,7 @@ impl Job {
         let mut end = 0u64; // bytes already written out of `buf`
         let started = Instant::now();
         let mut moves = Moves::new();
-        let mut summary: HashMap<u64, u64> = HashMap::new();
+        let mut summary: FxHashMap<u64, u64> = FxHashMap::default();
         for k in kept {
             let at = end + buf.len() as u64;
             if at + k.len as u64 + 64 * 1024 > u32::MAX as u64 {
@@ -789,38 +789,13 @@ async fn rewrite_off_reactor(job: Job) -> Result<Rewritten> {
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            background_priority();
+            crate::threads::background();
             let _ = tx.send(job.run());
         })
         .map_err(|e| Error::io("compaction thread", e))?;
     rx.recv_async()
         .await
         .map_err(|_| Error::Failed("the compaction thread died".into()))?
-}
-
-/// Makes the calling thread run on any core, at nice 10, in the idle I/O
-/// class (best effort: a refusal leaves it as it was).
-fn background_priority() {
-    // SAFETY: plain syscalls on the calling thread with valid arguments;
-    // `set` is a zeroed cpu_set_t filled with CPU_SET.
-    unsafe {
-        let cpus = libc::sysconf(libc::_SC_NPROCESSORS_CONF).max(1) as usize;
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..cpus.min(libc::CPU_SETSIZE as usize) {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-        // ioprio_set(IOPRIO_WHO_PROCESS, this thread, IOPRIO_CLASS_IDLE).
-        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0,
-            IOPRIO_CLASS_IDLE << 13,
-        );
-    }
 }
 
 /// The live segments of a shard in log order (a compacted one sits where

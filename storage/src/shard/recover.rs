@@ -87,6 +87,113 @@ pub(super) fn settle_compaction(
     Ok(order.live)
 }
 
+/// Records replayed between two index batches sent during a replay.
+const REPLAY_BATCH_RECORDS: usize = 64 * 1024;
+
+/// Segments read ahead of the one being replayed.
+const READ_AHEAD_SEGMENTS: usize = 2;
+/// A segment larger than this is mapped instead of read (its buffer would
+/// cost too much memory).
+const READ_AHEAD_BYTES_MAX: u64 = 256 << 20;
+/// Bytes per `O_DIRECT` read request.
+const READ_AHEAD_STEP_BYTES: usize = 4 << 20;
+
+/// A segment's bytes read by [`ReadAhead`].
+type SegmentBytes = rkyv::util::AlignedVec<4096>;
+
+/// A thread that reads the segments of a replay with large `O_DIRECT`
+/// reads, in order, at most [`READ_AHEAD_SEGMENTS`] ahead of the replay,
+/// into buffers the replay hands back (no fresh memory per segment).
+/// Replaying from these buffers costs the disk's sequential rate and no
+/// page cache: measured on the reference VM, reading a cold 2.9 GB log
+/// through the page cache took 2.7 s (2 s of it kernel CPU filling the
+/// cache), with `O_DIRECT` 1.5 s. A segment it cannot read so (a file
+/// system without `O_DIRECT`, a segment too large) is mapped instead.
+struct ReadAhead {
+    rx: std::sync::mpsc::Receiver<Option<SegmentBytes>>,
+    back: std::sync::mpsc::Sender<SegmentBytes>,
+}
+
+impl ReadAhead {
+    fn start(paths: Vec<std::path::PathBuf>) -> ReadAhead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD_SEGMENTS - 1);
+        let (back, returned) = std::sync::mpsc::channel::<SegmentBytes>();
+        let spawned = std::thread::Builder::new()
+            .name("rookery-readahead".into())
+            .spawn(move || {
+                crate::threads::float();
+                let mut spare: Option<SegmentBytes> = None;
+                for path in &paths {
+                    let mut buf = spare
+                        .take()
+                        .or_else(|| returned.try_recv().ok())
+                        .unwrap_or_default();
+                    let sent = if read_direct(path, &mut buf) {
+                        tx.send(Some(buf))
+                    } else {
+                        spare = Some(buf);
+                        tx.send(None)
+                    };
+                    // Blocks while the replay is far enough behind; ends
+                    // when the replay dropped its end.
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            let (_, rx) = std::sync::mpsc::sync_channel(0);
+            return ReadAhead { rx, back }; // every segment will be mapped
+        }
+        ReadAhead { rx, back }
+    }
+
+    /// The next segment's bytes, if they could be read directly.
+    fn next(&self) -> Option<SegmentBytes> {
+        self.rx.recv().ok().flatten()
+    }
+
+    /// Hands a buffer back for a later segment.
+    fn recycle(&self, buf: SegmentBytes) {
+        let _ = self.back.send(buf);
+    }
+}
+
+/// Reads a whole file with `O_DIRECT` into `buf` (resized to the file);
+/// false when it cannot (the caller maps the file).
+fn read_direct(path: &std::path::Path, buf: &mut SegmentBytes) -> bool {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    else {
+        return false;
+    };
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    if len > READ_AHEAD_BYTES_MAX {
+        return false;
+    }
+    let cap = (len as usize).next_multiple_of(4096);
+    buf.resize(cap, 0);
+    let mut off = 0usize;
+    while off < len as usize {
+        let step = READ_AHEAD_STEP_BYTES.min(cap - off);
+        match file.read_at(&mut buf[off..off + step], off as u64) {
+            Ok(0) => break,
+            Ok(n) => off += n,
+            Err(_) => return false,
+        }
+    }
+    if off != len as usize {
+        return false; // changed under us: let the replay look itself
+    }
+    buf.resize(off, 0); // shrinks: drops the read past the end
+    true
+}
+
 impl ShardStore {
     /// Replays the log after the checkpoint (all of it, in log order, when
     /// the index is new), truncates a torn tail, seals the last segment,
@@ -129,16 +236,34 @@ impl ShardStore {
         let last = ids.last().copied();
         // Compacted segments lie before every checkpoint: only a whole
         // replay (checkpoint 0) reads them, in their place in the log.
-        let replayed = ids
+        let replayed: Vec<u32> = ids
             .iter()
-            .filter(|&&id| ckpt.segment == 0 || !segment::is_compacted(id) && id >= ckpt.segment);
-        for &id in replayed {
+            .filter(|&&id| ckpt.segment == 0 || !segment::is_compacted(id) && id >= ckpt.segment)
+            .copied()
+            .collect();
+        // The next segments stream in from the disk while one is replayed
+        // (a replay faulting its pages in one by one reads a cold log at a
+        // third of the disk's sequential rate).
+        // Only a whole replay reads ahead: from a checkpoint, the replay
+        // reads the tail of one segment or two, which a mapping reads best.
+        let ahead = ReadAhead::start(
+            replayed
+                .iter()
+                .filter(|_| ckpt.segment == 0)
+                .map(|&id| segment::path(&self.inner.log_dir, id))
+                .collect(),
+        );
+        for &id in &replayed {
             let start = if id == ckpt.segment {
                 ckpt.offset.max(HEADER_BYTES as u32)
             } else {
                 HEADER_BYTES as u32
             };
-            self.replay_segment(id, start, Some(id) == last)?;
+            let read = ahead.next();
+            self.replay_segment(id, start, Some(id) == last, read.as_deref())?;
+            if let Some(buf) = read {
+                ahead.recycle(buf);
+            }
         }
         for &id in ids {
             let mut st = self.inner.st.borrow_mut();
@@ -184,16 +309,32 @@ impl ShardStore {
         Ok(writer)
     }
 
-    pub(super) fn replay_segment(&self, id: u32, start: u32, is_last: bool) -> Result<()> {
+    /// Replays segment `id` from `start`: from `read` (its bytes, read
+    /// ahead) or, without them, from a mapping of the file.
+    pub(super) fn replay_segment(
+        &self,
+        id: u32,
+        start: u32,
+        is_last: bool,
+        read: Option<&[u8]>,
+    ) -> Result<()> {
         let path = segment::path(&self.inner.log_dir, id);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        // SAFETY: nothing else writes this file during recovery.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let header = Header::decode(&map, id)?;
+        let mapped = match read {
+            Some(_) => None,
+            // SAFETY: nothing else writes this file during recovery.
+            None => Some(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?),
+        };
+        let map: &[u8] = match (read, &mapped) {
+            (Some(bytes), _) => bytes,
+            (None, Some(m)) => m,
+            (None, None) => unreachable!("mapped when not read"),
+        };
+        let header = Header::decode(map, id)?;
         if header.shard != self.inner.shard {
             return Err(Error::corrupt(
                 id,
@@ -205,8 +346,9 @@ impl ShardStore {
         let end = {
             let mut st = self.inner.st.borrow_mut();
             let st = &mut *st;
-            segment::scan(&map, id, start, is_last, |offset, rec, _| {
+            segment::scan(map, id, start, is_last, |offset, rec, _| {
                 ops_records += 1;
+                st.ops_records += 1;
                 self.apply_replayed(
                     st,
                     Pos {
@@ -214,13 +356,19 @@ impl ShardStore {
                         offset,
                     },
                     rec,
-                )
+                )?;
+                // The index thread commits while the replay goes on (a
+                // non-durable batch: a crash before the final checkpoint
+                // leaves the index empty, and the next open replays again).
+                if st.ops_records >= REPLAY_BATCH_RECORDS {
+                    self.send_index(st, false, Vec::new());
+                }
+                Ok(())
             })?
         };
-        drop(map);
+        drop(mapped); // before a truncation below
         let mut st = self.inner.st.borrow_mut();
         st.stats.replayed += ops_records;
-        st.ops_records += ops_records as usize;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         if let ScanEnd::Torn { end, reason } = &end {
             tracing::warn!(shard = self.inner.shard, segment = id, offset = end, %reason, "truncating torn log tail");

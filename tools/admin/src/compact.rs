@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use rookery_storage::{CompactionReport, StorageConfig, Store};
+use rookery_storage::CompactionReport;
 
 use crate::data;
 use crate::Outcome;
@@ -14,18 +14,7 @@ use crate::Outcome;
 /// Opens every shard of `data` and runs `compact_all` on it: afterwards no
 /// file of the directory holds the text of a message deleted before.
 pub fn compact(data_dir: &Path) -> Result<Outcome> {
-    let manifest = data::manifest(data_dir)?;
-    let mut cfg = StorageConfig::new(data_dir);
-    cfg.shards = manifest.shards;
-    // The tool runs alone: no background step, no rate limit.
-    cfg.compaction_interval_ms = 0;
-    cfg.compaction_bytes_per_s_max = 0;
-    let store = Store::open(cfg.clone()).with_context(|| {
-        format!(
-            "opening {} (is a server running on it?)",
-            data_dir.display()
-        )
-    })?;
+    let (store, cfg) = data::open_store(data_dir)?;
     let shards = cfg.shards;
     let reports = data::on_executor(cfg.io_memory_bytes, move || async move {
         let mut reports = Vec::new();

@@ -158,3 +158,16 @@ pub fn write_json_line(out: &mut impl Write, value: &impl serde::Serialize) -> R
     line.push(b'\n');
     out.write_all(&line).context("writing output")
 }
+
+/// Opens the existing data directory `data` through the shard stores, as the
+/// tool runs alone: no background compaction, no compaction rate limit.
+pub fn open_store(data: &Path) -> Result<(rookery_storage::Store, rookery_storage::StorageConfig)> {
+    let manifest = manifest(data)?;
+    let mut cfg = rookery_storage::StorageConfig::new(data);
+    cfg.shards = manifest.shards;
+    cfg.compaction_interval_ms = 0;
+    cfg.compaction_bytes_per_s_max = 0;
+    let store = rookery_storage::Store::open(cfg.clone())
+        .with_context(|| format!("opening {} (is a server running on it?)", data.display()))?;
+    Ok((store, cfg))
+}

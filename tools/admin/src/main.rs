@@ -4,8 +4,8 @@
 //! index against the log, `meta.redb`), prints statistics, dumps one room's
 //! history as JSON lines, exports a whole directory to a portable JSON-lines
 //! file and imports such a file into a new directory (with any shard count),
-//! salvages a shard whose log is damaged, and compacts every log at once
-//! (deleted text gone from disk).
+//! salvages a shard whose log is damaged, compacts every log at once
+//! (deleted text gone from disk), and rebuilds the indexes from the logs.
 //!
 //! It reads and writes the files directly. **Never run it against a data
 //! directory that a live server has open**: stop the server first. (The
@@ -22,6 +22,7 @@ mod dump;
 mod export;
 mod format;
 mod import;
+mod reindex;
 mod stats;
 mod verify;
 
@@ -113,6 +114,12 @@ enum Command {
         /// The data directory.
         data: PathBuf,
     },
+    /// Deletes every shard's index and rebuilds it from the log (as an
+    /// open does when the index is missing), printing the time per shard.
+    Reindex {
+        /// The data directory.
+        data: PathBuf,
+    },
     /// Makes a damaged shard openable: cuts its log at the first corruption,
     /// moves later segments to shard-K/salvaged/ and removes the index (the
     /// next open rebuilds it). Everything before the damage is kept.
@@ -181,6 +188,7 @@ fn run(command: Command) -> anyhow::Result<Outcome> {
         ),
         Command::Salvage { data, shard } => verify::salvage(&data, shard),
         Command::Compact { data } => compact::compact(&data),
+        Command::Reindex { data } => reindex::reindex(&data),
     }
 }
 

@@ -622,3 +622,26 @@ fn compact_removes_deleted_and_replaced_text_and_keeps_history() {
     assert!(!files_containing(&data, "edit two").is_empty());
     assert!(!files_containing(&data, &format!("{}-6-x", rooms.general)).is_empty());
 }
+
+#[test]
+fn reindex_rebuilds_every_index_from_the_log() {
+    let (_tmp, data, _rooms) = fixture(2);
+    let names = ["general", "random", "dev", "ops"];
+    let before: Vec<Vec<Value>> = names.iter().map(|n| dump(&data, n, None)).collect();
+    let out = run(&[OsStr::new("reindex"), data.as_os_str()]);
+    expect_code(&out, 0);
+    for shard in 0..2 {
+        assert!(
+            out.1
+                .contains(&format!("shard {shard}: index rebuilt from ")),
+            "{}",
+            out.1
+        );
+        assert!(data.join(format!("shard-{shard}/index.redb")).is_file());
+    }
+    let after: Vec<Vec<Value>> = names.iter().map(|n| dump(&data, n, None)).collect();
+    assert_eq!(after, before);
+    expect_code(&run(&[OsStr::new("verify"), data.as_os_str()]), 0);
+    let out = run(&[OsStr::new("reindex"), OsStr::new("/nonexistent/rookery")]);
+    expect_code(&out, 2);
+}
