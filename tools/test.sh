@@ -127,6 +127,10 @@ r = json.load(open(sys.argv[1]))
 for key in ("appends_per_sec", "history_p99_us", "recovery_ms_per_million"):
     assert r["rookery"][key] is not None and r["rookery"][key] > 0, key
 assert r["sqlite"]["appends_per_sec"] > 0 and r["ratio_appends"] > 0
+c = r["rookery"]["compaction"]
+for key in ("bytes_in", "rewrite_ms", "history_p99_us", "history_cold_p99_us"):
+    assert c[key] > 0, key
+assert c["appends_while_compacting"]["appends"] > 0 and c["appends_alone"]["ack_p99_us"] > 0
 print("bench smoke: report has every field")
 PY
 
