@@ -521,7 +521,14 @@ impl ShardStore {
         let has_edits = match st.rooms.get(&room).and_then(|r| r.has_edits) {
             Some(known) => known,
             None => {
-                let any = index::has_edits(&self.inner.db, room)?;
+                // An edit not yet committed counts (its row reaches redb
+                // after this look, and the flag would stay false).
+                let pending = st
+                    .pending_edits
+                    .range((room, 0)..=(room, u64::MAX))
+                    .next()
+                    .is_some();
+                let any = pending || index::has_edits(&self.inner.db, room)?;
                 if let Some(r) = st.rooms.get_mut(&room) {
                     r.has_edits = Some(any);
                 }

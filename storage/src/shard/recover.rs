@@ -90,8 +90,6 @@ pub(super) fn settle_compaction(
 /// Records replayed between two index batches sent during a replay.
 const REPLAY_BATCH_RECORDS: usize = 64 * 1024;
 
-/// Segments read ahead of the one being replayed.
-const READ_AHEAD_SEGMENTS: usize = 2;
 /// A segment larger than this is mapped instead of read (its buffer would
 /// cost too much memory).
 const READ_AHEAD_BYTES_MAX: u64 = 256 << 20;
@@ -102,8 +100,9 @@ const READ_AHEAD_STEP_BYTES: usize = 4 << 20;
 type SegmentBytes = rkyv::util::AlignedVec<4096>;
 
 /// A thread that reads the segments of a replay with large `O_DIRECT`
-/// reads, in order, at most [`READ_AHEAD_SEGMENTS`] ahead of the replay,
-/// into buffers the replay hands back (no fresh memory per segment).
+/// reads, in order, one segment ahead of the replay, into two buffers the
+/// replay hands back in turn (at most 2 x 256 MiB per shard rebuilding;
+/// 2 x 64 MiB with default segments).
 /// Replaying from these buffers costs the disk's sequential rate and no
 /// page cache: measured on the reference VM, reading a cold 2.9 GB log
 /// through the page cache took 2.7 s (2 s of it kernel CPU filling the
@@ -116,7 +115,9 @@ struct ReadAhead {
 
 impl ReadAhead {
     fn start(paths: Vec<std::path::PathBuf>) -> ReadAhead {
-        let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD_SEGMENTS - 1);
+        // A rendezvous: the thread holds at most the one segment it read
+        // ahead, and its buffer comes back before it reads the next one.
+        let (tx, rx) = std::sync::mpsc::sync_channel(0);
         let (back, returned) = std::sync::mpsc::channel::<SegmentBytes>();
         let spawned = std::thread::Builder::new()
             .name("rookery-readahead".into())
@@ -357,9 +358,13 @@ impl ShardStore {
                     },
                     rec,
                 )?;
-                // The index thread commits while the replay goes on (a
-                // non-durable batch: a crash before the final checkpoint
-                // leaves the index empty, and the next open replays again).
+                // The index thread commits while the replay goes on
+                // (non-durable batches: after a crash before the final
+                // checkpoint the index holds no checkpoint, or the old one,
+                // and the next open replays from there again, putting the
+                // same rows; an open that fails with an error may leave
+                // these rows durable, as redb makes its last commits durable
+                // when it closes, and the next open overwrites them).
                 if st.ops_records >= REPLAY_BATCH_RECORDS {
                     self.send_index(st, false, Vec::new());
                 }

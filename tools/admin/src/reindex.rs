@@ -14,8 +14,10 @@ use crate::Outcome;
 /// Removes each shard's `index.redb` and opens the shard, which replays its
 /// whole log into a new index.
 pub fn reindex(data_dir: &Path) -> Result<Outcome> {
-    let shards = data::manifest(data_dir)?.shards;
-    for shard in 0..shards {
+    // Opening the store first fails while a server holds the directory:
+    // nothing is deleted then.
+    let (store, cfg) = data::open_store(data_dir)?;
+    for shard in 0..cfg.shards {
         let index = shard_dir(data_dir, shard).join("index.redb");
         match std::fs::remove_file(&index) {
             Ok(()) => {}
@@ -23,7 +25,6 @@ pub fn reindex(data_dir: &Path) -> Result<Outcome> {
             Err(e) => return Err(e).with_context(|| format!("removing {}", index.display())),
         }
     }
-    let (store, cfg) = data::open_store(data_dir)?;
     let shards = cfg.shards;
     let took = data::on_executor(cfg.io_memory_bytes, move || async move {
         let mut took = Vec::new();

@@ -644,4 +644,11 @@ fn reindex_rebuilds_every_index_from_the_log() {
     expect_code(&run(&[OsStr::new("verify"), data.as_os_str()]), 0);
     let out = run(&[OsStr::new("reindex"), OsStr::new("/nonexistent/rookery")]);
     expect_code(&out, 2);
+    // While another process holds the directory, nothing is deleted.
+    let held = Store::open(config(&data, 2)).unwrap();
+    let out = run(&[OsStr::new("reindex"), data.as_os_str()]);
+    expect_code(&out, 2);
+    assert!(data.join("shard-0/index.redb").is_file());
+    assert!(data.join("shard-1/index.redb").is_file());
+    drop(held);
 }
