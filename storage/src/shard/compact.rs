@@ -689,13 +689,8 @@ impl ShardStore {
                 self.note_hidden_text(st, pos.segment);
             }
         }
-        let latest = match st.pending_edits.get(&(room, seq)) {
-            Some(&(_, pos, _)) => Some(pos),
-            None => index::read_edits(&self.inner.db, room, seq, seq)
-                .ok()
-                .and_then(|e| e.first().map(|&(_, pos, _)| pos)),
-        };
-        if let Some(pos) = latest.map(Pos::from_u64) {
+        let latest = self.latest_change(st, room, seq).ok().flatten();
+        if let Some(pos) = latest.map(|(pos, _)| Pos::from_u64(pos)) {
             let text = self
                 .read_at(st, pos)
                 .is_ok_and(|r| matches!(r.record(), ArchivedRecord::Edit(e) if !e.body.is_empty()));

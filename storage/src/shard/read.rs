@@ -551,12 +551,25 @@ impl ShardStore {
 
     /// Is message (room, seq) deleted, according to the durable state?
     pub(super) fn is_deleted(&self, st: &State, room: u64, seq: u64) -> Result<bool> {
-        if let Some((_, _, deleted)) = st.pending_edits.get(&(room, seq)) {
-            return Ok(*deleted);
+        Ok(self
+            .latest_change(st, room, seq)?
+            .is_some_and(|(_, deleted)| deleted))
+    }
+
+    /// The latest edit or delete `(pos, deleted)` of message (room, seq):
+    /// one not yet committed to the index, else the index's.
+    pub(super) fn latest_change(
+        &self,
+        st: &State,
+        room: u64,
+        seq: u64,
+    ) -> Result<Option<(u64, bool)>> {
+        if let Some(&(_, pos, deleted)) = st.pending_edits.get(&(room, seq)) {
+            return Ok(Some((pos, deleted)));
         }
         Ok(index::read_edits(&self.inner.db, room, seq, seq)?
             .first()
-            .is_some_and(|e| e.2))
+            .map(|&(_, pos, deleted)| (pos, deleted)))
     }
 }
 

@@ -5,6 +5,8 @@
 //! the state after replay equals the state before the crash for every
 //! record that reached the disk.
 
+use std::collections::BTreeSet;
+
 use super::*;
 
 /// Applies the durable retention rows of `meta` to this shard's rooms: the
@@ -212,24 +214,17 @@ impl ShardStore {
         {
             // Forget summaries of segments that no longer exist (deleted by
             // retention just before a crash).
+            // One `DropSegment` forgets a segment's summary and scrub note.
             let mut st = self.inner.st.borrow_mut();
-            let gone: Vec<u32> = st
+            let gone: BTreeSet<u32> = st
                 .segments
                 .keys()
+                .chain(st.scrub.keys())
                 .filter(|id| !ids.contains(id))
                 .copied()
                 .collect();
             for id in gone {
                 st.segments.remove(&id);
-                st.ops.push(Op::DropSegment { segment: id });
-            }
-            let gone: Vec<u32> = st
-                .scrub
-                .keys()
-                .filter(|id| !ids.contains(id))
-                .copied()
-                .collect();
-            for id in gone {
                 st.scrub.remove(&id);
                 st.ops.push(Op::DropSegment { segment: id });
             }
