@@ -105,6 +105,7 @@ impl Engine {
             .name("rookery-shard")
             .io_memory(cfg.storage.io_memory_bytes)
             .preempt_timer(cfg.preempt_timer)
+            .ring_depth(cfg.ring_depth)
             .spin_before_park(cfg.spin_before_park)
             .on_all_shards(move || {
                 let common = Common {
@@ -126,7 +127,7 @@ impl Engine {
                 Err(_) => failures.push("a shard exited during start".into()),
             }
         }
-        let kicker = spawn_kicker(senders.clone(), activity, cfg.kick_interval)?;
+        let kicker = crate::kick::spawn_kicker(senders.clone(), activity, cfg.kick_interval)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 kicker: Mutex::new(Some(kicker)),
@@ -568,61 +569,6 @@ impl Engine {
         }
         first_err.map_or(Ok(()), Err)
     }
-}
-
-/// How long the kicker sleeps at most while no shard works.
-const KICK_IDLE_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_millis(40);
-
-/// Starts the thread that, each `interval`, sends a `Tick` to every shard
-/// that did some work since the last look (`activity` moved) and has
-/// nothing queued; it ends when stopped or when every shard is gone.
-///
-/// Only busy shards are kicked: glommio's stall (see `kick_interval`) can
-/// only begin right after the executor ran, and an idle shard is then left
-/// asleep instead of being woken 200 times a second for nothing.
-fn spawn_kicker(
-    shards: Vec<flume::Sender<Command>>,
-    activity: Arc<Vec<AtomicU64>>,
-    interval: std::time::Duration,
-) -> Result<(
-    Arc<std::sync::atomic::AtomicBool>,
-    std::thread::JoinHandle<()>,
-)> {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = std::thread::Builder::new()
-        .name("rookery-kick".into())
-        .spawn(move || {
-            let mut seen: Vec<u64> = activity.iter().map(|a| a.load(Ordering::Relaxed)).collect();
-            // Idle, the thread itself backs off (to at most
-            // `KICK_IDLE_INTERVAL_MAX`): a stall after a quiet spell is
-            // then bounded by that instead.
-            let mut sleep = interval;
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(sleep);
-                let mut any = false;
-                for (s, queue) in shards.iter().enumerate() {
-                    let now = activity[s].load(Ordering::Relaxed);
-                    if std::mem::replace(&mut seen[s], now) != now {
-                        any = true;
-                        // A queue with work already woke its shard.
-                        if queue.is_empty() {
-                            let _ = queue.send(Command::Tick);
-                        }
-                    }
-                }
-                sleep = if any {
-                    interval
-                } else {
-                    (sleep * 2).min(KICK_IDLE_INTERVAL_MAX.max(interval))
-                };
-                if shards.iter().all(flume::Sender::is_disconnected) {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| Error::Start(format!("kick thread: {e}")))?;
-    Ok((stop, handle))
 }
 
 /// One shard's life: join the mesh, open storage, serve commands and peers

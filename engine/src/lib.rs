@@ -36,6 +36,7 @@ mod directory;
 mod engine;
 mod error;
 mod event;
+mod kick;
 mod local;
 mod metrics;
 mod queues;

@@ -46,6 +46,10 @@ struct Args {
     secret: String,
     history: usize,
     executors: usize,
+    /// io_uring submission entries per ring: the same as Rookery's
+    /// default, so that both pay the same for the reactor's timer cancels
+    /// (see `EngineConfig::ring_depth`).
+    ring_depth: usize,
 }
 
 fn args() -> Result<Args, String> {
@@ -54,6 +58,7 @@ fn args() -> Result<Args, String> {
         secret: "rookery-bench".into(),
         history: 1000,
         executors: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ring_depth: 4096,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -67,6 +72,7 @@ fn args() -> Result<Args, String> {
             "--jwt-secret" => a.secret = value.clone(),
             "--history" => a.history = num(value)?,
             "--executors" => a.executors = num(value)?.max(1),
+            "--ring-depth" => a.ring_depth = num(value)?.clamp(1, 32_768),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -77,16 +83,17 @@ fn main() {
     let a = match args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("rookery-bare: {e}\nusage: rookery-bare [--port P] [--jwt-secret S] [--history N] [--executors N]");
+            eprintln!("rookery-bare: {e}\nusage: rookery-bare [--port P] [--jwt-secret S] [--history N] [--executors N] [--ring-depth N]");
             std::process::exit(2);
         }
     };
     let mesh = MeshBuilder::<Peer, _>::full(a.executors, 1024);
     let next_room = Arc::new(AtomicU64::new(1));
-    let (port, secret, history) = (a.port, Arc::new(a.secret), a.history);
+    let (port, secret, history) = (a.port, Arc::new(a.secret.clone()), a.history);
     let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(a.executors, None))
         .name("bare")
         .io_memory(1 << 20)
+        .ring_depth(a.ring_depth)
         .on_all_shards(move || {
             let (mesh, next_room, secret) = (mesh.clone(), next_room.clone(), secret.clone());
             async move { executor(mesh, port, secret, history, next_room).await }
