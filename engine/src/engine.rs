@@ -210,6 +210,22 @@ impl Engine {
             })
     }
 
+    /// Makes `user` a member of `room` if they may read it, as a
+    /// subscription that joins does: a member stays as they are (answered
+    /// from the owner's memory, no I/O), a public room is joined (never
+    /// changing a role); `Banned` for a banned user, `NotFound` for a
+    /// private room they are not a member of (an invitation is accepted
+    /// with [`MemberOp::Accept`]) and for a missing room.
+    pub fn ensure_member(&self, room: u64, user: u64) -> Pending<()> {
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::EnsureMember {
+                room,
+                user,
+                reply,
+            })
+    }
+
     /// Adds `user` to `room` with `role`, or changes their role, with no
     /// rule but the data's (an embedder's or an import's own decision: a
     /// room keeps its owner); resolves to their role before.

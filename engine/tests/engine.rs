@@ -893,3 +893,70 @@ fn posting_advances_the_posters_read_marker() {
     assert_eq!(engine.unread(room, bob).wait().unwrap(), 1, "alice's last");
     engine.shutdown().unwrap();
 }
+
+/// `ensure_member` (a subscription that joins): a member stays as they
+/// are (no role change, nothing written), a public room is joined, and a
+/// banned user, a private room (invited or not) and a missing room are
+/// refused, with nothing written.
+#[test]
+fn ensure_member_joins_public_rooms_only_and_keeps_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.rooms_must_exist = true;
+    let engine = Engine::start(cfg).unwrap();
+    let meta = engine.directory();
+    let [alice, bob, cid, dan] =
+        ["alice", "bob", "cid", "dan"].map(|n| meta.ensure_external_user(n, 0).unwrap());
+    let open = engine.create_room("open", false, alice).wait().unwrap();
+    let secret = engine.create_room("secret", true, alice).wait().unwrap();
+    // Posting before joining is refused; after, it is taken.
+    assert!(matches!(
+        engine.post(open, bob, "b0", "early").wait(),
+        Err(Error::Forbidden(_))
+    ));
+    engine.ensure_member(open, bob).wait().unwrap();
+    engine.post(open, bob, "b1", "joined").wait().unwrap();
+    assert_eq!(meta.standing(open, bob).unwrap().role, Some(Role::Member));
+    // Again, and for the owner: nothing changes.
+    engine.ensure_member(open, bob).wait().unwrap();
+    engine.ensure_member(open, alice).wait().unwrap();
+    assert_eq!(meta.standing(open, alice).unwrap().role, Some(Role::Owner));
+    // Banned: refused as banned, still not a member.
+    engine.ensure_member(open, cid).wait().unwrap();
+    engine
+        .membership(open, alice, cid, MemberOp::Ban)
+        .wait()
+        .unwrap();
+    assert!(matches!(
+        engine.ensure_member(open, cid).wait(),
+        Err(Error::Banned(_))
+    ));
+    assert_eq!(meta.standing(open, cid).unwrap().role, None);
+    // A private room answers as a missing one, invited or not; the
+    // invitation stays (accepted only by `Accept`).
+    assert!(matches!(
+        engine.ensure_member(secret, dan).wait(),
+        Err(Error::NotFound(_))
+    ));
+    engine
+        .membership(secret, alice, dan, MemberOp::Invite)
+        .wait()
+        .unwrap();
+    assert!(matches!(
+        engine.ensure_member(secret, dan).wait(),
+        Err(Error::NotFound(_))
+    ));
+    let standing = meta.standing(secret, dan).unwrap();
+    assert_eq!((standing.role, standing.invited), (None, true));
+    engine
+        .membership(secret, dan, dan, MemberOp::Accept)
+        .wait()
+        .unwrap();
+    engine.ensure_member(secret, dan).wait().unwrap();
+    // A room that does not exist.
+    assert!(matches!(
+        engine.ensure_member(secret + 100, bob).wait(),
+        Err(Error::NotFound(_))
+    ));
+    engine.shutdown().unwrap();
+}

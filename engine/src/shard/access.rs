@@ -179,6 +179,39 @@ impl Shard {
         })
     }
 
+    /// Owner side of `Engine::ensure_member`: a member is answered from
+    /// the access cache; anyone else goes through a `Join` decided in the
+    /// transaction that writes it, except that a private room is joined by
+    /// no one this way (invited or not: it answers as a missing one, and
+    /// a banned user learns they are banned).
+    pub(super) async fn ensure_member(&self, room: u64, user: u64) -> Result<()> {
+        match self.may_post(room, user).await {
+            Ok(()) => return Ok(()),
+            Err(Error::Forbidden(_)) => {} // a public room, not a member
+            // A missing room is not remembered: answered at once. A private
+            // one needs the user's standing (banned or not).
+            Err(Error::NotFound(m)) if !self.access.borrow().contains_key(&room) => {
+                return Err(Error::NotFound(m))
+            }
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let meta = self.meta.clone();
+        let (_, change) = glommio::executor()
+            .spawn_blocking(move || {
+                meta.change_membership(room, user, user, now_ms(), |v| {
+                    let hidden = v.private && v.actor.role.is_none() && !v.actor.banned;
+                    if hidden {
+                        return Err(Error::NotFound(format!("room {room}")));
+                    }
+                    rules::decide(MemberOp::Join, room, user, true, v)
+                })
+            })
+            .await?;
+        self.applied(room, user, &change, "left");
+        Ok(())
+    }
+
     /// Owner side: sets or removes a membership with no rule but the
     /// data's (see `Engine::add_member`); answers the role before.
     pub(super) async fn set_member(

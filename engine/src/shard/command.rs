@@ -114,6 +114,13 @@ pub(crate) enum Command {
         op: crate::rules::MemberOp,
         reply: Reply<crate::rules::Membership>,
     },
+    /// Makes `user` a member of a public `room` they may join, from memory
+    /// when they are one already (see `Engine::ensure_member`).
+    EnsureMember {
+        room: u64,
+        user: u64,
+        reply: Reply<()>,
+    },
     /// Adds `user` to `room` with `role`, changes the role, or (`None`)
     /// removes the membership; answers the role before.
     SetMember {
@@ -236,6 +243,10 @@ impl Shard {
                 let me = self.clone();
                 answer(reply, async move { me.set_member(room, user, role).await });
             }
+            Command::EnsureMember { room, user, reply } => {
+                let me = self.clone();
+                answer(reply, async move { me.ensure_member(room, user).await });
+            }
             Command::Membership {
                 room,
                 actor,
@@ -329,6 +340,7 @@ fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
         Command::EnforceRetention { reply } => send(reply, Err(error())),
         Command::SetMember { reply, .. } => send(reply, Err(error())),
         Command::Membership { reply, .. } => send(reply, Err(error())),
+        Command::EnsureMember { reply, .. } => send(reply, Err(error())),
         Command::OpenInbox { .. }
         | Command::Unsubscribe { .. }
         | Command::CloseInbox { .. }

@@ -365,9 +365,5 @@ pub(crate) async fn answer_invite(
 /// For the WebSocket `join`: the caller is a member already, or joins a
 /// public room now (never changing a role).
 pub(crate) async fn ensure_member(shared: &Shared, uid: u64, id: u64) -> Result<(), ApiError> {
-    let (_, standing) = readable_room(shared, uid, id).await?;
-    if standing.role.is_none() {
-        change(shared, id, uid, uid, MemberOp::Join).await?;
-    }
-    Ok(())
+    Ok(shared.engine.ensure_member(id, uid).await?)
 }

@@ -25,6 +25,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::future::IntoFuture;
 use std::io::{self, Read, Write};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -863,8 +864,14 @@ impl Conn {
             }
         }
         let engine = &self.shared.engine;
+        // Both asked at once: one round trip to the owner, not two.
         let state = async {
-            Ok::<_, EngineError>((engine.last_seq(room).await?, engine.online(room).await?))
+            let (last, online) = futures_lite::future::zip(
+                engine.last_seq(room).into_future(),
+                engine.online(room).into_future(),
+            )
+            .await;
+            Ok::<_, EngineError>((last?, online?))
         };
         let (last, online) = match state.await {
             Ok(s) => s,
