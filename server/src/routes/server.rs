@@ -68,20 +68,8 @@ pub(crate) fn no_upgrade() -> Response {
 /// `GET /metrics`: Prometheus (OpenMetrics) text, summed over shards.
 pub(crate) async fn metrics(req: &Request, shared: &Shared) -> ApiResult {
     let m = shared.engine.metrics_async().await?;
-    let checks = shared
-        .hashing
-        .done
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let text = crate::metrics::render(
-        &m,
-        &shared.http,
-        &shared.limits,
-        &shared.sends,
-        &shared.logins,
-        &shared.rates,
-        checks,
-    )
-    .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    let text = crate::metrics::render(&m, shared)
+        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
     // OpenMetrics for scrapers that ask for it (Prometheus does), the
     // Prometheus text format for everyone else.
     let openmetrics = req
@@ -111,8 +99,10 @@ pub(crate) fn readyz(shared: &Shared) -> Response {
     if shared.stopping.load(Ordering::Relaxed) {
         return Response::error(503, "stopping", "the server is shutting down");
     }
-    Response::json(
-        200,
-        &json!({"status": "ready", "shard": shared.shard, "shards": shared.engine.shards()}),
-    )
+    let mut ready =
+        json!({"status": "ready", "shard": shared.shard, "shards": shared.engine.shards()});
+    if let Some(node) = &shared.cluster {
+        ready["cluster"] = node.view();
+    }
+    Response::json(200, &ready)
 }

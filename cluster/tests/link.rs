@@ -1,0 +1,165 @@
+//! The link against a real three-server NATS cluster with JetStream.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rookery_cluster::testing::Nats;
+use rookery_cluster::{ClusterConfig, Error, Link, LinkState};
+
+fn config(nats: Vec<String>, node_id: u32, nodes: Vec<u32>) -> ClusterConfig {
+    ClusterConfig {
+        name: "test".into(),
+        node_id,
+        nodes,
+        nats,
+        kv_replicas: 3,
+        connect_timeout_ms: 20_000,
+    }
+}
+
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    futures_lite::future::block_on(f)
+}
+
+/// Answers every request on `subject` with its payload reversed, from a
+/// thread of its own (which holds a clone of the link and is left running
+/// when the test ends).
+fn serve_reversed(link: &Link, subject: &str) -> std::thread::JoinHandle<()> {
+    let requests = block(link.subscribe(subject)).unwrap();
+    let link = link.clone();
+    std::thread::spawn(move || {
+        while let Ok(m) = requests.recv() {
+            let mut body = m.payload.to_vec();
+            body.reverse();
+            if let Some(reply) = m.reply {
+                link.publish(&reply, Bytes::from(body)).unwrap();
+            }
+        }
+    })
+}
+
+/// A request, retried while nobody answers yet: a subscription made on one
+/// connection reaches the NATS servers a moment later.
+fn ask(link: &Link, subject: &str, body: &'static [u8], within: Duration) -> Bytes {
+    let deadline = Instant::now() + within;
+    loop {
+        match block(link.request(subject, Bytes::from_static(body), Duration::from_secs(1))) {
+            Ok(answer) => return answer,
+            // No responder yet, or a NATS server just died and the
+            // client is reconnecting.
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("no answer on {subject} within {within:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn requests_are_answered_across_links_and_no_responder_fails_fast() {
+    let nats = Nats::start(3);
+    let urls = nats.urls();
+    let a = Link::connect(&config(vec![urls[0].clone()], 1, vec![1, 2])).unwrap();
+    let b = Link::connect(&config(vec![urls[2].clone()], 2, vec![1, 2])).unwrap();
+    assert_eq!(a.state(), LinkState::Connected);
+    let _responder = serve_reversed(&a, "test.reverse");
+    // Interest crosses the NATS cluster's routes asynchronously.
+    let answer = ask(&b, "test.reverse", b"abc", Duration::from_secs(10));
+    assert_eq!(&answer[..], b"cba");
+    let started = Instant::now();
+    match block(b.request("test.nobody", Bytes::new(), Duration::from_secs(5))) {
+        Err(Error::NoResponders(s)) => assert_eq!(s, "test.nobody"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((a, b));
+}
+
+#[test]
+fn publishes_arrive_in_order() {
+    let nats = Nats::start(1);
+    let cfg = config(nats.urls(), 1, vec![1]);
+    let (a, b) = (Link::connect(&cfg).unwrap(), Link::connect(&cfg).unwrap());
+    let rx = block(b.subscribe("test.order")).unwrap();
+    // Make sure the subscription is in place: b's subscriptions are sent
+    // in order, so once its later one answers, the first is registered.
+    let _responder = serve_reversed(&b, "test.ping");
+    ask(&a, "test.ping", b"x", Duration::from_secs(10));
+    for i in 0..2_000u32 {
+        a.publish("test.order", Bytes::from(i.to_le_bytes().to_vec()))
+            .unwrap();
+    }
+    for i in 0..2_000u32 {
+        let m = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(m.subject, "test.order");
+        assert_eq!(u32::from_le_bytes(m.payload[..4].try_into().unwrap()), i);
+    }
+    assert_eq!(b.dropped(), 0);
+}
+
+#[test]
+fn the_node_list_is_recorded_once_and_a_different_one_is_refused() {
+    let nats = Nats::start(3);
+    let urls = nats.urls();
+    let first = config(urls.clone(), 1, vec![1, 2, 3]);
+    let link = Link::connect(&first).unwrap();
+    block(link.claim_nodes(&first)).unwrap();
+    // The same set, in another order, through another server: accepted.
+    let same = config(vec![urls[1].clone()], 3, vec![3, 2, 1]);
+    let other = Link::connect(&same).unwrap();
+    block(other.claim_nodes(&same)).unwrap();
+    // A different set: refused, naming both lists.
+    let changed = config(vec![urls[2].clone()], 1, vec![1, 2]);
+    match block(other.claim_nodes(&changed)) {
+        Err(e @ Error::NodesChanged { .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("[1,2,3]") && m.contains("[1,2]"), "{m}");
+        }
+        r => panic!("{r:?}"),
+    }
+    // Another cluster name is another cluster.
+    let apart = ClusterConfig {
+        name: "other".into(),
+        ..changed
+    };
+    block(other.claim_nodes(&apart)).unwrap();
+}
+
+#[test]
+fn connecting_to_nothing_fails_within_the_timeout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = ClusterConfig {
+        connect_timeout_ms: 1_000,
+        ..config(vec![format!("nats://127.0.0.1:{port}")], 1, vec![1])
+    };
+    let started = Instant::now();
+    match Link::connect(&cfg) {
+        Err(Error::Connect { servers, .. }) => assert!(servers.contains(&port.to_string())),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("connected to nothing"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_dead_nats_server_is_survived() {
+    let mut nats = Nats::start(3);
+    let urls = nats.urls();
+    // Both links know every server; the one they use is killed.
+    let a = Link::connect(&config(urls.clone(), 1, vec![1, 2])).unwrap();
+    let b = Link::connect(&config(urls.clone(), 2, vec![1, 2])).unwrap();
+    let _responder = serve_reversed(&a, "test.reverse");
+    let reverse = || ask(&b, "test.reverse", b"ab", Duration::from_secs(15));
+    assert_eq!(&reverse()[..], b"ba");
+    for victim in 0..3 {
+        nats.servers[victim].kill();
+        assert_eq!(&reverse()[..], b"ba", "after killing server {victim}");
+        nats.servers[victim].restart();
+    }
+}
