@@ -145,11 +145,6 @@ impl Link {
         self.inner.counters.dropped.load(Ordering::Relaxed)
     }
 
-    fn send(&self, cmd: Cmd) -> Result<()> {
-        let cmds = self.inner.cmds.as_ref().ok_or(Error::Closed)?;
-        cmds.send(cmd).map_err(|_| Error::Closed)
-    }
-
     async fn send_async(&self, cmd: Cmd) -> Result<()> {
         let cmds = self.inner.cmds.as_ref().ok_or(Error::Closed)?;
         cmds.send_async(cmd).await.map_err(|_| Error::Closed)
@@ -170,12 +165,14 @@ impl Link {
     }
 
     /// Publishes (at most once, like all of core NATS). Publishes leave in
-    /// the order they are made.
-    pub fn publish(&self, subject: &str, payload: Bytes) -> Result<()> {
-        self.send(Cmd::Publish {
+    /// the order they are made; this waits while the link's command queue
+    /// is full (never blocking a thread: a shard awaits it).
+    pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<()> {
+        self.send_async(Cmd::Publish {
             subject: subject.to_string(),
             payload,
         })
+        .await
     }
 
     /// Subscribes to `subject` (wildcards allowed); its messages arrive on

@@ -32,7 +32,7 @@ fn serve_reversed(link: &Link, subject: &str) -> std::thread::JoinHandle<()> {
             let mut body = m.payload.to_vec();
             body.reverse();
             if let Some(reply) = m.reply {
-                link.publish(&reply, Bytes::from(body)).unwrap();
+                block(link.publish(&reply, Bytes::from(body))).unwrap();
             }
         }
     })
@@ -88,8 +88,7 @@ fn publishes_arrive_in_order() {
     let _responder = serve_reversed(&b, "test.ping");
     ask(&a, "test.ping", b"x", Duration::from_secs(10));
     for i in 0..2_000u32 {
-        a.publish("test.order", Bytes::from(i.to_le_bytes().to_vec()))
-            .unwrap();
+        block(a.publish("test.order", Bytes::from(i.to_le_bytes().to_vec()))).unwrap();
     }
     for i in 0..2_000u32 {
         let m = rx.recv_timeout(Duration::from_secs(10)).unwrap();
