@@ -7,7 +7,6 @@ mod accounts;
 mod messages;
 mod rooms;
 
-pub(crate) use rooms::ensure_member;
 mod server;
 
 use serde::Deserialize;

@@ -361,9 +361,3 @@ pub(crate) async fn answer_invite(
     change(shared, id, uid, uid, op).await?;
     Ok(Response::json(200, &json!({"room": id, "member": accept})))
 }
-
-/// For the WebSocket `join`: the caller is a member already, or joins a
-/// public room now (never changing a role).
-pub(crate) async fn ensure_member(shared: &Shared, uid: u64, id: u64) -> Result<(), ApiError> {
-    Ok(shared.engine.ensure_member(id, uid).await?)
-}

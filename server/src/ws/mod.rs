@@ -24,8 +24,7 @@
 //! back to the shard's pool).
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::io::{self, Read, Write};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -828,8 +827,9 @@ impl Conn {
         r#ref: Option<&RawValue>,
     ) -> Result<(), ApiError> {
         let room = need(f.room, "room")?;
-        // A public room is joined (as a member) by subscribing to it.
-        crate::routes::ensure_member(&self.shared, user, room).await?;
+        // A public room is joined (as a member) by subscribing to it; the
+        // room's owner answers a member from memory.
+        self.shared.engine.ensure_member(room, user).await?;
         let mut joined_now = None;
         if !self.is_joined(room) {
             let max = self.shared.cfg.ws_rooms_per_connection_max;

@@ -89,7 +89,7 @@ fn main() {
     };
     let mesh = MeshBuilder::<Peer, _>::full(a.executors, 1024);
     let next_room = Arc::new(AtomicU64::new(1));
-    let (port, secret, history) = (a.port, Arc::new(a.secret.clone()), a.history);
+    let (port, secret, history) = (a.port, Arc::new(a.secret), a.history);
     let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(a.executors, None))
         .name("bare")
         .io_memory(1 << 20)
