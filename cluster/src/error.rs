@@ -30,6 +30,13 @@ pub enum Error {
         /// The list given to this node.
         configured: String,
     },
+    /// A key-value create found the key already set.
+    #[error("key {0} already exists")]
+    KeyExists(String),
+    /// A key-value update found another revision than the one it expected
+    /// (another write came first).
+    #[error("key {0} changed meanwhile")]
+    Conflict(String),
     /// The link's thread is gone (the link was closed or its runtime
     /// failed).
     #[error("the NATS link is closed")]

@@ -19,6 +19,7 @@
 
 mod config;
 mod error;
+mod kv;
 mod link;
 mod owner;
 #[cfg(feature = "test-support")]
@@ -26,5 +27,6 @@ pub mod testing;
 
 pub use config::ClusterConfig;
 pub use error::{Error, Result};
+pub use kv::{BucketSpec, KvChange};
 pub use link::{Incoming, Link, LinkState};
 pub use owner::owner_of;

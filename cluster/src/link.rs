@@ -19,6 +19,7 @@ use futures_lite::StreamExt;
 
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
+use crate::kv::{self as kvs, BucketSpec, KvAnswer, KvChange, KvOp, Stores, RETRY_PAUSE};
 
 /// Commands waiting for the link's thread, at most; past it a publish
 /// waits (requests and subscriptions wait too).
@@ -27,9 +28,6 @@ const COMMANDS_MAX: usize = 4096;
 /// NATS messages of that subscription are dropped and counted (core NATS
 /// is at-most-once anyway: the readers fill gaps).
 const INCOMING_MAX: usize = 8192;
-/// Pause between two attempts at the key-value bucket while JetStream
-/// elects its leader.
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// The key under which the cluster records its node list.
 const NODES_KEY: &str = "nodes";
 
@@ -77,6 +75,21 @@ enum Cmd {
         nodes: String,
         deadline: Instant,
         reply: flume::Sender<Result<()>>,
+    },
+    OpenBucket {
+        spec: BucketSpec,
+        deadline: Instant,
+        reply: flume::Sender<Result<()>>,
+    },
+    Kv {
+        bucket: String,
+        op: KvOp,
+        reply: flume::Sender<Result<KvAnswer>>,
+    },
+    Watch {
+        bucket: String,
+        sink: flume::Sender<KvChange>,
+        ready: flume::Sender<Result<()>>,
     },
 }
 
@@ -209,6 +222,98 @@ impl Link {
     }
 }
 
+/// Key-value buckets (JetStream, replicated by the NATS cluster).
+impl Link {
+    /// Opens `spec`'s bucket, creating it if missing; retries while
+    /// JetStream is not ready, for at most `timeout`. The other key-value
+    /// calls need the bucket open.
+    pub async fn open_bucket(&self, spec: BucketSpec, timeout: Duration) -> Result<()> {
+        let (reply, answer) = flume::bounded(1);
+        let deadline = Instant::now() + timeout;
+        self.send_async(Cmd::OpenBucket {
+            spec,
+            deadline,
+            reply,
+        })
+        .await?;
+        answer.recv_async().await.unwrap_or(Err(Error::Closed))
+    }
+
+    async fn kv(&self, bucket: &str, op: KvOp) -> Result<KvAnswer> {
+        let (reply, answer) = flume::bounded(1);
+        let bucket = bucket.to_string();
+        self.send_async(Cmd::Kv { bucket, op, reply }).await?;
+        answer.recv_async().await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// The value of `key` and its revision; `None` when it has none (never
+    /// set, or deleted).
+    pub async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<(Bytes, u64)>> {
+        match self.kv(bucket, KvOp::Get(key.to_string())).await? {
+            KvAnswer::Value(v) => Ok(v),
+            _ => Err(Error::Nats("a get answered with no value".into())),
+        }
+    }
+
+    /// Sets `key` if it has no value; its revision. `KeyExists` otherwise.
+    pub async fn kv_create(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64> {
+        revision(
+            self.kv(bucket, KvOp::Create(key.to_string(), value))
+                .await?,
+        )
+    }
+
+    /// Sets `key` if its revision is still `revision`; the new revision.
+    /// `Conflict` when another write came first.
+    pub async fn kv_update(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<u64> {
+        let op = KvOp::Update(key.to_string(), value, revision);
+        self::revision(self.kv(bucket, op).await?)
+    }
+
+    /// Sets `key`; its new revision.
+    pub async fn kv_put(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64> {
+        revision(self.kv(bucket, KvOp::Put(key.to_string(), value)).await?)
+    }
+
+    /// Deletes `key`'s value (watchers see a change with no value).
+    pub async fn kv_delete(&self, bucket: &str, key: &str) -> Result<()> {
+        self.kv(bucket, KvOp::Delete(key.to_string()))
+            .await
+            .map(drop)
+    }
+
+    /// Every change of `bucket`, in revision order, none skipped (see
+    /// `kv.rs`): first each key's value when the watch started (returns
+    /// once it has), then every later change. Dropping the receiver ends
+    /// the watch.
+    pub async fn watch(&self, bucket: &str) -> Result<flume::Receiver<KvChange>> {
+        let (sink, changes) = flume::bounded(kvs::CHANGES_MAX);
+        let (ready, started) = flume::bounded(1);
+        let bucket = bucket.to_string();
+        self.send_async(Cmd::Watch {
+            bucket,
+            sink,
+            ready,
+        })
+        .await?;
+        started.recv_async().await.unwrap_or(Err(Error::Closed))?;
+        Ok(changes)
+    }
+}
+
+fn revision(answer: KvAnswer) -> Result<u64> {
+    match answer {
+        KvAnswer::Revision(r) => Ok(r),
+        _ => Err(Error::Nats("a write answered with no revision".into())),
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // The command loop ends when its channel disconnects; the client
@@ -249,8 +354,9 @@ fn run(
         };
         counters.state.store(1, Ordering::Relaxed);
         let _ = ready.send(Ok(()));
+        let stores = Stores::default();
         while let Ok(cmd) = rx.recv_async().await {
-            handle(&client, &counters, cmd).await;
+            handle(&client, &counters, &stores, cmd).await;
         }
     });
 }
@@ -292,7 +398,12 @@ async fn connect(
 /// Carries out one command. Requests and claims run as tasks of their own
 /// (the loop goes on); publishes and subscriptions are done in the loop,
 /// so they keep their order.
-async fn handle(client: &async_nats::Client, counters: &Arc<LinkCounters>, cmd: Cmd) {
+async fn handle(
+    client: &async_nats::Client,
+    counters: &Arc<LinkCounters>,
+    stores: &Stores,
+    cmd: Cmd,
+) {
     match cmd {
         Cmd::Request {
             subject,
@@ -346,6 +457,29 @@ async fn handle(client: &async_nats::Client, counters: &Arc<LinkCounters>, cmd: 
             tokio::spawn(async move {
                 let _ = reply.send(claim(client, &bucket, replicas, &nodes, deadline).await);
             });
+        }
+        Cmd::OpenBucket {
+            spec,
+            deadline,
+            reply,
+        } => {
+            let (client, stores) = (client.clone(), stores.clone());
+            tokio::spawn(async move {
+                let _ = reply.send(kvs::open(client, stores, spec, deadline).await);
+            });
+        }
+        Cmd::Kv { bucket, op, reply } => {
+            let stores = stores.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(kvs::apply(&stores, &bucket, op).await);
+            });
+        }
+        Cmd::Watch {
+            bucket,
+            sink,
+            ready,
+        } => {
+            tokio::spawn(kvs::watch(stores.clone(), bucket, sink, ready));
         }
     }
 }
@@ -405,18 +539,12 @@ async fn claim_once(
     replicas: usize,
     nodes: &str,
 ) -> Result<()> {
-    let store = match js.get_key_value(bucket).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: bucket.to_string(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::Nats(e.to_string()))?,
+    let spec = BucketSpec {
+        name: bucket.to_string(),
+        replicas,
+        max_age: None,
     };
+    let store = kvs::open_once(js, &spec).await?;
     match store
         .create(NODES_KEY, Bytes::from(nodes.to_string()))
         .await

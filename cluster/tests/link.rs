@@ -162,3 +162,62 @@ fn a_dead_nats_server_is_survived() {
         nats.servers[victim].restart();
     }
 }
+
+#[test]
+fn key_value_writes_are_conditional_and_watches_see_every_change_in_order() {
+    let nats = Nats::start(3);
+    let urls = nats.urls();
+    let a = Link::connect(&config(vec![urls[0].clone()], 1, vec![1, 2])).unwrap();
+    let b = Link::connect(&config(vec![urls[2].clone()], 2, vec![1, 2])).unwrap();
+    let spec = rookery_cluster::BucketSpec {
+        name: "test-kv".into(),
+        replicas: 3,
+        max_age: None,
+    };
+    let within = Duration::from_secs(20);
+    block(a.open_bucket(spec.clone(), within)).unwrap();
+    block(b.open_bucket(spec, within)).unwrap();
+    let bucket = "test-kv";
+    let v = |s: &'static str| Bytes::from_static(s.as_bytes());
+
+    // Written before the watch starts: seen as history.
+    let r1 = block(a.kv_create(bucket, "user.1", v("alice"))).unwrap();
+    match block(b.kv_create(bucket, "user.1", v("mallory"))) {
+        Err(Error::KeyExists(k)) => assert_eq!(k, "user.1"),
+        other => panic!("a second create must fail with KeyExists, got {other:?}"),
+    }
+    assert_eq!(
+        block(b.kv_get(bucket, "user.1")).unwrap(),
+        Some((v("alice"), r1))
+    );
+    assert_eq!(block(b.kv_get(bucket, "user.2")).unwrap(), None);
+    let changes = block(b.watch(bucket)).unwrap();
+
+    // An update needs the revision it read: the second of two fails.
+    let r2 = block(a.kv_update(bucket, "user.1", v("alice2"), r1)).unwrap();
+    assert!(r2 > r1);
+    match block(b.kv_update(bucket, "user.1", v("stale"), r1)) {
+        Err(Error::Conflict(k)) => assert_eq!(k, "user.1"),
+        other => panic!("a stale update must fail with Conflict, got {other:?}"),
+    }
+    let r3 = block(b.kv_put(bucket, "session.x", v("1"))).unwrap();
+    block(a.kv_delete(bucket, "session.x")).unwrap();
+    assert_eq!(block(a.kv_get(bucket, "session.x")).unwrap(), None);
+
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 4 && Instant::now() < deadline {
+        if let Ok(c) = changes.recv_timeout(Duration::from_millis(100)) {
+            seen.push(c);
+        }
+    }
+    let got: Vec<_> = seen
+        .iter()
+        .map(|c| (c.key.as_str(), c.value.clone(), c.revision))
+        .collect();
+    assert_eq!(got[0], ("user.1", Some(v("alice")), r1), "{got:?}");
+    assert_eq!(got[1], ("user.1", Some(v("alice2")), r2), "{got:?}");
+    assert_eq!(got[2], ("session.x", Some(v("1")), r3), "{got:?}");
+    assert_eq!((got[3].0, got[3].1.clone()), ("session.x", None), "{got:?}");
+    assert!(got.windows(2).all(|w| w[0].2 < w[1].2), "in revision order");
+}

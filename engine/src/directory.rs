@@ -93,6 +93,44 @@ impl Directory {
         Ok(self.meta.set_password(user, password_hash)?)
     }
 
+    // ---- a cluster's replica ----------------------------------------------
+    //
+    // A cluster node keeps users and sessions as the cluster recorded them
+    // (docs/cluster.md): it takes ids here and writes what the cluster's
+    // key-value store says, so every read above stays local.
+
+    /// The key `name` is unique under among users (registered names in
+    /// lower case; JWT subjects, `external`, apart); `InvalidInput` for a
+    /// name registration would refuse.
+    pub fn unique_user_key(name: &str, external: bool) -> Result<String> {
+        Ok(rookery_storage::meta::unique_user_key(name, external)?)
+    }
+
+    /// Hands out a user id this node may use, creating nothing.
+    pub fn reserve_user_id(&self) -> Result<u64> {
+        Ok(self.meta.reserve_user_id()?)
+    }
+
+    /// Writes a user as the cluster recorded it (insert, or a new hash).
+    pub fn replicate_user(&self, user: &User) -> Result<()> {
+        Ok(self.meta.replicate_user(user)?)
+    }
+
+    /// Writes a session as the cluster recorded it.
+    pub fn replicate_session(
+        &self,
+        token_hash: &[u8; 32],
+        user: u64,
+        expires_ms: u64,
+    ) -> Result<()> {
+        Ok(self.meta.replicate_session(token_hash, user, expires_ms)?)
+    }
+
+    /// The sessions of `user` but `keep`: hashes and expiries.
+    pub fn sessions_of(&self, user: u64, keep: Option<&[u8; 32]>) -> Result<Vec<([u8; 32], u64)>> {
+        Ok(self.meta.sessions_of(user, keep)?)
+    }
+
     // ---- rooms and members -----------------------------------------------
 
     pub fn room(&self, id: u64) -> Result<Option<Room>> {

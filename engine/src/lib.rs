@@ -59,7 +59,7 @@ pub use local::{Local, LocalInbox};
 pub use metrics::{micros_histogram, Latencies, Metrics, ShardCounters, ShardGauges};
 pub use reply::Pending;
 pub use rookery_storage::{
-    Cursor, Durability, Order, Retention, RetentionReport, ShardStats, StorageConfig,
+    Cursor, Durability, IdFilter, Order, Retention, RetentionReport, ShardStats, StorageConfig,
     QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
 };
 pub use rules::{decide, role_word, MemberOp, Membership};

@@ -40,6 +40,12 @@ pub enum ApiError {
     TooManyRooms(String),
     /// 503: shutting down, or a queue is full.
     Unavailable(String),
+    /// 503 `room_unavailable`: the node that owns the room does not answer
+    /// (down, or past the forwarding deadline); retry in a second.
+    RoomUnavailable(String),
+    /// 503 `cluster_unavailable`: NATS cannot be reached, so what needs the
+    /// cluster (sign-in, rooms of other nodes) waits; retry in a second.
+    ClusterUnavailable(String),
     /// 500: a fault on our side (logged; the client gets no detail).
     Internal(String),
 }
@@ -48,8 +54,13 @@ impl ApiError {
     pub(crate) fn response(&self) -> Response {
         let (status, code, message) = self.parts();
         let mut resp = Response::error(status, code, &message);
-        if let ApiError::RateLimited { retry_after_ms, .. } = self {
-            let seconds = retry_after_ms.div_ceil(1000).max(1);
+        let retry_after_ms = match self {
+            ApiError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+            ApiError::RoomUnavailable(_) | ApiError::ClusterUnavailable(_) => Some(1000),
+            _ => None,
+        };
+        if let Some(ms) = retry_after_ms {
+            let seconds = ms.div_ceil(1000).max(1);
             resp.headers
                 .push(("retry-after".into(), seconds.to_string()));
         }
@@ -71,6 +82,8 @@ impl ApiError {
             ApiError::RateLimited { message, .. } => (429, "rate_limited", message.as_str()),
             ApiError::TooManyRooms(m) => (429, "too_many_rooms", m.as_str()),
             ApiError::Unavailable(m) => (503, "unavailable", m.as_str()),
+            ApiError::RoomUnavailable(m) => (503, "room_unavailable", m.as_str()),
+            ApiError::ClusterUnavailable(m) => (503, "cluster_unavailable", m.as_str()),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "request failed");
                 (500, "internal", "internal error")
@@ -78,6 +91,27 @@ impl ApiError {
         };
         (status, code, message.to_string())
     }
+}
+
+/// The error code a forwarded answer carries, as this node counts it (a
+/// code it does not know counts as `other`).
+pub(crate) fn error_code(code: &str) -> &'static str {
+    const CODES: [&str; 13] = [
+        "bad_request",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "banned",
+        "method_not_allowed",
+        "conflict",
+        "rate_limited",
+        "too_many_rooms",
+        "unavailable",
+        "room_unavailable",
+        "cluster_unavailable",
+        "internal",
+    ];
+    CODES.into_iter().find(|c| *c == code).unwrap_or("other")
 }
 
 impl From<EngineError> for ApiError {

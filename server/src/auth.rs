@@ -11,9 +11,11 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use rand::RngCore;
-use rookery_engine::{Directory, Error as EngineError, Result};
+use rookery_engine::{Error as EngineError, Result};
 use sha2::{Digest, Sha256};
 
+use crate::accounts::Accounts;
+use crate::app::ApiError;
 use crate::config::Config;
 use crate::http::Request;
 
@@ -81,11 +83,15 @@ pub fn password_matches(stored: &str, password: &str) -> bool {
 }
 
 /// Starts a session for `user`.
-pub async fn open_session(dir: Directory, user: u64, ttl_ms: u64) -> Result<Session> {
+pub async fn open_session(
+    accounts: &Accounts,
+    user: u64,
+    ttl_ms: u64,
+) -> Result<Session, ApiError> {
     let token = new_token();
     let hash = token_hash(&token);
     let expires_ms = now_ms().saturating_add(ttl_ms);
-    blocking(move || dir.create_session(&hash, user, expires_ms)).await?;
+    accounts.create_session(hash, user, expires_ms).await?;
     Ok(Session { token, expires_ms })
 }
 
@@ -110,7 +116,7 @@ pub enum Identity {
 }
 
 /// Who a token stands for, until when, and how it can be ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Proof {
     pub user: u64,
     /// When the session or the JWT (`exp`) runs out, ms since the epoch.
@@ -131,7 +137,11 @@ struct Claims {
 /// The user a bearer token stands for: a JWT (three dot-separated parts,
 /// HS256 with `--jwt-secret`; `exp` required, `exp` and `nbf` checked with
 /// `--jwt-leeway-s` of clock skew) or a session token.
-pub async fn identify(dir: Directory, cfg: &Config, token: String) -> Result<Identity> {
+pub async fn identify(
+    accounts: &Accounts,
+    cfg: &Config,
+    token: String,
+) -> Result<Identity, ApiError> {
     if token.split('.').count() == 3 {
         if cfg.jwt_secret.is_empty() {
             return Ok(Identity::Refused(
@@ -147,18 +157,19 @@ pub async fn identify(dir: Directory, cfg: &Config, token: String) -> Result<Ide
             Err(e) => return Ok(Identity::Refused(format!("bad JWT: {e}"))),
         };
         let expires_ms = claims.exp.saturating_mul(1000);
-        let id = blocking(move || dir.ensure_external_user(&claims.sub, now_ms())).await;
+        let id = accounts.ensure_external_user(&claims.sub, now_ms()).await;
         return match id {
             Ok(user) => Ok(Identity::User(Proof {
                 user,
                 expires_ms,
                 session: None,
             })),
-            Err(EngineError::InvalidInput(m)) => Ok(Identity::Refused(format!("JWT sub: {m}"))),
+            Err(ApiError::BadRequest(m)) => Ok(Identity::Refused(format!("JWT sub: {m}"))),
             Err(e) => Err(e),
         };
     }
     let hash = token_hash(&token);
+    let dir = accounts.directory();
     Ok(
         match blocking(move || dir.session(&hash, now_ms())).await? {
             Some((user, expires_ms)) => Identity::User(Proof {
@@ -172,8 +183,8 @@ pub async fn identify(dir: Directory, cfg: &Config, token: String) -> Result<Ide
 }
 
 /// Ends a session; whether it existed.
-pub async fn close_session(dir: Directory, hash: [u8; 32]) -> Result<bool> {
-    blocking(move || dir.delete_session(&hash)).await
+pub async fn close_session(accounts: &Accounts, hash: [u8; 32]) -> Result<bool, ApiError> {
+    accounts.delete_session(hash).await
 }
 
 #[cfg(test)]

@@ -430,6 +430,15 @@ impl Config {
         cfg.storage.compaction_interval_ms = self.compaction_interval_ms;
         cfg.storage.deleted_text_delay_ms = self.deleted_text_delay_ms;
         cfg.rooms_must_exist = true;
+        if let Ok(Some(cluster)) = self.cluster() {
+            // A node hands out only the room and user ids it owns: ids are
+            // unique cluster-wide with no shared counter, and a room it
+            // creates is its own (docs/cluster.md).
+            let (me, nodes) = (cluster.node_id, cluster.nodes);
+            cfg.storage.id_filter = Some(rookery_engine::IdFilter::new(move |id| {
+                rookery_cluster::owner_of(id, &nodes) == me
+            }));
+        }
         cfg.history_page_bytes_max = self.history_page_bytes_max;
         cfg.tail_cache_bytes_max = self.tail_cache_bytes_max;
         cfg.outbound_queue_bytes_max = self.conn_output_bytes_max;

@@ -37,6 +37,11 @@ pub struct Request {
     pub version: u8,
     /// The client's address (set by the connection, not parsed).
     pub peer: Option<std::net::IpAddr>,
+    /// Who the node that forwarded this request found its bearer token to
+    /// be (set only by cluster forwarding, never parsed from a client).
+    pub proof: Option<crate::auth::Proof>,
+    /// Whether another node forwarded it here (it is never forwarded on).
+    pub forwarded: bool,
 }
 
 impl Request {
@@ -71,6 +76,8 @@ impl Request {
             keep_alive: true,
             version: 1,
             peer: None,
+            proof: None,
+            forwarded: false,
         }
     }
 
@@ -182,6 +189,8 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ht
         headers: fields,
         body: Vec::new(),
         peer: None,
+        proof: None,
+        forwarded: false,
     };
     // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
     let hosts = request_head

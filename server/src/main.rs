@@ -5,6 +5,7 @@
 //! close connections (WebSockets with 1001), flush and checkpoint storage,
 //! exit 0 within `--shutdown-timeout-ms`; a second signal exits at once.
 
+mod accounts;
 mod app;
 mod assets;
 mod auth;
@@ -74,9 +75,19 @@ fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
     if addr.port() == 0 {
         return Ok(());
     }
-    std::net::TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| format!("--listen {addr}: {e} (is another server listening there?)"))
+    // SO_REUSEADDR, so that connections this address closed before a
+    // restart (TIME_WAIT) do not count as a server listening there; the
+    // shards' listeners (SO_REUSEPORT) bind over them too.
+    let refused =
+        |e: std::io::Error| format!("--listen {addr}: {e} (is another server listening there?)");
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(refused)?;
+    socket.set_reuse_address(true).map_err(refused)?;
+    socket.bind(&addr.into()).map_err(refused)
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
@@ -103,7 +114,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let node = match cfg.cluster().map_err(anyhow::Error::msg)? {
         None => None,
         Some(cc) => {
-            let node = cluster::Node::join(cc).context("joining the cluster")?;
+            let node = cluster::Node::join(cc, Duration::from_millis(cfg.session_ttl_ms()))
+                .context("joining the cluster")?;
             tracing::info!(
                 cluster = %node.cfg.name,
                 node = node.cfg.node_id,
@@ -133,6 +145,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.login_failures_per_account_per_min,
     );
     let revoked = Arc::new(revoked::Revoked::default());
+    let (replica_revoked, replica_node) = (revoked.clone(), node.clone());
     let notices = Arc::new(notices::Notices::default());
     let hashing = hashing::HashPool::start(cfg.password_hash_threads, cfg.password_hash_queue_max)
         .context("starting the password hashing threads")?;
@@ -196,6 +209,12 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     // The stats thread is not joined: it ends by itself once stopping is
     // set or the engine is gone, and a reading in progress must not hold
     // up the bounded shutdown.
+    if let Some(node) = &replica_node {
+        if let Err(e) = node.start_replica(engine.directory(), replica_revoked) {
+            let _ = engine.shutdown();
+            return Err(e.context("copying the cluster's users and sessions"));
+        }
+    }
     if let Err(e) = stats::spawn(
         engine.clone(),
         http,

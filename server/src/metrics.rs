@@ -413,6 +413,37 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
             "NATS messages dropped because their reader on this node was behind",
             node.link.dropped(),
         );
+        let c = &node.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        for (name, help, v) in [
+            (
+                "cluster_forwarded",
+                "Requests this node forwarded to the owners of their rooms",
+                load(&c.forwarded),
+            ),
+            (
+                "cluster_forward_failed",
+                "Forwarded requests that failed (owner down or late, NATS lost)",
+                load(&c.forward_failed),
+            ),
+            (
+                "cluster_forward_micros",
+                "Time spent in forwarded requests, in microseconds (divide by cluster_forwarded for the mean)",
+                load(&c.forward_micros),
+            ),
+            (
+                "cluster_answered",
+                "Requests other nodes forwarded to this one",
+                load(&c.answered),
+            ),
+            (
+                "cluster_replica_failures",
+                "Cluster records this node could not apply to its copy of users and sessions",
+                node.replica().map_or(0, |r| load(&r.failures)),
+            ),
+        ] {
+            counter(&mut r, name, help, v);
+        }
     }
     let l = &m.latencies;
     for (name, help, h) in [

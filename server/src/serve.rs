@@ -60,6 +60,26 @@ impl Drop for Open {
     }
 }
 
+/// A listener on `addr` for one shard: SO_REUSEPORT, so that every shard
+/// has its own on the same address (the kernel spreads connections), and
+/// SO_REUSEADDR, so that a restarted server binds over the connections it
+/// closed before (TIME_WAIT) instead of failing for a minute.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that nothing
+    // else owns (`into_raw_fd` gave up the socket's ownership of it).
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 /// Binds the shard's listener, reports the outcome, accepts until
 /// stopped, then closes every connection (WebSockets get 1001) and waits
 /// for them, and reports on `drained`.
@@ -68,7 +88,7 @@ pub async fn run(
     bound: flume::Sender<Result<(), String>>,
     drained: flume::Sender<usize>,
 ) {
-    let listener = match TcpListener::bind(shared.cfg.listen) {
+    let listener = match listen(shared.cfg.listen) {
         Ok(l) => {
             let _ = bound.send(Ok(()));
             l
@@ -78,6 +98,10 @@ pub async fn run(
             return;
         }
     };
+    if let Some(node) = &shared.cluster {
+        let requests = node.requests.clone();
+        glommio::spawn_local(crate::cluster::forward::serve(shared.clone(), requests)).detach();
+    }
     {
         let shared = shared.clone();
         glommio::spawn_local(async move {

@@ -96,3 +96,260 @@ fn a_node_that_finds_no_nats_does_not_start() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--nats"), "{err}");
 }
+
+/// A node of a three-node test cluster: restartable on its port and data.
+struct ClusterNode {
+    id: u32,
+    port: u16,
+    args: Vec<String>,
+    data: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl ClusterNode {
+    fn start(dir: &std::path::Path, nats: &str, id: u32) -> ClusterNode {
+        let args = [
+            "--nats",
+            nats,
+            "--node-id",
+            &id.to_string(),
+            "--cluster-nodes",
+            "1,2,3",
+            "--cluster-name",
+            "e2e",
+            "--durability",
+            "sync",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut node = ClusterNode {
+            id,
+            port: common::free_port(),
+            args,
+            data: dir.join(format!("node-{id}")),
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    fn restart(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        // The same port as before: a restarted server binds over the
+        // connections its previous life closed (TIME_WAIT).
+        common::wait_port_free(self.port);
+        let (child, _) = common::spawn_in(&self.data, self.port, &args);
+        self.child = Some(child);
+        common::wait_ready(self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `call`, retried while it answers 401: a session opened on one node
+/// reaches the others' copies within milliseconds.
+fn call_as(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, v) = call(port, method, path, Some(token), body);
+        if s != 401 || Instant::now() > deadline {
+            return (s, v);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn seqs_and_bodies(v: &serde_json::Value) -> Vec<(u64, String)> {
+    let mut all: Vec<(u64, String)> = v["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages in {v}"))
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["body"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
+    let nats = Nats::start(3);
+    let urls = nats.urls().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<ClusterNode> = (1..=3)
+        .map(|id| ClusterNode::start(dir.path(), &urls, id))
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let port = |i: usize| ports[i % 3];
+
+    // Accounts are cluster-wide: registered on one node, signed in on
+    // another, the token good on the third; a name is taken everywhere.
+    let ann = common::register(port(0), "ann");
+    let (s, v) = call(
+        port(1),
+        "POST",
+        "/api/login",
+        None,
+        Some(&serde_json::json!({"name": "ANN", "password": "pw"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let ann2 = v["token"].as_str().unwrap().to_string();
+    let (s, me) = call_as(port(2), "GET", "/api/me", &ann, None);
+    assert_eq!((s, me["name"].as_str()), (200, Some("ann")), "{me}");
+    let (s, v) = call(
+        port(2),
+        "POST",
+        "/api/register",
+        None,
+        Some(&serde_json::json!({"name": "Ann", "password": "x"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+    let bob = common::register(port(2), "bob");
+
+    // A room created on a node is owned by it.
+    let rooms: Vec<u64> = (0..3)
+        .map(|i| common::create_room(port(i), &ann, &format!("room-{i}"), false))
+        .collect();
+    for (i, room) in rooms.iter().enumerate() {
+        assert_eq!(rookery_cluster::owner_of(*room, &[1, 2, 3]), nodes[i].id);
+    }
+
+    // Every room route works through every node; order and client_id
+    // idempotency hold whichever node a request comes through.
+    for (i, room) in rooms.iter().enumerate() {
+        let (s, v) = call_as(
+            port(i + 1),
+            "POST",
+            &format!("/api/rooms/{room}/join"),
+            &bob,
+            None,
+        );
+        assert_eq!(s, 200, "{v}");
+        for k in 0..6u64 {
+            let body = serde_json::json!({"body": format!("m{k}"), "client_id": format!("c{k}")});
+            let (s, v) = call_as(
+                port(i + k as usize),
+                "POST",
+                &format!("/api/rooms/{room}/messages"),
+                if k % 2 == 0 { &ann } else { &ann2 },
+                Some(&body),
+            );
+            assert_eq!((s, v["seq"].as_u64()), (201, Some(k + 1)), "{v}");
+        }
+        let retry = serde_json::json!({"body": "m3", "client_id": "c3"});
+        let (s, v) = call_as(
+            port(i + 2),
+            "POST",
+            &format!("/api/rooms/{room}/messages"),
+            &ann,
+            Some(&retry),
+        );
+        assert_eq!(
+            (s, v["seq"].as_u64(), v["duplicate"].as_bool()),
+            (200, Some(4), Some(true)),
+            "{v}"
+        );
+        for j in 0..3 {
+            let (s, v) = call_as(
+                port(j),
+                "GET",
+                &format!("/api/rooms/{room}/messages?limit=10"),
+                &bob,
+                None,
+            );
+            assert_eq!(s, 200, "{v}");
+            let want: Vec<(u64, String)> = (0..6).map(|k| (k + 1, format!("m{k}"))).collect();
+            assert_eq!(
+                seqs_and_bodies(&v),
+                want,
+                "room {room} through node {}",
+                j + 1
+            );
+        }
+    }
+
+    // The owner of rooms[1] dies: its room fails fast on the other nodes
+    // with room_unavailable and Retry-After; the others' rooms go on.
+    nodes[1].kill();
+    let room = rooms[1];
+    for j in [0, 2] {
+        let started = Instant::now();
+        let raw = common::get_raw(port(j), &format!("/api/rooms/{room}/messages"), &bob, "");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(common::status(&raw), 503, "{raw}");
+        assert!(raw.contains("room_unavailable"), "{raw}");
+        assert_eq!(common::header(&raw, "retry-after"), Some("1"), "{raw}");
+    }
+    let body = serde_json::json!({"body": "still here", "client_id": "c-live"});
+    let (s, v) = call_as(
+        port(2),
+        "POST",
+        &format!("/api/rooms/{}/messages", rooms[0]),
+        &bob,
+        Some(&body),
+    );
+    assert_eq!((s, v["seq"].as_u64()), (201, Some(7)), "{v}");
+    // Sign-in does not need the dead node.
+    let (s, v) = call(
+        port(2),
+        "POST",
+        "/api/login",
+        None,
+        Some(&serde_json::json!({"name": "bob", "password": "pw"})),
+    );
+    assert_eq!(s, 200, "{v}");
+
+    // Back: everything it acknowledged is there, through any node.
+    nodes[1].restart();
+    let (s, v) = call_as(
+        port(0),
+        "GET",
+        &format!("/api/rooms/{room}/messages?limit=10"),
+        &bob,
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(seqs_and_bodies(&v).len(), 6, "{v}");
+
+    // Logging out on one node ends the session on every node.
+    let (s, _) = call(port(2), "POST", "/api/logout", Some(&ann2), None);
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, v) = call(port(0), "GET", "/api/me", Some(&ann2), None);
+        if s == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still signed in on node 1: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

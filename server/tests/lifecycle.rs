@@ -274,3 +274,37 @@ fn a_second_server_on_the_same_port_is_a_start_up_error() {
     // The first server is untouched.
     common::assert_serving(first.port);
 }
+
+/// A server killed after it closed connections (leaving them in
+/// TIME_WAIT) starts again on the same port at once, while a second server
+/// on the port of one that is running is refused.
+#[test]
+fn a_killed_server_restarts_on_its_port_and_a_second_one_is_refused() {
+    let mut server = common::start(&[]);
+    for _ in 0..5 {
+        let (s, _) = common::call(server.port, "GET", "/healthz", None, None);
+        assert_eq!(s, 200);
+    }
+    let taken = std::process::Command::new(env!("CARGO_BIN_EXE_rookery"))
+        .args(["--listen", &format!("127.0.0.1:{}", server.port)])
+        .args([
+            "--data-dir",
+            tempfile::tempdir().unwrap().path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(taken.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert!(err.contains("is another server listening there?"), "{err}");
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    wait_port_free(server.port);
+    let data = server._dir.path().join("data");
+    let (child, port) = spawn_in(&data, server.port, &[]);
+    let _again = Server {
+        child,
+        port,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    wait_ready(port);
+}

@@ -129,6 +129,32 @@ pub struct StorageConfig {
     /// in order (crash-consistency tests rebuild what a power cut would
     /// leave from it, see `storage/tests/powercut.rs`). Default none.
     pub log_observer: Option<Arc<dyn LogObserver>>,
+    /// The user and room ids `meta.redb` may hand out (a cluster node's
+    /// own, so that no two nodes hand out the same id). Default all.
+    pub id_filter: Option<IdFilter>,
+}
+
+/// A set of ids, as a predicate: which user and room ids one data
+/// directory may hand out.
+#[derive(Clone)]
+pub struct IdFilter(Arc<dyn Fn(u64) -> bool + Send + Sync>);
+
+impl IdFilter {
+    /// The ids `accepts` returns true for.
+    pub fn new(accepts: impl Fn(u64) -> bool + Send + Sync + 'static) -> IdFilter {
+        IdFilter(Arc::new(accepts))
+    }
+
+    /// Whether `id` is in the set.
+    pub fn accepts(&self, id: u64) -> bool {
+        (self.0)(id)
+    }
+}
+
+impl std::fmt::Debug for IdFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdFilter")
+    }
 }
 
 /// What the log does to its files, told as it happens (on the shard's
@@ -172,6 +198,7 @@ impl StorageConfig {
             compaction_bytes_per_s_max: 8 << 20,
             deleted_text_delay_ms: 600_000,
             log_observer: None,
+            id_filter: None,
         }
     }
 

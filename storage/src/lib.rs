@@ -36,7 +36,7 @@ pub mod verify;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use config::{Durability, LogObserver, StorageConfig};
+pub use config::{Durability, IdFilter, LogObserver, StorageConfig};
 
 /// A log filter directive binaries add to theirs: glommio 0.9.0 reports,
 /// at error level, the refusal of its IOPOLL probe that every shard
@@ -68,10 +68,10 @@ impl Store {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| Error::io(&cfg.data_dir, e))?;
         Manifest::ensure(&cfg.data_dir, cfg.shards)?;
-        let meta = Arc::new(Meta::open(
-            &cfg.data_dir.join("meta.redb"),
-            cfg.meta_cache_bytes,
-        )?);
+        let meta = Arc::new(
+            Meta::open(&cfg.data_dir.join("meta.redb"), cfg.meta_cache_bytes)?
+                .with_id_filter(cfg.id_filter.clone()),
+        );
         Ok(Store { cfg, meta })
     }
 

@@ -4,6 +4,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{body, proof, user, ApiError, ApiResult};
+use crate::accounts::Accounts;
 use crate::app::directory;
 use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
@@ -49,9 +50,9 @@ pub(crate) async fn register(req: &Request, shared: &Shared) -> ApiResult {
         .hashing
         .run(move || auth::hash_password(&password))
         .await??;
-    let (m, name) = (directory(shared), c.name.clone());
-    let id = blocking(move || m.create_user(&name, &hash, auth::now_ms())).await?;
-    let s = auth::open_session(directory(shared), id, shared.cfg.session_ttl_ms()).await?;
+    let accounts = Accounts::of(shared);
+    let id = accounts.create_user(&c.name, &hash, auth::now_ms()).await?;
+    let s = auth::open_session(&accounts, id, shared.cfg.session_ttl_ms()).await?;
     Ok(Response::json(201, &session_json(id, &c.name, &s)))
 }
 
@@ -84,7 +85,7 @@ pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
         attempt.failed();
         return Err(ApiError::Unauthorized("wrong name or password".into()));
     };
-    let s = auth::open_session(directory(shared), id, shared.cfg.session_ttl_ms()).await?;
+    let s = auth::open_session(&Accounts::of(shared), id, shared.cfg.session_ttl_ms()).await?;
     Ok(Response::json(200, &session_json(id, &display, &s)))
 }
 
@@ -128,7 +129,7 @@ pub(crate) async fn logout(req: &Request, shared: &Shared) -> ApiResult {
     let ended = if all {
         end_sessions(shared, p.user, None).await?
     } else {
-        auth::close_session(directory(shared), hash).await?;
+        auth::close_session(&Accounts::of(shared), hash).await?;
         shared.revoked.end(hash, std::time::Instant::now());
         1
     };
@@ -145,8 +146,7 @@ async fn end_sessions(
     user: u64,
     keep: Option<[u8; 32]>,
 ) -> Result<usize, ApiError> {
-    let m = directory(shared);
-    let ended = blocking(move || m.delete_sessions_of(user, keep.as_ref())).await?;
+    let ended = Accounts::of(shared).delete_sessions_of(user, keep).await?;
     let now = std::time::Instant::now();
     for (hash, _) in &ended {
         shared.revoked.end(*hash, now);
@@ -195,8 +195,7 @@ pub(crate) async fn change_password(req: &Request, shared: &Shared) -> ApiResult
         attempt.failed();
         return Err(ApiError::Unauthorized("wrong password".into()));
     };
-    let m = directory(shared);
-    blocking(move || m.set_password(id, &hash)).await?;
+    Accounts::of(shared).set_password(id, &hash).await?;
     let ended = end_sessions(shared, id, Some(session)).await?;
     Ok(Response::json(
         200,

@@ -12,7 +12,7 @@ mod server;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::{directory, ApiError};
+use crate::app::ApiError;
 use crate::auth;
 use crate::http::{Request, Response};
 use crate::shared::Shared;
@@ -45,6 +45,12 @@ pub async fn handle(req: &Request, shared: &Shared) -> Response {
         }
     }
     resp
+}
+
+/// Answers a request another node forwarded here: routed as any request,
+/// with no CORS headers (the node the client talks to adds them).
+pub async fn handle_forwarded(req: &Request, shared: &Shared) -> Response {
+    route(req, shared).await.unwrap_or_else(|e| e.response())
 }
 
 /// The answer to a CORS preflight (`OPTIONS` with `Origin` and
@@ -80,6 +86,9 @@ fn cors_preflight(req: &Request, shared: &Shared) -> Option<Response> {
 }
 
 async fn route(req: &Request, shared: &Shared) -> ApiResult {
+    if let Some(answer) = crate::cluster::forward::to_owner(req, shared).await {
+        return Ok(answer);
+    }
     // The third path segment, where a route has a room id.
     let id = req.path.trim_matches('/').split('/').nth(2).unwrap_or("");
     // HEAD is answered as GET; the connection leaves the body out.
@@ -184,9 +193,13 @@ pub(crate) async fn user(req: &Request, shared: &Shared) -> Result<u64, ApiError
 
 /// What the request's bearer token proves, or 401.
 pub(crate) async fn proof(req: &Request, shared: &Shared) -> Result<auth::Proof, ApiError> {
+    if let Some(p) = req.proof {
+        return Ok(p);
+    }
     let token = auth::bearer(req)
         .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
-    match auth::identify(directory(shared), &shared.cfg, token).await? {
+    let accounts = crate::accounts::Accounts::of(shared);
+    match auth::identify(&accounts, &shared.cfg, token).await? {
         auth::Identity::User(p) => Ok(p),
         auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
     }

@@ -153,8 +153,8 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
         _ if endpoint == Endpoint::Echo => None,
         None => None,
         Some(token) => {
-            let meta = shared.engine.directory();
-            match auth::identify(meta, &shared.cfg, token).await {
+            let accounts = crate::accounts::Accounts::of(&shared);
+            match auth::identify(&accounts, &shared.cfg, token).await {
                 Ok(auth::Identity::User(p)) => Some(p),
                 Ok(auth::Identity::Refused(why)) => {
                     let resp = Response::error(401, "unauthorized", &why);
@@ -165,8 +165,8 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
                     return None;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "checking a WebSocket token");
-                    Response::error(500, "internal", "internal error").encode(true, &mut out);
+                    // An internal fault is logged by `response`.
+                    e.response().encode(true, &mut out);
                     let _ = write_within(&shared, &mut stream, &out).await;
                     return None;
                 }

@@ -802,8 +802,8 @@ impl Conn {
         same: Option<u64>,
     ) -> Result<auth::Proof, ApiError> {
         let token = ClientFrame::need_str(&f.token, "token").map_err(ApiError::BadRequest)?;
-        let meta = self.shared.engine.directory();
-        let p = match auth::identify(meta, &self.shared.cfg, token.to_string()).await? {
+        let accounts = crate::accounts::Accounts::of(&self.shared);
+        let p = match auth::identify(&accounts, &self.shared.cfg, token.to_string()).await? {
             auth::Identity::User(p) => p,
             auth::Identity::Refused(why) => return Err(ApiError::Unauthorized(why)),
         };

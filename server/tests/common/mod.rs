@@ -370,3 +370,21 @@ pub fn all_messages(port: u16, token: &str, room: u64) -> Vec<serde_json::Value>
         out.extend(batch);
     }
 }
+
+/// Waits until `port` could be listened on again by a server (the kernel
+/// tears a killed process's io_uring rings, and the listeners they hold,
+/// down a moment after the process is gone); connections in TIME_WAIT do
+/// not count, as they do not for the server.
+pub fn wait_port_free(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bindable = || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        s.bind(&addr.into()).is_ok()
+    };
+    while !bindable() {
+        assert!(Instant::now() < deadline, "port {port} stays taken");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

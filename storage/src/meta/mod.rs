@@ -49,6 +49,7 @@ use redb::{
     WriteTransaction,
 };
 
+use crate::config::IdFilter;
 use crate::error::{Error, Result};
 
 mod members;
@@ -224,6 +225,8 @@ impl Role {
 #[derive(Debug)]
 pub struct Meta {
     db: Database,
+    /// Which user and room ids this file may hand out (all when `None`).
+    ids: Option<IdFilter>,
 }
 
 impl Meta {
@@ -251,7 +254,15 @@ impl Meta {
         txn.open_table(FORMER)?;
         migrate::upgrade(&txn)?;
         txn.commit()?;
-        Ok(Meta { db })
+        Ok(Meta { db, ids: None })
+    }
+
+    /// Restricts the user and room ids this file hands out to those
+    /// `ids` accepts (the ids a cluster node owns, so that nodes never
+    /// hand out the same id). Imported and replicated rows keep theirs.
+    pub fn with_id_filter(mut self, ids: Option<IdFilter>) -> Meta {
+        self.ids = ids;
+        self
     }
 
     /// Closes the database, reporting the errors that dropping it would
@@ -317,6 +328,15 @@ fn user_key(name: &str, external: bool) -> String {
     } else {
         local_key(name)
     }
+}
+
+/// The key `name` is unique under among users, once checked: a registered
+/// name in lower case, or `jwt:` and a JWT subject (`external`).
+///
+/// Errors: `InvalidInput` for a name [`Meta::create_user`] would refuse.
+pub fn unique_user_key(name: &str, external: bool) -> Result<String> {
+    validate_name("user", name)?;
+    Ok(user_key(name, external))
 }
 
 /// The key a public room's name is unique under.
@@ -386,15 +406,23 @@ fn require_room(rooms: &impl ReadableTable<u64, RoomRow>, id: u64) -> Result<()>
     last_seq(rooms, id).map(drop)
 }
 
-/// Hands out the next id of `counter`.
-fn next_id(txn: &WriteTransaction, counter: &str) -> Result<u64> {
+/// Ids an [`IdFilter`] may turn down in a row before allocation gives up
+/// (a filter that accepts one id in N turns down N-1 in a row on average).
+const ID_FILTER_TRIES_MAX: u64 = 1 << 16;
+
+/// Hands out the next id of `counter` that `ids` accepts.
+fn next_id(txn: &WriteTransaction, counter: &str, ids: Option<&IdFilter>) -> Result<u64> {
     let mut counters = txn.open_table(COUNTERS)?;
-    let last = counters.get(counter)?.map_or(0, |g| g.value());
-    let id = last
-        .checked_add(1)
-        .ok_or_else(|| Error::Database(format!("{counter} ids exhausted")))?;
-    counters.insert(counter, id)?;
-    Ok(id)
+    let mut id = counters.get(counter)?.map_or(0, |g| g.value());
+    let exhausted = || Error::Database(format!("{counter} ids exhausted"));
+    for _ in 0..ID_FILTER_TRIES_MAX {
+        id = id.checked_add(1).ok_or_else(exhausted)?;
+        if ids.is_none_or(|f| f.accepts(id)) {
+            counters.insert(counter, id)?;
+            return Ok(id);
+        }
+    }
+    Err(exhausted())
 }
 
 /// Makes sure `counter` never hands out `id` or anything below it.

@@ -16,7 +16,7 @@ impl Meta {
         validate_name("room", name)?;
         self.write(|txn| {
             require_user(&txn.open_table(USERS)?, creator)?;
-            let id = next_id(txn, ROOM_COUNTER)?;
+            let id = next_id(txn, ROOM_COUNTER, self.ids.as_ref())?;
             let row = (name, private, creator, now_ms, 0);
             insert_room(txn, id, row)?;
             put_member(txn, id, creator, Role::Owner)?;

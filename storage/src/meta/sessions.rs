@@ -59,6 +59,43 @@ impl Meta {
         })
     }
 
+    /// Writes a session as the cluster recorded it (inserted or replaced).
+    /// Its user need not be here yet: the user's record may arrive after
+    /// the session's.
+    pub fn replicate_session(
+        &self,
+        token_hash: &[u8; 32],
+        user: u64,
+        expires_ms: u64,
+    ) -> Result<()> {
+        self.write(|txn| {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            sessions.insert(token_hash.as_slice(), (user, expires_ms))?;
+            Ok(())
+        })
+    }
+
+    /// The hashes of `user`'s sessions but `keep` (if given). Scans the
+    /// sessions table, like [`Meta::delete_sessions_of`].
+    pub fn sessions_of(&self, user: u64, keep: Option<&[u8; 32]>) -> Result<Vec<([u8; 32], u64)>> {
+        self.read(|txn| {
+            let sessions = txn.open_table(SESSIONS)?;
+            let mut found = Vec::new();
+            for entry in sessions.iter()? {
+                let (hash, row) = entry?;
+                let (owner, expires) = row.value();
+                let hash: [u8; 32] = hash
+                    .value()
+                    .try_into()
+                    .map_err(|_| Error::Database("a session key is not 32 bytes".into()))?;
+                if owner == user && keep.is_none_or(|k| &hash != k) {
+                    found.push((hash, expires));
+                }
+            }
+            Ok(found)
+        })
+    }
+
     /// Deletes a session; returns whether it existed.
     pub fn delete_session(&self, token_hash: &[u8; 32]) -> Result<bool> {
         self.write(|txn| {

@@ -754,3 +754,78 @@ fn schema_1_files_are_upgraded() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[test]
+fn an_id_filter_limits_the_ids_handed_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let odd = IdFilter::new(|id| id % 3 == 2);
+    let meta = Meta::open(&dir.path().join("meta.redb"), 1 << 20)
+        .expect("open")
+        .with_id_filter(Some(odd));
+    let a = user(&meta, "a");
+    let b = meta.create_user("b", PHC, 1).unwrap();
+    let c = meta.reserve_user_id().unwrap();
+    assert_eq!((a, b, c), (2, 5, 8));
+    let r1 = meta.create_room("one", false, a, 1).unwrap();
+    let r2 = meta.create_room("two", true, a, 1).unwrap();
+    assert_eq!((r1, r2), (2, 5));
+    // Replicated rows keep their ids, and the counter moves past them.
+    let other = User {
+        id: 10,
+        name: "remote".into(),
+        created_ms: 1,
+        password_hash: Some(PHC.into()),
+    };
+    meta.replicate_user(&other).unwrap();
+    assert_eq!(meta.reserve_user_id().unwrap(), 11);
+}
+
+#[test]
+fn replicated_users_and_sessions_are_upserts() {
+    let (_dir, meta) = fresh();
+    let mut alice = User {
+        id: 7,
+        name: "Alice".into(),
+        created_ms: 5,
+        password_hash: Some(PHC.into()),
+    };
+    meta.replicate_user(&alice).unwrap();
+    meta.replicate_user(&alice).unwrap();
+    assert_eq!(meta.user_by_name("alice").unwrap(), Some(alice.clone()));
+    // A password change is the same record with another hash.
+    let new_hash = PHC.replace("c2FsdHNhbHQ", "b3RoZXJzYWx0");
+    alice.password_hash = Some(new_hash.clone());
+    meta.replicate_user(&alice).unwrap();
+    assert_eq!(meta.user(7).unwrap().unwrap().password_hash, Some(new_hash));
+    // The cluster and this file disagreeing is an error, and changes nothing.
+    let thief = User {
+        id: 8,
+        name: "ALICE".into(),
+        ..alice.clone()
+    };
+    assert!(matches!(
+        meta.replicate_user(&thief),
+        Err(Error::Database(_))
+    ));
+    let renamed = User {
+        name: "mallory".into(),
+        ..alice.clone()
+    };
+    assert!(matches!(
+        meta.replicate_user(&renamed),
+        Err(Error::Database(_))
+    ));
+    assert!(meta.user(8).unwrap().is_none());
+    assert!(meta.user_by_name("mallory").unwrap().is_none());
+    // A session may arrive before its user; replaying it replaces it.
+    let (h1, h2) = ([1u8; 32], [2u8; 32]);
+    meta.replicate_session(&h1, 99, 1_000).unwrap();
+    meta.replicate_session(&h1, 99, 2_000).unwrap();
+    meta.replicate_session(&h2, 99, 3_000).unwrap();
+    assert_eq!(meta.session(&h1, 1_500).unwrap(), Some((99, 2_000)));
+    let mut all = meta.sessions_of(99, None).unwrap();
+    all.sort();
+    assert_eq!(all, vec![(h1, 2_000), (h2, 3_000)]);
+    assert_eq!(meta.sessions_of(99, Some(&h1)).unwrap(), vec![(h2, 3_000)]);
+    assert!(meta.sessions_of(7, None).unwrap().is_empty());
+}

@@ -18,7 +18,7 @@ impl Meta {
         validate_name("user", name)?;
         validate_hash(password_hash)?;
         self.write(|txn| {
-            let id = next_id(txn, USER_COUNTER)?;
+            let id = next_id(txn, USER_COUNTER, self.ids.as_ref())?;
             insert_user(txn, id, name, now_ms, Some(password_hash))?;
             Ok(id)
         })
@@ -41,7 +41,7 @@ impl Meta {
             if let Some(id) = txn.open_table(USER_NAMES)?.get(key.as_str())? {
                 return Ok(id.value());
             }
-            let id = next_id(txn, USER_COUNTER)?;
+            let id = next_id(txn, USER_COUNTER, self.ids.as_ref())?;
             insert_user(txn, id, subject, now_ms, None)?;
             Ok(id)
         })
@@ -132,6 +132,56 @@ impl Meta {
         self.write(|txn| {
             let hash = user.password_hash.as_deref();
             insert_user(txn, user.id, &user.name, user.created_ms, hash)?;
+            bump_counter(txn, USER_COUNTER, user.id)
+        })
+    }
+
+    /// Hands out a user id (one the id filter accepts) without creating
+    /// a user: a cluster node takes an id here, claims the name cluster-wide,
+    /// then [`Meta::replicate_user`] writes the row.
+    pub fn reserve_user_id(&self) -> Result<u64> {
+        self.write(|txn| next_id(txn, USER_COUNTER, self.ids.as_ref()))
+    }
+
+    /// Writes `user` as the cluster recorded it: inserts it, or replaces
+    /// the password hash of the user with its id and name (a password
+    /// change). Replaying the same record is harmless.
+    ///
+    /// Errors: `InvalidInput` for id 0, a bad name or hash; `Database` if
+    /// the id or the name already belongs to another user here (the
+    /// cluster's record and this file disagree).
+    pub fn replicate_user(&self, user: &User) -> Result<()> {
+        validate_name("user", &user.name)?;
+        validate_id("user", user.id)?;
+        let hash = user.password_hash.as_deref();
+        if let Some(hash) = hash {
+            validate_hash(hash)?;
+        }
+        let key = user_key(&user.name, hash.is_none());
+        self.write(|txn| {
+            let disagree = |what: &str| {
+                Error::Database(format!(
+                    "user {} {:?}: {what} belongs to another user here",
+                    user.id, user.name
+                ))
+            };
+            let mut names = txn.open_table(USER_NAMES)?;
+            let named = names.get(key.as_str())?.map(|g| g.value());
+            match named {
+                Some(id) if id != user.id => return Err(disagree("the name")),
+                Some(_) => {}
+                None => {
+                    names.insert(key.as_str(), user.id)?;
+                }
+            }
+            let mut users = txn.open_table(USERS)?;
+            if let Some(row) = users.get(user.id)? {
+                let (name, _, _) = row.value();
+                if user_key(name, hash.is_none()) != key {
+                    return Err(disagree("the id"));
+                }
+            }
+            users.insert(user.id, (user.name.as_str(), user.created_ms, hash))?;
             bump_counter(txn, USER_COUNTER, user.id)
         })
     }

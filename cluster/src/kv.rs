@@ -1,0 +1,208 @@
+//! The link's JetStream key-value side: buckets opened once and kept by
+//! the link's thread, reads and conditional writes, and watches that hand
+//! every change of a bucket, in revision order, to a reader on another
+//! thread.
+//!
+//! Invariant: a watch never skips a change. Its channel is bounded, and
+//! when the reader is behind the watch waits (JetStream keeps the entries);
+//! when the watch ends (NATS lost for long enough that JetStream dropped
+//! its consumer) it starts again after the last revision it handed on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_lite::StreamExt;
+
+use crate::error::{Error, Result};
+
+/// Pause between two attempts while JetStream is not ready (electing its
+/// leader) or a watch has to be started again.
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Changes of a watched bucket waiting for their reader, at most; past it
+/// the watch waits.
+pub(crate) const CHANGES_MAX: usize = 4096;
+
+/// A bucket's settings.
+#[derive(Debug, Clone)]
+pub struct BucketSpec {
+    /// Its name (`[A-Za-z0-9_-]+`).
+    pub name: String,
+    /// Copies kept by the NATS cluster (1 to 5).
+    pub replicas: usize,
+    /// Entries older than this are dropped by JetStream; `None` keeps them.
+    pub max_age: Option<Duration>,
+}
+
+/// One change of a watched bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvChange {
+    /// The key changed.
+    pub key: String,
+    /// Its new value; `None` when it was deleted or purged.
+    pub value: Option<Bytes>,
+    /// The change's revision (the bucket's stream sequence): changes come
+    /// in increasing revision order.
+    pub revision: u64,
+}
+
+/// A key-value operation, carried out on the link's thread.
+pub(crate) enum KvOp {
+    Get(String),
+    Create(String, Bytes),
+    Update(String, Bytes, u64),
+    Put(String, Bytes),
+    Delete(String),
+}
+
+/// What a [`KvOp`] gives back.
+pub(crate) enum KvAnswer {
+    /// `Get`: the value and its revision, if the key has a value.
+    Value(Option<(Bytes, u64)>),
+    /// `Create`, `Update`, `Put`: the new revision.
+    Revision(u64),
+    /// `Delete`.
+    Done,
+}
+
+/// The buckets the link has opened, by name.
+pub(crate) type Stores = Arc<Mutex<HashMap<String, kv::Store>>>;
+
+fn nats(e: impl std::fmt::Display) -> Error {
+    Error::Nats(e.to_string())
+}
+
+/// The opened bucket `name`.
+fn store(stores: &Stores, name: &str) -> Result<kv::Store> {
+    let stores = stores.lock().map_err(|_| Error::Closed)?;
+    stores
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::Nats(format!("bucket {name} is not open")))
+}
+
+/// Opens `spec`'s bucket, creating it if missing, retrying while
+/// JetStream is not ready until `deadline`; keeps it for later commands.
+pub(crate) async fn open(
+    client: async_nats::Client,
+    stores: Stores,
+    spec: BucketSpec,
+    deadline: Instant,
+) -> Result<()> {
+    let js = jetstream::new(client);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match open_once(&js, &spec).await {
+            Ok(store) => {
+                let mut stores = stores.lock().map_err(|_| Error::Closed)?;
+                stores.insert(spec.name.clone(), store);
+                return Ok(());
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    Err(Error::Nats(format!("opening bucket {}: {last}", spec.name)))
+}
+
+/// The bucket, opened or created.
+pub(crate) async fn open_once(js: &jetstream::Context, spec: &BucketSpec) -> Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(&spec.name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: spec.name.clone(),
+        history: 1,
+        num_replicas: spec.replicas,
+        max_age: spec.max_age.unwrap_or_default(),
+        ..Default::default()
+    })
+    .await
+    .map_err(nats)
+}
+
+/// Carries out one operation on an opened bucket.
+pub(crate) async fn apply(stores: &Stores, bucket: &str, op: KvOp) -> Result<KvAnswer> {
+    let store = store(stores, bucket)?;
+    match op {
+        KvOp::Get(key) => {
+            let entry = store.entry(key).await.map_err(nats)?;
+            Ok(KvAnswer::Value(entry.and_then(|e| {
+                (e.operation == kv::Operation::Put).then_some((e.value, e.revision))
+            })))
+        }
+        KvOp::Create(key, value) => match store.create(&key, value).await {
+            Ok(rev) => Ok(KvAnswer::Revision(rev)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(Error::KeyExists(key)),
+            Err(e) => Err(nats(e)),
+        },
+        KvOp::Update(key, value, revision) => match store.update(&key, value, revision).await {
+            Ok(rev) => Ok(KvAnswer::Revision(rev)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(Error::Conflict(key))
+            }
+            Err(e) => Err(nats(e)),
+        },
+        KvOp::Put(key, value) => store
+            .put(key, value)
+            .await
+            .map(KvAnswer::Revision)
+            .map_err(nats),
+        KvOp::Delete(key) => store
+            .delete(key)
+            .await
+            .map(|()| KvAnswer::Done)
+            .map_err(nats),
+    }
+}
+
+/// Hands every change of `bucket` (its current entries first) to `sink`,
+/// until the reader is gone. `ready` hears whether the first watch
+/// started.
+pub(crate) async fn watch(
+    stores: Stores,
+    bucket: String,
+    sink: flume::Sender<KvChange>,
+    ready: flume::Sender<Result<()>>,
+) {
+    let mut after = 0u64;
+    let mut ready = Some(ready);
+    loop {
+        let started = match store(&stores, &bucket) {
+            Ok(store) if after == 0 => store.watch_with_history(">").await.map_err(nats),
+            Ok(store) => store.watch_all_from_revision(after + 1).await.map_err(nats),
+            Err(e) => Err(e),
+        };
+        if let Some(ready) = ready.take() {
+            let failed = started.as_ref().err().map(|e| Error::Nats(e.to_string()));
+            let _ = ready.send(failed.map_or(Ok(()), Err));
+            if started.is_err() {
+                return;
+            }
+        }
+        match started {
+            Ok(mut changes) => {
+                while let Some(entry) = changes.next().await {
+                    let Ok(entry) = entry else { break };
+                    after = entry.revision;
+                    let change = KvChange {
+                        value: (entry.operation == kv::Operation::Put).then_some(entry.value),
+                        key: entry.key,
+                        revision: entry.revision,
+                    };
+                    if sink.send_async(change).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(bucket, error = %e, "watching a bucket failed; retrying"),
+        }
+        if sink.is_disconnected() {
+            return;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}

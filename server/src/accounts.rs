@@ -1,0 +1,222 @@
+//! The one door for writes to accounts and sessions (registration, JWT
+//! subjects seen first, password changes, sessions opened and ended).
+//! A single node writes its own `meta.redb` (on the blocking pool). A
+//! cluster node writes the cluster's key-value buckets, where uniqueness is
+//! decided, and returns once its own replica shows the write
+//! (`cluster/replica.rs`), so that the client's next request to this node
+//! sees it. Reads go to the directory everywhere.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rookery_cluster::Error as ClusterError;
+use rookery_engine::{Directory, User};
+
+use crate::app::ApiError;
+use crate::auth::blocking;
+use crate::cluster::records::{self, SessionRecord, UserRecord};
+use crate::cluster::replica::{SESSIONS, USERS};
+use crate::cluster::{Node, VISIBLE_WITHIN};
+use crate::shared::Shared;
+
+/// Tries at a password change that another write to the same user beat.
+const UPDATE_TRIES_MAX: usize = 4;
+
+/// Where this node's account writes go.
+#[derive(Clone)]
+pub enum Accounts {
+    Local(Directory),
+    Cluster(Directory, Arc<Node>),
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// A cluster failure as a client sees it.
+pub fn cluster_error(e: ClusterError) -> ApiError {
+    ApiError::ClusterUnavailable(e.to_string())
+}
+
+impl Accounts {
+    pub fn of(shared: &Shared) -> Accounts {
+        let dir = shared.engine.directory();
+        match &shared.cluster {
+            Some(node) => Accounts::Cluster(dir, node.clone()),
+            None => Accounts::Local(dir),
+        }
+    }
+
+    /// The directory, for reads.
+    pub fn directory(&self) -> Directory {
+        match self {
+            Accounts::Local(d) | Accounts::Cluster(d, _) => d.clone(),
+        }
+    }
+
+    /// Registers `name` with a password hash; its id. `Conflict` for a
+    /// taken name.
+    pub async fn create_user(&self, name: &str, hash: &str, now_ms: u64) -> Result<u64> {
+        let (dir, name, hash) = (self.directory(), name.to_string(), hash.to_string());
+        let Accounts::Cluster(_, node) = self else {
+            return Ok(blocking(move || dir.create_user(&name, &hash, now_ms)).await?);
+        };
+        let unique = Directory::unique_user_key(&name, false)?;
+        let id = blocking(move || dir.reserve_user_id()).await?;
+        let record = UserRecord {
+            id,
+            name: name.clone(),
+            created_ms: now_ms,
+            hash: Some(hash),
+        };
+        match node.create_user(&unique, &record).await {
+            Err(ApiError::Conflict(_)) => Err(ApiError::Conflict(format!("user name {name:?}"))),
+            other => other.map(|_| id),
+        }
+    }
+
+    /// The id of the user a backend vouches for as `subject`, created at
+    /// first sight.
+    pub async fn ensure_external_user(&self, subject: &str, now_ms: u64) -> Result<u64> {
+        let (dir, sub) = (self.directory(), subject.to_string());
+        let Accounts::Cluster(_, node) = self else {
+            return Ok(blocking(move || dir.ensure_external_user(&sub, now_ms)).await?);
+        };
+        let unique = Directory::unique_user_key(subject, true)?;
+        let d = dir.clone();
+        if let Some(u) = blocking(move || d.external_user(&sub)).await? {
+            return Ok(u.id);
+        }
+        let id = blocking(move || dir.reserve_user_id()).await?;
+        let record = UserRecord {
+            id,
+            name: subject.to_string(),
+            created_ms: now_ms,
+            hash: None,
+        };
+        match node.create_user(&unique, &record).await {
+            Ok(()) => Ok(id),
+            // Another node saw the subject first: its record holds.
+            Err(ApiError::Conflict(_)) => Ok(node.read_user(&unique).await?.0.id),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the password hash of `user`.
+    pub async fn set_password(&self, user: u64, hash: &str) -> Result<()> {
+        let (dir, hash) = (self.directory(), hash.to_string());
+        let Accounts::Cluster(_, node) = self else {
+            return Ok(blocking(move || dir.set_password(user, &hash)).await?);
+        };
+        let u: User = blocking(move || dir.user(user))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("user {user}")))?;
+        let unique = Directory::unique_user_key(&u.name, u.password_hash.is_none())?;
+        for _ in 0..UPDATE_TRIES_MAX {
+            let (mut record, revision) = node.read_user(&unique).await?;
+            record.hash = Some(hash.clone());
+            let key = records::user_key(&unique);
+            let value = Bytes::from(serde_json::to_vec(&record).expect("a record serializes"));
+            match node
+                .link
+                .kv_update(&node.buckets[USERS], &key, value, revision)
+                .await
+            {
+                Ok(rev) => return node.visible(USERS, rev).await,
+                Err(ClusterError::Conflict(_)) => continue,
+                Err(e) => return Err(cluster_error(e)),
+            }
+        }
+        Err(ApiError::Conflict(format!("user {user} kept changing")))
+    }
+
+    /// Opens a session (its token's hash) for `user` until `expires_ms`.
+    pub async fn create_session(&self, hash: [u8; 32], user: u64, expires_ms: u64) -> Result<()> {
+        let dir = self.directory();
+        let Accounts::Cluster(_, node) = self else {
+            return Ok(blocking(move || dir.create_session(&hash, user, expires_ms)).await?);
+        };
+        let value = SessionRecord { user, expires_ms };
+        let value = Bytes::from(serde_json::to_vec(&value).expect("a record serializes"));
+        let key = records::session_key(&hash);
+        let rev = node
+            .link
+            .kv_put(&node.buckets[SESSIONS], &key, value)
+            .await
+            .map_err(cluster_error)?;
+        node.visible(SESSIONS, rev).await
+    }
+
+    /// Ends a session; whether it existed.
+    pub async fn delete_session(&self, hash: [u8; 32]) -> Result<bool> {
+        let dir = self.directory();
+        if let Accounts::Cluster(_, node) = self {
+            // Every node drops it when the deletion reaches its replica;
+            // this one drops it now (below).
+            let key = records::session_key(&hash);
+            let bucket = &node.buckets[SESSIONS];
+            node.link
+                .kv_delete(bucket, &key)
+                .await
+                .map_err(cluster_error)?;
+        }
+        Ok(blocking(move || dir.delete_session(&hash)).await?)
+    }
+
+    /// Ends every session of `user` but `keep`; the ended ones.
+    pub async fn delete_sessions_of(
+        &self,
+        user: u64,
+        keep: Option<[u8; 32]>,
+    ) -> Result<Vec<([u8; 32], u64)>> {
+        let dir = self.directory();
+        let Accounts::Cluster(..) = self else {
+            return Ok(blocking(move || dir.delete_sessions_of(user, keep.as_ref())).await?);
+        };
+        let sessions = blocking(move || dir.sessions_of(user, keep.as_ref())).await?;
+        for (hash, _) in &sessions {
+            self.delete_session(*hash).await?;
+        }
+        Ok(sessions)
+    }
+}
+
+impl Node {
+    /// Records a new user; `Conflict` when its unique key is taken.
+    async fn create_user(&self, unique: &str, record: &UserRecord) -> Result<()> {
+        let key = records::user_key(unique);
+        let value = Bytes::from(serde_json::to_vec(record).expect("a record serializes"));
+        match self.link.kv_create(&self.buckets[USERS], &key, value).await {
+            Ok(rev) => self.visible(USERS, rev).await,
+            Err(ClusterError::KeyExists(_)) => Err(ApiError::Conflict(unique.to_string())),
+            Err(e) => Err(cluster_error(e)),
+        }
+    }
+
+    /// The cluster's record of a user, and its revision.
+    async fn read_user(&self, unique: &str) -> Result<(UserRecord, u64)> {
+        let key = records::user_key(unique);
+        let (value, revision) = self
+            .link
+            .kv_get(&self.buckets[USERS], &key)
+            .await
+            .map_err(cluster_error)?
+            .ok_or_else(|| ApiError::NotFound(format!("user {unique:?}")))?;
+        let record = serde_json::from_slice(&value)
+            .map_err(|e| ApiError::Internal(format!("the cluster's record of {key}: {e}")))?;
+        Ok((record, revision))
+    }
+
+    /// Waits until revision `rev` of bucket `b` shows on this node.
+    async fn visible(&self, b: usize, rev: u64) -> Result<()> {
+        let Some(replica) = self.replica() else {
+            return Err(ApiError::ClusterUnavailable("this node is starting".into()));
+        };
+        if replica.wait(b, rev, VISIBLE_WITHIN).await {
+            Ok(())
+        } else {
+            Err(ApiError::ClusterUnavailable(format!(
+                "the write was not seen here within {} ms",
+                VISIBLE_WITHIN.as_millis()
+            )))
+        }
+    }
+}

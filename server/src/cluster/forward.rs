@@ -1,0 +1,275 @@
+//! Requests for rooms this node does not own go to the room's owner, by
+//! NATS request/reply with a deadline, and its answer comes back as it is:
+//! every room route behaves on any node as on the owner, because the
+//! owner's own route handler answers it.
+//!
+//! The forwarding node checks the bearer token (its replica of sessions
+//! is as good as the owner's) and sends who it proved along, so that the
+//! owner neither checks again nor depends on its replica having caught up
+//! with a session just opened elsewhere. NATS is the cluster's private
+//! network: whoever can publish on it is trusted as a node
+//! (docs/cluster.md says how to close it to anyone else).
+//!
+//! Invariants: a forwarded request is never forwarded again (two nodes
+//! that disagreed on an owner could not bounce it between them); a node
+//! answers at most `ANSWERS_IN_FLIGHT_MAX` forwarded requests at once per
+//! shard, and refuses the rest at once with 503.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rookery_cluster::{Error as ClusterError, Incoming};
+use serde::{Deserialize, Serialize};
+
+use super::Node;
+use crate::app::ApiError;
+use crate::auth::{self, Proof};
+use crate::http::{Request, Response};
+use crate::shared::Shared;
+
+/// How long a forwarded request may take before the client gets
+/// `room_unavailable` (the owner is down or stuck).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Forwarded requests one shard answers at once, at most.
+const ANSWERS_IN_FLIGHT_MAX: u64 = 1024;
+
+/// The subject node `node` of cluster `name` answers forwarded requests on.
+pub fn subject(name: &str, node: u32) -> String {
+    format!("rk.{name}.node.{node}.http")
+}
+
+/// A request as it travels to the owner (its body follows).
+#[derive(Serialize, Deserialize)]
+struct RequestHead {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    peer: Option<IpAddr>,
+    proof: Option<Proof>,
+}
+
+/// An answer as it travels back (its body follows).
+#[derive(Serialize, Deserialize)]
+struct ResponseHead {
+    status: u16,
+    headers: Vec<(String, String)>,
+    code: Option<String>,
+}
+
+/// `head` as JSON after its length (4 bytes, little-endian), then `body`.
+fn frame(head: &impl Serialize, body: &[u8]) -> Bytes {
+    let head = serde_json::to_vec(head).expect("a head serializes");
+    let mut out = Vec::with_capacity(4 + head.len() + body.len());
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
+/// The head and body of a frame; `None` if it is not one.
+fn unframe<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<(T, &[u8])> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let head = bytes.get(4..4usize.checked_add(len)?)?;
+    let body = bytes.get(4 + len..)?;
+    Some((serde_json::from_slice(head).ok()?, body))
+}
+
+/// The room a request is about, when its route names one.
+pub fn room_of(req: &Request) -> Option<u64> {
+    let route = crate::routes::route_name(req);
+    if !(route.starts_with("/api/rooms/{id}") || route.starts_with("/api/invites/{room}")) {
+        return None;
+    }
+    req.path.trim_matches('/').split('/').nth(2)?.parse().ok()
+}
+
+/// The owner's answer when `req` is about a room another node owns;
+/// `None` when this node answers it itself.
+pub async fn to_owner(req: &Request, shared: &Shared) -> Option<Response> {
+    let node = shared.cluster.as_ref()?;
+    if req.forwarded {
+        return None;
+    }
+    let room = room_of(req)?;
+    let owner = node.owner_of(room);
+    if owner == node.cfg.node_id {
+        return None;
+    }
+    let started = Instant::now();
+    let answer = forward(req, shared, node, owner, room).await;
+    node.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+    let micros = started.elapsed().as_micros() as u64;
+    node.counters
+        .forward_micros
+        .fetch_add(micros, Ordering::Relaxed);
+    Some(answer.unwrap_or_else(|e| {
+        node.counters.forward_failed.fetch_add(1, Ordering::Relaxed);
+        e.response()
+    }))
+}
+
+async fn forward(
+    req: &Request,
+    shared: &Shared,
+    node: &Node,
+    owner: u32,
+    room: u64,
+) -> Result<Response, ApiError> {
+    if !node.connected() {
+        return Err(ApiError::ClusterUnavailable(format!(
+            "room {room} is on node {owner} and NATS is unreachable"
+        )));
+    }
+    let proof = match auth::bearer(req) {
+        Some(token) => {
+            let accounts = crate::accounts::Accounts::of(shared);
+            match auth::identify(&accounts, &shared.cfg, token).await? {
+                auth::Identity::User(p) => Some(p),
+                // The owner answers 401 itself.
+                auth::Identity::Refused(_) => None,
+            }
+        }
+        None => None,
+    };
+    let head = RequestHead {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        headers: req.headers.clone(),
+        peer: req.peer,
+        proof,
+    };
+    let subject = subject(&node.cfg.name, owner);
+    match node
+        .link
+        .request(&subject, frame(&head, &req.body), FORWARD_TIMEOUT)
+        .await
+    {
+        Ok(answer) => decode_response(&answer)
+            .ok_or_else(|| ApiError::Internal(format!("node {owner} answered garbage"))),
+        Err(ClusterError::NoResponders(_)) => Err(ApiError::RoomUnavailable(format!(
+            "room {room} is on node {owner}, which is down"
+        ))),
+        Err(ClusterError::TimedOut(_)) => Err(ApiError::RoomUnavailable(format!(
+            "node {owner}, which owns room {room}, did not answer within {} ms",
+            FORWARD_TIMEOUT.as_millis()
+        ))),
+        Err(e) => Err(ApiError::ClusterUnavailable(e.to_string())),
+    }
+}
+
+fn decode_response(bytes: &[u8]) -> Option<Response> {
+    let (head, body) = unframe::<ResponseHead>(bytes)?;
+    Some(Response {
+        status: head.status,
+        headers: head.headers,
+        body: body.to_vec(),
+        error_code: head.code.as_deref().map(crate::app::error_code),
+    })
+}
+
+/// Answers the requests other nodes forward to this one, on this shard,
+/// until it stops.
+pub async fn serve(shared: Rc<Shared>, requests: flume::Receiver<Incoming>) {
+    let slots = Rc::new(glommio::sync::Semaphore::new(ANSWERS_IN_FLIGHT_MAX));
+    loop {
+        let next = futures_lite::future::or(async { requests.recv_async().await.ok() }, async {
+            shared.stopped().await;
+            None
+        })
+        .await;
+        let Some(m) = next else { return };
+        let Some(reply) = m.reply else { continue };
+        let Some(node) = shared.cluster.clone() else {
+            return;
+        };
+        node.counters.answered.fetch_add(1, Ordering::Relaxed);
+        if !slots.try_acquire(1).unwrap_or(false) {
+            let busy = ApiError::Unavailable("too many forwarded requests".into()).response();
+            let _ = node.link.publish(&reply, encode_response(&busy)).await;
+            continue;
+        }
+        let (shared, slots) = (shared.clone(), slots.clone());
+        glommio::spawn_local(async move {
+            let resp = answer(&shared, &m.payload).await;
+            let _ = node.link.publish(&reply, encode_response(&resp)).await;
+            slots.signal(1);
+        })
+        .detach();
+    }
+}
+
+/// The answer to one forwarded request.
+async fn answer(shared: &Shared, payload: &[u8]) -> Response {
+    let Some((head, body)) = unframe::<RequestHead>(payload) else {
+        return ApiError::BadRequest("not a forwarded request".into()).response();
+    };
+    let req = Request {
+        method: head.method,
+        path: head.path,
+        query: head.query,
+        headers: head.headers,
+        body: body.to_vec(),
+        keep_alive: true,
+        version: 1,
+        peer: head.peer,
+        proof: head.proof,
+        forwarded: true,
+    };
+    crate::routes::handle_forwarded(&req, shared).await
+}
+
+fn encode_response(resp: &Response) -> Bytes {
+    let head = ResponseHead {
+        status: resp.status,
+        headers: resp.headers.clone(),
+        code: resp.error_code.map(str::to_string),
+    };
+    frame(&head, &resp.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_garbage_is_refused() {
+        let resp = Response::error(503, "room_unavailable", "down");
+        let back = decode_response(&encode_response(&resp)).unwrap();
+        assert_eq!(
+            (back.status, back.body, back.error_code),
+            (503, resp.body.clone(), Some("room_unavailable"))
+        );
+        for garbage in [
+            &b""[..],
+            b"\x05\0\0\0{}",
+            b"\xff\xff\xff\xff",
+            b"\x02\0\0\0[]",
+        ] {
+            assert!(decode_response(garbage).is_none(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn only_room_routes_name_a_room() {
+        let at = |method: &str, path: &str| {
+            let mut r = Request::get(&[], "");
+            r.method = method.into();
+            r.path = path.into();
+            room_of(&r)
+        };
+        assert_eq!(at("POST", "/api/rooms/17/messages"), Some(17));
+        assert_eq!(at("GET", "/api/rooms/17"), Some(17));
+        assert_eq!(at("PUT", "/api/rooms/3/bans/9"), Some(3));
+        assert_eq!(at("POST", "/api/invites/5/accept"), Some(5));
+        assert_eq!(at("GET", "/api/rooms"), None);
+        assert_eq!(at("POST", "/api/rooms/x/join"), None);
+        assert_eq!(at("GET", "/api/invites"), None);
+        assert_eq!(at("GET", "/api/me"), None);
+    }
+}

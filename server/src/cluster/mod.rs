@@ -1,0 +1,142 @@
+//! This node's place in a cluster (`--nats`, docs/cluster.md): the NATS
+//! link, joined before the engine starts; the replica of the cluster's
+//! users and sessions, started once the engine is up; requests for rooms
+//! this node does not own, forwarded to their owner; what `/readyz` and
+//! `/metrics` say of it.
+//!
+//! Invariant: a node that serves has recorded, or matched, the cluster's
+//! node list (`rookery_cluster::Link::claim_nodes`); a node given a
+//! different list never starts. A single node (no `--nats`) has no `Node`
+//! and runs no NATS code.
+
+pub mod forward;
+pub mod records;
+pub mod replica;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rookery_cluster::{BucketSpec, ClusterConfig, Link, LinkState};
+use rookery_engine::Directory;
+use serde_json::{json, Value};
+
+use crate::revoked::Revoked;
+use replica::Replica;
+
+/// How long a write through the cluster may take to become visible on
+/// this node before the request fails with `cluster_unavailable`.
+pub const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
+
+/// What a node counts of its cluster traffic (for `/metrics`).
+#[derive(Default)]
+pub struct Counters {
+    /// Requests forwarded to the rooms' owners, answered or not.
+    pub forwarded: AtomicU64,
+    /// Of those, the ones that failed (owner down or late, NATS lost).
+    pub forward_failed: AtomicU64,
+    /// Time spent in forwarded requests, in microseconds.
+    pub forward_micros: AtomicU64,
+    /// Requests other nodes forwarded to this one.
+    pub answered: AtomicU64,
+}
+
+/// A node of a cluster.
+pub struct Node {
+    pub cfg: ClusterConfig,
+    pub link: Link,
+    pub counters: Counters,
+    /// Requests other nodes forward to this one (shared by the shards).
+    pub requests: flume::Receiver<rookery_cluster::Incoming>,
+    /// The cluster's bucket (node list, users) and the sessions bucket.
+    pub buckets: [String; 2],
+    /// Set once the engine is up ([`Node::start_replica`]).
+    replica: OnceLock<Arc<Replica>>,
+}
+
+impl Node {
+    /// Connects to NATS, records (or checks) the node list and opens the
+    /// cluster's buckets (sessions kept by JetStream for `session_ttl`);
+    /// the error says why this node may not join.
+    pub fn join(cfg: ClusterConfig, session_ttl: Duration) -> rookery_cluster::Result<Node> {
+        let link = Link::connect(&cfg)?;
+        use futures_lite::future::block_on as block;
+        block(link.claim_nodes(&cfg))?;
+        let buckets = [cfg.bucket(), format!("{}-sessions", cfg.bucket())];
+        let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+        let sessions = BucketSpec {
+            name: buckets[1].clone(),
+            replicas: cfg.kv_replicas,
+            // A session's record outlives the session by a minute at most.
+            max_age: Some(session_ttl + Duration::from_secs(60)),
+        };
+        let users = BucketSpec {
+            name: buckets[0].clone(),
+            replicas: cfg.kv_replicas,
+            max_age: None,
+        };
+        block(link.open_bucket(users, timeout))?;
+        block(link.open_bucket(sessions, timeout))?;
+        let requests = block(link.subscribe(&forward::subject(&cfg.name, cfg.node_id)))?;
+        Ok(Node {
+            cfg,
+            link,
+            counters: Counters::default(),
+            requests,
+            buckets,
+            replica: OnceLock::new(),
+        })
+    }
+
+    /// Starts the replica of users and sessions into `dir` and waits until
+    /// it has caught up (at most the connect timeout).
+    pub fn start_replica(&self, dir: Directory, revoked: Arc<Revoked>) -> anyhow::Result<()> {
+        let replica = Replica::start(
+            &self.link,
+            self.buckets.clone(),
+            self.cfg.node_id,
+            dir,
+            revoked,
+        )?;
+        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        if !replica.wait_caught_up(timeout) {
+            anyhow::bail!(
+                "the cluster's users and sessions were not copied within {} ms",
+                timeout.as_millis()
+            );
+        }
+        let _ = self.replica.set(replica);
+        Ok(())
+    }
+
+    /// The replica, once started.
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        self.replica.get()
+    }
+
+    /// Whether the NATS link is up.
+    pub fn connected(&self) -> bool {
+        self.link.state() == LinkState::Connected
+    }
+
+    /// The node that owns `room`.
+    pub fn owner_of(&self, room: u64) -> u32 {
+        rookery_cluster::owner_of(room, &self.cfg.nodes)
+    }
+
+    /// The node's view of the cluster, for `/readyz`.
+    pub fn view(&self) -> Value {
+        let nats = match self.link.state() {
+            LinkState::Connected => "connected",
+            LinkState::Disconnected => "disconnected",
+            LinkState::Pending => "connecting",
+        };
+        json!({
+            "name": self.cfg.name,
+            "node": self.cfg.node_id,
+            "nodes": self.cfg.nodes,
+            "nats": nats,
+            "replica": if self.replica().is_some_and(|r| r.caught_up()) { "caught_up" } else { "starting" },
+        })
+    }
+}

@@ -1,0 +1,106 @@
+//! What a cluster keeps in its JetStream key-value buckets, and under
+//! which keys: the one place that knows the records' shapes.
+//!
+//! - The cluster's bucket (`rookery-<name>`): `nodes` (the node list),
+//!   `user.<hex of the user's unique key>` → [`UserRecord`],
+//!   `boot.<node>` (a node's start marker, see `replica.rs`).
+//! - The sessions bucket (`rookery-<name>-sessions`, entries dropped by
+//!   JetStream after the session lifetime): `s.<hex of the token hash>` →
+//!   [`SessionRecord`] (deleted at logout), `boot.<node>`.
+//!
+//! Keys hex-encode what they name: user names may hold `.`, which NATS
+//! reads as a token separator.
+
+use rookery_engine::User;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::hex;
+
+/// A user as the cluster records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: u64,
+    pub name: String,
+    pub created_ms: u64,
+    /// The argon2 PHC string; `None` for a JWT subject.
+    pub hash: Option<String>,
+}
+
+impl UserRecord {
+    pub fn to_user(&self) -> User {
+        User {
+            id: self.id,
+            name: self.name.clone(),
+            created_ms: self.created_ms,
+            password_hash: self.hash.clone(),
+        }
+    }
+}
+
+/// A session as the cluster records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub user: u64,
+    pub expires_ms: u64,
+}
+
+/// The key of the user whose unique key (see
+/// `Directory::unique_user_key`) is `unique`.
+pub fn user_key(unique: &str) -> String {
+    format!("user.{}", hex(unique.as_bytes()))
+}
+
+/// The key of the session whose token hashes to `hash`.
+pub fn session_key(hash: &[u8; 32]) -> String {
+    format!("s.{}", hex(hash))
+}
+
+/// A node's start marker.
+pub fn boot_key(node: u32) -> String {
+    format!("boot.{node}")
+}
+
+/// The token hash a session key names, if it is one.
+pub fn parse_session_key(key: &str) -> Option<[u8; 32]> {
+    let digits = key.strip_prefix("s.")?;
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
+
+/// Whether a key of the cluster's bucket names a user.
+pub fn is_user_key(key: &str) -> bool {
+    key.starts_with("user.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_valid_nats_keys_and_session_keys_round_trip() {
+        let k = user_key("jwt:a.b");
+        assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'));
+        assert_eq!(k.matches('.').count(), 1, "{k}");
+        assert!(is_user_key(&k));
+        let hash = [0xab; 32];
+        assert_eq!(parse_session_key(&session_key(&hash)), Some(hash));
+        for bad in ["s.", "s.zz", "user.00", &format!("s.{}", "g".repeat(64))] {
+            assert_eq!(parse_session_key(bad), None, "{bad}");
+        }
+        let r = UserRecord {
+            id: 4,
+            name: "Ann".into(),
+            created_ms: 9,
+            hash: None,
+        };
+        let u = r.to_user();
+        assert_eq!((u.id, u.name.as_str(), u.created_ms), (4, "Ann", 9));
+        assert!(u.external());
+    }
+}

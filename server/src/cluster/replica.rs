@@ -1,0 +1,206 @@
+//! This node's copy of the cluster's users and sessions, kept in its own
+//! `meta.redb`: every change of the two key-value buckets is applied, in
+//! revision order, by one thread (`rookery-replica`), so that every read
+//! (sign-in, a session check, a user's name) stays local.
+//!
+//! Invariants: a bucket's changes are applied in revision order, each
+//! once; `applied[b]` is the highest revision applied of bucket `b`, and a
+//! write made through the cluster is visible on this node once
+//! `applied[b]` has reached its revision ([`Replica::wait`]). The replica is
+//! caught up once it has applied this node's start marker in both buckets
+//! (written just before the watches started, so everything before it has
+//! been applied).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rookery_cluster::{KvChange, Link};
+use rookery_engine::Directory;
+
+use super::records::{self, SessionRecord, UserRecord};
+use crate::revoked::Revoked;
+
+/// The bucket holding users (and the node list).
+pub const USERS: usize = 0;
+/// The bucket holding sessions.
+pub const SESSIONS: usize = 1;
+
+/// A write waiting to become visible here.
+struct Waiter {
+    bucket: usize,
+    revision: u64,
+    wake: flume::Sender<()>,
+}
+
+/// The replica's progress, shared by the applying thread and the shards.
+pub struct Replica {
+    applied: [AtomicU64; 2],
+    boot: [u64; 2],
+    caught_up: AtomicBool,
+    waiters: Mutex<Vec<Waiter>>,
+    /// Changes that could not be applied (logged): the cluster's record
+    /// and this node's file disagree.
+    pub failures: AtomicU64,
+}
+
+impl Replica {
+    /// Starts the replica of `buckets` ([users, sessions]) into `dir`:
+    /// writes this node's start marker in each, starts their watches and
+    /// the applying thread. Blocks the calling thread (not a shard) for the
+    /// NATS round trips.
+    pub fn start(
+        link: &Link,
+        buckets: [String; 2],
+        node: u32,
+        dir: Directory,
+        revoked: Arc<Revoked>,
+    ) -> rookery_cluster::Result<Arc<Replica>> {
+        let mut boot = [0u64; 2];
+        let mut watches = Vec::new();
+        for (b, bucket) in buckets.iter().enumerate() {
+            let marker = Bytes::from(crate::auth::now_ms().to_string());
+            boot[b] = futures_lite::future::block_on(link.kv_put(
+                bucket,
+                &records::boot_key(node),
+                marker,
+            ))?;
+            watches.push(futures_lite::future::block_on(link.watch(bucket))?);
+        }
+        let replica = Arc::new(Replica {
+            applied: Default::default(),
+            boot,
+            caught_up: AtomicBool::new(false),
+            waiters: Mutex::new(Vec::new()),
+            failures: AtomicU64::new(0),
+        });
+        let sessions = watches.pop().expect("two watches");
+        let users = watches.pop().expect("two watches");
+        let r = replica.clone();
+        std::thread::Builder::new()
+            .name("rookery-replica".into())
+            .spawn(move || r.run(users, sessions, dir, revoked))
+            .map_err(|e| rookery_cluster::Error::Nats(format!("starting the replica: {e}")))?;
+        Ok(replica)
+    }
+
+    /// Whether everything written before this node started has been
+    /// applied.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Waits (on the calling thread) until caught up, at most `timeout`.
+    pub fn wait_caught_up(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.caught_up() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.caught_up()
+    }
+
+    /// Waits until revision `revision` of bucket `b` has been applied here,
+    /// at most `timeout` (a shard awaits it); whether it was.
+    pub async fn wait(&self, b: usize, revision: u64, timeout: Duration) -> bool {
+        if self.applied[b].load(Ordering::Acquire) >= revision {
+            return true;
+        }
+        let (wake, woken) = flume::bounded(1);
+        {
+            let Ok(mut waiters) = self.waiters.lock() else {
+                return false;
+            };
+            // Re-checked under the lock the applying thread takes to wake.
+            if self.applied[b].load(Ordering::Acquire) >= revision {
+                return true;
+            }
+            waiters.push(Waiter {
+                bucket: b,
+                revision,
+                wake,
+            });
+        }
+        let woken = async { woken.recv_async().await.is_ok() };
+        let late = async {
+            glommio::timer::sleep(timeout).await;
+            false
+        };
+        futures_lite::future::or(woken, late).await
+    }
+
+    /// Body of the applying thread: both buckets' changes, each applied as
+    /// it comes, until both watches end.
+    fn run(
+        &self,
+        users: flume::Receiver<KvChange>,
+        sessions: flume::Receiver<KvChange>,
+        dir: Directory,
+        revoked: Arc<Revoked>,
+    ) {
+        loop {
+            let next = flume::Selector::new()
+                .recv(&users, |c| c.map(|c| (USERS, c)))
+                .recv(&sessions, |c| c.map(|c| (SESSIONS, c)))
+                .wait();
+            let Ok((b, change)) = next else { return };
+            if let Err(why) = apply(b, &change, &dir, &revoked) {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(key = %change.key, revision = change.revision, %why,
+                    "a cluster record could not be applied here");
+            }
+            self.advance(b, change.revision);
+        }
+    }
+
+    fn advance(&self, b: usize, revision: u64) {
+        self.applied[b].store(revision, Ordering::Release);
+        if (0..2).all(|i| self.applied[i].load(Ordering::Acquire) >= self.boot[i]) {
+            self.caught_up.store(true, Ordering::Release);
+        }
+        let Ok(mut waiters) = self.waiters.lock() else {
+            return;
+        };
+        waiters.retain(|w| {
+            let done = w.bucket == b && w.revision <= revision;
+            if done {
+                let _ = w.wake.try_send(());
+            }
+            !done && !w.wake.is_disconnected()
+        });
+    }
+}
+
+/// Applies one change to this node's directory.
+fn apply(b: usize, change: &KvChange, dir: &Directory, revoked: &Revoked) -> Result<(), String> {
+    if b == USERS {
+        if !records::is_user_key(&change.key) {
+            return Ok(());
+        }
+        // A user is never deleted; a change without a value is ignored.
+        let Some(value) = &change.value else {
+            return Ok(());
+        };
+        let record: UserRecord = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+        return dir
+            .replicate_user(&record.to_user())
+            .map_err(|e| e.to_string());
+    }
+    let Some(hash) = records::parse_session_key(&change.key) else {
+        return Ok(());
+    };
+    match &change.value {
+        Some(value) => {
+            let s: SessionRecord = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            dir.replicate_session(&hash, s.user, s.expires_ms)
+                .map_err(|e| e.to_string())
+        }
+        None => {
+            // Logged out on some node: gone here too, and this node's
+            // WebSockets of that session are closed by the sweeps.
+            dir.delete_session(&hash).map_err(|e| e.to_string())?;
+            revoked.end(hash, Instant::now());
+            Ok(())
+        }
+    }
+}
