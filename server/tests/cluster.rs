@@ -293,6 +293,75 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         }
     }
 
+    // Lists span every node: rooms (paged by id), unread counts and
+    // invitations; public names are unique cluster-wide.
+    let (s, v) = call_as(port(1), "GET", "/api/rooms?limit=2", &bob, None);
+    assert_eq!(s, 200, "{v}");
+    let mut sorted = rooms.clone();
+    sorted.sort();
+    let listed = |v: &serde_json::Value| -> Vec<u64> {
+        v["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(listed(&v), sorted[..2].to_vec(), "{v}");
+    let after = v["next"]["after"].as_u64().expect("a next page");
+    let (_, v) = call_as(
+        port(2),
+        "GET",
+        &format!("/api/rooms?limit=2&after={after}"),
+        &bob,
+        None,
+    );
+    assert_eq!(
+        (listed(&v), v["next"].is_null()),
+        (sorted[2..].to_vec(), true),
+        "{v}"
+    );
+    let (s, v) = call_as(port(0), "GET", "/api/me/unread", &bob, None);
+    assert_eq!(s, 200, "{v}");
+    let unread: Vec<(u64, u64)> = v["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["room"].as_u64().unwrap(), r["unread"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        unread,
+        sorted.iter().map(|r| (*r, 6)).collect::<Vec<_>>(),
+        "{v}"
+    );
+    let secret = common::create_room(port(2), &ann, "secret", true);
+    let bob_id = call_as(port(0), "GET", "/api/me", &bob, None).1["user"]
+        .as_u64()
+        .unwrap();
+    let (s, v) = call_as(
+        port(0),
+        "POST",
+        &format!("/api/rooms/{secret}/members"),
+        &ann,
+        Some(&serde_json::json!({"user": bob_id})),
+    );
+    assert_eq!((s, v["invited"].as_bool()), (202, Some(true)), "{v}");
+    let (s, v) = call_as(port(1), "GET", "/api/invites", &bob, None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["invites"][0]["room"]["id"].as_u64(), Some(secret), "{v}");
+    let (s, v) = call_as(
+        port(1),
+        "POST",
+        "/api/rooms",
+        &bob,
+        Some(&serde_json::json!({"name": "ROOM-0"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+
     // The owner of rooms[1] dies: its room fails fast on the other nodes
     // with room_unavailable and Retry-After; the others' rooms go on.
     nodes[1].kill();
@@ -318,6 +387,14 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         Some(&body),
     );
     assert_eq!((s, v["seq"].as_u64()), (201, Some(7)), "{v}");
+    // Lists leave its rooms out and say so.
+    let raw = common::get_raw(port(0), "/api/rooms", &bob, "");
+    assert_eq!(common::status(&raw), 200, "{raw}");
+    assert_eq!(
+        common::header(&raw, "x-rookery-partial"),
+        Some("2"),
+        "{raw}"
+    );
     // Sign-in does not need the dead node.
     let (s, v) = call(
         port(2),

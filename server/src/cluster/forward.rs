@@ -125,33 +125,9 @@ async fn forward(
             "room {room} is on node {owner} and NATS is unreachable"
         )));
     }
-    let proof = match auth::bearer(req) {
-        Some(token) => {
-            let accounts = crate::accounts::Accounts::of(shared);
-            match auth::identify(&accounts, &shared.cfg, token).await? {
-                auth::Identity::User(p) => Some(p),
-                // The owner answers 401 itself.
-                auth::Identity::Refused(_) => None,
-            }
-        }
-        None => None,
-    };
-    let head = RequestHead {
-        method: req.method.clone(),
-        path: req.path.clone(),
-        query: req.query.clone(),
-        headers: req.headers.clone(),
-        peer: req.peer,
-        proof,
-    };
-    let subject = subject(&node.cfg.name, owner);
-    match node
-        .link
-        .request(&subject, frame(&head, &req.body), FORWARD_TIMEOUT)
-        .await
-    {
-        Ok(answer) => decode_response(&answer)
-            .ok_or_else(|| ApiError::Internal(format!("node {owner} answered garbage"))),
+    let proof = bearer_proof(req, shared).await?;
+    match ask(req, node, owner, proof).await {
+        Ok(answer) => Ok(answer),
         Err(ClusterError::NoResponders(_)) => Err(ApiError::RoomUnavailable(format!(
             "room {room} is on node {owner}, which is down"
         ))),
@@ -161,6 +137,46 @@ async fn forward(
         ))),
         Err(e) => Err(ApiError::ClusterUnavailable(e.to_string())),
     }
+}
+
+/// Who the request's bearer token proves, if anyone (the node asked
+/// answers 401 itself when nobody).
+pub(super) async fn bearer_proof(
+    req: &Request,
+    shared: &Shared,
+) -> Result<Option<Proof>, ApiError> {
+    let Some(token) = auth::bearer(req) else {
+        return Ok(None);
+    };
+    let accounts = crate::accounts::Accounts::of(shared);
+    Ok(match auth::identify(&accounts, &shared.cfg, token).await? {
+        auth::Identity::User(p) => Some(p),
+        auth::Identity::Refused(_) => None,
+    })
+}
+
+/// Sends `req` to node `to`, which answers it as its own; its answer.
+pub(super) async fn ask(
+    req: &Request,
+    node: &Node,
+    to: u32,
+    proof: Option<Proof>,
+) -> Result<Response, ClusterError> {
+    let head = RequestHead {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        headers: req.headers.clone(),
+        peer: req.peer,
+        proof,
+    };
+    let subject = subject(&node.cfg.name, to);
+    let answer = node
+        .link
+        .request(&subject, frame(&head, &req.body), FORWARD_TIMEOUT)
+        .await?;
+    decode_response(&answer)
+        .ok_or_else(|| ClusterError::Nats(format!("node {to} answered garbage")))
 }
 
 fn decode_response(bytes: &[u8]) -> Option<Response> {

@@ -10,6 +10,7 @@
 //! and runs no NATS code.
 
 pub mod forward;
+pub mod gather;
 pub mod records;
 pub mod replica;
 
@@ -21,6 +22,7 @@ use rookery_cluster::{BucketSpec, ClusterConfig, Link, LinkState};
 use rookery_engine::Directory;
 use serde_json::{json, Value};
 
+use crate::app::ApiError;
 use crate::revoked::Revoked;
 use replica::Replica;
 
@@ -107,6 +109,29 @@ impl Node {
         }
         let _ = self.replica.set(replica);
         Ok(())
+    }
+
+    /// Claims a public room's name for this node, cluster-wide; `Conflict`
+    /// when another room has it.
+    pub async fn claim_room_name(self: &Arc<Self>, name: &str) -> Result<Arc<Node>, ApiError> {
+        let key = records::room_name_key(name);
+        let value = bytes::Bytes::from(json!({ "node": self.cfg.node_id }).to_string());
+        match self.link.kv_create(&self.buckets[0], &key, value).await {
+            Ok(_) => Ok(self.clone()),
+            Err(rookery_cluster::Error::KeyExists(_)) => {
+                Err(ApiError::Conflict(format!("room name {name:?}")))
+            }
+            Err(e) => Err(crate::accounts::cluster_error(e)),
+        }
+    }
+
+    /// Gives a claimed name back (its room could not be made). A failure
+    /// leaves the name taken; it is logged.
+    pub async fn release_room_name(&self, name: &str) {
+        let key = records::room_name_key(name);
+        if let Err(e) = self.link.kv_delete(&self.buckets[0], &key).await {
+            tracing::warn!(name, error = %e, "a room name stays claimed");
+        }
     }
 
     /// The replica, once started.

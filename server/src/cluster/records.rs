@@ -55,6 +55,12 @@ pub fn session_key(hash: &[u8; 32]) -> String {
     format!("s.{}", hex(hash))
 }
 
+/// The key a public room's name is claimed under (the name in lower case,
+/// as a single node keeps it unique).
+pub fn room_name_key(name: &str) -> String {
+    format!("room.{}", hex(name.to_ascii_lowercase().as_bytes()))
+}
+
 /// A node's start marker.
 pub fn boot_key(node: u32) -> String {
     format!("boot.{node}")

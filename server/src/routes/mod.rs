@@ -86,8 +86,13 @@ fn cors_preflight(req: &Request, shared: &Shared) -> Option<Response> {
 }
 
 async fn route(req: &Request, shared: &Shared) -> ApiResult {
-    if let Some(answer) = crate::cluster::forward::to_owner(req, shared).await {
-        return Ok(answer);
+    if shared.cluster.is_some() {
+        if let Some(answer) = crate::cluster::forward::to_owner(req, shared).await {
+            return Ok(answer);
+        }
+        if let Some(answer) = Box::pin(crate::cluster::gather::from_all(req, shared)).await {
+            return Ok(answer);
+        }
     }
     // The third path segment, where a route has a room id.
     let id = req.path.trim_matches('/').split('/').nth(2).unwrap_or("");

@@ -49,10 +49,24 @@ pub(crate) async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
     let creator = user(req, shared).await?;
     let new: NewRoom = body(req)?;
     take_room_token(shared, creator)?;
-    let id = shared
+    // In a cluster a public name is claimed cluster-wide first, and given
+    // back if the room cannot be made.
+    let claimed = match (&shared.cluster, new.private) {
+        (Some(node), false) => Some(node.claim_room_name(&new.name).await?),
+        _ => None,
+    };
+    let created = shared
         .engine
         .create_room(&new.name, new.private, creator)
-        .await?;
+        .await;
+    let id = match (created, claimed) {
+        (Ok(id), _) => id,
+        (Err(e), Some(node)) => {
+            node.release_room_name(&new.name).await;
+            return Err(e.into());
+        }
+        (Err(e), None) => return Err(e.into()),
+    };
     let m = directory(shared);
     let room = blocking(move || m.room(id))
         .await?

@@ -1,0 +1,219 @@
+//! The lists that span every node's rooms (`GET /api/rooms`, `/api/invites`,
+//! `/api/me/unread`): each node answers for the rooms it owns, and the node
+//! the client asked merges the answers.
+//!
+//! Invariants: a merged page of rooms holds the `limit` lowest ids after
+//! `after` among every node that answered, and says `next` whenever any
+//! node has more (each node's page holds its own `limit` lowest, so the
+//! merge misses none). A node that does not answer in time is left out
+//! (its rooms are unavailable anyway) and the answer says so in
+//! `X-Rookery-Partial: <nodes missing>`; an error of this node's own answer
+//! (401, 400) is the answer.
+
+use serde_json::{json, Value};
+
+use super::forward::{ask, bearer_proof};
+use crate::app::ApiError;
+use crate::http::{Request, Response};
+use crate::shared::Shared;
+
+/// Which list a route is, when it is one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum List {
+    Rooms,
+    Invites,
+    Unread,
+}
+
+impl List {
+    pub fn of(req: &Request) -> Option<List> {
+        if !matches!(req.method.as_str(), "GET" | "HEAD") {
+            return None;
+        }
+        match crate::routes::route_name(req) {
+            "/api/rooms" => Some(List::Rooms),
+            "/api/invites" => Some(List::Invites),
+            "/api/me/unread" => Some(List::Unread),
+            _ => None,
+        }
+    }
+}
+
+/// The merged answer when `req` is one of the lists and this node is part
+/// of a cluster; `None` otherwise.
+pub async fn from_all(req: &Request, shared: &Shared) -> Option<Response> {
+    if shared.cluster.is_none() || req.forwarded {
+        return None;
+    }
+    let list = List::of(req)?;
+    Some(
+        gather(req, shared, list)
+            .await
+            .unwrap_or_else(|e| e.response()),
+    )
+}
+
+async fn gather(req: &Request, shared: &Shared, list: List) -> Result<Response, ApiError> {
+    let node = shared.cluster.clone().expect("checked by from_all");
+    let proof = bearer_proof(req, shared).await?;
+    let others: Vec<u32> = node
+        .cfg
+        .nodes
+        .iter()
+        .copied()
+        .filter(|n| *n != node.cfg.node_id)
+        .collect();
+    // Asked at once; this node answers its own part meanwhile.
+    let asks: Vec<_> = others
+        .iter()
+        .map(|&to| {
+            let (req, node) = (copy(req), node.clone());
+            glommio::spawn_local(async move { ask(&req, &node, to, proof).await })
+        })
+        .collect();
+    let mut mine = copy(req);
+    mine.forwarded = true;
+    let own = crate::routes::handle_forwarded(&mine, shared).await;
+    if own.status != 200 {
+        return Ok(own);
+    }
+    let mut pages = vec![body_json(&own)?];
+    let mut missing = Vec::new();
+    for (to, answer) in others.into_iter().zip(asks) {
+        match answer.await {
+            Ok(r) if r.status == 200 => pages.push(body_json(&r)?),
+            _ => missing.push(to.to_string()),
+        }
+    }
+    let merged = match list {
+        List::Rooms => merge_rooms(pages, crate::routes::list_query(req, shared)?.1),
+        List::Invites => concat(pages, "invites", &["room", "id"]),
+        List::Unread => concat(pages, "rooms", &["room"]),
+    };
+    let mut resp = Response::json(200, &merged);
+    if !missing.is_empty() {
+        resp.headers
+            .push(("x-rookery-partial".into(), missing.join(",")));
+    }
+    Ok(resp)
+}
+
+fn copy(req: &Request) -> Request {
+    Request {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        headers: req.headers.clone(),
+        body: req.body.clone(),
+        keep_alive: true,
+        version: req.version,
+        peer: req.peer,
+        proof: req.proof,
+        forwarded: req.forwarded,
+    }
+}
+
+fn body_json(r: &Response) -> Result<Value, ApiError> {
+    serde_json::from_slice(&r.body).map_err(|e| ApiError::Internal(format!("a node's list: {e}")))
+}
+
+/// The number at `path` inside `v` (0 when absent).
+fn id_at(v: &Value, path: &[&str]) -> u64 {
+    path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0)
+}
+
+/// Pages of `{"rooms": [...], "next": ...}` (each the lowest ids of one
+/// node after the same `after`) as one page of at most `limit`.
+pub fn merge_rooms(pages: Vec<Value>, limit: usize) -> Value {
+    let mut more = pages.iter().any(|p| !p["next"].is_null());
+    let mut rooms: Vec<Value> = pages
+        .into_iter()
+        .flat_map(|mut p| match p["rooms"].take() {
+            Value::Array(a) => a,
+            _ => Vec::new(),
+        })
+        .collect();
+    rooms.sort_by_key(|r| id_at(r, &["id"]));
+    if rooms.len() > limit {
+        rooms.truncate(limit);
+        more = true;
+    }
+    let next = match rooms.last() {
+        Some(last) if more => json!({ "after": id_at(last, &["id"]) }),
+        _ => Value::Null,
+    };
+    json!({ "rooms": rooms, "next": next })
+}
+
+/// The arrays under `key` of every page, as one, ordered by the number at
+/// `order`.
+pub fn concat(pages: Vec<Value>, key: &str, order: &[&str]) -> Value {
+    let mut all: Vec<Value> = pages
+        .into_iter()
+        .flat_map(|mut p| match p[key].take() {
+            Value::Array(a) => a,
+            _ => Vec::new(),
+        })
+        .collect();
+    all.sort_by_key(|v| id_at(v, order));
+    json!({ key: all })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(ids: &[u64], next: bool) -> Value {
+        let rooms: Vec<Value> = ids.iter().map(|id| json!({"id": id})).collect();
+        json!({"rooms": rooms, "next": if next { json!({"after": ids.last()}) } else { Value::Null }})
+    }
+
+    fn ids(v: &Value) -> Vec<u64> {
+        v["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| id_at(r, &["id"]))
+            .collect()
+    }
+
+    #[test]
+    fn merged_room_pages_keep_the_lowest_ids_and_say_when_there_are_more() {
+        let m = merge_rooms(
+            vec![
+                page(&[2, 5, 8], true),
+                page(&[1, 9], false),
+                page(&[3], false),
+            ],
+            3,
+        );
+        assert_eq!(ids(&m), vec![1, 2, 3]);
+        assert_eq!(m["next"], json!({"after": 3}));
+        // Everything fits and no node has more: the last page.
+        let m = merge_rooms(vec![page(&[2], false), page(&[1, 9], false)], 3);
+        assert_eq!(ids(&m), vec![1, 2, 9]);
+        assert!(m["next"].is_null());
+        // One node has more although everything fits: go on after the last.
+        let m = merge_rooms(vec![page(&[4, 6], true), page(&[], false)], 2);
+        assert_eq!(
+            (ids(&m), m["next"].clone()),
+            (vec![4, 6], json!({"after": 6}))
+        );
+        let m = merge_rooms(vec![page(&[], false)], 2);
+        assert!(ids(&m).is_empty() && m["next"].is_null());
+    }
+
+    #[test]
+    fn concatenated_lists_are_ordered_by_room() {
+        let a = json!({"invites": [{"room": {"id": 7}}, {"room": {"id": 2}}]});
+        let b = json!({"invites": [{"room": {"id": 4}}]});
+        let m = concat(vec![a, b, json!({})], "invites", &["room", "id"]);
+        let got: Vec<u64> = m["invites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| id_at(v, &["room", "id"]))
+            .collect();
+        assert_eq!(got, vec![2, 4, 7]);
+    }
+}
