@@ -100,6 +100,8 @@ struct LinkCounters {
     state: AtomicU8,
     /// Messages of subscriptions dropped because their reader was behind.
     dropped: std::sync::atomic::AtomicU64,
+    /// Publishes dropped because the link's queue was full.
+    unsent: std::sync::atomic::AtomicU64,
 }
 
 /// A node's NATS client, on its own thread. Clones share it; dropping the
@@ -156,6 +158,26 @@ impl Link {
     /// Subscription messages dropped because their reader was behind.
     pub fn dropped(&self) -> u64 {
         self.inner.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Publishes [`Link::try_publish`] dropped because the queue was full.
+    pub fn unsent(&self) -> u64 {
+        self.inner.counters.unsent.load(Ordering::Relaxed)
+    }
+
+    /// Publishes without waiting, from any thread (a shard's hot path):
+    /// false, and counted in [`Link::unsent`], when the link's queue is
+    /// full or the link is closed. At most once, like all of core NATS.
+    pub fn try_publish(&self, subject: String, payload: Bytes) -> bool {
+        let sent = self
+            .inner
+            .cmds
+            .as_ref()
+            .is_some_and(|cmds| cmds.try_send(Cmd::Publish { subject, payload }).is_ok());
+        if !sent {
+            self.inner.counters.unsent.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
     }
 
     async fn send_async(&self, cmd: Cmd) -> Result<()> {

@@ -89,6 +89,32 @@ pub struct EngineConfig {
     /// as a server wants; an embedder that keeps no rooms in the metadata
     /// leaves it off and may post to any room id. Default false.
     pub rooms_must_exist: bool,
+    /// Sees every event a room's owner fans out (messages once durable,
+    /// edits, deletes, typing, presence), on the owner's thread, in the
+    /// room's order: how a cluster node publishes its rooms' events to the
+    /// others. It must not block. Default none.
+    pub event_tap: Option<EventTap>,
+}
+
+/// A function that sees events as their room's owner fans them out (see
+/// [`EngineConfig::event_tap`]).
+#[derive(Clone)]
+pub struct EventTap(std::sync::Arc<dyn Fn(&crate::Event) + Send + Sync>);
+
+impl EventTap {
+    pub fn new(see: impl Fn(&crate::Event) + Send + Sync + 'static) -> EventTap {
+        EventTap(std::sync::Arc::new(see))
+    }
+
+    pub(crate) fn see(&self, event: &crate::Event) {
+        (self.0)(event)
+    }
+}
+
+impl std::fmt::Debug for EventTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventTap")
+    }
 }
 
 impl EngineConfig {
@@ -117,6 +143,7 @@ impl EngineConfig {
             receipt_queue_len_max: 65_536,
             receipt_batch_len_max: 4096,
             rooms_must_exist: false,
+            event_tap: None,
         }
     }
 

@@ -310,6 +310,22 @@ impl Engine {
             })
     }
 
+    /// Counts a user's presence in `room` somewhere the engine does not see
+    /// (another cluster node): `on` for its first subscription there, off
+    /// for its last. Counted with the engine's own subscriptions: the user
+    /// is online while any count is up, and the first and the last are
+    /// announced as presence events. Every `on` must be matched by one off.
+    pub fn presence(&self, room: u64, user: u64, on: bool) -> Pending<()> {
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::Presence {
+                room,
+                user,
+                on,
+                reply,
+            })
+    }
+
     /// A page of a room's history, with edits and deletes applied.
     pub fn history(&self, room: u64, cursor: Cursor) -> Pending<HistoryPage> {
         self.inner

@@ -110,6 +110,33 @@ pub enum EventKind {
     Left,
 }
 
+impl EventKind {
+    /// The kind as one byte (what travels between cluster nodes).
+    pub fn code(self) -> u8 {
+        match self {
+            EventKind::Message => 0,
+            EventKind::Edit => 1,
+            EventKind::Delete => 2,
+            EventKind::Typing => 3,
+            EventKind::Presence => 4,
+            EventKind::Left => 5,
+        }
+    }
+
+    /// The kind of a byte made by [`EventKind::code`].
+    pub fn from_code(code: u8) -> Option<EventKind> {
+        Some(match code {
+            0 => EventKind::Message,
+            1 => EventKind::Edit,
+            2 => EventKind::Delete,
+            3 => EventKind::Typing,
+            4 => EventKind::Presence,
+            5 => EventKind::Left,
+            _ => return None,
+        })
+    }
+}
+
 /// One event for subscribers of a room.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -194,23 +221,43 @@ impl Event {
         matches!(self.kind, EventKind::Typing | EventKind::Presence)
     }
 
+    /// An event another node's engine encoded (`json` is its
+    /// [`Event::payload`]), framed again here; `None` when `json` is not a
+    /// JSON object.
+    pub fn from_json(
+        room: u64,
+        seq: u64,
+        ts_ms: u64,
+        kind: EventKind,
+        json: &[u8],
+    ) -> Option<Event> {
+        let object = serde_json::from_slice::<serde::de::IgnoredAny>(json).is_ok()
+            && json.first() == Some(&b'{');
+        object.then(|| Event::framed(room, seq, ts_ms, kind, json))
+    }
+
     fn encode(room: u64, seq: u64, ts_ms: u64, kind: EventKind, value: &impl Serialize) -> Event {
         SCRATCH.with(|s| {
             let mut json = s.borrow_mut();
             json.clear();
             serde_json::to_writer(&mut *json, value).expect("event values serialize");
-            let (header, head) = text_frame_header(json.len());
-            // One allocation: the chained slices have an exact length.
-            let frame: Arc<[u8]> = header[..head].iter().chain(json.iter()).copied().collect();
-            Event {
-                room,
-                seq,
-                ts_ms,
-                kind,
-                head: head as u8,
-                frame,
-            }
+            Event::framed(room, seq, ts_ms, kind, &json)
         })
+    }
+
+    /// The event whose payload is `json`, framed.
+    fn framed(room: u64, seq: u64, ts_ms: u64, kind: EventKind, json: &[u8]) -> Event {
+        let (header, head) = text_frame_header(json.len());
+        // One allocation: the chained slices have an exact length.
+        let frame: Arc<[u8]> = header[..head].iter().chain(json.iter()).copied().collect();
+        Event {
+            room,
+            seq,
+            ts_ms,
+            kind,
+            head: head as u8,
+            frame,
+        }
     }
 
     /// `{"type":"msg","room",…}` and then the fields of [`Message`];
@@ -475,5 +522,37 @@ mod tests {
         );
         assert_eq!(left.kind(), EventKind::Left);
         assert!(!left.is_sequenced() && !left.is_volatile());
+    }
+
+    #[test]
+    fn events_travel_between_nodes_as_kind_code_and_json() {
+        let kinds = [
+            EventKind::Message,
+            EventKind::Edit,
+            EventKind::Delete,
+            EventKind::Typing,
+            EventKind::Presence,
+            EventKind::Left,
+        ];
+        for k in kinds {
+            assert_eq!(EventKind::from_code(k.code()), Some(k));
+        }
+        assert_eq!(EventKind::from_code(6), None);
+        for body_len in [0usize, 200, 70_000] {
+            let body = "y".repeat(body_len);
+            let e = Event::message(3, 9, 4, 1_700, Some(&body), false);
+            let again = Event::from_json(3, 9, 1_700, EventKind::Message, e.payload()).unwrap();
+            assert_eq!(again.frame(), e.frame());
+            assert_eq!(
+                (again.seq(), again.ts_ms(), again.kind()),
+                (9, 1_700, EventKind::Message)
+            );
+        }
+        for bad in [&b""[..], b"[]", b"{", b"{}x", b"\"garbage\""] {
+            assert!(
+                Event::from_json(1, 1, 1, EventKind::Typing, bad).is_none(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rookery_engine::{Cursor, Engine, EngineConfig, Error, Event, EventKind, Subscription};
@@ -958,5 +959,87 @@ fn ensure_member_joins_public_rooms_only_and_keeps_roles() {
         engine.ensure_member(secret + 100, bob).wait(),
         Err(Error::NotFound(_))
     ));
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn the_event_tap_sees_each_owned_event_once_in_room_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    let seen: Arc<Mutex<Vec<(u64, u64, EventKind)>>> = Default::default();
+    let sink = seen.clone();
+    cfg.event_tap = Some(rookery_engine::EventTap::new(move |e: &Event| {
+        sink.lock().unwrap().push((e.room(), e.seq(), e.kind()));
+    }));
+    let engine = Engine::start(cfg).unwrap();
+    let sub = engine.subscribe(2, None).wait().unwrap();
+    for room in [1u64, 2] {
+        for i in 0..5 {
+            engine.post(room, 7, &format!("c{i}"), "hi").wait().unwrap();
+        }
+    }
+    // A retry is not an event; an edit and typing are.
+    engine.post(1, 7, "c0", "hi").wait().unwrap();
+    engine.edit(2, 3, 7, "edited").wait().unwrap();
+    engine.typing(2, 7).wait().unwrap();
+    collect(&sub, 5);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().len() < 12 {
+        assert!(Instant::now() < deadline, "{:?}", seen.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 12, "{seen:?}");
+    for room in [1u64, 2] {
+        let seqs: Vec<u64> = seen
+            .iter()
+            .filter(|(r, _, k)| *r == room && *k == EventKind::Message)
+            .map(|(_, s, _)| *s)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5], "room {room}: {seen:?}");
+    }
+    let room2: Vec<EventKind> = seen.iter().filter(|(r, ..)| *r == 2).map(|e| e.2).collect();
+    assert_eq!(
+        &room2[5..],
+        &[EventKind::Edit, EventKind::Typing],
+        "{seen:?}"
+    );
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn presence_counted_elsewhere_joins_the_engines_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    let watcher = engine.subscribe(4, None).wait().unwrap();
+    let local = engine.subscribe_as(1, 4, None, Some(9)).wait().unwrap();
+    let states = |want: usize| -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < want {
+            assert!(Instant::now() < deadline, "{got:?}");
+            if let Some(e) = watcher.recv_timeout(Duration::from_millis(50)).unwrap() {
+                if e.kind() == EventKind::Presence {
+                    got.push(e.json().to_string());
+                }
+            }
+        }
+        got
+    };
+    assert!(states(1)[0].contains(r#""user":9,"state":"online""#));
+    // Another node's subscriptions of user 9 and 11: 9 stays online until
+    // both its own and the other's end; 11 comes and goes.
+    engine.presence(4, 9, true).wait().unwrap();
+    engine.presence(4, 11, true).wait().unwrap();
+    assert_eq!(engine.online(4).wait().unwrap(), vec![9, 11]);
+    drop(local);
+    engine.presence(4, 11, false).wait().unwrap();
+    assert_eq!(engine.online(4).wait().unwrap(), vec![9]);
+    engine.presence(4, 9, false).wait().unwrap();
+    assert!(engine.online(4).wait().unwrap().is_empty());
+    let got = states(3);
+    assert!(got[0].contains(r#""user":11,"state":"online""#), "{got:?}");
+    assert!(got[1].contains(r#""user":11,"state":"offline""#), "{got:?}");
+    assert!(got[2].contains(r#""user":9,"state":"offline""#), "{got:?}");
     engine.shutdown().unwrap();
 }

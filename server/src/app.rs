@@ -46,6 +46,13 @@ pub enum ApiError {
     /// 503 `cluster_unavailable`: NATS cannot be reached, so what needs the
     /// cluster (sign-in, rooms of other nodes) waits; retry in a second.
     ClusterUnavailable(String),
+    /// What a room's owner (another node) refused an operation with, as it
+    /// said it.
+    Remote {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
     /// 500: a fault on our side (logged; the client gets no detail).
     Internal(String),
 }
@@ -84,6 +91,11 @@ impl ApiError {
             ApiError::Unavailable(m) => (503, "unavailable", m.as_str()),
             ApiError::RoomUnavailable(m) => (503, "room_unavailable", m.as_str()),
             ApiError::ClusterUnavailable(m) => (503, "cluster_unavailable", m.as_str()),
+            ApiError::Remote {
+                status,
+                code,
+                message,
+            } => (*status, *code, message.as_str()),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "request failed");
                 (500, "internal", "internal error")

@@ -189,13 +189,27 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),
                 over_limit_reads: Default::default(),
+                relay: node.as_ref().map(|n| {
+                    let engine_cfg = cfg.engine_config();
+                    cluster::relay::Relay::new(
+                        n.clone(),
+                        engine_cfg.outbound_queue_bytes_max,
+                        engine_cfg.volatile_queue_bytes_max,
+                    )
+                }),
                 cluster: node.clone(),
             });
             let (bound, drained) = (bound_tx.clone(), drained_tx.clone());
             Box::pin(serve::run(shared, bound, drained))
         })
     };
-    let engine = Engine::start_with_task(cfg.engine_config(), task)
+    let mut engine_cfg = cfg.engine_config();
+    if let Some(node) = &replica_node {
+        // The owner publishes its rooms' events for the other nodes.
+        let tap = cluster::events::tap(node.link.clone(), node.cfg.name.clone());
+        engine_cfg.event_tap = Some(tap);
+    }
+    let engine = Engine::start_with_task(engine_cfg, task)
         .with_context(|| format!("starting on --data-dir {}", cfg.data_dir.display()))?;
     for _ in 0..engine.shards() {
         let bound = bound_rx

@@ -433,8 +433,18 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
             ),
             (
                 "cluster_answered",
-                "Requests other nodes forwarded to this one",
+                "Requests and operations other nodes asked of this one",
                 load(&c.answered),
+            ),
+            (
+                "cluster_gap_fills",
+                "Gaps in relayed rooms' messages filled from their owners",
+                load(&c.gap_fills),
+            ),
+            (
+                "cluster_unsent",
+                "Room events this node could not publish (its NATS queue was full)",
+                node.link.unsent(),
             ),
             (
                 "cluster_replica_failures",

@@ -99,8 +99,10 @@ pub async fn run(
         }
     };
     if let Some(node) = &shared.cluster {
-        let requests = node.requests.clone();
-        glommio::spawn_local(crate::cluster::forward::serve(shared.clone(), requests)).detach();
+        use crate::cluster::forward::{serve, Service};
+        let (requests, ops) = (node.requests.clone(), node.ops.clone());
+        glommio::spawn_local(serve(shared.clone(), requests, Service::Http)).detach();
+        glommio::spawn_local(serve(shared.clone(), ops, Service::Ops)).detach();
     }
     {
         let shared = shared.clone();

@@ -18,6 +18,8 @@ pub struct Shared {
     pub cfg: Config,
     /// This node's cluster, if it is part of one (`--nats`).
     pub cluster: Option<Arc<crate::cluster::Node>>,
+    /// This shard's relay of rooms other nodes own, in a cluster.
+    pub relay: Option<Rc<crate::cluster::relay::Relay>>,
     pub engine: Engine,
     pub shard: usize,
     /// Set on the first shutdown signal: stop accepting, close idle

@@ -430,3 +430,224 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+type Ws = tungstenite::WebSocket<std::net::TcpStream>;
+
+fn ws_connect(port: u16, token: &str) -> Ws {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{port}/ws?token={token}");
+    let mut ws = tungstenite::client(url, stream).unwrap().0;
+    assert_eq!(ws_recv(&mut ws)["type"], "hello");
+    ws
+}
+
+fn ws_send(ws: &mut Ws, v: serde_json::Value) {
+    ws.send(tungstenite::Message::text(v.to_string())).unwrap();
+}
+
+fn ws_recv(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        match ws.read().unwrap() {
+            tungstenite::Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Frames until one satisfies `want` (all returned, that one last).
+fn ws_until(
+    ws: &mut Ws,
+    mut want: impl FnMut(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "timed out; got {got:?}");
+        let v = ws_recv(ws);
+        let done = want(&v);
+        got.push(v);
+        if done {
+            return got;
+        }
+    }
+}
+
+/// The seqs of `msg` frames of `room` among `frames`.
+fn msg_seqs(frames: &[serde_json::Value], room: u64) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "msg" && f["room"].as_u64() == Some(room))
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn websockets_on_every_node_follow_every_room_in_order() {
+    let nats = Nats::start(3);
+    let urls = nats.urls().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<ClusterNode> = (1..=3)
+        .map(|id| ClusterNode::start(dir.path(), &urls, id))
+        .collect();
+    let port = |i: usize| nodes[i % 3].port;
+    let ann = common::register(port(0), "ann");
+    let bob = common::register(port(1), "bob");
+    let rooms: Vec<u64> = (0..3)
+        .map(|i| common::create_room(port(i), &ann, &format!("r{i}"), false))
+        .collect();
+    // Bob follows every room from every node; ann posts from node 1.
+    let mut bobs: Vec<Ws> = (0..3).map(|i| ws_connect(port(i), &bob)).collect();
+    for ws in &mut bobs {
+        for room in &rooms {
+            ws_send(
+                ws,
+                serde_json::json!({"type": "join", "room": room, "ref": room}),
+            );
+            ws_until(ws, |f| {
+                f["type"] == "joined" && f["room"].as_u64() == Some(*room)
+            });
+        }
+    }
+    let mut anns = ws_connect(port(0), &ann);
+    let per_room = 20u64;
+    for k in 0..per_room {
+        for room in &rooms {
+            let send = serde_json::json!({"type": "send", "room": room, "body": format!("m{k}"),
+                "client_id": format!("c{room}-{k}"), "ref": k});
+            ws_send(&mut anns, send);
+        }
+    }
+    let mut acked = 0;
+    while acked < per_room as usize * rooms.len() {
+        let f = ws_recv(&mut anns);
+        assert_ne!(f["type"], "error", "{f}");
+        acked += usize::from(f["type"] == "ack");
+    }
+    let want: Vec<u64> = (1..=per_room).collect();
+    for (i, ws) in bobs.iter_mut().enumerate() {
+        let mut got: Vec<serde_json::Value> = Vec::new();
+        while rooms
+            .iter()
+            .any(|r| msg_seqs(&got, *r).len() < per_room as usize)
+        {
+            got.extend(ws_until(ws, |f| f["type"] == "msg"));
+        }
+        for room in &rooms {
+            assert_eq!(msg_seqs(&got, *room), want, "room {room} on node {}", i + 1);
+        }
+    }
+
+    // Edits, typing and reads in a room another node owns.
+    let far = rooms[2];
+    ws_send(
+        &mut anns,
+        serde_json::json!({"type": "edit", "room": far, "seq": 3, "body": "edited"}),
+    );
+    ws_send(&mut anns, serde_json::json!({"type": "join", "room": far}));
+    ws_until(&mut anns, |f| f["type"] == "joined" || f["type"] == "error");
+    ws_send(
+        &mut anns,
+        serde_json::json!({"type": "typing", "room": far}),
+    );
+    let got = ws_until(&mut bobs[1], |f| f["type"] == "typing");
+    assert!(
+        got.iter()
+            .any(|f| f["type"] == "edit" && f["seq"] == 3 && f["body"] == "edited"),
+        "{got:?}"
+    );
+    ws_send(
+        &mut bobs[0],
+        serde_json::json!({"type": "read", "room": far, "seq": 5, "ref": "r"}),
+    );
+    let got = ws_until(&mut bobs[0], |f| {
+        f["type"] == "receipt" || f["type"] == "error"
+    });
+    assert_eq!(got.last().unwrap()["seq"], 5, "{got:?}");
+    ws_send(
+        &mut bobs[0],
+        serde_json::json!({"type": "history", "room": far, "limit": 3, "ref": "h"}),
+    );
+    let got = ws_until(&mut bobs[0], |f| {
+        f["type"] == "history" || f["type"] == "error"
+    });
+    let page = got.last().unwrap();
+    assert_eq!(
+        (page["ref"].as_str(), page["room"].as_u64()),
+        (Some("h"), Some(far)),
+        "{page}"
+    );
+    assert_eq!(page["messages"].as_array().unwrap().len(), 3, "{page}");
+
+    // A join with `since` on another node replays what was missed, once.
+    let mut late = ws_connect(port(1), &bob);
+    ws_send(
+        &mut late,
+        serde_json::json!({"type": "join", "room": rooms[0], "since": 15}),
+    );
+    let mut got = ws_until(&mut late, |f| f["type"] == "joined");
+    let body = serde_json::json!({"body": "after", "client_id": "late-1"});
+    let (s, _) = call(
+        port(2),
+        "POST",
+        &format!("/api/rooms/{}/messages", rooms[0]),
+        Some(&ann),
+        Some(&body),
+    );
+    assert_eq!(s, 201);
+    got.extend(ws_until(&mut late, |f| {
+        f["type"] == "msg" && f["seq"] == per_room + 1
+    }));
+    assert_eq!(
+        msg_seqs(&got, rooms[0]),
+        (16..=per_room + 1).collect::<Vec<_>>(),
+        "{got:?}"
+    );
+    // Leaving stops the room's events; the owner's own rooms go on.
+    ws_send(
+        &mut late,
+        serde_json::json!({"type": "leave", "room": rooms[0]}),
+    );
+    ws_until(&mut late, |f| f["type"] == "left");
+
+    // Presence across nodes: a user following a room from another node is
+    // online in it (first join, last leave), seen from every node.
+    let cy = common::register(port(2), "cy");
+    let cy_id = call_as(port(2), "GET", "/api/me", &cy, None).1["user"]
+        .as_u64()
+        .unwrap();
+    let mut cys = ws_connect(port(1), &cy);
+    ws_send(
+        &mut cys,
+        serde_json::json!({"type": "join", "room": rooms[0]}),
+    );
+    let joined = ws_until(&mut cys, |f| f["type"] == "joined");
+    let online = joined.last().unwrap()["online"].clone();
+    assert!(
+        online
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u.as_u64() == Some(cy_id)),
+        "{online}"
+    );
+    let is = |state: &'static str| {
+        move |f: &serde_json::Value| {
+            f["type"] == "presence" && f["user"].as_u64() == Some(cy_id) && f["state"] == state
+        }
+    };
+    ws_until(&mut bobs[0], is("online"));
+    ws_until(&mut bobs[2], is("online"));
+    let mut again = ws_connect(port(1), &cy);
+    ws_send(
+        &mut again,
+        serde_json::json!({"type": "join", "room": rooms[0]}),
+    );
+    ws_until(&mut again, |f| f["type"] == "joined");
+    drop(cys);
+    drop(again);
+    ws_until(&mut bobs[0], is("offline"));
+}

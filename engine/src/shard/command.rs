@@ -43,6 +43,14 @@ pub(crate) enum Command {
         user: u64,
         reply: Reply<()>,
     },
+    /// A user's first (`on`) or last subscription to the room elsewhere
+    /// (another cluster node) began or ended.
+    Presence {
+        room: u64,
+        user: u64,
+        on: bool,
+        reply: Reply<()>,
+    },
     History {
         room: u64,
         cursor: Cursor,
@@ -197,6 +205,15 @@ impl Shard {
                 let me = self.clone();
                 answer(reply, async move { me.typing(room, user).await });
             }
+            Command::Presence {
+                room,
+                user,
+                on,
+                reply,
+            } => {
+                self.presence_changed(room, user, on);
+                send(reply, Ok(()));
+            }
             Command::History {
                 room,
                 cursor,
@@ -327,6 +344,7 @@ fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
         Command::Edit { reply, .. }
         | Command::Delete { reply, .. }
         | Command::Typing { reply, .. }
+        | Command::Presence { reply, .. }
         | Command::SetRetention { reply, .. } => send(reply, Err(error())),
         Command::History { reply, .. } => send(reply, Err(error())),
         Command::LastSeq { reply, .. }

@@ -141,6 +141,9 @@ impl Shard {
     /// other shard with subscribers of the room.
     pub(super) fn fan_out(&self, event: Event) {
         let room = event.room();
+        if let Some(tap) = &self.cfg.event_tap {
+            tap.see(&event);
+        }
         for peer in 0..self.n {
             let on = self
                 .owned

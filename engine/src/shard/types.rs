@@ -70,7 +70,8 @@ impl StoredMessage {
         .changed(self.changed)
     }
 
-    pub(super) fn event(&self, room: u64) -> Event {
+    /// The message as a live `msg` event of `room` (what a replay sends).
+    pub fn event(&self, room: u64) -> Event {
         let m = Message::live(
             room,
             self.seq,

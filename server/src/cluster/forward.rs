@@ -189,9 +189,18 @@ fn decode_response(bytes: &[u8]) -> Option<Response> {
     })
 }
 
-/// Answers the requests other nodes forward to this one, on this shard,
-/// until it stops.
-pub async fn serve(shared: Rc<Shared>, requests: flume::Receiver<Incoming>) {
+/// What a node answers for the others.
+#[derive(Debug, Clone, Copy)]
+pub enum Service {
+    /// Forwarded HTTP requests.
+    Http,
+    /// Operations for WebSocket clients and relays (`ops.rs`).
+    Ops,
+}
+
+/// Answers what other nodes ask of this one, on this shard, until it
+/// stops.
+pub async fn serve(shared: Rc<Shared>, requests: flume::Receiver<Incoming>, service: Service) {
     let slots = Rc::new(glommio::sync::Semaphore::new(ANSWERS_IN_FLIGHT_MAX));
     loop {
         let next = futures_lite::future::or(async { requests.recv_async().await.ok() }, async {
@@ -206,14 +215,21 @@ pub async fn serve(shared: Rc<Shared>, requests: flume::Receiver<Incoming>) {
         };
         node.counters.answered.fetch_add(1, Ordering::Relaxed);
         if !slots.try_acquire(1).unwrap_or(false) {
-            let busy = ApiError::Unavailable("too many forwarded requests".into()).response();
-            let _ = node.link.publish(&reply, encode_response(&busy)).await;
+            let busy = ApiError::Unavailable("too many forwarded requests".into());
+            let answer = match service {
+                Service::Http => encode_response(&busy.response()),
+                Service::Ops => op_bytes(&super::ops::refusal(busy)),
+            };
+            let _ = node.link.publish(&reply, answer).await;
             continue;
         }
         let (shared, slots) = (shared.clone(), slots.clone());
         glommio::spawn_local(async move {
-            let resp = answer(&shared, &m.payload).await;
-            let _ = node.link.publish(&reply, encode_response(&resp)).await;
+            let answer = match service {
+                Service::Http => encode_response(&answer(&shared, &m.payload).await),
+                Service::Ops => op_bytes(&super::ops::answer(&shared, &m.payload).await),
+            };
+            let _ = node.link.publish(&reply, answer).await;
             slots.signal(1);
         })
         .detach();
@@ -238,6 +254,10 @@ async fn answer(shared: &Shared, payload: &[u8]) -> Response {
         forwarded: true,
     };
     crate::routes::handle_forwarded(&req, shared).await
+}
+
+fn op_bytes(a: &super::ops::Answer) -> Bytes {
+    Bytes::from(serde_json::to_vec(a).expect("an answer serializes"))
 }
 
 fn encode_response(resp: &Response) -> Bytes {

@@ -9,9 +9,12 @@
 //! different list never starts. A single node (no `--nats`) has no `Node`
 //! and runs no NATS code.
 
+pub mod events;
 pub mod forward;
 pub mod gather;
+pub mod ops;
 pub mod records;
+pub mod relay;
 pub mod replica;
 
 use std::sync::atomic::AtomicU64;
@@ -41,6 +44,8 @@ pub struct Counters {
     pub forward_micros: AtomicU64,
     /// Requests other nodes forwarded to this one.
     pub answered: AtomicU64,
+    /// Gaps in rooms' event streams filled from their owners.
+    pub gap_fills: AtomicU64,
 }
 
 /// A node of a cluster.
@@ -50,6 +55,8 @@ pub struct Node {
     pub counters: Counters,
     /// Requests other nodes forward to this one (shared by the shards).
     pub requests: flume::Receiver<rookery_cluster::Incoming>,
+    /// Operations other nodes ask of this one (shared by the shards).
+    pub ops: flume::Receiver<rookery_cluster::Incoming>,
     /// The cluster's bucket (node list, users) and the sessions bucket.
     pub buckets: [String; 2],
     /// Set once the engine is up ([`Node::start_replica`]).
@@ -80,11 +87,13 @@ impl Node {
         block(link.open_bucket(users, timeout))?;
         block(link.open_bucket(sessions, timeout))?;
         let requests = block(link.subscribe(&forward::subject(&cfg.name, cfg.node_id)))?;
+        let ops = block(link.subscribe(&ops::subject(&cfg.name, cfg.node_id)))?;
         Ok(Node {
             cfg,
             link,
             counters: Counters::default(),
             requests,
+            ops,
             buckets,
             replica: OnceLock::new(),
         })

@@ -43,6 +43,8 @@ use tungstenite::Message;
 
 use crate::app::{self, ApiError, PageQuery};
 use crate::auth;
+use crate::cluster::ops::{self, Answer, Op};
+use crate::cluster::relay::Relay;
 use crate::deflate::{self, InflateError, Inflow};
 use crate::net;
 use crate::out::{Flusher, Out};
@@ -131,6 +133,8 @@ struct Joined {
     /// The `joined` reply is out: events go straight to the output
     /// (before, they wait in `early`).
     live: bool,
+    /// Owned by another node: relayed by the shard's relay, not the engine.
+    remote: bool,
 }
 
 /// What the connection task and its engine sink share (on the shard's
@@ -274,6 +278,18 @@ struct Conn {
     proof: Option<auth::Proof>,
     /// Its deadlines, watched by the shard's sweep.
     clock: Rc<Deadlines>,
+}
+
+impl Drop for Conn {
+    /// Rooms relayed from other nodes are let go here (the engine's end
+    /// with the inbox).
+    fn drop(&mut self) {
+        if let Some(relay) = &self.shared.relay {
+            for j in self.link.joined.borrow().iter().filter(|j| j.remote) {
+                relay.unsubscribe(j.room, j.sub);
+            }
+        }
+    }
 }
 
 /// Ends writing to the socket before it is closed, and drops what was
@@ -490,12 +506,13 @@ impl Conn {
 
     /// Ends this connection's subscription to `room`; whether it had one.
     fn drop_room(&mut self, room: u64) -> bool {
-        let sub = {
+        let (sub, remote) = {
             let mut joined = self.link.joined.borrow_mut();
             let Some(at) = joined.iter().position(|j| j.room == room) else {
                 return false;
             };
-            joined.swap_remove(at).sub
+            let j = joined.swap_remove(at);
+            (j.sub, j.remote)
         };
         self.link.early.borrow_mut().retain(|(s, e)| {
             let mine = *s == sub;
@@ -506,10 +523,86 @@ impl Conn {
             }
             !mine
         });
-        if let Some(inbox) = &self.inbox {
+        if remote {
+            if let Some(relay) = &self.shared.relay {
+                relay.unsubscribe(room, sub);
+            }
+        } else if let Some(inbox) = &self.inbox {
             inbox.unsubscribe(sub);
         }
         true
+    }
+
+    /// The shard's relay, when `room` is owned by another node.
+    fn relay_of(&self, room: u64) -> Option<Rc<Relay>> {
+        self.shared.relay.clone().filter(|r| r.is_remote(room))
+    }
+
+    /// Refuses a join past `--ws-rooms-per-connection-max`.
+    fn room_slot(&self) -> Result<(), ApiError> {
+        let max = self.shared.cfg.ws_rooms_per_connection_max;
+        if self.link.joined.borrow().len() < max {
+            return Ok(());
+        }
+        if let Some(h) = self.shared.http.get(self.shared.shard) {
+            h.rooms_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(ApiError::TooManyRooms(format!(
+            "a connection may join at most {max} rooms (--ws-rooms-per-connection-max)"
+        )))
+    }
+
+    /// Joins a room another node owns, through the shard's relay.
+    async fn join_remote(
+        &mut self,
+        relay: Rc<Relay>,
+        user: u64,
+        room: u64,
+        since: Option<u64>,
+        r#ref: Option<&RawValue>,
+    ) -> Result<(), ApiError> {
+        if self.is_joined(room) {
+            let join = Op::Join { room, user };
+            let Answer::Joined { last_seq, online } = ops::ask(relay.node(), &join).await? else {
+                return Err(ApiError::Internal("a join answered something else".into()));
+            };
+            let reply = ServerFrame::Joined {
+                room,
+                last_seq,
+                online,
+            };
+            self.send(&reply, r#ref);
+            return Ok(());
+        }
+        self.room_slot()?;
+        let link = self.link.clone();
+        let sink: Rc<dyn LocalSink> = Rc::new(Sink(link.clone()));
+        let joined = relay
+            .subscribe(room, user, since, sink, |sub| {
+                link.joined.borrow_mut().push(Joined {
+                    room,
+                    sub,
+                    live: false,
+                    remote: true,
+                })
+            })
+            .await;
+        match joined {
+            Ok(j) => {
+                let reply = ServerFrame::Joined {
+                    room,
+                    last_seq: j.last_seq,
+                    online: j.online,
+                };
+                self.send(&reply, r#ref);
+                self.link.go_live(j.sub);
+                Ok(())
+            }
+            Err(e) => {
+                self.drop_room(room);
+                Err(e)
+            }
+        }
     }
 
     /// Whether the output is over the bound (the connection is not read
@@ -751,7 +844,7 @@ impl Conn {
             ("delete", Some(u)) => self.change(u, &f, false).await.map(Some),
             ("typing", Some(u)) => self.typing(u, &f).await.map(Some),
             ("read", Some(u)) => self.read(u, &f).await.map(Some),
-            ("history", Some(u)) => self.history(u, &f).await.map(Some),
+            ("history", Some(u)) => self.history(u, &f, r#ref).await,
             _ => unreachable!("every known type is handled above"),
         };
         match result {
@@ -827,20 +920,15 @@ impl Conn {
         r#ref: Option<&RawValue>,
     ) -> Result<(), ApiError> {
         let room = need(f.room, "room")?;
+        if let Some(relay) = self.relay_of(room) {
+            return self.join_remote(relay, user, room, f.since, r#ref).await;
+        }
         // A public room is joined (as a member) by subscribing to it; the
         // room's owner answers a member from memory.
         self.shared.engine.ensure_member(room, user).await?;
         let mut joined_now = None;
         if !self.is_joined(room) {
-            let max = self.shared.cfg.ws_rooms_per_connection_max;
-            if self.link.joined.borrow().len() >= max {
-                if let Some(h) = self.shared.http.get(self.shared.shard) {
-                    h.rooms_refused.fetch_add(1, Ordering::Relaxed);
-                }
-                return Err(ApiError::TooManyRooms(format!(
-                    "a connection may join at most {max} rooms (--ws-rooms-per-connection-max)"
-                )));
-            }
+            self.room_slot()?;
             let inbox = self
                 .inbox
                 .get_or_insert_with(|| self.shared.local.inbox(Rc::new(Sink(self.link.clone()))));
@@ -853,6 +941,7 @@ impl Conn {
                     room,
                     sub,
                     live: false,
+                    remote: false,
                 })
             });
             match subscribed.await {
@@ -915,7 +1004,26 @@ impl Conn {
         let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
         let client_id = f.client_id.as_deref().unwrap_or("");
         app::take_send_token(&self.shared, user)?;
-        let ack = self.shared.local.post(room, user, client_id, body).await?;
+        let ack = match self.relay_of(room) {
+            Some(relay) => {
+                let op = Op::Post {
+                    room,
+                    user,
+                    client_id: client_id.to_string(),
+                    body: body.to_string(),
+                };
+                let Answer::Posted { seq, ts, duplicate } = ops::ask(relay.node(), &op).await?
+                else {
+                    return Err(ApiError::Internal("a post answered something else".into()));
+                };
+                rookery_engine::PostAck {
+                    seq,
+                    ts_ms: ts,
+                    duplicate,
+                }
+            }
+            None => self.shared.local.post(room, user, client_id, body).await?,
+        };
         ACK.with(|json| {
             let mut json = json.borrow_mut();
             write_ack(&mut json, r#ref, room, &ack);
@@ -931,12 +1039,21 @@ impl Conn {
         edit: bool,
     ) -> Result<ServerFrame, ApiError> {
         let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
-        app::readable_room(&self.shared, user, room).await?;
-        if edit {
-            let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
-            self.shared.engine.edit(room, seq, user, body).await?;
+        if let Some(relay) = self.relay_of(room) {
+            let op = if edit {
+                let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
+                Op::Edit {
+                    room,
+                    user,
+                    seq,
+                    body: body.to_string(),
+                }
+            } else {
+                Op::Delete { room, user, seq }
+            };
+            ops::ask(relay.node(), &op).await?;
         } else {
-            self.shared.engine.delete(room, seq, user).await?;
+            self.change_here(user, room, seq, f, edit).await?;
         }
         Ok(ServerFrame::Ack {
             room,
@@ -946,12 +1063,33 @@ impl Conn {
         })
     }
 
+    async fn change_here(
+        &mut self,
+        user: u64,
+        room: u64,
+        seq: u64,
+        f: &ClientFrame<'_>,
+        edit: bool,
+    ) -> Result<(), ApiError> {
+        app::readable_room(&self.shared, user, room).await?;
+        if edit {
+            let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
+            self.shared.engine.edit(room, seq, user, body).await?;
+        } else {
+            self.shared.engine.delete(room, seq, user).await?;
+        }
+        Ok(())
+    }
+
     async fn typing(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let room = need(f.room, "room")?;
         if !self.is_joined(room) {
             return Err(ApiError::NotFound(format!("not joined to room {room}")));
         }
-        self.shared.engine.typing(room, user).await?;
+        match self.relay_of(room) {
+            Some(relay) => drop(ops::ask(relay.node(), &Op::Typing { room, user }).await?),
+            None => self.shared.engine.typing(room, user).await?,
+        }
         Ok(ServerFrame::Ack {
             room,
             seq: None,
@@ -962,6 +1100,18 @@ impl Conn {
 
     async fn read(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
+        if let Some(relay) = self.relay_of(room) {
+            let Answer::Read { seq: stored } =
+                ops::ask(relay.node(), &Op::Read { room, user, seq }).await?
+            else {
+                return Err(ApiError::Internal("a read answered something else".into()));
+            };
+            return Ok(ServerFrame::Receipt {
+                room,
+                user,
+                seq: stored,
+            });
+        }
         app::readable_room(&self.shared, user, room).await?;
         let stored = self.shared.engine.mark_read(room, user, seq).await?;
         Ok(ServerFrame::Receipt {
@@ -971,8 +1121,47 @@ impl Conn {
         })
     }
 
-    async fn history(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
+    async fn history(
+        &mut self,
+        user: u64,
+        f: &ClientFrame<'_>,
+        r#ref: Option<&RawValue>,
+    ) -> Result<Option<ServerFrame>, ApiError> {
         let room = need(f.room, "room")?;
+        let Some(relay) = self.relay_of(room) else {
+            return self.history_here(user, room, f).await.map(Some);
+        };
+        let op = Op::History {
+            room,
+            user,
+            before: f.before,
+            after: f.after,
+            limit: f.limit,
+        };
+        let Answer::Page {
+            page: serde_json::Value::Object(mut page),
+        } = ops::ask(relay.node(), &op).await?
+        else {
+            return Err(ApiError::Internal(
+                "a history answered something else".into(),
+            ));
+        };
+        // The owner's page, framed here as the typed frame would be.
+        page.insert("type".into(), "history".into());
+        if let Some(r) = r#ref {
+            let r = serde_json::from_str(r.get()).unwrap_or(serde_json::Value::Null);
+            page.insert("ref".into(), r);
+        }
+        self.send_text(&serde_json::Value::Object(page).to_string());
+        Ok(None)
+    }
+
+    async fn history_here(
+        &mut self,
+        user: u64,
+        room: u64,
+        f: &ClientFrame<'_>,
+    ) -> Result<ServerFrame, ApiError> {
         app::readable_room(&self.shared, user, room).await?;
         let q = PageQuery {
             before: f.before,

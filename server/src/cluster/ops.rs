@@ -1,0 +1,303 @@
+//! What a node asks of a room's owner for its WebSocket clients (join,
+//! send, edit, delete, typing, read, history) and for its relay (the
+//! messages after a seq): one request/reply per operation, answered by the
+//! owner with the same checks a WebSocket on the owner gets.
+//!
+//! The user in an operation is one the asking node authenticated (NATS is
+//! the cluster's private network, as for forwarded HTTP requests).
+
+use std::time::Duration;
+
+use rookery_cluster::Error as ClusterError;
+use rookery_engine::{Cursor, Order};
+use serde::{Deserialize, Serialize};
+
+use super::Node;
+use crate::app::{self, ApiError, PageQuery};
+use crate::shared::Shared;
+
+/// How long an operation may take before it fails with
+/// `room_unavailable`.
+pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The subject node `node` of cluster `name` answers operations on.
+pub fn subject(name: &str, node: u32) -> String {
+    format!("rk.{name}.node.{node}.op")
+}
+
+/// An operation on a room, for its owner.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Joins a public room (members are left as they are); the room's last
+    /// seq and who is online.
+    Join {
+        room: u64,
+        user: u64,
+    },
+    /// The asking shard's first subscription of `user` to `room` began
+    /// (`on`), or its last ended.
+    Presence {
+        room: u64,
+        user: u64,
+        on: bool,
+    },
+    Post {
+        room: u64,
+        user: u64,
+        client_id: String,
+        body: String,
+    },
+    Edit {
+        room: u64,
+        user: u64,
+        seq: u64,
+        body: String,
+    },
+    Delete {
+        room: u64,
+        user: u64,
+        seq: u64,
+    },
+    Typing {
+        room: u64,
+        user: u64,
+    },
+    Read {
+        room: u64,
+        user: u64,
+        seq: u64,
+    },
+    /// A history page, as the WebSocket `history` frame shows it.
+    History {
+        room: u64,
+        user: u64,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: Option<u64>,
+    },
+    /// Up to `limit` messages after `after`, as live events, for a node's
+    /// relay (no user: the node asks for its subscribers, already checked).
+    Replay {
+        room: u64,
+        after: u64,
+        limit: usize,
+    },
+}
+
+/// A message as a live event: its seq, time and JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireEvent {
+    pub seq: u64,
+    pub ts: u64,
+    pub json: String,
+}
+
+/// The owner's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    Joined {
+        last_seq: u64,
+        online: Vec<u64>,
+    },
+    Posted {
+        seq: u64,
+        ts: u64,
+        duplicate: bool,
+    },
+    Done,
+    Read {
+        seq: u64,
+    },
+    Page {
+        page: serde_json::Value,
+    },
+    Events {
+        events: Vec<WireEvent>,
+    },
+    Error {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+impl Op {
+    fn room(&self) -> u64 {
+        match self {
+            Op::Join { room, .. }
+            | Op::Presence { room, .. }
+            | Op::Post { room, .. }
+            | Op::Edit { room, .. }
+            | Op::Delete { room, .. }
+            | Op::Typing { room, .. }
+            | Op::Read { room, .. }
+            | Op::History { room, .. }
+            | Op::Replay { room, .. } => *room,
+        }
+    }
+}
+
+/// Asks the owner of the operation's room; its answer, or why not as the
+/// client should see it (`room_unavailable`, `cluster_unavailable`, or the
+/// owner's own refusal).
+pub async fn ask(node: &Node, op: &Op) -> Result<Answer, ApiError> {
+    let room = op.room();
+    let owner = node.owner_of(room);
+    if !node.connected() {
+        return Err(ApiError::ClusterUnavailable(format!(
+            "room {room} is on node {owner} and NATS is unreachable"
+        )));
+    }
+    let payload = bytes::Bytes::from(serde_json::to_vec(op).expect("an op serializes"));
+    let subject = subject(&node.cfg.name, owner);
+    let answer = match node.link.request(&subject, payload, OP_TIMEOUT).await {
+        Ok(a) => a,
+        Err(ClusterError::NoResponders(_)) => {
+            return Err(ApiError::RoomUnavailable(format!(
+                "room {room} is on node {owner}, which is down"
+            )))
+        }
+        Err(ClusterError::TimedOut(_)) => {
+            return Err(ApiError::RoomUnavailable(format!(
+                "node {owner}, which owns room {room}, did not answer within {} ms",
+                OP_TIMEOUT.as_millis()
+            )))
+        }
+        Err(e) => return Err(ApiError::ClusterUnavailable(e.to_string())),
+    };
+    match serde_json::from_slice(&answer) {
+        Ok(Answer::Error {
+            status,
+            code,
+            message,
+        }) => Err(ApiError::Remote {
+            status,
+            code: app::error_code(&code),
+            message,
+        }),
+        Ok(a) => Ok(a),
+        Err(e) => Err(ApiError::Internal(format!(
+            "node {owner} answered garbage: {e}"
+        ))),
+    }
+}
+
+/// Carries out an operation another node asked of this one (the owner).
+pub async fn answer(shared: &Shared, payload: &[u8]) -> Answer {
+    let op: Op = match serde_json::from_slice(payload) {
+        Ok(op) => op,
+        Err(e) => return refusal(ApiError::BadRequest(format!("not an operation: {e}"))),
+    };
+    execute(shared, op).await.unwrap_or_else(refusal)
+}
+
+pub(super) fn refusal(e: ApiError) -> Answer {
+    let (status, code, message) = e.parts();
+    Answer::Error {
+        status,
+        code: code.to_string(),
+        message,
+    }
+}
+
+async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
+    let engine = &shared.engine;
+    Ok(match op {
+        Op::Join { room, user } => {
+            engine.ensure_member(room, user).await?;
+            let (last, online) = futures_lite::future::zip(
+                std::future::IntoFuture::into_future(engine.last_seq(room)),
+                std::future::IntoFuture::into_future(engine.online(room)),
+            )
+            .await;
+            Answer::Joined {
+                last_seq: last?,
+                online: online?,
+            }
+        }
+        Op::Presence { room, user, on } => {
+            engine.presence(room, user, on).await?;
+            Answer::Done
+        }
+        Op::Post {
+            room,
+            user,
+            client_id,
+            body,
+        } => {
+            let ack = engine.post(room, user, &client_id, &body).await?;
+            Answer::Posted {
+                seq: ack.seq,
+                ts: ack.ts_ms,
+                duplicate: ack.duplicate,
+            }
+        }
+        Op::Edit {
+            room,
+            user,
+            seq,
+            body,
+        } => {
+            app::readable_room(shared, user, room).await?;
+            engine.edit(room, seq, user, &body).await?;
+            Answer::Done
+        }
+        Op::Delete { room, user, seq } => {
+            app::readable_room(shared, user, room).await?;
+            engine.delete(room, seq, user).await?;
+            Answer::Done
+        }
+        Op::Typing { room, user } => {
+            engine.typing(room, user).await?;
+            Answer::Done
+        }
+        Op::Read { room, user, seq } => {
+            app::readable_room(shared, user, room).await?;
+            Answer::Read {
+                seq: engine.mark_read(room, user, seq).await?,
+            }
+        }
+        Op::History {
+            room,
+            user,
+            before,
+            after,
+            limit,
+        } => {
+            app::readable_room(shared, user, room).await?;
+            let q = PageQuery {
+                before,
+                after,
+                limit,
+            };
+            let (page, _) = app::history_page(shared, room, q).await?;
+            let page = serde_json::to_value(&page)
+                .map_err(|e| ApiError::Internal(format!("a history page: {e}")))?;
+            Answer::Page { page }
+        }
+        Op::Replay { room, after, limit } => {
+            let cursor = Cursor {
+                after: Some(after),
+                before: None,
+                limit: limit.clamp(1, shared.cfg.history_page_len_max),
+                order: Order::OldestFirst,
+            };
+            let page = engine.history(room, cursor).await?;
+            let events = page
+                .messages
+                .iter()
+                .map(|m| {
+                    let e = m.event(room);
+                    WireEvent {
+                        seq: e.seq(),
+                        ts: e.ts_ms(),
+                        json: e.json().to_string(),
+                    }
+                })
+                .collect();
+            Answer::Events { events }
+        }
+    })
+}
