@@ -90,24 +90,40 @@ pub struct EngineConfig {
     /// leaves it off and may post to any room id. Default false.
     pub rooms_must_exist: bool,
     /// Sees every event a room's owner fans out (messages once durable,
-    /// edits, deletes, typing, presence), on the owner's thread, in the
-    /// room's order: how a cluster node publishes its rooms' events to the
-    /// others. It must not block. Default none.
+    /// edits, deletes, typing, presence) and every end of a user's
+    /// subscriptions to a room (removed from a private room, banned), on
+    /// the owner's thread, in the room's order: how a cluster node
+    /// publishes its rooms' events to the others. It must not block.
+    /// Default none.
     pub event_tap: Option<EventTap>,
 }
 
-/// A function that sees events as their room's owner fans them out (see
+/// What the owner of a room shows an [`EventTap`].
+#[derive(Debug, Clone, Copy)]
+pub enum Tapped<'a> {
+    /// An event for the room's subscribers.
+    Event(&'a crate::Event),
+    /// `user` may no longer follow the room: its subscriptions end with a
+    /// `left` event giving `reason`.
+    Revoked {
+        room: u64,
+        user: u64,
+        reason: &'static str,
+    },
+}
+
+/// A function that sees what rooms' owners fan out (see
 /// [`EngineConfig::event_tap`]).
 #[derive(Clone)]
-pub struct EventTap(std::sync::Arc<dyn Fn(&crate::Event) + Send + Sync>);
+pub struct EventTap(std::sync::Arc<dyn Fn(Tapped<'_>) + Send + Sync>);
 
 impl EventTap {
-    pub fn new(see: impl Fn(&crate::Event) + Send + Sync + 'static) -> EventTap {
+    pub fn new(see: impl Fn(Tapped<'_>) + Send + Sync + 'static) -> EventTap {
         EventTap(std::sync::Arc::new(see))
     }
 
-    pub(crate) fn see(&self, event: &crate::Event) {
-        (self.0)(event)
+    pub(crate) fn see(&self, tapped: Tapped<'_>) {
+        (self.0)(tapped)
     }
 }
 

@@ -46,7 +46,7 @@ mod rules;
 mod shard;
 mod subscription;
 
-pub use config::{EngineConfig, EventTap};
+pub use config::{EngineConfig, EventTap, Tapped};
 pub use consumer::{Delivery, LocalSink};
 pub use directory::{
     Ban, Directory, Invite, ListPage, MemberChange, MemberView, Role, Room, Standing, User,

@@ -967,9 +967,14 @@ fn the_event_tap_sees_each_owned_event_once_in_room_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 2);
     let seen: Arc<Mutex<Vec<(u64, u64, EventKind)>>> = Default::default();
-    let sink = seen.clone();
-    cfg.event_tap = Some(rookery_engine::EventTap::new(move |e: &Event| {
-        sink.lock().unwrap().push((e.room(), e.seq(), e.kind()));
+    let (sink, seen_all) = (seen.clone(), seen.clone());
+    cfg.event_tap = Some(rookery_engine::EventTap::new(move |t| match t {
+        rookery_engine::Tapped::Event(e) => {
+            sink.lock().unwrap().push((e.room(), e.seq(), e.kind()))
+        }
+        rookery_engine::Tapped::Revoked { room, user, .. } => {
+            sink.lock().unwrap().push((room, user, EventKind::Left))
+        }
     }));
     let engine = Engine::start(cfg).unwrap();
     let sub = engine.subscribe(2, None).wait().unwrap();
@@ -1004,6 +1009,27 @@ fn the_event_tap_sees_each_owned_event_once_in_room_order() {
         &[EventKind::Edit, EventKind::Typing],
         "{seen:?}"
     );
+    // A member removed from a private room: its end is tapped, once.
+    let meta = engine.directory();
+    let [ann, bob] = ["ann", "bob"].map(|n| meta.ensure_external_user(n, 0).unwrap());
+    let private = engine.create_room("p", true, ann).wait().unwrap();
+    engine
+        .add_member(private, bob, Role::Member)
+        .wait()
+        .unwrap();
+    engine.remove_member(private, bob).wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ended = || {
+        let all = seen_all.lock().unwrap();
+        all.iter()
+            .filter(|t| **t == (private, bob, EventKind::Left))
+            .count()
+    };
+    while ended() == 0 {
+        assert!(Instant::now() < deadline, "no revocation tapped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(ended(), 1);
     engine.shutdown().unwrap();
 }
 

@@ -650,4 +650,146 @@ fn websockets_on_every_node_follow_every_room_in_order() {
     drop(cys);
     drop(again);
     ws_until(&mut bobs[0], is("offline"));
+
+    // Removed from a private room another node owns: the subscription ends
+    // with `left` there too, and nothing of the room follows.
+    let secret = common::create_room(port(2), &ann, "secret", true);
+    let bob_id = call_as(port(0), "GET", "/api/me", &bob, None).1["user"]
+        .as_u64()
+        .unwrap();
+    let members = format!("/api/rooms/{secret}/members");
+    let (s, v) = call_as(
+        port(1),
+        "POST",
+        &members,
+        &ann,
+        Some(&serde_json::json!({"user": bob_id})),
+    );
+    assert_eq!(s, 202, "{v}");
+    let (s, v) = call_as(
+        port(0),
+        "POST",
+        &format!("/api/invites/{secret}/accept"),
+        &bob,
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    ws_send(
+        &mut bobs[0],
+        serde_json::json!({"type": "join", "room": secret}),
+    );
+    ws_until(&mut bobs[0], |f| {
+        f["type"] == "joined" && f["room"] == secret
+    });
+    let post = |room: u64, id: &str| {
+        let body = serde_json::json!({"body": id, "client_id": id});
+        let (s, v) = call(
+            port(1),
+            "POST",
+            &format!("/api/rooms/{room}/messages"),
+            Some(&ann),
+            Some(&body),
+        );
+        assert_eq!(s, 201, "{v}");
+    };
+    post(secret, "before");
+    ws_until(&mut bobs[0], |f| f["type"] == "msg" && f["room"] == secret);
+    let (s, v) = call(
+        port(1),
+        "DELETE",
+        &format!("{members}/{bob_id}"),
+        Some(&ann),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    let got = ws_until(&mut bobs[0], |f| f["type"] == "left");
+    assert_eq!(
+        (
+            got.last().unwrap()["room"].as_u64(),
+            got.last().unwrap()["reason"].as_str()
+        ),
+        (Some(secret), Some("removed"))
+    );
+    post(secret, "after");
+    post(rooms[1], "sentinel");
+    let got = ws_until(&mut bobs[0], |f| {
+        f["type"] == "msg" && f["body"] == "sentinel"
+    });
+    assert!(!got.iter().any(|f| f["room"] == secret), "{got:?}");
+}
+
+#[test]
+fn without_nats_a_node_serves_its_own_rooms_and_recovers_by_itself() {
+    let mut nats = Nats::start(3);
+    let urls = nats.urls().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<ClusterNode> = (1..=3)
+        .map(|id| ClusterNode::start(dir.path(), &urls, id))
+        .collect();
+    let port = |i: usize| nodes[i].port;
+    let ann = common::register(port(0), "ann");
+    let own = common::create_room(port(0), &ann, "own", false);
+    let far = common::create_room(port(1), &ann, "far", false);
+    let mut ws = ws_connect(port(0), &ann);
+    for room in [own, far] {
+        ws_send(&mut ws, serde_json::json!({"type": "join", "room": room}));
+        ws_until(&mut ws, |f| f["type"] == "joined" && f["room"] == room);
+    }
+    let post = |at: usize, room: u64, id: &str| {
+        let body = serde_json::json!({"body": id, "client_id": id});
+        call(
+            port(at),
+            "POST",
+            &format!("/api/rooms/{room}/messages"),
+            Some(&ann),
+            Some(&body),
+        )
+    };
+    assert_eq!(post(0, far, "f1").0, 201);
+    ws_until(&mut ws, |f| f["type"] == "msg" && f["room"] == far);
+
+    for s in &mut nats.servers {
+        s.kill();
+    }
+    // Node 1's own room, to its own clients: as before.
+    assert_eq!(post(0, own, "o1").0, 201);
+    ws_until(&mut ws, |f| f["type"] == "msg" && f["body"] == "o1");
+    // Another node's room: refused at once, and said why.
+    let started = Instant::now();
+    let (s, v) = post(0, far, "f-refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("cluster_unavailable")),
+        "{v}"
+    );
+    // Node 2 keeps serving its own room meanwhile; node 1 cannot hear it.
+    assert_eq!(post(1, far, "f2").0, 201);
+
+    for s in &mut nats.servers {
+        s.restart();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = post(0, far, "f3");
+        if s == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {s} {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The message node 1 never heard is filled in, in order, once.
+    let got = ws_until(&mut ws, |f| f["type"] == "msg" && f["body"] == "f3");
+    let far_msgs: Vec<(u64, &str)> = got
+        .iter()
+        .filter(|f| f["type"] == "msg" && f["room"] == far)
+        .map(|f| (f["seq"].as_u64().unwrap(), f["body"].as_str().unwrap()))
+        .collect();
+    assert_eq!(far_msgs, vec![(2, "f2"), (3, "f3")], "{got:?}");
+    let gaps = common::metric(port(0), "rookery_cluster_gap_fills_total");
+    assert!(gaps >= 1.0, "gap fills {gaps}");
 }

@@ -265,6 +265,13 @@ impl Shard {
             } else {
                 reason
             };
+            if let Some(tap) = &self.cfg.event_tap {
+                tap.see(crate::config::Tapped::Revoked {
+                    room,
+                    user: target,
+                    reason,
+                });
+            }
             for peer in (0..self.n).filter(|&p| p != self.id) {
                 self.push_peer(
                     peer,

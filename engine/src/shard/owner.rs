@@ -142,7 +142,7 @@ impl Shard {
     pub(super) fn fan_out(&self, event: Event) {
         let room = event.room();
         if let Some(tap) = &self.cfg.event_tap {
-            tap.see(&event);
+            tap.see(crate::config::Tapped::Event(&event));
         }
         for peer in 0..self.n {
             let on = self

@@ -4,12 +4,14 @@
 //!
 //! The wire form: the kind (one byte, `EventKind::code`), the room, the
 //! seq and the time (8 bytes each, little-endian), then the event's JSON.
-//! A message that does not parse is dropped by the receiver, which fills
-//! any gap it leaves from the owner.
+//! A `left` event ends one user's subscriptions to the room (removed from
+//! a private room, banned): its seq is that user. A message that does not
+//! parse is dropped by the receiver, which fills any gap it leaves from
+//! the owner.
 
 use bytes::Bytes;
 use rookery_cluster::Link;
-use rookery_engine::{Event, EventKind, EventTap};
+use rookery_engine::{Event, EventKind, EventTap, Tapped};
 
 const HEAD_BYTES: usize = 1 + 8 * 3;
 
@@ -19,10 +21,21 @@ pub fn room_subject(name: &str, room: u64) -> String {
 }
 
 pub fn encode(e: &Event) -> Bytes {
-    let json = e.payload();
+    wire(e.kind(), [e.room(), e.seq(), e.ts_ms()], e.payload())
+}
+
+/// The end of `user`'s subscriptions to `room`, as a `left` event.
+pub fn encode_revoked(room: u64, user: u64, reason: &str) -> Bytes {
+    // As the engine writes a `left` event.
+    let reason = serde_json::to_string(reason).expect("a string serializes");
+    let json = format!(r#"{{"type":"left","room":{room},"reason":{reason}}}"#);
+    wire(EventKind::Left, [room, user, 0], json.as_bytes())
+}
+
+fn wire(kind: EventKind, numbers: [u64; 3], json: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(HEAD_BYTES + json.len());
-    out.push(e.kind().code());
-    for n in [e.room(), e.seq(), e.ts_ms()] {
+    out.push(kind.code());
+    for n in numbers {
         out.extend_from_slice(&n.to_le_bytes());
     }
     out.extend_from_slice(json);
@@ -44,11 +57,15 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
 /// publish that never waits (a full link queue drops it; receivers fill
 /// the gap of a message, see `relay.rs`).
 pub fn tap(link: Link, name: String) -> EventTap {
-    EventTap::new(move |e: &Event| {
-        // `Left` ends one subscription on this node; it is not the room's.
-        if e.kind() != EventKind::Left {
-            link.try_publish(room_subject(&name, e.room()), encode(e));
-        }
+    EventTap::new(move |t: Tapped<'_>| {
+        let (room, wire) = match t {
+            // The engine's own `left` events end one subscription on this
+            // node; the room's come as `Revoked`.
+            Tapped::Event(e) if e.kind() == EventKind::Left => return,
+            Tapped::Event(e) => (e.room(), encode(e)),
+            Tapped::Revoked { room, user, reason } => (room, encode_revoked(room, user, reason)),
+        };
+        link.try_publish(room_subject(&name, room), wire);
     })
 }
 
@@ -73,5 +90,11 @@ mod tests {
             assert!(decode(garbage).is_none(), "{garbage:?}");
         }
         assert_eq!(room_subject("c", 7), "rk.c.room.7");
+        let left = decode(&encode_revoked(7, 42, "banned")).unwrap();
+        assert_eq!(
+            (left.kind(), left.room(), left.seq()),
+            (EventKind::Left, 7, 42)
+        );
+        assert_eq!(left.json(), r#"{"type":"left","room":7,"reason":"banned"}"#);
     }
 }

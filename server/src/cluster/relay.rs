@@ -39,6 +39,7 @@ const SUB_BASE: u64 = 1 << 62;
 /// One subscriber: a connection's subscription to a relayed room.
 struct Sub {
     id: u64,
+    user: u64,
     /// Its user, once the owner counts it present.
     present: Option<u64>,
     sink: Rc<dyn LocalSink>,
@@ -174,6 +175,7 @@ impl Relay {
         register(id);
         r.subs.borrow_mut().push(Sub {
             id,
+            user,
             present: None,
             sink: sink.clone(),
             pending: Some(Vec::new()),
@@ -348,6 +350,10 @@ impl Relay {
 
     /// An event from the owner.
     fn ingest(self: &Rc<Self>, r: &Rc<Room>, e: Event) {
+        if e.kind() == EventKind::Left {
+            self.revoke(r, e.seq(), &e);
+            return;
+        }
         if e.kind() != EventKind::Message {
             self.publish(r, &e);
             return;
@@ -365,6 +371,22 @@ impl Relay {
                     self.fill_later(r);
                 }
             }
+        }
+    }
+
+    /// Ends `user`'s subscriptions to the room, each with `left` as its
+    /// last event (the WebSocket forgets the room on it).
+    fn revoke(&self, r: &Room, user: u64, left: &Event) {
+        let ended: Vec<(u64, Rc<dyn LocalSink>)> = r
+            .subs
+            .borrow()
+            .iter()
+            .filter(|s| s.user == user)
+            .map(|s| (s.id, s.sink.clone()))
+            .collect();
+        for (id, sink) in ended {
+            sink.deliver(id, left);
+            self.unsubscribe(r.id, id);
         }
     }
 
