@@ -68,6 +68,20 @@ pub(crate) enum KvAnswer {
     Done,
 }
 
+/// How long a JetStream call (a key-value read or write, a bucket lookup)
+/// waits for its answer. async-nats waits 5 s by default; while a stream
+/// elects a leader (a NATS server just restarted) that made a node's start
+/// wait 10 s on two calls. Short calls retried go faster, and a client's
+/// write fails sooner with `cluster_unavailable`.
+const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A JetStream context with [`JETSTREAM_TIMEOUT`].
+pub(crate) fn context(client: async_nats::Client) -> jetstream::Context {
+    let mut js = jetstream::new(client);
+    js.set_timeout(JETSTREAM_TIMEOUT);
+    js
+}
+
 /// The buckets the link has opened, by name.
 pub(crate) type Stores = Arc<Mutex<HashMap<String, kv::Store>>>;
 
@@ -92,7 +106,7 @@ pub(crate) async fn open(
     spec: BucketSpec,
     deadline: Instant,
 ) -> Result<()> {
-    let js = jetstream::new(client);
+    let js = context(client);
     let mut last = String::new();
     while Instant::now() < deadline {
         match open_once(&js, &spec).await {

@@ -540,7 +540,7 @@ async fn claim(
     nodes: &str,
     deadline: Instant,
 ) -> Result<()> {
-    let js = jetstream::new(client);
+    let js = kvs::context(client);
     let mut last = String::new();
     while Instant::now() < deadline {
         match claim_once(&js, bucket, replicas, nodes).await {

@@ -793,3 +793,222 @@ fn without_nats_a_node_serves_its_own_rooms_and_recovers_by_itself() {
     let gaps = common::metric(port(0), "rookery_cluster_gap_fills_total");
     assert!(gaps >= 1.0, "gap fills {gaps}");
 }
+
+/// A small deterministic generator (the seed is printed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+}
+
+/// Every message of a room through `port`, oldest first (history pages).
+fn whole_history(port: u16, token: &str, room: u64) -> Vec<(u64, String)> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let path = format!("/api/rooms/{room}/messages?after={after}&limit=100");
+        let (s, v) = call_as(port, "GET", &path, token, None);
+        assert_eq!(s, 200, "{v}");
+        let page = seqs_and_bodies(&v);
+        if page.is_empty() {
+            return all;
+        }
+        after = page.last().unwrap().0;
+        all.extend(page);
+    }
+}
+
+#[test]
+fn chaos_nodes_and_nats_servers_killed_nothing_acknowledged_is_lost() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("chaos seed {seed}");
+    let mut rng = Lcg(seed);
+    let mut nats = Nats::start(3);
+    let urls = nats.urls().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<ClusterNode> = (1..=3)
+        .map(|id| ClusterNode::start(dir.path(), &urls, id))
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let ann = common::register(ports[0], "ann");
+    // Two rooms owned by each node.
+    let rooms: Vec<(u64, usize)> = (0..6)
+        .map(|i| {
+            (
+                common::create_room(ports[i % 3], &ann, &format!("c{i}"), false),
+                i % 3,
+            )
+        })
+        .collect();
+
+    // Posts with a client id each, through a random live node, retried
+    // (through any node) until acknowledged: each is acknowledged once,
+    // and a retry gets the seq of the first.
+    let mut acked: Vec<std::collections::BTreeMap<u64, String>> =
+        vec![Default::default(); rooms.len()];
+    let mut next_id = 0u64;
+    let mut post_until_acked = |rng: &mut Lcg, down: Option<usize>, r: usize| {
+        let id = format!("m{next_id}");
+        next_id += 1;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let via = loop {
+                let n = rng.below(3);
+                if Some(n) != down {
+                    break n;
+                }
+            };
+            let body = serde_json::json!({"body": id, "client_id": id});
+            let path = format!("/api/rooms/{}/messages", rooms[r].0);
+            let answer = std::panic::catch_unwind(|| {
+                call(ports[via], "POST", &path, Some(&ann), Some(&body))
+            });
+            if let Ok((200 | 201, v)) = answer {
+                let seq = v["seq"].as_u64().unwrap();
+                if let Some(prev) = acked[r].insert(seq, id.clone()) {
+                    assert_eq!(prev, id, "seq {seq} acknowledged twice");
+                }
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let mut to_unavailable = Vec::new();
+    let mut to_service = Vec::new();
+    let events: Vec<bool> = {
+        // 10 node kills and 5 NATS kills, shuffled.
+        let mut e: Vec<bool> = [vec![true; 10], vec![false; 5]].concat();
+        for i in (1..e.len()).rev() {
+            e.swap(i, rng.below(i + 1));
+        }
+        e
+    };
+    let started = Instant::now();
+    for node_kill in events {
+        for _ in 0..10 {
+            let r = rng.below(rooms.len());
+            assert!(
+                post_until_acked(&mut rng, None, r),
+                "no ack in room {}",
+                rooms[r].0
+            );
+        }
+        if node_kill {
+            let victim = rng.below(3);
+            nodes[victim].kill();
+            let killed = Instant::now();
+            // A room of the dead node, asked through another node.
+            let (room, _) = *rooms.iter().find(|(_, owner)| *owner == victim).unwrap();
+            let other = ports[(victim + 1) % 3];
+            loop {
+                let raw = common::get_raw(
+                    other,
+                    &format!("/api/rooms/{room}/messages?limit=1"),
+                    &ann,
+                    "",
+                );
+                if raw.contains("room_unavailable") {
+                    to_unavailable.push(killed.elapsed());
+                    break;
+                }
+                assert!(
+                    killed.elapsed() < Duration::from_secs(5),
+                    "never unavailable: {raw}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Rooms of the live nodes go on meanwhile.
+            for _ in 0..5 {
+                let r = loop {
+                    let r = rng.below(rooms.len());
+                    if rooms[r].1 != victim {
+                        break r;
+                    }
+                };
+                assert!(post_until_acked(&mut rng, Some(victim), r));
+            }
+            let back = Instant::now();
+            nodes[victim].restart();
+            loop {
+                let (s, _) = call(
+                    other,
+                    "GET",
+                    &format!("/api/rooms/{room}/messages?limit=1"),
+                    Some(&ann),
+                    None,
+                );
+                if s == 200 {
+                    to_service.push(back.elapsed());
+                    break;
+                }
+                assert!(
+                    back.elapsed() < Duration::from_secs(30),
+                    "room {room} never came back"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            let victim = rng.below(3);
+            nats.servers[victim].kill();
+            for _ in 0..5 {
+                let r = rng.below(rooms.len());
+                assert!(post_until_acked(&mut rng, None, r));
+            }
+            nats.servers[victim].restart();
+        }
+    }
+    let took = started.elapsed();
+
+    // Every room, seen through every node: every acknowledged message
+    // once, in order, seqs dense from 1.
+    let total: usize = acked.iter().map(|a| a.len()).sum();
+    for (r, (room, _)) in rooms.iter().enumerate() {
+        let views: Vec<Vec<(u64, String)>> = ports
+            .iter()
+            .map(|p| whole_history(*p, &ann, *room))
+            .collect();
+        assert!(
+            views.windows(2).all(|w| w[0] == w[1]),
+            "room {room} differs between nodes"
+        );
+        let seen = &views[0];
+        let seqs: Vec<u64> = seen.iter().map(|m| m.0).collect();
+        assert_eq!(
+            seqs,
+            (1..=seen.len() as u64).collect::<Vec<_>>(),
+            "room {room}: seqs not dense"
+        );
+        for (seq, id) in &acked[r] {
+            let found: Vec<&(u64, String)> = seen.iter().filter(|m| &m.1 == id).collect();
+            assert_eq!(
+                found,
+                vec![&(*seq, id.clone())],
+                "room {room}: {id} (seq {seq})"
+            );
+        }
+    }
+    let ms = |d: &[Duration]| -> Vec<u128> { d.iter().map(Duration::as_millis).collect() };
+    eprintln!(
+        "chaos: {total} messages acknowledged in {:?}; death to room_unavailable (ms): {:?}; return to service (ms): {:?}",
+        took,
+        ms(&to_unavailable),
+        ms(&to_service)
+    );
+    assert!(
+        to_unavailable.iter().all(|d| *d < Duration::from_secs(2)),
+        "{to_unavailable:?}"
+    );
+}

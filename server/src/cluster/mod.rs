@@ -102,14 +102,15 @@ impl Node {
     /// Starts the replica of users and sessions into `dir` and waits until
     /// it has caught up (at most the connect timeout).
     pub fn start_replica(&self, dir: Directory, revoked: Arc<Revoked>) -> anyhow::Result<()> {
+        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
         let replica = Replica::start(
             &self.link,
             self.buckets.clone(),
             self.cfg.node_id,
             dir,
             revoked,
+            timeout,
         )?;
-        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
         if !replica.wait_caught_up(timeout) {
             anyhow::bail!(
                 "the cluster's users and sessions were not copied within {} ms",

@@ -49,24 +49,27 @@ impl Replica {
     /// Starts the replica of `buckets` ([users, sessions]) into `dir`:
     /// writes this node's start marker in each, starts their watches and
     /// the applying thread. Blocks the calling thread (not a shard) for the
-    /// NATS round trips.
+    /// NATS round trips, retried while JetStream is not ready (a NATS
+    /// server that just restarted, a stream electing its leader) until
+    /// `within` has passed.
     pub fn start(
         link: &Link,
         buckets: [String; 2],
         node: u32,
         dir: Directory,
         revoked: Arc<Revoked>,
+        within: Duration,
     ) -> rookery_cluster::Result<Arc<Replica>> {
+        let deadline = Instant::now() + within;
         let mut boot = [0u64; 2];
         let mut watches = Vec::new();
+        let key = records::boot_key(node);
         for (b, bucket) in buckets.iter().enumerate() {
-            let marker = Bytes::from(crate::auth::now_ms().to_string());
-            boot[b] = futures_lite::future::block_on(link.kv_put(
-                bucket,
-                &records::boot_key(node),
-                marker,
-            ))?;
-            watches.push(futures_lite::future::block_on(link.watch(bucket))?);
+            boot[b] = retry(deadline, || {
+                let marker = Bytes::from(crate::auth::now_ms().to_string());
+                link.kv_put(bucket, &key, marker)
+            })?;
+            watches.push(retry(deadline, || link.watch(bucket))?);
         }
         let replica = Arc::new(Replica {
             applied: Default::default(),
@@ -168,6 +171,24 @@ impl Replica {
             }
             !done && !w.wake.is_disconnected()
         });
+    }
+}
+
+/// Runs `attempt` on this thread until it succeeds or `deadline` passes
+/// (then its last error).
+fn retry<T, F: std::future::Future<Output = rookery_cluster::Result<T>>>(
+    deadline: Instant,
+    mut attempt: impl FnMut() -> F,
+) -> rookery_cluster::Result<T> {
+    loop {
+        match futures_lite::future::block_on(attempt()) {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "JetStream not ready; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
 }
 
