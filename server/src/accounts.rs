@@ -52,6 +52,56 @@ impl Accounts {
         }
     }
 
+    /// The registered user called `name`. A cluster node that does not have
+    /// it yet (registered on another node a moment ago, not yet copied
+    /// here) reads the cluster's record and copies it first.
+    pub async fn user_by_name(&self, name: &str) -> Result<Option<User>> {
+        let (dir, owned) = (self.directory(), name.to_string());
+        let local = blocking(move || dir.user_by_name(&owned)).await?;
+        let Accounts::Cluster(dir, node) = self else {
+            return Ok(local);
+        };
+        let Ok(unique) = Directory::unique_user_key(name, false) else {
+            return Ok(local);
+        };
+        if local.is_some() {
+            return Ok(local);
+        }
+        let user = match node.read_user(&unique).await {
+            Ok((record, _)) => record.to_user(),
+            Err(ApiError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (dir, copy) = (dir.clone(), user.clone());
+        blocking(move || dir.replicate_user(&copy)).await?;
+        Ok(Some(user))
+    }
+
+    /// The user of a live session and when it expires. A cluster node that
+    /// does not have it yet (opened on another node a moment ago) reads the
+    /// cluster's record and copies it first; if NATS cannot say, the token
+    /// is unknown here.
+    pub async fn session(&self, hash: [u8; 32], now_ms: u64) -> Result<Option<(u64, u64)>> {
+        let dir = self.directory();
+        let local = blocking(move || dir.session(&hash, now_ms)).await?;
+        let (Accounts::Cluster(dir, node), None) = (self, local) else {
+            return Ok(local);
+        };
+        let key = records::session_key(&hash);
+        let Ok(Some((value, _))) = node.link.kv_get(&node.buckets[SESSIONS], &key).await else {
+            return Ok(None);
+        };
+        let Ok(s) = serde_json::from_slice::<SessionRecord>(&value) else {
+            return Ok(None);
+        };
+        if s.expires_ms <= now_ms {
+            return Ok(None);
+        }
+        let dir = dir.clone();
+        blocking(move || dir.replicate_session(&hash, s.user, s.expires_ms)).await?;
+        Ok(Some((s.user, s.expires_ms)))
+    }
+
     /// Registers `name` with a password hash; its id. `Conflict` for a
     /// taken name.
     pub async fn create_user(&self, name: &str, hash: &str, now_ms: u64) -> Result<u64> {

@@ -169,17 +169,14 @@ pub async fn identify(
         };
     }
     let hash = token_hash(&token);
-    let dir = accounts.directory();
-    Ok(
-        match blocking(move || dir.session(&hash, now_ms())).await? {
-            Some((user, expires_ms)) => Identity::User(Proof {
-                user,
-                expires_ms,
-                session: Some(hash),
-            }),
-            None => Identity::Refused("the token is unknown or expired".into()),
-        },
-    )
+    Ok(match accounts.session(hash, now_ms()).await? {
+        Some((user, expires_ms)) => Identity::User(Proof {
+            user,
+            expires_ms,
+            session: Some(hash),
+        }),
+        None => Identity::Refused("the token is unknown or expired".into()),
+    })
 }
 
 /// Ends a session; whether it existed.

@@ -157,8 +157,9 @@ impl Drop for ClusterNode {
     }
 }
 
-/// `call`, retried while it answers 401: a session opened on one node
-/// reaches the others' copies within milliseconds.
+/// `call` with a token. A session or user made on one node is good on
+/// every other at once (a node that has not copied it yet asks the
+/// cluster), so nothing here retries.
 fn call_as(
     port: u16,
     method: &str,
@@ -166,14 +167,7 @@ fn call_as(
     token: &str,
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (s, v) = call(port, method, path, Some(token), body);
-        if s != 401 || Instant::now() > deadline {
-            return (s, v);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    call(port, method, path, Some(token), body)
 }
 
 fn seqs_and_bodies(v: &serde_json::Value) -> Vec<(u64, String)> {
@@ -782,7 +776,9 @@ fn without_nats_a_node_serves_its_own_rooms_and_recovers_by_itself() {
         assert!(Instant::now() < deadline, "no recovery: {s} {v}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    // The message node 1 never heard is filled in, in order, once.
+    // The message node 1 did not hear while NATS was gone (the owner's
+    // client may also have kept it and sent it on reconnecting) is there,
+    // in order, once.
     let got = ws_until(&mut ws, |f| f["type"] == "msg" && f["body"] == "f3");
     let far_msgs: Vec<(u64, &str)> = got
         .iter()
@@ -790,8 +786,6 @@ fn without_nats_a_node_serves_its_own_rooms_and_recovers_by_itself() {
         .map(|f| (f["seq"].as_u64().unwrap(), f["body"].as_str().unwrap()))
         .collect();
     assert_eq!(far_msgs, vec![(2, "f2"), (3, "f3")], "{got:?}");
-    let gaps = common::metric(port(0), "rookery_cluster_gap_fills_total");
-    assert!(gaps >= 1.0, "gap fills {gaps}");
 }
 
 /// A small deterministic generator (the seed is printed).

@@ -13,6 +13,7 @@ pub mod events;
 pub mod forward;
 pub mod gather;
 pub mod ops;
+pub mod order;
 pub mod records;
 pub mod relay;
 pub mod replica;

@@ -4,9 +4,8 @@
 //! connections as the engine would hand a local room's.
 //!
 //! Core NATS delivers at most once, so messages are put back in order
-//! here: `head` is the last message seq handed on; a message past
-//! `head + 1` waits in `held` while the gap is filled from the owner
-//! (`Op::Replay`), one at `head` or below is a duplicate and dropped.
+//! (`order.rs`): a message past a gap waits while the gap is filled from
+//! the owner (`Op::Replay`), a duplicate is dropped.
 //!
 //! Invariants: each subscriber sees each message seq at most once and in
 //! increasing order (its `last` only grows), and every seq between its
@@ -17,7 +16,7 @@
 //! pause a slow reader and catch it up later, as a local room does.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +25,13 @@ use rookery_engine::{Error as EngineError, Event, EventKind, LocalSink};
 
 use super::events;
 use super::ops::{self, Answer, Op};
+use super::order::Order;
 use super::Node;
 use crate::app::ApiError;
 
+/// Messages past a gap kept per room while it is filled (more are
+/// dropped and replayed by the owner).
+const HELD_MAX: usize = 4096;
 /// Messages asked for per replay.
 const REPLAY_LEN: usize = 256;
 /// Pause before asking an owner again when a gap could not be filled.
@@ -54,8 +57,7 @@ struct Sub {
 struct Room {
     id: u64,
     subs: RefCell<Vec<Sub>>,
-    head: Cell<Option<u64>>,
-    held: RefCell<BTreeMap<u64, Event>>,
+    order: RefCell<Order<Event>>,
     filling: Cell<bool>,
     /// Dropped when the room has no subscriber left: its reader stops.
     _stop: flume::Sender<()>,
@@ -215,11 +217,12 @@ impl Relay {
         if let Err(at) = online.binary_search(&user) {
             online.insert(at, user);
         }
-        if r.head.get().is_none() {
-            r.head.set(Some(last_seq));
-            // Messages that came before the first answer and follow it.
-            self.drain(r);
-        } else if r.head.get() < Some(last_seq) {
+        // Messages that came before the first answer and follow it go out;
+        // a room relayed already may have missed some.
+        let mut ready = Vec::new();
+        r.order.borrow_mut().start(last_seq, &mut ready);
+        self.publish_all(r, ready);
+        if r.order.borrow().head() < Some(last_seq) {
             self.fill_later(r);
         }
         // The messages after `since`, straight to the sink (which keeps
@@ -319,8 +322,7 @@ impl Relay {
         let r = Rc::new(Room {
             id: room,
             subs: RefCell::new(Vec::new()),
-            head: Cell::new(None),
-            held: RefCell::new(BTreeMap::new()),
+            order: RefCell::new(Order::new(HELD_MAX)),
             filling: Cell::new(false),
             _stop: stop,
         });
@@ -358,19 +360,17 @@ impl Relay {
             self.publish(r, &e);
             return;
         }
-        match r.head.get() {
-            Some(head) if e.seq() <= head => {}
-            Some(head) if e.seq() == head + 1 => {
-                self.publish(r, &e);
-                r.head.set(Some(e.seq()));
-                self.drain(r);
-            }
-            _ => {
-                r.held.borrow_mut().insert(e.seq(), e);
-                if r.head.get().is_some() {
-                    self.fill_later(r);
-                }
-            }
+        let mut ready = Vec::new();
+        r.order.borrow_mut().offer(e, &mut ready);
+        self.publish_all(r, ready);
+        if r.order.borrow().gap().is_some() {
+            self.fill_later(r);
+        }
+    }
+
+    fn publish_all(&self, r: &Room, ready: Vec<Event>) {
+        for e in &ready {
+            self.publish(r, e);
         }
     }
 
@@ -390,27 +390,6 @@ impl Relay {
         }
     }
 
-    /// Hands on the held messages that now follow `head`.
-    fn drain(&self, r: &Room) {
-        loop {
-            let Some(head) = r.head.get() else { return };
-            let next = {
-                let mut held = r.held.borrow_mut();
-                // Below the head: duplicates.
-                while held.first_key_value().is_some_and(|(s, _)| *s <= head) {
-                    held.pop_first();
-                }
-                match held.first_key_value() {
-                    Some((s, _)) if *s == head + 1 => held.pop_first().map(|(_, e)| e),
-                    _ => None,
-                }
-            };
-            let Some(e) = next else { return };
-            self.publish(r, &e);
-            r.head.set(Some(e.seq()));
-        }
-    }
-
     /// Fills the gap before the first held message from the owner (in a
     /// task of its own; one per room at a time).
     fn fill_later(self: &Rc<Self>, r: &Rc<Room>) {
@@ -426,38 +405,30 @@ impl Relay {
     }
 
     async fn fill(&self, r: &Rc<Room>) {
-        let node = &self.node;
         loop {
-            let (Some(head), Some(first)) = (r.head.get(), r.held.borrow().keys().next().copied())
-            else {
+            let Some((after, _)) = r.order.borrow().gap() else {
                 return;
             };
-            if first <= head + 1 {
-                self.drain(r);
-                continue;
-            }
             if r.subs.borrow().is_empty() {
                 return;
             }
-            node.counters
+            self.node
+                .counters
                 .gap_fills
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match self.replay(r.id, head).await {
-                Ok(events) if events.is_empty() => {
-                    // Retention removed them: go on from the first held.
-                    r.head.set(Some(first - 1));
-                }
+            let mut ready = Vec::new();
+            match self.replay(r.id, after).await {
+                // Retention removed them: go on from the first held.
+                Ok(events) if events.is_empty() => r.order.borrow_mut().skip_gap(&mut ready),
                 Ok(events) => {
-                    for e in events.into_iter().take_while(|e| e.seq() < first) {
-                        if Some(e.seq()) > r.head.get() {
-                            self.publish(r, &e);
-                            r.head.set(Some(e.seq()));
-                        }
+                    let mut order = r.order.borrow_mut();
+                    for e in events {
+                        order.offer(e, &mut ready);
                     }
                 }
                 Err(_) => glommio::timer::sleep(FILL_RETRY).await,
             }
-            self.drain(r);
+            self.publish_all(r, ready);
         }
     }
 

@@ -64,8 +64,7 @@ pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
     let c: Credentials = body(req)?;
     // Per account in any case: `Alice` and `alice` are one account.
     let attempt = login_attempt(req, shared, &c.name.to_ascii_lowercase())?;
-    let (m, name) = (directory(shared), c.name.clone());
-    let user = blocking(move || m.user_by_name(&name)).await?;
+    let user = Accounts::of(shared).user_by_name(&c.name).await?;
     let display = user.as_ref().map_or(String::new(), |u| u.name.clone());
     let (id, hash) = match user {
         Some(User {
