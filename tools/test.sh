@@ -97,7 +97,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests"
 cargo test --workspace --locked
 
-step "end-to-end: Python websockets client against target/debug/rookery"
+step "end-to-end: Python websockets client against target/debug/rookery (one node, then three nodes and three NATS servers, round-robin)"
 venv=target/e2e-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 # A no-op (and offline) once the pinned versions are installed.

@@ -5,14 +5,18 @@ permessage-deflate) and the standard library's HTTP client.
 
 Starts the server on an ephemeral port with its own data directory, walks
 the protocol a chat client uses, asserts every outcome, stops the server
-with SIGTERM and checks the close code and the exit status. Exit status 0
-means every check held. Usage: python_client.py --bin target/debug/rookery
+with SIGTERM and checks the close code and the exit status. Then, when
+`nats-server` is on PATH, the same walk against a cluster of three nodes
+and three NATS servers, every HTTP request and WebSocket going to the next
+node in turn. Exit status 0 means every check held.
+Usage: python_client.py --bin target/debug/rookery
 """
 
 import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,13 +45,27 @@ def free_port():
         return s.getsockname()[1]
 
 
+class Nodes:
+    """The servers' ports, handed out in turn (round-robin, no stickiness)."""
+
+    def __init__(self, ports):
+        self.ports = ports
+        self.turn = 0
+
+    def next(self):
+        port = self.ports[self.turn % len(self.ports)]
+        self.turn += 1
+        return port
+
+
 class Http:
-    def __init__(self, port):
-        self.base = f"http://127.0.0.1:{port}"
+    def __init__(self, nodes):
+        self.nodes = nodes
 
     def call(self, method, path, token=None, body=None, headers=None):
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method)
+        base = f"http://127.0.0.1:{self.nodes.next()}"
+        req = urllib.request.Request(base + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("Authorization", f"Bearer {token}")
@@ -83,9 +101,14 @@ async def call_ws(ws, frame):
             return v
 
 
-async def scenario(port, proc):
-    http = Http(port)
-    ws_url = f"ws://127.0.0.1:{port}/ws"
+async def scenario(ports, procs):
+    nodes = Nodes(ports)
+    http = Http(nodes)
+
+    def ws_at():
+        """The next node's WebSocket URL, and which node it is."""
+        port = nodes.next()
+        return f"ws://127.0.0.1:{port}/ws", ports.index(port)
 
     # Accounts: register two users, log one in again.
     s, _, alice = http.call("POST", "/api/register", body={"name": "alice", "password": "pw-a"})
@@ -107,6 +130,7 @@ async def scenario(port, proc):
 
     # Bob: token on the upgrade. Alice: an auth frame. Both offer deflate
     # (websockets does by default) and the server accepts it.
+    ws_url, _ = ws_at()
     b = await connect(f"{ws_url}?token={b_tok}", max_size=2**20)
     ext = b.response.headers.get("Sec-WebSocket-Extensions", "")
     check("permessage-deflate" in ext, f"deflate negotiated: {ext!r}")
@@ -114,6 +138,7 @@ async def scenario(port, proc):
     joined = await call_ws(b, {"type": "join", "room": rid, "ref": "j"})
     check(joined["type"] == "joined" and joined["last_seq"] == 0, f"bob joined: {joined}")
 
+    ws_url, _ = ws_at()
     a = await connect(ws_url)
     hello = await call_ws(a, {"type": "auth", "token": a_tok, "ref": "auth"})
     check(hello["type"] == "hello" and hello["user"] == alice["user"], f"alice hello: {hello}")
@@ -147,6 +172,7 @@ async def scenario(port, proc):
     for i in range(11, 16):
         ack = await call_ws(a, {"type": "send", "room": rid, "body": f"m{i}", "client_id": f"c{i}", "ref": i})
         check(ack["seq"] == i, f"ack {i}: {ack}")
+    ws_url, b_node = ws_at()
     b = await connect(f"{ws_url}?token={b_tok}", max_size=2**20)
     await recv_json(b, "hello")
     await b.send(json.dumps({"type": "join", "room": rid, "since": 10, "ref": "j2"}))
@@ -187,7 +213,9 @@ async def scenario(port, proc):
     pong = await call_ws(b, {"type": "ping", "ref": "p"})
     check(pong["type"] == "pong", f"still serving: {pong}")
 
-    # Graceful shutdown: every WebSocket gets 1001, the process exits 0.
+    # Graceful shutdown (of bob's node): every WebSocket gets 1001, the
+    # process exits 0.
+    proc = procs[b_node]
     proc.send_signal(signal.SIGTERM)
     try:
         while True:
@@ -237,6 +265,50 @@ async def echo_scenario(port, limit):
             check(closed.rcvd is not None and closed.rcvd.code == 1009, f"over the limit: {closed.rcvd}")
 
 
+def start_nats(store):
+    """Three nats-servers with JetStream in one NATS cluster; their
+    processes and client URLs."""
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    routes = ",".join(f"nats://127.0.0.1:{c}" for _, c in ports)
+    procs = []
+    for i, (p, c) in enumerate(ports):
+        procs.append(subprocess.Popen(
+            ["nats-server", "-a", "127.0.0.1", "-n", f"n{i}", "-p", str(p), "-js",
+             "-sd", os.path.join(store, f"nats-{i}"), "--cluster_name", "rk-e2e",
+             "--cluster", f"nats://127.0.0.1:{c}", "--routes", routes],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for p, _ in ports:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", p), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("nats-server did not start")
+                time.sleep(0.05)
+    return procs, ",".join(f"nats://127.0.0.1:{p}" for p, _ in ports)
+
+
+def run_cluster(binary, data):
+    """The chat walk against three nodes, requests spread in turn."""
+    nats, urls = start_nats(data)
+    procs, ports = [], []
+    try:
+        for node in (1, 2, 3):
+            port = free_port()
+            extra = ["--durability", "sync", "--nats", urls, "--node-id", str(node),
+                     "--cluster-nodes", "1,2,3", "--cluster-name", "e2e"]
+            procs.append(spawn(binary, os.path.join(data, f"node-{node}"), port, extra))
+            ports.append(port)
+        asyncio.run(scenario(ports, procs))
+    finally:
+        for p in procs + nats:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def spawn(binary, data, port, extra):
     proc = subprocess.Popen(
         [binary, "--listen", f"127.0.0.1:{port}", "--data-dir", data, *extra],
@@ -262,7 +334,7 @@ def main():
     args = ap.parse_args()
     limit = 16 << 20
     runs = [
-        (["--durability", "sync"], scenario),
+        (["--durability", "sync"], lambda port, proc: scenario([port], [proc])),
         (["--echo-endpoint", "--ws-frame-bytes-max", str(limit),
           "--conn-output-bytes-max", str(2 * limit)],
          lambda port, proc: echo_scenario(port, limit)),
@@ -277,7 +349,11 @@ def main():
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-    print(f"python e2e (websockets {websockets.__version__}): ok, {CHECKS} checks")
+        clustered = shutil.which("nats-server") is not None
+        if clustered:
+            run_cluster(args.bin, os.path.join(data, "cluster"))
+    where = "one node and a 3-node cluster" if clustered else "one node (no nats-server on PATH)"
+    print(f"python e2e (websockets {websockets.__version__}, {where}): ok, {CHECKS} checks")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,17 @@ async fn reconcile(relay: std::rc::Weak<Relay>, node: Arc<Node>, room: u64, user
     }
 }
 
+/// The user a presence event is about.
+fn presence_user(e: &Event) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct P {
+        user: u64,
+    }
+    serde_json::from_slice::<P>(e.payload())
+        .ok()
+        .map(|p| p.user)
+}
+
 /// What a join of a relayed room answers.
 pub struct Joined {
     pub sub: u64,
@@ -453,8 +464,20 @@ impl Relay {
     }
 
     /// Hands an event to every subscriber of the room.
+    /// A user's own presence is not shown to its own subscriptions (on a
+    /// single node a subscription never sees it either: it is announced
+    /// before the subscription is live, or not at all).
     fn publish(&self, r: &Room, e: &Event) {
-        let ids: Vec<u64> = r.subs.borrow().iter().map(|s| s.id).collect();
+        let own = (e.kind() == EventKind::Presence)
+            .then(|| presence_user(e))
+            .flatten();
+        let ids: Vec<u64> = r
+            .subs
+            .borrow()
+            .iter()
+            .filter(|s| Some(s.user) != own)
+            .map(|s| s.id)
+            .collect();
         for id in ids {
             self.hand(r, id, e);
         }
