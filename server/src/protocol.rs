@@ -27,7 +27,13 @@ pub const CLIENT_TYPES: &[&str] = &[
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// Authenticated (on connect with a token, or after `auth`).
-    Hello { user: u64, heartbeat_ms: u64 },
+    Hello {
+        user: u64,
+        heartbeat_ms: u64,
+        /// In a cluster, the node the connection is on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<u32>,
+    },
     /// The answer to `refresh`: the connection now runs on the new token.
     Refreshed { expires_ms: u64 },
     /// Sent unasked ahead of a JWT's `exp`: send `refresh` with a newer
@@ -353,6 +359,7 @@ mod doc {
             sample(ServerFrame::Hello {
                 user: 1,
                 heartbeat_ms: 2,
+                node: Some(3),
             }),
             sample(ServerFrame::Refreshed { expires_ms: 1 }),
             sample(ServerFrame::RefreshNeeded { expires_ms: 1 }),

@@ -1006,3 +1006,167 @@ fn chaos_nodes_and_nats_servers_killed_nothing_acknowledged_is_lost() {
         "{to_unavailable:?}"
     );
 }
+
+/// nginx in front of the nodes, plain round-robin (no stickiness), passing
+/// WebSocket upgrades, run from a directory of its own; killed when
+/// dropped.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(upstreams: &[u16]) -> Nginx {
+        let binary = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).is_file())
+            .expect("nginx is not installed: tools/test.sh installs Debian's nginx package");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let port = common::free_port();
+        let servers: String = upstreams
+            .iter()
+            .map(|p| format!("server 127.0.0.1:{p};\n"))
+            .collect();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             upstream rookery {{\n{servers}}}\n\
+             map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+             server {{\n listen 127.0.0.1:{port};\n location / {{\n proxy_pass http://rookery;\n\
+             proxy_http_version 1.1;\n proxy_set_header Upgrade $http_upgrade;\n\
+             proxy_set_header Connection $connection_upgrade;\n proxy_set_header Host $host;\n\
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n proxy_read_timeout 60s;\n }}\n }}\n}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = std::process::Command::new(binary)
+            .args([
+                "-p",
+                &d.to_string(),
+                "-c",
+                path.to_str().unwrap(),
+                "-e",
+                &format!("{d}/error.log"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn behind_nginx_round_robin_reconnects_land_on_other_nodes_and_lose_nothing() {
+    let nats = Nats::start(3);
+    let urls = nats.urls().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<ClusterNode> = (1..=3)
+        .map(|id| ClusterNode::start(dir.path(), &urls, id))
+        .collect();
+    let nginx = Nginx::start(&nodes.iter().map(|n| n.port).collect::<Vec<_>>());
+    let front = nginx.port;
+    // Everything through nginx: accounts, rooms (made on whichever node
+    // nginx picks, so owned by several), messages.
+    let ann = common::register(front, "ann");
+    let bob = common::register(front, "bob");
+    let rooms: Vec<u64> = (0..3)
+        .map(|i| common::create_room(front, &ann, &format!("n{i}"), false))
+        .collect();
+    let owners: std::collections::BTreeSet<u32> = rooms
+        .iter()
+        .map(|r| rookery_cluster::owner_of(*r, &[1, 2, 3]))
+        .collect();
+    assert!(owners.len() >= 2, "rooms on one node only: {rooms:?}");
+    let mut last = vec![0u64; rooms.len()];
+    let mut seen: Vec<Vec<u64>> = vec![Vec::new(); rooms.len()];
+    let mut landed = std::collections::BTreeSet::new();
+    let mut sent = 0u64;
+    let post_each = |sent: &mut u64| {
+        for room in &rooms {
+            *sent += 1;
+            let body =
+                serde_json::json!({"body": format!("b{sent}"), "client_id": format!("c{sent}")});
+            let (s, v) = call(
+                front,
+                "POST",
+                &format!("/api/rooms/{room}/messages"),
+                Some(&ann),
+                Some(&body),
+            );
+            assert_eq!(s, 201, "{v}");
+        }
+    };
+    let per_room = |sent: u64| sent / rooms.len() as u64;
+    for round in 0..6 {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", front)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let url = format!("ws://127.0.0.1:{front}/ws?token={bob}");
+        let mut ws = tungstenite::client(url, stream).unwrap().0;
+        let hello = ws_recv(&mut ws);
+        landed.insert(hello["node"].as_u64().expect("hello names the node"));
+        let take = |f: &serde_json::Value, seen: &mut Vec<Vec<u64>>, last: &mut Vec<u64>| {
+            if f["type"] == "msg" {
+                let i = rooms.iter().position(|r| f["room"] == *r).unwrap();
+                let seq = f["seq"].as_u64().unwrap();
+                seen[i].push(seq);
+                last[i] = seq;
+            }
+        };
+        for (i, room) in rooms.iter().enumerate() {
+            let since = if round == 0 {
+                serde_json::Value::Null
+            } else {
+                last[i].into()
+            };
+            ws_send(
+                &mut ws,
+                serde_json::json!({"type": "join", "room": room, "since": since}),
+            );
+            // The replay of a room joined before may still be arriving.
+            for f in ws_until(&mut ws, |f| f["type"] == "joined" && f["room"] == *room) {
+                take(&f, &mut seen, &mut last);
+            }
+        }
+        // One message per room while connected (and, below, one while it
+        // is away, which the next join's `since` brings back).
+        post_each(&mut sent);
+        while (0..rooms.len()).any(|i| last[i] < per_room(sent)) {
+            let f = ws_recv(&mut ws);
+            take(&f, &mut seen, &mut last);
+        }
+        drop(ws);
+        if round < 5 {
+            post_each(&mut sent);
+        }
+    }
+    for (i, room) in rooms.iter().enumerate() {
+        assert_eq!(seen[i], (1..=11).collect::<Vec<_>>(), "room {room}");
+    }
+    assert!(
+        landed.len() >= 2,
+        "every reconnect landed on one node: {landed:?}"
+    );
+}

@@ -375,6 +375,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         let hello = ServerFrame::Hello {
             user: p.user,
             heartbeat_ms: c.heartbeat_ms(),
+            node: c.node_id(),
         };
         c.send(&hello, None);
     }
@@ -494,6 +495,11 @@ impl Conn {
             self.link.send_data(frame.as_bytes(), Data::Text);
             self.clock.notice_seen.set(seq);
         }
+    }
+
+    /// This node's id, in a cluster.
+    fn node_id(&self) -> Option<u32> {
+        self.shared.cluster.as_ref().map(|n| n.cfg.node_id)
     }
 
     fn heartbeat_ms(&self) -> u64 {
@@ -874,6 +880,7 @@ impl Conn {
         Ok(ServerFrame::Hello {
             user: p.user,
             heartbeat_ms: self.heartbeat_ms(),
+            node: self.node_id(),
         })
     }
 
