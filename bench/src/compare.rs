@@ -24,7 +24,8 @@ pub struct CompareArgs {
     #[command(flatten)]
     pub load: load::Args,
     /// Servers to run, in order: `rookery`, `bare` (the Rust floor), `ws`
-    /// (Node ws), `socketio`.
+    /// (Node ws), `socketio`. (`--scenario cluster` runs Rookery on one
+    /// node, then on three nodes with NATS: see `cluster.rs`.)
     #[arg(
         long,
         value_delimiter = ',',
@@ -51,6 +52,17 @@ fn root() -> PathBuf {
 pub(crate) struct Running {
     pub(crate) child: Child,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Running {
+    pub(crate) fn new(child: Child, dir: Option<tempfile::TempDir>) -> Running {
+        Running { child, _dir: dir }
+    }
+
+    /// Keeps `dir` until this process is stopped.
+    pub(crate) fn keep(&mut self, dir: tempfile::TempDir) {
+        self._dir = Some(dir);
+    }
 }
 
 impl Drop for Running {
@@ -232,6 +244,9 @@ fn limit(r: &Report) -> &'static str {
 }
 
 pub fn run(args: CompareArgs) -> Result<()> {
+    if args.load.scenario.as_deref() == Some("cluster") {
+        return crate::cluster::run(&args);
+    }
     let thresholds: Vec<load::threshold::Threshold> = args
         .load
         .thresholds

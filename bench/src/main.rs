@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod abuse;
+mod cluster;
 mod compare;
 mod engine;
 mod http_client;

@@ -279,7 +279,8 @@ impl<'a> Driver<'a> {
         let vu = &self.vus[idx as usize];
         let (_, stop) = vu.windows[vu.window];
         self.counts.attempted += 1;
-        let client = match Client::connect(plan.addr, plan.wire, plan.deflate) {
+        let addr = plan.addrs[vu.i as usize % plan.addrs.len()];
+        let client = match Client::connect(addr, plan.wire, plan.deflate) {
             Ok(c) => c,
             Err(e) => return self.connect_failed(idx, format!("connect: {e}")),
         };
@@ -383,6 +384,10 @@ impl<'a> Driver<'a> {
         let epoch = shared.epoch;
         let vu = &mut self.vus[idx as usize];
         let room = vu.room;
+        // Against several nodes: whether this user's node owns the room
+        // (room k was created through node k mod n).
+        let nodes = shared.plan.addrs.len();
+        let local = (nodes > 1).then(|| vu.i as usize % nodes == room % nodes);
         let Some(conn) = vu.conn.as_mut() else { return };
         let now = Instant::now();
         let now_us = now.saturating_duration_since(epoch).as_micros() as u64;
@@ -407,7 +412,13 @@ impl<'a> Driver<'a> {
                     if matches!(rx.arrive(seq), Arrival::New | Arrival::Reordered) {
                         counts.delivered += 1;
                         if let Some(sched) = sched_us(body) {
-                            let _ = tally.deliver_us.record(now_us.saturating_sub(sched).max(1));
+                            let us = now_us.saturating_sub(sched).max(1);
+                            let _ = tally.deliver_us.record(us);
+                            let _ = match local {
+                                Some(true) => tally.deliver_local_us.record(us),
+                                Some(false) => tally.deliver_remote_us.record(us),
+                                None => Ok(()),
+                            };
                         }
                     }
                 }

@@ -45,7 +45,11 @@ use wire::Wire;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// The server's WebSocket URL (`ws://HOST:PORT`; the path is chosen by
-    /// `--wire`).
+    /// `--wire`), or several, comma-separated (the nodes of a cluster):
+    /// user `i` connects to URL `i mod n`, room `k` is created through URL
+    /// `k mod n` (so, in a Rookery cluster, owned by that node), and
+    /// deliveries are also reported apart as local (the user's node owns
+    /// the room) and cross-node.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
     /// A named scenario: `k6-1000`, `fanout`, `rooms`, `idle`, `max`. Its
@@ -110,7 +114,8 @@ pub struct Args {
 /// Everything one run needs, scenario defaults applied.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub addr: SocketAddr,
+    /// The servers' addresses (several: the nodes of a cluster).
+    pub addrs: Vec<SocketAddr>,
     pub wire: Wire,
     pub jwt_secret: String,
     pub stages: Vec<Stage>,
@@ -189,10 +194,15 @@ impl Plan {
         } else {
             stages::parse(stage_spec).map_err(anyhow::Error::msg)?
         };
-        let url = a.url.trim_start_matches("ws://").trim_end_matches('/');
-        let addr: SocketAddr = url
-            .parse()
-            .with_context(|| format!("--url {:?}: expected ws://IP:PORT", a.url))?;
+        let addrs = a
+            .url
+            .split(',')
+            .map(|u| {
+                let url = u.trim().trim_start_matches("ws://").trim_end_matches('/');
+                url.parse::<SocketAddr>()
+                    .with_context(|| format!("--url {u:?}: expected ws://IP:PORT"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let wire = match a.wire.as_str() {
             "rookery" | "ws" => Wire::Rookery,
             "socketio" | "socket.io" => Wire::SocketIo,
@@ -204,7 +214,7 @@ impl Plan {
             a.threads
         };
         Ok(Plan {
-            addr,
+            addrs,
             wire,
             jwt_secret: a.jwt_secret.clone(),
             stages,

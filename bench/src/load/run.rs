@@ -45,6 +45,10 @@ pub(super) struct Shared {
 pub(super) struct Tally {
     pub(super) ack_us: Histogram<u64>,
     pub(super) deliver_us: Histogram<u64>,
+    /// Against several nodes: deliveries to users on the room's owner.
+    pub(super) deliver_local_us: Histogram<u64>,
+    /// Against several nodes: deliveries through another node.
+    pub(super) deliver_remote_us: Histogram<u64>,
     pub(super) slip_us: Histogram<u64>,
     pub(super) expected: u64,
     /// Deliveries counted against `expected` (those up to each receiver's
@@ -69,6 +73,8 @@ impl Tally {
         Tally {
             ack_us: histogram(),
             deliver_us: histogram(),
+            deliver_local_us: histogram(),
+            deliver_remote_us: histogram(),
             slip_us: histogram(),
             expected: 0,
             delivered: 0,
@@ -84,6 +90,8 @@ impl Tally {
     fn merge(&mut self, o: &Tally) {
         let _ = self.ack_us.add(&o.ack_us);
         let _ = self.deliver_us.add(&o.deliver_us);
+        let _ = self.deliver_local_us.add(&o.deliver_local_us);
+        let _ = self.deliver_remote_us.add(&o.deliver_remote_us);
         let _ = self.slip_us.add(&o.slip_us);
         self.expected += o.expected;
         self.delivered += o.delivered;
@@ -118,7 +126,7 @@ impl Pct {
         }
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         json!({"p50": self.p50, "p95": self.p95, "p99": self.p99, "p999": self.p999, "max": self.max})
     }
 }
@@ -159,6 +167,10 @@ pub struct Report {
     pub first_error: Option<String>,
     pub ack_ms: Pct,
     pub deliver_ms: Pct,
+    /// Against several nodes: send → deliver to users on the room's owner
+    /// node, and through another node.
+    pub deliver_local_ms: Option<Pct>,
+    pub deliver_remote_ms: Option<Pct>,
     pub slip_ms: Pct,
     pub generator_thread_cpu_max: f64,
     /// CPU seconds of every generator thread.
@@ -310,6 +322,8 @@ impl Report {
             "deliver_ms": self.deliver_ms.json(),
             "deliver_p50_ms": self.deliver_ms.p50,
             "deliver_p99_ms": self.deliver_ms.p99,
+            "deliver_local_ms": self.deliver_local_ms.as_ref().map(Pct::json),
+            "deliver_cross_node_ms": self.deliver_remote_ms.as_ref().map(Pct::json),
             "delivered_per_sec": self.delivered_per_sec(),
             "max_passing_delivered_per_sec": self.max_passing_delivered_per_sec,
             "steps": self.steps.iter().map(Step::json).collect::<Vec<_>>(),
@@ -385,6 +399,10 @@ impl Report {
         };
         line("send → ack", pct(&self.ack_ms));
         line("send → deliver", pct(&self.deliver_ms));
+        if let (Some(l), Some(r)) = (&self.deliver_local_ms, &self.deliver_remote_ms) {
+            line("  local", pct(l));
+            line("  cross-node", pct(r));
+        }
         if let Some(rss) = self.server_rss_max() {
             line(
                 "server",
@@ -474,14 +492,21 @@ fn proc_sample(pid: u32) -> Option<(u64, u64)> {
 /// Creates the rooms (and, for Rookery, the users: a JWT user is created on
 /// first sight, which is account setup, not load).
 fn setup(plan: &Plan, users: u32) -> Result<Vec<u64>> {
-    let mut http = HttpClient::connect(plan.addr)?;
+    let mut nodes = plan
+        .addrs
+        .iter()
+        .map(|a| HttpClient::connect(*a))
+        .collect::<Result<Vec<_>>>()?;
     let admin = jwt(&plan.jwt_secret, "load-admin")?;
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
-    let ids = (0..plan.rooms)
-        .map(|i| http.create_room(&admin, &format!("load-{run}-{i}")))
+    // Room k through node k mod n (in a cluster: owned by it).
+    let n = nodes.len();
+    let ids = (0..plan.rooms as usize)
+        .map(|i| nodes[i % n].create_room(&admin, &format!("load-{run}-{i}")))
         .collect::<Result<Vec<u64>>>()?;
+    let http = &mut nodes[0];
     if plan.wire == Wire::Rookery {
         for i in 0..users {
             http.present(&jwt(&plan.jwt_secret, &format!("load-{i}"))?)?;
@@ -577,6 +602,8 @@ pub fn execute(plan: &Plan) -> Result<Report> {
         first_error: shared.first_error.lock().ok().and_then(|e| e.clone()),
         ack_ms: Pct::of(&tally.ack_us),
         deliver_ms: Pct::of(&tally.deliver_us),
+        deliver_local_ms: (plan.addrs.len() > 1).then(|| Pct::of(&tally.deliver_local_us)),
+        deliver_remote_ms: (plan.addrs.len() > 1).then(|| Pct::of(&tally.deliver_remote_us)),
         slip_ms: Pct::of(&tally.slip_us),
         generator_thread_cpu_max: tally.cpu.as_secs_f64() / tally.wall.as_secs_f64().max(1e-9),
         generator_cpu_s: tally.cpu_sum.as_secs_f64(),
