@@ -201,6 +201,30 @@ assert "server_cpu_us_per_delivery" in r["ratios"]["bare"]["ws"]
 print("load smoke: rookery, bare and ws reports consistent (sent = acked, delivered = expected, lost = 0, CPU per delivery)")
 PY
 
+step "cluster smoke: rookery-bench compare --scenario cluster, one node then three nodes and three NATS servers (about 10 seconds)"
+cargo run --locked -q -p rookery-bench -- compare --scenario cluster \
+    --rookery-bin target/debug/rookery --users 30 --rooms 6 --rate 2 --duration 3s \
+    --quiet --json "$smoke_dir/cluster.json" > "$smoke_dir/cluster.txt"
+python3 - "$smoke_dir/cluster.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for key in ("single", "cluster"):
+    s = r[key]
+    rep = s["report"]
+    assert rep["sent"] > 0 and rep["sent"] == rep["acked"], rep
+    assert rep["delivered"] > 0 and rep["delivered"] == rep["expected"], rep
+    assert rep["lost"] == 0 and rep["duplicated"] == 0 and rep["reordered"] == 0, rep
+    assert rep["connections"]["ok"] == 30 and s["connect_errors"] == 0, rep
+    assert s["cpu_us_per_delivery"] > 0, s
+local, cross = r["cluster"]["deliver_local_ms"], r["cluster"]["deliver_cross_node_ms"]
+assert local["p99"] > 0 and cross["p99"] > 0, (local, cross)
+assert r["single"]["deliver_local_ms"] is None
+# At least the owner's publish per post; a post from another node adds a
+# request and a reply.
+assert r["nats_messages_per_post"] >= 1, r["nats_messages_per_post"]
+print(f"cluster smoke: one node and three nodes consistent (lost = 0), {r['nats_messages_per_post']:.2f} NATS messages per post")
+PY
+
 step "abuse smoke: rookery-bench abuse, a short load alone and beside every kind of abuser (under a minute)"
 cargo run --locked -q -p rookery-bench -- abuse --rookery-bin target/debug/rookery \
     --users 40 --rooms 4 --rate 1 --duration 4s --pipeliners 2 --never-readers 3 \

@@ -1,9 +1,9 @@
 //! `rookery-bench compare --scenario cluster`: the same load (`k6-1000`
 //! unless `--stages`/`--users` say otherwise) against one Rookery node,
 //! then against three nodes and a three-server NATS cluster with JetStream
-//! on this machine (users spread over the nodes, room `k` created through,
-//! and so owned by, node `k mod 3`; each node with one shard, as the three
-//! share this machine's cores). Reports deliveries/s, send→deliver
+//! on this machine (room `k` created through, and so owned by, node
+//! `k mod 3`, each room's members spread over the three; each node with
+//! one shard, as the three share this machine's cores). Reports deliveries/s, send→deliver
 //! p50/p99 (and, for the cluster, apart for local and cross-node
 //! deliveries), what was lost, the CPU of every process per delivery, and
 //! NATS messages per post (from each NATS server's `/varz`).

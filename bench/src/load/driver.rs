@@ -279,7 +279,7 @@ impl<'a> Driver<'a> {
         let vu = &self.vus[idx as usize];
         let (_, stop) = vu.windows[vu.window];
         self.counts.attempted += 1;
-        let addr = plan.addrs[vu.i as usize % plan.addrs.len()];
+        let addr = plan.addrs[node_of(vu.i, vu.room, self.shared.room_ids.len(), plan.addrs.len())];
         let client = match Client::connect(addr, plan.wire, plan.deflate) {
             Ok(c) => c,
             Err(e) => return self.connect_failed(idx, format!("connect: {e}")),
@@ -387,7 +387,8 @@ impl<'a> Driver<'a> {
         // Against several nodes: whether this user's node owns the room
         // (room k was created through node k mod n).
         let nodes = shared.plan.addrs.len();
-        let local = (nodes > 1).then(|| vu.i as usize % nodes == room % nodes);
+        let rooms = shared.room_ids.len();
+        let local = (nodes > 1).then(|| node_of(vu.i, room, rooms, nodes) == room % nodes);
         let Some(conn) = vu.conn.as_mut() else { return };
         let now = Instant::now();
         let now_us = now.saturating_duration_since(epoch).as_micros() as u64;
@@ -705,4 +706,13 @@ mod tests {
         assert_eq!(sched_us(b"x=1;"), None);
         assert_eq!(sched_us(b"t=99999999999999999999999;"), None);
     }
+}
+
+/// The node user `i` (in room `room` of `rooms`) connects to, of `nodes`:
+/// the room's members go round the nodes (`i / rooms` counts the room's
+/// members before this one), so each node has about a `1 / nodes` share of
+/// every room whatever the number of rooms; room `k` is created through,
+/// and so owned by, node `k mod nodes`.
+fn node_of(i: u32, room: usize, rooms: usize, nodes: usize) -> usize {
+    (room + i as usize / rooms.max(1)) % nodes.max(1)
 }

@@ -46,10 +46,10 @@ use wire::Wire;
 pub struct Args {
     /// The server's WebSocket URL (`ws://HOST:PORT`; the path is chosen by
     /// `--wire`), or several, comma-separated (the nodes of a cluster):
-    /// user `i` connects to URL `i mod n`, room `k` is created through URL
-    /// `k mod n` (so, in a Rookery cluster, owned by that node), and
-    /// deliveries are also reported apart as local (the user's node owns
-    /// the room) and cross-node.
+    /// room `k` is created through URL `k mod n` (so, in a Rookery
+    /// cluster, owned by that node), each room's members go round the
+    /// URLs (a `1/n` share on each), and deliveries are also reported apart
+    /// as local (the user's node owns the room) and cross-node.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     pub url: String,
     /// A named scenario: `k6-1000`, `fanout`, `rooms`, `idle`, `max`. Its
