@@ -695,6 +695,15 @@ pub(super) fn run(shared: &Shared, w: usize) -> Result<Tally> {
         .run()
 }
 
+/// The node user `i` (in room `room` of `rooms`) connects to, of `nodes`:
+/// the room's members go round the nodes (`i / rooms` counts the room's
+/// members before this one), so each node has about a `1 / nodes` share of
+/// every room whatever the number of rooms; room `k` is created through,
+/// and so owned by, node `k mod nodes`.
+fn node_of(i: u32, room: usize, rooms: usize, nodes: usize) -> usize {
+    (room + i as usize / rooms.max(1)) % nodes.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -706,13 +715,18 @@ mod tests {
         assert_eq!(sched_us(b"x=1;"), None);
         assert_eq!(sched_us(b"t=99999999999999999999999;"), None);
     }
-}
 
-/// The node user `i` (in room `room` of `rooms`) connects to, of `nodes`:
-/// the room's members go round the nodes (`i / rooms` counts the room's
-/// members before this one), so each node has about a `1 / nodes` share of
-/// every room whatever the number of rooms; room `k` is created through,
-/// and so owned by, node `k mod nodes`.
-fn node_of(i: u32, room: usize, rooms: usize, nodes: usize) -> usize {
-    (room + i as usize / rooms.max(1)) % nodes.max(1)
+    #[test]
+    fn each_rooms_members_go_round_the_nodes() {
+        for rooms in [1usize, 5, 6, 50] {
+            for room in 0..rooms {
+                let mut per_node = [0u32; 3];
+                for g in 0..30u32 {
+                    let i = room as u32 + g * rooms as u32;
+                    per_node[super::node_of(i, room, rooms, 3)] += 1;
+                }
+                assert_eq!(per_node, [10, 10, 10], "rooms {rooms}, room {room}");
+            }
+        }
+    }
 }
