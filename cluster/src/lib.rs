@@ -28,5 +28,5 @@ pub mod testing;
 pub use config::ClusterConfig;
 pub use error::{Error, Result};
 pub use kv::{BucketSpec, KvChange};
-pub use link::{Incoming, Link, LinkState};
+pub use link::{Incoming, Link, LinkState, Subscription};
 pub use owner::owner_of;

@@ -68,6 +68,7 @@ enum Cmd {
         subject: String,
         sink: flume::Sender<Incoming>,
         ready: flume::Sender<Result<()>>,
+        stop: tokio::sync::oneshot::Receiver<()>,
     },
     ClaimNodes {
         bucket: String,
@@ -91,6 +92,21 @@ enum Cmd {
         sink: flume::Sender<KvChange>,
         ready: flume::Sender<Result<()>>,
     },
+}
+
+/// A subscription: its messages (a channel any thread or executor reads;
+/// clones of it share them). Dropping it unsubscribes.
+pub struct Subscription {
+    pub messages: flume::Receiver<Incoming>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::ops::Deref for Subscription {
+    type Target = flume::Receiver<Incoming>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.messages
+    }
 }
 
 /// What the link's thread reports to the others.
@@ -211,19 +227,24 @@ impl Link {
     }
 
     /// Subscribes to `subject` (wildcards allowed); its messages arrive on
-    /// the returned channel, in order. Dropping the receiver ends the
-    /// subscription.
-    pub async fn subscribe(&self, subject: &str) -> Result<flume::Receiver<Incoming>> {
+    /// the returned subscription's channel, in order. Dropping the
+    /// subscription ends it at once (NATS stops sending).
+    pub async fn subscribe(&self, subject: &str) -> Result<Subscription> {
         let (sink, messages) = flume::bounded(INCOMING_MAX);
         let (ready, done) = flume::bounded(1);
+        let (stop_tx, stop) = tokio::sync::oneshot::channel();
         self.send_async(Cmd::Subscribe {
             subject: subject.to_string(),
             sink,
             ready,
+            stop,
         })
         .await?;
         done.recv_async().await.unwrap_or(Err(Error::Closed))?;
-        Ok(messages)
+        Ok(Subscription {
+            messages,
+            _stop: stop_tx,
+        })
     }
 
     /// Records the cluster's node list in its key-value bucket (made with
@@ -459,10 +480,11 @@ async fn handle(
             subject,
             sink,
             ready,
+            stop,
         } => match client.subscribe(subject).await {
             Ok(sub) => {
                 let _ = ready.send(Ok(()));
-                tokio::spawn(forward(sub, sink, counters.clone()));
+                tokio::spawn(forward(sub, sink, stop, counters.clone()));
             }
             Err(e) => {
                 let _ = ready.send(Err(Error::Nats(e.to_string())));
@@ -506,14 +528,21 @@ async fn handle(
     }
 }
 
-/// Hands a subscription's messages to its reader until the reader is gone
-/// (which ends the subscription).
+/// Hands a subscription's messages to its reader until the subscription
+/// is dropped (or its reader is gone), then unsubscribes.
 async fn forward(
     mut sub: async_nats::Subscriber,
     sink: flume::Sender<Incoming>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
     counters: Arc<LinkCounters>,
 ) {
-    while let Some(m) = sub.next().await {
+    loop {
+        let next = futures_lite::future::or(async { sub.next().await }, async {
+            let _ = (&mut stop).await;
+            None
+        })
+        .await;
+        let Some(m) = next else { break };
         let incoming = Incoming {
             subject: m.subject.to_string(),
             reply: m.reply.map(|r| r.to_string()),

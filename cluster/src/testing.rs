@@ -17,6 +17,8 @@ pub struct Nats {
 /// One `nats-server` process.
 pub struct Server {
     pub client_port: u16,
+    /// Its monitoring port (`/varz`, `/subsz`, …).
+    pub monitor_port: u16,
     pub child: Option<Child>,
     args: Vec<String>,
 }
@@ -83,6 +85,7 @@ impl Nats {
                 }
                 let mut s = Server {
                     client_port: *p,
+                    monitor_port: *m,
                     child: None,
                     args,
                 };

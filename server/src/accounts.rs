@@ -31,6 +31,10 @@ pub enum Accounts {
 
 type Result<T> = std::result::Result<T, ApiError>;
 
+fn starting() -> ApiError {
+    ApiError::ClusterUnavailable("this node is starting".into())
+}
+
 /// A cluster failure as a client sees it.
 pub fn cluster_error(e: ClusterError) -> ApiError {
     ApiError::ClusterUnavailable(e.to_string())
@@ -67,14 +71,23 @@ impl Accounts {
         if local.is_some() {
             return Ok(local);
         }
-        let user = match node.read_user(&unique).await {
-            Ok((record, _)) => record.to_user(),
+        let (user, revision) = match node.read_user(&unique).await {
+            Ok((record, revision)) => (record.to_user(), revision),
             Err(ApiError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let (dir, copy) = (dir.clone(), user.clone());
-        blocking(move || dir.replicate_user(&copy)).await?;
-        Ok(Some(user))
+        let replica = node.replica().cloned().ok_or_else(starting)?;
+        let (dir, name) = (dir.clone(), name.to_string());
+        // Copied unless the watch got here first with this or a newer
+        // record (a password change): then this node's own is the one.
+        blocking(move || {
+            replica
+                .copy_unless_passed(USERS, revision, || dir.replicate_user(&user))
+                .transpose()?;
+            dir.user_by_name(&name)
+        })
+        .await
+        .map_err(ApiError::from)
     }
 
     /// The user of a live session and when it expires. A cluster node that
@@ -88,7 +101,8 @@ impl Accounts {
             return Ok(local);
         };
         let key = records::session_key(&hash);
-        let Ok(Some((value, _))) = node.link.kv_get(&node.buckets[SESSIONS], &key).await else {
+        let Ok(Some((value, revision))) = node.link.kv_get(&node.buckets[SESSIONS], &key).await
+        else {
             return Ok(None);
         };
         let Ok(s) = serde_json::from_slice::<SessionRecord>(&value) else {
@@ -97,9 +111,20 @@ impl Accounts {
         if s.expires_ms <= now_ms {
             return Ok(None);
         }
+        let replica = node.replica().cloned().ok_or_else(starting)?;
         let dir = dir.clone();
-        blocking(move || dir.replicate_session(&hash, s.user, s.expires_ms)).await?;
-        Ok(Some((s.user, s.expires_ms)))
+        // Copied unless the watch got here first: then a logout that came
+        // after this read is not undone, and this node's own answer holds.
+        blocking(move || {
+            replica
+                .copy_unless_passed(SESSIONS, revision, || {
+                    dir.replicate_session(&hash, s.user, s.expires_ms)
+                })
+                .transpose()?;
+            dir.session(&hash, now_ms)
+        })
+        .await
+        .map_err(ApiError::from)
     }
 
     /// Registers `name` with a password hash; its id. `Conflict` for a

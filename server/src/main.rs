@@ -193,6 +193,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                     let engine_cfg = cfg.engine_config();
                     cluster::relay::Relay::new(
                         n.clone(),
+                        shard,
                         engine_cfg.outbound_queue_bytes_max,
                         engine_cfg.volatile_queue_bytes_max,
                     )
@@ -211,6 +212,14 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let engine = Engine::start_with_task(engine_cfg, task)
         .with_context(|| format!("starting on --data-dir {}", cfg.data_dir.display()))?;
+    // In a cluster the shards bind their listeners once this node has the
+    // cluster's users and sessions (serve.rs waits for it).
+    if let Some(node) = &replica_node {
+        if let Err(e) = node.start_replica(engine.clone(), replica_revoked) {
+            let _ = engine.shutdown();
+            return Err(e.context("copying the cluster's users and sessions"));
+        }
+    }
     for _ in 0..engine.shards() {
         let bound = bound_rx
             .recv_timeout(std::time::Duration::from_secs(30))
@@ -223,12 +232,6 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     // The stats thread is not joined: it ends by itself once stopping is
     // set or the engine is gone, and a reading in progress must not hold
     // up the bounded shutdown.
-    if let Some(node) = &replica_node {
-        if let Err(e) = node.start_replica(engine.directory(), replica_revoked) {
-            let _ = engine.shutdown();
-            return Err(e.context("copying the cluster's users and sessions"));
-        }
-    }
     if let Err(e) = stats::spawn(
         engine.clone(),
         http,

@@ -88,6 +88,14 @@ pub async fn run(
     bound: flume::Sender<Result<(), String>>,
     drained: flume::Sender<usize>,
 ) {
+    // A cluster node serves nothing before it has the cluster's users and
+    // sessions (a logout or a password change made while it was down
+    // must hold here from its first request).
+    if let Some(node) = &shared.cluster {
+        while !node.replica().is_some_and(|r| r.caught_up()) {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let listener = match listen(shared.cfg.listen) {
         Ok(l) => {
             let _ = bound.send(Ok(()));

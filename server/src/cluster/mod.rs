@@ -18,12 +18,12 @@ pub mod records;
 pub mod relay;
 pub mod replica;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rookery_cluster::{BucketSpec, ClusterConfig, Link, LinkState};
-use rookery_engine::Directory;
 use serde_json::{json, Value};
 
 use crate::app::ApiError;
@@ -33,6 +33,9 @@ use replica::Replica;
 /// How long a write through the cluster may take to become visible on
 /// this node before the request fails with `cluster_unavailable`.
 pub const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
+
+/// A (node, shard) that tells an owner of a user's presence.
+type Reporter = (u32, u32);
 
 /// What a node counts of its cluster traffic (for `/metrics`).
 #[derive(Default)]
@@ -55,13 +58,20 @@ pub struct Node {
     pub link: Link,
     pub counters: Counters,
     /// Requests other nodes forward to this one (shared by the shards).
-    pub requests: flume::Receiver<rookery_cluster::Incoming>,
+    pub requests: rookery_cluster::Subscription,
     /// Operations other nodes ask of this one (shared by the shards).
-    pub ops: flume::Receiver<rookery_cluster::Incoming>,
+    pub ops: rookery_cluster::Subscription,
     /// The cluster's bucket (node list, users) and the sessions bucket.
     pub buckets: [String; 2],
     /// Set once the engine is up ([`Node::start_replica`]).
     replica: OnceLock<Arc<Replica>>,
+    /// The engine, once up (to forget what a restarted node said).
+    engine: OnceLock<rookery_engine::Engine>,
+    /// Owner side: which (node, shard) pairs of other nodes say a user is
+    /// present in a room this node owns (`Op::Presence`): the engine
+    /// counts the user once per pair set, so a repeated `on` or off
+    /// changes nothing, and a node that restarts is forgotten.
+    present_from: Mutex<HashMap<(u64, u64), HashSet<Reporter>>>,
 }
 
 impl Node {
@@ -95,21 +105,37 @@ impl Node {
             counters: Counters::default(),
             requests,
             ops,
+            engine: OnceLock::new(),
+            present_from: Mutex::new(HashMap::new()),
             buckets,
             replica: OnceLock::new(),
         })
     }
 
-    /// Starts the replica of users and sessions into `dir` and waits until
-    /// it has caught up (at most the connect timeout).
-    pub fn start_replica(&self, dir: Directory, revoked: Arc<Revoked>) -> anyhow::Result<()> {
+    /// Starts the replica of users and sessions into the engine's
+    /// directory and waits until it has caught up (at most the connect
+    /// timeout).
+    pub fn start_replica(
+        self: &Arc<Self>,
+        engine: rookery_engine::Engine,
+        revoked: Arc<Revoked>,
+    ) -> anyhow::Result<()> {
         let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        let dir = engine.directory();
+        let _ = self.engine.set(engine);
+        let me = Arc::downgrade(self);
+        let restarted = Box::new(move |node: u32| {
+            if let Some(me) = me.upgrade() {
+                me.forget_presence_of(node);
+            }
+        });
         let replica = Replica::start(
             &self.link,
             self.buckets.clone(),
             self.cfg.node_id,
             dir,
             revoked,
+            restarted,
             timeout,
         )?;
         if !replica.wait_caught_up(timeout) {
@@ -142,6 +168,70 @@ impl Node {
         let key = records::room_name_key(name);
         if let Err(e) = self.link.kv_delete(&self.buckets[0], &key).await {
             tracing::warn!(name, error = %e, "a room name stays claimed");
+        }
+    }
+
+    /// Owner side: `from` (a node's shard) says `user` is present in
+    /// `room` (`on`) or no longer; the engine hears the user's first and
+    /// last. Idempotent.
+    pub async fn presence_from(
+        &self,
+        engine: &rookery_engine::Engine,
+        room: u64,
+        user: u64,
+        on: bool,
+        from: (u32, u32),
+    ) -> rookery_engine::Result<()> {
+        let change = {
+            let Ok(mut all) = self.present_from.lock() else {
+                return Ok(());
+            };
+            let set = all.entry((room, user)).or_default();
+            let was = !set.is_empty();
+            if on {
+                set.insert(from);
+            } else {
+                set.remove(&from);
+            }
+            let now = !set.is_empty();
+            if !now {
+                all.remove(&(room, user));
+            }
+            (was != now).then_some(now)
+        };
+        match change {
+            Some(now) => engine.presence(room, user, now).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Node `node` restarted (its start marker changed): what it said of
+    /// presence in this node's rooms no longer holds. Runs on the
+    /// replica's thread.
+    fn forget_presence_of(&self, node: u32) {
+        if node == self.cfg.node_id {
+            return;
+        }
+        let gone: Vec<(u64, u64)> = {
+            let Ok(mut all) = self.present_from.lock() else {
+                return;
+            };
+            let mut gone = Vec::new();
+            all.retain(|key, set| {
+                let before = set.len();
+                set.retain(|(n, _)| *n != node);
+                if set.is_empty() && before > 0 {
+                    gone.push(*key);
+                }
+                !set.is_empty()
+            });
+            gone
+        };
+        let Some(engine) = self.engine.get() else {
+            return;
+        };
+        for (room, user) in gone {
+            let _ = engine.presence(room, user, false).wait();
         }
     }
 

@@ -20,6 +20,11 @@ use crate::shared::Shared;
 /// `room_unavailable`.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// Bytes of messages in one replay answer, at most (counted twice over,
+/// for JSON escaping): NATS refuses payloads over 1 MiB by default, and an
+/// answer it refuses would never arrive.
+const REPLAY_BYTES_MAX: usize = 512 << 10;
+
 /// The subject node `node` of cluster `name` answers operations on.
 pub fn subject(name: &str, node: u32) -> String {
     format!("rk.{name}.node.{node}.op")
@@ -35,12 +40,20 @@ pub enum Op {
         room: u64,
         user: u64,
     },
-    /// The asking shard's first subscription of `user` to `room` began
-    /// (`on`), or its last ended.
+    /// The asking shard's (`node`, `shard`) first subscription of `user`
+    /// to `room` began (`on`), or its last ended. Idempotent.
     Presence {
         room: u64,
         user: u64,
         on: bool,
+        node: u32,
+        shard: u32,
+    },
+    /// Which of `users` may still follow `room`, and its last seq (a
+    /// relay's periodic check).
+    Allowed {
+        room: u64,
+        users: Vec<u64>,
     },
     Post {
         room: u64,
@@ -116,6 +129,10 @@ pub enum Answer {
     Events {
         events: Vec<WireEvent>,
     },
+    Allowed {
+        users: Vec<u64>,
+        last_seq: u64,
+    },
     Error {
         status: u16,
         code: String,
@@ -128,6 +145,7 @@ impl Op {
         match self {
             Op::Join { room, .. }
             | Op::Presence { room, .. }
+            | Op::Allowed { room, .. }
             | Op::Post { room, .. }
             | Op::Edit { room, .. }
             | Op::Delete { room, .. }
@@ -217,9 +235,32 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
                 online: online?,
             }
         }
-        Op::Presence { room, user, on } => {
-            engine.presence(room, user, on).await?;
+        Op::Presence {
+            room,
+            user,
+            on,
+            node,
+            shard,
+        } => {
+            let here = shared
+                .cluster
+                .as_ref()
+                .ok_or_else(|| ApiError::Internal("not a cluster node".into()))?;
+            here.presence_from(engine, room, user, on, (node, shard))
+                .await?;
             Answer::Done
+        }
+        Op::Allowed { room, users } => {
+            let mut allowed = Vec::with_capacity(users.len());
+            for user in users {
+                if app::readable_room(shared, user, room).await.is_ok() {
+                    allowed.push(user);
+                }
+            }
+            Answer::Allowed {
+                users: allowed,
+                last_seq: engine.last_seq(room).await?,
+            }
         }
         Op::Post {
             room,
@@ -285,18 +326,21 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
                 order: Order::OldestFirst,
             };
             let page = engine.history(room, cursor).await?;
-            let events = page
-                .messages
-                .iter()
-                .map(|m| {
-                    let e = m.event(room);
-                    WireEvent {
-                        seq: e.seq(),
-                        ts: e.ts_ms(),
-                        json: e.json().to_string(),
-                    }
-                })
-                .collect();
+            // Under NATS's payload limit: the rest comes with the next ask.
+            let mut bytes = 0;
+            let mut events = Vec::new();
+            for m in &page.messages {
+                let e = m.event(room);
+                bytes += e.payload().len() * 2 + 64;
+                if bytes > REPLAY_BYTES_MAX && !events.is_empty() {
+                    break;
+                }
+                events.push(WireEvent {
+                    seq: e.seq(),
+                    ts: e.ts_ms(),
+                    json: e.json().to_string(),
+                });
+            }
             Answer::Events { events }
         }
     })

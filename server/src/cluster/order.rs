@@ -86,6 +86,15 @@ impl<T: Seq> Order<T> {
         }
     }
 
+    /// The owner has nothing between `head` and `seq` (a replay's first
+    /// message is `seq + 1`): go on from `seq`.
+    pub fn skip_to(&mut self, seq: u64, out: &mut Vec<T>) {
+        if let Some(head) = self.head {
+            self.head = Some(head.max(seq));
+            self.drain(out);
+        }
+    }
+
     fn drain(&mut self, out: &mut Vec<T>) {
         let Some(mut head) = self.head else { return };
         while let Some(entry) = self.held.first_entry() {
@@ -157,5 +166,16 @@ mod tests {
         let mut nothing: Order<u64> = Order::new(3);
         nothing.skip_gap(&mut out);
         assert_eq!(nothing.head(), None);
+        // Retention removed 10..=12 of a gap 10..=14: the owner's replay
+        // starts at 13, which is where the order goes on.
+        let mut part = Order::new(10);
+        let mut out = Vec::new();
+        part.start(9, &mut out);
+        assert!(offer_all(&mut part, &[15]).is_empty());
+        part.skip_to(12, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(offer_all(&mut part, &[13, 14]), vec![13, 14, 15]);
+        part.skip_to(3, &mut out);
+        assert_eq!(part.head(), Some(15));
     }
 }

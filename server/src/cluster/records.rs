@@ -66,6 +66,11 @@ pub fn boot_key(node: u32) -> String {
     format!("boot.{node}")
 }
 
+/// The node a start marker's key names, if it is one.
+pub fn parse_boot_key(key: &str) -> Option<u32> {
+    key.strip_prefix("boot.")?.parse().ok()
+}
+
 /// The token hash a session key names, if it is one.
 pub fn parse_session_key(key: &str) -> Option<[u8; 32]> {
     let digits = key.strip_prefix("s.")?;

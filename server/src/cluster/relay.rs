@@ -5,22 +5,29 @@
 //!
 //! Core NATS delivers at most once, so messages are put back in order
 //! (`order.rs`): a message past a gap waits while the gap is filled from
-//! the owner (`Op::Replay`), a duplicate is dropped.
+//! the owner (`Op::Replay`), a duplicate is dropped. What NATS may lose
+//! entirely (the last messages before a quiet spell, a removal) is caught
+//! by a sweep that asks each room's owner, every `SWEEP_INTERVAL`, for its
+//! last seq and which of the room's followers here may still follow it.
 //!
 //! Invariants: each subscriber sees each message seq at most once and in
 //! increasing order (its `last` only grows), and every seq between its
-//! join (or its `since`) and the latest message, unless it was closed;
-//! while its join is being answered its events wait (at most
-//! `queue_bytes_max`); a connection holding more than `queue_bytes_max`
-//! unwritten is closed as a slow consumer (4008): a remote room does not
-//! pause a slow reader and catch it up later, as a local room does.
+//! join (or its `since`) and the owner's latest, unless it was closed; a
+//! room's NATS subscription exists only while it has a subscriber whose
+//! join the owner accepted; while a join is being answered its events wait
+//! (at most `queue_bytes_max`); a connection holding more than
+//! `queue_bytes_max` unwritten is closed as a slow consumer (4008): a
+//! remote room does not pause a slow reader and catch it up later, as a
+//! local room does. A user's presence is told to the owner once per
+//! change (on, then off), from this node and shard, idempotently.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rookery_cluster::Subscription;
 use rookery_engine::{Error as EngineError, Event, EventKind, LocalSink};
 
 use super::events;
@@ -32,10 +39,14 @@ use crate::app::ApiError;
 /// Messages past a gap kept per room while it is filled (more are
 /// dropped and replayed by the owner).
 const HELD_MAX: usize = 4096;
-/// Messages asked for per replay.
+/// Messages asked for per replay (the owner also caps an answer's bytes).
 const REPLAY_LEN: usize = 256;
 /// Pause before asking an owner again when a gap could not be filled.
 const FILL_RETRY: Duration = Duration::from_millis(250);
+/// How often each relayed room is checked with its owner (last seq, who
+/// may follow it): the longest a lost message waits for a quiet room, or
+/// a removed user keeps a subscription whose `left` NATS lost.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Sub ids of relayed rooms start here, apart from the engine's.
 const SUB_BASE: u64 = 1 << 62;
 
@@ -43,8 +54,8 @@ const SUB_BASE: u64 = 1 << 62;
 struct Sub {
     id: u64,
     user: u64,
-    /// Its user, once the owner counts it present.
-    present: Option<u64>,
+    /// Counted in the user's presence here.
+    present: bool,
     sink: Rc<dyn LocalSink>,
     /// Events that came while its join was answered (`None` once live).
     pending: Option<Vec<Event>>,
@@ -59,21 +70,8 @@ struct Room {
     subs: RefCell<Vec<Sub>>,
     order: RefCell<Order<Event>>,
     filling: Cell<bool>,
-    /// Dropped when the room has no subscriber left: its reader stops.
-    _stop: flume::Sender<()>,
-}
-
-/// The shard's relay.
-pub struct Relay {
-    node: Arc<Node>,
-    rooms: RefCell<HashMap<u64, Rc<Room>>>,
-    /// Users' presence in relayed rooms, per (room, user).
-    present: RefCell<HashMap<(u64, u64), Presence>>,
-    /// Itself, for the tasks it starts.
-    me: std::rc::Weak<Relay>,
-    next_sub: Cell<u64>,
-    queue_bytes_max: usize,
-    volatile_bytes_max: usize,
+    /// Dropped with the room: NATS stops sending its events here.
+    _nats: Subscription,
 }
 
 /// A user's presence in a relayed room, as this shard sees it and as it
@@ -88,56 +86,18 @@ struct Presence {
     telling: bool,
 }
 
-/// Tells the owner of `room` whether `user` is present on this shard until
-/// what it was told matches the subscriptions (each change once: an `on`
-/// is always matched by one off). Retries while the owner does not
-/// answer; an owner that restarted forgot, which docs/cluster.md says.
-async fn reconcile(relay: std::rc::Weak<Relay>, node: Arc<Node>, room: u64, user: u64) {
-    loop {
-        let Some(r) = relay.upgrade() else { return };
-        let want = {
-            let mut all = r.present.borrow_mut();
-            let Some(p) = all.get_mut(&(room, user)) else {
-                return;
-            };
-            let want = p.subs > 0;
-            if want == p.told {
-                p.telling = false;
-                if p.subs == 0 {
-                    all.remove(&(room, user));
-                }
-                return;
-            }
-            want
-        };
-        drop(r);
-        let op = Op::Presence {
-            room,
-            user,
-            on: want,
-        };
-        match ops::ask(&node, &op).await {
-            Ok(_) => {
-                if let Some(r) = relay.upgrade() {
-                    if let Some(p) = r.present.borrow_mut().get_mut(&(room, user)) {
-                        p.told = want;
-                    }
-                }
-            }
-            Err(_) => glommio::timer::sleep(FILL_RETRY * 4).await,
-        }
-    }
-}
-
-/// The user a presence event is about.
-fn presence_user(e: &Event) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct P {
-        user: u64,
-    }
-    serde_json::from_slice::<P>(e.payload())
-        .ok()
-        .map(|p| p.user)
+/// The shard's relay.
+pub struct Relay {
+    node: Arc<Node>,
+    shard: usize,
+    rooms: RefCell<HashMap<u64, Rc<Room>>>,
+    /// Users' presence in relayed rooms, per (room, user).
+    present: RefCell<HashMap<(u64, u64), Presence>>,
+    /// Itself, for the tasks it starts.
+    me: Weak<Relay>,
+    next_sub: Cell<u64>,
+    queue_bytes_max: usize,
+    volatile_bytes_max: usize,
 }
 
 /// What a join of a relayed room answers.
@@ -148,16 +108,26 @@ pub struct Joined {
 }
 
 impl Relay {
-    pub fn new(node: Arc<Node>, queue_bytes_max: usize, volatile_bytes_max: usize) -> Rc<Relay> {
-        Rc::new_cyclic(|me| Relay {
-            me: me.clone(),
+    /// The relay of shard `shard`; its sweep runs on the calling
+    /// executor (the shard's) until the relay is dropped.
+    pub fn new(
+        node: Arc<Node>,
+        shard: usize,
+        queue_bytes_max: usize,
+        volatile_bytes_max: usize,
+    ) -> Rc<Relay> {
+        let relay = Rc::new_cyclic(|me| Relay {
             node,
+            shard,
             rooms: RefCell::new(HashMap::default()),
             present: RefCell::new(HashMap::default()),
+            me: me.clone(),
             next_sub: Cell::new(SUB_BASE),
             queue_bytes_max,
             volatile_bytes_max,
-        })
+        });
+        glommio::spawn_local(sweep(Rc::downgrade(&relay))).detach();
+        relay
     }
 
     /// Whether `room` is owned by another node (and so relayed here).
@@ -170,10 +140,11 @@ impl Relay {
         &self.node
     }
 
-    /// Subscribes `sink` to `room` for `user`: joins through the owner,
-    /// then hands the messages after `since` (if given) and every later
-    /// event. `register` learns the subscription's id before any event of
-    /// it is handed on.
+    /// Subscribes `sink` to `room` for `user`: joins through the owner
+    /// (nothing is opened for a room the user may not follow), then hands
+    /// the messages after `since` (if given) and every later event.
+    /// `register` learns the subscription's id before any event of it is
+    /// handed on.
     pub async fn subscribe(
         self: &Rc<Self>,
         room: u64,
@@ -182,37 +153,7 @@ impl Relay {
         sink: Rc<dyn LocalSink>,
         register: impl FnOnce(u64),
     ) -> Result<Joined, ApiError> {
-        let r = self.open(room).await?;
-        let id = self.next_sub.get();
-        self.next_sub.set(id + 1);
-        register(id);
-        r.subs.borrow_mut().push(Sub {
-            id,
-            user,
-            present: None,
-            sink: sink.clone(),
-            pending: Some(Vec::new()),
-            pending_bytes: 0,
-            last: 0,
-        });
-        match self.join(&r, id, user, since, &sink).await {
-            Ok(j) => Ok(j),
-            Err(e) => {
-                self.unsubscribe(room, id);
-                Err(e)
-            }
-        }
-    }
-
-    async fn join(
-        self: &Rc<Self>,
-        r: &Rc<Room>,
-        id: u64,
-        user: u64,
-        since: Option<u64>,
-        sink: &Rc<dyn LocalSink>,
-    ) -> Result<Joined, ApiError> {
-        let join = Op::Join { room: r.id, user };
+        let join = Op::Join { room, user };
         let Answer::Joined {
             last_seq,
             mut online,
@@ -220,34 +161,82 @@ impl Relay {
         else {
             return Err(ApiError::Internal("a join answered something else".into()));
         };
-        // Present from now on (the owner hears it from `reconcile`).
-        if let Some(s) = r.subs.borrow_mut().iter_mut().find(|s| s.id == id) {
-            s.present = Some(user);
+        let r = self.open(room).await?;
+        let id = self.next_sub.get();
+        self.next_sub.set(id + 1);
+        register(id);
+        r.subs.borrow_mut().push(Sub {
+            id,
+            user,
+            present: false,
+            sink: sink.clone(),
+            pending: Some(Vec::new()),
+            pending_bytes: 0,
+            last: 0,
+        });
+        match self.catch_up(&r, id, since, last_seq, &sink).await {
+            Ok(()) => {}
+            Err(e) => {
+                self.unsubscribe(room, id);
+                return Err(e);
+            }
         }
-        self.count_presence(r.id, user, true);
+        let live = match r.subs.borrow_mut().iter_mut().find(|s| s.id == id) {
+            Some(s) => {
+                s.present = true;
+                true
+            }
+            // Revoked or closed while its join was answered.
+            None => false,
+        };
+        if !live {
+            return Err(ApiError::Unavailable("the subscription ended".into()));
+        }
+        self.count_presence(room, user, true);
         if let Err(at) = online.binary_search(&user) {
             online.insert(at, user);
         }
-        // Messages that came before the first answer and follow it go out;
-        // a room relayed already may have missed some.
+        Ok(Joined {
+            sub: id,
+            last_seq,
+            online,
+        })
+    }
+
+    /// Brings subscription `id` from `since` (or the join's `last_seq`) to
+    /// what the room has handed on, then makes it live.
+    async fn catch_up(
+        self: &Rc<Self>,
+        r: &Rc<Room>,
+        id: u64,
+        since: Option<u64>,
+        last_seq: u64,
+        sink: &Rc<dyn LocalSink>,
+    ) -> Result<(), ApiError> {
+        // A room relayed from now: its order starts at the join's answer,
+        // and what was posted before its NATS subscription took effect is
+        // asked of the owner once.
         let mut ready = Vec::new();
+        let fresh = r.order.borrow().head().is_none();
         r.order.borrow_mut().start(last_seq, &mut ready);
         self.publish_all(r, ready);
-        if r.order.borrow().head() < Some(last_seq) {
-            self.fill_later(r);
+        if fresh || r.order.borrow().head() < Some(last_seq) {
+            self.fill_later(r, true);
         }
         // The messages after `since`, straight to the sink (which keeps
-        // them until the join's answer is out).
+        // them until the join's answer is out), up to what the room has
+        // handed on (another join may have started it further on).
+        let target = r.order.borrow().head().unwrap_or(last_seq).max(last_seq);
         let mut last = since.unwrap_or(last_seq).min(last_seq);
-        while last < last_seq {
+        while last < target {
             let events = self.replay(r.id, last).await?;
-            if events.is_empty() {
+            let Some(end) = events.last().map(Event::seq) else {
                 break;
-            }
-            for e in events {
-                last = e.seq();
+            };
+            for e in events.into_iter().take_while(|e| e.seq() <= target) {
                 sink.deliver(id, &e);
             }
+            last = end.min(target);
             if sink.queued_bytes() > self.queue_bytes_max {
                 sink.closed(EngineError::SlowConsumer);
                 return Err(ApiError::Unavailable("slow consumer".into()));
@@ -256,7 +245,7 @@ impl Relay {
         let waiting = {
             let mut subs = r.subs.borrow_mut();
             let Some(s) = subs.iter_mut().find(|s| s.id == id) else {
-                return Err(ApiError::Unavailable("the subscription ended".into()));
+                return Ok(());
             };
             s.last = s.last.max(last).max(since.unwrap_or(0));
             s.pending_bytes = 0;
@@ -265,11 +254,7 @@ impl Relay {
         for e in waiting {
             self.hand(r, id, &e);
         }
-        Ok(Joined {
-            sub: id,
-            last_seq,
-            online,
-        })
+        Ok(())
     }
 
     /// Ends subscription `id` of `room`; the room's NATS subscription ends
@@ -279,7 +264,10 @@ impl Relay {
         let Some(r) = rooms.get(&room) else { return };
         let present = {
             let mut subs = r.subs.borrow_mut();
-            let user = subs.iter().find(|s| s.id == id).and_then(|s| s.present);
+            let user = subs
+                .iter()
+                .find(|s| s.id == id && s.present)
+                .map(|s| s.user);
             subs.retain(|s| s.id != id);
             user
         };
@@ -308,8 +296,8 @@ impl Relay {
             start
         };
         if start {
-            let (relay, node) = (self.me.clone(), self.node.clone());
-            glommio::spawn_local(reconcile(relay, node, room, user)).detach();
+            let node = self.node.clone();
+            glommio::spawn_local(reconcile(self.me.clone(), node, self.shard, room, user)).detach();
         }
     }
 
@@ -319,37 +307,33 @@ impl Relay {
             return Ok(r.clone());
         }
         let subject = events::room_subject(&self.node.cfg.name, room);
-        let incoming = self
+        let nats = self
             .node
             .link
             .subscribe(&subject)
             .await
             .map_err(crate::accounts::cluster_error)?;
-        // Another join may have opened it meanwhile.
+        // Another join may have opened it meanwhile (this subscription
+        // then ends with `nats`).
         if let Some(r) = self.rooms.borrow().get(&room) {
             return Ok(r.clone());
         }
-        let (stop, stopped) = flume::bounded::<()>(0);
+        let incoming = nats.messages.clone();
         let r = Rc::new(Room {
             id: room,
             subs: RefCell::new(Vec::new()),
             order: RefCell::new(Order::new(HELD_MAX)),
             filling: Cell::new(false),
-            _stop: stop,
+            _nats: nats,
         });
         self.rooms.borrow_mut().insert(room, r.clone());
         let relay = Rc::downgrade(self);
         let weak = Rc::downgrade(&r);
         glommio::spawn_local(async move {
-            loop {
-                let next =
-                    futures_lite::future::or(async { incoming.recv_async().await.ok() }, async {
-                        let _ = stopped.recv_async().await;
-                        None
-                    })
-                    .await;
-                let (Some(m), Some(relay), Some(r)) = (next, relay.upgrade(), weak.upgrade())
-                else {
+            // Ends when the room is dropped: its subscription's channel
+            // disconnects.
+            while let Ok(m) = incoming.recv_async().await {
+                let (Some(relay), Some(r)) = (relay.upgrade(), weak.upgrade()) else {
                     return;
                 };
                 if let Some(e) = events::decode(&m.payload).filter(|e| e.room() == r.id) {
@@ -375,7 +359,7 @@ impl Relay {
         r.order.borrow_mut().offer(e, &mut ready);
         self.publish_all(r, ready);
         if r.order.borrow().gap().is_some() {
-            self.fill_later(r);
+            self.fill_later(r, false);
         }
     }
 
@@ -401,41 +385,62 @@ impl Relay {
         }
     }
 
-    /// Fills the gap before the first held message from the owner (in a
-    /// task of its own; one per room at a time).
-    fn fill_later(self: &Rc<Self>, r: &Rc<Room>) {
+    /// Fills the room's gap from the owner (in a task of its own; one per
+    /// room at a time). With `probe`, asks once even with no gap known:
+    /// the owner may have messages NATS did not bring.
+    fn fill_later(self: &Rc<Self>, r: &Rc<Room>, probe: bool) {
         if r.filling.replace(true) {
             return;
         }
         let (relay, r) = (self.clone(), r.clone());
         glommio::spawn_local(async move {
-            relay.fill(&r).await;
+            relay.fill(&r, probe).await;
             r.filling.set(false);
+            // A gap that opened while this fill ran.
+            if r.order.borrow().gap().is_some() && !r.subs.borrow().is_empty() {
+                relay.fill_later(&r, false);
+            }
         })
         .detach();
     }
 
-    async fn fill(&self, r: &Rc<Room>) {
+    async fn fill(&self, r: &Rc<Room>, mut probe: bool) {
         loop {
-            let Some((after, _)) = r.order.borrow().gap() else {
-                return;
+            let gap = r.order.borrow().gap();
+            let after = match (gap, r.order.borrow().head()) {
+                (Some((after, _)), _) => after,
+                (None, Some(head)) if probe => head,
+                _ => return,
             };
             if r.subs.borrow().is_empty() {
                 return;
             }
-            self.node
-                .counters
-                .gap_fills
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let counted = &self.node.counters.gap_fills;
+            counted.fetch_add(
+                u64::from(gap.is_some()),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let mut ready = Vec::new();
             match self.replay(r.id, after).await {
-                // Retention removed them: go on from the first held.
-                Ok(events) if events.is_empty() => r.order.borrow_mut().skip_gap(&mut ready),
+                // Retention removed the gap's messages: go on from the
+                // first held.
+                Ok(events) if events.is_empty() => {
+                    r.order.borrow_mut().skip_gap(&mut ready);
+                    probe = false;
+                }
                 Ok(events) => {
                     let mut order = r.order.borrow_mut();
+                    // The owner's first message after `after`: anything
+                    // before it is gone (retention).
+                    if let Some(first) = events.first().map(Event::seq) {
+                        order.skip_to(first - 1, &mut ready);
+                    }
+                    let full = events.len() >= REPLAY_LEN;
                     for e in events {
                         order.offer(e, &mut ready);
                     }
+                    // A full page may have more after it.
+                    probe = probe && full;
                 }
                 Err(_) => glommio::timer::sleep(FILL_RETRY).await,
             }
@@ -463,7 +468,37 @@ impl Relay {
             .collect())
     }
 
-    /// Hands an event to every subscriber of the room.
+    /// Checks one room with its owner: followers here who may no longer
+    /// follow it are ended (`left`, as a lost removal would have), and
+    /// messages NATS did not bring are asked for.
+    async fn check(self: &Rc<Self>, r: &Rc<Room>) {
+        let mut users: Vec<u64> = r.subs.borrow().iter().map(|s| s.user).collect();
+        users.sort_unstable();
+        users.dedup();
+        if users.is_empty() {
+            return;
+        }
+        let op = Op::Allowed {
+            room: r.id,
+            users: users.clone(),
+        };
+        let Ok(Answer::Allowed {
+            users: allowed,
+            last_seq,
+        }) = ops::ask(&self.node, &op).await
+        else {
+            return;
+        };
+        for user in users.into_iter().filter(|u| !allowed.contains(u)) {
+            if let Some(left) = events::decode(&events::encode_revoked(r.id, user, "removed")) {
+                self.revoke(r, user, &left);
+            }
+        }
+        if r.order.borrow().head() < Some(last_seq) {
+            self.fill_later(r, true);
+        }
+    }
+
     /// A user's own presence is not shown to its own subscriptions (on a
     /// single node a subscription never sees it either: it is announced
     /// before the subscription is live, or not at all).
@@ -525,9 +560,79 @@ impl Relay {
             Then::Nothing => {}
             Then::Deliver(sink) => sink.deliver(id, e),
             Then::Close(sink) => {
-                r.subs.borrow_mut().retain(|s| s.id != id);
+                // Let go here too (presence included); the connection
+                // closes with 4008 and forgets it.
+                self.unsubscribe(r.id, id);
                 sink.closed(EngineError::SlowConsumer);
             }
         }
     }
+}
+
+/// Checks every relayed room with its owner, every `SWEEP_INTERVAL`, until
+/// the relay is gone.
+async fn sweep(relay: Weak<Relay>) {
+    loop {
+        glommio::timer::sleep(SWEEP_INTERVAL).await;
+        let Some(r) = relay.upgrade() else { return };
+        let rooms: Vec<Rc<Room>> = r.rooms.borrow().values().cloned().collect();
+        for room in rooms {
+            r.check(&room).await;
+        }
+    }
+}
+
+/// Tells the owner of `room` whether `user` is present on this shard until
+/// what it was told matches the subscriptions. The owner keeps, per user,
+/// the (node, shard) pairs that said so, so a repeated `on` or off (a
+/// retry after a lost answer) changes nothing; a node that restarts is
+/// forgotten by every owner (docs/cluster.md).
+async fn reconcile(relay: Weak<Relay>, node: Arc<Node>, shard: usize, room: u64, user: u64) {
+    loop {
+        let Some(r) = relay.upgrade() else { return };
+        let want = {
+            let mut all = r.present.borrow_mut();
+            let Some(p) = all.get_mut(&(room, user)) else {
+                return;
+            };
+            let want = p.subs > 0;
+            if want == p.told {
+                p.telling = false;
+                if p.subs == 0 {
+                    all.remove(&(room, user));
+                }
+                return;
+            }
+            want
+        };
+        drop(r);
+        let op = Op::Presence {
+            room,
+            user,
+            on: want,
+            node: node.cfg.node_id,
+            shard: shard as u32,
+        };
+        match ops::ask(&node, &op).await {
+            Ok(_) => {
+                if let Some(r) = relay.upgrade() {
+                    if let Some(p) = r.present.borrow_mut().get_mut(&(room, user)) {
+                        p.told = want;
+                    }
+                }
+            }
+            Err(_) => glommio::timer::sleep(FILL_RETRY * 4).await,
+        }
+    }
+}
+
+/// The user a presence event is about.
+fn presence_user(e: &Event) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct P {
+        user: u64,
+    }
+    serde_json::from_slice::<P>(e.payload())
+        .ok()
+        .map(|p| p.user)
 }

@@ -40,6 +40,8 @@ pub struct Replica {
     boot: [u64; 2],
     caught_up: AtomicBool,
     waiters: Mutex<Vec<Waiter>>,
+    /// Held while a change is applied and its revision recorded.
+    apply_lock: Mutex<()>,
     /// Changes that could not be applied (logged): the cluster's record
     /// and this node's file disagree.
     pub failures: AtomicU64,
@@ -52,12 +54,15 @@ impl Replica {
     /// NATS round trips, retried while JetStream is not ready (a NATS
     /// server that just restarted, a stream electing its leader) until
     /// `within` has passed.
+    /// `restarted` hears another node's start marker change (it
+    /// restarted), on the applying thread.
     pub fn start(
         link: &Link,
         buckets: [String; 2],
         node: u32,
         dir: Directory,
         revoked: Arc<Revoked>,
+        restarted: Box<dyn Fn(u32) + Send>,
         within: Duration,
     ) -> rookery_cluster::Result<Arc<Replica>> {
         let deadline = Instant::now() + within;
@@ -76,6 +81,7 @@ impl Replica {
             boot,
             caught_up: AtomicBool::new(false),
             waiters: Mutex::new(Vec::new()),
+            apply_lock: Mutex::new(()),
             failures: AtomicU64::new(0),
         });
         let sessions = watches.pop().expect("two watches");
@@ -83,9 +89,23 @@ impl Replica {
         let r = replica.clone();
         std::thread::Builder::new()
             .name("rookery-replica".into())
-            .spawn(move || r.run(users, sessions, dir, revoked))
+            .spawn(move || r.run(users, sessions, dir, revoked, restarted))
             .map_err(|e| rookery_cluster::Error::Nats(format!("starting the replica: {e}")))?;
         Ok(replica)
+    }
+
+    /// Runs `write` (a read-through copy of revision `revision` of bucket
+    /// `b`) unless the watch has applied that revision or a later one
+    /// already: then what this node holds is newer (a logout, a password
+    /// change) and must stay. Blocking (call it on the blocking pool).
+    pub fn copy_unless_passed<T>(
+        &self,
+        b: usize,
+        revision: u64,
+        write: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let _order = self.apply_lock.lock();
+        (self.applied[b].load(Ordering::Acquire) < revision).then(write)
     }
 
     /// Whether everything written before this node started has been
@@ -140,6 +160,7 @@ impl Replica {
         sessions: flume::Receiver<KvChange>,
         dir: Directory,
         revoked: Arc<Revoked>,
+        restarted: Box<dyn Fn(u32) + Send>,
     ) {
         loop {
             let next = flume::Selector::new()
@@ -147,12 +168,24 @@ impl Replica {
                 .recv(&sessions, |c| c.map(|c| (SESSIONS, c)))
                 .wait();
             let Ok((b, change)) = next else { return };
-            if let Err(why) = apply(b, &change, &dir, &revoked) {
+            if b == USERS && change.value.is_some() {
+                if let Some(node) = records::parse_boot_key(&change.key) {
+                    restarted(node);
+                }
+            }
+            let applied = {
+                // Held while applying: a read-through (`accounts.rs`)
+                // writes only what the watch has not passed.
+                let _order = self.apply_lock.lock();
+                let applied = apply(b, &change, &dir, &revoked);
+                self.advance(b, change.revision);
+                applied
+            };
+            if let Err(why) = applied {
                 self.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(key = %change.key, revision = change.revision, %why,
                     "a cluster record could not be applied here");
             }
-            self.advance(b, change.revision);
         }
     }
 
