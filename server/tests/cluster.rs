@@ -381,6 +381,21 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         Some(&body),
     );
     assert_eq!((s, v["seq"].as_u64()), (201, Some(7)), "{v}");
+    // The dashboard's feed shows the nodes as node 1 saw them.
+    let (s, feed) = call(port(0), "GET", "/api/stats", None, None);
+    assert_eq!(s, 200, "{feed}");
+    let states: Vec<(u64, &str)> = feed["cluster"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_u64().unwrap(), p["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![(1, "this node"), (2, "down"), (3, "up")],
+        "{feed}"
+    );
+    assert!(feed["cluster"]["forwarded"].as_u64().unwrap() > 0, "{feed}");
     // Lists leave its rooms out and say so.
     let raw = common::get_raw(port(0), "/api/rooms", &bob, "");
     assert_eq!(common::status(&raw), 200, "{raw}");

@@ -136,12 +136,32 @@ function draw() {
     `${now.shards.length} shards · updated ${new Date(now.t).toLocaleTimeString()} · window ${minutes} min`;
 }
 
+// A node of a cluster: the nodes as this one sees them (itself, and each
+// other as its last request went), the NATS link and the cluster traffic.
+function drawCluster(c) {
+  document.getElementById("cluster").hidden = false;
+  document.getElementById("cluster-summary").textContent =
+    `cluster ${c.name} · this node ${c.node} · NATS ${c.nats} · users and sessions ${c.replica} · ` +
+    `${int(c.forwarded)} forwarded (${int(c.forward_failed)} failed) · ${int(c.answered)} answered · ` +
+    `${int(c.gap_fills)} gaps filled`;
+  document.getElementById("nodes").replaceChildren(
+    ...c.peers.map((p) => {
+      const tr = document.createElement("tr");
+      tr.innerHTML = "<td></td><td></td>";
+      tr.children[0].textContent = p.id;
+      tr.children[1].textContent = p.state;
+      return tr;
+    }),
+  );
+}
+
 async function poll() {
   try {
     const res = await fetch(`/api/stats?after=${last}`);
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const feed = await res.json();
     windowMax = feed.samples_max || windowMax;
+    if (feed.cluster) drawCluster(feed.cluster);
     if (feed.samples.length) {
       samples = samples.concat(feed.samples).slice(-windowMax);
       last = samples[samples.length - 1].t;

@@ -171,10 +171,18 @@ pub(super) async fn ask(
         proof,
     };
     let subject = subject(&node.cfg.name, to);
-    let answer = node
+    let answered = node
         .link
         .request(&subject, frame(&head, &req.body), FORWARD_TIMEOUT)
-        .await?;
+        .await;
+    node.heard(
+        to,
+        !matches!(
+            answered,
+            Err(ClusterError::NoResponders(_) | ClusterError::TimedOut(_))
+        ),
+    );
+    let answer = answered?;
     decode_response(&answer)
         .ok_or_else(|| ClusterError::Nats(format!("node {to} answered garbage")))
 }

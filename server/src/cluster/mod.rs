@@ -19,7 +19,7 @@ pub mod relay;
 pub mod replica;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -52,6 +52,12 @@ pub struct Counters {
     pub gap_fills: AtomicU64,
 }
 
+/// What this node last saw of another: 0 nothing yet, 1 it answered, 2
+/// nobody answered for it (down).
+const PEER_UNKNOWN: u8 = 0;
+const PEER_UP: u8 = 1;
+const PEER_DOWN: u8 = 2;
+
 /// A node of a cluster.
 pub struct Node {
     pub cfg: ClusterConfig,
@@ -67,6 +73,9 @@ pub struct Node {
     replica: OnceLock<Arc<Replica>>,
     /// The engine, once up (to forget what a restarted node said).
     engine: OnceLock<rookery_engine::Engine>,
+    /// Per configured node (in `cfg.nodes` order): how its last request
+    /// went (`PEER_*`), for the dashboard.
+    peers: Vec<AtomicU8>,
     /// Owner side: which (node, shard) pairs of other nodes say a user is
     /// present in a room this node owns (`Op::Presence`): the engine
     /// counts the user once per pair set, so a repeated `on` or off
@@ -99,6 +108,11 @@ impl Node {
         block(link.open_bucket(sessions, timeout))?;
         let requests = block(link.subscribe(&forward::subject(&cfg.name, cfg.node_id)))?;
         let ops = block(link.subscribe(&ops::subject(&cfg.name, cfg.node_id)))?;
+        let peers = cfg
+            .nodes
+            .iter()
+            .map(|_| AtomicU8::new(PEER_UNKNOWN))
+            .collect();
         Ok(Node {
             cfg,
             link,
@@ -106,6 +120,7 @@ impl Node {
             requests,
             ops,
             engine: OnceLock::new(),
+            peers,
             present_from: Mutex::new(HashMap::new()),
             buckets,
             replica: OnceLock::new(),
@@ -248,6 +263,44 @@ impl Node {
     /// The node that owns `room`.
     pub fn owner_of(&self, room: u64) -> u32 {
         rookery_cluster::owner_of(room, &self.cfg.nodes)
+    }
+
+    /// Notes how a request to node `node` went: answered (`up`) or not
+    /// (nobody listens for it, or it is late).
+    pub fn heard(&self, node: u32, up: bool) {
+        if let Some(i) = self.cfg.nodes.iter().position(|n| *n == node) {
+            let state = if up { PEER_UP } else { PEER_DOWN };
+            self.peers[i].store(state, Ordering::Relaxed);
+        }
+    }
+
+    /// The nodes as this one sees them, for the dashboard: itself, and
+    /// each other node as its last request went.
+    pub fn nodes_view(&self) -> Value {
+        let nodes: Vec<Value> = self
+            .cfg
+            .nodes
+            .iter()
+            .zip(&self.peers)
+            .map(|(id, seen)| {
+                let state = match seen.load(Ordering::Relaxed) {
+                    _ if *id == self.cfg.node_id => "this node",
+                    PEER_UP => "up",
+                    PEER_DOWN => "down",
+                    _ => "not asked yet",
+                };
+                json!({"id": id, "state": state})
+            })
+            .collect();
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut view = self.view();
+        view["peers"] = Value::Array(nodes);
+        view["forwarded"] = load(&c.forwarded).into();
+        view["forward_failed"] = load(&c.forward_failed).into();
+        view["answered"] = load(&c.answered).into();
+        view["gap_fills"] = load(&c.gap_fills).into();
+        view
     }
 
     /// The node's view of the cluster, for `/readyz`.

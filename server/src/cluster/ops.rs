@@ -170,7 +170,15 @@ pub async fn ask(node: &Node, op: &Op) -> Result<Answer, ApiError> {
     }
     let payload = bytes::Bytes::from(serde_json::to_vec(op).expect("an op serializes"));
     let subject = subject(&node.cfg.name, owner);
-    let answer = match node.link.request(&subject, payload, OP_TIMEOUT).await {
+    let answered = node.link.request(&subject, payload, OP_TIMEOUT).await;
+    node.heard(
+        owner,
+        !matches!(
+            answered,
+            Err(ClusterError::NoResponders(_) | ClusterError::TimedOut(_))
+        ),
+    );
+    let answer = match answered {
         Ok(a) => a,
         Err(ClusterError::NoResponders(_)) => {
             return Err(ApiError::RoomUnavailable(format!(

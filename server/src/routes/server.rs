@@ -19,15 +19,16 @@ pub(crate) fn stats(req: &Request, shared: &Shared) -> ApiResult {
         .lock()
         .map_err(|_| ApiError::Internal("stats feed poisoned".into()))?
         .since(after);
-    Ok(Response::json(
-        200,
-        &json!({
-            "interval_ms": shared.cfg.stats_interval_ms,
-            "samples_max": shared.cfg.stats_samples_max,
-            "shards": shared.engine.shards(),
-            "samples": samples,
-        }),
-    ))
+    let mut feed = json!({
+        "interval_ms": shared.cfg.stats_interval_ms,
+        "samples_max": shared.cfg.stats_samples_max,
+        "shards": shared.engine.shards(),
+        "samples": samples,
+    });
+    if let Some(node) = &shared.cluster {
+        feed["cluster"] = node.nodes_view();
+    }
+    Ok(Response::json(200, &feed))
 }
 
 /// `GET /api/server`: what this server is and where its endpoints are.
