@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use rookery_cluster::Error as ClusterError;
 use rookery_engine::{Directory, User};
 
@@ -189,7 +188,7 @@ impl Accounts {
             let (mut record, revision) = node.read_user(&unique).await?;
             record.hash = Some(hash.clone());
             let key = records::user_key(&unique);
-            let value = Bytes::from(serde_json::to_vec(&record).expect("a record serializes"));
+            let value = records::json_bytes(&record);
             match node
                 .link
                 .kv_update(&node.buckets[USERS], &key, value, revision)
@@ -210,7 +209,7 @@ impl Accounts {
             return Ok(blocking(move || dir.create_session(&hash, user, expires_ms)).await?);
         };
         let value = SessionRecord { user, expires_ms };
-        let value = Bytes::from(serde_json::to_vec(&value).expect("a record serializes"));
+        let value = records::json_bytes(&value);
         let key = records::session_key(&hash);
         let rev = node
             .link
@@ -258,7 +257,7 @@ impl Node {
     /// Records a new user; `Conflict` when its unique key is taken.
     async fn create_user(&self, unique: &str, record: &UserRecord) -> Result<()> {
         let key = records::user_key(unique);
-        let value = Bytes::from(serde_json::to_vec(record).expect("a record serializes"));
+        let value = records::json_bytes(record);
         match self.link.kv_create(&self.buckets[USERS], &key, value).await {
             Ok(rev) => self.visible(USERS, rev).await,
             Err(ClusterError::KeyExists(_)) => Err(ApiError::Conflict(unique.to_string())),

@@ -129,7 +129,19 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     // Dropped to tell every shard to stop (after `stopping` is set).
     let (stop_tx, stop_rx) = flume::bounded::<()>(0);
     let (bound_tx, bound_rx) = flume::unbounded();
-    let shards = cfg.engine_config().storage.shards as usize;
+    // Built once: the shards' relays take its queue bounds, the engine the
+    // rest.
+    let mut engine_cfg = cfg.engine_config();
+    if let Some(node) = &node {
+        // The owner publishes its rooms' events for the other nodes.
+        let tap = cluster::events::tap(node.link.clone(), node.cfg.name.clone());
+        engine_cfg.event_tap = Some(tap);
+    }
+    let relay_bounds = (
+        engine_cfg.outbound_queue_bytes_max,
+        engine_cfg.volatile_queue_bytes_max,
+    );
+    let shards = engine_cfg.storage.shards as usize;
     let http: Arc<Vec<metrics::ShardHttp>> =
         Arc::new((0..shards).map(|_| Default::default()).collect());
     let limits =
@@ -190,13 +202,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 stats: sampler.clone(),
                 over_limit_reads: Default::default(),
                 relay: node.as_ref().map(|n| {
-                    let engine_cfg = cfg.engine_config();
-                    cluster::relay::Relay::new(
-                        n.clone(),
-                        shard,
-                        engine_cfg.outbound_queue_bytes_max,
-                        engine_cfg.volatile_queue_bytes_max,
-                    )
+                    cluster::relay::Relay::new(n.clone(), shard, relay_bounds.0, relay_bounds.1)
                 }),
                 cluster: node.clone(),
             });
@@ -204,12 +210,6 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             Box::pin(serve::run(shared, bound, drained))
         })
     };
-    let mut engine_cfg = cfg.engine_config();
-    if let Some(node) = &replica_node {
-        // The owner publishes its rooms' events for the other nodes.
-        let tap = cluster::events::tap(node.link.clone(), node.cfg.name.clone());
-        engine_cfg.event_tap = Some(tap);
-    }
     let engine = Engine::start_with_task(engine_cfg, task)
         .with_context(|| format!("starting on --data-dir {}", cfg.data_dir.display()))?;
     // In a cluster the shards bind their listeners once this node has the

@@ -170,6 +170,20 @@ fn call_as(
     call(port, method, path, Some(token), body)
 }
 
+/// Posts `body` with client id `id` to `room` through `port` as the holder
+/// of `token`; the status and the answer.
+fn post_message(
+    port: u16,
+    token: &str,
+    room: u64,
+    body: &str,
+    id: &str,
+) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({"body": body, "client_id": id});
+    let path = format!("/api/rooms/{room}/messages");
+    call(port, "POST", &path, Some(token), Some(&body))
+}
+
 fn seqs_and_bodies(v: &serde_json::Value) -> Vec<(u64, String)> {
     let mut all: Vec<(u64, String)> = v["messages"]
         .as_array()
@@ -245,24 +259,12 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         );
         assert_eq!(s, 200, "{v}");
         for k in 0..6u64 {
-            let body = serde_json::json!({"body": format!("m{k}"), "client_id": format!("c{k}")});
-            let (s, v) = call_as(
-                port(i + k as usize),
-                "POST",
-                &format!("/api/rooms/{room}/messages"),
-                if k % 2 == 0 { &ann } else { &ann2 },
-                Some(&body),
-            );
+            let token = if k % 2 == 0 { &ann } else { &ann2 };
+            let (body, id) = (format!("m{k}"), format!("c{k}"));
+            let (s, v) = post_message(port(i + k as usize), token, *room, &body, &id);
             assert_eq!((s, v["seq"].as_u64()), (201, Some(k + 1)), "{v}");
         }
-        let retry = serde_json::json!({"body": "m3", "client_id": "c3"});
-        let (s, v) = call_as(
-            port(i + 2),
-            "POST",
-            &format!("/api/rooms/{room}/messages"),
-            &ann,
-            Some(&retry),
-        );
+        let (s, v) = post_message(port(i + 2), &ann, *room, "m3", "c3");
         assert_eq!(
             (s, v["seq"].as_u64(), v["duplicate"].as_bool()),
             (200, Some(4), Some(true)),
@@ -372,14 +374,7 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         assert!(raw.contains("room_unavailable"), "{raw}");
         assert_eq!(common::header(&raw, "retry-after"), Some("1"), "{raw}");
     }
-    let body = serde_json::json!({"body": "still here", "client_id": "c-live"});
-    let (s, v) = call_as(
-        port(2),
-        "POST",
-        &format!("/api/rooms/{}/messages", rooms[0]),
-        &bob,
-        Some(&body),
-    );
+    let (s, v) = post_message(port(2), &bob, rooms[0], "still here", "c-live");
     assert_eq!((s, v["seq"].as_u64()), (201, Some(7)), "{v}");
     // The dashboard's feed shows the nodes as node 1 saw them.
     let (s, feed) = call(port(0), "GET", "/api/stats", None, None);
@@ -598,14 +593,7 @@ fn websockets_on_every_node_follow_every_room_in_order() {
         serde_json::json!({"type": "join", "room": rooms[0], "since": 15}),
     );
     let mut got = ws_until(&mut late, |f| f["type"] == "joined");
-    let body = serde_json::json!({"body": "after", "client_id": "late-1"});
-    let (s, _) = call(
-        port(2),
-        "POST",
-        &format!("/api/rooms/{}/messages", rooms[0]),
-        Some(&ann),
-        Some(&body),
-    );
+    let (s, _) = post_message(port(2), &ann, rooms[0], "after", "late-1");
     assert_eq!(s, 201);
     got.extend(ws_until(&mut late, |f| {
         f["type"] == "msg" && f["seq"] == per_room + 1
@@ -691,14 +679,7 @@ fn websockets_on_every_node_follow_every_room_in_order() {
         f["type"] == "joined" && f["room"] == secret
     });
     let post = |room: u64, id: &str| {
-        let body = serde_json::json!({"body": id, "client_id": id});
-        let (s, v) = call(
-            port(1),
-            "POST",
-            &format!("/api/rooms/{room}/messages"),
-            Some(&ann),
-            Some(&body),
-        );
+        let (s, v) = post_message(port(1), &ann, room, id, id);
         assert_eq!(s, 201, "{v}");
     };
     post(secret, "before");
@@ -744,16 +725,7 @@ fn without_nats_a_node_serves_its_own_rooms_and_recovers_by_itself() {
         ws_send(&mut ws, serde_json::json!({"type": "join", "room": room}));
         ws_until(&mut ws, |f| f["type"] == "joined" && f["room"] == room);
     }
-    let post = |at: usize, room: u64, id: &str| {
-        let body = serde_json::json!({"body": id, "client_id": id});
-        call(
-            port(at),
-            "POST",
-            &format!("/api/rooms/{room}/messages"),
-            Some(&ann),
-            Some(&body),
-        )
-    };
+    let post = |at: usize, room: u64, id: &str| post_message(port(at), &ann, room, id, id);
     assert_eq!(post(0, far, "f1").0, 201);
     ws_until(&mut ws, |f| f["type"] == "msg" && f["room"] == far);
 
@@ -876,11 +848,8 @@ fn chaos_nodes_and_nats_servers_killed_nothing_acknowledged_is_lost() {
                     break n;
                 }
             };
-            let body = serde_json::json!({"body": id, "client_id": id});
-            let path = format!("/api/rooms/{}/messages", rooms[r].0);
-            let answer = std::panic::catch_unwind(|| {
-                call(ports[via], "POST", &path, Some(&ann), Some(&body))
-            });
+            let answer =
+                std::panic::catch_unwind(|| post_message(ports[via], &ann, rooms[r].0, &id, &id));
             if let Ok((200 | 201, v)) = answer {
                 let seq = v["seq"].as_u64().unwrap();
                 if let Some(prev) = acked[r].insert(seq, id.clone()) {
@@ -1120,15 +1089,8 @@ fn behind_nginx_round_robin_reconnects_land_on_other_nodes_and_lose_nothing() {
     let post_each = |sent: &mut u64| {
         for room in &rooms {
             *sent += 1;
-            let body =
-                serde_json::json!({"body": format!("b{sent}"), "client_id": format!("c{sent}")});
-            let (s, v) = call(
-                front,
-                "POST",
-                &format!("/api/rooms/{room}/messages"),
-                Some(&ann),
-                Some(&body),
-            );
+            let (body, id) = (format!("b{sent}"), format!("c{sent}"));
+            let (s, v) = post_message(front, &ann, *room, &body, &id);
             assert_eq!(s, 201, "{v}");
         }
     };

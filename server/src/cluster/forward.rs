@@ -120,23 +120,11 @@ async fn forward(
     owner: u32,
     room: u64,
 ) -> Result<Response, ApiError> {
-    if !node.connected() {
-        return Err(ApiError::ClusterUnavailable(format!(
-            "room {room} is on node {owner} and NATS is unreachable"
-        )));
-    }
+    node.need_nats(room, owner)?;
     let proof = bearer_proof(req, shared).await?;
-    match ask(req, node, owner, proof).await {
-        Ok(answer) => Ok(answer),
-        Err(ClusterError::NoResponders(_)) => Err(ApiError::RoomUnavailable(format!(
-            "room {room} is on node {owner}, which is down"
-        ))),
-        Err(ClusterError::TimedOut(_)) => Err(ApiError::RoomUnavailable(format!(
-            "node {owner}, which owns room {room}, did not answer within {} ms",
-            FORWARD_TIMEOUT.as_millis()
-        ))),
-        Err(e) => Err(ApiError::ClusterUnavailable(e.to_string())),
-    }
+    ask(req, node, owner, proof)
+        .await
+        .map_err(|e| super::unanswered(e, room, owner, FORWARD_TIMEOUT))
 }
 
 /// Who the request's bearer token proves, if anyone (the node asked
@@ -171,18 +159,9 @@ pub(super) async fn ask(
         proof,
     };
     let subject = subject(&node.cfg.name, to);
-    let answered = node
-        .link
-        .request(&subject, frame(&head, &req.body), FORWARD_TIMEOUT)
-        .await;
-    node.heard(
-        to,
-        !matches!(
-            answered,
-            Err(ClusterError::NoResponders(_) | ClusterError::TimedOut(_))
-        ),
-    );
-    let answer = answered?;
+    let answer = node
+        .request(to, &subject, frame(&head, &req.body), FORWARD_TIMEOUT)
+        .await?;
     decode_response(&answer)
         .ok_or_else(|| ClusterError::Nats(format!("node {to} answered garbage")))
 }
@@ -226,7 +205,7 @@ pub async fn serve(shared: Rc<Shared>, requests: flume::Receiver<Incoming>, serv
             let busy = ApiError::Unavailable("too many forwarded requests".into());
             let answer = match service {
                 Service::Http => encode_response(&busy.response()),
-                Service::Ops => op_bytes(&super::ops::refusal(busy)),
+                Service::Ops => super::records::json_bytes(&super::ops::refusal(busy)),
             };
             let _ = node.link.publish(&reply, answer).await;
             continue;
@@ -235,7 +214,9 @@ pub async fn serve(shared: Rc<Shared>, requests: flume::Receiver<Incoming>, serv
         glommio::spawn_local(async move {
             let answer = match service {
                 Service::Http => encode_response(&answer(&shared, &m.payload).await),
-                Service::Ops => op_bytes(&super::ops::answer(&shared, &m.payload).await),
+                Service::Ops => {
+                    super::records::json_bytes(&super::ops::answer(&shared, &m.payload).await)
+                }
             };
             let _ = node.link.publish(&reply, answer).await;
             slots.signal(1);
@@ -262,10 +243,6 @@ async fn answer(shared: &Shared, payload: &[u8]) -> Response {
         forwarded: true,
     };
     crate::routes::handle_forwarded(&req, shared).await
-}
-
-fn op_bytes(a: &super::ops::Answer) -> Bytes {
-    Bytes::from(serde_json::to_vec(a).expect("an answer serializes"))
 }
 
 fn encode_response(resp: &Response) -> Bytes {

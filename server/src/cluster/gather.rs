@@ -67,11 +67,11 @@ async fn gather(req: &Request, shared: &Shared, list: List) -> Result<Response, 
     let asks: Vec<_> = others
         .iter()
         .map(|&to| {
-            let (req, node) = (copy(req), node.clone());
+            let (req, node) = (req.clone(), node.clone());
             glommio::spawn_local(async move { ask(&req, &node, to, proof).await })
         })
         .collect();
-    let mut mine = copy(req);
+    let mut mine = req.clone();
     mine.forwarded = true;
     let own = crate::routes::handle_forwarded(&mine, shared).await;
     if own.status != 200 {
@@ -96,21 +96,6 @@ async fn gather(req: &Request, shared: &Shared, list: List) -> Result<Response, 
             .push(("x-rookery-partial".into(), missing.join(",")));
     }
     Ok(resp)
-}
-
-fn copy(req: &Request) -> Request {
-    Request {
-        method: req.method.clone(),
-        path: req.path.clone(),
-        query: req.query.clone(),
-        headers: req.headers.clone(),
-        body: req.body.clone(),
-        keep_alive: true,
-        version: req.version,
-        peer: req.peer,
-        proof: req.proof,
-        forwarded: req.forwarded,
-    }
 }
 
 fn body_json(r: &Response) -> Result<Value, ApiError> {

@@ -58,6 +58,22 @@ const PEER_UNKNOWN: u8 = 0;
 const PEER_UP: u8 = 1;
 const PEER_DOWN: u8 = 2;
 
+/// A request to `owner`, the node of `room`, that got no answer within
+/// `timeout`, as the client sees it.
+pub fn unanswered(e: rookery_cluster::Error, room: u64, owner: u32, timeout: Duration) -> ApiError {
+    use rookery_cluster::Error::{NoResponders, TimedOut};
+    match e {
+        NoResponders(_) => {
+            ApiError::RoomUnavailable(format!("room {room} is on node {owner}, which is down"))
+        }
+        TimedOut(_) => ApiError::RoomUnavailable(format!(
+            "node {owner}, which owns room {room}, did not answer within {} ms",
+            timeout.as_millis()
+        )),
+        e => ApiError::ClusterUnavailable(e.to_string()),
+    }
+}
+
 /// A node of a cluster.
 pub struct Node {
     pub cfg: ClusterConfig,
@@ -265,9 +281,35 @@ impl Node {
         rookery_cluster::owner_of(room, &self.cfg.nodes)
     }
 
+    /// Refuses at once, with `cluster_unavailable`, what needs node
+    /// `owner` (for `room`) while NATS cannot be reached.
+    pub fn need_nats(&self, room: u64, owner: u32) -> Result<(), ApiError> {
+        if self.connected() {
+            return Ok(());
+        }
+        Err(ApiError::ClusterUnavailable(format!(
+            "room {room} is on node {owner} and NATS is unreachable"
+        )))
+    }
+
+    /// Sends a request to node `to` on `subject` and notes, for the
+    /// dashboard, whether it answered.
+    pub async fn request(
+        &self,
+        to: u32,
+        subject: &str,
+        payload: bytes::Bytes,
+        timeout: Duration,
+    ) -> rookery_cluster::Result<bytes::Bytes> {
+        use rookery_cluster::Error::{NoResponders, TimedOut};
+        let answered = self.link.request(subject, payload, timeout).await;
+        self.heard(to, !matches!(answered, Err(NoResponders(_) | TimedOut(_))));
+        answered
+    }
+
     /// Notes how a request to node `node` went: answered (`up`) or not
     /// (nobody listens for it, or it is late).
-    pub fn heard(&self, node: u32, up: bool) {
+    fn heard(&self, node: u32, up: bool) {
         if let Some(i) = self.cfg.nodes.iter().position(|n| *n == node) {
             let state = if up { PEER_UP } else { PEER_DOWN };
             self.peers[i].store(state, Ordering::Relaxed);

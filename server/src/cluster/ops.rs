@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use rookery_cluster::Error as ClusterError;
 use rookery_engine::{Cursor, Order};
 use serde::{Deserialize, Serialize};
 
@@ -163,36 +162,12 @@ impl Op {
 pub async fn ask(node: &Node, op: &Op) -> Result<Answer, ApiError> {
     let room = op.room();
     let owner = node.owner_of(room);
-    if !node.connected() {
-        return Err(ApiError::ClusterUnavailable(format!(
-            "room {room} is on node {owner} and NATS is unreachable"
-        )));
-    }
-    let payload = bytes::Bytes::from(serde_json::to_vec(op).expect("an op serializes"));
+    node.need_nats(room, owner)?;
     let subject = subject(&node.cfg.name, owner);
-    let answered = node.link.request(&subject, payload, OP_TIMEOUT).await;
-    node.heard(
-        owner,
-        !matches!(
-            answered,
-            Err(ClusterError::NoResponders(_) | ClusterError::TimedOut(_))
-        ),
-    );
-    let answer = match answered {
-        Ok(a) => a,
-        Err(ClusterError::NoResponders(_)) => {
-            return Err(ApiError::RoomUnavailable(format!(
-                "room {room} is on node {owner}, which is down"
-            )))
-        }
-        Err(ClusterError::TimedOut(_)) => {
-            return Err(ApiError::RoomUnavailable(format!(
-                "node {owner}, which owns room {room}, did not answer within {} ms",
-                OP_TIMEOUT.as_millis()
-            )))
-        }
-        Err(e) => return Err(ApiError::ClusterUnavailable(e.to_string())),
-    };
+    let answer = node
+        .request(owner, &subject, super::records::json_bytes(op), OP_TIMEOUT)
+        .await
+        .map_err(|e| super::unanswered(e, room, owner, OP_TIMEOUT))?;
     match serde_json::from_slice(&answer) {
         Ok(Answer::Error {
             status,
@@ -207,6 +182,15 @@ pub async fn ask(node: &Node, op: &Op) -> Result<Answer, ApiError> {
         Err(e) => Err(ApiError::Internal(format!(
             "node {owner} answered garbage: {e}"
         ))),
+    }
+}
+
+/// Joins `user` to `room` through its owner: the room's last seq and who
+/// is online.
+pub async fn join(node: &Node, room: u64, user: u64) -> Result<(u64, Vec<u64>), ApiError> {
+    match ask(node, &Op::Join { room, user }).await? {
+        Answer::Joined { last_seq, online } => Ok((last_seq, online)),
+        _ => Err(ApiError::Internal("a join answered something else".into())),
     }
 }
 

@@ -44,6 +44,11 @@ pub struct SessionRecord {
     pub expires_ms: u64,
 }
 
+/// A record (or any message between nodes) as JSON bytes.
+pub fn json_bytes(value: &impl Serialize) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(value).expect("records serialize"))
+}
+
 /// The key of the user whose unique key (see
 /// `Directory::unique_user_key`) is `unique`.
 pub fn user_key(unique: &str) -> String {

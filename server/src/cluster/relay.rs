@@ -153,14 +153,7 @@ impl Relay {
         sink: Rc<dyn LocalSink>,
         register: impl FnOnce(u64),
     ) -> Result<Joined, ApiError> {
-        let join = Op::Join { room, user };
-        let Answer::Joined {
-            last_seq,
-            mut online,
-        } = ops::ask(&self.node, &join).await?
-        else {
-            return Err(ApiError::Internal("a join answered something else".into()));
-        };
+        let (last_seq, mut online) = ops::join(&self.node, room, user).await?;
         let r = self.open(room).await?;
         let id = self.next_sub.get();
         self.next_sub.set(id + 1);

@@ -568,10 +568,7 @@ impl Conn {
         r#ref: Option<&RawValue>,
     ) -> Result<(), ApiError> {
         if self.is_joined(room) {
-            let join = Op::Join { room, user };
-            let Answer::Joined { last_seq, online } = ops::ask(relay.node(), &join).await? else {
-                return Err(ApiError::Internal("a join answered something else".into()));
-            };
+            let (last_seq, online) = ops::join(relay.node(), room, user).await?;
             let reply = ServerFrame::Joined {
                 room,
                 last_seq,
