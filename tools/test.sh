@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every test of Rookery:
 #   format check, clippy (warnings denied), every crate's tests (unit,
-#   property, model, crash and end-to-end tests of the real binary), an
+#   property, model, crash and end-to-end tests of the real binary), the
+#   end-to-end suites again against a 3-node cluster with NATS, an
 #   end-to-end run with a client that is not Rust (Python `websockets`),
 #   the cluster link against a real three-server NATS cluster,
 #   Autobahn|Testsuite's WebSocket conformance groups 1-13 (where a Python
@@ -101,6 +102,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests"
 cargo test --workspace --locked
+
+step "end-to-end suites against a cluster: three nodes and three NATS servers, connections round-robin"
+# The same tests, each server a 3-node cluster behind a round-robin front
+# (server/tests/common). Not bounds.rs or lifecycle.rs: their subject is
+# one process (its memory, signals and restarts); tests/cluster.rs kills
+# and restarts nodes.
+cluster_suites=()
+for suite in api deleted_text http identity permission_model permissions standing web ws ws_extensions; do
+    cluster_suites+=(--test "$suite")
+done
+ROOKERY_TEST_CLUSTER=1 cargo test --locked -p rookery-server "${cluster_suites[@]}"
 
 step "end-to-end: Python websockets client against target/debug/rookery (one node, then three nodes and three NATS servers, round-robin)"
 venv=target/e2e-venv

@@ -122,20 +122,35 @@ pub(crate) async fn open(
     Err(Error::Nats(format!("opening bucket {}: {last}", spec.name)))
 }
 
-/// The bucket, opened or created.
+/// The bucket, opened or created, with reads through its stream's leader.
+///
+/// A key-value bucket is made with direct gets allowed: any replica, the
+/// lagging ones too, may answer a get. A node that was told "that key
+/// exists" by a create must then be able to read it, and a session made on
+/// one node must be found by another at once, so the bucket's stream is
+/// switched to leader reads (a replica behind the leader answers nothing).
 pub(crate) async fn open_once(js: &jetstream::Context, spec: &BucketSpec) -> Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(&spec.name).await {
+    let store = match js.get_key_value(&spec.name).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: spec.name.clone(),
+                history: 1,
+                num_replicas: spec.replicas,
+                max_age: spec.max_age.unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?,
+    };
+    if !store.stream.cached_info().config.allow_direct {
         return Ok(store);
     }
-    js.create_key_value(kv::Config {
-        bucket: spec.name.clone(),
-        history: 1,
-        num_replicas: spec.replicas,
-        max_age: spec.max_age.unwrap_or_default(),
-        ..Default::default()
-    })
-    .await
-    .map_err(nats)
+    let mut config = store.stream.cached_info().config.clone();
+    config.allow_direct = false;
+    js.update_stream(config).await.map_err(nats)?;
+    // The store keeps the stream's config it was opened with.
+    js.get_key_value(&spec.name).await.map_err(nats)
 }
 
 /// Carries out one operation on an opened bucket.

@@ -2,8 +2,11 @@
 //! `nats-server` processes with JetStream on loopback, each with its own
 //! store directory, killed when dropped. `tools/test.sh` installs
 //! `nats-server` when it is missing; without it this panics saying so.
+//! A server is also killed by the kernel when the thread that started it
+//! ends, so a test process that dies leaves none behind.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -114,12 +117,21 @@ impl Server {
 
     /// Starts it (again, with the same ports and store).
     pub fn restart(&mut self) {
-        let child = Command::new(binary())
-            .args(&self.args)
+        let mut cmd = Command::new(binary());
+        cmd.args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting nats-server");
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches no memory of the
+        // parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starting nats-server");
         self.child = Some(child);
     }
 

@@ -106,11 +106,6 @@ impl Directory {
         Ok(rookery_storage::meta::unique_user_key(name, external)?)
     }
 
-    /// Hands out a user id this node may use, creating nothing.
-    pub fn reserve_user_id(&self) -> Result<u64> {
-        Ok(self.meta.reserve_user_id()?)
-    }
-
     /// Writes a user as the cluster recorded it (insert, or a new hash).
     pub fn replicate_user(&self, user: &User) -> Result<()> {
         Ok(self.meta.replicate_user(user)?)

@@ -256,10 +256,33 @@ impl Engine {
     /// owner remembers rooms it was asked about, and this makes it forget
     /// that the room did not exist.
     pub fn create_room(&self, name: &str, private: bool, creator: u64) -> Pending<u64> {
+        self.create_room_as(None, name, private, creator)
+    }
+
+    /// [`Engine::create_room`] with the id `id`, one a cluster handed out
+    /// to this node (ids it may hand out: `StorageConfig::id_filter`).
+    pub fn create_room_with_id(
+        &self,
+        id: u64,
+        name: &str,
+        private: bool,
+        creator: u64,
+    ) -> Pending<u64> {
+        self.create_room_as(Some(id), name, private, creator)
+    }
+
+    fn create_room_as(
+        &self,
+        id: Option<u64>,
+        name: &str,
+        private: bool,
+        creator: u64,
+    ) -> Pending<u64> {
         let name = name.to_string();
         // Any shard can create it; the id decides the owner.
         let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards();
         self.inner.queues.call(shard, |reply| Command::CreateRoom {
+            id,
             name,
             private,
             creator,

@@ -134,7 +134,7 @@ impl Accounts {
             return Ok(blocking(move || dir.create_user(&name, &hash, now_ms)).await?);
         };
         let unique = Directory::unique_user_key(&name, false)?;
-        let id = blocking(move || dir.reserve_user_id()).await?;
+        let id = node.next_id("user").await?;
         let record = UserRecord {
             id,
             name: name.clone(),
@@ -159,7 +159,7 @@ impl Accounts {
         if let Some(u) = blocking(move || d.external_user(&sub)).await? {
             return Ok(u.id);
         }
-        let id = blocking(move || dir.reserve_user_id()).await?;
+        let id = node.next_id("user").await?;
         let record = UserRecord {
             id,
             name: subject.to_string(),
@@ -253,7 +253,54 @@ impl Accounts {
     }
 }
 
+/// Tries at handing out an id before giving up (each lost try means
+/// another node handed one out meanwhile).
+const ID_TRIES_MAX: u32 = 64;
+
 impl Node {
+    /// Hands out the next user or room id (`kind` "user" or "room"): the
+    /// first id this node owns above every id handed out in the cluster
+    /// so far, by a compare-and-set of the counter `ids.<kind>` in the
+    /// cluster's bucket. So ids follow the order they were handed out in,
+    /// cluster-wide, as they do on one node (lists ordered by id list
+    /// rooms and users oldest first), and no two nodes hand out one id.
+    pub async fn next_id(&self, kind: &str) -> Result<u64> {
+        let key = records::id_counter_key(kind);
+        let bucket = &self.buckets[USERS];
+        for attempt in 0..ID_TRIES_MAX {
+            let got = self
+                .link
+                .kv_get(bucket, &key)
+                .await
+                .map_err(cluster_error)?;
+            let above = match &got {
+                Some((value, _)) => serde_json::from_slice::<u64>(value)
+                    .map_err(|e| ApiError::Internal(format!("the cluster's counter {key}: {e}")))?,
+                None => 0,
+            };
+            let id = (above + 1..)
+                .find(|id| self.owner_of(*id) == self.cfg.node_id)
+                .expect("some id above is this node's");
+            let value = records::json_bytes(&id);
+            let set = match got {
+                Some((_, revision)) => self.link.kv_update(bucket, &key, value, revision).await,
+                None => self.link.kv_create(bucket, &key, value).await,
+            };
+            match set {
+                Ok(_) => return Ok(id),
+                Err(ClusterError::Conflict(_) | ClusterError::KeyExists(_)) => {
+                    // Another node won this round: spread the next tries.
+                    let pause = u64::from(attempt % 8) * 200 + u64::from(self.cfg.node_id % 7) * 50;
+                    glommio::timer::sleep(std::time::Duration::from_micros(pause)).await;
+                }
+                Err(e) => return Err(cluster_error(e)),
+            }
+        }
+        Err(ApiError::ClusterUnavailable(format!(
+            "no {kind} id after {ID_TRIES_MAX} tries: too many at once"
+        )))
+    }
+
     /// Records a new user; `Conflict` when its unique key is taken.
     async fn create_user(&self, unique: &str, record: &UserRecord) -> Result<()> {
         let key = records::user_key(unique);

@@ -7,7 +7,7 @@ use rookery_engine::{Cursor, Directory, Error as EngineError, Order, Room, Stand
 
 use crate::auth::blocking;
 use crate::http::Response;
-use crate::limits::SendLimits;
+use crate::limits::Bucket;
 use crate::protocol::HistoryPage;
 use crate::shared::Shared;
 
@@ -144,57 +144,56 @@ impl From<EngineError> for ApiError {
 }
 
 /// Takes a send token for `user` (--sends-per-user-per-s, shared by the
-/// HTTP API and every WebSocket of the user).
-pub(crate) fn take_send_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
-    shared
-        .sends
-        .take(user, std::time::Instant::now())
-        .map_err(|retry_after_ms| ApiError::RateLimited {
-            message: format!(
-                "at most {} messages a second (burst {})",
-                shared.cfg.sends_per_user_per_s, shared.cfg.sends_per_user_burst
-            ),
-            retry_after_ms,
-        })
+/// HTTP API and every WebSocket of the user, on every node).
+pub(crate) async fn take_send_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
+    let message = || {
+        let c = &shared.cfg;
+        format!(
+            "at most {} messages a second (burst {})",
+            c.sends_per_user_per_s, c.sends_per_user_burst
+        )
+    };
+    take_token(shared, Bucket::Sends, user, message).await
 }
 
 /// Takes a join/leave token for `user` (--joins-per-user-per-s, shared by
 /// HTTP and every WebSocket of the user).
-pub(crate) fn take_join_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
+pub(crate) async fn take_join_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
     let message = || {
         let n = shared.cfg.joins_per_user_per_s;
         format!("at most {n} joins and leaves a second")
     };
-    take_token(&shared.rates.joins, user, message)
+    take_token(shared, Bucket::Joins, user, message).await
 }
 
 /// Takes a room-creation token for `user` (--rooms-per-user-per-min).
-pub(crate) fn take_room_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
+pub(crate) async fn take_room_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
     let message = || {
         let n = shared.cfg.rooms_per_user_per_min;
         format!("at most {n} new rooms a minute")
     };
-    take_token(&shared.rates.rooms_created, user, message)
+    take_token(shared, Bucket::RoomsCreated, user, message).await
 }
 
 /// Takes an invitation token for `user` (--member-adds-per-user-per-min).
-pub(crate) fn take_member_add_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
+pub(crate) async fn take_member_add_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
     let message = || {
         let n = shared.cfg.member_adds_per_user_per_min;
         format!("at most {n} invitations a minute")
     };
-    take_token(&shared.rates.member_adds, user, message)
+    take_token(shared, Bucket::MemberAdds, user, message).await
 }
 
-/// One token of `user`'s bucket in `limits`, or `rate_limited` (429 with
+/// One token of `user`'s `bucket`, or `rate_limited` (429 with
 /// `Retry-After`).
-fn take_token(
-    limits: &SendLimits,
+async fn take_token(
+    shared: &Shared,
+    bucket: Bucket,
     user: u64,
     message: impl FnOnce() -> String,
 ) -> Result<(), ApiError> {
-    limits
-        .take(user, std::time::Instant::now())
+    crate::rates::take(shared, bucket, user)
+        .await
         .map_err(|retry_after_ms| ApiError::RateLimited {
             message: message(),
             retry_after_ms,

@@ -13,13 +13,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The token buckets a request may draw on. In a cluster each key of a
+/// bucket is kept by one node (see `crate::rates`), so these name them on
+/// the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    /// Messages per user (`--sends-per-user-per-s`).
+    Sends,
+    /// Joins and leaves per user (`--joins-per-user-per-s`).
+    Joins,
+    /// Rooms created per user (`--rooms-per-user-per-min`).
+    RoomsCreated,
+    /// Invitations per user (`--member-adds-per-user-per-min`).
+    MemberAdds,
+    /// Failed logins per client address.
+    LoginIp,
+    /// Failed logins per account name.
+    LoginAccount,
+    /// Registrations per client address (a minute window).
+    Registrations,
+}
+
 /// The limits and their state.
 pub struct IpLimits {
     connections_max: u32,
     registrations_per_min: u32,
     open: Mutex<HashMap<IpAddr, u32>>,
-    /// ip -> (start of the current minute window, registrations in it).
-    registrations: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// address key -> (start of the current minute window, registrations
+    /// in it).
+    registrations: Mutex<HashMap<u64, (Instant, u32)>>,
     /// Connections refused at the limit.
     pub connections_refused: AtomicU64,
     /// Registrations refused at the limit.
@@ -72,9 +95,10 @@ impl IpLimits {
         })
     }
 
-    /// Whether `ip` may register now (at most `registrations_per_min` in a
-    /// minute window); counts the attempt when allowed.
-    pub fn may_register(&self, ip: IpAddr, now: Instant) -> bool {
+    /// Whether the address whose key ([`key_of`]) is `ip` may register now
+    /// (at most `registrations_per_min` in a minute window); counts the
+    /// attempt when allowed.
+    pub fn may_register_key(&self, ip: u64, now: Instant) -> bool {
         let Ok(mut regs) = self.registrations.lock() else {
             return false;
         };
@@ -212,22 +236,36 @@ impl SendLimits {
     /// Takes a token for one send by `user`; when there is none, the
     /// milliseconds until there will be one (and the refusal is counted).
     pub fn take(&self, user: u64, now: Instant) -> Result<(), u64> {
-        let Ok(mut st) = self.stripe(user).lock() else {
-            return Ok(());
+        self.take_up_to(user, 1, now).map(|_| ())
+    }
+
+    /// Takes between one and `want` tokens of `key`'s bucket (as many as
+    /// it holds); when it holds none, the milliseconds until it will (and
+    /// the refusal is counted).
+    pub fn take_up_to(&self, key: u64, want: u32, now: Instant) -> Result<u32, u64> {
+        debug_assert!(want >= 1);
+        let Ok(mut st) = self.stripe(key).lock() else {
+            return Ok(1);
         };
         if st.buckets.len() >= st.sweep_at {
             self.sweep(&mut st, now);
         }
-        let bucket = st.buckets.entry(user).or_insert((self.burst, now));
+        let bucket = st.buckets.entry(key).or_insert((self.burst, now));
         *bucket = (self.refilled(*bucket, now), now);
         if bucket.0 >= 1.0 {
-            bucket.0 -= 1.0;
-            return Ok(());
+            let got = bucket.0.floor().min(f64::from(want.max(1)));
+            bucket.0 -= got;
+            return Ok(got as u32);
         }
         let wait_ms = self.wait_ms(bucket.0);
         drop(st);
         self.refused.fetch_add(1, Ordering::Relaxed);
         Err(wait_ms)
+    }
+
+    /// The most tokens a bucket holds.
+    pub fn burst(&self) -> u32 {
+        self.burst as u32
     }
 
     /// Returns a token taken for `key` (up to the burst): what it paid for
@@ -350,14 +388,26 @@ impl LoginLimits {
         })
     }
 
-    fn refuse(&self, ms: u64) -> u64 {
+    /// Counts a refused login; `ms` passes through.
+    pub fn refuse(&self, ms: u64) -> u64 {
         self.refused.fetch_add(1, Ordering::Relaxed);
         ms
     }
+
+    /// The bucket of failed logins per address (`true`) or per account.
+    pub fn bucket(&self, per_ip: bool) -> &SendLimits {
+        if per_ip {
+            &self.per_ip
+        } else {
+            &self.per_account
+        }
+    }
 }
 
-/// A bucket key for an address or a name.
-fn key_of(v: &(impl std::hash::Hash + ?Sized)) -> u64 {
+/// A bucket key for an address or a name: the same on every node of a
+/// cluster (they run one build, and `DefaultHasher`'s default keys are
+/// fixed), so that a key's bucket is found at one home.
+pub fn key_of(v: &(impl std::hash::Hash + ?Sized)) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(v)
 }
@@ -437,11 +487,12 @@ mod tests {
     fn registrations_reset_each_minute() {
         let limits = IpLimits::new(1, 2);
         let ip: IpAddr = "::1".parse().unwrap();
+        let ip = key_of(&ip);
         let t = Instant::now();
-        assert!(limits.may_register(ip, t));
-        assert!(limits.may_register(ip, t));
-        assert!(!limits.may_register(ip, t + Duration::from_secs(30)));
-        assert!(limits.may_register(ip, t + Duration::from_secs(61)));
+        assert!(limits.may_register_key(ip, t));
+        assert!(limits.may_register_key(ip, t));
+        assert!(!limits.may_register_key(ip, t + Duration::from_secs(30)));
+        assert!(limits.may_register_key(ip, t + Duration::from_secs(61)));
         assert_eq!(limits.registrations_refused.load(Ordering::Relaxed), 1);
     }
 

@@ -20,6 +20,7 @@ mod net;
 mod notices;
 mod out;
 mod protocol;
+mod rates;
 mod revoked;
 mod routes;
 mod serve;

@@ -261,6 +261,10 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
     let cluster = shared.cluster.as_deref();
     let mut r = <Registry>::with_prefix("rookery");
     let c = &m.counters;
+    // Closed by the engine, or by this node's relay of a room owned
+    // elsewhere.
+    let slow_closed =
+        c.slow_closed + cluster.map_or(0, |n| n.counters.relay_slow_closed.load(Ordering::Relaxed));
     for (name, help, v) in [
         ("posts", "Messages posted (new, durable)", c.posts),
         (
@@ -298,7 +302,7 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
         (
             "slow_consumer_disconnects",
             "Consumers closed as stuck (4008)",
-            c.slow_closed,
+            slow_closed,
         ),
         (
             "tail_cache_evictions",
@@ -437,11 +441,6 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
                 load(&c.answered),
             ),
             (
-                "cluster_gap_fills",
-                "Gaps in relayed rooms' messages filled from their owners",
-                load(&c.gap_fills),
-            ),
-            (
                 "cluster_unsent",
                 "Room events this node could not publish (its NATS queue was full)",
                 node.link.unsent(),
@@ -454,6 +453,19 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
         ] {
             counter(&mut r, name, help, v);
         }
+        let fills = Family::<Labels, Counter>::default();
+        for (peer, n) in c.gap_fills_by_peer(&node.cfg.nodes) {
+            if peer != node.cfg.node_id {
+                fills
+                    .get_or_create(&vec![("peer".into(), peer.to_string())])
+                    .inc_by(n);
+            }
+        }
+        r.register(
+            "cluster_gap_fills",
+            "Gaps in relayed rooms' messages filled from their owners, by owner",
+            fills,
+        );
     }
     let l = &m.latencies;
     for (name, help, h) in [

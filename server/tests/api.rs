@@ -441,7 +441,7 @@ fn backend_jwts_authenticate_and_bad_ones_are_refused() {
         Some(&mint("carol", now + 900, "s3cret")),
         None,
     );
-    assert_eq!(v["user"].as_u64(), Some(id));
+    assert_eq!(v["user"].as_u64(), Some(id), "{v}");
     // A JWT user can create rooms and post like any other.
     let (s, room) = call(
         p,
@@ -527,15 +527,23 @@ fn metrics_are_exposed_in_prometheus_text() {
         .unwrap()
         .starts_with("application/openmetrics-text"));
     let text = resp.split("\r\n\r\n").nth(1).unwrap();
+    // The server's count: against a cluster, the sum of every node's
+    // scrape (one node has a series another may lack).
+    let scrapes: Vec<String> = node_ports(p)
+        .into_iter()
+        .map(|node| {
+            let raw = b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept: application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n";
+            exchange(node, raw).unwrap()
+        })
+        .collect();
     let value = |line_start: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(line_start))
-            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        let found: Vec<f64> = scrapes
+            .iter()
+            .filter_map(|s| s.lines().find(|l| l.starts_with(line_start)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(!found.is_empty(), "no {line_start} in\n{text}");
+        found.into_iter().sum()
     };
     assert_eq!(value("rookery_posts_total "), 5.0);
     assert_eq!(value("rookery_commit_latency_seconds_count "), 5.0);

@@ -181,6 +181,9 @@ fn slow_and_idle_clients_do_not_hold_a_shard() {
 
 #[test]
 fn sigterm_stops_cleanly_and_the_data_dir_reopens() {
+    if common::single_process_only("stopping on SIGTERM") {
+        return;
+    }
     let mut server = start(&[]);
     let pid = server.child.id() as i32;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -281,6 +284,13 @@ fn a_port_in_use_fails_start_with_a_clear_error() {
 
 #[test]
 fn connections_and_registrations_per_ip_are_limited() {
+    // Open connections are counted by the node that holds them (each
+    // node's file descriptors); registrations per address are
+    // cluster-wide, as `a_trusted_proxy_names_the_client_and_others_cannot`
+    // checks against a cluster.
+    if common::single_process_only("the count of a node's open connections") {
+        return;
+    }
     let server = start(&[
         "--connections-per-ip-max",
         "3",

@@ -82,6 +82,7 @@ fn sigterm_closes_websockets_with_1001_and_keeps_every_acked_message() {
         child,
         port,
         _dir: tempfile::tempdir().unwrap(),
+        cluster: None,
     };
     wait_ready(port);
     let bodies: Vec<String> = all_messages(port, &token, room)
@@ -204,6 +205,7 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
         child,
         port,
         _dir: tempfile::tempdir().unwrap(),
+        cluster: None,
     };
     wait_ready(port);
     let mut found: HashMap<String, (u64, u64)> = HashMap::new();
@@ -305,6 +307,7 @@ fn a_killed_server_restarts_on_its_port_and_a_second_one_is_refused() {
         child,
         port,
         _dir: tempfile::tempdir().unwrap(),
+        cluster: None,
     };
     wait_ready(port);
 }

@@ -138,6 +138,9 @@ fn feed(port: u16, after: u64) -> Value {
 
 #[test]
 fn the_stats_feed_reports_traffic_latency_and_errors() {
+    if common::single_process_only("the stats feed (a node's own traffic)") {
+        return;
+    }
     let server = start(&[
         "--stats-interval-ms",
         "100",

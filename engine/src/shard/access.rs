@@ -129,13 +129,19 @@ impl Shard {
     /// owner forget that it did not exist, before answering.
     pub(super) async fn create_room(
         &self,
+        id: Option<u64>,
         name: String,
         private: bool,
         creator: u64,
     ) -> Result<u64> {
         let meta = self.meta.clone();
         let room = glommio::executor()
-            .spawn_blocking(move || meta.create_room(&name, private, creator, now_ms()))
+            .spawn_blocking(move || match id {
+                Some(id) => meta
+                    .create_room_with_id(id, &name, private, creator, now_ms())
+                    .map(|()| id),
+                None => meta.create_room(&name, private, creator, now_ms()),
+            })
             .await?;
         let owner = self.owner(room);
         if owner == self.id {

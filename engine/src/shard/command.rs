@@ -108,6 +108,8 @@ pub(crate) enum Command {
     },
     /// Creates a room (see `Engine::create_room`).
     CreateRoom {
+        /// The id the cluster handed out, or `None` for the next here.
+        id: Option<u64>,
         name: String,
         private: bool,
         creator: u64,
@@ -241,6 +243,7 @@ impl Shard {
                 self.inboxes.borrow_mut().insert(id, entry);
             }
             Command::CreateRoom {
+                id,
                 name,
                 private,
                 creator,
@@ -248,7 +251,7 @@ impl Shard {
             } => {
                 let me = self.clone();
                 answer(reply, async move {
-                    me.create_room(name, private, creator).await
+                    me.create_room(id, name, private, creator).await
                 });
             }
             Command::SetMember {

@@ -38,7 +38,6 @@ pub const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
 type Reporter = (u32, u32);
 
 /// What a node counts of its cluster traffic (for `/metrics`).
-#[derive(Default)]
 pub struct Counters {
     /// Requests forwarded to the rooms' owners, answered or not.
     pub forwarded: AtomicU64,
@@ -48,8 +47,43 @@ pub struct Counters {
     pub forward_micros: AtomicU64,
     /// Requests other nodes forwarded to this one.
     pub answered: AtomicU64,
-    /// Gaps in rooms' event streams filled from their owners.
-    pub gap_fills: AtomicU64,
+    /// Gaps in rooms' event streams filled from their owners (messages
+    /// NATS lost, handed on), by owner (in the order of the node list).
+    pub gap_fills: Box<[AtomicU64]>,
+    /// Connections of this node closed as too slow for a room relayed
+    /// from another (4008).
+    pub relay_slow_closed: AtomicU64,
+}
+
+impl Counters {
+    fn new(nodes: usize) -> Counters {
+        Counters {
+            forwarded: AtomicU64::new(0),
+            forward_failed: AtomicU64::new(0),
+            forward_micros: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            gap_fills: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            relay_slow_closed: AtomicU64::new(0),
+        }
+    }
+
+    /// Gap fills from each peer: (node id, count).
+    pub fn gap_fills_by_peer<'a>(
+        &'a self,
+        nodes: &'a [u32],
+    ) -> impl Iterator<Item = (u32, u64)> + 'a {
+        nodes
+            .iter()
+            .zip(self.gap_fills.iter())
+            .map(|(id, n)| (*id, n.load(Ordering::Relaxed)))
+    }
+
+    /// Counts a gap in a room of `owner` filled from it.
+    pub fn gap_filled(&self, nodes: &[u32], owner: u32) {
+        if let Some(i) = nodes.iter().position(|n| *n == owner) {
+            self.gap_fills[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What this node last saw of another: 0 nothing yet, 1 it answered, 2
@@ -79,6 +113,8 @@ pub struct Node {
     pub cfg: ClusterConfig,
     pub link: Link,
     pub counters: Counters,
+    /// Tokens of rate limits other nodes keep, leased to this one.
+    pub leases: crate::rates::Leases,
     /// Requests other nodes forward to this one (shared by the shards).
     pub requests: rookery_cluster::Subscription,
     /// Operations other nodes ask of this one (shared by the shards).
@@ -129,10 +165,12 @@ impl Node {
             .iter()
             .map(|_| AtomicU8::new(PEER_UNKNOWN))
             .collect();
+        let counters = Counters::new(cfg.nodes.len());
         Ok(Node {
             cfg,
             link,
-            counters: Counters::default(),
+            counters,
+            leases: crate::rates::Leases::default(),
             requests,
             ops,
             engine: OnceLock::new(),
@@ -341,7 +379,11 @@ impl Node {
         view["forwarded"] = load(&c.forwarded).into();
         view["forward_failed"] = load(&c.forward_failed).into();
         view["answered"] = load(&c.answered).into();
-        view["gap_fills"] = load(&c.gap_fills).into();
+        view["gap_fills"] = c
+            .gap_fills_by_peer(&self.cfg.nodes)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            .into();
         view
     }
 

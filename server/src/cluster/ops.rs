@@ -1,7 +1,8 @@
 //! What a node asks of a room's owner for its WebSocket clients (join,
 //! send, edit, delete, typing, read, history) and for its relay (the
 //! messages after a seq): one request/reply per operation, answered by the
-//! owner with the same checks a WebSocket on the owner gets.
+//! owner with the same checks a WebSocket on the owner gets. Also what a
+//! node asks of the home of a rate limit's key (`crate::rates`).
 //!
 //! The user in an operation is one the asking node authenticated (NATS is
 //! the cluster's private network, as for forwarded HTTP requests).
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Node;
 use crate::app::{self, ApiError, PageQuery};
+use crate::limits::Bucket;
 use crate::shared::Shared;
 
 /// How long an operation may take before it fails with
@@ -95,6 +97,18 @@ pub enum Op {
         after: u64,
         limit: usize,
     },
+    /// Up to `want` tokens of `key`'s bucket, of which the asked node is
+    /// the home.
+    Take {
+        bucket: Bucket,
+        key: u64,
+        want: u32,
+    },
+    /// A token of `key`'s bucket returned.
+    GiveBack {
+        bucket: Bucket,
+        key: u64,
+    },
 }
 
 /// A message as a live event: its seq, time and JSON.
@@ -132,6 +146,12 @@ pub enum Answer {
         users: Vec<u64>,
         last_seq: u64,
     },
+    Granted {
+        tokens: u32,
+    },
+    Refused {
+        retry_after_ms: u64,
+    },
     Error {
         status: u16,
         code: String,
@@ -140,8 +160,9 @@ pub enum Answer {
 }
 
 impl Op {
-    fn room(&self) -> u64 {
-        match self {
+    /// The room an operation is on (`None` for a rate limit's).
+    fn room(&self) -> Option<u64> {
+        Some(match self {
             Op::Join { room, .. }
             | Op::Presence { room, .. }
             | Op::Allowed { room, .. }
@@ -152,7 +173,8 @@ impl Op {
             | Op::Read { room, .. }
             | Op::History { room, .. }
             | Op::Replay { room, .. } => *room,
-        }
+            Op::Take { .. } | Op::GiveBack { .. } => return None,
+        })
     }
 }
 
@@ -160,15 +182,44 @@ impl Op {
 /// client should see it (`room_unavailable`, `cluster_unavailable`, or the
 /// owner's own refusal).
 pub async fn ask(node: &Node, op: &Op) -> Result<Answer, ApiError> {
-    let room = op.room();
+    let room = op.room().expect("an operation on a room");
     let owner = node.owner_of(room);
     node.need_nats(room, owner)?;
-    let subject = subject(&node.cfg.name, owner);
-    let answer = node
-        .request(owner, &subject, super::records::json_bytes(op), OP_TIMEOUT)
+    ask_node(node, owner, op, OP_TIMEOUT)
         .await
-        .map_err(|e| super::unanswered(e, room, owner, OP_TIMEOUT))?;
-    match serde_json::from_slice(&answer) {
+        .map_err(|e| match e {
+            Asked::Unanswered(e) => super::unanswered(e, room, owner, OP_TIMEOUT),
+            Asked::Refused(e) => e,
+        })
+}
+
+/// Why [`ask_node`] has no answer.
+#[derive(Debug)]
+pub enum Asked {
+    /// Nobody answered (or NATS failed).
+    Unanswered(rookery_cluster::Error),
+    /// The node refused, or answered what is not an answer.
+    Refused(ApiError),
+}
+
+impl std::fmt::Display for Asked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Asked::Unanswered(e) => e.fmt(f),
+            Asked::Refused(e) => write!(f, "{:?}", e.parts()),
+        }
+    }
+}
+
+/// Asks node `to` to carry out `op`, waiting `timeout` at most.
+pub async fn ask_node(node: &Node, to: u32, op: &Op, timeout: Duration) -> Result<Answer, Asked> {
+    let subject = subject(&node.cfg.name, to);
+    let answer = node
+        .request(to, &subject, super::records::json_bytes(op), timeout)
+        .await
+        .map_err(Asked::Unanswered)?;
+    let owner = to;
+    let answer = match serde_json::from_slice(&answer) {
         Ok(Answer::Error {
             status,
             code,
@@ -182,7 +233,8 @@ pub async fn ask(node: &Node, op: &Op) -> Result<Answer, ApiError> {
         Err(e) => Err(ApiError::Internal(format!(
             "node {owner} answered garbage: {e}"
         ))),
-    }
+    };
+    answer.map_err(Asked::Refused)
 }
 
 /// Joins `user` to `room` through its owner: the room's last seq and who
@@ -309,6 +361,16 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
             let page = serde_json::to_value(&page)
                 .map_err(|e| ApiError::Internal(format!("a history page: {e}")))?;
             Answer::Page { page }
+        }
+        Op::Take { bucket, key, want } => {
+            match crate::rates::take_here(shared, bucket, key, want) {
+                Ok(tokens) => Answer::Granted { tokens },
+                Err(retry_after_ms) => Answer::Refused { retry_after_ms },
+            }
+        }
+        Op::GiveBack { bucket, key } => {
+            crate::rates::give_back_here(shared, bucket, key);
+            Answer::Done
         }
         Op::Replay { room, after, limit } => {
             let cursor = Cursor {

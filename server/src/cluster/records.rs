@@ -66,6 +66,11 @@ pub fn room_name_key(name: &str) -> String {
     format!("room.{}", hex(name.to_ascii_lowercase().as_bytes()))
 }
 
+/// The key of the cluster's counter of `kind` ids ("user", "room").
+pub fn id_counter_key(kind: &str) -> String {
+    format!("ids.{kind}")
+}
+
 /// A node's start marker.
 pub fn boot_key(node: u32) -> String {
     format!("boot.{node}")

@@ -231,6 +231,7 @@ impl Relay {
             }
             last = end.min(target);
             if sink.queued_bytes() > self.queue_bytes_max {
+                self.slow_closed();
                 sink.closed(EngineError::SlowConsumer);
                 return Err(ApiError::Unavailable("slow consumer".into()));
             }
@@ -252,6 +253,12 @@ impl Relay {
 
     /// Ends subscription `id` of `room`; the room's NATS subscription ends
     /// with its last subscriber.
+    /// Counts a connection closed as too slow (4008) for a relayed room.
+    fn slow_closed(&self) {
+        let closed = &self.node.counters.relay_slow_closed;
+        closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn unsubscribe(&self, room: u64, id: u64) {
         let mut rooms = self.rooms.borrow_mut();
         let Some(r) = rooms.get(&room) else { return };
@@ -408,11 +415,6 @@ impl Relay {
             if r.subs.borrow().is_empty() {
                 return;
             }
-            let counted = &self.node.counters.gap_fills;
-            counted.fetch_add(
-                u64::from(gap.is_some()),
-                std::sync::atomic::Ordering::Relaxed,
-            );
             let mut ready = Vec::new();
             match self.replay(r.id, after).await {
                 // Retention removed the gap's messages: go on from the
@@ -436,6 +438,11 @@ impl Relay {
                     probe = probe && full;
                 }
                 Err(_) => glommio::timer::sleep(FILL_RETRY).await,
+            }
+            // A gap, or a probe that found what NATS lost: filled.
+            if !ready.is_empty() {
+                let owner = self.node.owner_of(r.id);
+                self.node.counters.gap_filled(&self.node.cfg.nodes, owner);
             }
             self.publish_all(r, ready);
         }
@@ -556,6 +563,7 @@ impl Relay {
                 // Let go here too (presence included); the connection
                 // closes with 4008 and forgets it.
                 self.unsubscribe(r.id, id);
+                self.slow_closed();
                 sink.closed(EngineError::SlowConsumer);
             }
         }

@@ -8,6 +8,7 @@ use crate::accounts::Accounts;
 use crate::app::directory;
 use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
+use crate::limits::Bucket;
 use crate::shared::Shared;
 use rookery_engine::User;
 
@@ -31,7 +32,11 @@ pub(crate) async fn register(req: &Request, shared: &Shared) -> ApiResult {
     }
     let c: Credentials = body(req)?;
     if let Some(ip) = req.peer {
-        if !shared.limits.may_register(ip, std::time::Instant::now()) {
+        let key = crate::limits::key_of(&ip);
+        if crate::rates::take(shared, Bucket::Registrations, key)
+            .await
+            .is_err()
+        {
             return Err(ApiError::TooManyRequests(
                 "too many registrations from your address; try again in a minute".into(),
             ));
@@ -63,7 +68,29 @@ pub(crate) async fn register(req: &Request, shared: &Shared) -> ApiResult {
 pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
     let c: Credentials = body(req)?;
     // Per account in any case: `Alice` and `alice` are one account.
-    let attempt = login_attempt(req, shared, &c.name.to_ascii_lowercase())?;
+    let account = c.name.to_ascii_lowercase();
+    if shared.cluster.is_some() {
+        // The buckets are kept by their homes (crate::rates).
+        let held = crate::rates::reserve_login(shared, req.peer, &account)
+            .await
+            .map_err(login_limited)?;
+        let checked = check_login(shared, c).await;
+        if !matches!(checked, Err(ApiError::Unauthorized(_))) {
+            crate::rates::release_login(shared, held).await;
+        }
+        return checked;
+    }
+    let attempt = login_attempt(req, shared, &account)?;
+    let checked = check_login(shared, c).await;
+    if matches!(checked, Err(ApiError::Unauthorized(_))) {
+        attempt.failed();
+    }
+    checked
+}
+
+/// Checks a login's password (a wrong one is `Unauthorized`); a session
+/// when it matches.
+async fn check_login(shared: &Shared, c: Credentials) -> ApiResult {
     let user = Accounts::of(shared).user_by_name(&c.name).await?;
     let display = user.as_ref().map_or(String::new(), |u| u.name.clone());
     let (id, hash) = match user {
@@ -81,7 +108,6 @@ pub(crate) async fn login(req: &Request, shared: &Shared) -> ApiResult {
         .run(move || auth::password_matches(&hash, &password))
         .await?;
     let Some(id) = id.filter(|_| matches) else {
-        attempt.failed();
         return Err(ApiError::Unauthorized("wrong name or password".into()));
     };
     let s = auth::open_session(&Accounts::of(shared), id, shared.cfg.session_ttl_ms()).await?;
@@ -98,10 +124,14 @@ fn login_attempt(
     shared
         .logins
         .attempt(req.peer, name, std::time::Instant::now())
-        .map_err(|retry_after_ms| ApiError::RateLimited {
-            message: "too many failed logins; retry later".into(),
-            retry_after_ms,
-        })
+        .map_err(login_limited)
+}
+
+fn login_limited(retry_after_ms: u64) -> ApiError {
+    ApiError::RateLimited {
+        message: "too many failed logins; retry later".into(),
+        retry_after_ms,
+    }
 }
 
 /// `POST /api/logout` ends the request's session, `?all=true` every

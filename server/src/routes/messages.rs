@@ -51,7 +51,7 @@ pub(crate) async fn publish(req: &Request, shared: &Shared, raw: &str) -> ApiRes
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
     readable_room(shared, uid, id).await?;
     let p: Publish = body(req)?;
-    take_send_token(shared, uid)?;
+    take_send_token(shared, uid).await?;
     let ack = shared.engine.post(id, uid, &p.client_id, &p.body).await?;
     Ok(Response::json(
         if ack.duplicate { 200 } else { 201 },

@@ -48,24 +48,38 @@ pub(crate) struct NewRoom {
 pub(crate) async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
     let creator = user(req, shared).await?;
     let new: NewRoom = body(req)?;
-    take_room_token(shared, creator)?;
+    take_room_token(shared, creator).await?;
     // In a cluster a public name is claimed cluster-wide first, and given
     // back if the room cannot be made.
     let claimed = match (&shared.cluster, new.private) {
         (Some(node), false) => Some(node.claim_room_name(&new.name).await?),
         _ => None,
     };
-    let created = shared
-        .engine
-        .create_room(&new.name, new.private, creator)
-        .await;
+    let created = match &shared.cluster {
+        // The cluster hands out the id: one above every room's so far.
+        Some(node) => match node.next_id("room").await {
+            Ok(id) => {
+                let engine = &shared.engine;
+                engine
+                    .create_room_with_id(id, &new.name, new.private, creator)
+                    .await
+                    .map_err(ApiError::from)
+            }
+            Err(e) => Err(e),
+        },
+        None => shared
+            .engine
+            .create_room(&new.name, new.private, creator)
+            .await
+            .map_err(ApiError::from),
+    };
     let id = match (created, claimed) {
         (Ok(id), _) => id,
         (Err(e), Some(node)) => {
             node.release_room_name(&new.name).await;
-            return Err(e.into());
+            return Err(e);
         }
-        (Err(e), None) => return Err(e.into()),
+        (Err(e), None) => return Err(e),
     };
     let m = directory(shared);
     let room = blocking(move || m.room(id))
@@ -97,7 +111,7 @@ async fn change(
     op: MemberOp,
 ) -> Result<Membership, ApiError> {
     if !op.is_own() && op != MemberOp::Invite {
-        take_join_token(shared, actor)?;
+        take_join_token(shared, actor).await?;
     }
     Ok(shared.engine.membership(room, actor, target, op).await?)
 }
@@ -107,7 +121,7 @@ async fn change(
 /// hands ownership on first: 409).
 pub(crate) async fn join(req: &Request, shared: &Shared, raw: &str, on: bool) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
-    take_join_token(shared, uid)?;
+    take_join_token(shared, uid).await?;
     let op = if on { MemberOp::Join } else { MemberOp::Leave };
     let m = change(shared, id, uid, uid, op).await?;
     Ok(Response::json(
@@ -191,7 +205,7 @@ impl Who {
 pub(crate) async fn invite(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
     let who: Who = body(req)?;
-    take_member_add_token(shared, uid)?;
+    take_member_add_token(shared, uid).await?;
     let target = who.resolve(shared).await?;
     let m = change(shared, id, uid, target, MemberOp::Invite).await?;
     if m.change.invite == Some(true) {
@@ -366,7 +380,7 @@ pub(crate) async fn answer_invite(
     accept: bool,
 ) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
-    take_join_token(shared, uid)?;
+    take_join_token(shared, uid).await?;
     let op = if accept {
         MemberOp::Accept
     } else {

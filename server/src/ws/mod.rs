@@ -835,13 +835,14 @@ impl Conn {
             (_, None) => Err(ApiError::Unauthorized(
                 "authenticate first (?token= on the upgrade or an auth frame)".into(),
             )),
-            ("join", Some(u)) => match app::take_join_token(&self.shared, u) {
+            ("join", Some(u)) => match app::take_join_token(&self.shared, u).await {
                 Ok(()) => self.join(u, &f, r#ref).await.map(|()| None),
                 Err(e) => Err(e),
             },
-            ("leave", Some(u)) => app::take_join_token(&self.shared, u)
-                .and_then(|()| self.leave(&f))
-                .map(Some),
+            ("leave", Some(u)) => match app::take_join_token(&self.shared, u).await {
+                Ok(()) => self.leave(&f).map(Some),
+                Err(e) => Err(e),
+            },
             ("send", Some(u)) => self.post(u, &f, r#ref).await.map(|()| None),
             ("edit", Some(u)) => self.change(u, &f, true).await.map(Some),
             ("delete", Some(u)) => self.change(u, &f, false).await.map(Some),
@@ -1007,7 +1008,7 @@ impl Conn {
         let room = need(f.room, "room")?;
         let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
         let client_id = f.client_id.as_deref().unwrap_or("");
-        app::take_send_token(&self.shared, user)?;
+        app::take_send_token(&self.shared, user).await?;
         let ack = match self.relay_of(room) {
             Some(relay) => {
                 let op = Op::Post {

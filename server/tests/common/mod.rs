@@ -1,24 +1,71 @@
 //! Helpers shared by the end-to-end tests: the real binary on an
 //! ephemeral port, raw TCP clients.
+//!
+//! With `ROOKERY_TEST_CLUSTER=1` every `start` is a cluster instead of one
+//! process: three nodes (each with its own data directory) on a
+//! three-server NATS cluster with JetStream, behind a front that hands
+//! each new TCP connection to the next node in turn (round-robin, no
+//! stickiness, bytes passed through untouched). `Server::port` is the
+//! front's, so a suite runs unchanged: every `call` is a new connection
+//! and so lands on the next node. The NATS cluster is shared by the tests
+//! of one test binary; each `start` is a cluster of its own name on it.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A running server; killed on drop if a test did not stop it.
 pub struct Server {
+    /// The process (in cluster mode, node 1's).
     pub child: Child,
+    /// Where clients connect (in cluster mode, the round-robin front).
     pub port: u16,
     pub _dir: tempfile::TempDir,
+    /// In cluster mode, nodes 2 and 3 and the front.
+    pub cluster: Option<Cluster>,
+}
+
+/// The rest of a test cluster.
+pub struct Cluster {
+    pub others: Vec<Child>,
+    /// Every node's own port, node 1 first.
+    pub node_ports: Vec<u16>,
+    front: Front,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(cluster) = &mut self.cluster {
+            for c in &mut cluster.others {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            cluster.front.stop();
+        }
     }
+}
+
+/// Whether `start` makes a three-node cluster (`ROOKERY_TEST_CLUSTER=1`).
+pub fn clustered() -> bool {
+    std::env::var("ROOKERY_TEST_CLUSTER").is_ok_and(|v| v == "1")
+}
+
+/// For a test of one process's own life (its signals, its data directory,
+/// its restart): true, saying so, when the suite runs against a cluster,
+/// where the test does not apply and the caller returns. The cluster's
+/// own tests (`tests/cluster.rs`) kill and restart nodes.
+pub fn single_process_only(what: &str) -> bool {
+    if clustered() {
+        eprintln!("not run against a cluster: {what} is one process's own");
+    }
+    clustered()
 }
 
 pub fn free_port() -> u16 {
@@ -32,6 +79,9 @@ pub fn free_port() -> u16 {
 /// Starts the server in a new temporary data directory. Send limits are
 /// lifted (through their environment twins, so a test's flags win).
 pub fn start(extra: &[&str]) -> Server {
+    if clustered() {
+        return start_cluster(extra);
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (child, port) = spawn_in(&data, free_port(), extra);
@@ -39,9 +89,165 @@ pub fn start(extra: &[&str]) -> Server {
         child,
         port,
         _dir: dir,
+        cluster: None,
     };
     wait_ready(port);
     server
+}
+
+/// Three nodes of a new cluster (a name of its own on the shared NATS),
+/// each started with `extra`, behind a round-robin front.
+fn start_cluster(extra: &[&str]) -> Server {
+    static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "t{}-{}",
+        std::process::id(),
+        CLUSTERS.fetch_add(1, Ordering::Relaxed)
+    );
+    let nats = shared_nats();
+    let dir = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    let mut node_ports = Vec::new();
+    for id in ["1", "2", "3"] {
+        let mut args = vec![
+            "--nats",
+            nats,
+            "--node-id",
+            id,
+            "--cluster-nodes",
+            "1,2,3",
+            "--cluster-name",
+            &name,
+        ];
+        args.extend_from_slice(extra);
+        let port = free_port();
+        let data = dir.path().join(format!("node-{id}"));
+        children.push(spawn_in(&data, port, &args).0);
+        node_ports.push(port);
+    }
+    for port in &node_ports {
+        wait_ready(*port);
+    }
+    let front = Front::start(node_ports.clone());
+    let port = front.port;
+    FRONTS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(port, node_ports.clone());
+    let child = children.remove(0);
+    Server {
+        child,
+        port,
+        _dir: dir,
+        cluster: Some(Cluster {
+            others: children,
+            node_ports,
+            front,
+        }),
+    }
+}
+
+/// Front port → the node ports behind it, for helpers that read each
+/// node (`metric` sums a counter over the cluster).
+static FRONTS: Mutex<Option<HashMap<u16, Vec<u16>>>> = Mutex::new(None);
+
+/// The node ports behind `port`, or `port` itself.
+pub fn node_ports(port: u16) -> Vec<u16> {
+    FRONTS
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|m| m.get(&port).cloned())
+        .unwrap_or_else(|| vec![port])
+}
+
+/// The client URLs of a three-server NATS cluster with JetStream started
+/// once per test binary. Its keeper thread never returns, and the servers
+/// die with the process that started them (`testing::Nats` asks the
+/// kernel to kill them when their parent thread goes).
+fn shared_nats() -> &'static str {
+    static URLS: OnceLock<String> = OnceLock::new();
+    URLS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("nats-keeper".into())
+            .spawn(move || {
+                let nats = rookery_cluster::testing::Nats::start(3);
+                tx.send(nats.urls().join(",")).unwrap();
+                loop {
+                    std::thread::park();
+                }
+            })
+            .unwrap();
+        rx.recv().expect("the NATS cluster did not start")
+    })
+}
+
+/// A TCP front on loopback that hands each accepted connection to the
+/// next node in turn and copies bytes both ways, passing a half-close on.
+struct Front {
+    port: u16,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Front {
+    fn start(nodes: Vec<u16>) -> Front {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stop = stopped.clone();
+        std::thread::spawn(move || {
+            for (i, conn) in listener.incoming().enumerate() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                match TcpStream::connect(("127.0.0.1", nodes[i % nodes.len()])) {
+                    Ok(node) => pipe(client, node),
+                    Err(_) => drop(client),
+                }
+            }
+        });
+        Front { port, stopped }
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(fronts) = FRONTS.lock().unwrap().as_mut() {
+            fronts.remove(&self.port);
+        }
+    }
+}
+
+/// Copies `a` to `b` and `b` to `a` on two threads until each side ends.
+fn pipe(a: TcpStream, b: TcpStream) {
+    let _ = (a.set_nodelay(true), b.set_nodelay(true));
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || copy_then_close(a, b));
+    std::thread::spawn(move || copy_then_close(b2, a2));
+}
+
+fn copy_then_close(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) if to.write_all(&buf[..n]).is_ok() => {}
+            // A reset or a write to a gone peer: end both directions.
+            _ => {
+                let _ = to.shutdown(Shutdown::Both);
+                let _ = from.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
 }
 
 /// Starts the binary on `port` with data in `data`.
@@ -208,7 +414,17 @@ pub fn create_room(port: u16, token: &str, name: &str, private: bool) -> u64 {
 
 /// The value of one unlabelled metric (or the first sample whose line
 /// starts with `name`), from `/metrics`.
+/// Against a cluster, the sum over the nodes that have it.
 pub fn metric(port: u16, name: &str) -> f64 {
+    let found: Vec<f64> = node_ports(port)
+        .into_iter()
+        .filter_map(|node| node_metric(node, name))
+        .collect();
+    assert!(!found.is_empty(), "no metric {name}");
+    found.into_iter().sum()
+}
+
+fn node_metric(port: u16, name: &str) -> Option<f64> {
     let resp = exchange(
         port,
         b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
@@ -218,7 +434,6 @@ pub fn metric(port: u16, name: &str) -> f64 {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 /// A WebSocket client on a raw socket, for what client libraries will not

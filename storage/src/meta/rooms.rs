@@ -24,6 +24,35 @@ impl Meta {
         })
     }
 
+    /// [`Meta::create_room`] with the id `id`, handed out by the cluster
+    /// (its counter here is raised to it).
+    ///
+    /// Errors: as `create_room`; `InvalidInput` also for id 0 or an id
+    /// outside this data directory's [`IdFilter`](crate::IdFilter);
+    /// `AlreadyExists` if room `id` exists.
+    pub fn create_room_with_id(
+        &self,
+        id: u64,
+        name: &str,
+        private: bool,
+        creator: u64,
+        now_ms: u64,
+    ) -> Result<()> {
+        validate_name("room", name)?;
+        validate_id("room", id)?;
+        if self.ids.as_ref().is_some_and(|f| !f.accepts(id)) {
+            return Err(Error::InvalidInput(format!(
+                "room id {id} is not one this node hands out"
+            )));
+        }
+        self.write(|txn| {
+            require_user(&txn.open_table(USERS)?, creator)?;
+            insert_room(txn, id, (name, private, creator, now_ms, 0))?;
+            put_member(txn, id, creator, Role::Owner)?;
+            raise_counter(txn, ROOM_COUNTER, id)
+        })
+    }
+
     /// Returns room `id`, if it exists.
     pub fn room(&self, id: u64) -> Result<Option<Room>> {
         self.read(|txn| {

@@ -781,6 +781,48 @@ fn an_id_filter_limits_the_ids_handed_out() {
 }
 
 #[test]
+fn a_room_created_with_the_clusters_id_keeps_it_and_raises_the_counter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let owned = IdFilter::new(|id| id % 3 == 2);
+    let meta = Meta::open(&dir.path().join("meta.redb"), 1 << 20)
+        .expect("open")
+        .with_id_filter(Some(owned));
+    let a = user(&meta, "a");
+    meta.create_room_with_id(14, "given", false, a, 1).unwrap();
+    assert_eq!(meta.room(14).unwrap().unwrap().name, "given");
+    assert_eq!(
+        meta.members(14).unwrap(),
+        vec![(a, Role::Owner)],
+        "the creator owns it"
+    );
+    // Ids handed out here later are above it.
+    assert_eq!(meta.create_room("next", false, a, 1).unwrap(), 17);
+    // An id this node may not hand out, id 0, a taken id, a taken public
+    // name, an unknown creator: refused, nothing written.
+    let refused = [
+        (15, "x", a),
+        (0, "x", a),
+        (14, "x", a),
+        (20, "given", a),
+        (20, "x", 999),
+    ];
+    for (id, name, creator) in refused {
+        let e = meta.create_room_with_id(id, name, false, creator, 1);
+        assert!(e.is_err(), "{id} {name} {creator}: {e:?}");
+    }
+    assert!(matches!(
+        meta.create_room_with_id(15, "x", false, a, 1),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        meta.create_room_with_id(14, "x", false, a, 1),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(meta.room(20).unwrap().is_none());
+    assert_eq!(meta.create_room("after", false, a, 1).unwrap(), 20);
+}
+
+#[test]
 fn replicated_users_and_sessions_are_upserts() {
     let (_dir, meta) = fresh();
     let mut alice = User {
