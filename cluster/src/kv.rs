@@ -163,9 +163,21 @@ pub(crate) async fn apply(stores: &Stores, bucket: &str, op: KvOp) -> Result<KvA
                 (e.operation == kv::Operation::Put).then_some((e.value, e.revision))
             })))
         }
-        KvOp::Create(key, value) => match store.create(&key, value).await {
+        KvOp::Create(key, value) => match store.create(&key, value.clone()).await {
             Ok(rev) => Ok(KvAnswer::Revision(rev)),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(Error::KeyExists(key)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                // The client reports a create whose acknowledgement was
+                // late or lost as "exists" when it finds the key: if what
+                // it finds is this very value, the create took effect.
+                match store.entry(&key).await.map_err(nats)? {
+                    Some(found)
+                        if found.operation == kv::Operation::Put && found.value == value =>
+                    {
+                        Ok(KvAnswer::Revision(found.revision))
+                    }
+                    _ => Err(Error::KeyExists(key)),
+                }
+            }
             Err(e) => Err(nats(e)),
         },
         KvOp::Update(key, value, revision) => match store.update(&key, value, revision).await {

@@ -168,8 +168,13 @@ impl Accounts {
         };
         match node.create_user(&unique, &record).await {
             Ok(()) => Ok(id),
-            // Another node saw the subject first: its record holds.
-            Err(ApiError::Conflict(_)) => Ok(node.read_user(&unique).await?.0.id),
+            // Another node saw the subject first: its record holds, once
+            // this node's copy has it (the caller looks the user up here).
+            Err(ApiError::Conflict(_)) => {
+                let (record, revision) = node.read_user(&unique).await?;
+                node.visible(USERS, revision).await?;
+                Ok(record.id)
+            }
             Err(e) => Err(e),
         }
     }

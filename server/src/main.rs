@@ -138,10 +138,11 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         let tap = cluster::events::tap(node.link.clone(), node.cfg.name.clone());
         engine_cfg.event_tap = Some(tap);
     }
-    let relay_bounds = (
-        engine_cfg.outbound_queue_bytes_max,
-        engine_cfg.volatile_queue_bytes_max,
-    );
+    let relay_bounds = cluster::relay::Bounds {
+        queue_bytes_max: engine_cfg.outbound_queue_bytes_max,
+        volatile_bytes_max: engine_cfg.volatile_queue_bytes_max,
+        stuck_timeout: engine_cfg.stuck_timeout,
+    };
     let shards = engine_cfg.storage.shards as usize;
     let http: Arc<Vec<metrics::ShardHttp>> =
         Arc::new((0..shards).map(|_| Default::default()).collect());
@@ -202,9 +203,9 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),
                 over_limit_reads: Default::default(),
-                relay: node.as_ref().map(|n| {
-                    cluster::relay::Relay::new(n.clone(), shard, relay_bounds.0, relay_bounds.1)
-                }),
+                relay: node
+                    .as_ref()
+                    .map(|n| cluster::relay::Relay::new(n.clone(), shard, relay_bounds)),
                 cluster: node.clone(),
             });
             let (bound, drained) = (bound_tx.clone(), drained_tx.clone());

@@ -263,8 +263,11 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
     let c = &m.counters;
     // Closed by the engine, or by this node's relay of a room owned
     // elsewhere.
-    let slow_closed =
-        c.slow_closed + cluster.map_or(0, |n| n.counters.relay_slow_closed.load(Ordering::Relaxed));
+    let relayed = |count: fn(&crate::cluster::Counters) -> &std::sync::atomic::AtomicU64| {
+        cluster.map_or(0, |n| count(&n.counters).load(Ordering::Relaxed))
+    };
+    let slow_closed = c.slow_closed + relayed(|c| &c.relay_slow_closed);
+    let lagged = c.lagged + relayed(|c| &c.relay_lagged);
     for (name, help, v) in [
         ("posts", "Messages posted (new, durable)", c.posts),
         (
@@ -293,7 +296,7 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
             "Catch-up pages served from storage",
             c.cache_misses,
         ),
-        ("lagged", "Times a subscription became lagging", c.lagged),
+        ("lagged", "Times a subscription became lagging", lagged),
         (
             "volatile_dropped",
             "Typing/presence events dropped for full consumers",

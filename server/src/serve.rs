@@ -111,6 +111,8 @@ pub async fn run(
         let (requests, ops) = (node.requests.clone(), node.ops.clone());
         glommio::spawn_local(serve(shared.clone(), requests, Service::Http)).detach();
         glommio::spawn_local(serve(shared.clone(), ops, Service::Ops)).detach();
+        let heard = crate::cluster::notices::hear(shared.clone(), node.clone());
+        glommio::spawn_local(heard).detach();
     }
     {
         let shared = shared.clone();

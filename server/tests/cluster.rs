@@ -663,6 +663,12 @@ fn websockets_on_every_node_follow_every_room_in_order() {
         Some(&serde_json::json!({"user": bob_id})),
     );
     assert_eq!(s, 202, "{v}");
+    // The invitation, made on node 3 (the owner) through node 2, reaches
+    // bob's WebSockets on every node.
+    for ws in &mut bobs {
+        let got = ws_until(ws, |f| f["type"] == "invited" && f["room"] == secret);
+        assert_eq!(got.last().unwrap()["by"], user_id_of(port(0), &ann));
+    }
     let (s, v) = call_as(
         port(0),
         "POST",
@@ -782,6 +788,84 @@ fn without_nats_a_node_serves_its_own_rooms_and_recovers_by_itself() {
     };
     assert_eq!(filled(3), 0.0, "node 3 owns no room here");
     assert!(filled(2) <= 1.0, "one gap at most: f2");
+}
+
+/// A reader of a room another node owns that stops reading lags, as on
+/// one node: it is not closed, and once it reads again it gets every
+/// message, in order, once.
+#[test]
+fn a_slow_reader_of_a_remote_room_lags_and_catches_up() {
+    let nats = Nats::start(1);
+    let url = nats.urls()[0].clone();
+    let node = |id: &str| {
+        let mut args = cluster_flags(&url, id, "1,2");
+        args.extend([
+            "--conn-output-bytes-max",
+            "65536",
+            "--ws-stuck-timeout-ms",
+            "30000",
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let (child, port) = common::spawn_in(&dir.path().join("data"), common::free_port(), &args);
+        common::wait_ready(port);
+        common::Server {
+            child,
+            port,
+            _dir: dir,
+            cluster: None,
+        }
+    };
+    let (one, two) = (node("1"), node("2"));
+    let ann = common::register(one.port, "ann");
+    let room = common::create_room(one.port, &ann, "busy", false);
+    let join = serde_json::json!({"type": "join", "room": room});
+    let (mut reader, _) = common::RawWs::connect_small(two.port, &format!("/ws?token={ann}"), 4096);
+    common::send_json(&mut reader, join);
+    common::next_text_json(&mut reader); // hello
+    assert_eq!(common::next_text_json(&mut reader)["type"], "joined");
+
+    // Far more than the reader's bound and its socket hold, posted on the
+    // owner while the reader reads nothing.
+    // (The server's socket may hold its 4 MiB of send buffer first.)
+    let n = 3000u64;
+    let mut writer = ws_connect(one.port, &ann);
+    let body = "x".repeat(4000);
+    for i in 0..n {
+        ws_send(
+            &mut writer,
+            serde_json::json!({"type": "send", "room": room, "body": body, "client_id": format!("m{i}")}),
+        );
+    }
+    let acks = ws_until(&mut writer, |f| f["type"] == "ack" && f["seq"] == n);
+    assert_eq!(acks.iter().filter(|f| f["type"] == "ack").count() as u64, n);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::metric(two.port, "rookery_lagged_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the reader never lagged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // It reads again: every message, in order, once; it was not closed.
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&n) {
+        let f = reader.read_frame().expect("the lagging reader was closed");
+        assert_ne!(f.opcode, 0x8, "closed: {:?}", f.payload);
+        if f.opcode == 0x1 {
+            let v: serde_json::Value = serde_json::from_slice(&f.payload).unwrap();
+            if v["type"] == "msg" {
+                seqs.push(v["seq"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+    assert_eq!(
+        common::metric(two.port, "rookery_slow_consumer_disconnects_total"),
+        0.0
+    );
+}
+
+/// The user id of the holder of `token`.
+fn user_id_of(port: u16, token: &str) -> serde_json::Value {
+    call_as(port, "GET", "/api/me", token, None).1["user"].clone()
 }
 
 /// A small deterministic generator (the seed is printed).

@@ -12,6 +12,7 @@
 pub mod events;
 pub mod forward;
 pub mod gather;
+pub mod notices;
 pub mod ops;
 pub mod order;
 pub mod records;
@@ -53,6 +54,8 @@ pub struct Counters {
     /// Connections of this node closed as too slow for a room relayed
     /// from another (4008).
     pub relay_slow_closed: AtomicU64,
+    /// Subscriptions to relayed rooms that began to lag.
+    pub relay_lagged: AtomicU64,
 }
 
 impl Counters {
@@ -64,6 +67,7 @@ impl Counters {
             answered: AtomicU64::new(0),
             gap_fills: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             relay_slow_closed: AtomicU64::new(0),
+            relay_lagged: AtomicU64::new(0),
         }
     }
 
@@ -119,6 +123,8 @@ pub struct Node {
     pub requests: rookery_cluster::Subscription,
     /// Operations other nodes ask of this one (shared by the shards).
     pub ops: rookery_cluster::Subscription,
+    /// Notices for users, from every node (shared by the shards).
+    pub notices: rookery_cluster::Subscription,
     /// The cluster's bucket (node list, users) and the sessions bucket.
     pub buckets: [String; 2],
     /// Set once the engine is up ([`Node::start_replica`]).
@@ -158,8 +164,18 @@ impl Node {
         };
         block(link.open_bucket(users, timeout))?;
         block(link.open_bucket(sessions, timeout))?;
+        // The id counters exist from the start, so that handing out an id
+        // is always a compare-and-set of one (`Node::next_id`).
+        for kind in ["room", "user"] {
+            let key = records::id_counter_key(kind);
+            match block(link.kv_create(&buckets[0], &key, records::json_bytes(&0u64))) {
+                Ok(_) | Err(rookery_cluster::Error::KeyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let requests = block(link.subscribe(&forward::subject(&cfg.name, cfg.node_id)))?;
         let ops = block(link.subscribe(&ops::subject(&cfg.name, cfg.node_id)))?;
+        let notices = block(link.subscribe(&notices::subject(&cfg.name)))?;
         let peers = cfg
             .nodes
             .iter()
@@ -173,6 +189,7 @@ impl Node {
             leases: crate::rates::Leases::default(),
             requests,
             ops,
+            notices,
             engine: OnceLock::new(),
             peers,
             present_from: Mutex::new(HashMap::new()),
@@ -221,7 +238,13 @@ impl Node {
     /// when another room has it.
     pub async fn claim_room_name(self: &Arc<Self>, name: &str) -> Result<Arc<Node>, ApiError> {
         let key = records::room_name_key(name);
-        let value = bytes::Bytes::from(json!({ "node": self.cfg.node_id }).to_string());
+        // Unique per claim: a create that finds its own value counts as
+        // done (rookery_cluster), which two claims of one name must not.
+        static CLAIMS: AtomicU64 = AtomicU64::new(0);
+        let claim = CLAIMS.fetch_add(1, Ordering::Relaxed);
+        let value =
+            json!({ "node": self.cfg.node_id, "claim": claim, "ms": crate::auth::now_ms() });
+        let value = bytes::Bytes::from(value.to_string());
         match self.link.kv_create(&self.buckets[0], &key, value).await {
             Ok(_) => Ok(self.clone()),
             Err(rookery_cluster::Error::KeyExists(_)) => {

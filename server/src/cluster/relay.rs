@@ -15,17 +15,21 @@
 //! join (or its `since`) and the owner's latest, unless it was closed; a
 //! room's NATS subscription exists only while it has a subscriber whose
 //! join the owner accepted; while a join is being answered its events wait
-//! (at most `queue_bytes_max`); a connection holding more than
-//! `queue_bytes_max` unwritten is closed as a slow consumer (4008): a
-//! remote room does not pause a slow reader and catch it up later, as a
-//! local room does. A user's presence is told to the owner once per
-//! change (on, then off), from this node and shard, idempotently.
+//! (at most `queue_bytes_max`). A subscriber whose connection holds more
+//! than `queue_bytes_max` unwritten lags, as on a local room: live
+//! messages pass it by, its edits and deletes wait beside it (at most
+//! `queue_bytes_max` of them), typing and presence are dropped, and once
+//! the connection drains it is caught up from the owner page by page, then
+//! goes live again; one that makes no progress for `stuck_timeout` is
+//! closed as a slow consumer (4008). A user's presence is told to the
+//! owner once per change (on, then off), from this node and shard,
+//! idempotently.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rookery_cluster::Subscription;
 use rookery_engine::{Error as EngineError, Event, EventKind, LocalSink};
@@ -49,6 +53,29 @@ const FILL_RETRY: Duration = Duration::from_millis(250);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Sub ids of relayed rooms start here, apart from the engine's.
 const SUB_BASE: u64 = 1 << 62;
+/// How often a lagging subscriber's connection is looked at.
+const LAG_POLL: Duration = Duration::from_millis(10);
+
+/// A relay's limits per subscriber (from the engine's configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Bytes a connection may hold unwritten before its subscription lags.
+    pub queue_bytes_max: usize,
+    /// Bytes past which typing and presence are dropped for it.
+    pub volatile_bytes_max: usize,
+    /// How long a lagging connection may write nothing before it is closed.
+    pub stuck_timeout: Duration,
+}
+
+/// A lagging subscriber's state.
+struct Lag {
+    /// When its connection last wrote something, and what it then held.
+    progress_at: Instant,
+    queued: usize,
+    /// Edits and deletes that came meanwhile, for after the catch-up.
+    held: Vec<Event>,
+    held_bytes: usize,
+}
 
 /// One subscriber: a connection's subscription to a relayed room.
 struct Sub {
@@ -62,6 +89,8 @@ struct Sub {
     pending_bytes: usize,
     /// The last message seq it was handed.
     last: u64,
+    /// Set while it lags (see the module's doc).
+    lag: Option<Lag>,
 }
 
 /// A room this shard relays.
@@ -98,6 +127,7 @@ pub struct Relay {
     next_sub: Cell<u64>,
     queue_bytes_max: usize,
     volatile_bytes_max: usize,
+    stuck_timeout: Duration,
 }
 
 /// What a join of a relayed room answers.
@@ -110,12 +140,7 @@ pub struct Joined {
 impl Relay {
     /// The relay of shard `shard`; its sweep runs on the calling
     /// executor (the shard's) until the relay is dropped.
-    pub fn new(
-        node: Arc<Node>,
-        shard: usize,
-        queue_bytes_max: usize,
-        volatile_bytes_max: usize,
-    ) -> Rc<Relay> {
+    pub fn new(node: Arc<Node>, shard: usize, bounds: Bounds) -> Rc<Relay> {
         let relay = Rc::new_cyclic(|me| Relay {
             node,
             shard,
@@ -123,8 +148,9 @@ impl Relay {
             present: RefCell::new(HashMap::default()),
             me: me.clone(),
             next_sub: Cell::new(SUB_BASE),
-            queue_bytes_max,
-            volatile_bytes_max,
+            queue_bytes_max: bounds.queue_bytes_max,
+            volatile_bytes_max: bounds.volatile_bytes_max,
+            stuck_timeout: bounds.stuck_timeout,
         });
         glommio::spawn_local(sweep(Rc::downgrade(&relay))).detach();
         relay
@@ -166,6 +192,7 @@ impl Relay {
             pending: Some(Vec::new()),
             pending_bytes: 0,
             last: 0,
+            lag: None,
         });
         match self.catch_up(&r, id, since, last_seq, &sink).await {
             Ok(()) => {}
@@ -363,7 +390,7 @@ impl Relay {
         }
     }
 
-    fn publish_all(&self, r: &Room, ready: Vec<Event>) {
+    fn publish_all(&self, r: &Rc<Room>, ready: Vec<Event>) {
         for e in &ready {
             self.publish(r, e);
         }
@@ -502,7 +529,7 @@ impl Relay {
     /// A user's own presence is not shown to its own subscriptions (on a
     /// single node a subscription never sees it either: it is announced
     /// before the subscription is live, or not at all).
-    fn publish(&self, r: &Room, e: &Event) {
+    fn publish(&self, r: &Rc<Room>, e: &Event) {
         let own = (e.kind() == EventKind::Presence)
             .then(|| presence_user(e))
             .flatten();
@@ -519,11 +546,13 @@ impl Relay {
     }
 
     /// Hands an event to one subscriber (or keeps it while its join is
-    /// answered); a subscriber past its bound is closed.
-    fn hand(&self, r: &Room, id: u64, e: &Event) {
+    /// answered, or while it lags); a subscriber past its bound lags, and
+    /// one whose held changes pass the bound is closed.
+    fn hand(&self, r: &Rc<Room>, id: u64, e: &Event) {
         enum Then {
             Nothing,
             Deliver(Rc<dyn LocalSink>),
+            Lagged,
             Close(Rc<dyn LocalSink>),
         }
         let then = {
@@ -542,12 +571,34 @@ impl Relay {
                 }
             } else if message && e.seq() <= s.last {
                 Then::Nothing
+            } else if let Some(lag) = &mut s.lag {
+                // Messages come from the owner once it drains.
+                if message || e.is_volatile() {
+                    Then::Nothing
+                } else if lag.held_bytes + e.len() > self.queue_bytes_max {
+                    Then::Close(s.sink.clone())
+                } else {
+                    lag.held_bytes += e.len();
+                    lag.held.push(e.clone());
+                    Then::Nothing
+                }
             } else {
                 let queued = s.sink.queued_bytes();
                 if e.is_volatile() && queued > self.volatile_bytes_max {
                     Then::Nothing
                 } else if queued > self.queue_bytes_max {
-                    Then::Close(s.sink.clone())
+                    if e.is_volatile() {
+                        Then::Nothing
+                    } else {
+                        let held = if message { vec![] } else { vec![e.clone()] };
+                        s.lag = Some(Lag {
+                            progress_at: Instant::now(),
+                            queued,
+                            held_bytes: held.iter().map(Event::len).sum(),
+                            held,
+                        });
+                        Then::Lagged
+                    }
                 } else {
                     if message {
                         s.last = e.seq();
@@ -559,14 +610,112 @@ impl Relay {
         match then {
             Then::Nothing => {}
             Then::Deliver(sink) => sink.deliver(id, e),
-            Then::Close(sink) => {
-                // Let go here too (presence included); the connection
-                // closes with 4008 and forgets it.
-                self.unsubscribe(r.id, id);
-                self.slow_closed();
-                sink.closed(EngineError::SlowConsumer);
+            Then::Lagged => {
+                let lagged = &self.node.counters.relay_lagged;
+                lagged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(relay) = self.me.upgrade() else {
+                    return;
+                };
+                glommio::spawn_local(relay.pump(r.clone(), id)).detach();
+            }
+            Then::Close(sink) => self.close_slow(r.id, id, &sink),
+        }
+    }
+
+    /// Closes a subscriber as too slow: let go here too (presence
+    /// included); the connection closes with 4008 and forgets it.
+    fn close_slow(&self, room: u64, id: u64, sink: &Rc<dyn LocalSink>) {
+        self.unsubscribe(room, id);
+        self.slow_closed();
+        sink.closed(EngineError::SlowConsumer);
+    }
+
+    /// Catches lagging subscriber `id` up from the owner once its
+    /// connection drains (to half the bound), page by page, then makes it
+    /// live with the changes held meanwhile; closes it if it writes
+    /// nothing for `stuck_timeout`. Ends when it is live or gone.
+    async fn pump(self: Rc<Self>, r: Rc<Room>, id: u64) {
+        loop {
+            glommio::timer::sleep(LAG_POLL).await;
+            let Some((sink, last)) = self.lag_progress(&r, id) else {
+                return;
+            };
+            if sink.queued_bytes() > self.queue_bytes_max / 2 {
+                continue;
+            }
+            let Ok(events) = self.replay(r.id, last).await else {
+                glommio::timer::sleep(FILL_RETRY).await;
+                continue;
+            };
+            if events.is_empty() {
+                // Nothing after its last at the owner, and nothing the
+                // room handed on while the answer came (a message that
+                // passed it by meanwhile needs another page): live again,
+                // changes first.
+                let held = {
+                    let mut subs = r.subs.borrow_mut();
+                    let Some(s) = subs.iter_mut().find(|s| s.id == id) else {
+                        return;
+                    };
+                    if r.order.borrow().head().unwrap_or(0) > s.last {
+                        continue;
+                    }
+                    s.lag.take().map(|l| l.held).unwrap_or_default()
+                };
+                for e in &held {
+                    sink.deliver(id, e);
+                }
+                return;
+            }
+            // Within the bound (the rest when it drains again), handed on
+            // once the subscriber's state is no longer borrowed.
+            let page = {
+                let mut subs = r.subs.borrow_mut();
+                let Some(s) = subs.iter_mut().find(|s| s.id == id) else {
+                    return;
+                };
+                let mut queued = sink.queued_bytes();
+                let mut page = Vec::new();
+                for e in events {
+                    if e.seq() <= s.last {
+                        continue;
+                    }
+                    if queued + e.len() > self.queue_bytes_max {
+                        break;
+                    }
+                    queued += e.len();
+                    s.last = e.seq();
+                    page.push(e);
+                }
+                page
+            };
+            for e in &page {
+                sink.deliver(id, e);
             }
         }
+    }
+
+    /// A lagging subscriber's sink and last seq, its progress noted; `None`
+    /// when it is gone, live again, or closed here as stuck.
+    fn lag_progress(&self, r: &Room, id: u64) -> Option<(Rc<dyn LocalSink>, u64)> {
+        let stuck = {
+            let mut subs = r.subs.borrow_mut();
+            let s = subs.iter_mut().find(|s| s.id == id)?;
+            let lag = s.lag.as_mut()?;
+            let (now, queued) = (Instant::now(), s.sink.queued_bytes());
+            // Progress: it wrote something since the last look, or holds
+            // nothing (it waits for the owner, not for its reader).
+            if queued < lag.queued || queued == 0 {
+                lag.progress_at = now;
+            }
+            lag.queued = queued;
+            if now.duration_since(lag.progress_at) <= self.stuck_timeout {
+                return Some((s.sink.clone(), s.last));
+            }
+            s.sink.clone()
+        };
+        self.close_slow(r.id, id, &stuck);
+        None
     }
 }
 

@@ -231,9 +231,7 @@ async fn notify_invited(shared: &Shared, room: u64, by: u64, target: u64) -> Res
         by_name,
     }
     .text(None);
-    shared
-        .notices
-        .push(target, frame, std::time::Instant::now());
+    crate::cluster::notices::notify(shared, target, frame);
     Ok(())
 }
 

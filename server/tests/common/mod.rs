@@ -458,7 +458,23 @@ impl RawWs {
     /// Upgrades on `path` with extra header lines; the client and the
     /// response head.
     pub fn connect(port: u16, path: &str, extra: &str) -> (RawWs, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        RawWs::upgrade(s, path, extra)
+    }
+
+    /// [`RawWs::connect`] on a socket whose receive buffer is
+    /// `rcvbuf_bytes` (set before connecting, so the window stays small):
+    /// a reader that stops reading holds up the server sooner.
+    pub fn connect_small(port: u16, path: &str, rcvbuf_bytes: usize) -> (RawWs, String) {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        sock.set_recv_buffer_size(rcvbuf_bytes).unwrap();
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        sock.connect(&addr.into()).unwrap();
+        RawWs::upgrade(sock.into(), path, "")
+    }
+
+    fn upgrade(mut s: TcpStream, path: &str, extra: &str) -> (RawWs, String) {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"

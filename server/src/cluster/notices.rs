@@ -1,0 +1,67 @@
+//! Notices for a user (an invitation's `invited` event) across nodes.
+//! A node that makes a notice queues it for its own connections, as on
+//! one node, and publishes it once on `rk.<cluster>.notices`; every other
+//! node queues it for its own. At most once, as a notice on one node is
+//! (the invitation itself is stored: `GET /api/invites`).
+//!
+//! Invariant: a node queues a notice once (each message of the node's
+//! subscription reaches one of its shards, and its own are skipped), into
+//! the node's bounded `Notices`.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::Node;
+use crate::shared::Shared;
+
+/// The subject every node of cluster `name` hears notices on.
+pub fn subject(name: &str) -> String {
+    format!("rk.{name}.notices")
+}
+
+/// One notice on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireNotice {
+    /// The node that made it (and queued it already).
+    node: u32,
+    user: u64,
+    /// The whole JSON text frame for the user's WebSockets.
+    frame: String,
+}
+
+/// Queues `frame` for `user`'s WebSockets on this node and, in a cluster,
+/// on every other.
+pub fn notify(shared: &Shared, user: u64, frame: String) {
+    if let Some(node) = &shared.cluster {
+        let wire = WireNotice {
+            node: node.cfg.node_id,
+            user,
+            frame: frame.clone(),
+        };
+        let payload = super::records::json_bytes(&wire);
+        node.link.try_publish(subject(&node.cfg.name), payload);
+    }
+    shared.notices.push(user, frame, Instant::now());
+}
+
+/// Queues the notices other nodes publish, on this shard, until it stops.
+pub async fn hear(shared: Rc<Shared>, node: std::sync::Arc<Node>) {
+    let notices = node.notices.clone();
+    loop {
+        let next = futures_lite::future::or(async { notices.recv_async().await.ok() }, async {
+            shared.stopped().await;
+            None
+        })
+        .await;
+        let Some(m) = next else { return };
+        match serde_json::from_slice::<WireNotice>(&m.payload) {
+            Ok(n) if n.node != node.cfg.node_id => {
+                shared.notices.push(n.user, n.frame, Instant::now());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("a notice that is not one: {e}"),
+        }
+    }
+}
