@@ -24,14 +24,19 @@ pub struct Server {
     pub monitor_port: u16,
     pub child: Option<Child>,
     args: Vec<String>,
+    /// Its log file.
+    log: PathBuf,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `k` ports free a moment ago, all different (each listener is held
+/// until every port is chosen, so none is handed out twice).
+fn free_ports(k: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..k)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 fn binary() -> PathBuf {
@@ -50,9 +55,9 @@ impl Nats {
     /// returns once each takes connections.
     pub fn start(n: usize) -> Nats {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16, u16)> = (0..n)
-            .map(|_| (free_port(), free_port(), free_port()))
-            .collect();
+        // Three distinct ports a server (client, cluster, monitoring).
+        let free = free_ports(3 * n);
+        let ports: Vec<(u16, u16, u16)> = free.chunks(3).map(|p| (p[0], p[1], p[2])).collect();
         let routes = ports
             .iter()
             .map(|(_, c, _)| format!("nats://127.0.0.1:{c}"))
@@ -63,7 +68,10 @@ impl Nats {
             .enumerate()
             .map(|(i, (p, c, m))| {
                 let store = dir.path().join(format!("n{i}"));
+                let log = dir.path().join(format!("n{i}.log"));
                 let mut args = vec![
+                    "-l".into(),
+                    log.to_string_lossy().into_owned(),
                     "-a".into(),
                     "127.0.0.1".into(),
                     "-n".into(),
@@ -91,13 +99,14 @@ impl Nats {
                     monitor_port: *m,
                     child: None,
                     args,
+                    log,
                 };
                 s.restart();
                 s
             })
             .collect();
-        let nats = Nats { servers, _dir: dir };
-        for s in &nats.servers {
+        let mut nats = Nats { servers, _dir: dir };
+        for s in &mut nats.servers {
             s.wait_ready();
         }
         nats
@@ -143,14 +152,24 @@ impl Server {
         }
     }
 
-    fn wait_ready(&self) {
+    /// Waits until it takes connections; panics, with its log, if it
+    /// exits first or takes longer than 20 s.
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server on {} did not start",
-                self.client_port
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "nats-server on {} did not start ({exited:?}); its log ends:\n{}",
+                    self.client_port,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

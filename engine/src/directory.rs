@@ -111,6 +111,12 @@ impl Directory {
         Ok(self.meta.replicate_user(user)?)
     }
 
+    /// Applies the cluster's changes `writes` in one transaction (all or
+    /// none).
+    pub fn replicate_batch(&self, writes: &[rookery_storage::Replicated]) -> Result<()> {
+        Ok(self.meta.replicate_batch(writes)?)
+    }
+
     /// Writes a session as the cluster recorded it.
     pub fn replicate_session(
         &self,

@@ -59,8 +59,8 @@ pub use local::{Local, LocalInbox};
 pub use metrics::{micros_histogram, Latencies, Metrics, ShardCounters, ShardGauges};
 pub use reply::Pending;
 pub use rookery_storage::{
-    Cursor, Durability, IdFilter, Order, Retention, RetentionReport, ShardStats, StorageConfig,
-    QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
+    Cursor, Durability, IdFilter, Order, Replicated, Retention, RetentionReport, ShardStats,
+    StorageConfig, QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
 };
 pub use rules::{decide, role_word, MemberOp, Membership};
 pub use shard::{HistoryPage, PostAck, StoredMessage};

@@ -46,7 +46,7 @@ pub const QUIET_LOG_DIRECTIVE: &str = "glommio::reactor=off";
 pub use error::{Error, Result};
 pub use index::RoomRow;
 pub use manifest::Manifest;
-pub use meta::{ListPage, Meta, Role, ROOM_PAGE_SCAN_ROWS_MAX};
+pub use meta::{ListPage, Meta, Replicated, Role, ROOM_PAGE_SCAN_ROWS_MAX};
 pub use record::{ArchivedRecord, Delete, Edit, Message, Record};
 pub use segment::Pos;
 pub use shard::{

@@ -4,7 +4,8 @@
 //! (sign-in, a session check, a user's name) stays local.
 //!
 //! Invariants: a bucket's changes are applied in revision order, each
-//! once; `applied[b]` is the highest revision applied of bucket `b`, and a
+//! once, in batches of what has arrived (one `meta.redb` transaction
+//! each); `applied[b]` is the highest revision applied of bucket `b`, and a
 //! write made through the cluster is visible on this node once
 //! `applied[b]` has reached its revision ([`Replica::wait`]). The replica is
 //! caught up once it has applied this node's start marker in both buckets
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rookery_cluster::{KvChange, Link};
-use rookery_engine::Directory;
+use rookery_engine::{Directory, Replicated};
 
 use super::records::{self, SessionRecord, UserRecord};
 use crate::revoked::Revoked;
@@ -26,6 +27,10 @@ use crate::revoked::Revoked;
 pub const USERS: usize = 0;
 /// The bucket holding sessions.
 pub const SESSIONS: usize = 1;
+
+/// Changes applied in one transaction at most: a node catching up with
+/// many pays one commit per this many, not one per change.
+const BATCH_MAX: usize = 1024;
 
 /// A write waiting to become visible here.
 struct Waiter {
@@ -152,8 +157,9 @@ impl Replica {
         futures_lite::future::or(woken, late).await
     }
 
-    /// Body of the applying thread: both buckets' changes, each applied as
-    /// it comes, until both watches end.
+    /// Body of the applying thread: both buckets' changes, applied in
+    /// batches of what has arrived (up to `BATCH_MAX`, one transaction
+    /// each), until both watches end.
     fn run(
         &self,
         users: flume::Receiver<KvChange>,
@@ -167,26 +173,77 @@ impl Replica {
                 .recv(&users, |c| c.map(|c| (USERS, c)))
                 .recv(&sessions, |c| c.map(|c| (SESSIONS, c)))
                 .wait();
-            let Ok((b, change)) = next else { return };
-            if b == USERS && change.value.is_some() {
+            let Ok(first) = next else { return };
+            let mut batch = vec![first];
+            while batch.len() < BATCH_MAX {
+                let more = users
+                    .try_recv()
+                    .map(|c| (USERS, c))
+                    .or_else(|_| sessions.try_recv().map(|c| (SESSIONS, c)));
+                match more {
+                    Ok(change) => batch.push(change),
+                    Err(_) => break,
+                }
+            }
+            self.apply_batch(&batch, &dir, &revoked, &restarted);
+        }
+    }
+
+    /// Applies `batch` (each bucket's changes in revision order) in one
+    /// transaction, or one by one when the transaction fails (to find the
+    /// change this file disagrees with), and records the revisions.
+    fn apply_batch(
+        &self,
+        batch: &[(usize, KvChange)],
+        dir: &Directory,
+        revoked: &Revoked,
+        restarted: &dyn Fn(u32),
+    ) {
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut last = [None; 2];
+        for (b, change) in batch {
+            if *b == USERS && change.value.is_some() {
                 if let Some(node) = records::parse_boot_key(&change.key) {
                     restarted(node);
                 }
             }
-            let applied = {
-                // Held while applying: a read-through (`accounts.rs`)
-                // writes only what the watch has not passed.
-                let _order = self.apply_lock.lock();
-                let applied = apply(b, &change, &dir, &revoked);
-                self.advance(b, change.revision);
-                applied
-            };
-            if let Err(why) = applied {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(key = %change.key, revision = change.revision, %why,
-                    "a cluster record could not be applied here");
+            match decode(*b, change) {
+                Ok(Some(w)) => writes.push((w, change)),
+                Ok(None) => {}
+                Err(why) => self.failed(change, &why),
+            }
+            last[*b] = Some(change.revision);
+        }
+        // Held while applying: a read-through (`accounts.rs`) writes only
+        // what the watch has not passed.
+        let _order = self.apply_lock.lock();
+        let all: Vec<Replicated> = writes.iter().map(|(w, _)| w.clone()).collect();
+        if dir.replicate_batch(&all).is_err() {
+            for (w, change) in &writes {
+                if let Err(e) = dir.replicate_batch(std::slice::from_ref(w)) {
+                    self.failed(change, &e.to_string());
+                }
             }
         }
+        // Logged out on some node: this node's WebSockets of those
+        // sessions are closed by the sweeps.
+        let now = Instant::now();
+        for (w, _) in &writes {
+            if let Replicated::SessionEnded(hash) = w {
+                revoked.end(*hash, now);
+            }
+        }
+        for (b, revision) in last.iter().enumerate() {
+            if let Some(revision) = revision {
+                self.advance(b, *revision);
+            }
+        }
+    }
+
+    fn failed(&self, change: &KvChange, why: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(key = %change.key, revision = change.revision, %why,
+            "a cluster record could not be applied here");
     }
 
     fn advance(&self, b: usize, revision: u64) {
@@ -225,36 +282,32 @@ fn retry<T, F: std::future::Future<Output = rookery_cluster::Result<T>>>(
     }
 }
 
-/// Applies one change to this node's directory.
-fn apply(b: usize, change: &KvChange, dir: &Directory, revoked: &Revoked) -> Result<(), String> {
+/// The write a change makes in this node's directory, if any (other
+/// keys, and a user without a value, write nothing: users are never
+/// deleted).
+fn decode(b: usize, change: &KvChange) -> Result<Option<Replicated>, String> {
     if b == USERS {
         if !records::is_user_key(&change.key) {
-            return Ok(());
+            return Ok(None);
         }
-        // A user is never deleted; a change without a value is ignored.
         let Some(value) = &change.value else {
-            return Ok(());
+            return Ok(None);
         };
         let record: UserRecord = serde_json::from_slice(value).map_err(|e| e.to_string())?;
-        return dir
-            .replicate_user(&record.to_user())
-            .map_err(|e| e.to_string());
+        return Ok(Some(Replicated::User(record.to_user())));
     }
-    let Some(hash) = records::parse_session_key(&change.key) else {
-        return Ok(());
+    let Some(token_hash) = records::parse_session_key(&change.key) else {
+        return Ok(None);
     };
-    match &change.value {
+    Ok(Some(match &change.value {
         Some(value) => {
             let s: SessionRecord = serde_json::from_slice(value).map_err(|e| e.to_string())?;
-            dir.replicate_session(&hash, s.user, s.expires_ms)
-                .map_err(|e| e.to_string())
+            Replicated::Session {
+                token_hash,
+                user: s.user,
+                expires_ms: s.expires_ms,
+            }
         }
-        None => {
-            // Logged out on some node: gone here too, and this node's
-            // WebSockets of that session are closed by the sweeps.
-            dir.delete_session(&hash).map_err(|e| e.to_string())?;
-            revoked.end(hash, Instant::now());
-            Ok(())
-        }
-    }
+        None => Replicated::SessionEnded(token_hash),
+    }))
 }

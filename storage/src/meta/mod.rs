@@ -410,6 +410,24 @@ fn require_room(rooms: &impl ReadableTable<u64, RoomRow>, id: u64) -> Result<()>
 /// (a filter that accepts one id in N turns down N-1 in a row on average).
 const ID_FILTER_TRIES_MAX: u64 = 1 << 16;
 
+/// One change of the cluster's records for [`Meta::replicate_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replicated {
+    /// A user inserted, or its password hash replaced.
+    User(User),
+    /// A session inserted or replaced.
+    Session {
+        /// The SHA-256 of its bearer token.
+        token_hash: [u8; 32],
+        /// Its user.
+        user: u64,
+        /// When it ends, in Unix milliseconds.
+        expires_ms: u64,
+    },
+    /// A session ended (logged out).
+    SessionEnded([u8; 32]),
+}
+
 /// Raises `counter` to `id` if it is below: ids handed out later are
 /// above it.
 fn raise_counter(txn: &WriteTransaction, counter: &str, id: u64) -> Result<()> {

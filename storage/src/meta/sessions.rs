@@ -75,6 +75,40 @@ impl Meta {
         })
     }
 
+    /// Applies `writes`, the cluster's changes in their order, in one
+    /// transaction: all of them or, on an error, none (the caller may then
+    /// apply them one by one to find the one this file disagrees with).
+    /// A node catching up with many changes pays one commit for many.
+    ///
+    /// Errors: as [`Meta::replicate_user`]; every record is checked before
+    /// anything is written.
+    pub fn replicate_batch(&self, writes: &[Replicated]) -> Result<()> {
+        for w in writes {
+            if let Replicated::User(user) = w {
+                super::users::validate_replicated_user(user)?;
+            }
+        }
+        self.write(|txn| {
+            for w in writes {
+                match w {
+                    Replicated::User(user) => super::users::replicate_user_in(txn, user)?,
+                    Replicated::Session {
+                        token_hash,
+                        user,
+                        expires_ms,
+                    } => {
+                        let mut sessions = txn.open_table(SESSIONS)?;
+                        sessions.insert(token_hash.as_slice(), (*user, *expires_ms))?;
+                    }
+                    Replicated::SessionEnded(token_hash) => {
+                        txn.open_table(SESSIONS)?.remove(token_hash.as_slice())?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// The hashes of `user`'s sessions but `keep` (if given). Scans the
     /// sessions table, like [`Meta::delete_sessions_of`].
     pub fn sessions_of(&self, user: u64, keep: Option<&[u8; 32]>) -> Result<Vec<([u8; 32], u64)>> {

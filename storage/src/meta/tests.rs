@@ -871,3 +871,54 @@ fn replicated_users_and_sessions_are_upserts() {
     assert_eq!(meta.sessions_of(99, Some(&h1)).unwrap(), vec![(h2, 3_000)]);
     assert!(meta.sessions_of(7, None).unwrap().is_empty());
 }
+
+/// A batch of the cluster's changes is applied in its order, in one
+/// transaction: all of it, or (one change disagreeing) none of it.
+#[test]
+fn a_replicated_batch_is_applied_in_order_all_or_nothing() {
+    let (_dir, meta) = fresh();
+    let user = |id: u64, name: &str| User {
+        id,
+        name: name.into(),
+        created_ms: 1,
+        password_hash: Some(PHC.into()),
+    };
+    let (h1, h2) = ([1u8; 32], [2u8; 32]);
+    let session = |token_hash, expires_ms| Replicated::Session {
+        token_hash,
+        user: 3,
+        expires_ms,
+    };
+    meta.replicate_batch(&[
+        Replicated::User(user(3, "ann")),
+        session(h1, 1_000),
+        session(h2, 1_000),
+        // Later changes of one key win: its order is kept.
+        session(h1, 5_000),
+        Replicated::SessionEnded(h2),
+    ])
+    .unwrap();
+    assert_eq!(meta.user_by_name("ann").unwrap(), Some(user(3, "ann")));
+    assert_eq!(meta.session(&h1, 2_000).unwrap(), Some((3, 5_000)));
+    assert_eq!(meta.session(&h2, 0).unwrap(), None);
+    // A name another user holds here: nothing of the batch is written.
+    let bad = meta.replicate_batch(&[
+        Replicated::SessionEnded(h1),
+        Replicated::User(user(4, "bob")),
+        Replicated::User(user(5, "ANN")),
+    ]);
+    assert!(matches!(bad, Err(Error::Database(_))), "{bad:?}");
+    assert_eq!(meta.session(&h1, 2_000).unwrap(), Some((3, 5_000)));
+    assert!(meta.user(4).unwrap().is_none());
+    // An invalid record is refused before anything is written.
+    let invalid = meta.replicate_batch(&[
+        Replicated::User(user(6, "cid")),
+        Replicated::User(user(0, "zero")),
+    ]);
+    assert!(
+        matches!(invalid, Err(Error::InvalidInput(_))),
+        "{invalid:?}"
+    );
+    assert!(meta.user(6).unwrap().is_none());
+    meta.replicate_batch(&[]).unwrap();
+}

@@ -151,44 +151,53 @@ impl Meta {
     /// the id or the name already belongs to another user here (the
     /// cluster's record and this file disagree).
     pub fn replicate_user(&self, user: &User) -> Result<()> {
-        validate_name("user", &user.name)?;
-        validate_id("user", user.id)?;
-        let hash = user.password_hash.as_deref();
-        if let Some(hash) = hash {
-            validate_hash(hash)?;
-        }
-        let key = user_key(&user.name, hash.is_none());
-        self.write(|txn| {
-            let disagree = |what: &str| {
-                Error::Database(format!(
-                    "user {} {:?}: {what} belongs to another user here",
-                    user.id, user.name
-                ))
-            };
-            let mut names = txn.open_table(USER_NAMES)?;
-            let named = names.get(key.as_str())?.map(|g| g.value());
-            match named {
-                Some(id) if id != user.id => return Err(disagree("the name")),
-                Some(_) => {}
-                None => {
-                    names.insert(key.as_str(), user.id)?;
-                }
-            }
-            let mut users = txn.open_table(USERS)?;
-            if let Some(row) = users.get(user.id)? {
-                let (name, _, _) = row.value();
-                if user_key(name, hash.is_none()) != key {
-                    return Err(disagree("the id"));
-                }
-            }
-            users.insert(user.id, (user.name.as_str(), user.created_ms, hash))?;
-            bump_counter(txn, USER_COUNTER, user.id)
-        })
+        validate_replicated_user(user)?;
+        self.write(|txn| replicate_user_in(txn, user))
     }
 
     fn user_id(&self, key: &str) -> Result<Option<u64>> {
         self.read(|txn| Ok(txn.open_table(USER_NAMES)?.get(key)?.map(|g| g.value())))
     }
+}
+
+/// Checks a user record from the cluster before it is written.
+pub(super) fn validate_replicated_user(user: &User) -> Result<()> {
+    validate_name("user", &user.name)?;
+    validate_id("user", user.id)?;
+    if let Some(hash) = user.password_hash.as_deref() {
+        validate_hash(hash)?;
+    }
+    Ok(())
+}
+
+/// [`Meta::replicate_user`] in `txn` (the record validated).
+pub(super) fn replicate_user_in(txn: &WriteTransaction, user: &User) -> Result<()> {
+    let hash = user.password_hash.as_deref();
+    let key = user_key(&user.name, hash.is_none());
+    let disagree = |what: &str| {
+        Error::Database(format!(
+            "user {} {:?}: {what} belongs to another user here",
+            user.id, user.name
+        ))
+    };
+    let mut names = txn.open_table(USER_NAMES)?;
+    let named = names.get(key.as_str())?.map(|g| g.value());
+    match named {
+        Some(id) if id != user.id => return Err(disagree("the name")),
+        Some(_) => {}
+        None => {
+            names.insert(key.as_str(), user.id)?;
+        }
+    }
+    let mut users = txn.open_table(USERS)?;
+    if let Some(row) = users.get(user.id)? {
+        let (name, _, _) = row.value();
+        if user_key(name, hash.is_none()) != key {
+            return Err(disagree("the id"));
+        }
+    }
+    users.insert(user.id, (user.name.as_str(), user.created_ms, hash))?;
+    bump_counter(txn, USER_COUNTER, user.id)
 }
 
 pub(super) fn insert_user(
