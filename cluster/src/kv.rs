@@ -132,16 +132,24 @@ pub(crate) async fn open(
 pub(crate) async fn open_once(js: &jetstream::Context, spec: &BucketSpec) -> Result<kv::Store> {
     let store = match js.get_key_value(&spec.name).await {
         Ok(store) => store,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: spec.name.clone(),
-                history: 1,
-                num_replicas: spec.replicas,
-                max_age: spec.max_age.unwrap_or_default(),
-                ..Default::default()
-            })
-            .await
-            .map_err(nats)?,
+        Err(_) => {
+            let created = js
+                .create_key_value(kv::Config {
+                    bucket: spec.name.clone(),
+                    history: 1,
+                    num_replicas: spec.replicas,
+                    max_age: spec.max_age.unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(store) => store,
+                // Another node made it meanwhile (and may have switched
+                // it to leader reads already: then its config differs
+                // from the one asked for, and creating it fails).
+                Err(e) => js.get_key_value(&spec.name).await.map_err(|_| nats(e))?,
+            }
+        }
     };
     if !store.stream.cached_info().config.allow_direct {
         return Ok(store);

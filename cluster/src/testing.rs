@@ -28,6 +28,18 @@ pub struct Server {
     log: PathBuf,
 }
 
+/// The body of `GET path` from a monitoring port (HTTP/1.0: the server
+/// closes when done).
+fn monitor_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
 /// `k` ports free a moment ago, all different (each listener is held
 /// until every port is chosen, so none is handed out twice).
 fn free_ports(k: usize) -> Vec<u16> {
@@ -109,7 +121,23 @@ impl Nats {
         for s in &mut nats.servers {
             s.wait_ready();
         }
+        nats.wait_jetstream(n > 1);
         nats
+    }
+
+    /// Waits until JetStream takes requests: every server reports it on,
+    /// and a cluster has elected its meta leader (a fresh cluster takes
+    /// seconds, during which a stream cannot be made).
+    fn wait_jetstream(&self, clustered: bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ready = |s: &Server| {
+            let body = monitor_get(s.monitor_port, "/jsz").unwrap_or_default();
+            body.contains("\"config\"") && (!clustered || body.contains("\"leader\": \"n"))
+        };
+        while !self.servers.iter().all(ready) {
+            assert!(Instant::now() < deadline, "JetStream did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The client URLs of the running servers.

@@ -118,6 +118,9 @@ fn start_cluster(extra: &[&str]) -> Server {
             "1,2,3",
             "--cluster-name",
             &name,
+            // A loaded test machine may keep JetStream busy for seconds.
+            "--cluster-connect-timeout-ms",
+            "30000",
         ];
         args.extend_from_slice(extra);
         let port = free_port();
