@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::ops::{self, Answer, Op};
 use crate::cluster::Node;
-use crate::limits::{key_of, Bucket};
+use crate::limits::{key_of, Bucket, SendLimits};
 use crate::shared::Shared;
 
 /// How long a node waits for a key's home before it keeps the bucket
@@ -41,13 +41,9 @@ const LEASES_MAX: usize = 100_000;
 /// Takes one token of `key`'s `bucket`; when there is none, the
 /// milliseconds until there will be.
 pub async fn take(shared: &Shared, bucket: Bucket, key: u64) -> Result<(), u64> {
-    let Some(node) = shared.cluster.as_deref() else {
+    let Some((node, home)) = remote_home(shared, bucket, key) else {
         return take_here(shared, bucket, key, 1).map(|_| ());
     };
-    let home = home_of(node, bucket, key);
-    if home == node.cfg.node_id {
-        return take_here(shared, bucket, key, 1).map(|_| ());
-    }
     if node.leases.spend(bucket, key) {
         return Ok(());
     }
@@ -64,21 +60,15 @@ pub async fn take(shared: &Shared, bucket: Bucket, key: u64) -> Result<(), u64> 
 
 /// Returns a token of `key`'s `bucket` (what it paid for did not happen).
 pub async fn give_back(shared: &Shared, bucket: Bucket, key: u64) {
-    let home = shared
-        .cluster
-        .as_deref()
-        .map(|n| (n, home_of(n, bucket, key)));
-    match home {
-        Some((node, home)) if home != node.cfg.node_id => {
-            if ask(node, home, &Op::GiveBack { bucket, key })
-                .await
-                .is_none()
-            {
-                give_back_here(shared, bucket, key);
-            }
+    if let Some((node, home)) = remote_home(shared, bucket, key) {
+        if ask(node, home, &Op::GiveBack { bucket, key })
+            .await
+            .is_some()
+        {
+            return;
         }
-        _ => give_back_here(shared, bucket, key),
     }
+    give_back_here(shared, bucket, key);
 }
 
 /// A cluster node's login reservation: the tokens a login took from the
@@ -125,53 +115,56 @@ pub async fn release_login(shared: &Shared, r: LoginReservation) {
 /// to `Op::Take`.
 pub fn take_here(shared: &Shared, bucket: Bucket, key: u64, want: u32) -> Result<u32, u64> {
     let now = Instant::now();
-    let want = want.max(1);
-    match bucket {
-        Bucket::Sends => shared.sends.take_up_to(key, want, now),
-        Bucket::Joins => shared.rates.joins.take_up_to(key, want, now),
-        Bucket::RoomsCreated => shared.rates.rooms_created.take_up_to(key, want, now),
-        Bucket::MemberAdds => shared.rates.member_adds.take_up_to(key, want, now),
-        Bucket::LoginIp => shared.logins.bucket(true).take_up_to(key, want, now),
-        Bucket::LoginAccount => shared.logins.bucket(false).take_up_to(key, want, now),
-        Bucket::Registrations => match shared.limits.may_register_key(key, now) {
-            true => Ok(1),
-            // A minute window: at most a minute.
-            false => Err(60_000),
-        },
+    match token_bucket(shared, bucket) {
+        Some(tokens) => tokens.take_up_to(key, want.max(1), now),
+        None if shared.limits.may_register_key(key, now) => Ok(1),
+        // A minute window: at most a minute.
+        None => Err(60_000),
     }
 }
 
-/// Returns a token to `key`'s `bucket` as this node keeps it.
+/// Returns a token to `key`'s `bucket` as this node keeps it. (A
+/// registration that failed later still counted, as on one node.)
 pub fn give_back_here(shared: &Shared, bucket: Bucket, key: u64) {
-    let now = Instant::now();
-    match bucket {
-        Bucket::Sends => shared.sends.give_back(key, now),
-        Bucket::Joins => shared.rates.joins.give_back(key, now),
-        Bucket::RoomsCreated => shared.rates.rooms_created.give_back(key, now),
-        Bucket::MemberAdds => shared.rates.member_adds.give_back(key, now),
-        Bucket::LoginIp => shared.logins.bucket(true).give_back(key, now),
-        Bucket::LoginAccount => shared.logins.bucket(false).give_back(key, now),
-        // A registration that failed later still counted (as on one node).
-        Bucket::Registrations => {}
+    if let Some(tokens) = token_bucket(shared, bucket) {
+        tokens.give_back(key, Instant::now());
     }
 }
 
-/// The node that keeps `key`'s `bucket`: rendezvous hashing over the node
-/// list, with the bucket mixed in so that one user's buckets spread.
-fn home_of(node: &Node, bucket: Bucket, key: u64) -> u32 {
+/// This node's token buckets of `bucket` (registrations are counted in a
+/// minute window instead: `None`).
+fn token_bucket(shared: &Shared, bucket: Bucket) -> Option<&SendLimits> {
+    Some(match bucket {
+        Bucket::Sends => &shared.sends,
+        Bucket::Joins => &shared.rates.joins,
+        Bucket::RoomsCreated => &shared.rates.rooms_created,
+        Bucket::MemberAdds => &shared.rates.member_adds,
+        Bucket::LoginIp => shared.logins.bucket(true),
+        Bucket::LoginAccount => shared.logins.bucket(false),
+        Bucket::Registrations => return None,
+    })
+}
+
+/// This node and the node that keeps `key`'s `bucket`, when that is
+/// another: rendezvous hashing over the node list, with the bucket mixed
+/// in so that one user's buckets spread. `None` on one node, or when the
+/// bucket is this node's own.
+fn remote_home(shared: &Shared, bucket: Bucket, key: u64) -> Option<(&Node, u32)> {
+    let node = shared.cluster.as_deref()?;
     let tag = bucket as u64 + 1;
-    node.owner_of(key ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    let home = node.owner_of(key ^ tag.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (home != node.cfg.node_id).then_some((node, home))
 }
 
 /// Tokens a node asks for at once: a lease for the frequent buckets, one
 /// for the others.
 fn lease_len(shared: &Shared, node: &Node, bucket: Bucket) -> u32 {
-    let burst = match bucket {
-        Bucket::Sends => shared.sends.burst(),
-        Bucket::Joins => shared.rates.joins.burst(),
-        _ => return 1,
-    };
-    (burst / (2 * node.cfg.nodes.len() as u32)).max(1)
+    match (bucket, token_bucket(shared, bucket)) {
+        (Bucket::Sends | Bucket::Joins, Some(tokens)) => {
+            (tokens.burst() / (2 * node.cfg.nodes.len() as u32)).max(1)
+        }
+        _ => 1,
+    }
 }
 
 /// Asks `home`; its answer, or `None` when it cannot be had (the caller

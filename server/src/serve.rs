@@ -135,11 +135,7 @@ pub async fn run(
         })
     };
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shared.stopped().await;
-            None
-        })
-        .await;
+        let accepted = shared.unless_stopped(listener.accept()).await;
         match accepted {
             Some(Ok(stream)) => {
                 let Ok(pass) = shared.gate.enter() else {

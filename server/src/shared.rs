@@ -79,4 +79,14 @@ impl Shared {
         // is closed.
         let _ = self.stop.acquire(1).await;
     }
+
+    /// What `work` resolves to, or `None` if the shard stops first (then
+    /// `work` is dropped).
+    pub async fn unless_stopped<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        let stop = async {
+            self.stopped().await;
+            None
+        };
+        futures_lite::future::or(async { Some(work.await) }, stop).await
+    }
 }

@@ -190,12 +190,9 @@ pub enum Service {
 pub async fn serve(shared: Rc<Shared>, requests: flume::Receiver<Incoming>, service: Service) {
     let slots = Rc::new(glommio::sync::Semaphore::new(ANSWERS_IN_FLIGHT_MAX));
     loop {
-        let next = futures_lite::future::or(async { requests.recv_async().await.ok() }, async {
-            shared.stopped().await;
-            None
-        })
-        .await;
-        let Some(m) = next else { return };
+        let Some(Ok(m)) = shared.unless_stopped(requests.recv_async()).await else {
+            return;
+        };
         let Some(reply) = m.reply else { continue };
         let Some(node) = shared.cluster.clone() else {
             return;

@@ -50,12 +50,9 @@ pub fn notify(shared: &Shared, user: u64, frame: String) {
 pub async fn hear(shared: Rc<Shared>, node: std::sync::Arc<Node>) {
     let notices = node.notices.clone();
     loop {
-        let next = futures_lite::future::or(async { notices.recv_async().await.ok() }, async {
-            shared.stopped().await;
-            None
-        })
-        .await;
-        let Some(m) = next else { return };
+        let Some(Ok(m)) = shared.unless_stopped(notices.recv_async()).await else {
+            return;
+        };
         match serde_json::from_slice::<WireNotice>(&m.payload) {
             Ok(n) if n.node != node.cfg.node_id => {
                 shared.notices.push(n.user, n.frame, Instant::now());

@@ -218,7 +218,6 @@ pub async fn ask_node(node: &Node, to: u32, op: &Op, timeout: Duration) -> Resul
         .request(to, &subject, super::records::json_bytes(op), timeout)
         .await
         .map_err(Asked::Unanswered)?;
-    let owner = to;
     let answer = match serde_json::from_slice(&answer) {
         Ok(Answer::Error {
             status,
@@ -231,7 +230,7 @@ pub async fn ask_node(node: &Node, to: u32, op: &Op, timeout: Duration) -> Resul
         }),
         Ok(a) => Ok(a),
         Err(e) => Err(ApiError::Internal(format!(
-            "node {owner} answered garbage: {e}"
+            "node {to} answered garbage: {e}"
         ))),
     };
     answer.map_err(Asked::Refused)

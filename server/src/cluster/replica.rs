@@ -199,7 +199,8 @@ impl Replica {
         revoked: &Revoked,
         restarted: &dyn Fn(u32),
     ) {
-        let mut writes = Vec::with_capacity(batch.len());
+        // The writes, and beside each the change it came from (to log).
+        let (mut writes, mut from) = (Vec::with_capacity(batch.len()), Vec::new());
         let mut last = [None; 2];
         for (b, change) in batch {
             if *b == USERS && change.value.is_some() {
@@ -208,7 +209,10 @@ impl Replica {
                 }
             }
             match decode(*b, change) {
-                Ok(Some(w)) => writes.push((w, change)),
+                Ok(Some(w)) => {
+                    writes.push(w);
+                    from.push(change);
+                }
                 Ok(None) => {}
                 Err(why) => self.failed(change, &why),
             }
@@ -217,9 +221,8 @@ impl Replica {
         // Held while applying: a read-through (`accounts.rs`) writes only
         // what the watch has not passed.
         let _order = self.apply_lock.lock();
-        let all: Vec<Replicated> = writes.iter().map(|(w, _)| w.clone()).collect();
-        if dir.replicate_batch(&all).is_err() {
-            for (w, change) in &writes {
+        if dir.replicate_batch(&writes).is_err() {
+            for (w, change) in writes.iter().zip(&from) {
                 if let Err(e) = dir.replicate_batch(std::slice::from_ref(w)) {
                     self.failed(change, &e.to_string());
                 }
@@ -228,7 +231,7 @@ impl Replica {
         // Logged out on some node: this node's WebSockets of those
         // sessions are closed by the sweeps.
         let now = Instant::now();
-        for (w, _) in &writes {
+        for w in &writes {
             if let Replicated::SessionEnded(hash) = w {
                 revoked.end(*hash, now);
             }

@@ -55,25 +55,7 @@ pub(crate) async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
         (Some(node), false) => Some(node.claim_room_name(&new.name).await?),
         _ => None,
     };
-    let created = match &shared.cluster {
-        // The cluster hands out the id: one above every room's so far.
-        Some(node) => match node.next_id("room").await {
-            Ok(id) => {
-                let engine = &shared.engine;
-                engine
-                    .create_room_with_id(id, &new.name, new.private, creator)
-                    .await
-                    .map_err(ApiError::from)
-            }
-            Err(e) => Err(e),
-        },
-        None => shared
-            .engine
-            .create_room(&new.name, new.private, creator)
-            .await
-            .map_err(ApiError::from),
-    };
-    let id = match (created, claimed) {
+    let id = match (new_room(shared, &new, creator).await, claimed) {
         (Ok(id), _) => id,
         (Err(e), Some(node)) => {
             node.release_room_name(&new.name).await;
@@ -86,6 +68,21 @@ pub(crate) async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
         .await?
         .ok_or_else(|| ApiError::Internal("a created room is missing".into()))?;
     Ok(Response::json(201, &room_json(&room)))
+}
+
+/// Makes the room; its id. In a cluster the cluster hands out the id: one
+/// above every room's so far.
+async fn new_room(shared: &Shared, new: &NewRoom, creator: u64) -> Result<u64, ApiError> {
+    let (name, private, engine) = (&new.name, new.private, &shared.engine);
+    Ok(match &shared.cluster {
+        Some(node) => {
+            let id = node.next_id("room").await?;
+            engine
+                .create_room_with_id(id, name, private, creator)
+                .await?
+        }
+        None => engine.create_room(name, private, creator).await?,
+    })
 }
 
 /// `GET /api/rooms/{id}`: the room and the caller's standing (`role`,

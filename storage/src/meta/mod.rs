@@ -428,17 +428,6 @@ pub enum Replicated {
     SessionEnded([u8; 32]),
 }
 
-/// Raises `counter` to `id` if it is below: ids handed out later are
-/// above it.
-fn raise_counter(txn: &WriteTransaction, counter: &str, id: u64) -> Result<()> {
-    let mut counters = txn.open_table(COUNTERS)?;
-    let now = counters.get(counter)?.map_or(0, |g| g.value());
-    if now < id {
-        counters.insert(counter, id)?;
-    }
-    Ok(())
-}
-
 /// Hands out the next id of `counter` that `ids` accepts.
 fn next_id(txn: &WriteTransaction, counter: &str, ids: Option<&IdFilter>) -> Result<u64> {
     let mut counters = txn.open_table(COUNTERS)?;

@@ -49,7 +49,7 @@ impl Meta {
             require_user(&txn.open_table(USERS)?, creator)?;
             insert_room(txn, id, (name, private, creator, now_ms, 0))?;
             put_member(txn, id, creator, Role::Owner)?;
-            raise_counter(txn, ROOM_COUNTER, id)
+            bump_counter(txn, ROOM_COUNTER, id)
         })
     }
 
