@@ -14,6 +14,10 @@
 //!   in a JetStream key-value bucket, so that a node started with another
 //!   list refuses to run ([`Error::NodesChanged`]).
 //!
+//! - [`wire::Wire`]: a shard's own connection to NATS for the hot path
+//!   (room events, requests to rooms' owners), spoken by the shard's
+//!   executor with no thread between (`wire/mod.rs` says why).
+//!
 //! Dependencies point one way: the server uses this crate; this crate uses
 //! neither the engine nor storage.
 
@@ -24,6 +28,7 @@ mod link;
 mod owner;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod wire;
 
 pub use config::ClusterConfig;
 pub use error::{Error, Result};

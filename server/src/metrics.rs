@@ -418,7 +418,11 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
             &mut r,
             "cluster_nats_dropped",
             "NATS messages dropped because their reader on this node was behind",
-            node.link.dropped(),
+            node.link.dropped()
+                + node
+                    .wire_counters
+                    .dropped
+                    .load(std::sync::atomic::Ordering::Relaxed),
         );
         let c = &node.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
@@ -446,7 +450,7 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
             (
                 "cluster_unsent",
                 "Room events this node could not publish (its NATS queue was full)",
-                node.link.unsent(),
+                node.link.unsent() + load(&node.wire_counters.unsent),
             ),
             (
                 "cluster_replica_failures",

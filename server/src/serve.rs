@@ -91,10 +91,12 @@ pub async fn run(
     // A cluster node serves nothing before it has the cluster's users and
     // sessions (a logout or a password change made while it was down
     // must hold here from its first request).
+    let mut wired_ops = None;
     if let Some(node) = &shared.cluster {
         while !node.replica().is_some_and(|r| r.caught_up()) {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
+        wired_ops = node.start_wire(shared.shard).await;
     }
     let listener = match listen(shared.cfg.listen) {
         Ok(l) => {
@@ -108,9 +110,28 @@ pub async fn run(
     };
     if let Some(node) = &shared.cluster {
         use crate::cluster::forward::{serve, Service};
-        let (requests, ops) = (node.requests.clone(), node.ops.clone());
-        glommio::spawn_local(serve(shared.clone(), requests, Service::Http)).detach();
-        glommio::spawn_local(serve(shared.clone(), ops, Service::Ops)).detach();
+        let requests = node.requests.clone();
+        glommio::spawn_local(serve(shared.clone(), requests, Service::Http, None)).detach();
+        // Operations on rooms come through this shard's wire when it has
+        // one (the subscription lives as long as the task), else through
+        // the link, shared by the shards.
+        let ops = match (wired_ops, &node.ops) {
+            (Some(sub), _) => {
+                let (shared, wire) = (shared.clone(), crate::cluster::wire());
+                glommio::spawn_local(async move {
+                    let ops = sub.messages.clone();
+                    serve(shared, ops, Service::Ops, wire).await;
+                    drop(sub);
+                })
+                .detach();
+                None
+            }
+            (None, Some(ops)) => Some(ops.messages.clone()),
+            (None, None) => None,
+        };
+        if let Some(ops) = ops {
+            glommio::spawn_local(serve(shared.clone(), ops, Service::Ops, None)).detach();
+        }
         let heard = crate::cluster::notices::hear(shared.clone(), node.clone());
         glommio::spawn_local(heard).detach();
     }
@@ -155,6 +176,9 @@ pub async fn run(
     drop(listener);
     tracing::debug!(shard = shared.shard, "listener closed; closing connections");
     let _ = shared.gate.close().await;
+    if let Some(node) = &shared.cluster {
+        node.stop_wire();
+    }
     let _ = drained.send(shared.shard);
 }
 

@@ -65,7 +65,16 @@ pub fn tap(link: Link, name: String) -> EventTap {
             Tapped::Event(e) => (e.room(), encode(e)),
             Tapped::Revoked { room, user, reason } => (room, encode_revoked(room, user, reason)),
         };
-        link.try_publish(room_subject(&name, room), wire);
+        // Through this shard's wire when it has one (the owner's shard
+        // calls this), through the link otherwise.
+        match super::wire() {
+            Some(w) => {
+                w.publish(&room_subject(&name, room), &wire);
+            }
+            None => {
+                link.try_publish(room_subject(&name, room), wire);
+            }
+        }
     })
 }
 

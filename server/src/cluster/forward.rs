@@ -187,7 +187,15 @@ pub enum Service {
 
 /// Answers what other nodes ask of this one, on this shard, until it
 /// stops.
-pub async fn serve(shared: Rc<Shared>, requests: flume::Receiver<Incoming>, service: Service) {
+///
+/// Answers go back the way the requests came: through `wire` when given
+/// (this shard's), through the link otherwise.
+pub async fn serve(
+    shared: Rc<Shared>,
+    requests: flume::Receiver<Incoming>,
+    service: Service,
+    wire: Option<rookery_cluster::wire::Wire>,
+) {
     let slots = Rc::new(glommio::sync::Semaphore::new(ANSWERS_IN_FLIGHT_MAX));
     loop {
         let Some(Ok(m)) = shared.unless_stopped(requests.recv_async()).await else {
@@ -204,10 +212,10 @@ pub async fn serve(shared: Rc<Shared>, requests: flume::Receiver<Incoming>, serv
                 Service::Http => encode_response(&busy.response()),
                 Service::Ops => super::records::json_bytes(&super::ops::refusal(busy)),
             };
-            let _ = node.link.publish(&reply, answer).await;
+            reply_with(&node, wire.as_ref(), &reply, answer).await;
             continue;
         }
-        let (shared, slots) = (shared.clone(), slots.clone());
+        let (shared, slots, wire) = (shared.clone(), slots.clone(), wire.clone());
         glommio::spawn_local(async move {
             let answer = match service {
                 Service::Http => encode_response(&answer(&shared, &m.payload).await),
@@ -215,10 +223,26 @@ pub async fn serve(shared: Rc<Shared>, requests: flume::Receiver<Incoming>, serv
                     super::records::json_bytes(&super::ops::answer(&shared, &m.payload).await)
                 }
             };
-            let _ = node.link.publish(&reply, answer).await;
+            reply_with(&node, wire.as_ref(), &reply, answer).await;
             slots.signal(1);
         })
         .detach();
+    }
+}
+
+async fn reply_with(
+    node: &super::Node,
+    wire: Option<&rookery_cluster::wire::Wire>,
+    reply: &str,
+    answer: bytes::Bytes,
+) {
+    match wire {
+        Some(w) => {
+            w.publish(reply, &answer);
+        }
+        None => {
+            let _ = node.link.publish(reply, answer).await;
+        }
     }
 }
 

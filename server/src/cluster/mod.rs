@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use std::cell::RefCell;
+
+use rookery_cluster::wire::{Wire, WireCounters};
 use rookery_cluster::{BucketSpec, ClusterConfig, Link, LinkState};
 use serde_json::{json, Value};
 
@@ -34,6 +37,37 @@ use replica::Replica;
 /// How long a write through the cluster may take to become visible on
 /// this node before the request fails with `cluster_unavailable`.
 pub const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Bytes a shard's wire holds unwritten, at most (past it, publishes are
+/// dropped and counted; receivers fill the gaps).
+const WIRE_OUT_BYTES_MAX: usize = 8 << 20;
+
+thread_local! {
+    /// This shard's own NATS connection (`rookery_cluster::wire`), once
+    /// the shard started it: room events, and operations on rooms, go
+    /// through it with no thread between the shard and NATS.
+    static WIRE: RefCell<Option<Wire>> = const { RefCell::new(None) };
+}
+
+/// This shard's wire, when it has one.
+pub fn wire() -> Option<Wire> {
+    WIRE.with(|w| w.borrow().clone())
+}
+
+/// A subscription through the link or through a shard's wire.
+pub enum NatsSub {
+    Link(rookery_cluster::Subscription),
+    Wire(rookery_cluster::wire::WireSub),
+}
+
+impl NatsSub {
+    pub fn messages(&self) -> &flume::Receiver<rookery_cluster::Incoming> {
+        match self {
+            NatsSub::Link(s) => &s.messages,
+            NatsSub::Wire(s) => &s.messages,
+        }
+    }
+}
 
 /// A (node, shard) that tells an owner of a user's presence.
 type Reporter = (u32, u32);
@@ -121,8 +155,11 @@ pub struct Node {
     pub leases: crate::rates::Leases,
     /// Requests other nodes forward to this one (shared by the shards).
     pub requests: rookery_cluster::Subscription,
-    /// Operations other nodes ask of this one (shared by the shards).
-    pub ops: rookery_cluster::Subscription,
+    /// Operations other nodes ask of this one (shared by the shards),
+    /// when the shards have no wires (which subscribe to them instead).
+    pub ops: Option<rookery_cluster::Subscription>,
+    /// What the shards' wires count, summed.
+    pub wire_counters: Arc<WireCounters>,
     /// Notices for users, from every node (shared by the shards).
     pub notices: rookery_cluster::Subscription,
     /// The cluster's bucket (node list, users) and the sessions bucket.
@@ -174,7 +211,12 @@ impl Node {
             }
         }
         let requests = block(link.subscribe(&forward::subject(&cfg.name, cfg.node_id)))?;
-        let ops = block(link.subscribe(&ops::subject(&cfg.name, cfg.node_id)))?;
+        let ops = match Wire::supports(&cfg.nats) {
+            true => None,
+            false => Some(block(
+                link.subscribe(&ops::subject(&cfg.name, cfg.node_id)),
+            )?),
+        };
         let notices = block(link.subscribe(&notices::subject(&cfg.name)))?;
         let peers = cfg
             .nodes
@@ -189,6 +231,7 @@ impl Node {
             leases: crate::rates::Leases::default(),
             requests,
             ops,
+            wire_counters: Arc::default(),
             notices,
             engine: OnceLock::new(),
             peers,
@@ -196,6 +239,51 @@ impl Node {
             buckets,
             replica: OnceLock::new(),
         })
+    }
+
+    /// Starts shard `shard`'s wire (unless the NATS servers need what only
+    /// the link speaks, such as TLS) and waits, at most the connect
+    /// timeout, until it is connected. The shard's operations are then
+    /// answered through it: its subscription to them is returned.
+    pub async fn start_wire(&self, shard: usize) -> Option<rookery_cluster::wire::WireSub> {
+        if !Wire::supports(&self.cfg.nats) {
+            return None;
+        }
+        let name = format!(
+            "rookery-{}-{}-shard-{shard}",
+            self.cfg.name, self.cfg.node_id
+        );
+        // Nodes and shards start at different servers of the list.
+        let first = self.cfg.node_id as usize + shard;
+        let wire = match Wire::start(
+            &self.cfg.nats,
+            first,
+            name,
+            WIRE_OUT_BYTES_MAX,
+            self.wire_counters.clone(),
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "the shard's wire did not start; the link carries all");
+                return None;
+            }
+        };
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(self.cfg.connect_timeout_ms);
+        while !wire.connected() && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        let subject = ops::subject(&self.cfg.name, self.cfg.node_id);
+        let sub = wire.subscribe(&subject, Some("shards")).ok()?;
+        WIRE.with(|w| *w.borrow_mut() = Some(wire));
+        Some(sub)
+    }
+
+    /// Ends this shard's wire, if it has one.
+    pub fn stop_wire(&self) {
+        if let Some(w) = WIRE.with(|w| w.borrow_mut().take()) {
+            w.stop();
+        }
     }
 
     /// Starts the replica of users and sessions into the engine's
@@ -363,7 +451,10 @@ impl Node {
         timeout: Duration,
     ) -> rookery_cluster::Result<bytes::Bytes> {
         use rookery_cluster::Error::{NoResponders, TimedOut};
-        let answered = self.link.request(subject, payload, timeout).await;
+        let answered = match wire().filter(Wire::connected) {
+            Some(w) => w.request(subject, &payload, timeout).await,
+            None => self.link.request(subject, payload, timeout).await,
+        };
         self.heard(to, !matches!(answered, Err(NoResponders(_) | TimedOut(_))));
         answered
     }

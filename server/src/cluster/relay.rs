@@ -31,7 +31,6 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rookery_cluster::Subscription;
 use rookery_engine::{Error as EngineError, Event, EventKind, LocalSink};
 
 use super::events;
@@ -100,7 +99,7 @@ struct Room {
     order: RefCell<Order<Event>>,
     filling: Cell<bool>,
     /// Dropped with the room: NATS stops sending its events here.
-    _nats: Subscription,
+    _nats: super::NatsSub,
 }
 
 /// A user's presence in a relayed room, as this shard sees it and as it
@@ -334,18 +333,22 @@ impl Relay {
             return Ok(r.clone());
         }
         let subject = events::room_subject(&self.node.cfg.name, room);
-        let nats = self
-            .node
-            .link
-            .subscribe(&subject)
-            .await
-            .map_err(crate::accounts::cluster_error)?;
+        let nats = match super::wire() {
+            Some(w) => w.subscribe(&subject, None).map(super::NatsSub::Wire),
+            None => self
+                .node
+                .link
+                .subscribe(&subject)
+                .await
+                .map(super::NatsSub::Link),
+        }
+        .map_err(crate::accounts::cluster_error)?;
         // Another join may have opened it meanwhile (this subscription
         // then ends with `nats`).
         if let Some(r) = self.rooms.borrow().get(&room) {
             return Ok(r.clone());
         }
-        let incoming = nats.messages.clone();
+        let incoming = nats.messages().clone();
         let r = Rc::new(Room {
             id: room,
             subs: RefCell::new(Vec::new()),
