@@ -66,6 +66,7 @@ enum Cmd {
     },
     Subscribe {
         subject: String,
+        queue: Option<String>,
         sink: flume::Sender<Incoming>,
         ready: flume::Sender<Result<()>>,
         stop: tokio::sync::oneshot::Receiver<()>,
@@ -230,11 +231,19 @@ impl Link {
     /// the returned subscription's channel, in order. Dropping the
     /// subscription ends it at once (NATS stops sending).
     pub async fn subscribe(&self, subject: &str) -> Result<Subscription> {
+        self.subscribe_in(subject, None).await
+    }
+
+    /// As [`Link::subscribe`], in queue group `queue` when given: each
+    /// message goes to one member of the group (here or on a shard's
+    /// wire, `crate::wire`).
+    pub async fn subscribe_in(&self, subject: &str, queue: Option<&str>) -> Result<Subscription> {
         let (sink, messages) = flume::bounded(INCOMING_MAX);
         let (ready, done) = flume::bounded(1);
         let (stop_tx, stop) = tokio::sync::oneshot::channel();
         self.send_async(Cmd::Subscribe {
             subject: subject.to_string(),
+            queue: queue.map(str::to_string),
             sink,
             ready,
             stop,
@@ -478,10 +487,14 @@ async fn handle(
         }
         Cmd::Subscribe {
             subject,
+            queue,
             sink,
             ready,
             stop,
-        } => match client.subscribe(subject).await {
+        } => match match queue {
+            Some(q) => client.queue_subscribe(subject, q).await,
+            None => client.subscribe(subject).await,
+        } {
             Ok(sub) => {
                 let _ = ready.send(Ok(()));
                 tokio::spawn(forward(sub, sink, stop, counters.clone()));

@@ -449,7 +449,7 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
             ),
             (
                 "cluster_unsent",
-                "Room events this node could not publish (its NATS queue was full)",
+                "Publishes this node dropped (room events, answers, requests): its NATS queue full, its shard's wire disconnected or full, or over max_payload",
                 node.link.unsent() + load(&node.wire_counters.unsent),
             ),
             (

@@ -91,12 +91,18 @@ pub async fn run(
     // A cluster node serves nothing before it has the cluster's users and
     // sessions (a logout or a password change made while it was down
     // must hold here from its first request).
-    let mut wired_ops = None;
+    let mut ops = None;
     if let Some(node) = &shared.cluster {
         while !node.replica().is_some_and(|r| r.caught_up()) {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        wired_ops = node.start_wire(shared.shard).await;
+        match node.subscribe_ops(shared.shard).await {
+            Ok(sub) => ops = Some(sub),
+            Err(e) => {
+                let _ = bound.send(Err(format!("subscribing to this node's operations: {e}")));
+                return;
+            }
+        }
     }
     let listener = match listen(shared.cfg.listen) {
         Ok(l) => {
@@ -112,25 +118,17 @@ pub async fn run(
         use crate::cluster::forward::{serve, Service};
         let requests = node.requests.clone();
         glommio::spawn_local(serve(shared.clone(), requests, Service::Http, None)).detach();
-        // Operations on rooms come through this shard's wire when it has
-        // one (the subscription lives as long as the task), else through
-        // the link, shared by the shards.
-        let ops = match (wired_ops, &node.ops) {
-            (Some(sub), _) => {
-                let (shared, wire) = (shared.clone(), crate::cluster::wire());
-                glommio::spawn_local(async move {
-                    let ops = sub.messages.clone();
-                    serve(shared, ops, Service::Ops, wire).await;
-                    drop(sub);
-                })
-                .detach();
-                None
-            }
-            (None, Some(ops)) => Some(ops.messages.clone()),
-            (None, None) => None,
-        };
-        if let Some(ops) = ops {
-            glommio::spawn_local(serve(shared.clone(), ops, Service::Ops, None)).detach();
+        // Operations on rooms, through this shard's wire (answered
+        // through it) or the link; the subscription lives as long as the
+        // task.
+        if let Some(sub) = ops.take() {
+            let (shared, wire) = (shared.clone(), crate::cluster::wire());
+            glommio::spawn_local(async move {
+                let messages = sub.messages().clone();
+                serve(shared, messages, Service::Ops, wire).await;
+                drop(sub);
+            })
+            .detach();
         }
         let heard = crate::cluster::notices::hear(shared.clone(), node.clone());
         glommio::spawn_local(heard).detach();

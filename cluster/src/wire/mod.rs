@@ -7,9 +7,9 @@
 //! thread ([`crate::Link`]), and every message to or from a shard crosses
 //! that thread: one wake-up more each way. Measured on the 2-vCPU VM
 //! (docs/cluster.md), a message from one client's thread to another's
-//! through two NATS servers takes 77–82 µs at p50 on plain sockets, and
-//! 137–141 µs from shard to shard through two links; a cross-node
-//! delivery crosses NATS once or twice. The protocol this needs is small
+//! through two NATS servers took 73–88 µs at p50 on plain sockets,
+//! 121–141 µs from shard to shard through two links, and 95 µs through
+//! two wires; a cross-node delivery crosses NATS once or twice. The protocol this needs is small
 //! (`proto.rs`); JetStream, key-value buckets and everything else stay on
 //! the link.
 //!
@@ -300,22 +300,35 @@ impl Wire {
         inner.next_token.set(token + 1);
         let (tx, rx) = flume::bounded(1);
         inner.waiting.borrow_mut().insert(token, tx);
+        // Forgets the request however this ends, a caller that gives up
+        // (drops this future) included.
+        let _waiting = Waiting { inner, token };
         let reply = format!("{}.{token}", inner.inbox);
         if !inner.publish(subject, Some(&reply), payload) {
-            inner.waiting.borrow_mut().remove(&token);
             return Err(Error::Closed);
         }
         let answer = glommio::timer::timeout(timeout, async {
             Ok(rx.recv_async().await.unwrap_or(Err(Error::Closed)))
         })
         .await;
-        inner.waiting.borrow_mut().remove(&token);
         match answer {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(Error::NoResponders(_))) => Err(Error::NoResponders(subject.to_string())),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::TimedOut(subject.to_string())),
         }
+    }
+}
+
+/// A request waiting for its answer; dropping it forgets the request.
+struct Waiting<'a> {
+    inner: &'a Inner,
+    token: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.inner.waiting.borrow_mut().remove(&self.token);
     }
 }
 
@@ -431,8 +444,16 @@ async fn run(wire: Weak<Inner>) {
         drop(inner);
         match connect(&server).await {
             Ok((stream, info)) => {
-                pause = RETRY_PAUSE;
-                serve(&wire, &server, stream, info).await;
+                // A connection counts once the server answered its first
+                // ping (so it took the greeting): one it closes at once
+                // (refused credentials, too many connections, lame duck)
+                // is retried after a pause, not in a loop.
+                if serve(&wire, &server, stream, info).await {
+                    pause = RETRY_PAUSE;
+                } else {
+                    glommio::timer::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
             }
             Err(e) => {
                 tracing::debug!(server = %server.addr, error = %e, "wire: connect failed");
@@ -500,9 +521,12 @@ impl ServerInfo {
     }
 }
 
-/// Serves one connection until it fails or the wire stops.
-async fn serve(wire: &Weak<Inner>, server: &Server, stream: TcpStream, info: ServerInfo) {
-    let Some(inner) = wire.upgrade() else { return };
+/// Serves one connection until it fails or the wire stops; whether the
+/// server answered a ping on it.
+async fn serve(wire: &Weak<Inner>, server: &Server, stream: TcpStream, info: ServerInfo) -> bool {
+    let Some(inner) = wire.upgrade() else {
+        return false;
+    };
     inner.payload_max.set(info.max_payload);
     *inner.out.borrow_mut() = inner.greeting(server);
     inner.connected.set(true);
@@ -511,11 +535,13 @@ async fn serve(wire: &Weak<Inner>, server: &Server, stream: TcpStream, info: Ser
     let wake = inner.wake_rx.clone();
     drop(inner);
     tracing::info!(server = %server.addr, "wire: connected");
-    let pings_out = Cell::new(0u32);
+    // The greeting's ping is out; every pong sets it back to 0.
+    let pings_out = Cell::new(1u32);
+    let ponged = Cell::new(false);
     let (reader, writer) = futures_lite::io::split(stream);
     let why = futures_lite::future::or(
         futures_lite::future::or(
-            read_loop(wire, reader, &pings_out),
+            read_loop(wire, reader, &pings_out, &ponged),
             write_loop(wire, writer, wake),
         ),
         ping_loop(wire, &pings_out),
@@ -525,24 +551,26 @@ async fn serve(wire: &Weak<Inner>, server: &Server, stream: TcpStream, info: Ser
     if let Some(inner) = wire.upgrade() {
         inner.lost();
     }
+    ponged.get()
 }
 
 async fn read_loop(
     wire: &Weak<Inner>,
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
     pings_out: &Cell<u32>,
+    ponged: &Cell<bool>,
 ) -> String {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Read into one scratch chunk; `buf` holds only what is not parsed
+    // yet (payloads are copied out of it).
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut buf = BytesMut::new();
     loop {
-        buf.reserve(READ_CHUNK_BYTES);
-        let start = buf.len();
-        buf.resize(start + READ_CHUNK_BYTES, 0);
-        let n = match reader.read(&mut buf[start..]).await {
+        let n = match reader.read(&mut chunk).await {
             Ok(0) => return "closed by the server".into(),
             Ok(n) => n,
             Err(e) => return format!("read: {e}"),
         };
-        buf.truncate(start + n);
+        buf.extend_from_slice(&chunk[..n]);
         let Some(inner) = wire.upgrade() else {
             return "wire dropped".into();
         };
@@ -560,7 +588,10 @@ async fn read_loop(
                     write::pong(&mut inner.out.borrow_mut());
                     inner.kick();
                 }
-                Ok(Some(ServerOp::Pong)) => pings_out.set(0),
+                Ok(Some(ServerOp::Pong)) => {
+                    pings_out.set(0);
+                    ponged.set(true);
+                }
                 Ok(Some(ServerOp::Err(e))) => {
                     // Permission and subject errors leave the connection
                     // open; the others are followed by its close.

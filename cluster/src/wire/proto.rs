@@ -56,7 +56,8 @@ pub enum ProtoError {
 /// (its bytes consumed). `payload_max` bounds a message's payload.
 pub fn parse(buf: &mut BytesMut, payload_max: usize) -> Result<Option<ServerOp>, ProtoError> {
     let Some(end) = memchr_crlf(buf) else {
-        if buf.len() > CONTROL_LINE_MAX {
+        // (`+ 1`: the line's `\r` may have come without its `\n`.)
+        if buf.len() > CONTROL_LINE_MAX + 1 {
             return Err(ProtoError::LineTooLong);
         }
         return Ok(None);
@@ -146,9 +147,10 @@ fn take_msg(
     } else {
         None
     };
-    buf.advance(start + head.header_len);
-    let payload = buf.split_to(head.total_len - head.header_len).freeze();
-    buf.advance(2);
+    // Copied out (events are small): a payload kept by a slow reader
+    // must not pin the connection's whole read buffer.
+    let payload = Bytes::copy_from_slice(&buf[start + head.header_len..need - 2]);
+    buf.advance(need);
     Ok(Some(ServerOp::Msg {
         subject: head.subject,
         sid: head.sid,
@@ -373,7 +375,7 @@ mod tests {
             let mut buf = BytesMut::from(bytes);
             assert_eq!(parse(&mut buf, 1 << 20), Err(want), "{bytes:?}");
         }
-        let mut long = BytesMut::from(&[b'x'; CONTROL_LINE_MAX + 1][..]);
+        let mut long = BytesMut::from(&[b'x'; CONTROL_LINE_MAX + 2][..]);
         assert_eq!(parse(&mut long, 1 << 20), Err(ProtoError::LineTooLong));
         let mut ping = BytesMut::from(&b"PING extra\r\n"[..]);
         assert!(parse(&mut ping, 1 << 20).is_err());

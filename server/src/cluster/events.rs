@@ -65,9 +65,9 @@ pub fn tap(link: Link, name: String) -> EventTap {
             Tapped::Event(e) => (e.room(), encode(e)),
             Tapped::Revoked { room, user, reason } => (room, encode_revoked(room, user, reason)),
         };
-        // Through this shard's wire when it has one (the owner's shard
-        // calls this), through the link otherwise.
-        match super::wire() {
+        // Through this shard's wire when it has one and it is connected
+        // (the owner's shard calls this), through the link otherwise.
+        match super::wire().filter(rookery_cluster::wire::Wire::connected) {
             Some(w) => {
                 w.publish(&room_subject(&name, room), &wire);
             }

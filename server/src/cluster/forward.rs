@@ -236,7 +236,7 @@ async fn reply_with(
     reply: &str,
     answer: bytes::Bytes,
 ) {
-    match wire {
+    match wire.filter(|w| w.connected()) {
         Some(w) => {
             w.publish(reply, &answer);
         }

@@ -38,6 +38,9 @@ use replica::Replica;
 /// this node before the request fails with `cluster_unavailable`.
 pub const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
 
+/// The queue group in which a node's shards answer operations.
+const OPS_QUEUE: &str = "shards";
+
 /// Bytes a shard's wire holds unwritten, at most (past it, publishes are
 /// dropped and counted; receivers fill the gaps).
 const WIRE_OUT_BYTES_MAX: usize = 8 << 20;
@@ -155,9 +158,6 @@ pub struct Node {
     pub leases: crate::rates::Leases,
     /// Requests other nodes forward to this one (shared by the shards).
     pub requests: rookery_cluster::Subscription,
-    /// Operations other nodes ask of this one (shared by the shards),
-    /// when the shards have no wires (which subscribe to them instead).
-    pub ops: Option<rookery_cluster::Subscription>,
     /// What the shards' wires count, summed.
     pub wire_counters: Arc<WireCounters>,
     /// Notices for users, from every node (shared by the shards).
@@ -211,12 +211,6 @@ impl Node {
             }
         }
         let requests = block(link.subscribe(&forward::subject(&cfg.name, cfg.node_id)))?;
-        let ops = match Wire::supports(&cfg.nats) {
-            true => None,
-            false => Some(block(
-                link.subscribe(&ops::subject(&cfg.name, cfg.node_id)),
-            )?),
-        };
         let notices = block(link.subscribe(&notices::subject(&cfg.name)))?;
         let peers = cfg
             .nodes
@@ -230,7 +224,6 @@ impl Node {
             counters,
             leases: crate::rates::Leases::default(),
             requests,
-            ops,
             wire_counters: Arc::default(),
             notices,
             engine: OnceLock::new(),
@@ -241,11 +234,25 @@ impl Node {
         })
     }
 
-    /// Starts shard `shard`'s wire (unless the NATS servers need what only
-    /// the link speaks, such as TLS) and waits, at most the connect
-    /// timeout, until it is connected. The shard's operations are then
-    /// answered through it: its subscription to them is returned.
-    pub async fn start_wire(&self, shard: usize) -> Option<rookery_cluster::wire::WireSub> {
+    /// This shard's subscription to the operations other nodes ask of
+    /// this one, in the queue group of the node's shards (each operation
+    /// is answered once, by one of them): through the shard's wire
+    /// ([`Node::start_wire`]) when it has one, else through the link.
+    pub async fn subscribe_ops(&self, shard: usize) -> rookery_cluster::Result<NatsSub> {
+        if let Some(sub) = self.start_wire(shard).await {
+            return Ok(sub);
+        }
+        let subject = ops::subject(&self.cfg.name, self.cfg.node_id);
+        let sub = self.link.subscribe_in(&subject, Some(OPS_QUEUE)).await?;
+        Ok(NatsSub::Link(sub))
+    }
+
+    /// Starts shard `shard`'s wire and waits, at most the connect timeout,
+    /// until it is connected; then subscribes it to the node's operations.
+    /// None (and no wire) when the NATS servers need what only the link
+    /// speaks (TLS) or the wire did not connect in time: the link then
+    /// carries this shard's traffic.
+    async fn start_wire(&self, shard: usize) -> Option<NatsSub> {
         if !Wire::supports(&self.cfg.nats) {
             return None;
         }
@@ -264,7 +271,7 @@ impl Node {
         ) {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!(error = %e, "the shard's wire did not start; the link carries all");
+                tracing::warn!(error = %e, "the shard's wire did not start; the link carries its traffic");
                 return None;
             }
         };
@@ -274,9 +281,20 @@ impl Node {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
         let subject = ops::subject(&self.cfg.name, self.cfg.node_id);
-        let sub = wire.subscribe(&subject, Some("shards")).ok()?;
+        let sub = match wire.connected() {
+            true => wire.subscribe(&subject, Some(OPS_QUEUE)).ok(),
+            false => None,
+        };
+        let Some(sub) = sub else {
+            tracing::warn!(
+                shard,
+                "the shard's wire did not connect; the link carries its traffic"
+            );
+            wire.stop();
+            return None;
+        };
         WIRE.with(|w| *w.borrow_mut() = Some(wire));
-        Some(sub)
+        Some(NatsSub::Wire(sub))
     }
 
     /// Ends this shard's wire, if it has one.
