@@ -290,6 +290,17 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub cluster_connect_timeout_ms: u64,
+    /// Give each shard its own NATS connection for room events and
+    /// operations on rooms (its "wire", docs/cluster.md); `false` sends
+    /// everything through the node's one NATS client thread, a thread hop
+    /// slower each way (for comparison, or where the wire cannot go).
+    #[arg(
+        long,
+        env = "ROOKERY_CLUSTER_WIRES",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub cluster_wires: bool,
 }
 
 /// Upper bounds of the stats feed's settings: an hour between samples, and
@@ -668,6 +679,8 @@ mod tests {
         assert_eq!((c.node_id, c.nodes_text()), (2, "1,2,3".to_string()));
         assert_eq!(c.nats.len(), 2);
         assert_eq!(c.bucket(), "rookery-chat");
+        assert!(cfg.cluster_wires, "wires by default");
+        assert!(!parse(&["--cluster-wires", "false"]).cluster_wires);
     }
 
     #[test]

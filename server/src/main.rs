@@ -115,8 +115,9 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let node = match cfg.cluster().map_err(anyhow::Error::msg)? {
         None => None,
         Some(cc) => {
-            let node = cluster::Node::join(cc, Duration::from_millis(cfg.session_ttl_ms()))
-                .context("joining the cluster")?;
+            let ttl = Duration::from_millis(cfg.session_ttl_ms());
+            let node =
+                cluster::Node::join(cc, ttl, cfg.cluster_wires).context("joining the cluster")?;
             tracing::info!(
                 cluster = %node.cfg.name,
                 node = node.cfg.node_id,

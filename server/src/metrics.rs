@@ -453,6 +453,11 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
                 node.link.unsent() + load(&node.wire_counters.unsent),
             ),
             (
+                "cluster_wire_connects",
+                "Connections the shards' own NATS connections (wires) made, first ones and reconnections",
+                load(&node.wire_counters.connects),
+            ),
+            (
                 "cluster_replica_failures",
                 "Cluster records this node could not apply to its copy of users and sessions",
                 node.replica().map_or(0, |r| load(&r.failures)),

@@ -108,7 +108,11 @@ struct ClusterNode {
 
 impl ClusterNode {
     fn start(dir: &std::path::Path, nats: &str, id: u32) -> ClusterNode {
-        let args = [
+        ClusterNode::start_with(dir, nats, id, &[])
+    }
+
+    fn start_with(dir: &std::path::Path, nats: &str, id: u32, extra: &[&str]) -> ClusterNode {
+        let mut args = [
             "--nats",
             nats,
             "--node-id",
@@ -122,6 +126,7 @@ impl ClusterNode {
         ]
         .map(String::from)
         .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut node = ClusterNode {
             id,
             port: common::free_port(),
@@ -358,6 +363,41 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         "{v}"
     );
 
+    // Bob follows rooms[1] from node 1; node 2 owns it.
+    let mut bob_ws = ws_connect(port(0), &bob);
+    ws_send(
+        &mut bob_ws,
+        serde_json::json!({"type": "join", "room": rooms[1]}),
+    );
+    ws_until(&mut bob_ws, |f| f["type"] == "joined");
+    // Whether the owner, asked through node 3, counts bob online in a
+    // room, within 20 s.
+    let bob_online_in = |room: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut probe = ws_connect(port(2), &ann);
+            ws_send(
+                &mut probe,
+                serde_json::json!({"type": "join", "room": room}),
+            );
+            let got = ws_until(&mut probe, |f| {
+                f["type"] == "joined" || f["type"] == "error"
+            });
+            let online = &got.last().unwrap()["online"];
+            if online
+                .as_array()
+                .is_some_and(|a| a.iter().any(|u| u.as_u64() == Some(bob_id)))
+            {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    assert!(bob_online_in(rooms[1]), "bob online before the restart");
+
     // The owner of rooms[1] dies: its room fails fast on the other nodes
     // with room_unavailable and Retry-After; the others' rooms go on.
     nodes[1].kill();
@@ -420,6 +460,13 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(seqs_and_bodies(&v).len(), 6, "{v}");
+    // The restarted owner forgot who other nodes had present in its
+    // rooms; node 1 tells it again: bob is online in rooms[1] again.
+    assert!(
+        bob_online_in(room),
+        "bob is not online in room {room} after its owner restarted"
+    );
+    drop(bob_ws);
 
     // Logging out on one node ends the session on every node.
     let (s, _) = call(port(2), "POST", "/api/logout", Some(&ann2), None);
@@ -494,8 +541,18 @@ fn websockets_on_every_node_follow_every_room_in_order() {
     let nats = Nats::start(3);
     let urls = nats.urls().join(",");
     let dir = tempfile::tempdir().unwrap();
+    // Node 3 has no wires: its NATS traffic all goes through its link,
+    // and it answers operations in the same queue group as the others'
+    // wires would (docs/cluster.md).
     let nodes: Vec<ClusterNode> = (1..=3)
-        .map(|id| ClusterNode::start(dir.path(), &urls, id))
+        .map(|id| {
+            let extra: &[&str] = if id == 3 {
+                &["--cluster-wires", "false"]
+            } else {
+                &[]
+            };
+            ClusterNode::start_with(dir.path(), &urls, id, extra)
+        })
         .collect();
     let port = |i: usize| nodes[i % 3].port;
     let ann = common::register(port(0), "ann");
@@ -712,6 +769,14 @@ fn websockets_on_every_node_follow_every_room_in_order() {
         f["type"] == "msg" && f["body"] == "sentinel"
     });
     assert!(!got.iter().any(|f| f["room"] == secret), "{got:?}");
+    // Nodes 1 and 2 talk to NATS through their shards' wires, node 3
+    // through its link only; all of the above crossed between them.
+    let connects = |i: usize| common::metric(nodes[i].port, "rookery_cluster_wire_connects_total");
+    assert!(
+        connects(0) >= 1.0 && connects(1) >= 1.0,
+        "wires on nodes 1 and 2"
+    );
+    assert_eq!(connects(2), 0.0, "no wire on node 3");
 }
 
 #[test]

@@ -51,6 +51,9 @@ struct RequestHead {
     headers: Vec<(String, String)>,
     peer: Option<IpAddr>,
     proof: Option<Proof>,
+    /// The users bucket's revision the asking node had applied.
+    #[serde(default)]
+    users: u64,
 }
 
 /// An answer as it travels back (its body follows).
@@ -157,6 +160,7 @@ pub(super) async fn ask(
         headers: req.headers.clone(),
         peer: req.peer,
         proof,
+        users: node.users_applied(),
     };
     let subject = subject(&node.cfg.name, to);
     let answer = node
@@ -251,6 +255,9 @@ async fn answer(shared: &Shared, payload: &[u8]) -> Response {
     let Some((head, body)) = unframe::<RequestHead>(payload) else {
         return ApiError::BadRequest("not a forwarded request".into()).response();
     };
+    if let Some(node) = &shared.cluster {
+        node.catch_up_users(head.users).await;
+    }
     let req = Request {
         method: head.method,
         path: head.path,

@@ -38,6 +38,11 @@ use replica::Replica;
 /// this node before the request fails with `cluster_unavailable`.
 pub const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
 
+/// How long an owner waits, at most, to have the users the asking node had
+/// when it asked (a user registered a moment ago, on any node), before
+/// it answers anyway. Below the requests' own deadlines.
+const USERS_CATCH_UP_MAX: Duration = Duration::from_millis(1000);
+
 /// The queue group in which a node's shards answer operations.
 const OPS_QUEUE: &str = "shards";
 
@@ -160,6 +165,12 @@ pub struct Node {
     pub requests: rookery_cluster::Subscription,
     /// What the shards' wires count, summed.
     pub wire_counters: Arc<WireCounters>,
+    /// Whether shards get wires (`--cluster-wires`).
+    wires: bool,
+    /// Per configured node (in `cfg.nodes` order): how many times this
+    /// node saw it start (its start marker change), so that relays tell
+    /// a restarted owner again who is present (it forgot).
+    starts: Box<[AtomicU64]>,
     /// Notices for users, from every node (shared by the shards).
     pub notices: rookery_cluster::Subscription,
     /// The cluster's bucket (node list, users) and the sessions bucket.
@@ -182,7 +193,12 @@ impl Node {
     /// Connects to NATS, records (or checks) the node list and opens the
     /// cluster's buckets (sessions kept by JetStream for `session_ttl`);
     /// the error says why this node may not join.
-    pub fn join(cfg: ClusterConfig, session_ttl: Duration) -> rookery_cluster::Result<Node> {
+    /// Without `wires`, the link carries everything (`--cluster-wires`).
+    pub fn join(
+        cfg: ClusterConfig,
+        session_ttl: Duration,
+        wires: bool,
+    ) -> rookery_cluster::Result<Node> {
         let link = Link::connect(&cfg)?;
         use futures_lite::future::block_on as block;
         block(link.claim_nodes(&cfg))?;
@@ -218,6 +234,7 @@ impl Node {
             .map(|_| AtomicU8::new(PEER_UNKNOWN))
             .collect();
         let counters = Counters::new(cfg.nodes.len());
+        let starts = cfg.nodes.iter().map(|_| AtomicU64::new(0)).collect();
         Ok(Node {
             cfg,
             link,
@@ -225,6 +242,8 @@ impl Node {
             leases: crate::rates::Leases::default(),
             requests,
             wire_counters: Arc::default(),
+            wires,
+            starts,
             notices,
             engine: OnceLock::new(),
             peers,
@@ -253,7 +272,7 @@ impl Node {
     /// speaks (TLS) or the wire did not connect in time: the link then
     /// carries this shard's traffic.
     async fn start_wire(&self, shard: usize) -> Option<NatsSub> {
-        if !Wire::supports(&self.cfg.nats) {
+        if !self.wires || !Wire::supports(&self.cfg.nats) {
             return None;
         }
         let name = format!(
@@ -297,6 +316,30 @@ impl Node {
         Some(NatsSub::Wire(sub))
     }
 
+    /// How many times node `node` was seen to start (see `starts`).
+    pub fn starts_of(&self, node: u32) -> u64 {
+        self.cfg
+            .nodes
+            .iter()
+            .position(|n| *n == node)
+            .map_or(0, |i| self.starts[i].load(Ordering::Relaxed))
+    }
+
+    /// The revision of the users bucket this node's copy has applied (0
+    /// before the copy starts): sent with every request to another node.
+    pub fn users_applied(&self) -> u64 {
+        self.replica().map_or(0, |r| r.applied(replica::USERS))
+    }
+
+    /// Waits, at most `USERS_CATCH_UP_MAX`, until this node has the users
+    /// the asking node had (`revision`, its [`Node::users_applied`]), so
+    /// that a user it knows is known here too.
+    pub async fn catch_up_users(&self, revision: u64) {
+        if let Some(r) = self.replica() {
+            r.wait(replica::USERS, revision, USERS_CATCH_UP_MAX).await;
+        }
+    }
+
     /// Ends this shard's wire, if it has one.
     pub fn stop_wire(&self) {
         if let Some(w) = WIRE.with(|w| w.borrow_mut().take()) {
@@ -319,6 +362,9 @@ impl Node {
         let restarted = Box::new(move |node: u32| {
             if let Some(me) = me.upgrade() {
                 me.forget_presence_of(node);
+                if let Some(i) = me.cfg.nodes.iter().position(|n| *n == node) {
+                    me.starts[i].fetch_add(1, Ordering::Relaxed);
+                }
             }
         });
         let replica = Replica::start(

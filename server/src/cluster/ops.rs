@@ -214,8 +214,12 @@ impl std::fmt::Display for Asked {
 /// Asks node `to` to carry out `op`, waiting `timeout` at most.
 pub async fn ask_node(node: &Node, to: u32, op: &Op, timeout: Duration) -> Result<Answer, Asked> {
     let subject = subject(&node.cfg.name, to);
+    let asked = Envelope {
+        users: node.users_applied(),
+        op,
+    };
     let answer = node
-        .request(to, &subject, super::records::json_bytes(op), timeout)
+        .request(to, &subject, super::records::json_bytes(&asked), timeout)
         .await
         .map_err(Asked::Unanswered)?;
     let answer = match serde_json::from_slice(&answer) {
@@ -247,11 +251,23 @@ pub async fn join(node: &Node, room: u64, user: u64) -> Result<(u64, Vec<u64>), 
 
 /// Carries out an operation another node asked of this one (the owner).
 pub async fn answer(shared: &Shared, payload: &[u8]) -> Answer {
-    let op: Op = match serde_json::from_slice(payload) {
-        Ok(op) => op,
+    let asked: Envelope<Op> = match serde_json::from_slice(payload) {
+        Ok(asked) => asked,
         Err(e) => return refusal(ApiError::BadRequest(format!("not an operation: {e}"))),
     };
-    execute(shared, op).await.unwrap_or_else(refusal)
+    if let Some(node) = &shared.cluster {
+        node.catch_up_users(asked.users).await;
+    }
+    execute(shared, asked.op).await.unwrap_or_else(refusal)
+}
+
+/// An operation as it travels: with the users bucket's revision the
+/// asking node had applied, which the owner waits for (briefly) first.
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    #[serde(default)]
+    users: u64,
+    op: T,
 }
 
 pub(super) fn refusal(e: ApiError) -> Answer {

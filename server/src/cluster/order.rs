@@ -6,7 +6,11 @@
 //! (each once, never going back); a message at or below `head` is a
 //! duplicate and dropped; one past a gap waits in `held` (at most
 //! `held_max`: past it the newest held are dropped, as the owner's replay
-//! brings them again) until the gap is filled or known to be empty.
+//! brings them again) until the gap is filled or known to be empty. A
+//! change of a message (an edit, a delete) never comes out before the
+//! message: one for a seq past `head` waits (at most `held_max` of them;
+//! past it the change is dropped, and history still shows it) and follows
+//! its message out, however `head` gets past it.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +29,9 @@ pub struct Order<T> {
     /// The last seq handed out; `None` until the room's last seq is known.
     head: Option<u64>,
     held: BTreeMap<u64, T>,
+    /// Changes of messages not handed out yet, by the message's seq.
+    changes: BTreeMap<u64, Vec<T>>,
+    changes_len: usize,
     held_max: usize,
 }
 
@@ -33,6 +40,8 @@ impl<T: Seq> Order<T> {
         Order {
             head: None,
             held: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            changes_len: 0,
             held_max,
         }
     }
@@ -67,6 +76,22 @@ impl<T: Seq> Order<T> {
                 }
             }
         }
+    }
+
+    /// A change of message `c.seq()`: out now if the message is out,
+    /// else after it. False when it was dropped (too many waiting).
+    pub fn offer_change(&mut self, c: T, out: &mut Vec<T>) -> bool {
+        let seq = c.seq();
+        if self.head.is_some_and(|head| seq <= head) {
+            out.push(c);
+            return true;
+        }
+        if self.changes_len >= self.held_max {
+            return false;
+        }
+        self.changes.entry(seq).or_default().push(c);
+        self.changes_len += 1;
+        true
     }
 
     /// The missing seqs, as `(after, before)`: the owner is to be asked
@@ -109,6 +134,15 @@ impl<T: Seq> Order<T> {
             }
         }
         self.head = Some(head);
+        // The changes of every message now out follow it.
+        while let Some(entry) = self.changes.first_entry() {
+            if *entry.key() > head {
+                break;
+            }
+            let changes = entry.remove();
+            self.changes_len -= changes.len();
+            out.extend(changes);
+        }
     }
 }
 
@@ -148,6 +182,49 @@ mod tests {
         // A later start changes nothing.
         o.start(2, &mut out);
         assert_eq!(o.head(), Some(11));
+    }
+
+    /// A message (`'m'`) or a change of one (`'e'`).
+    impl Seq for (u64, char) {
+        fn seq(&self) -> u64 {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_change_never_comes_out_before_its_message() {
+        let mut o: Order<(u64, char)> = Order::new(2);
+        let mut out = Vec::new();
+        // Before the start: the change waits for its message.
+        assert!(o.offer_change((3, 'e'), &mut out));
+        o.start(2, &mut out);
+        assert!(out.is_empty());
+        o.offer((3, 'm'), &mut out);
+        assert_eq!(out, vec![(3, 'm'), (3, 'e')]);
+        // A change of a message already out: at once.
+        out.clear();
+        assert!(o.offer_change((2, 'e'), &mut out));
+        assert_eq!(out, vec![(2, 'e')]);
+        // 4 lost, 5 held; changes of 4 and 5 wait, a third is dropped.
+        out.clear();
+        o.offer((5, 'm'), &mut out);
+        assert!(o.offer_change((5, 'e'), &mut out));
+        assert!(o.offer_change((4, 'e'), &mut out));
+        assert!(!o.offer_change((4, 'x'), &mut out));
+        assert!(out.is_empty());
+        // The fill brings 4: each change right after its message's turn.
+        o.offer((4, 'm'), &mut out);
+        assert_eq!(out, vec![(4, 'm'), (5, 'm'), (4, 'e'), (5, 'e')]);
+        // Skipped past (retention removed the message): the change goes
+        // out all the same, once.
+        out.clear();
+        assert!(o.offer_change((7, 'e'), &mut out));
+        o.offer((8, 'm'), &mut out);
+        o.skip_gap(&mut out);
+        assert_eq!(out, vec![(8, 'm'), (7, 'e')]);
+        out.clear();
+        o.skip_to(20, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -112,6 +112,9 @@ struct Presence {
     told: bool,
     /// A task is telling the owner.
     telling: bool,
+    /// The owner's starts (`Node::starts_of`) when it was last told: an
+    /// owner that started since forgot, and is told again.
+    told_start: u64,
 }
 
 /// The shard's relay.
@@ -327,6 +330,28 @@ impl Relay {
         }
     }
 
+    /// Tells the owners that started since they were told who is present
+    /// here (a restarted owner forgot them), again.
+    fn tell_restarted_owners(&self) {
+        let node = &self.node;
+        let again: Vec<(u64, u64)> = self
+            .present
+            .borrow_mut()
+            .iter_mut()
+            .filter(|((room, _), p)| {
+                p.told && !p.telling && p.told_start != node.starts_of(node.owner_of(*room))
+            })
+            .map(|(key, p)| {
+                (p.told, p.telling) = (false, true);
+                *key
+            })
+            .collect();
+        for (room, user) in again {
+            let node = node.clone();
+            glommio::spawn_local(reconcile(self.me.clone(), node, self.shard, room, user)).detach();
+        }
+    }
+
     /// The relayed room, subscribed to its subject first if new.
     async fn open(self: &Rc<Self>, room: u64) -> Result<Rc<Room>, ApiError> {
         if let Some(r) = self.rooms.borrow().get(&room) {
@@ -381,12 +406,18 @@ impl Relay {
             self.revoke(r, e.seq(), &e);
             return;
         }
-        if e.kind() != EventKind::Message {
-            self.publish(r, &e);
-            return;
-        }
         let mut ready = Vec::new();
-        r.order.borrow_mut().offer(e, &mut ready);
+        match e.kind() {
+            EventKind::Message => r.order.borrow_mut().offer(e, &mut ready),
+            // After the message they change, never before it.
+            EventKind::Edit | EventKind::Delete => {
+                r.order.borrow_mut().offer_change(e, &mut ready);
+            }
+            _ => {
+                self.publish(r, &e);
+                return;
+            }
+        }
         self.publish_all(r, ready);
         if r.order.borrow().gap().is_some() {
             self.fill_later(r, false);
@@ -732,6 +763,7 @@ async fn sweep(relay: Weak<Relay>) {
         for room in rooms {
             r.check(&room).await;
         }
+        r.tell_restarted_owners();
     }
 }
 
@@ -759,6 +791,7 @@ async fn reconcile(relay: Weak<Relay>, node: Arc<Node>, shard: usize, room: u64,
             want
         };
         drop(r);
+        let start = node.starts_of(node.owner_of(room));
         let op = Op::Presence {
             room,
             user,
@@ -770,7 +803,7 @@ async fn reconcile(relay: Weak<Relay>, node: Arc<Node>, shard: usize, room: u64,
             Ok(_) => {
                 if let Some(r) = relay.upgrade() {
                     if let Some(p) = r.present.borrow_mut().get_mut(&(room, user)) {
-                        p.told = want;
+                        (p.told, p.told_start) = (want, start);
                     }
                 }
             }

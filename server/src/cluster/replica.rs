@@ -128,6 +128,11 @@ impl Replica {
         self.caught_up()
     }
 
+    /// The highest revision of bucket `b` applied here.
+    pub fn applied(&self, b: usize) -> u64 {
+        self.applied[b].load(Ordering::Acquire)
+    }
+
     /// Waits until revision `revision` of bucket `b` has been applied here,
     /// at most `timeout` (a shard awaits it); whether it was.
     pub async fn wait(&self, b: usize, revision: u64, timeout: Duration) -> bool {

@@ -68,12 +68,22 @@ pub fn single_process_only(what: &str) -> bool {
     clustered()
 }
 
+/// A port nothing listens on now, and that this process has not handed
+/// out before (two tests running at once must not get the same one).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Starts the server in a new temporary data directory. Send limits are
@@ -84,15 +94,45 @@ pub fn start(extra: &[&str]) -> Server {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (child, port) = spawn_in(&data, free_port(), extra);
-    let server = Server {
-        child,
+    // A port free when chosen may be taken before the server binds it (by
+    // another process, or a client socket's ephemeral port): the server
+    // then exits at once, and is started again on another.
+    for _ in 0..5 {
+        let (mut child, port) = spawn_in(&data, free_port(), extra);
+        if ready_or_exited(port, &mut child) {
+            return Server {
+                child,
+                port,
+                _dir: dir,
+                cluster: None,
+            };
+        }
+    }
+    panic!("the server did not start on any of five ports");
+}
+
+/// Waits until the server on `port` is ready (true) or has exited
+/// (false); panics if it does neither within 20 s.
+fn ready_or_exited(port: u16, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if is_ready(port) {
+            return true;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "the server did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_ready(port: u16) -> bool {
+    exchange(
         port,
-        _dir: dir,
-        cluster: None,
-    };
-    wait_ready(port);
-    server
+        b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .is_ok_and(|resp| resp.starts_with("HTTP/1.1 200"))
 }
 
 /// Three nodes of a new cluster (a name of its own on the shared NATS),
@@ -279,15 +319,7 @@ pub fn spawn_in(data: &std::path::Path, port: u16, extra: &[&str]) -> (Child, u1
 /// Waits until `/readyz` answers 200.
 pub fn wait_ready(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(resp) = exchange(
-            port,
-            b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        ) {
-            if resp.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
+    while !is_ready(port) {
         assert!(Instant::now() < deadline, "the server did not become ready");
         std::thread::sleep(Duration::from_millis(50));
     }
