@@ -251,6 +251,9 @@ pub(crate) struct PageQuery {
     pub after: Option<u64>,
     /// Messages; 50 when absent, at most `--history-page-len-max`.
     pub limit: Option<u64>,
+    /// Bytes of JSON the page may take, when it has to cross NATS (asked
+    /// through another node): it is cut short, its `next` cursor going on.
+    pub bytes_max: Option<usize>,
 }
 
 /// A page of a room's history (`protocol::HistoryPage`), newest first
@@ -279,7 +282,11 @@ pub(crate) async fn history_page(
     };
     let page = shared.engine.history(room, cursor).await?;
     let cached = page.cached;
-    Ok((HistoryPage { room, page }, cached))
+    let mut page = HistoryPage { room, page };
+    if let Some(bytes_max) = q.bytes_max {
+        page.fit(bytes_max, order, limit as usize);
+    }
+    Ok((page, cached))
 }
 
 /// The engine's directory (accounts, sessions, rooms, members).

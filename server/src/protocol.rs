@@ -106,6 +106,34 @@ pub struct HistoryPage {
     pub page: rookery_engine::HistoryPage,
 }
 
+impl HistoryPage {
+    /// Cuts the page so that its JSON takes about `bytes_max` at most (one
+    /// message at least), its `next` cursor (in `order`, of `limit`
+    /// messages) going on after the last it keeps.
+    pub fn fit(&mut self, bytes_max: usize, order: Order, limit: usize) {
+        // The page's own fields, then each message and its comma.
+        let mut bytes = 128;
+        let fits = self
+            .page
+            .messages
+            .iter()
+            .take_while(|m| {
+                bytes += serde_json::to_vec(&m.view()).map_or(0, |v| v.len()) + 1;
+                bytes <= bytes_max
+            })
+            .count()
+            .max(1);
+        if fits < self.page.messages.len() {
+            self.page.messages.truncate(fits);
+            let last = self.page.messages[fits - 1].seq;
+            self.page.next = Some(match order {
+                Order::NewestFirst => Cursor::before(last, limit),
+                Order::OldestFirst => Cursor::after(last, limit),
+            });
+        }
+    }
+}
+
 impl Serialize for HistoryPage {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         struct Messages<'a>(&'a [rookery_engine::StoredMessage]);

@@ -239,6 +239,12 @@ impl Wire {
         Ok(Wire { inner })
     }
 
+    /// The largest payload the server takes (its `max_payload`; 1 MiB
+    /// until it has said).
+    pub fn payload_max(&self) -> usize {
+        self.inner.payload_max.get()
+    }
+
     /// Whether the wire is connected now.
     pub fn connected(&self) -> bool {
         self.inner.connected.get()

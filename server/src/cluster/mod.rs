@@ -57,6 +57,17 @@ thread_local! {
     static WIRE: RefCell<Option<Wire>> = const { RefCell::new(None) };
 }
 
+/// What an answer crossing NATS may hold, at most: the server's
+/// `max_payload` (as this shard's wire heard it; NATS's default 1 MiB
+/// otherwise) less room for the answer's own envelope.
+pub fn answer_bytes_max() -> usize {
+    const ENVELOPE_BYTES: usize = 64 << 10;
+    let payload_max = wire().map_or(1 << 20, |w| w.payload_max());
+    payload_max
+        .saturating_sub(ENVELOPE_BYTES)
+        .max(ENVELOPE_BYTES)
+}
+
 /// This shard's wire, when it has one.
 pub fn wire() -> Option<Wire> {
     WIRE.with(|w| w.borrow().clone())

@@ -371,6 +371,7 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
                 before,
                 after,
                 limit,
+                bytes_max: Some(super::answer_bytes_max()),
             };
             let (page, _) = app::history_page(shared, room, q).await?;
             let page = serde_json::to_value(&page)

@@ -21,6 +21,8 @@ pub(crate) async fn history(req: &Request, shared: &Shared, raw: &str) -> ApiRes
         before: query_u64(req, "before")?,
         after: query_u64(req, "after")?,
         limit: query_u64(req, "limit")?,
+        // A page for another node travels back over NATS.
+        bytes_max: req.forwarded.then(crate::cluster::answer_bytes_max),
     };
     let (body, cached) = history_page(shared, id, q).await?;
     let mut resp = Response::json(200, &body);

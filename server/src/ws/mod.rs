@@ -1172,6 +1172,7 @@ impl Conn {
             before: f.before,
             after: f.after,
             limit: f.limit,
+            bytes_max: None,
         };
         let (page, _) = app::history_page(&self.shared, room, q).await?;
         Ok(ServerFrame::History(page))
