@@ -11,8 +11,10 @@ use rookery_cluster::testing::Nats;
 use rookery_cluster::wire::{Wire, WireCounters};
 use rookery_cluster::Error;
 
-/// Runs `f` on a glommio executor of its own thread.
-fn on_executor<T: Send + 'static, F>(f: impl FnOnce() -> F + Send + 'static) -> T
+/// Starts `f` on a glommio executor of its own thread.
+fn spawn_executor<T: Send + 'static, F>(
+    f: impl FnOnce() -> F + Send + 'static,
+) -> std::thread::JoinHandle<T>
 where
     F: std::future::Future<Output = T> + 'static,
 {
@@ -22,8 +24,14 @@ where
             .expect("an executor")
             .run(f())
     })
-    .join()
-    .expect("the executor's thread")
+}
+
+/// Runs `f` on a glommio executor of its own thread, to its end.
+fn on_executor<T: Send + 'static, F>(f: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: std::future::Future<Output = T> + 'static,
+{
+    spawn_executor(f).join().expect("the executor's thread")
 }
 
 async fn connected(wire: &Wire) {
@@ -158,46 +166,36 @@ fn a_killed_server_is_replaced_and_subscriptions_come_back() {
     let (killed_tx, killed) = flume::bounded::<()>(1);
     let (c, c2) = (counters.clone(), counters.clone());
     let (u, u2) = (urls.clone(), urls.clone());
-    let subscriber = std::thread::spawn(move || {
-        glommio::LocalExecutorBuilder::default()
-            .make()
-            .unwrap()
-            .run(async move {
-                let w = Wire::start(&u, 0, "sub".into(), 1 << 20, c).unwrap();
-                connected(&w).await;
-                let sub = w.subscribe("after", None).unwrap();
-                tx.send_async(()).await.unwrap();
-                killed.recv_async().await.unwrap();
-                // Back on another server: a second connection.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while c2.connects.load(Ordering::Relaxed) < 2 {
-                    assert!(Instant::now() < deadline, "no new connection");
-                    glommio::timer::sleep(Duration::from_millis(5)).await;
-                }
-                connected(&w).await;
-                let m = sub.messages.recv_async().await.unwrap();
-                assert_eq!(&m.payload[..], b"again");
-                w.stop();
-            })
+    let subscriber = spawn_executor(move || async move {
+        let w = Wire::start(&u, 0, "sub".into(), 1 << 20, c).unwrap();
+        connected(&w).await;
+        let sub = w.subscribe("after", None).unwrap();
+        tx.send_async(()).await.unwrap();
+        killed.recv_async().await.unwrap();
+        // Back on another server: a second connection.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c2.connects.load(Ordering::Relaxed) < 2 {
+            assert!(Instant::now() < deadline, "no new connection");
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        connected(&w).await;
+        let m = sub.messages.recv_async().await.unwrap();
+        assert_eq!(&m.payload[..], b"again");
+        w.stop();
     });
     rx.recv().unwrap();
     nats.servers[0].kill();
     killed_tx.send(()).unwrap();
     // The publisher, on server 2, publishes until the subscriber (back on
     // server 1 or 2) gets one.
-    let publisher = std::thread::spawn(move || {
-        glommio::LocalExecutorBuilder::default()
-            .make()
-            .unwrap()
-            .run(async move {
-                let w = Wire::start(&u2, 2, "pub".into(), 1 << 20, Default::default()).unwrap();
-                connected(&w).await;
-                let deadline = Instant::now() + Duration::from_secs(15);
-                while Instant::now() < deadline {
-                    w.publish("after", b"again");
-                    glommio::timer::sleep(Duration::from_millis(20)).await;
-                }
-            })
+    let publisher = spawn_executor(move || async move {
+        let w = Wire::start(&u2, 2, "pub".into(), 1 << 20, Default::default()).unwrap();
+        connected(&w).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            w.publish("after", b"again");
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
     });
     subscriber
         .join()

@@ -424,7 +424,6 @@ impl Inner {
 
 /// A token unique to this process and wire.
 fn unique_token() -> String {
-    use std::sync::atomic::AtomicU64;
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
@@ -457,19 +456,23 @@ async fn run(wire: Weak<Inner>) {
                 if serve(&wire, &server, stream, info).await {
                     pause = RETRY_PAUSE;
                 } else {
-                    glommio::timer::sleep(pause).await;
-                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                    back_off(&mut pause).await;
                 }
             }
             Err(e) => {
                 tracing::debug!(server = %server.addr, error = %e, "wire: connect failed");
                 if turn.is_multiple_of(wire.upgrade().map_or(1, |i| i.servers.len())) {
-                    glommio::timer::sleep(pause).await;
-                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                    back_off(&mut pause).await;
                 }
             }
         }
     }
+}
+
+/// Sits out `pause`, and doubles it for next time (up to the max).
+async fn back_off(pause: &mut Duration) {
+    glommio::timer::sleep(*pause).await;
+    *pause = (*pause * 2).min(RETRY_PAUSE_MAX);
 }
 
 /// A TCP connection to `server` and the server's `INFO`, read.

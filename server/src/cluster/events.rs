@@ -65,14 +65,15 @@ pub fn tap(link: Link, name: String) -> EventTap {
             Tapped::Event(e) => (e.room(), encode(e)),
             Tapped::Revoked { room, user, reason } => (room, encode_revoked(room, user, reason)),
         };
-        // Through this shard's wire when it has one and it is connected
-        // (the owner's shard calls this), through the link otherwise.
-        match super::wire().filter(rookery_cluster::wire::Wire::connected) {
+        // Through this shard's wire when it is connected (the owner's
+        // shard calls this), through the link otherwise.
+        let subject = room_subject(&name, room);
+        match super::connected_wire() {
             Some(w) => {
-                w.publish(&room_subject(&name, room), &wire);
+                w.publish(&subject, &wire);
             }
             None => {
-                link.try_publish(room_subject(&name, room), wire);
+                link.try_publish(subject, wire);
             }
         }
     })

@@ -73,6 +73,12 @@ pub fn wire() -> Option<Wire> {
     WIRE.with(|w| w.borrow().clone())
 }
 
+/// This shard's wire when it is connected now: what to send through
+/// (the link otherwise).
+pub fn connected_wire() -> Option<Wire> {
+    wire().filter(Wire::connected)
+}
+
 /// A subscription through the link or through a shard's wire.
 pub enum NatsSub {
     Link(rookery_cluster::Subscription),
@@ -327,12 +333,15 @@ impl Node {
         Some(NatsSub::Wire(sub))
     }
 
+    /// Where node `node` is in the configured list (`cfg.nodes`), which
+    /// the per-node arrays follow.
+    fn index_of(&self, node: u32) -> Option<usize> {
+        self.cfg.nodes.iter().position(|n| *n == node)
+    }
+
     /// How many times node `node` was seen to start (see `starts`).
     pub fn starts_of(&self, node: u32) -> u64 {
-        self.cfg
-            .nodes
-            .iter()
-            .position(|n| *n == node)
+        self.index_of(node)
             .map_or(0, |i| self.starts[i].load(Ordering::Relaxed))
     }
 
@@ -373,7 +382,7 @@ impl Node {
         let restarted = Box::new(move |node: u32| {
             if let Some(me) = me.upgrade() {
                 me.forget_presence_of(node);
-                if let Some(i) = me.cfg.nodes.iter().position(|n| *n == node) {
+                if let Some(i) = me.index_of(node) {
                     me.starts[i].fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -526,7 +535,7 @@ impl Node {
         timeout: Duration,
     ) -> rookery_cluster::Result<bytes::Bytes> {
         use rookery_cluster::Error::{NoResponders, TimedOut};
-        let answered = match wire().filter(Wire::connected) {
+        let answered = match connected_wire() {
             Some(w) => w.request(subject, &payload, timeout).await,
             None => self.link.request(subject, payload, timeout).await,
         };
@@ -537,7 +546,7 @@ impl Node {
     /// Notes how a request to node `node` went: answered (`up`) or not
     /// (nobody listens for it, or it is late).
     fn heard(&self, node: u32, up: bool) {
-        if let Some(i) = self.cfg.nodes.iter().position(|n| *n == node) {
+        if let Some(i) = self.index_of(node) {
             let state = if up { PEER_UP } else { PEER_DOWN };
             self.peers[i].store(state, Ordering::Relaxed);
         }
