@@ -54,7 +54,12 @@ impl Nats {
             .collect();
         let mut servers = Vec::new();
         for (i, (client, _, monitor)) in ports.iter().enumerate() {
+            // Three servers share two cores with the three nodes: one Go
+            // thread running Go code each (GOMAXPROCS), as a server on
+            // its own small machine would size it, so that idle Go
+            // threads do not spin against the nodes' reactors.
             let child = Command::new("nats-server")
+                .env("GOMAXPROCS", "1")
                 .args([
                     "-a",
                     "127.0.0.1",
