@@ -38,6 +38,12 @@ pub struct Config {
     /// every MS ms) or `none` (benchmarks of the network path only).
     #[arg(long, env = "ROOKERY_DURABILITY", default_value = "sync")]
     pub durability: String,
+    /// Microseconds an idle shard spins (polling its rings) before it
+    /// parks in the kernel. Parking and being woken cost a shard tens of
+    /// µs of CPU on a VM (a `membarrier`, timer re-arms, context
+    /// switches); spinning costs the spin. At most 10,000.
+    #[arg(long, env = "ROOKERY_SPIN_BEFORE_PARK_US", default_value_t = 0)]
+    pub spin_before_park_us: u64,
     /// Milliseconds between two compaction steps of each shard (old sealed
     /// log segments rewritten in room order, deleted text and superseded
     /// edits dropped; docs/storage.md); 0 turns background compaction off.
@@ -310,6 +316,9 @@ const STATS_INTERVAL_MS_MAX: u64 = 3_600_000;
 const STATS_SAMPLES_MAX: usize = 100_000;
 /// A leeway of more than five minutes would keep expired JWTs alive.
 const JWT_LEEWAY_S_MAX: u64 = 300;
+/// The most `--spin-before-park-us` may be: a shard spinning longer than
+/// 10 ms would be a busy loop, not a short wait.
+const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 
 /// Who may register an account (`--registration`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -352,6 +361,11 @@ impl Config {
             self.password_hash_queue_max as u64,
             "password-hash-queue-max",
         )?;
+        if self.spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
+            return Err(format!(
+                "--spin-before-park-us must be <= {SPIN_BEFORE_PARK_US_MAX}"
+            ));
+        }
         if self.jwt_leeway_s > JWT_LEEWAY_S_MAX {
             return Err(format!("--jwt-leeway-s must be <= {JWT_LEEWAY_S_MAX}"));
         }
@@ -439,6 +453,7 @@ impl Config {
             cfg.storage.durability = d;
         }
         cfg.storage.compaction_interval_ms = self.compaction_interval_ms;
+        cfg.spin_before_park = Duration::from_micros(self.spin_before_park_us);
         cfg.storage.deleted_text_delay_ms = self.deleted_text_delay_ms;
         cfg.rooms_must_exist = true;
         if let Ok(Some(cluster)) = self.cluster() {
@@ -617,6 +632,10 @@ mod tests {
                 "--conn-write-timeout-ms",
             ),
             (&["--jwt-leeway-s", "3600"][..], "--jwt-leeway-s"),
+            (
+                &["--spin-before-park-us", "10001"][..],
+                "--spin-before-park-us",
+            ),
             (
                 &["--rooms-per-user-per-min", "0"][..],
                 "--rooms-per-user-per-min",
