@@ -12,7 +12,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Role, Store};
 
@@ -25,7 +24,7 @@ use crate::queues::Queues;
 use crate::receipts::{self, ToWriter, WriterStats};
 use crate::reply::Pending;
 use crate::rules::{MemberOp, Membership};
-use crate::shard::{Command, Common, HistoryPage, Peer, PostAck, Shard};
+use crate::shard::{Command, Common, HistoryPage, PostAck, Shard};
 use crate::subscription::{Inbox, Subscription};
 
 /// Work run once on every shard's executor beside the engine (see
@@ -82,7 +81,15 @@ impl Engine {
             receivers.into_iter().map(Some).collect::<Vec<_>>(),
         ));
         let (ready_tx, ready_rx) = flume::unbounded::<Result<usize, String>>();
-        let mesh = MeshBuilder::<Peer, _>::full(n, cfg.mesh_channel_len);
+        // Each shard takes its ends of the shards' channels, and its id,
+        // in the order it starts.
+        let links = Arc::new(Mutex::new(
+            crate::shard::links(n, cfg.mesh_channel_len)
+                .into_iter()
+                .map(Some)
+                .collect::<Vec<_>>(),
+        ));
+        let next_id = Arc::new(AtomicUsize::new(0));
         let receipt_stats = Arc::new(WriterStats::default());
         let (receipts, receipt_writer) = receipts::spawn_writer(
             store.meta().clone(),
@@ -114,9 +121,15 @@ impl Engine {
                     activity: shard_activity,
                     queued: shard_queued,
                 };
-                let (mesh, cfg, store, receivers, ready, side) =
-                    (mesh, shard_cfg, shard_store, receivers, ready_tx, side);
-                async move { run_shard(mesh, cfg, store, common, receivers, ready, side).await }
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let links = links
+                    .lock()
+                    .ok()
+                    .and_then(|mut l| l.get_mut(id).and_then(Option::take))
+                    .expect("each shard takes its own links once");
+                let (cfg, store, receivers, ready, side) =
+                    (shard_cfg, shard_store, receivers, ready_tx, side);
+                async move { run_shard(links, cfg, store, common, receivers, ready, side).await }
             })
             .map_err(|e| Error::Start(e.to_string()))?;
         let mut failures = Vec::new();
@@ -629,7 +642,7 @@ impl Engine {
 /// One shard's life: join the mesh, open storage, serve commands and peers
 /// until shutdown.
 async fn run_shard(
-    mesh: MeshBuilder<Peer, glommio::channels::channel_mesh::Full>,
+    links: crate::shard::Links,
     cfg: EngineConfig,
     store: Arc<Store>,
     common: Common,
@@ -637,11 +650,7 @@ async fn run_shard(
     ready: flume::Sender<Result<usize, String>>,
     side: Option<(ShardTask, flume::Receiver<Engine>)>,
 ) {
-    let Ok((senders, mut peers)) = mesh.join().await else {
-        let _ = ready.send(Err("joining the channel mesh failed".into()));
-        return;
-    };
-    let id = senders.peer_id();
+    let id = links.id;
     let storage = match store.open_shard(id as u32).await {
         Ok(s) => s,
         Err(e) => {
@@ -659,13 +668,14 @@ async fn run_shard(
     let poll = cfg.lag_poll_interval;
     let retention_every = cfg.retention_interval;
     let queued = common.queued.clone();
-    let shard = Shard::new(id, n, cfg, storage, common, senders, done_tx);
+    let receivers_from_peers = links.take_receivers();
+    let shard = Shard::new(id, n, cfg, storage, common, links, done_tx);
     crate::shard::set_current(Some(shard.clone()));
     let mut loops = Vec::new();
-    for (_, stream) in peers.streams() {
+    for (_, stream) in receivers_from_peers {
         let shard = shard.clone();
         loops.push(glommio::spawn_local(async move {
-            while let Some(msg) = stream.recv().await {
+            while let Ok(msg) = stream.recv_async().await {
                 shard.handle_peer(msg);
             }
         }));

@@ -1,4 +1,4 @@
-//! Traffic between shards over glommio's channel mesh: what travels
+//! Traffic between shards over their channels (`links`): what travels
 //! ([`Peer`]), how it is handled on arrival, and the outbox that batches a
 //! turn's traffic per peer (one flusher task per peer, FIFO).
 //!
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::metrics::micros;
 
-/// Traffic between shards (over glommio's channel mesh).
+/// Traffic between shards (over their channels, `links`).
 pub(crate) enum Peer {
     /// Events of rooms the receiving shard has subscribers for, in seq
     /// order per room. Batched: one message carries everything one owner

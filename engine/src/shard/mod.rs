@@ -23,7 +23,8 @@
 //! in seq order.
 //!
 //! The parts: [`types`] (what goes in and out), [`command`] (the embed
-//! API's work and its dispatch), [`mesh`] (traffic between shards),
+//! API's work and its dispatch), [`mesh`] (traffic between shards) over
+//! [`links`] (the channels between them),
 //! [`owner`] (rooms owned here: sequencing, storage, the tail cache,
 //! history), [`own_reads`] (posting counts as reading), [`access`] (who
 //! may post, in memory), [`presence`],
@@ -34,6 +35,7 @@
 mod access;
 mod catchup;
 mod command;
+mod links;
 mod mesh;
 mod own_reads;
 mod owner;
@@ -51,12 +53,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use glommio::channels::channel_mesh::Senders;
 // Keys are ids the engine or the metadata assigned, not chosen by clients.
 use rookery_storage::{Meta, RetentionReport, ShardStore};
 use rustc_hash::FxHashMap as HashMap;
 
 pub(crate) use command::{refuse_busy, Command};
+pub(crate) use links::{links, Links};
 pub(crate) use mesh::Peer;
 pub(crate) use own_reads::OWN_READS_FLUSH;
 pub(crate) use types::{Common, NewSub, Reply};
@@ -82,7 +84,7 @@ pub(crate) struct Shard {
     meta: Arc<Meta>,
     receipts: flume::Sender<ToWriter>,
     activity: Arc<Vec<std::sync::atomic::AtomicU64>>,
-    senders: Senders<Peer>,
+    senders: Links,
     owned: RefCell<HashMap<u64, Owned>>,
     local: RefCell<HashMap<u64, Vec<u64>>>,
     subs: RefCell<HashMap<u64, Sub>>,
@@ -190,7 +192,7 @@ impl Shard {
         cfg: EngineConfig,
         store: ShardStore,
         common: Common,
-        senders: Senders<Peer>,
+        senders: Links,
         done: flume::Sender<()>,
     ) -> Rc<Shard> {
         Rc::new_cyclic(|me| Shard {
