@@ -77,19 +77,23 @@ impl Engine {
         let n = cfg.storage.shards as usize;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..n).map(|_| flume::unbounded::<Command>()).unzip();
-        let receivers = Arc::new(Mutex::new(
-            receivers.into_iter().map(Some).collect::<Vec<_>>(),
-        ));
-        let (ready_tx, ready_rx) = flume::unbounded::<Result<usize, String>>();
-        // Each shard takes its ends of the shards' channels, and its id,
-        // in the order it starts.
-        let links = Arc::new(Mutex::new(
-            crate::shard::links(n, cfg.mesh_channel_len)
+        // Each shard takes its id, in the order it starts, and with it its
+        // ends: its command queue and its channels to and from the others.
+        let ends = Arc::new(Mutex::new(
+            receivers
                 .into_iter()
-                .map(Some)
+                .zip(crate::shard::links(n, cfg.mesh_channel_len))
+                .map(|(commands, (links, from))| {
+                    Some(ShardEnds {
+                        commands,
+                        links,
+                        from,
+                    })
+                })
                 .collect::<Vec<_>>(),
         ));
         let next_id = Arc::new(AtomicUsize::new(0));
+        let (ready_tx, ready_rx) = flume::unbounded::<Result<usize, String>>();
         let receipt_stats = Arc::new(WriterStats::default());
         let (receipts, receipt_writer) = receipts::spawn_writer(
             store.meta().clone(),
@@ -122,14 +126,13 @@ impl Engine {
                     queued: shard_queued,
                 };
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
-                let links = links
+                let ends = ends
                     .lock()
                     .ok()
-                    .and_then(|mut l| l.get_mut(id).and_then(Option::take))
-                    .expect("each shard takes its own links once");
-                let (cfg, store, receivers, ready, side) =
-                    (shard_cfg, shard_store, receivers, ready_tx, side);
-                async move { run_shard(links, cfg, store, common, receivers, ready, side).await }
+                    .and_then(|mut e| e.get_mut(id).and_then(Option::take))
+                    .expect("each shard takes its own ends once");
+                let (cfg, store, ready, side) = (shard_cfg, shard_store, ready_tx, side);
+                async move { run_shard(ends, cfg, store, common, ready, side).await }
             })
             .map_err(|e| Error::Start(e.to_string()))?;
         let mut failures = Vec::new();
@@ -639,17 +642,29 @@ impl Engine {
     }
 }
 
-/// One shard's life: join the mesh, open storage, serve commands and peers
-/// until shutdown.
-async fn run_shard(
+/// What one shard takes at its start: its command queue and its channels
+/// to and from the other shards.
+struct ShardEnds {
+    commands: flume::Receiver<Command>,
     links: crate::shard::Links,
+    from: crate::shard::FromPeers,
+}
+
+/// One shard's life: open storage, serve commands and peers until
+/// shutdown.
+async fn run_shard(
+    ends: ShardEnds,
     cfg: EngineConfig,
     store: Arc<Store>,
     common: Common,
-    receivers: Arc<Mutex<Vec<Option<flume::Receiver<Command>>>>>,
     ready: flume::Sender<Result<usize, String>>,
     side: Option<(ShardTask, flume::Receiver<Engine>)>,
 ) {
+    let ShardEnds {
+        commands,
+        links,
+        from,
+    } = ends;
     let id = links.id;
     let storage = match store.open_shard(id as u32).await {
         Ok(s) => s,
@@ -658,21 +673,15 @@ async fn run_shard(
             return;
         }
     };
-    let commands = receivers
-        .lock()
-        .ok()
-        .and_then(|mut r| r[id].take())
-        .expect("each shard takes its own queue once");
     let (done_tx, done_rx) = flume::bounded(1);
     let n = cfg.storage.shards as usize;
     let poll = cfg.lag_poll_interval;
     let retention_every = cfg.retention_interval;
     let queued = common.queued.clone();
-    let receivers_from_peers = links.take_receivers();
     let shard = Shard::new(id, n, cfg, storage, common, links, done_tx);
     crate::shard::set_current(Some(shard.clone()));
     let mut loops = Vec::new();
-    for (_, stream) in receivers_from_peers {
+    for (_, stream) in from {
         let shard = shard.clone();
         loops.push(glommio::spawn_local(async move {
             while let Ok(msg) = stream.recv_async().await {

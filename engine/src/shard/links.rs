@@ -19,23 +19,22 @@ use std::cell::RefCell;
 
 use super::mesh::Peer;
 
-/// One shard's ends of the channels: a sender to each other shard and a
-/// receiver from each.
+/// One shard's sending ends: a sender to each other shard.
 pub(crate) struct Links {
     pub id: usize,
     /// `to[p]`: to shard `p` (`None` for this shard, and once closed).
     to: RefCell<Vec<Option<flume::Sender<Peer>>>>,
-    /// `(p, from p)` for every other shard `p`; taken once by the receive
-    /// loops.
-    from: RefCell<Vec<(usize, flume::Receiver<Peer>)>>,
 }
 
+/// A shard's receiving ends: `(p, from p)` for every other shard `p`.
+pub(crate) type FromPeers = Vec<(usize, flume::Receiver<Peer>)>;
+
 /// The channels of `n` shards, each bounded to `len` messages: element `i`
-/// is shard `i`'s ends.
-pub(crate) fn links(n: usize, len: usize) -> Vec<Links> {
+/// is shard `i`'s sending and receiving ends.
+pub(crate) fn links(n: usize, len: usize) -> Vec<(Links, FromPeers)> {
     assert!(len > 0, "a link holds at least one message");
     let mut to: Vec<Vec<Option<flume::Sender<Peer>>>> = (0..n).map(|_| vec![None; n]).collect();
-    let mut from: Vec<Vec<(usize, flume::Receiver<Peer>)>> = (0..n).map(|_| Vec::new()).collect();
+    let mut from: Vec<FromPeers> = (0..n).map(|_| Vec::new()).collect();
     for (a, senders) in to.iter_mut().enumerate() {
         for (b, slot) in senders.iter_mut().enumerate() {
             if a != b {
@@ -48,10 +47,9 @@ pub(crate) fn links(n: usize, len: usize) -> Vec<Links> {
     to.into_iter()
         .zip(from)
         .enumerate()
-        .map(|(id, (to, from))| Links {
-            id,
-            to: RefCell::new(to),
-            from: RefCell::new(from),
+        .map(|(id, (to, from))| {
+            let to = RefCell::new(to);
+            (Links { id, to }, from)
         })
         .collect()
 }
@@ -66,12 +64,6 @@ impl Links {
             Some(tx) => tx.send_async(msg).await.map_err(|e| e.into_inner()),
             None => Err(msg),
         }
-    }
-
-    /// The receivers from the other shards, as `(peer, receiver)`; empty
-    /// after the first call.
-    pub(crate) fn take_receivers(&self) -> Vec<(usize, flume::Receiver<Peer>)> {
-        std::mem::take(&mut *self.from.borrow_mut())
     }
 
     /// Closes this shard's sending ends: each peer's receive loop for this
@@ -105,10 +97,8 @@ mod tests {
     #[test]
     fn messages_arrive_in_order_and_a_closed_sender_ends_the_loop() {
         let mut shards = links(3, 4).into_iter();
-        let (s0, s1) = (shards.next().unwrap(), shards.next().unwrap());
-        let from = s1.take_receivers();
+        let ((s0, _), (_, from)) = (shards.next().unwrap(), shards.next().unwrap());
         assert_eq!(from.iter().map(|f| f.0).collect::<Vec<_>>(), vec![0, 2]);
-        assert!(s1.take_receivers().is_empty(), "taken once");
         futures_lite::future::block_on(async {
             for room in 1..=4 {
                 assert!(s0.send_to(1, interest(room)).await.is_ok());
@@ -128,6 +118,6 @@ mod tests {
     #[should_panic(expected = "does not send to itself")]
     fn a_shard_never_sends_to_itself() {
         let shards = links(2, 4);
-        let _ = futures_lite::future::block_on(shards[0].send_to(0, interest(1)));
+        let _ = futures_lite::future::block_on(shards[0].0.send_to(0, interest(1)));
     }
 }

@@ -58,7 +58,7 @@ use rookery_storage::{Meta, RetentionReport, ShardStore};
 use rustc_hash::FxHashMap as HashMap;
 
 pub(crate) use command::{refuse_busy, Command};
-pub(crate) use links::{links, Links};
+pub(crate) use links::{links, FromPeers, Links};
 pub(crate) use mesh::Peer;
 pub(crate) use own_reads::OWN_READS_FLUSH;
 pub(crate) use types::{Common, NewSub, Reply};
