@@ -281,15 +281,19 @@ impl Meta {
 
     /// Runs `f` in a write transaction and commits it; an error from `f`
     /// drops the transaction, which aborts it.
+    ///
+    /// Commits do not save redb's allocator state ("quick repair"): saving
+    /// it doubled the CPU of every durable commit (about 100 µs more per
+    /// join or new user on the 2-vCPU test VM, a quarter of what a connect
+    /// costs), and all it spares is the repair redb does on the first open
+    /// after a crash, which walks the file's trees: 42 ms for a 34 MiB
+    /// file of 200,000 users and memberships (docs/storage.md).
     pub(super) fn write_with<T>(
         &self,
         durability: Durability,
         f: impl FnOnce(&WriteTransaction) -> Result<T>,
     ) -> Result<T> {
         let mut txn = self.db.begin_write()?;
-        // Durable commits also save redb's allocator state, so reopening
-        // after a crash needs no full repair (and read-only opens work).
-        txn.set_quick_repair(matches!(durability, Durability::Immediate));
         txn.set_durability(durability)?;
         let out = f(&txn)?;
         txn.commit()?;

@@ -107,8 +107,8 @@ impl Meta {
         now_ms: u64,
         decide: impl FnOnce(&MemberView) -> std::result::Result<MemberChange, E>,
     ) -> std::result::Result<(MemberView, MemberChange), E> {
-        let mut txn = self.db.begin_write().map_err(Error::from)?;
-        txn.set_quick_repair(true);
+        // No quick repair, as in `Meta::write_with`.
+        let txn = self.db.begin_write().map_err(Error::from)?;
         let view = read_view(&txn, room, actor, target)?;
         let change = decide(&view)?;
         if !change.is_empty() {
