@@ -158,7 +158,12 @@ impl Engine {
         };
         if !failures.is_empty() {
             drop(handle_tx);
-            let _ = engine.clone().shutdown();
+            // A shard whose executor could not be built (io_uring refused,
+            // too little locked memory) tells why only by its thread's
+            // result, which shutting down collects.
+            if let Err(Error::Start(why)) = engine.clone().shutdown() {
+                failures.push(why);
+            }
             return Err(Error::Start(failures.join("; ")));
         }
         for _ in 0..n {

@@ -502,11 +502,6 @@ impl Config {
     }
 }
 
-/// Reads a settings file: the `(environment variable, value)` pairs it
-/// sets, for settings not already in the environment (`present` says which
-/// are). Keys are flag names (`ws-heartbeat-ms` or `ws_heartbeat_ms`); an
-/// unknown key or a value that is not a string, number or boolean is an
-/// error naming it.
 /// An address or a CIDR (`10.0.0.1`, `10.0.0.0/8`, `::1`).
 fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
@@ -515,6 +510,11 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{s:?} is not an address or a CIDR"))
 }
 
+/// Reads a settings file: the `(environment variable, value)` pairs it
+/// sets, for settings not already in the environment (`present` says which
+/// are). Keys are flag names (`ws-heartbeat-ms` or `ws_heartbeat_ms`); an
+/// unknown key or a value that is not a string, number or boolean is an
+/// error naming it.
 pub fn file_settings(
     text: &str,
     present: impl Fn(&str) -> bool,

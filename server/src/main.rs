@@ -19,6 +19,7 @@ mod metrics;
 mod net;
 mod notices;
 mod out;
+mod preflight;
 mod protocol;
 mod rates;
 mod revoked;
@@ -59,6 +60,10 @@ fn main() {
     if let Err(e) = check_port_free(cfg.listen) {
         eprintln!("rookery: {e}");
         std::process::exit(2);
+    }
+    if let Err(e) = preflight::check() {
+        eprintln!("rookery: {e}");
+        std::process::exit(1);
     }
     init_tracing();
     if let Err(e) = run(cfg) {

@@ -277,6 +277,102 @@ fn a_second_server_on_the_same_port_is_a_start_up_error() {
     common::assert_serving(first.port);
 }
 
+/// Starts the binary with `limit` applied in the child before exec; its
+/// exit code and stderr.
+fn start_limited(limit: impl Fn() -> std::io::Result<()> + Send + Sync + 'static) -> (i32, String) {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rookery"));
+    cmd.args(["--listen", "127.0.0.1:0", "--durability", "none"])
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap()]);
+    // SAFETY: `limit` only makes async-signal-safe system calls.
+    unsafe { cmd.pre_exec(limit) };
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn too_little_locked_memory_is_one_line_naming_the_limit() {
+    let (code, err) = start_limited(|| {
+        let lim = libc::rlimit {
+            rlim_cur: 64 << 10,
+            rlim_max: 64 << 10,
+        };
+        // SAFETY: a valid rlimit for this (child) process.
+        match unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    });
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("RLIMIT_MEMLOCK") && err.contains("is 64 KiB"),
+        "{err}"
+    );
+    assert!(err.contains("LimitMEMLOCK"), "names the fix: {err}");
+}
+
+#[test]
+fn io_uring_blocked_by_seccomp_is_one_line_naming_seccomp() {
+    // A filter that refuses io_uring_setup with EPERM, as Docker's default
+    // profile does, and allows everything else.
+    let (code, err) = start_limited(|| {
+        let nr = libc::SYS_io_uring_setup as u32;
+        let filter = [
+            // A = seccomp_data.nr
+            libc::sock_filter {
+                code: 0x20,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+            // if A == io_uring_setup: next, else skip one
+            libc::sock_filter {
+                code: 0x15,
+                jt: 0,
+                jf: 1,
+                k: nr,
+            },
+            // SECCOMP_RET_ERRNO | EPERM
+            libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: 0x0005_0000 | libc::EPERM as u32,
+            },
+            // SECCOMP_RET_ALLOW
+            libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: 0x7fff_0000,
+            },
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: plain prctl calls on this (child) process; `prog` points
+        // at `filter`, alive for the call.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    });
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("io_uring is not permitted") && err.contains("seccomp"),
+        "{err}"
+    );
+}
+
 /// A server killed after it closed connections (leaving them in
 /// TIME_WAIT) starts again on the same port at once, while a second server
 /// on the port of one that is running is refused.
