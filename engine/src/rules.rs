@@ -247,7 +247,6 @@ mod tests {
             target,
             target_exists: true,
             target_former: false,
-            owners: 1,
         }
     }
 

@@ -527,10 +527,7 @@ fn standing_changes_keep_the_invariants() {
     let (view, _) = meta
         .change_membership(room, alice, bob, 5, write(invite))
         .unwrap();
-    assert_eq!(
-        (view.private, view.owners, view.target_exists),
-        (true, 1, true)
-    );
+    assert_eq!((view.private, view.target_exists), (true, true));
     assert_eq!(view.actor.role, Some(Role::Owner));
     assert!(meta.standing(room, bob).unwrap().invited);
     assert_eq!(
@@ -608,6 +605,23 @@ fn standing_changes_keep_the_invariants() {
         Some(Role::Owner),
         "the room keeps its owner"
     );
+    // Nor may its owner be banned, or step down without handing on.
+    let ban_owner = MemberChange {
+        ban: Some(true),
+        ..MemberChange::default()
+    };
+    let step_down = MemberChange {
+        role: Some(Some(Role::Member)),
+        actor_role: Some(Role::Admin),
+        ..MemberChange::default()
+    };
+    for (actor, target, change) in [(bob, alice, ban_owner), (alice, bob, step_down)] {
+        assert!(matches!(
+            meta.change_membership(room, actor, target, 9, write(change)),
+            Err(Error::Database(_))
+        ));
+        assert_eq!(meta.member_role(room, alice).unwrap(), Some(Role::Owner));
+    }
     // The last one out may leave a room empty.
     meta.change_membership(room, bob, bob, 9, write(orphan))
         .unwrap();
