@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rookery_engine::{Cursor, Engine, EngineConfig, Error, Event, EventKind, Subscription};
-use rookery_engine::{MemberOp, Role};
+use rookery_engine::{MemberOp, Role, SERVER_USER};
 
 fn config(dir: &Path, shards: u32) -> EngineConfig {
     common::small_config(dir, shards)
@@ -1075,5 +1075,89 @@ fn presence_counted_elsewhere_joins_the_engines_own() {
     assert!(got[0].contains(r#""user":11,"state":"online""#), "{got:?}");
     assert!(got[1].contains(r#""user":11,"state":"offline""#), "{got:?}");
     assert!(got[2].contains(r#""user":9,"state":"offline""#), "{got:?}");
+    engine.shutdown().unwrap();
+}
+
+/// The server (`SERVER_USER`, an application backend's API key) posts in
+/// any room that exists without being a member, bans and unbans with an
+/// owner's powers, and never joins, leaves or takes ownership; adding a
+/// banned user is a conflict, for it as for any embedder.
+#[test]
+fn the_server_posts_and_moderates_without_being_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.rooms_must_exist = true;
+    let engine = Engine::start(cfg).unwrap();
+    let meta = engine.directory();
+    let [alice, bob] = ["alice", "bob"].map(|n| meta.ensure_external_user(n, 0).unwrap());
+    let room = engine.create_room("news", true, alice).wait().unwrap();
+    engine.add_member(room, bob, Role::Member).wait().unwrap();
+    let sub = engine
+        .subscribe_as(1, room, None, Some(bob))
+        .wait()
+        .unwrap();
+    let ack = engine
+        .post(room, SERVER_USER, "s1", "from the server")
+        .wait()
+        .unwrap();
+    assert_eq!((ack.seq, ack.duplicate), (1, false));
+    let page = engine.history(room, Cursor::latest(10)).wait().unwrap();
+    assert_eq!(page.messages[0].sender, SERVER_USER);
+    assert!(matches!(
+        engine.post(room + 1, SERVER_USER, "s2", "nowhere").wait(),
+        Err(Error::NotFound(_))
+    ));
+    // A ban with an owner's powers ends bob's subscription; the owner is
+    // beyond it.
+    let ban = engine
+        .membership(room, SERVER_USER, bob, MemberOp::Ban)
+        .wait()
+        .unwrap();
+    assert!(ban.changed());
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let e = sub.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        kinds.push(e.kind());
+    }
+    assert_eq!(kinds, [EventKind::Message, EventKind::Left]);
+    assert!(matches!(
+        engine
+            .membership(room, SERVER_USER, alice, MemberOp::Ban)
+            .wait(),
+        Err(Error::Forbidden(_))
+    ));
+    assert!(matches!(
+        engine.add_member(room, bob, Role::Member).wait(),
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(meta.standing(room, bob).unwrap().role, None);
+    engine
+        .membership(room, SERVER_USER, bob, MemberOp::Unban)
+        .wait()
+        .unwrap();
+    assert_eq!(
+        engine.add_member(room, bob, Role::Member).wait().unwrap(),
+        None
+    );
+    for op in [MemberOp::Join, MemberOp::Leave, MemberOp::Transfer] {
+        let target = if op == MemberOp::Transfer {
+            bob
+        } else {
+            SERVER_USER
+        };
+        assert!(
+            matches!(
+                engine.membership(room, SERVER_USER, target, op).wait(),
+                Err(Error::InvalidInput(_))
+            ),
+            "{op:?}"
+        );
+    }
+    assert!(meta
+        .members(room)
+        .unwrap()
+        .iter()
+        .all(|(u, _)| *u != SERVER_USER));
+    assert_eq!(meta.member_role(room, alice).unwrap(), Some(Role::Owner));
     engine.shutdown().unwrap();
 }

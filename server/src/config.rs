@@ -97,6 +97,12 @@ pub struct Config {
         hide_env_values = true
     )]
     pub jwt_secret: String,
+    /// A TOML file of API keys for the server API (`/api/backend/...`,
+    /// docs/operations.md), read at start and again on SIGHUP; without it
+    /// the server API refuses every call. Every node of a cluster reads
+    /// the same file.
+    #[arg(long, env = "ROOKERY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
     /// Seconds of clock skew allowed when a JWT's `exp` and `nbf` are
     /// checked.
     #[arg(long, env = "ROOKERY_JWT_LEEWAY_S", default_value_t = 5)]

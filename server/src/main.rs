@@ -14,6 +14,7 @@ mod config;
 mod deflate;
 mod hashing;
 mod http;
+mod keys;
 mod limits;
 mod metrics;
 mod net;
@@ -57,6 +58,13 @@ fn main() {
         eprintln!("rookery: {e}");
         std::process::exit(2);
     }
+    let keys = match keys::ApiKeys::load(cfg.api_keys_file.as_deref()) {
+        Ok(keys) => Arc::new(keys),
+        Err(e) => {
+            eprintln!("rookery: {e}");
+            std::process::exit(2);
+        }
+    };
     if let Err(e) = check_port_free(cfg.listen) {
         eprintln!("rookery: {e}");
         std::process::exit(2);
@@ -66,7 +74,7 @@ fn main() {
         std::process::exit(1);
     }
     init_tracing();
-    if let Err(e) = run(cfg) {
+    if let Err(e) = run(cfg, keys) {
         eprintln!("rookery: {e:#}");
         std::process::exit(1);
     }
@@ -104,13 +112,15 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info".into())
         .add_directive(quiet);
+    // Colours only on a terminal: a journal or a file gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
 
-fn run(cfg: Config) -> anyhow::Result<()> {
+fn run(cfg: Config, keys: Arc<keys::ApiKeys>) -> anyhow::Result<()> {
     // Signals are caught before anything starts, so none is lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     std::fs::create_dir_all(&cfg.data_dir)
@@ -164,6 +174,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.login_failures_per_ip_per_min,
         cfg.login_failures_per_account_per_min,
     );
+    let reloadable_keys = keys.clone();
     let revoked = Arc::new(revoked::Revoked::default());
     let (replica_revoked, replica_node) = (revoked.clone(), node.clone());
     let notices = Arc::new(notices::Notices::default());
@@ -205,6 +216,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 logins: logins.clone(),
                 rates: rates.clone(),
                 hashing: hashing.clone(),
+                keys: keys.clone(),
                 stop: Rc::new(glommio::sync::Semaphore::new(0)),
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),
@@ -256,6 +268,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         shards = engine.shards(),
         "rookery is serving"
     );
+    reload_on_sighup(reloadable_keys).context("installing the SIGHUP handler")?;
     let first = signals.forever().next();
     tracing::info!(signal = ?first, "shutting down (a second signal exits at once)");
     stopping.store(true, Ordering::Relaxed);
@@ -267,6 +280,24 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
     shutdown_within(engine, &cfg, drained_rx)
+}
+
+/// Re-reads what may change while serving on each SIGHUP (the API keys);
+/// a file that is bad keeps what was served and logs why.
+fn reload_on_sighup(keys: Arc<keys::ApiKeys>) -> std::io::Result<()> {
+    let mut hups = Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("rookery-sighup".into())
+        .spawn(move || {
+            for _ in hups.forever() {
+                match keys.reload() {
+                    Ok(n) if keys.enabled() => tracing::info!(keys = n, "API keys reloaded"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("API keys not reloaded (the old ones stay): {e}"),
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// The ordered stop, bounded by `--shutdown-timeout-ms` in all: every

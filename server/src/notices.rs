@@ -1,6 +1,6 @@
-//! Events for one user rather than a room (an invitation), shared by
-//! every shard, so that each shard's sweep hands them to that user's open
-//! WebSockets within one sweep interval.
+//! Events for one user rather than a room (an invitation, or the server
+//! API's disconnect), shared by every shard, so that each shard's sweep
+//! hands them to that user's open WebSockets within one sweep interval.
 //!
 //! A connection receives the notices made after it opened; older ones a
 //! client lists over HTTP (`GET /api/invites`). Invariant: at most
@@ -23,7 +23,16 @@ struct Notice {
     seq: u64,
     at: Instant,
     user: u64,
-    frame: Arc<str>,
+    what: What,
+}
+
+/// What a notice tells a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum What {
+    /// Send this frame (a whole JSON text).
+    Frame(Arc<str>),
+    /// Close: the server API disconnected the user (4003).
+    Disconnect,
 }
 
 #[derive(Default)]
@@ -38,8 +47,8 @@ pub struct Notices {
 }
 
 impl Notices {
-    /// Queues `frame` (a whole JSON text) for `user`'s connections.
-    pub fn push(&self, user: u64, frame: String, now: Instant) {
+    /// Queues `what` for `user`'s connections.
+    pub fn push(&self, user: u64, what: What, now: Instant) {
         let Ok(mut s) = self.state.lock() else {
             return;
         };
@@ -52,7 +61,7 @@ impl Notices {
             seq,
             at: now,
             user,
-            frame: frame.into(),
+            what,
         });
     }
 
@@ -83,14 +92,14 @@ impl Notices {
     }
 
     /// `user`'s notices after seq `after`, oldest first.
-    pub fn for_user(&self, user: u64, after: u64) -> Vec<(u64, Arc<str>)> {
+    pub fn for_user(&self, user: u64, after: u64) -> Vec<(u64, What)> {
         let Ok(s) = self.state.lock() else {
             return Vec::new();
         };
         s.queue
             .iter()
             .filter(|n| n.user == user && n.seq > after)
-            .map(|n| (n.seq, n.frame.clone()))
+            .map(|n| (n.seq, n.what.clone()))
             .collect()
     }
 }
@@ -103,15 +112,12 @@ mod tests {
     fn notices_are_per_user_ordered_and_bounded() {
         let n = Notices::default();
         let t = Instant::now();
-        n.push(1, "a".into(), t);
-        n.push(2, "b".into(), t);
-        n.push(1, "c".into(), t);
-        let got: Vec<String> = n
-            .for_user(1, 0)
-            .iter()
-            .map(|(_, f)| f.to_string())
-            .collect();
-        assert_eq!(got, ["a", "c"]);
+        let frame = |s: &str| What::Frame(s.into());
+        n.push(1, frame("a"), t);
+        n.push(2, frame("b"), t);
+        n.push(1, What::Disconnect, t);
+        let got: Vec<What> = n.for_user(1, 0).into_iter().map(|(_, w)| w).collect();
+        assert_eq!(got, [frame("a"), What::Disconnect]);
         assert_eq!(n.for_user(1, 1).len(), 1, "after seq 1");
         assert_eq!(n.recent(t), HashMap::from([(1, 3), (2, 2)]));
         assert!(
@@ -119,7 +125,7 @@ mod tests {
             "kept for a while only"
         );
         for i in 0..NOTICES_MAX + 10 {
-            n.push(9, i.to_string(), t);
+            n.push(9, frame(&i.to_string()), t);
         }
         assert_eq!(n.for_user(9, 0).len(), NOTICES_MAX, "bounded in count");
         assert!(n.for_user(1, 0).is_empty(), "the oldest went first");

@@ -43,6 +43,8 @@ pub struct Shared {
     pub revoked: Arc<crate::revoked::Revoked>,
     /// Notices for users (invitations), for every shard's sweep.
     pub notices: Arc<crate::notices::Notices>,
+    /// The server API's keys (`--api-keys-file`), shared by every shard.
+    pub keys: Arc<crate::keys::ApiKeys>,
     /// Where passwords are hashed and checked.
     pub hashing: Arc<crate::hashing::HashPool>,
     /// The engine as seen from this shard: posts to rooms it owns and the

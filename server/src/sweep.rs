@@ -430,7 +430,7 @@ mod tests {
         );
         a.authenticated(cred(7));
         b.authenticated(cred(8));
-        notices.push(7, "{}".into(), t0);
+        notices.push(7, crate::notices::What::Frame("{}".into()), t0);
         s.sweep(t0 + Duration::from_secs(1));
         assert_eq!(a.take_due(), Some(Due::Notice));
         assert_eq!(b.take_due(), None, "another user's notice");

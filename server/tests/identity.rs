@@ -14,30 +14,6 @@ use common::*;
 use serde_json::{json, Value};
 
 const TEXT: u8 = 0x1;
-const CLOSE: u8 = 0x8;
-
-/// The next JSON text frame (pings skipped); `None` once closed.
-fn next_json(ws: &mut RawWs) -> Option<Value> {
-    loop {
-        let f = ws.read_frame()?;
-        match f.opcode {
-            TEXT => return Some(serde_json::from_slice(&f.payload).unwrap()),
-            CLOSE => {
-                ws.closed = Some(f.payload);
-                return None;
-            }
-            _ => continue,
-        }
-    }
-}
-
-/// The close frame's code and reason, reading past other frames.
-fn closed_with(ws: &mut RawWs) -> (u16, String) {
-    while next_json(ws).is_some() {}
-    let payload = ws.closed.take().expect("a close frame");
-    let code = u16::from_be_bytes([payload[0], payload[1]]);
-    (code, String::from_utf8_lossy(&payload[2..]).into_owned())
-}
 
 fn send(ws: &mut RawWs, frame: Value) {
     ws.write_frame(TEXT, frame.to_string().as_bytes(), true, false);

@@ -419,6 +419,8 @@ function renderInviteForm(v) {
 
 function nameOf(v, user) {
   if (user === state.auth.user) return state.auth.name;
+  // User 0 is the server itself (a backend posting with an API key).
+  if (user === 0) return "server";
   const name = v.members.get(user);
   if (name) return name;
   // Asked once per user: a former member is not in the list, however

@@ -7,7 +7,7 @@
 //! Invariant: a change to a room's members or existence that lands while
 //! its access is loading makes that load stale; a stale load is not kept.
 
-use rookery_storage::meta::MemberChange;
+use rookery_storage::meta::{MemberChange, SERVER_USER};
 use rookery_storage::{Meta, Role};
 use rustc_hash::FxHashSet as HashSet;
 
@@ -48,6 +48,8 @@ impl Access {
         match self {
             Access::Unknown if !rooms_must_exist => Ok(()),
             Access::Room { members, .. } if members.contains(&user) => Ok(()),
+            // The server (a backend with an API key) posts in any room.
+            Access::Room { .. } if user == SERVER_USER => Ok(()),
             Access::Room { private: false, .. } => Err(Error::Forbidden(format!(
                 "join room {room} first: only its members post and type in it"
             ))),
@@ -165,6 +167,11 @@ impl Shard {
     ) -> Result<Membership> {
         // (Nothing is kept for the room before the change is known to be
         // one: ids a client makes up must not grow the shard's maps.)
+        if actor == SERVER_USER && (op.is_own() || op == MemberOp::Transfer) {
+            return Err(Error::InvalidInput(
+                "the server is no member: it neither joins, leaves nor holds a room".into(),
+            ));
+        }
         let meta = self.meta.clone();
         let (view, change) = glommio::executor()
             .spawn_blocking(move || {
@@ -230,6 +237,11 @@ impl Shard {
         let (view, change) = glommio::executor()
             .spawn_blocking(move || {
                 meta.change_membership::<Error>(room, user, user, now_ms(), |v| {
+                    if v.target.banned && role.is_some() {
+                        return Err(Error::Conflict(format!(
+                            "user {user} is banned from room {room}: unban them first"
+                        )));
+                    }
                     let role = (v.target.role != role).then_some(role);
                     Ok(MemberChange {
                         role,

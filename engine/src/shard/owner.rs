@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use rookery_storage::meta::SERVER_USER;
 use rookery_storage::{Appended, Cursor, Order, Role};
 use rustc_hash::FxHashMap as HashMap;
 
@@ -103,7 +104,9 @@ impl Shard {
             }
             Appended::New { seq, ts_ms } => {
                 self.counters.borrow_mut().posts += 1;
-                self.note_own_read(room, sender, seq);
+                if sender != SERVER_USER {
+                    self.note_own_read(room, sender, seq);
+                }
                 self.completed(
                     room,
                     Event::message(room, seq, sender, ts_ms, Some(body), false),

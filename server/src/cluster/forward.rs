@@ -85,10 +85,20 @@ fn unframe<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<(T, &[u8])> {
 /// The room a request is about, when its route names one.
 pub fn room_of(req: &Request) -> Option<u64> {
     let route = crate::routes::route_name(req);
-    if !(route.starts_with("/api/rooms/{id}") || route.starts_with("/api/invites/{room}")) {
-        return None;
-    }
-    req.path.trim_matches('/').split('/').nth(2)?.parse().ok()
+    let segment =
+        if route.starts_with("/api/rooms/{id}") || route.starts_with("/api/invites/{room}") {
+            2
+        } else if route.starts_with("/api/backend/rooms/{id}") {
+            3
+        } else {
+            return None;
+        };
+    req.path
+        .trim_matches('/')
+        .split('/')
+        .nth(segment)?
+        .parse()
+        .ok()
 }
 
 /// The owner's answer when `req` is about a room another node owns;
@@ -139,6 +149,10 @@ pub(super) async fn bearer_proof(
     let Some(token) = auth::bearer(req) else {
         return Ok(None);
     };
+    if crate::keys::is_key_shaped(&token) {
+        // An API key: the owner checks it against its own keys file.
+        return Ok(None);
+    }
     let accounts = crate::accounts::Accounts::of(shared);
     Ok(match auth::identify(&accounts, &shared.cfg, token).await? {
         auth::Identity::User(p) => Some(p),
@@ -320,5 +334,10 @@ mod tests {
         assert_eq!(at("POST", "/api/rooms/x/join"), None);
         assert_eq!(at("GET", "/api/invites"), None);
         assert_eq!(at("GET", "/api/me"), None);
+        assert_eq!(at("POST", "/api/backend/rooms/8/messages"), Some(8));
+        assert_eq!(at("PUT", "/api/backend/rooms/8/bans/3"), Some(8));
+        assert_eq!(at("POST", "/api/backend/rooms"), None);
+        assert_eq!(at("POST", "/api/backend/broadcast"), None);
+        assert_eq!(at("POST", "/api/backend/users/8/disconnect"), None);
     }
 }

@@ -1,4 +1,5 @@
-//! Notices for a user (an invitation's `invited` event) across nodes.
+//! Notices for a user (an invitation's `invited` event, the server API's
+//! disconnect) across nodes.
 //! A node that makes a notice queues it for its own connections, as on
 //! one node, and publishes it once on `rk.<cluster>.notices`; every other
 //! node queues it for its own. At most once, as a notice on one node is
@@ -14,6 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::Node;
+use crate::notices::What;
 use crate::shared::Shared;
 
 /// The subject every node of cluster `name` hears notices on.
@@ -27,23 +29,37 @@ struct WireNotice {
     /// The node that made it (and queued it already).
     node: u32,
     user: u64,
-    /// The whole JSON text frame for the user's WebSockets.
-    frame: String,
+    /// The whole JSON text frame for the user's WebSockets; `None`: close
+    /// them (a disconnect).
+    frame: Option<String>,
 }
 
 /// Queues `frame` for `user`'s WebSockets on this node and, in a cluster,
 /// on every other.
 pub fn notify(shared: &Shared, user: u64, frame: String) {
+    publish(shared, user, Some(frame.clone()));
+    shared
+        .notices
+        .push(user, What::Frame(frame.into()), Instant::now());
+}
+
+/// Closes `user`'s WebSockets open now, on this node and, in a cluster,
+/// on every other (each within a sweep interval of hearing it).
+pub fn disconnect(shared: &Shared, user: u64) {
+    publish(shared, user, None);
+    shared.notices.push(user, What::Disconnect, Instant::now());
+}
+
+fn publish(shared: &Shared, user: u64, frame: Option<String>) {
     if let Some(node) = &shared.cluster {
         let wire = WireNotice {
             node: node.cfg.node_id,
             user,
-            frame: frame.clone(),
+            frame,
         };
         let payload = super::records::json_bytes(&wire);
         node.link.try_publish(subject(&node.cfg.name), payload);
     }
-    shared.notices.push(user, frame, Instant::now());
 }
 
 /// Queues the notices other nodes publish, on this shard, until it stops.
@@ -55,7 +71,8 @@ pub async fn hear(shared: Rc<Shared>, node: std::sync::Arc<Node>) {
         };
         match serde_json::from_slice::<WireNotice>(&m.payload) {
             Ok(n) if n.node != node.cfg.node_id => {
-                shared.notices.push(n.user, n.frame, Instant::now());
+                let what = n.frame.map_or(What::Disconnect, |f| What::Frame(f.into()));
+                shared.notices.push(n.user, what, Instant::now());
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("a notice that is not one: {e}"),

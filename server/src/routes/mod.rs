@@ -4,6 +4,7 @@
 //! resource: accounts, rooms, messages, and the server's own routes.
 
 mod accounts;
+mod backend;
 mod messages;
 mod rooms;
 
@@ -86,6 +87,16 @@ fn cors_preflight(req: &Request, shared: &Shared) -> Option<Response> {
 }
 
 async fn route(req: &Request, shared: &Shared) -> ApiResult {
+    // HEAD is answered as GET; the connection leaves the body out.
+    let method = match req.method.as_str() {
+        "HEAD" => "GET",
+        m => m,
+    };
+    let name = route_name(req);
+    if name.starts_with("/api/backend/") {
+        // The key is checked before a room's call goes to its owner.
+        return backend::route(req, shared, method, name).await;
+    }
     if shared.cluster.is_some() {
         if let Some(answer) = crate::cluster::forward::to_owner(req, shared).await {
             return Ok(answer);
@@ -96,12 +107,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
     }
     // The third path segment, where a route has a room id.
     let id = req.path.trim_matches('/').split('/').nth(2).unwrap_or("");
-    // HEAD is answered as GET; the connection leaves the body out.
-    let method = match req.method.as_str() {
-        "HEAD" => "GET",
-        m => m,
-    };
-    match (method, route_name(req)) {
+    match (method, name) {
         ("GET", "/api/server") => Ok(Response::json(200, &index(shared))),
         ("GET", "/api/stats") => stats(req, shared),
         ("GET", "/healthz") => Ok(Response::json(200, &json!({"status": "ok"}))),
@@ -182,6 +188,7 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "invites", _, "decline"] => "/api/invites/{room}/decline",
         ["api", "rooms", _, "messages"] => "/api/rooms/{id}/messages",
         ["api", "rooms", _, "read"] => "/api/rooms/{id}/read",
+        ["api", "backend", ..] => backend::route_name(&segments).expect("a backend path"),
         _ => crate::assets::route(&req.path).unwrap_or("other"),
     }
 }

@@ -49,31 +49,46 @@ pub(crate) async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
     let creator = user(req, shared).await?;
     let new: NewRoom = body(req)?;
     take_room_token(shared, creator).await?;
-    // In a cluster a public name is claimed cluster-wide first, and given
-    // back if the room cannot be made.
-    let claimed = match (&shared.cluster, new.private) {
-        (Some(node), false) => Some(node.claim_room_name(&new.name).await?),
+    let room = make_room(shared, &new.name, new.private, creator).await?;
+    Ok(Response::json(201, &room_json(&room)))
+}
+
+/// Makes a room owned by `creator`; the room. In a cluster a public name
+/// is claimed cluster-wide first, and given back if the room cannot be
+/// made.
+pub(super) async fn make_room(
+    shared: &Shared,
+    name: &str,
+    private: bool,
+    creator: u64,
+) -> Result<Room, ApiError> {
+    let claimed = match (&shared.cluster, private) {
+        (Some(node), false) => Some(node.claim_room_name(name).await?),
         _ => None,
     };
-    let id = match (new_room(shared, &new, creator).await, claimed) {
+    let id = match (new_room(shared, name, private, creator).await, claimed) {
         (Ok(id), _) => id,
         (Err(e), Some(node)) => {
-            node.release_room_name(&new.name).await;
+            node.release_room_name(name).await;
             return Err(e);
         }
         (Err(e), None) => return Err(e),
     };
     let m = directory(shared);
-    let room = blocking(move || m.room(id))
+    blocking(move || m.room(id))
         .await?
-        .ok_or_else(|| ApiError::Internal("a created room is missing".into()))?;
-    Ok(Response::json(201, &room_json(&room)))
+        .ok_or_else(|| ApiError::Internal("a created room is missing".into()))
 }
 
 /// Makes the room; its id. In a cluster the cluster hands out the id: one
 /// above every room's so far.
-async fn new_room(shared: &Shared, new: &NewRoom, creator: u64) -> Result<u64, ApiError> {
-    let (name, private, engine) = (&new.name, new.private, &shared.engine);
+async fn new_room(
+    shared: &Shared,
+    name: &str,
+    private: bool,
+    creator: u64,
+) -> Result<u64, ApiError> {
+    let engine = &shared.engine;
     Ok(match &shared.cluster {
         Some(node) => {
             let id = node.next_id("room").await?;

@@ -47,6 +47,7 @@ use crate::cluster::ops::{self, Answer, Op};
 use crate::cluster::relay::Relay;
 use crate::deflate::{self, InflateError, Inflow};
 use crate::net;
+use crate::notices::What;
 use crate::out::{Flusher, Out};
 use crate::protocol::{self, ClientFrame, ServerFrame};
 use crate::shared::Shared;
@@ -431,7 +432,12 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
                 );
                 break;
             }
-            Wake::Notice => c.send_notices(),
+            Wake::Notice => {
+                if c.send_notices() {
+                    c.close(CloseCode::Library(4003), "disconnected by the server");
+                    break;
+                }
+            }
             Wake::RefreshNeeded => {
                 if let Some(p) = c.proof {
                     let warn = ServerFrame::RefreshNeeded {
@@ -483,18 +489,23 @@ impl Conn {
     }
 
     /// Writes the user's notices (invitations) it has not sent yet.
-    fn send_notices(&mut self) {
+    /// Sends the user's new notices; whether one of them disconnects.
+    fn send_notices(&mut self) -> bool {
         let Some(p) = self.proof else {
-            return;
+            return false;
         };
-        for (seq, frame) in self
+        for (seq, what) in self
             .shared
             .notices
             .for_user(p.user, self.clock.notice_seen.get())
         {
-            self.link.send_data(frame.as_bytes(), Data::Text);
             self.clock.notice_seen.set(seq);
+            match what {
+                What::Frame(frame) => self.link.send_data(frame.as_bytes(), Data::Text),
+                What::Disconnect => return true,
+            }
         }
+        false
     }
 
     /// This node's id, in a cluster.

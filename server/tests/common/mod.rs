@@ -615,6 +615,30 @@ pub fn next_text_json(ws: &mut RawWs) -> serde_json::Value {
     }
 }
 
+/// The next JSON text frame (pings skipped); `None` once closed (the close
+/// frame's payload is then in `ws.closed`).
+pub fn next_json(ws: &mut RawWs) -> Option<serde_json::Value> {
+    loop {
+        let f = ws.read_frame()?;
+        match f.opcode {
+            0x1 => return Some(serde_json::from_slice(&f.payload).unwrap()),
+            0x8 => {
+                ws.closed = Some(f.payload);
+                return None;
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// The close frame's code and reason, reading past other frames.
+pub fn closed_with(ws: &mut RawWs) -> (u16, String) {
+    while next_json(ws).is_some() {}
+    let payload = ws.closed.take().expect("a close frame");
+    let code = u16::from_be_bytes([payload[0], payload[1]]);
+    (code, String::from_utf8_lossy(&payload[2..]).into_owned())
+}
+
 /// Sends one JSON text frame.
 pub fn send_json(ws: &mut RawWs, v: serde_json::Value) {
     ws.write_frame(0x1, v.to_string().as_bytes(), true, false);

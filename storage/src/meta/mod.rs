@@ -63,7 +63,9 @@ mod tests;
 mod users;
 
 use rooms::last_seq;
-pub use standing::{Ban, Invite, MemberChange, MemberView, Standing, INVITES_PER_USER_MAX};
+pub use standing::{
+    Ban, Invite, MemberChange, MemberView, Standing, INVITES_PER_USER_MAX, SERVER_USER,
+};
 
 /// Row of `users`: (name, created_ms, password_hash).
 type UserRow = (&'static str, u64, Option<&'static str>);

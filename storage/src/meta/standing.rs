@@ -13,6 +13,13 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::*;
 
+/// The id that stands for the server itself (an application backend
+/// calling with an API key): no account ever has it (ids start at 1). As
+/// the actor of a membership change it has a room owner's powers in every
+/// room and holds no standing of its own: its view is an owner's, and a
+/// change that would give it a role (handing ownership on) is refused.
+pub const SERVER_USER: u64 = 0;
+
 /// Pending invitations one user may hold; a new one past it withdraws
 /// their oldest (a flood of invitations cannot grow a user's list, nor
 /// keep a real one out).
@@ -272,7 +279,9 @@ fn read_view(txn: &WriteTransaction, room: u64, actor: u64, target: u64) -> Resu
         .value()
         .1;
     let users = txn.open_table(USERS)?;
-    require_user(&users, actor)?;
+    if actor != SERVER_USER {
+        require_user(&users, actor)?;
+    }
     let (members, bans, invites) = (
         txn.open_table(MEMBERS)?,
         txn.open_table(BANS)?,
@@ -280,9 +289,16 @@ fn read_view(txn: &WriteTransaction, room: u64, actor: u64, target: u64) -> Resu
     );
     let target_exists = users.get(target)?.is_some();
     let target_former = txn.open_table(FORMER)?.get((room, target))?.is_some();
+    let actor = match actor {
+        SERVER_USER => Standing {
+            role: Some(Role::Owner),
+            ..Standing::default()
+        },
+        _ => standing_in(&members, &bans, &invites, room, actor)?,
+    };
     Ok(MemberView {
         private,
-        actor: standing_in(&members, &bans, &invites, room, actor)?,
+        actor,
         target: standing_in(&members, &bans, &invites, room, target)?,
         target_exists,
         target_former,
@@ -299,6 +315,9 @@ fn apply(
 ) -> Result<()> {
     if change.role.is_some() || change.ban.is_some() || change.invite.is_some() {
         require_user(&txn.open_table(USERS)?, target)?;
+    }
+    if actor == SERVER_USER && change.actor_role.is_some() {
+        return Err(Error::Database("the server holds no role in a room".into()));
     }
     if let Some(role) = change.role {
         set_role(txn, room, target, role, now_ms)?;

@@ -936,3 +936,55 @@ fn a_replicated_batch_is_applied_in_order_all_or_nothing() {
     assert!(meta.user(6).unwrap().is_none());
     meta.replicate_batch(&[]).unwrap();
 }
+
+#[test]
+fn the_server_acts_as_an_owner_and_holds_no_standing() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let room = meta.create_room("r", false, alice, 1).unwrap();
+    meta.add_member(room, bob, Role::Member).unwrap();
+    let ban = MemberChange {
+        ban: Some(true),
+        ..MemberChange::default()
+    };
+    let (view, _) = meta
+        .change_membership(room, SERVER_USER, bob, 5, write(ban))
+        .unwrap();
+    assert_eq!(view.actor.role, Some(Role::Owner), "an owner's view");
+    assert_eq!(view.target.role, Some(Role::Member));
+    assert_eq!(
+        meta.bans_page(room, 0, 10).unwrap().items,
+        [Ban {
+            user: bob,
+            by: SERVER_USER,
+            ts_ms: 5
+        }]
+    );
+    assert!(meta
+        .members(room)
+        .unwrap()
+        .iter()
+        .all(|(u, _)| *u != SERVER_USER));
+    // It never takes a role (handing ownership on would give it one), and
+    // the room keeps its owner.
+    let hand_on = MemberChange {
+        role: Some(Some(Role::Owner)),
+        actor_role: Some(Role::Admin),
+        ..MemberChange::default()
+    };
+    assert!(matches!(
+        meta.change_membership(room, SERVER_USER, alice, 6, write(hand_on)),
+        Err(Error::Database(_))
+    ));
+    assert_eq!(meta.member_role(room, alice).unwrap(), Some(Role::Owner));
+    assert!(meta
+        .members(room)
+        .unwrap()
+        .iter()
+        .all(|(u, _)| *u != SERVER_USER));
+    // A missing room is still missing.
+    assert!(matches!(
+        meta.change_membership(99, SERVER_USER, bob, 7, write(ban)),
+        Err(Error::NotFound(_))
+    ));
+}

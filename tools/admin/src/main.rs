@@ -6,6 +6,7 @@
 //! file and imports such a file into a new directory (with any shard count),
 //! salvages a shard whose log is damaged, compacts every log at once
 //! (deleted text gone from disk), and rebuilds the indexes from the logs.
+//! It also makes keys for the server API (`api-key`, no data directory).
 //!
 //! It reads and writes the files directly. **Never run it against a data
 //! directory that a live server has open**: stop the server first. (The
@@ -16,6 +17,7 @@
 //! another command could not read every record; its output covers what was
 //! readable); 2 usage or I/O problems and refused operations.
 
+mod apikey;
 mod compact;
 mod data;
 mod dump;
@@ -130,6 +132,22 @@ enum Command {
         #[arg(long)]
         shard: u32,
     },
+    /// Makes a key for the server API: prints the key (give it to the
+    /// backend; it is shown once) and then the entry to append to the
+    /// server's --api-keys-file (it holds only the key's SHA-256). Send the
+    /// server SIGHUP to load it.
+    ApiKey {
+        /// The key's name, in the server's logs and errors.
+        #[arg(long)]
+        name: String,
+        /// What it may do: publish, rooms, members, users, read
+        /// (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Its own rate (the server's default: 100).
+        #[arg(long)]
+        requests_per_s: Option<u32>,
+    },
 }
 
 /// How a command that ran to the end judged the data.
@@ -189,6 +207,20 @@ fn run(command: Command) -> anyhow::Result<Outcome> {
         Command::Salvage { data, shard } => verify::salvage(&data, shard),
         Command::Compact { data } => compact::compact(&data),
         Command::Reindex { data } => reindex::reindex(&data),
+        Command::ApiKey {
+            name,
+            scopes,
+            requests_per_s,
+        } => {
+            let (key, entry) = apikey::new_key(&name, &scopes, requests_per_s)?;
+            println!(
+                "key: {key}
+
+# append to --api-keys-file:
+{entry}"
+            );
+            Ok(Outcome::Clean)
+        }
     }
 }
 
