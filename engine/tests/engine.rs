@@ -1130,6 +1130,11 @@ fn the_server_posts_and_moderates_without_being_a_member() {
         engine.add_member(room, bob, Role::Member).wait(),
         Err(Error::Conflict(_))
     ));
+    // Nor is the owner given another role (it is handed on).
+    assert!(matches!(
+        engine.add_member(room, alice, Role::Admin).wait(),
+        Err(Error::Conflict(_))
+    ));
     assert_eq!(meta.standing(room, bob).unwrap().role, None);
     engine
         .membership(room, SERVER_USER, bob, MemberOp::Unban)

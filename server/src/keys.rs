@@ -83,7 +83,10 @@ pub const KEY_PREFIX: &str = "rk_";
 #[derive(Debug)]
 pub struct Key {
     /// Its name: in logs, metrics and errors.
-    pub name: String,
+    pub name: Arc<str>,
+    /// 8 hex digits of its name's SHA-256: what its posts' `client_id`s
+    /// are kept under, apart from every other key's.
+    pub tag: String,
     scopes: u8,
     requests_per_s: u32,
     burst: u32,
@@ -92,6 +95,11 @@ pub struct Key {
 }
 
 impl Key {
+    /// Requests it may make at once.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
     /// Whether it opens `scope`.
     pub fn allows(&self, scope: Scope) -> bool {
         self.scopes & scope as u8 != 0
@@ -100,16 +108,27 @@ impl Key {
     /// Takes one request's token at `now`; when there is none, the
     /// milliseconds until there will be.
     pub fn take(&self, now: Instant) -> Result<(), u64> {
+        self.take_n(1, now).map_err(|wait| wait.unwrap_or(u64::MAX))
+    }
+
+    /// Takes `n` tokens at once at `now`, or none; when there are not
+    /// enough, the milliseconds until there will be (`None`: never, `n`
+    /// is more than the burst).
+    pub fn take_n(&self, n: u32, now: Instant) -> Result<(), Option<u64>> {
+        if n > self.burst {
+            return Err(None);
+        }
         let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let rate = f64::from(self.requests_per_s);
         let elapsed = now.saturating_duration_since(b.1).as_secs_f64();
         b.0 = (b.0 + elapsed * rate).min(f64::from(self.burst));
         b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
+        let want = f64::from(n);
+        if b.0 >= want {
+            b.0 -= want;
             return Ok(());
         }
-        Err((((1.0 - b.0) / rate) * 1000.0).ceil().max(1.0) as u64)
+        Err(Some((((want - b.0) / rate) * 1000.0).ceil().max(1.0) as u64))
     }
 }
 
@@ -171,7 +190,16 @@ impl ApiKeys {
         };
         let table = read_table(path)?;
         let n = table.len();
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        let mut served = self.table.write().unwrap_or_else(|e| e.into_inner());
+        // A key kept keeps what it spent: a reload refills no bucket.
+        for (hash, key) in &table {
+            if let Some(old) = served.get(hash) {
+                let spent = *old.bucket.lock().unwrap_or_else(|e| e.into_inner());
+                let mut b = key.bucket.lock().unwrap_or_else(|e| e.into_inner());
+                *b = (spent.0.min(f64::from(key.burst)), spent.1);
+            }
+        }
+        *served = Arc::new(table);
         Ok(n)
     }
 
@@ -265,7 +293,8 @@ fn check(e: &Entry) -> Result<Key, String> {
         return Err("burst must be >= 1".into());
     }
     Ok(Key {
-        name: e.name.clone(),
+        name: e.name.as_str().into(),
+        tag: crate::auth::hex(&Sha256::digest(e.name.as_bytes())[..4]),
         scopes,
         requests_per_s,
         burst,
@@ -316,7 +345,7 @@ mod tests {
     fn a_key_is_found_by_its_hash_with_its_scopes() {
         let keys = keys_of(&entry("billing", KEY, r#""publish", "read""#, ""));
         let k = keys.identify(KEY).unwrap();
-        assert_eq!(k.name, "billing");
+        assert_eq!(&*k.name, "billing");
         assert!(k.allows(Scope::Publish) && k.allows(Scope::Read));
         assert!(!k.allows(Scope::Members) && !k.allows(Scope::Rooms));
         let other = KEY.replace("ff", "fe");
@@ -371,16 +400,20 @@ mod tests {
     fn a_reload_replaces_the_keys_or_keeps_them_when_the_file_is_bad() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.toml");
-        std::fs::write(&path, entry("old", KEY, r#""read""#, "")).unwrap();
+        std::fs::write(&path, entry("old", KEY, r#""read""#, "burst = 1")).unwrap();
         let keys = ApiKeys::load(Some(&path)).unwrap();
+        keys.identify(KEY).unwrap().take(Instant::now()).unwrap();
+        // A reload keeps what a key spent.
+        assert_eq!(keys.reload(), Ok(1));
+        assert!(keys.identify(KEY).unwrap().take(Instant::now()).is_err());
         let new_key = KEY.replace('0', "9");
         std::fs::write(&path, entry("new", &new_key, r#""read""#, "")).unwrap();
         assert_eq!(keys.reload(), Ok(1));
         assert!(keys.identify(KEY).is_err(), "a key taken out stops working");
-        assert_eq!(keys.identify(&new_key).unwrap().name, "new");
+        assert_eq!(&*keys.identify(&new_key).unwrap().name, "new");
         std::fs::write(&path, "[[key]]\nname = 1\n").unwrap();
         assert!(keys.reload().is_err());
-        assert_eq!(keys.identify(&new_key).unwrap().name, "new", "kept");
+        assert_eq!(&*keys.identify(&new_key).unwrap().name, "new", "kept");
     }
 
     #[test]
@@ -400,5 +433,15 @@ mod tests {
         assert!((1..=100).contains(&wait), "{wait} ms");
         k.take(t0 + Duration::from_millis(100)).unwrap();
         assert!(k.take(t0 + Duration::from_millis(100)).is_err());
+        // Several at once, or none.
+        let t1 = t0 + Duration::from_millis(300);
+        assert_eq!(
+            k.take_n(3, t1),
+            Err(Some(100)),
+            "two there, one to wait for"
+        );
+        k.take_n(2, t1).unwrap();
+        assert_eq!(k.take_n(4, t1), Err(None), "more than the burst: never");
+        assert_eq!(k.tag.len(), 8);
     }
 }

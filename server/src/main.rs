@@ -123,6 +123,8 @@ fn init_tracing() {
 fn run(cfg: Config, keys: Arc<keys::ApiKeys>) -> anyhow::Result<()> {
     // Signals are caught before anything starts, so none is lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    // SIGHUP too, before anything starts: its default would end the process.
+    reload_on_sighup(keys.clone()).context("installing the SIGHUP handler")?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating --data-dir {}", cfg.data_dir.display()))?;
     // A cluster node joins before anything serves: a node list that differs
@@ -174,7 +176,6 @@ fn run(cfg: Config, keys: Arc<keys::ApiKeys>) -> anyhow::Result<()> {
         cfg.login_failures_per_ip_per_min,
         cfg.login_failures_per_account_per_min,
     );
-    let reloadable_keys = keys.clone();
     let revoked = Arc::new(revoked::Revoked::default());
     let (replica_revoked, replica_node) = (revoked.clone(), node.clone());
     let notices = Arc::new(notices::Notices::default());
@@ -268,7 +269,6 @@ fn run(cfg: Config, keys: Arc<keys::ApiKeys>) -> anyhow::Result<()> {
         shards = engine.shards(),
         "rookery is serving"
     );
-    reload_on_sighup(reloadable_keys).context("installing the SIGHUP handler")?;
     let first = signals.forever().next();
     tracing::info!(signal = ?first, "shutting down (a second signal exits at once)");
     stopping.store(true, Ordering::Relaxed);

@@ -32,6 +32,8 @@ pub struct ShardHttp {
     durations: Mutex<HashMap<&'static str, hdrhistogram::Histogram<u64>>>,
     /// Close frames the server sent, by close code.
     closes: Mutex<HashMap<u16, u64>>,
+    /// Server API calls, by (API key name, status).
+    backend_calls: Mutex<HashMap<(std::sync::Arc<str>, u16), u64>>,
     /// Post (the message's timestamp) to its frame queued for a WebSocket
     /// subscriber, µs (millisecond resolution: the timestamp's).
     delivery: Mutex<Option<hdrhistogram::Histogram<u64>>>,
@@ -69,6 +71,13 @@ impl ShardHttp {
     pub fn closed(&self, code: u16) {
         if let Ok(mut c) = self.closes.lock() {
             *c.entry(code).or_default() += 1;
+        }
+    }
+
+    /// Counts one server API call made with the key named `key`.
+    pub fn backend_call(&self, key: &std::sync::Arc<str>, status: u16) {
+        if let Ok(mut c) = self.backend_calls.lock() {
+            *c.entry((key.clone(), status)).or_default() += 1;
         }
     }
 
@@ -540,6 +549,21 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
         "ws_closes",
         "WebSocket close frames sent, by close code",
         closes,
+    );
+    let backend_calls = labelled_counters(
+        http,
+        |h| &h.backend_calls,
+        |(key, status)| {
+            vec![
+                ("key".into(), key.to_string()),
+                ("status".into(), status.to_string()),
+            ]
+        },
+    );
+    r.register(
+        "backend_calls",
+        "Server API calls, by API key and status",
+        backend_calls,
     );
     r.register(
         "fsync_batch_records",

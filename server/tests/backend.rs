@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256};
 const ALL: &str = "rk_1111111111111111111111111111111111111111111111111111111111111111";
 const PUBLISHER: &str = "rk_2222222222222222222222222222222222222222222222222222222222222222";
 const SLOW: &str = "rk_3333333333333333333333333333333333333333333333333333333333333333";
+/// Publishes, one a second, three at once.
+const TIGHT: &str = "rk_6666666666666666666666666666666666666666666666666666666666666666";
 
 fn entry(name: &str, key: &str, scopes: &str, extra: &str) -> String {
     let hash: String = Sha256::digest(key.as_bytes())
@@ -37,7 +39,13 @@ fn keys_file(dir: &Path) -> String {
         r#""publish", "rooms", "members", "users", "read""#,
         "requests_per_s = 10000",
     ) + &entry("news", PUBLISHER, r#""publish", "read""#, "")
-        + &entry("slow", SLOW, r#""read""#, "requests_per_s = 1\nburst = 2");
+        + &entry("slow", SLOW, r#""read""#, "requests_per_s = 1\nburst = 2")
+        + &entry(
+            "tight",
+            TIGHT,
+            r#""publish""#,
+            "requests_per_s = 1\nburst = 3",
+        );
     let path = dir.join("keys.toml");
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_string()
@@ -171,6 +179,17 @@ fn keys_and_scopes_are_refused_and_accepted() {
         api(p, "GET", &format!("/api/backend/rooms/{room}"), ALL, None).0,
         200
     );
+    // Each key's calls are counted by status, refusals included.
+    for (key, status) in [
+        ("slow", 429),
+        ("slow", 403),
+        ("news", 201),
+        ("ops", 201),
+        ("-", 401),
+    ] {
+        let sample = format!("rookery_backend_calls_total{{key=\"{key}\",status=\"{status}\"}}");
+        assert!(metric(p, &sample) >= 1.0, "{sample}");
+    }
     assert_serving(p);
 }
 
@@ -265,6 +284,18 @@ fn publish_as_the_server_or_a_member_past_the_users_rate() {
         Some(json!({"body": "x", "as": {"name": "nobody"}})),
     );
     assert_eq!(s, 404, "{v}");
+    // A subject never seen is not made a user by a post.
+    let as_new = json!({"body": "x", "as": {"subject": "never-seen"}});
+    let (s, v) = api(p, "POST", &path, PUBLISHER, Some(as_new));
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = api(
+        p,
+        "POST",
+        "/api/backend/rooms",
+        ALL,
+        Some(json!({"name": "n", "owner": {"subject": "never-seen"}})),
+    );
+    assert_eq!(s, 201, "a room's owner is made, as a JWT would: {v}");
     let (s, v) = api(
         p,
         "POST",
@@ -393,6 +424,37 @@ fn broadcast_posts_once_per_room_and_says_how_each_went() {
         );
         assert_eq!(s, 400, "{v}");
     }
+    // A broadcast costs a request per room, taken at once (of one node's
+    // budget for the key): more rooms than the burst is 400; a burst's
+    // worth is taken, and then there is nothing left.
+    let one = node_ports(p)[0];
+    let tight = |rooms: &[u64]| {
+        let body = json!({"rooms": rooms, "body": "t", "client_id": "t"});
+        api(one, "POST", "/api/backend/broadcast", TIGHT, Some(body))
+    };
+    let (s, v) = tight(&rooms[..4]);
+    assert_eq!(s, 400, "{v}");
+    std::thread::sleep(Duration::from_millis(1100)); // the one it took comes back
+    let (s, v) = tight(&rooms[..3]);
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["seq"] == 2),
+        "{v}"
+    );
+    assert_eq!(tight(&rooms[..3]).0, 429);
+    // Another key's client_id is its own: the same one posts again.
+    let (s, v) = api(
+        p,
+        "POST",
+        &format!("/api/backend/rooms/{}/messages", rooms[0]),
+        PUBLISHER,
+        Some(json!({"body": "t", "client_id": "t"})),
+    );
+    assert_eq!((s, v["seq"].as_u64()), (201, Some(3)), "{v}");
     assert_serving(p);
 }
 

@@ -242,6 +242,14 @@ impl Shard {
                             "user {user} is banned from room {room}: unban them first"
                         )));
                     }
+                    // Decided here, in the transaction: the owner's role
+                    // is handed on by the owner, never set.
+                    let demoted = role.is_some_and(|r| r != Role::Owner);
+                    if v.target.role == Some(Role::Owner) && demoted {
+                        return Err(Error::Conflict(format!(
+                            "user {user} owns room {room}: ownership is handed on by its owner"
+                        )));
+                    }
                     let role = (v.target.role != role).then_some(role);
                     Ok(MemberChange {
                         role,

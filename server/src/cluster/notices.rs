@@ -44,22 +44,26 @@ pub fn notify(shared: &Shared, user: u64, frame: String) {
 }
 
 /// Closes `user`'s WebSockets open now, on this node and, in a cluster,
-/// on every other (each within a sweep interval of hearing it).
-pub fn disconnect(shared: &Shared, user: u64) {
-    publish(shared, user, None);
+/// on every other (each within a sweep interval of hearing it); false
+/// when the other nodes could not be told (this node's are closed).
+pub fn disconnect(shared: &Shared, user: u64) -> bool {
     shared.notices.push(user, What::Disconnect, Instant::now());
+    publish(shared, user, None)
 }
 
-fn publish(shared: &Shared, user: u64, frame: Option<String>) {
-    if let Some(node) = &shared.cluster {
-        let wire = WireNotice {
-            node: node.cfg.node_id,
-            user,
-            frame,
-        };
-        let payload = super::records::json_bytes(&wire);
-        node.link.try_publish(subject(&node.cfg.name), payload);
-    }
+/// Publishes a notice for the other nodes; whether it left (always true
+/// on one node).
+fn publish(shared: &Shared, user: u64, frame: Option<String>) -> bool {
+    let Some(node) = &shared.cluster else {
+        return true;
+    };
+    let wire = WireNotice {
+        node: node.cfg.node_id,
+        user,
+        frame,
+    };
+    let payload = super::records::json_bytes(&wire);
+    node.link.try_publish(subject(&node.cfg.name), payload)
 }
 
 /// Queues the notices other nodes publish, on this shard, until it stops.

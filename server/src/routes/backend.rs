@@ -30,6 +30,9 @@ use crate::shared::Shared;
 
 /// Rooms one broadcast reaches, at most.
 pub const BROADCAST_ROOMS_MAX: usize = 1000;
+/// Users `online` lists at most (its answer may cross NATS, whose
+/// messages are at most 1 MiB).
+pub const ONLINE_USERS_MAX: usize = 10_000;
 /// Posts of one broadcast in flight at once.
 const BROADCAST_IN_FLIGHT_MAX: usize = 64;
 
@@ -76,16 +79,34 @@ pub(super) async fn route(req: &Request, shared: &Shared, method: &str, route: &
             _ => ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", req.path)),
         });
     };
-    let key = authorize(req, shared, scope)?;
+    let key = match identify(req, shared) {
+        Ok(key) => key,
+        Err(refused) => {
+            // Not a key's call: counted under "-", logged at debug (a flood
+            // of guesses must not flood the log).
+            if let Some(h) = shared.my_http().filter(|_| !req.forwarded) {
+                h.backend_call(&Arc::from("-"), 401);
+            }
+            tracing::debug!(path = %req.path, peer = ?req.peer, "server API call without a known key");
+            return Err(refused);
+        }
+    };
     let started = Instant::now();
-    let answer = match crate::cluster::forward::to_owner(req, shared).await {
-        Some(answer) => Ok(answer),
-        None => dispatch(req, shared, method, route).await,
+    let answer = match admit(req, &key, scope) {
+        Err(refused) => Err(refused),
+        Ok(()) => match crate::cluster::forward::to_owner(req, shared).await {
+            Some(answer) => Ok(answer),
+            None => dispatch(req, shared, method, route, &key).await,
+        },
     };
     let status = match &answer {
         Ok(r) => r.status,
         Err(e) => e.parts().0,
     };
+    // Counted once, by the node the backend called.
+    if let Some(h) = shared.my_http().filter(|_| !req.forwarded) {
+        h.backend_call(&key.name, status);
+    }
     tracing::info!(
         key = %key.name,
         method,
@@ -98,10 +119,8 @@ pub(super) async fn route(req: &Request, shared: &Shared, method: &str, route: &
     answer
 }
 
-/// The key the call carries, if it may make it: 401 without a known key,
-/// 403 without the scope, 429 past the key's rate (taken once, on the node
-/// the backend called).
-fn authorize(req: &Request, shared: &Shared, scope: Scope) -> Result<Arc<Key>, ApiError> {
+/// The key the call carries: 401 without one the keys file holds.
+fn identify(req: &Request, shared: &Shared) -> Result<Arc<Key>, ApiError> {
     // The header only: a key in a query string ends up in proxies' logs.
     let presented = req
         .header("authorization")
@@ -113,12 +132,17 @@ fn authorize(req: &Request, shared: &Shared, scope: Scope) -> Result<Arc<Key>, A
                 "the server API takes an API key: Authorization: Bearer rk_…".into(),
             )
         })?;
-    let key = shared.keys.identify(presented).map_err(|r| {
+    shared.keys.identify(presented).map_err(|r| {
         ApiError::Unauthorized(match r {
             Refusal::NoKeys => "the server API is off: this server has no --api-keys-file".into(),
             Refusal::Unknown => "unknown API key".into(),
         })
-    })?;
+    })
+}
+
+/// Whether `key` may make the call: 403 without the scope, 429 past the
+/// key's rate (taken once, on the node the backend called).
+fn admit(req: &Request, key: &Key, scope: Scope) -> Result<(), ApiError> {
     if !key.allows(scope) {
         return Err(ApiError::Forbidden(format!(
             "API key {:?} lacks the {:?} scope",
@@ -133,17 +157,23 @@ fn authorize(req: &Request, shared: &Shared, scope: Scope) -> Result<Arc<Key>, A
                 retry_after_ms,
             })?;
     }
-    Ok(key)
+    Ok(())
 }
 
-async fn dispatch(req: &Request, shared: &Shared, method: &str, route: &str) -> ApiResult {
+async fn dispatch(
+    req: &Request,
+    shared: &Shared,
+    method: &str,
+    route: &str,
+    key: &Key,
+) -> ApiResult {
     match (method, route) {
         ("POST", "/api/backend/rooms") => create_room(req, shared).await,
         ("GET", "/api/backend/rooms/{id}") => get_room(req, shared).await,
         ("GET", "/api/backend/rooms/{id}/messages") => history(req, shared).await,
         ("GET", "/api/backend/rooms/{id}/online") => online(req, shared).await,
-        ("POST", "/api/backend/rooms/{id}/messages") => publish(req, shared).await,
-        ("POST", "/api/backend/broadcast") => broadcast(req, shared).await,
+        ("POST", "/api/backend/rooms/{id}/messages") => publish(req, shared, key).await,
+        ("POST", "/api/backend/broadcast") => broadcast(req, shared, key).await,
         ("POST", "/api/backend/rooms/{id}/members") => add_member(req, shared).await,
         ("DELETE", "/api/backend/rooms/{id}/members/{user}") => remove_member(req, shared).await,
         ("PUT", "/api/backend/rooms/{id}/bans/{user}") => ban(req, shared, true).await,
@@ -181,9 +211,10 @@ struct Who {
 }
 
 impl Who {
-    /// The user's id. A subject seen for the first time becomes a user, as
-    /// its JWT would make it (the backend vouches for it).
-    async fn resolve(self, shared: &Shared) -> Result<u64, ApiError> {
+    /// The user's id. With `create`, a subject seen for the first time
+    /// becomes a user, as its JWT would make it (the backend vouches for
+    /// it); without, it is 404 like an unknown name.
+    async fn resolve(self, shared: &Shared, create: bool) -> Result<u64, ApiError> {
         let accounts = Accounts::of(shared);
         match (self.user, self.name, self.subject) {
             (Some(0), None, None) => Err(ApiError::BadRequest("user ids start at 1".into())),
@@ -198,7 +229,16 @@ impl Who {
                 Some(u) => Ok(u.id),
                 None => Err(ApiError::NotFound(format!("no user is named {name:?}"))),
             },
-            (None, None, Some(sub)) => accounts.ensure_external_user(&sub, auth::now_ms()).await,
+            (None, None, Some(sub)) if create => {
+                accounts.ensure_external_user(&sub, auth::now_ms()).await
+            }
+            (None, None, Some(sub)) => {
+                let m = directory(shared);
+                let found = blocking(move || m.external_user(&sub)).await?;
+                found
+                    .map(|u| u.id)
+                    .ok_or_else(|| ApiError::NotFound("no user has that subject".into()))
+            }
             _ => Err(ApiError::BadRequest(
                 "name exactly one of user (an id), name or subject".into(),
             )),
@@ -219,7 +259,7 @@ struct NewRoom {
 /// an owner; the server holds no role). 409 for a public room's name taken.
 async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
     let new: NewRoom = body(req)?;
-    let owner = new.owner.resolve(shared).await?;
+    let owner = new.owner.resolve(shared, true).await?;
     let room = super::rooms::make_room(shared, &new.name, new.private, owner).await?;
     Ok(Response::json(201, &room_json(&room)))
 }
@@ -258,11 +298,15 @@ async fn require_room(shared: &Shared, id: u64) -> Result<(), ApiError> {
 }
 
 /// `GET /api/backend/rooms/{id}/online`: the users with a subscription to
-/// the room open, with their names.
+/// the room open, with their names: the [`ONLINE_USERS_MAX`] lowest ids,
+/// and `more` when there are others.
 async fn online(req: &Request, shared: &Shared) -> ApiResult {
     let id = room_in_path(req)?;
     require_room(shared, id).await?;
-    let users = shared.engine.online(id).await?;
+    let mut users = shared.engine.online(id).await?;
+    users.sort_unstable();
+    let more = users.len() > ONLINE_USERS_MAX;
+    users.truncate(ONLINE_USERS_MAX);
     let m = directory(shared);
     let named = blocking(move || {
         users
@@ -275,7 +319,10 @@ async fn online(req: &Request, shared: &Shared) -> ApiResult {
         .into_iter()
         .map(|(u, name)| json!({"user": u, "name": name}))
         .collect();
-    Ok(Response::json(200, &json!({"room": id, "users": users})))
+    Ok(Response::json(
+        200,
+        &json!({"room": id, "users": users, "more": more}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -292,18 +339,37 @@ struct Publish {
 /// Who a publish is from: the user `as` names, or the server.
 async fn sender(shared: &Shared, from: Option<Who>) -> Result<u64, ApiError> {
     match from {
-        Some(who) => who.resolve(shared).await,
+        Some(who) => who.resolve(shared, false).await,
         None => Ok(SERVER_USER),
     }
 }
 
+/// The `client_id` a key's post is stored under: the key's tag before it,
+/// so that two keys (posting as the same sender, the server) never take
+/// each other's ids, nor a key a user's own.
+fn keyed_client_id(key: &Key, client_id: &str) -> Result<String, ApiError> {
+    if client_id.is_empty() {
+        return Ok(String::new());
+    }
+    let max = rookery_engine::StorageConfig::new("").client_id_bytes_max - key.tag.len() - 1;
+    if client_id.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "client_id is {} bytes; a server API post's is at most {max}",
+            client_id.len()
+        )));
+    }
+    Ok(format!("{}:{client_id}", key.tag))
+}
+
 /// `POST /api/backend/rooms/{id}/messages`: as the server (`from: 0`), in
-/// any room; or `as` a member. 201, or 200 for a repeated `client_id`.
-async fn publish(req: &Request, shared: &Shared) -> ApiResult {
+/// any room; or `as` a member. 201, or 200 for a repeated `client_id` (of
+/// the same key).
+async fn publish(req: &Request, shared: &Shared, key: &Key) -> ApiResult {
     let id = room_in_path(req)?;
     let p: Publish = body(req)?;
+    let client_id = keyed_client_id(key, &p.client_id)?;
     let from = sender(shared, p.from).await?;
-    let ack = shared.engine.post(id, from, &p.client_id, &p.body).await?;
+    let ack = shared.engine.post(id, from, &client_id, &p.body).await?;
     Ok(Response::json(
         if ack.duplicate { 200 } else { 201 },
         &json!({"room": id, "seq": ack.seq, "ts": ack.ts_ms, "duplicate": ack.duplicate, "from": from}),
@@ -325,12 +391,38 @@ struct Broadcast {
 /// [`BROADCAST_ROOMS_MAX`], each once), each posted as by `publish` (in a
 /// cluster, by the room's owner). 200 with one result per room, in the
 /// order asked: the ack, or the error that room gave.
-async fn broadcast(req: &Request, shared: &Shared) -> ApiResult {
+async fn broadcast(req: &Request, shared: &Shared, key: &Key) -> ApiResult {
     let b: Broadcast = body(req)?;
     if b.rooms.is_empty() || b.rooms.len() > BROADCAST_ROOMS_MAX {
         return Err(ApiError::BadRequest(format!(
             "rooms must list 1..={BROADCAST_ROOMS_MAX} rooms"
         )));
+    }
+    let client_id = keyed_client_id(key, &b.client_id)?;
+    if b.rooms.len() > key.burst() as usize {
+        return Err(ApiError::BadRequest(format!(
+            "a broadcast to {} rooms costs as many of API key {:?}'s requests, more than its burst",
+            b.rooms.len(),
+            key.name
+        )));
+    }
+    // A post per room: the call took one of the key's tokens, the other
+    // rooms take theirs (the posts other nodes make for it take none).
+    let extra = b.rooms.len() as u32 - 1;
+    if extra > 0 && !req.forwarded {
+        key.take_n(extra, Instant::now())
+            .map_err(|retry_after_ms| match retry_after_ms {
+                None => ApiError::Internal("a broadcast within the burst was refused".into()),
+                Some(retry_after_ms) => ApiError::RateLimited {
+                    message: format!(
+                        "API key {:?} has not the {} requests a broadcast to {} rooms costs",
+                        key.name,
+                        b.rooms.len(),
+                        b.rooms.len()
+                    ),
+                    retry_after_ms,
+                },
+            })?;
     }
     let mut seen = std::collections::HashSet::with_capacity(b.rooms.len());
     if let Some(dup) = b.rooms.iter().find(|r| **r == 0 || !seen.insert(**r)) {
@@ -340,7 +432,7 @@ async fn broadcast(req: &Request, shared: &Shared) -> ApiResult {
     }
     let from = sender(shared, b.from).await?;
     // What each room's post carries when it goes to another node: the
-    // sender already resolved.
+    // sender already resolved (the owner tags the client_id itself).
     let one = json!({
         "body": b.body,
         "client_id": b.client_id,
@@ -348,7 +440,7 @@ async fn broadcast(req: &Request, shared: &Shared) -> ApiResult {
     });
     let one = serde_json::to_vec(&strip_nulls(one)).expect("JSON serializes");
     let results: Vec<Value> = stream::iter(b.rooms.iter().copied())
-        .map(|room| post_one(req, shared, room, from, &b.body, &b.client_id, &one))
+        .map(|room| post_one(req, shared, room, from, &b.body, &client_id, &one))
         .buffered(BROADCAST_IN_FLIGHT_MAX)
         .collect()
         .await;
@@ -440,20 +532,15 @@ async fn add_member(req: &Request, shared: &Shared) -> ApiResult {
             )))
         }
     };
+    require_room(shared, id).await?;
     let target = Who {
         user,
         name,
         subject,
     }
-    .resolve(shared)
+    .resolve(shared, true)
     .await?;
-    require_room(shared, id).await?;
-    let m = directory(shared);
-    if blocking(move || m.member_role(id, target)).await? == Some(Role::Owner) {
-        return Err(ApiError::Conflict(format!(
-            "user {target} owns room {id}: ownership is handed on by its owner"
-        )));
-    }
+    // The owner is 409 (decided in the transaction that would write it).
     let before = shared.engine.add_member(id, target, role).await?;
     Ok(Response::json(
         200,
@@ -501,7 +588,11 @@ async fn disconnect(req: &Request, shared: &Shared) -> ApiResult {
     if blocking(move || m.user(target)).await?.is_none() {
         return Err(ApiError::NotFound(format!("user {target}")));
     }
-    crate::cluster::notices::disconnect(shared, target);
+    if !crate::cluster::notices::disconnect(shared, target) {
+        return Err(ApiError::ClusterUnavailable(
+            "the other nodes could not be told (NATS); this node's connections are closed".into(),
+        ));
+    }
     Ok(Response::json(
         202,
         &json!({"user": target, "disconnected": true}),

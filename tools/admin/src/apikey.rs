@@ -30,6 +30,9 @@ pub fn new_key(
     if let Some(s) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
         bail!("unknown scope {s:?} (known: {})", SCOPES.join(", "));
     }
+    if requests_per_s.is_some_and(|r| !(1..=1_000_000).contains(&r)) {
+        bail!("--requests-per-s must be 1..=1000000");
+    }
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let key = format!("rk_{}", hex(&bytes));
@@ -71,6 +74,8 @@ mod tests {
     fn bad_names_and_scopes_are_refused() {
         assert!(new_key("a b", &["read".into()], None).is_err());
         assert!(new_key("a", &[], None).is_err());
+        assert!(new_key("a", &["read".into()], Some(0)).is_err());
+        assert!(new_key("a", &["read".into()], Some(1_000_001)).is_err());
         let err = new_key("a", &["root".into()], None)
             .unwrap_err()
             .to_string();
