@@ -224,9 +224,12 @@ impl ApiKeys {
 
 /// Whether `s` has a key's shape: the prefix and 64 lower-case hex digits.
 pub fn is_key_shaped(s: &str) -> bool {
-    s.strip_prefix(KEY_PREFIX).is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
+    s.strip_prefix(KEY_PREFIX).is_some_and(is_hex_64)
+}
+
+/// Whether `s` is 64 lower-case hex digits (a key's body, a SHA-256).
+fn is_hex_64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn read_table(path: &Path) -> Result<Table, String> {
@@ -303,7 +306,7 @@ fn check(e: &Entry) -> Result<Key, String> {
 }
 
 fn decode_hash(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !is_hex_64(hex) {
         return None;
     }
     let mut out = [0u8; 32];

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt};
-use rookery_engine::{role_word, MemberOp, Role, SERVER_USER};
+use rookery_engine::{role_word, MemberOp, Room, SERVER_USER};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -266,12 +266,8 @@ async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
 
 /// `GET /api/backend/rooms/{id}`: any room, private ones included.
 async fn get_room(req: &Request, shared: &Shared) -> ApiResult {
-    let id = room_in_path(req)?;
-    let m = directory(shared);
-    match blocking(move || m.room(id)).await? {
-        Some(room) => Ok(Response::json(200, &room_json(&room))),
-        None => Err(ApiError::NotFound(format!("room {id}"))),
-    }
+    let room = require_room(shared, room_in_path(req)?).await?;
+    Ok(Response::json(200, &room_json(&room)))
 }
 
 /// `GET /api/backend/rooms/{id}/messages?before=&after=&limit=`: a history
@@ -289,12 +285,12 @@ async fn history(req: &Request, shared: &Shared) -> ApiResult {
     Ok(Response::json(200, &page))
 }
 
-async fn require_room(shared: &Shared, id: u64) -> Result<(), ApiError> {
+/// Room `id`, any room; 404 if it does not exist.
+async fn require_room(shared: &Shared, id: u64) -> Result<Room, ApiError> {
     let m = directory(shared);
-    match blocking(move || m.room(id)).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::NotFound(format!("room {id}"))),
-    }
+    blocking(move || m.room(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("room {id}")))
 }
 
 /// `GET /api/backend/rooms/{id}/online`: the users with a subscription to
@@ -398,6 +394,12 @@ async fn broadcast(req: &Request, shared: &Shared, key: &Key) -> ApiResult {
             "rooms must list 1..={BROADCAST_ROOMS_MAX} rooms"
         )));
     }
+    let mut seen = std::collections::HashSet::with_capacity(b.rooms.len());
+    if let Some(dup) = b.rooms.iter().find(|r| **r == 0 || !seen.insert(**r)) {
+        return Err(ApiError::BadRequest(format!(
+            "room {dup} is listed twice or is not an id >= 1"
+        )));
+    }
     let client_id = keyed_client_id(key, &b.client_id)?;
     if b.rooms.len() > key.burst() as usize {
         return Err(ApiError::BadRequest(format!(
@@ -423,12 +425,6 @@ async fn broadcast(req: &Request, shared: &Shared, key: &Key) -> ApiResult {
                     retry_after_ms,
                 },
             })?;
-    }
-    let mut seen = std::collections::HashSet::with_capacity(b.rooms.len());
-    if let Some(dup) = b.rooms.iter().find(|r| **r == 0 || !seen.insert(**r)) {
-        return Err(ApiError::BadRequest(format!(
-            "room {dup} is listed twice or is not an id >= 1"
-        )));
     }
     let from = sender(shared, b.from).await?;
     // What each room's post carries when it goes to another node: the
@@ -523,15 +519,7 @@ async fn add_member(req: &Request, shared: &Shared) -> ApiResult {
         subject,
         role,
     } = body(req)?;
-    let role = match role.as_deref().unwrap_or("member") {
-        "member" => Role::Member,
-        "admin" => Role::Admin,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "role must be member or admin, got {other:?}"
-            )))
-        }
-    };
+    let role = super::rooms::settable_role(role.as_deref().unwrap_or("member"))?;
     require_room(shared, id).await?;
     let target = Who {
         user,

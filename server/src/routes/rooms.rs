@@ -280,20 +280,24 @@ struct NewRole {
 pub(crate) async fn set_role(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id, target) = (user(req, shared).await?, room_id(raw)?, path_user(req)?);
     let NewRole { role } = body(req)?;
-    let role = match role.as_str() {
-        "member" => Role::Member,
-        "admin" => Role::Admin,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "role must be member or admin (ownership is transferred), got {other:?}"
-            )))
-        }
-    };
+    let role = settable_role(&role)?;
     let m = change(shared, id, uid, target, MemberOp::SetRole(role)).await?;
     Ok(Response::json(
         200,
         &json!({"room": id, "user": target, "role": role_word(role), "changed": m.changed()}),
     ))
+}
+
+/// A role a call may set by its word: `member` or `admin` (ownership is
+/// handed on, never set).
+pub(super) fn settable_role(word: &str) -> Result<Role, ApiError> {
+    match word {
+        "member" => Ok(Role::Member),
+        "admin" => Ok(Role::Admin),
+        other => Err(ApiError::BadRequest(format!(
+            "role must be member or admin (ownership is transferred), got {other:?}"
+        ))),
+    }
 }
 
 #[derive(Deserialize)]

@@ -488,8 +488,8 @@ impl Conn {
         true
     }
 
-    /// Writes the user's notices (invitations) it has not sent yet.
-    /// Sends the user's new notices; whether one of them disconnects.
+    /// Writes the user's notices (invitations) it has not sent yet;
+    /// whether one of them disconnects.
     fn send_notices(&mut self) -> bool {
         let Some(p) = self.proof else {
             return false;

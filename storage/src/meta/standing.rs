@@ -406,11 +406,8 @@ fn withdraw(txn: &WriteTransaction, room: u64, user: u64) -> Result<()> {
     Ok(())
 }
 
-/// The invariants of the room and the target, checked after a change
-/// and before it commits (a room that had no owner, imported so, may
-/// still change; one that had must keep one while it has members).
 /// Checks the invariants a change of `target`'s standing could break,
-/// after it is applied. The room's members are counted only when the
+/// after it is applied and before it commits. The room's members are counted only when the
 /// change touched an owner (the target was one, or the actor's role
 /// changed while it was one): no other change can leave a room without its
 /// owner, and counting on every join made a join into a room of 20,000
