@@ -110,6 +110,9 @@ pub enum Tapped<'a> {
         user: u64,
         reason: &'static str,
     },
+    /// The room was deleted: every subscription to it ends with a `left`
+    /// event giving `reason: "deleted"`.
+    RoomDeleted { room: u64 },
 }
 
 /// A function that sees what rooms' owners fan out (see

@@ -24,7 +24,7 @@ use crate::queues::Queues;
 use crate::receipts::{self, ToWriter, WriterStats};
 use crate::reply::Pending;
 use crate::rules::{MemberOp, Membership};
-use crate::shard::{Command, Common, HistoryPage, PostAck, Shard};
+use crate::shard::{Command, Common, DeletedRoom, HistoryPage, PostAck, Shard};
 use crate::subscription::{Inbox, Subscription};
 
 /// Work run once on every shard's executor beside the engine (see
@@ -268,6 +268,22 @@ impl Engine {
                 room,
                 user,
                 role,
+                reply,
+            })
+    }
+
+    /// Deletes `room` for good: its owner stops taking posts in it, retires
+    /// every message of it (durably; their text leaves the disk at the
+    /// next compaction of the segments holding them), removes its rows
+    /// from the metadata (members, bans, invitations, receipts; a public
+    /// name becomes free, the id is never taken again) and ends every
+    /// subscription to it with `left {reason: "deleted"}`. Resolves to
+    /// what it removed; `NotFound` for an unknown room.
+    pub fn delete_room(&self, room: u64) -> Pending<DeletedRoom> {
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::DeleteRoom {
+                room,
                 reply,
             })
     }

@@ -64,5 +64,5 @@ pub use rookery_storage::{
     StorageConfig, QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
 };
 pub use rules::{decide, role_word, MemberOp, Membership};
-pub use shard::{HistoryPage, PostAck, StoredMessage};
+pub use shard::{DeletedRoom, HistoryPage, PostAck, StoredMessage};
 pub use subscription::{Inbox, Subscription};

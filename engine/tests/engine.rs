@@ -975,6 +975,9 @@ fn the_event_tap_sees_each_owned_event_once_in_room_order() {
         rookery_engine::Tapped::Revoked { room, user, .. } => {
             sink.lock().unwrap().push((room, user, EventKind::Left))
         }
+        rookery_engine::Tapped::RoomDeleted { room } => {
+            sink.lock().unwrap().push((room, 0, EventKind::Left))
+        }
     }));
     let engine = Engine::start(cfg).unwrap();
     let sub = engine.subscribe(2, None).wait().unwrap();
@@ -1164,5 +1167,135 @@ fn the_server_posts_and_moderates_without_being_a_member() {
         .iter()
         .all(|(u, _)| *u != SERVER_USER));
     assert_eq!(meta.member_role(room, alice).unwrap(), Some(Role::Owner));
+    engine.shutdown().unwrap();
+}
+
+/// A deleted room: posts under way finish first, every message is retired,
+/// every subscription on every shard ends with `left {reason: "deleted"}`,
+/// and the room answers as a missing one from then on (and after a
+/// restart); its public name is free for a new room.
+#[test]
+fn a_deleted_room_ends_its_subscriptions_and_answers_as_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.rooms_must_exist = true;
+    let deleted: Arc<Mutex<Vec<u64>>> = Default::default();
+    let sink = deleted.clone();
+    cfg.event_tap = Some(rookery_engine::EventTap::new(move |t| {
+        if let rookery_engine::Tapped::RoomDeleted { room } = t {
+            sink.lock().unwrap().push(room);
+        }
+    }));
+    let engine = Engine::start(cfg.clone()).unwrap();
+    let meta = engine.directory();
+    let [alice, bob] = ["alice", "bob"].map(|n| meta.ensure_external_user(n, 0).unwrap());
+    let room = engine.create_room("lobby", false, alice).wait().unwrap();
+    engine.add_member(room, bob, Role::Member).wait().unwrap();
+    let subs: Vec<Subscription> = (0..2)
+        .map(|shard| {
+            engine
+                .subscribe_as(shard, room, None, Some(bob))
+                .wait()
+                .unwrap()
+        })
+        .collect();
+    // A poster that goes on until the room is gone.
+    let poster = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let mut acked = 0u64;
+            for i in 0..100_000 {
+                match engine.post(room, alice, &format!("p{i}"), "hello").wait() {
+                    Ok(_) => acked += 1,
+                    Err(Error::NotFound(_)) => return acked,
+                    Err(e) => panic!("post {i}: {e}"),
+                }
+            }
+            panic!("the room was never deleted")
+        })
+    };
+    while engine
+        .history(room, Cursor::latest(1))
+        .wait()
+        .unwrap()
+        .messages
+        .is_empty()
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let gone = engine.delete_room(room).wait().unwrap();
+    let acked = poster.join().unwrap();
+    assert_eq!(gone.room.id, room);
+    assert_eq!(gone.members, [(alice, Role::Owner), (bob, Role::Member)]);
+    assert_eq!(
+        gone.messages, acked,
+        "every acknowledged post, and nothing more, retired"
+    );
+    for sub in &subs {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let left = loop {
+            assert!(Instant::now() < deadline, "no left event");
+            match sub.recv_timeout(Duration::from_millis(200)).unwrap() {
+                Some(e) if e.kind() == EventKind::Left => break e,
+                _ => {}
+            }
+        };
+        assert_eq!(
+            left.json(),
+            format!(r#"{{"type":"left","room":{room},"reason":"deleted"}}"#)
+        );
+    }
+    assert_eq!(*deleted.lock().unwrap(), [room]);
+    // Missing from now on: posts, edits, subscriptions, members, a second delete.
+    assert!(matches!(
+        engine.post(room, alice, "late", "x").wait(),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        engine.edit(room, 1, alice, "x").wait(),
+        Err(Error::NotFound(_))
+    ));
+    for shard in 0..2 {
+        assert!(matches!(
+            engine
+                .subscribe_as(shard, room, Some(0), Some(alice))
+                .wait(),
+            Err(Error::NotFound(_))
+        ));
+    }
+    assert!(matches!(
+        engine.add_member(room, bob, Role::Member).wait(),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        engine.delete_room(room).wait(),
+        Err(Error::NotFound(_))
+    ));
+    assert!(engine
+        .history(room, Cursor::after(0, 100))
+        .wait()
+        .unwrap()
+        .messages
+        .is_empty());
+    assert!(meta.rooms_of(bob).unwrap().is_empty());
+    // The name is free; the new room starts its own history.
+    let again = engine.create_room("lobby", false, bob).wait().unwrap();
+    assert!(again > room);
+    assert_eq!(engine.post(again, bob, "", "fresh").wait().unwrap().seq, 1);
+    drop((meta, subs));
+    engine.shutdown().unwrap();
+    // And so after a restart.
+    let engine = Engine::start(cfg).unwrap();
+    assert!(engine
+        .history(room, Cursor::after(0, 100))
+        .wait()
+        .unwrap()
+        .messages
+        .is_empty());
+    assert!(matches!(
+        engine.post(room, alice, "x", "x").wait(),
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(engine.directory().room(room).unwrap(), None);
     engine.shutdown().unwrap();
 }

@@ -733,3 +733,95 @@ fn sighup_rereads_the_keys_and_every_call_is_logged_with_its_key() {
     assert!(text.contains("API keys reloaded"), "{text}");
     assert!(text.contains("API keys not reloaded"), "{text}");
 }
+
+#[test]
+fn deleting_a_room_ends_it_everywhere_and_frees_its_name() {
+    let (server, _keys) = start_with_keys();
+    let p = server.port;
+    let alice = register(p, "alice");
+    let bob = register(p, "bob");
+    let alice_id = user_id(p, &alice);
+    let (s, v) = api(
+        p,
+        "POST",
+        "/api/backend/rooms",
+        ALL,
+        Some(json!({"name": "town", "owner": {"user": alice_id}})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let room = v["id"].as_u64().unwrap();
+    // Two followers (on two nodes, in a cluster), and five messages.
+    let mut followers = [open(p, &alice), open(p, &bob)];
+    for ws in &mut followers {
+        join(ws, room);
+    }
+    let messages = format!("/api/backend/rooms/{room}/messages");
+    for i in 0..5 {
+        let (s, v) = api(
+            p,
+            "POST",
+            &messages,
+            ALL,
+            Some(json!({"body": format!("m{i}")})),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let path = format!("/api/backend/rooms/{room}");
+    // Deleting a room takes the `rooms` scope.
+    assert_eq!(api(p, "DELETE", &path, PUBLISHER, None).0, 403);
+    let (s, v) = api(p, "DELETE", &path, ALL, None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["room"]["name"], &v["members"], &v["messages"]),
+        (&json!("town"), &json!(2), &json!(5)),
+        "{v}"
+    );
+    for ws in &mut followers {
+        let left = next_of(ws, "left");
+        assert_eq!(
+            (&left["room"], &left["reason"]),
+            (&json!(room), &json!("deleted"))
+        );
+    }
+    // Gone for the server API and for its users.
+    for (method, path) in [
+        ("GET", path.clone()),
+        ("GET", messages.clone()),
+        ("DELETE", path.clone()),
+        ("GET", format!("{path}/online")),
+    ] {
+        assert_eq!(api(p, method, &path, ALL, None).0, 404, "{method} {path}");
+    }
+    assert_eq!(
+        api(p, "POST", &messages, ALL, Some(json!({"body": "late"}))).0,
+        404
+    );
+    for token in [&alice, &bob] {
+        let (s, _) = call(p, "GET", &format!("/api/rooms/{room}"), Some(token), None);
+        assert_eq!(s, 404);
+        let (_, v) = call(
+            p,
+            "GET",
+            &format!("/api/rooms/{room}/messages"),
+            Some(token),
+            None,
+        );
+        assert!(v["messages"].as_array().is_none_or(|m| m.is_empty()), "{v}");
+    }
+    // The name is free (cluster-wide); the id is not taken again.
+    let (s, v) = api(
+        p,
+        "POST",
+        "/api/backend/rooms",
+        ALL,
+        Some(json!({"name": "TOWN", "owner": {"name": "bob"}})),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_ne!(v["id"].as_u64().unwrap(), room);
+    // Ids nobody holds.
+    assert_eq!(
+        api(p, "DELETE", "/api/backend/rooms/999999", ALL, None).0,
+        404
+    );
+    assert_eq!(api(p, "DELETE", "/api/backend/rooms/0", ALL, None).0, 400);
+}

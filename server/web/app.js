@@ -618,11 +618,12 @@ function onEvent(f) {
       return;
     }
     case "left": {
-      // Removed, banned, or left (from another tab): the room is no longer
-      // ours; say why.
+      // Removed, banned, left (from another tab) or deleted: the room is no
+      // longer ours; say why.
       const r = state.rooms.get(f.room);
       if (r) r.member = false;
-      if (r?.private) state.rooms.delete(f.room);
+      // A private room, or any deleted one, leaves the list.
+      if (r?.private || f.reason === "deleted") state.rooms.delete(f.room);
       renderRooms();
       if (f.room === state.current) {
         $("#composer").hidden = true;
@@ -631,6 +632,7 @@ function onEvent(f) {
           banned: "You were banned from this room.",
           removed: "You were removed from this room.",
           left: "You left this room.",
+          deleted: "This room was deleted.",
         }[f.reason] || "You are no longer in this room.";
         notice(why, f.reason !== "left");
       }

@@ -1,5 +1,6 @@
 //! Model test: random sequences of appends (with repeated client ids),
-//! edits, deletes, history reads, compactions, reopens and index rebuilds, checked
+//! edits, deletes, history reads, compactions, rooms retired whole (a
+//! deleted room), reopens and index rebuilds, checked
 //! against a plain in-memory model. Seeded and reproducible: a failure
 //! prints its seed; rerun one with `MODEL_SEED=N`.
 
@@ -29,6 +30,8 @@ struct ModelMsg {
 #[derive(Default)]
 struct Model {
     rooms: HashMap<u64, Vec<ModelMsg>>,
+    /// Per room, the lowest seq not retired (absent: 1).
+    low: HashMap<u64, u64>,
 }
 
 impl Model {
@@ -40,10 +43,12 @@ impl Model {
         ts_ms: u64,
         body: &str,
     ) -> Appended {
+        let low = self.low(room);
         let msgs = self.rooms.entry(room).or_default();
         let last = msgs.len();
         if !client_id.is_empty() {
-            for (i, m) in msgs.iter().enumerate().skip(last.saturating_sub(WINDOW)) {
+            let from = last.saturating_sub(WINDOW).max(low as usize - 1);
+            for (i, m) in msgs.iter().enumerate().skip(from) {
                 if m.sender == sender && m.client_id == client_id {
                     return Appended::Duplicate {
                         seq: i as u64 + 1,
@@ -67,7 +72,22 @@ impl Model {
         }
     }
 
+    fn low(&self, room: u64) -> u64 {
+        self.low.get(&room).copied().unwrap_or(1)
+    }
+
+    /// Retires every message of `room`; how many were live.
+    fn retire(&mut self, room: u64) -> u64 {
+        let next = self.rooms.get(&room).map_or(0, Vec::len) as u64 + 1;
+        let low = self.low(room);
+        self.low.insert(room, next);
+        next - low
+    }
+
     fn change(&mut self, room: u64, seq: u64, edit: Option<&str>) -> bool {
+        if seq < self.low(room) {
+            return false;
+        }
         let Some(m) = self
             .rooms
             .get_mut(&room)
@@ -88,6 +108,7 @@ impl Model {
     /// Expected (seq, body) of a history page.
     fn page(&self, room: u64, c: Cursor) -> Vec<(u64, Option<String>)> {
         let msgs = self.rooms.get(&room).cloned().unwrap_or_default();
+        let low = self.low(room);
         let mut all: Vec<(u64, Option<String>)> = msgs
             .iter()
             .enumerate()
@@ -101,6 +122,7 @@ impl Model {
                     },
                 )
             })
+            .filter(|(s, _)| *s >= low)
             .filter(|(s, _)| c.after.is_none_or(|a| *s > a) && c.before.is_none_or(|b| *s < b))
             .collect();
         let limit = c.limit.max(1);
@@ -227,10 +249,15 @@ async fn one_run(seed: u64, dir: PathBuf) {
                 // segments merged).
                 shard.compact().await.unwrap();
             }
-            94..=97 => {
+            94..=96 => {
                 shard.close().await.unwrap();
                 drop(shard);
                 shard = store.open_shard(0).await.unwrap();
+            }
+            97 => {
+                // The room is deleted: every message retired at once.
+                let got = shard.retire_room(room).await.unwrap();
+                assert_eq!(got, model.retire(room), "{ctx}: retire");
             }
             _ => {
                 shard.close().await.unwrap();

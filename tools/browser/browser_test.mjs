@@ -10,14 +10,15 @@
 // message once, in order; edits and deletes reach the other side; a room of
 // 100,000 messages is scrolled from its newest to its oldest through the
 // history API with the DOM kept small; the dashboard shows non-zero
-// figures; an invitation is accepted and another declined, a removal and
-// a ban are explained to the user they hit, and a session logged out
-// elsewhere returns to the sign-in form. Screenshots land in the
+// figures; an invitation is accepted and another declined, a removal, a
+// ban and a room deleted through the server API are explained to the user
+// they hit, and a session logged out elsewhere returns to the sign-in form. Screenshots land in the
 // artifacts folder. Every wait is
 // bounded; the first failed check ends the run with exit code 1.
 
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -28,6 +29,9 @@ const ARCHIVE_MESSAGES = Number(process.env.ARCHIVE_MESSAGES || 100_000);
 // a viewport's worth plus the overscan on both sides.
 const DOM_ROWS_MAX = 80;
 const WAIT_MS = 15_000;
+// The server API key the test deletes a room with (only its SHA-256 is
+// given to the server).
+const API_KEY = "rk_" + "5".repeat(64);
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
@@ -58,6 +62,9 @@ async function freePort() {
 async function startServer() {
   const port = await freePort();
   const dataDir = mkdtempSync(join(tmpdir(), "rookery-browser-"));
+  const keys = join(dataDir, "keys.toml");
+  const sha = createHash("sha256").update(API_KEY).digest("hex");
+  writeFileSync(keys, `[[key]]\nname = "browser-test"\nsha256 = "${sha}"\nscopes = ["rooms"]\n`);
   const proc = spawn(
     bin,
     [
@@ -67,6 +74,7 @@ async function startServer() {
       "--sends-per-user-per-s", "1000000",
       "--sends-per-user-burst", "1000000",
       "--stats-interval-ms", "500",
+      "--api-keys-file", keys,
     ],
     { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" } },
   );
@@ -435,6 +443,30 @@ async function steps(browser, base) {
   await b.waitForSelector('#notice:not([hidden]):has-text("You are banned from lobby")', { timeout: WAIT_MS });
   check(true, "joining again is refused, and says why");
   await b.screenshot({ path: join(artifacts, "chat-banned.png") });
+
+  console.log("a room deleted through the server API");
+  await a.fill("#new-room input[name=name]", "doomed");
+  await a.click("#new-room button");
+  await a.waitForSelector('#room-title:has-text("doomed")', { timeout: WAIT_MS });
+  const doomed = await a.evaluate(() => window.rookery.state.current);
+  await b.click('#other-rooms button:has-text("doomed")');
+  await b.waitForSelector('#my-rooms button:has-text("doomed")', { timeout: WAIT_MS });
+  await b.waitForSelector('#room-title:has-text("doomed")', { timeout: WAIT_MS });
+  const deleted = await fetch(`${base}/api/backend/rooms/${doomed}`, {
+    method: "DELETE",
+    headers: { authorization: `Bearer ${API_KEY}` },
+  });
+  check(deleted.status === 200, "a backend deletes the room (DELETE /api/backend/rooms/{id})");
+  await b.waitForSelector('#notice:not([hidden]):has-text("This room was deleted")', { timeout: WAIT_MS });
+  check(await b.locator("#composer").isHidden(), "bob is told the room was deleted, and cannot write there");
+  for (const [who, p] of [["alice", a], ["bob", b]]) {
+    await p.waitForFunction(
+      () => ![...document.querySelectorAll("button.room-link")].some((e) => e.textContent.includes("doomed")),
+      null,
+      { timeout: WAIT_MS },
+    );
+    check(true, `the deleted room leaves ${who}'s room lists`);
+  }
 
   console.log("a session ended elsewhere");
   // Bob's token is logged out behind the client's back: the server closes

@@ -28,6 +28,9 @@ pub(super) enum Access {
         /// The room's members: they alone post, type and subscribe.
         members: HashSet<u64>,
     },
+    /// The room is being deleted: nothing more is posted in it (forgotten
+    /// when the delete ends).
+    Deleting,
 }
 
 /// A load of a room's access in flight.
@@ -53,6 +56,7 @@ impl Access {
             Access::Room { private: false, .. } => Err(Error::Forbidden(format!(
                 "join room {room} first: only its members post and type in it"
             ))),
+            Access::Deleting => Err(Error::NotFound(format!("room {room} (deleted)"))),
             _ => Err(Error::NotFound(format!("room {room}"))),
         }
     }

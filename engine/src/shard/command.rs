@@ -131,6 +131,11 @@ pub(crate) enum Command {
         user: u64,
         reply: Reply<()>,
     },
+    /// Deletes `room` (see `Engine::delete_room`).
+    DeleteRoom {
+        room: u64,
+        reply: Reply<super::DeletedRoom>,
+    },
     /// Adds `user` to `room` with `role`, changes the role, or (`None`)
     /// removes the membership; answers the role before.
     SetMember {
@@ -263,6 +268,10 @@ impl Shard {
                 let me = self.clone();
                 answer(reply, async move { me.set_member(room, user, role).await });
             }
+            Command::DeleteRoom { room, reply } => {
+                let me = self.clone();
+                answer(reply, async move { me.delete_room(room).await });
+            }
             Command::EnsureMember { room, user, reply } => {
                 let me = self.clone();
                 answer(reply, async move { me.ensure_member(room, user).await });
@@ -360,6 +369,7 @@ fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
         Command::Online { reply, .. } => send(reply, Err(error())),
         Command::EnforceRetention { reply } => send(reply, Err(error())),
         Command::SetMember { reply, .. } => send(reply, Err(error())),
+        Command::DeleteRoom { reply, .. } => send(reply, Err(error())),
         Command::Membership { reply, .. } => send(reply, Err(error())),
         Command::EnsureMember { reply, .. } => send(reply, Err(error())),
         Command::OpenInbox { .. }

@@ -52,6 +52,9 @@ pub(crate) enum Peer {
         user: u64,
         reason: &'static str,
     },
+    /// `room` was deleted: every subscription to it ends (with a `left`
+    /// event giving `reason`).
+    RevokeRoom { room: u64, reason: &'static str },
     /// A post from shard `from`, answered with `Posted { token, .. }`.
     Post {
         room: u64,
@@ -126,12 +129,13 @@ impl Shard {
             }
             Peer::Presence { room, user, on } => self.presence_changed(room, user, on),
             Peer::Interest { room, from, on } => {
-                self.ensure_owned(room);
-                self.owned
-                    .borrow_mut()
-                    .get_mut(&room)
-                    .expect("ensured")
-                    .remote[from] = on;
+                // An end of interest needs no state (the room may be gone).
+                if on {
+                    self.ensure_owned(room);
+                }
+                if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
+                    o.remote[from] = on;
+                }
             }
             Peer::PageRequest {
                 room,
@@ -157,6 +161,7 @@ impl Shard {
                 .detach();
             }
             Peer::Revoke { room, user, reason } => self.revoke(room, user, reason),
+            Peer::RevokeRoom { room, reason } => self.revoke_room(room, reason),
             Peer::Post {
                 room,
                 sender,

@@ -27,7 +27,7 @@
 //! [`links`] (the channels between them),
 //! [`owner`] (rooms owned here: sequencing, storage, the tail cache,
 //! history), [`own_reads`] (posting counts as reading), [`access`] (who
-//! may post, in memory), [`presence`],
+//! may post, in memory), [`delete`] (deleting a room), [`presence`],
 //! [`subscribers`] (subscribers hosted here and their outlets). The state
 //! machines of a room's order ([`room`]) and of one subscriber
 //! ([`catchup`]) are free of I/O and clocks, and unit-tested alone.
@@ -35,6 +35,7 @@
 mod access;
 mod catchup;
 mod command;
+mod delete;
 mod links;
 mod mesh;
 mod own_reads;
@@ -58,6 +59,7 @@ use rookery_storage::{Meta, RetentionReport, ShardStore};
 use rustc_hash::FxHashMap as HashMap;
 
 pub(crate) use command::{refuse_busy, Command};
+pub use delete::DeletedRoom;
 pub(crate) use links::{links, FromPeers, Links};
 pub(crate) use mesh::Peer;
 pub(crate) use own_reads::OWN_READS_FLUSH;
@@ -107,6 +109,9 @@ pub(crate) struct Shard {
     access: RefCell<HashMap<u64, Access>>,
     /// Access loads in flight, by room (one at a time per room).
     loads: RefCell<HashMap<u64, Load>>,
+    /// Posts and edits under way, by room, owner side (a delete waits for
+    /// them: [`delete`]).
+    appending: RefCell<HashMap<u64, u32>>,
     lagging: RefCell<BTreeSet<u64>>,
     /// Wakes the lagging pump when a subscription starts lagging (it
     /// sleeps, with no timer, while none does).
@@ -220,6 +225,7 @@ impl Shard {
             uses: Cell::new(0),
             access: RefCell::default(),
             loads: RefCell::default(),
+            appending: RefCell::default(),
             pump_bell: Rc::new(Bell::default()),
             own_reads: RefCell::default(),
             own_reads_bell: Rc::new(Bell::default()),

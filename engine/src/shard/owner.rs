@@ -83,6 +83,7 @@ impl Shard {
     ) -> Result<PostAck> {
         require_text(body)?;
         self.may_post(room, sender).await?;
+        let _turn = self.appending(room);
         self.ensure_owned(room);
         let started = Instant::now();
         let appended = self
@@ -171,6 +172,7 @@ impl Shard {
         // Members only, as for posting (a user who left or was removed
         // no longer changes what the room shows).
         self.may_post(room, by).await?;
+        let _turn = self.appending(room);
         let item = self
             .store
             .get(room, seq)

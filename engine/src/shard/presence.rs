@@ -31,10 +31,13 @@ impl Shard {
     /// of `user` in `room`; the user's first and last across all shards are
     /// announced.
     pub(super) fn presence_changed(&self, room: u64, user: u64, on: bool) {
-        self.ensure_owned(room);
-        let announce = {
-            let mut owned = self.owned.borrow_mut();
-            count(&mut owned.get_mut(&room).expect("ensured").online, user, on)
+        // An end of presence needs no state (the room may be gone).
+        if on {
+            self.ensure_owned(room);
+        }
+        let announce = match self.owned.borrow_mut().get_mut(&room) {
+            Some(o) => count(&mut o.online, user, on),
+            None => false,
         };
         if announce {
             self.fan_out(Event::presence(room, user, on));

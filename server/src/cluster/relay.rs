@@ -430,14 +430,15 @@ impl Relay {
         }
     }
 
-    /// Ends `user`'s subscriptions to the room, each with `left` as its
-    /// last event (the WebSocket forgets the room on it).
+    /// Ends `user`'s subscriptions to the room (everyone's for
+    /// [`events::EVERYONE`]), each with `left` as its last event (the
+    /// WebSocket forgets the room on it).
     fn revoke(&self, r: &Room, user: u64, left: &Event) {
         let ended: Vec<(u64, Rc<dyn LocalSink>)> = r
             .subs
             .borrow()
             .iter()
-            .filter(|s| s.user == user)
+            .filter(|s| user == events::EVERYONE || s.user == user)
             .map(|s| (s.id, s.sink.clone()))
             .collect();
         for (id, sink) in ended {

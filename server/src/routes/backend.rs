@@ -59,6 +59,7 @@ fn scope_of(method: &str, route: &str) -> Option<Scope> {
     Some(match (method, route) {
         ("POST", "/api/backend/rooms") => Scope::Rooms,
         ("GET", "/api/backend/rooms/{id}") => Scope::Read,
+        ("DELETE", "/api/backend/rooms/{id}") => Scope::Rooms,
         ("GET", "/api/backend/rooms/{id}/messages") => Scope::Read,
         ("GET", "/api/backend/rooms/{id}/online") => Scope::Read,
         ("POST", "/api/backend/rooms/{id}/messages") => Scope::Publish,
@@ -170,6 +171,7 @@ async fn dispatch(
     match (method, route) {
         ("POST", "/api/backend/rooms") => create_room(req, shared).await,
         ("GET", "/api/backend/rooms/{id}") => get_room(req, shared).await,
+        ("DELETE", "/api/backend/rooms/{id}") => delete_room(req, shared).await,
         ("GET", "/api/backend/rooms/{id}/messages") => history(req, shared).await,
         ("GET", "/api/backend/rooms/{id}/online") => online(req, shared).await,
         ("POST", "/api/backend/rooms/{id}/messages") => publish(req, shared, key).await,
@@ -268,6 +270,23 @@ async fn create_room(req: &Request, shared: &Shared) -> ApiResult {
 async fn get_room(req: &Request, shared: &Shared) -> ApiResult {
     let room = require_room(shared, room_in_path(req)?).await?;
     Ok(Response::json(200, &room_json(&room)))
+}
+
+/// `DELETE /api/backend/rooms/{id}`: deletes a room for good (answered
+/// by its owner node): its messages, members, bans, invitations and
+/// receipts; every subscription to it ends with `left {reason:
+/// "deleted"}`. A public room's name is free again; its id never is.
+async fn delete_room(req: &Request, shared: &Shared) -> ApiResult {
+    let id = room_in_path(req)?;
+    let gone = shared.engine.delete_room(id).await?;
+    if let (Some(node), false) = (&shared.cluster, gone.room.private) {
+        node.release_room_name(&gone.room.name).await;
+    }
+    Ok(Response::json(
+        200,
+        &json!({"room": room_json(&gone.room), "members": gone.members.len(),
+                "messages": gone.messages}),
+    ))
 }
 
 /// `GET /api/backend/rooms/{id}/messages?before=&after=&limit=`: a history

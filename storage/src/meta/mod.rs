@@ -35,7 +35,10 @@
 //! - Membership lives in two tables, `(room, user) -> role` and
 //!   `(user, room)`, always written together in one transaction.
 //! - Every member, receipt and session row names a user (and room) that
-//!   exists; rooms and users are never deleted.
+//!   exists. Users are never deleted; a room is deleted only by
+//!   [`Meta::delete_room`], which removes every row naming it in one
+//!   transaction except its retention row (its history stays retired) and
+//!   remembers its id in `deleted_rooms`, so that no room takes it again.
 //!
 //! [`Meta::advance_last_seq`] may commit with [`Durability::None`]: after a
 //! crash `last_seq` can lag behind the shard logs, and recovery re-advances it
@@ -108,6 +111,10 @@ const FORMER: TableDefinition<(u64, u64), u64> = TableDefinition::new("former_me
 
 /// (room, user) -> highest seq read.
 const RECEIPTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("receipts");
+
+/// Deleted rooms: room -> when (ms). Their ids are never handed out or
+/// taken again; their retention row stays, keeping their history retired.
+const DELETED_ROOMS: TableDefinition<u64, u64> = TableDefinition::new("deleted_rooms");
 
 /// Per-room retention: room -> (low seq, keep messages, keep age ms). Kept
 /// here, not in a shard index, because it is not derivable from the log:
@@ -254,6 +261,7 @@ impl Meta {
         txn.open_table(INVITES)?;
         txn.open_table(USER_INVITES)?;
         txn.open_table(FORMER)?;
+        txn.open_table(DELETED_ROOMS)?;
         migrate::upgrade(&txn)?;
         txn.commit()?;
         Ok(Meta { db, ids: None })

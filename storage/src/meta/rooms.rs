@@ -1,5 +1,5 @@
-//! Rooms: creation, lookups, the rooms a user may see, last seqs (never
-//! moving backwards) and retention settings, restore.
+//! Rooms: creation, deletion, lookups, the rooms a user may see, last
+//! seqs (never moving backwards) and retention settings, restore.
 
 use redb::{ReadableTable, WriteTransaction};
 
@@ -51,6 +51,71 @@ impl Meta {
             put_member(txn, id, creator, Role::Owner)?;
             bump_counter(txn, ROOM_COUNTER, id)
         })
+    }
+
+    /// Deletes room `id` and every row naming it (members, bans,
+    /// invitations, former members, read receipts, its public name) in one
+    /// transaction, and returns it as it was, with its members. Its
+    /// retention row stays (the caller retires its messages,
+    /// [`crate::ShardStore::retire_room`]) and its id is never taken again.
+    ///
+    /// Errors: `NotFound` for an unknown (or already deleted) room.
+    pub fn delete_room(&self, id: u64, now_ms: u64) -> Result<(Room, Vec<(u64, Role)>)> {
+        self.write(|txn| {
+            let room = match txn.open_table(ROOMS)?.remove(id)? {
+                Some(row) => room_from(id, row.value()),
+                None => return Err(Error::NotFound(format!("room {id}"))),
+            };
+            if !room.private {
+                let key = room_key(&room.name);
+                let mut names = txn.open_table(ROOM_NAMES)?;
+                // Checked before removing: the name must map this room.
+                let mapped = names.get(key.as_str())?.map(|g| g.value());
+                if mapped != Some(id) {
+                    return Err(Error::Database(format!(
+                        "public room {id}'s name maps {mapped:?}"
+                    )));
+                }
+                names.remove(key.as_str())?;
+            }
+            let keys = (id, 0)..=(id, u64::MAX);
+            let mut members = Vec::new();
+            txn.open_table(MEMBERS)?
+                .retain_in(keys.clone(), |(_, user), role| {
+                    members.push((user, role));
+                    false
+                })?;
+            let mut user_rooms = txn.open_table(USER_ROOMS)?;
+            for &(user, _) in &members {
+                user_rooms.remove((user, id))?;
+            }
+            let mut invited = Vec::new();
+            txn.open_table(INVITES)?
+                .retain_in(keys.clone(), |(_, user), _| {
+                    invited.push(user);
+                    false
+                })?;
+            let mut user_invites = txn.open_table(USER_INVITES)?;
+            for user in invited {
+                user_invites.remove((user, id))?;
+            }
+            txn.open_table(BANS)?
+                .retain_in(keys.clone(), |_, _| false)?;
+            txn.open_table(FORMER)?
+                .retain_in(keys.clone(), |_, _| false)?;
+            txn.open_table(RECEIPTS)?.retain_in(keys, |_, _| false)?;
+            txn.open_table(DELETED_ROOMS)?.insert(id, now_ms)?;
+            let members = members
+                .into_iter()
+                .map(|(user, role)| Ok((user, Role::from_u8(role)?)))
+                .collect::<Result<_>>()?;
+            Ok((room, members))
+        })
+    }
+
+    /// Whether room `id` was deleted ([`Meta::delete_room`]).
+    pub fn room_deleted(&self, id: u64) -> Result<bool> {
+        self.read(|txn| Ok(txn.open_table(DELETED_ROOMS)?.get(id)?.is_some()))
     }
 
     /// Returns room `id`, if it exists.
@@ -224,6 +289,11 @@ pub(super) fn insert_room(
     let mut rooms = txn.open_table(ROOMS)?;
     if rooms.get(id)?.is_some() {
         return Err(Error::AlreadyExists(format!("room {id}")));
+    }
+    if txn.open_table(DELETED_ROOMS)?.get(id)?.is_some() {
+        return Err(Error::AlreadyExists(format!(
+            "room {id} was deleted: its id is not taken again"
+        )));
     }
     rooms.insert(id, row)?;
     if !private {

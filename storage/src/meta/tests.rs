@@ -988,3 +988,101 @@ fn the_server_acts_as_an_owner_and_holds_no_standing() {
         Err(Error::NotFound(_))
     ));
 }
+
+#[test]
+fn a_deleted_room_leaves_no_row_and_its_id_is_never_taken_again() {
+    let (_dir, meta) = fresh();
+    let [alice, bob, carol, dave, eve] =
+        ["alice", "bob", "carol", "dave", "eve"].map(|n| user(&meta, n));
+    let lobby = meta.create_room("Lobby", false, alice, 1).unwrap();
+    let other = meta.create_room("other", true, alice, 1).unwrap();
+    let change = |room, actor, target, c: MemberChange| {
+        meta.change_membership(room, actor, target, 2, write(c))
+            .unwrap();
+    };
+    let role = |r| MemberChange {
+        role: Some(r),
+        ..MemberChange::default()
+    };
+    let invite = MemberChange {
+        invite: Some(true),
+        ..MemberChange::default()
+    };
+    let ban = MemberChange {
+        ban: Some(true),
+        ..MemberChange::default()
+    };
+    for room in [lobby, other] {
+        change(room, bob, bob, role(Some(Role::Member)));
+        change(room, alice, carol, invite);
+    }
+    change(lobby, alice, dave, ban);
+    change(lobby, eve, eve, role(Some(Role::Member)));
+    change(lobby, eve, eve, role(None));
+    meta.advance_last_seq(&[(lobby, 9), (other, 4)], true)
+        .unwrap();
+    meta.mark_read(lobby, bob, 5).unwrap();
+    meta.mark_read(other, bob, 3).unwrap();
+    meta.set_retention(lobby, 100, 0).unwrap();
+    meta.advance_low_seqs(&[(lobby, 10)]).unwrap();
+
+    let (room, members) = meta.delete_room(lobby, 50).unwrap();
+    assert_eq!(
+        (room.id, room.name.as_str(), room.last_seq),
+        (lobby, "Lobby", 9)
+    );
+    assert_eq!(members, [(alice, Role::Owner), (bob, Role::Member)]);
+    assert!(meta.room_deleted(lobby).unwrap() && !meta.room_deleted(other).unwrap());
+    assert_eq!(meta.room(lobby).unwrap(), None);
+    assert_eq!(meta.room_by_name("lobby").unwrap(), None);
+    assert!(matches!(meta.members(lobby), Err(Error::NotFound(_))));
+    assert!(matches!(meta.standing(lobby, bob), Err(Error::NotFound(_))));
+    assert!(matches!(
+        meta.delete_room(lobby, 51),
+        Err(Error::NotFound(_))
+    ));
+    // The mirrors lost exactly the deleted room's rows.
+    assert_eq!(meta.rooms_of(bob).unwrap(), [other]);
+    assert_eq!(meta.rooms_of(alice).unwrap(), [other]);
+    let invites: Vec<u64> = meta
+        .invites_of(carol)
+        .unwrap()
+        .iter()
+        .map(|i| i.room)
+        .collect();
+    assert_eq!(invites, [other]);
+    assert_eq!(meta.receipts().unwrap(), [(other, bob, 3)]);
+    assert_eq!(meta.read_seq(other, bob).unwrap(), 3);
+    assert!(meta.bans_page(other, 0, 10).unwrap().items.is_empty());
+    // Its history stays retired; its name is free, its id is not.
+    assert!(meta
+        .retention_rows()
+        .unwrap()
+        .contains(&(lobby, 10, 100, 0)));
+    let room_ids = || {
+        meta.rooms()
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(room_ids(), [other]);
+    let again = meta.create_room("LOBBY", false, alice, 60).unwrap();
+    assert!(again > other);
+    assert!(matches!(
+        meta.create_room_with_id(lobby, "x", false, alice, 61),
+        Err(Error::AlreadyExists(_))
+    ));
+    let mut imported = room.clone();
+    imported.name = "y".into();
+    assert!(matches!(
+        meta.import_room(&imported),
+        Err(Error::AlreadyExists(_))
+    ));
+    // A private room (whose name is not indexed) goes the same way.
+    assert_eq!(meta.delete_room(other, 70).unwrap().1.len(), 2);
+    assert!(meta.rooms_of(bob).unwrap().is_empty() && meta.invites_of(carol).unwrap().is_empty());
+    assert!(meta.receipts().unwrap().is_empty());
+    // Only the room made since is left.
+    assert_eq!(room_ids(), [again]);
+}

@@ -134,3 +134,58 @@ impl ShardStore {
         Ok(new_low)
     }
 }
+
+impl ShardStore {
+    /// Retires every message of `room` (the room was deleted): waits until
+    /// what is queued is durable, then raises the room's low seq past its
+    /// last seq, durably in `meta.redb`, before answering; the next
+    /// compaction or retention pass removes their text from disk. Returns
+    /// how many messages it retired.
+    ///
+    /// The caller makes sure no append of the room is under way (nothing
+    /// appended to it after this is retired).
+    pub async fn retire_room(&self, room: u64) -> Result<u64> {
+        let _turn = self.maintenance_open().await?;
+        // Everything queued now (the room's last appends among it) is
+        // durable once the queue's current batch is.
+        let pending = {
+            let q = self.inner.queue.borrow();
+            match q.items.is_empty() {
+                false => Some(q.signal.clone()),
+                true => q.inflight.clone(),
+            }
+        };
+        if let Some(signal) = pending {
+            signal.wait().await.map_err(Error::Failed)?;
+        }
+        let (low, retired) = {
+            let mut st = self.inner.st.borrow_mut();
+            let st = &mut *st;
+            let Some(r) = st.rooms.get_mut(&room) else {
+                return Ok(0);
+            };
+            assert_eq!(
+                r.durable_seq + 1,
+                r.next_seq,
+                "room {room} has appends under way while it is retired"
+            );
+            let low = r.next_seq;
+            if low <= r.low_seq {
+                return Ok(0);
+            }
+            let retired = low - r.low_seq;
+            r.low_seq = low;
+            r.idem = None;
+            st.ops.push(Op::Retire { room, low_seq: low });
+            st.dirty_rooms.insert(room);
+            (low, retired)
+        };
+        if let Some(meta) = self.inner.meta.clone() {
+            glommio::executor()
+                .spawn_blocking(move || meta.advance_low_seqs(&[(room, low)]))
+                .await?;
+        }
+        self.checkpoint_now().await?;
+        Ok(retired)
+    }
+}
