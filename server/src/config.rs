@@ -103,6 +103,14 @@ pub struct Config {
     /// the same file.
     #[arg(long, env = "ROOKERY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// A PEM file of the certificate chain (the server's own first) to
+    /// serve HTTPS and WSS with on `--listen`, instead of plain HTTP; with
+    /// `--tls-key`. Both are re-read on SIGHUP.
+    #[arg(long, env = "ROOKERY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM file of `--tls-cert`'s private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "ROOKERY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Seconds of clock skew allowed when a JWT's `exp` and `nbf` are
     /// checked.
     #[arg(long, env = "ROOKERY_JWT_LEEWAY_S", default_value_t = 5)]

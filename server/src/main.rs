@@ -29,6 +29,7 @@ mod serve;
 mod shared;
 mod stats;
 mod sweep;
+mod tls;
 mod ws;
 
 use std::rc::Rc;
@@ -65,6 +66,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => match tls::Tls::load(cert, key) {
+            Ok(tls) => Some(Arc::new(tls)),
+            Err(e) => {
+                eprintln!("rookery: {e}");
+                std::process::exit(2);
+            }
+        },
+        _ => None,
+    };
     if let Err(e) = check_port_free(cfg.listen) {
         eprintln!("rookery: {e}");
         std::process::exit(2);
@@ -74,7 +85,7 @@ fn main() {
         std::process::exit(1);
     }
     init_tracing();
-    if let Err(e) = run(cfg, keys) {
+    if let Err(e) = run(cfg, Reloadable { keys, tls }) {
         eprintln!("rookery: {e:#}");
         std::process::exit(1);
     }
@@ -120,11 +131,19 @@ fn init_tracing() {
         .init();
 }
 
-fn run(cfg: Config, keys: Arc<keys::ApiKeys>) -> anyhow::Result<()> {
+/// What SIGHUP re-reads while the server runs.
+#[derive(Clone)]
+struct Reloadable {
+    keys: Arc<keys::ApiKeys>,
+    tls: Option<Arc<tls::Tls>>,
+}
+
+fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
     // Signals are caught before anything starts, so none is lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     // SIGHUP too, before anything starts: its default would end the process.
-    reload_on_sighup(keys.clone()).context("installing the SIGHUP handler")?;
+    reload_on_sighup(reloadable.clone()).context("installing the SIGHUP handler")?;
+    let Reloadable { keys, tls } = reloadable;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating --data-dir {}", cfg.data_dir.display()))?;
     // A cluster node joins before anything serves: a node list that differs
@@ -218,6 +237,7 @@ fn run(cfg: Config, keys: Arc<keys::ApiKeys>) -> anyhow::Result<()> {
                 rates: rates.clone(),
                 hashing: hashing.clone(),
                 keys: keys.clone(),
+                tls: tls.clone(),
                 stop: Rc::new(glommio::sync::Semaphore::new(0)),
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),
@@ -282,18 +302,26 @@ fn run(cfg: Config, keys: Arc<keys::ApiKeys>) -> anyhow::Result<()> {
     shutdown_within(engine, &cfg, drained_rx)
 }
 
-/// Re-reads what may change while serving on each SIGHUP (the API keys);
-/// a file that is bad keeps what was served and logs why.
-fn reload_on_sighup(keys: Arc<keys::ApiKeys>) -> std::io::Result<()> {
+/// Re-reads what may change while serving on each SIGHUP (the API keys,
+/// the TLS certificate and key); a file that is bad keeps what was served
+/// and logs why.
+fn reload_on_sighup(r: Reloadable) -> std::io::Result<()> {
     let mut hups = Signals::new([signal_hook::consts::SIGHUP])?;
     std::thread::Builder::new()
         .name("rookery-sighup".into())
         .spawn(move || {
             for _ in hups.forever() {
-                match keys.reload() {
-                    Ok(n) if keys.enabled() => tracing::info!(keys = n, "API keys reloaded"),
+                match r.keys.reload() {
+                    Ok(n) if r.keys.enabled() => tracing::info!(keys = n, "API keys reloaded"),
                     Ok(_) => {}
                     Err(e) => tracing::error!("API keys not reloaded (the old ones stay): {e}"),
+                }
+                match r.tls.as_ref().map(|t| t.reload()) {
+                    Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
+                    Some(Err(e)) => {
+                        tracing::error!("TLS certificate not reloaded (the old one stays): {e}")
+                    }
+                    None => {}
                 }
             }
         })?;

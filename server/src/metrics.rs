@@ -675,6 +675,12 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
         "Bytes WebSocket connections are owed and have not read yet (each bound by --conn-output-bytes-max)",
         flush(|f| f.waiting.load(Ordering::Relaxed)),
     );
+    counter(
+        &mut r,
+        "ws_tls_written_bytes",
+        "Bytes of TLS records written to WebSocket connections by their output path (with --tls-cert; their plaintext counts in ws_written_bytes)",
+        flush(|f| f.bytes_sealed.load(Ordering::Relaxed) as i64) as u64,
+    );
     gauge(
         &mut r,
         "ws_output_pool_bytes",

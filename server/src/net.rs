@@ -1,9 +1,13 @@
 //! Socket I/O every connection uses: reads through the shard's one scratch
 //! buffer (an idle connection holds none), writes under the write deadline
 //! (`--conn-write-timeout-ms`), and the lingering close that lets a final
-//! answer reach the client.
+//! answer reach the client. On a TLS listener the same calls go through
+//! the connection's TLS session (`tls.rs`): its handshake first, then
+//! plaintext in and out, and `close_notify` before the close.
 
 use std::cell::RefCell;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -14,6 +18,7 @@ use glommio::net::TcpStream;
 
 use crate::http::Response;
 use crate::shared::Shared;
+use crate::tls::{self, Fed, Session};
 
 /// After a final response, how long and how much unread input is drained
 /// before the socket is closed.
@@ -43,11 +48,63 @@ thread_local! {
     /// The shard's read buffer: borrowed only inside one `poll_read`, so
     /// every connection on the shard shares it.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK_BYTES].into());
+    /// The shard's buffer for plaintext a TLS session yields, likewise.
+    static PLAIN: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK_BYTES].into());
 }
 
-/// Polls the socket for what it has, handing it to `take` (0 at end of
-/// stream); the bytes pass through the shard's scratch buffer.
+/// A client connection's socket and, on a TLS listener, its session.
+pub(crate) struct Socket {
+    pub stream: TcpStream,
+    pub tls: Option<Session>,
+}
+
+impl Socket {
+    pub(crate) fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+/// Polls the connection for what it has, handing it to `take` (0 at end
+/// of stream); the bytes pass through the shard's scratch buffers. On TLS,
+/// `take` gets plaintext (records not yet complete wait in the session).
 pub(crate) fn poll_read_with(
+    conn: &mut Socket,
+    cx: &mut std::task::Context<'_>,
+    take: &mut impl FnMut(&[u8]),
+) -> Poll<std::io::Result<usize>> {
+    let Some(session) = conn.tls.clone() else {
+        return poll_raw(&mut conn.stream, cx, take);
+    };
+    let fd = conn.fd();
+    loop {
+        let mut fed = Ok(Fed::Plain(0));
+        match poll_raw(&mut conn.stream, cx, &mut |raw| {
+            fed = PLAIN.with(|plain| {
+                tls::feed(
+                    &mut session.borrow_mut(),
+                    raw,
+                    &mut plain.borrow_mut(),
+                    take,
+                )
+            });
+        }) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+            Poll::Ready(Ok(_)) => {}
+            other => return other,
+        }
+        // What the session must answer (an alert, a key update) leaves
+        // now if the socket takes it, else with the next write.
+        let _ = send_sealed(&mut session.borrow_mut(), fd);
+        match fed {
+            Ok(Fed::Plain(0)) => continue, // a record not yet complete
+            Ok(Fed::Plain(n)) => return Poll::Ready(Ok(n)),
+            Ok(Fed::Closed) => return Poll::Ready(Ok(0)),
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+fn poll_raw(
     stream: &mut TcpStream,
     cx: &mut std::task::Context<'_>,
     take: &mut impl FnMut(&[u8]),
@@ -64,13 +121,13 @@ pub(crate) fn poll_read_with(
     })
 }
 
-/// Reads what the socket has (waiting until it has something) and hands it
-/// to `take`; 0 at end of stream.
+/// Reads what the connection has (waiting until it has something) and
+/// hands it to `take`; 0 at end of stream.
 pub(crate) async fn read_with(
-    stream: &mut TcpStream,
+    conn: &mut Socket,
     mut take: impl FnMut(&[u8]),
 ) -> std::io::Result<usize> {
-    futures_lite::future::poll_fn(|cx| poll_read_with(stream, cx, &mut take)).await
+    futures_lite::future::poll_fn(|cx| poll_read_with(conn, cx, &mut take)).await
 }
 
 /// What a read with a deadline gave.
@@ -81,14 +138,22 @@ pub(crate) enum Read {
 }
 
 /// Reads onto `buf` until `deadline`.
-pub(crate) async fn read_until(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
+pub(crate) async fn read_until(conn: &mut Socket, buf: &mut Vec<u8>, deadline: Instant) -> Read {
+    by_deadline(
+        read_with(conn, |bytes| buf.extend_from_slice(bytes)),
+        deadline,
+    )
+    .await
+}
+
+/// What `read` gave, unless `deadline` came first.
+async fn by_deadline(
+    read: impl std::future::Future<Output = std::io::Result<usize>>,
     deadline: Instant,
 ) -> Read {
     let left = deadline.saturating_duration_since(Instant::now());
     let read = async {
-        match read_with(stream, |bytes| buf.extend_from_slice(bytes)).await {
+        match read.await {
             Ok(0) | Err(_) => Read::Closed,
             Ok(n) => Read::Bytes(n),
         }
@@ -100,10 +165,110 @@ pub(crate) async fn read_until(
     .await
 }
 
+/// A TLS connection's handshake, by `deadline`: false (closed) when it
+/// fails or does not finish in time. Plaintext the client sent right
+/// after it (its first request) is put in `buf`. A plain connection has
+/// none: true at once.
+pub(crate) async fn handshake(
+    shared: &Shared,
+    conn: &mut Socket,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> bool {
+    let Some(session) = conn.tls.clone() else {
+        return true;
+    };
+    loop {
+        let sealed = take_sealed(&mut session.borrow_mut());
+        if !sealed.is_empty() && !write_raw_within(shared, &mut conn.stream, &sealed).await {
+            return false;
+        }
+        if !session.borrow().is_handshaking() {
+            return true;
+        }
+        // One read at a time: what it makes the session answer is sent
+        // (under the write deadline) before the next.
+        let mut fed = Ok(Fed::Plain(0));
+        let read = read_raw_until(&mut conn.stream, deadline, |raw| {
+            fed = PLAIN.with(|plain| {
+                let mut plain = plain.borrow_mut();
+                let mut keep = |bytes: &[u8]| buf.extend_from_slice(bytes);
+                tls::feed(&mut session.borrow_mut(), raw, &mut plain, &mut keep)
+            });
+        })
+        .await;
+        if !matches!((read, fed), (Read::Bytes(_), Ok(Fed::Plain(_)))) {
+            // The alert that says why, if the session has one.
+            let alert = take_sealed(&mut session.borrow_mut());
+            let _ = send(conn.fd(), &alert);
+            return false;
+        }
+    }
+}
+
+/// Reads once from the socket itself by `deadline`, handing the bytes to
+/// `take`.
+async fn read_raw_until(
+    stream: &mut TcpStream,
+    deadline: Instant,
+    mut take: impl FnMut(&[u8]),
+) -> Read {
+    let read = futures_lite::future::poll_fn(|cx| poll_raw(stream, cx, &mut take));
+    by_deadline(read, deadline).await
+}
+
+/// Everything the session has sealed and not sent, taken out of it.
+fn take_sealed(session: &mut rustls::ServerConnection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while session.wants_write() {
+        if session.write_tls(&mut out).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+/// Sends what the session has sealed, as far as the socket takes it
+/// without blocking: Ok(true) when all of it left.
+pub(crate) fn send_sealed(
+    session: &mut rustls::ServerConnection,
+    fd: RawFd,
+) -> std::io::Result<bool> {
+    while session.wants_write() {
+        match session.write_tls(&mut FdWriter(fd)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 /// Writes `bytes` under the write deadline: the socket must take some of
 /// them at least every `--conn-write-timeout-ms`; false (counted) when it
-/// does not, or fails.
-pub(crate) async fn write_within(shared: &Shared, stream: &mut TcpStream, bytes: &[u8]) -> bool {
+/// does not, or fails. On TLS they are sealed first, after what the
+/// session held already.
+pub(crate) async fn write_within(shared: &Shared, conn: &mut Socket, bytes: &[u8]) -> bool {
+    let Some(session) = conn.tls.clone() else {
+        return write_raw_within(shared, &mut conn.stream, bytes).await;
+    };
+    let mut at = 0;
+    loop {
+        let sealed = {
+            let mut s = session.borrow_mut();
+            at += tls::seal(&mut s, &bytes[at..]);
+            take_sealed(&mut s)
+        };
+        if !write_raw_within(shared, &mut conn.stream, &sealed).await {
+            return false;
+        }
+        if at == bytes.len() {
+            return true;
+        }
+    }
+}
+
+async fn write_raw_within(shared: &Shared, stream: &mut TcpStream, bytes: &[u8]) -> bool {
     let timeout = Duration::from_millis(shared.cfg.conn_write_timeout_ms);
     let mut at = 0;
     while at < bytes.len() {
@@ -131,23 +296,33 @@ pub(crate) async fn write_within(shared: &Shared, stream: &mut TcpStream, bytes:
 /// with a linger.
 pub(crate) async fn answer_and_close(
     shared: &Shared,
-    mut stream: TcpStream,
+    mut conn: Socket,
     mut out: Vec<u8>,
     last: Response,
 ) {
     last.encode(true, &mut out);
-    if write_within(shared, &mut stream, &out).await {
-        linger_close(stream).await;
+    if write_within(shared, &mut conn, &out).await {
+        linger_close(conn).await;
     }
 }
 
 /// Closes after a final response without losing it: closing a socket with
 /// unread input makes the kernel send a reset, which can destroy the
 /// response before the client reads it (a client still sending an
-/// oversized request, say). So: half-close, then read and discard what
-/// still comes, for a bounded time and amount.
-pub(crate) async fn linger_close(mut stream: TcpStream) {
-    if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
+/// oversized request, say). So: half-close (after `close_notify` on TLS),
+/// then read and discard what still comes, for a bounded time and amount.
+pub(crate) async fn linger_close(mut conn: Socket) {
+    if let Some(session) = conn.tls.take() {
+        let mut s = session.borrow_mut();
+        s.send_close_notify();
+        let _ = send_sealed(&mut s, conn.fd());
+    }
+    if conn
+        .stream
+        .shutdown(std::net::Shutdown::Write)
+        .await
+        .is_err()
+    {
         return;
     }
     let deadline = Instant::now() + LINGER;
@@ -155,9 +330,65 @@ pub(crate) async fn linger_close(mut stream: TcpStream) {
     let mut sink = Vec::new();
     while drained < LINGER_BYTES_MAX {
         sink.clear();
-        match read_until(&mut stream, &mut sink, deadline).await {
+        match read_until(&mut conn, &mut sink, deadline).await {
             Read::Bytes(n) => drained += n,
             Read::Closed | Read::TimedOut => break,
+        }
+    }
+}
+
+/// An `io::Write` over a socket that never blocks: `WouldBlock` when it
+/// is full. Vectored writes go out in one `sendmsg`.
+pub(crate) struct FdWriter(pub RawFd);
+
+impl std::io::Write for FdWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(bytes)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        match send_vectored(self.0, bufs)? {
+            0 if bufs.iter().any(|b| !b.is_empty()) => Err(std::io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `send(2)` without blocking and without SIGPIPE: the bytes taken (0 when
+/// the socket is full).
+pub(crate) fn send(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
+    send_vectored(fd, &[IoSlice::new(bytes)])
+}
+
+/// [`send`] of several buffers at once (`sendmsg(2)`).
+///
+/// A direct syscall, not glommio's stream: the flusher writes for
+/// connections whose tasks are parked, and glommio's own writes are the
+/// same nonblocking `send` (its stream keeps no write state the flusher
+/// could upset).
+pub(crate) fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+    loop {
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` and each is
+        // valid for its length; `fd` is open: a connection stops every
+        // writer before it closes its socket.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len() as _;
+            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock => return Ok(0),
+            std::io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
         }
     }
 }

@@ -12,6 +12,10 @@
 //! does not take everything wakes its connection task, which then waits
 //! for writability, under the write deadline.
 //!
+//! On a TLS connection the bytes are sealed into records by its session
+//! (`tls.rs`) as they leave this buffer, and the records go out in the
+//! same one `send`; the session holds at most `tls::SEALED_BYTES_MAX`.
+//!
 //! Invariants: bytes leave in the order they were appended; one writer at
 //! a time (the flusher while the connection is not `blocked`, the
 //! connection task while it is); nothing is written after `closed` is set,
@@ -27,6 +31,9 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
+use crate::net::{send, FdWriter};
+use crate::tls::{self, Session};
+
 /// Drained buffers kept per shard for reuse, at most.
 const POOL_LEN_MAX: usize = 256;
 /// Buffers larger than this are freed when drained, not pooled.
@@ -37,6 +44,8 @@ const BUF_BYTES_MIN: usize = 4 << 10;
 /// One connection's unsent bytes.
 pub struct Out {
     fd: RawFd,
+    /// The connection's TLS session, which seals what leaves.
+    tls: Option<Session>,
     buf: RefCell<Vec<u8>>,
     /// On the flusher's list.
     dirty: Cell<bool>,
@@ -57,9 +66,10 @@ pub struct Out {
 }
 
 impl Out {
-    pub fn new(fd: RawFd) -> Rc<Out> {
+    pub fn new(fd: RawFd, tls: Option<Session>) -> Rc<Out> {
         Rc::new(Out {
             fd,
+            tls,
             buf: RefCell::new(Vec::new()),
             dirty: Cell::new(false),
             blocked: Cell::new(false),
@@ -128,6 +138,8 @@ pub struct FlushStats {
     pub waiting: AtomicI64,
     /// Bytes held by the pool of drained buffers.
     pub pooled: AtomicU64,
+    /// Bytes of TLS records sent (their plaintext counts in `bytes`).
+    pub bytes_sealed: AtomicU64,
 }
 
 impl FlushStats {
@@ -258,6 +270,22 @@ impl Flusher {
         out: &Out,
         mut write: impl FnMut(&[u8]) -> Poll<std::io::Result<usize>>,
     ) -> Poll<bool> {
+        if let Some(session) = &out.tls {
+            let mut socket = PollWriter {
+                write: &mut write,
+                pending: false,
+            };
+            return match self.seal_and_send(out, session, &mut socket) {
+                Ok(true) => {
+                    out.blocked.set(false);
+                    out.stalled_since.set(None);
+                    self.recycle(&out.buf);
+                    Poll::Ready(true)
+                }
+                Ok(false) if socket.pending => Poll::Pending,
+                Ok(false) | Err(_) => Poll::Ready(false),
+            };
+        }
         loop {
             let mut buf = out.buf.borrow_mut();
             if buf.is_empty() {
@@ -305,9 +333,72 @@ impl Flusher {
         }
     }
 
+    /// Seals what `out` holds into its session and sends the session's
+    /// records to `socket`, until everything left (Ok(true)) or the socket
+    /// takes no more (Ok(false)).
+    fn seal_and_send(
+        &self,
+        out: &Out,
+        session: &Session,
+        socket: &mut dyn std::io::Write,
+    ) -> std::io::Result<bool> {
+        let mut s = session.borrow_mut();
+        let mut buf = out.buf.borrow_mut();
+        loop {
+            while s.wants_write() {
+                match s.write_tls(socket) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        if out.blocked.get() {
+                            // Progress: the write deadline starts again.
+                            out.stalled_since.set(Some(Instant::now()));
+                        }
+                        self.stats
+                            .bytes_sealed
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            if buf.is_empty() {
+                return Ok(true);
+            }
+            let n = tls::seal(&mut s, &buf);
+            self.written(&mut buf, n);
+        }
+    }
+
+    /// A TLS connection's turn: its bytes sealed and sent without
+    /// blocking; the rest is the connection task's to write.
+    fn write_tls(&self, out: &Out, session: &Session) {
+        if out.buf.borrow().is_empty() && !session.borrow().wants_write() {
+            return;
+        }
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        match self.seal_and_send(out, session, &mut FdWriter(out.fd)) {
+            Ok(true) => {
+                self.recycle(&out.buf);
+                if out.throttled.get() {
+                    out.wake_task();
+                }
+            }
+            // Full, or failed: the connection task writes the rest (or
+            // sees the failure on its socket).
+            Ok(false) | Err(_) => {
+                out.blocked.set(true);
+                out.stalled_since.set(Some(Instant::now()));
+                out.wake_task();
+            }
+        }
+    }
+
     /// One nonblocking send of what `out` holds; the rest is the
     /// connection task's to write.
     fn write(&self, out: &Out) {
+        if let Some(session) = &out.tls {
+            return self.write_tls(out, session);
+        }
         let mut buf = out.buf.borrow_mut();
         if buf.is_empty() {
             return;
@@ -341,34 +432,25 @@ impl Flusher {
     }
 }
 
-/// `send(2)` without blocking and without SIGPIPE: the bytes taken (0 when
-/// the socket is full).
-///
-/// A direct syscall, not glommio's stream: the flusher writes for
-/// connections whose tasks are parked, and glommio's own writes are the
-/// same nonblocking `send` (its stream keeps no write state the flusher
-/// could upset).
-fn send(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
-    loop {
-        // SAFETY: `bytes` is valid for its length; `fd` is open: the
-        // connection sets `closed` before it closes its socket, and closed
-        // connections are never written to.
-        let n = unsafe {
-            libc::send(
-                fd,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
+/// An `io::Write` over the connection task's poll of its socket: a poll
+/// that is not ready is `WouldBlock` (and remembered).
+struct PollWriter<'a, F> {
+    write: &'a mut F,
+    pending: bool,
+}
+
+impl<F: FnMut(&[u8]) -> Poll<std::io::Result<usize>>> std::io::Write for PollWriter<'_, F> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match (self.write)(bytes) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                self.pending = true;
+                Err(std::io::ErrorKind::WouldBlock.into())
+            }
         }
-        let e = std::io::Error::last_os_error();
-        match e.kind() {
-            std::io::ErrorKind::WouldBlock => return Ok(0),
-            std::io::ErrorKind::Interrupted => continue,
-            _ => return Err(e),
-        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

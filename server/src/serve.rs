@@ -19,8 +19,8 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::http::{self, Response};
 use crate::net::{
-    answer_and_close, client_ip, is_trusted_proxy, linger_close, read_until, refused_pause,
-    sit_out, write_within, Read, READ_CHUNK_BYTES,
+    answer_and_close, client_ip, handshake as tls_handshake, is_trusted_proxy, linger_close,
+    read_until, refused_pause, sit_out, write_within, Read, Socket, READ_CHUNK_BYTES,
 };
 use crate::routes;
 use crate::shared::Shared;
@@ -207,8 +207,14 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
     } else {
         shared.limits.connect(peer.ip())
     };
+    // On a TLS listener each connection starts its session (the
+    // handshake is the connection task's first read).
+    let conn = Socket {
+        stream,
+        tls: shared.tls.as_ref().map(|t| t.accept()),
+    };
     if counted.is_none() && !trusted {
-        Box::pin(over_limit(stream, shared, peer.ip())).await;
+        Box::pin(over_limit(conn, shared, peer.ip())).await;
         return;
     }
     let held = Held {
@@ -216,7 +222,7 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
         _open: Open::new(shared.clone()),
         _pass: pass,
     };
-    if let Some(up) = connection(stream, shared.clone(), peer.ip()).await {
+    if let Some(up) = connection(conn, shared.clone(), peer.ip()).await {
         // The task's future is allocated once, at its largest state: the
         // handshake (token check, refusals) is boxed so that the long idle
         // state, `ws::run`, is all the task holds.
@@ -239,7 +245,7 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
 /// [`OVER_LIMIT_HEAD_BYTES_MAX`], or a connection past
 /// [`OVER_LIMIT_READS_MAX`] being read already, is answered 429 and
 /// closed.
-async fn over_limit(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::IpAddr) {
+async fn over_limit(mut conn: Socket, shared: Rc<Shared>, peer: std::net::IpAddr) {
     let refusal = || {
         let limits = &shared.limits;
         limits.connections_refused.fetch_add(1, Ordering::Relaxed);
@@ -250,8 +256,16 @@ async fn over_limit(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
         )
     };
     let reading = shared.over_limit_reads.get();
+    if reading >= OVER_LIMIT_READS_MAX && conn.tls.is_none() {
+        answer_and_close(&shared, conn, Vec::new(), refusal()).await;
+        return;
+    }
     if reading >= OVER_LIMIT_READS_MAX {
-        answer_and_close(&shared, stream, Vec::new(), refusal()).await;
+        // A TLS refusal costs a handshake: past the bound, none is spent.
+        shared
+            .limits
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
         return;
     }
     shared.over_limit_reads.set(reading + 1);
@@ -262,20 +276,31 @@ async fn over_limit(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
     };
     let deadline = Instant::now() + OVER_LIMIT_READ_TIMEOUT;
     let mut buf = Vec::new();
-    let probe = loop {
-        match http::parse(&buf, &limits) {
-            Ok(Some((req, _))) => break Some(req),
-            Ok(None) => {}
-            Err(_) => break None,
-        }
-        match read_until(&mut stream, &mut buf, deadline).await {
-            Read::Bytes(_) => {}
-            _ => break None,
+    let shook = tls_handshake(&shared, &mut conn, &mut buf, deadline).await;
+    let probe = if !shook {
+        None
+    } else {
+        loop {
+            match http::parse(&buf, &limits) {
+                Ok(Some((req, _))) => break Some(req),
+                Ok(None) => {}
+                Err(_) => break None,
+            }
+            match read_until(&mut conn, &mut buf, deadline).await {
+                Read::Bytes(_) => {}
+                _ => break None,
+            }
         }
     };
     shared
         .over_limit_reads
         .set(shared.over_limit_reads.get() - 1);
+    if !shook {
+        // Refused (counted), with no way to answer.
+        let limits = &shared.limits;
+        limits.connections_refused.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let resp = match probe {
         Some(mut req) if req.method == "GET" && is_probe(&req.path) => {
             req.peer = Some(peer);
@@ -287,7 +312,7 @@ async fn over_limit(mut stream: TcpStream, shared: Rc<Shared>, peer: std::net::I
         }
         _ => refusal(),
     };
-    answer_and_close(&shared, stream, Vec::new(), resp).await;
+    answer_and_close(&shared, conn, Vec::new(), resp).await;
 }
 
 /// The paths monitoring probes: answered even past a connection limit.
@@ -305,15 +330,28 @@ fn is_probe(path: &str) -> bool {
 /// deadline, before the next is read or answered), so a client that
 /// pipelines and never reads costs at most the bound plus one response.
 async fn connection(
-    mut stream: TcpStream,
+    mut conn: Socket,
     shared: Rc<Shared>,
     peer: std::net::IpAddr,
 ) -> Option<Upgrade> {
     let limits = shared.cfg.http_limits();
     let mut buf: Vec<u8> = Vec::new();
     let mut out = Vec::new();
+    // On TLS, the handshake first, within the time a request has (the
+    // first request may come with its last flight).
+    let began = Instant::now();
+    if !tls_handshake(
+        &shared,
+        &mut conn,
+        &mut buf,
+        began + shared.cfg.request_timeout(),
+    )
+    .await
+    {
+        return None;
+    }
     // When the request now in `buf` started (None: between requests).
-    let mut started: Option<Instant> = None;
+    let mut started: Option<Instant> = (!buf.is_empty()).then_some(began);
     loop {
         // Answer the complete requests already buffered, in order, while
         // the answers fit under the bound.
@@ -325,11 +363,11 @@ async fn connection(
                     buf.drain(..used);
                     if let Some(endpoint) = ws::endpoint(&req, shared.cfg.echo_endpoint) {
                         // Answers to the requests before it go first.
-                        if !out.is_empty() && !write_within(&shared, &mut stream, &out).await {
+                        if !out.is_empty() && !write_within(&shared, &mut conn, &out).await {
                             return None;
                         }
                         return Some(Upgrade {
-                            stream,
+                            conn,
                             req,
                             leftover: buf,
                             endpoint,
@@ -351,15 +389,15 @@ async fn connection(
                         out.truncate(out.len() - resp.body.len());
                     }
                     if close {
-                        if write_within(&shared, &mut stream, &out).await {
-                            linger_close(stream).await;
+                        if write_within(&shared, &mut conn, &out).await {
+                            linger_close(conn).await;
                         }
                         return None;
                     }
                     if let Some(pause) = pause {
                         // The refusal leaves now; the connection is read
                         // again after the pause.
-                        if !write_within(&shared, &mut stream, &out).await {
+                        if !write_within(&shared, &mut conn, &out).await {
                             return None;
                         }
                         out.clear();
@@ -373,13 +411,13 @@ async fn connection(
                         h.answered("bad_request", status, Some(code));
                     }
                     let resp = Response::error(status, code, &e.message());
-                    answer_and_close(&shared, stream, out, resp).await;
+                    answer_and_close(&shared, conn, out, resp).await;
                     return None;
                 }
             }
         }
         if !out.is_empty() {
-            if !write_within(&shared, &mut stream, &out).await {
+            if !write_within(&shared, &mut conn, &out).await {
                 return None;
             }
             out.clear();
@@ -396,7 +434,7 @@ async fn connection(
             Some(t) => t + shared.cfg.request_timeout(),
             None => Instant::now() + shared.cfg.idle_timeout(),
         };
-        let read = async { Some(read_until(&mut stream, &mut buf, deadline).await) };
+        let read = async { Some(read_until(&mut conn, &mut buf, deadline).await) };
         let stop = async {
             // Between requests, a stopping shard closes the connection.
             if started.is_some() {
@@ -413,7 +451,7 @@ async fn connection(
             Some(Read::TimedOut) if started.is_some() => {
                 // A request began and did not finish in time (slowloris).
                 let resp = Response::error(408, "request_timeout", "request not completed in time");
-                answer_and_close(&shared, stream, out, resp).await;
+                answer_and_close(&shared, conn, out, resp).await;
                 return None;
             }
             Some(Read::TimedOut) => return None, // idle keep-alive connection

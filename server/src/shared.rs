@@ -45,6 +45,8 @@ pub struct Shared {
     pub notices: Arc<crate::notices::Notices>,
     /// The server API's keys (`--api-keys-file`), shared by every shard.
     pub keys: Arc<crate::keys::ApiKeys>,
+    /// The listener's TLS (`--tls-cert`), shared by every shard.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     /// Where passwords are hashed and checked.
     pub hashing: Arc<crate::hashing::HashPool>,
     /// The engine as seen from this shard: posts to rooms it owns and the

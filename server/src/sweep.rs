@@ -261,7 +261,7 @@ mod tests {
             "a quarter of the shortest, at most 1 s"
         );
         let t0 = Instant::now();
-        let d = s.register(Out::new(-1), Some(t0 + Duration::from_secs(4)), t0);
+        let d = s.register(Out::new(-1, None), Some(t0 + Duration::from_secs(4)), t0);
         let at = |secs: u64| t0 + Duration::from_secs(secs);
         assert_eq!(s.check(&d, at(1), NONE_ENDED, NO_NOTICE), None);
         assert_eq!(
@@ -295,7 +295,7 @@ mod tests {
         let s = sweeper();
         let t0 = Instant::now();
         let at = |secs: u64| t0 + Duration::from_secs(secs);
-        let session = s.register(Out::new(-1), None, t0);
+        let session = s.register(Out::new(-1, None), None, t0);
         session.authenticated(Credential {
             expires: at(8),
             session: Some([1; 32]),
@@ -312,7 +312,7 @@ mod tests {
             Some(Due::Expired)
         );
 
-        let jwt = s.register(Out::new(-1), None, t0);
+        let jwt = s.register(Out::new(-1, None), None, t0);
         jwt.authenticated(Credential {
             expires: at(40),
             session: None,
@@ -366,7 +366,7 @@ mod tests {
             Arc::default(),
         );
         let t0 = Instant::now();
-        let d = s.register(Out::new(-1), None, t0);
+        let d = s.register(Out::new(-1, None), None, t0);
         d.authenticated(Credential {
             expires: t0 + Duration::from_secs(3600),
             session: Some([9; 32]),
@@ -378,7 +378,7 @@ mod tests {
         s.sweep(t0 + Duration::from_secs(2));
         assert_eq!(d.take_due(), Some(Due::Revoked));
         // Busy with a ping when its session ends: revoked at the next sweep.
-        let busy = s.register(Out::new(-1), None, t0);
+        let busy = s.register(Out::new(-1, None), None, t0);
         busy.authenticated(Credential {
             expires: t0 + Duration::from_secs(3600),
             session: Some([8; 32]),
@@ -397,8 +397,8 @@ mod tests {
     fn a_sweep_marks_what_is_due_once_and_forgets_closed_connections() {
         let s = sweeper();
         let t0 = Instant::now();
-        let d = s.register(Out::new(-1), None, t0);
-        let gone = s.register(Out::new(-1), None, t0);
+        let d = s.register(Out::new(-1, None), None, t0);
+        let gone = s.register(Out::new(-1, None), None, t0);
         drop(gone);
         s.sweep(t0 + Duration::from_secs(10));
         assert_eq!(s.len(), 1);
@@ -425,8 +425,8 @@ mod tests {
             user,
         };
         let (a, b) = (
-            s.register(Out::new(-1), None, t0),
-            s.register(Out::new(-1), None, t0),
+            s.register(Out::new(-1, None), None, t0),
+            s.register(Out::new(-1, None), None, t0),
         );
         a.authenticated(cred(7));
         b.authenticated(cred(8));
@@ -437,7 +437,7 @@ mod tests {
         a.notice_seen.set(notices.last_seq());
         s.sweep(t0 + Duration::from_secs(2));
         assert_eq!(a.take_due(), None, "sent once");
-        let late = s.register(Out::new(-1), None, t0);
+        let late = s.register(Out::new(-1, None), None, t0);
         late.authenticated(cred(7));
         s.sweep(t0 + Duration::from_secs(3));
         assert_eq!(late.take_due(), None, "made before it opened");

@@ -5,12 +5,10 @@
 
 use std::rc::Rc;
 
-use glommio::net::TcpStream;
-
 use crate::auth;
 use crate::deflate::Negotiated;
 use crate::http::{Request, Response};
-use crate::net::{answer_and_close, write_within};
+use crate::net::{answer_and_close, write_within, Socket};
 use crate::routes;
 use crate::shared::Shared;
 
@@ -90,7 +88,7 @@ pub fn switching(accept: String, extension: Option<String>) -> Response {
 
 /// An accepted upgrade: what `run` serves.
 pub struct Accepted {
-    pub stream: TcpStream,
+    pub conn: Socket,
     /// Bytes the client sent after its upgrade request.
     pub leftover: Vec<u8>,
     /// What a token on the upgrade proved.
@@ -103,7 +101,7 @@ pub struct Accepted {
 /// An upgrade request, taken off the HTTP connection.
 /// An upgrade request the HTTP connection hands over.
 pub(crate) struct Upgrade {
-    pub stream: TcpStream,
+    pub conn: Socket,
     pub req: Request,
     /// Bytes the client sent after the request (its first frames).
     pub leftover: Vec<u8>,
@@ -114,7 +112,7 @@ pub(crate) struct Upgrade {
 /// refusal (bad upgrade 400/426, bad token 401) and close.
 pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Box<Accepted>> {
     let Upgrade {
-        mut stream,
+        mut conn,
         req,
         leftover,
         endpoint,
@@ -127,7 +125,7 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
             if let Some(h) = shared.my_http() {
                 h.answered(route, resp.status, resp.error_code);
             }
-            answer_and_close(&shared, stream, out, resp).await;
+            answer_and_close(&shared, conn, out, resp).await;
             return None;
         }
     };
@@ -140,7 +138,7 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
             if let Some(h) = shared.my_http() {
                 h.answered(route, resp.status, resp.error_code);
             }
-            answer_and_close(&shared, stream, out, resp).await;
+            answer_and_close(&shared, conn, out, resp).await;
             return None;
         }
     }
@@ -161,13 +159,13 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
                     if let Some(h) = shared.my_http() {
                         h.answered(route, resp.status, resp.error_code);
                     }
-                    answer_and_close(&shared, stream, out, resp).await;
+                    answer_and_close(&shared, conn, out, resp).await;
                     return None;
                 }
                 Err(e) => {
                     // An internal fault is logged by `response`.
                     e.response().encode(true, &mut out);
-                    let _ = write_within(&shared, &mut stream, &out).await;
+                    let _ = write_within(&shared, &mut conn, &out).await;
                     return None;
                 }
             }
@@ -178,11 +176,11 @@ pub(crate) async fn handshake(up: Box<Upgrade>, shared: Rc<Shared>) -> Option<Bo
     }
     let (negotiated, extension) = deflate.unzip();
     switching(accept, extension).encode(false, &mut out);
-    if !write_within(&shared, &mut stream, &out).await {
+    if !write_within(&shared, &mut conn, &out).await {
         return None;
     }
     Some(Box::new(Accepted {
-        stream,
+        conn,
         leftover,
         proof,
         endpoint,

@@ -32,8 +32,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
+use futures_lite::AsyncWrite;
 use rookery_engine::{Error as EngineError, Event, EventKind, LocalInbox, LocalSink};
 use serde_json::value::RawValue;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -46,7 +45,7 @@ use crate::auth;
 use crate::cluster::ops::{self, Answer, Op};
 use crate::cluster::relay::Relay;
 use crate::deflate::{self, InflateError, Inflow};
-use crate::net;
+use crate::net::{self, Socket};
 use crate::notices::What;
 use crate::out::{Flusher, Out};
 use crate::protocol::{self, ClientFrame, ServerFrame};
@@ -316,7 +315,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
     // Boxed: an async fn's parameters and the locals moved out of them
     // would both take room in the future.
     let Accepted {
-        mut stream,
+        mut conn,
         leftover,
         proof,
         endpoint,
@@ -328,7 +327,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         .write_buffer_size(0)
         .max_message_size(Some(frame_max))
         .max_frame_size(Some(frame_max));
-    let out = Out::new(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let out = Out::new(conn.fd(), conn.tls.clone());
     let _stop_writing = StopWriting(out.clone(), shared.flusher.clone());
     let link = Rc::new(Link {
         out: out.clone(),
@@ -367,11 +366,11 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
     let refused = !c.take_input(&leftover);
     drop(leftover);
     if refused {
-        return Box::pin(c.finish(stream)).await;
+        return Box::pin(c.finish(conn)).await;
     }
     if let Some(p) = proof {
         if !c.authenticated(p) {
-            return Box::pin(c.finish(stream)).await;
+            return Box::pin(c.finish(conn)).await;
         }
         let hello = ServerFrame::Hello {
             user: p.user,
@@ -391,7 +390,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
             // written by the flusher.
             Box::pin(net::sit_out(&c.shared, pause)).await;
         }
-        match c.wait(&mut stream).await {
+        match c.wait(&mut conn).await {
             Wake::Input => c.clock.heard(Instant::now()),
             Wake::SocketClosed => return,
             Wake::Ended(e) => {
@@ -452,7 +451,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
             }
         }
     }
-    Box::pin(c.finish(stream)).await;
+    Box::pin(c.finish(conn)).await;
 }
 
 /// The reason of the 4001 close that ends a connection's credential: what
@@ -630,7 +629,7 @@ impl Conn {
     /// engine's verdict, the shard's sweep and the stop signal: this future
     /// is part of every idle connection, so it is kept lean (no timer of
     /// its own).
-    async fn wait(&mut self, stream: &mut TcpStream) -> Wake {
+    async fn wait(&mut self, conn: &mut Socket) -> Wake {
         let mut received = Vec::new();
         let wake = {
             let shared = self.shared.clone();
@@ -660,7 +659,7 @@ impl Conn {
                 }
                 if out.is_blocked() {
                     let written = link.flusher.poll_write_blocked(out, |bytes| {
-                        Pin::new(&mut *stream).poll_write(cx, bytes)
+                        Pin::new(&mut conn.stream).poll_write(cx, bytes)
                     });
                     if written == Poll::Ready(false) {
                         return Poll::Ready(Wake::SocketClosed);
@@ -672,7 +671,7 @@ impl Conn {
                     return Poll::Ready(Wake::Input);
                 }
                 if readable {
-                    if let Poll::Ready(r) = net::poll_read_with(stream, cx, &mut take) {
+                    if let Poll::Ready(r) = net::poll_read_with(conn, cx, &mut take) {
                         return Poll::Ready(match r {
                             Ok(0) | Err(_) => Wake::SocketClosed,
                             Ok(_) => Wake::Input,
@@ -716,23 +715,17 @@ impl Conn {
     /// Sends what is queued (within the write deadline), then lingers and
     /// closes. The subscriptions end first: nothing more is delivered to a
     /// closing connection.
-    async fn finish(mut self, mut stream: TcpStream) {
+    async fn finish(mut self, mut conn: Socket) {
         drop(self.inbox.take());
         self.link.early.borrow_mut().clear();
         self.link.early_bytes.set(0);
         let out = &self.link.out;
         out.close();
         let bytes = self.link.flusher.take(out);
-        let deadline = Duration::from_millis(self.shared.cfg.conn_write_timeout_ms);
-        let write = async { stream.write_all(&bytes).await.is_ok() };
-        let written = futures_lite::future::or(write, async {
-            glommio::timer::sleep(deadline).await;
-            false
-        })
-        .await;
+        let written = net::write_within(&self.shared, &mut conn, &bytes).await;
         drop(self);
         if written {
-            net::linger_close(stream).await;
+            net::linger_close(conn).await;
         }
     }
 
