@@ -111,6 +111,10 @@ pub struct Config {
     /// The PEM file of `--tls-cert`'s private key (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "ROOKERY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// An address to answer plain HTTP on with `308` to the same URL over
+    /// HTTPS (on `--listen`'s port), for clients that type `http://`.
+    #[arg(long, env = "ROOKERY_TLS_REDIRECT_FROM", requires = "tls_cert")]
+    pub tls_redirect_from: Option<SocketAddr>,
     /// Seconds of clock skew allowed when a JWT's `exp` and `nbf` are
     /// checked.
     #[arg(long, env = "ROOKERY_JWT_LEEWAY_S", default_value_t = 5)]

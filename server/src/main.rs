@@ -23,6 +23,7 @@ mod out;
 mod preflight;
 mod protocol;
 mod rates;
+mod redirect;
 mod revoked;
 mod routes;
 mod serve;
@@ -76,9 +77,13 @@ fn main() {
         },
         _ => None,
     };
-    if let Err(e) = check_port_free(cfg.listen) {
-        eprintln!("rookery: {e}");
-        std::process::exit(2);
+    let addrs = std::iter::once(("--listen", cfg.listen))
+        .chain(cfg.tls_redirect_from.map(|a| ("--tls-redirect-from", a)));
+    for (flag, addr) in addrs {
+        if let Err(e) = check_port_free(flag, addr) {
+            eprintln!("rookery: {e}");
+            std::process::exit(2);
+        }
     }
     if let Err(e) = preflight::check() {
         eprintln!("rookery: {e}");
@@ -96,7 +101,7 @@ fn main() {
 /// would otherwise start and silently take a share of the first one's
 /// connections. The probe binds without SO_REUSEPORT (which fails on any
 /// listening socket) and lets go before the shards bind.
-fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
+fn check_port_free(flag: &str, addr: std::net::SocketAddr) -> Result<(), String> {
     if addr.port() == 0 {
         return Ok(());
     }
@@ -104,7 +109,7 @@ fn check_port_free(addr: std::net::SocketAddr) -> Result<(), String> {
     // restart (TIME_WAIT) do not count as a server listening there; the
     // shards' listeners (SO_REUSEPORT) bind over them too.
     let refused =
-        |e: std::io::Error| format!("--listen {addr}: {e} (is another server listening there?)");
+        |e: std::io::Error| format!("{flag} {addr}: {e} (is another server listening there?)");
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,

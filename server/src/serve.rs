@@ -105,15 +105,24 @@ pub async fn run(
         }
     }
     let listener = match listen(shared.cfg.listen) {
-        Ok(l) => {
-            let _ = bound.send(Ok(()));
-            l
-        }
+        Ok(l) => l,
         Err(e) => {
             let _ = bound.send(Err(format!("binding {}: {e}", shared.cfg.listen)));
             return;
         }
     };
+    if let Some(addr) = shared.cfg.tls_redirect_from {
+        match listen(addr) {
+            Ok(l) => {
+                glommio::spawn_local(crate::redirect::serve(l, shared.clone())).detach();
+            }
+            Err(e) => {
+                let _ = bound.send(Err(format!("binding --tls-redirect-from {addr}: {e}")));
+                return;
+            }
+        }
+    }
+    let _ = bound.send(Ok(()));
     if let Some(node) = &shared.cluster {
         use crate::cluster::forward::{serve, Service};
         let requests = node.requests.clone();

@@ -238,6 +238,49 @@ fn https_and_wss_serve_real_clients() {
 }
 
 #[test]
+fn plain_http_is_redirected_to_https_when_asked() {
+    if single_process_only("a listener's TLS files") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path(), "a");
+    let plain = free_port();
+    let from = format!("127.0.0.1:{plain}");
+    let (mut child, port) = start_tls(dir.path(), &cert, &key, &["--tls-redirect-from", &from]);
+    let head = exchange(
+        plain,
+        format!("GET /api/rooms?after=3 HTTP/1.1\r\nHost: localhost:{plain}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    assert!(head.starts_with("HTTP/1.1 308"), "{head}");
+    let location = format!("location: https://localhost:{port}/api/rooms?after=3\r\n");
+    assert!(head.contains(&location), "{head}");
+    // curl follows it, over HTTPS (the API answers 401 without a token).
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-L",
+            "-m",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{url_effective}",
+        ])
+        .args(["--cacert", cert.to_str().unwrap()])
+        .arg(format!("http://localhost:{plain}/api/me"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(said, format!("401 https://localhost:{port}/api/me"));
+    // A Host that is no host sends nobody anywhere.
+    let head = exchange(plain, b"GET / HTTP/1.1\r\nHost: evil.com/x\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(!head.contains("location"), "{head}");
+    assert!(child.0.try_wait().unwrap().is_none(), "still running");
+}
+
+#[test]
 fn plain_garbage_and_silent_clients_are_closed_and_the_server_keeps_serving() {
     if single_process_only("a listener's TLS files") {
         return;
