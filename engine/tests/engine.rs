@@ -1271,6 +1271,20 @@ fn a_deleted_room_ends_its_subscriptions_and_answers_as_missing() {
         engine.delete_room(room).wait(),
         Err(Error::NotFound(_))
     ));
+    // Two deletes at once: one deletes, the other is refused (409 while
+    // the first runs, 404 after it); the shard goes on.
+    let twice = engine.create_room("twice", false, alice).wait().unwrap();
+    engine.post(twice, alice, "", "one").wait().unwrap();
+    let (first, second) = (engine.delete_room(twice), engine.delete_room(twice));
+    let outcomes = [first.wait(), second.wait()];
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(outcomes
+        .iter()
+        .any(|o| matches!(o, Err(Error::Conflict(_)) | Err(Error::NotFound(_)))));
     assert!(engine
         .history(room, Cursor::after(0, 100))
         .wait()

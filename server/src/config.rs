@@ -357,6 +357,12 @@ impl Config {
                 Ok(())
             }
         };
+        if self
+            .tls_redirect_from
+            .is_some_and(|a| a.port() == self.listen.port())
+        {
+            return Err("--tls-redirect-from must be another port than --listen's".into());
+        }
         self.durability()?;
         self.cluster()?;
         positive(self.http_head_bytes_max as u64, "http-head-bytes-max")?;
@@ -692,6 +698,17 @@ mod tests {
                     "a b",
                 ][..],
                 "--cluster-name",
+            ),
+            (
+                &[
+                    "--tls-cert",
+                    "c.pem",
+                    "--tls-key",
+                    "k.pem",
+                    "--tls-redirect-from",
+                    "0.0.0.0:8080",
+                ][..],
+                "--tls-redirect-from",
             ),
         ] {
             let err = parse(args).validate().unwrap_err();

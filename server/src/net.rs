@@ -256,9 +256,16 @@ pub(crate) async fn write_within(shared: &Shared, conn: &mut Socket, bytes: &[u8
     loop {
         let sealed = {
             let mut s = session.borrow_mut();
-            at += tls::seal(&mut s, &bytes[at..]);
+            match tls::seal(&mut s, &bytes[at..]) {
+                Ok(n) => at += n,
+                Err(_) => return false, // the session failed
+            }
             take_sealed(&mut s)
         };
+        // A pass that moves nothing would loop without yielding.
+        if sealed.is_empty() && at < bytes.len() {
+            return false;
+        }
         if !write_raw_within(shared, &mut conn.stream, &sealed).await {
             return false;
         }

@@ -21,7 +21,8 @@
 //! connection task while it is); nothing is written after `closed` is set,
 //! which the connection sets before its socket is closed (so a reused
 //! descriptor is never written to); an idle connection holds no buffer
-//! (drained buffers go back to the shard's pool).
+//! here (drained buffers go back to the shard's pool; a TLS session keeps
+//! its own, bounded, `tls.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
@@ -364,7 +365,11 @@ impl Flusher {
             if buf.is_empty() {
                 return Ok(true);
             }
-            let n = tls::seal(&mut s, &buf);
+            let n = tls::seal(&mut s, &buf)?;
+            if n == 0 && !s.wants_write() {
+                // Nothing taken and nothing to send: a pass would not move.
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
             self.written(&mut buf, n);
         }
     }

@@ -3,7 +3,7 @@
 //! HTTPS, and the connection closed.
 //!
 //! It serves nothing else and keeps nothing: each connection counts
-//! against its address's connection limit, has `--http-request-timeout-ms`
+//! against its address's connection limit (unless it is a trusted proxy), has `--http-request-timeout-ms`
 //! to send one request head of at most `--http-head-bytes-max`, and is
 //! closed after its answer. The target's host comes from the request's
 //! `Host`, checked to be a host name or address (a header that is not one
@@ -41,9 +41,12 @@ async fn answer(stream: glommio::net::TcpStream, shared: &Shared) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
-    let Some(_counted) = shared.limits.connect(peer.ip()) else {
+    // A trusted proxy's clients share its address: not held to the limit.
+    let trusted = crate::net::is_trusted_proxy(&shared.cfg.trusted_proxies, &peer.ip());
+    let counted = (!trusted).then(|| shared.limits.connect(peer.ip()));
+    if counted.as_ref().is_some_and(Option::is_none) {
         return; // past its address's limit: closed unanswered
-    };
+    }
     let mut conn = Socket { stream, tls: None };
     let limits = shared.cfg.http_limits();
     let deadline = Instant::now() + shared.cfg.request_timeout();
@@ -57,10 +60,14 @@ async fn answer(stream: glommio::net::TcpStream, shared: &Shared) {
                 break Response::error(status, code, &e.message());
             }
         }
-        match read_until(&mut conn, &mut buf, deadline).await {
-            Read::Bytes(_) => {}
-            Read::Closed => return,
-            Read::TimedOut => {
+        // A stopping shard closes it.
+        match shared
+            .unless_stopped(read_until(&mut conn, &mut buf, deadline))
+            .await
+        {
+            Some(Read::Bytes(_)) => {}
+            Some(Read::Closed) | None => return,
+            Some(Read::TimedOut) => {
                 break Response::error(408, "request_timeout", "request not completed in time")
             }
         }

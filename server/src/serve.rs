@@ -4,7 +4,8 @@
 //!
 //! A connection task owns its socket and the bytes of a request in
 //! progress; reads go through one scratch buffer per shard, borrowed only
-//! while a read is polled, so an idle connection holds no read buffer.
+//! while a read is polled, so an idle connection holds no read buffer
+//! (on TLS, its session keeps one of a few KiB, `tls.rs`).
 //! Framing decisions are `http::parse`'s. Invariant: a connection never
 //! holds a shard for longer than its deadlines (idle between requests,
 //! whole-request once a request has started), and a bad request is
@@ -286,25 +287,28 @@ async fn over_limit(mut conn: Socket, shared: Rc<Shared>, peer: std::net::IpAddr
     let deadline = Instant::now() + OVER_LIMIT_READ_TIMEOUT;
     let mut buf = Vec::new();
     let shook = tls_handshake(&shared, &mut conn, &mut buf, deadline).await;
-    let probe = if !shook {
-        None
+    // What it sent (`None`: nothing usable), and whether it can still be
+    // answered (not when it closed, or its TLS session failed).
+    let (probe, answerable) = if !shook {
+        (None, false)
     } else {
         loop {
             match http::parse(&buf, &limits) {
-                Ok(Some((req, _))) => break Some(req),
+                Ok(Some((req, _))) => break (Some(req), true),
                 Ok(None) => {}
-                Err(_) => break None,
+                Err(_) => break (None, true),
             }
             match read_until(&mut conn, &mut buf, deadline).await {
                 Read::Bytes(_) => {}
-                _ => break None,
+                Read::TimedOut => break (None, true),
+                Read::Closed => break (None, false),
             }
         }
     };
     shared
         .over_limit_reads
         .set(shared.over_limit_reads.get() - 1);
-    if !shook {
+    if !answerable {
         // Refused (counted), with no way to answer.
         let limits = &shared.limits;
         limits.connections_refused.fetch_add(1, Ordering::Relaxed);
@@ -349,14 +353,9 @@ async fn connection(
     // On TLS, the handshake first, within the time a request has (the
     // first request may come with its last flight).
     let began = Instant::now();
-    if !tls_handshake(
-        &shared,
-        &mut conn,
-        &mut buf,
-        began + shared.cfg.request_timeout(),
-    )
-    .await
-    {
+    let deadline = began + shared.cfg.request_timeout();
+    let shook = shared.unless_stopped(tls_handshake(&shared, &mut conn, &mut buf, deadline));
+    if shook.await != Some(true) {
         return None;
     }
     // When the request now in `buf` started (None: between requests).

@@ -165,6 +165,9 @@ pub fn feed(
     loop {
         if !raw.is_empty() {
             match session.read_tls(&mut raw) {
+                // After `close_notify`: what came before it is handed on
+                // first.
+                Ok(0) if handed > 0 => return Ok(Fed::Plain(handed)),
                 Ok(0) => return Ok(Fed::Closed),
                 Ok(_) => {}
                 // The plaintext buffer is full: it is drained below.
@@ -197,7 +200,10 @@ pub fn feed(
 
 /// Seals `plain` into the session's output, as much as it takes (up to
 /// [`SEALED_BYTES_MAX`] held); how many bytes it took.
-pub fn seal(session: &mut ServerConnection, plain: &[u8]) -> usize {
+///
+/// Errors: the session failed (a fatal alert sent or received): nothing
+/// more is written on it.
+pub fn seal(session: &mut ServerConnection, plain: &[u8]) -> std::io::Result<usize> {
     use std::io::Write;
-    session.writer().write(plain).unwrap_or(0)
+    session.writer().write(plain)
 }

@@ -71,6 +71,33 @@ fn start_tls(dir: &Path, cert: &Path, key: &Path, extra: &[&str]) -> (Running, u
     panic!("the TLS server did not start on any of five ports");
 }
 
+/// A TLS server with a certificate of its own (`a.pem`), and what it
+/// was started with.
+struct TlsServer {
+    /// The certificate and the data directory: bind it, or they are gone.
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    child: Running,
+    port: u16,
+}
+
+/// [`start_tls`] with `extra` in a directory of its own; `None` against a
+/// cluster (these tests are of one process's listener).
+fn tls_server(extra: &[&str]) -> Option<TlsServer> {
+    if single_process_only("a listener's TLS files") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path(), "a");
+    let (child, port) = start_tls(dir.path(), &cert, &key, extra);
+    Some(TlsServer {
+        _dir: dir,
+        cert,
+        child,
+        port,
+    })
+}
+
 /// One HTTPS request with curl, trusting only `ca`: (status, body); status
 /// 0 when curl could not make it (the certificate refused, say).
 fn curl(
@@ -170,12 +197,15 @@ asyncio.run(main())
 
 #[test]
 fn https_and_wss_serve_real_clients() {
-    if single_process_only("a listener's TLS files") {
+    let Some(TlsServer {
+        cert,
+        mut child,
+        port,
+        _dir,
+    }) = tls_server(&[])
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(dir.path(), "a");
-    let (mut child, port) = start_tls(dir.path(), &cert, &key, &[]);
+    };
     let (s, body) = curl(port, &cert, "GET", "/healthz", None, None);
     assert_eq!((s, body.as_str()), (200, r#"{"status":"ok"}"#));
     let token = register_tls(port, &cert, "tess");
@@ -282,17 +312,15 @@ fn plain_http_is_redirected_to_https_when_asked() {
 
 #[test]
 fn plain_garbage_and_silent_clients_are_closed_and_the_server_keeps_serving() {
-    if single_process_only("a listener's TLS files") {
+    let Some(TlsServer {
+        cert,
+        mut child,
+        port,
+        _dir,
+    }) = tls_server(&["--http-request-timeout-ms", "1000"])
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(dir.path(), "a");
-    let (mut child, port) = start_tls(
-        dir.path(),
-        &cert,
-        &key,
-        &["--http-request-timeout-ms", "1000"],
-    );
+    };
     // Plain HTTP on the TLS port: no answer in plain text, the socket
     // closed (with a TLS alert at most).
     let answer = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap_or_default();
@@ -500,4 +528,63 @@ fn bad_tls_files_stop_the_start_with_one_line() {
             assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
         }
     }
+}
+
+/// A client past its address's connection limit that completes a
+/// handshake and then breaks its TLS session is closed unanswered: the
+/// shard goes on serving (it once looped on the broken session).
+#[test]
+fn a_broken_session_past_the_connection_limit_is_closed_and_the_shard_serves_on() {
+    let Some(TlsServer {
+        cert,
+        mut child,
+        port,
+        _dir,
+    }) = tls_server(&["--connections-per-ip-max", "1", "--shards", "1"])
+    else {
+        return;
+    };
+    // The one connection the address may have, held open.
+    let _held = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    #[allow(deprecated)] // ring: as the server (src/tls.rs)
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = "localhost".try_into().unwrap();
+    let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut sock)
+            .expect("the over-limit connection's handshake");
+    }
+    // A record that is no valid ciphertext: the session fails.
+    sock.write_all(&[0x17, 0x03, 0x03, 0x00, 0x20]).unwrap();
+    sock.write_all(&[0xab; 0x20]).unwrap();
+    let mut sink = [0u8; 256];
+    let began = Instant::now();
+    while matches!(sock.read(&mut sink), Ok(n) if n > 0) {}
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    drop(_held);
+    // The one shard still serves.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while curl(port, &cert, "GET", "/healthz", None, None).0 != 200 {
+        assert!(Instant::now() < deadline, "the shard stopped serving");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "still running");
 }

@@ -17,7 +17,7 @@ use rookery_storage::Role;
 use super::access::Access;
 use super::mesh::Peer;
 use super::{now_ms, Shard};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::Event;
 
 /// The reason the `left` event ending a deleted room's subscriptions gives.
@@ -66,6 +66,11 @@ impl Shard {
 
     /// Owner side of `Engine::delete_room`.
     pub(super) async fn delete_room(&self, room: u64) -> Result<DeletedRoom> {
+        if matches!(self.access.borrow().get(&room), Some(Access::Deleting)) {
+            // One delete at a time: the first one's end would let posts in
+            // while a second one retires.
+            return Err(Error::Conflict(format!("room {room} is being deleted")));
+        }
         self.access_changed(room);
         self.access.borrow_mut().insert(room, Access::Deleting);
         let deleted = self.delete_steps(room).await;

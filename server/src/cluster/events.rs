@@ -5,8 +5,8 @@
 //! The wire form: the kind (one byte, `EventKind::code`), the room, the
 //! seq and the time (8 bytes each, little-endian), then the event's JSON.
 //! A `left` event ends one user's subscriptions to the room (removed from
-//! a private room, banned): its seq is that user; or, with seq 0
-//! ([`EVERYONE`]), every subscription to it (the room was deleted). A message that does not
+//! a private room, banned): its seq is that user; or, with
+//! [`EVERYONE`], every subscription to it (the room was deleted). A message that does not
 //! parse is dropped by the receiver, which fills any gap it leaves from
 //! the owner.
 
@@ -17,8 +17,8 @@ use rookery_engine::{Event, EventKind, EventTap, Tapped};
 const HEAD_BYTES: usize = 1 + 8 * 3;
 
 /// The user a `left` event names to end every subscription to its room
-/// (no user has id 0).
-pub const EVERYONE: u64 = 0;
+/// (no user has this id; 0 is the server's).
+pub const EVERYONE: u64 = u64::MAX;
 
 /// The subject room `room` of cluster `name` publishes its events on.
 pub fn room_subject(name: &str, room: u64) -> String {

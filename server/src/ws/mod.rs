@@ -21,7 +21,8 @@
 //! nothing a client sends can panic the shard; an idle connection holds no
 //! read or write buffer (reads go through the shard's scratch buffer, the
 //! adapter's read buffer is freed when drained, the output buffer goes
-//! back to the shard's pool).
+//! back to the shard's pool; a TLS connection's session keeps its own
+//! bounded buffers, `tls.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, IntoFuture};

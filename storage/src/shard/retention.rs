@@ -164,11 +164,13 @@ impl ShardStore {
             let Some(r) = st.rooms.get_mut(&room) else {
                 return Ok(0);
             };
-            assert_eq!(
-                r.durable_seq + 1,
-                r.next_seq,
-                "room {room} has appends under way while it is retired"
-            );
+            if r.durable_seq + 1 != r.next_seq {
+                // The caller's contract, broken: refused, not retired under
+                // an append.
+                return Err(Error::InvalidInput(format!(
+                    "room {room} has appends under way: it cannot be retired now"
+                )));
+            }
             let low = r.next_seq;
             if low <= r.low_seq {
                 return Ok(0);
