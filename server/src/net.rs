@@ -79,14 +79,7 @@ pub(crate) fn poll_read_with(
     loop {
         let mut fed = Ok(Fed::Plain(0));
         match poll_raw(&mut conn.stream, cx, &mut |raw| {
-            fed = PLAIN.with(|plain| {
-                tls::feed(
-                    &mut session.borrow_mut(),
-                    raw,
-                    &mut plain.borrow_mut(),
-                    take,
-                )
-            });
+            fed = feed(&session, raw, take)
         }) {
             Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
             Poll::Ready(Ok(_)) => {}
@@ -102,6 +95,18 @@ pub(crate) fn poll_read_with(
             Err(e) => return Poll::Ready(Err(e)),
         }
     }
+}
+
+/// [`tls::feed`] through the shard's plaintext buffer.
+fn feed(session: &Session, raw: &[u8], take: &mut impl FnMut(&[u8])) -> std::io::Result<Fed> {
+    PLAIN.with(|plain| {
+        tls::feed(
+            &mut session.borrow_mut(),
+            raw,
+            &mut plain.borrow_mut(),
+            take,
+        )
+    })
 }
 
 fn poll_raw(
@@ -189,12 +194,9 @@ pub(crate) async fn handshake(
         // One read at a time: what it makes the session answer is sent
         // (under the write deadline) before the next.
         let mut fed = Ok(Fed::Plain(0));
+        let mut keep = |bytes: &[u8]| buf.extend_from_slice(bytes);
         let read = read_raw_until(&mut conn.stream, deadline, |raw| {
-            fed = PLAIN.with(|plain| {
-                let mut plain = plain.borrow_mut();
-                let mut keep = |bytes: &[u8]| buf.extend_from_slice(bytes);
-                tls::feed(&mut session.borrow_mut(), raw, &mut plain, &mut keep)
-            });
+            fed = feed(&session, raw, &mut keep)
         })
         .await;
         if !matches!((read, fed), (Read::Bytes(_), Ok(Fed::Plain(_)))) {

@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use glommio::net::TcpListener;
 
-use crate::http::{self, Request, Response};
-use crate::net::{answer_and_close, read_until, Read, Socket};
+use crate::http::{Request, Response};
+use crate::net::{answer_and_close, Socket};
+use crate::serve::{count_connection, read_head, Head};
 use crate::shared::Shared;
 
 /// Accepts on `listener` until the shard stops.
@@ -41,36 +42,25 @@ async fn answer(stream: glommio::net::TcpStream, shared: &Shared) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
-    // A trusted proxy's clients share its address: not held to the limit.
-    let trusted = crate::net::is_trusted_proxy(&shared.cfg.trusted_proxies, &peer.ip());
-    let counted = (!trusted).then(|| shared.limits.connect(peer.ip()));
-    if counted.as_ref().is_some_and(Option::is_none) {
+    let Some(_counted) = count_connection(shared, peer.ip()) else {
         return; // past its address's limit: closed unanswered
-    }
+    };
     let mut conn = Socket { stream, tls: None };
     let limits = shared.cfg.http_limits();
     let deadline = Instant::now() + shared.cfg.request_timeout();
     let mut buf = Vec::new();
-    let resp = loop {
-        match http::parse(&buf, &limits) {
-            Ok(Some((req, _))) => break redirect(&req, shared.cfg.listen.port()),
-            Ok(None) => {}
-            Err(e) => {
-                let (status, code) = e.status();
-                break Response::error(status, code, &e.message());
-            }
+    // A stopping shard closes it.
+    let head = shared.unless_stopped(read_head(&mut conn, &mut buf, &limits, deadline));
+    let resp = match head.await {
+        Some(Head::Request(req)) => redirect(&req, shared.cfg.listen.port()),
+        Some(Head::Bad(e)) => {
+            let (status, code) = e.status();
+            Response::error(status, code, &e.message())
         }
-        // A stopping shard closes it.
-        match shared
-            .unless_stopped(read_until(&mut conn, &mut buf, deadline))
-            .await
-        {
-            Some(Read::Bytes(_)) => {}
-            Some(Read::Closed) | None => return,
-            Some(Read::TimedOut) => {
-                break Response::error(408, "request_timeout", "request not completed in time")
-            }
+        Some(Head::TimedOut) => {
+            Response::error(408, "request_timeout", "request not completed in time")
         }
+        Some(Head::Closed) | None => return,
     };
     answer_and_close(shared, conn, Vec::new(), resp).await;
 }

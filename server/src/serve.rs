@@ -200,6 +200,50 @@ struct Held {
     _pass: glommio::sync::Pass,
 }
 
+/// A new connection from `ip`, counted against its address's limit: its
+/// place (`None` inside: a trusted proxy, whose clients share its address
+/// and are not held to it), or `None` past the limit.
+pub(crate) fn count_connection(
+    shared: &Shared,
+    ip: std::net::IpAddr,
+) -> Option<Option<crate::limits::Counted>> {
+    if is_trusted_proxy(&shared.cfg.trusted_proxies, &ip) {
+        return Some(None);
+    }
+    shared.limits.connect(ip).map(Some)
+}
+
+/// What reading one request head gave.
+pub(crate) enum Head {
+    Request(http::Request),
+    Bad(http::HttpError),
+    TimedOut,
+    /// Closed, or its TLS session failed: nothing can be answered.
+    Closed,
+}
+
+/// Reads until `buf` holds one complete request under `limits`, by
+/// `deadline`.
+pub(crate) async fn read_head(
+    conn: &mut Socket,
+    buf: &mut Vec<u8>,
+    limits: &http::Limits,
+    deadline: Instant,
+) -> Head {
+    loop {
+        match http::parse(buf, limits) {
+            Ok(Some((req, _))) => return Head::Request(req),
+            Ok(None) => {}
+            Err(e) => return Head::Bad(e),
+        }
+        match read_until(conn, buf, deadline).await {
+            Read::Bytes(_) => {}
+            Read::TimedOut => return Head::TimedOut,
+            Read::Closed => return Head::Closed,
+        }
+    }
+}
+
 /// Counts the connection against its address's limit, then serves it; at
 /// the limit it is answered 429 and closed. An upgraded connection moves to
 /// a task of its own, so that what it costs while idle is only its
@@ -211,22 +255,17 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
     // Responses and events are small writes that must leave at once: no
     // Nagle delay waiting for the client's (delayed) acknowledgement.
     let _ = stream.set_nodelay(true);
-    let trusted = is_trusted_proxy(&shared.cfg.trusted_proxies, &peer.ip());
-    let counted = if trusted {
-        None
-    } else {
-        shared.limits.connect(peer.ip())
-    };
+    let counted = count_connection(&shared, peer.ip());
     // On a TLS listener each connection starts its session (the
     // handshake is the connection task's first read).
     let conn = Socket {
         stream,
         tls: shared.tls.as_ref().map(|t| t.accept()),
     };
-    if counted.is_none() && !trusted {
+    let Some(counted) = counted else {
         Box::pin(over_limit(conn, shared, peer.ip())).await;
         return;
-    }
+    };
     let held = Held {
         _counted: counted,
         _open: Open::new(shared.clone()),
@@ -287,33 +326,23 @@ async fn over_limit(mut conn: Socket, shared: Rc<Shared>, peer: std::net::IpAddr
     let deadline = Instant::now() + OVER_LIMIT_READ_TIMEOUT;
     let mut buf = Vec::new();
     let shook = tls_handshake(&shared, &mut conn, &mut buf, deadline).await;
-    // What it sent (`None`: nothing usable), and whether it can still be
-    // answered (not when it closed, or its TLS session failed).
-    let (probe, answerable) = if !shook {
-        (None, false)
-    } else {
-        loop {
-            match http::parse(&buf, &limits) {
-                Ok(Some((req, _))) => break (Some(req), true),
-                Ok(None) => {}
-                Err(_) => break (None, true),
-            }
-            match read_until(&mut conn, &mut buf, deadline).await {
-                Read::Bytes(_) => {}
-                Read::TimedOut => break (None, true),
-                Read::Closed => break (None, false),
-            }
-        }
+    let head = match shook {
+        true => read_head(&mut conn, &mut buf, &limits, deadline).await,
+        false => Head::Closed,
     };
     shared
         .over_limit_reads
         .set(shared.over_limit_reads.get() - 1);
-    if !answerable {
-        // Refused (counted), with no way to answer.
-        let limits = &shared.limits;
-        limits.connections_refused.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
+    let probe = match head {
+        Head::Request(req) => Some(req),
+        Head::Bad(_) | Head::TimedOut => None,
+        Head::Closed => {
+            // Refused (counted), with no way to answer.
+            let limits = &shared.limits;
+            limits.connections_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
     let resp = match probe {
         Some(mut req) if req.method == "GET" && is_probe(&req.path) => {
             req.peer = Some(peer);

@@ -269,14 +269,17 @@ fn https_and_wss_serve_real_clients() {
 
 #[test]
 fn plain_http_is_redirected_to_https_when_asked() {
-    if single_process_only("a listener's TLS files") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(dir.path(), "a");
     let plain = free_port();
     let from = format!("127.0.0.1:{plain}");
-    let (mut child, port) = start_tls(dir.path(), &cert, &key, &["--tls-redirect-from", &from]);
+    let Some(TlsServer {
+        cert,
+        mut child,
+        port,
+        _dir,
+    }) = tls_server(&["--tls-redirect-from", &from])
+    else {
+        return;
+    };
     let head = exchange(
         plain,
         format!("GET /api/rooms?after=3 HTTP/1.1\r\nHost: localhost:{plain}\r\n\r\n").as_bytes(),

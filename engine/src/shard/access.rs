@@ -302,23 +302,23 @@ impl Shard {
                     reason,
                 });
             }
-            for peer in (0..self.n).filter(|&p| p != self.id) {
-                self.push_peer(
-                    peer,
-                    Peer::Revoke {
-                        room,
-                        user: target,
-                        reason,
-                    },
-                );
-            }
-            self.revoke(room, target, reason);
+            self.revoke_everywhere(room, Some(target), reason);
         }
     }
 
-    /// Ends `user`'s subscriptions to `room` on this shard, each with a
-    /// `left` event (giving `reason`) as its last.
-    pub(super) fn revoke(&self, room: u64, user: u64, reason: &'static str) {
+    /// [`Shard::revoke`] on every shard: on the others through the same
+    /// FIFO channels as the room's events, so before any later event.
+    pub(super) fn revoke_everywhere(&self, room: u64, user: Option<u64>, reason: &'static str) {
+        for peer in (0..self.n).filter(|&p| p != self.id) {
+            self.push_peer(peer, Peer::Revoke { room, user, reason });
+        }
+        self.revoke(room, user, reason);
+    }
+
+    /// Ends `user`'s subscriptions to `room` on this shard (everyone's for
+    /// `None`: the room was deleted), each with a `left` event (giving
+    /// `reason`) as its last.
+    pub(super) fn revoke(&self, room: u64, user: Option<u64>, reason: &'static str) {
         let ids: Vec<u64> = match self.local.borrow().get(&room) {
             Some(ids) => ids.clone(),
             None => return,
@@ -328,7 +328,7 @@ impl Shard {
             let ended = {
                 let subs = self.subs.borrow();
                 match subs.get(&id) {
-                    Some(sub) if sub.user == Some(user) => {
+                    Some(sub) if user.is_none() || sub.user == user => {
                         sub.outlet.push(id, &left);
                         true
                     }

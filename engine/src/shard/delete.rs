@@ -15,10 +15,8 @@ use rookery_storage::meta::Room;
 use rookery_storage::Role;
 
 use super::access::Access;
-use super::mesh::Peer;
 use super::{now_ms, Shard};
 use crate::error::{Error, Result};
-use crate::event::Event;
 
 /// The reason the `left` event ending a deleted room's subscriptions gives.
 pub(crate) const DELETED: &str = "deleted";
@@ -94,36 +92,11 @@ impl Shard {
         if let Some(tap) = &self.cfg.event_tap {
             tap.see(crate::config::Tapped::RoomDeleted { room });
         }
-        for peer in (0..self.n).filter(|&p| p != self.id) {
-            self.push_peer(
-                peer,
-                Peer::RevokeRoom {
-                    room,
-                    reason: DELETED,
-                },
-            );
-        }
-        self.revoke_room(room, DELETED);
+        self.revoke_everywhere(room, None, DELETED);
         Ok(DeletedRoom {
             room: gone,
             members,
             messages,
         })
-    }
-
-    /// Ends every subscription to `room` on this shard, each with a `left`
-    /// event (giving `reason`) as its last.
-    pub(super) fn revoke_room(&self, room: u64, reason: &'static str) {
-        let ids: Vec<u64> = match self.local.borrow().get(&room) {
-            Some(ids) => ids.clone(),
-            None => return,
-        };
-        let left = Event::left(room, reason);
-        for id in ids {
-            if let Some(sub) = self.subs.borrow().get(&id) {
-                sub.outlet.push(id, &left);
-            }
-            self.unsubscribe(id);
-        }
     }
 }

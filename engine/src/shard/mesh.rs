@@ -44,17 +44,14 @@ pub(crate) enum Peer {
         head: u64,
         outcome: PageOutcome,
     },
-    /// `user` was removed from (or banned in) `room`: their subscriptions
-    /// to it end (with a `left` event giving `reason`) before any later
-    /// event of the room.
+    /// `user` was removed from (or banned in) `room`, or (`None`) the room
+    /// was deleted: their subscriptions to it end (with a `left` event
+    /// giving `reason`) before any later event of the room.
     Revoke {
         room: u64,
-        user: u64,
+        user: Option<u64>,
         reason: &'static str,
     },
-    /// `room` was deleted: every subscription to it ends (with a `left`
-    /// event giving `reason`).
-    RevokeRoom { room: u64, reason: &'static str },
     /// A post from shard `from`, answered with `Posted { token, .. }`.
     Post {
         room: u64,
@@ -161,7 +158,6 @@ impl Shard {
                 .detach();
             }
             Peer::Revoke { room, user, reason } => self.revoke(room, user, reason),
-            Peer::RevokeRoom { room, reason } => self.revoke_room(room, reason),
             Peer::Post {
                 room,
                 sender,

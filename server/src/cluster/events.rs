@@ -5,10 +5,10 @@
 //! The wire form: the kind (one byte, `EventKind::code`), the room, the
 //! seq and the time (8 bytes each, little-endian), then the event's JSON.
 //! A `left` event ends one user's subscriptions to the room (removed from
-//! a private room, banned): its seq is that user; or, with
-//! [`EVERYONE`], every subscription to it (the room was deleted). A message that does not
-//! parse is dropped by the receiver, which fills any gap it leaves from
-//! the owner.
+//! a private room, banned): its seq is that user; or, with [`EVERYONE`],
+//! every subscription to it (the room was deleted). A message that does
+//! not parse is dropped by the receiver, which fills any gap it leaves
+//! from the owner.
 
 use bytes::Bytes;
 use rookery_cluster::Link;

@@ -407,11 +407,12 @@ fn withdraw(txn: &WriteTransaction, room: u64, user: u64) -> Result<()> {
 }
 
 /// Checks the invariants a change of `target`'s standing could break,
-/// after it is applied and before it commits. The room's members are counted only when the
-/// change touched an owner (the target was one, or the actor's role
-/// changed while it was one): no other change can leave a room without its
-/// owner, and counting on every join made a join into a room of 20,000
-/// members cost 3.8 ms of CPU (now 0.14–0.17 ms, as in an empty room).
+/// after it is applied and before it commits. The room's members are
+/// counted only when the change touched an owner (the target was one, or
+/// the actor's role changed while it was one): no other change can leave
+/// a room without its owner, and counting on every join made a join into
+/// a room of 20,000 members cost 3.8 ms of CPU (now 0.14–0.17 ms, as in
+/// an empty room).
 fn check_room(
     txn: &WriteTransaction,
     room: u64,

@@ -54,26 +54,15 @@ impl ShardStore {
                 .collect();
             for room in rooms {
                 let new_low = self.retention_low(st, room, now_ms)?;
-                let r = st.rooms.get_mut(&room).expect("listed");
-                if new_low > r.low_seq {
-                    report.messages_expired += new_low - r.low_seq;
-                    r.low_seq = new_low;
+                let retired = raise_low(st, room, new_low);
+                if retired > 0 {
+                    report.messages_expired += retired;
                     lows.push((room, new_low));
-                    st.ops.push(Op::Retire {
-                        room,
-                        low_seq: new_low,
-                    });
-                    st.dirty_rooms.insert(room);
                 }
             }
         }
-        // The new low seqs are durable (meta) before any segment goes.
-        if let (Some(meta), false) = (self.inner.meta.clone(), lows.is_empty()) {
-            glommio::executor()
-                .spawn_blocking(move || meta.advance_low_seqs(&lows))
-                .await?;
-        }
-        self.checkpoint_now().await?;
+        // The new low seqs are durable before any segment goes.
+        self.persist_lows(lows).await?;
         let dead: Vec<(u32, u64)> = {
             let st = self.inner.st.borrow();
             st.segments
@@ -133,9 +122,7 @@ impl ShardStore {
         }
         Ok(new_low)
     }
-}
 
-impl ShardStore {
     /// Retires every message of `room` (the room was deleted): waits until
     /// what is queued is durable, then raises the room's low seq past its
     /// last seq, durably in `meta.redb`, before answering; the next
@@ -160,7 +147,6 @@ impl ShardStore {
         }
         let (low, retired) = {
             let mut st = self.inner.st.borrow_mut();
-            let st = &mut *st;
             let Some(r) = st.rooms.get_mut(&room) else {
                 return Ok(0);
             };
@@ -172,22 +158,41 @@ impl ShardStore {
                 )));
             }
             let low = r.next_seq;
-            if low <= r.low_seq {
-                return Ok(0);
+            let retired = raise_low(&mut st, room, low);
+            if retired > 0 {
+                // Its idempotency window is read again (from the low seq).
+                st.rooms.get_mut(&room).expect("present").idem = None;
             }
-            let retired = low - r.low_seq;
-            r.low_seq = low;
-            r.idem = None;
-            st.ops.push(Op::Retire { room, low_seq: low });
-            st.dirty_rooms.insert(room);
             (low, retired)
         };
-        if let Some(meta) = self.inner.meta.clone() {
-            glommio::executor()
-                .spawn_blocking(move || meta.advance_low_seqs(&[(room, low)]))
-                .await?;
+        if retired > 0 {
+            self.persist_lows(vec![(room, low)]).await?;
         }
-        self.checkpoint_now().await?;
         Ok(retired)
     }
+
+    /// Makes raised low seqs durable in `meta.redb`, then writes a
+    /// checkpoint (with their `Retire` ops).
+    async fn persist_lows(&self, lows: Vec<(u64, u64)>) -> Result<()> {
+        if let (Some(meta), false) = (self.inner.meta.clone(), lows.is_empty()) {
+            glommio::executor()
+                .spawn_blocking(move || meta.advance_low_seqs(&lows))
+                .await?;
+        }
+        self.checkpoint_now().await
+    }
+}
+
+/// Raises `room`'s low seq to `low` if that is higher (its index below it
+/// dropped at the next checkpoint); how many messages that retired.
+fn raise_low(st: &mut State, room: u64, low: u64) -> u64 {
+    let r = st.rooms.get_mut(&room).expect("a room with a state");
+    if low <= r.low_seq {
+        return 0;
+    }
+    let retired = low - r.low_seq;
+    r.low_seq = low;
+    st.ops.push(Op::Retire { room, low_seq: low });
+    st.dirty_rooms.insert(room);
+    retired
 }
