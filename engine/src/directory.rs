@@ -16,8 +16,8 @@ use rookery_storage::Meta;
 use crate::error::Result;
 
 pub use rookery_storage::meta::{
-    Ban, Invite, ListPage, MemberChange, MemberView, Role, Room, Standing, User,
-    INVITES_PER_USER_MAX,
+    Ban, Invite, ListPage, MemberChange, MemberEvent, MemberView, Role, Room, Standing, User,
+    INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
 };
 
 /// A handle on the directory (cheap to clone, usable from any thread).
@@ -184,5 +184,38 @@ impl Directory {
     /// The seq `user` has read up to in `room` (0 when none).
     pub fn read_seq(&self, room: u64, user: u64) -> Result<u64> {
         Ok(self.meta.read_seq(room, user)?)
+    }
+
+    // ---- durable readers (webhooks) ------------------------------------
+
+    /// Turns the membership feed on or off (see
+    /// [`rookery_storage::meta::MemberEvent`]).
+    pub fn set_member_feed(&self, on: bool) {
+        self.meta.set_member_feed(on)
+    }
+
+    /// The last membership feed entry written (0: none).
+    pub fn member_feed_end(&self) -> Result<u64> {
+        Ok(self.meta.member_feed_end()?)
+    }
+
+    /// Up to `len` membership feed entries after entry `after`.
+    pub fn member_feed_page(&self, after: u64, len: usize) -> Result<Vec<MemberEvent>> {
+        Ok(self.meta.member_feed_page(after, len)?)
+    }
+
+    /// Every durable reader's saved cursors: `(reader, stream, position)`.
+    pub fn feed_cursors(&self) -> Result<Vec<(String, u32, u64)>> {
+        Ok(self.meta.feed_cursors()?)
+    }
+
+    /// Saves reader `name`'s cursors, durably.
+    pub fn save_feed_cursors(&self, name: &str, cursors: &[(u32, u64)]) -> Result<()> {
+        Ok(self.meta.save_feed_cursors(name, cursors)?)
+    }
+
+    /// Forgets reader `name`'s cursors.
+    pub fn drop_feed_cursors(&self, name: &str) -> Result<()> {
+        Ok(self.meta.drop_feed_cursors(name)?)
     }
 }

@@ -41,6 +41,8 @@ struct Inner {
         )>,
     >,
     meta: Arc<Meta>,
+    /// Every shard's log, readable from any thread (webhooks).
+    feeds: rookery_storage::LogFeeds,
     /// The read-receipt writer's queue (shards hold clones) and thread.
     receipts: flume::Sender<ToWriter>,
     receipt_writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -149,6 +151,7 @@ impl Engine {
                 kicker: Mutex::new(Some(kicker)),
                 queues: Arc::new(Queues::new(senders, queued, cfg.command_queue_len_max)),
                 meta: store.meta().clone(),
+                feeds: store.feeds().clone(),
                 receipts,
                 receipt_writer: Mutex::new(Some(receipt_writer)),
                 receipt_stats,
@@ -180,6 +183,13 @@ impl Engine {
     /// The shard that owns `room`.
     pub fn shard_of(&self, room: u64) -> usize {
         rookery_storage::shard_of(room, self.shards() as u32) as usize
+    }
+
+    /// Every shard's log as a feed of acknowledged changes, readable from
+    /// any thread, with the holds that keep what durable readers still
+    /// need (see [`rookery_storage::LogFeeds`]).
+    pub fn feeds(&self) -> &rookery_storage::LogFeeds {
+        &self.inner.feeds
     }
 
     /// Accounts, sessions, rooms and members (blocking calls; from a

@@ -49,8 +49,8 @@ mod subscription;
 pub use config::{EngineConfig, EventTap, Tapped};
 pub use consumer::{Delivery, LocalSink};
 pub use directory::{
-    Ban, Directory, Invite, ListPage, MemberChange, MemberView, Role, Room, Standing, User,
-    INVITES_PER_USER_MAX,
+    Ban, Directory, Invite, ListPage, MemberChange, MemberEvent, MemberView, Role, Room, Standing,
+    User, INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
 };
 pub use engine::{Engine, ShardTask};
 pub use error::{Error, Result};
@@ -60,8 +60,9 @@ pub use metrics::{micros_histogram, Latencies, Metrics, ShardCounters, ShardGaug
 pub use reply::Pending;
 pub use rookery_storage::meta::SERVER_USER;
 pub use rookery_storage::{
-    Cursor, Durability, IdFilter, Order, Replicated, Retention, RetentionReport, ShardStats,
-    StorageConfig, QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
+    ArchivedRecord, Cursor, Doorbell, Durability, FeedRead, IdFilter, LogFeed, LogFeeds, Order,
+    Pos, Replicated, Retention, RetentionReport, ShardStats, StorageConfig, QUIET_LOG_DIRECTIVE,
+    SYNC_BATCH_BOUNDS,
 };
 pub use rules::{decide, role_word, MemberOp, Membership};
 pub use shard::{DeletedRoom, HistoryPage, PostAck, StoredMessage};

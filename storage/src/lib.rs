@@ -22,6 +22,7 @@
 pub mod chunk;
 mod config;
 mod error;
+mod feed;
 mod index;
 mod log;
 pub mod manifest;
@@ -44,6 +45,7 @@ pub use config::{Durability, IdFilter, LogObserver, StorageConfig};
 /// `glommio::reactor` logs nothing else.
 pub const QUIET_LOG_DIRECTIVE: &str = "glommio::reactor=off";
 pub use error::{Error, Result};
+pub use feed::{Doorbell, FeedRead, LogFeed, LogFeeds};
 pub use index::RoomRow;
 pub use manifest::Manifest;
 pub use meta::{ListPage, Meta, Replicated, Role, ROOM_PAGE_SCAN_ROWS_MAX};
@@ -59,6 +61,7 @@ pub use shard::{
 pub struct Store {
     cfg: StorageConfig,
     meta: Arc<Meta>,
+    feeds: LogFeeds,
 }
 
 impl Store {
@@ -72,7 +75,10 @@ impl Store {
             Meta::open(&cfg.data_dir.join("meta.redb"), cfg.meta_cache_bytes)?
                 .with_id_filter(cfg.id_filter.clone()),
         );
-        Ok(Store { cfg, meta })
+        // Held before any shard opens: no compaction may take what a
+        // durable reader resumes from.
+        let feeds = LogFeeds::new(&meta.feed_holds(cfg.shards)?);
+        Ok(Store { cfg, meta, feeds })
     }
 
     /// The configuration the store was opened with.
@@ -83,6 +89,11 @@ impl Store {
     /// The shared metadata database.
     pub fn meta(&self) -> &Arc<Meta> {
         &self.meta
+    }
+
+    /// Every shard's log as a feed of changes (see [`LogFeeds`]).
+    pub fn feeds(&self) -> &LogFeeds {
+        &self.feeds
     }
 
     /// The data directory.
@@ -105,7 +116,13 @@ impl Store {
                 self.cfg.shards
             )));
         }
-        ShardStore::open(&self.cfg, shard, Some(self.meta.clone())).await
+        ShardStore::open(
+            &self.cfg,
+            shard,
+            Some(self.meta.clone()),
+            Some(self.feeds.clone()),
+        )
+        .await
     }
 }
 

@@ -126,6 +126,14 @@ impl LogWriter {
         self.segment
     }
 
+    /// Position just past the last frame written.
+    pub(crate) fn end(&self) -> Pos {
+        Pos {
+            segment: self.segment,
+            offset: self.end,
+        }
+    }
+
     /// Position just past the last synced frame.
     pub(crate) fn synced(&self) -> Pos {
         Pos {

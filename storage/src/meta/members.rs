@@ -16,7 +16,11 @@ impl Meta {
         self.write(|txn| {
             require_room(&txn.open_table(ROOMS)?, room)?;
             require_user(&txn.open_table(USERS)?, user)?;
-            put_member(txn, room, user, role)
+            let joined = put_member(txn, room, user, role)?;
+            if joined {
+                self.note_member(txn, (room, user, SERVER_USER, true), feed::now_ms())?;
+            }
+            Ok(joined)
         })
     }
 

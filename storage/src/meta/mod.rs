@@ -55,6 +55,7 @@ use redb::{
 use crate::config::IdFilter;
 use crate::error::{Error, Result};
 
+mod feed;
 mod members;
 mod migrate;
 mod receipts;
@@ -65,6 +66,7 @@ mod standing;
 mod tests;
 mod users;
 
+pub use feed::{MemberEvent, MEMBER_FEED_LEN_MAX, MEMBER_FEED_STREAM};
 use rooms::last_seq;
 pub use standing::{
     Ban, Invite, MemberChange, MemberView, Standing, INVITES_PER_USER_MAX, SERVER_USER,
@@ -120,6 +122,14 @@ const DELETED_ROOMS: TableDefinition<u64, u64> = TableDefinition::new("deleted_r
 /// here, not in a shard index, because it is not derivable from the log:
 /// after an index rebuild, retired messages must stay retired.
 const RETENTION: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("retention");
+
+/// Durable readers' positions: (reader, stream) -> position (see
+/// `feed.rs`).
+const FEED_CURSORS: TableDefinition<(&str, u32), u64> = TableDefinition::new("feed_cursors");
+
+/// The membership feed: entry -> (room, user, by, when ms, joined).
+const MEMBER_FEED: TableDefinition<u64, (u64, u64, u64, u64, bool)> =
+    TableDefinition::new("member_feed");
 
 const USER_COUNTER: &str = "user";
 
@@ -236,6 +246,8 @@ pub struct Meta {
     db: Database,
     /// Which user and room ids this file may hand out (all when `None`).
     ids: Option<IdFilter>,
+    /// Joins and leaves go into the membership feed.
+    member_feed: std::sync::atomic::AtomicBool,
 }
 
 impl Meta {
@@ -262,9 +274,15 @@ impl Meta {
         txn.open_table(USER_INVITES)?;
         txn.open_table(FORMER)?;
         txn.open_table(DELETED_ROOMS)?;
+        txn.open_table(FEED_CURSORS)?;
+        txn.open_table(MEMBER_FEED)?;
         migrate::upgrade(&txn)?;
         txn.commit()?;
-        Ok(Meta { db, ids: None })
+        Ok(Meta {
+            db,
+            ids: None,
+            member_feed: Default::default(),
+        })
     }
 
     /// Restricts the user and room ids this file hands out to those

@@ -20,6 +20,7 @@ impl Meta {
             let row = (name, private, creator, now_ms, 0);
             insert_room(txn, id, row)?;
             put_member(txn, id, creator, Role::Owner)?;
+            self.note_member(txn, (id, creator, creator, true), now_ms)?;
             Ok(id)
         })
     }
@@ -49,6 +50,7 @@ impl Meta {
             require_user(&txn.open_table(USERS)?, creator)?;
             insert_room(txn, id, (name, private, creator, now_ms, 0))?;
             put_member(txn, id, creator, Role::Owner)?;
+            self.note_member(txn, (id, creator, creator, true), now_ms)?;
             bump_counter(txn, ROOM_COUNTER, id)
         })
     }

@@ -119,6 +119,15 @@ impl Meta {
         if !change.is_empty() {
             apply(&txn, room, actor, target, now_ms, &change)?;
             check_room(&txn, room, target, &view, &change)?;
+            let was = view.target.role.is_some();
+            let is = match (change.role, change.ban) {
+                (Some(role), _) => role.is_some(),
+                (None, Some(true)) => false,
+                (None, _) => was,
+            };
+            if was != is {
+                self.note_member(&txn, (room, target, actor, is), now_ms)?;
+            }
         }
         txn.commit().map_err(Error::from)?;
         Ok((view, change))

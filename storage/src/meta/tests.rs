@@ -1086,3 +1086,60 @@ fn a_deleted_room_leaves_no_row_and_its_id_is_never_taken_again() {
     // Only the room made since is left.
     assert_eq!(room_ids(), [again]);
 }
+
+#[test]
+fn the_member_feed_numbers_joins_and_leaves_only_while_on() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let quiet = meta.create_room("quiet", false, alice, 1).unwrap();
+    assert!(meta.add_member(quiet, bob, Role::Member).unwrap());
+    assert_eq!(meta.member_feed_end().unwrap(), 0, "off: nothing written");
+
+    meta.set_member_feed(true);
+    let room = meta.create_room("r", false, alice, 2).unwrap();
+    assert!(meta.add_member(room, bob, Role::Member).unwrap());
+    // A role change is neither a join nor a leave.
+    assert!(!meta.add_member(room, bob, Role::Admin).unwrap());
+    let leave = MemberChange {
+        role: Some(None),
+        ..MemberChange::default()
+    };
+    meta.change_membership(room, bob, bob, 7, write(leave))
+        .unwrap();
+    let ban = MemberChange {
+        ban: Some(true),
+        ..MemberChange::default()
+    };
+    // Banning someone who is not a member is no leave.
+    meta.change_membership(room, alice, bob, 8, write(ban))
+        .unwrap();
+    meta.change_membership(quiet, alice, bob, 9, write(ban))
+        .unwrap();
+    let got: Vec<_> = meta
+        .member_feed_page(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id, e.room, e.user, e.by, e.joined))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, room, alice, alice, true),
+            (2, room, bob, SERVER_USER, true),
+            (3, room, bob, bob, false),
+            (4, quiet, bob, alice, false),
+        ]
+    );
+    assert_eq!(meta.member_feed_end().unwrap(), 4);
+    assert_eq!(meta.member_feed_page(2, 1).unwrap()[0].id, 3);
+    assert!(meta.member_feed_page(4, 10).unwrap().is_empty());
+
+    meta.save_feed_cursors("hook", &[(0, 7 << 32 | 32), (MEMBER_FEED_STREAM, 3)])
+        .unwrap();
+    meta.save_feed_cursors("other", &[(0, 9 << 32 | 32), (1, 5 << 32 | 64)])
+        .unwrap();
+    assert_eq!(meta.feed_holds(3).unwrap(), [Some(7), Some(5), None]);
+    meta.drop_feed_cursors("hook").unwrap();
+    assert_eq!(meta.feed_holds(3).unwrap(), [Some(9), Some(5), None]);
+    assert_eq!(meta.feed_cursors().unwrap().len(), 2);
+}

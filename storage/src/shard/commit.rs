@@ -125,6 +125,7 @@ impl ShardStore {
         let mut last_sync = Instant::now();
         let mut positions = Vec::new();
         let mut sealed = Vec::new();
+        self.announce(&writer);
         loop {
             let (has_work, wants_ckpt, closing) = {
                 let st = inner.st.borrow();
@@ -151,6 +152,8 @@ impl ShardStore {
                     .await
                 {
                     self.fail(e.to_string());
+                } else {
+                    self.announce(&writer);
                 }
             }
             let due = last_checkpoint.elapsed() >= interval;
@@ -177,6 +180,17 @@ impl ShardStore {
             match writer.close().await {
                 Ok(s) => self.sealed(s),
                 Err(e) => self.fail(e.to_string()),
+            }
+        }
+    }
+
+    /// Tells readers outside the shard that everything the writer wrote
+    /// is acknowledged (called once the batch's appends resolved).
+    fn announce(&self, writer: &LogWriter) {
+        if let Some(feed) = self.feed() {
+            feed.publish(writer.end());
+            if let Some(feeds) = &self.inner.feeds {
+                feeds.doorbell().ring();
             }
         }
     }

@@ -458,8 +458,8 @@ impl ShardStore {
     }
 
     /// Runs of the live log (in log order) whose files `pick` chooses:
-    /// each run contiguous, all before the checkpoint, bounded by
-    /// `compaction_input_bytes_max`.
+    /// each run contiguous, all before the checkpoint and before what
+    /// readers hold, bounded by `compaction_input_bytes_max`.
     fn runs(&self, pick: impl Fn(&LogFile, &SegmentInfo) -> bool) -> Vec<Vec<LogFile>> {
         let st = self.inner.st.borrow();
         let cap = self.inner.cfg.compaction_input_bytes_max;
@@ -469,7 +469,10 @@ impl ShardStore {
         for f in log_files(&st) {
             let info = &st.segments[&f.id];
             let before_ckpt = segment::is_compacted(f.id) || f.id < st.checkpoint.segment;
-            let chosen = before_ckpt && info.sealed_end.is_some() && pick(&f, info);
+            // A segment a reader outside the shard holds stays as it is
+            // (and so do the ones after it: the run ends there).
+            let chosen =
+                before_ckpt && !self.held(f.id) && info.sealed_end.is_some() && pick(&f, info);
             let size = info.sealed_end.unwrap_or(0) as u64;
             let fits = current.is_empty() || bytes + size <= cap;
             if (!chosen || !fits) && !current.is_empty() {

@@ -40,6 +40,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::chunk::{self, chunk_of, idem_hash, Chunk, Entry};
 use crate::config::{Durability, StorageConfig};
 use crate::error::{Error, Result};
+use crate::feed::{LogFeed, LogFeeds};
 use crate::index::{self, Batch, Committed, Op, RoomRow};
 use crate::log::{sync_dir, LogWriter, Sealed};
 use crate::meta::Meta;
@@ -433,6 +434,9 @@ struct Inner {
     index_thread: RefCell<Option<std::thread::JoinHandle<()>>>,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     closed: Cell<bool>,
+    /// Where readers outside the shard learn what is acknowledged, and
+    /// what they hold (see `feed.rs`).
+    feeds: Option<LogFeeds>,
     /// A compaction or retention pass holds the maintenance turn.
     maintenance: Cell<bool>,
     maintenance_done: Notify,
@@ -459,6 +463,7 @@ impl ShardStore {
         cfg: &StorageConfig,
         shard: u32,
         meta: Option<Arc<Meta>>,
+        feeds: Option<LogFeeds>,
     ) -> Result<ShardStore> {
         let shard_dir = cfg.data_dir.join(format!("shard-{shard}"));
         let log_dir = shard_dir.join("log");
@@ -552,10 +557,14 @@ impl ShardStore {
             index_thread: RefCell::new(Some(thread)),
             tasks: RefCell::new(Vec::new()),
             closed: Cell::new(false),
+            feeds,
             maintenance: Cell::new(false),
             maintenance_done: Notify::default(),
         });
         let store = ShardStore { inner };
+        if let Some(feed) = store.feed() {
+            feed.opened(&store.inner.log_dir);
+        }
         let ack_task = glommio::spawn_local(store.clone().index_acks(done_rx)).detach();
         store.inner.tasks.borrow_mut().push(ack_task);
         let recovered = store.recover(&ids).await;
@@ -575,6 +584,17 @@ impl ShardStore {
         // Make the recovered state durable before serving.
         store.checkpoint_now().await?;
         Ok(store)
+    }
+
+    /// This shard's feed, if readers outside the shard may follow it.
+    fn feed(&self) -> Option<&LogFeed> {
+        let feeds = self.inner.feeds.as_ref()?;
+        Some(feeds.shard(self.inner.shard as usize))
+    }
+
+    /// Whether a reader outside the shard still needs `segment` as it is.
+    fn held(&self, segment: u32) -> bool {
+        self.feed().is_some_and(|f| f.holds(segment))
     }
 
     /// The shard number.

@@ -1,6 +1,6 @@
 //! Retention: per-room limits by count and age, low seqs made durable in
 //! `meta.redb` before anything is deleted, and deletion of sealed segments
-//! that hold nothing live.
+//! that hold nothing live (and nothing a reader outside the shard holds).
 
 use super::*;
 
@@ -69,6 +69,7 @@ impl ShardStore {
                 .iter()
                 .filter(|(id, info)| {
                     (**id < st.checkpoint.segment || segment::is_compacted(**id))
+                        && !self.held(**id)
                         && info.sealed_end.is_some()
                         && info
                             .rooms
