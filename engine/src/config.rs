@@ -125,7 +125,8 @@ impl EventTap {
         EventTap(std::sync::Arc::new(see))
     }
 
-    pub(crate) fn see(&self, tapped: Tapped<'_>) {
+    /// Shows it `tapped` (how a tap passes what it sees on to another).
+    pub fn see(&self, tapped: Tapped<'_>) {
         (self.0)(tapped)
     }
 }

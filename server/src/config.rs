@@ -49,6 +49,11 @@ pub struct Config {
     /// edits dropped; docs/storage.md); 0 turns background compaction off.
     #[arg(long, env = "ROOKERY_COMPACTION_INTERVAL_MS", default_value_t = 60_000)]
     pub compaction_interval_ms: u64,
+    /// Bytes of one log segment file (1 MiB..=1 GiB): the unit in which
+    /// compaction rewrites, retention deletes and a webhook's backlog is
+    /// bounded.
+    #[arg(long, env = "ROOKERY_SEGMENT_BYTES_MAX", default_value_t = 64 << 20)]
+    pub segment_bytes_max: u32,
     /// The text of a deleted message is gone from every file of the data
     /// directory within this many milliseconds (plus one compaction
     /// interval and the rewrite).
@@ -103,6 +108,12 @@ pub struct Config {
     /// the same file.
     #[arg(long, env = "ROOKERY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// A TOML file of webhooks (receivers of messages, edits, deletes,
+    /// joins, leaves and presence, docs/operations.md), read at start and
+    /// again on SIGHUP. Each node of a cluster delivers the events of the
+    /// rooms it owns.
+    #[arg(long, env = "ROOKERY_WEBHOOKS_FILE")]
+    pub webhooks_file: Option<PathBuf>,
     /// A PEM file of the certificate chain (the server's own first) to
     /// serve HTTPS and WSS with on `--listen`, instead of plain HTTP; with
     /// `--tls-key`. Both are re-read on SIGHUP.
@@ -390,6 +401,9 @@ impl Config {
                 "--spin-before-park-us must be <= {SPIN_BEFORE_PARK_US_MAX}"
             ));
         }
+        if !(1 << 20..=1 << 30).contains(&self.segment_bytes_max) {
+            return Err("--segment-bytes-max must be in 1048576..=1073741824".into());
+        }
         if self.jwt_leeway_s > JWT_LEEWAY_S_MAX {
             return Err(format!("--jwt-leeway-s must be <= {JWT_LEEWAY_S_MAX}"));
         }
@@ -477,6 +491,7 @@ impl Config {
             cfg.storage.durability = d;
         }
         cfg.storage.compaction_interval_ms = self.compaction_interval_ms;
+        cfg.storage.segment_bytes_max = self.segment_bytes_max;
         cfg.spin_before_park = Duration::from_micros(self.spin_before_park_us);
         cfg.storage.deleted_text_delay_ms = self.deleted_text_delay_ms;
         cfg.rooms_must_exist = true;
@@ -656,6 +671,11 @@ mod tests {
                 "--conn-write-timeout-ms",
             ),
             (&["--jwt-leeway-s", "3600"][..], "--jwt-leeway-s"),
+            (&["--segment-bytes-max", "65536"][..], "--segment-bytes-max"),
+            (
+                &["--segment-bytes-max", "2147483648"][..],
+                "--segment-bytes-max",
+            ),
             (
                 &["--spin-before-park-us", "10001"][..],
                 "--spin-before-park-us",

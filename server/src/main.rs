@@ -31,6 +31,7 @@ mod shared;
 mod stats;
 mod sweep;
 mod tls;
+mod webhooks;
 mod ws;
 
 use std::rc::Rc;
@@ -67,6 +68,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let hooks = match webhooks::Webhooks::load(cfg.webhooks_file.clone()) {
+        Ok(hooks) => Arc::new(hooks),
+        Err(e) => {
+            eprintln!("rookery: {e}");
+            std::process::exit(2);
+        }
+    };
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => match tls::Tls::load(cert, key) {
             Ok(tls) => Some(Arc::new(tls)),
@@ -90,7 +98,7 @@ fn main() {
         std::process::exit(1);
     }
     init_tracing();
-    if let Err(e) = run(cfg, Reloadable { keys, tls }) {
+    if let Err(e) = run(cfg, Reloadable { keys, tls, hooks }) {
         eprintln!("rookery: {e:#}");
         std::process::exit(1);
     }
@@ -141,6 +149,7 @@ fn init_tracing() {
 struct Reloadable {
     keys: Arc<keys::ApiKeys>,
     tls: Option<Arc<tls::Tls>>,
+    hooks: Arc<webhooks::Webhooks>,
 }
 
 fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
@@ -148,7 +157,7 @@ fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     // SIGHUP too, before anything starts: its default would end the process.
     reload_on_sighup(reloadable.clone()).context("installing the SIGHUP handler")?;
-    let Reloadable { keys, tls } = reloadable;
+    let Reloadable { keys, tls, hooks } = reloadable;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating --data-dir {}", cfg.data_dir.display()))?;
     // A cluster node joins before anything serves: a node list that differs
@@ -175,11 +184,18 @@ fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
     // Built once: the shards' relays take its queue bounds, the engine the
     // rest.
     let mut engine_cfg = cfg.engine_config();
-    if let Some(node) = &node {
-        // The owner publishes its rooms' events for the other nodes.
-        let tap = cluster::events::tap(node.link.clone(), node.cfg.name.clone());
-        engine_cfg.event_tap = Some(tap);
-    }
+    // The owner publishes its rooms' events for the other nodes, and
+    // queues presence for the webhooks.
+    let cluster_tap = node
+        .as_ref()
+        .map(|node| cluster::events::tap(node.link.clone(), node.cfg.name.clone()));
+    let tap_hooks = hooks.clone();
+    engine_cfg.event_tap = Some(rookery_engine::EventTap::new(move |tapped| {
+        if let Some(tap) = &cluster_tap {
+            tap.see(tapped);
+        }
+        tap_hooks.see(tapped);
+    }));
     let relay_bounds = cluster::relay::Bounds {
         queue_bytes_max: engine_cfg.outbound_queue_bytes_max,
         volatile_bytes_max: engine_cfg.volatile_queue_bytes_max,
@@ -208,7 +224,7 @@ fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
     let (drained_tx, drained_rx) = flume::unbounded();
     let sampler = Arc::new(Mutex::new(stats::Sampler::new(cfg.stats_samples_max)));
     let task: ShardTask = {
-        let (http, sampler) = (http.clone(), sampler.clone());
+        let (http, sampler, hooks) = (http.clone(), sampler.clone(), hooks.clone());
         let (cfg, stopping) = (cfg.clone(), stopping.clone());
         Arc::new(move |shard, engine: Engine| {
             let local = engine.local().expect("shard tasks run on their shard");
@@ -243,6 +259,7 @@ fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
                 hashing: hashing.clone(),
                 keys: keys.clone(),
                 tls: tls.clone(),
+                webhooks: hooks.clone(),
                 stop: Rc::new(glommio::sync::Semaphore::new(0)),
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),
@@ -275,6 +292,10 @@ fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
             return Err(e);
         }
     }
+    if let Err(e) = hooks.start(engine.clone()) {
+        let _ = engine.shutdown();
+        return Err(anyhow::Error::new(e).context("starting the webhooks"));
+    }
     // The stats thread is not joined: it ends by itself once stopping is
     // set or the engine is gone, and a reading in progress must not hold
     // up the bounded shutdown.
@@ -304,11 +325,11 @@ fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
-    shutdown_within(engine, &cfg, drained_rx)
+    shutdown_within(engine, &cfg, drained_rx, hooks)
 }
 
 /// Re-reads what may change while serving on each SIGHUP (the API keys,
-/// the TLS certificate and key); a file that is bad keeps what was served
+/// the webhooks, the TLS certificate and key); a file that is bad keeps what was served
 /// and logs why.
 fn reload_on_sighup(r: Reloadable) -> std::io::Result<()> {
     let mut hups = Signals::new([signal_hook::consts::SIGHUP])?;
@@ -320,6 +341,13 @@ fn reload_on_sighup(r: Reloadable) -> std::io::Result<()> {
                     Ok(n) if r.keys.enabled() => tracing::info!(keys = n, "API keys reloaded"),
                     Ok(_) => {}
                     Err(e) => tracing::error!("API keys not reloaded (the old ones stay): {e}"),
+                }
+                match r.hooks.configured().then(|| r.hooks.reload()) {
+                    Some(Ok(n)) => tracing::info!(webhooks = n, "webhooks reloaded"),
+                    Some(Err(e)) => {
+                        tracing::error!("webhooks not reloaded (the running ones stay): {e}")
+                    }
+                    None => {}
                 }
                 match r.tls.as_ref().map(|t| t.reload()) {
                     Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
@@ -341,6 +369,7 @@ fn shutdown_within(
     engine: Engine,
     cfg: &Config,
     drained: flume::Receiver<usize>,
+    hooks: Arc<webhooks::Webhooks>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + cfg.shutdown_timeout();
@@ -358,6 +387,8 @@ fn shutdown_within(
     );
     let (done_tx, done_rx) = flume::bounded(1);
     std::thread::spawn(move || {
+        // The webhooks save their cursors while the store is open.
+        hooks.stop();
         let _ = done_tx.send(engine.shutdown());
     });
     match done_rx.recv_deadline(deadline) {

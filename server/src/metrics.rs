@@ -142,14 +142,15 @@ impl EncodeMetric for MicrosHistogram {
     }
 }
 
-/// A histogram per HTTP route, encoded as one family labelled `route`.
+/// Histograms encoded as one family with one label (`route` for HTTP
+/// routes, `webhook` for webhooks).
 #[derive(Debug)]
-struct ByRoute(Vec<(&'static str, hdrhistogram::Histogram<u64>)>);
+struct ByLabel(&'static str, Vec<(String, hdrhistogram::Histogram<u64>)>);
 
-impl EncodeMetric for ByRoute {
+impl EncodeMetric for ByLabel {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (route, h) in &self.0 {
-            let labels: Labels = vec![("route".into(), route.to_string())];
+        for (value, h) in &self.1 {
+            let labels: Labels = vec![(self.0.into(), value.clone())];
             MicrosHistogram(h.clone()).encode(encoder.encode_family(&labels)?)?;
         }
         Ok(())
@@ -530,15 +531,18 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
                 .add(h);
         }
     }
-    let mut routes: Vec<_> = durations.into_iter().collect();
-    routes.sort_by_key(|(route, _)| *route);
+    let mut routes: Vec<_> = durations
+        .into_iter()
+        .map(|(route, h)| (route.to_string(), h))
+        .collect();
+    routes.sort_by(|a, b| a.0.cmp(&b.0));
     // One family with a `route` label: a registration per route would
     // repeat the family's HELP and TYPE, which scrapers reject.
     r.register_with_unit(
         "http_request_duration",
         "Time to handle an HTTP request, by route",
         Unit::Seconds,
-        ByRoute(routes),
+        ByLabel("route", routes),
     );
     let closes = labelled_counters(
         http,
@@ -687,7 +691,103 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
         "Bytes of drained output buffers kept for reuse",
         flush(|f| f.pooled.load(Ordering::Relaxed) as i64),
     );
+    register_webhooks(&mut r, &shared.webhooks.stats());
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)?;
     Ok(out)
+}
+
+/// One family of a value per webhook, labelled `webhook`.
+fn per_hook<M: Default + Clone>(
+    hooks: &[(String, std::sync::Arc<crate::webhooks::HookStats>)],
+    read: fn(&crate::webhooks::HookStats) -> u64,
+    set: impl Fn(&M, u64),
+) -> Family<Labels, M> {
+    let family = Family::<Labels, M>::default();
+    for (hook, stats) in hooks {
+        set(
+            &family.get_or_create(&vec![("webhook".into(), hook.clone())]),
+            read(stats),
+        );
+    }
+    family
+}
+
+/// The webhooks' families, labelled `webhook`.
+fn register_webhooks(
+    r: &mut Registry,
+    hooks: &[(String, std::sync::Arc<crate::webhooks::HookStats>)],
+) {
+    use crate::webhooks::HookStats;
+    type Read = fn(&HookStats) -> u64;
+    let counters: [(&str, &str, Read); 5] = [
+        (
+            "webhook_delivered_events",
+            "Events a webhook's receiver answered 2xx for",
+            |s| s.delivered.load(Ordering::Relaxed),
+        ),
+        (
+            "webhook_failed_requests",
+            "Webhook requests that got no 2xx answer (each is retried)",
+            |s| s.failures.load(Ordering::Relaxed),
+        ),
+        (
+            "webhook_skipped_bytes",
+            "Log bytes a webhook skipped for falling further behind than its backlog_bytes_max",
+            |s| s.skipped_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "webhook_skipped_member_events",
+            "Joins and leaves the bounded membership feed dropped before a webhook read them",
+            |s| s.skipped_members.load(Ordering::Relaxed),
+        ),
+        (
+            "webhook_dropped_presence",
+            "Presence events dropped for a webhook's full queue",
+            |s| s.presence_dropped.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, read) in counters {
+        r.register(
+            name,
+            help,
+            per_hook(hooks, read, |c: &Counter, v| {
+                c.inc_by(v);
+            }),
+        );
+    }
+    let gauges: [(&str, &str, Read); 2] = [
+        (
+            "webhook_backlog_bytes",
+            "Log bytes a webhook has yet to deliver, over all shards (measured each second)",
+            |s| s.backlog_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "webhook_pending_member_events",
+            "Joins and leaves a webhook has yet to deliver (measured each second)",
+            |s| s.pending_members.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, read) in gauges {
+        r.register(
+            name,
+            help,
+            per_hook(hooks, read, |g: &Gauge, v| {
+                g.set(v as i64);
+            }),
+        );
+    }
+    let lags = hooks
+        .iter()
+        .map(|(hook, stats)| {
+            let h = stats.lag.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            (hook.clone(), h)
+        })
+        .collect();
+    r.register_with_unit(
+        "webhook_delivery_lag",
+        "From an event (its timestamp) to its receiver's 2xx answer, by webhook",
+        Unit::Seconds,
+        ByLabel("webhook", lags),
+    );
 }

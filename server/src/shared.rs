@@ -47,6 +47,8 @@ pub struct Shared {
     pub keys: Arc<crate::keys::ApiKeys>,
     /// The listener's TLS (`--tls-cert`), shared by every shard.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The webhooks (`--webhooks-file`), for `/metrics`.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Where passwords are hashed and checked.
     pub hashing: Arc<crate::hashing::HashPool>,
     /// The engine as seen from this shard: posts to rooms it owns and the

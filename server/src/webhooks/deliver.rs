@@ -1,0 +1,475 @@
+//! One webhook's delivery thread: gather a batch from the cursors, POST
+//! it until the receiver answers 2xx (backing off between tries), move the
+//! cursors past it, save them now and then.
+//!
+//! The loop is long because a delivery is one sequence; each step is a
+//! function. Order: a batch's log events are read before its membership
+//! events, so the join that let someone post is never read after their
+//! message (the join committed before the post was taken); the two are
+//! merged by time. Batches go one at a time, so a room's events arrive
+//! in the room's order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rookery_engine::{Engine, Pos, MEMBER_FEED_STREAM};
+
+use super::config::{Hook, Kind};
+use super::payload::{self, Encoded};
+use super::{Holds, HookStats, PresenceQueue};
+
+/// Log bytes one read of one shard takes at most.
+const READ_BYTES_MAX: usize = 256 << 10;
+/// Cursors are saved at most this often while events flow (and whenever
+/// the webhook caught up): a crash re-delivers at most this much.
+const SAVE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the backlog is measured (and bounded).
+const BACKLOG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Sleep between empty looks when nothing rings.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// The first retry's delay; each failure doubles it up to the max.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A receiver's answer body read at most (then dropped).
+const ANSWER_BYTES_MAX: u64 = 64 << 10;
+/// One warning per this long, per webhook, while requests fail.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where a webhook is: per shard, the next log record; the last
+/// membership entry taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cursors {
+    log: Vec<Pos>,
+    member: u64,
+}
+
+/// One batch, and the cursors once it is delivered.
+struct Batch {
+    events: Vec<Encoded>,
+    presence: Vec<Arc<[u8]>>,
+    next: Cursors,
+}
+
+/// How a delivery ended.
+enum Delivery {
+    /// The receiver answered 2xx.
+    Done,
+    /// Told to stop first.
+    Stopped,
+    /// A shard's backlog passed `backlog_bytes_max` while retrying.
+    TooFarBehind,
+}
+
+pub(super) struct Worker {
+    hook: Hook,
+    engine: Engine,
+    stop: Arc<AtomicBool>,
+    presence: Arc<PresenceQueue>,
+    stats: Arc<HookStats>,
+    holds: Arc<Holds>,
+    agent: ureq::Agent,
+    /// The webhook reads the logs (it wants messages, edits or deletes).
+    reads_log: bool,
+    reads_members: bool,
+    /// The shard the next batch starts with (each in turn).
+    first_shard: usize,
+    last_warning: Option<Instant>,
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl Worker {
+    pub(super) fn new(
+        hook: Hook,
+        engine: Engine,
+        stop: Arc<AtomicBool>,
+        presence: Arc<PresenceQueue>,
+        stats: Arc<HookStats>,
+        holds: Arc<Holds>,
+    ) -> Worker {
+        let timeout = Duration::from_millis(hook.timeout_ms);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent("rookery-webhook")
+            .build()
+            .into();
+        let reads_log = [Kind::Message, Kind::Edit, Kind::Delete]
+            .into_iter()
+            .any(|k| hook.wants(k));
+        let reads_members = hook.wants(Kind::Join) || hook.wants(Kind::Leave);
+        Worker {
+            hook,
+            engine,
+            stop,
+            presence,
+            stats,
+            holds,
+            agent,
+            reads_log,
+            reads_members,
+            first_shard: 0,
+            last_warning: None,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Logs a warning unless one was logged lately.
+    fn warn(&mut self, what: std::fmt::Arguments<'_>) {
+        if self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= WARN_INTERVAL)
+        {
+            self.last_warning = Some(Instant::now());
+            tracing::warn!(webhook = %self.hook.name, "{what}");
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut at = match self.resume() {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::error!(webhook = %self.hook.name, "cannot start: {e}");
+                return;
+            }
+        };
+        let mut saved = at.clone();
+        let mut saved_at = Instant::now();
+        let mut checked_at: Option<Instant> = None;
+        let doorbell = self.engine.feeds().doorbell().clone();
+        tracing::info!(webhook = %self.hook.name, url = %self.hook.url, "webhook started");
+        while !self.stopped() {
+            let rings = doorbell.rings();
+            if checked_at.is_none_or(|t| t.elapsed() >= BACKLOG_CHECK_INTERVAL) {
+                checked_at = Some(Instant::now());
+                self.bound_backlog(&mut at);
+            }
+            let batch = self.gather(&at);
+            let quiet = batch.events.is_empty() && batch.presence.is_empty();
+            if !quiet {
+                match self.deliver(&batch, &at) {
+                    Delivery::Done => {}
+                    Delivery::Stopped => break,
+                    // Fell too far behind while retrying: bound, gather anew.
+                    Delivery::TooFarBehind => {
+                        checked_at = None;
+                        continue;
+                    }
+                }
+                self.stats.delivered.fetch_add(
+                    (batch.events.len() + batch.presence.len()) as u64,
+                    Ordering::Relaxed,
+                );
+            }
+            at = batch.next;
+            // Saved when caught up, else at most every SAVE_INTERVAL: a
+            // save is a durable meta.redb commit, which chat's own writes
+            // would queue behind.
+            if at != saved && (quiet || saved_at.elapsed() >= SAVE_INTERVAL) {
+                if self.save(&at) {
+                    saved = at.clone();
+                }
+                saved_at = Instant::now();
+            }
+            if quiet {
+                doorbell.wait(rings, IDLE_WAIT);
+            }
+        }
+        if at != saved {
+            self.save(&at);
+        }
+    }
+
+    /// The saved cursors, or (a new webhook) the ends of the logs and of
+    /// the membership feed, saved at once so that the log is held from
+    /// there.
+    fn resume(&mut self) -> Result<Cursors, String> {
+        let directory = self.engine.directory();
+        let feeds = self.engine.feeds();
+        let saved = directory.feed_cursors().map_err(|e| e.to_string())?;
+        let mine: Vec<(u32, u64)> = saved
+            .into_iter()
+            .filter(|(name, _, _)| name == &self.hook.name)
+            .map(|(_, stream, pos)| (stream, pos))
+            .collect();
+        let mut at = Cursors {
+            log: Vec::with_capacity(feeds.len()),
+            member: 0,
+        };
+        for shard in 0..feeds.len() {
+            let pos = mine.iter().find(|(s, _)| *s as usize == shard);
+            let end = feeds.shard(shard).acked().ok_or("a shard has not opened")?;
+            at.log.push(pos.map_or(end, |(_, p)| Pos::from_u64(*p)));
+        }
+        at.member = match mine.iter().find(|(s, _)| *s == MEMBER_FEED_STREAM) {
+            Some((_, p)) => *p,
+            None => directory.member_feed_end().map_err(|e| e.to_string())?,
+        };
+        if !self.save(&at) {
+            return Err("cannot save its cursor".into());
+        }
+        Ok(at)
+    }
+
+    /// Saves the cursors durably, then lets the shards drop what is behind
+    /// them. False (logged) when `meta.redb` refused.
+    fn save(&mut self, at: &Cursors) -> bool {
+        let mut cursors: Vec<(u32, u64)> = Vec::new();
+        if self.reads_log {
+            cursors.extend(
+                at.log
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (i as u32, p.to_u64())),
+            );
+        }
+        if self.reads_members {
+            cursors.push((MEMBER_FEED_STREAM, at.member));
+        }
+        if let Err(e) = self
+            .engine
+            .directory()
+            .save_feed_cursors(&self.hook.name, &cursors)
+        {
+            self.warn(format_args!("saving the cursor failed: {e}"));
+            return false;
+        }
+        let held = self
+            .reads_log
+            .then(|| at.log.iter().map(|p| Some(p.segment)).collect());
+        self.holds.update(
+            &self.engine,
+            &self.hook.name,
+            Some(held.unwrap_or_default()),
+        );
+        true
+    }
+
+    /// Measures what is pending (for `/metrics`); whether a shard's log
+    /// backlog is past `backlog_bytes_max`.
+    fn measure(&self, at: &Cursors) -> bool {
+        let feeds = self.engine.feeds();
+        let mut total = 0;
+        let mut over = false;
+        if self.reads_log {
+            for (shard, pos) in at.log.iter().enumerate() {
+                let behind = feeds.shard(shard).backlog_bytes(*pos);
+                over |= behind > self.hook.backlog_bytes_max;
+                total += behind;
+            }
+        }
+        self.stats.backlog_bytes.store(total, Ordering::Relaxed);
+        if self.reads_members {
+            let end = self
+                .engine
+                .directory()
+                .member_feed_end()
+                .unwrap_or(at.member);
+            self.stats
+                .pending_members
+                .store(end.saturating_sub(at.member), Ordering::Relaxed);
+        }
+        over
+    }
+
+    /// Moves a log cursor that fell more than `backlog_bytes_max` behind
+    /// to where that much is left (counted and logged), and measures.
+    fn bound_backlog(&mut self, at: &mut Cursors) {
+        if !self.measure(at) {
+            return;
+        }
+        let feeds = self.engine.feeds().clone();
+        for (shard, pos) in at.log.iter_mut().enumerate() {
+            let feed = feeds.shard(shard);
+            let behind = feed.backlog_bytes(*pos);
+            if behind <= self.hook.backlog_bytes_max {
+                continue;
+            }
+            let Some(resume) = feed.resume_within(self.hook.backlog_bytes_max) else {
+                continue;
+            };
+            let skipped = behind.saturating_sub(feed.backlog_bytes(resume));
+            self.stats
+                .skipped_bytes
+                .fetch_add(skipped, Ordering::Relaxed);
+            tracing::warn!(
+                webhook = %self.hook.name,
+                shard,
+                skipped_bytes = skipped,
+                backlog_bytes_max = self.hook.backlog_bytes_max,
+                "the receiver fell too far behind: events skipped"
+            );
+            *pos = resume;
+        }
+        self.measure(at);
+    }
+
+    /// The next batch from `at`: the logs' events (each shard in turn
+    /// first), then the membership feed's, merged by time; then presence.
+    fn gather(&mut self, at: &Cursors) -> Batch {
+        let max = self.hook.batch_len_max;
+        let mut next = at.clone();
+        let mut log = Vec::new();
+        if self.reads_log {
+            let feeds = self.engine.feeds().clone();
+            let n = feeds.len();
+            self.first_shard = (self.first_shard + 1) % n;
+            for i in 0..n {
+                let shard = (self.first_shard + i) % n;
+                if log.len() >= max {
+                    break;
+                }
+                let mut stop_at = None;
+                let read = feeds
+                    .shard(shard)
+                    .read(at.log[shard], READ_BYTES_MAX, |pos, record| {
+                        if stop_at.is_some() {
+                            return;
+                        }
+                        if log.len() >= max {
+                            stop_at = Some(pos);
+                            return;
+                        }
+                        if self.hook.wants(payload::record_kind(record)) {
+                            log.push(payload::record_event(shard, pos, record));
+                        }
+                    });
+                match read {
+                    Ok(read) => next.log[shard] = stop_at.unwrap_or(read.next),
+                    Err(e) => self.warn(format_args!("reading shard {shard}'s log failed: {e}")),
+                }
+            }
+        }
+        let mut members = Vec::new();
+        if self.reads_members {
+            match self.engine.directory().member_feed_page(at.member, max) {
+                Ok(page) => {
+                    if let Some(first) = page.first() {
+                        let lost = first.id.saturating_sub(at.member + 1);
+                        self.stats
+                            .skipped_members
+                            .fetch_add(lost, Ordering::Relaxed);
+                    }
+                    for e in &page {
+                        next.member = e.id;
+                        if self.hook.wants(payload::member_kind(e)) {
+                            members.push(payload::member_event(e));
+                        }
+                    }
+                }
+                Err(e) => self.warn(format_args!("reading the membership feed failed: {e}")),
+            }
+        }
+        Batch {
+            events: payload::merge(log, members),
+            presence: self.presence.take(max),
+            next,
+        }
+    }
+
+    /// POSTs the batch until the receiver answers 2xx, unless told to stop
+    /// or the webhook falls too far behind first (then the batch stays
+    /// undelivered: the cursors, at `at`, do not move).
+    fn deliver(&mut self, batch: &Batch, at: &Cursors) -> Delivery {
+        let events = batch
+            .events
+            .iter()
+            .map(|e| &e.json[..])
+            .chain(batch.presence.iter().map(|p| &p[..]));
+        let body = payload::body(&self.hook.name, events);
+        let mut backoff = BACKOFF_FIRST;
+        let mut measured = Instant::now();
+        loop {
+            if self.stopped() {
+                return Delivery::Stopped;
+            }
+            match self.post(&body) {
+                Ok(status) if (200..300).contains(&status) => {
+                    self.record_lag(batch);
+                    return Delivery::Done;
+                }
+                Ok(status) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    self.warn(format_args!("the receiver answered {status}; retrying"));
+                }
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    self.warn(format_args!("the request failed: {e}; retrying"));
+                }
+            }
+            if !self.sleep(jittered(backoff)) {
+                return Delivery::Stopped;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            if measured.elapsed() >= BACKLOG_CHECK_INTERVAL {
+                measured = Instant::now();
+                if self.measure(at) {
+                    return Delivery::TooFarBehind;
+                }
+            }
+        }
+    }
+
+    /// One signed POST; the receiver's status.
+    fn post(&self, body: &[u8]) -> Result<u16, ureq::Error> {
+        let timestamp = unix_now().as_secs();
+        let signature = payload::sign(self.hook.secret.as_bytes(), timestamp, body);
+        let mut answer = self
+            .agent
+            .post(&self.hook.url)
+            .header("content-type", "application/json")
+            .header("rookery-webhook", &self.hook.name)
+            .header("rookery-timestamp", timestamp.to_string())
+            .header("rookery-signature", signature)
+            .send(body)?;
+        // Read (a bounded part of) the answer so the connection is reused.
+        let _ = answer
+            .body_mut()
+            .with_config()
+            .limit(ANSWER_BYTES_MAX)
+            .read_to_vec();
+        Ok(answer.status().as_u16())
+    }
+
+    /// Each delivered durable event's age, by its timestamp.
+    fn record_lag(&self, batch: &Batch) {
+        let now_us = unix_now().as_micros() as u64;
+        let mut lag = self.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
+        for e in &batch.events {
+            let _ = lag.record(now_us.saturating_sub(e.ts_ms * 1000).max(1));
+        }
+    }
+
+    /// Sleeps `d` unless told to stop first; false if told.
+    fn sleep(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if self.stopped() {
+                return false;
+            }
+            std::thread::sleep(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(50)),
+            );
+        }
+        !self.stopped()
+    }
+}
+
+/// `d` give or take a fifth (receivers that came back are not hit by every
+/// webhook at once).
+fn jittered(d: Duration) -> Duration {
+    let fifth = d.as_millis() as u64 / 5;
+    let spread = rand::random::<u64>() % (2 * fifth + 1);
+    Duration::from_millis(d.as_millis() as u64 - fifth + spread)
+}
