@@ -284,6 +284,23 @@ assert r["with_abusers"]["peak_rss_bytes"] <= r["rss_bound_bytes"], r
 print("abuse smoke: nothing lost, every abuser refused or bounded, peak RSS within the bound")
 PY
 
+step "webhooks smoke: rookery-bench webhooks, a short load alone and with a webhook to a built-in receiver (under a minute)"
+cargo run --locked -q -p rookery-bench -- webhooks --rookery-bin target/debug/rookery \
+    --users 40 --rooms 4 --rate 1 --duration 4s \
+    --quiet --json "$smoke_dir/webhooks.json" > "$smoke_dir/webhooks.txt"
+python3 - "$smoke_dir/webhooks.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for run in ("alone", "with_webhook"):
+    assert r[run]["lost"] == 0 and r[run]["delivered"] > 0, r[run]
+w = r["with_webhook"]
+# Every acknowledged message reached the receiver, signed (the latency
+# targets are judged on release builds, in docs/benchmarks.md).
+assert w["webhook"]["messages"] >= w["acked"] > 0, w
+assert w["webhook"]["bad_signatures"] == 0 and w["webhook"]["lag_ms"]["p99"] > 0, w
+print(f"webhooks smoke: {w['webhook']['messages']} messages received of {w['acked']} acknowledged, lag p99 {w['webhook']['lag_ms']['p99']:.1f} ms")
+PY
+
 step "browser: the web client and dashboard in headless Chromium (about a minute)"
 # The system's Chromium (no browser download): Debian's package, installed
 # if missing. playwright-core comes from tools/browser's lock file.

@@ -149,21 +149,12 @@ pub fn run(args: AbuseArgs) -> Result<()> {
         // Both runs hold the same data: only the abusers differ.
         let big_room = prepare(addr, &secret)?;
         let abusers = with_abusers.then(|| start_abusers(&args, addr, &secret, big_room));
-        let mut load = args.load.clone();
-        load.url = format!("ws://{addr}");
-        load.server_pid = Some(server.child.id());
-        load.name = if with_abusers {
+        let name = if with_abusers {
             "with abusers"
         } else {
             "alone"
-        }
-        .into();
-        if load.scenario.is_none() {
-            load.scenario = Some("k6-1000".into());
-        }
-        let plan = Plan::from_args(&load)?;
-        eprintln!("== normal load {}, {}", plan.scenario, load.name);
-        let report = load::execute(&plan)?;
+        };
+        let report = normal_load(&args.load, addr, server.child.id(), name)?;
         let connections = abusers.as_ref().map_or(0, |a| a.connections);
         let tallies = abusers.map(Abusers::stop);
         let peak = peak_rss_bytes(server.child.id())?;
@@ -172,7 +163,6 @@ pub fn run(args: AbuseArgs) -> Result<()> {
             .1["shards"]
             .as_u64()
             .context("shards in /api/server")?;
-        println!("{}\n{}", load.name, report.table());
         runs.push(Run {
             report,
             peak,
@@ -183,6 +173,29 @@ pub fn run(args: AbuseArgs) -> Result<()> {
         drop(server);
     }
     print_and_save(&args, &runs)
+}
+
+/// Runs the normal load (`k6-1000` unless `args` name another) against
+/// the server at `addr` (process `pid`), calling the run `name`; prints
+/// and returns its report.
+pub(crate) fn normal_load(
+    args: &load::Args,
+    addr: SocketAddr,
+    pid: u32,
+    name: &str,
+) -> Result<Report> {
+    let mut load = args.clone();
+    load.url = format!("ws://{addr}");
+    load.server_pid = Some(pid);
+    load.name = name.into();
+    if load.scenario.is_none() {
+        load.scenario = Some("k6-1000".into());
+    }
+    let plan = Plan::from_args(&load)?;
+    eprintln!("== normal load {}, {name}", plan.scenario);
+    let report = load::execute(&plan)?;
+    println!("{name}\n{}", report.table());
+    Ok(report)
 }
 
 /// The process's peak resident memory, bytes (VmHWM).

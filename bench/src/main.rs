@@ -26,8 +26,10 @@ mod engine;
 mod http_client;
 mod idle;
 mod load;
+mod sink;
 mod sqlite_store;
 mod storage;
+mod webhooks;
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +59,9 @@ enum Command {
     /// A normal load alone and then beside abusive clients (pipelining,
     /// never reading, login and join/leave floods): p99, loss, peak RSS.
     Abuse(abuse::AbuseArgs),
+    /// A normal load alone and then with a webhook to a built-in receiver:
+    /// chat p99 of both, the webhook's lag, nothing missing.
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +75,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Storage(args) => storage::run(args),
         Command::Abuse(args) => abuse::run(args),
+        Command::Webhooks(args) => webhooks::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Idle(args) => idle::run(args),
         Command::Load(args) => load::run(args),

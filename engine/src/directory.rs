@@ -199,6 +199,12 @@ impl Directory {
         Ok(self.meta.member_feed_end()?)
     }
 
+    /// At least the last membership feed entry committed, without a
+    /// transaction: a reader at or past it has nothing to read.
+    pub fn member_feed_hint(&self) -> u64 {
+        self.meta.member_feed_hint()
+    }
+
     /// Up to `len` membership feed entries after entry `after`.
     pub fn member_feed_page(&self, after: u64, len: usize) -> Result<Vec<MemberEvent>> {
         Ok(self.meta.member_feed_page(after, len)?)

@@ -189,13 +189,15 @@ fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
     let cluster_tap = node
         .as_ref()
         .map(|node| cluster::events::tap(node.link.clone(), node.cfg.name.clone()));
-    let tap_hooks = hooks.clone();
-    engine_cfg.event_tap = Some(rookery_engine::EventTap::new(move |tapped| {
-        if let Some(tap) = &cluster_tap {
-            tap.see(tapped);
-        }
-        tap_hooks.see(tapped);
-    }));
+    if cluster_tap.is_some() || hooks.configured() {
+        let tap_hooks = hooks.clone();
+        engine_cfg.event_tap = Some(rookery_engine::EventTap::new(move |tapped| {
+            if let Some(tap) = &cluster_tap {
+                tap.see(tapped);
+            }
+            tap_hooks.see(tapped);
+        }));
+    }
     let relay_bounds = cluster::relay::Bounds {
         queue_bytes_max: engine_cfg.outbound_queue_bytes_max,
         volatile_bytes_max: engine_cfg.volatile_queue_bytes_max,

@@ -78,6 +78,7 @@ impl Store {
         // Held before any shard opens: no compaction may take what a
         // durable reader resumes from.
         let feeds = LogFeeds::new(&meta.feed_holds(cfg.shards)?);
+        meta.set_member_doorbell(feeds.doorbell().clone());
         Ok(Store { cfg, meta, feeds })
     }
 

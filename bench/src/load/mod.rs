@@ -36,7 +36,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-pub use run::{execute, step_to_max, Report};
+pub use run::{execute, step_to_max, Pct, Report};
 use stages::Stage;
 use threshold::Threshold;
 use wire::Wire;
@@ -109,6 +109,14 @@ pub struct Args {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Receive the server's webhooks on this address (`127.0.0.1:9100`;
+    /// point a webhook of the server's `--webhooks-file` at it) and report
+    /// each message's lag, from its timestamp to its arrival.
+    #[arg(long)]
+    pub webhook_sink: Option<SocketAddr>,
+    /// The webhook's secret: the sink checks every signature with it.
+    #[arg(long)]
+    pub webhook_secret: Option<String>,
 }
 
 /// Everything one run needs, scenario defaults applied.
@@ -272,12 +280,23 @@ pub fn run(args: Args) -> Result<()> {
         .map(|t| Threshold::parse(t).map_err(anyhow::Error::msg))
         .collect::<Result<_>>()?;
     let plan = Plan::from_args(&args)?;
+    let sink = args
+        .webhook_sink
+        .map(|addr| crate::sink::Sink::start(addr, args.webhook_secret.clone()))
+        .transpose()?;
     let report = if plan.scenario == "max" {
         step_to_max(&plan)?
     } else {
         execute(&plan)?
     };
     println!("{}", report.table());
+    let webhook = sink.map(|sink| {
+        // Every acknowledged message is due at the sink.
+        sink.wait_for(report.acked, Duration::from_secs(10));
+        let w = sink.report();
+        println!("webhook {w}");
+        w
+    });
     let verdicts = judge(&report, &thresholds);
     for (spec, actual, passed) in &verdicts {
         println!(
@@ -286,6 +305,9 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let mut json = report.to_json();
+    if let Some(w) = webhook {
+        json["webhook"] = w;
+    }
     json["thresholds"] = Value::Array(
         verdicts
             .iter()

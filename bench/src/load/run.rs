@@ -115,7 +115,8 @@ pub struct Pct {
 }
 
 impl Pct {
-    fn of(h: &Histogram<u64>) -> Pct {
+    /// The percentiles, in ms, of a histogram of µs.
+    pub fn of(h: &Histogram<u64>) -> Pct {
         let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         Pct {
             p50: q(0.5),

@@ -21,8 +21,8 @@ use super::{Holds, HookStats, PresenceQueue};
 
 /// Log bytes one read of one shard takes at most.
 const READ_BYTES_MAX: usize = 256 << 10;
-/// Cursors are saved at most this often while events flow (and whenever
-/// the webhook caught up): a crash re-delivers at most this much.
+/// Cursors are saved at most this often, and within it of the last
+/// delivery: a crash re-delivers at most this much.
 const SAVE_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the backlog is measured (and bounded).
 const BACKLOG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -93,13 +93,17 @@ impl Worker {
         holds: Arc<Holds>,
     ) -> Worker {
         let timeout = Duration::from_millis(hook.timeout_ms);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
             .user_agent("rookery-webhook")
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            CachedResolver::default(),
+        );
         let reads_log = [Kind::Message, Kind::Edit, Kind::Delete]
             .into_iter()
             .any(|k| hook.wants(k));
@@ -171,17 +175,25 @@ impl Worker {
                 );
             }
             at = batch.next;
-            // Saved when caught up, else at most every SAVE_INTERVAL: a
-            // save is a durable meta.redb commit, which chat's own writes
-            // would queue behind.
-            if at != saved && (quiet || saved_at.elapsed() >= SAVE_INTERVAL) {
+            // Saved at most every SAVE_INTERVAL (and within it once
+            // quiet): a save is a durable meta.redb commit, two fdatasyncs
+            // that chat's own writes would queue behind. Saving whenever
+            // the webhook caught up cost a commit per message at chat
+            // rates, and doubled the server's CPU per message.
+            let due = SAVE_INTERVAL.saturating_sub(saved_at.elapsed());
+            if at != saved && due.is_zero() {
                 if self.save(&at) {
                     saved = at.clone();
                 }
                 saved_at = Instant::now();
             }
             if quiet {
-                doorbell.wait(rings, IDLE_WAIT);
+                let wait = if at != saved {
+                    due.max(Duration::from_millis(1))
+                } else {
+                    IDLE_WAIT
+                };
+                doorbell.wait(rings, wait);
             }
         }
         if at != saved {
@@ -350,8 +362,9 @@ impl Worker {
             }
         }
         let mut members = Vec::new();
-        if self.reads_members {
-            match self.engine.directory().member_feed_page(at.member, max) {
+        let directory = self.engine.directory();
+        if self.reads_members && directory.member_feed_hint() > at.member {
+            match directory.member_feed_page(at.member, max) {
                 Ok(page) => {
                     if let Some(first) = page.first() {
                         let lost = first.id.saturating_sub(at.member + 1);
@@ -472,4 +485,48 @@ fn jittered(d: Duration) -> Duration {
     let fifth = d.as_millis() as u64 / 5;
     let spread = rand::random::<u64>() % (2 * fifth + 1);
     Duration::from_millis(d.as_millis() as u64 - fifth + spread)
+}
+
+/// How long a receiver's resolved addresses are used before they are
+/// looked up again.
+const RESOLVED_TTL: Duration = Duration::from_secs(30);
+
+/// ureq resolves the host before every request, even one that reuses a
+/// pooled connection, and with a timeout set it does so on a new thread:
+/// a thread per request was an eighth of a webhook's CPU at chat rates.
+/// This keeps the answer for [`RESOLVED_TTL`].
+#[derive(Debug, Default)]
+struct CachedResolver {
+    last: std::sync::Mutex<
+        Option<(
+            String,
+            Instant,
+            ureq::unversioned::resolver::ResolvedSocketAddrs,
+        )>,
+    >,
+}
+
+impl ureq::unversioned::resolver::Resolver for CachedResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        use ureq::unversioned::resolver::DefaultResolver;
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, at, addrs)) = last.as_ref() {
+            if *k == key && at.elapsed() < RESOLVED_TTL {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
+        *last = Some((key, Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
 }

@@ -28,7 +28,7 @@ pub const MEMBER_FEED_LEN_MAX: u64 = 100_000;
 pub const MEMBER_FEED_STREAM: u32 = u32::MAX;
 
 /// The last membership feed entry written, in `counters`.
-const MEMBER_FEED_COUNTER: &str = "member_feed";
+pub(super) const MEMBER_FEED_COUNTER: &str = "member_feed";
 
 /// A join or a leave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,30 @@ impl Meta {
         if id > MEMBER_FEED_LEN_MAX {
             feed.remove(id - MEMBER_FEED_LEN_MAX)?;
         }
+        self.member_feed_last.fetch_max(id, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Wakes the feed's readers (after a commit that may have noted a
+    /// join or a leave).
+    pub(super) fn ring_member_feed(&self) {
+        if self.member_feed.load(Ordering::Acquire) {
+            if let Some(bell) = self.doorbell.get() {
+                bell.ring();
+            }
+        }
+    }
+
+    /// Rings `doorbell` whenever a join or a leave is committed.
+    pub fn set_member_doorbell(&self, doorbell: std::sync::Arc<crate::feed::Doorbell>) {
+        let _ = self.doorbell.set(doorbell);
+    }
+
+    /// At least the last membership feed entry committed (an entry being
+    /// written may already count): a reader at or past it has nothing to
+    /// read. No transaction.
+    pub fn member_feed_hint(&self) -> u64 {
+        self.member_feed_last.load(Ordering::Acquire)
     }
 
     /// The last membership feed entry written (0: none yet).

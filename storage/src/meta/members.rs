@@ -13,7 +13,7 @@ impl Meta {
     ///
     /// Errors: `NotFound` for an unknown room or user.
     pub fn add_member(&self, room: u64, user: u64, role: Role) -> Result<bool> {
-        self.write(|txn| {
+        let joined = self.write(|txn| {
             require_room(&txn.open_table(ROOMS)?, room)?;
             require_user(&txn.open_table(USERS)?, user)?;
             let joined = put_member(txn, room, user, role)?;
@@ -21,7 +21,9 @@ impl Meta {
                 self.note_member(txn, (room, user, SERVER_USER, true), feed::now_ms())?;
             }
             Ok(joined)
-        })
+        })?;
+        self.ring_member_feed();
+        Ok(joined)
     }
 
     /// Returns `user`'s role in `room`, or `None` if it is not a member.

@@ -248,6 +248,11 @@ pub struct Meta {
     ids: Option<IdFilter>,
     /// Joins and leaves go into the membership feed.
     member_feed: std::sync::atomic::AtomicBool,
+    /// The membership feed's last entry written (committed or about to
+    /// be): readers look only when it is past theirs.
+    member_feed_last: std::sync::atomic::AtomicU64,
+    /// Rung once a join or leave is committed (the readers' bell).
+    doorbell: std::sync::OnceLock<std::sync::Arc<crate::feed::Doorbell>>,
 }
 
 impl Meta {
@@ -278,10 +283,13 @@ impl Meta {
         txn.open_table(MEMBER_FEED)?;
         migrate::upgrade(&txn)?;
         txn.commit()?;
+        let last = txn_counter(&db, feed::MEMBER_FEED_COUNTER)?;
         Ok(Meta {
             db,
             ids: None,
             member_feed: Default::default(),
+            member_feed_last: last.into(),
+            doorbell: Default::default(),
         })
     }
 
@@ -330,6 +338,15 @@ impl Meta {
 }
 
 // ---- helpers ----
+
+/// Counter `name` as committed (0 when never set).
+fn txn_counter(db: &Database, name: &str) -> Result<u64> {
+    let txn = db.begin_read()?;
+    Ok(txn
+        .open_table(COUNTERS)?
+        .get(name)?
+        .map_or(0, |g| g.value()))
+}
 
 fn validate_name(kind: &str, name: &str) -> Result<()> {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');

@@ -23,6 +23,7 @@ impl Meta {
             self.note_member(txn, (id, creator, creator, true), now_ms)?;
             Ok(id)
         })
+        .inspect(|_| self.ring_member_feed())
     }
 
     /// [`Meta::create_room`] with the id `id`, handed out by the cluster
@@ -53,6 +54,7 @@ impl Meta {
             self.note_member(txn, (id, creator, creator, true), now_ms)?;
             bump_counter(txn, ROOM_COUNTER, id)
         })
+        .inspect(|_| self.ring_member_feed())
     }
 
     /// Deletes room `id` and every row naming it (members, bans,

@@ -130,6 +130,7 @@ impl Meta {
             }
         }
         txn.commit().map_err(Error::from)?;
+        self.ring_member_feed();
         Ok((view, change))
     }
 
