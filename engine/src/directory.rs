@@ -188,6 +188,11 @@ impl Directory {
 
     // ---- durable readers (webhooks) ------------------------------------
 
+    /// This data directory's random id (tells its events from another's).
+    pub fn origin(&self) -> u64 {
+        self.meta.origin()
+    }
+
     /// Turns the membership feed on or off (see
     /// [`rookery_storage::meta::MemberEvent`]).
     pub fn set_member_feed(&self, on: bool) {

@@ -720,7 +720,12 @@ fn register_webhooks(
 ) {
     use crate::webhooks::HookStats;
     type Read = fn(&HookStats) -> u64;
-    let counters: [(&str, &str, Read); 5] = [
+    let counters: [(&str, &str, Read); 6] = [
+        (
+            "webhook_skipped_segments",
+            "Log segments gone before a webhook read them (should stay 0)",
+            |s| s.skipped_segments.load(Ordering::Relaxed),
+        ),
         (
             "webhook_delivered_events",
             "Events a webhook's receiver answered 2xx for",

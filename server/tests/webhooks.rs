@@ -331,6 +331,12 @@ batch_len_max = 7"#;
     let ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
     assert_eq!(ids.len(), expect.len());
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+    // Each starts with the data directory's id.
+    let origin = &ids[0][..17];
+    assert!(
+        origin.ends_with('-') && ids.iter().all(|id| id.starts_with(origin)),
+        "{ids:?}"
+    );
     rx.wait_for("app", "alice online", |e| {
         e.iter()
             .any(|e| e["type"] == "presence" && e["user"] == a && e["room"] == room)
@@ -355,13 +361,32 @@ batch_len_max = 7"#;
     server.port = port;
     wait_ready(port);
     let mut ws = open_ws(port, &alice, room);
+    expect.extend((31..=40).map(|i| format!("m{i}:hello {i}")));
+    // Joins and leaves between messages, more than a batch of each
+    // pending: they come back in the order they happened.
+    let pause = || std::thread::sleep(Duration::from_millis(5));
+    let member = |join: bool| {
+        let path = format!("/api/rooms/{room}/{}", if join { "join" } else { "leave" });
+        let (s, v) = call(port, "POST", &path, Some(&bob), None);
+        assert_eq!(s, 200, "{v}");
+        pause();
+    };
     for i in 41..=50 {
+        if i % 3 == 0 {
+            member(true);
+            expect.push(format!("j{b}"));
+        }
         assert_eq!(post(&mut ws, room, &format!("hello {i}")), i);
+        expect.push(format!("m{i}:hello {i}"));
+        pause();
+        if i % 3 == 0 {
+            member(false);
+            expect.push(format!("l{b}"));
+        }
     }
     std::thread::sleep(Duration::from_millis(300));
-    // Back: everything since, once.
+    // Back: everything since, once, in order.
     rx.answer(ANSWER_OK);
-    expect.extend((31..=50).map(|i| format!("m{i}:hello {i}")));
     let events = rx.wait_for("app", "the rest", |e| tags(e, room).len() >= expect.len());
     std::thread::sleep(Duration::from_millis(300));
     let events_now = rx.events("app");
@@ -374,7 +399,14 @@ batch_len_max = 7"#;
         expect,
         "nothing missing, nothing twice"
     );
+    let ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
+    assert!(
+        ids.iter().all(|id| id.starts_with(origin)),
+        "the same directory"
+    );
     assert!(metric(port, "rookery_webhook_delivered_events_total") >= 20.0);
+    assert_eq!(metric(port, "rookery_webhook_skipped_segments_total"), 0.0);
     stop(&mut server);
 }
 

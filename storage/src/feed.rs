@@ -417,7 +417,7 @@ impl Span {
         };
         let mut buf = rkyv::util::AlignedVec::<DIRECT_ALIGN>::with_capacity(whole);
         buf.resize(whole, 0);
-        let got = read_at(&self.file, &mut buf, start, &self.path)?;
+        let got = read_at(&self.file, &mut buf, start, &self.path, self.direct)?;
         Ok(Read {
             buf,
             skip,
@@ -427,12 +427,20 @@ impl Span {
 }
 
 /// Reads up to `buf.len()` bytes at `offset`; returns how many (fewer at
-/// the end of the file).
-fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64, path: &Path) -> Result<usize> {
+/// the end of the file). A short direct read is the end of the file (a
+/// second read would start unaligned).
+fn read_at(
+    file: &std::fs::File,
+    buf: &mut [u8],
+    offset: u64,
+    path: &Path,
+    direct: bool,
+) -> Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match file.read_at(&mut buf[got..], offset + got as u64) {
             Ok(0) => break,
+            Ok(n) if direct && n < buf.len() - got => return Ok(got + n),
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io(path, e)),

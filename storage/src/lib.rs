@@ -79,6 +79,12 @@ impl Store {
         // durable reader resumes from.
         let feeds = LogFeeds::new(&meta.feed_holds(cfg.shards)?);
         meta.set_member_doorbell(feeds.doorbell().clone());
+        // A reader that follows the membership feed misses no change made
+        // before it starts again.
+        let cursors = meta.feed_cursors()?;
+        if cursors.iter().any(|c| c.1 == meta::MEMBER_FEED_STREAM) {
+            meta.set_member_feed(true);
+        }
         Ok(Store { cfg, meta, feeds })
     }
 

@@ -44,6 +44,17 @@ struct Cursors {
     member: u64,
 }
 
+/// What one shard's log gives a batch.
+struct Part {
+    shard: usize,
+    /// The wanted events taken, with their places.
+    events: Vec<(Pos, Encoded)>,
+    /// Where the next read starts.
+    next: Pos,
+    /// The time of the first record left out, if one was.
+    cut_ts: Option<u64>,
+}
+
 /// One batch, and the cursors once it is delivered.
 struct Batch {
     events: Vec<Encoded>,
@@ -74,6 +85,11 @@ pub(super) struct Worker {
     reads_members: bool,
     /// The shard the next batch starts with (each in turn).
     first_shard: usize,
+    /// The data directory's id, first in every event id.
+    origin: u64,
+    /// The wait before the next retry (kept across batches given up for
+    /// the backlog bound, so a dead receiver is not hit faster).
+    backoff: Duration,
     last_warning: Option<Instant>,
 }
 
@@ -98,6 +114,9 @@ impl Worker {
             .http_status_as_error(false)
             .max_redirects(0)
             .user_agent("rookery-webhook")
+            // Signed bodies go straight to the receiver, whatever the
+            // environment's HTTP(S)_PROXY says.
+            .proxy(None)
             .build();
         let agent = ureq::Agent::with_parts(
             config,
@@ -108,6 +127,7 @@ impl Worker {
             .into_iter()
             .any(|k| hook.wants(k));
         let reads_members = hook.wants(Kind::Join) || hook.wants(Kind::Leave);
+        let origin = engine.directory().origin();
         Worker {
             hook,
             engine,
@@ -119,6 +139,8 @@ impl Worker {
             reads_log,
             reads_members,
             first_shard: 0,
+            origin,
+            backoff: BACKOFF_FIRST,
             last_warning: None,
         }
     }
@@ -150,7 +172,8 @@ impl Worker {
         let mut saved_at = Instant::now();
         let mut checked_at: Option<Instant> = None;
         let doorbell = self.engine.feeds().doorbell().clone();
-        tracing::info!(webhook = %self.hook.name, url = %self.hook.url, "webhook started");
+        // Not the URL: it may carry a token.
+        tracing::info!(webhook = %self.hook.name, "webhook started");
         while !self.stopped() {
             let rings = doorbell.rings();
             if checked_at.is_none_or(|t| t.elapsed() >= BACKLOG_CHECK_INTERVAL) {
@@ -226,6 +249,11 @@ impl Worker {
             Some((_, p)) => *p,
             None => directory.member_feed_end().map_err(|e| e.to_string())?,
         };
+        // Held before it is saved: nothing may take the segment between.
+        if self.reads_log {
+            let held = at.log.iter().map(|p| Some(p.segment)).collect();
+            self.holds.update(&self.engine, &self.hook.name, Some(held));
+        }
         if !self.save(&at) {
             return Err("cannot save its cursor".into());
         }
@@ -306,7 +334,12 @@ impl Worker {
             if behind <= self.hook.backlog_bytes_max {
                 continue;
             }
-            let Some(resume) = feed.resume_within(self.hook.backlog_bytes_max) else {
+            // Never back: within one segment there is nowhere to skip to
+            // (the bound is at least a segment).
+            let Some(resume) = feed
+                .resume_within(self.hook.backlog_bytes_max)
+                .filter(|r| r > pos)
+            else {
                 continue;
             };
             let skipped = behind.saturating_sub(feed.backlog_bytes(resume));
@@ -325,43 +358,38 @@ impl Worker {
         self.measure(at);
     }
 
-    /// The next batch from `at`: the logs' events (each shard in turn
-    /// first), then the membership feed's, merged by time; then presence.
+    /// The next batch from `at`: up to `batch_len_max` of the logs'
+    /// events and as many joins and leaves, merged by time, so that an
+    /// event goes out after every event older than it from any source
+    /// (a join before its member's first message; a room's events in the
+    /// room's order); then presence.
+    ///
+    /// Where a source was cut (its next event is not in this batch), the
+    /// other sources keep only what is not newer than that event: the
+    /// log's first record left out bounds the joins and leaves, and the
+    /// first join or leave left out (or the last taken, when the page was
+    /// full) bounds the log, whose cursors go back to the first event
+    /// dropped.
     fn gather(&mut self, at: &Cursors) -> Batch {
         let max = self.hook.batch_len_max;
         let mut next = at.clone();
-        let mut log = Vec::new();
+        let mut parts = Vec::new();
         if self.reads_log {
-            let feeds = self.engine.feeds().clone();
-            let n = feeds.len();
+            let n = self.engine.feeds().len();
             self.first_shard = (self.first_shard + 1) % n;
+            let mut taken = 0;
             for i in 0..n {
                 let shard = (self.first_shard + i) % n;
-                if log.len() >= max {
-                    break;
-                }
-                let mut stop_at = None;
-                let read = feeds
-                    .shard(shard)
-                    .read(at.log[shard], READ_BYTES_MAX, |pos, record| {
-                        if stop_at.is_some() {
-                            return;
-                        }
-                        if log.len() >= max {
-                            stop_at = Some(pos);
-                            return;
-                        }
-                        if self.hook.wants(payload::record_kind(record)) {
-                            log.push(payload::record_event(shard, pos, record));
-                        }
-                    });
-                match read {
-                    Ok(read) => next.log[shard] = stop_at.unwrap_or(read.next),
-                    Err(e) => self.warn(format_args!("reading shard {shard}'s log failed: {e}")),
-                }
+                let part = self.read_shard(shard, at.log[shard], max - taken.min(max));
+                taken += part.events.len();
+                next.log[shard] = part.next;
+                parts.push(part);
             }
         }
+        // The log's events older than its first event left out.
+        let log_limit = parts.iter().filter_map(|p| p.cut_ts).min();
         let mut members = Vec::new();
+        let mut members_limit = None;
         let directory = self.engine.directory();
         if self.reads_members && directory.member_feed_hint() > at.member {
             match directory.member_feed_page(at.member, max) {
@@ -373,20 +401,104 @@ impl Worker {
                             .fetch_add(lost, Ordering::Relaxed);
                     }
                     for e in &page {
+                        if log_limit.is_some_and(|l| e.ts_ms > l) {
+                            members_limit = Some(e.ts_ms);
+                            break;
+                        }
                         next.member = e.id;
                         if self.hook.wants(payload::member_kind(e)) {
-                            members.push(payload::member_event(e));
+                            members.push(payload::member_event(self.origin, e));
                         }
+                    }
+                    if members_limit.is_none() && page.len() >= max {
+                        // More may follow, none older than the last.
+                        members_limit = page.last().map(|e| e.ts_ms);
                     }
                 }
                 Err(e) => self.warn(format_args!("reading the membership feed failed: {e}")),
             }
         }
+        let mut lists = vec![members];
+        for part in parts {
+            let mut events = part.events;
+            if let Some(limit) = members_limit {
+                if let Some(cut) = events.iter().position(|(_, e)| e.ts_ms > limit) {
+                    next.log[part.shard] = events[cut].0;
+                    events.truncate(cut);
+                }
+            }
+            lists.push(events.into_iter().map(|(_, e)| e).collect());
+        }
         Batch {
-            events: payload::merge(log, members),
+            events: payload::merge(lists),
             presence: self.presence.take(max),
             next,
         }
+    }
+
+    /// Up to `take` wanted events of shard `shard`'s log from `from`, and
+    /// where the next read starts; the time of the first record left out
+    /// when one was (the read was cut by `take` or by its byte budget).
+    /// A read that fails takes nothing (logged; tried again next time).
+    fn read_shard(&mut self, shard: usize, from: Pos, take: usize) -> Part {
+        let feeds = self.engine.feeds().clone();
+        let feed = feeds.shard(shard);
+        let mut part = Part {
+            shard,
+            events: Vec::new(),
+            next: from,
+            cut_ts: None,
+        };
+        let mut stop_at = None;
+        let (hook, origin) = (&self.hook, self.origin);
+        let read = feed.read(from, READ_BYTES_MAX, |pos, record| {
+            if stop_at.is_some() {
+                return;
+            }
+            if part.events.len() >= take {
+                stop_at = Some(pos);
+                part.cut_ts = Some(payload::record_ts(record));
+                return;
+            }
+            if hook.wants(payload::record_kind(record)) {
+                part.events
+                    .push((pos, payload::record_event(origin, shard, pos, record)));
+            }
+        });
+        match read {
+            Ok(read) => {
+                part.next = stop_at.unwrap_or(read.next);
+                self.note_skipped(shard, read.skipped_segments);
+                if part.cut_ts.is_none() && feed.acked().is_some_and(|end| read.next < end) {
+                    // Cut by the byte budget: the next record's time.
+                    let _ = feed.read(read.next, 1, |_, record| {
+                        part.cut_ts.get_or_insert(payload::record_ts(record));
+                    });
+                }
+            }
+            Err(e) => {
+                part.events.clear();
+                part.cut_ts = Some(0);
+                self.warn(format_args!("reading shard {shard}'s log failed: {e}"));
+            }
+        }
+        part
+    }
+
+    /// Counts and logs segments a read jumped over because they were gone.
+    fn note_skipped(&mut self, shard: usize, segments: u32) {
+        if segments == 0 {
+            return;
+        }
+        self.stats
+            .skipped_segments
+            .fetch_add(segments as u64, Ordering::Relaxed);
+        tracing::warn!(
+            webhook = %self.hook.name,
+            shard,
+            segments,
+            "log segments were gone before the webhook read them: events skipped"
+        );
     }
 
     /// POSTs the batch until the receiver answers 2xx, unless told to stop
@@ -399,7 +511,6 @@ impl Worker {
             .map(|e| &e.json[..])
             .chain(batch.presence.iter().map(|p| &p[..]));
         let body = payload::body(&self.hook.name, events);
-        let mut backoff = BACKOFF_FIRST;
         let mut measured = Instant::now();
         loop {
             if self.stopped() {
@@ -408,6 +519,7 @@ impl Worker {
             match self.post(&body) {
                 Ok(status) if (200..300).contains(&status) => {
                     self.record_lag(batch);
+                    self.backoff = BACKOFF_FIRST;
                     return Delivery::Done;
                 }
                 Ok(status) => {
@@ -419,10 +531,10 @@ impl Worker {
                     self.warn(format_args!("the request failed: {e}; retrying"));
                 }
             }
-            if !self.sleep(jittered(backoff)) {
+            if !self.sleep(jittered(self.backoff)) {
                 return Delivery::Stopped;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             if measured.elapsed() >= BACKLOG_CHECK_INTERVAL {
                 measured = Instant::now();
                 if self.measure(at) {

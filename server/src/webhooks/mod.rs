@@ -51,6 +51,9 @@ pub struct HookStats {
     /// Membership events the bounded feed dropped before the webhook read
     /// them.
     pub skipped_members: AtomicU64,
+    /// Log segments gone before the webhook read them (a cursor that was
+    /// not held: it should stay 0).
+    pub skipped_segments: AtomicU64,
     /// Presence events dropped because its queue was full.
     pub presence_dropped: AtomicU64,
     /// Log bytes not yet delivered, summed over shards (at the last check).
@@ -69,6 +72,7 @@ impl Default for HookStats {
             failures: AtomicU64::new(0),
             skipped_bytes: AtomicU64::new(0),
             skipped_members: AtomicU64::new(0),
+            skipped_segments: AtomicU64::new(0),
             presence_dropped: AtomicU64::new(0),
             backlog_bytes: AtomicU64::new(0),
             pending_members: AtomicU64::new(0),
@@ -109,6 +113,20 @@ struct Holds {
 }
 
 impl Holds {
+    /// Starts from the cursors saved in `meta.redb` (what the shards hold
+    /// since they opened), so that no webhook's save lowers another's
+    /// hold before it resumed.
+    fn seed(&self, engine: &Engine) {
+        let shards = engine.feeds().len();
+        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, stream, pos) in engine.directory().feed_cursors().unwrap_or_default() {
+            if (stream as usize) < shards {
+                let segments = saved.entry(name).or_insert_with(|| vec![None; shards]);
+                segments[stream as usize] = Some(rookery_engine::Pos::from_u64(pos).segment);
+            }
+        }
+    }
+
     /// Records `name`'s saved segments (`None`: forget it) and sets every
     /// shard's hold to the lowest one.
     fn update(&self, engine: &Engine, name: &str, segments: Option<Vec<Option<u32>>>) {
@@ -192,6 +210,7 @@ impl Webhooks {
     /// Starts a delivery thread per webhook. Webhooks no longer in the
     /// file lose their saved cursors (and what they held).
     pub fn start(&self, engine: Engine) -> std::io::Result<()> {
+        self.holds.seed(&engine);
         let _ = self.engine.set(engine);
         let hooks = self
             .loaded
@@ -203,7 +222,9 @@ impl Webhooks {
 
     /// Re-reads the file (SIGHUP): stops the webhooks that went or changed
     /// and starts the new and changed ones; a changed one resumes from its
-    /// cursor. A bad file changes nothing. Returns how many run.
+    /// cursor. A bad file changes nothing. Returns how many run. Waits for
+    /// each stopped webhook's thread (one inside a request: up to its
+    /// `timeout_ms`), so that no two threads ever deliver for one name.
     pub fn reload(&self) -> Result<usize, String> {
         if self.engine.get().is_none() {
             return Err("the server is still starting".into());

@@ -5,10 +5,11 @@
 //! A request's body is `{"webhook":NAME,"events":[...]}`; each event is a
 //! JSON object with `type` (one of [`Kind::word`]), `room` and `ts`. The
 //! durable events carry an `id` that is the same on every delivery (a
-//! receiver drops what it has seen by it): `"{shard}-{segment}-{offset}"`
-//! (the record's place in its shard's log) for messages, edits and deletes,
-//! `"m-{n}"` for joins and leaves. Presence carries none: it is best
-//! effort.
+//! receiver drops what it has seen by it): the data directory's random id
+//! in 16 hex digits (nodes of a cluster, or a directory made again, never
+//! share one), then `-{shard}-{segment}-{offset}` (the record's place in
+//! its shard's log) for messages, edits and deletes, `-m-{n}` for joins
+//! and leaves. Presence carries none: it is best effort.
 //!
 //! The signature header is `v1=` and the lowercase hex of
 //! HMAC-SHA256(secret, `{timestamp}.{body}`), the timestamp being the
@@ -68,9 +69,19 @@ pub fn record_kind(record: &ArchivedRecord) -> Kind {
     }
 }
 
-/// The event of the record at `pos` of shard `shard`'s log.
-pub fn record_event(shard: usize, pos: Pos, record: &ArchivedRecord) -> Encoded {
-    let id = format!("{shard}-{}-{}", pos.segment, pos.offset);
+/// When a log record happened (ms since the Unix epoch).
+pub fn record_ts(record: &ArchivedRecord) -> u64 {
+    match record {
+        ArchivedRecord::Message(m) => m.ts_ms.into(),
+        ArchivedRecord::Edit(e) => e.ts_ms.into(),
+        ArchivedRecord::Delete(d) => d.ts_ms.into(),
+    }
+}
+
+/// The event of the record at `pos` of shard `shard`'s log, in the data
+/// directory `origin`.
+pub fn record_event(origin: u64, shard: usize, pos: Pos, record: &ArchivedRecord) -> Encoded {
+    let id = format!("{origin:016x}-{shard}-{}-{}", pos.segment, pos.offset);
     let id = Some(id.as_str());
     let out = match record {
         ArchivedRecord::Message(m) => Out {
@@ -119,9 +130,9 @@ pub fn member_kind(e: &MemberEvent) -> Kind {
     }
 }
 
-/// The event of a membership feed entry.
-pub fn member_event(e: &MemberEvent) -> Encoded {
-    let id = format!("m-{}", e.id);
+/// The event of a membership feed entry of the data directory `origin`.
+pub fn member_event(origin: u64, e: &MemberEvent) -> Encoded {
+    let id = format!("{origin:016x}-m-{}", e.id);
     encode(&Out {
         id: Some(&id),
         kind: member_kind(e).word(),
@@ -135,26 +146,31 @@ pub fn member_event(e: &MemberEvent) -> Encoded {
     })
 }
 
-/// Merges the log's events and the membership feed's by time, each list
-/// keeping its own order (a merge, not a sort: a room's events stay in
-/// the room's order); on equal times a membership event goes first (a
-/// join is older than the messages it allowed).
-pub fn merge(log: Vec<Encoded>, members: Vec<Encoded>) -> Vec<Encoded> {
-    let mut out = Vec::with_capacity(log.len() + members.len());
-    let (mut log, mut members) = (log.into_iter().peekable(), members.into_iter().peekable());
+/// Merges lists of events by time, each list keeping its own order (a
+/// merge, not a sort: a room's events stay in the room's order even where
+/// a shard's times are not sorted across rooms); on equal times the
+/// earlier list goes first (the membership feed is first: a join is older
+/// than the messages it allowed).
+pub fn merge(lists: Vec<Vec<Encoded>>) -> Vec<Encoded> {
+    let total = lists.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    let mut lists: Vec<_> = lists
+        .into_iter()
+        .map(|l| l.into_iter().peekable())
+        .collect();
     loop {
-        let take_member = match (log.peek(), members.peek()) {
-            (None, None) => return out,
-            (Some(_), None) => false,
-            (None, Some(_)) => true,
-            (Some(l), Some(m)) => m.ts_ms <= l.ts_ms,
+        let mut best: Option<(usize, u64)> = None;
+        for (i, list) in lists.iter_mut().enumerate() {
+            if let Some(e) = list.peek() {
+                if best.is_none_or(|(_, ts)| e.ts_ms < ts) {
+                    best = Some((i, e.ts_ms));
+                }
+            }
+        }
+        let Some((i, _)) = best else {
+            return out;
         };
-        let next = if take_member {
-            members.next()
-        } else {
-            log.next()
-        };
-        out.extend(next);
+        out.extend(lists[i].next());
     }
 }
 
@@ -202,15 +218,17 @@ mod tests {
     }
 
     #[test]
-    fn a_merge_keeps_each_lists_order_and_puts_members_first_on_ties() {
-        // The log's times are not sorted across rooms; the merge keeps them.
-        let log = vec![at(5, "a"), at(3, "b"), at(9, "c")];
+    fn a_merge_keeps_each_lists_order_and_puts_earlier_lists_first_on_ties() {
+        // A shard's times are not sorted across rooms; the merge keeps its
+        // order and takes the oldest head of all lists each time.
         let members = vec![at(5, "J"), at(8, "L")];
-        let got: Vec<_> = merge(log, members)
+        let shard0 = vec![at(5, "a"), at(3, "b"), at(9, "c")];
+        let shard1 = vec![at(4, "x"), at(10, "y")];
+        let got: Vec<_> = merge(vec![members, shard0, shard1])
             .into_iter()
             .map(|e| String::from_utf8(e.json).unwrap())
             .collect();
-        assert_eq!(got, ["J", "a", "b", "L", "c"]);
+        assert_eq!(got, ["x", "J", "a", "b", "L", "c", "y"]);
     }
 
     #[test]
@@ -240,10 +258,10 @@ mod tests {
             ts_ms: 6,
             joined: false,
         };
-        let json: serde_json::Value = serde_json::from_slice(&member_event(&e).json).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&member_event(0xab, &e).json).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"id":"m-7","type":"leave","room":3,"user":4,"by":5,"ts":6})
+            serde_json::json!({"id":"00000000000000ab-m-7","type":"leave","room":3,"user":4,"by":5,"ts":6})
         );
     }
 }

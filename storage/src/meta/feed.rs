@@ -57,6 +57,12 @@ pub(super) fn now_ms() -> u64 {
 }
 
 impl Meta {
+    /// This data directory's random id, the same for its whole life
+    /// (what tells its events from another directory's).
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+
     /// Turns the membership feed on or off (what is in it stays).
     pub fn set_member_feed(&self, on: bool) {
         self.member_feed.store(on, Ordering::Release);
@@ -75,7 +81,10 @@ impl Meta {
         let (room, user, by, joined) = change;
         let id = next_id(txn, MEMBER_FEED_COUNTER, None)?;
         let mut feed = txn.open_table(MEMBER_FEED)?;
-        feed.insert(id, (room, user, by, now_ms, joined))?;
+        // Times never go back along the feed (readers merge it with the
+        // logs by time).
+        let last_ts = feed.last()?.map_or(0, |(_, row)| row.value().3);
+        feed.insert(id, (room, user, by, now_ms.max(last_ts), joined))?;
         if id > MEMBER_FEED_LEN_MAX {
             feed.remove(id - MEMBER_FEED_LEN_MAX)?;
         }
@@ -151,11 +160,14 @@ impl Meta {
         })
     }
 
-    /// Saves reader `name`'s cursors (durably: a reader resumes from here
-    /// after a crash).
+    /// Saves reader `name`'s cursors, replacing all it had (durably: a
+    /// reader resumes from here after a crash).
     pub fn save_feed_cursors(&self, name: &str, cursors: &[(u32, u64)]) -> Result<()> {
         self.write(|txn| {
             let mut table = txn.open_table(FEED_CURSORS)?;
+            // The whole set: a stream the reader no longer reads holds
+            // nothing.
+            table.retain_in((name, 0)..=(name, u32::MAX), |_, _| false)?;
             for &(stream, pos) in cursors {
                 table.insert((name, stream), pos)?;
             }

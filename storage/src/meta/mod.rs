@@ -246,6 +246,8 @@ pub struct Meta {
     db: Database,
     /// Which user and room ids this file may hand out (all when `None`).
     ids: Option<IdFilter>,
+    /// This data directory's random id (see `ensure_origin`).
+    origin: u64,
     /// Joins and leaves go into the membership feed.
     member_feed: std::sync::atomic::AtomicBool,
     /// The membership feed's last entry written (committed or about to
@@ -282,9 +284,12 @@ impl Meta {
         txn.open_table(FEED_CURSORS)?;
         txn.open_table(MEMBER_FEED)?;
         migrate::upgrade(&txn)?;
+        ensure_origin(&txn)?;
         txn.commit()?;
         let last = txn_counter(&db, feed::MEMBER_FEED_COUNTER)?;
+        let origin = txn_counter(&db, ORIGIN_COUNTER)?;
         Ok(Meta {
+            origin,
             db,
             ids: None,
             member_feed: Default::default(),
@@ -338,6 +343,26 @@ impl Meta {
 }
 
 // ---- helpers ----
+
+/// Where this data directory's random id is kept, in `counters`.
+const ORIGIN_COUNTER: &str = "origin";
+
+/// Gives the data directory a random id if it has none: what tells its
+/// events from another directory's (webhook event ids), so it is never
+/// copied into another (`rookery-admin import` makes a new directory).
+fn ensure_origin(txn: &WriteTransaction) -> Result<()> {
+    use std::hash::BuildHasher;
+    let mut counters = txn.open_table(COUNTERS)?;
+    if counters.get(ORIGIN_COUNTER)?.is_none() {
+        // RandomState is keyed from the OS's randomness.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let id = std::hash::RandomState::new().hash_one((nanos, std::process::id()));
+        counters.insert(ORIGIN_COUNTER, id.max(1))?;
+    }
+    Ok(())
+}
 
 /// Counter `name` as committed (0 when never set).
 fn txn_counter(db: &Database, name: &str) -> Result<u64> {

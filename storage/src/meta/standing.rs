@@ -120,11 +120,12 @@ impl Meta {
             apply(&txn, room, actor, target, now_ms, &change)?;
             check_room(&txn, room, target, &view, &change)?;
             let was = view.target.role.is_some();
-            let is = match (change.role, change.ban) {
-                (Some(role), _) => role.is_some(),
-                (None, Some(true)) => false,
-                (None, _) => was,
-            };
+            let is = txn
+                .open_table(MEMBERS)
+                .map_err(Error::from)?
+                .get((room, target))
+                .map_err(Error::from)?
+                .is_some();
             if was != is {
                 self.note_member(&txn, (room, target, actor, is), now_ms)?;
             }

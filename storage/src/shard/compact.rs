@@ -388,7 +388,8 @@ impl ShardStore {
     /// Rewrites everything that can be: seals the active segment, then
     /// compacts every appended segment and every compacted one holding
     /// deleted text. Afterwards no file of the shard holds the text of a
-    /// message deleted before the call (`rookery-admin compact`).
+    /// message deleted before the call (`rookery-admin compact`), except
+    /// the segments a reader outside the shard holds (see `feed.rs`).
     pub async fn compact_all(&self) -> Result<CompactionReport> {
         let _guard = self.maintenance_open().await?;
         self.roll_now().await?;
