@@ -182,6 +182,9 @@ impl Worker {
             }
             let batch = self.gather(&at);
             let quiet = batch.events.is_empty() && batch.presence.is_empty();
+            // A batch with nothing to send may still have moved a cursor
+            // (over events this webhook does not want): read on at once.
+            let idle = quiet && batch.next == at;
             if !quiet {
                 match self.deliver(&batch, &at) {
                     Delivery::Done => {}
@@ -210,7 +213,7 @@ impl Worker {
                 }
                 saved_at = Instant::now();
             }
-            if quiet {
+            if idle {
                 let wait = if at != saved {
                     due.max(Duration::from_millis(1))
                 } else {
