@@ -253,10 +253,7 @@ impl Worker {
             None => directory.member_feed_end().map_err(|e| e.to_string())?,
         };
         // Held before it is saved: nothing may take the segment between.
-        if self.reads_log {
-            let held = at.log.iter().map(|p| Some(p.segment)).collect();
-            self.holds.update(&self.engine, &self.hook.name, Some(held));
-        }
+        self.hold(&at);
         if !self.save(&at) {
             return Err("cannot save its cursor".into());
         }
@@ -286,31 +283,33 @@ impl Worker {
             self.warn(format_args!("saving the cursor failed: {e}"));
             return false;
         }
-        let held = self
-            .reads_log
-            .then(|| at.log.iter().map(|p| Some(p.segment)).collect());
-        self.holds.update(
-            &self.engine,
-            &self.hook.name,
-            Some(held.unwrap_or_default()),
-        );
+        self.hold(at);
         true
     }
 
-    /// Measures what is pending (for `/metrics`); whether a shard's log
-    /// backlog is past `backlog_bytes_max`.
-    fn measure(&self, at: &Cursors) -> bool {
+    /// Holds each shard's log from `at`'s segment (nothing when the
+    /// webhook does not read the logs).
+    fn hold(&self, at: &Cursors) {
+        let held = match self.reads_log {
+            true => at.log.iter().map(|p| Some(p.segment)).collect(),
+            false => Vec::new(),
+        };
+        self.holds.update(&self.engine, &self.hook.name, Some(held));
+    }
+
+    /// Measures what is pending (for `/metrics`); each shard's log bytes
+    /// behind (none when the webhook does not read the logs).
+    fn measure(&self, at: &Cursors) -> Vec<u64> {
         let feeds = self.engine.feeds();
-        let mut total = 0;
-        let mut over = false;
-        if self.reads_log {
-            for (shard, pos) in at.log.iter().enumerate() {
-                let behind = feeds.shard(shard).backlog_bytes(*pos);
-                over |= behind > self.hook.backlog_bytes_max;
-                total += behind;
-            }
-        }
-        self.stats.backlog_bytes.store(total, Ordering::Relaxed);
+        let behind: Vec<u64> = match self.reads_log {
+            true => (at.log.iter().enumerate())
+                .map(|(shard, pos)| feeds.shard(shard).backlog_bytes(*pos))
+                .collect(),
+            false => Vec::new(),
+        };
+        self.stats
+            .backlog_bytes
+            .store(behind.iter().sum(), Ordering::Relaxed);
         if self.reads_members {
             let end = self
                 .engine
@@ -321,22 +320,27 @@ impl Worker {
                 .pending_members
                 .store(end.saturating_sub(at.member), Ordering::Relaxed);
         }
-        over
+        behind
+    }
+
+    /// Whether a shard's log backlog is past `backlog_bytes_max`.
+    fn too_far_behind(&self, behind: &[u64]) -> bool {
+        behind.iter().any(|b| *b > self.hook.backlog_bytes_max)
     }
 
     /// Moves a log cursor that fell more than `backlog_bytes_max` behind
     /// to where that much is left (counted and logged), and measures.
     fn bound_backlog(&mut self, at: &mut Cursors) {
-        if !self.measure(at) {
+        let mut behind = self.measure(at);
+        if !self.too_far_behind(&behind) {
             return;
         }
         let feeds = self.engine.feeds().clone();
         for (shard, pos) in at.log.iter_mut().enumerate() {
-            let feed = feeds.shard(shard);
-            let behind = feed.backlog_bytes(*pos);
-            if behind <= self.hook.backlog_bytes_max {
+            if behind[shard] <= self.hook.backlog_bytes_max {
                 continue;
             }
+            let feed = feeds.shard(shard);
             // Never back: within one segment there is nowhere to skip to
             // (the bound is at least a segment).
             let Some(resume) = feed
@@ -345,7 +349,8 @@ impl Worker {
             else {
                 continue;
             };
-            let skipped = behind.saturating_sub(feed.backlog_bytes(resume));
+            let left = feed.backlog_bytes(resume);
+            let skipped = behind[shard].saturating_sub(left);
             self.stats
                 .skipped_bytes
                 .fetch_add(skipped, Ordering::Relaxed);
@@ -357,8 +362,11 @@ impl Worker {
                 "the receiver fell too far behind: events skipped"
             );
             *pos = resume;
+            behind[shard] = left;
         }
-        self.measure(at);
+        self.stats
+            .backlog_bytes
+            .store(behind.iter().sum(), Ordering::Relaxed);
     }
 
     /// The next batch from `at`: up to `batch_len_max` of the logs'
@@ -540,7 +548,7 @@ impl Worker {
             self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             if measured.elapsed() >= BACKLOG_CHECK_INTERVAL {
                 measured = Instant::now();
-                if self.measure(at) {
+                if self.too_far_behind(&self.measure(at)) {
                     return Delivery::TooFarBehind;
                 }
             }
