@@ -301,6 +301,21 @@ assert w["webhook"]["bad_signatures"] == 0 and w["webhook"]["lag_ms"]["p99"] > 0
 print(f"webhooks smoke: {w['webhook']['messages']} messages received of {w['acked']} acknowledged, lag p99 {w['webhook']['lag_ms']['p99']:.1f} ms")
 PY
 
+step "backup smoke: rookery-bench backup, a short load alone and during online backups of a filled directory (under a minute)"
+cargo run --locked -q -p rookery-bench -- backup --rookery-bin target/debug/rookery \
+    --fill-bytes 33554432 --users 40 --rooms 4 --rate 1 --duration 12s \
+    --quiet --json "$smoke_dir/backup.json" > "$smoke_dir/backup.txt"
+python3 - "$smoke_dir/backup.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for run in ("alone", "during_backups"):
+    assert r[run]["lost"] == 0, r[run]
+# Whole backups finished while chat ran, each holding the filled log
+# (the latency cost is judged on release builds, in docs/benchmarks.md).
+assert r["backups"] and all(b["bytes"] >= r["filled_bytes"] for b in r["backups"]), r
+print(f"backup smoke: {len(r['backups'])} backups of {r['backups'][0]['bytes']} bytes during chat, nothing lost")
+PY
+
 step "browser: the web client and dashboard in headless Chromium (about a minute)"
 # The system's Chromium (no browser download): Debian's package, installed
 # if missing. playwright-core comes from tools/browser's lock file.

@@ -145,21 +145,32 @@ pub(crate) fn start_rookery(
     secret: &str,
     extra: &[&str],
 ) -> Result<(Running, u16)> {
-    let port = free_port()?;
     let dir = tempfile::tempdir()?;
+    let (mut running, port) =
+        start_rookery_in(bin, &dir.path().join("data"), durability, secret, extra)?;
+    running.keep(dir);
+    Ok((running, port))
+}
+
+/// [`start_rookery`] on the data directory `data`, which outlives it.
+pub(crate) fn start_rookery_in(
+    bin: &Path,
+    data: &Path,
+    durability: &str,
+    secret: &str,
+    extra: &[&str],
+) -> Result<(Running, u16)> {
+    let port = free_port()?;
     let child = Command::new(bin)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--data-dir", &dir.path().join("data").to_string_lossy()])
+        .args(["--data-dir", &data.to_string_lossy()])
         .args(["--durability", durability, "--jwt-secret", secret])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .context("starting rookery")?;
-    let mut running = Running {
-        child,
-        _dir: Some(dir),
-    };
+    let mut running = Running { child, _dir: None };
     wait_ready(port, "/readyz", &mut running.child)?;
     Ok((running, port))
 }

@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod abuse;
+mod backup;
 mod cluster;
 mod compare;
 mod engine;
@@ -62,6 +63,8 @@ enum Command {
     /// A normal load alone and then with a webhook to a built-in receiver:
     /// chat p99 of both, the webhook's lag, nothing missing.
     Webhooks(webhooks::WebhooksArgs),
+    /// Online backup: seconds per GB, and chat's p99 while backups run.
+    Backup(backup::BackupArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Storage(args) => storage::run(args),
         Command::Abuse(args) => abuse::run(args),
         Command::Webhooks(args) => webhooks::run(args),
+        Command::Backup(args) => backup::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Idle(args) => idle::run(args),
         Command::Load(args) => load::run(args),

@@ -435,6 +435,41 @@ impl Engine {
         Ok(total)
     }
 
+    /// Writes an online backup of the data directory to `to` (which must
+    /// not exist) while the engine keeps serving: every record each shard
+    /// acknowledged before its point (taken now, shard after shard), and
+    /// `meta.redb` as it is once every point is taken (see
+    /// [`rookery_storage::backup`]). Blocking, for seconds per GB: call it
+    /// on a thread of its own, never on a shard.
+    pub fn backup(
+        &self,
+        to: &std::path::Path,
+        opts: &rookery_storage::backup::BackupOptions,
+        progress: &rookery_storage::backup::Progress,
+    ) -> Result<rookery_storage::backup::BackupManifest> {
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut points = Vec::with_capacity(self.shards());
+        for shard in 0..self.shards() {
+            points.push(
+                self.inner
+                    .queues
+                    .call(shard, |reply| Command::BackupPoint { reply })
+                    .wait()?,
+            );
+        }
+        Ok(rookery_storage::backup::write_backup(
+            &self.inner.meta,
+            self.shards() as u32,
+            points,
+            created_ms,
+            to,
+            opts,
+            progress,
+        )?)
+    }
+
     /// Users with an open subscription to the room, on any shard.
     pub fn online(&self, room: u64) -> Pending<Vec<u64>> {
         self.inner

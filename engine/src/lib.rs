@@ -58,6 +58,7 @@ pub use event::{Event, EventKind, Message};
 pub use local::{Local, LocalInbox};
 pub use metrics::{micros_histogram, Latencies, Metrics, ShardCounters, ShardGauges};
 pub use reply::Pending;
+pub use rookery_storage::backup;
 pub use rookery_storage::meta::SERVER_USER;
 pub use rookery_storage::{
     ArchivedRecord, Cursor, Doorbell, Durability, FeedRead, IdFilter, LogFeed, LogFeeds, Order,

@@ -114,6 +114,17 @@ pub struct Config {
     /// rooms it owns.
     #[arg(long, env = "ROOKERY_WEBHOOKS_FILE")]
     pub webhooks_file: Option<PathBuf>,
+    /// The directory online backups are written under
+    /// (`POST /api/backend/backup`, each backup a directory in it named by
+    /// the request; docs/operations.md). Created if missing; must not hold
+    /// or lie in `--data-dir`. Without it the backup route answers 409.
+    #[arg(long, env = "ROOKERY_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Bytes of log a backup copies per second at most (at least 1 MiB/s):
+    /// what keeps a backup's reads and writes from crowding the log's
+    /// durable writes on the disk (docs/benchmarks.md, "Online backup").
+    #[arg(long, env = "ROOKERY_BACKUP_BYTES_PER_S_MAX", default_value_t = 16 << 20)]
+    pub backup_bytes_per_s_max: u64,
     /// A PEM file of the certificate chain (the server's own first) to
     /// serve HTTPS and WSS with on `--listen`, instead of plain HTTP; with
     /// `--tls-key`. Both are re-read on SIGHUP.
@@ -401,6 +412,9 @@ impl Config {
                 "--spin-before-park-us must be <= {SPIN_BEFORE_PARK_US_MAX}"
             ));
         }
+        if self.backup_bytes_per_s_max < 1 << 20 {
+            return Err("--backup-bytes-per-s-max must be >= 1048576".into());
+        }
         if !(1 << 20..=1 << 30).contains(&self.segment_bytes_max) {
             return Err("--segment-bytes-max must be in 1048576..=1073741824".into());
         }
@@ -672,6 +686,10 @@ mod tests {
             ),
             (&["--jwt-leeway-s", "3600"][..], "--jwt-leeway-s"),
             (&["--segment-bytes-max", "65536"][..], "--segment-bytes-max"),
+            (
+                &["--backup-bytes-per-s-max", "1000"][..],
+                "--backup-bytes-per-s-max",
+            ),
             (
                 &["--segment-bytes-max", "2147483648"][..],
                 "--segment-bytes-max",

@@ -43,15 +43,18 @@ pub enum Scope {
     Users = 8,
     /// Read a room's history and who is online in it.
     Read = 16,
+    /// Take online backups of the data directory (`--backup-dir`).
+    Backup = 32,
 }
 
 impl Scope {
-    const ALL: [Scope; 5] = [
+    const ALL: [Scope; 6] = [
         Scope::Publish,
         Scope::Rooms,
         Scope::Members,
         Scope::Users,
         Scope::Read,
+        Scope::Backup,
     ];
 
     /// Its name in the keys file and in errors.
@@ -62,6 +65,7 @@ impl Scope {
             Scope::Members => "members",
             Scope::Users => "users",
             Scope::Read => "read",
+            Scope::Backup => "backup",
         }
     }
 

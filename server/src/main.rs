@@ -9,6 +9,7 @@ mod accounts;
 mod app;
 mod assets;
 mod auth;
+mod backups;
 mod cluster;
 mod config;
 mod deflate;
@@ -68,6 +69,17 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let backups = match backups::Backups::new(
+        cfg.backup_dir.as_deref(),
+        &cfg.data_dir,
+        cfg.backup_bytes_per_s_max,
+    ) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("rookery: {e}");
+            std::process::exit(2);
+        }
+    };
     let hooks = match webhooks::Webhooks::load(cfg.webhooks_file.clone()) {
         Ok(hooks) => Arc::new(hooks),
         Err(e) => {
@@ -98,7 +110,7 @@ fn main() {
         std::process::exit(1);
     }
     init_tracing();
-    if let Err(e) = run(cfg, Reloadable { keys, tls, hooks }) {
+    if let Err(e) = run(cfg, Reloadable { keys, tls, hooks }, backups) {
         eprintln!("rookery: {e:#}");
         std::process::exit(1);
     }
@@ -152,7 +164,7 @@ struct Reloadable {
     hooks: Arc<webhooks::Webhooks>,
 }
 
-fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
+fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> anyhow::Result<()> {
     // Signals are caught before anything starts, so none is lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     // SIGHUP too, before anything starts: its default would end the process.
@@ -227,7 +239,7 @@ fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
     let sampler = Arc::new(Mutex::new(stats::Sampler::new(cfg.stats_samples_max)));
     let task: ShardTask = {
         let (http, sampler, hooks) = (http.clone(), sampler.clone(), hooks.clone());
-        let (cfg, stopping) = (cfg.clone(), stopping.clone());
+        let (cfg, stopping, backups) = (cfg.clone(), stopping.clone(), backups.clone());
         Arc::new(move |shard, engine: Engine| {
             let local = engine.local().expect("shard tasks run on their shard");
             let working = local.clone();
@@ -260,6 +272,7 @@ fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
                 rates: rates.clone(),
                 hashing: hashing.clone(),
                 keys: keys.clone(),
+                backups: backups.clone(),
                 tls: tls.clone(),
                 webhooks: hooks.clone(),
                 stop: Rc::new(glommio::sync::Semaphore::new(0)),
@@ -327,7 +340,7 @@ fn run(cfg: Config, reloadable: Reloadable) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
-    shutdown_within(engine, &cfg, drained_rx, hooks)
+    shutdown_within(engine, &cfg, drained_rx, hooks, backups)
 }
 
 /// Re-reads what may change while serving on each SIGHUP (the API keys,
@@ -372,6 +385,7 @@ fn shutdown_within(
     cfg: &Config,
     drained: flume::Receiver<usize>,
     hooks: Arc<webhooks::Webhooks>,
+    backups: Arc<backups::Backups>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + cfg.shutdown_timeout();
@@ -389,8 +403,10 @@ fn shutdown_within(
     );
     let (done_tx, done_rx) = flume::bounded(1);
     std::thread::spawn(move || {
-        // The webhooks save their cursors while the store is open.
+        // The webhooks save their cursors while the store is open; a
+        // running backup is cancelled (it holds the engine).
         hooks.stop();
+        backups.stop();
         let _ = done_tx.send(engine.shutdown());
     });
     match done_rx.recv_deadline(deadline) {

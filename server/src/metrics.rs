@@ -692,9 +692,36 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
         flush(|f| f.pooled.load(Ordering::Relaxed) as i64),
     );
     register_webhooks(&mut r, &shared.webhooks.stats());
+    register_backups(&mut r, &shared.backups.stats);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)?;
     Ok(out)
+}
+
+/// The online backups' counters.
+fn register_backups(r: &mut Registry, b: &crate::backups::BackupStats) {
+    let counters = [
+        ("backups_done", "Online backups that finished", &b.done),
+        (
+            "backups_failed",
+            "Online backups that failed (the log says why)",
+            &b.failed,
+        ),
+        (
+            "backup_copied_bytes",
+            "Bytes of log the online backups copied",
+            &b.bytes,
+        ),
+    ];
+    for (name, help, v) in counters {
+        counter(r, name, help, v.load(Ordering::Relaxed));
+    }
+    gauge(
+        r,
+        "backup_last_done_timestamp_seconds",
+        "When the last online backup finished, seconds since the Unix epoch (0: none since start)",
+        b.last_done_s.load(Ordering::Relaxed) as i64,
+    );
 }
 
 /// One family of a value per webhook, labelled `webhook`.

@@ -45,6 +45,8 @@ pub struct Shared {
     pub notices: Arc<crate::notices::Notices>,
     /// The server API's keys (`--api-keys-file`), shared by every shard.
     pub keys: Arc<crate::keys::ApiKeys>,
+    /// Online backups (`--backup-dir`), shared by every shard.
+    pub backups: Arc<crate::backups::Backups>,
     /// The listener's TLS (`--tls-cert`), shared by every shard.
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// The webhooks (`--webhooks-file`), for `/metrics`.

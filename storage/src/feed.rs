@@ -18,12 +18,12 @@
 //!   Holds are loaded from `meta.redb` before any shard opens (see
 //!   [`crate::Store::open`]), so even `rookery-admin compact` keeps them.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::direct::DirectFile;
 use crate::error::{Error, Result};
 use crate::record::{check_frame, decode_frame, ArchivedRecord, FrameError, FRAME_HEADER_BYTES};
 use crate::segment::{self, Pos, HEADER_BYTES};
@@ -96,7 +96,7 @@ pub struct LogFeed {
     log_dir: OnceLock<PathBuf>,
     /// The segment read last, kept open (readers mostly read the active
     /// one, a little at a time).
-    last: Mutex<Option<(u32, Arc<Span>)>>,
+    last: Mutex<Option<(u32, Arc<DirectFile>)>>,
 }
 
 /// What one [`LogFeed::read`] did.
@@ -211,14 +211,14 @@ impl LogFeed {
 
     /// Segment `segment` (at `path`) opened for reading: the one kept
     /// open if it is that one.
-    fn open(&self, segment: u32, path: &Path) -> Result<Arc<Span>> {
+    fn open(&self, segment: u32, path: &Path) -> Result<Arc<DirectFile>> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((s, span)) = last.as_ref() {
             if *s == segment {
                 return Ok(span.clone());
             }
         }
-        let span = Arc::new(Span::open(path)?);
+        let span = Arc::new(DirectFile::open(path)?);
         *last = Some((segment, span.clone()));
         Ok(span)
     }
@@ -299,7 +299,7 @@ struct Frames {
 /// Reads the whole frames among `want` bytes of `path` at `at` (a frame
 /// longer than `want` is read whole), passing each record to `see`.
 fn read_frames(
-    file: &Span,
+    file: &DirectFile,
     at: Pos,
     want: usize,
     see: &mut impl FnMut(Pos, &ArchivedRecord),
@@ -347,106 +347,6 @@ fn read_frames(
         }
     }
     Ok(done)
-}
-
-/// Direct reads are aligned to this (the largest logical block size).
-const DIRECT_ALIGN: usize = 4096;
-
-/// A segment opened for reading, with O_DIRECT where the file system
-/// allows it. The log is written with O_DIRECT: a buffered read would
-/// bring pages into the page cache that the writer's next direct write to
-/// the same block must invalidate, which sends that write off io_uring's
-/// fast path to a worker thread (measured: webhooks reading with `pread`
-/// put two `iou-wrk` threads to work beside each shard). A direct read
-/// leaves the page cache alone.
-#[derive(Debug)]
-struct Span {
-    file: std::fs::File,
-    direct: bool,
-    path: PathBuf,
-}
-
-/// Bytes read from a segment: `buf[skip..skip + len]`.
-struct Read {
-    buf: rkyv::util::AlignedVec<DIRECT_ALIGN>,
-    skip: usize,
-    len: usize,
-}
-
-impl Read {
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.skip..self.skip + self.len]
-    }
-}
-
-impl Span {
-    fn open(path: &Path) -> Result<Span> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let direct = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path);
-        let (file, direct) = match direct {
-            Ok(f) => (f, true),
-            // tmpfs and some others refuse O_DIRECT: read through the cache.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (
-                std::fs::File::open(path).map_err(|e| Error::io(path, e))?,
-                false,
-            ),
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        Ok(Span {
-            file,
-            direct,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Up to `len` bytes at `offset` (fewer at the end of the file).
-    fn read(&self, offset: u64, len: usize) -> Result<Read> {
-        let (start, skip) = if self.direct {
-            let start = offset & !(DIRECT_ALIGN as u64 - 1);
-            (start, (offset - start) as usize)
-        } else {
-            (offset, 0)
-        };
-        let whole = if self.direct {
-            (skip + len).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
-        } else {
-            len
-        };
-        let mut buf = rkyv::util::AlignedVec::<DIRECT_ALIGN>::with_capacity(whole);
-        buf.resize(whole, 0);
-        let got = read_at(&self.file, &mut buf, start, &self.path, self.direct)?;
-        Ok(Read {
-            buf,
-            skip,
-            len: got.saturating_sub(skip).min(len),
-        })
-    }
-}
-
-/// Reads up to `buf.len()` bytes at `offset`; returns how many (fewer at
-/// the end of the file). A short direct read is the end of the file (a
-/// second read would start unaligned).
-fn read_at(
-    file: &std::fs::File,
-    buf: &mut [u8],
-    offset: u64,
-    path: &Path,
-    direct: bool,
-) -> Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) if direct && n < buf.len() - got => return Ok(got + n),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io(path, e)),
-        }
-    }
-    Ok(got)
 }
 
 /// Wakes threads waiting for news (a shard acknowledged a batch; a reader's

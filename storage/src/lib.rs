@@ -19,8 +19,10 @@
 
 #![deny(missing_docs)]
 
+pub mod backup;
 pub mod chunk;
 mod config;
+mod direct;
 mod error;
 mod feed;
 mod index;

@@ -106,6 +106,11 @@ pub(crate) enum Command {
     EnforceRetention {
         reply: Reply<RetentionReport>,
     },
+    /// The point a backup copies the shard up to (see
+    /// `Engine::backup_points`).
+    BackupPoint {
+        reply: Reply<rookery_storage::backup::ShardPoint>,
+    },
     /// Creates a room (see `Engine::create_room`).
     CreateRoom {
         /// The id the cluster handed out, or `None` for the next here.
@@ -315,6 +320,9 @@ impl Shard {
                         .map_err(Error::from)
                 });
             }
+            Command::BackupPoint { reply } => {
+                send(reply, self.store.backup_point().map_err(Error::from))
+            }
             Command::EnforceRetention { reply } => {
                 let me = self.clone();
                 answer(reply, async move { me.enforce_retention().await });
@@ -368,6 +376,7 @@ fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
         Command::Subscribe(NewSub { ready, .. }) => ready(Err(error())),
         Command::Online { reply, .. } => send(reply, Err(error())),
         Command::EnforceRetention { reply } => send(reply, Err(error())),
+        Command::BackupPoint { reply } => send(reply, Err(error())),
         Command::SetMember { reply, .. } => send(reply, Err(error())),
         Command::DeleteRoom { reply, .. } => send(reply, Err(error())),
         Command::Membership { reply, .. } => send(reply, Err(error())),

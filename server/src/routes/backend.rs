@@ -48,6 +48,8 @@ pub(super) fn route_name(segments: &[&str]) -> Option<&'static str> {
         ["api", "backend", "rooms", _, "online"] => "/api/backend/rooms/{id}/online",
         ["api", "backend", "broadcast"] => "/api/backend/broadcast",
         ["api", "backend", "users", _, "disconnect"] => "/api/backend/users/{user}/disconnect",
+        ["api", "backend", "backup"] => "/api/backend/backup",
+        ["api", "backend", "backup", _] => "/api/backend/backup/{name}",
         ["api", "backend", ..] => "/api/backend/other",
         _ => return None,
     })
@@ -68,6 +70,8 @@ fn scope_of(method: &str, route: &str) -> Option<Scope> {
         ("DELETE", "/api/backend/rooms/{id}/members/{user}") => Scope::Members,
         ("PUT" | "DELETE", "/api/backend/rooms/{id}/bans/{user}") => Scope::Members,
         ("POST", "/api/backend/users/{user}/disconnect") => Scope::Users,
+        ("POST", "/api/backend/backup") => Scope::Backup,
+        ("GET", "/api/backend/backup/{name}") => Scope::Backup,
         _ => return None,
     })
 }
@@ -181,6 +185,8 @@ async fn dispatch(
         ("PUT", "/api/backend/rooms/{id}/bans/{user}") => ban(req, shared, true).await,
         ("DELETE", "/api/backend/rooms/{id}/bans/{user}") => ban(req, shared, false).await,
         ("POST", "/api/backend/users/{user}/disconnect") => disconnect(req, shared).await,
+        ("POST", "/api/backend/backup") => start_backup(req, shared),
+        ("GET", "/api/backend/backup/{name}") => backup_state(req, shared),
         _ => unreachable!("scope_of admits only these"),
     }
 }
@@ -604,4 +610,46 @@ async fn disconnect(req: &Request, shared: &Shared) -> ApiResult {
         202,
         &json!({"user": target, "disconnected": true}),
     ))
+}
+
+/// The body of `POST /api/backend/backup` (empty, or `{}`, names the
+/// backup by the time).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    name: Option<String>,
+}
+
+/// `POST /api/backend/backup`: starts an online backup of this node's data
+/// directory into `--backup-dir`, and answers 202 at once with its state
+/// (`GET /api/backend/backup/{name}` follows it). 409 without
+/// `--backup-dir` or while another runs, or when the name is taken.
+fn start_backup(req: &Request, shared: &Shared) -> ApiResult {
+    use crate::backups::Refused;
+    let b: BackupBody = if req.body.is_empty() {
+        BackupBody::default()
+    } else {
+        body(req)?
+    };
+    let job = shared
+        .backups
+        .start(shared.engine.clone(), b.name.as_deref())
+        .map_err(|r| match r {
+            Refused::Off => {
+                ApiError::Conflict("backups are off: this server has no --backup-dir".into())
+            }
+            Refused::BadName(m) => ApiError::BadRequest(m),
+            Refused::Busy(m) => ApiError::Conflict(m),
+        })?;
+    Ok(Response::json(202, &job.json()))
+}
+
+/// `GET /api/backend/backup/{name}`: a backup's state (running, done or
+/// failed), while it runs and for the last 16 after.
+fn backup_state(req: &Request, shared: &Shared) -> ApiResult {
+    let name = req.path.rsplit('/').next().unwrap_or_default();
+    match shared.backups.job(name) {
+        Some(job) => Ok(Response::json(200, &job.json())),
+        None => Err(ApiError::NotFound(format!("no recent backup {name:?}"))),
+    }
 }

@@ -55,6 +55,7 @@ use redb::{
 use crate::config::IdFilter;
 use crate::error::{Error, Result};
 
+mod backup;
 mod feed;
 mod members;
 mod migrate;
@@ -66,6 +67,7 @@ mod standing;
 mod tests;
 mod users;
 
+pub use backup::{count_read_only, MetaCopy};
 pub use feed::{MemberEvent, MEMBER_FEED_LEN_MAX, MEMBER_FEED_STREAM};
 use rooms::last_seq;
 pub use standing::{

@@ -592,6 +592,57 @@ impl ShardStore {
         Some(feeds.shard(self.inner.shard as usize))
     }
 
+    /// The point a backup copies this shard up to: every record whose
+    /// append was acknowledged so far, nothing after it (see
+    /// `crate::backup`).
+    ///
+    /// Runs without yielding, so the live segments it opens are one
+    /// consistent log: the acknowledged end and the rooms' last seqs are
+    /// published together after each batch, and a compaction switches its
+    /// run for the compacted segment in one step (the run's files are
+    /// deleted later; an open file stays readable after its deletion).
+    ///
+    /// Errors: `Closed` before the shard's committer started or after it
+    /// closed, `Failed` after a failure, `Io` when a segment cannot be
+    /// opened.
+    pub fn backup_point(&self) -> Result<crate::backup::ShardPoint> {
+        let end = self.feed().and_then(|f| f.acked()).ok_or(Error::Closed)?;
+        let st = self.inner.st.borrow();
+        if let Some(why) = &st.failed {
+            return Err(Error::Failed(why.clone()));
+        }
+        if st.closing {
+            return Err(Error::Closed);
+        }
+        let mut files = Vec::with_capacity(st.segments.len());
+        for (&id, info) in &st.segments {
+            let len = if id == end.segment {
+                end.offset as u64
+            } else if let Some(sealed) = info.sealed_end {
+                sealed as u64
+            } else if !segment::is_compacted(id) && id > end.segment {
+                continue; // begun after the point: nothing acknowledged in it
+            } else {
+                return Err(Error::Failed(format!(
+                    "segment {id} is neither sealed nor the acknowledged end's ({end:?})"
+                )));
+            };
+            let path = segment::path(&self.inner.log_dir, id);
+            files.push(crate::backup::PointFile::open(id, len, &path)?);
+        }
+        let last_seqs = st
+            .rooms
+            .iter()
+            .map(|(&room, r)| (room, r.durable_seq))
+            .collect();
+        Ok(crate::backup::ShardPoint::new(
+            self.inner.shard,
+            end,
+            files,
+            last_seqs,
+        ))
+    }
+
     /// Whether a reader outside the shard still needs `segment` as it is.
     fn held(&self, segment: u32) -> bool {
         self.feed().is_some_and(|f| f.holds(segment))

@@ -9,7 +9,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// Scopes a key may have (docs/operations.md tables them).
-const SCOPES: [&str; 5] = ["publish", "rooms", "members", "users", "read"];
+const SCOPES: [&str; 6] = ["publish", "rooms", "members", "users", "read", "backup"];
 
 /// A fresh key and its keys-file entry.
 pub fn new_key(

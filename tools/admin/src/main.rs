@@ -6,7 +6,9 @@
 //! file and imports such a file into a new directory (with any shard count),
 //! salvages a shard whose log is damaged, compacts every log at once
 //! (deleted text gone from disk), and rebuilds the indexes from the logs.
-//! It also makes keys for the server API (`api-key`, no data directory).
+//! It also makes keys for the server API (`api-key`, no data directory),
+//! asks a running server for an online backup (`backup`, over its server
+//! API) and restores a backup into a new data directory (`restore`).
 //!
 //! It reads and writes the files directly. **Never run it against a data
 //! directory that a live server has open**: stop the server first. (The
@@ -18,6 +20,7 @@
 //! readable); 2 usage or I/O problems and refused operations.
 
 mod apikey;
+mod backup;
 mod compact;
 mod data;
 mod dump;
@@ -55,10 +58,40 @@ enum Command {
     ///
     /// Prints per shard its segments, records, rooms and index checkpoint,
     /// then every error and note. Notes (a torn tail, an unindexed tail) are
-    /// repaired by the next open and do not fail the check.
+    /// repaired by the next open and do not fail the check. Given a backup,
+    /// it first reads every file back against the backup's manifest
+    /// (length and CRC32C) and opens nothing for writing.
     Verify {
-        /// The data directory.
+        /// The data directory, or a backup.
         data: PathBuf,
+    },
+    /// Asks a running server for an online backup (POST
+    /// /api/backend/backup) and waits for it to finish. The server writes
+    /// it under its --backup-dir, in a directory of the given name.
+    Backup {
+        /// The server's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: String,
+        /// A file holding an API key with the `backup` scope.
+        #[arg(long, conflicts_with = "key_env")]
+        key_file: Option<PathBuf>,
+        /// Read the API key from ROOKERY_API_KEY instead.
+        #[arg(long)]
+        key_env: bool,
+        /// The backup's directory name under --backup-dir (default: the
+        /// time, rookery-YYYYMMDD-HHMMSS, UTC).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Restores a backup into a new (or empty) data directory: checks every
+    /// file of the backup first, copies them, then rebuilds each shard's
+    /// index. Start the server on the directory afterwards.
+    Restore {
+        /// The backup (a directory with backup.json).
+        backup: PathBuf,
+        /// The data directory to create.
+        #[arg(long)]
+        to: PathBuf,
     },
     /// Prints segments, bytes, records, messages and rooms per shard and in
     /// total, plus the users and rooms of meta.redb.
@@ -140,7 +173,7 @@ enum Command {
         /// The key's name, in the server's logs and errors.
         #[arg(long)]
         name: String,
-        /// What it may do: publish, rooms, members, users, read
+        /// What it may do: publish, rooms, members, users, read, backup
         /// (comma-separated).
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
@@ -188,6 +221,17 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<Outcome> {
     match command {
         Command::Verify { data } => verify::verify(&data),
+        Command::Backup {
+            url,
+            key_file,
+            key_env,
+            name,
+        } => backup::backup(
+            &url,
+            &api_key(key_file.as_deref(), key_env)?,
+            name.as_deref(),
+        ),
+        Command::Restore { backup, to } => backup::restore(&backup, &to),
         Command::Stats { data, json } => stats::stats(&data, json),
         Command::Dump { data, room, since } => dump::dump(&data, &room, since),
         Command::Export { data, out } => export::export(&data, out.as_deref()),
@@ -222,6 +266,23 @@ fn run(command: Command) -> anyhow::Result<Outcome> {
             Ok(Outcome::Clean)
         }
     }
+}
+
+/// The API key from `--key-file` or, with `--key-env`, `ROOKERY_API_KEY`
+/// (never from the command line, which other users can list).
+fn api_key(file: Option<&std::path::Path>, env: bool) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let key = match (file, env) {
+        (Some(f), _) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the API key from {}", f.display()))?,
+        (None, true) => std::env::var("ROOKERY_API_KEY").context("ROOKERY_API_KEY")?,
+        (None, false) => anyhow::bail!("give the API key with --key-file FILE or --key-env"),
+    };
+    let key = key.trim().to_string();
+    if key.is_empty() {
+        anyhow::bail!("the API key is empty");
+    }
+    Ok(key)
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`).

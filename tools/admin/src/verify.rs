@@ -12,8 +12,17 @@ use crate::Outcome;
 /// Verifies every shard and `meta.redb`, printing a report; `Damaged` when
 /// any error was found.
 pub fn verify(data: &Path) -> Result<Outcome> {
-    let manifest = data::manifest(data)?;
     let mut out = std::io::stdout().lock();
+    if crate::backup::is_backup(data) {
+        let errors = crate::backup::verify(data, &mut out)?;
+        if errors == 0 {
+            writeln!(out, "verify: ok (a backup)")?;
+        } else {
+            writeln!(out, "verify: {errors} error(s)")?;
+        }
+        return Ok(Outcome::from_damage(errors > 0));
+    }
+    let manifest = data::manifest(data)?;
     let mut errors = 0usize;
     for shard in 0..manifest.shards {
         errors += verify_one(data, shard, &mut out)?;
@@ -28,7 +37,7 @@ pub fn verify(data: &Path) -> Result<Outcome> {
 }
 
 /// Verifies one shard and prints its report; returns its error count.
-fn verify_one(data: &Path, shard: u32, out: &mut impl Write) -> Result<usize> {
+pub fn verify_one(data: &Path, shard: u32, out: &mut impl Write) -> Result<usize> {
     if !data::has_shard_dir(data, shard) {
         writeln!(out, "shard {shard}: no directory (never opened)")?;
         return Ok(0);
