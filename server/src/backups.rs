@@ -7,8 +7,8 @@
 //! not finish (the server stopped during it) leaves `NAME.partial`, which
 //! is removed at the next start.
 //!
-//! Invariant: at most one backup runs; the last `JOBS_KEPT` finished ones
-//! stay answerable by name.
+//! Invariant: at most one backup runs, and none after `stop`; the last
+//! `JOBS_KEPT` (running or finished) stay answerable by name.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -33,8 +33,11 @@ pub enum Refused {
     Off,
     /// The name is not one a backup may take.
     BadName(String),
-    /// Another backup is running, or the name is taken.
+    /// Another backup is running, or the name is taken, or the server is
+    /// stopping.
     Busy(String),
+    /// The backup's thread could not start.
+    Failed(String),
 }
 
 /// One backup, running or finished.
@@ -102,6 +105,8 @@ pub struct Backups {
     jobs: Mutex<VecDeque<Arc<Job>>>,
     /// The running backup's thread (it holds an engine handle).
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by [`Backups::stop`]: no backup starts after it.
+    stopped: std::sync::atomic::AtomicBool,
     pub stats: BackupStats,
 }
 
@@ -123,6 +128,7 @@ impl Backups {
             opts: BackupOptions { bytes_per_s_max },
             jobs: Mutex::new(VecDeque::new()),
             thread: Mutex::new(None),
+            stopped: Default::default(),
             stats: BackupStats::default(),
         })
     }
@@ -140,6 +146,9 @@ impl Backups {
             None => format!("rookery-{}", utc_stamp(started_ms / 1000)),
         };
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(Refused::Busy("the server is stopping".into()));
+        }
         if let Some(running) = jobs.iter().find(|j| j.outcome.get().is_none()) {
             return Err(Refused::Busy(format!(
                 "backup {:?} is running; one at a time",
@@ -158,19 +167,35 @@ impl Backups {
             progress: Progress::default(),
             outcome: OnceLock::new(),
         });
-        if jobs.len() == JOBS_KEPT {
-            jobs.pop_front();
-        }
-        jobs.push_back(job.clone());
-        drop(jobs);
         let (me, run) = (self.clone(), job.clone());
         let thread = std::thread::Builder::new()
             .name("rookery-backup".into())
             .spawn(move || me.run(engine, &run))
-            .map_err(|e| Refused::Busy(format!("cannot start the backup's thread: {e}")))?;
-        // The last one's thread has ended (its job has an outcome).
+            .map_err(|e| Refused::Failed(format!("cannot start the backup's thread: {e}")))?;
+        if jobs.len() == JOBS_KEPT {
+            jobs.pop_front();
+        }
+        jobs.push_back(job.clone());
+        // Under the jobs' lock: `stop` finds the thread of any job it sees.
+        // (The last one's thread has ended: its job has an outcome.)
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Ok(job)
+    }
+
+    /// Removes what unfinished backups left (`NAME.partial`: the server
+    /// was killed during one). Called once at start, with logging set up.
+    pub fn remove_unfinished(&self) {
+        let Some(dir) = &self.dir else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().ends_with(".partial") && entry.path().is_dir() {
+                tracing::warn!(path = %entry.path().display(), "removing an unfinished backup");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     /// The backup named `name`, if it is running or among the last ones.
@@ -183,6 +208,7 @@ impl Backups {
     /// server is stopping: the engine must have no other handle left).
     pub fn stop(&self) {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        self.stopped.store(true, Ordering::Relaxed);
         for job in jobs.iter().filter(|j| j.outcome.get().is_none()) {
             job.progress.cancel.store(true, Ordering::Relaxed);
         }
@@ -195,9 +221,14 @@ impl Backups {
 
     fn run(&self, engine: Engine, job: &Job) {
         tracing::info!(backup = %job.name, path = %job.path.display(), "backup started");
-        let outcome = engine
-            .backup(&job.path, &self.opts, &job.progress)
-            .map_err(|e| e.to_string());
+        // A panic is a failed backup, never a backup that runs forever
+        // (which would refuse every later one).
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine
+                .backup(&job.path, &self.opts, &job.progress)
+                .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| Err("the backup's thread panicked (see the log)".into()));
         drop(engine);
         let ms = job.started.elapsed().as_millis() as u64;
         let copied = job.progress.bytes_done.load(Ordering::Relaxed);
@@ -235,8 +266,8 @@ impl Backups {
     }
 }
 
-/// Creates `dir` if needed, checks it is apart from the data directory,
-/// and removes unfinished backups in it.
+/// Creates `dir` if needed and checks it is apart from the data
+/// directory.
 fn prepare(dir: &Path, data_dir: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("--backup-dir {}: {e}", dir.display()))?;
     let canon = dir
@@ -253,15 +284,6 @@ fn prepare(dir: &Path, data_dir: &Path) -> Result<PathBuf, String> {
             dir.display(),
             data_dir.display()
         ));
-    }
-    let entries =
-        std::fs::read_dir(&canon).map_err(|e| format!("--backup-dir {}: {e}", dir.display()))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_string_lossy().ends_with(".partial") && entry.path().is_dir() {
-            tracing::warn!(path = %entry.path().display(), "removing an unfinished backup");
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
     }
     Ok(canon)
 }
@@ -354,7 +376,9 @@ mod tests {
         let apart = tmp.path().join("backups");
         std::fs::create_dir_all(apart.join("old.partial/shard-0")).unwrap();
         std::fs::create_dir_all(apart.join("kept")).unwrap();
-        prepare(&apart, &data).unwrap();
+        let b = Backups::new(Some(&apart), &data, 1 << 20).unwrap();
+        assert!(apart.join("old.partial").exists(), "kept until start");
+        b.remove_unfinished();
         assert!(
             !apart.join("old.partial").exists(),
             "an unfinished backup is removed"

@@ -110,6 +110,7 @@ fn main() {
         std::process::exit(1);
     }
     init_tracing();
+    backups.remove_unfinished();
     if let Err(e) = run(cfg, Reloadable { keys, tls, hooks }, backups) {
         eprintln!("rookery: {e:#}");
         std::process::exit(1);

@@ -56,6 +56,9 @@ pub const BACKUP_FORMAT: u32 = 1;
 /// Bytes per read of a segment being copied.
 const COPY_STEP_BYTES: u64 = 256 << 10;
 
+/// How far behind its rate a backup may catch up at full speed.
+const PACE_CATCH_UP_MAX: Duration = Duration::from_secs(1);
+
 /// A live segment opened at a shard's point, and how much of it to copy.
 #[derive(Debug)]
 pub struct PointFile {
@@ -277,9 +280,11 @@ fn write_partial(
     for point in points {
         let log_dir = dir.join(format!("shard-{}", point.shard)).join("log");
         std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(&log_dir, e))?;
-        for f in &point.files {
+        // Each segment is closed once copied: one that compaction or
+        // retention deleted after the point frees its space then.
+        for f in point.files {
             let dest = segment::path(&log_dir, f.id);
-            let (crc32c, records) = copy_segment(f, &dest, &mut pace, progress)?;
+            let (crc32c, records) = copy_segment(&f, &dest, &mut pace, progress)?;
             manifest.records += records;
             manifest.files.push(FileEntry {
                 path: format!("shard-{}/log/{}", point.shard, segment::file_name(f.id)),
@@ -298,7 +303,7 @@ fn write_partial(
     }
     // After every point: each room a copied record names is in the copy.
     progress.go_on()?;
-    let copied = meta.copy_for_backup(&dir.join("meta.redb"), &last_seqs)?;
+    let copied = meta.copy_for_backup(&dir.join("meta.redb"), &last_seqs, &progress.cancel)?;
     manifest.users = copied.users;
     manifest.rooms = copied.rooms;
     Manifest::ensure(dir, shards)?;
@@ -397,10 +402,22 @@ impl DirectOut {
     /// bytes in the last block is cut by [`DirectOut::finish`]).
     fn write(&mut self, off: u64, read: &crate::direct::Read) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let bytes = if self.direct {
-            read.whole_blocks()
-        } else {
-            read.bytes()
+        let padded;
+        let bytes = match (self.direct, read.whole_blocks()) {
+            (false, _) => read.bytes(),
+            (true, Some(blocks)) => blocks,
+            // Read through the cache (its file system refused O_DIRECT):
+            // copied into whole aligned blocks.
+            (true, None) => {
+                let b = read.bytes();
+                let n = b.len().div_ceil(crate::direct::DIRECT_ALIGN) * crate::direct::DIRECT_ALIGN;
+                let mut v =
+                    rkyv::util::AlignedVec::<{ crate::direct::DIRECT_ALIGN }>::with_capacity(n);
+                v.extend_from_slice(b);
+                v.resize(n, 0);
+                padded = v;
+                &padded[..]
+            }
         };
         self.file
             .write_all_at(bytes, off)
@@ -420,15 +437,13 @@ impl DirectOut {
 }
 
 /// Checks a segment's bytes as they stream past: the header, then whole
-/// frames with their checksums; never-written space (zeros) may end it.
+/// frames with their checksums, up to the end.
 struct FrameWalk {
     segment: u32,
     /// Offset in the file of `pending[0]`.
     at: u64,
     pending: Vec<u8>,
     header_seen: bool,
-    /// Zeros met where a frame would start: all that follows is zeros.
-    ended: bool,
     records: u64,
 }
 
@@ -439,15 +454,11 @@ impl FrameWalk {
             at: 0,
             pending: Vec::new(),
             header_seen: false,
-            ended: false,
             records: 0,
         }
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Result<()> {
-        if self.ended {
-            return self.zeros(bytes, self.at);
-        }
         self.pending.extend_from_slice(bytes);
         let mut used = 0usize;
         if !self.header_seen {
@@ -467,12 +478,13 @@ impl FrameWalk {
                 }
                 Err(FrameError::End) if rest.len() < FRAME_HEADER_BYTES => break,
                 Err(FrameError::End) => {
-                    let at = self.at + used as u64;
-                    self.ended = true;
-                    let rest = self.pending.split_off(used);
-                    self.pending.clear();
-                    self.at = at;
-                    return self.zeros(&rest, at);
+                    // The point is the end of a record: never-written
+                    // space before it means records are missing.
+                    return Err(Error::corrupt(
+                        self.segment,
+                        (self.at + used as u64) as u32,
+                        "never-written space before the backup's point",
+                    ));
                 }
                 Err(FrameError::BadLength(len))
                     if len as usize <= FRAME_PAYLOAD_BYTES_MAX
@@ -491,19 +503,6 @@ impl FrameWalk {
         }
         self.pending.drain(..used);
         self.at += used as u64;
-        Ok(())
-    }
-
-    /// Never-written space: every byte zero.
-    fn zeros(&mut self, bytes: &[u8], at: u64) -> Result<()> {
-        if let Some(i) = bytes.iter().position(|&b| b != 0) {
-            return Err(Error::corrupt(
-                self.segment,
-                (at + i as u64) as u32,
-                "data after the end of the records",
-            ));
-        }
-        self.at = at + bytes.len() as u64;
         Ok(())
     }
 
@@ -542,8 +541,15 @@ impl Pace {
             return;
         }
         let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_s_max as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            std::thread::sleep(wait);
+        let elapsed = self.started.elapsed();
+        match due.checked_sub(elapsed) {
+            Some(wait) => std::thread::sleep(wait),
+            // Behind (a slow disk): at most a second is made up at full
+            // speed, never a burst to catch up a long delay.
+            None if elapsed - due > PACE_CATCH_UP_MAX => {
+                self.started += elapsed - due - PACE_CATCH_UP_MAX;
+            }
+            None => {}
         }
     }
 }
@@ -651,7 +657,15 @@ pub fn check_backup(dir: &Path) -> Result<(BackupManifest, Vec<String>)> {
             problems.push(format!("{}: not a path a backup holds", f.path));
             continue;
         }
-        match crc_of(&dir.join(&f.path)) {
+        let path = dir.join(&f.path);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if !m.file_type().is_file() => {
+                problems.push(format!("{}: not a regular file", f.path));
+                continue;
+            }
+            _ => {}
+        }
+        match crc_of(&path) {
             Ok((bytes, _)) if bytes != f.bytes => problems.push(format!(
                 "{}: {bytes} bytes, the manifest says {}",
                 f.path, f.bytes
@@ -702,8 +716,8 @@ fn files_under(dir: &Path) -> Result<Vec<String>> {
 /// the first open of each shard rebuilds it, and `meta.redb` takes a new
 /// origin id when first opened.
 ///
-/// Written as `data.partial` and renamed when `data` does not exist;
-/// into `data` with its `manifest` last when it is an empty directory.
+/// Written as `data.partial`, each file checked again as it is copied,
+/// and renamed onto `data` (an empty `data` is removed first).
 pub fn restore(backup: &Path, data: &Path) -> Result<BackupManifest> {
     let (m, problems) = check_backup(backup)?;
     if !problems.is_empty() {
@@ -726,46 +740,174 @@ pub fn restore(backup: &Path, data: &Path) -> Result<BackupManifest> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(Error::io(data, e)),
     };
-    let target = if exists {
-        data.to_path_buf()
-    } else {
-        let p = partial_path(data)?;
-        if p.exists() {
-            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-        }
-        p
-    };
-    // The data manifest last: a directory without one is no data directory.
-    let mut files: Vec<&FileEntry> = m.files.iter().collect();
-    files.sort_by_key(|f| f.path == "manifest");
-    let mut dirs = std::collections::BTreeSet::new();
-    for f in files {
-        let dest = target.join(&f.path);
-        let parent = dest.parent().expect("inside the target").to_path_buf();
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        copy_file(&backup.join(&f.path), &dest)?;
-        dirs.insert(parent);
+    // Written beside `data` and renamed onto it whole: a restore cut short
+    // leaves no directory a server would open.
+    let staging = partial_path(data)?;
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     }
-    for d in dirs.iter().rev() {
-        sync_dir(d)?;
+    let copied = copy_all(&m, backup, &staging);
+    if let Err(e) = copied {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
     }
-    sync_dir(&target)?;
-    if !exists {
-        std::fs::rename(&target, data).map_err(|e| Error::io(data, e))?;
-        if let Some(parent) = data.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
+    if exists {
+        std::fs::remove_dir(data).map_err(|e| Error::io(data, e))?;
+    }
+    std::fs::rename(&staging, data).map_err(|e| Error::io(data, e))?;
+    if let Some(parent) = data.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
     }
     Ok(m)
 }
 
-/// Copies `from` to the new file `to`, synced.
-fn copy_file(from: &Path, to: &Path) -> Result<()> {
+/// Copies every file of `m` from `backup` into the new directory `to`,
+/// each checked against its length and CRC32C as it is copied, synced.
+fn copy_all(m: &BackupManifest, backup: &Path, to: &Path) -> Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    dirs.insert(to.to_path_buf());
+    for f in &m.files {
+        let dest = to.join(&f.path);
+        let parent = dest.parent().expect("inside the target").to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let (bytes, crc) = copy_file(&backup.join(&f.path), &dest)?;
+        if (bytes, crc) != (f.bytes, f.crc32c) {
+            return Err(Error::InvalidInput(format!(
+                "{}: changed while it was restored",
+                f.path
+            )));
+        }
+        let mut d = parent;
+        while d != to && dirs.insert(d.clone()) {
+            d = d.parent().expect("inside the target").to_path_buf();
+        }
+    }
+    for d in dirs.iter().rev() {
+        sync_dir(d)?;
+    }
+    Ok(())
+}
+
+/// Copies `from` to the new file `to`, synced; the bytes copied and
+/// their CRC32C.
+fn copy_file(from: &Path, to: &Path) -> Result<(u64, u32)> {
     let mut src = std::fs::File::open(from).map_err(|e| Error::io(from, e))?;
     let mut dst = std::fs::File::create_new(to).map_err(|e| Error::io(to, e))?;
-    std::io::copy(&mut src, &mut dst).map_err(|e| Error::io(to, e))?;
+    let mut buf = vec![0u8; COPY_STEP_BYTES as usize];
+    let (mut len, mut crc) = (0u64, 0u32);
+    loop {
+        let n = src.read(&mut buf).map_err(|e| Error::io(from, e))?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all(&buf[..n]).map_err(|e| Error::io(to, e))?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        len += n as u64;
+    }
     dst.sync_all().map_err(|e| Error::io(to, e))?;
     drop_cached(&src);
     drop_cached(&dst);
-    Ok(())
+    Ok((len, crc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{encode_frame, Message, Record};
+    use proptest::prelude::*;
+
+    /// Segment 1: a header and `n` messages of varied lengths.
+    fn segment(n: u64) -> (Vec<u8>, u64) {
+        let mut bytes = Header::appended(0, 1, 5).encode().to_vec();
+        for i in 0..n {
+            let body = "b".repeat((i as usize * 37) % 900);
+            let m = Message {
+                room: 1,
+                seq: i + 1,
+                sender: 2,
+                ts_ms: i,
+                client_id: String::new(),
+                body,
+            };
+            encode_frame(&Record::Message(m), &mut bytes);
+        }
+        (bytes, n)
+    }
+
+    /// Feeds `bytes` to a walk in pieces of the sizes `cuts` cycles over.
+    fn walk(bytes: &[u8], cuts: &[usize]) -> Result<u64> {
+        let mut w = FrameWalk::new(1);
+        let (mut at, mut i) = (0, 0);
+        while at < bytes.len() {
+            let n = cuts[i % cuts.len()].max(1).min(bytes.len() - at);
+            w.feed(&bytes[at..at + n])?;
+            at += n;
+            i += 1;
+        }
+        w.finish()?;
+        Ok(w.records)
+    }
+
+    proptest! {
+        #[test]
+        fn records_are_counted_whatever_the_reads(cuts in prop::collection::vec(1usize..3000, 1..8)) {
+            let (bytes, n) = segment(60);
+            prop_assert_eq!(walk(&bytes, &cuts).unwrap(), n);
+        }
+
+        #[test]
+        fn any_flipped_byte_or_cut_fails_the_walk(at in 0usize..20_000, cut in 1usize..3000) {
+            let (mut bytes, _) = segment(60);
+            let at = at % bytes.len();
+            bytes[at] ^= 0x20;
+            prop_assert!(walk(&bytes, &[cut]).is_err(), "flipped byte {}", at);
+            bytes[at] ^= 0x20;
+            let end = 1 + at % (bytes.len() - 1);
+            let whole = walk(&bytes[..end], &[cut]);
+            // Cut at a frame boundary is whole; anywhere else fails.
+            if let Ok(n) = whole {
+                let mut boundary = HEADER_BYTES;
+                for _ in 0..n {
+                    let len = u32::from_le_bytes(bytes[boundary..boundary + 4].try_into().unwrap());
+                    boundary += frame_len(len as usize);
+                }
+                prop_assert_eq!(boundary, end);
+            }
+        }
+    }
+
+    #[test]
+    fn never_written_space_before_the_point_is_corruption() {
+        let (mut bytes, _) = segment(10);
+        let (tail, _) = segment(3);
+        bytes.extend_from_slice(&[0u8; 512]);
+        bytes.extend_from_slice(&tail[HEADER_BYTES..]);
+        let err = walk(&bytes, &[4096]).unwrap_err();
+        assert!(err.to_string().contains("never-written"), "{err}");
+    }
+
+    #[test]
+    fn manifest_paths_are_only_those_a_backup_writes() {
+        for good in [
+            "manifest",
+            "meta.redb",
+            "shard-0/log/00000001.seg",
+            "shard-3/log/2147483648.seg",
+        ] {
+            assert!(allowed_path(good, 4), "{good}");
+        }
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "shard-4/log/00000001.seg",
+            "shard-0/log/../../x.seg",
+            "shard-00/log/00000001.seg",
+            "shard-0/log/1.seg",
+            "shard-0/index.redb",
+            "shard-0/log/00000001.seg/x",
+            "backup.json",
+        ] {
+            assert!(!allowed_path(bad, 4), "{bad}");
+        }
+    }
 }

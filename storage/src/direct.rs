@@ -41,12 +41,12 @@ impl Read {
         &self.buf[self.skip..self.skip + self.len]
     }
 
-    /// The whole blocks the bytes lie in, for a direct write back (a read
-    /// at a block boundary; past the bytes: what the file held there, or
-    /// zeros). Aligned in memory as direct I/O needs.
-    pub(crate) fn whole_blocks(&self) -> &[u8] {
-        assert_eq!(self.skip, 0, "a read at a block boundary");
-        &self.buf[..self.len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN]
+    /// The whole blocks the bytes lie in, aligned in memory, for a direct
+    /// write back (past the bytes: what the file held there, or zeros);
+    /// `None` when the read was not a direct one of whole blocks.
+    pub(crate) fn whole_blocks(&self) -> Option<&[u8]> {
+        let n = self.len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        (self.skip == 0 && self.buf.len() >= n).then(|| &self.buf[..n])
     }
 }
 

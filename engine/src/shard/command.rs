@@ -107,7 +107,7 @@ pub(crate) enum Command {
         reply: Reply<RetentionReport>,
     },
     /// The point a backup copies the shard up to (see
-    /// `Engine::backup_points`).
+    /// `Engine::backup`).
     BackupPoint {
         reply: Reply<rookery_storage::backup::ShardPoint>,
     },

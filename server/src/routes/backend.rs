@@ -185,7 +185,7 @@ async fn dispatch(
         ("PUT", "/api/backend/rooms/{id}/bans/{user}") => ban(req, shared, true).await,
         ("DELETE", "/api/backend/rooms/{id}/bans/{user}") => ban(req, shared, false).await,
         ("POST", "/api/backend/users/{user}/disconnect") => disconnect(req, shared).await,
-        ("POST", "/api/backend/backup") => start_backup(req, shared),
+        ("POST", "/api/backend/backup") => start_backup(req, shared).await,
         ("GET", "/api/backend/backup/{name}") => backup_state(req, shared),
         _ => unreachable!("scope_of admits only these"),
     }
@@ -624,22 +624,25 @@ struct BackupBody {
 /// directory into `--backup-dir`, and answers 202 at once with its state
 /// (`GET /api/backend/backup/{name}` follows it). 409 without
 /// `--backup-dir` or while another runs, or when the name is taken.
-fn start_backup(req: &Request, shared: &Shared) -> ApiResult {
+async fn start_backup(req: &Request, shared: &Shared) -> ApiResult {
     use crate::backups::Refused;
     let b: BackupBody = if req.body.is_empty() {
         BackupBody::default()
     } else {
         body(req)?
     };
-    let job = shared
-        .backups
-        .start(shared.engine.clone(), b.name.as_deref())
+    // Off the reactor: it looks at the backup directory (a slow mount
+    // must not stall the shard) and starts a thread.
+    let (backups, engine) = (shared.backups.clone(), shared.engine.clone());
+    let job = blocking(move || backups.start(engine, b.name.as_deref()))
+        .await
         .map_err(|r| match r {
             Refused::Off => {
                 ApiError::Conflict("backups are off: this server has no --backup-dir".into())
             }
             Refused::BadName(m) => ApiError::BadRequest(m),
             Refused::Busy(m) => ApiError::Conflict(m),
+            Refused::Failed(m) => ApiError::Internal(m),
         })?;
     Ok(Response::json(202, &job.json()))
 }

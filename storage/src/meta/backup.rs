@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{
     Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
@@ -58,8 +59,14 @@ impl Meta {
     /// Writes a new database at `to` (which must not exist) holding this
     /// one as one read transaction sees it, less what a backup leaves out;
     /// `last_seqs` gives each room's last seq in the backup's logs (a
-    /// room it does not name has none). Durable when it returns.
-    pub fn copy_for_backup(&self, to: &Path, last_seqs: &HashMap<u64, u64>) -> Result<MetaCopy> {
+    /// room it does not name has none). Durable when it returns. Fails
+    /// (`Failed`) at the next batch once `cancel` is set.
+    pub fn copy_for_backup(
+        &self,
+        to: &Path,
+        last_seqs: &HashMap<u64, u64>,
+        cancel: &AtomicBool,
+    ) -> Result<MetaCopy> {
         if to.exists() {
             return Err(Error::AlreadyExists(to.display().to_string()));
         }
@@ -71,17 +78,17 @@ impl Meta {
             .map_err(|e| Error::Database(format!("{}: {e}", to.display())))?;
         let mut out = MetaCopy::default();
         let same = |_: &[u8], v: &[u8]| Some(v.to_vec());
-        out.rows += copy_table(&src, &dst, COUNTERS, |k, v| {
+        out.rows += copy_table(&src, &dst, cancel, COUNTERS, |k, v| {
             let name = <&str>::from_bytes(k);
             let dropped = name == ORIGIN_COUNTER || name == super::feed::MEMBER_FEED_COUNTER;
             (!dropped).then(|| v.to_vec())
         })?;
-        out.users = copy_table(&src, &dst, USERS, same)?;
+        out.users = copy_table(&src, &dst, cancel, USERS, same)?;
         out.rows += out.users;
-        out.rows += copy_table(&src, &dst, USER_NAMES, same)?;
+        out.rows += copy_table(&src, &dst, cancel, USER_NAMES, same)?;
         let mut room_last: HashMap<u64, u64> = HashMap::new();
         let mut lowered = 0;
-        out.rooms = copy_table(&src, &dst, ROOMS, |k, v| {
+        out.rooms = copy_table(&src, &dst, cancel, ROOMS, |k, v| {
             let room = u64::from_bytes(k);
             let (name, private, creator, created, last) = RoomRow::from_bytes(v);
             let held = last_seqs.get(&room).copied().unwrap_or(0);
@@ -93,21 +100,21 @@ impl Meta {
         })?;
         out.rooms_lowered = lowered;
         out.rows += out.rooms;
-        out.rows += copy_table(&src, &dst, RECEIPTS, |k, v| {
+        out.rows += copy_table(&src, &dst, cancel, RECEIPTS, |k, v| {
             let (room, _) = <(u64, u64)>::from_bytes(k);
             let read = u64::from_bytes(v);
             let capped = room_last.get(&room).map_or(read, |&last| read.min(last));
             Some(u64::as_bytes(&capped).as_ref().to_vec())
         })?;
-        out.rows += copy_table(&src, &dst, ROOM_NAMES, same)?;
-        out.rows += copy_table(&src, &dst, MEMBERS, same)?;
-        out.rows += copy_table(&src, &dst, USER_ROOMS, same)?;
-        out.rows += copy_table(&src, &dst, BANS, same)?;
-        out.rows += copy_table(&src, &dst, INVITES, same)?;
-        out.rows += copy_table(&src, &dst, USER_INVITES, same)?;
-        out.rows += copy_table(&src, &dst, FORMER, same)?;
-        out.rows += copy_table(&src, &dst, DELETED_ROOMS, same)?;
-        out.rows += copy_table(&src, &dst, RETENTION, same)?;
+        out.rows += copy_table(&src, &dst, cancel, ROOM_NAMES, same)?;
+        out.rows += copy_table(&src, &dst, cancel, MEMBERS, same)?;
+        out.rows += copy_table(&src, &dst, cancel, USER_ROOMS, same)?;
+        out.rows += copy_table(&src, &dst, cancel, BANS, same)?;
+        out.rows += copy_table(&src, &dst, cancel, INVITES, same)?;
+        out.rows += copy_table(&src, &dst, cancel, USER_INVITES, same)?;
+        out.rows += copy_table(&src, &dst, cancel, FORMER, same)?;
+        out.rows += copy_table(&src, &dst, cancel, DELETED_ROOMS, same)?;
+        out.rows += copy_table(&src, &dst, cancel, RETENTION, same)?;
         // The tables left out exist, empty, as in any file `Meta::open`
         // made; the last commit is durable.
         let mut txn = dst.begin_write()?;
@@ -175,6 +182,7 @@ fn check_known_tables(src: &ReadTransaction) -> Result<()> {
 fn copy_table<K: Key + 'static, V: Value + 'static>(
     src: &ReadTransaction,
     dst: &Database,
+    cancel: &AtomicBool,
     def: TableDefinition<K, V>,
     mut map: impl FnMut(&[u8], &[u8]) -> Option<Vec<u8>>,
 ) -> Result<u64> {
@@ -182,6 +190,9 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
     let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(COPY_BATCH_ROWS);
     let mut written = 0u64;
     let flush = |batch: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<()> {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Failed("the backup was cancelled".into()));
+        }
         let mut txn = dst.begin_write()?;
         txn.set_durability(Durability::None)?;
         {
