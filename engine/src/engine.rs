@@ -447,9 +447,7 @@ impl Engine {
         opts: &rookery_storage::backup::BackupOptions,
         progress: &rookery_storage::backup::Progress,
     ) -> Result<rookery_storage::backup::BackupManifest> {
-        let created_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let created_ms = crate::shard::now_ms();
         let mut points = Vec::with_capacity(self.shards());
         for shard in 0..self.shards() {
             points.push(

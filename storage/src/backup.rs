@@ -586,6 +586,12 @@ fn file_entry(dir: &Path, name: &str) -> Result<FileEntry> {
 /// Length and CRC32C of a file, read through a small buffer (and dropped
 /// from the page cache after).
 fn crc_of(path: &Path) -> Result<(u64, u32)> {
+    read_through(path, |_| Ok(()))
+}
+
+/// Reads the file at `path` whole, passing each piece to `each`; its
+/// length and CRC32C. Drops the file from the page cache after.
+fn read_through(path: &Path, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<(u64, u32)> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut buf = vec![0u8; COPY_STEP_BYTES as usize];
     let (mut len, mut crc) = (0u64, 0u32);
@@ -594,6 +600,7 @@ fn crc_of(path: &Path) -> Result<(u64, u32)> {
         if n == 0 {
             break;
         }
+        each(&buf[..n])?;
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         len += n as u64;
     }
@@ -791,23 +798,11 @@ fn copy_all(m: &BackupManifest, backup: &Path, to: &Path) -> Result<()> {
 /// Copies `from` to the new file `to`, synced; the bytes copied and
 /// their CRC32C.
 fn copy_file(from: &Path, to: &Path) -> Result<(u64, u32)> {
-    let mut src = std::fs::File::open(from).map_err(|e| Error::io(from, e))?;
     let mut dst = std::fs::File::create_new(to).map_err(|e| Error::io(to, e))?;
-    let mut buf = vec![0u8; COPY_STEP_BYTES as usize];
-    let (mut len, mut crc) = (0u64, 0u32);
-    loop {
-        let n = src.read(&mut buf).map_err(|e| Error::io(from, e))?;
-        if n == 0 {
-            break;
-        }
-        dst.write_all(&buf[..n]).map_err(|e| Error::io(to, e))?;
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        len += n as u64;
-    }
+    let copied = read_through(from, |b| dst.write_all(b).map_err(|e| Error::io(to, e)))?;
     dst.sync_all().map_err(|e| Error::io(to, e))?;
-    drop_cached(&src);
     drop_cached(&dst);
-    Ok((len, crc))
+    Ok(copied)
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ pub(crate) fn set_current(shard: Option<Rc<Shard>>) {
     CURRENT.with(|c| *c.borrow_mut() = shard);
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
