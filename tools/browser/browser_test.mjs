@@ -342,6 +342,18 @@ async function steps(browser, base) {
   // Bob was in the archive while alice sent 20 messages to the lobby.
   const badge = b.locator('#my-rooms button:has-text("lobby") .badge');
   await badge.waitFor({ timeout: WAIT_MS });
+  // The badge shows up with the first unread message and counts on as the
+  // rest arrive: wait (bounded) for the last one before reading it.
+  await b
+    .waitForFunction(
+      () =>
+        [...document.querySelectorAll("#my-rooms button")].some(
+          (x) => x.textContent.includes("lobby") && x.querySelector(".badge")?.textContent === "20",
+        ),
+      null,
+      { timeout: WAIT_MS },
+    )
+    .catch(() => {});
   check((await badge.textContent()) === "20", `bob's lobby badge counts the 20 unread (${await badge.textContent()})`);
   await b.click('#my-rooms button:has-text("lobby")');
   await b.waitForSelector('#messages .msg.first-unread:has-text("busy 0")', { timeout: WAIT_MS });
