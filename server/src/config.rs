@@ -287,6 +287,11 @@ pub struct Config {
     /// compressed on connections that negotiated permessage-deflate.
     #[arg(long, env = "ROOKERY_WS_DEFLATE_MIN_BYTES", default_value_t = 512)]
     pub ws_deflate_min_bytes: usize,
+    /// Keep each WebSocket connection on the shard that accepted it,
+    /// instead of moving it, at its first join, to the shard that owns the
+    /// room (which then serves the room's traffic for it on one core).
+    #[arg(long, env = "ROOKERY_NO_WS_MOVE")]
+    pub no_ws_move: bool,
     /// Serve `/echo`: a WebSocket endpoint that echoes every message, for
     /// protocol conformance testing (off by default).
     #[arg(long, env = "ROOKERY_ECHO_ENDPOINT")]

@@ -237,6 +237,10 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
     let hashing = hashing::HashPool::start(cfg.password_hash_threads, cfg.password_hash_queue_max)
         .context("starting the password hashing threads")?;
     let (drained_tx, drained_rx) = flume::unbounded();
+    // WebSocket connections moving to the shard that owns their room:
+    // unbounded, as each open connection moves at most once (ws/moving.rs).
+    let (move_txs, move_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::unbounded()).unzip();
+    let moves = Arc::new(move_txs);
     let sampler = Arc::new(Mutex::new(stats::Sampler::new(cfg.stats_samples_max)));
     let task: ShardTask = {
         let (http, sampler, hooks) = (http.clone(), sampler.clone(), hooks.clone());
@@ -254,6 +258,8 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
                 engine,
                 local,
                 flusher,
+                moves: moves.clone(),
+                moved_in: move_rxs[shard].clone(),
                 sweeper: Rc::new(sweep::Sweeper::new(
                     Duration::from_millis(cfg.ws_heartbeat_ms),
                     Duration::from_millis(cfg.ws_auth_timeout_ms),

@@ -44,6 +44,9 @@ pub struct ShardHttp {
     /// Connections closed because their socket took nothing of what they
     /// were owed for --conn-write-timeout-ms.
     pub write_timeouts: AtomicU64,
+    /// WebSocket connections that moved here, to the shard that owns
+    /// their first room (`ws/moving.rs`).
+    pub ws_moves: AtomicU64,
     /// The shard's WebSocket output (written by its flusher).
     pub flush: std::sync::Arc<crate::out::FlushStats>,
 }
@@ -659,6 +662,14 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
         "Connections closed because their socket took nothing for --conn-write-timeout-ms",
         http.iter()
             .map(|h| h.write_timeouts.load(Ordering::Relaxed))
+            .sum(),
+    );
+    counter(
+        &mut r,
+        "ws_moves",
+        "WebSocket connections moved to the shard that owns their first room",
+        http.iter()
+            .map(|h| h.ws_moves.load(Ordering::Relaxed))
             .sum(),
     );
     counter(

@@ -81,6 +81,11 @@ impl Out {
         })
     }
 
+    /// The connection's socket.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
     /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
         self.buf.borrow().len()

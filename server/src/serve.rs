@@ -151,6 +151,7 @@ pub async fn run(
         })
         .detach();
     }
+    glommio::spawn_local(take_moved_in(shared.clone())).detach();
     // The main thread drops the stop channel's sender when it stops; a
     // watcher turns that into the shard's stop signal (no polling). The
     // accept is raced only with that signal, never with a timer: an
@@ -195,9 +196,31 @@ pub async fn run(
 /// clients share its address), its count in the open connections gauge,
 /// and its pass through the shutdown gate.
 struct Held {
-    _counted: Option<crate::limits::Counted>,
+    counted: Option<crate::limits::Counted>,
     _open: Open,
     _pass: glommio::sync::Pass,
+}
+
+/// Serves the WebSocket connections that move to this shard (ws/moving.rs)
+/// until it stops; one arriving after that is closed.
+async fn take_moved_in(shared: Rc<Shared>) {
+    let arrivals = shared.moved_in.clone();
+    while let Some(Ok(mut moving)) = shared.unless_stopped(arrivals.recv_async()).await {
+        let Ok(pass) = shared.gate.enter() else {
+            break;
+        };
+        let held = Held {
+            counted: moving.counted.take(),
+            _open: Open::new(shared.clone()),
+            _pass: pass,
+        };
+        let shared = shared.clone();
+        glommio::spawn_local(async move {
+            ws::resume(moving, shared).await;
+            drop(held);
+        })
+        .detach();
+    }
 }
 
 /// A new connection from `ip`, counted against its address's limit: its
@@ -266,8 +289,8 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
         Box::pin(over_limit(conn, shared, peer.ip())).await;
         return;
     };
-    let held = Held {
-        _counted: counted,
+    let mut held = Held {
+        counted,
         _open: Open::new(shared.clone()),
         _pass: pass,
     };
@@ -278,7 +301,12 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
         let up = Box::new(up);
         let fut = async move {
             if let Some(accepted) = Box::pin(handshake(up, shared.clone())).await {
-                ws::run(accepted, shared).await;
+                if let Some(mut moving) = ws::run(accepted, shared.clone()).await {
+                    moving.counted = held.counted.take();
+                    // A shard that is gone drops it: the socket closes and
+                    // the client reconnects.
+                    let _ = shared.moves[moving.to].send(moving);
+                }
             }
             drop(held);
         };

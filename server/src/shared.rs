@@ -56,6 +56,10 @@ pub struct Shared {
     /// The engine as seen from this shard: posts to rooms it owns and the
     /// connections' inboxes run here without a queue.
     pub local: rookery_engine::Local,
+    /// Every shard's end for WebSocket connections moving to it.
+    pub moves: crate::ws::moving::Mailboxes,
+    /// Where connections moving to this shard arrive.
+    pub moved_in: flume::Receiver<Box<crate::ws::moving::Handoff>>,
     /// Writes every WebSocket connection's output once per reactor turn.
     pub flusher: Rc<crate::out::Flusher>,
     /// Watches every WebSocket connection's deadlines (one timer a shard).

@@ -91,6 +91,21 @@ impl Deadlines {
         self.pinged.set(now);
     }
 
+    /// What a connection moving to another shard takes along: when it was
+    /// last heard and pinged, and whether it was warned of its JWT's end.
+    pub fn leaving(&self) -> (Instant, Instant, bool) {
+        (self.heard.get(), self.pinged.get(), self.warned.get())
+    }
+
+    /// Takes on what a connection brought from another shard (after its
+    /// credential: `authenticated` clears `warned`).
+    pub fn arrived(&self, heard: Instant, pinged: Instant, warned: bool, notice_seen: u64) {
+        self.heard.set(heard);
+        self.pinged.set(pinged);
+        self.warned.set(warned);
+        self.notice_seen.set(notice_seen);
+    }
+
     /// What the sweep found due, once.
     pub fn take_due(&self) -> Option<Due> {
         self.due.take()

@@ -396,3 +396,90 @@ fn silent_clients_are_pinged_then_closed() {
         assert_eq!(recv(&mut ws)["ref"], i);
     }
 }
+
+/// Joins `room` with everything pipelined in one write (auth, join, then
+/// `sends` messages), as `name`'s token; the socket, its frames not yet read.
+fn pipelined_join(p: u16, token: &str, room: u64, name: &str, sends: u64) -> Ws {
+    let mut ws = connect_ws(p, None);
+    let mut frames = vec![
+        json!({"type": "auth", "token": token, "ref": "a"}),
+        json!({"type": "join", "room": room, "since": 0, "ref": "j"}),
+    ];
+    for i in 1..=sends {
+        frames.push(json!({"type": "send", "room": room, "body": format!("{name} {i}"), "ref": i}));
+    }
+    for f in frames {
+        ws.write(Message::text(f.to_string())).unwrap();
+    }
+    ws.flush().unwrap();
+    ws
+}
+
+/// A connection moves, at its first join, to the shard that owns the room
+/// (`ws/moving.rs`). Clients that pipeline their auth, join and sends in one
+/// write get every answer once and in order, and every message of their
+/// room, whichever shard accepted them; after the move, a logout still
+/// closes them (4001). With `--no-ws-move` nothing moves and the same holds.
+#[test]
+fn connections_move_to_their_rooms_shard_and_lose_nothing() {
+    const USERS: usize = 16;
+    const ROOMS: usize = 4;
+    const SENDS: u64 = 5;
+    for moving in [true, false] {
+        let server = start(if moving { &[] } else { &["--no-ws-move"] });
+        let p = server.port;
+        let tokens: Vec<String> = (0..USERS).map(|i| register(p, &format!("u{i}"))).collect();
+        let rooms: Vec<u64> = (0..ROOMS)
+            .map(|r| create_room(p, &tokens[0], &format!("r{r}"), false))
+            .collect();
+        let mut conns: Vec<Ws> = (0..USERS)
+            .map(|i| pipelined_join(p, &tokens[i], rooms[i % ROOMS], &format!("u{i}"), SENDS))
+            .collect();
+        // Each gets its own answers in the order of its frames, and every
+        // message of its room (replayed from 0, then live) once, in order.
+        let per_room = (USERS / ROOMS) as u64 * SENDS;
+        for (i, ws) in conns.iter_mut().enumerate() {
+            let (mut answers, mut seqs) = (Vec::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while answers.len() < 2 + SENDS as usize || (seqs.len() as u64) < per_room {
+                assert!(Instant::now() < deadline, "user {i}: {answers:?} {seqs:?}");
+                let v = recv(ws);
+                match v["type"].as_str() {
+                    Some("msg") => seqs.push(v["seq"].as_u64().unwrap()),
+                    Some("presence") => {}
+                    _ => answers.push(format!("{} {}", v["type"].as_str().unwrap(), v["ref"])),
+                }
+            }
+            let mut want = vec!["hello \"a\"".to_string(), "joined \"j\"".to_string()];
+            want.extend((1..=SENDS).map(|r| format!("ack {r}")));
+            assert_eq!(answers, want, "user {i}");
+            assert_eq!(seqs, (1..=per_room).collect::<Vec<_>>(), "user {i}");
+        }
+        let moved = metric(p, "rookery_ws_moves_total");
+        if !moving {
+            assert_eq!(moved, 0.0);
+        } else if !clustered() {
+            // Sixteen connections over two shards, four rooms over them:
+            // some land away from their room (all on the owner: 2^-16).
+            assert!(moved > 0.0, "nothing moved");
+        }
+        // A logout ends each connection, moved or not.
+        for token in &tokens {
+            let (s, _) = call(p, "POST", "/api/logout", Some(token), None);
+            assert_eq!(s, 200);
+        }
+        for (i, ws) in conns.iter_mut().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let code = loop {
+                assert!(Instant::now() < deadline, "user {i} not closed");
+                match ws.read() {
+                    Ok(Message::Close(Some(f))) => break u16::from(f.code),
+                    Ok(_) => continue,
+                    Err(e) => panic!("user {i}: {e}"),
+                }
+            };
+            assert_eq!(code, 4001, "user {i}");
+        }
+        assert_serving(p);
+    }
+}

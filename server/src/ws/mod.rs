@@ -54,8 +54,10 @@ use crate::shared::Shared;
 use crate::sweep::{Credential, Deadlines, Due};
 
 mod handshake;
+pub(crate) mod moving;
 
 pub(crate) use handshake::{endpoint, handshake, Accepted, Endpoint, Upgrade};
+use moving::Handoff;
 
 /// Bytes tungstenite reads from the adapter at a time (its own buffer
 /// keeps at least this much per connection, so it is small).
@@ -279,6 +281,16 @@ struct Conn {
     proof: Option<auth::Proof>,
     /// Its deadlines, watched by the shard's sweep.
     clock: Rc<Deadlines>,
+    /// On a TLS listener (such a connection never moves: its session
+    /// stays with the shard that made it).
+    tls: bool,
+    /// It came from another shard (`moving.rs`), and moves no more.
+    arrived: bool,
+    /// A join decided a move: where to, the socket's duplicate, and the
+    /// join frame, which the new shard handles.
+    moving: Option<(usize, std::os::fd::OwnedFd, String)>,
+    /// Declared last: closes the output once the rest is gone.
+    _stop_writing: StopWriting,
 }
 
 impl Drop for Conn {
@@ -307,71 +319,42 @@ impl Drop for StopWriting {
 }
 
 /// Serves an upgraded connection until either side closes it or the
-/// shard stops (1001).
+/// shard stops (1001); or, once a join decides that it moves to the room's
+/// shard, what that shard needs to go on serving it (`moving.rs`).
 ///
 /// This future is what an idle connection costs (measured by
 /// `rookery-bench idle`), so what it holds across its waits is kept small:
 /// handlers and the closing linger are boxed while they run.
-pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
+pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) -> Option<Box<Handoff>> {
     // Boxed: an async fn's parameters and the locals moved out of them
     // would both take room in the future.
     let Accepted {
-        mut conn,
+        conn,
         leftover,
         proof,
         endpoint,
         deflate,
     } = *accepted;
     let frame_max = shared.cfg.ws_frame_bytes_max;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(FRAME_READ_BYTES)
-        .write_buffer_size(0)
-        .max_message_size(Some(frame_max))
-        .max_frame_size(Some(frame_max));
-    let out = Out::new(conn.fd(), conn.tls.clone());
-    let _stop_writing = StopWriting(out.clone(), shared.flusher.clone());
-    let link = Rc::new(Link {
-        out: out.clone(),
-        flusher: shared.flusher.clone(),
-        shared: shared.clone(),
-        deflate_min: deflate
-            .filter(|n| n.server_compresses)
-            .map(|_| shared.cfg.ws_deflate_min_bytes),
-        joined: RefCell::new(Vec::new()),
-        early: RefCell::new(Vec::new()),
-        early_bytes: Cell::new(0),
-        ended: RefCell::new(None),
-    });
     let now = Instant::now();
     let auth_by = (endpoint == Endpoint::Chat && proof.is_none())
         .then(|| now + Duration::from_millis(shared.cfg.ws_auth_timeout_ms));
-    let clock = shared.sweeper.register(out.clone(), auth_by, now);
-    let mut c = Conn {
-        ctx: WebSocketContext::new(Role::Server, Some(config)),
-        pipe: Pipe {
-            rx: Vec::new(),
-            at: 0,
-            out,
-            flusher: shared.flusher.clone(),
-        },
-        link,
-        inflow: deflate.map(|n| Box::new(Inflow::new(n, frame_max))),
-        inbox: None,
-        backlog: false,
-        pause: None,
-        proof: None,
-        clock,
-        endpoint,
-        shared,
-    };
+    let deflate_min = deflate
+        .filter(|n| n.server_compresses)
+        .map(|_| shared.cfg.ws_deflate_min_bytes);
+    let inflow = deflate.map(|n| Box::new(Inflow::new(n, frame_max)));
+    let ctx = WebSocketContext::new(Role::Server, Some(ws_config(&shared)));
+    let mut c = Conn::new(shared, &conn, endpoint, ctx, deflate_min, inflow, auth_by);
     let refused = !c.take_input(&leftover);
     drop(leftover);
     if refused {
-        return Box::pin(c.finish(conn)).await;
+        Box::pin(c.finish(conn)).await;
+        return None;
     }
     if let Some(p) = proof {
         if !c.authenticated(p) {
-            return Box::pin(c.finish(conn)).await;
+            Box::pin(c.finish(conn)).await;
+            return None;
         }
         let hello = ServerFrame::Hello {
             user: p.user,
@@ -380,79 +363,60 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) {
         };
         c.send(&hello, None);
     }
-    // Ends by returning when the socket is gone, or by breaking once a
-    // close frame is queued: then it is sent and the socket lingers.
-    loop {
-        if !c.process_input().await {
-            break;
-        }
-        if let Some(pause) = c.pause.take() {
-            // Not read, nor its frames handled; what it is owed is still
-            // written by the flusher.
-            Box::pin(net::sit_out(&c.shared, pause)).await;
-        }
-        match c.wait(&mut conn).await {
-            Wake::Input => c.clock.heard(Instant::now()),
-            Wake::SocketClosed => return,
-            Wake::Ended(e) => {
-                let (code, why) = match e {
-                    EngineError::SlowConsumer => (CloseCode::Library(4008), "slow consumer"),
-                    _ => (CloseCode::Away, "server shutting down"),
-                };
-                c.close(code, why);
-                break;
-            }
-            Wake::Tick => {
-                let _ = c.ctx.write(&mut c.pipe, Message::Ping(Default::default()));
-                let _ = c.ctx.flush(&mut c.pipe);
-                c.clock.pinged(Instant::now());
-            }
-            Wake::Idle => {
-                c.close(CloseCode::Away, "idle timeout");
-                break;
-            }
-            Wake::AuthTimeout => {
-                if let Some(h) = c.shared.http.get(c.shared.shard) {
-                    h.auth_timeouts.fetch_add(1, Ordering::Relaxed);
-                }
-                c.close(CloseCode::Policy, "not authenticated in time");
-                break;
-            }
-            Wake::WriteTimeout => {
-                if let Some(h) = c.shared.http.get(c.shared.shard) {
-                    h.write_timeouts.fetch_add(1, Ordering::Relaxed);
-                }
-                // Nothing more can be written: close without a close frame.
-                return;
-            }
-            Wake::CredentialEnded(due) => {
-                c.close(
-                    CloseCode::Library(4001),
-                    credential_end_reason(due, c.proof),
-                );
-                break;
-            }
-            Wake::Notice => {
-                if c.send_notices() {
-                    c.close(CloseCode::Library(4003), "disconnected by the server");
-                    break;
-                }
-            }
-            Wake::RefreshNeeded => {
-                if let Some(p) = c.proof {
-                    let warn = ServerFrame::RefreshNeeded {
-                        expires_ms: p.expires_ms,
-                    };
-                    c.send(&warn, None);
-                }
-            }
-            Wake::Stopping => {
-                c.close(CloseCode::Away, "server shutting down");
-                break;
-            }
-        }
+    c.serve(conn).await
+}
+
+/// Goes on serving a connection that moved here from another shard: what
+/// it was owed first, then its join frame, then the frames behind it.
+pub async fn resume(h: Box<Handoff>, shared: Rc<Shared>) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let Handoff {
+        fd,
+        endpoint,
+        ctx,
+        inflow,
+        deflate_min,
+        rx,
+        frame,
+        owed,
+        proof,
+        heard,
+        pinged,
+        warned,
+        notice_seen,
+        ..
+    } = *h;
+    // SAFETY: the descriptor is a connected TCP socket that nothing else
+    // owns (`into_raw_fd` gave up the `OwnedFd`'s ownership of it).
+    let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    let conn = Socket { stream, tls: None };
+    let mut c = Conn::new(shared, &conn, endpoint, ctx, deflate_min, inflow, None);
+    c.arrived = true;
+    c.pipe.rx = rx;
+    c.shared.flusher.push(&c.link.out, &owed);
+    drop(owed);
+    if let Some(h) = c.shared.my_http() {
+        h.ws_moves.fetch_add(1, Ordering::Relaxed);
     }
-    Box::pin(c.finish(conn)).await;
+    if !c.authenticated(proof) {
+        // Logged out on the way.
+        return Box::pin(c.finish(conn)).await;
+    }
+    c.clock.arrived(heard, pinged, warned, notice_seen);
+    Box::pin(c.handle(&frame)).await;
+    drop(frame);
+    let moved_again = c.serve(conn).await;
+    debug_assert!(moved_again.is_none(), "a connection moves once");
+}
+
+/// The WebSocket limits of every connection.
+fn ws_config(shared: &Shared) -> WebSocketConfig {
+    let frame_max = shared.cfg.ws_frame_bytes_max;
+    WebSocketConfig::default()
+        .read_buffer_size(FRAME_READ_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(frame_max))
+        .max_frame_size(Some(frame_max))
 }
 
 /// The reason of the 4001 close that ends a connection's credential: what
@@ -467,6 +431,223 @@ fn credential_end_reason(due: Due, proof: Option<auth::Proof>) -> &'static str {
 }
 
 impl Conn {
+    fn new(
+        shared: Rc<Shared>,
+        conn: &Socket,
+        endpoint: Endpoint,
+        ctx: WebSocketContext,
+        deflate_min: Option<usize>,
+        inflow: Option<Box<Inflow>>,
+        auth_by: Option<Instant>,
+    ) -> Conn {
+        let out = Out::new(conn.fd(), conn.tls.clone());
+        let link = Rc::new(Link {
+            out: out.clone(),
+            flusher: shared.flusher.clone(),
+            shared: shared.clone(),
+            deflate_min,
+            joined: RefCell::new(Vec::new()),
+            early: RefCell::new(Vec::new()),
+            early_bytes: Cell::new(0),
+            ended: RefCell::new(None),
+        });
+        let clock = shared
+            .sweeper
+            .register(out.clone(), auth_by, Instant::now());
+        Conn {
+            ctx,
+            pipe: Pipe {
+                rx: Vec::new(),
+                at: 0,
+                out: out.clone(),
+                flusher: shared.flusher.clone(),
+            },
+            link,
+            inflow,
+            inbox: None,
+            backlog: false,
+            pause: None,
+            proof: None,
+            clock,
+            endpoint,
+            tls: conn.tls.is_some(),
+            arrived: false,
+            moving: None,
+            _stop_writing: StopWriting(out, shared.flusher.clone()),
+            shared,
+        }
+    }
+
+    /// Serves the connection until it ends (`None`) or moves (what the
+    /// room's shard needs to go on).
+    async fn serve(mut self, mut conn: Socket) -> Option<Box<Handoff>> {
+        // Ends by returning when the socket is gone, or by breaking once a
+        // close frame is queued: then it is sent and the socket lingers.
+        loop {
+            if !self.process_input().await {
+                break;
+            }
+            if let Some((to, fd, frame)) = self.moving.take() {
+                return Some(self.depart(conn, to, fd, frame));
+            }
+            if let Some(pause) = self.pause.take() {
+                // Not read, nor its frames handled; what it is owed is still
+                // written by the flusher.
+                Box::pin(net::sit_out(&self.shared, pause)).await;
+            }
+            match self.wait(&mut conn).await {
+                Wake::Input => self.clock.heard(Instant::now()),
+                Wake::SocketClosed => return None,
+                Wake::Ended(e) => {
+                    let (code, why) = match e {
+                        EngineError::SlowConsumer => (CloseCode::Library(4008), "slow consumer"),
+                        _ => (CloseCode::Away, "server shutting down"),
+                    };
+                    self.close(code, why);
+                    break;
+                }
+                Wake::Tick => {
+                    let _ = self
+                        .ctx
+                        .write(&mut self.pipe, Message::Ping(Default::default()));
+                    let _ = self.ctx.flush(&mut self.pipe);
+                    self.clock.pinged(Instant::now());
+                }
+                Wake::Idle => {
+                    self.close(CloseCode::Away, "idle timeout");
+                    break;
+                }
+                Wake::AuthTimeout => {
+                    if let Some(h) = self.shared.http.get(self.shared.shard) {
+                        h.auth_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.close(CloseCode::Policy, "not authenticated in time");
+                    break;
+                }
+                Wake::WriteTimeout => {
+                    if let Some(h) = self.shared.http.get(self.shared.shard) {
+                        h.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Nothing more can be written: close without a close frame.
+                    return None;
+                }
+                Wake::CredentialEnded(due) => {
+                    self.close(
+                        CloseCode::Library(4001),
+                        credential_end_reason(due, self.proof),
+                    );
+                    break;
+                }
+                Wake::Notice => {
+                    if self.send_notices() {
+                        self.close(CloseCode::Library(4003), "disconnected by the server");
+                        break;
+                    }
+                }
+                Wake::RefreshNeeded => {
+                    if let Some(p) = self.proof {
+                        let warn = ServerFrame::RefreshNeeded {
+                            expires_ms: p.expires_ms,
+                        };
+                        self.send(&warn, None);
+                    }
+                }
+                Wake::Stopping => {
+                    self.close(CloseCode::Away, "server shutting down");
+                    break;
+                }
+            }
+        }
+        Box::pin(self.finish(conn)).await;
+        None
+    }
+
+    /// The shard this connection should move to for its first join, if a
+    /// move is due and allowed (`moving.rs`).
+    fn move_target(&self, f: &ClientFrame<'_>) -> Option<usize> {
+        let shared = &self.shared;
+        if shared.cfg.no_ws_move
+            || self.arrived
+            || self.tls
+            || self.inbox.is_some()
+            || !self.link.joined.borrow().is_empty()
+            || self.link.out.is_blocked()
+            || shared.stopping.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let room = f.room?;
+        if self.relay_of(room).is_some() {
+            return None;
+        }
+        let to = shared.engine.shard_of(room);
+        let conns = |s: usize| {
+            shared
+                .http
+                .get(s)
+                .map(|h| h.connections.load(Ordering::Relaxed))
+        };
+        let (here, there) = (conns(shared.shard)?, conns(to)?);
+        (to != shared.shard && to < shared.moves.len() && moving::balanced_after_move(here, there))
+            .then_some(to)
+    }
+
+    /// Decides a move for the join frame `text`; whether it did (then the
+    /// frame is left to the new shard).
+    fn move_for_join(&mut self, f: &ClientFrame<'_>, text: &str) -> bool {
+        let Some(to) = self.move_target(f) else {
+            return false;
+        };
+        // SAFETY: the descriptor is this connection's socket, open for as
+        // long as `self` holds its stream.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.link.out.fd()) };
+        match fd.try_clone_to_owned() {
+            Ok(fd) => {
+                self.moving = Some((to, fd, text.to_owned()));
+                true
+            }
+            // Out of descriptors: it stays.
+            Err(_) => false,
+        }
+    }
+
+    /// Hands the connection over: nothing more is written here, what it
+    /// is owed goes along, and the socket's own descriptor is closed (the
+    /// duplicate carries the connection).
+    fn depart(
+        mut self,
+        conn: Socket,
+        to: usize,
+        fd: std::os::fd::OwnedFd,
+        frame: String,
+    ) -> Box<Handoff> {
+        let out = &self.link.out;
+        out.close();
+        let owed = self.shared.flusher.take(out);
+        let (heard, pinged, warned) = self.clock.leaving();
+        let rx = self.pipe.rx.split_off(self.pipe.at);
+        let ctx = std::mem::replace(&mut self.ctx, WebSocketContext::new(Role::Server, None));
+        let h = Box::new(Handoff {
+            to,
+            fd,
+            endpoint: self.endpoint,
+            ctx,
+            inflow: self.inflow.take(),
+            deflate_min: self.link.deflate_min,
+            rx,
+            frame,
+            owed,
+            proof: self.proof.expect("only an authenticated connection joins"),
+            heard,
+            pinged,
+            warned,
+            notice_seen: self.clock.notice_seen.get(),
+            counted: None,
+        });
+        drop(self);
+        drop(conn);
+        h
+    }
     /// Takes what authenticated the connection: its user, and its
     /// credential on the shard's clock. False (and a 4001 close queued)
     /// when the session was ended meanwhile.
@@ -787,6 +968,10 @@ impl Conn {
                     // Boxed: the handler's state exists only while it runs,
                     // not in every idle connection's future.
                     Box::pin(self.handle(text.as_str())).await;
+                    if self.moving.is_some() {
+                        // The rest is for the shard it moves to.
+                        return true;
+                    }
                 }
                 Ok(Message::Binary(_)) => {
                     let frame = self.error("bad_frame", "frames must be JSON text");
@@ -829,6 +1014,9 @@ impl Conn {
         };
         let r#ref = f.r#ref;
         let kind = f.kind();
+        if kind == "join" && self.proof.is_some() && self.move_for_join(&f, text) {
+            return;
+        }
         if !protocol::CLIENT_TYPES.contains(&kind) {
             let frame = self.error("unknown_type", &format!("unknown type {kind:?}"));
             return self.send(&frame, r#ref);
