@@ -47,6 +47,9 @@ pub struct ShardHttp {
     /// WebSocket connections that moved here, to the shard that owns
     /// their first room (`ws/moving.rs`).
     pub ws_moves: AtomicU64,
+    /// WebSocket connections on their way here (sent by another shard, not
+    /// yet taken): counted as this shard's when a move is weighed.
+    pub ws_moving_in: AtomicI64,
     /// The shard's WebSocket output (written by its flusher).
     pub flush: std::sync::Arc<crate::out::FlushStats>,
 }

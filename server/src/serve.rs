@@ -202,26 +202,44 @@ struct Held {
 }
 
 /// Serves the WebSocket connections that move to this shard (ws/moving.rs)
-/// until it stops; one arriving after that is closed.
+/// until it stops. Then the ones that were on their way get what they were
+/// owed and a 1001 close like every other connection of the shard (a
+/// source shard decides no move once stopping is set, so that only moves
+/// decided just before can still arrive).
 async fn take_moved_in(shared: Rc<Shared>) {
     let arrivals = shared.moved_in.clone();
-    while let Some(Ok(mut moving)) = shared.unless_stopped(arrivals.recv_async()).await {
-        let Ok(pass) = shared.gate.enter() else {
-            break;
-        };
-        let held = Held {
-            counted: moving.counted.take(),
-            _open: Open::new(shared.clone()),
-            _pass: pass,
-        };
+    let arrived = |mut moving: Box<ws::moving::Handoff>, pass: Option<glommio::sync::Pass>| {
+        if let Some(h) = shared.my_http() {
+            h.ws_moving_in.fetch_sub(1, Ordering::Relaxed);
+        }
+        let counted = moving.counted.take();
+        let open = Open::new(shared.clone());
         let shared = shared.clone();
         glommio::spawn_local(async move {
             ws::resume(moving, shared).await;
-            drop(held);
+            drop((counted, open, pass));
         })
         .detach();
+    };
+    while let Some(Ok(moving)) = shared.unless_stopped(arrivals.recv_async()).await {
+        match shared.gate.enter() {
+            Ok(pass) => arrived(moving, Some(pass)),
+            Err(_) => {
+                arrived(moving, None);
+                break;
+            }
+        }
+    }
+    // Stopping: resumed, they see the stop and close (1001).
+    glommio::timer::sleep(STOPPING_MOVES_WAIT).await;
+    while let Ok(moving) = arrivals.try_recv() {
+        arrived(moving, None);
     }
 }
+
+/// How long a stopping shard waits for connections moving to it that were
+/// sent just before the stop, before it takes the last of them.
+const STOPPING_MOVES_WAIT: Duration = Duration::from_millis(50);
 
 /// A new connection from `ip`, counted against its address's limit: its
 /// place (`None` inside: a trusted proxy, whose clients share its address
@@ -303,9 +321,14 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
             if let Some(accepted) = Box::pin(handshake(up, shared.clone())).await {
                 if let Some(mut moving) = ws::run(accepted, shared.clone()).await {
                     moving.counted = held.counted.take();
-                    // A shard that is gone drops it: the socket closes and
-                    // the client reconnects.
-                    let _ = shared.moves[moving.to].send(moving);
+                    let to = moving.to;
+                    if let Some(h) = shared.http.get(to) {
+                        h.ws_moving_in.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The receivers live as long as the shards' tasks: this
+                    // does not fail. (A target that stopped meanwhile
+                    // closes it, `take_moved_in`.)
+                    let _ = shared.moves[to].send(moving);
                 }
             }
             drop(held);

@@ -94,7 +94,14 @@ impl Deadlines {
     /// What a connection moving to another shard takes along: when it was
     /// last heard and pinged, and whether it was warned of its JWT's end.
     pub fn leaving(&self) -> (Instant, Instant, bool) {
-        (self.heard.get(), self.pinged.get(), self.warned.get())
+        // A warning found due and not yet sent is sent by the new shard's
+        // sweep (the other dues are found again by it).
+        let unsent = self.due.take() == Some(Due::RefreshNeeded);
+        (
+            self.heard.get(),
+            self.pinged.get(),
+            self.warned.get() && !unsent,
+        )
     }
 
     /// Takes on what a connection brought from another shard (after its

@@ -454,6 +454,15 @@ fn connections_move_to_their_rooms_shard_and_lose_nothing() {
             want.extend((1..=SENDS).map(|r| format!("ack {r}")));
             assert_eq!(answers, want, "user {i}");
             assert_eq!(seqs, (1..=per_room).collect::<Vec<_>>(), "user {i}");
+            // Nothing more comes (no answer or message twice) before the
+            // answer to a ping sent now.
+            send(ws, json!({"type": "ping", "ref": "end"}));
+            let next = recv_until(ws, |v| v["type"] != "presence").pop().unwrap();
+            assert_eq!(
+                (next["type"].as_str(), next["ref"].as_str()),
+                (Some("pong"), Some("end")),
+                "user {i}"
+            );
         }
         let moved = metric(p, "rookery_ws_moves_total");
         if !moving {

@@ -2,7 +2,8 @@
 //! docs/protocol.md, and `GET /echo` (only with `--echo-endpoint`) that echoes
 //! messages for conformance testing.
 //!
-//! One task per connection, on the shard that accepted it. tungstenite does
+//! One task per connection, on the shard that accepted it, or on the shard
+//! that owns its first room once it has joined it (`moving.rs`). tungstenite does
 //! the framing of what the client sends (masking, fragmentation, control
 //! frames, UTF-8, the close handshake) over an in-memory adapter;
 //! `deflate` inflates compressed messages in front of it and compresses
@@ -258,6 +259,24 @@ impl LocalSink for Sink {
     }
 }
 
+/// A move a join decided: where to, the socket's duplicate, and the join
+/// frame, which the new shard handles.
+struct Moving {
+    to: usize,
+    fd: std::os::fd::OwnedFd,
+    frame: String,
+}
+
+/// How serving a connection ended.
+enum Served {
+    /// A close frame is queued: it is sent, and the socket lingers.
+    Close,
+    /// The socket is gone (or takes nothing): nothing more is written.
+    Gone,
+    /// It moves to another shard.
+    Move(Box<Moving>),
+}
+
 /// One connection's state.
 struct Conn {
     shared: Rc<Shared>,
@@ -286,9 +305,9 @@ struct Conn {
     tls: bool,
     /// It came from another shard (`moving.rs`), and moves no more.
     arrived: bool,
-    /// A join decided a move: where to, the socket's duplicate, and the
-    /// join frame, which the new shard handles.
-    moving: Option<(usize, std::os::fd::OwnedFd, String)>,
+    /// A join decided a move (boxed: every idle connection holds the
+    /// field).
+    moving: Option<Box<Moving>>,
     /// Declared last: closes the output once the rest is gone.
     _stop_writing: StopWriting,
 }
@@ -306,9 +325,9 @@ impl Drop for Conn {
 }
 
 /// Ends writing to the socket before it is closed, and drops what was
-/// never written: declared after the stream, it is dropped before it (a
-/// descriptor number the kernel reuses is never written to by the
-/// flusher).
+/// never written: part of the connection's state, which is declared after
+/// its socket and so dropped before it (a descriptor number the kernel
+/// reuses is never written to by the flusher).
 struct StopWriting(Rc<Out>, Rc<Flusher>);
 
 impl Drop for StopWriting {
@@ -329,7 +348,7 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) -> Option<Box<Hand
     // Boxed: an async fn's parameters and the locals moved out of them
     // would both take room in the future.
     let Accepted {
-        conn,
+        mut conn,
         leftover,
         proof,
         endpoint,
@@ -363,7 +382,12 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) -> Option<Box<Hand
         };
         c.send(&hello, None);
     }
-    c.serve(conn).await
+    match c.serve(&mut conn).await {
+        Served::Close => Box::pin(c.finish(conn)).await,
+        Served::Gone => {}
+        Served::Move(m) => return Some(c.depart(conn, *m)),
+    }
+    None
 }
 
 /// Goes on serving a connection that moved here from another shard: what
@@ -389,7 +413,7 @@ pub async fn resume(h: Box<Handoff>, shared: Rc<Shared>) {
     // SAFETY: the descriptor is a connected TCP socket that nothing else
     // owns (`into_raw_fd` gave up the `OwnedFd`'s ownership of it).
     let stream = unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    let conn = Socket { stream, tls: None };
+    let mut conn = Socket { stream, tls: None };
     let mut c = Conn::new(shared, &conn, endpoint, ctx, deflate_min, inflow, None);
     c.arrived = true;
     c.pipe.rx = rx;
@@ -405,8 +429,11 @@ pub async fn resume(h: Box<Handoff>, shared: Rc<Shared>) {
     c.clock.arrived(heard, pinged, warned, notice_seen);
     Box::pin(c.handle(&frame)).await;
     drop(frame);
-    let moved_again = c.serve(conn).await;
-    debug_assert!(moved_again.is_none(), "a connection moves once");
+    match c.serve(&mut conn).await {
+        Served::Close => Box::pin(c.finish(conn)).await,
+        Served::Gone => {}
+        Served::Move(_) => unreachable!("a connection moves once"),
+    }
 }
 
 /// The WebSocket limits of every connection.
@@ -478,26 +505,27 @@ impl Conn {
         }
     }
 
-    /// Serves the connection until it ends (`None`) or moves (what the
-    /// room's shard needs to go on).
-    async fn serve(mut self, mut conn: Socket) -> Option<Box<Handoff>> {
+    /// Serves the connection until it ends or moves. (By reference: an
+    /// async fn keeps its by-value parameters twice, and this future is
+    /// part of every idle connection.)
+    async fn serve(&mut self, conn: &mut Socket) -> Served {
         // Ends by returning when the socket is gone, or by breaking once a
         // close frame is queued: then it is sent and the socket lingers.
         loop {
             if !self.process_input().await {
                 break;
             }
-            if let Some((to, fd, frame)) = self.moving.take() {
-                return Some(self.depart(conn, to, fd, frame));
+            if let Some(m) = self.moving.take() {
+                return Served::Move(m);
             }
             if let Some(pause) = self.pause.take() {
                 // Not read, nor its frames handled; what it is owed is still
                 // written by the flusher.
                 Box::pin(net::sit_out(&self.shared, pause)).await;
             }
-            match self.wait(&mut conn).await {
+            match self.wait(conn).await {
                 Wake::Input => self.clock.heard(Instant::now()),
-                Wake::SocketClosed => return None,
+                Wake::SocketClosed => return Served::Gone,
                 Wake::Ended(e) => {
                     let (code, why) = match e {
                         EngineError::SlowConsumer => (CloseCode::Library(4008), "slow consumer"),
@@ -529,7 +557,7 @@ impl Conn {
                         h.write_timeouts.fetch_add(1, Ordering::Relaxed);
                     }
                     // Nothing more can be written: close without a close frame.
-                    return None;
+                    return Served::Gone;
                 }
                 Wake::CredentialEnded(due) => {
                     self.close(
@@ -558,8 +586,7 @@ impl Conn {
                 }
             }
         }
-        Box::pin(self.finish(conn)).await;
-        None
+        Served::Close
     }
 
     /// The shard this connection should move to for its first join, if a
@@ -572,7 +599,8 @@ impl Conn {
             || self.inbox.is_some()
             || !self.link.joined.borrow().is_empty()
             || self.link.out.is_blocked()
-            || shared.stopping.load(Ordering::Relaxed)
+            || !self.ctx.can_write()
+            || shared.stopping.load(Ordering::SeqCst)
         {
             return None;
         }
@@ -581,11 +609,10 @@ impl Conn {
             return None;
         }
         let to = shared.engine.shard_of(room);
+        // Moves on their way to a shard count there already.
         let conns = |s: usize| {
-            shared
-                .http
-                .get(s)
-                .map(|h| h.connections.load(Ordering::Relaxed))
+            let h = shared.http.get(s)?;
+            Some(h.connections.load(Ordering::Relaxed) + h.ws_moving_in.load(Ordering::Relaxed))
         };
         let (here, there) = (conns(shared.shard)?, conns(to)?);
         (to != shared.shard && to < shared.moves.len() && moving::balanced_after_move(here, there))
@@ -603,7 +630,11 @@ impl Conn {
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.link.out.fd()) };
         match fd.try_clone_to_owned() {
             Ok(fd) => {
-                self.moving = Some((to, fd, text.to_owned()));
+                self.moving = Some(Box::new(Moving {
+                    to,
+                    fd,
+                    frame: text.to_owned(),
+                }));
                 true
             }
             // Out of descriptors: it stays.
@@ -614,19 +645,17 @@ impl Conn {
     /// Hands the connection over: nothing more is written here, what it
     /// is owed goes along, and the socket's own descriptor is closed (the
     /// duplicate carries the connection).
-    fn depart(
-        mut self,
-        conn: Socket,
-        to: usize,
-        fd: std::os::fd::OwnedFd,
-        frame: String,
-    ) -> Box<Handoff> {
+    fn depart(mut self, conn: Socket, m: Moving) -> Box<Handoff> {
+        let Moving { to, fd, frame } = m;
         let out = &self.link.out;
         out.close();
         let owed = self.shared.flusher.take(out);
         let (heard, pinged, warned) = self.clock.leaving();
         let rx = self.pipe.rx.split_off(self.pipe.at);
-        let ctx = std::mem::replace(&mut self.ctx, WebSocketContext::new(Role::Server, None));
+        // The stand-in is small (`ws_config`'s read buffer): it is dropped
+        // at once.
+        let stand_in = WebSocketContext::new(Role::Server, Some(ws_config(&self.shared)));
+        let ctx = std::mem::replace(&mut self.ctx, stand_in);
         let h = Box::new(Handoff {
             to,
             fd,
