@@ -124,8 +124,23 @@ step "tests"
 cargo test --workspace --locked
 
 step "packaging: cargo build builds rookery and rookery-admin; dist/rookery.service verified by systemd-analyze"
-cargo build --locked -q
-for bin in rookery rookery-admin; do
+# `cargo build` builds the workspace's default members, checked here in
+# cargo's own metadata: the packages whose binaries are rookery and
+# rookery-admin. Every binary the steps below run is built once, here,
+# with the features `cargo test` resolved (--all-targets: little is left
+# to build). A plain `cargo build`, or a `cargo run -p`, resolves features
+# without the dev-dependencies and compiles much of the workspace again
+# (100 and 200 s of the CI run).
+cargo build --locked -q --workspace --all-targets
+cargo metadata --locked --format-version 1 --no-deps | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+packages = {p["id"]: p for p in m["packages"]}
+bins = sorted(t["name"] for i in m["workspace_default_members"]
+              for t in packages[i]["targets"] if "bin" in t["kind"])
+assert bins == ["rookery", "rookery-admin"], f"cargo build builds {bins}"
+'
+for bin in rookery rookery-admin rookery-bench rookery-bare; do
     [ -x "target/debug/$bin" ] || { echo "cargo build did not build $bin" >&2; exit 1; }
 done
 if command -v systemd-analyze >/dev/null; then
@@ -160,10 +175,9 @@ venv=target/e2e-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 # A no-op (and offline) once the pinned versions are installed.
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tools/e2e/requirements.txt
-cargo build --locked -q -p rookery-server
 "$venv/bin/python" tools/e2e/python_client.py --bin target/debug/rookery
 
-step "WebSocket conformance: Autobahn|Testsuite groups 1-13 against /echo, compression cases of 32 KiB and up left out (about 3 minutes)"
+step "WebSocket conformance: Autobahn|Testsuite groups 1-13 against /echo, compression cases of 32 KiB and up left out (about 2 minutes)"
 # The suite needs Python 2.7, which neither apt nor pip can install: it
 # runs when an interpreter is on the machine (on PATH or under pyenv). The
 # Python websockets run above checks permessage-deflate either way.
@@ -188,7 +202,7 @@ bash tools/metrics/check.sh target/debug/rookery
 step "bench smoke: rookery-bench storage (a few seconds)"
 smoke_dir=$(mktemp -d)
 trap 'rm -rf "$smoke_dir"' EXIT
-cargo run --locked -q -p rookery-bench -- storage \
+target/debug/rookery-bench storage \
     --dir "$smoke_dir/run" --seconds 0.5 --writers 1,16 --rooms 10 \
     --history-queries 50 --recovery 20000 --json "$smoke_dir/report.json"
 python3 - "$smoke_dir/report.json" <<'PY'
@@ -205,7 +219,7 @@ print("bench smoke: report has every field")
 PY
 
 step "bench smoke: rookery-bench engine (a few seconds)"
-cargo run --locked -q -p rookery-bench -- engine \
+target/debug/rookery-bench engine \
     --dir "$smoke_dir/engine" --seconds 0.3 --json "$smoke_dir/engine.json"
 python3 - "$smoke_dir/engine.json" <<'PY'
 import json, sys
@@ -223,8 +237,7 @@ PY
 step "load smoke: rookery-bench compare against rookery, the bare baseline and Node ws (a few seconds)"
 # Node.js and npm are needed for the ws baseline (npm ci from the lock file
 # on first use, into bench/baselines/node_modules).
-cargo build --locked -q -p rookery-server -p rookery-bare
-cargo run --locked -q -p rookery-bench -- compare --servers rookery,bare,ws \
+target/debug/rookery-bench compare --servers rookery,bare,ws \
     --rookery-bin target/debug/rookery --bare-bin target/debug/rookery-bare \
     --users 24 --rooms 4 --rate 4 --duration 2s \
     --quiet --json "$smoke_dir/compare.json" > "$smoke_dir/compare.txt"
@@ -255,7 +268,7 @@ print("load smoke: rookery, bare and ws reports consistent (sent = acked, delive
 PY
 
 step "cluster smoke: rookery-bench compare --scenario cluster, one node then three nodes and three NATS servers (about 10 seconds)"
-cargo run --locked -q -p rookery-bench -- compare --scenario cluster \
+target/debug/rookery-bench compare --scenario cluster \
     --rookery-bin target/debug/rookery --users 30 --rooms 6 --rate 2 --duration 3s \
     --quiet --json "$smoke_dir/cluster.json" > "$smoke_dir/cluster.txt"
 python3 - "$smoke_dir/cluster.json" <<'PY'
@@ -279,7 +292,7 @@ print(f"cluster smoke: one node and three nodes consistent (lost = 0), {r['nats_
 PY
 
 step "abuse smoke: rookery-bench abuse, a short load alone and beside every kind of abuser (under a minute)"
-cargo run --locked -q -p rookery-bench -- abuse --rookery-bin target/debug/rookery \
+target/debug/rookery-bench abuse --rookery-bin target/debug/rookery \
     --users 40 --rooms 4 --rate 1 --duration 4s --pipeliners 2 --never-readers 3 \
     --login-flooders 2 --join-flooders 2 \
     --quiet --json "$smoke_dir/abuse.json" > "$smoke_dir/abuse.txt"
@@ -301,7 +314,7 @@ print("abuse smoke: nothing lost, every abuser refused or bounded, peak RSS with
 PY
 
 step "webhooks smoke: rookery-bench webhooks, a short load alone and with a webhook to a built-in receiver (under a minute)"
-cargo run --locked -q -p rookery-bench -- webhooks --rookery-bin target/debug/rookery \
+target/debug/rookery-bench webhooks --rookery-bin target/debug/rookery \
     --users 40 --rooms 4 --rate 1 --duration 4s \
     --quiet --json "$smoke_dir/webhooks.json" > "$smoke_dir/webhooks.txt"
 python3 - "$smoke_dir/webhooks.json" <<'PY'
@@ -318,7 +331,7 @@ print(f"webhooks smoke: {w['webhook']['messages']} messages received of {w['acke
 PY
 
 step "backup smoke: rookery-bench backup, a short load alone and during online backups of a filled directory (under a minute)"
-cargo run --locked -q -p rookery-bench -- backup --rookery-bin target/debug/rookery \
+target/debug/rookery-bench backup --rookery-bin target/debug/rookery \
     --fill-bytes 33554432 --users 40 --rooms 4 --rate 1 --duration 12s \
     --quiet --json "$smoke_dir/backup.json" > "$smoke_dir/backup.txt"
 python3 - "$smoke_dir/backup.json" <<'PY'
@@ -338,7 +351,6 @@ step "browser: the web client and dashboard in headless Chromium (about a minute
 chromium=${CHROMIUM:-/usr/bin/chromium}
 [ -x "$chromium" ] || apt_install chromium chromium
 (cd tools/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --silent --no-audit --no-fund)
-cargo build --locked -q -p rookery-server
 node tools/browser/browser_test.mjs --bin target/debug/rookery \
     --chromium "$chromium" --artifacts target/browser-artifacts
 
