@@ -86,6 +86,11 @@ impl Out {
         self.fd
     }
 
+    /// Whether the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
         self.buf.borrow().len()

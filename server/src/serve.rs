@@ -194,11 +194,12 @@ pub async fn run(
 /// What a connection holds while it is open, in whichever task serves it:
 /// its place under the per-address limit (none for a trusted proxy, whose
 /// clients share its address), its count in the open connections gauge,
-/// and its pass through the shutdown gate.
+/// and its pass through the shutdown gate (none for a connection that
+/// moved in as its shard stopped).
 struct Held {
     counted: Option<crate::limits::Counted>,
     _open: Open,
-    _pass: glommio::sync::Pass,
+    _pass: Option<glommio::sync::Pass>,
 }
 
 /// Serves the WebSocket connections that move to this shard (ws/moving.rs)
@@ -212,12 +213,15 @@ async fn take_moved_in(shared: Rc<Shared>) {
         if let Some(h) = shared.my_http() {
             h.ws_moving_in.fetch_sub(1, Ordering::Relaxed);
         }
-        let counted = moving.counted.take();
-        let open = Open::new(shared.clone());
+        let held = Held {
+            counted: moving.counted.take(),
+            _open: Open::new(shared.clone()),
+            _pass: pass,
+        };
         let shared = shared.clone();
         glommio::spawn_local(async move {
             ws::resume(moving, shared).await;
-            drop((counted, open, pass));
+            drop(held);
         })
         .detach();
     };
@@ -310,7 +314,7 @@ async fn admit(stream: TcpStream, shared: Rc<Shared>, pass: glommio::sync::Pass)
     let mut held = Held {
         counted,
         _open: Open::new(shared.clone()),
-        _pass: pass,
+        _pass: Some(pass),
     };
     if let Some(up) = connection(conn, shared.clone(), peer.ip()).await {
         // The task's future is allocated once, at its largest state: the

@@ -300,9 +300,6 @@ struct Conn {
     proof: Option<auth::Proof>,
     /// Its deadlines, watched by the shard's sweep.
     clock: Rc<Deadlines>,
-    /// On a TLS listener (such a connection never moves: its session
-    /// stays with the shard that made it).
-    tls: bool,
     /// It came from another shard (`moving.rs`), and moves no more.
     arrived: bool,
     /// A join decided a move (boxed: every idle connection holds the
@@ -497,7 +494,6 @@ impl Conn {
             proof: None,
             clock,
             endpoint,
-            tls: conn.tls.is_some(),
             arrived: false,
             moving: None,
             _stop_writing: StopWriting(out, shared.flusher.clone()),
@@ -595,7 +591,8 @@ impl Conn {
         let shared = &self.shared;
         if shared.cfg.no_ws_move
             || self.arrived
-            || self.tls
+            // A TLS session stays with the shard that made it.
+            || self.link.out.is_tls()
             || self.inbox.is_some()
             || !self.link.joined.borrow().is_empty()
             || self.link.out.is_blocked()
