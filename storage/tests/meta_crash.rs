@@ -1,10 +1,12 @@
 //! Crash test of `meta.redb`: a child process creates users and joins them
-//! to rooms as fast as it can (each a durable commit, as the server makes
-//! them) and prints every one that returned; the parent kills it with
-//! SIGKILL at random moments (8 rounds on the same file), reopens the file
-//! (redb repairs it: commits do not save the allocator state, see
-//! `Meta::write_with`) and checks that every acknowledged user and
-//! membership is there and that ids were never handed out twice.
+//! to rooms as fast as it can (as the server does: the account of a new
+//! JWT subject commits without `fdatasync`, its join durably) and prints
+//! every one that returned; the parent kills it with SIGKILL at random
+//! moments (8 rounds on the same file), reopens the file (redb repairs it:
+//! commits do not save the allocator state, see `Meta::write_with`) and
+//! checks that every acknowledged membership and its user are there, that
+//! an account lost with no durable commit after it comes back under a new
+//! id, and that ids were never handed out twice.
 //!
 //! The child is this test binary re-run with `ROOKERY_META_CRASH_CHILD`
 //! set, executing only [`meta_crash_child`].
@@ -44,6 +46,12 @@ fn meta_crash_child() {
         rooms.push(id);
     }
     let mut out = std::io::stdout().lock();
+    // Ends the test harness's "test meta_crash_child ... " line.
+    writeln!(out).unwrap();
+    if let Ok(name) = std::env::var("ROOKERY_META_CRASH_AGAIN") {
+        let user = meta.ensure_external_user(&name, 0).unwrap();
+        writeln!(out, "again {user} {name}").unwrap();
+    }
     writeln!(out, "ready").unwrap();
     out.flush().unwrap();
     for n in 0u64.. {
@@ -72,23 +80,37 @@ fn acknowledged_users_and_joins_survive_sigkill() {
     eprintln!("meta crash seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut users: HashMap<u64, String> = HashMap::new();
+    // Every id handed out, to the name it was handed to.
+    let mut ids: HashMap<u64, String> = HashMap::new();
+    // Users whose join (a durable commit after their account) returned.
+    let mut durable: HashMap<String, u64> = HashMap::new();
+    // Users whose account returned but not their join: may be lost.
+    let mut unsure: HashMap<String, u64> = HashMap::new();
     let mut members: Vec<(u64, u64)> = Vec::new();
+    let (mut again, mut lost_total) = (None::<String>, 0);
     for round in 0..ROUNDS {
         let kill_after = Duration::from_millis(rng.gen_range(5..200));
-        let lines = run_child(dir.path(), round, kill_after);
+        let lines = run_child(dir.path(), round, kill_after, again.take());
         let mut acked = 0;
         for line in lines {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts[..] {
-                ["user", id, name] => {
+                [kind @ ("user" | "again"), id, name] => {
                     let id: u64 = id.parse().unwrap();
-                    let before = users.insert(id, name.to_string());
+                    let before = ids.insert(id, name.to_string());
                     assert!(before.is_none(), "seed {seed}: id {id} handed out twice");
+                    if kind == "again" {
+                        assert!(!durable.contains_key(name), "seed {seed}: {name} was kept");
+                    }
+                    unsure.insert(name.to_string(), id);
                     acked += 1;
                 }
                 ["member", room, user] => {
-                    members.push((room.parse().unwrap(), user.parse().unwrap()));
+                    let (room, user): (u64, u64) = (room.parse().unwrap(), user.parse().unwrap());
+                    members.push((room, user));
+                    let name = ids[&user].clone();
+                    unsure.remove(&name);
+                    durable.insert(name, user);
                 }
                 _ => {}
             }
@@ -99,13 +121,25 @@ fn acknowledged_users_and_joins_survive_sigkill() {
         );
         let meta = Meta::open(&dir.path().join("meta.redb"), CACHE_BYTES)
             .unwrap_or_else(|e| panic!("seed {seed} round {round}: reopen: {e}"));
-        for (&id, name) in &users {
+        for (name, &id) in &durable {
             let found = meta.external_user(name).unwrap();
             assert_eq!(
                 found.map(|u| u.id),
                 Some(id),
                 "seed {seed} round {round}: user {name}"
             );
+        }
+        for (name, id) in std::mem::take(&mut unsure) {
+            match meta.external_user(&name).unwrap() {
+                Some(u) => {
+                    assert_eq!(u.id, id, "seed {seed} round {round}: user {name}");
+                    durable.insert(name, id);
+                }
+                None => {
+                    lost_total += 1;
+                    again = Some(name);
+                }
+            }
         }
         for &(room, user) in &members {
             assert_eq!(
@@ -116,12 +150,21 @@ fn acknowledged_users_and_joins_survive_sigkill() {
         }
         meta.close().unwrap();
     }
+    eprintln!(
+        "meta crash: {} ids handed out, {lost_total} accounts lost and made again",
+        ids.len()
+    );
 }
 
 /// Runs the child until `kill_after` past its ready line, SIGKILLs it, and
-/// returns the lines it printed.
-fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<String> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+/// returns the lines it printed. `again`: a lost user the child makes
+/// again before it starts.
+fn run_child(dir: &Path, round: u32, kill_after: Duration, again: Option<String>) -> Vec<String> {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    if let Some(name) = again {
+        cmd.env("ROOKERY_META_CRASH_AGAIN", name);
+    }
+    let mut child = cmd
         .args([
             "--exact",
             "meta_crash_child",

@@ -40,6 +40,15 @@
 //!   transaction except its retention row (its history stays retired) and
 //!   remembers its id in `deleted_rooms`, so that no room takes it again.
 //!
+//! The account of a new JWT subject ([`Meta::ensure_external_user`]) may
+//! commit with [`Durability::None`], its id taken from a block of ids
+//! reserved durably beforehand: a crash can lose the account (the subject
+//! gets a new id when it next signs in), never hand its id to someone
+//! else, and every durable commit that could name the account (the
+//! membership a post needs, a room it owns) persists it first. Opening
+//! the file skips what is left of the block, so a restart may leave a gap
+//! of up to [`USER_ID_BLOCK_LEN`] - 1 user ids.
+//!
 //! [`Meta::advance_last_seq`] may commit with [`Durability::None`]: after a
 //! crash `last_seq` can lag behind the shard logs, and recovery re-advances it
 //! from the shard indexes, which remain the truth for sequence numbers. A
@@ -134,6 +143,15 @@ const MEMBER_FEED: TableDefinition<u64, (u64, u64, u64, u64, bool)> =
     TableDefinition::new("member_feed");
 
 const USER_COUNTER: &str = "user";
+
+/// The highest user id reserved durably for JWT subjects' accounts (see
+/// the module doc), in `counters`.
+const USER_RESERVED_COUNTER: &str = "user_reserved";
+
+/// User ids reserved by one durable commit for JWT subjects' accounts,
+/// which then commit without `fdatasync`: one new subject in this many pays
+/// for a durable commit of its own.
+pub const USER_ID_BLOCK_LEN: u64 = 64;
 
 const ROOM_COUNTER: &str = "room";
 
@@ -287,6 +305,7 @@ impl Meta {
         txn.open_table(MEMBER_FEED)?;
         migrate::upgrade(&txn)?;
         ensure_origin(&txn)?;
+        users::skip_reserved_user_ids(&txn)?;
         txn.commit()?;
         let last = txn_counter(&db, feed::MEMBER_FEED_COUNTER)?;
         let origin = txn_counter(&db, ORIGIN_COUNTER)?;
@@ -336,9 +355,18 @@ impl Meta {
         durability: Durability,
         f: impl FnOnce(&WriteTransaction) -> Result<T>,
     ) -> Result<T> {
+        self.write_deciding(|txn| Ok((f(txn)?, durability)))
+    }
+
+    /// Like [`Meta::write_with`], but `f` decides how durable its commit
+    /// must be from what it found and wrote.
+    pub(super) fn write_deciding<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<(T, Durability)>,
+    ) -> Result<T> {
         let mut txn = self.db.begin_write()?;
+        let (out, durability) = f(&txn)?;
         txn.set_durability(durability)?;
-        let out = f(&txn)?;
         txn.commit()?;
         Ok(out)
     }

@@ -412,6 +412,48 @@ fn unread_follows_last_seq() {
     assert_eq!(meta.unread(b, bob).unwrap(), 0);
 }
 
+/// JWT subjects' ids come from durably reserved blocks; a registered user
+/// takes the next id in between; reopening skips what is left of the
+/// block (a crash may have lost accounts that were handed those ids).
+#[test]
+fn subject_ids_come_from_reserved_blocks_that_reopening_skips() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    let reserved = |meta: &Meta| {
+        meta.read(|txn| {
+            let counters = txn.open_table(COUNTERS)?;
+            let v = counters.get(USER_RESERVED_COUNTER)?.map(|g| g.value());
+            Ok(v)
+        })
+        .unwrap()
+    };
+    {
+        let meta = Meta::open(&path, 1 << 20).unwrap();
+        assert_eq!(reserved(&meta), None);
+        assert_eq!(user(&meta, "a"), 1);
+        assert_eq!(reserved(&meta), Some(USER_ID_BLOCK_LEN));
+        assert_eq!(meta.create_user("reg", PHC, 1).unwrap(), 2);
+        assert_eq!(user(&meta, "b"), 3);
+        assert_eq!(user(&meta, "a"), 1, "the same subject, the same id");
+        for n in 4..=USER_ID_BLOCK_LEN {
+            assert_eq!(user(&meta, &format!("s{n}")), n);
+        }
+        assert_eq!(reserved(&meta), Some(USER_ID_BLOCK_LEN));
+        assert_eq!(user(&meta, "next"), USER_ID_BLOCK_LEN + 1);
+        assert_eq!(reserved(&meta), Some(2 * USER_ID_BLOCK_LEN));
+    }
+    let meta = Meta::open(&path, 1 << 20).unwrap();
+    assert_eq!(
+        meta.external_user("next").unwrap().unwrap().id,
+        USER_ID_BLOCK_LEN + 1
+    );
+    assert_eq!(user(&meta, "after"), 2 * USER_ID_BLOCK_LEN + 1);
+    assert_eq!(
+        meta.create_user("reg2", PHC, 1).unwrap(),
+        2 * USER_ID_BLOCK_LEN + 2
+    );
+}
+
 #[test]
 fn data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
