@@ -250,3 +250,101 @@ fn a_websocket_that_stops_reading_gets_everything_in_order_once_it_reads() {
     assert!(metric(p, "rookery_lagged_total") >= 1.0);
     assert_serving(p);
 }
+
+/// A log segment that cannot be read (here deleted under the running
+/// server) fails every catch-up page that needs it. The subscribers ask
+/// again less and less often, the warnings stay near one a second per
+/// shard (before: one per subscriber every 2 ms, millions of lines), each
+/// connection is closed as stuck once it has made no progress for the
+/// stuck timeout, and the server goes on serving.
+#[test]
+fn an_unreadable_log_segment_fails_catch_up_quietly_and_closes_the_stuck() {
+    if clustered() {
+        return; // one process's data directory and log
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let stderr_path = dir.path().join("stderr.log");
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rookery"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", data.to_str().unwrap()])
+        .args(["--shards", "2", "--durability", "none"])
+        // Every replay reads the log, none comes from memory.
+        .args(["--tail-cache-bytes-max", "0"])
+        .args(["--ws-stuck-timeout-ms", "3000"])
+        .args(["--connections-per-ip-max", "1000"])
+        .env("RUST_LOG", "warn")
+        .env("ROOKERY_SENDS_PER_USER_PER_S", "1000000")
+        .env("ROOKERY_SENDS_PER_USER_BURST", "1000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_ready(port);
+    let token = register(port, "reader");
+    let room = create_room(port, &token, "broken", false);
+    let (mut poster, _) = RawWs::connect(port, &format!("/ws?token={token}"), "");
+    for i in 0..50 {
+        let send = json!({"type": "send", "room": room, "body": "x", "client_id": format!("c{i}")});
+        poster.write_frame(TEXT, send.to_string().as_bytes(), true, false);
+        loop {
+            let v: Value = serde_json::from_slice(&poster.read_frame().unwrap().payload).unwrap();
+            if v["type"] == "ack" {
+                break;
+            }
+        }
+    }
+    let mut deleted = 0;
+    for shard in std::fs::read_dir(&data).unwrap().flatten() {
+        let Ok(segments) = std::fs::read_dir(shard.path().join("log")) else {
+            continue;
+        };
+        for seg in segments.flatten() {
+            if seg.path().extension().is_some_and(|e| e == "seg") {
+                std::fs::remove_file(seg.path()).unwrap();
+                deleted += 1;
+            }
+        }
+    }
+    assert!(deleted > 0, "no log segment found under {}", data.display());
+    let started = Instant::now();
+    let readers: Vec<RawWs> = (0..20)
+        .map(|_| {
+            let (mut ws, _) = RawWs::connect(port, &format!("/ws?token={token}"), "");
+            let join = json!({"type": "join", "room": room, "since": 0, "ref": "j"});
+            ws.write_frame(TEXT, join.to_string().as_bytes(), true, false);
+            ws.s.set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            ws
+        })
+        .collect();
+    for mut ws in readers {
+        let close = loop {
+            let f = ws.read_frame().expect("closed with a close frame");
+            if f.opcode == 0x8 {
+                break f;
+            }
+            let v: Value = serde_json::from_slice(&f.payload).unwrap();
+            assert_ne!(v["type"], "msg", "no message can be read: {v}");
+        };
+        let code = u16::from_be_bytes([close.payload[0], close.payload[1]]);
+        assert_eq!(code, 4008, "closed as a slow (stuck) consumer");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "not before the stuck timeout"
+    );
+    assert_serving(port);
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    let warnings = log.lines().filter(|l| l.contains("catch-up page")).count();
+    // About one a second per shard on each side (owner and subscriber).
+    let bound = 4 * (took.as_secs() as usize + 2);
+    assert!(
+        (1..=bound).contains(&warnings),
+        "{warnings} catch-up warnings in {took:?} (bound {bound})"
+    );
+}

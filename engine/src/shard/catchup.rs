@@ -15,6 +15,15 @@ use std::time::{Duration, Instant};
 
 use crate::event::Event;
 
+/// The wait before asking again after the first failed page; it doubles
+/// with each failure in a row, up to [`PAGE_RETRY_MAX`].
+pub(crate) const PAGE_RETRY_MIN: Duration = Duration::from_millis(10);
+
+/// The longest wait between two asks of a page that keeps failing (a log
+/// segment that cannot be read fails every page of every subscriber
+/// behind it: without the backoff each asked again every pump tick).
+pub(crate) const PAGE_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// The limits a subscriber keeps (from [`crate::EngineConfig`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -85,9 +94,14 @@ pub(crate) struct Catchup {
     /// Edits and deletes that arrived while it was not live, in order.
     held: Vec<Event>,
     held_bytes: usize,
-    /// When the consumer's queue was last seen shrinking while lagging.
+    /// When the consumer's queue was last seen shrinking while lagging
+    /// (never while pages fail: a subscriber whose pages fail for
+    /// `stuck_timeout` is stuck too).
     progress_at: Instant,
     progress_bytes: usize,
+    /// Pages failed in a row, and when to ask again after the last one.
+    failures: u32,
+    retry_at: Instant,
 }
 
 impl Catchup {
@@ -102,6 +116,8 @@ impl Catchup {
             held_bytes: 0,
             progress_at: now,
             progress_bytes: 0,
+            failures: 0,
+            retry_at: now,
         }
     }
 
@@ -225,6 +241,7 @@ impl Catchup {
         deliver: &mut dyn FnMut(&Event),
     ) -> Paged {
         self.state = State::CatchingUp { in_flight: false };
+        self.failures = 0;
         if self.next_seq == 0 {
             self.next_seq = head + 1;
         }
@@ -261,16 +278,24 @@ impl Catchup {
         Paged::Live
     }
 
-    /// The owner could not answer the page: ask again later.
-    pub fn page_failed(&mut self) {
+    /// The owner could not answer the page: ask again later, twice as
+    /// late as after the previous failure in a row (from
+    /// [`PAGE_RETRY_MIN`] to [`PAGE_RETRY_MAX`]). Returns the failures in
+    /// a row, this one included.
+    pub fn page_failed(&mut self, now: Instant) -> u32 {
         self.state = State::CatchingUp { in_flight: false };
+        self.failures = self.failures.saturating_add(1);
+        let doublings = (self.failures - 1).min(16);
+        let wait = PAGE_RETRY_MIN.saturating_mul(1 << doublings);
+        self.retry_at = now + wait.min(PAGE_RETRY_MAX);
+        self.failures
     }
 
     /// The lagging pump's look at this subscriber, its consumer holding
     /// `queued` bytes: ask for a page once the queue drained below half,
     /// close it once it made no progress for `stuck_timeout`.
     pub fn poll_pump(&mut self, queued: usize, now: Instant, lim: &Limits) -> Pump {
-        if queued < self.progress_bytes || queued == 0 {
+        if self.failures == 0 && (queued < self.progress_bytes || queued == 0) {
             self.progress_at = now;
         }
         self.progress_bytes = queued;
@@ -278,7 +303,7 @@ impl Catchup {
             return Pump::Stuck;
         }
         let idle = self.state == State::CatchingUp { in_flight: false };
-        if idle && queued <= lim.queue_bytes_max / 2 {
+        if idle && now >= self.retry_at && queued <= lim.queue_bytes_max / 2 {
             Pump::Ask
         } else {
             Pump::Wait
@@ -456,6 +481,70 @@ mod tests {
             c.poll_pump(full - 1, t2 + Duration::from_millis(1), &LIM),
             Pump::Stuck
         );
+    }
+
+    #[test]
+    fn failed_pages_are_asked_again_later_and_later_then_stuck() {
+        let t0 = Instant::now();
+        let mut c = Catchup::new(Some(0), t0);
+        let mut now = t0;
+        let mut asks = 0;
+        let mut waits = Vec::new();
+        let mut last_ask = t0;
+        // The pump ticks every 2 ms; every page fails at once.
+        loop {
+            match c.poll_pump(0, now, &LIM) {
+                Pump::Ask => {
+                    asks += 1;
+                    waits.push(now - last_ask);
+                    last_ask = now;
+                    c.ask(now, &LIM);
+                    c.page_failed(now);
+                }
+                Pump::Wait => {}
+                Pump::Stuck => break,
+            }
+            now += Duration::from_millis(2);
+            assert!(now - t0 < LIM.stuck_timeout * 2, "never stuck");
+        }
+        assert!(now - t0 > LIM.stuck_timeout, "stuck only after the timeout");
+        // 10, 20, ... 640 ms, then 1 s apart: about 37 asks in 30 s, not 15,000.
+        assert!((30..=45).contains(&asks), "{asks} asks");
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert!(waits
+            .iter()
+            .all(|w| *w <= PAGE_RETRY_MAX + Duration::from_millis(2)));
+    }
+
+    #[test]
+    fn a_served_page_ends_the_failure_streak() {
+        let t0 = Instant::now();
+        let mut c = Catchup::new(Some(0), t0);
+        c.ask(t0, &LIM);
+        assert_eq!(c.page_failed(t0), 1);
+        assert_eq!(c.poll_pump(0, t0, &LIM), Pump::Wait, "backing off");
+        let t1 = t0 + PAGE_RETRY_MIN;
+        assert_eq!(c.poll_pump(0, t1, &LIM), Pump::Ask);
+        c.ask(t1, &LIM);
+        assert_eq!(c.page_failed(t1), 2);
+        let t2 = t1 + 2 * PAGE_RETRY_MIN;
+        assert_eq!(c.poll_pump(0, t2, &LIM), Pump::Ask);
+        c.ask(t2, &LIM);
+        let (paged, _) = page(&mut c, vec![msg(1)], 5, 0);
+        assert_eq!(paged, Paged::More);
+        assert_eq!(
+            c.poll_pump(0, t2, &LIM),
+            Pump::Ask,
+            "no backoff once served"
+        );
+        c.ask(t2, &LIM);
+        assert_eq!(c.page_failed(t2), 1, "a new streak");
+        // Progress counts again once pages are served: never stuck while
+        // the consumer drains.
+        let late = t2 + LIM.stuck_timeout * 2;
+        c.ask(late, &LIM);
+        page(&mut c, vec![msg(2)], 5, 0);
+        assert_eq!(c.poll_pump(0, late, &LIM), Pump::Ask);
     }
 
     #[test]

@@ -132,10 +132,42 @@ pub(crate) struct Shard {
     closing: Cell<bool>,
     counters: RefCell<ShardCounters>,
     latency: RefCell<Latencies>,
+    /// Failed catch-up pages, owner and subscriber side.
+    page_warn: QuietWarn,
     /// This shard itself, for tasks it spawns.
     me: std::rc::Weak<Shard>,
     /// Completed when shutdown finished; the executor then exits.
     done: flume::Sender<()>,
+}
+
+/// How often a [`QuietWarn`] logs at most.
+const QUIET_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A warning that may repeat for every subscriber or page at once (a log
+/// segment that cannot be read fails every page of every subscriber
+/// behind it): logged at most once per [`QUIET_WARN_INTERVAL`], the next
+/// one saying how many were held back.
+#[derive(Default)]
+pub(crate) struct QuietWarn {
+    last: Cell<Option<std::time::Instant>>,
+    held: Cell<u64>,
+}
+
+impl QuietWarn {
+    /// Whether to log at `now`; if so, how many were held back since the
+    /// last one logged.
+    pub(crate) fn allow(&self, now: std::time::Instant) -> Option<u64> {
+        match self.last.get() {
+            Some(t) if now.saturating_duration_since(t) < QUIET_WARN_INTERVAL => {
+                self.held.set(self.held.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.held.replace(0))
+            }
+        }
+    }
 }
 
 /// A wake-up for one task on the shard's thread, with no timer: `ring`
@@ -238,6 +270,7 @@ impl Shard {
             closing: Cell::new(false),
             counters: RefCell::default(),
             latency: RefCell::default(),
+            page_warn: QuietWarn::default(),
             me: me.clone(),
             done,
         })
@@ -310,4 +343,23 @@ impl Shard {
 
 fn send<T>(reply: Reply<T>, result: Result<T>) {
     let _ = reply.send(result);
+}
+
+#[cfg(test)]
+mod quiet_warn_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_quiet_warning_logs_once_a_second_and_counts_the_rest() {
+        let w = QuietWarn::default();
+        let t0 = Instant::now();
+        assert_eq!(w.allow(t0), Some(0));
+        for ms in 1..1000 {
+            assert_eq!(w.allow(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(w.allow(t0 + QUIET_WARN_INTERVAL), Some(999));
+        assert_eq!(w.allow(t0 + QUIET_WARN_INTERVAL), None);
+        assert_eq!(w.allow(t0 + 5 * QUIET_WARN_INTERVAL), Some(1));
+    }
 }

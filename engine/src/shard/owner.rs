@@ -364,7 +364,9 @@ impl Shard {
                     return (PageOutcome::Refused, Vec::new(), 0)
                 }
                 Err(e) => {
-                    tracing::warn!(shard = self.id, room, error = %e, "checking a subscriber's access failed");
+                    if let Some(held_back) = self.page_warn.allow(Instant::now()) {
+                        tracing::warn!(shard = self.id, room, error = %e, held_back, "checking a subscriber's access failed");
+                    }
                     return (PageOutcome::Unchecked, Vec::new(), 0);
                 }
             }
@@ -372,7 +374,9 @@ impl Shard {
         match self.read_page(room, after, limit).await {
             Ok((events, head)) => (PageOutcome::Served, events, head),
             Err(e) => {
-                tracing::warn!(shard = self.id, room, error = %e, "serving a catch-up page failed");
+                if let Some(held_back) = self.page_warn.allow(Instant::now()) {
+                    tracing::warn!(shard = self.id, room, error = %e, held_back, "serving a catch-up page failed");
+                }
                 (PageOutcome::Failed, Vec::new(), 0)
             }
         }

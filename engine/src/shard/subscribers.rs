@@ -371,15 +371,20 @@ impl Shard {
     }
 
     pub(super) fn page_failed(&self, id: u64, outcome: PageOutcome) {
-        tracing::warn!(
-            shard = self.id,
-            sub = id,
-            ?outcome,
-            "catch-up page failed; retrying"
-        );
         let mut subs = self.subs.borrow_mut();
         let Some(sub) = subs.get_mut(&id) else { return };
-        sub.core.page_failed();
+        let now = Instant::now();
+        let failures = sub.core.page_failed(now);
+        if let Some(held_back) = self.page_warn.allow(now) {
+            tracing::warn!(
+                shard = self.id,
+                sub = id,
+                ?outcome,
+                failures,
+                held_back,
+                "catch-up page failed; retrying, less often while it fails"
+            );
+        }
         // The owner answered, so it knows about this shard: once it could
         // check the user, the subscription is in place even though its
         // replay must retry.
