@@ -54,6 +54,21 @@ fn meta_crash_child() {
     }
     writeln!(out, "ready").unwrap();
     out.flush().unwrap();
+    if std::env::var("ROOKERY_META_CRASH_PARK").is_ok() {
+        // Two accounts, then nothing until the kill. The first id handed
+        // out after an open starts a reserved block (a durable commit), so
+        // the second is inside it: no durable commit after it, it must be
+        // lost, and its id never handed out again.
+        for part in ["a", "b"] {
+            let name = format!("r{round}-parked-{part}");
+            let user = meta.ensure_external_user(&name, 0).unwrap();
+            writeln!(out, "user {user} {name}").unwrap();
+        }
+        out.flush().unwrap();
+        loop {
+            std::thread::park();
+        }
+    }
     for n in 0u64.. {
         let name = format!("r{round}-u{n}");
         let user = meta.ensure_external_user(&name, n).unwrap();
@@ -90,18 +105,18 @@ fn acknowledged_users_and_joins_survive_sigkill() {
     let (mut again, mut lost_total) = (None::<String>, 0);
     for round in 0..ROUNDS {
         let kill_after = Duration::from_millis(rng.gen_range(5..200));
-        let lines = run_child(dir.path(), round, kill_after, again.take());
+        // The round before the last parks after one new account, so that
+        // at least one account is surely lost and made again.
+        let park = round == ROUNDS - 2;
+        let lines = run_child(dir.path(), round, kill_after, again.take(), park);
         let mut acked = 0;
         for line in lines {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts[..] {
-                [kind @ ("user" | "again"), id, name] => {
+                ["user" | "again", id, name] => {
                     let id: u64 = id.parse().unwrap();
                     let before = ids.insert(id, name.to_string());
                     assert!(before.is_none(), "seed {seed}: id {id} handed out twice");
-                    if kind == "again" {
-                        assert!(!durable.contains_key(name), "seed {seed}: {name} was kept");
-                    }
                     unsure.insert(name.to_string(), id);
                     acked += 1;
                 }
@@ -130,7 +145,11 @@ fn acknowledged_users_and_joins_survive_sigkill() {
             );
         }
         for (name, id) in std::mem::take(&mut unsure) {
+            let surely_lost = park && name.ends_with("-parked-b");
             match meta.external_user(&name).unwrap() {
+                Some(_) if surely_lost => {
+                    panic!("seed {seed}: {name} survived with no durable commit after it")
+                }
                 Some(u) => {
                     assert_eq!(u.id, id, "seed {seed} round {round}: user {name}");
                     durable.insert(name, id);
@@ -154,13 +173,24 @@ fn acknowledged_users_and_joins_survive_sigkill() {
         "meta crash: {} ids handed out, {lost_total} accounts lost and made again",
         ids.len()
     );
+    assert!(lost_total >= 1, "seed {seed}: no account was lost");
 }
 
 /// Runs the child until `kill_after` past its ready line, SIGKILLs it, and
 /// returns the lines it printed. `again`: a lost user the child makes
-/// again before it starts.
-fn run_child(dir: &Path, round: u32, kill_after: Duration, again: Option<String>) -> Vec<String> {
+/// again before it starts; `park`: the child makes one account and
+/// waits to be killed.
+fn run_child(
+    dir: &Path,
+    round: u32,
+    kill_after: Duration,
+    again: Option<String>,
+    park: bool,
+) -> Vec<String> {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
+    if park {
+        cmd.env("ROOKERY_META_CRASH_PARK", "1");
+    }
     if let Some(name) = again {
         cmd.env("ROOKERY_META_CRASH_AGAIN", name);
     }

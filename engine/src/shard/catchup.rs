@@ -532,18 +532,19 @@ mod tests {
         c.ask(t2, &LIM);
         let (paged, _) = page(&mut c, vec![msg(1)], 5, 0);
         assert_eq!(paged, Paged::More);
-        assert_eq!(
-            c.poll_pump(0, t2, &LIM),
-            Pump::Ask,
-            "no backoff once served"
-        );
         c.ask(t2, &LIM);
         assert_eq!(c.page_failed(t2), 1, "a new streak");
+        let t3 = t2 + PAGE_RETRY_MIN;
+        assert_eq!(
+            c.poll_pump(0, t3, &LIM),
+            Pump::Ask,
+            "the backoff starts again from its least"
+        );
         // Progress counts again once pages are served: never stuck while
         // the consumer drains.
-        let late = t2 + LIM.stuck_timeout * 2;
-        c.ask(late, &LIM);
+        c.ask(t3, &LIM);
         page(&mut c, vec![msg(2)], 5, 0);
+        let late = t3 + LIM.stuck_timeout * 2;
         assert_eq!(c.poll_pump(0, late, &LIM), Pump::Ask);
     }
 

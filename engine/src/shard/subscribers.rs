@@ -453,6 +453,20 @@ impl Shard {
             entry.outlet.closing(reason);
         }
         for id in entry.subs {
+            // A subscribe still waiting for its first page (its access
+            // check failing all along) learns why, instead of the
+            // "shut down" a dropped answer reads as.
+            let ready = self
+                .subs
+                .borrow_mut()
+                .get_mut(&id)
+                .and_then(|sub| sub.ready.take());
+            if let (Some(ready), Some(reason)) = (ready, reason) {
+                ready(Err(match reason {
+                    CLOSED_SLOW => Error::SlowConsumer,
+                    _ => Error::ShutDown,
+                }));
+            }
             self.unsubscribe(id);
         }
     }
