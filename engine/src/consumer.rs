@@ -15,6 +15,15 @@ use crate::event::Event;
 pub(crate) const CLOSED_SLOW: u8 = 1;
 pub(crate) const CLOSED_SHUTDOWN: u8 = 2;
 
+/// The error a consumer (or a subscribe still waiting) gets for an inbox
+/// closed with `reason`.
+pub(crate) fn closed_error(reason: u8) -> Error {
+    match reason {
+        CLOSED_SLOW => Error::SlowConsumer,
+        _ => Error::ShutDown,
+    }
+}
+
 /// State shared by the hosting shard and the consumer of one inbox.
 #[derive(Default)]
 pub(crate) struct SubShared {

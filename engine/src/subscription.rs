@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::consumer::{Delivery, InboxKey, SubShared, CLOSED_SLOW};
+use crate::consumer::{closed_error, Delivery, InboxKey, SubShared};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::queues::Queues;
@@ -81,10 +81,7 @@ impl Inbox {
     /// Why the inbox ended (its channel disconnects only when the shard
     /// closed it, after setting the reason).
     fn ended(&self) -> Error {
-        match self.shared.closed.load(Ordering::Acquire) {
-            CLOSED_SLOW => Error::SlowConsumer,
-            _ => Error::ShutDown,
-        }
+        closed_error(self.shared.closed.load(Ordering::Acquire))
     }
 
     /// Waits for the next event of any of its subscriptions.

@@ -18,7 +18,7 @@ use super::mesh::{PageOutcome, Peer};
 use super::types::{NewSub, Ready};
 use super::Shard;
 use crate::consumer::LocalSink;
-use crate::consumer::{Delivery, SubShared, CLOSED_SLOW};
+use crate::consumer::{closed_error, Delivery, SubShared, CLOSED_SLOW};
 use crate::error::Error;
 use crate::event::Event;
 use crate::metrics::micros;
@@ -85,10 +85,7 @@ impl Outlet {
     pub(super) fn closing(&self, reason: u8) {
         match self {
             Outlet::Channel { shared, .. } => shared.closed.store(reason, Ordering::Release),
-            Outlet::Local(sink) => sink.closed(match reason {
-                CLOSED_SLOW => Error::SlowConsumer,
-                _ => Error::ShutDown,
-            }),
+            Outlet::Local(sink) => sink.closed(closed_error(reason)),
         }
     }
 }
@@ -159,12 +156,8 @@ impl Shard {
             let mut inboxes = self.inboxes.borrow_mut();
             let Some(entry) = inboxes.get_mut(&inbox) else {
                 // Closed (slow consumer) or dropped before this arrived.
-                let slow = shared.is_some_and(|s| s.closed.load(Ordering::Acquire) == CLOSED_SLOW);
-                ready(Err(if slow {
-                    Error::SlowConsumer
-                } else {
-                    Error::ShutDown
-                }));
+                let reason = shared.map_or(0, |s| s.closed.load(Ordering::Acquire));
+                ready(Err(closed_error(reason)));
                 return;
             };
             entry.subs.push(id);
@@ -462,10 +455,7 @@ impl Shard {
                 .get_mut(&id)
                 .and_then(|sub| sub.ready.take());
             if let (Some(ready), Some(reason)) = (ready, reason) {
-                ready(Err(match reason {
-                    CLOSED_SLOW => Error::SlowConsumer,
-                    _ => Error::ShutDown,
-                }));
+                ready(Err(closed_error(reason)));
             }
             self.unsubscribe(id);
         }

@@ -244,12 +244,9 @@ fn reserve_user_ids_through(txn: &WriteTransaction, id: u64) -> Result<Durabilit
 /// crash may have lost non-durable accounts and the counter's moves past
 /// them; their ids were handed out and must not be again.
 pub(super) fn skip_reserved_user_ids(txn: &WriteTransaction) -> Result<()> {
-    let reserved = {
-        let counters = txn.open_table(COUNTERS)?;
-        let reserved = counters
-            .get(USER_RESERVED_COUNTER)?
-            .map_or(0, |g| g.value());
-        reserved
-    };
+    let reserved = txn
+        .open_table(COUNTERS)?
+        .get(USER_RESERVED_COUNTER)?
+        .map_or(0, |g| g.value());
     bump_counter(txn, USER_COUNTER, reserved)
 }
