@@ -474,7 +474,8 @@ pub(crate) fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("rookery-index-{shard}"))
         .spawn(move || {
-            crate::threads::float();
+            // Its backlog is bounded by `index_lag_records_max`.
+            crate::threads::below_shards();
             run(db, meta, rx, done_tx, 256)
         })
         .map_err(|e| Error::io("index thread", e))?;

@@ -19,13 +19,24 @@ pub(crate) fn float() {
     }
 }
 
-/// [`float`], plus nice 10 and the idle I/O class (where the I/O scheduler
-/// has classes): for work that may take seconds and can wait.
-pub(crate) fn background() {
+/// [`float`], plus nice 10: for work that keeps up with the shards but
+/// need not be done before the next delivery (a shard's index thread). Under
+/// saturation the shards' reactors, whose latency clients see, run first;
+/// what this work owes is bounded where it is queued.
+pub(crate) fn below_shards() {
     float();
-    // SAFETY: plain syscalls on the calling thread with valid arguments.
+    // SAFETY: a plain syscall on the calling thread with valid arguments.
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
+/// [`below_shards`], plus the idle I/O class (where the I/O scheduler
+/// has classes): for work that may take seconds and can wait.
+pub(crate) fn background() {
+    below_shards();
+    // SAFETY: a plain syscall on the calling thread with valid arguments.
+    unsafe {
         // ioprio_set(IOPRIO_WHO_PROCESS, this thread, IOPRIO_CLASS_IDLE).
         const IOPRIO_WHO_PROCESS: libc::c_long = 1;
         const IOPRIO_CLASS_IDLE: libc::c_long = 3;

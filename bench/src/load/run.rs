@@ -616,22 +616,24 @@ pub fn execute(plan: &Plan) -> Result<Report> {
     })
 }
 
-/// Refinement steps after `max`'s first failure: rates between the last
-/// pass and the failure (×1.15 and ×1.3 the passing rate).
-const REFINE: [f64; 2] = [1.15, 1.3];
+/// `max` bisects between the last pass and the first failure until the two
+/// are this close (a ratio): 5%, three steps after a ×1.5 climb.
+const BISECT_WITHIN: f64 = 1.05;
 
 /// `max`: steps the per-user rate up (×1.5 a step) until p99 delivery passes
-/// 100 ms, something is lost, or a connection fails; then tries the rates
-/// between the last pass and that failure (×1.15, ×1.3) until one fails, so
-/// the figure is within 15% of the limit. The report of the highest
-/// passing step, with every step listed.
+/// 100 ms, something is lost, or a connection fails; then bisects (by
+/// ratio) between the last pass and that failure until they are within 5%,
+/// so the figure is within 5% of the limit and two servers' figures can be
+/// compared to that precision. The report of the highest passing step,
+/// with every step listed.
 pub fn step_to_max(plan: &Plan) -> Result<Report> {
     let mut steps: Vec<Step> = Vec::new();
     let mut best: Option<Report> = None;
     let mut last = None;
     let mut rate = plan.rate.max(0.25);
-    let mut refine: Vec<f64> = Vec::new();
-    for _ in 0..20 {
+    // The highest passing and lowest failing rates so far.
+    let (mut lo, mut hi): (Option<f64>, Option<f64>) = (None, None);
+    for _ in 0..24 {
         let mut p = plan.clone();
         p.rate = rate;
         let r = execute(&p)?;
@@ -650,40 +652,23 @@ pub fn step_to_max(plan: &Plan) -> Result<Report> {
             if passed { "pass" } else { "FAIL" }
         );
         let saturated = step.generator_saturated;
-        let refining = !steps.is_empty() && steps.iter().any(|s| !s.passed);
         steps.push(step);
-        if saturated {
-            eprintln!("max: the generator saturated; stopping here");
-            if passed {
-                best = Some(r);
-            }
-            break;
-        }
         if passed {
             best = Some(r);
+            lo = Some(rate);
         } else {
             last = Some(r);
-            if refining {
-                break;
-            }
-            // The first failure: try between the last pass and it.
-            let passing = steps
-                .iter()
-                .rev()
-                .find(|s| s.passed)
-                .map(|s| s.rate_per_user);
-            match passing {
-                Some(base) => refine = REFINE.iter().map(|k| base * k).collect(),
-                None => break,
-            }
+            hi = Some(rate);
         }
-        rate = if refine.is_empty() {
-            if steps.iter().any(|s| !s.passed) {
-                break; // every refinement passed
-            }
-            rate * 1.5
-        } else {
-            refine.remove(0)
+        if saturated {
+            eprintln!("max: the generator saturated; stopping here");
+            break;
+        }
+        rate = match (lo, hi) {
+            (Some(lo), None) => lo * 1.5,
+            (Some(lo), Some(hi)) if hi / lo > BISECT_WITHIN => (lo * hi).sqrt(),
+            // Within 5%, or the first step failed: done.
+            _ => break,
         };
     }
     let mut report = best.or(last).context("no step ran")?;
