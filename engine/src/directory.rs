@@ -16,8 +16,8 @@ use rookery_storage::Meta;
 use crate::error::Result;
 
 pub use rookery_storage::meta::{
-    Ban, Invite, ListPage, MemberChange, MemberEvent, MemberView, Role, Room, Standing, User,
-    INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
+    Ban, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Role, Room,
+    Standing, User, INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
 };
 
 /// A handle on the directory (cheap to clone, usable from any thread).
@@ -144,6 +144,31 @@ impl Directory {
     /// a `next`).
     pub fn visible_rooms(&self, user: u64, after: u64, len: usize) -> Result<ListPage<Room>> {
         Ok(self.meta.visible_rooms(user, after, len)?)
+    }
+
+    /// A page of `user`'s direct-message rooms, by the other user's id:
+    /// at most `len` after the user id `after` (a page reads a bounded
+    /// number of rows, so it may be short and still have a `next`); those
+    /// `user` left only when `with_left` is set.
+    pub fn dms_of(
+        &self,
+        user: u64,
+        after: u64,
+        len: usize,
+        with_left: bool,
+    ) -> Result<ListPage<Dm>> {
+        Ok(self.meta.dms_of(user, after, len, with_left)?)
+    }
+
+    /// The two users of `room` (lower id first), if it is a
+    /// direct-message room.
+    pub fn dm_pair(&self, room: u64) -> Result<Option<(u64, u64)>> {
+        Ok(self.meta.dm_pair(room)?)
+    }
+
+    /// The direct-message room of `user` and `other`, if they have one.
+    pub fn dm_between(&self, user: u64, other: u64) -> Result<Option<u64>> {
+        Ok(self.meta.dm_between(user, other)?)
     }
 
     /// The rooms `user` is a member of.

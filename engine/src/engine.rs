@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
+use rookery_storage::meta::DmOpened;
 use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Role, Store};
 
 use crate::config::EngineConfig;
@@ -316,6 +317,21 @@ impl Engine {
         creator: u64,
     ) -> Pending<u64> {
         self.create_room_as(Some(id), name, private, creator)
+    }
+
+    /// Opens the direct-message room of `user` and `other`: finds the
+    /// pair's room, or creates it, private, with both as members and no
+    /// owner (`id`: the id a cluster handed out, `None`: the next here).
+    /// A user who left it is not brought back: that is a `Join` through
+    /// [`Engine::membership`], which the room's two users may always make.
+    pub fn open_dm(&self, id: Option<u64>, user: u64, other: u64) -> Pending<DmOpened> {
+        let shard = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards();
+        self.inner.queues.call(shard, |reply| Command::OpenDm {
+            id,
+            user,
+            other,
+            reply,
+        })
     }
 
     fn create_room_as(

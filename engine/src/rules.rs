@@ -20,6 +20,10 @@
 //!   Nobody changes the owner's role except the owner, by handing
 //!   ownership to a member (who becomes owner; the old owner, admin).
 //! - Anyone leaves, except the owner, who hands ownership on first.
+//! - A direct-message room has its two users as members and no owner:
+//!   either joins it again after leaving, nobody else joins, and nobody
+//!   (the server's API included) invites, removes, bans or changes a role
+//!   in it.
 //!
 //! Invariant: every outcome leaves a room with members with exactly one
 //! owner, and a banned user neither a member nor invited.
@@ -109,6 +113,9 @@ pub fn decide(
                 Err(Error::Banned(format!("you are banned from room {room}")))
             }
             Join if v.actor.role.is_some() => Ok(none),
+            Join if v.dm.is_some_and(|(a, b)| target == a || target == b) => {
+                Ok(role(Some(Role::Member)))
+            }
             Join | Accept if v.actor.invited => Ok(role(Some(Role::Member))),
             Join if !v.private => Ok(role(Some(Role::Member))),
             Join => Err(hidden()),
@@ -143,6 +150,11 @@ pub fn decide(
             ))
         });
     };
+    if v.dm.is_some() {
+        return Err(Error::Forbidden(format!(
+            "room {room} is a direct message: nobody manages its members"
+        )));
+    }
     if actor < Role::Admin {
         return Err(Error::Forbidden(format!(
             "only admins and the owner of room {room} manage it"
@@ -247,6 +259,7 @@ mod tests {
             target,
             target_exists: true,
             target_former: false,
+            dm: None,
         }
     }
 
@@ -336,6 +349,30 @@ mod tests {
         assert_eq!(on(Transfer, a, m), "403");
         assert_eq!(on(Transfer, o, none), "404");
         assert_eq!(on(Transfer, o, m), "ok");
+        // A direct message of users 2 and 3.
+        let dm = |actor, target| MemberView {
+            dm: Some((2, 3)),
+            ..view(true, actor, target)
+        };
+        let in_dm = |op, who, actor, target| kind(decide(op, 1, who, who == 2, &dm(actor, target)));
+        assert_eq!(in_dm(Join, 2, none, none), "ok", "back after leaving");
+        assert_eq!(in_dm(Join, 2, m, m), "noop");
+        assert_eq!(in_dm(Leave, 2, m, m), "ok", "either may leave");
+        assert_eq!(in_dm(Invite, 4, m, none), "403", "nobody invites");
+        assert_eq!(in_dm(Remove, 3, m, m), "403");
+        assert_eq!(in_dm(Ban, 3, o, m), "403", "not even the server's API");
+        assert_eq!(in_dm(SetRole(Role::Admin), 3, o, m), "403");
+        assert_eq!(in_dm(Transfer, 3, o, m), "403");
+        let outsider = MemberView {
+            dm: Some((2, 3)),
+            ..view(true, none, none)
+        };
+        assert_eq!(
+            kind(decide(Join, 1, 4, true, &outsider)),
+            "404",
+            "hidden from others"
+        );
+        assert_eq!(kind(decide(Invite, 1, 2, false, &outsider)), "404");
         let private_stranger = view(true, none, m);
         assert_eq!(kind(decide(Remove, 1, 2, false, &private_stranger)), "404");
         assert_eq!(kind(decide(Remove, 1, 1, true, &view(false, a, a))), "400");

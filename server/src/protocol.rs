@@ -48,6 +48,10 @@ pub enum ServerFrame {
         by: u64,
         by_name: String,
     },
+    /// Sent unasked to every open connection of a user another user just
+    /// opened a direct-message room with (the room is new; join it to
+    /// read it).
+    Dm { room: u64, user: u64, name: String },
     /// The answer to `ping`.
     Pong,
     /// The answer to `join`; the room's events follow it, never precede it.
@@ -370,6 +374,7 @@ mod doc {
             | ServerFrame::Refreshed { .. }
             | ServerFrame::RefreshNeeded { .. }
             | ServerFrame::Invited { .. }
+            | ServerFrame::Dm { .. }
             | ServerFrame::Pong
             | ServerFrame::Joined { .. }
             | ServerFrame::Left { .. }
@@ -397,6 +402,11 @@ mod doc {
                 private: true,
                 by: 2,
                 by_name: "b".into(),
+            }),
+            sample(ServerFrame::Dm {
+                room: 1,
+                user: 2,
+                name: "b".into(),
             }),
             sample(ServerFrame::Pong),
             sample(ServerFrame::Joined {

@@ -825,3 +825,77 @@ fn deleting_a_room_ends_it_everywhere_and_frees_its_name() {
     );
     assert_eq!(api(p, "DELETE", "/api/backend/rooms/0", ALL, None).0, 400);
 }
+
+#[test]
+fn the_server_api_manages_no_direct_message_and_deleting_one_frees_the_pair() {
+    let (server, _keys) = start_with_keys();
+    let p = server.port;
+    let (ann, bea, cid) = (register(p, "ann"), register(p, "bea"), register(p, "cid"));
+    let (bea_id, cid_id) = (user_id(p, &bea), user_id(p, &cid));
+    let (s, dm) = call(
+        p,
+        "POST",
+        "/api/dms",
+        Some(&ann),
+        Some(&json!({"user": bea_id})),
+    );
+    assert_eq!(s, 201, "{dm}");
+    let room = dm["room"]["id"].as_u64().unwrap();
+    let base = format!("/api/backend/rooms/{room}");
+    // Its two stay its two: no one added, removed or banned.
+    for (method, path, body) in [
+        (
+            "POST",
+            format!("{base}/members"),
+            Some(json!({"user": cid_id})),
+        ),
+        ("DELETE", format!("{base}/members/{bea_id}"), None),
+        ("PUT", format!("{base}/bans/{bea_id}"), None),
+    ] {
+        let (s, v) = api(p, method, &path, ALL, body);
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{method} {path}: {v}"
+        );
+    }
+    let (s, v) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{room}/members"),
+        Some(&bea),
+        None,
+    );
+    assert_eq!(
+        (s, v["members"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{v}"
+    );
+    // A backend still publishes there (as the server) and may delete it;
+    // the pair's next direct message is a new room.
+    let (s, v) = api(
+        p,
+        "POST",
+        &format!("{base}/messages"),
+        ALL,
+        Some(json!({"body": "notice"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let mut bea_ws = open(p, &bea);
+    join(&mut bea_ws, room);
+    let (s, v) = api(p, "DELETE", &base, ALL, None);
+    assert_eq!((s, &v["members"]), (200, &json!(2)), "{v}");
+    assert_eq!(next_of(&mut bea_ws, "left")["reason"], "deleted");
+    let (s, dms) = call(p, "GET", "/api/dms", Some(&ann), None);
+    assert_eq!((s, &dms["dms"]), (200, &json!([])), "{dms}");
+    let (s, again) = call(
+        p,
+        "POST",
+        "/api/dms",
+        Some(&bea),
+        Some(&json!({"name": "ann"})),
+    );
+    assert_eq!(s, 201, "{again}");
+    assert_ne!(again["room"]["id"].as_u64().unwrap(), room);
+    assert_serving(p);
+}

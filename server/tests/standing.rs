@@ -525,3 +525,225 @@ fn invitations_need_consent_and_do_not_reveal_users() {
     );
     assert_serving(p);
 }
+
+/// The other users of the caller's direct messages, with the room and
+/// whether the caller is in it (`?left=true` lists the ones they left).
+fn dms_of(port: u16, token: &str, query: &str) -> Vec<(u64, u64, bool)> {
+    let (s, v) = call(port, "GET", &format!("/api/dms{query}"), Some(token), None);
+    assert_eq!(s, 200, "{v}");
+    v["dms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["user"].as_u64().unwrap(),
+                d["room"]["id"].as_u64().unwrap(),
+                d["member"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_direct_message_is_one_room_for_two_that_nobody_manages() {
+    let server = start(&[]);
+    let p = server.port;
+    let [ann, bea, cid] = ["ann", "bea", "cid"].map(|n| register(p, n));
+    let [ann_id, bea_id, cid_id] = [&ann, &bea, &cid].map(|t| me(p, t));
+    // Bea is online: a new direct message reaches her WebSocket.
+    let mut bea_ws = open(p, &bea);
+    let (s, dm) = call(
+        p,
+        "POST",
+        "/api/dms",
+        Some(&ann),
+        Some(&json!({"name": "Bea"})),
+    );
+    assert_eq!(s, 201, "{dm}");
+    let room = dm["room"]["id"].as_u64().unwrap();
+    assert_eq!(
+        (
+            dm["user"].as_u64(),
+            dm["name"].as_str(),
+            dm["member"].as_bool()
+        ),
+        (Some(bea_id), Some("bea"), Some(true)),
+        "{dm}"
+    );
+    assert_eq!(dm["room"]["private"], true);
+    let told = next_json(&mut bea_ws).unwrap();
+    assert_eq!(
+        (
+            told["type"].as_str(),
+            told["room"].as_u64(),
+            told["user"].as_u64(),
+            told["name"].as_str()
+        ),
+        (Some("dm"), Some(room), Some(ann_id), Some("ann")),
+        "{told}"
+    );
+    // The pair has one room, whoever opens it, by id or name.
+    for (token, who) in [
+        (&bea, json!({"user": ann_id})),
+        (&ann, json!({"name": "bea"})),
+    ] {
+        let (s, again) = call(p, "POST", "/api/dms", Some(token), Some(&who));
+        assert_eq!(
+            (s, again["room"]["id"].as_u64()),
+            (200, Some(room)),
+            "{again}"
+        );
+    }
+    assert_eq!(dms_of(p, &ann, ""), [(bea_id, room, true)]);
+    assert_eq!(dms_of(p, &bea, ""), [(ann_id, room, true)]);
+    assert!(dms_of(p, &cid, "").is_empty());
+    // Not among the rooms: they are listed apart.
+    let (_, rooms) = call(p, "GET", "/api/rooms", Some(&ann), None);
+    assert!(
+        rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["id"] != room),
+        "{rooms}"
+    );
+    // What is refused, and how.
+    let refused = [
+        (json!({"user": ann_id}), &ann, 400, "bad_request"),
+        (json!({"name": "nobody"}), &ann, 404, "not_found"),
+        (json!({"user": 999_999}), &ann, 404, "not_found"),
+        (json!({"nobody": 1}), &ann, 400, "bad_request"),
+    ];
+    for (body, token, status, err) in refused {
+        assert_eq!(
+            outcome(p, "POST", "/api/dms", token, Some(body.clone())),
+            (status, err.to_string()),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        call(p, "POST", "/api/dms", None, Some(&json!({"user": bea_id}))).0,
+        401
+    );
+    assert_eq!(outcome(p, "GET", "/api/dms?left=maybe", &ann, None).0, 400);
+    // A room like any other for its two: messages and history.
+    let messages = format!("/api/rooms/{room}/messages");
+    let post =
+        |token: &str, body: &str| outcome(p, "POST", &messages, token, Some(json!({"body": body})));
+    assert_eq!(post(&ann, "hi bea").0, 201);
+    assert_eq!(post(&bea, "hi ann").0, 201);
+    let (s, page) = call(p, "GET", &messages, Some(&bea), None);
+    assert_eq!(
+        (s, page["messages"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{page}"
+    );
+    // Nobody else gets in, and nobody manages it: not even its creator.
+    assert_eq!(post(&cid, "let me in"), (404, "not_found".into()));
+    assert_eq!(outcome(p, "GET", &messages, &cid, None).0, 404);
+    assert_eq!(
+        outcome(p, "POST", &format!("/api/rooms/{room}/join"), &cid, None).0,
+        404
+    );
+    let managing = [
+        (
+            "POST",
+            format!("/api/rooms/{room}/members"),
+            Some(json!({"user": cid_id})),
+        ),
+        (
+            "PUT",
+            format!("/api/rooms/{room}/members/{bea_id}"),
+            Some(json!({"role": "admin"})),
+        ),
+        (
+            "DELETE",
+            format!("/api/rooms/{room}/members/{bea_id}"),
+            None,
+        ),
+        ("PUT", format!("/api/rooms/{room}/bans/{bea_id}"), None),
+        (
+            "POST",
+            format!("/api/rooms/{room}/owner"),
+            Some(json!({"user": bea_id})),
+        ),
+    ];
+    for (method, path, body) in managing {
+        assert_eq!(
+            outcome(p, method, &path, &ann, body.clone()),
+            (403, "forbidden".into()),
+            "{method} {path}"
+        );
+        assert_eq!(
+            outcome(p, method, &path, &cid, body).0,
+            404,
+            "{method} {path}: hidden"
+        );
+    }
+    let (_, members) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{room}/members"),
+        Some(&ann),
+        None,
+    );
+    let roles: Vec<(u64, &str)> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["user"].as_u64().unwrap(), m["role"].as_str().unwrap()))
+        .collect();
+    let mut want = [(ann_id, "member"), (bea_id, "member")];
+    want.sort();
+    assert_eq!(roles, want, "two members, no owner");
+    // Bea leaves: it leaves her list, and opening it brings her back with
+    // its history.
+    assert_eq!(
+        outcome(p, "POST", &format!("/api/rooms/{room}/leave"), &bea, None).0,
+        200
+    );
+    assert!(dms_of(p, &bea, "").is_empty());
+    assert_eq!(dms_of(p, &bea, "?left=true"), [(ann_id, room, false)]);
+    assert_eq!(
+        post(&bea, "still here?"),
+        (404, "not_found".into()),
+        "as to anyone outside"
+    );
+    assert_eq!(post(&ann, "while away").0, 201);
+    let (s, back) = call(
+        p,
+        "POST",
+        "/api/dms",
+        Some(&bea),
+        Some(&json!({"name": "ann"})),
+    );
+    assert_eq!(
+        (s, back["room"]["id"].as_u64(), back["member"].as_bool()),
+        (200, Some(room), Some(true))
+    );
+    let (_, page) = call(p, "GET", &messages, Some(&bea), None);
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(3), "{page}");
+    // A second pair gets its own room; pages go by the other user's id.
+    let (s, with_cid) = call(
+        p,
+        "POST",
+        "/api/dms",
+        Some(&cid),
+        Some(&json!({"user": ann_id})),
+    );
+    assert_eq!(s, 201, "{with_cid}");
+    let cid_room = with_cid["room"]["id"].as_u64().unwrap();
+    assert_ne!(cid_room, room);
+    assert_eq!(
+        dms_of(p, &ann, ""),
+        [(bea_id, room, true), (cid_id, cid_room, true)]
+    );
+    let (_, first) = call(p, "GET", "/api/dms?limit=1", Some(&ann), None);
+    assert_eq!(first["next"], json!({"after": bea_id}), "{first}");
+    assert_eq!(
+        dms_of(p, &ann, &format!("?limit=1&after={bea_id}")),
+        [(cid_id, cid_room, true)]
+    );
+    assert_serving(p);
+}

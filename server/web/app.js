@@ -32,7 +32,7 @@ const el = (tag, props = {}, ...children) => {
 const state = {
   auth: null, // {user, name, token}
   session: null,
-  rooms: new Map(), // id -> {id, name, private, last_seq, member, unread}
+  rooms: new Map(), // id -> {id, name, private, last_seq, member, unread, dm?: {user, name}}
   invites: [], // [{room: {id, name, private}, by, by_name, ts}]
   views: new Map(), // id -> room view
   current: null,
@@ -162,20 +162,29 @@ async function listAll(path, key, pagesMax = 20) {
 }
 
 async function loadRooms() {
-  const [rooms, unread] = await Promise.all([
+  const [rooms, dms, unread] = await Promise.all([
     listAll("/api/rooms", "rooms"),
+    listAll("/api/dms", "dms"),
     call("GET", "/api/me/unread"),
     loadInvites(),
   ]);
   const mine = new Map(unread.rooms.map((u) => [u.room, u.unread]));
-  for (const r of rooms) {
+  const keep = (r, more) => {
     const known = state.rooms.get(r.id);
     state.rooms.set(r.id, {
       ...r,
       member: mine.has(r.id),
       unread: r.id === state.current ? 0 : mine.get(r.id) || 0,
       last_seq: Math.max(r.last_seq, known?.last_seq || 0),
+      ...more,
     });
+  };
+  for (const r of rooms) keep(r, {});
+  // A direct message shows the other person: their name, and whether they
+  // are online (from the room's presence once joined).
+  for (const d of dms) {
+    keep(d.room, { dm: { user: d.user, name: d.external && state.markExternal ? `${d.name} (app)` : d.name } });
+    if (d.online) view(d.room.id).online.add(d.user);
   }
   // Rooms we became a member of elsewhere (another tab, an admin's
   // invitation) are followed from now on.
@@ -242,26 +251,38 @@ async function invite(form) {
   }
 }
 
+// What a room is called in the list and its title: a direct message by
+// the other person's name.
+function title(r) {
+  return r.dm ? "@ " + r.dm.name : (r.private ? "🔒 " : "# ") + r.name;
+}
+
 function renderRooms() {
   const focused = document.activeElement?.dataset?.room;
   const mine = $("#my-rooms");
   const others = $("#other-rooms");
-  const sorted = [...state.rooms.values()].sort((a, b) => a.name.localeCompare(b.name));
+  const dms = $("#dms");
+  const sorted = [...state.rooms.values()].sort((a, b) => title(a).localeCompare(title(b)));
   mine.replaceChildren();
   others.replaceChildren();
+  dms.replaceChildren();
   for (const r of sorted) {
     const button = el(
       "button",
       { class: "room-link", "data-room": r.id, type: "button" },
-      el("span", { class: "room-name", text: (r.private ? "🔒 " : "# ") + r.name }),
+      el("span", { class: "room-name", text: title(r) }),
     );
+    if (r.dm) {
+      const on = view(r.id).online.has(r.dm.user);
+      button.prepend(el("span", { class: "presence", "data-online": on, title: on ? "online" : "offline" }));
+    }
     if (r.unread > 0) {
       button.append(el("span", { class: "badge", text: r.unread > 999 ? "999+" : r.unread }));
       button.setAttribute("aria-label", `${r.name}, ${r.unread} unread`);
     }
     if (r.id === state.current) button.setAttribute("aria-current", "true");
     button.onclick = () => openRoom(r.id);
-    (r.member ? mine : others).append(el("li", {}, button));
+    (r.dm ? dms : r.member ? mine : others).append(el("li", {}, button));
   }
   $("#other-rooms-title").hidden = others.children.length === 0;
   // Drawn anew: a keyboard user keeps their place.
@@ -276,6 +297,29 @@ function roomsLater() {
     state.roomsFrame = 0;
     renderRooms();
   });
+}
+
+// Opens (or finds) the direct message with the person named.
+async function openDm(form) {
+  const name = form.name.value.trim();
+  if (!name) return;
+  try {
+    const d = await call("POST", "/api/dms", { name });
+    form.reset();
+    const known = state.rooms.get(d.room.id);
+    state.rooms.set(d.room.id, {
+      ...d.room,
+      member: true,
+      unread: known?.unread || 0,
+      dm: { user: d.user, name: d.name },
+    });
+    if (d.online) view(d.room.id).online.add(d.user);
+    if (!state.session.joined(d.room.id)) state.session.join(d.room.id);
+    renderRooms();
+    openRoom(d.room.id);
+  } catch (e) {
+    notice(e.status === 404 ? `Nobody is called ${name}.` : e.message);
+  }
 }
 
 async function createRoom(form) {
@@ -349,7 +393,7 @@ async function openRoom(id) {
   state.current = id;
   history.replaceState(null, "", "#room=" + id);
   $("#app").classList.add("show-room");
-  $("#room-title").textContent = (r.private ? "🔒 " : "# ") + r.name;
+  $("#room-title").textContent = title(r);
   v.firstUnread = r.unread > 0 ? r.last_seq - r.unread + 1 : 0;
   r.unread = 0;
   renderRooms();
@@ -615,6 +659,7 @@ function onEvent(f) {
       if (f.state === "online") pv.online.add(f.user);
       else pv.online.delete(f.user);
       if (f.room === state.current) renderOnline(pv);
+      if (state.rooms.get(f.room)?.dm) roomsLater();
       return;
     }
     case "left": {
@@ -641,6 +686,10 @@ function onEvent(f) {
     case "invited":
       notice(`${f.by_name} invited you to ${f.name}.`);
       loadInvites().catch(() => null);
+      return;
+    case "dm":
+      // Someone opened a direct message with us: it joins the list now.
+      loadRooms().catch(() => null);
       return;
   }
 }
@@ -812,6 +861,10 @@ function wire() {
     e.preventDefault();
     createRoom(e.target);
   });
+  $("#new-dm").addEventListener("submit", (e) => {
+    e.preventDefault();
+    openDm(e.target);
+  });
   $("#back").onclick = () => $("#app").classList.remove("show-room");
   $("#invite").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -844,7 +897,9 @@ function wire() {
   // Alt+Up / Alt+Down: the previous or next of your rooms.
   document.addEventListener("keydown", (e) => {
     if (!e.altKey || (e.key !== "ArrowUp" && e.key !== "ArrowDown")) return;
-    const mine = [...document.querySelectorAll("#my-rooms .room-link")].map((b) => Number(b.dataset.room));
+    const mine = [...document.querySelectorAll("#dms .room-link, #my-rooms .room-link")].map((b) =>
+      Number(b.dataset.room),
+    );
     const at = mine.indexOf(state.current);
     const next = mine[(at + (e.key === "ArrowUp" ? -1 : 1) + mine.length) % mine.length];
     if (next !== undefined) {

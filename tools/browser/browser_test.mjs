@@ -480,6 +480,27 @@ async function steps(browser, base) {
     check(true, `the deleted room leaves ${who}'s room lists`);
   }
 
+  console.log("a direct message");
+  await a.fill("#new-dm input[name=name]", bob);
+  await a.click("#new-dm button");
+  await a.waitForSelector(`#room-title:has-text("@ ${bob}")`, { timeout: WAIT_MS });
+  const dm = await a.evaluate(() => window.rookery.state.current);
+  await b.waitForSelector(`#dms button:has-text("${alice}")`, { timeout: WAIT_MS });
+  check(true, "bob's list shows alice's new direct message at once (no reload)");
+  await a.waitForSelector(`#dms button:has-text("${bob}") .presence[data-online="true"]`, { timeout: WAIT_MS });
+  check(true, "alice sees bob online beside his name");
+  await sendText(a, "just between us");
+  await b.click(`#dms button:has-text("${alice}")`);
+  await waitText(b, "just between us");
+  await sendText(b, "our secret");
+  await waitText(a, "our secret");
+  check(
+    (await a.locator(`#my-rooms button.room-link[data-room="${dm}"], #other-rooms button.room-link[data-room="${dm}"]`).count()) === 0,
+    "the direct message is listed apart from the rooms",
+  );
+  check(await a.locator("#invite").isHidden(), "nobody invites into a direct message");
+  await a.screenshot({ path: join(artifacts, "chat-dm.png") });
+
   console.log("a session ended elsewhere");
   // Bob's token is logged out behind the client's back: the server closes
   // its socket (4001) and the client goes back to the sign-in form.

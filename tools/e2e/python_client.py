@@ -204,6 +204,27 @@ async def scenario(ports, procs):
     counts = {x["room"]: x["unread"] for x in unread["rooms"]}
     check(s == 200 and counts.get(rid) == 6, f"unread: {s} {unread}")
 
+    # A direct message: alice opens it by name; bob, online, is told, joins
+    # it over his WebSocket and gets her message; the pair keeps one room.
+    s, _, dm = http.call("POST", "/api/dms", a_tok, {"name": "bob"})
+    check(s == 201 and dm["user"] == bob["user"] and dm["room"]["private"], f"open a dm: {s} {dm}")
+    dm_room = dm["room"]["id"]
+    told = await recv_json(b, "dm")
+    check((told["room"], told["user"], told["name"]) == (dm_room, alice["user"], "alice"), f"dm notice: {told}")
+    joined = await call_ws(b, {"type": "join", "room": dm_room, "ref": "dm-j"})
+    check(joined["type"] == "joined" and joined["last_seq"] == 0, f"bob joined the dm: {joined}")
+    ack = await call_ws(a, {"type": "send", "room": dm_room, "body": "psst", "client_id": "dm1", "ref": "dm1"})
+    check(ack["type"] == "ack" and ack["seq"] == 1, f"dm ack: {ack}")
+    m = await recv_json(b, "msg")
+    check((m["room"], m["seq"], m["body"]) == (dm_room, 1, "psst"), f"dm msg: {m}")
+    s, _, again = http.call("POST", "/api/dms", b_tok, {"user": alice["user"]})
+    check(s == 200 and again["room"]["id"] == dm_room, f"the same dm from bob: {s} {again}")
+    s, _, listed = http.call("GET", "/api/dms", b_tok)
+    check(s == 200 and [(d["user"], d["room"]["id"]) for d in listed["dms"]] == [(alice["user"], dm_room)],
+          f"bob's dms: {s} {listed}")
+    s, _, err = http.call("POST", f"/api/rooms/{dm_room}/members", a_tok, {"name": "bob"})
+    check(s == 403 and err["error"]["code"] == "forbidden", f"nobody invites into a dm: {s} {err}")
+
     # Bad input over the wire: an error frame, and the connection lives on.
     await b.send("{not json")
     e = await recv_json(b, "error")

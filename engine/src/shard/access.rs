@@ -7,7 +7,7 @@
 //! Invariant: a change to a room's members or existence that lands while
 //! its access is loading makes that load stale; a stale load is not kept.
 
-use rookery_storage::meta::{MemberChange, SERVER_USER};
+use rookery_storage::meta::{DmOpened, MemberChange, SERVER_USER};
 use rookery_storage::{Meta, Role};
 use rustc_hash::FxHashSet as HashSet;
 
@@ -149,6 +149,26 @@ impl Shard {
                 None => meta.create_room(&name, private, creator, now_ms()),
             })
             .await?;
+        self.forget_everywhere(room).await;
+        Ok(room)
+    }
+
+    /// Finds or creates (off the reactor) the direct-message room of
+    /// `user` and `other`; a new one is forgotten as in `create_room`.
+    pub(super) async fn open_dm(&self, id: Option<u64>, user: u64, other: u64) -> Result<DmOpened> {
+        let meta = self.meta.clone();
+        let opened = glommio::executor()
+            .spawn_blocking(move || meta.open_dm(id, user, other, now_ms()))
+            .await?;
+        if opened.created {
+            self.forget_everywhere(opened.room).await;
+        }
+        Ok(opened)
+    }
+
+    /// Makes the owner of `room` forget what it remembered of it (that it
+    /// did not exist), and waits until it has.
+    async fn forget_everywhere(&self, room: u64) {
         let owner = self.owner(room);
         if owner == self.id {
             self.forget_room(room);
@@ -157,7 +177,6 @@ impl Shard {
             self.push_peer(owner, Peer::Forget { room, done });
             let _ = forgotten.recv_async().await;
         }
-        Ok(room)
     }
 
     /// Owner side: decides a change of standing under the room rules in
@@ -241,6 +260,11 @@ impl Shard {
         let (view, change) = glommio::executor()
             .spawn_blocking(move || {
                 meta.change_membership::<Error>(room, user, user, now_ms(), |v| {
+                    if v.dm.is_some() {
+                        return Err(Error::Forbidden(format!(
+                            "room {room} is a direct message: its members are its two users"
+                        )));
+                    }
                     if v.target.banned && role.is_some() {
                         return Err(Error::Conflict(format!(
                             "user {user} is banned from room {room}: unban them first"

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use rookery_storage::meta::DmOpened;
 use rookery_storage::{Cursor, Retention, RetentionReport, Role, ShardStats};
 
 use super::subscribers::{InboxEntry, Outlet};
@@ -119,6 +120,15 @@ pub(crate) enum Command {
         private: bool,
         creator: u64,
         reply: Reply<u64>,
+    },
+    /// Opens (or finds) the direct-message room of two users (see
+    /// `Engine::open_dm`).
+    OpenDm {
+        /// The id the cluster handed out, or `None` for the next here.
+        id: Option<u64>,
+        user: u64,
+        other: u64,
+        reply: Reply<DmOpened>,
     },
     /// A change of standing under the room rules (see
     /// `Engine::membership`).
@@ -264,6 +274,15 @@ impl Shard {
                     me.create_room(id, name, private, creator).await
                 });
             }
+            Command::OpenDm {
+                id,
+                user,
+                other,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(reply, async move { me.open_dm(id, user, other).await });
+            }
             Command::SetMember {
                 room,
                 user,
@@ -371,6 +390,7 @@ fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
         | Command::MarkRead { reply, .. }
         | Command::Unread { reply, .. }
         | Command::CreateRoom { reply, .. } => send(reply, Err(error())),
+        Command::OpenDm { reply, .. } => send(reply, Err(error())),
         Command::Stats { reply } => send(reply, Err(error())),
         Command::Shutdown { reply } => send(reply, Ok(())),
         Command::Subscribe(NewSub { ready, .. }) => ready(Err(error())),

@@ -1,5 +1,5 @@
 //! The lists that span every node's rooms (`GET /api/rooms`, `/api/invites`,
-//! `/api/me/unread`): each node answers for the rooms it owns, and the node
+//! `/api/me/unread`, `/api/dms`): each node answers for the rooms it owns, and the node
 //! the client asked merges the answers.
 //!
 //! Invariants: a merged page of rooms holds the `limit` lowest ids after
@@ -23,6 +23,7 @@ pub enum List {
     Rooms,
     Invites,
     Unread,
+    Dms,
 }
 
 impl List {
@@ -34,6 +35,7 @@ impl List {
             "/api/rooms" => Some(List::Rooms),
             "/api/invites" => Some(List::Invites),
             "/api/me/unread" => Some(List::Unread),
+            "/api/dms" => Some(List::Dms),
             _ => None,
         }
     }
@@ -86,7 +88,18 @@ async fn gather(req: &Request, shared: &Shared, list: List) -> Result<Response, 
         }
     }
     let merged = match list {
-        List::Rooms => merge_rooms(pages, crate::routes::list_query(req, shared)?.1),
+        List::Rooms => merge_pages(
+            pages,
+            "rooms",
+            "id",
+            crate::routes::list_query(req, shared)?.1,
+        ),
+        List::Dms => merge_pages(
+            pages,
+            "dms",
+            "user",
+            crate::routes::list_query(req, shared)?.1,
+        ),
         List::Invites => concat(pages, "invites", &["room", "id"]),
         List::Unread => concat(pages, "rooms", &["room"]),
     };
@@ -107,27 +120,28 @@ fn id_at(v: &Value, path: &[&str]) -> u64 {
     path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0)
 }
 
-/// Pages of `{"rooms": [...], "next": ...}` (each the lowest ids of one
-/// node after the same `after`) as one page of at most `limit`.
-pub fn merge_rooms(pages: Vec<Value>, limit: usize) -> Value {
+/// Pages of `{key: [...], "next": ...}` (each the lowest ids, at `id` in
+/// each item, of one node after the same `after`) as one page of at most
+/// `limit`.
+pub fn merge_pages(pages: Vec<Value>, key: &str, id: &str, limit: usize) -> Value {
     let mut more = pages.iter().any(|p| !p["next"].is_null());
-    let mut rooms: Vec<Value> = pages
+    let mut items: Vec<Value> = pages
         .into_iter()
-        .flat_map(|mut p| match p["rooms"].take() {
+        .flat_map(|mut p| match p[key].take() {
             Value::Array(a) => a,
             _ => Vec::new(),
         })
         .collect();
-    rooms.sort_by_key(|r| id_at(r, &["id"]));
-    if rooms.len() > limit {
-        rooms.truncate(limit);
+    items.sort_by_key(|r| id_at(r, &[id]));
+    if items.len() > limit {
+        items.truncate(limit);
         more = true;
     }
-    let next = match rooms.last() {
-        Some(last) if more => json!({ "after": id_at(last, &["id"]) }),
+    let next = match items.last() {
+        Some(last) if more => json!({ "after": id_at(last, &[id]) }),
         _ => Value::Null,
     };
-    json!({ "rooms": rooms, "next": next })
+    json!({ key: items, "next": next })
 }
 
 /// The arrays under `key` of every page, as one, ordered by the number at
@@ -164,27 +178,39 @@ mod tests {
 
     #[test]
     fn merged_room_pages_keep_the_lowest_ids_and_say_when_there_are_more() {
-        let m = merge_rooms(
+        let m = merge_pages(
             vec![
                 page(&[2, 5, 8], true),
                 page(&[1, 9], false),
                 page(&[3], false),
             ],
+            "rooms",
+            "id",
             3,
         );
         assert_eq!(ids(&m), vec![1, 2, 3]);
         assert_eq!(m["next"], json!({"after": 3}));
         // Everything fits and no node has more: the last page.
-        let m = merge_rooms(vec![page(&[2], false), page(&[1, 9], false)], 3);
+        let m = merge_pages(
+            vec![page(&[2], false), page(&[1, 9], false)],
+            "rooms",
+            "id",
+            3,
+        );
         assert_eq!(ids(&m), vec![1, 2, 9]);
         assert!(m["next"].is_null());
         // One node has more although everything fits: go on after the last.
-        let m = merge_rooms(vec![page(&[4, 6], true), page(&[], false)], 2);
+        let m = merge_pages(
+            vec![page(&[4, 6], true), page(&[], false)],
+            "rooms",
+            "id",
+            2,
+        );
         assert_eq!(
             (ids(&m), m["next"].clone()),
             (vec![4, 6], json!({"after": 6}))
         );
-        let m = merge_rooms(vec![page(&[], false)], 2);
+        let m = merge_pages(vec![page(&[], false)], "rooms", "id", 2);
         assert!(ids(&m).is_empty() && m["next"].is_null());
     }
 

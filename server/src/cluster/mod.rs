@@ -171,6 +171,15 @@ pub fn unanswered(e: rookery_cluster::Error, room: u64, owner: u32, timeout: Dur
     }
 }
 
+/// The room a direct message's claim names (see `Node::claim_dm_room`).
+fn dm_room_of(key: &str, value: &[u8]) -> Result<u64, ApiError> {
+    serde_json::from_slice::<Value>(value)
+        .ok()
+        .and_then(|v| v["room"].as_u64())
+        .filter(|&room| room > 0)
+        .ok_or_else(|| ApiError::Internal(format!("the cluster's {key} names no room")))
+}
+
 /// A node of a cluster.
 pub struct Node {
     pub cfg: ClusterConfig,
@@ -432,6 +441,46 @@ impl Node {
         let key = records::room_name_key(name);
         if let Err(e) = self.link.kv_delete(&self.buckets[0], &key).await {
             tracing::warn!(name, error = %e, "a room name stays claimed");
+        }
+    }
+
+    /// The direct-message room the cluster gave users `a` and `b`, if it
+    /// gave them one.
+    pub async fn dm_room(&self, a: u64, b: u64) -> Result<Option<u64>, ApiError> {
+        let key = records::dm_key(a, b);
+        let got = self.link.kv_get(&self.buckets[0], &key).await;
+        match got.map_err(crate::accounts::cluster_error)? {
+            Some((value, _)) => dm_room_of(&key, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Claims a new room id for the direct messages of `a` and `b`; the id
+    /// that holds when another node claimed the pair first. The room is
+    /// made by its owner when first opened (`Op::OpenDm`), so a claim whose
+    /// room was never made (a node stopped between) is made by the next.
+    pub async fn claim_dm_room(&self, a: u64, b: u64) -> Result<u64, ApiError> {
+        let key = records::dm_key(a, b);
+        let id = self.next_id("room").await?;
+        let value = bytes::Bytes::from(json!({ "room": id }).to_string());
+        match self.link.kv_create(&self.buckets[0], &key, value).await {
+            Ok(_) => Ok(id),
+            Err(rookery_cluster::Error::KeyExists(_)) => {
+                self.dm_room(a, b).await?.ok_or_else(|| {
+                    ApiError::Conflict("the direct message was deleted meanwhile".into())
+                })
+            }
+            Err(e) => Err(crate::accounts::cluster_error(e)),
+        }
+    }
+
+    /// Gives the pair's claim back (its room was deleted): their next
+    /// direct message makes a new room. A failure is logged; the pair then
+    /// keeps naming the deleted room, which cannot be opened (409).
+    pub async fn release_dm_room(&self, a: u64, b: u64) {
+        let key = records::dm_key(a, b);
+        if let Err(e) = self.link.kv_delete(&self.buckets[0], &key).await {
+            tracing::warn!(a, b, error = %e, "a deleted direct message stays claimed");
         }
     }
 

@@ -97,6 +97,13 @@ pub enum Op {
         after: u64,
         limit: usize,
     },
+    /// Opens the direct-message room `room` the cluster gave `user` and
+    /// `other` (making it if it is not made yet), as `POST /api/dms` does.
+    OpenDm {
+        room: u64,
+        user: u64,
+        other: u64,
+    },
     /// Up to `want` tokens of `key`'s bucket, of which the asked node is
     /// the home.
     Take {
@@ -149,6 +156,12 @@ pub enum Answer {
     Granted {
         tokens: u32,
     },
+    /// A direct message opened: the status and body `POST /api/dms`
+    /// answers.
+    Opened {
+        status: u16,
+        dm: serde_json::Value,
+    },
     Refused {
         retry_after_ms: u64,
     },
@@ -172,7 +185,8 @@ impl Op {
             | Op::Typing { room, .. }
             | Op::Read { room, .. }
             | Op::History { room, .. }
-            | Op::Replay { room, .. } => *room,
+            | Op::Replay { room, .. }
+            | Op::OpenDm { room, .. } => *room,
             Op::Take { .. } | Op::GiveBack { .. } => return None,
         })
     }
@@ -293,6 +307,10 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
                 last_seq: last?,
                 online: online?,
             }
+        }
+        Op::OpenDm { room, user, other } => {
+            let (status, dm) = crate::routes::open_dm_here(shared, Some(room), user, other).await?;
+            Answer::Opened { status, dm }
         }
         Op::Presence {
             room,

@@ -66,6 +66,12 @@ pub fn room_name_key(name: &str) -> String {
     format!("room.{}", hex(name.to_ascii_lowercase().as_bytes()))
 }
 
+/// The key the direct-message room of users `a` and `b` is claimed under
+/// (the lower id first), its value `{"room": id}`.
+pub fn dm_key(a: u64, b: u64) -> String {
+    format!("dm.{}.{}", a.min(b), a.max(b))
+}
+
 /// The key of the cluster's counter of `kind` ids ("user", "room").
 pub fn id_counter_key(kind: &str) -> String {
     format!("ids.{kind}")

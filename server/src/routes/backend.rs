@@ -281,12 +281,17 @@ async fn get_room(req: &Request, shared: &Shared) -> ApiResult {
 /// `DELETE /api/backend/rooms/{id}`: deletes a room for good (answered
 /// by its owner node): its messages, members, bans, invitations and
 /// receipts; every subscription to it ends with `left {reason:
-/// "deleted"}`. A public room's name is free again; its id never is.
+/// "deleted"}`. A public room's name is free again, and a direct
+/// message's pair opens a new room next time; its id never is free.
 async fn delete_room(req: &Request, shared: &Shared) -> ApiResult {
     let id = room_in_path(req)?;
+    let m = directory(shared);
+    let pair = blocking(move || m.dm_pair(id)).await?;
     let gone = shared.engine.delete_room(id).await?;
-    if let (Some(node), false) = (&shared.cluster, gone.room.private) {
-        node.release_room_name(&gone.room.name).await;
+    match (&shared.cluster, gone.room.private, pair) {
+        (Some(node), false, _) => node.release_room_name(&gone.room.name).await,
+        (Some(node), true, Some((a, b))) => node.release_dm_room(a, b).await,
+        _ => {}
     }
     Ok(Response::json(
         200,

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod backend;
+mod dms;
 mod messages;
 mod rooms;
 
@@ -25,6 +26,8 @@ use rooms::{
     remove_member, set_role, transfer, withdraw,
 };
 use server::{index, metrics, no_upgrade, readyz, stats};
+
+pub(crate) use dms::open_here as open_dm_here;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -134,6 +137,8 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("DELETE", "/api/rooms/{id}/bans/{user}") => ban(req, shared, id, false).await,
         ("DELETE", "/api/rooms/{id}/invites/{user}") => withdraw(req, shared, id).await,
         ("GET", "/api/invites") => my_invites(req, shared).await,
+        ("GET", "/api/dms") => dms::list(req, shared).await,
+        ("POST", "/api/dms") => dms::open(req, shared).await,
         ("POST", "/api/invites/{room}/accept") => answer_invite(req, shared, id, true).await,
         ("POST", "/api/invites/{room}/decline") => answer_invite(req, shared, id, false).await,
         ("GET", "/api/rooms/{id}/messages") => history(req, shared, id).await,
@@ -184,6 +189,7 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "rooms", _, "bans", _] => "/api/rooms/{id}/bans/{user}",
         ["api", "rooms", _, "invites", _] => "/api/rooms/{id}/invites/{user}",
         ["api", "invites"] => "/api/invites",
+        ["api", "dms"] => "/api/dms",
         ["api", "invites", _, "accept"] => "/api/invites/{room}/accept",
         ["api", "invites", _, "decline"] => "/api/invites/{room}/decline",
         ["api", "rooms", _, "messages"] => "/api/rooms/{id}/messages",

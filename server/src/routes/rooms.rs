@@ -172,7 +172,10 @@ pub(crate) async fn members(req: &Request, shared: &Shared, raw: &str) -> ApiRes
 }
 
 /// A user's name and whether a backend vouches for them (blocking).
-fn user_label(m: &rookery_engine::Directory, id: u64) -> rookery_engine::Result<(String, bool)> {
+pub(super) fn user_label(
+    m: &rookery_engine::Directory,
+    id: u64,
+) -> rookery_engine::Result<(String, bool)> {
     Ok(m.user(id)?
         .map(|u| (u.name.clone(), u.external()))
         .unwrap_or_default())
@@ -189,7 +192,7 @@ pub(crate) struct Who {
 impl Who {
     /// The user's id; 0 (no user) when a name or subject is unknown, so
     /// that the answer does not tell.
-    async fn resolve(self, shared: &Shared) -> Result<u64, ApiError> {
+    pub(super) async fn resolve(self, shared: &Shared) -> Result<u64, ApiError> {
         let m = directory(shared);
         blocking(move || -> rookery_engine::Result<u64> {
             let found = match (self.user, self.name, self.subject) {

@@ -27,8 +27,8 @@ use redb::{
 };
 
 use super::{
-    Meta, RoomRow, BANS, COUNTERS, DELETED_ROOMS, FEED_CURSORS, FORMER, INVITES, MEMBERS,
-    MEMBER_FEED, ORIGIN_COUNTER, RECEIPTS, RETENTION, ROOMS, ROOM_NAMES, SESSIONS, USERS,
+    Meta, RoomRow, BANS, COUNTERS, DELETED_ROOMS, DMS, DM_ROOMS, FEED_CURSORS, FORMER, INVITES,
+    MEMBERS, MEMBER_FEED, ORIGIN_COUNTER, RECEIPTS, RETENTION, ROOMS, ROOM_NAMES, SESSIONS, USERS,
     USER_INVITES, USER_NAMES, USER_ROOMS,
 };
 use crate::error::{Error, Result};
@@ -115,6 +115,8 @@ impl Meta {
         out.rows += copy_table(&src, &dst, cancel, FORMER, same)?;
         out.rows += copy_table(&src, &dst, cancel, DELETED_ROOMS, same)?;
         out.rows += copy_table(&src, &dst, cancel, RETENTION, same)?;
+        out.rows += copy_table(&src, &dst, cancel, DMS, same)?;
+        out.rows += copy_table(&src, &dst, cancel, DM_ROOMS, same)?;
         // The tables left out exist, empty, as in any file `Meta::open`
         // made; the last commit is durable.
         let mut txn = dst.begin_write()?;
@@ -159,6 +161,8 @@ fn check_known_tables(src: &ReadTransaction) -> Result<()> {
         RECEIPTS.name(),
         DELETED_ROOMS.name(),
         RETENTION.name(),
+        DMS.name(),
+        DM_ROOMS.name(),
     ];
     for table in src.list_tables()? {
         let name = table.name();

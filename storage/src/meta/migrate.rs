@@ -3,7 +3,8 @@
 //! subjects under `jwt:`), private rooms leave the name index, and each
 //! room with members gets an owner ([`name_owners`]). Two names that
 //! differ only in case cannot both be kept: the upgrade then fails and
-//! names them, and the file is left as it was.
+//! names them, and the file is left as it was. Schema 2 → 3 adds the
+//! direct-message tables, empty.
 
 use redb::{ReadableTable, WriteTransaction};
 
@@ -21,9 +22,12 @@ pub(super) fn upgrade(txn: &WriteTransaction) -> Result<()> {
             "meta.redb has schema {version}, newer than this build's {SCHEMA}"
         )));
     }
-    rekey_users(txn)?;
-    rekey_rooms(txn)?;
-    name_owners(txn)?;
+    if version < 2 {
+        rekey_users(txn)?;
+        rekey_rooms(txn)?;
+        name_owners(txn)?;
+    }
+    // 2 -> 3: the direct-message tables, created empty by `Meta::open`.
     counters.insert(SCHEMA_COUNTER, SCHEMA)?;
     Ok(())
 }
@@ -93,8 +97,12 @@ pub(super) fn name_owners(txn: &WriteTransaction) -> Result<usize> {
         })
         .collect::<Result<_>>()?;
     let mut members = txn.open_table(MEMBERS)?;
+    let dms = txn.open_table(DM_ROOMS)?;
     let mut named = 0;
     for (room, creator) in rooms {
+        if dms.get(room)?.is_some() {
+            continue; // a direct message has no owner
+        }
         let mut roles: Vec<(u64, u8)> = Vec::new();
         for entry in members.range((room, 0)..=(room, u64::MAX))? {
             let (key, role) = entry?;

@@ -8,7 +8,7 @@
 //!
 //! Each domain has its file (`users`, `sessions`, `rooms`, `members`,
 //! `standing` (bans, invitations and the transactional membership change),
-//! `receipts`, `migrate`); this one holds the tables, the row types, the checks every
+//! `dms` (direct-message rooms), `receipts`, `migrate`); this one holds the tables, the row types, the checks every
 //! domain shares and the transaction helpers.
 //!
 //! Invariants kept across all writers:
@@ -25,7 +25,7 @@
 //!   must not reveal that room). `user_names` maps exactly the users,
 //!   `room_names` exactly the public rooms.
 //! - Every room with members has at least one owner, unless it was
-//!   imported without one.
+//!   imported without one or is a direct-message room, which has none.
 //! - A banned user is neither a member nor invited; an invited user is not
 //!   a member. Bans, invitations and former members live in `(room, user)`
 //!   tables; invitations are mirrored in `(user, room)`, written together.
@@ -65,6 +65,7 @@ use crate::config::IdFilter;
 use crate::error::{Error, Result};
 
 mod backup;
+mod dms;
 mod feed;
 mod members;
 mod migrate;
@@ -77,6 +78,7 @@ mod tests;
 mod users;
 
 pub use backup::{count_read_only, MetaCopy};
+pub use dms::{Dm, DmOpened};
 pub use feed::{MemberEvent, MEMBER_FEED_LEN_MAX, MEMBER_FEED_STREAM};
 use rooms::last_seq;
 pub use standing::{
@@ -142,6 +144,14 @@ const FEED_CURSORS: TableDefinition<(&str, u32), u64> = TableDefinition::new("fe
 const MEMBER_FEED: TableDefinition<u64, (u64, u64, u64, u64, bool)> =
     TableDefinition::new("member_feed");
 
+/// (user, other) -> their direct-message room, written both ways (see
+/// `dms.rs`).
+const DMS: TableDefinition<(u64, u64), u64> = TableDefinition::new("dms");
+
+/// Direct-message room -> its pair of users, the lower id first: the
+/// mirror of `dms`.
+const DM_ROOMS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("dm_rooms");
+
 const USER_COUNTER: &str = "user";
 
 /// The highest user id reserved durably for JWT subjects' accounts (see
@@ -156,11 +166,13 @@ pub const USER_ID_BLOCK_LEN: u64 = 64;
 const ROOM_COUNTER: &str = "room";
 
 /// The layout version, kept in `counters` (absent: 1, before names were
-/// compared in lower case and rooms had owners).
+/// compared in lower case and rooms had owners; 2 before direct messages,
+/// rooms with members and no owner, which an older build must not take for
+/// rooms to give an owner).
 const SCHEMA_COUNTER: &str = "schema";
 
 /// The layout this build writes; [`Meta::open`] upgrades older files.
-const SCHEMA: u64 = 2;
+const SCHEMA: u64 = 3;
 
 const MAX_NAME_LEN: usize = 64;
 
@@ -303,6 +315,8 @@ impl Meta {
         txn.open_table(DELETED_ROOMS)?;
         txn.open_table(FEED_CURSORS)?;
         txn.open_table(MEMBER_FEED)?;
+        txn.open_table(DMS)?;
+        txn.open_table(DM_ROOMS)?;
         migrate::upgrade(&txn)?;
         ensure_origin(&txn)?;
         users::skip_reserved_user_ids(&txn)?;

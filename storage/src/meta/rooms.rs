@@ -58,7 +58,8 @@ impl Meta {
     }
 
     /// Deletes room `id` and every row naming it (members, bans,
-    /// invitations, former members, read receipts, its public name) in one
+    /// invitations, former members, read receipts, its public name, its
+    /// direct-message pair, which may then open a new room) in one
     /// transaction, and returns it as it was, with its members. Its
     /// retention row stays (the caller retires its messages,
     /// [`crate::ShardStore::retire_room`]) and its id is never taken again.
@@ -108,6 +109,7 @@ impl Meta {
             txn.open_table(FORMER)?
                 .retain_in(keys.clone(), |_, _| false)?;
             txn.open_table(RECEIPTS)?.retain_in(keys, |_, _| false)?;
+            super::dms::remove_pair(txn, id)?;
             txn.open_table(DELETED_ROOMS)?.insert(id, now_ms)?;
             let members = members
                 .into_iter()
@@ -164,7 +166,8 @@ impl Meta {
     }
 
     /// Returns a page of the rooms `user` may see, every public room and
-    /// the private rooms it is a member of, ordered by id: at most `len`
+    /// the private rooms it is a member of, but no direct-message room
+    /// ([`Meta::dms_of`] lists those), ordered by id: at most `len`
     /// rooms with an id above `after`, reading at most
     /// [`ROOM_PAGE_SCAN_ROWS_MAX`] rooms (so a page may be short and still
     /// have a `next`).
@@ -175,6 +178,7 @@ impl Meta {
             require_user(&txn.open_table(USERS)?, user)?;
             let members = txn.open_table(MEMBERS)?;
             let rooms = txn.open_table(ROOMS)?;
+            let dms = txn.open_table(DM_ROOMS)?;
             let mut page = ListPage {
                 items: Vec::new(),
                 next: None,
@@ -192,7 +196,8 @@ impl Meta {
                 }
                 (scanned, last_read) = (scanned + 1, id.value());
                 let room = room_from(id.value(), row.value());
-                if !room.private || members.get((room.id, user))?.is_some() {
+                let seen = !room.private || members.get((room.id, user))?.is_some();
+                if seen && dms.get(room.id)?.is_none() {
                     page.items.push(room);
                 }
             }

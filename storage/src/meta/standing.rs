@@ -72,6 +72,9 @@ pub struct MemberView {
     pub target_exists: bool,
     /// The target was a member once and is not now.
     pub target_former: bool,
+    /// The room's pair of users (lower id first), if it is a
+    /// direct-message room.
+    pub dm: Option<(u64, u64)>,
 }
 
 /// What to write; `None` leaves that part as it is.
@@ -300,6 +303,7 @@ fn read_view(txn: &WriteTransaction, room: u64, actor: u64, target: u64) -> Resu
     );
     let target_exists = users.get(target)?.is_some();
     let target_former = txn.open_table(FORMER)?.get((room, target))?.is_some();
+    let dm = txn.open_table(DM_ROOMS)?.get(room)?.map(|g| g.value());
     let actor = match actor {
         SERVER_USER => Standing {
             role: Some(Role::Owner),
@@ -313,6 +317,7 @@ fn read_view(txn: &WriteTransaction, room: u64, actor: u64, target: u64) -> Resu
         target: standing_in(&members, &bans, &invites, room, target)?,
         target_exists,
         target_former,
+        dm,
     })
 }
 

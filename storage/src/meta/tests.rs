@@ -1185,3 +1185,144 @@ fn the_member_feed_numbers_joins_and_leaves_only_while_on() {
     assert_eq!(meta.feed_holds(3).unwrap(), [Some(9), Some(5), None]);
     assert_eq!(meta.feed_cursors().unwrap().len(), 2);
 }
+
+#[test]
+fn a_pair_has_one_direct_message_room_found_from_either_side() {
+    let (dir, meta) = fresh();
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|n| user(&meta, n));
+    let lobby = meta.create_room("lobby", false, alice, 1).unwrap();
+    let opened = meta.open_dm(None, bob, alice, 5).unwrap();
+    let room = opened.room;
+    assert_eq!(
+        (opened.created, opened.member),
+        (true, true),
+        "made, with the opener in it"
+    );
+    let again = meta.open_dm(None, alice, bob, 6).unwrap();
+    assert_eq!(
+        (again.room, again.created, again.member),
+        (room, false, true)
+    );
+    let r = meta.room(room).unwrap().unwrap();
+    let name = format!("dm-{alice}-{bob}");
+    assert_eq!(
+        (r.name.as_str(), r.private, r.creator),
+        (name.as_str(), true, bob)
+    );
+    assert_eq!(
+        meta.members(room).unwrap(),
+        [(alice, Role::Member), (bob, Role::Member)]
+    );
+    assert_eq!(meta.dm_pair(room).unwrap(), Some((alice, bob)));
+    assert_eq!(meta.dm_pair(lobby).unwrap(), None);
+    assert_eq!(meta.dm_between(alice, bob).unwrap(), Some(room));
+    assert_eq!(meta.dm_between(bob, alice).unwrap(), Some(room));
+    assert_eq!(meta.dm_between(alice, carol).unwrap(), None);
+    for bad in [
+        meta.open_dm(None, alice, alice, 7),
+        meta.open_dm(None, alice, 99, 7),
+    ] {
+        assert!(
+            matches!(bad, Err(Error::InvalidInput(_) | Error::NotFound(_))),
+            "{bad:?}"
+        );
+    }
+    // Not among the rooms anyone lists; each of the two lists it.
+    let listed: Vec<u64> = meta
+        .visible_rooms(alice, 0, 10)
+        .unwrap()
+        .items
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, [lobby]);
+    let carols = meta.open_dm(None, carol, alice, 8).unwrap().room;
+    let others = |user, with_left| -> Vec<(u64, u64, bool)> {
+        meta.dms_of(user, 0, 10, with_left)
+            .unwrap()
+            .items
+            .iter()
+            .map(|d| (d.other, d.room.id, d.member))
+            .collect()
+    };
+    assert_eq!(
+        others(alice, false),
+        [(bob, room, true), (carol, carols, true)]
+    );
+    assert_eq!(others(bob, false), [(alice, room, true)]);
+    let page = meta.dms_of(alice, 0, 1, false).unwrap();
+    assert_eq!(page.next, Some(bob), "a page of one has a next");
+    assert_eq!(
+        meta.dms_of(alice, bob, 1, false).unwrap().items[0].other,
+        carol
+    );
+    // A member who left: listed only when asked, and opening finds them out.
+    let leave = MemberChange {
+        role: Some(None),
+        ..MemberChange::default()
+    };
+    meta.change_membership(room, bob, bob, 9, write(leave))
+        .unwrap();
+    assert!(others(bob, false).is_empty());
+    assert_eq!(others(bob, true), [(alice, room, false)]);
+    let back = meta.open_dm(None, bob, alice, 10).unwrap();
+    assert_eq!((back.room, back.created, back.member), (room, false, false));
+    // The pair stays a pair across a reopen, an export's import and a
+    // deletion (which frees it for a new room).
+    let path = dir.path().join("meta.redb");
+    meta.close().unwrap();
+    let meta = Meta::open(&path, 1 << 20).unwrap();
+    assert_eq!(
+        meta.dm_pairs().unwrap(),
+        [(room, (alice, bob)), (carols, (alice, carol))]
+    );
+    assert_eq!(
+        meta.ensure_owners().unwrap(),
+        0,
+        "a direct message gets no owner"
+    );
+    let (_, members) = meta.delete_room(room, 11).unwrap();
+    assert_eq!(members, [(alice, Role::Member)]);
+    assert_eq!(meta.dm_between(alice, bob).unwrap(), None);
+    assert_eq!(meta.dm_pair(room).unwrap(), None);
+    let fresh_room = meta.open_dm(None, alice, bob, 12).unwrap();
+    assert!(fresh_room.created && fresh_room.room > carols);
+    let (_d2, other) = fresh();
+    for n in ["alice", "bob"] {
+        user(&other, n);
+    }
+    let copy = other.create_room(&name, true, alice, 1).unwrap();
+    other.import_dm(copy, (bob, alice)).unwrap();
+    assert_eq!(other.dm_between(alice, bob).unwrap(), Some(copy));
+    assert!(matches!(
+        other.import_dm(copy, (alice, bob)),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        other.import_dm(copy, (alice, alice)),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+#[test]
+fn a_direct_message_takes_the_clusters_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let odd = IdFilter::new(|id| id % 2 == 1);
+    let meta = Meta::open(&dir.path().join("meta.redb"), 1 << 20)
+        .expect("open")
+        .with_id_filter(Some(odd));
+    let [alice, bob] = ["alice", "bob"].map(|n| user(&meta, n));
+    assert!(matches!(
+        meta.open_dm(Some(8), alice, bob, 1),
+        Err(Error::InvalidInput(_))
+    ));
+    let opened = meta.open_dm(Some(9), alice, bob, 1).unwrap();
+    assert_eq!((opened.room, opened.created), (9, true));
+    // A second claim of the pair finds the room made by the first.
+    assert_eq!(meta.open_dm(Some(11), bob, alice, 1).unwrap().room, 9);
+    assert_eq!(
+        meta.create_room("next", false, alice, 1).unwrap(),
+        11,
+        "the counter moved past 9"
+    );
+}

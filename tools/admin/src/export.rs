@@ -116,8 +116,8 @@ fn write_export(
     Ok((counts, damaged))
 }
 
-/// Writes users, rooms (with retention limits), members, bans,
-/// invitations and receipts.
+/// Writes users, rooms (with retention limits), direct-message pairs,
+/// members, bans, invitations and receipts.
 fn write_meta(
     meta: &Meta,
     rows: &HashMap<u64, RoomRetention>,
@@ -136,6 +136,15 @@ fn write_meta(
             .and_then(|r| RetentionLimits::from_row(r.keep_messages, r.keep_age_ms));
         data::write_json_line(w, &Line::room(room, retention))?;
         counts.rooms += 1;
+    }
+    for (room, (a, b)) in meta.dm_pairs().context("reading direct messages")? {
+        data::write_json_line(
+            w,
+            &Line::Dm {
+                room,
+                users: [a, b],
+            },
+        )?;
     }
     for &room in &ids {
         for (user, role) in meta

@@ -55,6 +55,14 @@ pub enum Line {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retention: Option<RetentionLimits>,
     },
+    /// A direct-message room's pair of users (the room is a `Room` line
+    /// before it, both users `User` lines).
+    Dm {
+        /// Room id.
+        room: u64,
+        /// The two users, the lower id first.
+        users: [u64; 2],
+    },
     /// A room membership.
     Member {
         /// Room id.

@@ -207,6 +207,7 @@ impl Checker {
             Line::Delete { room, seq, .. } => self.check_target_message(room, seq)?,
             Line::User { .. }
             | Line::Room { .. }
+            | Line::Dm { .. }
             | Line::Member { .. }
             | Line::Ban { .. }
             | Line::Invite { .. }
@@ -365,6 +366,9 @@ impl<'a> Loader<'a> {
                 })?;
                 self.retention.extend(retention.map(|r| (id, r)));
                 self.counts.rooms += 1;
+            }
+            Line::Dm { room, users } => {
+                self.meta.import_dm(room, (users[0], users[1]))?;
             }
             Line::Member { room, user, role } => {
                 self.meta.add_member(room, user, role.into())?;

@@ -652,3 +652,36 @@ fn reindex_rebuilds_every_index_from_the_log() {
     assert!(data.join("shard-1/index.redb").is_file());
     drop(held);
 }
+
+#[test]
+fn a_direct_message_round_trips_as_one_and_gets_no_owner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (ann, bea, room) = {
+        let store = Store::open(config(&data, 1)).expect("store opens");
+        let meta = store.meta().clone();
+        let ann = meta.ensure_external_user("ann", 1_000).unwrap();
+        let bea = meta.ensure_external_user("bea", 1_001).unwrap();
+        let room = meta.open_dm(None, bea, ann, 2_000).unwrap().room;
+        drop((meta, store));
+        (ann, bea, room)
+    };
+    let file = tmp.path().join("dm.jsonl");
+    let a = export_to(&data, &file);
+    let dm: Vec<&Value> = a.meta.iter().filter(|l| l["type"] == "dm").collect();
+    assert_eq!(dm.len(), 1, "{:?}", a.meta);
+    assert_eq!(dm[0]["room"], room);
+    assert_eq!(dm[0]["users"], serde_json::json!([ann, bea]));
+    let target = tmp.path().join("copy");
+    expect_code(&import(&target, &file, &[]), 0);
+    let store = Store::open(config(&target, 1)).expect("the copy opens");
+    let meta = store.meta();
+    assert_eq!(meta.dm_between(ann, bea).unwrap(), Some(room));
+    assert_eq!(
+        meta.members(room).unwrap(),
+        [(ann, Role::Member), (bea, Role::Member)],
+        "the import names no owner for it"
+    );
+    drop(store);
+    assert_eq!(export_to(&target, &tmp.path().join("again.jsonl")), a);
+}
