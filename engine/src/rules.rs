@@ -20,13 +20,14 @@
 //!   Nobody changes the owner's role except the owner, by handing
 //!   ownership to a member (who becomes owner; the old owner, admin).
 //! - Anyone leaves, except the owner, who hands ownership on first.
-//! - A direct-message room has its two users as members and no owner:
-//!   either joins it again after leaving, nobody else joins, and nobody
-//!   (the server's API included) invites, removes, bans or changes a role
-//!   in it.
+//! - A direct-message room has two users and no owner: the one who opened
+//!   it is a member and the other invited; either joins it (accepting, or
+//!   again after leaving), nobody else joins, and nobody (the server's API
+//!   included) invites, removes, bans or changes a role in it.
 //!
 //! Invariant: every outcome leaves a room with members with exactly one
-//! owner, and a banned user neither a member nor invited.
+//! owner (a direct-message room with none), and a banned user neither a
+//! member nor invited.
 
 use rookery_storage::meta::{MemberChange, MemberView, Standing};
 

@@ -49,8 +49,8 @@ pub enum ServerFrame {
         by_name: String,
     },
     /// Sent unasked to every open connection of a user another user just
-    /// opened a direct-message room with (the room is new; join it to
-    /// read it).
+    /// opened a direct-message room with (the room is new and they are
+    /// invited: opening it with `POST /api/dms` accepts).
     Dm { room: u64, user: u64, name: String },
     /// The answer to `ping`.
     Pong,

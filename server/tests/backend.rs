@@ -841,6 +841,15 @@ fn the_server_api_manages_no_direct_message_and_deleting_one_frees_the_pair() {
     );
     assert_eq!(s, 201, "{dm}");
     let room = dm["room"]["id"].as_u64().unwrap();
+    // Bea opens it too: both are in it.
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/dms",
+        Some(&bea),
+        Some(&json!({"name": "ann"})),
+    );
+    assert_eq!((s, v["room"]["id"].as_u64()), (200, Some(room)), "{v}");
     let base = format!("/api/backend/rooms/{room}");
     // Its two stay its two: no one added, removed or banned.
     for (method, path, body) in [

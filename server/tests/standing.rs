@@ -583,6 +583,29 @@ fn a_direct_message_is_one_room_for_two_that_nobody_manages() {
         (Some("dm"), Some(room), Some(ann_id), Some("ann")),
         "{told}"
     );
+    // Bea is invited, not put in it: she sees the request, and the room
+    // is hers only once she opens it too.
+    assert_eq!(dms_of(p, &bea, ""), [(ann_id, room, false)]);
+    let (_, request) = call(p, "GET", "/api/dms", Some(&bea), None);
+    assert_eq!(
+        (&request["dms"][0]["invited"], &request["dms"][0]["online"]),
+        (&json!(true), &json!(false)),
+        "a request: {request}"
+    );
+    let history = format!("/api/rooms/{room}/messages");
+    assert_eq!(outcome(p, "GET", &history, &bea, None).0, 404);
+    let (_, members) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{room}/members"),
+        Some(&ann),
+        None,
+    );
+    assert_eq!(
+        members["members"].as_array().map(Vec::len),
+        Some(1),
+        "{members}"
+    );
     // The pair has one room, whoever opens it, by id or name.
     for (token, who) in [
         (&bea, json!({"user": ann_id})),
@@ -737,13 +760,24 @@ fn a_direct_message_is_one_room_for_two_that_nobody_manages() {
     assert_ne!(cid_room, room);
     assert_eq!(
         dms_of(p, &ann, ""),
-        [(bea_id, room, true), (cid_id, cid_room, true)]
+        [(bea_id, room, true), (cid_id, cid_room, false)]
     );
     let (_, first) = call(p, "GET", "/api/dms?limit=1", Some(&ann), None);
     assert_eq!(first["next"], json!({"after": bea_id}), "{first}");
     assert_eq!(
         dms_of(p, &ann, &format!("?limit=1&after={bea_id}")),
-        [(cid_id, cid_room, true)]
+        [(cid_id, cid_room, false)]
     );
+    // Declining a request takes it off the list (it stays among those
+    // left), and Ann is not in the room.
+    let decline = format!("/api/invites/{cid_room}/decline");
+    assert_eq!(outcome(p, "POST", &decline, &ann, None).0, 200);
+    assert_eq!(dms_of(p, &ann, ""), [(bea_id, room, true)]);
+    assert_eq!(
+        dms_of(p, &ann, "?left=true"),
+        [(bea_id, room, true), (cid_id, cid_room, false)]
+    );
+    let cid_history = format!("/api/rooms/{cid_room}/messages");
+    assert_eq!(outcome(p, "GET", &cid_history, &ann, None).0, 404);
     assert_serving(p);
 }

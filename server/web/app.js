@@ -182,10 +182,14 @@ async function loadRooms() {
   for (const r of rooms) keep(r, {});
   // A direct message shows the other person: their name, and whether they
   // are online (from the room's presence once joined).
+  // One the other person opened and we have not (`invited`) is a request:
+  // opening it accepts.
   for (const d of dms) {
-    keep(d.room, { dm: { user: d.user, name: d.external && state.markExternal ? `${d.name} (app)` : d.name } });
+    const name = d.external && state.markExternal ? `${d.name} (app)` : d.name;
+    keep(d.room, { dm: { user: d.user, name, request: d.invited } });
     if (d.online) view(d.room.id).online.add(d.user);
   }
+  renderInvites();
   // Rooms we became a member of elsewhere (another tab, an admin's
   // invitation) are followed from now on.
   for (const r of state.rooms.values()) {
@@ -205,7 +209,8 @@ async function loadInvites() {
 function renderInvites() {
   const list = $("#invites");
   list.replaceChildren();
-  for (const inv of state.invites) {
+  // Direct-message requests show among the direct messages instead.
+  for (const inv of state.invites.filter((i) => !state.rooms.get(i.room.id)?.dm)) {
     const r = inv.room;
     const accept = el("button", { type: "button", class: "accept", text: "Accept" });
     const decline = el("button", { type: "button", class: "decline secondary", text: "Decline" });
@@ -221,7 +226,7 @@ function renderInvites() {
       ),
     );
   }
-  $("#invites-title").hidden = state.invites.length === 0;
+  $("#invites-title").hidden = list.children.length === 0;
 }
 
 async function answerInvite(room, accept) {
@@ -275,6 +280,7 @@ function renderRooms() {
     if (r.dm) {
       const on = view(r.id).online.has(r.dm.user);
       button.prepend(el("span", { class: "presence", "data-online": on, title: on ? "online" : "offline" }));
+      if (r.dm.request) button.append(el("span", { class: "request", text: "new" }));
     }
     if (r.unread > 0) {
       button.append(el("span", { class: "badge", text: r.unread > 999 ? "999+" : r.unread }));
@@ -282,7 +288,15 @@ function renderRooms() {
     }
     if (r.id === state.current) button.setAttribute("aria-current", "true");
     button.onclick = () => openRoom(r.id);
-    (r.dm ? dms : r.member ? mine : others).append(el("li", {}, button));
+    const li = el("li", {}, button);
+    if (r.dm?.request) {
+      const decline = el("button", { type: "button", class: "decline secondary", text: "✕", title: "Decline" });
+      decline.setAttribute("aria-label", `Decline ${r.dm.name}'s direct message`);
+      decline.onclick = () => declineDm(r.id);
+      li.classList.add("dm-request");
+      li.append(decline);
+    }
+    (r.dm ? dms : r.member ? mine : others).append(li);
   }
   $("#other-rooms-title").hidden = others.children.length === 0;
   // Drawn anew: a keyboard user keeps their place.
@@ -297,6 +311,17 @@ function roomsLater() {
     state.roomsFrame = 0;
     renderRooms();
   });
+}
+
+// Declines a direct message someone opened with us: it leaves the list.
+async function declineDm(room) {
+  try {
+    await call("POST", `/api/invites/${room}/decline`);
+  } catch (e) {
+    notice(e.message);
+  }
+  state.rooms.delete(room);
+  renderRooms();
 }
 
 // Opens (or finds) the direct message with the person named.
@@ -315,6 +340,7 @@ async function openDm(form) {
     });
     if (d.online) view(d.room.id).online.add(d.user);
     if (!state.session.joined(d.room.id)) state.session.join(d.room.id);
+    state.invites = state.invites.filter((i) => i.room.id !== d.room.id);
     renderRooms();
     openRoom(d.room.id);
   } catch (e) {
@@ -378,6 +404,8 @@ async function openRoom(id) {
     try {
       await call("POST", `/api/rooms/${id}/join`);
       r.member = true;
+      // Opening a direct-message request accepts it.
+      if (r.dm) r.dm.request = false;
     } catch (e) {
       notice(e.code === "banned" ? `You are banned from ${r.name}.` : e.message, e.code === "banned");
       return;

@@ -485,13 +485,18 @@ async function steps(browser, base) {
   await a.click("#new-dm button");
   await a.waitForSelector(`#room-title:has-text("@ ${bob}")`, { timeout: WAIT_MS });
   const dm = await a.evaluate(() => window.rookery.state.current);
-  await b.waitForSelector(`#dms button:has-text("${alice}")`, { timeout: WAIT_MS });
-  check(true, "bob's list shows alice's new direct message at once (no reload)");
-  await a.waitForSelector(`#dms button:has-text("${bob}") .presence[data-online="true"]`, { timeout: WAIT_MS });
-  check(true, "alice sees bob online beside his name");
+  await b.waitForSelector(`#dms button:has-text("${alice}") .request`, { timeout: WAIT_MS });
+  check(true, "bob's list shows alice's new direct message at once (no reload), as a request");
   await sendText(a, "just between us");
+  await b.waitForTimeout(300);
+  check(
+    (await a.locator(`#dms button:has-text("${bob}") .presence[data-online="true"]`).count()) === 0,
+    "until bob opens it, alice learns nothing of him there (not even that he is online)",
+  );
   await b.click(`#dms button:has-text("${alice}")`);
   await waitText(b, "just between us");
+  await a.waitForSelector(`#dms button:has-text("${bob}") .presence[data-online="true"]`, { timeout: WAIT_MS });
+  check(true, "bob opened it: alice sees him online beside his name");
   await sendText(b, "our secret");
   await waitText(a, "our secret");
   check(

@@ -211,14 +211,18 @@ async def scenario(ports, procs):
     dm_room = dm["room"]["id"]
     told = await recv_json(b, "dm")
     check((told["room"], told["user"], told["name"]) == (dm_room, alice["user"], "alice"), f"dm notice: {told}")
+    # Bob is invited until he opens it too (a request he may decline).
+    s, _, listed = http.call("GET", "/api/dms", b_tok)
+    check(s == 200 and [(d["user"], d["member"], d["invited"]) for d in listed["dms"]] == [(alice["user"], False, True)],
+          f"bob's dm request: {s} {listed}")
+    s, _, again = http.call("POST", "/api/dms", b_tok, {"user": alice["user"]})
+    check(s == 200 and again["room"]["id"] == dm_room and again["member"], f"bob opens it too: {s} {again}")
     joined = await call_ws(b, {"type": "join", "room": dm_room, "ref": "dm-j"})
     check(joined["type"] == "joined" and joined["last_seq"] == 0, f"bob joined the dm: {joined}")
     ack = await call_ws(a, {"type": "send", "room": dm_room, "body": "psst", "client_id": "dm1", "ref": "dm1"})
     check(ack["type"] == "ack" and ack["seq"] == 1, f"dm ack: {ack}")
     m = await recv_json(b, "msg")
     check((m["room"], m["seq"], m["body"]) == (dm_room, 1, "psst"), f"dm msg: {m}")
-    s, _, again = http.call("POST", "/api/dms", b_tok, {"user": alice["user"]})
-    check(s == 200 and again["room"]["id"] == dm_room, f"the same dm from bob: {s} {again}")
     s, _, listed = http.call("GET", "/api/dms", b_tok)
     check(s == 200 and [(d["user"], d["room"]["id"]) for d in listed["dms"]] == [(alice["user"], dm_room)],
           f"bob's dms: {s} {listed}")

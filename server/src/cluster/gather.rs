@@ -2,10 +2,11 @@
 //! `/api/me/unread`, `/api/dms`): each node answers for the rooms it owns, and the node
 //! the client asked merges the answers.
 //!
-//! Invariants: a merged page of rooms holds the `limit` lowest ids after
-//! `after` among every node that answered, and says `next` whenever any
-//! node has more (each node's page holds its own `limit` lowest, so the
-//! merge misses none). A node that does not answer in time is left out
+//! Invariants: a merged page of rooms (or direct messages) holds the
+//! lowest ids after `after` among every node that answered, at most
+//! `limit`, none above what every node's page covered (a node's page may
+//! stop short at its scan bound), and says `next` whenever any node has
+//! more; so following `next` misses none. A node that does not answer in time is left out
 //! (its rooms are unavailable anyway) and the answer says so in
 //! `X-Rookery-Partial: <nodes missing>`; an error of this node's own answer
 //! (401, 400) is the answer.
@@ -120,28 +121,33 @@ fn id_at(v: &Value, path: &[&str]) -> u64 {
     path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0)
 }
 
-/// Pages of `{key: [...], "next": ...}` (each the lowest ids, at `id` in
-/// each item, of one node after the same `after`) as one page of at most
-/// `limit`.
+/// Pages of `{key: [...], "next": ...}` (each one node's items after the
+/// same `after`, by the id at `id`) as one page of at most `limit`. A
+/// node's page covers its ids up to its `next` (a page may be short, as a
+/// node reads a bounded number of rows): the merge keeps only ids every
+/// node has covered, so none is skipped, and says `next` while any node
+/// has more, even with no item.
 pub fn merge_pages(pages: Vec<Value>, key: &str, id: &str, limit: usize) -> Value {
-    let mut more = pages.iter().any(|p| !p["next"].is_null());
+    let covered = pages
+        .iter()
+        .filter_map(|p| p["next"]["after"].as_u64())
+        .min();
     let mut items: Vec<Value> = pages
         .into_iter()
         .flat_map(|mut p| match p[key].take() {
             Value::Array(a) => a,
             _ => Vec::new(),
         })
+        .filter(|item| covered.is_none_or(|c| id_at(item, &[id]) <= c))
         .collect();
     items.sort_by_key(|r| id_at(r, &[id]));
-    if items.len() > limit {
+    let next = if items.len() > limit {
         items.truncate(limit);
-        more = true;
-    }
-    let next = match items.last() {
-        Some(last) if more => json!({ "after": id_at(last, &[id]) }),
-        _ => Value::Null,
+        items.last().map(|last| id_at(last, &[id]))
+    } else {
+        covered
     };
-    json!({ key: items, "next": next })
+    json!({ key: items, "next": next.map_or(Value::Null, |after| json!({ "after": after })) })
 }
 
 /// The arrays under `key` of every page, as one, ordered by the number at
@@ -212,6 +218,21 @@ mod tests {
         );
         let m = merge_pages(vec![page(&[], false)], "rooms", "id", 2);
         assert!(ids(&m).is_empty() && m["next"].is_null());
+        // A node's page cut short by its scan bound covers ids up to its
+        // next only: another node's higher ids wait for the next page, and
+        // a page with no item still goes on.
+        let short = json!({"rooms": [], "next": {"after": 4096}});
+        let m = merge_pages(vec![short.clone(), page(&[6000], false)], "rooms", "id", 10);
+        assert_eq!(
+            (ids(&m), m["next"].clone()),
+            (vec![], json!({"after": 4096}))
+        );
+        let short = json!({"rooms": [{"id": 7}], "next": {"after": 50}});
+        let m = merge_pages(vec![short, page(&[3, 60], false)], "rooms", "id", 10);
+        assert_eq!(
+            (ids(&m), m["next"].clone()),
+            (vec![3, 7], json!({"after": 50}))
+        );
     }
 
     #[test]

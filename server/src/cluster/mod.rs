@@ -463,20 +463,60 @@ impl Node {
         let key = records::dm_key(a, b);
         let id = self.next_id("room").await?;
         let value = bytes::Bytes::from(json!({ "room": id }).to_string());
-        match self.link.kv_create(&self.buckets[0], &key, value).await {
-            Ok(_) => Ok(id),
-            Err(rookery_cluster::Error::KeyExists(_)) => {
-                self.dm_room(a, b).await?.ok_or_else(|| {
-                    ApiError::Conflict("the direct message was deleted meanwhile".into())
-                })
+        // Twice: a claim found and then gone was given back meanwhile.
+        for _ in 0..2 {
+            let made = self
+                .link
+                .kv_create(&self.buckets[0], &key, value.clone())
+                .await;
+            match made {
+                Ok(_) => return Ok(id),
+                Err(rookery_cluster::Error::KeyExists(_)) => {
+                    if let Some(room) = self.dm_room(a, b).await? {
+                        return Ok(room);
+                    }
+                }
+                Err(e) => return Err(crate::accounts::cluster_error(e)),
             }
-            Err(e) => Err(crate::accounts::cluster_error(e)),
+        }
+        Err(ApiError::Conflict(format!(
+            "the direct message of users {a} and {b} is being made and deleted at once"
+        )))
+    }
+
+    /// Replaces the pair's claim of room `stale`, which cannot be opened
+    /// (it was deleted and the claim not given back), with a new room id;
+    /// the room the pair's claim names now.
+    pub async fn renew_dm_room(&self, a: u64, b: u64, stale: u64) -> Result<u64, ApiError> {
+        let key = records::dm_key(a, b);
+        let got = self.link.kv_get(&self.buckets[0], &key).await;
+        match got.map_err(crate::accounts::cluster_error)? {
+            Some((value, revision)) if dm_room_of(&key, &value)? == stale => {
+                let id = self.next_id("room").await?;
+                let value = bytes::Bytes::from(json!({ "room": id }).to_string());
+                let set = self
+                    .link
+                    .kv_update(&self.buckets[0], &key, value, revision)
+                    .await;
+                match set {
+                    Ok(_) => Ok(id),
+                    // Another node renewed it first: theirs holds.
+                    Err(rookery_cluster::Error::Conflict(_)) => match self.dm_room(a, b).await? {
+                        Some(room) => Ok(room),
+                        None => self.claim_dm_room(a, b).await,
+                    },
+                    Err(e) => Err(crate::accounts::cluster_error(e)),
+                }
+            }
+            Some((value, _)) => dm_room_of(&key, &value),
+            None => self.claim_dm_room(a, b).await,
         }
     }
 
     /// Gives the pair's claim back (its room was deleted): their next
-    /// direct message makes a new room. A failure is logged; the pair then
-    /// keeps naming the deleted room, which cannot be opened (409).
+    /// direct message makes a new room. A failure is logged; the next open
+    /// of the pair then finds the deleted room and renews the claim
+    /// ([`Node::renew_dm_room`]).
     pub async fn release_dm_room(&self, a: u64, b: u64) {
         let key = records::dm_key(a, b);
         if let Err(e) = self.link.kv_delete(&self.buckets[0], &key).await {

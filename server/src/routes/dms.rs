@@ -1,6 +1,8 @@
 //! Direct messages: `POST /api/dms` opens the private room of the caller
 //! and one other user (the same room for the pair forever, unless the
-//! server's API deletes it) and `GET /api/dms` lists the caller's.
+//! server's API deletes it) and `GET /api/dms` lists the caller's. The
+//! other user is invited, and is in the room once they open it too (or
+//! accept): nobody is put in a room, or followed there, without consent.
 //!
 //! A direct-message room is a room like any other for messages, history,
 //! receipts and presence; the engine's rules keep its membership to its
@@ -21,8 +23,9 @@ use crate::protocol::ServerFrame;
 use crate::shared::Shared;
 
 /// `POST /api/dms {"user"|"name"|"subject"}`: the caller's direct-message
-/// room with that user, made if the pair has none (201) or found (200);
-/// a caller who had left it is a member again. 400 for oneself, 404 for a
+/// room with that user, made if the pair has none (201; the other user is
+/// invited and told) or found (200); a caller who was invited to it, or
+/// had left it, is a member from now on. 400 for oneself, 404 for a
 /// user that does not exist. A new room takes a room token, any call a
 /// join token.
 pub(crate) async fn open(req: &Request, shared: &Shared) -> ApiResult {
@@ -56,22 +59,35 @@ pub(crate) async fn open(req: &Request, shared: &Shared) -> ApiResult {
                     node.claim_dm_room(uid, other).await?
                 }
             };
-            if node.owner_of(room) == node.cfg.node_id {
-                open_here(shared, Some(room), uid, other).await?
-            } else {
-                let op = Op::OpenDm {
-                    room,
-                    user: uid,
-                    other,
-                };
-                match ops::ask(node, &op).await? {
-                    Answer::Opened { status, dm } => (status, dm),
-                    _ => return Err(ApiError::Internal("a dm answered something else".into())),
+            // A claim of a room deleted while the claim stayed (its give-back
+            // failed) cannot be opened (409): it is renewed, once.
+            match open_on_owner(shared, node, room, uid, other).await {
+                Err(e) if e.parts().0 == 409 => {
+                    let room = node.renew_dm_room(uid, other, room).await?;
+                    open_on_owner(shared, node, room, uid, other).await?
                 }
+                opened => opened?,
             }
         }
     };
     Ok(Response::json(status, &dm))
+}
+
+/// Opens the pair's room `room` on its owner node: here, or asked of it.
+async fn open_on_owner(
+    shared: &Shared,
+    node: &crate::cluster::Node,
+    room: u64,
+    user: u64,
+    other: u64,
+) -> Result<(u16, Value), ApiError> {
+    if node.owner_of(room) == node.cfg.node_id {
+        return open_here(shared, Some(room), user, other).await;
+    }
+    match ops::ask(node, &Op::OpenDm { room, user, other }).await? {
+        Answer::Opened { status, dm } => Ok((status, dm)),
+        _ => Err(ApiError::Internal("a dm answered something else".into())),
+    }
 }
 
 /// On the room's owner (or the one node): finds or makes the pair's
@@ -109,13 +125,13 @@ pub(crate) async fn open_here(
         crate::cluster::notices::notify(shared, other, frame);
     }
     let dm = json!({"user": other, "name": name, "external": external, "room": room_json(&r),
-                    "member": true, "online": online});
+                    "member": true, "invited": false, "online": online});
     Ok((if opened.created { 201 } else { 200 }, dm))
 }
 
 /// `GET /api/dms?after=&limit=&left=`: a page of the caller's direct
-/// messages by the other user's id (with `left=true`, those the caller
-/// left too), each with the other user's name and whether they have the
+/// messages by the other user's id, those they are invited to included
+/// (with `left=true`, those they left or declined too), each with the other user's name and whether they have the
 /// room open now.
 pub(crate) async fn list(req: &Request, shared: &Shared) -> ApiResult {
     let uid = user(req, shared).await?;
@@ -154,6 +170,6 @@ async fn dm_json(shared: &Shared, d: &Dm, name: String, external: bool) -> Resul
     let online = shared.engine.online(d.room.id).await?.contains(&d.other);
     Ok(
         json!({"user": d.other, "name": name, "external": external, "room": room_json(&d.room),
-              "member": d.member, "online": online}),
+              "member": d.member, "invited": d.invited, "online": online}),
     )
 }

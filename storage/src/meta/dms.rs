@@ -1,11 +1,14 @@
 //! Direct messages: each pair of users has at most one private room of
 //! their own, found from either side.
 //!
-//! A direct-message room is an ordinary private room with exactly two
-//! members by right and no owner: nobody in it has powers over the other
-//! (invitations, removals, bans and roles are refused by the engine's
-//! rules, which read [`MemberView::dm`]). Either may leave, and either may
-//! come back by joining; nobody else ever joins.
+//! A direct-message room is an ordinary private room of two users and no
+//! owner: nobody in it has powers over the other (invitations, removals,
+//! bans and roles are refused by the engine's rules, which read
+//! [`MemberView::dm`]). The user who opens it is its first member; the
+//! other is invited by them, and is a member only once they accept (as
+//! any invitation needs consent: nobody is put in a room, and followed
+//! there, against their will). Either may leave, or decline, and come
+//! back by joining; nobody else ever joins.
 //!
 //! Invariant: `dms` holds `(a, b) -> room` and `(b, a) -> room` for each
 //! row `room -> (a, b)` of `dm_rooms` (a < b), all three written in one
@@ -26,6 +29,9 @@ pub struct Dm {
     pub other: u64,
     /// Whether the user asking is a member now (they may have left).
     pub member: bool,
+    /// Whether the user asking is invited (the other opened it and they
+    /// have not answered).
+    pub invited: bool,
 }
 
 /// What [`Meta::open_dm`] found or made.
@@ -40,8 +46,8 @@ pub struct DmOpened {
 }
 
 impl Meta {
-    /// The direct-message room of `user` and `other`, created with both as
-    /// members if the pair has none. `id` is the room's id when the cluster hands it out
+    /// The direct-message room of `user` and `other`, created if the pair
+    /// has none, with `user` as a member and `other` invited by them. `id` is the room's id when the cluster hands it out
     /// (`None`: the next one here). The room is named `dm-A-B` with the
     /// lower id first.
     ///
@@ -84,10 +90,9 @@ impl Meta {
                 None => next_id(txn, ROOM_COUNTER, self.ids.as_ref())?,
             };
             insert_dm(txn, room, (user, other), now_ms)?;
-            for member in [user, other] {
-                put_member(txn, room, member, Role::Member)?;
-                self.note_member(txn, (room, member, user, true), now_ms)?;
-            }
+            put_member(txn, room, user, Role::Member)?;
+            self.note_member(txn, (room, user, user, true), now_ms)?;
+            super::standing::invite(txn, room, other, user, now_ms)?;
             Ok(DmOpened {
                 room,
                 created: true,
@@ -112,8 +117,10 @@ impl Meta {
     }
 
     /// A page of `user`'s direct-message rooms, by the other user's id,
-    /// after the user `after`, at most `len` of them; those `user` left
-    /// are included (with `member` false) when `with_left` is set.
+    /// after the user `after`, at most `len` of them, reading at most
+    /// [`ROOM_PAGE_SCAN_ROWS_MAX`] rows: those `user` is a member of or
+    /// invited to, and those they left or declined when `with_left` is
+    /// set.
     pub fn dms_of(
         &self,
         user: u64,
@@ -122,10 +129,11 @@ impl Meta {
         with_left: bool,
     ) -> Result<ListPage<Dm>> {
         self.read(|txn| {
-            let (dms, rooms, members) = (
+            let (dms, rooms, members, invites) = (
                 txn.open_table(DMS)?,
                 txn.open_table(ROOMS)?,
                 txn.open_table(MEMBERS)?,
+                txn.open_table(INVITES)?,
             );
             let mut page = ListPage {
                 items: Vec::new(),
@@ -144,7 +152,8 @@ impl Meta {
                 let (other, room) = (key.value().1, room.value());
                 (scanned, last_read) = (scanned + 1, other);
                 let member = members.get((room, user))?.is_some();
-                if !member && !with_left {
+                let invited = invites.get((room, user))?.is_some();
+                if !member && !invited && !with_left {
                     continue;
                 }
                 let row = rooms.get(room)?.ok_or_else(|| {
@@ -156,6 +165,7 @@ impl Meta {
                     room: room_from(room, row.value()),
                     other,
                     member,
+                    invited,
                 });
             }
             Ok(page)

@@ -11,11 +11,19 @@ impl Meta {
     /// Makes `user` a member of `room` with `role`, or changes its role;
     /// returns whether it was not a member before.
     ///
-    /// Errors: `NotFound` for an unknown room or user.
+    /// Errors: `NotFound` for an unknown room or user; `InvalidInput` for a
+    /// direct-message room and anyone but its two, or any role but member.
     pub fn add_member(&self, room: u64, user: u64, role: Role) -> Result<bool> {
         let joined = self.write(|txn| {
             require_room(&txn.open_table(ROOMS)?, room)?;
             require_user(&txn.open_table(USERS)?, user)?;
+            if let Some((a, b)) = txn.open_table(DM_ROOMS)?.get(room)?.map(|g| g.value()) {
+                if (user != a && user != b) || role != Role::Member {
+                    return Err(Error::InvalidInput(format!(
+                        "room {room} is a direct message: its members are users {a} and {b}, neither an owner nor an admin"
+                    )));
+                }
+            }
             let joined = put_member(txn, room, user, role)?;
             if joined {
                 self.note_member(txn, (room, user, SERVER_USER, true), feed::now_ms())?;

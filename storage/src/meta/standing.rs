@@ -187,6 +187,14 @@ impl Meta {
                     "user {user} already has a standing in room {room}"
                 )));
             }
+            // A direct message's one invitation is of one of its two by
+            // the other; nobody is banned from it.
+            let pair = |u: u64| v.dm.is_some_and(|(a, b)| u == a || u == b);
+            if v.dm.is_some() && (change.ban.is_some() || !pair(user) || !pair(by)) {
+                return Err(Error::InvalidInput(format!(
+                    "room {room} is a direct message: only its two users have a standing there"
+                )));
+            }
             Ok(change)
         })
         .map(drop)
@@ -357,12 +365,7 @@ fn apply(
         None => {}
     }
     match change.invite {
-        Some(true) => {
-            evict_oldest_invite(txn, target)?;
-            txn.open_table(INVITES)?
-                .insert((room, target), (actor, now_ms))?;
-            txn.open_table(USER_INVITES)?.insert((target, room), ())?;
-        }
+        Some(true) => invite(txn, room, target, actor, now_ms)?,
         Some(false) => withdraw(txn, room, target)?,
         None => {}
     }
@@ -387,6 +390,22 @@ fn set_role(
             txn.open_table(USER_ROOMS)?.remove((user, room))?;
         }
     }
+    Ok(())
+}
+
+/// Invites `target` to `room` on behalf of `by`, withdrawing the target's
+/// oldest invitation first when they hold the most.
+pub(super) fn invite(
+    txn: &WriteTransaction,
+    room: u64,
+    target: u64,
+    by: u64,
+    now_ms: u64,
+) -> Result<()> {
+    evict_oldest_invite(txn, target)?;
+    txn.open_table(INVITES)?
+        .insert((room, target), (by, now_ms))?;
+    txn.open_table(USER_INVITES)?.insert((target, room), ())?;
     Ok(())
 }
 

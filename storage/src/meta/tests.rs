@@ -1198,10 +1198,18 @@ fn a_pair_has_one_direct_message_room_found_from_either_side() {
         (true, true),
         "made, with the opener in it"
     );
+    // The other is invited by the opener, not put in the room.
+    assert_eq!(meta.members(room).unwrap(), [(bob, Role::Member)]);
+    let invites = meta.invites_of(alice).unwrap();
+    assert_eq!(
+        (invites.len(), invites[0].room, invites[0].by),
+        (1, room, bob)
+    );
     let again = meta.open_dm(None, alice, bob, 6).unwrap();
     assert_eq!(
         (again.room, again.created, again.member),
-        (room, false, true)
+        (room, false, false),
+        "found from the other side, who is not in it yet"
     );
     let r = meta.room(room).unwrap().unwrap();
     let name = format!("dm-{alice}-{bob}");
@@ -1209,24 +1217,19 @@ fn a_pair_has_one_direct_message_room_found_from_either_side() {
         (r.name.as_str(), r.private, r.creator),
         (name.as_str(), true, bob)
     );
-    assert_eq!(
-        meta.members(room).unwrap(),
-        [(alice, Role::Member), (bob, Role::Member)]
-    );
     assert_eq!(meta.dm_pair(room).unwrap(), Some((alice, bob)));
     assert_eq!(meta.dm_pair(lobby).unwrap(), None);
     assert_eq!(meta.dm_between(alice, bob).unwrap(), Some(room));
     assert_eq!(meta.dm_between(bob, alice).unwrap(), Some(room));
     assert_eq!(meta.dm_between(alice, carol).unwrap(), None);
-    for bad in [
+    assert!(matches!(
         meta.open_dm(None, alice, alice, 7),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
         meta.open_dm(None, alice, 99, 7),
-    ] {
-        assert!(
-            matches!(bad, Err(Error::InvalidInput(_) | Error::NotFound(_))),
-            "{bad:?}"
-        );
-    }
+        Err(Error::NotFound(_))
+    ));
     // Not among the rooms anyone lists; each of the two lists it.
     let listed: Vec<u64> = meta
         .visible_rooms(alice, 0, 10)
@@ -1237,25 +1240,41 @@ fn a_pair_has_one_direct_message_room_found_from_either_side() {
         .collect();
     assert_eq!(listed, [lobby]);
     let carols = meta.open_dm(None, carol, alice, 8).unwrap().room;
-    let others = |user, with_left| -> Vec<(u64, u64, bool)> {
+    let others = |user, with_left| -> Vec<(u64, u64, bool, bool)> {
         meta.dms_of(user, 0, 10, with_left)
             .unwrap()
             .items
             .iter()
-            .map(|d| (d.other, d.room.id, d.member))
+            .map(|d| (d.other, d.room.id, d.member, d.invited))
             .collect()
     };
     assert_eq!(
         others(alice, false),
-        [(bob, room, true), (carol, carols, true)]
+        [(bob, room, false, true), (carol, carols, false, true)]
     );
-    assert_eq!(others(bob, false), [(alice, room, true)]);
+    assert_eq!(others(bob, false), [(alice, room, true, false)]);
     let page = meta.dms_of(alice, 0, 1, false).unwrap();
     assert_eq!(page.next, Some(bob), "a page of one has a next");
     assert_eq!(
         meta.dms_of(alice, bob, 1, false).unwrap().items[0].other,
         carol
     );
+    // Alice accepts (a join), then both are members, with no owner.
+    let join = MemberChange {
+        role: Some(Some(Role::Member)),
+        ..MemberChange::default()
+    };
+    meta.change_membership(room, alice, alice, 9, write(join))
+        .unwrap();
+    assert_eq!(
+        meta.members(room).unwrap(),
+        [(alice, Role::Member), (bob, Role::Member)]
+    );
+    assert!(meta
+        .invites_of(alice)
+        .unwrap()
+        .iter()
+        .all(|i| i.room != room));
     // A member who left: listed only when asked, and opening finds them out.
     let leave = MemberChange {
         role: Some(None),
@@ -1264,11 +1283,28 @@ fn a_pair_has_one_direct_message_room_found_from_either_side() {
     meta.change_membership(room, bob, bob, 9, write(leave))
         .unwrap();
     assert!(others(bob, false).is_empty());
-    assert_eq!(others(bob, true), [(alice, room, false)]);
+    assert_eq!(others(bob, true), [(alice, room, false, false)]);
     let back = meta.open_dm(None, bob, alice, 10).unwrap();
     assert_eq!((back.room, back.created, back.member), (room, false, false));
-    // The pair stays a pair across a reopen, an export's import and a
-    // deletion (which frees it for a new room).
+    // Only the two have a standing there, whatever an import says.
+    assert!(matches!(
+        meta.add_member(room, carol, Role::Member),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        meta.add_member(room, bob, Role::Owner),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        meta.import_invite(room, carol, alice, 10),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        meta.import_ban(room, bob, alice, 10),
+        Err(Error::InvalidInput(_))
+    ));
+    // The pair stays a pair across a reopen and a deletion (which frees
+    // it for a new room).
     let path = dir.path().join("meta.redb");
     meta.close().unwrap();
     let meta = Meta::open(&path, 1 << 20).unwrap();
@@ -1325,4 +1361,48 @@ fn a_direct_message_takes_the_clusters_id() {
         11,
         "the counter moved past 9"
     );
+}
+
+#[test]
+fn schema_2_files_gain_the_direct_message_tables_and_nothing_else_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    let (alice, bob, room) = {
+        let meta = Meta::open(&path, 1 << 20).unwrap();
+        let alice = meta.create_user("Alice", PHC, 1).unwrap();
+        let bob = meta.create_user("bob", PHC, 1).unwrap();
+        let room = meta.create_room("imported", false, alice, 1).unwrap();
+        // As a schema 2 file may hold: a room imported without an owner,
+        // and no direct-message tables.
+        meta.write(|txn| {
+            let mut members = txn.open_table(MEMBERS)?;
+            members.insert((room, alice), Role::Member.to_u8())?;
+            members.insert((room, bob), Role::Member.to_u8())?;
+            txn.open_table(COUNTERS)?.insert(SCHEMA_COUNTER, 2)?;
+            txn.delete_table(DMS)?;
+            txn.delete_table(DM_ROOMS)?;
+            Ok(())
+        })
+        .unwrap();
+        meta.close().unwrap();
+        (alice, bob, room)
+    };
+    let meta = Meta::open(&path, 1 << 20).unwrap();
+    let schema = meta
+        .read(|txn| {
+            Ok(txn
+                .open_table(COUNTERS)?
+                .get(SCHEMA_COUNTER)?
+                .map(|g| g.value()))
+        })
+        .unwrap();
+    assert_eq!(schema, Some(SCHEMA));
+    assert_eq!(
+        meta.members(room).unwrap(),
+        [(alice, Role::Member), (bob, Role::Member)],
+        "the 1 -> 2 steps (which name owners) do not run again"
+    );
+    assert_eq!(meta.user_by_name("ALICE").unwrap().unwrap().id, alice);
+    let dm = meta.open_dm(None, alice, bob, 2).unwrap();
+    assert!(dm.created, "the new tables work");
 }
