@@ -50,6 +50,7 @@ pub struct KvChange {
 }
 
 /// A key-value operation, carried out on the link's thread.
+#[derive(Clone)]
 pub(crate) enum KvOp {
     Get(String),
     Create(String, Bytes),
@@ -161,12 +162,74 @@ pub(crate) async fn open_once(js: &jetstream::Context, spec: &BucketSpec) -> Res
     js.get_key_value(&spec.name).await.map_err(nats)
 }
 
+/// Tries of an operation that found no stream for its subject, at most:
+/// the server it went to has not heard of the bucket's stream yet (just
+/// made, or its placement moving), so nothing was written, and it is sent
+/// again after a pause (25 ms, doubling: 0.8 s in all).
+const NO_STREAM_TRIES_MAX: u32 = 6;
+
+/// The first pause before such an operation is sent again.
+const NO_STREAM_PAUSE: Duration = Duration::from_millis(25);
+
+/// Why one try of an operation failed.
+enum Tried {
+    /// No stream took it: nothing was written; it may be tried again.
+    NoStream(Error),
+    /// Any other answer: final.
+    Final(Error),
+}
+
 /// Carries out one operation on an opened bucket.
 pub(crate) async fn apply(stores: &Stores, bucket: &str, op: KvOp) -> Result<KvAnswer> {
-    let store = store(stores, bucket)?;
+    let mut pause = NO_STREAM_PAUSE;
+    for _ in 1..NO_STREAM_TRIES_MAX {
+        match apply_once(stores, bucket, op.clone()).await {
+            Ok(answer) => return Ok(answer),
+            Err(Tried::Final(e)) => return Err(e),
+            Err(Tried::NoStream(_)) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
+    apply_once(stores, bucket, op).await.map_err(|t| match t {
+        Tried::NoStream(e) | Tried::Final(e) => e,
+    })
+}
+
+/// Whether `e` (or what caused it) is a publish no stream took.
+fn no_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(p) = c.downcast_ref::<jetstream::context::PublishError>() {
+            if p.kind() == jetstream::context::PublishErrorKind::StreamNotFound {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// A failed try, as [`apply`] sorts it.
+fn tried<E: std::error::Error + Send + Sync + 'static>(e: E) -> Tried {
+    if no_stream(&e) {
+        Tried::NoStream(nats(e))
+    } else {
+        Tried::Final(nats(e))
+    }
+}
+
+/// One try of an operation.
+async fn apply_once(
+    stores: &Stores,
+    bucket: &str,
+    op: KvOp,
+) -> std::result::Result<KvAnswer, Tried> {
+    let store = store(stores, bucket).map_err(Tried::Final)?;
     match op {
         KvOp::Get(key) => {
-            let entry = store.entry(key).await.map_err(nats)?;
+            let entry = store.entry(key).await.map_err(tried)?;
             Ok(KvAnswer::Value(entry.and_then(|e| {
                 (e.operation == kv::Operation::Put).then_some((e.value, e.revision))
             })))
@@ -177,34 +240,34 @@ pub(crate) async fn apply(stores: &Stores, bucket: &str, op: KvOp) -> Result<KvA
                 // The client reports a create whose acknowledgement was
                 // late or lost as "exists" when it finds the key: if what
                 // it finds is this very value, the create took effect.
-                match store.entry(&key).await.map_err(nats)? {
+                match store.entry(&key).await.map_err(tried)? {
                     Some(found)
                         if found.operation == kv::Operation::Put && found.value == value =>
                     {
                         Ok(KvAnswer::Revision(found.revision))
                     }
-                    _ => Err(Error::KeyExists(key)),
+                    _ => Err(Tried::Final(Error::KeyExists(key))),
                 }
             }
-            Err(e) => Err(nats(e)),
+            Err(e) => Err(tried(e)),
         },
         KvOp::Update(key, value, revision) => match store.update(&key, value, revision).await {
             Ok(rev) => Ok(KvAnswer::Revision(rev)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(Error::Conflict(key))
+                Err(Tried::Final(Error::Conflict(key)))
             }
-            Err(e) => Err(nats(e)),
+            Err(e) => Err(tried(e)),
         },
         KvOp::Put(key, value) => store
             .put(key, value)
             .await
             .map(KvAnswer::Revision)
-            .map_err(nats),
+            .map_err(tried),
         KvOp::Delete(key) => store
             .delete(key)
             .await
             .map(|()| KvAnswer::Done)
-            .map_err(nats),
+            .map_err(tried),
     }
 }
 
