@@ -23,6 +23,7 @@ mod abuse;
 mod backup;
 mod cluster;
 mod compare;
+mod directory;
 mod engine;
 mod http_client;
 mod idle;
@@ -65,6 +66,9 @@ enum Command {
     Webhooks(webhooks::WebhooksArgs),
     /// Online backup: seconds per GB, and chat's p99 while backups run.
     Backup(backup::BackupArgs),
+    /// The user directory's search at a million users: p50/p99 per kind
+    /// of query.
+    Directory(directory::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Command::Abuse(args) => abuse::run(args),
         Command::Webhooks(args) => webhooks::run(args),
         Command::Backup(args) => backup::run(args),
+        Command::Directory(args) => directory::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Idle(args) => idle::run(args),
         Command::Load(args) => load::run(args),

@@ -16,8 +16,9 @@ use rookery_storage::Meta;
 use crate::error::Result;
 
 pub use rookery_storage::meta::{
-    Ban, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Role, Room,
-    Standing, User, INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
+    Ban, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Profile, Role,
+    Room, SearchCursor, SearchPage, Standing, User, INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
+    WORD_BYTES_MAX,
 };
 
 /// A handle on the directory (cheap to clone, usable from any thread).
@@ -130,6 +131,44 @@ impl Directory {
     /// The sessions of `user` but `keep`: hashes and expiries.
     pub fn sessions_of(&self, user: u64, keep: Option<&[u8; 32]>) -> Result<Vec<([u8; 32], u64)>> {
         Ok(self.meta.sessions_of(user, keep)?)
+    }
+
+    // ---- profiles and the user directory -------------------------------------
+
+    /// User `user`'s profile, if the user exists.
+    pub fn profile(&self, user: u64) -> Result<Option<Profile>> {
+        Ok(self.meta.profile(user)?)
+    }
+
+    /// Sets user `user`'s display name and status text (`InvalidInput`
+    /// past their bounds or with a control character, `NotFound` for an
+    /// unknown user).
+    pub fn set_profile(
+        &self,
+        user: u64,
+        display_name: &str,
+        status: &str,
+        now_ms: u64,
+    ) -> Result<()> {
+        Ok(self.meta.set_profile(user, display_name, status, now_ms)?)
+    }
+
+    /// Checks a display name and a status text as
+    /// [`Directory::set_profile`] does (`InvalidInput` otherwise).
+    pub fn check_profile(display_name: &str, status: &str) -> Result<()> {
+        Ok(rookery_storage::meta::check_profile(display_name, status)?)
+    }
+
+    /// A page of the users with, for every word of `query`, a word of
+    /// their name or display name beginning with it (any case): at most
+    /// `len`, after `after`, reading a bounded number of index rows.
+    pub fn search_users(
+        &self,
+        query: &str,
+        after: Option<&SearchCursor>,
+        len: usize,
+    ) -> Result<SearchPage> {
+        Ok(self.meta.search_users(query, after, len)?)
     }
 
     // ---- rooms and members -----------------------------------------------

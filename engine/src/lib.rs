@@ -49,8 +49,9 @@ mod subscription;
 pub use config::{EngineConfig, EventTap, Tapped};
 pub use consumer::{Delivery, LocalSink};
 pub use directory::{
-    Ban, Directory, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Role,
-    Room, Standing, User, INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
+    Ban, Directory, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Profile,
+    Role, Room, SearchCursor, SearchPage, Standing, User, INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
+    WORD_BYTES_MAX,
 };
 pub use engine::{Engine, ShardTask};
 pub use error::{Error, Result};

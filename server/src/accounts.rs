@@ -332,6 +332,30 @@ impl Node {
     }
 
     /// Waits until revision `rev` of bucket `b` shows on this node.
+    /// Records user `user`'s profile in the cluster's users bucket (every
+    /// node applies it, as it does users) and waits until this node has.
+    pub async fn put_profile(
+        &self,
+        user: u64,
+        display_name: &str,
+        status: &str,
+        now_ms: u64,
+    ) -> Result<()> {
+        let record = records::ProfileRecord {
+            user,
+            display_name: display_name.to_owned(),
+            status: status.to_owned(),
+            updated_ms: now_ms,
+        };
+        let key = records::profile_key(user);
+        let rev = self
+            .link
+            .kv_put(&self.buckets[USERS], &key, records::json_bytes(&record))
+            .await
+            .map_err(cluster_error)?;
+        self.visible(USERS, rev).await
+    }
+
     async fn visible(&self, b: usize, rev: u64) -> Result<()> {
         let Some(replica) = self.replica() else {
             return Err(ApiError::ClusterUnavailable("this node is starting".into()));

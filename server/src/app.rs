@@ -184,6 +184,16 @@ pub(crate) async fn take_member_add_token(shared: &Shared, user: u64) -> Result<
     take_token(shared, Bucket::MemberAdds, user, message).await
 }
 
+/// Takes a directory token for `user` (a user search or a profile change,
+/// --directory-calls-per-user-per-min).
+pub(crate) async fn take_directory_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
+    let message = || {
+        let n = shared.cfg.directory_calls_per_user_per_min;
+        format!("at most {n} user searches and profile changes a minute")
+    };
+    take_token(shared, Bucket::Directory, user, message).await
+}
+
 /// One token of `user`'s `bucket`, or `rate_limited` (429 with
 /// `Retry-After`).
 async fn take_token(

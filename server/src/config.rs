@@ -177,6 +177,15 @@ pub struct Config {
     /// of as many); more get 429 `rate_limited` with `Retry-After`.
     #[arg(long, env = "ROOKERY_ROOMS_PER_USER_PER_MIN", default_value_t = 10)]
     pub rooms_per_user_per_min: u32,
+    /// Directory calls one user may make per minute: user searches and
+    /// profile changes (a token bucket with a burst of as many); more get
+    /// 429 `rate_limited` with `Retry-After`.
+    #[arg(
+        long,
+        env = "ROOKERY_DIRECTORY_CALLS_PER_USER_PER_MIN",
+        default_value_t = 120
+    )]
+    pub directory_calls_per_user_per_min: u32,
     /// Invitations one user (a room admin or owner) may send per minute
     /// over all rooms (a token bucket with a burst of as many); more get
     /// 429 `rate_limited` with `Retry-After`.
@@ -395,6 +404,10 @@ impl Config {
         positive(self.http_head_bytes_max as u64, "http-head-bytes-max")?;
         positive(self.joins_per_user_per_s as u64, "joins-per-user-per-s")?;
         positive(self.rooms_per_user_per_min as u64, "rooms-per-user-per-min")?;
+        positive(
+            self.directory_calls_per_user_per_min as u64,
+            "directory-calls-per-user-per-min",
+        )?;
         positive(
             self.member_adds_per_user_per_min as u64,
             "member-adds-per-user-per-min",
@@ -702,6 +715,10 @@ mod tests {
             (
                 &["--spin-before-park-us", "10001"][..],
                 "--spin-before-park-us",
+            ),
+            (
+                &["--directory-calls-per-user-per-min", "0"][..],
+                "--directory-calls-per-user-per-min",
             ),
             (
                 &["--rooms-per-user-per-min", "0"][..],

@@ -33,6 +33,9 @@ pub enum Bucket {
     LoginAccount,
     /// Registrations per client address (a minute window).
     Registrations,
+    /// User searches and profile changes per user
+    /// (`--directory-calls-per-user-per-min`).
+    Directory,
 }
 
 /// The limits and their state.
@@ -132,14 +135,24 @@ pub struct UserRates {
     /// Members added or given a role by an admin
     /// (--member-adds-per-user-per-min).
     pub member_adds: SendLimits,
+    /// User searches and profile changes
+    /// (--directory-calls-per-user-per-min): each reads or writes the
+    /// directory's index.
+    pub directory: SendLimits,
 }
 
 impl UserRates {
-    pub fn new(joins_per_s: u32, rooms_per_min: u32, member_adds_per_min: u32) -> Arc<UserRates> {
+    pub fn new(
+        joins_per_s: u32,
+        rooms_per_min: u32,
+        member_adds_per_min: u32,
+        directory_per_min: u32,
+    ) -> Arc<UserRates> {
         Arc::new(UserRates {
             joins: SendLimits::with_rate(joins_per_s as f64, 2 * joins_per_s),
             rooms_created: SendLimits::per_minute(rooms_per_min),
             member_adds: SendLimits::per_minute(member_adds_per_min),
+            directory: SendLimits::per_minute(directory_per_min),
         })
     }
 }

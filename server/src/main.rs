@@ -226,6 +226,7 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
         cfg.joins_per_user_per_s,
         cfg.rooms_per_user_per_min,
         cfg.member_adds_per_user_per_min,
+        cfg.directory_calls_per_user_per_min,
     );
     let logins = limits::LoginLimits::new(
         cfg.login_failures_per_ip_per_min,

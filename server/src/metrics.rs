@@ -630,6 +630,10 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
             rates.member_adds.refused.load(Ordering::Relaxed),
         ),
         (
+            "directory_calls_per_user",
+            rates.directory.refused.load(Ordering::Relaxed),
+        ),
+        (
             "rooms_per_connection",
             http.iter()
                 .map(|h| h.rooms_refused.load(Ordering::Relaxed))

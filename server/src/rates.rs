@@ -139,6 +139,7 @@ fn token_bucket(shared: &Shared, bucket: Bucket) -> Option<&SendLimits> {
         Bucket::Joins => &shared.rates.joins,
         Bucket::RoomsCreated => &shared.rates.rooms_created,
         Bucket::MemberAdds => &shared.rates.member_adds,
+        Bucket::Directory => &shared.rates.directory,
         Bucket::LoginIp => shared.logins.bucket(true),
         Bucket::LoginAccount => shared.logins.bucket(false),
         Bucket::Registrations => return None,

@@ -814,3 +814,186 @@ fn room_and_member_lists_are_paginated() {
     }
     assert_serving(p);
 }
+
+/// The ids a user search answers, following `next` to the end; in a
+/// cluster, a change made through one node reaches the others within
+/// milliseconds, so a search that must see it is asked again (bounded).
+fn found(p: u16, token: &str, q: &str, want: &[u64]) -> Vec<u64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut ids = Vec::new();
+        let mut path = format!("/api/users?q={q}&limit=2");
+        loop {
+            let (s, v) = call(p, "GET", &path, Some(token), None);
+            assert_eq!(s, 200, "{q}: {v}");
+            ids.extend(
+                v["users"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|u| u["id"].as_u64().unwrap()),
+            );
+            match v["next"]["after"].as_str() {
+                Some(after) => path = format!("/api/users?q={q}&limit=2&after={after}"),
+                None => break,
+            }
+        }
+        if ids == want || std::time::Instant::now() > deadline {
+            return ids;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_directory_finds_users_by_their_names_words_and_shows_profiles() {
+    let server = start(&["--directory-calls-per-user-per-min", "100"]);
+    let p = server.port;
+    let me = |t: &str| {
+        call(p, "GET", "/api/me", Some(t), None).1["user"]
+            .as_u64()
+            .unwrap()
+    };
+    let ada = register(p, "ada_lovelace");
+    let alan = register(p, "alan.turing");
+    let grace = register(p, "grace-hopper");
+    let (ada_id, alan_id, grace_id) = (me(&ada), me(&alan), me(&grace));
+    let (s, v) = call(
+        p,
+        "PUT",
+        "/api/me/profile",
+        Some(&grace),
+        Some(&json!({"display_name": "Amazing Grace", "status": "debugging"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["id"], &v["name"], &v["display_name"], &v["status"]),
+        (
+            &json!(grace_id),
+            &json!("grace-hopper"),
+            &json!("Amazing Grace"),
+            &json!("debugging")
+        )
+    );
+    // By any word's prefix, any case, name or display name; every query
+    // word must match; paged by `next`.
+    assert_eq!(
+        found(p, &ada, "a", &[ada_id, alan_id, grace_id]),
+        [ada_id, alan_id, grace_id]
+    );
+    assert_eq!(found(p, &ada, "AMAZ", &[grace_id]), [grace_id]);
+    assert_eq!(
+        found(p, &ada, "grace%20hop", &[grace_id]),
+        [grace_id],
+        "two words"
+    );
+    assert_eq!(
+        found(p, &ada, "tur+al", &[alan_id]),
+        [alan_id],
+        "+ is a space"
+    );
+    assert!(found(p, &ada, "zebra", &[]).is_empty());
+    // A profile, and a change that keeps what it does not name.
+    let (s, v) = call(
+        p,
+        "PUT",
+        "/api/me/profile",
+        Some(&grace),
+        Some(&json!({"status": ""})),
+    );
+    assert_eq!(
+        (s, &v["display_name"], &v["status"]),
+        (200, &json!("Amazing Grace"), &json!("")),
+        "{v}"
+    );
+    let (s, v) = call(
+        p,
+        "GET",
+        &format!("/api/users/{grace_id}"),
+        Some(&alan),
+        None,
+    );
+    assert_eq!(
+        (s, &v["display_name"]),
+        (200, &json!("Amazing Grace")),
+        "{v}"
+    );
+    // What is refused, and how.
+    let code = |(s, v): (u16, serde_json::Value)| {
+        (s, v["error"]["code"].as_str().unwrap_or("").to_string())
+    };
+    for path in [
+        "/api/users",
+        "/api/users?q=",
+        "/api/users?q=%20%20",
+        "/api/users?q=a&limit=0",
+        "/api/users?q=a&after=zz.1",
+        "/api/users?q=a&after=61",
+        "/api/users/0",
+        "/api/users/x",
+    ] {
+        assert_eq!(
+            code(call(p, "GET", path, Some(&ada), None)),
+            (400, "bad_request".into()),
+            "{path}"
+        );
+    }
+    let long_q = format!("/api/users?q={}", "a".repeat(201));
+    assert_eq!(code(call(p, "GET", &long_q, Some(&ada), None)).0, 400);
+    assert_eq!(
+        code(call(p, "GET", "/api/users/999999", Some(&ada), None)).0,
+        404
+    );
+    assert_eq!(
+        call(p, "GET", "/api/users?q=a", None, None).0,
+        401,
+        "signed-in users only"
+    );
+    assert_eq!(
+        call(p, "GET", &format!("/api/users/{ada_id}"), None, None).0,
+        401
+    );
+    let too_long = "x".repeat(65);
+    for body in [
+        json!({"display_name": too_long}),
+        json!({"display_name": "two\nlines"}),
+        json!({"status": "s".repeat(141)}),
+        json!({"display_name": 7}),
+    ] {
+        assert_eq!(
+            code(call(p, "PUT", "/api/me/profile", Some(&ada), Some(&body))),
+            (400, "bad_request".into()),
+            "{body}"
+        );
+    }
+    let (_, v) = call(p, "GET", &format!("/api/users/{ada_id}"), Some(&ada), None);
+    assert_eq!(
+        (&v["display_name"], &v["status"]),
+        (&json!(""), &json!("")),
+        "nothing stored: {v}"
+    );
+    // The rate: searches and profile changes share one bucket.
+    let mut limited = None;
+    for i in 0..200 {
+        let (s, v) = call(p, "GET", "/api/users?q=a", Some(&alan), None);
+        if s == 429 {
+            limited = Some((i, v));
+            break;
+        }
+    }
+    let (i, v) = limited.expect("the directory rate limit holds");
+    assert!(i <= 100, "refused after {i}");
+    assert_eq!(v["error"]["code"], "rate_limited");
+    assert_eq!(
+        code(call(
+            p,
+            "PUT",
+            "/api/me/profile",
+            Some(&alan),
+            Some(&json!({"status": "x"}))
+        ))
+        .0,
+        429
+    );
+    assert_serving(p);
+}

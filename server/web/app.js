@@ -313,6 +313,58 @@ function roomsLater() {
   });
 }
 
+// ---- the directory -----------------------------------------------------------
+
+// Your profile: opened from your name, saved with PUT /api/me/profile.
+async function openProfile() {
+  const form = $("#profile");
+  if (!form.hidden) {
+    form.hidden = true;
+    return;
+  }
+  try {
+    const p = await call("GET", `/api/users/${state.auth.user}`);
+    form.display_name.value = p.display_name;
+    form.status.value = p.status;
+    form.hidden = false;
+    form.display_name.focus();
+  } catch (e) {
+    notice(e.message);
+  }
+}
+
+async function saveProfile(form) {
+  try {
+    await call("PUT", "/api/me/profile", {
+      display_name: form.display_name.value.trim(),
+      status: form.status.value.trim(),
+    });
+    form.hidden = true;
+  } catch (e) {
+    notice(e.message);
+  }
+}
+
+// Names offered while typing whom to message: a search of the directory,
+// once typing pauses (the server rate-limits searches).
+function suggestLater(input) {
+  clearTimeout(suggestLater.timer);
+  const q = input.value.trim();
+  if (!q) return;
+  suggestLater.timer = setTimeout(async () => {
+    try {
+      const page = await call("GET", `/api/users?q=${encodeURIComponent(q)}&limit=8`);
+      $("#dm-suggestions").replaceChildren(
+        ...page.users
+          .filter((u) => u.id !== state.auth.user && !u.external)
+          .map((u) => el("option", { value: u.name, label: u.display_name ? `${u.display_name} (${u.name})` : u.name })),
+      );
+    } catch (_) {
+      // A refused search (rate-limited) only means no suggestions.
+    }
+  }, 250);
+}
+
 // Declines a direct message someone opened with us: it leaves the list.
 async function declineDm(room) {
   try {
@@ -893,6 +945,13 @@ function wire() {
     e.preventDefault();
     openDm(e.target);
   });
+  $("#new-dm").name.addEventListener("input", (e) => suggestLater(e.target));
+  $("#me").onclick = openProfile;
+  $("#profile").addEventListener("submit", (e) => {
+    e.preventDefault();
+    saveProfile(e.target);
+  });
+  $("#profile-cancel").onclick = () => ($("#profile").hidden = true);
   $("#back").onclick = () => $("#app").classList.remove("show-room");
   $("#invite").addEventListener("submit", (e) => {
     e.preventDefault();

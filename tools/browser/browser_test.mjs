@@ -506,6 +506,23 @@ async function steps(browser, base) {
   check(await a.locator("#invite").isHidden(), "nobody invites into a direct message");
   await a.screenshot({ path: join(artifacts, "chat-dm.png") });
 
+  console.log("a profile, and finding someone by it");
+  await a.click("#me");
+  await a.waitForSelector("#profile:not([hidden])", { timeout: WAIT_MS });
+  await a.fill("#profile input[name=display_name]", "Countess of Code");
+  await a.fill("#profile input[name=status]", "writing notes");
+  await a.click("#profile button:has-text('Save')");
+  await a.waitForSelector("#profile", { state: "hidden", timeout: WAIT_MS });
+  await b.fill("#new-dm input[name=name]", "count");
+  await b.waitForFunction(
+    (n) => [...document.querySelectorAll("#dm-suggestions option")].some((o) => o.value === n),
+    alice,
+    { timeout: WAIT_MS },
+  );
+  const label = await b.$eval(`#dm-suggestions option[value="${alice}"]`, (o) => o.label);
+  check(label.includes("Countess of Code"), `typing part of alice's display name suggests her (${label})`);
+  await b.fill("#new-dm input[name=name]", "");
+
   console.log("a session ended elsewhere");
   // Bob's token is logged out behind the client's back: the server closes
   // its socket (4001) and the client goes back to the sign-in form.

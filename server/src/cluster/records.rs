@@ -11,7 +11,7 @@
 //! Keys hex-encode what they name: user names may hold `.`, which NATS
 //! reads as a token separator.
 
-use rookery_engine::User;
+use rookery_engine::{Replicated, User};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::hex;
@@ -35,6 +35,36 @@ impl UserRecord {
             password_hash: self.hash.clone(),
         }
     }
+}
+
+/// A user's profile as the cluster records it (key `profile.<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileRecord {
+    pub user: u64,
+    pub display_name: String,
+    pub status: String,
+    pub updated_ms: u64,
+}
+
+impl ProfileRecord {
+    pub fn to_replicated(&self) -> Replicated {
+        Replicated::Profile {
+            user: self.user,
+            display_name: self.display_name.clone(),
+            status: self.status.clone(),
+            updated_ms: self.updated_ms,
+        }
+    }
+}
+
+/// The key of user `user`'s profile.
+pub fn profile_key(user: u64) -> String {
+    format!("profile.{user}")
+}
+
+/// Whether `key` is a profile's.
+pub fn is_profile_key(key: &str) -> bool {
+    key.starts_with("profile.")
 }
 
 /// A session as the cluster records it.

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use rookery_cluster::{KvChange, Link};
 use rookery_engine::{Directory, Replicated};
 
-use super::records::{self, SessionRecord, UserRecord};
+use super::records::{self, ProfileRecord, SessionRecord, UserRecord};
 use crate::revoked::Revoked;
 
 /// The bucket holding users (and the node list).
@@ -295,12 +295,16 @@ fn retry<T, F: std::future::Future<Output = rookery_cluster::Result<T>>>(
 /// deleted).
 fn decode(b: usize, change: &KvChange) -> Result<Option<Replicated>, String> {
     if b == USERS {
-        if !records::is_user_key(&change.key) {
-            return Ok(None);
-        }
         let Some(value) = &change.value else {
             return Ok(None);
         };
+        if records::is_profile_key(&change.key) {
+            let record: ProfileRecord = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            return Ok(Some(record.to_replicated()));
+        }
+        if !records::is_user_key(&change.key) {
+            return Ok(None);
+        }
         let record: UserRecord = serde_json::from_slice(value).map_err(|e| e.to_string())?;
         return Ok(Some(Replicated::User(record.to_user())));
     }

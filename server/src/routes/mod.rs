@@ -10,6 +10,7 @@ mod messages;
 mod rooms;
 
 mod server;
+mod users;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -122,6 +123,9 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("POST", "/api/password") => change_password(req, shared).await,
         ("GET", "/api/me") => me(req, shared).await,
         ("GET", "/api/me/unread") => unread(req, shared).await,
+        ("PUT", "/api/me/profile") => users::set_mine(req, shared).await,
+        ("GET", "/api/users") => users::search(req, shared).await,
+        ("GET", "/api/users/{id}") => users::get(req, shared, id).await,
         ("GET", "/api/rooms") => list_rooms(req, shared).await,
         ("POST", "/api/rooms") => create_room(req, shared).await,
         ("GET", "/api/rooms/{id}") => get_room(req, shared, id).await,
@@ -178,6 +182,9 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "password"] => "/api/password",
         ["api", "me"] => "/api/me",
         ["api", "me", "unread"] => "/api/me/unread",
+        ["api", "me", "profile"] => "/api/me/profile",
+        ["api", "users"] => "/api/users",
+        ["api", "users", _] => "/api/users/{id}",
         ["api", "rooms"] => "/api/rooms",
         ["api", "rooms", _] => "/api/rooms/{id}",
         ["api", "rooms", _, "join"] => "/api/rooms/{id}/join",
@@ -247,6 +254,13 @@ const LIST_PAGE_LEN_DEFAULT: u64 = 100;
 /// The `next` of a list page: `{"after": id}` or null.
 pub(crate) fn next_json(next: Option<u64>) -> Value {
     next.map_or(Value::Null, |after| json!({ "after": after }))
+}
+
+/// A query parameter, percent-decoded (`+` a space), if present.
+pub(crate) fn query_text(req: &Request, name: &str) -> Option<String> {
+    form_urlencoded::parse(req.query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// A query parameter as a number, if present.

@@ -28,8 +28,8 @@ use redb::{
 
 use super::{
     Meta, RoomRow, BANS, COUNTERS, DELETED_ROOMS, DMS, DM_ROOMS, FEED_CURSORS, FORMER, INVITES,
-    MEMBERS, MEMBER_FEED, ORIGIN_COUNTER, RECEIPTS, RETENTION, ROOMS, ROOM_NAMES, SESSIONS, USERS,
-    USER_INVITES, USER_NAMES, USER_ROOMS,
+    MEMBERS, MEMBER_FEED, NAME_WORDS, ORIGIN_COUNTER, PROFILES, RECEIPTS, RETENTION, ROOMS,
+    ROOM_NAMES, SESSIONS, USERS, USER_INVITES, USER_NAMES, USER_ROOMS,
 };
 use crate::error::{Error, Result};
 
@@ -117,6 +117,8 @@ impl Meta {
         out.rows += copy_table(&src, &dst, cancel, RETENTION, same)?;
         out.rows += copy_table(&src, &dst, cancel, DMS, same)?;
         out.rows += copy_table(&src, &dst, cancel, DM_ROOMS, same)?;
+        out.rows += copy_table(&src, &dst, cancel, PROFILES, same)?;
+        out.rows += copy_table(&src, &dst, cancel, NAME_WORDS, same)?;
         // The tables left out exist, empty, as in any file `Meta::open`
         // made; the last commit is durable.
         let mut txn = dst.begin_write()?;
@@ -163,6 +165,8 @@ fn check_known_tables(src: &ReadTransaction) -> Result<()> {
         RETENTION.name(),
         DMS.name(),
         DM_ROOMS.name(),
+        PROFILES.name(),
+        NAME_WORDS.name(),
     ];
     for table in src.list_tables()? {
         let name = table.name();

@@ -4,7 +4,8 @@
 //! room with members gets an owner ([`name_owners`]). Two names that
 //! differ only in case cannot both be kept: the upgrade then fails and
 //! names them, and the file is left as it was. Schema 2 → 3 adds the
-//! direct-message tables, empty.
+//! direct-message tables, empty; 3 → 4 indexes the words of every user's
+//! name (`profiles.rs`).
 
 use redb::{ReadableTable, WriteTransaction};
 
@@ -28,6 +29,10 @@ pub(super) fn upgrade(txn: &WriteTransaction) -> Result<()> {
         name_owners(txn)?;
     }
     // 2 -> 3: the direct-message tables, created empty by `Meta::open`.
+    // 3 -> 4: the index of the words of users' names.
+    if version < 4 {
+        super::profiles::index_all(txn)?;
+    }
     counters.insert(SCHEMA_COUNTER, SCHEMA)?;
     Ok(())
 }

@@ -8,7 +8,8 @@
 //!
 //! Each domain has its file (`users`, `sessions`, `rooms`, `members`,
 //! `standing` (bans, invitations and the transactional membership change),
-//! `dms` (direct-message rooms), `receipts`, `migrate`); this one holds the tables, the row types, the checks every
+//! `dms` (direct-message rooms), `profiles` (the user directory),
+//! `receipts`, `migrate`); this one holds the tables, the row types, the checks every
 //! domain shares and the transaction helpers.
 //!
 //! Invariants kept across all writers:
@@ -69,6 +70,7 @@ mod dms;
 mod feed;
 mod members;
 mod migrate;
+mod profiles;
 mod receipts;
 mod rooms;
 mod sessions;
@@ -80,6 +82,10 @@ mod users;
 pub use backup::{count_read_only, MetaCopy};
 pub use dms::{Dm, DmOpened};
 pub use feed::{MemberEvent, MEMBER_FEED_LEN_MAX, MEMBER_FEED_STREAM};
+pub use profiles::{
+    check_profile, words_of, Profile, SearchCursor, SearchPage, DISPLAY_NAME_BYTES_MAX,
+    SEARCH_SCAN_ROWS_MAX, STATUS_BYTES_MAX, WORDS_PER_USER_MAX, WORD_BYTES_MAX,
+};
 use rooms::last_seq;
 pub use standing::{
     Ban, Invite, MemberChange, MemberView, Standing, INVITES_PER_USER_MAX, SERVER_USER,
@@ -87,6 +93,9 @@ pub use standing::{
 
 /// Row of `users`: (name, created_ms, password_hash).
 type UserRow = (&'static str, u64, Option<&'static str>);
+
+/// Row of `profiles`: (display name, status text, updated_ms).
+type ProfileRow = (&'static str, &'static str, u64);
 
 /// Row of `rooms`: (name, private, creator, created_ms, last_seq).
 type RoomRow = (&'static str, bool, u64, u64, u64);
@@ -152,6 +161,13 @@ const DMS: TableDefinition<(u64, u64), u64> = TableDefinition::new("dms");
 /// mirror of `dms`.
 const DM_ROOMS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("dm_rooms");
 
+/// User -> their profile (see `profiles.rs`).
+const PROFILES: TableDefinition<u64, ProfileRow> = TableDefinition::new("profiles");
+
+/// (word, user): the words of users' names and display names, lower case,
+/// for searching users by prefix (see `profiles.rs`).
+const NAME_WORDS: TableDefinition<(&str, u64), ()> = TableDefinition::new("name_words");
+
 const USER_COUNTER: &str = "user";
 
 /// The highest user id reserved durably for JWT subjects' accounts (see
@@ -168,11 +184,11 @@ const ROOM_COUNTER: &str = "room";
 /// The layout version, kept in `counters` (absent: 1, before names were
 /// compared in lower case and rooms had owners; 2 before direct messages,
 /// rooms with members and no owner, which an older build must not take for
-/// rooms to give an owner).
+/// rooms to give an owner; 3 before the index of names' words).
 const SCHEMA_COUNTER: &str = "schema";
 
 /// The layout this build writes; [`Meta::open`] upgrades older files.
-const SCHEMA: u64 = 3;
+const SCHEMA: u64 = 4;
 
 const MAX_NAME_LEN: usize = 64;
 
@@ -317,6 +333,8 @@ impl Meta {
         txn.open_table(MEMBER_FEED)?;
         txn.open_table(DMS)?;
         txn.open_table(DM_ROOMS)?;
+        txn.open_table(PROFILES)?;
+        txn.open_table(NAME_WORDS)?;
         migrate::upgrade(&txn)?;
         ensure_origin(&txn)?;
         users::skip_reserved_user_ids(&txn)?;
@@ -544,6 +562,17 @@ pub enum Replicated {
     },
     /// A session ended (logged out).
     SessionEnded([u8; 32]),
+    /// A user's profile set.
+    Profile {
+        /// The user.
+        user: u64,
+        /// Their display name ("" for none).
+        display_name: String,
+        /// Their status text ("" for none).
+        status: String,
+        /// When it was set, in Unix milliseconds.
+        updated_ms: u64,
+    },
 }
 
 /// Hands out the next id of `counter` that `ids` accepts.

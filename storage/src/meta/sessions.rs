@@ -84,8 +84,14 @@ impl Meta {
     /// anything is written.
     pub fn replicate_batch(&self, writes: &[Replicated]) -> Result<()> {
         for w in writes {
-            if let Replicated::User(user) = w {
-                super::users::validate_replicated_user(user)?;
+            match w {
+                Replicated::User(user) => super::users::validate_replicated_user(user)?,
+                Replicated::Profile {
+                    display_name,
+                    status,
+                    ..
+                } => super::profiles::check_profile(display_name, status)?,
+                _ => {}
             }
         }
         self.write(|txn| {
@@ -103,6 +109,18 @@ impl Meta {
                     Replicated::SessionEnded(token_hash) => {
                         txn.open_table(SESSIONS)?.remove(token_hash.as_slice())?;
                     }
+                    Replicated::Profile {
+                        user,
+                        display_name,
+                        status,
+                        updated_ms,
+                    } => super::profiles::set_profile_in(
+                        txn,
+                        *user,
+                        display_name,
+                        status,
+                        *updated_ms,
+                    )?,
                 }
             }
             Ok(())

@@ -1406,3 +1406,166 @@ fn schema_2_files_gain_the_direct_message_tables_and_nothing_else_changes() {
     let dm = meta.open_dm(None, alice, bob, 2).unwrap();
     assert!(dm.created, "the new tables work");
 }
+
+#[test]
+fn users_are_found_by_the_prefixes_of_their_names_words() {
+    let (_dir, meta) = fresh();
+    let ada = meta.create_user("ada_lovelace", PHC, 1).unwrap();
+    let alan = meta.create_user("alan.turing", PHC, 1).unwrap();
+    let grace = user(&meta, "grace-hopper");
+    let adam = meta.create_user("adam", PHC, 1).unwrap();
+    meta.set_profile(grace, "Amazing Grace Hopper", "compiling", 5)
+        .unwrap();
+    meta.set_profile(adam, "Ada Admirer", "", 6).unwrap();
+    let ids = |q: &str| -> Vec<u64> {
+        let page = meta.search_users(q, None, 50).unwrap();
+        assert!(page.next.is_none(), "{q}: one page");
+        page.users.iter().map(|p| p.user).collect()
+    };
+    // Any word of the name or the display name, by prefix, in any case;
+    // each user once however many of their words match.
+    assert_eq!(ids("ada"), [ada, adam]);
+    assert_eq!(ids("AD"), [ada, adam]);
+    assert_eq!(ids("a"), [ada, adam, alan, grace]);
+    assert_eq!(ids("tur"), [alan]);
+    assert_eq!(ids("grace"), [grace]);
+    assert_eq!(ids("amazing"), [grace], "the display name is searched");
+    // Every word of the query must match a word of the user.
+    assert_eq!(ids("ada love"), [ada]);
+    assert_eq!(ids("love ada"), [ada]);
+    assert_eq!(ids("hop gr"), [grace]);
+    assert!(ids("ada turing").is_empty());
+    assert!(ids("zebra").is_empty());
+    assert!(matches!(
+        meta.search_users(" -_. ", None, 5),
+        Err(Error::InvalidInput(_))
+    ));
+    // A changed display name drops its old words.
+    meta.set_profile(adam, "", "", 7).unwrap();
+    assert_eq!(ids("admirer"), Vec::<u64>::new());
+    assert_eq!(ids("ada"), [ada, adam], "adam by his name alone now");
+    let p = meta.profile(grace).unwrap().unwrap();
+    assert_eq!(
+        (
+            p.name.as_str(),
+            p.external,
+            p.display_name.as_str(),
+            p.status.as_str(),
+            p.updated_ms
+        ),
+        ("grace-hopper", true, "Amazing Grace Hopper", "compiling", 5)
+    );
+    assert_eq!(meta.profile(99).unwrap(), None);
+    // Bounds: lengths and control characters.
+    let long = "x".repeat(DISPLAY_NAME_BYTES_MAX + 1);
+    for (display, status) in [(long.as_str(), ""), ("a\nb", ""), ("", "tab\there")] {
+        assert!(matches!(
+            meta.set_profile(ada, display, status, 8),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+    assert!(matches!(
+        meta.set_profile(99, "x", "", 8),
+        Err(Error::NotFound(_))
+    ));
+    // Pages: each user once across pages, in order, whatever the length.
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = meta.search_users("a", after.as_ref(), 1).unwrap();
+        all.extend(page.users.iter().map(|p| p.user));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(all, [ada, adam, alan, grace], "the same users as one page");
+}
+
+#[test]
+fn the_word_index_follows_a_model_of_names_and_display_names() {
+    // A plain reference: every user's words, checked against the index by
+    // every prefix of every word, after random profile changes.
+    use std::collections::BTreeMap;
+    let (_dir, meta) = fresh();
+    let mut model: BTreeMap<u64, (String, String)> = BTreeMap::new();
+    let pool = [
+        "ann",
+        "anna",
+        "bo",
+        "bob",
+        "émile",
+        "zoë",
+        "x1",
+        "Ann-Marie",
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..24 {
+        let name = format!(
+            "{}_{i}",
+            pool[next() as usize % pool.len()].replace(['é', 'ë'], "e")
+        );
+        let id = meta.create_user(&name, PHC, 1).unwrap();
+        model.insert(id, (name, String::new()));
+    }
+    for _ in 0..60 {
+        let ids: Vec<u64> = model.keys().copied().collect();
+        let id = ids[next() as usize % ids.len()];
+        let display = format!(
+            "{} {}",
+            pool[next() as usize % pool.len()],
+            pool[next() as usize % pool.len()]
+        );
+        meta.set_profile(id, &display, "", 2).unwrap();
+        model.get_mut(&id).unwrap().1 = display;
+    }
+    for q in [
+        "a",
+        "an",
+        "ann",
+        "anna",
+        "b",
+        "bo",
+        "bob",
+        "é",
+        "émi",
+        "zo",
+        "x",
+        "marie",
+        "ann marie",
+        "bo x",
+    ] {
+        let wanted = words_of(q, "");
+        let expected: Vec<u64> = model
+            .iter()
+            .filter(|(_, (n, d))| {
+                let theirs = words_of(n, d);
+                wanted
+                    .iter()
+                    .all(|w| theirs.iter().any(|t| t.starts_with(w.as_str())))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut found = Vec::new();
+        let mut after = None;
+        loop {
+            let page = meta.search_users(q, after.as_ref(), 3).unwrap();
+            found.extend(page.users.iter().map(|p| p.user));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let mut sorted = found.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), found.len(), "{q}: nobody twice");
+        assert_eq!(sorted, expected, "{q}");
+    }
+}

@@ -126,16 +126,27 @@ impl Meta {
     /// Errors: `InvalidInput` for id 0, a bad name or a hash that is not a
     /// PHC string; `AlreadyExists` if the id or the name is taken.
     pub fn import_user(&self, user: &User) -> Result<()> {
-        validate_name("user", &user.name)?;
-        validate_id("user", user.id)?;
-        if let Some(hash) = &user.password_hash {
-            validate_hash(hash)
-                .map_err(|e| Error::InvalidInput(format!("user {}: {e}", user.id)))?;
+        self.import_users(std::slice::from_ref(user))
+    }
+
+    /// [`Meta::import_user`] for many users in one transaction (one
+    /// `fdatasync`): all of them, or none when one is refused.
+    pub fn import_users(&self, users: &[User]) -> Result<()> {
+        for user in users {
+            validate_name("user", &user.name)?;
+            validate_id("user", user.id)?;
+            if let Some(hash) = &user.password_hash {
+                validate_hash(hash)
+                    .map_err(|e| Error::InvalidInput(format!("user {}: {e}", user.id)))?;
+            }
         }
         self.write(|txn| {
-            let hash = user.password_hash.as_deref();
-            insert_user(txn, user.id, &user.name, user.created_ms, hash)?;
-            bump_counter(txn, USER_COUNTER, user.id)
+            for user in users {
+                let hash = user.password_hash.as_deref();
+                insert_user(txn, user.id, &user.name, user.created_ms, hash)?;
+                bump_counter(txn, USER_COUNTER, user.id)?;
+            }
+            Ok(())
         })
     }
 
@@ -190,6 +201,7 @@ pub(super) fn replicate_user_in(txn: &WriteTransaction, user: &User) -> Result<(
         Some(_) => {}
         None => {
             names.insert(key.as_str(), user.id)?;
+            super::profiles::index_name(txn, user.id, &user.name)?;
         }
     }
     let mut users = txn.open_table(USERS)?;
@@ -221,7 +233,8 @@ pub(super) fn insert_user(
     }
     users.insert(id, (name, created_ms, hash))?;
     names.insert(key.as_str(), id)?;
-    Ok(())
+    drop((users, names));
+    super::profiles::index_name(txn, id, name)
 }
 
 /// Makes sure user ids up to `id` are reserved durably: if `id` is past

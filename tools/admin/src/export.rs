@@ -116,7 +116,7 @@ fn write_export(
     Ok((counts, damaged))
 }
 
-/// Writes users, rooms (with retention limits), direct-message pairs,
+/// Writes users, their profiles, rooms (with retention limits), direct-message pairs,
 /// members, bans, invitations and receipts.
 fn write_meta(
     meta: &Meta,
@@ -127,6 +127,15 @@ fn write_meta(
     for user in meta.users().context("reading users")? {
         data::write_json_line(w, &Line::user(user))?;
         counts.users += 1;
+    }
+    for p in meta.profiles().context("reading profiles")? {
+        let line = Line::Profile {
+            user: p.user,
+            display_name: p.display_name,
+            status: p.status,
+            updated_ms: p.updated_ms,
+        };
+        data::write_json_line(w, &line)?;
     }
     let rooms = meta.rooms().context("reading rooms")?;
     let ids: Vec<u64> = rooms.iter().map(|r| r.id).collect();

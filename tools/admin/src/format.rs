@@ -37,6 +37,17 @@ pub enum Line {
         /// Argon2 PHC string.
         password_hash: Option<String>,
     },
+    /// A user's profile (after the user's line).
+    Profile {
+        /// User id.
+        user: u64,
+        /// The name they show ("" for none).
+        display_name: String,
+        /// Their status text ("" for none).
+        status: String,
+        /// When it last changed, ms since the Unix epoch.
+        updated_ms: u64,
+    },
     /// A room.
     Room {
         /// Room id.

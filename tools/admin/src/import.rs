@@ -206,6 +206,7 @@ impl Checker {
             }
             Line::Delete { room, seq, .. } => self.check_target_message(room, seq)?,
             Line::User { .. }
+            | Line::Profile { .. }
             | Line::Room { .. }
             | Line::Dm { .. }
             | Line::Member { .. }
@@ -366,6 +367,15 @@ impl<'a> Loader<'a> {
                 })?;
                 self.retention.extend(retention.map(|r| (id, r)));
                 self.counts.rooms += 1;
+            }
+            Line::Profile {
+                user,
+                display_name,
+                status,
+                updated_ms,
+            } => {
+                self.meta
+                    .set_profile(user, &display_name, &status, updated_ms)?;
             }
             Line::Dm { room, users } => {
                 self.meta.import_dm(room, (users[0], users[1]))?;

@@ -1,0 +1,141 @@
+//! The user directory, for signed-in users only: a user's profile
+//! (`GET /api/users/{id}`), one's own (`PUT /api/me/profile`), and the
+//! search of users by the prefixes of their names' words
+//! (`GET /api/users?q=`). Searches and profile changes share one rate
+//! limit per user (`--directory-calls-per-user-per-min`).
+
+use rookery_engine::{Profile, SearchCursor};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{body, query_text, user, ApiError, ApiResult};
+use crate::app::{directory, take_directory_token};
+use crate::auth::blocking;
+use crate::http::{Request, Response};
+use crate::shared::Shared;
+
+/// Bytes of a search query, at most.
+const QUERY_BYTES_MAX: usize = 200;
+
+/// Users in one page of a search when the request does not say.
+const SEARCH_PAGE_LEN_DEFAULT: usize = 20;
+
+pub(crate) fn profile_json(p: &Profile) -> Value {
+    json!({"id": p.user, "name": p.name, "external": p.external,
+           "display_name": p.display_name, "status": p.status, "updated_ms": p.updated_ms})
+}
+
+/// `GET /api/users?q=&after=&limit=`: a page of the users whose name or
+/// display name has, for every word of `q`, a word beginning with it.
+pub(crate) async fn search(req: &Request, shared: &Shared) -> ApiResult {
+    let uid = user(req, shared).await?;
+    let q = query_text(req, "q").unwrap_or_default();
+    if q.trim().is_empty() || q.len() > QUERY_BYTES_MAX {
+        return Err(ApiError::BadRequest(format!(
+            "q must be 1..={QUERY_BYTES_MAX} bytes of words to look for"
+        )));
+    }
+    let after = query_text(req, "after")
+        .map(|a| cursor_from(&a))
+        .transpose()?;
+    let len = match query_text(req, "limit") {
+        None => SEARCH_PAGE_LEN_DEFAULT.min(shared.cfg.list_page_len_max),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=shared.cfg.list_page_len_max).contains(n))
+            .ok_or_else(|| {
+                let max = shared.cfg.list_page_len_max;
+                ApiError::BadRequest(format!("limit must be 1..={max}"))
+            })?,
+    };
+    take_directory_token(shared, uid).await?;
+    let m = directory(shared);
+    let page = blocking(move || m.search_users(&q, after.as_ref(), len)).await?;
+    let users: Vec<Value> = page.users.iter().map(profile_json).collect();
+    let next = page
+        .next
+        .map_or(Value::Null, |c| json!({ "after": cursor_text(&c) }));
+    Ok(Response::json(
+        200,
+        &json!({ "users": users, "next": next }),
+    ))
+}
+
+/// A search's cursor as the API shows it: the word in hex, a dot, the
+/// user id (plain ASCII, whatever the word's script).
+fn cursor_text(c: &SearchCursor) -> String {
+    let hex: String = c.word.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.{}", c.user)
+}
+
+fn cursor_from(text: &str) -> Result<SearchCursor, ApiError> {
+    let bad = || ApiError::BadRequest(format!("after={text:?} is not a cursor this server gave"));
+    let (hex, user) = text.split_once('.').ok_or_else(bad)?;
+    if hex.len() % 2 != 0 || hex.len() > 2 * rookery_engine::WORD_BYTES_MAX {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    Ok(SearchCursor {
+        word: String::from_utf8(bytes).map_err(|_| bad())?,
+        user: user.parse().map_err(|_| bad())?,
+    })
+}
+
+/// `GET /api/users/{id}`: a user's profile; 404 for none.
+pub(crate) async fn get(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    user(req, shared).await?;
+    let id = raw
+        .parse::<u64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("user id {raw:?} is not a number >= 1")))?;
+    let m = directory(shared);
+    match blocking(move || m.profile(id)).await? {
+        Some(p) => Ok(Response::json(200, &profile_json(&p))),
+        None => Err(ApiError::NotFound(format!("user {id}"))),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewProfile {
+    display_name: Option<String>,
+    status: Option<String>,
+}
+
+/// `PUT /api/me/profile {"display_name"?, "status"?}`: changes what is
+/// given ("" clears it); 200 the profile. In a cluster the change is
+/// recorded in the users bucket and applied here before the answer.
+pub(crate) async fn set_mine(req: &Request, shared: &Shared) -> ApiResult {
+    let uid = user(req, shared).await?;
+    let new: NewProfile = body(req)?;
+    take_directory_token(shared, uid).await?;
+    let m = directory(shared);
+    let current = blocking(move || m.profile(uid))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {uid}")))?;
+    let display_name = new.display_name.unwrap_or(current.display_name);
+    let status = new.status.unwrap_or(current.status);
+    let now = crate::auth::now_ms();
+    match &shared.cluster {
+        Some(node) => {
+            // Checked here as the directory would, so that the cluster
+            // records nothing it would refuse.
+            rookery_engine::Directory::check_profile(&display_name, &status)?;
+            node.put_profile(uid, &display_name, &status, now).await?;
+        }
+        None => {
+            let m = directory(shared);
+            blocking(move || m.set_profile(uid, &display_name, &status, now)).await?;
+        }
+    }
+    let m = directory(shared);
+    let p = blocking(move || m.profile(uid))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {uid}")))?;
+    Ok(Response::json(200, &profile_json(&p)))
+}

@@ -1,0 +1,327 @@
+//! The user directory: each user's profile (a display name and a status
+//! text) and an index of the words of users' names, by which users are
+//! found by prefix ([`Meta::search_users`]).
+//!
+//! Invariant: `name_words` holds `(w, user)` exactly for the words `w` of
+//! the user's name and display name ([`words_of`]), written in the
+//! transaction that writes either. A search reads a bounded number of
+//! index rows per page, whatever the number of users.
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::*;
+
+/// Bytes of a display name, at most.
+pub const DISPLAY_NAME_BYTES_MAX: usize = 64;
+
+/// Bytes of a status text, at most.
+pub const STATUS_BYTES_MAX: usize = 140;
+
+/// Bytes of one indexed word, at most (longer words are cut, at a
+/// character boundary: a prefix search still finds them).
+pub const WORD_BYTES_MAX: usize = 32;
+
+/// Words indexed per user, at most (of the name first, then the display
+/// name).
+pub const WORDS_PER_USER_MAX: usize = 8;
+
+/// Index rows one page of a search reads, at most: a page may be short
+/// (and still have a `next`) when few of the rows read match every word.
+pub const SEARCH_SCAN_ROWS_MAX: usize = 4096;
+
+/// A user as the directory shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    /// The user's id.
+    pub user: u64,
+    /// Their name (the registered name, or the JWT subject).
+    pub name: String,
+    /// Whether a backend vouches for them (a JWT subject).
+    pub external: bool,
+    /// The name they show ("" when none).
+    pub display_name: String,
+    /// Their status text ("" when none).
+    pub status: String,
+    /// When the profile last changed (ms; 0: never).
+    pub updated_ms: u64,
+}
+
+/// Where a page of a search stopped: the index row (word, user) last read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchCursor {
+    /// The indexed word of the row.
+    pub word: String,
+    /// The user of the row.
+    pub user: u64,
+}
+
+/// A page of a search's results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchPage {
+    /// The users found, each once, in the order of their first matching
+    /// word (then id).
+    pub users: Vec<Profile>,
+    /// Where the next page starts; `None` when nothing is left.
+    pub next: Option<SearchCursor>,
+}
+
+impl Meta {
+    /// User `user`'s profile, if the user exists.
+    pub fn profile(&self, user: u64) -> Result<Option<Profile>> {
+        self.read(|txn| {
+            let (users, profiles) = (txn.open_table(USERS)?, txn.open_table(PROFILES)?);
+            profile_in(&users, &profiles, user)
+        })
+    }
+
+    /// Every profile that was ever set, by user id (an export).
+    pub fn profiles(&self) -> Result<Vec<Profile>> {
+        self.read(|txn| {
+            let (users, profiles) = (txn.open_table(USERS)?, txn.open_table(PROFILES)?);
+            let ids: Vec<u64> = profiles
+                .iter()?
+                .map(|row| Ok(row?.0.value()))
+                .collect::<Result<_>>()?;
+            let mut out = Vec::with_capacity(ids.len());
+            for user in ids {
+                out.extend(profile_in(&users, &profiles, user)?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Sets user `user`'s display name and status text (each may be "":
+    /// none), re-indexing the words of their names.
+    ///
+    /// Errors: `NotFound` for an unknown user; `InvalidInput` for a text
+    /// over its bound or holding a control character.
+    pub fn set_profile(
+        &self,
+        user: u64,
+        display_name: &str,
+        status: &str,
+        now_ms: u64,
+    ) -> Result<()> {
+        check_profile(display_name, status)?;
+        self.write(|txn| set_profile_in(txn, user, display_name, status, now_ms))
+    }
+
+    /// A page of the users whose names have, for every word of `query`, a
+    /// word beginning with it (in any case): `len` at most, after `after`,
+    /// reading at most [`SEARCH_SCAN_ROWS_MAX`] index rows.
+    ///
+    /// Errors: `InvalidInput` for a query with no word.
+    pub fn search_users(
+        &self,
+        query: &str,
+        after: Option<&SearchCursor>,
+        len: usize,
+    ) -> Result<SearchPage> {
+        let mut wanted = words_of(query, "");
+        if wanted.is_empty() {
+            return Err(Error::InvalidInput(
+                "the query has no word to look for".into(),
+            ));
+        }
+        // The longest word is read from the index; the rest are checked.
+        wanted.sort_by_key(|w| std::cmp::Reverse(w.len()));
+        let first = wanted[0].clone();
+        self.read(|txn| {
+            let (words, users, profiles) = (
+                txn.open_table(NAME_WORDS)?,
+                txn.open_table(USERS)?,
+                txn.open_table(PROFILES)?,
+            );
+            let start = match after {
+                Some(c) if c.word.as_str() >= first.as_str() => (c.word.clone(), c.user),
+                _ => (first.clone(), 0),
+            };
+            let mut page = SearchPage {
+                users: Vec::new(),
+                next: None,
+            };
+            let (mut scanned, mut last_read) = (0, None);
+            for row in words.range((start.0.as_str(), start.1)..)? {
+                let (key, _) = row?;
+                let (word, user) = key.value();
+                if !word.starts_with(first.as_str()) {
+                    break;
+                }
+                if after.is_some_and(|c| (c.word.as_str(), c.user) == (word, user)) {
+                    continue; // the cursor's own row was read by the last page
+                }
+                if page.users.len() == len || scanned == SEARCH_SCAN_ROWS_MAX {
+                    // More rows follow: the next page starts after the last
+                    // one read.
+                    page.next = last_read;
+                    break;
+                }
+                scanned += 1;
+                last_read = Some(SearchCursor {
+                    word: word.to_owned(),
+                    user,
+                });
+                let Some(p) = profile_in(&users, &profiles, user)? else {
+                    return Err(Error::Database(format!("name_words names no user {user}")));
+                };
+                let theirs = words_of(&p.name, &p.display_name);
+                let matches = |q: &String| theirs.iter().any(|w| w.starts_with(q.as_str()));
+                // Each user once: at the first of their words the index row
+                // is for.
+                let first_of_theirs = theirs
+                    .iter()
+                    .filter(|w| w.starts_with(first.as_str()))
+                    .min();
+                if wanted.iter().all(matches) && first_of_theirs.map(String::as_str) == Some(word) {
+                    page.users.push(p);
+                }
+            }
+            Ok(page)
+        })
+    }
+}
+
+/// Checks a display name and a status text as [`Meta::set_profile`] does.
+///
+/// Errors: `InvalidInput` for a text over its bound or holding a control
+/// character.
+pub fn check_profile(display_name: &str, status: &str) -> Result<()> {
+    validate_text("display name", display_name, DISPLAY_NAME_BYTES_MAX)?;
+    validate_text("status", status, STATUS_BYTES_MAX)
+}
+
+/// [`Meta::set_profile`] in `txn` (the texts checked).
+pub(super) fn set_profile_in(
+    txn: &WriteTransaction,
+    user: u64,
+    display_name: &str,
+    status: &str,
+    now_ms: u64,
+) -> Result<()> {
+    let name = match txn.open_table(USERS)?.get(user)? {
+        Some(row) => row.value().0.to_owned(),
+        None => return Err(Error::NotFound(format!("user {user}"))),
+    };
+    let mut profiles = txn.open_table(PROFILES)?;
+    let old = profiles
+        .get(user)?
+        .map_or_else(String::new, |row| row.value().0.to_owned());
+    profiles.insert(user, (display_name, status, now_ms))?;
+    drop(profiles);
+    reindex(
+        txn,
+        user,
+        &words_of(&name, &old),
+        &words_of(&name, display_name),
+    )
+}
+
+/// The indexed words of a user's name and display name: lower case, split
+/// at every character that is not a letter or digit, each cut to
+/// [`WORD_BYTES_MAX`], no word twice, at most [`WORDS_PER_USER_MAX`].
+pub fn words_of(name: &str, display_name: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let all = name
+        .split(|c: char| !c.is_alphanumeric())
+        .chain(display_name.split(|c: char| !c.is_alphanumeric()));
+    for raw in all.filter(|w| !w.is_empty()) {
+        let mut word = raw.to_lowercase();
+        if word.len() > WORD_BYTES_MAX {
+            let cut = (0..=WORD_BYTES_MAX)
+                .rev()
+                .find(|&i| word.is_char_boundary(i))
+                .unwrap_or(0);
+            word.truncate(cut);
+        }
+        if !words.contains(&word) {
+            words.push(word);
+            if words.len() == WORDS_PER_USER_MAX {
+                break;
+            }
+        }
+    }
+    words
+}
+
+/// Indexes the words of a new user's name (their profile is empty).
+pub(super) fn index_name(txn: &WriteTransaction, user: u64, name: &str) -> Result<()> {
+    reindex(txn, user, &[], &words_of(name, ""))
+}
+
+/// Rebuilds the whole index from the users and profiles (an upgrade).
+pub(super) fn index_all(txn: &WriteTransaction) -> Result<u64> {
+    let users: Vec<(u64, String)> = txn
+        .open_table(USERS)?
+        .iter()?
+        .map(|row| {
+            let (id, row) = row?;
+            Ok((id.value(), row.value().0.to_owned()))
+        })
+        .collect::<Result<_>>()?;
+    txn.open_table(NAME_WORDS)?.retain(|_, _| false)?;
+    let profiles = txn.open_table(PROFILES)?;
+    let mut words = txn.open_table(NAME_WORDS)?;
+    for (user, name) in &users {
+        let display = profiles
+            .get(*user)?
+            .map_or_else(String::new, |row| row.value().0.to_owned());
+        for w in words_of(name, &display) {
+            words.insert((w.as_str(), *user), ())?;
+        }
+    }
+    Ok(users.len() as u64)
+}
+
+/// Replaces `user`'s index rows `old` with `new`.
+fn reindex(txn: &WriteTransaction, user: u64, old: &[String], new: &[String]) -> Result<()> {
+    let mut words = txn.open_table(NAME_WORDS)?;
+    for w in old.iter().filter(|w| !new.contains(w)) {
+        words.remove((w.as_str(), user))?;
+    }
+    for w in new {
+        words.insert((w.as_str(), user), ())?;
+    }
+    Ok(())
+}
+
+fn profile_in(
+    users: &impl ReadableTable<u64, UserRow>,
+    profiles: &impl ReadableTable<u64, ProfileRow>,
+    user: u64,
+) -> Result<Option<Profile>> {
+    let Some(row) = users.get(user)? else {
+        return Ok(None);
+    };
+    let (name, _, hash) = row.value();
+    let (display_name, status, updated_ms) = match profiles.get(user)? {
+        Some(p) => {
+            let (d, s, t) = p.value();
+            (d.to_owned(), s.to_owned(), t)
+        }
+        None => (String::new(), String::new(), 0),
+    };
+    Ok(Some(Profile {
+        user,
+        name: name.to_owned(),
+        external: hash.is_none(),
+        display_name,
+        status,
+        updated_ms,
+    }))
+}
+
+/// A profile text: at most `max` bytes, no control characters.
+fn validate_text(what: &str, text: &str, max: usize) -> Result<()> {
+    if text.len() > max {
+        return Err(Error::InvalidInput(format!(
+            "the {what} is {} bytes, over {max}",
+            text.len()
+        )));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(Error::InvalidInput(format!(
+            "the {what} holds a control character"
+        )));
+    }
+    Ok(())
+}
