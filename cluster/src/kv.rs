@@ -234,19 +234,31 @@ async fn apply_once(
                 (e.operation == kv::Operation::Put).then_some((e.value, e.revision))
             })))
         }
-        KvOp::Create(key, value) => match store.create(&key, value.clone()).await {
+        // A create is an update expecting no revision (what the client's
+        // `create` does too), written out here so that a publish no stream
+        // took is told from the others and tried again.
+        KvOp::Create(key, value) => match store.update(&key, value.clone(), 0).await {
             Ok(rev) => Ok(KvAnswer::Revision(rev)),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                // The client reports a create whose acknowledgement was
-                // late or lost as "exists" when it finds the key: if what
-                // it finds is this very value, the create took effect.
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 match store.entry(&key).await.map_err(tried)? {
-                    Some(found)
-                        if found.operation == kv::Operation::Put && found.value == value =>
-                    {
-                        Ok(KvAnswer::Revision(found.revision))
+                    // A create whose acknowledgement was late or lost finds
+                    // its own value: it took effect.
+                    Some(found) if found.operation == kv::Operation::Put => {
+                        if found.value == value {
+                            Ok(KvAnswer::Revision(found.revision))
+                        } else {
+                            Err(Tried::Final(Error::KeyExists(key)))
+                        }
                     }
-                    _ => Err(Tried::Final(Error::KeyExists(key))),
+                    // Deleted or purged: created again at that revision.
+                    Some(found) => match store.update(&key, value, found.revision).await {
+                        Ok(rev) => Ok(KvAnswer::Revision(rev)),
+                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            Err(Tried::Final(Error::KeyExists(key)))
+                        }
+                        Err(e) => Err(tried(e)),
+                    },
+                    None => Err(Tried::Final(Error::KeyExists(key))),
                 }
             }
             Err(e) => Err(tried(e)),
@@ -316,5 +328,27 @@ pub(crate) async fn watch(
             return;
         }
         tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+
+    /// The classification [`apply`] retries on, pinned to how the client's
+    /// errors wrap a publish's (an upgrade of async-nats that stops
+    /// carrying it would fail here, not in a cluster).
+    #[test]
+    fn a_publish_no_stream_took_is_told_from_other_failures() {
+        let no_stream = || PublishError::new(PublishErrorKind::StreamNotFound);
+        let update = kv::UpdateError::from(no_stream());
+        assert!(matches!(tried(update), Tried::NoStream(_)));
+        let put = kv::PutError::with_source(kv::PutErrorKind::Ack, no_stream());
+        assert!(matches!(tried(put), Tried::NoStream(_)));
+        let wrong = kv::UpdateError::from(PublishError::new(PublishErrorKind::WrongLastSequence));
+        assert!(matches!(tried(wrong), Tried::Final(_)));
+        let timed_out = kv::UpdateError::from(PublishError::new(PublishErrorKind::TimedOut));
+        assert!(matches!(tried(timed_out), Tried::Final(_)));
     }
 }

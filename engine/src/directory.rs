@@ -18,7 +18,7 @@ use crate::error::Result;
 pub use rookery_storage::meta::{
     Ban, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Profile, Role,
     Room, SearchCursor, SearchPage, Standing, User, INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
-    WORD_BYTES_MAX,
+    QUERY_WORDS_MAX, WORD_BYTES_MAX,
 };
 
 /// A handle on the directory (cheap to clone, usable from any thread).
@@ -151,6 +151,25 @@ impl Directory {
         now_ms: u64,
     ) -> Result<()> {
         Ok(self.meta.set_profile(user, display_name, status, now_ms)?)
+    }
+
+    /// Changes what is given of user `user`'s profile and keeps the rest,
+    /// in one transaction; the profile as written (errors as
+    /// [`Directory::set_profile`]).
+    pub fn edit_profile(
+        &self,
+        user: u64,
+        display_name: Option<&str>,
+        status: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Profile> {
+        Ok(self.meta.edit_profile(user, display_name, status, now_ms)?)
+    }
+
+    /// The words a user search looks for in `query` (each must begin a
+    /// word of a user's names), no word twice.
+    pub fn query_words(query: &str) -> Vec<String> {
+        rookery_storage::meta::query_words(query)
     }
 
     /// Checks a display name and a status text as

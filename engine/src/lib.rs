@@ -51,7 +51,7 @@ pub use consumer::{Delivery, LocalSink};
 pub use directory::{
     Ban, Directory, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Profile,
     Role, Room, SearchCursor, SearchPage, Standing, User, INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
-    WORD_BYTES_MAX,
+    QUERY_WORDS_MAX, WORD_BYTES_MAX,
 };
 pub use engine::{Engine, ShardTask};
 pub use error::{Error, Result};

@@ -331,31 +331,60 @@ impl Node {
         Ok((record, revision))
     }
 
-    /// Waits until revision `rev` of bucket `b` shows on this node.
-    /// Records user `user`'s profile in the cluster's users bucket (every
-    /// node applies it, as it does users) and waits until this node has.
-    pub async fn put_profile(
+    /// Changes what is given of `current`'s profile in the cluster's users
+    /// bucket (every node applies it, as it does users) at the revision
+    /// it read, again when another change came first (so two changes at
+    /// once never undo each other), and waits until this node applied it.
+    /// `current` is this node's copy, the base when the cluster has none.
+    pub async fn edit_profile(
         &self,
-        user: u64,
-        display_name: &str,
-        status: &str,
+        current: &rookery_engine::Profile,
+        display_name: Option<String>,
+        status: Option<String>,
         now_ms: u64,
     ) -> Result<()> {
-        let record = records::ProfileRecord {
-            user,
-            display_name: display_name.to_owned(),
-            status: status.to_owned(),
-            updated_ms: now_ms,
-        };
-        let key = records::profile_key(user);
-        let rev = self
-            .link
-            .kv_put(&self.buckets[USERS], &key, records::json_bytes(&record))
-            .await
-            .map_err(cluster_error)?;
-        self.visible(USERS, rev).await
+        let key = records::profile_key(current.user);
+        let bucket = &self.buckets[USERS];
+        for _ in 0..ID_TRIES_MAX {
+            let got = self
+                .link
+                .kv_get(bucket, &key)
+                .await
+                .map_err(cluster_error)?;
+            let base = match &got {
+                Some((value, _)) => serde_json::from_slice::<records::ProfileRecord>(value)
+                    .map_err(|e| ApiError::Internal(format!("the cluster's {key}: {e}")))?,
+                None => records::ProfileRecord {
+                    user: current.user,
+                    display_name: current.display_name.clone(),
+                    status: current.status.clone(),
+                    updated_ms: current.updated_ms,
+                },
+            };
+            let record = records::ProfileRecord {
+                user: current.user,
+                display_name: display_name.clone().unwrap_or(base.display_name),
+                status: status.clone().unwrap_or(base.status),
+                updated_ms: now_ms,
+            };
+            let value = records::json_bytes(&record);
+            let set = match got {
+                Some((_, revision)) => self.link.kv_update(bucket, &key, value, revision).await,
+                None => self.link.kv_create(bucket, &key, value).await,
+            };
+            match set {
+                Ok(rev) => return self.visible(USERS, rev).await,
+                Err(ClusterError::Conflict(_) | ClusterError::KeyExists(_)) => continue,
+                Err(e) => return Err(cluster_error(e)),
+            }
+        }
+        Err(ApiError::ClusterUnavailable(format!(
+            "the profile of user {} kept changing under {ID_TRIES_MAX} tries",
+            current.user
+        )))
     }
 
+    /// Waits until revision `rev` of bucket `b` shows on this node.
     async fn visible(&self, b: usize, rev: u64) -> Result<()> {
         let Some(replica) = self.replica() else {
             return Err(ApiError::ClusterUnavailable("this node is starting".into()));

@@ -982,7 +982,8 @@ fn the_directory_finds_users_by_their_names_words_and_shows_profiles() {
         }
     }
     let (i, v) = limited.expect("the directory rate limit holds");
-    assert!(i <= 100, "refused after {i}");
+    // 100 a minute: one more refills every 0.6 s while the calls run.
+    assert!((95..=110).contains(&i), "refused after {i}");
     assert_eq!(v["error"]["code"], "rate_limited");
     assert_eq!(
         code(call(

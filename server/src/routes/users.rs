@@ -30,9 +30,11 @@ pub(crate) fn profile_json(p: &Profile) -> Value {
 pub(crate) async fn search(req: &Request, shared: &Shared) -> ApiResult {
     let uid = user(req, shared).await?;
     let q = query_text(req, "q").unwrap_or_default();
-    if q.trim().is_empty() || q.len() > QUERY_BYTES_MAX {
+    let words = rookery_engine::Directory::query_words(&q).len();
+    let most = rookery_engine::QUERY_WORDS_MAX;
+    if q.len() > QUERY_BYTES_MAX || !(1..=most).contains(&words) {
         return Err(ApiError::BadRequest(format!(
-            "q must be 1..={QUERY_BYTES_MAX} bytes of words to look for"
+            "q must be 1..={QUERY_BYTES_MAX} bytes holding 1..={most} words to look for"
         )));
     }
     let after = query_text(req, "after")
@@ -108,30 +110,34 @@ pub(crate) struct NewProfile {
 }
 
 /// `PUT /api/me/profile {"display_name"?, "status"?}`: changes what is
-/// given ("" clears it); 200 the profile. In a cluster the change is
-/// recorded in the users bucket and applied here before the answer.
+/// given ("" clears it) and keeps the rest; 200 the profile. On one node
+/// the change is made in one transaction; in a cluster it is made at the
+/// revision of the profile it read (again when another change came
+/// first), recorded in the users bucket and applied here before the
+/// answer.
 pub(crate) async fn set_mine(req: &Request, shared: &Shared) -> ApiResult {
     let uid = user(req, shared).await?;
     let new: NewProfile = body(req)?;
+    // Refused before a token is spent, and before the cluster records it.
+    rookery_engine::Directory::check_profile(
+        new.display_name.as_deref().unwrap_or(""),
+        new.status.as_deref().unwrap_or(""),
+    )?;
     take_directory_token(shared, uid).await?;
-    let m = directory(shared);
-    let current = blocking(move || m.profile(uid))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("user {uid}")))?;
-    let display_name = new.display_name.unwrap_or(current.display_name);
-    let status = new.status.unwrap_or(current.status);
     let now = crate::auth::now_ms();
-    match &shared.cluster {
-        Some(node) => {
-            // Checked here as the directory would, so that the cluster
-            // records nothing it would refuse.
-            rookery_engine::Directory::check_profile(&display_name, &status)?;
-            node.put_profile(uid, &display_name, &status, now).await?;
-        }
-        None => {
-            let m = directory(shared);
-            blocking(move || m.set_profile(uid, &display_name, &status, now)).await?;
-        }
+    if let Some(node) = &shared.cluster {
+        let m = directory(shared);
+        let current = blocking(move || m.profile(uid))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("user {uid}")))?;
+        node.edit_profile(&current, new.display_name, new.status, now)
+            .await?;
+    } else {
+        let m = directory(shared);
+        blocking(move || {
+            m.edit_profile(uid, new.display_name.as_deref(), new.status.as_deref(), now)
+        })
+        .await?;
     }
     let m = directory(shared);
     let p = blocking(move || m.profile(uid))

@@ -83,8 +83,9 @@ pub use backup::{count_read_only, MetaCopy};
 pub use dms::{Dm, DmOpened};
 pub use feed::{MemberEvent, MEMBER_FEED_LEN_MAX, MEMBER_FEED_STREAM};
 pub use profiles::{
-    check_profile, words_of, Profile, SearchCursor, SearchPage, DISPLAY_NAME_BYTES_MAX,
-    SEARCH_SCAN_ROWS_MAX, STATUS_BYTES_MAX, WORDS_PER_USER_MAX, WORD_BYTES_MAX,
+    check_profile, query_words, words_of, Profile, SearchCursor, SearchPage,
+    DISPLAY_NAME_BYTES_MAX, QUERY_WORDS_MAX, SEARCH_SCAN_ROWS_MAX, STATUS_BYTES_MAX,
+    WORDS_PER_USER_MAX, WORD_BYTES_MAX,
 };
 use rooms::last_seq;
 pub use standing::{

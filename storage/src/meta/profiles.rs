@@ -58,8 +58,8 @@ pub struct SearchCursor {
 /// A page of a search's results.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SearchPage {
-    /// The users found, each once, in the order of their first matching
-    /// word (then id).
+    /// The users found, each once, ordered by the first of their words
+    /// that begins with the query's longest word (then by id).
     pub users: Vec<Profile>,
     /// Where the next page starts; `None` when nothing is left.
     pub next: Option<SearchCursor>,
@@ -94,7 +94,7 @@ impl Meta {
     /// none), re-indexing the words of their names.
     ///
     /// Errors: `NotFound` for an unknown user; `InvalidInput` for a text
-    /// over its bound or holding a control character.
+    /// over its bound or holding a control or direction character.
     pub fn set_profile(
         &self,
         user: u64,
@@ -102,8 +102,39 @@ impl Meta {
         status: &str,
         now_ms: u64,
     ) -> Result<()> {
-        check_profile(display_name, status)?;
-        self.write(|txn| set_profile_in(txn, user, display_name, status, now_ms))
+        self.edit_profile(user, Some(display_name), Some(status), now_ms)
+            .map(drop)
+    }
+
+    /// Changes what is given of user `user`'s profile and keeps the rest,
+    /// in one transaction (two edits at once never undo each other);
+    /// returns the profile as written.
+    ///
+    /// Errors: as [`Meta::set_profile`].
+    pub fn edit_profile(
+        &self,
+        user: u64,
+        display_name: Option<&str>,
+        status: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Profile> {
+        check_profile(display_name.unwrap_or(""), status.unwrap_or(""))?;
+        self.write(|txn| {
+            let current = {
+                let (users, profiles) = (txn.open_table(USERS)?, txn.open_table(PROFILES)?);
+                profile_in(&users, &profiles, user)?
+                    .ok_or_else(|| Error::NotFound(format!("user {user}")))?
+            };
+            let display_name = display_name.unwrap_or(&current.display_name).to_owned();
+            let status = status.unwrap_or(&current.status).to_owned();
+            set_profile_in(txn, user, &display_name, &status, now_ms)?;
+            Ok(Profile {
+                display_name,
+                status,
+                updated_ms: now_ms,
+                ..current
+            })
+        })
     }
 
     /// A page of the users whose names have, for every word of `query`, a
@@ -117,11 +148,12 @@ impl Meta {
         after: Option<&SearchCursor>,
         len: usize,
     ) -> Result<SearchPage> {
-        let mut wanted = words_of(query, "");
-        if wanted.is_empty() {
-            return Err(Error::InvalidInput(
-                "the query has no word to look for".into(),
-            ));
+        let mut wanted = query_words(query);
+        if wanted.is_empty() || wanted.len() > QUERY_WORDS_MAX {
+            return Err(Error::InvalidInput(format!(
+                "the query has {} words: 1 to {QUERY_WORDS_MAX}",
+                wanted.len()
+            )));
         }
         // The longest word is read from the index; the rest are checked.
         wanted.sort_by_key(|w| std::cmp::Reverse(w.len()));
@@ -198,10 +230,49 @@ pub(super) fn set_profile_in(
     status: &str,
     now_ms: u64,
 ) -> Result<()> {
-    let name = match txn.open_table(USERS)?.get(user)? {
-        Some(row) => row.value().0.to_owned(),
-        None => return Err(Error::NotFound(format!("user {user}"))),
-    };
+    let name = name_of(txn, user)?.ok_or_else(|| Error::NotFound(format!("user {user}")))?;
+    write_profile(txn, user, &name, display_name, status, now_ms)
+}
+
+/// User `user`'s name, if the user exists.
+fn name_of(txn: &WriteTransaction, user: u64) -> Result<Option<String>> {
+    let users = txn.open_table(USERS)?;
+    let name = users.get(user)?.map(|row| row.value().0.to_owned());
+    Ok(name)
+}
+
+/// A profile as the cluster recorded it: written even before its user is
+/// (a node catching up applies each key's latest change in revision
+/// order, so a profile set before its user's last change comes first);
+/// the user's words are indexed when the user arrives ([`index_name`]
+/// reads the stored display name).
+pub(super) fn replicate_profile_in(
+    txn: &WriteTransaction,
+    user: u64,
+    display_name: &str,
+    status: &str,
+    now_ms: u64,
+) -> Result<()> {
+    match name_of(txn, user)? {
+        Some(name) => write_profile(txn, user, &name, display_name, status, now_ms),
+        None => {
+            let mut profiles = txn.open_table(PROFILES)?;
+            profiles.insert(user, (display_name, status, now_ms))?;
+            Ok(())
+        }
+    }
+}
+
+/// Writes the profile row of user `user` (named `name`) and re-indexes the
+/// words of their names.
+fn write_profile(
+    txn: &WriteTransaction,
+    user: u64,
+    name: &str,
+    display_name: &str,
+    status: &str,
+    now_ms: u64,
+) -> Result<()> {
     let mut profiles = txn.open_table(PROFILES)?;
     let old = profiles
         .get(user)?
@@ -211,28 +282,16 @@ pub(super) fn set_profile_in(
     reindex(
         txn,
         user,
-        &words_of(&name, &old),
-        &words_of(&name, display_name),
+        &words_of(name, &old),
+        &words_of(name, display_name),
     )
 }
 
-/// The indexed words of a user's name and display name: lower case, split
-/// at every character that is not a letter or digit, each cut to
-/// [`WORD_BYTES_MAX`], no word twice, at most [`WORDS_PER_USER_MAX`].
+/// The indexed words of a user's name and display name (see [`fold`]):
+/// no word twice, at most [`WORDS_PER_USER_MAX`].
 pub fn words_of(name: &str, display_name: &str) -> Vec<String> {
     let mut words: Vec<String> = Vec::new();
-    let all = name
-        .split(|c: char| !c.is_alphanumeric())
-        .chain(display_name.split(|c: char| !c.is_alphanumeric()));
-    for raw in all.filter(|w| !w.is_empty()) {
-        let mut word = raw.to_lowercase();
-        if word.len() > WORD_BYTES_MAX {
-            let cut = (0..=WORD_BYTES_MAX)
-                .rev()
-                .find(|&i| word.is_char_boundary(i))
-                .unwrap_or(0);
-            word.truncate(cut);
-        }
+    for word in fold(name).into_iter().chain(fold(display_name)) {
         if !words.contains(&word) {
             words.push(word);
             if words.len() == WORDS_PER_USER_MAX {
@@ -243,9 +302,55 @@ pub fn words_of(name: &str, display_name: &str) -> Vec<String> {
     words
 }
 
-/// Indexes the words of a new user's name (their profile is empty).
+/// Words of a query, at most: past it a query is refused rather than
+/// read in part.
+pub const QUERY_WORDS_MAX: usize = 8;
+
+/// A query's words (see [`fold`]), no word twice.
+pub fn query_words(query: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for word in fold(query) {
+        if !words.contains(&word) {
+            words.push(word);
+        }
+    }
+    words
+}
+
+/// The words of `text` as the index keeps them: decomposed (NFD) with the
+/// combining marks left out, so that accents do not matter (`Émile` is
+/// `emile`, `İlker` is `ilker`, composed or not); lower case character by
+/// character (a final sigma is a sigma); split at every character that is
+/// not a letter or digit; each cut to [`WORD_BYTES_MAX`] at a character
+/// boundary.
+fn fold(text: &str) -> Vec<String> {
+    use unicode_normalization::char::is_combining_mark;
+    use unicode_normalization::UnicodeNormalization;
+    let mut folded = String::with_capacity(text.len());
+    for c in text.nfd().filter(|c| !is_combining_mark(*c)) {
+        folded.extend(c.to_lowercase().map(|l| if l == 'ς' { 'σ' } else { l }));
+    }
+    folded
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let cut = (0..=WORD_BYTES_MAX.min(w.len()))
+                .rev()
+                .find(|&i| w.is_char_boundary(i))
+                .unwrap_or(0);
+            w[..cut].to_owned()
+        })
+        .collect()
+}
+
+/// Indexes the words of a new user's name, with their display name if
+/// their profile came first (see [`replicate_profile_in`]).
 pub(super) fn index_name(txn: &WriteTransaction, user: u64, name: &str) -> Result<()> {
-    reindex(txn, user, &[], &words_of(name, ""))
+    let display = txn
+        .open_table(PROFILES)?
+        .get(user)?
+        .map_or_else(String::new, |row| row.value().0.to_owned());
+    reindex(txn, user, &[], &words_of(name, &display))
 }
 
 /// Rebuilds the whole index from the users and profiles (an upgrade).
@@ -310,7 +415,9 @@ fn profile_in(
     }))
 }
 
-/// A profile text: at most `max` bytes, no control characters.
+/// A profile text: at most `max` bytes, no control characters, and none
+/// of the characters that reorder or hide the text around them (a name
+/// that shows as another's).
 fn validate_text(what: &str, text: &str, max: usize) -> Result<()> {
     if text.len() > max {
         return Err(Error::InvalidInput(format!(
@@ -318,9 +425,10 @@ fn validate_text(what: &str, text: &str, max: usize) -> Result<()> {
             text.len()
         )));
     }
-    if text.chars().any(char::is_control) {
+    let hiding = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}');
+    if text.chars().any(|c| c.is_control() || hiding(c)) {
         return Err(Error::InvalidInput(format!(
-            "the {what} holds a control character"
+            "the {what} holds a control or direction character"
         )));
     }
     Ok(())

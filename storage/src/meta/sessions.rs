@@ -114,7 +114,7 @@ impl Meta {
                         display_name,
                         status,
                         updated_ms,
-                    } => super::profiles::set_profile_in(
+                    } => super::profiles::replicate_profile_in(
                         txn,
                         *user,
                         display_name,

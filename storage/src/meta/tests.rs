@@ -1569,3 +1569,142 @@ fn the_word_index_follows_a_model_of_names_and_display_names() {
         assert_eq!(sorted, expected, "{q}");
     }
 }
+
+#[test]
+fn words_fold_case_and_accents_and_stay_within_their_bounds() {
+    // Case character by character, accents composed or not, and a final
+    // sigma, as a person typing would expect.
+    assert_eq!(words_of("ΟΔΥΣΣΕΥΣ", ""), ["οδυσσευσ"]);
+    assert_eq!(query_words("ΟΔΥΣ"), ["οδυσ"]);
+    assert_eq!(words_of("İlker", ""), ["ilker"]);
+    assert_eq!(
+        words_of("\u{e9}mile", "E\u{301}MILE zo\u{eb}"),
+        ["emile", "zoe"]
+    );
+    // Cut at 32 bytes on a character boundary; at most 8 words a user.
+    let long = "é".repeat(40);
+    assert_eq!(words_of(&long, ""), ["e".repeat(32)]);
+    let long = "ж".repeat(40);
+    assert_eq!(words_of(&long, "")[0].len(), 32);
+    let many = "a b c d e f g h i j";
+    assert_eq!(words_of(many, "").len(), WORDS_PER_USER_MAX);
+    assert_eq!(query_words(many).len(), 10, "a query's words are all kept");
+    let (_dir, meta) = fresh();
+    let grace = meta.create_user("grace", PHC, 1).unwrap();
+    meta.set_profile(grace, "Émile Zoë Ödön", "", 2).unwrap();
+    for q in ["emi", "ÉMI", "zoe", "odon", "Ödön", "E\u{301}mile"] {
+        let found = meta.search_users(q, None, 5).unwrap().users;
+        assert_eq!(found.len(), 1, "{q}");
+    }
+    assert!(matches!(
+        meta.search_users(many, None, 5),
+        Err(Error::InvalidInput(_))
+    ));
+    // Direction and zero-width characters are refused in names shown.
+    for bad in ["ad\u{202E}min", "a\u{200B}b", "\u{2066}x"] {
+        assert!(matches!(
+            meta.set_profile(grace, bad, "", 3),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+}
+
+#[test]
+fn a_page_reads_a_bounded_number_of_rows_and_says_where_to_go_on() {
+    let (_dir, meta) = fresh();
+    // 5,000 users share the word `common`; only the last has `rare`.
+    let users: Vec<User> = (1..=5000)
+        .map(|i| User {
+            id: i,
+            name: format!("common_{i}"),
+            created_ms: 1,
+            password_hash: None,
+        })
+        .collect();
+    meta.import_users(&users).unwrap();
+    meta.set_profile(5000, "rare", "", 2).unwrap();
+    let first = meta.search_users("common rare", None, 10).unwrap();
+    assert!(first.users.is_empty(), "nothing in the first rows read");
+    let next = first.next.expect("a short page says where to go on");
+    assert_eq!(
+        (next.word.as_str(), next.user),
+        ("common", SEARCH_SCAN_ROWS_MAX as u64)
+    );
+    let second = meta.search_users("common rare", Some(&next), 10).unwrap();
+    assert_eq!(
+        second.users.iter().map(|p| p.user).collect::<Vec<_>>(),
+        [5000]
+    );
+    assert!(second.next.is_none());
+}
+
+#[test]
+fn edits_keep_what_they_do_not_name_and_a_profile_may_come_before_its_user() {
+    let (_dir, meta) = fresh();
+    let ada = meta.create_user("ada", PHC, 1).unwrap();
+    meta.set_profile(ada, "Countess", "busy", 2).unwrap();
+    let p = meta.edit_profile(ada, None, Some(""), 3).unwrap();
+    assert_eq!(
+        (p.display_name.as_str(), p.status.as_str(), p.updated_ms),
+        ("Countess", "", 3)
+    );
+    let p = meta.edit_profile(ada, Some("Lady Ada"), None, 4).unwrap();
+    assert_eq!(
+        (p.display_name.as_str(), p.status.as_str()),
+        ("Lady Ada", "")
+    );
+    assert_eq!(meta.profile(ada).unwrap().unwrap(), p);
+    assert!(matches!(
+        meta.edit_profile(99, None, None, 5),
+        Err(Error::NotFound(_))
+    ));
+    // A node catching up may apply a profile before its user: the user's
+    // display name is found once the user arrives.
+    let profile = Replicated::Profile {
+        user: 7,
+        display_name: "Early Bird".into(),
+        status: String::new(),
+        updated_ms: 6,
+    };
+    meta.replicate_batch(std::slice::from_ref(&profile))
+        .unwrap();
+    assert!(meta
+        .search_users("early", None, 5)
+        .unwrap()
+        .users
+        .is_empty());
+    let user = User {
+        id: 7,
+        name: "late".into(),
+        created_ms: 1,
+        password_hash: None,
+    };
+    meta.replicate_batch(&[Replicated::User(user)]).unwrap();
+    let found = meta.search_users("early bird", None, 5).unwrap().users;
+    assert_eq!(
+        (found.len(), found[0].display_name.as_str()),
+        (1, "Early Bird")
+    );
+}
+
+#[test]
+fn schema_3_files_gain_the_word_index_of_every_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redb");
+    {
+        let meta = Meta::open(&path, 1 << 20).unwrap();
+        let ada = meta.create_user("ada_lovelace", PHC, 1).unwrap();
+        meta.set_profile(ada, "Countess", "", 2).unwrap();
+        meta.write(|txn| {
+            txn.delete_table(NAME_WORDS)?;
+            txn.open_table(COUNTERS)?.insert(SCHEMA_COUNTER, 3)?;
+            Ok(())
+        })
+        .unwrap();
+        meta.close().unwrap();
+    }
+    let meta = Meta::open(&path, 1 << 20).unwrap();
+    for q in ["love", "countess", "ada"] {
+        assert_eq!(meta.search_users(q, None, 5).unwrap().users.len(), 1, "{q}");
+    }
+}

@@ -205,8 +205,13 @@ impl Checker {
                 self.check_target_message(room, seq)?;
             }
             Line::Delete { room, seq, .. } => self.check_target_message(room, seq)?,
+            // Checked here, in the pass that writes nothing.
+            Line::Profile {
+                ref display_name,
+                ref status,
+                ..
+            } => rookery_storage::meta::check_profile(display_name, status)?,
             Line::User { .. }
-            | Line::Profile { .. }
             | Line::Room { .. }
             | Line::Dm { .. }
             | Line::Member { .. }
