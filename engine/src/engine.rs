@@ -25,7 +25,7 @@ use crate::queues::Queues;
 use crate::receipts::{self, ToWriter, WriterStats};
 use crate::reply::Pending;
 use crate::rules::{MemberOp, Membership};
-use crate::shard::{Command, Common, DeletedRoom, HistoryPage, PostAck, Shard};
+use crate::shard::{Command, Common, DeletedRoom, HistoryPage, PostAck, Shard, ThreadPage};
 use crate::subscription::{Inbox, Subscription};
 
 /// Work run once on every shard's executor beside the engine (see
@@ -203,6 +203,31 @@ impl Engine {
     /// mode). A repeated non-empty `(sender, client_id)` returns the
     /// original seq with `duplicate: true`.
     pub fn post(&self, room: u64, sender: u64, client_id: &str, body: &str) -> Pending<PostAck> {
+        self.post_reply(room, sender, client_id, body, None)
+    }
+
+    /// Posts a message that replies to message `to` of the room, as
+    /// [`Engine::post`] does. It joins `to`'s thread (or starts one at
+    /// `to`); `NotFound` when `to` is not a live message.
+    pub fn reply(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        body: &str,
+        to: u64,
+    ) -> Pending<PostAck> {
+        self.post_reply(room, sender, client_id, body, Some(to))
+    }
+
+    fn post_reply(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        body: &str,
+        to: Option<u64>,
+    ) -> Pending<PostAck> {
         let (client_id, body) = (client_id.to_string(), body.to_string());
         self.inner
             .queues
@@ -211,6 +236,7 @@ impl Engine {
                 sender,
                 client_id,
                 body,
+                to,
                 reply,
             })
     }
@@ -419,6 +445,28 @@ impl Engine {
             .call(self.shard_of(room), |reply| Command::History {
                 room,
                 cursor,
+                reply,
+            })
+    }
+
+    /// A page of the thread message `seq` is in (the one it starts, or
+    /// the one it replies in): its first message, then up to `limit`
+    /// replies after seq `after`, oldest first. `None` when `seq` is not a
+    /// live message. Access is the caller's to check, as for history.
+    pub fn thread(
+        &self,
+        room: u64,
+        seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> Pending<Option<ThreadPage>> {
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::Thread {
+                room,
+                seq,
+                after,
+                limit,
                 reply,
             })
     }

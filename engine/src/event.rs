@@ -40,6 +40,30 @@ pub struct Message<'a> {
     pub changed_by: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changed_ts: Option<u64>,
+    /// For a reply: the seq it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// For a reply: the first message of its thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<u64>,
+    /// For a reply: the answered message's author and first line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quote: Option<QuoteView<'a>>,
+    /// Replies in the thread this message starts (absent when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub replies: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A reply's quote of the message it answers: `text` is `null` once that
+/// message is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuoteView<'a> {
+    pub from: u64,
+    pub text: Option<&'a str>,
 }
 
 impl<'a> Message<'a> {
@@ -78,6 +102,25 @@ impl<'a> Message<'a> {
             deleted: body.is_none(),
             changed_by: None,
             changed_ts: None,
+            reply_to: None,
+            thread: None,
+            quote: None,
+            replies: 0,
+        }
+    }
+
+    /// With what it replies to, if it is a reply, and the length of the
+    /// thread it starts.
+    pub fn threaded(self, reply: Option<&'a crate::ReplyTo>, replies: u64) -> Message<'a> {
+        Message {
+            reply_to: reply.map(|r| r.to),
+            thread: reply.map(|r| r.thread),
+            quote: reply.and_then(|r| r.quote.as_ref()).map(|q| QuoteView {
+                from: q.from,
+                text: q.text.as_deref(),
+            }),
+            replies,
+            ..self
         }
     }
 
@@ -146,6 +189,9 @@ pub struct Event {
     kind: EventKind,
     /// Bytes of the frame header at the front of `frame`.
     head: u8,
+    /// For a reply's `msg`: the seq it quotes (0 otherwise), so that a
+    /// cached reply is quoted again when that message changes.
+    reply_to: u64,
     frame: Arc<[u8]>,
 }
 
@@ -181,6 +227,10 @@ impl Event {
     /// typing).
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+    /// For a reply's `msg` made here, the seq it quotes; 0 otherwise.
+    pub fn reply_to(&self) -> u64 {
+        self.reply_to
     }
     /// What kind of event.
     pub fn kind(&self) -> EventKind {
@@ -256,12 +306,14 @@ impl Event {
             ts_ms,
             kind,
             head: head as u8,
+            reply_to: 0,
             frame,
         }
     }
 
     /// `{"type":"msg","room",…}` and then the fields of [`Message`];
     /// `body` is `null` for a deleted message.
+    #[cfg(test)]
     pub(crate) fn message(
         room: u64,
         seq: u64,
@@ -276,7 +328,10 @@ impl Event {
 
     /// A `msg` event of a message as shown.
     pub(crate) fn encode_message(room: u64, m: &Message<'_>) -> Event {
-        Event::encode(room, m.seq, m.ts, EventKind::Message, m)
+        Event {
+            reply_to: m.reply_to.unwrap_or(0),
+            ..Event::encode(room, m.seq, m.ts, EventKind::Message, m)
+        }
     }
 
     /// `{"type":"edit","room","seq","by","ts","body"}`.
@@ -437,7 +492,19 @@ mod tests {
         let events = doc_table("Events");
         // One of every kind, optional fields set (a new kind does not
         // compile until it is added here).
-        let changed = Message::live(1, 2, 3, 4, None, true).changed(Some((5, 6)));
+        // Every optional field set: a changed reply that starts a thread
+        // (as no message can be, but the shape allows each field).
+        let quoted = crate::ReplyTo {
+            to: 1,
+            thread: 1,
+            quote: Some(crate::Quote {
+                from: 7,
+                text: Some("q".into()),
+            }),
+        };
+        let changed = Message::live(1, 2, 3, 4, None, true)
+            .changed(Some((5, 6)))
+            .threaded(Some(&quoted), 3);
         let every = [
             Event::encode_message(1, &changed),
             Event::edit(1, 2, 3, 4, "b"),
@@ -481,7 +548,9 @@ mod tests {
             .keys()
             .map(|f| f.trim_end_matches('?').to_string())
             .collect();
-        let stored = Message::stored(2, 3, 4, None, true).changed(Some((5, 6)));
+        let stored = Message::stored(2, 3, 4, None, true)
+            .changed(Some((5, 6)))
+            .threaded(Some(&quoted), 3);
         let v = serde_json::to_value(&stored).unwrap();
         let got: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
         assert_eq!(got, doc, "fields of a message");

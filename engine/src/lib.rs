@@ -67,5 +67,7 @@ pub use rookery_storage::{
     SYNC_BATCH_BOUNDS,
 };
 pub use rules::{decide, role_word, MemberOp, Membership};
-pub use shard::{DeletedRoom, HistoryPage, PostAck, StoredMessage};
+pub use shard::{
+    DeletedRoom, HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
+};
 pub use subscription::{Inbox, Subscription};

@@ -65,7 +65,22 @@ impl Local {
         body: &str,
     ) -> Result<PostAck> {
         self.shard
-            .post_from_here(room, sender, client_id, body)
+            .post_from_here(room, sender, client_id, body, None)
+            .await
+    }
+
+    /// Posts a reply to message `to` (see [`Engine::reply`]), routed as
+    /// [`Local::post`] is.
+    pub async fn reply(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        body: &str,
+        to: u64,
+    ) -> Result<PostAck> {
+        self.shard
+            .post_from_here(room, sender, client_id, body, Some(to))
             .await
     }
 

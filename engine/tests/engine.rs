@@ -1313,3 +1313,147 @@ fn a_deleted_room_ends_its_subscriptions_and_answers_as_missing() {
     assert_eq!(engine.directory().room(room).unwrap(), None);
     engine.shutdown().unwrap();
 }
+
+fn json(e: &Event) -> serde_json::Value {
+    serde_json::from_str(e.json()).unwrap()
+}
+
+/// Replies through the engine: live events, history and replay (from the
+/// tail cache and, after a restart, from the log) carry what a reply
+/// answers, its thread and a quote of the answered message; threads page;
+/// bad targets are refused and take no seq.
+#[test]
+fn replies_quote_what_they_answer_live_in_history_in_replay_and_in_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    let meta = engine.directory();
+    let alice = meta.ensure_external_user("alice", 0).unwrap();
+    let bob = meta.ensure_external_user("bob", 0).unwrap();
+    let room = engine.create_room("general", false, alice).wait().unwrap();
+    engine
+        .membership(room, bob, bob, MemberOp::Join)
+        .wait()
+        .unwrap();
+    let sub = engine.subscribe(room, Some(0)).wait().unwrap();
+    let long = format!("  \n first line {}\nsecond line", "é".repeat(150));
+    assert_eq!(engine.post(room, alice, "", &long).wait().unwrap().seq, 1);
+    assert_eq!(engine.post(room, alice, "", "other").wait().unwrap().seq, 2);
+    assert_eq!(
+        engine
+            .reply(room, bob, "r", "answer", 1)
+            .wait()
+            .unwrap()
+            .seq,
+        3
+    );
+    // A retry answers the original seq; a reply to a reply joins 1's thread.
+    assert!(
+        engine
+            .reply(room, bob, "r", "answer", 1)
+            .wait()
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(
+        engine
+            .reply(room, alice, "", "to bob", 3)
+            .wait()
+            .unwrap()
+            .seq,
+        4
+    );
+    engine.delete(room, 2, alice).wait().unwrap();
+    for (to, want) in [(2u64, "deleted"), (9, "missing"), (0, "zero")] {
+        let got = engine.reply(room, bob, "", "x", to).wait();
+        assert!(
+            matches!(got, Err(Error::NotFound(_) | Error::InvalidInput(_))),
+            "{want}: {got:?}"
+        );
+    }
+    assert_eq!(
+        engine.last_seq(room).wait().unwrap(),
+        4,
+        "refusals take no seq"
+    );
+
+    let quote_1 = format!("first line {}", "é".repeat(94));
+    assert_eq!(
+        quote_1.len(),
+        199,
+        "cut to 200 bytes at a character boundary"
+    );
+    let check = |v: &serde_json::Value, to: u64, from: u64, text: &str, ctx: &str| {
+        assert_eq!(v["reply_to"], to, "{ctx}: {v}");
+        assert_eq!(v["thread"], 1, "{ctx}: {v}");
+        assert_eq!(v["quote"]["from"], from, "{ctx}: {v}");
+        assert_eq!(v["quote"]["text"], text, "{ctx}: {v}");
+    };
+    let live = collect(&sub, 4);
+    let live: Vec<serde_json::Value> = live
+        .iter()
+        .filter(|e| e.kind() == EventKind::Message)
+        .map(json)
+        .collect();
+    check(&live[2], 1, alice, &quote_1, "live");
+    check(&live[3], 3, bob, "answer", "live");
+    assert_eq!(live[0].get("reply_to"), None);
+    drop(sub);
+
+    engine
+        .edit(room, 3, bob, "answer, edited\nmore")
+        .wait()
+        .unwrap();
+    let verify = |engine: &Engine, ctx: &str| {
+        let page = engine.history(room, Cursor::after(0, 10)).wait().unwrap();
+        let views: Vec<serde_json::Value> = page
+            .messages
+            .iter()
+            .map(|m| serde_json::to_value(m.view()).unwrap())
+            .collect();
+        assert_eq!(views[0]["replies"], 2, "{ctx}");
+        assert_eq!(views[1].get("replies"), None, "{ctx}");
+        check(&views[2], 1, alice, &quote_1, ctx);
+        // The quote shows the edit, from the page itself.
+        check(&views[3], 3, bob, "answer, edited", ctx);
+        // Only the newest page: the quoted message is read apart.
+        let newest = engine.history(room, Cursor::latest(1)).wait().unwrap();
+        let v = serde_json::to_value(newest.messages[0].view()).unwrap();
+        check(&v, 3, bob, "answer, edited", ctx);
+        for seq in [1, 3, 4] {
+            let t = engine.thread(room, seq, 0, 10).wait().unwrap().unwrap();
+            assert_eq!((t.first.seq, t.first.replies), (1, 2), "{ctx}");
+            let seqs: Vec<u64> = t.messages.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, [3, 4], "{ctx}");
+        }
+        let t = engine.thread(room, 1, 0, 1).wait().unwrap().unwrap();
+        assert_eq!((t.messages.len(), t.next), (1, Some(3)), "{ctx}");
+        let t = engine.thread(room, 1, 3, 1).wait().unwrap().unwrap();
+        assert_eq!((t.messages[0].seq, t.next), (4, None), "{ctx}");
+        // A deleted message keeps its place (and would keep its thread).
+        let t = engine.thread(room, 2, 0, 10).wait().unwrap().unwrap();
+        assert_eq!(
+            (t.first.body.as_deref(), t.messages.len()),
+            (None, 0),
+            "{ctx}"
+        );
+        assert!(
+            engine.thread(room, 9, 0, 10).wait().unwrap().is_none(),
+            "{ctx}"
+        );
+        // Replay after `since` quotes too.
+        let sub = engine.subscribe(room, Some(2)).wait().unwrap();
+        let replay: Vec<serde_json::Value> = collect(&sub, 2)
+            .iter()
+            .filter(|e| e.kind() == EventKind::Message)
+            .map(json)
+            .collect();
+        check(&replay[0], 1, alice, &quote_1, ctx);
+        assert_eq!(replay[1]["reply_to"], 3, "{ctx}");
+    };
+    verify(&engine, "running");
+    engine.shutdown().unwrap();
+    drop(meta);
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    verify(&engine, "restarted");
+    engine.shutdown().unwrap();
+}

@@ -115,18 +115,7 @@ impl HistoryPage {
     /// message at least), its `next` cursor (in `order`, of `limit`
     /// messages) going on after the last it keeps.
     pub fn fit(&mut self, bytes_max: usize, order: Order, limit: usize) {
-        // The page's own fields, then each message and its comma.
-        let mut bytes = 128;
-        let fits = self
-            .page
-            .messages
-            .iter()
-            .take_while(|m| {
-                bytes += serde_json::to_vec(&m.view()).map_or(0, |v| v.len()) + 1;
-                bytes <= bytes_max
-            })
-            .count()
-            .max(1);
+        let fits = fitting(&self.page.messages, 128, bytes_max);
         if fits < self.page.messages.len() {
             self.page.messages.truncate(fits);
             let last = self.page.messages[fits - 1].seq;
@@ -138,14 +127,69 @@ impl HistoryPage {
     }
 }
 
+/// How many of `messages` fit in `bytes_max` of JSON after `head` bytes
+/// of a page's own fields (one at least).
+fn fitting(messages: &[rookery_engine::StoredMessage], head: usize, bytes_max: usize) -> usize {
+    let mut bytes = head;
+    messages
+        .iter()
+        .take_while(|m| {
+            // Each message and its comma.
+            bytes += serde_json::to_vec(&m.view()).map_or(0, |v| v.len()) + 1;
+            bytes <= bytes_max
+        })
+        .count()
+        .max(1)
+}
+
+/// Messages in the shape of live events.
+struct Messages<'a>(&'a [rookery_engine::StoredMessage]);
+
+impl Serialize for Messages<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(rookery_engine::StoredMessage::view))
+    }
+}
+
+/// A page of a thread, as HTTP sends it: `{"room","first","messages",
+/// "next"}`, `first` the thread's first message, `messages` its replies
+/// oldest first, `next` `{"after":seq}` or `null`.
+#[derive(Debug)]
+pub struct ThreadPage {
+    pub room: u64,
+    pub page: rookery_engine::ThreadPage,
+}
+
+impl ThreadPage {
+    /// Cuts the page so that its JSON takes about `bytes_max` at most (the
+    /// first message and one reply at least).
+    pub fn fit(&mut self, bytes_max: usize) {
+        let head = 128 + serde_json::to_vec(&self.page.first.view()).map_or(0, |v| v.len());
+        let fits = fitting(&self.page.messages, head, bytes_max);
+        if fits < self.page.messages.len() {
+            self.page.messages.truncate(fits);
+            self.page.next = Some(self.page.messages[fits - 1].seq);
+        }
+    }
+}
+
+impl Serialize for ThreadPage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct After {
+            after: u64,
+        }
+        let mut st = s.serialize_struct("ThreadPage", 4)?;
+        st.serialize_field("room", &self.room)?;
+        st.serialize_field("first", &self.page.first.view())?;
+        st.serialize_field("messages", &Messages(&self.page.messages))?;
+        st.serialize_field("next", &self.page.next.map(|after| After { after }))?;
+        st.end()
+    }
+}
+
 impl Serialize for HistoryPage {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Messages<'a>(&'a [rookery_engine::StoredMessage]);
-        impl Serialize for Messages<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(self.0.iter().map(rookery_engine::StoredMessage::view))
-            }
-        }
         #[derive(Serialize)]
         #[serde(rename_all = "lowercase")]
         enum Next {
@@ -182,6 +226,8 @@ pub struct ClientFrame<'a> {
     pub body: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "cow")]
     pub client_id: Option<Cow<'a, str>>,
+    /// `send`: the seq the message replies to.
+    pub reply_to: Option<u64>,
     pub before: Option<u64>,
     pub after: Option<u64>,
     pub limit: Option<u64>,
@@ -490,6 +536,7 @@ mod doc {
                     seq,
                     body,
                     client_id,
+                    reply_to,
                     before,
                     after,
                     limit,
@@ -501,6 +548,7 @@ mod doc {
                     "seq" => seq.is_some(),
                     "body" => body.is_some(),
                     "client_id" => client_id.is_some(),
+                    "reply_to" => reply_to.is_some(),
                     "before" => before.is_some(),
                     "after" => after.is_some(),
                     "limit" => limit.is_some(),
@@ -517,6 +565,7 @@ mod doc {
             "seq",
             "body",
             "client_id",
+            "reply_to",
             "before",
             "after",
             "limit",

@@ -272,6 +272,30 @@ fn publish_as_the_server_or_a_member_past_the_users_rate() {
         (s, v["duplicate"].as_bool(), v["seq"].as_u64()),
         (200, Some(true), Some(1))
     );
+    // A reply as the server quotes what it answers; one to nothing is 404.
+    let (s, v) = api(
+        p,
+        "POST",
+        &path,
+        PUBLISHER,
+        Some(json!({"body": "answer", "reply_to": 1})),
+    );
+    assert_eq!((s, v["seq"].as_u64()), (201, Some(2)), "{v}");
+    let msg = next_of(&mut ws, "msg");
+    assert_eq!(
+        (&msg["reply_to"], &msg["thread"]),
+        (&json!(1), &json!(1)),
+        "{msg}"
+    );
+    assert_eq!(msg["quote"], json!({"from": 0, "text": "from the server"}));
+    let (s, v) = api(
+        p,
+        "POST",
+        &path,
+        PUBLISHER,
+        Some(json!({"body": "x", "reply_to": 99})),
+    );
+    assert_eq!(s, 404, "{v}");
     // As a user: a member only, as any post.
     let as_bob = json!({"body": "hello", "as": {"name": "bob"}});
     let (s, v) = api(p, "POST", &path, PUBLISHER, Some(as_bob.clone()));
@@ -348,7 +372,8 @@ fn publish_as_the_server_or_a_member_past_the_users_rate() {
         .iter()
         .map(|m| m["from"].as_u64().unwrap())
         .collect();
-    assert_eq!(from, [0, bob_id, bob_id, bob_id, bob_id, bob_id, bob_id]);
+    assert_eq!(from, [0, 0, bob_id, bob_id, bob_id, bob_id, bob_id, bob_id]);
+    assert_eq!(v["messages"][0]["replies"], 1, "{v}");
 }
 
 #[test]

@@ -1,8 +1,9 @@
 // Rookery's web client: sign up or in, rooms with unread badges, a
 // virtualized message view fed by the history API and the live socket,
-// sends that stay pending until acknowledged, edits, deletes, typing,
-// presence and read markers; invitations to accept or decline, and the
-// reason when you are removed from a room or banned.
+// sends that stay pending until acknowledged, edits, deletes, replies
+// with their quotes and threads in a side panel, typing, presence and read
+// markers; invitations to accept or decline, and the reason when you are
+// removed from a room or banned.
 //
 // Each open room keeps its messages by seq in `view.msgs`, with `lo`..`hi`
 // the range the list shows (seqs are dense: every seq in the range is a
@@ -38,6 +39,8 @@ const state = {
   current: null,
   list: null,
   editing: null, // seq being edited in the composer
+  replyTo: null, // seq the composer's next message answers
+  thread: null, // the open thread: {room, first, msgs: Map seq -> message}
   lastTypingSent: 0,
   pageLen: 50, // history page length: the server's maximum, once known
   // With self-registration open, a registered name can equal a backend
@@ -452,6 +455,8 @@ function view(room) {
 async function openRoom(id) {
   const r = state.rooms.get(id);
   if (!r) return;
+  if (state.thread && state.thread.room !== id) closeThread();
+  stopReply();
   if (!r.member) {
     try {
       await call("POST", `/api/rooms/${id}/join`);
@@ -677,22 +682,60 @@ function renderRow(i) {
       el("time", { text: " " + clock(m.ts), dateTime: new Date(m.ts).toISOString() }),
       m.edited && !m.deleted ? el("span", { class: "edited", text: " (edited)" }) : "",
     ),
+    quoteOf(v, m),
     m.deleted || m.body === null
       ? el("div", { class: "body deleted", text: "message deleted" })
       : el("div", { class: "body", text: m.body }),
   );
-  if (seq === v.firstUnread) row.classList.add("first-unread");
-  if (mine && !m.deleted && m.body !== null) {
+  if (m.replies > 0) {
+    const n = m.replies;
     row.append(
-      el(
-        "div",
-        { class: "actions" },
-        el("button", { type: "button", text: "edit", onclick: () => startEdit(seq) }),
-        el("button", { type: "button", text: "delete", onclick: () => remove(seq) }),
-      ),
+      el("button", {
+        type: "button",
+        class: "replies link",
+        text: `${n} ${n === 1 ? "reply" : "replies"}`,
+        onclick: () => openThread(v.room, seq),
+      }),
     );
   }
+  if (seq === v.firstUnread) row.classList.add("first-unread");
+  const live = !m.deleted && m.body !== null;
+  const actions = el("div", { class: "actions" });
+  if (live) actions.append(el("button", { type: "button", text: "reply", onclick: () => startReply(seq) }));
+  if (mine && live) {
+    actions.append(
+      el("button", { type: "button", text: "edit", onclick: () => startEdit(seq) }),
+      el("button", { type: "button", text: "delete", onclick: () => remove(seq) }),
+    );
+  }
+  if (actions.childElementCount) row.append(actions);
   return row;
+}
+
+// A reply's quote of what it answers: who wrote it and its first line;
+// a click opens the thread.
+function quoteOf(v, m) {
+  if (!m.reply_to) return "";
+  const q = m.quote;
+  const text = !q ? "an earlier message" : q.text === null ? "message deleted" : q.text;
+  return el(
+    "button",
+    {
+      type: "button",
+      class: "quote",
+      title: "Open the thread",
+      onclick: () => openThread(v.room, m.thread || m.reply_to),
+    },
+    el("b", { text: q ? nameOf(v, q.from) + ": " : "" }),
+    el("span", { text }),
+  );
+}
+
+// The first non-blank line of a body, as the server quotes it (it cuts at
+// 200 bytes; here at 200 characters, for what only this tab shows).
+function firstLine(body) {
+  const line = body.split("\n").map((l) => l.trim()).find((l) => l) || "";
+  return line.slice(0, 200);
 }
 
 function clock(ms) {
@@ -728,6 +771,17 @@ function onEvent(f) {
         else Object.assign(m, { body: null, deleted: true });
         if (f.room === state.current) state.list.refresh(f.seq);
       }
+      if (v) {
+        // Replies quoting it show the change.
+        const text = f.type === "edit" ? firstLine(f.body) : null;
+        for (const m of v.msgs.values()) {
+          if (m.reply_to === f.seq && m.quote) {
+            m.quote = { ...m.quote, text };
+            if (f.room === state.current) state.list.refresh(m.seq);
+          }
+        }
+      }
+      threadChanged(f);
       return;
     case "typing":
       if (f.user === state.auth.user) return;
@@ -775,6 +829,7 @@ function onEvent(f) {
 }
 
 function onMessage(f) {
+  if (!state.views.get(f.room)?.loaded) threadSaw(f.room, f);
   const r = state.rooms.get(f.room);
   const mine = f.from === state.auth.user;
   if (r && f.seq > r.last_seq) {
@@ -787,8 +842,29 @@ function onMessage(f) {
   }
   const v = state.views.get(f.room);
   if (!v || !v.loaded) return;
-  const m = { seq: f.seq, from: f.from, ts: f.ts, body: f.body, edited: !!f.edited, deleted: !!f.deleted };
+  const m = {
+    seq: f.seq,
+    from: f.from,
+    ts: f.ts,
+    body: f.body,
+    edited: !!f.edited,
+    deleted: !!f.deleted,
+    reply_to: f.reply_to,
+    thread: f.thread,
+    quote: f.quote,
+    replies: f.replies || 0,
+  };
+  const fresh = !v.msgs.has(f.seq);
   v.msgs.set(f.seq, m);
+  if (f.thread && fresh) {
+    // The thread's first message counts it (a live client adds each reply).
+    const first = v.msgs.get(f.thread);
+    if (first) {
+      first.replies = (first.replies || 0) + 1;
+      if (f.room === state.current) state.list.refresh(f.thread);
+    }
+  }
+  threadSaw(f.room, m);
   if (mine) {
     // Our own message, maybe before its ack: it is no longer pending.
     const i = v.pending.findIndex((p) => p.body === f.body && !p.seq);
@@ -843,7 +919,9 @@ function send(form) {
     return;
   }
   const v = view(room);
-  const sent = state.session.send(room, body);
+  const replyTo = state.replyTo;
+  stopReply();
+  const sent = state.session.send(room, body, replyTo);
   v.pending.push({ client_id: sent.client_id, body, seq: 0 });
   state.list.resize(count(v));
   state.list.scrollToBottom();
@@ -851,7 +929,8 @@ function send(form) {
     (ack) => {
       v.pending = v.pending.filter((p) => p.client_id !== sent.client_id);
       if (v.loaded && !v.msgs.has(ack.seq)) {
-        v.msgs.set(ack.seq, { seq: ack.seq, from: state.auth.user, ts: ack.ts, body, edited: false });
+        // The live event (with the quote) replaces this when it comes.
+        v.msgs.set(ack.seq, { seq: ack.seq, from: state.auth.user, ts: ack.ts, body, edited: false, reply_to: replyTo });
         if (ack.seq > v.hi + 1) fillGaps(v).catch(() => null);
         if (ack.seq > v.hi) v.hi = ack.seq;
       }
@@ -885,6 +964,111 @@ function stopEdit() {
   state.editing = null;
   $("#composer").classList.remove("editing");
   $("#composer-mode").textContent = "";
+}
+
+function startReply(seq) {
+  const v = view(state.current);
+  const m = v.msgs.get(seq);
+  if (!m || m.body === null) return;
+  stopEdit();
+  state.replyTo = seq;
+  $("#composer").classList.add("replying");
+  $("#composer-mode").textContent = `replying to ${nameOf(v, m.from)}: ${firstLine(m.body)} — Esc cancels`;
+  $("#composer").body.focus();
+}
+
+function stopReply() {
+  if (state.replyTo === null) return;
+  state.replyTo = null;
+  $("#composer").classList.remove("replying");
+  $("#composer-mode").textContent = "";
+}
+
+// ---- threads -----------------------------------------------------------------
+
+// Opens the side panel on the thread `seq` is in: its first message, then
+// its replies (a few pages at most), kept current by live events.
+async function openThread(room, seq) {
+  const panel = $("#thread");
+  const t = { room, first: null, msgs: new Map() };
+  state.thread = t;
+  panel.hidden = false;
+  $("#thread-list").replaceChildren(el("p", { class: "hint", text: "loading…" }));
+  try {
+    let after = 0;
+    for (let page = 0; page < 10; page++) {
+      const p = await call("GET", `/api/rooms/${room}/messages/${seq}/thread?limit=${state.pageLen}&after=${after}`);
+      if (state.thread !== t) return;
+      t.first = p.first;
+      for (const m of p.messages) t.msgs.set(m.seq, m);
+      if (!p.next) break;
+      after = p.next.after;
+    }
+  } catch (e) {
+    if (state.thread === t) closeThread();
+    notice("thread: " + e.message);
+    return;
+  }
+  renderThread();
+  $("#thread-reply").body.focus();
+}
+
+function closeThread() {
+  state.thread = null;
+  $("#thread").hidden = true;
+}
+
+function renderThread() {
+  const t = state.thread;
+  if (!t || !t.first) return;
+  const v = view(t.room);
+  const row = (m) =>
+    el(
+      "div",
+      { class: "msg" + (m.from === state.auth.user ? " mine" : ""), "data-seq": m.seq },
+      el("div", { class: "meta" }, el("b", { text: nameOf(v, m.from) }), el("time", { text: " " + clock(m.ts) })),
+      m.reply_to && m.reply_to !== t.first.seq ? quoteOf(v, m) : "",
+      m.body === null
+        ? el("div", { class: "body deleted", text: "message deleted" })
+        : el("div", { class: "body", text: m.body }),
+    );
+  const replies = [...t.msgs.values()].sort((a, b) => a.seq - b.seq);
+  const n = replies.length;
+  $("#thread-list").replaceChildren(
+    row(t.first),
+    el("p", { class: "hint", text: `${n} ${n === 1 ? "reply" : "replies"}` }),
+    ...replies.map(row),
+  );
+}
+
+// A live message: the open thread takes it if it is one of its replies.
+function threadSaw(room, m) {
+  const t = state.thread;
+  if (!t || !t.first || t.room !== room || m.thread !== t.first.seq || t.msgs.has(m.seq)) return;
+  t.msgs.set(m.seq, m);
+  renderThread();
+}
+
+function threadChanged(f) {
+  const t = state.thread;
+  if (!t || !t.first || t.room !== f.room) return;
+  const edit = f.type === "edit";
+  const apply = (m) => Object.assign(m, edit ? { body: f.body, edited: true } : { body: null, deleted: true });
+  if (t.first.seq === f.seq) apply(t.first);
+  if (t.msgs.has(f.seq)) apply(t.msgs.get(f.seq));
+  for (const m of t.msgs.values()) {
+    if (m.reply_to === f.seq && m.quote) m.quote = { ...m.quote, text: edit ? firstLine(f.body) : null };
+  }
+  renderThread();
+}
+
+// A reply from the thread's panel answers the thread's first message.
+function replyInThread(form) {
+  const t = state.thread;
+  const body = form.body.value;
+  if (!t || !t.first || !body.trim()) return;
+  form.body.value = "";
+  state.session.send(t.room, body, t.first.seq).acked.catch((e) => notice("not sent: " + e.message));
 }
 
 function remove(seq) {
@@ -957,6 +1141,20 @@ function wire() {
     e.preventDefault();
     invite(e.target);
   });
+  $("#thread-close").onclick = closeThread;
+  const inThread = $("#thread-reply");
+  inThread.addEventListener("submit", (e) => {
+    e.preventDefault();
+    replyInThread(inThread);
+  });
+  inThread.body.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      replyInThread(inThread);
+    } else if (e.key === "Escape") {
+      closeThread();
+    }
+  });
   const composer = $("#composer");
   composer.addEventListener("submit", (e) => {
     e.preventDefault();
@@ -969,6 +1167,8 @@ function wire() {
     } else if (e.key === "Escape" && state.editing !== null) {
       stopEdit();
       composer.body.value = "";
+    } else if (e.key === "Escape" && state.replyTo !== null) {
+      stopReply();
     } else if (e.key === "ArrowUp" && composer.body.value === "" && state.current !== null) {
       const seq = lastOwn(view(state.current));
       if (seq) {

@@ -284,10 +284,13 @@ export class Session {
   // Posts a message: `client_id` names it while it is pending, and
   // `acked` resolves with the ack once the server has it, however many
   // reconnects that takes.
-  send(room, body) {
+  // A message, or with `replyTo` a reply to that seq of the room.
+  send(room, body, replyTo = null) {
     const client_id = randomId();
     const acked = new Promise((resolve, reject) => {
-      const o = { frame: { type: "send", room, body, client_id }, resolve, reject };
+      const frame = { type: "send", room, body, client_id };
+      if (replyTo) frame.reply_to = replyTo;
+      const o = { frame, resolve, reject };
       this.outbox.set(client_id, o);
       if (this.state === "online") this.sendQueued(o);
     });

@@ -13,6 +13,8 @@
 //! | `state`    | `"checkpoint"`        | packed [`crate::Pos`]                   |
 //! | `compacted`| `segment`             | `(first, last)` keys of the run it replaced |
 //! | `scrub`    | `segment`             | ms since which it holds a deleted body  |
+//! | `threads`  | `(room, thread, seq)` | `()`: reply `seq` is in the thread of `thread` |
+//! | `thread_heads` | `(room, thread)`  | `(replies, last reply's seq)`           |
 //!
 //! Invariant: a batch carrying a checkpoint is committed with
 //! `Durability::Immediate` and is never merged with later batches, so the
@@ -38,6 +40,11 @@ pub(crate) const STATE: TableDefinition<&str, u64> = TableDefinition::new("state
 pub(crate) const COMPACTED: TableDefinition<u64, (u64, u64)> = TableDefinition::new("compacted");
 /// Segments holding the body of a deleted message, and since when.
 pub(crate) const SCRUB: TableDefinition<u64, u64> = TableDefinition::new("scrub");
+/// The replies of each thread, by the seq of its first message.
+pub(crate) const THREADS: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("threads");
+/// Per thread: how many replies, and the seq of the last.
+pub(crate) const THREAD_HEADS: TableDefinition<(u64, u64), (u64, u64)> =
+    TableDefinition::new("thread_heads");
 const CHECKPOINT_KEY: &str = "checkpoint";
 
 /// The persisted state of one room in a shard index.
@@ -96,7 +103,11 @@ pub(crate) enum Op {
         room: u64,
         max_seq: u64,
     },
-    /// Retention moved a room's low seq: drop whole chunks and edits below.
+    /// Reply `seq` joined the thread that starts at `thread` (idempotent:
+    /// a replayed reply is counted once).
+    Thread { room: u64, thread: u64, seq: u64 },
+    /// Retention moved a room's low seq: drop whole chunks, edits and
+    /// threads below.
     Retire { room: u64, low_seq: u64 },
     /// A segment file is about to be deleted: forget its summary, its
     /// scrub mark and its compaction row.
@@ -156,6 +167,8 @@ pub(crate) fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
     tx.open_table(STATE)?;
     tx.open_table(COMPACTED)?;
     tx.open_table(SCRUB)?;
+    tx.open_table(THREADS)?;
+    tx.open_table(THREAD_HEADS)?;
     tx.commit()?;
     Ok(db)
 }
@@ -250,6 +263,56 @@ pub(crate) fn has_edits(db: &Database, room: u64) -> Result<bool> {
     Ok(any)
 }
 
+/// Whether `room` has any thread.
+pub(crate) fn has_threads(db: &Database, room: u64) -> Result<bool> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(THREAD_HEADS)?;
+    let any = table.range((room, 0)..=(room, u64::MAX))?.next().is_some();
+    Ok(any)
+}
+
+/// `(thread, replies, last reply's seq)` of the threads of `room` that
+/// start in `lo..=hi`.
+pub(crate) fn read_thread_heads(
+    db: &Database,
+    room: u64,
+    lo: u64,
+    hi: u64,
+) -> Result<Vec<(u64, u64, u64)>> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(THREAD_HEADS)?;
+    let mut out = Vec::new();
+    for row in table.range((room, lo)..=(room, hi))? {
+        let (k, v) = row?;
+        let (n, last) = v.value();
+        out.push((k.value().1, n, last));
+    }
+    Ok(out)
+}
+
+/// Up to `len` replies of a thread with seqs above `after`, ascending.
+pub(crate) fn read_thread(
+    db: &Database,
+    room: u64,
+    thread: u64,
+    after: u64,
+    len: usize,
+) -> Result<Vec<u64>> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(THREADS)?;
+    let mut out = Vec::with_capacity(len.min(1024));
+    if after == u64::MAX {
+        return Ok(out);
+    }
+    for row in table.range((room, thread, after + 1)..=(room, thread, u64::MAX))? {
+        if out.len() >= len {
+            break;
+        }
+        out.push(row?.0.value().2);
+    }
+    Ok(out)
+}
+
 /// Reads the latest edit/delete of each seq in `lo..=hi`.
 pub(crate) fn read_edits(
     db: &Database,
@@ -268,6 +331,8 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
     let mut state = tx.open_table(STATE)?;
     let mut compacted = tx.open_table(COMPACTED)?;
     let mut scrub = tx.open_table(SCRUB)?;
+    let mut threads = tx.open_table(THREADS)?;
+    let mut heads = tx.open_table(THREAD_HEADS)?;
     let mut i = 0;
     while i < ops.len() {
         let op = &ops[i];
@@ -307,6 +372,12 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
             Op::Room { room, row } => {
                 rooms.insert(*room, row.to_tuple())?;
             }
+            Op::Thread { room, thread, seq } => {
+                if threads.insert((*room, *thread, *seq), ())?.is_none() {
+                    let (n, last) = heads.get((*room, *thread))?.map_or((0, 0), |v| v.value());
+                    heads.insert((*room, *thread), (n + 1, last.max(*seq)))?;
+                }
+            }
             Op::SegmentRoom {
                 segment,
                 room,
@@ -318,6 +389,10 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
                 let low_chunk = crate::chunk::chunk_of((*low_seq).max(1));
                 chunks.retain_in((*room, 0)..(*room, low_chunk), |_, _| false)?;
                 edits.retain_in((*room, 0)..(*room, *low_seq), |_, _| false)?;
+                // A thread's replies come after its first message: a
+                // thread whose first message is retired goes whole.
+                threads.retain_in((*room, 0, 0)..(*room, *low_seq, 0), |_, _| false)?;
+                heads.retain_in((*room, 0)..(*room, *low_seq), |_, _| false)?;
             }
             Op::DropSegment { segment } => {
                 let s = *segment as u64;

@@ -66,7 +66,28 @@ pub struct Delete {
     pub ts_ms: u64,
 }
 
+/// A message that replies to an earlier one of its room.
+///
+/// Boxed in [`Record`]: the archived enum is as large as its largest
+/// variant, and an archive's root is found from the end of its bytes, so a
+/// variant larger than [`Message`] would make every record written before
+/// it unreadable (pinned by `ARCHIVED_RECORD_BYTES`).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Reply {
+    /// The message itself (its seq is the reply's own).
+    pub message: Message,
+    /// Seq of the message it answers (lower than its own).
+    pub to: u64,
+    /// Seq of the first message of the thread: `to` when `to` answers
+    /// nothing, else `to`'s own thread. Threads are one level deep.
+    pub thread: u64,
+}
+
 /// One log record.
+///
+/// Variants are only ever added at the end, and never larger than
+/// [`Message`]: the layout of the records already written must not change.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub enum Record {
@@ -76,7 +97,14 @@ pub enum Record {
     Edit(Edit),
     /// A deletion of a message.
     Delete(Delete),
+    /// A message replying to an earlier one (takes a seq).
+    Reply(Box<Reply>),
 }
+
+/// Bytes of the archived [`Record`] enum: what every frame's root is. A
+/// change of this size is a change of the log format.
+pub const ARCHIVED_RECORD_BYTES: usize = 56;
+const _: () = assert!(std::mem::size_of::<ArchivedRecord>() == ARCHIVED_RECORD_BYTES);
 
 impl Record {
     /// The room the record belongs to.
@@ -85,6 +113,26 @@ impl Record {
             Record::Message(m) => m.room,
             Record::Edit(e) => e.room,
             Record::Delete(d) => d.room,
+            Record::Reply(r) => r.message.room,
+        }
+    }
+
+    /// The message, for the record kinds that are one (a message or a
+    /// reply).
+    pub fn message(&self) -> Option<&Message> {
+        match self {
+            Record::Message(m) => Some(m),
+            Record::Reply(r) => Some(&r.message),
+            Record::Edit(_) | Record::Delete(_) => None,
+        }
+    }
+
+    /// The message, mutably (compaction strips deleted bodies).
+    pub fn message_mut(&mut self) -> Option<&mut Message> {
+        match self {
+            Record::Message(m) => Some(m),
+            Record::Reply(r) => Some(&mut r.message),
+            Record::Edit(_) | Record::Delete(_) => None,
         }
     }
 }
@@ -96,6 +144,7 @@ impl ArchivedRecord {
             ArchivedRecord::Message(m) => m.room.to_native(),
             ArchivedRecord::Edit(e) => e.room.to_native(),
             ArchivedRecord::Delete(d) => d.room.to_native(),
+            ArchivedRecord::Reply(r) => r.message.room.to_native(),
         }
     }
 
@@ -106,6 +155,25 @@ impl ArchivedRecord {
             ArchivedRecord::Message(m) => m.seq.to_native(),
             ArchivedRecord::Edit(e) => e.seq.to_native(),
             ArchivedRecord::Delete(d) => d.seq.to_native(),
+            ArchivedRecord::Reply(r) => r.message.seq.to_native(),
+        }
+    }
+
+    /// The message, for the record kinds that are one (a message or a
+    /// reply).
+    pub fn message(&self) -> Option<&ArchivedMessage> {
+        match self {
+            ArchivedRecord::Message(m) => Some(m),
+            ArchivedRecord::Reply(r) => Some(&r.message),
+            ArchivedRecord::Edit(_) | ArchivedRecord::Delete(_) => None,
+        }
+    }
+
+    /// `(to, thread)` of a reply; `None` for every other kind.
+    pub fn reply(&self) -> Option<(u64, u64)> {
+        match self {
+            ArchivedRecord::Reply(r) => Some((r.to.to_native(), r.thread.to_native())),
+            _ => None,
         }
     }
 
@@ -255,7 +323,107 @@ mod tests {
                     ts_ms
                 })
             ),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                s,
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(room, seq, sender, body, to, thread)| Record::Reply(
+                    Box::new(Reply {
+                        message: Message {
+                            room,
+                            seq,
+                            sender,
+                            ts_ms: seq ^ to,
+                            client_id: String::new(),
+                            body
+                        },
+                        to,
+                        thread
+                    })
+                )),
         ]
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Frames written before replies existed (captured from that build)
+    /// still encode to the same bytes and decode: adding a record kind
+    /// must not change the format of the kinds already on disk.
+    #[test]
+    fn frames_of_the_first_format_are_unchanged() {
+        let golden = [
+            (
+                Record::Message(Message {
+                    room: 7,
+                    seq: 3,
+                    sender: 9,
+                    ts_ms: 1_700_000_000_000,
+                    client_id: "c1".into(),
+                    body: "hello".into(),
+                }),
+                "380000008300ac6900000000000000000700000000000000030000000000000009000000000000000068e5cf8b0100006331ffffffffffff68656c6c6fffffff",
+            ),
+            (
+                Record::Edit(Edit {
+                    room: 7,
+                    seq: 3,
+                    by: 9,
+                    ts_ms: 1_700_000_000_001,
+                    body: "hi".into(),
+                }),
+                "380000006628369501000000000000000700000000000000030000000000000009000000000000000168e5cf8b0100006869ffffffffffff0000000000000000",
+            ),
+            (
+                Record::Delete(Delete {
+                    room: 7,
+                    seq: 3,
+                    by: 9,
+                    ts_ms: 1_700_000_000_002,
+                }),
+                "3800000076b38df802000000000000000700000000000000030000000000000009000000000000000268e5cf8b01000000000000000000000000000000000000",
+            ),
+        ];
+        for (record, frame) in golden {
+            let mut out = Vec::new();
+            encode_frame(&record, &mut out);
+            assert_eq!(hex(&out), frame);
+            let buf = aligned(&out);
+            let (archived, _) = decode_frame(&buf).unwrap();
+            assert_eq!(archived.to_owned_record(), record);
+        }
+    }
+
+    #[test]
+    fn a_reply_is_a_message_with_its_target_and_thread() {
+        let r = Record::Reply(Box::new(Reply {
+            message: Message {
+                room: 7,
+                seq: 5,
+                sender: 9,
+                ts_ms: 1,
+                client_id: "k".into(),
+                body: "a longer body than fits inline".into(),
+            },
+            to: 4,
+            thread: 2,
+        }));
+        let mut out = Vec::new();
+        encode_frame(&r, &mut out);
+        let buf = aligned(&out);
+        let (archived, _) = decode_frame(&buf).unwrap();
+        assert_eq!((archived.room(), archived.seq()), (7, 5));
+        assert_eq!(archived.reply(), Some((4, 2)));
+        assert_eq!(
+            archived.message().map(|m| m.body.as_str()),
+            Some("a longer body than fits inline")
+        );
+        assert_eq!(r.message().map(|m| m.seq), Some(5));
     }
 
     proptest! {

@@ -13,7 +13,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::chunk::{chunk_of, idem_hash, Chunk};
 use crate::error::{Error, Result};
-use crate::index::{RoomRow, CHUNKS, COMPACTED, EDITS, STATE};
+use crate::index::{RoomRow, CHUNKS, COMPACTED, EDITS, STATE, THREADS, THREAD_HEADS};
 use crate::record::ArchivedRecord;
 use crate::segment::{self, Header, Pos, ScanEnd, HEADER_BYTES};
 
@@ -121,7 +121,7 @@ pub fn for_each_record(
                 i + 1 == ids.len(),
                 |offset, rec, _| {
                     scan.records += 1;
-                    scan.messages += matches!(rec, ArchivedRecord::Message(_)) as u64;
+                    scan.messages += rec.message().is_some() as u64;
                     visit(
                         Pos {
                             segment: id,
@@ -180,6 +180,8 @@ struct LogMessage {
     pos: Pos,
     idem: u64,
     ts_ms: u64,
+    /// The thread a reply is in (0: not a reply).
+    thread: u64,
 }
 
 /// Checks every record of a shard's log, and every index entry against the
@@ -193,7 +195,16 @@ pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
     let mut changes: HashMap<Pos, (u64, u64)> = HashMap::new();
     let mut last_in_log: HashMap<u64, u64> = HashMap::new();
     report.segments = for_each_record(data_dir, shard, |pos, rec| match rec {
-        ArchivedRecord::Message(m) => {
+        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => {
+            let m = rec.message().expect("a message kind");
+            if let Some((to, thread)) = rec.reply() {
+                if to == 0 || to >= m.seq.to_native() || thread == 0 || thread > to {
+                    report.errors.push(format!(
+                        "room {}: reply {} at {pos:?} answers {to} in thread {thread}",
+                        m.room, m.seq
+                    ));
+                }
+            }
             let (room, seq) = (m.room.to_native(), m.seq.to_native());
             let last = last_in_log.entry(room).or_insert(0);
             if seq <= *last {
@@ -209,6 +220,7 @@ pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
                     pos,
                     idem,
                     ts_ms: m.ts_ms.to_native(),
+                    thread: rec.reply().map_or(0, |(_, thread)| thread),
                 },
             );
             let r = report.rooms.entry(room).or_default();
@@ -409,6 +421,67 @@ fn check_index(
         if changes.get(&pos) != Some(&(room, seq)) && before(pos, checkpoint) {
             report.errors.push(format!(
                 "index edit of room {room} seq {seq} points at {pos:?}, which is not an edit of it"
+            ));
+        }
+    }
+    check_threads(&tx, report, messages, &rows, checkpoint)
+}
+
+/// Every reply the checkpoint covers (in a thread not retired) has its
+/// thread row; every thread row is a reply of the log in that thread; each
+/// thread's head counts its rows and names the last.
+fn check_threads(
+    tx: &redb::ReadTransaction,
+    report: &mut ShardReport,
+    messages: &HashMap<(u64, u64), LogMessage>,
+    rows: &HashMap<u64, RoomRow>,
+    checkpoint: Pos,
+) -> Result<()> {
+    let low = |room: u64| rows.get(&room).map_or(1, |r| r.low_seq.max(1));
+    let threads = tx.open_table(THREADS)?;
+    let mut counted: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
+    for row in threads.iter()? {
+        let (room, thread, seq) = row?.0.value();
+        if thread < low(room) {
+            continue;
+        }
+        let c = counted.entry((room, thread)).or_default();
+        *c = (c.0 + 1, c.1.max(seq));
+        if messages
+            .get(&(room, seq))
+            .is_none_or(|m| m.thread != thread)
+        {
+            report.errors.push(format!(
+                "index: room {room} seq {seq} is in thread {thread}, which the log does not say"
+            ));
+        }
+    }
+    for (&(room, seq), m) in messages {
+        if m.thread == 0 || m.thread < low(room) || !before(m.pos, checkpoint) {
+            continue;
+        }
+        if threads.get((room, m.thread, seq))?.is_none() {
+            report.errors.push(format!(
+                "room {room} seq {seq}: a reply in thread {} the index does not list",
+                m.thread
+            ));
+        }
+    }
+    let mut heads: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
+    for row in tx.open_table(THREAD_HEADS)?.iter()? {
+        let (k, v) = row?;
+        let (room, thread) = k.value();
+        if thread >= low(room) {
+            heads.insert((room, thread), v.value());
+        }
+    }
+    let keys: std::collections::BTreeSet<&(u64, u64)> =
+        heads.keys().chain(counted.keys()).collect();
+    for key @ (room, thread) in keys {
+        let (head, rows) = (heads.get(key), counted.get(key));
+        if head != rows {
+            report.errors.push(format!(
+                "index: room {room} thread {thread} head says (replies, last) = {head:?}, its rows {rows:?}"
             ));
         }
     }

@@ -2,7 +2,10 @@
 //! acknowledged message; the parent kills it with SIGKILL at random moments
 //! (20 rounds), then checks with the verifier (`verify::verify_shard`, what
 //! `rookery-admin verify` runs) and by reopening the store that every
-//! acknowledged message is present exactly once, in order.
+//! acknowledged message is present exactly once, in order. Every third
+//! message of a writer replies to its previous one in the room: after each
+//! kill, each acknowledged reply still answers what it answered, and every
+//! thread lists exactly the replies the log holds for it.
 //!
 //! SIGKILL leaves the page cache to the kernel: this shows that recovery
 //! handles whatever a killed writer left, not what survives a power cut.
@@ -72,16 +75,23 @@ fn crash_child() {
                 .map(|w| {
                     let shard = shard.clone();
                     glommio::spawn_local(async move {
+                        let mut last: HashMap<u64, u64> = HashMap::new();
                         for n in 0u64.. {
                             let room = (w + n) % ROOMS + 1;
                             let body = format!("r{round}-w{w}-n{n}");
-                            let seq = shard
-                                .append_message(room, w + 1, &body, n, &body)
-                                .await
-                                .unwrap()
-                                .seq();
+                            let to = last.get(&room).copied().filter(|_| n % 3 == 2);
+                            let appended = match to {
+                                Some(to) => {
+                                    shard.append_reply(room, w + 1, &body, n, &body, to).await
+                                }
+                                None => shard.append_message(room, w + 1, &body, n, &body).await,
+                            }
+                            .unwrap();
+                            let seq = appended.seq();
+                            last.insert(room, seq);
                             let mut out = std::io::stdout().lock();
-                            writeln!(out, "ack {room} {seq} {body}").unwrap();
+                            let to = to.unwrap_or(0);
+                            writeln!(out, "ack {room} {seq} {to} {body}").unwrap();
                             out.flush().unwrap();
                         }
                     })
@@ -106,7 +116,7 @@ fn acknowledged_messages_survive_sigkill() {
     println!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let mut acked: HashMap<(u64, u64), String> = HashMap::new();
+    let mut acked: HashMap<(u64, u64), (u64, String)> = HashMap::new();
     let mut compacted_rounds = 0;
     for round in 0..ROUNDS {
         let kill_after = Duration::from_millis(rng.gen_range(5..250));
@@ -146,7 +156,7 @@ fn assert_verify_passes(dir: &Path, ctx: &str) {
 
 /// Runs the child until `kill_after` past its first ack, SIGKILLs it, and
 /// returns every ack it printed (acks printed before death count).
-fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<((u64, u64), String)> {
+fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<((u64, u64), (u64, String))> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env("ROOKERY_CRASH_CHILD", dir)
@@ -162,10 +172,11 @@ fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<((u64, u64), S
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(rest) = line.strip_prefix("ack ") {
-                let mut parts = rest.splitn(3, ' ');
+                let mut parts = rest.splitn(4, ' ');
                 let room: u64 = parts.next().unwrap().parse().unwrap();
                 let seq: u64 = parts.next().unwrap().parse().unwrap();
-                acks.push(((room, seq), parts.next().unwrap().to_string()));
+                let to: u64 = parts.next().unwrap().parse().unwrap();
+                acks.push(((room, seq), (to, parts.next().unwrap().to_string())));
                 first_ack.get_or_insert_with(Instant::now);
             }
         }
@@ -181,8 +192,9 @@ fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<((u64, u64), S
 }
 
 /// Reopens the store and checks every acknowledged message is present once,
-/// with its body, and that each writer's messages are in order per room.
-fn check_store(dir: &Path, acked: &HashMap<(u64, u64), String>, seed: u64, round: u32) {
+/// with its body and what it replies to, that each writer's messages are
+/// in order per room, and that each thread lists the log's replies to it.
+fn check_store(dir: &Path, acked: &HashMap<(u64, u64), (u64, String)>, seed: u64, round: u32) {
     let cfg = config(dir);
     let acked = acked.clone();
     common::run(move || async move {
@@ -207,16 +219,65 @@ fn check_store(dir: &Path, acked: &HashMap<(u64, u64), String>, seed: u64, round
                         assert!(prev < n, "seed {seed} round {round}: {body} out of order");
                     }
                 }
-                for ((r, seq), body) in acked.iter().filter(|((r, _), _)| *r == room) {
+                for ((r, seq), (to, body)) in acked.iter().filter(|((r, _), _)| *r == room) {
                     let item = page.items.get(*seq as usize - 1);
                     assert_eq!(
                         item.and_then(|i| i.body()),
                         Some(body.as_str()),
                         "seed {seed} round {round}: acked room {r} seq {seq} lost"
                     );
+                    let answered = item.and_then(|i| i.reply()).map_or(0, |(to, _)| to);
+                    assert_eq!(answered, *to, "{ctx}: room {r} seq {seq} replies to");
                 }
+                check_threads(&shard, room, &page.items, &ctx).await;
             }
             shard.close().await.unwrap();
         }
     });
+}
+
+/// Each thread of the room (as the log's replies say) pages exactly its
+/// replies, and its first message counts them.
+async fn check_threads(
+    shard: &rookery_storage::ShardStore,
+    room: u64,
+    items: &[rookery_storage::HistoryItem],
+    ctx: &str,
+) {
+    let mut threads: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for item in items {
+        if let Some((to, thread)) = item.reply() {
+            let root = items[to as usize - 1].reply().map_or(to, |(_, t)| t);
+            assert_eq!(thread, root, "{ctx}: room {room} seq {}", item.seq());
+            threads.entry(thread).or_default().push(item.seq());
+        }
+    }
+    for item in items {
+        let want = threads.get(&item.seq()).map_or(0, Vec::len) as u64;
+        assert_eq!(
+            item.replies,
+            want,
+            "{ctx}: room {room} seq {} replies",
+            item.seq()
+        );
+    }
+    for (thread, replies) in threads {
+        let mut got = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = shard
+                .thread(room, thread, after, 97)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(page.first.seq(), thread);
+            assert_eq!(page.first.replies, replies.len() as u64, "{ctx}");
+            got.extend(page.items.iter().map(|i| i.seq()));
+            match page.next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        assert_eq!(got, replies, "{ctx}: room {room} thread {thread}");
+    }
 }

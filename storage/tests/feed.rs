@@ -20,11 +20,14 @@ enum Seen {
 
 fn seen(record: &ArchivedRecord) -> Seen {
     match record {
-        ArchivedRecord::Message(m) => Seen::Message {
-            room: m.room.into(),
-            seq: m.seq.into(),
-            body: m.body.to_string(),
-        },
+        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => {
+            let m = record.message().expect("a message kind");
+            Seen::Message {
+                room: m.room.into(),
+                seq: m.seq.into(),
+                body: m.body.to_string(),
+            }
+        }
         ArchivedRecord::Edit(e) => Seen::Edit {
             room: e.room.into(),
             seq: e.seq.into(),

@@ -330,9 +330,36 @@ fn limits_are_enforced_without_touching_data() {
             body: "dup".into(),
         };
         assert!(
-            matches!(shard.import_message(m).await, Err(Error::InvalidInput(_))),
+            matches!(
+                shard.import_message(Record::Message(m.clone())).await,
+                Err(Error::InvalidInput(_))
+            ),
             "import cannot rewrite a seq"
         );
+        // An imported reply answers a lower seq, in a thread no later.
+        for (to, thread) in [(0u64, 0u64), (5, 5), (6, 6), (2, 3), (2, 0)] {
+            let reply = Reply {
+                message: Message {
+                    seq: 5,
+                    ..m.clone()
+                },
+                to,
+                thread,
+            };
+            assert!(
+                matches!(
+                    shard.import_message(Record::Reply(Box::new(reply))).await,
+                    Err(Error::InvalidInput(_))
+                ),
+                "reply to {to} in thread {thread}"
+            );
+        }
+        assert!(matches!(
+            shard
+                .import_change(Record::Message(Message { seq: 5, ..m }))
+                .await,
+            Err(Error::InvalidInput(_))
+        ));
         assert_eq!(shard.last_seq(1), 1);
         assert_eq!(shard.get(1, 1).await.unwrap().unwrap().body(), Some("ok"));
         // Timestamps never go backwards within a room.
@@ -588,4 +615,230 @@ fn a_page_reports_whether_it_came_from_memory() {
         assert!(again.cached);
         shard.close().await.unwrap();
     });
+}
+
+/// Replies: a reply joins the thread of what it answers (one level deep),
+/// threads page in order and count their replies, pending and committed
+/// alike, across reopen, an index rebuilt from the log, compaction of a
+/// deleted reply's body, and retention.
+#[test]
+fn replies_form_threads_that_survive_reopen_rebuild_compaction_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.compaction_keep_recent_segments = 0;
+    run(move || async move {
+        let store = open(&cfg);
+        let shard = store.open_shard(0).await.unwrap();
+        let room = 4;
+        for i in 1..=3u64 {
+            shard
+                .append_message(room, 1, "", i, &format!("m{i}"))
+                .await
+                .unwrap();
+        }
+        // 4 answers 1; 5 answers 4 (a reply): it joins 1's thread too.
+        assert_eq!(
+            shard
+                .append_reply(room, 2, "a", 4, "r4", 1)
+                .await
+                .unwrap()
+                .seq(),
+            4
+        );
+        assert_eq!(
+            shard
+                .append_reply(room, 3, "b", 5, "r5", 4)
+                .await
+                .unwrap()
+                .seq(),
+            5
+        );
+        // A retry of a reply answers the original seq.
+        assert_eq!(
+            shard.append_reply(room, 3, "b", 6, "r5", 4).await.unwrap(),
+            Appended::Duplicate { seq: 5, ts_ms: 5 }
+        );
+        for i in 0..7u64 {
+            shard
+                .append_reply(room, 2, "", 10 + i, &format!("t{i}"), 2)
+                .await
+                .unwrap();
+        }
+        // Refused: nothing to answer, a deleted message, seq 0.
+        shard.delete(room, 3, 1, 20).await.unwrap();
+        for (to, what) in [(3u64, "deleted"), (99, "missing")] {
+            assert!(
+                matches!(
+                    shard.append_reply(room, 1, "", 21, "x", to).await,
+                    Err(Error::NotFound(_))
+                ),
+                "{what}"
+            );
+        }
+        assert!(matches!(
+            shard.append_reply(room, 1, "", 21, "x", 0).await,
+            Err(Error::InvalidInput(_))
+        ));
+        assert_eq!(shard.last_seq(room), 12, "refusals take no seq");
+
+        let check = |shard: ShardStore, ctx: &'static str| async move {
+            let page = shard.history(room, Cursor::after(0, 50)).await.unwrap();
+            let by: HashMap<u64, &HistoryItem> = page.items.iter().map(|i| (i.seq(), i)).collect();
+            assert_eq!(by[&1].replies, 2, "{ctx}");
+            assert_eq!(by[&2].replies, 7, "{ctx}");
+            assert_eq!(by[&4].replies, 0, "{ctx}: a reply starts no thread");
+            assert_eq!(by[&4].reply(), Some((1, 1)), "{ctx}");
+            assert_eq!(by[&5].reply(), Some((4, 1)), "{ctx}");
+            assert_eq!(by[&1].reply(), None, "{ctx}");
+            // The thread of a reply is the thread it is in.
+            for seq in [1, 4, 5] {
+                let t = shard.thread(room, seq, 0, 10).await.unwrap().unwrap();
+                assert_eq!(t.first.seq(), 1, "{ctx}");
+                assert_eq!(t.first.replies, 2, "{ctx}");
+                let replies: Vec<u64> = t.items.iter().map(|i| i.seq()).collect();
+                assert_eq!(replies, [4, 5], "{ctx}");
+                assert_eq!(t.next, None, "{ctx}");
+            }
+            // Paged three at a time.
+            let mut got = Vec::new();
+            let mut after = 0;
+            loop {
+                let t = shard.thread(room, 2, after, 3).await.unwrap().unwrap();
+                assert!(t.items.len() <= 3, "{ctx}");
+                got.extend(t.items.iter().map(|i| i.seq()));
+                match t.next {
+                    Some(n) => after = n,
+                    None => break,
+                }
+            }
+            assert_eq!(got, (6..=12).collect::<Vec<_>>(), "{ctx}");
+            let bodies: Vec<Option<String>> = shard
+                .thread(room, 2, 0, 10)
+                .await
+                .unwrap()
+                .unwrap()
+                .items
+                .iter()
+                .map(|i| i.body().map(str::to_string))
+                .collect();
+            assert_eq!(bodies[1].as_deref(), Some("t1"), "{ctx}");
+            assert!(
+                shard.thread(room, 99, 0, 10).await.unwrap().is_none(),
+                "{ctx}"
+            );
+            assert!(
+                shard.thread(room + 1, 1, 0, 10).await.unwrap().is_none(),
+                "{ctx}"
+            );
+            shard
+        };
+        // Pending (not yet committed by the index thread), then committed.
+        let shard = check(shard, "pending").await;
+        shard.checkpoint_now().await.unwrap();
+        let shard = check(shard, "committed").await;
+        shard.close().await.unwrap();
+        drop(shard);
+        let shard = check(store.open_shard(0).await.unwrap(), "reopened").await;
+        shard.close().await.unwrap();
+        drop(shard);
+        std::fs::remove_file(dir_of(&store).join("shard-0/index.redb")).unwrap();
+        let shard = check(store.open_shard(0).await.unwrap(), "rebuilt").await;
+
+        // A deleted reply keeps its place in its thread; compaction drops
+        // its body and keeps what it answers.
+        shard.delete(room, 6, 2, 30).await.unwrap();
+        shard.compact_all().await.unwrap();
+        let t = shard.thread(room, 2, 0, 10).await.unwrap().unwrap();
+        assert!(t.items[0].deleted());
+        assert_eq!(t.items[0].reply(), Some((2, 2)));
+        let shard = check(shard, "compacted").await;
+
+        // Retention: once 1 and 2 are retired their threads go, and the
+        // replies that remain still say what they answered.
+        shard
+            .set_retention(
+                room,
+                Retention {
+                    max_messages: Some(9),
+                    max_age_ms: None,
+                },
+            )
+            .await
+            .unwrap();
+        shard.enforce_retention(1_000).await.unwrap();
+        assert_eq!(shard.low_seq(room), 4);
+        assert!(shard.thread(room, 1, 0, 10).await.unwrap().is_none());
+        assert!(shard.thread(room, 4, 0, 10).await.unwrap().is_none());
+        let kept = shard.history(room, Cursor::after(0, 50)).await.unwrap();
+        assert_eq!(kept.items[0].reply(), Some((1, 1)));
+        shard.close().await.unwrap();
+    });
+}
+
+/// The verifier checks the thread index against the log: a reply's row
+/// gone, or a head that miscounts, is found.
+#[test]
+fn verify_finds_a_missing_thread_row_and_a_miscounted_head() {
+    const THREADS: redb::TableDefinition<(u64, u64, u64), ()> =
+        redb::TableDefinition::new("threads");
+    const HEADS: redb::TableDefinition<(u64, u64), (u64, u64)> =
+        redb::TableDefinition::new("thread_heads");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let data = run(move || async move {
+        let store = open(&cfg);
+        let shard = store.open_shard(0).await.unwrap();
+        shard.append_message(1, 1, "", 1, "q").await.unwrap();
+        for i in 0..3u64 {
+            shard.append_reply(1, 2, "", 2 + i, "a", 1).await.unwrap();
+        }
+        shard.close().await.unwrap();
+        dir_of(&store)
+    });
+    let verify = || rookery_storage::verify::verify_shard(&data, 0).unwrap();
+    assert!(verify().ok(), "{:?}", verify().errors);
+    let index = data.join("shard-0/index.redb");
+    let change = |f: &dyn Fn(&redb::WriteTransaction)| {
+        let db = redb::Database::create(&index).unwrap();
+        let tx = db.begin_write().unwrap();
+        f(&tx);
+        tx.commit().unwrap();
+    };
+    change(&|tx| {
+        tx.open_table(THREADS).unwrap().remove((1, 1, 3)).unwrap();
+    });
+    let errors = verify().errors.join("\n");
+    assert!(
+        errors.contains("seq 3: a reply in thread 1 the index does not list"),
+        "{errors}"
+    );
+    assert!(errors.contains("head says"), "{errors}");
+    change(&|tx| {
+        tx.open_table(THREADS)
+            .unwrap()
+            .insert((1, 1, 3), ())
+            .unwrap();
+        tx.open_table(HEADS)
+            .unwrap()
+            .insert((1, 1), (4, 4))
+            .unwrap();
+    });
+    let errors = verify().errors.join("\n");
+    assert!(!errors.contains("does not list"), "{errors}");
+    assert!(errors.contains("room 1 thread 1 head says"), "{errors}");
+    change(&|tx| {
+        tx.open_table(HEADS)
+            .unwrap()
+            .insert((1, 1), (3, 4))
+            .unwrap();
+        tx.open_table(THREADS)
+            .unwrap()
+            .insert((1, 1, 9), ())
+            .unwrap();
+    });
+    let errors = verify().errors.join("\n");
+    assert!(
+        errors.contains("seq 9 is in thread 1, which the log does not say"),
+        "{errors}"
+    );
 }

@@ -276,6 +276,48 @@ async function steps(browser, base) {
   await a.screenshot({ path: join(artifacts, "chat-alice.png") });
   await b.screenshot({ path: join(artifacts, "chat-bob.png") });
 
+  console.log("reply and thread");
+  const asked = b.locator('#messages .msg:has-text("hello bob")');
+  await asked.hover();
+  await asked.locator('button:has-text("reply")').click();
+  await b.waitForSelector("#composer.replying", { timeout: WAIT_MS });
+  await sendText(b, "a reply to hello");
+  const quoted = a.locator('#messages .msg:has-text("a reply to hello") .quote');
+  await quoted.waitFor({ timeout: WAIT_MS });
+  const quoteText = await quoted.textContent();
+  check(quoteText.includes(alice) && quoteText.includes("hello bob"), `alice sees bob's reply quoting her (${quoteText})`);
+  await a.waitForSelector('#messages .msg:has-text("hello bob") .replies:has-text("1 reply")', { timeout: WAIT_MS });
+  check(true, "her message counts its reply");
+  await quoted.click();
+  await a.waitForSelector('#thread:not([hidden]) #thread-list .msg:has-text("a reply to hello")', { timeout: WAIT_MS });
+  check(true, "a click on the quote opens the thread");
+  await a.fill("#thread-reply textarea", "answered in the thread");
+  await a.press("#thread-reply textarea", "Enter");
+  await a.waitForSelector('#thread-list .msg:has-text("answered in the thread")', { timeout: WAIT_MS });
+  await b.waitForSelector('#messages .msg:has-text("hello bob") .replies:has-text("2 replies")', { timeout: WAIT_MS });
+  check(true, "a reply from the thread panel shows there, and bob's count goes to 2");
+  await b.click('#messages .msg:has-text("hello bob") .replies');
+  await b.waitForFunction(
+    () => document.querySelectorAll("#thread-list .msg").length === 3,
+    null,
+    { timeout: WAIT_MS },
+  );
+  check(true, "bob opens the thread from the count: the first message and both replies");
+  await a.screenshot({ path: join(artifacts, "chat-thread.png") });
+  await a.click("#thread-close");
+  await b.click("#thread-close");
+  // Bob reads the lobby to its end (what follows counts what he misses).
+  await b.evaluate(() => window.rookery.state.list.scrollToBottom());
+  await b.waitForFunction(
+    async (room) => {
+      const token = window.rookery.state.auth.token;
+      const res = await fetch("/api/me/unread", { headers: { authorization: `Bearer ${token}` } });
+      return (await res.json()).rooms.find((r) => r.room === room)?.unread === 0;
+    },
+    room,
+    { timeout: WAIT_MS, polling: 200 },
+  );
+
   console.log(`a room of ${ARCHIVE_MESSAGES.toLocaleString()} messages`);
   await a.fill("#new-room input[name=name]", "archive");
   await a.click("#new-room button");

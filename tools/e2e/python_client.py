@@ -199,10 +199,32 @@ async def scenario(ports, procs):
     s, _, _ = http.call("GET", f"/api/rooms/{rid}/messages?limit=5", b_tok, headers={"If-None-Match": etag})
     check(s == 304, f"repeated ETag: {s}")
 
-    # Unread counts: bob read up to 10 of 16.
+    # A reply (bob answers 16 over his WebSocket; alice answers him over
+    # HTTP): both quote what they answer and join 16's thread.
+    ack = await call_ws(b, {"type": "send", "room": rid, "body": "seen it", "reply_to": 16, "ref": "re"})
+    check(ack["type"] == "ack" and ack["seq"] == 17, f"reply ack: {ack}")
+    m = await recv_json(a, "msg")
+    check((m["seq"], m["reply_to"], m["thread"], m["quote"]) == (17, 16, 16, {"from": alice["user"], "text": big.strip()[:200]}),
+          f"live reply: {m}")
+    s, _, r = http.call("POST", f"/api/rooms/{rid}/messages", a_tok, {"body": "good", "reply_to": 17})
+    check(s == 201 and r["seq"] == 18, f"reply over HTTP: {s} {r}")
+    m = await recv_json(b, "msg")
+    check((m["seq"], m["reply_to"], m["thread"], m["quote"]) == (18, 17, 16, {"from": bob["user"], "text": "seen it"}),
+          f"reply to a reply: {m}")
+    e = await call_ws(b, {"type": "send", "room": rid, "body": "x", "reply_to": 99, "ref": "re99"})
+    check(e["type"] == "error" and e["code"] == "not_found", f"reply to nothing: {e}")
+    s, _, t = http.call("GET", f"/api/rooms/{rid}/messages/18/thread?limit=1", b_tok)
+    check(s == 200 and t["first"]["seq"] == 16 and t["first"]["replies"] == 2
+          and [x["seq"] for x in t["messages"]] == [17] and t["next"] == {"after": 17}, f"thread: {s} {t}")
+    s, _, t = http.call("GET", f"/api/rooms/{rid}/messages/16/thread?after=17", b_tok)
+    check(s == 200 and [x["seq"] for x in t["messages"]] == [18] and t["next"] is None, f"thread page 2: {s} {t}")
+    s, _, _ = http.call("GET", f"/api/rooms/{rid}/messages/99/thread", b_tok)
+    check(s == 404, f"thread of nothing: {s}")
+
+    # Unread counts: bob's reply (17) counts as reading up to it; 18 is new.
     s, _, unread = http.call("GET", "/api/me/unread", b_tok)
     counts = {x["room"]: x["unread"] for x in unread["rooms"]}
-    check(s == 200 and counts.get(rid) == 6, f"unread: {s} {unread}")
+    check(s == 200 and counts.get(rid) == 1, f"unread: {s} {unread}")
 
     # A direct message: alice opens it by name; bob, online, is told, joins
     # it over his WebSocket and gets her message; the pair keeps one room.

@@ -11,7 +11,7 @@ use rookery_storage::meta::DmOpened;
 use rookery_storage::{Cursor, Retention, RetentionReport, Role, ShardStats};
 
 use super::subscribers::{InboxEntry, Outlet};
-use super::types::{HistoryPage, NewSub, PostAck, Reply};
+use super::types::{HistoryPage, NewSub, PostAck, Reply, ThreadPage};
 use super::{send, Shard};
 use crate::consumer::{Delivery, SubShared, CLOSED_SHUTDOWN};
 use crate::error::{Error, Result};
@@ -24,6 +24,8 @@ pub(crate) enum Command {
         sender: u64,
         client_id: String,
         body: String,
+        /// The seq it replies to.
+        to: Option<u64>,
         reply: Reply<PostAck>,
     },
     Edit {
@@ -56,6 +58,13 @@ pub(crate) enum Command {
         room: u64,
         cursor: Cursor,
         reply: Reply<HistoryPage>,
+    },
+    Thread {
+        room: u64,
+        seq: u64,
+        after: u64,
+        limit: usize,
+        reply: Reply<Option<ThreadPage>>,
     },
     LastSeq {
         room: u64,
@@ -194,11 +203,12 @@ impl Shard {
                 sender,
                 client_id,
                 body,
+                to,
                 reply,
             } => {
                 let me = self.clone();
                 answer(reply, async move {
-                    me.post(room, sender, &client_id, &body).await
+                    me.post(room, sender, &client_id, &body, to).await
                 });
             }
             Command::Edit {
@@ -243,6 +253,19 @@ impl Shard {
             } => {
                 let me = self.clone();
                 answer(reply, async move { me.history(room, cursor).await });
+            }
+            Command::Thread {
+                room,
+                seq,
+                after,
+                limit,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(
+                    reply,
+                    async move { me.thread(room, seq, after, limit).await },
+                );
             }
             Command::LastSeq { room, reply } => send(reply, Ok(self.store.last_seq(room))),
             Command::MarkRead {
@@ -386,6 +409,7 @@ fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
         | Command::Presence { reply, .. }
         | Command::SetRetention { reply, .. } => send(reply, Err(error())),
         Command::History { reply, .. } => send(reply, Err(error())),
+        Command::Thread { reply, .. } => send(reply, Err(error())),
         Command::LastSeq { reply, .. }
         | Command::MarkRead { reply, .. }
         | Command::Unread { reply, .. }

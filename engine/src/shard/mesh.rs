@@ -58,6 +58,8 @@ pub(crate) enum Peer {
         sender: u64,
         client_id: String,
         body: String,
+        /// The seq it replies to.
+        to: Option<u64>,
         from: usize,
         token: u64,
     },
@@ -92,6 +94,7 @@ impl Shard {
         sender: u64,
         client_id: &str,
         body: &str,
+        to: Option<u64>,
     ) -> Result<PostAck> {
         let token = self.next_remote_post.get();
         self.next_remote_post.set(token + 1);
@@ -104,6 +107,7 @@ impl Shard {
                 sender,
                 client_id: client_id.to_string(),
                 body: body.to_string(),
+                to,
                 from: self.id,
                 token,
             },
@@ -163,6 +167,7 @@ impl Shard {
                 sender,
                 client_id,
                 body,
+                to,
                 from,
                 token,
             } => {
@@ -171,7 +176,7 @@ impl Shard {
                     let result = if me.closing.get() {
                         Err(Error::ShutDown)
                     } else {
-                        me.post(room, sender, &client_id, &body).await
+                        me.post(room, sender, &client_id, &body, to).await
                     };
                     me.push_peer(from, Peer::Posted { token, result });
                 })

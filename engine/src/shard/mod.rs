@@ -64,7 +64,7 @@ pub(crate) use links::{links, FromPeers, Links};
 pub(crate) use mesh::Peer;
 pub(crate) use own_reads::OWN_READS_FLUSH;
 pub(crate) use types::{Common, NewSub, Reply};
-pub use types::{HistoryPage, PostAck, StoredMessage};
+pub use types::{HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX};
 
 use crate::config::EngineConfig;
 use crate::consumer::CLOSED_SHUTDOWN;

@@ -11,15 +11,17 @@
 use std::time::Instant;
 
 use rookery_storage::meta::SERVER_USER;
-use rookery_storage::{Appended, Cursor, Order, Role};
+use rookery_storage::{Appended, Cursor, HistoryItem, Order, Role};
 use rustc_hash::FxHashMap as HashMap;
 
 use super::mesh::PageOutcome;
 use super::room::{Sequencer, Tail};
-use super::types::{HistoryPage, PostAck, Reply, StoredMessage};
+use super::types::{
+    HistoryPage, PostAck, Quote, Reply, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
+};
 use super::{now_ms, send, Shard};
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::{Event, Message};
 use crate::metrics::micros;
 use crate::receipts::Receipt;
 
@@ -63,33 +65,50 @@ impl Shard {
         sender: u64,
         client_id: &str,
         body: &str,
+        to: Option<u64>,
     ) -> Result<PostAck> {
         if self.closing.get() {
             return Err(Error::ShutDown);
         }
         if self.owner(room) == self.id {
-            self.post(room, sender, client_id, body).await
+            self.post(room, sender, client_id, body, to).await
         } else {
-            self.post_remote(room, sender, client_id, body).await
+            self.post_remote(room, sender, client_id, body, to).await
         }
     }
 
+    /// A post (a reply to `to` when given), run on the room's owner.
     pub(super) async fn post(
         &self,
         room: u64,
         sender: u64,
         client_id: &str,
         body: &str,
+        to: Option<u64>,
     ) -> Result<PostAck> {
         require_text(body)?;
         self.may_post(room, sender).await?;
+        // The answered message is read before the append: a cold read
+        // then holds back no later post's fan-out (they go in seq order).
+        let reply = match to {
+            None => None,
+            Some(to) => Some(self.reply_to(room, to).await?),
+        };
         let _turn = self.appending(room);
         self.ensure_owned(room);
         let started = Instant::now();
-        let appended = self
-            .store
-            .append_message(room, sender, client_id, now_ms(), body)
-            .await?;
+        let appended = match to {
+            None => {
+                self.store
+                    .append_message(room, sender, client_id, now_ms(), body)
+                    .await?
+            }
+            Some(to) => {
+                self.store
+                    .append_reply(room, sender, client_id, now_ms(), body, to)
+                    .await?
+            }
+        };
         self.latency
             .borrow_mut()
             .commit_us
@@ -108,10 +127,9 @@ impl Shard {
                 if sender != SERVER_USER {
                     self.note_own_read(room, sender, seq);
                 }
-                self.completed(
-                    room,
-                    Event::message(room, seq, sender, ts_ms, Some(body), false),
-                );
+                let m = Message::live(room, seq, sender, ts_ms, Some(body), false)
+                    .threaded(reply.as_ref(), 0);
+                self.completed(room, Event::encode_message(room, &m));
                 Ok(PostAck {
                     seq,
                     ts_ms,
@@ -119,6 +137,51 @@ impl Shard {
                 })
             }
         }
+    }
+
+    /// What a reply to `to` answers, as its event shows it; `NotFound` when
+    /// `to` is not a live message, `InvalidInput` for 0.
+    async fn reply_to(&self, room: u64, to: u64) -> Result<ReplyTo> {
+        if to == 0 {
+            return Err(Error::InvalidInput("a reply answers seq 1 or later".into()));
+        }
+        match self.store.get(room, to).await? {
+            Some(item) if !item.deleted() => Ok(ReplyTo {
+                to,
+                thread: item.reply().map_or(to, |(_, thread)| thread),
+                quote: Some(Quote::of(&item)),
+            }),
+            Some(_) => Err(Error::NotFound(format!(
+                "message {to} in room {room} was deleted"
+            ))),
+            None => Err(Error::NotFound(format!("message {to} in room {room}"))),
+        }
+    }
+
+    /// Messages of stored items, with the quotes of the replies among them
+    /// (from the items themselves when they hold the answered message,
+    /// else one read each).
+    pub(super) async fn stored(
+        &self,
+        room: u64,
+        items: &[HistoryItem],
+    ) -> Result<Vec<StoredMessage>> {
+        let mut out: Vec<StoredMessage> = items.iter().map(StoredMessage::from_item).collect();
+        if out.iter().all(|m| m.reply.is_none()) {
+            return Ok(out);
+        }
+        let at: HashMap<u64, usize> = out.iter().enumerate().map(|(i, m)| (m.seq, i)).collect();
+        for i in 0..out.len() {
+            let Some(to) = out[i].reply.as_ref().map(|r| r.to) else {
+                continue;
+            };
+            let quote = match at.get(&to) {
+                Some(&j) => Some(Quote::of_stored(&out[j])),
+                None => self.store.get(room, to).await?.map(|item| Quote::of(&item)),
+            };
+            out[i].reply.as_mut().expect("a reply").quote = quote;
+        }
+        Ok(out)
     }
 
     /// A durable message: release it, and any that waited for it, in seq
@@ -223,25 +286,27 @@ impl Shard {
         Ok(role.is_some_and(|r| r >= Role::Admin))
     }
 
-    /// Re-encodes a cached message after an edit or delete, so catch-up from
-    /// the cache shows the current body.
+    /// Re-encodes cached messages after an edit or delete of `seq`: the
+    /// message itself and the replies that quote it, so catch-up from the
+    /// cache shows the current body and quotes.
     pub(super) async fn refresh_cached(&self, room: u64, seq: u64) -> Result<()> {
-        let cached = self
-            .owned
-            .borrow()
-            .get(&room)
-            .is_some_and(|o| o.tail.iter().any(|e| e.seq() == seq));
-        if !cached {
-            return Ok(());
-        }
-        let Some(item) = self.store.get(room, seq).await? else {
-            return Ok(());
-        };
-        let fresh = StoredMessage::from_item(&item).event(room);
-        if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
-            let delta = o.tail.replace(fresh);
-            self.tail_bytes
-                .set((self.tail_bytes.get() as isize + delta) as usize);
+        let stale: Vec<u64> = self.owned.borrow().get(&room).map_or(Vec::new(), |o| {
+            o.tail
+                .iter()
+                .filter(|e| e.seq() == seq || e.reply_to() == seq)
+                .map(|e| e.seq())
+                .collect()
+        });
+        for s in stale {
+            let Some(item) = self.store.get(room, s).await? else {
+                continue;
+            };
+            let fresh = self.stored(room, &[item]).await?[0].event(room);
+            if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
+                let delta = o.tail.replace(fresh);
+                self.tail_bytes
+                    .set((self.tail_bytes.get() as isize + delta) as usize);
+            }
         }
         Ok(())
     }
@@ -321,17 +386,8 @@ impl Shard {
     /// well as in messages.
     pub(super) async fn history(&self, room: u64, cursor: Cursor) -> Result<HistoryPage> {
         let page = self.store.history(room, cursor).await?;
-        let budget = self.cfg.history_page_bytes_max;
-        let mut bytes = 0usize;
-        let mut messages = Vec::with_capacity(page.items.len());
-        for item in &page.items {
-            if bytes >= budget {
-                break;
-            }
-            let m = StoredMessage::from_item(item);
-            bytes += m.body.as_ref().map_or(0, String::len) + m.client_id.len() + 64;
-            messages.push(m);
-        }
+        let len = self.within_page_bytes(&page.items);
+        let messages = self.stored(room, &page.items[..len]).await?;
         let next = match messages.last() {
             Some(last) if messages.len() < page.items.len() => Some(match cursor.order {
                 Order::NewestFirst => Cursor::before(last.seq, cursor.limit),
@@ -344,6 +400,51 @@ impl Shard {
             next,
             cached: page.cached,
         })
+    }
+
+    /// How many of `items` a page holds within `history_page_bytes_max`
+    /// (at least one).
+    fn within_page_bytes(&self, items: &[HistoryItem]) -> usize {
+        let budget = self.cfg.history_page_bytes_max;
+        let mut bytes = 0usize;
+        let mut len = 0;
+        for item in items {
+            if bytes >= budget {
+                break;
+            }
+            bytes += item.body().map_or(0, str::len) + item.client_id().len() + 64;
+            bytes += item.reply().map_or(0, |_| QUOTE_BYTES_MAX + 64);
+            len += 1;
+        }
+        len
+    }
+
+    /// A page of the thread `seq` is in (see [`crate::Engine::thread`]),
+    /// with the replies' quotes, cut short (with a cursor to the rest)
+    /// like a history page once past `history_page_bytes_max`.
+    pub(super) async fn thread(
+        &self,
+        room: u64,
+        seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<ThreadPage>> {
+        let Some(page) = self.store.thread(room, seq, after, limit).await? else {
+            return Ok(None);
+        };
+        let len = self.within_page_bytes(&page.items);
+        let first = self.stored(room, std::slice::from_ref(&page.first)).await?;
+        let messages = self.stored(room, &page.items[..len]).await?;
+        let next = match messages.last() {
+            Some(last) if len < page.items.len() => Some(last.seq),
+            _ => page.next,
+        };
+        Ok(Some(ThreadPage {
+            first: first.into_iter().next().expect("one message"),
+            messages,
+            next,
+            cached: page.cached,
+        }))
     }
 
     /// Owner side: a page for a subscriber, refused when `user` is given
@@ -411,9 +512,10 @@ impl Shard {
                     .store
                     .history(room, Cursor::after(after, limit))
                     .await?;
-                page.items
+                self.stored(room, &page.items)
+                    .await?
                     .iter()
-                    .map(|i| StoredMessage::from_item(i).event(room))
+                    .map(|m| m.event(room))
                     .collect()
             }
         };

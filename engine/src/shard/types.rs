@@ -43,9 +43,72 @@ pub struct StoredMessage {
     /// Who made the latest edit, or the delete, and when (ms since the
     /// Unix epoch); `None` as posted.
     pub changed: Option<(u64, u64)>,
+    /// What it replies to, for a reply.
+    pub reply: Option<ReplyTo>,
+    /// Replies in the thread it starts (0: none, or it is a reply).
+    pub replies: u64,
+}
+
+/// What a reply answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The seq it answers.
+    pub to: u64,
+    /// The first message of its thread.
+    pub thread: u64,
+    /// The answered message as quoted; `None` when it is gone (retired).
+    pub quote: Option<Quote>,
+}
+
+/// The head of a quoted message: who wrote it and its first line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    /// Its author.
+    pub from: u64,
+    /// Its first line (edits applied), at most [`QUOTE_BYTES_MAX`] bytes;
+    /// `None` once deleted.
+    pub text: Option<String>,
+}
+
+/// Longest quoted first line, in bytes (cut at a character boundary).
+pub const QUOTE_BYTES_MAX: usize = 200;
+
+impl Quote {
+    /// The quote of a stored message.
+    pub(super) fn of(item: &HistoryItem) -> Quote {
+        Quote {
+            from: item.sender(),
+            text: item.body().map(first_line),
+        }
+    }
+
+    /// The quote of a message already read.
+    pub(super) fn of_stored(m: &StoredMessage) -> Quote {
+        Quote {
+            from: m.sender,
+            text: m.body.as_deref().map(first_line),
+        }
+    }
+}
+
+/// The first non-blank line of `body`, trimmed, cut to [`QUOTE_BYTES_MAX`]
+/// bytes at a character boundary.
+pub(crate) fn first_line(body: &str) -> String {
+    let line = body
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut end = line.len().min(QUOTE_BYTES_MAX);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line[..end].to_string()
 }
 
 impl StoredMessage {
+    /// The message of a history item; a reply's quote is filled in by the
+    /// caller (it may need another read).
     pub(super) fn from_item(item: &HistoryItem) -> StoredMessage {
         StoredMessage {
             seq: item.seq(),
@@ -55,6 +118,12 @@ impl StoredMessage {
             body: item.body().map(str::to_string),
             edited: item.edited(),
             changed: item.changed(),
+            reply: item.reply().map(|(to, thread)| ReplyTo {
+                to,
+                thread,
+                quote: None,
+            }),
+            replies: item.replies,
         }
     }
 
@@ -68,21 +137,31 @@ impl StoredMessage {
             self.edited,
         )
         .changed(self.changed)
+        .threaded(self.reply.as_ref(), self.replies)
     }
 
     /// The message as a live `msg` event of `room` (what a replay sends).
     pub fn event(&self, room: u64) -> Event {
-        let m = Message::live(
-            room,
-            self.seq,
-            self.sender,
-            self.ts_ms,
-            self.body.as_deref(),
-            self.edited,
-        )
-        .changed(self.changed);
+        let m = Message {
+            kind: Some("msg"),
+            room: Some(room),
+            ..self.view()
+        };
         Event::encode_message(room, &m)
     }
+}
+
+/// A page of a thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadPage {
+    /// The thread's first message (`replies` counts the thread).
+    pub first: StoredMessage,
+    /// Replies after the cursor, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// The `after` of the next page, if more exist.
+    pub next: Option<u64>,
+    /// Served from memory (nothing was read from disk).
+    pub cached: bool,
 }
 
 /// A page of history.

@@ -61,6 +61,9 @@ pub enum Op {
         user: u64,
         client_id: String,
         body: String,
+        /// The seq it replies to.
+        #[serde(default)]
+        reply_to: Option<u64>,
     },
     Edit {
         room: u64,
@@ -344,8 +347,12 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
             user,
             client_id,
             body,
+            reply_to,
         } => {
-            let ack = engine.post(room, user, &client_id, &body).await?;
+            let ack = match reply_to {
+                None => engine.post(room, user, &client_id, &body).await?,
+                Some(to) => engine.reply(room, user, &client_id, &body, to).await?,
+            };
             Answer::Posted {
                 seq: ack.seq,
                 ts: ack.ts_ms,

@@ -360,6 +360,9 @@ struct Publish {
     /// The user it is from; the server when absent.
     #[serde(default, rename = "as")]
     from: Option<Who>,
+    /// The seq it replies to.
+    #[serde(default)]
+    reply_to: Option<u64>,
 }
 
 /// Who a publish is from: the user `as` names, or the server.
@@ -395,7 +398,15 @@ async fn publish(req: &Request, shared: &Shared, key: &Key) -> ApiResult {
     let p: Publish = body(req)?;
     let client_id = keyed_client_id(key, &p.client_id)?;
     let from = sender(shared, p.from).await?;
-    let ack = shared.engine.post(id, from, &client_id, &p.body).await?;
+    let ack = match p.reply_to {
+        Some(to) => {
+            shared
+                .engine
+                .reply(id, from, &client_id, &p.body, to)
+                .await?
+        }
+        None => shared.engine.post(id, from, &client_id, &p.body).await?,
+    };
     Ok(Response::json(
         if ack.duplicate { 200 } else { 201 },
         &json!({"room": id, "seq": ack.seq, "ts": ack.ts_ms, "duplicate": ack.duplicate, "from": from}),

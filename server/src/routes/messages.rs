@@ -5,10 +5,11 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{body, query_u64, room_id, user, ApiResult};
+use super::{body, query_u64, room_id, user, ApiError, ApiResult};
 use crate::app::{directory, history_page, readable_room, take_send_token, PageQuery};
 use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
+use crate::protocol::ThreadPage;
 use crate::shared::Shared;
 
 /// `GET /api/rooms/{id}/messages?before=&after=&limit=`: a history page
@@ -40,11 +41,45 @@ pub(crate) async fn history(req: &Request, shared: &Shared, raw: &str) -> ApiRes
     Ok(resp)
 }
 
+/// `GET /api/rooms/{id}/messages/{seq}/thread?after=&limit=`: the thread
+/// message `seq` is in (the one it starts or the one it replies in): its
+/// first message, then replies after `after`, oldest first.
+pub(crate) async fn thread(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    let seq_raw = req.path.trim_matches('/').split('/').nth(4).unwrap_or("");
+    let seq = seq_raw
+        .parse::<u64>()
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("seq {seq_raw:?} is not a number >= 1")))?;
+    readable_room(shared, uid, id).await?;
+    let max = shared.cfg.history_page_len_max;
+    let limit = query_u64(req, "limit")?.unwrap_or(50);
+    if limit == 0 || limit > max as u64 {
+        return Err(ApiError::BadRequest(format!("limit must be 1..={max}")));
+    }
+    let after = query_u64(req, "after")?.unwrap_or(0);
+    let page = shared
+        .engine
+        .thread(id, seq, after, limit as usize)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no message {seq} in room {id}")))?;
+    let mut page = ThreadPage { room: id, page };
+    if req.forwarded {
+        // A page for another node travels back over NATS.
+        page.fit(crate::cluster::answer_bytes_max());
+    }
+    Ok(Response::json(200, &page))
+}
+
 #[derive(Deserialize)]
 pub(crate) struct Publish {
     body: String,
     #[serde(default)]
     client_id: String,
+    /// The seq the message replies to.
+    #[serde(default)]
+    reply_to: Option<u64>,
 }
 
 /// `POST /api/rooms/{id}/messages`: publish (from a backend or a client);
@@ -54,7 +89,15 @@ pub(crate) async fn publish(req: &Request, shared: &Shared, raw: &str) -> ApiRes
     readable_room(shared, uid, id).await?;
     let p: Publish = body(req)?;
     take_send_token(shared, uid).await?;
-    let ack = shared.engine.post(id, uid, &p.client_id, &p.body).await?;
+    let ack = match p.reply_to {
+        Some(to) => {
+            shared
+                .engine
+                .reply(id, uid, &p.client_id, &p.body, to)
+                .await?
+        }
+        None => shared.engine.post(id, uid, &p.client_id, &p.body).await?,
+    };
     Ok(Response::json(
         if ack.duplicate { 200 } else { 201 },
         &json!({"room": id, "seq": ack.seq, "ts": ack.ts_ms, "duplicate": ack.duplicate}),

@@ -44,6 +44,12 @@ struct Out<'a> {
     ts: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<&'a str>,
+    /// The seq a reply answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<u64>,
+    /// The first message of the thread a reply is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread: Option<u64>,
 }
 
 /// An event ready to go: its time (for ordering) and its JSON.
@@ -63,7 +69,7 @@ fn encode(out: &Out<'_>) -> Encoded {
 /// What a log record is, as a webhook sees it.
 pub fn record_kind(record: &ArchivedRecord) -> Kind {
     match record {
-        ArchivedRecord::Message(_) => Kind::Message,
+        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => Kind::Message,
         ArchivedRecord::Edit(_) => Kind::Edit,
         ArchivedRecord::Delete(_) => Kind::Delete,
     }
@@ -73,6 +79,7 @@ pub fn record_kind(record: &ArchivedRecord) -> Kind {
 pub fn record_ts(record: &ArchivedRecord) -> u64 {
     match record {
         ArchivedRecord::Message(m) => m.ts_ms.into(),
+        ArchivedRecord::Reply(r) => r.message.ts_ms.into(),
         ArchivedRecord::Edit(e) => e.ts_ms.into(),
         ArchivedRecord::Delete(d) => d.ts_ms.into(),
     }
@@ -84,17 +91,23 @@ pub fn record_event(origin: u64, shard: usize, pos: Pos, record: &ArchivedRecord
     let id = format!("{origin:016x}-{shard}-{}-{}", pos.segment, pos.offset);
     let id = Some(id.as_str());
     let out = match record {
-        ArchivedRecord::Message(m) => Out {
-            id,
-            kind: Kind::Message.word(),
-            room: m.room.into(),
-            seq: Some(m.seq.into()),
-            from: Some(m.sender.into()),
-            user: None,
-            by: None,
-            ts: m.ts_ms.into(),
-            body: Some(m.body.as_str()),
-        },
+        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => {
+            let m = record.message().expect("a message kind");
+            let reply = record.reply();
+            Out {
+                id,
+                kind: Kind::Message.word(),
+                room: m.room.into(),
+                seq: Some(m.seq.into()),
+                from: Some(m.sender.into()),
+                user: None,
+                by: None,
+                ts: m.ts_ms.into(),
+                body: Some(m.body.as_str()),
+                reply_to: reply.map(|r| r.0),
+                thread: reply.map(|r| r.1),
+            }
+        }
         ArchivedRecord::Edit(e) => Out {
             id,
             kind: Kind::Edit.word(),
@@ -105,6 +118,8 @@ pub fn record_event(origin: u64, shard: usize, pos: Pos, record: &ArchivedRecord
             by: Some(e.by.into()),
             ts: e.ts_ms.into(),
             body: Some(e.body.as_str()),
+            reply_to: None,
+            thread: None,
         },
         ArchivedRecord::Delete(d) => Out {
             id,
@@ -116,6 +131,8 @@ pub fn record_event(origin: u64, shard: usize, pos: Pos, record: &ArchivedRecord
             by: Some(d.by.into()),
             ts: d.ts_ms.into(),
             body: None,
+            reply_to: None,
+            thread: None,
         },
     };
     encode(&out)
@@ -143,6 +160,8 @@ pub fn member_event(origin: u64, e: &MemberEvent) -> Encoded {
         by: Some(e.by),
         ts: e.ts_ms,
         body: None,
+        reply_to: None,
+        thread: None,
     })
 }
 
@@ -262,6 +281,39 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"id":"00000000000000ab-m-7","type":"leave","room":3,"user":4,"by":5,"ts":6})
+        );
+    }
+
+    #[test]
+    fn a_reply_is_a_message_event_with_what_it_answers() {
+        use rookery_storage::{Message, Record, Reply};
+        let reply = Record::Reply(Box::new(Reply {
+            message: Message {
+                room: 3,
+                seq: 9,
+                sender: 4,
+                ts_ms: 6,
+                client_id: String::new(),
+                body: "yes".into(),
+            },
+            to: 8,
+            thread: 2,
+        }));
+        let mut frame = Vec::new();
+        rookery_storage::record::encode_frame(&reply, &mut frame);
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(&frame);
+        let (rec, _) = rookery_storage::record::decode_frame(&aligned).unwrap();
+        assert_eq!((record_kind(rec), record_ts(rec)), (Kind::Message, 6));
+        let pos = Pos {
+            segment: 1,
+            offset: 32,
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&record_event(0xab, 0, pos, rec).json).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id":"00000000000000ab-0-1-32","type":"message","room":3,"seq":9,"from":4,"ts":6,"body":"yes","reply_to":8,"thread":2})
         );
     }
 }

@@ -1235,6 +1235,7 @@ impl Conn {
                     user,
                     client_id: client_id.to_string(),
                     body: body.to_string(),
+                    reply_to: f.reply_to,
                 };
                 let Answer::Posted { seq, ts, duplicate } = ops::ask(relay.node(), &op).await?
                 else {
@@ -1246,7 +1247,15 @@ impl Conn {
                     duplicate,
                 }
             }
-            None => self.shared.local.post(room, user, client_id, body).await?,
+            None => match f.reply_to {
+                Some(to) => {
+                    self.shared
+                        .local
+                        .reply(room, user, client_id, body, to)
+                        .await?
+                }
+                None => self.shared.local.post(room, user, client_id, body).await?,
+            },
         };
         ACK.with(|json| {
             let mut json = json.borrow_mut();

@@ -78,6 +78,17 @@ impl ShardStore {
             .insert((room, chunk.no), (ticket, Rc::new(chunk)));
     }
 
+    /// A durable reply: its thread row goes to the index thread and stays
+    /// readable in memory until committed.
+    pub(super) fn apply_reply(st: &mut State, room: u64, thread: u64, seq: u64) {
+        let ticket = st.next_ticket;
+        if let Some(r) = st.rooms.get_mut(&room) {
+            r.has_threads = Some(true);
+        }
+        st.pending_threads.insert((room, thread, seq), ticket);
+        st.ops.push(Op::Thread { room, thread, seq });
+    }
+
     pub(super) fn apply_edit(
         &self,
         st: &mut State,
@@ -310,7 +321,11 @@ impl ShardStore {
         }
         for (q, pos) in items.iter().zip(positions) {
             match q.kind {
-                QueuedKind::Message { idem, ts_ms } => {
+                QueuedKind::Message {
+                    idem,
+                    ts_ms,
+                    thread,
+                } => {
                     self.apply_message(
                         st,
                         q.room,
@@ -322,6 +337,9 @@ impl ShardStore {
                         },
                         pos.segment,
                     );
+                    if thread != 0 {
+                        Self::apply_reply(st, q.room, thread, q.seq);
+                    }
                 }
                 QueuedKind::Edit { deleted } => {
                     self.apply_edit(st, q.room, q.seq, *pos, deleted)?
@@ -432,6 +450,7 @@ impl ShardStore {
                 st.lag_records = st.lag_records.saturating_sub(c.records);
                 st.pending_chunks.retain(|_, (t, _)| *t > c.ticket);
                 st.pending_edits.retain(|_, (t, _, _)| *t > c.ticket);
+                st.pending_threads.retain(|_, t| *t > c.ticket);
                 while st
                     .checkpoint_tickets
                     .front()

@@ -183,9 +183,9 @@ impl Job {
             let id = self.inputs[input].id;
             segment::scan(map, id, HEADER_BYTES as u32, false, |offset, rec, len| {
                 let (room, seq) = (rec.room(), rec.seq());
-                let rank = match rec {
-                    ArchivedRecord::Message(_) => RANK_MESSAGE,
-                    _ => RANK_CHANGE,
+                let rank = match rec.message() {
+                    Some(_) => RANK_MESSAGE,
+                    None => RANK_CHANGE,
                 };
                 let s = span.entry(room).or_insert((seq, seq));
                 *s = (s.0.min(seq), s.1.max(seq));
@@ -275,11 +275,13 @@ impl Job {
                 let rec = decode_frame(frame)
                     .map_err(|e| Error::corrupt(self.inputs[k.input].id, k.offset, e.to_string()))?
                     .0;
-                let Record::Message(mut m) = rec.to_owned_record() else {
-                    unreachable!("only messages drop their body")
-                };
-                m.body.clear();
-                encode_frame(&Record::Message(m), &mut buf);
+                let mut owned = rec.to_owned_record();
+                owned
+                    .message_mut()
+                    .expect("only messages drop their body")
+                    .body
+                    .clear();
+                encode_frame(&owned, &mut buf);
             } else {
                 buf.extend_from_slice(frame);
             }
@@ -686,9 +688,9 @@ impl ShardStore {
     pub(super) fn note_deleted(&self, st: &mut State, room: u64, seq: u64) {
         if let Ok(entries) = self.entries(st, room, seq, seq) {
             let pos = Pos::from_u64(entries[0].1.pos);
-            let body = self.read_at(st, pos).is_ok_and(
-                |r| matches!(r.record(), ArchivedRecord::Message(m) if !m.body.is_empty()),
-            );
+            let body = self
+                .read_at(st, pos)
+                .is_ok_and(|r| r.record().message().is_some_and(|m| !m.body.is_empty()));
             if body {
                 self.note_hidden_text(st, pos.segment);
             }

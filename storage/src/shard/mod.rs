@@ -24,7 +24,7 @@
 //! - the checkpoint sent to the index only covers synced log bytes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -45,7 +45,7 @@ use crate::index::{self, Batch, Committed, Op, RoomRow};
 use crate::log::{sync_dir, LogWriter, Sealed};
 use crate::meta::Meta;
 use crate::record::{
-    access_record, check_frame, encode_frame, ArchivedRecord, Delete, Edit, Message, Record,
+    access_record, check_frame, encode_frame, ArchivedRecord, Delete, Edit, Message, Record, Reply,
     FRAME_HEADER_BYTES,
 };
 use crate::segment::{self, Header, Pos, ScanEnd, HEADER_BYTES};
@@ -59,7 +59,7 @@ mod retention;
 mod write;
 
 pub use compact::CompactionReport;
-pub use read::{HistoryItem, Page, RecordRef};
+pub use read::{HistoryItem, Page, RecordRef, ThreadPage};
 
 /// Result of appending a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,6 +260,9 @@ struct Room {
     /// Whether redb may hold edit rows of the room (`None`: not looked
     /// yet): a page of a room that has none reads no edits.
     has_edits: Option<bool>,
+    /// Whether redb may hold thread rows of the room (`None`: not looked
+    /// yet): a page of a room without replies counts none.
+    has_threads: Option<bool>,
 }
 
 impl Room {
@@ -274,6 +277,7 @@ impl Room {
             open: Rc::new(Chunk::new(chunk_of(first_seq))),
             idem: None,
             has_edits: None,
+            has_threads: None,
         }
     }
     fn row(&self) -> RoomRow {
@@ -342,8 +346,15 @@ struct Queued {
 
 #[derive(Clone, Copy)]
 enum QueuedKind {
-    Message { idem: u64, ts_ms: u64 },
-    Edit { deleted: bool },
+    /// A message; `thread` is the thread a reply joins (0: not a reply).
+    Message {
+        idem: u64,
+        ts_ms: u64,
+        thread: u64,
+    },
+    Edit {
+        deleted: bool,
+    },
 }
 
 struct Queue {
@@ -378,6 +389,9 @@ pub(super) struct State {
     /// index thread leaves it.
     chunk_cache: FxHashMap<(u64, u64), Rc<Chunk>>,
     pending_edits: BTreeMap<(u64, u64), (u64, u64, bool)>,
+    /// Thread rows `(room, thread, seq)` sent to the index thread and not
+    /// yet committed, with their ticket.
+    pending_threads: BTreeMap<(u64, u64, u64), u64>,
     ops: Vec<Op>,
     ops_records: usize,
     next_ticket: u64,
@@ -484,6 +498,7 @@ impl ShardStore {
             pending_chunks: FxHashMap::default(),
             chunk_cache: FxHashMap::default(),
             pending_edits: BTreeMap::new(),
+            pending_threads: BTreeMap::new(),
             ops: Vec::new(),
             ops_records: 0,
             next_ticket: 1,

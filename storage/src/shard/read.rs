@@ -57,14 +57,22 @@ pub struct HistoryItem {
     pub message: RecordRef,
     /// The latest edit or delete record of this message.
     pub latest_edit: Option<RecordRef>,
+    /// How many replies the thread this message starts has (0: none, or
+    /// the message is itself a reply).
+    pub replies: u64,
 }
 
 impl HistoryItem {
     pub(super) fn msg(&self) -> &crate::record::ArchivedMessage {
-        match self.message.record() {
-            ArchivedRecord::Message(m) => m,
-            _ => unreachable!("history items are built from message records only"),
-        }
+        self.message
+            .record()
+            .message()
+            .expect("history items are built from message records only")
+    }
+    /// `(to, thread)` when the message is a reply: the seq it answers and
+    /// the first message of its thread.
+    pub fn reply(&self) -> Option<(u64, u64)> {
+        self.message.record().reply()
     }
     /// The message's seq.
     pub fn seq(&self) -> u64 {
@@ -128,10 +136,28 @@ pub(super) const PAGE: usize = 4096;
 /// Prefetch covers this many bytes from each record's start.
 pub(super) const RECORD_BYTES_TYPICAL: usize = 512;
 
+/// Index entries of messages and the positions of their latest changes,
+/// by seq.
+type Located = (Vec<(u64, Entry)>, HashMap<u64, u64>);
+
+/// A page of a thread.
+#[derive(Debug, Clone)]
+pub struct ThreadPage {
+    /// The thread's first message (its `replies` counts the thread).
+    pub first: HistoryItem,
+    /// Replies after the cursor, oldest first.
+    pub items: Vec<HistoryItem>,
+    /// The seq to pass as `after` for the next page, if more exist.
+    pub next: Option<u64>,
+    /// Served from memory: nothing was read from disk.
+    pub cached: bool,
+}
+
 /// The entries and edits a history page needs, and its bounds.
 pub(super) struct Plan {
     entries: Vec<(u64, Entry)>,
     edits: HashMap<u64, u64>,
+    replies: HashMap<u64, u64>,
     lo: u64,
     hi: u64,
     lo_page: u64,
@@ -343,9 +369,11 @@ impl ShardStore {
         };
         let entries = self.entries(st, room, lo_page, hi_page)?;
         let edits = self.edits(st, room, lo_page, hi_page)?;
+        let replies = self.thread_lens(st, room, lo_page, hi_page)?;
         Ok(Some(Plan {
             entries,
             edits,
+            replies,
             lo,
             hi,
             lo_page,
@@ -377,28 +405,13 @@ impl ShardStore {
         let Plan {
             entries,
             edits,
+            replies,
             lo,
             hi,
             lo_page,
             hi_page,
         } = plan;
-        let mut items = Vec::with_capacity(entries.len());
-        for (seq, e) in entries {
-            let message = self.read_at(st, Pos::from_u64(e.pos))?;
-            if message.record().seq() != seq || message.record().room() != room {
-                return Err(Error::IndexMismatch(format!(
-                    "room {room} seq {seq} points at another record"
-                )));
-            }
-            let latest_edit = match edits.get(&seq) {
-                Some(pos) => Some(self.read_at(st, Pos::from_u64(*pos))?),
-                None => None,
-            };
-            items.push(HistoryItem {
-                message,
-                latest_edit,
-            });
-        }
+        let mut items = self.read_items(st, room, entries, &edits, &replies)?;
         let next = match cursor.order {
             Order::NewestFirst => {
                 items.reverse();
@@ -417,6 +430,186 @@ impl ShardStore {
             next,
             cached: true,
         })
+    }
+
+    /// The records of index entries, with their latest changes and thread
+    /// lengths, checked to be the messages they are said to be.
+    fn read_items(
+        &self,
+        st: &mut State,
+        room: u64,
+        entries: Vec<(u64, Entry)>,
+        edits: &HashMap<u64, u64>,
+        replies: &HashMap<u64, u64>,
+    ) -> Result<Vec<HistoryItem>> {
+        let mut items = Vec::with_capacity(entries.len());
+        for (seq, e) in entries {
+            let message = self.read_at(st, Pos::from_u64(e.pos))?;
+            let rec = message.record();
+            if rec.seq() != seq || rec.room() != room || rec.message().is_none() {
+                return Err(Error::IndexMismatch(format!(
+                    "room {room} seq {seq} points at another record"
+                )));
+            }
+            let latest_edit = match edits.get(&seq) {
+                Some(pos) => Some(self.read_at(st, Pos::from_u64(*pos))?),
+                None => None,
+            };
+            items.push(HistoryItem {
+                message,
+                latest_edit,
+                replies: replies.get(&seq).copied().unwrap_or(0),
+            });
+        }
+        Ok(items)
+    }
+
+    /// Replies of each thread that starts in `lo..=hi`, committed and
+    /// pending (a pending row the committed head already counts, one at
+    /// or below its last seq, is not counted twice).
+    pub(super) fn thread_lens(
+        &self,
+        st: &mut State,
+        room: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<HashMap<u64, u64>> {
+        let has_threads = match st.rooms.get(&room).and_then(|r| r.has_threads) {
+            Some(known) => known,
+            None => {
+                let pending = st
+                    .pending_threads
+                    .range((room, 0, 0)..=(room, u64::MAX, u64::MAX))
+                    .next()
+                    .is_some();
+                let any = pending || index::has_threads(&self.inner.db, room)?;
+                if let Some(r) = st.rooms.get_mut(&room) {
+                    r.has_threads = Some(any);
+                }
+                any
+            }
+        };
+        let mut heads: HashMap<u64, (u64, u64)> = HashMap::new();
+        if !has_threads || lo > hi {
+            return Ok(HashMap::new());
+        }
+        for (thread, n, last) in index::read_thread_heads(&self.inner.db, room, lo, hi)? {
+            heads.insert(thread, (n, last));
+        }
+        for &(_, thread, seq) in st
+            .pending_threads
+            .range((room, lo, 0)..=(room, hi, u64::MAX))
+            .map(|(k, _)| k)
+        {
+            let h = heads.entry(thread).or_insert((0, 0));
+            if seq > h.1 {
+                *h = (h.0 + 1, seq);
+            }
+        }
+        Ok(heads.into_iter().map(|(t, (n, _))| (t, n)).collect())
+    }
+
+    /// Up to `len` live replies of a thread above `after`, ascending:
+    /// committed rows and pending ones.
+    fn thread_seqs(
+        &self,
+        st: &State,
+        room: u64,
+        thread: u64,
+        after: u64,
+        len: usize,
+    ) -> Result<Vec<u64>> {
+        let Some(r) = st.rooms.get(&room) else {
+            return Ok(Vec::new());
+        };
+        let (low, durable) = (r.low_seq, r.durable_seq);
+        let mut seqs: BTreeSet<u64> = index::read_thread(&self.inner.db, room, thread, after, len)?
+            .into_iter()
+            .collect();
+        if after < u64::MAX {
+            seqs.extend(
+                st.pending_threads
+                    .range((room, thread, after + 1)..=(room, thread, u64::MAX))
+                    .map(|(k, _)| k.2),
+            );
+        }
+        Ok(seqs
+            .into_iter()
+            .filter(|&s| s >= low && s <= durable)
+            .take(len)
+            .collect())
+    }
+
+    /// A page of the thread message `seq` of `room` is in (the thread it
+    /// starts, or the one it replies in): the thread's first message, then
+    /// up to `limit` replies with seqs above `after`, oldest first. `None`
+    /// when `seq` or the thread's first message is not stored (never was,
+    /// or retired); a deleted message keeps its place and its thread.
+    pub async fn thread(
+        &self,
+        room: u64,
+        seq: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<ThreadPage>> {
+        let Some(item) = self.get(room, seq).await? else {
+            return Ok(None);
+        };
+        let thread = item.reply().map_or(seq, |(_, t)| t);
+        let first = if thread == seq {
+            item
+        } else {
+            match self.get(room, thread).await? {
+                Some(first) => first,
+                None => return Ok(None),
+            }
+        };
+        let limit = limit.max(1);
+        let mut cached = true;
+        let positions = {
+            let mut st = self.inner.st.borrow_mut();
+            let seqs = self.thread_seqs(&st, room, thread, after, limit.saturating_add(1))?;
+            let (entries, edits) = self.entries_of(&mut st, room, &seqs)?;
+            let positions: Vec<u64> = entries
+                .iter()
+                .map(|(_, e)| e.pos)
+                .chain(edits.values().copied())
+                .collect();
+            self.any_cold(&mut st, &positions)?.then_some(positions)
+        };
+        if let Some(positions) = positions {
+            self.prefetch(positions).await?;
+            cached = false;
+        }
+        // The state may have moved on while the reads ran: read again.
+        let mut st = self.inner.st.borrow_mut();
+        let mut seqs = self.thread_seqs(&st, room, thread, after, limit.saturating_add(1))?;
+        let more = seqs.len() > limit;
+        seqs.truncate(limit);
+        let (entries, edits) = self.entries_of(&mut st, room, &seqs)?;
+        let items = self.read_items(&mut st, room, entries, &edits, &HashMap::new())?;
+        let next = more.then(|| *seqs.last().expect("more than limit"));
+        let replies = self.thread_lens(&mut st, room, thread, thread)?;
+        Ok(Some(ThreadPage {
+            first: HistoryItem {
+                replies: replies.get(&thread).copied().unwrap_or(0),
+                ..first
+            },
+            items,
+            next,
+            cached,
+        }))
+    }
+
+    /// Index entries and latest changes of scattered seqs of a room.
+    fn entries_of(&self, st: &mut State, room: u64, seqs: &[u64]) -> Result<Located> {
+        let mut entries = Vec::with_capacity(seqs.len());
+        let mut edits = HashMap::new();
+        for &s in seqs {
+            entries.extend(self.entries(st, room, s, s)?);
+            edits.extend(self.edits(st, room, s, s)?);
+        }
+        Ok((entries, edits))
     }
 
     /// Unmaps every segment mapping this shard holds for reads; the next read

@@ -390,7 +390,8 @@ impl ShardStore {
         rec: &ArchivedRecord,
     ) -> Result<()> {
         match rec {
-            ArchivedRecord::Message(m) => {
+            ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => {
+                let m = rec.message().expect("a message kind");
                 let (room, seq) = (m.room.to_native(), m.seq.to_native());
                 let durable = st.rooms.get(&room).map_or(0, |r| r.durable_seq);
                 if seq <= durable || seq == 0 {
@@ -416,6 +417,9 @@ impl ShardStore {
                     ts_ms: m.ts_ms.to_native(),
                 };
                 self.apply_message(st, room, seq, entry, pos.segment);
+                if let Some((_, thread)) = rec.reply() {
+                    Self::apply_reply(st, room, thread, seq);
+                }
                 let r = st.rooms.get_mut(&room).expect("just applied");
                 r.next_seq = r.next_seq.max(seq + 1);
             }

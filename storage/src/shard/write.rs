@@ -19,6 +19,49 @@ impl ShardStore {
         ts_ms: u64,
         body: &str,
     ) -> Result<Appended> {
+        self.append(room, sender, client_id, ts_ms, body, 0).await
+    }
+
+    /// Appends a message answering message `to` of the room, as
+    /// [`ShardStore::append_message`] does. `to` must be a live message
+    /// (`NotFound` otherwise, deleted included); the reply joins `to`'s
+    /// thread, or starts one at `to`. A repeated `(sender, client_id)`
+    /// returns the original seq, whatever it answered.
+    pub async fn append_reply(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        ts_ms: u64,
+        body: &str,
+        to: u64,
+    ) -> Result<Appended> {
+        if to == 0 {
+            return Err(Error::InvalidInput("a reply answers seq 1 or later".into()));
+        }
+        self.append(room, sender, client_id, ts_ms, body, to).await
+    }
+
+    /// The thread a reply to `to` joins.
+    async fn thread_of(&self, room: u64, to: u64) -> Result<u64> {
+        match self.get(room, to).await? {
+            None => Err(Error::NotFound(format!("message {to} in room {room}"))),
+            Some(item) if item.deleted() => Err(Error::NotFound(format!(
+                "message {to} in room {room} was deleted"
+            ))),
+            Some(item) => Ok(item.reply().map_or(to, |(_, thread)| thread)),
+        }
+    }
+
+    async fn append(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        ts_ms: u64,
+        body: &str,
+        to: u64,
+    ) -> Result<Appended> {
         self.check_open()?;
         let cfg = &self.inner.cfg;
         if body.len() > cfg.body_bytes_max {
@@ -42,6 +85,10 @@ impl ShardStore {
                 return Ok(found);
             }
         }
+        let thread = match to {
+            0 => 0,
+            to => self.thread_of(room, to).await?,
+        };
         let (seq, ts_ms, signal) = {
             let mut st = self.inner.st.borrow_mut();
             let window = self.inner.cfg.idempotency_window_len;
@@ -55,15 +102,28 @@ impl ShardStore {
                     w.insert(idem, seq, window);
                 }
             }
-            let rec = Record::Message(Message {
+            let message = Message {
                 room,
                 seq,
                 sender,
                 ts_ms,
                 client_id: client_id.to_string(),
                 body: body.to_string(),
-            });
-            let signal = self.enqueue(&rec, room, seq, QueuedKind::Message { idem, ts_ms });
+            };
+            let rec = match to {
+                0 => Record::Message(message),
+                to => Record::Reply(Box::new(Reply {
+                    message,
+                    to,
+                    thread,
+                })),
+            };
+            let kind = QueuedKind::Message {
+                idem,
+                ts_ms,
+                thread,
+            };
+            let signal = self.enqueue(&rec, room, seq, kind);
             (seq, ts_ms, signal)
         };
         signal.wait().await.map_err(Error::Failed)?;
@@ -136,14 +196,33 @@ impl ShardStore {
         signal.wait().await.map_err(Error::Failed)
     }
 
-    /// Appends a message with its original seq and timestamp (restore from
-    /// an export). The seq must be above the room's last one.
+    /// Appends a message or a reply with its original seq and timestamp
+    /// (restore from an export). The seq must be above the room's last
+    /// one; a reply must answer a lower seq, in a thread no later than
+    /// that.
     ///
     /// The record is queued before the returned future first yields, so
     /// import calls started in file order are written in file order even
     /// when many are awaited concurrently.
-    pub async fn import_message(&self, msg: Message) -> Result<()> {
+    pub async fn import_message(&self, rec: Record) -> Result<()> {
         self.check_open()?;
+        let Some(msg) = rec.message() else {
+            return Err(Error::InvalidInput(
+                "import_message takes a message or a reply".into(),
+            ));
+        };
+        let thread = match &rec {
+            Record::Reply(r)
+                if r.to == 0 || r.to >= msg.seq || r.thread == 0 || r.thread > r.to =>
+            {
+                return Err(Error::InvalidInput(format!(
+                    "reply {} answers {} in thread {}",
+                    msg.seq, r.to, r.thread
+                )))
+            }
+            Record::Reply(r) => r.thread,
+            _ => 0,
+        };
         let signal = {
             let mut st = self.inner.st.borrow_mut();
             let r = st
@@ -167,9 +246,10 @@ impl ShardStore {
             let kind = QueuedKind::Message {
                 idem,
                 ts_ms: msg.ts_ms,
+                thread,
             };
             let (room, seq) = (msg.room, msg.seq);
-            self.enqueue(&Record::Message(msg), room, seq, kind)
+            self.enqueue(&rec, room, seq, kind)
         };
         signal.wait().await.map_err(Error::Failed)
     }
@@ -181,7 +261,7 @@ impl ShardStore {
         let (room, seq, deleted) = match &rec {
             Record::Edit(e) => (e.room, e.seq, false),
             Record::Delete(d) => (d.room, d.seq, true),
-            Record::Message(_) => {
+            Record::Message(_) | Record::Reply(_) => {
                 return Err(Error::InvalidInput(
                     "import_change takes an edit or delete".into(),
                 ))

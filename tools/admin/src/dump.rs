@@ -30,6 +30,12 @@ struct DumpLine {
     edited: bool,
     /// Whether the message was deleted.
     deleted: bool,
+    /// For a reply, the seq it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<u64>,
+    /// For a reply, the first message of its thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thread: Option<u64>,
 }
 
 impl DumpLine {
@@ -75,8 +81,17 @@ pub fn dump(data: &Path, room: &str, since: u64) -> Result<Outcome> {
 
 /// Adds a message, or applies an edit or delete to the message it names.
 fn collect(messages: &mut BTreeMap<u64, DumpLine>, rec: Record) {
+    let reply = match &rec {
+        Record::Reply(r) => Some((r.to, r.thread)),
+        _ => None,
+    };
     match rec {
-        Record::Message(m) => {
+        Record::Message(_) | Record::Reply(_) => {
+            let m = match rec {
+                Record::Message(m) => m,
+                Record::Reply(r) => r.message,
+                _ => unreachable!("a message kind"),
+            };
             let line = DumpLine {
                 room: m.room,
                 seq: m.seq,
@@ -86,6 +101,8 @@ fn collect(messages: &mut BTreeMap<u64, DumpLine>, rec: Record) {
                 body: Some(m.body),
                 edited: false,
                 deleted: false,
+                reply_to: reply.map(|r| r.0),
+                thread: reply.map(|r| r.1),
             };
             messages.insert(m.seq, line);
         }

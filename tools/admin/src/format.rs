@@ -4,10 +4,11 @@
 //! "shards":N}`; then users, rooms, members, bans, invitations and
 //! receipts; then log records
 //! (`message`, `edit`, `delete`) in log order, which keeps every room's
-//! records in their original order. Unknown fields are ignored on import.
+//! records in their original order; a reply is a `message` with
+//! `reply_to` and `thread`. Unknown fields are ignored on import.
 
 use rookery_storage::meta::{Role, Room, User};
-use rookery_storage::{Delete, Edit, Message, Record, Retention};
+use rookery_storage::{Delete, Edit, Message, Record, Reply, Retention};
 use serde::{Deserialize, Serialize};
 
 /// Format version written in the header.
@@ -128,6 +129,12 @@ pub enum Line {
         client_id: String,
         /// Original body.
         body: String,
+        /// For a reply: the seq it answers and the first message of its
+        /// thread (absent otherwise).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<u64>,
     },
     /// An edit record.
     Edit {
@@ -245,14 +252,8 @@ impl Line {
     /// The line of a log record.
     pub fn record(rec: Record) -> Line {
         match rec {
-            Record::Message(m) => Line::Message {
-                room: m.room,
-                seq: m.seq,
-                sender: m.sender,
-                ts_ms: m.ts_ms,
-                client_id: m.client_id,
-                body: m.body,
-            },
+            Record::Message(m) => Line::message(m, None),
+            Record::Reply(r) => Line::message(r.message, Some((r.to, r.thread))),
             Record::Edit(e) => Line::Edit {
                 room: e.room,
                 seq: e.seq,
@@ -269,7 +270,22 @@ impl Line {
         }
     }
 
-    /// The log record of a `message`, `edit` or `delete` line.
+    fn message(m: Message, reply: Option<(u64, u64)>) -> Line {
+        Line::Message {
+            room: m.room,
+            seq: m.seq,
+            sender: m.sender,
+            ts_ms: m.ts_ms,
+            client_id: m.client_id,
+            body: m.body,
+            reply_to: reply.map(|r| r.0),
+            thread: reply.map(|r| r.1),
+        }
+    }
+
+    /// The log record of a `message`, `edit` or `delete` line (`None` for
+    /// other lines, and for a message with only one of `reply_to` and
+    /// `thread`).
     pub fn into_record(self) -> Option<Record> {
         Some(match self {
             Line::Message {
@@ -279,14 +295,27 @@ impl Line {
                 ts_ms,
                 client_id,
                 body,
-            } => Record::Message(Message {
-                room,
-                seq,
-                sender,
-                ts_ms,
-                client_id,
-                body,
-            }),
+                reply_to,
+                thread,
+            } => {
+                let message = Message {
+                    room,
+                    seq,
+                    sender,
+                    ts_ms,
+                    client_id,
+                    body,
+                };
+                match (reply_to, thread) {
+                    (None, None) => Record::Message(message),
+                    (Some(to), Some(thread)) => Record::Reply(Box::new(Reply {
+                        message,
+                        to,
+                        thread,
+                    })),
+                    _ => return None,
+                }
+            }
             Line::Edit {
                 room,
                 seq,

@@ -162,6 +162,8 @@ struct Checker {
     plan: Plan,
     /// Last message seq seen per room.
     last_seq: HashMap<u64, u64>,
+    /// The thread of every reply seen, by (room, seq).
+    threads: HashMap<(u64, u64), u64>,
 }
 
 impl Checker {
@@ -185,6 +187,8 @@ impl Checker {
                 seq,
                 client_id,
                 body,
+                reply_to,
+                thread,
                 ..
             } => {
                 let last = self.last_seq.entry(room).or_insert(0);
@@ -192,6 +196,7 @@ impl Checker {
                     bail!("message seq {seq} of room {room} is not above the previous seq {last}");
                 }
                 *last = seq;
+                self.check_reply(room, seq, reply_to, thread)?;
                 self.plan.body_bytes_max = self.plan.body_bytes_max.max(body.len());
                 self.plan.client_id_bytes_max = self.plan.client_id_bytes_max.max(client_id.len());
             }
@@ -223,6 +228,33 @@ impl Checker {
     }
 
     /// An edit or delete must follow the message it changes.
+    /// A reply answers an earlier message of its room, in that message's
+    /// thread (or the one it starts); both fields or neither.
+    fn check_reply(
+        &mut self,
+        room: u64,
+        seq: u64,
+        reply_to: Option<u64>,
+        thread: Option<u64>,
+    ) -> Result<()> {
+        let (to, thread) = match (reply_to, thread) {
+            (None, None) => return Ok(()),
+            (Some(to), Some(thread)) => (to, thread),
+            _ => bail!("message seq {seq} of room {room} has only one of reply_to and thread"),
+        };
+        if to == 0 || to >= seq {
+            bail!("message seq {seq} of room {room} replies to {to}, not an earlier message");
+        }
+        let want = self.threads.get(&(room, to)).copied().unwrap_or(to);
+        if thread != want {
+            bail!(
+                "message seq {seq} of room {room} replies to {to} in thread {thread}, not {want}"
+            );
+        }
+        self.threads.insert((room, seq), thread);
+        Ok(())
+    }
+
     fn check_target_message(&self, room: u64, seq: u64) -> Result<()> {
         if seq == 0 || self.last_seq.get(&room).is_none_or(|&last| seq > last) {
             bail!("change of room {room} seq {seq} comes before that message");
@@ -424,9 +456,9 @@ impl<'a> Loader<'a> {
         let shards: &'a [ShardStore] = self.shards;
         let shard = &shards[shard_of(rec.room(), shards.len() as u32) as usize];
         let mut pending: Pending<'a> = match rec {
-            Record::Message(m) => {
+            Record::Message(_) | Record::Reply(_) => {
                 self.counts.messages += 1;
-                Box::pin(shard.import_message(m))
+                Box::pin(shard.import_message(rec))
             }
             other => {
                 match other {

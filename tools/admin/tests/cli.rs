@@ -140,16 +140,21 @@ fn populate(dir: &Path, shards: u32) -> Rooms {
         for seq in 1..=PER_ROOM {
             for (i, room) in rooms.all().into_iter().enumerate() {
                 let sender = if i % 2 == 0 { alice } else { bob };
-                let a = on(room)
-                    .append_message(
-                        room,
-                        sender,
-                        &format!("c{seq}"),
-                        10_000 + seq,
-                        &body(room, seq),
-                    )
-                    .await
-                    .unwrap();
+                let (cid, ts, text) = (format!("c{seq}"), 10_000 + seq, body(room, seq));
+                // In general, 9 replies to 3 and 10 to 9 (so in 3's thread).
+                let to = match seq {
+                    9 | 10 if room == rooms.general => Some(if seq == 9 { 3 } else { 9 }),
+                    _ => None,
+                };
+                let a = match to {
+                    Some(to) => {
+                        on(room)
+                            .append_reply(room, sender, &cid, ts, &text, to)
+                            .await
+                    }
+                    None => on(room).append_message(room, sender, &cid, ts, &text).await,
+                }
+                .unwrap();
                 assert_eq!(a.seq(), seq);
             }
         }
@@ -409,6 +414,15 @@ fn dump_applies_edits_and_deletes_and_since_cuts() {
     assert_eq!(at(6)["client_id"], "c6");
     assert_eq!(at(6)["ts_ms"], 10_006);
     assert!(at(6)["sender"].as_u64().unwrap() > 0);
+    assert_eq!(at(6).get("reply_to"), None);
+    assert_eq!(
+        (&at(9)["reply_to"], &at(9)["thread"]),
+        (&3.into(), &3.into())
+    );
+    assert_eq!(
+        (&at(10)["reply_to"], &at(10)["thread"]),
+        (&9.into(), &3.into())
+    );
 
     let by_name = dump(&data, "general", None);
     assert_eq!(by_name, lines);
@@ -581,6 +595,36 @@ fn import_refuses_a_non_empty_target_and_a_malformed_line() {
     let out = import(&target, &bad, &["--segment-bytes", "65536"]);
     expect_code(&out, 2);
     assert!(out.2.contains("line 4"), "{}", out.2);
+
+    // A reply must answer an earlier message, in its thread, with both
+    // fields; the file is refused before anything is written.
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let reply = lines
+        .iter()
+        .position(|l| l.contains(r#""reply_to":9"#))
+        .expect("the reply to 9 is exported");
+    for (from, to, why) in [
+        (
+            r#""reply_to":9"#,
+            r#""reply_to":99"#,
+            "not an earlier message",
+        ),
+        (r#""thread":3"#, r#""thread":9"#, "not 3"),
+        (r#","thread":3"#, "", "only one of"),
+    ] {
+        let mut changed = lines.clone();
+        changed[reply] = changed[reply].replace(from, to);
+        std::fs::write(&bad, changed.join("\n")).unwrap();
+        let out = import(&target, &bad, &["--segment-bytes", "65536"]);
+        expect_code(&out, 2);
+        let line = format!("line {}", reply + 1);
+        assert!(
+            out.2.contains(&line) && out.2.contains(why),
+            "{why}: {}",
+            out.2
+        );
+        assert!(!target.exists(), "{why}: nothing is written");
+    }
 }
 
 /// Every file under `dir` whose bytes contain `needle`.
