@@ -440,25 +440,59 @@ impl Engine {
 
     /// A page of a room's history, with edits and deletes applied.
     pub fn history(&self, room: u64, cursor: Cursor) -> Pending<HistoryPage> {
+        self.history_of(room, cursor, None)
+    }
+
+    /// A page of history as `reader` (when given) sees it: each reaction
+    /// says whether they have it on. Access is the caller's to check.
+    pub fn history_of(
+        &self,
+        room: u64,
+        cursor: Cursor,
+        reader: Option<u64>,
+    ) -> Pending<HistoryPage> {
         self.inner
             .queues
             .call(self.shard_of(room), |reply| Command::History {
                 room,
                 cursor,
+                reader,
+                reply,
+            })
+    }
+
+    /// Puts `user`'s reaction `emoji` (one emoji) on message `seq` (`on`)
+    /// or takes it off; members only. Stored as a log record and sent to
+    /// the room as a `react` event; `Ok(false)` when it already was so
+    /// (nothing is stored or sent). `NotFound` for a missing or deleted
+    /// message, `Conflict` past the bounds on a message's reactions.
+    pub fn react(&self, room: u64, seq: u64, user: u64, emoji: &str, on: bool) -> Pending<bool> {
+        let emoji = emoji.to_string();
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::React {
+                room,
+                seq,
+                user,
+                emoji,
+                on,
                 reply,
             })
     }
 
     /// A page of the thread message `seq` is in (the one it starts, or
     /// the one it replies in): its first message, then up to `limit`
-    /// replies after seq `after`, oldest first. `None` when `seq` is not a
-    /// live message. Access is the caller's to check, as for history.
+    /// replies after seq `after`, oldest first, as `reader` (when given)
+    /// sees their reactions. `None` when `seq`, or its thread's first
+    /// message, is not stored (never was, or retired); a deleted message
+    /// keeps its thread. Access is the caller's to check, as for history.
     pub fn thread(
         &self,
         room: u64,
         seq: u64,
         after: u64,
         limit: usize,
+        reader: Option<u64>,
     ) -> Pending<Option<ThreadPage>> {
         self.inner
             .queues
@@ -467,6 +501,7 @@ impl Engine {
                 seq,
                 after,
                 limit,
+                reader,
                 reply,
             })
     }

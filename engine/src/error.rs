@@ -57,6 +57,7 @@ impl From<rookery_storage::Error> for Error {
             S::InvalidInput(m) => Error::InvalidInput(m),
             S::NotFound(m) => Error::NotFound(m),
             S::AlreadyExists(m) => Error::AlreadyExists(m),
+            S::TooMany(m) => Error::Conflict(m),
             other => Error::Storage(other),
         }
     }

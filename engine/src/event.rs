@@ -49,9 +49,27 @@ pub struct Message<'a> {
     /// For a reply: the answered message's author and first line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quote: Option<QuoteView<'a>>,
-    /// Replies in the thread this message starts (absent when none).
+    /// Replies in the thread this message starts (absent when none; pages
+    /// only).
     #[serde(skip_serializing_if = "is_zero")]
     pub replies: u64,
+    /// The seq of the last of them (absent when none; pages only).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub last_reply: u64,
+    /// Its reactions, each with how many have it on (and, on a page,
+    /// whether the reader does); absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionView<'a>>,
+}
+
+/// One reaction on a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReactionView<'a> {
+    pub emoji: &'a str,
+    pub count: u64,
+    /// The reader has it on (pages only; absent when not).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub me: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -106,12 +124,19 @@ impl<'a> Message<'a> {
             thread: None,
             quote: None,
             replies: 0,
+            last_reply: 0,
+            reactions: Vec::new(),
         }
     }
 
     /// With what it replies to, if it is a reply, and the length of the
     /// thread it starts.
-    pub fn threaded(self, reply: Option<&'a crate::ReplyTo>, replies: u64) -> Message<'a> {
+    pub fn threaded(
+        self,
+        reply: Option<&'a crate::ReplyTo>,
+        replies: u64,
+        last_reply: u64,
+    ) -> Message<'a> {
         Message {
             reply_to: reply.map(|r| r.to),
             thread: reply.map(|r| r.thread),
@@ -120,6 +145,7 @@ impl<'a> Message<'a> {
                 text: q.text.as_deref(),
             }),
             replies,
+            last_reply,
             ..self
         }
     }
@@ -151,6 +177,8 @@ pub enum EventKind {
     /// The subscription ended because its user was removed from the
     /// (private) room: the last event it receives.
     Left,
+    /// A reaction put on or taken off message `seq`.
+    React,
 }
 
 impl EventKind {
@@ -163,6 +191,7 @@ impl EventKind {
             EventKind::Typing => 3,
             EventKind::Presence => 4,
             EventKind::Left => 5,
+            EventKind::React => 6,
         }
     }
 
@@ -175,6 +204,7 @@ impl EventKind {
             3 => EventKind::Typing,
             4 => EventKind::Presence,
             5 => EventKind::Left,
+            6 => EventKind::React,
             _ => return None,
         })
     }
@@ -386,6 +416,35 @@ impl Event {
         )
     }
 
+    /// `{"type":"react","room","seq","by","ts","emoji","on"}`.
+    pub(crate) fn react(room: u64, seq: u64, by: u64, ts_ms: u64, emoji: &str, on: bool) -> Event {
+        #[derive(Serialize)]
+        struct R<'a> {
+            r#type: &'static str,
+            room: u64,
+            seq: u64,
+            by: u64,
+            ts: u64,
+            emoji: &'a str,
+            on: bool,
+        }
+        Event::encode(
+            room,
+            seq,
+            ts_ms,
+            EventKind::React,
+            &R {
+                r#type: "react",
+                room,
+                seq,
+                by,
+                ts: ts_ms,
+                emoji,
+                on,
+            },
+        )
+    }
+
     /// `{"type":"presence","room","user","state":"online"|"offline"}`.
     pub(crate) fn presence(room: u64, user: u64, online: bool) -> Event {
         #[derive(Serialize)]
@@ -502,16 +561,29 @@ mod tests {
                 text: Some("q".into()),
             }),
         };
-        let changed = Message::live(1, 2, 3, 4, None, true)
+        let mut changed = Message::live(1, 2, 3, 4, None, true)
             .changed(Some((5, 6)))
-            .threaded(Some(&quoted), 3);
+            .threaded(Some(&quoted), 3, 9);
+        changed.reactions = vec![ReactionView {
+            emoji: "👍",
+            count: 2,
+            me: true,
+        }];
         let every = [
-            Event::encode_message(1, &changed),
+            Event::encode_message(
+                1,
+                &Message {
+                    replies: 0,
+                    last_reply: 0,
+                    ..changed.clone()
+                },
+            ),
             Event::edit(1, 2, 3, 4, "b"),
             Event::delete(1, 2, 3, 4),
             Event::typing(1, 2),
             Event::presence(1, 2, true),
             Event::left(1, "removed"),
+            Event::react(1, 2, 3, 4, "👍", true),
         ];
         for e in &every {
             match e.kind() {
@@ -520,7 +592,8 @@ mod tests {
                 | EventKind::Delete
                 | EventKind::Typing
                 | EventKind::Presence
-                | EventKind::Left => {}
+                | EventKind::Left
+                | EventKind::React => {}
             }
         }
         let mut seen = BTreeSet::new();
@@ -548,15 +621,20 @@ mod tests {
             .keys()
             .map(|f| f.trim_end_matches('?').to_string())
             .collect();
-        let stored = Message::stored(2, 3, 4, None, true)
+        let mut stored = Message::stored(2, 3, 4, None, true)
             .changed(Some((5, 6)))
-            .threaded(Some(&quoted), 3);
+            .threaded(Some(&quoted), 3, 9);
+        stored.reactions = changed.reactions.clone();
         let v = serde_json::to_value(&stored).unwrap();
         let got: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
         assert_eq!(got, doc, "fields of a message");
+        // A live message is a message with type and room, without the
+        // thread's count that pages give.
         let live: BTreeSet<String> = keys(&every[0]);
         let mut want = doc.clone();
         want.extend(["type".to_string(), "room".to_string()]);
+        want.remove("replies");
+        want.remove("last_reply");
         assert_eq!(live, want, "a live msg is a message with type and room");
     }
 
@@ -602,11 +680,12 @@ mod tests {
             EventKind::Typing,
             EventKind::Presence,
             EventKind::Left,
+            EventKind::React,
         ];
         for k in kinds {
             assert_eq!(EventKind::from_code(k.code()), Some(k));
         }
-        assert_eq!(EventKind::from_code(6), None);
+        assert_eq!(EventKind::from_code(7), None);
         for body_len in [0usize, 200, 70_000] {
             let body = "y".repeat(body_len);
             let e = Event::message(3, 9, 4, 1_700, Some(&body), false);

@@ -11,6 +11,8 @@ pub struct ShardCounters {
     pub posts: u64,
     /// Idempotent retries answered with the original seq.
     pub duplicates: u64,
+    /// Reactions put on or taken off (stored) on rooms this shard owns.
+    pub reactions: u64,
     /// Events handed to local subscribers.
     pub delivered: u64,
     /// Events sent to other shards (each counts once per shard).
@@ -87,6 +89,7 @@ impl ShardCounters {
     pub fn add(&mut self, o: &ShardCounters) {
         self.posts += o.posts;
         self.duplicates += o.duplicates;
+        self.reactions += o.reactions;
         self.delivered += o.delivered;
         self.forwarded += o.forwarded;
         self.mesh_sends += o.mesh_sends;

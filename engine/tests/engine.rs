@@ -1420,24 +1420,32 @@ fn replies_quote_what_they_answer_live_in_history_in_replay_and_in_threads() {
         let v = serde_json::to_value(newest.messages[0].view()).unwrap();
         check(&v, 3, bob, "answer, edited", ctx);
         for seq in [1, 3, 4] {
-            let t = engine.thread(room, seq, 0, 10).wait().unwrap().unwrap();
+            let t = engine
+                .thread(room, seq, 0, 10, None)
+                .wait()
+                .unwrap()
+                .unwrap();
             assert_eq!((t.first.seq, t.first.replies), (1, 2), "{ctx}");
             let seqs: Vec<u64> = t.messages.iter().map(|m| m.seq).collect();
             assert_eq!(seqs, [3, 4], "{ctx}");
         }
-        let t = engine.thread(room, 1, 0, 1).wait().unwrap().unwrap();
+        let t = engine.thread(room, 1, 0, 1, None).wait().unwrap().unwrap();
         assert_eq!((t.messages.len(), t.next), (1, Some(3)), "{ctx}");
-        let t = engine.thread(room, 1, 3, 1).wait().unwrap().unwrap();
+        let t = engine.thread(room, 1, 3, 1, None).wait().unwrap().unwrap();
         assert_eq!((t.messages[0].seq, t.next), (4, None), "{ctx}");
         // A deleted message keeps its place (and would keep its thread).
-        let t = engine.thread(room, 2, 0, 10).wait().unwrap().unwrap();
+        let t = engine.thread(room, 2, 0, 10, None).wait().unwrap().unwrap();
         assert_eq!(
             (t.first.body.as_deref(), t.messages.len()),
             (None, 0),
             "{ctx}"
         );
         assert!(
-            engine.thread(room, 9, 0, 10).wait().unwrap().is_none(),
+            engine
+                .thread(room, 9, 0, 10, None)
+                .wait()
+                .unwrap()
+                .is_none(),
             "{ctx}"
         );
         // Replay after `since` quotes too.
@@ -1449,6 +1457,136 @@ fn replies_quote_what_they_answer_live_in_history_in_replay_and_in_threads() {
             .collect();
         check(&replay[0], 1, alice, &quote_1, ctx);
         assert_eq!(replay[1]["reply_to"], 3, "{ctx}");
+    };
+    verify(&engine, "running");
+    engine.shutdown().unwrap();
+    drop(meta);
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    verify(&engine, "restarted");
+    engine.shutdown().unwrap();
+}
+
+/// Reactions through the engine: members only, one emoji each, live
+/// `react` events, counts with the reader's own on history and thread
+/// pages, counts (never anyone's own) on replays from the tail cache and
+/// the log, and the same after a restart.
+#[test]
+fn reactions_are_stored_sent_counted_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    let meta = engine.directory();
+    let alice = meta.ensure_external_user("alice", 0).unwrap();
+    let bob = meta.ensure_external_user("bob", 0).unwrap();
+    let carol = meta.ensure_external_user("carol", 0).unwrap();
+    let room = engine.create_room("general", false, alice).wait().unwrap();
+    engine
+        .membership(room, bob, bob, MemberOp::Join)
+        .wait()
+        .unwrap();
+    let sub = engine.subscribe(room, Some(0)).wait().unwrap();
+    engine.post(room, alice, "", "hello").wait().unwrap();
+    engine.post(room, alice, "", "second").wait().unwrap();
+    assert!(engine.react(room, 1, bob, "👍", true).wait().unwrap());
+    assert!(
+        !engine.react(room, 1, bob, "👍", true).wait().unwrap(),
+        "already on"
+    );
+    assert!(engine.react(room, 1, alice, "👍", true).wait().unwrap());
+    assert!(engine.react(room, 1, alice, "👨‍👩‍👧", true).wait().unwrap());
+    assert!(engine.react(room, 1, alice, "👨‍👩‍👧", false).wait().unwrap());
+    assert!(engine.react(room, 2, alice, "1️⃣", true).wait().unwrap());
+    // Refused: not a member, not one emoji, no such message.
+    assert!(matches!(
+        engine.react(room, 1, carol, "👍", true).wait(),
+        Err(Error::Forbidden(_) | Error::NotFound(_))
+    ));
+    for bad in ["", "lol", "👍 ", "a👍", "\u{202e}👍", "1", &"👍".repeat(9)] {
+        assert!(
+            matches!(
+                engine.react(room, 1, bob, bad, true).wait(),
+                Err(Error::InvalidInput(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        engine.react(room, 9, bob, "👍", true).wait(),
+        Err(Error::NotFound(_))
+    ));
+    // Live: the five changes, in order, after the two messages.
+    let mut reacts = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reacts.len() < 5 {
+        assert!(Instant::now() < deadline, "got {reacts:?}");
+        if let Some(e) = sub.recv_timeout(Duration::from_millis(200)).unwrap() {
+            if e.kind() == EventKind::React {
+                let v = json(&e);
+                reacts.push((
+                    v["seq"].as_u64().unwrap(),
+                    v["by"].as_u64().unwrap(),
+                    v["emoji"].as_str().unwrap().to_string(),
+                    v["on"].as_bool().unwrap(),
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        reacts,
+        [
+            (1, bob, "👍".to_string(), true),
+            (1, alice, "👍".to_string(), true),
+            (1, alice, "👨‍👩‍👧".to_string(), true),
+            (1, alice, "👨‍👩‍👧".to_string(), false),
+            (2, alice, "1️⃣".to_string(), true),
+        ]
+    );
+    drop(sub);
+    let verify = |engine: &Engine, ctx: &str| {
+        for (reader, me) in [(Some(bob), true), (Some(carol), false), (None, false)] {
+            let page = engine
+                .history_of(room, Cursor::after(0, 10), reader)
+                .wait()
+                .unwrap();
+            let v = serde_json::to_value(page.messages[0].view()).unwrap();
+            let mut want = serde_json::json!({"emoji": "👍", "count": 2});
+            if me {
+                want["me"] = true.into();
+            }
+            assert_eq!(
+                v["reactions"],
+                serde_json::json!([want]),
+                "{ctx}: {reader:?}"
+            );
+            let t = engine
+                .thread(room, 2, 0, 10, Some(alice))
+                .wait()
+                .unwrap()
+                .unwrap();
+            let first = serde_json::to_value(t.first.view()).unwrap();
+            assert_eq!(
+                first["reactions"],
+                serde_json::json!([{"emoji": "1️⃣", "count": 1, "me": true}]),
+                "{ctx}"
+            );
+        }
+        // A replay (from the tail cache, or the log after a restart)
+        // counts, with nobody's own.
+        let sub = engine.subscribe(room, Some(0)).wait().unwrap();
+        let replay: Vec<serde_json::Value> = collect(&sub, 2)
+            .iter()
+            .filter(|e| e.kind() == EventKind::Message)
+            .map(json)
+            .collect();
+        assert_eq!(
+            replay[0]["reactions"],
+            serde_json::json!([{"emoji": "👍", "count": 2}]),
+            "{ctx}"
+        );
+        assert_eq!(
+            replay[1]["reactions"],
+            serde_json::json!([{"emoji": "1️⃣", "count": 1}]),
+            "{ctx}"
+        );
     };
     verify(&engine, "running");
     engine.shutdown().unwrap();

@@ -264,6 +264,8 @@ pub(crate) struct PageQuery {
     /// Bytes of JSON the page may take, when it has to cross NATS (asked
     /// through another node): it is cut short, its `next` cursor going on.
     pub bytes_max: Option<usize>,
+    /// Whom the page is for (its reactions say whether they have each on).
+    pub reader: Option<u64>,
 }
 
 /// A page of a room's history (`protocol::HistoryPage`), newest first
@@ -290,7 +292,7 @@ pub(crate) async fn history_page(
         limit: limit as usize,
         order,
     };
-    let page = shared.engine.history(room, cursor).await?;
+    let page = shared.engine.history_of(room, cursor, q.reader).await?;
     let cached = page.cached;
     let mut page = HistoryPage { room, page };
     if let Some(bytes_max) = q.bytes_max {

@@ -291,6 +291,11 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
             "Idempotent retries answered with the original seq",
             c.duplicates,
         ),
+        (
+            "reactions",
+            "Reactions put on or taken off (stored)",
+            c.reactions,
+        ),
         ("delivered", "Events handed to subscribers", c.delivered),
         (
             "forwarded",

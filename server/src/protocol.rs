@@ -18,8 +18,8 @@ use serde_json::value::RawValue;
 
 /// The `type`s of the frames a client may send.
 pub const CLIENT_TYPES: &[&str] = &[
-    "auth", "refresh", "ping", "join", "leave", "send", "edit", "delete", "typing", "read",
-    "history",
+    "auth", "refresh", "ping", "join", "leave", "send", "edit", "delete", "react", "typing",
+    "read", "history",
 ];
 
 /// A frame the server sends in answer to a client frame.
@@ -228,6 +228,11 @@ pub struct ClientFrame<'a> {
     pub client_id: Option<Cow<'a, str>>,
     /// `send`: the seq the message replies to.
     pub reply_to: Option<u64>,
+    /// `react`: the emoji.
+    #[serde(borrow, default, deserialize_with = "cow")]
+    pub emoji: Option<Cow<'a, str>>,
+    /// `react`: put on (default) or taken off.
+    pub on: Option<bool>,
     pub before: Option<u64>,
     pub after: Option<u64>,
     pub limit: Option<u64>,
@@ -521,7 +526,8 @@ mod doc {
         for (kind, (fields, _)) in &clients {
             for field in fields {
                 let value = match field.as_str() {
-                    "token" | "body" | "client_id" => "\"s\"",
+                    "token" | "body" | "client_id" | "emoji" => "\"s\"",
+                    "on" => "true",
                     _ => "1",
                 };
                 let text = format!(r#"{{"type":"{kind}","{field}":{value}}}"#);
@@ -537,6 +543,8 @@ mod doc {
                     body,
                     client_id,
                     reply_to,
+                    emoji,
+                    on,
                     before,
                     after,
                     limit,
@@ -549,6 +557,8 @@ mod doc {
                     "body" => body.is_some(),
                     "client_id" => client_id.is_some(),
                     "reply_to" => reply_to.is_some(),
+                    "emoji" => emoji.is_some(),
+                    "on" => on.is_some(),
                     "before" => before.is_some(),
                     "after" => after.is_some(),
                     "limit" => limit.is_some(),
@@ -566,6 +576,8 @@ mod doc {
             "body",
             "client_id",
             "reply_to",
+            "emoji",
+            "on",
             "before",
             "after",
             "limit",

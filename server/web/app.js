@@ -579,6 +579,11 @@ function wantMembers(v) {
 function absorb(v, messages) {
   const oldLo = v.lo;
   for (const m of messages) {
+    const had = v.msgs.get(m.seq);
+    // A thread counted as of a later reply (live) keeps that count.
+    if (had && (had.last_reply || 0) > (m.last_reply || 0)) {
+      Object.assign(m, { replies: had.replies, last_reply: had.last_reply });
+    }
     v.msgs.set(m.seq, m);
     if (m.seq > v.hi) v.hi = m.seq;
     if (m.seq < v.lo || v.lo > v.hi) v.lo = Math.min(v.lo, m.seq);
@@ -687,6 +692,24 @@ function renderRow(i) {
       ? el("div", { class: "body deleted", text: "message deleted" })
       : el("div", { class: "body", text: m.body }),
   );
+  if (m.reactions?.length) {
+    row.append(
+      el(
+        "div",
+        { class: "reactions" },
+        ...m.reactions.map((r) =>
+          el("button", {
+            type: "button",
+            class: "reaction" + (r.me ? " me" : ""),
+            text: `${r.emoji} ${r.count}`,
+            title: r.me ? "Take your reaction off" : "React with " + r.emoji,
+            ariaPressed: String(!!r.me),
+            onclick: () => react(v.room, seq, r.emoji, !r.me),
+          }),
+        ),
+      ),
+    );
+  }
   if (m.replies > 0) {
     const n = m.replies;
     row.append(
@@ -701,7 +724,12 @@ function renderRow(i) {
   if (seq === v.firstUnread) row.classList.add("first-unread");
   const live = !m.deleted && m.body !== null;
   const actions = el("div", { class: "actions" });
-  if (live) actions.append(el("button", { type: "button", text: "reply", onclick: () => startReply(seq) }));
+  if (live) {
+    actions.append(
+      el("button", { type: "button", text: "react", onclick: (e) => pickReaction(e.currentTarget, v.room, seq) }),
+      el("button", { type: "button", text: "reply", onclick: () => startReply(seq) }),
+    );
+  }
   if (mine && live) {
     actions.append(
       el("button", { type: "button", text: "edit", onclick: () => startEdit(seq) }),
@@ -710,6 +738,48 @@ function renderRow(i) {
   }
   if (actions.childElementCount) row.append(actions);
   return row;
+}
+
+// The reactions offered by a message's "react" action.
+const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🙏", "👀"];
+
+// A row of quick reactions under the "react" button; one click reacts.
+function pickReaction(button, room, seq) {
+  const open = button.parentElement.querySelector(".picker");
+  if (open) return open.remove();
+  const mine = new Set((view(room).msgs.get(seq)?.reactions || []).filter((r) => r.me).map((r) => r.emoji));
+  const picker = el(
+    "div",
+    { class: "picker", role: "group", ariaLabel: "React with" },
+    ...QUICK_REACTIONS.map((emoji) =>
+      el("button", {
+        type: "button",
+        text: emoji,
+        onclick: () => {
+          picker.remove();
+          react(room, seq, emoji, !mine.has(emoji));
+        },
+      }),
+    ),
+  );
+  button.parentElement.append(picker);
+}
+
+// Puts our reaction on (or takes it off); the room's `react` event shows it.
+function react(room, seq, emoji, on) {
+  state.session
+    .request({ type: "react", room, seq, emoji, on })
+    .catch((e) => notice("reaction: " + e.message));
+}
+
+// A `react` event applied to the message it is about.
+function applyReaction(m, f) {
+  const list = (m.reactions = m.reactions || []);
+  let r = list.find((x) => x.emoji === f.emoji);
+  if (!r) list.push((r = { emoji: f.emoji, count: 0, me: false }));
+  r.count = Math.max(0, r.count + (f.on ? 1 : -1));
+  if (f.by === state.auth.user) r.me = f.on;
+  m.reactions = list.filter((x) => x.count > 0);
 }
 
 // A reply's quote of what it answers: who wrote it and its first line;
@@ -783,6 +853,12 @@ function onEvent(f) {
       }
       threadChanged(f);
       return;
+    case "react":
+      if (v && v.msgs.has(f.seq)) {
+        applyReaction(v.msgs.get(f.seq), f);
+        if (f.room === state.current) state.list.refresh(f.seq);
+      }
+      return;
     case "typing":
       if (f.user === state.auth.user) return;
       view(f.room).typing.set(f.user, Date.now() + TYPING_SHOW_MS);
@@ -852,17 +928,23 @@ function onMessage(f) {
     reply_to: f.reply_to,
     thread: f.thread,
     quote: f.quote,
-    replies: f.replies || 0,
+    reactions: f.reactions || [],
   };
-  const fresh = !v.msgs.has(f.seq);
+  const had = v.msgs.get(f.seq);
+  if (had) {
+    // An event is shared by every subscriber: what is ours, and the
+    // thread's count, come from what we held.
+    Object.assign(m, { replies: had.replies, last_reply: had.last_reply });
+    const mineOf = new Set((had.reactions || []).filter((r) => r.me).map((r) => r.emoji));
+    for (const r of m.reactions) r.me = mineOf.has(r.emoji);
+  }
   v.msgs.set(f.seq, m);
-  if (f.thread && fresh) {
-    // The thread's first message counts it (a live client adds each reply).
-    const first = v.msgs.get(f.thread);
-    if (first) {
-      first.replies = (first.replies || 0) + 1;
-      if (f.room === state.current) state.list.refresh(f.thread);
-    }
+  const first = f.thread && v.msgs.get(f.thread);
+  if (first && (first.last_reply || 0) < f.seq) {
+    // Counted once: a page counts up to its `last_reply`, live adds after.
+    first.replies = (first.replies || 0) + 1;
+    first.last_reply = f.seq;
+    if (f.room === state.current) state.list.refresh(f.thread);
   }
   threadSaw(f.room, m);
   if (mine) {
@@ -990,7 +1072,8 @@ function stopReply() {
 // its replies (a few pages at most), kept current by live events.
 async function openThread(room, seq) {
   const panel = $("#thread");
-  const t = { room, first: null, msgs: new Map() };
+  // `want`: the seq asked for, until the first page says which thread.
+  const t = { room, want: seq, first: null, msgs: new Map() };
   state.thread = t;
   panel.hidden = false;
   $("#thread-list").replaceChildren(el("p", { class: "hint", text: "loading…" }));
@@ -1033,7 +1116,9 @@ function renderThread() {
         : el("div", { class: "body", text: m.body }),
     );
   const replies = [...t.msgs.values()].sort((a, b) => a.seq - b.seq);
-  const n = replies.length;
+  // The thread's own count (the panel loads at most a few pages), and
+  // any reply seen since.
+  const n = Math.max(replies.length, t.first.replies || 0);
   $("#thread-list").replaceChildren(
     row(t.first),
     el("p", { class: "hint", text: `${n} ${n === 1 ? "reply" : "replies"}` }),
@@ -1044,8 +1129,14 @@ function renderThread() {
 // A live message: the open thread takes it if it is one of its replies.
 function threadSaw(room, m) {
   const t = state.thread;
-  if (!t || !t.first || t.room !== room || m.thread !== t.first.seq || t.msgs.has(m.seq)) return;
+  if (!t || t.room !== room || !m.thread || t.msgs.has(m.seq)) return;
+  const root = t.first ? t.first.seq : t.want;
+  if (m.thread !== root) return;
   t.msgs.set(m.seq, m);
+  if (t.first && (t.first.last_reply || 0) < m.seq) {
+    t.first.replies = (t.first.replies || 0) + 1;
+    t.first.last_reply = m.seq;
+  }
   renderThread();
 }
 
@@ -1062,13 +1153,17 @@ function threadChanged(f) {
   renderThread();
 }
 
-// A reply from the thread's panel answers the thread's first message.
+// A reply from the thread's panel answers the thread's first message, or
+// its newest live reply once the first is deleted.
 function replyInThread(form) {
   const t = state.thread;
   const body = form.body.value;
   if (!t || !t.first || !body.trim()) return;
+  const live = [t.first, ...t.msgs.values()].filter((m) => m.body !== null);
+  if (!live.length) return notice("every message of this thread was deleted");
+  const to = t.first.body !== null ? t.first.seq : Math.max(...live.map((m) => m.seq));
   form.body.value = "";
-  state.session.send(t.room, body, t.first.seq).acked.catch((e) => notice("not sent: " + e.message));
+  state.session.send(t.room, body, to).acked.catch((e) => notice("not sent: " + e.message));
 }
 
 function remove(seq) {

@@ -60,6 +60,10 @@ pub enum Error {
     /// A unique name (user name, room name) is already taken.
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// The change would pass a bound on what is stored about one thing
+    /// (the reactions on a message).
+    #[error("too many: {0}")]
+    TooMany(String),
     /// The shard store was shut down, or its background index thread died.
     #[error("storage closed")]
     Closed,

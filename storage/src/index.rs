@@ -15,6 +15,8 @@
 //! | `scrub`    | `segment`             | ms since which it holds a deleted body  |
 //! | `threads`  | `(room, thread, seq)` | `()`: reply `seq` is in the thread of `thread` |
 //! | `thread_heads` | `(room, thread)`  | `(replies, last reply's seq)`           |
+//! | `reactions` | `(room, seq, emoji, user)` | `()`: the user's reaction is on |
+//! | `reaction_counts` | `(room, seq, emoji)` | users with that reaction on (> 0) |
 //!
 //! Invariant: a batch carrying a checkpoint is committed with
 //! `Durability::Immediate` and is never merged with later batches, so the
@@ -45,6 +47,12 @@ pub(crate) const THREADS: TableDefinition<(u64, u64, u64), ()> = TableDefinition
 /// Per thread: how many replies, and the seq of the last.
 pub(crate) const THREAD_HEADS: TableDefinition<(u64, u64), (u64, u64)> =
     TableDefinition::new("thread_heads");
+/// Who has which reaction on which message.
+pub(crate) const REACTIONS: TableDefinition<(u64, u64, &str, u64), ()> =
+    TableDefinition::new("reactions");
+/// How many users have each reaction on each message (rows > 0 only).
+pub(crate) const REACTION_COUNTS: TableDefinition<(u64, u64, &str), u64> =
+    TableDefinition::new("reaction_counts");
 const CHECKPOINT_KEY: &str = "checkpoint";
 
 /// The persisted state of one room in a shard index.
@@ -106,6 +114,15 @@ pub(crate) enum Op {
     /// Reply `seq` joined the thread that starts at `thread` (idempotent:
     /// a replayed reply is counted once).
     Thread { room: u64, thread: u64, seq: u64 },
+    /// `user`'s reaction `emoji` on message `seq` is on or off (idempotent:
+    /// the count moves only when the row changes).
+    React {
+        room: u64,
+        seq: u64,
+        emoji: String,
+        user: u64,
+        on: bool,
+    },
     /// Retention moved a room's low seq: drop whole chunks, edits and
     /// threads below.
     Retire { room: u64, low_seq: u64 },
@@ -169,6 +186,8 @@ pub(crate) fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
     tx.open_table(SCRUB)?;
     tx.open_table(THREADS)?;
     tx.open_table(THREAD_HEADS)?;
+    tx.open_table(REACTIONS)?;
+    tx.open_table(REACTION_COUNTS)?;
     tx.commit()?;
     Ok(db)
 }
@@ -290,6 +309,52 @@ pub(crate) fn read_thread_heads(
     Ok(out)
 }
 
+/// Whether `room` has any reaction.
+pub(crate) fn has_reactions(db: &Database, room: u64) -> Result<bool> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(REACTION_COUNTS)?;
+    let first = table.range((room, 0, "")..)?.next().transpose()?;
+    Ok(first.is_some_and(|(k, _)| k.value().0 == room))
+}
+
+/// `(seq, emoji, count, mine)`: one reaction on one message.
+pub(crate) type ReactionRow = (u64, String, u64, bool);
+
+/// Committed reactions of `room`, read in one snapshot: `(seq, emoji,
+/// count, mine)` of every reaction on the messages `lo..=hi` (`mine`:
+/// whether `user`, when given, has it on), and whether each of `keys`
+/// (`(seq, emoji, user)`) is on.
+pub(crate) fn read_reactions(
+    db: &Database,
+    room: u64,
+    lo: u64,
+    hi: u64,
+    user: Option<u64>,
+    keys: &[(u64, &str, u64)],
+) -> Result<(Vec<ReactionRow>, Vec<bool>)> {
+    let tx = db.begin_read()?;
+    let counts = tx.open_table(REACTION_COUNTS)?;
+    let users = tx.open_table(REACTIONS)?;
+    let mut on = Vec::with_capacity(keys.len());
+    for &(seq, emoji, u) in keys {
+        on.push(users.get((room, seq, emoji, u))?.is_some());
+    }
+    let mut out = Vec::new();
+    for row in counts.range((room, lo, "")..)? {
+        let (k, v) = row?;
+        let (r, seq, emoji) = k.value();
+        if r != room || seq > hi {
+            break;
+        }
+        let mine = match user {
+            Some(u) => users.get((room, seq, emoji, u))?.is_some(),
+            None => false,
+        };
+        out.push((seq, emoji.to_string(), v.value(), mine));
+    }
+    Ok((out, on))
+}
+
 /// Up to `len` replies of a thread with seqs above `after`, ascending.
 pub(crate) fn read_thread(
     db: &Database,
@@ -333,6 +398,8 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
     let mut scrub = tx.open_table(SCRUB)?;
     let mut threads = tx.open_table(THREADS)?;
     let mut heads = tx.open_table(THREAD_HEADS)?;
+    let mut reactions = tx.open_table(REACTIONS)?;
+    let mut counts = tx.open_table(REACTION_COUNTS)?;
     let mut i = 0;
     while i < ops.len() {
         let op = &ops[i];
@@ -378,6 +445,29 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
                     heads.insert((*room, *thread), (n + 1, last.max(*seq)))?;
                 }
             }
+            Op::React {
+                room,
+                seq,
+                emoji,
+                user,
+                on,
+            } => {
+                let key = (*room, *seq, emoji.as_str(), *user);
+                let changed = if *on {
+                    reactions.insert(key, ())?.is_none()
+                } else {
+                    reactions.remove(key)?.is_some()
+                };
+                if changed {
+                    let at = (*room, *seq, emoji.as_str());
+                    let n = counts.get(at)?.map_or(0, |v| v.value());
+                    match (*on, n) {
+                        (true, n) => counts.insert(at, n + 1).map(|_| ())?,
+                        (false, 0 | 1) => counts.remove(at).map(|_| ())?,
+                        (false, n) => counts.insert(at, n - 1).map(|_| ())?,
+                    }
+                }
+            }
             Op::SegmentRoom {
                 segment,
                 room,
@@ -393,6 +483,8 @@ fn apply(tx: &redb::WriteTransaction, ops: &[Op]) -> Result<()> {
                 // thread whose first message is retired goes whole.
                 threads.retain_in((*room, 0, 0)..(*room, *low_seq, 0), |_, _| false)?;
                 heads.retain_in((*room, 0)..(*room, *low_seq), |_, _| false)?;
+                reactions.retain_in((*room, 0, "", 0)..(*room, *low_seq, "", 0), |_, _| false)?;
+                counts.retain_in((*room, 0, "")..(*room, *low_seq, ""), |_, _| false)?;
             }
             Op::DropSegment { segment } => {
                 let s = *segment as u64;

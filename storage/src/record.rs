@@ -66,6 +66,24 @@ pub struct Delete {
     pub ts_ms: u64,
 }
 
+/// A reaction put on (`on`) or taken off a message by a user.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct React {
+    /// Room id.
+    pub room: u64,
+    /// Seq of the message reacted to.
+    pub seq: u64,
+    /// Who reacted.
+    pub by: u64,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    /// The reaction (an emoji, at most `EMOJI_BYTES_MAX` bytes).
+    pub emoji: String,
+    /// Put on (true) or taken off (false).
+    pub on: bool,
+}
+
 /// A message that replies to an earlier one of its room.
 ///
 /// Boxed in [`Record`]: the archived enum is as large as its largest
@@ -99,6 +117,8 @@ pub enum Record {
     Delete(Delete),
     /// A message replying to an earlier one (takes a seq).
     Reply(Box<Reply>),
+    /// A reaction put on or taken off a message.
+    React(React),
 }
 
 /// Bytes of the archived [`Record`] enum: what every frame's root is. A
@@ -114,6 +134,7 @@ impl Record {
             Record::Edit(e) => e.room,
             Record::Delete(d) => d.room,
             Record::Reply(r) => r.message.room,
+            Record::React(r) => r.room,
         }
     }
 
@@ -123,7 +144,7 @@ impl Record {
         match self {
             Record::Message(m) => Some(m),
             Record::Reply(r) => Some(&r.message),
-            Record::Edit(_) | Record::Delete(_) => None,
+            Record::Edit(_) | Record::Delete(_) | Record::React(_) => None,
         }
     }
 
@@ -132,7 +153,7 @@ impl Record {
         match self {
             Record::Message(m) => Some(m),
             Record::Reply(r) => Some(&mut r.message),
-            Record::Edit(_) | Record::Delete(_) => None,
+            Record::Edit(_) | Record::Delete(_) | Record::React(_) => None,
         }
     }
 }
@@ -145,17 +166,19 @@ impl ArchivedRecord {
             ArchivedRecord::Edit(e) => e.room.to_native(),
             ArchivedRecord::Delete(d) => d.room.to_native(),
             ArchivedRecord::Reply(r) => r.message.room.to_native(),
+            ArchivedRecord::React(r) => r.room.to_native(),
         }
     }
 
     /// The seq the record is about (its own for a message, the target's for
-    /// an edit or delete).
+    /// an edit, delete or reaction).
     pub fn seq(&self) -> u64 {
         match self {
             ArchivedRecord::Message(m) => m.seq.to_native(),
             ArchivedRecord::Edit(e) => e.seq.to_native(),
             ArchivedRecord::Delete(d) => d.seq.to_native(),
             ArchivedRecord::Reply(r) => r.message.seq.to_native(),
+            ArchivedRecord::React(r) => r.seq.to_native(),
         }
     }
 
@@ -165,7 +188,7 @@ impl ArchivedRecord {
         match self {
             ArchivedRecord::Message(m) => Some(m),
             ArchivedRecord::Reply(r) => Some(&r.message),
-            ArchivedRecord::Edit(_) | ArchivedRecord::Delete(_) => None,
+            ArchivedRecord::Edit(_) | ArchivedRecord::Delete(_) | ArchivedRecord::React(_) => None,
         }
     }
 
@@ -345,6 +368,21 @@ mod tests {
                         thread
                     })
                 )),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                ".{0,8}",
+                any::<bool>()
+            )
+                .prop_map(|(room, seq, by, emoji, on)| Record::React(React {
+                    room,
+                    seq,
+                    by,
+                    ts_ms: seq ^ by,
+                    emoji,
+                    on
+                })),
         ]
     }
 

@@ -13,7 +13,9 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::chunk::{chunk_of, idem_hash, Chunk};
 use crate::error::{Error, Result};
-use crate::index::{RoomRow, CHUNKS, COMPACTED, EDITS, STATE, THREADS, THREAD_HEADS};
+use crate::index::{
+    RoomRow, CHUNKS, COMPACTED, EDITS, REACTIONS, REACTION_COUNTS, STATE, THREADS, THREAD_HEADS,
+};
 use crate::record::ArchivedRecord;
 use crate::segment::{self, Header, Pos, ScanEnd, HEADER_BYTES};
 
@@ -194,7 +196,18 @@ pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
     let mut messages: HashMap<(u64, u64), LogMessage> = HashMap::new();
     let mut changes: HashMap<Pos, (u64, u64)> = HashMap::new();
     let mut last_in_log: HashMap<u64, u64> = HashMap::new();
+    let mut reactions: Reactions = HashMap::new();
     report.segments = for_each_record(data_dir, shard, |pos, rec| match rec {
+        ArchivedRecord::React(r) => {
+            let key = (
+                r.room.to_native(),
+                r.seq.to_native(),
+                r.emoji.to_string(),
+                r.by.to_native(),
+            );
+            reactions.insert(key, (pos, r.on));
+            report.rooms.entry(rec.room()).or_default().changes += 1;
+        }
         ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => {
             let m = rec.message().expect("a message kind");
             if let Some((to, thread)) = rec.reply() {
@@ -271,7 +284,7 @@ pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
             .push("no index: the next open rebuilds it from the log".into());
         return Ok(report);
     }
-    check_index(&index_path, &mut report, &messages, &changes)?;
+    check_index(&index_path, &mut report, &messages, &changes, &reactions)?;
     Ok(report)
 }
 
@@ -323,6 +336,7 @@ fn check_index(
     report: &mut ShardReport,
     messages: &HashMap<(u64, u64), LogMessage>,
     changes: &HashMap<Pos, (u64, u64)>,
+    reactions: &Reactions,
 ) -> Result<()> {
     let (db, note) = IndexDb::open(path)?;
     report.notes.extend(note);
@@ -424,7 +438,74 @@ fn check_index(
             ));
         }
     }
-    check_threads(&tx, report, messages, &rows, checkpoint)
+    check_threads(&tx, report, messages, &rows, checkpoint)?;
+    check_reactions(&tx, report, reactions, &rows, checkpoint)
+}
+
+/// The last reaction record of every `(room, seq, emoji, user)` in the
+/// log, and where it is.
+type Reactions = HashMap<(u64, u64, String, u64), (Pos, bool)>;
+
+/// Every reaction whose last record the checkpoint covers is in the index
+/// as that record says (on: a row; off: none), no row is on that the log
+/// does not put on, and each count is its rows.
+fn check_reactions(
+    tx: &redb::ReadTransaction,
+    report: &mut ShardReport,
+    reactions: &Reactions,
+    rows: &HashMap<u64, RoomRow>,
+    checkpoint: Pos,
+) -> Result<()> {
+    let low = |room: u64| rows.get(&room).map_or(1, |r| r.low_seq.max(1));
+    let table = tx.open_table(REACTIONS)?;
+    let mut counted: BTreeMap<(u64, u64, String), u64> = BTreeMap::new();
+    for row in table.iter()? {
+        let (k, _) = row?;
+        let (room, seq, emoji, user) = k.value();
+        if seq < low(room) {
+            continue;
+        }
+        *counted.entry((room, seq, emoji.to_string())).or_default() += 1;
+        let key = (room, seq, emoji.to_string(), user);
+        if !reactions.get(&key).is_some_and(|(_, on)| *on) {
+            report.errors.push(format!(
+                "index: user {user}'s reaction {emoji:?} on room {room} seq {seq} is on, which the log does not say"
+            ));
+        }
+    }
+    for ((room, seq, emoji, user), (pos, on)) in reactions {
+        if *seq < low(*room) || !before(*pos, checkpoint) {
+            continue;
+        }
+        let indexed = table.get((*room, *seq, emoji.as_str(), *user))?.is_some();
+        if indexed != *on {
+            report.errors.push(format!(
+                "room {room} seq {seq}: user {user}'s reaction {emoji:?} is {} in the log, {} in the index",
+                if *on { "on" } else { "off" },
+                if indexed { "on" } else { "off" },
+            ));
+        }
+    }
+    for row in tx.open_table(REACTION_COUNTS)?.iter()? {
+        let (k, v) = row?;
+        let (room, seq, emoji) = k.value();
+        if seq < low(room) {
+            continue;
+        }
+        let rows_on = counted.remove(&(room, seq, emoji.to_string())).unwrap_or(0);
+        if v.value() != rows_on {
+            report.errors.push(format!(
+                "index: reaction {emoji:?} on room {room} seq {seq} counted {}, its rows {rows_on}",
+                v.value()
+            ));
+        }
+    }
+    for ((room, seq, emoji), n) in counted {
+        report.errors.push(format!(
+            "index: reaction {emoji:?} on room {room} seq {seq} has {n} rows and no count"
+        ));
+    }
+    Ok(())
 }
 
 /// Every reply the checkpoint covers (in a thread not retired) has its

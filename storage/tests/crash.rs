@@ -5,7 +5,10 @@
 //! acknowledged message is present exactly once, in order. Every third
 //! message of a writer replies to its previous one in the room: after each
 //! kill, each acknowledged reply still answers what it answered, and every
-//! thread lists exactly the replies the log holds for it.
+//! thread lists exactly the replies the log holds for it. Every fourth
+//! message a writer also puts its 👍 on, or takes it off, the message it
+//! posted last in a room: after each kill each reaction is as its last
+//! acknowledged change left it, or as the change in flight at the kill.
 //!
 //! SIGKILL leaves the page cache to the kernel: this shows that recovery
 //! handles whatever a killed writer left, not what survives a power cut.
@@ -76,6 +79,7 @@ fn crash_child() {
                     let shard = shard.clone();
                     glommio::spawn_local(async move {
                         let mut last: HashMap<u64, u64> = HashMap::new();
+                        let mut reacted: HashMap<(u64, u64), bool> = HashMap::new();
                         for n in 0u64.. {
                             let room = (w + n) % ROOMS + 1;
                             let body = format!("r{round}-w{w}-n{n}");
@@ -88,11 +92,17 @@ fn crash_child() {
                             }
                             .unwrap();
                             let seq = appended.seq();
-                            last.insert(room, seq);
-                            let mut out = std::io::stdout().lock();
+                            let previous = last.insert(room, seq);
                             let to = to.unwrap_or(0);
-                            writeln!(out, "ack {room} {seq} {to} {body}").unwrap();
-                            out.flush().unwrap();
+                            say(&format!("ack {room} {seq} {to} {body}"));
+                            if let Some(target) = previous.filter(|_| n % 4 == 3) {
+                                let on = !reacted.get(&(room, target)).copied().unwrap_or(false);
+                                let key = format!("{room} {target} {} {on}", w + 1);
+                                say(&format!("try {key}"));
+                                shard.react(room, target, w + 1, n, "👍", on).await.unwrap();
+                                reacted.insert((room, target), on);
+                                say(&format!("racked {key}"));
+                            }
                         }
                     })
                 })
@@ -117,10 +127,21 @@ fn acknowledged_messages_survive_sigkill() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut acked: HashMap<(u64, u64), (u64, String)> = HashMap::new();
+    // Per reaction (room, seq, user): its last acknowledged state and the
+    // state of its last change tried.
+    let mut reactions: Reactions = HashMap::new();
     let mut compacted_rounds = 0;
     for round in 0..ROUNDS {
         let kill_after = Duration::from_millis(rng.gen_range(5..250));
-        let new = run_child(dir.path(), round, kill_after);
+        let (new, reaction_lines) = run_child(dir.path(), round, kill_after);
+        for (tried, key, on) in reaction_lines {
+            let state = reactions.entry(key).or_insert((false, false));
+            if tried {
+                state.1 = on;
+            } else {
+                state.0 = on;
+            }
+        }
         for (key, body) in new {
             assert!(
                 acked.insert(key, body).is_none(),
@@ -132,7 +153,7 @@ fn acknowledged_messages_survive_sigkill() {
         compacted_rounds +=
             ids.iter()
                 .any(|&id| rookery_storage::segment::is_compacted(id)) as u32;
-        check_store(dir.path(), &acked, seed, round);
+        check_store(dir.path(), &acked, &mut reactions, seed, round);
     }
     assert!(
         compacted_rounds >= ROUNDS / 2,
@@ -142,6 +163,12 @@ fn acknowledged_messages_survive_sigkill() {
         acked.len() > 100,
         "seed {seed}: the child acknowledged only {} messages",
         acked.len()
+    );
+    let on = reactions.values().filter(|(on, _)| *on).count();
+    assert!(
+        on > 10 && on < reactions.len(),
+        "seed {seed}: {on} of {} reactions on: both kinds checked",
+        reactions.len()
     );
     assert_verify_passes(dir.path(), &format!("seed {seed} final"));
 }
@@ -156,7 +183,15 @@ fn assert_verify_passes(dir: &Path, ctx: &str) {
 
 /// Runs the child until `kill_after` past its first ack, SIGKILLs it, and
 /// returns every ack it printed (acks printed before death count).
-fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<((u64, u64), (u64, String))> {
+type Reactions = HashMap<(u64, u64, u64), (bool, bool)>;
+
+/// An acknowledged message: (room, seq), (the seq it answers or 0, body).
+type Ack = ((u64, u64), (u64, String));
+
+/// A reaction line of the child: tried (or acknowledged), its key, on.
+type ReactionLine = (bool, (u64, u64, u64), bool);
+
+fn run_child(dir: &Path, round: u32, kill_after: Duration) -> (Vec<Ack>, Vec<ReactionLine>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env("ROOKERY_CRASH_CHILD", dir)
@@ -168,9 +203,19 @@ fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<((u64, u64), (
     let stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut acks = Vec::new();
+        let mut reactions = Vec::new();
         let mut first_ack: Option<Instant> = None;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            let reaction = line
+                .strip_prefix("try ")
+                .map(|r| (true, r))
+                .or_else(|| line.strip_prefix("racked ").map(|r| (false, r)));
+            if let Some((tried, rest)) = reaction {
+                let f: Vec<&str> = rest.split(' ').collect();
+                let n = |i: usize| f[i].parse::<u64>().unwrap();
+                reactions.push((tried, (n(0), n(1), n(2)), f[3] == "true"));
+            }
             if let Some(rest) = line.strip_prefix("ack ") {
                 let mut parts = rest.splitn(4, ' ');
                 let room: u64 = parts.next().unwrap().parse().unwrap();
@@ -180,7 +225,7 @@ fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<((u64, u64), (
                 first_ack.get_or_insert_with(Instant::now);
             }
         }
-        acks
+        (acks, reactions)
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     // Let it run: kill at a random moment after it started appending.
@@ -194,10 +239,17 @@ fn run_child(dir: &Path, round: u32, kill_after: Duration) -> Vec<((u64, u64), (
 /// Reopens the store and checks every acknowledged message is present once,
 /// with its body and what it replies to, that each writer's messages are
 /// in order per room, and that each thread lists the log's replies to it.
-fn check_store(dir: &Path, acked: &HashMap<(u64, u64), (u64, String)>, seed: u64, round: u32) {
+fn check_store(
+    dir: &Path,
+    acked: &HashMap<(u64, u64), (u64, String)>,
+    reactions: &mut Reactions,
+    seed: u64,
+    round: u32,
+) {
     let cfg = config(dir);
     let acked = acked.clone();
-    common::run(move || async move {
+    let expected = reactions.clone();
+    let found = common::run(move || async move {
         {
             let store = Store::open(cfg).unwrap();
             let shard = store.open_shard(0).await.unwrap();
@@ -231,9 +283,28 @@ fn check_store(dir: &Path, acked: &HashMap<(u64, u64), (u64, String)>, seed: u64
                 }
                 check_threads(&shard, room, &page.items, &ctx).await;
             }
+            // Each reaction: as its last acknowledged change left it, or
+            // as the change in flight at the kill.
+            let mut found = HashMap::new();
+            for (&(room, seq, user), &(acked_on, tried_on)) in &expected {
+                let now = shard.reactions(room, &[seq], Some(user)).unwrap();
+                let on = now
+                    .get(&seq)
+                    .is_some_and(|list| list.iter().any(|r| r.emoji == "👍" && r.mine));
+                assert!(
+                    on == acked_on || on == tried_on,
+                    "seed {seed} round {round}: user {user}'s 👍 on room {room} seq {seq} is {on}"
+                );
+                found.insert((room, seq, user), on);
+            }
             shard.close().await.unwrap();
+            found
         }
     });
+    // What recovery kept is the truth the next round starts from.
+    for (key, on) in found {
+        reactions.insert(key, (on, on));
+    }
 }
 
 /// Each thread of the room (as the log's replies say) pages exactly its
@@ -280,4 +351,11 @@ async fn check_threads(
         }
         assert_eq!(got, replies, "{ctx}: room {room} thread {thread}");
     }
+}
+
+/// Prints one line of the child's report, at once.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
 }

@@ -13,9 +13,26 @@ use rookery_storage::*;
 /// What a reader keeps of a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seen {
-    Message { room: u64, seq: u64, body: String },
-    Edit { room: u64, seq: u64, body: String },
-    Delete { room: u64, seq: u64 },
+    Message {
+        room: u64,
+        seq: u64,
+        body: String,
+    },
+    Edit {
+        room: u64,
+        seq: u64,
+        body: String,
+    },
+    Delete {
+        room: u64,
+        seq: u64,
+    },
+    React {
+        room: u64,
+        seq: u64,
+        emoji: String,
+        on: bool,
+    },
 }
 
 fn seen(record: &ArchivedRecord) -> Seen {
@@ -36,6 +53,12 @@ fn seen(record: &ArchivedRecord) -> Seen {
         ArchivedRecord::Delete(d) => Seen::Delete {
             room: d.room.into(),
             seq: d.seq.into(),
+        },
+        ArchivedRecord::React(r) => Seen::React {
+            room: r.room.into(),
+            seq: r.seq.into(),
+            emoji: r.emoji.to_string(),
+            on: r.on,
         },
     }
 }

@@ -842,3 +842,176 @@ fn verify_finds_a_missing_thread_row_and_a_miscounted_head() {
         "{errors}"
     );
 }
+
+/// Reactions: on and off are idempotent, counted per emoji with the
+/// reader's own marked, bounded per message and per user, refused on a
+/// missing or deleted message, and the same through pending, committed,
+/// reopen, an index rebuilt from the log, compaction and retention.
+#[test]
+fn reactions_count_bound_and_survive_reopen_rebuild_compaction_and_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.compaction_keep_recent_segments = 0;
+    run(move || async move {
+        let store = open(&cfg);
+        let shard = store.open_shard(0).await.unwrap();
+        let room = 6;
+        for i in 1..=3u64 {
+            shard.append_message(room, 1, "", i, "m").await.unwrap();
+        }
+        assert!(shard.react(room, 1, 10, 5, "👍", true).await.unwrap());
+        assert!(
+            !shard.react(room, 1, 10, 5, "👍", true).await.unwrap(),
+            "already on"
+        );
+        assert!(shard.react(room, 1, 11, 5, "👍", true).await.unwrap());
+        assert!(shard.react(room, 1, 11, 5, "🎉", true).await.unwrap());
+        assert!(shard.react(room, 2, 12, 5, "😀", true).await.unwrap());
+        assert!(shard.react(room, 2, 12, 5, "😀", false).await.unwrap());
+        assert!(
+            !shard.react(room, 2, 12, 5, "😀", false).await.unwrap(),
+            "already off"
+        );
+        // Toggled across segments: on, off, on again.
+        assert!(shard.react(room, 3, 13, 5, "🔥", true).await.unwrap());
+        shard.checkpoint_now().await.unwrap();
+        assert!(shard.react(room, 3, 13, 5, "🔥", false).await.unwrap());
+        assert!(shard.react(room, 3, 13, 5, "🔥", true).await.unwrap());
+        // Refused, writing nothing.
+        shard.delete(room, 2, 1, 6).await.unwrap();
+        for (seq, emoji) in [(2u64, "👍"), (9, "👍")] {
+            assert!(matches!(
+                shard.react(room, seq, 10, 7, emoji, true).await,
+                Err(Error::NotFound(_))
+            ));
+        }
+        for emoji in ["", &"x".repeat(EMOJI_BYTES_MAX + 1)] {
+            assert!(matches!(
+                shard.react(room, 1, 10, 7, emoji, true).await,
+                Err(Error::InvalidInput(_))
+            ));
+        }
+        let view = |shard: &ShardStore, reader| {
+            let mut got: Vec<(u64, String, u64, bool)> = shard
+                .reactions(room, &[1, 2, 3], Some(reader))
+                .unwrap()
+                .into_iter()
+                .flat_map(|(seq, list)| {
+                    list.into_iter()
+                        .map(move |r| (seq, r.emoji, r.count, r.mine))
+                })
+                .collect();
+            got.sort();
+            got
+        };
+        let want = |reader: u64| {
+            let mut v = vec![
+                (1, "👍".to_string(), 2, reader == 10 || reader == 11),
+                (1, "🎉".to_string(), 1, reader == 11),
+                (3, "🔥".to_string(), 1, reader == 13),
+            ];
+            v.sort();
+            v
+        };
+        let check = |shard: &ShardStore, ctx: &str| {
+            for reader in [10, 11, 13, 99] {
+                assert_eq!(view(shard, reader), want(reader), "{ctx}: reader {reader}");
+            }
+        };
+        check(&shard, "pending");
+        shard.checkpoint_now().await.unwrap();
+        check(&shard, "committed");
+        shard.close().await.unwrap();
+        drop(shard);
+        let shard = store.open_shard(0).await.unwrap();
+        check(&shard, "reopened");
+        shard.close().await.unwrap();
+        drop(shard);
+        std::fs::remove_file(dir_of(&store).join("shard-0/index.redb")).unwrap();
+        let shard = store.open_shard(0).await.unwrap();
+        check(&shard, "rebuilt");
+        shard.compact_all().await.unwrap();
+        check(&shard, "compacted");
+        shard.close().await.unwrap();
+        drop(shard);
+        std::fs::remove_file(dir_of(&store).join("shard-0/index.redb")).unwrap();
+        let shard = store.open_shard(0).await.unwrap();
+        check(&shard, "rebuilt from the compacted log");
+
+        // The bounds: 20 distinct reactions on a message, 10 by one user.
+        shard.append_message(room, 1, "", 8, "busy").await.unwrap();
+        for i in 0..REACTIONS_PER_USER_PER_MESSAGE_MAX {
+            shard
+                .react(room, 4, 20, 9, &format!("e{i}"), true)
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            shard.react(room, 4, 20, 9, "one more", true).await,
+            Err(Error::TooMany(_))
+        ));
+        for i in REACTIONS_PER_USER_PER_MESSAGE_MAX..REACTIONS_PER_MESSAGE_MAX {
+            shard
+                .react(room, 4, 21, 9, &format!("e{i}"), true)
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            shard.react(room, 4, 22, 9, "e99", true).await,
+            Err(Error::TooMany(_))
+        ));
+        // An existing reaction may still be added to, and taking one off
+        // makes room.
+        assert!(shard.react(room, 4, 22, 9, "e0", true).await.unwrap());
+        assert!(shard.react(room, 4, 20, 9, "e1", false).await.unwrap());
+        assert!(shard.react(room, 4, 20, 9, "e99", true).await.unwrap());
+        let on4 = &shard.reactions(room, &[4], Some(22)).unwrap()[&4];
+        assert_eq!(on4.len(), REACTIONS_PER_MESSAGE_MAX);
+        let e0 = on4.iter().find(|r| r.emoji == "e0").unwrap();
+        assert_eq!((e0.count, e0.mine), (2, true));
+        // Concurrent reactions cannot pass the bound between them.
+        let tasks: Vec<_> = (0..40u64)
+            .map(|u| {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    shard
+                        .react(room, 3, 100 + u, 9, &format!("c{u}"), true)
+                        .await
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            match t.await {
+                Ok(true) => ok += 1,
+                Err(Error::TooMany(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ok, REACTIONS_PER_MESSAGE_MAX - 1, "🔥 was there");
+        assert_eq!(
+            shard.reactions(room, &[3], None).unwrap()[&3].len(),
+            REACTIONS_PER_MESSAGE_MAX
+        );
+
+        // Retention retires a message's reactions with it.
+        shard
+            .set_retention(
+                room,
+                Retention {
+                    max_messages: Some(1),
+                    max_age_ms: None,
+                },
+            )
+            .await
+            .unwrap();
+        shard.enforce_retention(1_000).await.unwrap();
+        assert!(shard.reactions(room, &[1, 3], Some(10)).unwrap().is_empty());
+        shard.close().await.unwrap();
+        drop(shard);
+        let data = dir_of(&store);
+        drop(store);
+        let report = rookery_storage::verify::verify_shard(&data, 0).unwrap();
+        assert!(report.ok(), "{:?}", report.errors);
+    });
+}

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import websockets
@@ -220,6 +221,27 @@ async def scenario(ports, procs):
     check(s == 200 and [x["seq"] for x in t["messages"]] == [18] and t["next"] is None, f"thread page 2: {s} {t}")
     s, _, _ = http.call("GET", f"/api/rooms/{rid}/messages/99/thread", b_tok)
     check(s == 404, f"thread of nothing: {s}")
+
+    # Reactions: bob's 👍 over his WebSocket, alice's over HTTP; both see
+    # the react events; a page says whose.
+    ack = await call_ws(b, {"type": "react", "room": rid, "seq": 16, "emoji": "👍", "ref": "rx"})
+    check(ack["type"] == "ack" and ack["seq"] == 16, f"react ack: {ack}")
+    e = await recv_json(a, "react")
+    check((e["seq"], e["by"], e["emoji"], e["on"]) == (16, bob["user"], "👍", True), f"react event: {e}")
+    coded = urllib.parse.quote("👍")
+    s, _, r = http.call("PUT", f"/api/rooms/{rid}/messages/16/reactions/{coded}", a_tok)
+    check(s == 200 and r["changed"] and r["on"], f"react over HTTP: {s} {r}")
+    e = await recv_json(b, "react")
+    check((e["by"], e["on"]) == (alice["user"], True), f"alice's react event: {e}")
+    s, _, page = http.call("GET", f"/api/rooms/{rid}/messages?after=15&limit=1", b_tok)
+    check(s == 200 and page["messages"][0]["reactions"] == [{"emoji": "👍", "count": 2, "me": True}],
+          f"a page counts reactions: {s} {page}")
+    s, _, r = http.call("DELETE", f"/api/rooms/{rid}/messages/16/reactions/{coded}", a_tok)
+    check(s == 200 and r["changed"] and not r["on"], f"unreact over HTTP: {s} {r}")
+    e = await recv_json(b, "react")
+    check((e["by"], e["on"]) == (alice["user"], False), f"alice's unreact event: {e}")
+    e = await call_ws(b, {"type": "react", "room": rid, "seq": 16, "emoji": "not an emoji", "ref": "rbad"})
+    check(e["type"] == "error" and e["code"] == "bad_request", f"a word is no reaction: {e}")
 
     # Unread counts: bob's reply (17) counts as reading up to it; 18 is new.
     s, _, unread = http.call("GET", "/api/me/unread", b_tok)

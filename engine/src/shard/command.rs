@@ -57,6 +57,7 @@ pub(crate) enum Command {
     History {
         room: u64,
         cursor: Cursor,
+        reader: Option<u64>,
         reply: Reply<HistoryPage>,
     },
     Thread {
@@ -64,7 +65,16 @@ pub(crate) enum Command {
         seq: u64,
         after: u64,
         limit: usize,
+        reader: Option<u64>,
         reply: Reply<Option<ThreadPage>>,
+    },
+    React {
+        room: u64,
+        seq: u64,
+        user: u64,
+        emoji: String,
+        on: bool,
+        reply: Reply<bool>,
     },
     LastSeq {
         room: u64,
@@ -249,22 +259,37 @@ impl Shard {
             Command::History {
                 room,
                 cursor,
+                reader,
                 reply,
             } => {
                 let me = self.clone();
-                answer(reply, async move { me.history(room, cursor).await });
+                answer(reply, async move { me.history(room, cursor, reader).await });
             }
             Command::Thread {
                 room,
                 seq,
                 after,
                 limit,
+                reader,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(reply, async move {
+                    me.thread(room, seq, after, limit, reader).await
+                });
+            }
+            Command::React {
+                room,
+                seq,
+                user,
+                emoji,
+                on,
                 reply,
             } => {
                 let me = self.clone();
                 answer(
                     reply,
-                    async move { me.thread(room, seq, after, limit).await },
+                    async move { me.react(room, seq, user, &emoji, on).await },
                 );
             }
             Command::LastSeq { room, reply } => send(reply, Ok(self.store.last_seq(room))),
@@ -410,6 +435,7 @@ fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
         | Command::SetRetention { reply, .. } => send(reply, Err(error())),
         Command::History { reply, .. } => send(reply, Err(error())),
         Command::Thread { reply, .. } => send(reply, Err(error())),
+        Command::React { reply, .. } => send(reply, Err(error())),
         Command::LastSeq { reply, .. }
         | Command::MarkRead { reply, .. }
         | Command::Unread { reply, .. }

@@ -88,13 +88,21 @@ impl Shard {
     ) -> Result<PostAck> {
         require_text(body)?;
         self.may_post(room, sender).await?;
+        // Taken right after the access check, as for any post: a room's
+        // deletion waits for the turns taken before it.
+        let _turn = self.appending(room);
         // The answered message is read before the append: a cold read
         // then holds back no later post's fan-out (they go in seq order).
         let reply = match to {
             None => None,
-            Some(to) => Some(self.reply_to(room, to).await?),
+            Some(to) => match self.reply_to(room, to).await {
+                Ok(reply) => Some(reply),
+                // Storage answers a repeat with the original seq even if
+                // the message it answered is gone since; else NotFound.
+                Err(Error::NotFound(_)) if !client_id.is_empty() => None,
+                Err(e) => return Err(e),
+            },
         };
-        let _turn = self.appending(room);
         self.ensure_owned(room);
         let started = Instant::now();
         let appended = match to {
@@ -127,8 +135,11 @@ impl Shard {
                 if sender != SERVER_USER {
                     self.note_own_read(room, sender, seq);
                 }
-                let m = Message::live(room, seq, sender, ts_ms, Some(body), false)
-                    .threaded(reply.as_ref(), 0);
+                let m = Message::live(room, seq, sender, ts_ms, Some(body), false).threaded(
+                    reply.as_ref(),
+                    0,
+                    0,
+                );
                 self.completed(room, Event::encode_message(room, &m));
                 Ok(PostAck {
                     seq,
@@ -165,21 +176,48 @@ impl Shard {
         &self,
         room: u64,
         items: &[HistoryItem],
+        reader: Option<u64>,
+    ) -> Result<Vec<StoredMessage>> {
+        self.stored_with(room, items, None, reader).await
+    }
+
+    /// [`Shard::stored`], with one more message known already (a thread's
+    /// first, which its replies quote). Each quoted message is read once.
+    /// Reactions say whether `reader` has each on.
+    async fn stored_with(
+        &self,
+        room: u64,
+        items: &[HistoryItem],
+        known: Option<&StoredMessage>,
+        reader: Option<u64>,
     ) -> Result<Vec<StoredMessage>> {
         let mut out: Vec<StoredMessage> = items.iter().map(StoredMessage::from_item).collect();
+        let seqs: Vec<u64> = out.iter().map(|m| m.seq).collect();
+        let mut reactions = self.store.reactions(room, &seqs, reader)?;
+        for m in &mut out {
+            m.reactions = reactions.remove(&m.seq).unwrap_or_default();
+        }
         if out.iter().all(|m| m.reply.is_none()) {
             return Ok(out);
         }
-        let at: HashMap<u64, usize> = out.iter().enumerate().map(|(i, m)| (m.seq, i)).collect();
-        for i in 0..out.len() {
-            let Some(to) = out[i].reply.as_ref().map(|r| r.to) else {
+        let mut quotes: HashMap<u64, Option<Quote>> = out
+            .iter()
+            .chain(known)
+            .map(|m| (m.seq, Some(Quote::of_stored(m))))
+            .collect();
+        for m in &mut out {
+            let Some(to) = m.reply.as_ref().map(|r| r.to) else {
                 continue;
             };
-            let quote = match at.get(&to) {
-                Some(&j) => Some(Quote::of_stored(&out[j])),
-                None => self.store.get(room, to).await?.map(|item| Quote::of(&item)),
+            let quote = match quotes.get(&to) {
+                Some(q) => q.clone(),
+                None => {
+                    let q = self.store.get(room, to).await?.map(|item| Quote::of(&item));
+                    quotes.insert(to, q.clone());
+                    q
+                }
             };
-            out[i].reply.as_mut().expect("a reply").quote = quote;
+            m.reply.as_mut().expect("a reply").quote = quote;
         }
         Ok(out)
     }
@@ -271,9 +309,47 @@ impl Shard {
             }
         };
         self.ensure_owned(room);
-        self.refresh_cached(room, seq).await?;
+        self.refresh_or_drop(room, seq).await;
         self.fan_out(event);
         Ok(())
+    }
+
+    /// Puts `user`'s reaction `emoji` on message `seq` (`on`) or takes it
+    /// off; members only. `Ok(false)` when it already was so (nothing is
+    /// stored or sent).
+    pub(super) async fn react(
+        &self,
+        room: u64,
+        seq: u64,
+        user: u64,
+        emoji: &str,
+        on: bool,
+    ) -> Result<bool> {
+        check_emoji(emoji)?;
+        self.may_post(room, user).await?;
+        let _turn = self.appending(room);
+        let ts = now_ms();
+        if !self.store.react(room, seq, user, ts, emoji, on).await? {
+            return Ok(false);
+        }
+        self.counters.borrow_mut().reactions += 1;
+        self.ensure_owned(room);
+        self.refresh_or_drop(room, seq).await;
+        self.fan_out(Event::react(room, seq, user, ts, emoji, on));
+        Ok(true)
+    }
+
+    /// Re-encodes what the tail cache holds of message `seq` (see
+    /// [`Shard::refresh_cached`]); on a failed read, drops the room's cache
+    /// rather than keep a stale one (its replays then read the log).
+    async fn refresh_or_drop(&self, room: u64, seq: u64) {
+        if let Err(e) = self.refresh_cached(room, seq).await {
+            tracing::warn!(shard = self.id, room, error = %e, "refreshing the tail cache failed; dropped it");
+            if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
+                let freed = o.tail.clear();
+                self.tail_bytes.set(self.tail_bytes.get() - freed);
+            }
+        }
     }
 
     /// Whether `user` is an admin or the owner of `room` (read off the
@@ -301,7 +377,7 @@ impl Shard {
             let Some(item) = self.store.get(room, s).await? else {
                 continue;
             };
-            let fresh = self.stored(room, &[item]).await?[0].event(room);
+            let fresh = self.stored(room, &[item], None).await?[0].event(room);
             if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
                 let delta = o.tail.replace(fresh);
                 self.tail_bytes
@@ -384,10 +460,15 @@ impl Shard {
     /// A page of history, cut short (with a cursor to the rest) once its
     /// bodies pass `history_page_bytes_max`: a reply is bounded in bytes as
     /// well as in messages.
-    pub(super) async fn history(&self, room: u64, cursor: Cursor) -> Result<HistoryPage> {
+    pub(super) async fn history(
+        &self,
+        room: u64,
+        cursor: Cursor,
+        reader: Option<u64>,
+    ) -> Result<HistoryPage> {
         let page = self.store.history(room, cursor).await?;
         let len = self.within_page_bytes(&page.items);
-        let messages = self.stored(room, &page.items[..len]).await?;
+        let messages = self.stored(room, &page.items[..len], reader).await?;
         let next = match messages.last() {
             Some(last) if messages.len() < page.items.len() => Some(match cursor.order {
                 Order::NewestFirst => Cursor::before(last.seq, cursor.limit),
@@ -428,19 +509,25 @@ impl Shard {
         seq: u64,
         after: u64,
         limit: usize,
+        reader: Option<u64>,
     ) -> Result<Option<ThreadPage>> {
         let Some(page) = self.store.thread(room, seq, after, limit).await? else {
             return Ok(None);
         };
         let len = self.within_page_bytes(&page.items);
-        let first = self.stored(room, std::slice::from_ref(&page.first)).await?;
-        let messages = self.stored(room, &page.items[..len]).await?;
+        let first = self
+            .stored(room, std::slice::from_ref(&page.first), reader)
+            .await?;
+        let first = first.into_iter().next().expect("one message");
+        let messages = self
+            .stored_with(room, &page.items[..len], Some(&first), reader)
+            .await?;
         let next = match messages.last() {
             Some(last) if len < page.items.len() => Some(last.seq),
             _ => page.next,
         };
         Ok(Some(ThreadPage {
-            first: first.into_iter().next().expect("one message"),
+            first,
             messages,
             next,
             cached: page.cached,
@@ -512,7 +599,7 @@ impl Shard {
                     .store
                     .history(room, Cursor::after(after, limit))
                     .await?;
-                self.stored(room, &page.items)
+                self.stored(room, &page.items, None)
                     .await?
                     .iter()
                     .map(|m| m.event(room))
@@ -558,6 +645,45 @@ impl Shard {
             .max(self.own_read(room, user));
         Ok(last.saturating_sub(read))
     }
+}
+
+/// A reaction is one emoji (a few code points: modifiers, joiners and
+/// keycaps included), at most `EMOJI_BYTES_MAX` bytes: never text, so it
+/// cannot carry words, controls or direction marks.
+pub(crate) fn check_emoji(emoji: &str) -> Result<()> {
+    let bad = || {
+        Err(Error::InvalidInput(format!(
+            "{emoji:?} is not one emoji of at most {} bytes",
+            rookery_storage::EMOJI_BYTES_MAX
+        )))
+    };
+    if emoji.is_empty() || emoji.len() > rookery_storage::EMOJI_BYTES_MAX {
+        return bad();
+    }
+    let chars: Vec<char> = emoji.chars().collect();
+    let mut pictographs = 0;
+    for (i, &c) in chars.iter().enumerate() {
+        let next = chars.get(i + 1).copied();
+        let ok = match c as u32 {
+            // A keycap: 0-9, # or * then VS16 or the keycap mark.
+            0x30..=0x39 | 0x23 | 0x2A => matches!(next, Some('\u{FE0F}' | '\u{20E3}')),
+            // Joiner, variation selectors, keycap mark, tags of flags.
+            0x200D | 0xFE0E | 0xFE0F | 0x20E3 | 0xE0020..=0xE007F => true,
+            0xA9 | 0xAE | 0x203C..=0x3299 | 0x1F000..=0x1FAFF => {
+                pictographs += 1;
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            return bad();
+        }
+    }
+    let keycap = chars.contains(&'\u{20E3}');
+    if pictographs == 0 && !keycap {
+        return bad();
+    }
+    Ok(())
 }
 
 /// A message's body must say something: not empty, nor only whitespace.

@@ -8,8 +8,9 @@ use rookery_storage::{Cursor, HistoryItem, Meta};
 
 use crate::consumer::SubShared;
 use crate::error::Result;
-use crate::event::{Event, Message};
+use crate::event::{Event, Message, ReactionView};
 use crate::receipts::ToWriter;
+pub use rookery_storage::Reaction;
 
 pub(crate) use crate::reply::Reply;
 
@@ -47,6 +48,10 @@ pub struct StoredMessage {
     pub reply: Option<ReplyTo>,
     /// Replies in the thread it starts (0: none, or it is a reply).
     pub replies: u64,
+    /// The seq of the last of them (0 with none).
+    pub last_reply: u64,
+    /// Its reactions (`mine`: the reader the page was read for has it on).
+    pub reactions: Vec<Reaction>,
 }
 
 /// What a reply answers.
@@ -124,12 +129,14 @@ impl StoredMessage {
                 quote: None,
             }),
             replies: item.replies,
+            last_reply: item.last_reply,
+            reactions: Vec::new(),
         }
     }
 
     /// The message as a history page shows it.
     pub fn view(&self) -> Message<'_> {
-        Message::stored(
+        let mut m = Message::stored(
             self.seq,
             self.sender,
             self.ts_ms,
@@ -137,16 +144,34 @@ impl StoredMessage {
             self.edited,
         )
         .changed(self.changed)
-        .threaded(self.reply.as_ref(), self.replies)
+        .threaded(self.reply.as_ref(), self.replies, self.last_reply);
+        m.reactions = self
+            .reactions
+            .iter()
+            .map(|r| ReactionView {
+                emoji: &r.emoji,
+                count: r.count,
+                me: r.mine,
+            })
+            .collect();
+        m
     }
 
-    /// The message as a live `msg` event of `room` (what a replay sends).
+    /// The message as a live `msg` event of `room` (what a replay sends):
+    /// without the count of its thread, which a page gives (a replay from
+    /// the tail cache would carry the count of when it was cached).
     pub fn event(&self, room: u64) -> Event {
-        let m = Message {
+        let mut m = Message {
             kind: Some("msg"),
             room: Some(room),
+            replies: 0,
+            last_reply: 0,
             ..self.view()
         };
+        // Shared by every subscriber: nobody's own.
+        for r in &mut m.reactions {
+            r.me = false;
+        }
         Event::encode_message(room, &m)
     }
 }

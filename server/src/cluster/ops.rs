@@ -76,6 +76,13 @@ pub enum Op {
         user: u64,
         seq: u64,
     },
+    React {
+        room: u64,
+        user: u64,
+        seq: u64,
+        emoji: String,
+        on: bool,
+    },
     Typing {
         room: u64,
         user: u64,
@@ -185,6 +192,7 @@ impl Op {
             | Op::Post { room, .. }
             | Op::Edit { room, .. }
             | Op::Delete { room, .. }
+            | Op::React { room, .. }
             | Op::Typing { room, .. }
             | Op::Read { room, .. }
             | Op::History { room, .. }
@@ -374,6 +382,17 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
             engine.delete(room, seq, user).await?;
             Answer::Done
         }
+        Op::React {
+            room,
+            user,
+            seq,
+            emoji,
+            on,
+        } => {
+            app::readable_room(shared, user, room).await?;
+            engine.react(room, seq, user, &emoji, on).await?;
+            Answer::Done
+        }
         Op::Typing { room, user } => {
             engine.typing(room, user).await?;
             Answer::Done
@@ -397,6 +416,7 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
                 after,
                 limit,
                 bytes_max: Some(super::answer_bytes_max()),
+                reader: Some(user),
             };
             let (page, _) = app::history_page(shared, room, q).await?;
             let page = serde_json::to_value(&page)

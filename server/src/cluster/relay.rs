@@ -410,7 +410,7 @@ impl Relay {
         match e.kind() {
             EventKind::Message => r.order.borrow_mut().offer(e, &mut ready),
             // After the message they change, never before it.
-            EventKind::Edit | EventKind::Delete => {
+            EventKind::Edit | EventKind::Delete | EventKind::React => {
                 r.order.borrow_mut().offer_change(e, &mut ready);
             }
             _ => {

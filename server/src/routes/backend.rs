@@ -310,6 +310,7 @@ async fn history(req: &Request, shared: &Shared) -> ApiResult {
         after: query_u64(req, "after")?,
         limit: query_u64(req, "limit")?,
         bytes_max: req.forwarded.then(crate::cluster::answer_bytes_max),
+        reader: None,
     };
     let (page, _) = history_page(shared, id, q).await?;
     Ok(Response::json(200, &page))

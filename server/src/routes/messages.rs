@@ -24,6 +24,7 @@ pub(crate) async fn history(req: &Request, shared: &Shared, raw: &str) -> ApiRes
         limit: query_u64(req, "limit")?,
         // A page for another node travels back over NATS.
         bytes_max: req.forwarded.then(crate::cluster::answer_bytes_max),
+        reader: Some(uid),
     };
     let (body, cached) = history_page(shared, id, q).await?;
     let mut resp = Response::json(200, &body);
@@ -46,12 +47,7 @@ pub(crate) async fn history(req: &Request, shared: &Shared, raw: &str) -> ApiRes
 /// first message, then replies after `after`, oldest first.
 pub(crate) async fn thread(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
-    let seq_raw = req.path.trim_matches('/').split('/').nth(4).unwrap_or("");
-    let seq = seq_raw
-        .parse::<u64>()
-        .ok()
-        .filter(|s| *s > 0)
-        .ok_or_else(|| ApiError::BadRequest(format!("seq {seq_raw:?} is not a number >= 1")))?;
+    let seq = seq_in_path(req)?;
     readable_room(shared, uid, id).await?;
     let max = shared.cfg.history_page_len_max;
     let limit = query_u64(req, "limit")?.unwrap_or(50);
@@ -61,7 +57,7 @@ pub(crate) async fn thread(req: &Request, shared: &Shared, raw: &str) -> ApiResu
     let after = query_u64(req, "after")?.unwrap_or(0);
     let page = shared
         .engine
-        .thread(id, seq, after, limit as usize)
+        .thread(id, seq, after, limit as usize, Some(uid))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no message {seq} in room {id}")))?;
     let mut page = ThreadPage { room: id, page };
@@ -70,6 +66,35 @@ pub(crate) async fn thread(req: &Request, shared: &Shared, raw: &str) -> ApiResu
         page.fit(crate::cluster::answer_bytes_max());
     }
     Ok(Response::json(200, &page))
+}
+
+/// The `{seq}` of `/api/rooms/{id}/messages/{seq}/...`.
+fn seq_in_path(req: &Request) -> Result<u64, ApiError> {
+    let raw = req.path.trim_matches('/').split('/').nth(4).unwrap_or("");
+    raw.parse::<u64>()
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("seq {raw:?} is not a number >= 1")))
+}
+
+/// `PUT` (`on`) or `DELETE` `/api/rooms/{id}/messages/{seq}/reactions/{emoji}`
+/// (the emoji percent-encoded): the user's reaction on the message;
+/// `changed` is false when it already was so. Members only; spends a send
+/// token (each change is stored).
+pub(crate) async fn react(req: &Request, shared: &Shared, raw: &str, on: bool) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    let seq = seq_in_path(req)?;
+    let coded = req.path.trim_matches('/').split('/').nth(6).unwrap_or("");
+    let emoji = percent_encoding::percent_decode_str(coded)
+        .decode_utf8()
+        .map_err(|_| ApiError::BadRequest("the reaction is not UTF-8".into()))?;
+    readable_room(shared, uid, id).await?;
+    take_send_token(shared, uid).await?;
+    let changed = shared.engine.react(id, seq, uid, &emoji, on).await?;
+    Ok(Response::json(
+        200,
+        &json!({"room": id, "seq": seq, "emoji": emoji, "on": on, "changed": changed}),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -21,7 +21,7 @@ use crate::http::{Request, Response};
 use crate::shared::Shared;
 
 use accounts::{change_password, login, logout, me, register};
-use messages::{history, mark_read, publish, thread, unread};
+use messages::{history, mark_read, publish, react, thread, unread};
 use rooms::{
     answer_invite, ban, bans, create_room, get_room, invite, join, list_rooms, members, my_invites,
     remove_member, set_role, transfer, withdraw,
@@ -148,6 +148,12 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("GET", "/api/rooms/{id}/messages") => history(req, shared, id).await,
         ("POST", "/api/rooms/{id}/messages") => publish(req, shared, id).await,
         ("GET", "/api/rooms/{id}/messages/{seq}/thread") => thread(req, shared, id).await,
+        ("PUT", "/api/rooms/{id}/messages/{seq}/reactions/{emoji}") => {
+            react(req, shared, id, true).await
+        }
+        ("DELETE", "/api/rooms/{id}/messages/{seq}/reactions/{emoji}") => {
+            react(req, shared, id, false).await
+        }
         ("POST", "/api/rooms/{id}/read") => mark_read(req, shared, id).await,
         ("GET", "/ws") => Ok(no_upgrade()),
         ("GET", "/echo") if shared.cfg.echo_endpoint => Ok(no_upgrade()),
@@ -202,6 +208,9 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "invites", _, "decline"] => "/api/invites/{room}/decline",
         ["api", "rooms", _, "messages"] => "/api/rooms/{id}/messages",
         ["api", "rooms", _, "messages", _, "thread"] => "/api/rooms/{id}/messages/{seq}/thread",
+        ["api", "rooms", _, "messages", _, "reactions", _] => {
+            "/api/rooms/{id}/messages/{seq}/reactions/{emoji}"
+        }
         ["api", "rooms", _, "read"] => "/api/rooms/{id}/read",
         ["api", "backend", ..] => backend::route_name(&segments).expect("a backend path"),
         _ => crate::assets::route(&req.path).unwrap_or("other"),

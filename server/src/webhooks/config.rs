@@ -40,6 +40,8 @@ pub enum Kind {
     Edit,
     /// A message deleted.
     Delete,
+    /// A reaction put on or taken off a message.
+    Reaction,
     /// Someone became a member of a room.
     Join,
     /// Someone stopped being a member (left, removed, banned).
@@ -55,6 +57,7 @@ impl Kind {
             Kind::Message => "message",
             Kind::Edit => "edit",
             Kind::Delete => "delete",
+            Kind::Reaction => "reaction",
             Kind::Join => "join",
             Kind::Leave => "leave",
             Kind::Presence => "presence",
@@ -112,6 +115,7 @@ fn durable_kinds() -> Vec<Kind> {
         Kind::Message,
         Kind::Edit,
         Kind::Delete,
+        Kind::Reaction,
         Kind::Join,
         Kind::Leave,
     ]

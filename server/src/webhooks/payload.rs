@@ -50,6 +50,12 @@ struct Out<'a> {
     /// The first message of the thread a reply is in.
     #[serde(skip_serializing_if = "Option::is_none")]
     thread: Option<u64>,
+    /// A reaction's emoji.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    emoji: Option<&'a str>,
+    /// Whether a reaction was put on (or taken off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on: Option<bool>,
 }
 
 /// An event ready to go: its time (for ordering) and its JSON.
@@ -72,6 +78,7 @@ pub fn record_kind(record: &ArchivedRecord) -> Kind {
         ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => Kind::Message,
         ArchivedRecord::Edit(_) => Kind::Edit,
         ArchivedRecord::Delete(_) => Kind::Delete,
+        ArchivedRecord::React(_) => Kind::Reaction,
     }
 }
 
@@ -82,6 +89,7 @@ pub fn record_ts(record: &ArchivedRecord) -> u64 {
         ArchivedRecord::Reply(r) => r.message.ts_ms.into(),
         ArchivedRecord::Edit(e) => e.ts_ms.into(),
         ArchivedRecord::Delete(d) => d.ts_ms.into(),
+        ArchivedRecord::React(r) => r.ts_ms.into(),
     }
 }
 
@@ -106,6 +114,8 @@ pub fn record_event(origin: u64, shard: usize, pos: Pos, record: &ArchivedRecord
                 body: Some(m.body.as_str()),
                 reply_to: reply.map(|r| r.0),
                 thread: reply.map(|r| r.1),
+                emoji: None,
+                on: None,
             }
         }
         ArchivedRecord::Edit(e) => Out {
@@ -120,6 +130,23 @@ pub fn record_event(origin: u64, shard: usize, pos: Pos, record: &ArchivedRecord
             body: Some(e.body.as_str()),
             reply_to: None,
             thread: None,
+            emoji: None,
+            on: None,
+        },
+        ArchivedRecord::React(r) => Out {
+            id,
+            kind: Kind::Reaction.word(),
+            room: r.room.into(),
+            seq: Some(r.seq.into()),
+            from: None,
+            user: None,
+            by: Some(r.by.into()),
+            ts: r.ts_ms.into(),
+            body: None,
+            reply_to: None,
+            thread: None,
+            emoji: Some(r.emoji.as_str()),
+            on: Some(r.on),
         },
         ArchivedRecord::Delete(d) => Out {
             id,
@@ -133,6 +160,8 @@ pub fn record_event(origin: u64, shard: usize, pos: Pos, record: &ArchivedRecord
             body: None,
             reply_to: None,
             thread: None,
+            emoji: None,
+            on: None,
         },
     };
     encode(&out)
@@ -162,6 +191,8 @@ pub fn member_event(origin: u64, e: &MemberEvent) -> Encoded {
         body: None,
         reply_to: None,
         thread: None,
+        emoji: None,
+        on: None,
     })
 }
 
@@ -285,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_is_a_message_event_with_what_it_answers() {
+    fn a_reply_is_a_message_event_and_a_reaction_says_whose() {
         use rookery_storage::{Message, Record, Reply};
         let reply = Record::Reply(Box::new(Reply {
             message: Message {
@@ -314,6 +345,26 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"id":"00000000000000ab-0-1-32","type":"message","room":3,"seq":9,"from":4,"ts":6,"body":"yes","reply_to":8,"thread":2})
+        );
+        let react = Record::React(rookery_storage::React {
+            room: 3,
+            seq: 9,
+            by: 5,
+            ts_ms: 7,
+            emoji: "👍".into(),
+            on: false,
+        });
+        let mut frame = Vec::new();
+        rookery_storage::record::encode_frame(&react, &mut frame);
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(&frame);
+        let (rec, _) = rookery_storage::record::decode_frame(&aligned).unwrap();
+        assert_eq!((record_kind(rec), record_ts(rec)), (Kind::Reaction, 7));
+        let json: serde_json::Value =
+            serde_json::from_slice(&record_event(0xab, 0, pos, rec).json).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id":"00000000000000ab-0-1-32","type":"reaction","room":3,"seq":9,"by":5,"ts":7,"emoji":"👍","on":false})
         );
     }
 }

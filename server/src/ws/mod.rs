@@ -1065,6 +1065,7 @@ impl Conn {
             ("send", Some(u)) => self.post(u, &f, r#ref).await.map(|()| None),
             ("edit", Some(u)) => self.change(u, &f, true).await.map(Some),
             ("delete", Some(u)) => self.change(u, &f, false).await.map(Some),
+            ("react", Some(u)) => self.react(u, &f).await.map(Some),
             ("typing", Some(u)) => self.typing(u, &f).await.map(Some),
             ("read", Some(u)) => self.read(u, &f).await.map(Some),
             ("history", Some(u)) => self.history(u, &f, r#ref).await,
@@ -1314,6 +1315,37 @@ impl Conn {
         Ok(())
     }
 
+    /// A reaction put on (`on`, the default) or taken off; stored, so it
+    /// spends a send token.
+    async fn react(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
+        let (room, seq) = (need(f.room, "room")?, need(f.seq, "seq")?);
+        let emoji = ClientFrame::need_str(&f.emoji, "emoji").map_err(ApiError::BadRequest)?;
+        let on = f.on.unwrap_or(true);
+        app::take_send_token(&self.shared, user).await?;
+        match self.relay_of(room) {
+            Some(relay) => {
+                let op = Op::React {
+                    room,
+                    user,
+                    seq,
+                    emoji: emoji.to_string(),
+                    on,
+                };
+                ops::ask(relay.node(), &op).await?;
+            }
+            None => {
+                app::readable_room(&self.shared, user, room).await?;
+                self.shared.engine.react(room, seq, user, emoji, on).await?;
+            }
+        }
+        Ok(ServerFrame::Ack {
+            room,
+            seq: Some(seq),
+            ts: None,
+            duplicate: None,
+        })
+    }
+
     async fn typing(&mut self, user: u64, f: &ClientFrame<'_>) -> Result<ServerFrame, ApiError> {
         let room = need(f.room, "room")?;
         if !self.is_joined(room) {
@@ -1401,6 +1433,7 @@ impl Conn {
             after: f.after,
             limit: f.limit,
             bytes_max: None,
+            reader: Some(user),
         };
         let (page, _) = app::history_page(&self.shared, room, q).await?;
         Ok(ServerFrame::History(page))

@@ -344,6 +344,14 @@ impl ShardStore {
                 QueuedKind::Edit { deleted } => {
                     self.apply_edit(st, q.room, q.seq, *pos, deleted)?
                 }
+                QueuedKind::React { slot } => {
+                    let (key, on) = st
+                        .queued_reactions
+                        .remove(&slot)
+                        .expect("a queued reaction is applied once");
+                    Self::apply_react(st, key, on);
+                    st.note_in_segment(pos.segment, q.room, q.seq);
+                }
             }
         }
         st.ops_records += items.len();
@@ -451,6 +459,7 @@ impl ShardStore {
                 st.pending_chunks.retain(|_, (t, _)| *t > c.ticket);
                 st.pending_edits.retain(|_, (t, _, _)| *t > c.ticket);
                 st.pending_threads.retain(|_, t| *t > c.ticket);
+                st.pending_reactions.retain(|_, (t, _)| *t > c.ticket);
                 while st
                     .checkpoint_tickets
                     .front()

@@ -71,6 +71,9 @@ impl CompactionReport {
 /// Order of a message and its change in a compacted segment.
 const RANK_MESSAGE: u8 = 0;
 const RANK_CHANGE: u8 = 1;
+/// A reaction: kept when it is the last of its (user, emoji) on its message
+/// in the run (it says the reaction's state from there on).
+const RANK_REACT: u8 = 2;
 
 /// Bytes written per request by the rewrite (and the rate limiter's step).
 const WRITE_STEP_BYTES: usize = 256 << 10;
@@ -179,13 +182,21 @@ impl Job {
         let mut all = Vec::new();
         // Per room, the seq range the run's records are about.
         let mut span: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        // The last reaction record of each (room, seq, emoji, user) in the
+        // run, by its index in `all`.
+        let mut last_react: HashMap<(u64, u64, String, u64), usize> = HashMap::new();
         for (input, map) in maps.iter().enumerate() {
             let id = self.inputs[input].id;
             segment::scan(map, id, HEADER_BYTES as u32, false, |offset, rec, len| {
                 let (room, seq) = (rec.room(), rec.seq());
-                let rank = match rec.message() {
-                    Some(_) => RANK_MESSAGE,
-                    None => RANK_CHANGE,
+                let rank = match rec {
+                    _ if rec.message().is_some() => RANK_MESSAGE,
+                    ArchivedRecord::React(r) => {
+                        let key = (room, seq, r.emoji.to_string(), r.by.to_native());
+                        last_react.insert(key, all.len());
+                        RANK_REACT
+                    }
+                    _ => RANK_CHANGE,
                 };
                 let s = span.entry(room).or_insert((seq, seq));
                 *s = (s.0.min(seq), s.1.max(seq));
@@ -212,9 +223,11 @@ impl Job {
             }
         }
         drop(tx);
+        let reacts_kept: HashSet<usize> = last_react.into_values().collect();
         let mut kept: Vec<Kept> = all
             .into_iter()
-            .filter_map(|mut k| {
+            .enumerate()
+            .filter_map(|(i, mut k)| {
                 if k.seq < self.lows.get(&k.room).copied().unwrap_or(1) {
                     return None; // retired
                 }
@@ -222,6 +235,9 @@ impl Job {
                 if k.rank == RANK_MESSAGE {
                     k.drop_body = change.is_some();
                     return Some(k);
+                }
+                if k.rank == RANK_REACT {
+                    return reacts_kept.contains(&i).then_some(k);
                 }
                 let pos = Pos {
                     segment: self.inputs[k.input].id,
@@ -293,13 +309,14 @@ impl Job {
                 segment: self.out,
                 offset: at as u32,
             };
+            // The index points at messages and at latest edits; nothing
+            // points at a reaction record.
             let m = moves.entry(k.room).or_default();
-            let list = if k.rank == RANK_MESSAGE {
-                &mut m.0
-            } else {
-                &mut m.1
-            };
-            list.push((k.seq, old.to_u64(), new.to_u64()));
+            match k.rank {
+                RANK_MESSAGE => m.0.push((k.seq, old.to_u64(), new.to_u64())),
+                RANK_CHANGE => m.1.push((k.seq, old.to_u64(), new.to_u64())),
+                _ => {}
+            }
             let max = summary.entry(k.room).or_insert(0);
             *max = (*max).max(k.seq);
             if buf.len() >= WRITE_STEP_BYTES {

@@ -45,20 +45,24 @@ use crate::index::{self, Batch, Committed, Op, RoomRow};
 use crate::log::{sync_dir, LogWriter, Sealed};
 use crate::meta::Meta;
 use crate::record::{
-    access_record, check_frame, encode_frame, ArchivedRecord, Delete, Edit, Message, Record, Reply,
-    FRAME_HEADER_BYTES,
+    access_record, check_frame, encode_frame, ArchivedRecord, Delete, Edit, Message, React, Record,
+    Reply, FRAME_HEADER_BYTES,
 };
 use crate::segment::{self, Header, Pos, ScanEnd, HEADER_BYTES};
 use crate::signal::{BatchSignal, Notify};
 
 mod commit;
 mod compact;
+mod react;
 mod read;
 mod recover;
 mod retention;
 mod write;
 
 pub use compact::CompactionReport;
+pub use react::{
+    Reaction, EMOJI_BYTES_MAX, REACTIONS_PER_MESSAGE_MAX, REACTIONS_PER_USER_PER_MESSAGE_MAX,
+};
 pub use read::{HistoryItem, Page, RecordRef, ThreadPage};
 
 /// Result of appending a message.
@@ -263,6 +267,9 @@ struct Room {
     /// Whether redb may hold thread rows of the room (`None`: not looked
     /// yet): a page of a room without replies counts none.
     has_threads: Option<bool>,
+    /// Whether redb may hold reactions of the room (`None`: not looked
+    /// yet).
+    has_reactions: Option<bool>,
 }
 
 impl Room {
@@ -278,6 +285,7 @@ impl Room {
             idem: None,
             has_edits: None,
             has_threads: None,
+            has_reactions: None,
         }
     }
     fn row(&self) -> RoomRow {
@@ -352,6 +360,10 @@ enum QueuedKind {
         ts_ms: u64,
         thread: u64,
     },
+    /// A reaction change, kept in `queued_reactions` under `slot`.
+    React {
+        slot: u64,
+    },
     Edit {
         deleted: bool,
     },
@@ -392,6 +404,13 @@ pub(super) struct State {
     /// Thread rows `(room, thread, seq)` sent to the index thread and not
     /// yet committed, with their ticket.
     pending_threads: BTreeMap<(u64, u64, u64), u64>,
+    /// Durable reaction changes not yet committed, the latest per key, with
+    /// their ticket.
+    pending_reactions: BTreeMap<react::ReactKey, (u64, bool)>,
+    /// Reaction changes queued and not yet durable, by slot (in the order
+    /// they were made).
+    queued_reactions: FxHashMap<u64, (react::ReactKey, bool)>,
+    next_react_slot: u64,
     ops: Vec<Op>,
     ops_records: usize,
     next_ticket: u64,
@@ -499,6 +518,9 @@ impl ShardStore {
             chunk_cache: FxHashMap::default(),
             pending_edits: BTreeMap::new(),
             pending_threads: BTreeMap::new(),
+            pending_reactions: BTreeMap::new(),
+            queued_reactions: FxHashMap::default(),
+            next_react_slot: 0,
             ops: Vec::new(),
             ops_records: 0,
             next_ticket: 1,

@@ -60,6 +60,8 @@ pub struct HistoryItem {
     /// How many replies the thread this message starts has (0: none, or
     /// the message is itself a reply).
     pub replies: u64,
+    /// The seq of the last of those replies (0 with none).
+    pub last_reply: u64,
 }
 
 impl HistoryItem {
@@ -157,7 +159,7 @@ pub struct ThreadPage {
 pub(super) struct Plan {
     entries: Vec<(u64, Entry)>,
     edits: HashMap<u64, u64>,
-    replies: HashMap<u64, u64>,
+    replies: HashMap<u64, (u64, u64)>,
     lo: u64,
     hi: u64,
     lo_page: u64,
@@ -440,7 +442,7 @@ impl ShardStore {
         room: u64,
         entries: Vec<(u64, Entry)>,
         edits: &HashMap<u64, u64>,
-        replies: &HashMap<u64, u64>,
+        replies: &HashMap<u64, (u64, u64)>,
     ) -> Result<Vec<HistoryItem>> {
         let mut items = Vec::with_capacity(entries.len());
         for (seq, e) in entries {
@@ -458,13 +460,15 @@ impl ShardStore {
             items.push(HistoryItem {
                 message,
                 latest_edit,
-                replies: replies.get(&seq).copied().unwrap_or(0),
+                replies: replies.get(&seq).map_or(0, |r| r.0),
+                last_reply: replies.get(&seq).map_or(0, |r| r.1),
             });
         }
         Ok(items)
     }
 
-    /// Replies of each thread that starts in `lo..=hi`, committed and
+    /// `(replies, last reply's seq)` of each thread that starts in
+    /// `lo..=hi`, committed and
     /// pending (a pending row the committed head already counts, one at
     /// or below its last seq, is not counted twice).
     pub(super) fn thread_lens(
@@ -473,7 +477,7 @@ impl ShardStore {
         room: u64,
         lo: u64,
         hi: u64,
-    ) -> Result<HashMap<u64, u64>> {
+    ) -> Result<HashMap<u64, (u64, u64)>> {
         let has_threads = match st.rooms.get(&room).and_then(|r| r.has_threads) {
             Some(known) => known,
             None => {
@@ -506,7 +510,7 @@ impl ShardStore {
                 *h = (h.0 + 1, seq);
             }
         }
-        Ok(heads.into_iter().map(|(t, (n, _))| (t, n)).collect())
+        Ok(heads)
     }
 
     /// Up to `len` live replies of a thread above `after`, ascending:
@@ -592,7 +596,8 @@ impl ShardStore {
         let replies = self.thread_lens(&mut st, room, thread, thread)?;
         Ok(Some(ThreadPage {
             first: HistoryItem {
-                replies: replies.get(&thread).copied().unwrap_or(0),
+                replies: replies.get(&thread).map_or(0, |r| r.0),
+                last_reply: replies.get(&thread).map_or(0, |r| r.1),
                 ..first
             },
             items,

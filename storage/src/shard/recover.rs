@@ -429,6 +429,12 @@ impl ShardStore {
             ArchivedRecord::Delete(d) => {
                 self.apply_edit(st, d.room.to_native(), d.seq.to_native(), pos, true)?
             }
+            ArchivedRecord::React(r) => {
+                let (room, seq) = (r.room.to_native(), r.seq.to_native());
+                let key = (room, seq, r.emoji.to_string(), r.by.to_native());
+                Self::apply_react(st, key, r.on);
+                st.note_in_segment(pos.segment, room, seq);
+            }
         }
         Ok(())
     }

@@ -1,9 +1,12 @@
 //! The append side of a shard: limits, idempotency (the per-room window of
 //! recent keys), seq assignment and the commit queue.
 //!
-//! Invariant: a record is encoded and queued synchronously, before the
-//! caller's future first yields, so calls started in order are logged in
-//! order and seqs are assigned in log order.
+//! Invariant: seqs are assigned in log order (a record is encoded and
+//! queued in the same step that takes its seq). A plain message is queued
+//! before the caller's future first yields unless its key matches the
+//! idempotency window (then the match is verified first), so plain calls
+//! started in order are logged in order; a reply first reads the message it
+//! answers, an edit or a delete the message it changes.
 
 use super::*;
 
@@ -80,15 +83,33 @@ impl ShardStore {
         }
         self.wait_for_index_lag().await;
         let idem = idem_hash(sender, client_id);
+        // The answered message is read first: the duplicate check below
+        // then runs just before the seq is taken, with no yield between
+        // them unless a key of the window matches (and is verified).
+        let thread = match to {
+            0 => 0,
+            to => match self.thread_of(room, to).await {
+                Ok(thread) => thread,
+                // A repeat of a reply whose message is gone since still
+                // answers the original seq.
+                Err(Error::NotFound(m)) => {
+                    if idem != 0 {
+                        if let Some(found) =
+                            self.find_duplicate(room, sender, client_id, idem).await?
+                        {
+                            return Ok(found);
+                        }
+                    }
+                    return Err(Error::NotFound(m));
+                }
+                Err(e) => return Err(e),
+            },
+        };
         if idem != 0 {
             if let Some(found) = self.find_duplicate(room, sender, client_id, idem).await? {
                 return Ok(found);
             }
         }
-        let thread = match to {
-            0 => 0,
-            to => self.thread_of(room, to).await?,
-        };
         let (seq, ts_ms, signal) = {
             let mut st = self.inner.st.borrow_mut();
             let window = self.inner.cfg.idempotency_window_len;
@@ -261,9 +282,21 @@ impl ShardStore {
         let (room, seq, deleted) = match &rec {
             Record::Edit(e) => (e.room, e.seq, false),
             Record::Delete(d) => (d.room, d.seq, true),
+            Record::React(r) => {
+                let key = (r.room, r.seq, r.emoji.clone(), r.by);
+                let slot = {
+                    let mut st = self.inner.st.borrow_mut();
+                    let slot = st.next_react_slot;
+                    st.next_react_slot += 1;
+                    st.queued_reactions.insert(slot, (key, r.on));
+                    slot
+                };
+                let signal = self.enqueue(&rec, r.room, r.seq, QueuedKind::React { slot });
+                return signal.wait().await.map_err(Error::Failed);
+            }
             Record::Message(_) | Record::Reply(_) => {
                 return Err(Error::InvalidInput(
-                    "import_change takes an edit or delete".into(),
+                    "import_change takes an edit, a delete or a reaction".into(),
                 ))
             }
         };

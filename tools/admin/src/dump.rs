@@ -36,6 +36,9 @@ struct DumpLine {
     /// For a reply, the first message of its thread.
     #[serde(skip_serializing_if = "Option::is_none")]
     thread: Option<u64>,
+    /// Reactions on it: each emoji with the users who have it on.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    reactions: BTreeMap<String, std::collections::BTreeSet<u64>>,
 }
 
 impl DumpLine {
@@ -103,6 +106,7 @@ fn collect(messages: &mut BTreeMap<u64, DumpLine>, rec: Record) {
                 deleted: false,
                 reply_to: reply.map(|r| r.0),
                 thread: reply.map(|r| r.1),
+                reactions: BTreeMap::new(),
             };
             messages.insert(m.seq, line);
         }
@@ -116,6 +120,17 @@ fn collect(messages: &mut BTreeMap<u64, DumpLine>, rec: Record) {
             let seq = d.seq;
             if let Some(line) = messages.get_mut(&seq) {
                 line.apply(rec);
+            }
+        }
+        Record::React(r) => {
+            if let Some(line) = messages.get_mut(&r.seq) {
+                let users = line.reactions.entry(r.emoji).or_default();
+                if r.on {
+                    users.insert(r.by);
+                } else {
+                    users.remove(&r.by);
+                }
+                line.reactions.retain(|_, users| !users.is_empty());
             }
         }
     }

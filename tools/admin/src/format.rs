@@ -3,12 +3,12 @@
 //! The first line is the header `{"type":"rookery-export","version":1,
 //! "shards":N}`; then users, rooms, members, bans, invitations and
 //! receipts; then log records
-//! (`message`, `edit`, `delete`) in log order, which keeps every room's
+//! (`message`, `edit`, `delete`, `react`) in log order, which keeps every room's
 //! records in their original order; a reply is a `message` with
 //! `reply_to` and `thread`. Unknown fields are ignored on import.
 
 use rookery_storage::meta::{Role, Room, User};
-use rookery_storage::{Delete, Edit, Message, Record, Reply, Retention};
+use rookery_storage::{Delete, Edit, Message, React, Record, Reply, Retention};
 use serde::{Deserialize, Serialize};
 
 /// Format version written in the header.
@@ -160,6 +160,21 @@ pub enum Line {
         /// Timestamp, ms since the Unix epoch.
         ts_ms: u64,
     },
+    /// A reaction record.
+    React {
+        /// Room id.
+        room: u64,
+        /// Seq of the message reacted to.
+        seq: u64,
+        /// Who reacted.
+        by: u64,
+        /// Timestamp, ms since the Unix epoch.
+        ts_ms: u64,
+        /// The emoji.
+        emoji: String,
+        /// Put on (true) or taken off.
+        on: bool,
+    },
 }
 
 /// A room's retention limits (absent field: unlimited).
@@ -267,6 +282,14 @@ impl Line {
                 by: d.by,
                 ts_ms: d.ts_ms,
             },
+            Record::React(r) => Line::React {
+                room: r.room,
+                seq: r.seq,
+                by: r.by,
+                ts_ms: r.ts_ms,
+                emoji: r.emoji,
+                on: r.on,
+            },
         }
     }
 
@@ -339,6 +362,21 @@ impl Line {
                 seq,
                 by,
                 ts_ms,
+            }),
+            Line::React {
+                room,
+                seq,
+                by,
+                ts_ms,
+                emoji,
+                on,
+            } => Record::React(React {
+                room,
+                seq,
+                by,
+                ts_ms,
+                emoji,
+                on,
             }),
             _ => return None,
         })

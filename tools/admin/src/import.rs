@@ -67,6 +67,8 @@ struct Counts {
     edits: u64,
     /// Deletes.
     deletes: u64,
+    /// Reactions put on or taken off.
+    reactions: u64,
 }
 
 /// Imports `from` into the new directory `data`.
@@ -87,7 +89,7 @@ pub fn import(data: &Path, from: &Path, opts: Options) -> Result<Outcome> {
         )
     })?;
     println!(
-        "imported {} users, {} rooms, {} members, {} receipts, {} bans, {} invitations, {} messages, {} edits, {} deletes into {} ({shards} shards)",
+        "imported {} users, {} rooms, {} members, {} receipts, {} bans, {} invitations, {} messages, {} edits, {} deletes, {} reactions into {} ({shards} shards)",
         counts.users,
         counts.rooms,
         counts.members,
@@ -97,6 +99,7 @@ pub fn import(data: &Path, from: &Path, opts: Options) -> Result<Outcome> {
         counts.messages,
         counts.edits,
         counts.deletes,
+        counts.reactions,
         data.display()
     );
     Ok(Outcome::Clean)
@@ -164,6 +167,9 @@ struct Checker {
     last_seq: HashMap<u64, u64>,
     /// The thread of every reply seen, by (room, seq).
     threads: HashMap<(u64, u64), u64>,
+    /// The first message seq of each room (an export leaves out what
+    /// retention retired).
+    first_seq: HashMap<u64, u64>,
 }
 
 impl Checker {
@@ -196,6 +202,7 @@ impl Checker {
                     bail!("message seq {seq} of room {room} is not above the previous seq {last}");
                 }
                 *last = seq;
+                self.first_seq.entry(room).or_insert(seq);
                 self.check_reply(room, seq, reply_to, thread)?;
                 self.plan.body_bytes_max = self.plan.body_bytes_max.max(body.len());
                 self.plan.client_id_bytes_max = self.plan.client_id_bytes_max.max(client_id.len());
@@ -210,6 +217,21 @@ impl Checker {
                 self.check_target_message(room, seq)?;
             }
             Line::Delete { room, seq, .. } => self.check_target_message(room, seq)?,
+            Line::React {
+                room,
+                seq,
+                ref emoji,
+                ..
+            } => {
+                if emoji.is_empty() || emoji.len() > rookery_storage::EMOJI_BYTES_MAX {
+                    bail!(
+                        "a reaction is 1 to {} bytes, not {}",
+                        rookery_storage::EMOJI_BYTES_MAX,
+                        emoji.len()
+                    );
+                }
+                self.check_target_message(room, seq)?
+            }
             // Checked here, in the pass that writes nothing.
             Line::Profile {
                 ref display_name,
@@ -244,6 +266,17 @@ impl Checker {
         };
         if to == 0 || to >= seq {
             bail!("message seq {seq} of room {room} replies to {to}, not an earlier message");
+        }
+        let first = *self.first_seq.get(&room).unwrap_or(&seq);
+        if to < first {
+            // What it answers was retired: its thread is not in the file.
+            if thread == 0 || thread > to {
+                bail!(
+                    "message seq {seq} of room {room} replies to {to} in thread {thread}, after it"
+                );
+            }
+            self.threads.insert((room, seq), thread);
+            return Ok(());
         }
         let want = self.threads.get(&(room, to)).copied().unwrap_or(to);
         if thread != want {
@@ -359,7 +392,7 @@ impl<'a> Loader<'a> {
     async fn line(&mut self, no: usize, line: Line) -> Result<()> {
         if matches!(
             line,
-            Line::Message { .. } | Line::Edit { .. } | Line::Delete { .. }
+            Line::Message { .. } | Line::Edit { .. } | Line::Delete { .. } | Line::React { .. }
         ) {
             let record = line.into_record().expect("a record line");
             return self.record(no, record).await;
@@ -443,7 +476,7 @@ impl<'a> Loader<'a> {
                 self.meta.import_receipt(room, user, seq)?;
                 self.counts.receipts += 1;
             }
-            Line::Message { .. } | Line::Edit { .. } | Line::Delete { .. } => {
+            Line::Message { .. } | Line::Edit { .. } | Line::Delete { .. } | Line::React { .. } => {
                 unreachable!("handled by line()")
             }
         }
@@ -463,6 +496,7 @@ impl<'a> Loader<'a> {
             other => {
                 match other {
                     Record::Edit(_) => self.counts.edits += 1,
+                    Record::React(_) => self.counts.reactions += 1,
                     _ => self.counts.deletes += 1,
                 }
                 Box::pin(shard.import_change(other))

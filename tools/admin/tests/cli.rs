@@ -18,6 +18,8 @@ const ROOMS: u64 = 4;
 /// Edits and deletes in the fixture.
 const EDITS: u64 = 4;
 const DELETES: u64 = 2;
+/// Reaction records (three put on, one taken off).
+const REACTS: u64 = 4;
 /// Retention of the `ops` room: its low seq after enforcement.
 const OPS_KEEP: u64 = 40;
 const OPS_LOW: u64 = PER_ROOM - OPS_KEEP + 1;
@@ -141,9 +143,11 @@ fn populate(dir: &Path, shards: u32) -> Rooms {
             for (i, room) in rooms.all().into_iter().enumerate() {
                 let sender = if i % 2 == 0 { alice } else { bob };
                 let (cid, ts, text) = (format!("c{seq}"), 10_000 + seq, body(room, seq));
-                // In general, 9 replies to 3 and 10 to 9 (so in 3's thread).
+                // In general, 9 replies to 3 and 10 to 9 (so in 3's thread);
+                // in ops, 45 to 5, which retention retires below.
                 let to = match seq {
                     9 | 10 if room == rooms.general => Some(if seq == 9 { 3 } else { 9 }),
+                    45 if room == rooms.ops => Some(5),
                     _ => None,
                 };
                 let a = match to {
@@ -170,6 +174,21 @@ fn populate(dir: &Path, shards: u32) -> Rooms {
             .delete(rooms.general, 7, alice, 20_002)
             .await
             .unwrap();
+        // Reactions on general 3: alice's and bob's 👍 stay, bob's 🎉 is
+        // put on and taken off.
+        let reactions = [
+            (alice, "👍", true),
+            (bob, "👍", true),
+            (bob, "🎉", true),
+            (bob, "🎉", false),
+        ];
+        for (by, emoji, put) in reactions {
+            let general = on(rooms.general);
+            assert!(general
+                .react(rooms.general, 3, by, 20_010, emoji, put)
+                .await
+                .unwrap());
+        }
         on(rooms.ops)
             .edit(rooms.ops, 3, bob, 20_003, "retired edit")
             .await
@@ -343,7 +362,7 @@ fn stats_counts_match_what_was_written() {
     let (_tmp, data, _) = fixture(1);
     let (segments, bytes) = segment_files(&data);
     let messages = ROOMS * PER_ROOM;
-    let records = messages + EDITS + DELETES;
+    let records = messages + EDITS + DELETES + REACTS;
 
     let out = run(&[OsStr::new("stats"), data.as_os_str(), OsStr::new("--json")]);
     expect_code(&out, 0);
@@ -415,6 +434,11 @@ fn dump_applies_edits_and_deletes_and_since_cuts() {
     assert_eq!(at(6)["ts_ms"], 10_006);
     assert!(at(6)["sender"].as_u64().unwrap() > 0);
     assert_eq!(at(6).get("reply_to"), None);
+    assert_eq!(at(6).get("reactions"), None);
+    // Two users have 👍 on; 🎉 was taken off again.
+    let reactions = at(3)["reactions"].as_object().unwrap();
+    assert_eq!(reactions.keys().collect::<Vec<_>>(), ["👍"]);
+    assert_eq!(reactions["👍"].as_array().unwrap().len(), 2);
     assert_eq!(
         (&at(9)["reply_to"], &at(9)["thread"]),
         (&3.into(), &3.into())
@@ -469,7 +493,7 @@ fn parse_export(text: &str) -> Parsed {
     };
     for line in lines {
         match line["type"].as_str().unwrap() {
-            "message" | "edit" | "delete" => parsed
+            "message" | "edit" | "delete" | "react" => parsed
                 .records
                 .entry(line["room"].as_u64().unwrap())
                 .or_default()
@@ -535,7 +559,7 @@ fn export_then_import_round_trips_across_shard_counts() {
     let total: usize = a.records.values().map(Vec::len).sum();
     assert_eq!(
         total as u64,
-        ROOMS * PER_ROOM - (OPS_LOW - 1) + EDITS - 1 + DELETES
+        ROOMS * PER_ROOM - (OPS_LOW - 1) + EDITS - 1 + DELETES + REACTS
     );
 
     for (name, extra) in [("same", &[][..]), ("three", &["--shards", "3"][..])] {

@@ -1,9 +1,11 @@
-//! Replies and threads end to end, through the real binary (one node, and
-//! in CI a three-node cluster): `send` with `reply_to` over WebSocket and
-//! `POST .../messages` with it over HTTP, the reply's `reply_to`, `thread`
-//! and `quote` in live events, history pages and `join since` replays,
-//! `replies` on a thread's first message, `GET .../messages/{seq}/thread`
-//! and its paging, and every refusal.
+//! Replies, threads and reactions end to end, through the real binary (one
+//! node, and in CI a three-node cluster): `send` with `reply_to` over
+//! WebSocket and `POST .../messages` with it over HTTP, the reply's
+//! `reply_to`, `thread` and `quote` in live events, history pages and
+//! `join since` replays, `replies` on a thread's first message,
+//! `GET .../messages/{seq}/thread` and its paging; `react` over WebSocket
+//! and `PUT`/`DELETE .../reactions/{emoji}` over HTTP, `react` events,
+//! counts with the reader's own on pages; and every refusal.
 
 mod common;
 
@@ -294,5 +296,215 @@ fn replies_and_threads_through_websocket_and_http() {
     let mut wc = joined(p, &a, room, Some(1));
     assert_reply(&recv_until(&mut wc, msg(2)), 1, 1, alice, "question?");
     assert_reply(&recv_until(&mut wc, msg(3)), 2, 1, bob, "better answer");
+    assert_serving(p);
+}
+
+/// The path of a reaction, the emoji percent-encoded.
+fn reaction_path(room: u64, seq: u64, emoji: &str) -> String {
+    let coded: String = emoji.bytes().map(|b| format!("%{b:02X}")).collect();
+    format!("/api/rooms/{room}/messages/{seq}/reactions/{coded}")
+}
+
+#[test]
+fn reactions_through_websocket_and_http() {
+    let server = start(&[
+        "--sends-per-user-per-s",
+        "1000",
+        "--sends-per-user-burst",
+        "1000",
+    ]);
+    let p = server.port;
+    let (a, b, c) = (
+        register(p, "alice"),
+        register(p, "bob"),
+        register(p, "carol"),
+    );
+    let (alice, bob) = (user_id(p, &a), user_id(p, &b));
+    let room = create_room(p, &a, "fun", false);
+    let (s, _) = call(
+        p,
+        "POST",
+        &format!("/api/rooms/{room}/join"),
+        Some(&b),
+        None,
+    );
+    assert_eq!(s, 200);
+    let mut wa = joined(p, &a, room, None);
+    let mut wb = joined(p, &b, room, None);
+    send(
+        &mut wa,
+        json!({"type": "send", "room": room, "body": "vote", "ref": 1}),
+    );
+    recv_until(&mut wb, msg(1));
+
+    // Bob over WebSocket, Alice over HTTP; both see every change.
+    send(
+        &mut wb,
+        json!({"type": "react", "room": room, "seq": 1, "emoji": "👍", "ref": "r1"}),
+    );
+    // Bob's own event may come before his ack: kept.
+    let mut seen_by_bob = Vec::new();
+    let ack = loop {
+        let v = recv_until(&mut wb, |v| {
+            ["ack", "error", "react"].contains(&v["type"].as_str().unwrap_or(""))
+        });
+        if v["type"] == "react" {
+            seen_by_bob.push(v);
+        } else {
+            break v;
+        }
+    };
+    assert_eq!(
+        (ack["type"].as_str(), &ack["seq"]),
+        (Some("ack"), &json!(1)),
+        "{ack}"
+    );
+    let (s, v) = call(p, "PUT", &reaction_path(room, 1, "👍"), Some(&a), None);
+    assert_eq!(
+        (s, &v["changed"], &v["emoji"]),
+        (200, &json!(true), &json!("👍")),
+        "{v}"
+    );
+    let (s, v) = call(p, "PUT", &reaction_path(room, 1, "👍"), Some(&a), None);
+    assert_eq!((s, &v["changed"]), (200, &json!(false)), "again: {v}");
+    let (s, v) = call(p, "PUT", &reaction_path(room, 1, "🎉"), Some(&a), None);
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(p, "DELETE", &reaction_path(room, 1, "🎉"), Some(&a), None);
+    assert_eq!(
+        (s, &v["changed"], &v["on"]),
+        (200, &json!(true), &json!(false)),
+        "{v}"
+    );
+    let want = [
+        (bob, "👍", true),
+        (alice, "👍", true),
+        (alice, "🎉", true),
+        (alice, "🎉", false),
+    ];
+    for (ws, mut got) in [(&mut wa, Vec::new()), (&mut wb, seen_by_bob)] {
+        while got.len() < want.len() {
+            got.push(recv_until(ws, |v| v["type"] == "react"));
+        }
+        for ((by, emoji, on), e) in want.iter().zip(&got) {
+            assert_eq!(
+                e,
+                &json!({"type": "react", "room": room, "seq": 1, "by": by, "ts": e["ts"], "emoji": emoji, "on": on})
+            );
+        }
+    }
+    // Pages say whose: bob has 👍 on, carol (not a member, public room)
+    // reads the counts.
+    let page = all_messages(p, &b, room);
+    assert_eq!(
+        page[0]["reactions"],
+        json!([{"emoji": "👍", "count": 2, "me": true}])
+    );
+    let page = all_messages(p, &c, room);
+    assert_eq!(page[0]["reactions"], json!([{"emoji": "👍", "count": 2}]));
+    send(
+        &mut wb,
+        json!({"type": "history", "room": room, "ref": "h"}),
+    );
+    let h = recv_until(&mut wb, |v| v["type"] == "history");
+    assert_eq!(h["messages"][0]["reactions"][0]["me"], true, "{h}");
+    let (_, t) = thread(p, &a, room, "1/thread");
+    assert_eq!(
+        t["first"]["reactions"],
+        json!([{"emoji": "👍", "count": 2, "me": true}])
+    );
+    // A replay counts, with nobody's own.
+    let mut wc = joined(p, &a, room, Some(0));
+    assert_eq!(
+        recv_until(&mut wc, msg(1))["reactions"],
+        json!([{"emoji": "👍", "count": 2}])
+    );
+
+    // Refused, and nothing stored: not a member, not one emoji, a missing
+    // message, bad paths; past the bounds, 409.
+    let refusals: [(&str, String, u16); 6] = [
+        (&c, reaction_path(room, 1, "👍"), 403),
+        (&b, reaction_path(room, 1, "lol"), 400),
+        (&b, reaction_path(room, 1, "👍👍👍👍👍👍👍👍👍"), 400),
+        (&b, reaction_path(room, 9, "👍"), 404),
+        (
+            &b,
+            format!("/api/rooms/{room}/messages/1/reactions/%FF"),
+            400,
+        ),
+        (
+            &b,
+            format!("/api/rooms/{room}/messages/x/reactions/%F0%9F%91%8D"),
+            400,
+        ),
+    ];
+    for (token, path, status) in refusals {
+        let (s, v) = call(p, "PUT", &path, Some(token), None);
+        assert_eq!(s, status, "{path}: {v}");
+    }
+    send(
+        &mut wb,
+        json!({"type": "react", "room": room, "seq": 1, "emoji": "no", "ref": "bad"}),
+    );
+    let e = recv_until(&mut wb, |v| v["type"] == "error" || v["type"] == "ack");
+    assert_eq!(e["code"], "bad_request", "{e}");
+    send(
+        &mut wb,
+        json!({"type": "react", "room": room, "seq": 1, "ref": "none"}),
+    );
+    let e = recv_until(&mut wb, |v| v["type"] == "error" || v["type"] == "ack");
+    assert_eq!(e["code"], "bad_request", "{e}");
+    let faces: Vec<String> = (0..20u32)
+        .map(|i| char::from_u32(0x1F600 + i).unwrap().to_string())
+        .collect();
+    // Bob has 👍 and nine faces: ten, his most on one message.
+    for face in &faces[..9] {
+        let (s, v) = call(p, "PUT", &reaction_path(room, 1, face), Some(&b), None);
+        assert_eq!(s, 200, "{face}: {v}");
+    }
+    let (s, v) = call(p, "PUT", &reaction_path(room, 1, &faces[9]), Some(&b), None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "bob's 11th: {v}"
+    );
+    // Alice the same, nine other faces: 19 distinct; Dave the 20th.
+    for face in &faces[9..18] {
+        let (s, v) = call(p, "PUT", &reaction_path(room, 1, face), Some(&a), None);
+        assert_eq!(s, 200, "{face}: {v}");
+    }
+    let d = register(p, "dave");
+    let (s, _) = call(
+        p,
+        "POST",
+        &format!("/api/rooms/{room}/join"),
+        Some(&d),
+        None,
+    );
+    assert_eq!(s, 200);
+    let (s, v) = call(
+        p,
+        "PUT",
+        &reaction_path(room, 1, &faces[18]),
+        Some(&d),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        p,
+        "PUT",
+        &reaction_path(room, 1, &faces[19]),
+        Some(&d),
+        None,
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "21st distinct: {v}"
+    );
+    // Adding to one that is there is still allowed.
+    let (s, v) = call(p, "PUT", &reaction_path(room, 1, &faces[0]), Some(&d), None);
+    assert_eq!(s, 200, "{v}");
+    let page = all_messages(p, &a, room);
+    assert_eq!(page[0]["reactions"].as_array().unwrap().len(), 20);
     assert_serving(p);
 }
