@@ -54,15 +54,7 @@ impl ShardStore {
             )));
         }
         self.wait_for_index_lag().await;
-        match self.get(room, seq).await? {
-            None => return Err(Error::NotFound(format!("message {seq} in room {room}"))),
-            Some(item) if item.deleted() => {
-                return Err(Error::NotFound(format!(
-                    "message {seq} in room {room} was deleted"
-                )))
-            }
-            Some(_) => {}
-        }
+        self.live_message(room, seq).await?;
         let signal = {
             let mut st = self.inner.st.borrow_mut();
             let now = self.reactions_in(&mut st, room, seq, seq, Some(by), true)?;

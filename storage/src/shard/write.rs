@@ -45,15 +45,22 @@ impl ShardStore {
         self.append(room, sender, client_id, ts_ms, body, to).await
     }
 
+    /// Message `seq` of `room`; `NotFound` when it does not exist (or was
+    /// retired) or was deleted.
+    pub(super) async fn live_message(&self, room: u64, seq: u64) -> Result<HistoryItem> {
+        match self.get(room, seq).await? {
+            None => Err(Error::NotFound(format!("message {seq} in room {room}"))),
+            Some(item) if item.deleted() => Err(Error::NotFound(format!(
+                "message {seq} in room {room} was deleted"
+            ))),
+            Some(item) => Ok(item),
+        }
+    }
+
     /// The thread a reply to `to` joins.
     async fn thread_of(&self, room: u64, to: u64) -> Result<u64> {
-        match self.get(room, to).await? {
-            None => Err(Error::NotFound(format!("message {to} in room {room}"))),
-            Some(item) if item.deleted() => Err(Error::NotFound(format!(
-                "message {to} in room {room} was deleted"
-            ))),
-            Some(item) => Ok(item.reply().map_or(to, |(_, thread)| thread)),
-        }
+        let item = self.live_message(room, to).await?;
+        Ok(item.reply().map_or(to, |(_, thread)| thread))
     }
 
     async fn append(
@@ -204,15 +211,7 @@ impl ShardStore {
         deleted: bool,
     ) -> Result<()> {
         self.wait_for_index_lag().await;
-        match self.get(room, seq).await? {
-            None => return Err(Error::NotFound(format!("message {seq} in room {room}"))),
-            Some(item) if item.deleted() => {
-                return Err(Error::NotFound(format!(
-                    "message {seq} in room {room} was deleted"
-                )))
-            }
-            Some(_) => {}
-        }
+        self.live_message(room, seq).await?;
         let signal = self.enqueue(&rec, room, seq, QueuedKind::Edit { deleted });
         signal.wait().await.map_err(Error::Failed)
     }
