@@ -416,8 +416,17 @@ impl Event {
         )
     }
 
-    /// `{"type":"react","room","seq","by","ts","emoji","on"}`.
-    pub(crate) fn react(room: u64, seq: u64, by: u64, ts_ms: u64, emoji: &str, on: bool) -> Event {
+    /// `{"type":"react","room","seq","by","ts","emoji","on","count"}`:
+    /// `count`, how many have it on after the change.
+    pub(crate) fn react(
+        room: u64,
+        seq: u64,
+        by: u64,
+        ts_ms: u64,
+        emoji: &str,
+        on: bool,
+        count: u64,
+    ) -> Event {
         #[derive(Serialize)]
         struct R<'a> {
             r#type: &'static str,
@@ -427,6 +436,7 @@ impl Event {
             ts: u64,
             emoji: &'a str,
             on: bool,
+            count: u64,
         }
         Event::encode(
             room,
@@ -441,6 +451,7 @@ impl Event {
                 ts: ts_ms,
                 emoji,
                 on,
+                count,
             },
         )
     }
@@ -583,7 +594,7 @@ mod tests {
             Event::typing(1, 2),
             Event::presence(1, 2, true),
             Event::left(1, "removed"),
-            Event::react(1, 2, 3, 4, "👍", true),
+            Event::react(1, 2, 3, 4, "👍", true, 1),
         ];
         for e in &every {
             match e.kind() {

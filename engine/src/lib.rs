@@ -33,6 +33,7 @@
 mod config;
 mod consumer;
 mod directory;
+pub mod emoji;
 mod engine;
 mod error;
 mod event;

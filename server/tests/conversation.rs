@@ -362,7 +362,7 @@ fn reactions_through_websocket_and_http() {
     let (s, v) = call(p, "PUT", &reaction_path(room, 1, "👍"), Some(&a), None);
     assert_eq!(
         (s, &v["changed"], &v["emoji"]),
-        (200, &json!(true), &json!("👍")),
+        (200, &json!(true), &json!("👍\u{FE0F}")),
         "{v}"
     );
     let (s, v) = call(p, "PUT", &reaction_path(room, 1, "👍"), Some(&a), None);
@@ -375,20 +375,22 @@ fn reactions_through_websocket_and_http() {
         (200, &json!(true), &json!(false)),
         "{v}"
     );
+    // Stored and sent in the canonical spelling (VS16 after each), with the
+    // count after each change.
     let want = [
-        (bob, "👍", true),
-        (alice, "👍", true),
-        (alice, "🎉", true),
-        (alice, "🎉", false),
+        (bob, "👍\u{FE0F}", true, 1),
+        (alice, "👍\u{FE0F}", true, 2),
+        (alice, "🎉\u{FE0F}", true, 1),
+        (alice, "🎉\u{FE0F}", false, 0),
     ];
     for (ws, mut got) in [(&mut wa, Vec::new()), (&mut wb, seen_by_bob)] {
         while got.len() < want.len() {
             got.push(recv_until(ws, |v| v["type"] == "react"));
         }
-        for ((by, emoji, on), e) in want.iter().zip(&got) {
+        for ((by, emoji, on, count), e) in want.iter().zip(&got) {
             assert_eq!(
                 e,
-                &json!({"type": "react", "room": room, "seq": 1, "by": by, "ts": e["ts"], "emoji": emoji, "on": on})
+                &json!({"type": "react", "room": room, "seq": 1, "by": by, "ts": e["ts"], "emoji": emoji, "on": on, "count": count})
             );
         }
     }
@@ -397,10 +399,13 @@ fn reactions_through_websocket_and_http() {
     let page = all_messages(p, &b, room);
     assert_eq!(
         page[0]["reactions"],
-        json!([{"emoji": "👍", "count": 2, "me": true}])
+        json!([{"emoji": "👍\u{FE0F}", "count": 2, "me": true}])
     );
     let page = all_messages(p, &c, room);
-    assert_eq!(page[0]["reactions"], json!([{"emoji": "👍", "count": 2}]));
+    assert_eq!(
+        page[0]["reactions"],
+        json!([{"emoji": "👍\u{FE0F}", "count": 2}])
+    );
     send(
         &mut wb,
         json!({"type": "history", "room": room, "ref": "h"}),
@@ -410,13 +415,13 @@ fn reactions_through_websocket_and_http() {
     let (_, t) = thread(p, &a, room, "1/thread");
     assert_eq!(
         t["first"]["reactions"],
-        json!([{"emoji": "👍", "count": 2, "me": true}])
+        json!([{"emoji": "👍\u{FE0F}", "count": 2, "me": true}])
     );
     // A replay counts, with nobody's own.
     let mut wc = joined(p, &a, room, Some(0));
     assert_eq!(
         recv_until(&mut wc, msg(1))["reactions"],
-        json!([{"emoji": "👍", "count": 2}])
+        json!([{"emoji": "👍\u{FE0F}", "count": 2}])
     );
 
     // Refused, and nothing stored: not a member, not one emoji, a missing
@@ -424,7 +429,7 @@ fn reactions_through_websocket_and_http() {
     let refusals: [(&str, String, u16); 6] = [
         (&c, reaction_path(room, 1, "👍"), 403),
         (&b, reaction_path(room, 1, "lol"), 400),
-        (&b, reaction_path(room, 1, "👍👍👍👍👍👍👍👍👍"), 400),
+        (&b, reaction_path(room, 1, "👍👍"), 400),
         (&b, reaction_path(room, 9, "👍"), 404),
         (
             &b,

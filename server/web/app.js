@@ -692,7 +692,7 @@ function renderRow(i) {
       ? el("div", { class: "body deleted", text: "message deleted" })
       : el("div", { class: "body", text: m.body }),
   );
-  if (m.reactions?.length) {
+  if (m.reactions?.length && !m.deleted && m.body !== null) {
     row.append(
       el(
         "div",
@@ -741,7 +741,9 @@ function renderRow(i) {
 }
 
 // The reactions offered by a message's "react" action.
-const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🙏", "👀"];
+// Spelled as the server stores them (VS16 after each): a chip and the
+// picker name the same reaction.
+const QUICK_REACTIONS = ["👍", "❤", "😂", "🎉", "😮", "😢", "🙏", "👀"].map((e) => e + "\uFE0F");
 
 // A row of quick reactions under the "react" button; one click reacts.
 function pickReaction(button, room, seq) {
@@ -765,19 +767,30 @@ function pickReaction(button, room, seq) {
   button.parentElement.append(picker);
 }
 
-// Puts our reaction on (or takes it off); the room's `react` event shows it.
+// Puts our reaction on (or takes it off); the room's `react` event shows
+// it. Once acknowledged ours is as asked, whether or not it changed (it
+// may have been so already, from another tab).
 function react(room, seq, emoji, on) {
   state.session
     .request({ type: "react", room, seq, emoji, on })
+    .then(() => {
+      const r = view(room).msgs.get(seq)?.reactions?.find((x) => x.emoji === emoji);
+      if (r && r.me !== on) {
+        r.me = on;
+        if (room === state.current) state.list.refresh(seq);
+      }
+    })
     .catch((e) => notice("reaction: " + e.message));
 }
 
-// A `react` event applied to the message it is about.
+// A `react` event applied to the message it is about: the event carries
+// the count after the change (set, not added: a page read meanwhile
+// already counts it).
 function applyReaction(m, f) {
   const list = (m.reactions = m.reactions || []);
   let r = list.find((x) => x.emoji === f.emoji);
   if (!r) list.push((r = { emoji: f.emoji, count: 0, me: false }));
-  r.count = Math.max(0, r.count + (f.on ? 1 : -1));
+  r.count = f.count;
   if (f.by === state.auth.user) r.me = f.on;
   m.reactions = list.filter((x) => x.count > 0);
 }

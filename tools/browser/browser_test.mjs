@@ -311,20 +311,20 @@ async function steps(browser, base) {
   const hello = (p) => p.locator('#messages .msg:has-text("hello bob")').first();
   await hello(b).hover();
   await hello(b).locator('.actions button:has-text("react")').click();
-  await hello(b).locator('.picker button:has-text("👍")').click();
-  await hello(a).locator('.reaction:has-text("👍 1")').waitFor({ timeout: WAIT_MS });
+  await hello(b).locator('.picker button:has-text("👍")').first().click();
+  await hello(a).locator('.reaction:has-text("👍\uFE0F 1")').waitFor({ timeout: WAIT_MS });
   check(true, "bob's 👍 from the picker shows on alice's side");
-  await hello(a).locator('.reaction:has-text("👍 1")').click();
-  await hello(a).locator('.reaction.me:has-text("👍 2")').waitFor({ timeout: WAIT_MS });
-  await hello(b).locator('.reaction.me:has-text("👍 2")').waitFor({ timeout: WAIT_MS });
+  await hello(a).locator('.reaction:has-text("👍\uFE0F 1")').click();
+  await hello(a).locator('.reaction.me:has-text("👍\uFE0F 2")').waitFor({ timeout: WAIT_MS });
+  await hello(b).locator('.reaction.me:has-text("👍\uFE0F 2")').waitFor({ timeout: WAIT_MS });
   check(true, "alice adds hers by clicking the chip: both see 2, each marked as theirs");
   await hello(b).locator(".reaction.me").click();
-  await hello(a).locator('.reaction.me:has-text("👍 1")').waitFor({ timeout: WAIT_MS });
+  await hello(a).locator('.reaction.me:has-text("👍\uFE0F 1")').waitFor({ timeout: WAIT_MS });
   check(true, "bob takes his off: alice sees 1, still hers");
   await a.reload();
   await a.waitForSelector('#conn[data-state="online"]', { timeout: WAIT_MS });
   await a.click('#my-rooms button:has-text("lobby")');
-  await hello(a).locator('.reaction.me:has-text("👍 1")').waitFor({ timeout: WAIT_MS });
+  await hello(a).locator('.reaction.me:has-text("👍\uFE0F 1")').waitFor({ timeout: WAIT_MS });
   check(true, "after a reload the history page says the reaction is hers");
   await a.screenshot({ path: join(artifacts, "chat-reactions.png") });
   // Bob reads the lobby to its end (what follows counts what he misses).

@@ -227,19 +227,19 @@ async def scenario(ports, procs):
     ack = await call_ws(b, {"type": "react", "room": rid, "seq": 16, "emoji": "👍", "ref": "rx"})
     check(ack["type"] == "ack" and ack["seq"] == 16, f"react ack: {ack}")
     e = await recv_json(a, "react")
-    check((e["seq"], e["by"], e["emoji"], e["on"]) == (16, bob["user"], "👍", True), f"react event: {e}")
+    check((e["seq"], e["by"], e["emoji"], e["on"], e["count"]) == (16, bob["user"], "👍\ufe0f", True, 1), f"react event: {e}")
     coded = urllib.parse.quote("👍")
     s, _, r = http.call("PUT", f"/api/rooms/{rid}/messages/16/reactions/{coded}", a_tok)
     check(s == 200 and r["changed"] and r["on"], f"react over HTTP: {s} {r}")
     e = await recv_json(b, "react")
-    check((e["by"], e["on"]) == (alice["user"], True), f"alice's react event: {e}")
+    check((e["by"], e["on"], e["count"]) == (alice["user"], True, 2), f"alice's react event: {e}")
     s, _, page = http.call("GET", f"/api/rooms/{rid}/messages?after=15&limit=1", b_tok)
-    check(s == 200 and page["messages"][0]["reactions"] == [{"emoji": "👍", "count": 2, "me": True}],
+    check(s == 200 and page["messages"][0]["reactions"] == [{"emoji": "👍\ufe0f", "count": 2, "me": True}],
           f"a page counts reactions: {s} {page}")
     s, _, r = http.call("DELETE", f"/api/rooms/{rid}/messages/16/reactions/{coded}", a_tok)
     check(s == 200 and r["changed"] and not r["on"], f"unreact over HTTP: {s} {r}")
     e = await recv_json(b, "react")
-    check((e["by"], e["on"]) == (alice["user"], False), f"alice's unreact event: {e}")
+    check((e["by"], e["on"], e["count"]) == (alice["user"], False, 1), f"alice's unreact event: {e}")
     e = await call_ws(b, {"type": "react", "room": rid, "seq": 16, "emoji": "not an emoji", "ref": "rbad"})
     check(e["type"] == "error" and e["code"] == "bad_request", f"a word is no reaction: {e}")
 

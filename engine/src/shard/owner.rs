@@ -192,7 +192,12 @@ impl Shard {
         reader: Option<u64>,
     ) -> Result<Vec<StoredMessage>> {
         let mut out: Vec<StoredMessage> = items.iter().map(StoredMessage::from_item).collect();
-        let seqs: Vec<u64> = out.iter().map(|m| m.seq).collect();
+        // A deleted message shows no reactions (they cannot be taken off).
+        let seqs: Vec<u64> = out
+            .iter()
+            .filter(|m| m.body.is_some())
+            .map(|m| m.seq)
+            .collect();
         let mut reactions = self.store.reactions(room, &seqs, reader)?;
         for m in &mut out {
             m.reactions = reactions.remove(&m.seq).unwrap_or_default();
@@ -309,14 +314,15 @@ impl Shard {
             }
         };
         self.ensure_owned(room);
-        self.refresh_or_drop(room, seq).await;
+        self.refresh_or_drop(room, seq, true).await;
         self.fan_out(event);
         Ok(())
     }
 
     /// Puts `user`'s reaction `emoji` on message `seq` (`on`) or takes it
     /// off; members only. `Ok(false)` when it already was so (nothing is
-    /// stored or sent).
+    /// stored or sent). The emoji is stored in its canonical spelling
+    /// ([`crate::emoji::canonical`]).
     pub(super) async fn react(
         &self,
         room: u64,
@@ -325,25 +331,41 @@ impl Shard {
         emoji: &str,
         on: bool,
     ) -> Result<bool> {
-        check_emoji(emoji)?;
+        let emoji = crate::emoji::canonical(emoji)
+            .ok_or_else(|| Error::InvalidInput(format!("{emoji:?} is not one emoji")))?;
+        if emoji.len() > rookery_storage::EMOJI_BYTES_MAX {
+            return Err(Error::InvalidInput(format!(
+                "a reaction is at most {} bytes",
+                rookery_storage::EMOJI_BYTES_MAX
+            )));
+        }
         self.may_post(room, user).await?;
         let _turn = self.appending(room);
         let ts = now_ms();
-        if !self.store.react(room, seq, user, ts, emoji, on).await? {
+        if !self.store.react(room, seq, user, ts, &emoji, on).await? {
             return Ok(false);
         }
         self.counters.borrow_mut().reactions += 1;
         self.ensure_owned(room);
-        self.refresh_or_drop(room, seq).await;
-        self.fan_out(Event::react(room, seq, user, ts, emoji, on));
+        // The count after the change, read and sent in one step: events
+        // leave in the order their counts were read, so a client sets the
+        // count (never adds to it) and a page read meanwhile agrees.
+        let count = self
+            .store
+            .reactions(room, &[seq], None)?
+            .remove(&seq)
+            .and_then(|list| list.into_iter().find(|r| r.emoji == emoji))
+            .map_or(0, |r| r.count);
+        self.fan_out(Event::react(room, seq, user, ts, &emoji, on, count));
+        self.refresh_or_drop(room, seq, false).await;
         Ok(true)
     }
 
     /// Re-encodes what the tail cache holds of message `seq` (see
     /// [`Shard::refresh_cached`]); on a failed read, drops the room's cache
     /// rather than keep a stale one (its replays then read the log).
-    async fn refresh_or_drop(&self, room: u64, seq: u64) {
-        if let Err(e) = self.refresh_cached(room, seq).await {
+    async fn refresh_or_drop(&self, room: u64, seq: u64, quotes: bool) {
+        if let Err(e) = self.refresh_cached(room, seq, quotes).await {
             tracing::warn!(shard = self.id, room, error = %e, "refreshing the tail cache failed; dropped it");
             if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
                 let freed = o.tail.clear();
@@ -362,14 +384,15 @@ impl Shard {
         Ok(role.is_some_and(|r| r >= Role::Admin))
     }
 
-    /// Re-encodes cached messages after an edit or delete of `seq`: the
-    /// message itself and the replies that quote it, so catch-up from the
-    /// cache shows the current body and quotes.
-    pub(super) async fn refresh_cached(&self, room: u64, seq: u64) -> Result<()> {
+    /// Re-encodes cached messages after a change of `seq`: the message
+    /// itself and (with `quotes`: an edit or a delete) the replies that
+    /// quote it, so catch-up from the cache shows the current body, quotes
+    /// and reactions.
+    pub(super) async fn refresh_cached(&self, room: u64, seq: u64, quotes: bool) -> Result<()> {
         let stale: Vec<u64> = self.owned.borrow().get(&room).map_or(Vec::new(), |o| {
             o.tail
                 .iter()
-                .filter(|e| e.seq() == seq || e.reply_to() == seq)
+                .filter(|e| e.seq() == seq || (quotes && e.reply_to() == seq))
                 .map(|e| e.seq())
                 .collect()
         });
@@ -377,7 +400,17 @@ impl Shard {
             let Some(item) = self.store.get(room, s).await? else {
                 continue;
             };
-            let fresh = self.stored(room, &[item], None).await?[0].event(room);
+            let mut m = self.stored(room, &[item], None).await?.remove(0);
+            // Read again with no yield before the cache takes it: a
+            // reaction changed while the quote was read is not lost.
+            if m.body.is_some() {
+                m.reactions = self
+                    .store
+                    .reactions(room, &[s], None)?
+                    .remove(&s)
+                    .unwrap_or_default();
+            }
+            let fresh = m.event(room);
             if let Some(o) = self.owned.borrow_mut().get_mut(&room) {
                 let delta = o.tail.replace(fresh);
                 self.tail_bytes
@@ -645,45 +678,6 @@ impl Shard {
             .max(self.own_read(room, user));
         Ok(last.saturating_sub(read))
     }
-}
-
-/// A reaction is one emoji (a few code points: modifiers, joiners and
-/// keycaps included), at most `EMOJI_BYTES_MAX` bytes: never text, so it
-/// cannot carry words, controls or direction marks.
-pub(crate) fn check_emoji(emoji: &str) -> Result<()> {
-    let bad = || {
-        Err(Error::InvalidInput(format!(
-            "{emoji:?} is not one emoji of at most {} bytes",
-            rookery_storage::EMOJI_BYTES_MAX
-        )))
-    };
-    if emoji.is_empty() || emoji.len() > rookery_storage::EMOJI_BYTES_MAX {
-        return bad();
-    }
-    let chars: Vec<char> = emoji.chars().collect();
-    let mut pictographs = 0;
-    for (i, &c) in chars.iter().enumerate() {
-        let next = chars.get(i + 1).copied();
-        let ok = match c as u32 {
-            // A keycap: 0-9, # or * then VS16 or the keycap mark.
-            0x30..=0x39 | 0x23 | 0x2A => matches!(next, Some('\u{FE0F}' | '\u{20E3}')),
-            // Joiner, variation selectors, keycap mark, tags of flags.
-            0x200D | 0xFE0E | 0xFE0F | 0x20E3 | 0xE0020..=0xE007F => true,
-            0xA9 | 0xAE | 0x203C..=0x3299 | 0x1F000..=0x1FAFF => {
-                pictographs += 1;
-                true
-            }
-            _ => false,
-        };
-        if !ok {
-            return bad();
-        }
-    }
-    let keycap = chars.contains(&'\u{20E3}');
-    if pictographs == 0 && !keycap {
-        return bad();
-    }
-    Ok(())
 }
 
 /// A message's body must say something: not empty, nor only whitespace.

@@ -91,6 +91,8 @@ pub(crate) async fn react(req: &Request, shared: &Shared, raw: &str, on: bool) -
     readable_room(shared, uid, id).await?;
     take_send_token(shared, uid).await?;
     let changed = shared.engine.react(id, seq, uid, &emoji, on).await?;
+    // As stored and sent: the canonical spelling (it was accepted).
+    let emoji = rookery_engine::emoji::canonical(&emoji).unwrap_or_default();
     Ok(Response::json(
         200,
         &json!({"room": id, "seq": seq, "emoji": emoji, "on": on, "changed": changed}),

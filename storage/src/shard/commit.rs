@@ -347,7 +347,7 @@ impl ShardStore {
                 QueuedKind::React { slot } => {
                     let (key, on) = st
                         .queued_reactions
-                        .remove(&slot)
+                        .remove(&(q.room, q.seq, slot))
                         .expect("a queued reaction is applied once");
                     Self::apply_react(st, key, on);
                     st.note_in_segment(pos.segment, q.room, q.seq);

@@ -407,9 +407,9 @@ pub(super) struct State {
     /// Durable reaction changes not yet committed, the latest per key, with
     /// their ticket.
     pending_reactions: BTreeMap<react::ReactKey, (u64, bool)>,
-    /// Reaction changes queued and not yet durable, by slot (in the order
-    /// they were made).
-    queued_reactions: FxHashMap<u64, (react::ReactKey, bool)>,
+    /// Reaction changes queued and not yet durable, by `(room, seq, slot)`
+    /// (slots in the order the changes were made).
+    queued_reactions: BTreeMap<(u64, u64, u64), (react::ReactKey, bool)>,
     next_react_slot: u64,
     ops: Vec<Op>,
     ops_records: usize,
@@ -519,7 +519,7 @@ impl ShardStore {
             pending_edits: BTreeMap::new(),
             pending_threads: BTreeMap::new(),
             pending_reactions: BTreeMap::new(),
-            queued_reactions: FxHashMap::default(),
+            queued_reactions: BTreeMap::new(),
             next_react_slot: 0,
             ops: Vec::new(),
             ops_records: 0,

@@ -10,8 +10,9 @@
 
 use super::*;
 
-/// Longest reaction, in bytes.
-pub const EMOJI_BYTES_MAX: usize = 32;
+/// Longest reaction, in bytes (a family of four with skin tones, spelled
+/// canonically, takes 37).
+pub const EMOJI_BYTES_MAX: usize = 64;
 /// Distinct reactions one message may carry.
 pub const REACTIONS_PER_MESSAGE_MAX: usize = 20;
 /// Reactions one user may have on one message.
@@ -69,7 +70,7 @@ impl ShardStore {
             let slot = st.next_react_slot;
             st.next_react_slot += 1;
             st.queued_reactions
-                .insert(slot, ((room, seq, emoji.to_string(), by), on));
+                .insert((room, seq, slot), ((room, seq, emoji.to_string(), by), on));
             drop(st);
             let rec = Record::React(React {
                 room,
@@ -131,13 +132,12 @@ impl ShardStore {
             .map(|(k, (_, on))| (k, *on))
             .collect();
         if queued {
-            let mut q: Vec<(&u64, &(ReactKey, bool))> = st
-                .queued_reactions
-                .iter()
-                .filter(|(_, (k, _))| k.0 == room && (lo..=hi).contains(&k.1))
-                .collect();
-            q.sort_unstable_by_key(|(slot, _)| **slot);
-            changes.extend(q.into_iter().map(|(_, (k, on))| (k, *on)));
+            // In (seq, slot) order: a key's changes in the order made.
+            changes.extend(
+                st.queued_reactions
+                    .range((room, lo, 0)..=(room, hi, u64::MAX))
+                    .map(|(_, (k, on))| (k, *on)),
+            );
         }
         if !known && changes.is_empty() {
             return Ok(HashMap::new());
@@ -186,6 +186,8 @@ impl ShardStore {
             .into_iter()
             .map(|(seq, mut list)| {
                 list.retain(|r| r.count > 0);
+                // One order whether committed or not: by the emoji's bytes.
+                list.sort_by(|a, b| a.emoji.cmp(&b.emoji));
                 (seq, list)
             })
             .filter(|(_, list)| !list.is_empty())
@@ -202,7 +204,7 @@ impl ShardStore {
                 // flag when applied, and is laid over what redb holds.
                 let any = index::has_reactions(&self.inner.db, room)?;
                 if let Some(r) = st.rooms.get_mut(&room) {
-                    r.has_reactions = Some(any || r.has_reactions == Some(true));
+                    r.has_reactions = Some(any);
                 }
                 Ok(any)
             }

@@ -287,7 +287,8 @@ impl ShardStore {
                     let mut st = self.inner.st.borrow_mut();
                     let slot = st.next_react_slot;
                     st.next_react_slot += 1;
-                    st.queued_reactions.insert(slot, (key, r.on));
+                    st.queued_reactions
+                        .insert((r.room, r.seq, slot), (key, r.on));
                     slot
                 };
                 let signal = self.enqueue(&rec, r.room, r.seq, QueuedKind::React { slot });
