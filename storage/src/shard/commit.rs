@@ -262,17 +262,20 @@ impl ShardStore {
                 for s in sealed.iter() {
                     self.sealed(*s);
                 }
-                self.apply_batch(&items, positions, writer.segment())?;
-                let mut st = inner.st.borrow_mut();
-                st.stats.batches += 1;
-                st.stats.records += items.len() as u64;
-                st.stats.bytes += frames.len() as u64;
-                st.stats.syncs += synced as u64 + sealed.len() as u64;
-                st.stats.unsynced_records += items.len() as u64;
-                if synced || !sealed.is_empty() {
-                    st.stats.synced();
-                }
-                Ok(())
+                // On an error the batch's appenders still get their answer
+                // below (an early return would leave them waiting).
+                self.apply_batch(&items, positions, writer.segment())
+                    .map(|()| {
+                        let mut st = inner.st.borrow_mut();
+                        st.stats.batches += 1;
+                        st.stats.records += items.len() as u64;
+                        st.stats.bytes += frames.len() as u64;
+                        st.stats.syncs += synced as u64 + sealed.len() as u64;
+                        st.stats.unsynced_records += items.len() as u64;
+                        if synced || !sealed.is_empty() {
+                            st.stats.synced();
+                        }
+                    })
             }
             Err(e) => Err(e),
         };
