@@ -58,6 +58,27 @@ struct Out<'a> {
     on: Option<bool>,
 }
 
+impl<'a> Out<'a> {
+    /// An event of `kind` in `room` at `ts`, its other fields absent.
+    fn of(id: Option<&'a str>, kind: Kind, room: u64, ts: u64) -> Out<'a> {
+        Out {
+            id,
+            kind: kind.word(),
+            room,
+            seq: None,
+            from: None,
+            user: None,
+            by: None,
+            ts,
+            body: None,
+            reply_to: None,
+            thread: None,
+            emoji: None,
+            on: None,
+        }
+    }
+}
+
 /// An event ready to go: its time (for ordering) and its JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
@@ -103,65 +124,31 @@ pub fn record_event(origin: u64, shard: usize, pos: Pos, record: &ArchivedRecord
             let m = record.message().expect("a message kind");
             let reply = record.reply();
             Out {
-                id,
-                kind: Kind::Message.word(),
-                room: m.room.into(),
                 seq: Some(m.seq.into()),
                 from: Some(m.sender.into()),
-                user: None,
-                by: None,
-                ts: m.ts_ms.into(),
                 body: Some(m.body.as_str()),
                 reply_to: reply.map(|r| r.0),
                 thread: reply.map(|r| r.1),
-                emoji: None,
-                on: None,
+                ..Out::of(id, Kind::Message, m.room.into(), m.ts_ms.into())
             }
         }
         ArchivedRecord::Edit(e) => Out {
-            id,
-            kind: Kind::Edit.word(),
-            room: e.room.into(),
             seq: Some(e.seq.into()),
-            from: None,
-            user: None,
             by: Some(e.by.into()),
-            ts: e.ts_ms.into(),
             body: Some(e.body.as_str()),
-            reply_to: None,
-            thread: None,
-            emoji: None,
-            on: None,
+            ..Out::of(id, Kind::Edit, e.room.into(), e.ts_ms.into())
         },
         ArchivedRecord::React(r) => Out {
-            id,
-            kind: Kind::Reaction.word(),
-            room: r.room.into(),
             seq: Some(r.seq.into()),
-            from: None,
-            user: None,
             by: Some(r.by.into()),
-            ts: r.ts_ms.into(),
-            body: None,
-            reply_to: None,
-            thread: None,
             emoji: Some(r.emoji.as_str()),
             on: Some(r.on),
+            ..Out::of(id, Kind::Reaction, r.room.into(), r.ts_ms.into())
         },
         ArchivedRecord::Delete(d) => Out {
-            id,
-            kind: Kind::Delete.word(),
-            room: d.room.into(),
             seq: Some(d.seq.into()),
-            from: None,
-            user: None,
             by: Some(d.by.into()),
-            ts: d.ts_ms.into(),
-            body: None,
-            reply_to: None,
-            thread: None,
-            emoji: None,
-            on: None,
+            ..Out::of(id, Kind::Delete, d.room.into(), d.ts_ms.into())
         },
     };
     encode(&out)
@@ -180,19 +167,9 @@ pub fn member_kind(e: &MemberEvent) -> Kind {
 pub fn member_event(origin: u64, e: &MemberEvent) -> Encoded {
     let id = format!("{origin:016x}-m-{}", e.id);
     encode(&Out {
-        id: Some(&id),
-        kind: member_kind(e).word(),
-        room: e.room,
-        seq: None,
-        from: None,
         user: Some(e.user),
         by: Some(e.by),
-        ts: e.ts_ms,
-        body: None,
-        reply_to: None,
-        thread: None,
-        emoji: None,
-        on: None,
+        ..Out::of(Some(&id), member_kind(e), e.room, e.ts_ms)
     })
 }
 

@@ -197,18 +197,18 @@ impl ShardStore {
     /// Whether redb may hold reactions of the room (looked up once; a
     /// durable reaction sets it).
     fn has_reactions(&self, st: &mut State, room: u64) -> Result<bool> {
-        match st.rooms.get(&room).and_then(|r| r.has_reactions) {
-            Some(known) => Ok(known),
-            None => {
-                // A durable reaction not yet committed counts: it sets the
-                // flag when applied, and is laid over what redb holds.
-                let any = index::has_reactions(&self.inner.db, room)?;
-                if let Some(r) = st.rooms.get_mut(&room) {
-                    r.has_reactions = Some(any);
-                }
-                Ok(any)
-            }
-        }
+        read::room_has(
+            st,
+            room,
+            |r| &mut r.has_reactions,
+            |st| {
+                st.pending_reactions
+                    .range((room, 0, String::new(), 0)..)
+                    .next()
+                    .is_some_and(|(k, _)| k.0 == room)
+            },
+            || index::has_reactions(&self.inner.db, room),
+        )
     }
 
     /// A durable reaction change: its row goes to the index thread and

@@ -231,6 +231,27 @@ pub(super) fn page_runs(pages: &[usize]) -> Vec<(usize, usize)> {
     runs
 }
 
+/// Whether redb may hold rows of one kind (edits, threads, reactions) for
+/// `room`: the room's flag (`flag`), looked up once. Rows not yet committed
+/// (`pending`) count: they reach redb after this look, and the flag would
+/// stay false.
+pub(super) fn room_has(
+    st: &mut State,
+    room: u64,
+    flag: fn(&mut Room) -> &mut Option<bool>,
+    pending: impl FnOnce(&State) -> bool,
+    in_redb: impl FnOnce() -> Result<bool>,
+) -> Result<bool> {
+    if let Some(known) = st.rooms.get_mut(&room).and_then(|r| *flag(r)) {
+        return Ok(known);
+    }
+    let any = pending(st) || in_redb()?;
+    if let Some(r) = st.rooms.get_mut(&room) {
+        *flag(r) = Some(any);
+    }
+    Ok(any)
+}
+
 impl ShardStore {
     /// Index entries of seqs `lo..=hi` of a room, ascending; absent ones
     /// (which should not exist below `durable_seq`) are an error.
@@ -478,21 +499,18 @@ impl ShardStore {
         lo: u64,
         hi: u64,
     ) -> Result<HashMap<u64, (u64, u64)>> {
-        let has_threads = match st.rooms.get(&room).and_then(|r| r.has_threads) {
-            Some(known) => known,
-            None => {
-                let pending = st
-                    .pending_threads
+        let has_threads = room_has(
+            st,
+            room,
+            |r| &mut r.has_threads,
+            |st| {
+                st.pending_threads
                     .range((room, 0, 0)..=(room, u64::MAX, u64::MAX))
                     .next()
-                    .is_some();
-                let any = pending || index::has_threads(&self.inner.db, room)?;
-                if let Some(r) = st.rooms.get_mut(&room) {
-                    r.has_threads = Some(any);
-                }
-                any
-            }
-        };
+                    .is_some()
+            },
+            || index::has_threads(&self.inner.db, room),
+        )?;
         let mut heads: HashMap<u64, (u64, u64)> = HashMap::new();
         if !has_threads || lo > hi {
             return Ok(HashMap::new());
@@ -716,23 +734,18 @@ impl ShardStore {
     ) -> Result<HashMap<u64, u64>> {
         // A room without edit rows reads none (most rooms, most pages);
         // whether it has any is looked up once.
-        let has_edits = match st.rooms.get(&room).and_then(|r| r.has_edits) {
-            Some(known) => known,
-            None => {
-                // An edit not yet committed counts (its row reaches redb
-                // after this look, and the flag would stay false).
-                let pending = st
-                    .pending_edits
+        let has_edits = room_has(
+            st,
+            room,
+            |r| &mut r.has_edits,
+            |st| {
+                st.pending_edits
                     .range((room, 0)..=(room, u64::MAX))
                     .next()
-                    .is_some();
-                let any = pending || index::has_edits(&self.inner.db, room)?;
-                if let Some(r) = st.rooms.get_mut(&room) {
-                    r.has_edits = Some(any);
-                }
-                any
-            }
-        };
+                    .is_some()
+            },
+            || index::has_edits(&self.inner.db, room),
+        )?;
         let mut out: HashMap<u64, u64> = if has_edits {
             index::read_edits(&self.inner.db, room, lo, hi)?
                 .into_iter()
