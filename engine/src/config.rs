@@ -43,6 +43,10 @@ pub struct EngineConfig {
     /// Minimum time between two typing events of one user in one room.
     /// Default 1 s.
     pub typing_interval: Duration,
+    /// Minimum time between two `receipt` events of one user in one room
+    /// (a receipt stored sooner is shown when it has passed, replaced by
+    /// any later one). Default 1 s.
+    pub receipt_event_interval: Duration,
     /// Glommio preemption timer. Default 100 ms (glommio's own): see
     /// `kick_interval` for why it is not lower.
     pub preempt_timer: Duration,
@@ -154,6 +158,7 @@ impl EngineConfig {
             lag_poll_interval: Duration::from_millis(2),
             mesh_channel_len: 1024,
             typing_interval: Duration::from_secs(1),
+            receipt_event_interval: Duration::from_secs(1),
             preempt_timer: Duration::from_millis(100),
             kick_interval: Duration::from_millis(5),
             ring_depth: 4096,
@@ -204,6 +209,10 @@ impl EngineConfig {
             "lag_poll_interval must be > 0",
         )?;
         check(
+            !self.receipt_event_interval.is_zero(),
+            "receipt_event_interval must be > 0",
+        )?;
+        check(
             self.command_queue_len_max >= 1,
             "command_queue_len_max must be >= 1",
         )?;
@@ -250,6 +259,11 @@ mod tests {
         cfg.mesh_channel_len = 1;
         assert!(
             matches!(cfg.validate(), Err(Error::InvalidInput(m)) if m.contains("mesh_channel_len"))
+        );
+        let mut cfg = EngineConfig::new(&dir);
+        cfg.receipt_event_interval = std::time::Duration::ZERO;
+        assert!(
+            matches!(cfg.validate(), Err(Error::InvalidInput(m)) if m.contains("receipt_event_interval"))
         );
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 use rookery_storage::meta::DmOpened;
-use rookery_storage::{Cursor, Meta, Retention, RetentionReport, Role, Store};
+use rookery_storage::{Cursor, ListPage, Meta, Retention, RetentionReport, Role, Store};
 
 use crate::config::EngineConfig;
 use crate::consumer::{SubShared, CLOSED_SHUTDOWN};
@@ -600,6 +600,21 @@ impl Engine {
             })
     }
 
+    /// A page of `room`'s members with their read markers, `(user, seq)`
+    /// ordered by user id: at most `len` with an id above `after` (`seq`
+    /// 0 for one who has read nothing; a member's own posts count as
+    /// read). `NotFound` for a room unknown to `meta`.
+    pub fn receipts(&self, room: u64, after: u64, len: usize) -> Pending<ListPage<(u64, u64)>> {
+        self.inner
+            .queues
+            .call(self.shard_of(room), |reply| Command::Markers {
+                room,
+                after,
+                len,
+                reply,
+            })
+    }
+
     /// Messages of `room` that `user` has not read: the owner's last seq
     /// minus the user's receipt (O(1): two point reads).
     pub fn unread(&self, room: u64, user: u64) -> Pending<u64> {
@@ -884,6 +899,28 @@ async fn run_shard(
                     return;
                 };
                 if !shard.flush_own_reads() {
+                    break;
+                }
+            }
+        }
+    })
+    .detach();
+    // The receipt-event flusher: every tick while receipts are shown or
+    // waiting, asleep while none are.
+    let seen = Rc::downgrade(&shard);
+    let bell = shard.seen_bell.clone();
+    glommio::spawn_local(async move {
+        loop {
+            bell.wait().await;
+            loop {
+                let Some(tick) = seen.upgrade().map(|s| s.seen_tick()) else {
+                    return;
+                };
+                glommio::timer::sleep(tick).await;
+                let Some(shard) = seen.upgrade() else {
+                    return;
+                };
+                if !shard.flush_seen() {
                     break;
                 }
             }

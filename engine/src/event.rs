@@ -179,6 +179,9 @@ pub enum EventKind {
     Left,
     /// A reaction put on or taken off message `seq`.
     React,
+    /// A member's read receipt moved (volatile; at most one per user and
+    /// room per `receipt_event_interval`).
+    Receipt,
 }
 
 impl EventKind {
@@ -192,6 +195,7 @@ impl EventKind {
             EventKind::Presence => 4,
             EventKind::Left => 5,
             EventKind::React => 6,
+            EventKind::Receipt => 7,
         }
     }
 
@@ -205,6 +209,7 @@ impl EventKind {
             4 => EventKind::Presence,
             5 => EventKind::Left,
             6 => EventKind::React,
+            7 => EventKind::Receipt,
             _ => return None,
         })
     }
@@ -298,7 +303,10 @@ impl Event {
     }
     /// True for events that may be dropped under pressure.
     pub fn is_volatile(&self) -> bool {
-        matches!(self.kind, EventKind::Typing | EventKind::Presence)
+        matches!(
+            self.kind,
+            EventKind::Typing | EventKind::Presence | EventKind::Receipt
+        )
     }
 
     /// An event another node's engine encoded (`json` is its
@@ -480,6 +488,30 @@ impl Event {
         )
     }
 
+    /// `{"type":"receipt","room","user","seq"}`: `user` has read `room` up
+    /// to `seq`.
+    pub(crate) fn receipt(room: u64, user: u64, seq: u64) -> Event {
+        #[derive(Serialize)]
+        struct R {
+            r#type: &'static str,
+            room: u64,
+            user: u64,
+            seq: u64,
+        }
+        Event::encode(
+            room,
+            0,
+            0,
+            EventKind::Receipt,
+            &R {
+                r#type: "receipt",
+                room,
+                user,
+                seq,
+            },
+        )
+    }
+
     /// `{"type":"typing","room","user"}`.
     pub(crate) fn typing(room: u64, user: u64) -> Event {
         #[derive(Serialize)]
@@ -595,6 +627,7 @@ mod tests {
             Event::presence(1, 2, true),
             Event::left(1, "removed"),
             Event::react(1, 2, 3, 4, "👍", true, 1),
+            Event::receipt(1, 2, 3),
         ];
         for e in &every {
             match e.kind() {
@@ -604,7 +637,8 @@ mod tests {
                 | EventKind::Typing
                 | EventKind::Presence
                 | EventKind::Left
-                | EventKind::React => {}
+                | EventKind::React
+                | EventKind::Receipt => {}
             }
         }
         let mut seen = BTreeSet::new();
@@ -692,11 +726,12 @@ mod tests {
             EventKind::Presence,
             EventKind::Left,
             EventKind::React,
+            EventKind::Receipt,
         ];
         for k in kinds {
             assert_eq!(EventKind::from_code(k.code()), Some(k));
         }
-        assert_eq!(EventKind::from_code(7), None);
+        assert_eq!(EventKind::from_code(8), None);
         for body_len in [0usize, 200, 70_000] {
             let body = "y".repeat(body_len);
             let e = Event::message(3, 9, 4, 1_700, Some(&body), false);

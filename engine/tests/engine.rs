@@ -1604,3 +1604,111 @@ fn reactions_are_stored_sent_counted_and_replayed() {
     verify(&engine, "restarted");
     engine.shutdown().unwrap();
 }
+
+/// Members see each other's receipts: a `receipt` event per stored
+/// receipt of a member, at most one per user and room per
+/// `receipt_event_interval` (the latest one shown when it has passed);
+/// a non-member's receipt is stored but not shown; `receipts` pages every
+/// member's marker, own posts counting as read.
+#[test]
+fn receipts_are_shown_to_members_paced_and_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    let interval = Duration::from_millis(400);
+    cfg.receipt_event_interval = interval;
+    let engine = Engine::start(cfg).unwrap();
+    let meta = engine.directory();
+    let [alice, bob, carol, dave] =
+        ["alice", "bob", "carol", "dave"].map(|n| meta.ensure_external_user(n, 0).unwrap());
+    let room = engine.create_room("seen", false, alice).wait().unwrap();
+    for u in [bob, dave] {
+        engine
+            .membership(room, u, u, MemberOp::Join)
+            .wait()
+            .unwrap();
+    }
+    let watcher = engine.subscribe(room, Some(0)).wait().unwrap();
+    for i in 0..10 {
+        engine
+            .post(room, alice, "", &format!("m{i}"))
+            .wait()
+            .unwrap();
+    }
+    collect(&watcher, 10);
+
+    let first = Instant::now();
+    assert_eq!(engine.mark_read(room, bob, 3).wait().unwrap(), 3);
+    assert_eq!(engine.mark_read(room, bob, 5).wait().unwrap(), 5);
+    assert_eq!(engine.mark_read(room, bob, 7).wait().unwrap(), 7);
+    assert_eq!(
+        engine.mark_read(room, bob, 6).wait().unwrap(),
+        7,
+        "never back"
+    );
+    assert_eq!(engine.mark_read(room, carol, 5).wait().unwrap(), 5);
+    assert_eq!(
+        engine.mark_read(room, dave, 40).wait().unwrap(),
+        10,
+        "clamped"
+    );
+
+    let mut shown: Vec<(u64, u64, Instant)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Until bob's latest is shown, then two quiet intervals.
+    let mut quiet_from = None;
+    loop {
+        let now = Instant::now();
+        assert!(now < deadline, "receipts shown so far: {shown:?}");
+        if quiet_from.is_some_and(|q: Instant| now.duration_since(q) > interval * 2) {
+            break;
+        }
+        if let Some(e) = watcher.recv_timeout(Duration::from_millis(50)).unwrap() {
+            assert_eq!(e.kind(), EventKind::Receipt, "{}", e.json());
+            let v = json(&e);
+            assert_eq!(
+                (v["type"].as_str(), v["room"].as_u64()),
+                (Some("receipt"), Some(room))
+            );
+            let (user, seq) = (v["user"].as_u64().unwrap(), v["seq"].as_u64().unwrap());
+            shown.push((user, seq, Instant::now()));
+            if (user, seq) == (bob, 7) {
+                quiet_from = Some(Instant::now());
+            }
+        }
+    }
+    let of = |u: u64| -> Vec<u64> { shown.iter().filter(|s| s.0 == u).map(|s| s.1).collect() };
+    assert_eq!(
+        of(bob),
+        [3, 7],
+        "the first at once, the latest after the interval"
+    );
+    assert_eq!(of(dave), [10]);
+    assert_eq!(of(carol), Vec::<u64>::new(), "not a member: read unseen");
+    let bob_at: Vec<Instant> = shown.iter().filter(|s| s.0 == bob).map(|s| s.2).collect();
+    assert!(
+        bob_at[1].duration_since(first) >= interval,
+        "one event per interval"
+    );
+
+    // Every member's marker; alice's own posts count as read.
+    let page = engine.receipts(room, 0, 10).wait().unwrap();
+    assert_eq!(page.items, [(alice, 10), (bob, 7), (dave, 10)]);
+    assert_eq!(page.next, None);
+    let page = engine.receipts(room, 0, 2).wait().unwrap();
+    assert_eq!(page.items, [(alice, 10), (bob, 7)]);
+    assert_eq!(page.next, Some(bob));
+    let rest = engine.receipts(room, bob, 2).wait().unwrap();
+    assert_eq!(rest.items, [(dave, 10)]);
+    assert!(matches!(
+        engine.receipts(room + 1000, 0, 10).wait(),
+        Err(Error::NotFound(_) | Error::Storage(_))
+    ));
+    drop(watcher);
+    drop(meta);
+    engine.shutdown().unwrap();
+    // Markers are durable: they survive a restart.
+    let engine = Engine::start(config(dir.path(), 2)).unwrap();
+    let page = engine.receipts(room, 0, 10).wait().unwrap();
+    assert_eq!(page.items, [(alice, 10), (bob, 7), (dave, 10)]);
+    engine.shutdown().unwrap();
+}

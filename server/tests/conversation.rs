@@ -5,7 +5,8 @@
 //! `join since` replays, `replies` on a thread's first message,
 //! `GET .../messages/{seq}/thread` and its paging; `react` over WebSocket
 //! and `PUT`/`DELETE .../reactions/{emoji}` over HTTP, `react` events,
-//! counts with the reader's own on pages; and every refusal.
+//! counts with the reader's own on pages; read receipts members see
+//! (`receipt` events, paced, and `GET .../receipts`); and every refusal.
 
 mod common;
 
@@ -512,4 +513,177 @@ fn reactions_through_websocket_and_http() {
     let page = all_messages(p, &a, room);
     assert_eq!(page[0]["reactions"].as_array().unwrap().len(), 20);
     assert_serving(p);
+}
+
+/// `POST /api/rooms/{room}/read` with `seq`.
+fn read(p: u16, token: &str, room: u64, seq: u64) -> (u16, Value) {
+    let path = format!("/api/rooms/{room}/read");
+    call(p, "POST", &path, Some(token), Some(&json!({ "seq": seq })))
+}
+
+/// The `(user, seq)` pairs of a receipts page.
+fn markers(page: &Value) -> Vec<(u64, u64)> {
+    page["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["user"].as_u64().unwrap(), r["seq"].as_u64().unwrap()))
+        .collect()
+}
+
+/// Read receipts others can see: a member's `read` (WebSocket) or `POST
+/// .../read` (HTTP) reaches the room as a `receipt` event, at most one per
+/// user and room per second (the latest after the second); a reader who is
+/// not a member is not shown; `GET .../receipts` pages every member's
+/// marker, own posts counting as read; refusals.
+#[test]
+fn receipts_members_see() {
+    let server = start(&[]);
+    let p = server.port;
+    let (a, b, c, d) = (
+        register(p, "alice"),
+        register(p, "bob"),
+        register(p, "carol"),
+        register(p, "dave"),
+    );
+    let (alice, bob, dave) = (user_id(p, &a), user_id(p, &b), user_id(p, &d));
+    let room = create_room(p, &a, "seen", false);
+    for t in [&b, &d] {
+        let (s, v) = call(p, "POST", &format!("/api/rooms/{room}/join"), Some(t), None);
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut wa = joined(p, &a, room, None);
+    let mut wb = joined(p, &b, room, None);
+    for i in 1..=3u64 {
+        send(
+            &mut wa,
+            json!({"type": "send", "room": room, "body": format!("m{i}")}),
+        );
+        ack_and_msg(&mut wa);
+        recv_until(&mut wb, msg(i));
+    }
+    let is_receipt = |v: &Value| v["type"] == "receipt" && v.get("ref").is_none();
+
+    // Bob reads over WebSocket: his answer, and Alice's event.
+    send(
+        &mut wb,
+        json!({"type": "read", "room": room, "seq": 2, "ref": 7}),
+    );
+    let answer = recv_until(&mut wb, |v| v["ref"] == 7);
+    assert_eq!(
+        answer,
+        json!({"type": "receipt", "room": room, "user": bob, "seq": 2, "ref": 7})
+    );
+    let first = recv_until(&mut wa, is_receipt);
+    let shown_at = Instant::now();
+    assert_eq!(
+        first,
+        json!({"type": "receipt", "room": room, "user": bob, "seq": 2})
+    );
+
+    // At once again over HTTP: stored now, shown after the second.
+    let (s, v) = read(p, &b, room, 3);
+    assert_eq!((s, &v["seq"]), (200, &json!(3)), "{v}");
+    // Carol is not a member: she may read the public room, unseen.
+    let (s, v) = read(p, &c, room, 3);
+    assert_eq!(s, 200, "{v}");
+    // Dave's comes after Carol's would have: seeing his and not hers
+    // shows hers was never sent.
+    let (s, v) = read(p, &d, room, 1);
+    assert_eq!(s, 200, "{v}");
+    let next = recv_until(&mut wa, is_receipt);
+    assert_eq!(
+        next,
+        json!({"type": "receipt", "room": room, "user": dave, "seq": 1})
+    );
+    let later = recv_until(&mut wa, is_receipt);
+    assert_eq!(
+        later,
+        json!({"type": "receipt", "room": room, "user": bob, "seq": 3})
+    );
+    assert!(
+        shown_at.elapsed() >= Duration::from_millis(700),
+        "one receipt per user per second: {:?}",
+        shown_at.elapsed()
+    );
+    // Bob's own connection hears of it too (his other tabs would).
+    recv_until(&mut wb, |v| is_receipt(v) && v["seq"] == 3);
+
+    // Every member's marker; Alice's own posts count as read.
+    let path = format!("/api/rooms/{room}/receipts");
+    let (s, v) = call(p, "GET", &path, Some(&c), None);
+    assert_eq!(s, 200, "a public room's readers may see it: {v}");
+    let mut want = vec![(alice, 3u64), (bob, 3), (dave, 1)];
+    want.sort_unstable();
+    let got = markers(&v);
+    assert_eq!(got, want, "{v}");
+    assert_eq!((v["room"].as_u64(), &v["next"]), (Some(room), &Value::Null));
+    let (s, v) = call(p, "GET", &format!("{path}?limit=2"), Some(&a), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["receipts"].as_array().unwrap().len(), 2);
+    let after = v["next"]["after"].as_u64().expect("a next page");
+    let (s, v) = call(
+        p,
+        "GET",
+        &format!("{path}?limit=2&after={after}"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(
+        (s, v["receipts"][0]["user"].as_u64()),
+        (200, Some(want[2].0)),
+        "{v}"
+    );
+    assert_eq!(v["next"], Value::Null);
+
+    // Refusals.
+    for (q, token, status) in [
+        ("?limit=0", Some(&a), 400),
+        ("?limit=abc", Some(&a), 400),
+        ("?after=-1", Some(&a), 400),
+        ("", None, 401),
+    ] {
+        let (s, v) = call(
+            p,
+            "GET",
+            &format!("{path}{q}"),
+            token.map(|t| t.as_str()),
+            None,
+        );
+        assert_eq!(s, status, "{q}: {v}");
+    }
+    let secret = create_room(p, &a, "secret", true);
+    let (s, v) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{secret}/receipts"),
+        Some(&c),
+        None,
+    );
+    assert_eq!(s, 404, "a private room's receipts are its members': {v}");
+    let (s, v) = call(p, "GET", "/api/rooms/999999/receipts", Some(&a), None);
+    assert_eq!(s, 404, "{v}");
+    // Still serving.
+    let (s, _) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{secret}/receipts"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(s, 200);
+
+    if single_process_only("a SIGKILL and restart") {
+        return;
+    }
+    // Acknowledged receipts survive a SIGKILL.
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let again = restart(&server, &[]);
+    let port = again.port;
+    let (s, v) = call(port, "GET", &path, Some(&a), None);
+    assert_eq!(s, 200, "{v}");
+    let got = markers(&v);
+    assert_eq!(got, want, "receipts after SIGKILL: {v}");
 }

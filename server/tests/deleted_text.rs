@@ -116,14 +116,8 @@ fn a_deleted_message_leaves_no_trace_on_disk_and_every_view_agrees() {
 
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
-    let (child, port) = spawn_in(&data, free_port(), &flags);
-    let _again = Server {
-        child,
-        port,
-        _dir: tempfile::tempdir().unwrap(),
-        cluster: None,
-    };
-    wait_ready(port);
+    let again = restart(&server, &flags);
+    let port = again.port;
     assert_eq!(
         all_messages(port, &token, room),
         before,

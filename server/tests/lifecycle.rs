@@ -199,15 +199,8 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 300 && (acked.len() as u64) <= sent);
 
-    let data = server._dir.path().join("data");
-    let (child, port) = spawn_in(&data, free_port(), &["--durability", "sync"]);
-    let _again = Server {
-        child,
-        port,
-        _dir: tempfile::tempdir().unwrap(),
-        cluster: None,
-    };
-    wait_ready(port);
+    let again = restart(&server, &["--durability", "sync"]);
+    let port = again.port;
     let mut found: HashMap<String, (u64, u64)> = HashMap::new();
     for &room in &rooms {
         let messages = all_messages(port, &token, room);

@@ -15,6 +15,11 @@ import { VirtualList } from "./vlist.js";
 const TYPING_SHOW_MS = 4000;
 const TYPING_SEND_EVERY_MS = 2500;
 const READ_EVERY_MS = 500;
+// Pages of members' read markers read when a room opens (500 each): a
+// "seen by" line names at most this many readers' positions.
+const MARKER_PAGES_MAX = 4;
+// Names a "seen by" line spells out before "and N more".
+const SEEN_NAMES_MAX = 3;
 const SESSION_KEY = "rookery.session";
 
 const $ = (sel) => document.querySelector(sel);
@@ -143,7 +148,11 @@ function connectionState(s) {
     // edits and deletes made meanwhile come with a fresh tail page.
     loadRooms().catch(() => null);
     const v = state.views.get(state.current);
-    if (v && v.loaded) refreshTail(v).catch(() => null);
+    if (v && v.loaded) {
+      refreshTail(v).catch(() => null);
+      // Receipts are volatile: those sent while away were never heard.
+      loadMarkers(v).catch(() => null);
+    }
   }
 }
 
@@ -446,6 +455,9 @@ function view(room) {
       typing: new Map(),
       firstUnread: 0,
       readSent: 0,
+      // user -> the seq they have read up to, and seq -> who is there.
+      markers: new Map(),
+      seenAt: new Map(),
     };
     state.views.set(room, v);
   }
@@ -490,7 +502,7 @@ async function openRoom(id) {
     $("#composer").hidden = true; // until there is a history to send after
     // Once removed mid-load, the `left` frame's notice says why; a refused
     // request would only hide it.
-    await Promise.all([loadMembers(v), refreshTail(v)]).catch((e) => r.member && notice(e.message));
+    await Promise.all([loadMembers(v), refreshTail(v), loadMarkers(v)]).catch((e) => r.member && notice(e.message));
     v.loaded = true;
     // Messages heard of while the page was read.
     if (r.last_seq > v.hi) {
@@ -538,6 +550,43 @@ async function loadMembers(v) {
   }
   v.membersAt = Date.now();
   if (v.room === state.current) renderInviteForm(v);
+}
+
+// ---- read receipts: who has read up to where ---------------------------------
+
+async function loadMarkers(v) {
+  const markers = await listAll(`/api/rooms/${v.room}/receipts`, "receipts", MARKER_PAGES_MAX);
+  for (const m of markers) moveMarker(v, m.user, m.seq);
+}
+
+// `user` has read up to `seq` (a receipt, or their own message). Markers
+// never move back; the rows they leave and reach are drawn again.
+function moveMarker(v, user, seq) {
+  const was = v.markers.get(user) || 0;
+  if (seq <= was) return;
+  v.markers.set(user, seq);
+  const left = v.seenAt.get(was);
+  if (left) {
+    left.delete(user);
+    if (!left.size) v.seenAt.delete(was);
+  }
+  if (!v.seenAt.has(seq)) v.seenAt.set(seq, new Set());
+  v.seenAt.get(seq).add(user);
+  if (v.room === state.current) {
+    state.list.refresh(was);
+    state.list.refresh(seq);
+  }
+}
+
+// "Seen by …" under the message others have read up to (its author and
+// we are not named).
+function seenBy(v, m) {
+  const users = [...(v.seenAt.get(m.seq) || [])].filter((u) => u !== state.auth.user && u !== m.from);
+  if (!users.length) return "";
+  const names = users.map((u) => nameOf(v, u)).sort();
+  const more = names.length - SEEN_NAMES_MAX;
+  const text = more > 0 ? `${names.slice(0, SEEN_NAMES_MAX).join(", ")} and ${more} more` : names.join(", ");
+  return el("div", { class: "seen", text: "Seen by " + text, title: names.join(", ") });
 }
 
 // Admins and the owner invite people.
@@ -721,6 +770,8 @@ function renderRow(i) {
       }),
     );
   }
+  const seen = seenBy(v, m);
+  if (seen) row.append(seen);
   if (seq === v.firstUnread) row.classList.add("first-unread");
   const live = !m.deleted && m.body !== null;
   const actions = el("div", { class: "actions" });
@@ -872,6 +923,9 @@ function onEvent(f) {
         if (f.room === state.current) state.list.refresh(f.seq);
       }
       return;
+    case "receipt":
+      moveMarker(view(f.room), f.user, f.seq);
+      return;
     case "typing":
       if (f.user === state.auth.user) return;
       view(f.room).typing.set(f.user, Date.now() + TYPING_SHOW_MS);
@@ -929,6 +983,8 @@ function onMessage(f) {
       roomsLater();
     }
   }
+  // Posting counts as reading: no receipt is sent for it.
+  moveMarker(view(f.room), f.from, f.seq);
   const v = state.views.get(f.room);
   if (!v || !v.loaded) return;
   const m = {

@@ -339,6 +339,20 @@ async function steps(browser, base) {
     { timeout: WAIT_MS, polling: 200 },
   );
 
+  console.log("seen by");
+  await sendText(a, "did you see this?");
+  await waitText(b, "did you see this?");
+  const asked2 = (p) => p.locator('#messages .msg:has-text("did you see this?")');
+  await asked2(a).locator(`.seen:has-text("Seen by ${bob}")`).waitFor({ timeout: WAIT_MS });
+  check(true, "bob reads alice's message as it comes: she sees \"Seen by\" him under it");
+  check((await a.locator("#messages .seen").count()) === 1, "only under the last message he read");
+  await a.screenshot({ path: join(artifacts, "chat-seen-by.png") });
+  await a.reload();
+  await a.waitForSelector('#conn[data-state="online"]', { timeout: WAIT_MS });
+  await a.click('#my-rooms button:has-text("lobby")');
+  await asked2(a).locator(`.seen:has-text("Seen by ${bob}")`).waitFor({ timeout: WAIT_MS });
+  check(true, "after a reload the room's receipts put it back");
+
   console.log(`a room of ${ARCHIVE_MESSAGES.toLocaleString()} messages`);
   await a.fill("#new-room input[name=name]", "archive");
   await a.click("#new-room button");

@@ -248,6 +248,21 @@ async def scenario(ports, procs):
     counts = {x["room"]: x["unread"] for x in unread["rooms"]}
     check(s == 200 and counts.get(rid) == 1, f"unread: {s} {unread}")
 
+    # Receipts others see: bob reads up to 18 over HTTP; alice is shown it
+    # (after his earlier one, at most one a second); every member's marker
+    # (alice's own posts count as read).
+    s, _, r = http.call("POST", f"/api/rooms/{rid}/read", b_tok, {"seq": 18})
+    check(s == 200 and r["seq"] == 18, f"read over HTTP: {s} {r}")
+    while True:
+        e = await recv_json(a, "receipt")
+        check("ref" not in e and e["room"] == rid and e["user"] == bob["user"], f"receipt event: {e}")
+        if e["seq"] == 18:
+            break
+    s, _, rc = http.call("GET", f"/api/rooms/{rid}/receipts", a_tok)
+    markers = {x["user"]: x["seq"] for x in rc["receipts"]}
+    check(s == 200 and markers == {alice["user"]: 18, bob["user"]: 18} and rc["next"] is None,
+          f"receipts: {s} {rc}")
+
     # A direct message: alice opens it by name; bob, online, is told, joins
     # it over his WebSocket and gets her message; the pair keeps one room.
     s, _, dm = http.call("POST", "/api/dms", a_tok, {"name": "bob"})

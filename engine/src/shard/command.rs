@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rookery_storage::meta::DmOpened;
-use rookery_storage::{Cursor, Retention, RetentionReport, Role, ShardStats};
+use rookery_storage::{Cursor, ListPage, Retention, RetentionReport, Role, ShardStats};
 
 use super::subscribers::{InboxEntry, Outlet};
 use super::types::{HistoryPage, NewSub, PostAck, Reply, ThreadPage};
@@ -75,6 +75,13 @@ pub(crate) enum Command {
         emoji: String,
         on: bool,
         reply: Reply<bool>,
+    },
+    /// A page of the room's members with their read markers.
+    Markers {
+        room: u64,
+        after: u64,
+        len: usize,
+        reply: Reply<ListPage<(u64, u64)>>,
     },
     LastSeq {
         room: u64,
@@ -292,13 +299,25 @@ impl Shard {
                     async move { me.react(room, seq, user, &emoji, on).await },
                 );
             }
+            Command::Markers {
+                room,
+                after,
+                len,
+                reply,
+            } => {
+                let me = self.clone();
+                answer(reply, async move { me.markers(room, after, len).await });
+            }
             Command::LastSeq { room, reply } => send(reply, Ok(self.store.last_seq(room))),
             Command::MarkRead {
                 room,
                 user,
                 seq,
                 reply,
-            } => self.mark_read(room, user, seq, reply),
+            } => {
+                let me = self.clone();
+                answer(reply, async move { me.mark_read(room, user, seq).await });
+            }
             Command::Unread { room, user, reply } => send(reply, self.unread(room, user)),
             Command::Subscribe(new) => self.subscribe(new),
             Command::Online { room, reply } => send(reply, Ok(self.online(room))),
@@ -436,6 +455,7 @@ fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
         Command::History { reply, .. } => send(reply, Err(error())),
         Command::Thread { reply, .. } => send(reply, Err(error())),
         Command::React { reply, .. } => send(reply, Err(error())),
+        Command::Markers { reply, .. } => send(reply, Err(error())),
         Command::LastSeq { reply, .. }
         | Command::MarkRead { reply, .. }
         | Command::Unread { reply, .. }

@@ -26,7 +26,8 @@
 //! API's work and its dispatch), [`mesh`] (traffic between shards) over
 //! [`links`] (the channels between them),
 //! [`owner`] (rooms owned here: sequencing, storage, the tail cache,
-//! history), [`own_reads`] (posting counts as reading), [`access`] (who
+//! history), [`own_reads`] (posting counts as reading), [`seen`] (read
+//! receipts members see, paced), [`access`] (who
 //! may post, in memory), [`delete`] (deleting a room), [`presence`],
 //! [`subscribers`] (subscribers hosted here and their outlets). The state
 //! machines of a room's order ([`room`]) and of one subscriber
@@ -42,6 +43,7 @@ mod own_reads;
 mod owner;
 mod presence;
 mod room;
+mod seen;
 #[cfg(test)]
 mod sim;
 mod subscribers;
@@ -121,6 +123,10 @@ pub(crate) struct Shard {
     own_reads: RefCell<HashMap<(u64, u64), own_reads::OwnRead>>,
     /// Wakes the own-reads flusher when the first entry comes.
     pub(crate) own_reads_bell: Rc<Bell>,
+    /// Receipts shown to rooms owned here, and those waiting ([`seen`]).
+    seen: RefCell<seen::Pacer>,
+    /// Wakes the receipt-event flusher when the pacer takes its first.
+    pub(crate) seen_bell: Rc<Bell>,
     /// Posts sent to their room's owner on another shard, by token, each
     /// waiting for its answer (`Peer::Posted`).
     remote_posts: RefCell<HashMap<u64, flume::Sender<Result<PostAck>>>>,
@@ -232,6 +238,7 @@ impl Shard {
         senders: Links,
         done: flume::Sender<()>,
     ) -> Rc<Shard> {
+        let pacer = seen::Pacer::new(cfg.receipt_event_interval);
         Rc::new_cyclic(|me| Shard {
             id,
             n,
@@ -261,6 +268,8 @@ impl Shard {
             pump_bell: Rc::new(Bell::default()),
             own_reads: RefCell::default(),
             own_reads_bell: Rc::new(Bell::default()),
+            seen: RefCell::new(pacer),
+            seen_bell: Rc::new(Bell::default()),
             remote_posts: RefCell::default(),
             next_remote_post: Cell::new(1),
             lagging: RefCell::default(),
@@ -301,6 +310,7 @@ impl Shard {
         self.senders.close();
         self.pump_bell.ring();
         self.own_reads_bell.ring();
+        self.seen_bell.ring();
         // Posts waiting for another shard's answer get `ShutDown`.
         self.remote_posts.borrow_mut().clear();
         let _ = self.done.send(());

@@ -17,13 +17,14 @@ use rustc_hash::FxHashMap as HashMap;
 use super::mesh::PageOutcome;
 use super::room::{Sequencer, Tail};
 use super::types::{
-    HistoryPage, PostAck, Quote, Reply, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
+    HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
 };
-use super::{now_ms, send, Shard};
+use super::{now_ms, Shard};
 use crate::error::{Error, Result};
 use crate::event::{Event, Message};
 use crate::metrics::micros;
 use crate::receipts::Receipt;
+use crate::reply::Pending;
 
 /// A room this shard owns.
 pub(super) struct Owned {
@@ -644,28 +645,28 @@ impl Shard {
     }
 
     /// Owner side: hands the receipt, with the room's current last seq, to
-    /// the receipt writer, which answers `reply` after its batch commits.
-    pub(super) fn mark_read(&self, room: u64, user: u64, seq: u64, reply: Reply<u64>) {
-        let last = self.store.last_seq(room);
+    /// the receipt writer and, once its batch has committed, shows the
+    /// stored receipt to the room ([`super::seen`]).
+    pub(super) async fn mark_read(&self, room: u64, user: u64, seq: u64) -> Result<u64> {
+        let (reply, stored) = Pending::channel();
         let receipt = Receipt {
             room,
             user,
             seq,
-            last,
+            last: self.store.last_seq(room),
             reply,
         };
         match self.receipts.try_send(Some(receipt)) {
             Ok(()) => {}
-            Err(flume::TrySendError::Full(Some(r))) => {
+            Err(flume::TrySendError::Full(_)) => {
                 self.counters.borrow_mut().receipts_refused += 1;
-                send(
-                    r.reply,
-                    Err(Error::Busy("the read-receipt queue is full".into())),
-                );
+                return Err(Error::Busy("the read-receipt queue is full".into()));
             }
-            Err(flume::TrySendError::Disconnected(Some(r))) => send(r.reply, Err(Error::ShutDown)),
-            Err(_) => unreachable!("a receipt was sent"),
+            Err(flume::TrySendError::Disconnected(_)) => return Err(Error::ShutDown),
         }
+        let stored = stored.await?;
+        self.show_receipt(room, user, stored).await;
+        Ok(stored)
     }
 
     /// Owner side: the room's last seq minus the user's receipt (two

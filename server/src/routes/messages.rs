@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{body, query_u64, room_id, user, ApiError, ApiResult};
+use super::{body, list_query, next_json, query_u64, room_id, user, ApiError, ApiResult};
 use crate::app::{directory, history_page, readable_room, take_send_token, PageQuery};
 use crate::auth::{self, blocking};
 use crate::http::{Request, Response};
@@ -143,6 +143,24 @@ pub(crate) async fn mark_read(req: &Request, shared: &Shared, raw: &str) -> ApiR
     let mark: ReadMark = body(req)?;
     let stored = shared.engine.mark_read(id, uid, mark.seq).await?;
     Ok(Response::json(200, &json!({"room": id, "seq": stored})))
+}
+
+/// `GET /api/rooms/{id}/receipts?after=&limit=`: the room's members with
+/// how far each has read (`seq` 0: nothing yet), ordered by user id.
+pub(crate) async fn receipts(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, room_id(raw)?);
+    let (after, len) = list_query(req, shared)?;
+    readable_room(shared, uid, id).await?;
+    let page = shared.engine.receipts(id, after, len).await?;
+    let receipts: Vec<_> = page
+        .items
+        .iter()
+        .map(|&(user, seq)| json!({"user": user, "seq": seq}))
+        .collect();
+    Ok(Response::json(
+        200,
+        &json!({"room": id, "receipts": receipts, "next": next_json(page.next)}),
+    ))
 }
 
 /// `GET /api/me/unread`: unread counts of the rooms the user is a member

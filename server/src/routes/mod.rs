@@ -21,7 +21,7 @@ use crate::http::{Request, Response};
 use crate::shared::Shared;
 
 use accounts::{change_password, login, logout, me, register};
-use messages::{history, mark_read, publish, react, thread, unread};
+use messages::{history, mark_read, publish, react, receipts, thread, unread};
 use rooms::{
     answer_invite, ban, bans, create_room, get_room, invite, join, list_rooms, members, my_invites,
     remove_member, set_role, transfer, withdraw,
@@ -155,6 +155,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
             react(req, shared, id, false).await
         }
         ("POST", "/api/rooms/{id}/read") => mark_read(req, shared, id).await,
+        ("GET", "/api/rooms/{id}/receipts") => receipts(req, shared, id).await,
         ("GET", "/ws") => Ok(no_upgrade()),
         ("GET", "/echo") if shared.cfg.echo_endpoint => Ok(no_upgrade()),
         (_, "/echo") if !shared.cfg.echo_endpoint => {
@@ -212,6 +213,7 @@ pub fn route_name(req: &Request) -> &'static str {
             "/api/rooms/{id}/messages/{seq}/reactions/{emoji}"
         }
         ["api", "rooms", _, "read"] => "/api/rooms/{id}/read",
+        ["api", "rooms", _, "receipts"] => "/api/rooms/{id}/receipts",
         ["api", "backend", ..] => backend::route_name(&segments).expect("a backend path"),
         _ => crate::assets::route(&req.path).unwrap_or("other"),
     }

@@ -316,6 +316,21 @@ pub fn spawn_in(data: &std::path::Path, port: u16, extra: &[&str]) -> (Child, u1
     (child, port)
 }
 
+/// `server`'s data directory served again by a new process on a new port,
+/// once ready (after the test stopped or killed `server`'s process, which
+/// keeps the directory).
+pub fn restart(server: &Server, extra: &[&str]) -> Server {
+    let data = server._dir.path().join("data");
+    let (child, port) = spawn_in(&data, free_port(), extra);
+    wait_ready(port);
+    Server {
+        child,
+        port,
+        _dir: tempfile::tempdir().unwrap(),
+        cluster: None,
+    }
+}
+
 /// Waits until `/readyz` answers 200.
 pub fn wait_ready(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -107,6 +107,36 @@ impl Meta {
         })
     }
 
+    /// Returns a page of `room`'s members with their receipts, as
+    /// `(user, seq)` ordered by user id: at most `len` members with an id
+    /// above `after` (0 for one who has read nothing). One point read per
+    /// member, so a page costs `len` reads however many receipts the room
+    /// holds of former members.
+    ///
+    /// Errors: `NotFound` for an unknown room.
+    pub fn markers_page(&self, room: u64, after: u64, len: usize) -> Result<ListPage<(u64, u64)>> {
+        self.read(|txn| {
+            require_room(&txn.open_table(ROOMS)?, room)?;
+            let mut page: ListPage<(u64, u64)> = ListPage {
+                items: Vec::new(),
+                next: None,
+            };
+            let Some(from) = after.checked_add(1) else {
+                return Ok(page);
+            };
+            let (members, receipts) = (txn.open_table(MEMBERS)?, txn.open_table(RECEIPTS)?);
+            for entry in members.range((room, from)..=(room, u64::MAX))? {
+                let user = entry?.0.value().1;
+                if page.items.len() == len {
+                    page.next = page.items.last().map_or(Some(after), |m| Some(m.0));
+                    break;
+                }
+                page.items.push((user, receipt(&receipts, room, user)?));
+            }
+            Ok(page)
+        })
+    }
+
     /// Returns every receipt as `(room, user, seq)`, ordered, for export.
     pub fn receipts(&self) -> Result<Vec<(u64, u64, u64)>> {
         self.read(|txn| {

@@ -355,6 +355,53 @@ fn receipts_clamp_and_never_move_backwards() {
 }
 
 #[test]
+fn markers_page_lists_members_with_their_receipts() {
+    let (_dir, meta) = fresh();
+    let (alice, bob, carol) = (
+        user(&meta, "alice"),
+        user(&meta, "bob"),
+        user(&meta, "carol"),
+    );
+    let room = meta.create_room("r", false, alice, 1).unwrap();
+    meta.add_member(room, bob, Role::Member).unwrap();
+    meta.add_member(room, carol, Role::Member).unwrap();
+    meta.advance_last_seq(&[(room, 10)], false).unwrap();
+    meta.mark_read(room, alice, 7).unwrap();
+    meta.mark_read(room, carol, 3).unwrap();
+
+    let all = meta.markers_page(room, 0, 10).unwrap();
+    assert_eq!(all.items, [(alice, 7), (bob, 0), (carol, 3)]);
+    assert_eq!(all.next, None);
+    let first = meta.markers_page(room, 0, 2).unwrap();
+    assert_eq!(first.items, [(alice, 7), (bob, 0)]);
+    assert_eq!(first.next, Some(bob));
+    let rest = meta.markers_page(room, bob, 2).unwrap();
+    assert_eq!(rest.items, [(carol, 3)]);
+    assert_eq!(rest.next, None);
+    assert!(meta
+        .markers_page(room, u64::MAX, 2)
+        .unwrap()
+        .items
+        .is_empty());
+
+    // A former member's receipt stays stored but is not listed.
+    let remove = MemberChange {
+        role: Some(None),
+        ..MemberChange::default()
+    };
+    meta.change_membership(room, carol, carol, 2, write(remove))
+        .unwrap();
+    assert_eq!(
+        meta.markers_page(room, 0, 10).unwrap().items,
+        [(alice, 7), (bob, 0)]
+    );
+    assert!(matches!(
+        meta.markers_page(99, 0, 10),
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[test]
 fn receipts_in_a_batch_have_their_own_outcomes() {
     let (_dir, meta) = fresh();
     let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
