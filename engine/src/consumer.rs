@@ -57,7 +57,7 @@ pub trait LocalSink {
     /// it drains.
     fn queued_bytes(&self) -> usize;
     /// Takes one event of subscription `sub`: a message, edit, delete,
-    /// typing or presence event, or [`crate::EventKind::Left`] as the last
+    /// reaction, typing, presence or receipt event, or [`crate::EventKind::Left`] as the last
     /// event of a subscription the engine ended.
     fn deliver(&self, sub: u64, event: &Event);
     /// Every subscription of the inbox ended: the consumer stayed too slow

@@ -25,6 +25,9 @@ pub(crate) struct Receipt {
     /// The room's last seq on its owner when the receipt was taken.
     pub last: u64,
     pub reply: Reply<u64>,
+    /// Told the stored receipt after the caller, when it moved (the owner
+    /// then shows it to the room).
+    pub moved: Option<flume::Sender<u64>>,
 }
 
 /// What the writer's queue carries: a receipt, or `None` to stop after
@@ -89,7 +92,12 @@ fn write_batch(meta: &Meta, batch: &mut Vec<Receipt>) {
         Ok(outcomes) => {
             debug_assert_eq!(outcomes.len(), batch.len());
             for (r, out) in batch.drain(..).zip(outcomes) {
-                let _ = r.reply.send(out.map_err(Error::from));
+                let moved = matches!(out, Ok((_, true)));
+                let stored = out.map(|(seq, _)| seq).map_err(Error::from);
+                if let (Ok(seq), true, Some(tx)) = (&stored, moved, &r.moved) {
+                    let _ = tx.send(*seq);
+                }
+                let _ = r.reply.send(stored);
             }
         }
         Err(e) => {

@@ -1690,15 +1690,49 @@ fn receipts_are_shown_to_members_paced_and_paged() {
         "one event per interval"
     );
 
+    // A read that changes nothing shows nothing; a member removed while
+    // their receipt waits is not shown.
+    assert_eq!(engine.mark_read(room, bob, 7).wait().unwrap(), 7);
+    assert_eq!(engine.mark_read(room, dave, 3).wait().unwrap(), 10);
+    assert_eq!(engine.post(room, alice, "", "m11").wait().unwrap().seq, 11);
+    assert_eq!(engine.mark_read(room, dave, 11).wait().unwrap(), 11);
+    assert_eq!(engine.mark_read(room, bob, 8).wait().unwrap(), 8);
+    assert_eq!(engine.mark_read(room, bob, 9).wait().unwrap(), 9);
+    engine
+        .membership(room, alice, bob, MemberOp::Remove)
+        .wait()
+        .unwrap();
+    let until = Instant::now() + interval * 3;
+    let mut after = Vec::new();
+    while Instant::now() < until {
+        if let Some(e) = watcher.recv_timeout(Duration::from_millis(50)).unwrap() {
+            let v = json(&e);
+            after.push(format!("{}:{}:{}", v["type"], v["user"], v["seq"]));
+        }
+    }
+    assert_eq!(
+        after,
+        [
+            "\"msg\":null:11".to_string(),
+            format!("\"receipt\":{dave}:11"),
+            format!("\"receipt\":{bob}:8"),
+        ],
+        "no event for unchanged reads, none for bob's 9 once removed"
+    );
+    engine
+        .membership(room, bob, bob, MemberOp::Join)
+        .wait()
+        .unwrap();
+
     // Every member's marker; alice's own posts count as read.
     let page = engine.receipts(room, 0, 10).wait().unwrap();
-    assert_eq!(page.items, [(alice, 10), (bob, 7), (dave, 10)]);
+    assert_eq!(page.items, [(alice, 11), (bob, 9), (dave, 11)]);
     assert_eq!(page.next, None);
     let page = engine.receipts(room, 0, 2).wait().unwrap();
-    assert_eq!(page.items, [(alice, 10), (bob, 7)]);
+    assert_eq!(page.items, [(alice, 11), (bob, 9)]);
     assert_eq!(page.next, Some(bob));
     let rest = engine.receipts(room, bob, 2).wait().unwrap();
-    assert_eq!(rest.items, [(dave, 10)]);
+    assert_eq!(rest.items, [(dave, 11)]);
     assert!(matches!(
         engine.receipts(room + 1000, 0, 10).wait(),
         Err(Error::NotFound(_) | Error::Storage(_))
@@ -1709,6 +1743,6 @@ fn receipts_are_shown_to_members_paced_and_paged() {
     // Markers are durable: they survive a restart.
     let engine = Engine::start(config(dir.path(), 2)).unwrap();
     let page = engine.receipts(room, 0, 10).wait().unwrap();
-    assert_eq!(page.items, [(alice, 10), (bob, 7), (dave, 10)]);
+    assert_eq!(page.items, [(alice, 11), (bob, 9), (dave, 11)]);
     engine.shutdown().unwrap();
 }

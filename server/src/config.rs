@@ -539,7 +539,7 @@ impl Config {
         cfg.history_page_bytes_max = self.history_page_bytes_max;
         cfg.tail_cache_bytes_max = self.tail_cache_bytes_max;
         cfg.outbound_queue_bytes_max = self.conn_output_bytes_max;
-        // Typing and presence get at most a quarter of the queue.
+        // Typing, presence and receipts get at most a quarter of the queue.
         cfg.volatile_queue_bytes_max = cfg
             .volatile_queue_bytes_max
             .min(self.conn_output_bytes_max / 4);

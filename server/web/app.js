@@ -148,9 +148,12 @@ function connectionState(s) {
     // edits and deletes made meanwhile come with a fresh tail page.
     loadRooms().catch(() => null);
     const v = state.views.get(state.current);
+    // Receipts are volatile: those sent while away were never heard. The
+    // open room reads its markers now, the others when next opened.
+    for (const other of state.views.values()) other.markersStale = true;
     if (v && v.loaded) {
       refreshTail(v).catch(() => null);
-      // Receipts are volatile: those sent while away were never heard.
+      v.markersStale = false;
       loadMarkers(v).catch(() => null);
     }
   }
@@ -509,6 +512,10 @@ async function openRoom(id) {
       v.hi = r.last_seq;
       await fillGaps(v).catch(() => null);
     }
+  }
+  if (v.loaded && v.markersStale) {
+    v.markersStale = false;
+    loadMarkers(v).catch(() => null);
   }
   if (state.current === id) {
     // A `left` frame (removed, banned) may have come while the history

@@ -116,6 +116,15 @@ impl Shard {
         }
     }
 
+    /// Whether `user` is a member of `room` as its loaded access says
+    /// (false when it is not loaded).
+    pub(super) fn is_member(&self, room: u64, user: u64) -> bool {
+        matches!(
+            self.access.borrow().get(&room),
+            Some(Access::Room { members, .. }) if members.contains(&user)
+        )
+    }
+
     /// Marks a load of `room`'s access in flight as stale (a change to the
     /// room landed while it read).
     pub(super) fn access_changed(&self, room: u64) {

@@ -7,8 +7,8 @@
 //! and in order (a forward jump only where retention removed seqs). The
 //! bytes the consumer holds never pass `queue_bytes_max` through this
 //! subscriber; edits and deletes are never dropped (held beside it while
-//! it catches up, `held_bytes` counting them); typing and presence are the
-//! only events ever dropped. Why a page past `head` makes live delivery
+//! it catches up, `held_bytes` counting them); typing, presence and receipts
+//! (the volatile events) are the only events ever dropped. Why a page past `head` makes live delivery
 //! safe is in the shard's module doc.
 
 use std::time::{Duration, Instant};
@@ -145,7 +145,7 @@ impl Catchup {
         lim: &Limits,
     ) -> Offer {
         if event.is_volatile() {
-            // Typing and presence: only for live subscribers with room in
+            // Typing, presence, receipts: only for live subscribers with room in
             // their queue; these are what pressure drops first.
             let live = self.state == State::Live && self.next_seq != 0;
             return if live && queued + event.len() <= lim.volatile_bytes_max {

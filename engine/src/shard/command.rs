@@ -314,10 +314,7 @@ impl Shard {
                 user,
                 seq,
                 reply,
-            } => {
-                let me = self.clone();
-                answer(reply, async move { me.mark_read(room, user, seq).await });
-            }
+            } => self.mark_read(room, user, seq, reply),
             Command::Unread { room, user, reply } => send(reply, self.unread(room, user)),
             Command::Subscribe(new) => self.subscribe(new),
             Command::Online { room, reply } => send(reply, Ok(self.online(room))),

@@ -71,6 +71,7 @@ impl Shard {
                 seq: e.seq,
                 last: self.store.last_seq(room),
                 reply,
+                moved: None,
             };
             e.sent = self.receipts.try_send(Some(receipt)).is_ok();
             true

@@ -8,6 +8,7 @@
 //! subscriber's first page is served only after its user's access was
 //! checked here, in order with the room's member changes.
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use rookery_storage::meta::SERVER_USER;
@@ -17,14 +18,13 @@ use rustc_hash::FxHashMap as HashMap;
 use super::mesh::PageOutcome;
 use super::room::{Sequencer, Tail};
 use super::types::{
-    HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
+    HistoryPage, PostAck, Quote, Reply, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
 };
-use super::{now_ms, Shard};
+use super::{now_ms, send, Shard};
 use crate::error::{Error, Result};
 use crate::event::{Event, Message};
 use crate::metrics::micros;
 use crate::receipts::Receipt;
-use crate::reply::Pending;
 
 /// A room this shard owns.
 pub(super) struct Owned {
@@ -645,28 +645,41 @@ impl Shard {
     }
 
     /// Owner side: hands the receipt, with the room's current last seq, to
-    /// the receipt writer and, once its batch has committed, shows the
-    /// stored receipt to the room ([`super::seen`]).
-    pub(super) async fn mark_read(&self, room: u64, user: u64, seq: u64) -> Result<u64> {
-        let (reply, stored) = Pending::channel();
+    /// the receipt writer, which answers `reply` after its batch commits
+    /// and, when the receipt moved, tells `moved`: the owner then shows it
+    /// to the room ([`super::seen`]), apart from the answer.
+    pub(super) fn mark_read(self: &Rc<Self>, room: u64, user: u64, seq: u64, reply: Reply<u64>) {
+        let (moved, stored) = flume::bounded(1);
         let receipt = Receipt {
             room,
             user,
             seq,
             last: self.store.last_seq(room),
             reply,
+            moved: Some(moved),
         };
         match self.receipts.try_send(Some(receipt)) {
             Ok(()) => {}
-            Err(flume::TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(Some(r))) => {
                 self.counters.borrow_mut().receipts_refused += 1;
-                return Err(Error::Busy("the read-receipt queue is full".into()));
+                send(
+                    r.reply,
+                    Err(Error::Busy("the read-receipt queue is full".into())),
+                );
+                return;
             }
-            Err(flume::TrySendError::Disconnected(_)) => return Err(Error::ShutDown),
+            Err(flume::TrySendError::Disconnected(Some(r))) => {
+                return send(r.reply, Err(Error::ShutDown));
+            }
+            Err(_) => unreachable!("a receipt was sent"),
         }
-        let stored = stored.await?;
-        self.show_receipt(room, user, stored).await;
-        Ok(stored)
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            if let Ok(stored) = stored.recv_async().await {
+                me.show_receipt(room, user, stored).await;
+            }
+        })
+        .detach();
     }
 
     /// Owner side: the room's last seq minus the user's receipt (two

@@ -57,7 +57,10 @@ impl Pacer {
                 s.waiting = Some(s.waiting.map_or(seq, |w| w.max(seq)));
                 None
             }
-            _ => {
+            other => {
+                // One waiting may be ahead of this (offers can come out of
+                // order): the highest is shown.
+                let seq = seq.max(other.and_then(|s| s.waiting).unwrap_or(0));
                 let s = Shown {
                     seq,
                     at: now,
@@ -107,8 +110,8 @@ impl Pacer {
 }
 
 impl Shard {
-    /// Owner side: `user`'s receipt in `room` was stored as `seq`; shows it
-    /// to the room now or once its interval has passed. Only a member's
+    /// Owner side: `user`'s receipt in `room` moved to `seq`; shows it to
+    /// the room now or once its interval has passed. Only a member's
     /// receipt is shown (a reader of a public room who never joined reads
     /// unseen).
     pub(super) async fn show_receipt(&self, room: u64, user: u64, seq: u64) {
@@ -132,7 +135,8 @@ impl Shard {
     pub(crate) fn flush_seen(&self) -> bool {
         let due = self.seen.borrow_mut().due(Instant::now());
         for (room, user, seq) in due {
-            if self.owned.borrow().contains_key(&room) {
+            // A member removed while their receipt waited is not shown.
+            if self.owned.borrow().contains_key(&room) && self.is_member(room, user) {
                 self.fan_out(Event::receipt(room, user, seq));
             }
         }
@@ -198,6 +202,18 @@ mod tests {
         assert_eq!(p.due(ms(2000)), [(1, 7, 10)]);
         assert_eq!(p.offer(1, 7, 10, ms(2100)), None, "already shown");
         assert_eq!(p.offer(1, 7, 3, ms(5000)), None, "never backwards");
+    }
+
+    #[test]
+    fn a_lower_offer_after_the_interval_shows_the_one_waiting() {
+        // Offers may come out of order (two reads of one user awaited in
+        // parallel): the waiting one is never lost to a lower one.
+        let t0 = Instant::now();
+        let mut p = Pacer::new(SECOND);
+        assert_eq!(p.offer(1, 7, 5, t0), Some(5));
+        assert_eq!(p.offer(1, 7, 9, t0 + SECOND / 2), None);
+        assert_eq!(p.offer(1, 7, 6, t0 + SECOND), Some(9));
+        assert!(p.due(t0 + SECOND * 3).is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! (at most `queue_bytes_max`). A subscriber whose connection holds more
 //! than `queue_bytes_max` unwritten lags, as on a local room: live
 //! messages pass it by, its edits and deletes wait beside it (at most
-//! `queue_bytes_max` of them), typing and presence are dropped, and once
+//! `queue_bytes_max` of them), typing, presence and receipts are dropped, and once
 //! the connection drains it is caught up from the owner page by page, then
 //! goes live again; one that makes no progress for `stuck_timeout` is
 //! closed as a slow consumer (4008). A user's presence is told to the
@@ -60,7 +60,8 @@ const LAG_POLL: Duration = Duration::from_millis(10);
 pub struct Bounds {
     /// Bytes a connection may hold unwritten before its subscription lags.
     pub queue_bytes_max: usize,
-    /// Bytes past which typing and presence are dropped for it.
+    /// Bytes past which volatile events (typing, presence, receipts) are
+    /// dropped for it.
     pub volatile_bytes_max: usize,
     /// How long a lagging connection may write nothing before it is closed.
     pub stuck_timeout: Duration,

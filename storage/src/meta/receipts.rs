@@ -35,9 +35,13 @@ impl Meta {
     /// batches them). Each `(room, user, seq, last_seq)` first raises the
     /// room's stored `last_seq` to `last_seq` (the owner's in-memory value,
     /// which the index thread may not have written yet), then stores
-    /// `max(old, min(seq, last_seq))`. Each item gets its own outcome: an
-    /// unknown room or user is `NotFound` for that item only.
-    pub fn mark_read_many(&self, items: &[(u64, u64, u64, u64)]) -> Result<Vec<Result<u64>>> {
+    /// `max(old, min(seq, last_seq))`. Each item gets its own outcome, the
+    /// stored receipt and whether it moved: an unknown room or user is
+    /// `NotFound` for that item only.
+    pub fn mark_read_many(
+        &self,
+        items: &[(u64, u64, u64, u64)],
+    ) -> Result<Vec<Result<(u64, bool)>>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -50,8 +54,10 @@ impl Meta {
             for &(room, user, seq, _) in items {
                 let step = receipt_step(&rooms, &users, &receipts, room, user, seq);
                 let stored = match step {
-                    Ok((old, new)) if new != old => receipts.insert((room, user), new).map(|_| new),
-                    Ok((old, _)) => Ok(old),
+                    Ok((old, new)) if new != old => {
+                        receipts.insert((room, user), new).map(|_| (new, true))
+                    }
+                    Ok((old, _)) => Ok((old, false)),
                     Err(e) => {
                         out.push(Err(e));
                         continue;

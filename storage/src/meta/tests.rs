@@ -416,11 +416,15 @@ fn receipts_in_a_batch_have_their_own_outcomes() {
         ])
         .unwrap();
     assert_eq!(out.len(), 5);
-    assert_eq!(*out[0].as_ref().unwrap(), 5);
-    assert_eq!(*out[1].as_ref().unwrap(), 8);
+    assert_eq!(*out[0].as_ref().unwrap(), (5, true));
+    assert_eq!(*out[1].as_ref().unwrap(), (8, true));
     assert!(matches!(out[2], Err(Error::NotFound(_))));
     assert!(matches!(out[3], Err(Error::NotFound(_))));
-    assert_eq!(*out[4].as_ref().unwrap(), 5);
+    assert_eq!(
+        *out[4].as_ref().unwrap(),
+        (5, false),
+        "unchanged: not moved"
+    );
     assert_eq!(meta.room(room).unwrap().unwrap().last_seq, 8);
     assert_eq!(meta.unread(room, alice).unwrap(), 3);
     assert_eq!(meta.unread(room, bob).unwrap(), 0);
