@@ -89,6 +89,8 @@ pub struct EngineConfig {
     /// Receipts written in one `meta.redb` transaction at most. Default
     /// 4,096.
     pub receipt_batch_len_max: usize,
+    /// What uploads may be (file size, quota, thumbnails).
+    pub uploads: crate::UploadLimits,
     /// Posts to a room the metadata does not know are refused (`NotFound`),
     /// as a server wants; an embedder that keeps no rooms in the metadata
     /// leaves it off and may post to any room id. Default false.
@@ -167,6 +169,7 @@ impl EngineConfig {
             command_queue_len_max: 65_536,
             receipt_queue_len_max: 65_536,
             receipt_batch_len_max: 4096,
+            uploads: crate::UploadLimits::default(),
             rooms_must_exist: false,
             event_tap: None,
         }
@@ -207,6 +210,19 @@ impl EngineConfig {
         check(
             !self.lag_poll_interval.is_zero(),
             "lag_poll_interval must be > 0",
+        )?;
+        let up = &self.uploads;
+        check(
+            up.file_bytes_max >= 1,
+            "uploads.file_bytes_max must be >= 1",
+        )?;
+        check(
+            up.quota_bytes_per_user >= up.file_bytes_max,
+            "uploads.quota_bytes_per_user must be >= uploads.file_bytes_max",
+        )?;
+        check(
+            (16..=2048).contains(&up.thumbnail_edge_px),
+            "uploads.thumbnail_edge_px must be in 16..=2048",
         )?;
         check(
             !self.receipt_event_interval.is_zero(),

@@ -17,8 +17,8 @@ use crate::error::Result;
 
 pub use rookery_storage::meta::{
     Ban, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Profile, Role,
-    Room, SearchCursor, SearchPage, Standing, User, INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
-    QUERY_WORDS_MAX, WORD_BYTES_MAX,
+    Room, SearchCursor, SearchPage, Standing, Upload, User, INVITES_PER_USER_MAX,
+    MEMBER_FEED_STREAM, QUERY_WORDS_MAX, WORD_BYTES_MAX,
 };
 
 /// A handle on the directory (cheap to clone, usable from any thread).

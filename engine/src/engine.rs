@@ -27,6 +27,7 @@ use crate::reply::Pending;
 use crate::rules::{MemberOp, Membership};
 use crate::shard::{Command, Common, DeletedRoom, HistoryPage, PostAck, Shard, ThreadPage};
 use crate::subscription::{Inbox, Subscription};
+use crate::uploads::Uploads;
 
 /// Work run once on every shard's executor beside the engine (see
 /// [`Engine::start_with_task`]): called with the shard's id and a handle.
@@ -42,6 +43,8 @@ struct Inner {
         )>,
     >,
     meta: Arc<Meta>,
+    /// Uploaded files and what is known of them.
+    uploads: Uploads,
     /// Every shard's log, readable from any thread (webhooks).
     feeds: rookery_storage::LogFeeds,
     /// The read-receipt writer's queue (shards hold clones) and thread.
@@ -77,6 +80,7 @@ impl Engine {
     fn start_inner(cfg: EngineConfig, task: Option<ShardTask>) -> Result<Engine> {
         cfg.validate()?;
         let store = Arc::new(Store::open(cfg.storage.clone())?);
+        let uploads = Uploads::open(&cfg.storage.data_dir, store.meta().clone(), cfg.uploads)?;
         let n = cfg.storage.shards as usize;
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..n).map(|_| flume::unbounded::<Command>()).unzip();
@@ -152,6 +156,7 @@ impl Engine {
                 kicker: Mutex::new(Some(kicker)),
                 queues: Arc::new(Queues::new(senders, queued, cfg.command_queue_len_max)),
                 meta: store.meta().clone(),
+                uploads,
                 feeds: store.feeds().clone(),
                 receipts,
                 receipt_writer: Mutex::new(Some(receipt_writer)),
@@ -197,6 +202,11 @@ impl Engine {
     /// shard's reactor run them on the blocking pool).
     pub fn directory(&self) -> Directory {
         Directory::new(self.inner.meta.clone())
+    }
+
+    /// The uploads: files users send, kept within their quotas.
+    pub fn uploads(&self) -> Uploads {
+        self.inner.uploads.clone()
     }
 
     /// Posts a message; resolves once it is durable (per the durability

@@ -30,6 +30,10 @@ pub enum Error {
     /// An argument breaks a documented limit.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// What was sent is larger than a limit allows (an upload over the
+    /// file limit or over what is left of its owner's quota).
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// A rate limit refused the call (typing events).
     #[error("rate limited: {0}")]
     RateLimited(String),

@@ -46,13 +46,14 @@ mod reply;
 mod rules;
 mod shard;
 mod subscription;
+mod uploads;
 
 pub use config::{EngineConfig, EventTap, Tapped};
 pub use consumer::{Delivery, LocalSink};
 pub use directory::{
     Ban, Directory, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Profile,
-    Role, Room, SearchCursor, SearchPage, Standing, User, INVITES_PER_USER_MAX, MEMBER_FEED_STREAM,
-    QUERY_WORDS_MAX, WORD_BYTES_MAX,
+    Role, Room, SearchCursor, SearchPage, Standing, Upload, User, INVITES_PER_USER_MAX,
+    MEMBER_FEED_STREAM, QUERY_WORDS_MAX, WORD_BYTES_MAX,
 };
 pub use engine::{Engine, ShardTask};
 pub use error::{Error, Result};
@@ -72,3 +73,4 @@ pub use shard::{
     DeletedRoom, HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
 };
 pub use subscription::{Inbox, Subscription};
+pub use uploads::{sniff, UploadLimits, Uploads, DECODES_AT_ONCE, INLINE_TYPES};

@@ -28,6 +28,14 @@ pub enum ApiError {
     MethodNotAllowed(String),
     /// 409: the name is taken, or the room's state does not allow it.
     Conflict(String),
+    /// 413 `too_large`: an upload over `--upload-bytes-max`.
+    TooLarge(String),
+    /// 413 `quota_exceeded`: an upload past what is left of its user's
+    /// `--upload-quota-bytes`.
+    QuotaExceeded(String),
+    /// 415 `unsupported_media_type`: an upload whose bytes are not the
+    /// media type its `Content-Type` names.
+    UnsupportedMediaType(String),
     /// 429: a rate limit refused it.
     TooManyRequests(String),
     /// 429: the sender's token bucket is empty; a token comes in
@@ -85,6 +93,9 @@ impl ApiError {
             ApiError::Banned(m) => (403, "banned", m.as_str()),
             ApiError::MethodNotAllowed(m) => (405, "method_not_allowed", m.as_str()),
             ApiError::Conflict(m) => (409, "conflict", m.as_str()),
+            ApiError::TooLarge(m) => (413, "too_large", m.as_str()),
+            ApiError::QuotaExceeded(m) => (413, "quota_exceeded", m.as_str()),
+            ApiError::UnsupportedMediaType(m) => (415, "unsupported_media_type", m.as_str()),
             ApiError::TooManyRequests(m) => (429, "rate_limited", m.as_str()),
             ApiError::RateLimited { message, .. } => (429, "rate_limited", message.as_str()),
             ApiError::TooManyRooms(m) => (429, "too_many_rooms", m.as_str()),
@@ -108,8 +119,11 @@ impl ApiError {
 /// The error code a forwarded answer carries, as this node counts it (a
 /// code it does not know counts as `other`).
 pub(crate) fn error_code(code: &str) -> &'static str {
-    const CODES: [&str; 13] = [
+    const CODES: [&str; 16] = [
         "bad_request",
+        "too_large",
+        "quota_exceeded",
+        "unsupported_media_type",
         "unauthorized",
         "forbidden",
         "not_found",
@@ -136,6 +150,7 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict(m) => ApiError::Conflict(m),
             EngineError::InvalidInput(m) => ApiError::BadRequest(m),
             EngineError::RateLimited(m) => ApiError::TooManyRequests(m),
+            EngineError::TooLarge(m) => ApiError::TooLarge(m),
             EngineError::Busy(m) => ApiError::Unavailable(m),
             EngineError::ShutDown => ApiError::Unavailable("shutting down".into()),
             other => ApiError::Internal(other.to_string()),

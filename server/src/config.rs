@@ -274,6 +274,18 @@ pub struct Config {
         default_value_t = 1 << 20
     )]
     pub conn_output_bytes_max: usize,
+    /// Bytes of one uploaded file (`POST /api/uploads`); larger is 413
+    /// before any byte of it is read.
+    #[arg(long, env = "ROOKERY_UPLOAD_BYTES_MAX", default_value_t = 25 << 20)]
+    pub upload_bytes_max: u64,
+    /// Bytes of all of one user's uploads (files and thumbnails); past it
+    /// an upload is 413 `quota_exceeded`.
+    #[arg(long, env = "ROOKERY_UPLOAD_QUOTA_BYTES", default_value_t = 1 << 30)]
+    pub upload_quota_bytes: u64,
+    /// Uploads a shard receives at once; more are 503 with Retry-After
+    /// (each holds a buffer of at most 1 MiB while it is written).
+    #[arg(long, env = "ROOKERY_UPLOADS_IN_FLIGHT_MAX", default_value_t = 16)]
+    pub uploads_in_flight_max: usize,
     /// Milliseconds a connection's socket may take nothing of what it is
     /// owed; then the connection is closed (counted in
     /// rookery_write_timeouts_total).
@@ -475,6 +487,11 @@ impl Config {
         positive(self.ws_stuck_timeout_ms, "ws-stuck-timeout-ms")?;
         positive(self.ws_auth_timeout_ms, "ws-auth-timeout-ms")?;
         positive(self.conn_write_timeout_ms, "conn-write-timeout-ms")?;
+        positive(self.upload_bytes_max, "upload-bytes-max")?;
+        positive(self.uploads_in_flight_max as u64, "uploads-in-flight-max")?;
+        if self.upload_quota_bytes < self.upload_bytes_max {
+            return Err("--upload-quota-bytes must be >= --upload-bytes-max".into());
+        }
         if self.conn_output_bytes_max < self.ws_frame_bytes_max {
             return Err("--conn-output-bytes-max must be >= --ws-frame-bytes-max".into());
         }
@@ -544,6 +561,8 @@ impl Config {
             .volatile_queue_bytes_max
             .min(self.conn_output_bytes_max / 4);
         cfg.stuck_timeout = Duration::from_millis(self.ws_stuck_timeout_ms);
+        cfg.uploads.file_bytes_max = self.upload_bytes_max;
+        cfg.uploads.quota_bytes_per_user = self.upload_quota_bytes;
         cfg
     }
 

@@ -120,6 +120,9 @@ pub enum HttpError {
     /// `Transfer-Encoding` other than none (501): bodies are sized by
     /// `Content-Length` only.
     Unsupported(String),
+    /// A streamed body (an upload) without `Content-Length` (411): its
+    /// size is checked before any of it is read.
+    LengthRequired,
 }
 
 impl HttpError {
@@ -130,6 +133,7 @@ impl HttpError {
             HttpError::HeadTooLarge => (431, "headers_too_large"),
             HttpError::BodyTooLarge => (413, "body_too_large"),
             HttpError::Unsupported(_) => (501, "not_implemented"),
+            HttpError::LengthRequired => (411, "length_required"),
         }
     }
 
@@ -140,6 +144,7 @@ impl HttpError {
             HttpError::HeadTooLarge => "request head too large".into(),
             HttpError::BodyTooLarge => "request body too large".into(),
             HttpError::Unsupported(m) => format!("unsupported: {m}"),
+            HttpError::LengthRequired => "an upload needs a Content-Length".into(),
         }
     }
 }
@@ -147,6 +152,35 @@ impl HttpError {
 /// Parses one request from the front of `buf`. `Ok(None)`: more bytes are
 /// needed. `Ok(Some((request, n)))`: the request used the first `n` bytes.
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HttpError> {
+    Ok(parse_with(buf, limits, |_| false)?.map(|p| match p {
+        Parsed::Whole(req, used) => (req, used),
+        Parsed::Streamed { .. } => unreachable!("nothing streams"),
+    }))
+}
+
+/// A request parsed from the front of a buffer.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Head and body, using the first `n` bytes.
+    Whole(Request, usize),
+    /// A head whose body is streamed (`body` empty): the head used
+    /// `head_len` bytes, and `body_len` bytes of body follow (not limited
+    /// by `body_bytes_max`: the handler bounds them).
+    Streamed {
+        req: Request,
+        head_len: usize,
+        body_len: u64,
+    },
+}
+
+/// [`parse`], except that a request for which `streams` is true is
+/// returned as soon as its head is complete ([`Parsed::Streamed`]); such a
+/// request needs a `Content-Length` (411 otherwise, chunked included).
+pub fn parse_with(
+    buf: &[u8],
+    limits: &Limits,
+    streams: impl Fn(&Request) -> bool,
+) -> Result<Option<Parsed>, HttpError> {
     let mut headers = vec![httparse::EMPTY_HEADER; limits.headers_max];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -203,6 +237,20 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ht
             "an HTTP/1.1 request needs exactly one Host header".into(),
         ));
     }
+    if streams(&request_head) {
+        if request_head.header("transfer-encoding").is_some() {
+            return Err(HttpError::LengthRequired);
+        }
+        if request_head.header("content-length").is_none() {
+            return Err(HttpError::LengthRequired);
+        }
+        let body_len = content_length(&request_head.headers)? as u64;
+        return Ok(Some(Parsed::Streamed {
+            req: request_head,
+            head_len,
+            body_len,
+        }));
+    }
     if let Some(te) = request_head.header("transfer-encoding") {
         // §6.3: both framings at once is how requests are smuggled past a
         // proxy that reads the other one.
@@ -224,7 +272,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ht
         };
         let mut request = request_head;
         request.body = body;
-        return Ok(Some((request, head_len + used)));
+        return Ok(Some(Parsed::Whole(request, head_len + used)));
     }
     let body_len = content_length(&request_head.headers)?;
     if body_len > limits.body_bytes_max {
@@ -236,7 +284,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Ht
     }
     let mut request = request_head;
     request.body = buf[head_len..total].to_vec();
-    Ok(Some((request, total)))
+    Ok(Some(Parsed::Whole(request, total)))
 }
 
 /// The path and query of a target: an absolute-form target
@@ -385,6 +433,17 @@ pub struct Response {
     pub body: Vec<u8>,
     /// The error code of an error response (counted by code in metrics).
     pub error_code: Option<&'static str>,
+    /// A body read from a file instead (`body` is then empty): the
+    /// connection streams it after the head.
+    pub file: Option<FileBody>,
+}
+
+/// `len` bytes of the file at `path` from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileBody {
+    pub path: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
 }
 
 impl Response {
@@ -405,6 +464,7 @@ impl Response {
             headers: vec![("content-type".into(), "application/json".into())],
             body: serde_json::to_vec(value).expect("JSON values serialize"),
             error_code: None,
+            file: None,
         }
     }
 
@@ -428,7 +488,8 @@ impl Response {
         }
         // 101, 204 and 304 carry no body, and no length of one.
         if !matches!(self.status, 101 | 204 | 304) {
-            let _ = write!(head, "content-length: {}\r\n", self.body.len());
+            let len = self.file.as_ref().map_or(self.body.len() as u64, |f| f.len);
+            let _ = write!(head, "content-length: {len}\r\n");
         }
         if close {
             head.push_str("connection: close\r\n");
@@ -452,9 +513,13 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        206 => "Partial Content",
         408 => "Request Timeout",
         409 => "Conflict",
+        411 => "Length Required",
         413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -475,6 +540,37 @@ mod tests {
         headers_max: 8,
         body_bytes_max: 64,
     };
+
+    #[test]
+    fn a_streamed_body_is_left_to_its_handler() {
+        let streams = |r: &Request| r.path == "/up";
+        let buf = b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 5000000\r\n\r\nabc";
+        match parse_with(buf, &LIMITS, streams).unwrap().unwrap() {
+            Parsed::Streamed {
+                req,
+                head_len,
+                body_len,
+            } => {
+                assert_eq!((req.path.as_str(), req.body.len()), ("/up", 0));
+                assert_eq!((head_len, body_len), (buf.len() - 3, 5_000_000));
+            }
+            Parsed::Whole(..) => panic!("streamed"),
+        }
+        for framing in ["", "Transfer-Encoding: chunked\r\n"] {
+            let raw = format!("POST /up HTTP/1.1\r\nHost: t\r\n{framing}\r\n");
+            assert_eq!(
+                parse_with(raw.as_bytes(), &LIMITS, streams).unwrap_err(),
+                HttpError::LengthRequired
+            );
+        }
+        // Another route keeps the body limit.
+        let raw = b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 65\r\n\r\n";
+        assert_eq!(
+            parse_with(raw, &LIMITS, streams).unwrap_err(),
+            HttpError::BodyTooLarge
+        );
+        assert_eq!(HttpError::LengthRequired.status(), (411, "length_required"));
+    }
 
     #[test]
     fn pipelined_requests_parse_one_at_a_time_in_order() {

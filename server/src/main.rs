@@ -287,6 +287,8 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),
                 over_limit_reads: Default::default(),
+                uploads_in_flight: Default::default(),
+                file_streams: Default::default(),
                 relay: node
                     .as_ref()
                     .map(|n| cluster::relay::Relay::new(n.clone(), shard, relay_bounds)),

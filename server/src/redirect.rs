@@ -96,6 +96,7 @@ pub fn redirect(req: &Request, tls_port: u16) -> Response {
         )],
         body: Vec::new(),
         error_code: None,
+        file: None,
     }
 }
 

@@ -448,8 +448,36 @@ async fn connection(
         // Answer the complete requests already buffered, in order, while
         // the answers fit under the bound.
         while out.len() < shared.cfg.conn_output_bytes_max {
-            match http::parse(&buf, &limits) {
-                Ok(Some((mut req, used))) => {
+            match http::parse_with(&buf, &limits, routes::uploads::streams) {
+                Ok(Some(http::Parsed::Streamed {
+                    mut req,
+                    head_len,
+                    body_len,
+                })) => {
+                    shared.local.note_work();
+                    req.peer = Some(client_ip(peer, &req, &shared.cfg.trusted_proxies));
+                    buf.drain(..head_len);
+                    let began = Instant::now();
+                    let got =
+                        routes::uploads::receive(&mut conn, &mut buf, &req, body_len, &shared)
+                            .await?;
+                    if let Some(h) = shared.my_http() {
+                        let route = routes::route_name(&req);
+                        h.answered(route, got.resp.status, got.resp.error_code);
+                        h.handled(route, began.elapsed());
+                    }
+                    started = (!buf.is_empty()).then(Instant::now);
+                    let close =
+                        !got.consumed || !req.keep_alive || shared.stopping.load(Ordering::Relaxed);
+                    got.resp.encode(close, &mut out);
+                    if close {
+                        if write_within(&shared, &mut conn, &out).await {
+                            linger_close(conn).await;
+                        }
+                        return None;
+                    }
+                }
+                Ok(Some(http::Parsed::Whole(mut req, used))) => {
                     shared.local.note_work();
                     req.peer = Some(client_ip(peer, &req, &shared.cfg.trusted_proxies));
                     buf.drain(..used);
@@ -479,6 +507,15 @@ async fn connection(
                     if req.method == "HEAD" {
                         // The head as for GET (with the body's length), no body.
                         out.truncate(out.len() - resp.body.len());
+                    } else if let Some(file) = &resp.file {
+                        // The head (and what was owed before it), then the
+                        // file from disk.
+                        if !write_within(&shared, &mut conn, &out).await
+                            || !routes::uploads::send_file(&shared, &mut conn, file).await
+                        {
+                            return None;
+                        }
+                        out.clear();
                     }
                     if close {
                         if write_within(&shared, &mut conn, &out).await {

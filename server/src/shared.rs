@@ -76,6 +76,10 @@ pub struct Shared {
     /// read (to answer a health or metrics probe): at most
     /// `serve::OVER_LIMIT_READS_MAX` a shard.
     pub over_limit_reads: std::cell::Cell<usize>,
+    /// Uploads this shard is receiving (at most `--uploads-in-flight-max`).
+    pub uploads_in_flight: std::cell::Cell<usize>,
+    /// Files this shard is sending (at most `routes::uploads::FILE_STREAMS_MAX`).
+    pub file_streams: std::cell::Cell<usize>,
 }
 
 impl Shared {

@@ -34,6 +34,7 @@ pub mod segment;
 mod shard;
 mod signal;
 mod threads;
+pub mod uploads;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -59,6 +60,7 @@ pub use shard::{
     REACTIONS_PER_MESSAGE_MAX, REACTIONS_PER_USER_PER_MESSAGE_MAX, SYNC_BATCH_BOUNDS,
     SYNC_BATCH_BUCKETS,
 };
+pub use uploads::{Incoming, UploadFiles};
 
 /// A data directory: its manifest and metadata database. Open once per
 /// process; share it between shards (it is `Send + Sync`).

@@ -191,6 +191,7 @@ fn decode_response(bytes: &[u8]) -> Option<Response> {
         headers: head.headers,
         body: body.to_vec(),
         error_code: head.code.as_deref().map(crate::app::error_code),
+        file: None,
     })
 }
 

@@ -10,6 +10,7 @@ mod messages;
 mod rooms;
 
 mod server;
+pub(crate) mod uploads;
 mod users;
 
 use serde::Deserialize;
@@ -155,6 +156,12 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
             react(req, shared, id, false).await
         }
         ("POST", "/api/rooms/{id}/read") => mark_read(req, shared, id).await,
+        ("POST", "/api/uploads") => Err(ApiError::BadRequest(
+            "an upload is read as it arrives: send the file as the body, with a Content-Length"
+                .into(),
+        )),
+        ("GET", "/api/uploads/{id}") => uploads::get(req, shared).await,
+        ("GET", "/api/uploads/{id}/thumbnail") => uploads::thumbnail(req, shared).await,
         ("GET", "/api/rooms/{id}/receipts") => receipts(req, shared, id).await,
         ("GET", "/ws") => Ok(no_upgrade()),
         ("GET", "/echo") if shared.cfg.echo_endpoint => Ok(no_upgrade()),
@@ -213,6 +220,9 @@ pub fn route_name(req: &Request) -> &'static str {
             "/api/rooms/{id}/messages/{seq}/reactions/{emoji}"
         }
         ["api", "rooms", _, "read"] => "/api/rooms/{id}/read",
+        ["api", "uploads"] => "/api/uploads",
+        ["api", "uploads", _] => "/api/uploads/{id}",
+        ["api", "uploads", _, "thumbnail"] => "/api/uploads/{id}/thumbnail",
         ["api", "rooms", _, "receipts"] => "/api/rooms/{id}/receipts",
         ["api", "backend", ..] => backend::route_name(&segments).expect("a backend path"),
         _ => crate::assets::route(&req.path).unwrap_or("other"),

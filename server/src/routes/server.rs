@@ -92,6 +92,7 @@ pub(crate) async fn metrics(req: &Request, shared: &Shared) -> ApiResult {
         headers: vec![("content-type".into(), content_type.into())],
         body: body.into_bytes(),
         error_code: None,
+        file: None,
     })
 }
 

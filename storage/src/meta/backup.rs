@@ -8,6 +8,9 @@
 //! - `feed_cursors` and `member_feed`, and the counters `origin` and
 //!   `member_feed`: a restored directory is a new origin of events, whose
 //!   log positions no webhook has seen (webhooks start at its end).
+//! - `uploads` and `upload_usage`: the uploaded files are not in a backup
+//!   yet, and a row without its file would serve a 500; a restored
+//!   directory starts with no uploads.
 //!
 //! What it changes: a room's `last_seq` is lowered to the last seq the
 //! backup's copy of the room's shard holds, and a read receipt to its
@@ -29,7 +32,7 @@ use redb::{
 use super::{
     Meta, RoomRow, BANS, COUNTERS, DELETED_ROOMS, DMS, DM_ROOMS, FEED_CURSORS, FORMER, INVITES,
     MEMBERS, MEMBER_FEED, NAME_WORDS, ORIGIN_COUNTER, PROFILES, RECEIPTS, RETENTION, ROOMS,
-    ROOM_NAMES, SESSIONS, USERS, USER_INVITES, USER_NAMES, USER_ROOMS,
+    ROOM_NAMES, SESSIONS, UPLOADS, UPLOAD_USAGE, USERS, USER_INVITES, USER_NAMES, USER_ROOMS,
 };
 use crate::error::{Error, Result};
 
@@ -38,8 +41,14 @@ use crate::error::{Error, Result};
 const COPY_BATCH_ROWS: usize = 20_000;
 
 /// Tables a backup leaves out (see the module's doc).
-fn left_out() -> [&'static str; 3] {
-    [SESSIONS.name(), FEED_CURSORS.name(), MEMBER_FEED.name()]
+fn left_out() -> [&'static str; 5] {
+    [
+        SESSIONS.name(),
+        FEED_CURSORS.name(),
+        MEMBER_FEED.name(),
+        UPLOADS.name(),
+        UPLOAD_USAGE.name(),
+    ]
 }
 
 /// What [`Meta::copy_for_backup`] copied.

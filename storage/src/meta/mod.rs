@@ -77,6 +77,7 @@ mod sessions;
 mod standing;
 #[cfg(test)]
 mod tests;
+mod uploads;
 mod users;
 
 pub use backup::{count_read_only, MetaCopy};
@@ -91,12 +92,28 @@ use rooms::last_seq;
 pub use standing::{
     Ban, Invite, MemberChange, MemberView, Standing, INVITES_PER_USER_MAX, SERVER_USER,
 };
+pub use uploads::{Upload, UPLOAD_NAME_BYTES_MAX};
 
 /// Row of `users`: (name, created_ms, password_hash).
 type UserRow = (&'static str, u64, Option<&'static str>);
 
 /// Row of `profiles`: (display name, status text, updated_ms).
 type ProfileRow = (&'static str, &'static str, u64);
+
+/// Row of `uploads`: (owner, bytes, created_ms, refs, content type, file
+/// name, sha-256, (width, height) of an image (0s otherwise), bytes of its
+/// thumbnail (0: none)).
+type UploadRow = (
+    u64,
+    u64,
+    u64,
+    u64,
+    &'static str,
+    &'static str,
+    &'static [u8],
+    (u32, u32),
+    u64,
+);
 
 /// Row of `rooms`: (name, private, creator, created_ms, last_seq).
 type RoomRow = (&'static str, bool, u64, u64, u64);
@@ -168,6 +185,12 @@ const PROFILES: TableDefinition<u64, ProfileRow> = TableDefinition::new("profile
 /// (word, user): the words of users' names and display names, lower case,
 /// for searching users by prefix (see `profiles.rs`).
 const NAME_WORDS: TableDefinition<(&str, u64), ()> = TableDefinition::new("name_words");
+
+/// Upload id -> what is known of the file (see `uploads.rs`).
+const UPLOADS: TableDefinition<u128, UploadRow> = TableDefinition::new("uploads");
+
+/// User -> bytes of their uploads (what their quota counts).
+const UPLOAD_USAGE: TableDefinition<u64, u64> = TableDefinition::new("upload_usage");
 
 const USER_COUNTER: &str = "user";
 
@@ -336,6 +359,8 @@ impl Meta {
         txn.open_table(DM_ROOMS)?;
         txn.open_table(PROFILES)?;
         txn.open_table(NAME_WORDS)?;
+        txn.open_table(UPLOADS)?;
+        txn.open_table(UPLOAD_USAGE)?;
         migrate::upgrade(&txn)?;
         ensure_origin(&txn)?;
         users::skip_reserved_user_ids(&txn)?;

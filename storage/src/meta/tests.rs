@@ -1759,3 +1759,57 @@ fn schema_3_files_gain_the_word_index_of_every_user() {
         assert_eq!(meta.search_users(q, None, 5).unwrap().users.len(), 1, "{q}");
     }
 }
+
+#[test]
+fn uploads_charge_their_owner_within_the_quota() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let up = |id: u128, owner: u64, bytes: u64, thumb: u64| crate::meta::Upload {
+        id,
+        owner,
+        bytes,
+        created_ms: 5,
+        refs: 0,
+        content_type: "image/png".into(),
+        name: "cat.png".into(),
+        sha256: [7; 32],
+        width: 640,
+        height: 480,
+        thumb_bytes: thumb,
+    };
+    meta.add_upload(&up(1, alice, 600, 100), 1000).unwrap();
+    assert_eq!(meta.upload_usage(alice).unwrap(), 700);
+    assert_eq!(meta.upload(1).unwrap(), Some(up(1, alice, 600, 100)));
+    // Over the quota: refused, nothing written.
+    assert!(matches!(
+        meta.add_upload(&up(2, alice, 301, 0), 1000),
+        Err(Error::TooMany(_))
+    ));
+    assert_eq!(meta.upload(2).unwrap(), None);
+    meta.add_upload(&up(2, alice, 300, 0), 1000).unwrap();
+    assert_eq!(meta.upload_usage(alice).unwrap(), 1000, "exactly the quota");
+    meta.add_upload(&up(3, bob, 300, 0), 1000).unwrap();
+    assert_eq!(meta.upload_usage(bob).unwrap(), 300, "each user their own");
+    assert!(matches!(
+        meta.add_upload(&up(3, bob, 1, 0), 1000),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        meta.add_upload(&up(4, 999, 1, 0), 1000),
+        Err(Error::NotFound(_))
+    ));
+    let mut long = up(5, bob, 1, 0);
+    long.name = "n".repeat(crate::meta::UPLOAD_NAME_BYTES_MAX + 1);
+    assert!(matches!(
+        meta.add_upload(&long, 1000),
+        Err(Error::InvalidInput(_))
+    ));
+    assert_eq!(meta.upload_ids().unwrap(), [1, 2, 3]);
+    // Removing frees what it charged.
+    assert_eq!(meta.remove_upload(1).unwrap(), Some(up(1, alice, 600, 100)));
+    assert_eq!(meta.remove_upload(1).unwrap(), None);
+    assert_eq!(meta.upload_usage(alice).unwrap(), 300);
+    meta.remove_upload(2).unwrap();
+    assert_eq!(meta.upload_usage(alice).unwrap(), 0);
+    assert_eq!(meta.upload_ids().unwrap(), [3]);
+}

@@ -1,0 +1,184 @@
+//! Uploads: what is known of each stored file (its owner, size, content
+//! type, name, hash, image size, thumbnail) and each user's usage, which
+//! a quota bounds. The files themselves are [`crate::uploads`]'s.
+//!
+//! Invariant: a user's `upload_usage` is the sum of the bytes (file and
+//! thumbnail) of the uploads they own; an upload is added only if it keeps
+//! its owner within the quota given, in the same transaction.
+
+use redb::ReadableTable;
+
+use super::*;
+
+/// Bytes of an upload's file name, at most.
+pub const UPLOAD_NAME_BYTES_MAX: usize = 255;
+
+/// An upload as `meta.redb` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// Random, 128 bits: who knows it may read the file.
+    pub id: u128,
+    /// The user who uploaded it.
+    pub owner: u64,
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// When it was stored, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Messages that reference it.
+    pub refs: u64,
+    /// The content type its bytes were sniffed as.
+    pub content_type: String,
+    /// The file name the uploader gave (may be empty).
+    pub name: String,
+    /// SHA-256 of the file (its `ETag`).
+    pub sha256: [u8; 32],
+    /// An image's width in pixels (0 otherwise).
+    pub width: u32,
+    /// An image's height in pixels (0 otherwise).
+    pub height: u32,
+    /// Bytes of its thumbnail (0: none).
+    pub thumb_bytes: u64,
+}
+
+impl Upload {
+    /// What it counts against its owner's quota.
+    pub fn charged(&self) -> u64 {
+        self.bytes + self.thumb_bytes
+    }
+}
+
+impl Meta {
+    /// Bytes `user`'s uploads take (what their quota counts).
+    pub fn upload_usage(&self, user: u64) -> Result<u64> {
+        self.read(|txn| usage(&txn.open_table(UPLOAD_USAGE)?, user))
+    }
+
+    /// Records `upload` (its file is in place) and charges its owner.
+    ///
+    /// Errors: `TooMany` when the owner's usage would pass `quota_bytes`
+    /// (nothing is written); `NotFound` for an unknown owner;
+    /// `InvalidInput` for a name over [`UPLOAD_NAME_BYTES_MAX`];
+    /// `AlreadyExists` for an id in use.
+    pub fn add_upload(&self, upload: &Upload, quota_bytes: u64) -> Result<()> {
+        if upload.name.len() > UPLOAD_NAME_BYTES_MAX {
+            return Err(Error::InvalidInput(format!(
+                "a file name is at most {UPLOAD_NAME_BYTES_MAX} bytes"
+            )));
+        }
+        self.write(|txn| {
+            require_user(&txn.open_table(USERS)?, upload.owner)?;
+            let mut uploads = txn.open_table(UPLOADS)?;
+            if uploads.get(upload.id)?.is_some() {
+                return Err(Error::AlreadyExists(format!("upload {:032x}", upload.id)));
+            }
+            let mut usage_table = txn.open_table(UPLOAD_USAGE)?;
+            let used = usage(&usage_table, upload.owner)?;
+            let after = used.saturating_add(upload.charged());
+            if after > quota_bytes {
+                return Err(Error::TooMany(format!(
+                    "uploads would take {after} bytes, over the quota of {quota_bytes}"
+                )));
+            }
+            insert_row(&mut uploads, upload)?;
+            usage_table.insert(upload.owner, after)?;
+            Ok(())
+        })
+    }
+
+    /// The upload `id`, if there is one.
+    pub fn upload(&self, id: u128) -> Result<Option<Upload>> {
+        self.read(|txn| {
+            let uploads = txn.open_table(UPLOADS)?;
+            let row = uploads.get(id)?;
+            row.map(|r| from_row(id, r.value())).transpose()
+        })
+    }
+
+    /// Forgets upload `id` and frees what it charged its owner; the upload
+    /// as it was (`None` if there was none). The caller removes its files.
+    pub fn remove_upload(&self, id: u128) -> Result<Option<Upload>> {
+        self.write(|txn| {
+            let mut uploads = txn.open_table(UPLOADS)?;
+            let Some(upload) = uploads
+                .remove(id)?
+                .map(|r| from_row(id, r.value()))
+                .transpose()?
+            else {
+                return Ok(None);
+            };
+            let mut usage_table = txn.open_table(UPLOAD_USAGE)?;
+            let left = usage(&usage_table, upload.owner)?.saturating_sub(upload.charged());
+            if left == 0 {
+                usage_table.remove(upload.owner)?;
+            } else {
+                usage_table.insert(upload.owner, left)?;
+            }
+            Ok(Some(upload))
+        })
+    }
+
+    /// Every upload's id, ordered (for checks of the files against the
+    /// table).
+    pub fn upload_ids(&self) -> Result<Vec<u128>> {
+        self.read(|txn| {
+            let uploads = txn.open_table(UPLOADS)?;
+            uploads.iter()?.map(|entry| Ok(entry?.0.value())).collect()
+        })
+    }
+}
+
+fn usage(table: &impl ReadableTable<u64, u64>, user: u64) -> Result<u64> {
+    Ok(table.get(user)?.map_or(0, |g| g.value()))
+}
+
+fn insert_row(table: &mut redb::Table<'_, u128, UploadRow>, u: &Upload) -> Result<()> {
+    table.insert(
+        u.id,
+        (
+            u.owner,
+            u.bytes,
+            u.created_ms,
+            u.refs,
+            u.content_type.as_str(),
+            u.name.as_str(),
+            &u.sha256[..],
+            (u.width, u.height),
+            u.thumb_bytes,
+        ),
+    )?;
+    Ok(())
+}
+
+/// A row as read: [`UploadRow`] borrowing from the page it is on.
+type RowRef<'a> = (
+    u64,
+    u64,
+    u64,
+    u64,
+    &'a str,
+    &'a str,
+    &'a [u8],
+    (u32, u32),
+    u64,
+);
+
+/// A row read back, checked (the hash is 32 bytes).
+fn from_row(id: u128, r: RowRef<'_>) -> Result<Upload> {
+    let (owner, bytes, created_ms, refs, content_type, name, sha, (width, height), thumb_bytes) = r;
+    let sha256: [u8; 32] = sha
+        .try_into()
+        .map_err(|_| Error::Database(format!("upload {id:032x}: a hash of {} bytes", sha.len())))?;
+    Ok(Upload {
+        id,
+        owner,
+        bytes,
+        created_ms,
+        refs,
+        content_type: content_type.to_string(),
+        name: name.to_string(),
+        sha256,
+        width,
+        height,
+        thumb_bytes,
+    })
+}
