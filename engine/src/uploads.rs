@@ -20,6 +20,7 @@ use rookery_storage::meta::Upload;
 use rookery_storage::{Incoming, Meta, UploadFiles};
 
 use crate::error::{Error, Result};
+use crate::reply::{Pending, Reply};
 
 /// Content types served inline (and given a thumbnail): raster images.
 pub const INLINE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
@@ -87,7 +88,22 @@ struct Inner {
     limits: UploadLimits,
     /// Images being decoded, and its waiters' condition.
     decoding: (Mutex<usize>, Condvar),
+    /// The workers' queue ([`Uploads::finish_queued`]).
+    jobs: flume::Sender<Job>,
 }
+
+/// An upload to finish on a worker, and where its answer goes.
+struct Job {
+    incoming: Incoming,
+    owner: u64,
+    name: String,
+    declared: Option<String>,
+    now_ms: u64,
+    reply: Reply<Upload>,
+}
+
+/// Uploads waiting for a worker, at most; more are `Busy`.
+pub const FINISH_QUEUE_LEN_MAX: usize = 64;
 
 impl Uploads {
     /// Opens the uploads of `data_dir` and removes the files a crash left
@@ -105,14 +121,68 @@ impl Uploads {
                 files.remove(id)?;
             }
         }
-        Ok(Uploads {
+        let (jobs, queue) = flume::bounded::<Job>(FINISH_QUEUE_LEN_MAX);
+        let uploads = Uploads {
             inner: Arc::new(Inner {
                 files,
                 meta,
                 limits,
                 decoding: (Mutex::new(0), Condvar::new()),
+                jobs,
             }),
-        })
+        };
+        // The workers hold a weak handle: they end when the last `Uploads`
+        // goes (its queue's sender with it).
+        for n in 0..DECODES_AT_ONCE {
+            let (queue, weak) = (queue.clone(), Arc::downgrade(&uploads.inner));
+            std::thread::Builder::new()
+                .name(format!("rookery-uploads-{n}"))
+                .spawn(move || {
+                    while let Ok(job) = queue.recv() {
+                        let Some(inner) = weak.upgrade() else { break };
+                        let uploads = Uploads { inner };
+                        let done = uploads.finish(
+                            job.incoming,
+                            job.owner,
+                            &job.name,
+                            job.declared.as_deref(),
+                            job.now_ms,
+                        );
+                        let _ = job.reply.send(done);
+                    }
+                })
+                .map_err(|e| Error::Start(format!("upload worker: {e}")))?;
+        }
+        Ok(uploads)
+    }
+
+    /// [`Uploads::finish`] on one of the uploads' own worker threads
+    /// ([`DECODES_AT_ONCE`] of them), so that decoding an image never holds
+    /// a thread a caller needs (a shard's one blocking thread); `Busy` when
+    /// [`FINISH_QUEUE_LEN_MAX`] wait already.
+    pub fn finish_queued(
+        &self,
+        incoming: Incoming,
+        owner: u64,
+        name: &str,
+        declared: Option<&str>,
+        now_ms: u64,
+    ) -> Pending<Upload> {
+        let (reply, pending) = Pending::channel();
+        let job = Job {
+            incoming,
+            owner,
+            name: name.to_string(),
+            declared: declared.map(str::to_string),
+            now_ms,
+            reply,
+        };
+        match self.inner.jobs.try_send(job) {
+            Ok(()) => pending,
+            Err(_) => Pending::ready(Err(Error::Busy(
+                "too many uploads being kept: retry".into(),
+            ))),
+        }
     }
 
     /// The limits uploads are held to.
@@ -327,7 +397,9 @@ fn is_plain_text(head: &[u8]) -> bool {
     let controls = text
         .chars()
         .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\x0c'));
-    let markup = text.trim_start().starts_with('<');
+    let markup = text
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+        .starts_with('<');
     !head.is_empty() && !controls && !markup
 }
 
@@ -378,7 +450,11 @@ fn clean_name(name: &str) -> Result<String> {
 /// Direction marks, embeddings, overrides and isolates, zero-width
 /// characters and the byte-order mark.
 fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    matches!(
+        c,
+        '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}' | '\u{feff}'
+    )
 }
 
 #[cfg(test)]
@@ -399,6 +475,7 @@ mod tests {
         for markup in [
             &b"<html><script>alert(1)</script>"[..],
             b"  <!DOCTYPE html>",
+            "\u{feff}<html>".as_bytes(),
             b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script/></svg>",
             b"<?xml version=\"1.0\"?>",
             b"#!/bin/sh\nrm -rf /",

@@ -72,7 +72,7 @@ fn uploads_are_kept_sniffed_thumbnailed_and_bounded() {
             .len()
     );
     assert_eq!(uploads.get(up.id).unwrap(), Some(up.clone()));
-    assert_eq!(uploads.usage(alice).unwrap(), up.bytes + up.thumb_bytes);
+    assert_eq!(uploads.usage(alice).unwrap(), up.charged());
 
     // Text is text; markup is opaque; neither gets a thumbnail.
     let text = upload(&uploads, alice, b"notes\n", "a.txt", None).unwrap();
@@ -141,7 +141,7 @@ fn uploads_are_kept_sniffed_thumbnailed_and_bounded() {
     assert!(!uploads.file(up.id).exists() && !uploads.thumbnail_file(up.id).exists());
     assert_eq!(
         uploads.usage(alice).unwrap(),
-        used + half - up.bytes - up.thumb_bytes
+        used + half - up.charged()
     );
     assert_eq!(uploads.remove(up.id).unwrap(), None);
     assert!(uploads.begin(alice, up.bytes).is_ok(), "room again");

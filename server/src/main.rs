@@ -288,6 +288,7 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
                 stats: sampler.clone(),
                 over_limit_reads: Default::default(),
                 uploads_in_flight: Default::default(),
+                uploads_by_user: Default::default(),
                 file_streams: Default::default(),
                 relay: node
                     .as_ref()

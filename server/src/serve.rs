@@ -457,6 +457,14 @@ async fn connection(
                     shared.local.note_work();
                     req.peer = Some(client_ip(peer, &req, &shared.cfg.trusted_proxies));
                     buf.drain(..head_len);
+                    // Answers to the requests before it go first (the body
+                    // may take long to come).
+                    if !out.is_empty() {
+                        if !write_within(&shared, &mut conn, &out).await {
+                            return None;
+                        }
+                        out.clear();
+                    }
                     let began = Instant::now();
                     let got =
                         routes::uploads::receive(&mut conn, &mut buf, &req, body_len, &shared)

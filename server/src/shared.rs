@@ -78,6 +78,9 @@ pub struct Shared {
     pub over_limit_reads: std::cell::Cell<usize>,
     /// Uploads this shard is receiving (at most `--uploads-in-flight-max`).
     pub uploads_in_flight: std::cell::Cell<usize>,
+    /// Uploads in flight on this shard, by user (at most
+    /// `routes::uploads::UPLOADS_PER_USER_MAX` each).
+    pub uploads_by_user: std::cell::RefCell<std::collections::HashMap<u64, u32>>,
     /// Files this shard is sending (at most `routes::uploads::FILE_STREAMS_MAX`).
     pub file_streams: std::cell::Cell<usize>,
 }

@@ -115,7 +115,7 @@ fn uploads_are_streamed_checked_and_served_safely() {
         "--upload-quota-bytes",
         "400000",
         "--uploads-in-flight-max",
-        "1",
+        "3",
         "--http-request-timeout-ms",
         "1000",
     ]);
@@ -246,20 +246,54 @@ fn uploads_are_streamed_checked_and_served_safely() {
         (413, Some("quota_exceeded"))
     );
 
-    // A stalled body is cut off (408); meanwhile it holds the shard's one
-    // upload slot, so another upload is 503 with Retry-After.
+    // An empty file; Expect: 100-continue is answered before the body.
+    let got = upload(p, &a, "e.txt", "text/plain", b"");
+    assert_eq!(got.status, 400);
     let b = register(p, "bob");
-    let mut stalled = connect(p);
-    let raw = upload_request(&b, "s.txt", "text/plain", &[b'y'; 1000]);
-    stalled.write_all(&raw[..raw.len() - 500]).unwrap();
+    let mut s = connect(p);
+    write!(s, "POST /api/uploads?name=c.txt HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {b}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").unwrap();
+    assert_eq!(read_one(&mut s, false).status, 201);
+
+    // Stalled bodies hold slots until they are cut off (408): two of
+    // bob's, then his third is 503; alice's takes the shard's last slot,
+    // then carol's is 503.
+    let stall = |token: &str| {
+        let mut s = connect(p);
+        let raw = upload_request(token, "s.txt", "text/plain", &[b'y'; 1000]);
+        s.write_all(&raw[..raw.len() - 500]).unwrap();
+        s
+    };
+    let mut stalled = vec![stall(&b), stall(&b)];
     std::thread::sleep(Duration::from_millis(200));
     let got = upload(p, &b, "t.txt", "text/plain", b"hello");
-    assert_eq!(got.status, 503);
-    assert_eq!(got.header("retry-after"), "1");
+    assert_eq!(
+        (got.status, got.header("retry-after")),
+        (503, "1"),
+        "bob's third"
+    );
+    stalled.push(stall(&a));
+    std::thread::sleep(Duration::from_millis(200));
+    let c = register(p, "carol");
+    let got = upload(p, &c, "t.txt", "text/plain", b"hello");
+    assert_eq!(
+        (got.status, got.header("retry-after")),
+        (503, "1"),
+        "the shard's slots"
+    );
     let t0 = Instant::now();
-    let got = read_one(&mut stalled, false);
-    assert_eq!(got.status, 408);
+    for s in &mut stalled {
+        assert_eq!(read_one(s, false).status, 408);
+    }
     assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        upload(p, &c, "t.txt", "text/plain", b"hello").status,
+        201,
+        "free again"
+    );
 
     // After an upload the connection serves the next request.
     let mut s = connect(p);

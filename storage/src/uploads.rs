@@ -1,9 +1,11 @@
 //! Uploaded files on disk: `uploads/{2 hex}/{32 hex}` for a file and
-//! `….thumb` for its thumbnail, under the data directory. A file is written
-//! first under `uploads/tmp/`, synced, then renamed into place and its
-//! directory synced: a placed file is whole, and a crash leaves at most a
-//! temporary file (removed at the next open) or a placed file `meta.redb`
-//! has no row for (the engine removes those at start). What is known of
+//! `….thumb` for its thumbnail, under the data directory. The 256
+//! subdirectories are made (and synced into `uploads/`) at open; a file
+//! and its thumbnail are written first under `uploads/tmp/`, synced, then
+//! renamed into place and their directory synced: a placed file is whole,
+//! and a crash leaves at most temporary files (removed at the next open)
+//! or placed files `meta.redb` has no row for (the engine removes those at
+//! start). What is known of
 //! each file is [`crate::meta::Upload`]'s.
 //!
 //! Calls block (file I/O): run them off a reactor.
@@ -27,12 +29,26 @@ pub struct UploadFiles {
 }
 
 impl UploadFiles {
-    /// Opens (creating) `data_dir/uploads`, and removes what a crash left
-    /// in its `tmp`.
+    /// Opens (creating) `data_dir/uploads` and its subdirectories, and
+    /// removes what a crash left in its `tmp`.
     pub fn open(data_dir: &Path) -> Result<UploadFiles> {
         let dir = data_dir.join("uploads");
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut made = false;
+        for sub in 0..=255u8 {
+            let path = dir.join(format!("{sub:02x}"));
+            if !path.is_dir() {
+                std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
+                made = true;
+            }
+        }
+        if made {
+            sync_dir(&dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         for entry in std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, e))? {
             let path = entry.map_err(|e| Error::io(&tmp, e))?.path();
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
@@ -65,6 +81,7 @@ impl UploadFiles {
         Ok(Incoming {
             file: Some(file),
             path,
+            thumb: None,
             bytes: 0,
             hasher: Sha256::new(),
             head: Vec::new(),
@@ -72,7 +89,8 @@ impl UploadFiles {
     }
 
     /// Syncs `incoming` and moves it into place as upload `id` (with its
-    /// thumbnail, if any); the file's SHA-256.
+    /// thumbnail, if any); the file's SHA-256. On failure nothing of it is
+    /// left in place (its temporary files go when `incoming` drops).
     pub fn place(
         &self,
         mut incoming: Incoming,
@@ -81,17 +99,24 @@ impl UploadFiles {
     ) -> Result<[u8; 32]> {
         let file = incoming
             .file
-            .take()
+            .as_ref()
             .expect("an incoming file is placed once");
         file.sync_all().map_err(|e| Error::io(&incoming.path, e))?;
-        drop(file);
         let to = self.path(id);
         let parent = to.parent().expect("a file has a directory");
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         if let Some(thumb) = thumb {
-            write_synced(&self.thumb_path(id), thumb)?;
+            let tmp = incoming.path.with_extension("thumb");
+            incoming.thumb = Some(tmp.clone());
+            write_synced(&tmp, thumb)?;
+            let at = self.thumb_path(id);
+            std::fs::rename(&tmp, &at).map_err(|e| Error::io(&at, e))?;
+            incoming.thumb = None;
         }
-        std::fs::rename(&incoming.path, &to).map_err(|e| Error::io(&to, e))?;
+        if let Err(e) = std::fs::rename(&incoming.path, &to) {
+            let _ = std::fs::remove_file(self.thumb_path(id));
+            return Err(Error::io(&to, e));
+        }
+        incoming.file = None; // placed: nothing to remove when it drops
         sync_dir(parent)?;
         Ok(std::mem::take(&mut incoming.hasher).finalize().into())
     }
@@ -108,7 +133,8 @@ impl UploadFiles {
         Ok(())
     }
 
-    /// The ids of the files placed here (for a check against `meta.redb`).
+    /// The ids of the files and thumbnails placed here (for a check
+    /// against `meta.redb`).
     pub fn placed(&self) -> Result<Vec<u128>> {
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
@@ -119,6 +145,7 @@ impl UploadFiles {
             for file in std::fs::read_dir(&sub).map_err(|e| Error::io(&sub, e))? {
                 let path = file.map_err(|e| Error::io(&sub, e))?.path();
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let name = name.strip_suffix(".thumb").unwrap_or(name);
                 if name.len() == 32 {
                     if let Ok(id) = u128::from_str_radix(name, 16) {
                         ids.push(id);
@@ -127,6 +154,7 @@ impl UploadFiles {
             }
         }
         ids.sort_unstable();
+        ids.dedup();
         Ok(ids)
     }
 }
@@ -145,6 +173,8 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 pub struct Incoming {
     file: Option<File>,
     path: PathBuf,
+    /// Its thumbnail's temporary file, while one is written.
+    thumb: Option<PathBuf>,
     bytes: u64,
     hasher: Sha256,
     head: Vec<u8>,
@@ -183,6 +213,9 @@ impl Drop for Incoming {
     fn drop(&mut self) {
         if self.file.is_some() {
             let _ = std::fs::remove_file(&self.path);
+        }
+        if let Some(thumb) = &self.thumb {
+            let _ = std::fs::remove_file(thumb);
         }
     }
 }
@@ -223,6 +256,10 @@ mod tests {
         files.remove(id).unwrap();
         assert!(!files.path(id).exists() && !files.thumb_path(id).exists());
         assert!(files.placed().unwrap().is_empty());
+        // A thumbnail alone (a crash between its rename and the file's)
+        // is listed, to be removed.
+        std::fs::write(files.thumb_path(id), b"t").unwrap();
+        assert_eq!(files.placed().unwrap(), [id]);
     }
 
     #[test]

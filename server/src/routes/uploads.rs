@@ -6,11 +6,14 @@
 //!
 //! Bounds: a file's size is known (`Content-Length`) and checked with the
 //! uploader's quota before any byte is read; a shard receives at most
-//! `--uploads-in-flight-max` at once, each holding at most
-//! [`WRITE_CHUNK_BYTES`] before it goes to disk, and each read must come
-//! within the request timeout, the whole body within that plus a second
-//! per [`MIN_RATE_BYTES_PER_S`]; a shard sends at most
+//! `--uploads-in-flight-max` at once ([`UPLOADS_PER_USER_MAX`] of one
+//! user), each holding at most [`WRITE_CHUNK_BYTES`] before it goes to
+//! disk; after the request timeout's grace an upload must have come at
+//! [`MIN_RATE_BYTES_PER_S`] on average, and a download must have been
+//! taken at that rate, or the connection is cut; a shard sends at most
 //! [`FILE_STREAMS_MAX`] files at once, [`READ_CHUNK_BYTES`] at a time.
+//! Keeping a file (hashing, decoding an image) runs on the uploads' own
+//! workers, never on a shard's blocking thread.
 
 use std::time::{Duration, Instant};
 
@@ -25,8 +28,11 @@ use crate::shared::Shared;
 
 /// Bytes of an upload held before they are written to its file.
 pub const WRITE_CHUNK_BYTES: usize = 1 << 20;
-/// The slowest an upload may arrive (on average) before it is cut off.
+/// The slowest an upload may arrive, or a download be taken, on average
+/// after the grace of one request timeout, before it is cut off.
 pub const MIN_RATE_BYTES_PER_S: u64 = 16 << 10;
+/// Uploads one user may have in flight on one shard.
+pub const UPLOADS_PER_USER_MAX: u32 = 2;
 /// Files a shard sends at once; more are 503.
 pub const FILE_STREAMS_MAX: usize = 256;
 /// Bytes of a file read and written at a time.
@@ -48,8 +54,9 @@ pub struct Received {
 }
 
 /// `POST /api/uploads?name=`: the body (of `len` bytes, some of them
-/// already in `buf`) is the file. `None` when the connection is gone (or
-/// its reads timed out: it was answered 408).
+/// already in `buf`) is the file. `None` when the connection is gone or
+/// the shard is stopping (nothing can be answered); a body too slow or
+/// stalled is answered 408.
 pub async fn receive(
     conn: &mut Socket,
     buf: &mut Vec<u8>,
@@ -79,6 +86,27 @@ pub async fn receive(
         Ok(u) => u,
         Err(e) => return refused(e),
     };
+    if len == 0 {
+        return refused(ApiError::BadRequest("the file is empty".into()));
+    }
+    let mine = shared
+        .uploads_by_user
+        .borrow()
+        .get(&uid)
+        .copied()
+        .unwrap_or(0);
+    if mine >= UPLOADS_PER_USER_MAX {
+        let mut resp = ApiError::Unavailable(format!(
+            "at most {UPLOADS_PER_USER_MAX} of your uploads at once: retry"
+        ))
+        .response();
+        resp.headers.push(("retry-after".into(), "1".into()));
+        return Some(Received {
+            resp,
+            consumed: false,
+        });
+    }
+    let _mine = UserSlot::take(shared, uid);
     if len > shared.cfg.upload_bytes_max {
         return refused(ApiError::TooLarge(format!(
             "a file is at most {} bytes",
@@ -98,11 +126,17 @@ pub async fn receive(
         Err(rookery_engine::Error::TooLarge(m)) => return refused(ApiError::QuotaExceeded(m)),
         Err(e) => return refused(e.into()),
     };
+    if req
+        .header("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+        && !write_within(shared, conn, b"HTTP/1.1 100 Continue\r\n\r\n").await
+    {
+        return None;
+    }
     // The body, in chunks of at most WRITE_CHUNK_BYTES, each written off
     // the reactor; what follows it (a pipelined request) stays in `buf`.
     let started = Instant::now();
-    let whole_deadline =
-        started + shared.cfg.request_timeout() + Duration::from_secs(len / MIN_RATE_BYTES_PER_S);
+    let grace = shared.cfg.request_timeout();
     let mut pending: Vec<u8> = Vec::new();
     let mut received: u64 = 0;
     loop {
@@ -124,11 +158,22 @@ pub async fn receive(
         if received == len {
             break;
         }
-        let deadline = (Instant::now() + shared.cfg.request_timeout()).min(whole_deadline);
-        match read_until(conn, buf, deadline).await {
-            Read::Bytes(_) => {}
-            Read::Closed => return None,
-            Read::TimedOut => {
+        let slow = too_slow(started, grace, received);
+        let deadline = Instant::now() + grace;
+        let read = async { Some(read_until(conn, buf, deadline).await) };
+        let stop = async {
+            shared.stopped().await;
+            None
+        };
+        let outcome = if slow {
+            Some(Read::TimedOut)
+        } else {
+            futures_lite::future::or(read, stop).await
+        };
+        match outcome {
+            None | Some(Read::Closed) => return None,
+            Some(Read::Bytes(_)) => {}
+            Some(Read::TimedOut) => {
                 let resp = Response::error(408, "request_timeout", "upload not completed in time");
                 return Some(Received {
                     resp,
@@ -140,10 +185,9 @@ pub async fn receive(
     let name = query_text(req, "name").unwrap_or_default();
     let declared = req.header("content-type").map(str::to_string);
     let now = crate::auth::now_ms();
-    let finished = {
-        let uploads = uploads.clone();
-        blocking(move || uploads.finish(incoming, uid, &name, declared.as_deref(), now)).await
-    };
+    let finished = uploads
+        .finish_queued(incoming, uid, &name, declared.as_deref(), now)
+        .await;
     let resp = match finished {
         Ok(up) => Response::json(201, &describe(&up)),
         Err(rookery_engine::Error::TooLarge(m)) => ApiError::QuotaExceeded(m).response(),
@@ -154,6 +198,39 @@ pub async fn receive(
         resp,
         consumed: true,
     })
+}
+
+/// Whether `received` bytes are fewer than [`MIN_RATE_BYTES_PER_S`] asks
+/// of what has come since `started`, once `grace` has passed.
+fn too_slow(started: Instant, grace: Duration, received: u64) -> bool {
+    let late = started.elapsed().saturating_sub(grace);
+    received < (late.as_millis() as u64).saturating_mul(MIN_RATE_BYTES_PER_S) / 1000
+}
+
+/// One of a user's uploads in flight on this shard, given back when
+/// dropped.
+struct UserSlot<'a> {
+    shared: &'a Shared,
+    user: u64,
+}
+
+impl<'a> UserSlot<'a> {
+    fn take(shared: &'a Shared, user: u64) -> UserSlot<'a> {
+        *shared.uploads_by_user.borrow_mut().entry(user).or_default() += 1;
+        UserSlot { shared, user }
+    }
+}
+
+impl Drop for UserSlot<'_> {
+    fn drop(&mut self) {
+        let mut by_user = self.shared.uploads_by_user.borrow_mut();
+        if let Some(n) = by_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                by_user.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Gives back a place under a per-shard bound when dropped.
@@ -280,10 +357,10 @@ fn serve_file(
             ..Response::default()
         });
     }
-    if shared.file_streams.get() >= FILE_STREAMS_MAX {
-        return Err(ApiError::Unavailable(
-            "too many files being sent: retry".into(),
-        ));
+    if req.method != "HEAD" && shared.file_streams.get() >= FILE_STREAMS_MAX {
+        let mut resp = ApiError::Unavailable("too many files being sent: retry".into()).response();
+        resp.headers.push(("retry-after".into(), "1".into()));
+        return Ok(resp);
     }
     headers.push(("content-type".into(), content_type.to_string()));
     headers.push(("content-disposition".into(), disposition));
@@ -291,6 +368,7 @@ fn serve_file(
     // validator still matches; otherwise the whole file is sent.
     let ranged = req
         .header("range")
+        .filter(|_| req.method != "HEAD")
         .filter(|_| req.header("if-range").is_none_or(|v| v == etag))
         .map(|r| parse_range(r, len));
     let (status, offset, part) = match ranged {
@@ -336,9 +414,12 @@ enum RangeAsk {
 }
 
 fn parse_range(header: &str, len: u64) -> RangeAsk {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+    let Some((unit, spec)) = header.trim().split_once('=') else {
         return RangeAsk::Whole;
     };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return RangeAsk::Whole;
+    }
     if spec.contains(',') {
         return RangeAsk::Whole;
     }
@@ -376,19 +457,31 @@ fn parse_range(header: &str, len: u64) -> RangeAsk {
     }
 }
 
-/// Sends `file` on `conn` in chunks read off the reactor; false when the
-/// connection or the file failed (the connection is then closed).
+/// Sends `file` on `conn` in chunks read off the reactor (the file opened
+/// once: removed meanwhile, it is still sent whole); false when the
+/// connection or the file failed, or the client takes it slower than
+/// [`MIN_RATE_BYTES_PER_S`] after the grace of a request timeout (the
+/// connection is then closed).
 pub async fn send_file(shared: &Shared, conn: &mut Socket, file: &FileBody) -> bool {
     shared.file_streams.set(shared.file_streams.get() + 1);
     let _slot = Slot(&shared.file_streams);
+    let path = file.path.clone();
+    let Ok(opened) = blocking(move || std::fs::File::open(path)).await else {
+        tracing::warn!(path = %file.path.display(), "an upload's file could not be opened");
+        return false;
+    };
+    let opened = std::sync::Arc::new(opened);
+    let (started, grace) = (Instant::now(), shared.cfg.request_timeout());
     let mut at = file.offset;
     let end = file.offset + file.len;
     while at < end {
+        if too_slow(started, grace, at - file.offset) {
+            return false;
+        }
         let want = (end - at).min(READ_CHUNK_BYTES as u64) as usize;
-        let path = file.path.clone();
+        let f = opened.clone();
         let chunk = blocking(move || -> std::io::Result<Vec<u8>> {
             use std::os::unix::fs::FileExt;
-            let f = std::fs::File::open(&path)?;
             let mut chunk = vec![0; want];
             f.read_exact_at(&mut chunk, at)?;
             Ok(chunk)
@@ -415,6 +508,7 @@ mod tests {
         use RangeAsk::*;
         let cases = [
             ("bytes=0-9", 100, Part(0, 9)),
+            ("Bytes=0-9", 100, Part(0, 9)),
             ("bytes=90-", 100, Part(90, 99)),
             ("bytes=90-500", 100, Part(90, 99)),
             ("bytes=-10", 100, Part(90, 99)),

@@ -92,7 +92,7 @@ use rooms::last_seq;
 pub use standing::{
     Ban, Invite, MemberChange, MemberView, Standing, INVITES_PER_USER_MAX, SERVER_USER,
 };
-pub use uploads::{Upload, UPLOAD_NAME_BYTES_MAX};
+pub use uploads::{Upload, UPLOAD_CHARGE_BYTES_MIN, UPLOAD_NAME_BYTES_MAX};
 
 /// Row of `users`: (name, created_ms, password_hash).
 type UserRow = (&'static str, u64, Option<&'static str>);

@@ -1777,25 +1777,29 @@ fn uploads_charge_their_owner_within_the_quota() {
         height: 480,
         thumb_bytes: thumb,
     };
-    meta.add_upload(&up(1, alice, 600, 100), 1000).unwrap();
-    assert_eq!(meta.upload_usage(alice).unwrap(), 700);
-    assert_eq!(meta.upload(1).unwrap(), Some(up(1, alice, 600, 100)));
+    meta.add_upload(&up(1, alice, 6000, 1000), 11_096).unwrap();
+    assert_eq!(meta.upload_usage(alice).unwrap(), 7000);
+    assert_eq!(meta.upload(1).unwrap(), Some(up(1, alice, 6000, 1000)));
     // Over the quota: refused, nothing written.
     assert!(matches!(
-        meta.add_upload(&up(2, alice, 301, 0), 1000),
+        meta.add_upload(&up(2, alice, 4097, 0), 11_096),
         Err(Error::TooMany(_))
     ));
     assert_eq!(meta.upload(2).unwrap(), None);
-    meta.add_upload(&up(2, alice, 300, 0), 1000).unwrap();
-    assert_eq!(meta.upload_usage(alice).unwrap(), 1000, "exactly the quota");
-    meta.add_upload(&up(3, bob, 300, 0), 1000).unwrap();
-    assert_eq!(meta.upload_usage(bob).unwrap(), 300, "each user their own");
+    meta.add_upload(&up(2, alice, 10, 0), 11_096).unwrap();
+    assert_eq!(
+        meta.upload_usage(alice).unwrap(),
+        7000 + crate::meta::UPLOAD_CHARGE_BYTES_MIN,
+        "a tiny file counts the minimum: exactly the quota"
+    );
+    meta.add_upload(&up(3, bob, 10_000, 0), 10_000).unwrap();
+    assert_eq!(meta.upload_usage(bob).unwrap(), 10_000, "each their own");
     assert!(matches!(
-        meta.add_upload(&up(3, bob, 1, 0), 1000),
+        meta.add_upload(&up(3, bob, 1, 0), 20_000),
         Err(Error::AlreadyExists(_))
     ));
     assert!(matches!(
-        meta.add_upload(&up(4, 999, 1, 0), 1000),
+        meta.add_upload(&up(4, 999, 1, 0), 20_000),
         Err(Error::NotFound(_))
     ));
     let mut long = up(5, bob, 1, 0);
@@ -1806,9 +1810,15 @@ fn uploads_charge_their_owner_within_the_quota() {
     ));
     assert_eq!(meta.upload_ids().unwrap(), [1, 2, 3]);
     // Removing frees what it charged.
-    assert_eq!(meta.remove_upload(1).unwrap(), Some(up(1, alice, 600, 100)));
+    assert_eq!(
+        meta.remove_upload(1).unwrap(),
+        Some(up(1, alice, 6000, 1000))
+    );
     assert_eq!(meta.remove_upload(1).unwrap(), None);
-    assert_eq!(meta.upload_usage(alice).unwrap(), 300);
+    assert_eq!(
+        meta.upload_usage(alice).unwrap(),
+        crate::meta::UPLOAD_CHARGE_BYTES_MIN
+    );
     meta.remove_upload(2).unwrap();
     assert_eq!(meta.upload_usage(alice).unwrap(), 0);
     assert_eq!(meta.upload_ids().unwrap(), [3]);

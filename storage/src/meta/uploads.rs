@@ -2,8 +2,8 @@
 //! type, name, hash, image size, thumbnail) and each user's usage, which
 //! a quota bounds. The files themselves are [`crate::uploads`]'s.
 //!
-//! Invariant: a user's `upload_usage` is the sum of the bytes (file and
-//! thumbnail) of the uploads they own; an upload is added only if it keeps
+//! Invariant: a user's `upload_usage` is the sum of what the uploads they
+//! own are charged ([`Upload::charged`]); an upload is added only if it keeps
 //! its owner within the quota given, in the same transaction.
 
 use redb::ReadableTable;
@@ -40,10 +40,15 @@ pub struct Upload {
     pub thumb_bytes: u64,
 }
 
+/// What an upload counts against its owner's quota at least (a row and
+/// a file cost something even when the file is tiny).
+pub const UPLOAD_CHARGE_BYTES_MIN: u64 = 4096;
+
 impl Upload {
-    /// What it counts against its owner's quota.
+    /// What it counts against its owner's quota: its file (at least
+    /// [`UPLOAD_CHARGE_BYTES_MIN`]) and thumbnail.
     pub fn charged(&self) -> u64 {
-        self.bytes + self.thumb_bytes
+        self.bytes.max(UPLOAD_CHARGE_BYTES_MIN) + self.thumb_bytes
     }
 }
 
