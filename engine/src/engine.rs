@@ -570,6 +570,7 @@ impl Engine {
             &self.inner.meta,
             self.shards() as u32,
             points,
+            Some(self.inner.uploads.files()),
             created_ms,
             to,
             opts,

@@ -185,6 +185,11 @@ impl Uploads {
         }
     }
 
+    /// The files (for a backup).
+    pub(crate) fn files(&self) -> &UploadFiles {
+        &self.inner.files
+    }
+
     /// The limits uploads are held to.
     pub fn limits(&self) -> UploadLimits {
         self.inner.limits

@@ -139,10 +139,7 @@ fn uploads_are_kept_sniffed_thumbnailed_and_bounded() {
     // Removing frees its bytes and its files.
     assert_eq!(uploads.remove(up.id).unwrap().map(|u| u.id), Some(up.id));
     assert!(!uploads.file(up.id).exists() && !uploads.thumbnail_file(up.id).exists());
-    assert_eq!(
-        uploads.usage(alice).unwrap(),
-        used + half - up.charged()
-    );
+    assert_eq!(uploads.usage(alice).unwrap(), used + half - up.charged());
     assert_eq!(uploads.remove(up.id).unwrap(), None);
     assert!(uploads.begin(alice, up.bytes).is_ok(), "room again");
 

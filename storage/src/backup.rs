@@ -9,6 +9,7 @@
 //! ├── backup.json        format, when, each shard's point, every file with its length and CRC32C
 //! ├── manifest           the data directory's (shard count)
 //! ├── meta.redb          copied table by table from one read transaction
+//! ├── uploads/XX/ID      each upload the copy of meta.redb has (and ID.thumb)
 //! └── shard-K/log/*.seg  the shard's live segments, the last one up to the point
 //! ```
 //!
@@ -19,7 +20,9 @@
 //! the point (direct reads: the page cache and the log's writes are left
 //! alone), checking every record's checksum before it writes it, and
 //! copies `meta.redb` as one read transaction sees it, taken after every
-//! point (so every room a copied message names is in it).
+//! point (so every room a copied message names is in it), then the files
+//! of the uploads that copy holds (an upload never changes; one removed
+//! meanwhile is forgotten in the copy).
 //!
 //! Invariants:
 //! - a backup holds every record whose append was acknowledged before its
@@ -46,6 +49,7 @@ use crate::record::{
     check_frame, frame_len, FrameError, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
 };
 use crate::segment::{self, Header, Pos, HEADER_BYTES};
+use crate::uploads::UploadFiles;
 
 /// The manifest's file name inside a backup.
 pub const MANIFEST_FILE: &str = "backup.json";
@@ -205,10 +209,12 @@ impl BackupManifest {
 ///
 /// A leftover `to.partial` (a backup that did not finish) is removed
 /// first. On an error nothing is left at `to`.
+#[allow(clippy::too_many_arguments)] // each is one independent input of a backup
 pub fn write_backup(
     meta: &Meta,
     shards: u32,
     points: Vec<ShardPoint>,
+    uploads: Option<&UploadFiles>,
     created_ms: u64,
     to: &Path,
     opts: &BackupOptions,
@@ -229,7 +235,9 @@ pub fn write_backup(
     if partial.exists() {
         std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
-    let result = write_partial(meta, shards, points, created_ms, &partial, opts, progress);
+    let result = write_partial(
+        meta, shards, points, uploads, created_ms, &partial, opts, progress,
+    );
     let manifest = match result {
         Ok(m) => m,
         Err(e) => {
@@ -253,10 +261,12 @@ fn partial_path(to: &Path) -> Result<PathBuf> {
     Ok(to.with_file_name(format!("{name}.partial")))
 }
 
+#[allow(clippy::too_many_arguments)] // write_backup's, passed on
 fn write_partial(
     meta: &Meta,
     shards: u32,
     points: Vec<ShardPoint>,
+    uploads: Option<&UploadFiles>,
     created_ms: u64,
     dir: &Path,
     opts: &BackupOptions,
@@ -306,6 +316,8 @@ fn write_partial(
     let copied = meta.copy_for_backup(&dir.join("meta.redb"), &last_seqs, &progress.cancel)?;
     manifest.users = copied.users;
     manifest.rooms = copied.rooms;
+    let gone = copy_uploads(&copied.uploads, uploads, dir, &mut manifest, progress)?;
+    crate::meta::forget_uploads(&dir.join("meta.redb"), &gone)?;
     Manifest::ensure(dir, shards)?;
     for name in ["manifest", "meta.redb"] {
         manifest.files.push(file_entry(dir, name)?);
@@ -315,6 +327,60 @@ fn write_partial(
     write_synced(&dir.join(MANIFEST_FILE), &text)?;
     sync_dir(dir)?;
     Ok(manifest)
+}
+
+/// Copies the files of `ids` (and their thumbnails) from `uploads` into
+/// `dir/uploads/`, listed in `manifest`; the ids whose file is gone (or
+/// all of them, with no `uploads`), for the copy of `meta.redb` to forget.
+fn copy_uploads(
+    ids: &[u128],
+    uploads: Option<&UploadFiles>,
+    dir: &Path,
+    manifest: &mut BackupManifest,
+    progress: &Progress,
+) -> Result<Vec<u128>> {
+    let Some(files) = uploads else {
+        return Ok(ids.to_vec());
+    };
+    let mut gone = Vec::new();
+    let mut made = std::collections::BTreeSet::new();
+    for &id in ids {
+        progress.go_on()?;
+        let hex = format!("{id:032x}");
+        let sub = dir.join("uploads").join(&hex[..2]);
+        let pairs = [
+            (files.path(id), format!("uploads/{}/{hex}", &hex[..2])),
+            (
+                files.thumb_path(id),
+                format!("uploads/{}/{hex}.thumb", &hex[..2]),
+            ),
+        ];
+        if !pairs[0].0.exists() {
+            gone.push(id);
+            continue;
+        }
+        if made.insert(sub.clone()) {
+            std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+        }
+        for (from, rel) in pairs {
+            if !from.exists() {
+                continue; // no thumbnail
+            }
+            let (bytes, crc32c) = copy_file(&from, &dir.join(&rel))?;
+            manifest.files.push(FileEntry {
+                path: rel,
+                bytes,
+                crc32c,
+            });
+        }
+    }
+    for sub in &made {
+        sync_dir(sub)?;
+    }
+    if !made.is_empty() {
+        sync_dir(&dir.join("uploads"))?;
+    }
+    Ok(gone)
 }
 
 /// Copies `f` to `dest` up to its point, checking the segment header and
@@ -630,6 +696,17 @@ pub fn read_manifest(dir: &Path) -> Result<BackupManifest> {
 fn allowed_path(path: &str, shards: u32) -> bool {
     if path == "manifest" || path == "meta.redb" {
         return true;
+    }
+    if let Some(rest) = path.strip_prefix("uploads/") {
+        let Some((sub, name)) = rest.split_once('/') else {
+            return false;
+        };
+        let id = name.strip_suffix(".thumb").unwrap_or(name);
+        return id.len() == 32
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && sub == &id[..2];
     }
     let mut parts = path.split('/');
     let (Some(shard), Some("log"), Some(file), None) =

@@ -97,7 +97,7 @@ fn a_backup_under_writes_and_compaction_restores_exactly_what_was_acknowledged_b
                 let opts = BackupOptions {
                     bytes_per_s_max: 4 << 20,
                 };
-                backup::write_backup(&meta, 2, points, 5, &to, &opts, &Progress::default())
+                backup::write_backup(&meta, 2, points, None, 5, &to, &opts, &Progress::default())
             })
         };
         let mut i = 1200;
@@ -190,6 +190,7 @@ fn small_backup(dir: &Path) -> std::path::PathBuf {
                 &meta,
                 1,
                 point,
+                None,
                 1,
                 &to2,
                 &BackupOptions::default(),
@@ -271,4 +272,100 @@ fn damage_and_tampering_are_found_and_restore_refuses_them() {
     backup::restore(&to, &empty).unwrap();
     backup::restore(&to, &tmp.path().join("new")).unwrap();
     assert!(Manifest::read(&empty).unwrap().is_some());
+}
+
+/// Uploads are in a backup: each file (and thumbnail) the copy of
+/// `meta.redb` names, listed and checked like the segments, and restored
+/// with its row; an upload whose file is gone when the backup copies it is
+/// forgotten in the copy (no row without its file), its quota freed. A
+/// tampered upload file is found.
+#[test]
+fn uploads_are_backed_up_and_restored_with_their_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, to, data) = (
+        tmp.path().join("src"),
+        tmp.path().join("b"),
+        tmp.path().join("restored"),
+    );
+    let cfg = config(&src);
+    let (cfg2, to2, src2) = (cfg.clone(), to.clone(), src.clone());
+    let (kept, gone, owner) = run(move || async move {
+        let store = open(&cfg2);
+        let meta = store.meta().clone();
+        let owner = meta.create_user("alice", PHC, 1).unwrap();
+        let files = UploadFiles::open(&src2).unwrap();
+        let place = |id: u128, bytes: &[u8], thumb: Option<&[u8]>| {
+            let mut inc = files.incoming().unwrap();
+            inc.write(bytes).unwrap();
+            let sha256 = files.place(inc, id, thumb).unwrap();
+            let up = meta::Upload {
+                id,
+                owner,
+                bytes: bytes.len() as u64,
+                created_ms: 1,
+                refs: 0,
+                content_type: "text/plain; charset=utf-8".into(),
+                name: "a.txt".into(),
+                sha256,
+                width: 0,
+                height: 0,
+                thumb_bytes: thumb.map_or(0, |t| t.len() as u64),
+            };
+            meta.add_upload(&up, 1 << 30).unwrap();
+            up
+        };
+        let kept = place(0xab01, &[b'k'; 10_000], Some(b"thumbnail"));
+        let gone = place(0xcd02, b"soon gone", None);
+        // Its file vanishes (as a removal racing the backup would leave).
+        std::fs::remove_file(files.path(gone.id)).unwrap();
+        let shard = store.open_shard(0).await.unwrap();
+        let point = vec![shard.backup_point().unwrap()];
+        let t = std::thread::spawn(move || {
+            backup::write_backup(
+                &meta,
+                1,
+                point,
+                Some(&files),
+                1,
+                &to2,
+                &BackupOptions::default(),
+                &Progress::default(),
+            )
+        });
+        while !t.is_finished() {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        t.join().unwrap().unwrap();
+        shard.close().await.unwrap();
+        (kept, gone, owner)
+    });
+    assert!(problems(&to).is_empty(), "{:?}", problems(&to));
+    let file = to.join("uploads/00/0000000000000000000000000000ab01");
+    assert_eq!(std::fs::read(&file).unwrap(), vec![b'k'; 10_000]);
+    assert!(file.with_extension("thumb").exists());
+
+    // Tampered, then put back.
+    std::fs::write(&file, b"evil").unwrap();
+    assert!(problems(&to).iter().any(|p| p.contains("ab01")), "found");
+    std::fs::write(&file, vec![b'k'; 10_000]).unwrap();
+
+    backup::restore(&to, &data).unwrap();
+    let meta = Meta::open(&data.join("meta.redb"), 1 << 20).unwrap();
+    assert_eq!(meta.upload(kept.id).unwrap(), Some(kept.clone()));
+    assert_eq!(
+        meta.upload(gone.id).unwrap(),
+        None,
+        "forgotten: its file was gone"
+    );
+    assert_eq!(meta.upload_usage(owner).unwrap(), kept.charged());
+    let files = UploadFiles::open(&data).unwrap();
+    assert_eq!(
+        std::fs::read(files.path(kept.id)).unwrap(),
+        vec![b'k'; 10_000]
+    );
+    assert_eq!(
+        std::fs::read(files.thumb_path(kept.id)).unwrap(),
+        b"thumbnail"
+    );
+    drop(cfg);
 }

@@ -8,13 +8,14 @@
 //! - `feed_cursors` and `member_feed`, and the counters `origin` and
 //!   `member_feed`: a restored directory is a new origin of events, whose
 //!   log positions no webhook has seen (webhooks start at its end).
-//! - `uploads` and `upload_usage`: the uploaded files are not in a backup
-//!   yet, and a row without its file would serve a 500; a restored
-//!   directory starts with no uploads.
 //!
 //! What it changes: a room's `last_seq` is lowered to the last seq the
 //! backup's copy of the room's shard holds, and a read receipt to its
 //! room's `last_seq` (both never exceed what the restored log holds).
+//! Uploads are copied with their ids ([`MetaCopy::uploads`]), for their
+//! files to be copied after; an upload whose file is gone by then is
+//! forgotten in the copy ([`forget_uploads`]), so a restored directory
+//! never has a row without its file.
 //!
 //! Invariant: every table of the file is either copied or named above as
 //! left out; a table this code does not know fails the backup rather than
@@ -41,14 +42,8 @@ use crate::error::{Error, Result};
 const COPY_BATCH_ROWS: usize = 20_000;
 
 /// Tables a backup leaves out (see the module's doc).
-fn left_out() -> [&'static str; 5] {
-    [
-        SESSIONS.name(),
-        FEED_CURSORS.name(),
-        MEMBER_FEED.name(),
-        UPLOADS.name(),
-        UPLOAD_USAGE.name(),
-    ]
+fn left_out() -> [&'static str; 3] {
+    [SESSIONS.name(), FEED_CURSORS.name(), MEMBER_FEED.name()]
 }
 
 /// What [`Meta::copy_for_backup`] copied.
@@ -62,6 +57,8 @@ pub struct MetaCopy {
     pub rows: u64,
     /// Rooms whose `last_seq` was lowered to the backup's log.
     pub rooms_lowered: u64,
+    /// The uploads copied (their files are the caller's to copy).
+    pub uploads: Vec<u128>,
 }
 
 impl Meta {
@@ -128,6 +125,13 @@ impl Meta {
         out.rows += copy_table(&src, &dst, cancel, DM_ROOMS, same)?;
         out.rows += copy_table(&src, &dst, cancel, PROFILES, same)?;
         out.rows += copy_table(&src, &dst, cancel, NAME_WORDS, same)?;
+        let mut uploads = Vec::new();
+        out.rows += copy_table(&src, &dst, cancel, UPLOADS, |k, v| {
+            uploads.push(u128::from_bytes(k));
+            Some(v.to_vec())
+        })?;
+        out.uploads = uploads;
+        out.rows += copy_table(&src, &dst, cancel, UPLOAD_USAGE, same)?;
         // The tables left out exist, empty, as in any file `Meta::open`
         // made; the last commit is durable.
         let mut txn = dst.begin_write()?;
@@ -139,6 +143,24 @@ impl Meta {
         dst.close()?;
         Ok(out)
     }
+}
+
+/// Forgets `ids` in the copy at `path` (their files could not be copied):
+/// each row goes and its owner's usage drops by what it was charged.
+pub fn forget_uploads(path: &Path, ids: &[u128]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let db = Database::builder()
+        .create(path)
+        .map_err(|e| Error::Database(format!("{}: {e}", path.display())))?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    for &id in ids {
+        super::uploads::remove_in(&txn, id)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// The users and rooms of the `meta.redb` at `path`, opened read-only (a
@@ -176,6 +198,8 @@ fn check_known_tables(src: &ReadTransaction) -> Result<()> {
         DM_ROOMS.name(),
         PROFILES.name(),
         NAME_WORDS.name(),
+        UPLOADS.name(),
+        UPLOAD_USAGE.name(),
     ];
     for table in src.list_tables()? {
         let name = table.name();

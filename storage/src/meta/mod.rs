@@ -80,7 +80,7 @@ mod tests;
 mod uploads;
 mod users;
 
-pub use backup::{count_read_only, MetaCopy};
+pub use backup::{count_read_only, forget_uploads, MetaCopy};
 pub use dms::{Dm, DmOpened};
 pub use feed::{MemberEvent, MEMBER_FEED_LEN_MAX, MEMBER_FEED_STREAM};
 pub use profiles::{

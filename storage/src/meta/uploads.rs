@@ -6,7 +6,7 @@
 //! own are charged ([`Upload::charged`]); an upload is added only if it keeps
 //! its owner within the quota given, in the same transaction.
 
-use redb::ReadableTable;
+use redb::{ReadableTable, WriteTransaction};
 
 use super::*;
 
@@ -102,24 +102,7 @@ impl Meta {
     /// Forgets upload `id` and frees what it charged its owner; the upload
     /// as it was (`None` if there was none). The caller removes its files.
     pub fn remove_upload(&self, id: u128) -> Result<Option<Upload>> {
-        self.write(|txn| {
-            let mut uploads = txn.open_table(UPLOADS)?;
-            let Some(upload) = uploads
-                .remove(id)?
-                .map(|r| from_row(id, r.value()))
-                .transpose()?
-            else {
-                return Ok(None);
-            };
-            let mut usage_table = txn.open_table(UPLOAD_USAGE)?;
-            let left = usage(&usage_table, upload.owner)?.saturating_sub(upload.charged());
-            if left == 0 {
-                usage_table.remove(upload.owner)?;
-            } else {
-                usage_table.insert(upload.owner, left)?;
-            }
-            Ok(Some(upload))
-        })
+        self.write(|txn| remove_in(txn, id))
     }
 
     /// Every upload's id, ordered (for checks of the files against the
@@ -130,6 +113,26 @@ impl Meta {
             uploads.iter()?.map(|entry| Ok(entry?.0.value())).collect()
         })
     }
+}
+
+/// Removes upload `id` in `txn` and frees what it charged its owner.
+pub(super) fn remove_in(txn: &WriteTransaction, id: u128) -> Result<Option<Upload>> {
+    let mut uploads = txn.open_table(UPLOADS)?;
+    let Some(upload) = uploads
+        .remove(id)?
+        .map(|r| from_row(id, r.value()))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let mut usage_table = txn.open_table(UPLOAD_USAGE)?;
+    let left = usage(&usage_table, upload.owner)?.saturating_sub(upload.charged());
+    if left == 0 {
+        usage_table.remove(upload.owner)?;
+    } else {
+        usage_table.insert(upload.owner, left)?;
+    }
+    Ok(Some(upload))
 }
 
 fn usage(table: &impl ReadableTable<u64, u64>, user: u64) -> Result<u64> {
