@@ -111,6 +111,7 @@ impl Engine {
         let shard_cfg = cfg.clone();
         let shard_store = store.clone();
         let shard_receipts = receipts.clone();
+        let shard_uploads = uploads.clone();
         // Work each shard did, counted by the shard, read by the kicker.
         let activity: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
         let shard_activity = activity.clone();
@@ -129,6 +130,7 @@ impl Engine {
                 let common = Common {
                     meta: shard_store.meta().clone(),
                     receipts: shard_receipts,
+                    uploads: shard_uploads.clone(),
                     activity: shard_activity,
                     queued: shard_queued,
                 };
@@ -213,7 +215,7 @@ impl Engine {
     /// mode). A repeated non-empty `(sender, client_id)` returns the
     /// original seq with `duplicate: true`.
     pub fn post(&self, room: u64, sender: u64, client_id: &str, body: &str) -> Pending<PostAck> {
-        self.post_reply(room, sender, client_id, body, None)
+        self.post_with(room, sender, client_id, body, None, Vec::new())
     }
 
     /// Posts a message that replies to message `to` of the room, as
@@ -227,16 +229,23 @@ impl Engine {
         body: &str,
         to: u64,
     ) -> Pending<PostAck> {
-        self.post_reply(room, sender, client_id, body, Some(to))
+        self.post_with(room, sender, client_id, body, Some(to), Vec::new())
     }
 
-    fn post_reply(
+    /// Posts a message (a reply to `to` when given) carrying `files`,
+    /// uploads of the sender's ([`Engine::uploads`]), at most
+    /// `FILES_PER_MESSAGE_MAX`; with files the body may be empty. Each
+    /// upload then counts the message; deleting the last message that
+    /// carries an upload frees it. `NotFound` for an id that is not an
+    /// upload of the sender's.
+    pub fn post_with(
         &self,
         room: u64,
         sender: u64,
         client_id: &str,
         body: &str,
         to: Option<u64>,
+        files: Vec<u128>,
     ) -> Pending<PostAck> {
         let (client_id, body) = (client_id.to_string(), body.to_string());
         self.inner
@@ -247,6 +256,7 @@ impl Engine {
                 client_id,
                 body,
                 to,
+                files,
                 reply,
             })
     }

@@ -60,6 +60,33 @@ pub struct Message<'a> {
     /// whether the reader does); absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionView<'a>>,
+    /// The uploads it carries; absent when none, and once deleted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileView<'a>>,
+}
+
+/// An upload a message carries, as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileView<'a> {
+    /// The upload's id (32 hex digits).
+    pub id: String,
+    /// Where it is read (`GET`, signed in).
+    pub url: String,
+    pub name: &'a str,
+    pub content_type: &'a str,
+    pub bytes: u64,
+    /// An image's size (absent otherwise).
+    #[serde(skip_serializing_if = "is_zero32")]
+    pub width: u32,
+    #[serde(skip_serializing_if = "is_zero32")]
+    pub height: u32,
+    /// Its thumbnail's URL, for an image that has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<String>,
+}
+
+fn is_zero32(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One reaction on a message.
@@ -126,6 +153,7 @@ impl<'a> Message<'a> {
             replies: 0,
             last_reply: 0,
             reactions: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -612,6 +640,16 @@ mod tests {
             count: 2,
             me: true,
         }];
+        changed.files = vec![FileView {
+            id: "0".repeat(32),
+            url: "/api/uploads/0".into(),
+            name: "a.png",
+            content_type: "image/png",
+            bytes: 9,
+            width: 2,
+            height: 3,
+            thumbnail: Some("/t".into()),
+        }];
         let every = [
             Event::encode_message(
                 1,
@@ -670,6 +708,7 @@ mod tests {
             .changed(Some((5, 6)))
             .threaded(Some(&quoted), 3, 9);
         stored.reactions = changed.reactions.clone();
+        stored.files = changed.files.clone();
         let v = serde_json::to_value(&stored).unwrap();
         let got: BTreeSet<String> = v.as_object().unwrap().keys().cloned().collect();
         assert_eq!(got, doc, "fields of a message");

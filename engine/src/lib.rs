@@ -65,12 +65,13 @@ pub use rookery_storage::backup;
 pub use rookery_storage::meta::SERVER_USER;
 pub use rookery_storage::{
     ArchivedRecord, Cursor, Doorbell, Durability, FeedRead, IdFilter, LogFeed, LogFeeds, Order,
-    Pos, Replicated, Retention, RetentionReport, ShardStats, StorageConfig, QUIET_LOG_DIRECTIVE,
-    SYNC_BATCH_BOUNDS,
+    Pos, Replicated, Retention, RetentionReport, ShardStats, StorageConfig, FILES_PER_MESSAGE_MAX,
+    QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
 };
 pub use rules::{decide, role_word, MemberOp, Membership};
 pub use shard::{
-    DeletedRoom, HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
+    Attachment, DeletedRoom, HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage,
+    QUOTE_BYTES_MAX,
 };
 pub use subscription::{Inbox, Subscription};
 pub use uploads::{sniff, UploadLimits, Uploads, DECODES_AT_ONCE, INLINE_TYPES};

@@ -65,7 +65,23 @@ impl Local {
         body: &str,
     ) -> Result<PostAck> {
         self.shard
-            .post_from_here(room, sender, client_id, body, None)
+            .post_from_here(room, sender, client_id, body, None, Vec::new())
+            .await
+    }
+
+    /// Posts a message carrying uploads (see [`Engine::post_with`]),
+    /// routed as [`Local::post`] is.
+    pub async fn post_with(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        body: &str,
+        to: Option<u64>,
+        files: Vec<u128>,
+    ) -> Result<PostAck> {
+        self.shard
+            .post_from_here(room, sender, client_id, body, to, files)
             .await
     }
 
@@ -80,7 +96,7 @@ impl Local {
         to: u64,
     ) -> Result<PostAck> {
         self.shard
-            .post_from_here(room, sender, client_id, body, Some(to))
+            .post_from_here(room, sender, client_id, body, Some(to), Vec::new())
             .await
     }
 

@@ -289,6 +289,11 @@ impl Uploads {
         self.inner.files.thumb_path(id)
     }
 
+    /// Removes upload `id`'s files (its row is gone already).
+    pub(crate) fn remove_files(&self, id: u128) -> Result<()> {
+        Ok(self.inner.files.remove(id)?)
+    }
+
     /// Removes upload `id` (row, then files) and frees what it charged;
     /// the upload as it was.
     pub fn remove(&self, id: u128) -> Result<Option<Upload>> {

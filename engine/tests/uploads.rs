@@ -171,3 +171,133 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Messages carry their sender's uploads: live events and pages show them
+/// (not once deleted); another user's upload or a missing one is refused
+/// and counts nothing; a retry counts nothing more; deleting the last
+/// message that carries an upload frees it, files and quota.
+#[test]
+fn messages_carry_uploads_and_the_last_delete_frees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(common::small_config(dir.path(), 2)).unwrap();
+    let meta = engine.directory();
+    let alice = meta.ensure_external_user("alice", 0).unwrap();
+    let bob = meta.ensure_external_user("bob", 0).unwrap();
+    let room = engine.create_room("files", false, alice).wait().unwrap();
+    engine
+        .membership(room, bob, bob, rookery_engine::MemberOp::Join)
+        .wait()
+        .unwrap();
+    let uploads = engine.uploads();
+    let image = upload(&uploads, alice, &png(100, 50), "cat.png", None).unwrap();
+    let text = upload(&uploads, alice, b"notes", "n.txt", None).unwrap();
+    let bobs = upload(&uploads, bob, b"his", "b.txt", None).unwrap();
+    let sub = engine.subscribe(room, Some(0)).wait().unwrap();
+
+    let ack = engine
+        .post_with(room, alice, "c1", "", None, vec![image.id, text.id])
+        .wait()
+        .unwrap();
+    assert_eq!(ack.seq, 1, "files and no text");
+    let again = engine
+        .post_with(room, alice, "c1", "", None, vec![image.id, text.id])
+        .wait()
+        .unwrap();
+    assert!(again.duplicate);
+    let ack2 = engine
+        .post_with(room, alice, "", "the same cat", Some(1), vec![image.id])
+        .wait()
+        .unwrap();
+    assert_eq!(ack2.seq, 2);
+    for (who, ids) in [
+        (alice, vec![bobs.id]),
+        (alice, vec![12345]),
+        (bob, vec![image.id]),
+    ] {
+        assert!(matches!(
+            engine.post_with(room, who, "", "x", None, ids).wait(),
+            Err(Error::NotFound(_))
+        ));
+    }
+    assert!(matches!(
+        engine
+            .post_with(room, alice, "", "x", None, vec![1; 11])
+            .wait(),
+        Err(Error::InvalidInput(_))
+    ));
+    assert_eq!(
+        engine.last_seq(room).wait().unwrap(),
+        2,
+        "refusals take no seq"
+    );
+    assert_eq!(uploads.get(image.id).unwrap().unwrap().refs, 2);
+    assert_eq!(uploads.get(text.id).unwrap().unwrap().refs, 1);
+    assert_eq!(uploads.get(bobs.id).unwrap().unwrap().refs, 0);
+
+    // Live events and pages carry the files.
+    let mut live = Vec::new();
+    while live.len() < 2 {
+        let e = sub
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
+        if e.kind() == rookery_engine::EventKind::Message {
+            live.push(serde_json::from_str::<serde_json::Value>(e.json()).unwrap());
+        }
+    }
+    let hex = |id: u128| format!("{id:032x}");
+    assert_eq!(live[0]["files"][0]["id"], hex(image.id));
+    assert_eq!(live[0]["files"][0]["name"], "cat.png");
+    assert_eq!(live[0]["files"][0]["width"], 100);
+    assert_eq!(
+        live[0]["files"][0]["thumbnail"],
+        format!("/api/uploads/{}/thumbnail", hex(image.id))
+    );
+    assert_eq!(
+        live[0]["files"][1]["content_type"],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(live[0]["files"][1].get("thumbnail"), None);
+    assert_eq!(
+        (
+            live[1]["reply_to"].as_u64(),
+            live[1]["files"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(1))
+    );
+    let page = engine
+        .history(room, rookery_engine::Cursor::after(0, 10))
+        .wait()
+        .unwrap();
+    assert_eq!(page.messages[0].files.len(), 2);
+    assert_eq!(page.messages[0].files[0].id, image.id);
+
+    // The first delete frees the text (carried once), not the image.
+    let used = uploads.usage(alice).unwrap();
+    engine.delete(room, 1, alice).wait().unwrap();
+    assert_eq!(uploads.get(text.id).unwrap(), None, "freed");
+    assert!(!uploads.file(text.id).exists());
+    assert_eq!(uploads.usage(alice).unwrap(), used - text.charged());
+    assert_eq!(
+        uploads.get(image.id).unwrap().unwrap().refs,
+        1,
+        "still carried by 2"
+    );
+    let page = engine
+        .history(room, rookery_engine::Cursor::after(0, 10))
+        .wait()
+        .unwrap();
+    let deleted = serde_json::to_value(page.messages[0].view()).unwrap();
+    assert_eq!(deleted.get("files"), None, "a deleted message shows none");
+    // Deleting the last one frees the image.
+    engine.delete(room, 2, alice).wait().unwrap();
+    assert_eq!(uploads.get(image.id).unwrap(), None);
+    assert!(!uploads.file(image.id).exists() && !uploads.thumbnail_file(image.id).exists());
+    assert_eq!(
+        uploads.get(bobs.id).unwrap().unwrap().refs,
+        0,
+        "bob's untouched"
+    );
+    drop((sub, uploads, meta));
+    engine.shutdown().unwrap();
+}

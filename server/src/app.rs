@@ -158,6 +158,25 @@ impl From<EngineError> for ApiError {
     }
 }
 
+/// Upload ids as clients send them (32 hex digits each), at most
+/// `FILES_PER_MESSAGE_MAX`.
+pub(crate) fn upload_ids(ids: &[String]) -> Result<Vec<u128>, ApiError> {
+    let max = rookery_engine::FILES_PER_MESSAGE_MAX;
+    if ids.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "a message carries at most {max} files"
+        )));
+    }
+    ids.iter()
+        .map(|id| {
+            (id.len() == 32)
+                .then(|| u128::from_str_radix(id, 16).ok())
+                .flatten()
+                .ok_or_else(|| ApiError::BadRequest(format!("{id:?} is not an upload id")))
+        })
+        .collect()
+}
+
 /// Takes a send token for `user` (--sends-per-user-per-s, shared by the
 /// HTTP API and every WebSocket of the user, on every node).
 pub(crate) async fn take_send_token(shared: &Shared, user: u64) -> Result<(), ApiError> {

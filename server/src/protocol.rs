@@ -228,6 +228,8 @@ pub struct ClientFrame<'a> {
     pub client_id: Option<Cow<'a, str>>,
     /// `send`: the seq the message replies to.
     pub reply_to: Option<u64>,
+    /// `send`: the uploads it carries (ids, 32 hex digits each).
+    pub files: Option<Vec<String>>,
     /// `react`: the emoji.
     #[serde(borrow, default, deserialize_with = "cow")]
     pub emoji: Option<Cow<'a, str>>,
@@ -528,6 +530,7 @@ mod doc {
                 let value = match field.as_str() {
                     "token" | "body" | "client_id" | "emoji" => "\"s\"",
                     "on" => "true",
+                    "files" => r#"["00000000000000000000000000000001"]"#,
                     _ => "1",
                 };
                 let text = format!(r#"{{"type":"{kind}","{field}":{value}}}"#);
@@ -543,6 +546,7 @@ mod doc {
                     body,
                     client_id,
                     reply_to,
+                    files,
                     emoji,
                     on,
                     before,
@@ -557,6 +561,7 @@ mod doc {
                     "body" => body.is_some(),
                     "client_id" => client_id.is_some(),
                     "reply_to" => reply_to.is_some(),
+                    "files" => files.is_some(),
                     "emoji" => emoji.is_some(),
                     "on" => on.is_some(),
                     "before" => before.is_some(),
@@ -576,6 +581,7 @@ mod doc {
             "body",
             "client_id",
             "reply_to",
+            "files",
             "emoji",
             "on",
             "before",

@@ -312,4 +312,66 @@ fn uploads_are_streamed_checked_and_served_safely() {
     assert_eq!((got.status, &got.body[..]), (200, &b"kept alive"[..]));
     assert_eq!(got.header("content-type"), "text/plain; charset=utf-8");
     assert_serving(p);
+
+    // A message carries uploads (HTTP here; WebSocket `send` alike); a
+    // page shows them; deleting the last message that carries one frees
+    // it (its URL is then 404).
+    let room = create_room(p, &b, "files", false);
+    let kept_path = format!("/api/uploads/{kept}");
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("/api/rooms/{room}/messages"),
+        Some(&b),
+        Some(&serde_json::json!({"body": "", "files": [kept]})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let seq = v["seq"].as_u64().unwrap();
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("/api/rooms/{room}/messages"),
+        Some(&b),
+        Some(&serde_json::json!({"body": "x", "files": [html]})),
+    );
+    assert_eq!(s, 404, "another user's upload: {v}");
+    let (s, v) = call(
+        p,
+        "POST",
+        &format!("/api/rooms/{room}/messages"),
+        Some(&b),
+        Some(&serde_json::json!({"body": "x", "files": ["nope"]})),
+    );
+    assert_eq!(s, 400, "{v}");
+    let (s, page) = call(
+        p,
+        "GET",
+        &format!("/api/rooms/{room}/messages"),
+        Some(&b),
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(page["messages"][0]["files"][0]["id"], kept.as_str());
+    assert_eq!(page["messages"][0]["files"][0]["url"], kept_path.as_str());
+    let mut ws = tungstenite::client(format!("ws://127.0.0.1:{p}/ws?token={b}"), connect(p))
+        .unwrap()
+        .0;
+    let frame = serde_json::json!({"type": "delete", "room": room, "seq": seq, "ref": 1});
+    ws.send(tungstenite::Message::text(frame.to_string()))
+        .unwrap();
+    loop {
+        let m = ws.read().unwrap();
+        if let tungstenite::Message::Text(t) = m {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["ref"] == 1 {
+                assert_eq!(v["type"], "ack", "{v}");
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        get(p, &b, &kept_path, "").status,
+        404,
+        "freed with its last message"
+    );
 }

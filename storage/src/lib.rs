@@ -52,13 +52,15 @@ pub use feed::{Doorbell, FeedRead, LogFeed, LogFeeds};
 pub use index::RoomRow;
 pub use manifest::Manifest;
 pub use meta::{ListPage, Meta, Replicated, Role, ROOM_PAGE_SCAN_ROWS_MAX};
-pub use record::{ArchivedRecord, Delete, Edit, Message, React, Record, Reply};
+pub use record::{
+    ArchivedFileRef, ArchivedRecord, Delete, Edit, FileRef, Message, Post, React, Record, Reply,
+};
 pub use segment::Pos;
 pub use shard::{
     Appended, CompactionReport, Cursor, HistoryItem, Order, Page, Reaction, RecordRef, Retention,
-    RetentionReport, ShardStats, ShardStore, ThreadPage, EMOJI_BYTES_MAX,
-    REACTIONS_PER_MESSAGE_MAX, REACTIONS_PER_USER_PER_MESSAGE_MAX, SYNC_BATCH_BOUNDS,
-    SYNC_BATCH_BUCKETS,
+    RetentionReport, ShardStats, ShardStore, ThreadPage, CONTENT_TYPE_BYTES_MAX, EMOJI_BYTES_MAX,
+    FILES_PER_MESSAGE_MAX, REACTIONS_PER_MESSAGE_MAX, REACTIONS_PER_USER_PER_MESSAGE_MAX,
+    SYNC_BATCH_BOUNDS, SYNC_BATCH_BUCKETS,
 };
 pub use uploads::{Incoming, UploadFiles};
 

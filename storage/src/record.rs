@@ -102,6 +102,57 @@ pub struct Reply {
     pub thread: u64,
 }
 
+/// An upload a message carries, as it was when the message was posted (an
+/// upload never changes: the message is read with no other lookup).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FileRef {
+    /// The upload's id, big-endian (bytes, not a `u128`: an archived
+    /// `u128` needs 16-byte alignment, and frames are 8-aligned).
+    pub id: [u8; 16],
+    /// Its file name (at most `UPLOAD_NAME_BYTES_MAX` bytes).
+    pub name: String,
+    /// Its sniffed content type.
+    pub content_type: String,
+    /// Bytes of the file.
+    pub bytes: u64,
+    /// An image's size in pixels (0 otherwise).
+    pub width: u32,
+    /// An image's height in pixels (0 otherwise).
+    pub height: u32,
+    /// Whether it has a thumbnail.
+    pub thumb: bool,
+}
+
+impl FileRef {
+    /// The upload's id.
+    pub fn upload(&self) -> u128 {
+        u128::from_be_bytes(self.id)
+    }
+}
+
+impl ArchivedFileRef {
+    /// The upload's id.
+    pub fn upload(&self) -> u128 {
+        u128::from_be_bytes(self.id)
+    }
+}
+
+/// A message that carries uploads, and may reply to an earlier one
+/// (`to` 0: it replies to nothing). Boxed in [`Record`], as [`Reply`] is.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Post {
+    /// The message itself.
+    pub message: Message,
+    /// Seq of the message it answers, 0 for none.
+    pub to: u64,
+    /// Seq of its thread's first message, 0 when it answers none.
+    pub thread: u64,
+    /// The uploads it carries (at least one).
+    pub files: Vec<FileRef>,
+}
+
 /// One log record.
 ///
 /// Variants are only ever added at the end, and never larger than
@@ -119,6 +170,8 @@ pub enum Record {
     Reply(Box<Reply>),
     /// A reaction put on or taken off a message.
     React(React),
+    /// A message carrying uploads, a reply or not (takes a seq).
+    Post(Box<Post>),
 }
 
 /// Bytes of the archived [`Record`] enum: what every frame's root is. A
@@ -135,6 +188,16 @@ impl Record {
             Record::Delete(d) => d.room,
             Record::Reply(r) => r.message.room,
             Record::React(r) => r.room,
+            Record::Post(p) => p.message.room,
+        }
+    }
+
+    /// `(to, thread)` of a reply; `None` for every other kind.
+    pub fn reply(&self) -> Option<(u64, u64)> {
+        match self {
+            Record::Reply(r) => Some((r.to, r.thread)),
+            Record::Post(p) if p.to != 0 => Some((p.to, p.thread)),
+            _ => None,
         }
     }
 
@@ -144,6 +207,7 @@ impl Record {
         match self {
             Record::Message(m) => Some(m),
             Record::Reply(r) => Some(&r.message),
+            Record::Post(p) => Some(&p.message),
             Record::Edit(_) | Record::Delete(_) | Record::React(_) => None,
         }
     }
@@ -153,6 +217,7 @@ impl Record {
         match self {
             Record::Message(m) => Some(m),
             Record::Reply(r) => Some(&mut r.message),
+            Record::Post(p) => Some(&mut p.message),
             Record::Edit(_) | Record::Delete(_) | Record::React(_) => None,
         }
     }
@@ -167,6 +232,7 @@ impl ArchivedRecord {
             ArchivedRecord::Delete(d) => d.room.to_native(),
             ArchivedRecord::Reply(r) => r.message.room.to_native(),
             ArchivedRecord::React(r) => r.room.to_native(),
+            ArchivedRecord::Post(p) => p.message.room.to_native(),
         }
     }
 
@@ -179,6 +245,7 @@ impl ArchivedRecord {
             ArchivedRecord::Delete(d) => d.seq.to_native(),
             ArchivedRecord::Reply(r) => r.message.seq.to_native(),
             ArchivedRecord::React(r) => r.seq.to_native(),
+            ArchivedRecord::Post(p) => p.message.seq.to_native(),
         }
     }
 
@@ -188,6 +255,7 @@ impl ArchivedRecord {
         match self {
             ArchivedRecord::Message(m) => Some(m),
             ArchivedRecord::Reply(r) => Some(&r.message),
+            ArchivedRecord::Post(p) => Some(&p.message),
             ArchivedRecord::Edit(_) | ArchivedRecord::Delete(_) | ArchivedRecord::React(_) => None,
         }
     }
@@ -196,7 +264,16 @@ impl ArchivedRecord {
     pub fn reply(&self) -> Option<(u64, u64)> {
         match self {
             ArchivedRecord::Reply(r) => Some((r.to.to_native(), r.thread.to_native())),
+            ArchivedRecord::Post(p) if p.to != 0 => Some((p.to.to_native(), p.thread.to_native())),
             _ => None,
+        }
+    }
+
+    /// The uploads a message carries (none for every other kind).
+    pub fn files(&self) -> &[ArchivedFileRef] {
+        match self {
+            ArchivedRecord::Post(p) => &p.files,
+            _ => &[],
         }
     }
 
@@ -383,6 +460,39 @@ mod tests {
                     emoji,
                     on
                 })),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                s,
+                any::<u64>(),
+                proptest::collection::vec((any::<u128>(), ".{0,20}", any::<u64>()), 1..4)
+            )
+                .prop_map(|(room, seq, body, to, files)| Record::Post(Box::new(
+                    Post {
+                        message: Message {
+                            room,
+                            seq,
+                            sender: 1,
+                            ts_ms: seq,
+                            client_id: String::new(),
+                            body
+                        },
+                        to,
+                        thread: to / 2,
+                        files: files
+                            .into_iter()
+                            .map(|(id, name, bytes)| FileRef {
+                                id: u128::to_be_bytes(id),
+                                name,
+                                content_type: "image/png".into(),
+                                bytes,
+                                width: bytes as u32,
+                                height: 3,
+                                thumb: bytes % 2 == 0,
+                            })
+                            .collect(),
+                    }
+                ))),
         ]
     }
 

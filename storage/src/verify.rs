@@ -208,7 +208,7 @@ pub fn verify_shard(data_dir: &Path, shard: u32) -> Result<ShardReport> {
             reactions.insert(key, (pos, r.on));
             report.rooms.entry(rec.room()).or_default().changes += 1;
         }
-        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => {
+        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) | ArchivedRecord::Post(_) => {
             let m = rec.message().expect("a message kind");
             if let Some((to, thread)) = rec.reply() {
                 if to == 0 || to >= m.seq.to_native() || thread == 0 || thread > to {

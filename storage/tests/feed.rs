@@ -37,7 +37,7 @@ enum Seen {
 
 fn seen(record: &ArchivedRecord) -> Seen {
     match record {
-        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => {
+        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) | ArchivedRecord::Post(_) => {
             let m = record.message().expect("a message kind");
             Seen::Message {
                 room: m.room.into(),

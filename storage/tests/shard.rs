@@ -1015,3 +1015,111 @@ fn reactions_count_bound_and_survive_reopen_rebuild_compaction_and_retention() {
         assert!(report.ok(), "{:?}", report.errors);
     });
 }
+
+/// Messages carrying uploads: their file references are read back with the
+/// message (pending, committed, reopened, index rebuilt from the log,
+/// compacted after a delete), a post may reply and joins the thread, a
+/// retry answers the original seq, and bad references are refused without
+/// taking a seq.
+#[test]
+fn posts_carry_their_files_through_reopen_rebuild_and_compaction() {
+    use rookery_storage::{FileRef, FILES_PER_MESSAGE_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.compaction_keep_recent_segments = 0;
+    let file = |id: u128, name: &str| FileRef {
+        id: id.to_be_bytes(),
+        name: name.into(),
+        content_type: "image/png".into(),
+        bytes: 1000 + id as u64,
+        width: 64,
+        height: 32,
+        thumb: true,
+    };
+    run(move || async move {
+        let store = open(&cfg);
+        let shard = store.open_shard(0).await.unwrap();
+        let room = 4;
+        shard.append_message(room, 1, "", 1, "m1").await.unwrap();
+        let two = vec![file(7, "a.png"), file(8, "b.png")];
+        let posted = shard
+            .append_post(room, 2, "p", 2, "look", 0, two.clone())
+            .await
+            .unwrap();
+        assert_eq!(posted.seq(), 2);
+        assert_eq!(
+            shard
+                .append_post(room, 2, "p", 3, "look", 0, two.clone())
+                .await
+                .unwrap(),
+            Appended::Duplicate { seq: 2, ts_ms: 2 },
+            "a retry answers the original seq"
+        );
+        let reply = shard
+            .append_post(room, 3, "", 4, "", 1, vec![file(9, "c.png")])
+            .await
+            .unwrap();
+        assert_eq!(reply.seq(), 3);
+        // Refused, taking no seq: no file, too many, one twice, a reply to
+        // nothing.
+        let many: Vec<FileRef> = (0..=FILES_PER_MESSAGE_MAX as u128)
+            .map(|i| file(100 + i, "x"))
+            .collect();
+        for (files, to) in [
+            (vec![], 0),
+            (many, 0),
+            (vec![file(5, "x"), file(5, "y")], 0),
+            (vec![file(6, "x")], 99),
+        ] {
+            let got = shard.append_post(room, 1, "", 5, "x", to, files).await;
+            assert!(
+                matches!(got, Err(Error::InvalidInput(_) | Error::NotFound(_))),
+                "{got:?}"
+            );
+        }
+        assert_eq!(shard.last_seq(room), 3);
+
+        let check = |shard: ShardStore, ctx: &'static str| async move {
+            let page = shard.history(room, Cursor::after(0, 50)).await.unwrap();
+            let by: HashMap<u64, &HistoryItem> = page.items.iter().map(|i| (i.seq(), i)).collect();
+            let ids = |seq: u64| -> Vec<(u128, String)> {
+                by[&seq]
+                    .files()
+                    .iter()
+                    .map(|f| (f.upload(), f.name.to_string()))
+                    .collect()
+            };
+            assert_eq!(ids(1), [], "{ctx}");
+            assert_eq!(ids(2), [(7, "a.png".into()), (8, "b.png".into())], "{ctx}");
+            assert_eq!(ids(3), [(9, "c.png".into())], "{ctx}");
+            let f = &by[&2].files()[1];
+            assert_eq!(
+                (f.bytes.to_native(), f.width.to_native(), f.thumb),
+                (1008, 64, true),
+                "{ctx}"
+            );
+            assert_eq!(by[&3].reply(), Some((1, 1)), "{ctx}: a post may reply");
+            assert_eq!(by[&1].replies, 1, "{ctx}: and counts in its thread");
+            assert_eq!(by[&2].body(), Some("look"), "{ctx}");
+            shard
+        };
+        let shard = check(shard, "pending").await;
+        shard.checkpoint_now().await.unwrap();
+        let shard = check(shard, "committed").await;
+        shard.close().await.unwrap();
+        drop(shard);
+        let shard = check(store.open_shard(0).await.unwrap(), "reopened").await;
+        shard.close().await.unwrap();
+        drop(shard);
+        std::fs::remove_file(dir_of(&store).join("shard-0/index.redb")).unwrap();
+        let shard = check(store.open_shard(0).await.unwrap(), "rebuilt").await;
+        // Deleted and compacted: the body goes, the references stay (they
+        // say which uploads the message held).
+        shard.delete(room, 2, 2, 9).await.unwrap();
+        shard.compact_all().await.unwrap();
+        let item = shard.get(room, 2).await.unwrap().unwrap();
+        assert!(item.deleted());
+        assert_eq!(item.files().len(), 2);
+        shard.close().await.unwrap();
+    });
+}

@@ -26,6 +26,8 @@ pub(crate) enum Command {
         body: String,
         /// The seq it replies to.
         to: Option<u64>,
+        /// The uploads it carries (the sender's own).
+        files: Vec<u128>,
         reply: Reply<PostAck>,
     },
     Edit {
@@ -221,11 +223,12 @@ impl Shard {
                 client_id,
                 body,
                 to,
+                files,
                 reply,
             } => {
                 let me = self.clone();
                 answer(reply, async move {
-                    me.post(room, sender, &client_id, &body, to).await
+                    me.post(room, sender, &client_id, &body, to, files).await
                 });
             }
             Command::Edit {

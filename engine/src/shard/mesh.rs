@@ -60,6 +60,8 @@ pub(crate) enum Peer {
         body: String,
         /// The seq it replies to.
         to: Option<u64>,
+        /// The uploads it carries.
+        files: Vec<u128>,
         from: usize,
         token: u64,
     },
@@ -95,6 +97,7 @@ impl Shard {
         client_id: &str,
         body: &str,
         to: Option<u64>,
+        files: Vec<u128>,
     ) -> Result<PostAck> {
         let token = self.next_remote_post.get();
         self.next_remote_post.set(token + 1);
@@ -108,6 +111,7 @@ impl Shard {
                 client_id: client_id.to_string(),
                 body: body.to_string(),
                 to,
+                files,
                 from: self.id,
                 token,
             },
@@ -168,6 +172,7 @@ impl Shard {
                 client_id,
                 body,
                 to,
+                files,
                 from,
                 token,
             } => {
@@ -176,7 +181,7 @@ impl Shard {
                     let result = if me.closing.get() {
                         Err(Error::ShutDown)
                     } else {
-                        me.post(room, sender, &client_id, &body, to).await
+                        me.post(room, sender, &client_id, &body, to, files).await
                     };
                     me.push_peer(from, Peer::Posted { token, result });
                 })

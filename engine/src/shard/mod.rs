@@ -65,8 +65,10 @@ pub use delete::DeletedRoom;
 pub(crate) use links::{links, FromPeers, Links};
 pub(crate) use mesh::Peer;
 pub(crate) use own_reads::OWN_READS_FLUSH;
+pub use types::{
+    Attachment, HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
+};
 pub(crate) use types::{Common, NewSub, Reply};
-pub use types::{HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX};
 
 use crate::config::EngineConfig;
 use crate::consumer::CLOSED_SHUTDOWN;
@@ -87,6 +89,7 @@ pub(crate) struct Shard {
     store: ShardStore,
     meta: Arc<Meta>,
     receipts: flume::Sender<ToWriter>,
+    uploads: crate::uploads::Uploads,
     activity: Arc<Vec<std::sync::atomic::AtomicU64>>,
     senders: Links,
     owned: RefCell<HashMap<u64, Owned>>,
@@ -252,6 +255,7 @@ impl Shard {
             store,
             meta: common.meta,
             receipts: common.receipts,
+            uploads: common.uploads,
             activity: common.activity,
             senders,
             owned: RefCell::default(),

@@ -18,7 +18,8 @@ use rustc_hash::FxHashMap as HashMap;
 use super::mesh::PageOutcome;
 use super::room::{Sequencer, Tail};
 use super::types::{
-    HistoryPage, PostAck, Quote, Reply, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
+    Attachment, HistoryPage, PostAck, Quote, Reply, ReplyTo, StoredMessage, ThreadPage,
+    QUOTE_BYTES_MAX,
 };
 use super::{now_ms, send, Shard};
 use crate::error::{Error, Result};
@@ -67,18 +68,22 @@ impl Shard {
         client_id: &str,
         body: &str,
         to: Option<u64>,
+        files: Vec<u128>,
     ) -> Result<PostAck> {
         if self.closing.get() {
             return Err(Error::ShutDown);
         }
         if self.owner(room) == self.id {
-            self.post(room, sender, client_id, body, to).await
+            self.post(room, sender, client_id, body, to, files).await
         } else {
-            self.post_remote(room, sender, client_id, body, to).await
+            self.post_remote(room, sender, client_id, body, to, files)
+                .await
         }
     }
 
-    /// A post (a reply to `to` when given), run on the room's owner.
+    /// A post (a reply to `to` when given, carrying the sender's uploads
+    /// `files`), run on the room's owner. A message with files may have an
+    /// empty body.
     pub(super) async fn post(
         &self,
         room: u64,
@@ -86,8 +91,16 @@ impl Shard {
         client_id: &str,
         body: &str,
         to: Option<u64>,
+        files: Vec<u128>,
     ) -> Result<PostAck> {
-        require_text(body)?;
+        if files.is_empty() {
+            require_text(body)?;
+        } else if files.len() > rookery_storage::FILES_PER_MESSAGE_MAX {
+            return Err(Error::InvalidInput(format!(
+                "a message carries at most {} files",
+                rookery_storage::FILES_PER_MESSAGE_MAX
+            )));
+        }
         self.may_post(room, sender).await?;
         // Taken right after the access check, as for any post: a room's
         // deletion waits for the turns taken before it.
@@ -104,19 +117,38 @@ impl Shard {
                 Err(e) => return Err(e),
             },
         };
+        // Each upload counts this message before it is stored: a crash
+        // between leaves a count too many (the upload is kept), never one
+        // too few (an upload freed while a message shows it).
+        let attached = self.attach(sender, &files).await?;
         self.ensure_owned(room);
         let started = Instant::now();
-        let appended = match to {
-            None => {
+        let appended = match (to, attached.is_empty()) {
+            (None, true) => {
                 self.store
                     .append_message(room, sender, client_id, now_ms(), body)
-                    .await?
+                    .await
             }
-            Some(to) => {
+            (Some(to), true) => {
                 self.store
                     .append_reply(room, sender, client_id, now_ms(), body, to)
-                    .await?
+                    .await
             }
+            (to, false) => {
+                let refs = attached.iter().map(Attachment::to_ref).collect();
+                let to = to.unwrap_or(0);
+                self.store
+                    .append_post(room, sender, client_id, now_ms(), body, to, refs)
+                    .await
+            }
+        };
+        let appended = match appended {
+            // A retry stores nothing new: the counts taken for it go back.
+            Ok(Appended::Duplicate { .. }) | Err(_) if !files.is_empty() => {
+                self.release(files.clone()).await;
+                appended?
+            }
+            other => other?,
         };
         self.latency
             .borrow_mut()
@@ -136,11 +168,12 @@ impl Shard {
                 if sender != SERVER_USER {
                     self.note_own_read(room, sender, seq);
                 }
-                let m = Message::live(room, seq, sender, ts_ms, Some(body), false).threaded(
+                let mut m = Message::live(room, seq, sender, ts_ms, Some(body), false).threaded(
                     reply.as_ref(),
                     0,
                     0,
                 );
+                m.files = attached.iter().map(Attachment::view).collect();
                 self.completed(room, Event::encode_message(room, &m));
                 Ok(PostAck {
                     seq,
@@ -148,6 +181,52 @@ impl Shard {
                     duplicate: false,
                 })
             }
+        }
+    }
+
+    /// Counts a message more for each of `sender`'s uploads `ids` (off the
+    /// reactor); the uploads as the message carries them. `NotFound` for
+    /// one that is no upload of theirs (nothing is counted).
+    async fn attach(&self, sender: u64, ids: &[u128]) -> Result<Vec<Attachment>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (meta, ids) = (self.meta.clone(), ids.to_vec());
+        let uploads = glommio::executor()
+            .spawn_blocking(move || meta.attach_uploads(sender, &ids))
+            .await?;
+        Ok(uploads
+            .into_iter()
+            .map(|u| Attachment {
+                id: u.id,
+                name: u.name,
+                content_type: u.content_type,
+                bytes: u.bytes,
+                width: u.width,
+                height: u.height,
+                thumb: u.thumb_bytes > 0,
+            })
+            .collect())
+    }
+
+    /// Counts a message fewer for each of `ids`, and removes the uploads no
+    /// message holds any more, files and all (off the reactor). A failure
+    /// is logged: an upload kept too long is never one freed too soon.
+    pub(super) async fn release(&self, ids: Vec<u128>) {
+        if ids.is_empty() {
+            return;
+        }
+        let (meta, uploads) = (self.meta.clone(), self.uploads.clone());
+        let done = glommio::executor()
+            .spawn_blocking(move || -> Result<()> {
+                for up in meta.release_uploads(&ids)? {
+                    uploads.remove_files(up.id)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "freeing uploads failed");
         }
     }
 
@@ -286,6 +365,7 @@ impl Shard {
             .await?
             .ok_or_else(|| Error::NotFound(format!("message {seq} in room {room}")))?;
         let author = item.sender();
+        let files: Vec<u128> = item.files().iter().map(|f| f.upload()).collect();
         drop(item);
         // Only its author edits a message (an admin rewriting it would put
         // words under the author's name); the author or an admin deletes.
@@ -311,6 +391,9 @@ impl Shard {
             }
             None => {
                 self.store.delete(room, seq, by, ts).await?;
+                // Durable: the uploads it held lose a message, and those
+                // no message holds any more are freed.
+                self.release(files).await;
                 Event::delete(room, seq, by, ts)
             }
         };

@@ -52,6 +52,53 @@ pub struct StoredMessage {
     pub last_reply: u64,
     /// Its reactions (`mine`: the reader the page was read for has it on).
     pub reactions: Vec<Reaction>,
+    /// The uploads it carries.
+    pub files: Vec<Attachment>,
+}
+
+/// An upload a message carries, as it was when the message was posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The upload's id.
+    pub id: u128,
+    pub name: String,
+    pub content_type: String,
+    pub bytes: u64,
+    /// An image's size in pixels (0 otherwise).
+    pub width: u32,
+    pub height: u32,
+    /// Whether it has a thumbnail.
+    pub thumb: bool,
+}
+
+impl Attachment {
+    /// The reference a log record keeps.
+    pub(crate) fn to_ref(&self) -> rookery_storage::FileRef {
+        rookery_storage::FileRef {
+            id: self.id.to_be_bytes(),
+            name: self.name.clone(),
+            content_type: self.content_type.clone(),
+            bytes: self.bytes,
+            width: self.width,
+            height: self.height,
+            thumb: self.thumb,
+        }
+    }
+
+    /// As clients see it.
+    pub fn view(&self) -> crate::event::FileView<'_> {
+        let id = format!("{:032x}", self.id);
+        crate::event::FileView {
+            url: format!("/api/uploads/{id}"),
+            thumbnail: self.thumb.then(|| format!("/api/uploads/{id}/thumbnail")),
+            id,
+            name: &self.name,
+            content_type: &self.content_type,
+            bytes: self.bytes,
+            width: self.width,
+            height: self.height,
+        }
+    }
 }
 
 /// What a reply answers.
@@ -131,6 +178,19 @@ impl StoredMessage {
             replies: item.replies,
             last_reply: item.last_reply,
             reactions: Vec::new(),
+            files: item
+                .files()
+                .iter()
+                .map(|f| Attachment {
+                    id: f.upload(),
+                    name: f.name.to_string(),
+                    content_type: f.content_type.to_string(),
+                    bytes: f.bytes.to_native(),
+                    width: f.width.to_native(),
+                    height: f.height.to_native(),
+                    thumb: f.thumb,
+                })
+                .collect(),
         }
     }
 
@@ -154,6 +214,9 @@ impl StoredMessage {
                 me: r.mine,
             })
             .collect();
+        if self.body.is_some() {
+            m.files = self.files.iter().map(Attachment::view).collect();
+        }
         m
     }
 
@@ -224,6 +287,8 @@ pub(crate) struct Common {
     pub meta: Arc<Meta>,
     /// The queue of the read-receipt writer.
     pub receipts: flume::Sender<ToWriter>,
+    /// The uploads (messages carry them; a delete may free them).
+    pub uploads: crate::uploads::Uploads,
     /// Work done per shard (see `Shard::busy`), read by the kicker.
     pub activity: Arc<Vec<std::sync::atomic::AtomicU64>>,
     /// Work commands in each shard's queue (see `Command::is_work`), taken

@@ -64,6 +64,9 @@ pub enum Op {
         /// The seq it replies to.
         #[serde(default)]
         reply_to: Option<u64>,
+        /// The uploads it carries (the user's own, on the owner's node).
+        #[serde(default)]
+        files: Vec<u128>,
     },
     Edit {
         room: u64,
@@ -356,11 +359,11 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
             client_id,
             body,
             reply_to,
+            files,
         } => {
-            let ack = match reply_to {
-                None => engine.post(room, user, &client_id, &body).await?,
-                Some(to) => engine.reply(room, user, &client_id, &body, to).await?,
-            };
+            let ack = engine
+                .post_with(room, user, &client_id, &body, reply_to, files)
+                .await?;
             Answer::Posted {
                 seq: ack.seq,
                 ts: ack.ts_ms,

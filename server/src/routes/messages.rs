@@ -107,6 +107,9 @@ pub(crate) struct Publish {
     /// The seq the message replies to.
     #[serde(default)]
     reply_to: Option<u64>,
+    /// The uploads it carries (ids).
+    #[serde(default)]
+    files: Vec<String>,
 }
 
 /// `POST /api/rooms/{id}/messages`: publish (from a backend or a client);
@@ -115,16 +118,12 @@ pub(crate) async fn publish(req: &Request, shared: &Shared, raw: &str) -> ApiRes
     let (uid, id) = (user(req, shared).await?, room_id(raw)?);
     readable_room(shared, uid, id).await?;
     let p: Publish = body(req)?;
+    let files = crate::app::upload_ids(&p.files)?;
     take_send_token(shared, uid).await?;
-    let ack = match p.reply_to {
-        Some(to) => {
-            shared
-                .engine
-                .reply(id, uid, &p.client_id, &p.body, to)
-                .await?
-        }
-        None => shared.engine.post(id, uid, &p.client_id, &p.body).await?,
-    };
+    let ack = shared
+        .engine
+        .post_with(id, uid, &p.client_id, &p.body, p.reply_to, files)
+        .await?;
     Ok(Response::json(
         if ack.duplicate { 200 } else { 201 },
         &json!({"room": id, "seq": ack.seq, "ts": ack.ts_ms, "duplicate": ack.duplicate}),

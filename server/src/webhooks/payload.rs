@@ -96,7 +96,9 @@ fn encode(out: &Out<'_>) -> Encoded {
 /// What a log record is, as a webhook sees it.
 pub fn record_kind(record: &ArchivedRecord) -> Kind {
     match record {
-        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => Kind::Message,
+        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) | ArchivedRecord::Post(_) => {
+            Kind::Message
+        }
         ArchivedRecord::Edit(_) => Kind::Edit,
         ArchivedRecord::Delete(_) => Kind::Delete,
         ArchivedRecord::React(_) => Kind::Reaction,
@@ -108,6 +110,7 @@ pub fn record_ts(record: &ArchivedRecord) -> u64 {
     match record {
         ArchivedRecord::Message(m) => m.ts_ms.into(),
         ArchivedRecord::Reply(r) => r.message.ts_ms.into(),
+        ArchivedRecord::Post(p) => p.message.ts_ms.into(),
         ArchivedRecord::Edit(e) => e.ts_ms.into(),
         ArchivedRecord::Delete(d) => d.ts_ms.into(),
         ArchivedRecord::React(r) => r.ts_ms.into(),
@@ -120,7 +123,7 @@ pub fn record_event(origin: u64, shard: usize, pos: Pos, record: &ArchivedRecord
     let id = format!("{origin:016x}-{shard}-{}-{}", pos.segment, pos.offset);
     let id = Some(id.as_str());
     let out = match record {
-        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => {
+        ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) | ArchivedRecord::Post(_) => {
             let m = record.message().expect("a message kind");
             let reply = record.reply();
             Out {

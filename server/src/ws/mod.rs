@@ -1228,6 +1228,7 @@ impl Conn {
         let room = need(f.room, "room")?;
         let body = ClientFrame::need_str(&f.body, "body").map_err(ApiError::BadRequest)?;
         let client_id = f.client_id.as_deref().unwrap_or("");
+        let files = app::upload_ids(f.files.as_deref().unwrap_or_default())?;
         app::take_send_token(&self.shared, user).await?;
         let ack = match self.relay_of(room) {
             Some(relay) => {
@@ -1237,6 +1238,7 @@ impl Conn {
                     client_id: client_id.to_string(),
                     body: body.to_string(),
                     reply_to: f.reply_to,
+                    files,
                 };
                 let Answer::Posted { seq, ts, duplicate } = ops::ask(relay.node(), &op).await?
                 else {
@@ -1248,15 +1250,12 @@ impl Conn {
                     duplicate,
                 }
             }
-            None => match f.reply_to {
-                Some(to) => {
-                    self.shared
-                        .local
-                        .reply(room, user, client_id, body, to)
-                        .await?
-                }
-                None => self.shared.local.post(room, user, client_id, body).await?,
-            },
+            None => {
+                self.shared
+                    .local
+                    .post_with(room, user, client_id, body, f.reply_to, files)
+                    .await?
+            }
         };
         ACK.with(|json| {
             let mut json = json.borrow_mut();

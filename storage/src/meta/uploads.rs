@@ -105,6 +105,56 @@ impl Meta {
         self.write(|txn| remove_in(txn, id))
     }
 
+    /// Counts one more message referencing each of `ids`, all `owner`'s
+    /// uploads; the uploads as they now are. All or nothing: `NotFound`
+    /// for an id that is no upload or not `owner`'s (another user's
+    /// upload is not revealed), and nothing is written.
+    pub fn attach_uploads(&self, owner: u64, ids: &[u128]) -> Result<Vec<Upload>> {
+        self.write(|txn| {
+            let mut uploads = txn.open_table(UPLOADS)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let found = uploads
+                    .get(id)?
+                    .map(|r| from_row(id, r.value()))
+                    .transpose()?;
+                let mut up = match found {
+                    Some(up) if up.owner == owner => up,
+                    _ => return Err(Error::NotFound(format!("upload {id:032x}"))),
+                };
+                up.refs += 1;
+                insert_row(&mut uploads, &up)?;
+                out.push(up);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Counts one message fewer referencing each of `ids` (one no longer
+    /// stored is skipped); those no message references any more are
+    /// removed, their charge freed, and returned (their files are the
+    /// caller's to remove).
+    pub fn release_uploads(&self, ids: &[u128]) -> Result<Vec<Upload>> {
+        self.write(|txn| {
+            let mut freed = Vec::new();
+            for &id in ids {
+                let found = {
+                    let uploads = txn.open_table(UPLOADS)?;
+                    let row = uploads.get(id)?;
+                    row.map(|r| from_row(id, r.value())).transpose()?
+                };
+                let Some(mut up) = found else { continue };
+                if up.refs <= 1 {
+                    freed.extend(remove_in(txn, id)?);
+                } else {
+                    up.refs -= 1;
+                    insert_row(&mut txn.open_table(UPLOADS)?, &up)?;
+                }
+            }
+            Ok(freed)
+        })
+    }
+
     /// Every upload's id, ordered (for checks of the files against the
     /// table).
     pub fn upload_ids(&self) -> Result<Vec<u128>> {

@@ -64,6 +64,7 @@ pub use react::{
     Reaction, EMOJI_BYTES_MAX, REACTIONS_PER_MESSAGE_MAX, REACTIONS_PER_USER_PER_MESSAGE_MAX,
 };
 pub use read::{HistoryItem, Page, RecordRef, ThreadPage};
+pub use write::{CONTENT_TYPE_BYTES_MAX, FILES_PER_MESSAGE_MAX};
 
 /// Result of appending a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -76,6 +76,10 @@ impl HistoryItem {
     pub fn reply(&self) -> Option<(u64, u64)> {
         self.message.record().reply()
     }
+    /// The uploads the message carries (none for most).
+    pub fn files(&self) -> &[crate::record::ArchivedFileRef] {
+        self.message.record().files()
+    }
     /// The message's seq.
     pub fn seq(&self) -> u64 {
         self.msg().seq.to_native()

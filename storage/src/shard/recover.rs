@@ -390,7 +390,7 @@ impl ShardStore {
         rec: &ArchivedRecord,
     ) -> Result<()> {
         match rec {
-            ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) => {
+            ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) | ArchivedRecord::Post(_) => {
                 let m = rec.message().expect("a message kind");
                 let (room, seq) = (m.room.to_native(), m.seq.to_native());
                 let durable = st.rooms.get(&room).map_or(0, |r| r.durable_seq);

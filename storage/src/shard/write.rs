@@ -9,6 +9,7 @@
 //! answers, an edit or a delete the message it changes.
 
 use super::*;
+use crate::record::{FileRef, Post};
 
 impl ShardStore {
     /// Appends a message; resolves once it is durable (per the durability
@@ -22,7 +23,28 @@ impl ShardStore {
         ts_ms: u64,
         body: &str,
     ) -> Result<Appended> {
-        self.append(room, sender, client_id, ts_ms, body, 0).await
+        self.append(room, sender, client_id, ts_ms, body, 0, Vec::new())
+            .await
+    }
+
+    /// Appends a message carrying `files` (1 to [`FILES_PER_MESSAGE_MAX`],
+    /// each once), replying to `to` unless it is 0, as
+    /// [`ShardStore::append_reply`] does. Which uploads a user may attach
+    /// is the caller's to check; storage checks the references' shape.
+    #[allow(clippy::too_many_arguments)] // a message's every part
+    pub async fn append_post(
+        &self,
+        room: u64,
+        sender: u64,
+        client_id: &str,
+        ts_ms: u64,
+        body: &str,
+        to: u64,
+        files: Vec<FileRef>,
+    ) -> Result<Appended> {
+        check_files(&files)?;
+        self.append(room, sender, client_id, ts_ms, body, to, files)
+            .await
     }
 
     /// Appends a message answering message `to` of the room, as
@@ -42,7 +64,8 @@ impl ShardStore {
         if to == 0 {
             return Err(Error::InvalidInput("a reply answers seq 1 or later".into()));
         }
-        self.append(room, sender, client_id, ts_ms, body, to).await
+        self.append(room, sender, client_id, ts_ms, body, to, Vec::new())
+            .await
     }
 
     /// Message `seq` of `room`; `NotFound` when it does not exist (or was
@@ -63,6 +86,7 @@ impl ShardStore {
         Ok(item.reply().map_or(to, |(_, thread)| thread))
     }
 
+    #[allow(clippy::too_many_arguments)] // a message's every part
     async fn append(
         &self,
         room: u64,
@@ -71,6 +95,7 @@ impl ShardStore {
         ts_ms: u64,
         body: &str,
         to: u64,
+        files: Vec<FileRef>,
     ) -> Result<Appended> {
         self.check_open()?;
         let cfg = &self.inner.cfg;
@@ -138,12 +163,18 @@ impl ShardStore {
                 client_id: client_id.to_string(),
                 body: body.to_string(),
             };
-            let rec = match to {
-                0 => Record::Message(message),
-                to => Record::Reply(Box::new(Reply {
+            let rec = match (to, files.is_empty()) {
+                (0, true) => Record::Message(message),
+                (to, true) => Record::Reply(Box::new(Reply {
                     message,
                     to,
                     thread,
+                })),
+                (to, false) => Record::Post(Box::new(Post {
+                    message,
+                    to,
+                    thread,
+                    files,
                 })),
             };
             let kind = QueuedKind::Message {
@@ -231,18 +262,25 @@ impl ShardStore {
                 "import_message takes a message or a reply".into(),
             ));
         };
-        let thread = match &rec {
-            Record::Reply(r)
-                if r.to == 0 || r.to >= msg.seq || r.thread == 0 || r.thread > r.to =>
-            {
+        let thread = match rec.reply() {
+            Some((to, thread)) if to == 0 || to >= msg.seq || thread == 0 || thread > to => {
                 return Err(Error::InvalidInput(format!(
-                    "reply {} answers {} in thread {}",
-                    msg.seq, r.to, r.thread
+                    "reply {} answers {to} in thread {thread}",
+                    msg.seq
                 )))
             }
-            Record::Reply(r) => r.thread,
-            _ => 0,
+            Some((_, thread)) => thread,
+            None => 0,
         };
+        if let Record::Post(p) = &rec {
+            check_files(&p.files)?;
+            if p.to == 0 && p.thread != 0 {
+                return Err(Error::InvalidInput(format!(
+                    "message {} answers nothing in thread {}",
+                    msg.seq, p.thread
+                )));
+            }
+        }
         let signal = {
             let mut st = self.inner.st.borrow_mut();
             let r = st
@@ -294,7 +332,7 @@ impl ShardStore {
                 let signal = self.enqueue(&rec, r.room, r.seq, QueuedKind::React { slot });
                 return signal.wait().await.map_err(Error::Failed);
             }
-            Record::Message(_) | Record::Reply(_) => {
+            Record::Message(_) | Record::Reply(_) | Record::Post(_) => {
                 return Err(Error::InvalidInput(
                     "import_change takes an edit, a delete or a reaction".into(),
                 ))
@@ -404,4 +442,38 @@ impl ShardStore {
         st.rooms.get_mut(&room).expect("checked").idem = Some(window);
         Ok(())
     }
+}
+
+/// Uploads one message may carry, at most.
+pub const FILES_PER_MESSAGE_MAX: usize = 10;
+
+/// Bytes of a file reference's content type, at most.
+pub const CONTENT_TYPE_BYTES_MAX: usize = 128;
+
+/// A message's file references: 1 to [`FILES_PER_MESSAGE_MAX`], each upload
+/// once, names and types within their bounds.
+fn check_files(files: &[FileRef]) -> Result<()> {
+    if files.is_empty() || files.len() > FILES_PER_MESSAGE_MAX {
+        return Err(Error::InvalidInput(format!(
+            "a message carries 1 to {FILES_PER_MESSAGE_MAX} files, not {}",
+            files.len()
+        )));
+    }
+    for (i, f) in files.iter().enumerate() {
+        if files[..i].iter().any(|g| g.id == f.id) {
+            return Err(Error::InvalidInput(format!(
+                "upload {:032x} is attached twice",
+                f.upload()
+            )));
+        }
+        if f.name.len() > crate::meta::UPLOAD_NAME_BYTES_MAX
+            || f.content_type.len() > CONTENT_TYPE_BYTES_MAX
+        {
+            return Err(Error::InvalidInput(format!(
+                "upload {:032x}: a name or type too long",
+                f.upload()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -36,6 +36,9 @@ struct DumpLine {
     /// For a reply, the first message of its thread.
     #[serde(skip_serializing_if = "Option::is_none")]
     thread: Option<u64>,
+    /// The ids of the uploads it carries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    files: Vec<String>,
     /// Reactions on it: each emoji with the users who have it on.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     reactions: BTreeMap<String, std::collections::BTreeSet<u64>>,
@@ -84,15 +87,13 @@ pub fn dump(data: &Path, room: &str, since: u64) -> Result<Outcome> {
 
 /// Adds a message, or applies an edit or delete to the message it names.
 fn collect(messages: &mut BTreeMap<u64, DumpLine>, rec: Record) {
-    let reply = match &rec {
-        Record::Reply(r) => Some((r.to, r.thread)),
-        _ => None,
-    };
+    let reply = rec.reply();
     match rec {
-        Record::Message(_) | Record::Reply(_) => {
-            let m = match rec {
-                Record::Message(m) => m,
-                Record::Reply(r) => r.message,
+        Record::Message(_) | Record::Reply(_) | Record::Post(_) => {
+            let (m, files) = match rec {
+                Record::Message(m) => (m, Vec::new()),
+                Record::Reply(r) => (r.message, Vec::new()),
+                Record::Post(p) => (p.message, p.files),
                 _ => unreachable!("a message kind"),
             };
             let line = DumpLine {
@@ -106,6 +107,10 @@ fn collect(messages: &mut BTreeMap<u64, DumpLine>, rec: Record) {
                 deleted: false,
                 reply_to: reply.map(|r| r.0),
                 thread: reply.map(|r| r.1),
+                files: files
+                    .iter()
+                    .map(|f| format!("{:032x}", f.upload()))
+                    .collect(),
                 reactions: BTreeMap::new(),
             };
             messages.insert(m.seq, line);

@@ -8,7 +8,7 @@
 //! `reply_to` and `thread`. Unknown fields are ignored on import.
 
 use rookery_storage::meta::{Role, Room, User};
-use rookery_storage::{Delete, Edit, Message, React, Record, Reply, Retention};
+use rookery_storage::{Delete, Edit, FileRef, Message, Post, React, Record, Reply, Retention};
 use serde::{Deserialize, Serialize};
 
 /// Format version written in the header.
@@ -135,6 +135,9 @@ pub enum Line {
         reply_to: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         thread: Option<u64>,
+        /// The uploads it carries (absent when none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<FileLine>,
     },
     /// An edit record.
     Edit {
@@ -240,6 +243,52 @@ impl From<RoleName> for Role {
     }
 }
 
+/// An upload a message carries, as an export line holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLine {
+    /// The upload's id (32 hex digits).
+    pub id: String,
+    pub name: String,
+    pub content_type: String,
+    pub bytes: u64,
+    #[serde(default)]
+    pub width: u32,
+    #[serde(default)]
+    pub height: u32,
+    #[serde(default)]
+    pub thumb: bool,
+}
+
+impl FileLine {
+    fn of(f: FileRef) -> FileLine {
+        FileLine {
+            id: format!("{:032x}", f.upload()),
+            name: f.name,
+            content_type: f.content_type,
+            bytes: f.bytes,
+            width: f.width,
+            height: f.height,
+            thumb: f.thumb,
+        }
+    }
+
+    /// The reference, `None` for an id that is not 32 hex digits.
+    fn into_ref(self) -> Option<FileRef> {
+        let id = (self.id.len() == 32)
+            .then(|| u128::from_str_radix(&self.id, 16).ok())
+            .flatten()?;
+        Some(FileRef {
+            id: id.to_be_bytes(),
+            name: self.name,
+            content_type: self.content_type,
+            bytes: self.bytes,
+            width: self.width,
+            height: self.height,
+            thumb: self.thumb,
+        })
+    }
+}
+
 impl Line {
     /// The line of a user.
     pub fn user(u: User) -> Line {
@@ -267,8 +316,12 @@ impl Line {
     /// The line of a log record.
     pub fn record(rec: Record) -> Line {
         match rec {
-            Record::Message(m) => Line::message(m, None),
-            Record::Reply(r) => Line::message(r.message, Some((r.to, r.thread))),
+            Record::Message(m) => Line::message(m, None, Vec::new()),
+            Record::Reply(r) => Line::message(r.message, Some((r.to, r.thread)), Vec::new()),
+            Record::Post(p) => {
+                let reply = (p.to != 0).then_some((p.to, p.thread));
+                Line::message(p.message, reply, p.files)
+            }
             Record::Edit(e) => Line::Edit {
                 room: e.room,
                 seq: e.seq,
@@ -293,8 +346,9 @@ impl Line {
         }
     }
 
-    fn message(m: Message, reply: Option<(u64, u64)>) -> Line {
+    fn message(m: Message, reply: Option<(u64, u64)>, files: Vec<FileRef>) -> Line {
         Line::Message {
+            files: files.into_iter().map(FileLine::of).collect(),
             room: m.room,
             seq: m.seq,
             sender: m.sender,
@@ -307,8 +361,8 @@ impl Line {
     }
 
     /// The log record of a `message`, `edit` or `delete` line (`None` for
-    /// other lines, and for a message with only one of `reply_to` and
-    /// `thread`).
+    /// other lines, for a message with only one of `reply_to` and
+    /// `thread`, and for a file whose id is not 32 hex digits).
     pub fn into_record(self) -> Option<Record> {
         Some(match self {
             Line::Message {
@@ -320,6 +374,7 @@ impl Line {
                 body,
                 reply_to,
                 thread,
+                files,
             } => {
                 let message = Message {
                     room,
@@ -329,14 +384,28 @@ impl Line {
                     client_id,
                     body,
                 };
-                match (reply_to, thread) {
-                    (None, None) => Record::Message(message),
-                    (Some(to), Some(thread)) => Record::Reply(Box::new(Reply {
+                let reply = match (reply_to, thread) {
+                    (None, None) => None,
+                    (Some(to), Some(thread)) => Some((to, thread)),
+                    _ => return None,
+                };
+                let files: Vec<FileRef> = files
+                    .into_iter()
+                    .map(FileLine::into_ref)
+                    .collect::<Option<_>>()?;
+                match (reply, files.is_empty()) {
+                    (None, true) => Record::Message(message),
+                    (Some((to, thread)), true) => Record::Reply(Box::new(Reply {
                         message,
                         to,
                         thread,
                     })),
-                    _ => return None,
+                    (reply, false) => Record::Post(Box::new(Post {
+                        message,
+                        to: reply.map_or(0, |r| r.0),
+                        thread: reply.map_or(0, |r| r.1),
+                        files,
+                    })),
                 }
             }
             Line::Edit {

@@ -489,7 +489,7 @@ impl<'a> Loader<'a> {
         let shards: &'a [ShardStore] = self.shards;
         let shard = &shards[shard_of(rec.room(), shards.len() as u32) as usize];
         let mut pending: Pending<'a> = match rec {
-            Record::Message(_) | Record::Reply(_) => {
+            Record::Message(_) | Record::Reply(_) | Record::Post(_) => {
                 self.counts.messages += 1;
                 Box::pin(shard.import_message(rec))
             }
