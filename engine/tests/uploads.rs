@@ -230,6 +230,30 @@ fn messages_carry_uploads_and_the_last_delete_frees_them() {
         2,
         "refusals take no seq"
     );
+    // Refused before anything counts: an upload twice, a body too long;
+    // a retry carrying another upload gives its count back. None of them
+    // loses the upload.
+    let spare = upload(&uploads, alice, b"spare", "s.txt", None).unwrap();
+    let long = "x".repeat(70_000);
+    for (body, ids) in [
+        ("x", vec![spare.id, spare.id]),
+        (long.as_str(), vec![spare.id]),
+    ] {
+        assert!(matches!(
+            engine.post_with(room, alice, "", body, None, ids).wait(),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+    let retry = engine
+        .post_with(room, alice, "c1", "", None, vec![spare.id])
+        .wait()
+        .unwrap();
+    assert!(retry.duplicate && retry.seq == 1);
+    assert_eq!(
+        uploads.get(spare.id).unwrap().map(|u| u.refs),
+        Some(0),
+        "kept, uncounted"
+    );
     assert_eq!(uploads.get(image.id).unwrap().unwrap().refs, 2);
     assert_eq!(uploads.get(text.id).unwrap().unwrap().refs, 1);
     assert_eq!(uploads.get(bobs.id).unwrap().unwrap().refs, 0);
@@ -272,9 +296,20 @@ fn messages_carry_uploads_and_the_last_delete_frees_them() {
     assert_eq!(page.messages[0].files.len(), 2);
     assert_eq!(page.messages[0].files[0].id, image.id);
 
-    // The first delete frees the text (carried once), not the image.
+    // The first delete frees the text (carried once), not the image; a
+    // second delete racing it is refused (it would release them twice).
     let used = uploads.usage(alice).unwrap();
-    engine.delete(room, 1, alice).wait().unwrap();
+    let (first, second) = (engine.delete(room, 1, alice), engine.delete(room, 1, alice));
+    let outcomes = [first.wait(), second.wait()];
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(matches!(
+        engine.delete(room, 1, alice).wait(),
+        Err(Error::NotFound(_))
+    ));
     assert_eq!(uploads.get(text.id).unwrap(), None, "freed");
     assert!(!uploads.file(text.id).exists());
     assert_eq!(uploads.usage(alice).unwrap(), used - text.charged());

@@ -169,7 +169,7 @@ pub(crate) fn upload_ids(ids: &[String]) -> Result<Vec<u128>, ApiError> {
     }
     ids.iter()
         .map(|id| {
-            (id.len() == 32)
+            (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
                 .then(|| u128::from_str_radix(id, 16).ok())
                 .flatten()
                 .ok_or_else(|| ApiError::BadRequest(format!("{id:?} is not an upload id")))

@@ -1120,6 +1120,12 @@ fn posts_carry_their_files_through_reopen_rebuild_and_compaction() {
         let item = shard.get(room, 2).await.unwrap().unwrap();
         assert!(item.deleted());
         assert_eq!(item.files().len(), 2);
+        assert!(
+            item.files()
+                .iter()
+                .all(|f| f.name.is_empty() && f.content_type.is_empty()),
+            "what it carried goes with its text; the ids stay"
+        );
         shard.close().await.unwrap();
     });
 }

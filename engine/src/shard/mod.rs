@@ -126,6 +126,9 @@ pub(crate) struct Shard {
     own_reads: RefCell<HashMap<(u64, u64), own_reads::OwnRead>>,
     /// Wakes the own-reads flusher when the first entry comes.
     pub(crate) own_reads_bell: Rc<Bell>,
+    /// Messages whose delete is under way here (one at a time each: a
+    /// delete releases the uploads a message carries once).
+    deleting: RefCell<rustc_hash::FxHashSet<(u64, u64)>>,
     /// Receipts shown to rooms owned here, and those waiting ([`seen`]).
     seen: RefCell<seen::Pacer>,
     /// Wakes the receipt-event flusher when the pacer takes its first.
@@ -273,6 +276,7 @@ impl Shard {
             own_reads: RefCell::default(),
             own_reads_bell: Rc::new(Bell::default()),
             seen: RefCell::new(pacer),
+            deleting: RefCell::default(),
             seen_bell: Rc::new(Bell::default()),
             remote_posts: RefCell::default(),
             next_remote_post: Cell::new(1),

@@ -95,11 +95,17 @@ impl Shard {
     ) -> Result<PostAck> {
         if files.is_empty() {
             require_text(body)?;
-        } else if files.len() > rookery_storage::FILES_PER_MESSAGE_MAX {
-            return Err(Error::InvalidInput(format!(
-                "a message carries at most {} files",
-                rookery_storage::FILES_PER_MESSAGE_MAX
-            )));
+        } else {
+            // Everything storage would refuse, refused before any upload
+            // counts the message.
+            check_files(&files)?;
+            let limits = &self.cfg.storage;
+            if body.len() > limits.body_bytes_max || client_id.len() > limits.client_id_bytes_max {
+                return Err(Error::InvalidInput(format!(
+                    "a body is at most {} bytes, a client_id {}",
+                    limits.body_bytes_max, limits.client_id_bytes_max
+                )));
+            }
         }
         self.may_post(room, sender).await?;
         // Taken right after the access check, as for any post: a room's
@@ -143,9 +149,16 @@ impl Shard {
             }
         };
         let appended = match appended {
-            // A retry stores nothing new: the counts taken for it go back.
-            Ok(Appended::Duplicate { .. }) | Err(_) if !files.is_empty() => {
-                self.release(files.clone()).await;
+            // A retry stores nothing new, and a refusal stored nothing: the
+            // counts taken for them go back. A failed write may be on disk
+            // (recovery replays it): its counts stay.
+            Ok(Appended::Duplicate { .. })
+            | Err(
+                rookery_storage::Error::InvalidInput(_)
+                | rookery_storage::Error::NotFound(_)
+                | rookery_storage::Error::TooMany(_),
+            ) if !files.is_empty() => {
+                self.detach(files.clone()).await;
                 appended?
             }
             other => other?,
@@ -207,6 +220,19 @@ impl Shard {
                 thumb: u.thumb_bytes > 0,
             })
             .collect())
+    }
+
+    /// Gives back the counts taken for a message not stored (off the
+    /// reactor; a failure is logged: an upload kept too long is never one
+    /// freed too soon).
+    async fn detach(&self, ids: Vec<u128>) {
+        let meta = self.meta.clone();
+        let done = glommio::executor()
+            .spawn_blocking(move || meta.detach_uploads(&ids))
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "giving back upload counts failed");
+        }
     }
 
     /// Counts a message fewer for each of `ids`, and removes the uploads no
@@ -367,6 +393,12 @@ impl Shard {
         let author = item.sender();
         let files: Vec<u128> = item.files().iter().map(|f| f.upload()).collect();
         drop(item);
+        // One delete of a message at a time: a second, racing the first
+        // before it is applied, would release its uploads twice.
+        let _deleting = match body {
+            None => Some(Deleting::take(self, room, seq)?),
+            Some(_) => None,
+        };
         // Only its author edits a message (an admin rewriting it would put
         // words under the author's name); the author or an admin deletes.
         match body {
@@ -774,6 +806,51 @@ impl Shard {
             .read_seq(room, user)?
             .max(self.own_read(room, user));
         Ok(last.saturating_sub(read))
+    }
+}
+
+/// A message's upload ids: at most `FILES_PER_MESSAGE_MAX`, each once.
+fn check_files(ids: &[u128]) -> Result<()> {
+    let max = rookery_storage::FILES_PER_MESSAGE_MAX;
+    if ids.len() > max {
+        return Err(Error::InvalidInput(format!(
+            "a message carries at most {max} files"
+        )));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if ids[..i].contains(id) {
+            return Err(Error::InvalidInput(format!(
+                "upload {id:032x} is attached twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A delete of a message under way on its owner, forgotten when dropped.
+struct Deleting<'a> {
+    shard: &'a Shard,
+    key: (u64, u64),
+}
+
+impl<'a> Deleting<'a> {
+    /// `NotFound` when a delete of the message is under way already.
+    fn take(shard: &'a Shard, room: u64, seq: u64) -> Result<Deleting<'a>> {
+        if !shard.deleting.borrow_mut().insert((room, seq)) {
+            return Err(Error::NotFound(format!(
+                "message {seq} in room {room} is being deleted"
+            )));
+        }
+        Ok(Deleting {
+            shard,
+            key: (room, seq),
+        })
+    }
+}
+
+impl Drop for Deleting<'_> {
+    fn drop(&mut self) {
+        self.shard.deleting.borrow_mut().remove(&self.key);
     }
 }
 

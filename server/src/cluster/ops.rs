@@ -64,9 +64,10 @@ pub enum Op {
         /// The seq it replies to.
         #[serde(default)]
         reply_to: Option<u64>,
-        /// The uploads it carries (the user's own, on the owner's node).
+        /// The uploads it carries (the user's own, on the owner's node),
+        /// as 32 hex digits each (JSON numbers cannot hold 128 bits).
         #[serde(default)]
-        files: Vec<u128>,
+        files: Vec<String>,
     },
     Edit {
         room: u64,
@@ -361,6 +362,7 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
             reply_to,
             files,
         } => {
+            let files = app::upload_ids(&files)?;
             let ack = engine
                 .post_with(room, user, &client_id, &body, reply_to, files)
                 .await?;

@@ -101,6 +101,8 @@ pub(crate) async fn react(req: &Request, shared: &Shared, raw: &str, on: bool) -
 
 #[derive(Deserialize)]
 pub(crate) struct Publish {
+    /// May be absent (empty) for a message that carries files.
+    #[serde(default)]
     body: String,
     #[serde(default)]
     client_id: String,

@@ -1238,7 +1238,7 @@ impl Conn {
                     client_id: client_id.to_string(),
                     body: body.to_string(),
                     reply_to: f.reply_to,
-                    files,
+                    files: files.iter().map(|id| format!("{id:032x}")).collect(),
                 };
                 let Answer::Posted { seq, ts, duplicate } = ops::ask(relay.node(), &op).await?
                 else {

@@ -130,6 +130,27 @@ impl Meta {
         })
     }
 
+    /// Gives back counts [`Meta::attach_uploads`] took for a message that
+    /// was not stored (a refusal, a retry): each of `ids` counts one
+    /// message fewer, never below 0, and nothing is removed (the upload
+    /// is as it was before the attempt).
+    pub fn detach_uploads(&self, ids: &[u128]) -> Result<()> {
+        self.write(|txn| {
+            let mut uploads = txn.open_table(UPLOADS)?;
+            for &id in ids {
+                let found = uploads
+                    .get(id)?
+                    .map(|r| from_row(id, r.value()))
+                    .transpose()?;
+                if let Some(mut up) = found {
+                    up.refs = up.refs.saturating_sub(1);
+                    insert_row(&mut uploads, &up)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Counts one message fewer referencing each of `ids` (one no longer
     /// stored is skipped); those no message references any more are
     /// removed, their charge freed, and returned (their files are the

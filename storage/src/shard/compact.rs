@@ -297,6 +297,14 @@ impl Job {
                     .expect("only messages drop their body")
                     .body
                     .clear();
+                // What a deleted message carried goes with its text: the
+                // references keep only the uploads' ids.
+                if let crate::record::Record::Post(p) = &mut owned {
+                    for f in &mut p.files {
+                        f.name.clear();
+                        f.content_type.clear();
+                    }
+                }
                 encode_frame(&owned, &mut buf);
             } else {
                 buf.extend_from_slice(frame);
