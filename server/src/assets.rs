@@ -46,7 +46,9 @@ static ASSETS: &[Asset] = &[
     asset!("/favicon.svg", "favicon.svg", "image/svg+xml"),
 ];
 
-const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+/// `img-src blob:`: the client shows uploaded images from blob URLs (it
+/// reads them with its token; an `<img>` cannot send one).
+const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; \
                    style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; \
                    frame-ancestors 'none'";
 

@@ -9,7 +9,7 @@
 // the range the list shows (seqs are dense: every seq in the range is a
 // row; one not loaded yet shows as a placeholder until it is fetched).
 
-import { api, ApiError, Session } from "./client.js";
+import { api, ApiError, Session, upload, blobUrl } from "./client.js";
 import { VirtualList } from "./vlist.js";
 
 const TYPING_SHOW_MS = 4000;
@@ -20,6 +20,8 @@ const READ_EVERY_MS = 500;
 const MARKER_PAGES_MAX = 4;
 // Names a "seen by" line spells out before "and N more".
 const SEEN_NAMES_MAX = 3;
+// Files one message carries, at most (the server's bound).
+const FILES_PER_MESSAGE_MAX = 10;
 const SESSION_KEY = "rookery.session";
 
 const $ = (sel) => document.querySelector(sel);
@@ -44,6 +46,7 @@ const state = {
   current: null,
   list: null,
   editing: null, // seq being edited in the composer
+  attachments: [], // files for the next message: {name, progress, id, error}
   replyTo: null, // seq the composer's next message answers
   thread: null, // the open thread: {room, first, msgs: Map seq -> message}
   lastTypingSent: 0,
@@ -777,6 +780,8 @@ function renderRow(i) {
       }),
     );
   }
+  const files = filesOf(m);
+  if (files) row.append(files);
   const seen = seenBy(v, m);
   if (seen) row.append(seen);
   if (seq === v.firstUnread) row.classList.add("first-unread");
@@ -1005,6 +1010,7 @@ function onMessage(f) {
     thread: f.thread,
     quote: f.quote,
     reactions: f.reactions || [],
+    files: f.files || [],
   };
   const had = v.msgs.get(f.seq);
   if (had) {
@@ -1064,7 +1070,15 @@ function renderTyping(v) {
 
 function send(form) {
   const body = form.body.value;
-  if (!body.trim() || state.current === null) return;
+  const attached = state.editing === null ? state.attachments : [];
+  if ((!body.trim() && !attached.length) || state.current === null) return;
+  if (attached.some((a) => !a.id)) {
+    notice(attached.some((a) => a.error) ? "remove the files that failed first" : "wait for the files to upload");
+    return;
+  }
+  const files = attached.map((a) => a.id);
+  state.attachments = [];
+  renderAttachments();
   const room = state.current;
   form.body.value = "";
   autosize(form.body);
@@ -1079,8 +1093,8 @@ function send(form) {
   const v = view(room);
   const replyTo = state.replyTo;
   stopReply();
-  const sent = state.session.send(room, body, replyTo);
-  v.pending.push({ client_id: sent.client_id, body, seq: 0 });
+  const sent = state.session.send(room, body, replyTo, files);
+  v.pending.push({ client_id: sent.client_id, body: body || attached.map((a) => a.name).join(", "), seq: 0 });
   state.list.resize(count(v));
   state.list.scrollToBottom();
   sent.acked.then(
@@ -1283,6 +1297,98 @@ function markRead() {
   }, READ_EVERY_MS);
 }
 
+// ---- files -------------------------------------------------------------------
+
+// Files chosen, pasted or dropped, uploading or uploaded, for the next
+// message.
+function addFiles(list) {
+  for (const file of list) {
+    if (state.attachments.length >= FILES_PER_MESSAGE_MAX) {
+      notice(`at most ${FILES_PER_MESSAGE_MAX} files a message`);
+      break;
+    }
+    const a = { name: file.name || "pasted", progress: 0, id: null, error: null };
+    state.attachments.push(a);
+    upload(state.auth.token, file, (p) => {
+      a.progress = p;
+      renderAttachments();
+    }).then(
+      (up) => {
+        a.id = up.id;
+        renderAttachments();
+      },
+      (e) => {
+        a.error = e.message;
+        renderAttachments();
+      },
+    );
+  }
+  renderAttachments();
+}
+
+function renderAttachments() {
+  const box = $("#attachments");
+  box.replaceChildren(
+    ...state.attachments.map((a, i) =>
+      el(
+        "span",
+        { class: "attachment" + (a.error ? " failed" : a.id ? " done" : ""), "data-name": a.name },
+        a.error ? `${a.name}: ${a.error} ` : a.id ? `${a.name} ✓ ` : `${a.name} ${Math.round(a.progress * 100)}% `,
+        el("button", {
+          type: "button",
+          class: "link",
+          text: "×",
+          ariaLabel: "Remove " + a.name,
+          onclick: () => {
+            state.attachments.splice(i, 1);
+            renderAttachments();
+          },
+        }),
+      ),
+    ),
+  );
+}
+
+// Blob URLs of the uploads shown (each read once, with the token).
+const blobs = new Map();
+function blobOf(url) {
+  if (!blobs.has(url)) blobs.set(url, blobUrl(state.auth.token, url).catch(() => (blobs.delete(url), null)));
+  return blobs.get(url);
+}
+
+function filesOf(m) {
+  if (!m.files?.length || m.deleted || m.body === null) return null;
+  return el(
+    "div",
+    { class: "files" },
+    ...m.files.map((f) => {
+      if (f.thumbnail) {
+        const img = el("img", { class: "thumb", alt: f.name, title: f.name, width: f.width, height: f.height });
+        blobOf(f.thumbnail).then((u) => u && (img.src = u));
+        img.onclick = () => blobOf(f.url).then((u) => u && window.open(u, "_blank", "noopener"));
+        return img;
+      }
+      return el("button", {
+        type: "button",
+        class: "file link",
+        text: `${f.name || "file"} (${size(f.bytes)})`,
+        onclick: () =>
+          blobOf(f.url).then((u) => {
+            if (!u) return;
+            const a = el("a", { href: u, download: f.name || "file" });
+            a.click();
+          }),
+      });
+    }),
+  );
+}
+
+function size(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1 << 20) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / (1 << 20)).toFixed(1)} MiB`;
+}
+
 // ---- wiring ----------------------------------------------------------------
 
 function wire() {
@@ -1327,6 +1433,34 @@ function wire() {
     }
   });
   const composer = $("#composer");
+  // Files: the button, a paste, a drop on the room.
+  const picker = $("#attach-input");
+  $("#attach").addEventListener("click", () => picker.click());
+  picker.addEventListener("change", () => {
+    addFiles([...picker.files]);
+    picker.value = "";
+  });
+  composer.body.addEventListener("paste", (e) => {
+    const files = [...(e.clipboardData?.files || [])];
+    if (files.length) {
+      e.preventDefault();
+      addFiles(files);
+    }
+  });
+  const room = $("#messages");
+  const dragging = (e) => [...(e.dataTransfer?.types || [])].includes("Files");
+  room.addEventListener("dragover", (e) => {
+    if (!dragging(e) || composer.hidden) return;
+    e.preventDefault();
+    room.classList.add("dropping");
+  });
+  room.addEventListener("dragleave", () => room.classList.remove("dropping"));
+  room.addEventListener("drop", (e) => {
+    room.classList.remove("dropping");
+    if (!dragging(e) || composer.hidden) return;
+    e.preventDefault();
+    addFiles([...e.dataTransfer.files]);
+  });
   composer.addEventListener("submit", (e) => {
     e.preventDefault();
     send(composer);

@@ -49,6 +49,41 @@ export async function api(method, path, { token, body } = {}) {
   return value;
 }
 
+// Uploads `file` (POST /api/uploads, streamed by the server), telling
+// `onProgress` the share sent (0..1); resolves to the upload as the
+// server describes it. XMLHttpRequest, not fetch: fetch reports no upload
+// progress.
+export function upload(token, file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/uploads?name=" + encodeURIComponent(file.name || "pasted"));
+    xhr.setRequestHeader("authorization", `Bearer ${token}`);
+    xhr.setRequestHeader("content-type", file.type || "application/octet-stream");
+    xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
+    xhr.onload = () => {
+      let value = null;
+      try {
+        value = JSON.parse(xhr.responseText);
+      } catch {
+        // not JSON: the status says enough
+      }
+      if (xhr.status === 201) return resolve(value);
+      const e = (value && value.error) || {};
+      reject(new ApiError(xhr.status, e.code || "http_" + xhr.status, e.message));
+    };
+    xhr.onerror = () => reject(new ApiError(0, "network", "the upload failed"));
+    xhr.send(file);
+  });
+}
+
+// A blob URL of what `url` serves to a signed-in user (an <img> cannot
+// send the token itself).
+export async function blobUrl(token, url) {
+  const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+  if (!res.ok) throw new ApiError(res.status, "http_" + res.status, `${url}: ${res.status}`);
+  return URL.createObjectURL(await res.blob());
+}
+
 export class Session {
   // `handlers`: onEvent(frame) for server events (msg, edit, delete,
   // invited,
@@ -285,11 +320,12 @@ export class Session {
   // `acked` resolves with the ack once the server has it, however many
   // reconnects that takes.
   // A message, or with `replyTo` a reply to that seq of the room.
-  send(room, body, replyTo = null) {
+  send(room, body, replyTo = null, files = []) {
     const client_id = randomId();
     const acked = new Promise((resolve, reject) => {
       const frame = { type: "send", room, body, client_id };
       if (replyTo) frame.reply_to = replyTo;
+      if (files.length) frame.files = files;
       const o = { frame, resolve, reject };
       this.outbox.set(client_id, o);
       if (this.state === "online") this.sendQueued(o);

@@ -353,6 +353,38 @@ async function steps(browser, base) {
   await asked2(a).locator(`.seen:has-text("Seen by ${bob}")`).waitFor({ timeout: WAIT_MS });
   check(true, "after a reload the room's receipts put it back");
 
+  console.log("an image dropped on the room");
+  await a.evaluate(async () => {
+    const canvas = document.createElement("canvas");
+    canvas.width = 120;
+    canvas.height = 80;
+    const g = canvas.getContext("2d");
+    g.fillStyle = "#3a7";
+    g.fillRect(0, 0, 120, 80);
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    const dt = new DataTransfer();
+    dt.items.add(new File([blob], "green.png", { type: "image/png" }));
+    const room = document.querySelector("#messages");
+    for (const type of ["dragover", "drop"]) {
+      room.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }
+  });
+  await a.waitForSelector('#attachments .attachment.done[data-name="green.png"]', { timeout: WAIT_MS });
+  check(true, "alice drops an image on the room: it uploads, and says when it is done");
+  await sendText(a, "a green square");
+  await b.waitForFunction(
+    () => {
+      const row = [...document.querySelectorAll("#messages .msg")].find((m) => m.textContent.includes("a green square"));
+      const img = row?.querySelector("img.thumb");
+      return img && img.complete && img.naturalWidth > 0;
+    },
+    null,
+    { timeout: WAIT_MS },
+  );
+  check(true, "bob sees the image inline (its thumbnail, read with his token)");
+  check((await a.locator("#attachments .attachment").count()) === 0, "the composer is clear for the next message");
+  await b.screenshot({ path: join(artifacts, "chat-image.png") });
+
   console.log(`a room of ${ARCHIVE_MESSAGES.toLocaleString()} messages`);
   await a.fill("#new-room input[name=name]", "archive");
   await a.click("#new-room button");

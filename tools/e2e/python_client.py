@@ -63,6 +63,18 @@ class Http:
     def __init__(self, nodes):
         self.nodes = nodes
 
+    def raw(self, method, path, token, data, headers, port):
+        """A request with a raw body to node `port`: status, headers, body bytes."""
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+        req.add_header("Authorization", f"Bearer {token}")
+        for k, v in headers.items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
     def call(self, method, path, token=None, body=None, headers=None):
         data = None if body is None else json.dumps(body).encode()
         base = f"http://127.0.0.1:{self.nodes.next()}"
@@ -262,6 +274,27 @@ async def scenario(ports, procs):
     markers = {x["user"]: x["seq"] for x in rc["receipts"]}
     check(s == 200 and markers == {alice["user"]: 18, bob["user"]: 18} and rc["next"] is None,
           f"receipts: {s} {rc}")
+
+    # A file: uploaded (streamed), sent in a message, read back whole and
+    # in part. Uploads stay on the node that took them: one node only.
+    if len(ports) == 1:
+        data = b"hello, file\n" * 200
+        s, _, raw = http.raw("POST", "/api/uploads?name=hello.txt", b_tok, data,
+                             {"Content-Type": "text/plain"}, ports[0])
+        up = json.loads(raw)
+        check(s == 201 and up["bytes"] == len(data) and up["content_type"].startswith("text/plain"),
+              f"upload: {s} {up}")
+        ack = await call_ws(b, {"type": "send", "room": rid, "body": "see file", "files": [up["id"]], "ref": "f1"})
+        check(ack["type"] == "ack", f"send with a file: {ack}")
+        m = await recv_json(a, "msg")
+        while m["seq"] != ack["seq"]:
+            m = await recv_json(a, "msg")
+        check(m["files"][0]["id"] == up["id"] and m["files"][0]["name"] == "hello.txt", f"msg with its file: {m}")
+        s, h, got = http.raw("GET", up["url"], a_tok, None, {}, ports[0])
+        check(s == 200 and got == data and h.get("X-Content-Type-Options", h.get("x-content-type-options")) == "nosniff",
+              f"download: {s}")
+        s, h, got = http.raw("GET", up["url"], a_tok, None, {"Range": "bytes=0-4"}, ports[0])
+        check(s == 206 and got == b"hello", f"a range of it: {s} {got!r}")
 
     # A direct message: alice opens it by name; bob, online, is told, joins
     # it over his WebSocket and gets her message; the pair keeps one room.
