@@ -1349,11 +1349,25 @@ function renderAttachments() {
   );
 }
 
-// Blob URLs of the uploads shown (each read once, with the token).
+// Blob URLs of the uploads shown (each read once, with the token), the
+// most recently used last; past BLOBS_MAX the oldest is revoked (an image
+// already drawn keeps its pixels; one drawn again is read again).
+const BLOBS_MAX = 200;
 const blobs = new Map();
 function blobOf(url) {
-  if (!blobs.has(url)) blobs.set(url, blobUrl(state.auth.token, url).catch(() => (blobs.delete(url), null)));
-  return blobs.get(url);
+  let got = blobs.get(url);
+  if (got) {
+    blobs.delete(url);
+  } else {
+    got = blobUrl(state.auth.token, url).catch(() => (blobs.delete(url), null));
+  }
+  blobs.set(url, got);
+  while (blobs.size > BLOBS_MAX) {
+    const [oldest, pending] = blobs.entries().next().value;
+    blobs.delete(oldest);
+    pending.then((u) => u && URL.revokeObjectURL(u));
+  }
+  return got;
 }
 
 function filesOf(m) {
@@ -1515,4 +1529,4 @@ if (auth && auth.token) start(auth);
 else showAuth();
 
 // For tests and the curious: the state, read-only by convention.
-window.rookery = { state, ApiError };
+window.rookery = { state, ApiError, blobOf, blobs, BLOBS_MAX };

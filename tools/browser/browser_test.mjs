@@ -383,6 +383,16 @@ async function steps(browser, base) {
   );
   check(true, "bob sees the image inline (its thumbnail, read with his token)");
   check((await a.locator("#attachments .attachment").count()) === 0, "the composer is clear for the next message");
+  const bounded = await b.evaluate(async () => {
+    const r = window.rookery;
+    const url = document.querySelector("#messages img.thumb") && [...r.blobs.keys()][0];
+    await Promise.all(Array.from({ length: r.BLOBS_MAX + 20 }, () => r.blobOf(url)));
+    // The same image read again: still one entry, then more than the
+    // bound of others (404s, forgotten) never hold more than the bound.
+    for (let i = 0; i < r.BLOBS_MAX + 20; i++) r.blobOf(`/api/uploads/${String(i).padStart(32, "0")}/thumbnail`);
+    return r.blobs.size <= r.BLOBS_MAX;
+  });
+  check(bounded, "the client keeps at most BLOBS_MAX image blobs");
   await b.screenshot({ path: join(artifacts, "chat-image.png") });
 
   console.log(`a room of ${ARCHIVE_MESSAGES.toLocaleString()} messages`);
