@@ -211,6 +211,33 @@ fn no_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether `e` (or what caused it) says the key's revision was not the
+/// one expected: a compare-and-set another write won. Told by the
+/// server's error code, not only by the client's kind: a clustered
+/// JetStream answers 10164 (`wrong last sequence`, no number), which
+/// async-nats 0.52 files under `Other` (seen failing a cluster's start).
+fn wrong_revision(e: &(dyn std::error::Error + 'static)) -> bool {
+    use jetstream::ErrorCode;
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(u) = c.downcast_ref::<kv::UpdateError>() {
+            if u.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                return true;
+            }
+        }
+        if let Some(api) = c.downcast_ref::<jetstream::Error>() {
+            let code = api.error_code();
+            if code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// A failed try, as [`apply`] sorts it.
 fn tried<E: std::error::Error + Send + Sync + 'static>(e: E) -> Tried {
     if no_stream(&e) {
@@ -239,7 +266,7 @@ async fn apply_once(
         // took is told from the others and tried again.
         KvOp::Create(key, value) => match store.update(&key, value.clone(), 0).await {
             Ok(rev) => Ok(KvAnswer::Revision(rev)),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            Err(e) if wrong_revision(&e) => {
                 match store.entry(&key).await.map_err(tried)? {
                     // A create whose acknowledgement was late or lost finds
                     // its own value: it took effect.
@@ -253,9 +280,7 @@ async fn apply_once(
                     // Deleted or purged: created again at that revision.
                     Some(found) => match store.update(&key, value, found.revision).await {
                         Ok(rev) => Ok(KvAnswer::Revision(rev)),
-                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                            Err(Tried::Final(Error::KeyExists(key)))
-                        }
+                        Err(e) if wrong_revision(&e) => Err(Tried::Final(Error::KeyExists(key))),
                         Err(e) => Err(tried(e)),
                     },
                     None => Err(Tried::Final(Error::KeyExists(key))),
@@ -265,9 +290,7 @@ async fn apply_once(
         },
         KvOp::Update(key, value, revision) => match store.update(&key, value, revision).await {
             Ok(rev) => Ok(KvAnswer::Revision(rev)),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(Tried::Final(Error::Conflict(key)))
-            }
+            Err(e) if wrong_revision(&e) => Err(Tried::Final(Error::Conflict(key))),
             Err(e) => Err(tried(e)),
         },
         KvOp::Put(key, value) => store
@@ -350,5 +373,32 @@ mod tests {
         assert!(matches!(tried(wrong), Tried::Final(_)));
         let timed_out = kv::UpdateError::from(PublishError::new(PublishErrorKind::TimedOut));
         assert!(matches!(tried(timed_out), Tried::Final(_)));
+    }
+
+    /// A compare-and-set another write won is told by the server's code
+    /// as well as by the client's kind: 10164 (what a clustered JetStream
+    /// answers) reaches us as `Other`.
+    #[test]
+    fn a_lost_compare_and_set_is_told_by_either_code() {
+        let api = |code: u32| -> jetstream::Error {
+            let text =
+                format!(r#"{{"code":400,"err_code":{code},"description":"wrong last sequence"}}"#);
+            serde_json::from_str(&text).expect("an API error")
+        };
+        let wrapped = |code| {
+            kv::UpdateError::from(PublishError::with_source(
+                PublishErrorKind::Other,
+                api(code),
+            ))
+        };
+        assert!(wrong_revision(&wrapped(10164)));
+        assert!(wrong_revision(&wrapped(10071)));
+        let kind = kv::UpdateError::from(PublishError::new(PublishErrorKind::WrongLastSequence));
+        assert!(wrong_revision(&kind));
+        assert!(!wrong_revision(&wrapped(10059)));
+        let timed_out = kv::UpdateError::from(PublishError::new(PublishErrorKind::TimedOut));
+        assert!(!wrong_revision(&timed_out));
+        // Told apart from a missing stream, which is retried.
+        assert!(matches!(tried(wrapped(10164)), Tried::Final(_)));
     }
 }
