@@ -225,6 +225,14 @@ impl EngineConfig {
             "uploads.thumbnail_edge_px must be in 16..=2048",
         )?;
         check(
+            up.sweep_interval >= Duration::from_millis(10),
+            "uploads.sweep_interval must be >= 10 ms",
+        )?;
+        check(
+            up.unsent_max_age >= Duration::from_secs(1),
+            "uploads.unsent_max_age must be >= 1 s",
+        )?;
+        check(
             !self.receipt_event_interval.is_zero(),
             "receipt_event_interval must be > 0",
         )?;
@@ -280,6 +288,16 @@ mod tests {
         cfg.receipt_event_interval = std::time::Duration::ZERO;
         assert!(
             matches!(cfg.validate(), Err(Error::InvalidInput(m)) if m.contains("receipt_event_interval"))
+        );
+        let mut cfg = EngineConfig::new(&dir);
+        cfg.uploads.sweep_interval = std::time::Duration::ZERO;
+        assert!(
+            matches!(cfg.validate(), Err(Error::InvalidInput(m)) if m.contains("sweep_interval"))
+        );
+        let mut cfg = EngineConfig::new(&dir);
+        cfg.uploads.unsent_max_age = std::time::Duration::from_millis(10);
+        assert!(
+            matches!(cfg.validate(), Err(Error::InvalidInput(m)) if m.contains("unsent_max_age"))
         );
     }
 }

@@ -550,6 +550,7 @@ impl Engine {
             total.messages_expired += r.messages_expired;
             total.segments_deleted += r.segments_deleted;
             total.bytes_reclaimed += r.bytes_reclaimed;
+            total.uploads_freed.extend(r.uploads_freed);
         }
         Ok(total)
     }
@@ -948,6 +949,19 @@ async fn run_shard(
         }
     })
     .detach();
+    if id == 0 {
+        // One shard sweeps the uploads never sent (they are the node's,
+        // not a room's).
+        let sweeper = Rc::downgrade(&shard);
+        glommio::spawn_local(async move {
+            while let Some(shard) = sweeper.upgrade() {
+                let every = shard.sweep_unsent_uploads().await;
+                drop(shard);
+                glommio::timer::sleep(every).await;
+            }
+        })
+        .detach();
+    }
     let retention = Rc::downgrade(&shard);
     glommio::spawn_local(async move {
         loop {

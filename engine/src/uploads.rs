@@ -15,6 +15,7 @@
 use std::io::{BufReader, Cursor};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use rookery_storage::meta::Upload;
 use rookery_storage::{Incoming, Meta, UploadFiles};
@@ -63,6 +64,11 @@ pub struct UploadLimits {
     /// Bytes decoding one image may allocate; a larger image gets no
     /// thumbnail (it is still kept and served). Default 128 MiB.
     pub decode_bytes_max: u64,
+    /// How long an upload no message ever held is kept (uploaded, never
+    /// sent). Default 24 h.
+    pub unsent_max_age: Duration,
+    /// How often uploads never sent are looked for. Default 1 h.
+    pub sweep_interval: Duration,
 }
 
 impl Default for UploadLimits {
@@ -72,6 +78,8 @@ impl Default for UploadLimits {
             quota_bytes_per_user: 1 << 30,
             thumbnail_edge_px: 320,
             decode_bytes_max: 128 << 20,
+            unsent_max_age: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -101,6 +109,10 @@ struct Job {
     now_ms: u64,
     reply: Reply<Upload>,
 }
+
+/// Uploads never sent removed by one sweep, at most (the next sweep takes
+/// more).
+pub const SWEEP_BATCH_MAX: usize = 1000;
 
 /// Uploads waiting for a worker, at most; more are `Busy`.
 pub const FINISH_QUEUE_LEN_MAX: usize = 64;
@@ -243,7 +255,7 @@ impl Uploads {
             owner,
             bytes,
             created_ms: now_ms,
-            refs: 0,
+            pending: 0,
             content_type: content_type.to_string(),
             name,
             sha256,
@@ -274,6 +286,11 @@ impl Uploads {
         Ok(self.inner.meta.upload(id)?)
     }
 
+    /// The messages (room, seq) that hold upload `id`, at most `max`.
+    pub fn holders(&self, id: u128, max: usize) -> Result<Vec<(u64, u64)>> {
+        Ok(self.inner.meta.upload_holders(id, max)?)
+    }
+
     /// Bytes `owner`'s uploads take.
     pub fn usage(&self, owner: u64) -> Result<u64> {
         Ok(self.inner.meta.upload_usage(owner)?)
@@ -292,6 +309,31 @@ impl Uploads {
     /// Removes upload `id`'s files (its row is gone already).
     pub(crate) fn remove_files(&self, id: u128) -> Result<()> {
         Ok(self.inner.files.remove(id)?)
+    }
+
+    /// Removes `owner`'s upload `id` that no message holds (row, then
+    /// files); the upload as it was. `NotFound` when it is no upload of
+    /// theirs, `AlreadyExists` while a message holds it.
+    pub fn remove_unsent(&self, owner: u64, id: u128) -> Result<Upload> {
+        let up = self.inner.meta.remove_unattached(owner, id)?;
+        self.inner.files.remove(id)?;
+        Ok(up)
+    }
+
+    /// Removes the uploads no message ever held that are older than
+    /// `unsent_max_age` at `now_ms` (at most [`SWEEP_BATCH_MAX`] a call:
+    /// the engine calls it again while a call takes that many, every
+    /// `sweep_interval`); how many went.
+    pub fn sweep_unsent(&self, now_ms: u64) -> Result<usize> {
+        let age_ms = self.inner.limits.unsent_max_age.as_millis() as u64;
+        let gone = self
+            .inner
+            .meta
+            .sweep_unattached(now_ms.saturating_sub(age_ms), SWEEP_BATCH_MAX)?;
+        for up in &gone {
+            self.inner.files.remove(up.id)?;
+        }
+        Ok(gone.len())
     }
 
     /// Removes upload `id` (row, then files) and frees what it charged;

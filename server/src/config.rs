@@ -286,6 +286,15 @@ pub struct Config {
     /// (each holds a buffer of at most 1 MiB while it is written).
     #[arg(long, env = "ROOKERY_UPLOADS_IN_FLIGHT_MAX", default_value_t = 16)]
     pub uploads_in_flight_max: usize,
+    /// Seconds an upload no message ever held is kept (uploaded, never
+    /// sent); then it is removed, within an hour (or this long, if
+    /// shorter).
+    #[arg(
+        long,
+        env = "ROOKERY_UPLOAD_UNSENT_MAX_AGE_SECS",
+        default_value_t = 86_400
+    )]
+    pub upload_unsent_max_age_secs: u64,
     /// Milliseconds a connection's socket may take nothing of what it is
     /// owed; then the connection is closed (counted in
     /// rookery_write_timeouts_total).
@@ -489,6 +498,10 @@ impl Config {
         positive(self.conn_write_timeout_ms, "conn-write-timeout-ms")?;
         positive(self.upload_bytes_max, "upload-bytes-max")?;
         positive(self.uploads_in_flight_max as u64, "uploads-in-flight-max")?;
+        positive(
+            self.upload_unsent_max_age_secs,
+            "upload-unsent-max-age-secs",
+        )?;
         if self.upload_quota_bytes < self.upload_bytes_max {
             return Err("--upload-quota-bytes must be >= --upload-bytes-max".into());
         }
@@ -563,6 +576,9 @@ impl Config {
         cfg.stuck_timeout = Duration::from_millis(self.ws_stuck_timeout_ms);
         cfg.uploads.file_bytes_max = self.upload_bytes_max;
         cfg.uploads.quota_bytes_per_user = self.upload_quota_bytes;
+        let unsent = Duration::from_secs(self.upload_unsent_max_age_secs);
+        cfg.uploads.unsent_max_age = unsent;
+        cfg.uploads.sweep_interval = cfg.uploads.sweep_interval.min(unsent);
         cfg
     }
 

@@ -343,6 +343,23 @@ fn uploads_are_streamed_checked_and_served_safely() {
         Some(&serde_json::json!({"body": "x", "files": ["nope"]})),
     );
     assert_eq!(s, 400, "{v}");
+    // An upload is removed by its owner while no message holds it: 409
+    // while one does, 404 for another's (or one gone), 401 signed out.
+    let remove = |token: Option<&str>, id: &str| {
+        call(p, "DELETE", &format!("/api/uploads/{id}"), token, None)
+    };
+    let (s, v) = remove(Some(&b), &kept);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+    assert_eq!(remove(Some(&b), &html).0, 404, "another user's");
+    assert_eq!(remove(None, &html).0, 401);
+    let (s, v) = remove(Some(&a), &html);
+    assert_eq!((s, v["deleted"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(remove(Some(&a), &html).0, 404, "gone");
+    assert_eq!(get(p, &a, &format!("/api/uploads/{html}"), "").status, 404);
     let (s, page) = call(
         p,
         "GET",

@@ -1315,6 +1315,7 @@ function addFiles(list) {
     }).then(
       (up) => {
         a.id = up.id;
+        if (a.removed) forgetUpload(a);
         renderAttachments();
       },
       (e) => {
@@ -1324,6 +1325,12 @@ function addFiles(list) {
     );
   }
   renderAttachments();
+}
+
+// A file taken off the next message is never sent: the server removes
+// it now rather than keep it a day (best effort; the sweep is the net).
+function forgetUpload(a) {
+  api("DELETE", `/api/uploads/${a.id}`, { token: state.auth.token }).catch(() => {});
 }
 
 function renderAttachments() {
@@ -1341,6 +1348,8 @@ function renderAttachments() {
           ariaLabel: "Remove " + a.name,
           onclick: () => {
             state.attachments.splice(i, 1);
+            a.removed = true;
+            if (a.id) forgetUpload(a);
             renderAttachments();
           },
         }),

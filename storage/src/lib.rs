@@ -58,9 +58,9 @@ pub use record::{
 pub use segment::Pos;
 pub use shard::{
     Appended, CompactionReport, Cursor, HistoryItem, Order, Page, Reaction, RecordRef, Retention,
-    RetentionReport, ShardStats, ShardStore, ThreadPage, CONTENT_TYPE_BYTES_MAX, EMOJI_BYTES_MAX,
-    FILES_PER_MESSAGE_MAX, REACTIONS_PER_MESSAGE_MAX, REACTIONS_PER_USER_PER_MESSAGE_MAX,
-    SYNC_BATCH_BOUNDS, SYNC_BATCH_BUCKETS,
+    RetentionReport, Retired, ShardStats, ShardStore, ThreadPage, CONTENT_TYPE_BYTES_MAX,
+    EMOJI_BYTES_MAX, FILES_PER_MESSAGE_MAX, REACTIONS_PER_MESSAGE_MAX,
+    REACTIONS_PER_USER_PER_MESSAGE_MAX, SYNC_BATCH_BOUNDS, SYNC_BATCH_BUCKETS,
 };
 pub use uploads::{Incoming, UploadFiles};
 

@@ -303,7 +303,7 @@ fn uploads_are_backed_up_and_restored_with_their_rows() {
                 owner,
                 bytes: bytes.len() as u64,
                 created_ms: 1,
-                refs: 0,
+                pending: 0,
                 content_type: "text/plain; charset=utf-8".into(),
                 name: "a.txt".into(),
                 sha256,
@@ -319,7 +319,40 @@ fn uploads_are_backed_up_and_restored_with_their_rows() {
         // Its file vanishes (as a removal racing the backup would leave).
         std::fs::remove_file(files.path(gone.id)).unwrap();
         let shard = store.open_shard(0).await.unwrap();
+        // Messages holding the uploads: one before the backup's point,
+        // one after it (not in the copy of the log, nor holding in it).
+        let room = meta.create_room("files", false, owner, 1).unwrap();
+        let ids = [kept.id, gone.id];
+        let post = |n: u64| {
+            let (shard, meta) = (&shard, &meta);
+            async move {
+                let refs = ids.map(|id| rookery_storage::FileRef {
+                    id: id.to_be_bytes(),
+                    name: "a.txt".into(),
+                    content_type: "text/plain; charset=utf-8".into(),
+                    bytes: 1,
+                    width: 0,
+                    height: 0,
+                    thumb: false,
+                });
+                meta.attach_uploads(owner, &ids).unwrap();
+                let seq = shard
+                    .append_post(room, owner, "", n, "", 0, refs.to_vec())
+                    .await
+                    .unwrap()
+                    .seq();
+                meta.hold_uploads(room, seq, &ids).unwrap();
+                seq
+            }
+        };
+        assert_eq!(post(10).await, 1);
         let point = vec![shard.backup_point().unwrap()];
+        assert_eq!(post(11).await, 2);
+        shard.flush().await.unwrap();
+        assert_eq!(meta.upload_holders(kept.id, 10).unwrap().len(), 2);
+        // The copy is made at once: meta.redb's `last_seq` of the room
+        // may lag the log (the index pushes it after its commits), and the
+        // message the log copy holds keeps its hold all the same.
         let t = std::thread::spawn(move || {
             backup::write_backup(
                 &meta,
@@ -358,6 +391,16 @@ fn uploads_are_backed_up_and_restored_with_their_rows() {
         "forgotten: its file was gone"
     );
     assert_eq!(meta.upload_usage(owner).unwrap(), kept.charged());
+    let seqs = |id| -> Vec<u64> {
+        let holders = meta.upload_holders(id, 10).unwrap();
+        holders.into_iter().map(|(_, seq)| seq).collect()
+    };
+    assert_eq!(
+        seqs(kept.id),
+        [1],
+        "held only by the message the copy holds"
+    );
+    assert!(seqs(gone.id).is_empty());
     let files = UploadFiles::open(&data).unwrap();
     assert_eq!(
         std::fs::read(files.path(kept.id)).unwrap(),

@@ -353,22 +353,24 @@ async function steps(browser, base) {
   await asked2(a).locator(`.seen:has-text("Seen by ${bob}")`).waitFor({ timeout: WAIT_MS });
   check(true, "after a reload the room's receipts put it back");
 
-  console.log("an image dropped on the room");
-  await a.evaluate(async () => {
-    const canvas = document.createElement("canvas");
-    canvas.width = 120;
-    canvas.height = 80;
-    const g = canvas.getContext("2d");
-    g.fillStyle = "#3a7";
-    g.fillRect(0, 0, 120, 80);
-    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
-    const dt = new DataTransfer();
-    dt.items.add(new File([blob], "green.png", { type: "image/png" }));
-    const room = document.querySelector("#messages");
-    for (const type of ["dragover", "drop"]) {
-      room.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+  console.log("a file taken off the message before it is sent");
+  await a.evaluate(dropFile, { name: "oops.txt", text: "never meant to send this" });
+  await a.waitForSelector('#attachments .attachment.done[data-name="oops.txt"]', { timeout: WAIT_MS });
+  const oops = await a.evaluate(() => window.rookery.state.attachments.find((x) => x.name === "oops.txt").id);
+  await a.click('#attachments .attachment[data-name="oops.txt"] button');
+  const oopsGone = await a.evaluate(async (id) => {
+    const token = window.rookery.state.auth.token;
+    for (let i = 0; i < 100; i++) {
+      const res = await fetch(`/api/uploads/${id}`, { headers: { authorization: `Bearer ${token}` } });
+      if (res.status === 404) return true;
+      await new Promise((r) => setTimeout(r, 100));
     }
-  });
+    return false;
+  }, oops);
+  check(oopsGone, "alice takes a file off her message: the server removes the upload (404 after)");
+
+  console.log("an image dropped on the room");
+  await a.evaluate(dropFile, { name: "green.png" });
   await a.waitForSelector('#attachments .attachment.done[data-name="green.png"]', { timeout: WAIT_MS });
   check(true, "alice drops an image on the room: it uploads, and says when it is done");
   await sendText(a, "a green square");
@@ -739,3 +741,27 @@ main().catch((e) => {
   console.error(`browser test FAILED: ${e.stack || e.message}`);
   process.exit(1);
 });
+
+// Drops a file on the room, as a person dragging it from their desktop
+// would: `text` for a text file, else a 120 × 80 green PNG (in the page).
+async function dropFile({ name, text }) {
+  let file;
+  if (text !== undefined) {
+    file = new File([text], name, { type: "text/plain" });
+  } else {
+    const canvas = document.createElement("canvas");
+    canvas.width = 120;
+    canvas.height = 80;
+    const g = canvas.getContext("2d");
+    g.fillStyle = "#3a7";
+    g.fillRect(0, 0, 120, 80);
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    file = new File([blob], name, { type: "image/png" });
+  }
+  const dt = new DataTransfer();
+  dt.items.add(file);
+  const room = document.querySelector("#messages");
+  for (const type of ["dragover", "drop"]) {
+    room.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+  }
+}

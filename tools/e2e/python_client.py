@@ -295,6 +295,16 @@ async def scenario(ports, procs):
               f"download: {s}")
         s, h, got = http.raw("GET", up["url"], a_tok, None, {"Range": "bytes=0-4"}, ports[0])
         check(s == 206 and got == b"hello", f"a range of it: {s} {got!r}")
+        # Held by a message it cannot be removed; one never sent can.
+        s, _, err = http.raw("DELETE", up["url"], b_tok, None, {}, ports[0])
+        check(s == 409, f"removing a sent upload: {s} {err!r}")
+        s, _, raw = http.raw("POST", "/api/uploads?name=oops.txt", b_tok, b"oops",
+                             {"Content-Type": "text/plain"}, ports[0])
+        oops = json.loads(raw)
+        s, _, gone = http.raw("DELETE", oops["url"], b_tok, None, {}, ports[0])
+        check(s == 200 and json.loads(gone)["deleted"], f"removing an unsent upload: {s} {gone!r}")
+        s, _, _ = http.raw("GET", oops["url"], b_tok, None, {}, ports[0])
+        check(s == 404, f"the removed upload is gone: {s}")
 
     # A direct message: alice opens it by name; bob, online, is told, joins
     # it over his WebSocket and gets her message; the pair keeps one room.

@@ -81,7 +81,8 @@ impl Shard {
         while self.appending.borrow().contains_key(&room) {
             glommio::timer::sleep(APPENDS_POLL).await;
         }
-        let messages = self.store.retire_room(room).await?;
+        let retired = self.store.retire_room(room).await?;
+        self.remove_upload_files(retired.uploads_freed).await;
         let meta = self.meta.clone();
         let (gone, members) = glommio::executor()
             .spawn_blocking(move || meta.delete_room(room, now_ms()))
@@ -96,7 +97,7 @@ impl Shard {
         Ok(DeletedRoom {
             room: gone,
             members,
-            messages,
+            messages: retired.messages,
         })
     }
 }

@@ -54,7 +54,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 // Keys are ids the engine or the metadata assigned, not chosen by clients.
 use rookery_storage::{Meta, RetentionReport, ShardStore};
@@ -126,9 +126,6 @@ pub(crate) struct Shard {
     own_reads: RefCell<HashMap<(u64, u64), own_reads::OwnRead>>,
     /// Wakes the own-reads flusher when the first entry comes.
     pub(crate) own_reads_bell: Rc<Bell>,
-    /// Messages whose delete is under way here (one at a time each: a
-    /// delete releases the uploads a message carries once).
-    deleting: RefCell<rustc_hash::FxHashSet<(u64, u64)>>,
     /// Receipts shown to rooms owned here, and those waiting ([`seen`]).
     seen: RefCell<seen::Pacer>,
     /// Wakes the receipt-event flusher when the pacer takes its first.
@@ -276,7 +273,6 @@ impl Shard {
             own_reads: RefCell::default(),
             own_reads_bell: Rc::new(Bell::default()),
             seen: RefCell::new(pacer),
-            deleting: RefCell::default(),
             seen_bell: Rc::new(Bell::default()),
             remote_posts: RefCell::default(),
             next_remote_post: Cell::new(1),
@@ -298,8 +294,58 @@ impl Shard {
     }
 
     /// Applies every owned room's retention now (also run periodically).
+    /// The uploads only retired messages held go, files and all.
     pub(crate) async fn enforce_retention(&self) -> Result<RetentionReport> {
-        Ok(self.store.enforce_retention(now_ms()).await?)
+        let report = self.store.enforce_retention(now_ms()).await?;
+        self.remove_upload_files(report.uploads_freed.clone()).await;
+        Ok(report)
+    }
+
+    /// Removes the uploads never sent that are past their age, batch
+    /// after batch (off the reactor); a failure is logged and tried again
+    /// next time. When to call again.
+    pub(crate) async fn sweep_unsent_uploads(&self) -> Duration {
+        loop {
+            let uploads = self.uploads.clone();
+            let swept = glommio::executor()
+                .spawn_blocking(move || uploads.sweep_unsent(now_ms()))
+                .await;
+            let full = match swept {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(uploads = n, "removed uploads never sent");
+                    }
+                    n == crate::uploads::SWEEP_BATCH_MAX
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweeping uploads never sent failed");
+                    false
+                }
+            };
+            if !full {
+                return self.uploads.limits().sweep_interval;
+            }
+        }
+    }
+
+    /// Removes the files of uploads whose rows are gone (off the reactor);
+    /// a failure is logged (the next start removes files without a row).
+    pub(crate) async fn remove_upload_files(&self, ids: Vec<u128>) {
+        if ids.is_empty() {
+            return;
+        }
+        let uploads = self.uploads.clone();
+        let done = glommio::executor()
+            .spawn_blocking(move || -> Result<()> {
+                for id in ids {
+                    uploads.remove_files(id)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "removing freed uploads' files failed");
+        }
     }
 
     /// Graceful stop: refuse new work, close subscriptions, flush and close

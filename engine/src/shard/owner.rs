@@ -178,6 +178,12 @@ impl Shard {
             }
             Appended::New { seq, ts_ms } => {
                 self.counters.borrow_mut().posts += 1;
+                if !files.is_empty() {
+                    // Durable: the message holds its uploads from now on
+                    // (before the sender hears of it, so that a delete
+                    // always finds what to let go).
+                    self.hold(room, seq, files.clone()).await;
+                }
                 if sender != SERVER_USER {
                     self.note_own_read(room, sender, seq);
                 }
@@ -235,17 +241,35 @@ impl Shard {
         }
     }
 
-    /// Counts a message fewer for each of `ids`, and removes the uploads no
-    /// message holds any more, files and all (off the reactor). A failure
-    /// is logged: an upload kept too long is never one freed too soon.
-    pub(super) async fn release(&self, ids: Vec<u128>) {
-        if ids.is_empty() {
-            return;
-        }
-        let (meta, uploads) = (self.meta.clone(), self.uploads.clone());
+    /// Message `seq` of `room`, durable, holds `ids` (counted by
+    /// [`Shard::attach`]); an upload freed meanwhile (retention retired the
+    /// seq) goes, files and all (off the reactor). A failure is logged: an
+    /// upload kept too long is never one freed too soon.
+    async fn hold(&self, room: u64, seq: u64, ids: Vec<u128>) {
+        let meta = self.meta.clone();
+        self.free_with(move || Ok(meta.hold_uploads(room, seq, &ids)?))
+            .await;
+    }
+
+    /// Message `seq` of `room` is deleted: the uploads nothing holds any
+    /// more go, files and all (off the reactor; doing it twice changes
+    /// nothing). A failure is logged, as for [`Shard::hold`].
+    pub(super) async fn release(&self, room: u64, seq: u64) {
+        let meta = self.meta.clone();
+        self.free_with(move || Ok(meta.release_uploads(room, seq)?))
+            .await;
+    }
+
+    /// Runs `change` off the reactor, then removes the files of the
+    /// uploads it freed.
+    async fn free_with(
+        &self,
+        change: impl FnOnce() -> Result<Vec<rookery_storage::meta::Upload>> + Send + 'static,
+    ) {
+        let uploads = self.uploads.clone();
         let done = glommio::executor()
             .spawn_blocking(move || -> Result<()> {
-                for up in meta.release_uploads(&ids)? {
+                for up in change()? {
                     uploads.remove_files(up.id)?;
                 }
                 Ok(())
@@ -391,14 +415,8 @@ impl Shard {
             .await?
             .ok_or_else(|| Error::NotFound(format!("message {seq} in room {room}")))?;
         let author = item.sender();
-        let files: Vec<u128> = item.files().iter().map(|f| f.upload()).collect();
+        let has_files = !item.files().is_empty();
         drop(item);
-        // One delete of a message at a time: a second, racing the first
-        // before it is applied, would release its uploads twice.
-        let _deleting = match body {
-            None => Some(Deleting::take(self, room, seq)?),
-            Some(_) => None,
-        };
         // Only its author edits a message (an admin rewriting it would put
         // words under the author's name); the author or an admin deletes.
         match body {
@@ -425,7 +443,9 @@ impl Shard {
                 self.store.delete(room, seq, by, ts).await?;
                 // Durable: the uploads it held lose a message, and those
                 // no message holds any more are freed.
-                self.release(files).await;
+                if has_files {
+                    self.release(room, seq).await;
+                }
                 Event::delete(room, seq, by, ts)
             }
         };
@@ -825,33 +845,6 @@ fn check_files(ids: &[u128]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A delete of a message under way on its owner, forgotten when dropped.
-struct Deleting<'a> {
-    shard: &'a Shard,
-    key: (u64, u64),
-}
-
-impl<'a> Deleting<'a> {
-    /// `NotFound` when a delete of the message is under way already.
-    fn take(shard: &'a Shard, room: u64, seq: u64) -> Result<Deleting<'a>> {
-        if !shard.deleting.borrow_mut().insert((room, seq)) {
-            return Err(Error::NotFound(format!(
-                "message {seq} in room {room} is being deleted"
-            )));
-        }
-        Ok(Deleting {
-            shard,
-            key: (room, seq),
-        })
-    }
-}
-
-impl Drop for Deleting<'_> {
-    fn drop(&mut self) {
-        self.shard.deleting.borrow_mut().remove(&self.key);
-    }
 }
 
 /// A message's body must say something: not empty, nor only whitespace.

@@ -161,6 +161,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
                 .into(),
         )),
         ("GET", "/api/uploads/{id}") => uploads::get(req, shared).await,
+        ("DELETE", "/api/uploads/{id}") => uploads::remove(req, shared).await,
         ("GET", "/api/uploads/{id}/thumbnail") => uploads::thumbnail(req, shared).await,
         ("GET", "/api/rooms/{id}/receipts") => receipts(req, shared, id).await,
         ("GET", "/ws") => Ok(no_upgrade()),

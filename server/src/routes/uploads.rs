@@ -264,17 +264,36 @@ fn describe(up: &rookery_engine::Upload) -> serde_json::Value {
     v
 }
 
-/// The upload named by the path's third segment.
-async fn upload_of(req: &Request, shared: &Shared) -> Result<rookery_engine::Upload, ApiError> {
+/// The upload id the path's third segment names (32 hex digits).
+fn upload_id(req: &Request) -> Result<u128, ApiError> {
     let raw = req.path.trim_matches('/').split('/').nth(2).unwrap_or("");
-    let id = (raw.len() == 32)
+    (raw.len() == 32)
         .then(|| u128::from_str_radix(raw, 16).ok())
         .flatten()
-        .ok_or_else(|| ApiError::NotFound(format!("no upload {raw:?}")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no upload {raw:?}")))
+}
+
+/// The upload named by the path's third segment.
+async fn upload_of(req: &Request, shared: &Shared) -> Result<rookery_engine::Upload, ApiError> {
+    let id = upload_id(req)?;
     let uploads = shared.engine.uploads();
     blocking(move || uploads.get(id))
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no upload {raw}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no upload {id:032x}")))
+}
+
+/// `DELETE /api/uploads/{id}`: removes an upload of the caller's that no
+/// message holds (sent by mistake to the server, never to a room); 404
+/// for one that is not theirs, 409 while a message holds it (delete the
+/// message: its last one frees the upload).
+pub(crate) async fn remove(req: &Request, shared: &Shared) -> ApiResult {
+    let (uid, id) = (user(req, shared).await?, upload_id(req)?);
+    let uploads = shared.engine.uploads();
+    let up = blocking(move || uploads.remove_unsent(uid, id)).await?;
+    Ok(Response::json(
+        200,
+        &json!({"id": format!("{:032x}", up.id), "deleted": true}),
+    ))
 }
 
 /// `GET /api/uploads/{id}`: the file (signed-in users only: who knows an

@@ -11,7 +11,9 @@
 //!
 //! What it changes: a room's `last_seq` is lowered to the last seq the
 //! backup's copy of the room's shard holds, and a read receipt to its
-//! room's `last_seq` (both never exceed what the restored log holds).
+//! room's `last_seq` (both never exceed what the restored log holds); the
+//! rows saying a message holds an upload are kept only for the messages
+//! the copy holds.
 //! Uploads are copied with their ids ([`MetaCopy::uploads`]), for their
 //! files to be copied after; an upload whose file is gone by then is
 //! forgotten in the copy ([`forget_uploads`]), so a restored directory
@@ -33,7 +35,8 @@ use redb::{
 use super::{
     Meta, RoomRow, BANS, COUNTERS, DELETED_ROOMS, DMS, DM_ROOMS, FEED_CURSORS, FORMER, INVITES,
     MEMBERS, MEMBER_FEED, NAME_WORDS, ORIGIN_COUNTER, PROFILES, RECEIPTS, RETENTION, ROOMS,
-    ROOM_NAMES, SESSIONS, UPLOADS, UPLOAD_USAGE, USERS, USER_INVITES, USER_NAMES, USER_ROOMS,
+    ROOM_NAMES, SESSIONS, UPLOADS, UPLOAD_HOLDERS, UPLOAD_REFS, UPLOAD_USAGE, USERS, USER_INVITES,
+    USER_NAMES, USER_ROOMS,
 };
 use crate::error::{Error, Result};
 
@@ -132,6 +135,19 @@ impl Meta {
         })?;
         out.uploads = uploads;
         out.rows += copy_table(&src, &dst, cancel, UPLOAD_USAGE, same)?;
+        // A message past what the log copy holds holds nothing in it. Told
+        // by the log copy itself: the room's `last_seq` here may lag it
+        // (the index pushes it after its commits), and a message the log
+        // copy holds must keep its hold.
+        let kept = |room: u64, seq: u64| last_seqs.get(&room).is_some_and(|&last| seq <= last);
+        out.rows += copy_table(&src, &dst, cancel, UPLOAD_REFS, |k, v| {
+            let (room, seq, _) = <(u64, u64, u128)>::from_bytes(k);
+            kept(room, seq).then(|| v.to_vec())
+        })?;
+        out.rows += copy_table(&src, &dst, cancel, UPLOAD_HOLDERS, |k, v| {
+            let (_, room, seq) = <(u128, u64, u64)>::from_bytes(k);
+            kept(room, seq).then(|| v.to_vec())
+        })?;
         // The tables left out exist, empty, as in any file `Meta::open`
         // made; the last commit is durable.
         let mut txn = dst.begin_write()?;
@@ -200,6 +216,8 @@ fn check_known_tables(src: &ReadTransaction) -> Result<()> {
         NAME_WORDS.name(),
         UPLOADS.name(),
         UPLOAD_USAGE.name(),
+        UPLOAD_REFS.name(),
+        UPLOAD_HOLDERS.name(),
     ];
     for table in src.list_tables()? {
         let name = table.name();

@@ -192,6 +192,14 @@ const UPLOADS: TableDefinition<u128, UploadRow> = TableDefinition::new("uploads"
 /// User -> bytes of their uploads (what their quota counts).
 const UPLOAD_USAGE: TableDefinition<u64, u64> = TableDefinition::new("upload_usage");
 
+/// (room, seq, upload): the uploads each stored message carries (see
+/// `uploads.rs`); gone with the message (deleted, retired).
+const UPLOAD_REFS: TableDefinition<(u64, u64, u128), ()> = TableDefinition::new("upload_refs");
+
+/// (upload, room, seq): [`UPLOAD_REFS`] by upload (is it held?).
+const UPLOAD_HOLDERS: TableDefinition<(u128, u64, u64), ()> =
+    TableDefinition::new("upload_holders");
+
 const USER_COUNTER: &str = "user";
 
 /// The highest user id reserved durably for JWT subjects' accounts (see
@@ -361,6 +369,8 @@ impl Meta {
         txn.open_table(NAME_WORDS)?;
         txn.open_table(UPLOADS)?;
         txn.open_table(UPLOAD_USAGE)?;
+        txn.open_table(UPLOAD_REFS)?;
+        txn.open_table(UPLOAD_HOLDERS)?;
         migrate::upgrade(&txn)?;
         ensure_origin(&txn)?;
         users::skip_reserved_user_ids(&txn)?;

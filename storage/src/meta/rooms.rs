@@ -235,17 +235,25 @@ impl Meta {
 
     /// Raises rooms' low seqs (never lowers them), durably, in one
     /// transaction. Called before retired log segments are deleted.
-    pub fn advance_low_seqs(&self, updates: &[(u64, u64)]) -> Result<()> {
+    /// The retired messages hold their uploads no more, in the same
+    /// transaction: the uploads nothing holds any more are removed and
+    /// returned (their files are the caller's to remove).
+    pub fn advance_low_seqs(&self, updates: &[(u64, u64)]) -> Result<Vec<Upload>> {
         self.write_with(Durability::Immediate, |txn| {
-            let mut t = txn.open_table(RETENTION)?;
+            let mut freed = Vec::new();
             for &(room, low) in updates {
-                let (old, keep_messages, keep_age_ms) =
-                    t.get(room)?.map_or((0, 0, 0), |v| v.value());
+                let (old, keep_messages, keep_age_ms) = {
+                    let t = txn.open_table(RETENTION)?;
+                    let row = t.get(room)?.map(|v| v.value());
+                    row.unwrap_or((0, 0, 0))
+                };
                 if low > old {
-                    t.insert(room, (low, keep_messages, keep_age_ms))?;
+                    txn.open_table(RETENTION)?
+                        .insert(room, (low, keep_messages, keep_age_ms))?;
+                    freed.extend(uploads::release_range(txn, room, old, low)?);
                 }
             }
-            Ok(())
+            Ok(freed)
         })
     }
 

@@ -1769,7 +1769,7 @@ fn uploads_charge_their_owner_within_the_quota() {
         owner,
         bytes,
         created_ms: 5,
-        refs: 0,
+        pending: 0,
         content_type: "image/png".into(),
         name: "cat.png".into(),
         sha256: [7; 32],
@@ -1822,4 +1822,100 @@ fn uploads_charge_their_owner_within_the_quota() {
     meta.remove_upload(2).unwrap();
     assert_eq!(meta.upload_usage(alice).unwrap(), 0);
     assert_eq!(meta.upload_ids().unwrap(), [3]);
+}
+
+#[test]
+fn messages_hold_uploads_and_letting_go_twice_changes_nothing() {
+    let (_dir, meta) = fresh();
+    let (alice, bob) = (user(&meta, "alice"), user(&meta, "bob"));
+    let room = meta.create_room("lobby", false, alice, 1).unwrap();
+    let add = |id: u128, owner: u64, created_ms: u64| {
+        let up = crate::meta::Upload {
+            id,
+            owner,
+            bytes: 5000,
+            created_ms,
+            pending: 0,
+            content_type: "text/plain".into(),
+            name: String::new(),
+            sha256: [1; 32],
+            width: 0,
+            height: 0,
+            thumb_bytes: 0,
+        };
+        meta.add_upload(&up, u64::MAX).unwrap();
+    };
+    let ids = |ups: Vec<crate::meta::Upload>| ups.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    for id in 1..=4 {
+        add(id, alice, 100);
+    }
+    add(9, bob, 10_000);
+    // Only the owner's uploads are attached; all or nothing.
+    assert!(matches!(
+        meta.attach_uploads(alice, &[1, 9]),
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(meta.upload(1).unwrap().unwrap().pending, 0);
+    // Pending between attach and hold: neither removal nor sweep takes it.
+    meta.attach_uploads(alice, &[1, 2]).unwrap();
+    assert!(matches!(
+        meta.remove_unattached(alice, 1),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert_eq!(ids(meta.sweep_unattached(1000, 10).unwrap()), [3, 4]);
+    assert!(meta.upload(3).unwrap().is_none() && meta.upload(1).unwrap().is_some());
+    assert!(meta.hold_uploads(room, 5, &[1, 2]).unwrap().is_empty());
+    assert_eq!(meta.upload(1).unwrap().unwrap().pending, 0);
+    // Upload 1 in a second message.
+    meta.attach_uploads(alice, &[1]).unwrap();
+    assert!(meta.hold_uploads(room, 6, &[1]).unwrap().is_empty());
+    assert_eq!(meta.upload_holders(1, 10).unwrap(), [(room, 5), (room, 6)]);
+    assert!(matches!(
+        meta.remove_unattached(alice, 1),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        meta.remove_unattached(bob, 2),
+        Err(Error::NotFound(_))
+    ));
+    // Message 6 deleted: 1 is still in message 5. Twice changes nothing.
+    assert!(meta.release_uploads(room, 6).unwrap().is_empty());
+    assert!(meta.release_uploads(room, 6).unwrap().is_empty());
+    assert_eq!(meta.upload_holders(1, 10).unwrap(), [(room, 5)]);
+    // Retention retires message 5: both go, with their charge.
+    let before = meta.upload_usage(alice).unwrap();
+    let mut freed = ids(meta.advance_low_seqs(&[(room, 6)]).unwrap());
+    freed.sort();
+    assert_eq!(freed, [1, 2]);
+    assert_eq!(meta.upload_usage(alice).unwrap(), before - 2 * 5000);
+    // A delete of message 5 arriving after retention finds nothing.
+    assert!(meta.release_uploads(room, 5).unwrap().is_empty());
+    // A post held after retention retired its seq holds nothing: the
+    // upload, held by nothing else, goes.
+    add(7, alice, 100);
+    meta.attach_uploads(alice, &[7]).unwrap();
+    assert_eq!(ids(meta.hold_uploads(room, 3, &[7]).unwrap()), [7]);
+    // A refused post gives its count back and removes nothing; then the
+    // uploader removes it themself.
+    add(8, alice, 100);
+    meta.attach_uploads(alice, &[8]).unwrap();
+    meta.detach_uploads(&[8]).unwrap();
+    assert_eq!(meta.upload(8).unwrap().unwrap().pending, 0);
+    assert_eq!(meta.remove_unattached(alice, 8).unwrap().id, 8);
+    assert!(matches!(
+        meta.remove_unattached(alice, 8),
+        Err(Error::NotFound(_))
+    ));
+    // The sweep leaves young uploads and held ones.
+    add(10, alice, 5000);
+    meta.attach_uploads(alice, &[10]).unwrap();
+    meta.hold_uploads(room, 7, &[10]).unwrap();
+    add(11, alice, 5000);
+    assert!(meta.sweep_unattached(2000, 10).unwrap().is_empty());
+    assert_eq!(ids(meta.sweep_unattached(6000, 10).unwrap()), [11]);
+    // Removing an upload (a backup's copy forgetting it) drops its rows.
+    meta.remove_upload(10).unwrap();
+    assert!(meta.upload_holders(10, 10).unwrap().is_empty());
+    assert!(meta.release_uploads(room, 7).unwrap().is_empty());
+    assert_eq!(meta.upload_ids().unwrap(), [9]);
 }

@@ -2,9 +2,21 @@
 //! type, name, hash, image size, thumbnail) and each user's usage, which
 //! a quota bounds. The files themselves are [`crate::uploads`]'s.
 //!
-//! Invariant: a user's `upload_usage` is the sum of what the uploads they
+//! Which messages hold an upload is kept as rows, (room, seq, upload) and
+//! the same by upload, not as a count: letting go of a message's uploads
+//! (its deletion, retention retiring it, its room's deletion) removes its
+//! rows, so doing it twice (a delete racing retention) changes nothing.
+//! A post counts its uploads `pending` before its append and turns that
+//! into rows once the message is durable ([`Meta::hold_uploads`]): a crash
+//! between leaves a count too many (the upload is kept), never one too
+//! few (an upload freed while a message shows it).
+//!
+//! Invariants: a user's `upload_usage` is the sum of what the uploads they
 //! own are charged ([`Upload::charged`]); an upload is added only if it keeps
-//! its owner within the quota given, in the same transaction.
+//! its owner within the quota given, in the same transaction. An upload is
+//! removed only when no row holds it and nothing is pending, and a row is
+//! added only for a seq at or above its room's low seq (retention's rows
+//! and these are written in one transaction).
 
 use redb::{ReadableTable, WriteTransaction};
 
@@ -24,8 +36,9 @@ pub struct Upload {
     pub bytes: u64,
     /// When it was stored, ms since the Unix epoch.
     pub created_ms: u64,
-    /// Messages that reference it.
-    pub refs: u64,
+    /// Posts that counted it before their append and have not yet held
+    /// it (or given it back): while above 0 it is never removed.
+    pub pending: u64,
     /// The content type its bytes were sniffed as.
     pub content_type: String,
     /// The file name the uploader gave (may be empty).
@@ -105,8 +118,8 @@ impl Meta {
         self.write(|txn| remove_in(txn, id))
     }
 
-    /// Counts one more message referencing each of `ids`, all `owner`'s
-    /// uploads; the uploads as they now are. All or nothing: `NotFound`
+    /// Counts a post pending for each of `ids`, all `owner`'s uploads,
+    /// before its append; the uploads as they now are. All or nothing: `NotFound`
     /// for an id that is no upload or not `owner`'s (another user's
     /// upload is not revealed), and nothing is written.
     pub fn attach_uploads(&self, owner: u64, ids: &[u128]) -> Result<Vec<Upload>> {
@@ -122,7 +135,7 @@ impl Meta {
                     Some(up) if up.owner == owner => up,
                     _ => return Err(Error::NotFound(format!("upload {id:032x}"))),
                 };
-                up.refs += 1;
+                up.pending += 1;
                 insert_row(&mut uploads, &up)?;
                 out.push(up);
             }
@@ -131,8 +144,8 @@ impl Meta {
     }
 
     /// Gives back counts [`Meta::attach_uploads`] took for a message that
-    /// was not stored (a refusal, a retry): each of `ids` counts one
-    /// message fewer, never below 0, and nothing is removed (the upload
+    /// was not stored (a refusal, a retry): each of `ids` counts one post
+    /// pending fewer, never below 0, and nothing is removed (the upload
     /// is as it was before the attempt).
     pub fn detach_uploads(&self, ids: &[u128]) -> Result<()> {
         self.write(|txn| {
@@ -143,7 +156,7 @@ impl Meta {
                     .map(|r| from_row(id, r.value()))
                     .transpose()?;
                 if let Some(mut up) = found {
-                    up.refs = up.refs.saturating_sub(1);
+                    up.pending = up.pending.saturating_sub(1);
                     insert_row(&mut uploads, &up)?;
                 }
             }
@@ -151,12 +164,15 @@ impl Meta {
         })
     }
 
-    /// Counts one message fewer referencing each of `ids` (one no longer
-    /// stored is skipped); those no message references any more are
+    /// Message `seq` of `room` is durable and holds `ids`, which
+    /// [`Meta::attach_uploads`] counted pending: each becomes a row of the
+    /// message's, unless retention already retired the seq (then nothing
+    /// holds it for this message). The uploads nothing holds any more are
     /// removed, their charge freed, and returned (their files are the
     /// caller's to remove).
-    pub fn release_uploads(&self, ids: &[u128]) -> Result<Vec<Upload>> {
+    pub fn hold_uploads(&self, room: u64, seq: u64, ids: &[u128]) -> Result<Vec<Upload>> {
         self.write(|txn| {
+            let live = seq >= low_seq_in(txn, room)?;
             let mut freed = Vec::new();
             for &id in ids {
                 let found = {
@@ -165,14 +181,91 @@ impl Meta {
                     row.map(|r| from_row(id, r.value())).transpose()?
                 };
                 let Some(mut up) = found else { continue };
-                if up.refs <= 1 {
-                    freed.extend(remove_in(txn, id)?);
-                } else {
-                    up.refs -= 1;
-                    insert_row(&mut txn.open_table(UPLOADS)?, &up)?;
+                up.pending = up.pending.saturating_sub(1);
+                insert_row(&mut txn.open_table(UPLOADS)?, &up)?;
+                if live {
+                    txn.open_table(UPLOAD_REFS)?.insert((room, seq, id), ())?;
+                    txn.open_table(UPLOAD_HOLDERS)?
+                        .insert((id, room, seq), ())?;
                 }
+                freed.extend(free_if_unheld(txn, id)?);
             }
             Ok(freed)
+        })
+    }
+
+    /// Message `seq` of `room` is gone (deleted): it holds its uploads no
+    /// more. Those nothing holds any more are removed and returned, as by
+    /// [`Meta::hold_uploads`]. A second call finds nothing to do.
+    pub fn release_uploads(&self, room: u64, seq: u64) -> Result<Vec<Upload>> {
+        self.write(|txn| release_range(txn, room, seq, seq + 1))
+    }
+
+    /// Removes `owner`'s upload `id` that no message holds (the uploader
+    /// changed their mind); the upload as it was. `NotFound` when it is
+    /// no upload of theirs; `AlreadyExists` while a message holds it or a
+    /// post of it is under way (delete the message instead).
+    pub fn remove_unattached(&self, owner: u64, id: u128) -> Result<Upload> {
+        self.write(|txn| {
+            let found = {
+                let uploads = txn.open_table(UPLOADS)?;
+                let row = uploads.get(id)?;
+                row.map(|r| from_row(id, r.value())).transpose()?
+            };
+            match found {
+                Some(up) if up.owner == owner => {}
+                _ => return Err(Error::NotFound(format!("upload {id:032x}"))),
+            }
+            free_if_unheld(txn, id)?
+                .ok_or_else(|| Error::AlreadyExists(format!("upload {id:032x} is in a message")))
+        })
+    }
+
+    /// Removes at most `max` uploads stored before `before_ms` that no
+    /// message ever held or holds (uploaded and never sent); them, for
+    /// their files to be removed.
+    pub fn sweep_unattached(&self, before_ms: u64, max: usize) -> Result<Vec<Upload>> {
+        let stale: Vec<u128> = self.read(|txn| {
+            let uploads = txn.open_table(UPLOADS)?;
+            let holders = txn.open_table(UPLOAD_HOLDERS)?;
+            let mut out = Vec::new();
+            for entry in uploads.iter()? {
+                let (k, v) = entry?;
+                let up = from_row(k.value(), v.value())?;
+                if up.created_ms < before_ms && up.pending == 0 && !held(&holders, up.id)? {
+                    out.push(up.id);
+                    if out.len() == max {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })?;
+        if stale.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Checked again in the write: a post may have taken one since.
+        self.write(|txn| {
+            let mut freed = Vec::new();
+            for id in stale {
+                freed.extend(free_if_unheld(txn, id)?);
+            }
+            Ok(freed)
+        })
+    }
+
+    /// The messages (room, seq) that hold upload `id`, at most `max`.
+    pub fn upload_holders(&self, id: u128, max: usize) -> Result<Vec<(u64, u64)>> {
+        self.read(|txn| {
+            let holders = txn.open_table(UPLOAD_HOLDERS)?;
+            holders
+                .range((id, 0, 0)..=(id, u64::MAX, u64::MAX))?
+                .take(max)
+                .map(|entry| {
+                    let (_, room, seq) = entry?.0.value();
+                    Ok((room, seq))
+                })
+                .collect()
         })
     }
 
@@ -186,8 +279,86 @@ impl Meta {
     }
 }
 
-/// Removes upload `id` in `txn` and frees what it charged its owner.
+/// Messages `[from, to)` of `room` hold their uploads no more (deleted
+/// or retired): their rows go, and the uploads nothing holds any more are
+/// removed and returned.
+pub(super) fn release_range(
+    txn: &WriteTransaction,
+    room: u64,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Upload>> {
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(u64, u128)> = {
+        let refs = txn.open_table(UPLOAD_REFS)?;
+        let rows = refs.range((room, from, 0)..(room, to, 0))?;
+        rows.map(|entry| {
+            let (_, seq, id) = entry?.0.value();
+            Ok((seq, id))
+        })
+        .collect::<Result<_>>()?
+    };
+    let mut freed = Vec::new();
+    for (seq, id) in rows {
+        txn.open_table(UPLOAD_REFS)?.remove((room, seq, id))?;
+        txn.open_table(UPLOAD_HOLDERS)?.remove((id, room, seq))?;
+        freed.extend(free_if_unheld(txn, id)?);
+    }
+    Ok(freed)
+}
+
+/// Removes upload `id` if no message holds it and no post is pending;
+/// the upload removed.
+fn free_if_unheld(txn: &WriteTransaction, id: u128) -> Result<Option<Upload>> {
+    let pending = {
+        let uploads = txn.open_table(UPLOADS)?;
+        let row = uploads.get(id)?;
+        match row.map(|r| from_row(id, r.value())).transpose()? {
+            Some(up) => up.pending,
+            None => return Ok(None),
+        }
+    };
+    if pending > 0 || held(&txn.open_table(UPLOAD_HOLDERS)?, id)? {
+        return Ok(None);
+    }
+    remove_in(txn, id)
+}
+
+/// Whether a message holds upload `id`.
+fn held(holders: &impl ReadableTable<(u128, u64, u64), ()>, id: u128) -> Result<bool> {
+    Ok(holders
+        .range((id, 0, 0)..=(id, u64::MAX, u64::MAX))?
+        .next()
+        .transpose()?
+        .is_some())
+}
+
+/// `room`'s low seq as retention recorded it (0: none).
+fn low_seq_in(txn: &WriteTransaction, room: u64) -> Result<u64> {
+    Ok(txn
+        .open_table(RETENTION)?
+        .get(room)?
+        .map_or(0, |v| v.value().0))
+}
+
+/// Removes upload `id` in `txn` (and every row that holds it) and frees
+/// what it charged its owner.
 pub(super) fn remove_in(txn: &WriteTransaction, id: u128) -> Result<Option<Upload>> {
+    let holders: Vec<(u64, u64)> = {
+        let table = txn.open_table(UPLOAD_HOLDERS)?;
+        let rows = table.range((id, 0, 0)..=(id, u64::MAX, u64::MAX))?;
+        rows.map(|entry| {
+            let (_, room, seq) = entry?.0.value();
+            Ok((room, seq))
+        })
+        .collect::<Result<_>>()?
+    };
+    for (room, seq) in holders {
+        txn.open_table(UPLOAD_HOLDERS)?.remove((id, room, seq))?;
+        txn.open_table(UPLOAD_REFS)?.remove((room, seq, id))?;
+    }
     let mut uploads = txn.open_table(UPLOADS)?;
     let Some(upload) = uploads
         .remove(id)?
@@ -217,7 +388,7 @@ fn insert_row(table: &mut redb::Table<'_, u128, UploadRow>, u: &Upload) -> Resul
             u.owner,
             u.bytes,
             u.created_ms,
-            u.refs,
+            u.pending,
             u.content_type.as_str(),
             u.name.as_str(),
             &u.sha256[..],
@@ -243,7 +414,8 @@ type RowRef<'a> = (
 
 /// A row read back, checked (the hash is 32 bytes).
 fn from_row(id: u128, r: RowRef<'_>) -> Result<Upload> {
-    let (owner, bytes, created_ms, refs, content_type, name, sha, (width, height), thumb_bytes) = r;
+    let (owner, bytes, created_ms, pending, content_type, name, sha, (width, height), thumb_bytes) =
+        r;
     let sha256: [u8; 32] = sha
         .try_into()
         .map_err(|_| Error::Database(format!("upload {id:032x}: a hash of {} bytes", sha.len())))?;
@@ -252,7 +424,7 @@ fn from_row(id: u128, r: RowRef<'_>) -> Result<Upload> {
         owner,
         bytes,
         created_ms,
-        refs,
+        pending,
         content_type: content_type.to_string(),
         name: name.to_string(),
         sha256,

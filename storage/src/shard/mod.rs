@@ -157,7 +157,7 @@ pub struct Retention {
 }
 
 /// What a retention pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RetentionReport {
     /// Messages that became unreachable.
     pub messages_expired: u64,
@@ -165,6 +165,20 @@ pub struct RetentionReport {
     pub segments_deleted: u64,
     /// Bytes of segment files deleted.
     pub bytes_reclaimed: u64,
+    /// Uploads only the retired messages held, removed from `meta.redb`:
+    /// their files are the caller's to remove.
+    pub uploads_freed: Vec<u128>,
+}
+
+/// What retiring a deleted room's messages did
+/// ([`ShardStore::retire_room`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Retired {
+    /// Messages retired.
+    pub messages: u64,
+    /// Uploads only those messages held, removed from `meta.redb`: their
+    /// files are the caller's to remove.
+    pub uploads_freed: Vec<u128>,
 }
 
 /// Counters of a shard's store (plain, read on the shard).

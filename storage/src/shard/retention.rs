@@ -62,7 +62,7 @@ impl ShardStore {
             }
         }
         // The new low seqs are durable before any segment goes.
-        self.persist_lows(lows).await?;
+        report.uploads_freed = self.persist_lows(lows).await?;
         let dead: Vec<(u32, u64)> = {
             let st = self.inner.st.borrow();
             st.segments
@@ -128,11 +128,11 @@ impl ShardStore {
     /// what is queued is durable, then raises the room's low seq past its
     /// last seq, durably in `meta.redb`, before answering; the next
     /// compaction or retention pass removes their text from disk. Returns
-    /// how many messages it retired.
+    /// how many messages it retired, and the uploads only they held.
     ///
     /// The caller makes sure no append of the room is under way (nothing
     /// appended to it after this is retired).
-    pub async fn retire_room(&self, room: u64) -> Result<u64> {
+    pub async fn retire_room(&self, room: u64) -> Result<Retired> {
         let _turn = self.maintenance_open().await?;
         // Everything queued now (the room's last appends among it) is
         // durable once the queue's current batch is.
@@ -149,7 +149,7 @@ impl ShardStore {
         let (low, retired) = {
             let mut st = self.inner.st.borrow_mut();
             let Some(r) = st.rooms.get_mut(&room) else {
-                return Ok(0);
+                return Ok(Retired::default());
             };
             if r.durable_seq + 1 != r.next_seq {
                 // The caller's contract, broken: refused, not retired under
@@ -166,21 +166,30 @@ impl ShardStore {
             }
             (low, retired)
         };
-        if retired > 0 {
-            self.persist_lows(vec![(room, low)]).await?;
-        }
-        Ok(retired)
+        let uploads_freed = match retired {
+            0 => Vec::new(),
+            _ => self.persist_lows(vec![(room, low)]).await?,
+        };
+        Ok(Retired {
+            messages: retired,
+            uploads_freed,
+        })
     }
 
-    /// Makes raised low seqs durable in `meta.redb`, then writes a
-    /// checkpoint (with their `Retire` ops).
-    async fn persist_lows(&self, lows: Vec<(u64, u64)>) -> Result<()> {
+    /// Makes raised low seqs durable in `meta.redb` (the retired messages'
+    /// hold on their uploads goes with them: the ids of the uploads that
+    /// frees are returned), then writes a checkpoint (with their `Retire`
+    /// ops).
+    async fn persist_lows(&self, lows: Vec<(u64, u64)>) -> Result<Vec<u128>> {
+        let mut freed = Vec::new();
         if let (Some(meta), false) = (self.inner.meta.clone(), lows.is_empty()) {
-            glommio::executor()
+            let uploads = glommio::executor()
                 .spawn_blocking(move || meta.advance_low_seqs(&lows))
                 .await?;
+            freed = uploads.into_iter().map(|u| u.id).collect();
         }
-        self.checkpoint_now().await
+        self.checkpoint_now().await?;
+        Ok(freed)
     }
 }
 
