@@ -16,9 +16,9 @@ use rookery_storage::Meta;
 use crate::error::Result;
 
 pub use rookery_storage::meta::{
-    Ban, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Profile, Role,
-    Room, SearchCursor, SearchPage, Standing, Upload, User, INVITES_PER_USER_MAX,
-    MEMBER_FEED_STREAM, QUERY_WORDS_MAX, WORD_BYTES_MAX,
+    Ban, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Profile,
+    ProfileEdit, Role, Room, SearchCursor, SearchPage, Standing, Upload, User,
+    INVITES_PER_USER_MAX, MEMBER_FEED_STREAM, QUERY_WORDS_MAX, WORD_BYTES_MAX,
 };
 
 /// A handle on the directory (cheap to clone, usable from any thread).
@@ -155,15 +155,16 @@ impl Directory {
 
     /// Changes what is given of user `user`'s profile and keeps the rest,
     /// in one transaction; the profile as written (errors as
-    /// [`Directory::set_profile`]).
-    pub fn edit_profile(
-        &self,
-        user: u64,
-        display_name: Option<&str>,
-        status: Option<&str>,
-        now_ms: u64,
-    ) -> Result<Profile> {
-        Ok(self.meta.edit_profile(user, display_name, status, now_ms)?)
+    /// [`Directory::set_profile`]; `NotFound` for an avatar that is no
+    /// upload of theirs, `InvalidInput` for one that is no image).
+    pub fn edit_profile(&self, user: u64, edit: &ProfileEdit<'_>, now_ms: u64) -> Result<Profile> {
+        Ok(self.meta.edit_profile(user, edit, now_ms)?)
+    }
+
+    /// Records when users were last active, `(user, ms)` (never moving
+    /// back; not durable on its own: a crash may lose the last seconds).
+    pub fn note_seen(&self, seen: &[(u64, u64)]) -> Result<()> {
+        Ok(self.meta.note_seen(seen)?)
     }
 
     /// The words a user search looks for in `query` (each must begin a

@@ -52,8 +52,8 @@ pub use config::{EngineConfig, EventTap, Tapped};
 pub use consumer::{Delivery, LocalSink};
 pub use directory::{
     Ban, Directory, Dm, DmOpened, Invite, ListPage, MemberChange, MemberEvent, MemberView, Profile,
-    Role, Room, SearchCursor, SearchPage, Standing, Upload, User, INVITES_PER_USER_MAX,
-    MEMBER_FEED_STREAM, QUERY_WORDS_MAX, WORD_BYTES_MAX,
+    ProfileEdit, Role, Room, SearchCursor, SearchPage, Standing, Upload, User,
+    INVITES_PER_USER_MAX, MEMBER_FEED_STREAM, QUERY_WORDS_MAX, WORD_BYTES_MAX,
 };
 pub use engine::{Engine, ShardTask};
 pub use error::{Error, Result};

@@ -341,6 +341,7 @@ impl Node {
         current: &rookery_engine::Profile,
         display_name: Option<String>,
         status: Option<String>,
+        avatar: Option<Option<u128>>,
         now_ms: u64,
     ) -> Result<()> {
         let key = records::profile_key(current.user);
@@ -359,6 +360,7 @@ impl Node {
                     display_name: current.display_name.clone(),
                     status: current.status.clone(),
                     updated_ms: current.updated_ms,
+                    avatar: current.avatar.map(|id| format!("{id:032x}")),
                 },
             };
             let record = records::ProfileRecord {
@@ -366,6 +368,7 @@ impl Node {
                 display_name: display_name.clone().unwrap_or(base.display_name),
                 status: status.clone().unwrap_or(base.status),
                 updated_ms: now_ms,
+                avatar: avatar.map_or(base.avatar, |a| a.map(|id| format!("{id:032x}"))),
             };
             let value = records::json_bytes(&record);
             let set = match got {

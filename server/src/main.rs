@@ -27,6 +27,7 @@ mod rates;
 mod redirect;
 mod revoked;
 mod routes;
+mod seen;
 mod serve;
 mod shared;
 mod stats;
@@ -289,6 +290,7 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
                 over_limit_reads: Default::default(),
                 uploads_in_flight: Default::default(),
                 uploads_by_user: Default::default(),
+                seen: Default::default(),
                 file_streams: Default::default(),
                 relay: node
                     .as_ref()

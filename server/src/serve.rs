@@ -152,6 +152,7 @@ pub async fn run(
         .detach();
     }
     glommio::spawn_local(take_moved_in(shared.clone())).detach();
+    glommio::spawn_local(crate::seen::run(shared.clone())).detach();
     // The main thread drops the stop channel's sender when it stops; a
     // watcher turns that into the shard's stop signal (no polling). The
     // accept is raced only with that signal, never with a timer: an
@@ -185,6 +186,8 @@ pub async fn run(
     drop(listener);
     tracing::debug!(shard = shared.shard, "listener closed; closing connections");
     let _ = shared.gate.close().await;
+    // The connections just closed noted their users last.
+    crate::seen::flush(&shared).await;
     if let Some(node) = &shared.cluster {
         node.stop_wire();
     }

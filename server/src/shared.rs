@@ -83,6 +83,8 @@ pub struct Shared {
     pub uploads_by_user: std::cell::RefCell<std::collections::HashMap<u64, u32>>,
     /// Files this shard is sending (at most `routes::uploads::FILE_STREAMS_MAX`).
     pub file_streams: std::cell::Cell<usize>,
+    /// Users active on this shard since its last write of them (`seen.rs`).
+    pub seen: crate::seen::Seen,
 }
 
 impl Shared {

@@ -998,3 +998,37 @@ fn the_directory_finds_users_by_their_names_words_and_shows_profiles() {
     );
     assert_serving(p);
 }
+
+/// A profile says when its user was last active: their requests and
+/// frames are noted and written within a few seconds (node-local: each
+/// node knows what it served).
+#[test]
+fn a_profile_says_when_its_user_was_last_seen() {
+    if single_process_only("last seen (each node knows what it served)") {
+        return;
+    }
+    let server = start(&[]);
+    let p = server.port;
+    let (ada, bob) = (register(p, "ada"), register(p, "bob"));
+    let (_, me) = call(p, "GET", "/api/me", Some(&ada), None);
+    let id = me["user"].as_u64().unwrap();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let seen = || {
+        let (s, v) = call(p, "GET", &format!("/api/users/{id}"), Some(&bob), None);
+        assert_eq!(s, 200, "{v}");
+        v["last_seen_ms"].as_u64().unwrap()
+    };
+    // Ada's own request now is activity; it shows within the flush.
+    call(p, "GET", "/api/me", Some(&ada), None);
+    // Told to the minute.
+    let minute = before / 60_000 * 60_000;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen() < minute {
+        assert!(std::time::Instant::now() < deadline, "never seen");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(seen() <= before + 60_000 && seen() % 60_000 == 0);
+}

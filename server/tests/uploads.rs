@@ -392,3 +392,72 @@ fn uploads_are_streamed_checked_and_served_safely() {
         "freed with its last message"
     );
 }
+
+/// An avatar is an image you uploaded: your profile (and the directory)
+/// then names it and links its thumbnail; while it is your avatar it
+/// cannot be removed; anything else is refused.
+#[test]
+fn an_avatar_is_an_image_of_yours() {
+    if single_process_only("uploads (node-local files)") {
+        return;
+    }
+    let server = start(&["--shards", "1"]);
+    let p = server.port;
+    let (a, b) = (register(p, "alice"), register(p, "bob"));
+    let id_of = |got: Got| {
+        assert_eq!(got.status, 201, "{}", String::from_utf8_lossy(&got.body));
+        got.json()["id"].as_str().unwrap().to_string()
+    };
+    let face = id_of(upload(p, &a, "me.png", "image/png", &png(64, 64)));
+    let text = id_of(upload(p, &a, "t.txt", "text/plain", b"not a face"));
+    let bobs = id_of(upload(p, &b, "bob.png", "image/png", &png(8, 8)));
+    let set = |token: &str, avatar: &str| {
+        let body = serde_json::json!({ "avatar": avatar });
+        call(p, "PUT", "/api/me/profile", Some(token), Some(&body))
+    };
+    let (s, v) = set(&a, &text);
+    assert_eq!(s, 400, "not an image: {v}");
+    assert_eq!(set(&a, &bobs).0, 404, "another user's");
+    assert_eq!(set(&a, "zz").0, 400, "not an id");
+    let (s, v) = set(&a, &face);
+    assert_eq!(s, 200, "{v}");
+    let me = v["id"].as_u64().unwrap();
+    let url = v["avatar_url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("/api/users/{me}/avatar?v=")),
+        "{url}"
+    );
+    assert!(!url.contains(&face), "the upload's id is not told");
+    // Seen by others, in the profile and the directory: the thumbnail.
+    let (s, v) = call(p, "GET", &format!("/api/users/{me}"), Some(&b), None);
+    assert_eq!((s, v["avatar_url"].as_str()), (200, Some(url.as_str())));
+    assert_eq!(v.get("avatar"), None);
+    let (s, v) = call(p, "GET", "/api/users?q=alice", Some(&b), None);
+    assert_eq!(
+        (s, v["users"][0]["avatar_url"].as_str()),
+        (200, Some(url.as_str()))
+    );
+    let got = get(p, &b, &url, "");
+    assert_eq!((got.status, got.header("content-type")), (200, "image/png"));
+    let thumb = get(p, &b, &format!("/api/uploads/{face}/thumbnail"), "");
+    assert_eq!(got.body, thumb.body, "the thumbnail, not the original");
+    let bob_id = call(p, "GET", "/api/me", Some(&b), None).1["user"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        get(p, &a, &format!("/api/users/{bob_id}/avatar"), "").status,
+        404
+    );
+    assert_eq!(get(p, &a, "/api/users/x/avatar", "").status, 400);
+    // Held while it is the avatar; other profile edits keep it.
+    let remove = |id: &str| call(p, "DELETE", &format!("/api/uploads/{id}"), Some(&a), None).0;
+    assert_eq!(remove(&face), 409);
+    let body = serde_json::json!({ "status": "here" });
+    let (s, v) = call(p, "PUT", "/api/me/profile", Some(&a), Some(&body));
+    assert_eq!((s, v["avatar_url"].as_str()), (200, Some(url.as_str())));
+    // Cleared: no avatar, and the image is an upload like any other.
+    let (s, v) = set(&a, "");
+    assert_eq!((s, v["avatar_url"].is_null()), (200, true));
+    assert_eq!(get(p, &b, &url, "").status, 404);
+    assert_eq!(remove(&face), 200);
+}

@@ -39,6 +39,8 @@ const el = (tag, props = {}, ...children) => {
 
 const state = {
   auth: null, // {user, name, token}
+  avatar: undefined, // the profile form's avatar: undefined (unchanged), null (uploading), "" (none), or an upload id
+  avatarTurn: 0, // counts avatar choices: only the latest one's upload counts
   session: null,
   rooms: new Map(), // id -> {id, name, private, last_seq, member, unread, dm?: {user, name}}
   invites: [], // [{room: {id, name, private}, by, by_name, ts}]
@@ -112,6 +114,7 @@ async function start(auth) {
   $("#auth").hidden = true;
   $("#app").hidden = false;
   $("#me").textContent = auth.name;
+  call("GET", `/api/users/${auth.user}`).then(showMyAvatar, () => {});
   state.list = new VirtualList($("#messages"), {
     key: rowKey,
     render: renderRow,
@@ -344,6 +347,10 @@ async function openProfile() {
     const p = await call("GET", `/api/users/${state.auth.user}`);
     form.display_name.value = p.display_name;
     form.status.value = p.status;
+    form.avatar.value = "";
+    state.avatar = undefined; // unchanged until a file is chosen or cleared
+    state.avatarTurn++; // an upload still running for an earlier opening is ignored
+    previewAvatar(p.avatar_url);
     form.hidden = false;
     form.display_name.focus();
   } catch (e) {
@@ -352,15 +359,71 @@ async function openProfile() {
 }
 
 async function saveProfile(form) {
+  if (state.avatar === null) {
+    notice("wait for the avatar to upload");
+    return;
+  }
   try {
-    await call("PUT", "/api/me/profile", {
+    const p = await call("PUT", "/api/me/profile", {
       display_name: form.display_name.value.trim(),
       status: form.status.value.trim(),
+      ...(state.avatar !== undefined && { avatar: state.avatar }),
     });
+    showMyAvatar(p);
     form.hidden = true;
   } catch (e) {
     notice(e.message);
   }
+}
+
+// An avatar chosen in the profile form: uploaded at once (the server makes
+// its thumbnail), saved with the profile. null while it uploads.
+// Only the latest choice counts: an upload that ends after another
+// choice (a new file, "No avatar", the form opened again) is dropped.
+function chooseAvatar(file) {
+  if (!file) return;
+  const turn = ++state.avatarTurn;
+  state.avatar = null;
+  previewAvatar(null);
+  upload(state.auth.token, file, () => {}).then(
+    (up) => {
+      const usable = Boolean(up.thumbnail);
+      if (turn !== state.avatarTurn || !usable) {
+        // Never to be an avatar: the server need not keep it a day.
+        forgetUpload(up);
+        if (turn === state.avatarTurn) {
+          state.avatar = undefined;
+          notice("an avatar is an image (PNG, JPEG, GIF or WebP)");
+        }
+        return;
+      }
+      state.avatar = up.id;
+      previewAvatar(up.thumbnail);
+    },
+    (e) => {
+      if (turn !== state.avatarTurn) return;
+      state.avatar = undefined;
+      notice(e.message);
+    },
+  );
+}
+
+function previewAvatar(url) {
+  const img = $("#avatar-preview");
+  const turn = state.avatarTurn;
+  img.hidden = !url;
+  img.removeAttribute("src");
+  if (url) blobOf(url).then((u) => u && turn === state.avatarTurn && (img.src = u));
+}
+
+// Your name in the header, with your avatar when you have one.
+function showMyAvatar(p) {
+  const me = $("#me");
+  me.replaceChildren(state.auth.name);
+  if (!p.avatar_url) return;
+  const img = el("img", { class: "avatar", alt: "" });
+  blobOf(p.avatar_url).then((u) => u && (img.src = u));
+  me.prepend(img);
 }
 
 // Names offered while typing whom to message: a search of the directory,
@@ -1055,6 +1118,36 @@ function onMessage(f) {
 function renderOnline(v) {
   const names = [...v.online].map((u) => nameOf(v, u)).sort();
   $("#online").textContent = names.length ? `online: ${names.join(", ")}` : "";
+  const dm = state.rooms.get(v.room)?.dm;
+  if (dm && !v.online.has(dm.user)) showLastSeen(v.room, dm);
+}
+
+// In a direct message with someone offline: when they were last seen
+// (their profile's last_seen_ms).
+async function showLastSeen(room, dm) {
+  try {
+    const cached = lastSeen.get(dm.user);
+    const fresh = cached && Date.now() - cached.at < 30000;
+    const p = fresh ? cached.p : await call("GET", `/api/users/${dm.user}`);
+    if (!fresh) lastSeen.set(dm.user, { at: Date.now(), p });
+    const v = view(room);
+    if (state.current !== room || v.online.has(dm.user) || !p.last_seen_ms) return;
+    $("#online").textContent = `${dm.name} was last seen ${ago(p.last_seen_ms)}`;
+  } catch (_) {
+    // Only a hint: nothing shown.
+  }
+}
+
+// Profiles read for "last seen", each kept 30 s (a DM's header is drawn
+// again on every presence change).
+const lastSeen = new Map();
+
+function ago(ms) {
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 60) return "just now";
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return `on ${new Date(ms).toLocaleDateString()}`;
 }
 
 function renderTyping(v) {
@@ -1436,6 +1529,13 @@ function wire() {
     saveProfile(e.target);
   });
   $("#profile-cancel").onclick = () => ($("#profile").hidden = true);
+  $("#avatar-input").onchange = (e) => chooseAvatar(e.target.files[0]);
+  $("#avatar-clear").onclick = () => {
+    state.avatarTurn++;
+    state.avatar = "";
+    $("#avatar-input").value = "";
+    previewAvatar(null);
+  };
   $("#back").onclick = () => $("#app").classList.remove("show-room");
   $("#invite").addEventListener("submit", (e) => {
     e.preventDefault();

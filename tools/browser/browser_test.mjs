@@ -632,8 +632,38 @@ async function steps(browser, base) {
   await a.waitForSelector("#profile:not([hidden])", { timeout: WAIT_MS });
   await a.fill("#profile input[name=display_name]", "Countess of Code");
   await a.fill("#profile input[name=status]", "writing notes");
+  await a.evaluate(async () => {
+    // A picture chosen with the file picker (made here: a blue square).
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 96;
+    const g = canvas.getContext("2d");
+    g.fillStyle = "#36c";
+    g.fillRect(0, 0, 96, 96);
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    const dt = new DataTransfer();
+    dt.items.add(new File([blob], "me.png", { type: "image/png" }));
+    const input = document.querySelector("#avatar-input");
+    input.files = dt.files;
+    input.dispatchEvent(new Event("change", { bubbles: true }));
+  });
+  await a.waitForFunction(() => {
+    const img = document.querySelector("#avatar-preview");
+    return !img.hidden && img.complete && img.naturalWidth > 0;
+  }, null, { timeout: WAIT_MS });
   await a.click("#profile button:has-text('Save')");
   await a.waitForSelector("#profile", { state: "hidden", timeout: WAIT_MS });
+  await a.waitForFunction(() => {
+    const img = document.querySelector("#me img.avatar");
+    return img && img.complete && img.naturalWidth > 0;
+  }, null, { timeout: WAIT_MS });
+  const avatarType = await b.evaluate(async (name) => {
+    const token = window.rookery.state.auth.token;
+    const headers = { authorization: `Bearer ${token}` };
+    const page = await (await fetch(`/api/users?q=${name}`, { headers })).json();
+    const url = page.users[0]?.avatar_url;
+    return url ? (await fetch(url, { headers })).headers.get("content-type") : null;
+  }, alice);
+  check(avatarType === "image/png", "alice picks an avatar: it shows beside her name, and bob can see it");
   await b.fill("#new-dm input[name=name]", "count");
   await b.waitForFunction(
     (n) => [...document.querySelectorAll("#dm-suggestions option")].some((o) => o.value === n),
@@ -653,6 +683,15 @@ async function steps(browser, base) {
   });
   await b.waitForSelector("#auth:not([hidden])", { timeout: WAIT_MS });
   check(true, "a revoked session returns to the sign-in form");
+
+  console.log("last seen");
+  await a.click(`#dms button:has-text("${bob}")`);
+  await a.waitForFunction(
+    (name) => document.querySelector("#online").textContent.startsWith(`${name} was last seen`),
+    bob,
+    { timeout: WAIT_MS },
+  );
+  check(true, `with bob gone, alice's direct message with him says when he was last seen (${await a.textContent("#online")})`);
 }
 
 // In the page: posts `n` messages to `room` over `sockets` sockets of its

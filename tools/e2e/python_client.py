@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 
 import websockets
 from websockets.asyncio.client import connect
@@ -45,6 +47,17 @@ def free_port():
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
+
+def tiny_png(w, h):
+    """A `w` x `h` PNG of one colour (RGB, 8 bits), written by hand."""
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+    rows = b"".join(b"\x00" + b"\x33\x66\xcc" * w for _ in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 class Nodes:
     """The servers' ports, handed out in turn (round-robin, no stickiness)."""
@@ -305,6 +318,27 @@ async def scenario(ports, procs):
         check(s == 200 and json.loads(gone)["deleted"], f"removing an unsent upload: {s} {gone!r}")
         s, _, _ = http.raw("GET", oops["url"], b_tok, None, {}, ports[0])
         check(s == 404, f"the removed upload is gone: {s}")
+        # An avatar: an image of bob's, named by his profile for everyone.
+        s, _, raw = http.raw("POST", "/api/uploads?name=face.png", b_tok, tiny_png(8, 8),
+                             {"Content-Type": "image/png"}, ports[0])
+        face = json.loads(raw)
+        check(s == 201 and face.get("thumbnail"), f"an image for an avatar: {s} {face}")
+        s, _, p = http.call("PUT", "/api/me/profile", b_tok, {"avatar": face["id"]})
+        check(s == 200 and p["avatar_url"].startswith(f"/api/users/{bob['user']}/avatar?v="),
+              f"avatar set: {s} {p}")
+        url = p["avatar_url"]
+        s, _, p = http.call("GET", f"/api/users/{bob['user']}", a_tok)
+        check(s == 200 and p["avatar_url"] == url, f"bob's avatar seen by alice: {s} {p}")
+        s, h, got = http.raw("GET", p["avatar_url"], a_tok, None, {}, ports[0])
+        check(s == 200 and got.startswith(b"\x89PNG"), f"the avatar's image: {s}")
+        # Last seen: bob's activity reaches his profile within seconds.
+        deadline = time.monotonic() + 20
+        while True:
+            s, _, p = http.call("GET", f"/api/users/{bob['user']}", a_tok)
+            if p.get("last_seen_ms", 0) > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        check(s == 200 and abs(p["last_seen_ms"] / 1000 - time.time()) < 120, f"bob last seen: {p}")
 
     # A direct message: alice opens it by name; bob, online, is told, joins
     # it over his WebSocket and gets her message; the pair keeps one room.

@@ -44,6 +44,10 @@ pub struct ProfileRecord {
     pub display_name: String,
     pub status: String,
     pub updated_ms: u64,
+    /// The avatar's upload id, 32 hex digits (absent: none; records
+    /// written before avatars have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
 }
 
 impl ProfileRecord {
@@ -53,6 +57,10 @@ impl ProfileRecord {
             display_name: self.display_name.clone(),
             status: self.status.clone(),
             updated_ms: self.updated_ms,
+            avatar: self
+                .avatar
+                .as_deref()
+                .and_then(|hex| u128::from_str_radix(hex, 16).ok()),
         }
     }
 }

@@ -127,6 +127,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("PUT", "/api/me/profile") => users::set_mine(req, shared).await,
         ("GET", "/api/users") => users::search(req, shared).await,
         ("GET", "/api/users/{id}") => users::get(req, shared, id).await,
+        ("GET", "/api/users/{id}/avatar") => uploads::avatar(req, shared, id).await,
         ("GET", "/api/rooms") => list_rooms(req, shared).await,
         ("POST", "/api/rooms") => create_room(req, shared).await,
         ("GET", "/api/rooms/{id}") => get_room(req, shared, id).await,
@@ -201,6 +202,7 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "me", "profile"] => "/api/me/profile",
         ["api", "users"] => "/api/users",
         ["api", "users", _] => "/api/users/{id}",
+        ["api", "users", _, "avatar"] => "/api/users/{id}/avatar",
         ["api", "rooms"] => "/api/rooms",
         ["api", "rooms", _] => "/api/rooms/{id}",
         ["api", "rooms", _, "join"] => "/api/rooms/{id}/join",
@@ -249,7 +251,10 @@ pub(crate) async fn proof(req: &Request, shared: &Shared) -> Result<auth::Proof,
         .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
     let accounts = crate::accounts::Accounts::of(shared);
     match auth::identify(&accounts, &shared.cfg, token).await? {
-        auth::Identity::User(p) => Ok(p),
+        auth::Identity::User(p) => {
+            shared.seen.note(p.user, auth::now_ms());
+            Ok(p)
+        }
         auth::Identity::Refused(why) => Err(ApiError::Unauthorized(why)),
     }
 }

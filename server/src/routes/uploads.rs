@@ -324,6 +324,31 @@ pub(crate) async fn thumbnail(req: &Request, shared: &Shared) -> ApiResult {
     if up.thumb_bytes == 0 {
         return Err(ApiError::NotFound("this upload has no thumbnail".into()));
     }
+    serve_thumbnail(req, shared, &up)
+}
+
+/// `GET /api/users/{id}/avatar`: the thumbnail of a user's avatar; 404
+/// when they have none (or its upload is on another node).
+pub(crate) async fn avatar(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
+    user(req, shared).await?;
+    let uid = super::users::user_id(raw)?;
+    let (directory, uploads) = (shared.engine.directory(), shared.engine.uploads());
+    let up = blocking(
+        move || -> rookery_engine::Result<Option<rookery_engine::Upload>> {
+            match directory.profile(uid)?.and_then(|p| p.avatar) {
+                Some(id) => uploads.get(id),
+                None => Ok(None),
+            }
+        },
+    )
+    .await?
+    .filter(|up| up.thumb_bytes > 0)
+    .ok_or_else(|| ApiError::NotFound(format!("user {uid} has no avatar here")))?;
+    serve_thumbnail(req, shared, &up)
+}
+
+/// Upload `up`'s thumbnail (it has one), as a PNG served inline.
+fn serve_thumbnail(req: &Request, shared: &Shared, up: &rookery_engine::Upload) -> ApiResult {
     let path = shared.engine.uploads().thumbnail_file(up.id);
     let etag = format!("\"t{}\"", auth::hex(&up.sha256));
     serve_file(

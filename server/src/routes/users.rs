@@ -22,7 +22,32 @@ const SEARCH_PAGE_LEN_DEFAULT: usize = 20;
 
 pub(crate) fn profile_json(p: &Profile) -> Value {
     json!({"id": p.user, "name": p.name, "external": p.external,
-           "display_name": p.display_name, "status": p.status, "updated_ms": p.updated_ms})
+           "display_name": p.display_name, "status": p.status, "updated_ms": p.updated_ms,
+           "avatar_url": p.avatar.map(|id| avatar_url(p.user, id)),
+           "last_seen_ms": p.last_seen_ms / LAST_SEEN_GRAIN_MS * LAST_SEEN_GRAIN_MS})
+}
+
+/// How precisely the directory says when someone was last seen: to the
+/// minute (anyone signed in may ask; seconds would trace a person's
+/// every move).
+pub const LAST_SEEN_GRAIN_MS: u64 = 60_000;
+
+/// Where user `user`'s avatar (upload `id`) is served: its thumbnail,
+/// never the original (whose id would read the whole file, metadata and
+/// all). The `v` changes with the avatar, so the response may be cached
+/// for good; it does not reveal the upload's id.
+fn avatar_url(user: u64, id: u128) -> String {
+    use sha2::{Digest, Sha256};
+    let tag = Sha256::digest(id.to_be_bytes());
+    format!("/api/users/{user}/avatar?v={}", crate::auth::hex(&tag[..6]))
+}
+
+/// A user id from a path segment: a number >= 1, else 400.
+pub(crate) fn user_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("user id {raw:?} is not a number >= 1")))
 }
 
 /// `GET /api/users?q=&after=&limit=`: a page of the users whose name or
@@ -91,11 +116,7 @@ fn cursor_from(text: &str) -> Result<SearchCursor, ApiError> {
 /// `GET /api/users/{id}`: a user's profile; 404 for none.
 pub(crate) async fn get(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     user(req, shared).await?;
-    let id = raw
-        .parse::<u64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::BadRequest(format!("user id {raw:?} is not a number >= 1")))?;
+    let id = user_id(raw)?;
     let m = directory(shared);
     match blocking(move || m.profile(id)).await? {
         Some(p) => Ok(Response::json(200, &profile_json(&p))),
@@ -107,10 +128,24 @@ pub(crate) async fn get(req: &Request, shared: &Shared, raw: &str) -> ApiResult 
 pub(crate) struct NewProfile {
     display_name: Option<String>,
     status: Option<String>,
+    /// An image upload of the caller's (32 hex digits); "" clears it.
+    avatar: Option<String>,
 }
 
-/// `PUT /api/me/profile {"display_name"?, "status"?}`: changes what is
-/// given ("" clears it) and keeps the rest; 200 the profile. On one node
+impl NewProfile {
+    /// The avatar change asked for: `Some(None)` clears it.
+    fn avatar(&self) -> Result<Option<Option<u128>>, ApiError> {
+        match self.avatar.as_deref() {
+            None => Ok(None),
+            Some("") => Ok(Some(None)),
+            Some(hex) => crate::app::upload_ids(&[hex.to_string()]).map(|ids| Some(Some(ids[0]))),
+        }
+    }
+}
+
+/// `PUT /api/me/profile {"display_name"?, "status"?, "avatar"?}`: changes
+/// what is given ("" clears it) and keeps the rest; 200 the profile. An
+/// avatar is the id of an image upload of the caller's (on this node). On one node
 /// the change is made in one transaction; in a cluster it is made at the
 /// revision of the profile it read (again when another change came
 /// first), recorded in the users bucket and applied here before the
@@ -123,19 +158,40 @@ pub(crate) async fn set_mine(req: &Request, shared: &Shared) -> ApiResult {
         new.display_name.as_deref().unwrap_or(""),
         new.status.as_deref().unwrap_or(""),
     )?;
+    let avatar = new.avatar()?;
     take_directory_token(shared, uid).await?;
     let now = crate::auth::now_ms();
     if let Some(node) = &shared.cluster {
+        if let Some(Some(id)) = avatar {
+            // Checked here, the node that has the upload (the others
+            // record the id as they are told).
+            let uploads = shared.engine.uploads();
+            let up = blocking(move || uploads.get(id)).await?;
+            match up {
+                Some(up) if up.owner == uid && up.thumb_bytes > 0 => {}
+                Some(up) if up.owner == uid => {
+                    return Err(ApiError::BadRequest(
+                        "an avatar is an image (PNG, JPEG, GIF or WebP)".into(),
+                    ))
+                }
+                _ => return Err(ApiError::NotFound(format!("upload {id:032x}"))),
+            }
+        }
         let m = directory(shared);
         let current = blocking(move || m.profile(uid))
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("user {uid}")))?;
-        node.edit_profile(&current, new.display_name, new.status, now)
+        node.edit_profile(&current, new.display_name, new.status, avatar, now)
             .await?;
     } else {
         let m = directory(shared);
         blocking(move || {
-            m.edit_profile(uid, new.display_name.as_deref(), new.status.as_deref(), now)
+            let edit = rookery_engine::ProfileEdit {
+                display_name: new.display_name.as_deref(),
+                status: new.status.as_deref(),
+                avatar,
+            };
+            m.edit_profile(uid, &edit, now)
         })
         .await?;
     }

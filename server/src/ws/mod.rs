@@ -313,6 +313,9 @@ impl Drop for Conn {
     /// Rooms relayed from other nodes are let go here (the engine's end
     /// with the inbox).
     fn drop(&mut self) {
+        if let Some(p) = &self.proof {
+            self.shared.seen.note(p.user, auth::now_ms());
+        }
         if let Some(relay) = &self.shared.relay {
             for j in self.link.joined.borrow().iter().filter(|j| j.remote) {
                 relay.unsubscribe(j.room, j.sub);
@@ -685,6 +688,7 @@ impl Conn {
             user: p.user,
         });
         self.proof = Some(p);
+        self.shared.seen.note(p.user, auth::now_ms());
         if p.session.is_some_and(|h| self.shared.revoked.contains(&h)) {
             self.close(
                 CloseCode::Library(4001),
@@ -1040,6 +1044,9 @@ impl Conn {
         };
         let r#ref = f.r#ref;
         let kind = f.kind();
+        if let Some(p) = &self.proof {
+            self.shared.seen.note(p.user, auth::now_ms());
+        }
         if kind == "join" && self.proof.is_some() && self.move_for_join(&f, text) {
             return;
         }

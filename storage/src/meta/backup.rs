@@ -33,10 +33,10 @@ use redb::{
 };
 
 use super::{
-    Meta, RoomRow, BANS, COUNTERS, DELETED_ROOMS, DMS, DM_ROOMS, FEED_CURSORS, FORMER, INVITES,
-    MEMBERS, MEMBER_FEED, NAME_WORDS, ORIGIN_COUNTER, PROFILES, RECEIPTS, RETENTION, ROOMS,
-    ROOM_NAMES, SESSIONS, UPLOADS, UPLOAD_HOLDERS, UPLOAD_REFS, UPLOAD_USAGE, USERS, USER_INVITES,
-    USER_NAMES, USER_ROOMS,
+    Meta, RoomRow, AVATARS, AVATAR_ROOM, BANS, COUNTERS, DELETED_ROOMS, DMS, DM_ROOMS,
+    FEED_CURSORS, FORMER, INVITES, LAST_SEEN, MEMBERS, MEMBER_FEED, NAME_WORDS, ORIGIN_COUNTER,
+    PROFILES, RECEIPTS, RETENTION, ROOMS, ROOM_NAMES, SESSIONS, UPLOADS, UPLOAD_HOLDERS,
+    UPLOAD_REFS, UPLOAD_USAGE, USERS, USER_INVITES, USER_NAMES, USER_ROOMS,
 };
 use crate::error::{Error, Result};
 
@@ -128,6 +128,8 @@ impl Meta {
         out.rows += copy_table(&src, &dst, cancel, DM_ROOMS, same)?;
         out.rows += copy_table(&src, &dst, cancel, PROFILES, same)?;
         out.rows += copy_table(&src, &dst, cancel, NAME_WORDS, same)?;
+        out.rows += copy_table(&src, &dst, cancel, AVATARS, same)?;
+        out.rows += copy_table(&src, &dst, cancel, LAST_SEEN, same)?;
         let mut uploads = Vec::new();
         out.rows += copy_table(&src, &dst, cancel, UPLOADS, |k, v| {
             uploads.push(u128::from_bytes(k));
@@ -139,7 +141,10 @@ impl Meta {
         // by the log copy itself: the room's `last_seq` here may lag it
         // (the index pushes it after its commits), and a message the log
         // copy holds must keep its hold.
-        let kept = |room: u64, seq: u64| last_seqs.get(&room).is_some_and(|&last| seq <= last);
+        // An avatar's hold is kept as it is.
+        let kept = |room: u64, seq: u64| {
+            room == AVATAR_ROOM || last_seqs.get(&room).is_some_and(|&last| seq <= last)
+        };
         out.rows += copy_table(&src, &dst, cancel, UPLOAD_REFS, |k, v| {
             let (room, seq, _) = <(u64, u64, u128)>::from_bytes(k);
             kept(room, seq).then(|| v.to_vec())
@@ -214,6 +219,8 @@ fn check_known_tables(src: &ReadTransaction) -> Result<()> {
         DM_ROOMS.name(),
         PROFILES.name(),
         NAME_WORDS.name(),
+        AVATARS.name(),
+        LAST_SEEN.name(),
         UPLOADS.name(),
         UPLOAD_USAGE.name(),
         UPLOAD_REFS.name(),

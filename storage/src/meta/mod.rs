@@ -84,7 +84,7 @@ pub use backup::{count_read_only, forget_uploads, MetaCopy};
 pub use dms::{Dm, DmOpened};
 pub use feed::{MemberEvent, MEMBER_FEED_LEN_MAX, MEMBER_FEED_STREAM};
 pub use profiles::{
-    check_profile, query_words, words_of, Profile, SearchCursor, SearchPage,
+    check_profile, query_words, words_of, Profile, ProfileEdit, SearchCursor, SearchPage,
     DISPLAY_NAME_BYTES_MAX, QUERY_WORDS_MAX, SEARCH_SCAN_ROWS_MAX, STATUS_BYTES_MAX,
     WORDS_PER_USER_MAX, WORD_BYTES_MAX,
 };
@@ -181,6 +181,17 @@ const DM_ROOMS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("dm_room
 
 /// User -> their profile (see `profiles.rs`).
 const PROFILES: TableDefinition<u64, ProfileRow> = TableDefinition::new("profiles");
+
+/// User -> the upload their avatar is (see `profiles.rs`); the upload is
+/// held by the row (room [`AVATAR_ROOM`], seq = user) of `upload_refs`.
+const AVATARS: TableDefinition<u64, u128> = TableDefinition::new("avatars");
+
+/// User -> when they were last active, ms (see `profiles.rs`).
+const LAST_SEEN: TableDefinition<u64, u64> = TableDefinition::new("last_seen");
+
+/// The room no room is (ids start at 1) under which an avatar holds its
+/// upload (seq = the user).
+pub(crate) const AVATAR_ROOM: u64 = 0;
 
 /// (word, user): the words of users' names and display names, lower case,
 /// for searching users by prefix (see `profiles.rs`).
@@ -367,6 +378,8 @@ impl Meta {
         txn.open_table(DM_ROOMS)?;
         txn.open_table(PROFILES)?;
         txn.open_table(NAME_WORDS)?;
+        txn.open_table(AVATARS)?;
+        txn.open_table(LAST_SEEN)?;
         txn.open_table(UPLOADS)?;
         txn.open_table(UPLOAD_USAGE)?;
         txn.open_table(UPLOAD_REFS)?;
@@ -608,6 +621,9 @@ pub enum Replicated {
         status: String,
         /// When it was set, in Unix milliseconds.
         updated_ms: u64,
+        /// Their avatar (an upload of theirs; the node that holds it
+        /// holds it for them).
+        avatar: Option<u128>,
     },
 }
 

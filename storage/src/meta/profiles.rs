@@ -1,6 +1,11 @@
-//! The user directory: each user's profile (a display name and a status
-//! text) and an index of the words of users' names, by which users are
-//! found by prefix ([`Meta::search_users`]).
+//! The user directory: each user's profile (a display name, a status
+//! text and an avatar) and an index of the words of users' names, by
+//! which users are found by prefix ([`Meta::search_users`]).
+//!
+//! An avatar is an image the user uploaded (one with a thumbnail); while
+//! it is their avatar it is held as a message holds an upload, by the row
+//! ([`AVATAR_ROOM`], user), so nothing frees it. The one it replaces is
+//! held no more (the sweep of uploads nothing holds removes it).
 //!
 //! Invariant: `name_words` holds `(w, user)` exactly for the words `w` of
 //! the user's name and display name ([`words_of`]), written in the
@@ -44,6 +49,23 @@ pub struct Profile {
     pub status: String,
     /// When the profile last changed (ms; 0: never).
     pub updated_ms: u64,
+    /// Their avatar: an image upload of theirs (`None`: none).
+    pub avatar: Option<u128>,
+    /// When they were last active (ms; 0: never seen), as
+    /// [`Meta::note_seen`] was told.
+    pub last_seen_ms: u64,
+}
+
+/// What a profile edit changes ([`Meta::edit_profile`]): `None` keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProfileEdit<'a> {
+    /// The name they show ("" clears it).
+    pub display_name: Option<&'a str>,
+    /// Their status text ("" clears it).
+    pub status: Option<&'a str>,
+    /// Their avatar: `Some(None)` clears it, `Some(Some(id))` makes upload
+    /// `id` (an image of theirs, with a thumbnail) their avatar.
+    pub avatar: Option<Option<u128>>,
 }
 
 /// Where a page of a search stopped: the index row (word, user) last read.
@@ -70,7 +92,8 @@ impl Meta {
     pub fn profile(&self, user: u64) -> Result<Option<Profile>> {
         self.read(|txn| {
             let (users, profiles) = (txn.open_table(USERS)?, txn.open_table(PROFILES)?);
-            profile_in(&users, &profiles, user)
+            let extras = (txn.open_table(AVATARS)?, txn.open_table(LAST_SEEN)?);
+            profile_in(&users, &profiles, &extras, user)
         })
     }
 
@@ -78,13 +101,14 @@ impl Meta {
     pub fn profiles(&self) -> Result<Vec<Profile>> {
         self.read(|txn| {
             let (users, profiles) = (txn.open_table(USERS)?, txn.open_table(PROFILES)?);
+            let extras = (txn.open_table(AVATARS)?, txn.open_table(LAST_SEEN)?);
             let ids: Vec<u64> = profiles
                 .iter()?
                 .map(|row| Ok(row?.0.value()))
                 .collect::<Result<_>>()?;
             let mut out = Vec::with_capacity(ids.len());
             for user in ids {
-                out.extend(profile_in(&users, &profiles, user)?);
+                out.extend(profile_in(&users, &profiles, &extras, user)?);
             }
             Ok(out)
         })
@@ -102,38 +126,71 @@ impl Meta {
         status: &str,
         now_ms: u64,
     ) -> Result<()> {
-        self.edit_profile(user, Some(display_name), Some(status), now_ms)
-            .map(drop)
+        let edit = ProfileEdit {
+            display_name: Some(display_name),
+            status: Some(status),
+            avatar: None,
+        };
+        self.edit_profile(user, &edit, now_ms).map(drop)
     }
 
     /// Changes what is given of user `user`'s profile and keeps the rest,
     /// in one transaction (two edits at once never undo each other);
     /// returns the profile as written.
     ///
-    /// Errors: as [`Meta::set_profile`].
-    pub fn edit_profile(
-        &self,
-        user: u64,
-        display_name: Option<&str>,
-        status: Option<&str>,
-        now_ms: u64,
-    ) -> Result<Profile> {
+    /// Errors: as [`Meta::set_profile`]; `NotFound` for an avatar that is
+    /// no upload of theirs, `InvalidInput` for one that is not an image
+    /// with a thumbnail.
+    pub fn edit_profile(&self, user: u64, edit: &ProfileEdit<'_>, now_ms: u64) -> Result<Profile> {
+        let (display_name, status) = (edit.display_name, edit.status);
         check_profile(display_name.unwrap_or(""), status.unwrap_or(""))?;
         self.write(|txn| {
             let current = {
                 let (users, profiles) = (txn.open_table(USERS)?, txn.open_table(PROFILES)?);
-                profile_in(&users, &profiles, user)?
+                let extras = (txn.open_table(AVATARS)?, txn.open_table(LAST_SEEN)?);
+                profile_in(&users, &profiles, &extras, user)?
                     .ok_or_else(|| Error::NotFound(format!("user {user}")))?
             };
             let display_name = display_name.unwrap_or(&current.display_name).to_owned();
             let status = status.unwrap_or(&current.status).to_owned();
             set_profile_in(txn, user, &display_name, &status, now_ms)?;
+            let avatar = edit.avatar.unwrap_or(current.avatar);
+            // Only a new avatar is checked: an edit of the rest keeps the
+            // one they have, even one whose upload is gone since.
+            if let Some(id) = avatar.filter(|&id| current.avatar != Some(id)) {
+                check_avatar(txn, user, id)?;
+            }
+            set_avatar_in(txn, user, avatar)?;
             Ok(Profile {
                 display_name,
                 status,
                 updated_ms: now_ms,
+                avatar,
                 ..current
             })
+        })
+    }
+
+    /// Records when users were last active, `(user, ms)` (a time never
+    /// moves back; unknown users are skipped), in one durable transaction
+    /// (the server calls it at most every few seconds a shard; commits
+    /// that are not durable would keep redb from reclaiming pages while
+    /// nothing else commits).
+    pub fn note_seen(&self, seen: &[(u64, u64)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        self.write(|txn| {
+            let users = txn.open_table(USERS)?;
+            let mut table = txn.open_table(LAST_SEEN)?;
+            for &(user, ms) in seen {
+                let known = users.get(user)?.is_some();
+                let later = table.get(user)?.is_none_or(|old| old.value() < ms);
+                if known && later {
+                    table.insert(user, ms)?;
+                }
+            }
+            Ok(())
         })
     }
 
@@ -164,6 +221,7 @@ impl Meta {
                 txn.open_table(USERS)?,
                 txn.open_table(PROFILES)?,
             );
+            let extras = (txn.open_table(AVATARS)?, txn.open_table(LAST_SEEN)?);
             let start = match after {
                 Some(c) if c.word.as_str() >= first.as_str() => (c.word.clone(), c.user),
                 _ => (first.clone(), 0),
@@ -193,7 +251,7 @@ impl Meta {
                     word: word.to_owned(),
                     user,
                 });
-                let Some(p) = profile_in(&users, &profiles, user)? else {
+                let Some(p) = profile_in(&users, &profiles, &extras, user)? else {
                     return Err(Error::Database(format!("name_words names no user {user}")));
                 };
                 let theirs = words_of(&p.name, &p.display_name);
@@ -252,7 +310,9 @@ pub(super) fn replicate_profile_in(
     display_name: &str,
     status: &str,
     now_ms: u64,
+    avatar: Option<u128>,
 ) -> Result<()> {
+    set_avatar_in(txn, user, avatar)?;
     match name_of(txn, user)? {
         Some(name) => write_profile(txn, user, &name, display_name, status, now_ms),
         None => {
@@ -389,9 +449,52 @@ fn reindex(txn: &WriteTransaction, user: u64, old: &[String], new: &[String]) ->
     Ok(())
 }
 
+/// `id` may be user `user`'s avatar: an upload of theirs, an image with
+/// a thumbnail.
+fn check_avatar(txn: &WriteTransaction, user: u64, id: u128) -> Result<()> {
+    let up = txn
+        .open_table(UPLOADS)?
+        .get(id)?
+        .map(|row| uploads::from_row(id, row.value()))
+        .transpose()?;
+    match up {
+        Some(up) if up.owner == user && up.thumb_bytes > 0 => Ok(()),
+        Some(up) if up.owner == user => Err(Error::InvalidInput(format!(
+            "upload {id:032x} is not an image with a thumbnail: it cannot be an avatar"
+        ))),
+        _ => Err(Error::NotFound(format!("upload {id:032x}"))),
+    }
+}
+
+/// Makes `avatar` user `user`'s avatar (`None`: none): the new one is held
+/// when this file has it (a node's copy of another's profile may not), the
+/// old one is held no more.
+fn set_avatar_in(txn: &WriteTransaction, user: u64, avatar: Option<u128>) -> Result<()> {
+    let old = txn.open_table(AVATARS)?.get(user)?.map(|v| v.value());
+    if old == avatar {
+        return Ok(());
+    }
+    if let Some(old) = old {
+        uploads::unhold_in(txn, AVATAR_ROOM, user, old)?;
+    }
+    match avatar {
+        Some(id) => {
+            txn.open_table(AVATARS)?.insert(user, id)?;
+            if txn.open_table(UPLOADS)?.get(id)?.is_some() {
+                uploads::hold_in(txn, AVATAR_ROOM, user, id)?;
+            }
+        }
+        None => {
+            txn.open_table(AVATARS)?.remove(user)?;
+        }
+    }
+    Ok(())
+}
+
 fn profile_in(
     users: &impl ReadableTable<u64, UserRow>,
     profiles: &impl ReadableTable<u64, ProfileRow>,
+    (avatars, seen): &(impl ReadableTable<u64, u128>, impl ReadableTable<u64, u64>),
     user: u64,
 ) -> Result<Option<Profile>> {
     let Some(row) = users.get(user)? else {
@@ -412,6 +515,8 @@ fn profile_in(
         display_name,
         status,
         updated_ms,
+        avatar: avatars.get(user)?.map(|v| v.value()),
+        last_seen_ms: seen.get(user)?.map_or(0, |v| v.value()),
     }))
 }
 

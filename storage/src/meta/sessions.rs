@@ -114,12 +114,14 @@ impl Meta {
                         display_name,
                         status,
                         updated_ms,
+                        avatar,
                     } => super::profiles::replicate_profile_in(
                         txn,
                         *user,
                         display_name,
                         status,
                         *updated_ms,
+                        *avatar,
                     )?,
                 }
             }

@@ -1694,19 +1694,26 @@ fn edits_keep_what_they_do_not_name_and_a_profile_may_come_before_its_user() {
     let (_dir, meta) = fresh();
     let ada = meta.create_user("ada", PHC, 1).unwrap();
     meta.set_profile(ada, "Countess", "busy", 2).unwrap();
-    let p = meta.edit_profile(ada, None, Some(""), 3).unwrap();
+    let edit = |d, s| crate::meta::ProfileEdit {
+        display_name: d,
+        status: s,
+        avatar: None,
+    };
+    let p = meta.edit_profile(ada, &edit(None, Some("")), 3).unwrap();
     assert_eq!(
         (p.display_name.as_str(), p.status.as_str(), p.updated_ms),
         ("Countess", "", 3)
     );
-    let p = meta.edit_profile(ada, Some("Lady Ada"), None, 4).unwrap();
+    let p = meta
+        .edit_profile(ada, &edit(Some("Lady Ada"), None), 4)
+        .unwrap();
     assert_eq!(
         (p.display_name.as_str(), p.status.as_str()),
         ("Lady Ada", "")
     );
     assert_eq!(meta.profile(ada).unwrap().unwrap(), p);
     assert!(matches!(
-        meta.edit_profile(99, None, None, 5),
+        meta.edit_profile(99, &edit(None, None), 5),
         Err(Error::NotFound(_))
     ));
     // A node catching up may apply a profile before its user: the user's
@@ -1716,6 +1723,7 @@ fn edits_keep_what_they_do_not_name_and_a_profile_may_come_before_its_user() {
         display_name: "Early Bird".into(),
         status: String::new(),
         updated_ms: 6,
+        avatar: None,
     };
     meta.replicate_batch(std::slice::from_ref(&profile))
         .unwrap();
@@ -1918,4 +1926,117 @@ fn messages_hold_uploads_and_letting_go_twice_changes_nothing() {
     assert!(meta.upload_holders(10, 10).unwrap().is_empty());
     assert!(meta.release_uploads(room, 7).unwrap().is_empty());
     assert_eq!(meta.upload_ids().unwrap(), [9]);
+}
+
+/// An avatar is an image upload of the user's; while it is theirs it is
+/// held (neither removed by its owner nor swept), the one it replaces is
+/// held no more; a copy of another node's profile may name an upload this
+/// file does not have.
+#[test]
+fn an_avatar_holds_its_upload_until_replaced() {
+    let (_dir, meta) = fresh();
+    let (ada, bob) = (user(&meta, "ada"), user(&meta, "bob"));
+    let add = |id: u128, owner: u64, thumb_bytes: u64| {
+        let up = crate::meta::Upload {
+            id,
+            owner,
+            bytes: 5000,
+            created_ms: 100,
+            pending: 0,
+            content_type: "image/png".into(),
+            name: String::new(),
+            sha256: [1; 32],
+            width: 10,
+            height: 10,
+            thumb_bytes,
+        };
+        meta.add_upload(&up, u64::MAX).unwrap();
+    };
+    add(1, ada, 300);
+    add(2, ada, 300);
+    add(3, ada, 0);
+    add(4, bob, 300);
+    let set = |user: u64, avatar: Option<u128>| {
+        let edit = crate::meta::ProfileEdit {
+            avatar: Some(avatar),
+            ..Default::default()
+        };
+        meta.edit_profile(user, &edit, 5)
+    };
+    assert!(
+        matches!(set(ada, Some(3)), Err(Error::InvalidInput(_))),
+        "no image"
+    );
+    assert!(
+        matches!(set(ada, Some(4)), Err(Error::NotFound(_))),
+        "bob's"
+    );
+    assert!(matches!(set(ada, Some(9)), Err(Error::NotFound(_))));
+    assert_eq!(set(ada, Some(1)).unwrap().avatar, Some(1));
+    assert_eq!(meta.profile(ada).unwrap().unwrap().avatar, Some(1));
+    assert!(matches!(
+        meta.remove_unattached(ada, 1),
+        Err(Error::AlreadyExists(_))
+    ));
+    // Other edits keep it; the sweep leaves it.
+    meta.set_profile(ada, "Ada", "", 6).unwrap();
+    assert_eq!(meta.profile(ada).unwrap().unwrap().avatar, Some(1));
+    let mut swept: Vec<u128> = meta
+        .sweep_unattached(1000, 10)
+        .unwrap()
+        .iter()
+        .map(|u| u.id)
+        .collect();
+    swept.sort();
+    assert_eq!(swept, [2, 3, 4]);
+    // Replaced: the old one is held no more, and goes with the sweep.
+    add(5, ada, 300);
+    assert_eq!(set(ada, Some(5)).unwrap().avatar, Some(5));
+    assert_eq!(meta.upload_holders(1, 10).unwrap(), []);
+    assert_eq!(meta.upload_holders(5, 10).unwrap(), [(0, ada)]);
+    assert_eq!(
+        meta.sweep_unattached(1000, 10)
+            .unwrap()
+            .iter()
+            .map(|u| u.id)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    assert_eq!(set(ada, None).unwrap().avatar, None);
+    assert!(meta.upload_holders(5, 10).unwrap().is_empty());
+    // An avatar whose upload is removed outright (a backup's copy
+    // forgetting it) is no avatar.
+    assert_eq!(set(ada, Some(5)).unwrap().avatar, Some(5));
+    meta.remove_upload(5).unwrap();
+    assert_eq!(meta.profile(ada).unwrap().unwrap().avatar, None);
+    add(6, ada, 300);
+    assert_eq!(set(ada, Some(6)).unwrap().avatar, Some(6));
+    meta.set_profile(ada, "Ada", "still here", 8).unwrap();
+    // Another node's profile naming an upload this file lacks.
+    let profile = Replicated::Profile {
+        user: bob,
+        display_name: String::new(),
+        status: String::new(),
+        updated_ms: 7,
+        avatar: Some(77),
+    };
+    meta.replicate_batch(&[profile]).unwrap();
+    assert_eq!(meta.profile(bob).unwrap().unwrap().avatar, Some(77));
+    // Its other edits keep it, unchecked (the upload is another node's).
+    meta.set_profile(bob, "Bob", "", 9).unwrap();
+    assert_eq!(meta.profile(bob).unwrap().unwrap().avatar, Some(77));
+}
+
+#[test]
+fn last_seen_never_moves_back_and_skips_unknown_users() {
+    let (_dir, meta) = fresh();
+    let ada = user(&meta, "ada");
+    assert_eq!(meta.profile(ada).unwrap().unwrap().last_seen_ms, 0);
+    meta.note_seen(&[(ada, 50), (999, 60)]).unwrap();
+    assert_eq!(meta.profile(ada).unwrap().unwrap().last_seen_ms, 50);
+    meta.note_seen(&[(ada, 40)]).unwrap();
+    assert_eq!(meta.profile(ada).unwrap().unwrap().last_seen_ms, 50);
+    meta.note_seen(&[(ada, 70)]).unwrap();
+    assert_eq!(meta.profile(ada).unwrap().unwrap().last_seen_ms, 70);
+    assert_eq!(meta.profile(999).unwrap(), None);
 }

@@ -184,9 +184,7 @@ impl Meta {
                 up.pending = up.pending.saturating_sub(1);
                 insert_row(&mut txn.open_table(UPLOADS)?, &up)?;
                 if live {
-                    txn.open_table(UPLOAD_REFS)?.insert((room, seq, id), ())?;
-                    txn.open_table(UPLOAD_HOLDERS)?
-                        .insert((id, room, seq), ())?;
+                    hold_in(txn, room, seq, id)?;
                 }
                 freed.extend(free_if_unheld(txn, id)?);
             }
@@ -216,8 +214,11 @@ impl Meta {
                 Some(up) if up.owner == owner => {}
                 _ => return Err(Error::NotFound(format!("upload {id:032x}"))),
             }
-            free_if_unheld(txn, id)?
-                .ok_or_else(|| Error::AlreadyExists(format!("upload {id:032x} is in a message")))
+            free_if_unheld(txn, id)?.ok_or_else(|| {
+                Error::AlreadyExists(format!(
+                    "upload {id:032x} is held (by a message, or as an avatar)"
+                ))
+            })
         })
     }
 
@@ -302,11 +303,25 @@ pub(super) fn release_range(
     };
     let mut freed = Vec::new();
     for (seq, id) in rows {
-        txn.open_table(UPLOAD_REFS)?.remove((room, seq, id))?;
-        txn.open_table(UPLOAD_HOLDERS)?.remove((id, room, seq))?;
+        unhold_in(txn, room, seq, id)?;
         freed.extend(free_if_unheld(txn, id)?);
     }
     Ok(freed)
+}
+
+/// (`room`, `seq`) holds upload `id` (a message, or an avatar).
+pub(super) fn hold_in(txn: &WriteTransaction, room: u64, seq: u64, id: u128) -> Result<()> {
+    txn.open_table(UPLOAD_REFS)?.insert((room, seq, id), ())?;
+    txn.open_table(UPLOAD_HOLDERS)?
+        .insert((id, room, seq), ())?;
+    Ok(())
+}
+
+/// (`room`, `seq`) holds upload `id` no more (nothing is freed here).
+pub(super) fn unhold_in(txn: &WriteTransaction, room: u64, seq: u64, id: u128) -> Result<()> {
+    txn.open_table(UPLOAD_REFS)?.remove((room, seq, id))?;
+    txn.open_table(UPLOAD_HOLDERS)?.remove((id, room, seq))?;
+    Ok(())
 }
 
 /// Removes upload `id` if no message holds it and no post is pending;
@@ -356,8 +371,15 @@ pub(super) fn remove_in(txn: &WriteTransaction, id: u128) -> Result<Option<Uploa
         .collect::<Result<_>>()?
     };
     for (room, seq) in holders {
-        txn.open_table(UPLOAD_HOLDERS)?.remove((id, room, seq))?;
-        txn.open_table(UPLOAD_REFS)?.remove((room, seq, id))?;
+        unhold_in(txn, room, seq, id)?;
+        if room == AVATAR_ROOM {
+            // An avatar whose upload goes is no avatar any more.
+            let mut avatars = txn.open_table(AVATARS)?;
+            let names_it = avatars.get(seq)?.is_some_and(|v| v.value() == id);
+            if names_it {
+                avatars.remove(seq)?;
+            }
+        }
     }
     let mut uploads = txn.open_table(UPLOADS)?;
     let Some(upload) = uploads
@@ -413,7 +435,7 @@ type RowRef<'a> = (
 );
 
 /// A row read back, checked (the hash is 32 bytes).
-fn from_row(id: u128, r: RowRef<'_>) -> Result<Upload> {
+pub(super) fn from_row(id: u128, r: RowRef<'_>) -> Result<Upload> {
     let (owner, bytes, created_ms, pending, content_type, name, sha, (width, height), thumb_bytes) =
         r;
     let sha256: [u8; 32] = sha
