@@ -251,7 +251,9 @@ impl Meta {
                     word: word.to_owned(),
                     user,
                 });
-                let Some(p) = profile_in(&users, &profiles, &extras, user)? else {
+                // Names first: the avatar and last seen are read only for
+                // the users the page shows.
+                let Some(mut p) = names_in(&users, &profiles, user)? else {
                     return Err(Error::Database(format!("name_words names no user {user}")));
                 };
                 let theirs = words_of(&p.name, &p.display_name);
@@ -263,6 +265,7 @@ impl Meta {
                     .filter(|w| w.starts_with(first.as_str()))
                     .min();
                 if wanted.iter().all(matches) && first_of_theirs.map(String::as_str) == Some(word) {
+                    with_extras(&mut p, &extras)?;
                     page.users.push(p);
                 }
             }
@@ -491,10 +494,37 @@ fn set_avatar_in(txn: &WriteTransaction, user: u64, avatar: Option<u128>) -> Res
     Ok(())
 }
 
+/// The tables a profile's avatar and last seen are in.
+type Extras<A, S> = (A, S);
+
 fn profile_in(
     users: &impl ReadableTable<u64, UserRow>,
     profiles: &impl ReadableTable<u64, ProfileRow>,
-    (avatars, seen): &(impl ReadableTable<u64, u128>, impl ReadableTable<u64, u64>),
+    extras: &Extras<impl ReadableTable<u64, u128>, impl ReadableTable<u64, u64>>,
+    user: u64,
+) -> Result<Option<Profile>> {
+    let Some(mut p) = names_in(users, profiles, user)? else {
+        return Ok(None);
+    };
+    with_extras(&mut p, extras)?;
+    Ok(Some(p))
+}
+
+/// Fills in `p`'s avatar and last seen.
+fn with_extras(
+    p: &mut Profile,
+    (avatars, seen): &Extras<impl ReadableTable<u64, u128>, impl ReadableTable<u64, u64>>,
+) -> Result<()> {
+    p.avatar = avatars.get(p.user)?.map(|v| v.value());
+    p.last_seen_ms = seen.get(p.user)?.map_or(0, |v| v.value());
+    Ok(())
+}
+
+/// A profile without its avatar and last seen (read by
+/// [`with_extras`]).
+fn names_in(
+    users: &impl ReadableTable<u64, UserRow>,
+    profiles: &impl ReadableTable<u64, ProfileRow>,
     user: u64,
 ) -> Result<Option<Profile>> {
     let Some(row) = users.get(user)? else {
@@ -515,8 +545,8 @@ fn profile_in(
         display_name,
         status,
         updated_ms,
-        avatar: avatars.get(user)?.map(|v| v.value()),
-        last_seen_ms: seen.get(user)?.map_or(0, |v| v.value()),
+        avatar: None,
+        last_seen_ms: 0,
     }))
 }
 
