@@ -64,9 +64,9 @@ pub use reply::Pending;
 pub use rookery_storage::backup;
 pub use rookery_storage::meta::SERVER_USER;
 pub use rookery_storage::{
-    ArchivedRecord, Cursor, Doorbell, Durability, FeedRead, IdFilter, LogFeed, LogFeeds, Order,
-    Pos, Replicated, Retention, RetentionReport, ShardStats, StorageConfig, FILES_PER_MESSAGE_MAX,
-    QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
+    ArchivedFileRef, ArchivedRecord, Cursor, Doorbell, Durability, FeedRead, IdFilter, LogFeed,
+    LogFeeds, Order, Pos, Replicated, Retention, RetentionReport, ShardStats, StorageConfig,
+    FILES_PER_MESSAGE_MAX, QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
 };
 pub use rules::{decide, role_word, MemberOp, Membership};
 pub use shard::{

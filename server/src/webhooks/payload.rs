@@ -56,6 +56,40 @@ struct Out<'a> {
     /// Whether a reaction was put on (or taken off).
     #[serde(skip_serializing_if = "Option::is_none")]
     on: Option<bool>,
+    /// The uploads a message carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<Vec<FileOut<'a>>>,
+}
+
+/// An upload a message carries, as a webhook tells it (its URL is the
+/// server's, read with a token).
+#[derive(Serialize)]
+struct FileOut<'a> {
+    id: String,
+    url: String,
+    name: &'a str,
+    content_type: &'a str,
+    bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    height: Option<u32>,
+}
+
+impl<'a> FileOut<'a> {
+    fn of(f: &'a rookery_engine::ArchivedFileRef) -> FileOut<'a> {
+        let id = format!("{:032x}", f.upload());
+        let (width, height) = (u32::from(f.width), u32::from(f.height));
+        FileOut {
+            url: format!("/api/uploads/{id}"),
+            id,
+            name: f.name.as_str(),
+            content_type: f.content_type.as_str(),
+            bytes: f.bytes.into(),
+            width: (width > 0).then_some(width),
+            height: (height > 0).then_some(height),
+        }
+    }
 }
 
 impl<'a> Out<'a> {
@@ -75,6 +109,7 @@ impl<'a> Out<'a> {
             thread: None,
             emoji: None,
             on: None,
+            files: None,
         }
     }
 }
@@ -126,12 +161,17 @@ pub fn record_event(origin: u64, shard: usize, pos: Pos, record: &ArchivedRecord
         ArchivedRecord::Message(_) | ArchivedRecord::Reply(_) | ArchivedRecord::Post(_) => {
             let m = record.message().expect("a message kind");
             let reply = record.reply();
+            let files = match record {
+                ArchivedRecord::Post(p) => Some(p.files.iter().map(FileOut::of).collect()),
+                _ => None,
+            };
             Out {
                 seq: Some(m.seq.into()),
                 from: Some(m.sender.into()),
                 body: Some(m.body.as_str()),
                 reply_to: reply.map(|r| r.0),
                 thread: reply.map(|r| r.1),
+                files,
                 ..Out::of(id, Kind::Message, m.room.into(), m.ts_ms.into())
             }
         }
@@ -295,33 +335,79 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_reply_is_a_message_event_and_a_reaction_says_whose() {
-        use rookery_storage::{Message, Record, Reply};
-        let reply = Record::Reply(Box::new(Reply {
-            message: Message {
-                room: 3,
-                seq: 9,
-                sender: 4,
-                ts_ms: 6,
-                client_id: String::new(),
-                body: "yes".into(),
-            },
-            to: 8,
-            thread: 2,
-        }));
+    /// Message 9 of room 3, by user 4 at 6 ms.
+    fn message(body: &str) -> rookery_storage::Message {
+        rookery_storage::Message {
+            room: 3,
+            seq: 9,
+            sender: 4,
+            ts_ms: 6,
+            client_id: String::new(),
+            body: body.into(),
+        }
+    }
+
+    /// What a webhook makes of `rec` read back from a log at 1:32: its
+    /// kind, its time and its event.
+    fn event_of(rec: &rookery_storage::Record) -> (Kind, u64, serde_json::Value) {
         let mut frame = Vec::new();
-        rookery_storage::record::encode_frame(&reply, &mut frame);
+        rookery_storage::record::encode_frame(rec, &mut frame);
         let mut aligned = rkyv::util::AlignedVec::<16>::new();
         aligned.extend_from_slice(&frame);
         let (rec, _) = rookery_storage::record::decode_frame(&aligned).unwrap();
-        assert_eq!((record_kind(rec), record_ts(rec)), (Kind::Message, 6));
         let pos = Pos {
             segment: 1,
             offset: 32,
         };
-        let json: serde_json::Value =
-            serde_json::from_slice(&record_event(0xab, 0, pos, rec).json).unwrap();
+        let json = serde_json::from_slice(&record_event(0xab, 0, pos, rec).json).unwrap();
+        (record_kind(rec), record_ts(rec), json)
+    }
+
+    #[test]
+    fn a_message_with_files_tells_them() {
+        use rookery_storage::{FileRef, Post, Record};
+        let file = |id: u128, name: &str, width: u32| FileRef {
+            id: id.to_be_bytes(),
+            name: name.into(),
+            content_type: if width > 0 {
+                "image/png"
+            } else {
+                "application/pdf"
+            }
+            .into(),
+            bytes: 1234,
+            width,
+            height: width / 2,
+            thumb: width > 0,
+        };
+        let post = Record::Post(Box::new(Post {
+            message: message(""),
+            to: 0,
+            thread: 0,
+            files: vec![file(0xab, "cat.png", 40), file(0xcd, "a.pdf", 0)],
+        }));
+        let hex = |id: u128| format!("{id:032x}");
+        assert_eq!(
+            event_of(&post).2,
+            serde_json::json!({"id":"00000000000000ab-0-1-32","type":"message","room":3,"seq":9,
+                "from":4,"ts":6,"body":"","files":[
+                {"id":hex(0xab),"url":format!("/api/uploads/{}", hex(0xab)),"name":"cat.png",
+                 "content_type":"image/png","bytes":1234,"width":40,"height":20},
+                {"id":hex(0xcd),"url":format!("/api/uploads/{}", hex(0xcd)),"name":"a.pdf",
+                 "content_type":"application/pdf","bytes":1234}]})
+        );
+    }
+
+    #[test]
+    fn a_reply_is_a_message_event_and_a_reaction_says_whose() {
+        use rookery_storage::{Record, Reply};
+        let reply = Record::Reply(Box::new(Reply {
+            message: message("yes"),
+            to: 8,
+            thread: 2,
+        }));
+        let (kind, ts, json) = event_of(&reply);
+        assert_eq!((kind, ts), (Kind::Message, 6));
         assert_eq!(
             json,
             serde_json::json!({"id":"00000000000000ab-0-1-32","type":"message","room":3,"seq":9,"from":4,"ts":6,"body":"yes","reply_to":8,"thread":2})
@@ -334,14 +420,8 @@ mod tests {
             emoji: "👍".into(),
             on: false,
         });
-        let mut frame = Vec::new();
-        rookery_storage::record::encode_frame(&react, &mut frame);
-        let mut aligned = rkyv::util::AlignedVec::<16>::new();
-        aligned.extend_from_slice(&frame);
-        let (rec, _) = rookery_storage::record::decode_frame(&aligned).unwrap();
-        assert_eq!((record_kind(rec), record_ts(rec)), (Kind::Reaction, 7));
-        let json: serde_json::Value =
-            serde_json::from_slice(&record_event(0xab, 0, pos, rec).json).unwrap();
+        let (kind, ts, json) = event_of(&react);
+        assert_eq!((kind, ts), (Kind::Reaction, 7));
         assert_eq!(
             json,
             serde_json::json!({"id":"00000000000000ab-0-1-32","type":"reaction","room":3,"seq":9,"by":5,"ts":7,"emoji":"👍","on":false})
