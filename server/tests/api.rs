@@ -1032,3 +1032,69 @@ fn a_profile_says_when_its_user_was_last_seen() {
     }
     assert!(seen() <= before + 60_000 && seen() % 60_000 == 0);
 }
+
+/// In a cluster an avatar is set through the node that holds its upload
+/// (404 through another), named by every node's copy of the profile, and
+/// served by its node. One process has nothing to show here: the single
+/// node's avatars are `uploads.rs`'s.
+#[test]
+fn in_a_cluster_an_avatar_is_named_everywhere_and_served_by_its_node() {
+    if !clustered() {
+        eprintln!("run against a cluster only: one node's avatars are uploads.rs's");
+        return;
+    }
+    let server = start(&[]);
+    let nodes = node_ports(server.port);
+    let ada = register(nodes[0], "ada");
+    let image = {
+        let img = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    };
+    let mut raw = format!(
+        "POST /api/uploads?name=me.png HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {ada}\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+        image.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&image);
+    let resp = exchange(nodes[0], &raw).unwrap();
+    assert_eq!(status(&resp), 201, "{resp}");
+    let body: serde_json::Value =
+        serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let id = body["id"].as_str().unwrap().to_string();
+    let set = |node: u16| {
+        let body = json!({ "avatar": id });
+        call(node, "PUT", "/api/me/profile", Some(&ada), Some(&body))
+    };
+    let (s, v) = set(nodes[1]);
+    assert_eq!(s, 404, "the upload is not on that node: {v}");
+    let (s, v) = set(nodes[0]);
+    assert_eq!(s, 200, "{v}");
+    let (url, me) = (
+        v["avatar_url"].as_str().unwrap().to_string(),
+        v["id"].as_u64().unwrap(),
+    );
+    // Every node's copy names it (soon: copies follow the cluster's).
+    for &node in &nodes {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, p) = call(node, "GET", &format!("/api/users/{me}"), Some(&ada), None);
+            if p["avatar_url"] == url.as_str() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {node}: {p}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    assert_eq!(status(&get_raw(nodes[0], &url, &ada, "")), 200);
+    assert_eq!(
+        status(&get_raw(nodes[1], &url, &ada, "")),
+        404,
+        "node-local"
+    );
+    // Held on its node: not removed while it is the avatar.
+    let path = format!("/api/uploads/{id}");
+    assert_eq!(call(nodes[0], "DELETE", &path, Some(&ada), None).0, 409);
+}
