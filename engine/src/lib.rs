@@ -66,7 +66,7 @@ pub use rookery_storage::meta::SERVER_USER;
 pub use rookery_storage::{
     ArchivedFileRef, ArchivedRecord, Cursor, Doorbell, Durability, FeedRead, IdFilter, LogFeed,
     LogFeeds, Order, Pos, Replicated, Retention, RetentionReport, ShardStats, StorageConfig,
-    FILES_PER_MESSAGE_MAX, QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
+    FILES_PER_MESSAGE_MAX, INTERNAL_READER_PREFIX, QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
 };
 pub use rules::{decide, role_word, MemberOp, Membership};
 pub use shard::{

@@ -18,6 +18,7 @@
 //!   Holds are loaded from `meta.redb` before any shard opens (see
 //!   [`crate::Store::open`]), so even `rookery-admin compact` keeps them.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -28,6 +29,12 @@ use crate::error::{Error, Result};
 use crate::record::{check_frame, decode_frame, ArchivedRecord, FrameError, FRAME_HEADER_BYTES};
 use crate::segment::{self, Pos, HEADER_BYTES};
 
+/// The names of the durable readers the server runs itself (not
+/// webhooks) begin with this: no webhook's name (letters, digits, `_`,
+/// `.`, `-`) can, so forgetting the cursors of webhooks that are gone
+/// never touches theirs.
+pub const INTERNAL_READER_PREFIX: &str = "rookery:";
+
 /// No reader holds anything.
 const NO_HOLD: u32 = u32::MAX;
 
@@ -36,6 +43,10 @@ const NO_HOLD: u32 = u32::MAX;
 pub struct LogFeeds {
     shards: Arc<[LogFeed]>,
     doorbell: Arc<Doorbell>,
+    /// Per durable reader (by the name its cursors are saved under), the
+    /// lowest segment of each shard it resumes from: each shard's hold is
+    /// the lowest over readers ([`LogFeeds::hold_for`]).
+    readers: Arc<Mutex<HashMap<String, Vec<Option<u32>>>>>,
 }
 
 impl std::fmt::Debug for LogFeeds {
@@ -47,20 +58,54 @@ impl std::fmt::Debug for LogFeeds {
 }
 
 impl LogFeeds {
-    /// Feeds for `shards` shards, each holding from `holds[i]` (`None`:
-    /// nothing held).
-    pub(crate) fn new(holds: &[Option<u32>]) -> LogFeeds {
-        LogFeeds {
-            shards: holds
-                .iter()
-                .map(|h| LogFeed {
+    /// Feeds for `shards` shards, holding what the saved `cursors`
+    /// (reader, shard, [`Pos::to_u64`]) resume from.
+    pub(crate) fn new(shards: usize, cursors: &[(String, u32, u64)]) -> LogFeeds {
+        let feeds = LogFeeds {
+            shards: (0..shards)
+                .map(|_| LogFeed {
                     acked: AtomicU64::new(0),
-                    hold: AtomicU32::new(h.unwrap_or(NO_HOLD)),
+                    hold: AtomicU32::new(NO_HOLD),
                     log_dir: OnceLock::new(),
                     last: Mutex::new(None),
                 })
                 .collect(),
             doorbell: Arc::new(Doorbell::default()),
+            readers: Arc::default(),
+        };
+        let mut readers: HashMap<String, Vec<Option<u32>>> = HashMap::new();
+        for (name, stream, pos) in cursors {
+            if (*stream as usize) < shards {
+                let segments = readers
+                    .entry(name.clone())
+                    .or_insert_with(|| vec![None; shards]);
+                let segment = Pos::from_u64(*pos).segment;
+                let held = &mut segments[*stream as usize];
+                *held = Some(held.map_or(segment, |s| s.min(segment)));
+            }
+        }
+        for (name, segments) in readers {
+            feeds.hold_for(&name, Some(segments));
+        }
+        feeds
+    }
+
+    /// Records the lowest segment of each shard durable reader `reader`
+    /// resumes from (`None`: the reader is gone), and holds each shard's
+    /// log from the lowest over every reader. A reader raises its own only
+    /// once the cursors it resumes from are saved.
+    pub fn hold_for(&self, reader: &str, segments: Option<Vec<Option<u32>>>) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        match segments {
+            Some(s) => readers.insert(reader.to_string(), s),
+            None => readers.remove(reader),
+        };
+        for (shard, feed) in self.shards.iter().enumerate() {
+            let hold = readers
+                .values()
+                .filter_map(|s| s.get(shard).copied().flatten())
+                .min();
+            feed.set_hold(hold);
         }
     }
 
@@ -107,7 +152,7 @@ pub struct FeedRead {
     /// Records passed to the reader.
     pub records: usize,
     /// Segments the read jumped over because they were gone (the reader's
-    /// position was not held: see [`LogFeed::set_hold`]).
+    /// position was not held: see [`LogFeeds::hold_for`]).
     pub skipped_segments: u32,
 }
 
@@ -122,16 +167,15 @@ impl LogFeed {
     }
 
     /// Keeps every appended segment from `segment` on (`None`: keeps
-    /// nothing for readers). Set it to the lowest segment of the durable
-    /// positions readers resume from, and only ever raise it while the
-    /// shard runs.
-    pub fn set_hold(&self, segment: Option<u32>) {
+    /// nothing for readers): the lowest over readers
+    /// ([`LogFeeds::hold_for`]).
+    fn set_hold(&self, segment: Option<u32>) {
         self.hold
             .store(segment.unwrap_or(NO_HOLD), Ordering::Release);
     }
 
     /// Whether appended segment `segment` must stay as it is.
-    pub(crate) fn holds(&self, segment: u32) -> bool {
+    pub fn holds(&self, segment: u32) -> bool {
         !segment::is_compacted(segment) && segment >= self.hold.load(Ordering::Acquire)
     }
 
@@ -398,5 +442,51 @@ impl Doorbell {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which segments of each of 3 shards are held, among 0..20.
+    fn held(feeds: &LogFeeds) -> Vec<Option<u32>> {
+        (0..3)
+            .map(|shard| (0..20).find(|&seg| feeds.shard(shard).holds(seg)))
+            .collect()
+    }
+
+    #[test]
+    fn each_shard_holds_from_the_lowest_segment_any_reader_resumes_from() {
+        let at = |segment: u64, offset: u64| segment << 32 | offset;
+        let cursors = [
+            ("hook".to_string(), 0, at(7, 32)),
+            ("hook".to_string(), 2, at(12, 32)),
+            ("other".to_string(), 0, at(9, 32)),
+            ("other".to_string(), 1, at(5, 64)),
+            ("far".to_string(), 7, at(1, 32)),
+        ];
+        let feeds = LogFeeds::new(3, &cursors);
+        assert_eq!(
+            held(&feeds),
+            [Some(7), Some(5), Some(12)],
+            "a shard out of range is no hold"
+        );
+        // A second kind of reader lowers a shard's hold, and raising its
+        // own never lowers what another holds.
+        feeds.hold_for("search", Some(vec![Some(3), None, None]));
+        assert_eq!(held(&feeds), [Some(3), Some(5), Some(12)]);
+        feeds.hold_for("search", Some(vec![Some(15), Some(15), Some(15)]));
+        assert_eq!(held(&feeds), [Some(7), Some(5), Some(12)]);
+        // A reader gone holds nothing.
+        feeds.hold_for("hook", None);
+        assert_eq!(held(&feeds), [Some(9), Some(5), Some(15)]);
+        for reader in ["other", "search"] {
+            feeds.hold_for(reader, None);
+        }
+        assert_eq!(held(&feeds), [None, None, None]);
+        // Compacted segments are never held.
+        feeds.hold_for("hook", Some(vec![Some(0), None, None]));
+        assert!(!feeds.shard(0).holds(segment::COMPACTED_ID_BASE + 4));
     }
 }

@@ -48,7 +48,7 @@ pub use config::{Durability, IdFilter, LogObserver, StorageConfig};
 /// `glommio::reactor` logs nothing else.
 pub const QUIET_LOG_DIRECTIVE: &str = "glommio::reactor=off";
 pub use error::{Error, Result};
-pub use feed::{Doorbell, FeedRead, LogFeed, LogFeeds};
+pub use feed::{Doorbell, FeedRead, LogFeed, LogFeeds, INTERNAL_READER_PREFIX};
 pub use index::RoomRow;
 pub use manifest::Manifest;
 pub use meta::{ListPage, Meta, Replicated, Role, ROOM_PAGE_SCAN_ROWS_MAX};
@@ -85,11 +85,11 @@ impl Store {
         );
         // Held before any shard opens: no compaction may take what a
         // durable reader resumes from.
-        let feeds = LogFeeds::new(&meta.feed_holds(cfg.shards)?);
+        let cursors = meta.feed_cursors()?;
+        let feeds = LogFeeds::new(cfg.shards as usize, &cursors);
         meta.set_member_doorbell(feeds.doorbell().clone());
         // A reader that follows the membership feed misses no change made
         // before it starts again.
-        let cursors = meta.feed_cursors()?;
         if cursors.iter().any(|c| c.1 == meta::MEMBER_FEED_STREAM) {
             meta.set_member_feed(true);
         }

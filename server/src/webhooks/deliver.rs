@@ -17,7 +17,7 @@ use rookery_engine::{Engine, Pos, MEMBER_FEED_STREAM};
 
 use super::config::{Hook, Kind};
 use super::payload::{self, Encoded};
-use super::{Holds, HookStats, PresenceQueue};
+use super::{HookStats, PresenceQueue};
 
 /// Log bytes one read of one shard takes at most.
 const READ_BYTES_MAX: usize = 256 << 10;
@@ -78,7 +78,6 @@ pub(super) struct Worker {
     stop: Arc<AtomicBool>,
     presence: Arc<PresenceQueue>,
     stats: Arc<HookStats>,
-    holds: Arc<Holds>,
     agent: ureq::Agent,
     /// The webhook reads the logs (it wants messages, edits or deletes).
     reads_log: bool,
@@ -106,7 +105,6 @@ impl Worker {
         stop: Arc<AtomicBool>,
         presence: Arc<PresenceQueue>,
         stats: Arc<HookStats>,
-        holds: Arc<Holds>,
     ) -> Worker {
         let timeout = Duration::from_millis(hook.timeout_ms);
         let config = ureq::Agent::config_builder()
@@ -134,7 +132,6 @@ impl Worker {
             stop,
             presence,
             stats,
-            holds,
             agent,
             reads_log,
             reads_members,
@@ -294,7 +291,7 @@ impl Worker {
             true => at.log.iter().map(|p| Some(p.segment)).collect(),
             false => Vec::new(),
         };
-        self.holds.update(&self.engine, &self.hook.name, Some(held));
+        self.engine.feeds().hold_for(&self.hook.name, Some(held));
     }
 
     /// Measures what is pending (for `/metrics`); each shard's log bytes

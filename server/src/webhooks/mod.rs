@@ -23,7 +23,7 @@ mod config;
 mod deliver;
 mod payload;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -105,47 +105,6 @@ struct Running {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Per webhook, the lowest log segment of each shard its saved cursors are
-/// in; their minimum over webhooks is each shard's hold.
-#[derive(Default)]
-struct Holds {
-    saved: Mutex<HashMap<String, Vec<Option<u32>>>>,
-}
-
-impl Holds {
-    /// Starts from the cursors saved in `meta.redb` (what the shards hold
-    /// since they opened), so that no webhook's save lowers another's
-    /// hold before it resumed.
-    fn seed(&self, engine: &Engine) {
-        let shards = engine.feeds().len();
-        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, stream, pos) in engine.directory().feed_cursors().unwrap_or_default() {
-            if (stream as usize) < shards {
-                let segments = saved.entry(name).or_insert_with(|| vec![None; shards]);
-                segments[stream as usize] = Some(rookery_engine::Pos::from_u64(pos).segment);
-            }
-        }
-    }
-
-    /// Records `name`'s saved segments (`None`: forget it) and sets every
-    /// shard's hold to the lowest one.
-    fn update(&self, engine: &Engine, name: &str, segments: Option<Vec<Option<u32>>>) {
-        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
-        match segments {
-            Some(s) => saved.insert(name.to_string(), s),
-            None => saved.remove(name),
-        };
-        let feeds = engine.feeds();
-        for shard in 0..feeds.len() {
-            let hold = saved
-                .values()
-                .filter_map(|s| s.get(shard).copied().flatten())
-                .min();
-            feeds.shard(shard).set_hold(hold);
-        }
-    }
-}
-
 /// The webhooks of a running server.
 pub struct Webhooks {
     path: Option<PathBuf>,
@@ -154,7 +113,6 @@ pub struct Webhooks {
     running: Mutex<Vec<Running>>,
     presence: RwLock<Vec<(Arc<PresenceQueue>, Arc<HookStats>)>>,
     stats: Mutex<Vec<(String, Arc<HookStats>)>>,
-    holds: Arc<Holds>,
     engine: OnceLock<Engine>,
 }
 
@@ -169,7 +127,6 @@ impl Webhooks {
             running: Mutex::new(Vec::new()),
             presence: RwLock::new(Vec::new()),
             stats: Mutex::new(Vec::new()),
-            holds: Arc::default(),
             engine: OnceLock::new(),
         })
     }
@@ -209,8 +166,9 @@ impl Webhooks {
 
     /// Starts a delivery thread per webhook. Webhooks no longer in the
     /// file lose their saved cursors (and what they held).
+    /// (What the saved cursors resume from is held since the store
+    /// opened: `LogFeeds::hold_for`.)
     pub fn start(&self, engine: Engine) -> std::io::Result<()> {
-        self.holds.seed(&engine);
         let _ = self.engine.set(engine);
         let hooks = self
             .loaded
@@ -250,18 +208,20 @@ impl Webhooks {
             let _ = r.thread.join();
         }
         *running = keep;
-        // Cursors of webhooks that are gone go too.
+        // Cursors of webhooks that are gone go too (not those of the
+        // server's own readers).
         let directory = engine.directory();
         let names: Vec<String> = directory
             .feed_cursors()
             .map(|c| c.into_iter().map(|(name, _, _)| name).collect())
             .unwrap_or_default();
         for name in names {
-            if !hooks.iter().any(|h| h.name == name) {
+            let internal = name.starts_with(rookery_engine::INTERNAL_READER_PREFIX);
+            if !internal && !hooks.iter().any(|h| h.name == name) {
                 if let Err(e) = directory.drop_feed_cursors(&name) {
                     tracing::warn!(webhook = %name, "forgetting the cursor failed: {e}");
                 }
-                self.holds.update(&engine, &name, None);
+                engine.feeds().hold_for(&name, None);
             }
         }
         let members = hooks
@@ -297,7 +257,6 @@ impl Webhooks {
                 stop.clone(),
                 queue.clone(),
                 hook_stats,
-                self.holds.clone(),
             );
             let thread = std::thread::Builder::new()
                 .name(format!("rookery-webhook-{}", hook.name))
@@ -343,5 +302,51 @@ impl Webhooks {
     /// Each webhook's name and stats, for `/metrics`.
     pub fn stats(&self) -> Vec<(String, Arc<HookStats>)> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starting (or reloading) the webhooks forgets the cursors of the
+    /// webhooks that are gone, never those of the server's own readers,
+    /// and each shard keeps holding what the readers left resume from.
+    #[test]
+    fn the_cursors_of_gone_webhooks_go_and_the_servers_own_readers_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = rookery_engine::EngineConfig::new(dir.path());
+        cfg.storage.shards = 1;
+        let engine = Engine::start(cfg.clone()).unwrap();
+        let internal = format!("{}search", rookery_engine::INTERNAL_READER_PREFIX);
+        let directory = engine.directory();
+        directory
+            .save_feed_cursors("gone", &[(0, 2 << 32 | 32)])
+            .unwrap();
+        directory
+            .save_feed_cursors(&internal, &[(0, 5 << 32 | 32)])
+            .unwrap();
+        drop(directory);
+        engine.shutdown().unwrap();
+
+        let engine = Engine::start(cfg).unwrap();
+        assert!(
+            engine.feeds().shard(0).holds(2),
+            "held since the store opened"
+        );
+        let hooks = Webhooks::load(None).unwrap();
+        hooks.start(engine.clone()).unwrap();
+        let names: Vec<String> = engine
+            .directory()
+            .feed_cursors()
+            .unwrap()
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .collect();
+        assert_eq!(names, [internal]);
+        let feed = engine.feeds().shard(0);
+        assert!(!feed.holds(4) && feed.holds(5));
+        hooks.stop();
+        engine.shutdown().unwrap();
     }
 }

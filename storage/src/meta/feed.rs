@@ -183,17 +183,4 @@ impl Meta {
             Ok(())
         })
     }
-
-    /// Per shard of `shards`, the lowest appended segment any saved cursor
-    /// is in (`None`: no cursor reads that shard).
-    pub fn feed_holds(&self, shards: u32) -> Result<Vec<Option<u32>>> {
-        let mut holds = vec![None; shards as usize];
-        for (_, stream, pos) in self.feed_cursors()? {
-            if let Some(h) = holds.get_mut(stream as usize) {
-                let segment = crate::Pos::from_u64(pos).segment;
-                *h = Some(h.map_or(segment, |s: u32| s.min(segment)));
-            }
-        }
-        Ok(holds)
-    }
 }
