@@ -331,20 +331,30 @@ impl Shard {
     /// Removes the files of uploads whose rows are gone (off the reactor);
     /// a failure is logged (the next start removes files without a row).
     pub(crate) async fn remove_upload_files(&self, ids: Vec<u128>) {
-        if ids.is_empty() {
-            return;
+        if !ids.is_empty() {
+            self.free_with(move || Ok(ids)).await;
         }
+    }
+
+    /// Runs `change` off the reactor, then removes the files of the
+    /// uploads whose rows it removed (the ids it returns), in one trip. A
+    /// failure is logged: an upload kept too long is never one freed too
+    /// soon, and files left without a row go at the next start.
+    pub(crate) async fn free_with(
+        &self,
+        change: impl FnOnce() -> Result<Vec<u128>> + Send + 'static,
+    ) {
         let uploads = self.uploads.clone();
         let done = glommio::executor()
             .spawn_blocking(move || -> Result<()> {
-                for id in ids {
+                for id in change()? {
                     uploads.remove_files(id)?;
                 }
                 Ok(())
             })
             .await;
         if let Err(e) = done {
-            tracing::warn!(error = %e, "removing freed uploads' files failed");
+            tracing::warn!(error = %e, "freeing uploads failed");
         }
     }
 

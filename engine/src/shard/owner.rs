@@ -247,7 +247,7 @@ impl Shard {
     /// upload kept too long is never one freed too soon.
     async fn hold(&self, room: u64, seq: u64, ids: Vec<u128>) {
         let meta = self.meta.clone();
-        self.free_with(move || Ok(meta.hold_uploads(room, seq, &ids)?))
+        self.free_with(move || Ok(ids_of(meta.hold_uploads(room, seq, &ids)?)))
             .await;
     }
 
@@ -256,28 +256,8 @@ impl Shard {
     /// nothing). A failure is logged, as for [`Shard::hold`].
     pub(super) async fn release(&self, room: u64, seq: u64) {
         let meta = self.meta.clone();
-        self.free_with(move || Ok(meta.release_uploads(room, seq)?))
+        self.free_with(move || Ok(ids_of(meta.release_uploads(room, seq)?)))
             .await;
-    }
-
-    /// Runs `change` off the reactor, then removes the files of the
-    /// uploads it freed.
-    async fn free_with(
-        &self,
-        change: impl FnOnce() -> Result<Vec<rookery_storage::meta::Upload>> + Send + 'static,
-    ) {
-        let uploads = self.uploads.clone();
-        let done = glommio::executor()
-            .spawn_blocking(move || -> Result<()> {
-                for up in change()? {
-                    uploads.remove_files(up.id)?;
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "freeing uploads failed");
-        }
     }
 
     /// What a reply to `to` answers, as its event shows it; `NotFound` when
@@ -845,6 +825,11 @@ fn check_files(ids: &[u128]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The ids of `uploads`.
+fn ids_of(uploads: Vec<rookery_storage::meta::Upload>) -> Vec<u128> {
+    uploads.into_iter().map(|u| u.id).collect()
 }
 
 /// A message's body must say something: not empty, nor only whitespace.
