@@ -200,6 +200,11 @@ impl Engine {
         &self.inner.feeds
     }
 
+    /// The metadata store (blocking calls).
+    pub(crate) fn meta(&self) -> &Arc<Meta> {
+        &self.inner.meta
+    }
+
     /// Accounts, sessions, rooms and members (blocking calls; from a
     /// shard's reactor run them on the blocking pool).
     pub fn directory(&self) -> Directory {
@@ -570,12 +575,7 @@ impl Engine {
         let created_ms = crate::shard::now_ms();
         let mut points = Vec::with_capacity(self.shards());
         for shard in 0..self.shards() {
-            points.push(
-                self.inner
-                    .queues
-                    .call(shard, |reply| Command::BackupPoint { reply })
-                    .wait()?,
-            );
+            points.push(self.log_point(shard)?);
         }
         Ok(rookery_storage::backup::write_backup(
             &self.inner.meta,
@@ -587,6 +587,20 @@ impl Engine {
             opts,
             progress,
         )?)
+    }
+
+    /// Shard `shard`'s log as it is now, opened for reading on any thread
+    /// ([`rookery_storage::backup::ShardPoint::for_each_record`]): every
+    /// record acknowledged before the point, and where a feed reader
+    /// goes on from (`end()`). How a derived index (search) is rebuilt
+    /// from the log; compaction and retention after the point take
+    /// nothing from under it.
+    pub fn log_point(&self, shard: usize) -> Result<rookery_storage::backup::ShardPoint> {
+        assert!(shard < self.shards(), "shard {shard} of {}", self.shards());
+        self.inner
+            .queues
+            .call(shard, |reply| Command::BackupPoint { reply })
+            .wait()
     }
 
     /// Users with an open subscription to the room, on any shard.

@@ -44,6 +44,7 @@ mod queues;
 mod receipts;
 mod reply;
 mod rules;
+mod search;
 mod shard;
 mod subscription;
 mod uploads;
@@ -69,6 +70,10 @@ pub use rookery_storage::{
     FILES_PER_MESSAGE_MAX, INTERNAL_READER_PREFIX, QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
 };
 pub use rules::{decide, role_word, MemberOp, Membership};
+pub use search::{
+    Search, SearchConfig, SearchHit, SearchQuery, SearchResults, SearchStatus, QUERY_BYTES_MAX,
+    QUERY_TERMS_MAX, SEARCH_DEPTH_MAX, SEARCH_PAGE_LEN_MAX,
+};
 pub use shard::{
     Attachment, DeletedRoom, HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage,
     QUOTE_BYTES_MAX,

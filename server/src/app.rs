@@ -223,7 +223,7 @@ pub(crate) async fn take_member_add_token(shared: &Shared, user: u64) -> Result<
 pub(crate) async fn take_directory_token(shared: &Shared, user: u64) -> Result<(), ApiError> {
     let message = || {
         let n = shared.cfg.directory_calls_per_user_per_min;
-        format!("at most {n} user searches and profile changes a minute")
+        format!("at most {n} searches (of users or messages) and profile changes a minute")
     };
     take_token(shared, Bucket::Directory, user, message).await
 }

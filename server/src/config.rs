@@ -59,6 +59,15 @@ pub struct Config {
     /// interval and the rewrite).
     #[arg(long, env = "ROOKERY_DELETED_TEXT_DELAY_MS", default_value_t = 600_000)]
     pub deleted_text_delay_ms: u64,
+    /// A message is found by `GET /api/search` within about this many
+    /// milliseconds of its acknowledgement: the search index commits (and
+    /// fsyncs) this often while messages arrive.
+    #[arg(
+        long,
+        env = "ROOKERY_SEARCH_COMMIT_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub search_commit_interval_ms: u64,
     /// Bytes of an HTTP request line and headers.
     #[arg(long, env = "ROOKERY_HTTP_HEAD_BYTES_MAX", default_value_t = 16 << 10)]
     pub http_head_bytes_max: usize,
@@ -177,9 +186,9 @@ pub struct Config {
     /// of as many); more get 429 `rate_limited` with `Retry-After`.
     #[arg(long, env = "ROOKERY_ROOMS_PER_USER_PER_MIN", default_value_t = 10)]
     pub rooms_per_user_per_min: u32,
-    /// Directory calls one user may make per minute: user searches and
-    /// profile changes (a token bucket with a burst of as many); more get
-    /// 429 `rate_limited` with `Retry-After`.
+    /// Directory calls one user may make per minute: user and message
+    /// searches and profile changes (a token bucket with a burst of as
+    /// many); more get 429 `rate_limited` with `Retry-After`.
     #[arg(
         long,
         env = "ROOKERY_DIRECTORY_CALLS_PER_USER_PER_MIN",
@@ -425,6 +434,9 @@ impl Config {
         positive(self.http_head_bytes_max as u64, "http-head-bytes-max")?;
         positive(self.joins_per_user_per_s as u64, "joins-per-user-per-s")?;
         positive(self.rooms_per_user_per_min as u64, "rooms-per-user-per-min")?;
+        if !(1..=60_000).contains(&self.search_commit_interval_ms) {
+            return Err("--search-commit-interval-ms must be 1..=60000".into());
+        }
         positive(
             self.directory_calls_per_user_per_min as u64,
             "directory-calls-per-user-per-min",
@@ -541,6 +553,15 @@ impl Config {
 
     fn durability(&self) -> Result<Durability, String> {
         Durability::parse(&self.durability).map_err(|e| format!("--durability: {e}"))
+    }
+
+    /// The message search index's settings: in `<data dir>/search`, its
+    /// deleted words rewritten away as the log's deleted text is.
+    pub fn search_config(&self) -> rookery_engine::SearchConfig {
+        let mut cfg = rookery_engine::SearchConfig::new(self.data_dir.join("search"));
+        cfg.commit_interval = Duration::from_millis(self.search_commit_interval_ms);
+        cfg.expunge_delay = Duration::from_millis(self.deleted_text_delay_ms);
+        cfg
     }
 
     /// The engine's configuration.

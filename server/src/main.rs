@@ -194,6 +194,8 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
     let stopping = Arc::new(AtomicBool::new(false));
     // Dropped to tell every shard to stop (after `stopping` is set).
     let (stop_tx, stop_rx) = flume::bounded::<()>(0);
+    // Filled once the engine is up (the index reads its logs).
+    let search: Arc<std::sync::OnceLock<rookery_engine::Search>> = Arc::default();
     let (bound_tx, bound_rx) = flume::unbounded();
     // Built once: the shards' relays take its queue bounds, the engine the
     // rest.
@@ -247,6 +249,7 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
     let task: ShardTask = {
         let (http, sampler, hooks) = (http.clone(), sampler.clone(), hooks.clone());
         let (cfg, stopping, backups) = (cfg.clone(), stopping.clone(), backups.clone());
+        let search = search.clone();
         Arc::new(move |shard, engine: Engine| {
             let local = engine.local().expect("shard tasks run on their shard");
             let working = local.clone();
@@ -284,6 +287,7 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
                 backups: backups.clone(),
                 tls: tls.clone(),
                 webhooks: hooks.clone(),
+                search: search.clone(),
                 stop: Rc::new(glommio::sync::Semaphore::new(0)),
                 gate: glommio::sync::Gate::new(),
                 stats: sampler.clone(),
@@ -324,6 +328,17 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
         let _ = engine.shutdown();
         return Err(anyhow::Error::new(e).context("starting the webhooks"));
     }
+    // Opens (or rebuilds) on its own thread: searches answer 503 until then.
+    match rookery_engine::Search::start(&engine, cfg.search_config()) {
+        Ok(s) => {
+            let _ = search.set(s);
+        }
+        Err(e) => {
+            hooks.stop();
+            let _ = engine.shutdown();
+            return Err(anyhow::Error::new(e).context("starting the search index"));
+        }
+    }
     // The stats thread is not joined: it ends by itself once stopping is
     // set or the engine is gone, and a reading in progress must not hold
     // up the bounded shutdown.
@@ -353,7 +368,7 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
             std::process::exit(130);
         }
     });
-    shutdown_within(engine, &cfg, drained_rx, hooks, backups)
+    shutdown_within(engine, &cfg, drained_rx, hooks, backups, search)
 }
 
 /// Re-reads what may change while serving on each SIGHUP (the API keys,
@@ -399,6 +414,7 @@ fn shutdown_within(
     drained: flume::Receiver<usize>,
     hooks: Arc<webhooks::Webhooks>,
     backups: Arc<backups::Backups>,
+    search: Arc<std::sync::OnceLock<rookery_engine::Search>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + cfg.shutdown_timeout();
@@ -418,8 +434,12 @@ fn shutdown_within(
     std::thread::spawn(move || {
         // The webhooks save their cursors while the store is open; a
         // running backup is cancelled (it holds the engine).
+        // The search index commits what it read, likewise.
         hooks.stop();
         backups.stop();
+        if let Some(s) = search.get() {
+            s.stop();
+        }
         let _ = done_tx.send(engine.shutdown());
     });
     match done_rx.recv_deadline(deadline) {

@@ -49,6 +49,8 @@ pub struct Shared {
     pub backups: Arc<crate::backups::Backups>,
     /// The listener's TLS (`--tls-cert`), shared by every shard.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The message search index, once started (after the engine).
+    pub search: Arc<std::sync::OnceLock<rookery_engine::Search>>,
     /// The webhooks (`--webhooks-file`), for `/metrics`.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Where passwords are hashed and checked.

@@ -335,14 +335,14 @@ fn next_segment(dir: &Path, segment: u32, end: Pos) -> Result<Pos> {
     })
 }
 
-struct Frames {
-    bytes: usize,
-    records: usize,
+pub(crate) struct Frames {
+    pub(crate) bytes: usize,
+    pub(crate) records: usize,
 }
 
 /// Reads the whole frames among `want` bytes of `path` at `at` (a frame
 /// longer than `want` is read whole), passing each record to `see`.
-fn read_frames(
+pub(crate) fn read_frames(
     file: &DirectFile,
     at: Pos,
     want: usize,

@@ -33,7 +33,7 @@ pub mod record;
 pub mod segment;
 mod shard;
 mod signal;
-mod threads;
+pub mod threads;
 pub mod uploads;
 pub mod verify;
 

@@ -9,6 +9,7 @@ mod dms;
 mod messages;
 mod rooms;
 
+mod search;
 mod server;
 pub(crate) mod uploads;
 mod users;
@@ -126,6 +127,7 @@ async fn route(req: &Request, shared: &Shared) -> ApiResult {
         ("GET", "/api/me/unread") => unread(req, shared).await,
         ("PUT", "/api/me/profile") => users::set_mine(req, shared).await,
         ("GET", "/api/users") => users::search(req, shared).await,
+        ("GET", "/api/search") => search::search(req, shared).await,
         ("GET", "/api/users/{id}") => users::get(req, shared, id).await,
         ("GET", "/api/users/{id}/avatar") => uploads::avatar(req, shared, id).await,
         ("GET", "/api/rooms") => list_rooms(req, shared).await,
@@ -201,6 +203,7 @@ pub fn route_name(req: &Request) -> &'static str {
         ["api", "me", "unread"] => "/api/me/unread",
         ["api", "me", "profile"] => "/api/me/profile",
         ["api", "users"] => "/api/users",
+        ["api", "search"] => "/api/search",
         ["api", "users", _] => "/api/users/{id}",
         ["api", "users", _, "avatar"] => "/api/users/{id}/avatar",
         ["api", "rooms"] => "/api/rooms",

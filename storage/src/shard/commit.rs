@@ -378,6 +378,12 @@ impl ShardStore {
                 st.active = writer.segment();
                 let active = st.active;
                 st.segments.entry(active).or_default();
+                drop(st);
+                // Readers outside the shard move on to the new segment now,
+                // not at the next append: the sealed one is no longer held
+                // by a reader that read all of it, and compaction may take
+                // it (a deleted message's text leaves a quiet server too).
+                self.announce(writer);
             }
         }
         writer.sync().await?;
