@@ -7,9 +7,10 @@
 #   the cluster link against a real three-server NATS cluster,
 #   Autobahn|Testsuite's WebSocket conformance groups 1-13 (where a Python
 #   2.7 interpreter exists), `promtool check metrics` on a scrape of a real
-#   server, short smoke runs of `rookery-bench storage`, `engine` and
+#   server, short smoke runs of `rookery-bench storage`, `engine`,
 #   `compare` (load against rookery, the bare Rust baseline and the Node ws
-#   baseline), and the web client and dashboard in a real browser
+#   baseline), `directory` and `search`, and the web client and
+#   dashboard in a real browser
 #   (Playwright driving Debian's Chromium, headless; screenshots in
 #   target/browser-artifacts/).
 # It installs what a fresh machine lacks (rustfmt, clippy, a Python venv
@@ -367,6 +368,22 @@ found = {q["kind"]: q["users_per_page_p50"] for q in r["queries"]}
 assert all(n == r["page_len"] for k, n in found.items() if k != "nobody"), found
 assert found["nobody"] == 0, found
 print(f"directory smoke: {r['users']} users, every kind of query answered a full page")
+PY
+
+step "search smoke: rookery-bench search, 20,000 messages indexed, rebuilt from the log and queried (a few seconds)"
+target/debug/rookery-bench search --messages 20000 --rooms 50 --vocabulary 2000 --user-rooms 10 \
+    --rounds 10 --json "$smoke_dir/search.json" 2> "$smoke_dir/search.txt"
+python3 - "$smoke_dir/search.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for key in ("posted_per_sec", "indexed_per_sec", "rebuild_per_sec", "index_bytes"):
+    assert r[key] > 0, key
+found = {q["kind"]: q["found_per_page_p50"] for q in r["queries"]}
+# Common words fill a page in one room and in all of them (the targets
+# are judged on release builds at 10M messages, docs/benchmarks.md).
+assert found["a common word, one room"] == r["page_len"], found
+assert found["a common word, every room"] == r["page_len"], found
+print(f"search smoke: {r['messages']} messages indexed and rebuilt, every kind of query answered")
 PY
 
 step "WebSocket conformance: Autobahn|Testsuite groups 1-13 against /echo, compression cases of 32 KiB and up left out (waiting for the run started before the Python client)"

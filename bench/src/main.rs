@@ -11,6 +11,8 @@
 //!   open-loop sends, delivery latency, loss accounting, thresholds).
 //! - `rookery-bench compare`: one scenario against Rookery and the Node ws
 //!   and Socket.IO baselines, side by side.
+//! - `rookery-bench directory` and `search`: the user directory's search
+//!   at a million users, message search at ten million messages.
 
 #![recursion_limit = "256"]
 
@@ -28,6 +30,7 @@ mod engine;
 mod http_client;
 mod idle;
 mod load;
+mod search;
 mod sink;
 mod sqlite_store;
 mod storage;
@@ -69,6 +72,9 @@ enum Command {
     /// The user directory's search at a million users: p50/p99 per kind
     /// of query.
     Directory(directory::Args),
+    /// Message search at ten million messages: indexing and rebuild
+    /// rates, p50/p99 per kind of query.
+    Search(search::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         Command::Webhooks(args) => webhooks::run(args),
         Command::Backup(args) => backup::run(args),
         Command::Directory(args) => directory::run(args),
+        Command::Search(args) => search::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Idle(args) => idle::run(args),
         Command::Load(args) => load::run(args),

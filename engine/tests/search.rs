@@ -148,6 +148,64 @@ fn pages_run_best_first_without_overlap() {
     engine.shutdown().unwrap();
 }
 
+/// Many rooms are searched three ways (engine/src/search/mod.rs,
+/// `run_query`): the rooms' documents leading when they are few, the best
+/// matches of all rooms filtered when the rooms hold much of what
+/// matches, and every match checked when those best ones lie elsewhere.
+/// Each must find the same messages.
+#[test]
+fn many_rooms_are_searched_alike_whatever_their_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(small_config(dir.path(), 2)).unwrap();
+    // Posted before the index starts: indexed at once by the rebuild.
+    let post_all = |room: u64, n: u64, body: &str| {
+        let pending: Vec<_> = (0..n).map(|_| engine.post(room, 1, "", body)).collect();
+        for p in pending {
+            p.wait().unwrap();
+        }
+    };
+    // Room 100 says the word most, rooms 1 and 2 once among others.
+    post_all(100, 2_000, "word word word");
+    post_all(1, 10, "word and some other words");
+    post_all(2, 10, "word and some other words");
+    let search = Search::start(&engine, config(dir.path())).unwrap();
+    let mine: Vec<(u64, u64)> = (1..=2)
+        .flat_map(|r| (1..=10).map(move |s| (r, s)))
+        .collect();
+    // Few: 20 of 2,020 matches are in rooms 1 and 2.
+    wait_found(&search, "word", &[1, 2], &mine);
+    search.stop();
+    // Many: 600 of 2,600; the 400-odd best matches are all room 100's.
+    post_all(1, 290, "word and some other words");
+    post_all(2, 290, "word and some other words");
+    let search = Search::start(&engine, config(dir.path())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = search
+            .query(query("word", &[1, 2]))
+            .wait()
+            .unwrap_or_default();
+        if page.hits.len() == SEARCH_PAGE_LEN_MAX || Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(page.hits.len(), SEARCH_PAGE_LEN_MAX);
+    assert!(page.more);
+    assert!(
+        page.hits.iter().all(|h| h.room == 1 || h.room == 2),
+        "{page:?}"
+    );
+    // All rooms: the best matches are room 100's.
+    let all = search.query(query("word", &[1, 2, 100])).wait().unwrap();
+    assert!(
+        all.hits.iter().all(|h| h.room == 100) && all.more,
+        "{all:?}"
+    );
+    search.stop();
+    engine.shutdown().unwrap();
+}
+
 #[test]
 fn refuses_what_no_query_may_ask() {
     let dir = tempfile::tempdir().unwrap();

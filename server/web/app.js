@@ -3,7 +3,8 @@
 // sends that stay pending until acknowledged, edits, deletes, replies
 // with their quotes and threads in a side panel, typing, presence and read
 // markers; invitations to accept or decline, and the reason when you are
-// removed from a room or banned.
+// removed from a room or banned; message search, a result opening its room
+// at the message.
 //
 // Each open room keeps its messages by seq in `view.msgs`, with `lo`..`hi`
 // the range the list shows (seqs are dense: every seq in the range is a
@@ -560,6 +561,7 @@ async function openRoom(id) {
   history.replaceState(null, "", "#room=" + id);
   $("#app").classList.add("show-room");
   $("#room-title").textContent = title(r);
+  $("#search-here-label").hidden = false;
   v.firstUnread = r.unread > 0 ? r.last_seq - r.unread + 1 : 0;
   r.unread = 0;
   renderRooms();
@@ -1505,6 +1507,91 @@ function size(bytes) {
   return `${(bytes / (1 << 20)).toFixed(1)} MiB`;
 }
 
+// ---- message search ----------------------------------------------------------
+
+// Searches every room you are in, or the open one ("in this room"); a
+// page at a time, `offset` 0 for a new search. A result opens its room at
+// the message.
+async function searchMessages(form, offset) {
+  const q = form.q.value.trim();
+  if (!q) return;
+  const here = form.here.checked && state.current !== null;
+  const turn = (state.searchTurn = (state.searchTurn || 0) + 1);
+  const params = new URLSearchParams({ q, limit: "20", offset: String(offset) });
+  if (here) params.set("room", String(state.current));
+  $("#search-results").hidden = false;
+  if (offset === 0) $("#search-list").replaceChildren();
+  $("#search-summary").textContent = "Searching…";
+  let page;
+  try {
+    page = await call("GET", "/api/search?" + params);
+  } catch (e) {
+    if (turn === state.searchTurn) $("#search-summary").textContent = e.message;
+    return;
+  }
+  if (turn !== state.searchTurn) return; // a newer search is under way
+  state.search = { next: page.next?.offset ?? null };
+  for (const r of page.results) $("#search-list").append(searchRow(r));
+  const n = $("#search-list").children.length;
+  $("#search-summary").textContent = n ? `${n}${page.next ? "+" : ""} found` : `Nothing found for “${q}”`;
+  $("#search-more").hidden = !page.next;
+}
+
+function searchRow(r) {
+  const room = state.rooms.get(r.room);
+  const v = state.views.get(r.room);
+  const who = v ? nameOf(v, r.message.from) : "";
+  const where = `${room ? title(room) : "room " + r.room}${who ? " · " + who : ""} · ${clock(r.message.ts)}`;
+  return el(
+    "li",
+    {},
+    el(
+      "button",
+      { type: "button", class: "found", onclick: () => jumpTo(r.room, r.message.seq) },
+      el("span", { class: "where", text: where }),
+      el("span", { class: "text", text: r.message.body || "" }),
+    ),
+  );
+}
+
+function closeSearch() {
+  state.searchTurn = (state.searchTurn || 0) + 1;
+  $("#search-results").hidden = true;
+  $("#search-list").replaceChildren();
+  $("#search").q.value = "";
+}
+
+// Opens `room` at message `seq`: its page read if it is not loaded (the
+// messages between it and the loaded ones come as placeholders, fetched
+// behind it), scrolled to and marked for a moment.
+async function jumpTo(room, seq) {
+  await openRoom(room);
+  if (state.current !== room) return;
+  const v = view(room);
+  if (!v.msgs.has(seq)) {
+    try {
+      const page = await call("GET", `/api/rooms/${room}/messages?before=${seq + 1}&limit=20`);
+      const added = absorb(v, page.messages);
+      if (state.current !== room) return;
+      state.list.prepend(added);
+      state.list.resize(count(v));
+      fillGaps(v).catch(() => null);
+    } catch (e) {
+      notice(e.message);
+      return;
+    }
+  }
+  if (seq < v.lo || seq > v.hi) return notice("That message is no longer there.");
+  state.list.scrollToIndex(seq - v.lo);
+  requestAnimationFrame(() => {
+    const row = $(`#messages [data-seq="${seq}"]`);
+    if (!row) return;
+    row.classList.add("found");
+    row.focus({ preventScroll: true });
+    setTimeout(() => row.classList.remove("found"), 2500);
+  });
+}
+
 // ---- wiring ----------------------------------------------------------------
 
 function wire() {
@@ -1523,6 +1610,12 @@ function wire() {
     openDm(e.target);
   });
   $("#new-dm").name.addEventListener("input", (e) => suggestLater(e.target));
+  $("#search").addEventListener("submit", (e) => {
+    e.preventDefault();
+    searchMessages(e.target, 0);
+  });
+  $("#search-more").onclick = () => searchMessages($("#search"), state.search?.next ?? 0);
+  $("#search-close").onclick = closeSearch;
   $("#me").onclick = openProfile;
   $("#profile").addEventListener("submit", (e) => {
     e.preventDefault();

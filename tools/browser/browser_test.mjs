@@ -426,6 +426,38 @@ async function steps(browser, base) {
   );
   await b.screenshot({ path: join(artifacts, "chat-archive-top.png") });
 
+  console.log("message search");
+  // A fresh page holds only the archive's newest messages: the jump has
+  // to read the found one's page.
+  await b.reload();
+  await b.waitForSelector('#conn[data-state="online"]', { timeout: WAIT_MS });
+  const wanted = "archive #4242";
+  const found = b.locator(`#search-list button.found:has-text("${wanted}")`);
+  const searchDeadline = Date.now() + 60_000;
+  for (;;) {
+    // The index follows the log within a second; until it has the
+    // seeded messages a search finds nothing, and is made again.
+    await b.fill("#search input[name=q]", "ARCHIVE 4242");
+    await b.press("#search input[name=q]", "Enter");
+    await b.waitForFunction(() => !/Searching/.test(document.querySelector("#search-summary").textContent), null, {
+      timeout: WAIT_MS,
+    });
+    if ((await found.count()) > 0 || Date.now() > searchDeadline) break;
+    await b.waitForTimeout(500);
+  }
+  check((await found.count()) === 1, `bob searches the ${ARCHIVE_MESSAGES.toLocaleString()} messages for two words: "${wanted}" is found`);
+  check((await b.locator("#search-list li").count()) === 1, "every word must match: one result");
+  await b.screenshot({ path: join(artifacts, "chat-search.png") });
+  await found.click();
+  await b.waitForSelector("#messages .msg.found", { timeout: WAIT_MS });
+  const landed = await b.locator("#messages .msg.found .body").textContent();
+  check(landed === wanted, `a click on the result opens the room at the message, marked (${landed})`);
+  await b.fill("#search input[name=q]", "nothingmatcheszzz");
+  await b.press("#search input[name=q]", "Enter");
+  await b.waitForSelector('#search-summary:has-text("Nothing found")', { timeout: WAIT_MS });
+  check(true, "a search that matches nothing says so");
+  await b.click("#search-close");
+
   console.log("the dashboard");
   const d = await ctxA.newPage();
   await d.goto(base + "/dashboard");

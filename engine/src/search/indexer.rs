@@ -16,7 +16,6 @@
 //!   or an error from tantivy means the index may miss something: it is
 //!   rebuilt, never patched.
 
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +24,6 @@ use rookery_storage::Pos;
 use serde::{Deserialize, Serialize};
 use tantivy::directory::MmapDirectory;
 use tantivy::indexer::{IndexWriterOptions, LogMergePolicy};
-use tantivy::query::RangeQuery;
 use tantivy::schema::Schema;
 use tantivy::{Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument};
 
@@ -42,7 +40,13 @@ const READ_BYTES_MAX: usize = 256 << 10;
 
 /// A commit comes at the latest after this many changes, however soon
 /// (bounds what a crash makes the index read again).
-const COMMIT_CHANGES_MAX: u64 = 200_000;
+const COMMIT_CHANGES_MAX: u64 = 1_000_000;
+
+/// How often it commits while it has a backlog to read: fewer, larger
+/// segments, which the merges rewrite less often (what is not yet
+/// searchable is then behind anyway). Measured: at 100k posts/s on two
+/// vCPUs, the index given the CPU the shards leave it (docs/benchmarks.md).
+const CATCH_UP_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long the thread sleeps at most with nothing to read.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
@@ -304,10 +308,11 @@ impl Indexer {
             let before = self.at.clone();
             self.read_feeds()?;
             let moved = self.at != before;
-            let due = self
-                .cfg
-                .commit_interval
-                .saturating_sub(self.last_commit.elapsed());
+            let interval = match self.behind() {
+                true => CATCH_UP_COMMIT_INTERVAL.max(self.cfg.commit_interval),
+                false => self.cfg.commit_interval,
+            };
+            let due = interval.saturating_sub(self.last_commit.elapsed());
             if self.dirty() && (due.is_zero() || self.changes >= COMMIT_CHANGES_MAX) {
                 self.commit()?;
             }
@@ -328,6 +333,12 @@ impl Indexer {
             self.commit()?;
         }
         Ok(())
+    }
+
+    /// Whether a shard's feed has more acknowledged records than were read.
+    fn behind(&self) -> bool {
+        let feeds = self.engine.feeds();
+        (0..self.at.len()).any(|s| feeds.shard(s).acked().is_some_and(|end| self.at[s] < end))
     }
 
     /// Whether something applied is not yet committed.
@@ -393,11 +404,8 @@ impl Indexer {
             if self.lows.get(&room).is_some_and(|&l| l >= low) {
                 continue;
             }
-            let range = RangeQuery::new(
-                Bound::Included(schema::key(&self.fields, room, 0)),
-                Bound::Excluded(schema::key(&self.fields, room, low)),
-            );
-            self.writer.delete_query(Box::new(range))?;
+            let retired = schema::messages(&self.fields, room, ..low);
+            self.writer.delete_query(Box::new(retired))?;
             self.unexpunged_since.get_or_insert_with(Instant::now);
             self.lows.insert(room, low);
             self.unsaved = true;
@@ -490,24 +498,24 @@ impl Indexer {
     }
 }
 
-/// Applies one change to the writer.
+/// Applies one change to the writer. An edit removes the message's
+/// document first (a removal covers the documents added before it, not
+/// after: tantivy orders operations by their stamps).
 fn apply(writer: &IndexWriter, fields: &Fields, change: Change) -> tantivy::Result<()> {
     match change {
         Change::Put {
             room,
             seq,
-            sender,
-            ts_ms,
             text,
             replaces,
         } => {
             if replaces {
-                writer.delete_term(schema::key(fields, room, seq));
+                writer.delete_query(Box::new(schema::messages(fields, room, seq..=seq)))?;
             }
-            writer.add_document(schema::document(fields, room, seq, sender, ts_ms, &text))?;
+            writer.add_document(schema::document(fields, room, seq, &text))?;
         }
         Change::Remove { room, seq } => {
-            writer.delete_term(schema::key(fields, room, seq));
+            writer.delete_query(Box::new(schema::messages(fields, room, seq..=seq)))?;
         }
     }
     Ok(())
@@ -556,6 +564,10 @@ fn writer(index: &Index, cfg: &SearchConfig, workers: usize) -> Result<IndexWrit
         .build();
     let writer = index.writer_with_options(options)?;
     let mut policy = LogMergePolicy::default();
+    // Twice tantivy's 8 segments of a size before they merge: a document is
+    // rewritten fewer times on its way into a large segment (merges were
+    // half of what indexing cost), for a few more segments per query.
+    policy.set_min_num_segments(16);
     // Segments a fifth deleted are merged anyway, not only at expunges.
     policy.set_del_docs_ratio_before_merge(0.2);
     writer.set_merge_policy(Box::new(policy));

@@ -12,7 +12,7 @@
 //!
 //! Invariants:
 //! - a query sees only committed documents, each one live message as of
-//!   its commit, keyed by (room, seq);
+//!   its commit, named by (room, seq);
 //! - a result names a message, never its text: the caller reads the text
 //!   from the log (what is shown is what the log holds now, so a message
 //!   deleted since the last commit is dropped there, not shown);
@@ -31,7 +31,7 @@ use std::time::Duration;
 use rustc_hash::FxHashSet;
 use tantivy::collector::TopDocs;
 use tantivy::query::doc_predicate_query::{DocPredicateQuery, FunctionPredicate};
-use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery};
+use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, IndexReader, Term};
 
@@ -365,7 +365,25 @@ fn check(q: &SearchQuery) -> Result<()> {
     Ok(())
 }
 
-/// Runs `q` on the reader's current searcher.
+/// The rooms' documents are the smaller side by this factor or more:
+/// a bitset of them leads the intersection with the words'.
+const ROOMS_SPARSE_RATIO: u64 = 8;
+
+/// Best matches over all rooms read at most, to filter by room, before a
+/// query falls back to scoring every match.
+const OVERFETCH_MAX: u64 = 10_000;
+
+/// Runs `q` on the reader's current searcher. How depends on where the
+/// words' matches lie (measured by `rookery-bench search`, docs/
+/// benchmarks.md):
+/// - one room: its term intersects with the words' postings, and tantivy
+///   skips blocks that cannot reach the top (block-max WAND);
+/// - rooms that hold few documents next to the words' matches: a bitset
+///   of the rooms' documents leads the intersection;
+/// - rooms that hold much of what matches (a common word over many
+///   rooms): the best matches of all rooms, pruned as above, over-fetched
+///   by the share of the index the rooms hold, then kept if in the rooms;
+///   when too few are, every match is scored and checked (slow path).
 fn run_query(
     reader: &IndexReader,
     fields: &Fields,
@@ -375,52 +393,129 @@ fn run_query(
     if terms.is_empty() || q.rooms.is_empty() {
         return Ok(SearchResults::default());
     }
-    let mut clauses: Vec<(Occur, Box<dyn Query>)> = terms
+    let words: Vec<Term> = terms
         .iter()
-        .map(|t| {
-            let term = Term::from_field_text(fields.body, t);
-            let q: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
-            (Occur::Must, q)
-        })
+        .map(|t| Term::from_field_text(fields.body, t))
         .collect();
-    clauses.push((Occur::Must, rooms_clause(fields, &q.rooms)));
+    let text = |extra: Option<Box<dyn Query>>| -> BooleanQuery {
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = words
+            .iter()
+            .map(|t| {
+                let q: Box<dyn Query> =
+                    Box::new(TermQuery::new(t.clone(), IndexRecordOption::WithFreqs));
+                (Occur::Must, q)
+            })
+            .collect();
+        clauses.extend(extra.map(|e| (Occur::Must, e)));
+        BooleanQuery::new(clauses)
+    };
     let searcher = reader.searcher();
-    let top = searcher.search(
-        &BooleanQuery::new(clauses),
-        &TopDocs::with_limit(q.limit + 1)
-            .and_offset(q.offset)
-            .order_by_score(),
-    )?;
+    let page = TopDocs::with_limit(q.limit + 1).and_offset(q.offset);
+    let rooms: FxHashSet<u64> = q.rooms.iter().copied().collect();
+    let top: Vec<(f32, tantivy::DocAddress)> = if let [room] = q.rooms[..] {
+        // Scored, but alike for every document of the room: the order is
+        // the words'.
+        let term = Term::from_field_u64(fields.room, room);
+        let room: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+        searcher.search(&text(Some(room)), &page.order_by_score())?
+    } else {
+        let room_docs = room_docs(&searcher, fields, &q.rooms)?;
+        let mut text_docs = u64::MAX;
+        for w in &words {
+            text_docs = text_docs.min(searcher.doc_freq(w)?);
+        }
+        if room_docs.saturating_mul(ROOMS_SPARSE_RATIO) <= text_docs {
+            let set = rooms.iter().map(|&r| Term::from_field_u64(fields.room, r));
+            let set: Box<dyn Query> = Box::new(TermSetQuery::new(set));
+            searcher.search(&text(Some(set)), &page.order_by_score())?
+        } else {
+            let share = (searcher.num_docs() / room_docs.max(1)).max(1);
+            let want = (q.offset + q.limit + 1) as u64;
+            let n = want.saturating_mul(2 * share).min(OVERFETCH_MAX) as usize;
+            let best = searcher.search(&text(None), &TopDocs::with_limit(n).order_by_score())?;
+            let complete = best.len() < n; // every match was read
+            let mut kept = Vec::with_capacity(want as usize);
+            let mut room_of = Values::new(&searcher, "room");
+            for (score, address) in best {
+                if rooms.contains(&room_of.get(address)?) {
+                    kept.push((score, address));
+                }
+            }
+            if complete || kept.len() as u64 >= want {
+                kept.into_iter().skip(q.offset).collect()
+            } else {
+                let filter = rooms_filter(rooms.clone());
+                searcher.search(&text(Some(filter)), &page.order_by_score())?
+            }
+        }
+    };
     // No next page past the depth a query may reach.
     let more = top.len() > q.limit && q.offset + q.limit < SEARCH_DEPTH_MAX;
     let mut hits = Vec::with_capacity(top.len().min(q.limit));
+    let (mut room_of, mut seq_of) = (
+        Values::new(&searcher, "room"),
+        Values::new(&searcher, "seq"),
+    );
     for (score, address) in top.into_iter().take(q.limit) {
-        let segment = searcher.segment_reader(address.segment_ord);
-        let fast = segment.fast_fields();
-        let value = |name: &str| -> tantivy::Result<u64> {
-            Ok(fast.u64(name)?.first(address.doc_id).unwrap_or(0))
-        };
         hits.push(SearchHit {
-            room: value("room")?,
-            seq: value("seq")?,
+            room: room_of.get(address)?,
+            seq: seq_of.get(address)?,
             score,
         });
     }
     Ok(SearchResults { hits, more })
 }
 
-/// Matches the documents of `rooms`, adding nothing to the score: one
-/// room is a term (its postings intersect with the words'); many rooms
-/// are a set checked against the room of each document the words match.
-fn rooms_clause(fields: &Fields, rooms: &[u64]) -> Box<dyn Query> {
-    if let [room] = rooms {
-        // Scored, but alike for every document of the room: the order is
-        // the words'. A bare term query keeps the intersection of term
-        // postings that tantivy prunes by block maxima.
-        let term = Term::from_field_u64(fields.room, *room);
-        return Box::new(TermQuery::new(term, IndexRecordOption::Basic));
+/// Rooms whose documents are counted at most to tell how many the
+/// rooms of a query hold (each count is a term lookup per segment): past
+/// it, an even sample is counted and scaled.
+const ROOMS_COUNTED_MAX: usize = 256;
+
+/// About how many documents `rooms` hold.
+fn room_docs(searcher: &tantivy::Searcher, fields: &Fields, rooms: &[u64]) -> tantivy::Result<u64> {
+    let step = rooms.len().div_ceil(ROOMS_COUNTED_MAX).max(1);
+    let mut counted = 0u64;
+    let mut docs = 0u64;
+    for &r in rooms.iter().step_by(step) {
+        docs += searcher.doc_freq(&Term::from_field_u64(fields.room, r))?;
+        counted += 1;
     }
-    let set: Arc<FxHashSet<u64>> = Arc::new(rooms.iter().copied().collect());
+    Ok(docs.saturating_mul(rooms.len() as u64) / counted.max(1))
+}
+
+/// A fast field read document by document, its column opened once per
+/// segment.
+struct Values<'a> {
+    searcher: &'a tantivy::Searcher,
+    name: &'static str,
+    columns: Vec<Option<tantivy::columnar::Column<u64>>>,
+}
+
+impl<'a> Values<'a> {
+    fn new(searcher: &'a tantivy::Searcher, name: &'static str) -> Values<'a> {
+        let columns = vec![None; searcher.segment_readers().len()];
+        Values {
+            searcher,
+            name,
+            columns,
+        }
+    }
+
+    fn get(&mut self, address: tantivy::DocAddress) -> tantivy::Result<u64> {
+        let ord = address.segment_ord as usize;
+        if self.columns[ord].is_none() {
+            let segment = self.searcher.segment_reader(address.segment_ord);
+            self.columns[ord] = Some(segment.fast_fields().u64(self.name)?);
+        }
+        let column = self.columns[ord].as_ref().expect("opened above");
+        Ok(column.first(address.doc_id).unwrap_or(0))
+    }
+}
+
+/// Matches the documents of `rooms`, adding nothing to the score: the
+/// room of each document the words match, checked against the set.
+fn rooms_filter(rooms: FxHashSet<u64>) -> Box<dyn Query> {
+    let set = Arc::new(rooms);
     let predicate = FunctionPredicate::from(move |segment: &tantivy::SegmentReader| {
         let column = segment.fast_fields().u64("room")?.first_or_default_col(0);
         let set = set.clone();

@@ -1,16 +1,19 @@
 //! The index's shape: its fields, the analyzer that cuts text into terms,
-//! the key that names a message, and the change each log record makes.
+//! the query that names a message, and the change each log record makes.
 //! Pure: nothing here touches a file or a thread.
 //!
-//! Invariant: every indexed document is one live message, keyed by its
+//! Invariant: every indexed document is one live message, named by its
 //! (room, seq), and holds only what the log holds for it; no field is
 //! stored (the text shown comes from the log, read when a result is
 //! shown), so a deleted message's words live only in the postings until
 //! a merge rewrites them (see `indexer::Expunge`).
 
 use rookery_storage::ArchivedRecord;
+use std::ops::{Bound, RangeBounds};
+
+use tantivy::query::{BooleanQuery, Occur, RangeQuery, TermQuery};
 use tantivy::schema::{
-    BytesOptions, Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED,
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED,
 };
 use tantivy::tokenizer::{
     AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
@@ -20,7 +23,7 @@ use tantivy::{Index, TantivyDocument, Term};
 /// Changes whenever the fields or the analyzer change: an index of
 /// another version is rebuilt (tantivy keeps the schema, not the
 /// analyzer, so it could not tell on its own).
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// The analyzer's name, registered on every opened index.
 const ANALYZER: &str = "rookery-chat";
@@ -29,16 +32,16 @@ const ANALYZER: &str = "rookery-chat";
 /// is left out, as nobody types it into a search box.
 pub(crate) const TERM_BYTES_MAX: usize = 40;
 
-/// The index's fields.
+/// The index's fields: as few as a search needs, as each costs every
+/// document's indexing and every merge's rewrite (a key term per message,
+/// 10M distinct terms, cost more than the words; deletes, which are rare,
+/// find a message by its room's term and its seq instead).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fields {
-    /// (room, seq) big-endian: what an edit or a delete replaces.
-    pub key: Field,
-    /// Indexed for one room's queries, fast for many rooms'.
+    /// Indexed for one room's queries and deletes, fast for many rooms'.
     pub room: Field,
+    /// Fast: what a result names, and what deletes range over.
     pub seq: Field,
-    pub sender: Field,
-    pub ts: Field,
     /// The words: the body, and the names of the files it carries.
     pub body: Field,
 }
@@ -52,11 +55,8 @@ pub(crate) fn schema() -> (Schema, Fields) {
             .set_index_option(IndexRecordOption::WithFreqs),
     );
     let fields = Fields {
-        key: b.add_bytes_field("key", BytesOptions::default().set_indexed()),
         room: b.add_u64_field("room", INDEXED | FAST),
         seq: b.add_u64_field("seq", FAST),
-        sender: b.add_u64_field("sender", FAST),
-        ts: b.add_u64_field("ts", FAST),
         body: b.add_text_field("body", text),
     };
     (b.build(), fields)
@@ -92,12 +92,23 @@ pub(crate) fn terms(text: &str, max: usize) -> Vec<String> {
     out
 }
 
-/// The key term of message `seq` of `room`.
-pub(crate) fn key(fields: &Fields, room: u64, seq: u64) -> Term {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&room.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    Term::from_field_bytes(fields.key, &k)
+/// The messages of `room` whose seqs are in `seqs`: what a delete, an
+/// edit or retention removes.
+pub(crate) fn messages(fields: &Fields, room: u64, seqs: impl RangeBounds<u64>) -> BooleanQuery {
+    let seq = |b: Bound<&u64>| match b {
+        Bound::Included(&s) => Bound::Included(Term::from_field_u64(fields.seq, s)),
+        Bound::Excluded(&s) => Bound::Excluded(Term::from_field_u64(fields.seq, s)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    let room = Term::from_field_u64(fields.room, room);
+    let range = RangeQuery::new(seq(seqs.start_bound()), seq(seqs.end_bound()));
+    BooleanQuery::new(vec![
+        (
+            Occur::Must,
+            Box::new(TermQuery::new(room, IndexRecordOption::Basic)),
+        ),
+        (Occur::Must, Box::new(range)),
+    ])
 }
 
 /// What one log record does to the index.
@@ -107,8 +118,6 @@ pub(crate) enum Change {
     Put {
         room: u64,
         seq: u64,
-        sender: u64,
-        ts_ms: u64,
         text: String,
         /// An edit: the message's earlier document goes first.
         replaces: bool,
@@ -125,12 +134,9 @@ pub(crate) fn change_of(record: &ArchivedRecord) -> Option<Change> {
         ArchivedRecord::Reply(r) => (&r.message, None),
         ArchivedRecord::Post(p) => (&p.message, Some(&p.files)),
         ArchivedRecord::Edit(e) => {
-            // Only a message's author edits it: `by` is its sender.
             return Some(Change::Put {
                 room: e.room.to_native(),
                 seq: e.seq.to_native(),
-                sender: e.by.to_native(),
-                ts_ms: e.ts_ms.to_native(),
                 text: e.body.as_str().to_string(),
                 replaces: true,
             });
@@ -156,29 +162,16 @@ pub(crate) fn change_of(record: &ArchivedRecord) -> Option<Change> {
     Some(Change::Put {
         room: m.room.to_native(),
         seq: m.seq.to_native(),
-        sender: m.sender.to_native(),
-        ts_ms: m.ts_ms.to_native(),
         text,
         replaces: false,
     })
 }
 
 /// The document of a `Put`.
-pub(crate) fn document(
-    fields: &Fields,
-    room: u64,
-    seq: u64,
-    sender: u64,
-    ts_ms: u64,
-    text: &str,
-) -> TantivyDocument {
+pub(crate) fn document(fields: &Fields, room: u64, seq: u64, text: &str) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
-    let k = key(fields, room, seq);
-    doc.add_bytes(fields.key, k.serialized_value_bytes());
     doc.add_u64(fields.room, room);
     doc.add_u64(fields.seq, seq);
-    doc.add_u64(fields.sender, sender);
-    doc.add_u64(fields.ts, ts_ms);
     doc.add_text(fields.body, text);
     doc
 }
@@ -196,14 +189,5 @@ mod tests {
         assert_eq!(terms(&at_max, 16), vec![at_max.clone()]);
         assert_eq!(terms("a b c d", 2), vec!["a", "b"]);
         assert!(terms("  !? ", 16).is_empty());
-    }
-
-    #[test]
-    fn the_key_sorts_by_room_then_seq() {
-        let (_, f) = schema();
-        let k = |r, s| key(&f, r, s).serialized_value_bytes().to_vec();
-        assert!(k(1, u64::MAX) < k(2, 0));
-        assert!(k(7, 9) < k(7, 10));
-        assert_eq!(k(7, 9).len(), 16);
     }
 }
