@@ -1570,12 +1570,19 @@ async function jumpTo(room, seq) {
   const v = view(room);
   if (!v.msgs.has(seq)) {
     try {
-      const page = await call("GET", `/api/rooms/${room}/messages?before=${seq + 1}&limit=20`);
-      const added = absorb(v, page.messages);
+      // The message's page and the one after it, so the rows around it
+      // are there at once; the gap to the loaded ones fills behind.
+      const [upTo, after] = await Promise.all([
+        call("GET", `/api/rooms/${room}/messages?before=${seq + 1}&limit=20`),
+        call("GET", `/api/rooms/${room}/messages?after=${seq}&limit=20`),
+      ]);
+      const added = absorb(v, [...upTo.messages, ...after.messages]);
+      // Filled whichever room is open by then (the rows it left as
+      // placeholders must not stay so).
+      fillGaps(v).catch(() => null);
       if (state.current !== room) return;
       state.list.prepend(added);
       state.list.resize(count(v));
-      fillGaps(v).catch(() => null);
     } catch (e) {
       notice(e.message);
       return;

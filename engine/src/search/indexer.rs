@@ -48,6 +48,10 @@ const COMMIT_CHANGES_MAX: u64 = 1_000_000;
 /// vCPUs, the index given the CPU the shards leave it (docs/benchmarks.md).
 const CATCH_UP_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Log bytes behind on a shard (some tens of thousands of messages) past
+/// which the index is catching up.
+const CATCH_UP_BACKLOG_BYTES: u64 = 4 << 20;
+
 /// How long the thread sleeps at most with nothing to read.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -335,10 +339,12 @@ impl Indexer {
         Ok(())
     }
 
-    /// Whether a shard's feed has more acknowledged records than were read.
+    /// Whether a shard's feed has a backlog past `CATCH_UP_BACKLOG_BYTES`
+    /// (a record or two acknowledged since the read is no backlog).
     fn behind(&self) -> bool {
         let feeds = self.engine.feeds();
-        (0..self.at.len()).any(|s| feeds.shard(s).acked().is_some_and(|end| self.at[s] < end))
+        (0..self.at.len())
+            .any(|s| feeds.shard(s).backlog_bytes(self.at[s]) > CATCH_UP_BACKLOG_BYTES)
     }
 
     /// Whether something applied is not yet committed.
@@ -510,12 +516,12 @@ fn apply(writer: &IndexWriter, fields: &Fields, change: Change) -> tantivy::Resu
             replaces,
         } => {
             if replaces {
-                writer.delete_query(Box::new(schema::messages(fields, room, seq..=seq)))?;
+                writer.delete_query(Box::new(schema::message(fields, room, seq)))?;
             }
             writer.add_document(schema::document(fields, room, seq, &text))?;
         }
         Change::Remove { room, seq } => {
-            writer.delete_query(Box::new(schema::messages(fields, room, seq..=seq)))?;
+            writer.delete_query(Box::new(schema::message(fields, room, seq)))?;
         }
     }
     Ok(())

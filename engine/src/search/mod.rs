@@ -419,7 +419,8 @@ fn run_query(
         let room: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::Basic));
         searcher.search(&text(Some(room)), &page.order_by_score())?
     } else {
-        let room_docs = room_docs(&searcher, fields, &q.rooms)?;
+        let distinct: Vec<u64> = rooms.iter().copied().collect();
+        let room_docs = room_docs(&searcher, fields, &distinct)?;
         let mut text_docs = u64::MAX;
         for w in &words {
             text_docs = text_docs.min(searcher.doc_freq(w)?);

@@ -11,7 +11,7 @@
 use rookery_storage::ArchivedRecord;
 use std::ops::{Bound, RangeBounds};
 
-use tantivy::query::{BooleanQuery, Occur, RangeQuery, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED,
 };
@@ -23,7 +23,7 @@ use tantivy::{Index, TantivyDocument, Term};
 /// Changes whenever the fields or the analyzer change: an index of
 /// another version is rebuilt (tantivy keeps the schema, not the
 /// analyzer, so it could not tell on its own).
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 
 /// The analyzer's name, registered on every opened index.
 const ANALYZER: &str = "rookery-chat";
@@ -34,13 +34,14 @@ pub(crate) const TERM_BYTES_MAX: usize = 40;
 
 /// The index's fields: as few as a search needs, as each costs every
 /// document's indexing and every merge's rewrite (a key term per message,
-/// 10M distinct terms, cost more than the words; deletes, which are rare,
-/// find a message by its room's term and its seq instead).
+/// 10M distinct terms, cost more than the words; a delete finds its
+/// message by two terms instead: its room's and its seq's, a seq being
+/// shared by a message of every room that has one).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fields {
     /// Indexed for one room's queries and deletes, fast for many rooms'.
     pub room: Field,
-    /// Fast: what a result names, and what deletes range over.
+    /// Indexed for deletes, fast for results and retention's ranges.
     pub seq: Field,
     /// The words: the body, and the names of the files it carries.
     pub body: Field,
@@ -56,7 +57,7 @@ pub(crate) fn schema() -> (Schema, Fields) {
     );
     let fields = Fields {
         room: b.add_u64_field("room", INDEXED | FAST),
-        seq: b.add_u64_field("seq", FAST),
+        seq: b.add_u64_field("seq", INDEXED | FAST),
         body: b.add_text_field("body", text),
     };
     (b.build(), fields)
@@ -92,8 +93,23 @@ pub(crate) fn terms(text: &str, max: usize) -> Vec<String> {
     out
 }
 
-/// The messages of `room` whose seqs are in `seqs`: what a delete, an
-/// edit or retention removes.
+/// Message `seq` of `room`: what a delete or an edit removes (the
+/// intersection of two terms' postings).
+pub(crate) fn message(fields: &Fields, room: u64, seq: u64) -> BooleanQuery {
+    let term = |field, v| -> Box<dyn Query> {
+        Box::new(TermQuery::new(
+            Term::from_field_u64(field, v),
+            IndexRecordOption::Basic,
+        ))
+    };
+    BooleanQuery::new(vec![
+        (Occur::Must, term(fields.room, room)),
+        (Occur::Must, term(fields.seq, seq)),
+    ])
+}
+
+/// The messages of `room` whose seqs are in `seqs` (retention's: rare,
+/// and a range of the seq column).
 pub(crate) fn messages(fields: &Fields, room: u64, seqs: impl RangeBounds<u64>) -> BooleanQuery {
     let seq = |b: Bound<&u64>| match b {
         Bound::Included(&s) => Bound::Included(Term::from_field_u64(fields.seq, s)),
