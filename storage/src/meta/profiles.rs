@@ -455,12 +455,7 @@ fn reindex(txn: &WriteTransaction, user: u64, old: &[String], new: &[String]) ->
 /// `id` may be user `user`'s avatar: an upload of theirs, an image with
 /// a thumbnail.
 fn check_avatar(txn: &WriteTransaction, user: u64, id: u128) -> Result<()> {
-    let up = txn
-        .open_table(UPLOADS)?
-        .get(id)?
-        .map(|row| uploads::from_row(id, row.value()))
-        .transpose()?;
-    match up {
+    match uploads::upload_in(&txn.open_table(UPLOADS)?, id)? {
         Some(up) if up.owner == user && up.thumb_bytes > 0 => Ok(()),
         Some(up) if up.owner == user => Err(Error::InvalidInput(format!(
             "upload {id:032x} is not an image with a thumbnail: it cannot be an avatar"

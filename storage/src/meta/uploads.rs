@@ -105,11 +105,7 @@ impl Meta {
 
     /// The upload `id`, if there is one.
     pub fn upload(&self, id: u128) -> Result<Option<Upload>> {
-        self.read(|txn| {
-            let uploads = txn.open_table(UPLOADS)?;
-            let row = uploads.get(id)?;
-            row.map(|r| from_row(id, r.value())).transpose()
-        })
+        self.read(|txn| upload_in(&txn.open_table(UPLOADS)?, id))
     }
 
     /// Forgets upload `id` and frees what it charged its owner; the upload
@@ -127,11 +123,7 @@ impl Meta {
             let mut uploads = txn.open_table(UPLOADS)?;
             let mut out = Vec::with_capacity(ids.len());
             for &id in ids {
-                let found = uploads
-                    .get(id)?
-                    .map(|r| from_row(id, r.value()))
-                    .transpose()?;
-                let mut up = match found {
+                let mut up = match upload_in(&uploads, id)? {
                     Some(up) if up.owner == owner => up,
                     _ => return Err(Error::NotFound(format!("upload {id:032x}"))),
                 };
@@ -151,11 +143,7 @@ impl Meta {
         self.write(|txn| {
             let mut uploads = txn.open_table(UPLOADS)?;
             for &id in ids {
-                let found = uploads
-                    .get(id)?
-                    .map(|r| from_row(id, r.value()))
-                    .transpose()?;
-                if let Some(mut up) = found {
+                if let Some(mut up) = upload_in(&uploads, id)? {
                     up.pending = up.pending.saturating_sub(1);
                     insert_row(&mut uploads, &up)?;
                 }
@@ -175,12 +163,9 @@ impl Meta {
             let live = seq >= low_seq_in(txn, room)?;
             let mut freed = Vec::new();
             for &id in ids {
-                let found = {
-                    let uploads = txn.open_table(UPLOADS)?;
-                    let row = uploads.get(id)?;
-                    row.map(|r| from_row(id, r.value())).transpose()?
+                let Some(mut up) = upload_in(&txn.open_table(UPLOADS)?, id)? else {
+                    continue;
                 };
-                let Some(mut up) = found else { continue };
                 up.pending = up.pending.saturating_sub(1);
                 insert_row(&mut txn.open_table(UPLOADS)?, &up)?;
                 if live {
@@ -205,12 +190,7 @@ impl Meta {
     /// post of it is under way (delete the message instead).
     pub fn remove_unattached(&self, owner: u64, id: u128) -> Result<Upload> {
         self.write(|txn| {
-            let found = {
-                let uploads = txn.open_table(UPLOADS)?;
-                let row = uploads.get(id)?;
-                row.map(|r| from_row(id, r.value())).transpose()?
-            };
-            match found {
+            match upload_in(&txn.open_table(UPLOADS)?, id)? {
                 Some(up) if up.owner == owner => {}
                 _ => return Err(Error::NotFound(format!("upload {id:032x}"))),
             }
@@ -260,7 +240,7 @@ impl Meta {
         self.read(|txn| {
             let holders = txn.open_table(UPLOAD_HOLDERS)?;
             holders
-                .range((id, 0, 0)..=(id, u64::MAX, u64::MAX))?
+                .range(holders_of(id))?
                 .take(max)
                 .map(|entry| {
                     let (_, room, seq) = entry?.0.value();
@@ -327,13 +307,9 @@ pub(super) fn unhold_in(txn: &WriteTransaction, room: u64, seq: u64, id: u128) -
 /// Removes upload `id` if no message holds it and no post is pending;
 /// the upload removed.
 fn free_if_unheld(txn: &WriteTransaction, id: u128) -> Result<Option<Upload>> {
-    let pending = {
-        let uploads = txn.open_table(UPLOADS)?;
-        let row = uploads.get(id)?;
-        match row.map(|r| from_row(id, r.value())).transpose()? {
-            Some(up) => up.pending,
-            None => return Ok(None),
-        }
+    let pending = match upload_in(&txn.open_table(UPLOADS)?, id)? {
+        Some(up) => up.pending,
+        None => return Ok(None),
     };
     if pending > 0 || held(&txn.open_table(UPLOAD_HOLDERS)?, id)? {
         return Ok(None);
@@ -343,11 +319,7 @@ fn free_if_unheld(txn: &WriteTransaction, id: u128) -> Result<Option<Upload>> {
 
 /// Whether a message holds upload `id`.
 fn held(holders: &impl ReadableTable<(u128, u64, u64), ()>, id: u128) -> Result<bool> {
-    Ok(holders
-        .range((id, 0, 0)..=(id, u64::MAX, u64::MAX))?
-        .next()
-        .transpose()?
-        .is_some())
+    Ok(holders.range(holders_of(id))?.next().transpose()?.is_some())
 }
 
 /// `room`'s low seq as retention recorded it (0: none).
@@ -363,7 +335,7 @@ fn low_seq_in(txn: &WriteTransaction, room: u64) -> Result<u64> {
 pub(super) fn remove_in(txn: &WriteTransaction, id: u128) -> Result<Option<Upload>> {
     let holders: Vec<(u64, u64)> = {
         let table = txn.open_table(UPLOAD_HOLDERS)?;
-        let rows = table.range((id, 0, 0)..=(id, u64::MAX, u64::MAX))?;
+        let rows = table.range(holders_of(id))?;
         rows.map(|entry| {
             let (_, room, seq) = entry?.0.value();
             Ok((room, seq))
@@ -433,6 +405,22 @@ type RowRef<'a> = (
     (u32, u32),
     u64,
 );
+
+/// Upload `id` of `uploads`, read back and checked, if there is one.
+pub(super) fn upload_in(
+    uploads: &impl ReadableTable<u128, UploadRow>,
+    id: u128,
+) -> Result<Option<Upload>> {
+    uploads
+        .get(id)?
+        .map(|r| from_row(id, r.value()))
+        .transpose()
+}
+
+/// The keys of `upload_holders` rows that hold upload `id`.
+fn holders_of(id: u128) -> std::ops::RangeInclusive<(u128, u64, u64)> {
+    (id, 0, 0)..=(id, u64::MAX, u64::MAX)
+}
 
 /// A row read back, checked (the hash is 32 bytes).
 pub(super) fn from_row(id: u128, r: RowRef<'_>) -> Result<Upload> {
