@@ -272,7 +272,6 @@ impl Indexer {
         fields: Fields,
         at: Vec<Pos>,
     ) -> Result<Indexer, Rebuild> {
-        schema::register(&index);
         let writer = writer(&index, cfg, 1)?;
         let reader = index
             .reader_builder()
@@ -352,10 +351,10 @@ impl Indexer {
         self.unsaved || self.at != self.committed
     }
 
-    /// One turn over every shard's feed; returns the changes applied.
+    /// One turn over every shard's feed.
     /// A message below its room's retired seqs (read late, from a held
     /// segment) is not indexed.
-    fn read_feeds(&mut self) -> Result<u64, Rebuild> {
+    fn read_feeds(&mut self) -> Result<(), Rebuild> {
         let feeds = self.engine.feeds().clone();
         let mut applied = 0u64;
         let mut changes = Vec::new();
@@ -393,7 +392,7 @@ impl Indexer {
             self.at[shard] = read.next;
         }
         self.changes += applied;
-        Ok(applied)
+        Ok(())
     }
 
     /// Removes from the index every message retention retired since the
@@ -554,13 +553,14 @@ fn create(dir: &Path, schema: Schema) -> Result<Index, Rebuild> {
         .schema(schema)
         .settings(settings)
         .create_in_dir(dir)?;
-    schema::register(&index);
     Ok(index)
 }
 
 /// The index's writer: `workers` indexing threads (two while rebuilding,
 /// one while tailing) and one merge thread, all started by this thread
-/// and so as far below the shards as it is.
+/// and so as far below the shards as it is. Registers the analyzer the
+/// body field names first (the only user of it: queries cut their words
+/// with `schema::terms`).
 fn writer(index: &Index, cfg: &SearchConfig, workers: usize) -> Result<IndexWriter, Rebuild> {
     schema::register(index);
     let options = IndexWriterOptions::builder()
