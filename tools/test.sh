@@ -166,7 +166,7 @@ step "end-to-end suites against a cluster: three nodes and three NATS servers, c
 # one process (its memory, signals and restarts); tests/cluster.rs kills
 # and restarts nodes.
 cluster_suites=()
-for suite in api backend deleted_text http identity permission_model permissions conversation standing web ws ws_extensions; do
+for suite in api backend deleted_text http identity permission_model permissions conversation search standing web ws ws_extensions; do
     cluster_suites+=(--test "$suite")
 done
 ROOKERY_TEST_CLUSTER=1 cargo test --locked -p rookery-server "${cluster_suites[@]}"

@@ -72,7 +72,7 @@ pub use rookery_storage::{
 pub use rules::{decide, role_word, MemberOp, Membership};
 pub use search::{
     Search, SearchConfig, SearchHit, SearchQuery, SearchResults, SearchStatus, QUERY_BYTES_MAX,
-    QUERY_TERMS_MAX, SEARCH_DEPTH_MAX, SEARCH_PAGE_LEN_MAX,
+    QUERY_TERMS_MAX, SEARCH_DEPTH_MAX,
 };
 pub use shard::{
     Attachment, DeletedRoom, HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage,

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::small_config;
 use rookery_engine::{
-    Engine, Error, Retention, Search, SearchConfig, SearchQuery, SearchResults, SEARCH_PAGE_LEN_MAX,
+    Engine, Error, Retention, Search, SearchConfig, SearchQuery, SearchResults, SEARCH_DEPTH_MAX,
 };
+
+/// Results a query here wants (a server's page at most).
+const PAGE: usize = 50;
 
 fn config(dir: &Path) -> SearchConfig {
     let mut cfg = SearchConfig::new(dir.join("search"));
@@ -25,7 +28,7 @@ fn query(text: &str, rooms: &[u64]) -> SearchQuery {
         text: text.into(),
         rooms: rooms.to_vec(),
         offset: 0,
-        limit: SEARCH_PAGE_LEN_MAX,
+        limit: PAGE,
     }
 }
 
@@ -174,6 +177,18 @@ fn many_rooms_are_searched_alike_whatever_their_share() {
         .collect();
     // Few: 20 of 2,020 matches are in rooms 1 and 2.
     wait_found(&search, "word", &[1, 2], &mine);
+    // However the rooms were chosen, a match scores its words only (a
+    // cluster merges its nodes' parts by score).
+    let same_score = |search: &Search| {
+        let one = search.query(query("word", &[1])).wait().unwrap();
+        let two = search.query(query("word", &[1, 2])).wait().unwrap();
+        let first = one.hits[0].score;
+        assert!(
+            one.hits.iter().chain(&two.hits).all(|h| h.score == first),
+            "{one:?} {two:?}"
+        );
+    };
+    same_score(&search);
     search.stop();
     // Many: 600 of 2,600; the 400-odd best matches are all room 100's.
     post_all(1, 290, "word and some other words");
@@ -185,17 +200,18 @@ fn many_rooms_are_searched_alike_whatever_their_share() {
             .query(query("word", &[1, 2]))
             .wait()
             .unwrap_or_default();
-        if page.hits.len() == SEARCH_PAGE_LEN_MAX || Instant::now() > deadline {
+        if page.hits.len() == PAGE || Instant::now() > deadline {
             break page;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert_eq!(page.hits.len(), SEARCH_PAGE_LEN_MAX);
+    assert_eq!(page.hits.len(), PAGE);
     assert!(page.more);
     assert!(
         page.hits.iter().all(|h| h.room == 1 || h.room == 2),
         "{page:?}"
     );
+    same_score(&search);
     // All rooms: the best matches are room 100's.
     let all = search.query(query("word", &[1, 2, 100])).wait().unwrap();
     assert!(
@@ -219,8 +235,22 @@ fn refuses_what_no_query_may_ask() {
     let mut q = query("a", &[1]);
     q.limit = 0;
     bad(q.clone());
-    q.limit = SEARCH_PAGE_LEN_MAX + 1;
+    q.limit = SEARCH_DEPTH_MAX + 1;
     bad(q.clone());
+    // The whole depth at once is a query (what a cluster node asks),
+    // answered once the new index is open.
+    q.limit = SEARCH_DEPTH_MAX;
+    q.offset = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match search.query(q.clone()).wait() {
+            Ok(page) => break assert_eq!(page, SearchResults::default()),
+            Err(Error::Busy(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     q.limit = 10;
     q.offset = 991;
     bad(q);

@@ -294,6 +294,34 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         }
     }
 
+    // Search spans every node's rooms: each node indexes the rooms it
+    // owns, and the node asked merges their best and pages them.
+    let m3: Vec<(u64, u64)> = rooms.iter().map(|r| (*r, 4)).collect();
+    assert_eq!(searched(port(0), &bob, "q=m3", m3.len()), m3);
+    let (s, first) = call_as(port(1), "GET", "/api/search?q=m3&limit=2", &bob, None);
+    assert_eq!(
+        (s, &first["next"]),
+        (200, &serde_json::json!({"offset": 2}))
+    );
+    let (s, rest) = call_as(
+        port(2),
+        "GET",
+        "/api/search?q=m3&limit=2&offset=2",
+        &bob,
+        None,
+    );
+    assert_eq!(
+        (s, &rest["next"]),
+        (200, &serde_json::Value::Null),
+        "{rest}"
+    );
+    let mut paged = [found_in(&first), found_in(&rest)].concat();
+    paged.sort_unstable();
+    assert_eq!(paged, m3, "{first} {rest}");
+    // One room is searched by its owner, whichever node is asked.
+    let one = format!("q=m3&room={}", rooms[1]);
+    assert_eq!(searched(port(0), &bob, &one, 1), vec![(rooms[1], 4)]);
+
     // Lists span every node: rooms (paged by id), unread counts and
     // invitations; public names are unique cluster-wide.
     let (s, v) = call_as(port(1), "GET", "/api/rooms?limit=2", &bob, None);
@@ -439,6 +467,19 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         Some("2"),
         "{raw}"
     );
+    // So does search: the dead node's rooms are left out and named.
+    let raw = common::get_raw(port(0), "/api/search?q=m3", &bob, "");
+    assert_eq!(common::status(&raw), 200, "{raw}");
+    assert_eq!(
+        common::header(&raw, "x-rookery-partial"),
+        Some("2"),
+        "{raw}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let mut left = found_in(&body);
+    left.sort_unstable();
+    assert_eq!(left, vec![(rooms[0], 4), (rooms[2], 4)], "{raw}");
     // Sign-in does not need the dead node.
     let (s, v) = call(
         port(2),
@@ -479,6 +520,39 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         }
         assert!(Instant::now() < deadline, "still signed in on node 1: {v}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The (room, seq) of a search page's results, in its order.
+fn found_in(page: &serde_json::Value) -> Vec<(u64, u64)> {
+    page["results"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    let seq = r["message"]["seq"].as_u64().unwrap();
+                    (r["room"].as_u64().unwrap(), seq)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The (room, seq) of `query`'s results through `port`, sorted, once they
+/// are `n` (the indexes commit within a second); at most 10 s, polled
+/// gently (searches share the directory's rate limit).
+fn searched(port: u16, token: &str, query: &str, n: usize) -> Vec<(u64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = call_as(port, "GET", &format!("/api/search?{query}"), token, None);
+        let mut got = found_in(&v);
+        got.sort_unstable();
+        if s == 200 && got.len() == n {
+            return got;
+        }
+        assert!(matches!(s, 200 | 503), "{s} {v}");
+        assert!(Instant::now() < deadline, "{query}: {s} {v}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

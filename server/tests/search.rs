@@ -1,4 +1,5 @@
-//! Message search through the binary (`GET /api/search`): found in the
+//! Message search through the binary (`GET /api/search`), on one node
+//! and (`ROOKERY_TEST_CLUSTER=1`) across a cluster's nodes: found in the
 //! rooms the caller may read and nowhere else, edits and deletes
 //! reflected, every bad request refused with its status, and after a
 //! SIGKILL every acknowledged message still found, the index resumed or
@@ -81,6 +82,17 @@ fn wait_found(port: u16, token: &str, query: &str, want: &[(u64, u64)]) -> Value
     }
 }
 
+/// How many nodes of a test cluster own `rooms`.
+fn owners(rooms: &[u64]) -> usize {
+    let mut nodes: Vec<u32> = rooms
+        .iter()
+        .map(|r| rookery_cluster::owner_of(*r, &[1, 2, 3]))
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes.len()
+}
+
 /// Sends a frame over a new WebSocket and waits for its ack.
 fn ws_change(port: u16, token: &str, frame: Value) {
     let (mut ws, _) = RawWs::connect(port, &format!("/ws?token={token}"), "");
@@ -97,9 +109,6 @@ fn ws_change(port: u16, token: &str, frame: Value) {
 
 #[test]
 fn finds_what_the_caller_may_read_and_nothing_else() {
-    if single_process_only("the search index (each node indexes the rooms it owns)") {
-        return;
-    }
     let server = start(&FLAGS);
     let p = server.port;
     let alice = register(p, "alice");
@@ -123,6 +132,14 @@ fn finds_what_the_caller_may_read_and_nothing_else() {
     assert!(body.contains("report"), "{first}");
     assert!(first["message"]["from"].as_u64().is_some(), "{first}");
     assert_eq!(v["next"], Value::Null);
+    // A node's part of a cluster's search (hits with scores, 1,000 deep)
+    // is for other nodes only: asked by a client, a page like any other.
+    let (s, v) = search(p, &alice, "q=report&hits=1&limit=1000");
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+    let (s, v) = search(p, &alice, "q=report&hits=1");
+    assert_eq!((s, v["hits"].clone()), (200, Value::Null), "{v}");
+    assert_eq!(v["results"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["results"][0]["score"], Value::Null, "{v}");
     wait_found(p, &bob, "q=report", &[(bobs, 1)]);
     // One room: a public room anyone signed in may read, not a private
     // room of others (404, as for its history).
@@ -146,29 +163,49 @@ fn finds_what_the_caller_may_read_and_nothing_else() {
         json!({"type": "delete", "room": secret, "seq": 1}),
     );
     wait_found(p, &alice, "q=report", &[]);
-    // Pages: `next` gives the offset of the rest.
-    for i in 0..5 {
-        post(p, &alice, open, &format!("paging word {i}"));
+    // Pages: `next` gives the offset of the rest, over rooms (in a
+    // cluster, rooms of more than one node: each node's best are merged).
+    let mut rooms = vec![open];
+    while rooms.len() < 3 || (clustered() && owners(&rooms) < 2) {
+        assert!(rooms.len() < 12, "rooms on one node only: {rooms:?}");
+        rooms.push(create_room(
+            p,
+            &alice,
+            &format!("more{}", rooms.len()),
+            false,
+        ));
     }
-    wait_found(
-        p,
-        &alice,
-        "q=paging&limit=5",
-        &[(open, 3), (open, 4), (open, 5), (open, 6), (open, 7)],
-    );
-    let (s, v) = search(p, &alice, "q=paging&limit=3");
-    assert_eq!((s, &v["next"]), (200, &json!({"offset": 3})), "{v}");
-    let (_, rest) = search(p, &alice, "q=paging&limit=3&offset=3");
-    assert_eq!(rest["results"].as_array().unwrap().len(), 2);
-    assert_eq!(rest["next"], Value::Null);
+    let mut want = Vec::new();
+    for i in 0..7 {
+        let room = rooms[i % rooms.len()];
+        want.push((room, post(p, &alice, room, &format!("paging word {i}"))));
+    }
+    wait_found(p, &alice, "q=paging&limit=10", &want);
+    let mut paged = Vec::new();
+    for (offset, len, next) in [
+        (0, 3, json!({"offset": 3})),
+        (3, 3, json!({"offset": 6})),
+        (6, 1, Value::Null),
+    ] {
+        let (s, v) = search(p, &alice, &format!("q=paging&limit=3&offset={offset}"));
+        assert_eq!((s, &v["next"]), (200, &next), "{v}");
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), len, "{v}");
+        paged.extend(results.iter().map(|r| {
+            (
+                r["room"].as_u64().unwrap(),
+                r["message"]["seq"].as_u64().unwrap(),
+            )
+        }));
+    }
+    paged.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(paged, want, "every match once over the pages");
     assert_serving(p);
 }
 
 #[test]
 fn refuses_bad_searches() {
-    if single_process_only("the search index") {
-        return;
-    }
     let server = start(&FLAGS);
     let p = server.port;
     let alice = register(p, "alice");

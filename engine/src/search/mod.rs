@@ -50,11 +50,10 @@ pub const QUERY_BYTES_MAX: usize = 256;
 /// Words of a query used at most (every one must match).
 pub const QUERY_TERMS_MAX: usize = 8;
 
-/// Results per page at most.
-pub const SEARCH_PAGE_LEN_MAX: usize = 50;
-
-/// How deep pages go: offset plus page length at most (the collector
-/// keeps that many results).
+/// How deep results go: offset plus limit at most (the collector keeps
+/// that many). A server's pages are shorter (`GET /api/search` serves 50
+/// at most); a query for the best `SEARCH_DEPTH_MAX` at once is what a
+/// cluster node asks of each other node to merge their pages.
 pub const SEARCH_DEPTH_MAX: usize = 1_000;
 
 /// How the index is kept.
@@ -124,7 +123,8 @@ pub struct SearchQuery {
     pub rooms: Vec<u64>,
     /// Results to skip.
     pub offset: usize,
-    /// Results wanted (1 to [`SEARCH_PAGE_LEN_MAX`]).
+    /// Results wanted (1 or more; `offset + limit` at most
+    /// [`SEARCH_DEPTH_MAX`]).
     pub limit: usize,
 }
 
@@ -351,8 +351,8 @@ fn check(q: &SearchQuery) -> Result<()> {
     if q.text.len() > QUERY_BYTES_MAX {
         return bad(format!("a search is at most {QUERY_BYTES_MAX} bytes"));
     }
-    if q.limit == 0 || q.limit > SEARCH_PAGE_LEN_MAX {
-        return bad(format!("a page is 1 to {SEARCH_PAGE_LEN_MAX} results"));
+    if q.limit == 0 {
+        return bad("a query wants one result or more".into());
     }
     if q.offset
         .checked_add(q.limit)
@@ -413,11 +413,9 @@ fn run_query(
     let page = TopDocs::with_limit(q.limit + 1).and_offset(q.offset);
     let rooms: FxHashSet<u64> = q.rooms.iter().copied().collect();
     let top: Vec<(f32, tantivy::DocAddress)> = if let [room] = q.rooms[..] {
-        // Scored, but alike for every document of the room: the order is
-        // the words'.
         let term = Term::from_field_u64(fields.room, room);
-        let room: Box<dyn Query> = Box::new(TermQuery::new(term, IndexRecordOption::Basic));
-        searcher.search(&text(Some(room)), &page.order_by_score())?
+        let room = TermQuery::new(term, IndexRecordOption::Basic);
+        searcher.search(&text(Some(unscored(room))), &page.order_by_score())?
     } else {
         let distinct: Vec<u64> = rooms.iter().copied().collect();
         let room_docs = room_docs(&searcher, fields, &distinct)?;
@@ -427,7 +425,7 @@ fn run_query(
         }
         if room_docs.saturating_mul(ROOMS_SPARSE_RATIO) <= text_docs {
             let set = rooms.iter().map(|&r| Term::from_field_u64(fields.room, r));
-            let set: Box<dyn Query> = Box::new(TermSetQuery::new(set));
+            let set = unscored(TermSetQuery::new(set));
             searcher.search(&text(Some(set)), &page.order_by_score())?
         } else {
             let share = (searcher.num_docs() / room_docs.max(1)).max(1);
@@ -515,6 +513,14 @@ impl<'a> Values<'a> {
 
 /// Matches the documents of `rooms`, adding nothing to the score: the
 /// room of each document the words match, checked against the set.
+/// `q` as a clause that selects documents and adds nothing to their
+/// score. Every way of choosing rooms then scores a match the same (its
+/// words' BM25): pages taken by different plans, or a cluster's nodes'
+/// parts, merge in one order.
+fn unscored(q: impl Query) -> Box<dyn Query> {
+    Box::new(ConstScoreQuery::new(Box::new(q), 0.0))
+}
+
 fn rooms_filter(rooms: FxHashSet<u64>) -> Box<dyn Query> {
     let set = Arc::new(rooms);
     let predicate = FunctionPredicate::from(move |segment: &tantivy::SegmentReader| {
@@ -523,5 +529,5 @@ fn rooms_filter(rooms: FxHashSet<u64>) -> Box<dyn Query> {
         Ok(move |doc: DocId| set.contains(&column.get_val(doc)))
     });
     let q: DocPredicateQuery = predicate.into();
-    Box::new(ConstScoreQuery::new(Box::new(q), 0.0))
+    unscored(q)
 }

@@ -82,9 +82,13 @@ fn unframe<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<(T, &[u8])> {
     Some((serde_json::from_slice(head).ok()?, body))
 }
 
-/// The room a request is about, when its route names one.
+/// The room a request is about, when its route names one (in its path,
+/// or a search's `room`).
 pub fn room_of(req: &Request) -> Option<u64> {
     let route = crate::routes::route_name(req);
+    if route == "/api/search" {
+        return req.query_param("room")?.parse().ok();
+    }
     let segment =
         if route.starts_with("/api/rooms/{id}") || route.starts_with("/api/invites/{room}") {
             2
@@ -340,5 +344,14 @@ mod tests {
         assert_eq!(at("POST", "/api/backend/rooms"), None);
         assert_eq!(at("POST", "/api/backend/broadcast"), None);
         assert_eq!(at("POST", "/api/backend/users/8/disconnect"), None);
+        let search = |query: &str| {
+            let mut r = Request::get(&[], "");
+            r.path = "/api/search".into();
+            r.query = query.into();
+            room_of(&r)
+        };
+        assert_eq!(search("q=a&room=12"), Some(12));
+        assert_eq!(search("q=a"), None);
+        assert_eq!(search("q=a&room=x"), None, "answered here: 400");
     }
 }

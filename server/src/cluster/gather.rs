@@ -11,10 +11,15 @@
 //! `X-Rookery-Partial: <nodes missing>`; an error of this node's own answer
 //! (401, 400) is the answer.
 
+use std::sync::Arc;
+
+use rookery_cluster::Error as ClusterError;
 use serde_json::{json, Value};
 
 use super::forward::{ask, bearer_proof};
+use super::Node;
 use crate::app::ApiError;
+use crate::auth::Proof;
 use crate::http::{Request, Response};
 use crate::shared::Shared;
 
@@ -59,21 +64,8 @@ pub async fn from_all(req: &Request, shared: &Shared) -> Option<Response> {
 async fn gather(req: &Request, shared: &Shared, list: List) -> Result<Response, ApiError> {
     let node = shared.cluster.clone().expect("checked by from_all");
     let proof = bearer_proof(req, shared).await?;
-    let others: Vec<u32> = node
-        .cfg
-        .nodes
-        .iter()
-        .copied()
-        .filter(|n| *n != node.cfg.node_id)
-        .collect();
     // Asked at once; this node answers its own part meanwhile.
-    let asks: Vec<_> = others
-        .iter()
-        .map(|&to| {
-            let (req, node) = (req.clone(), node.clone());
-            glommio::spawn_local(async move { ask(&req, &node, to, proof).await })
-        })
-        .collect();
+    let asks = ask_others(&node, req, proof);
     let mut mine = req.clone();
     mine.forwarded = true;
     let own = crate::routes::handle_forwarded(&mine, shared).await;
@@ -82,7 +74,7 @@ async fn gather(req: &Request, shared: &Shared, list: List) -> Result<Response, 
     }
     let mut pages = vec![body_json(&own)?];
     let mut missing = Vec::new();
-    for (to, answer) in others.into_iter().zip(asks) {
+    for (to, answer) in asks {
         match answer.await {
             Ok(r) if r.status == 200 => pages.push(body_json(&r)?),
             _ => missing.push(to.to_string()),
@@ -110,6 +102,25 @@ async fn gather(req: &Request, shared: &Shared, list: List) -> Result<Response, 
             .push(("x-rookery-partial".into(), missing.join(",")));
     }
     Ok(resp)
+}
+
+/// `req` sent to every other node at once: each one's id, and its answer
+/// to come.
+pub(super) fn ask_others(
+    node: &Arc<Node>,
+    req: &Request,
+    proof: Option<Proof>,
+) -> Vec<(u32, glommio::Task<Result<Response, ClusterError>>)> {
+    let others = node.cfg.nodes.iter().filter(|n| **n != node.cfg.node_id);
+    others
+        .map(|&to| {
+            let (req, node) = (req.clone(), node.clone());
+            (
+                to,
+                glommio::spawn_local(async move { ask(&req, &node, to, proof).await }),
+            )
+        })
+        .collect()
 }
 
 fn body_json(r: &Response) -> Result<Value, ApiError> {

@@ -18,6 +18,7 @@ pub mod order;
 pub mod records;
 pub mod relay;
 pub mod replica;
+pub mod search;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

@@ -9,7 +9,7 @@ mod dms;
 mod messages;
 mod rooms;
 
-mod search;
+pub(crate) mod search;
 mod server;
 pub(crate) mod uploads;
 mod users;
@@ -32,7 +32,7 @@ use server::{index, metrics, no_upgrade, readyz, stats};
 
 pub(crate) use dms::open_here as open_dm_here;
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 /// Answers one request.
 pub async fn handle(req: &Request, shared: &Shared) -> Response {

@@ -7,7 +7,7 @@
 //! rate limit per user.
 
 use rookery_engine::{
-    Cursor, Order, SearchQuery, QUERY_BYTES_MAX, SEARCH_DEPTH_MAX, SEARCH_PAGE_LEN_MAX,
+    Cursor, Order, SearchQuery, SearchResults, QUERY_BYTES_MAX, SEARCH_DEPTH_MAX,
 };
 use serde_json::{json, Value};
 
@@ -20,62 +20,81 @@ use crate::shared::Shared;
 /// Results per page when the request does not say.
 const PAGE_LEN_DEFAULT: usize = 20;
 
-/// `GET /api/search`: `{"results": [{"room", "message"}],
-/// "next": {"offset"} | null}`, each message in the shape of history's.
-pub(crate) async fn search(req: &Request, shared: &Shared) -> ApiResult {
-    let uid = user(req, shared).await?;
-    if shared.cluster.is_some() {
-        // Each node indexes the rooms it owns: a search here would
-        // silently miss the others' (docs/cluster.md).
-        return Err(ApiError::Unavailable(
-            "message search is not available in a cluster yet".into(),
-        ));
-    }
-    let text = query_text(req, "q").unwrap_or_default();
-    if text.trim().is_empty() || text.len() > QUERY_BYTES_MAX {
-        return Err(ApiError::BadRequest(format!(
-            "q must be 1..={QUERY_BYTES_MAX} bytes of words to look for"
-        )));
-    }
-    let offset = query_u64(req, "offset")?
-        .unwrap_or(0)
-        .min(usize::MAX as u64) as usize;
-    let limit = query_u64(req, "limit")?.map_or(PAGE_LEN_DEFAULT as u64, |l| l);
-    if !(1..=SEARCH_PAGE_LEN_MAX as u64).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be 1..={SEARCH_PAGE_LEN_MAX}"
-        )));
-    }
-    let limit = limit as usize;
-    if offset.saturating_add(limit) > SEARCH_DEPTH_MAX {
-        return Err(ApiError::BadRequest(format!(
-            "offset + limit must be at most {SEARCH_DEPTH_MAX}: narrow the search"
-        )));
-    }
-    let room = query_u64(req, "room")?;
-    take_directory_token(shared, uid).await?;
-    let rooms = match room {
-        Some(id) => {
-            readable_room(shared, uid, id).await?;
-            vec![id]
+/// Results per page at most.
+pub(crate) const PAGE_LEN_MAX: usize = 50;
+
+/// What a search asks, checked.
+pub(crate) struct Ask {
+    /// The words, decoded.
+    pub text: String,
+    pub offset: usize,
+    pub limit: usize,
+    /// The one room to look in, if named.
+    pub room: Option<u64>,
+}
+
+impl Ask {
+    /// The search `req` asks; pages of up to `limit_max`.
+    fn of(req: &Request, limit_max: usize) -> Result<Ask, ApiError> {
+        let text = query_text(req, "q").unwrap_or_default();
+        if text.trim().is_empty() || text.len() > QUERY_BYTES_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "q must be 1..={QUERY_BYTES_MAX} bytes of words to look for"
+            )));
         }
-        None => {
-            let m = directory(shared);
-            blocking(move || m.rooms_of(uid)).await?
+        let offset = query_u64(req, "offset")?
+            .unwrap_or(0)
+            .min(usize::MAX as u64) as usize;
+        let limit = query_u64(req, "limit")?.map_or(PAGE_LEN_DEFAULT as u64, |l| l);
+        if !(1..=limit_max as u64).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be 1..={limit_max}"
+            )));
         }
-    };
-    let index = shared
-        .search
-        .get()
-        .ok_or_else(|| ApiError::Unavailable("the search index is starting".into()))?;
-    let found = index
-        .query(SearchQuery {
+        let limit = limit as usize;
+        if offset.saturating_add(limit) > SEARCH_DEPTH_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "offset + limit must be at most {SEARCH_DEPTH_MAX}: narrow the search"
+            )));
+        }
+        let room = query_u64(req, "room")?;
+        Ok(Ask {
             text,
-            rooms,
             offset,
             limit,
+            room,
         })
-        .await?;
+    }
+}
+
+/// `GET /api/search`: `{"results": [{"room", "message"}],
+/// "next": {"offset"} | null}`, each message in the shape of history's.
+///
+/// In a cluster, a search of one room is answered by the room's owner
+/// (forwarded there like every room route), and a search of the caller's
+/// rooms by every node: see `cluster::search`. A node asked for its part
+/// (`hits=1`, honoured only from another node) answers the best
+/// `offset + limit` of the rooms it owns, with their scores, as
+/// [`hits_json`] says.
+pub(crate) async fn search(req: &Request, shared: &Shared) -> ApiResult {
+    let uid = user(req, shared).await?;
+    let part = req.forwarded && req.query_param("hits") == Some("1");
+    let ask = Ask::of(req, if part { SEARCH_DEPTH_MAX } else { PAGE_LEN_MAX })?;
+    if part {
+        let found = own_rooms(shared, uid, &ask.text, ask.limit).await?;
+        return Ok(Response::json(200, &hits_json(&found)));
+    }
+    take_directory_token(shared, uid).await?;
+    let found = match ask.room {
+        Some(id) => {
+            readable_room(shared, uid, id).await?;
+            query(shared, vec![id], &ask).await?
+        }
+        None if shared.cluster.is_some() => {
+            return crate::cluster::search::across(req, shared, uid, &ask).await;
+        }
+        None => query(shared, member_rooms(shared, uid).await?, &ask).await?,
+    };
     let mut results = Vec::with_capacity(found.hits.len());
     for hit in &found.hits {
         // No score: its statistics span every room, the caller's or not.
@@ -83,19 +102,70 @@ pub(crate) async fn search(req: &Request, shared: &Shared) -> ApiResult {
             results.push(json!({"room": hit.room, "message": message}));
         }
     }
-    let next = match found.more {
-        true => json!({ "offset": offset + limit }),
+    Ok(Response::json(200, &page_json(results, found.more, &ask)))
+}
+
+/// A page of results as the route answers it.
+pub(crate) fn page_json(results: Vec<Value>, more: bool, ask: &Ask) -> Value {
+    let next = match more {
+        true => json!({ "offset": ask.offset + ask.limit }),
         false => Value::Null,
     };
-    Ok(Response::json(
-        200,
-        &json!({ "results": results, "next": next }),
-    ))
+    json!({ "results": results, "next": next })
+}
+
+/// The best `depth` matches of `text` in the rooms `uid` is a member of
+/// here (in a cluster, the rooms this node owns).
+pub(crate) async fn own_rooms(
+    shared: &Shared,
+    uid: u64,
+    text: &str,
+    depth: usize,
+) -> Result<SearchResults, ApiError> {
+    let ask = Ask {
+        text: text.to_string(),
+        offset: 0,
+        limit: depth,
+        room: None,
+    };
+    query(shared, member_rooms(shared, uid).await?, &ask).await
+}
+
+/// The rooms `uid` is a member of (in a cluster, of this node's).
+async fn member_rooms(shared: &Shared, uid: u64) -> Result<Vec<u64>, ApiError> {
+    let m = directory(shared);
+    Ok(blocking(move || m.rooms_of(uid)).await?)
+}
+
+async fn query(shared: &Shared, rooms: Vec<u64>, ask: &Ask) -> Result<SearchResults, ApiError> {
+    let index = shared
+        .search
+        .get()
+        .ok_or_else(|| ApiError::Unavailable("the search index is starting".into()))?;
+    Ok(index
+        .query(SearchQuery {
+            text: ask.text.clone(),
+            rooms,
+            offset: ask.offset,
+            limit: ask.limit,
+        })
+        .await?)
+}
+
+/// A node's part of a cluster's search: `{"hits": [{"room", "seq",
+/// "score"}], "more"}`, best first. Scores travel only between nodes.
+pub(crate) fn hits_json(found: &SearchResults) -> Value {
+    let hits: Vec<Value> = found
+        .hits
+        .iter()
+        .map(|h| json!({"room": h.room, "seq": h.seq, "score": h.score}))
+        .collect();
+    json!({ "hits": hits, "more": found.more })
 }
 
 /// Message `seq` of `room` as history shows it to `reader`, if it is
 /// still there (not deleted, not retired, its room not deleted).
-async fn shown(
+pub(crate) async fn shown(
     shared: &Shared,
     room: u64,
     seq: u64,
