@@ -98,6 +98,9 @@ struct Inner {
     decoding: (Mutex<usize>, Condvar),
     /// The workers' queue ([`Uploads::finish_queued`]).
     jobs: flume::Sender<Job>,
+    /// Held while a copy is checked for and kept: two copies of one id
+    /// (two posts at once) keep one.
+    copying: Mutex<()>,
 }
 
 /// An upload to finish on a worker, and where its answer goes.
@@ -107,6 +110,8 @@ struct Job {
     name: String,
     declared: Option<String>,
     now_ms: u64,
+    /// The upload this is a copy of (another node's), to keep as it.
+    copy_of: Option<Upload>,
     reply: Reply<Upload>,
 }
 
@@ -141,6 +146,7 @@ impl Uploads {
                 limits,
                 decoding: (Mutex::new(0), Condvar::new()),
                 jobs,
+                copying: Mutex::new(()),
             }),
         };
         // The workers hold a weak handle: they end when the last `Uploads`
@@ -153,12 +159,13 @@ impl Uploads {
                     while let Ok(job) = queue.recv() {
                         let Some(inner) = weak.upgrade() else { break };
                         let uploads = Uploads { inner };
-                        let done = uploads.finish(
+                        let done = uploads.keep(
                             job.incoming,
                             job.owner,
                             &job.name,
                             job.declared.as_deref(),
                             job.now_ms,
+                            job.copy_of.as_ref(),
                         );
                         let _ = job.reply.send(done);
                     }
@@ -187,8 +194,37 @@ impl Uploads {
             name: name.to_string(),
             declared: declared.map(str::to_string),
             now_ms,
+            copy_of: None,
             reply,
         };
+        self.queue(job, pending)
+    }
+
+    /// Keeps what `incoming` holds as a copy of `original`, another
+    /// node's upload: with its id, owner and name, charged to its owner
+    /// here, on a worker as [`Uploads::finish_queued`]. The copy is kept
+    /// only if its SHA-256 is the original's (`InvalidInput` otherwise);
+    /// when this node has the upload already, that one is the answer.
+    pub fn copy_queued(
+        &self,
+        incoming: Incoming,
+        original: Upload,
+        now_ms: u64,
+    ) -> Pending<Upload> {
+        let (reply, pending) = Pending::channel();
+        let job = Job {
+            incoming,
+            owner: original.owner,
+            name: original.name.clone(),
+            declared: None,
+            now_ms,
+            copy_of: Some(original),
+            reply,
+        };
+        self.queue(job, pending)
+    }
+
+    fn queue(&self, job: Job, pending: Pending<Upload>) -> Pending<Upload> {
         match self.inner.jobs.try_send(job) {
             Ok(()) => pending,
             Err(_) => Pending::ready(Err(Error::Busy(
@@ -238,6 +274,27 @@ impl Uploads {
         declared: Option<&str>,
         now_ms: u64,
     ) -> Result<Upload> {
+        self.keep(incoming, owner, name, declared, now_ms, None)
+    }
+
+    /// [`Uploads::finish`], or with `copy_of` [`Uploads::copy_queued`]'s
+    /// keeping of a copy.
+    fn keep(
+        &self,
+        incoming: Incoming,
+        owner: u64,
+        name: &str,
+        declared: Option<&str>,
+        now_ms: u64,
+        copy_of: Option<&Upload>,
+    ) -> Result<Upload> {
+        let _copying =
+            copy_of.map(|_| self.inner.copying.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(original) = copy_of {
+            if let Some(kept) = self.get(original.id)? {
+                return Ok(kept);
+            }
+        }
         let name = clean_name(name)?;
         let content_type = sniff(incoming.head());
         check_declared(declared, content_type)?;
@@ -247,9 +304,15 @@ impl Uploads {
             None
         };
         let bytes = incoming.bytes();
-        let id: u128 = rand::random();
+        let id: u128 = copy_of.map_or_else(rand::random, |o| o.id);
         let thumb = image.as_ref().map(|i| i.thumb.as_slice());
         let sha256 = self.inner.files.place(incoming, id, thumb)?;
+        if copy_of.is_some_and(|o| o.sha256 != sha256 || o.bytes != bytes) {
+            let _ = self.inner.files.remove(id);
+            return Err(Error::InvalidInput(format!(
+                "the copy of upload {id:032x} is not its original"
+            )));
+        }
         let upload = Upload {
             id,
             owner,

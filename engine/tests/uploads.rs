@@ -434,3 +434,64 @@ fn now() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// Another node's upload kept here as a copy (a cluster's room owner keeps
+/// the uploads its messages carry): its id, owner and name, its file and
+/// thumbnail, charged here; a copy that is not its original is refused
+/// and leaves nothing; a second copy of one id is the first.
+#[test]
+fn a_copy_of_another_nodes_upload_is_kept_only_whole() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Engine::start(common::small_config(a_dir.path(), 1)).unwrap();
+    let b = Engine::start(common::small_config(b_dir.path(), 1)).unwrap();
+    let alice = a.directory().ensure_external_user("alice", 0).unwrap();
+    assert_eq!(
+        b.directory().ensure_external_user("alice", 0).unwrap(),
+        alice
+    );
+    let image = png(200, 100);
+    let original = upload(&a.uploads(), alice, &image, "cat.png", None).unwrap();
+    let copy = |bytes: &[u8]| {
+        let mut inc = b.uploads().begin(alice, bytes.len() as u64).unwrap();
+        inc.write(bytes).unwrap();
+        b.uploads().copy_queued(inc, original.clone(), now()).wait()
+    };
+    // Damaged on the way: refused, nothing kept or charged.
+    let mut damaged = image.clone();
+    *damaged.last_mut().unwrap() ^= 1;
+    assert!(matches!(copy(&damaged), Err(Error::InvalidInput(_))));
+    assert!(matches!(copy(&image[..100]), Err(Error::InvalidInput(_))));
+    assert_eq!(b.uploads().get(original.id).unwrap(), None);
+    assert_eq!(b.uploads().usage(alice).unwrap(), 0);
+    // Whole: kept as the original.
+    let kept = copy(&image).unwrap();
+    assert_eq!(
+        (
+            kept.id,
+            kept.owner,
+            &kept.name,
+            &kept.content_type,
+            kept.sha256
+        ),
+        (
+            original.id,
+            alice,
+            &original.name,
+            &original.content_type,
+            original.sha256
+        )
+    );
+    assert_eq!(
+        (kept.width, kept.height, kept.thumb_bytes > 0),
+        (200, 100, true)
+    );
+    assert_eq!(std::fs::read(b.uploads().file(kept.id)).unwrap(), image);
+    assert!(b.uploads().thumbnail_file(kept.id).exists());
+    let charged = a.uploads().usage(alice).unwrap();
+    assert_eq!(b.uploads().usage(alice).unwrap(), charged);
+    // Again (two posts at once): the one kept, charged once.
+    assert_eq!(copy(&image).unwrap(), kept);
+    assert_eq!(b.uploads().usage(alice).unwrap(), charged);
+    a.shutdown().unwrap();
+    b.shutdown().unwrap();
+}

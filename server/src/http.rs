@@ -60,9 +60,8 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// A `GET /` over HTTP/1.1 with these headers and query (tests of what
-    /// reads requests).
-    #[cfg(test)]
+    /// A `GET /` over HTTP/1.1 with these headers and query (for tests,
+    /// and for what nodes ask each other).
     pub fn get(headers: &[(&str, &str)], query: &str) -> Request {
         Request {
             method: "GET".into(),
@@ -434,16 +433,27 @@ pub struct Response {
     /// The error code of an error response (counted by code in metrics).
     pub error_code: Option<&'static str>,
     /// A body read from a file instead (`body` is then empty): the
-    /// connection streams it after the head.
-    pub file: Option<FileBody>,
+    /// connection streams it after the head. Boxed: few responses have
+    /// one, and every response would carry its size.
+    pub file: Option<Box<FileBody>>,
 }
 
-/// `len` bytes of the file at `path` from `offset`.
+/// `len` bytes of a file from `offset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileBody {
-    pub path: std::path::PathBuf,
+    pub source: FileSource,
     pub offset: u64,
     pub len: u64,
+}
+
+/// Where a file body is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileSource {
+    /// A file on this node's disk.
+    Disk(std::path::PathBuf),
+    /// Upload `id` (its thumbnail when `thumb`) on another node of the
+    /// cluster, read from it in chunks (`cluster::uploads`).
+    Node { node: u32, id: u128, thumb: bool },
 }
 
 impl Response {

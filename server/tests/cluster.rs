@@ -156,6 +156,15 @@ impl ClusterNode {
     }
 }
 
+/// Nodes 1, 2 and 3 of a cluster on `nats`, and their ports.
+fn three_nodes(dir: &std::path::Path, nats: &str) -> (Vec<ClusterNode>, Vec<u16>) {
+    let nodes: Vec<ClusterNode> = (1..=3)
+        .map(|id| ClusterNode::start(dir, nats, id))
+        .collect();
+    let ports = nodes.iter().map(|n| n.port).collect();
+    (nodes, ports)
+}
+
 impl Drop for ClusterNode {
     fn drop(&mut self) {
         self.kill();
@@ -210,10 +219,7 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
     let nats = Nats::start(3);
     let urls = nats.urls().join(",");
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<ClusterNode> = (1..=3)
-        .map(|id| ClusterNode::start(dir.path(), &urls, id))
-        .collect();
-    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let (mut nodes, ports) = three_nodes(dir.path(), &urls);
     let port = |i: usize| ports[i % 3];
 
     // Accounts are cluster-wide: registered on one node, signed in on
@@ -521,6 +527,173 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         assert!(Instant::now() < deadline, "still signed in on node 1: {v}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Uploads `body` as `name` through `port`; the upload's JSON.
+fn upload_to(port: u16, token: &str, name: &str, body: &[u8]) -> serde_json::Value {
+    let mut raw = format!(
+        "POST /api/uploads?name={name} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    let resp = exchange(port, &raw).unwrap();
+    assert_eq!(common::status(&resp), 201, "{resp}");
+    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+/// `GET path` through `port`: status, the named headers, and the body's
+/// bytes.
+fn fetch(port: u16, token: &str, path: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    std::io::Write::write_all(&mut s, raw.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut out).unwrap();
+    let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..at]).into_owned();
+    (common::status(&head), head, out[at + 4..].to_vec())
+}
+
+/// Uploads reach every node: a message carries an upload received by
+/// another node than its room's owner (which keeps a copy of it), any node
+/// serves it whole, by range, and its thumbnail; with the node that
+/// received it dead, its room's owner's copy is served; the message's
+/// delete frees that copy.
+#[test]
+fn uploads_are_carried_to_rooms_and_served_by_every_node() {
+    let nats = Nats::start(3);
+    let urls = nats.urls().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, ports) = three_nodes(dir.path(), &urls);
+    let ann = common::register(ports[0], "ann");
+    // A room of node 2's; files received by node 1, and by node 3.
+    let room = common::create_room(ports[1], &ann, "files", false);
+    assert_eq!(rookery_cluster::owner_of(room, &[1, 2, 3]), 2);
+    // Over two chunks of 512 KiB, not a multiple of one.
+    let big: Vec<u8> = (0..1_300_007u32).map(|i| (i * 7 % 251) as u8).collect();
+    let big_up = upload_to(ports[0], &ann, "big.bin", &big);
+    let image = {
+        let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    };
+    let image_up = upload_to(ports[2], &ann, "pic.png", &image);
+    let (big_id, image_id) = (
+        big_up["id"].as_str().unwrap(),
+        image_up["id"].as_str().unwrap(),
+    );
+    // Posted through node 3 over HTTP (forwarded to node 2) and through
+    // node 1 over a WebSocket (an operation for node 2).
+    let (s, v) = call_as(
+        ports[2],
+        "POST",
+        &format!("/api/rooms/{room}/messages"),
+        &ann,
+        Some(&serde_json::json!({"body": "", "files": [big_id]})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let seq = v["seq"].as_u64().unwrap();
+    let mut ws = ws_connect(ports[0], &ann);
+    ws_send(
+        &mut ws,
+        serde_json::json!({"type": "send", "room": room, "body": "look", "files": [image_id]}),
+    );
+    let acked = ws_until(&mut ws, |f| f["type"] == "ack" || f["type"] == "error");
+    assert_eq!(acked.last().unwrap()["type"], "ack", "{acked:?}");
+    // Every node serves both, whole and in part, with the same validator.
+    let etag = format!("\"{}\"", big_up["sha256"].as_str().unwrap());
+    for &port in &ports {
+        let (s, head, body) = fetch(port, &ann, &format!("/api/uploads/{big_id}"), "");
+        assert_eq!((s, body.len()), (200, big.len()), "{head}");
+        assert!(body == big, "node {port}: the bytes differ");
+        assert_eq!(common::header(&head, "etag"), Some(etag.as_str()), "{head}");
+        let (s, head, body) = fetch(
+            port,
+            &ann,
+            &format!("/api/uploads/{big_id}"),
+            "Range: bytes=500000-600000\r\n",
+        );
+        assert_eq!(s, 206, "{head}");
+        assert!(
+            body == big[500_000..=600_000],
+            "node {port}: the range differs"
+        );
+        let (s, head, body) = fetch(port, &ann, &format!("/api/uploads/{image_id}"), "");
+        assert_eq!((s, body), (200, image.clone()), "{head}");
+        assert_eq!(common::header(&head, "content-type"), Some("image/png"));
+        let (s, head, thumb) = fetch(
+            port,
+            &ann,
+            &format!("/api/uploads/{image_id}/thumbnail"),
+            "",
+        );
+        assert_eq!(s, 200, "{head}");
+        assert!(thumb.starts_with(b"\x89PNG"), "{head}");
+    }
+    // Removing: not while a message holds a copy anywhere (the original
+    // is held by nothing on its node), through any node; one never sent
+    // is removed through another node than its own.
+    let path = format!("/api/uploads/{big_id}");
+    for &port in &ports {
+        let (s, v) = call_as(port, "DELETE", &path, &ann, None);
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (409, Some("conflict")),
+            "{v}"
+        );
+    }
+    let unsent = upload_to(ports[0], &ann, "oops.txt", b"oops");
+    let path = format!("/api/uploads/{}", unsent["id"].as_str().unwrap());
+    let (s, v) = call_as(ports[2], "DELETE", &path, &ann, None);
+    assert_eq!((s, v["deleted"].as_bool()), (200, Some(true)), "{v}");
+    for &port in &ports {
+        assert_eq!(fetch(port, &ann, &path, "").0, 404);
+        assert_eq!(call_as(port, "DELETE", &path, &ann, None).0, 404);
+    }
+    // A node's ask for a chunk, from a client: the file, as any GET.
+    let (s, head, body) = fetch(
+        ports[1],
+        &ann,
+        &format!("/api/uploads/{big_id}?chunk=0&len=10"),
+        "",
+    );
+    assert_eq!((s, body.len()), (200, big.len()), "{head}");
+    assert_eq!(common::header(&head, "x-rookery-upload"), None, "{head}");
+    // The node that received the big file dies: its room's owner's copy
+    // is served.
+    nodes[0].kill();
+    let (s, _, body) = fetch(ports[2], &ann, &format!("/api/uploads/{big_id}"), "");
+    assert!(s == 200 && body == big, "{s}");
+    // The message goes: its owner frees its copy, and no node has one.
+    drop(ws);
+    let mut ws = ws_connect(ports[2], &ann);
+    ws_send(
+        &mut ws,
+        serde_json::json!({"type": "delete", "room": room, "seq": seq}),
+    );
+    let acked = ws_until(&mut ws, |f| f["type"] == "ack" || f["type"] == "error");
+    assert_eq!(acked.last().unwrap()["type"], "ack", "{acked:?}");
+    let (s, head, _) = fetch(ports[2], &ann, &format!("/api/uploads/{big_id}"), "");
+    assert_eq!(s, 404, "{head}");
+    // An upload that is no one's anywhere is refused, as on one node.
+    let (s, v) = call_as(
+        ports[2],
+        "POST",
+        &format!("/api/rooms/{room}/messages"),
+        &ann,
+        Some(&serde_json::json!({"body": "x", "files": [format!("{:032x}", 12345)]})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
 }
 
 /// The (room, seq) of a search page's results, in its order.
@@ -1093,10 +1266,7 @@ fn chaos_nodes_and_nats_servers_killed_nothing_acknowledged_is_lost() {
     let mut nats = Nats::start(3);
     let urls = nats.urls().join(",");
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<ClusterNode> = (1..=3)
-        .map(|id| ClusterNode::start(dir.path(), &urls, id))
-        .collect();
-    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let (mut nodes, ports) = three_nodes(dir.path(), &urls);
     let ann = common::register(ports[0], "ann");
     // Two rooms owned by each node.
     let rooms: Vec<(u64, usize)> = (0..6)

@@ -19,6 +19,7 @@ pub mod records;
 pub mod relay;
 pub mod replica;
 pub mod search;
+pub mod uploads;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

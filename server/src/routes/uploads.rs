@@ -2,7 +2,9 @@
 //! connection hands over its socket once the head is read), and
 //! `GET /api/uploads/{id}` (and `/thumbnail`) sends one from disk, with an
 //! `ETag`, `Range` and long cache headers, never as something a browser
-//! would run.
+//! would run. In a cluster an upload this node lacks is read from the
+//! node that has it, and this node answers other nodes' asks for chunks
+//! of its own (`cluster::uploads`).
 //!
 //! Bounds: a file's size is known (`Content-Length`) and checked with the
 //! uploader's quota before any byte is read; a shard receives at most
@@ -22,7 +24,8 @@ use serde_json::json;
 use super::{query_text, route_name, user, ApiResult};
 use crate::app::{take_send_token, ApiError};
 use crate::auth::{self, blocking};
-use crate::http::{FileBody, Request, Response};
+use crate::cluster::uploads as cluster;
+use crate::http::{FileBody, FileSource, Request, Response};
 use crate::net::{read_until, write_within, Read, Socket};
 use crate::shared::Shared;
 
@@ -234,7 +237,7 @@ impl Drop for UserSlot<'_> {
 }
 
 /// Gives back a place under a per-shard bound when dropped.
-struct Slot<'a>(&'a std::cell::Cell<usize>);
+pub(crate) struct Slot<'a>(pub(crate) &'a std::cell::Cell<usize>);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
@@ -273,21 +276,95 @@ fn upload_id(req: &Request) -> Result<u128, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no upload {raw:?}")))
 }
 
-/// The upload named by the path's third segment.
-async fn upload_of(req: &Request, shared: &Shared) -> Result<rookery_engine::Upload, ApiError> {
-    let id = upload_id(req)?;
+/// Upload `id` and where its file (its thumbnail when `thumb`) is read
+/// from: this node's disk, or in a cluster the node that has it.
+async fn locate(
+    shared: &Shared,
+    id: u128,
+    thumb: bool,
+) -> Result<(rookery_engine::Upload, FileSource), ApiError> {
     let uploads = shared.engine.uploads();
-    blocking(move || uploads.get(id))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no upload {id:032x}")))
+    let here = {
+        let uploads = uploads.clone();
+        blocking(move || uploads.get(id)).await?
+    };
+    if let Some(up) = here {
+        let path = match thumb {
+            true => uploads.thumbnail_file(id),
+            false => uploads.file(id),
+        };
+        return Ok((up, FileSource::Disk(path)));
+    }
+    match cluster::find(shared, id).await? {
+        Some((node, up)) => Ok((up, FileSource::Node { node, id, thumb })),
+        None => Err(ApiError::NotFound(format!("no upload {id:032x}"))),
+    }
+}
+
+/// A node's ask for `len` bytes from `at` of upload `id` (its thumbnail
+/// when `thumb`): 200 with at most `cluster::CHUNK_BYTES` of them and the
+/// upload's row in a header; 404 when this node does not have it.
+async fn answer_chunk(shared: &Shared, id: u128, thumb: bool, at: u64, len: u64) -> ApiResult {
+    if shared.file_streams.get() >= FILE_STREAMS_MAX {
+        return Err(ApiError::Unavailable(
+            "too many files being sent: retry".into(),
+        ));
+    }
+    shared.file_streams.set(shared.file_streams.get() + 1);
+    let _slot = Slot(&shared.file_streams);
+    let uploads = shared.engine.uploads();
+    let up = {
+        let uploads = uploads.clone();
+        blocking(move || uploads.get(id)).await?
+    }
+    .ok_or_else(|| ApiError::NotFound(format!("no upload {id:032x} here")))?;
+    let (path, size) = match thumb {
+        true => (uploads.thumbnail_file(id), up.thumb_bytes),
+        false => (uploads.file(id), up.bytes),
+    };
+    if at > size || (thumb && size == 0) {
+        return Err(ApiError::NotFound(format!(
+            "no bytes at {at} of upload {id:032x}"
+        )));
+    }
+    let len = len.min(cluster::CHUNK_BYTES).min(size - at) as usize;
+    let row = up.clone();
+    let (body, held) = blocking(move || -> std::io::Result<(Vec<u8>, bool)> {
+        use std::os::unix::fs::FileExt;
+        let mut chunk = vec![0; len];
+        std::fs::File::open(path)?.read_exact_at(&mut chunk, at)?;
+        let held = held(&uploads, &row).map_err(std::io::Error::other)?;
+        Ok((chunk, held))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("reading upload {id:032x}: {e}")))?;
+    Ok(Response {
+        status: 200,
+        headers: vec![cluster::row_header(&up, held)],
+        body,
+        ..Response::default()
+    })
+}
+
+/// Whether upload `up` is held here: by a message, an avatar, or a post
+/// under way.
+pub(crate) fn held(
+    uploads: &rookery_engine::Uploads,
+    up: &rookery_engine::Upload,
+) -> rookery_engine::Result<bool> {
+    Ok(up.pending > 0 || !uploads.holders(up.id, 1)?.is_empty())
 }
 
 /// `DELETE /api/uploads/{id}`: removes an upload of the caller's that no
 /// message holds (sent by mistake to the server, never to a room); 404
 /// for one that is not theirs, 409 while a message holds it (delete the
-/// message: its last one frees the upload).
+/// message: its last one frees the upload). In a cluster, every node's
+/// copy (`cluster::remove_everywhere`).
 pub(crate) async fn remove(req: &Request, shared: &Shared) -> ApiResult {
     let (uid, id) = (user(req, shared).await?, upload_id(req)?);
+    if shared.cluster.is_some() && !req.forwarded {
+        return cluster::remove_everywhere(req, shared, uid, id).await;
+    }
     let uploads = shared.engine.uploads();
     let up = blocking(move || uploads.remove_unsent(uid, id)).await?;
     Ok(Response::json(
@@ -300,15 +377,17 @@ pub(crate) async fn remove(req: &Request, shared: &Shared) -> ApiResult {
 /// id may read it), or part of it (`Range`); 304 for a matching
 /// `If-None-Match`.
 pub(crate) async fn get(req: &Request, shared: &Shared) -> ApiResult {
+    if let Some((at, len)) = cluster::asked_chunk(req) {
+        return answer_chunk(shared, upload_id(req)?, false, at, len).await;
+    }
     user(req, shared).await?;
-    let up = upload_of(req, shared).await?;
-    let path = shared.engine.uploads().file(up.id);
+    let (up, source) = locate(shared, upload_id(req)?, false).await?;
     let inline = rookery_engine::INLINE_TYPES.contains(&up.content_type.as_str());
     let etag = format!("\"{}\"", auth::hex(&up.sha256));
     serve_file(
         req,
         shared,
-        path,
+        source,
         up.bytes,
         &up.content_type,
         &etag,
@@ -319,42 +398,47 @@ pub(crate) async fn get(req: &Request, shared: &Shared) -> ApiResult {
 /// `GET /api/uploads/{id}/thumbnail`: an image's thumbnail (PNG); 404 for
 /// an upload without one.
 pub(crate) async fn thumbnail(req: &Request, shared: &Shared) -> ApiResult {
+    if let Some((at, len)) = cluster::asked_chunk(req) {
+        return answer_chunk(shared, upload_id(req)?, true, at, len).await;
+    }
     user(req, shared).await?;
-    let up = upload_of(req, shared).await?;
+    let (up, source) = locate(shared, upload_id(req)?, true).await?;
     if up.thumb_bytes == 0 {
         return Err(ApiError::NotFound("this upload has no thumbnail".into()));
     }
-    serve_thumbnail(req, shared, &up)
+    serve_thumbnail(req, shared, &up, source)
 }
 
 /// `GET /api/users/{id}/avatar`: the thumbnail of a user's avatar; 404
-/// when they have none (or its upload is on another node).
+/// when they have none.
 pub(crate) async fn avatar(req: &Request, shared: &Shared, raw: &str) -> ApiResult {
     user(req, shared).await?;
     let uid = super::users::user_id(raw)?;
-    let (directory, uploads) = (shared.engine.directory(), shared.engine.uploads());
-    let up = blocking(
-        move || -> rookery_engine::Result<Option<rookery_engine::Upload>> {
-            match directory.profile(uid)?.and_then(|p| p.avatar) {
-                Some(id) => uploads.get(id),
-                None => Ok(None),
-            }
-        },
-    )
-    .await?
-    .filter(|up| up.thumb_bytes > 0)
-    .ok_or_else(|| ApiError::NotFound(format!("user {uid} has no avatar here")))?;
-    serve_thumbnail(req, shared, &up)
+    let directory = shared.engine.directory();
+    let none = || ApiError::NotFound(format!("user {uid} has no avatar"));
+    let id = blocking(move || directory.profile(uid))
+        .await?
+        .and_then(|p| p.avatar)
+        .ok_or_else(none)?;
+    let (up, source) = locate(shared, id, true).await.map_err(|_| none())?;
+    if up.thumb_bytes == 0 {
+        return Err(none());
+    }
+    serve_thumbnail(req, shared, &up, source)
 }
 
 /// Upload `up`'s thumbnail (it has one), as a PNG served inline.
-fn serve_thumbnail(req: &Request, shared: &Shared, up: &rookery_engine::Upload) -> ApiResult {
-    let path = shared.engine.uploads().thumbnail_file(up.id);
+fn serve_thumbnail(
+    req: &Request,
+    shared: &Shared,
+    up: &rookery_engine::Upload,
+    source: FileSource,
+) -> ApiResult {
     let etag = format!("\"t{}\"", auth::hex(&up.sha256));
     serve_file(
         req,
         shared,
-        path,
+        source,
         up.thumb_bytes,
         "image/png",
         &etag,
@@ -378,7 +462,7 @@ fn disposition(up: &rookery_engine::Upload, inline: bool) -> String {
 fn serve_file(
     req: &Request,
     shared: &Shared,
-    path: std::path::PathBuf,
+    source: FileSource,
     len: u64,
     content_type: &str,
     etag: &str,
@@ -436,11 +520,11 @@ fn serve_file(
     Ok(Response {
         status,
         headers,
-        file: Some(FileBody {
-            path,
+        file: Some(Box::new(FileBody {
+            source,
             offset,
             len: part,
-        }),
+        })),
         ..Response::default()
     })
 }
@@ -501,21 +585,60 @@ fn parse_range(header: &str, len: u64) -> RangeAsk {
     }
 }
 
-/// Sends `file` on `conn` in chunks read off the reactor (the file opened
-/// once: removed meanwhile, it is still sent whole); false when the
-/// connection or the file failed, or the client takes it slower than
-/// [`MIN_RATE_BYTES_PER_S`] after the grace of a request timeout (the
-/// connection is then closed).
+/// Sends `file` on `conn`: from this node's disk, or from the node that
+/// has it; false when the connection or the file failed, or the client
+/// takes it slower than [`MIN_RATE_BYTES_PER_S`] after the grace of a
+/// request timeout (the connection is then closed).
 pub async fn send_file(shared: &Shared, conn: &mut Socket, file: &FileBody) -> bool {
     shared.file_streams.set(shared.file_streams.get() + 1);
     let _slot = Slot(&shared.file_streams);
-    let path = file.path.clone();
-    let Ok(opened) = blocking(move || std::fs::File::open(path)).await else {
-        tracing::warn!(path = %file.path.display(), "an upload's file could not be opened");
+    let (started, grace) = (Instant::now(), shared.cfg.request_timeout());
+    match &file.source {
+        FileSource::Disk(path) => send_from_disk(shared, conn, path, file, started, grace).await,
+        &FileSource::Node { node, id, thumb } => {
+            let Some(cluster) = shared.cluster.clone() else {
+                return false;
+            };
+            let (mut at, end) = (file.offset, file.offset + file.len);
+            while at < end {
+                if too_slow(started, grace, at - file.offset) {
+                    return false;
+                }
+                let want = (end - at).min(cluster::CHUNK_BYTES);
+                let chunk = match cluster::chunk(&cluster, node, id, thumb, at, want).await {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "an upload could not be read from its node");
+                        return false;
+                    }
+                };
+                if !write_within(shared, conn, &chunk).await {
+                    return false;
+                }
+                at += want;
+            }
+            true
+        }
+    }
+}
+
+/// The part `file` names of the file at `path`, in chunks read off the
+/// reactor (the file opened once: removed meanwhile, it is still sent
+/// whole).
+async fn send_from_disk(
+    shared: &Shared,
+    conn: &mut Socket,
+    path: &std::path::Path,
+    file: &FileBody,
+    started: Instant,
+    grace: Duration,
+) -> bool {
+    let owned = path.to_path_buf();
+    let Ok(opened) = blocking(move || std::fs::File::open(owned)).await else {
+        tracing::warn!(path = %path.display(), "an upload's file could not be opened");
         return false;
     };
     let opened = std::sync::Arc::new(opened);
-    let (started, grace) = (Instant::now(), shared.cfg.request_timeout());
     let mut at = file.offset;
     let end = file.offset + file.len;
     while at < end {
@@ -532,7 +655,7 @@ pub async fn send_file(shared: &Shared, conn: &mut Socket, file: &FileBody) -> b
         })
         .await;
         let Ok(chunk) = chunk else {
-            tracing::warn!(path = %file.path.display(), "an upload's file could not be read");
+            tracing::warn!(path = %path.display(), "an upload's file could not be read");
             return false;
         };
         if !write_within(shared, conn, &chunk).await {

@@ -145,7 +145,8 @@ impl NewProfile {
 
 /// `PUT /api/me/profile {"display_name"?, "status"?, "avatar"?}`: changes
 /// what is given ("" clears it) and keeps the rest; 200 the profile. An
-/// avatar is the id of an image upload of the caller's (on this node). On one node
+/// avatar is the id of an image upload of the caller's (in a cluster, on
+/// any node: this one keeps a copy). On one node
 /// the change is made in one transaction; in a cluster it is made at the
 /// revision of the profile it read (again when another change came
 /// first), recorded in the users bucket and applied here before the
@@ -163,8 +164,9 @@ pub(crate) async fn set_mine(req: &Request, shared: &Shared) -> ApiResult {
     let now = crate::auth::now_ms();
     if let Some(node) = &shared.cluster {
         if let Some(Some(id)) = avatar {
-            // Checked here, the node that has the upload (the others
-            // record the id as they are told).
+            // Checked here, once this node has the upload (the others
+            // record the id as they are told, and serve it from here).
+            crate::cluster::uploads::bring(shared, uid, &[id]).await?;
             let uploads = shared.engine.uploads();
             let up = blocking(move || uploads.get(id)).await?;
             match up {
