@@ -198,6 +198,68 @@ pub(crate) fn normal_load(
     Ok(report)
 }
 
+/// Runs the normal load against `bin` on the data directory `data` twice:
+/// alone, then beside what `side` starts (given the server's address and
+/// a flag set once the load is over; it returns what it measured). Both
+/// runs' reports, and what `side` returned.
+pub(crate) fn alone_then_beside<T: Send + 'static>(
+    load: &load::Args,
+    bin: &std::path::Path,
+    data: &std::path::Path,
+    extra: &[&str],
+    beside: &str,
+    side: impl FnOnce(SocketAddr, Arc<AtomicBool>) -> JoinHandle<Result<T>>,
+) -> Result<(Report, Report, T)> {
+    let secret = &load.jwt_secret;
+    let start = || -> Result<_> {
+        let (server, port) =
+            crate::compare::start_rookery_in(bin, data, &load.durability, secret, extra)?;
+        Ok((server, SocketAddr::from(([127, 0, 0, 1], port))))
+    };
+    let (server, addr) = start()?;
+    let alone = normal_load(load, addr, server.child.id(), "alone");
+    drop(server);
+    let alone = alone?;
+    let (server, addr) = start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = side(addr, stop.clone());
+    let during = normal_load(load, addr, server.child.id(), beside);
+    stop.store(true, Ordering::Relaxed);
+    let measured = handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("{beside}: its thread panicked"))??;
+    drop(server);
+    Ok((alone, during?, measured))
+}
+
+/// Prints chat's delivery in a run alone and in one `beside` something
+/// ("during backups"), side by side with the p99 ratio; the ratio.
+pub(crate) fn print_beside(alone: &Report, during: &Report, beside: &str) -> f64 {
+    let ratio = during.deliver_ms.p99 / alone.deliver_ms.p99.max(1e-3);
+    println!("                     alone      {beside}");
+    println!(
+        "deliver p50 ms   {:>9.2} {:>12.2}",
+        alone.deliver_ms.p50, during.deliver_ms.p50
+    );
+    println!(
+        "deliver p99 ms   {:>9.2} {:>12.2}   ({ratio:.2}x)",
+        alone.deliver_ms.p99, during.deliver_ms.p99
+    );
+    println!("lost             {:>9} {:>12}", alone.lost, during.lost);
+    println!(
+        "server CPU s     {:>9.2} {:>12.2}",
+        alone.server_cpu_s.unwrap_or(f64::NAN),
+        during.server_cpu_s.unwrap_or(f64::NAN)
+    );
+    ratio
+}
+
+/// A run's chat figures, for a report's JSON.
+pub(crate) fn run_json(r: &Report) -> serde_json::Value {
+    serde_json::json!({"deliver_p99_ms": r.deliver_ms.p99, "deliver_p50_ms": r.deliver_ms.p50,
+        "lost": r.lost, "server_cpu_s": r.server_cpu_s})
+}
+
 /// The process's peak resident memory, bytes (VmHWM).
 fn peak_rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -20,8 +20,8 @@ use rookery_storage::{Durability, StorageConfig, Store};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::abuse::normal_load;
-use crate::compare::{built, machine, start_rookery_in};
+use crate::abuse::{alone_then_beside, print_beside, run_json};
+use crate::compare::{built, machine};
 use crate::http_client::HttpClient;
 use crate::load::{self, Report};
 
@@ -95,31 +95,16 @@ pub fn run(args: BackupArgs) -> Result<()> {
     if let Some(rate) = &rate {
         extra.extend(["--backup-bytes-per-s-max", rate]);
     }
-    let secret = args.load.jwt_secret.clone();
-    let mut runs = Vec::new();
-    for with_backups in [false, true] {
-        let (server, port) = start_rookery_in(&bin, &data, &args.load.durability, &secret, &extra)?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let taker = with_backups.then(|| {
-            let (stop, backups) = (stop.clone(), backups.clone());
-            std::thread::spawn(move || take_backups(addr, &backups, &stop))
-        });
-        let name = if with_backups {
-            "during backups"
-        } else {
-            "alone"
-        };
-        let report = normal_load(&args.load, addr, server.child.id(), name);
-        stop.store(true, Ordering::Relaxed);
-        let taken = match taker {
-            Some(t) => t.join().map_err(|_| anyhow::anyhow!("backup thread"))??,
-            None => Vec::new(),
-        };
-        runs.push((report?, taken));
-        drop(server);
-    }
-    print_and_save(&args, filled, &runs)
+    let into = backups.clone();
+    let (alone, during, taken) = alone_then_beside(
+        &args.load,
+        &bin,
+        &data,
+        &extra,
+        "during backups",
+        |addr, stop| std::thread::spawn(move || take_backups(addr, &into, &stop)),
+    )?;
+    print_and_save(&args, filled, &alone, &during, &taken)
 }
 
 /// Fills `data` with about `bytes` of messages, every shard alike.
@@ -253,11 +238,10 @@ fn take_backups(addr: SocketAddr, dir: &Path, stop: &AtomicBool) -> Result<Vec<(
 fn print_and_save(
     args: &BackupArgs,
     filled: u64,
-    runs: &[(Report, Vec<(u64, u64)>)],
+    alone: &Report,
+    during: &Report,
+    taken: &[(u64, u64)],
 ) -> Result<()> {
-    let [(alone, _), (during, taken)] = runs else {
-        bail!("two runs expected");
-    };
     if taken.is_empty() {
         bail!("no backup finished during the load: make the load longer or --fill-bytes smaller");
     }
@@ -267,22 +251,7 @@ fn print_and_save(
         .collect();
     s_per_gb.sort_by(f64::total_cmp);
     let median = s_per_gb[s_per_gb.len() / 2];
-    let ratio = during.deliver_ms.p99 / alone.deliver_ms.p99.max(1e-3);
-    println!("                     alone      during backups");
-    println!(
-        "deliver p50 ms   {:>9.2} {:>12.2}",
-        alone.deliver_ms.p50, during.deliver_ms.p50
-    );
-    println!(
-        "deliver p99 ms   {:>9.2} {:>12.2}   ({ratio:.2}x)",
-        alone.deliver_ms.p99, during.deliver_ms.p99
-    );
-    println!("lost             {:>9} {:>12}", alone.lost, during.lost);
-    println!(
-        "server CPU s     {:>9.2} {:>12.2}",
-        alone.server_cpu_s.unwrap_or(f64::NAN),
-        during.server_cpu_s.unwrap_or(f64::NAN)
-    );
+    let ratio = print_beside(alone, during, "during backups");
     println!(
         "backups          {} whole ones of {:.2} GB, median {median:.2} s per GB ({:.0} MB/s)",
         taken.len(),
@@ -295,10 +264,8 @@ fn print_and_save(
         "durability": args.load.durability,
         "filled_bytes": filled,
         "backup_bytes_per_s_max": args.backup_bytes_per_s_max,
-        "alone": {"deliver_p99_ms": alone.deliver_ms.p99, "deliver_p50_ms": alone.deliver_ms.p50,
-                  "lost": alone.lost, "server_cpu_s": alone.server_cpu_s},
-        "during_backups": {"deliver_p99_ms": during.deliver_ms.p99, "deliver_p50_ms": during.deliver_ms.p50,
-                           "lost": during.lost, "server_cpu_s": during.server_cpu_s},
+        "alone": run_json(alone),
+        "during_backups": run_json(during),
         "deliver_p99_ratio": ratio,
         "backups": taken.iter().map(|&(ms, bytes)| json!({"ms": ms, "bytes": bytes})).collect::<Vec<_>>(),
         "seconds_per_gb_median": median,

@@ -68,6 +68,32 @@ const LAST: [&str; 16] = [
     "goldwasser",
 ];
 
+/// The kinds of query, each cycling through its queries round by round.
+pub(crate) const KINDS: [(&str, &[&str]); 7] = [
+    ("one letter", &["a", "b", "d", "g", "h", "k", "l", "t"]),
+    (
+        "two letters",
+        &["ma", "ri", "jo", "ha", "wi", "al", "kn", "ho"],
+    ),
+    (
+        "three letters",
+        &["lam", "dij", "hop", "tur", "bac", "gol", "mar", "nik"],
+    ),
+    (
+        "a whole word",
+        &["dijkstra", "barbara", "liskov", "ritchie", "perlman"],
+    ),
+    (
+        "two words",
+        &["grace hop", "ada love", "ken thom", "tony hoare"],
+    ),
+    (
+        "a display name's word",
+        &["pioneer", "pion pioneer", "pioneer lamport"],
+    ),
+    ("nobody", &["zzyzx", "qq", "xylo"]),
+];
+
 /// User `i`'s name: a first and a last name from the lists, and `i`.
 fn name_of(i: u64) -> String {
     let (f, l) = ((i % 16) as usize, ((i / 16) % 16) as usize);
@@ -87,39 +113,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // The server's page cache for meta.redb (StorageConfig's default).
     let cache = rookery_storage::StorageConfig::new(&dir).meta_cache_bytes;
     let meta = Meta::open(&path, cache).context("opening meta.redb")?;
-    let fill_s = fill(&meta, &a)?;
+    let fill_s = fill(&meta, a.users, a.profile_every, a.batch)?;
     eprintln!(
         "directory: {} users in {fill_s:.1} s ({:.0} users/s)",
         a.users,
         a.users as f64 / fill_s
     );
-    // Each kind cycles through its queries round by round.
-    let kinds: [(&str, &[&str]); 7] = [
-        ("one letter", &["a", "b", "d", "g", "h", "k", "l", "t"]),
-        (
-            "two letters",
-            &["ma", "ri", "jo", "ha", "wi", "al", "kn", "ho"],
-        ),
-        (
-            "three letters",
-            &["lam", "dij", "hop", "tur", "bac", "gol", "mar", "nik"],
-        ),
-        (
-            "a whole word",
-            &["dijkstra", "barbara", "liskov", "ritchie", "perlman"],
-        ),
-        (
-            "two words",
-            &["grace hop", "ada love", "ken thom", "tony hoare"],
-        ),
-        (
-            "a display name's word",
-            &["pioneer", "pion pioneer", "pioneer lamport"],
-        ),
-        ("nobody", &["zzyzx", "qq", "xylo"]),
-    ];
     let mut rows = Vec::new();
-    for (kind, queries) in kinds {
+    for (kind, queries) in KINDS {
         let mut h = Histogram::<u64>::new(3)?;
         let mut found = Histogram::<u64>::new(3)?;
         for round in 0..a.rounds as usize {
@@ -151,19 +152,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fills the directory; the seconds it took.
-fn fill(meta: &Meta, a: &Args) -> anyhow::Result<f64> {
+/// Fills the directory with users 1 to `users` (ids from 1; one in
+/// `profile_every` with a display name, 2,000 at most), `batch` a
+/// transaction; the seconds it took.
+pub(crate) fn fill(
+    meta: &Meta,
+    users: u64,
+    profile_every: u64,
+    batch_len: usize,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let mut batch = Vec::with_capacity(a.batch);
+    let mut batch = Vec::with_capacity(batch_len);
     let mut next_report = Instant::now() + Duration::from_secs(10);
-    for i in 1..=a.users {
+    for i in 1..=users {
         batch.push(User {
             id: i,
             name: name_of(i),
             created_ms: 1,
             password_hash: None,
         });
-        if batch.len() == a.batch || i == a.users {
+        if batch.len() == batch_len || i == users {
             meta.import_users(&batch)?;
             batch.clear();
             if Instant::now() > next_report {
@@ -172,10 +180,10 @@ fn fill(meta: &Meta, a: &Args) -> anyhow::Result<f64> {
             }
         }
     }
-    for i in (1..=a.users).step_by(a.profile_every.max(1) as usize) {
+    for i in (1..=users).step_by(profile_every.max(1) as usize) {
         let display = format!("Pioneer {}", LAST[(i % 16) as usize]);
         meta.set_profile(i, &display, "", 1)?;
-        if i > 2_000 * a.profile_every {
+        if i > 2_000 * profile_every {
             break; // enough profiles for the display-name query
         }
     }

@@ -12,7 +12,9 @@
 //! - `rookery-bench compare`: one scenario against Rookery and the Node ws
 //!   and Socket.IO baselines, side by side.
 //! - `rookery-bench directory` and `search`: the user directory's search
-//!   at a million users, message search at ten million messages.
+//!   at a million users, message search at ten million messages;
+//!   `directory-load`: the directory over HTTP while the server carries
+//!   chat.
 
 #![recursion_limit = "256"]
 
@@ -26,6 +28,7 @@ mod backup;
 mod cluster;
 mod compare;
 mod directory;
+mod directory_load;
 mod engine;
 mod http_client;
 mod idle;
@@ -72,6 +75,9 @@ enum Command {
     /// The user directory's search at a million users: p50/p99 per kind
     /// of query.
     Directory(directory::Args),
+    /// The user directory over HTTP at a million users, while a normal
+    /// load runs: p50/p99 per kind of query, chat's p99 beside it.
+    DirectoryLoad(directory_load::DirectoryLoadArgs),
     /// Message search at ten million messages: indexing and rebuild
     /// rates, p50/p99 per kind of query.
     Search(search::Args),
@@ -91,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         Command::Webhooks(args) => webhooks::run(args),
         Command::Backup(args) => backup::run(args),
         Command::Directory(args) => directory::run(args),
+        Command::DirectoryLoad(args) => directory_load::run(args),
         Command::Search(args) => search::run(args),
         Command::Engine(args) => engine::run(args),
         Command::Idle(args) => idle::run(args),

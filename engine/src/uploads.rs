@@ -12,6 +12,7 @@
 //! [`DECODES_AT_ONCE`] images are decoded at a time, each within
 //! `decode_bytes_max`.
 
+use std::collections::HashSet;
 use std::io::{BufReader, Cursor};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -98,9 +99,10 @@ struct Inner {
     decoding: (Mutex<usize>, Condvar),
     /// The workers' queue ([`Uploads::finish_queued`]).
     jobs: flume::Sender<Job>,
-    /// Held while a copy is checked for and kept: two copies of one id
-    /// (two posts at once) keep one.
-    copying: Mutex<()>,
+    /// The ids of the copies being kept, and its waiters' condition: two
+    /// copies of one id (two posts at once) keep one, and copies of other
+    /// ids do not wait for it.
+    copying: (Mutex<HashSet<u128>>, Condvar),
 }
 
 /// An upload to finish on a worker, and where its answer goes.
@@ -146,7 +148,7 @@ impl Uploads {
                 limits,
                 decoding: (Mutex::new(0), Condvar::new()),
                 jobs,
-                copying: Mutex::new(()),
+                copying: (Mutex::new(HashSet::new()), Condvar::new()),
             }),
         };
         // The workers hold a weak handle: they end when the last `Uploads`
@@ -288,8 +290,7 @@ impl Uploads {
         now_ms: u64,
         copy_of: Option<&Upload>,
     ) -> Result<Upload> {
-        let _copying =
-            copy_of.map(|_| self.inner.copying.lock().unwrap_or_else(|p| p.into_inner()));
+        let _copying = copy_of.map(|o| CopyTurn::take(&self.inner.copying, o.id));
         if let Some(original) = copy_of {
             if let Some(kept) = self.get(original.id)? {
                 return Ok(kept);
@@ -447,6 +448,33 @@ struct Image {
     width: u32,
     height: u32,
     thumb: Vec<u8>,
+}
+
+/// The turn to keep a copy of one upload id, held while keeping it.
+struct CopyTurn<'a> {
+    state: &'a (Mutex<HashSet<u128>>, Condvar),
+    id: u128,
+}
+
+impl<'a> CopyTurn<'a> {
+    fn take(state: &'a (Mutex<HashSet<u128>>, Condvar), id: u128) -> CopyTurn<'a> {
+        let (ids, freed) = state;
+        let mut ids = ids.lock().unwrap_or_else(|p| p.into_inner());
+        while !ids.insert(id) {
+            ids = freed.wait(ids).unwrap_or_else(|p| p.into_inner());
+        }
+        CopyTurn { state, id }
+    }
+}
+
+impl Drop for CopyTurn<'_> {
+    fn drop(&mut self) {
+        let (ids, freed) = self.state;
+        ids.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        freed.notify_all();
+    }
 }
 
 /// One of the [`DECODES_AT_ONCE`] decoding turns, held while decoding.

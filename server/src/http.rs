@@ -42,6 +42,11 @@ pub struct Request {
     pub proof: Option<crate::auth::Proof>,
     /// Whether another node forwarded it here (it is never forwarded on).
     pub forwarded: bool,
+    /// Whether a node made it (a part of a cluster's search, a chunk of an
+    /// upload), not a client: only then are a route's node-only
+    /// parameters (`hits=`, `chunk=`) honoured. Never parsed: a client's
+    /// request forwarded to another node is still a client's.
+    pub node_ask: bool,
 }
 
 impl Request {
@@ -77,6 +82,7 @@ impl Request {
             peer: None,
             proof: None,
             forwarded: false,
+            node_ask: false,
         }
     }
 
@@ -224,6 +230,7 @@ pub fn parse_with(
         peer: None,
         proof: None,
         forwarded: false,
+        node_ask: false,
     };
     // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
     let hosts = request_head

@@ -559,10 +559,10 @@ fn fetch(port: u16, token: &str, path: &str, extra: &str) -> (u16, String, Vec<u
 }
 
 /// Uploads reach every node: a message carries an upload received by
-/// another node than its room's owner (which keeps a copy of it), any node
-/// serves it whole, by range, and its thumbnail; with the node that
-/// received it dead, its room's owner's copy is served; the message's
-/// delete frees that copy.
+/// another node than its room's owner (to which it moves), any node
+/// serves it whole, by range, and its thumbnail, also with the node that
+/// received it dead; a delete is refused while a message holds it; the
+/// message's delete frees it everywhere.
 #[test]
 fn uploads_are_carried_to_rooms_and_served_by_every_node() {
     let nats = Nats::start(3);
@@ -573,7 +573,7 @@ fn uploads_are_carried_to_rooms_and_served_by_every_node() {
     // A room of node 2's; files received by node 1, and by node 3.
     let room = common::create_room(ports[1], &ann, "files", false);
     assert_eq!(rookery_cluster::owner_of(room, &[1, 2, 3]), 2);
-    // Over two chunks of 512 KiB, not a multiple of one.
+    // Ten chunks of 128 KiB and a part of one.
     let big: Vec<u8> = (0..1_300_007u32).map(|i| (i * 7 % 251) as u8).collect();
     let big_up = upload_to(ports[0], &ann, "big.bin", &big);
     let image = {
@@ -665,12 +665,25 @@ fn uploads_are_carried_to_rooms_and_served_by_every_node() {
     );
     assert_eq!((s, body.len()), (200, big.len()), "{head}");
     assert_eq!(common::header(&head, "x-rookery-upload"), None, "{head}");
-    // The node that received the big file dies: its room's owner's copy
-    // is served.
+    // Moved: the node that received each file let it go once the room's
+    // owner kept its copy.
+    let file_of =
+        |node: &ClusterNode, id: &str| node.data.join(format!("uploads/{}/{id}", &id[..2]));
+    assert!(
+        !file_of(&nodes[0], big_id).exists(),
+        "node 1 let the big file go"
+    );
+    assert!(
+        !file_of(&nodes[2], image_id).exists(),
+        "node 3 let the image go"
+    );
+    assert!(file_of(&nodes[1], big_id).exists() && file_of(&nodes[1], image_id).exists());
+    // With node 1 dead, every other node still serves it.
     nodes[0].kill();
     let (s, _, body) = fetch(ports[2], &ann, &format!("/api/uploads/{big_id}"), "");
     assert!(s == 200 && body == big, "{s}");
-    // The message goes: its owner frees its copy, and no node has one.
+    nodes[0].restart();
+    // The message goes: its owner frees the upload, and no node has it.
     drop(ws);
     let mut ws = ws_connect(ports[2], &ann);
     ws_send(
@@ -679,8 +692,11 @@ fn uploads_are_carried_to_rooms_and_served_by_every_node() {
     );
     let acked = ws_until(&mut ws, |f| f["type"] == "ack" || f["type"] == "error");
     assert_eq!(acked.last().unwrap()["type"], "ack", "{acked:?}");
-    let (s, head, _) = fetch(ports[2], &ann, &format!("/api/uploads/{big_id}"), "");
-    assert_eq!(s, 404, "{head}");
+    for &port in &ports {
+        let (s, head, _) = fetch(port, &ann, &format!("/api/uploads/{big_id}"), "");
+        assert_eq!(s, 404, "{head}");
+    }
+    assert!(!file_of(&nodes[1], big_id).exists(), "node 2 freed it");
     // An upload that is no one's anywhere is refused, as on one node.
     let (s, v) = call_as(
         ports[2],

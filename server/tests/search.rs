@@ -133,13 +133,32 @@ fn finds_what_the_caller_may_read_and_nothing_else() {
     assert!(first["message"]["from"].as_u64().is_some(), "{first}");
     assert_eq!(v["next"], Value::Null);
     // A node's part of a cluster's search (hits with scores, 1,000 deep)
-    // is for other nodes only: asked by a client, a page like any other.
-    let (s, v) = search(p, &alice, "q=report&hits=1&limit=1000");
-    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
-    let (s, v) = search(p, &alice, "q=report&hits=1");
-    assert_eq!((s, v["hits"].clone()), (200, Value::Null), "{v}");
-    assert_eq!(v["results"].as_array().map(Vec::len), Some(2), "{v}");
-    assert_eq!(v["results"][0]["score"], Value::Null, "{v}");
+    // and its ask to show a page are for nodes only: asked by a client,
+    // whether forwarded to a room's owner or not (three times: through
+    // each node of a cluster), a search like any other.
+    for _ in 0..3 {
+        for query in [
+            "q=report&hits=1&limit=1000".to_string(),
+            format!("q=report&room={open}&hits=1&limit=1000"),
+        ] {
+            let (s, v) = search(p, &alice, &query);
+            assert_eq!((s, code(&v)), (400, "bad_request"), "{query}: {v}");
+        }
+        for (query, n) in [
+            ("q=report&hits=1".to_string(), 2),
+            (format!("q=report&room={open}&hits=1"), 1),
+            (format!("q=report&show={secret}.1"), 2),
+        ] {
+            let (s, v) = search(p, &alice, &query);
+            assert_eq!((s, v["hits"].clone()), (200, Value::Null), "{query}: {v}");
+            assert_eq!(
+                v["results"].as_array().map(Vec::len),
+                Some(n),
+                "{query}: {v}"
+            );
+            assert_eq!(v["results"][0]["score"], Value::Null, "{v}");
+        }
+    }
     wait_found(p, &bob, "q=report", &[(bobs, 1)]);
     // One room: a public room anyone signed in may read, not a private
     // room of others (404, as for its history).

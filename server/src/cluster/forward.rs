@@ -54,6 +54,9 @@ struct RequestHead {
     /// The users bucket's revision the asking node had applied.
     #[serde(default)]
     users: u64,
+    /// A node's own ask, not a client's request (`Request::node_ask`).
+    #[serde(default)]
+    node_ask: bool,
 }
 
 /// An answer as it travels back (its body follows).
@@ -179,6 +182,7 @@ pub(super) async fn ask(
         peer: req.peer,
         proof,
         users: node.users_applied(),
+        node_ask: req.node_ask,
     };
     let subject = subject(&node.cfg.name, to);
     let answer = node
@@ -288,6 +292,7 @@ async fn answer(shared: &Shared, payload: &[u8]) -> Response {
         peer: head.peer,
         proof: head.proof,
         forwarded: true,
+        node_ask: head.node_ask,
     };
     crate::routes::handle_forwarded(&req, shared).await
 }

@@ -363,7 +363,7 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
             files,
         } => {
             let files = app::upload_ids(&files)?;
-            super::uploads::bring(shared, user, &files).await?;
+            super::uploads::bring(shared, user, Some(room), &files).await?;
             let ack = engine
                 .post_with(room, user, &client_id, &body, reply_to, files)
                 .await?;

@@ -10,10 +10,10 @@
 //!    order (`merge`); the page is `offset..offset + limit` of the merged
 //!    list, and there is a next page when any node had more or the merged
 //!    list is longer.
-//! 3. **Fetch.** Each message of the page is read as history shows it to
-//!    the caller now, from its room's owner (a history request of one
-//!    message, forwarded as any other), so a message deleted or a room
-//!    left since the index's last commit is left out, never shown.
+//! 3. **Fetch.** The page's messages are read as history shows them to
+//!    the caller now, from their rooms' owners (one ask of each owner for
+//!    its messages of the page, `show=`), so a message deleted since the
+//!    index's last commit is left out, never shown.
 //!
 //! Scores are each node's BM25 statistics of its own rooms' words, as a
 //! search engine's shards score theirs: close enough to merge by, and
@@ -21,11 +21,15 @@
 //! caller cannot read).
 //!
 //! Invariants: the work is bounded per request (at most
-//! `SEARCH_DEPTH_MAX` hits from each node, at most `PAGE_LEN_MAX`
-//! fetches); a node that does not answer in time is left out, and the
+//! `SEARCH_DEPTH_MAX` hits from each node, one fetch of at most
+//! `PAGE_LEN_MAX` messages from each); `hits=` and `show=` are honoured
+//! only in a node's own ask (`Request::node_ask`), never in a client's
+//! request, forwarded or not; a node that does not answer in time is left out, and the
 //! answer names it in `X-Rookery-Partial`, as the merged lists of
 //! `gather` do; this node's own failure (its index still opening) is the
 //! answer.
+
+use std::collections::{BTreeMap, HashMap};
 
 use futures_util::future::join_all;
 use rookery_engine::{SearchHit, SearchResults, SEARCH_DEPTH_MAX};
@@ -36,7 +40,7 @@ use super::gather::ask_others;
 use super::Node;
 use crate::auth::Proof;
 use crate::http::{Request, Response};
-use crate::routes::search::{own_rooms, page_json, shown, Ask};
+use crate::routes::search::{own_rooms, page_json, shown_all, Ask};
 use crate::routes::ApiResult;
 use crate::shared::Shared;
 
@@ -45,7 +49,7 @@ pub async fn across(req: &Request, shared: &Shared, uid: u64, q: &Ask) -> ApiRes
     let node = shared.cluster.clone().expect("a cluster's search");
     let proof = bearer_proof(req, shared).await?;
     let depth = q.offset + q.limit;
-    let asks = ask_others(&node, &part_request(req, depth), proof);
+    let asks = ask_others(&node, &part_request(req, q, depth), proof);
     let own = own_rooms(shared, uid, &q.text, depth).await?;
     let mut parts = vec![(node.cfg.node_id, own)];
     let mut missing = Vec::new();
@@ -57,22 +61,16 @@ pub async fn across(req: &Request, shared: &Shared, uid: u64, q: &Ask) -> ApiRes
         }
     }
     let page = merge(parts, q.offset, q.limit);
-    let fetched = join_all(
-        page.hits
-            .iter()
-            .map(|h| fetch(req, shared, &node, proof, uid, h)),
-    )
-    .await;
-    let mut results = Vec::with_capacity(fetched.len());
-    for (hit, message) in page.hits.iter().zip(fetched) {
-        match message {
-            Ok(Some(message)) => {
-                results.push(serde_json::json!({"room": hit.room, "message": message}))
-            }
-            Ok(None) => {}
-            Err(()) => missing.push(node.owner_of(hit.room)),
-        }
-    }
+    let (shown, unanswered) = fetch_page(req, shared, &node, proof, uid, &page.hits).await;
+    missing.extend(unanswered);
+    let results: Vec<Value> = page
+        .hits
+        .iter()
+        .filter_map(|h| {
+            let message = shown.get(&(h.room, h.seq))?;
+            Some(serde_json::json!({"room": h.room, "message": message}))
+        })
+        .collect();
     let mut resp = Response::json(200, &page_json(results, page.more, q));
     if !missing.is_empty() {
         missing.sort_unstable();
@@ -85,13 +83,15 @@ pub async fn across(req: &Request, shared: &Shared, uid: u64, q: &Ask) -> ApiRes
 }
 
 /// What another node is asked: its best `depth` matches of the same words.
-fn part_request(req: &Request, depth: usize) -> Request {
+fn part_request(req: &Request, q: &Ask, depth: usize) -> Request {
     let mut part = req.clone();
     part.method = "GET".into();
-    part.query = format!(
-        "q={}&limit={depth}&hits=1",
-        req.query_param("q").unwrap_or_default()
-    );
+    part.query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("q", &q.text)
+        .append_pair("limit", &depth.to_string())
+        .append_pair("hits", "1")
+        .finish();
+    part.node_ask = true;
     part
 }
 
@@ -142,49 +142,71 @@ pub fn merge(mut parts: Vec<(u32, SearchResults)>, offset: usize, limit: usize) 
     SearchResults { hits, more }
 }
 
-/// `hit` as history shows it to `uid` now: `Ok(None)` when it is gone (or
-/// no longer readable), `Err` when its room's owner did not answer.
-async fn fetch(
+/// The messages of `hits` as history shows them to `uid` now, by (room,
+/// seq), each node's read in one ask to it (a message deleted since its
+/// node's last commit is left out); and the nodes that did not answer.
+async fn fetch_page(
     req: &Request,
     shared: &Shared,
     node: &Node,
     proof: Option<Proof>,
     uid: u64,
-    hit: &SearchHit,
-) -> Result<Option<Value>, ()> {
-    let owner = node.owner_of(hit.room);
-    if owner == node.cfg.node_id {
-        return shown(shared, hit.room, hit.seq, uid).await.map_err(|_| ());
+    hits: &[SearchHit],
+) -> (HashMap<(u64, u64), Value>, Vec<u32>) {
+    let mut by_node: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    for h in hits {
+        by_node
+            .entry(node.owner_of(h.room))
+            .or_default()
+            .push((h.room, h.seq));
     }
-    let mut one = req.clone();
-    one.method = "GET".into();
-    one.path = format!("/api/rooms/{}/messages", hit.room);
-    one.query = format!(
-        "after={}&before={}&limit=1",
-        hit.seq.saturating_sub(1),
-        hit.seq.saturating_add(1)
-    );
-    // The client's validator was for its search, not for this page.
-    one.headers
-        .retain(|(name, _)| !name.eq_ignore_ascii_case("if-none-match"));
-    let answer = ask(&one, node, owner, proof).await.map_err(|_| ())?;
-    match answer.status {
-        200 => Ok(message_in(&answer.body, hit.seq)),
-        // Gone, or no longer the caller's to read.
-        403 | 404 => Ok(None),
-        _ => Err(()),
+    let asks = by_node.into_iter().map(|(to, keys)| async move {
+        let shown = match to == node.cfg.node_id {
+            true => shown_all(shared, uid, &keys).await.ok(),
+            false => {
+                let ask_for = show_request(req, &keys);
+                let answer = ask(&ask_for, node, to, proof).await.ok();
+                answer
+                    .filter(|r| r.status == 200)
+                    .and_then(|r| shown_of(&r.body))
+            }
+        };
+        (to, shown)
+    });
+    let (mut out, mut unanswered) = (HashMap::new(), Vec::new());
+    for (to, shown) in join_all(asks).await {
+        match shown {
+            Some(shown) => {
+                for v in shown {
+                    if let (Some(room), Some(seq)) = (v["room"].as_u64(), v["seq"].as_u64()) {
+                        out.insert((room, seq), v["message"].clone());
+                    }
+                }
+            }
+            None => unanswered.push(to),
+        }
     }
+    (out, unanswered)
 }
 
-/// Message `seq` of a history page's body, if it is there and not deleted.
-fn message_in(body: &[u8], seq: u64) -> Option<Value> {
-    let mut page: Value = serde_json::from_slice(body).ok()?;
-    let Value::Array(messages) = page["messages"].take() else {
-        return None;
-    };
-    messages
-        .into_iter()
-        .find(|m| m["seq"].as_u64() == Some(seq) && m["body"].is_string())
+/// A node's ask to show the messages of `keys` to the caller of `req`.
+fn show_request(req: &Request, keys: &[(u64, u64)]) -> Request {
+    let mut ask = req.clone();
+    ask.method = "GET".into();
+    let list: Vec<String> = keys.iter().map(|(r, s)| format!("{r}.{s}")).collect();
+    ask.query = format!("show={}", list.join(","));
+    ask.node_ask = true;
+    ask
+}
+
+/// The messages a node's answer to [`show_request`] shows; `None` if it
+/// is not one.
+fn shown_of(body: &[u8]) -> Option<Vec<Value>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    match v["shown"].take() {
+        Value::Array(shown) => Some(shown),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -260,11 +282,11 @@ mod tests {
         ] {
             assert_eq!(part_of(garbage), None, "{garbage:?}");
         }
-        let page =
-            br#"{"messages":[{"seq":6,"body":"a"},{"seq":7,"body":"b"},{"seq":8,"body":null}]}"#;
-        assert_eq!(message_in(page, 7).unwrap()["body"], "b");
-        assert_eq!(message_in(page, 8), None, "deleted");
-        assert_eq!(message_in(page, 9), None, "not on the page");
-        assert_eq!(message_in(b"garbage", 7), None);
+        let shown = br#"{"shown":[{"room":1,"seq":7,"message":{"body":"b"}}]}"#;
+        assert_eq!(shown_of(shown).unwrap()[0]["message"]["body"], "b");
+        assert_eq!(shown_of(b"{}"), None);
+        assert_eq!(shown_of(b"garbage"), None);
+        let req = show_request(&Request::get(&[], ""), &[(1, 7), (22, 3)]);
+        assert_eq!((req.query.as_str(), req.node_ask), ("show=1.7,22.3", true));
     }
 }

@@ -1,6 +1,6 @@
-//! Uploads in a cluster. A node keeps the uploads it received; a room's
-//! owner keeps a copy of each upload its messages carry; any node serves
-//! any upload.
+//! Uploads in a cluster. A node keeps the uploads it received; an upload
+//! moves to the owner of a room whose message carries it; any node
+//! serves any upload.
 //!
 //! - **Finding.** An upload id is 128 random bits: no node can be computed
 //!   from it. A node that lacks one asks every other node at once for its
@@ -10,12 +10,17 @@
 //!   (`routes::uploads::send_file`): nothing of it is stored on the way.
 //! - **Carrying.** Before a post (or an avatar) is stored, the node that
 //!   stores it copies each upload it carries that it lacks ([`bring`]):
-//!   read whole from the node that has it, checked against the original's
-//!   SHA-256 and size, charged to its owner there. Holds, the freeing on
-//!   the last delete, retention and backups then work on each node for
-//!   its own copies, as on one node. The original stays where it was
-//!   received and, held by nothing there, goes as an upload never sent
-//!   (`--upload-unsent-max-age-secs`).
+//!   read whole from a node that has it, checked against the original's
+//!   SHA-256 and size, charged to its owner there. Then the node it was
+//!   read from lets its copy go unless something holds it there: an
+//!   upload sent to one room lives on that room's owner only, and an
+//!   upload sent to rooms of several nodes has a copy on each. Holds, the
+//!   freeing by the last delete, retention and backups then work on each
+//!   node for its own copy, as on one node.
+//! - **Removing.** A delete asks every node (`remove_everywhere`): 409
+//!   while any holds its copy, 503 while one does not answer. A delete
+//!   that races a copy wins: the copier, finding the original gone and no
+//!   other copy, drops its own and refuses the post.
 //!
 //! Invariants: a chunk is at most [`CHUNK_BYTES`]; a shard answers at
 //! most `FILE_STREAMS_MAX` chunks at once, counted with the files it
@@ -24,6 +29,10 @@
 //! forwarded); copies count against the shard's
 //! `--uploads-in-flight-max` like uploads being received.
 
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rookery_engine::Upload;
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +123,7 @@ fn row_of(resp: &Response) -> Option<(Upload, bool)> {
 /// when `thumb`).
 fn chunk_request(id: u128, thumb: bool, at: u64, len: u64) -> Request {
     let mut req = Request::get(&[], &format!("chunk={at}&len={len}"));
+    req.node_ask = true;
     req.path = match thumb {
         true => format!("/api/uploads/{id:032x}/thumbnail"),
         false => format!("/api/uploads/{id:032x}"),
@@ -123,7 +133,7 @@ fn chunk_request(id: u128, thumb: bool, at: u64, len: u64) -> Request {
 
 /// What a request asks when it is a node's ask for a chunk: `(at, len)`.
 pub fn asked_chunk(req: &Request) -> Option<(u64, u64)> {
-    if !req.forwarded {
+    if !req.node_ask {
         return None;
     }
     let at = req.query_param("chunk")?.parse().ok()?;
@@ -131,26 +141,65 @@ pub fn asked_chunk(req: &Request) -> Option<(u64, u64)> {
     Some((at, len))
 }
 
-/// Upload `id` on another node: that node and the upload's row; `None`
-/// when no node that answered has it (or this node is alone).
+/// What every other node said of upload `id`: the nodes that have it
+/// (with its row, and whether it is held there), and those that did not
+/// answer. Asked at once; answers are taken as they come.
+async fn ask_all(node: &Arc<Node>, id: u128) -> (Vec<(u32, Upload, bool)>, Vec<u32>) {
+    let mut answers: FuturesUnordered<_> = ask_others(node, &chunk_request(id, false, 0, 0), None)
+        .into_iter()
+        .map(|(to, task)| async move { (to, task.await) })
+        .collect();
+    let (mut have, mut failed) = (Vec::new(), Vec::new());
+    while let Some((to, answer)) = answers.next().await {
+        match answer {
+            Ok(r) if r.status == 404 => {}
+            Ok(r) if r.status == 200 => match row_of(&r) {
+                Some((up, held)) => have.push((to, up, held)),
+                None => failed.push(to),
+            },
+            _ => failed.push(to),
+        }
+    }
+    (have, failed)
+}
+
+/// Upload `id` on another node: the first node found to have it, and its
+/// row; `None` when every other node said it has none (or this node is
+/// alone). 503 when none was found and a node did not answer: it may
+/// have it.
 pub async fn find(shared: &Shared, id: u128) -> Result<Option<(u32, Upload)>, ApiError> {
     let Some(node) = shared.cluster.clone() else {
         return Ok(None);
     };
-    for (to, answer) in ask_others(&node, &chunk_request(id, false, 0, 0), None) {
-        if let Ok(resp) = answer.await {
-            if let Some((up, _)) = (resp.status == 200).then(|| row_of(&resp)).flatten() {
-                return Ok(Some((to, up)));
-            }
+    let mut answers: FuturesUnordered<_> = ask_others(&node, &chunk_request(id, false, 0, 0), None)
+        .into_iter()
+        .map(|(to, task)| async move { (to, task.await) })
+        .collect();
+    let mut failed = Vec::new();
+    while let Some((to, answer)) = answers.next().await {
+        match answer.map(|r| (r.status, row_of(&r))) {
+            Ok((200, Some((up, _)))) => return Ok(Some((to, up))),
+            Ok((404, _)) => {}
+            _ => failed.push(to),
         }
     }
-    Ok(None)
+    match failed.is_empty() {
+        true => Ok(None),
+        false => Err(not_answered(id, &failed)),
+    }
+}
+
+fn not_answered(id: u128, nodes: &[u32]) -> ApiError {
+    ApiError::Unavailable(format!(
+        "upload {id:032x}: node(s) {nodes:?} did not answer; retry"
+    ))
 }
 
 /// `DELETE /api/uploads/{id}` in a cluster, where the upload may be kept
 /// by several nodes (the one that received it, the owners of rooms whose
-/// messages carried it): 409 while any node holds it; else every node's
-/// copy is removed. 404 when no node that answered has one of `user`'s.
+/// messages carried it): 409 while any node holds it; 503 when a node
+/// did not answer (it may hold it); else every node's copy is removed.
+/// 404 when no node has one of `user`'s.
 pub async fn remove_everywhere(
     req: &Request,
     shared: &Shared,
@@ -158,7 +207,6 @@ pub async fn remove_everywhere(
     id: u128,
 ) -> Result<Response, ApiError> {
     let node = shared.cluster.clone().expect("a cluster's upload");
-    let asks = ask_others(&node, &chunk_request(id, false, 0, 0), None);
     let uploads = shared.engine.uploads();
     let here = blocking(move || -> rookery_engine::Result<Option<(Upload, bool)>> {
         let Some(up) = uploads.get(id)? else {
@@ -168,27 +216,25 @@ pub async fn remove_everywhere(
         Ok(Some((up, held)))
     })
     .await?;
-    let mut kept: Vec<(u32, bool)> = Vec::new();
+    let (others, failed) = ask_all(&node, id).await;
+    let mut kept: Vec<(u32, bool)> = others
+        .into_iter()
+        .filter(|(_, up, _)| up.owner == user)
+        .map(|(to, _, held)| (to, held))
+        .collect();
     if let Some((_, held)) = here.filter(|(up, _)| up.owner == user) {
         kept.push((node.cfg.node_id, held));
-    }
-    for (to, answer) in asks {
-        let row = answer
-            .await
-            .ok()
-            .filter(|r| r.status == 200)
-            .and_then(|r| row_of(&r));
-        if let Some((_, held)) = row.filter(|(up, _)| up.owner == user) {
-            kept.push((to, held));
-        }
-    }
-    if kept.is_empty() {
-        return Err(ApiError::NotFound(format!("no upload {id:032x} of yours")));
     }
     if kept.iter().any(|(_, held)| *held) {
         return Err(ApiError::Conflict(format!(
             "upload {id:032x} is held (by a message, or as an avatar)"
         )));
+    }
+    if !failed.is_empty() {
+        return Err(not_answered(id, &failed));
+    }
+    if kept.is_empty() {
+        return Err(ApiError::NotFound(format!("no upload {id:032x} of yours")));
     }
     let proof = bearer_proof(req, shared).await?;
     for (to, _) in kept {
@@ -200,9 +246,9 @@ pub async fn remove_everywhere(
                     Err(e) => ApiError::from(e).response(),
                 }
             }
-            false => ask(req, &node, to, proof).await.map_err(|e| {
-                ApiError::Unavailable(format!("upload {id:032x} on node {to}: {e}"))
-            })?,
+            false => ask(req, &node, to, proof)
+                .await
+                .map_err(|_| not_answered(id, &[to]))?,
         };
         // Gone meanwhile (404) is as good as removed; held meanwhile (a
         // post under way) is the answer.
@@ -240,30 +286,80 @@ pub async fn chunk(
     Ok(resp.body)
 }
 
+/// [`chunk`] from node `*from`; when that fails (the node died, or its
+/// copy went: moved to a room's owner), from another node found to have
+/// the upload, which `*from` then names. Copies are checked against
+/// their original: any node's bytes are the upload's.
+pub async fn chunk_from(
+    shared: &Shared,
+    from: &mut u32,
+    id: u128,
+    thumb: bool,
+    at: u64,
+    len: u64,
+) -> Result<Vec<u8>, ApiError> {
+    let node = shared.cluster.clone().expect("a cluster's upload");
+    match chunk(&node, *from, id, thumb, at, len).await {
+        Ok(data) => Ok(data),
+        Err(e) => match find(shared, id).await? {
+            Some((other, _)) if other != *from => {
+                *from = other;
+                chunk(&node, other, id, thumb, at, len).await
+            }
+            _ => Err(e),
+        },
+    }
+}
+
 /// Copies to this node the uploads of `files` it lacks that `user` owns
-/// on another node, before a post (or a profile) that carries them is
-/// stored here. One that is found nowhere, or is another user's, is left
-/// for the post to refuse (404, as on one node).
-pub async fn bring(shared: &Shared, user: u64, files: &[u128]) -> Result<(), ApiError> {
-    if shared.cluster.is_none() {
+/// on another node, before a post to `room` (or a profile, without a
+/// room) that carries them is stored here. Nothing is copied for a post
+/// of someone who is not a member of `room` (the post is refused). One
+/// found nowhere, or another user's, is left for the post to refuse
+/// (404, as on one node).
+pub async fn bring(
+    shared: &Shared,
+    user: u64,
+    room: Option<u64>,
+    files: &[u128],
+) -> Result<(), ApiError> {
+    if shared.cluster.is_none() || files.is_empty() {
         return Ok(());
     }
-    for &id in files {
-        let uploads = shared.engine.uploads();
-        if blocking(move || uploads.get(id)).await?.is_some() {
-            continue;
+    if let Some(room) = room {
+        let directory = shared.engine.directory();
+        if blocking(move || directory.member_role(room, user))
+            .await?
+            .is_none()
+        {
+            return Ok(());
         }
-        match find(shared, id).await? {
-            Some((to, original)) if original.owner == user => copy(shared, to, original).await?,
-            _ => {}
+    }
+    let uploads = shared.engine.uploads();
+    let ids = files.to_vec();
+    let missing: Vec<u128> = blocking(move || -> rookery_engine::Result<Vec<u128>> {
+        let mut missing = Vec::new();
+        for id in ids {
+            if uploads.get(id)?.is_none() {
+                missing.push(id);
+            }
+        }
+        Ok(missing)
+    })
+    .await?;
+    let found = join_all(missing.iter().map(|&id| find(shared, id))).await;
+    for found in found {
+        if let Some((from, original)) = found?.filter(|(_, up)| up.owner == user) {
+            copy(shared, from, original).await?;
         }
     }
     Ok(())
 }
 
-/// Keeps here a copy of `original`, read from node `to`.
-async fn copy(shared: &Shared, to: u32, original: Upload) -> Result<(), ApiError> {
-    let node = shared.cluster.clone().expect("a cluster's copy");
+/// Keeps here a copy of `original`, read from node `from`, then lets the
+/// original go there unless something holds it (the upload moves to
+/// where it is used).
+async fn copy(shared: &Shared, mut from: u32, original: Upload) -> Result<(), ApiError> {
     let in_flight = &shared.uploads_in_flight;
     if in_flight.get() >= shared.cfg.uploads_in_flight_max {
         return Err(ApiError::Unavailable(
@@ -286,7 +382,7 @@ async fn copy(shared: &Shared, to: u32, original: Upload) -> Result<(), ApiError
     let mut at = 0;
     while at < bytes {
         let len = (bytes - at).min(CHUNK_BYTES);
-        let data = chunk(&node, to, id, false, at, len).await?;
+        let data = chunk_from(shared, &mut from, id, false, at, len).await?;
         let (back, wrote) = blocking(move || {
             let r = incoming.write(&data);
             (incoming, r)
@@ -300,10 +396,40 @@ async fn copy(shared: &Shared, to: u32, original: Upload) -> Result<(), ApiError
         .copy_queued(incoming, original, auth::now_ms())
         .await;
     match kept {
-        Ok(_) => Ok(()),
+        Ok(_) => release(shared, from, owner, id).await,
         Err(rookery_engine::Error::TooLarge(m)) => Err(ApiError::QuotaExceeded(m)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// After a copy: the copy read from node `from` is removed there unless
+/// something holds it. When it was gone already and no other node has
+/// the upload, its owner deleted it meanwhile: the copy here goes too,
+/// and the post that wanted it is refused (404), as if it came after.
+/// A node that does not answer keeps its copy (its sweep of uploads
+/// never sent takes it).
+async fn release(shared: &Shared, from: u32, owner: u64, id: u128) -> Result<(), ApiError> {
+    let node = shared.cluster.clone().expect("a cluster's upload");
+    let mut req = Request::get(&[], &format!("owner={owner}"));
+    req.method = "DELETE".into();
+    req.path = format!("/api/uploads/{id:032x}");
+    req.node_ask = true;
+    let gone = matches!(ask(&req, &node, from, None).await, Ok(r) if r.status == 404);
+    if gone && find(shared, id).await?.is_none() {
+        let uploads = shared.engine.uploads();
+        let _ = blocking(move || uploads.remove_unsent(owner, id)).await;
+        return Err(ApiError::NotFound(format!("upload {id:032x} was deleted")));
+    }
+    Ok(())
+}
+
+/// A node's ask to let its copy of an upload go (`DELETE` with `owner=`,
+/// after another node copied it): the owner it names.
+pub fn asked_release(req: &Request) -> Option<u64> {
+    if !req.node_ask || req.method != "DELETE" {
+        return None;
+    }
+    req.query_param("owner")?.parse().ok()
 }
 
 #[cfg(test)]
@@ -349,9 +475,12 @@ mod tests {
     fn only_a_forwarded_request_asks_for_a_chunk() {
         let mut req = chunk_request(5, true, 10, 20);
         assert_eq!(req.path, format!("/api/uploads/{:032x}/thumbnail", 5));
-        assert_eq!(asked_chunk(&req), None, "from a client");
-        req.forwarded = true;
         assert_eq!(asked_chunk(&req), Some((10, 20)));
+        req.node_ask = false;
+        assert_eq!(asked_chunk(&req), None, "a client's, even forwarded");
+        req.forwarded = true;
+        assert_eq!(asked_chunk(&req), None, "a client's, even forwarded");
+        req.node_ask = true;
         req.query = "chunk=x&len=1".into();
         assert_eq!(asked_chunk(&req), None);
     }

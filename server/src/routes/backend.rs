@@ -513,6 +513,7 @@ async fn post_one(
         peer: req.peer,
         proof: None,
         forwarded: false,
+        node_ask: false,
     };
     let answer = match crate::cluster::forward::to_owner(&remote, shared).await {
         Some(resp) => serde_json::from_slice::<Value>(&resp.body)

@@ -122,7 +122,7 @@ pub(crate) async fn publish(req: &Request, shared: &Shared, raw: &str) -> ApiRes
     let p: Publish = body(req)?;
     let files = crate::app::upload_ids(&p.files)?;
     take_send_token(shared, uid).await?;
-    crate::cluster::uploads::bring(shared, uid, &files).await?;
+    crate::cluster::uploads::bring(shared, uid, Some(id), &files).await?;
     let ack = shared
         .engine
         .post_with(id, uid, &p.client_id, &p.body, p.reply_to, files)

@@ -73,12 +73,16 @@ impl Ask {
 /// In a cluster, a search of one room is answered by the room's owner
 /// (forwarded there like every room route), and a search of the caller's
 /// rooms by every node: see `cluster::search`. A node asked for its part
-/// (`hits=1`, honoured only from another node) answers the best
+/// (`hits=1`, honoured only in a node's own ask) answers the best
 /// `offset + limit` of the rooms it owns, with their scores, as
 /// [`hits_json`] says.
 pub(crate) async fn search(req: &Request, shared: &Shared) -> ApiResult {
     let uid = user(req, shared).await?;
-    let part = req.forwarded && req.query_param("hits") == Some("1");
+    if let Some(list) = req.query_param("show").filter(|_| req.node_ask) {
+        let shown = shown_all(shared, uid, &shown_keys(list)?).await?;
+        return Ok(Response::json(200, &json!({ "shown": shown })));
+    }
+    let part = req.node_ask && req.query_param("hits") == Some("1");
     let ask = Ask::of(req, if part { SEARCH_DEPTH_MAX } else { PAGE_LEN_MAX })?;
     if part {
         let found = own_rooms(shared, uid, &ask.text, ask.limit).await?;
@@ -163,9 +167,43 @@ pub(crate) fn hits_json(found: &SearchResults) -> Value {
     json!({ "hits": hits, "more": found.more })
 }
 
+/// The (room, seq) pairs of a node's ask to show messages (`show=R.S,...`,
+/// a page's worth at most).
+fn shown_keys(list: &str) -> Result<Vec<(u64, u64)>, ApiError> {
+    let bad = || ApiError::BadRequest(format!("show={list:?} is not a page of room.seq"));
+    let keys = list
+        .split(',')
+        .map(|pair| {
+            let (room, seq) = pair.split_once('.')?;
+            Some((room.parse().ok()?, seq.parse().ok()?))
+        })
+        .collect::<Option<Vec<(u64, u64)>>>()
+        .ok_or_else(bad)?;
+    match keys.len() <= PAGE_LEN_MAX {
+        true => Ok(keys),
+        false => Err(bad()),
+    }
+}
+
+/// The messages of `keys` as history shows them to `reader` now:
+/// `[{"room","seq","message"}]`, leaving out those gone.
+pub(crate) async fn shown_all(
+    shared: &Shared,
+    reader: u64,
+    keys: &[(u64, u64)],
+) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for &(room, seq) in keys {
+        if let Some(message) = shown(shared, room, seq, reader).await? {
+            out.push(json!({"room": room, "seq": seq, "message": message}));
+        }
+    }
+    Ok(out)
+}
+
 /// Message `seq` of `room` as history shows it to `reader`, if it is
 /// still there (not deleted, not retired, its room not deleted).
-pub(crate) async fn shown(
+async fn shown(
     shared: &Shared,
     room: u64,
     seq: u64,

@@ -361,6 +361,11 @@ pub(crate) fn held(
 /// message: its last one frees the upload). In a cluster, every node's
 /// copy (`cluster::remove_everywhere`).
 pub(crate) async fn remove(req: &Request, shared: &Shared) -> ApiResult {
+    if let Some(owner) = cluster::asked_release(req) {
+        let (id, uploads) = (upload_id(req)?, shared.engine.uploads());
+        blocking(move || uploads.remove_unsent(owner, id)).await?;
+        return Ok(Response::json(200, &json!({"released": true})));
+    }
     let (uid, id) = (user(req, shared).await?, upload_id(req)?);
     if shared.cluster.is_some() && !req.forwarded {
         return cluster::remove_everywhere(req, shared, uid, id).await;
@@ -596,16 +601,15 @@ pub async fn send_file(shared: &Shared, conn: &mut Socket, file: &FileBody) -> b
     match &file.source {
         FileSource::Disk(path) => send_from_disk(shared, conn, path, file, started, grace).await,
         &FileSource::Node { node, id, thumb } => {
-            let Some(cluster) = shared.cluster.clone() else {
-                return false;
-            };
+            let mut from = node;
             let (mut at, end) = (file.offset, file.offset + file.len);
             while at < end {
                 if too_slow(started, grace, at - file.offset) {
                     return false;
                 }
                 let want = (end - at).min(cluster::CHUNK_BYTES);
-                let chunk = match cluster::chunk(&cluster, node, id, thumb, at, want).await {
+                let chunk = match cluster::chunk_from(shared, &mut from, id, thumb, at, want).await
+                {
                     Ok(chunk) => chunk,
                     Err(e) => {
                         tracing::warn!(error = ?e, "an upload could not be read from its node");

@@ -166,7 +166,7 @@ pub(crate) async fn set_mine(req: &Request, shared: &Shared) -> ApiResult {
         if let Some(Some(id)) = avatar {
             // Checked here, once this node has the upload (the others
             // record the id as they are told, and serve it from here).
-            crate::cluster::uploads::bring(shared, uid, &[id]).await?;
+            crate::cluster::uploads::bring(shared, uid, None, &[id]).await?;
             let uploads = shared.engine.uploads();
             let up = blocking(move || uploads.get(id)).await?;
             match up {

@@ -1258,7 +1258,7 @@ impl Conn {
                 }
             }
             None => {
-                crate::cluster::uploads::bring(&self.shared, user, &files).await?;
+                crate::cluster::uploads::bring(&self.shared, user, Some(room), &files).await?;
                 self.shared
                     .local
                     .post_with(room, user, client_id, body, f.reply_to, files)
