@@ -370,6 +370,26 @@ assert found["nobody"] == 0, found
 print(f"directory smoke: {r['users']} users, every kind of query answered a full page")
 PY
 
+step "directory-load smoke: rookery-bench directory-load, user searches over HTTP beside a short load (under a minute)"
+target/debug/rookery-bench directory-load --rookery-bin target/debug/rookery \
+    --directory-users 20000 --users 40 --rooms 4 --rate 1 --duration 12s \
+    --quiet --json "$smoke_dir/directory-load.json" > "$smoke_dir/directory-load.txt" 2>&1
+python3 - "$smoke_dir/directory-load.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for run in ("alone", "during_lookups"):
+    assert r[run]["lost"] == 0, r[run]
+found = {q["kind"]: (q["n"], q["users_per_page_p50"]) for q in r["queries"]}
+# Every kind was asked and answered over HTTP while chat ran, full pages
+# but for nobody (the figures are judged on release builds at 1M users,
+# docs/benchmarks.md).
+assert r["lookups_refused"] == 0, r
+assert all(n > 0 for n, _ in found.values()), found
+assert all(p == 20 for k, (_, p) in found.items() if k != "nobody"), found
+assert found["nobody"][1] == 0, found
+print(f"directory-load smoke: {sum(n for n, _ in found.values())} lookups over HTTP beside chat, nothing lost")
+PY
+
 step "search smoke: rookery-bench search, 20,000 messages indexed, rebuilt from the log and queried (a few seconds)"
 target/debug/rookery-bench search --messages 20000 --rooms 50 --vocabulary 2000 --user-rooms 10 \
     --rounds 10 --json "$smoke_dir/search.json" 2> "$smoke_dir/search.txt"
