@@ -372,7 +372,7 @@ PY
 
 step "directory-load smoke: rookery-bench directory-load, user searches over HTTP beside a short load (under a minute)"
 target/debug/rookery-bench directory-load --rookery-bin target/debug/rookery \
-    --directory-users 20000 --users 40 --rooms 4 --rate 1 --duration 12s \
+    --directory-users 20000 --users 40 --rooms 4 --rate 1 --duration 8s \
     --quiet --json "$smoke_dir/directory-load.json" > "$smoke_dir/directory-load.txt" 2>&1
 python3 - "$smoke_dir/directory-load.json" <<'PY'
 import json, sys

@@ -100,8 +100,8 @@ fn look_up(addr: SocketAddr, secret: &str, rate: f64, stop: &AtomicBool) -> Resu
             .collect::<Result<_>>()?,
         refused: 0,
     };
-    // The load sets up first.
-    std::thread::sleep(Duration::from_secs(5));
+    // The load's first users connect first.
+    std::thread::sleep(Duration::from_secs(2));
     let gap = Duration::from_secs_f64(1.0 / rate.max(0.1));
     let mut next = Instant::now();
     let mut n = 0usize;

@@ -203,10 +203,11 @@ impl Uploads {
     }
 
     /// Keeps what `incoming` holds as a copy of `original`, another
-    /// node's upload: with its id, owner and name, charged to its owner
-    /// here, on a worker as [`Uploads::finish_queued`]. The copy is kept
-    /// only if its SHA-256 is the original's (`InvalidInput` otherwise);
-    /// when this node has the upload already, that one is the answer.
+    /// node's upload: with its id, owner, name and time, charged to its
+    /// owner here, on a worker as [`Uploads::finish_queued`]. The copy is
+    /// kept only if its SHA-256 is the original's (`InvalidInput`
+    /// otherwise); `AlreadyExists` when this node has the upload already
+    /// (another copy of it was kept first), and this one is dropped.
     pub fn copy_queued(
         &self,
         incoming: Incoming,
@@ -292,8 +293,11 @@ impl Uploads {
     ) -> Result<Upload> {
         let _copying = copy_of.map(|o| CopyTurn::take(&self.inner.copying, o.id));
         if let Some(original) = copy_of {
-            if let Some(kept) = self.get(original.id)? {
-                return Ok(kept);
+            if self.get(original.id)?.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "upload {:032x} is here already",
+                    original.id
+                )));
             }
         }
         let name = clean_name(name)?;
@@ -318,7 +322,7 @@ impl Uploads {
             id,
             owner,
             bytes,
-            created_ms: now_ms,
+            created_ms: copy_of.map_or(now_ms, |o| o.created_ms),
             pending: 0,
             content_type: content_type.to_string(),
             name,

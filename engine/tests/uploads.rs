@@ -438,7 +438,7 @@ fn now() -> u64 {
 /// Another node's upload kept here as a copy (a cluster's room owner keeps
 /// the uploads its messages carry): its id, owner and name, its file and
 /// thumbnail, charged here; a copy that is not its original is refused
-/// and leaves nothing; a second copy of one id is the first.
+/// and leaves nothing; a second copy of one id is refused, the first kept.
 #[test]
 fn a_copy_of_another_nodes_upload_is_kept_only_whole() {
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -489,8 +489,13 @@ fn a_copy_of_another_nodes_upload_is_kept_only_whole() {
     assert!(b.uploads().thumbnail_file(kept.id).exists());
     let charged = a.uploads().usage(alice).unwrap();
     assert_eq!(b.uploads().usage(alice).unwrap(), charged);
-    // Again (two posts at once): the one kept, charged once.
-    assert_eq!(copy(&image).unwrap(), kept);
+    assert_eq!(
+        kept.created_ms, original.created_ms,
+        "its time, not the copy's"
+    );
+    // Again (two posts at once): refused, the one kept, charged once.
+    assert!(matches!(copy(&image), Err(Error::AlreadyExists(_))));
+    assert_eq!(b.uploads().get(original.id).unwrap(), Some(kept));
     assert_eq!(b.uploads().usage(alice).unwrap(), charged);
     a.shutdown().unwrap();
     b.shutdown().unwrap();

@@ -527,6 +527,19 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         assert!(Instant::now() < deadline, "still signed in on node 1: {v}");
         std::thread::sleep(Duration::from_millis(20));
     }
+
+    // A search page whose messages take more than one NATS answer (20 of
+    // 60 KB in a room of node 2's, asked through node 1): their node shows
+    // them in several.
+    let room = common::create_room(port(1), &ann, "bulky", false);
+    assert_eq!(rookery_cluster::owner_of(room, &[1, 2, 3]), 2);
+    let bulky = "bulky ".repeat(10_000);
+    for k in 0..20 {
+        let (s, v) = post_message(port(0), &ann, room, &bulky, &format!("b{k}"));
+        assert_eq!(s, 201, "{v}");
+    }
+    let page = searched(port(0), &ann, "q=bulky&limit=20", 20);
+    assert!(page.iter().all(|(r, _)| *r == room), "{page:?}");
 }
 
 /// Uploads `body` as `name` through `port`; the upload's JSON.

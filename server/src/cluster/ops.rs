@@ -363,10 +363,13 @@ async fn execute(shared: &Shared, op: Op) -> Result<Answer, ApiError> {
             files,
         } => {
             let files = app::upload_ids(&files)?;
-            super::uploads::bring(shared, user, Some(room), &files).await?;
-            let ack = engine
-                .post_with(room, user, &client_id, &body, reply_to, files)
-                .await?;
+            let post = || async {
+                let files = files.clone();
+                Ok(engine
+                    .post_with(room, user, &client_id, &body, reply_to, files)
+                    .await?)
+            };
+            let ack = super::uploads::carrying(shared, user, room, &files, post).await?;
             Answer::Posted {
                 seq: ack.seq,
                 ts: ack.ts_ms,

@@ -40,7 +40,7 @@ use super::gather::ask_others;
 use super::Node;
 use crate::auth::Proof;
 use crate::http::{Request, Response};
-use crate::routes::search::{own_rooms, page_json, shown_all, Ask};
+use crate::routes::search::{own_rooms, page_json, shown_within, Ask, PAGE_LEN_MAX};
 use crate::routes::ApiResult;
 use crate::shared::Shared;
 
@@ -162,14 +162,8 @@ async fn fetch_page(
     }
     let asks = by_node.into_iter().map(|(to, keys)| async move {
         let shown = match to == node.cfg.node_id {
-            true => shown_all(shared, uid, &keys).await.ok(),
-            false => {
-                let ask_for = show_request(req, &keys);
-                let answer = ask(&ask_for, node, to, proof).await.ok();
-                answer
-                    .filter(|r| r.status == 200)
-                    .and_then(|r| shown_of(&r.body))
-            }
+            true => Some(shown_within(shared, uid, &keys, usize::MAX).await.0),
+            false => shown_by(req, node, proof, to, keys).await,
         };
         (to, shown)
     });
@@ -189,6 +183,32 @@ async fn fetch_page(
     (out, unanswered)
 }
 
+/// The messages of `keys` node `to` shows the caller of `req`, asked for
+/// again while its answer (which fits one NATS message) leaves some for
+/// later; `None` when it does not answer.
+async fn shown_by(
+    req: &Request,
+    node: &Node,
+    proof: Option<Proof>,
+    to: u32,
+    mut keys: Vec<(u64, u64)>,
+) -> Option<Vec<Value>> {
+    let mut all = Vec::with_capacity(keys.len());
+    // Each answer shows one message at least: a page's keys bound it.
+    for _ in 0..PAGE_LEN_MAX {
+        let answer = ask(&show_request(req, &keys), node, to, proof).await.ok();
+        let (shown, rest) = answer
+            .filter(|r| r.status == 200)
+            .and_then(|r| shown_of(&r.body))?;
+        all.extend(shown);
+        if rest.is_empty() || rest.len() >= keys.len() {
+            return Some(all);
+        }
+        keys = rest;
+    }
+    Some(all)
+}
+
 /// A node's ask to show the messages of `keys` to the caller of `req`.
 fn show_request(req: &Request, keys: &[(u64, u64)]) -> Request {
     let mut ask = req.clone();
@@ -199,14 +219,21 @@ fn show_request(req: &Request, keys: &[(u64, u64)]) -> Request {
     ask
 }
 
-/// The messages a node's answer to [`show_request`] shows; `None` if it
-/// is not one.
-fn shown_of(body: &[u8]) -> Option<Vec<Value>> {
+/// A message by room and seq.
+type Key = (u64, u64);
+
+/// The messages a node's answer to [`show_request`] shows, and the keys
+/// it left for another ask; `None` if it is not one.
+fn shown_of(body: &[u8]) -> Option<(Vec<Value>, Vec<Key>)> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
-    match v["shown"].take() {
-        Value::Array(shown) => Some(shown),
-        _ => None,
-    }
+    let Value::Array(shown) = v["shown"].take() else {
+        return None;
+    };
+    let rest = match v["rest"].as_str()? {
+        "" => Vec::new(),
+        list => crate::routes::search::shown_keys(list).ok()?,
+    };
+    Some((shown, rest))
 }
 
 #[cfg(test)]
@@ -282,8 +309,17 @@ mod tests {
         ] {
             assert_eq!(part_of(garbage), None, "{garbage:?}");
         }
-        let shown = br#"{"shown":[{"room":1,"seq":7,"message":{"body":"b"}}]}"#;
-        assert_eq!(shown_of(shown).unwrap()[0]["message"]["body"], "b");
+        let shown = br#"{"shown":[{"room":1,"seq":7,"message":{"body":"b"}}],"rest":"2.9"}"#;
+        let (shown, rest) = shown_of(shown).unwrap();
+        assert_eq!(
+            (shown[0]["message"]["body"].as_str(), rest),
+            (Some("b"), vec![(2, 9)])
+        );
+        assert_eq!(
+            shown_of(br#"{"shown":[],"rest":""}"#),
+            Some((vec![], vec![]))
+        );
+        assert_eq!(shown_of(br#"{"shown":[]}"#), None);
         assert_eq!(shown_of(b"{}"), None);
         assert_eq!(shown_of(b"garbage"), None);
         let req = show_request(&Request::get(&[], ""), &[(1, 7), (22, 3)]);

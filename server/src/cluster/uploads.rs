@@ -207,6 +207,64 @@ pub async fn remove_everywhere(
     id: u128,
 ) -> Result<Response, ApiError> {
     let node = shared.cluster.clone().expect("a cluster's upload");
+    let proof = bearer_proof(req, shared).await?;
+    let mut removed = false;
+    // Again after each round: a copy a room's owner kept meanwhile (its
+    // read began before this delete's probe) is taken too, or holds.
+    for _ in 0..REMOVE_ROUNDS_MAX {
+        let kept = user_copies(shared, &node, user, id).await?;
+        if kept.iter().any(|(_, held)| *held) {
+            return Err(ApiError::Conflict(format!(
+                "upload {id:032x} is held (by a message, or as an avatar)"
+            )));
+        }
+        if kept.is_empty() {
+            return match removed {
+                true => Ok(Response::json(
+                    200,
+                    &serde_json::json!({"id": format!("{id:032x}"), "deleted": true}),
+                )),
+                false => Err(ApiError::NotFound(format!("no upload {id:032x} of yours"))),
+            };
+        }
+        for (to, _) in kept {
+            let answer = match to == node.cfg.node_id {
+                true => {
+                    let uploads = shared.engine.uploads();
+                    match blocking(move || uploads.remove_unsent(user, id)).await {
+                        Ok(_) => continue,
+                        Err(e) => ApiError::from(e).response(),
+                    }
+                }
+                false => ask(req, &node, to, proof)
+                    .await
+                    .map_err(|_| not_answered(id, &[to]))?,
+            };
+            // Gone meanwhile (404) is as good as removed; held meanwhile
+            // (a post under way) is the answer.
+            if !matches!(answer.status, 200 | 404) {
+                return Ok(answer);
+            }
+        }
+        removed = true;
+    }
+    Err(ApiError::Conflict(format!(
+        "upload {id:032x} is being copied to a room: retry"
+    )))
+}
+
+/// Rounds of a cluster's delete at most: each finds the copies left and
+/// removes them.
+const REMOVE_ROUNDS_MAX: usize = 3;
+
+/// The nodes that keep a copy of `user`'s upload `id` (this one too), and
+/// whether it is held there; 503 when a node did not answer.
+async fn user_copies(
+    shared: &Shared,
+    node: &Arc<Node>,
+    user: u64,
+    id: u128,
+) -> Result<Vec<(u32, bool)>, ApiError> {
     let uploads = shared.engine.uploads();
     let here = blocking(move || -> rookery_engine::Result<Option<(Upload, bool)>> {
         let Some(up) = uploads.get(id)? else {
@@ -216,7 +274,10 @@ pub async fn remove_everywhere(
         Ok(Some((up, held)))
     })
     .await?;
-    let (others, failed) = ask_all(&node, id).await;
+    let (others, failed) = ask_all(node, id).await;
+    if !failed.is_empty() {
+        return Err(not_answered(id, &failed));
+    }
     let mut kept: Vec<(u32, bool)> = others
         .into_iter()
         .filter(|(_, up, _)| up.owner == user)
@@ -225,41 +286,7 @@ pub async fn remove_everywhere(
     if let Some((_, held)) = here.filter(|(up, _)| up.owner == user) {
         kept.push((node.cfg.node_id, held));
     }
-    if kept.iter().any(|(_, held)| *held) {
-        return Err(ApiError::Conflict(format!(
-            "upload {id:032x} is held (by a message, or as an avatar)"
-        )));
-    }
-    if !failed.is_empty() {
-        return Err(not_answered(id, &failed));
-    }
-    if kept.is_empty() {
-        return Err(ApiError::NotFound(format!("no upload {id:032x} of yours")));
-    }
-    let proof = bearer_proof(req, shared).await?;
-    for (to, _) in kept {
-        let answer = match to == node.cfg.node_id {
-            true => {
-                let uploads = shared.engine.uploads();
-                match blocking(move || uploads.remove_unsent(user, id)).await {
-                    Ok(_) => continue,
-                    Err(e) => ApiError::from(e).response(),
-                }
-            }
-            false => ask(req, &node, to, proof)
-                .await
-                .map_err(|_| not_answered(id, &[to]))?,
-        };
-        // Gone meanwhile (404) is as good as removed; held meanwhile (a
-        // post under way) is the answer.
-        if !matches!(answer.status, 200 | 404) {
-            return Ok(answer);
-        }
-    }
-    Ok(Response::json(
-        200,
-        &serde_json::json!({"id": format!("{id:032x}"), "deleted": true}),
-    ))
+    Ok(kept)
 }
 
 /// `len` bytes from `at` of upload `id` (its thumbnail when `thumb`) as
@@ -289,7 +316,8 @@ pub async fn chunk(
 /// [`chunk`] from node `*from`; when that fails (the node died, or its
 /// copy went: moved to a room's owner), from another node found to have
 /// the upload, which `*from` then names. Copies are checked against
-/// their original: any node's bytes are the upload's.
+/// their original: any node's bytes of the file are the upload's. Not a
+/// thumbnail's: each node makes its own.
 pub async fn chunk_from(
     shared: &Shared,
     from: &mut u32,
@@ -301,6 +329,7 @@ pub async fn chunk_from(
     let node = shared.cluster.clone().expect("a cluster's upload");
     match chunk(&node, *from, id, thumb, at, len).await {
         Ok(data) => Ok(data),
+        Err(e) if thumb => Err(e),
         Err(e) => match find(shared, id).await? {
             Some((other, _)) if other != *from => {
                 *from = other;
@@ -356,6 +385,45 @@ pub async fn bring(
     Ok(())
 }
 
+/// `post` (of `user` to `room`, carrying `files`) after [`bring`]; once
+/// more, after bringing them again, when it was refused for a file this
+/// node no longer has: another node's copy let this node's go between
+/// the two (a release racing the post).
+pub async fn carrying<T, F, Fut>(
+    shared: &Shared,
+    user: u64,
+    room: u64,
+    files: &[u128],
+    post: F,
+) -> Result<T, ApiError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    bring(shared, user, Some(room), files).await?;
+    match post().await {
+        Err(ApiError::NotFound(m)) if shared.cluster.is_some() && !files.is_empty() => {
+            let uploads = shared.engine.uploads();
+            let ids = files.to_vec();
+            let lost = blocking(move || -> rookery_engine::Result<bool> {
+                for id in ids {
+                    if uploads.get(id)?.is_none() {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            })
+            .await?;
+            if !lost {
+                return Err(ApiError::NotFound(m));
+            }
+            bring(shared, user, Some(room), files).await?;
+            post().await
+        }
+        other => other,
+    }
+}
+
 /// Keeps here a copy of `original`, read from node `from`, then lets the
 /// original go there unless something holds it (the upload moves to
 /// where it is used).
@@ -397,6 +465,8 @@ async fn copy(shared: &Shared, mut from: u32, original: Upload) -> Result<(), Ap
         .await;
     match kept {
         Ok(_) => release(shared, from, owner, id).await,
+        // Another post here kept it first, and lets `from` go itself.
+        Err(rookery_engine::Error::AlreadyExists(_)) => Ok(()),
         Err(rookery_engine::Error::TooLarge(m)) => Err(ApiError::QuotaExceeded(m)),
         Err(e) => Err(e.into()),
     }
@@ -416,9 +486,14 @@ async fn release(shared: &Shared, from: u32, owner: u64, id: u128) -> Result<(),
     req.node_ask = true;
     let gone = matches!(ask(&req, &node, from, None).await, Ok(r) if r.status == 404);
     if gone && find(shared, id).await?.is_none() {
+        // Unless a post here holds it already (it came first).
         let uploads = shared.engine.uploads();
-        let _ = blocking(move || uploads.remove_unsent(owner, id)).await;
-        return Err(ApiError::NotFound(format!("upload {id:032x} was deleted")));
+        if blocking(move || uploads.remove_unsent(owner, id))
+            .await
+            .is_ok()
+        {
+            return Err(ApiError::NotFound(format!("upload {id:032x} was deleted")));
+        }
     }
     Ok(())
 }

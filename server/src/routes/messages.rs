@@ -122,11 +122,14 @@ pub(crate) async fn publish(req: &Request, shared: &Shared, raw: &str) -> ApiRes
     let p: Publish = body(req)?;
     let files = crate::app::upload_ids(&p.files)?;
     take_send_token(shared, uid).await?;
-    crate::cluster::uploads::bring(shared, uid, Some(id), &files).await?;
-    let ack = shared
-        .engine
-        .post_with(id, uid, &p.client_id, &p.body, p.reply_to, files)
-        .await?;
+    let post = || async {
+        let files = files.clone();
+        let ack = shared
+            .engine
+            .post_with(id, uid, &p.client_id, &p.body, p.reply_to, files);
+        Ok(ack.await?)
+    };
+    let ack = crate::cluster::uploads::carrying(shared, uid, id, &files, post).await?;
     Ok(Response::json(
         if ack.duplicate { 200 } else { 201 },
         &json!({"room": id, "seq": ack.seq, "ts": ack.ts_ms, "duplicate": ack.duplicate}),

@@ -79,8 +79,14 @@ impl Ask {
 pub(crate) async fn search(req: &Request, shared: &Shared) -> ApiResult {
     let uid = user(req, shared).await?;
     if let Some(list) = req.query_param("show").filter(|_| req.node_ask) {
-        let shown = shown_all(shared, uid, &shown_keys(list)?).await?;
-        return Ok(Response::json(200, &json!({ "shown": shown })));
+        let keys = shown_keys(list)?;
+        let budget = crate::cluster::answer_bytes_max();
+        let (shown, rest) = shown_within(shared, uid, &keys, budget).await;
+        let rest: Vec<String> = rest.iter().map(|(r, s)| format!("{r}.{s}")).collect();
+        return Ok(Response::json(
+            200,
+            &json!({ "shown": shown, "rest": rest.join(",") }),
+        ));
     }
     let part = req.node_ask && req.query_param("hits") == Some("1");
     let ask = Ask::of(req, if part { SEARCH_DEPTH_MAX } else { PAGE_LEN_MAX })?;
@@ -169,7 +175,7 @@ pub(crate) fn hits_json(found: &SearchResults) -> Value {
 
 /// The (room, seq) pairs of a node's ask to show messages (`show=R.S,...`,
 /// a page's worth at most).
-fn shown_keys(list: &str) -> Result<Vec<(u64, u64)>, ApiError> {
+pub(crate) fn shown_keys(list: &str) -> Result<Vec<(u64, u64)>, ApiError> {
     let bad = || ApiError::BadRequest(format!("show={list:?} is not a page of room.seq"));
     let keys = list
         .split(',')
@@ -185,20 +191,35 @@ fn shown_keys(list: &str) -> Result<Vec<(u64, u64)>, ApiError> {
     }
 }
 
-/// The messages of `keys` as history shows them to `reader` now:
-/// `[{"room","seq","message"}]`, leaving out those gone.
-pub(crate) async fn shown_all(
+/// The messages of `keys` as history shows them to `reader` now,
+/// `[{"room","seq","message"}]` (leaving out those gone, and those that
+/// could not be read), within `budget` bytes of JSON but for the first;
+/// and the keys left for another ask.
+pub(crate) async fn shown_within(
     shared: &Shared,
     reader: u64,
     keys: &[(u64, u64)],
-) -> Result<Vec<Value>, ApiError> {
-    let mut out = Vec::with_capacity(keys.len());
-    for &(room, seq) in keys {
-        if let Some(message) = shown(shared, room, seq, reader).await? {
-            out.push(json!({"room": room, "seq": seq, "message": message}));
+    budget: usize,
+) -> (Vec<Value>, Vec<(u64, u64)>) {
+    let (mut out, mut used) = (Vec::with_capacity(keys.len()), 0usize);
+    for (i, &(room, seq)) in keys.iter().enumerate() {
+        let message = match shown(shared, room, seq, reader).await {
+            Ok(Some(message)) => message,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(room, seq, error = ?e, "a search result could not be read");
+                continue;
+            }
+        };
+        let v = json!({"room": room, "seq": seq, "message": message});
+        let len = v.to_string().len();
+        if used + len > budget && !out.is_empty() {
+            return (out, keys[i..].to_vec());
         }
+        used += len;
+        out.push(v);
     }
-    Ok(out)
+    (out, Vec::new())
 }
 
 /// Message `seq` of `room` as history shows it to `reader`, if it is

@@ -425,7 +425,10 @@ pub(crate) async fn avatar(req: &Request, shared: &Shared, raw: &str) -> ApiResu
         .await?
         .and_then(|p| p.avatar)
         .ok_or_else(none)?;
-    let (up, source) = locate(shared, id, true).await.map_err(|_| none())?;
+    let (up, source) = locate(shared, id, true).await.map_err(|e| match e {
+        ApiError::NotFound(_) => none(),
+        other => other,
+    })?;
     if up.thumb_bytes == 0 {
         return Err(none());
     }

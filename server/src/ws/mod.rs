@@ -1258,11 +1258,15 @@ impl Conn {
                 }
             }
             None => {
-                crate::cluster::uploads::bring(&self.shared, user, Some(room), &files).await?;
-                self.shared
-                    .local
-                    .post_with(room, user, client_id, body, f.reply_to, files)
-                    .await?
+                let shared = &self.shared;
+                let post = || async {
+                    let files = files.clone();
+                    Ok(shared
+                        .local
+                        .post_with(room, user, client_id, body, f.reply_to, files)
+                        .await?)
+                };
+                crate::cluster::uploads::carrying(shared, user, room, &files, post).await?
             }
         };
         ACK.with(|json| {
