@@ -63,7 +63,7 @@ pub use local::{Local, LocalInbox};
 pub use metrics::{micros_histogram, Latencies, Metrics, ShardCounters, ShardGauges};
 pub use reply::Pending;
 pub use rookery_storage::backup;
-pub use rookery_storage::meta::SERVER_USER;
+pub use rookery_storage::meta::{NAME_BYTES_MAX, SERVER_USER};
 pub use rookery_storage::{
     ArchivedFileRef, ArchivedRecord, Cursor, Doorbell, Durability, FeedRead, IdFilter, LogFeed,
     LogFeeds, Order, Pos, Replicated, Retention, RetentionReport, ShardStats, StorageConfig,

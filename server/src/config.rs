@@ -246,6 +246,12 @@ pub struct Config {
         default_value_t = 10
     )]
     pub login_failures_per_account_per_min: u32,
+    /// Characters (Unicode scalar values) a new password has at least, at
+    /// registration and on a change; a shorter one gets 400 `bad_request`
+    /// saying so. Logins are not checked: an older, shorter password still
+    /// signs in. 1..=1024.
+    #[arg(long, env = "ROOKERY_PASSWORD_LEN_MIN", default_value_t = 8)]
+    pub password_len_min: usize,
     /// Threads that hash and check passwords (argon2id), apart from the
     /// shards and their blocking pools, unpinned; 0: one per core.
     #[arg(long, env = "ROOKERY_PASSWORD_HASH_THREADS", default_value_t = 0)]
@@ -403,6 +409,8 @@ const JWT_LEEWAY_S_MAX: u64 = 300;
 /// The most `--spin-before-park-us` may be: a shard spinning longer than
 /// 10 ms would be a busy loop, not a short wait.
 const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
+/// A minimum longer than this would refuse passphrases people use.
+const PASSWORD_LEN_MIN_MAX: usize = 1024;
 
 /// Who may register an account (`--registration`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -458,6 +466,11 @@ impl Config {
             self.password_hash_queue_max as u64,
             "password-hash-queue-max",
         )?;
+        if !(1..=PASSWORD_LEN_MIN_MAX).contains(&self.password_len_min) {
+            return Err(format!(
+                "--password-len-min must be 1..={PASSWORD_LEN_MIN_MAX}"
+            ));
+        }
         if self.spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
             return Err(format!(
                 "--spin-before-park-us must be <= {SPIN_BEFORE_PARK_US_MAX}"
@@ -781,6 +794,8 @@ mod tests {
                 "--rooms-per-user-per-min",
             ),
             (&["--list-page-len-max", "0"][..], "--list-page-len-max"),
+            (&["--password-len-min", "0"][..], "--password-len-min"),
+            (&["--password-len-min", "1025"][..], "--password-len-min"),
             (&["--node-id", "1"][..], "--nats"),
             (&["--nats", "nats://127.0.0.1:4222"][..], "--node-id"),
             (

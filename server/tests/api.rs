@@ -19,7 +19,7 @@ fn register_login_me_logout() {
         "POST",
         "/api/register",
         None,
-        Some(&json!({"name": "alice", "password": "pw-1"})),
+        Some(&json!({"name": "alice", "password": "pw-1-secret"})),
     );
     assert_eq!(s, 201, "{alice}");
     let token = alice["token"].as_str().unwrap().to_string();
@@ -31,17 +31,67 @@ fn register_login_me_logout() {
         "POST",
         "/api/register",
         None,
-        Some(&json!({"name": "alice", "password": "x"})),
+        Some(&json!({"name": "alice", "password": "x-secret"})),
     );
     assert_eq!((s, code(&v)), (409, "conflict"));
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("is taken"),
+        "{v}"
+    );
     let (s, v) = call(
         p,
         "POST",
         "/api/register",
         None,
-        Some(&json!({"name": "bad name!", "password": "x"})),
+        Some(&json!({"name": "bad name!", "password": "x-secret"})),
     );
     assert_eq!((s, code(&v)), (400, "bad_request"));
+    // A password shorter than --password-len-min (8 by default, counted in
+    // characters) is refused, saying the minimum; /api/server tells it.
+    for short in ["", "seven77", "ééééééé"] {
+        let (s, v) = call(
+            p,
+            "POST",
+            "/api/register",
+            None,
+            Some(&json!({"name": "carol", "password": short})),
+        );
+        assert_eq!((s, code(&v)), (400, "bad_request"), "{short:?}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at least 8"),
+            "{v}"
+        );
+    }
+    let (s, v) = call(
+        p,
+        "POST",
+        "/api/register",
+        None,
+        Some(&json!({"name": "carol", "password": "éééééééé"})),
+    );
+    assert_eq!(s, 201, "eight characters in sixteen bytes: {v}");
+    let (_, info) = call(p, "GET", "/api/server", None, None);
+    let limits = &info["limits"];
+    assert_eq!(limits["password_len_min"], 8, "{info}");
+    assert_eq!(limits["ws_frame_bytes_max"], 65536, "{info}");
+    assert_eq!(limits["message_body_bytes_max"], 65536, "{info}");
+    assert_eq!(limits["name_bytes_max"], 64, "{info}");
+    assert_eq!(limits["files_per_message_max"], 10, "{info}");
+    let strict = start(&["--password-len-min", "12", "--ws-frame-bytes-max", "4096"]);
+    let (_, info) = call(strict.port, "GET", "/api/server", None, None);
+    assert_eq!(info["limits"]["password_len_min"], 12, "{info}");
+    assert_eq!(info["limits"]["ws_frame_bytes_max"], 4096, "{info}");
+    let (s, _) = call(
+        strict.port,
+        "POST",
+        "/api/register",
+        None,
+        Some(&json!({"name": "dan", "password": "eleven-char"})),
+    );
+    assert_eq!(s, 400, "under the server's own minimum");
     let (s, v) = call(
         p,
         "POST",
@@ -58,14 +108,14 @@ fn register_login_me_logout() {
         "POST",
         "/api/login",
         None,
-        Some(&json!({"name": "alice", "password": "pw-1"})),
+        Some(&json!({"name": "alice", "password": "pw-1-secret"})),
     );
     assert_eq!(s, 200, "{v}");
     let second = v["token"].as_str().unwrap().to_string();
     assert_ne!(second, token);
     for creds in [
         json!({"name": "alice", "password": "nope"}),
-        json!({"name": "ghost", "password": "pw-1"}),
+        json!({"name": "ghost", "password": "pw-1-secret"}),
     ] {
         let (s, v) = call(p, "POST", "/api/login", None, Some(&creds));
         assert_eq!((s, code(&v)), (401, "unauthorized"));
@@ -112,7 +162,7 @@ fn rooms_public_private_join_leave_members() {
             "POST",
             "/api/register",
             None,
-            Some(&json!({"name": name, "password": "pw"})),
+            Some(&json!({"name": name, "password": "pw-secret"})),
         );
         assert_eq!(s, 201, "{v}");
         (
@@ -235,7 +285,7 @@ fn messages_publish_page_etag_and_unread() {
             "POST",
             "/api/register",
             None,
-            Some(&json!({"name": name, "password": "pw"})),
+            Some(&json!({"name": name, "password": "pw-secret"})),
         );
         v["token"].as_str().unwrap().to_string()
     };
@@ -495,7 +545,7 @@ fn metrics_are_exposed_in_prometheus_text() {
         "POST",
         "/api/register",
         None,
-        Some(&json!({"name": "m", "password": "pw"})),
+        Some(&json!({"name": "m", "password": "pw-secret"})),
     );
     let t = v["token"].as_str().unwrap().to_string();
     let (_, room) = call(

@@ -296,7 +296,7 @@ fn a_backup_under_load_restores_every_message_acknowledged_before_it() {
         "POST",
         "/api/login",
         None,
-        Some(&json!({"name": "owner", "password": "pw"})),
+        Some(&json!({"name": "owner", "password": "pw-secret"})),
     );
     assert_eq!(s, 200, "{v}");
     let token2 = v["token"].as_str().unwrap().to_string();

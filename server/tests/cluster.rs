@@ -230,7 +230,7 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         "POST",
         "/api/login",
         None,
-        Some(&serde_json::json!({"name": "ANN", "password": "pw"})),
+        Some(&serde_json::json!({"name": "ANN", "password": "pw-secret"})),
     );
     assert_eq!(s, 200, "{v}");
     let ann2 = v["token"].as_str().unwrap().to_string();
@@ -241,7 +241,7 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         "POST",
         "/api/register",
         None,
-        Some(&serde_json::json!({"name": "Ann", "password": "x"})),
+        Some(&serde_json::json!({"name": "Ann", "password": "x-secret"})),
     );
     assert_eq!(
         (s, v["error"]["code"].as_str()),
@@ -492,7 +492,7 @@ fn any_node_serves_any_room_and_a_dead_owner_fails_fast() {
         "POST",
         "/api/login",
         None,
-        Some(&serde_json::json!({"name": "bob", "password": "pw"})),
+        Some(&serde_json::json!({"name": "bob", "password": "pw-secret"})),
     );
     assert_eq!(s, 200, "{v}");
 

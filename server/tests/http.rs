@@ -371,7 +371,7 @@ fn connections_and_registrations_per_ip_are_limited() {
             "POST",
             "/api/register",
             None,
-            Some(&serde_json::json!({"name": format!("u{i}"), "password": "pw"})),
+            Some(&serde_json::json!({"name": format!("u{i}"), "password": "pw-secret"})),
         );
         assert_eq!(s, want, "{v}");
     }
@@ -411,7 +411,7 @@ fn failed_logins_are_limited_per_account_and_per_address() {
     };
     let checks = || metric(p, "rookery_password_checks_total");
     let before = checks();
-    assert_eq!(status(&login("ghost", "pw")), 401, "unknown name");
+    assert_eq!(status(&login("ghost", "pw-secret")), 401, "unknown name");
     assert_eq!(
         checks(),
         before + 1.0,
@@ -422,7 +422,7 @@ fn failed_logins_are_limited_per_account_and_per_address() {
     }
     // The account is limited: even the right password waits, unhashed.
     let before = checks();
-    let limited = login("victim", "pw");
+    let limited = login("victim", "pw-secret");
     assert_eq!(status(&limited), 429, "{limited}");
     assert!(limited.contains("\"code\":\"rate_limited\""), "{limited}");
     let retry: u64 = header(&limited, "retry-after").unwrap().parse().unwrap();
@@ -431,7 +431,11 @@ fn failed_logins_are_limited_per_account_and_per_address() {
     // Another account from the same address: its fifth failure limits the
     // address.
     assert_eq!(status(&login("other", "wrong")), 401);
-    assert_eq!(status(&login("other", "pw")), 429, "the address is limited");
+    assert_eq!(
+        status(&login("other", "pw-secret")),
+        429,
+        "the address is limited"
+    );
     assert_eq!(
         metric(p, "rookery_limit_refusals_total{limit=\"login_failures\"}"),
         2.0
@@ -472,7 +476,7 @@ fn chunked_request_bodies_are_accepted() {
 #[test]
 fn a_trusted_proxy_names_the_client_and_others_cannot() {
     let register_via = |p: u16, name: &str, xff: &str| {
-        let body = serde_json::json!({"name": name, "password": "pw"}).to_string();
+        let body = serde_json::json!({"name": name, "password": "pw-secret"}).to_string();
         let raw = format!(
             "POST /api/register HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()

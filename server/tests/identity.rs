@@ -71,7 +71,7 @@ fn logout_closes_the_sessions_websockets_and_only_them() {
     let server = start(&[]);
     let p = server.port;
     let first = register(p, "alice");
-    let second = login(p, "alice", "pw");
+    let second = login(p, "alice", "pw-secret");
     let mut a = open(p, &first);
     // The other one authenticates with a frame instead of the upgrade.
     let (mut b, _) = RawWs::connect(p, "/ws", "");
@@ -90,7 +90,7 @@ fn logout_closes_the_sessions_websockets_and_only_them() {
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
 
     // Everywhere: the second session and a third go, with their sockets.
-    let third = login(p, "alice", "pw");
+    let third = login(p, "alice", "pw-secret");
     let mut c = open(p, &third);
     let (s, v) = call(p, "POST", "/api/logout?all=true", Some(&second), None);
     assert_eq!((s, v["sessions"].as_u64()), (200, Some(2)), "{v}");
@@ -101,7 +101,7 @@ fn logout_closes_the_sessions_websockets_and_only_them() {
         p,
         "POST",
         "/api/logout?all=maybe",
-        Some(&login(p, "alice", "pw")),
+        Some(&login(p, "alice", "pw-secret")),
         None,
     );
     assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")));
@@ -113,7 +113,7 @@ fn a_password_change_ends_every_other_session() {
     let server = start(&[]);
     let p = server.port;
     let here = register(p, "bob");
-    let elsewhere = login(p, "bob", "pw");
+    let elsewhere = login(p, "bob", "pw-secret");
     let mut mine = open(p, &here);
     let mut theirs = open(p, &elsewhere);
     let change = |old: &str, new: &str| {
@@ -125,15 +125,15 @@ fn a_password_change_ends_every_other_session() {
             Some(&json!({"old": old, "new": new})),
         )
     };
-    let (s, v) = change("wrong", "pw2");
+    let (s, v) = change("wrong", "pw-secret-2");
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (401, Some("unauthorized"))
     );
     assert!(answers(&mut theirs), "a wrong old password changes nothing");
-    let (s, v) = change("pw", "");
+    let (s, v) = change("pw-secret", "");
     assert_eq!(s, 400, "{v}");
-    let (s, v) = change("pw", "pw2");
+    let (s, v) = change("pw-secret", "pw-secret-2");
     assert_eq!((s, v["sessions_ended"].as_u64()), (200, Some(1)), "{v}");
     assert_eq!(closed_with(&mut theirs).0, 4001);
     assert!(answers(&mut mine), "the session that changed it stays");
@@ -144,10 +144,10 @@ fn a_password_change_ends_every_other_session() {
         "POST",
         "/api/login",
         None,
-        Some(&json!({"name": "bob", "password": "pw"})),
+        Some(&json!({"name": "bob", "password": "pw-secret"})),
     );
     assert_eq!(s, 401, "the old password is gone");
-    login(p, "bob", "pw2");
+    login(p, "bob", "pw-secret-2");
 }
 
 #[test]
@@ -269,7 +269,13 @@ fn jwt_subjects_and_registered_names_never_meet() {
     );
     assert_eq!(s, 404, "the backend user's private room stays hidden");
     // The password signs in the registered user, never the subject.
-    let (_, v) = call(p, "GET", "/api/me", Some(&login(p, "ceo", "pw")), None);
+    let (_, v) = call(
+        p,
+        "GET",
+        "/api/me",
+        Some(&login(p, "ceo", "pw-secret")),
+        None,
+    );
     assert_ne!(v["user"], ceo["user"]);
     // A subject matching a registered name in another case is a subject.
     let (_, v) = call(p, "GET", "/api/me", Some(&jwt("CEO", now_s() + 600)), None);
@@ -286,7 +292,7 @@ fn registration_can_be_closed() {
         "POST",
         "/api/register",
         None,
-        Some(&json!({"name": "walk-in", "password": "pw"})),
+        Some(&json!({"name": "walk-in", "password": "pw-secret"})),
     );
     assert_eq!(
         (s, v["error"]["code"].as_str()),
@@ -302,7 +308,7 @@ fn registration_can_be_closed() {
         "POST",
         "/api/login",
         None,
-        Some(&json!({"name": "walk-in", "password": "pw"})),
+        Some(&json!({"name": "walk-in", "password": "pw-secret"})),
     );
     assert_eq!(s, 401, "nothing was registered");
 }
@@ -317,7 +323,7 @@ fn names_are_unique_in_any_case_and_hidden_rooms_take_none() {
         "POST",
         "/api/register",
         None,
-        Some(&json!({"name": "aLICE", "password": "pw"})),
+        Some(&json!({"name": "aLICE", "password": "pw-secret"})),
     );
     assert_eq!(
         (s, v["error"]["code"].as_str()),
@@ -329,7 +335,7 @@ fn names_are_unique_in_any_case_and_hidden_rooms_take_none() {
         "POST",
         "/api/login",
         None,
-        Some(&json!({"name": "ALICE", "password": "pw"})),
+        Some(&json!({"name": "ALICE", "password": "pw-secret"})),
     );
     assert_eq!(
         (s, v["name"].as_str()),

@@ -54,6 +54,15 @@ const state = {
   thread: null, // the open thread: {room, first, msgs: Map seq -> message}
   lastTypingSent: 0,
   pageLen: 50, // history page length: the server's maximum, once known
+  // The server's limits (`limits` of /api/server); these defaults are the
+  // server's own until it says otherwise.
+  limits: {
+    ws_frame_bytes_max: 64 << 10,
+    message_body_bytes_max: 64 << 10,
+    name_bytes_max: 64,
+    password_len_min: 8,
+    files_per_message_max: 10,
+  },
   // With self-registration open, a registered name can equal a backend
   // (JWT) user's: those are marked, so the one is not taken for the other.
   markExternal: true,
@@ -69,27 +78,83 @@ function saved() {
   }
 }
 
-async function signIn(form, action) {
+// The sign-in form in its mode: "login" or "register" (the button, the
+// title, the password's autocomplete and the hints follow it).
+function authMode(form, mode) {
+  const register = mode === "register";
+  form.dataset.mode = mode;
+  $("#auth-title").textContent = register ? "Create an account" : "Sign in";
+  $("#auth-submit").textContent = register ? "Create account" : "Sign in";
+  $("#auth-switch-text").textContent = register ? "Have an account?" : "New here?";
+  $("#auth-switch").textContent = register ? "Sign in" : "Create an account";
+  form.password.autocomplete = register ? "new-password" : "current-password";
+  $("#name-hint").hidden = !register;
+  const hint = $("#password-hint");
+  hint.textContent = `At least ${state.limits.password_len_min} characters.`;
+  hint.hidden = !register;
+  form.querySelector(".error").textContent = "";
+}
+
+// What is wrong with the form's name and password for `mode`, or "".
+function authProblem(form, mode) {
   const name = form.name.value.trim();
   const password = form.password.value;
+  if (!name) return "Enter your name.";
+  if (mode === "register") {
+    const max = state.limits.name_bytes_max;
+    if (new TextEncoder().encode(name).length > max || !/^[A-Za-z0-9_.-]+$/.test(name)) {
+      return `A name is up to ${max} letters, digits, “_”, “.” or “-” (no spaces).`;
+    }
+    const min = state.limits.password_len_min;
+    if ([...password].length < min) return `Choose a password of at least ${min} characters.`;
+  } else if (!password) {
+    return "Enter your password.";
+  }
+  return "";
+}
+
+async function signIn(form) {
+  const mode = form.dataset.mode;
   const err = form.querySelector(".error");
-  err.textContent = "";
+  const problem = authProblem(form, mode);
+  err.textContent = problem;
+  if (problem) return;
+  const name = form.name.value.trim();
+  const password = form.password.value;
+  const button = $("#auth-submit");
+  button.disabled = true;
   try {
-    const s = await api("POST", action === "register" ? "/api/register" : "/api/login", {
+    const s = await api("POST", mode === "register" ? "/api/register" : "/api/login", {
       body: { name, password },
     });
     const auth = { user: s.user, name: s.name, token: s.token };
     localStorage.setItem(SESSION_KEY, JSON.stringify(auth));
     await start(auth);
   } catch (e) {
-    err.textContent = e.message || String(e);
+    err.textContent = authError(e, mode, name);
+  } finally {
+    button.disabled = false;
   }
+}
+
+// A refused sign-in or sign-up in words a person acts on.
+function authError(e, mode, name) {
+  if (e.status === 409) return `The name “${name}” is taken. Choose another, or sign in if it is yours.`;
+  if (e.status === 401) return "Wrong name or password.";
+  if (e.status === 429) return "Too many attempts. Wait a minute and try again.";
+  if (e.status === 403 && mode === "register") return "This server does not take new accounts.";
+  if (e.status === 0 || e instanceof TypeError) return "The server cannot be reached. Try again.";
+  return e.message || String(e);
 }
 
 async function signOut() {
   const token = state.auth?.token;
+  const pending = state.session?.unacknowledged().length || 0;
+  if (pending && !confirm(`${pending} message(s) are not sent yet and will be lost. Sign out anyway?`)) return;
   state.session?.close();
   localStorage.removeItem(SESSION_KEY);
+  // Unsent messages are not left behind on a shared computer.
+  localStorage.removeItem("rookery.outbox." + state.auth?.user);
   if (token) await api("POST", "/api/logout", { token }).catch(() => null);
   location.reload();
 }
@@ -109,7 +174,7 @@ async function start(auth) {
       return;
     }
   }
-  const info = await api("GET", "/api/server").catch(() => null);
+  const info = await serverInfo();
   if (info?.history_page_len_max) state.pageLen = Math.min(info.history_page_len_max, 500);
   state.markExternal = info?.registration !== "closed";
   $("#auth").hidden = true;
@@ -122,21 +187,33 @@ async function start(auth) {
     onTop: loadOlder,
     onBottom: (atBottom) => atBottom && markRead(),
   });
-  state.session = new Session(auth.token, {
-    onEvent,
-    onJoined,
-    onState: connectionState,
-    onError: notice,
-  });
+  state.session = new Session(
+    auth.token,
+    { onEvent, onJoined, onState: connectionState, onError: notice },
+    { frameBytesMax: state.limits.ws_frame_bytes_max, user: auth.user },
+  );
+  // Sends a reload interrupted go out again; they show as pending.
+  for (const u of state.session.unacknowledged()) {
+    track(u.room, { client_id: u.client_id, acked: u.acked }, u.body || "", u.reply_to || null);
+  }
   await loadRooms().catch((e) => notice(e.message));
   const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("room"));
   const first = state.rooms.get(wanted) || [...state.rooms.values()].find((r) => r.member);
   if (first) openRoom(first.id);
 }
 
+// What the server is, and its limits (kept in `state.limits`).
+async function serverInfo() {
+  const info = await api("GET", "/api/server").catch(() => null);
+  if (info?.limits) Object.assign(state.limits, info.limits);
+  return info;
+}
+
 function showAuth() {
   $("#auth").hidden = false;
   $("#app").hidden = true;
+  authMode($("#auth-form"), "login");
+  serverInfo().then(() => authMode($("#auth-form"), $("#auth-form").dataset.mode));
   $("#auth-form").name.focus();
 }
 
@@ -150,6 +227,7 @@ function connectionState(s) {
   const c = $("#conn");
   c.textContent = { online: "online", connecting: "connecting…", offline: "offline" }[s];
   c.dataset.state = s;
+  showConnection(s);
   if (s === "online") {
     // Back from a drop: messages missed come from the rejoin (`since`);
     // edits and deletes made meanwhile come with a fresh tail page.
@@ -164,6 +242,23 @@ function connectionState(s) {
       loadMarkers(v).catch(() => null);
     }
   }
+}
+
+// The connection's state where the room is read, on every screen size:
+// hidden while online; otherwise what is going on, and presence (who is
+// online) is shown as unknown rather than as it was last heard.
+function showConnection(s) {
+  const bar = $("#room-conn");
+  bar.dataset.state = s;
+  bar.textContent =
+    s === "online" ? "" : s === "offline" ? "Offline — messages wait and go when you are back" : "Reconnecting…";
+  bar.hidden = s === "online";
+  const v = state.views.get(state.current);
+  if (v) {
+    renderOnline(v);
+    for (const p of v.pending) state.list.refresh("p:" + p.client_id);
+  }
+  roomsLater();
 }
 
 // ---- rooms -----------------------------------------------------------------
@@ -300,8 +395,10 @@ function renderRooms() {
       el("span", { class: "room-name", text: title(r) }),
     );
     if (r.dm) {
-      const on = view(r.id).online.has(r.dm.user);
-      button.prepend(el("span", { class: "presence", "data-online": on, title: on ? "online" : "offline" }));
+      const known = state.session?.state === "online";
+      const on = known ? view(r.id).online.has(r.dm.user) : "unknown";
+      const said = on === "unknown" ? "presence unknown" : on ? "online" : "offline";
+      button.prepend(el("span", { class: "presence", "data-online": on, title: said }));
       if (r.dm.request) button.append(el("span", { class: "request", text: "new" }));
     }
     if (r.unread > 0) {
@@ -484,7 +581,14 @@ async function openDm(form) {
 
 async function createRoom(form) {
   const name = form.name.value.trim();
+  const err = form.querySelector(".error");
+  err.textContent = "";
   if (!name) return;
+  const max = state.limits.name_bytes_max;
+  if (new TextEncoder().encode(name).length > max || !/^[A-Za-z0-9_.-]+$/.test(name)) {
+    err.textContent = `A room name is up to ${max} letters, digits, “_”, “.” or “-” (no spaces).`;
+    return;
+  }
   try {
     const r = await call("POST", "/api/rooms", { name, private: form.private.checked });
     form.reset();
@@ -493,7 +597,12 @@ async function createRoom(form) {
     renderRooms();
     openRoom(r.id);
   } catch (e) {
-    notice(e.message);
+    err.textContent =
+      e.status === 409
+        ? `There is already a room called “${name}”.`
+        : e.status === 429
+          ? "You have created many rooms just now. Wait a minute and try again."
+          : e.message;
   }
 }
 
@@ -788,15 +897,7 @@ function redraw(v) {
 function renderRow(i) {
   const v = state.views.get(state.current);
   const n = seqRows(v);
-  if (i >= n) {
-    const p = v.pending[i - n];
-    return el(
-      "div",
-      { class: "msg mine pending", "data-pending": p.client_id },
-      el("div", { class: "meta" }, el("b", { text: state.auth.name }), el("span", { text: " sending…" })),
-      el("div", { class: "body", text: p.body }),
-    );
-  }
+  if (i >= n) return pendingRow(v, v.pending[i - n]);
   const seq = v.lo + i;
   const m = v.msgs.get(seq);
   if (!m) return el("div", { class: "msg placeholder", "data-seq": seq, text: "…" });
@@ -865,6 +966,31 @@ function renderRow(i) {
     );
   }
   if (actions.childElementCount) row.append(actions);
+  return row;
+}
+
+// A send not acknowledged yet: "sending…" (or "waiting for the
+// connection"), or refused with the reason and what can be done.
+function pendingRow(v, p) {
+  const online = state.session?.state === "online";
+  const status = p.failed ? `not sent: ${p.failed}` : online ? "sending…" : "waiting for the connection…";
+  const row = el(
+    "div",
+    { class: "msg mine pending" + (p.failed ? " failed" : ""), "data-pending": p.client_id, role: "article" },
+    el("div", { class: "meta" }, el("b", { text: state.auth.name }), el("span", { class: "status", text: " " + status })),
+    el("div", { class: "body", text: p.body.length > 2000 ? p.body.slice(0, 2000) + "…" : p.body }),
+  );
+  row.setAttribute("aria-label", `${state.auth.name}, ${status}`);
+  if (p.failed) {
+    row.append(
+      el(
+        "div",
+        { class: "row failed-actions" },
+        el("button", { type: "button", class: "secondary", text: "Edit and resend", onclick: () => dropPending(v, p, true) }),
+        el("button", { type: "button", class: "secondary", text: "Discard", onclick: () => dropPending(v, p, false) }),
+      ),
+    );
+  }
   return row;
 }
 
@@ -1118,6 +1244,10 @@ function onMessage(f) {
 }
 
 function renderOnline(v) {
+  if (state.session?.state !== "online") {
+    $("#online").textContent = "presence unknown while disconnected";
+    return;
+  }
   const names = [...v.online].map((u) => nameOf(v, u)).sort();
   $("#online").textContent = names.length ? `online: ${names.join(", ")}` : "";
   const dm = state.rooms.get(v.room)?.dm;
@@ -1134,6 +1264,7 @@ async function showLastSeen(room, dm) {
     if (!fresh) lastSeen.set(dm.user, { at: Date.now(), p });
     const v = view(room);
     if (state.current !== room || v.online.has(dm.user) || !p.last_seen_ms) return;
+    if (state.session?.state !== "online") return; // presence is unknown now
     $("#online").textContent = `${dm.name} was last seen ${ago(p.last_seen_ms)}`;
   } catch (_) {
     // Only a hint: nothing shown.
@@ -1172,6 +1303,13 @@ function send(form) {
     return;
   }
   const files = attached.map((a) => a.id);
+  const tooBig = oversize(body, files);
+  if (tooBig) {
+    // Refused here, with the text kept: the server would close the socket.
+    composerError(tooBig);
+    return;
+  }
+  composerError("");
   state.attachments = [];
   renderAttachments();
   const room = state.current;
@@ -1185,13 +1323,38 @@ function send(form) {
       .catch((e) => notice("edit: " + e.message));
     return;
   }
-  const v = view(room);
   const replyTo = state.replyTo;
   stopReply();
   const sent = state.session.send(room, body, replyTo, files);
-  v.pending.push({ client_id: sent.client_id, body: body || attached.map((a) => a.name).join(", "), seq: 0 });
-  state.list.resize(count(v));
+  track(room, sent, body, replyTo, body || attached.map((a) => a.name).join(", "));
   state.list.scrollToBottom();
+}
+
+// Why `body` (with `files`) cannot be sent, or "" when it can: the
+// server's limits on a body and on a WebSocket message.
+function oversize(body, files) {
+  const { message_body_bytes_max: bodyMax, ws_frame_bytes_max: frameMax } = state.limits;
+  const bytes = new TextEncoder().encode(body).length;
+  const frame = { type: "send", room: state.current, body, client_id: "0".repeat(32), reply_to: state.replyTo || 0, files };
+  if (bytes <= bodyMax && state.session.fits(frame)) return "";
+  const limit = Math.min(bodyMax, frameMax);
+  return `This message is ${size(bytes)}; the server takes at most ${size(limit)} (about ${Math.floor(limit / 1024)} KiB of text). Shorten it, split it, or attach it as a file.`;
+}
+
+// An error about what is in the composer, shown beside it (and read out).
+function composerError(text) {
+  const e = $("#composer-error");
+  e.textContent = text;
+  e.hidden = !text;
+}
+
+// Shows a send as pending in its room until it is acknowledged; refused,
+// it stays with the reason and can be taken back to the composer or
+// discarded (it is never sent again by itself).
+function track(room, sent, body, replyTo, shown = body) {
+  const v = view(room);
+  v.pending.push({ client_id: sent.client_id, body: shown, seq: 0 });
+  if (room === state.current) state.list.resize(count(v));
   sent.acked.then(
     (ack) => {
       v.pending = v.pending.filter((p) => p.client_id !== sent.client_id);
@@ -1207,11 +1370,30 @@ function send(form) {
       }
     },
     (e) => {
-      v.pending = v.pending.filter((p) => p.client_id !== sent.client_id);
-      if (room === state.current) state.list.resize(count(v));
-      notice("not sent: " + e.message);
+      const p = v.pending.find((p) => p.client_id === sent.client_id);
+      if (p && e.code !== "discarded") p.failed = e.message;
+      else v.pending = v.pending.filter((p) => p.client_id !== sent.client_id);
+      if (room === state.current) {
+        state.list.resize(count(v));
+        state.list.refresh("p:" + sent.client_id);
+      }
     },
   );
+}
+
+// A refused send taken off its room; `edit` puts its text back in the
+// composer to change and send again.
+function dropPending(v, p, edit) {
+  v.pending = v.pending.filter((x) => x !== p);
+  state.session.discard(p.client_id);
+  if (v.room === state.current) state.list.resize(count(v));
+  if (edit) {
+    const box = $("#composer").body;
+    box.value = p.body;
+    autosize(box);
+    box.focus();
+    composerError(oversize(p.body, []));
+  }
 }
 
 function startEdit(seq) {
@@ -1605,8 +1787,14 @@ function wire() {
   const auth = $("#auth-form");
   auth.addEventListener("submit", (e) => {
     e.preventDefault();
-    signIn(auth, e.submitter?.value || "login");
+    signIn(auth);
   });
+  $("#auth-switch").onclick = () => {
+    authMode(auth, auth.dataset.mode === "login" ? "register" : "login");
+    auth.name.focus();
+  };
+  // A stale error goes once the field it was about changes.
+  auth.addEventListener("input", () => (auth.querySelector(".error").textContent = ""));
   $("#logout").onclick = signOut;
   $("#new-room").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -1707,6 +1895,7 @@ function wire() {
   });
   composer.body.addEventListener("input", () => {
     autosize(composer.body);
+    if (!$("#composer-error").hidden) composerError(oversize(composer.body.value, []));
     if (composer.body.value) typed();
   });
   // Alt+Up / Alt+Down: the previous or next of your rooms.

@@ -10,6 +10,12 @@
 // repeat with the original seq, so nothing is posted twice.
 
 const BACKOFF_MS_MIN = 250;
+// Closes with 1009 (message too big) a send may have been on before it is
+// given up as refused: once could be another frame's doing, twice is its
+// own.
+const TOO_BIG_CLOSES_MAX = 2;
+// Where unacknowledged sends wait across reloads, per user.
+const OUTBOX_KEY = "rookery.outbox.";
 const BACKOFF_MS_MAX = 5000;
 const REQUEST_TIMEOUT_MS = 15000;
 // A socket that has not said hello by then is given up on.
@@ -89,26 +95,66 @@ export class Session {
   // invited,
   // typing, presence, left, receipt), onJoined(frame), onState(state) with
   // state one of "connecting", "online", "offline".
-  constructor(token, handlers) {
+  // `frameBytesMax`: the server's WebSocket message limit
+  // (`limits.ws_frame_bytes_max` of /api/server); a frame over it is never
+  // sent (the server would close the socket with 1009). `user` names
+  // where the outbox is kept across reloads.
+  constructor(token, handlers, { frameBytesMax = 64 << 10, user = 0 } = {}) {
     this.token = token;
     this.handlers = handlers;
+    this.frameBytesMax = frameBytesMax;
+    this.outboxKey = OUTBOX_KEY + user;
     this.ws = null;
     this.state = "connecting";
     this.nextRef = 1;
     this.waiting = new Map(); // ref -> {resolve, reject, timer, frame}
     this.rooms = new Map(); // room -> since (null: live only)
-    this.outbox = new Map(); // client_id -> {frame, resolve, reject}
+    this.outbox = new Map(); // client_id -> {frame, resolve, reject, acked, sentOn, tooBig}
     this.backoff = BACKOFF_MS_MIN;
     this.retryTimer = null;
     this.lastHeard = 0;
     this.heartbeatMs = 30000;
     this.closed = false;
+    this.closes = 0; // sockets the server (or the network) closed
     this.onOffline = () => this.drop("offline");
     this.onOnline = () => this.reconnectNow();
     window.addEventListener("offline", this.onOffline);
     window.addEventListener("online", this.onOnline);
     this.watchdog = setInterval(() => this.checkAlive(), 1000);
+    this.restore();
     this.connect();
+  }
+
+  // Sends a reload interrupted: back in the outbox, to go out again with
+  // their client_id (a repeat of one the server has is answered with its
+  // original seq, so none is posted twice).
+  restore() {
+    let saved = [];
+    try {
+      saved = JSON.parse(localStorage.getItem(this.outboxKey)) || [];
+    } catch (_) {
+      // Unreadable: nothing to restore.
+    }
+    for (const frame of Array.isArray(saved) ? saved : []) {
+      if (frame?.type === "send" && typeof frame.client_id === "string") this.enqueue(frame);
+    }
+  }
+
+  // The outbox as it is now, kept for the next load of the page.
+  persist() {
+    const frames = [...this.outbox.values()].map((o) => o.frame);
+    try {
+      if (frames.length) localStorage.setItem(this.outboxKey, JSON.stringify(frames));
+      else localStorage.removeItem(this.outboxKey);
+    } catch (_) {
+      // Storage full or refused: the sends still go while the page lives.
+    }
+  }
+
+  // Sends waiting for an ack: [{client_id, room, body, reply_to, files,
+  // acked}], oldest first (the app shows them as pending).
+  unacknowledged() {
+    return [...this.outbox.values()].map((o) => ({ ...o.frame, acked: o.acked }));
   }
 
   setState(state) {
@@ -135,14 +181,35 @@ export class Session {
     ws.onclose = (e) => {
       if (this.ws !== ws) return;
       this.ws = null;
+      this.closes++;
       if (e.code === 4001) {
         // The session was logged out or ran out: no reconnecting.
         this.close();
         this.handlers.onState?.("unauthorized");
-      } else if (this.helloSeen) this.lost("closed");
+        return;
+      }
+      if (e.code === 1009) this.tooBig(ws);
+      if (this.helloSeen) this.lost("closed");
       else this.refusedOrLost();
     };
     ws.onerror = () => {}; // onclose follows
+  }
+
+  // The server closed `ws` for a message over its limit (1009): a send
+  // that was out on it is suspect, and one suspected again is refused
+  // rather than resent forever (it would close every socket it goes out
+  // on). Frames are checked against the limit before they go, so this
+  // only happens when the limit is not known (or was lowered).
+  tooBig(ws) {
+    for (const [id, o] of this.outbox) {
+      if (o.sentOn !== ws) continue;
+      o.tooBig = (o.tooBig || 0) + 1;
+      if (o.tooBig >= TOO_BIG_CLOSES_MAX) {
+        this.outbox.delete(id);
+        o.reject(new ApiError(0, "too_large", "the server refused it as too large"));
+      }
+    }
+    this.persist();
   }
 
   // The socket is gone: fail what waited on it and come back later.
@@ -211,6 +278,11 @@ export class Session {
     }
   }
 
+  // Bytes `frame` takes on the wire (UTF-8 JSON).
+  static frameBytes(frame) {
+    return new TextEncoder().encode(JSON.stringify(frame)).length;
+  }
+
   raw(frame) {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) {
       this.ws.send(JSON.stringify(frame));
@@ -267,6 +339,12 @@ export class Session {
   request(frame) {
     return new Promise((resolve, reject) => {
       const ref = this.nextRef++;
+      const bytes = Session.frameBytes({ ...frame, ref });
+      if (bytes > this.frameBytesMax) {
+        // The server would close the socket (1009): never sent.
+        reject(new ApiError(0, "too_large", `${bytes} bytes; the server takes at most ${this.frameBytesMax}`));
+        return;
+      }
       if (!this.raw({ ...frame, ref })) {
         reject(new ApiError(0, "disconnected", "not connected"));
         return;
@@ -320,23 +398,38 @@ export class Session {
   // `acked` resolves with the ack once the server has it, however many
   // reconnects that takes.
   // A message, or with `replyTo` a reply to that seq of the room.
+  // The send is kept (in memory and in local storage) until the server
+  // acknowledges or refuses it.
   send(room, body, replyTo = null, files = []) {
     const client_id = randomId();
-    const acked = new Promise((resolve, reject) => {
-      const frame = { type: "send", room, body, client_id };
-      if (replyTo) frame.reply_to = replyTo;
-      if (files.length) frame.files = files;
-      const o = { frame, resolve, reject };
-      this.outbox.set(client_id, o);
-      if (this.state === "online") this.sendQueued(o);
-    });
-    return { client_id, acked };
+    const frame = { type: "send", room, body, client_id };
+    if (replyTo) frame.reply_to = replyTo;
+    if (files.length) frame.files = files;
+    const o = this.enqueue(frame);
+    this.persist();
+    if (this.state === "online") this.sendQueued(o);
+    return { client_id, acked: o.acked };
+  }
+
+  // Bytes the send frame `frame` would take with a ref: more than the
+  // server's limit is refused before it is queued.
+  fits(frame) {
+    return Session.frameBytes({ ...frame, ref: Number.MAX_SAFE_INTEGER }) <= this.frameBytesMax;
+  }
+
+  enqueue(frame) {
+    const o = { frame };
+    o.acked = new Promise((resolve, reject) => Object.assign(o, { resolve, reject }));
+    this.outbox.set(frame.client_id, o);
+    return o;
   }
 
   async sendQueued(o) {
     try {
+      o.sentOn = this.ws;
       const ack = await this.request(o.frame);
       this.outbox.delete(o.frame.client_id);
+      this.persist();
       o.resolve(ack);
     } catch (e) {
       if (e.code === "disconnected" || e.code === "timeout") return; // resume() resends
@@ -345,8 +438,20 @@ export class Session {
         return;
       }
       this.outbox.delete(o.frame.client_id);
+      this.persist();
       o.reject(e);
     }
+  }
+
+  // Gives up a send not acknowledged yet (the user discarded it): it is
+  // not sent again, here or after a reload. One already out may still
+  // arrive.
+  discard(client_id) {
+    const o = this.outbox.get(client_id);
+    if (!o) return;
+    this.outbox.delete(client_id);
+    this.persist();
+    o.reject(new ApiError(0, "discarded", "discarded"));
   }
 
   pending(client_id) {

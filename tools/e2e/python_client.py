@@ -137,11 +137,11 @@ async def scenario(ports, procs):
         return f"ws://127.0.0.1:{port}/ws", ports.index(port)
 
     # Accounts: register two users, log one in again.
-    s, _, alice = http.call("POST", "/api/register", body={"name": "alice", "password": "pw-a"})
+    s, _, alice = http.call("POST", "/api/register", body={"name": "alice", "password": "pw-a-secret"})
     check(s == 201, f"register alice: {s}")
-    s, _, bob = http.call("POST", "/api/register", body={"name": "bob", "password": "pw-b"})
+    s, _, bob = http.call("POST", "/api/register", body={"name": "bob", "password": "pw-b-secret"})
     check(s == 201, f"register bob: {s}")
-    s, _, login = http.call("POST", "/api/login", body={"name": "alice", "password": "pw-a"})
+    s, _, login = http.call("POST", "/api/login", body={"name": "alice", "password": "pw-a-secret"})
     check(s == 200 and login["user"] == alice["user"], f"login: {s} {login}")
     s, _, bad = http.call("POST", "/api/login", body={"name": "alice", "password": "nope"})
     check(s == 401 and bad["error"]["code"] == "unauthorized", f"bad login: {s} {bad}")

@@ -15,7 +15,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
-token=$(curl -fs -X POST -d '{"name":"metrics","password":"pw"}' "$url/api/register" | json token)
+token=$(curl -fs -X POST -d '{"name":"metrics","password":"pw-secret"}' "$url/api/register" | json token)
 auth="Authorization: Bearer $token"
 room=$(curl -fs -X POST -H "$auth" -d '{"name":"metrics"}' "$url/api/rooms" | json id)
 for i in 1 2 3; do

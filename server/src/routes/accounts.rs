@@ -22,6 +22,18 @@ pub(crate) fn session_json(user: u64, name: &str, s: &auth::Session) -> Value {
     json!({"user": user, "name": name, "token": s.token, "expires_ms": s.expires_ms})
 }
 
+/// A new password (registration, change) has at least
+/// `--password-len-min` characters.
+fn check_new_password(password: &str, shared: &Shared) -> Result<(), ApiError> {
+    let min = shared.cfg.password_len_min;
+    if password.chars().count() < min {
+        return Err(ApiError::BadRequest(format!(
+            "a password has at least {min} characters"
+        )));
+    }
+    Ok(())
+}
+
 /// `POST /api/register` (403 with `--registration closed`). Names are
 /// unique in any case; the name is kept as given.
 pub(crate) async fn register(req: &Request, shared: &Shared) -> ApiResult {
@@ -42,13 +54,14 @@ pub(crate) async fn register(req: &Request, shared: &Shared) -> ApiResult {
             ));
         }
     }
-    if c.password.is_empty() {
-        return Err(ApiError::BadRequest("empty password".into()));
-    }
+    check_new_password(&c.password, shared)?;
     // A taken name costs no hashing.
     let (m, name) = (directory(shared), c.name.clone());
     if blocking(move || m.user_by_name(&name)).await?.is_some() {
-        return Err(ApiError::Conflict(format!("user name {:?}", c.name)));
+        return Err(ApiError::Conflict(format!(
+            "the name {:?} is taken; choose another",
+            c.name
+        )));
     }
     let password = c.password;
     let hash = shared
@@ -196,9 +209,7 @@ pub(crate) struct NewPassword {
 pub(crate) async fn change_password(req: &Request, shared: &Shared) -> ApiResult {
     let p = proof(req, shared).await?;
     let change: NewPassword = body(req)?;
-    if change.new.is_empty() {
-        return Err(ApiError::BadRequest("empty password".into()));
-    }
+    check_new_password(&change.new, shared)?;
     let (m, id) = (directory(shared), p.user);
     let u = blocking(move || m.user(id))
         .await?

@@ -54,6 +54,26 @@ pub(crate) fn index(shared: &Shared) -> Value {
             crate::config::Registration::Open => "open",
             crate::config::Registration::Closed => "closed",
         },
+        "limits": limits(shared),
+    })
+}
+
+/// What a client must know to never send what the server refuses: a
+/// WebSocket message over `ws_frame_bytes_max` closes the connection with
+/// 1009, so a client checks its frames (and a message's body) before
+/// sending rather than learn it from a close.
+fn limits(shared: &Shared) -> Value {
+    let cfg = &shared.cfg;
+    let storage = rookery_engine::StorageConfig::new("");
+    json!({
+        "ws_frame_bytes_max": cfg.ws_frame_bytes_max,
+        "message_body_bytes_max": storage.body_bytes_max,
+        "http_body_bytes_max": cfg.http_body_bytes_max,
+        "upload_bytes_max": cfg.upload_bytes_max,
+        "files_per_message_max": rookery_engine::FILES_PER_MESSAGE_MAX,
+        "name_bytes_max": rookery_engine::NAME_BYTES_MAX,
+        "name_pattern": "[A-Za-z0-9_.-]+",
+        "password_len_min": cfg.password_len_min,
     })
 }
 

@@ -436,14 +436,14 @@ pub fn get_raw(port: u16, path: &str, token: &str, extra: &str) -> String {
     exchange(port, raw.as_bytes()).unwrap()
 }
 
-/// Registers `name` (password `pw`); its session token.
+/// Registers `name` (password `pw-secret`); its session token.
 pub fn register(port: u16, name: &str) -> String {
     let (s, v) = call(
         port,
         "POST",
         "/api/register",
         None,
-        Some(&serde_json::json!({"name": name, "password": "pw"})),
+        Some(&serde_json::json!({"name": name, "password": "pw-secret"})),
     );
     assert_eq!(s, 201, "{v}");
     v["token"].as_str().unwrap().to_string()

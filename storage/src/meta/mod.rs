@@ -233,7 +233,8 @@ const SCHEMA_COUNTER: &str = "schema";
 /// The layout this build writes; [`Meta::open`] upgrades older files.
 const SCHEMA: u64 = 4;
 
-const MAX_NAME_LEN: usize = 64;
+/// Bytes of a user or room name at most (each of `[A-Za-z0-9_.-]`).
+pub const NAME_BYTES_MAX: usize = 64;
 
 /// A registered user.
 #[derive(Clone, PartialEq, Eq)]
@@ -486,11 +487,11 @@ fn txn_counter(db: &Database, name: &str) -> Result<u64> {
 
 fn validate_name(kind: &str, name: &str) -> Result<()> {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
-    if (1..=MAX_NAME_LEN).contains(&name.len()) && name.bytes().all(allowed) {
+    if (1..=NAME_BYTES_MAX).contains(&name.len()) && name.bytes().all(allowed) {
         return Ok(());
     }
     Err(Error::InvalidInput(format!(
-        "{kind} name must be 1..={MAX_NAME_LEN} bytes of [A-Za-z0-9_.-] (got {} bytes)",
+        "{kind} name must be 1..={NAME_BYTES_MAX} bytes of [A-Za-z0-9_.-] (got {} bytes)",
         name.len()
     )))
 }
