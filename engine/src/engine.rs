@@ -25,7 +25,9 @@ use crate::queues::Queues;
 use crate::receipts::{self, ToWriter, WriterStats};
 use crate::reply::Pending;
 use crate::rules::{MemberOp, Membership};
-use crate::shard::{Command, Common, DeletedRoom, HistoryPage, PostAck, Shard, ThreadPage};
+use crate::shard::{
+    Command, Common, DeletedRoom, HistoryPage, PostAck, ReadState, Shard, ThreadPage,
+};
 use crate::subscription::{Inbox, Subscription};
 use crate::uploads::Uploads;
 
@@ -651,9 +653,10 @@ impl Engine {
             })
     }
 
-    /// Messages of `room` that `user` has not read: the owner's last seq
-    /// minus the user's receipt (O(1): two point reads).
-    pub fn unread(&self, room: u64, user: u64) -> Pending<u64> {
+    /// Where `user` stands in `room`: the owner's last seq and the user's
+    /// receipt (O(1): two point reads); [`ReadState::unread`] counts the
+    /// messages not read.
+    pub fn unread(&self, room: u64, user: u64) -> Pending<ReadState> {
         self.inner
             .queues
             .call(self.shard_of(room), |reply| Command::Unread {

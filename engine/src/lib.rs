@@ -75,8 +75,8 @@ pub use search::{
     QUERY_TERMS_MAX, SEARCH_DEPTH_MAX,
 };
 pub use shard::{
-    Attachment, DeletedRoom, HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage,
-    QUOTE_BYTES_MAX,
+    Attachment, DeletedRoom, HistoryPage, PostAck, Quote, ReadState, ReplyTo, StoredMessage,
+    ThreadPage, QUOTE_BYTES_MAX,
 };
 pub use subscription::{Inbox, Subscription};
 pub use uploads::{sniff, UploadLimits, Uploads, DECODES_AT_ONCE, INLINE_TYPES};

@@ -265,13 +265,13 @@ fn idempotent_retries_edits_deletes_and_restart() {
     );
     drop(sub);
     assert_eq!(engine.mark_read(room, bob, 1).wait().unwrap(), 1);
-    assert_eq!(engine.unread(room, bob).wait().unwrap(), 1);
+    assert_eq!(engine.unread(room, bob).wait().unwrap().unread(), 1);
     assert_eq!(
         engine.mark_read(room, bob, 99).wait().unwrap(),
         2,
         "clamped"
     );
-    assert_eq!(engine.unread(room, bob).wait().unwrap(), 0);
+    assert_eq!(engine.unread(room, bob).wait().unwrap().unread(), 0);
     engine.shutdown().unwrap();
     drop(meta); // the data dir stays locked while any handle to it lives
 
@@ -654,7 +654,7 @@ fn read_receipts_are_batched_and_bounded() {
     // What was acknowledged is stored, and unread follows it.
     for (u, b) in &best {
         assert_eq!(meta.read_seq(room, *u).unwrap(), *b);
-        assert_eq!(engine.unread(room, *u).wait().unwrap(), 10 - b);
+        assert_eq!(engine.unread(room, *u).wait().unwrap().unread(), 10 - b);
     }
     // Unknown rooms (for meta) and users are refused, not stored.
     assert!(matches!(
@@ -864,12 +864,16 @@ fn posting_advances_the_posters_read_marker() {
             .wait()
             .unwrap();
     }
-    assert_eq!(engine.unread(room, alice).wait().unwrap(), 0, "at once");
-    assert_eq!(engine.unread(room, bob).wait().unwrap(), 120);
-    engine.post(room, bob, "b1", "theirs").wait().unwrap();
-    assert_eq!(engine.unread(room, alice).wait().unwrap(), 1);
     assert_eq!(
-        engine.unread(room, bob).wait().unwrap(),
+        engine.unread(room, alice).wait().unwrap().unread(),
+        0,
+        "at once"
+    );
+    assert_eq!(engine.unread(room, bob).wait().unwrap().unread(), 120);
+    engine.post(room, bob, "b1", "theirs").wait().unwrap();
+    assert_eq!(engine.unread(room, alice).wait().unwrap().unread(), 1);
+    assert_eq!(
+        engine.unread(room, bob).wait().unwrap().unread(),
         0,
         "bob read up to his post"
     );
@@ -890,8 +894,12 @@ fn posting_advances_the_posters_read_marker() {
     drop(meta);
     // After a restart (the last one flushed at shutdown).
     let engine = Engine::start(config(dir.path(), 2)).unwrap();
-    assert_eq!(engine.unread(room, alice).wait().unwrap(), 0);
-    assert_eq!(engine.unread(room, bob).wait().unwrap(), 1, "alice's last");
+    assert_eq!(engine.unread(room, alice).wait().unwrap().unread(), 0);
+    assert_eq!(
+        engine.unread(room, bob).wait().unwrap().unread(),
+        1,
+        "alice's last"
+    );
     engine.shutdown().unwrap();
 }
 

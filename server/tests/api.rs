@@ -427,7 +427,10 @@ fn messages_publish_page_etag_and_unread() {
     assert_eq!((s, code(&v)), (400, "bad_request"));
     // Read markers and unread counts.
     let (_, v) = call(p, "GET", "/api/me/unread", Some(&b), None);
-    assert_eq!(v["rooms"], json!([{"room": room, "unread": 121}]));
+    assert_eq!(
+        v["rooms"],
+        json!([{"room": room, "unread": 121, "read": 0, "last_seq": 121}])
+    );
     let (s, v) = call(
         p,
         "POST",
@@ -436,6 +439,12 @@ fn messages_publish_page_etag_and_unread() {
         Some(&json!({"seq": 100})),
     );
     assert_eq!((s, v["seq"].as_u64()), (200, Some(100)));
+    let (_, v) = call(p, "GET", "/api/me/unread", Some(&b), None);
+    assert_eq!(
+        v["rooms"],
+        json!([{"room": room, "unread": 21, "read": 100, "last_seq": 121}]),
+        "a client opens the room at read + 1"
+    );
     let (_, v) = call(
         p,
         "POST",
@@ -445,7 +454,10 @@ fn messages_publish_page_etag_and_unread() {
     );
     assert_eq!(v["seq"].as_u64(), Some(121), "clamped to the last seq");
     let (_, v) = call(p, "GET", "/api/me/unread", Some(&b), None);
-    assert_eq!(v["rooms"], json!([{"room": room, "unread": 0}]));
+    assert_eq!(
+        v["rooms"],
+        json!([{"room": room, "unread": 0, "read": 121, "last_seq": 121}])
+    );
     // A private room's messages are invisible to strangers.
     let (_, secret) = call(
         p,

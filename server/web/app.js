@@ -185,7 +185,8 @@ async function start(auth) {
     key: rowKey,
     render: renderRow,
     onTop: loadOlder,
-    onBottom: (atBottom) => atBottom && markRead(),
+    // Any scroll may bring unread messages into view.
+    onBottom: () => markRead(),
   });
   state.session = new Session(
     auth.token,
@@ -285,14 +286,17 @@ async function loadRooms() {
     call("GET", "/api/me/unread"),
     loadInvites(),
   ]);
-  const mine = new Map(unread.rooms.map((u) => [u.room, u.unread]));
+  // From each room's owner: the room list's last_seq may trail it.
+  const mine = new Map(unread.rooms.map((u) => [u.room, u]));
   const keep = (r, more) => {
     const known = state.rooms.get(r.id);
+    const u = mine.get(r.id);
     state.rooms.set(r.id, {
       ...r,
-      member: mine.has(r.id),
-      unread: r.id === state.current ? 0 : mine.get(r.id) || 0,
-      last_seq: Math.max(r.last_seq, known?.last_seq || 0),
+      member: Boolean(u),
+      unread: r.id === state.current ? 0 : u?.unread || 0,
+      read: u?.read || 0,
+      last_seq: Math.max(r.last_seq, u?.last_seq || 0, known?.last_seq || 0),
       ...more,
     });
   };
@@ -402,8 +406,10 @@ function renderRooms() {
       if (r.dm.request) button.append(el("span", { class: "request", text: "new" }));
     }
     if (r.unread > 0) {
-      button.append(el("span", { class: "badge", text: r.unread > 999 ? "999+" : r.unread }));
-      button.setAttribute("aria-label", `${r.name}, ${r.unread} unread`);
+      // The name a screen reader gives is the text seen, and "unread".
+      button.append(
+        el("span", { class: "badge" }, r.unread > 999 ? "999+" : String(r.unread), el("span", { class: "sr-only", text: " unread" })),
+      );
     }
     if (r.id === state.current) button.setAttribute("aria-current", "true");
     button.onclick = () => openRoom(r.id);
@@ -671,7 +677,9 @@ async function openRoom(id) {
   $("#app").classList.add("show-room");
   $("#room-title").textContent = title(r);
   $("#search-here-label").hidden = false;
-  v.firstUnread = r.unread > 0 ? r.last_seq - r.unread + 1 : 0;
+  // The first message after our read marker (our own posts count as
+  // read: the server's marker is past them).
+  v.firstUnread = r.unread > 0 ? (r.read || r.last_seq - r.unread) + 1 : 0;
   r.unread = 0;
   renderRooms();
   renderOnline(v);
@@ -683,6 +691,12 @@ async function openRoom(id) {
     // Once removed mid-load, the `left` frame's notice says why; a refused
     // request would only hide it.
     await Promise.all([loadMembers(v), refreshTail(v), loadMarkers(v)]).catch((e) => r.member && notice(e.message));
+    // Our own marker, as stored: receipts are sent only past it.
+    v.readSent = Math.max(v.readSent, v.markers.get(state.auth.user) || 0);
+    // A backlog longer than the newest page: its first unread message and
+    // what follows are read too, so the room opens there (the rows between
+    // fill in behind).
+    if (v.firstUnread && v.firstUnread < v.lo) await loadAround(v, v.firstUnread).catch(() => null);
     v.loaded = true;
     // Messages heard of while the page was read.
     if (r.last_seq > v.hi) {
@@ -839,7 +853,7 @@ async function refreshTail(v) {
   if (v.room === state.current) {
     if (before.hi >= before.lo && v.lo < before.lo) state.list.prepend(before.lo - v.lo);
     state.list.resize(count(v));
-    for (const m of page.messages) state.list.refresh(m.seq);
+    for (const m of page.messages) redrawSeq(m.seq);
   }
   await fillGaps(v);
 }
@@ -864,7 +878,7 @@ async function fillGaps(v) {
       absorb(v, page.messages);
       if (v.room === state.current) {
         state.list.resize(count(v));
-        for (const m of page.messages) state.list.refresh(m.seq);
+        for (const m of page.messages) redrawSeq(m.seq);
       }
       if (page.messages.length === 0) return;
     }
@@ -900,23 +914,44 @@ function renderRow(i) {
   if (i >= n) return pendingRow(v, v.pending[i - n]);
   const seq = v.lo + i;
   const m = v.msgs.get(seq);
-  if (!m) return el("div", { class: "msg placeholder", "data-seq": seq, text: "…" });
+  if (!m) return el("div", { class: "msg placeholder", "data-seq": seq, text: "…", ariaHidden: "true" });
   const mine = m.from === state.auth.user;
+  const prev = v.msgs.get(seq - 1);
+  const newDay = !prev || dayOf(prev.ts) !== dayOf(m.ts);
+  // Consecutive messages of one author within a few minutes share the
+  // first one's name and time (shown on hover and to screen readers).
+  const grouped =
+    !newDay && prev.from === m.from && m.ts - prev.ts < GROUP_MS && seq !== v.firstUnread && !m.reply_to;
+  const name = nameOf(v, m.from);
+  const when = el("time", {
+    class: "when",
+    text: clock(m.ts),
+    dateTime: new Date(m.ts).toISOString(),
+    title: fullDate(m.ts),
+  });
   const row = el(
     "div",
-    { class: "msg" + (mine ? " mine" : ""), "data-seq": seq, tabIndex: -1 },
-    el(
-      "div",
-      { class: "meta" },
-      el("b", { text: nameOf(v, m.from) }),
-      el("time", { text: " " + clock(m.ts), dateTime: new Date(m.ts).toISOString() }),
-      m.edited && !m.deleted ? el("span", { class: "edited", text: " (edited)" }) : "",
-    ),
+    { class: "msg" + (mine ? " mine" : "") + (grouped ? " grouped" : ""), "data-seq": seq, tabIndex: -1, role: "article" },
+    newDay ? el("div", { class: "day", role: "separator", text: dayName(m.ts) }) : "",
+    grouped
+      ? el("div", { class: "meta" }, when)
+      : el(
+          "div",
+          { class: "meta" },
+          el("b", { text: name }),
+          " ",
+          when,
+          m.edited && !m.deleted ? el("span", { class: "edited", text: " (edited)" }) : "",
+        ),
     quoteOf(v, m),
     m.deleted || m.body === null
       ? el("div", { class: "body deleted", text: "message deleted" })
       : el("div", { class: "body", text: m.body }),
   );
+  // A grouped message has no name line: "(edited)" goes under its text.
+  if (grouped && m.edited && !m.deleted) row.querySelector(".body").after(el("div", { class: "edited", text: "(edited)" }));
+  const said = m.deleted || m.body === null ? "message deleted" : firstLine(m.body).slice(0, 80);
+  row.setAttribute("aria-label", `${name}, ${fullDate(m.ts)}${m.edited ? ", edited" : ""}: ${said}`);
   if (m.reactions?.length && !m.deleted && m.body !== null) {
     row.append(
       el(
@@ -953,20 +988,32 @@ function renderRow(i) {
   if (seq === v.firstUnread) row.classList.add("first-unread");
   const live = !m.deleted && m.body !== null;
   const actions = el("div", { class: "actions" });
+  // Named for what they act on; out of the Tab order until their message
+  // has the focus (arrow keys move between messages).
+  const action = (text, label, onclick) =>
+    el("button", { type: "button", text, ariaLabel: `${label} “${said}”`, tabIndex: -1, onclick });
   if (live) {
     actions.append(
-      el("button", { type: "button", text: "react", onclick: (e) => pickReaction(e.currentTarget, v.room, seq) }),
-      el("button", { type: "button", text: "reply", onclick: () => startReply(seq) }),
+      action("react", `React to ${name}'s message`, (e) => pickReaction(e.currentTarget, v.room, seq)),
+      action("reply", `Reply to ${name}'s message`, () => startReply(seq)),
     );
   }
   if (mine && live) {
     actions.append(
-      el("button", { type: "button", text: "edit", onclick: () => startEdit(seq) }),
-      el("button", { type: "button", text: "delete", onclick: () => remove(seq) }),
+      action("edit", "Edit your message", () => startEdit(seq)),
+      action("delete", "Delete your message", () => remove(seq)),
     );
   }
   if (actions.childElementCount) row.append(actions);
+  for (const b of row.querySelectorAll("button")) b.tabIndex = -1;
   return row;
+}
+
+// A message's row and the next one (whose grouping and day line depend on
+// it), drawn again.
+function redrawSeq(seq) {
+  state.list.refresh(seq);
+  state.list.refresh(seq + 1);
 }
 
 // A send not acknowledged yet: "sending…" (or "waiting for the
@@ -1075,9 +1122,34 @@ function firstLine(body) {
   return line.slice(0, 200);
 }
 
+// Messages of one author this close together are shown as one group.
+const GROUP_MS = 5 * 60 * 1000;
+
+// The time of day, in the reader's locale (24-hour where that is the
+// custom); a date goes with it in tooltips and day lines.
 function clock(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour: "numeric", minute: "2-digit" });
+}
+
+function fullDate(ms) {
+  return new Date(ms).toLocaleString([], { dateStyle: "full", timeStyle: "short" });
+}
+
+// The local day of `ms`, as a key.
+function dayOf(ms) {
   const d = new Date(ms);
-  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return d.getFullYear() * 10000 + d.getMonth() * 100 + d.getDate();
+}
+
+// A day line: "Today", "Yesterday", or the date.
+function dayName(ms) {
+  const today = dayOf(Date.now());
+  const day = dayOf(ms);
+  if (day === today) return "Today";
+  if (day === dayOf(Date.now() - 86400000)) return "Yesterday";
+  const d = new Date(ms);
+  const sameYear = d.getFullYear() === new Date().getFullYear();
+  return d.toLocaleDateString([], { weekday: "long", month: "long", day: "numeric", ...(sameYear ? {} : { year: "numeric" }) });
 }
 
 // ---- events from the socket ------------------------------------------------
@@ -1237,7 +1309,7 @@ function onMessage(f) {
     // Cheap per message: the list draws once per frame, and keeps the
     // bottom in view if it was there.
     state.list.resize(count(v));
-    state.list.refresh(f.seq);
+    redrawSeq(f.seq);
     if (hadTyping) renderTyping(v);
     markRead();
   }
@@ -1366,7 +1438,7 @@ function track(room, sent, body, replyTo, shown = body) {
       }
       if (room === state.current) {
         state.list.resize(count(v));
-        state.list.refresh(ack.seq);
+        redrawSeq(ack.seq);
       }
     },
     (e) => {
@@ -1476,7 +1548,13 @@ function renderThread() {
     el(
       "div",
       { class: "msg" + (m.from === state.auth.user ? " mine" : ""), "data-seq": m.seq },
-      el("div", { class: "meta" }, el("b", { text: nameOf(v, m.from) }), el("time", { text: " " + clock(m.ts) })),
+      el(
+        "div",
+        { class: "meta" },
+        el("b", { text: nameOf(v, m.from) }),
+        " ",
+        el("time", { text: clock(m.ts), title: fullDate(m.ts), dateTime: new Date(m.ts).toISOString() }),
+      ),
       m.reply_to && m.reply_to !== t.first.seq ? quoteOf(v, m) : "",
       m.body === null
         ? el("div", { class: "body deleted", text: "message deleted" })
@@ -1560,18 +1638,80 @@ function autosize(box) {
   box.style.height = Math.min(box.scrollHeight, 160) + "px";
 }
 
-// Read up to the newest message while looking at it (at most one receipt
-// per READ_EVERY_MS: a busy room must not cost a receipt per message).
+// Read up to the newest message shown (at most one receipt per
+// READ_EVERY_MS: a busy room must not cost a receipt per message). Only
+// what was on screen counts: a backlog is read as it is scrolled through,
+// never all at once because the room was opened.
 function markRead() {
+  updateJumps();
   if (state.readTimer) return;
   state.readTimer = setTimeout(() => {
     state.readTimer = null;
     const v = state.views.get(state.current);
     if (!v || !v.loaded || document.visibilityState !== "visible") return;
-    if (!state.list.atBottom() || v.hi <= v.readSent) return;
-    v.readSent = v.hi;
-    state.session.request({ type: "read", room: v.room, seq: v.hi }).catch(() => (v.readSent = 0));
+    const seen = lastVisibleSeq(v);
+    if (seen <= v.readSent) return;
+    v.readSent = seen;
+    state.session.request({ type: "read", room: v.room, seq: seen }).catch(() => (v.readSent = 0));
   }, READ_EVERY_MS);
+}
+
+// The newest message of the open room whose end is on screen (0: none).
+function lastVisibleSeq(v) {
+  const box = $("#messages").getBoundingClientRect();
+  let best = 0;
+  for (const row of document.querySelectorAll("#messages .msg[data-seq]:not(.placeholder)")) {
+    const r = row.getBoundingClientRect();
+    if (r.bottom <= box.bottom + 1 && r.bottom > box.top) best = Math.max(best, Number(row.dataset.seq));
+  }
+  return Math.min(best, v.hi);
+}
+
+// The two ways back: "N new messages" (or "Jump to latest") while
+// scrolled up, and "Jump to first unread" while the first unread message
+// is above the screen.
+function updateJumps() {
+  const v = state.views.get(state.current);
+  const latest = $("#jump-latest");
+  const unread = $("#jump-unread");
+  if (!v || !v.loaded) {
+    latest.hidden = unread.hidden = true;
+    return;
+  }
+  const seen = lastVisibleSeq(v);
+  const below = state.list.atBottom() ? 0 : Math.max(0, v.hi - seen);
+  const fresh = Math.max(0, v.hi - Math.max(seen, v.readSent));
+  latest.hidden = below === 0;
+  latest.textContent = fresh > 0 ? `↓ ${fresh} new message${fresh === 1 ? "" : "s"}` : "↓ Jump to latest";
+  const first = v.firstUnread;
+  unread.hidden = !(first >= v.lo && first <= v.hi && first < firstVisibleSeq());
+}
+
+// The oldest message of the open room with any of it on screen
+// (Infinity: none).
+function firstVisibleSeq() {
+  const box = $("#messages").getBoundingClientRect();
+  let best = Infinity;
+  for (const row of document.querySelectorAll("#messages .msg[data-seq]")) {
+    const r = row.getBoundingClientRect();
+    if (r.bottom > box.top + 1 && r.top < box.bottom) best = Math.min(best, Number(row.dataset.seq));
+  }
+  return best;
+}
+
+// End, or the pill: the newest message, focused.
+function jumpToLatest() {
+  const v = state.views.get(state.current);
+  if (!v) return;
+  state.list.scrollToBottom();
+  // Rows measured on the way may grow the list: the list keeps to the
+  // bottom while it sticks; the focus goes once it is drawn.
+  requestAnimationFrame(() => requestAnimationFrame(() => focusSeq(v.hi)));
+}
+
+function jumpToFirstUnread() {
+  const v = state.views.get(state.current);
+  if (v?.firstUnread) focusSeq(v.firstUnread);
 }
 
 // ---- files -------------------------------------------------------------------
@@ -1723,7 +1863,8 @@ function searchRow(r) {
   const room = state.rooms.get(r.room);
   const v = state.views.get(r.room);
   const who = v ? nameOf(v, r.message.from) : "";
-  const where = `${room ? title(room) : "room " + r.room}${who ? " · " + who : ""} · ${clock(r.message.ts)}`;
+  const when = dayOf(r.message.ts) === dayOf(Date.now()) ? clock(r.message.ts) : new Date(r.message.ts).toLocaleDateString();
+  const where = `${room ? title(room) : "room " + r.room}${who ? " · " + who : ""} · ${when}`;
   return el(
     "li",
     {},
@@ -1743,6 +1884,23 @@ function closeSearch() {
   $("#search").q.value = "";
 }
 
+// Reads the messages around `seq` (a few before it, a page from it), so
+// the rows there are at once; the gap to the loaded ones fills behind.
+async function loadAround(v, seq) {
+  const room = v.room;
+  const [upTo, after] = await Promise.all([
+    call("GET", `/api/rooms/${room}/messages?before=${seq + 1}&limit=20`),
+    call("GET", `/api/rooms/${room}/messages?after=${seq}&limit=${state.pageLen}`),
+  ]);
+  const added = absorb(v, [...upTo.messages, ...after.messages]);
+  // Filled whichever room is open by then (the rows it left as
+  // placeholders must not stay so).
+  fillGaps(v).catch(() => null);
+  if (state.current !== room) return;
+  state.list.prepend(added);
+  state.list.resize(count(v));
+}
+
 // Opens `room` at message `seq`: its page read if it is not loaded (the
 // messages between it and the loaded ones come as placeholders, fetched
 // behind it), scrolled to and marked for a moment.
@@ -1752,19 +1910,7 @@ async function jumpTo(room, seq) {
   const v = view(room);
   if (!v.msgs.has(seq)) {
     try {
-      // The message's page and the one after it, so the rows around it
-      // are there at once; the gap to the loaded ones fills behind.
-      const [upTo, after] = await Promise.all([
-        call("GET", `/api/rooms/${room}/messages?before=${seq + 1}&limit=20`),
-        call("GET", `/api/rooms/${room}/messages?after=${seq}&limit=20`),
-      ]);
-      const added = absorb(v, [...upTo.messages, ...after.messages]);
-      // Filled whichever room is open by then (the rows it left as
-      // placeholders must not stay so).
-      fillGaps(v).catch(() => null);
-      if (state.current !== room) return;
-      state.list.prepend(added);
-      state.list.resize(count(v));
+      await loadAround(v, seq);
     } catch (e) {
       notice(e.message);
       return;
@@ -1778,6 +1924,102 @@ async function jumpTo(room, seq) {
     row.classList.add("found");
     row.focus({ preventScroll: true });
     setTimeout(() => row.classList.remove("found"), 2500);
+  });
+}
+
+// ---- keyboard ----------------------------------------------------------------
+
+// The message list is one Tab stop: ↑/↓ move between messages, Home and
+// End go to the oldest loaded and the latest, and the focused message's
+// actions join the Tab order (so Tab reaches the composer in one or two
+// steps, not through every message's buttons).
+function wireMessageKeys(list) {
+  list.addEventListener("focusin", (e) => {
+    const row = e.target.closest?.(".msg[data-seq]");
+    if (row) for (const b of row.querySelectorAll("button")) b.tabIndex = 0;
+  });
+  list.addEventListener("focusout", (e) => {
+    const row = e.target.closest?.(".msg[data-seq]");
+    if (row && !row.contains(e.relatedTarget)) for (const b of row.querySelectorAll("button")) b.tabIndex = -1;
+  });
+  list.addEventListener("keydown", (e) => {
+    const v = state.views.get(state.current);
+    if (!v || e.altKey || e.ctrlKey || e.metaKey) return;
+    const at = Number(document.activeElement?.closest?.(".msg[data-seq]")?.dataset.seq) || 0;
+    let to = 0;
+    if (e.key === "ArrowUp") to = at ? at - 1 : lastVisibleSeq(v);
+    else if (e.key === "ArrowDown") to = at ? at + 1 : lastVisibleSeq(v);
+    else if (e.key === "Home") to = v.lo;
+    else if (e.key === "End") {
+      e.preventDefault();
+      jumpToLatest();
+      return;
+    } else return;
+    if (to < v.lo || to > v.hi) return;
+    e.preventDefault();
+    focusSeq(to);
+  });
+}
+
+// Moves the focus to message `seq` of the open room, scrolling it into
+// view (rendered on the next frame if it was not).
+function focusSeq(seq) {
+  const v = state.views.get(state.current);
+  const found = () => $(`#messages .msg[data-seq="${seq}"]`);
+  const row = found();
+  const box = $("#messages").getBoundingClientRect();
+  const r = row?.getBoundingClientRect();
+  if (!row || r.top < box.top || r.bottom > box.bottom) state.list.scrollToIndex(seq - v.lo, 40);
+  requestAnimationFrame(() => found()?.focus({ preventScroll: true }));
+}
+
+// Ctrl+K (⌘K): a dialog to find a room or direct message by name and open
+// it with Enter.
+function wireSwitcher() {
+  const dialog = $("#switcher");
+  const input = $("#switcher-q");
+  const list = $("#switcher-list");
+  const matches = () => {
+    const q = input.value.trim().toLowerCase();
+    return [...state.rooms.values()]
+      .filter((r) => title(r).toLowerCase().includes(q))
+      .sort((a, b) => b.unread - a.unread || title(a).localeCompare(title(b)))
+      .slice(0, 12);
+  };
+  const draw = () => {
+    list.replaceChildren(
+      ...matches().map((r, i) =>
+        el(
+          "li",
+          { class: i === 0 ? "first" : "" },
+          el("button", {
+            type: "button",
+            class: "room-link",
+            text: title(r) + (r.unread ? ` (${r.unread} unread)` : ""),
+            onclick: () => pick(r.id),
+          }),
+        ),
+      ),
+    );
+  };
+  const pick = (id) => {
+    dialog.close();
+    openRoom(id);
+  };
+  input.addEventListener("input", draw);
+  input.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter") return;
+    e.preventDefault();
+    const first = matches()[0];
+    if (first) pick(first.id);
+  });
+  document.addEventListener("keydown", (e) => {
+    if (!(e.ctrlKey || e.metaKey) || e.key.toLowerCase() !== "k" || $("#app").hidden) return;
+    e.preventDefault();
+    input.value = "";
+    draw();
+    dialog.showModal();
+    input.focus();
   });
 }
 
@@ -1830,6 +2072,16 @@ function wire() {
     invite(e.target);
   });
   $("#thread-close").onclick = closeThread;
+  $("#jump-latest").onclick = jumpToLatest;
+  // The skip link focuses the message box (not a jump to a fragment: the
+  // hash holds the open room).
+  $(".skip").onclick = (e) => {
+    e.preventDefault();
+    const box = $("#composer-body");
+    if (!$("#composer").hidden && !$("#app").hidden) box.focus();
+    else $("#messages").focus();
+  };
+  $("#jump-unread").onclick = jumpToFirstUnread;
   const inThread = $("#thread-reply");
   inThread.addEventListener("submit", (e) => {
     e.preventDefault();
@@ -1896,8 +2148,11 @@ function wire() {
   composer.body.addEventListener("input", () => {
     autosize(composer.body);
     if (!$("#composer-error").hidden) composerError(oversize(composer.body.value, []));
-    if (composer.body.value) typed();
+    // Editing is not typing a new message: the others are not told.
+    if (composer.body.value && state.editing === null) typed();
   });
+  wireMessageKeys($("#messages"));
+  wireSwitcher();
   // Alt+Up / Alt+Down: the previous or next of your rooms.
   document.addEventListener("keydown", (e) => {
     if (!e.altKey || (e.key !== "ArrowUp" && e.key !== "ArrowDown")) return;

@@ -11,7 +11,7 @@ use rookery_storage::meta::DmOpened;
 use rookery_storage::{Cursor, ListPage, Retention, RetentionReport, Role, ShardStats};
 
 use super::subscribers::{InboxEntry, Outlet};
-use super::types::{HistoryPage, NewSub, PostAck, Reply, ThreadPage};
+use super::types::{HistoryPage, NewSub, PostAck, ReadState, Reply, ThreadPage};
 use super::{send, Shard};
 use crate::consumer::{Delivery, SubShared, CLOSED_SHUTDOWN};
 use crate::error::{Error, Result};
@@ -98,7 +98,7 @@ pub(crate) enum Command {
     Unread {
         room: u64,
         user: u64,
-        reply: Reply<u64>,
+        reply: Reply<ReadState>,
     },
     Subscribe(NewSub),
     Online {
@@ -458,8 +458,8 @@ fn refuse_with(cmd: Command, error: impl Fn() -> Error) {
         Command::Markers { reply, .. } => send(reply, Err(error())),
         Command::LastSeq { reply, .. }
         | Command::MarkRead { reply, .. }
-        | Command::Unread { reply, .. }
         | Command::CreateRoom { reply, .. } => send(reply, Err(error())),
+        Command::Unread { reply, .. } => send(reply, Err(error())),
         Command::OpenDm { reply, .. } => send(reply, Err(error())),
         Command::Stats { reply } => send(reply, Err(error())),
         Command::Shutdown { reply } => send(reply, Ok(())),

@@ -66,7 +66,8 @@ pub(crate) use links::{links, FromPeers, Links};
 pub(crate) use mesh::Peer;
 pub(crate) use own_reads::OWN_READS_FLUSH;
 pub use types::{
-    Attachment, HistoryPage, PostAck, Quote, ReplyTo, StoredMessage, ThreadPage, QUOTE_BYTES_MAX,
+    Attachment, HistoryPage, PostAck, Quote, ReadState, ReplyTo, StoredMessage, ThreadPage,
+    QUOTE_BYTES_MAX,
 };
 pub(crate) use types::{Common, NewSub, Reply};
 

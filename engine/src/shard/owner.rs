@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap as HashMap;
 use super::mesh::PageOutcome;
 use super::room::{Sequencer, Tail};
 use super::types::{
-    Attachment, HistoryPage, PostAck, Quote, Reply, ReplyTo, StoredMessage, ThreadPage,
+    Attachment, HistoryPage, PostAck, Quote, ReadState, Reply, ReplyTo, StoredMessage, ThreadPage,
     QUOTE_BYTES_MAX,
 };
 use super::{now_ms, send, Shard};
@@ -797,15 +797,15 @@ impl Shard {
         .detach();
     }
 
-    /// Owner side: the room's last seq minus the user's receipt (two
-    /// point reads).
-    pub(super) fn unread(&self, room: u64, user: u64) -> Result<u64> {
-        let last = self.store.last_seq(room);
+    /// Owner side: the room's last seq and the user's receipt (two point
+    /// reads).
+    pub(super) fn unread(&self, room: u64, user: u64) -> Result<ReadState> {
+        let last_seq = self.store.last_seq(room);
         let read = self
             .meta
             .read_seq(room, user)?
             .max(self.own_read(room, user));
-        Ok(last.saturating_sub(read))
+        Ok(ReadState { last_seq, read })
     }
 }
 

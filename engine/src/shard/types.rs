@@ -26,6 +26,23 @@ pub struct PostAck {
     pub duplicate: bool,
 }
 
+/// Where a user stands in a room: the room's last seq and how far the user
+/// has read (their receipt, or their own latest post if later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadState {
+    /// The room's last seq, as its owner has it.
+    pub last_seq: u64,
+    /// The user's read marker.
+    pub read: u64,
+}
+
+impl ReadState {
+    /// Messages after the marker.
+    pub fn unread(&self) -> u64 {
+        self.last_seq.saturating_sub(self.read)
+    }
+}
+
 /// A message as history returns it (owned: it crosses threads).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {

@@ -170,7 +170,8 @@ pub(crate) async fn receipts(req: &Request, shared: &Shared, raw: &str) -> ApiRe
 
 /// `GET /api/me/unread`: unread counts of the rooms the user is a member
 /// of, each from its room's owner (the owner's last seq is current; the
-/// copy in `meta.redb` trails it by the index's lag).
+/// copy in `meta.redb` trails it by the index's lag), with the user's read
+/// marker and that last seq (a client opens a room at `read + 1`).
 pub(crate) async fn unread(req: &Request, shared: &Shared) -> ApiResult {
     let uid = user(req, shared).await?;
     let m = directory(shared);
@@ -181,7 +182,13 @@ pub(crate) async fn unread(req: &Request, shared: &Shared) -> ApiResult {
         .collect();
     let mut out = Vec::with_capacity(rooms.len());
     for (room, p) in rooms.into_iter().zip(pending) {
-        out.push(json!({"room": room, "unread": p.await?}));
+        let s = p.await?;
+        out.push(json!({
+            "room": room,
+            "unread": s.unread(),
+            "read": s.read,
+            "last_seq": s.last_seq,
+        }));
     }
     Ok(Response::json(200, &json!({ "rooms": out })))
 }
