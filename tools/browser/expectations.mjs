@@ -219,8 +219,9 @@ const serverUnread = (page, room) =>
 // unread message, is marked read only as it is shown, and there are ways
 // to the first unread and to the latest.
 async function backlog(browser, base, { plaza, names, d, artifacts, shot, watched }) {
-  console.log("a backlog of 450 unread messages");
-  const BACKLOG = 450;
+  // More than two history pages (500 each in this test).
+  const BACKLOG = 1_100;
+  console.log(`a backlog of ${BACKLOG} unread messages`);
   const ctx = await browser.newContext({ viewport: DESKTOP, colorScheme: "light" });
   const c = await ctx.newPage();
   watched.push(["carol-backlog", c]);
@@ -260,7 +261,7 @@ async function backlog(browser, base, { plaza, names, d, artifacts, shot, watche
   await audit(c, "a backlog opened at its first unread, desktop, light", artifacts);
   await c.focus("#messages");
   await c.keyboard.press("End");
-  await c.waitForFunction(() => document.activeElement.querySelector?.(".body")?.textContent === "backlog 450", null, {
+  await c.waitForFunction((last) => document.activeElement.querySelector?.(".body")?.textContent === last, `backlog ${BACKLOG}`, {
     timeout: WAIT_MS,
   });
   const atBottom = await c.evaluate(() => {
