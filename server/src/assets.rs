@@ -39,6 +39,7 @@ static ASSETS: &[Asset] = &[
     asset!("/", "index.html", HTML),
     asset!("/app.js", "app.js", JS),
     asset!("/vlist.js", "vlist.js", JS),
+    asset!("/markdown.js", "markdown.js", JS),
     asset!("/client.js", "client.js", JS),
     asset!("/style.css", "style.css", CSS),
     asset!("/dashboard", "dashboard.html", HTML),

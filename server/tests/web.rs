@@ -66,7 +66,7 @@ fn the_pages_and_every_file_they_load_are_served() {
         header(&app, "content-type"),
         Some("text/javascript; charset=utf-8")
     );
-    for module in ["/client.js", "/vlist.js"] {
+    for module in ["/client.js", "/vlist.js", "/markdown.js"] {
         assert!(body(&app).contains(&format!(".{module}\"")), "{module}");
         assert_eq!(status(&get(p, module, "")), 200);
     }

@@ -12,6 +12,7 @@
 
 import { api, ApiError, Session, upload, blobUrl } from "./client.js";
 import { VirtualList } from "./vlist.js";
+import { render as markdown, mentions } from "./markdown.js";
 
 const TYPING_SHOW_MS = 4000;
 const TYPING_SEND_EVERY_MS = 2500;
@@ -198,6 +199,7 @@ async function start(auth) {
     track(u.room, { client_id: u.client_id, acked: u.acked }, u.body || "", u.reply_to || null);
   }
   await loadRooms().catch((e) => notice(e.message));
+  offerNotifications();
   const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("room"));
   const first = state.rooms.get(wanted) || [...state.rooms.values()].find((r) => r.member);
   if (first) openRoom(first.id);
@@ -424,6 +426,9 @@ function renderRooms() {
     (r.dm ? dms : r.member ? mine : others).append(li);
   }
   $("#other-rooms-title").hidden = others.children.length === 0;
+  // The tab says how much is unread, whichever room is open.
+  const unread = [...state.rooms.values()].reduce((n, r) => n + (r.member ? r.unread : 0), 0);
+  document.title = unread > 0 ? `(${unread > 999 ? "999+" : unread}) Rookery` : "Rookery";
   // Drawn anew: a keyboard user keeps their place.
   if (focused) document.querySelector(`.room-link[data-room="${focused}"]`)?.focus();
 }
@@ -944,10 +949,9 @@ function renderRow(i) {
           m.edited && !m.deleted ? el("span", { class: "edited", text: " (edited)" }) : "",
         ),
     quoteOf(v, m),
-    m.deleted || m.body === null
-      ? el("div", { class: "body deleted", text: "message deleted" })
-      : el("div", { class: "body", text: m.body }),
+    bodyOf(m),
   );
+  if (m.body && mentions(m.body, state.auth.name)) row.classList.add("mentions-me");
   // A grouped message has no name line: "(edited)" goes under its text.
   if (grouped && m.edited && !m.deleted) row.querySelector(".body").after(el("div", { class: "edited", text: "(edited)" }));
   const said = m.deleted || m.body === null ? "message deleted" : firstLine(m.body).slice(0, 80);
@@ -1007,6 +1011,12 @@ function renderRow(i) {
   if (actions.childElementCount) row.append(actions);
   for (const b of row.querySelectorAll("button")) b.tabIndex = -1;
   return row;
+}
+
+// A message's text, its Markdown subset drawn (no HTML is ever parsed).
+function bodyOf(m) {
+  if (m.deleted || m.body === null) return el("div", { class: "body deleted", text: "message deleted" });
+  return el("div", { class: "body" }, ...markdown(m.body, state.auth.name).nodes);
 }
 
 // A message's row and the next one (whose grouping and day line depend on
@@ -1258,6 +1268,7 @@ function onMessage(f) {
       roomsLater();
     }
   }
+  if (!mine) notify(f);
   // Posting counts as reading: no receipt is sent for it.
   moveMarker(view(f.room), f.from, f.seq);
   const v = state.views.get(f.room);
@@ -1313,6 +1324,34 @@ function onMessage(f) {
     if (hadTyping) renderTyping(v);
     markRead();
   }
+}
+
+// A desktop notification for a message that mentions us or comes in a
+// direct message, when we are not looking at its room (the tab hidden, or
+// another room open). Only with the permission asked for in the sidebar.
+function notify(f) {
+  if (!("Notification" in window) || Notification.permission !== "granted" || !f.body) return;
+  const r = state.rooms.get(f.room);
+  if (!r || (!r.dm && !mentions(f.body, state.auth.name))) return;
+  if (document.visibilityState === "visible" && f.room === state.current) return;
+  const who = nameOf(view(f.room), f.from);
+  const n = new Notification(r.dm ? who : `${who} in ${title(r)}`, { body: firstLine(f.body), tag: `rookery-${f.room}` });
+  n.onclick = () => {
+    window.focus();
+    openRoom(f.room);
+    n.close();
+  };
+}
+
+// The sidebar's offer to turn notifications on (asked on a click, as
+// browsers require), shown until answered.
+function offerNotifications() {
+  const b = $("#notify-on");
+  b.hidden = !("Notification" in window) || Notification.permission !== "default";
+  b.onclick = async () => {
+    await Notification.requestPermission();
+    b.hidden = true;
+  };
 }
 
 function renderOnline(v) {
@@ -1556,9 +1595,7 @@ function renderThread() {
         el("time", { text: clock(m.ts), title: fullDate(m.ts), dateTime: new Date(m.ts).toISOString() }),
       ),
       m.reply_to && m.reply_to !== t.first.seq ? quoteOf(v, m) : "",
-      m.body === null
-        ? el("div", { class: "body deleted", text: "message deleted" })
-        : el("div", { class: "body", text: m.body }),
+      bodyOf(m),
     );
   const replies = [...t.msgs.values()].sort((a, b) => a.seq - b.seq);
   // The thread's own count (the panel loads at most a few pages), and

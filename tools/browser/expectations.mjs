@@ -55,6 +55,7 @@ export async function expectations(browser, base, artifacts, watched) {
   await p.goto("about:blank");
   await backlog(browser, base, { plaza, names, d, artifacts, shot, watched });
   await reading(browser, base, { plaza, names, d, artifacts, shot, watched });
+  await formatting(browser, base, { plaza, names, d, artifacts, shot, watched });
   await offlineOnPhone(p, base, { names, artifacts, shot, plaza });
   await everyScheme(browser, base, { plaza, names, artifacts, shot });
   await phone.close();
@@ -406,6 +407,79 @@ async function reading(browser, base, { plaza, names, d, artifacts, shot, watche
   await ctx.close();
 }
 
+// Defect 7: a safe Markdown subset, links, @mentions that notify, and
+// the unread count in the tab's title.
+async function formatting(browser, base, { plaza, names, d, artifacts, shot, watched }) {
+  console.log("formatting, mentions and notifications");
+  const ctx = await browser.newContext({ viewport: DESKTOP, colorScheme: "light" });
+  await ctx.grantPermissions(["notifications"], { origin: base });
+  // Notifications shown are recorded (headless Chromium shows none).
+  await ctx.addInitScript(() => {
+    window.shownNotes = [];
+    const Shown = window.Notification;
+    window.Notification = class extends Shown {
+      constructor(title, options) {
+        super(title, options);
+        window.shownNotes.push(title);
+      }
+    };
+  });
+  const c = await ctx.newPage();
+  watched.push(["carol-formatting", c]);
+  await signIn(c, base, names.carol);
+  await c.goto(`${base}/`);
+  await c.waitForSelector('#conn[data-state="online"]', { state: "attached", timeout: WAIT_MS });
+  await c.fill("#new-room input[name=name]", "quiet_" + Date.now().toString(36).slice(-5));
+  await c.click("#new-room button");
+  await c.waitForSelector("#composer:not([hidden])", { timeout: WAIT_MS });
+  check(await c.isHidden("#notify-on"), "with notifications allowed, the sidebar does not ask again");
+  const body = [
+    `**bold** and _slanted_ and \`code\` at https://example.com/a?b=1, for @${names.carol}.`,
+    "<img src=x onerror=\"window.injected=1\"> <script>window.injected=2</script>",
+    "```",
+    "let x = 1 < 2;",
+    "```",
+  ].join("\n");
+  await d.evaluate(
+    ({ room, body }) => window.rookery.state.session.send(room, body).acked,
+    { room: plaza, body },
+  );
+  await c.waitForFunction(() => document.title.startsWith("(1)"), null, { timeout: WAIT_MS });
+  check(true, `another room's message shows in the tab's title (${await c.title()})`);
+  await c.waitForFunction(() => window.shownNotes.length > 0, null, { timeout: WAIT_MS });
+  const note = await c.evaluate(() => window.shownNotes[0]);
+  check(note.includes(names.dave) && note.includes("plaza"), `a mention in another room notifies (${note})`);
+  await c.keyboard.press("Control+k");
+  await c.keyboard.type("plaza");
+  await c.keyboard.press("Enter");
+  await c.waitForSelector("#messages .msg.mentions-me", { timeout: WAIT_MS });
+  const shown = await c.$eval("#messages .msg.mentions-me .body", (b) => ({
+    strong: b.querySelector("strong")?.textContent,
+    em: b.querySelector("em")?.textContent,
+    code: b.querySelector(":scope > code")?.textContent,
+    href: b.querySelector("a")?.getAttribute("href"),
+    rel: b.querySelector("a")?.rel,
+    mention: b.querySelector(".mention.me")?.textContent,
+    pre: b.querySelector("pre code")?.textContent,
+    elements: [...b.querySelectorAll("*")].map((e) => e.tagName.toLowerCase()),
+    text: b.textContent,
+  }));
+  check(shown.strong === "bold" && shown.em === "slanted" && shown.code === "code", "bold, italic and inline code are drawn");
+  check(shown.href === "https://example.com/a?b=1" && shown.rel.includes("noopener"), `a URL is a safe link, without the sentence's comma (${shown.href})`);
+  check(shown.mention === "@" + names.carol, "a mention of the reader is marked");
+  check(shown.pre === "let x = 1 < 2;", "a fenced block is code, as written");
+  check(
+    !shown.elements.includes("img") && !shown.elements.includes("script") && shown.text.includes("<img src=x"),
+    `HTML in a message is text (${shown.elements.join(",")})`,
+  );
+  check((await c.evaluate(() => window.injected)) === undefined, "nothing in it ran");
+  await c.waitForFunction(() => document.title === "Rookery", null, { timeout: WAIT_MS });
+  check(true, "read, the title has no count");
+  await shot(c, "formatting.png");
+  await audit(c, "formatted messages, desktop, light", artifacts);
+  await ctx.close();
+}
+
 // Defect 5: on a phone the room view says when the connection is down,
 // and presence is unknown rather than stale.
 async function offlineOnPhone(p, base, { names, artifacts, shot, plaza }) {
@@ -456,6 +530,7 @@ async function everyScheme(browser, base, { plaza, names, artifacts, shot }) {
       await shot(page, `room-${size}-${colorScheme}.png`);
       if (size === "phone") {
         await page.click("#back");
+        check(await page.isVisible("#notify-on"), `the room list offers notifications (${label})`);
         await audit(page, `the room list, ${label}`, artifacts);
       }
       await ctx.setOffline(true);
