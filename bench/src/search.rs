@@ -179,8 +179,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
 
     let rows = queries(&search, &a, &words)?;
-    let index_bytes = dir_bytes(&dir.join("search"));
-    let log_bytes = dir_bytes(&dir) - index_bytes;
+    let index_bytes = rookery_storage::dir_bytes(&dir.join("search"));
+    let log_bytes = rookery_storage::dir_bytes(&dir) - index_bytes;
     search.stop();
     engine.shutdown()?;
     let report = json!({"messages": a.messages, "rooms": a.rooms, "vocabulary": a.vocabulary,
@@ -343,20 +343,6 @@ fn queries(search: &Search, a: &Args, words: &[String]) -> anyhow::Result<Vec<se
         );
     }
     Ok(rows)
-}
-
-/// Bytes of the files under `dir`.
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            _ => e.metadata().map_or(0, |m| m.len()),
-        })
-        .sum()
 }
 
 #[cfg(test)]

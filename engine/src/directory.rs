@@ -52,6 +52,11 @@ impl Directory {
         Ok(self.meta.user(id)?)
     }
 
+    /// How many users and rooms the directory holds (on this node).
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        Ok(self.meta.counts()?)
+    }
+
     /// The registered user called `name` (in any case).
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>> {
         Ok(self.meta.user_by_name(name)?)

@@ -65,9 +65,10 @@ pub use reply::Pending;
 pub use rookery_storage::backup;
 pub use rookery_storage::meta::{NAME_BYTES_MAX, SERVER_USER};
 pub use rookery_storage::{
-    ArchivedFileRef, ArchivedRecord, Cursor, Doorbell, Durability, FeedRead, IdFilter, LogFeed,
-    LogFeeds, Order, Pos, Replicated, Retention, RetentionReport, ShardStats, StorageConfig,
-    FILES_PER_MESSAGE_MAX, INTERNAL_READER_PREFIX, QUIET_LOG_DIRECTIVE, SYNC_BATCH_BOUNDS,
+    dir_bytes, ArchivedFileRef, ArchivedRecord, Cursor, Doorbell, Durability, FeedRead, IdFilter,
+    LogFeed, LogFeeds, Order, Pos, Replicated, Retention, RetentionReport, ShardStats,
+    StorageConfig, FILES_PER_MESSAGE_MAX, INTERNAL_READER_PREFIX, QUIET_LOG_DIRECTIVE,
+    SYNC_BATCH_BOUNDS,
 };
 pub use rules::{decide, role_word, MemberOp, Membership};
 pub use search::{

@@ -246,6 +246,11 @@ pub struct Config {
         default_value_t = 10
     )]
     pub login_failures_per_account_per_min: u32,
+    /// Who may read the dashboard's stats feed (`/api/stats`): `open`, or
+    /// `key` for holders of a server API key with the `stats` scope
+    /// (needs `--api-keys-file`). `/metrics` is not affected.
+    #[arg(long, env = "ROOKERY_DASHBOARD_ACCESS", value_enum, default_value_t = DashboardAccess::Open)]
+    pub dashboard_access: DashboardAccess,
     /// Characters (Unicode scalar values) a new password has at least, at
     /// registration and on a change; a shorter one gets 400 `bad_request`
     /// saying so. Logins are not checked: an older, shorter password still
@@ -412,6 +417,16 @@ const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 /// A minimum longer than this would refuse passphrases people use.
 const PASSWORD_LEN_MIN_MAX: usize = 1024;
 
+/// Who may see the dashboard's figures (`--dashboard-access`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DashboardAccess {
+    /// Anyone who reaches the server.
+    Open,
+    /// Holders of a server API key with the `stats` scope: `/api/stats`
+    /// answers 401 without one (the dashboard asks for it).
+    Key,
+}
+
 /// Who may register an account (`--registration`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Registration {
@@ -466,6 +481,11 @@ impl Config {
             self.password_hash_queue_max as u64,
             "password-hash-queue-max",
         )?;
+        if self.dashboard_access == DashboardAccess::Key && self.api_keys_file.is_none() {
+            return Err(
+                "--dashboard-access key needs --api-keys-file (a key with the stats scope)".into(),
+            );
+        }
         if !(1..=PASSWORD_LEN_MIN_MAX).contains(&self.password_len_min) {
             return Err(format!(
                 "--password-len-min must be 1..={PASSWORD_LEN_MIN_MAX}"
@@ -795,6 +815,7 @@ mod tests {
             ),
             (&["--list-page-len-max", "0"][..], "--list-page-len-max"),
             (&["--password-len-min", "0"][..], "--password-len-min"),
+            (&["--dashboard-access", "key"][..], "--dashboard-access"),
             (&["--password-len-min", "1025"][..], "--password-len-min"),
             (&["--node-id", "1"][..], "--nats"),
             (&["--nats", "nats://127.0.0.1:4222"][..], "--node-id"),

@@ -45,16 +45,19 @@ pub enum Scope {
     Read = 16,
     /// Take online backups of the data directory (`--backup-dir`).
     Backup = 32,
+    /// Read the dashboard's stats feed (with `--dashboard-access key`).
+    Stats = 64,
 }
 
 impl Scope {
-    const ALL: [Scope; 6] = [
+    const ALL: [Scope; 7] = [
         Scope::Publish,
         Scope::Rooms,
         Scope::Members,
         Scope::Users,
         Scope::Read,
         Scope::Backup,
+        Scope::Stats,
     ];
 
     /// Its name in the keys file and in errors.
@@ -66,6 +69,7 @@ impl Scope {
             Scope::Users => "users",
             Scope::Read => "read",
             Scope::Backup => "backup",
+            Scope::Stats => "stats",
         }
     }
 

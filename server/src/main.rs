@@ -348,6 +348,7 @@ fn run(cfg: Config, reloadable: Reloadable, backups: Arc<backups::Backups>) -> a
         sampler,
         Duration::from_millis(cfg.stats_interval_ms),
         stopping.clone(),
+        cfg.data_dir.clone(),
     ) {
         let _ = engine.shutdown();
         return Err(anyhow::Error::new(e).context("starting the stats thread"));

@@ -44,6 +44,9 @@ pub struct ShardHttp {
     /// Connections closed because their socket took nothing of what they
     /// were owed for --conn-write-timeout-ms.
     pub write_timeouts: AtomicU64,
+    /// WebSocket connections opened (upgrades taken): their rate is the
+    /// dashboard's reconnect churn.
+    pub ws_opened: AtomicU64,
     /// WebSocket connections that moved here, to the shard that owns
     /// their first room (`ws/moving.rs`).
     pub ws_moves: AtomicU64,
@@ -71,6 +74,24 @@ impl ShardHttp {
             let h = d.entry(route).or_insert_with(micros_histogram);
             let _ = h.record(took.as_micros().max(1) as u64);
         }
+    }
+
+    /// Adds this shard's close frames sent, by code, into `into`.
+    pub(crate) fn add_closes_into(&self, into: &mut HashMap<u16, u64>) {
+        if let Ok(c) = self.closes.lock() {
+            for (code, n) in c.iter() {
+                *into.entry(*code).or_default() += n;
+            }
+        }
+    }
+
+    /// Requests answered so far, and those answered with a 5xx status.
+    pub(crate) fn answered_and_5xx(&self) -> (u64, u64) {
+        self.requests.lock().map_or((0, 0), |r| {
+            r.iter().fold((0, 0), |(all, bad), (&(_, status), &n)| {
+                (all + n, bad + if status >= 500 { n } else { 0 })
+            })
+        })
     }
 
     /// Counts one close frame sent.
@@ -674,6 +695,14 @@ pub fn render(m: &Metrics, shared: &crate::shared::Shared) -> Result<String, std
         "Connections closed because their socket took nothing for --conn-write-timeout-ms",
         http.iter()
             .map(|h| h.write_timeouts.load(Ordering::Relaxed))
+            .sum(),
+    );
+    counter(
+        &mut r,
+        "ws_opened",
+        "WebSocket connections opened (upgrades taken)",
+        http.iter()
+            .map(|h| h.ws_opened.load(Ordering::Relaxed))
             .sum(),
     );
     counter(

@@ -51,6 +51,12 @@ pub struct Reading {
     pub rss_bytes: u64,
     /// Errors sent to clients so far, by code.
     pub errors: HashMap<&'static str, u64>,
+    /// WebSocket connections opened so far, and close frames sent, by code.
+    pub ws_opened: u64,
+    pub closes: HashMap<u16, u64>,
+    /// HTTP requests answered so far, and those answered 5xx.
+    pub answered: u64,
+    pub answered_5xx: u64,
     /// Post → queued for a WebSocket subscriber, µs, every shard merged.
     pub delivery_us: Histogram<u64>,
     /// Post accepted → durable, µs, every shard merged.
@@ -101,7 +107,32 @@ pub struct Sample {
     pub rss_bytes: u64,
     /// Errors sent to clients during the interval, by code (non-zero only).
     pub errors: BTreeMap<String, u64>,
+    /// WebSocket connections opened per second: with steady users, the
+    /// reconnect churn.
+    pub ws_opened_per_s: f64,
+    /// WebSocket close frames the server sent during the interval, by close
+    /// code (non-zero only): 1009 for a message over the limit, 4001 for a
+    /// session that ended, 1008 for a protocol breach, …
+    pub ws_closes: BTreeMap<String, u64>,
+    /// HTTP requests answered per second, and how many of the interval's
+    /// were answered with a 5xx status.
+    pub http_per_s: f64,
+    pub http_5xx: u64,
     pub shards: Vec<ShardSample>,
+}
+
+/// What the server holds, read by the stats thread now and then (the
+/// data directory's size takes a walk of it).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Totals {
+    /// Users and rooms in this node's directory.
+    pub users: u64,
+    pub rooms: u64,
+    /// Messages posted since the server started.
+    pub messages_since_start: u64,
+    /// Bytes of files under `--data-dir`, and free on its filesystem.
+    pub data_bytes: u64,
+    pub disk_free_bytes: u64,
 }
 
 /// Turns readings into samples and keeps the last `samples_max`.
@@ -109,6 +140,9 @@ pub struct Sampler {
     samples_max: usize,
     last: Option<Reading>,
     samples: VecDeque<Sample>,
+    /// When the stats thread started, ms since the Unix epoch.
+    pub started_ms: u64,
+    pub totals: Totals,
 }
 
 impl Sampler {
@@ -118,6 +152,8 @@ impl Sampler {
             samples_max,
             last: None,
             samples: VecDeque::with_capacity(samples_max),
+            started_ms: 0,
+            totals: Totals::default(),
         }
     }
 
@@ -182,14 +218,8 @@ fn interval(before: &Reading, now: &Reading) -> Sample {
     let (commit_p50_ms, commit_p99_ms) = percentiles(&before.commit_us, &now.commit_us);
     let (hits, syncs) = (delta(|s| s.cache_hits), delta(|s| s.syncs));
     let lookups = delta(|s| s.cache_hits + s.cache_misses);
-    let errors = now
-        .errors
-        .iter()
-        .filter_map(|(code, &n)| {
-            let d = n.saturating_sub(before.errors.get(code).copied().unwrap_or(0));
-            (d > 0).then(|| (code.to_string(), d))
-        })
-        .collect();
+    let errors = grown(&before.errors, &now.errors);
+    let ws_closes = grown(&before.closes, &now.closes);
     let empty = ShardReading::default();
     let shards = now
         .shards
@@ -224,8 +254,26 @@ fn interval(before: &Reading, now: &Reading) -> Sample {
         lagging: sum(now, |s| s.lagging),
         rss_bytes: now.rss_bytes,
         errors,
+        ws_opened_per_s: rate(before.ws_opened, now.ws_opened, secs),
+        ws_closes,
+        http_per_s: rate(before.answered, now.answered, secs),
+        http_5xx: now.answered_5xx.saturating_sub(before.answered_5xx),
         shards,
     }
+}
+
+/// What each count by key grew by between two readings (non-zero only),
+/// keyed by its text.
+fn grown<K: std::fmt::Display + Eq + std::hash::Hash>(
+    before: &HashMap<K, u64>,
+    now: &HashMap<K, u64>,
+) -> BTreeMap<String, u64> {
+    now.iter()
+        .filter_map(|(key, &n)| {
+            let d = n.saturating_sub(before.get(key).copied().unwrap_or(0));
+            (d > 0).then(|| (key.to_string(), d))
+        })
+        .collect()
 }
 
 /// Reads the server's figures now (`at_ms` is the reading's time).
@@ -257,16 +305,27 @@ pub fn read(engine: &Engine, http: &[ShardHttp], at_ms: u64) -> rookery_engine::
         })
         .collect();
     let mut errors = HashMap::new();
+    let mut closes = HashMap::new();
     let mut delivery_us = micros_histogram();
+    let (mut ws_opened, mut answered, mut answered_5xx) = (0, 0, 0);
     for h in http {
         h.add_errors_into(&mut errors);
+        h.add_closes_into(&mut closes);
         h.add_delivery_into(&mut delivery_us);
+        ws_opened += h.ws_opened.load(Ordering::Relaxed);
+        let (all, bad) = h.answered_and_5xx();
+        answered += all;
+        answered_5xx += bad;
     }
     Ok(Reading {
         at_ms,
         shards,
         rss_bytes: crate::metrics::resident_bytes().max(0) as u64,
         errors,
+        ws_opened,
+        closes,
+        answered,
+        answered_5xx,
         delivery_us,
         commit_us,
     })
@@ -284,11 +343,16 @@ pub fn spawn(
     sampler: Arc<Mutex<Sampler>>,
     interval: Duration,
     stopping: Arc<AtomicBool>,
+    data_dir: std::path::PathBuf,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("rookery-stats".into())
         .spawn(move || {
             let (start, start_ms) = (Instant::now(), crate::auth::now_ms());
+            if let Ok(mut s) = sampler.lock() {
+                s.started_ms = start_ms;
+            }
+            let mut totals_at: Option<Instant> = None;
             // Short naps, so that a stop is seen quickly whatever the
             // interval.
             let nap = Duration::from_millis(100);
@@ -301,10 +365,27 @@ pub fn spawn(
                 }
                 next = next.max(now) + interval;
                 let at_ms = start_ms + start.elapsed().as_millis() as u64;
+                // The disk's figures now and then, the rest every time.
+                let due = totals_at.is_none_or(|t| t.elapsed() >= DISK_EVERY);
+                let disk =
+                    due.then(|| (rookery_engine::dir_bytes(&data_dir), free_bytes(&data_dir)));
+                if due {
+                    totals_at = Some(Instant::now());
+                }
+                let counts = engine.directory().counts().ok();
                 match read(&engine, &http, at_ms) {
                     Ok(r) => {
+                        let posted = r.shards.iter().map(|s| s.posts).sum();
                         if let Ok(mut s) = sampler.lock() {
                             s.record(r);
+                            let t = &mut s.totals;
+                            if let Some((data, free)) = disk {
+                                (t.data_bytes, t.disk_free_bytes) = (data, free);
+                            }
+                            if let Some((users, rooms)) = counts {
+                                (t.users, t.rooms) = (users, rooms);
+                            }
+                            t.messages_since_start = posted;
                         }
                     }
                     // The engine is stopping.
@@ -312,6 +393,25 @@ pub fn spawn(
                 }
             }
         })
+}
+
+/// How often the data directory is measured again: a walk of it is not
+/// free (the counts of users and rooms are, and are read every time).
+const DISK_EVERY: Duration = Duration::from_secs(30);
+
+/// Bytes free to unprivileged users on the filesystem of `dir`.
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `st` a valid,
+    // writable statvfs for the call to fill.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
 }
 
 #[cfg(test)]
@@ -324,6 +424,10 @@ mod tests {
             shards,
             rss_bytes: 1 << 20,
             errors: HashMap::new(),
+            ws_opened: 0,
+            closes: HashMap::new(),
+            answered: 0,
+            answered_5xx: 0,
             delivery_us: micros_histogram(),
             commit_us: micros_histogram(),
         }
@@ -421,6 +525,30 @@ mod tests {
         let want: BTreeMap<String, u64> =
             [("bad_json".to_string(), 1), ("rate_limited".to_string(), 2)].into();
         assert_eq!(x.errors, want);
+    }
+
+    #[test]
+    fn churn_close_codes_and_server_errors_are_interval_figures() {
+        let mut s = Sampler::new(10);
+        let mut a = reading(0, vec![shard(0, 0, 0)]);
+        a.ws_opened = 100;
+        a.closes.insert(1009, 3);
+        a.closes.insert(4001, 1);
+        a.answered = 1_000;
+        a.answered_5xx = 7;
+        let mut b = a.clone();
+        b.at_ms = 2_000;
+        b.ws_opened = 140;
+        b.closes.insert(1009, 41);
+        b.answered = 1_100;
+        b.answered_5xx = 9;
+        s.record(a);
+        s.record(b);
+        let x = &s.since(0)[0];
+        assert_eq!(x.ws_opened_per_s, 20.0, "40 opened in 2 s");
+        let want: BTreeMap<String, u64> = [("1009".to_string(), 38)].into();
+        assert_eq!(x.ws_closes, want, "only the interval's, non-zero");
+        assert_eq!((x.http_per_s, x.http_5xx), (50.0, 2));
     }
 
     #[test]

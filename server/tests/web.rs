@@ -165,12 +165,21 @@ fn the_stats_feed_reports_traffic_latency_and_errors() {
     // One error answered to a client.
     let (s, _) = call(p, "GET", "/api/rooms/nope", Some(&token), None);
     assert_eq!(s, 400);
+    // A WebSocket that sends a message over the limit: opened, and closed
+    // by the server with 1009.
+    let (mut ws, resp) = RawWs::connect(p, &format!("/ws?token={token}"), "");
+    assert_eq!(status(&resp), 101, "{resp}");
+    ws.write_frame(0x1, &vec![b'x'; 70_000], true, false);
+    assert_eq!(closed_with(&mut ws).0, 1009);
     let deadline = Instant::now() + Duration::from_secs(10);
     let (mut posted, mut commit, mut errors, mut cached) = (0.0, false, 0, 0);
+    let (mut opened, mut too_big, mut answered) = (0.0, 0, 0.0);
     // Each poll takes only the samples after the last one seen (as the
     // dashboard does), so every interval is counted once.
     let mut last_t = 0;
-    while Instant::now() < deadline && (posted < 9.5 || !commit || errors == 0) {
+    while Instant::now() < deadline
+        && (posted < 9.5 || !commit || errors == 0 || opened < 0.5 || too_big == 0)
+    {
         std::thread::sleep(Duration::from_millis(150));
         let v = feed(p, last_t);
         assert_eq!(v["interval_ms"], 100);
@@ -191,8 +200,36 @@ fn the_stats_feed_reports_traffic_latency_and_errors() {
                 .sum();
             commit |= s["commit_p99_ms"].as_f64().is_some_and(|ms| ms > 0.0);
             errors += s["errors"]["bad_request"].as_u64().unwrap_or(0);
+            opened += s["ws_opened_per_s"].as_f64().unwrap() * ms as f64 / 1000.0;
+            too_big += s["ws_closes"]["1009"].as_u64().unwrap_or(0);
+            answered += s["http_per_s"].as_f64().unwrap() * ms as f64 / 1000.0;
+            assert_eq!(s["http_5xx"], 0, "nothing failed");
         }
     }
+    assert!(
+        (0.5..1.5).contains(&opened),
+        "one WebSocket opened: {opened}"
+    );
+    assert_eq!(too_big, 1, "its 1009 close is counted once");
+    assert!(answered >= 10.0, "the posts were answered: {answered}");
+    // What the server is and holds, beside the samples.
+    let v = feed(p, 0);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let started = v["started_ms"].as_u64().unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(started > 0 && started <= now_ms, "{v}");
+    let totals = &v["totals"];
+    assert_eq!(
+        (totals["users"].as_u64(), totals["rooms"].as_u64()),
+        (Some(1), Some(1)),
+        "{totals}"
+    );
+    assert_eq!(totals["messages_since_start"], 10, "{totals}");
+    assert!(totals["data_bytes"].as_u64().unwrap() > 0, "{totals}");
+    assert!(totals["disk_free_bytes"].as_u64().unwrap() > 0, "{totals}");
     // Rates are rounded to 0.01/s, so the sum is 10 to within rounding.
     assert!(
         (9.5..10.5).contains(&posted),
@@ -212,4 +249,48 @@ fn the_stats_feed_reports_traffic_latency_and_errors() {
     assert!(newer.iter().all(|s| s["t"].as_u64().unwrap() > last));
     let (s, v) = call(p, "GET", "/api/stats?after=yesterday", None, None);
     assert_eq!((s, v["error"]["code"].as_str()), (400, Some("bad_request")));
+}
+
+/// With `--dashboard-access key` the feed takes a server API key with the
+/// `stats` scope: 401 without one, 403 with a key lacking the scope.
+#[test]
+fn the_dashboard_can_require_an_api_key() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let entry = |name: &str, key: &str, scope: &str| {
+        let hash: String = Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("[[key]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nscopes = [\"{scope}\"]\n")
+    };
+    let (watch, read) = (
+        format!("rk_{}", "7".repeat(64)),
+        format!("rk_{}", "8".repeat(64)),
+    );
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        entry("watch", &watch, "stats") + &entry("reader", &read, "read"),
+    )
+    .unwrap();
+    let server = start(&[
+        "--api-keys-file",
+        keys.to_str().unwrap(),
+        "--dashboard-access",
+        "key",
+    ]);
+    let p = server.port;
+    let (s, v) = call(p, "GET", "/api/stats", None, None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (s, v) = call(p, "GET", "/api/stats", Some(&read), None);
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")));
+    let (s, v) = call(p, "GET", "/api/stats", Some(&watch), None);
+    assert_eq!(s, 200, "{v}");
+    assert!(v["samples"].is_array());
+    // The page itself is served to anyone: it asks for the key.
+    assert_eq!(status(&get(p, "/dashboard", "")), 200);
 }

@@ -150,3 +150,19 @@ pub fn shard_of(room: u64, shards: u32) -> u32 {
     z ^= z >> 31;
     (z % shards as u64) as u32
 }
+
+/// Bytes of the files under `dir`, recursively (symlinks not followed;
+/// what cannot be read counts 0): what a data directory takes on disk.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}

@@ -16,14 +16,11 @@
 // artifacts folder. Every wait is
 // bounded; the first failed check ends the run with exit code 1.
 
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
-import { audit, check, counted, sendText, signUp, texts, waitText, WAIT_MS } from "./lib.mjs";
+import { audit, check, counted, sendText, signUp, startRookery, texts, waitText, WAIT_MS } from "./lib.mjs";
 import { expectations } from "./expectations.mjs";
 
 const ARCHIVE_MESSAGES = Number(process.env.ARCHIVE_MESSAGES || 100_000);
@@ -42,48 +39,22 @@ const artifacts = resolve(args.artifacts || "target/browser-artifacts");
 const chromiumPath = args.chromium || process.env.CHROMIUM || "/usr/bin/chromium";
 mkdirSync(artifacts, { recursive: true });
 
-async function freePort() {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.on("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
-}
-
+// A fresh rookery for the test; a key with the "rooms" scope deletes a room
+// through the server API.
 async function startServer() {
-  const port = await freePort();
-  const dataDir = mkdtempSync(join(tmpdir(), "rookery-browser-"));
-  const keys = join(dataDir, "keys.toml");
   const sha = createHash("sha256").update(API_KEY).digest("hex");
-  writeFileSync(keys, `[[key]]\nname = "browser-test"\nsha256 = "${sha}"\nscopes = ["rooms"]\n`);
-  const proc = spawn(
+  return startRookery(
     bin,
     [
-      "--listen", `127.0.0.1:${port}`,
-      "--data-dir", dataDir,
       // The archive room is seeded at full speed by one user.
       "--sends-per-user-per-s", "1000000",
       "--sends-per-user-burst", "1000000",
       "--stats-interval-ms", "500",
       // Pages of 500: the archive's walk reads 200 pages, not 500.
       "--history-page-len-max", "500",
-      "--api-keys-file", keys,
     ],
-    { stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" } },
+    `[[key]]\nname = "browser-test"\nsha256 = "${sha}"\nscopes = ["rooms"]\n`,
   );
-  const base = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    try {
-      if ((await fetch(base + "/readyz")).ok) break;
-    } catch (_) {}
-    if (Date.now() > deadline || proc.exitCode !== null) throw new Error("rookery did not start");
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { base, proc, dataDir };
 }
 
 // The whole room as the client holds it: [seq, body] in seq order.
@@ -165,7 +136,7 @@ async function run(browser, base) {
     // BROWSER_STEPS=expectations runs only the issue-19 steps (quicker
     // while working on the client); CI runs everything.
     if (process.env.BROWSER_STEPS !== "expectations") await steps(browser, base);
-    await expectations(browser, base, artifacts, watched);
+    await expectations(browser, base, artifacts, watched, bin);
   } catch (e) {
     await describe();
     throw e;

@@ -3,7 +3,9 @@
 // light and dark, each page and state audited by axe-core.
 
 import { join } from "node:path";
-import { audit, check, password, sendText, signUp, waitText, WAIT_MS } from "./lib.mjs";
+import { createHash } from "node:crypto";
+import { rmSync } from "node:fs";
+import { audit, check, password, sendText, signUp, startRookery, waitText, WAIT_MS } from "./lib.mjs";
 
 const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 390, height: 844 };
@@ -11,7 +13,7 @@ const PHONE = { width: 390, height: 844 };
 // file does.
 const PASTE_BYTES = 70_000;
 
-export async function expectations(browser, base, artifacts, watched) {
+export async function expectations(browser, base, artifacts, watched, bin) {
   const suffix = Date.now().toString(36).slice(-5);
   const names = { carol: `carol_${suffix}`, dave: `dave_${suffix}` };
   const shot = (page, name) => page.screenshot({ path: join(artifacts, name) });
@@ -58,6 +60,7 @@ export async function expectations(browser, base, artifacts, watched) {
   await formatting(browser, base, { plaza, names, d, artifacts, shot, watched });
   await offlineOnPhone(p, base, { names, artifacts, shot, plaza });
   await everyScheme(browser, base, { plaza, names, artifacts, shot });
+  await dashboardKey(browser, bin, { artifacts, shot });
   await phone.close();
   await desk.close();
 }
@@ -165,6 +168,25 @@ async function oversized(browser, base, { plaza, names, d, artifacts, shot, watc
   check(true, "later messages are not stuck behind the refused one");
   await shot(c, "oversized-failed.png");
   await audit(c, "a refused message, desktop, light", artifacts);
+  console.log("the dashboard shows what happened");
+  const dash = await ctx.newPage();
+  await dash.goto(base + "/dashboard");
+  await dash.waitForFunction(() => document.querySelector("#closes")?.textContent.includes("1009 message too big"), null, {
+    timeout: WAIT_MS,
+  });
+  check(true, "the server's 1009 closes show on the dashboard, by code");
+  const head = await dash.textContent("#status");
+  check(/^v\d+\.\d+\.\d+ · up \d/.test(head), `the dashboard says the version and uptime (${head})`);
+  const users = Number((await dash.textContent("#tile-users .value")).replace(/,/g, ""));
+  check(users >= 2, `it counts the users (${users})`);
+  check(/iB$/.test(await dash.textContent("#tile-disk .value")), "and the data on disk");
+  check((await dash.$$("#tiles .tile .axis")).length > 0, "its sparklines have a time axis");
+  const live = await dash.$$eval("[aria-live], [role=status], [role=alert]", (els) =>
+    els.filter((e) => !e.hidden && e.textContent.trim()).map((e) => e.id),
+  );
+  check(live.length === 0, `nothing is announced while the server is reachable (${live.join(",")})`);
+  await shot(dash, "dashboard-closes.png");
+  await dash.close();
   await c.click('#messages .msg.pending.failed button:has-text("Discard")');
   await c.waitForFunction(() => !document.querySelector("#messages .msg.pending"), null, { timeout: WAIT_MS });
   const kept = await c.evaluate(() => localStorage.getItem("rookery.outbox." + window.rookery.state.auth.user));
@@ -538,11 +560,51 @@ async function everyScheme(browser, base, { plaza, names, artifacts, shot }) {
       await audit(page, `offline, ${label}`, artifacts);
       await ctx.setOffline(false);
       await page.goto(base + "/dashboard");
-      await page.waitForSelector("#tile-connections .value", { timeout: WAIT_MS });
+      await page.waitForFunction(() => document.querySelector("#tile-connections .value").textContent !== "–", null, {
+        timeout: WAIT_MS,
+      });
+      const fits = await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
+      check(fits, `the dashboard fits the screen, its tables scrolling in their tiles (${label})`);
       await audit(page, `the dashboard, ${label}`, artifacts);
       await shot(page, `dashboard-${size}-${colorScheme}.png`);
       await ctx.close();
     }
+  }
+}
+
+// Defect 10: with --dashboard-access key the dashboard asks for a server
+// API key with the stats scope, says why one is refused, and shows the
+// figures once given one.
+async function dashboardKey(browser, bin, { artifacts, shot }) {
+  console.log("a dashboard that takes a key");
+  const [stats, other] = [`rk_${"a".repeat(64)}`, `rk_${"b".repeat(64)}`];
+  const entry = (name, key, scope) =>
+    `[[key]]\nname = "${name}"\nsha256 = "${createHash("sha256").update(key).digest("hex")}"\nscopes = ["${scope}"]\n`;
+  const server = await startRookery(bin, ["--dashboard-access", "key"], entry("watch", stats, "stats") + entry("news", other, "publish"));
+  try {
+    const ctx = await browser.newContext({ viewport: PHONE, colorScheme: "dark" });
+    const page = await ctx.newPage();
+    await page.goto(server.base + "/dashboard");
+    await page.waitForSelector("#key-form:not([hidden])", { timeout: WAIT_MS });
+    check(true, "without a key the dashboard asks for one");
+    await audit(page, "the dashboard's key form, phone, dark", artifacts);
+    await page.fill("#key-form input[name=key]", other);
+    await page.press("#key-form input[name=key]", "Enter");
+    await page.waitForFunction(() => document.querySelector("#key-form .error").textContent.includes("stats scope"), null, {
+      timeout: WAIT_MS,
+    });
+    check(true, "a key without the stats scope is refused, saying why");
+    await page.fill("#key-form input[name=key]", stats);
+    await page.press("#key-form input[name=key]", "Enter");
+    await page.waitForSelector("#key-form", { state: "hidden", timeout: WAIT_MS });
+    await page.waitForFunction(() => document.querySelector("#status").textContent.includes("up "), null, { timeout: WAIT_MS });
+    check(true, "with a stats key the figures show");
+    await shot(page, "dashboard-key-phone-dark.png");
+    await ctx.close();
+  } finally {
+    server.proc.kill("SIGTERM");
+    await new Promise((r) => server.proc.once("exit", r));
+    rmSync(server.dataDir, { recursive: true, force: true });
   }
 }
 

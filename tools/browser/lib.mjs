@@ -2,8 +2,11 @@
 // sending and waiting for a message, and the accessibility audit (axe-core
 // run in the page, WCAG 2.2 A and AA rules).
 
-import { readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 export const WAIT_MS = 15_000;
@@ -95,4 +98,39 @@ export async function audit(page, label, artifacts) {
     console.error(JSON.stringify(found, null, 2));
   }
   check(found.length === 0, `axe-core: no serious or critical WCAG 2.2 AA finding — ${label}`);
+}
+
+async function freePort() {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.on("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => ok(port));
+    });
+  });
+}
+
+// Starts `bin` on a free loopback port with a fresh data directory, `args`
+// and a keys file of `keysToml` (`--api-keys-file`); resolves once it is
+// ready: { base, proc, dataDir }.
+export async function startRookery(bin, args, keysToml) {
+  const port = await freePort();
+  const dataDir = mkdtempSync(join(tmpdir(), "rookery-browser-"));
+  const keys = join(dataDir, "keys.toml");
+  writeFileSync(keys, keysToml);
+  const proc = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--data-dir", dataDir, "--api-keys-file", keys, ...args], {
+    stdio: ["ignore", "inherit", "inherit"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
+  });
+  const base = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      if ((await fetch(base + "/readyz")).ok) break;
+    } catch (_) {}
+    if (Date.now() > deadline || proc.exitCode !== null) throw new Error("rookery did not start");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { base, proc, dataDir };
 }

@@ -145,6 +145,14 @@ fn identify(req: &Request, shared: &Shared) -> Result<Arc<Key>, ApiError> {
     })
 }
 
+/// A call outside the server API that takes a key with `scope` (the stats
+/// feed with `--dashboard-access key`): 401 without a known key, 403
+/// without the scope, 429 past the key's rate.
+pub(super) fn require_key(req: &Request, shared: &Shared, scope: Scope) -> Result<(), ApiError> {
+    let key = identify(req, shared)?;
+    admit(req, &key, scope)
+}
+
 /// Whether `key` may make the call: 403 without the scope, 429 past the
 /// key's rate (taken once, on the node the backend called).
 fn admit(req: &Request, key: &Key, scope: Scope) -> Result<(), ApiError> {

@@ -13,13 +13,21 @@ use crate::shared::Shared;
 /// `GET /api/stats?after=MS`: the dashboard's feed, every sample that
 /// ends after `after` (all kept samples without it), oldest first.
 pub(crate) fn stats(req: &Request, shared: &Shared) -> ApiResult {
+    if shared.cfg.dashboard_access == crate::config::DashboardAccess::Key {
+        super::backend::require_key(req, shared, crate::keys::Scope::Stats)?;
+    }
     let after = query_u64(req, "after")?.unwrap_or(0);
-    let samples = shared
-        .stats
-        .lock()
-        .map_err(|_| ApiError::Internal("stats feed poisoned".into()))?
-        .since(after);
+    let (samples, started_ms, totals) = {
+        let s = shared
+            .stats
+            .lock()
+            .map_err(|_| ApiError::Internal("stats feed poisoned".into()))?;
+        (s.since(after), s.started_ms, s.totals)
+    };
     let mut feed = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_ms": started_ms,
+        "totals": totals,
         "interval_ms": shared.cfg.stats_interval_ms,
         "samples_max": shared.cfg.stats_samples_max,
         "shards": shared.engine.shards(),

@@ -363,6 +363,9 @@ pub async fn run(accepted: Box<Accepted>, shared: Rc<Shared>) -> Option<Box<Hand
         .map(|_| shared.cfg.ws_deflate_min_bytes);
     let inflow = deflate.map(|n| Box::new(Inflow::new(n, frame_max)));
     let ctx = WebSocketContext::new(Role::Server, Some(ws_config(&shared)));
+    if let Some(h) = shared.my_http() {
+        h.ws_opened.fetch_add(1, Ordering::Relaxed);
+    }
     let mut c = Conn::new(shared, &conn, endpoint, ctx, deflate_min, inflow, auth_by);
     let refused = !c.take_input(&leftover);
     drop(leftover);

@@ -96,6 +96,13 @@ impl Meta {
         self.user_by_key(&external_key(subject))
     }
 
+    /// The users and rooms in this directory (O(1): redb keeps each
+    /// table's length).
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        use redb::ReadableTableMetadata;
+        self.read(|txn| Ok((txn.open_table(USERS)?.len()?, txn.open_table(ROOMS)?.len()?)))
+    }
+
     fn user_by_key(&self, key: &str) -> Result<Option<User>> {
         self.read(|txn| {
             let Some(id) = txn.open_table(USER_NAMES)?.get(key)?.map(|g| g.value()) else {

@@ -9,7 +9,9 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// Scopes a key may have (docs/operations.md tables them).
-const SCOPES: [&str; 6] = ["publish", "rooms", "members", "users", "read", "backup"];
+const SCOPES: [&str; 7] = [
+    "publish", "rooms", "members", "users", "read", "backup", "stats",
+];
 
 /// A fresh key and its keys-file entry.
 pub fn new_key(
