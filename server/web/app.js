@@ -658,20 +658,23 @@ async function openRoom(id) {
   const r = state.rooms.get(id);
   if (!r) return;
   if (state.thread && state.thread.room !== id) closeThread();
+  if (state.current !== id) closeMembers();
   stopReply();
-  if (!r.member) {
-    try {
-      await call("POST", `/api/rooms/${id}/join`);
-      r.member = true;
-      // Opening a direct-message request accepts it.
-      if (r.dm) r.dm.request = false;
-    } catch (e) {
-      notice(e.code === "banned" ? `You are banned from ${r.name}.` : e.message, e.code === "banned");
+  // Opening a direct-message request accepts it; a public room you are not
+  // in opens as a preview (its history, read over HTTP) with a Join button.
+  if (!r.member && r.dm && !(await joinRoom(r))) return;
+  if (!r.member && !r.dm) {
+    // A ban ends previews too: say so rather than show an empty room.
+    const standing = await call("GET", `/api/rooms/${id}`).catch(() => null);
+    r.banned = Boolean(standing?.banned);
+    if (r.banned) {
+      notice(`You are banned from ${r.name}.`, true);
+      $("#join-bar").hidden = true;
       return;
     }
   }
   notice("");
-  if (!state.session.joined(id)) state.session.join(id);
+  if (r.member && !state.session.joined(id)) state.session.join(id);
   if (state.editing !== null) {
     stopEdit();
     $("#composer").body.value = "";
@@ -693,9 +696,17 @@ async function openRoom(id) {
   state.list.reset(count(v));
   if (!v.loaded) {
     $("#composer").hidden = true; // until there is a history to send after
-    // Once removed mid-load, the `left` frame's notice says why; a refused
-    // request would only hide it.
-    await Promise.all([loadMembers(v), refreshTail(v), loadMarkers(v)]).catch((e) => r.member && notice(e.message));
+    const previewing = !r.member;
+    await Promise.all([loadMembers(v), refreshTail(v), loadMarkers(v)]).catch((e) => {
+      // Once removed mid-load, the `left` frame's notice says why; a
+      // refused request would only hide it.
+      if (r.member) notice(e.message);
+      else if (previewing && e.code === "banned") {
+        // A preview of a room you are banned from: nothing to read or join.
+        notice(`You are banned from ${r.name}.`, true);
+        r.banned = true;
+      } else if (previewing) notice(e.message);
+    });
     // Our own marker, as stored: receipts are sent only past it.
     v.readSent = Math.max(v.readSent, v.markers.get(state.auth.user) || 0);
     // A backlog longer than the newest page: its first unread message and
@@ -717,6 +728,9 @@ async function openRoom(id) {
     // A `left` frame (removed, banned) may have come while the history
     // loaded: the composer stays hidden then.
     $("#composer").hidden = !r.member;
+    $("#join-bar").hidden = r.member || r.private || Boolean(r.banned);
+    $("#join-text").textContent = `You are reading #${r.name} as a guest: join to write and to follow it live.`;
+    $("#members-open").hidden = !r.member || Boolean(r.dm);
     state.list.reset(count(v));
     // With unread messages, start at the first of them (the reader scrolls
     // down through the rest, which marks them read); else at the bottom.
@@ -727,6 +741,126 @@ async function openRoom(id) {
       $("#composer").body.focus();
     }
   }
+}
+
+// Joins `r` (a public room, or a direct message someone opened with us);
+// false, with the reason shown, when refused.
+async function joinRoom(r) {
+  try {
+    await call("POST", `/api/rooms/${r.id}/join`);
+    r.member = true;
+    if (r.dm) r.dm.request = false;
+    return true;
+  } catch (e) {
+    notice(e.code === "banned" ? `You are banned from ${r.name}.` : e.message, e.code === "banned");
+    return false;
+  }
+}
+
+// The preview's Join: a member from now on, followed live from the newest
+// message the preview read.
+async function joinShown() {
+  const r = state.rooms.get(state.current);
+  if (!r || r.member || !(await joinRoom(r))) return;
+  const v = view(r.id);
+  state.session.join(r.id, v.hi || null);
+  renderRooms();
+  $("#join-bar").hidden = true;
+  $("#composer").hidden = false;
+  $("#members-open").hidden = false;
+  loadMembers(v).catch(() => null);
+  $("#composer-body").focus();
+}
+
+// ---- members ---------------------------------------------------------------
+
+function closeMembers() {
+  $("#members").hidden = true;
+}
+
+// The open room's members with their roles; an admin or the owner acts on
+// those of lower rank (role, remove, ban) and lifts bans; anyone leaves.
+async function openMembers() {
+  closeThread();
+  const v = view(state.current);
+  $("#members").hidden = false;
+  $("#members-error").textContent = "";
+  try {
+    await loadMembers(v);
+    const mine = v.roles.get(state.auth.user);
+    v.bans = mine === "admin" || mine === "owner" ? await listAll(`/api/rooms/${v.room}/bans`, "bans", 4) : [];
+  } catch (e) {
+    $("#members-error").textContent = e.message;
+  }
+  renderMembers(v);
+  $("#members-close").focus();
+}
+
+const RANK = { owner: 3, admin: 2, member: 1 };
+
+function renderMembers(v) {
+  const mine = RANK[v.roles.get(state.auth.user)] || 0;
+  const act = (text, label, run) =>
+    el("button", { type: "button", class: "secondary", text, ariaLabel: label, onclick: () => memberAction(v, run) });
+  const rows = [...v.roles.entries()]
+    .sort((a, b) => (RANK[b[1]] || 0) - (RANK[a[1]] || 0) || nameOf(v, a[0]).localeCompare(nameOf(v, b[0])))
+    .map(([user, role]) => {
+      const name = nameOf(v, user);
+      const li = el(
+        "li",
+        { "data-user": user },
+        el("span", { class: "who", text: name + (user === state.auth.user ? " (you)" : "") }),
+        el("span", { class: "role", text: role }),
+      );
+      // Only on those of lower rank (the server refuses the rest anyway).
+      if (mine >= RANK.admin && (RANK[role] || 0) < mine) {
+        const path = `/api/rooms/${v.room}/members/${user}`;
+        if (role === "member") li.append(act("Make admin", `Make admin: ${name}`, () => call("PUT", path, { role: "admin" })));
+        if (role === "admin") li.append(act("Make member", `Make member: ${name}`, () => call("PUT", path, { role: "member" })));
+        li.append(act("Remove", `Remove: ${name}`, () => call("DELETE", path)));
+        li.append(act("Ban", `Ban: ${name}`, () => call("PUT", `/api/rooms/${v.room}/bans/${user}`)));
+      }
+      return li;
+    });
+  $("#member-list").replaceChildren(...rows);
+  const bans = (v.bans || []).map((b) => {
+    const name = nameOf(v, b.user);
+    return el(
+      "li",
+      { "data-user": b.user },
+      el("span", { class: "who", text: name }),
+      act("Unban", `Unban: ${name}`, () => call("DELETE", `/api/rooms/${v.room}/bans/${b.user}`)),
+    );
+  });
+  $("#ban-list").replaceChildren(...bans);
+  $("#bans-title").hidden = bans.length === 0;
+}
+
+// Runs one change of standing, then reads the members again.
+async function memberAction(v, run) {
+  $("#members-error").textContent = "";
+  try {
+    await run();
+  } catch (e) {
+    $("#members-error").textContent = e.message;
+  }
+  if (v.room === state.current && !$("#members").hidden) await openMembers();
+}
+
+// Leaves the open room (the owner hands ownership on first: the server
+// says so).
+async function leaveRoom() {
+  const r = state.rooms.get(state.current);
+  if (!r || !confirm(`Leave ${title(r)}?`)) return;
+  try {
+    await call("POST", `/api/rooms/${r.id}/leave`);
+  } catch (e) {
+    $("#members-error").textContent =
+      e.status === 409 ? "You own this room: make someone else its owner before you leave." : e.message;
+    return;
+  }
+  closeMembers();
+  // The `left` event (reason "left") updates the list and the view.
 }
 
 // Rows for the seqs lo..hi (the pending sends come after them).
@@ -1228,13 +1362,21 @@ function onEvent(f) {
       // Removed, banned, left (from another tab) or deleted: the room is no
       // longer ours; say why.
       const r = state.rooms.get(f.room);
-      if (r) r.member = false;
+      if (r) {
+        r.member = false;
+        r.banned = f.reason === "banned";
+      }
       // A private room, or any deleted one, leaves the list.
       if (r?.private || f.reason === "deleted") state.rooms.delete(f.room);
       renderRooms();
       if (f.room === state.current) {
         $("#composer").hidden = true;
         $("#invite").hidden = true;
+        $("#members-open").hidden = true;
+        closeMembers();
+        // A public room you left or were removed from can be read on, and
+        // joined again (a ban or a deletion ends that).
+        $("#join-bar").hidden = !((f.reason === "left" || f.reason === "removed") && r && !r.private);
         const why = {
           banned: "You were banned from this room.",
           removed: "You were removed from this room.",
@@ -1549,6 +1691,7 @@ function stopReply() {
 // Opens the side panel on the thread `seq` is in: its first message, then
 // its replies (a few pages at most), kept current by live events.
 async function openThread(room, seq) {
+  closeMembers();
   const panel = $("#thread");
   // `want`: the seq asked for, until the first page says which thread.
   const t = { room, want: seq, first: null, msgs: new Map() };
@@ -1686,6 +1829,7 @@ function markRead() {
     state.readTimer = null;
     const v = state.views.get(state.current);
     if (!v || !v.loaded || document.visibilityState !== "visible") return;
+    if (!state.rooms.get(v.room)?.member) return; // a preview marks nothing
     const seen = lastVisibleSeq(v);
     if (seen <= v.readSent) return;
     v.readSent = seen;
@@ -2109,6 +2253,10 @@ function wire() {
     invite(e.target);
   });
   $("#thread-close").onclick = closeThread;
+  $("#join").onclick = joinShown;
+  $("#members-open").onclick = () => ($("#members").hidden ? openMembers() : closeMembers());
+  $("#members-close").onclick = closeMembers;
+  $("#leave").onclick = leaveRoom;
   $("#jump-latest").onclick = jumpToLatest;
   // The skip link focuses the message box (not a jump to a fragment: the
   // hash holds the open room).

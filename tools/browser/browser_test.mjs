@@ -171,8 +171,11 @@ async function steps(browser, base) {
   check(room > 0, "alice created the room and opened it");
   await signUp(b, base, bob);
   await b.click('#other-rooms button:has-text("lobby")');
+  await b.waitForSelector("#join-bar:not([hidden])", { timeout: WAIT_MS });
+  check(await b.isHidden("#composer"), "bob previews the room from other rooms: no message box until he joins");
+  await b.click("#join");
   await b.waitForSelector('#my-rooms button:has-text("lobby")', { timeout: WAIT_MS });
-  check(true, "bob found the room among other rooms and joined it");
+  check(await b.isVisible("#composer"), "bob found the room among other rooms and joined it");
 
   console.log("presence and typing");
   await a.waitForFunction((n) => document.querySelector("#online").textContent.includes(n), bob, { timeout: WAIT_MS });
@@ -390,6 +393,9 @@ async function steps(browser, base) {
   check(walk.lo === 1 && walk.held === ARCHIVE_MESSAGES, `scrolling up loaded all ${walk.held} messages through the history API`);
   check(walk.maxRows <= DOM_ROWS_MAX, `the DOM kept at most ${walk.maxRows} rows (bound ${DOM_ROWS_MAX}) for ${ARCHIVE_MESSAGES} messages`);
   check(walk.topSeq === "1", `the top of the room shows its first message (${walk.topText})`);
+  // Read as a preview so far; joined, its messages are his to search.
+  await b.click("#join");
+  await b.waitForSelector('#my-rooms button:has-text("archive")', { timeout: WAIT_MS });
   const heldArchive = await heldMessages(b, archive.room);
   check(
     heldArchive.every(([seq], i) => seq === i + 1) &&
@@ -592,7 +598,7 @@ async function steps(browser, base) {
   );
   await b.click('#other-rooms button:has-text("lobby")');
   await b.waitForSelector('#notice:not([hidden]):has-text("You are banned from lobby")', { timeout: WAIT_MS });
-  check(true, "joining again is refused, and says why");
+  check(await b.isHidden("#join-bar"), "reading or joining again is refused, and says why");
   await b.screenshot({ path: join(artifacts, "chat-banned.png") });
   await audit(b, "banned from a room", artifacts);
 
@@ -602,6 +608,7 @@ async function steps(browser, base) {
   await a.waitForSelector('#room-title:has-text("doomed")', { timeout: WAIT_MS });
   const doomed = await a.evaluate(() => window.rookery.state.current);
   await b.click('#other-rooms button:has-text("doomed")');
+  await b.click("#join");
   await b.waitForSelector('#my-rooms button:has-text("doomed")', { timeout: WAIT_MS });
   await b.waitForSelector('#room-title:has-text("doomed")', { timeout: WAIT_MS });
   const deleted = await fetch(`${base}/api/backend/rooms/${doomed}`, {

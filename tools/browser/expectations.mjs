@@ -49,8 +49,11 @@ export async function expectations(browser, base, artifacts, watched, bin) {
   watched.push(["dave", d]);
   await signUp(d, base, names.dave);
   await d.click(`#other-rooms button:has-text("plaza_${suffix}")`);
+  await d.waitForSelector("#join-bar:not([hidden])", { timeout: WAIT_MS });
+  await audit(d, "a public room previewed before joining, desktop, light", artifacts);
+  await d.click("#join");
   await d.waitForSelector(`#my-rooms button:has-text("plaza_${suffix}")`, { timeout: WAIT_MS });
-  check(true, "dave joined carol's room");
+  check(await d.isVisible("#composer"), "dave previewed carol's room, then joined it");
 
   await oversized(browser, base, { plaza, names, d, artifacts, shot, watched });
   // Carol's phone would read the backlog as it arrives: it is put away.
@@ -61,6 +64,7 @@ export async function expectations(browser, base, artifacts, watched, bin) {
   await offlineOnPhone(p, base, { names, artifacts, shot, plaza });
   await everyScheme(browser, base, { plaza, names, artifacts, shot });
   await dashboardKey(browser, bin, { artifacts, shot });
+  await membership(browser, base, { names, d, artifacts, shot, watched });
   await phone.close();
   await desk.close();
 }
@@ -570,6 +574,77 @@ async function everyScheme(browser, base, { plaza, names, artifacts, shot }) {
       await ctx.close();
     }
   }
+}
+
+// Defect 4: a room's members, their roles, removal, bans and leaving,
+// from the client.
+async function membership(browser, base, { names, d, artifacts, shot, watched }) {
+  console.log("members: roles, removal, bans, leaving");
+  const ctx = await browser.newContext({ viewport: PHONE, colorScheme: "light", hasTouch: true });
+  const c = await ctx.newPage();
+  watched.push(["carol-members", c]);
+  await signIn(c, base, names.carol);
+  await c.goto(`${base}/`);
+  await c.waitForSelector('#conn[data-state="online"]', { state: "attached", timeout: WAIT_MS });
+  const team = "team_" + Date.now().toString(36).slice(-5);
+  // The phone opens the last room: back to the list.
+  await c.waitForSelector("#app:not([hidden])", { timeout: WAIT_MS });
+  await c.waitForTimeout(300);
+  if (await c.isVisible("#back")) await c.click("#back");
+  await c.fill("#new-room input[name=name]", team);
+  await c.click("#new-room button");
+  await c.waitForSelector("#composer:not([hidden])", { timeout: WAIT_MS });
+  await d.click(`#other-rooms button:has-text("${team}")`).catch(async () => {
+    // Rooms made by others come with the next refresh of the list.
+    await d.reload();
+    await d.click(`#other-rooms button:has-text("${team}")`, { timeout: WAIT_MS });
+  });
+  await d.click("#join");
+  await d.waitForSelector(`#my-rooms button:has-text("${team}")`, { timeout: WAIT_MS });
+  const daveRow = `#member-list li:has-text("${names.dave}")`;
+  const roleOf = () => c.textContent(`${daveRow} .role`);
+  await c.click("#members-open");
+  await c.waitForSelector(daveRow, { timeout: WAIT_MS });
+  check((await roleOf()) === "member" && (await c.textContent("#member-list")).includes("owner"), "the panel lists the members with their roles");
+  await shot(c, "phone-members.png");
+  await audit(c, "the members panel, phone, light", artifacts);
+  await c.click(`${daveRow} button:has-text("Make admin")`);
+  await c.waitForSelector(`${daveRow} .role:text-is("admin")`, { timeout: WAIT_MS });
+  check(true, "the owner makes dave an admin");
+  await c.click(`${daveRow} button:has-text("Make member")`);
+  await c.waitForSelector(`${daveRow} .role:text-is("member")`, { timeout: WAIT_MS });
+  check(true, "and a member again");
+  await c.click(`${daveRow} button:has-text("Remove")`);
+  await d.waitForSelector('#notice:not([hidden]):has-text("You were removed")', { timeout: WAIT_MS });
+  check(await d.isHidden("#composer"), "removed, dave is told, and cannot write");
+  await c.waitForSelector(daveRow, { state: "detached", timeout: WAIT_MS });
+  await d.click("#join");
+  await c.click("#members-close");
+  await c.click("#members-open");
+  await c.waitForSelector(daveRow, { timeout: WAIT_MS });
+  await c.click(`${daveRow} button:has-text("Ban")`);
+  await c.waitForSelector(`#ban-list li:has-text("${names.dave}")`, { timeout: WAIT_MS });
+  check(await d.isHidden("#composer"), "banned, dave is out, and listed as banned");
+  await c.click(`#ban-list li:has-text("${names.dave}") button:has-text("Unban")`);
+  await c.waitForSelector("#bans-title", { state: "hidden", timeout: WAIT_MS });
+  check(true, "the ban is lifted from the panel");
+  c.once("dialog", (dialog) => dialog.accept());
+  await c.click("#leave");
+  await c.waitForFunction(() => document.querySelector("#members-error").textContent.includes("owner"), null, {
+    timeout: WAIT_MS,
+  });
+  check(true, `the owner cannot leave without handing the room on, and is told (${await c.textContent("#members-error")})`);
+  await ctx.close();
+  await d.reload();
+  await d.waitForSelector('#conn[data-state="online"]', { state: "attached", timeout: WAIT_MS });
+  await d.click(`#other-rooms button:has-text("${team}")`);
+  await d.click("#join");
+  await d.waitForSelector("#composer:not([hidden])", { timeout: WAIT_MS });
+  await d.click("#members-open");
+  d.once("dialog", (dialog) => dialog.accept());
+  await d.click("#leave");
+  await d.waitForSelector("#join-bar:not([hidden])", { timeout: WAIT_MS });
+  check(await d.isHidden("#composer"), "a member leaves from the panel; the room stays readable, to join again");
 }
 
 // Defect 10: with --dashboard-access key the dashboard asks for a server
