@@ -133,6 +133,9 @@ fn a_password_change_ends_every_other_session() {
     assert!(answers(&mut theirs), "a wrong old password changes nothing");
     let (s, v) = change("pw-secret", "");
     assert_eq!(s, 400, "{v}");
+    let (s, v) = change("pw-secret", "seven77");
+    assert_eq!(s, 400, "a new password under --password-len-min: {v}");
+    assert!(answers(&mut theirs), "a refused change ends nothing");
     let (s, v) = change("pw-secret", "pw-secret-2");
     assert_eq!((s, v["sessions_ended"].as_u64()), (200, Some(1)), "{v}");
     assert_eq!(closed_with(&mut theirs).0, 4001);

@@ -286,11 +286,16 @@ fn the_dashboard_can_require_an_api_key() {
         (s, v["error"]["code"].as_str()),
         (401, Some("unauthorized"))
     );
+    let unknown = format!("rk_{}", "9".repeat(64));
+    let (s, _) = call(p, "GET", "/api/stats", Some(&unknown), None);
+    assert_eq!(s, 401, "an unknown key");
     let (s, v) = call(p, "GET", "/api/stats", Some(&read), None);
     assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")));
     let (s, v) = call(p, "GET", "/api/stats", Some(&watch), None);
     assert_eq!(s, 200, "{v}");
     assert!(v["samples"].is_array());
-    // The page itself is served to anyone: it asks for the key.
+    // The page itself is served to anyone: it asks for the key. /metrics
+    // is not affected (scrapers are kept out at the network).
     assert_eq!(status(&get(p, "/dashboard", "")), 200);
+    assert_eq!(status(&get(p, "/metrics", "")), 200);
 }

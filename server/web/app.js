@@ -93,6 +93,11 @@ function authMode(form, mode) {
   const hint = $("#password-hint");
   hint.textContent = `At least ${state.limits.password_len_min} characters.`;
   hint.hidden = !register;
+  // Hints describe the fields only where they show.
+  for (const [field, id] of [[form.name, "name-hint"], [form.password, "password-hint"]]) {
+    if (register) field.setAttribute("aria-describedby", id);
+    else field.removeAttribute("aria-describedby");
+  }
   form.querySelector(".error").textContent = "";
 }
 
@@ -180,6 +185,7 @@ async function start(auth) {
   state.markExternal = info?.registration !== "closed";
   $("#auth").hidden = true;
   $("#app").hidden = false;
+  $(".skip").hidden = false;
   $("#me").textContent = auth.name;
   call("GET", `/api/users/${auth.user}`).then(showMyAvatar, () => {});
   state.list = new VirtualList($("#messages"), {
@@ -191,7 +197,15 @@ async function start(auth) {
   });
   state.session = new Session(
     auth.token,
-    { onEvent, onJoined, onState: connectionState, onError: notice },
+    {
+      onEvent,
+      onJoined,
+      onState: connectionState,
+      onError: notice,
+      // A 1009 close: the server's limit may have changed; read it again.
+      onTooBig: () =>
+        serverInfo().then(() => state.session && (state.session.frameBytesMax = state.limits.ws_frame_bytes_max)),
+    },
     { frameBytesMax: state.limits.ws_frame_bytes_max, user: auth.user },
   );
   // Sends a reload interrupted go out again; they show as pending.
@@ -215,6 +229,7 @@ async function serverInfo() {
 function showAuth() {
   $("#auth").hidden = false;
   $("#app").hidden = true;
+  $(".skip").hidden = true; // nothing to skip to on the sign-in form
   authMode($("#auth-form"), "login");
   serverInfo().then(() => authMode($("#auth-form"), $("#auth-form").dataset.mode));
   $("#auth-form").name.focus();
@@ -687,7 +702,9 @@ async function openRoom(id) {
   $("#search-here-label").hidden = false;
   // The first message after our read marker (our own posts count as
   // read: the server's marker is past them).
-  v.firstUnread = r.unread > 0 ? (r.read || r.last_seq - r.unread) + 1 : 0;
+  // What this tab has read since the list was read counts too.
+  const read = Math.max(r.read || r.last_seq - r.unread, v.readSent);
+  v.firstUnread = r.unread > 0 && read < r.last_seq ? read + 1 : 0;
   r.unread = 0;
   renderRooms();
   renderOnline(v);
@@ -970,6 +987,10 @@ function absorb(v, messages) {
     if (had && (had.last_reply || 0) > (m.last_reply || 0)) {
       Object.assign(m, { replies: had.replies, last_reply: had.last_reply });
     }
+    // A page read before an edit or a delete that came live since must not
+    // bring the old text back: a delete is final, an edit beats no edit.
+    if (had?.deleted && !m.deleted) Object.assign(m, { body: null, deleted: true });
+    else if (had?.edited && !m.edited && !m.deleted) Object.assign(m, { body: had.body, edited: true });
     v.msgs.set(m.seq, m);
     if (m.seq > v.hi) v.hi = m.seq;
     if (m.seq < v.lo || v.lo > v.hi) v.lo = Math.min(v.lo, m.seq);
@@ -1032,8 +1053,13 @@ function loadOlder() {
   const room = v.room;
   v.older = call("GET", `/api/rooms/${room}/messages?before=${v.lo}&limit=${state.pageLen}`)
     .then((page) => {
+      const oldLo = v.lo;
       const added = absorb(v, page.messages);
-      if (state.current === room) state.list.prepend(added);
+      if (state.current === room) {
+        state.list.prepend(added);
+        // The row that was first gets its day line and grouping right.
+        state.list.refresh(oldLo);
+      }
     })
     .catch((e) => notice("history: " + e.message))
     .finally(() => (v.older = null));
@@ -1071,7 +1097,7 @@ function renderRow(i) {
   const row = el(
     "div",
     { class: "msg" + (mine ? " mine" : "") + (grouped ? " grouped" : ""), "data-seq": seq, tabIndex: -1, role: "article" },
-    newDay ? el("div", { class: "day", role: "separator", text: dayName(m.ts) }) : "",
+    newDay ? el("div", { class: "day", text: dayName(m.ts) }) : "",
     grouped
       ? el("div", { class: "meta" }, when)
       : el(
@@ -1611,6 +1637,9 @@ function track(room, sent, body, replyTo, shown = body) {
   sent.acked.then(
     (ack) => {
       v.pending = v.pending.filter((p) => p.client_id !== sent.client_id);
+      // Posting counts as reading (the server's marker is past it).
+      const r = state.rooms.get(room);
+      if (r) r.read = Math.max(r.read || 0, ack.seq);
       if (v.loaded && !v.msgs.has(ack.seq)) {
         // The live event (with the quote) replaces this when it comes.
         v.msgs.set(ack.seq, { seq: ack.seq, from: state.auth.user, ts: ack.ts, body, edited: false, reply_to: replyTo });
@@ -1787,8 +1816,17 @@ function replyInThread(form) {
   const live = [t.first, ...t.msgs.values()].filter((m) => m.body !== null);
   if (!live.length) return notice("every message of this thread was deleted");
   const to = t.first.body !== null ? t.first.seq : Math.max(...live.map((m) => m.seq));
+  const tooBig = oversize(body, []);
+  if (tooBig) {
+    notice(tooBig, true); // the text stays in the box
+    return;
+  }
   form.body.value = "";
-  state.session.send(t.room, body, to).acked.catch((e) => notice("not sent: " + e.message));
+  state.session.send(t.room, body, to).acked.catch((e) => {
+    // Refused: the text comes back to the box (unless something new is there).
+    if (!form.body.value) form.body.value = body;
+    notice("not sent: " + e.message);
+  });
 }
 
 function remove(seq) {
@@ -1830,10 +1868,19 @@ function markRead() {
     const v = state.views.get(state.current);
     if (!v || !v.loaded || document.visibilityState !== "visible") return;
     if (!state.rooms.get(v.room)?.member) return; // a preview marks nothing
+    // On a phone a thread or the members cover the room: nothing is seen.
+    const covered = !$("#thread").hidden || !$("#members").hidden;
+    if (covered && window.matchMedia("(max-width: 640px)").matches) return;
     const seen = lastVisibleSeq(v);
     if (seen <= v.readSent) return;
     v.readSent = seen;
-    state.session.request({ type: "read", room: v.room, seq: seen }).catch(() => (v.readSent = 0));
+    state.session
+      .request({ type: "read", room: v.room, seq: seen })
+      .then((receipt) => {
+        const r = state.rooms.get(v.room);
+        if (r) r.read = Math.max(r.read || 0, receipt.seq || seen);
+      })
+      .catch(() => (v.readSent = 0));
   }, READ_EVERY_MS);
 }
 
@@ -2332,7 +2379,8 @@ function wire() {
   });
   composer.body.addEventListener("input", () => {
     autosize(composer.body);
-    if (!$("#composer-error").hidden) composerError(oversize(composer.body.value, []));
+    // Only a change of verdict is said again (the box is an alert).
+    if (!$("#composer-error").hidden && !oversize(composer.body.value, [])) composerError("");
     // Editing is not typing a new message: the others are not told.
     if (composer.body.value && state.editing === null) typed();
   });

@@ -110,6 +110,9 @@ export class Session {
     this.waiting = new Map(); // ref -> {resolve, reject, timer, frame}
     this.rooms = new Map(); // room -> since (null: live only)
     this.outbox = new Map(); // client_id -> {frame, resolve, reject, acked, sentOn, tooBig}
+    // Sends this tab put in the stored outbox (or took over from it): only
+    // these does it take out again.
+    this.mine = new Set();
     this.backoff = BACKOFF_MS_MIN;
     this.retryTimer = null;
     this.lastHeard = 0;
@@ -140,14 +143,36 @@ export class Session {
     }
   }
 
-  // The outbox as it is now, kept for the next load of the page.
+  // The stored outbox made to agree with this tab's: its sends added, those
+  // it no longer has (acknowledged, refused, discarded) taken out, and
+  // other tabs' left as they are (each tab of the user shares the key).
   persist() {
-    const frames = [...this.outbox.values()].map((o) => o.frame);
+    let stored = [];
+    try {
+      stored = JSON.parse(localStorage.getItem(this.outboxKey)) || [];
+    } catch (_) {
+      // Unreadable: rewritten from this tab's.
+    }
+    const others = (Array.isArray(stored) ? stored : []).filter(
+      (f) => f?.client_id && !this.mine.has(f.client_id),
+    );
+    for (const id of this.mine) if (!this.outbox.has(id)) this.mine.delete(id);
+    const frames = [...others, ...[...this.outbox.values()].map((o) => o.frame)];
     try {
       if (frames.length) localStorage.setItem(this.outboxKey, JSON.stringify(frames));
       else localStorage.removeItem(this.outboxKey);
     } catch (_) {
       // Storage full or refused: the sends still go while the page lives.
+    }
+  }
+
+  // Forgets the stored outbox (the session ended: a shared computer keeps
+  // no message text).
+  forget() {
+    try {
+      localStorage.removeItem(this.outboxKey);
+    } catch (_) {
+      // Nothing stored.
     }
   }
 
@@ -185,6 +210,7 @@ export class Session {
       if (e.code === 4001) {
         // The session was logged out or ran out: no reconnecting.
         this.close();
+        this.forget();
         this.handlers.onState?.("unauthorized");
         return;
       }
@@ -195,21 +221,26 @@ export class Session {
     ws.onerror = () => {}; // onclose follows
   }
 
-  // The server closed `ws` for a message over its limit (1009): a send
-  // that was out on it is suspect, and one suspected again is refused
-  // rather than resent forever (it would close every socket it goes out
-  // on). Frames are checked against the limit before they go, so this
-  // only happens when the limit is not known (or was lowered).
+  // The server closed `ws` for a message over its limit (1009): the
+  // largest send that was out on it is suspect, and one suspected again is
+  // refused rather than resent forever (it would close every socket it
+  // goes out on); the others sent beside it go again. Frames are checked
+  // against the limit before they go, so this only happens when the limit
+  // is not known (or was lowered): `onTooBig` lets the app read it again.
   tooBig(ws) {
-    for (const [id, o] of this.outbox) {
+    let largest = null;
+    for (const o of this.outbox.values()) {
       if (o.sentOn !== ws) continue;
-      o.tooBig = (o.tooBig || 0) + 1;
-      if (o.tooBig >= TOO_BIG_CLOSES_MAX) {
-        this.outbox.delete(id);
-        o.reject(new ApiError(0, "too_large", "the server refused it as too large"));
-      }
+      if (!largest || Session.frameBytes(o.frame) > Session.frameBytes(largest.frame)) largest = o;
     }
-    this.persist();
+    this.handlers.onTooBig?.();
+    if (!largest) return;
+    largest.tooBig = (largest.tooBig || 0) + 1;
+    if (largest.tooBig >= TOO_BIG_CLOSES_MAX) {
+      this.outbox.delete(largest.frame.client_id);
+      this.persist();
+      largest.reject(new ApiError(0, "too_large", "the server refused it as too large"));
+    }
   }
 
   // The socket is gone: fail what waited on it and come back later.
@@ -236,6 +267,7 @@ export class Session {
     } catch (e) {
       if (e.status === 401) {
         this.close();
+        this.forget();
         this.handlers.onState?.("unauthorized");
         return;
       }
@@ -342,7 +374,7 @@ export class Session {
       const bytes = Session.frameBytes({ ...frame, ref });
       if (bytes > this.frameBytesMax) {
         // The server would close the socket (1009): never sent.
-        reject(new ApiError(0, "too_large", `${bytes} bytes; the server takes at most ${this.frameBytesMax}`));
+        reject(new ApiError(0, "too_large", `too large: ${bytes} bytes, the server takes at most ${this.frameBytesMax}`));
         return;
       }
       if (!this.raw({ ...frame, ref })) {
@@ -419,6 +451,7 @@ export class Session {
 
   enqueue(frame) {
     const o = { frame };
+    this.mine.add(frame.client_id);
     o.acked = new Promise((resolve, reject) => Object.assign(o, { resolve, reject }));
     this.outbox.set(frame.client_id, o);
     return o;

@@ -33,13 +33,15 @@ const TOTALS = [
 // Meanings of the close codes the server sends.
 const CLOSE_CODES = {
   1000: "normal",
-  1001: "server stopping",
+  1001: "going away (idle, or the server stopping)",
   1002: "protocol error",
   1007: "bad data",
   1008: "policy (protocol breach)",
   1009: "message too big",
   1011: "server error",
   4001: "session ended",
+  4003: "disconnected by the server",
+  4008: "slow consumer",
 };
 // Free disk under this share of what the data takes is a warning.
 const DISK_FREE_WARN = 2;
@@ -259,20 +261,37 @@ function drawCluster(c) {
 
 // Says a change of reachability once (the status line changes every
 // sample and is not announced).
-function reach(text) {
-  const r = document.getElementById("reach");
-  if (r.textContent !== text) r.textContent = text;
+let unreachable = false;
+function reach(ok) {
+  if (ok === !unreachable) return;
+  unreachable = !ok;
+  document.getElementById("reach").textContent = ok
+    ? "The server is reachable again."
+    : "The server is unreachable; retrying.";
+}
+
+// The next poll, one at a time (a key entered while one waits replaces it).
+let pollTimer = 0;
+function pollIn(ms) {
+  clearTimeout(pollTimer);
+  pollTimer = setTimeout(poll, ms);
 }
 
 async function poll() {
+  clearTimeout(pollTimer);
   try {
     const key = sessionStorage.getItem(KEY);
     const res = await fetch(`/api/stats?after=${last}`, key ? { headers: { authorization: `Bearer ${key}` } } : {});
     if (res.status === 401 || res.status === 403) return askForKey(res.status, key);
+    if (res.status === 429) {
+      // The key's rate: wait as told.
+      document.getElementById("status").textContent = "the key's rate is spent; waiting";
+      return pollIn(Number(res.headers.get("retry-after") || 1) * 1000);
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const feed = await res.json();
     document.getElementById("key-form").hidden = true;
-    reach("");
+    reach(true);
     info = { version: feed.version, started_ms: feed.started_ms };
     windowMax = feed.samples_max || windowMax;
     drawTotals(feed);
@@ -282,11 +301,11 @@ async function poll() {
       last = samples[samples.length - 1].t;
       draw();
     }
-    setTimeout(poll, feed.interval_ms);
+    pollIn(feed.interval_ms);
   } catch (e) {
     document.getElementById("status").textContent = `server unreachable (${e.message}); retrying`;
-    reach("The server is unreachable; retrying.");
-    setTimeout(poll, 2000);
+    reach(false);
+    pollIn(2000);
   }
 }
 

@@ -214,8 +214,13 @@ export class VirtualList {
       if (!r || this.stale.has(k)) {
         const el = render(i);
         el.classList.add("vlist-row");
-        if (r) r.el.replaceWith(el);
-        else this.canvas.insertBefore(el, next);
+        if (r) {
+          // A row drawn again keeps the keyboard's place: the focus goes to
+          // the new row (or its control of the same name).
+          const focused = r.el.contains(document.activeElement) ? document.activeElement : null;
+          r.el.replaceWith(el);
+          if (focused) refocus(el, r.el, focused);
+        } else this.canvas.insertBefore(el, next);
         r = { el, index: i };
         this.rows.set(k, r);
         fresh.push(r);
@@ -239,4 +244,16 @@ export class VirtualList {
     if (changed) this.dirty = true;
     return changed;
   }
+}
+
+// Moves the focus from `focused` (in the replaced row `was`) to the same
+// place in `now`: the control with the same accessible name, else the row.
+function refocus(now, was, focused) {
+  const label = focused !== was && (focused.getAttribute("aria-label") || focused.textContent);
+  const twin = label && [...now.querySelectorAll("button, a, [tabindex]")].find(
+    (e) => (e.getAttribute("aria-label") || e.textContent) === label,
+  );
+  const target = twin || now;
+  if (target.tabIndex < 0 && twin) target.tabIndex = 0;
+  target.focus({ preventScroll: true });
 }
