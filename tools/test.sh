@@ -418,7 +418,7 @@ else
     echo "skipped: no Python 2.7 interpreter on this machine"
 fi
 
-step "browser: the web client and dashboard in headless Chromium (about a minute)"
+step "browser: the web client and dashboard in headless Chromium, with axe-core audits (about three minutes)"
 # The system's Chromium (no browser download): Debian's package, installed
 # if missing. playwright-core comes from tools/browser's lock file.
 chromium=${CHROMIUM:-/usr/bin/chromium}
