@@ -14,48 +14,24 @@ fn code(v: &serde_json::Value) -> &str {
 fn register_login_me_logout() {
     let server = start(&[]);
     let p = server.port;
-    let (s, alice) = call(
-        p,
-        "POST",
-        "/api/register",
-        None,
-        Some(&json!({"name": "alice", "password": "pw-1-secret"})),
-    );
+    let (s, alice) = try_register(p, "alice", "pw-1-secret");
     assert_eq!(s, 201, "{alice}");
     let token = alice["token"].as_str().unwrap().to_string();
     assert_eq!(token.len(), 64);
     assert!(alice["expires_ms"].as_u64().unwrap() > 0);
     // The name is taken now; bad bodies and names are refused.
-    let (s, v) = call(
-        p,
-        "POST",
-        "/api/register",
-        None,
-        Some(&json!({"name": "alice", "password": "x-secret"})),
-    );
+    let (s, v) = try_register(p, "alice", "x-secret");
     assert_eq!((s, code(&v)), (409, "conflict"));
     assert!(
         v["error"]["message"].as_str().unwrap().contains("is taken"),
         "{v}"
     );
-    let (s, v) = call(
-        p,
-        "POST",
-        "/api/register",
-        None,
-        Some(&json!({"name": "bad name!", "password": "x-secret"})),
-    );
+    let (s, v) = try_register(p, "bad name!", "x-secret");
     assert_eq!((s, code(&v)), (400, "bad_request"));
     // A password shorter than --password-len-min (8 by default, counted in
     // characters) is refused, saying the minimum; /api/server tells it.
     for short in ["", "seven77", "ééééééé"] {
-        let (s, v) = call(
-            p,
-            "POST",
-            "/api/register",
-            None,
-            Some(&json!({"name": "carol", "password": short})),
-        );
+        let (s, v) = try_register(p, "carol", short);
         assert_eq!((s, code(&v)), (400, "bad_request"), "{short:?}");
         assert!(
             v["error"]["message"]
@@ -65,13 +41,7 @@ fn register_login_me_logout() {
             "{v}"
         );
     }
-    let (s, v) = call(
-        p,
-        "POST",
-        "/api/register",
-        None,
-        Some(&json!({"name": "carol", "password": "éééééééé"})),
-    );
+    let (s, v) = try_register(p, "carol", "éééééééé");
     assert_eq!(s, 201, "eight characters in sixteen bytes: {v}");
     let (_, info) = call(p, "GET", "/api/server", None, None);
     let limits = &info["limits"];
@@ -84,13 +54,7 @@ fn register_login_me_logout() {
     let (_, info) = call(strict.port, "GET", "/api/server", None, None);
     assert_eq!(info["limits"]["password_len_min"], 12, "{info}");
     assert_eq!(info["limits"]["ws_frame_bytes_max"], 4096, "{info}");
-    let (s, _) = call(
-        strict.port,
-        "POST",
-        "/api/register",
-        None,
-        Some(&json!({"name": "dan", "password": "eleven-char"})),
-    );
+    let (s, _) = try_register(strict.port, "dan", "eleven-char");
     assert_eq!(s, 400, "under the server's own minimum");
     let (s, v) = call(
         p,
@@ -157,13 +121,7 @@ fn rooms_public_private_join_leave_members() {
     let server = start(&[]);
     let p = server.port;
     let login = |name: &str| {
-        let (s, v) = call(
-            p,
-            "POST",
-            "/api/register",
-            None,
-            Some(&json!({"name": name, "password": "pw-secret"})),
-        );
+        let (s, v) = try_register(p, name, "pw-secret");
         assert_eq!(s, 201, "{v}");
         (
             v["user"].as_u64().unwrap(),
@@ -280,13 +238,7 @@ fn messages_publish_page_etag_and_unread() {
     let server = start(&[]);
     let p = server.port;
     let reg = |name: &str| {
-        let (_, v) = call(
-            p,
-            "POST",
-            "/api/register",
-            None,
-            Some(&json!({"name": name, "password": "pw-secret"})),
-        );
+        let (_, v) = try_register(p, name, "pw-secret");
         v["token"].as_str().unwrap().to_string()
     };
     let (a, b) = (reg("alice"), reg("bob"));
@@ -552,13 +504,7 @@ fn backend_jwts_authenticate_and_bad_ones_are_refused() {
 fn metrics_are_exposed_in_prometheus_text() {
     let server = start(&[]);
     let p = server.port;
-    let (_, v) = call(
-        p,
-        "POST",
-        "/api/register",
-        None,
-        Some(&json!({"name": "m", "password": "pw-secret"})),
-    );
+    let (_, v) = try_register(p, "m", "pw-secret");
     let t = v["token"].as_str().unwrap().to_string();
     let (_, room) = call(
         p,

@@ -290,13 +290,7 @@ fn jwt_subjects_and_registered_names_never_meet() {
 fn registration_can_be_closed() {
     let server = start(&["--jwt-secret", "s3cret", "--registration", "closed"]);
     let p = server.port;
-    let (s, v) = call(
-        p,
-        "POST",
-        "/api/register",
-        None,
-        Some(&json!({"name": "walk-in", "password": "pw-secret"})),
-    );
+    let (s, v) = try_register(p, "walk-in", "pw-secret");
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (403, Some("forbidden")),
@@ -321,13 +315,7 @@ fn names_are_unique_in_any_case_and_hidden_rooms_take_none() {
     let server = start(&[]);
     let p = server.port;
     let alice = register(p, "Alice");
-    let (s, v) = call(
-        p,
-        "POST",
-        "/api/register",
-        None,
-        Some(&json!({"name": "aLICE", "password": "pw-secret"})),
-    );
+    let (s, v) = try_register(p, "aLICE", "pw-secret");
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (409, Some("conflict")),

@@ -61,6 +61,7 @@ const state = {
     ws_frame_bytes_max: 64 << 10,
     message_body_bytes_max: 64 << 10,
     name_bytes_max: 64,
+    name_pattern: "[A-Za-z0-9_.-]+",
     password_len_min: 8,
     files_per_message_max: 10,
   },
@@ -107,16 +108,23 @@ function authProblem(form, mode) {
   const password = form.password.value;
   if (!name) return "Enter your name.";
   if (mode === "register") {
-    const max = state.limits.name_bytes_max;
-    if (new TextEncoder().encode(name).length > max || !/^[A-Za-z0-9_.-]+$/.test(name)) {
-      return `A name is up to ${max} letters, digits, “_”, “.” or “-” (no spaces).`;
-    }
+    const wrong = nameProblem(name);
+    if (wrong) return `A name ${wrong}.`;
     const min = state.limits.password_len_min;
     if ([...password].length < min) return `Choose a password of at least ${min} characters.`;
   } else if (!password) {
     return "Enter your password.";
   }
   return "";
+}
+
+// What breaks the server's rule for user and room names (`limits` of
+// /api/server: bytes at most, and the pattern), or "" for a good name.
+function nameProblem(name) {
+  const max = state.limits.name_bytes_max;
+  const fits = new RegExp(`^(?:${state.limits.name_pattern})$`).test(name);
+  if (new TextEncoder().encode(name).length <= max && fits) return "";
+  return `is up to ${max} letters, digits, “_”, “.” or “-” (no spaces)`;
 }
 
 async function signIn(form) {
@@ -610,9 +618,9 @@ async function createRoom(form) {
   const err = form.querySelector(".error");
   err.textContent = "";
   if (!name) return;
-  const max = state.limits.name_bytes_max;
-  if (new TextEncoder().encode(name).length > max || !/^[A-Za-z0-9_.-]+$/.test(name)) {
-    err.textContent = `A room name is up to ${max} letters, digits, “_”, “.” or “-” (no spaces).`;
+  const wrong = nameProblem(name);
+  if (wrong) {
+    err.textContent = `A room name ${wrong}.`;
     return;
   }
   try {
@@ -1871,7 +1879,7 @@ function markRead() {
     // On a phone a thread or the members cover the room: nothing is seen.
     const covered = !$("#thread").hidden || !$("#members").hidden;
     if (covered && window.matchMedia("(max-width: 640px)").matches) return;
-    const seen = lastVisibleSeq(v);
+    const seen = onScreen(v).last;
     if (seen <= v.readSent) return;
     v.readSent = seen;
     state.session
@@ -1884,15 +1892,21 @@ function markRead() {
   }, READ_EVERY_MS);
 }
 
-// The newest message of the open room whose end is on screen (0: none).
-function lastVisibleSeq(v) {
+// What of the open room is on screen: `first`, the oldest row with any of
+// it in view (Infinity: none; a placeholder counts), and `last`, the newest
+// loaded message whose end is in view (0: none). One pass over the rows.
+function onScreen(v) {
   const box = $("#messages").getBoundingClientRect();
-  let best = 0;
-  for (const row of document.querySelectorAll("#messages .msg[data-seq]:not(.placeholder)")) {
+  let first = Infinity;
+  let last = 0;
+  for (const row of document.querySelectorAll("#messages .msg[data-seq]")) {
     const r = row.getBoundingClientRect();
-    if (r.bottom <= box.bottom + 1 && r.bottom > box.top) best = Math.max(best, Number(row.dataset.seq));
+    const seq = Number(row.dataset.seq);
+    if (r.bottom > box.top + 1 && r.top < box.bottom) first = Math.min(first, seq);
+    const ended = r.bottom <= box.bottom + 1 && r.bottom > box.top;
+    if (ended && !row.classList.contains("placeholder")) last = Math.max(last, seq);
   }
-  return Math.min(best, v.hi);
+  return { first, last: Math.min(last, v.hi) };
 }
 
 // The two ways back: "N new messages" (or "Jump to latest") while
@@ -1906,25 +1920,13 @@ function updateJumps() {
     latest.hidden = unread.hidden = true;
     return;
   }
-  const seen = lastVisibleSeq(v);
+  const { first: top, last: seen } = onScreen(v);
   const below = state.list.atBottom() ? 0 : Math.max(0, v.hi - seen);
   const fresh = Math.max(0, v.hi - Math.max(seen, v.readSent));
   latest.hidden = below === 0;
   latest.textContent = fresh > 0 ? `↓ ${fresh} new message${fresh === 1 ? "" : "s"}` : "↓ Jump to latest";
   const first = v.firstUnread;
-  unread.hidden = !(first >= v.lo && first <= v.hi && first < firstVisibleSeq());
-}
-
-// The oldest message of the open room with any of it on screen
-// (Infinity: none).
-function firstVisibleSeq() {
-  const box = $("#messages").getBoundingClientRect();
-  let best = Infinity;
-  for (const row of document.querySelectorAll("#messages .msg[data-seq]")) {
-    const r = row.getBoundingClientRect();
-    if (r.bottom > box.top + 1 && r.top < box.bottom) best = Math.min(best, Number(row.dataset.seq));
-  }
-  return best;
+  unread.hidden = !(first >= v.lo && first <= v.hi && first < top);
 }
 
 // End, or the pill: the newest message, focused.
@@ -2175,8 +2177,8 @@ function wireMessageKeys(list) {
     if (!v || e.altKey || e.ctrlKey || e.metaKey) return;
     const at = Number(document.activeElement?.closest?.(".msg[data-seq]")?.dataset.seq) || 0;
     let to = 0;
-    if (e.key === "ArrowUp") to = at ? at - 1 : lastVisibleSeq(v);
-    else if (e.key === "ArrowDown") to = at ? at + 1 : lastVisibleSeq(v);
+    if (e.key === "ArrowUp") to = at ? at - 1 : onScreen(v).last;
+    else if (e.key === "ArrowDown") to = at ? at + 1 : onScreen(v).last;
     else if (e.key === "Home") to = v.lo;
     else if (e.key === "End") {
       e.preventDefault();

@@ -7,6 +7,11 @@
 // mentions. Everything else is text, shown as written (line breaks kept
 // by the stylesheet's pre-wrap).
 
+// A fenced code block's opening or closing line.
+const FENCE = /^```[^\n]*\n?/m;
+// An @name mention (not an e-mail address's @, nor one after a dot).
+const MENTION = /(?<![\w@.])@([A-Za-z0-9_.-]*[A-Za-z0-9_-])/g;
+
 // Inline forms; the earliest match wins (ties go to the first listed).
 // Code and links take no formatting inside. Each pattern is linear: what
 // it may span stops at the next character that could close it, so a
@@ -18,7 +23,7 @@ const INLINE = [
   { kind: "em", re: /(?<![\w*])\*(?=\S)([^*\n]*?\S)\*(?![\w*])/g },
   { kind: "em", re: /(?<![\w_])_(?=\S)([^_\n]*?\S)_(?![\w_])/g },
   { kind: "del", re: /~~(?=\S)([^~\n]*?\S)~~/g },
-  { kind: "mention", re: /(?<![\w@.])@([A-Za-z0-9_.-]*[A-Za-z0-9_-])/g },
+  { kind: "mention", re: MENTION },
 ];
 
 // Characters a link does not end with (the sentence's, not the URL's).
@@ -36,7 +41,7 @@ export function render(body, me = "") {
   const mentions = new Set();
   const nodes = [];
   const budget = { tokens: TOKENS_MAX };
-  const parts = body.split(/^```[^\n]*\n?/m);
+  const parts = body.split(FENCE);
   // Even parts are prose, odd ones code (an unclosed fence runs to the end).
   parts.forEach((part, i) => {
     if (i % 2 === 1) {
@@ -129,12 +134,12 @@ function element(kind, whole, inner, me, mentions, depth, budget) {
 // Whether `body` mentions `name` outside code (without building nodes).
 export function mentions(body, name) {
   const prose = body
-    .split(/^```[^\n]*\n?/m)
+    .split(FENCE)
     .filter((_, i) => i % 2 === 0)
     .join("\n")
     .replace(/`[^`\n]+`/g, " ");
-  const re = /(?<![\w@.])@([A-Za-z0-9_.-]*[A-Za-z0-9_-])/g;
   const want = name.toLowerCase();
-  for (const m of prose.matchAll(re)) if (m[1].toLowerCase() === want) return true;
+  // matchAll works on a copy: the shared pattern's lastIndex is untouched.
+  for (const m of prose.matchAll(MENTION)) if (m[1].toLowerCase() === want) return true;
   return false;
 }

@@ -131,10 +131,7 @@ async function oversized(browser, base, { plaza, names, d, artifacts, shot, watc
   const ctx = await browser.newContext({ viewport: DESKTOP, colorScheme: "light" });
   const c = await ctx.newPage();
   watched.push(["carol", c]);
-  await signIn(c, base, names.carol);
-  await c.goto(`${base}/#room=${plaza}`);
-  await c.reload();
-  await c.waitForSelector('#conn[data-state="online"]', { state: "attached", timeout: WAIT_MS });
+  await signIn(c, base, names.carol, `/#room=${plaza}`);
   await c.waitForSelector("#composer:not([hidden])", { timeout: WAIT_MS });
   await c.evaluate(() => (window.socketAtStart = window.rookery.state.session.ws));
   const big = "x".repeat(PASTE_BYTES);
@@ -261,8 +258,6 @@ async function backlog(browser, base, { plaza, names, d, artifacts, shot, watche
   const c = await ctx.newPage();
   watched.push(["carol-backlog", c]);
   await signIn(c, base, names.carol);
-  await c.goto(`${base}/`);
-  await c.waitForSelector('#conn[data-state="online"]', { state: "attached", timeout: WAIT_MS });
   // Carol reads the room to its end elsewhere, then is away.
   await c.evaluate(async (room) => {
     const token = window.rookery.state.auth.token;
@@ -338,10 +333,7 @@ async function reading(browser, base, { plaza, names, d, artifacts, shot, watche
   const ctx = await browser.newContext({ viewport: DESKTOP, colorScheme: "dark" });
   const c = await ctx.newPage();
   watched.push(["carol-reading", c]);
-  await signIn(c, base, names.carol);
-  await c.goto(`${base}/#room=${plaza}`);
-  await c.reload();
-  await c.waitForSelector('#conn[data-state="online"]', { state: "attached", timeout: WAIT_MS });
+  await signIn(c, base, names.carol, `/#room=${plaza}`);
   await waitText(c, "meanwhile 3");
   const meta = await c.evaluate(() => {
     const rows = [...document.querySelectorAll("#messages .msg[data-seq]:not(.placeholder)")];
@@ -461,8 +453,6 @@ async function formatting(browser, base, { plaza, names, d, artifacts, shot, wat
   const c = await ctx.newPage();
   watched.push(["carol-formatting", c]);
   await signIn(c, base, names.carol);
-  await c.goto(`${base}/`);
-  await c.waitForSelector('#conn[data-state="online"]', { state: "attached", timeout: WAIT_MS });
   await c.fill("#new-room input[name=name]", "quiet_" + Date.now().toString(36).slice(-5));
   await c.click("#new-room button");
   await c.waitForSelector("#composer:not([hidden])", { timeout: WAIT_MS });
@@ -564,9 +554,7 @@ async function everyScheme(browser, base, { plaza, names, artifacts, shot }) {
       await page.goto(base + "/");
       await page.waitForSelector("#auth:not([hidden])", { timeout: WAIT_MS });
       await audit(page, `sign-in, ${label}`, artifacts);
-      await signIn(page, base, names.carol);
-      await page.goto(`${base}/#room=${plaza}`);
-      await page.reload();
+      await signIn(page, base, names.carol, `/#room=${plaza}`);
       await page.waitForSelector("#composer:not([hidden])", { timeout: WAIT_MS });
       await waitText(page, "one to edit");
       await audit(page, `a room, ${label}`, artifacts);
@@ -601,8 +589,6 @@ async function membership(browser, base, { names, d, artifacts, shot, watched })
   const c = await ctx.newPage();
   watched.push(["carol-members", c]);
   await signIn(c, base, names.carol);
-  await c.goto(`${base}/`);
-  await c.waitForSelector('#conn[data-state="online"]', { state: "attached", timeout: WAIT_MS });
   const team = "team_" + Date.now().toString(36).slice(-5);
   // The phone opens the last room: back to the list.
   await c.waitForSelector("#app:not([hidden])", { timeout: WAIT_MS });
@@ -701,16 +687,20 @@ async function dashboardKey(browser, bin, { artifacts, shot }) {
 }
 
 // Signs `name` in through the API and hands the page the session, as a
-// returning user's saved session (no form: that is tested above).
-async function signIn(page, base, name) {
+// returning user's saved session (no form: that is tested above), then
+// loads the client at `path` and waits for it to be online.
+async function signIn(page, base, name, path = "/") {
   const res = await fetch(base + "/api/login", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ name, password: password(name) }),
   });
   const s = await res.json();
-  await page.goto(base + "/");
+  // A page of the origin that is not the client, to store the session in.
+  await page.goto(base + "/favicon.svg");
   await page.evaluate((s) => {
     localStorage.setItem("rookery.session", JSON.stringify({ user: s.user, name: s.name, token: s.token }));
   }, s);
+  await page.goto(base + path);
+  await page.waitForSelector('#conn[data-state="online"]', { state: "attached", timeout: WAIT_MS });
 }

@@ -436,15 +436,20 @@ pub fn get_raw(port: u16, path: &str, token: &str, extra: &str) -> String {
     exchange(port, raw.as_bytes()).unwrap()
 }
 
-/// Registers `name` (password `pw-secret`); its session token.
-pub fn register(port: u16, name: &str) -> String {
-    let (s, v) = call(
+/// `POST /api/register` of `name` with `password`: the status and body.
+pub fn try_register(port: u16, name: &str, password: &str) -> (u16, serde_json::Value) {
+    call(
         port,
         "POST",
         "/api/register",
         None,
-        Some(&serde_json::json!({"name": name, "password": "pw-secret"})),
-    );
+        Some(&serde_json::json!({"name": name, "password": password})),
+    )
+}
+
+/// Registers `name` (password `pw-secret`); its session token.
+pub fn register(port: u16, name: &str) -> String {
+    let (s, v) = try_register(port, name, "pw-secret");
     assert_eq!(s, 201, "{v}");
     v["token"].as_str().unwrap().to_string()
 }
